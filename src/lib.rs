@@ -1,0 +1,22 @@
+//! # ecq — entropy-coded quantization
+//!
+//! ecq shrinks MLX-quantized LLM weights further with lossless interleaved rANS coding and runs
+//! inference directly on the coded form on any GPU through wgpu/WGSL.
+//!
+//! * [`quant`]: MLX-exact affine quantization (`mx.quantize`), bit-exact packing, per-tensor and
+//!   per-channel absmax quantization.
+//! * [`rans`]: the CPU reference codec (32 interleaved lanes, 32-bit state, 16-bit words, per-tile
+//!   frequency tables). Its byte layout is specified in `docs/FORMAT.md`.
+//! * [`model`]: reading and writing mlx-lm model directories and safetensors files.
+//! * [`analysis`]: what entropy coding can win on a model (`ecq inspect`).
+//! * [`container`]: entropy-coded models stored as safetensors files.
+//! * [`gpu`]: wgpu context, GPU rANS decode and the fused decode + dequantize + GEMV kernel.
+#![warn(missing_docs)]
+
+pub mod analysis;
+pub mod container;
+pub mod dtype;
+pub mod gpu;
+pub mod model;
+pub mod quant;
+pub mod rans;

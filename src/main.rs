@@ -1,0 +1,2 @@
+//! The `ecq` command-line tool.
+fn main() {}
