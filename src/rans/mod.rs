@@ -1,1 +1,825 @@
-//! (being written)
+//! CPU reference codec of the ecq coded-matrix format (`docs/FORMAT.md`, version 1).
+//!
+//! A quantized matrix (one `u8` value per weight, `0 .. 2^bits`, row-major) is cut into chunks
+//! of rows; each chunk is coded by 32 interleaved rANS lanes (32-bit states, 16-bit words) with
+//! the frequency table of its tile (a run of consecutive chunks). Chunks encode and decode
+//! independently and in parallel (rayon).
+//!
+//! * [`encode`] codes a matrix with [`EncodeOptions`] into an [`EncodedMatrix`].
+//! * [`EncodedMatrix::header`] and the part accessors give the tensors of FORMAT.md section 6;
+//!   [`EncodedMatrix::from_parts`] validates and loads them.
+//! * [`EncodedMatrix::decode_symbols`] returns the quantized values,
+//!   [`EncodedMatrix::decode_packed`] the MLX packed `u32` words.
+//!
+//! # Example
+//!
+//! ```
+//! use ecq::rans::{encode, EncodeOptions, EncodedMatrix};
+//!
+//! // An 8 x 64 matrix of 4-bit values.
+//! let q: Vec<u8> = (0..8 * 64).map(|i| ((i * 7) % 13) as u8).collect();
+//! let enc = encode(&q, 8, 64, 4, &EncodeOptions::default())?;
+//! assert_eq!(enc.decode_symbols()?, q);
+//!
+//! // Through the stored parts and back.
+//! let (header, freqs, states, offsets, words, crc) = enc.clone().into_parts();
+//! let back = EncodedMatrix::from_parts(&header, freqs, states, offsets, words, crc)?;
+//! assert_eq!(back, enc);
+//! assert_eq!(back.decode_packed()?.len(), 8 * 64 * 4 / 32);
+//! # Ok::<(), ecq::rans::CodecError>(())
+//! ```
+#![warn(missing_docs)]
+
+mod decode;
+mod encode;
+mod error;
+mod format;
+mod pack;
+mod table;
+
+use rayon::prelude::*;
+
+pub use error::CodecError;
+pub use format::{HEADER_FIXED, MAGIC, MAX_PRECISION, MAX_WEIGHTS, MIN_PRECISION, VERSION};
+
+use decode::{decode_chunk, ChunkCtx, L};
+use format::Geometry;
+use table::{SlotEntry, SlotTable};
+
+/// Number of interleaved rANS lanes per chunk (a format constant, independent of any GPU's
+/// subgroup size).
+pub const LANES: usize = 32;
+
+/// Largest precision whose decoder slot table (`2^n` packed `u32`) fits in 8 KiB of GPU
+/// workgroup memory.
+pub const GPU_MAX_PRECISION: u32 = 11;
+
+/// Default probability precision `n` (see [`EncodeOptions::precision`]).
+pub const DEFAULT_PRECISION: u32 = 11;
+/// Default target number of coded symbols per chunk.
+pub const DEFAULT_CHUNK_SYMBOLS: usize = 16384;
+/// Default number of chunks per tile.
+pub const DEFAULT_TILE_CHUNKS: usize = 4;
+
+const _: () = assert!(LANES == 32);
+const _: () = assert!(DEFAULT_PRECISION <= GPU_MAX_PRECISION);
+const _: () = assert!(MIN_PRECISION <= GPU_MAX_PRECISION && MAX_PRECISION <= 15);
+
+/// Encoder settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodeOptions {
+    /// Probability precision `n` (frequencies sum to `2^n`), 8..=15. GPU kernels need
+    /// `n <= 11` ([`GPU_MAX_PRECISION`]). Default [`DEFAULT_PRECISION`].
+    pub precision: u32,
+    /// Weights combined into one coded symbol (1, 2 or 4, with `bits * w <= 8`); `None` picks
+    /// the largest such `w` that divides `cols`.
+    pub weights_per_symbol: Option<u32>,
+    /// Target number of coded symbols per chunk: `chunk_rows = max(1, round(chunk_symbols /
+    /// symbols_per_row))`, at most `rows`. Default [`DEFAULT_CHUNK_SYMBOLS`].
+    pub chunk_symbols: usize,
+    /// Chunks per tile (one frequency table and checksum per tile), at least 1. Default
+    /// [`DEFAULT_TILE_CHUNKS`].
+    pub tile_chunks: usize,
+    /// MLX group size of the scales and biases, stored in the header for information (0 if
+    /// none). Default 0.
+    pub group_size: u32,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions {
+            precision: DEFAULT_PRECISION,
+            weights_per_symbol: None,
+            chunk_symbols: DEFAULT_CHUNK_SYMBOLS,
+            tile_chunks: DEFAULT_TILE_CHUNKS,
+            group_size: 0,
+        }
+    }
+}
+
+/// The default weights per symbol for `bits` and `cols`: the largest of 4, 2, 1 with
+/// `bits * w <= 8` that divides `cols`.
+pub fn default_weights_per_symbol(bits: u32, cols: usize) -> u32 {
+    [4u32, 2, 1]
+        .into_iter()
+        .find(|&w| bits * w <= 8 && cols % w as usize == 0)
+        .unwrap_or(1)
+}
+
+/// Encodes a quantized matrix.
+///
+/// `symbols` holds `rows * cols` values, row-major, each `< 2^bits` (`bits` in 1..=8).
+/// `cols * bits` must be a multiple of 32 (the matrix is an MLX packed tensor), `cols` a
+/// multiple of the weights per symbol, and `rows * cols <= MAX_WEIGHTS`. Tiles are encoded in
+/// parallel, each with its optimal frequency table (see FORMAT.md section 3).
+///
+/// # Example
+///
+/// ```
+/// use ecq::rans::{encode, EncodeOptions};
+///
+/// let q = vec![3u8; 4 * 32]; // a single symbol codes to no words at all
+/// let enc = encode(&q, 4, 32, 4, &EncodeOptions::default())?;
+/// assert_eq!(enc.words().len(), 0);
+/// assert_eq!(enc.decode_symbols()?, q);
+/// # Ok::<(), ecq::rans::CodecError>(())
+/// ```
+pub fn encode(
+    symbols: &[u8],
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    opts: &EncodeOptions,
+) -> Result<EncodedMatrix, CodecError> {
+    let arg = |s: String| Err(CodecError::InvalidArgument(s));
+    if !(1..=8).contains(&bits) {
+        return arg(format!("bits = {bits}, must be 1..=8"));
+    }
+    let n = rows.checked_mul(cols);
+    if n != Some(symbols.len()) {
+        return arg(format!(
+            "{} symbols given for a {rows} x {cols} matrix",
+            symbols.len()
+        ));
+    }
+    if opts.tile_chunks == 0 {
+        return arg("tile_chunks must be at least 1".into());
+    }
+    if bits < 8 {
+        if let Some(i) = symbols.iter().position(|&v| v >> bits != 0) {
+            return Err(CodecError::SymbolOutOfRange {
+                index: i,
+                value: symbols[i],
+                bits,
+            });
+        }
+    }
+    let wps = opts
+        .weights_per_symbol
+        .unwrap_or_else(|| default_weights_per_symbol(bits, cols));
+    let spr = if wps == 0 { 0 } else { cols / wps as usize };
+    let chunk_rows = if spr == 0 {
+        1
+    } else {
+        ((opts.chunk_symbols + spr / 2) / spr).clamp(1, rows.max(1))
+    };
+    let g = Geometry::new(
+        rows as u64,
+        cols as u64,
+        bits.into(),
+        wps.into(),
+        opts.precision.into(),
+        chunk_rows as u64,
+        opts.tile_chunks.min(u32::MAX as usize) as u64,
+    )
+    .map_err(|e| match e {
+        CodecError::BadHeader {
+            field,
+            value,
+            reason,
+        } => CodecError::InvalidArgument(format!("{field} = {value}: {reason}")),
+        e => e,
+    })?;
+
+    // Coded symbols: w weights per symbol, LSB first.
+    let combined;
+    let coded: &[u8] = if wps == 1 {
+        symbols
+    } else {
+        let w = wps as usize;
+        let mut v = vec![0u8; symbols.len() / w];
+        v.par_chunks_mut(1 << 16)
+            .zip(symbols.par_chunks(w << 16))
+            .for_each(|(o, s)| {
+                for (o, s) in o.iter_mut().zip(s.chunks_exact(w)) {
+                    let mut sym = 0u32;
+                    for (i, &q) in s.iter().enumerate() {
+                        sym |= u32::from(q) << (bits as usize * i);
+                    }
+                    *o = sym as u8;
+                }
+            });
+        combined = v;
+        &combined
+    };
+
+    let spr = g.syms_per_row;
+    let a = g.alphabet;
+    struct TileOut {
+        freqs: Vec<u16>,
+        entropy: f64,
+        chunks: Vec<([u32; LANES], Vec<u16>)>,
+    }
+    let tiles: Vec<TileOut> = (0..g.n_tiles)
+        .into_par_iter()
+        .map(|t| {
+            let cr = g.tile_chunk_range(t);
+            let r0 = g.chunk_rows_range(cr.start).start;
+            let r1 = g.chunk_rows_range(cr.end - 1).end;
+            let tile_syms = &coded[r0 * spr..r1 * spr];
+            let hist = table::histogram(tile_syms);
+            let counts = &hist[..a];
+            let freqs = table::normalize(counts, g.precision);
+            let entropy = table::entropy_bits(counts);
+            let enc = table::enc_table(&freqs, g.precision);
+            let chunks = cr
+                .into_par_iter()
+                .map(|c| {
+                    let rr = g.chunk_rows_range(c);
+                    encode::encode_chunk(
+                        &coded[rr.start * spr..rr.end * spr],
+                        spr,
+                        &enc,
+                        g.precision,
+                    )
+                })
+                .collect();
+            TileOut {
+                freqs,
+                entropy,
+                chunks,
+            }
+        })
+        .collect();
+
+    let (lf, ls, lo, _) = g.part_lens();
+    let n_words: usize = tiles
+        .iter()
+        .flat_map(|t| t.chunks.iter())
+        .map(|c| c.1.len())
+        .sum();
+    if n_words > u32::MAX as usize {
+        return arg(format!("{n_words} words exceed the u32 offsets"));
+    }
+    let mut freqs = Vec::with_capacity(lf);
+    let mut states = Vec::with_capacity(ls);
+    let mut offsets = Vec::with_capacity(lo);
+    let mut words = Vec::with_capacity(n_words);
+    let mut entropy = 0.0;
+    offsets.push(0u32);
+    for t in tiles {
+        freqs.extend_from_slice(&t.freqs);
+        entropy += t.entropy;
+        for (s, w) in t.chunks {
+            states.extend_from_slice(&s);
+            words.extend_from_slice(&w);
+            offsets.push(words.len() as u32);
+        }
+    }
+    let mut m = EncodedMatrix {
+        geom: g,
+        group_size: opts.group_size,
+        shape: format::default_shape(&g),
+        freqs,
+        states,
+        offsets,
+        words,
+        crc: Vec::new(),
+        entropy: Some(entropy),
+    };
+    m.crc = (0..g.n_tiles)
+        .into_par_iter()
+        .map(|t| m.tile_crc(t))
+        .collect();
+    Ok(m)
+}
+
+/// One entropy-coded matrix: the header fields and the five parts of FORMAT.md section 6.
+///
+/// Invariant: every field agrees with every other as FORMAT.md requires (checked by
+/// [`from_parts`](Self::from_parts), guaranteed by [`encode`]): part lengths match the header,
+/// offsets run non-decreasing from 0 to `words.len()`, every frequency table sums to
+/// `2^precision`, every state lies in `[2^16, 2^32)`. Fields are private so the invariant
+/// cannot be broken; decoding relies on it to never index out of bounds. Checksums and the
+/// stream contents are checked while decoding.
+///
+/// # Example
+///
+/// ```
+/// use ecq::rans::{encode, EncodeOptions};
+///
+/// let (rows, cols, bits) = (3, 64, 3);
+/// let q: Vec<u8> = (0..rows * cols).map(|i| (i % 5) as u8).collect();
+/// let enc = encode(&q, rows, cols, bits, &EncodeOptions::default())?;
+/// assert_eq!(enc.weights_per_symbol(), 2); // 3 bits: two weights per 6-bit symbol
+/// assert_eq!(enc.header()[0], ecq::rans::MAGIC);
+/// enc.verify_checksums()?;
+/// assert_eq!(enc.decode_symbols()?, q);
+/// assert_eq!(enc.decode_packed()?.len(), rows * cols * bits as usize / 32);
+/// # Ok::<(), ecq::rans::CodecError>(())
+/// ```
+#[derive(Clone)]
+pub struct EncodedMatrix {
+    geom: Geometry,
+    group_size: u32,
+    shape: Vec<u32>,
+    freqs: Vec<u16>,
+    states: Vec<u32>,
+    offsets: Vec<u32>,
+    words: Vec<u16>,
+    crc: Vec<u32>,
+    entropy: Option<f64>,
+}
+
+impl PartialEq for EncodedMatrix {
+    /// Equal iff the stored form (header and parts) is equal.
+    fn eq(&self, o: &Self) -> bool {
+        self.geom == o.geom
+            && self.group_size == o.group_size
+            && self.shape == o.shape
+            && self.freqs == o.freqs
+            && self.states == o.states
+            && self.offsets == o.offsets
+            && self.words == o.words
+            && self.crc == o.crc
+    }
+}
+
+impl std::fmt::Debug for EncodedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodedMatrix")
+            .field("rows", &self.geom.rows)
+            .field("cols", &self.geom.cols)
+            .field("bits", &self.geom.bits)
+            .field("weights_per_symbol", &self.geom.wps)
+            .field("precision", &self.geom.precision)
+            .field("chunk_rows", &self.geom.chunk_rows)
+            .field("tile_chunks", &self.geom.tile_chunks)
+            .field("n_chunks", &self.geom.n_chunks)
+            .field("n_tiles", &self.geom.n_tiles)
+            .field("shape", &self.shape)
+            .field("words", &self.words.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Appends the little-endian bytes of `data` to a running CRC-32C.
+fn crc_append<T: bytemuck::Pod + LeBytes>(crc: u32, data: &[T]) -> u32 {
+    if cfg!(target_endian = "little") {
+        crc32c::crc32c_append(crc, bytemuck::cast_slice(data))
+    } else {
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.le()).collect();
+        crc32c::crc32c_append(crc, &bytes)
+    }
+}
+
+/// Little-endian byte image of a word (only used on big-endian hosts).
+trait LeBytes {
+    fn le(&self) -> Vec<u8>;
+}
+impl LeBytes for u16 {
+    fn le(&self) -> Vec<u8> {
+        self.to_le_bytes().to_vec()
+    }
+}
+impl LeBytes for u32 {
+    fn le(&self) -> Vec<u8> {
+        self.to_le_bytes().to_vec()
+    }
+}
+
+impl EncodedMatrix {
+    /// Rows `R`.
+    pub fn rows(&self) -> usize {
+        self.geom.rows
+    }
+    /// Columns `K` (weights per row).
+    pub fn cols(&self) -> usize {
+        self.geom.cols
+    }
+    /// Bits per weight `b`.
+    pub fn bits(&self) -> u32 {
+        self.geom.bits
+    }
+    /// Weights per coded symbol `w`.
+    pub fn weights_per_symbol(&self) -> u32 {
+        self.geom.wps
+    }
+    /// Coded symbols per row, `S = K / w`.
+    pub fn symbols_per_row(&self) -> usize {
+        self.geom.syms_per_row
+    }
+    /// Alphabet size `A = 2^(b * w)`.
+    pub fn alphabet_size(&self) -> usize {
+        self.geom.alphabet
+    }
+    /// Probability precision `n`.
+    pub fn precision(&self) -> u32 {
+        self.geom.precision
+    }
+    /// Rows per chunk.
+    pub fn chunk_rows(&self) -> usize {
+        self.geom.chunk_rows
+    }
+    /// Chunks per tile.
+    pub fn tile_chunks(&self) -> usize {
+        self.geom.tile_chunks
+    }
+    /// Number of chunks.
+    pub fn n_chunks(&self) -> usize {
+        self.geom.n_chunks
+    }
+    /// Number of tiles.
+    pub fn n_tiles(&self) -> usize {
+        self.geom.n_tiles
+    }
+    /// MLX group size recorded in the header (informational, 0 if none).
+    pub fn group_size(&self) -> u32 {
+        self.group_size
+    }
+    /// Sets the informational group size.
+    pub fn set_group_size(&mut self, group_size: u32) {
+        self.group_size = group_size;
+    }
+    /// Shape of the original packed tensor (default `[rows, cols * bits / 32]`).
+    pub fn shape(&self) -> &[u32] {
+        &self.shape
+    }
+    /// Sets the original packed tensor's shape: 1..=8 dimensions, leading ones multiplying to
+    /// `rows`, the last equal to `cols * bits / 32`.
+    pub fn set_shape(&mut self, shape: &[u32]) -> Result<(), CodecError> {
+        format::check_shape(&self.geom, shape)?;
+        self.shape = shape.to_vec();
+        Ok(())
+    }
+    /// Frequency tables, `n_tiles * A` values.
+    pub fn freqs(&self) -> &[u16] {
+        &self.freqs
+    }
+    /// Initial decoder states, `n_chunks * 32` values.
+    pub fn states(&self) -> &[u32] {
+        &self.states
+    }
+    /// Word offsets of the chunks, `n_chunks + 1` values.
+    pub fn offsets(&self) -> &[u32] {
+        &self.offsets
+    }
+    /// All chunks' words.
+    pub fn words(&self) -> &[u16] {
+        &self.words
+    }
+    /// Tile checksums (CRC-32C), `n_tiles` values.
+    pub fn crc(&self) -> &[u32] {
+        &self.crc
+    }
+
+    /// The header of FORMAT.md section 6 (`14 + ndim` words).
+    pub fn header(&self) -> Vec<u32> {
+        format::build_header(&self.geom, self.group_size, &self.shape)
+    }
+
+    /// Splits into `(header, freqs, states, offsets, words, crc)`.
+    #[allow(clippy::type_complexity)]
+    pub fn into_parts(self) -> (Vec<u32>, Vec<u16>, Vec<u32>, Vec<u32>, Vec<u16>, Vec<u32>) {
+        (
+            self.header(),
+            self.freqs,
+            self.states,
+            self.offsets,
+            self.words,
+            self.crc,
+        )
+    }
+
+    /// Loads a coded matrix from its stored parts, validating every header field and every
+    /// part's size against each other before touching the parts' contents, then the offsets,
+    /// frequency tables and states. Allocates nothing but the shape; checksums are verified
+    /// when decoding (or by [`verify_checksums`](Self::verify_checksums)).
+    pub fn from_parts(
+        header: &[u32],
+        freqs: Vec<u16>,
+        states: Vec<u32>,
+        offsets: Vec<u32>,
+        words: Vec<u16>,
+        crc: Vec<u32>,
+    ) -> Result<Self, CodecError> {
+        let (g, group_size, shape) = format::parse_header(header)?;
+        let (lf, ls, lo, lc) = g.part_lens();
+        let size = |part, expected: usize, actual: usize| {
+            if expected == actual {
+                Ok(())
+            } else {
+                Err(CodecError::SizeMismatch {
+                    part,
+                    expected: expected as u64,
+                    actual: actual as u64,
+                })
+            }
+        };
+        size("freqs", lf, freqs.len())?;
+        size("states", ls, states.len())?;
+        size("offsets", lo, offsets.len())?;
+        size("crc", lc, crc.len())?;
+        if offsets[0] != 0 {
+            return Err(CodecError::BadOffsets {
+                chunk: 0,
+                offset: offsets[0],
+                reason: "offsets[0] must be 0",
+            });
+        }
+        for (c, w) in offsets.windows(2).enumerate() {
+            if w[1] < w[0] {
+                return Err(CodecError::BadOffsets {
+                    chunk: c + 1,
+                    offset: w[1],
+                    reason: "offsets decrease",
+                });
+            }
+        }
+        let last = *offsets.last().unwrap();
+        if last as usize != words.len() {
+            return Err(CodecError::SizeMismatch {
+                part: "words",
+                expected: last.into(),
+                actual: words.len() as u64,
+            });
+        }
+        if g.alphabet > 0 {
+            for (t, f) in freqs.chunks_exact(g.alphabet).enumerate() {
+                table::check_freqs(f, g.precision)
+                    .map_err(|reason| CodecError::BadFrequencyTable { tile: t, reason })?;
+            }
+        }
+        if let Some(i) = states.iter().position(|&s| s < L) {
+            let chunk = i / LANES;
+            return Err(CodecError::BadInitialState {
+                tile: g.tile_of(chunk),
+                chunk,
+                lane: i % LANES,
+                state: states[i],
+            });
+        }
+        Ok(EncodedMatrix {
+            geom: g,
+            group_size,
+            shape,
+            freqs,
+            states,
+            offsets,
+            words,
+            crc,
+            entropy: None,
+        })
+    }
+
+    /// CRC-32C of tile `t` (FORMAT.md section 5).
+    fn tile_crc(&self, t: usize) -> u32 {
+        let a = self.geom.alphabet;
+        let cr = self.geom.tile_chunk_range(t);
+        let mut crc = crc_append(0, &self.freqs[t * a..(t + 1) * a]);
+        crc = crc_append(crc, &self.states[cr.start * LANES..cr.end * LANES]);
+        let (w0, w1) = (
+            self.offsets[cr.start] as usize,
+            self.offsets[cr.end] as usize,
+        );
+        crc_append(crc, &self.words[w0..w1])
+    }
+
+    fn check_tile_crc(&self, t: usize) -> Result<(), CodecError> {
+        let computed = self.tile_crc(t);
+        if computed != self.crc[t] {
+            return Err(CodecError::ChecksumMismatch {
+                tile: t,
+                stored: self.crc[t],
+                computed,
+            });
+        }
+        Ok(())
+    }
+
+    /// Verifies every tile's CRC-32C.
+    pub fn verify_checksums(&self) -> Result<(), CodecError> {
+        (0..self.geom.n_tiles)
+            .into_par_iter()
+            .try_for_each(|t| self.check_tile_crc(t))
+    }
+
+    /// Bytes of coded payload (the word stream).
+    pub fn payload_bytes(&self) -> usize {
+        self.words.len() * 2
+    }
+
+    /// Bytes of everything else: header, frequency tables, states, offsets and checksums.
+    pub fn overhead_bytes(&self) -> usize {
+        (HEADER_FIXED + self.shape.len()) * 4
+            + self.freqs.len() * 2
+            + self.states.len() * 4
+            + self.offsets.len() * 4
+            + self.crc.len() * 4
+    }
+
+    /// Total stored bytes, `payload_bytes() + overhead_bytes()`.
+    pub fn total_bytes(&self) -> usize {
+        self.payload_bytes() + self.overhead_bytes()
+    }
+
+    /// Number of weights, `rows * cols`.
+    pub fn weights(&self) -> usize {
+        self.geom.rows * self.geom.cols
+    }
+
+    /// Sum over tiles of the empirical entropy (in bits) of the tile's coded symbols: the size
+    /// an ideal coder with one static model per tile would reach, side information excluded.
+    /// Recorded by [`encode`]; computed by decoding for a matrix loaded with
+    /// [`from_parts`](Self::from_parts).
+    pub fn entropy_bound_bits(&self) -> Result<f64, CodecError> {
+        if let Some(e) = self.entropy {
+            return Ok(e);
+        }
+        let coded = self.decode_coded_symbols()?;
+        let g = &self.geom;
+        let spr = g.syms_per_row;
+        Ok((0..g.n_tiles)
+            .map(|t| {
+                let cr = g.tile_chunk_range(t);
+                let r0 = g.chunk_rows_range(cr.start).start;
+                let r1 = g.chunk_rows_range(cr.end - 1).end;
+                table::entropy_bits(&table::histogram(&coded[r0 * spr..r1 * spr]))
+            })
+            .sum())
+    }
+
+    /// Core parallel decode. `out` holds `rows * row_bytes` bytes, `row_bytes >= S`; each
+    /// chunk's coded symbols are written to the start of its region (`m * row_bytes` bytes),
+    /// after which `post(region, m)` runs on it.
+    fn run_decode<F>(
+        &self,
+        out: &mut [u8],
+        row_bytes: usize,
+        verify: bool,
+        post: F,
+    ) -> Result<(), CodecError>
+    where
+        F: Fn(&mut [u8], usize) + Sync,
+    {
+        let g = &self.geom;
+        if g.n_chunks == 0 {
+            return Ok(());
+        }
+        let tile_bytes = g.tile_chunks * g.chunk_rows * row_bytes;
+        let chunk_bytes = g.chunk_rows * row_bytes;
+        out.par_chunks_mut(tile_bytes)
+            .enumerate()
+            .try_for_each(|(t, region)| {
+                if verify {
+                    self.check_tile_crc(t)?;
+                }
+                let f = &self.freqs[t * g.alphabet..(t + 1) * g.alphabet];
+                if g.precision <= <u32 as SlotEntry>::MAX_PRECISION {
+                    let tab = SlotTable::<u32>::new(f, g.precision);
+                    self.decode_tile(&tab, t, region, chunk_bytes, &post)
+                } else {
+                    let tab = SlotTable::<u64>::new(f, g.precision);
+                    self.decode_tile(&tab, t, region, chunk_bytes, &post)
+                }
+            })
+    }
+
+    fn decode_tile<E: SlotEntry, F>(
+        &self,
+        tab: &SlotTable<E>,
+        t: usize,
+        region: &mut [u8],
+        chunk_bytes: usize,
+        post: &F,
+    ) -> Result<(), CodecError>
+    where
+        F: Fn(&mut [u8], usize) + Sync,
+    {
+        let g = &self.geom;
+        let c0 = t * g.tile_chunks;
+        let spr = g.syms_per_row;
+        region
+            .par_chunks_mut(chunk_bytes)
+            .enumerate()
+            .try_for_each(|(i, cregion)| {
+                let c = c0 + i;
+                let rr = g.chunk_rows_range(c);
+                let m = rr.len();
+                decode_chunk(
+                    tab,
+                    g.precision,
+                    &self.states[c * LANES..(c + 1) * LANES],
+                    &self.words,
+                    self.offsets[c] as usize,
+                    self.offsets[c + 1] as usize,
+                    &mut cregion[..m * spr],
+                    spr,
+                    ChunkCtx {
+                        tile: t,
+                        chunk: c,
+                        first_row: rr.start,
+                    },
+                )?;
+                post(cregion, m);
+                Ok(())
+            })
+    }
+
+    fn check_out(
+        &self,
+        part: &'static str,
+        expected: usize,
+        actual: usize,
+    ) -> Result<(), CodecError> {
+        if expected != actual {
+            return Err(CodecError::SizeMismatch {
+                part,
+                expected: expected as u64,
+                actual: actual as u64,
+            });
+        }
+        Ok(())
+    }
+
+    fn alloc<T: Clone + Default>(n: usize) -> Result<Vec<T>, CodecError> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(n).map_err(|_| CodecError::Allocation {
+            bytes: (n * std::mem::size_of::<T>()) as u64,
+        })?;
+        v.resize(n, T::default());
+        Ok(v)
+    }
+
+    /// Decodes the coded symbols (`rows * S` bytes, `w` weights per byte, LSB first), verifying
+    /// checksums.
+    pub fn decode_coded_symbols(&self) -> Result<Vec<u8>, CodecError> {
+        let mut out = Self::alloc(self.geom.rows * self.geom.syms_per_row)?;
+        self.run_decode(&mut out, self.geom.syms_per_row, true, |_, _| {})?;
+        Ok(out)
+    }
+
+    /// Decodes the quantized values, one `u8` per weight, row-major (`rows * cols` bytes),
+    /// verifying checksums.
+    pub fn decode_symbols(&self) -> Result<Vec<u8>, CodecError> {
+        let mut out = Self::alloc(self.weights())?;
+        self.decode_symbols_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// [`decode_symbols`](Self::decode_symbols) into a caller's buffer of `rows * cols` bytes.
+    pub fn decode_symbols_into(&self, out: &mut [u8]) -> Result<(), CodecError> {
+        self.decode_symbols_impl(out, true)
+    }
+
+    /// [`decode_symbols_into`](Self::decode_symbols_into) without checksum verification. The
+    /// stream is still fully checked for consistency (a corrupt stream gives an error or wrong
+    /// values, never a panic or out-of-bounds access).
+    pub fn decode_symbols_unverified_into(&self, out: &mut [u8]) -> Result<(), CodecError> {
+        self.decode_symbols_impl(out, false)
+    }
+
+    fn decode_symbols_impl(&self, out: &mut [u8], verify: bool) -> Result<(), CodecError> {
+        self.check_out("output", self.weights(), out.len())?;
+        let g = &self.geom;
+        let w = g.wps as usize;
+        let spr = g.syms_per_row;
+        if w == 1 {
+            return self.run_decode(out, g.cols, verify, |_, _| {});
+        }
+        // Expand w weights per symbol in place, back to front (the expanded position of symbol
+        // i is i * w >= i, so nothing is overwritten before it is read).
+        let bits = g.bits;
+        let mask = (1u32 << bits) - 1;
+        let mut lut = [[0u8; 4]; 256];
+        for (s, e) in lut.iter_mut().enumerate() {
+            for (i, v) in e.iter_mut().enumerate() {
+                *v = ((s as u32 >> (bits * i as u32)) & mask) as u8;
+            }
+        }
+        self.run_decode(out, g.cols, verify, |region, m| {
+            let n = m * spr;
+            for i in (0..n).rev() {
+                let e = lut[region[i] as usize];
+                region[i * w..i * w + w].copy_from_slice(&e[..w]);
+            }
+        })
+    }
+
+    /// Decodes to MLX packed `u32` words (`rows * cols * bits / 32`), verifying checksums.
+    pub fn decode_packed(&self) -> Result<Vec<u32>, CodecError> {
+        let mut out = Self::alloc(self.weights() * self.geom.bits as usize / 32)?;
+        self.decode_packed_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// [`decode_packed`](Self::decode_packed) into a caller's buffer.
+    pub fn decode_packed_into(&self, out: &mut [u32]) -> Result<(), CodecError> {
+        let g = &self.geom;
+        let words_per_row = g.cols * g.bits as usize / 32;
+        self.check_out("output", g.rows * words_per_row, out.len())?;
+        // 2, 4, 8 bits with one byte per symbol: the coded symbols are the packed bytes.
+        if cfg!(target_endian = "little") && g.bits * g.wps == 8 && 8 % g.bits == 0 {
+            let bytes: &mut [u8] = bytemuck::cast_slice_mut(out);
+            return self.run_decode(bytes, g.syms_per_row, true, |_, _| {});
+        }
+        let sym = self.decode_symbols()?;
+        if g.cols == 0 {
+            return Ok(());
+        }
+        out.par_chunks_mut(words_per_row.max(1))
+            .zip(sym.par_chunks(g.cols))
+            .for_each(|(o, s)| pack::pack_row(s, g.bits, o));
+        Ok(())
+    }
+}

@@ -1,0 +1,127 @@
+//! The chunk decoder (FORMAT.md section 4).
+
+use super::table::{SlotEntry, SlotTable};
+use super::{CodecError, LANES};
+
+/// The lower bound of a normalised state, `2^16`.
+pub(crate) const L: u32 = 1 << 16;
+
+/// Where a chunk sits, for error messages.
+#[derive(Clone, Copy)]
+pub(crate) struct ChunkCtx {
+    pub tile: usize,
+    pub chunk: usize,
+    pub first_row: usize,
+}
+
+/// Renormalises lanes `0..x.len()` with bounds-checked reads (tail path and partial steps).
+#[inline(never)]
+fn renorm_checked(
+    x: &mut [u32],
+    words: &[u16],
+    p: &mut usize,
+    ctx: ChunkCtx,
+    row: usize,
+) -> Result<(), CodecError> {
+    for xl in x.iter_mut() {
+        if *xl < L {
+            let Some(&w) = words.get(*p) else {
+                return Err(CodecError::StreamOverrun {
+                    tile: ctx.tile,
+                    chunk: ctx.chunk,
+                    byte_offset: 2 * *p as u64,
+                    row,
+                });
+            };
+            *xl = (*xl << 16) | u32::from(w);
+            *p += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Decodes one chunk of `out.len() / syms_per_row` rows into `out` (coded symbols, row-major).
+///
+/// `words[start..end]` is the chunk's word range; `states` its 32 initial states, each already
+/// checked to lie in `[2^16, 2^32)`; `table` is built from a frequency table accepted by
+/// `check_freqs`, so every slot maps to a symbol of non-zero frequency.
+///
+/// Never panics and never reads outside `words[start..end]`: the fast path reads a whole 32-word
+/// window that it has checked to lie inside the range (one check per step); near the end of the
+/// range the checked path takes over.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decode_chunk<E: SlotEntry>(
+    table: &SlotTable<E>,
+    precision: u32,
+    states: &[u32],
+    words: &[u16],
+    start: usize,
+    end: usize,
+    out: &mut [u8],
+    syms_per_row: usize,
+    ctx: ChunkCtx,
+) -> Result<(), CodecError> {
+    let mask = (1u32 << precision) - 1;
+    let tab: &[E] = &table.entries;
+    let tmask = (1usize << E::MAX_PRECISION) - 1;
+    assert_eq!(tab.len(), tmask + 1);
+    assert!(precision <= E::MAX_PRECISION);
+    let mut x: [u32; LANES] = states.try_into().expect("32 states per chunk");
+    let words = &words[..end];
+    let mut p = start;
+    if syms_per_row == 0 {
+        return Ok(());
+    }
+    for (ri, row) in out.chunks_exact_mut(syms_per_row).enumerate() {
+        let mut steps = row.chunks_exact_mut(LANES);
+        for o in &mut steps {
+            let o: &mut [u8; LANES] = o.try_into().unwrap();
+            for l in 0..LANES {
+                let e = tab[(x[l] & mask) as usize & tmask];
+                o[l] = e.sym();
+                x[l] = e.freq() * (x[l] >> precision) + e.bias();
+            }
+            if let Some(win) = words.get(p..p + LANES) {
+                let win: &[u16; LANES] = win.try_into().unwrap();
+                let mut k = 0usize;
+                for xl in x.iter_mut() {
+                    // Branch-free: at most one word per lane; `k <= lane < 32`.
+                    let need = u32::from(*xl < L);
+                    let w = u32::from(win[k & (LANES - 1)]);
+                    *xl = (*xl << (need * 16)) | (w & need.wrapping_neg());
+                    k += need as usize;
+                }
+                p += k;
+            } else {
+                renorm_checked(&mut x, words, &mut p, ctx, ctx.first_row + ri)?;
+            }
+        }
+        let rem = steps.into_remainder();
+        if !rem.is_empty() {
+            let act = rem.len();
+            for (l, o) in rem.iter_mut().enumerate() {
+                let e = tab[(x[l] & mask) as usize & tmask];
+                *o = e.sym();
+                x[l] = e.freq() * (x[l] >> precision) + e.bias();
+            }
+            renorm_checked(&mut x[..act], words, &mut p, ctx, ctx.first_row + ri)?;
+        }
+    }
+    if p != end {
+        return Err(CodecError::TrailingWords {
+            tile: ctx.tile,
+            chunk: ctx.chunk,
+            unread: (end - p) as u64,
+            byte_offset: 2 * p as u64,
+        });
+    }
+    if let Some((lane, &state)) = x.iter().enumerate().find(|(_, &s)| s != L) {
+        return Err(CodecError::BadFinalState {
+            tile: ctx.tile,
+            chunk: ctx.chunk,
+            lane,
+            state,
+        });
+    }
+    Ok(())
+}

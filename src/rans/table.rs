@@ -1,0 +1,368 @@
+//! Frequency normalisation, decoder slot tables and encoder symbol tables.
+
+/// Counts how often each byte value occurs (four interleaved histograms to avoid
+/// store-to-load stalls on runs of equal symbols).
+pub(crate) fn histogram(symbols: &[u8]) -> [u64; 256] {
+    let mut h = [[0u32; 256]; 4];
+    let mut total = [0u64; 256];
+    // u32 partial counts: flush every 2^31 symbols at the latest.
+    for block in symbols.chunks(1 << 30) {
+        let mut it = block.chunks_exact(4);
+        for q in &mut it {
+            h[0][q[0] as usize] += 1;
+            h[1][q[1] as usize] += 1;
+            h[2][q[2] as usize] += 1;
+            h[3][q[3] as usize] += 1;
+        }
+        for &s in it.remainder() {
+            h[0][s as usize] += 1;
+        }
+        for (s, t) in total.iter_mut().enumerate() {
+            *t += u64::from(h[0][s]) + u64::from(h[1][s]) + u64::from(h[2][s]) + u64::from(h[3][s]);
+        }
+        h = [[0u32; 256]; 4];
+    }
+    total
+}
+
+/// Empirical entropy in bits of a sample with these counts: `sum c * log2(N / c)`.
+pub(crate) fn entropy_bits(counts: &[u64]) -> f64 {
+    let n: u64 = counts.iter().sum();
+    if n == 0 {
+        return 0.0;
+    }
+    let nf = n as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let c = c as f64;
+            c * (nf / c).log2()
+        })
+        .sum()
+}
+
+/// Coded size in bits of a sample with these counts under the frequencies `freqs` (sum `2^n`):
+/// `sum c * log2(2^n / f)`. Infinite if a present symbol has frequency 0.
+#[cfg(test)]
+pub(crate) fn cost_bits(counts: &[u64], freqs: &[u16], precision: u32) -> f64 {
+    let m = f64::from(1u32 << precision);
+    counts
+        .iter()
+        .zip(freqs)
+        .filter(|(&c, _)| c > 0)
+        .map(|(&c, &f)| {
+            if f == 0 {
+                f64::INFINITY
+            } else {
+                c as f64 * (m / f64::from(f)).log2()
+            }
+        })
+        .sum()
+}
+
+/// The optimal frequency table for `counts` at precision `n`.
+///
+/// Minimises `sum counts[s] * log2(2^n / f[s])` subject to `sum f = 2^n`, `f[s] >= 1` for every
+/// present symbol and `f[s] = 0` for absent ones. The objective is separable and convex in the
+/// integers `f[s]`, so a table from which no single unit transfer between two symbols improves
+/// the cost is globally optimal. We start from the proportional floor and apply improving
+/// transfers greedily until none is left.
+///
+/// Invariant: the result sums to exactly `2^n`, and `f[s] > 0` iff `counts[s] > 0`.
+/// Requires `1 <= number of present symbols <= 2^n` (always true: the alphabet has at most 256
+/// symbols and `n >= 8`), or all counts zero (returns all zeros).
+pub(crate) fn normalize(counts: &[u64], precision: u32) -> Vec<u16> {
+    let m = 1u64 << precision;
+    let total: u64 = counts.iter().sum();
+    let mut f = vec![0u64; counts.len()];
+    if total == 0 {
+        return vec![0; counts.len()];
+    }
+    let present = counts.iter().filter(|&&c| c > 0).count() as u64;
+    assert!(present <= m, "alphabet larger than 2^precision");
+    let mut sum = 0u64;
+    for (fs, &c) in f.iter_mut().zip(counts) {
+        if c > 0 {
+            // Proportional floor, at least 1 (u128: counts can be large).
+            *fs = ((u128::from(c) * u128::from(m)) / u128::from(total)).max(1) as u64;
+            sum += *fs;
+        }
+    }
+    // Marginal gain of f -> f+1 and loss of f -> f-1, in bits.
+    let gain = |c: u64, f: u64| c as f64 * ((f + 1) as f64 / f as f64).log2();
+    let loss = |c: u64, f: u64| {
+        if f <= 1 {
+            f64::INFINITY
+        } else {
+            c as f64 * (f as f64 / (f - 1) as f64).log2()
+        }
+    };
+    let best_add = |f: &[u64]| {
+        let mut best = (f64::NEG_INFINITY, usize::MAX);
+        for (s, &c) in counts.iter().enumerate() {
+            if c > 0 {
+                let g = gain(c, f[s]);
+                if g > best.0 {
+                    best = (g, s);
+                }
+            }
+        }
+        best
+    };
+    let best_remove = |f: &[u64], except: usize| {
+        let mut best = (f64::INFINITY, usize::MAX);
+        for (s, &c) in counts.iter().enumerate() {
+            if c > 0 && s != except {
+                let l = loss(c, f[s]);
+                if l < best.0 {
+                    best = (l, s);
+                }
+            }
+        }
+        best
+    };
+    while sum < m {
+        let (_, s) = best_add(&f);
+        f[s] += 1;
+        sum += 1;
+    }
+    while sum > m {
+        let (_, s) = best_remove(&f, usize::MAX);
+        f[s] -= 1;
+        sum -= 1;
+    }
+    // Improving unit transfers. Each strictly lowers the cost; the cap is a safety net only.
+    for _ in 0..(4 * m) {
+        let (g, a) = best_add(&f);
+        let (l, r) = best_remove(&f, a);
+        if r == usize::MAX || !(g > l * (1.0 + 1e-12) + 1e-9) {
+            break;
+        }
+        f[a] += 1;
+        f[r] -= 1;
+    }
+    debug_assert_eq!(f.iter().sum::<u64>(), m);
+    debug_assert!(f.iter().zip(counts).all(|(&f, &c)| (f > 0) == (c > 0)));
+    f.into_iter().map(|v| v as u16).collect()
+}
+
+/// Checks a table: `A` entries, each `<= 2^n`, summing to `2^n`.
+pub(crate) fn check_freqs(freqs: &[u16], precision: u32) -> Result<(), String> {
+    let m = 1u64 << precision;
+    let mut sum = 0u64;
+    for (s, &f) in freqs.iter().enumerate() {
+        if u64::from(f) > m {
+            return Err(format!("f[{s}] = {f} exceeds 2^{precision}"));
+        }
+        sum += u64::from(f);
+    }
+    if sum != m {
+        return Err(format!(
+            "frequencies sum to {sum}, expected 2^{precision} = {m}"
+        ));
+    }
+    Ok(())
+}
+
+/// One decoder slot entry: symbol, frequency, and `slot - c[s]` (the bias).
+pub(crate) trait SlotEntry: Copy + Default + Send + Sync {
+    /// log2 of the table length this entry type is used with.
+    const MAX_PRECISION: u32;
+    fn pack(sym: u8, freq: u32, bias: u32) -> Self;
+    fn sym(self) -> u8;
+    fn freq(self) -> u32;
+    fn bias(self) -> u32;
+}
+
+/// Packed u32 slot entry for `n <= 12`: symbol (bits 0..8) | freq-1 (bits 8..20) | bias (bits 20..32).
+///
+/// Invariant: `1 <= freq <= 4096` and `bias < freq`, so both fit in 12 bits.
+impl SlotEntry for u32 {
+    const MAX_PRECISION: u32 = 12;
+    #[inline(always)]
+    fn pack(sym: u8, freq: u32, bias: u32) -> Self {
+        debug_assert!((1..=4096).contains(&freq) && bias < freq);
+        u32::from(sym) | ((freq - 1) << 8) | (bias << 20)
+    }
+    #[inline(always)]
+    fn sym(self) -> u8 {
+        self as u8
+    }
+    #[inline(always)]
+    fn freq(self) -> u32 {
+        ((self >> 8) & 0xfff) + 1
+    }
+    #[inline(always)]
+    fn bias(self) -> u32 {
+        self >> 20
+    }
+}
+
+/// Packed u64 slot entry for `n <= 16`: symbol (bits 0..8) | freq (bits 8..32) | bias (bits 32..64).
+impl SlotEntry for u64 {
+    const MAX_PRECISION: u32 = 16;
+    #[inline(always)]
+    fn pack(sym: u8, freq: u32, bias: u32) -> Self {
+        u64::from(sym) | (u64::from(freq) << 8) | (u64::from(bias) << 32)
+    }
+    #[inline(always)]
+    fn sym(self) -> u8 {
+        self as u8
+    }
+    #[inline(always)]
+    fn freq(self) -> u32 {
+        (self >> 8) as u32 & 0xff_ffff
+    }
+    #[inline(always)]
+    fn bias(self) -> u32 {
+        (self >> 32) as u32
+    }
+}
+
+/// Decoder slot table with `2^MAX_PRECISION` entries (only the first `2^n` are used), so that
+/// `slot & (len - 1)` is provably in bounds.
+pub(crate) struct SlotTable<E: SlotEntry> {
+    pub(crate) entries: Box<[E]>,
+}
+
+impl<E: SlotEntry> SlotTable<E> {
+    /// Builds the table. Requires a table accepted by [`check_freqs`] with `n <= E::MAX_PRECISION`.
+    pub(crate) fn new(freqs: &[u16], precision: u32) -> Self {
+        assert!(precision <= E::MAX_PRECISION);
+        let mut entries = vec![E::default(); 1 << E::MAX_PRECISION].into_boxed_slice();
+        let mut c = 0usize;
+        for (s, &f) in freqs.iter().enumerate() {
+            for b in 0..usize::from(f) {
+                entries[c + b] = E::pack(s as u8, u32::from(f), b as u32);
+            }
+            c += usize::from(f);
+        }
+        debug_assert_eq!(c, 1 << precision);
+        SlotTable { entries }
+    }
+}
+
+/// Encoder parameters of one symbol (ryg_rans style, with a 64-bit reciprocal).
+///
+/// `x / f == mulhi64(x, rcp)` for every 32-bit `x` and `2 <= f < 2^32` with
+/// `rcp = ceil(2^64 / f)` (Lemire, Kaser, Kurz 2019, Theorem 1: `rcp * f - 2^64 < f <= 2^32`).
+/// For `f == 1`, `rcp = 2^64 - 1` gives `x - 1` and the bias absorbs the difference.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct EncSymbol {
+    pub(crate) rcp: u64,
+    /// `c[s]`, or `c[s] + 2^n - 1` when `f == 1`.
+    pub(crate) bias: u32,
+    /// `2^n - f`.
+    pub(crate) cmpl: u32,
+    /// `f`.
+    pub(crate) freq: u32,
+}
+
+/// Per-symbol encoder parameters for one tile.
+pub(crate) fn enc_table(freqs: &[u16], precision: u32) -> [EncSymbol; 256] {
+    let m = 1u32 << precision;
+    let mut t = [EncSymbol::default(); 256];
+    let mut c = 0u32;
+    for (s, &f) in freqs.iter().enumerate() {
+        let f = u32::from(f);
+        if f > 0 {
+            t[s] = if f == 1 {
+                EncSymbol {
+                    rcp: u64::MAX,
+                    bias: c + m - 1,
+                    cmpl: m - 1,
+                    freq: 1,
+                }
+            } else {
+                EncSymbol {
+                    rcp: (u128::from(u64::MAX) / u128::from(f)) as u64 + 1,
+                    bias: c,
+                    cmpl: m - f,
+                    freq: f,
+                }
+            };
+        }
+        c += f;
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reciprocal_is_exact() {
+        for f in 2u32..=32768 {
+            let t = enc_table(&[f as u16], 15);
+            let rcp = t[0].rcp;
+            for x in [
+                0u32,
+                1,
+                f - 1,
+                f,
+                f + 1,
+                65535,
+                65536,
+                u32::MAX,
+                u32::MAX - 1,
+                0x8000_0000,
+            ] {
+                let q = ((u128::from(x) * u128::from(rcp)) >> 64) as u32;
+                assert_eq!(q, x / f, "x={x} f={f}");
+            }
+        }
+    }
+
+    /// Brute-force optimum for tiny alphabets.
+    #[test]
+    fn normalize_is_optimal() {
+        let cases: &[&[u64]] = &[
+            &[1, 1],
+            &[100, 1],
+            &[5, 3, 2],
+            &[1000, 1, 1, 1],
+            &[7, 0, 3, 9],
+        ];
+        for counts in cases {
+            let n = 8;
+            let m = 256u64;
+            let f = normalize(counts, n);
+            let cost = cost_bits(counts, &f, n);
+            // Exhaustive over present symbols (at most 4).
+            let present: Vec<usize> = (0..counts.len()).filter(|&s| counts[s] > 0).collect();
+            let mut best = f64::INFINITY;
+            let k = present.len();
+            let mut idx = vec![1u64; k];
+            loop {
+                let s: u64 = idx[..k - 1].iter().sum();
+                if s < m {
+                    let mut ff = vec![0u16; counts.len()];
+                    for (i, &p) in present.iter().enumerate().take(k - 1) {
+                        ff[p] = idx[i] as u16;
+                    }
+                    ff[present[k - 1]] = (m - s) as u16;
+                    best = best.min(cost_bits(counts, &ff, n));
+                }
+                // odometer over the first k-1
+                let mut i = 0;
+                loop {
+                    if i + 1 >= k {
+                        break;
+                    }
+                    idx[i] += 1;
+                    if idx[i] < m {
+                        break;
+                    }
+                    idx[i] = 1;
+                    i += 1;
+                }
+                if i + 1 >= k {
+                    break;
+                }
+            }
+            assert!(cost <= best + 1e-9, "{counts:?}: {cost} > {best}");
+        }
+    }
+}
