@@ -1,1 +1,612 @@
-//! (being written)
+//! GPU kernels through wgpu/WGSL: rANS decode of the ecq coded format (docs/FORMAT.md), the
+//! fused decode + dequantize + GEMV kernel, and a plain MLX quantized GEMV (the baseline).
+//!
+//! * [`GpuContext`] is the long-lived entry point: device, queue, adapter information and a
+//!   [`PipelineRegistry`] caching compiled pipelines keyed by kernel, entry point and
+//!   pipeline-overridable constants. Its methods block (through `pollster`).
+//! * Lower-level pieces take `&Device, &Queue` (plus a registry) so applications can bring their
+//!   own device: [`GpuCodedMatrix::upload`], [`GpuQuantizedMatrix::upload`], and the
+//!   [`Dispatch`] values that record a kernel into a compute pass without reading anything back.
+//!
+//! Kernels live in `wgsl/`, one per file ([`Kernel`]). They stay within the WebGPU default
+//! limits (at most 16 KiB of workgroup memory, 128 invocations per workgroup, 8 storage buffers
+//! per stage); storage buffer sizes are checked against `device.limits()` and reported as
+//! [`GpuError::TooLarge`]. [`GpuContext::new`] asks the adapter for its largest storage-buffer
+//! binding and buffer sizes (everything else stays at the WebGPU defaults).
+//!
+//! Activations are `f32`; `f16` activations are converted to `f32` on the host before upload
+//! (no `SHADER_F16` requirement). The lane reductions use workgroup memory, not subgroup
+//! operations, so every adapter runs the same code.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use ecq::gpu::{CodedMatrixRef, GpuContext};
+//! use ecq::rans::{encode, EncodeOptions};
+//!
+//! let q: Vec<u8> = (0..64 * 256).map(|i| (i % 7) as u8).collect();
+//! let enc = encode(&q, 64, 256, 4, &EncodeOptions::default())?;
+//! let ctx = GpuContext::new()?;
+//! println!("{}", ctx.describe());
+//! let m = ctx.upload_coded(CodedMatrixRef::from(&enc), None)?;
+//! assert_eq!(ctx.decode_symbols(&m)?, q);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod decode;
+mod gemv;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+pub use decode::{CodedMatrixRef, DecodeOutput, GpuCodedMatrix, QuantParamsRef};
+pub use gemv::GpuQuantizedMatrix;
+
+/// Errors of the GPU module.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GpuError {
+    /// No adapter matched (none at all, or none matching `WGPU_ADAPTER_NAME` / `WGPU_BACKEND`).
+    #[error("no GPU adapter: {0}")]
+    NoAdapter(String),
+    /// The adapter refused to create a device.
+    #[error("request_device failed: {0}")]
+    RequestDevice(String),
+    /// The arguments are inconsistent (lengths, geometry, shapes).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The kernels do not support this case (named in the message).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A buffer would exceed a device limit.
+    #[error("{what} needs {bytes} bytes, more than the device limit {limit} ({limit_name})")]
+    TooLarge {
+        /// Which buffer.
+        what: String,
+        /// Its size in bytes.
+        bytes: u64,
+        /// The device limit.
+        limit: u64,
+        /// The name of the limit in `wgpu::Limits`.
+        limit_name: &'static str,
+    },
+    /// The coded stream is corrupt: the first failing chunk (in index order) is named; `flags`
+    /// holds the kernel's error bits for it (see [`GpuError::describe_flags`]).
+    #[error(
+        "corrupt stream in chunk {chunk} (tile {tile}): {reason}; {bad_chunks} chunk(s) failed"
+    )]
+    CorruptStream {
+        /// First failing chunk.
+        chunk: usize,
+        /// Its tile.
+        tile: usize,
+        /// Kernel error bits of that chunk.
+        flags: u32,
+        /// The bits in words.
+        reason: String,
+        /// How many chunks failed.
+        bad_chunks: usize,
+    },
+    /// A wgpu validation or out-of-memory error (shader compilation, pipeline creation,
+    /// dispatch).
+    #[error("wgpu: {0}")]
+    Wgpu(String),
+    /// Mapping a buffer for readback failed.
+    #[error("buffer mapping failed: {0}")]
+    Map(String),
+}
+
+/// Kernel error bits written to the per-chunk error buffer (mirrors `wgsl/rans_*.wgsl`).
+pub mod error_bits {
+    /// An initial state is below 2^16.
+    pub const BAD_STATE: u32 = 1;
+    /// A slot fell on a zero-frequency symbol.
+    pub const ZERO_FREQ: u32 = 2;
+    /// A renormalisation read went past the chunk's words.
+    pub const OVER_READ: u32 = 4;
+    /// A final state is not 2^16.
+    pub const FINAL_STATE: u32 = 8;
+    /// The chunk's words were not all consumed.
+    pub const UNCONSUMED: u32 = 16;
+    /// The tile's frequency table does not sum to 2^n.
+    pub const TABLE: u32 = 32;
+    /// The chunk's offsets are decreasing or past the word stream.
+    pub const OFFSETS: u32 = 64;
+}
+
+impl GpuError {
+    /// Names the kernel error bits of a chunk.
+    pub fn describe_flags(flags: u32) -> String {
+        use error_bits::*;
+        let names = [
+            (BAD_STATE, "initial state below 2^16"),
+            (ZERO_FREQ, "slot on a zero-frequency symbol"),
+            (OVER_READ, "read past the chunk's words"),
+            (FINAL_STATE, "final state != 2^16"),
+            (UNCONSUMED, "words not fully consumed"),
+            (TABLE, "frequency table does not sum to 2^n"),
+            (OFFSETS, "invalid word offsets"),
+        ];
+        let v: Vec<&str> = names
+            .iter()
+            .filter(|(b, _)| flags & b != 0)
+            .map(|(_, n)| *n)
+            .collect();
+        if v.is_empty() {
+            format!("error bits {flags:#x}")
+        } else {
+            v.join(", ")
+        }
+    }
+}
+
+/// The kernels, one WGSL file each in `wgsl/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Kernel {
+    /// `wgsl/rans_decode.wgsl`: parallel rANS decode to MLX packed words or bytes per weight.
+    RansDecode,
+    /// `wgsl/rans_gemv.wgsl`: fused decode + dequantize + GEMV.
+    RansGemv,
+    /// `wgsl/qgemv.wgsl`: plain MLX quantized GEMV (2, 4, 8 bits).
+    QGemv,
+}
+
+impl Kernel {
+    /// The WGSL source.
+    pub fn source(self) -> &'static str {
+        match self {
+            Kernel::RansDecode => include_str!("../../wgsl/rans_decode.wgsl"),
+            Kernel::RansGemv => include_str!("../../wgsl/rans_gemv.wgsl"),
+            Kernel::QGemv => include_str!("../../wgsl/qgemv.wgsl"),
+        }
+    }
+
+    /// The file name in `wgsl/`.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Kernel::RansDecode => "rans_decode.wgsl",
+            Kernel::RansGemv => "rans_gemv.wgsl",
+            Kernel::QGemv => "qgemv.wgsl",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PipelineKey {
+    kernel: Kernel,
+    entry: &'static str,
+    constants: Vec<(&'static str, u32)>,
+}
+
+/// A cache of compute pipelines for one device, keyed by kernel, entry point and
+/// pipeline-overridable constants. Shader modules are compiled once per kernel.
+#[derive(Debug, Default)]
+pub struct PipelineRegistry {
+    modules: Mutex<HashMap<Kernel, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+}
+
+impl PipelineRegistry {
+    /// An empty registry. Use one registry per device.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of cached pipelines.
+    pub fn len(&self) -> usize {
+        self.pipelines.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// Whether no pipeline is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The pipeline for `kernel`'s entry point `entry` with the given overridable constants,
+    /// compiled on first use. Compilation errors are returned as [`GpuError::Wgpu`].
+    pub fn get(
+        &self,
+        device: &wgpu::Device,
+        kernel: Kernel,
+        entry: &'static str,
+        constants: &[(&'static str, u32)],
+    ) -> Result<wgpu::ComputePipeline, GpuError> {
+        let key = PipelineKey {
+            kernel,
+            entry,
+            constants: constants.to_vec(),
+        };
+        if let Some(p) = self.pipelines.lock().expect("registry lock").get(&key) {
+            return Ok(p.clone());
+        }
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = {
+            let mut modules = self.modules.lock().expect("registry lock");
+            modules
+                .entry(kernel)
+                .or_insert_with(|| {
+                    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(kernel.file_name()),
+                        source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+                    })
+                })
+                .clone()
+        };
+        let consts: Vec<(&str, f64)> = constants.iter().map(|&(k, v)| (k, v as f64)).collect();
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(kernel.file_name()),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &consts,
+                zero_initialize_workgroup_memory: true,
+            },
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Wgpu(format!("{}: {e}", kernel.file_name())));
+        }
+        self.pipelines
+            .lock()
+            .expect("registry lock")
+            .insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+}
+
+/// One recorded kernel launch: pipeline, bind group and workgroup counts. Record it into any
+/// compute pass with [`Dispatch::record`] (benchmarks record many between two waits).
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: (u32, u32),
+}
+
+impl Dispatch {
+    /// Records the launch into `pass`.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        if self.workgroups.0 == 0 || self.workgroups.1 == 0 {
+            return;
+        }
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.workgroups.0, self.workgroups.1, 1);
+    }
+
+    /// Workgroups launched (x, y).
+    pub fn workgroups(&self) -> (u32, u32) {
+        self.workgroups
+    }
+
+    /// Records the launch in its own compute pass and submits it.
+    pub fn submit(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> wgpu::SubmissionIndex {
+        let mut enc = device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            self.record(&mut pass);
+        }
+        queue.submit([enc.finish()])
+    }
+}
+
+/// A long-lived GPU context: device, queue, adapter information and the pipeline registry.
+#[derive(Debug)]
+pub struct GpuContext {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    registry: PipelineRegistry,
+}
+
+impl GpuContext {
+    /// Picks an adapter and creates a device.
+    ///
+    /// Honours `WGPU_BACKEND` (e.g. `vulkan`, `metal`, `dx12`, `gl`; through
+    /// `wgpu::InstanceDescriptor::with_env`), `WGPU_ADAPTER_NAME` (a case-insensitive substring
+    /// of the adapter name) and `WGPU_POWER_PREF`. Without `WGPU_ADAPTER_NAME` the
+    /// highest-performance adapter wgpu offers is taken (a software adapter such as lavapipe
+    /// when there is nothing else). Requests the WebGPU default limits, raised to the adapter's
+    /// maximum storage-buffer binding and buffer sizes.
+    pub fn new() -> Result<Self, GpuError> {
+        pollster::block_on(Self::new_async())
+    }
+
+    async fn new_async() -> Result<Self, GpuError> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle().with_env());
+        let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
+            Ok(want) => {
+                let want = want.to_lowercase();
+                let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&want))
+                    .ok_or_else(|| {
+                        GpuError::NoAdapter(format!(
+                            "WGPU_ADAPTER_NAME={want:?} matches none of {names:?}"
+                        ))
+                    })?
+            }
+            Err(_) => instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::from_env()
+                        .unwrap_or(wgpu::PowerPreference::HighPerformance),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| GpuError::NoAdapter(e.to_string()))?,
+        };
+        let info = adapter.get_info();
+        let al = adapter.limits();
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: al.max_storage_buffer_binding_size,
+            max_buffer_size: al.max_buffer_size,
+            ..wgpu::Limits::default()
+        };
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("ecq"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| GpuError::RequestDevice(e.to_string()))?;
+        Ok(Self::from_device(device, queue, info))
+    }
+
+    /// Wraps an application's own device and queue (`info` from its adapter, used for reports).
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
+        GpuContext {
+            device,
+            queue,
+            info,
+            registry: PipelineRegistry::new(),
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The pipeline registry.
+    pub fn registry(&self) -> &PipelineRegistry {
+        &self.registry
+    }
+
+    /// The adapter information.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// The adapter name (e.g. "NVIDIA H100", "llvmpipe (LLVM 15.0.7, 256 bits)").
+    pub fn adapter_name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// The backend (Vulkan, Metal, Dx12, Gl, BrowserWebGpu).
+    pub fn backend(&self) -> wgpu::Backend {
+        self.info.backend
+    }
+
+    /// One line naming adapter, backend, driver and device type.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?}, driver {} {})",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            self.info.driver,
+            self.info.driver_info
+        )
+    }
+
+    /// Waits until the GPU has finished all submitted work.
+    pub fn wait(&self) -> Result<(), GpuError> {
+        wait(&self.device)
+    }
+
+    /// Uploads a coded matrix (and optionally its MLX scales and biases for the fused GEMV).
+    pub fn upload_coded(
+        &self,
+        m: CodedMatrixRef<'_>,
+        quant: Option<QuantParamsRef<'_>>,
+    ) -> Result<GpuCodedMatrix, GpuError> {
+        GpuCodedMatrix::upload(&self.device, m, quant)
+    }
+
+    /// Uploads an MLX quantized matrix for the plain GEMV.
+    pub fn upload_quantized(
+        &self,
+        q: &crate::quant::QuantizedMatrix,
+    ) -> Result<GpuQuantizedMatrix, GpuError> {
+        GpuQuantizedMatrix::upload(&self.device, q)
+    }
+
+    /// Decodes to MLX packed `u32` words (`rows * cols * bits / 32`), bit-exact with
+    /// `EncodedMatrix::decode_packed`. Corruption is reported as [`GpuError::CorruptStream`].
+    pub fn decode_packed(&self, m: &GpuCodedMatrix) -> Result<Vec<u32>, GpuError> {
+        m.decode(
+            &self.device,
+            &self.queue,
+            &self.registry,
+            DecodeOutput::Packed,
+        )
+    }
+
+    /// Decodes to one byte per weight (`rows * cols`), bit-exact with
+    /// `EncodedMatrix::decode_symbols`.
+    pub fn decode_symbols(&self, m: &GpuCodedMatrix) -> Result<Vec<u8>, GpuError> {
+        let words = m.decode(
+            &self.device,
+            &self.queue,
+            &self.registry,
+            DecodeOutput::BytePerWeight,
+        )?;
+        let mut bytes: Vec<u8> = bytemuck::cast_slice(&words).to_vec();
+        bytes.truncate(m.rows() * m.cols());
+        Ok(bytes)
+    }
+
+    /// Fused decode + dequantize + GEMV: `y = W x` with `W` in coded form (needs the scales and
+    /// biases given to [`upload_coded`](Self::upload_coded)).
+    pub fn gemv_coded(&self, m: &GpuCodedMatrix, x: &[f32]) -> Result<Vec<f32>, GpuError> {
+        m.gemv(&self.device, &self.queue, &self.registry, x)
+    }
+
+    /// [`gemv_coded`](Self::gemv_coded) with `f16` activations, converted to `f32` on the host.
+    pub fn gemv_coded_f16(
+        &self,
+        m: &GpuCodedMatrix,
+        x: &[half::f16],
+    ) -> Result<Vec<f32>, GpuError> {
+        let x: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        self.gemv_coded(m, &x)
+    }
+
+    /// Plain quantized GEMV `y = W x` over MLX packed weights (2, 4 or 8 bits).
+    pub fn gemv_quantized(&self, m: &GpuQuantizedMatrix, x: &[f32]) -> Result<Vec<f32>, GpuError> {
+        m.gemv(&self.device, &self.queue, &self.registry, x)
+    }
+
+    /// [`gemv_quantized`](Self::gemv_quantized) with `f16` activations, converted to `f32` on
+    /// the host.
+    pub fn gemv_quantized_f16(
+        &self,
+        m: &GpuQuantizedMatrix,
+        x: &[half::f16],
+    ) -> Result<Vec<f32>, GpuError> {
+        let x: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        self.gemv_quantized(m, &x)
+    }
+}
+
+/// Blocks until all submitted work on `device` is done.
+pub fn wait(device: &wgpu::Device) -> Result<(), GpuError> {
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map(|_| ())
+        .map_err(|e| GpuError::Wgpu(e.to_string()))
+}
+
+/// Checks a storage buffer size against the device limits.
+pub(crate) fn check_storage(device: &wgpu::Device, what: &str, bytes: u64) -> Result<(), GpuError> {
+    let l = device.limits();
+    if bytes > l.max_storage_buffer_binding_size as u64 {
+        return Err(GpuError::TooLarge {
+            what: what.to_string(),
+            bytes,
+            limit: l.max_storage_buffer_binding_size as u64,
+            limit_name: "max_storage_buffer_binding_size",
+        });
+    }
+    if bytes > l.max_buffer_size {
+        return Err(GpuError::TooLarge {
+            what: what.to_string(),
+            bytes,
+            limit: l.max_buffer_size,
+            limit_name: "max_buffer_size",
+        });
+    }
+    Ok(())
+}
+
+/// A storage buffer holding `bytes` (padded to a multiple of 4 and at least 16 bytes).
+pub(crate) fn storage_init(
+    device: &wgpu::Device,
+    what: &str,
+    bytes: &[u8],
+    extra: wgpu::BufferUsages,
+) -> Result<wgpu::Buffer, GpuError> {
+    use wgpu::util::DeviceExt;
+    let len = bytes.len().div_ceil(4).max(4) * 4;
+    check_storage(device, what, len as u64)?;
+    let contents: std::borrow::Cow<[u8]> = if len == bytes.len() {
+        bytes.into()
+    } else {
+        let mut v = bytes.to_vec();
+        v.resize(len, 0);
+        v.into()
+    };
+    Ok(
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(what),
+            contents: &contents,
+            usage: wgpu::BufferUsages::STORAGE | extra,
+        }),
+    )
+}
+
+/// An uninitialised storage buffer of `bytes` (at least 16), usable as copy source and
+/// destination.
+pub(crate) fn storage_empty(
+    device: &wgpu::Device,
+    what: &str,
+    bytes: u64,
+) -> Result<wgpu::Buffer, GpuError> {
+    let len = bytes.div_ceil(4).max(4) * 4;
+    check_storage(device, what, len)?;
+    Ok(device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(what),
+        size: len,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    }))
+}
+
+/// Copies `bytes` bytes of `src` to the host (blocking).
+pub(crate) fn read_back(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    src: &wgpu::Buffer,
+    bytes: u64,
+) -> Result<Vec<u8>, GpuError> {
+    let len = bytes.div_ceil(4).max(4) * 4;
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("ecq readback"),
+        size: len,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = device.create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(src, 0, &staging, 0, len);
+    queue.submit([enc.finish()]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        let _ = tx.send(r);
+    });
+    wait(device)?;
+    rx.recv()
+        .map_err(|e| GpuError::Map(e.to_string()))?
+        .map_err(|e| GpuError::Map(e.to_string()))?;
+    let out = {
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| GpuError::Map(e.to_string()))?;
+        view[..bytes as usize].to_vec()
+    };
+    staging.unmap();
+    Ok(out)
+}
+
+/// Splits `total` workgroups into a 2-D dispatch within the device's per-dimension limit.
+pub(crate) fn grid(device: &wgpu::Device, total: u32) -> (u32, u32) {
+    if total == 0 {
+        return (0, 0);
+    }
+    let max = device.limits().max_compute_workgroups_per_dimension.max(1);
+    let x = total.min(max);
+    (x, total.div_ceil(x))
+}

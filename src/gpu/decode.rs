@@ -1,0 +1,579 @@
+//! Coded matrices on the GPU: upload, decode (`wgsl/rans_decode.wgsl`) and the fused GEMV
+//! (`wgsl/rans_gemv.wgsl`).
+
+use super::{
+    check_storage, grid, read_back, storage_empty, storage_init, wait, Dispatch, GpuError, Kernel,
+    PipelineRegistry,
+};
+
+/// Groups of 32 lanes per workgroup in the rANS kernels (`G` in the WGSL).
+const GROUPS_PER_WG: u32 = 4;
+
+/// A borrowed coded matrix in the layout of docs/FORMAT.md (the tensors of section 6 and the
+/// header fields they need). Built from a [`crate::rans::EncodedMatrix`] with `From`, or by hand
+/// (tests build corrupt ones).
+#[derive(Debug, Clone, Copy)]
+pub struct CodedMatrixRef<'a> {
+    /// `R` rows.
+    pub rows: usize,
+    /// `K` weights per row.
+    pub cols: usize,
+    /// Bits per weight `b`, 1..=8.
+    pub bits: u32,
+    /// Weights per symbol `w`: 1, 2 or 4, `b * w <= 8`.
+    pub weights_per_symbol: u32,
+    /// Probability precision `n`, 8..=15 (a slot table is used for `n <= 11`, a binary search
+    /// over the cumulative frequencies above).
+    pub precision: u32,
+    /// Rows per chunk.
+    pub chunk_rows: usize,
+    /// Chunks per tile.
+    pub tile_chunks: usize,
+    /// `n_tiles * A` frequencies.
+    pub freqs: &'a [u16],
+    /// `n_chunks * 32` initial states.
+    pub states: &'a [u32],
+    /// `n_chunks + 1` word offsets.
+    pub offsets: &'a [u32],
+    /// The u16 word stream.
+    pub words: &'a [u16],
+}
+
+impl<'a> From<&'a crate::rans::EncodedMatrix> for CodedMatrixRef<'a> {
+    fn from(e: &'a crate::rans::EncodedMatrix) -> Self {
+        CodedMatrixRef {
+            rows: e.rows(),
+            cols: e.cols(),
+            bits: e.bits(),
+            weights_per_symbol: e.weights_per_symbol(),
+            precision: e.precision(),
+            chunk_rows: e.chunk_rows(),
+            tile_chunks: e.tile_chunks(),
+            freqs: e.freqs(),
+            states: e.states(),
+            offsets: e.offsets(),
+            words: e.words(),
+        }
+    }
+}
+
+/// MLX scales and biases of a matrix (`rows * cols / group_size` each, row-major), for the
+/// fused GEMV.
+#[derive(Debug, Clone, Copy)]
+pub struct QuantParamsRef<'a> {
+    /// MLX group size (a multiple of the weights per symbol).
+    pub group_size: u32,
+    /// Scales.
+    pub scales: &'a [f32],
+    /// Biases.
+    pub biases: &'a [f32],
+}
+
+/// What the decode kernel writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeOutput {
+    /// MLX packed `u32` words, `rows * cols * bits / 32` (needs `cols * bits % 32 == 0`).
+    Packed,
+    /// One byte per weight, four per `u32`, `rows * cols / 4` words (needs `cols % 4 == 0`).
+    BytePerWeight,
+}
+
+/// Uniform block shared by `rans_decode.wgsl` and `rans_gemv.wgsl` (same field order).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    bits: u32,
+    wps: u32,
+    prec: u32,
+    chunk_rows: u32,
+    tile_chunks: u32,
+    n_chunks: u32,
+    n_tiles: u32,
+    syms_per_row: u32,
+    steps_per_row: u32,
+    alphabet: u32,
+    n_words: u32,
+    wg_per_tile: u32,
+    total_wg: u32,
+    out_mode: u32,
+    out_row_words: u32,
+    wg_x: u32,
+    chunk_iters: u32,
+    group_size: u32,
+    groups_per_row: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+fn u32_of(what: &str, v: usize) -> Result<u32, GpuError> {
+    u32::try_from(v).map_err(|_| GpuError::InvalidInput(format!("{what} = {v} exceeds u32")))
+}
+
+impl CodedMatrixRef<'_> {
+    /// Chunks: `ceil(rows / chunk_rows)`, 0 for an empty matrix.
+    pub fn n_chunks(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 || self.chunk_rows == 0 {
+            0
+        } else {
+            self.rows.div_ceil(self.chunk_rows)
+        }
+    }
+
+    /// Tiles: `ceil(n_chunks / tile_chunks)`.
+    pub fn n_tiles(&self) -> usize {
+        self.n_chunks().div_ceil(self.tile_chunks.max(1))
+    }
+
+    /// Checks geometry and tensor lengths (not contents: the kernel reports corrupt contents
+    /// per chunk).
+    pub fn check(&self) -> Result<(), GpuError> {
+        let bad = |s: String| Err(GpuError::InvalidInput(s));
+        let (b, w) = (self.bits, self.weights_per_symbol);
+        if !(1..=8).contains(&b) {
+            return bad(format!("bits = {b}, must be 1..=8"));
+        }
+        if ![1, 2, 4].contains(&w) || b * w > 8 {
+            return bad(format!(
+                "weights per symbol {w} with {b} bits (need 1, 2, 4 and b*w <= 8)"
+            ));
+        }
+        if self.cols % w as usize != 0 {
+            return bad(format!(
+                "cols {} not a multiple of weights per symbol {w}",
+                self.cols
+            ));
+        }
+        if !(8..=15).contains(&self.precision) {
+            return bad(format!("precision {} outside 8..=15", self.precision));
+        }
+        if self.chunk_rows == 0 || self.tile_chunks == 0 {
+            return bad("chunk_rows and tile_chunks must be >= 1".into());
+        }
+        let nc = self.n_chunks();
+        let a = 1usize << (b * w);
+        if self.freqs.len() != self.n_tiles() * a {
+            return bad(format!(
+                "freqs has {} entries, expected n_tiles {} * A {a}",
+                self.freqs.len(),
+                self.n_tiles()
+            ));
+        }
+        if self.states.len() != nc * 32 {
+            return bad(format!(
+                "states has {} entries, expected {}",
+                self.states.len(),
+                nc * 32
+            ));
+        }
+        if self.offsets.len() != nc + 1 && !(nc == 0 && self.offsets.len() <= 1) {
+            return bad(format!(
+                "offsets has {} entries, expected {}",
+                self.offsets.len(),
+                nc + 1
+            ));
+        }
+        u32_of("rows", self.rows)?;
+        u32_of("cols", self.cols)?;
+        u32_of("words", self.words.len())?;
+        u32_of("rows * cols", self.rows.saturating_mul(self.cols))?;
+        Ok(())
+    }
+}
+
+/// A coded matrix uploaded to the GPU (plus, optionally, its scales and biases).
+#[derive(Debug)]
+pub struct GpuCodedMatrix {
+    params: Params,
+    freqs: wgpu::Buffer,
+    states: wgpu::Buffer,
+    offsets: wgpu::Buffer,
+    words: wgpu::Buffer,
+    errors: wgpu::Buffer,
+    sb: Option<wgpu::Buffer>,
+    uniform_cache: std::sync::Mutex<Vec<(u32, wgpu::Buffer)>>,
+    coded_bytes: u64,
+}
+
+impl GpuCodedMatrix {
+    /// Uploads `m` (checked with [`CodedMatrixRef::check`]) and, for the fused GEMV, `quant`.
+    pub fn upload(
+        device: &wgpu::Device,
+        m: CodedMatrixRef<'_>,
+        quant: Option<QuantParamsRef<'_>>,
+    ) -> Result<Self, GpuError> {
+        m.check()?;
+        let nc = m.n_chunks();
+        let b = m.bits;
+        let w = m.weights_per_symbol;
+        let s = m.cols / w as usize;
+        let t = s.div_ceil(32);
+        let wg_per_tile = m.tile_chunks.div_ceil(GROUPS_PER_WG as usize);
+        let total_wg = m.n_tiles() * wg_per_tile;
+        let mut params = Params {
+            rows: m.rows as u32,
+            cols: m.cols as u32,
+            bits: b,
+            wps: w,
+            prec: m.precision,
+            chunk_rows: u32_of("chunk_rows", m.chunk_rows.min(m.rows.max(1)))?,
+            tile_chunks: u32_of("tile_chunks", m.tile_chunks)?,
+            n_chunks: u32_of("n_chunks", nc)?,
+            n_tiles: u32_of("n_tiles", m.n_tiles())?,
+            syms_per_row: s as u32,
+            steps_per_row: t as u32,
+            alphabet: 1 << (b * w),
+            n_words: m.words.len() as u32,
+            wg_per_tile: u32_of("workgroups per tile", wg_per_tile)?,
+            total_wg: u32_of("workgroups", total_wg)?,
+            chunk_iters: 1,
+            ..Default::default()
+        };
+        // chunk_rows larger than rows: the only chunk has `rows` rows; keep the format's value
+        // for the chunk-to-row mapping (chunk 0 starts at row 0 either way).
+        params.chunk_rows = u32_of("chunk_rows", m.chunk_rows)?;
+        let sb = match quant {
+            None => None,
+            Some(q) => {
+                let gs = q.group_size as usize;
+                if gs == 0 || m.cols % gs != 0 || gs % w as usize != 0 {
+                    return Err(GpuError::InvalidInput(format!(
+                        "group size {gs} must divide cols {} and be a multiple of w = {w}",
+                        m.cols
+                    )));
+                }
+                let n = m.rows * (m.cols / gs);
+                if q.scales.len() != n || q.biases.len() != n {
+                    return Err(GpuError::InvalidInput(format!(
+                        "scales/biases have {}/{} entries, expected {n}",
+                        q.scales.len(),
+                        q.biases.len()
+                    )));
+                }
+                params.group_size = q.group_size;
+                params.groups_per_row = (m.cols / gs) as u32;
+                let inter: Vec<f32> = q
+                    .scales
+                    .iter()
+                    .zip(q.biases)
+                    .flat_map(|(&s, &b)| [s, b])
+                    .collect();
+                Some(storage_init(
+                    device,
+                    "scales+biases",
+                    bytemuck::cast_slice(&inter),
+                    wgpu::BufferUsages::empty(),
+                )?)
+            }
+        };
+        let none = wgpu::BufferUsages::empty();
+        let offsets: &[u32] = if m.offsets.is_empty() {
+            &[0]
+        } else {
+            m.offsets
+        };
+        let coded_bytes =
+            (m.freqs.len() * 2 + m.states.len() * 4 + m.offsets.len() * 4 + m.words.len() * 2)
+                as u64;
+        Ok(GpuCodedMatrix {
+            params,
+            freqs: storage_init(device, "ecq_freqs", bytemuck::cast_slice(m.freqs), none)?,
+            states: storage_init(device, "ecq_states", bytemuck::cast_slice(m.states), none)?,
+            offsets: storage_init(device, "ecq_offsets", bytemuck::cast_slice(offsets), none)?,
+            words: storage_init(device, "ecq_words", bytemuck::cast_slice(m.words), none)?,
+            errors: storage_empty(device, "ecq chunk errors", nc as u64 * 4)?,
+            sb,
+            uniform_cache: Default::default(),
+            coded_bytes,
+        })
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.params.rows as usize
+    }
+
+    /// Weights per row.
+    pub fn cols(&self) -> usize {
+        self.params.cols as usize
+    }
+
+    /// Bits per weight.
+    pub fn bits(&self) -> u32 {
+        self.params.bits
+    }
+
+    /// Chunks.
+    pub fn n_chunks(&self) -> usize {
+        self.params.n_chunks as usize
+    }
+
+    /// Bytes of the coded tensors (frequencies, states, offsets, words) on the GPU.
+    pub fn coded_bytes(&self) -> u64 {
+        self.coded_bytes
+    }
+
+    /// The per-chunk error buffer (`n_chunks` u32, zero when clean). [`Self::decode`] and
+    /// [`Self::gemv`] clear and check it; after recording [`Dispatch`]es yourself, clear it
+    /// before and check it with [`Self::check_errors`] after.
+    pub fn errors_buffer(&self) -> &wgpu::Buffer {
+        &self.errors
+    }
+
+    fn uniform(&self, device: &wgpu::Device, mode: u32, params: Params) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        let mut cache = self.uniform_cache.lock().expect("uniform cache");
+        if let Some((_, b)) = cache.iter().find(|(m, _)| *m == mode) {
+            return b.clone();
+        }
+        let b = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("ecq params"),
+            contents: bytemuck::bytes_of(&params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        cache.push((mode, b.clone()));
+        b
+    }
+
+    fn output_words(&self, out: DecodeOutput) -> Result<u64, GpuError> {
+        let p = &self.params;
+        let (r, k) = (p.rows as u64, p.cols as u64);
+        match out {
+            DecodeOutput::Packed if (k * p.bits as u64) % 32 != 0 => {
+                Err(GpuError::Unsupported(format!(
+                    "packed output needs cols * bits % 32 == 0 (cols {k}, bits {})",
+                    p.bits
+                )))
+            }
+            DecodeOutput::Packed => Ok(r * (k * p.bits as u64 / 32)),
+            DecodeOutput::BytePerWeight if k % 4 != 0 => Err(GpuError::Unsupported(format!(
+                "byte-per-weight output needs cols % 4 == 0 (cols {k})"
+            ))),
+            DecodeOutput::BytePerWeight => Ok(r * k / 4),
+        }
+    }
+
+    /// The decode launch writing into `out` (at least the output size in bytes: `rows * cols *
+    /// bits / 8` packed, `rows * cols` one byte per weight).
+    pub fn decode_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        out: &wgpu::Buffer,
+        mode: DecodeOutput,
+    ) -> Result<Dispatch, GpuError> {
+        let need = self.output_words(mode)? * 4;
+        if out.size() < need {
+            return Err(GpuError::InvalidInput(format!(
+                "output buffer has {} bytes, needs {need}",
+                out.size()
+            )));
+        }
+        let mut p = self.params;
+        let (x, y) = grid(device, p.total_wg);
+        p.wg_x = x;
+        p.out_mode = (mode == DecodeOutput::BytePerWeight) as u32;
+        p.out_row_words = match mode {
+            DecodeOutput::Packed => p.cols * p.bits / 32,
+            DecodeOutput::BytePerWeight => p.cols / 4,
+        };
+        let uniform = self.uniform(device, p.out_mode, p);
+        let pipeline = registry.get(device, Kernel::RansDecode, "main", &[])?;
+        let layout = pipeline.get_bind_group_layout(0);
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("rans_decode"),
+            layout: &layout,
+            entries: &[
+                entry(0, &uniform),
+                entry(1, &self.freqs),
+                entry(2, &self.states),
+                entry(3, &self.offsets),
+                entry(4, &self.words),
+                entry(5, &self.errors),
+                entry(6, out),
+            ],
+        });
+        Ok(Dispatch {
+            pipeline,
+            bind_group,
+            workgroups: (x, y),
+        })
+    }
+
+    /// The fused GEMV launch `y = W x` (`x`: `cols` f32, `y`: `rows` f32).
+    pub fn gemv_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<Dispatch, GpuError> {
+        let sb = self.sb.as_ref().ok_or_else(|| {
+            GpuError::InvalidInput("the fused GEMV needs scales and biases at upload".into())
+        })?;
+        let p0 = &self.params;
+        if x.size() < p0.cols as u64 * 4 || y.size() < p0.rows as u64 * 4 {
+            return Err(GpuError::InvalidInput(format!(
+                "x/y buffers have {}/{} bytes, need {}/{}",
+                x.size(),
+                y.size(),
+                p0.cols as u64 * 4,
+                p0.rows as u64 * 4
+            )));
+        }
+        let mut p = self.params;
+        let (gx, gy) = grid(device, p.total_wg);
+        p.wg_x = gx;
+        p.out_mode = 2;
+        let uniform = self.uniform(device, 2, p);
+        let pipeline = registry.get(device, Kernel::RansGemv, "main", &[])?;
+        let layout = pipeline.get_bind_group_layout(0);
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("rans_gemv"),
+            layout: &layout,
+            entries: &[
+                entry(0, &uniform),
+                entry(1, &self.freqs),
+                entry(2, &self.states),
+                entry(3, &self.offsets),
+                entry(4, &self.words),
+                entry(5, &self.errors),
+                entry(6, sb),
+                entry(7, x),
+                entry(8, y),
+            ],
+        });
+        Ok(Dispatch {
+            pipeline,
+            bind_group,
+            workgroups: (gx, gy),
+        })
+    }
+
+    /// Reads the per-chunk error buffer and turns the first failing chunk into
+    /// [`GpuError::CorruptStream`].
+    pub fn check_errors(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<(), GpuError> {
+        let nc = self.params.n_chunks as usize;
+        if nc == 0 {
+            return Ok(());
+        }
+        let bytes = read_back(device, queue, &self.errors, nc as u64 * 4)?;
+        let flags: &[u32] = bytemuck::cast_slice(&bytes);
+        let bad = flags.iter().filter(|&&f| f != 0).count();
+        if let Some((chunk, &f)) = flags.iter().enumerate().find(|(_, &f)| f != 0) {
+            return Err(GpuError::CorruptStream {
+                chunk,
+                tile: chunk / self.params.tile_chunks.max(1) as usize,
+                flags: f,
+                reason: GpuError::describe_flags(f),
+                bad_chunks: bad,
+            });
+        }
+        Ok(())
+    }
+
+    fn clear_errors(&self, enc: &mut wgpu::CommandEncoder) {
+        enc.clear_buffer(&self.errors, 0, None);
+    }
+
+    /// Decodes into a new buffer and reads it back (`u32` words; for
+    /// [`DecodeOutput::BytePerWeight`] four weights per word). The output buffer is filled with
+    /// `0xFFFFFFFF` first so unwritten words show.
+    pub fn decode(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        mode: DecodeOutput,
+    ) -> Result<Vec<u32>, GpuError> {
+        let n = self.output_words(mode)?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        check_storage(device, "decoded output", n * 4)?;
+        let poison = vec![u32::MAX; n as usize];
+        let out = storage_init(
+            device,
+            "decoded output",
+            bytemuck::cast_slice(&poison),
+            wgpu::BufferUsages::COPY_SRC,
+        )?;
+        let d = self.decode_dispatch(device, registry, &out, mode)?;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut enc = device.create_command_encoder(&Default::default());
+        self.clear_errors(&mut enc);
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            d.record(&mut pass);
+        }
+        queue.submit([enc.finish()]);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Wgpu(e.to_string()));
+        }
+        wait(device)?;
+        self.check_errors(device, queue)?;
+        let bytes = read_back(device, queue, &out, n * 4)?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    /// Fused GEMV `y = W x`, read back. `y` is filled with NaN first so unwritten rows show.
+    pub fn gemv(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        x: &[f32],
+    ) -> Result<Vec<f32>, GpuError> {
+        let (r, k) = (self.rows(), self.cols());
+        if x.len() != k {
+            return Err(GpuError::InvalidInput(format!(
+                "x has {} entries, cols = {k}",
+                x.len()
+            )));
+        }
+        if r == 0 {
+            return Ok(Vec::new());
+        }
+        if self.n_chunks() == 0 {
+            return Ok(vec![0.0; r]);
+        }
+        let xb = storage_init(
+            device,
+            "x",
+            bytemuck::cast_slice(x),
+            wgpu::BufferUsages::empty(),
+        )?;
+        let poison = vec![f32::NAN; r];
+        let yb = storage_init(
+            device,
+            "y",
+            bytemuck::cast_slice(&poison),
+            wgpu::BufferUsages::COPY_SRC,
+        )?;
+        let d = self.gemv_dispatch(device, registry, &xb, &yb)?;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut enc = device.create_command_encoder(&Default::default());
+        self.clear_errors(&mut enc);
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            d.record(&mut pass);
+        }
+        queue.submit([enc.finish()]);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Wgpu(e.to_string()));
+        }
+        wait(device)?;
+        self.check_errors(device, queue)?;
+        let bytes = read_back(device, queue, &yb, r as u64 * 4)?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+}
+
+pub(crate) fn entry(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry {
+        binding,
+        resource: buffer.as_entire_binding(),
+    }
+}

@@ -1,0 +1,220 @@
+//! The plain MLX quantized GEMV (`wgsl/qgemv.wgsl`), the baseline of the fused kernel.
+
+use super::decode::entry;
+use super::{grid, read_back, storage_init, wait, Dispatch, GpuError, Kernel, PipelineRegistry};
+
+/// Rows per workgroup of `qgemv.wgsl` (GROUPS * ROWS).
+const ROWS_PER_WG: usize = 8;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    vec_per_row: u32,
+    groups_per_row: u32,
+    wg_x: u32,
+    total_wg: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+/// An MLX quantized matrix (2, 4 or 8 bits) uploaded for the plain GEMV.
+#[derive(Debug)]
+pub struct GpuQuantizedMatrix {
+    params: Params,
+    bits: u32,
+    group_size: u32,
+    packed: wgpu::Buffer,
+    sb: wgpu::Buffer,
+    uniform: std::sync::Mutex<Option<wgpu::Buffer>>,
+}
+
+impl GpuQuantizedMatrix {
+    /// Uploads `q`. Supports 2, 4 and 8 bits with `cols * bits % 128 == 0` (rows of whole
+    /// 16-byte vectors) and group sizes that are multiples of 32/bits... in practice MLX's
+    /// 32, 64, 128.
+    pub fn upload(
+        device: &wgpu::Device,
+        q: &crate::quant::QuantizedMatrix,
+    ) -> Result<Self, GpuError> {
+        let (r, k, b, gs) = (q.rows, q.cols, q.bits, q.group_size as usize);
+        if ![2, 4, 8].contains(&b) {
+            return Err(GpuError::Unsupported(format!(
+                "plain GEMV supports 2, 4 and 8 bits, not {b}"
+            )));
+        }
+        if (k * b as usize) % 128 != 0 {
+            return Err(GpuError::Unsupported(format!(
+                "plain GEMV needs cols * bits % 128 == 0 (cols {k}, bits {b})"
+            )));
+        }
+        if gs == 0 || k % gs != 0 || gs % (32 / b as usize) != 0 {
+            return Err(GpuError::InvalidInput(format!(
+                "group size {gs} must divide cols {k} and hold whole u32 words"
+            )));
+        }
+        let groups = r * (k / gs);
+        if q.packed.len() != r * k * b as usize / 32
+            || q.scales.len() != groups
+            || q.biases.len() != groups
+        {
+            return Err(GpuError::InvalidInput(format!(
+                "packed/scales/biases have {}/{}/{} entries for {r}x{k} {b}-bit g{gs}",
+                q.packed.len(),
+                q.scales.len(),
+                q.biases.len()
+            )));
+        }
+        let total_wg = r.div_ceil(ROWS_PER_WG);
+        let params = Params {
+            rows: u32::try_from(r).map_err(|_| GpuError::InvalidInput("rows".into()))?,
+            cols: u32::try_from(k).map_err(|_| GpuError::InvalidInput("cols".into()))?,
+            vec_per_row: (k * b as usize / 128) as u32,
+            groups_per_row: (k / gs) as u32,
+            total_wg: total_wg as u32,
+            ..Default::default()
+        };
+        let inter: Vec<f32> = q
+            .scales
+            .iter()
+            .zip(&q.biases)
+            .flat_map(|(&s, &b)| [s, b])
+            .collect();
+        let none = wgpu::BufferUsages::empty();
+        Ok(GpuQuantizedMatrix {
+            params,
+            bits: b,
+            group_size: gs as u32,
+            packed: storage_init(
+                device,
+                "packed weights",
+                bytemuck::cast_slice(&q.packed),
+                none,
+            )?,
+            sb: storage_init(device, "scales+biases", bytemuck::cast_slice(&inter), none)?,
+            uniform: Default::default(),
+        })
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.params.rows as usize
+    }
+
+    /// Weights per row.
+    pub fn cols(&self) -> usize {
+        self.params.cols as usize
+    }
+
+    /// Bits per weight.
+    pub fn bits(&self) -> u32 {
+        self.bits
+    }
+
+    /// Bytes of packed weights (what MLX reads per GEMV, without scales and biases).
+    pub fn packed_bytes(&self) -> u64 {
+        self.rows() as u64 * self.cols() as u64 * self.bits as u64 / 8
+    }
+
+    /// The GEMV launch `y = W x` (`x`: `cols` f32, `y`: `rows` f32).
+    pub fn gemv_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<Dispatch, GpuError> {
+        if x.size() < self.cols() as u64 * 4 || y.size() < self.rows() as u64 * 4 {
+            return Err(GpuError::InvalidInput(format!(
+                "x/y buffers have {}/{} bytes, need {}/{}",
+                x.size(),
+                y.size(),
+                self.cols() * 4,
+                self.rows() * 4
+            )));
+        }
+        let (gx, gy) = grid(device, self.params.total_wg);
+        let uniform = {
+            use wgpu::util::DeviceExt;
+            let mut u = self.uniform.lock().expect("uniform");
+            u.get_or_insert_with(|| {
+                let p = Params {
+                    wg_x: gx,
+                    ..self.params
+                };
+                device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("qgemv params"),
+                    contents: bytemuck::bytes_of(&p),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                })
+            })
+            .clone()
+        };
+        let pipeline = registry.get(
+            device,
+            Kernel::QGemv,
+            "main",
+            &[("BITS", self.bits), ("GS", self.group_size)],
+        )?;
+        let layout = pipeline.get_bind_group_layout(0);
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("qgemv"),
+            layout: &layout,
+            entries: &[
+                entry(0, &uniform),
+                entry(1, &self.packed),
+                entry(2, &self.sb),
+                entry(3, x),
+                entry(4, y),
+            ],
+        });
+        Ok(Dispatch {
+            pipeline,
+            bind_group,
+            workgroups: (gx, gy),
+        })
+    }
+
+    /// `y = W x`, read back. `y` is filled with NaN first so unwritten rows show.
+    pub fn gemv(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        x: &[f32],
+    ) -> Result<Vec<f32>, GpuError> {
+        let (r, k) = (self.rows(), self.cols());
+        if x.len() != k {
+            return Err(GpuError::InvalidInput(format!(
+                "x has {} entries, cols = {k}",
+                x.len()
+            )));
+        }
+        if r == 0 {
+            return Ok(Vec::new());
+        }
+        let xb = storage_init(
+            device,
+            "x",
+            bytemuck::cast_slice(x),
+            wgpu::BufferUsages::empty(),
+        )?;
+        let poison = vec![f32::NAN; r];
+        let yb = storage_init(
+            device,
+            "y",
+            bytemuck::cast_slice(&poison),
+            wgpu::BufferUsages::COPY_SRC,
+        )?;
+        let d = self.gemv_dispatch(device, registry, &xb, &yb)?;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        d.submit(device, queue);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Wgpu(e.to_string()));
+        }
+        wait(device)?;
+        let bytes = read_back(device, queue, &yb, r as u64 * 4)?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+}

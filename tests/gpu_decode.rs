@@ -1,0 +1,424 @@
+//! GPU rANS decode (`wgsl/rans_decode.wgsl`) against the CPU reference codec, bit for bit, and
+//! corrupt streams reported per chunk without hanging.
+//!
+//! Runs on any adapter wgpu finds (lavapipe in CI); prints `SKIPPED: no GPU adapter` and passes
+//! when there is none. Output buffers are poisoned (0xFFFFFFFF) by the library before each run.
+
+use std::sync::OnceLock;
+
+use ecq::gpu::{error_bits, CodedMatrixRef, GpuContext, GpuError};
+use ecq::rans::{encode, EncodeOptions, EncodedMatrix};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn ctx() -> Option<&'static GpuContext> {
+    static CTX: OnceLock<Option<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| match GpuContext::new() {
+        Ok(c) => {
+            eprintln!("GPU adapter: {}", c.describe());
+            Some(c)
+        }
+        Err(e) => {
+            eprintln!("\n\n*** SKIPPED: no GPU adapter ({e}) ***\n\n");
+            None
+        }
+    })
+    .as_ref()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Dist {
+    /// Roughly Gaussian around the middle of the range (like real quantized weights).
+    Skewed,
+    /// Uniform over all values.
+    Flat,
+    /// A single value everywhere.
+    Single,
+}
+
+fn symbols(rng: &mut ChaCha8Rng, n: usize, bits: u32, dist: Dist) -> Vec<u8> {
+    let max = (1u32 << bits) - 1;
+    let single = rng.random_range(0..=max) as u8;
+    (0..n)
+        .map(|_| match dist {
+            Dist::Flat => rng.random_range(0..=max) as u8,
+            Dist::Single => single,
+            Dist::Skewed => {
+                // sum of 4 uniforms: bell-shaped
+                let s: f64 = (0..4).map(|_| rng.random::<f64>()).sum::<f64>() / 4.0;
+                let c = (s - 0.5) * 2.5 + 0.5;
+                (c.clamp(0.0, 1.0) * max as f64).round() as u8
+            }
+        })
+        .collect()
+}
+
+struct Case {
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    wps: Option<u32>,
+    precision: u32,
+    chunk_symbols: usize,
+    tile_chunks: usize,
+    dist: Dist,
+}
+
+fn encode_case(c: &Case, seed: u64) -> (Vec<u8>, EncodedMatrix) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let q = symbols(&mut rng, c.rows * c.cols, c.bits, c.dist);
+    let opts = EncodeOptions {
+        precision: c.precision,
+        weights_per_symbol: c.wps,
+        chunk_symbols: c.chunk_symbols,
+        tile_chunks: c.tile_chunks,
+        group_size: 0,
+    };
+    let enc = encode(&q, c.rows, c.cols, c.bits, &opts).expect("encode");
+    (q, enc)
+}
+
+fn check_case(ctx: &GpuContext, c: &Case, seed: u64) {
+    let (q, enc) = encode_case(c, seed);
+    let label = format!(
+        "{}x{} b{} w{} n{} chunk_rows {} tile_chunks {} {:?}",
+        c.rows,
+        c.cols,
+        c.bits,
+        enc.weights_per_symbol(),
+        c.precision,
+        enc.chunk_rows(),
+        enc.tile_chunks(),
+        c.dist
+    );
+    let m = ctx
+        .upload_coded(CodedMatrixRef::from(&enc), None)
+        .unwrap_or_else(|e| panic!("{label}: upload: {e}"));
+    let packed = ctx
+        .decode_packed(&m)
+        .unwrap_or_else(|e| panic!("{label}: GPU decode_packed: {e}"));
+    let cpu_packed = enc.decode_packed().expect("CPU decode_packed");
+    assert_eq!(packed.len(), cpu_packed.len(), "{label}");
+    if let Some(i) = (0..packed.len()).find(|&i| packed[i] != cpu_packed[i]) {
+        panic!(
+            "{label}: packed word {i} (row {}) GPU {:#010x} CPU {:#010x}",
+            i / (c.cols * c.bits as usize / 32),
+            packed[i],
+            cpu_packed[i]
+        );
+    }
+    if c.cols % 4 == 0 {
+        let syms = ctx
+            .decode_symbols(&m)
+            .unwrap_or_else(|e| panic!("{label}: GPU decode_symbols: {e}"));
+        assert_eq!(syms.len(), q.len(), "{label}");
+        if let Some(i) = (0..q.len()).find(|&i| syms[i] != q[i]) {
+            panic!("{label}: weight {i} GPU {} original {}", syms[i], q[i]);
+        }
+        assert_eq!(enc.decode_symbols().unwrap(), syms, "{label}");
+    }
+}
+
+#[test]
+fn decode_matches_cpu_all_bits_and_symbol_widths() {
+    let Some(ctx) = ctx() else { return };
+    let mut seed = 1;
+    for bits in 1..=8u32 {
+        for wps in [1u32, 2, 4] {
+            if bits * wps > 8 {
+                continue;
+            }
+            for (rows, cols) in [(1usize, 32usize), (7, 64), (33, 96)] {
+                for dist in [Dist::Skewed, Dist::Flat, Dist::Single] {
+                    let c = Case {
+                        rows,
+                        cols,
+                        bits,
+                        wps: Some(wps),
+                        precision: 11,
+                        chunk_symbols: 64,
+                        tile_chunks: 3,
+                        dist,
+                    };
+                    check_case(ctx, &c, seed);
+                    seed += 1;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn decode_matches_cpu_mlx_shapes() {
+    let Some(ctx) = ctx() else { return };
+    let mut seed = 1000;
+    for bits in [2u32, 3, 4, 5, 6, 8] {
+        for (rows, cols) in [(3usize, 64usize), (17, 1024), (2, 16384), (129, 256)] {
+            let c = Case {
+                rows,
+                cols,
+                bits,
+                wps: None,
+                precision: 11,
+                chunk_symbols: 16384,
+                tile_chunks: 4,
+                dist: Dist::Skewed,
+            };
+            check_case(ctx, &c, seed);
+            seed += 1;
+        }
+    }
+}
+
+#[test]
+fn decode_tiny_chunks_and_tiles_and_precisions() {
+    let Some(ctx) = ctx() else { return };
+    let mut seed = 2000;
+    for precision in [8u32, 10, 11, 12, 15] {
+        for (chunk_symbols, tile_chunks) in [(1usize, 1usize), (32, 2), (100, 5), (1 << 20, 1)] {
+            for bits in [2u32, 4, 5] {
+                let c = Case {
+                    rows: 19,
+                    cols: 128,
+                    bits,
+                    wps: None,
+                    precision,
+                    chunk_symbols,
+                    tile_chunks,
+                    dist: if seed % 2 == 0 {
+                        Dist::Skewed
+                    } else {
+                        Dist::Flat
+                    },
+                };
+                check_case(ctx, &c, seed);
+                seed += 1;
+            }
+        }
+    }
+}
+
+#[test]
+fn decode_empty_matrix() {
+    let Some(ctx) = ctx() else { return };
+    let enc = encode(&[], 0, 64, 4, &EncodeOptions::default()).unwrap();
+    let m = ctx.upload_coded(CodedMatrixRef::from(&enc), None).unwrap();
+    assert!(ctx.decode_packed(&m).unwrap().is_empty());
+    assert!(ctx.decode_symbols(&m).unwrap().is_empty());
+}
+
+/// Owned copy of a coded matrix's tensors, to corrupt.
+struct Parts {
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    wps: u32,
+    precision: u32,
+    chunk_rows: usize,
+    tile_chunks: usize,
+    freqs: Vec<u16>,
+    states: Vec<u32>,
+    offsets: Vec<u32>,
+    words: Vec<u16>,
+}
+
+impl Parts {
+    fn of(e: &EncodedMatrix) -> Self {
+        Parts {
+            rows: e.rows(),
+            cols: e.cols(),
+            bits: e.bits(),
+            wps: e.weights_per_symbol(),
+            precision: e.precision(),
+            chunk_rows: e.chunk_rows(),
+            tile_chunks: e.tile_chunks(),
+            freqs: e.freqs().to_vec(),
+            states: e.states().to_vec(),
+            offsets: e.offsets().to_vec(),
+            words: e.words().to_vec(),
+        }
+    }
+
+    fn as_ref(&self) -> CodedMatrixRef<'_> {
+        CodedMatrixRef {
+            rows: self.rows,
+            cols: self.cols,
+            bits: self.bits,
+            weights_per_symbol: self.wps,
+            precision: self.precision,
+            chunk_rows: self.chunk_rows,
+            tile_chunks: self.tile_chunks,
+            freqs: &self.freqs,
+            states: &self.states,
+            offsets: &self.offsets,
+            words: &self.words,
+        }
+    }
+
+    /// Decodes on the GPU; returns (first bad chunk, its flags, number of bad chunks).
+    fn gpu_errors(&self, ctx: &GpuContext) -> Option<(usize, u32, usize)> {
+        let m = ctx.upload_coded(self.as_ref(), None).expect("upload");
+        let r1 = ctx.decode_packed(&m);
+        let r2 = ctx.decode_symbols(&m).map(|_| ());
+        match (r1, r2) {
+            (Ok(_), Ok(())) => None,
+            (
+                Err(GpuError::CorruptStream {
+                    chunk,
+                    flags,
+                    bad_chunks,
+                    tile,
+                    ..
+                }),
+                Err(GpuError::CorruptStream { chunk: c2, .. }),
+            ) => {
+                assert_eq!(chunk, c2);
+                assert_eq!(tile, chunk / self.tile_chunks);
+                Some((chunk, flags, bad_chunks))
+            }
+            (a, b) => panic!("unexpected results {a:?} / {b:?}"),
+        }
+    }
+}
+
+fn corrupt_base(seed: u64) -> EncodedMatrix {
+    let c = Case {
+        rows: 24,
+        cols: 256,
+        bits: 4,
+        wps: None,
+        precision: 11,
+        chunk_symbols: 128 * 3,
+        tile_chunks: 2,
+        dist: Dist::Skewed,
+    };
+    let (_, enc) = encode_case(&c, seed);
+    assert_eq!(enc.chunk_rows(), 3);
+    assert_eq!(enc.n_chunks(), 8);
+    enc
+}
+
+#[test]
+fn corrupt_flipped_word_is_reported_for_its_chunk() {
+    let Some(ctx) = ctx() else { return };
+    let enc = corrupt_base(7);
+    let mut rng = ChaCha8Rng::seed_from_u64(77);
+    for _ in 0..6 {
+        let mut p = Parts::of(&enc);
+        let chunk = rng.random_range(0..enc.n_chunks());
+        let (a, b) = (p.offsets[chunk] as usize, p.offsets[chunk + 1] as usize);
+        assert!(b > a);
+        let i = rng.random_range(a..b);
+        p.words[i] ^= 1 << rng.random_range(0..16);
+        let (bad, flags, n) = p.gpu_errors(ctx).expect("flipped word not detected");
+        assert_eq!(bad, chunk, "flags {flags:#x}");
+        assert_eq!(n, 1);
+    }
+}
+
+#[test]
+fn corrupt_states_are_reported() {
+    let Some(ctx) = ctx() else { return };
+    let enc = corrupt_base(8);
+    // a state below 2^16
+    let mut p = Parts::of(&enc);
+    p.states[5 * 32 + 9] = 1234;
+    let (bad, flags, n) = p.gpu_errors(ctx).expect("bad state not detected");
+    assert_eq!((bad, n), (5, 1));
+    assert_ne!(flags & error_bits::BAD_STATE, 0, "{flags:#x}");
+    // a valid-looking but wrong state
+    let mut p = Parts::of(&enc);
+    p.states[2 * 32 + 31] ^= 0x0010_0000;
+    let (bad, _, n) = p.gpu_errors(ctx).expect("wrong state not detected");
+    assert_eq!((bad, n), (2, 1));
+}
+
+#[test]
+fn corrupt_frequency_tables_are_reported() {
+    let Some(ctx) = ctx() else { return };
+    let enc = corrupt_base(9);
+    let a = enc.alphabet_size();
+    // sum != 2^n: every chunk of tile 1 (chunks 2, 3) fails with TABLE
+    let mut p = Parts::of(&enc);
+    p.freqs[a + 3] = p.freqs[a + 3].wrapping_add(1);
+    let (bad, flags, n) = p.gpu_errors(ctx).expect("bad table sum not detected");
+    assert_eq!((bad, n), (2, 2));
+    assert_ne!(flags & error_bits::TABLE, 0, "{flags:#x}");
+    // an all-zero table: every slot is a zero-frequency slot
+    let mut p = Parts::of(&enc);
+    for f in &mut p.freqs[3 * a..4 * a] {
+        *f = 0;
+    }
+    let (bad, flags, _) = p.gpu_errors(ctx).expect("zero table not detected");
+    assert_eq!(bad, 6);
+    assert_ne!(flags & error_bits::ZERO_FREQ, 0, "{flags:#x}");
+    // the most frequent symbol's frequency moved to another symbol (sum kept): decodes wrong
+    let mut p = Parts::of(&enc);
+    let t = &mut p.freqs[0..a];
+    let top = (0..a).max_by_key(|&s| t[s]).unwrap();
+    let other = (top + 1) % a;
+    t[other] += t[top] - 1;
+    t[top] = 1;
+    let (bad, _, _) = p.gpu_errors(ctx).expect("moved frequency not detected");
+    assert!(bad < 2);
+}
+
+#[test]
+fn corrupt_offsets_are_reported() {
+    let Some(ctx) = ctx() else { return };
+    let enc = corrupt_base(10);
+    // chunk 4 loses its last word: over-read / wrong final state in chunk 4, and chunk 5
+    // starts one word early
+    let mut p = Parts::of(&enc);
+    p.offsets[5] -= 1;
+    let (bad, _, _) = p.gpu_errors(ctx).expect("short chunk not detected");
+    assert_eq!(bad, 4);
+    // offsets past the end of the stream
+    let mut p = Parts::of(&enc);
+    let nw = p.words.len() as u32;
+    p.offsets[7] = nw + 1000;
+    let (bad, flags, _) = p.gpu_errors(ctx).expect("offset past end not detected");
+    assert_eq!(bad, 6);
+    let _ = flags;
+    // decreasing offsets
+    let mut p = Parts::of(&enc);
+    p.offsets[3] = p.offsets[2].saturating_sub(5);
+    let (bad, _, _) = p.gpu_errors(ctx).expect("decreasing offsets not detected");
+    assert!(bad == 2 || bad == 3, "{bad}");
+}
+
+#[test]
+fn random_garbage_terminates_with_errors() {
+    let Some(ctx) = ctx() else { return };
+    let enc = corrupt_base(11);
+    let mut rng = ChaCha8Rng::seed_from_u64(12345);
+    for _ in 0..3 {
+        let mut p = Parts::of(&enc);
+        for w in &mut p.words {
+            *w = rng.random();
+        }
+        for s in &mut p.states {
+            *s = rng.random::<u32>() | 0x0001_0000;
+        }
+        let (_, _, n) = p.gpu_errors(ctx).expect("garbage not detected");
+        assert!(n >= 1);
+    }
+}
+
+#[test]
+fn inconsistent_geometry_is_rejected_before_upload() {
+    let Some(ctx) = ctx() else { return };
+    let enc = corrupt_base(12);
+    let mut p = Parts::of(&enc);
+    p.states.pop();
+    assert!(matches!(
+        ctx.upload_coded(p.as_ref(), None),
+        Err(GpuError::InvalidInput(_))
+    ));
+    let mut p = Parts::of(&enc);
+    p.wps = 3;
+    assert!(matches!(
+        ctx.upload_coded(p.as_ref(), None),
+        Err(GpuError::InvalidInput(_))
+    ));
+}

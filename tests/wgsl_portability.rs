@@ -1,0 +1,93 @@
+//! Every kernel in `wgsl/` must parse and validate with naga (what wgpu-core runs on every
+//! backend) and translate to MSL (Metal, the primary target), SPIR-V (Vulkan) and HLSL (D3D12).
+//! No GPU needed.
+
+use std::path::PathBuf;
+
+fn wgsl_files() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("wgsl");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("wgsl/ directory")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wgsl"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no kernels found in {}", dir.display());
+    files
+}
+
+fn validate(path: &PathBuf) -> (naga::Module, naga::valid::ModuleInfo) {
+    let src = std::fs::read_to_string(path).unwrap();
+    let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| {
+        panic!("{}: {}", path.display(), e.emit_to_string(&src));
+    });
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::default(),
+    )
+    .validate(&module)
+    .unwrap_or_else(|e| {
+        panic!("{}: {}", path.display(), e.emit_to_string(&src));
+    });
+    // Pipeline-overridable constants are resolved with their defaults for the back ends, as
+    // wgpu does at pipeline creation.
+    let (module, info) = naga::back::pipeline_constants::process_overrides(
+        &module,
+        &info,
+        None,
+        &Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("{}: overrides: {e}", path.display()));
+    (module.into_owned(), info.into_owned())
+}
+
+#[test]
+fn all_kernels_validate() {
+    for f in wgsl_files() {
+        validate(&f);
+    }
+}
+
+#[test]
+fn all_kernels_translate_to_msl() {
+    for f in wgsl_files() {
+        let (module, info) = validate(&f);
+        let options = naga::back::msl::Options {
+            lang_version: (2, 1),
+            ..Default::default()
+        };
+        let pipeline = naga::back::msl::PipelineOptions::default();
+        let (src, _) = naga::back::msl::write_string(&module, &info, &options, &pipeline)
+            .unwrap_or_else(|e| panic!("{}: MSL: {e}", f.display()));
+        assert!(src.contains("kernel"), "{}: no kernel in MSL", f.display());
+    }
+}
+
+#[test]
+fn all_kernels_translate_to_spirv() {
+    for f in wgsl_files() {
+        let (module, info) = validate(&f);
+        let words = naga::back::spv::write_vec(&module, &info, &Default::default(), None)
+            .unwrap_or_else(|e| panic!("{}: SPIR-V: {e}", f.display()));
+        assert_eq!(words[0], 0x0723_0203, "{}: SPIR-V magic", f.display());
+    }
+}
+
+#[test]
+fn all_kernels_translate_to_hlsl() {
+    for f in wgsl_files() {
+        let (module, info) = validate(&f);
+        let options = naga::back::hlsl::Options::default();
+        let mut out = String::new();
+        let pipeline = naga::back::hlsl::PipelineOptions::default();
+        let mut writer = naga::back::hlsl::Writer::new(&mut out, &options, &pipeline);
+        writer
+            .write(&module, &info, None)
+            .unwrap_or_else(|e| panic!("{}: HLSL: {e}", f.display()));
+        assert!(
+            out.contains("numthreads"),
+            "{}: no entry point in HLSL",
+            f.display()
+        );
+    }
+}

@@ -1,0 +1,315 @@
+// Parallel rANS decode of one ecq coded matrix (docs/FORMAT.md, version 1).
+//
+// One workgroup = G groups of 32 invocations and handles chunks of ONE tile: it first builds the
+// tile's decode table in workgroup memory, then each group of 32 invocations decodes whole
+// chunks (invocation = lane). Renormalisation words are read with a per-step prefix count of the
+// lanes that need one (a workgroup-memory bitmask, one workgroupBarrier per step), so the lanes
+// of a step read consecutive words, exactly as the encoder wrote them.
+//
+// Output modes:
+//   0: MLX packed u32 words (continuous LSB-first bit stream per row; a full step covers exactly
+//      b*w words because it holds 32 symbols of b*w bits).
+//   1: one byte per weight (q values), four per u32, rows of K/4 words.
+//
+// Every loop is bounded by the geometry in `P`; every word read is bounds-checked against the
+// chunk's range; corrupt input sets bits in `errors[chunk]` and never hangs the device.
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    bits: u32,
+    wps: u32,            // weights per symbol
+    prec: u32,           // probability bits n
+    chunk_rows: u32,
+    tile_chunks: u32,
+    n_chunks: u32,
+    n_tiles: u32,
+    syms_per_row: u32,   // S = K / w
+    steps_per_row: u32,  // T = ceil(S / 32)
+    alphabet: u32,       // A = 2^(b*w)
+    n_words: u32,        // u16 words in the stream
+    wg_per_tile: u32,
+    total_wg: u32,
+    out_mode: u32,
+    out_row_words: u32,
+    wg_x: u32,           // workgroups along x of the 2-D dispatch
+    chunk_iters: u32,    // chunks decoded one after another by each group
+    group_size: u32,     // MLX group size (GEMV only)
+    groups_per_row: u32, // K / group_size (GEMV only)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+const G: u32 = 4u;             // groups of 32 lanes per workgroup
+const WG: u32 = 128u;          // = 32 * G
+const MAX_TABLE: u32 = 2048u;  // slot table for n <= 11
+const SENTINEL: u32 = 0xFFFFFFFFu;
+const L: u32 = 65536u;
+
+// error bits, mirrored in src/gpu/decode.rs
+const ERR_BAD_STATE: u32 = 1u;
+const ERR_ZERO_FREQ: u32 = 2u;
+const ERR_OVER_READ: u32 = 4u;
+const ERR_FINAL_STATE: u32 = 8u;
+const ERR_UNCONSUMED: u32 = 16u;
+const ERR_TABLE: u32 = 32u;
+const ERR_OFFSETS: u32 = 64u;
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> freqs: array<u32>;    // u16 pairs, A per tile
+@group(0) @binding(2) var<storage, read> states: array<u32>;   // 32 per chunk
+@group(0) @binding(3) var<storage, read> offsets: array<u32>;  // n_chunks + 1
+@group(0) @binding(4) var<storage, read> words: array<u32>;    // u16 pairs
+@group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
+@group(0) @binding(6) var<storage, read_write> out: array<u32>;
+
+var<workgroup> table: array<u32, MAX_TABLE>;
+var<workgroup> sc_a: array<u32, 256>;
+var<workgroup> sc_b: array<u32, 256>;
+var<workgroup> fq: array<u32, 256>;
+var<workgroup> masks: array<atomic<u32>, 12>;      // G * 3 (triple buffered)
+var<workgroup> stage: array<u32, 256>;             // G * 2 * 32 (double buffered)
+var<workgroup> table_bad: u32;
+
+fn read16(idx: u32) -> u32 {
+    return (words[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
+}
+
+// Builds the tile's table. Leaves exclusive cumulative frequencies in sc_a (or sc_b, returned
+// flag says which) and frequencies in fq. Must be called in uniform control flow.
+fn build_table(tile: u32, lid: u32) -> bool {
+    let a = P.alphabet;
+    let m = 1u << P.prec;
+    let base = tile * a;
+    for (var i = lid; i < 256u; i += WG) {
+        var f = 0u;
+        if (i < a) {
+            let idx = base + i;
+            f = (freqs[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
+        }
+        fq[i] = f;
+        sc_a[i] = f;
+    }
+    if (lid < 12u) {
+        atomicStore(&masks[lid], 0u);
+    }
+    workgroupBarrier();
+    // Hillis-Steele inclusive scan over 256 entries, ping-pong between sc_a and sc_b.
+    var in_a = true;
+    for (var d = 1u; d < 256u; d = d << 1u) {
+        for (var i = lid; i < 256u; i += WG) {
+            if (in_a) {
+                var v = sc_a[i];
+                if (i >= d) { v += sc_a[i - d]; }
+                sc_b[i] = v;
+            } else {
+                var v = sc_b[i];
+                if (i >= d) { v += sc_b[i - d]; }
+                sc_a[i] = v;
+            }
+        }
+        in_a = !in_a;
+        workgroupBarrier();
+    }
+    // 8 rounds: the result is back in sc_a. Make it exclusive in place.
+    for (var i = lid; i < 256u; i += WG) {
+        sc_a[i] = sc_a[i] - fq[i];
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        let total = sc_a[a - 1u] + fq[a - 1u];
+        table_bad = select(0u, 1u, total != m);
+    }
+    if (P.prec <= 11u) {
+        for (var slot = lid; slot < m; slot += WG) {
+            // largest s with c[s] <= slot
+            var lo = 0u;
+            var hi = a;
+            for (var it = 0u; it < 9u; it++) {
+                if (hi - lo > 1u) {
+                    let mid = (lo + hi) >> 1u;
+                    if (sc_a[mid] <= slot) { lo = mid; } else { hi = mid; }
+                }
+            }
+            let c = sc_a[lo];
+            let f = fq[lo];
+            var e = SENTINEL;
+            if (slot < c + f && f > 0u && f <= m) {
+                e = lo | ((f - 1u) << 8u) | ((slot - c) << 20u);
+            }
+            table[slot] = e;
+        }
+    }
+    workgroupBarrier();
+    return workgroupUniformLoad(&table_bad) != 0u;
+}
+
+@compute @workgroup_size(128)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let wg = wid.y * P.wg_x + wid.x;
+    if (wg >= P.total_wg) {
+        return;
+    }
+    let tile = wg / P.wg_per_tile;
+    let sub = wg % P.wg_per_tile;
+    let tile_first = tile * P.tile_chunks;
+    let tile_end = min(tile_first + P.tile_chunks, P.n_chunks);
+    let bad_table = build_table(tile, lid);
+
+    let g = lid / 32u;
+    let l = lid % 32u;
+    let n = P.prec;
+    let mmask = (1u << n) - 1u;
+    let T = P.steps_per_row;
+    let S = P.syms_per_row;
+    let max_steps = P.chunk_rows * T;
+    let sw = P.bits * P.wps;
+    let qmask = (1u << P.bits) - 1u;
+    var gstep = 0u;
+
+    for (var it = 0u; it < P.chunk_iters; it++) {
+        let chunk = tile_first + (sub * P.chunk_iters + it) * G + g;
+        let valid = chunk < tile_end;
+        var steps = 0u;
+        var r0 = 0u;
+        var x = L;
+        var p = 0u;
+        var end = 0u;
+        var err = 0u;
+        if (valid) {
+            r0 = chunk * P.chunk_rows;
+            steps = min(P.chunk_rows, P.rows - r0) * T;
+            x = states[chunk * 32u + l];
+            if (x < L) { err |= ERR_BAD_STATE; }
+            p = offsets[chunk];
+            end = offsets[chunk + 1u];
+            if (end > P.n_words || p > end) {
+                err |= ERR_OFFSETS;
+                end = min(end, P.n_words);
+                p = min(p, end);
+            }
+            if (bad_table) { err |= ERR_TABLE; }
+        }
+        for (var t = 0u; t < max_steps; t++) {
+            let step_valid = t < steps;
+            let row = r0 + t / T;
+            let u = t % T;
+            let j = u * 32u + l;
+            let lane_on = step_valid && j < S;
+            var sym = 0u;
+            var need = false;
+            if (lane_on) {
+                let slot = x & mmask;
+                var f = 1u;
+                var bias = 0u;
+                if (n <= 11u) {
+                    var e = table[slot];
+                    if (e == SENTINEL) {
+                        err |= ERR_ZERO_FREQ;
+                        e = 0u;
+                    }
+                    sym = e & 0xFFu;
+                    f = ((e >> 8u) & 0xFFFu) + 1u;
+                    bias = e >> 20u;
+                } else {
+                    var lo = 0u;
+                    var hi = P.alphabet;
+                    for (var k = 0u; k < 9u; k++) {
+                        if (hi - lo > 1u) {
+                            let mid = (lo + hi) >> 1u;
+                            if (sc_a[mid] <= slot) { lo = mid; } else { hi = mid; }
+                        }
+                    }
+                    let c = sc_a[lo];
+                    f = fq[lo];
+                    if (slot >= c + f || f == 0u) {
+                        err |= ERR_ZERO_FREQ;
+                        f = 1u;
+                        bias = 0u;
+                    } else {
+                        bias = slot - c;
+                    }
+                    sym = lo;
+                }
+                x = f * (x >> n) + bias;
+                need = x < L;
+            }
+            let sbase = (g * 2u + (gstep & 1u)) * 32u;
+            stage[sbase + l] = sym;
+            if (need) {
+                atomicOr(&masks[g * 3u + gstep % 3u], 1u << l);
+            }
+            workgroupBarrier();
+            let mask = atomicLoad(&masks[g * 3u + gstep % 3u]);
+            if (l == 0u) {
+                atomicStore(&masks[g * 3u + (gstep + 2u) % 3u], 0u);
+            }
+            if (need) {
+                let idx = p + countOneBits(mask & ((1u << l) - 1u));
+                var wv = 0u;
+                if (idx < end) {
+                    wv = read16(idx);
+                } else {
+                    err |= ERR_OVER_READ;
+                }
+                x = (x << 16u) | wv;
+            }
+            p += countOneBits(mask);
+            if (step_valid) {
+                let na = min(32u, S - u * 32u);
+                if (P.out_mode == 0u) {
+                    let nw = (na * sw + 31u) / 32u;
+                    if (l < nw) {
+                        var word = 0u;
+                        if (sw == 8u) {
+                            let b = sbase + 4u * l;
+                            word = stage[b] | (stage[b + 1u] << 8u) | (stage[b + 2u] << 16u)
+                                | (stage[b + 3u] << 24u);
+                        } else {
+                            let bit0 = l * 32u;
+                            let first = bit0 / sw;
+                            for (var k = 0u; k < 34u; k++) {
+                                let js = first + k;
+                                let sb = js * sw;
+                                if (sb >= bit0 + 32u || js >= na) {
+                                    break;
+                                }
+                                let v = stage[sbase + js];
+                                if (sb >= bit0) {
+                                    word |= v << (sb - bit0);
+                                } else {
+                                    word |= v >> (bit0 - sb);
+                                }
+                            }
+                        }
+                        out[row * P.out_row_words + u * sw + l] = word;
+                    }
+                } else {
+                    let nw = (na * P.wps + 3u) / 4u;
+                    if (l < nw) {
+                        var word = 0u;
+                        for (var k = 0u; k < 4u; k++) {
+                            let m = 4u * l + k;
+                            let v = stage[sbase + m / P.wps];
+                            let q = (v >> (P.bits * (m % P.wps))) & qmask;
+                            word |= q << (8u * k);
+                        }
+                        out[row * P.out_row_words + u * 8u * P.wps + l] = word;
+                    }
+                }
+            }
+            gstep += 1u;
+        }
+        if (valid) {
+            if (x != L) { err |= ERR_FINAL_STATE; }
+            if (l == 0u && p != end) { err |= ERR_UNCONSUMED; }
+            if (err != 0u) {
+                atomicOr(&errors[chunk], err);
+            }
+        }
+    }
+}
