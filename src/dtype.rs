@@ -193,7 +193,7 @@ impl FloatDType {
 
     fn element_count(self, len: usize) -> Result<usize, DTypeError> {
         let size = self.size_bytes();
-        if len % size != 0 {
+        if !len.is_multiple_of(size) {
             return Err(DTypeError::RaggedBytes {
                 len,
                 dtype: self,

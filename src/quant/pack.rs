@@ -176,19 +176,31 @@ pub fn unpack_into(packed: &[u32], bits: u32, out: &mut [u8]) -> Result<(), Quan
 /// chunks done.
 #[inline]
 fn unpack_chunks<const B: usize>(packed: &[u32], out: &mut [u8]) -> usize {
-    let mask = (1u32 << B) - 1;
+    let mask = (1u64 << B) - 1;
     let mut chunks = 0;
     for (dst, src) in out.chunks_exact_mut(32).zip(packed.chunks_exact(B)) {
         let dst: &mut [u8; 32] = dst.try_into().expect("chunk of 32");
         let mut w = [0u32; 9];
         w[..B].copy_from_slice(src);
-        for (i, o) in dst.iter_mut().enumerate() {
-            let bit = i * B;
-            let (wi, off) = (bit / 32, bit % 32);
-            // Both words are read unconditionally (w has a spare zero word) so the unrolled
-            // loop has no branches; the shift is split in two so it never reaches 32.
-            let v = (w[wi] >> off) | ((w[wi + 1] << 1) << (31 - off));
-            *o = (v & mask) as u8;
+        if B == 7 {
+            // 8 values span 56 bits, which may not fit a 64-bit window at a byte offset.
+            for (i, o) in dst.iter_mut().enumerate() {
+                let bit = i * B;
+                let (wi, off) = (bit / 32, bit % 32);
+                let x = u64::from(w[wi]) | (u64::from(w[wi + 1]) << 32);
+                *o = ((x >> off) & mask) as u8;
+            }
+        } else {
+            // Four runs of 8 values, each `B` whole bytes starting at a byte offset: one 64-bit
+            // window per run, then constant shifts (all indices are compile-time constants).
+            for (k, run) in dst.chunks_exact_mut(8).enumerate() {
+                let bit = k * 8 * B;
+                let (wi, off) = (bit / 32, bit % 32);
+                let x = (u64::from(w[wi]) | (u64::from(w[wi + 1]) << 32)) >> off;
+                for (j, o) in run.iter_mut().enumerate() {
+                    *o = ((x >> (j * B)) & mask) as u8;
+                }
+            }
         }
         chunks += 1;
     }

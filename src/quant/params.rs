@@ -56,7 +56,7 @@ impl AffineParams {
 
     /// Checks that `cols` is a multiple of the group size.
     pub fn check_cols(self, cols: usize) -> Result<(), QuantError> {
-        if cols % self.group_size as usize != 0 {
+        if !cols.is_multiple_of(self.group_size as usize) {
             return Err(QuantError::ColumnsNotDivisible {
                 cols,
                 group_size: self.group_size,
