@@ -1,0 +1,298 @@
+//! Fused rANS GEMV (`wgsl/rans_gemv.wgsl`) and plain quantized GEMV (`wgsl/qgemv.wgsl`) against
+//! a CPU f64 reference on the dequantized weights.
+//!
+//! Runs on any adapter wgpu finds (lavapipe in CI); prints `SKIPPED: no GPU adapter` and passes
+//! when there is none. `y` is poisoned with NaN by the library before each run.
+
+use std::sync::OnceLock;
+
+use ecq::dtype::FloatDType;
+use ecq::gpu::{CodedMatrixRef, GpuContext, QuantParamsRef};
+use ecq::quant::{quantize_affine, AffineParams, QuantizedMatrix};
+use ecq::rans::{encode, EncodeOptions};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Error bound per accumulated term, relative to the sum of absolute values.
+///
+/// The kernels compute `y[r] = sum_g scale_g * sum_{k in g} q_k x_k + bias_g * sum_{k in g} x_k`
+/// in f32 (products exact up to one rounding each; the pre-scaling by powers of two in qgemv is
+/// exact). Recursive f32 summation of `n` terms has error at most `gamma_n * sum |terms|` with
+/// `gamma_n ~= n * 2^-24` (Higham, Accuracy and Stability, 4.2); the terms here are
+/// `|scale_g| |q_k x_k|` and `|bias_g| |x_k|`, at most `K + 2 * K / group + 2` of them in any
+/// one chain, plus the final reductions over 32 lanes (5 levels). We allow
+/// `TOL_PER_TERM * (K + 64) * sum_abs` with `TOL_PER_TERM = 2^-24`, i.e. the worst-case bound
+/// with a small margin for the reduction; in practice errors are far smaller (random rounding
+/// errors grow like sqrt(K)).
+const TOL_PER_TERM: f64 = 1.0 / (1u64 << 24) as f64;
+
+fn ctx() -> Option<&'static GpuContext> {
+    static CTX: OnceLock<Option<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| match GpuContext::new() {
+        Ok(c) => {
+            eprintln!("GPU adapter: {}", c.describe());
+            Some(c)
+        }
+        Err(e) => {
+            eprintln!("\n\n*** SKIPPED: no GPU adapter ({e}) ***\n\n");
+            None
+        }
+    })
+    .as_ref()
+}
+
+fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
+    // Box-Muller
+    let u1: f64 = rng.random::<f64>().max(1e-12);
+    let u2: f64 = rng.random();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+fn random_matrix(
+    seed: u64,
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    gs: u32,
+) -> (QuantizedMatrix, Vec<f32>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|_| gaussian(&mut rng) * 0.02)
+        .collect();
+    let q = quantize_affine(
+        &w,
+        rows,
+        cols,
+        FloatDType::F32,
+        AffineParams::new(bits, gs).unwrap(),
+    )
+    .expect("quantize");
+    let x: Vec<f32> = (0..cols).map(|_| gaussian(&mut rng)).collect();
+    (q, x)
+}
+
+/// f64 reference `y` and the per-row bound `sum_abs` of the factored computation.
+fn reference(q: &QuantizedMatrix, x: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let sym = q.symbols();
+    let (r, k, gs) = (q.rows, q.cols, q.group_size as usize);
+    let mut y = vec![0.0; r];
+    let mut a = vec![0.0; r];
+    for row in 0..r {
+        for g in 0..k / gs {
+            let s = q.scales[row * (k / gs) + g] as f64;
+            let b = q.biases[row * (k / gs) + g] as f64;
+            for kk in g * gs..(g + 1) * gs {
+                let qv = sym[row * k + kk] as f64;
+                let xv = x[kk] as f64;
+                y[row] += (s * qv + b) * xv;
+                a[row] += (s * qv * xv).abs() + (b * xv).abs();
+            }
+        }
+    }
+    (y, a)
+}
+
+#[track_caller]
+fn assert_close(label: &str, got: &[f32], want: &[f64], sum_abs: &[f64], k: usize) {
+    assert_eq!(got.len(), want.len(), "{label}");
+    for i in 0..got.len() {
+        let tol = TOL_PER_TERM * (k as f64 + 64.0) * sum_abs[i] + 1e-30;
+        let err = (got[i] as f64 - want[i]).abs();
+        assert!(
+            err <= tol,
+            "{label}: y[{i}] = {} expected {} (error {err:e} > tolerance {tol:e})",
+            got[i],
+            want[i]
+        );
+    }
+}
+
+fn check_fused(
+    ctx: &GpuContext,
+    seed: u64,
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    gs: u32,
+    chunk_symbols: usize,
+    tile_chunks: usize,
+    wps: Option<u32>,
+) {
+    let (q, x) = random_matrix(seed, rows, cols, bits, gs);
+    let opts = EncodeOptions {
+        weights_per_symbol: wps,
+        chunk_symbols,
+        tile_chunks,
+        group_size: gs,
+        ..Default::default()
+    };
+    let enc = encode(&q.symbols(), rows, cols, bits, &opts).expect("encode");
+    let label = format!(
+        "fused {rows}x{cols} b{bits} g{gs} w{} chunk_rows {} tile_chunks {tile_chunks}",
+        enc.weights_per_symbol(),
+        enc.chunk_rows()
+    );
+    let m = ctx
+        .upload_coded(
+            CodedMatrixRef::from(&enc),
+            Some(QuantParamsRef {
+                group_size: gs,
+                scales: &q.scales,
+                biases: &q.biases,
+            }),
+        )
+        .unwrap();
+    let y = ctx
+        .gemv_coded(&m, &x)
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+    let (want, sum_abs) = reference(&q, &x);
+    assert_close(&label, &y, &want, &sum_abs, cols);
+}
+
+fn check_plain(ctx: &GpuContext, seed: u64, rows: usize, cols: usize, bits: u32, gs: u32) {
+    let (q, x) = random_matrix(seed, rows, cols, bits, gs);
+    let label = format!("qgemv {rows}x{cols} b{bits} g{gs}");
+    let m = ctx.upload_quantized(&q).unwrap();
+    let y = ctx
+        .gemv_quantized(&m, &x)
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+    let (want, sum_abs) = reference(&q, &x);
+    assert_close(&label, &y, &want, &sum_abs, cols);
+}
+
+fn config(cases: u32, seed: u64) -> Config {
+    Config {
+        cases,
+        rng_seed: RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..Config::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(config(10, 0xEC0_0001))]
+    #[test]
+    fn fused_gemv_matches_reference(
+        seed in any::<u64>(),
+        rows in 1usize..40,
+        groups in 1usize..6,
+        bits in prop::sample::select(vec![2u32, 3, 4, 5, 6, 8]),
+        gs in prop::sample::select(vec![32u32, 64, 128]),
+        chunk_symbols in prop::sample::select(vec![1usize, 100, 16384]),
+        tile_chunks in 1usize..6,
+    ) {
+        let Some(ctx) = ctx() else { return Ok(()) };
+        check_fused(ctx, seed, rows, groups * gs as usize, bits, gs, chunk_symbols, tile_chunks, None);
+    }
+
+    #[test]
+    fn plain_gemv_matches_reference(
+        seed in any::<u64>(),
+        rows in 1usize..40,
+        groups in 1usize..6,
+        bits in prop::sample::select(vec![2u32, 4, 8]),
+        gs in prop::sample::select(vec![32u32, 64, 128]),
+    ) {
+        let Some(ctx) = ctx() else { return Ok(()) };
+        let mut cols = groups * gs as usize;
+        // rows of whole 16-byte vectors: cols * bits % 128 == 0
+        while cols * bits as usize % 128 != 0 {
+            cols += gs as usize;
+        }
+        check_plain(ctx, seed, rows, cols, bits, gs);
+    }
+}
+
+#[test]
+fn fused_gemv_all_symbol_widths() {
+    let Some(ctx) = ctx() else { return };
+    let mut seed = 500;
+    for bits in [2u32, 3, 4, 5, 6, 8] {
+        for wps in [1u32, 2, 4] {
+            if bits * wps > 8 {
+                continue;
+            }
+            check_fused(ctx, seed, 9, 256, bits, 64, 512, 2, Some(wps));
+            seed += 1;
+        }
+    }
+}
+
+#[test]
+fn gemv_large_k() {
+    let Some(ctx) = ctx() else { return };
+    check_plain(ctx, 1, 5, 16384, 4, 64);
+    check_plain(ctx, 2, 3, 16384, 8, 128);
+    check_plain(ctx, 3, 3, 16384, 2, 32);
+    check_fused(ctx, 4, 5, 16384, 4, 64, 16384, 4, None);
+    check_fused(ctx, 5, 3, 16384, 3, 64, 4096, 1, None);
+}
+
+#[test]
+fn gemv_f16_activations() {
+    let Some(ctx) = ctx() else { return };
+    let (q, x) = random_matrix(77, 13, 512, 4, 64);
+    let xh: Vec<half::f16> = x.iter().map(|&v| half::f16::from_f32(v)).collect();
+    let xr: Vec<f32> = xh.iter().map(|v| v.to_f32()).collect();
+    let (want, sum_abs) = reference(&q, &xr);
+    let m = ctx.upload_quantized(&q).unwrap();
+    assert_close(
+        "qgemv f16",
+        &ctx.gemv_quantized_f16(&m, &xh).unwrap(),
+        &want,
+        &sum_abs,
+        512,
+    );
+    let enc = encode(&q.symbols(), 13, 512, 4, &EncodeOptions::default()).unwrap();
+    let m = ctx
+        .upload_coded(
+            CodedMatrixRef::from(&enc),
+            Some(QuantParamsRef {
+                group_size: 64,
+                scales: &q.scales,
+                biases: &q.biases,
+            }),
+        )
+        .unwrap();
+    assert_close(
+        "fused f16",
+        &ctx.gemv_coded_f16(&m, &xh).unwrap(),
+        &want,
+        &sum_abs,
+        512,
+    );
+}
+
+#[test]
+fn fused_gemv_reports_corrupt_stream() {
+    let Some(ctx) = ctx() else { return };
+    let (q, x) = random_matrix(78, 16, 256, 4, 64);
+    let opts = EncodeOptions {
+        chunk_symbols: 256,
+        tile_chunks: 2,
+        ..Default::default()
+    };
+    let enc = encode(&q.symbols(), 16, 256, 4, &opts).unwrap();
+    // an initial state below 2^16 in chunk 3
+    let mut states = enc.states().to_vec();
+    let c = 3;
+    states[c * 32 + 4] = 17;
+    let mut r = CodedMatrixRef::from(&enc);
+    r.states = &states;
+    let m = ctx
+        .upload_coded(
+            r,
+            Some(QuantParamsRef {
+                group_size: 64,
+                scales: &q.scales,
+                biases: &q.biases,
+            }),
+        )
+        .unwrap();
+    match ctx.gemv_coded(&m, &x) {
+        Err(ecq::gpu::GpuError::CorruptStream { chunk, .. }) => assert_eq!(chunk, c),
+        other => panic!("expected CorruptStream, got {other:?}"),
+    }
+}
