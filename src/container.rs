@@ -1,1 +1,685 @@
-//! (being written)
+//! Entropy-coded models stored as safetensors files (`ecq encode` / `decode` / `verify`).
+//!
+//! Every MLX-quantized `<p>.weight` (packed U32) is replaced by the six tensors
+//! `<p>.weight.ecq_{header,freqs,states,offsets,words,crc}` of `docs/FORMAT.md` section 6;
+//! scales, biases and every other tensor are stored unchanged. Each file's safetensors metadata
+//! gains `ecq.format`, `ecq.version`, `ecq.lanes`, `ecq.precision`, `ecq.chunk_symbols` and
+//! `ecq.tile_chunks`; a directory's `config.json` gains `"ecq": {"format": "ecq-rans",
+//! "version": 1}`. A sharded model stays sharded with the same shard names, and the directory's
+//! other files are copied unchanged. [`decode_model`] restores every tensor byte for byte.
+//!
+//! [`CodedModel`] opens a coded file or directory and hands out each module's
+//! [`EncodedMatrix`] with its scales and biases, for the GPU path.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use indicatif::ProgressBar;
+use rayon::prelude::*;
+use serde_json::json;
+
+use crate::model::write::{copy_extra_files, write_json_atomic, write_safetensors, NamedTensor};
+use crate::model::{Dtype, Model, ModelError, QuantizedModule, TensorData, CONFIG_FILE};
+use crate::rans::{encode, CodecError, EncodeOptions, EncodedMatrix};
+
+/// Value of the `ecq.format` metadata key and of `config.json`'s `ecq.format`.
+pub const FORMAT_NAME: &str = "ecq-rans";
+/// Container version (metadata `ecq.version`, `config.json` `ecq.version`).
+pub const CONTAINER_VERSION: u32 = 1;
+/// Suffixes of the six tensors that replace a coded `<p>.weight`, in FORMAT.md order.
+pub const PART_SUFFIXES: [&str; 6] = [
+    ".ecq_header",
+    ".ecq_freqs",
+    ".ecq_states",
+    ".ecq_offsets",
+    ".ecq_words",
+    ".ecq_crc",
+];
+
+/// Errors of the container. Messages start with the tensor or file concerned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContainerError {
+    /// Reading or writing the model failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The codec rejected a matrix (bad header, corrupt stream, checksum mismatch...).
+    #[error("{tensor}: {source}")]
+    Codec {
+        /// The coded weight (`<p>.weight`) or the part concerned.
+        tensor: String,
+        /// The codec's error (names tile, chunk and byte offset).
+        source: CodecError,
+    },
+    /// A part of a coded matrix is missing.
+    #[error("{tensor}: missing (part of the coded matrix {weight})")]
+    MissingPart {
+        /// The missing tensor.
+        tensor: String,
+        /// The coded weight it belongs to.
+        weight: String,
+    },
+    /// A part of a coded matrix has the wrong dtype or rank.
+    #[error("{tensor}: {reason}")]
+    BadPart {
+        /// The tensor.
+        tensor: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `encode` was given a model with no MLX-quantized weight.
+    #[error("{}: no MLX-quantized weights (<p>.weight U32 with <p>.scales and <p>.biases) to encode", path.display())]
+    NothingToEncode {
+        /// The model.
+        path: PathBuf,
+    },
+    /// `encode` was given a model that is already entropy-coded.
+    #[error("{tensor}: the model is already entropy-coded")]
+    AlreadyCoded {
+        /// A coded tensor found.
+        tensor: String,
+    },
+    /// `decode` or `verify` was given a model without coded tensors or ecq metadata.
+    #[error("{}: not an entropy-coded model (no ecq tensors or metadata)", path.display())]
+    NotCoded {
+        /// The model.
+        path: PathBuf,
+    },
+    /// A file's metadata names another format or version.
+    #[error("{file}: {key} is {value:?}, this ecq reads {expected:?}")]
+    UnsupportedVersion {
+        /// The shard file.
+        file: String,
+        /// The metadata key.
+        key: String,
+        /// Its value.
+        value: String,
+        /// The supported value.
+        expected: String,
+    },
+    /// The coded matrix disagrees with its scales or biases.
+    #[error("{tensor}: {reason}")]
+    Inconsistent {
+        /// The tensor.
+        tensor: String,
+        /// What disagrees.
+        reason: String,
+    },
+}
+
+/// Shorthand for results of this module.
+pub type Result<T, E = ContainerError> = std::result::Result<T, E>;
+
+fn codec(tensor: &str) -> impl FnOnce(CodecError) -> ContainerError + '_ {
+    move |source| ContainerError::Codec {
+        tensor: tensor.to_string(),
+        source,
+    }
+}
+
+/// The safetensors metadata entries ecq adds to every coded file.
+pub fn coded_metadata(opts: &EncodeOptions) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("ecq.format".to_string(), FORMAT_NAME.to_string()),
+        ("ecq.version".to_string(), CONTAINER_VERSION.to_string()),
+        ("ecq.lanes".to_string(), crate::rans::LANES.to_string()),
+        ("ecq.precision".to_string(), opts.precision.to_string()),
+        (
+            "ecq.chunk_symbols".to_string(),
+            opts.chunk_symbols.to_string(),
+        ),
+        ("ecq.tile_chunks".to_string(), opts.tile_chunks.to_string()),
+    ])
+}
+
+/// Entropy-codes one quantized module with `opts` (its group size and packed shape go into the
+/// header).
+pub fn encode_module(m: &QuantizedModule, opts: &EncodeOptions) -> Result<EncodedMatrix> {
+    let wname = format!("{}.weight", m.path);
+    let packed = m.weight.to_u32().ok_or_else(|| ContainerError::BadPart {
+        tensor: wname.clone(),
+        reason: format!("dtype {:?}, expected U32", m.weight.dtype()),
+    })?;
+    let symbols = crate::quant::unpack(&packed, m.bits, m.rows * m.cols);
+    let opts = EncodeOptions {
+        group_size: m.group_size as u32,
+        ..opts.clone()
+    };
+    let mut enc = encode(&symbols, m.rows, m.cols, m.bits, &opts).map_err(codec(&wname))?;
+    let shape: Vec<u32> = m.weight.shape().iter().map(|&d| d as u32).collect();
+    enc.set_shape(&shape).map_err(codec(&wname))?;
+    Ok(enc)
+}
+
+/// The six stored tensors of a coded weight called `weight` (e.g. `model.layers.0.q.weight`).
+pub fn matrix_tensors(weight: &str, enc: &EncodedMatrix) -> Vec<NamedTensor> {
+    let a = enc.alphabet_size();
+    vec![
+        (
+            format!("{weight}.ecq_header"),
+            TensorData::from_u32(vec![enc.header().len()], &enc.header()),
+        ),
+        (
+            format!("{weight}.ecq_freqs"),
+            TensorData::from_u16(vec![enc.n_tiles(), a], enc.freqs()),
+        ),
+        (
+            format!("{weight}.ecq_states"),
+            TensorData::from_u32(vec![enc.n_chunks(), crate::rans::LANES], enc.states()),
+        ),
+        (
+            format!("{weight}.ecq_offsets"),
+            TensorData::from_u32(vec![enc.offsets().len()], enc.offsets()),
+        ),
+        (
+            format!("{weight}.ecq_words"),
+            TensorData::from_u16(vec![enc.words().len()], enc.words()),
+        ),
+        (
+            format!("{weight}.ecq_crc"),
+            TensorData::from_u32(vec![enc.crc().len()], enc.crc()),
+        ),
+    ]
+}
+
+/// Names of the coded weights of a model (`<p>.weight` for every `<p>.weight.ecq_header`), in
+/// tensor order.
+pub fn coded_weights(model: &Model) -> Vec<String> {
+    model
+        .tensors
+        .iter()
+        .filter_map(|t| t.name.strip_suffix(".ecq_header").map(str::to_string))
+        .collect()
+}
+
+/// Loads the coded matrix stored for `weight` (`<p>.weight`), validating the header against
+/// every part's size (checksums are verified when decoding).
+pub fn load_matrix(model: &Model, weight: &str) -> Result<EncodedMatrix> {
+    let part = |i: usize, dtype: Dtype| -> Result<&TensorData> {
+        let name = format!("{weight}{}", PART_SUFFIXES[i]);
+        let t = model
+            .get(&name)
+            .ok_or_else(|| ContainerError::MissingPart {
+                tensor: name.clone(),
+                weight: weight.to_string(),
+            })?;
+        if t.dtype() != dtype {
+            return Err(ContainerError::BadPart {
+                tensor: name,
+                reason: format!("dtype {:?}, expected {dtype:?}", t.dtype()),
+            });
+        }
+        Ok(t)
+    };
+    let u32s = |i| part(i, Dtype::U32).map(|t| t.to_u32().expect("U32"));
+    let u16s = |i| part(i, Dtype::U16).map(|t| t.to_u16().expect("U16"));
+    let header = u32s(0)?;
+    let enc = EncodedMatrix::from_parts(&header, u16s(1)?, u32s(2)?, u32s(3)?, u16s(4)?, u32s(5)?)
+        .map_err(codec(weight))?;
+    Ok(enc)
+}
+
+/// Decodes a coded weight back to its packed U32 tensor (original shape), verifying checksums.
+pub fn decode_matrix(weight: &str, enc: &EncodedMatrix) -> Result<TensorData> {
+    let packed = enc.decode_packed().map_err(codec(weight))?;
+    let shape: Vec<usize> = enc.shape().iter().map(|&d| d as usize).collect();
+    if shape.iter().product::<usize>() != packed.len() {
+        return Err(ContainerError::Inconsistent {
+            tensor: weight.to_string(),
+            reason: format!(
+                "header shape {shape:?} does not hold {} packed words",
+                packed.len()
+            ),
+        });
+    }
+    Ok(TensorData::from_u32(shape, &packed))
+}
+
+/// Sizes of one coded matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatrixSummary {
+    /// The coded weight (`<p>.weight`).
+    pub weight: String,
+    /// Weights.
+    pub weights: u64,
+    /// Bits per weight.
+    pub bits: u32,
+    /// Bytes of the packed MLX weight.
+    pub packed_bytes: u64,
+    /// Bytes of the six coded tensors.
+    pub coded_bytes: u64,
+    /// Bytes of the word stream alone.
+    pub payload_bytes: u64,
+    /// Per-tile entropy bound of the coded symbols, in bits.
+    pub entropy_bound_bits: f64,
+    /// Bytes of the module's scales and biases.
+    pub side_bytes: u64,
+}
+
+/// What [`encode_model`], [`decode_model`] and [`verify_model`] report.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// One entry per coded matrix.
+    pub matrices: Vec<MatrixSummary>,
+    /// Total bytes of the input's safetensors files.
+    pub bytes_in: u64,
+    /// Total bytes of the output's safetensors files (0 for `verify`).
+    pub bytes_out: u64,
+}
+
+impl Summary {
+    fn sum<F: Fn(&MatrixSummary) -> f64>(&self, f: F) -> f64 {
+        self.matrices.iter().map(f).sum()
+    }
+    /// Weights of every coded matrix.
+    pub fn weights(&self) -> u64 {
+        self.matrices.iter().map(|m| m.weights).sum()
+    }
+    fn per_weight(&self, bits: f64) -> f64 {
+        let w = self.weights();
+        if w == 0 {
+            0.0
+        } else {
+            bits / w as f64
+        }
+    }
+    /// Packed MLX bits per weight (e.g. 4.0).
+    pub fn packed_bits_per_weight(&self) -> f64 {
+        self.per_weight(self.sum(|m| m.packed_bytes as f64 * 8.0))
+    }
+    /// Coded bits per weight, everything stored included (header, tables, states, offsets,
+    /// checksums).
+    pub fn coded_bits_per_weight(&self) -> f64 {
+        self.per_weight(self.sum(|m| m.coded_bytes as f64 * 8.0))
+    }
+    /// Word-stream bits per weight.
+    pub fn payload_bits_per_weight(&self) -> f64 {
+        self.per_weight(self.sum(|m| m.payload_bytes as f64 * 8.0))
+    }
+    /// Per-tile entropy bound, bits per weight.
+    pub fn entropy_bits_per_weight(&self) -> f64 {
+        self.per_weight(self.sum(|m| m.entropy_bound_bits))
+    }
+    /// Scales and biases, bits per weight.
+    pub fn side_bits_per_weight(&self) -> f64 {
+        self.per_weight(self.sum(|m| m.side_bytes as f64 * 8.0))
+    }
+}
+
+fn summarize(weight: &str, enc: &EncodedMatrix, model: &Model) -> Result<MatrixSummary> {
+    let path = weight.strip_suffix(".weight").unwrap_or(weight);
+    let side = [format!("{path}.scales"), format!("{path}.biases")]
+        .iter()
+        .filter_map(|n| model.get(n))
+        .map(|t| t.bytes().len() as u64)
+        .sum();
+    Ok(MatrixSummary {
+        weight: weight.to_string(),
+        weights: enc.weights() as u64,
+        bits: enc.bits(),
+        packed_bytes: (enc.weights() * enc.bits() as usize / 8) as u64,
+        coded_bytes: enc.total_bytes() as u64,
+        payload_bytes: enc.payload_bytes() as u64,
+        entropy_bound_bits: enc.entropy_bound_bits().map_err(codec(weight))?,
+        side_bytes: side,
+    })
+}
+
+/// Tensor indices of each shard, in file order.
+fn shard_groups(model: &Model) -> Vec<Vec<usize>> {
+    let mut g = vec![Vec::new(); model.shards.len()];
+    for (i, t) in model.tensors.iter().enumerate() {
+        g[t.shard].push(i);
+    }
+    g
+}
+
+fn without_ecq_keys(m: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    m.iter()
+        .filter(|(k, _)| !k.starts_with("ecq."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn write_output(
+    model: &Model,
+    out: &Path,
+    shards: Vec<(String, Vec<NamedTensor>, BTreeMap<String, String>)>,
+) -> Result<u64> {
+    if model.is_dir {
+        // Shards keep their names; metadata is the same in every shard of an mlx-lm model, but
+        // each is written with its own.
+        std::fs::create_dir_all(out).map_err(|source| ModelError::Io {
+            path: out.to_path_buf(),
+            source,
+        })?;
+        let mut all = Vec::new();
+        for (name, tensors, meta) in shards {
+            write_safetensors(&out.join(&name), &tensors, &meta)?;
+            all.push((name, tensors));
+        }
+        // Rewrites the index (the tensors are already on disk; write_shards would rewrite them).
+        write_index_only(out, &all)?;
+        copy_extra_files(model, out)?;
+    } else {
+        let (_, tensors, meta) = shards
+            .into_iter()
+            .next()
+            .expect("a single file has one shard");
+        write_safetensors(out, &tensors, &meta)?;
+    }
+    let reopened = Model::open(out)?;
+    Ok(reopened.file_bytes())
+}
+
+fn write_index_only(dir: &Path, shards: &[(String, Vec<NamedTensor>)]) -> Result<()> {
+    let mut weight_map = BTreeMap::new();
+    let mut total = 0u64;
+    for (file, tensors) in shards {
+        for (name, t) in tensors {
+            weight_map.insert(name.clone(), file.clone());
+            total += t.bytes().len() as u64;
+        }
+    }
+    let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+    write_json_atomic(&dir.join(crate::model::INDEX_FILE), &index)?;
+    Ok(())
+}
+
+/// Entropy-codes every MLX-quantized weight of `model` and writes the coded model to `out` (a
+/// directory for a directory input, else a single file). Shards are processed one at a time,
+/// their matrices in parallel; `progress` advances once per matrix.
+pub fn encode_model(
+    model: &Model,
+    out: &Path,
+    opts: &EncodeOptions,
+    progress: &ProgressBar,
+) -> Result<Summary> {
+    if let Some(w) = coded_weights(model).first() {
+        return Err(ContainerError::AlreadyCoded {
+            tensor: format!("{w}.ecq_header"),
+        });
+    }
+    let modules = model.quantized_modules()?;
+    if modules.is_empty() {
+        return Err(ContainerError::NothingToEncode {
+            path: model.path.clone(),
+        });
+    }
+    progress.set_length(modules.len() as u64);
+    let by_weight: BTreeMap<String, &QuantizedModule> = modules
+        .iter()
+        .map(|m| (format!("{}.weight", m.path), m))
+        .collect();
+    let meta_add = coded_metadata(opts);
+    let mut summary = Summary {
+        bytes_in: model.file_bytes(),
+        ..Summary::default()
+    };
+    let mut shards = Vec::new();
+    for (s, idx) in shard_groups(model).into_iter().enumerate() {
+        let coded: Vec<(usize, Option<(EncodedMatrix, MatrixSummary)>)> = idx
+            .par_iter()
+            .map(|&i| {
+                let t = &model.tensors[i];
+                match by_weight.get(&t.name) {
+                    Some(m) => {
+                        let enc = encode_module(m, opts)?;
+                        let sum = summarize(&t.name, &enc, model)?;
+                        progress.inc(1);
+                        Ok((i, Some((enc, sum))))
+                    }
+                    None => Ok((i, None)),
+                }
+            })
+            .collect::<Result<_>>()?;
+        let mut tensors = Vec::new();
+        for (i, c) in coded {
+            let t = &model.tensors[i];
+            match c {
+                Some((enc, sum)) => {
+                    tensors.extend(matrix_tensors(&t.name, &enc));
+                    summary.matrices.push(sum);
+                }
+                None => tensors.push((t.name.clone(), t.data.clone())),
+            }
+        }
+        let mut meta = model.shards[s].metadata.clone();
+        meta.extend(meta_add.clone());
+        shards.push((model.shards[s].file_name.clone(), tensors, meta));
+    }
+    summary.bytes_out = write_output(model, out, shards)?;
+    if model.is_dir {
+        let mut config = model.config.clone().unwrap_or_else(|| json!({}));
+        if let Some(obj) = config.as_object_mut() {
+            obj.insert(
+                "ecq".into(),
+                json!({"format": FORMAT_NAME, "version": CONTAINER_VERSION}),
+            );
+        }
+        write_json_atomic(&out.join(CONFIG_FILE), &config)?;
+    }
+    Ok(summary)
+}
+
+/// Checks that a model is entropy-coded: it has coded tensors, and every shard that declares
+/// `ecq.format` / `ecq.version` declares this format and version. Returns the coded weights.
+pub fn check_coded(model: &Model) -> Result<Vec<String>> {
+    let coded = coded_weights(model);
+    let mut declared = false;
+    for s in &model.shards {
+        for (key, expected) in [
+            ("ecq.format", FORMAT_NAME.to_string()),
+            ("ecq.version", CONTAINER_VERSION.to_string()),
+        ] {
+            if let Some(v) = s.metadata.get(key) {
+                declared = true;
+                if *v != expected {
+                    return Err(ContainerError::UnsupportedVersion {
+                        file: s.file_name.clone(),
+                        key: key.into(),
+                        value: v.clone(),
+                        expected,
+                    });
+                }
+            }
+        }
+    }
+    if coded.is_empty() && !declared {
+        return Err(ContainerError::NotCoded {
+            path: model.path.clone(),
+        });
+    }
+    Ok(coded)
+}
+
+/// Checks a decoded module against its scales and biases (when present): rows and the number of
+/// groups per row must agree with the header.
+fn check_side(model: &Model, weight: &str, enc: &EncodedMatrix) -> Result<()> {
+    let path = weight.strip_suffix(".weight").unwrap_or(weight);
+    let g = enc.group_size() as usize;
+    if g == 0 {
+        return Ok(());
+    }
+    let shape = enc.shape();
+    let expected: Vec<usize> = shape[..shape.len() - 1]
+        .iter()
+        .map(|&d| d as usize)
+        .chain([enc.cols() / g])
+        .collect();
+    for n in [format!("{path}.scales"), format!("{path}.biases")] {
+        if let Some(t) = model.get(&n) {
+            if t.shape() != expected.as_slice() {
+                return Err(ContainerError::Inconsistent {
+                    tensor: n,
+                    reason: format!(
+                        "shape {:?}, the coded weight's header implies {expected:?}",
+                        t.shape()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decodes every coded weight of `model` and writes the original MLX model to `out` (a directory
+/// for a directory input, else a file): every tensor byte for byte as it was encoded, ecq
+/// metadata and the `ecq` config entry removed.
+pub fn decode_model(model: &Model, out: &Path, progress: &ProgressBar) -> Result<Summary> {
+    let coded = check_coded(model)?;
+    progress.set_length(coded.len() as u64);
+    let coded_set: HashSet<&str> = coded.iter().map(String::as_str).collect();
+    let mut summary = Summary {
+        bytes_in: model.file_bytes(),
+        ..Summary::default()
+    };
+    let mut shards = Vec::new();
+    for (s, idx) in shard_groups(model).into_iter().enumerate() {
+        let items: Vec<Option<(String, TensorData, MatrixSummary)>> = idx
+            .par_iter()
+            .map(|&i| {
+                let name = &model.tensors[i].name;
+                let Some(weight) = name.strip_suffix(".ecq_header") else {
+                    return Ok(None);
+                };
+                let enc = load_matrix(model, weight)?;
+                let data = decode_matrix(weight, &enc)?;
+                let sum = summarize(weight, &enc, model)?;
+                progress.inc(1);
+                Ok(Some((weight.to_string(), data, sum)))
+            })
+            .collect::<Result<_>>()?;
+        let mut decoded = BTreeMap::new();
+        for (w, d, sum) in items.into_iter().flatten() {
+            summary.matrices.push(sum);
+            decoded.insert(w, d);
+        }
+        let mut tensors = Vec::new();
+        for &i in &idx {
+            let t = &model.tensors[i];
+            if let Some(weight) = t.name.strip_suffix(".ecq_header") {
+                tensors.push((weight.to_string(), decoded.remove(weight).expect("decoded")));
+            } else if is_part(&t.name, &coded_set) {
+                continue;
+            } else {
+                tensors.push((t.name.clone(), t.data.clone()));
+            }
+        }
+        shards.push((
+            model.shards[s].file_name.clone(),
+            tensors,
+            without_ecq_keys(&model.shards[s].metadata),
+        ));
+    }
+    summary.bytes_out = write_output(model, out, shards)?;
+    if model.is_dir {
+        if let Some(mut config) = model.config.clone() {
+            if let Some(obj) = config.as_object_mut() {
+                obj.shift_remove("ecq");
+            }
+            write_json_atomic(&out.join(CONFIG_FILE), &config)?;
+        }
+    }
+    Ok(summary)
+}
+
+fn is_part(name: &str, coded: &HashSet<&str>) -> bool {
+    PART_SUFFIXES
+        .iter()
+        .any(|s| name.strip_suffix(s).is_some_and(|w| coded.contains(w)))
+}
+
+/// Decodes every coded weight of `model` in full, verifying every tile checksum, the end-of-chunk
+/// state conditions of the stream, and the scales/biases shapes against each header.
+pub fn verify_model(model: &Model, progress: &ProgressBar) -> Result<Summary> {
+    let coded = check_coded(model)?;
+    progress.set_length(coded.len() as u64);
+    let matrices = coded
+        .par_iter()
+        .map(|w| {
+            let enc = load_matrix(model, w)?;
+            enc.verify_checksums().map_err(codec(w))?;
+            decode_matrix(w, &enc)?;
+            check_side(model, w, &enc)?;
+            let s = summarize(w, &enc, model)?;
+            progress.inc(1);
+            Ok(s)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Summary {
+        matrices,
+        bytes_in: model.file_bytes(),
+        bytes_out: 0,
+    })
+}
+
+/// One coded module of a [`CodedModel`]: the coded weight with its scales, biases and optional
+/// layer bias.
+#[derive(Debug)]
+pub struct CodedModule {
+    /// Module path (`<p>`).
+    pub path: String,
+    /// The coded weight (header validated; checksums are verified when decoding).
+    pub matrix: EncodedMatrix,
+    /// `<p>.scales`, if present.
+    pub scales: Option<TensorData>,
+    /// `<p>.biases`, if present.
+    pub biases: Option<TensorData>,
+    /// `<p>.bias` (the layer's additive bias), if present.
+    pub bias: Option<TensorData>,
+}
+
+/// An entropy-coded model opened for use (e.g. by the GPU path).
+///
+/// ```no_run
+/// let m = ecq::container::CodedModel::open("coded-model-dir")?;
+/// for path in m.module_paths() {
+///     let module = m.module(&path)?;
+///     println!("{path}: {} x {}", module.matrix.rows(), module.matrix.cols());
+/// }
+/// # Ok::<(), ecq::container::ContainerError>(())
+/// ```
+#[derive(Debug)]
+pub struct CodedModel {
+    /// The underlying safetensors model (memory-mapped).
+    pub model: Model,
+    weights: Vec<String>,
+}
+
+impl CodedModel {
+    /// Opens a coded safetensors file or directory.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let model = Model::open(path)?;
+        let weights = check_coded(&model)?;
+        Ok(CodedModel { model, weights })
+    }
+
+    /// Paths of the coded modules (`<p>` of every coded `<p>.weight`), in file order.
+    pub fn module_paths(&self) -> Vec<String> {
+        self.weights
+            .iter()
+            .map(|w| w.strip_suffix(".weight").unwrap_or(w).to_string())
+            .collect()
+    }
+
+    /// The coded module at `path`.
+    pub fn module(&self, path: &str) -> Result<CodedModule> {
+        let weight = format!("{path}.weight");
+        let matrix = load_matrix(&self.model, &weight)?;
+        check_side(&self.model, &weight, &matrix)?;
+        let get = |s: &str| self.model.get(&format!("{path}.{s}")).cloned();
+        Ok(CodedModule {
+            path: path.to_string(),
+            matrix,
+            scales: get("scales"),
+            biases: get("biases"),
+            bias: get("bias"),
+        })
+    }
+
+    /// A tensor stored unchanged (norms, embeddings left float, ...).
+    pub fn tensor(&self, name: &str) -> Option<&TensorData> {
+        self.model.get(name)
+    }
+}

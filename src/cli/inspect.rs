@@ -1,0 +1,160 @@
+//! `ecq inspect PATH [--json] [--plot FILE.svg]`.
+
+use std::path::PathBuf;
+
+use ecq::analysis::{analyze, default_schemes, render_svg, Report, Scheme, Stats};
+use ecq::model::Model;
+use serde_json::{json, Value};
+
+use super::{bar, CliResult};
+
+/// Arguments of `ecq inspect`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Safetensors file or model directory (float or MLX-quantized).
+    path: PathBuf,
+    /// Print the report as JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Write an SVG chart of bits/weight against reconstruction error.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+}
+
+fn stats_json(s: &Stats) -> Value {
+    json!({
+        "weights": s.weights,
+        "entropy_bits_per_weight": s.entropy_per_weight(),
+        "side_bits_per_weight": s.side_per_weight(),
+        "total_bits_per_weight": s.total_per_weight(),
+        "packed_bits_per_weight": s.packed_per_weight(),
+        "rel_rms_error": s.rel_rms(),
+    })
+}
+
+/// The report as JSON, with per-weight figures.
+pub fn report_json(r: &Report) -> Value {
+    let schemes: Vec<Value> = r
+        .schemes
+        .iter()
+        .zip(&r.totals)
+        .map(|(s, t)| {
+            let mut v = stats_json(t);
+            v["scheme"] = json!(s.label());
+            v["params"] = serde_json::to_value(s).unwrap_or(Value::Null);
+            v
+        })
+        .collect();
+    let tensors: Vec<Value> = r
+        .tensors
+        .iter()
+        .map(|t| {
+            let per: serde_json::Map<String, Value> = r
+                .schemes
+                .iter()
+                .zip(&t.stats)
+                .filter_map(|(s, st)| st.as_ref().map(|st| (s.label(), stats_json(st))))
+                .collect();
+            json!({"name": t.name, "shape": t.shape, "format": t.format, "schemes": per})
+        })
+        .collect();
+    json!({"quantized": r.quantized, "totals": schemes, "tensors": tensors})
+}
+
+fn reference(r: &Report) -> Option<f64> {
+    let i = r.schemes.iter().position(|s| {
+        *s == Scheme::Affine {
+            bits: 4,
+            group_size: 64,
+        }
+    })?;
+    r.totals[i]
+        .sq_err
+        .zip(r.totals[i].sq_norm)
+        .map(|(e, n)| e / n)
+}
+
+/// Prints the per-tensor and total tables.
+pub fn print_tables(r: &Report) {
+    let name_w = r
+        .tensors
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let shorts: Vec<String> = r.schemes.iter().map(Scheme::short).collect();
+    print!("{:<name_w$}  {:<14} {:<28}", "tensor", "shape", "stored");
+    for s in &shorts {
+        print!(" {s:>7}");
+    }
+    println!();
+    for t in &r.tensors {
+        let shape = format!("{:?}", t.shape);
+        print!("{:<name_w$}  {:<14} {:<28}", t.name, shape, t.format);
+        for st in &t.stats {
+            match st {
+                Some(st) => print!(" {:>7.3}", st.entropy_per_weight()),
+                None => print!(" {:>7}", "-"),
+            }
+        }
+        println!();
+    }
+    println!("(columns per scheme: empirical entropy of the symbols, bits/weight)");
+    println!();
+    let refe = reference(r);
+    println!(
+        "{:<22} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
+        "scheme (model total)",
+        "weights",
+        "entropy",
+        "side",
+        "total",
+        "packed",
+        "rel RMS",
+        "err²/a4g64"
+    );
+    for (s, t) in r.schemes.iter().zip(&r.totals) {
+        let rms = t
+            .rel_rms()
+            .map(|e| format!("{e:.3e}"))
+            .unwrap_or_else(|| "-".into());
+        let ratio = match (refe, t.sq_err.zip(t.sq_norm)) {
+            (Some(re), Some((e, n))) if re > 0.0 => format!("{:.2}x", e / n / re),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<22} {:>10} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>10} {:>10}",
+            s.label(),
+            t.weights,
+            t.entropy_per_weight(),
+            t.side_per_weight(),
+            t.total_per_weight(),
+            t.packed_per_weight(),
+            rms,
+            ratio
+        );
+    }
+    println!("(bits/weight; side = scales and biases at their stored dtype; packed = bits + side without entropy coding)");
+}
+
+/// Runs `ecq inspect`.
+pub fn run(a: Args) -> CliResult {
+    let model = Model::open(&a.path)?;
+    let pb = bar(0, "inspect");
+    let report = analyze(&model, &default_schemes(), &pb)?;
+    pb.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report_json(&report))?);
+    } else {
+        print_tables(&report);
+    }
+    if let Some(p) = &a.plot {
+        let title = format!("{}: bits/weight vs reconstruction error", a.path.display());
+        ecq::model::write::write_atomic(p, render_svg(&report, &title).as_bytes())?;
+        if !a.json {
+            println!("chart written to {}", p.display());
+        }
+    }
+    Ok(())
+}
