@@ -17,6 +17,10 @@
 //! `mlx/backend/cpu/quantized.cpp`). Dequantization is `scale * q + bias` done as two operations
 //! in the input type: for `f16`/`bf16` the product is rounded to that type before the bias is
 //! added and the sum is rounded again (no fused multiply-add), which is what MLX 0.32.4 returns.
+//!
+//! MLX's Metal kernel differs from its CPU backend (it rounds half away from zero and starts
+//! `w_max` at 0), so files quantized on an Apple GPU need not match [`quantize_affine`]; ecq
+//! never re-quantizes stored files, it keeps their words, scales and biases as they are.
 
 use rayon::prelude::*;
 
@@ -186,9 +190,8 @@ fn quantize_row(
     let mut q = [0u8; 128];
     for (g, group) in w_row.chunks_exact(gs).enumerate() {
         let x = &mut x[..gs];
-        for (xi, &wi) in x.iter_mut().zip(group) {
-            *xi = dtype.round(wi);
-        }
+        x.copy_from_slice(group);
+        dtype.round_slice(x);
         let mut w_min = f32::INFINITY;
         let mut w_max = -w_min;
         for &xi in x.iter() {
@@ -496,19 +499,15 @@ impl QuantizedMatrix {
 /// `scale * q + bias` per weight as MLX computes it in `dtype`.
 #[inline]
 fn dequantize_group(q: &[u8], scale: f32, bias: f32, dtype: FloatDType, out: &mut [f32]) {
-    match dtype {
-        FloatDType::F32 => {
-            for (o, &qi) in out.iter_mut().zip(q) {
-                *o = scale * f32::from(qi) + bias;
-            }
-        }
-        _ => {
-            for (o, &qi) in out.iter_mut().zip(q) {
-                // q * scale is exact in f32 (at most 8 + 11 significant bits); each operation's
-                // result is rounded to the half type, as MLX's float16_t / bfloat16_t do.
-                let prod = dtype.round(scale * f32::from(qi));
-                *o = dtype.round(prod + bias);
-            }
-        }
+    for (o, &qi) in out.iter_mut().zip(q) {
+        *o = scale * f32::from(qi);
     }
+    // In f16/bf16 the product (exact in f32: at most 8 + 11 significant bits) is rounded to the
+    // type before the bias is added, and the sum is rounded again, as MLX's float16_t /
+    // bfloat16_t arithmetic does. In f32 both are plain f32 operations (no fused multiply-add).
+    dtype.round_slice(out);
+    for o in out.iter_mut() {
+        *o += bias;
+    }
+    dtype.round_slice(out);
 }

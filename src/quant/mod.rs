@@ -4,7 +4,7 @@
 //!   backend bit for bit for `f32`, `f16` and `bf16` weights, giving a [`QuantizedMatrix`]
 //!   (packed words, scales, biases) whose [`QuantizedMatrix::dequantize`] matches
 //!   `mx.dequantize` bit for bit. `tests/quant_golden.rs` checks both against vectors made by the
-//!   real MLX (`scripts/make_golden.py`).
+//!   real MLX (`scripts/make_golden.py`; `pip install "mlx[cpu]" numpy` to regenerate them).
 //! * [`pack`] / [`unpack`] convert between one `u8` per weight ("symbols") and MLX's packed `u32`
 //!   words for every bit width.
 //! * [`quantize_absmax`] is symmetric absmax quantization per tensor or per row, used to
