@@ -34,7 +34,6 @@ mod decode;
 mod encode;
 mod error;
 mod format;
-mod pack;
 mod table;
 
 use rayon::prelude::*;
@@ -59,7 +58,7 @@ pub const DEFAULT_PRECISION: u32 = 11;
 /// Default target number of coded symbols per chunk.
 pub const DEFAULT_CHUNK_SYMBOLS: usize = 16384;
 /// Default number of chunks per tile.
-pub const DEFAULT_TILE_CHUNKS: usize = 4;
+pub const DEFAULT_TILE_CHUNKS: usize = 8;
 
 const _: () = assert!(LANES == 32);
 const _: () = assert!(DEFAULT_PRECISION <= GPU_MAX_PRECISION);
@@ -104,6 +103,39 @@ pub fn default_weights_per_symbol(bits: u32, cols: usize) -> u32 {
         .into_iter()
         .find(|&w| bits * w <= 8 && cols % w as usize == 0)
         .unwrap_or(1)
+}
+
+/// The optimal frequency table at precision `n` for symbol counts `counts` (one per symbol of
+/// the alphabet): every present symbol gets `f >= 1`, absent ones `f = 0`, the sum is exactly
+/// `2^n`, and `sum counts[s] * log2(2^n / f[s])` is minimal (FORMAT.md section 3). This is the
+/// table [`encode`] stores for each tile.
+///
+/// Errors if `n` is outside 8..=15, or more than `2^n` symbols are present.
+///
+/// ```
+/// let f = ecq::rans::optimal_frequencies(&[900, 90, 9, 1, 0], 8)?;
+/// assert_eq!(f.iter().map(|&f| u32::from(f)).sum::<u32>(), 256);
+/// assert_eq!(f[4], 0);
+/// assert!(f[3] >= 1);
+/// # Ok::<(), ecq::rans::CodecError>(())
+/// ```
+pub fn optimal_frequencies(counts: &[u64], precision: u32) -> Result<Vec<u16>, CodecError> {
+    if !(MIN_PRECISION..=MAX_PRECISION).contains(&precision) {
+        return Err(CodecError::InvalidArgument(format!(
+            "precision = {precision}, must be 8..=15"
+        )));
+    }
+    if counts.iter().filter(|&&c| c > 0).count() > 1 << precision {
+        return Err(CodecError::InvalidArgument(
+            "more symbols present than 2^precision".into(),
+        ));
+    }
+    Ok(table::normalize(counts, precision))
+}
+
+/// Empirical entropy in bits of a sample with these symbol counts, `sum c * log2(N / c)`.
+pub fn entropy_bits(counts: &[u64]) -> f64 {
+    table::entropy_bits(counts)
 }
 
 /// Encodes a quantized matrix.
@@ -813,13 +845,19 @@ impl EncodedMatrix {
             let bytes: &mut [u8] = bytemuck::cast_slice_mut(out);
             return self.run_decode(bytes, g.syms_per_row, true, |_, _| {});
         }
+        // Other widths: decode values, then MLX-pack rows (every row starts on a word boundary
+        // because cols * bits is a multiple of 32).
         let sym = self.decode_symbols()?;
         if g.cols == 0 {
             return Ok(());
         }
-        out.par_chunks_mut(words_per_row.max(1))
-            .zip(sym.par_chunks(g.cols))
-            .for_each(|(o, s)| pack::pack_row(s, g.bits, o));
+        let block = 256;
+        out.par_chunks_mut(words_per_row * block)
+            .zip(sym.par_chunks(g.cols * block))
+            .try_for_each(|(o, s)| {
+                crate::quant::pack_into(s, g.bits, o)
+                    .map_err(|_| CodecError::Unsupported("MLX packing rejected the geometry"))
+            })?;
         Ok(())
     }
 }
