@@ -1,26 +1,7 @@
 //! MLX affine quantization (`mx.quantize` / `mx.dequantize`, mode `"affine"`), bit for bit as
 //! MLX's CPU backend computes it.
 //!
-//! Per group of `group_size` consecutive weights of a row, in `f32` whatever the input type:
-//!
-//! ```text
-//! n_bins = 2^bits - 1;  eps = 1e-7
-//! scale  = max((w_max - w_min) / n_bins, eps)
-//! side   = |w_min| > |w_max|;  scale = side ? scale : -scale;  edge = side ? w_min : w_max
-//! q0     = rint(edge / scale)
-//! if q0 != 0 { scale = edge / q0; bias = edge } else { bias = 0 }
-//! q      = clamp(rint((w - bias) / scale), 0, n_bins)        (rint: half to even)
-//! ```
-//!
-//! The `q` are computed with the `f32` scale and bias; only then are the stored scale and bias
-//! rounded to the input type (`static_cast<T>` in MLX's `quantize` of
-//! `mlx/backend/cpu/quantized.cpp`). Dequantization is `scale * q + bias` done as two operations
-//! in the input type: for `f16`/`bf16` the product is rounded to that type before the bias is
-//! added and the sum is rounded again (no fused multiply-add), which is what MLX 0.32.4 returns.
-//!
-//! MLX's Metal kernel differs from its CPU backend (it rounds half away from zero and starts
-//! `w_max` at 0), so files quantized on an Apple GPU need not match [`quantize_affine`]; ecq
-//! never re-quantizes stored files, it keeps their words, scales and biases as they are.
+//! The formulas are documented on the [`quant`](crate::quant) module.
 
 use rayon::prelude::*;
 
@@ -427,7 +408,7 @@ impl QuantizedMatrix {
     }
 
     /// Dequantizes to `rows * cols` values exactly as `mx.dequantize` does on MLX's CPU backend
-    /// (`scale * q + bias` in `dtype` arithmetic; see the [module docs](self)). Every value is
+    /// (`scale * q + bias` in `dtype` arithmetic; see the [`quant`](crate::quant) module docs). Every value is
     /// exactly representable in `dtype`.
     ///
     /// # Panics

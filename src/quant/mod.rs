@@ -10,6 +10,39 @@
 //! * [`quantize_absmax`] is symmetric absmax quantization per tensor or per row, used to
 //!   reproduce published entropy-coding measurements.
 //!
+//! # MLX affine quantization
+//!
+//! Per group of `group_size` consecutive weights of a row, in `f32` whatever the input type:
+//!
+//! ```text
+//! n_bins = 2^bits - 1;  eps = 1e-7
+//! scale  = max((w_max - w_min) / n_bins, eps)
+//! side   = |w_min| > |w_max|;  scale = side ? scale : -scale;  edge = side ? w_min : w_max
+//! q0     = rint(edge / scale)
+//! if q0 != 0 { scale = edge / q0; bias = edge } else { bias = 0 }
+//! q      = clamp(rint((w - bias) / scale), 0, n_bins)        (rint: half to even)
+//! ```
+//!
+//! The `q` are computed with the `f32` scale and bias; only then are the stored scale and bias
+//! rounded to the input type (`static_cast<T>` in MLX's `quantize` of
+//! `mlx/backend/cpu/quantized.cpp`). Dequantization is `scale * q + bias` done as two operations
+//! in the input type: for `f16`/`bf16` the product is rounded to that type before the bias is
+//! added and the sum is rounded again (no fused multiply-add), which is what MLX 0.32.4 returns.
+//!
+//! MLX's Metal kernel differs from its CPU backend (it rounds half away from zero and starts
+//! `w_max` at 0), so files quantized on an Apple GPU need not match [`quantize_affine`]; ecq
+//! never re-quantizes stored files, it keeps their words, scales and biases as they are.
+//!
+//! # Packing
+//!
+//! MLX packs a row of `b`-bit values as one continuous little-endian bit stream: value `i`
+//! occupies bits `[b*i, b*(i+1))` of the stream, least significant bit first, and bit `k` of the
+//! stream is bit `k % 32` of word `k / 32`. For 2, 4 and 8 bits that is "element `i` of a word at
+//! bits `[b*i, b*(i+1))`"; for 3, 5 and 6 bits values straddle word boundaries (MLX writes 8
+//! values in 3 or 5 bytes, or 4 values in 3 bytes, which is the same stream). A row of a
+//! multiple of 32 values (every MLX row) ends on a word boundary, so a whole matrix is also one
+//! stream: [`pack`] and [`unpack`] work on a row or on a whole matrix alike.
+//!
 //! # Example
 //!
 //! ```

@@ -1,12 +1,6 @@
 //! MLX's packing of quantized values into `u32` words.
 //!
-//! MLX packs a row of `b`-bit values as one continuous little-endian bit stream: value `i`
-//! occupies bits `[b*i, b*(i+1))` of the stream, least significant bit first, and bit `k` of the
-//! stream is bit `k % 32` of word `k / 32`. For 2, 4 and 8 bits that is "element `i` of a word at
-//! bits `[b*i, b*(i+1))`"; for 3, 5 and 6 bits values straddle word boundaries (MLX writes them
-//! as 8 values in 3 or 5 bytes, or 4 values in 3 bytes, which is the same stream). Rows whose
-//! length is a multiple of 32 (every MLX row: the group size is) start on a word boundary, so a
-//! whole matrix is also one stream and can be packed or unpacked in one call.
+//! The layout is documented on the [`quant`](crate::quant) module.
 
 use super::QuantError;
 
