@@ -140,7 +140,13 @@ pub fn encode_module(m: &QuantizedModule, opts: &EncodeOptions) -> Result<Encode
         tensor: wname.clone(),
         reason: format!("dtype {:?}, expected U32", m.weight.dtype()),
     })?;
-    let symbols = crate::quant::unpack(&packed, m.bits, m.rows * m.cols);
+    let mut symbols = vec![0u8; m.rows * m.cols];
+    crate::quant::unpack_into(&packed, m.bits, &mut symbols).map_err(|e| {
+        ContainerError::BadPart {
+            tensor: wname.clone(),
+            reason: e.to_string(),
+        }
+    })?;
     let opts = EncodeOptions {
         group_size: m.group_size as u32,
         ..opts.clone()

@@ -130,6 +130,13 @@ pub fn write_safetensors(
             source: std::io::Error::other(e.to_string()),
         });
     }
+    // The serializer's temporary file is private (0600); give the result ordinary permissions.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+            .map_err(io_err(&tmp))?;
+    }
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
 
