@@ -1,1 +1,127 @@
-fn main() {}
+//! Criterion benches of the GPU kernels on the adapter `GpuContext::new` picks (the adapter name
+//! is part of every label). `iter_custom` records the iterations into one command buffer and
+//! waits for the GPU inside the timed region.
+//!
+//! Shape: `ECQ_GPU_BENCH_SHAPE=ROWSxCOLS` (default 1024x4096), MLX 4-bit g64 Gaussian weights;
+//! `ECQ_GPU_BENCH_SETS` distinct copies rotated per iteration (default 4) so larger sets can
+//! exceed the L2 cache. For the full comparison table use `examples/bench_gpu.rs`.
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ecq::dtype::FloatDType;
+use ecq::gpu::{CodedMatrixRef, DecodeOutput, Dispatch, GpuContext, QuantParamsRef};
+use ecq::quant::{quantize_affine, AffineParams};
+use ecq::rans::{encode, EncodeOptions};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn run(ctx: &GpuContext, ds: &[Dispatch], iters: u64) -> Duration {
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        for i in 0..iters as usize {
+            ds[i % ds.len()].record(&mut pass);
+        }
+    }
+    let t = Instant::now();
+    ctx.queue().submit([enc.finish()]);
+    ctx.wait().expect("wait");
+    t.elapsed()
+}
+
+fn bench(c: &mut Criterion) {
+    let ctx = match GpuContext::new() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("SKIPPED: no GPU adapter ({e})");
+            return;
+        }
+    };
+    let (r, k) = std::env::var("ECQ_GPU_BENCH_SHAPE")
+        .ok()
+        .and_then(|s| {
+            let (a, b) = s.split_once('x')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .unwrap_or((1024usize, 4096usize));
+    let sets: usize = std::env::var("ECQ_GPU_BENCH_SETS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let w: Vec<f32> = (0..r * k)
+        .map(|_| (rng.random::<f32>() + rng.random::<f32>() + rng.random::<f32>() - 1.5) * 0.02)
+        .collect();
+    let q = quantize_affine(&w, r, k, FloatDType::F32, AffineParams::new(4, 64).unwrap()).unwrap();
+    let x: Vec<f32> = (0..k).map(|_| rng.random::<f32>() - 0.5).collect();
+    let enc = encode(
+        &q.symbols(),
+        r,
+        k,
+        4,
+        &EncodeOptions {
+            group_size: 64,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (dev, reg) = (ctx.device(), ctx.registry());
+    let mk = |size: u64| {
+        dev.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    };
+    let xb = mk(k as u64 * 4);
+    ctx.queue().write_buffer(&xb, 0, bytemuck::cast_slice(&x));
+    let yb = mk(r as u64 * 4);
+    let out = mk((r * k / 2) as u64);
+    let qp = QuantParamsRef {
+        group_size: 64,
+        scales: &q.scales,
+        biases: &q.biases,
+    };
+    let plain: Vec<_> = (0..sets)
+        .map(|_| ctx.upload_quantized(&q).unwrap())
+        .collect();
+    let coded: Vec<_> = (0..sets)
+        .map(|_| {
+            ctx.upload_coded(CodedMatrixRef::from(&enc), Some(qp))
+                .unwrap()
+        })
+        .collect();
+    let plain_d: Vec<_> = plain
+        .iter()
+        .map(|m| m.gemv_dispatch(dev, reg, &xb, &yb).unwrap())
+        .collect();
+    let fused_d: Vec<_> = coded
+        .iter()
+        .map(|m| m.gemv_dispatch(dev, reg, &xb, &yb).unwrap())
+        .collect();
+    let dec_d: Vec<_> = coded
+        .iter()
+        .map(|m| {
+            m.decode_dispatch(dev, reg, &out, DecodeOutput::Packed)
+                .unwrap()
+        })
+        .collect();
+
+    let mut g = c.benchmark_group(format!("gpu/{}/{r}x{k}_4bit_g64", ctx.adapter_name()));
+    g.throughput(Throughput::Bytes((r * k / 2) as u64));
+    g.sample_size(10);
+    g.bench_function("plain_qgemv", |b| b.iter_custom(|n| run(&ctx, &plain_d, n)));
+    g.bench_function("fused_rans_gemv", |b| {
+        b.iter_custom(|n| run(&ctx, &fused_d, n))
+    });
+    g.throughput(Throughput::Elements((r * k) as u64));
+    g.bench_function("rans_decode_packed", |b| {
+        b.iter_custom(|n| run(&ctx, &dec_d, n))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

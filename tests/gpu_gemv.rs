@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 
 use ecq::dtype::FloatDType;
-use ecq::gpu::{CodedMatrixRef, GpuContext, QuantParamsRef};
+use ecq::gpu::{CodedMatrixRef, FusedVariant, GpuContext, QuantParamsRef};
 use ecq::quant::{quantize_affine, AffineParams, QuantizedMatrix};
 use ecq::rans::{encode, EncodeOptions};
 use proptest::prelude::*;

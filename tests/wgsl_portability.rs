@@ -21,14 +21,18 @@ fn validate(path: &PathBuf) -> (naga::Module, naga::valid::ModuleInfo) {
     let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| {
         panic!("{}: {}", path.display(), e.emit_to_string(&src));
     });
-    let info = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::default(),
-    )
-    .validate(&module)
-    .unwrap_or_else(|e| {
-        panic!("{}: {}", path.display(), e.emit_to_string(&src));
-    });
+    // Kernels marked `// requires: SUBGROUP` need the SUBGROUP capability (wgpu's
+    // Features::SUBGROUP); every other kernel must validate with the default capabilities.
+    let caps = if src.contains("// requires: SUBGROUP") {
+        naga::valid::Capabilities::SUBGROUP
+    } else {
+        naga::valid::Capabilities::default()
+    };
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        .validate(&module)
+        .unwrap_or_else(|e| {
+            panic!("{}: {}", path.display(), e.emit_to_string(&src));
+        });
     // Pipeline-overridable constants are resolved with their defaults for the back ends, as
     // wgpu does at pipeline creation.
     let (module, info) = naga::back::pipeline_constants::process_overrides(
@@ -53,6 +57,7 @@ fn all_kernels_translate_to_msl() {
     for f in wgsl_files() {
         let (module, info) = validate(&f);
         let options = naga::back::msl::Options {
+            // Metal 2.1: simd_ballot / simd_shuffle for the subgroup kernels
             lang_version: (2, 1),
             ..Default::default()
         };
@@ -77,7 +82,12 @@ fn all_kernels_translate_to_spirv() {
 fn all_kernels_translate_to_hlsl() {
     for f in wgsl_files() {
         let (module, info) = validate(&f);
-        let options = naga::back::hlsl::Options::default();
+        // Shader model 6.0: wave intrinsics for the subgroup kernels (D3D12 requires it for
+        // Features::SUBGROUP anyway).
+        let options = naga::back::hlsl::Options {
+            shader_model: naga::back::hlsl::ShaderModel::V6_0,
+            ..Default::default()
+        };
         let mut out = String::new();
         let pipeline = naga::back::hlsl::PipelineOptions::default();
         let mut writer = naga::back::hlsl::Writer::new(&mut out, &options, &pipeline);

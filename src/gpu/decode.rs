@@ -78,6 +78,17 @@ pub enum DecodeOutput {
     BytePerWeight,
 }
 
+/// Which implementation of the fused GEMV to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FusedVariant {
+    /// `rans_gemv.wgsl`: workgroup-memory bitmask and one workgroupBarrier per step; runs on
+    /// every adapter.
+    Workgroup,
+    /// `rans_gemv_subgroup.wgsl`: subgroup ballot, shuffle and add; needs 32-wide subgroups
+    /// ([`PipelineRegistry::subgroups32`]).
+    Subgroup,
+}
+
 /// Uniform block shared by `rans_decode.wgsl` and `rans_gemv.wgsl` (same field order).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -402,7 +413,8 @@ impl GpuCodedMatrix {
         })
     }
 
-    /// The fused GEMV launch `y = W x` (`x`: `cols` f32, `y`: `rows` f32).
+    /// The fused GEMV launch `y = W x` (`x`: `cols` f32, `y`: `rows` f32), with the subgroup
+    /// variant where the registry allows it.
     pub fn gemv_dispatch(
         &self,
         device: &wgpu::Device,
@@ -410,6 +422,30 @@ impl GpuCodedMatrix {
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
     ) -> Result<Dispatch, GpuError> {
+        let v = if registry.subgroups32() {
+            FusedVariant::Subgroup
+        } else {
+            FusedVariant::Workgroup
+        };
+        self.gemv_dispatch_with(device, registry, x, y, v)
+    }
+
+    /// [`gemv_dispatch`](Self::gemv_dispatch) with an explicit variant;
+    /// [`FusedVariant::Subgroup`] fails with [`GpuError::Unsupported`] unless
+    /// [`PipelineRegistry::subgroups32`].
+    pub fn gemv_dispatch_with(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        variant: FusedVariant,
+    ) -> Result<Dispatch, GpuError> {
+        if variant == FusedVariant::Subgroup && !registry.subgroups32() {
+            return Err(GpuError::Unsupported(
+                "the subgroup fused kernel needs Features::SUBGROUP and 32-wide subgroups".into(),
+            ));
+        }
         let sb = self.sb.as_ref().ok_or_else(|| {
             GpuError::InvalidInput("the fused GEMV needs scales and biases at upload".into())
         })?;
@@ -428,7 +464,11 @@ impl GpuCodedMatrix {
         p.wg_x = gx;
         p.out_mode = 2;
         let uniform = self.uniform(device, 2, p);
-        let pipeline = registry.get(device, Kernel::RansGemv, "main", &[])?;
+        let kernel = match variant {
+            FusedVariant::Workgroup => Kernel::RansGemv,
+            FusedVariant::Subgroup => Kernel::RansGemvSubgroup,
+        };
+        let pipeline = registry.get(device, kernel, "main", &[])?;
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("rans_gemv"),
@@ -518,13 +558,31 @@ impl GpuCodedMatrix {
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
 
-    /// Fused GEMV `y = W x`, read back. `y` is filled with NaN first so unwritten rows show.
+    /// Fused GEMV `y = W x`, read back, with the variant [`Self::gemv_dispatch`] picks. `y` is
+    /// filled with NaN first so unwritten rows show.
     pub fn gemv(
         &self,
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         registry: &PipelineRegistry,
         x: &[f32],
+    ) -> Result<Vec<f32>, GpuError> {
+        let v = if registry.subgroups32() {
+            FusedVariant::Subgroup
+        } else {
+            FusedVariant::Workgroup
+        };
+        self.gemv_with(device, queue, registry, x, v)
+    }
+
+    /// [`gemv`](Self::gemv) with an explicit variant.
+    pub fn gemv_with(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        x: &[f32],
+        variant: FusedVariant,
     ) -> Result<Vec<f32>, GpuError> {
         let (r, k) = (self.rows(), self.cols());
         if x.len() != k {
@@ -552,7 +610,7 @@ impl GpuCodedMatrix {
             bytemuck::cast_slice(&poison),
             wgpu::BufferUsages::COPY_SRC,
         )?;
-        let d = self.gemv_dispatch(device, registry, &xb, &yb)?;
+        let d = self.gemv_dispatch_with(device, registry, &xb, &yb, variant)?;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut enc = device.create_command_encoder(&Default::default());
         self.clear_errors(&mut enc);

@@ -39,7 +39,7 @@ mod gemv;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-pub use decode::{CodedMatrixRef, DecodeOutput, GpuCodedMatrix, QuantParamsRef};
+pub use decode::{CodedMatrixRef, DecodeOutput, FusedVariant, GpuCodedMatrix, QuantParamsRef};
 pub use gemv::GpuQuantizedMatrix;
 
 /// Errors of the GPU module.
@@ -112,6 +112,8 @@ pub mod error_bits {
     pub const TABLE: u32 = 32;
     /// The chunk's offsets are decreasing or past the word stream.
     pub const OFFSETS: u32 = 64;
+    /// The subgroup kernel ran with subgroups that are not 32 wide.
+    pub const SUBGROUP_SIZE: u32 = 128;
 }
 
 impl GpuError {
@@ -126,6 +128,10 @@ impl GpuError {
             (UNCONSUMED, "words not fully consumed"),
             (TABLE, "frequency table does not sum to 2^n"),
             (OFFSETS, "invalid word offsets"),
+            (
+                SUBGROUP_SIZE,
+                "subgroup kernel ran with subgroups not 32 wide",
+            ),
         ];
         let v: Vec<&str> = names
             .iter()
@@ -148,6 +154,9 @@ pub enum Kernel {
     RansDecode,
     /// `wgsl/rans_gemv.wgsl`: fused decode + dequantize + GEMV.
     RansGemv,
+    /// `wgsl/rans_gemv_subgroup.wgsl`: the fused kernel with subgroup ballot/shuffle/add, for
+    /// adapters with 32-wide subgroups and `Features::SUBGROUP`.
+    RansGemvSubgroup,
     /// `wgsl/qgemv.wgsl`: plain MLX quantized GEMV (2, 4, 8 bits).
     QGemv,
 }
@@ -158,6 +167,7 @@ impl Kernel {
         match self {
             Kernel::RansDecode => include_str!("../../wgsl/rans_decode.wgsl"),
             Kernel::RansGemv => include_str!("../../wgsl/rans_gemv.wgsl"),
+            Kernel::RansGemvSubgroup => include_str!("../../wgsl/rans_gemv_subgroup.wgsl"),
             Kernel::QGemv => include_str!("../../wgsl/qgemv.wgsl"),
         }
     }
@@ -167,6 +177,7 @@ impl Kernel {
         match self {
             Kernel::RansDecode => "rans_decode.wgsl",
             Kernel::RansGemv => "rans_gemv.wgsl",
+            Kernel::RansGemvSubgroup => "rans_gemv_subgroup.wgsl",
             Kernel::QGemv => "qgemv.wgsl",
         }
     }
@@ -185,12 +196,30 @@ struct PipelineKey {
 pub struct PipelineRegistry {
     modules: Mutex<HashMap<Kernel, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    subgroup32: bool,
 }
 
 impl PipelineRegistry {
-    /// An empty registry. Use one registry per device.
+    /// An empty registry that uses no subgroup kernels. Use one registry per device.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty registry for `device` created from the adapter described by `info`: subgroup
+    /// kernels are used when the device has `Features::SUBGROUP` and the adapter's subgroups
+    /// are exactly 32 wide (`subgroup_min_size == subgroup_max_size == 32`).
+    pub fn for_device(device: &wgpu::Device, info: &wgpu::AdapterInfo) -> Self {
+        PipelineRegistry {
+            subgroup32: device.features().contains(wgpu::Features::SUBGROUP)
+                && info.subgroup_min_size == 32
+                && info.subgroup_max_size == 32,
+            ..Self::default()
+        }
+    }
+
+    /// Whether the 32-wide subgroup kernels may be used on this registry's device.
+    pub fn subgroups32(&self) -> bool {
+        self.subgroup32
     }
 
     /// Number of cached pipelines.
@@ -342,6 +371,9 @@ impl GpuContext {
         };
         let info = adapter.get_info();
         let al = adapter.limits();
+        // Subgroup operations only where the adapter offers them (the fused kernel has a
+        // workgroup-memory version for every other adapter).
+        let features = adapter.features() & wgpu::Features::SUBGROUP;
         let limits = wgpu::Limits {
             max_storage_buffer_binding_size: al.max_storage_buffer_binding_size,
             max_buffer_size: al.max_buffer_size,
@@ -350,7 +382,7 @@ impl GpuContext {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("ecq"),
-                required_features: wgpu::Features::empty(),
+                required_features: features,
                 required_limits: limits,
                 ..Default::default()
             })
@@ -359,13 +391,16 @@ impl GpuContext {
         Ok(Self::from_device(device, queue, info))
     }
 
-    /// Wraps an application's own device and queue (`info` from its adapter, used for reports).
+    /// Wraps an application's own device and queue (`info` from its adapter, used for reports
+    /// and to decide whether the subgroup kernels may run, see
+    /// [`PipelineRegistry::for_device`]).
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
+        let registry = PipelineRegistry::for_device(&device, &info);
         GpuContext {
             device,
             queue,
             info,
-            registry: PipelineRegistry::new(),
+            registry,
         }
     }
 
@@ -399,15 +434,22 @@ impl GpuContext {
         self.info.backend
     }
 
-    /// One line naming adapter, backend, driver and device type.
+    /// One line naming adapter, backend, driver, device type and subgroup sizes.
     pub fn describe(&self) -> String {
         format!(
-            "{} ({:?}, {:?}, driver {} {})",
+            "{} ({:?}, {:?}, driver {} {}, subgroups {}..{}{})",
             self.info.name,
             self.info.backend,
             self.info.device_type,
             self.info.driver,
-            self.info.driver_info
+            self.info.driver_info,
+            self.info.subgroup_min_size,
+            self.info.subgroup_max_size,
+            if self.registry.subgroups32() {
+                ", subgroup kernels on"
+            } else {
+                ""
+            }
         )
     }
 
