@@ -109,9 +109,18 @@ pub fn quantize_model(
     opts: &QuantizeOptions,
     progress: &ProgressBar,
 ) -> Result<(Vec<NamedTensor>, Value)> {
+    // Errors about the parameters name the first tensor they would apply to.
     let first = model
         .tensors
-        .first()
+        .iter()
+        .find(|t| is_quantizable(&t.name, &t.data, opts.group_size.max(1)))
+        .or_else(|| {
+            model
+                .tensors
+                .iter()
+                .find(|t| is_quantizable(&t.name, &t.data, 1))
+        })
+        .or(model.tensors.first())
         .map(|t| t.name.clone())
         .unwrap_or_default();
     let params = AffineParams::new(opts.bits, opts.group_size as u32).map_err(quant_err(&first))?;
