@@ -274,7 +274,7 @@ pub fn measure(
     let weights = (rows * cols) as u64;
     let (symbols, deq, side_bits) = match scheme {
         Scheme::Affine { bits, group_size } => {
-            if cols % group_size as usize != 0 {
+            if !cols.is_multiple_of(group_size as usize) {
                 return Ok(None);
             }
             let p = AffineParams::new(bits, group_size).map_err(|e| e.to_string())?;

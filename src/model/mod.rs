@@ -379,6 +379,10 @@ impl QuantizedModule {
     }
 }
 
+/// What [`read_safetensors`] returns: the file's metadata, its tensors in file order, and its
+/// size in bytes.
+pub type SafetensorsFile = (BTreeMap<String, String>, Vec<(String, TensorData)>, u64);
+
 /// Opens a safetensors file by memory-mapping it.
 fn map_file(path: &Path) -> Result<Arc<Mmap>> {
     let file = File::open(path).map_err(io_err(path))?;
@@ -390,9 +394,7 @@ fn map_file(path: &Path) -> Result<Arc<Mmap>> {
 }
 
 /// Reads one safetensors file: its metadata and tensors (views into the mapping), in file order.
-pub fn read_safetensors(
-    path: &Path,
-) -> Result<(BTreeMap<String, String>, Vec<(String, TensorData)>, u64)> {
+pub fn read_safetensors(path: &Path) -> Result<SafetensorsFile> {
     let map = map_file(path)?;
     let (n, meta) = safetensors::SafeTensors::read_metadata(&map[..]).map_err(|e| {
         ModelError::NotSafetensors {
@@ -736,14 +738,14 @@ impl Model {
             });
         }
         let total_bits = packed_cols * 32;
-        if total_bits % bits as usize != 0 {
+        if !total_bits.is_multiple_of(bits as usize) {
             return Err(ModelError::BadShape {
                 tensor: wname,
                 reason: format!("{packed_cols} packed words per row do not hold a whole number of {bits}-bit weights"),
             });
         }
         let cols = total_bits / bits as usize;
-        if cols % group_size != 0 {
+        if !cols.is_multiple_of(group_size) {
             return Err(ModelError::NotDivisible {
                 tensor: wname,
                 cols,
@@ -794,7 +796,7 @@ fn infer_params(packed_cols: usize, scale_cols: usize) -> Option<(u32, usize)> {
     }
     for g in [64usize, 32, 128] {
         for b in [8u32, 6, 5, 4, 3, 2] {
-            if (packed_cols * 32) % b as usize == 0
+            if (packed_cols * 32).is_multiple_of(b as usize)
                 && packed_cols * 32 / b as usize == scale_cols * g
             {
                 return Some((b, g));

@@ -39,7 +39,7 @@ pub fn is_quantizable(name: &str, t: &TensorData, group_size: usize) -> bool {
         && t.shape().len() == 2
         && t.shape()[0] > 0
         && t.shape()[1] > 0
-        && t.shape()[1] % group_size == 0
+        && t.shape()[1].is_multiple_of(group_size)
 }
 
 fn quant_err(tensor: &str) -> impl FnOnce(crate::quant::QuantError) -> ModelError + '_ {
