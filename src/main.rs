@@ -14,7 +14,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let msg = e.to_string().replace(['\n', '\r'], " ");
-            eprintln!("error: {msg}");
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr().lock(), "error: {msg}");
             ExitCode::FAILURE
         }
     }

@@ -360,6 +360,8 @@ fn good_paths_work() {
     let coded = tmp.path().join("c");
     succeeds(&["encode", s(&d), s(&coded)]);
     succeeds(&["decode", s(&coded), s(&tmp.path().join("back"))]);
+    let out = succeeds(&["inspect", s(&coded)]);
+    assert!(out.contains("l.weight") && out.contains("total"), "{out}");
     let f = tmp.path().join("float.safetensors");
     write_st(
         &f,

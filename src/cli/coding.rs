@@ -44,7 +44,7 @@ pub struct VerifyArgs {
 
 /// Prints the size summary of an encode/decode/verify run.
 pub fn print_summary(s: &Summary) {
-    println!(
+    outln!(
         "{} matrices, {} weights: packed {:.3} bits/weight -> coded {:.3} (word stream {:.3}, per-tile entropy bound {:.3}); scales+biases {:.3} bits/weight",
         s.matrices.len(),
         s.weights(),
@@ -68,7 +68,7 @@ pub fn encode(a: EncodeArgs) -> CliResult {
     let pb = bar(0, "encode");
     let s = encode_model(&model, &a.output, &opts, &pb)?;
     pb.finish_and_clear();
-    println!(
+    outln!(
         "encoded {} -> {}: {} -> {} ({:.1}% of the input)",
         a.input.display(),
         a.output.display(),
@@ -86,7 +86,7 @@ pub fn decode(a: DecodeArgs) -> CliResult {
     let pb = bar(0, "decode");
     let s = decode_model(&model, &a.output, &pb)?;
     pb.finish_and_clear();
-    println!(
+    outln!(
         "decoded {} matrices: {} -> {} at {}",
         s.matrices.len(),
         human_bytes(s.bytes_in),
@@ -102,7 +102,7 @@ pub fn verify(a: VerifyArgs) -> CliResult {
     let pb = bar(0, "verify");
     let s = verify_model(&model, &pb)?;
     pb.finish_and_clear();
-    println!(
+    outln!(
         "ok: {} matrices decoded in full, every checksum matches",
         s.matrices.len()
     );

@@ -93,61 +93,62 @@ pub fn run(a: Args) -> CliResult {
         .first()
         .map(|t| t.entropy_per_weight())
         .unwrap_or(0.0);
-    println!(
+    outln!(
         "ecq demo: {} ({} float weights in {} matrices)",
         src.display(),
         enc.weights(),
         n
     );
-    println!(
+    outln!(
         "MLX affine 4-bit, group size 64 (F32 scales and biases, as mlx-lm keeps the input dtype)"
     );
-    println!();
-    println!("{:<44} {:>12}", "quantized weights only", "bits/weight");
-    println!(
+    outln!();
+    outln!("{:<44} {:>12}", "quantized weights only", "bits/weight");
+    outln!(
         "{:<44} {:>12.3}",
         "MLX 4-bit packed",
         enc.packed_bits_per_weight()
     );
-    println!(
+    outln!(
         "{:<44} {:>12.3}",
-        "empirical entropy (one histogram per tensor)", entropy
+        "empirical entropy (one histogram per tensor)",
+        entropy
     );
-    println!(
+    outln!(
         "{:<44} {:>12.3}",
         "per-tile entropy bound (what ecq models)",
         enc.entropy_bits_per_weight()
     );
-    println!(
+    outln!(
         "{:<44} {:>12.3}",
         "ecq word stream",
         enc.payload_bits_per_weight()
     );
-    println!(
+    outln!(
         "{:<44} {:>12.3}",
         "ecq coded, everything stored",
         enc.coded_bits_per_weight()
     );
-    println!(
+    outln!(
         "{:<44} {:>12.3}",
         "  overhead (header, tables, states, crc)",
         enc.coded_bits_per_weight() - enc.payload_bits_per_weight()
     );
-    println!(
+    outln!(
         "{:<44} {:>12.3}",
         "scales + biases (unchanged)",
         enc.side_bits_per_weight()
     );
-    println!();
-    println!(
+    outln!();
+    outln!(
         "files: float {} -> MLX 4-bit {} -> ecq {} ({:.1}% of MLX)",
         human_bytes(float.file_bytes()),
         human_bytes(enc.bytes_in),
         human_bytes(enc.bytes_out),
         100.0 * enc.bytes_out as f64 / enc.bytes_in.max(1) as f64
     );
-    println!("verify: every checksum matches; decode: all {identical} tensors byte-identical to the MLX model");
-    println!(
+    outln!("verify: every checksum matches; decode: all {identical} tensors byte-identical to the MLX model");
+    outln!(
         "outputs in {} ({:.1} s)",
         work.display(),
         start.elapsed().as_secs_f64()

@@ -84,26 +84,26 @@ pub fn print_tables(r: &Report) {
         .unwrap_or(6)
         .max(6);
     let shorts: Vec<String> = r.schemes.iter().map(Scheme::short).collect();
-    print!("{:<name_w$}  {:<14} {:<28}", "tensor", "shape", "stored");
+    out!("{:<name_w$}  {:<14} {:<28}", "tensor", "shape", "stored");
     for s in &shorts {
-        print!(" {s:>7}");
+        out!(" {s:>7}");
     }
-    println!();
+    outln!();
     for t in &r.tensors {
         let shape = format!("{:?}", t.shape);
-        print!("{:<name_w$}  {:<14} {:<28}", t.name, shape, t.format);
+        out!("{:<name_w$}  {:<14} {:<28}", t.name, shape, t.format);
         for st in &t.stats {
             match st {
-                Some(st) => print!(" {:>7.3}", st.entropy_per_weight()),
-                None => print!(" {:>7}", "-"),
+                Some(st) => out!(" {:>7.3}", st.entropy_per_weight()),
+                None => out!(" {:>7}", "-"),
             }
         }
-        println!();
+        outln!();
     }
-    println!("(columns per scheme: empirical entropy of the symbols, bits/weight)");
-    println!();
+    outln!("(columns per scheme: empirical entropy of the symbols, bits/weight)");
+    outln!();
     let refe = reference(r);
-    println!(
+    outln!(
         "{:<22} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
         "scheme (model total)",
         "weights",
@@ -123,7 +123,7 @@ pub fn print_tables(r: &Report) {
             (Some(re), Some((e, n))) if re > 0.0 => format!("{:.2}x", e / n / re),
             _ => "-".into(),
         };
-        println!(
+        outln!(
             "{:<22} {:>10} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>10} {:>10}",
             s.label(),
             t.weights,
@@ -135,17 +135,98 @@ pub fn print_tables(r: &Report) {
             ratio
         );
     }
-    println!("(bits/weight; side = scales and biases at their stored dtype; packed = bits + side without entropy coding)");
+    outln!("(bits/weight; side = scales and biases at their stored dtype; packed = bits + side without entropy coding)");
+}
+
+/// `ecq inspect` of an entropy-coded model: decodes every matrix (checking it) and lists its
+/// coded size against its per-tile entropy bound.
+fn inspect_coded(model: &Model, as_json: bool) -> CliResult {
+    let pb = bar(0, "decode");
+    let s = ecq::container::verify_model(model, &pb)?;
+    pb.finish_and_clear();
+    let bpw = |bytes: u64, w: u64| bytes as f64 * 8.0 / w.max(1) as f64;
+    if as_json {
+        let m: Vec<Value> = s
+            .matrices
+            .iter()
+            .map(|m| {
+                json!({
+                    "name": m.weight, "weights": m.weights, "bits": m.bits,
+                    "coded_bits_per_weight": bpw(m.coded_bytes, m.weights),
+                    "stream_bits_per_weight": bpw(m.payload_bytes, m.weights),
+                    "entropy_bound_bits_per_weight": m.entropy_bound_bits / m.weights.max(1) as f64,
+                    "side_bits_per_weight": bpw(m.side_bytes, m.weights),
+                })
+            })
+            .collect();
+        let total = json!({
+            "weights": s.weights(),
+            "packed_bits_per_weight": s.packed_bits_per_weight(),
+            "coded_bits_per_weight": s.coded_bits_per_weight(),
+            "stream_bits_per_weight": s.payload_bits_per_weight(),
+            "entropy_bound_bits_per_weight": s.entropy_bits_per_weight(),
+            "side_bits_per_weight": s.side_bits_per_weight(),
+        });
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"coded": true, "total": total, "matrices": m}))?
+        );
+        return Ok(());
+    }
+    let w = s
+        .matrices
+        .iter()
+        .map(|m| m.weight.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    outln!(
+        "{:<w$} {:>10} {:>5} {:>8} {:>8} {:>8} {:>8}",
+        "coded weight",
+        "weights",
+        "bits",
+        "coded",
+        "stream",
+        "bound",
+        "side"
+    );
+    for m in &s.matrices {
+        outln!(
+            "{:<w$} {:>10} {:>5} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+            m.weight,
+            m.weights,
+            m.bits,
+            bpw(m.coded_bytes, m.weights),
+            bpw(m.payload_bytes, m.weights),
+            m.entropy_bound_bits / m.weights.max(1) as f64,
+            bpw(m.side_bytes, m.weights)
+        );
+    }
+    outln!(
+        "{:<w$} {:>10} {:>5.2} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+        "total",
+        s.weights(),
+        s.packed_bits_per_weight(),
+        s.coded_bits_per_weight(),
+        s.payload_bits_per_weight(),
+        s.entropy_bits_per_weight(),
+        s.side_bits_per_weight()
+    );
+    outln!("(bits/weight; coded = every stored part, stream = rANS words, bound = per-tile entropy, side = scales+biases)");
+    Ok(())
 }
 
 /// Runs `ecq inspect`.
 pub fn run(a: Args) -> CliResult {
     let model = Model::open(&a.path)?;
+    if !ecq::container::coded_weights(&model).is_empty() {
+        return inspect_coded(&model, a.json);
+    }
     let pb = bar(0, "inspect");
     let report = analyze(&model, &default_schemes(), &pb)?;
     pb.finish_and_clear();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report_json(&report))?);
+        outln!("{}", serde_json::to_string_pretty(&report_json(&report))?);
     } else {
         print_tables(&report);
     }
@@ -153,7 +234,7 @@ pub fn run(a: Args) -> CliResult {
         let title = format!("{}: bits/weight vs reconstruction error", a.path.display());
         ecq::model::write::write_atomic(p, render_svg(&report, &title).as_bytes())?;
         if !a.json {
-            println!("chart written to {}", p.display());
+            outln!("chart written to {}", p.display());
         }
     }
     Ok(())

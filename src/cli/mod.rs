@@ -1,5 +1,22 @@
 //! Subcommands of the `ecq` tool, one module each.
 
+/// `println!` that ignores write errors (a closed pipe, as in `ecq inspect | head`, must not
+/// panic).
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// `print!` that ignores write errors.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 mod coding;
 mod demo;
 mod inspect;

@@ -41,7 +41,7 @@ pub fn run(a: Args) -> CliResult {
     let n = quantize_to_dir(&model, &a.output, &opts, &write, &pb)?;
     pb.finish_and_clear();
     let out = Model::open(&a.output)?;
-    println!(
+    outln!(
         "quantized {n} matrices to {}-bit g{}: {} -> {} in {} shard(s) at {}",
         a.bits,
         a.group_size,
