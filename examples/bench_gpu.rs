@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench_gpu -- [--shapes 4096x4096,4096x14336,14336x4096]
-//!     [--variants 16384:4,2048:16] [--iters 50] [--rounds 7] [--set-mib 256] [--copy-mib 512]
+//!     [--variants 16384:4,4096:8,2048:16] [--iters 50] [--rounds 7] [--set-mib 256] [--copy-mib 512]
 //! ```
 //!
 //! Shapes are `ROWSxCOLS` (output x input features). Weights are Gaussian, quantized to MLX
@@ -36,7 +36,7 @@ struct Args {
 fn parse_args() -> Args {
     let mut a = Args {
         shapes: vec![(4096, 4096), (4096, 14336), (14336, 4096)],
-        variants: vec![(16384, 4), (2048, 16)],
+        variants: vec![(16384, 4), (4096, 8), (2048, 16)],
         iters: 50,
         rounds: 7,
         set_mib: 256.0,
@@ -130,6 +130,88 @@ fn copy_bandwidth(ctx: &GpuContext, mib: u64, rounds: usize) -> (f64, u64) {
     (2.0 * bytes as f64 / t, bytes)
 }
 
+/// The same copy through the shader cores (`wgsl/copy.wgsl`, vec4 loads and stores).
+fn shader_copy_bandwidth(ctx: &GpuContext, mib: u64, rounds: usize) -> f64 {
+    use wgpu::util::DeviceExt;
+    let dev = ctx.device();
+    let l = dev.limits();
+    let bytes = (mib << 20)
+        .min(l.max_storage_buffer_binding_size as u64)
+        .min(l.max_buffer_size)
+        / 16
+        * 16;
+    let mk = |label| {
+        dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
+    let (a, b) = (mk("copy src"), mk("copy dst"));
+    let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("copy.wgsl"),
+        source: wgpu::ShaderSource::Wgsl(include_str!("../wgsl/copy.wgsl").into()),
+    });
+    let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("copy"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let n_vec = (bytes / 16) as u32;
+    let groups = n_vec.div_ceil(256 * 8).clamp(1, 65535);
+    let params = [n_vec, groups * 256, 0, 0];
+    let ub = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("copy params"),
+        contents: bytemuck::cast_slice(&params),
+        usage: wgpu::BufferUsages::UNIFORM,
+    });
+    let layout = pipeline.get_bind_group_layout(0);
+    let bind = |s: &wgpu::Buffer, d: &wgpu::Buffer| {
+        dev.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout,
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: ub.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: s.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: d.as_entire_binding(),
+                },
+            ],
+        })
+    };
+    let (ab, ba) = (bind(&a, &b), bind(&b, &a));
+    let n = 10;
+    let run = || {
+        let mut enc = dev.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            for i in 0..n {
+                pass.set_bind_group(0, if i % 2 == 0 { &ab } else { &ba }, &[]);
+                pass.dispatch_workgroups(groups, 1, 1);
+            }
+        }
+        let t = Instant::now();
+        ctx.queue().submit([enc.finish()]);
+        ctx.wait().expect("wait");
+        t.elapsed().as_secs_f64() / n as f64
+    };
+    run();
+    let t = median((0..rounds).map(|_| run()).collect());
+    2.0 * bytes as f64 / t
+}
+
 fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
     let u1: f64 = rng.random::<f64>().max(1e-12);
     let u2: f64 = rng.random();
@@ -149,10 +231,12 @@ fn main() {
     let reg = ctx.registry();
     eprintln!("adapter: {}", ctx.describe());
     let (copy_bw, copy_bytes) = copy_bandwidth(&ctx, args.copy_mib, args.rounds);
+    let shader_bw = shader_copy_bandwidth(&ctx, args.copy_mib, args.rounds);
     eprintln!(
-        "copy_buffer_to_buffer {} MiB: {:.1} GB/s (read + write)",
+        "copy {} MiB: copy_buffer_to_buffer {:.1} GB/s, copy.wgsl {:.1} GB/s (read + write)",
         copy_bytes >> 20,
-        copy_bw / 1e9
+        copy_bw / 1e9,
+        shader_bw / 1e9
     );
 
     let mut rows_out = Vec::new();
@@ -284,7 +368,7 @@ fn main() {
             let n_syms = (r * k / enc.weights_per_symbol() as usize) as f64;
             for (v, t_fused) in fused_times {
                 rows_out.push(format!(
-                    "| {} | {r}x{k} | {chunk_symbols}:{tile_chunks} ({} rows/chunk) | {bpw:.3} | {:.1} | {:.1} ({v:?}) | {:.2}x | {:.1} | {:.1} | {:.2} | {:.2} | {:.1} |",
+                    "| {} | {r}x{k} | {chunk_symbols}:{tile_chunks} ({} rows/chunk) | {bpw:.3} | {:.1} | {:.1} ({v:?}) | {:.2}x | {:.1} | {:.1} | {:.2} | {:.2} | {:.1} / {:.1} |",
                     ctx.adapter_name(),
                     enc.chunk_rows(),
                     t_plain * 1e6,
@@ -295,12 +379,13 @@ fn main() {
                     n_syms / t_dec / 1e9,
                     (r * k) as f64 / t_dec / 1e9,
                     copy_bw / 1e9,
+                    shader_bw / 1e9,
                 ));
             }
         }
     }
     println!(
-        "| adapter | shape RxK | chunk_symbols:tile_chunks | coded bits/weight | plain 4-bit GEMV µs | fused GEMV µs (variant) | fused/plain | plain GB/s | fused GB/s | decode G symbols/s | decode G weights/s | copy GB/s |"
+        "| adapter | shape RxK | chunk_symbols:tile_chunks | coded bits/weight | plain 4-bit GEMV µs | fused GEMV µs (variant) | fused/plain | plain GB/s | fused GB/s | decode G symbols/s | decode G weights/s | copy GB/s (copy_buffer_to_buffer / copy.wgsl) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for l in rows_out {
@@ -308,7 +393,7 @@ fn main() {
     }
     println!();
     println!(
-        "GB/s columns = MLX 4-bit packed weight bytes (R*K/2) per second; copy GB/s = bytes read + written by copy_buffer_to_buffer of {} MiB; medians of {} rounds x {} dispatches; {}.",
+        "GB/s columns = MLX 4-bit packed weight bytes (R*K/2) per second; copy GB/s = bytes read + written per second by copy_buffer_to_buffer and by the copy.wgsl kernel, {} MiB; medians of {} rounds x {} dispatches; {}.",
         copy_bytes >> 20,
         args.rounds,
         args.iters,

@@ -3,7 +3,7 @@
 //
 // * a workgroup is GROUPS groups of 32 lanes; each group owns ROWS consecutive output rows;
 // * per step each lane reads one vec4<u32> (16 bytes) of packed weights of each of its rows and
-//   the matching 128/BITS activations, which it pre-scales by 2^-(BITS*i) (i = the value's
+//   the matching 128/BITS activations (shared by the rows), which it pre-scales by 2^-(BITS*i) (i = the value's
 //   position in its u32 word) so a masked value `w & (MASK << BITS*i)`, converted to f32, needs no
 //   shift: f32(q << BITS*i) * x * 2^-(BITS*i) == q * x exactly (powers of two);
 // * the result is scale * sum(q*x) + bias * sum(x) per group;
@@ -26,10 +26,19 @@ override BITS: u32 = 4u;
 override GS: u32 = 64u;
 
 const GROUPS: u32 = 2u;
-const ROWS: u32 = 4u;
-override PW: u32 = 32u / BITS;       // values per u32 word
-override HV: u32 = PW / 4u;          // vec4 of values per u32 word
-override WPL: u32 = 4u * PW;         // values per lane per step (128 / BITS)
+const ROWS: u32 = 4u;              // rows per group (written out explicitly below)
+override PW: u32 = 32u / BITS;     // values per u32 word
+override WPL: u32 = 4u * PW;       // values per lane per step (128 / BITS)
+
+// 4-bit: masks and pre-scales of the low / high four nibbles of a word
+const M4L = vec4<u32>(0xFu, 0xF0u, 0xF00u, 0xF000u);
+const M4H = vec4<u32>(0xF0000u, 0xF00000u, 0xF000000u, 0xF0000000u);
+const S4L = vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625);
+const S4H = vec4<f32>(1.52587890625e-05, 9.5367431640625e-07, 5.9604644775390625e-08,
+    3.7252902984619140625e-09);
+// 8-bit: masks and pre-scales of the four bytes of a word
+const M8 = vec4<u32>(0xFFu, 0xFF00u, 0xFF0000u, 0xFF000000u);
+const S8 = vec4<f32>(1.0, 0.00390625, 1.52587890625e-05, 5.9604644775390625e-08);
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> W: array<vec4<u32>>;
@@ -39,6 +48,50 @@ override WPL: u32 = 4u * PW;         // values per lane per step (128 / BITS)
 
 var<workgroup> red: array<f32, 256>;   // GROUPS * ROWS * 32
 var<workgroup> red2: array<f32, 64>;
+
+// Everything below is written without private arrays: drivers put dynamically indexed private
+// arrays in (slow) local memory when they do not unroll the loops.
+
+fn w4(w: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
+    let v = vec4<u32>(w);
+    return dot(vec4<f32>(v & M4L), lo) + dot(vec4<f32>(v & M4H), hi);
+}
+
+fn row4(wv: vec4<u32>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>,
+        x4: vec4<f32>, x5: vec4<f32>, x6: vec4<f32>, x7: vec4<f32>) -> f32 {
+    return (w4(wv.x, x0, x1) + w4(wv.y, x2, x3)) + (w4(wv.z, x4, x5) + w4(wv.w, x6, x7));
+}
+
+fn row8(wv: vec4<u32>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>) -> f32 {
+    return (dot(vec4<f32>(vec4<u32>(wv.x) & M8), x0) + dot(vec4<f32>(vec4<u32>(wv.y) & M8), x1))
+        + (dot(vec4<f32>(vec4<u32>(wv.z) & M8), x2) + dot(vec4<f32>(vec4<u32>(wv.w) & M8), x3));
+}
+
+// Any other width dividing 32 (2 bits): per word, values read from X (cached) and scaled on the
+// fly; a lane's words may span several groups, so scale and bias are applied per word.
+fn row_generic(wv: vec4<u32>, row: u32, k0: u32) -> f32 {
+    let vmask = (1u << BITS) - 1u;
+    var acc = 0.0;
+    for (var c = 0u; c < 4u; c++) {
+        let w = wv[c];
+        let kw = k0 + c * PW;
+        var d = 0.0;
+        var xs = 0.0;
+        for (var h = 0u; h < PW / 4u; h++) {
+            let xx = X[kw / 4u + h];
+            let s0 = BITS * 4u * h;
+            let m = vec4<u32>(vmask << s0, vmask << (s0 + BITS), vmask << (s0 + 2u * BITS),
+                vmask << (s0 + 3u * BITS));
+            let sc = vec4<f32>(ldexp(1.0, -i32(s0)), ldexp(1.0, -i32(s0 + BITS)),
+                ldexp(1.0, -i32(s0 + 2u * BITS)), ldexp(1.0, -i32(s0 + 3u * BITS)));
+            d += dot(vec4<f32>(vec4<u32>(w) & m), xx * sc);
+            xs += dot(xx, vec4<f32>(1.0));
+        }
+        let q = sb[row * P.groups_per_row + kw / GS];
+        acc += q.x * d + q.y * xs;
+    }
+    return acc;
+}
 
 @compute @workgroup_size(64)
 fn main(
@@ -54,75 +107,81 @@ fn main(
     let row0 = (wg * GROUPS + g) * ROWS;
     let vpr = P.vec_per_row;
     let gpr = P.groups_per_row;
-    let vmask = (1u << BITS) - 1u;
+    let last = P.rows - 1u;
+    let ra = min(row0, last);
+    let rb = min(row0 + 1u, last);
+    let rc = min(row0 + 2u, last);
+    let rd = min(row0 + 3u, last);
 
-    // masks and pre-scales of the HV vec4 slices of one word
-    var mk: array<vec4<u32>, 4>;
-    var ps: array<vec4<f32>, 4>;
-    for (var h = 0u; h < HV; h++) {
-        let s0 = BITS * (4u * h);
-        mk[h] = vec4<u32>(vmask << s0, vmask << (s0 + BITS), vmask << (s0 + 2u * BITS),
-            vmask << (s0 + 3u * BITS));
-        ps[h] = vec4<f32>(ldexp(1.0, -i32(s0)), ldexp(1.0, -i32(s0 + BITS)),
-            ldexp(1.0, -i32(s0 + 2u * BITS)), ldexp(1.0, -i32(s0 + 3u * BITS)));
-    }
-
-    var rowoff: array<u32, ROWS>;
-    for (var r = 0u; r < ROWS; r++) {
-        rowoff[r] = min(row0 + r, P.rows - 1u);
-    }
-
-    var acc = array<f32, ROWS>(0.0, 0.0, 0.0, 0.0);
+    var acc = vec4<f32>(0.0);
     let nsteps = (vpr + 31u) / 32u;
     for (var s = 0u; s < nsteps; s++) {
         let v = s * 32u + l;
         if (v < vpr) {
             let k0 = v * WPL;          // first weight of this lane
             let xb = k0 / 4u;          // first vec4 of x
-            var xp: array<vec4<f32>, 16>;   // pre-scaled x, 4 * HV used
-            var xw = vec4<f32>(0.0);        // sum of x per word
-            for (var c = 0u; c < 4u; c++) {
-                var sw = vec4<f32>(0.0);
-                for (var h = 0u; h < HV; h++) {
-                    let xx = X[xb + c * HV + h];
-                    sw += xx;
-                    xp[c * HV + h] = xx * ps[h];
-                }
-                xw[c] = sw.x + sw.y + sw.z + sw.w;
-            }
-            let xsum = xw.x + xw.y + xw.z + xw.w;
-            for (var r = 0u; r < ROWS; r++) {
-                let row = rowoff[r];
-                let wv = W[row * vpr + v];
-                if (WPL <= GS) {
-                    var d = 0.0;
-                    for (var c = 0u; c < 4u; c++) {
-                        let wc = vec4<u32>(wv[c]);
-                        for (var h = 0u; h < HV; h++) {
-                            d += dot(vec4<f32>(wc & mk[h]), xp[c * HV + h]);
-                        }
-                    }
-                    let q = sb[row * gpr + k0 / GS];
-                    acc[r] += q.x * d + q.y * xsum;
-                } else {
-                    // a lane's values span several groups (2-bit, GS = 32): per word
-                    for (var c = 0u; c < 4u; c++) {
-                        let wc = vec4<u32>(wv[c]);
-                        var d = 0.0;
-                        for (var h = 0u; h < HV; h++) {
-                            d += dot(vec4<f32>(wc & mk[h]), xp[c * HV + h]);
-                        }
-                        let q = sb[row * gpr + (k0 + c * PW) / GS];
-                        acc[r] += q.x * d + q.y * xw[c];
-                    }
-                }
+            let wa = W[ra * vpr + v];
+            let wb = W[rb * vpr + v];
+            let wc = W[rc * vpr + v];
+            let wd = W[rd * vpr + v];
+            let gi = k0 / GS;
+            if (BITS == 4u) {
+                let a0 = X[xb];
+                let a1 = X[xb + 1u];
+                let a2 = X[xb + 2u];
+                let a3 = X[xb + 3u];
+                let a4 = X[xb + 4u];
+                let a5 = X[xb + 5u];
+                let a6 = X[xb + 6u];
+                let a7 = X[xb + 7u];
+                let xsum = dot(((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)), vec4<f32>(1.0));
+                let x0 = a0 * S4L;
+                let x1 = a1 * S4H;
+                let x2 = a2 * S4L;
+                let x3 = a3 * S4H;
+                let x4 = a4 * S4L;
+                let x5 = a5 * S4H;
+                let x6 = a6 * S4L;
+                let x7 = a7 * S4H;
+                let qa = sb[ra * gpr + gi];
+                let qb = sb[rb * gpr + gi];
+                let qc = sb[rc * gpr + gi];
+                let qd = sb[rd * gpr + gi];
+                acc.x += qa.x * row4(wa, x0, x1, x2, x3, x4, x5, x6, x7) + qa.y * xsum;
+                acc.y += qb.x * row4(wb, x0, x1, x2, x3, x4, x5, x6, x7) + qb.y * xsum;
+                acc.z += qc.x * row4(wc, x0, x1, x2, x3, x4, x5, x6, x7) + qc.y * xsum;
+                acc.w += qd.x * row4(wd, x0, x1, x2, x3, x4, x5, x6, x7) + qd.y * xsum;
+            } else if (BITS == 8u) {
+                let a0 = X[xb];
+                let a1 = X[xb + 1u];
+                let a2 = X[xb + 2u];
+                let a3 = X[xb + 3u];
+                let xsum = dot((a0 + a1) + (a2 + a3), vec4<f32>(1.0));
+                let x0 = a0 * S8;
+                let x1 = a1 * S8;
+                let x2 = a2 * S8;
+                let x3 = a3 * S8;
+                let qa = sb[ra * gpr + gi];
+                let qb = sb[rb * gpr + gi];
+                let qc = sb[rc * gpr + gi];
+                let qd = sb[rd * gpr + gi];
+                acc.x += qa.x * row8(wa, x0, x1, x2, x3) + qa.y * xsum;
+                acc.y += qb.x * row8(wb, x0, x1, x2, x3) + qb.y * xsum;
+                acc.z += qc.x * row8(wc, x0, x1, x2, x3) + qc.y * xsum;
+                acc.w += qd.x * row8(wd, x0, x1, x2, x3) + qd.y * xsum;
+            } else {
+                acc.x += row_generic(wa, ra, k0);
+                acc.y += row_generic(wb, rb, k0);
+                acc.z += row_generic(wc, rc, k0);
+                acc.w += row_generic(wd, rd, k0);
             }
         }
     }
 
-    for (var r = 0u; r < ROWS; r++) {
-        red[(g * ROWS + r) * 32u + l] = acc[r];
-    }
+    red[(g * ROWS + 0u) * 32u + l] = acc.x;
+    red[(g * ROWS + 1u) * 32u + l] = acc.y;
+    red[(g * ROWS + 2u) * 32u + l] = acc.z;
+    red[(g * ROWS + 3u) * 32u + l] = acc.w;
     workgroupBarrier();
     // 64 invocations: 8 rows x 8 parts of 4 lanes
     let rl = lid / 8u;

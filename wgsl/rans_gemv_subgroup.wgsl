@@ -5,9 +5,10 @@
 // chunk otherwise (error bit 128), so a wrong pick is reported, never silently wrong.
 //
 // Differences from rans_gemv.wgsl: the renormalisation prefix count is a subgroupBallot (no
-// workgroupBarrier in the decode loop: each group of 32 runs at its own pace), the next step's
-// 32 candidate words are prefetched one step ahead and handed to the lanes that need them with
-// subgroupShuffle, and each row's 32 lane sums are reduced with subgroupAdd.
+// workgroupBarrier in the decode loop: each group of 32 runs at its own pace); the words come
+// from a window of 4 x 32 words held in registers across the subgroup and loaded two window
+// shifts ahead, handed to the lanes that need them with subgroupShuffle; activations, scale and
+// bias are loaded one step ahead; each row's 32 lane sums are reduced with subgroupAdd.
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
 
@@ -140,6 +141,29 @@ fn build_table(tile: u32, lid: u32) -> bool {
     return workgroupUniformLoad(&table_bad) != 0u;
 }
 
+// Activations of the w weights of symbol column j (zeros past w).
+fn load_x(j: u32) -> vec4<f32> {
+    let k0 = j * P.wps;
+    var v = vec4<f32>(0.0);
+    v.x = xv[k0];
+    if (P.wps >= 2u) {
+        v.y = xv[k0 + 1u];
+    }
+    if (P.wps == 4u) {
+        v.z = xv[k0 + 2u];
+        v.w = xv[k0 + 3u];
+    }
+    return v;
+}
+
+fn load_word(idx: u32, end: u32) -> u32 {
+    var v = 0u;
+    if (idx < end) {
+        v = read16(idx);
+    }
+    return v;
+}
+
 @compute @workgroup_size(128)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -164,6 +188,12 @@ fn main(
     let T = P.steps_per_row;
     let S = P.syms_per_row;
     let qmask = (1u << P.bits) - 1u;
+    let b1 = P.bits;
+    let b2 = 2u * P.bits;
+    let b3 = 3u * P.bits;
+    let gpr = P.groups_per_row;
+    let gsz = P.group_size;
+    let wps = P.wps;
     var acc = 0.0;
 
     for (var it = 0u; it < P.chunk_iters; it++) {
@@ -190,22 +220,42 @@ fn main(
             if (bad_table) { err |= ERR_TABLE; }
             if (sg_size != 32u) { err |= ERR_SUBGROUP; }
         }
-        var pre = 0u;
-        if (p + l < end) {
-            pre = read16(p + l);
+        // Word window: win0..win3 hold words wb + 32*i + l; invariant p - wb < 32, so the
+        // (at most 32) words a step reads lie in win0/win1 and win2/win3 were loaded one and
+        // two window shifts ahead (their latency hides behind several steps).
+        var wb = p;
+        var win0 = load_word(wb + l, end);
+        var win1 = load_word(wb + 32u + l, end);
+        var win2 = load_word(wb + 64u + l, end);
+        var win3 = load_word(wb + 96u + l, end);
+        // activations and (scale, bias) of the next step, loaded one step ahead
+        var nx = vec4<f32>(0.0);
+        var nsb = vec2<f32>(0.0);
+        if (steps > 0u && l < S) {
+            nx = load_x(l);
+            nsb = sb[r0 * gpr + (l * wps) / gsz];
         }
         for (var t = 0u; t < steps; t++) {
-            let step_valid = true;
             let row = r0 + t / T;
             let u = t % T;
             let j = u * 32u + l;
-            let lane_on = step_valid && j < S;
-            var sym = 0u;
+            let lane_on = j < S;
+            let cx = nx;
+            let csb = nsb;
+            // prefetch step t + 1
+            let t1 = t + 1u;
+            let u1 = t1 % T;
+            let j1 = u1 * 32u + l;
+            if (t1 < steps && j1 < S) {
+                nx = load_x(j1);
+                nsb = sb[(r0 + t1 / T) * gpr + (j1 * wps) / gsz];
+            }
             var need = false;
             if (lane_on) {
                 let slot = x & mmask;
                 var f = 1u;
                 var bias = 0u;
+                var sym = 0u;
                 if (n <= 11u) {
                     var e = table[slot];
                     if (e == SENTINEL) {
@@ -237,31 +287,29 @@ fn main(
                 }
                 x = f * (x >> n) + bias;
                 need = x < L;
-                let k0 = j * P.wps;
-                var d = 0.0;
-                var xs = 0.0;
-                for (var i = 0u; i < P.wps; i++) {
-                    let xi = xv[k0 + i];
-                    d += f32((sym >> (P.bits * i)) & qmask) * xi;
-                    xs += xi;
-                }
-                let sbv = sb[row * P.groups_per_row + k0 / P.group_size];
-                acc += sbv.x * d + sbv.y * xs;
+                let qv = vec4<f32>(vec4<u32>(sym, sym >> b1, sym >> b2, sym >> b3)
+                    & vec4<u32>(qmask));
+                // cx is zero past w, so the extra lanes of qv contribute nothing
+                acc += csb.x * dot(qv, cx) + csb.y * dot(cx, vec4<f32>(1.0));
             }
             let mask = subgroupBallot(need).x;
-            let prefix = countOneBits(mask & ((1u << l) - 1u));
-            let cand = subgroupShuffle(pre, prefix);
+            let rel = p - wb + countOneBits(mask & ((1u << l) - 1u));
+            let c0 = subgroupShuffle(win0, rel & 31u);
+            let c1 = subgroupShuffle(win1, rel & 31u);
             if (need) {
-                if (p + prefix < end) {
-                    x = (x << 16u) | cand;
+                if (wb + rel < end) {
+                    x = (x << 16u) | select(c0, c1, rel >= 32u);
                 } else {
                     err |= ERR_OVER_READ;
                 }
             }
             p += countOneBits(mask);
-            pre = 0u;
-            if (p + l < end) {
-                pre = read16(p + l);
+            if (p - wb >= 32u) {
+                win0 = win1;
+                win1 = win2;
+                win2 = win3;
+                wb += 32u;
+                win3 = load_word(wb + 96u + l, end);
             }
             if (u == T - 1u) {
                 let s = subgroupAdd(acc);

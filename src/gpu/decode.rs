@@ -151,7 +151,7 @@ impl CodedMatrixRef<'_> {
                 "weights per symbol {w} with {b} bits (need 1, 2, 4 and b*w <= 8)"
             ));
         }
-        if self.cols % w as usize != 0 {
+        if !self.cols.is_multiple_of(w as usize) {
             return bad(format!(
                 "cols {} not a multiple of weights per symbol {w}",
                 self.cols
@@ -249,7 +249,7 @@ impl GpuCodedMatrix {
             None => None,
             Some(q) => {
                 let gs = q.group_size as usize;
-                if gs == 0 || m.cols % gs != 0 || gs % w as usize != 0 {
+                if gs == 0 || !m.cols.is_multiple_of(gs) || !gs.is_multiple_of(w as usize) {
                     return Err(GpuError::InvalidInput(format!(
                         "group size {gs} must divide cols {} and be a multiple of w = {w}",
                         m.cols
@@ -352,7 +352,7 @@ impl GpuCodedMatrix {
         let p = &self.params;
         let (r, k) = (p.rows as u64, p.cols as u64);
         match out {
-            DecodeOutput::Packed if (k * p.bits as u64) % 32 != 0 => {
+            DecodeOutput::Packed if !(k * p.bits as u64).is_multiple_of(32) => {
                 Err(GpuError::Unsupported(format!(
                     "packed output needs cols * bits % 32 == 0 (cols {k}, bits {})",
                     p.bits

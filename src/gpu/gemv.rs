@@ -44,7 +44,7 @@ impl GpuQuantizedMatrix {
                 "plain GEMV supports 2, 4 and 8 bits, not {b}"
             )));
         }
-        if (k * b as usize) % 128 != 0 {
+        if !(k * b as usize).is_multiple_of(128) {
             return Err(GpuError::Unsupported(format!(
                 "plain GEMV needs cols * bits % 128 == 0 (cols {k}, bits {b})"
             )));

@@ -544,11 +544,11 @@ pub fn wait(device: &wgpu::Device) -> Result<(), GpuError> {
 /// Checks a storage buffer size against the device limits.
 pub(crate) fn check_storage(device: &wgpu::Device, what: &str, bytes: u64) -> Result<(), GpuError> {
     let l = device.limits();
-    if bytes > l.max_storage_buffer_binding_size as u64 {
+    if bytes > l.max_storage_buffer_binding_size {
         return Err(GpuError::TooLarge {
             what: what.to_string(),
             bytes,
-            limit: l.max_storage_buffer_binding_size as u64,
+            limit: l.max_storage_buffer_binding_size,
             limit_name: "max_storage_buffer_binding_size",
         });
     }
