@@ -94,7 +94,7 @@ pub fn run(a: Args) -> CliResult {
         .map(|t| t.entropy_per_weight())
         .unwrap_or(0.0);
     outln!(
-        "ecq demo: {} ({} float weights in {} matrices)",
+        "ecq demo: {} ({} weights in {} quantized matrices)",
         src.display(),
         enc.weights(),
         n

@@ -120,6 +120,9 @@ pub fn print_tables(r: &Report) {
             .map(|e| format!("{e:.3e}"))
             .unwrap_or_else(|| "-".into());
         let ratio = match (refe, t.sq_err.zip(t.sq_norm)) {
+            (Some(re), Some((e, n))) if re > 0.0 && e / n / re < 0.1 => {
+                format!("{:.4}x", e / n / re)
+            }
             (Some(re), Some((e, n))) if re > 0.0 => format!("{:.2}x", e / n / re),
             _ => "-".into(),
         };
