@@ -52,6 +52,31 @@ fn data() -> Data {
     }
 }
 
+/// On-CPU time of the calling thread in ns (`/proc/thread-self/schedstat`), or `None`.
+fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Runs `f` `iters` times on the calling thread and returns its on-CPU time (wall time where
+/// schedstat is unavailable). The machine is shared with other jobs, so wall time measures
+/// their load as much as ours; on-CPU time does not (caches are still shared).
+fn timed<F: FnMut()>(iters: u64, mut f: F) -> Duration {
+    let wall = std::time::Instant::now();
+    let t0 = thread_cpu_ns();
+    for _ in 0..iters {
+        f();
+    }
+    match (t0, thread_cpu_ns()) {
+        (Some(a), Some(b)) => Duration::from_nanos(b - a),
+        _ => wall.elapsed(),
+    }
+}
+
 fn one_thread() -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new()
         .num_threads(1)
@@ -184,25 +209,33 @@ fn bench(c: &mut Criterion) {
         bpw(ryg_data.len()),
     );
 
-    let mut g = c.benchmark_group(format!("rans decode 1 thread ({})", d.label));
+    let mut g = c.benchmark_group(format!("rans decode 1 thread, on-CPU time ({})", d.label));
     g.throughput(Throughput::Elements(n as u64));
     g.sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
     let mut out = vec![0u8; n];
     g.bench_function(BenchmarkId::new("ecq", "w=1"), |b| {
-        b.iter(|| {
-            pool.install(|| enc1.decode_symbols_unverified_into(&mut out))
-                .unwrap()
+        b.iter_custom(|it| {
+            pool.install(|| {
+                timed(it, || {
+                    enc1.decode_symbols_unverified_into(&mut out).unwrap()
+                })
+            })
         })
     });
     g.bench_function(BenchmarkId::new("ecq", "w=1 +crc"), |b| {
-        b.iter(|| pool.install(|| enc1.decode_symbols_into(&mut out)).unwrap())
+        b.iter_custom(|it| {
+            pool.install(|| timed(it, || enc1.decode_symbols_into(&mut out).unwrap()))
+        })
     });
     g.bench_function(BenchmarkId::new("ecq", "w=2 values"), |b| {
-        b.iter(|| {
-            pool.install(|| enc2.decode_symbols_unverified_into(&mut out))
-                .unwrap()
+        b.iter_custom(|it| {
+            pool.install(|| {
+                timed(it, || {
+                    enc2.decode_symbols_unverified_into(&mut out).unwrap()
+                })
+            })
         })
     });
     let mut packed = vec![0u32; n / 8];
@@ -213,31 +246,37 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function(BenchmarkId::new("constriction", "default"), |b| {
-        b.iter(|| {
-            let mut a = DefaultAnsCoder::from_compressed_slice(&cdef).unwrap();
-            for (o, s) in out.iter_mut().zip(a.decode_iid_symbols(n, &dmodel)) {
-                *o = s.unwrap() as u8;
-            }
+        b.iter_custom(|it| {
+            timed(it, || {
+                let mut a = DefaultAnsCoder::from_compressed_slice(&cdef).unwrap();
+                for (o, s) in out.iter_mut().zip(a.decode_iid_symbols(n, &dmodel)) {
+                    *o = s.unwrap() as u8;
+                }
+            })
         })
     });
     g.bench_function(BenchmarkId::new("constriction", "small lookup"), |b| {
-        b.iter(|| {
-            let mut a = SmallAnsCoder::from_compressed_slice(&csmall).unwrap();
-            for (o, s) in out.iter_mut().zip(a.decode_iid_symbols(n, &lmodel)) {
-                *o = s.unwrap() as u8;
-            }
+        b.iter_custom(|it| {
+            timed(it, || {
+                let mut a = SmallAnsCoder::from_compressed_slice(&csmall).unwrap();
+                for (o, s) in out.iter_mut().zip(a.decode_iid_symbols(n, &lmodel)) {
+                    *o = s.unwrap() as u8;
+                }
+            })
         })
     });
     let mut ryg_buf = ryg_data.clone();
     g.bench_function(BenchmarkId::new("ryg_rans", "64-bit x2"), |b| {
-        b.iter(|| {
-            ryg_buf.copy_from_slice(&ryg_data);
-            ryg.decode(&mut ryg_buf, &mut out)
+        b.iter_custom(|it| {
+            timed(it, || {
+                ryg_buf.copy_from_slice(&ryg_data);
+                ryg.decode(&mut ryg_buf, &mut out)
+            })
         })
     });
     g.finish();
 
-    let mut g = c.benchmark_group(format!("rans encode 1 thread ({})", d.label));
+    let mut g = c.benchmark_group(format!("rans encode 1 thread, on-CPU time ({})", d.label));
     g.throughput(Throughput::Elements(n as u64));
     g.sample_size(10)
         .warm_up_time(Duration::from_millis(500))
@@ -255,23 +294,31 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function(BenchmarkId::new("constriction", "default"), |b| {
-        b.iter(|| {
-            let mut a = DefaultAnsCoder::new();
-            a.encode_iid_symbols_reverse(d.q.iter().map(|&s| s as usize), &dmodel)
-                .unwrap();
-            a.into_compressed().unwrap()
+        b.iter_custom(|it| {
+            timed(it, || {
+                let mut a = DefaultAnsCoder::new();
+                a.encode_iid_symbols_reverse(d.q.iter().map(|&s| s as usize), &dmodel)
+                    .unwrap();
+                std::hint::black_box(a.into_compressed().unwrap());
+            })
         })
     });
     g.bench_function(BenchmarkId::new("constriction", "small"), |b| {
-        b.iter(|| {
-            let mut a = SmallAnsCoder::new();
-            a.encode_iid_symbols_reverse(d.q.iter().map(|&s| s as usize), &smodel)
-                .unwrap();
-            a.into_compressed().unwrap()
+        b.iter_custom(|it| {
+            timed(it, || {
+                let mut a = SmallAnsCoder::new();
+                a.encode_iid_symbols_reverse(d.q.iter().map(|&s| s as usize), &smodel)
+                    .unwrap();
+                std::hint::black_box(a.into_compressed().unwrap());
+            })
         })
     });
     g.bench_function(BenchmarkId::new("ryg_rans", "64-bit x2"), |b| {
-        b.iter(|| ryg.encode(&d.q))
+        b.iter_custom(|it| {
+            timed(it, || {
+                std::hint::black_box(ryg.encode(&d.q));
+            })
+        })
     });
     g.finish();
 }

@@ -40,19 +40,52 @@ fn renorm_checked(
     Ok(())
 }
 
+/// Decodes and renormalises one full step (32 active lanes) whose renormalisation words all
+/// lie in `win`; returns the number of words consumed.
+///
+/// Decode and renormalisation are fused per lane: lane `l`'s renormalisation depends only on
+/// its own state, so reading in ascending lane order as FORMAT.md section 4 requires is the
+/// same as decoding all lanes first. The read is branch-free: `win[k]` is loaded for every
+/// lane and kept only if the lane needs it (`k <= l < 32`, so the index is in bounds).
+#[inline(always)]
+fn step_full<E: SlotEntry, const N: u32>(
+    x: &mut [u32; LANES],
+    o: &mut [u8; LANES],
+    tab: &[E],
+    tmask: usize,
+    win: &[u16; LANES],
+) -> usize {
+    let mask = (1u32 << N) - 1;
+    let mut k = 0usize;
+    // Unrolled by 4 lanes; the body is the per-lane decode + branch-free renormalisation.
+    for q in 0..LANES / 4 {
+        for l in 4 * q..4 * q + 4 {
+            let xl = x[l];
+            let e = tab[(xl & mask) as usize & tmask];
+            o[l] = e.sym();
+            let y = e.freq() * (xl >> N) + e.bias();
+            let need = u32::from(y < L);
+            let m = need.wrapping_neg();
+            let w = u32::from(win[k & (LANES - 1)]);
+            x[l] = (((y << 16) | w) & m) | (y & !m);
+            k += need as usize;
+        }
+    }
+    k
+}
+
 /// Decodes one chunk of `out.len() / syms_per_row` rows into `out` (coded symbols, row-major).
 ///
 /// `words[start..end]` is the chunk's word range; `states` its 32 initial states, each already
 /// checked to lie in `[2^16, 2^32)`; `table` is built from a frequency table accepted by
-/// `check_freqs`, so every slot maps to a symbol of non-zero frequency.
+/// `check_freqs`, so every slot maps to a symbol of non-zero frequency. `N` is the precision.
 ///
 /// Never panics and never reads outside `words[start..end]`: the fast path reads a whole 32-word
 /// window that it has checked to lie inside the range (one check per step); near the end of the
 /// range the checked path takes over.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn decode_chunk<E: SlotEntry>(
+pub(crate) fn decode_chunk<E: SlotEntry, const N: u32>(
     table: &SlotTable<E>,
-    precision: u32,
     states: &[u32],
     words: &[u16],
     start: usize,
@@ -61,11 +94,12 @@ pub(crate) fn decode_chunk<E: SlotEntry>(
     syms_per_row: usize,
     ctx: ChunkCtx,
 ) -> Result<(), CodecError> {
-    let mask = (1u32 << precision) - 1;
+    const { assert!(N >= 8 && N <= 16) };
+    let mask = (1u32 << N) - 1;
     let tab: &[E] = &table.entries;
     let tmask = (1usize << E::MAX_PRECISION) - 1;
     assert_eq!(tab.len(), tmask + 1);
-    assert!(precision <= E::MAX_PRECISION);
+    assert!(N <= E::MAX_PRECISION);
     let mut x: [u32; LANES] = states.try_into().expect("32 states per chunk");
     let words = &words[..end];
     let mut p = start;
@@ -76,23 +110,14 @@ pub(crate) fn decode_chunk<E: SlotEntry>(
         let mut steps = row.chunks_exact_mut(LANES);
         for o in &mut steps {
             let o: &mut [u8; LANES] = o.try_into().unwrap();
-            for l in 0..LANES {
-                let e = tab[(x[l] & mask) as usize & tmask];
-                o[l] = e.sym();
-                x[l] = e.freq() * (x[l] >> precision) + e.bias();
-            }
             if let Some(win) = words.get(p..p + LANES) {
-                let win: &[u16; LANES] = win.try_into().unwrap();
-                let mut k = 0usize;
-                for xl in x.iter_mut() {
-                    // Branch-free: at most one word per lane; `k <= lane < 32`.
-                    let need = u32::from(*xl < L);
-                    let w = u32::from(win[k & (LANES - 1)]);
-                    *xl = (*xl << (need * 16)) | (w & need.wrapping_neg());
-                    k += need as usize;
-                }
-                p += k;
+                p += step_full::<E, N>(&mut x, o, tab, tmask, win.try_into().unwrap());
             } else {
+                for l in 0..LANES {
+                    let e = tab[(x[l] & mask) as usize & tmask];
+                    o[l] = e.sym();
+                    x[l] = e.freq() * (x[l] >> N) + e.bias();
+                }
                 renorm_checked(&mut x, words, &mut p, ctx, ctx.first_row + ri)?;
             }
         }
@@ -102,7 +127,7 @@ pub(crate) fn decode_chunk<E: SlotEntry>(
             for (l, o) in rem.iter_mut().enumerate() {
                 let e = tab[(x[l] & mask) as usize & tmask];
                 *o = e.sym();
-                x[l] = e.freq() * (x[l] >> precision) + e.bias();
+                x[l] = e.freq() * (x[l] >> N) + e.bias();
             }
             renorm_checked(&mut x[..act], words, &mut p, ctx, ctx.first_row + ri)?;
         }

@@ -9,9 +9,9 @@ use super::LANES;
 /// Invariant: `x` in `[2^16, 2^32)` before and after; `*pos >= 1` on entry (the caller sizes
 /// `buf` to one word per symbol plus one).
 #[inline(always)]
-fn put(x: &mut u32, e: &EncSymbol, shift: u32, buf: &mut [u16], pos: &mut usize) {
+fn put(x: &mut u32, e: &EncSymbol, buf: &mut [u16], pos: &mut usize) {
     // Emit the low 16 bits iff x >= f << (32 - n); written unconditionally, kept iff emitted.
-    let emit = u32::from((*x >> shift) >= e.freq);
+    let emit = u32::from(u64::from(*x) >= e.thresh);
     buf[*pos - 1] = *x as u16;
     *pos -= emit as usize;
     *x >>= emit * 16;
@@ -30,7 +30,7 @@ pub(crate) fn encode_chunk(
     precision: u32,
 ) -> ([u32; LANES], Vec<u16>) {
     let mut x = [L; LANES];
-    let shift = 32 - precision;
+    debug_assert!((8..=15).contains(&precision));
     let mut buf = vec![0u16; syms.len() + 1];
     let mut pos = buf.len();
     if syms_per_row > 0 {
@@ -38,18 +38,12 @@ pub(crate) fn encode_chunk(
             let full = row.len() / LANES;
             let rem = &row[full * LANES..];
             for (l, &s) in rem.iter().enumerate().rev() {
-                put(&mut x[l], &table[s as usize], shift, &mut buf, &mut pos);
+                put(&mut x[l], &table[s as usize], &mut buf, &mut pos);
             }
             for step in row[..full * LANES].chunks_exact(LANES).rev() {
                 let step: &[u8; LANES] = step.try_into().unwrap();
                 for l in (0..LANES).rev() {
-                    put(
-                        &mut x[l],
-                        &table[step[l] as usize],
-                        shift,
-                        &mut buf,
-                        &mut pos,
-                    );
+                    put(&mut x[l], &table[step[l] as usize], &mut buf, &mut pos);
                 }
             }
         }

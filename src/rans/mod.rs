@@ -178,7 +178,16 @@ pub fn encode(
         return arg("tile_chunks must be at least 1".into());
     }
     if bits < 8 {
-        if let Some(i) = symbols.iter().position(|&v| v >> bits != 0) {
+        // OR-reduce blocks (vectorises), locate the offender only if there is one.
+        let bad_block = symbols
+            .par_chunks(1 << 16)
+            .position_first(|b| b.iter().fold(0u8, |a, &v| a | v) >> bits != 0);
+        if let Some(bi) = bad_block {
+            let i = (bi << 16)
+                + symbols[bi << 16..]
+                    .iter()
+                    .position(|&v| v >> bits != 0)
+                    .unwrap_or(0);
             return Err(CodecError::SymbolOutOfRange {
                 index: i,
                 value: symbols[i],
@@ -697,17 +706,26 @@ impl EncodedMatrix {
                     self.check_tile_crc(t)?;
                 }
                 let f = &self.freqs[t * g.alphabet..(t + 1) * g.alphabet];
-                if g.precision <= <u32 as SlotEntry>::MAX_PRECISION {
-                    let tab = SlotTable::<u32>::new(f, g.precision);
-                    self.decode_tile(&tab, t, region, chunk_bytes, &post)
-                } else {
-                    let tab = SlotTable::<u64>::new(f, g.precision);
-                    self.decode_tile(&tab, t, region, chunk_bytes, &post)
+                macro_rules! go {
+                    ($e:ty, $n:literal) => {{
+                        let tab = SlotTable::<$e>::new(f, $n);
+                        self.decode_tile::<$e, $n, F>(&tab, t, region, chunk_bytes, &post)
+                    }};
+                }
+                match g.precision {
+                    8 => go!(u32, 8),
+                    9 => go!(u32, 9),
+                    10 => go!(u32, 10),
+                    11 => go!(u32, 11),
+                    12 => go!(u64, 12),
+                    13 => go!(u64, 13),
+                    14 => go!(u64, 14),
+                    _ => go!(u64, 15),
                 }
             })
     }
 
-    fn decode_tile<E: SlotEntry, F>(
+    fn decode_tile<E: SlotEntry, const N: u32, F>(
         &self,
         tab: &SlotTable<E>,
         t: usize,
@@ -728,9 +746,8 @@ impl EncodedMatrix {
                 let c = c0 + i;
                 let rr = g.chunk_rows_range(c);
                 let m = rr.len();
-                decode_chunk(
+                decode_chunk::<E, N>(
                     tab,
-                    g.precision,
                     &self.states[c * LANES..(c + 1) * LANES],
                     &self.words,
                     self.offsets[c] as usize,
