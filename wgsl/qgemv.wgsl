@@ -1,7 +1,9 @@
 // Plain quantized GEMV over MLX packed weights (2, 4 or 8 bits): y = W x, one f32 activation
 // vector. The baseline the fused rANS kernel must beat; follows MLX's qmv_fast:
 //
-// * a workgroup is GROUPS groups of 32 lanes; each group owns ROWS consecutive output rows;
+// * a workgroup owns ROWS = 4 consecutive output rows and has KSPLIT groups of 32 lanes that
+//   split the row's 16-byte steps between them (more warps in flight than MLX's layout: on a
+//   big discrete GPU one group per 4 rows leaves too few loads in flight);
 // * per step each lane reads one vec4<u32> (16 bytes) of packed weights of each of its rows and
 //   the matching 128/BITS activations (shared by the rows), which it pre-scales by 2^-(BITS*i) (i = the value's
 //   position in its u32 word) so a masked value `w & (MASK << BITS*i)`, converted to f32, needs no
@@ -25,8 +27,9 @@ struct Params {
 override BITS: u32 = 4u;
 override GS: u32 = 64u;
 
-const GROUPS: u32 = 2u;
-const ROWS: u32 = 4u;              // rows per group (written out explicitly below)
+override KSPLIT: u32 = 8u;         // groups of 32 lanes per workgroup, splitting the K steps
+override WGS: u32 = 256u;          // = 32 * KSPLIT (set together by the host)
+const ROWS: u32 = 4u;              // rows per workgroup (written out explicitly below)
 override PW: u32 = 32u / BITS;     // values per u32 word
 override WPL: u32 = 4u * PW;       // values per lane per step (128 / BITS)
 
@@ -46,8 +49,8 @@ const S8 = vec4<f32>(1.0, 0.00390625, 1.52587890625e-05, 5.9604644775390625e-08)
 @group(0) @binding(3) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
 
-var<workgroup> red: array<f32, 256>;   // GROUPS * ROWS * 32
-var<workgroup> red2: array<f32, 64>;
+var<workgroup> red: array<f32, 1024>;  // KSPLIT (<= 8) * ROWS * 32
+var<workgroup> red2: array<f32, 128>;  // ROWS * 32
 
 // Everything below is written without private arrays: drivers put dynamically indexed private
 // arrays in (slow) local memory when they do not unroll the loops.
@@ -93,7 +96,7 @@ fn row_generic(wv: vec4<u32>, row: u32, k0: u32) -> f32 {
     return acc;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WGS)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
@@ -104,7 +107,7 @@ fn main(
     }
     let g = lid / 32u;
     let l = lid % 32u;
-    let row0 = (wg * GROUPS + g) * ROWS;
+    let row0 = wg * ROWS;
     let vpr = P.vec_per_row;
     let gpr = P.groups_per_row;
     let last = P.rows - 1u;
@@ -115,7 +118,7 @@ fn main(
 
     var acc = vec4<f32>(0.0);
     let nsteps = (vpr + 31u) / 32u;
-    for (var s = 0u; s < nsteps; s++) {
+    for (var s = g; s < nsteps; s += KSPLIT) {
         let v = s * 32u + l;
         if (v < vpr) {
             let k0 = v * WPL;          // first weight of this lane
@@ -183,18 +186,21 @@ fn main(
     red[(g * ROWS + 2u) * 32u + l] = acc.z;
     red[(g * ROWS + 3u) * 32u + l] = acc.w;
     workgroupBarrier();
-    // 64 invocations: 8 rows x 8 parts of 4 lanes
-    let rl = lid / 8u;
-    let part = lid % 8u;
-    let b = rl * 32u + part * 4u;
-    red2[lid] = red[b] + red[b + 1u] + red[b + 2u] + red[b + 3u];
-    workgroupBarrier();
-    if (lid < GROUPS * ROWS) {
+    // ROWS * 32 invocations: sum over the KSPLIT groups, then 32 lanes per row
+    for (var i = lid; i < ROWS * 32u; i += WGS) {
         var t = 0.0;
-        for (var k = 0u; k < 8u; k++) {
-            t += red2[lid * 8u + k];
+        for (var k = 0u; k < KSPLIT; k++) {
+            t += red[k * ROWS * 32u + i];
         }
-        let row = wg * GROUPS * ROWS + lid;
+        red2[i] = t;
+    }
+    workgroupBarrier();
+    if (lid < ROWS) {
+        var t = 0.0;
+        for (var k = 0u; k < 32u; k++) {
+            t += red2[lid * 32u + k];
+        }
+        let row = row0 + lid;
         if (row < P.rows) {
             Y[row] = t;
         }

@@ -3,8 +3,11 @@
 use super::decode::entry;
 use super::{grid, read_back, storage_init, wait, Dispatch, GpuError, Kernel, PipelineRegistry};
 
-/// Rows per workgroup of `qgemv.wgsl` (GROUPS * ROWS).
-const ROWS_PER_WG: usize = 8;
+/// Rows per workgroup of `qgemv.wgsl` (ROWS).
+const ROWS_PER_WG: usize = 4;
+/// Most groups of 32 lanes splitting K in one workgroup (256 invocations, the WebGPU default
+/// limit).
+const MAX_KSPLIT: u32 = 8;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -151,11 +154,18 @@ impl GpuQuantizedMatrix {
             })
             .clone()
         };
+        // one group per 16-byte step of a row, up to MAX_KSPLIT groups
+        let ksplit = self.params.vec_per_row.div_ceil(32).clamp(1, MAX_KSPLIT);
         let pipeline = registry.get(
             device,
             Kernel::QGemv,
             "main",
-            &[("BITS", self.bits), ("GS", self.group_size)],
+            &[
+                ("BITS", self.bits),
+                ("GS", self.group_size),
+                ("KSPLIT", ksplit),
+                ("WGS", 32 * ksplit),
+            ],
         )?;
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
