@@ -374,3 +374,32 @@ fn real_model_quantizes_every_matrix() {
     let n = out.iter().filter(|(n, _)| n.ends_with(".scales")).count();
     assert_eq!(n, 40);
 }
+
+#[test]
+fn real_model_entropy_matches_reference_measurements() {
+    use ecq::analysis::{analyze, Scheme};
+    let model = Model::open(real_model_dir()).unwrap();
+    let schemes = [
+        Scheme::Affine {
+            bits: 4,
+            group_size: 64,
+        },
+        Scheme::Affine {
+            bits: 3,
+            group_size: 64,
+        },
+        Scheme::AbsmaxTensor { bits: 4 },
+    ];
+    let r = analyze(&model, &schemes, &ProgressBar::hidden()).unwrap();
+    let h: Vec<f64> = r.totals.iter().map(|t| t.entropy_per_weight()).collect();
+    // Reference (numpy + real MLX 0.32.4): 3.70, 2.68, 1.07 bits/weight.
+    assert!((h[0] - 3.70).abs() < 0.02, "{h:?}");
+    assert!((h[1] - 2.68).abs() < 0.03, "{h:?}");
+    assert!((h[2] - 1.07).abs() < 0.02, "{h:?}");
+    assert_eq!(
+        r.totals[0].side_per_weight(),
+        1.0,
+        "f32 scale + bias per 64 weights"
+    );
+    assert!(r.totals[2].rel_rms().unwrap() > 5.0 * r.totals[0].rel_rms().unwrap());
+}

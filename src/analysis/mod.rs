@@ -261,15 +261,32 @@ fn sq_sums(w: &[f32], deq: &[f32]) -> (f64, f64) {
     (e, n)
 }
 
-/// Measures one scheme on one float matrix of `dtype` (row-major `rows x cols`). `None` when the
-/// scheme does not apply (row length not a multiple of the group size).
+/// Measures one scheme on one float matrix `tensor` of `dtype` (row-major `rows x cols`). `None`
+/// when the scheme does not apply (row length not a multiple of the group size).
+///
+/// ```
+/// use ecq::analysis::{measure, Scheme};
+/// use ecq::dtype::FloatDType;
+/// let w: Vec<f32> = (0..64 * 4).map(|i| ((i * 37 % 101) as f32 - 50.0) / 500.0).collect();
+/// let s = measure("w", &w, 4, 64, FloatDType::F32, Scheme::Affine { bits: 4, group_size: 64 })?
+///     .unwrap();
+/// assert!(s.entropy_per_weight() <= 4.0);
+/// assert_eq!(s.side_per_weight(), 1.0); // f32 scale + bias per 64 weights
+/// assert!(s.rel_rms().unwrap() < 0.1);
+/// # Ok::<(), ecq::analysis::AnalysisError>(())
+/// ```
 pub fn measure(
+    tensor: &str,
     w: &[f32],
     rows: usize,
     cols: usize,
     dtype: FloatDType,
     scheme: Scheme,
-) -> Result<Option<Stats>, String> {
+) -> Result<Option<Stats>, AnalysisError> {
+    let err = |e: crate::quant::QuantError| AnalysisError::Quantize {
+        tensor: tensor.to_string(),
+        reason: e.to_string(),
+    };
     let side_elem = (dtype.size_bytes() * 8) as f64;
     let weights = (rows * cols) as u64;
     let (symbols, deq, side_bits) = match scheme {
@@ -277,8 +294,8 @@ pub fn measure(
             if !cols.is_multiple_of(group_size as usize) {
                 return Ok(None);
             }
-            let p = AffineParams::new(bits, group_size).map_err(|e| e.to_string())?;
-            let m = quantize_affine(w, rows, cols, dtype, p).map_err(|e| e.to_string())?;
+            let p = AffineParams::new(bits, group_size).map_err(err)?;
+            let m = quantize_affine(w, rows, cols, dtype, p).map_err(err)?;
             (
                 m.symbols(),
                 m.dequantize(),
@@ -291,7 +308,7 @@ pub fn measure(
             } else {
                 AbsmaxMode::PerTensor
             };
-            let a = quantize_absmax(w, rows, cols, bits, mode).map_err(|e| e.to_string())?;
+            let a = quantize_absmax(w, rows, cols, bits, mode).map_err(err)?;
             let side = a.scales.len() as f64 * side_elem;
             (a.symbols.clone(), a.dequantize(), side)
         }
@@ -339,12 +356,7 @@ pub fn analyze(
             let dtype = FloatDType::from_safetensors(t.data.dtype()).expect("float");
             let w = t.data.to_f32().expect("float");
             let (rows, cols) = (t.data.shape()[0], t.data.shape()[1]);
-            let r = measure(&w, rows, cols, dtype, schemes[s]).map_err(|reason| {
-                AnalysisError::Quantize {
-                    tensor: t.name.clone(),
-                    reason,
-                }
-            })?;
+            let r = measure(&t.name, &w, rows, cols, dtype, schemes[s])?;
             progress.inc(1);
             Ok(((i, s), r))
         })
@@ -454,4 +466,83 @@ fn analyze_quantized(
         tensors,
         totals,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entropy_of_simple_histograms() {
+        assert_eq!(entropy_bits(&[]), 0.0);
+        assert_eq!(entropy_bits(&[0, 7, 0]), 0.0);
+        assert_eq!(entropy_bits(&[1, 1]), 2.0);
+        assert!((entropy_bits(&[3, 1]) - (3.0 * (4.0f64 / 3.0).log2() + 2.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn tile_bound_is_sum_of_tile_entropies() {
+        // Two tiles of 2 rows x 2 symbols: one constant, one with four distinct symbols.
+        let s = [5u8, 5, 5, 5, 0, 1, 2, 3];
+        assert_eq!(tile_entropy_bound(&s, 2, 2), 8.0);
+        // One table for everything costs more.
+        assert!(tile_entropy_bound(&s, 2, 4) > 8.0);
+    }
+
+    #[test]
+    fn stats_add_keeps_errors_only_when_known() {
+        let a = Stats {
+            weights: 10,
+            entropy_bits: 30.0,
+            sq_err: Some(1.0),
+            sq_norm: Some(4.0),
+            ..Stats::default()
+        };
+        let mut t = Stats::default();
+        t.add(&a);
+        t.add(&a);
+        assert_eq!((t.weights, t.entropy_per_weight()), (20, 3.0));
+        assert_eq!(t.rel_rms(), Some(0.5));
+        t.add(&Stats {
+            weights: 1,
+            ..Stats::default()
+        });
+        assert_eq!(t.rel_rms(), None);
+    }
+
+    #[test]
+    fn svg_has_one_labelled_point_per_scheme() {
+        let schemes = vec![
+            Scheme::Affine {
+                bits: 4,
+                group_size: 64,
+            },
+            Scheme::AbsmaxTensor { bits: 4 },
+        ];
+        let st = |e: f64, h: f64| Stats {
+            weights: 100,
+            entropy_bits: h * 100.0,
+            side_bits: 50.0,
+            packed_bits: 400.0,
+            sq_err: Some(e),
+            sq_norm: Some(1.0),
+        };
+        let r = Report {
+            quantized: false,
+            schemes,
+            tensors: vec![],
+            totals: vec![st(0.01, 3.7), st(0.4, 1.1)],
+        };
+        let svg = render_svg(&r, "t <&>");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(
+            svg.contains(">affine g64 4-bit</text>") && svg.contains(">absmax/tensor 4-bit</text>")
+        );
+        assert!(svg.contains("t &lt;&amp;&gt;"));
+        assert_eq!(
+            svg.matches("<circle").count(),
+            2 * 2 + 2,
+            "two per scheme plus the legend"
+        );
+    }
 }
