@@ -6,9 +6,11 @@
 //
 // Differences from rans_gemv.wgsl: the renormalisation prefix count is a subgroupBallot (no
 // workgroupBarrier in the decode loop: each group of 32 runs at its own pace); the words come
-// from a window of 4 x 32 words held in registers across the subgroup and loaded two window
-// shifts ahead, handed to the lanes that need them with subgroupShuffle; activations, scale and
-// bias are loaded one step ahead; each row's 32 lane sums are reduced with subgroupAdd.
+// from a window of 2 x 256 words held in registers across the subgroup (one vec4<u32> per lane
+// each, the next window loaded ~15 steps before it is read) and are handed to the lanes that
+// need them with subgroupShuffle; activations, scale and bias are loaded one step ahead; each
+// row's 32 lane sums are reduced with subgroupAdd. The word buffer is bound as vec4<u32>, so the
+// host pads it to a multiple of 16 bytes.
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
 
@@ -59,7 +61,7 @@ const ERR_SUBGROUP: u32 = 128u;
 @group(0) @binding(1) var<storage, read> freqs: array<u32>;    // u16 pairs, A per tile
 @group(0) @binding(2) var<storage, read> states: array<u32>;   // 32 per chunk
 @group(0) @binding(3) var<storage, read> offsets: array<u32>;  // n_chunks + 1
-@group(0) @binding(4) var<storage, read> words: array<u32>;    // u16 pairs
+@group(0) @binding(4) var<storage, read> words4: array<vec4<u32>>; // u16 words, 8 per vec4
 @group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
 @group(0) @binding(6) var<storage, read> sb: array<vec2<f32>>;   // (scale, bias) per group
 @group(0) @binding(7) var<storage, read> xv: array<f32>;          // activations, K
@@ -71,8 +73,12 @@ var<workgroup> sc_b: array<u32, 256>;
 var<workgroup> fq: array<u32, 256>;
 var<workgroup> table_bad: u32;
 
-fn read16(idx: u32) -> u32 {
-    return (words[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
+fn load_w4(i: u32) -> vec4<u32> {
+    var v = vec4<u32>(0u);
+    if (i < arrayLength(&words4)) {
+        v = words4[i];
+    }
+    return v;
 }
 
 // Builds the tile's table. Leaves exclusive cumulative frequencies in sc_a (or sc_b, returned
@@ -156,13 +162,6 @@ fn load_x(j: u32) -> vec4<f32> {
     return v;
 }
 
-fn load_word(idx: u32, end: u32) -> u32 {
-    var v = 0u;
-    if (idx < end) {
-        v = read16(idx);
-    }
-    return v;
-}
 
 @compute @workgroup_size(128)
 fn main(
@@ -220,14 +219,14 @@ fn main(
             if (bad_table) { err |= ERR_TABLE; }
             if (sg_size != 32u) { err |= ERR_SUBGROUP; }
         }
-        // Word window: win0..win3 hold words wb + 32*i + l; invariant p - wb < 32, so the
-        // (at most 32) words a step reads lie in win0/win1 and win2/win3 were loaded one and
-        // two window shifts ahead (their latency hides behind several steps).
-        var wb = p;
-        var win0 = load_word(wb + l, end);
-        var win1 = load_word(wb + 32u + l, end);
-        var win2 = load_word(wb + 64u + l, end);
-        var win3 = load_word(wb + 96u + l, end);
+        // Word window of 2 x 256 words: lane l holds words base + 8l .. base + 8l + 8 in `cur`
+        // and the next 256 in `nxt` (one vec4<u32> each, base a multiple of 8). Invariant
+        // p - base < 256 at the start of a step, so a step's reads (at most 32 words) lie in
+        // cur or nxt; `nxt` is loaded about 256 words (~15 steps) before it is first read, so
+        // its latency hides behind the decoding.
+        var base = p & ~7u;
+        var cur = load_w4(base / 8u + l);
+        var nxt = load_w4(base / 8u + 32u + l);
         // activations and (scale, bias) of the next step, loaded one step ahead
         var nx = vec4<f32>(0.0);
         var nsb = vec2<f32>(0.0);
@@ -293,23 +292,31 @@ fn main(
                 acc += csb.x * dot(qv, cx) + csb.y * dot(cx, vec4<f32>(1.0));
             }
             let mask = subgroupBallot(need).x;
-            let rel = p - wb + countOneBits(mask & ((1u << l) - 1u));
-            let c0 = subgroupShuffle(win0, rel & 31u);
-            let c1 = subgroupShuffle(win1, rel & 31u);
+            let total = countOneBits(mask);
+            let prefix = countOneBits(mask & ((1u << l) - 1u));
+            let rel = p - base + prefix;
+            let srcl = (rel >> 3u) & 31u;
+            var v4 = subgroupShuffle(cur, srcl);
+            if (p - base + total > 256u) {
+                // some lane reads from the next window (subgroup-uniform branch)
+                let n4 = subgroupShuffle(nxt, srcl);
+                if (rel >= 256u) {
+                    v4 = n4;
+                }
+            }
+            let word = (v4[(rel >> 1u) & 3u] >> ((rel & 1u) * 16u)) & 0xFFFFu;
             if (need) {
-                if (wb + rel < end) {
-                    x = (x << 16u) | select(c0, c1, rel >= 32u);
+                if (p + prefix < end) {
+                    x = (x << 16u) | word;
                 } else {
                     err |= ERR_OVER_READ;
                 }
             }
-            p += countOneBits(mask);
-            if (p - wb >= 32u) {
-                win0 = win1;
-                win1 = win2;
-                win2 = win3;
-                wb += 32u;
-                win3 = load_word(wb + 96u + l, end);
+            p += total;
+            if (p - base >= 256u) {
+                cur = nxt;
+                base += 256u;
+                nxt = load_w4(base / 8u + 32u + l);
             }
             if (u == T - 1u) {
                 let s = subgroupAdd(acc);

@@ -563,7 +563,8 @@ pub(crate) fn check_storage(device: &wgpu::Device, what: &str, bytes: u64) -> Re
     Ok(())
 }
 
-/// A storage buffer holding `bytes` (padded to a multiple of 4 and at least 16 bytes).
+/// A storage buffer holding `bytes` (padded with zeros to a multiple of 16 bytes, at least 16,
+/// so it can also be bound as an array of 16-byte vectors).
 pub(crate) fn storage_init(
     device: &wgpu::Device,
     what: &str,
@@ -571,7 +572,7 @@ pub(crate) fn storage_init(
     extra: wgpu::BufferUsages,
 ) -> Result<wgpu::Buffer, GpuError> {
     use wgpu::util::DeviceExt;
-    let len = bytes.len().div_ceil(4).max(4) * 4;
+    let len = bytes.len().div_ceil(16).max(1) * 16;
     check_storage(device, what, len as u64)?;
     let contents: std::borrow::Cow<[u8]> = if len == bytes.len() {
         bytes.into()
