@@ -33,10 +33,25 @@ struct Data {
 }
 
 fn data() -> Data {
+    // Pre-quantized symbols (one byte per weight, rows of 384), e.g. to run the bench binary on
+    // another machine: `ECQ_BENCH_WRITE_SYMBOLS=path` writes them, `ECQ_BENCH_SYMBOLS=path`
+    // reads them.
+    if let Some(path) = std::env::var_os("ECQ_BENCH_SYMBOLS") {
+        let q = std::fs::read(&path).expect("ECQ_BENCH_SYMBOLS file");
+        assert_eq!(q.len() % COLS, 0);
+        return Data {
+            label: format!("MiniLM-L6 MLX g64 4-bit from file, {} weights", q.len()),
+            rows: q.len() / COLS,
+            q,
+        };
+    }
     if let Some(ms) = rans_common::real_model(4, 64) {
         // Every matrix has 384 or 1536 columns: view them all as rows of 384.
         let q: Vec<u8> = ms.iter().flat_map(|m| m.q.iter().copied()).collect();
         assert_eq!(q.len() % COLS, 0);
+        if let Some(path) = std::env::var_os("ECQ_BENCH_WRITE_SYMBOLS") {
+            std::fs::write(path, &q).expect("write symbols");
+        }
         Data {
             label: format!("MiniLM-L6 MLX g64 4-bit, {} weights", q.len()),
             rows: q.len() / COLS,

@@ -66,7 +66,10 @@ fn step_full<E: SlotEntry, const N: u32>(
             let y = e.freq() * (xl >> N) + e.bias();
             let need = u32::from(y < L);
             let m = need.wrapping_neg();
-            let w = u32::from(win[k & (LANES - 1)]);
+            debug_assert!(k <= l);
+            // SAFETY: `k` counts the lanes before `l` that took a word, so `k <= l < LANES`
+            // and the index is inside the 32-word window.
+            let w = u32::from(unsafe { *win.get_unchecked(k) });
             x[l] = (((y << 16) | w) & m) | (y & !m);
             k += need as usize;
         }
@@ -84,7 +87,8 @@ fn step_full<E: SlotEntry, const N: u32>(
 /// window that it has checked to lie inside the range (one check per step); near the end of the
 /// range the checked path takes over.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn decode_chunk<E: SlotEntry, const N: u32>(
+#[inline(always)]
+fn decode_chunk_impl<E: SlotEntry, const N: u32>(
     table: &SlotTable<E>,
     states: &[u32],
     words: &[u16],
@@ -97,7 +101,8 @@ pub(crate) fn decode_chunk<E: SlotEntry, const N: u32>(
     const { assert!(N >= 8 && N <= 16) };
     let mask = (1u32 << N) - 1;
     let tab: &[E] = &table.entries;
-    let tmask = (1usize << E::MAX_PRECISION) - 1;
+    let tmask = (1usize << N) - 1;
+    // Lets the compiler drop the bounds checks of `tab[slot & tmask]`.
     assert_eq!(tab.len(), tmask + 1);
     assert!(N <= E::MAX_PRECISION);
     let mut x: [u32; LANES] = states.try_into().expect("32 states per chunk");
@@ -149,4 +154,44 @@ pub(crate) fn decode_chunk<E: SlotEntry, const N: u32>(
         });
     }
     Ok(())
+}
+
+/// [`decode_chunk_impl`] compiled for BMI2 (three-operand shifts save a register copy per
+/// shift in the inner loop).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi2")]
+#[allow(clippy::too_many_arguments)]
+fn decode_chunk_bmi2<E: SlotEntry, const N: u32>(
+    table: &SlotTable<E>,
+    states: &[u32],
+    words: &[u16],
+    start: usize,
+    end: usize,
+    out: &mut [u8],
+    syms_per_row: usize,
+    ctx: ChunkCtx,
+) -> Result<(), CodecError> {
+    decode_chunk_impl::<E, N>(table, states, words, start, end, out, syms_per_row, ctx)
+}
+
+/// Decodes one chunk (see [`decode_chunk_impl`]), with the fastest code path the CPU supports.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decode_chunk<E: SlotEntry, const N: u32>(
+    table: &SlotTable<E>,
+    states: &[u32],
+    words: &[u16],
+    start: usize,
+    end: usize,
+    out: &mut [u8],
+    syms_per_row: usize,
+    ctx: ChunkCtx,
+) -> Result<(), CodecError> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("bmi2") {
+        // SAFETY: the CPU supports BMI2 (checked just above).
+        return unsafe {
+            decode_chunk_bmi2::<E, N>(table, states, words, start, end, out, syms_per_row, ctx)
+        };
+    }
+    decode_chunk_impl::<E, N>(table, states, words, start, end, out, syms_per_row, ctx)
 }

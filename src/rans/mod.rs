@@ -713,14 +713,14 @@ impl EncodedMatrix {
                     }};
                 }
                 match g.precision {
-                    8 => go!(u32, 8),
-                    9 => go!(u32, 9),
-                    10 => go!(u32, 10),
-                    11 => go!(u32, 11),
-                    12 => go!(u64, 12),
-                    13 => go!(u64, 13),
-                    14 => go!(u64, 14),
-                    _ => go!(u64, 15),
+                    8 => go!(table::Slot, 8),
+                    9 => go!(table::Slot, 9),
+                    10 => go!(table::Slot, 10),
+                    11 => go!(table::Slot, 11),
+                    12 => go!(table::Slot, 12),
+                    13 => go!(table::Slot, 13),
+                    14 => go!(table::Slot, 14),
+                    _ => go!(table::Slot, 15),
                 }
             })
     }
