@@ -136,7 +136,7 @@ fn shader_copy_bandwidth(ctx: &GpuContext, mib: u64, rounds: usize) -> f64 {
     let dev = ctx.device();
     let l = dev.limits();
     let bytes = (mib << 20)
-        .min(l.max_storage_buffer_binding_size as u64)
+        .min(l.max_storage_buffer_binding_size)
         .min(l.max_buffer_size)
         / 16
         * 16;

@@ -107,7 +107,7 @@ fn check_case(ctx: &GpuContext, c: &Case, seed: u64) {
             cpu_packed[i]
         );
     }
-    if c.cols % 4 == 0 {
+    if c.cols.is_multiple_of(4) {
         let syms = ctx
             .decode_symbols(&m)
             .unwrap_or_else(|e| panic!("{label}: GPU decode_symbols: {e}"));

@@ -109,6 +109,7 @@ fn assert_close(label: &str, got: &[f32], want: &[f64], sum_abs: &[f64], k: usiz
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_fused(
     ctx: &GpuContext,
     seed: u64,
@@ -144,11 +145,23 @@ fn check_fused(
             }),
         )
         .unwrap();
+    let (want, sum_abs) = reference(&q, &x);
+    // the default variant, then each variant explicitly (the subgroup one where the adapter
+    // has 32-wide subgroups)
     let y = ctx
         .gemv_coded(&m, &x)
         .unwrap_or_else(|e| panic!("{label}: {e}"));
-    let (want, sum_abs) = reference(&q, &x);
     assert_close(&label, &y, &want, &sum_abs, cols);
+    let mut variants = vec![FusedVariant::Workgroup];
+    if ctx.registry().subgroups32() {
+        variants.push(FusedVariant::Subgroup);
+    }
+    for v in variants {
+        let y = m
+            .gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)
+            .unwrap_or_else(|e| panic!("{label} {v:?}: {e}"));
+        assert_close(&format!("{label} {v:?}"), &y, &want, &sum_abs, cols);
+    }
 }
 
 fn check_plain(ctx: &GpuContext, seed: u64, rows: usize, cols: usize, bits: u32, gs: u32) {
@@ -198,7 +211,7 @@ proptest! {
         let Some(ctx) = ctx() else { return Ok(()) };
         let mut cols = groups * gs as usize;
         // rows of whole 16-byte vectors: cols * bits % 128 == 0
-        while cols * bits as usize % 128 != 0 {
+        while !(cols * bits as usize).is_multiple_of(128) {
             cols += gs as usize;
         }
         check_plain(ctx, seed, rows, cols, bits, gs);
