@@ -35,8 +35,8 @@ pub struct GpuQuantizedMatrix {
 
 impl GpuQuantizedMatrix {
     /// Uploads `q`. Supports 2, 4 and 8 bits with `cols * bits % 128 == 0` (rows of whole
-    /// 16-byte vectors) and group sizes that are multiples of 32/bits... in practice MLX's
-    /// 32, 64, 128.
+    /// 16-byte vectors) and group sizes holding whole `u32` words (all of MLX's 32, 64, 128).
+    /// Scales and biases are uploaded as interleaved `f32` pairs.
     pub fn upload(
         device: &wgpu::Device,
         q: &crate::quant::QuantizedMatrix,

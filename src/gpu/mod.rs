@@ -9,14 +9,37 @@
 //!   [`Dispatch`] values that record a kernel into a compute pass without reading anything back.
 //!
 //! Kernels live in `wgsl/`, one per file ([`Kernel`]). They stay within the WebGPU default
-//! limits (at most 16 KiB of workgroup memory, 128 invocations per workgroup, 8 storage buffers
-//! per stage); storage buffer sizes are checked against `device.limits()` and reported as
-//! [`GpuError::TooLarge`]. [`GpuContext::new`] asks the adapter for its largest storage-buffer
-//! binding and buffer sizes (everything else stays at the WebGPU defaults).
+//! limits (at most 16 KiB of workgroup memory, 256 invocations per workgroup, 8 storage buffers
+//! per stage, 65535 workgroups per dimension: larger launches use a 2-D grid); storage buffer
+//! sizes are checked against `device.limits()` and reported as [`GpuError::TooLarge`].
+//! [`GpuContext::new`] asks the adapter for its largest storage-buffer binding and buffer sizes
+//! and for `Features::SUBGROUP` where offered (everything else stays at the WebGPU defaults).
+//!
+//! * `rans_decode.wgsl`: a workgroup of 4 x 32 lanes builds the tile's slot table (2^n `u32`
+//!   entries `symbol | (freq-1) << 8 | (slot-cum) << 20`, n <= 11; a binary search over the
+//!   cumulative frequencies above) in workgroup memory, then each group of 32 decodes one chunk,
+//!   one lane per rANS lane; renormalisation reads use a workgroup-memory bitmask and one
+//!   `workgroupBarrier` per step. Output: MLX packed words (a step's symbols are staged in
+//!   workgroup memory and gathered into whole words, for every bit width) or one byte per weight.
+//! * `rans_gemv.wgsl` / `rans_gemv_subgroup.wgsl`: the same decode, multiplied in registers
+//!   (`scale * sum(q*x) + bias * sum(x)` per symbol, accumulated per row, lane sums reduced in
+//!   workgroup memory or with `subgroupAdd`); the weights are never written to memory. The
+//!   subgroup version ([`FusedVariant::Subgroup`]) replaces the barrier by `subgroupBallot`, keeps
+//!   a 512-word window of the stream in registers and is chosen when the adapter's subgroups are
+//!   exactly 32 wide ([`PipelineRegistry::subgroups32`]); every other adapter runs the
+//!   workgroup-memory version.
+//! * `qgemv.wgsl`: plain MLX GEMV after MLX's `qmv_fast` (16-byte weight loads, activations
+//!   pre-scaled so masked values need no shift), 4 rows per workgroup with K split over up to 8
+//!   groups of 32 lanes.
+//!
+//! All loops are bounded by the matrix geometry and every word read is bounds-checked, so corrupt
+//! input sets per-chunk error bits ([`error_bits`]) and never hangs the device; the host reports
+//! them as [`GpuError::CorruptStream`]. The GPU does not verify the tile CRCs (the CPU codec
+//! does): a rare corrupt word can decode "cleanly" to wrong values, exactly as in the CPU
+//! decoder without checksum verification.
 //!
 //! Activations are `f32`; `f16` activations are converted to `f32` on the host before upload
-//! (no `SHADER_F16` requirement). The lane reductions use workgroup memory, not subgroup
-//! operations, so every adapter runs the same code.
+//! (no `SHADER_F16` requirement).
 //!
 //! # Example
 //!
