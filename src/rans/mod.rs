@@ -394,6 +394,28 @@ impl std::fmt::Debug for EncodedMatrix {
     }
 }
 
+/// Expands `n` coded symbols at the start of `region` in place to `W` weights each (via `lut`),
+/// back to front: the expanded position of symbol `i` is `i * W >= i`, and each block of 16
+/// symbols is read before its expansion is written, so nothing is overwritten before it is read.
+fn expand<const W: usize>(region: &mut [u8], n: usize, lut: &[[u8; 4]; 256]) {
+    const B: usize = 16;
+    let mut i = n;
+    while i >= B {
+        i -= B;
+        let mut blk = [0u8; B];
+        blk.copy_from_slice(&region[i..i + B]);
+        let dst = &mut region[i * W..(i + B) * W];
+        for (d, &s) in dst.chunks_exact_mut(W).zip(&blk) {
+            d.copy_from_slice(&lut[s as usize][..W]);
+        }
+    }
+    while i > 0 {
+        i -= 1;
+        let s = region[i];
+        region[i * W..i * W + W].copy_from_slice(&lut[s as usize][..W]);
+    }
+}
+
 /// Appends the little-endian bytes of `data` to a running CRC-32C.
 fn crc_append<T: bytemuck::Pod + LeBytes>(crc: u32, data: &[T]) -> u32 {
     if cfg!(target_endian = "little") {
@@ -838,9 +860,10 @@ impl EncodedMatrix {
         }
         self.run_decode(out, g.cols, verify, |region, m| {
             let n = m * spr;
-            for i in (0..n).rev() {
-                let e = lut[region[i] as usize];
-                region[i * w..i * w + w].copy_from_slice(&e[..w]);
+            if w == 2 {
+                expand::<2>(region, n, &lut);
+            } else {
+                expand::<4>(region, n, &lut);
             }
         })
     }
