@@ -35,7 +35,7 @@ fn roundtrip(q: &[u8], rows: usize, cols: usize, bits: u32, opts: &EncodeOptions
     let mut buf = vec![0xAAu8; q.len()];
     enc.decode_symbols_unverified_into(&mut buf).unwrap();
     assert!(buf == q);
-    if (cols * bits as usize) % 32 == 0 {
+    if (cols * bits as usize).is_multiple_of(32) {
         assert_eq!(
             enc.decode_packed().unwrap(),
             mlx_pack(q, rows, cols, bits),

@@ -99,10 +99,10 @@ impl Geometry {
         if cols > u64::from(u32::MAX) {
             return Err(bad("cols", cols, "exceeds u32"));
         }
-        if cols % wps != 0 {
+        if !cols.is_multiple_of(wps) {
             return Err(bad("cols", cols, "not a multiple of weights_per_symbol"));
         }
-        if (cols * bits) % 32 != 0 {
+        if !(cols * bits).is_multiple_of(32) {
             return Err(bad("cols", cols, "cols * bits is not a multiple of 32"));
         }
         if rows * cols > MAX_WEIGHTS {

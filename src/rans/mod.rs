@@ -101,7 +101,7 @@ impl Default for EncodeOptions {
 pub fn default_weights_per_symbol(bits: u32, cols: usize) -> u32 {
     [4u32, 2, 1]
         .into_iter()
-        .find(|&w| bits * w <= 8 && cols % w as usize == 0)
+        .find(|&w| bits * w <= 8 && cols.is_multiple_of(w as usize))
         .unwrap_or(1)
 }
 
@@ -199,11 +199,9 @@ pub fn encode(
         .weights_per_symbol
         .unwrap_or_else(|| default_weights_per_symbol(bits, cols));
     let spr = if wps == 0 { 0 } else { cols / wps as usize };
-    let chunk_rows = if spr == 0 {
-        1
-    } else {
-        ((opts.chunk_symbols + spr / 2) / spr).clamp(1, rows.max(1))
-    };
+    let chunk_rows = (opts.chunk_symbols + spr / 2)
+        .checked_div(spr)
+        .map_or(1, |r| r.clamp(1, rows.max(1)));
     let g = Geometry::new(
         rows as u64,
         cols as u64,

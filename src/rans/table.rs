@@ -155,7 +155,7 @@ pub(crate) fn normalize(counts: &[u64], precision: u32) -> Vec<u16> {
     for _ in 0..(4 * m) {
         let a = argmax(&gain);
         let r = argmin_except(&loss, a);
-        if r == usize::MAX || !(gain[a] > loss[r] * (1.0 + 1e-12) + 1e-9) {
+        if r == usize::MAX || gain[a] <= loss[r] * (1.0 + 1e-12) + 1e-9 {
             break;
         }
         set(a, f[a] + 1, &mut f, &mut gain, &mut loss);
