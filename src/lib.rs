@@ -20,3 +20,8 @@ pub mod gpu;
 pub mod model;
 pub mod quant;
 pub mod rans;
+
+/// The README's Rust example, compiled and run as a doctest so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
