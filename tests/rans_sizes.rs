@@ -6,7 +6,7 @@
 
 mod rans_common;
 
-use ecq::rans::{encode, EncodeOptions};
+use ecq::rans::{encode, EncodeOptions, DEFAULT_CHUNK_SYMBOLS, DEFAULT_TILE_CHUNKS};
 use rans_common::{real_model_or_panic, QMatrix};
 
 /// Totals over a set of matrices.
@@ -106,10 +106,10 @@ fn size_sweep() {
     };
     for w in [1, 2] {
         for p in [9, 10, 11, 12, 15] {
-            row(w, p, 16384, 4);
+            row(w, p, DEFAULT_CHUNK_SYMBOLS, DEFAULT_TILE_CHUNKS);
         }
         for cs in [4096, 8192, 16384, 32768] {
-            for tc in [1, 2, 4, 8, 16] {
+            for tc in [1, 4, 8, 16] {
                 row(w, 11, cs, tc);
             }
         }
