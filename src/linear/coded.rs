@@ -1,0 +1,897 @@
+//! [`EntropyCodedLinear`]: a coded matrix resident on the GPU, with the fused GEMV for one
+//! vector and the batched `rans_gemm.wgsl` for prefill.
+
+use std::sync::Arc;
+
+use super::device::{LinearDevice, LinearKernel};
+use super::{add_bias, check_x, Linear, LinearError};
+use crate::gpu::{GpuError, Kernel};
+use crate::rans::EncodedMatrix;
+
+/// Activation rows per dispatch of the batched kernel (4 per invocation, 128 invocations).
+pub const MAX_M_PER_DISPATCH: usize = 512;
+/// Groups of 32 lanes per workgroup in the rANS kernels (`G` in the WGSL).
+const GROUPS_PER_WG: usize = 4;
+
+/// Upload options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinearOptions {
+    /// Largest buffer to create, in bytes; `None` (default) uses the device limits
+    /// ([`LinearDevice::max_buffer_bytes`]). A smaller value forces the split of a matrix into
+    /// row bands (tests use it).
+    pub max_buffer_bytes: Option<u64>,
+}
+
+/// A borrowed coded matrix with its quantization parameters: the coded tensors as
+/// little-endian bytes (as stored in the safetensors file, so they can be borrowed from a
+/// memory map), geometry from the header.
+#[derive(Debug, Clone, Copy)]
+pub struct CodedLayerRef<'a> {
+    /// `R` rows (outputs).
+    pub rows: usize,
+    /// `K` weights per row (inputs).
+    pub cols: usize,
+    /// Bits per weight.
+    pub bits: u32,
+    /// Weights per symbol.
+    pub weights_per_symbol: u32,
+    /// Probability precision `n` (the kernels need `n <= 11`).
+    pub precision: u32,
+    /// Rows per chunk.
+    pub chunk_rows: usize,
+    /// Chunks per tile.
+    pub tile_chunks: usize,
+    /// `n_tiles * A` u16 frequencies, little-endian bytes.
+    pub freqs: &'a [u8],
+    /// `n_chunks * 32` u32 states, little-endian bytes.
+    pub states: &'a [u8],
+    /// `n_chunks + 1` u32 word offsets, little-endian bytes.
+    pub offsets: &'a [u8],
+    /// The u16 word stream, little-endian bytes.
+    pub words: &'a [u8],
+    /// MLX group size of the scales and biases.
+    pub group_size: usize,
+    /// Scales, `rows * cols / group_size`.
+    pub scales: &'a [f32],
+    /// Biases, `rows * cols / group_size`.
+    pub biases: &'a [f32],
+    /// The layer's additive bias (`rows` values), if any.
+    pub bias: Option<&'a [f32]>,
+}
+
+impl<'a> CodedLayerRef<'a> {
+    /// From an [`EncodedMatrix`] and its scales and biases.
+    pub fn from_encoded(
+        enc: &'a EncodedMatrix,
+        group_size: usize,
+        scales: &'a [f32],
+        biases: &'a [f32],
+        bias: Option<&'a [f32]>,
+    ) -> Self {
+        CodedLayerRef {
+            rows: enc.rows(),
+            cols: enc.cols(),
+            bits: enc.bits(),
+            weights_per_symbol: enc.weights_per_symbol(),
+            precision: enc.precision(),
+            chunk_rows: enc.chunk_rows(),
+            tile_chunks: enc.tile_chunks(),
+            freqs: bytemuck::cast_slice(enc.freqs()),
+            states: bytemuck::cast_slice(enc.states()),
+            offsets: bytemuck::cast_slice(enc.offsets()),
+            words: bytemuck::cast_slice(enc.words()),
+            group_size,
+            scales,
+            biases,
+            bias,
+        }
+    }
+
+    fn n_chunks(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            0
+        } else {
+            self.rows.div_ceil(self.chunk_rows.max(1))
+        }
+    }
+
+    fn alphabet(&self) -> usize {
+        1 << (self.bits * self.weights_per_symbol)
+    }
+
+    /// Checks geometry and part sizes; returns the word offsets.
+    fn check(&self, layer: &str) -> Result<Vec<u32>, LinearError> {
+        let bad = |reason: String| LinearError::InvalidLayer {
+            layer: layer.into(),
+            reason,
+        };
+        let unsupported = |reason: String| LinearError::Unsupported {
+            layer: layer.into(),
+            reason,
+        };
+        let (b, w) = (self.bits, self.weights_per_symbol);
+        if !(1..=8).contains(&b) || ![1, 2, 4].contains(&w) || b * w > 8 {
+            return Err(bad(format!("bits {b} with {w} weights per symbol")));
+        }
+        if !self.cols.is_multiple_of(w as usize) || self.chunk_rows == 0 || self.tile_chunks == 0 {
+            return Err(bad(format!(
+                "cols {} / weights per symbol {w} / chunk_rows {} / tile_chunks {}",
+                self.cols, self.chunk_rows, self.tile_chunks
+            )));
+        }
+        if !(8..=crate::rans::GPU_MAX_PRECISION).contains(&self.precision) {
+            return Err(unsupported(format!(
+                "precision {} (the GPU kernels need 8..={})",
+                self.precision,
+                crate::rans::GPU_MAX_PRECISION
+            )));
+        }
+        let nc = self.n_chunks();
+        let nt = nc.div_ceil(self.tile_chunks);
+        let want = [
+            ("ecq_freqs", self.freqs.len(), nt * self.alphabet() * 2),
+            ("ecq_states", self.states.len(), nc * 32 * 4),
+            ("ecq_offsets", self.offsets.len(), (nc + 1) * 4),
+        ];
+        for (name, got, exp) in want {
+            if got != exp && !(name == "ecq_offsets" && nc == 0 && got <= 4) {
+                return Err(bad(format!(
+                    "{name} has {got} bytes, the header implies {exp}"
+                )));
+            }
+        }
+        if !self.words.len().is_multiple_of(2) {
+            return Err(bad(format!(
+                "ecq_words has an odd number of bytes ({})",
+                self.words.len()
+            )));
+        }
+        let gs = self.group_size;
+        if gs == 0 || !self.cols.is_multiple_of(gs) || !gs.is_multiple_of(w as usize) {
+            return Err(bad(format!(
+                "group size {gs} must divide cols {} and be a multiple of w = {w}",
+                self.cols
+            )));
+        }
+        let groups = self.rows * (self.cols / gs);
+        if self.scales.len() != groups || self.biases.len() != groups {
+            return Err(bad(format!(
+                "scales/biases have {}/{} values, expected {groups}",
+                self.scales.len(),
+                self.biases.len()
+            )));
+        }
+        if let Some(bias) = self.bias {
+            if bias.len() != self.rows {
+                return Err(bad(format!(
+                    "bias has {} values, the layer has {} outputs",
+                    bias.len(),
+                    self.rows
+                )));
+            }
+        }
+        if u32::try_from(self.rows.saturating_mul(self.cols)).is_err() {
+            return Err(unsupported(format!(
+                "{} x {} weights (the kernels index weights with u32)",
+                self.rows, self.cols
+            )));
+        }
+        let offsets: Vec<u32> = self
+            .offsets
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let n_words = (self.words.len() / 2) as u64;
+        if offsets.first().is_some_and(|&o| o != 0)
+            || offsets.windows(2).any(|p| p[1] < p[0])
+            || offsets.last().is_some_and(|&o| o as u64 != n_words)
+        {
+            return Err(bad(format!(
+                "ecq_offsets are not increasing from 0 to the {n_words} words of the stream"
+            )));
+        }
+        Ok(offsets)
+    }
+}
+
+/// Uniform block of `rans_gemv*.wgsl` (same field order as `src/gpu/decode.rs`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct GemvParams {
+    rows: u32,
+    cols: u32,
+    bits: u32,
+    wps: u32,
+    prec: u32,
+    chunk_rows: u32,
+    tile_chunks: u32,
+    n_chunks: u32,
+    n_tiles: u32,
+    syms_per_row: u32,
+    steps_per_row: u32,
+    alphabet: u32,
+    n_words: u32,
+    wg_per_tile: u32,
+    total_wg: u32,
+    out_mode: u32,
+    out_row_words: u32,
+    wg_x: u32,
+    chunk_iters: u32,
+    group_size: u32,
+    groups_per_row: u32,
+    _pad: [u32; 3],
+}
+
+/// Uniform block of `rans_gemm.wgsl`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct GemmParams {
+    rows: u32,
+    cols: u32,
+    bits: u32,
+    wps: u32,
+    prec: u32,
+    chunk_rows: u32,
+    tile_chunks: u32,
+    n_chunks: u32,
+    n_tiles: u32,
+    syms_per_row: u32,
+    steps_per_row: u32,
+    alphabet: u32,
+    n_words: u32,
+    wg_per_tile: u32,
+    total_wg: u32,
+    wg_x: u32,
+    group_size: u32,
+    groups_per_row: u32,
+    m: u32,
+    xs4: u32,
+    y_stride: u32,
+    row_base: u32,
+    _pad: [u32; 2],
+}
+
+/// One row band of whole tiles, with its own buffers.
+#[derive(Debug)]
+struct Band {
+    row0: usize,
+    rows: usize,
+    chunk0: usize,
+    n_chunks: usize,
+    freqs: wgpu::Buffer,
+    states: wgpu::Buffer,
+    offsets: wgpu::Buffer,
+    words: wgpu::Buffer,
+    errors: wgpu::Buffer,
+    sb: wgpu::Buffer,
+    gemv: GemvParams,
+    gemm: GemmParams,
+    gemv_uniform: wgpu::Buffer,
+}
+
+/// One recorded kernel launch of a linear layer (see [`EntropyCodedLinear::batch_dispatches`]).
+#[derive(Debug, Clone)]
+pub struct LinearDispatch {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: (u32, u32),
+}
+
+impl LinearDispatch {
+    pub(crate) fn new(
+        pipeline: wgpu::ComputePipeline,
+        bind_group: wgpu::BindGroup,
+        workgroups: (u32, u32),
+    ) -> Self {
+        LinearDispatch {
+            pipeline,
+            bind_group,
+            workgroups,
+        }
+    }
+
+    /// Records the launch into `pass`.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        if self.workgroups.0 == 0 || self.workgroups.1 == 0 {
+            return;
+        }
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.workgroups.0, self.workgroups.1, 1);
+    }
+}
+
+pub(crate) fn entry(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry {
+        binding,
+        resource: buffer.as_entire_binding(),
+    }
+}
+
+/// A linear layer whose weights stay entropy-coded on the GPU (uploaded once, resident).
+///
+/// ```no_run
+/// use ecq::linear::{CodedLayerRef, EntropyCodedLinear, Linear, LinearDevice, LinearOptions};
+/// use ecq::quant::{quantize_affine, AffineParams};
+/// use ecq::dtype::FloatDType;
+/// use ecq::rans::{encode, EncodeOptions};
+///
+/// let w: Vec<f32> = (0..64 * 256).map(|i| ((i * 7919) % 101) as f32 / 101.0 - 0.5).collect();
+/// let q = quantize_affine(&w, 64, 256, FloatDType::F32, AffineParams::new(4, 64)?)?;
+/// let enc = encode(&q.symbols(), 64, 256, 4, &EncodeOptions::default())?;
+/// let dev = LinearDevice::new()?;
+/// let layer = EntropyCodedLinear::upload(
+///     &dev,
+///     "demo",
+///     CodedLayerRef::from_encoded(&enc, 64, &q.scales, &q.biases, None),
+///     &LinearOptions::default(),
+/// )?;
+/// let y = layer.forward(&vec![1.0; 256])?;
+/// let y8 = layer.forward_batch(&vec![1.0; 8 * 256], 8)?;
+/// assert_eq!((y.len(), y8.len()), (64, 8 * 64));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct EntropyCodedLinear {
+    dev: Arc<LinearDevice>,
+    name: String,
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    tile_chunks: usize,
+    bands: Vec<Band>,
+    bias: Option<Vec<f32>>,
+    coded_bytes: u64,
+    max_buffer: (u64, &'static str),
+}
+
+impl EntropyCodedLinear {
+    /// Uploads a coded layer: the coded tensors are written to GPU buffers straight from the
+    /// borrowed slices (no host copy), scales and biases interleaved as `f32` pairs. A matrix
+    /// whose buffers exceed the device limits (or [`LinearOptions::max_buffer_bytes`]) is split
+    /// into row bands of whole tiles.
+    pub fn upload(
+        dev: &Arc<LinearDevice>,
+        name: &str,
+        m: CodedLayerRef<'_>,
+        opts: &LinearOptions,
+    ) -> Result<Self, LinearError> {
+        let offsets = m.check(name)?;
+        let max_buffer = match opts.max_buffer_bytes {
+            Some(b) => (
+                b.min(dev.max_buffer_bytes()),
+                "LinearOptions::max_buffer_bytes",
+            ),
+            None => {
+                let l = dev.device().limits();
+                if l.max_storage_buffer_binding_size <= l.max_buffer_size {
+                    (
+                        l.max_storage_buffer_binding_size,
+                        "max_storage_buffer_binding_size",
+                    )
+                } else {
+                    (l.max_buffer_size, "max_buffer_size")
+                }
+            }
+        };
+        let too_large = |what: String, bytes: u64| LinearError::TooLarge {
+            layer: name.into(),
+            what,
+            bytes,
+            limit: max_buffer.0,
+            limit_name: max_buffer.1,
+        };
+        let nc = m.n_chunks();
+        let tc = m.tile_chunks;
+        let nt = nc.div_ceil(tc);
+        let a = m.alphabet();
+        let gpr = m.cols / m.group_size;
+        let chunk_end_row = |c: usize| (c * m.chunk_rows).min(m.rows);
+        // the bytes of the largest buffer of a band of tiles [t0, t1)
+        let band_bytes = |t0: usize, t1: usize| -> (u64, String) {
+            let (c0, c1) = (t0 * tc, (t1 * tc).min(nc));
+            let words = ((offsets[c1] - (offsets[c0] & !1)) as u64 * 2).div_ceil(16) * 16;
+            let states = (c1 - c0) as u64 * 128;
+            let sb = (chunk_end_row(c1) - chunk_end_row(c0)) as u64 * gpr as u64 * 8;
+            let freqs = (t1 - t0) as u64 * a as u64 * 2;
+            [
+                (words, "ecq_words"),
+                (states, "ecq_states"),
+                (sb, "scales+biases"),
+                (freqs, "ecq_freqs"),
+            ]
+            .into_iter()
+            .max_by_key(|v| v.0)
+            .map(|(b, w)| (b, w.to_string()))
+            .unwrap_or_default()
+        };
+        // greedy row bands of whole tiles
+        let mut plan = Vec::new();
+        let mut t0 = 0;
+        while t0 < nt {
+            let (b, what) = band_bytes(t0, t0 + 1);
+            if b > max_buffer.0 {
+                return Err(too_large(format!("{what} of tile {t0}"), b));
+            }
+            let mut t1 = t0 + 1;
+            while t1 < nt && band_bytes(t0, t1 + 1).0 <= max_buffer.0 {
+                t1 += 1;
+            }
+            plan.push((t0, t1));
+            t0 = t1;
+        }
+        if plan.len() > 1 && u32::try_from(m.rows).is_err() {
+            return Err(LinearError::Unsupported {
+                layer: name.into(),
+                reason: format!("{} rows", m.rows),
+            });
+        }
+        let s = m.cols / m.weights_per_symbol as usize;
+        let t = s.div_ceil(32);
+        let mut bands = Vec::with_capacity(plan.len());
+        for (t0, t1) in plan {
+            let (c0, c1) = (t0 * tc, (t1 * tc).min(nc));
+            let (row0, row1) = (chunk_end_row(c0), chunk_end_row(c1));
+            let e0 = offsets[c0] & !1;
+            let band_offsets: Vec<u32> = offsets[c0..=c1].iter().map(|&o| o - e0).collect();
+            let n_words = offsets[c1] - e0;
+            let wbytes = &m.words[e0 as usize * 2..offsets[c1] as usize * 2];
+            let freqs = dev.buffer(
+                "ecq_freqs",
+                ((t1 - t0) * a * 2) as u64,
+                wgpu::BufferUsages::empty(),
+            );
+            dev.write(&freqs, &m.freqs[t0 * a * 2..t1 * a * 2]);
+            let states = dev.buffer(
+                "ecq_states",
+                ((c1 - c0) * 128) as u64,
+                wgpu::BufferUsages::empty(),
+            );
+            dev.write(&states, &m.states[c0 * 128..c1 * 128]);
+            let offs = dev.buffer(
+                "ecq_offsets",
+                (band_offsets.len() * 4) as u64,
+                wgpu::BufferUsages::empty(),
+            );
+            dev.write(&offs, bytemuck::cast_slice(&band_offsets));
+            let words = dev.buffer(
+                "ecq_words",
+                wbytes.len() as u64,
+                wgpu::BufferUsages::empty(),
+            );
+            dev.write(&words, wbytes);
+            let sbv: Vec<f32> = m.scales[row0 * gpr..row1 * gpr]
+                .iter()
+                .zip(&m.biases[row0 * gpr..row1 * gpr])
+                .flat_map(|(&s, &b)| [s, b])
+                .collect();
+            let sb = dev.buffer(
+                "scales+biases",
+                (sbv.len() * 4) as u64,
+                wgpu::BufferUsages::empty(),
+            );
+            dev.write(&sb, bytemuck::cast_slice(&sbv));
+            let errors = dev.buffer(
+                "ecq chunk errors",
+                ((c1 - c0) * 4) as u64,
+                wgpu::BufferUsages::COPY_SRC,
+            );
+            let n_tiles = t1 - t0;
+            let wg_per_tile = tc.div_ceil(GROUPS_PER_WG);
+            let total_wg = (n_tiles * wg_per_tile) as u32;
+            let (gx, _) = dev.grid(total_wg);
+            let gemv = GemvParams {
+                rows: (row1 - row0) as u32,
+                cols: m.cols as u32,
+                bits: m.bits,
+                wps: m.weights_per_symbol,
+                prec: m.precision,
+                chunk_rows: m.chunk_rows as u32,
+                tile_chunks: tc as u32,
+                n_chunks: (c1 - c0) as u32,
+                n_tiles: n_tiles as u32,
+                syms_per_row: s as u32,
+                steps_per_row: t as u32,
+                alphabet: a as u32,
+                n_words,
+                wg_per_tile: wg_per_tile as u32,
+                total_wg,
+                out_mode: 2,
+                out_row_words: 0,
+                wg_x: gx,
+                chunk_iters: 1,
+                group_size: m.group_size as u32,
+                groups_per_row: gpr as u32,
+                _pad: [0; 3],
+            };
+            let gemm = GemmParams {
+                rows: gemv.rows,
+                cols: gemv.cols,
+                bits: gemv.bits,
+                wps: gemv.wps,
+                prec: gemv.prec,
+                chunk_rows: gemv.chunk_rows,
+                tile_chunks: gemv.tile_chunks,
+                n_chunks: gemv.n_chunks,
+                n_tiles: gemv.n_tiles,
+                syms_per_row: gemv.syms_per_row,
+                steps_per_row: gemv.steps_per_row,
+                alphabet: gemv.alphabet,
+                n_words,
+                wg_per_tile: gemv.wg_per_tile,
+                total_wg,
+                wg_x: gx,
+                group_size: gemv.group_size,
+                groups_per_row: gemv.groups_per_row,
+                m: 0,
+                xs4: m.cols.div_ceil(4) as u32,
+                y_stride: m.rows as u32,
+                row_base: row0 as u32,
+                _pad: [0; 2],
+            };
+            let gemv_uniform = dev.uniform(bytemuck::bytes_of(&gemv));
+            bands.push(Band {
+                row0,
+                rows: row1 - row0,
+                chunk0: c0,
+                n_chunks: c1 - c0,
+                freqs,
+                states,
+                offsets: offs,
+                words,
+                errors,
+                sb,
+                gemv,
+                gemm,
+                gemv_uniform,
+            });
+        }
+        // flush the staged writes now, so their host memory is released layer by layer
+        dev.queue().submit(std::iter::empty());
+        Ok(EntropyCodedLinear {
+            dev: dev.clone(),
+            name: name.into(),
+            rows: m.rows,
+            cols: m.cols,
+            bits: m.bits,
+            tile_chunks: tc,
+            bands,
+            bias: m.bias.map(<[f32]>::to_vec),
+            coded_bytes: (m.freqs.len() + m.states.len() + m.offsets.len() + m.words.len()) as u64,
+            max_buffer,
+        })
+    }
+
+    /// Bits per weight.
+    pub fn bits(&self) -> u32 {
+        self.bits
+    }
+
+    /// Bytes of the coded tensors (frequencies, states, offsets, words) held on the GPU.
+    pub fn coded_bytes(&self) -> u64 {
+        self.coded_bytes
+    }
+
+    /// Number of row bands the matrix was split into (1 unless it exceeds the buffer limits).
+    pub fn n_bands(&self) -> usize {
+        self.bands.len()
+    }
+
+    /// The layer's additive bias.
+    pub fn bias(&self) -> Option<&[f32]> {
+        self.bias.as_deref()
+    }
+
+    /// The device the layer lives on.
+    pub fn device(&self) -> &Arc<LinearDevice> {
+        &self.dev
+    }
+
+    fn gpu_err(&self, source: GpuError) -> LinearError {
+        LinearError::Gpu {
+            layer: self.name.clone(),
+            source,
+        }
+    }
+
+    fn check_buffer(&self, what: &str, bytes: u64) -> Result<(), LinearError> {
+        if bytes > self.dev.max_buffer_bytes() {
+            return Err(LinearError::TooLarge {
+                layer: self.name.clone(),
+                what: what.into(),
+                bytes,
+                limit: self.dev.max_buffer_bytes(),
+                limit_name: "max_storage_buffer_binding_size",
+            });
+        }
+        Ok(())
+    }
+
+    /// The fused-GEMV launches (one per band) computing `y = W x` without the bias: `x` holds
+    /// `in_features` f32, `y` `out_features` f32. With several bands, each band writes its
+    /// own scratch buffer, copied into `y` by [`Self::record_gemv`].
+    fn gemv_dispatch(
+        &self,
+        band: &Band,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<LinearDispatch, GpuError> {
+        let registry = self.dev.gpu().registry();
+        let kernel = if registry.subgroups32() {
+            Kernel::RansGemvSubgroup
+        } else {
+            Kernel::RansGemv
+        };
+        let device = self.dev.device();
+        let pipeline = registry.get(device, kernel, "main", &[])?;
+        let layout = pipeline.get_bind_group_layout(0);
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("ecq linear gemv"),
+            layout: &layout,
+            entries: &[
+                entry(0, &band.gemv_uniform),
+                entry(1, &band.freqs),
+                entry(2, &band.states),
+                entry(3, &band.offsets),
+                entry(4, &band.words),
+                entry(5, &band.errors),
+                entry(6, &band.sb),
+                entry(7, x),
+                entry(8, y),
+            ],
+        });
+        Ok(LinearDispatch {
+            pipeline,
+            bind_group,
+            workgroups: self.dev.grid(band.gemv.total_wg),
+        })
+    }
+
+    /// The batched launches (one per band) computing `Y = X W^T` (no bias) for `m <=`
+    /// [`MAX_M_PER_DISPATCH`] activation rows: `x` holds `m` rows of `ceil(K/4)*4` f32 (rows
+    /// zero-padded to a multiple of 4), `y` holds `m * out_features` f32. For benchmarks that
+    /// record many launches between two waits; clear the error buffers yourself.
+    pub fn batch_dispatches(
+        &self,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        m: usize,
+    ) -> Result<Vec<LinearDispatch>, LinearError> {
+        if m == 0 || m > MAX_M_PER_DISPATCH {
+            return Err(LinearError::InvalidLayer {
+                layer: self.name.clone(),
+                reason: format!("{m} activation rows per dispatch (1..={MAX_M_PER_DISPATCH})"),
+            });
+        }
+        let xs = self.cols.div_ceil(4) as u64 * 16 * m as u64;
+        let ys = (self.rows * m * 4) as u64;
+        if x.size() < xs || y.size() < ys {
+            return Err(LinearError::InvalidLayer {
+                layer: self.name.clone(),
+                reason: format!(
+                    "x/y buffers have {}/{} bytes, need {xs}/{ys}",
+                    x.size(),
+                    y.size()
+                ),
+            });
+        }
+        let pipeline = self
+            .dev
+            .pipeline(LinearKernel::RansGemm)
+            .map_err(|e| self.gpu_err(e))?;
+        let layout = pipeline.get_bind_group_layout(0);
+        let mut out = Vec::with_capacity(self.bands.len());
+        for band in &self.bands {
+            let p = GemmParams {
+                m: m as u32,
+                ..band.gemm
+            };
+            let uniform = self.dev.uniform(bytemuck::bytes_of(&p));
+            let bind_group = self
+                .dev
+                .device()
+                .create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("ecq linear gemm"),
+                    layout: &layout,
+                    entries: &[
+                        entry(0, &uniform),
+                        entry(1, &band.freqs),
+                        entry(2, &band.states),
+                        entry(3, &band.offsets),
+                        entry(4, &band.words),
+                        entry(5, &band.errors),
+                        entry(6, &band.sb),
+                        entry(7, x),
+                        entry(8, y),
+                    ],
+                });
+            out.push(LinearDispatch {
+                pipeline: pipeline.clone(),
+                bind_group,
+                workgroups: self.dev.grid(p.total_wg),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Turns the error words read back (band after band) into [`GpuError::CorruptStream`].
+    fn check_errors(&self, errs: &[Vec<u8>]) -> Result<(), LinearError> {
+        let mut first = None;
+        let mut bad = 0;
+        for (band, bytes) in self.bands.iter().zip(errs) {
+            for (i, c) in bytes.chunks_exact(4).enumerate() {
+                let f = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                if f != 0 {
+                    bad += 1;
+                    first.get_or_insert((band.chunk0 + i, f));
+                }
+            }
+        }
+        if let Some((chunk, flags)) = first {
+            return Err(self.gpu_err(GpuError::CorruptStream {
+                chunk,
+                tile: chunk / self.tile_chunks.max(1),
+                flags,
+                reason: GpuError::describe_flags(flags),
+                bad_chunks: bad,
+            }));
+        }
+        Ok(())
+    }
+
+    fn x_buffer(&self, x: &[f32], m: usize) -> Result<wgpu::Buffer, LinearError> {
+        let k = self.cols;
+        let k4 = k.div_ceil(4) * 4;
+        let bytes = (k4 * m * 4) as u64;
+        self.check_buffer("activations", bytes)?;
+        let buf = self.dev.buffer("x", bytes, wgpu::BufferUsages::empty());
+        if k4 == k {
+            self.dev.write(&buf, bytemuck::cast_slice(x));
+        } else {
+            let mut padded = vec![0.0f32; k4 * m];
+            for (dst, src) in padded.chunks_exact_mut(k4).zip(x.chunks_exact(k)) {
+                dst[..k].copy_from_slice(src);
+            }
+            self.dev.write(&buf, bytemuck::cast_slice(&padded));
+        }
+        Ok(buf)
+    }
+
+    fn run_gemv(&self, x: &[f32]) -> Result<Vec<f32>, LinearError> {
+        let dev = &self.dev;
+        let xb = self.x_buffer(x, 1)?;
+        let y = dev.buffer("y", (self.rows * 4) as u64, wgpu::BufferUsages::COPY_SRC);
+        let mut scratch = Vec::new();
+        let mut enc = dev.device().create_command_encoder(&Default::default());
+        for band in &self.bands {
+            enc.clear_buffer(&band.errors, 0, None);
+        }
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for band in &self.bands {
+                let target = if self.bands.len() == 1 {
+                    y.clone()
+                } else {
+                    let s = dev.buffer(
+                        "y band",
+                        (band.rows * 4) as u64,
+                        wgpu::BufferUsages::COPY_SRC,
+                    );
+                    scratch.push((s.clone(), band.row0, band.rows));
+                    s
+                };
+                self.gemv_dispatch(band, &xb, &target)
+                    .map_err(|e| self.gpu_err(e))?
+                    .record(&mut pass);
+            }
+        }
+        for (s, row0, rows) in &scratch {
+            enc.copy_buffer_to_buffer(s, 0, &y, (*row0 * 4) as u64, (*rows * 4) as u64);
+        }
+        self.finish(enc, &y, self.rows)
+    }
+
+    fn finish(
+        &self,
+        enc: wgpu::CommandEncoder,
+        y: &wgpu::Buffer,
+        n: usize,
+    ) -> Result<Vec<f32>, LinearError> {
+        let mut regions: Vec<(&wgpu::Buffer, u64)> = vec![(y, (n * 4) as u64)];
+        for band in &self.bands {
+            regions.push((&band.errors, (band.n_chunks * 4) as u64));
+        }
+        let out = self
+            .dev
+            .submit_and_read(enc, &regions)
+            .map_err(|e| self.gpu_err(e))?;
+        self.check_errors(&out[1..])?;
+        Ok(bytemuck::pod_collect_to_vec(&out[0]))
+    }
+
+    fn run_gemm(&self, x: &[f32], m: usize) -> Result<Vec<f32>, LinearError> {
+        let (r, k) = (self.rows, self.cols);
+        let xrow = k.div_ceil(4) as u64 * 16;
+        let limit = self.dev.max_buffer_bytes();
+        // activation rows per dispatch: at most 512, and within the buffer limits
+        let per = (MAX_M_PER_DISPATCH as u64)
+            .min(limit / xrow.max(1))
+            .min(limit / (r as u64 * 4).max(1)) as usize;
+        if per == 0 {
+            self.check_buffer("one activation row", xrow.max(r as u64 * 4))?;
+        }
+        let mut y = Vec::with_capacity(m * r);
+        for start in (0..m).step_by(per.max(1)) {
+            let mb = per.min(m - start);
+            let xb = self.x_buffer(&x[start * k..(start + mb) * k], mb)?;
+            let yb = self
+                .dev
+                .buffer("y", (mb * r * 4) as u64, wgpu::BufferUsages::COPY_SRC);
+            let mut enc = self
+                .dev
+                .device()
+                .create_command_encoder(&Default::default());
+            for band in &self.bands {
+                enc.clear_buffer(&band.errors, 0, None);
+            }
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                for d in self.batch_dispatches(&xb, &yb, mb)? {
+                    d.record(&mut pass);
+                }
+            }
+            y.extend(self.finish(enc, &yb, mb * r)?);
+        }
+        Ok(y)
+    }
+
+    /// The buffer limit the bands were planned against (bytes, name).
+    pub fn buffer_limit(&self) -> (u64, &'static str) {
+        self.max_buffer
+    }
+}
+
+impl Linear for EntropyCodedLinear {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn in_features(&self) -> usize {
+        self.cols
+    }
+
+    fn out_features(&self) -> usize {
+        self.rows
+    }
+
+    /// The fused decode + dequantize + GEMV (`rans_gemv_subgroup.wgsl` where subgroups are 32
+    /// wide, else `rans_gemv.wgsl`), then the bias on the host.
+    fn forward(&self, x: &[f32]) -> Result<Vec<f32>, LinearError> {
+        check_x(&self.name, self.cols, x.len(), 1)?;
+        if self.rows == 0 {
+            return Ok(Vec::new());
+        }
+        let mut y = if self.bands.is_empty() {
+            vec![0.0; self.rows]
+        } else {
+            self.run_gemv(x)?
+        };
+        add_bias(&mut y, self.bias.as_deref());
+        Ok(y)
+    }
+
+    /// `rans_gemm.wgsl`: every chunk decoded once per block of up to 512 activation rows.
+    fn forward_batch(&self, x: &[f32], m: usize) -> Result<Vec<f32>, LinearError> {
+        check_x(&self.name, self.cols, x.len(), m)?;
+        if self.rows == 0 || m == 0 {
+            return Ok(Vec::new());
+        }
+        let mut y = if self.bands.is_empty() {
+            vec![0.0; self.rows * m]
+        } else {
+            self.run_gemm(x, m)?
+        };
+        add_bias(&mut y, self.bias.as_deref());
+        Ok(y)
+    }
+}

@@ -1,0 +1,214 @@
+//! The GPU context shared by the linear layers, with a cache of the batched kernels' pipelines.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::gpu::{GpuContext, GpuError};
+
+/// The batched kernels of this module (one WGSL file each in `wgsl/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum LinearKernel {
+    /// `wgsl/rans_gemm.wgsl`: batched fused decode + dequantize + matmul.
+    RansGemm,
+    /// `wgsl/qgemm.wgsl`: plain batched quantized matmul (the baseline).
+    QGemm,
+}
+
+impl LinearKernel {
+    fn source(self) -> &'static str {
+        match self {
+            LinearKernel::RansGemm => include_str!("../../wgsl/rans_gemm.wgsl"),
+            LinearKernel::QGemm => include_str!("../../wgsl/qgemm.wgsl"),
+        }
+    }
+
+    fn file_name(self) -> &'static str {
+        match self {
+            LinearKernel::RansGemm => "rans_gemm.wgsl",
+            LinearKernel::QGemm => "qgemm.wgsl",
+        }
+    }
+}
+
+/// A [`GpuContext`] plus the compiled pipelines of the batched kernels, shared (through `Arc`)
+/// by every layer uploaded to it.
+#[derive(Debug)]
+pub struct LinearDevice {
+    gpu: GpuContext,
+    pipelines: Mutex<HashMap<LinearKernel, wgpu::ComputePipeline>>,
+}
+
+impl LinearDevice {
+    /// Picks an adapter as [`GpuContext::new`] does (honours `WGPU_BACKEND`,
+    /// `WGPU_ADAPTER_NAME`).
+    pub fn new() -> Result<Arc<Self>, GpuError> {
+        Ok(Self::from_context(GpuContext::new()?))
+    }
+
+    /// Wraps an existing context (e.g. one made with [`GpuContext::from_device`]).
+    pub fn from_context(gpu: GpuContext) -> Arc<Self> {
+        Arc::new(LinearDevice {
+            gpu,
+            pipelines: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The GPU context.
+    pub fn gpu(&self) -> &GpuContext {
+        &self.gpu
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        self.gpu.device()
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        self.gpu.queue()
+    }
+
+    /// The largest storage buffer the kernels can bind on this device.
+    pub fn max_buffer_bytes(&self) -> u64 {
+        let l = self.device().limits();
+        l.max_storage_buffer_binding_size.min(l.max_buffer_size)
+    }
+
+    pub(crate) fn pipeline(&self, k: LinearKernel) -> Result<wgpu::ComputePipeline, GpuError> {
+        if let Some(p) = self.pipelines.lock().expect("pipeline cache").get(&k) {
+            return Ok(p.clone());
+        }
+        let device = self.device();
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(k.file_name()),
+            source: wgpu::ShaderSource::Wgsl(k.source().into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(k.file_name()),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &[],
+                zero_initialize_workgroup_memory: true,
+            },
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Wgpu(format!("{}: {e}", k.file_name())));
+        }
+        self.pipelines
+            .lock()
+            .expect("pipeline cache")
+            .insert(k, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Splits `total` workgroups into a 2-D grid within the per-dimension limit.
+    pub(crate) fn grid(&self, total: u32) -> (u32, u32) {
+        if total == 0 {
+            return (0, 0);
+        }
+        let max = self
+            .device()
+            .limits()
+            .max_compute_workgroups_per_dimension
+            .max(1);
+        let x = total.min(max);
+        (x, total.div_ceil(x))
+    }
+
+    /// A zero-filled storage buffer of at least `bytes` (rounded up to 16).
+    pub(crate) fn buffer(
+        &self,
+        label: &str,
+        bytes: u64,
+        extra: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
+        self.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.div_ceil(16).max(1) * 16,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | extra,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Writes `bytes` at the start of `buf` (which is at least `bytes.len()` rounded up to 4):
+    /// the 4-byte-aligned bulk straight from the borrowed slice, the last 1-3 bytes padded.
+    pub(crate) fn write(&self, buf: &wgpu::Buffer, bytes: &[u8]) {
+        let n4 = bytes.len() / 4 * 4;
+        if n4 > 0 {
+            self.queue().write_buffer(buf, 0, &bytes[..n4]);
+        }
+        if n4 < bytes.len() {
+            let mut tail = [0u8; 4];
+            tail[..bytes.len() - n4].copy_from_slice(&bytes[n4..]);
+            self.queue().write_buffer(buf, n4 as u64, &tail);
+        }
+    }
+
+    /// A uniform buffer holding `data`.
+    pub(crate) fn uniform(&self, data: &[u8]) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        self.device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("ecq linear params"),
+                contents: data,
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    /// Submits `enc`, waits, and copies the listed `(buffer, bytes)` regions back into one
+    /// host vector each.
+    pub(crate) fn submit_and_read(
+        &self,
+        mut enc: wgpu::CommandEncoder,
+        regions: &[(&wgpu::Buffer, u64)],
+    ) -> Result<Vec<Vec<u8>>, GpuError> {
+        let sizes: Vec<u64> = regions.iter().map(|r| r.1.div_ceil(4) * 4).collect();
+        let total: u64 = sizes.iter().sum::<u64>().max(4);
+        let staging = self.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("ecq linear readback"),
+            size: total,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut off = 0;
+        for (&(b, _), &s) in regions.iter().zip(&sizes) {
+            if s > 0 {
+                enc.copy_buffer_to_buffer(b, 0, &staging, off, s);
+            }
+            off += s;
+        }
+        let scope = self
+            .device()
+            .push_error_scope(wgpu::ErrorFilter::Validation);
+        self.queue().submit([enc.finish()]);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Wgpu(e.to_string()));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.gpu.wait()?;
+        rx.recv()
+            .map_err(|e| GpuError::Map(e.to_string()))?
+            .map_err(|e| GpuError::Map(e.to_string()))?;
+        let out = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| GpuError::Map(e.to_string()))?;
+            let mut out = Vec::with_capacity(regions.len());
+            let mut off = 0usize;
+            for (&(_, n), &s) in regions.iter().zip(&sizes) {
+                out.push(view[off..off + n as usize].to_vec());
+                off += s as usize;
+            }
+            out
+        };
+        staging.unmap();
+        Ok(out)
+    }
+}

@@ -1,0 +1,218 @@
+//! Linear layers that run on the entropy-coded form of their weights (issue 6).
+//!
+//! * [`Linear`] is the common interface: `y = W x + bias` for one activation vector
+//!   ([`Linear::forward`]) or for `M` row-major activation rows at once
+//!   ([`Linear::forward_batch`], prefill), with `f32` or `f16` activations.
+//! * [`EntropyCodedLinear`] holds one coded matrix (docs/FORMAT.md) resident on the GPU,
+//!   uploaded once. `forward` runs the fused decode + dequantize + GEMV of [`crate::gpu`]
+//!   (`wgsl/rans_gemv*.wgsl`); `forward_batch` runs `wgsl/rans_gemm.wgsl`, which decodes every
+//!   chunk once per dispatch into workgroup memory and multiplies it with up to 512 activation
+//!   rows (larger `M` is processed in blocks of 512).
+//! * [`QuantizedLinear`] is the plain MLX quantized baseline on the GPU (`qgemv.wgsl` for one
+//!   vector, `wgsl/qgemm.wgsl` for a batch, with the same multiply as `rans_gemm.wgsl`).
+//! * [`CpuLinear`] is the reference: dequantized weights in `f32`, products summed in `f64`.
+//! * [`EntropyCodedModel`] opens an encoded mlx-lm directory or file and uploads every coded
+//!   linear layer straight from the memory-mapped file (borrowed slices into
+//!   `queue.write_buffer`, no host copy of the coded streams), keyed by module path.
+//!
+//! Matrices larger than the device's buffer limits are split into row bands of whole tiles
+//! (each tile a whole number of chunks), each with its own buffers and dispatch; only a single
+//! tile larger than the limit is an error ([`LinearError::TooLarge`]).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use ecq::linear::{EntropyCodedModel, Linear, LinearDevice};
+//!
+//! let dev = LinearDevice::new()?;
+//! let model = EntropyCodedModel::open(&dev, "coded-model-dir")?;
+//! let q = model.layer("encoder.layer.0.attention.self.query")?;
+//! let x = vec![0.5f32; q.in_features()];
+//! let y = q.forward(&x)?; // one token
+//! let yb = q.forward_batch(&[x.clone(), x].concat(), 2)?; // two tokens
+//! assert_eq!(yb.len(), 2 * y.len());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod coded;
+mod cpu;
+mod device;
+mod model;
+mod plain;
+
+pub use coded::{CodedLayerRef, EntropyCodedLinear, LinearDispatch, LinearOptions};
+pub use cpu::CpuLinear;
+pub use device::LinearDevice;
+pub use model::EntropyCodedModel;
+pub use plain::QuantizedLinear;
+
+use half::f16;
+
+use crate::container::ContainerError;
+use crate::gpu::GpuError;
+
+/// Error bound of the GPU kernels per accumulated term, relative to the sum of absolute values
+/// of the terms (`sum_k (|scale*q_k| + |bias|) |x_k|`, see [`CpuLinear::reference`]).
+///
+/// The GPU computes each dequantized weight as `scale * q + bias` in `f32` (at most two
+/// roundings, each `<= 2^-24` relative to `|scale*q| + |bias|`), each product `w * x` in `f32`
+/// (one rounding) and sums the products of a row recursively in `f32`. Recursive summation of
+/// `n` terms has error at most `gamma_n * sum |terms|` with `gamma_n ~= n * 2^-24` (Higham,
+/// *Accuracy and Stability of Numerical Algorithms*, 4.2), so the whole error of a row of `K`
+/// weights is below `2^-24 * (K + 3) * sum_abs`. The tests and examples allow
+/// `TOLERANCE_PER_TERM * (K + 64) * sum_abs` (the margin covers the 32-lane reductions of the
+/// GEMV kernels); real errors are far smaller (rounding errors grow like `sqrt(K)`).
+pub const TOLERANCE_PER_TERM: f64 = 1.0 / (1u64 << 24) as f64;
+
+/// The allowed absolute error of one output of a layer with `k` inputs whose terms have
+/// absolute sum `sum_abs` (see [`TOLERANCE_PER_TERM`]).
+pub fn tolerance(k: usize, sum_abs: f64) -> f64 {
+    TOLERANCE_PER_TERM * (k as f64 + 64.0) * sum_abs + f64::MIN_POSITIVE
+}
+
+/// Errors of the linear layers and their loader.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinearError {
+    /// The model has no coded linear layer at this module path.
+    #[error("no entropy-coded linear layer {path:?} in {model} ({available} coded layers, e.g. {example:?})")]
+    MissingLayer {
+        /// The module path asked for.
+        path: String,
+        /// The model (file or directory).
+        model: String,
+        /// How many coded layers it has.
+        available: usize,
+        /// One of them (empty if none).
+        example: String,
+    },
+    /// The activations do not fit the layer.
+    #[error(
+        "{layer}: x has {got} values, expected {expected} ({m} row(s) of {in_features} inputs)"
+    )]
+    ShapeMismatch {
+        /// The layer.
+        layer: String,
+        /// Values given.
+        got: usize,
+        /// Values expected (`m * in_features`).
+        expected: usize,
+        /// Activation rows.
+        m: usize,
+        /// The layer's inputs per row.
+        in_features: usize,
+    },
+    /// One tile of the coded matrix (the smallest unit a matrix is split into) or one
+    /// activation row needs a buffer larger than the device allows.
+    #[error("{layer}: {what} needs {bytes} bytes, more than the device limit {limit} ({limit_name}); split the matrix into smaller tiles (ecq encode --tile-chunks) or use a device with larger buffers")]
+    TooLarge {
+        /// The layer.
+        layer: String,
+        /// Which buffer.
+        what: String,
+        /// Its size in bytes.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+        /// The limit's name in `wgpu::Limits` (or `LinearOptions::max_buffer_bytes`).
+        limit_name: &'static str,
+    },
+    /// The coded layer is inconsistent (header against parts, scales, bias).
+    #[error("{layer}: {reason}")]
+    InvalidLayer {
+        /// The layer.
+        layer: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The layer is not supported by these kernels (named in the message).
+    #[error("{layer}: unsupported: {reason}")]
+    Unsupported {
+        /// The layer.
+        layer: String,
+        /// Why.
+        reason: String,
+    },
+    /// A GPU error (device, pipeline, corrupt stream found by the kernel).
+    #[error("{layer}: {source}")]
+    Gpu {
+        /// The layer.
+        layer: String,
+        /// The GPU error.
+        source: GpuError,
+    },
+    /// Opening the coded model failed.
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    /// The CPU codec rejected a matrix (CPU reference path).
+    #[error("{layer}: {source}")]
+    Codec {
+        /// The layer.
+        layer: String,
+        /// The codec error.
+        source: crate::rans::CodecError,
+    },
+}
+
+/// A linear layer `y = W x + bias` with `W` of shape `out_features x in_features`.
+///
+/// Activations of a batch are row-major: `m` rows of `in_features` values in, `m` rows of
+/// `out_features` values out.
+pub trait Linear {
+    /// A name for messages (the module path for loaded layers).
+    fn name(&self) -> &str;
+    /// Inputs per row (`K`).
+    fn in_features(&self) -> usize;
+    /// Outputs per row (`R`).
+    fn out_features(&self) -> usize;
+    /// `y = W x + bias` for one activation vector.
+    fn forward(&self, x: &[f32]) -> Result<Vec<f32>, LinearError>;
+    /// `Y = X W^T + bias` for `m` activation rows (prefill).
+    fn forward_batch(&self, x: &[f32], m: usize) -> Result<Vec<f32>, LinearError>;
+
+    /// [`forward`](Self::forward) with `f16` activations in and out (computed in `f32`,
+    /// rounded to `f16` once at the end).
+    fn forward_f16(&self, x: &[f16]) -> Result<Vec<f16>, LinearError> {
+        let x: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        Ok(self.forward(&x)?.into_iter().map(f16::from_f32).collect())
+    }
+
+    /// [`forward_batch`](Self::forward_batch) with `f16` activations in and out.
+    fn forward_batch_f16(&self, x: &[f16], m: usize) -> Result<Vec<f16>, LinearError> {
+        let x: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        Ok(self
+            .forward_batch(&x, m)?
+            .into_iter()
+            .map(f16::from_f32)
+            .collect())
+    }
+}
+
+/// Checks that `x` holds `m` rows of `k` values.
+pub(crate) fn check_x(layer: &str, k: usize, got: usize, m: usize) -> Result<(), LinearError> {
+    let expected = m.saturating_mul(k);
+    if got != expected {
+        return Err(LinearError::ShapeMismatch {
+            layer: layer.to_string(),
+            got,
+            expected,
+            m,
+            in_features: k,
+        });
+    }
+    Ok(())
+}
+
+/// Adds `bias` (one value per output) to every row of `y`.
+pub(crate) fn add_bias(y: &mut [f32], bias: Option<&[f32]>) {
+    if let Some(b) = bias {
+        if b.is_empty() {
+            return;
+        }
+        for row in y.chunks_exact_mut(b.len()) {
+            for (v, &bv) in row.iter_mut().zip(b) {
+                *v += bv;
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! [`EntropyCodedModel`]: every coded linear layer of an encoded model, resident on the GPU.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::coded::{CodedLayerRef, EntropyCodedLinear, LinearOptions};
+use super::cpu::CpuLinear;
+use super::device::LinearDevice;
+use super::LinearError;
+use crate::container::{CodedModel, PART_SUFFIXES};
+use crate::model::{Dtype, TensorData};
+use crate::rans::{HEADER_FIXED, MAGIC, VERSION};
+
+/// An entropy-coded model (an `ecq encode`d mlx-lm directory or safetensors file) with every
+/// coded linear layer uploaded to the GPU once, by module path.
+///
+/// The coded streams are written to the GPU straight from the memory-mapped file (borrowed
+/// slices into `queue.write_buffer`, flushed layer by layer), so the host never holds a second
+/// copy of the model; scales and biases are converted to `f32` on the way (they are 1/8 to 1/16
+/// of a 4-bit model).
+#[derive(Debug)]
+pub struct EntropyCodedModel {
+    coded: CodedModel,
+    layers: BTreeMap<String, EntropyCodedLinear>,
+}
+
+fn part<'a>(
+    coded: &'a CodedModel,
+    path: &str,
+    suffix: &str,
+    dtype: Dtype,
+) -> Result<&'a TensorData, LinearError> {
+    let name = format!("{path}.weight{suffix}");
+    let t = coded
+        .model
+        .get(&name)
+        .ok_or_else(|| LinearError::InvalidLayer {
+            layer: path.into(),
+            reason: format!("{name} is missing"),
+        })?;
+    if t.dtype() != dtype {
+        return Err(LinearError::InvalidLayer {
+            layer: path.into(),
+            reason: format!("{name} has dtype {:?}, expected {dtype:?}", t.dtype()),
+        });
+    }
+    Ok(t)
+}
+
+fn floats(coded: &CodedModel, name: &str, layer: &str) -> Result<Option<Vec<f32>>, LinearError> {
+    match coded.model.get(name) {
+        None => Ok(None),
+        Some(t) => t
+            .to_f32()
+            .map(Some)
+            .ok_or_else(|| LinearError::InvalidLayer {
+                layer: layer.into(),
+                reason: format!("{name} has dtype {:?}, expected a float type", t.dtype()),
+            }),
+    }
+}
+
+impl EntropyCodedModel {
+    /// Opens the coded model at `path` and uploads every coded layer.
+    pub fn open(dev: &Arc<LinearDevice>, path: impl AsRef<Path>) -> Result<Self, LinearError> {
+        Self::open_with(dev, path, &LinearOptions::default())
+    }
+
+    /// [`open`](Self::open) with upload options.
+    pub fn open_with(
+        dev: &Arc<LinearDevice>,
+        path: impl AsRef<Path>,
+        opts: &LinearOptions,
+    ) -> Result<Self, LinearError> {
+        let coded = CodedModel::open(path)?;
+        let mut layers = BTreeMap::new();
+        for p in coded.module_paths() {
+            let layer = Self::upload_layer(dev, &coded, &p, opts)?;
+            layers.insert(p, layer);
+        }
+        Ok(EntropyCodedModel { coded, layers })
+    }
+
+    fn upload_layer(
+        dev: &Arc<LinearDevice>,
+        coded: &CodedModel,
+        path: &str,
+        opts: &LinearOptions,
+    ) -> Result<EntropyCodedLinear, LinearError> {
+        let bad = |reason: String| LinearError::InvalidLayer {
+            layer: path.into(),
+            reason,
+        };
+        let h = part(coded, path, PART_SUFFIXES[0], Dtype::U32)?
+            .to_u32()
+            .expect("U32");
+        if h.len() < HEADER_FIXED || h[0] != MAGIC || h[1] != VERSION || h[7] != 32 {
+            return Err(bad(format!(
+                "{path}.weight.ecq_header is not a version-{VERSION} ecq header with 32 lanes"
+            )));
+        }
+        let (rows, cols) = (h[2] as usize, h[3] as usize);
+        let (chunk_rows, tile_chunks) = (h[8] as usize, h[9] as usize);
+        let nc = if rows == 0 || cols == 0 || chunk_rows == 0 {
+            0
+        } else {
+            rows.div_ceil(chunk_rows)
+        };
+        if h[10] as usize != nc || h[11] as usize != nc.div_ceil(tile_chunks.max(1)) {
+            return Err(bad(format!(
+                "header n_chunks {} / n_tiles {} disagree with {rows} rows, {chunk_rows} rows per chunk, {tile_chunks} chunks per tile",
+                h[10], h[11]
+            )));
+        }
+        let scales = floats(coded, &format!("{path}.scales"), path)?
+            .ok_or_else(|| bad(format!("{path}.scales is missing")))?;
+        let biases = floats(coded, &format!("{path}.biases"), path)?
+            .ok_or_else(|| bad(format!("{path}.biases is missing")))?;
+        let bias = floats(coded, &format!("{path}.bias"), path)?;
+        let group_size = match h[12] as usize {
+            0 if rows > 0 && !scales.is_empty() => cols / (scales.len() / rows).max(1),
+            g => g,
+        };
+        let m = CodedLayerRef {
+            rows,
+            cols,
+            bits: h[4],
+            weights_per_symbol: h[5],
+            precision: h[6],
+            chunk_rows,
+            tile_chunks,
+            freqs: part(coded, path, PART_SUFFIXES[1], Dtype::U16)?.bytes(),
+            states: part(coded, path, PART_SUFFIXES[2], Dtype::U32)?.bytes(),
+            offsets: part(coded, path, PART_SUFFIXES[3], Dtype::U32)?.bytes(),
+            words: part(coded, path, PART_SUFFIXES[4], Dtype::U16)?.bytes(),
+            group_size,
+            scales: &scales,
+            biases: &biases,
+            bias: bias.as_deref(),
+        };
+        EntropyCodedLinear::upload(dev, path, m, opts)
+    }
+
+    /// The layer at module path `path` (e.g. `encoder.layer.0.attention.self.query`).
+    pub fn layer(&self, path: &str) -> Result<&EntropyCodedLinear, LinearError> {
+        self.layers
+            .get(path)
+            .ok_or_else(|| LinearError::MissingLayer {
+                path: path.into(),
+                model: self.coded.model.path.display().to_string(),
+                available: self.layers.len(),
+                example: self.layers.keys().next().cloned().unwrap_or_default(),
+            })
+    }
+
+    /// Module paths of the coded layers, sorted.
+    pub fn layer_paths(&self) -> Vec<&str> {
+        self.layers.keys().map(String::as_str).collect()
+    }
+
+    /// The model's `config.json` (the directory's, or the one beside a single file).
+    pub fn config(&self) -> Option<&serde_json::Value> {
+        self.coded.model.config.as_ref()
+    }
+
+    /// A tensor stored unchanged (norms, embeddings, layer biases).
+    pub fn tensor(&self, name: &str) -> Option<&TensorData> {
+        self.coded.tensor(name)
+    }
+
+    /// The underlying coded model.
+    pub fn coded(&self) -> &CodedModel {
+        &self.coded
+    }
+
+    /// The CPU reference of the layer at `path`, decoded on the CPU (checksums verified).
+    pub fn cpu_layer(&self, path: &str) -> Result<CpuLinear, LinearError> {
+        let layer = self.layer(path)?;
+        let module = self.coded.module(path)?;
+        let f = |t: &Option<TensorData>| t.as_ref().and_then(TensorData::to_f32);
+        let scales = f(&module.scales).unwrap_or_default();
+        let biases = f(&module.biases).unwrap_or_default();
+        let gs = if scales.is_empty() {
+            0
+        } else {
+            module.matrix.cols() * module.matrix.rows() / scales.len()
+        };
+        CpuLinear::from_encoded(
+            path,
+            &module.matrix,
+            gs,
+            &scales,
+            &biases,
+            layer.bias().map(<[f32]>::to_vec),
+        )
+    }
+}

@@ -1,0 +1,229 @@
+//! [`QuantizedLinear`]: the plain MLX quantized baseline on the GPU (`wgsl/qgemm.wgsl`).
+
+use std::sync::Arc;
+
+use super::coded::{entry, LinearDispatch, MAX_M_PER_DISPATCH};
+use super::device::{LinearDevice, LinearKernel};
+use super::{add_bias, check_x, Linear, LinearError};
+use crate::quant::QuantizedMatrix;
+
+/// Uniform block of `qgemm.wgsl`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    bits: u32,
+    words_per_row: u32,
+    groups_per_row: u32,
+    group_size: u32,
+    wg_x: u32,
+    total_wg: u32,
+    m: u32,
+    xs4: u32,
+    y_stride: u32,
+    _pad0: u32,
+}
+
+/// A plain MLX quantized layer (2, 4 or 8 bits) on the GPU: the baseline of
+/// [`super::EntropyCodedLinear`]. Both `forward` and `forward_batch` run `qgemm.wgsl`, whose
+/// multiply is the same as `rans_gemm.wgsl`'s (4 rows per workgroup, slices of 256 weights
+/// dequantized into workgroup memory), so the two differ only in where the weights come from.
+/// (For one vector, [`crate::gpu::GpuQuantizedMatrix`] has the faster dedicated GEMV.)
+#[derive(Debug)]
+pub struct QuantizedLinear {
+    dev: Arc<LinearDevice>,
+    name: String,
+    params: Params,
+    packed: wgpu::Buffer,
+    sb: wgpu::Buffer,
+    bias: Option<Vec<f32>>,
+}
+
+impl QuantizedLinear {
+    /// Uploads `q` (packed words and interleaved `f32` scale/bias pairs).
+    pub fn upload(
+        dev: &Arc<LinearDevice>,
+        name: &str,
+        q: &QuantizedMatrix,
+        bias: Option<&[f32]>,
+    ) -> Result<Self, LinearError> {
+        let (r, k, b, gs) = (q.rows, q.cols, q.bits, q.group_size as usize);
+        let unsupported = |reason: String| LinearError::Unsupported {
+            layer: name.into(),
+            reason,
+        };
+        if ![2, 4, 8].contains(&b) || !(k * b as usize).is_multiple_of(32) {
+            return Err(unsupported(format!(
+                "plain batched kernel needs 2, 4 or 8 bits and whole u32 words per row (bits {b}, cols {k})"
+            )));
+        }
+        if gs == 0 || !k.is_multiple_of(gs) || !gs.is_multiple_of(32 / b as usize) {
+            return Err(unsupported(format!("group size {gs} with cols {k}")));
+        }
+        if let Some(bv) = bias {
+            if bv.len() != r {
+                return Err(LinearError::InvalidLayer {
+                    layer: name.into(),
+                    reason: format!("bias has {} values, the layer {r} outputs", bv.len()),
+                });
+            }
+        }
+        let limit = dev.max_buffer_bytes();
+        let bytes = (q.packed.len() * 4) as u64;
+        if bytes > limit {
+            return Err(LinearError::TooLarge {
+                layer: name.into(),
+                what: "packed weights".into(),
+                bytes,
+                limit,
+                limit_name: "max_storage_buffer_binding_size",
+            });
+        }
+        let total_wg = r.div_ceil(4) as u32;
+        let params = Params {
+            rows: r as u32,
+            cols: k as u32,
+            bits: b,
+            words_per_row: (k * b as usize / 32) as u32,
+            groups_per_row: (k / gs) as u32,
+            group_size: gs as u32,
+            wg_x: dev.grid(total_wg).0,
+            total_wg,
+            m: 0,
+            xs4: k.div_ceil(4) as u32,
+            y_stride: r as u32,
+            _pad0: 0,
+        };
+        let packed = dev.buffer("packed weights", bytes, wgpu::BufferUsages::empty());
+        dev.write(&packed, bytemuck::cast_slice(&q.packed));
+        let sbv: Vec<f32> = q
+            .scales
+            .iter()
+            .zip(&q.biases)
+            .flat_map(|(&s, &b)| [s, b])
+            .collect();
+        let sb = dev.buffer(
+            "scales+biases",
+            (sbv.len() * 4) as u64,
+            wgpu::BufferUsages::empty(),
+        );
+        dev.write(&sb, bytemuck::cast_slice(&sbv));
+        dev.queue().submit(std::iter::empty());
+        Ok(QuantizedLinear {
+            dev: dev.clone(),
+            name: name.into(),
+            params,
+            packed,
+            sb,
+            bias: bias.map(<[f32]>::to_vec),
+        })
+    }
+
+    /// The launch computing `Y = X W^T` (no bias) for `1..=512` rows; buffers as in
+    /// [`super::EntropyCodedLinear::batch_dispatches`].
+    pub fn batch_dispatch(
+        &self,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        m: usize,
+    ) -> Result<LinearDispatch, LinearError> {
+        let gpu = |source| LinearError::Gpu {
+            layer: self.name.clone(),
+            source,
+        };
+        if m == 0 || m > MAX_M_PER_DISPATCH {
+            return Err(LinearError::InvalidLayer {
+                layer: self.name.clone(),
+                reason: format!("{m} activation rows per dispatch (1..={MAX_M_PER_DISPATCH})"),
+            });
+        }
+        let pipeline = self.dev.pipeline(LinearKernel::QGemm).map_err(gpu)?;
+        let p = Params {
+            m: m as u32,
+            ..self.params
+        };
+        let uniform = self.dev.uniform(bytemuck::bytes_of(&p));
+        let layout = pipeline.get_bind_group_layout(0);
+        let bind_group = self
+            .dev
+            .device()
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("qgemm"),
+                layout: &layout,
+                entries: &[
+                    entry(0, &uniform),
+                    entry(1, &self.packed),
+                    entry(2, &self.sb),
+                    entry(3, x),
+                    entry(4, y),
+                ],
+            });
+        Ok(LinearDispatch::new(
+            pipeline,
+            bind_group,
+            self.dev.grid(p.total_wg),
+        ))
+    }
+}
+
+impl Linear for QuantizedLinear {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn in_features(&self) -> usize {
+        self.params.cols as usize
+    }
+
+    fn out_features(&self) -> usize {
+        self.params.rows as usize
+    }
+
+    fn forward(&self, x: &[f32]) -> Result<Vec<f32>, LinearError> {
+        self.forward_batch(x, 1)
+    }
+
+    fn forward_batch(&self, x: &[f32], m: usize) -> Result<Vec<f32>, LinearError> {
+        let (r, k) = (self.out_features(), self.in_features());
+        check_x(&self.name, k, x.len(), m)?;
+        let k4 = k.div_ceil(4) * 4;
+        let mut y = Vec::with_capacity(m * r);
+        for start in (0..m).step_by(MAX_M_PER_DISPATCH) {
+            let mb = MAX_M_PER_DISPATCH.min(m - start);
+            let mut padded = vec![0.0f32; k4 * mb];
+            for (dst, src) in padded
+                .chunks_exact_mut(k4)
+                .zip(x[start * k..(start + mb) * k].chunks_exact(k))
+            {
+                dst[..k].copy_from_slice(src);
+            }
+            let xb = self
+                .dev
+                .buffer("x", (padded.len() * 4) as u64, wgpu::BufferUsages::empty());
+            self.dev.write(&xb, bytemuck::cast_slice(&padded));
+            let yb = self
+                .dev
+                .buffer("y", (mb * r * 4) as u64, wgpu::BufferUsages::COPY_SRC);
+            let d = self.batch_dispatch(&xb, &yb, mb)?;
+            let mut enc = self
+                .dev
+                .device()
+                .create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                d.record(&mut pass);
+            }
+            let out = self
+                .dev
+                .submit_and_read(enc, &[(&yb, (mb * r * 4) as u64)])
+                .map_err(|source| LinearError::Gpu {
+                    layer: self.name.clone(),
+                    source,
+                })?;
+            y.extend(bytemuck::pod_collect_to_vec::<u8, f32>(&out[0]));
+        }
+        add_bias(&mut y, self.bias.as_deref());
+        Ok(y)
+    }
+}

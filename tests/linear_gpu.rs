@@ -1,0 +1,395 @@
+//! `EntropyCodedLinear` (fused GEMV and batched `rans_gemm.wgsl`) and `QuantizedLinear`
+//! (`qgemm.wgsl`) against the CPU reference, errors, row-band splitting, and loading every
+//! layer of a coded model written to a temporary directory.
+//!
+//! Runs on any adapter wgpu finds (lavapipe in CI); prints `SKIPPED: no GPU adapter` and passes
+//! when there is none. Tolerance: `ecq::linear::tolerance` (see `TOLERANCE_PER_TERM`).
+
+use std::sync::{Arc, OnceLock};
+
+use ecq::dtype::FloatDType;
+use ecq::linear::{
+    tolerance, CodedLayerRef, CpuLinear, EntropyCodedLinear, EntropyCodedModel, Linear,
+    LinearDevice, LinearError, LinearOptions, QuantizedLinear,
+};
+use ecq::quant::{quantize_affine, AffineParams, QuantizedMatrix};
+use ecq::rans::{encode, EncodeOptions, EncodedMatrix};
+use half::f16;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn dev() -> Option<&'static Arc<LinearDevice>> {
+    static DEV: OnceLock<Option<Arc<LinearDevice>>> = OnceLock::new();
+    DEV.get_or_init(|| match LinearDevice::new() {
+        Ok(d) => {
+            eprintln!("GPU adapter: {}", d.gpu().describe());
+            Some(d)
+        }
+        Err(e) => {
+            eprintln!("\n\n*** SKIPPED: no GPU adapter ({e}) ***\n\n");
+            None
+        }
+    })
+    .as_ref()
+}
+
+fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
+    let u1: f64 = rng.random::<f64>().max(1e-12);
+    let u2: f64 = rng.random();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+struct Case {
+    q: QuantizedMatrix,
+    enc: EncodedMatrix,
+    bias: Vec<f32>,
+}
+
+fn case(
+    seed: u64,
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    gs: u32,
+    chunk_symbols: usize,
+    tile_chunks: usize,
+) -> Case {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|_| gaussian(&mut rng) * 0.02)
+        .collect();
+    let q = quantize_affine(
+        &w,
+        rows,
+        cols,
+        FloatDType::F32,
+        AffineParams::new(bits, gs).unwrap(),
+    )
+    .expect("quantize");
+    let opts = EncodeOptions {
+        chunk_symbols,
+        tile_chunks,
+        group_size: gs,
+        ..Default::default()
+    };
+    let enc = encode(&q.symbols(), rows, cols, bits, &opts).expect("encode");
+    let bias = (0..rows).map(|_| gaussian(&mut rng) * 0.1).collect();
+    Case { q, enc, bias }
+}
+
+fn activations(seed: u64, n: usize) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+    (0..n).map(|_| gaussian(&mut rng)).collect()
+}
+
+fn upload(
+    d: &Arc<LinearDevice>,
+    c: &Case,
+    opts: &LinearOptions,
+) -> Result<EntropyCodedLinear, LinearError> {
+    EntropyCodedLinear::upload(
+        d,
+        "test",
+        CodedLayerRef::from_encoded(
+            &c.enc,
+            c.q.group_size as usize,
+            &c.q.scales,
+            &c.q.biases,
+            Some(&c.bias),
+        ),
+        opts,
+    )
+}
+
+/// Checks `got` (m rows) against the CPU reference within `tolerance` (plus `rel` of |y| for
+/// outputs rounded to f16).
+#[track_caller]
+fn assert_close(label: &str, cpu: &CpuLinear, x: &[f32], m: usize, got: &[f32], rel: f64) {
+    let (want, sum_abs) = cpu.reference(x, m).unwrap();
+    assert_eq!(got.len(), want.len(), "{label}: output length");
+    let k = cpu.in_features();
+    for i in 0..got.len() {
+        let tol = tolerance(k, sum_abs[i]) + rel * want[i].abs();
+        let err = (got[i] as f64 - want[i]).abs();
+        assert!(
+            err <= tol,
+            "{label}: y[{}][{}] = {} expected {} (error {err:e} > tolerance {tol:e})",
+            i / cpu.out_features(),
+            i % cpu.out_features(),
+            got[i],
+            want[i]
+        );
+    }
+}
+
+const SHAPES: &[(usize, usize, u32, u32, usize, usize)] = &[
+    // rows, cols, bits, group, chunk_symbols, tile_chunks
+    (64, 256, 4, 64, 16384, 8),
+    (37, 384, 4, 64, 1024, 2), // ragged last chunk and tile, K not a multiple of 256
+    (96, 512, 2, 32, 4096, 3), // w = 4
+    (40, 192, 8, 64, 2048, 4), // w = 1
+    (33, 320, 3, 32, 700, 5),  // 3 bits, w = 2
+    (130, 1024, 4, 128, 2048, 1),
+];
+
+#[test]
+fn forward_matches_cpu_reference() {
+    let Some(d) = dev() else { return };
+    for (i, &(r, k, b, gs, cs, tc)) in SHAPES.iter().enumerate() {
+        let c = case(i as u64, r, k, b, gs, cs, tc);
+        let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
+        let gpu = upload(d, &c, &LinearOptions::default()).unwrap();
+        assert_eq!((gpu.in_features(), gpu.out_features()), (k, r));
+        let x = activations(i as u64, k);
+        let y = gpu.forward(&x).unwrap();
+        assert_close(&format!("forward {r}x{k} b{b}"), &cpu, &x, 1, &y, 0.0);
+    }
+}
+
+#[test]
+fn forward_batch_matches_cpu_reference() {
+    let Some(d) = dev() else { return };
+    for (i, &(r, k, b, gs, cs, tc)) in SHAPES.iter().enumerate() {
+        let c = case(100 + i as u64, r, k, b, gs, cs, tc);
+        let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
+        let gpu = upload(d, &c, &LinearOptions::default()).unwrap();
+        for m in [1usize, 2, 7, 33, 130] {
+            let x = activations(1000 * i as u64 + m as u64, m * k);
+            let y = gpu.forward_batch(&x, m).unwrap();
+            assert_close(
+                &format!("forward_batch {r}x{k} b{b} m{m}"),
+                &cpu,
+                &x,
+                m,
+                &y,
+                0.0,
+            );
+        }
+    }
+}
+
+#[test]
+fn forward_batch_beyond_one_dispatch() {
+    let Some(d) = dev() else { return };
+    let c = case(7, 24, 128, 4, 64, 512, 2);
+    let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
+    let gpu = upload(d, &c, &LinearOptions::default()).unwrap();
+    let m = 515; // 512 + 3: two blocks
+    let x = activations(7, m * 128);
+    assert_close(
+        "m = 515",
+        &cpu,
+        &x,
+        m,
+        &gpu.forward_batch(&x, m).unwrap(),
+        0.0,
+    );
+}
+
+#[test]
+fn plain_batched_baseline_matches_cpu_reference() {
+    let Some(d) = dev() else { return };
+    for (i, &(r, k, b, gs, _, _)) in SHAPES.iter().enumerate() {
+        if ![2, 4, 8].contains(&b) {
+            continue;
+        }
+        let c = case(200 + i as u64, r, k, b, gs, 16384, 8);
+        let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
+        let plain = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
+        for m in [1usize, 5, 129] {
+            let x = activations(i as u64 + 77 * m as u64, m * k);
+            let y = plain.forward_batch(&x, m).unwrap();
+            assert_close(&format!("qgemm {r}x{k} b{b} m{m}"), &cpu, &x, m, &y, 0.0);
+        }
+    }
+}
+
+#[test]
+fn f16_activations() {
+    let Some(d) = dev() else { return };
+    let c = case(9, 48, 256, 4, 64, 2048, 2);
+    let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
+    let gpu = upload(d, &c, &LinearOptions::default()).unwrap();
+    let x16: Vec<f16> = activations(9, 3 * 256)
+        .iter()
+        .map(|&v| f16::from_f32(v))
+        .collect();
+    let x32: Vec<f32> = x16.iter().map(|v| v.to_f32()).collect();
+    // outputs are rounded to f16 once: relative error 2^-11
+    let rel = 1.0 / 2048.0;
+    let y1: Vec<f32> = gpu
+        .forward_f16(&x16[..256])
+        .unwrap()
+        .iter()
+        .map(|v| v.to_f32())
+        .collect();
+    assert_close("forward_f16", &cpu, &x32[..256], 1, &y1, rel);
+    let y3: Vec<f32> = gpu
+        .forward_batch_f16(&x16, 3)
+        .unwrap()
+        .iter()
+        .map(|v| v.to_f32())
+        .collect();
+    assert_close("forward_batch_f16", &cpu, &x32, 3, &y3, rel);
+}
+
+#[test]
+fn row_bands_when_buffers_are_limited() {
+    let Some(d) = dev() else { return };
+    // 1 row per chunk, 2 chunks per tile: tiles of 2 rows; a 1 KiB limit forces many bands
+    let c = case(11, 50, 512, 4, 64, 256, 2);
+    let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
+    let opts = LinearOptions {
+        max_buffer_bytes: Some(1024),
+    };
+    let gpu = upload(d, &c, &opts).unwrap();
+    assert!(
+        gpu.n_bands() > 1,
+        "expected a split, got {} band(s)",
+        gpu.n_bands()
+    );
+    let x = activations(11, 512);
+    assert_close(
+        "banded forward",
+        &cpu,
+        &x,
+        1,
+        &gpu.forward(&x).unwrap(),
+        0.0,
+    );
+    let xb = activations(12, 5 * 512);
+    assert_close(
+        "banded forward_batch",
+        &cpu,
+        &xb,
+        5,
+        &gpu.forward_batch(&xb, 5).unwrap(),
+        0.0,
+    );
+}
+
+#[test]
+fn tile_larger_than_the_limit_is_an_error() {
+    let Some(d) = dev() else { return };
+    let c = case(13, 64, 256, 4, 64, 16384, 8);
+    let err = upload(
+        d,
+        &c,
+        &LinearOptions {
+            max_buffer_bytes: Some(64),
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, LinearError::TooLarge { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("tile 0") && msg.contains("64"), "{msg}");
+}
+
+#[test]
+fn wrong_activation_length_is_an_error() {
+    let Some(d) = dev() else { return };
+    let c = case(14, 32, 128, 4, 64, 16384, 8);
+    let gpu = upload(d, &c, &LinearOptions::default()).unwrap();
+    for (res, m) in [
+        (gpu.forward(&[0.0; 127]), 1),
+        (gpu.forward_batch(&[0.0; 3 * 128 + 1], 3), 3),
+    ] {
+        match res {
+            Err(LinearError::ShapeMismatch {
+                got,
+                expected,
+                in_features,
+                ..
+            }) => {
+                assert_eq!((expected, in_features), (m * 128, 128));
+                assert_ne!(got, expected);
+            }
+            other => panic!("expected ShapeMismatch, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn corrupt_stream_is_reported() {
+    let Some(d) = dev() else { return };
+    let c = case(15, 32, 256, 4, 64, 2048, 2);
+    let mut states = c.enc.states().to_vec();
+    states[40] = 5; // below 2^16: chunk 1
+    let mut m = CodedLayerRef::from_encoded(&c.enc, 64, &c.q.scales, &c.q.biases, None);
+    m.states = bytemuck::cast_slice(&states);
+    let gpu = EntropyCodedLinear::upload(d, "corrupt", m, &LinearOptions::default()).unwrap();
+    for res in [gpu.forward(&[1.0; 256]), gpu.forward_batch(&[1.0; 512], 2)] {
+        let msg = res.unwrap_err().to_string();
+        assert!(msg.contains("corrupt") && msg.contains("chunk 1"), "{msg}");
+    }
+}
+
+#[test]
+fn coded_model_in_tempdir() {
+    use ecq::container::encode_model;
+    use ecq::model::quantize::matrix_tensors;
+    use ecq::model::write::{write_model, WriteOptions};
+    use ecq::model::{Model, TensorData};
+
+    let Some(d) = dev() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (mlx, coded) = (dir.path().join("mlx"), dir.path().join("ecq"));
+    let layers = [
+        ("blk.0.q", 64usize, 128usize),
+        ("blk.0.up", 96, 256),
+        ("blk.1.down", 48, 384),
+    ];
+    let mut tensors = Vec::new();
+    let mut cases = Vec::new();
+    for (i, &(p, r, k)) in layers.iter().enumerate() {
+        let c = case(20 + i as u64, r, k, 4, 64, 16384, 8);
+        tensors.extend(matrix_tensors(p, &c.q));
+        let bias: Vec<u8> = c.bias.iter().flat_map(|v| v.to_le_bytes()).collect();
+        tensors.push((
+            format!("{p}.bias"),
+            TensorData::new(ecq::model::Dtype::F32, vec![r], bias),
+        ));
+        cases.push(c);
+    }
+    let config =
+        serde_json::json!({"model_type": "test", "quantization": {"group_size": 64, "bits": 4}});
+    write_model(&mlx, &tensors, Some(&config), &WriteOptions::default()).unwrap();
+    let quiet = indicatif::ProgressBar::hidden();
+    encode_model(
+        &Model::open(&mlx).unwrap(),
+        &coded,
+        &EncodeOptions {
+            group_size: 64,
+            ..Default::default()
+        },
+        &quiet,
+    )
+    .unwrap();
+
+    let model = EntropyCodedModel::open(d, &coded).unwrap();
+    assert_eq!(
+        model.layer_paths(),
+        vec!["blk.0.q", "blk.0.up", "blk.1.down"]
+    );
+    assert_eq!(model.config().unwrap()["model_type"], "test");
+    for (i, &(p, r, k)) in layers.iter().enumerate() {
+        let layer = model.layer(p).unwrap();
+        assert_eq!((layer.out_features(), layer.in_features()), (r, k));
+        let cpu = CpuLinear::from_quantized(p, &cases[i].q, Some(cases[i].bias.clone())).unwrap();
+        // the CPU path of the loader decodes the same weights
+        assert_eq!(model.cpu_layer(p).unwrap().weights(), cpu.weights());
+        let x = activations(i as u64, 4 * k);
+        assert_close(p, &cpu, &x[..k], 1, &layer.forward(&x[..k]).unwrap(), 0.0);
+        assert_close(p, &cpu, &x, 4, &layer.forward_batch(&x, 4).unwrap(), 0.0);
+    }
+    match model.layer("blk.0.k") {
+        Err(e @ LinearError::MissingLayer { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("blk.0.k") && msg.contains("3 coded layers"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected MissingLayer, got {other:?}"),
+    }
+}

@@ -1,0 +1,350 @@
+// Batched fused rANS decode + dequantize + matmul (prefill): Y = X W^T for M activation rows,
+// reading the ecq coded form of W (docs/FORMAT.md, version 1). Each chunk is decoded ONCE per
+// dispatch and the decoded weights are reused for every activation row of the dispatch (up to
+// MAX_M = 512; the host splits larger M into blocks of 512).
+//
+// Structure (decode part as in rans_gemv.wgsl, the portable workgroup-memory version):
+// * one workgroup = G = 4 groups of 32 lanes; group g decodes chunk `tile_first + sub*G + g` of
+//   one tile, whose slot table is built once in workgroup memory;
+// * every group walks the same step index t (all chunks of a band have the same steps per row),
+//   so at any step the 4 groups sit at the same column slice of 4 different rows;
+// * a lane dequantizes the w weights of its decoded symbol (scale * q + bias, f32) into the
+//   slice buffer `wbuf` (256 weights x 4 rows, one vec4 per column: the 4 groups' rows);
+// * when a slice of 256 weights (8 / w steps) or a row is complete, all 128 invocations multiply
+//   it with the activations: invocation i owns activation rows i, i+128, i+256, i+384 and keeps
+//   one vec4 accumulator (the 4 rows) per activation row; at the end of a row it writes
+//   Y[m * y_stride + row_base + row].
+//
+// X is row-major with rows padded to a multiple of 4 floats (xs4 vec4 per row, zero padding),
+// so the multiply reads one vec4 of activations per 4 weights.
+//
+// Bounded loops and bounds-checked word reads; corrupt input sets bits in `errors[chunk]` and
+// never hangs the device (Y is then garbage and the host reports the error).
+
+struct Params {
+    rows: u32,           // rows of this band
+    cols: u32,           // K
+    bits: u32,
+    wps: u32,            // weights per symbol w
+    prec: u32,           // probability bits n
+    chunk_rows: u32,
+    tile_chunks: u32,
+    n_chunks: u32,       // chunks of this band
+    n_tiles: u32,        // tiles of this band
+    syms_per_row: u32,   // S = K / w
+    steps_per_row: u32,  // T = ceil(S / 32)
+    alphabet: u32,       // A = 2^(b*w)
+    n_words: u32,        // u16 words in this band's buffer
+    wg_per_tile: u32,
+    total_wg: u32,
+    wg_x: u32,           // workgroups along x of the 2-D dispatch
+    group_size: u32,     // MLX group size
+    groups_per_row: u32, // K / group_size
+    m: u32,              // activation rows in this dispatch, 1..=MAX_M
+    xs4: u32,            // vec4 per activation row = ceil(K / 4)
+    y_stride: u32,       // floats per output row of Y (all rows of the matrix)
+    row_base: u32,       // first row of this band
+    _pad0: u32,
+    _pad1: u32,
+}
+
+const G: u32 = 4u;             // groups of 32 lanes per workgroup
+const WG: u32 = 128u;          // = 32 * G
+const SLICE: u32 = 256u;       // weights per row per slice
+const MAX_TABLE: u32 = 2048u;  // slot table for n <= 11
+const SENTINEL: u32 = 0xFFFFFFFFu;
+const L: u32 = 65536u;
+
+// error bits, mirrored in src/gpu/mod.rs (error_bits)
+const ERR_BAD_STATE: u32 = 1u;
+const ERR_ZERO_FREQ: u32 = 2u;
+const ERR_OVER_READ: u32 = 4u;
+const ERR_FINAL_STATE: u32 = 8u;
+const ERR_UNCONSUMED: u32 = 16u;
+const ERR_TABLE: u32 = 32u;
+const ERR_OFFSETS: u32 = 64u;
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> freqs: array<u32>;    // u16 pairs, A per tile
+@group(0) @binding(2) var<storage, read> states: array<u32>;   // 32 per chunk
+@group(0) @binding(3) var<storage, read> offsets: array<u32>;  // n_chunks + 1
+@group(0) @binding(4) var<storage, read> words: array<u32>;    // u16 pairs
+@group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
+@group(0) @binding(6) var<storage, read> sb: array<vec2<f32>>;   // (scale, bias) per group
+@group(0) @binding(7) var<storage, read> X: array<vec4<f32>>;    // M rows of xs4 vec4
+@group(0) @binding(8) var<storage, read_write> Y: array<f32>;    // M rows of y_stride
+
+var<workgroup> table: array<u32, MAX_TABLE>;       // 8 KiB
+var<workgroup> sc_a: array<u32, 256>;
+var<workgroup> sc_b: array<u32, 256>;
+var<workgroup> fq: array<u32, 256>;
+var<workgroup> masks: array<atomic<u32>, 12>;      // G * 3 (triple buffered)
+var<workgroup> wbuf: array<vec4<f32>, 256>;        // SLICE columns x G rows, 4 KiB
+var<workgroup> table_bad: u32;
+
+fn read16(idx: u32) -> u32 {
+    return (words[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
+}
+
+// Builds the tile's table (as in rans_gemv.wgsl). Leaves exclusive cumulative frequencies in
+// sc_a and frequencies in fq. Must be called in uniform control flow.
+fn build_table(tile: u32, lid: u32) -> bool {
+    let a = P.alphabet;
+    let m = 1u << P.prec;
+    let base = tile * a;
+    for (var i = lid; i < 256u; i += WG) {
+        var f = 0u;
+        if (i < a) {
+            let idx = base + i;
+            f = (freqs[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
+        }
+        fq[i] = f;
+        sc_a[i] = f;
+    }
+    if (lid < 12u) {
+        atomicStore(&masks[lid], 0u);
+    }
+    workgroupBarrier();
+    var in_a = true;
+    for (var d = 1u; d < 256u; d = d << 1u) {
+        for (var i = lid; i < 256u; i += WG) {
+            if (in_a) {
+                var v = sc_a[i];
+                if (i >= d) { v += sc_a[i - d]; }
+                sc_b[i] = v;
+            } else {
+                var v = sc_b[i];
+                if (i >= d) { v += sc_b[i - d]; }
+                sc_a[i] = v;
+            }
+        }
+        in_a = !in_a;
+        workgroupBarrier();
+    }
+    for (var i = lid; i < 256u; i += WG) {
+        sc_a[i] = sc_a[i] - fq[i];
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        let total = sc_a[a - 1u] + fq[a - 1u];
+        table_bad = select(0u, 1u, total != m);
+    }
+    if (P.prec <= 11u) {
+        for (var slot = lid; slot < m; slot += WG) {
+            var lo = 0u;
+            var hi = a;
+            for (var it = 0u; it < 9u; it++) {
+                if (hi - lo > 1u) {
+                    let mid = (lo + hi) >> 1u;
+                    if (sc_a[mid] <= slot) { lo = mid; } else { hi = mid; }
+                }
+            }
+            let c = sc_a[lo];
+            let f = fq[lo];
+            var e = SENTINEL;
+            if (slot < c + f && f > 0u && f <= m) {
+                e = lo | ((f - 1u) << 8u) | ((slot - c) << 20u);
+            }
+            table[slot] = e;
+        }
+    }
+    workgroupBarrier();
+    return workgroupUniformLoad(&table_bad) != 0u;
+}
+
+// Dot products of the slice (n4 vec4 columns from column k4 of X's row m) with the 4 rows in
+// wbuf: one result per row.
+fn dot_slice(m: u32, k4: u32, n4: u32) -> vec4<f32> {
+    var acc = vec4<f32>(0.0);
+    let xb = m * P.xs4 + k4;
+    for (var i = 0u; i < n4; i++) {
+        let xv = X[xb + i];
+        acc += wbuf[4u * i] * xv.x + wbuf[4u * i + 1u] * xv.y
+            + wbuf[4u * i + 2u] * xv.z + wbuf[4u * i + 3u] * xv.w;
+    }
+    return acc;
+}
+
+fn store_row(m: u32, acc: vec4<f32>, rowv: vec4<u32>, okv: vec4<bool>) {
+    let yb = m * P.y_stride + P.row_base;
+    if (okv.x) { Y[yb + rowv.x] = acc.x; }
+    if (okv.y) { Y[yb + rowv.y] = acc.y; }
+    if (okv.z) { Y[yb + rowv.z] = acc.z; }
+    if (okv.w) { Y[yb + rowv.w] = acc.w; }
+}
+
+@compute @workgroup_size(128)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let wg = wid.y * P.wg_x + wid.x;
+    if (wg >= P.total_wg) {
+        return;
+    }
+    let tile = wg / P.wg_per_tile;
+    let sub = wg % P.wg_per_tile;
+    let tile_first = tile * P.tile_chunks;
+    let tile_end = min(tile_first + P.tile_chunks, P.n_chunks);
+    let bad_table = build_table(tile, lid);
+
+    let g = lid / 32u;
+    let l = lid % 32u;
+    let n = P.prec;
+    let mmask = (1u << n) - 1u;
+    let T = P.steps_per_row;
+    let S = P.syms_per_row;
+    let W = P.wps;
+    let ss = 8u / W;                 // steps per slice (SLICE = ss * 32 * w)
+    let max_steps = P.chunk_rows * T;
+    let qmask = (1u << P.bits) - 1u;
+
+    // the chunks (and so the rows) of the 4 groups, known to every invocation
+    let c0 = tile_first + sub * G;
+    let chunkv = vec4<u32>(c0, c0 + 1u, c0 + 2u, c0 + 3u);
+    let r0v = chunkv * P.chunk_rows;
+    let chunk_ok = chunkv < vec4<u32>(tile_end);
+
+    let chunk = chunkv[g];
+    let valid = chunk < tile_end;
+    var steps = 0u;
+    var r0 = 0u;
+    var x = L;
+    var p = 0u;
+    var end = 0u;
+    var err = 0u;
+    if (valid) {
+        r0 = chunk * P.chunk_rows;
+        steps = min(P.chunk_rows, P.rows - r0) * T;
+        x = states[chunk * 32u + l];
+        if (x < L) { err |= ERR_BAD_STATE; }
+        p = offsets[chunk];
+        end = offsets[chunk + 1u];
+        if (end > P.n_words || p > end) {
+            err |= ERR_OFFSETS;
+            end = min(end, P.n_words);
+            p = min(p, end);
+        }
+        if (bad_table) { err |= ERR_TABLE; }
+    }
+
+    let m0 = lid;
+    let m1 = lid + 128u;
+    let m2 = lid + 256u;
+    let m3 = lid + 384u;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+
+    for (var t = 0u; t < max_steps; t++) {
+        let step_valid = t < steps;
+        let rr = t / T;               // row within the chunk (same for every group)
+        let row = r0 + rr;
+        let u = t % T;
+        let j = u * 32u + l;
+        let lane_on = step_valid && j < S;
+        let col0 = ((u % ss) * 32u + l) * W;   // first column of this lane's weights in the slice
+        var need = false;
+        if (lane_on) {
+            let slot = x & mmask;
+            var f = 1u;
+            var bias = 0u;
+            var sym = 0u;
+            if (n <= 11u) {
+                var e = table[slot];
+                if (e == SENTINEL) {
+                    err |= ERR_ZERO_FREQ;
+                    e = 0u;
+                }
+                sym = e & 0xFFu;
+                f = ((e >> 8u) & 0xFFFu) + 1u;
+                bias = e >> 20u;
+            } else {
+                var lo = 0u;
+                var hi = P.alphabet;
+                for (var k = 0u; k < 9u; k++) {
+                    if (hi - lo > 1u) {
+                        let mid = (lo + hi) >> 1u;
+                        if (sc_a[mid] <= slot) { lo = mid; } else { hi = mid; }
+                    }
+                }
+                let c = sc_a[lo];
+                f = fq[lo];
+                if (slot >= c + f || f == 0u) {
+                    err |= ERR_ZERO_FREQ;
+                    f = 1u;
+                    bias = 0u;
+                } else {
+                    bias = slot - c;
+                }
+                sym = lo;
+            }
+            x = f * (x >> n) + bias;
+            need = x < L;
+            let k0 = j * W;
+            let sbv = sb[row * P.groups_per_row + k0 / P.group_size];
+            for (var i = 0u; i < W; i++) {
+                let q = f32((sym >> (P.bits * i)) & qmask);
+                wbuf[col0 + i][g] = sbv.x * q + sbv.y;
+            }
+        } else {
+            for (var i = 0u; i < W; i++) {
+                wbuf[col0 + i][g] = 0.0;
+            }
+        }
+        if (need) {
+            atomicOr(&masks[g * 3u + t % 3u], 1u << l);
+        }
+        workgroupBarrier();
+        let mask = atomicLoad(&masks[g * 3u + t % 3u]);
+        if (l == 0u) {
+            atomicStore(&masks[g * 3u + (t + 2u) % 3u], 0u);
+        }
+        if (need) {
+            let idx = p + countOneBits(mask & ((1u << l) - 1u));
+            var wv = 0u;
+            if (idx < end) {
+                wv = read16(idx);
+            } else {
+                err |= ERR_OVER_READ;
+            }
+            x = (x << 16u) | wv;
+        }
+        p += countOneBits(mask);
+
+        // multiply a complete slice (uniform condition: t, T, ss are the same everywhere)
+        let row_end = u == T - 1u;
+        if (u % ss == ss - 1u || row_end) {
+            let kbase = (u - u % ss) * 32u * W;
+            let klen = min(SLICE, P.cols - kbase);
+            let n4 = (klen + 3u) / 4u;
+            let k4 = kbase / 4u;
+            if (m0 < P.m) { acc0 += dot_slice(m0, k4, n4); }
+            if (m1 < P.m) { acc1 += dot_slice(m1, k4, n4); }
+            if (m2 < P.m) { acc2 += dot_slice(m2, k4, n4); }
+            if (m3 < P.m) { acc3 += dot_slice(m3, k4, n4); }
+            if (row_end) {
+                let rowv = r0v + vec4<u32>(rr);
+                let okv = chunk_ok & (rowv < vec4<u32>(P.rows))
+                    & (rowv < r0v + vec4<u32>(P.chunk_rows));
+                if (m0 < P.m) { store_row(m0, acc0, rowv, okv); }
+                if (m1 < P.m) { store_row(m1, acc1, rowv, okv); }
+                if (m2 < P.m) { store_row(m2, acc2, rowv, okv); }
+                if (m3 < P.m) { store_row(m3, acc3, rowv, okv); }
+                acc0 = vec4<f32>(0.0);
+                acc1 = vec4<f32>(0.0);
+                acc2 = vec4<f32>(0.0);
+                acc3 = vec4<f32>(0.0);
+            }
+            workgroupBarrier();
+        }
+    }
+    if (valid) {
+        if (x != L) { err |= ERR_FINAL_STATE; }
+        if (l == 0u && p != end) { err |= ERR_UNCONSUMED; }
+        if (err != 0u) {
+            atomicOr(&errors[chunk], err);
+        }
+    }
+}
