@@ -363,8 +363,8 @@ proptest! {
         k32 in 0u32..4,
         bits in 1u32..=8,
         wsel in 0usize..3,
-        chunk_rows in 1u32..8,
-        tile_chunks in 1u32..4,
+        chunk_rows in prop_oneof![1u32..8, Just(u32::MAX)],
+        tile_chunks in prop_oneof![1u32..4, Just(u32::MAX)],
         precision in 8u32..=15,
         verify in any::<bool>(),
     ) {
@@ -468,4 +468,26 @@ fn write_fuzz_seeds() {
         encode(&[], 0, 64, 4, &EncodeOptions::default()).unwrap(),
         true,
     );
+}
+
+/// Huge but consistent `chunk_rows` / `tile_chunks` (one chunk, one tile) must decode, not
+/// overflow a size computation.
+#[test]
+fn huge_chunk_and_tile_fields_are_harmless() {
+    let q: Vec<u8> = (0..13 * 96).map(|i| (i % 7) as u8).collect();
+    let opts = EncodeOptions {
+        chunk_symbols: usize::MAX / 2,
+        tile_chunks: usize::MAX,
+        ..Default::default()
+    };
+    let enc = encode(&q, 13, 96, 4, &opts).unwrap();
+    assert_eq!((enc.n_chunks(), enc.n_tiles()), (1, 1));
+    assert_eq!(enc.decode_symbols().unwrap(), q);
+    let (mut h, f, s, o, w, c) = enc.into_parts();
+    h[8] = u32::MAX; // chunk_rows: still one chunk
+    h[9] = u32::MAX; // tile_chunks
+    let m = EncodedMatrix::from_parts(&h, f, s, o, w, c).unwrap();
+    assert_eq!(m.decode_symbols().unwrap(), q);
+    assert_eq!(m.decode_packed().unwrap(), ecq::quant::pack(&q, 4));
+    assert!(m.entropy_bound_bits().unwrap() > 0.0);
 }

@@ -23,6 +23,7 @@ fn put(x: &mut u32, e: &EncSymbol, buf: &mut [u16], pos: &mut usize) {
 /// Encodes one chunk: `syms` holds its rows (`syms.len() / syms_per_row` of them, row-major
 /// coded symbols). Returns the 32 final states (the decoder's initial states) and the word
 /// stream in decoding order.
+#[inline(never)]
 pub(crate) fn encode_chunk(
     syms: &[u8],
     syms_per_row: usize,

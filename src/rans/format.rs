@@ -139,14 +139,14 @@ impl Geometry {
     #[inline]
     pub(crate) fn chunk_rows_range(&self, c: usize) -> std::ops::Range<usize> {
         let start = c * self.chunk_rows;
-        start..(start + self.chunk_rows).min(self.rows)
+        start..start.saturating_add(self.chunk_rows).min(self.rows)
     }
 
     /// Chunks `[start, end)` of tile `t`.
     #[inline]
     pub(crate) fn tile_chunk_range(&self, t: usize) -> std::ops::Range<usize> {
         let start = t * self.tile_chunks;
-        start..(start + self.tile_chunks).min(self.n_chunks)
+        start..start.saturating_add(self.tile_chunks).min(self.n_chunks)
     }
 
     /// Tile of chunk `c`.

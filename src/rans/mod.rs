@@ -717,8 +717,11 @@ impl EncodedMatrix {
         if g.n_chunks == 0 {
             return Ok(());
         }
-        let tile_bytes = g.tile_chunks * g.chunk_rows * row_bytes;
-        let chunk_bytes = g.chunk_rows * row_bytes;
+        // Rows per tile and chunk, capped at `rows`: the header fields may be huge (one chunk,
+        // one tile) and their product must not overflow.
+        let tile_rows = g.tile_chunks.saturating_mul(g.chunk_rows).min(g.rows);
+        let tile_bytes = tile_rows * row_bytes;
+        let chunk_bytes = g.chunk_rows.min(g.rows) * row_bytes;
         out.par_chunks_mut(tile_bytes)
             .enumerate()
             .try_for_each(|(t, region)| {
