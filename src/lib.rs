@@ -11,12 +11,15 @@
 //! * [`analysis`]: what entropy coding can win on a model (`ecq inspect`).
 //! * [`container`]: entropy-coded models stored as safetensors files.
 //! * [`gpu`]: wgpu context, GPU rANS decode and the fused decode + dequantize + GEMV kernel.
+//! * [`linear`]: linear layers on the coded weights (GEMV and batched prefill on the GPU, a CPU
+//!   reference) and a loader of every coded layer of a model.
 #![warn(missing_docs)]
 
 pub mod analysis;
 pub mod container;
 pub mod dtype;
 pub mod gpu;
+pub mod linear;
 pub mod model;
 pub mod quant;
 pub mod rans;
