@@ -21,15 +21,15 @@ fn put(x: &mut u32, e: &EncSymbol, buf: &mut [u16], pos: &mut usize) {
 }
 
 /// Encodes one chunk: `syms` holds its rows (`syms.len() / syms_per_row` of them, row-major
-/// coded symbols). Returns the 32 final states (the decoder's initial states) and the word
-/// stream in decoding order.
+/// coded symbols). Returns the 32 final states (the decoder's initial states), and a buffer
+/// and start index: `buf[start..]` is the word stream in decoding order.
 #[inline(never)]
 pub(crate) fn encode_chunk(
     syms: &[u8],
     syms_per_row: usize,
     table: &[EncSymbol; 256],
     precision: u32,
-) -> ([u32; LANES], Vec<u16>) {
+) -> ([u32; LANES], Vec<u16>, usize) {
     let mut x = [L; LANES];
     debug_assert!((8..=15).contains(&precision));
     let mut buf = vec![0u16; syms.len() + 1];
@@ -49,6 +49,5 @@ pub(crate) fn encode_chunk(
             }
         }
     }
-    buf.drain(..pos);
-    (x, buf)
+    (x, buf, pos)
 }

@@ -247,7 +247,7 @@ pub fn encode(
     struct TileOut {
         freqs: Vec<u16>,
         entropy: f64,
-        chunks: Vec<([u32; LANES], Vec<u16>)>,
+        chunks: Vec<([u32; LANES], Vec<u16>, usize)>,
     }
     let tiles: Vec<TileOut> = (0..g.n_tiles)
         .into_par_iter()
@@ -285,7 +285,7 @@ pub fn encode(
     let n_words: usize = tiles
         .iter()
         .flat_map(|t| t.chunks.iter())
-        .map(|c| c.1.len())
+        .map(|c| c.1.len() - c.2)
         .sum();
     if n_words > u32::MAX as usize {
         return arg(format!("{n_words} words exceed the u32 offsets"));
@@ -299,9 +299,9 @@ pub fn encode(
     for t in tiles {
         freqs.extend_from_slice(&t.freqs);
         entropy += t.entropy;
-        for (s, w) in t.chunks {
+        for (s, w, start) in t.chunks {
             states.extend_from_slice(&s);
-            words.extend_from_slice(&w);
+            words.extend_from_slice(&w[start..]);
             offsets.push(words.len() as u32);
         }
     }
