@@ -9,6 +9,9 @@
 // owns activation rows i, i+128, i+256, i+384 (M <= 512 per dispatch; the host splits larger
 // M) and keeps one vec4 accumulator (the 4 rows) per activation row.
 //
+// The host splits the activation rows across workgroups (m_block rows each) when the matrix
+// has few rows, with the same rule as for rans_gemm.wgsl.
+//
 // Needs K * BITS % 32 == 0 and whole u32 words per group (the host checks).
 
 struct Params {
@@ -23,7 +26,11 @@ struct Params {
     m: u32,
     xs4: u32,            // vec4 per activation row = ceil(K / 4)
     y_stride: u32,       // floats per output row of Y
+    m_block: u32,        // activation rows per workgroup (a multiple of 128, <= 512)
+    total_grid: u32,     // total_wg * ceil(m / m_block): workgroups launched
     _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 const SLICE: u32 = 256u;
@@ -61,10 +68,14 @@ fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let wg = wid.y * P.wg_x + wid.x;
-    if (wg >= P.total_wg) {
+    let wgi = wid.y * P.wg_x + wid.x;
+    if (wgi >= P.total_grid) {
         return;
     }
+    // workgroup wgi owns 4 rows for activation rows [m_lo, m_hi)
+    let wg = wgi % P.total_wg;
+    let m_lo = (wgi / P.total_wg) * P.m_block;
+    let m_hi = min(P.m, m_lo + P.m_block);
     let g = lid / 32u;
     let l = lid % 32u;
     let b = P.bits;
@@ -73,10 +84,10 @@ fn main(
     let rowv = vec4<u32>(wg * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
     let row = rowv[g];
     let row_ok = row < P.rows;
-    let m0 = lid;
-    let m1 = lid + 128u;
-    let m2 = lid + 256u;
-    let m3 = lid + 384u;
+    let m0 = m_lo + lid;
+    let m1 = m_lo + lid + 128u;
+    let m2 = m_lo + lid + 256u;
+    let m3 = m_lo + lid + 384u;
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
@@ -105,14 +116,14 @@ fn main(
         }
         workgroupBarrier();
         let k4 = kbase / 4u;
-        if (m0 < P.m) { acc0 += dot_slice(m0, k4, n4); }
-        if (m1 < P.m) { acc1 += dot_slice(m1, k4, n4); }
-        if (m2 < P.m) { acc2 += dot_slice(m2, k4, n4); }
-        if (m3 < P.m) { acc3 += dot_slice(m3, k4, n4); }
+        if (m0 < m_hi) { acc0 += dot_slice(m0, k4, n4); }
+        if (m1 < m_hi) { acc1 += dot_slice(m1, k4, n4); }
+        if (m2 < m_hi) { acc2 += dot_slice(m2, k4, n4); }
+        if (m3 < m_hi) { acc3 += dot_slice(m3, k4, n4); }
         workgroupBarrier();
     }
-    if (m0 < P.m) { store_row(m0, acc0, rowv); }
-    if (m1 < P.m) { store_row(m1, acc1, rowv); }
-    if (m2 < P.m) { store_row(m2, acc2, rowv); }
-    if (m3 < P.m) { store_row(m3, acc3, rowv); }
+    if (m0 < m_hi) { store_row(m0, acc0, rowv); }
+    if (m1 < m_hi) { store_row(m1, acc1, rowv); }
+    if (m2 < m_hi) { store_row(m2, acc2, rowv); }
+    if (m3 < m_hi) { store_row(m3, acc3, rowv); }
 }

@@ -15,6 +15,10 @@
 //   one vec4 accumulator (the 4 rows) per activation row; at the end of a row it writes
 //   Y[m * y_stride + row_base + row].
 //
+// * when the matrix has few chunks the host also splits the activation rows across workgroups
+//   (blocks of m_block = 128, 256 or 512 rows: grid = chunk workgroups x M blocks), each block
+//   decoding the chunks again: parallelism for the multiply at the price of repeated decoding.
+//
 // X is row-major with rows padded to a multiple of 4 floats (xs4 vec4 per row, zero padding),
 // so the multiply reads one vec4 of activations per 4 weights.
 //
@@ -44,8 +48,8 @@ struct Params {
     xs4: u32,            // vec4 per activation row = ceil(K / 4)
     y_stride: u32,       // floats per output row of Y (all rows of the matrix)
     row_base: u32,       // first row of this band
-    _pad0: u32,
-    _pad1: u32,
+    m_block: u32,        // activation rows per workgroup (a multiple of 128, <= 512)
+    total_grid: u32,     // total_wg * ceil(m / m_block): workgroups launched
 }
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
@@ -178,10 +182,14 @@ fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let wg = wid.y * P.wg_x + wid.x;
-    if (wg >= P.total_wg) {
+    let wgi = wid.y * P.wg_x + wid.x;
+    if (wgi >= P.total_grid) {
         return;
     }
+    // workgroup wgi decodes the chunks of `wg` for activation rows [m_lo, m_hi)
+    let wg = wgi % P.total_wg;
+    let m_lo = (wgi / P.total_wg) * P.m_block;
+    let m_hi = min(P.m, m_lo + P.m_block);
     let tile = wg / P.wg_per_tile;
     let sub = wg % P.wg_per_tile;
     let tile_first = tile * P.tile_chunks;
@@ -228,10 +236,10 @@ fn main(
         if (bad_table) { err |= ERR_TABLE; }
     }
 
-    let m0 = lid;
-    let m1 = lid + 128u;
-    let m2 = lid + 256u;
-    let m3 = lid + 384u;
+    let m0 = m_lo + lid;
+    let m1 = m_lo + lid + 128u;
+    let m2 = m_lo + lid + 256u;
+    let m3 = m_lo + lid + 384u;
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
@@ -320,18 +328,18 @@ fn main(
             let klen = min(SLICE, P.cols - kbase);
             let n4 = (klen + 3u) / 4u;
             let k4 = kbase / 4u;
-            if (m0 < P.m) { acc0 += dot_slice(m0, k4, n4); }
-            if (m1 < P.m) { acc1 += dot_slice(m1, k4, n4); }
-            if (m2 < P.m) { acc2 += dot_slice(m2, k4, n4); }
-            if (m3 < P.m) { acc3 += dot_slice(m3, k4, n4); }
+            if (m0 < m_hi) { acc0 += dot_slice(m0, k4, n4); }
+            if (m1 < m_hi) { acc1 += dot_slice(m1, k4, n4); }
+            if (m2 < m_hi) { acc2 += dot_slice(m2, k4, n4); }
+            if (m3 < m_hi) { acc3 += dot_slice(m3, k4, n4); }
             if (row_end) {
                 let rowv = r0v + vec4<u32>(rr);
                 let okv = chunk_ok & (rowv < vec4<u32>(P.rows))
                     & (rowv < r0v + vec4<u32>(P.chunk_rows));
-                if (m0 < P.m) { store_row(m0, acc0, rowv, okv); }
-                if (m1 < P.m) { store_row(m1, acc1, rowv, okv); }
-                if (m2 < P.m) { store_row(m2, acc2, rowv, okv); }
-                if (m3 < P.m) { store_row(m3, acc3, rowv, okv); }
+                if (m0 < m_hi) { store_row(m0, acc0, rowv, okv); }
+                if (m1 < m_hi) { store_row(m1, acc1, rowv, okv); }
+                if (m2 < m_hi) { store_row(m2, acc2, rowv, okv); }
+                if (m3 < m_hi) { store_row(m3, acc3, rowv, okv); }
                 acc0 = vec4<f32>(0.0);
                 acc1 = vec4<f32>(0.0);
                 acc2 = vec4<f32>(0.0);

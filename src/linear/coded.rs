@@ -10,6 +10,21 @@ use crate::rans::EncodedMatrix;
 
 /// Activation rows per dispatch of the batched kernel (4 per invocation, 128 invocations).
 pub const MAX_M_PER_DISPATCH: usize = 512;
+/// Workgroups a batched dispatch aims for: when the matrix alone gives fewer (few chunks, or
+/// few rows), the activation rows are split across workgroups in blocks of 128, 256 or 512
+/// (each block decodes the chunks again), trading repeated decoding for parallelism.
+pub const TARGET_WORKGROUPS: u32 = 512;
+
+/// Activation rows per workgroup (a multiple of 128, at most 512) and the number of blocks,
+/// for `m` rows and `wgs` workgroups per block.
+pub(crate) fn m_split(m: usize, wgs: u32) -> (u32, u32) {
+    let max_blocks = m.div_ceil(128).max(1);
+    let want = TARGET_WORKGROUPS.div_ceil(wgs.max(1)) as usize;
+    let nb = want.clamp(1, max_blocks);
+    let m_block = m.div_ceil(nb).div_ceil(128).max(1) * 128;
+    (m_block as u32, m.div_ceil(m_block) as u32)
+}
+
 /// Groups of 32 lanes per workgroup in the rANS kernels (`G` in the WGSL).
 const GROUPS_PER_WG: usize = 4;
 
@@ -248,7 +263,8 @@ struct GemmParams {
     xs4: u32,
     y_stride: u32,
     row_base: u32,
-    _pad: [u32; 2],
+    m_block: u32,
+    total_grid: u32,
 }
 
 /// One row band of whole tiles, with its own buffers.
@@ -527,7 +543,8 @@ impl EntropyCodedLinear {
                 xs4: m.cols.div_ceil(4) as u32,
                 y_stride: m.rows as u32,
                 row_base: row0 as u32,
-                _pad: [0; 2],
+                m_block: 0,
+                total_grid: 0,
             };
             let gemv_uniform = dev.uniform(bytemuck::bytes_of(&gemv));
             bands.push(Band {
@@ -647,6 +664,24 @@ impl EntropyCodedLinear {
         })
     }
 
+    /// The fused-GEMV launch computing `y = W x` (no bias) for one activation vector (`x`:
+    /// `in_features` f32, `y`: `out_features` f32), for benchmarks that record many launches
+    /// between two waits. Only for layers held in one band ([`Self::n_bands`] == 1: a banded
+    /// layer writes per-band scratch buffers, see [`Linear::forward`]).
+    pub fn vector_dispatch(
+        &self,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<LinearDispatch, LinearError> {
+        match self.bands.as_slice() {
+            [band] => self.gemv_dispatch(band, x, y).map_err(|e| self.gpu_err(e)),
+            _ => Err(LinearError::Unsupported {
+                layer: self.name.clone(),
+                reason: format!("vector_dispatch on a layer of {} bands", self.bands.len()),
+            }),
+        }
+    }
+
     /// The batched launches (one per band) computing `Y = X W^T` (no bias) for `m <=`
     /// [`MAX_M_PER_DISPATCH`] activation rows: `x` holds `m` rows of `ceil(K/4)*4` f32 (rows
     /// zero-padded to a multiple of 4), `y` holds `m * out_features` f32. For benchmarks that
@@ -682,8 +717,13 @@ impl EntropyCodedLinear {
         let layout = pipeline.get_bind_group_layout(0);
         let mut out = Vec::with_capacity(self.bands.len());
         for band in &self.bands {
+            let (m_block, blocks) = m_split(m, band.gemm.total_wg);
+            let total_grid = band.gemm.total_wg * blocks;
             let p = GemmParams {
                 m: m as u32,
+                m_block,
+                total_grid,
+                wg_x: self.dev.grid(total_grid).0,
                 ..band.gemm
             };
             let uniform = self.dev.uniform(bytemuck::bytes_of(&p));
@@ -708,7 +748,7 @@ impl EntropyCodedLinear {
             out.push(LinearDispatch {
                 pipeline: pipeline.clone(),
                 bind_group,
-                workgroups: self.dev.grid(p.total_wg),
+                workgroups: self.dev.grid(total_grid),
             });
         }
         Ok(out)

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::coded::{entry, LinearDispatch, MAX_M_PER_DISPATCH};
+use super::coded::{entry, m_split, LinearDispatch, MAX_M_PER_DISPATCH};
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, Linear, LinearError};
 use crate::quant::QuantizedMatrix;
@@ -22,7 +22,9 @@ struct Params {
     m: u32,
     xs4: u32,
     y_stride: u32,
-    _pad0: u32,
+    m_block: u32,
+    total_grid: u32,
+    _pad: [u32; 3],
 }
 
 /// A plain MLX quantized layer (2, 4 or 8 bits) on the GPU: the baseline of
@@ -93,7 +95,9 @@ impl QuantizedLinear {
             m: 0,
             xs4: k.div_ceil(4) as u32,
             y_stride: r as u32,
-            _pad0: 0,
+            m_block: 0,
+            total_grid: 0,
+            _pad: [0; 3],
         };
         let packed = dev.buffer("packed weights", bytes, wgpu::BufferUsages::empty());
         dev.write(&packed, bytemuck::cast_slice(&q.packed));
@@ -139,8 +143,13 @@ impl QuantizedLinear {
             });
         }
         let pipeline = self.dev.pipeline(LinearKernel::QGemm).map_err(gpu)?;
+        let (m_block, blocks) = m_split(m, self.params.total_wg);
+        let total_grid = self.params.total_wg * blocks;
         let p = Params {
             m: m as u32,
+            m_block,
+            total_grid,
+            wg_x: self.dev.grid(total_grid).0,
             ..self.params
         };
         let uniform = self.dev.uniform(bytemuck::bytes_of(&p));
@@ -162,7 +171,7 @@ impl QuantizedLinear {
         Ok(LinearDispatch::new(
             pipeline,
             bind_group,
-            self.dev.grid(p.total_wg),
+            self.dev.grid(total_grid),
         ))
     }
 }

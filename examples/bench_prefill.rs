@@ -1,0 +1,287 @@
+//! Prefill table (issue 6): the batched fused rANS kernel (`wgsl/rans_gemm.wgsl`, each chunk
+//! decoded once per dispatch and reused for up to 512 activation rows) against the plain MLX
+//! 4-bit batched kernel (`wgsl/qgemm.wgsl`, same multiply, weights read from packed words), and
+//! against M calls of the one-vector kernels (plain `qgemv` and the fused rANS GEMV), at
+//! several token counts M, on the adapter `GpuContext::new` picks.
+//!
+//! ```text
+//! cargo run --release --example bench_prefill -- [--shapes 4096x4096,4096x14336]
+//!     [--ms 1,8,32,128,512] [--rounds 5] [--target-ms 30] [--set-mib 256] [--max-gemv-m 512]
+//!     [--chunk-symbols 16384] [--tile-chunks 8]
+//! ```
+//!
+//! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64 (`ecq::quant::quantize_affine`), coded
+//! by `ecq::rans::encode` at precision 11 with the given chunk geometry. Every matrix is
+//! uploaded as several distinct copies (at least `--set-mib` MiB of packed weights in all) and
+//! the timed work rotates through them, so weights come from memory, not the L2 cache. One
+//! "forward" = the work for M tokens: one dispatch of a batched kernel (or M dispatches of a
+//! one-vector kernel, all with the same activation vector). Each round records as many
+//! forwards as fill about `--target-ms` into one command buffer between two `device.poll`
+//! waits; times are medians over `--rounds`, per forward. The one-vector baselines are skipped
+//! (`-`) above `--max-gemv-m`. Prints a markdown table on stdout.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ecq::dtype::FloatDType;
+use ecq::gpu::GpuQuantizedMatrix;
+use ecq::linear::{
+    CodedLayerRef, EntropyCodedLinear, LinearDevice, LinearDispatch, LinearOptions, QuantizedLinear,
+};
+use ecq::quant::{quantize_affine, AffineParams, QuantizedMatrix};
+use ecq::rans::{encode, EncodeOptions, EncodedMatrix};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+struct Args {
+    shapes: Vec<(usize, usize)>,
+    ms: Vec<usize>,
+    rounds: usize,
+    target_ms: f64,
+    set_mib: f64,
+    max_gemv_m: usize,
+    chunk_symbols: usize,
+    tile_chunks: usize,
+}
+
+fn list<T: std::str::FromStr>(s: &str) -> Vec<T> {
+    s.split(',')
+        .map(|v| v.trim().parse().ok().expect("bad list value"))
+        .collect()
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        shapes: vec![(4096, 4096), (4096, 14336)],
+        ms: vec![1, 8, 32, 128, 512],
+        rounds: 5,
+        target_ms: 30.0,
+        set_mib: 256.0,
+        max_gemv_m: 512,
+        chunk_symbols: ecq::rans::DEFAULT_CHUNK_SYMBOLS,
+        tile_chunks: ecq::rans::DEFAULT_TILE_CHUNKS,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let v = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--shapes" => {
+                a.shapes = v
+                    .split(',')
+                    .map(|s| {
+                        let (r, k) = s.split_once('x').expect("shape RxK");
+                        (r.parse().expect("rows"), k.parse().expect("cols"))
+                    })
+                    .collect()
+            }
+            "--ms" => a.ms = list(&v),
+            "--rounds" => a.rounds = v.parse().expect("rounds"),
+            "--target-ms" => a.target_ms = v.parse().expect("target-ms"),
+            "--set-mib" => a.set_mib = v.parse().expect("set-mib"),
+            "--max-gemv-m" => a.max_gemv_m = v.parse().expect("max-gemv-m"),
+            "--chunk-symbols" => a.chunk_symbols = v.parse().expect("chunk-symbols"),
+            "--tile-chunks" => a.tile_chunks = v.parse().expect("tile-chunks"),
+            other => panic!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    a
+}
+
+fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
+    let u1: f64 = rng.random::<f64>().max(1e-12);
+    let u2: f64 = rng.random();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+fn buffer(dev: &LinearDevice, bytes: u64, data: Option<&[f32]>) -> wgpu::Buffer {
+    let b = dev.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("bench"),
+        size: bytes.div_ceil(16).max(1) * 16,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    if let Some(d) = data {
+        dev.queue().write_buffer(&b, 0, bytemuck::cast_slice(d));
+    }
+    b
+}
+
+/// Median seconds per forward; `record(pass, i)` records forward `i` (rotating copies).
+fn time(
+    dev: &LinearDevice,
+    rounds: usize,
+    target_ms: f64,
+    record: &dyn Fn(&mut wgpu::ComputePass<'_>, usize),
+) -> f64 {
+    let run = |n: usize, start: usize| -> f64 {
+        let mut enc = dev.device().create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for i in 0..n {
+                record(&mut pass, start + i);
+            }
+        }
+        let t = Instant::now();
+        dev.queue().submit([enc.finish()]);
+        dev.gpu().wait().expect("wait");
+        t.elapsed().as_secs_f64()
+    };
+    run(1, 0); // warm-up (pipelines, first touch)
+    let one = run(1, 1);
+    let n = ((target_ms / 1e3 / one.max(1e-7)).round() as usize).clamp(1, 1000);
+    let mut times: Vec<f64> = (0..rounds.max(1))
+        .map(|r| run(n, r * n) / n as f64)
+        .collect();
+    times.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    times[times.len() / 2]
+}
+
+fn read(dev: &LinearDevice, b: &wgpu::Buffer, n: usize) -> Vec<f32> {
+    let staging = dev.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("read"),
+        size: (n * 4) as u64,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = dev.device().create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(b, 0, &staging, 0, (n * 4) as u64);
+    dev.queue().submit([enc.finish()]);
+    staging.map_async(wgpu::MapMode::Read, .., |_| {});
+    dev.gpu().wait().expect("wait");
+    let v = bytemuck::pod_collect_to_vec(&staging.get_mapped_range(..).expect("map"));
+    staging.unmap();
+    v
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let a = parse_args();
+    let dev: Arc<LinearDevice> = LinearDevice::new()?;
+    let adapter = dev.gpu().adapter_name().to_string();
+    eprintln!("adapter: {}", dev.gpu().describe());
+    println!(
+        "| adapter | shape RxK | M | plain qgemv x M µs | fused rANS GEMV x M µs | plain qgemm µs | rans_gemm µs | rans_gemm / qgemm | rans_gemm / (fused GEMV x M) | rans_gemm tokens/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for &(r, k) in &a.shapes {
+        let mut rng = ChaCha8Rng::seed_from_u64((r * 31 + k) as u64);
+        let w: Vec<f32> = (0..r * k).map(|_| gaussian(&mut rng) * 0.02).collect();
+        let q: QuantizedMatrix =
+            quantize_affine(&w, r, k, FloatDType::F32, AffineParams::new(4, 64)?)?;
+        drop(w);
+        let opts = EncodeOptions {
+            chunk_symbols: a.chunk_symbols,
+            tile_chunks: a.tile_chunks,
+            group_size: 64,
+            ..Default::default()
+        };
+        let enc: EncodedMatrix = encode(&q.symbols(), r, k, 4, &opts)?;
+        let packed_mib = (r * k / 2) as f64 / (1 << 20) as f64;
+        let copies = ((a.set_mib / packed_mib).ceil() as usize).clamp(1, 64);
+        let coded_bits = (enc.words().len() * 2
+            + enc.states().len() * 4
+            + enc.offsets().len() * 4
+            + enc.freqs().len() * 2) as f64
+            * 8.0
+            / (r * k) as f64;
+        eprintln!(
+            "{r}x{k}: {copies} copies, {coded_bits:.3} coded bits/weight, chunk_rows {}",
+            enc.chunk_rows()
+        );
+        let coded: Vec<EntropyCodedLinear> = (0..copies)
+            .map(|_| {
+                EntropyCodedLinear::upload(
+                    &dev,
+                    "bench",
+                    CodedLayerRef::from_encoded(&enc, 64, &q.scales, &q.biases, None),
+                    &LinearOptions::default(),
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        let plain: Vec<QuantizedLinear> = (0..copies)
+            .map(|_| QuantizedLinear::upload(&dev, "bench", &q, None))
+            .collect::<Result<_, _>>()?;
+        let qv: Vec<GpuQuantizedMatrix> = (0..copies)
+            .map(|_| GpuQuantizedMatrix::upload(dev.device(), &q))
+            .collect::<Result<_, _>>()?;
+        dev.gpu().wait()?;
+        let registry = dev.gpu().registry();
+        let xv = buffer(&dev, (k * 4) as u64, Some(&vec![0.5f32; k]));
+        let yv = buffer(&dev, (r * 4) as u64, None);
+        let gemv_plain: Vec<_> = qv
+            .iter()
+            .map(|m| m.gemv_dispatch(dev.device(), registry, &xv, &yv))
+            .collect::<Result<_, _>>()?;
+        let gemv_coded: Vec<LinearDispatch> = coded
+            .iter()
+            .map(|m| m.vector_dispatch(&xv, &yv))
+            .collect::<Result<_, _>>()?;
+        for &m in &a.ms {
+            let k4 = k.div_ceil(4) * 4;
+            let x: Vec<f32> = (0..m * k4).map(|_| gaussian(&mut rng)).collect();
+            let xb = buffer(&dev, (x.len() * 4) as u64, Some(&x));
+            let yb = buffer(&dev, (m * r * 4) as u64, None);
+            let yq = buffer(&dev, (m * r * 4) as u64, None);
+            let batched_coded: Vec<Vec<LinearDispatch>> = coded
+                .iter()
+                .map(|c| c.batch_dispatches(&xb, &yb, m))
+                .collect::<Result<_, _>>()?;
+            let batched_plain: Vec<LinearDispatch> = plain
+                .iter()
+                .map(|p| p.batch_dispatch(&xb, &yq, m))
+                .collect::<Result<_, _>>()?;
+            let t_gemm = time(&dev, a.rounds, a.target_ms, &|pass, i| {
+                for d in &batched_coded[i % copies] {
+                    d.record(pass)
+                }
+            });
+            let t_qgemm = time(&dev, a.rounds, a.target_ms, &|pass, i| {
+                batched_plain[i % copies].record(pass)
+            });
+            // the two batched kernels must agree (same weights, same activations)
+            let (yc, yp) = (read(&dev, &yb, m * r), read(&dev, &yq, m * r));
+            let scale = yp.iter().fold(0f32, |s, v| s.max(v.abs())).max(1e-30);
+            let diff = yc
+                .iter()
+                .zip(&yp)
+                .fold(0f32, |s, (a, b)| s.max((a - b).abs()));
+            assert!(
+                diff <= 1e-4 * scale,
+                "rans_gemm and qgemm disagree: max diff {diff} (max |y| {scale})"
+            );
+            let (t_qv, t_fv) = if m <= a.max_gemv_m {
+                (
+                    Some(time(&dev, a.rounds, a.target_ms, &|pass, i| {
+                        for j in 0..m {
+                            gemv_plain[(i * m + j) % copies].record(pass)
+                        }
+                    })),
+                    Some(time(&dev, a.rounds, a.target_ms, &|pass, i| {
+                        for j in 0..m {
+                            gemv_coded[(i * m + j) % copies].record(pass)
+                        }
+                    })),
+                )
+            } else {
+                (None, None)
+            };
+            let us = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{:.1}", t * 1e6));
+            let ratio =
+                |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{:.2}x", t_gemm / t));
+            println!(
+                "| {adapter} | {r}x{k} | {m} | {} | {} | {:.1} | {:.1} | {:.2}x | {} | {:.0} |",
+                us(t_qv),
+                us(t_fv),
+                t_qgemm * 1e6,
+                t_gemm * 1e6,
+                t_gemm / t_qgemm,
+                ratio(t_fv),
+                m as f64 / t_gemm
+            );
+        }
+    }
+    Ok(())
+}
