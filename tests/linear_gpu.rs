@@ -393,3 +393,41 @@ fn coded_model_in_tempdir() {
         other => panic!("expected MissingLayer, got {other:?}"),
     }
 }
+
+/// `forward` runs the gpu module's fused GEMV kernel on the layer's own buffers (its uniform
+/// block mirrors `src/gpu/decode.rs`): the result must be bit-identical to
+/// `GpuContext::gemv_coded` on the same matrix, which catches a drift of that block.
+#[test]
+fn forward_is_the_gpu_module_fused_gemv() {
+    use ecq::gpu::{CodedMatrixRef, QuantParamsRef};
+    let Some(d) = dev() else { return };
+    for (i, &(r, k, b, gs, cs, tc)) in SHAPES.iter().enumerate() {
+        let c = case(300 + i as u64, r, k, b, gs, cs, tc);
+        let x = activations(300 + i as u64, k);
+        let m = d
+            .gpu()
+            .upload_coded(
+                CodedMatrixRef::from(&c.enc),
+                Some(QuantParamsRef {
+                    group_size: gs,
+                    scales: &c.q.scales,
+                    biases: &c.q.biases,
+                }),
+            )
+            .unwrap();
+        let want = d.gpu().gemv_coded(&m, &x).unwrap();
+        let layer = EntropyCodedLinear::upload(
+            d,
+            "nobias",
+            CodedLayerRef::from_encoded(&c.enc, gs as usize, &c.q.scales, &c.q.biases, None),
+            &LinearOptions::default(),
+        )
+        .unwrap();
+        let got = layer.forward(&x).unwrap();
+        assert_eq!(
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{r}x{k} b{b}"
+        );
+    }
+}
