@@ -53,11 +53,15 @@ pub const LANES: usize = 32;
 /// workgroup memory.
 pub const GPU_MAX_PRECISION: u32 = 11;
 
-/// Default probability precision `n` (see [`EncodeOptions::precision`]).
+/// Default probability precision `n` (see [`EncodeOptions::precision`]): the largest the GPU
+/// slot table allows; on MiniLM g64 4-bit within 0.04% of n = 12..15 (BENCHMARKS.md, "CPU
+/// codec").
 pub const DEFAULT_PRECISION: u32 = 11;
-/// Default target number of coded symbols per chunk.
+/// Default target number of coded symbols per chunk: the smallest chunk whose 128 bytes of lane
+/// states keep the side information under 2% of the payload at ~3.7 bits/weight.
 pub const DEFAULT_CHUNK_SYMBOLS: usize = 16384;
-/// Default number of chunks per tile.
+/// Default number of chunks per tile: per-tile tables barely beat one table per matrix on real
+/// weights, so tiles of 8 chunks amortise the tables (1.47% total overhead at w = 2).
 pub const DEFAULT_TILE_CHUNKS: usize = 8;
 
 const _: () = assert!(LANES == 32);
