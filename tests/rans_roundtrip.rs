@@ -38,7 +38,11 @@ fn roundtrip(q: &[u8], rows: usize, cols: usize, bits: u32, opts: &EncodeOptions
     if (cols * bits as usize).is_multiple_of(32) {
         let packed = enc.decode_packed().unwrap();
         assert_eq!(packed, mlx_pack(q, rows, cols, bits), "decode_packed");
-        assert_eq!(packed, ecq::quant::pack(q, bits), "decode_packed vs quant::pack");
+        assert_eq!(
+            packed,
+            ecq::quant::pack(q, bits),
+            "decode_packed vs quant::pack"
+        );
     }
     let (h, f, s, o, w, c) = enc.clone().into_parts();
     assert_eq!(h.len(), 14 + enc.shape().len());
