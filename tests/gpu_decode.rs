@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use ecq::gpu::{error_bits, CodedMatrixRef, GpuContext, GpuError};
+use ecq::gpu::{error_bits, CodedMatrixRef, DecodeOutput, FusedVariant, GpuContext, GpuError};
 use ecq::rans::{encode, EncodeOptions, EncodedMatrix};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -106,6 +106,25 @@ fn check_case(ctx: &GpuContext, c: &Case, seed: u64) {
             packed[i],
             cpu_packed[i]
         );
+    }
+    // both packed-output kernels explicitly (decode_packed above runs the one the registry
+    // picks)
+    for v in [FusedVariant::Workgroup, FusedVariant::Subgroup] {
+        if v == FusedVariant::Subgroup
+            && !m.decode_subgroup_supported(ctx.registry(), DecodeOutput::Packed)
+        {
+            continue;
+        }
+        let got = m
+            .decode_with(
+                ctx.device(),
+                ctx.queue(),
+                ctx.registry(),
+                DecodeOutput::Packed,
+                Some(v),
+            )
+            .unwrap_or_else(|e| panic!("{label} {v:?}: GPU decode: {e}"));
+        assert!(got == cpu_packed, "{label} {v:?}: packed words differ");
     }
     if c.cols.is_multiple_of(4) {
         let syms = ctx

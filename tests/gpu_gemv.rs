@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 
 use ecq::dtype::FloatDType;
-use ecq::gpu::{CodedMatrixRef, FusedVariant, GpuContext, QuantParamsRef};
+use ecq::gpu::{CodedMatrixRef, FusedVariant, GpuContext, QGemvVariant, QuantParamsRef};
 use ecq::quant::{quantize_affine, AffineParams, QuantizedMatrix};
 use ecq::rans::{encode, EncodeOptions};
 use proptest::prelude::*;
@@ -173,6 +173,66 @@ fn check_plain(ctx: &GpuContext, seed: u64, rows: usize, cols: usize, bits: u32,
         .unwrap_or_else(|e| panic!("{label}: {e}"));
     let (want, sum_abs) = reference(&q, &x);
     assert_close(&label, &y, &want, &sum_abs, cols);
+}
+
+/// Every plain-GEMV kernel that can run `q`: the generic one, and for 4 bits `qgemv4.wgsl` with
+/// each K split, against the f64 reference.
+fn check_plain_variants(ctx: &GpuContext, seed: u64, rows: usize, cols: usize, gs: u32) {
+    let (q, x) = random_matrix(seed, rows, cols, 4, gs);
+    let m = ctx.upload_quantized(&q).unwrap();
+    let (want, sum_abs) = reference(&q, &x);
+    let mut variants = vec![QGemvVariant::Generic];
+    if m.nibble4_supported() {
+        for ksplit in [0, 1, 2, 4, 8] {
+            variants.push(QGemvVariant::Nibble4 { ksplit });
+        }
+    }
+    for v in variants {
+        if v == QGemvVariant::Generic && !(cols * 4).is_multiple_of(128) {
+            continue;
+        }
+        let label = format!("qgemv {rows}x{cols} g{gs} {v:?}");
+        let y = m
+            .gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_close(&label, &y, &want, &sum_abs, cols);
+    }
+}
+
+#[test]
+fn plain_gemv_4bit_every_ksplit() {
+    let Some(ctx) = ctx() else { return };
+    // rows not a multiple of 4 or of 32 / ksplit; K pieces not a multiple of the group stride
+    for (i, &(rows, cols, gs)) in [
+        (1, 32, 32),
+        (5, 64, 64),
+        (37, 1024, 64),
+        (70, 4096, 128),
+        (9, 1056, 32),
+        (33, 14336, 64),
+    ]
+    .iter()
+    .enumerate()
+    {
+        check_plain_variants(ctx, 900 + i as u64, rows, cols, gs);
+    }
+    // the K split choice
+    let (q, _) = random_matrix(1, 8, 4096, 4, 64);
+    let m = ctx.upload_quantized(&q).unwrap();
+    assert_eq!(m.auto_ksplit(), 4);
+    assert!(m.nibble4_supported());
+    let (q, _) = random_matrix(1, 4, 256, 8, 64);
+    let m = ctx.upload_quantized(&q).unwrap();
+    assert!(!m.nibble4_supported());
+    assert!(m
+        .gemv_with(
+            ctx.device(),
+            ctx.queue(),
+            ctx.registry(),
+            &[0.0; 256],
+            QGemvVariant::Nibble4 { ksplit: 0 }
+        )
+        .is_err());
 }
 
 fn config(cases: u32, seed: u64) -> Config {

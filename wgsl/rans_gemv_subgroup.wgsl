@@ -147,6 +147,15 @@ fn build_table(tile: u32, lid: u32) -> bool {
     return workgroupUniformLoad(&table_bad) != 0u;
 }
 
+// MLX group index of weight k: k >> gshift when the group size is a power of two (gshift < 32),
+// else k / gsz.
+fn group_of(k: u32, gsz: u32, gshift: u32) -> u32 {
+    if (gshift < 32u) {
+        return k >> gshift;
+    }
+    return k / gsz;
+}
+
 // Activations of the w weights of symbol column j (zeros past w).
 fn load_x(j: u32) -> vec4<f32> {
     let k0 = j * P.wps;
@@ -193,6 +202,8 @@ fn main(
     let gpr = P.groups_per_row;
     let gsz = P.group_size;
     let wps = P.wps;
+    // group sizes are powers of two in MLX: a shift then; any other size divides
+    let gshift = select(32u, firstTrailingBit(gsz), (gsz & (gsz - 1u)) == 0u);
     var acc = 0.0;
 
     for (var it = 0u; it < P.chunk_iters; it++) {
@@ -227,27 +238,43 @@ fn main(
         var base = p & ~7u;
         var cur = load_w4(base / 8u + l);
         var nxt = load_w4(base / 8u + 32u + l);
-        // activations and (scale, bias) of the next step, loaded one step ahead
+        // activations and (scale, bias), loaded two steps ahead: nx/nsb for step t, nx2/nsb2
+        // for step t + 1 (an L2 hit takes longer than one step)
         var nx = vec4<f32>(0.0);
         var nsb = vec2<f32>(0.0);
         if (steps > 0u && l < S) {
             nx = load_x(l);
-            nsb = sb[r0 * gpr + (l * wps) / gsz];
+            nsb = sb[r0 * gpr + group_of(l * wps, gsz, gshift)];
+        }
+        // row and step-in-row of steps t and t + 1, advanced incrementally (no divisions in
+        // the loop)
+        var row = r0;
+        var u = 0u;
+        let wrap0 = T == 1u;
+        var ua = select(1u, 0u, wrap0);
+        var rowa = select(r0, r0 + 1u, wrap0);
+        var nx2 = vec4<f32>(0.0);
+        var nsb2 = vec2<f32>(0.0);
+        if (steps > 1u && ua * 32u + l < S) {
+            nx2 = load_x(ua * 32u + l);
+            nsb2 = sb[rowa * gpr + group_of((ua * 32u + l) * wps, gsz, gshift)];
         }
         for (var t = 0u; t < steps; t++) {
-            let row = r0 + t / T;
-            let u = t % T;
             let j = u * 32u + l;
             let lane_on = j < S;
             let cx = nx;
             let csb = nsb;
-            // prefetch step t + 1
-            let t1 = t + 1u;
-            let u1 = t1 % T;
-            let j1 = u1 * 32u + l;
-            if (t1 < steps && j1 < S) {
-                nx = load_x(j1);
-                nsb = sb[(r0 + t1 / T) * gpr + (j1 * wps) / gsz];
+            nx = nx2;
+            nsb = nsb2;
+            let wrap = u + 1u == T;
+            // prefetch step t + 2
+            let wrapa = ua + 1u == T;
+            let ub = select(ua + 1u, 0u, wrapa);
+            let rowb = select(rowa, rowa + 1u, wrapa);
+            let jb = ub * 32u + l;
+            if (t + 2u < steps && jb < S) {
+                nx2 = load_x(jb);
+                nsb2 = sb[rowb * gpr + group_of(jb * wps, gsz, gshift)];
             }
             var need = false;
             if (lane_on) {
@@ -286,8 +313,9 @@ fn main(
                 }
                 x = f * (x >> n) + bias;
                 need = x < L;
-                let qv = vec4<f32>(vec4<u32>(sym, sym >> b1, sym >> b2, sym >> b3)
-                    & vec4<u32>(qmask));
+                // q as f32 without a conversion: 2^23 + q (q < 2^23) minus 2^23, exactly
+                let qv = bitcast<vec4<f32>>((vec4<u32>(sym, sym >> b1, sym >> b2, sym >> b3)
+                    & vec4<u32>(qmask)) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
                 // cx is zero past w, so the extra lanes of qv contribute nothing
                 acc += csb.x * dot(qv, cx) + csb.y * dot(cx, vec4<f32>(1.0));
             }
@@ -318,13 +346,17 @@ fn main(
                 base += 256u;
                 nxt = load_w4(base / 8u + 32u + l);
             }
-            if (u == T - 1u) {
+            if (wrap) {
                 let s = subgroupAdd(acc);
                 if (l == 0u) {
                     y[row] = s;
                 }
                 acc = 0.0;
             }
+            u = ua;
+            row = rowa;
+            ua = ub;
+            rowa = rowb;
         }
         if (valid) {
             if (x != L) { err |= ERR_FINAL_STATE; }

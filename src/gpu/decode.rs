@@ -367,7 +367,8 @@ impl GpuCodedMatrix {
     }
 
     /// The decode launch writing into `out` (at least the output size in bytes: `rows * cols *
-    /// bits / 8` packed, `rows * cols` one byte per weight).
+    /// bits / 8` packed, `rows * cols` one byte per weight). Uses the subgroup kernel where
+    /// [`Self::decode_subgroup_supported`] allows it.
     pub fn decode_dispatch(
         &self,
         device: &wgpu::Device,
@@ -375,6 +376,43 @@ impl GpuCodedMatrix {
         out: &wgpu::Buffer,
         mode: DecodeOutput,
     ) -> Result<Dispatch, GpuError> {
+        let v = if self.decode_subgroup_supported(registry, mode) {
+            FusedVariant::Subgroup
+        } else {
+            FusedVariant::Workgroup
+        };
+        self.decode_dispatch_with(device, registry, out, mode, v)
+    }
+
+    /// Whether `rans_decode_subgroup.wgsl` can decode this matrix: 32-wide subgroups, packed
+    /// output, and symbols of `bits * weights_per_symbol` in 1, 2, 4 or 8 bits.
+    pub fn decode_subgroup_supported(
+        &self,
+        registry: &PipelineRegistry,
+        mode: DecodeOutput,
+    ) -> bool {
+        let bw = self.params.bits * self.params.wps;
+        registry.subgroups32() && mode == DecodeOutput::Packed && matches!(bw, 1 | 2 | 4 | 8)
+    }
+
+    /// [`decode_dispatch`](Self::decode_dispatch) with an explicit variant:
+    /// [`FusedVariant::Workgroup`] runs `rans_decode.wgsl`, [`FusedVariant::Subgroup`]
+    /// `rans_decode_subgroup.wgsl` (fails with [`GpuError::Unsupported`] unless
+    /// [`Self::decode_subgroup_supported`]).
+    pub fn decode_dispatch_with(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        out: &wgpu::Buffer,
+        mode: DecodeOutput,
+        variant: FusedVariant,
+    ) -> Result<Dispatch, GpuError> {
+        if variant == FusedVariant::Subgroup && !self.decode_subgroup_supported(registry, mode) {
+            return Err(GpuError::Unsupported(
+                "the subgroup decode kernel needs 32-wide subgroups, packed output and 1, 2, 4 or 8-bit symbols"
+                    .into(),
+            ));
+        }
         let need = self.output_words(mode)? * 4;
         if out.size() < need {
             return Err(GpuError::InvalidInput(format!(
@@ -391,7 +429,11 @@ impl GpuCodedMatrix {
             DecodeOutput::BytePerWeight => p.cols / 4,
         };
         let uniform = self.uniform(device, p.out_mode, p);
-        let pipeline = registry.get(device, Kernel::RansDecode, "main", &[])?;
+        let kernel = match variant {
+            FusedVariant::Workgroup => Kernel::RansDecode,
+            FusedVariant::Subgroup => Kernel::RansDecodeSubgroup,
+        };
+        let pipeline = registry.get(device, kernel, "main", &[])?;
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("rans_decode"),
@@ -528,6 +570,18 @@ impl GpuCodedMatrix {
         registry: &PipelineRegistry,
         mode: DecodeOutput,
     ) -> Result<Vec<u32>, GpuError> {
+        self.decode_with(device, queue, registry, mode, None)
+    }
+
+    /// [`Self::decode`] with an explicit kernel (`None`: as [`Self::decode_dispatch`] picks).
+    pub fn decode_with(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        mode: DecodeOutput,
+        variant: Option<FusedVariant>,
+    ) -> Result<Vec<u32>, GpuError> {
         let n = self.output_words(mode)?;
         if n == 0 {
             return Ok(Vec::new());
@@ -540,7 +594,10 @@ impl GpuCodedMatrix {
             bytemuck::cast_slice(&poison),
             wgpu::BufferUsages::COPY_SRC,
         )?;
-        let d = self.decode_dispatch(device, registry, &out, mode)?;
+        let d = match variant {
+            None => self.decode_dispatch(device, registry, &out, mode)?,
+            Some(v) => self.decode_dispatch_with(device, registry, &out, mode, v)?,
+        };
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut enc = device.create_command_encoder(&Default::default());
         self.clear_errors(&mut enc);

@@ -1,4 +1,5 @@
-//! The plain MLX quantized GEMV (`wgsl/qgemv.wgsl`), the baseline of the fused kernel.
+//! The plain MLX quantized GEMV (`wgsl/qgemv4.wgsl` for 4 bits, `wgsl/qgemv.wgsl` for 2 and 8
+//! bits), the baseline of the fused kernel.
 
 use super::decode::entry;
 use super::{grid, read_back, storage_init, wait, Dispatch, GpuError, Kernel, PipelineRegistry};
@@ -8,6 +9,28 @@ const ROWS_PER_WG: usize = 4;
 /// Most groups of 32 lanes splitting K in one workgroup (256 invocations, the WebGPU default
 /// limit).
 const MAX_KSPLIT: u32 = 8;
+/// Groups of 32 lanes the 4-bit kernel aims to launch (about 31 per SM on a 132-SM GPU, the
+/// best of a K-split sweep on an H200); fewer rows split K over more groups.
+const TARGET_GROUPS: usize = 4096;
+
+/// Which plain GEMV kernel [`GpuQuantizedMatrix::gemv_dispatch_with`] launches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum QGemvVariant {
+    /// `Nibble4` with its automatic K split for 4-bit matrices whose rows and groups hold whole
+    /// 16-weight pieces, `Generic` otherwise.
+    #[default]
+    Auto,
+    /// `wgsl/qgemv.wgsl` (2, 4, 8 bits; the issue-4 kernel, kept for comparison and for 2/8
+    /// bits).
+    Generic,
+    /// `wgsl/qgemv4.wgsl` with `ksplit` (1, 2, 4 or 8) groups of 32 lanes per 4 rows; 0 picks
+    /// automatically. 4 bits only.
+    Nibble4 {
+        /// Groups of 32 lanes splitting K per block of 4 rows; 0 = automatic.
+        ksplit: u32,
+    },
+}
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -22,6 +45,9 @@ struct Params {
     _pad1: u32,
 }
 
+/// The last uniform buffer, keyed by (workgroups along x, total workgroups, vectors per row).
+type UniformCache = ((u32, u32, u32), wgpu::Buffer);
+
 /// An MLX quantized matrix (2, 4 or 8 bits) uploaded for the plain GEMV.
 #[derive(Debug)]
 pub struct GpuQuantizedMatrix {
@@ -30,7 +56,7 @@ pub struct GpuQuantizedMatrix {
     group_size: u32,
     packed: wgpu::Buffer,
     sb: wgpu::Buffer,
-    uniform: std::sync::Mutex<Option<wgpu::Buffer>>,
+    uniform: std::sync::Mutex<Option<UniformCache>>,
 }
 
 impl GpuQuantizedMatrix {
@@ -120,13 +146,43 @@ impl GpuQuantizedMatrix {
         self.rows() as u64 * self.cols() as u64 * self.bits as u64 / 8
     }
 
-    /// The GEMV launch `y = W x` (`x`: `cols` f32, `y`: `rows` f32).
+    /// The GEMV launch `y = W x` (`x`: `cols` f32, `y`: `rows` f32), kernel chosen
+    /// automatically ([`QGemvVariant::Auto`]).
     pub fn gemv_dispatch(
         &self,
         device: &wgpu::Device,
         registry: &PipelineRegistry,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
+    ) -> Result<Dispatch, GpuError> {
+        self.gemv_dispatch_with(device, registry, x, y, QGemvVariant::Auto)
+    }
+
+    /// Whether the 4-bit kernel (`qgemv4.wgsl`) can run this matrix.
+    pub fn nibble4_supported(&self) -> bool {
+        self.bits == 4 && self.cols().is_multiple_of(16) && self.group_size.is_multiple_of(16)
+    }
+
+    /// The K split [`QGemvVariant::Nibble4`] `{ ksplit: 0 }` picks: enough groups of 32 lanes
+    /// to fill a large GPU, while every group still gets two 16-weight pieces per row.
+    pub fn auto_ksplit(&self) -> u32 {
+        let row_blocks = self.rows().div_ceil(4);
+        let n2 = self.cols() / 16;
+        let mut ks = 1usize;
+        while ks < MAX_KSPLIT as usize && row_blocks * ks < TARGET_GROUPS && n2 >= 64 * ks * 2 {
+            ks *= 2;
+        }
+        ks as u32
+    }
+
+    /// The GEMV launch with an explicit kernel choice (benchmarks, tests).
+    pub fn gemv_dispatch_with(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        variant: QGemvVariant,
     ) -> Result<Dispatch, GpuError> {
         if x.size() < self.cols() as u64 * 4 || y.size() < self.rows() as u64 * 4 {
             return Err(GpuError::InvalidInput(format!(
@@ -137,36 +193,85 @@ impl GpuQuantizedMatrix {
                 self.rows() * 4
             )));
         }
-        let (gx, gy) = grid(device, self.params.total_wg);
+        let nibble = match variant {
+            QGemvVariant::Auto => self.nibble4_supported().then(|| self.auto_ksplit()),
+            QGemvVariant::Generic => None,
+            QGemvVariant::Nibble4 { ksplit } => {
+                if !self.nibble4_supported() {
+                    return Err(GpuError::Unsupported(format!(
+                        "qgemv4 needs 4 bits, cols % 16 == 0 and group size % 16 == 0 \
+                         ({} bits, cols {}, group size {})",
+                        self.bits,
+                        self.cols(),
+                        self.group_size
+                    )));
+                }
+                match ksplit {
+                    0 => Some(self.auto_ksplit()),
+                    1 | 2 | 4 | 8 => Some(ksplit),
+                    _ => {
+                        return Err(GpuError::InvalidInput(format!(
+                            "ksplit {ksplit} is not 1, 2, 4 or 8"
+                        )))
+                    }
+                }
+            }
+        };
+        let (kernel, total_wg, vec_per_row) = match nibble {
+            Some(ks) => (
+                Kernel::QGemv4,
+                self.params.rows.div_ceil(32 / ks),
+                self.params.cols / 16,
+            ),
+            None => (Kernel::QGemv, self.params.total_wg, self.params.vec_per_row),
+        };
+        let (gx, gy) = grid(device, total_wg);
         let uniform = {
             use wgpu::util::DeviceExt;
             let mut u = self.uniform.lock().expect("uniform");
-            u.get_or_insert_with(|| {
-                let p = Params {
-                    wg_x: gx,
-                    ..self.params
-                };
-                device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("qgemv params"),
-                    contents: bytemuck::bytes_of(&p),
-                    usage: wgpu::BufferUsages::UNIFORM,
-                })
-            })
-            .clone()
+            let key = (gx, total_wg, vec_per_row);
+            let p = Params {
+                wg_x: gx,
+                total_wg,
+                vec_per_row,
+                ..self.params
+            };
+            match u.as_ref() {
+                Some((k, b)) if *k == key => b.clone(),
+                _ => {
+                    let b = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("qgemv params"),
+                        contents: bytemuck::bytes_of(&p),
+                        usage: wgpu::BufferUsages::UNIFORM,
+                    });
+                    *u = Some((key, b.clone()));
+                    b
+                }
+            }
         };
-        // one group per 16-byte step of a row, up to MAX_KSPLIT groups
-        let ksplit = self.params.vec_per_row.div_ceil(32).clamp(1, MAX_KSPLIT);
-        let pipeline = registry.get(
-            device,
-            Kernel::QGemv,
-            "main",
-            &[
-                ("BITS", self.bits),
-                ("GS", self.group_size),
-                ("KSPLIT", ksplit),
-                ("WGS", 32 * ksplit),
-            ],
-        )?;
+        let pipeline = match nibble {
+            Some(ks) => registry.get(
+                device,
+                Kernel::QGemv4,
+                "main",
+                &[("GS", self.group_size), ("KSPLIT", ks)],
+            )?,
+            None => {
+                // one group per 16-byte step of a row, up to MAX_KSPLIT groups
+                let ksplit = self.params.vec_per_row.div_ceil(32).clamp(1, MAX_KSPLIT);
+                registry.get(
+                    device,
+                    kernel,
+                    "main",
+                    &[
+                        ("BITS", self.bits),
+                        ("GS", self.group_size),
+                        ("KSPLIT", ksplit),
+                        ("WGS", 32 * ksplit),
+                    ],
+                )?
+            }
+        };
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("qgemv"),
@@ -194,6 +299,18 @@ impl GpuQuantizedMatrix {
         registry: &PipelineRegistry,
         x: &[f32],
     ) -> Result<Vec<f32>, GpuError> {
+        self.gemv_with(device, queue, registry, x, QGemvVariant::Auto)
+    }
+
+    /// `y = W x` with an explicit kernel choice, read back.
+    pub fn gemv_with(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        x: &[f32],
+        variant: QGemvVariant,
+    ) -> Result<Vec<f32>, GpuError> {
         let (r, k) = (self.rows(), self.cols());
         if x.len() != k {
             return Err(GpuError::InvalidInput(format!(
@@ -217,7 +334,7 @@ impl GpuQuantizedMatrix {
             bytemuck::cast_slice(&poison),
             wgpu::BufferUsages::COPY_SRC,
         )?;
-        let d = self.gemv_dispatch(device, registry, &xb, &yb)?;
+        let d = self.gemv_dispatch_with(device, registry, &xb, &yb, variant)?;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         d.submit(device, queue);
         if let Some(e) = pollster::block_on(scope.pop()) {

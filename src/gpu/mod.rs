@@ -63,7 +63,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 pub use decode::{CodedMatrixRef, DecodeOutput, FusedVariant, GpuCodedMatrix, QuantParamsRef};
-pub use gemv::GpuQuantizedMatrix;
+pub use gemv::{GpuQuantizedMatrix, QGemvVariant};
 
 /// Errors of the GPU module.
 #[derive(Debug, thiserror::Error)]
@@ -180,8 +180,14 @@ pub enum Kernel {
     /// `wgsl/rans_gemv_subgroup.wgsl`: the fused kernel with subgroup ballot/shuffle/add, for
     /// adapters with 32-wide subgroups and `Features::SUBGROUP`.
     RansGemvSubgroup,
+    /// `wgsl/rans_decode_subgroup.wgsl`: decode to MLX packed words with subgroup ballot and
+    /// shuffle, for adapters with 32-wide subgroups and symbols of 1, 2, 4 or 8 bits.
+    RansDecodeSubgroup,
     /// `wgsl/qgemv.wgsl`: plain MLX quantized GEMV (2, 4, 8 bits).
     QGemv,
+    /// `wgsl/qgemv4.wgsl`: plain MLX 4-bit GEMV without integer-to-float conversions (the
+    /// default 4-bit baseline).
+    QGemv4,
 }
 
 impl Kernel {
@@ -191,7 +197,9 @@ impl Kernel {
             Kernel::RansDecode => include_str!("../../wgsl/rans_decode.wgsl"),
             Kernel::RansGemv => include_str!("../../wgsl/rans_gemv.wgsl"),
             Kernel::RansGemvSubgroup => include_str!("../../wgsl/rans_gemv_subgroup.wgsl"),
+            Kernel::RansDecodeSubgroup => include_str!("../../wgsl/rans_decode_subgroup.wgsl"),
             Kernel::QGemv => include_str!("../../wgsl/qgemv.wgsl"),
+            Kernel::QGemv4 => include_str!("../../wgsl/qgemv4.wgsl"),
         }
     }
 
@@ -201,7 +209,9 @@ impl Kernel {
             Kernel::RansDecode => "rans_decode.wgsl",
             Kernel::RansGemv => "rans_gemv.wgsl",
             Kernel::RansGemvSubgroup => "rans_gemv_subgroup.wgsl",
+            Kernel::RansDecodeSubgroup => "rans_decode_subgroup.wgsl",
             Kernel::QGemv => "qgemv.wgsl",
+            Kernel::QGemv4 => "qgemv4.wgsl",
         }
     }
 }

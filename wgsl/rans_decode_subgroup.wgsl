@@ -1,0 +1,295 @@
+// rANS decode to MLX packed words, subgroup variant of rans_decode.wgsl (issue 5) for adapters
+// whose subgroups are exactly 32 wide: the decode loop of rans_gemv_subgroup.wgsl (ballot
+// prefix counts, a 2 x 256-word register window handed out with subgroupShuffle, no barrier in
+// the loop), writing each step's symbols instead of multiplying them. A step's 32 symbols of
+// b*w bits are OR-ed into whole u32 words with subgroupShuffleXor inside segments of 32/(b*w)
+// lanes, and the first lane of each segment stores the word. Only for b*w in {1, 2, 4, 8, 16,
+// 32} dividing 32 and rows of whole words (the host checks; other cases use rans_decode.wgsl).
+// Like the other kernels it checks `subgroup_size` and flags every chunk otherwise (bit 128).
+
+// requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    bits: u32,
+    wps: u32,            // weights per symbol
+    prec: u32,           // probability bits n
+    chunk_rows: u32,
+    tile_chunks: u32,
+    n_chunks: u32,
+    n_tiles: u32,
+    syms_per_row: u32,   // S = K / w
+    steps_per_row: u32,  // T = ceil(S / 32)
+    alphabet: u32,       // A = 2^(b*w)
+    n_words: u32,        // u16 words in the stream
+    wg_per_tile: u32,
+    total_wg: u32,
+    out_mode: u32,
+    out_row_words: u32,
+    wg_x: u32,           // workgroups along x of the 2-D dispatch
+    chunk_iters: u32,    // chunks decoded one after another by each group
+    group_size: u32,     // MLX group size (GEMV only)
+    groups_per_row: u32, // K / group_size (GEMV only)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+const G: u32 = 4u;             // groups of 32 lanes per workgroup
+const WG: u32 = 128u;          // = 32 * G
+const MAX_TABLE: u32 = 2048u;  // slot table for n <= 11
+const SENTINEL: u32 = 0xFFFFFFFFu;
+const L: u32 = 65536u;
+
+// error bits, mirrored in src/gpu/decode.rs
+const ERR_BAD_STATE: u32 = 1u;
+const ERR_ZERO_FREQ: u32 = 2u;
+const ERR_OVER_READ: u32 = 4u;
+const ERR_FINAL_STATE: u32 = 8u;
+const ERR_UNCONSUMED: u32 = 16u;
+const ERR_TABLE: u32 = 32u;
+const ERR_OFFSETS: u32 = 64u;
+const ERR_SUBGROUP: u32 = 128u;
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> freqs: array<u32>;    // u16 pairs, A per tile
+@group(0) @binding(2) var<storage, read> states: array<u32>;   // 32 per chunk
+@group(0) @binding(3) var<storage, read> offsets: array<u32>;  // n_chunks + 1
+@group(0) @binding(4) var<storage, read> words4: array<vec4<u32>>; // u16 words, 8 per vec4
+@group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
+@group(0) @binding(6) var<storage, read_write> out: array<u32>; // packed words
+
+var<workgroup> table: array<u32, MAX_TABLE>;
+var<workgroup> sc_a: array<u32, 256>;
+var<workgroup> sc_b: array<u32, 256>;
+var<workgroup> fq: array<u32, 256>;
+var<workgroup> table_bad: u32;
+
+fn load_w4(i: u32) -> vec4<u32> {
+    var v = vec4<u32>(0u);
+    if (i < arrayLength(&words4)) {
+        v = words4[i];
+    }
+    return v;
+}
+
+// Builds the tile's table. Leaves exclusive cumulative frequencies in sc_a (or sc_b, returned
+// flag says which) and frequencies in fq. Must be called in uniform control flow.
+fn build_table(tile: u32, lid: u32) -> bool {
+    let a = P.alphabet;
+    let m = 1u << P.prec;
+    let base = tile * a;
+    for (var i = lid; i < 256u; i += WG) {
+        var f = 0u;
+        if (i < a) {
+            let idx = base + i;
+            f = (freqs[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
+        }
+        fq[i] = f;
+        sc_a[i] = f;
+    }
+    workgroupBarrier();
+    // Hillis-Steele inclusive scan over 256 entries, ping-pong between sc_a and sc_b.
+    var in_a = true;
+    for (var d = 1u; d < 256u; d = d << 1u) {
+        for (var i = lid; i < 256u; i += WG) {
+            if (in_a) {
+                var v = sc_a[i];
+                if (i >= d) { v += sc_a[i - d]; }
+                sc_b[i] = v;
+            } else {
+                var v = sc_b[i];
+                if (i >= d) { v += sc_b[i - d]; }
+                sc_a[i] = v;
+            }
+        }
+        in_a = !in_a;
+        workgroupBarrier();
+    }
+    // 8 rounds: the result is back in sc_a. Make it exclusive in place.
+    for (var i = lid; i < 256u; i += WG) {
+        sc_a[i] = sc_a[i] - fq[i];
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        let total = sc_a[a - 1u] + fq[a - 1u];
+        table_bad = select(0u, 1u, total != m);
+    }
+    if (P.prec <= 11u) {
+        for (var slot = lid; slot < m; slot += WG) {
+            // largest s with c[s] <= slot
+            var lo = 0u;
+            var hi = a;
+            for (var it = 0u; it < 9u; it++) {
+                if (hi - lo > 1u) {
+                    let mid = (lo + hi) >> 1u;
+                    if (sc_a[mid] <= slot) { lo = mid; } else { hi = mid; }
+                }
+            }
+            let c = sc_a[lo];
+            let f = fq[lo];
+            var e = SENTINEL;
+            if (slot < c + f && f > 0u && f <= m) {
+                e = lo | ((f - 1u) << 8u) | ((slot - c) << 20u);
+            }
+            table[slot] = e;
+        }
+    }
+    workgroupBarrier();
+    return workgroupUniformLoad(&table_bad) != 0u;
+}
+
+@compute @workgroup_size(128)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) sg_id: u32,
+    @builtin(subgroup_size) sg_size: u32,
+) {
+    let wg = wid.y * P.wg_x + wid.x;
+    if (wg >= P.total_wg) {
+        return;
+    }
+    let tile = wg / P.wg_per_tile;
+    let sub = wg % P.wg_per_tile;
+    let tile_first = tile * P.tile_chunks;
+    let tile_end = min(tile_first + P.tile_chunks, P.n_chunks);
+    let bad_table = build_table(tile, lid);
+
+    let g = lid / 32u;
+    let l = sg_id;
+    let n = P.prec;
+    let mmask = (1u << n) - 1u;
+    let T = P.steps_per_row;
+    let S = P.syms_per_row;
+    let bw = P.bits * P.wps;          // bits per symbol, divides 32
+    let seg = 32u / bw;               // lanes per output word
+    let row_words = P.out_row_words;  // = S * bw / 32
+
+    for (var it = 0u; it < P.chunk_iters; it++) {
+        let chunk = tile_first + (sub * P.chunk_iters + it) * G + g;
+        let valid = chunk < tile_end;
+        var steps = 0u;
+        var r0 = 0u;
+        var x = L;
+        var p = 0u;
+        var end = 0u;
+        var err = 0u;
+        if (valid) {
+            r0 = chunk * P.chunk_rows;
+            steps = min(P.chunk_rows, P.rows - r0) * T;
+            x = states[chunk * 32u + l];
+            if (x < L) { err |= ERR_BAD_STATE; }
+            p = offsets[chunk];
+            end = offsets[chunk + 1u];
+            if (end > P.n_words || p > end) {
+                err |= ERR_OFFSETS;
+                end = min(end, P.n_words);
+                p = min(p, end);
+            }
+            if (bad_table) { err |= ERR_TABLE; }
+            if (sg_size != 32u) { err |= ERR_SUBGROUP; }
+        }
+        // Word window of 2 x 256 words: lane l holds words base + 8l .. base + 8l + 8 in `cur`
+        // and the next 256 in `nxt` (one vec4<u32> each, base a multiple of 8). Invariant
+        // p - base < 256 at the start of a step, so a step's reads (at most 32 words) lie in
+        // cur or nxt; `nxt` is loaded about 256 words (~15 steps) before it is first read, so
+        // its latency hides behind the decoding.
+        var base = p & ~7u;
+        var cur = load_w4(base / 8u + l);
+        var nxt = load_w4(base / 8u + 32u + l);
+        // row and step-in-row of step t, advanced incrementally
+        var row = r0;
+        var u = 0u;
+        for (var t = 0u; t < steps; t++) {
+            let j = u * 32u + l;
+            let lane_on = j < S;
+            let wrap = u + 1u == T;
+            var osym = 0u;
+            var need = false;
+            if (lane_on) {
+                let slot = x & mmask;
+                var f = 1u;
+                var bias = 0u;
+                var sym = 0u;
+                if (n <= 11u) {
+                    var e = table[slot];
+                    if (e == SENTINEL) {
+                        err |= ERR_ZERO_FREQ;
+                        e = 0u;
+                    }
+                    sym = e & 0xFFu;
+                    f = ((e >> 8u) & 0xFFFu) + 1u;
+                    bias = e >> 20u;
+                } else {
+                    var lo = 0u;
+                    var hi = P.alphabet;
+                    for (var k = 0u; k < 9u; k++) {
+                        if (hi - lo > 1u) {
+                            let mid = (lo + hi) >> 1u;
+                            if (sc_a[mid] <= slot) { lo = mid; } else { hi = mid; }
+                        }
+                    }
+                    let c = sc_a[lo];
+                    f = fq[lo];
+                    if (slot >= c + f || f == 0u) {
+                        err |= ERR_ZERO_FREQ;
+                        f = 1u;
+                        bias = 0u;
+                    } else {
+                        bias = slot - c;
+                    }
+                    sym = lo;
+                }
+                x = f * (x >> n) + bias;
+                need = x < L;
+                osym = sym;
+            }
+            // OR the segment's symbols into one word (inactive lanes contribute 0)
+            var wv = osym << ((j * bw) & 31u);
+            for (var d = 1u; d < seg; d = d << 1u) {
+                wv |= subgroupShuffleXor(wv, d);
+            }
+            if (lane_on && (l % seg) == 0u) {
+                out[row * row_words + (j * bw) / 32u] = wv;
+            }
+            let mask = subgroupBallot(need).x;
+            let total = countOneBits(mask);
+            let prefix = countOneBits(mask & ((1u << l) - 1u));
+            let rel = p - base + prefix;
+            let srcl = (rel >> 3u) & 31u;
+            var v4 = subgroupShuffle(cur, srcl);
+            if (p - base + total > 256u) {
+                // some lane reads from the next window (subgroup-uniform branch)
+                let n4 = subgroupShuffle(nxt, srcl);
+                if (rel >= 256u) {
+                    v4 = n4;
+                }
+            }
+            let word = (v4[(rel >> 1u) & 3u] >> ((rel & 1u) * 16u)) & 0xFFFFu;
+            if (need) {
+                if (p + prefix < end) {
+                    x = (x << 16u) | word;
+                } else {
+                    err |= ERR_OVER_READ;
+                }
+            }
+            p += total;
+            if (p - base >= 256u) {
+                cur = nxt;
+                base += 256u;
+                nxt = load_w4(base / 8u + 32u + l);
+            }
+            u = select(u + 1u, 0u, wrap);
+            row = select(row, row + 1u, wrap);
+        }
+        if (valid) {
+            if (x != L) { err |= ERR_FINAL_STATE; }
+            if (l == 0u && p != end) { err |= ERR_UNCONSUMED; }
+            if (err != 0u) {
+                atomicOr(&errors[chunk], err);
+            }
+        }
+    }
+}
