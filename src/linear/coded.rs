@@ -683,7 +683,7 @@ impl EntropyCodedLinear {
     }
 
     /// The batched launches (one per band) computing `Y = X W^T` (no bias) for `m <=`
-    /// [`MAX_M_PER_DISPATCH`] activation rows: `x` holds `m` rows of `ceil(K/4)*4` f32 (rows
+    /// [`MAX_M_PER_DISPATCH`](crate::linear::MAX_M_PER_DISPATCH) activation rows: `x` holds `m` rows of `ceil(K/4)*4` f32 (rows
     /// zero-padded to a multiple of 4), `y` holds `m * out_features` f32. For benchmarks that
     /// record many launches between two waits; clear the error buffers yourself.
     pub fn batch_dispatches(

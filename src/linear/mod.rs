@@ -40,7 +40,10 @@ mod device;
 mod model;
 mod plain;
 
-pub use coded::{CodedLayerRef, EntropyCodedLinear, LinearDispatch, LinearOptions};
+pub use coded::{
+    CodedLayerRef, EntropyCodedLinear, LinearDispatch, LinearOptions, MAX_M_PER_DISPATCH,
+    TARGET_WORKGROUPS,
+};
 pub use cpu::CpuLinear;
 pub use device::LinearDevice;
 pub use model::EntropyCodedModel;
