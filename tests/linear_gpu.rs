@@ -431,3 +431,48 @@ fn forward_is_the_gpu_module_fused_gemv() {
         );
     }
 }
+
+/// A single coded safetensors file loads too; a model that is not coded is a clear error.
+#[test]
+fn coded_single_file_and_uncoded_model() {
+    use ecq::container::encode_model;
+    use ecq::model::quantize::matrix_tensors;
+    use ecq::model::write::write_safetensors;
+    use ecq::model::Model;
+
+    let Some(d) = dev() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (mlx, coded) = (
+        dir.path().join("m.safetensors"),
+        dir.path().join("c.safetensors"),
+    );
+    let c = case(31, 40, 256, 4, 64, 1024, 2);
+    write_safetensors(&mlx, &matrix_tensors("lin", &c.q), &Default::default()).unwrap();
+    let quiet = indicatif::ProgressBar::hidden();
+    encode_model(
+        &Model::open(&mlx).unwrap(),
+        &coded,
+        &EncodeOptions::default(),
+        &quiet,
+    )
+    .unwrap();
+    let model = EntropyCodedModel::open(d, &coded).unwrap();
+    let layer = model.layer("lin").unwrap();
+    let cpu = CpuLinear::from_quantized("lin", &c.q, None).unwrap();
+    let x = activations(31, 3 * 256);
+    assert_close(
+        "single file",
+        &cpu,
+        &x,
+        3,
+        &layer.forward_batch(&x, 3).unwrap(),
+        0.0,
+    );
+
+    let err = EntropyCodedModel::open(d, &mlx).unwrap_err();
+    assert!(matches!(err, LinearError::Container(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("not an entropy-coded model"),
+        "{err}"
+    );
+}
