@@ -56,7 +56,7 @@ const ERR_SUBGROUP: u32 = 128u;
 @group(0) @binding(1) var<storage, read> freqs: array<u32>;    // u16 pairs, A per tile
 @group(0) @binding(2) var<storage, read> states: array<u32>;   // 32 per chunk
 @group(0) @binding(3) var<storage, read> offsets: array<u32>;  // n_chunks + 1
-@group(0) @binding(4) var<storage, read> words4: array<vec4<u32>>; // u16 words, 8 per vec4
+@group(0) @binding(4) var<storage, read> words: array<u32>;    // u16 words, 2 per u32
 @group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
 @group(0) @binding(6) var<storage, read_write> out: array<u32>; // packed words
 
@@ -66,11 +66,29 @@ var<workgroup> sc_b: array<u32, 256>;
 var<workgroup> fq: array<u32, 256>;
 var<workgroup> table_bad: u32;
 
-fn load_w4(i: u32) -> vec4<u32> {
-    var v = vec4<u32>(0u);
-    if (i < arrayLength(&words4)) {
-        v = words4[i];
+fn load_w(i: u32) -> u32 {
+    var v = 0u;
+    if (i < arrayLength(&words)) {
+        v = words[i];
     }
+    return v;
+}
+
+// One 256-word window in "planes": component c of lane l holds the u32 with words
+// base + 64c + 2l and base + 64c + 2l + 1. Each component is one coalesced 128-byte load.
+fn load_window(base: u32, l: u32) -> vec4<u32> {
+    let i = base / 2u + l;
+    return vec4<u32>(load_w(i), load_w(i + 32u), load_w(i + 64u), load_w(i + 96u));
+}
+
+// Plane c (0..4) of the window pair: 0..3 from cur, 4 = plane 0 of nxt. c is uniform across
+// the subgroup.
+fn plane(cur: vec4<u32>, nxt: vec4<u32>, c: u32) -> u32 {
+    var v = cur.x;
+    v = select(v, cur.y, c == 1u);
+    v = select(v, cur.z, c == 2u);
+    v = select(v, cur.w, c == 3u);
+    v = select(v, nxt.x, c == 4u);
     return v;
 }
 
@@ -191,14 +209,14 @@ fn main(
             if (bad_table) { err |= ERR_TABLE; }
             if (sg_size != 32u) { err |= ERR_SUBGROUP; }
         }
-        // Word window of 2 x 256 words: lane l holds words base + 8l .. base + 8l + 8 in `cur`
-        // and the next 256 in `nxt` (one vec4<u32> each, base a multiple of 8). Invariant
+        // Word window of 2 x 256 words (planes, see load_window) in `cur` and `nxt`, base a
+        // multiple of 8. Invariant
         // p - base < 256 at the start of a step, so a step's reads (at most 32 words) lie in
         // cur or nxt; `nxt` is loaded about 256 words (~15 steps) before it is first read, so
         // its latency hides behind the decoding.
         var base = p & ~7u;
-        var cur = load_w4(base / 8u + l);
-        var nxt = load_w4(base / 8u + 32u + l);
+        var cur = load_window(base, l);
+        var nxt = load_window(base + 256u, l);
         // row and step-in-row of step t, advanced incrementally
         var row = r0;
         var u = 0u;
@@ -257,17 +275,20 @@ fn main(
             let mask = subgroupBallot(need).x;
             let total = countOneBits(mask);
             let prefix = countOneBits(mask & ((1u << l) - 1u));
-            let rel = p - base + prefix;
-            let srcl = (rel >> 3u) & 31u;
-            var v4 = subgroupShuffle(cur, srcl);
-            if (p - base + total > 256u) {
-                // some lane reads from the next window (subgroup-uniform branch)
-                let n4 = subgroupShuffle(nxt, srcl);
-                if (rel >= 256u) {
-                    v4 = n4;
+            // this step's words lie in plane c0 = (p - base) / 64 and, when they cross its end,
+            // plane c0 + 1 (both subgroup-uniform): one or two u32 shuffles
+            let d0 = p - base;
+            let c0 = d0 >> 6u;
+            let rel = d0 + prefix;
+            let srcl = (rel >> 1u) & 31u;
+            var v = subgroupShuffle(plane(cur, nxt, c0), srcl);
+            if (total > 0u && ((d0 + total - 1u) >> 6u) != c0) {
+                let v1 = subgroupShuffle(plane(cur, nxt, c0 + 1u), srcl);
+                if ((rel >> 6u) != c0) {
+                    v = v1;
                 }
             }
-            let word = (v4[(rel >> 1u) & 3u] >> ((rel & 1u) * 16u)) & 0xFFFFu;
+            let word = (v >> ((rel & 1u) * 16u)) & 0xFFFFu;
             if (need) {
                 if (p + prefix < end) {
                     x = (x << 16u) | word;
@@ -279,7 +300,7 @@ fn main(
             if (p - base >= 256u) {
                 cur = nxt;
                 base += 256u;
-                nxt = load_w4(base / 8u + 32u + l);
+                nxt = load_window(base + 256u, l);
             }
             u = select(u + 1u, 0u, wrap);
             row = select(row, row + 1u, wrap);

@@ -7,10 +7,11 @@
 // Differences from rans_gemv.wgsl: the renormalisation prefix count is a subgroupBallot (no
 // workgroupBarrier in the decode loop: each group of 32 runs at its own pace); the words come
 // from a window of 2 x 256 words held in registers across the subgroup (one vec4<u32> per lane
-// each, the next window loaded ~15 steps before it is read) and are handed to the lanes that
-// need them with subgroupShuffle; activations, scale and bias are loaded one step ahead; each
-// row's 32 lane sums are reduced with subgroupAdd. The word buffer is bound as vec4<u32>, so the
-// host pads it to a multiple of 16 bytes.
+// each, in four "planes" of 64 words so a step needs one or two u32 shuffles; the next window
+// is loaded ~15 steps before it is read) and are handed to the lanes that need them with
+// subgroupShuffle; activations, scale and bias are loaded two steps ahead; each
+// row's 32 lane sums are reduced with subgroupAdd. The word buffer is read as u32 (the host pads
+// it to a multiple of 16 bytes).
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
 
@@ -41,6 +42,14 @@ struct Params {
     _pad2: u32,
 }
 
+// Specialisation constants set by the host from the matrix (0 = read from P at run time):
+// weights per symbol, bits per weight, probability bits, log2 of the MLX group size (32 = not
+// a power of two: divide). Constant values let the compiler drop the other cases' code.
+override WPS: u32 = 0u;
+override BITS: u32 = 0u;
+override PREC: u32 = 0u;
+override GSHIFT: u32 = 0u;
+
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
 const MAX_TABLE: u32 = 2048u;  // slot table for n <= 11
@@ -61,7 +70,7 @@ const ERR_SUBGROUP: u32 = 128u;
 @group(0) @binding(1) var<storage, read> freqs: array<u32>;    // u16 pairs, A per tile
 @group(0) @binding(2) var<storage, read> states: array<u32>;   // 32 per chunk
 @group(0) @binding(3) var<storage, read> offsets: array<u32>;  // n_chunks + 1
-@group(0) @binding(4) var<storage, read> words4: array<vec4<u32>>; // u16 words, 8 per vec4
+@group(0) @binding(4) var<storage, read> words: array<u32>;    // u16 words, 2 per u32
 @group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
 @group(0) @binding(6) var<storage, read> sb: array<vec2<f32>>;   // (scale, bias) per group
 @group(0) @binding(7) var<storage, read> xv: array<f32>;          // activations, K
@@ -73,11 +82,29 @@ var<workgroup> sc_b: array<u32, 256>;
 var<workgroup> fq: array<u32, 256>;
 var<workgroup> table_bad: u32;
 
-fn load_w4(i: u32) -> vec4<u32> {
-    var v = vec4<u32>(0u);
-    if (i < arrayLength(&words4)) {
-        v = words4[i];
+fn load_w(i: u32) -> u32 {
+    var v = 0u;
+    if (i < arrayLength(&words)) {
+        v = words[i];
     }
+    return v;
+}
+
+// One 256-word window in "planes": component c of lane l holds the u32 with words
+// base + 64c + 2l and base + 64c + 2l + 1. Each component is one coalesced 128-byte load.
+fn load_window(base: u32, l: u32) -> vec4<u32> {
+    let i = base / 2u + l;
+    return vec4<u32>(load_w(i), load_w(i + 32u), load_w(i + 64u), load_w(i + 96u));
+}
+
+// Plane c (0..4) of the window pair: 0..3 from cur, 4 = plane 0 of nxt. c is uniform across
+// the subgroup.
+fn plane(cur: vec4<u32>, nxt: vec4<u32>, c: u32) -> u32 {
+    var v = cur.x;
+    v = select(v, cur.y, c == 1u);
+    v = select(v, cur.z, c == 2u);
+    v = select(v, cur.w, c == 3u);
+    v = select(v, nxt.x, c == 4u);
     return v;
 }
 
@@ -158,13 +185,14 @@ fn group_of(k: u32, gsz: u32, gshift: u32) -> u32 {
 
 // Activations of the w weights of symbol column j (zeros past w).
 fn load_x(j: u32) -> vec4<f32> {
-    let k0 = j * P.wps;
+    let wps = select(P.wps, WPS, WPS != 0u);
+    let k0 = j * wps;
     var v = vec4<f32>(0.0);
     v.x = xv[k0];
-    if (P.wps >= 2u) {
+    if (wps >= 2u) {
         v.y = xv[k0 + 1u];
     }
-    if (P.wps == 4u) {
+    if (wps == 4u) {
         v.z = xv[k0 + 2u];
         v.w = xv[k0 + 3u];
     }
@@ -191,19 +219,23 @@ fn main(
 
     let g = lid / 32u;
     let l = sg_id;
-    let n = P.prec;
+    let n = select(P.prec, PREC, PREC != 0u);
     let mmask = (1u << n) - 1u;
     let T = P.steps_per_row;
     let S = P.syms_per_row;
-    let qmask = (1u << P.bits) - 1u;
-    let b1 = P.bits;
-    let b2 = 2u * P.bits;
-    let b3 = 3u * P.bits;
+    let bits = select(P.bits, BITS, BITS != 0u);
+    let qmask = (1u << bits) - 1u;
+    let b1 = bits;
+    let b2 = 2u * bits;
+    let b3 = 3u * bits;
     let gpr = P.groups_per_row;
     let gsz = P.group_size;
-    let wps = P.wps;
+    let wps = select(P.wps, WPS, WPS != 0u);
     // group sizes are powers of two in MLX: a shift then; any other size divides
-    let gshift = select(32u, firstTrailingBit(gsz), (gsz & (gsz - 1u)) == 0u);
+    var gshift = select(32u, firstTrailingBit(gsz), (gsz & (gsz - 1u)) == 0u);
+    if (GSHIFT != 0u) {
+        gshift = GSHIFT;
+    }
     var acc = 0.0;
 
     for (var it = 0u; it < P.chunk_iters; it++) {
@@ -230,14 +262,14 @@ fn main(
             if (bad_table) { err |= ERR_TABLE; }
             if (sg_size != 32u) { err |= ERR_SUBGROUP; }
         }
-        // Word window of 2 x 256 words: lane l holds words base + 8l .. base + 8l + 8 in `cur`
-        // and the next 256 in `nxt` (one vec4<u32> each, base a multiple of 8). Invariant
+        // Word window of 2 x 256 words (planes, see load_window) in `cur` and `nxt`, base a
+        // multiple of 8. Invariant
         // p - base < 256 at the start of a step, so a step's reads (at most 32 words) lie in
         // cur or nxt; `nxt` is loaded about 256 words (~15 steps) before it is first read, so
         // its latency hides behind the decoding.
         var base = p & ~7u;
-        var cur = load_w4(base / 8u + l);
-        var nxt = load_w4(base / 8u + 32u + l);
+        var cur = load_window(base, l);
+        var nxt = load_window(base + 256u, l);
         // activations and (scale, bias), loaded two steps ahead: nx/nsb for step t, nx2/nsb2
         // for step t + 1 (an L2 hit takes longer than one step)
         var nx = vec4<f32>(0.0);
@@ -313,26 +345,43 @@ fn main(
                 }
                 x = f * (x >> n) + bias;
                 need = x < L;
-                // q as f32 without a conversion: 2^23 + q (q < 2^23) minus 2^23, exactly
-                let qv = bitcast<vec4<f32>>((vec4<u32>(sym, sym >> b1, sym >> b2, sym >> b3)
-                    & vec4<u32>(qmask)) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
-                // cx is zero past w, so the extra lanes of qv contribute nothing
-                acc += csb.x * dot(qv, cx) + csb.y * dot(cx, vec4<f32>(1.0));
+                // q as f32 without a conversion: 2^23 + q (q < 2^23) minus 2^23, exactly;
+                // only the w values of the symbol (cx is zero past w)
+                var d = 0.0;
+                var xs = 0.0;
+                if (wps == 1u) {
+                    d = (bitcast<f32>((sym & qmask) | 0x4B000000u) - 8388608.0) * cx.x;
+                    xs = cx.x;
+                } else if (wps == 2u) {
+                    let q2 = bitcast<vec2<f32>>((vec2<u32>(sym, sym >> b1) & vec2<u32>(qmask))
+                        | vec2<u32>(0x4B000000u)) - vec2<f32>(8388608.0);
+                    d = dot(q2, cx.xy);
+                    xs = cx.x + cx.y;
+                } else {
+                    let qv = bitcast<vec4<f32>>((vec4<u32>(sym, sym >> b1, sym >> b2, sym >> b3)
+                        & vec4<u32>(qmask)) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
+                    d = dot(qv, cx);
+                    xs = dot(cx, vec4<f32>(1.0));
+                }
+                acc += csb.x * d + csb.y * xs;
             }
             let mask = subgroupBallot(need).x;
             let total = countOneBits(mask);
             let prefix = countOneBits(mask & ((1u << l) - 1u));
-            let rel = p - base + prefix;
-            let srcl = (rel >> 3u) & 31u;
-            var v4 = subgroupShuffle(cur, srcl);
-            if (p - base + total > 256u) {
-                // some lane reads from the next window (subgroup-uniform branch)
-                let n4 = subgroupShuffle(nxt, srcl);
-                if (rel >= 256u) {
-                    v4 = n4;
+            // this step's words lie in plane c0 = (p - base) / 64 and, when they cross its end,
+            // plane c0 + 1 (both subgroup-uniform): one or two u32 shuffles
+            let d0 = p - base;
+            let c0 = d0 >> 6u;
+            let rel = d0 + prefix;
+            let srcl = (rel >> 1u) & 31u;
+            var v = subgroupShuffle(plane(cur, nxt, c0), srcl);
+            if (total > 0u && ((d0 + total - 1u) >> 6u) != c0) {
+                let v1 = subgroupShuffle(plane(cur, nxt, c0 + 1u), srcl);
+                if ((rel >> 6u) != c0) {
+                    v = v1;
                 }
             }
-            let word = (v4[(rel >> 1u) & 3u] >> ((rel & 1u) * 16u)) & 0xFFFFu;
+            let word = (v >> ((rel & 1u) * 16u)) & 0xFFFFu;
             if (need) {
                 if (p + prefix < end) {
                     x = (x << 16u) | word;
@@ -344,7 +393,7 @@ fn main(
             if (p - base >= 256u) {
                 cur = nxt;
                 base += 256u;
-                nxt = load_w4(base / 8u + 32u + l);
+                nxt = load_window(base + 256u, l);
             }
             if (wrap) {
                 let s = subgroupAdd(acc);

@@ -506,11 +506,29 @@ impl GpuCodedMatrix {
         p.wg_x = gx;
         p.out_mode = 2;
         let uniform = self.uniform(device, 2, p);
-        let kernel = match variant {
-            FusedVariant::Workgroup => Kernel::RansGemv,
-            FusedVariant::Subgroup => Kernel::RansGemvSubgroup,
+        let pipeline = match variant {
+            FusedVariant::Workgroup => registry.get(device, Kernel::RansGemv, "main", &[])?,
+            FusedVariant::Subgroup => {
+                // specialised per symbol layout: the compiler drops the other cases
+                let gs = p.group_size;
+                let gshift = if gs.is_power_of_two() {
+                    gs.trailing_zeros()
+                } else {
+                    32
+                };
+                registry.get(
+                    device,
+                    Kernel::RansGemvSubgroup,
+                    "main",
+                    &[
+                        ("WPS", p.wps),
+                        ("BITS", p.bits),
+                        ("PREC", p.prec),
+                        ("GSHIFT", gshift),
+                    ],
+                )?
+            }
         };
-        let pipeline = registry.get(device, kernel, "main", &[])?;
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("rans_gemv"),
