@@ -308,6 +308,19 @@ fn quantize_source(w: &[f32], r: usize, k: usize, source: &str) -> QuantizedMatr
     }
 }
 
+/// Three significant digits at most (GB/s spans lavapipe's 0.05 to an H200's 3000).
+fn sig(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else if v >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
 fn main() {
     let args = parse_args();
     let ctx = match GpuContext::new() {
@@ -533,20 +546,20 @@ fn main() {
                     n_syms / t_dec / 1e9
                 );
                 rows_out.push(format!(
-                    "| {r}x{k} | {source} | {chunk_symbols}:{tile_chunks} ({} rows/chunk) | {bpw:.3} | {:.1} / {:.1} | {:.1} ({fused_variant:?}) | {:.2}x | {:.0} | {:.0} / {:.0} | {:.1} / {:.1} | {:.1} | {:.0} / {:.0} |",
+                    "| {r}x{k} | {source} | {chunk_symbols}:{tile_chunks} ({} rows/chunk) | {bpw:.3} | {:.1} / {:.1} | {:.1} ({fused_variant:?}) | {:.2}x | {} | {} / {} | {:.1} / {:.1} | {} | {} / {} |",
                     enc.chunk_rows(),
                     t_plain * 1e6,
                     t_plain_old * 1e6,
                     t_fused * 1e6,
                     t_fused / t_plain,
-                    packed_bytes / t_plain / 1e9,
-                    packed_bytes / t_fused / 1e9,
-                    coded_bytes / t_fused / 1e9,
+                    sig(packed_bytes / t_plain / 1e9),
+                    sig(packed_bytes / t_fused / 1e9),
+                    sig(coded_bytes / t_fused / 1e9),
                     t_plain_l2 * 1e6,
                     t_fused_l2 * 1e6,
-                    (r * k) as f64 / t_dec / 1e9,
-                    copy_bw / 1e9,
-                    shader_bw / 1e9,
+                    sig((r * k) as f64 / t_dec / 1e9),
+                    sig(copy_bw / 1e9),
+                    sig(shader_bw / 1e9),
                 ));
             }
         }

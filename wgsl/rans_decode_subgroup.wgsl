@@ -36,6 +36,11 @@ struct Params {
     _pad2: u32,
 }
 
+// Specialisation constants set by the host (0 = read from P at run time): probability bits and
+// bits per symbol.
+override PREC: u32 = 0u;
+override BW: u32 = 0u;
+
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
 const MAX_TABLE: u32 = 2048u;  // slot table for n <= 11
@@ -177,11 +182,11 @@ fn main(
 
     let g = lid / 32u;
     let l = sg_id;
-    let n = P.prec;
+    let n = select(P.prec, PREC, PREC != 0u);
     let mmask = (1u << n) - 1u;
     let T = P.steps_per_row;
     let S = P.syms_per_row;
-    let bw = P.bits * P.wps;          // bits per symbol, divides 32
+    let bw = select(P.bits * P.wps, BW, BW != 0u);  // bits per symbol, divides 32
     let seg = 32u / bw;               // lanes per output word
     let row_words = P.out_row_words;  // = S * bw / 32
 
@@ -269,7 +274,7 @@ fn main(
             for (var d = 1u; d < seg; d = d << 1u) {
                 wv |= subgroupShuffleXor(wv, d);
             }
-            if (lane_on && (l % seg) == 0u) {
+            if (lane_on && (l & (seg - 1u)) == 0u) {
                 out[row * row_words + (j * bw) / 32u] = wv;
             }
             let mask = subgroupBallot(need).x;

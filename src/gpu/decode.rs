@@ -429,11 +429,15 @@ impl GpuCodedMatrix {
             DecodeOutput::BytePerWeight => p.cols / 4,
         };
         let uniform = self.uniform(device, p.out_mode, p);
-        let kernel = match variant {
-            FusedVariant::Workgroup => Kernel::RansDecode,
-            FusedVariant::Subgroup => Kernel::RansDecodeSubgroup,
+        let pipeline = match variant {
+            FusedVariant::Workgroup => registry.get(device, Kernel::RansDecode, "main", &[])?,
+            FusedVariant::Subgroup => registry.get(
+                device,
+                Kernel::RansDecodeSubgroup,
+                "main",
+                &[("PREC", p.prec), ("BW", p.bits * p.wps)],
+            )?,
         };
-        let pipeline = registry.get(device, kernel, "main", &[])?;
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("rans_decode"),

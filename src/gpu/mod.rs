@@ -21,16 +21,23 @@
 //!   one lane per rANS lane; renormalisation reads use a workgroup-memory bitmask and one
 //!   `workgroupBarrier` per step. Output: MLX packed words (a step's symbols are staged in
 //!   workgroup memory and gathered into whole words, for every bit width) or one byte per weight.
+//! * `rans_decode_subgroup.wgsl`: the subgroup decode loop below, writing MLX packed words
+//!   (symbols OR-ed into words with `subgroupShuffleXor`); [`GpuCodedMatrix::decode_dispatch`]
+//!   picks it for 1, 2, 4 or 8-bit symbols on 32-wide subgroups.
 //! * `rans_gemv.wgsl` / `rans_gemv_subgroup.wgsl`: the same decode, multiplied in registers
 //!   (`scale * sum(q*x) + bias * sum(x)` per symbol, accumulated per row, lane sums reduced in
 //!   workgroup memory or with `subgroupAdd`); the weights are never written to memory. The
 //!   subgroup version ([`FusedVariant::Subgroup`]) replaces the barrier by `subgroupBallot`, keeps
-//!   a 512-word window of the stream in registers and is chosen when the adapter's subgroups are
-//!   exactly 32 wide ([`PipelineRegistry::subgroups32`]); every other adapter runs the
-//!   workgroup-memory version.
+//!   a 512-word window of the stream in registers (four 64-word planes per 256 words: one or two
+//!   `u32` shuffles per step), is specialised per symbol layout (pipeline-overridable constants)
+//!   and is chosen when the adapter's subgroups are exactly 32 wide
+//!   ([`PipelineRegistry::subgroups32`]); every other adapter runs the workgroup-memory version.
+//! * `qgemv4.wgsl`: plain MLX 4-bit GEMV (the default for 4 bits, [`QGemvVariant`]): no
+//!   integer-to-float conversion (nibbles OR-ed into the exponent of 2^23), 4 rows x 2 pieces of
+//!   16 weights per lane, K split over 1-8 groups of 32 lanes chosen from the row count.
 //! * `qgemv.wgsl`: plain MLX GEMV after MLX's `qmv_fast` (16-byte weight loads, activations
 //!   pre-scaled so masked values need no shift), 4 rows per workgroup with K split over up to 8
-//!   groups of 32 lanes.
+//!   groups of 32 lanes; used for 2 and 8 bits ([`QGemvVariant::Generic`]).
 //!
 //! All loops are bounded by the matrix geometry and every word read is bounds-checked, so corrupt
 //! input sets per-chunk error bits ([`error_bits`]) and never hangs the device; the host reports
