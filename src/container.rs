@@ -332,7 +332,7 @@ fn summarize(weight: &str, enc: &EncodedMatrix, model: &Model) -> Result<MatrixS
 }
 
 /// Tensor indices of each shard, in file order.
-fn shard_groups(model: &Model) -> Vec<Vec<usize>> {
+pub(crate) fn shard_groups(model: &Model) -> Vec<Vec<usize>> {
     let mut g = vec![Vec::new(); model.shards.len()];
     for (i, t) in model.tensors.iter().enumerate() {
         g[t.shard].push(i);
@@ -340,14 +340,14 @@ fn shard_groups(model: &Model) -> Vec<Vec<usize>> {
     g
 }
 
-fn without_ecq_keys(m: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+pub(crate) fn without_ecq_keys(m: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     m.iter()
         .filter(|(k, _)| !k.starts_with("ecq."))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
 
-fn write_output(
+pub(crate) fn write_output(
     model: &Model,
     out: &Path,
     shards: Vec<(String, Vec<NamedTensor>, BTreeMap<String, String>)>,

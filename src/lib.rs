@@ -20,6 +20,7 @@ pub mod container;
 pub mod dtype;
 pub mod gpu;
 pub mod linear;
+pub mod lossless;
 pub mod model;
 pub mod quant;
 pub mod rans;

@@ -1,0 +1,1 @@
+//! GPU kernels for lossless 16-bit weights.
