@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use ecq::container::{decode_model, encode_model, verify_model, Summary};
-use ecq::model::Model;
+use ecq::lossless::container as lossless;
+use ecq::model::{Dtype, Model};
 use ecq::rans::EncodeOptions;
 
 use super::{bar, human_bytes, CliResult};
@@ -24,6 +25,10 @@ pub struct EncodeArgs {
     /// Chunks per tile (one frequency table and checksum per tile).
     #[arg(long, default_value_t = ecq::rans::DEFAULT_TILE_CHUNKS)]
     tile_chunks: usize,
+    /// Code the float weights losslessly as 16-bit values (bf16/f16 kept bit for bit, f32
+    /// converted to bf16 first) instead of MLX-quantized weights.
+    #[arg(long)]
+    lossless: bool,
 }
 
 /// Arguments of `ecq decode`.
@@ -65,6 +70,9 @@ pub fn encode(a: EncodeArgs) -> CliResult {
         tile_chunks: a.tile_chunks,
         ..EncodeOptions::default()
     };
+    if a.lossless {
+        return encode_lossless(&model, &a, &opts);
+    }
     let pb = bar(0, "encode");
     let s = encode_model(&model, &a.output, &opts, &pb)?;
     pb.finish_and_clear();
@@ -83,6 +91,23 @@ pub fn encode(a: EncodeArgs) -> CliResult {
 /// Runs `ecq decode`.
 pub fn decode(a: DecodeArgs) -> CliResult {
     let model = Model::open(&a.input)?;
+    if lossless::is_lossless(&model) {
+        let pb = bar(0, "decode");
+        let s = lossless::decode_model(&model, &a.output, &pb)?;
+        pb.finish_and_clear();
+        outln!(
+            "decoded {} lossless 16-bit matrices: {} -> {} at {}",
+            s.matrices.len(),
+            human_bytes(s.bytes_in),
+            human_bytes(s.bytes_out),
+            a.output.display()
+        );
+        let f32n = s.matrices.iter().filter(|m| m.input == Dtype::F32).count();
+        if f32n > 0 {
+            outln!("note: {f32n} matrices were f32 and are restored as their bf16 conversion");
+        }
+        return Ok(());
+    }
     let pb = bar(0, "decode");
     let s = decode_model(&model, &a.output, &pb)?;
     pb.finish_and_clear();
@@ -99,6 +124,17 @@ pub fn decode(a: DecodeArgs) -> CliResult {
 /// Runs `ecq verify`.
 pub fn verify(a: VerifyArgs) -> CliResult {
     let model = Model::open(&a.path)?;
+    if lossless::is_lossless(&model) {
+        let pb = bar(0, "verify");
+        let s = lossless::verify_model(&model, &pb)?;
+        pb.finish_and_clear();
+        outln!(
+            "ok: {} lossless 16-bit matrices decoded in full, every checksum matches",
+            s.matrices.len()
+        );
+        print_lossless_summary(&s);
+        return Ok(());
+    }
     let pb = bar(0, "verify");
     let s = verify_model(&model, &pb)?;
     pb.finish_and_clear();
@@ -107,5 +143,102 @@ pub fn verify(a: VerifyArgs) -> CliResult {
         s.matrices.len()
     );
     print_summary(&s);
+    Ok(())
+}
+
+fn print_lossless_summary(s: &lossless::Summary) {
+    outln!(
+        "{} matrices, {} weights: coded {:.3} bits/weight (exponent entropy bound + 8 raw bits: {:.3}); {} float tensors kept uncoded",
+        s.matrices.len(),
+        s.weights(),
+        s.bits_per_weight(),
+        s.entropy_bits_per_weight(),
+        s.kept_raw.len(),
+    );
+}
+
+fn print_conversion(c: &ecq::lossless::ConversionReport) {
+    if c.values > 0 {
+        outln!(
+            "f32 -> bf16 (round to nearest even, as torch): {} of {} weights changed, max relative error {:.3e}, {} overflowed to infinity",
+            c.changed,
+            c.values,
+            c.max_rel_error,
+            c.overflows
+        );
+    }
+}
+
+/// `ecq encode --lossless`.
+fn encode_lossless(model: &Model, a: &EncodeArgs, opts: &EncodeOptions) -> CliResult {
+    let pb = bar(0, "encode");
+    let s = lossless::encode_model(model, &a.output, opts, &pb)?;
+    pb.finish_and_clear();
+    outln!(
+        "encoded {} -> {} (lossless 16-bit): {} -> {} ({:.1}% of the input)",
+        a.input.display(),
+        a.output.display(),
+        human_bytes(s.bytes_in),
+        human_bytes(s.bytes_out),
+        100.0 * s.bytes_out as f64 / s.bytes_in.max(1) as f64
+    );
+    print_lossless_summary(&s);
+    print_conversion(&s.conversion);
+    Ok(())
+}
+
+/// Prints the lossless 16-bit estimate of a float model (`ecq inspect`).
+pub fn print_estimate(e: &lossless::Estimate) {
+    outln!();
+    outln!(
+        "lossless 16-bit (ecq encode --lossless): {} matrices, {} weights: exponent entropy {:.3} + 8 raw bits = {:.3} bits/weight (side information not counted)",
+        e.matrices,
+        e.weights,
+        e.exponent_entropy,
+        e.bits_per_weight()
+    );
+    print_conversion(&e.conversion);
+}
+
+/// `ecq inspect` of a model with lossless 16-bit weights: decodes and checks every matrix.
+pub fn inspect_lossless(model: &Model, as_json: bool) -> CliResult {
+    let pb = bar(0, "decode");
+    let s = lossless::verify_model(model, &pb)?;
+    pb.finish_and_clear();
+    if as_json {
+        let m: Vec<serde_json::Value> = s
+            .matrices
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "name": m.weight, "weights": m.weights, "input": format!("{:?}", m.input),
+                    "coded_bits_per_weight": 8.0 * m.coded_bytes as f64 / m.weights.max(1) as f64,
+                    "entropy_bound_bits_per_weight": m.entropy_bits / m.weights.max(1) as f64,
+                })
+            })
+            .collect();
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "lossless16": true,
+                "weights": s.weights(),
+                "coded_bits_per_weight": s.bits_per_weight(),
+                "entropy_bound_bits_per_weight": s.entropy_bits_per_weight(),
+                "matrices": m,
+            }))?
+        );
+        return Ok(());
+    }
+    for m in &s.matrices {
+        outln!(
+            "{} {} weights ({:?}): coded {:.3} bits/weight, bound {:.3}",
+            m.weight,
+            m.weights,
+            m.input,
+            8.0 * m.coded_bytes as f64 / m.weights.max(1) as f64,
+            m.entropy_bits / m.weights.max(1) as f64
+        );
+    }
+    print_lossless_summary(&s);
     Ok(())
 }

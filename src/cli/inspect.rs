@@ -225,13 +225,31 @@ pub fn run(a: Args) -> CliResult {
     if !ecq::container::coded_weights(&model).is_empty() {
         return inspect_coded(&model, a.json);
     }
+    if ecq::lossless::container::is_lossless(&model) {
+        return super::coding::inspect_lossless(&model, a.json);
+    }
     let pb = bar(0, "inspect");
     let report = analyze(&model, &default_schemes(), &pb)?;
     pb.finish_and_clear();
+    let lossless = (!report.quantized).then(|| ecq::lossless::container::estimate(&model));
     if a.json {
-        outln!("{}", serde_json::to_string_pretty(&report_json(&report))?);
+        let mut v = report_json(&report);
+        if let Some(e) = &lossless {
+            v["lossless16"] = json!({
+                "matrices": e.matrices,
+                "weights": e.weights,
+                "exponent_entropy_bits_per_weight": e.exponent_entropy,
+                "bits_per_weight": e.bits_per_weight(),
+                "f32_to_bf16_changed": e.conversion.changed,
+                "f32_to_bf16_max_rel_error": e.conversion.max_rel_error,
+            });
+        }
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_tables(&report);
+        if let Some(e) = &lossless {
+            super::coding::print_estimate(e);
+        }
     }
     if let Some(p) = &a.plot {
         let title = format!("{}: bits/weight vs reconstruction error", a.path.display());

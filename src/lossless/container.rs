@@ -354,3 +354,51 @@ pub fn verify_model(model: &Model, progress: &ProgressBar) -> Result<Summary> {
         ..Summary::default()
     })
 }
+
+/// Estimate of the lossless 16-bit size of a float model (`ecq inspect`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Estimate {
+    /// Weights of the codable matrices ([`is_codable`]).
+    pub weights: u64,
+    /// Codable matrices.
+    pub matrices: usize,
+    /// Weight-averaged per-matrix empirical entropy of the exponent byte (of the bf16 conversion
+    /// for f32 matrices), bits/weight.
+    pub exponent_entropy: f64,
+    /// The f32 -> bf16 conversion of f32 matrices.
+    pub conversion: ConversionReport,
+}
+
+impl Estimate {
+    /// Exponent entropy + 8 raw bits per weight (side information not counted).
+    pub fn bits_per_weight(&self) -> f64 {
+        8.0 + self.exponent_entropy
+    }
+}
+
+/// Measures the exponent entropy of every codable matrix of a float model without coding it.
+pub fn estimate(model: &Model) -> Estimate {
+    let per: Vec<(u64, f64, ConversionReport)> = model
+        .tensors
+        .par_iter()
+        .filter(|t| is_codable(&t.name, &t.data))
+        .map(|t| {
+            let (h, r) = match t.data.dtype() {
+                Dtype::F32 => super::convert_f32(&t.data.to_f32().expect("f32")),
+                _ => (u16_values(&t.data), ConversionReport::default()),
+            };
+            let n = h.len() as u64;
+            (n, super::exponent_entropy(&h) * n as f64, r)
+        })
+        .collect();
+    let mut e = Estimate::default();
+    let mut bits = 0.0;
+    for (n, b, r) in per {
+        e.weights += n;
+        e.matrices += 1;
+        bits += b;
+        e.conversion.merge(&r);
+    }
+    e.exponent_entropy = bits / e.weights.max(1) as f64;
+    e
+}
