@@ -1,5 +1,5 @@
-//! GPU performance table (issues 4 and 5): plain MLX 4-bit GEMV (`qgemv4.wgsl`, and the
-//! issue-4 `qgemv.wgsl` for comparison) vs the fused rANS decode + GEMV, decode-only throughput
+//! GPU performance table (issues 4 and 5): plain MLX 4-bit GEMV (`qgemv4.wgsl`, the issue-4
+//! `qgemv.wgsl`, and the approximate 8-bit-activation `qgemv4_dp4a.wgsl` for comparison) vs the fused rANS decode + GEMV, decode-only throughput
 //! and copy bandwidth, all measured in one run on the adapter `GpuContext::new` picks
 //! (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME` honoured).
 //!
@@ -103,18 +103,31 @@ fn parse_args() -> Args {
     a
 }
 
-/// Runs `f` until at least `WARM_UP_S` seconds have passed (at least twice): pipelines, first
-/// touch of new buffers, and above all the GPU's clocks, which drop while the host prepares the
-/// next matrix. Without it the first kernel timed after a long host-side preparation ran up to
-/// 4x slow (issue-4 measurements of the larger shapes).
+/// When the last timed GPU work ended (see [`warm_up`]).
+static LAST_GPU: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+
+/// Runs `f` until enough time has passed (at least twice): pipelines, first touch of new
+/// buffers, and above all the GPU's clocks, which drop while the host prepares the next matrix.
+/// Without it the first kernel timed after a long host-side preparation ran up to 4x slow (the
+/// issue-4 measurements of the larger shapes); 0.25 s was not always enough after 2.5 s of host
+/// work, so after more than 0.5 s without GPU work the warm-up lasts 1.5 s.
 fn warm_up(mut f: impl FnMut() -> f64) {
-    const WARM_UP_S: f64 = 0.25;
+    let idle = LAST_GPU
+        .lock()
+        .unwrap()
+        .is_none_or(|t| t.elapsed().as_secs_f64() > 0.5);
+    let secs = if idle { 1.5 } else { 0.25 };
     let t = Instant::now();
     let mut n = 0;
-    while n < 2 || t.elapsed().as_secs_f64() < WARM_UP_S {
+    while n < 2 || t.elapsed().as_secs_f64() < secs {
         f();
         n += 1;
     }
+}
+
+/// Marks the end of timed GPU work.
+fn gpu_done() {
+    *LAST_GPU.lock().unwrap() = Some(Instant::now());
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -139,7 +152,9 @@ fn time_dispatches(ctx: &GpuContext, ds: &[Dispatch], iters: usize, rounds: usiz
         t.elapsed().as_secs_f64()
     };
     warm_up(|| run(iters.max(ds.len())));
-    median((0..rounds).map(|_| run(iters) / iters as f64).collect())
+    let t = median((0..rounds).map(|_| run(iters) / iters as f64).collect());
+    gpu_done();
+    t
 }
 
 fn copy_bandwidth(ctx: &GpuContext, mib: u64, rounds: usize) -> (f64, u64) {
@@ -171,6 +186,7 @@ fn copy_bandwidth(ctx: &GpuContext, mib: u64, rounds: usize) -> (f64, u64) {
     };
     warm_up(run);
     let t = median((0..rounds).map(|_| run()).collect());
+    gpu_done();
     // bytes read + bytes written
     (2.0 * bytes as f64 / t, bytes)
 }
@@ -254,6 +270,7 @@ fn shader_copy_bandwidth(ctx: &GpuContext, mib: u64, rounds: usize) -> f64 {
     };
     warm_up(run);
     let t = median((0..rounds).map(|_| run()).collect());
+    gpu_done();
     2.0 * bytes as f64 / t
 }
 
@@ -436,22 +453,28 @@ fn main() {
             let t_plain = time_plain(QGemvVariant::Auto, sets);
             let t_plain_old = time_plain(QGemvVariant::Generic, sets);
             let t_plain_l2 = time_plain(QGemvVariant::Auto, 1);
+            let t_plain_i8 = time_plain(QGemvVariant::Int8Dot { ksplit: 0 }, sets);
             eprintln!(
-                "  plain {source}: qgemv4 (ksplit {}) {:.1} us ({:.0} GB/s), issue-4 qgemv {:.1} us ({:.0} GB/s), qgemv4 one set {:.1} us",
+                "  plain {source}: qgemv4 (ksplit {}) {:.1} us ({:.0} GB/s), issue-4 qgemv {:.1} us ({:.0} GB/s), int8-dot {:.1} us ({:.0} GB/s), qgemv4 one set {:.1} us",
                 plain[0].auto_ksplit(),
                 t_plain * 1e6,
                 packed_bytes / t_plain / 1e9,
                 t_plain_old * 1e6,
                 packed_bytes / t_plain_old / 1e9,
+                t_plain_i8 * 1e6,
+                packed_bytes / t_plain_i8 / 1e9,
                 t_plain_l2 * 1e6
             );
             if args.ksplit_sweep && source == &args.sources[0] {
                 for ks in [1u32, 2, 4, 8] {
                     let t = time_plain(QGemvVariant::Nibble4 { ksplit: ks }, sets);
+                    let ti = time_plain(QGemvVariant::Int8Dot { ksplit: ks }, sets);
                     eprintln!(
-                        "    qgemv4 ksplit {ks}: {:.1} us, {:.0} GB/s",
+                        "    ksplit {ks}: qgemv4 {:.1} us, {:.0} GB/s; int8-dot {:.1} us, {:.0} GB/s",
                         t * 1e6,
-                        packed_bytes / t / 1e9
+                        packed_bytes / t / 1e9,
+                        ti * 1e6,
+                        packed_bytes / ti / 1e9
                     );
                 }
                 let t = time_plain(QGemvVariant::Generic, 1);
@@ -546,10 +569,11 @@ fn main() {
                     n_syms / t_dec / 1e9
                 );
                 rows_out.push(format!(
-                    "| {r}x{k} | {source} | {chunk_symbols}:{tile_chunks} ({} rows/chunk) | {bpw:.3} | {:.1} / {:.1} | {:.1} ({fused_variant:?}) | {:.2}x | {} | {} / {} | {:.1} / {:.1} | {} | {} / {} |",
+                    "| {r}x{k} | {source} | {chunk_symbols}:{tile_chunks} ({} rows/chunk) | {bpw:.3} | {:.1} / {:.1} / {:.1} | {:.1} ({fused_variant:?}) | {:.2}x | {} | {} / {} | {:.1} / {:.1} | {} | {} / {} |",
                     enc.chunk_rows(),
                     t_plain * 1e6,
                     t_plain_old * 1e6,
+                    t_plain_i8 * 1e6,
                     t_fused * 1e6,
                     t_fused / t_plain,
                     sig(packed_bytes / t_plain / 1e9),
@@ -567,7 +591,7 @@ fn main() {
     println!("Adapter: {}", ctx.describe());
     println!();
     println!(
-        "| shape RxK | symbols | chunk_symbols:tile_chunks | coded bits/weight | plain 4-bit µs (qgemv4 / issue-4 qgemv) | fused µs (kernel) | fused/plain | plain GB/s | fused GB/s (MLX 4-bit / coded bytes) | one set, µs (plain / fused) | decode-only G weights/s | copy GB/s (copy_buffer_to_buffer / copy.wgsl) |"
+        "| shape RxK | symbols | chunk_symbols:tile_chunks | coded bits/weight | plain 4-bit µs (qgemv4 / issue-4 qgemv / int8-dot, approximate) | fused µs (kernel) | fused/plain | plain GB/s | fused GB/s (MLX 4-bit / coded bytes) | one set, µs (plain / fused) | decode-only G weights/s | copy GB/s (copy_buffer_to_buffer / copy.wgsl) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for l in rows_out {

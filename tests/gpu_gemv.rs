@@ -199,6 +199,61 @@ fn check_plain_variants(ctx: &GpuContext, seed: u64, rows: usize, cols: usize, g
     }
 }
 
+/// `QGemvVariant::Int8Dot` (8-bit activations per 16-weight piece, `dot4I8Packed`) against the
+/// f64 reference, within its stated bound: per piece `|scale| * d / 2 * sum(q)` with
+/// `d = max|x| / 127`, plus the f32 tolerance of the exact kernels.
+fn check_int8(ctx: &GpuContext, seed: u64, rows: usize, cols: usize, gs: u32) {
+    let (q, x) = random_matrix(seed, rows, cols, 4, gs);
+    let m = ctx.upload_quantized(&q).unwrap();
+    let (want, sum_abs) = reference(&q, &x);
+    let sym = q.symbols();
+    let gpr = cols / gs as usize;
+    for ksplit in [0, 1, 2, 4, 8] {
+        let label = format!("qgemv int8 {rows}x{cols} g{gs} ksplit {ksplit}");
+        let y = m
+            .gemv_with(
+                ctx.device(),
+                ctx.queue(),
+                ctx.registry(),
+                &x,
+                QGemvVariant::Int8Dot { ksplit },
+            )
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        for r in 0..rows {
+            let mut quant = 0.0f64;
+            for p in 0..cols / 16 {
+                let xs = &x[p * 16..p * 16 + 16];
+                let d = xs.iter().fold(0.0f64, |a, &v| a.max(v.abs() as f64)) / 127.0;
+                let s = q.scales[r * gpr + p * 16 / gs as usize].abs() as f64;
+                let qs: f64 = sym[r * cols + p * 16..r * cols + p * 16 + 16]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum();
+                quant += s * d / 2.0 * qs;
+            }
+            let tol = quant * 1.001 + TOL_PER_TERM * (cols as f64 + 64.0) * (sum_abs[r] + quant);
+            let err = (y[r] as f64 - want[r]).abs();
+            assert!(
+                err <= tol + 1e-30,
+                "{label}: y[{r}] = {} expected {} (error {err:e} > bound {tol:e})",
+                y[r],
+                want[r]
+            );
+        }
+    }
+}
+
+#[test]
+fn plain_gemv_int8_dot_within_bound() {
+    let Some(ctx) = ctx() else { return };
+    for (i, &(rows, cols, gs)) in [(1, 32, 32), (37, 1024, 64), (9, 1056, 32), (33, 14336, 128)]
+        .iter()
+        .enumerate()
+    {
+        check_int8(ctx, 950 + i as u64, rows, cols, gs);
+    }
+}
+
 #[test]
 fn plain_gemv_4bit_every_ksplit() {
     let Some(ctx) = ctx() else { return };

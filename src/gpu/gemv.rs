@@ -30,6 +30,17 @@ pub enum QGemvVariant {
         /// Groups of 32 lanes splitting K per block of 4 rows; 0 = automatic.
         ksplit: u32,
     },
+    /// `wgsl/qgemv4_dp4a.wgsl`: as `Nibble4`, with the activations of each 16-weight piece
+    /// quantized to 8 bits in registers (scale `max|x| / 127`) and multiplied by the packed
+    /// 4x8-bit integer dot product. **Approximate**: adds at most `|scale| * d / 2 * sum(q)` per
+    /// piece (`d` = the piece's activation scale), like ggml's 8-bit activations. Never picked by
+    /// `Auto`. Needs the WGSL language extension `packed_4x8_integer_dot_product` (wgpu 30 has
+    /// it on every backend, natively where the device has integer dot products, else
+    /// polyfilled); if the shader is refused the dispatch returns [`GpuError::Wgpu`].
+    Int8Dot {
+        /// Groups of 32 lanes splitting K per block of 4 rows; 0 = automatic.
+        ksplit: u32,
+    },
 }
 
 #[repr(C)]
@@ -196,7 +207,7 @@ impl GpuQuantizedMatrix {
         let nibble = match variant {
             QGemvVariant::Auto => self.nibble4_supported().then(|| self.auto_ksplit()),
             QGemvVariant::Generic => None,
-            QGemvVariant::Nibble4 { ksplit } => {
+            QGemvVariant::Nibble4 { ksplit } | QGemvVariant::Int8Dot { ksplit } => {
                 if !self.nibble4_supported() {
                     return Err(GpuError::Unsupported(format!(
                         "qgemv4 needs 4 bits, cols % 16 == 0 and group size % 16 == 0 \
@@ -249,10 +260,15 @@ impl GpuQuantizedMatrix {
                 }
             }
         };
+        let nibble_kernel = if matches!(variant, QGemvVariant::Int8Dot { .. }) {
+            Kernel::QGemv4Dp4a
+        } else {
+            Kernel::QGemv4
+        };
         let pipeline = match nibble {
             Some(ks) => registry.get(
                 device,
-                Kernel::QGemv4,
+                nibble_kernel,
                 "main",
                 &[("GS", self.group_size), ("KSPLIT", ks)],
             )?,

@@ -38,6 +38,9 @@
 //! * `qgemv.wgsl`: plain MLX GEMV after MLX's `qmv_fast` (16-byte weight loads, activations
 //!   pre-scaled so masked values need no shift), 4 rows per workgroup with K split over up to 8
 //!   groups of 32 lanes; used for 2 and 8 bits ([`QGemvVariant::Generic`]).
+//! * `qgemv4_dp4a.wgsl`: `qgemv4.wgsl` with each 16-weight piece's activations quantized to 8
+//!   bits in registers and `dot4I8Packed` (WGSL `packed_4x8_integer_dot_product`); approximate,
+//!   only on request ([`QGemvVariant::Int8Dot`]).
 //!
 //! All loops are bounded by the matrix geometry and every word read is bounds-checked, so corrupt
 //! input sets per-chunk error bits ([`error_bits`]) and never hangs the device; the host reports
@@ -195,6 +198,10 @@ pub enum Kernel {
     /// `wgsl/qgemv4.wgsl`: plain MLX 4-bit GEMV without integer-to-float conversions (the
     /// default 4-bit baseline).
     QGemv4,
+    /// `wgsl/qgemv4_dp4a.wgsl`: `qgemv4.wgsl` with activations quantized to 8 bits per
+    /// 16-weight piece and `dot4I8Packed` (approximate; WGSL language extension
+    /// `packed_4x8_integer_dot_product`).
+    QGemv4Dp4a,
 }
 
 impl Kernel {
@@ -207,6 +214,7 @@ impl Kernel {
             Kernel::RansDecodeSubgroup => include_str!("../../wgsl/rans_decode_subgroup.wgsl"),
             Kernel::QGemv => include_str!("../../wgsl/qgemv.wgsl"),
             Kernel::QGemv4 => include_str!("../../wgsl/qgemv4.wgsl"),
+            Kernel::QGemv4Dp4a => include_str!("../../wgsl/qgemv4_dp4a.wgsl"),
         }
     }
 
@@ -219,6 +227,7 @@ impl Kernel {
             Kernel::RansDecodeSubgroup => "rans_decode_subgroup.wgsl",
             Kernel::QGemv => "qgemv.wgsl",
             Kernel::QGemv4 => "qgemv4.wgsl",
+            Kernel::QGemv4Dp4a => "qgemv4_dp4a.wgsl",
         }
     }
 }
