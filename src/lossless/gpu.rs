@@ -1,1 +1,638 @@
-//! GPU kernels for lossless 16-bit weights.
+//! Lossless 16-bit weights on the GPU: decode to 16-bit patterns (`wgsl/bf16_decode.wgsl`), the
+//! fused decode + GEMV (`wgsl/bf16_gemv.wgsl`) and the plain bf16/f16 GEMV baseline
+//! (`wgsl/bf16_plain_gemv.wgsl`).
+//!
+//! The kernels keep their own pipelines (compiled once by [`LosslessGpu::new`]) and use only the
+//! public device and queue of a [`GpuContext`].
+//!
+//! ```no_run
+//! use ecq::gpu::GpuContext;
+//! use ecq::lossless::{encode, gpu::LosslessGpu, HalfType};
+//!
+//! let ctx = GpuContext::new()?;
+//! let gpu = LosslessGpu::new(&ctx)?;
+//! let w: Vec<u16> = (0..64 * 128).map(|i| half::bf16::from_f32((i as f32).cos() * 0.02).to_bits()).collect();
+//! let m = encode(&w, 64, 128, HalfType::BF16, &Default::default())?;
+//! let g = gpu.upload(&m)?;
+//! assert_eq!(gpu.decode(&g)?, w);
+//! let y = gpu.gemv(&g, &vec![1.0; 128])?;
+//! assert_eq!(y.len(), 64);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use bytemuck::{Pod, Zeroable};
+use wgpu::util::DeviceExt;
+
+use super::{HalfType, LosslessMatrix};
+use crate::gpu::{GpuContext, GpuError};
+use crate::rans::{GPU_MAX_PRECISION, LANES};
+
+/// Groups of 32 lanes per workgroup (`G` in the WGSL).
+const GROUPS_PER_WG: usize = 4;
+/// Rows per workgroup of the plain GEMV (`RPW` in the WGSL).
+const PLAIN_ROWS_PER_WG: usize = 8;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    prec: u32,
+    chunk_rows: u32,
+    tile_chunks: u32,
+    n_chunks: u32,
+    n_tiles: u32,
+    steps_per_row: u32,
+    n_words: u32,
+    wg_per_tile: u32,
+    total_wg: u32,
+    wg_x: u32,
+    half_f16: u32,
+    _pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct PlainParams {
+    rows: u32,
+    cols: u32,
+    wg_x: u32,
+    total_wg: u32,
+}
+
+/// One recorded kernel launch (pipeline, bind group, workgroups). Benchmarks record many into
+/// one compute pass.
+#[derive(Debug, Clone)]
+pub struct LosslessDispatch {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: (u32, u32),
+}
+
+impl LosslessDispatch {
+    /// Records the launch into `pass`.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        if self.workgroups.0 == 0 || self.workgroups.1 == 0 {
+            return;
+        }
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.workgroups.0, self.workgroups.1, 1);
+    }
+
+    /// Workgroups launched (x, y).
+    pub fn workgroups(&self) -> (u32, u32) {
+        self.workgroups
+    }
+}
+
+/// A lossless 16-bit matrix uploaded to the GPU.
+#[derive(Debug)]
+pub struct GpuLosslessMatrix {
+    params: Params,
+    freqs: wgpu::Buffer,
+    states: wgpu::Buffer,
+    offsets: wgpu::Buffer,
+    words: wgpu::Buffer,
+    raw: wgpu::Buffer,
+    errors: wgpu::Buffer,
+    coded_bytes: u64,
+}
+
+impl GpuLosslessMatrix {
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.params.rows as usize
+    }
+
+    /// Columns.
+    pub fn cols(&self) -> usize {
+        self.params.cols as usize
+    }
+
+    /// Bytes the kernels read for the weights (word stream, raw bytes, states, offsets,
+    /// tables).
+    pub fn coded_bytes(&self) -> u64 {
+        self.coded_bytes
+    }
+
+    /// The per-chunk error flags buffer (clear it before a launch recorded by hand, check it
+    /// with [`LosslessGpu::check_errors`] after).
+    pub fn errors_buffer(&self) -> &wgpu::Buffer {
+        &self.errors
+    }
+}
+
+/// A plain (uncoded) bf16 or f16 matrix on the GPU, for the baseline GEMV.
+#[derive(Debug)]
+pub struct GpuHalfMatrix {
+    rows: usize,
+    cols: usize,
+    half: HalfType,
+    weights: wgpu::Buffer,
+}
+
+impl GpuHalfMatrix {
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes of the weights (2 per weight).
+    pub fn bytes(&self) -> u64 {
+        2 * (self.rows * self.cols) as u64
+    }
+}
+
+/// The lossless kernels for one device: compiled pipelines plus the device and queue.
+#[derive(Debug)]
+pub struct LosslessGpu {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    decode: wgpu::ComputePipeline,
+    fused: wgpu::ComputePipeline,
+    plain_bf16: wgpu::ComputePipeline,
+    plain_f16: wgpu::ComputePipeline,
+}
+
+fn u32_of(what: &str, v: usize) -> Result<u32, GpuError> {
+    u32::try_from(v).map_err(|_| GpuError::Unsupported(format!("{what} = {v} exceeds u32")))
+}
+
+impl LosslessGpu {
+    /// Compiles the kernels on `ctx`'s device.
+    pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
+        Self::from_device(ctx.device(), ctx.queue())
+    }
+
+    /// Compiles the kernels on a caller's device.
+    pub fn from_device(device: &wgpu::Device, queue: &wgpu::Queue) -> Result<Self, GpuError> {
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = |name: &str, src: &str| {
+            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(name),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            })
+        };
+        let dec = module(
+            "bf16_decode.wgsl",
+            include_str!("../../wgsl/bf16_decode.wgsl"),
+        );
+        let fus = module("bf16_gemv.wgsl", include_str!("../../wgsl/bf16_gemv.wgsl"));
+        let pla = module(
+            "bf16_plain_gemv.wgsl",
+            include_str!("../../wgsl/bf16_plain_gemv.wgsl"),
+        );
+        let pipe = |m: &wgpu::ShaderModule, name: &str, consts: &[(&str, f64)]| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(name),
+                layout: None,
+                module: m,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: consts,
+                    zero_initialize_workgroup_memory: true,
+                },
+                cache: None,
+            })
+        };
+        let decode = pipe(&dec, "bf16_decode", &[]);
+        let fused = pipe(&fus, "bf16_gemv", &[]);
+        let plain_bf16 = pipe(&pla, "bf16_plain_gemv", &[("F16", 0.0)]);
+        let plain_f16 = pipe(&pla, "bf16_plain_gemv f16", &[("F16", 1.0)]);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Wgpu(format!("lossless kernels: {e}")));
+        }
+        Ok(LosslessGpu {
+            device: device.clone(),
+            queue: queue.clone(),
+            decode,
+            fused,
+            plain_bf16,
+            plain_f16,
+        })
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    fn check_size(&self, what: &str, bytes: u64) -> Result<(), GpuError> {
+        let l = self.device.limits();
+        if bytes > l.max_storage_buffer_binding_size {
+            return Err(GpuError::TooLarge {
+                what: what.into(),
+                bytes,
+                limit: l.max_storage_buffer_binding_size,
+                limit_name: "max_storage_buffer_binding_size",
+            });
+        }
+        if bytes > l.max_buffer_size {
+            return Err(GpuError::TooLarge {
+                what: what.into(),
+                bytes,
+                limit: l.max_buffer_size,
+                limit_name: "max_buffer_size",
+            });
+        }
+        Ok(())
+    }
+
+    /// A storage buffer holding `bytes`, zero-padded to a multiple of 16 (at least 16).
+    pub fn storage(
+        &self,
+        what: &str,
+        bytes: &[u8],
+        extra: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer, GpuError> {
+        let len = bytes.len().div_ceil(16).max(1) * 16;
+        self.check_size(what, len as u64)?;
+        let mut v = bytes.to_vec();
+        v.resize(len, 0);
+        Ok(self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(what),
+                contents: &v,
+                usage: wgpu::BufferUsages::STORAGE | extra,
+            }))
+    }
+
+    /// Uploads a coded matrix. Needs `cols` a multiple of 32 and precision <= 11
+    /// ([`GPU_MAX_PRECISION`]).
+    pub fn upload(&self, m: &LosslessMatrix) -> Result<GpuLosslessMatrix, GpuError> {
+        let e = m.exponents();
+        let (r, k) = (m.rows(), m.cols());
+        if !k.is_multiple_of(LANES) {
+            return Err(GpuError::Unsupported(format!(
+                "lossless GPU kernels need cols a multiple of 32, got {k}"
+            )));
+        }
+        if e.precision() > GPU_MAX_PRECISION {
+            return Err(GpuError::Unsupported(format!(
+                "precision {} > {GPU_MAX_PRECISION}",
+                e.precision()
+            )));
+        }
+        if e.alphabet_size() != 256 || e.weights_per_symbol() != 1 {
+            return Err(GpuError::InvalidInput(format!(
+                "exponent stream has alphabet {} and w = {}, expected 256 and 1",
+                e.alphabet_size(),
+                e.weights_per_symbol()
+            )));
+        }
+        // Indices up to R * K must fit u32 in the kernels.
+        u32_of("rows * cols", r * k)?;
+        let wg_per_tile = e.tile_chunks().div_ceil(GROUPS_PER_WG);
+        let total_wg = e.n_tiles() * wg_per_tile;
+        let params = Params {
+            rows: u32_of("rows", r)?,
+            cols: u32_of("cols", k)?,
+            prec: e.precision(),
+            chunk_rows: u32_of("chunk_rows", e.chunk_rows())?,
+            tile_chunks: u32_of("tile_chunks", e.tile_chunks())?,
+            n_chunks: u32_of("n_chunks", e.n_chunks())?,
+            n_tiles: u32_of("n_tiles", e.n_tiles())?,
+            steps_per_row: u32_of("steps", k / LANES)?,
+            n_words: u32_of("words", e.words().len())?,
+            wg_per_tile: u32_of("workgroups per tile", wg_per_tile)?,
+            total_wg: u32_of("workgroups", total_wg)?,
+            wg_x: 0,
+            half_f16: u32::from(m.half_type() == HalfType::F16),
+            _pad: [0; 3],
+        };
+        let none = wgpu::BufferUsages::empty();
+        let bytes = |v: &[u8]| v.len() as u64;
+        let freqs = self.storage("ecq16 freqs", bytemuck::cast_slice(e.freqs()), none)?;
+        let states = self.storage("ecq16 states", bytemuck::cast_slice(e.states()), none)?;
+        let offsets = self.storage("ecq16 offsets", bytemuck::cast_slice(e.offsets()), none)?;
+        let words = self.storage("ecq16 words", bytemuck::cast_slice(e.words()), none)?;
+        let raw = self.storage("ecq16 raw", m.raw(), none)?;
+        let nc = e.n_chunks().max(1) * 4;
+        self.check_size("ecq16 errors", nc as u64)?;
+        let errors = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("ecq16 errors"),
+            size: nc.div_ceil(16) as u64 * 16,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let coded_bytes = bytes(bytemuck::cast_slice(e.freqs()))
+            + bytes(bytemuck::cast_slice(e.states()))
+            + bytes(bytemuck::cast_slice(e.offsets()))
+            + bytes(bytemuck::cast_slice(e.words()))
+            + m.raw().len() as u64;
+        Ok(GpuLosslessMatrix {
+            params,
+            freqs,
+            states,
+            offsets,
+            words,
+            raw,
+            errors,
+            coded_bytes,
+        })
+    }
+
+    /// Uploads plain 16-bit patterns (`rows x cols`, row-major) for [`Self::gemv_plain`].
+    /// Needs `cols` a multiple of 8.
+    pub fn upload_plain(
+        &self,
+        bits: &[u16],
+        rows: usize,
+        cols: usize,
+        half: HalfType,
+    ) -> Result<GpuHalfMatrix, GpuError> {
+        if rows.checked_mul(cols) != Some(bits.len()) || !cols.is_multiple_of(8) {
+            return Err(GpuError::InvalidInput(format!(
+                "{} values for {rows} x {cols} (cols must be a multiple of 8)",
+                bits.len()
+            )));
+        }
+        u32_of("rows * cols", rows * cols)?;
+        let weights = self.storage(
+            "bf16 weights",
+            bytemuck::cast_slice(bits),
+            wgpu::BufferUsages::empty(),
+        )?;
+        Ok(GpuHalfMatrix {
+            rows,
+            cols,
+            half,
+            weights,
+        })
+    }
+
+    fn grid(&self, total: u32) -> (u32, u32) {
+        if total == 0 {
+            return (0, 0);
+        }
+        let max = self
+            .device
+            .limits()
+            .max_compute_workgroups_per_dimension
+            .max(1);
+        let x = total.min(max);
+        (x, total.div_ceil(x))
+    }
+
+    fn uniform<T: Pod>(&self, v: &T) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("ecq16 params"),
+                contents: bytemuck::bytes_of(v),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    fn coded_dispatch(
+        &self,
+        m: &GpuLosslessMatrix,
+        pipeline: &wgpu::ComputePipeline,
+        tail: &[&wgpu::Buffer],
+    ) -> LosslessDispatch {
+        let mut p = m.params;
+        let (gx, gy) = self.grid(p.total_wg);
+        p.wg_x = gx;
+        let ub = self.uniform(&p);
+        let mut bufs: Vec<&wgpu::Buffer> = vec![
+            &ub, &m.freqs, &m.states, &m.offsets, &m.words, &m.errors, &m.raw,
+        ];
+        bufs.extend_from_slice(tail);
+        let entries: Vec<wgpu::BindGroupEntry> = bufs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("ecq16"),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        LosslessDispatch {
+            pipeline: pipeline.clone(),
+            bind_group,
+            workgroups: (gx, gy),
+        }
+    }
+
+    /// The decode launch writing `m`'s 16-bit patterns into `out` (`rows * cols / 2` u32
+    /// words, low half first).
+    pub fn decode_dispatch(&self, m: &GpuLosslessMatrix, out: &wgpu::Buffer) -> LosslessDispatch {
+        self.coded_dispatch(m, &self.decode, &[out])
+    }
+
+    /// The fused decode + GEMV launch `y = W x` (`x`: `cols` f32, `y`: `rows` f32).
+    pub fn gemv_dispatch(
+        &self,
+        m: &GpuLosslessMatrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> LosslessDispatch {
+        self.coded_dispatch(m, &self.fused, &[x, y])
+    }
+
+    /// The plain GEMV launch `y = W x`.
+    pub fn plain_dispatch(
+        &self,
+        m: &GpuHalfMatrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<LosslessDispatch, GpuError> {
+        let total = u32_of("workgroups", m.rows.div_ceil(PLAIN_ROWS_PER_WG))?;
+        let (gx, gy) = self.grid(total);
+        let p = PlainParams {
+            rows: u32_of("rows", m.rows)?,
+            cols: u32_of("cols", m.cols)?,
+            wg_x: gx,
+            total_wg: total,
+        };
+        let ub = self.uniform(&p);
+        let pipeline = match m.half {
+            HalfType::F16 => &self.plain_f16,
+            _ => &self.plain_bf16,
+        };
+        let entries: Vec<wgpu::BindGroupEntry> = [&ub, &m.weights, x, y]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("bf16 plain"),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        Ok(LosslessDispatch {
+            pipeline: pipeline.clone(),
+            bind_group,
+            workgroups: (gx, gy),
+        })
+    }
+
+    /// Copies `bytes` bytes of `src` to the host (blocking).
+    pub fn read_back(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>, GpuError> {
+        let len = bytes.div_ceil(4).max(4) * 4;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("ecq16 readback"),
+            size: len,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(src, 0, &staging, 0, len);
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        crate::gpu::wait(&self.device)?;
+        rx.recv()
+            .map_err(|e| GpuError::Map(e.to_string()))?
+            .map_err(|e| GpuError::Map(e.to_string()))?;
+        let out = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| GpuError::Map(e.to_string()))?;
+            view[..bytes as usize].to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Reads `m`'s per-chunk error flags; the first failing chunk becomes
+    /// [`GpuError::CorruptStream`].
+    pub fn check_errors(&self, m: &GpuLosslessMatrix) -> Result<(), GpuError> {
+        let nc = m.params.n_chunks as usize;
+        if nc == 0 {
+            return Ok(());
+        }
+        let bytes = self.read_back(&m.errors, nc as u64 * 4)?;
+        let flags: Vec<u32> = bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let bad = flags.iter().filter(|&&f| f != 0).count();
+        if let Some((chunk, &f)) = flags.iter().enumerate().find(|(_, &f)| f != 0) {
+            return Err(GpuError::CorruptStream {
+                chunk,
+                tile: chunk / m.params.tile_chunks.max(1) as usize,
+                flags: f,
+                reason: GpuError::describe_flags(f),
+                bad_chunks: bad,
+            });
+        }
+        Ok(())
+    }
+
+    fn run(&self, m: Option<&GpuLosslessMatrix>, d: &LosslessDispatch) -> Result<(), GpuError> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        if let Some(m) = m {
+            enc.clear_buffer(&m.errors, 0, None);
+        }
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            d.record(&mut pass);
+        }
+        self.queue.submit([enc.finish()]);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Wgpu(e.to_string()));
+        }
+        crate::gpu::wait(&self.device)?;
+        match m {
+            Some(m) => self.check_errors(m),
+            None => Ok(()),
+        }
+    }
+
+    /// Decodes `m` on the GPU to its 16-bit patterns (row-major), checking the error flags.
+    pub fn decode(&self, m: &GpuLosslessMatrix) -> Result<Vec<u16>, GpuError> {
+        let n = m.rows() * m.cols();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let out = self.storage(
+            "ecq16 decoded",
+            &vec![0xFF; n * 2],
+            wgpu::BufferUsages::COPY_SRC,
+        )?;
+        let d = self.decode_dispatch(m, &out);
+        self.run(Some(m), &d)?;
+        let b = self.read_back(&out, n as u64 * 2)?;
+        Ok(b.chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect())
+    }
+
+    fn xy(&self, x: &[f32], rows: usize) -> Result<(wgpu::Buffer, wgpu::Buffer), GpuError> {
+        let xb = self.storage("x", bytemuck::cast_slice(x), wgpu::BufferUsages::empty())?;
+        let poison = vec![f32::NAN; rows];
+        let yb = self.storage(
+            "y",
+            bytemuck::cast_slice(&poison),
+            wgpu::BufferUsages::COPY_SRC,
+        )?;
+        Ok((xb, yb))
+    }
+
+    fn read_f32(&self, y: &wgpu::Buffer, n: usize) -> Result<Vec<f32>, GpuError> {
+        let b = self.read_back(y, n as u64 * 4)?;
+        Ok(b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    /// Fused decode + GEMV `y = W x` (f32 accumulation), read back, error flags checked.
+    pub fn gemv(&self, m: &GpuLosslessMatrix, x: &[f32]) -> Result<Vec<f32>, GpuError> {
+        if x.len() != m.cols() {
+            return Err(GpuError::InvalidInput(format!(
+                "x has {} entries, cols = {}",
+                x.len(),
+                m.cols()
+            )));
+        }
+        if m.rows() == 0 {
+            return Ok(Vec::new());
+        }
+        let (xb, yb) = self.xy(x, m.rows())?;
+        let d = self.gemv_dispatch(m, &xb, &yb);
+        self.run(Some(m), &d)?;
+        self.read_f32(&yb, m.rows())
+    }
+
+    /// Plain GEMV `y = W x` on uncoded 16-bit weights (the baseline), read back.
+    pub fn gemv_plain(&self, m: &GpuHalfMatrix, x: &[f32]) -> Result<Vec<f32>, GpuError> {
+        if x.len() != m.cols {
+            return Err(GpuError::InvalidInput(format!(
+                "x has {} entries, cols = {}",
+                x.len(),
+                m.cols
+            )));
+        }
+        if m.rows == 0 {
+            return Ok(Vec::new());
+        }
+        let (xb, yb) = self.xy(x, m.rows)?;
+        let d = self.plain_dispatch(m, &xb, &yb)?;
+        self.run(None, &d)?;
+        self.read_f32(&yb, m.rows)
+    }
+}

@@ -1,0 +1,96 @@
+// Plain bf16 (or f16) GEMV, the baseline of the lossless kernels: y = W x for one f32 activation
+// vector, W stored row-major as 16-bit patterns (two per u32, low half first: the little-endian
+// bytes of the tensor), f32 accumulation.
+//
+// One workgroup = RPW rows x 32 threads. Each thread reads vec4<u32> (8 weights, 16 bytes) per
+// load, two loads in flight per iteration (32 lanes x 2 x 16 = 1 KiB of a row per iteration),
+// with the matching x as two vec4<f32>. The 32 partial sums of a row are reduced by a tree in
+// workgroup memory. K must be a multiple of 8 (the host checks); rows past R compute nothing.
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    wg_x: u32,
+    total_wg: u32,
+}
+
+override F16: bool = false;   // false: bf16, true: IEEE f16
+const TPR: u32 = 32u;         // threads per row
+const RPW: u32 = 8u;          // rows per workgroup
+const WG: u32 = 256u;         // = TPR * RPW
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;   // R * K / 8
+@group(0) @binding(2) var<storage, read> xv: array<vec4<f32>>;  // K / 4
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;   // R
+
+var<workgroup> red: array<f32, WG>;
+
+// IEEE f16 bit pattern (low 16 bits of h) to f32, exact, without the f16 capability
+// (unpack2x16float needs SHADER_FLOAT16_IN_FLOAT32 on some back ends): normals rebias the
+// exponent, subnormals are m * 2^-24 (exact in f32), infinities and NaN payloads are kept.
+fn f16_to_f32(h: u32) -> f32 {
+    let sign = (h & 0x8000u) << 16u;
+    let e = (h >> 10u) & 0x1Fu;
+    let m = h & 0x3FFu;
+    let normal = sign | ((e + 112u) << 23u) | (m << 13u);
+    let special = sign | 0x7F800000u | (m << 13u);
+    let sub = sign | bitcast<u32>(f32(m) * 5.9604644775390625e-8);
+    return bitcast<f32>(select(select(normal, special, e == 31u), sub, e == 0u));
+}
+
+fn pair(v: u32) -> vec2<f32> {
+    if (F16) {
+        return vec2<f32>(f16_to_f32(v & 0xFFFFu), f16_to_f32(v >> 16u));
+    }
+    return vec2<f32>(bitcast<f32>(v << 16u), bitcast<f32>(v & 0xFFFF0000u));
+}
+
+fn dot8(wv: vec4<u32>, x0: vec4<f32>, x1: vec4<f32>) -> f32 {
+    let a = pair(wv.x);
+    let b = pair(wv.y);
+    let c = pair(wv.z);
+    let d = pair(wv.w);
+    return dot(vec4<f32>(a, b), x0) + dot(vec4<f32>(c, d), x1);
+}
+
+@compute @workgroup_size(256)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let wg = wid.y * P.wg_x + wid.x;
+    if (wg >= P.total_wg) {
+        return;
+    }
+    let rl = lid / TPR;
+    let l = lid % TPR;
+    let row = wg * RPW + rl;
+    let n8 = P.cols / 8u;
+    var acc0 = 0.0;
+    var acc1 = 0.0;
+    if (row < P.rows) {
+        let base = row * n8;
+        var i = l;
+        for (; i + TPR < n8; i += 2u * TPR) {
+            let w0 = w[base + i];
+            let w1 = w[base + i + TPR];
+            acc0 += dot8(w0, xv[2u * i], xv[2u * i + 1u]);
+            acc1 += dot8(w1, xv[2u * (i + TPR)], xv[2u * (i + TPR) + 1u]);
+        }
+        if (i < n8) {
+            acc0 += dot8(w[base + i], xv[2u * i], xv[2u * i + 1u]);
+        }
+    }
+    red[lid] = acc0 + acc1;
+    workgroupBarrier();
+    for (var s = TPR / 2u; s > 0u; s = s >> 1u) {
+        if (l < s) {
+            red[lid] += red[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if (l == 0u && row < P.rows) {
+        y[row] = red[lid];
+    }
+}
