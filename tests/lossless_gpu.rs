@@ -33,7 +33,9 @@ fn gpu() -> Option<&'static LosslessGpu> {
     G.get_or_init(|| match GpuContext::new() {
         Ok(c) => {
             eprintln!("GPU adapter: {}", c.describe());
-            Some(LosslessGpu::new(&c).expect("lossless kernels compile"))
+            let g = LosslessGpu::new(&c).expect("lossless kernels compile");
+            eprintln!("fused kernel uses subgroups: {}", g.uses_subgroups());
+            Some(g)
         }
         Err(e) => {
             eprintln!("\n\n*** SKIPPED: no GPU adapter ({e}) ***\n\n");
@@ -143,8 +145,15 @@ fn fused_and_plain_gemv_match_the_f64_reference() {
         let refs = reference(&w, r, k, half, &x);
         let m = encode(&w, r, k, half, &o).unwrap();
         let gm = g.upload(&m).unwrap();
-        let y = g.gemv(&gm, &x).unwrap();
-        assert_close(&y, &refs, k, &format!("fused {r}x{k} {half:?}"));
+        for sub in [false, true] {
+            let y = g.gemv_with(&gm, &x, sub).unwrap();
+            assert_close(
+                &y,
+                &refs,
+                k,
+                &format!("fused {r}x{k} {half:?} subgroup {sub}"),
+            );
+        }
         let pm = g.upload_plain(&w, r, k, half).unwrap();
         let yp = g.gemv_plain(&pm, &x).unwrap();
         assert_close(&yp, &refs, k, &format!("plain {r}x{k} {half:?}"));
@@ -200,10 +209,12 @@ fn corrupt_streams_are_errors_not_hangs() {
                 "{suffix}[{pos}]: decode gave {:?}",
                 d.map(|v| v.len())
             );
-            assert!(matches!(
-                g.gemv(&gm, &x),
-                Err(GpuError::CorruptStream { .. })
-            ));
+            for sub in [false, true] {
+                assert!(matches!(
+                    g.gemv_with(&gm, &x, sub),
+                    Err(GpuError::CorruptStream { .. })
+                ));
+            }
             cases += 1;
         }
     }

@@ -1,5 +1,6 @@
 //! Lossless 16-bit weights on the GPU: decode to 16-bit patterns (`wgsl/bf16_decode.wgsl`), the
-//! fused decode + GEMV (`wgsl/bf16_gemv.wgsl`) and the plain bf16/f16 GEMV baseline
+//! fused decode + GEMV (`wgsl/bf16_gemv.wgsl`, or `wgsl/bf16_gemv_subgroup.wgsl` on adapters with
+//! 32-wide subgroups) and the plain bf16/f16 GEMV baseline
 //! (`wgsl/bf16_plain_gemv.wgsl`).
 //!
 //! The kernels keep their own pipelines (compiled once by [`LosslessGpu::new`]) and use only the
@@ -156,6 +157,7 @@ pub struct LosslessGpu {
     queue: wgpu::Queue,
     decode: wgpu::ComputePipeline,
     fused: wgpu::ComputePipeline,
+    fused_subgroup: Option<wgpu::ComputePipeline>,
     plain_bf16: wgpu::ComputePipeline,
     plain_f16: wgpu::ComputePipeline,
 }
@@ -165,13 +167,20 @@ fn u32_of(what: &str, v: usize) -> Result<u32, GpuError> {
 }
 
 impl LosslessGpu {
-    /// Compiles the kernels on `ctx`'s device.
+    /// Compiles the kernels on `ctx`'s device; the fused GEMV uses the subgroup kernel
+    /// (`wgsl/bf16_gemv_subgroup.wgsl`) when `ctx.registry().subgroups32()`.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        Self::from_device(ctx.device(), ctx.queue())
+        Self::from_device(ctx.device(), ctx.queue(), ctx.registry().subgroups32())
     }
 
-    /// Compiles the kernels on a caller's device.
-    pub fn from_device(device: &wgpu::Device, queue: &wgpu::Queue) -> Result<Self, GpuError> {
+    /// Compiles the kernels on a caller's device. `subgroups32`: the device has
+    /// `Features::SUBGROUP` and subgroups of exactly 32 lanes (then the fused GEMV uses the
+    /// subgroup kernel).
+    pub fn from_device(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        subgroups32: bool,
+    ) -> Result<Self, GpuError> {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = |name: &str, src: &str| {
             device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -203,6 +212,13 @@ impl LosslessGpu {
         };
         let decode = pipe(&dec, "bf16_decode", &[]);
         let fused = pipe(&fus, "bf16_gemv", &[]);
+        let fused_subgroup = subgroups32.then(|| {
+            let m = module(
+                "bf16_gemv_subgroup.wgsl",
+                include_str!("../../wgsl/bf16_gemv_subgroup.wgsl"),
+            );
+            pipe(&m, "bf16_gemv_subgroup", &[])
+        });
         let plain_bf16 = pipe(&pla, "bf16_plain_gemv", &[("F16", 0.0)]);
         let plain_f16 = pipe(&pla, "bf16_plain_gemv f16", &[("F16", 1.0)]);
         if let Some(e) = pollster::block_on(scope.pop()) {
@@ -213,6 +229,7 @@ impl LosslessGpu {
             queue: queue.clone(),
             decode,
             fused,
+            fused_subgroup,
             plain_bf16,
             plain_f16,
         })
@@ -437,14 +454,36 @@ impl LosslessGpu {
         self.coded_dispatch(m, &self.decode, &[out])
     }
 
-    /// The fused decode + GEMV launch `y = W x` (`x`: `cols` f32, `y`: `rows` f32).
+    /// Whether the fused GEMV uses the subgroup kernel by default.
+    pub fn uses_subgroups(&self) -> bool {
+        self.fused_subgroup.is_some()
+    }
+
+    /// The fused decode + GEMV launch `y = W x` (`x`: `cols` f32, `y`: `rows` f32), with the
+    /// subgroup kernel when available.
     pub fn gemv_dispatch(
         &self,
         m: &GpuLosslessMatrix,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
     ) -> LosslessDispatch {
-        self.coded_dispatch(m, &self.fused, &[x, y])
+        self.gemv_dispatch_with(m, x, y, self.uses_subgroups())
+    }
+
+    /// [`Self::gemv_dispatch`] with an explicit kernel: `subgroup` = the subgroup kernel (falls
+    /// back to the workgroup kernel where unavailable).
+    pub fn gemv_dispatch_with(
+        &self,
+        m: &GpuLosslessMatrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        subgroup: bool,
+    ) -> LosslessDispatch {
+        let p = match (&self.fused_subgroup, subgroup) {
+            (Some(p), true) => p,
+            _ => &self.fused,
+        };
+        self.coded_dispatch(m, p, &[x, y])
     }
 
     /// The plain GEMV launch `y = W x`.
@@ -602,6 +641,16 @@ impl LosslessGpu {
 
     /// Fused decode + GEMV `y = W x` (f32 accumulation), read back, error flags checked.
     pub fn gemv(&self, m: &GpuLosslessMatrix, x: &[f32]) -> Result<Vec<f32>, GpuError> {
+        self.gemv_with(m, x, self.uses_subgroups())
+    }
+
+    /// [`Self::gemv`] with an explicit kernel (see [`Self::gemv_dispatch_with`]).
+    pub fn gemv_with(
+        &self,
+        m: &GpuLosslessMatrix,
+        x: &[f32],
+        subgroup: bool,
+    ) -> Result<Vec<f32>, GpuError> {
         if x.len() != m.cols() {
             return Err(GpuError::InvalidInput(format!(
                 "x has {} entries, cols = {}",
@@ -613,7 +662,7 @@ impl LosslessGpu {
             return Ok(Vec::new());
         }
         let (xb, yb) = self.xy(x, m.rows())?;
-        let d = self.gemv_dispatch(m, &xb, &yb);
+        let d = self.gemv_dispatch_with(m, &xb, &yb, subgroup);
         self.run(Some(m), &d)?;
         self.read_f32(&yb, m.rows())
     }

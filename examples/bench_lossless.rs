@@ -1,0 +1,294 @@
+//! Lossless bf16 performance table (issue 7): plain bf16 GEMV (`wgsl/bf16_plain_gemv.wgsl`) vs
+//! the fused lossless decode + GEMV (`wgsl/bf16_gemv.wgsl`), and the decode-only rate
+//! (`wgsl/bf16_decode.wgsl`), on the adapter `GpuContext::new` picks (`WGPU_BACKEND`,
+//! `WGPU_ADAPTER_NAME` honoured).
+//!
+//! ```text
+//! cargo run --release --example bench_lossless -- [--shapes 4096x4096,4096x14336,14336x4096]
+//!     [--chunks 16384,4096] [--iters 30] [--rounds 5] [--set-mib 256] [--minilm PATH]
+//! ```
+//!
+//! Shapes are `ROWSxCOLS` (output x input features). Weights: Gaussian, sigma 0.02, rounded to
+//! bf16 (round to nearest even). Each `--chunks` value is a `chunk_symbols` setting of the coder
+//! (the unit of parallel decoding: smaller chunks = more parallelism, more side information).
+//! Every matrix is uploaded as several distinct copies (at least `--set-mib` MiB per kind) and
+//! the timed dispatches rotate through them, so weights come from memory, not from the L2.
+//! Each round records `--iters` dispatches into one command buffer between two waits; times are
+//! medians over `--rounds`, after a time-based warm-up. Prints one markdown table on stdout.
+
+use std::time::Instant;
+
+use ecq::gpu::GpuContext;
+use ecq::lossless::gpu::{LosslessDispatch, LosslessGpu};
+use ecq::lossless::{encode, HalfType};
+use ecq::rans::EncodeOptions;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+struct Args {
+    shapes: Vec<(usize, usize)>,
+    chunks: Vec<usize>,
+    iters: usize,
+    rounds: usize,
+    set_mib: f64,
+    minilm: String,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        shapes: vec![(4096, 4096), (4096, 14336), (14336, 4096)],
+        chunks: vec![16384, 4096],
+        iters: 30,
+        rounds: 5,
+        set_mib: 256.0,
+        minilm: ".cache/all-MiniLM-L6-v2/model.safetensors".into(),
+    };
+    let v: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i + 1 < v.len() {
+        let val = &v[i + 1];
+        match v[i].as_str() {
+            "--shapes" => {
+                a.shapes = val
+                    .split(',')
+                    .map(|s| {
+                        let (r, k) = s.split_once('x').expect("ROWSxCOLS");
+                        (r.parse().expect("rows"), k.parse().expect("cols"))
+                    })
+                    .collect()
+            }
+            "--chunks" => a.chunks = val.split(',').map(|s| s.parse().expect("chunk")).collect(),
+            "--iters" => a.iters = val.parse().expect("iters"),
+            "--rounds" => a.rounds = val.parse().expect("rounds"),
+            "--set-mib" => a.set_mib = val.parse().expect("set-mib"),
+            "--minilm" => a.minilm = val.clone(),
+            o => panic!("unknown option {o}"),
+        }
+        i += 2;
+    }
+    a
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Median seconds per dispatch, after a warm-up of at least 0.5 s (GPU clocks).
+fn time(g: &LosslessGpu, ds: &[LosslessDispatch], iters: usize, rounds: usize) -> f64 {
+    let run = |n: usize| {
+        let mut enc = g.device().create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for i in 0..n {
+                ds[i % ds.len()].record(&mut pass);
+            }
+        }
+        let t = Instant::now();
+        g.queue().submit([enc.finish()]);
+        ecq::gpu::wait(g.device()).expect("wait");
+        t.elapsed().as_secs_f64()
+    };
+    let t0 = Instant::now();
+    let mut n = 0;
+    while n < 2 || t0.elapsed().as_secs_f64() < 0.5 {
+        run(iters.max(ds.len()));
+        n += 1;
+    }
+    median((0..rounds).map(|_| run(iters) / iters as f64).collect())
+}
+
+fn bf16_gaussian(r: usize, k: usize, seed: u64) -> Vec<u16> {
+    let mut w = vec![0u16; r * k];
+    w.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9));
+        for v in row {
+            // Box-Muller
+            let (u1, u2): (f32, f32) = (rng.random::<f32>().max(1e-12), rng.random());
+            let z = (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos();
+            *v = ecq::lossless::f32_to_bf16(0.02 * z);
+        }
+    });
+    w
+}
+
+fn sig(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn minilm_line(path: &str) -> String {
+    let Ok(model) = ecq::model::Model::open(path) else {
+        return format!("MiniLM: {path} not found (scripts/fetch-model.sh)");
+    };
+    let mut bytes = 0u64;
+    let mut weights = 0u64;
+    let mut ent = 0.0;
+    for t in &model.tensors {
+        if !ecq::lossless::container::is_codable(&t.name, &t.data) {
+            continue;
+        }
+        let (m, _) = ecq::lossless::container::encode_tensor(&t.name, &t.data, &Default::default())
+            .expect("encode");
+        let n = (m.rows() * m.cols()) as u64;
+        bytes += m.total_bytes() as u64;
+        weights += n;
+        ent += ecq::lossless::exponent_entropy(&m.decode().expect("decode")) * n as f64;
+    }
+    format!(
+        "MiniLM (all-MiniLM-L6-v2, f32 -> bf16, {weights} weights in the coded matrices): exponent entropy {:.3} + 8 = {:.3} bits/weight; coded at the defaults {:.3} bits/weight (side information included), {:.3}x smaller than bf16",
+        ent / weights as f64,
+        8.0 + ent / weights as f64,
+        8.0 * bytes as f64 / weights as f64,
+        16.0 / (8.0 * bytes as f64 / weights as f64)
+    )
+}
+
+fn main() {
+    let args = parse_args();
+    let ctx = GpuContext::new().expect("GPU adapter");
+    let g = LosslessGpu::new(&ctx).expect("kernels");
+    eprintln!("adapter: {}", ctx.describe());
+    let mut lines = Vec::new();
+    for &(r, k) in &args.shapes {
+        let t0 = Instant::now();
+        let w = bf16_gaussian(r, k, 7 + r as u64 * 31 + k as u64);
+        let x: Vec<f32> = {
+            let mut rng = ChaCha8Rng::seed_from_u64(5);
+            (0..k).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
+        };
+        let xb = g
+            .storage("x", bytemuck::cast_slice(&x), wgpu::BufferUsages::empty())
+            .unwrap();
+        let yb = g
+            .storage("y", &vec![0u8; r * 4], wgpu::BufferUsages::COPY_SRC)
+            .unwrap();
+        let plain_bytes = 2.0 * (r * k) as f64;
+        let sets = ((args.set_mib * 1048576.0) / plain_bytes).ceil().max(1.0) as usize;
+        let plain: Vec<_> = (0..sets)
+            .map(|_| g.upload_plain(&w, r, k, HalfType::BF16).unwrap())
+            .collect();
+        let y_plain = g.gemv_plain(&plain[0], &x).unwrap();
+        let pds: Vec<_> = plain
+            .iter()
+            .map(|m| g.plain_dispatch(m, &xb, &yb).unwrap())
+            .collect();
+        let t_plain = time(&g, &pds, args.iters, args.rounds);
+        drop(pds);
+        drop(plain);
+        eprintln!(
+            "{r}x{k}: plain {:.1} us ({:.0} GB/s), setup {:.1}s",
+            t_plain * 1e6,
+            plain_bytes / t_plain / 1e9,
+            t0.elapsed().as_secs_f64()
+        );
+        for &cs in &args.chunks {
+            let opts = EncodeOptions {
+                chunk_symbols: cs,
+                ..EncodeOptions::default()
+            };
+            let m = encode(&w, r, k, HalfType::BF16, &opts).unwrap();
+            let bpw = m.bits_per_weight();
+            let first = g.upload(&m).unwrap();
+            // Correctness: fused vs plain, and (small shapes) decode bit-exact.
+            let y = g.gemv_with(&first, &x, false).unwrap();
+            let maxdiff = y
+                .iter()
+                .zip(&y_plain)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(maxdiff < 1e-3, "fused vs plain differ by {maxdiff}");
+            if r * k <= 1 << 24 {
+                assert_eq!(g.decode(&first).unwrap(), w, "GPU decode");
+            }
+            let coded = first.coded_bytes() as f64;
+            let csets = ((args.set_mib * 1048576.0) / coded).ceil().max(1.0) as usize;
+            let mut mats = vec![first];
+            for _ in 1..csets {
+                mats.push(g.upload(&m).unwrap());
+            }
+            let variants: &[bool] = if g.uses_subgroups() {
+                &[true, false]
+            } else {
+                &[false]
+            };
+            let mut t_fused = f64::INFINITY;
+            let mut kernel = "workgroup";
+            let mut notes = Vec::new();
+            for &sub in variants {
+                let ys = g.gemv_with(&mats[0], &x, sub);
+                match ys {
+                    Ok(ys) => {
+                        let d = ys
+                            .iter()
+                            .zip(&y_plain)
+                            .map(|(a, b)| (a - b).abs())
+                            .fold(0.0f32, f32::max);
+                        assert!(d < 1e-3, "fused (subgroup {sub}) vs plain differ by {d}");
+                    }
+                    Err(e) => panic!("fused (subgroup {sub}): {e}"),
+                }
+                let fds: Vec<_> = mats
+                    .iter()
+                    .map(|c| g.gemv_dispatch_with(c, &xb, &yb, sub))
+                    .collect();
+                let t = time(&g, &fds, args.iters, args.rounds);
+                let name = if sub { "subgroup" } else { "workgroup" };
+                notes.push(format!("{name} {}", sig(t * 1e6)));
+                if t < t_fused {
+                    t_fused = t;
+                    kernel = name;
+                }
+            }
+            let out = g
+                .storage(
+                    "decoded",
+                    &vec![0u8; r * k * 2],
+                    wgpu::BufferUsages::empty(),
+                )
+                .unwrap();
+            let dds: Vec<_> = mats.iter().map(|c| g.decode_dispatch(c, &out)).collect();
+            let t_dec = time(&g, &dds, args.iters, args.rounds);
+            for c in &mats {
+                g.check_errors(c).expect("no kernel errors");
+            }
+            eprintln!(
+                "  chunk_symbols {cs}: {bpw:.3} bits/weight, fused {:.1} us ({kernel}), decode {:.1} us",
+                t_fused * 1e6,
+                t_dec * 1e6
+            );
+            lines.push(format!(
+                "| {r}x{k} | {cs} ({} rows/chunk) | {bpw:.3} | {} ({}) | {} ({}; {}) | {:.2}x | {} ({}) |",
+                m.exponents().chunk_rows(),
+                sig(t_plain * 1e6),
+                sig(plain_bytes / t_plain / 1e9),
+                sig(t_fused * 1e6),
+                sig(coded / t_fused / 1e9),
+                notes.join(" / "),
+                t_fused / t_plain,
+                sig((r * k) as f64 / t_dec / 1e9),
+                sig(plain_bytes / t_dec / 1e9),
+            ));
+        }
+    }
+    println!("Adapter: {}", ctx.describe());
+    println!();
+    println!("| shape (R x K) | chunk symbols | bits/weight | plain bf16 GEMV µs (GB/s) | fused lossless GEMV µs, best (GB/s coded; per kernel µs) | fused / plain | decode-only G weights/s (GB/s bf16 out) |");
+    println!("|---|---|---|---|---|---|---|");
+    for l in &lines {
+        println!("{l}");
+    }
+    println!();
+    println!(
+        "Weights: Gaussian sigma 0.02 rounded to bf16; bits/weight = every stored part (exponent stream, lane states, offsets, tables, checksums, raw bytes) per weight; GB/s = bytes of the weights read per second (plain: 2 per weight; fused: the coded tensors); fused / plain > 1 means the fused kernel is slower; medians of {} rounds x {} dispatches, at least {} MiB of distinct copies per kind.",
+        args.rounds, args.iters, args.set_mib
+    );
+    println!();
+    println!("{}", minilm_line(&args.minilm));
+}

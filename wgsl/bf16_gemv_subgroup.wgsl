@@ -1,0 +1,253 @@
+// Fused lossless bf16/f16 decode + GEMV, subgroup variant: bf16_gemv.wgsl with the per-step
+// workgroupBarrier + atomic mask replaced by subgroupBallot, and the row reduction by subgroupAdd.
+// After the tile's table is built (with barriers, shared by the G groups of the workgroup) the
+// step loop has no barrier: each group of 32 lanes runs on its own.
+//
+// The host picks it only when the SUBGROUP feature is enabled and the adapter reports a subgroup
+// size of 32 (min = max = 32); the kernel re-checks `subgroup_size` and flags every chunk with
+// ERR_SUBGROUP_SIZE otherwise (the output is then garbage and the host reports the error).
+//
+// requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    prec: u32,           // probability bits n (<= 11)
+    chunk_rows: u32,
+    tile_chunks: u32,
+    n_chunks: u32,
+    n_tiles: u32,
+    steps_per_row: u32,  // T = K / 32
+    n_words: u32,        // u16 words in the stream
+    wg_per_tile: u32,
+    total_wg: u32,
+    wg_x: u32,           // workgroups along x of the 2-D dispatch
+    half_f16: u32,       // 0: bf16, 1: f16
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+const G: u32 = 4u;             // groups of 32 lanes per workgroup
+const WG: u32 = 128u;          // = 32 * G
+const MAX_TABLE: u32 = 2048u;  // slot table for n <= 11
+const SENTINEL: u32 = 0xFFFFFFFFu;
+const L: u32 = 65536u;
+
+// error bits, mirrored in ecq::gpu::error_bits
+const ERR_BAD_STATE: u32 = 1u;
+const ERR_ZERO_FREQ: u32 = 2u;
+const ERR_OVER_READ: u32 = 4u;
+const ERR_FINAL_STATE: u32 = 8u;
+const ERR_UNCONSUMED: u32 = 16u;
+const ERR_TABLE: u32 = 32u;
+const ERR_OFFSETS: u32 = 64u;
+const ERR_SUBGROUP_SIZE: u32 = 128u;
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> freqs: array<u32>;    // u16 pairs, 256 per tile
+@group(0) @binding(2) var<storage, read> states: array<u32>;   // 32 per chunk
+@group(0) @binding(3) var<storage, read> offsets: array<u32>;  // n_chunks + 1
+@group(0) @binding(4) var<storage, read> words: array<u32>;    // u16 pairs
+@group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
+@group(0) @binding(6) var<storage, read> raw: array<u32>;      // raw bytes, 4 per word
+@group(0) @binding(7) var<storage, read> xv: array<f32>;       // activations, K
+@group(0) @binding(8) var<storage, read_write> y: array<f32>;  // R outputs
+
+var<workgroup> table: array<u32, MAX_TABLE>;
+var<workgroup> sc_a: array<u32, 256>;
+var<workgroup> sc_b: array<u32, 256>;
+var<workgroup> fq: array<u32, 256>;
+var<workgroup> table_bad: u32;
+
+fn read16(idx: u32) -> u32 {
+    return (words[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
+}
+
+fn read_raw(idx: u32) -> u32 {
+    return (raw[idx >> 2u] >> ((idx & 3u) * 8u)) & 0xFFu;
+}
+
+// IEEE f16 bit pattern (low 16 bits of h) to f32, exact, without the f16 capability
+// (unpack2x16float needs SHADER_FLOAT16_IN_FLOAT32 on some back ends): normals rebias the
+// exponent, subnormals are m * 2^-24 (exact in f32), infinities and NaN payloads are kept.
+fn f16_to_f32(h: u32) -> f32 {
+    let sign = (h & 0x8000u) << 16u;
+    let e = (h >> 10u) & 0x1Fu;
+    let m = h & 0x3FFu;
+    let normal = sign | ((e + 112u) << 23u) | (m << 13u);
+    let special = sign | 0x7F800000u | (m << 13u);
+    let sub = sign | bitcast<u32>(f32(m) * 5.9604644775390625e-8);
+    return bitcast<f32>(select(select(normal, special, e == 31u), sub, e == 0u));
+}
+
+// 16-bit pattern from symbol and raw byte (FORMAT.md), as f32.
+fn weight(sym: u32, rb: u32) -> f32 {
+    let h = ((rb & 0x80u) << 8u) | (sym << 7u) | (rb & 0x7Fu);
+    if (P.half_f16 != 0u) {
+        return f16_to_f32(h);
+    }
+    return bitcast<f32>(h << 16u);
+}
+
+// Builds the tile's slot table (alphabet 256). Must be called in uniform control flow.
+fn build_table(tile: u32, lid: u32) -> bool {
+    let m = 1u << P.prec;
+    let base = tile * 256u;
+    for (var i = lid; i < 256u; i += WG) {
+        let idx = base + i;
+        let f = (freqs[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
+        fq[i] = f;
+        sc_a[i] = f;
+    }
+    workgroupBarrier();
+    // Hillis-Steele inclusive scan over 256 entries, ping-pong between sc_a and sc_b.
+    var in_a = true;
+    for (var d = 1u; d < 256u; d = d << 1u) {
+        for (var i = lid; i < 256u; i += WG) {
+            if (in_a) {
+                var v = sc_a[i];
+                if (i >= d) { v += sc_a[i - d]; }
+                sc_b[i] = v;
+            } else {
+                var v = sc_b[i];
+                if (i >= d) { v += sc_b[i - d]; }
+                sc_a[i] = v;
+            }
+        }
+        in_a = !in_a;
+        workgroupBarrier();
+    }
+    // 8 rounds: the result is back in sc_a. Make it exclusive in place.
+    for (var i = lid; i < 256u; i += WG) {
+        sc_a[i] = sc_a[i] - fq[i];
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        let total = sc_a[255u] + fq[255u];
+        table_bad = select(0u, 1u, total != m);
+    }
+    for (var slot = lid; slot < min(m, MAX_TABLE); slot += WG) {
+        // largest s with c[s] <= slot
+        var lo = 0u;
+        var hi = 256u;
+        for (var it = 0u; it < 9u; it++) {
+            if (hi - lo > 1u) {
+                let mid = (lo + hi) >> 1u;
+                if (sc_a[mid] <= slot) { lo = mid; } else { hi = mid; }
+            }
+        }
+        let c = sc_a[lo];
+        let f = fq[lo];
+        var e = SENTINEL;
+        if (slot < c + f && f > 0u && f <= m) {
+            e = lo | ((f - 1u) << 8u) | ((slot - c) << 20u);
+        }
+        table[slot] = e;
+    }
+    workgroupBarrier();
+    return workgroupUniformLoad(&table_bad) != 0u;
+}
+
+@compute @workgroup_size(128)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) sg_id: u32,
+    @builtin(subgroup_size) sg_size: u32,
+) {
+    let wg = wid.y * P.wg_x + wid.x;
+    if (wg >= P.total_wg) {
+        return;
+    }
+    let tile = wg / P.wg_per_tile;
+    let sub = wg % P.wg_per_tile;
+    let tile_first = tile * P.tile_chunks;
+    let tile_end = min(tile_first + P.tile_chunks, P.n_chunks);
+    let bad_table = build_table(tile, lid);
+
+    let g = lid / 32u;
+    let l = sg_id;
+    let n = P.prec;
+    let mmask = (1u << n) - 1u;
+    let T = P.steps_per_row;
+    let K = P.cols;
+    let max_steps = P.chunk_rows * T;
+
+    let chunk = tile_first + sub * G + g;
+    let valid = chunk < tile_end;
+    var steps = 0u;
+    var r0 = 0u;
+    var x = L;
+    var p = 0u;
+    var end = 0u;
+    var err = 0u;
+    if (valid) {
+        r0 = chunk * P.chunk_rows;
+        steps = min(P.chunk_rows, P.rows - r0) * T;
+        x = states[chunk * 32u + l];
+        if (x < L) { err |= ERR_BAD_STATE; }
+        p = offsets[chunk];
+        end = offsets[chunk + 1u];
+        if (end > P.n_words || p > end) {
+            err |= ERR_OFFSETS;
+            end = min(end, P.n_words);
+            p = min(p, end);
+        }
+        if (bad_table) { err |= ERR_TABLE; }
+        if (sg_size != 32u) { err |= ERR_SUBGROUP_SIZE; }
+    }
+    var acc = 0.0;
+    var row = r0;
+    var u = 0u;
+    for (var t = 0u; t < max_steps; t++) {
+        let step_valid = t < steps;
+        var need = false;
+        if (step_valid) {
+            let j = u * 32u + l;
+            let rb = read_raw(row * K + j);
+            let xj = xv[j];
+            var e = table[x & mmask];
+            if (e == SENTINEL) {
+                err |= ERR_ZERO_FREQ;
+                e = 0u;
+            }
+            let sym = e & 0xFFu;
+            x = (((e >> 8u) & 0xFFFu) + 1u) * (x >> n) + (e >> 20u);
+            need = x < L;
+            acc += weight(sym, rb) * xj;
+        }
+        let row_end = step_valid && u == T - 1u;
+        let mask = subgroupBallot(need).x;
+        if (need) {
+            let idx = p + countOneBits(mask & ((1u << l) - 1u));
+            var wv = 0u;
+            if (idx < end) {
+                wv = read16(idx);
+            } else {
+                err |= ERR_OVER_READ;
+            }
+            x = (x << 16u) | wv;
+        }
+        p += countOneBits(mask);
+        if (row_end) {
+            // row_end is the same for the 32 lanes of the group (it depends on t only)
+            let rs = subgroupAdd(acc);
+            if (l == 0u) {
+                y[row] = rs;
+            }
+            acc = 0.0;
+            row += 1u;
+            u = 0u;
+        } else {
+            u += 1u;
+        }
+    }
+    if (valid) {
+        if (x != L) { err |= ERR_FINAL_STATE; }
+        if (l == 0u && p != end) { err |= ERR_UNCONSUMED; }
+        if (err != 0u) {
+            atomicOr(&errors[chunk], err);
+        }
+    }
+}
