@@ -206,3 +206,103 @@ fn corrupt_coded_file_is_an_error() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn sharded_directory_round_trip() {
+    use ecq::model::write::{write_model, WriteOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, coded, back) = (
+        tmp.path().join("src"),
+        tmp.path().join("coded"),
+        tmp.path().join("back"),
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut tensors: Vec<(String, TensorData)> = Vec::new();
+    for i in 0..4 {
+        tensors.push((
+            format!("model.layers.{i}.mlp.weight"),
+            half_tensor(&mut rng, Dtype::BF16, 64, 96),
+        ));
+    }
+    tensors.push((
+        "model.norm.weight".to_string(),
+        half_tensor(&mut rng, Dtype::BF16, 1, 96),
+    ));
+    let config = serde_json::json!({"model_type": "test", "hidden_size": 96});
+    let opts = WriteOptions {
+        max_shard_bytes: 20_000,
+        ..WriteOptions::default()
+    };
+    write_model(&src, &tensors, Some(&config), &opts).unwrap();
+    let m = Model::open(&src).unwrap();
+    assert!(m.shards.len() >= 3, "{} shards", m.shards.len());
+    let out = ecq(&[
+        "encode",
+        "--lossless",
+        src.to_str().unwrap(),
+        coded.to_str().unwrap(),
+    ]);
+    assert!(out.contains("4 matrices"), "{out}");
+    ecq(&["verify", coded.to_str().unwrap()]);
+    ecq(&["decode", coded.to_str().unwrap(), back.to_str().unwrap()]);
+    let b = Model::open(&back).unwrap();
+    assert_eq!(b.shards.len(), m.shards.len());
+    for t in &m.tensors {
+        assert_eq!(
+            b.get(&t.name).unwrap().bytes(),
+            t.data.bytes(),
+            "{}",
+            t.name
+        );
+    }
+    assert_eq!(b.tensors.len(), m.tensors.len());
+    assert_eq!(b.config, m.config);
+}
+
+#[test]
+fn minilm_codes_to_about_10_7_bits() {
+    let dir = std::env::var_os("ECQ_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache"))
+        .join("all-MiniLM-L6-v2");
+    let path = dir.join("model.safetensors");
+    assert!(
+        path.is_file(),
+        "real model missing at {}: run scripts/fetch-model.sh first",
+        path.display()
+    );
+    let model = Model::open(&path).unwrap();
+    let e = ecq::lossless::container::estimate(&model);
+    assert_eq!(e.matrices, 40);
+    // Measured: 2.614 bits of exponent entropy (RESEARCH.md: 2.61).
+    assert!(
+        (e.exponent_entropy - 2.614).abs() < 0.01,
+        "{}",
+        e.exponent_entropy
+    );
+    assert!(e.conversion.max_rel_error <= 2f64.powi(-8));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("c.safetensors");
+    let s = ecq::lossless::container::encode_model(
+        &model,
+        &out,
+        &Default::default(),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap();
+    assert!(
+        s.bits_per_weight() > 10.6 && s.bits_per_weight() < 10.75,
+        "{}",
+        s.bits_per_weight()
+    );
+    let coded = Model::open(&out).unwrap();
+    let v =
+        ecq::lossless::container::verify_model(&coded, &indicatif::ProgressBar::hidden()).unwrap();
+    assert_eq!(v.matrices.len(), 40);
+    // One matrix decodes to the torch-style bf16 conversion of the f32 original.
+    let name = "encoder.layer.0.attention.self.query.weight";
+    let m = ecq::lossless::LosslessMatrix::from_tensors(name, |n| coded.get(n)).unwrap();
+    let orig = model.get(name).unwrap().to_f32().unwrap();
+    let expected: Vec<u16> = orig.iter().map(|&x| f32_to_bf16(x)).collect();
+    assert_eq!(m.decode().unwrap(), expected);
+}
