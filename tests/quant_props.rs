@@ -22,6 +22,17 @@ fn unit(dtype: FloatDType) -> f32 {
     }
 }
 
+/// The smallest positive (subnormal) value of each type, twice the absolute rounding error
+/// floor: that floor dominates for scales in the subnormal range (f16 scales below 6.1e-5 are
+/// common for small-magnitude groups).
+fn tiny(dtype: FloatDType) -> f32 {
+    match dtype {
+        FloatDType::F32 => f32::from_bits(1),
+        FloatDType::F16 => 2f32.powi(-24),
+        FloatDType::BF16 => f32::from_bits(1) * 2f32.powi(16),
+    }
+}
+
 /// Seeded matrix mixing several distributions and scales.
 fn random_matrix(rng: &mut ChaCha8Rng, rows: usize, cols: usize) -> Vec<f32> {
     let mut w = Vec::with_capacity(rows * cols);
@@ -52,8 +63,10 @@ fn assert_error_bound(w: &[f32], m: &QuantizedMatrix) {
         let excess = ((max - min) - n_bins * s).max(0.0);
         for (i, (&x, &y)) in wg.iter().zip(dg).enumerate() {
             // Scale and bias rounded to the dtype (after q was chosen), the product and the sum
-            // each rounded once more; f32 gets a few ulps.
-            let slack = 4.0 * u * (n_bins * s + b + x.abs()) + 1e-30;
+            // each rounded once more; f32 gets a few ulps. Each rounding errs by at most
+            // u*|v| relative, or by the subnormal floor `tiny` (q up to n_bins multiplies the
+            // scale's rounding error).
+            let slack = 4.0 * u * (n_bins * s + b + x.abs()) + 4.0 * (n_bins + 2.0) * tiny(m.dtype);
             let err = (x - y).abs();
             assert!(
                 err <= s / 2.0 * (1.0 + 4.0 * u) + excess + slack,
