@@ -2,6 +2,8 @@
 //! application's own device, and the pipeline registry cache. Its own test binary because it
 //! sets environment variables (the test functions run one after another through a mutex).
 
+mod gpu_common;
+
 use std::sync::Mutex;
 
 use ecq::gpu::{CodedMatrixRef, GpuContext, GpuError, Kernel, PipelineRegistry};
@@ -13,7 +15,7 @@ fn default_ctx() -> Option<GpuContext> {
     match GpuContext::new() {
         Ok(c) => Some(c),
         Err(e) => {
-            eprintln!("\n\n*** SKIPPED: no GPU adapter ({e}) ***\n\n");
+            gpu_common::announce_skip(&e);
             None
         }
     }

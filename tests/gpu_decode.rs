@@ -4,27 +4,14 @@
 //! Runs on any adapter wgpu finds (lavapipe in CI); prints `SKIPPED: no GPU adapter` and passes
 //! when there is none. Output buffers are poisoned (0xFFFFFFFF) by the library before each run.
 
-use std::sync::OnceLock;
+mod gpu_common;
 
 use ecq::gpu::{error_bits, CodedMatrixRef, DecodeOutput, FusedVariant, GpuContext, GpuError};
 use ecq::rans::{encode, EncodeOptions, EncodedMatrix};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn ctx() -> Option<&'static GpuContext> {
-    static CTX: OnceLock<Option<GpuContext>> = OnceLock::new();
-    CTX.get_or_init(|| match GpuContext::new() {
-        Ok(c) => {
-            eprintln!("GPU adapter: {}", c.describe());
-            Some(c)
-        }
-        Err(e) => {
-            eprintln!("\n\n*** SKIPPED: no GPU adapter ({e}) ***\n\n");
-            None
-        }
-    })
-    .as_ref()
-}
+use gpu_common::ctx;
 
 #[derive(Clone, Copy, Debug)]
 enum Dist {

@@ -4,7 +4,7 @@
 //! Runs on any adapter wgpu finds (lavapipe in CI); prints `SKIPPED: no GPU adapter` and passes
 //! when there is none. `y` is poisoned with NaN by the library before each run.
 
-use std::sync::OnceLock;
+mod gpu_common;
 
 use ecq::dtype::FloatDType;
 use ecq::gpu::{CodedMatrixRef, FusedVariant, GpuContext, QGemvVariant, QuantParamsRef};
@@ -28,20 +28,7 @@ use rand_chacha::ChaCha8Rng;
 /// errors grow like sqrt(K)).
 const TOL_PER_TERM: f64 = 1.0 / (1u64 << 24) as f64;
 
-fn ctx() -> Option<&'static GpuContext> {
-    static CTX: OnceLock<Option<GpuContext>> = OnceLock::new();
-    CTX.get_or_init(|| match GpuContext::new() {
-        Ok(c) => {
-            eprintln!("GPU adapter: {}", c.describe());
-            Some(c)
-        }
-        Err(e) => {
-            eprintln!("\n\n*** SKIPPED: no GPU adapter ({e}) ***\n\n");
-            None
-        }
-    })
-    .as_ref()
-}
+use gpu_common::ctx;
 
 fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
     // Box-Muller

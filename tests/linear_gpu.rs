@@ -5,6 +5,8 @@
 //! Runs on any adapter wgpu finds (lavapipe in CI); prints `SKIPPED: no GPU adapter` and passes
 //! when there is none. Tolerance: `ecq::linear::tolerance` (see `TOLERANCE_PER_TERM`).
 
+mod gpu_common;
+
 use std::sync::{Arc, OnceLock};
 
 use ecq::dtype::FloatDType;
@@ -26,7 +28,7 @@ fn dev() -> Option<&'static Arc<LinearDevice>> {
             Some(d)
         }
         Err(e) => {
-            eprintln!("\n\n*** SKIPPED: no GPU adapter ({e}) ***\n\n");
+            gpu_common::announce_skip(&e);
             None
         }
     })

@@ -5,6 +5,8 @@
 //! Runs on any adapter wgpu finds (lavapipe in CI); prints `SKIPPED: no GPU adapter` and passes
 //! when there is none.
 
+mod gpu_common;
+
 use std::sync::OnceLock;
 
 use ecq::gpu::{GpuContext, GpuError};
@@ -38,7 +40,7 @@ fn gpu() -> Option<&'static LosslessGpu> {
             Some(g)
         }
         Err(e) => {
-            eprintln!("\n\n*** SKIPPED: no GPU adapter ({e}) ***\n\n");
+            gpu_common::announce_skip(&e);
             None
         }
     })
