@@ -78,6 +78,44 @@ pub enum DecodeOutput {
     BytePerWeight,
 }
 
+/// The fused GEMV pipeline for a matrix's symbol layout (`wps` weights per symbol, `bits` per
+/// weight, `prec` probability bits, MLX `group_size`). The subgroup kernel is specialised per
+/// layout through override constants, so the compiler drops the other layouts' code; every
+/// launcher of `rans_gemv*.wgsl` (this module, `crate::linear`) takes its pipeline from here so
+/// they run the same code.
+pub fn fused_gemv_pipeline(
+    device: &wgpu::Device,
+    registry: &PipelineRegistry,
+    variant: FusedVariant,
+    wps: u32,
+    bits: u32,
+    prec: u32,
+    group_size: u32,
+) -> Result<wgpu::ComputePipeline, GpuError> {
+    match variant {
+        FusedVariant::Workgroup => registry.get(device, Kernel::RansGemv, "main", &[]),
+        FusedVariant::Subgroup => {
+            // 32 tells the kernel the group size is not a power of two: it divides.
+            let gshift = if group_size.is_power_of_two() {
+                group_size.trailing_zeros()
+            } else {
+                32
+            };
+            registry.get(
+                device,
+                Kernel::RansGemvSubgroup,
+                "main",
+                &[
+                    ("WPS", wps),
+                    ("BITS", bits),
+                    ("PREC", prec),
+                    ("GSHIFT", gshift),
+                ],
+            )
+        }
+    }
+}
+
 /// Which implementation of the fused GEMV to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FusedVariant {
@@ -510,29 +548,15 @@ impl GpuCodedMatrix {
         p.wg_x = gx;
         p.out_mode = 2;
         let uniform = self.uniform(device, 2, p);
-        let pipeline = match variant {
-            FusedVariant::Workgroup => registry.get(device, Kernel::RansGemv, "main", &[])?,
-            FusedVariant::Subgroup => {
-                // specialised per symbol layout: the compiler drops the other cases
-                let gs = p.group_size;
-                let gshift = if gs.is_power_of_two() {
-                    gs.trailing_zeros()
-                } else {
-                    32
-                };
-                registry.get(
-                    device,
-                    Kernel::RansGemvSubgroup,
-                    "main",
-                    &[
-                        ("WPS", p.wps),
-                        ("BITS", p.bits),
-                        ("PREC", p.prec),
-                        ("GSHIFT", gshift),
-                    ],
-                )?
-            }
-        };
+        let pipeline = fused_gemv_pipeline(
+            device,
+            registry,
+            variant,
+            p.wps,
+            p.bits,
+            p.prec,
+            p.group_size,
+        )?;
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("rans_gemv"),

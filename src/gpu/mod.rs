@@ -72,7 +72,9 @@ mod gemv;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-pub use decode::{CodedMatrixRef, DecodeOutput, FusedVariant, GpuCodedMatrix, QuantParamsRef};
+pub use decode::{
+    fused_gemv_pipeline, CodedMatrixRef, DecodeOutput, FusedVariant, GpuCodedMatrix, QuantParamsRef,
+};
 pub use gemv::{GpuQuantizedMatrix, QGemvVariant};
 
 /// Errors of the GPU module.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, Linear, LinearError};
-use crate::gpu::{GpuError, Kernel};
+use crate::gpu::{fused_gemv_pipeline, FusedVariant, GpuError};
 use crate::rans::EncodedMatrix;
 
 /// Activation rows per dispatch of the batched kernel (4 per invocation, 128 invocations).
@@ -634,13 +634,22 @@ impl EntropyCodedLinear {
         y: &wgpu::Buffer,
     ) -> Result<LinearDispatch, GpuError> {
         let registry = self.dev.gpu().registry();
-        let kernel = if registry.subgroups32() {
-            Kernel::RansGemvSubgroup
+        let variant = if registry.subgroups32() {
+            FusedVariant::Subgroup
         } else {
-            Kernel::RansGemv
+            FusedVariant::Workgroup
         };
         let device = self.dev.device();
-        let pipeline = registry.get(device, kernel, "main", &[])?;
+        let g = &band.gemv;
+        let pipeline = fused_gemv_pipeline(
+            device,
+            registry,
+            variant,
+            g.wps,
+            g.bits,
+            g.prec,
+            g.group_size,
+        )?;
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("ecq linear gemv"),
