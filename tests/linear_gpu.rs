@@ -478,3 +478,55 @@ fn coded_single_file_and_uncoded_model() {
         "{err}"
     );
 }
+
+/// A coded file whose word stream was altered is refused at load time by the tile checksum,
+/// before anything reaches the GPU (whose kernels check structure, not checksums: a flipped word
+/// can decode "cleanly" to wrong weights).
+#[test]
+fn altered_coded_file_is_refused_at_load() {
+    use ecq::container::encode_model;
+    use ecq::model::quantize::matrix_tensors;
+    use ecq::model::write::write_safetensors;
+    use ecq::model::Model;
+
+    let Some(d) = dev() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (mlx, coded) = (
+        dir.path().join("m.safetensors"),
+        dir.path().join("c.safetensors"),
+    );
+    let c = case(41, 40, 256, 4, 64, 1024, 2);
+    write_safetensors(&mlx, &matrix_tensors("lin", &c.q), &Default::default()).unwrap();
+    let quiet = indicatif::ProgressBar::hidden();
+    encode_model(
+        &Model::open(&mlx).unwrap(),
+        &coded,
+        &EncodeOptions::default(),
+        &quiet,
+    )
+    .unwrap();
+    let mut bytes = std::fs::read(&coded).unwrap();
+    let at = {
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let words = st.tensor("lin.weight.ecq_words").unwrap().data();
+        assert!(words.len() > 8, "the fixture must have coded words");
+        words.as_ptr() as usize - bytes.as_ptr() as usize + words.len() / 2
+    };
+    bytes[at] ^= 0x10;
+    std::fs::write(&coded, &bytes).unwrap();
+    let err = EntropyCodedModel::open(d, &coded).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LinearError::Codec {
+                source: ecq::rans::CodecError::ChecksumMismatch { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("lin") && err.to_string().contains("checksum"),
+        "{err}"
+    );
+}

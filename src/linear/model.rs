@@ -10,7 +10,7 @@ use super::device::LinearDevice;
 use super::LinearError;
 use crate::container::{CodedModel, PART_SUFFIXES};
 use crate::model::{Dtype, TensorData};
-use crate::rans::{HEADER_FIXED, MAGIC, VERSION};
+use crate::rans::{verify_checksums_le, HEADER_FIXED, MAGIC, VERSION};
 
 /// An entropy-coded model (an `ecq encode`d mlx-lm directory or safetensors file) with every
 /// coded linear layer uploaded to the GPU once, by module path.
@@ -122,6 +122,36 @@ impl EntropyCodedModel {
             0 if rows > 0 && !scales.is_empty() => cols / (scales.len() / rows).max(1),
             g => g,
         };
+        let freqs = part(coded, path, PART_SUFFIXES[1], Dtype::U16)?.bytes();
+        let states = part(coded, path, PART_SUFFIXES[2], Dtype::U32)?.bytes();
+        let offsets = part(coded, path, PART_SUFFIXES[3], Dtype::U32)?;
+        let words = part(coded, path, PART_SUFFIXES[4], Dtype::U16)?.bytes();
+        let crc = part(coded, path, PART_SUFFIXES[5], Dtype::U32)?
+            .to_u32()
+            .expect("U32");
+        // The GPU kernels check the stream's structure but not the checksums, and a flipped
+        // word can decode "cleanly" to wrong values: verify the file's bytes before upload.
+        let symbol_bits = h[4].saturating_mul(h[5]);
+        if !(1..=8).contains(&symbol_bits) {
+            return Err(bad(format!(
+                "{} bits x {} weights per symbol is not a symbol of 1..=8 bits",
+                h[4], h[5]
+            )));
+        }
+        let alphabet = 1usize << symbol_bits;
+        verify_checksums_le(
+            alphabet,
+            tile_chunks,
+            freqs,
+            states,
+            &offsets.to_u32().expect("U32"),
+            words,
+            &crc,
+        )
+        .map_err(|source| LinearError::Codec {
+            layer: path.into(),
+            source,
+        })?;
         let m = CodedLayerRef {
             rows,
             cols,
@@ -130,10 +160,10 @@ impl EntropyCodedModel {
             precision: h[6],
             chunk_rows,
             tile_chunks,
-            freqs: part(coded, path, PART_SUFFIXES[1], Dtype::U16)?.bytes(),
-            states: part(coded, path, PART_SUFFIXES[2], Dtype::U32)?.bytes(),
-            offsets: part(coded, path, PART_SUFFIXES[3], Dtype::U32)?.bytes(),
-            words: part(coded, path, PART_SUFFIXES[4], Dtype::U16)?.bytes(),
+            freqs,
+            states,
+            offsets: offsets.bytes(),
+            words,
             group_size,
             scales: &scales,
             biases: &biases,

@@ -418,6 +418,68 @@ fn expand<const W: usize>(region: &mut [u8], n: usize, lut: &[[u8; 4]; 256]) {
     }
 }
 
+/// Verifies every tile's CRC-32C (FORMAT.md section 5) over parts given as the little-endian
+/// bytes stored in a file, without copying them: for loaders that upload the coded streams
+/// straight from a memory map. `offsets` are the `n_chunks + 1` word offsets, `crc` the
+/// `n_tiles` stored checksums; every length is checked before anything is read.
+///
+/// # Errors
+///
+/// [`CodecError::SizeMismatch`] if a part's length disagrees with the geometry,
+/// [`CodecError::BadOffsets`] for offsets that decrease or run past the words,
+/// [`CodecError::ChecksumMismatch`] naming the first tile whose checksum differs.
+pub fn verify_checksums_le(
+    alphabet: usize,
+    tile_chunks: usize,
+    freqs: &[u8],
+    states: &[u8],
+    offsets: &[u32],
+    words: &[u8],
+    crc: &[u32],
+) -> Result<(), CodecError> {
+    let n_chunks = offsets.len().saturating_sub(1);
+    let n_tiles = n_chunks.div_ceil(tile_chunks.max(1));
+    let size = |part, expected: usize, actual: usize| {
+        if expected == actual {
+            Ok(())
+        } else {
+            Err(CodecError::SizeMismatch {
+                part,
+                expected: expected as u64,
+                actual: actual as u64,
+            })
+        }
+    };
+    size("crc", n_tiles, crc.len())?;
+    size("freqs", n_tiles * alphabet * 2, freqs.len())?;
+    size("states", n_chunks * LANES * 4, states.len())?;
+    for (chunk, pair) in offsets.windows(2).enumerate() {
+        if pair[1] < pair[0] || pair[1] as usize * 2 > words.len() {
+            return Err(CodecError::BadOffsets {
+                chunk: chunk + 1,
+                offset: pair[1],
+                reason: "offsets must not decrease nor run past the words",
+            });
+        }
+    }
+    (0..n_tiles).into_par_iter().try_for_each(|t| {
+        let (c0, c1) = (t * tile_chunks, ((t + 1) * tile_chunks).min(n_chunks));
+        let mut computed = crc32c::crc32c(&freqs[t * alphabet * 2..(t + 1) * alphabet * 2]);
+        computed = crc32c::crc32c_append(computed, &states[c0 * LANES * 4..c1 * LANES * 4]);
+        let (w0, w1) = (offsets[c0] as usize * 2, offsets[c1] as usize * 2);
+        computed = crc32c::crc32c_append(computed, &words[w0..w1]);
+        if computed == crc[t] {
+            Ok(())
+        } else {
+            Err(CodecError::ChecksumMismatch {
+                tile: t,
+                stored: crc[t],
+                computed,
+            })
+        }
+    })
+}
+
 /// Appends the little-endian bytes of `data` to a running CRC-32C.
 fn crc_append<T: bytemuck::Pod + LeBytes>(crc: u32, data: &[T]) -> u32 {
     if cfg!(target_endian = "little") {
