@@ -510,6 +510,12 @@ impl GpuContext {
     }
 
     /// Uploads a coded matrix (and optionally its MLX scales and biases for the fused GEMV).
+    ///
+    /// The kernels check the stream's structure (states, offsets, tables, word counts) and
+    /// report corrupt chunks, but not the tile checksums: a flipped word can decode cleanly to
+    /// wrong weights. Verify untrusted data first ([`crate::rans::EncodedMatrix::verify_checksums`],
+    /// or [`crate::rans::verify_checksums_le`] on file bytes, as `linear::EntropyCodedModel`
+    /// does).
     pub fn upload_coded(
         &self,
         m: CodedMatrixRef<'_>,
