@@ -16,8 +16,28 @@ fn wgsl_files() -> Vec<PathBuf> {
     files
 }
 
+/// The kernel's source as the library loads it: each `// import: NAME` line appends
+/// `wgsl/lib/NAME.wgsl` (what `with_rans_table!` does in src/gpu).
+fn source(path: &PathBuf) -> String {
+    let mut src = std::fs::read_to_string(path).unwrap();
+    let imports: Vec<String> = src
+        .lines()
+        .filter_map(|l| l.strip_prefix("// import: "))
+        .map(|name| name.trim().to_string())
+        .collect();
+    for name in imports {
+        let lib = path.with_file_name("lib").join(format!("{name}.wgsl"));
+        src.push('\n');
+        src.push_str(
+            &std::fs::read_to_string(&lib)
+                .unwrap_or_else(|e| panic!("{}: import {}: {e}", path.display(), lib.display())),
+        );
+    }
+    src
+}
+
 fn validate(path: &PathBuf) -> (naga::Module, naga::valid::ModuleInfo) {
-    let src = std::fs::read_to_string(path).unwrap();
+    let src = source(path);
     let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| {
         panic!("{}: {}", path.display(), e.emit_to_string(&src));
     });

@@ -6,6 +6,7 @@
 // lanes, and the first lane of each segment stores the word. Only for b*w in {1, 2, 4, 8, 16,
 // 32} dividing 32 and rows of whole words (the host checks; other cases use rans_decode.wgsl).
 // Like the other kernels it checks `subgroup_size` and flags every chunk otherwise (bit 128).
+// import: rans_table
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
 
@@ -65,11 +66,6 @@ const ERR_SUBGROUP: u32 = 128u;
 @group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
 @group(0) @binding(6) var<storage, read_write> out: array<u32>; // packed words
 
-var<workgroup> table: array<u32, MAX_TABLE>;
-var<workgroup> sc_a: array<u32, 256>;
-var<workgroup> sc_b: array<u32, 256>;
-var<workgroup> fq: array<u32, 256>;
-var<workgroup> table_bad: u32;
 
 fn load_w(i: u32) -> u32 {
     var v = 0u;
@@ -95,72 +91,6 @@ fn plane(cur: vec4<u32>, nxt: vec4<u32>, c: u32) -> u32 {
     v = select(v, cur.w, c == 3u);
     v = select(v, nxt.x, c == 4u);
     return v;
-}
-
-// Builds the tile's table. Leaves exclusive cumulative frequencies in sc_a (or sc_b, returned
-// flag says which) and frequencies in fq. Must be called in uniform control flow.
-fn build_table(tile: u32, lid: u32) -> bool {
-    let a = P.alphabet;
-    let m = 1u << P.prec;
-    let base = tile * a;
-    for (var i = lid; i < 256u; i += WG) {
-        var f = 0u;
-        if (i < a) {
-            let idx = base + i;
-            f = (freqs[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
-        }
-        fq[i] = f;
-        sc_a[i] = f;
-    }
-    workgroupBarrier();
-    // Hillis-Steele inclusive scan over 256 entries, ping-pong between sc_a and sc_b.
-    var in_a = true;
-    for (var d = 1u; d < 256u; d = d << 1u) {
-        for (var i = lid; i < 256u; i += WG) {
-            if (in_a) {
-                var v = sc_a[i];
-                if (i >= d) { v += sc_a[i - d]; }
-                sc_b[i] = v;
-            } else {
-                var v = sc_b[i];
-                if (i >= d) { v += sc_b[i - d]; }
-                sc_a[i] = v;
-            }
-        }
-        in_a = !in_a;
-        workgroupBarrier();
-    }
-    // 8 rounds: the result is back in sc_a. Make it exclusive in place.
-    for (var i = lid; i < 256u; i += WG) {
-        sc_a[i] = sc_a[i] - fq[i];
-    }
-    workgroupBarrier();
-    if (lid == 0u) {
-        let total = sc_a[a - 1u] + fq[a - 1u];
-        table_bad = select(0u, 1u, total != m);
-    }
-    if (P.prec <= 11u) {
-        for (var slot = lid; slot < m; slot += WG) {
-            // largest s with c[s] <= slot
-            var lo = 0u;
-            var hi = a;
-            for (var it = 0u; it < 9u; it++) {
-                if (hi - lo > 1u) {
-                    let mid = (lo + hi) >> 1u;
-                    if (sc_a[mid] <= slot) { lo = mid; } else { hi = mid; }
-                }
-            }
-            let c = sc_a[lo];
-            let f = fq[lo];
-            var e = SENTINEL;
-            if (slot < c + f && f > 0u && f <= m) {
-                e = lo | ((f - 1u) << 8u) | ((slot - c) << 20u);
-            }
-            table[slot] = e;
-        }
-    }
-    workgroupBarrier();
-    return workgroupUniformLoad(&table_bad) != 0u;
 }
 
 @compute @workgroup_size(128)

@@ -9,6 +9,7 @@
 //
 // Bounded loops and bounds-checked word reads as in rans_decode.wgsl; corrupt input sets bits in
 // `errors[chunk]` and never hangs the device (y is then garbage and the host reports the error).
+// import: rans_table
 
 struct Params {
     rows: u32,
@@ -62,85 +63,11 @@ const ERR_OFFSETS: u32 = 64u;
 @group(0) @binding(7) var<storage, read> xv: array<f32>;          // activations, K
 @group(0) @binding(8) var<storage, read_write> y: array<f32>;     // R outputs
 
-var<workgroup> table: array<u32, MAX_TABLE>;
-var<workgroup> sc_a: array<u32, 256>;
-var<workgroup> sc_b: array<u32, 256>;
-var<workgroup> fq: array<u32, 256>;
 var<workgroup> masks: array<atomic<u32>, 12>;      // G * 3 (triple buffered)
 var<workgroup> red: array<f32, 256>;               // G * 2 * 32 (double buffered by row)
-var<workgroup> table_bad: u32;
 
 fn read16(idx: u32) -> u32 {
     return (words[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
-}
-
-// Builds the tile's table. Leaves exclusive cumulative frequencies in sc_a (or sc_b, returned
-// flag says which) and frequencies in fq. Must be called in uniform control flow.
-fn build_table(tile: u32, lid: u32) -> bool {
-    let a = P.alphabet;
-    let m = 1u << P.prec;
-    let base = tile * a;
-    for (var i = lid; i < 256u; i += WG) {
-        var f = 0u;
-        if (i < a) {
-            let idx = base + i;
-            f = (freqs[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
-        }
-        fq[i] = f;
-        sc_a[i] = f;
-    }
-    if (lid < 12u) {
-        atomicStore(&masks[lid], 0u);
-    }
-    workgroupBarrier();
-    // Hillis-Steele inclusive scan over 256 entries, ping-pong between sc_a and sc_b.
-    var in_a = true;
-    for (var d = 1u; d < 256u; d = d << 1u) {
-        for (var i = lid; i < 256u; i += WG) {
-            if (in_a) {
-                var v = sc_a[i];
-                if (i >= d) { v += sc_a[i - d]; }
-                sc_b[i] = v;
-            } else {
-                var v = sc_b[i];
-                if (i >= d) { v += sc_b[i - d]; }
-                sc_a[i] = v;
-            }
-        }
-        in_a = !in_a;
-        workgroupBarrier();
-    }
-    // 8 rounds: the result is back in sc_a. Make it exclusive in place.
-    for (var i = lid; i < 256u; i += WG) {
-        sc_a[i] = sc_a[i] - fq[i];
-    }
-    workgroupBarrier();
-    if (lid == 0u) {
-        let total = sc_a[a - 1u] + fq[a - 1u];
-        table_bad = select(0u, 1u, total != m);
-    }
-    if (P.prec <= 11u) {
-        for (var slot = lid; slot < m; slot += WG) {
-            // largest s with c[s] <= slot
-            var lo = 0u;
-            var hi = a;
-            for (var it = 0u; it < 9u; it++) {
-                if (hi - lo > 1u) {
-                    let mid = (lo + hi) >> 1u;
-                    if (sc_a[mid] <= slot) { lo = mid; } else { hi = mid; }
-                }
-            }
-            let c = sc_a[lo];
-            let f = fq[lo];
-            var e = SENTINEL;
-            if (slot < c + f && f > 0u && f <= m) {
-                e = lo | ((f - 1u) << 8u) | ((slot - c) << 20u);
-            }
-            table[slot] = e;
-        }
-    }
-    workgroupBarrier();
-    return workgroupUniformLoad(&table_bad) != 0u;
 }
 
 @compute @workgroup_size(128)
@@ -156,6 +83,9 @@ fn main(
     let sub = wg % P.wg_per_tile;
     let tile_first = tile * P.tile_chunks;
     let tile_end = min(tile_first + P.tile_chunks, P.n_chunks);
+    if (lid < 12u) {
+        atomicStore(&masks[lid], 0u); // before build_table's first barrier
+    }
     let bad_table = build_table(tile, lid);
 
     let g = lid / 32u;

@@ -206,14 +206,28 @@ pub enum Kernel {
     QGemv4Dp4a,
 }
 
+/// A rANS kernel's source with `wgsl/lib/rans_table.wgsl` (the slot-table builder it
+/// `// import`s) appended: WGSL has no includes, and module-scope declarations may come in any
+/// order.
+macro_rules! with_rans_table {
+    ($kernel:literal) => {
+        concat!(
+            include_str!($kernel),
+            "\n",
+            include_str!("../../wgsl/lib/rans_table.wgsl")
+        )
+    };
+}
+pub(crate) use with_rans_table;
+
 impl Kernel {
     /// The WGSL source.
     pub fn source(self) -> &'static str {
         match self {
-            Kernel::RansDecode => include_str!("../../wgsl/rans_decode.wgsl"),
-            Kernel::RansGemv => include_str!("../../wgsl/rans_gemv.wgsl"),
-            Kernel::RansGemvSubgroup => include_str!("../../wgsl/rans_gemv_subgroup.wgsl"),
-            Kernel::RansDecodeSubgroup => include_str!("../../wgsl/rans_decode_subgroup.wgsl"),
+            Kernel::RansDecode => with_rans_table!("../../wgsl/rans_decode.wgsl"),
+            Kernel::RansGemv => with_rans_table!("../../wgsl/rans_gemv.wgsl"),
+            Kernel::RansGemvSubgroup => with_rans_table!("../../wgsl/rans_gemv_subgroup.wgsl"),
+            Kernel::RansDecodeSubgroup => with_rans_table!("../../wgsl/rans_decode_subgroup.wgsl"),
             Kernel::QGemv => include_str!("../../wgsl/qgemv.wgsl"),
             Kernel::QGemv4 => include_str!("../../wgsl/qgemv4.wgsl"),
             Kernel::QGemv4Dp4a => include_str!("../../wgsl/qgemv4_dp4a.wgsl"),

@@ -17,7 +17,7 @@ pub(crate) enum LinearKernel {
 impl LinearKernel {
     fn source(self) -> &'static str {
         match self {
-            LinearKernel::RansGemm => include_str!("../../wgsl/rans_gemm.wgsl"),
+            LinearKernel::RansGemm => crate::gpu::with_rans_table!("../../wgsl/rans_gemm.wgsl"),
             LinearKernel::QGemm => include_str!("../../wgsl/qgemm.wgsl"),
         }
     }
