@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench_lossless -- [--shapes 4096x4096,4096x14336,14336x4096]
-//!     [--chunks 16384,4096] [--iters 30] [--rounds 5] [--set-mib 256] [--minilm PATH]
+//!     [--chunks 16384,4096] [--iters 30] [--rounds 5] [--set-mib 256] [--minilm PATH] [--wall]
 //! ```
 //!
 //! Shapes are `ROWSxCOLS` (output x input features). Weights: Gaussian, sigma 0.02, rounded to
@@ -15,8 +15,19 @@
 //! the timed dispatches rotate through them, so weights come from memory, not from the L2.
 //! Each round records `--iters` dispatches into one command buffer between two waits; times are
 //! medians over `--rounds`, after a time-based warm-up. Prints one markdown table on stdout.
+//!
+//! Clock (`examples/common/timing.rs`): where the device has `TIMESTAMP_QUERY`, times are the
+//! GPU duration of the compute pass holding the `--iters` dispatches divided by `--iters`
+//! (barriers between dispatches included; the host's command translation, submit and wait
+//! not); `--wall`, or an adapter without timestamps, reports the wall clock from submit to the
+//! end of the wait, started after `finish()`. The table says which, and keeps a wall-clock
+//! column for plain and best fused.
 
 use std::time::Instant;
+
+#[path = "common/timing.rs"]
+mod timing;
+use timing::{GpuTimer, Timing};
 
 use ecq::gpu::GpuContext;
 use ecq::lossless::gpu::{LosslessDispatch, LosslessGpu};
@@ -33,6 +44,7 @@ struct Args {
     rounds: usize,
     set_mib: f64,
     minilm: String,
+    wall: bool,
 }
 
 fn parse_args() -> Args {
@@ -43,8 +55,13 @@ fn parse_args() -> Args {
         rounds: 5,
         set_mib: 256.0,
         minilm: ".cache/all-MiniLM-L6-v2/model.safetensors".into(),
+        wall: false,
     };
-    let v: Vec<String> = std::env::args().skip(1).collect();
+    let mut v: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(p) = v.iter().position(|s| s == "--wall") {
+        a.wall = true;
+        v.remove(p);
+    }
     let mut i = 0;
     while i + 1 < v.len() {
         let val = &v[i + 1];
@@ -70,25 +87,21 @@ fn parse_args() -> Args {
     a
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-/// Median seconds per dispatch, after a warm-up of at least 0.5 s (GPU clocks).
-fn time(g: &LosslessGpu, ds: &[LosslessDispatch], iters: usize, rounds: usize) -> f64 {
+/// Median seconds per dispatch (clock: see the module doc), after a warm-up of at least 0.5 s
+/// (GPU clocks).
+fn time(
+    g: &LosslessGpu,
+    timer: &GpuTimer,
+    ds: &[LosslessDispatch],
+    iters: usize,
+    rounds: usize,
+) -> Timing {
     let run = |n: usize| {
-        let mut enc = g.device().create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
+        timer.time_pass(g.device(), g.queue(), |pass| {
             for i in 0..n {
-                ds[i % ds.len()].record(&mut pass);
+                ds[i % ds.len()].record(pass);
             }
-        }
-        let t = Instant::now();
-        g.queue().submit([enc.finish()]);
-        ecq::gpu::wait(g.device()).expect("wait");
-        t.elapsed().as_secs_f64()
+        })
     };
     let t0 = Instant::now();
     let mut n = 0;
@@ -96,7 +109,8 @@ fn time(g: &LosslessGpu, ds: &[LosslessDispatch], iters: usize, rounds: usize) -
         run(iters.max(ds.len()));
         n += 1;
     }
-    median((0..rounds).map(|_| run(iters) / iters as f64).collect())
+    let samples: Vec<_> = (0..rounds).map(|_| run(iters)).collect();
+    timer.summarize(&samples, iters)
 }
 
 fn bf16_gaussian(r: usize, k: usize, seed: u64) -> Vec<u16> {
@@ -155,6 +169,8 @@ fn main() {
     let ctx = GpuContext::new().expect("GPU adapter");
     let g = LosslessGpu::new(&ctx).expect("kernels");
     eprintln!("adapter: {}", ctx.describe());
+    let timer = GpuTimer::new(ctx.device(), ctx.queue(), args.wall);
+    eprintln!("clock: {}", timer.clock());
     let mut lines = Vec::new();
     for &(r, k) in &args.shapes {
         let t0 = Instant::now();
@@ -179,7 +195,8 @@ fn main() {
             .iter()
             .map(|m| g.plain_dispatch(m, &xb, &yb).unwrap())
             .collect();
-        let t_plain = time(&g, &pds, args.iters, args.rounds);
+        let plain_t = time(&g, &timer, &pds, args.iters, args.rounds);
+        let t_plain = plain_t.t;
         drop(pds);
         drop(plain);
         eprintln!(
@@ -219,6 +236,7 @@ fn main() {
                 &[false]
             };
             let mut t_fused = f64::INFINITY;
+            let mut wall_fused = f64::INFINITY;
             let mut kernel = "workgroup";
             let mut notes = Vec::new();
             for &sub in variants {
@@ -238,11 +256,12 @@ fn main() {
                     .iter()
                     .map(|c| g.gemv_dispatch_with(c, &xb, &yb, sub))
                     .collect();
-                let t = time(&g, &fds, args.iters, args.rounds);
+                let Timing { t, wall } = time(&g, &timer, &fds, args.iters, args.rounds);
                 let name = if sub { "subgroup" } else { "workgroup" };
                 notes.push(format!("{name} {}", sig(t * 1e6)));
                 if t < t_fused {
                     t_fused = t;
+                    wall_fused = wall;
                     kernel = name;
                 }
             }
@@ -254,7 +273,7 @@ fn main() {
                 )
                 .unwrap();
             let dds: Vec<_> = mats.iter().map(|c| g.decode_dispatch(c, &out)).collect();
-            let t_dec = time(&g, &dds, args.iters, args.rounds);
+            let t_dec = time(&g, &timer, &dds, args.iters, args.rounds).t;
             for c in &mats {
                 g.check_errors(c).expect("no kernel errors");
             }
@@ -264,23 +283,31 @@ fn main() {
                 t_dec * 1e6
             );
             lines.push(format!(
-                "| {r}x{k} | {cs} ({} rows/chunk) | {bpw:.3} | {} ({}) | {} ({}; {}) | {:.2}x | {} ({}) |",
+                "| {r}x{k} | {cs} ({} rows/chunk) | {bpw:.3} | {} ({}) | {} ({}; {}) | {} / {} | {:.2}x | {} ({}) |",
                 m.exponents().chunk_rows(),
                 sig(t_plain * 1e6),
                 sig(plain_bytes / t_plain / 1e9),
                 sig(t_fused * 1e6),
                 sig(coded / t_fused / 1e9),
                 notes.join(" / "),
+                sig(plain_t.wall * 1e6),
+                sig(wall_fused * 1e6),
                 t_fused / t_plain,
                 sig((r * k) as f64 / t_dec / 1e9),
                 sig(plain_bytes / t_dec / 1e9),
             ));
         }
     }
+    let clock = timer.short();
     println!("Adapter: {}", ctx.describe());
     println!();
-    println!("| shape (R x K) | chunk symbols | bits/weight | plain bf16 GEMV µs (GB/s) | fused lossless GEMV µs, best (GB/s coded; per kernel µs) | fused / plain | decode-only G weights/s (GB/s bf16 out) |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "Clock: {} (wall-clock column: submit to end of wait, after finish()).",
+        timer.clock()
+    );
+    println!();
+    println!("| shape (R x K) | chunk symbols | bits/weight | plain bf16 GEMV µs [{clock}] (GB/s) | fused lossless GEMV µs [{clock}], best (GB/s coded; per kernel µs) | wall-clock µs (plain / fused best) | fused / plain | decode-only G weights/s [{clock}] (GB/s bf16 out) |");
+    println!("|---|---|---|---|---|---|---|---|");
     for l in &lines {
         println!("{l}");
     }

@@ -7,7 +7,7 @@
 //! ```text
 //! cargo run --release --example bench_prefill -- [--shapes 4096x4096,4096x14336]
 //!     [--ms 1,8,32,128,512] [--rounds 5] [--target-ms 30] [--set-mib 256] [--max-gemv-m 512]
-//!     [--chunk-symbols 16384] [--tile-chunks 8]
+//!     [--chunk-symbols 16384] [--tile-chunks 8] [--wall]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64 (`ecq::quant::quantize_affine`), coded
@@ -19,9 +19,19 @@
 //! forwards as fill about `--target-ms` into one command buffer between two `device.poll`
 //! waits; times are medians over `--rounds`, per forward. The one-vector baselines are skipped
 //! (`-`) above `--max-gemv-m`. Prints a markdown table on stdout.
+//!
+//! Clock (`examples/common/timing.rs`): where the device has `TIMESTAMP_QUERY`, times are the
+//! GPU duration of the compute pass holding a round's forwards divided by their number
+//! (barriers between dispatches included; the host's command translation, submit and wait
+//! not); `--wall`, or an adapter without timestamps, reports the wall clock from submit to the
+//! end of the wait, started after `finish()`. The output says which, and keeps wall-clock
+//! figures for the two batched kernels.
 
 use std::sync::Arc;
-use std::time::Instant;
+
+#[path = "common/timing.rs"]
+mod timing;
+use timing::{GpuTimer, Timing};
 
 use ecq::dtype::FloatDType;
 use ecq::gpu::GpuQuantizedMatrix;
@@ -42,6 +52,7 @@ struct Args {
     max_gemv_m: usize,
     chunk_symbols: usize,
     tile_chunks: usize,
+    wall: bool,
 }
 
 fn list<T: std::str::FromStr>(s: &str) -> Vec<T> {
@@ -60,8 +71,13 @@ fn parse_args() -> Args {
         max_gemv_m: 512,
         chunk_symbols: ecq::rans::DEFAULT_CHUNK_SYMBOLS,
         tile_chunks: ecq::rans::DEFAULT_TILE_CHUNKS,
+        wall: false,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(p) = args.iter().position(|s| s == "--wall") {
+        a.wall = true;
+        args.remove(p);
+    }
     let mut i = 0;
     while i < args.len() {
         let v = args.get(i + 1).cloned().unwrap_or_default();
@@ -110,34 +126,27 @@ fn buffer(dev: &LinearDevice, bytes: u64, data: Option<&[f32]>) -> wgpu::Buffer 
     b
 }
 
-/// Median seconds per forward; `record(pass, i)` records forward `i` (rotating copies).
+/// Median seconds per forward (clock: see the module doc); `record(pass, i)` records forward
+/// `i` (rotating copies). The number of forwards per round is sized by the wall clock.
 fn time(
     dev: &LinearDevice,
+    timer: &GpuTimer,
     rounds: usize,
     target_ms: f64,
     record: &dyn Fn(&mut wgpu::ComputePass<'_>, usize),
-) -> f64 {
-    let run = |n: usize, start: usize| -> f64 {
-        let mut enc = dev.device().create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
+) -> Timing {
+    let run = |n: usize, start: usize| {
+        timer.time_pass(dev.device(), dev.queue(), |pass| {
             for i in 0..n {
-                record(&mut pass, start + i);
+                record(pass, start + i);
             }
-        }
-        let t = Instant::now();
-        dev.queue().submit([enc.finish()]);
-        dev.gpu().wait().expect("wait");
-        t.elapsed().as_secs_f64()
+        })
     };
     run(1, 0); // warm-up (pipelines, first touch)
-    let one = run(1, 1);
+    let one = run(1, 1).wall;
     let n = ((target_ms / 1e3 / one.max(1e-7)).round() as usize).clamp(1, 1000);
-    let mut times: Vec<f64> = (0..rounds.max(1))
-        .map(|r| run(n, r * n) / n as f64)
-        .collect();
-    times.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    times[times.len() / 2]
+    let samples: Vec<_> = (0..rounds.max(1)).map(|r| run(n, r * n)).collect();
+    timer.summarize(&samples, n)
 }
 
 fn read(dev: &LinearDevice, b: &wgpu::Buffer, n: usize) -> Vec<f32> {
@@ -162,10 +171,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dev: Arc<LinearDevice> = LinearDevice::new()?;
     let adapter = dev.gpu().adapter_name().to_string();
     eprintln!("adapter: {}", dev.gpu().describe());
+    let timer = GpuTimer::new(dev.device(), dev.queue(), a.wall);
+    let clock = timer.short();
     println!(
-        "| adapter | shape RxK | M | plain qgemv x M µs | fused rANS GEMV x M µs | plain qgemm µs | rans_gemm µs | rans_gemm / qgemm | rans_gemm / (fused GEMV x M) | rans_gemm tokens/s | max abs diff rans_gemm vs qgemm / max abs y |"
+        "Clock: {} (wall-clock column: submit to end of wait, after finish()).",
+        timer.clock()
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!();
+    println!(
+        "| adapter | shape RxK | M | plain qgemv x M µs [{clock}] | fused rANS GEMV x M µs [{clock}] | plain qgemm µs [{clock}] | rans_gemm µs [{clock}] | wall-clock µs (qgemm / rans_gemm) | rans_gemm / qgemm | rans_gemm / (fused GEMV x M) | rans_gemm tokens/s | max abs diff rans_gemm vs qgemm / max abs y |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &(r, k) in &a.shapes {
         let mut rng = ChaCha8Rng::seed_from_u64((r * 31 + k) as u64);
         let w: Vec<f32> = (0..r * k).map(|_| gaussian(&mut rng) * 0.02).collect();
@@ -233,14 +249,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .iter()
                 .map(|p| p.batch_dispatch(&xb, &yq, m))
                 .collect::<Result<_, _>>()?;
-            let t_gemm = time(&dev, a.rounds, a.target_ms, &|pass, i| {
+            let gemm = time(&dev, &timer, a.rounds, a.target_ms, &|pass, i| {
                 for d in &batched_coded[i % copies] {
                     d.record(pass)
                 }
             });
-            let t_qgemm = time(&dev, a.rounds, a.target_ms, &|pass, i| {
+            let qgemm = time(&dev, &timer, a.rounds, a.target_ms, &|pass, i| {
                 batched_plain[i % copies].record(pass)
             });
+            let (t_gemm, t_qgemm) = (gemm.t, qgemm.t);
             // the two batched kernels must agree (same weights, same activations)
             let (yc, yp) = (read(&dev, &yb, m * r), read(&dev, &yq, m * r));
             let scale = yp.iter().fold(0f32, |s, v| s.max(v.abs())).max(1e-30);
@@ -254,16 +271,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             let (t_qv, t_fv) = if m <= a.max_gemv_m {
                 (
-                    Some(time(&dev, a.rounds, a.target_ms, &|pass, i| {
-                        for j in 0..m {
-                            gemv_plain[(i * m + j) % copies].record(pass)
-                        }
-                    })),
-                    Some(time(&dev, a.rounds, a.target_ms, &|pass, i| {
-                        for j in 0..m {
-                            gemv_coded[(i * m + j) % copies].record(pass)
-                        }
-                    })),
+                    Some(
+                        time(&dev, &timer, a.rounds, a.target_ms, &|pass, i| {
+                            for j in 0..m {
+                                gemv_plain[(i * m + j) % copies].record(pass)
+                            }
+                        })
+                        .t,
+                    ),
+                    Some(
+                        time(&dev, &timer, a.rounds, a.target_ms, &|pass, i| {
+                            for j in 0..m {
+                                gemv_coded[(i * m + j) % copies].record(pass)
+                            }
+                        })
+                        .t,
+                    ),
                 )
             } else {
                 (None, None)
@@ -272,11 +295,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let ratio =
                 |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{:.2}x", t_gemm / t));
             println!(
-                "| {adapter} | {r}x{k} | {m} | {} | {} | {:.1} | {:.1} | {:.2}x | {} | {:.0} | {:.1e} |",
+                "| {adapter} | {r}x{k} | {m} | {} | {} | {:.1} | {:.1} | {:.1} / {:.1} | {:.2}x | {} | {:.0} | {:.1e} |",
                 us(t_qv),
                 us(t_fv),
                 t_qgemm * 1e6,
                 t_gemm * 1e6,
+                qgemm.wall * 1e6,
+                gemm.wall * 1e6,
                 t_gemm / t_qgemm,
                 ratio(t_fv),
                 m as f64 / t_gemm,

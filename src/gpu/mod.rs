@@ -13,7 +13,8 @@
 //! per stage, 65535 workgroups per dimension: larger launches use a 2-D grid); storage buffer
 //! sizes are checked against `device.limits()` and reported as [`GpuError::TooLarge`].
 //! [`GpuContext::new`] asks the adapter for its largest storage-buffer binding and buffer sizes
-//! and for `Features::SUBGROUP` where offered (everything else stays at the WebGPU defaults).
+//! and for `Features::SUBGROUP` and `Features::TIMESTAMP_QUERY` where offered (everything else
+//! stays at the WebGPU defaults).
 //!
 //! * `rans_decode.wgsl`: a workgroup of 4 x 32 lanes builds the tile's slot table (2^n `u32`
 //!   entries `symbol | (freq-1) << 8 | (slot-cum) << 20`, n <= 11; a binary search over the
@@ -403,7 +404,8 @@ impl GpuContext {
     /// of the adapter name) and `WGPU_POWER_PREF`. Without `WGPU_ADAPTER_NAME` the
     /// highest-performance adapter wgpu offers is taken (a software adapter such as lavapipe
     /// when there is nothing else). Requests the WebGPU default limits, raised to the adapter's
-    /// maximum storage-buffer binding and buffer sizes.
+    /// maximum storage-buffer binding and buffer sizes, and `Features::SUBGROUP` and
+    /// `Features::TIMESTAMP_QUERY` where the adapter offers them (neither is required).
     pub fn new() -> Result<Self, GpuError> {
         pollster::block_on(Self::new_async())
     }
@@ -437,8 +439,10 @@ impl GpuContext {
         let info = adapter.get_info();
         let al = adapter.limits();
         // Subgroup operations only where the adapter offers them (the fused kernel has a
-        // workgroup-memory version for every other adapter).
-        let features = adapter.features() & wgpu::Features::SUBGROUP;
+        // workgroup-memory version for every other adapter); timestamp queries where offered,
+        // for the benchmarks' GPU-side timing (no kernel needs them).
+        let features =
+            adapter.features() & (wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY);
         let limits = wgpu::Limits {
             max_storage_buffer_binding_size: al.max_storage_buffer_binding_size,
             max_buffer_size: al.max_buffer_size,
