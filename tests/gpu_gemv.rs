@@ -62,7 +62,11 @@ fn random_matrix(
 
 /// f64 reference `y` and the per-row bound `sum_abs` of the factored computation.
 fn reference(q: &QuantizedMatrix, x: &[f32]) -> (Vec<f64>, Vec<f64>) {
-    let sym = q.symbols();
+    reference_symbols(q, &q.symbols(), x)
+}
+
+/// [`reference`] with the symbols given (for group sizes `QuantizedMatrix::symbols` refuses).
+fn reference_symbols(q: &QuantizedMatrix, sym: &[u8], x: &[f32]) -> (Vec<f64>, Vec<f64>) {
     let (r, k, gs) = (q.rows, q.cols, q.group_size as usize);
     let mut y = vec![0.0; r];
     let mut a = vec![0.0; r];
@@ -163,7 +167,8 @@ fn check_plain(ctx: &GpuContext, seed: u64, rows: usize, cols: usize, bits: u32,
 }
 
 /// Every plain-GEMV kernel that can run `q`: the generic one, and for 4 bits `qgemv4.wgsl` with
-/// each K split, against the f64 reference.
+/// each K split and `qgemv4_stream.wgsl` with each rows-per-group and K split, against the f64
+/// reference.
 fn check_plain_variants(ctx: &GpuContext, seed: u64, rows: usize, cols: usize, gs: u32) {
     let (q, x) = random_matrix(seed, rows, cols, 4, gs);
     let m = ctx.upload_quantized(&q).unwrap();
@@ -172,6 +177,13 @@ fn check_plain_variants(ctx: &GpuContext, seed: u64, rows: usize, cols: usize, g
     if m.nibble4_supported() {
         for ksplit in [0, 1, 2, 4, 8] {
             variants.push(QGemvVariant::Nibble4 { ksplit });
+        }
+    }
+    if m.stream_supported() {
+        for rows in [1, 2, 4] {
+            for ksplit in [0, 1, 2, 4, 8] {
+                variants.push(QGemvVariant::Stream { rows, ksplit });
+            }
         }
     }
     for v in variants {
@@ -252,6 +264,7 @@ fn plain_gemv_4bit_every_ksplit() {
         (70, 4096, 128),
         (9, 1056, 32),
         (33, 14336, 64),
+        (131, 2080, 32),
     ]
     .iter()
     .enumerate()
@@ -275,6 +288,76 @@ fn plain_gemv_4bit_every_ksplit() {
             QGemvVariant::Nibble4 { ksplit: 0 }
         )
         .is_err());
+}
+
+/// `QGemvVariant::Stream` on matrices it cannot run: 4-bit groups that are not whole 32-weight
+/// pieces fall back to the default kernel (still exact), other bit widths and bad parameters
+/// are refused.
+#[test]
+fn plain_gemv_stream_fallback_and_errors() {
+    let Some(ctx) = ctx() else { return };
+    // 4 bits, group size 16 (not an MLX size, but the upload accepts it): qgemv4 runs it
+    let (rows, cols, gs) = (7usize, 96usize, 16u32);
+    let mut rng = ChaCha8Rng::seed_from_u64(77);
+    let symbols: Vec<u8> = (0..rows * cols)
+        .map(|_| rng.random_range(0..16u8))
+        .collect();
+    let groups = rows * cols / gs as usize;
+    let q = QuantizedMatrix {
+        rows,
+        cols,
+        bits: 4,
+        group_size: gs,
+        dtype: FloatDType::F32,
+        packed: ecq::quant::pack(&symbols, 4),
+        scales: (0..groups).map(|_| gaussian(&mut rng) * 0.01).collect(),
+        biases: (0..groups).map(|_| gaussian(&mut rng) * 0.1).collect(),
+    };
+    let x: Vec<f32> = (0..cols).map(|_| gaussian(&mut rng)).collect();
+    let m = ctx.upload_quantized(&q).unwrap();
+    assert!(m.nibble4_supported());
+    assert!(!m.stream_supported());
+    let (want, sum_abs) = reference_symbols(&q, &symbols, &x);
+    for rows_per_group in [1, 2, 4] {
+        let v = QGemvVariant::Stream {
+            rows: rows_per_group,
+            ksplit: 0,
+        };
+        let y = m
+            .gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)
+            .unwrap();
+        assert_close(&format!("fallback {v:?}"), &y, &want, &sum_abs, cols);
+    }
+    // supported shape, bad parameters
+    let (q, x) = random_matrix(78, 5, 256, 4, 64);
+    let m = ctx.upload_quantized(&q).unwrap();
+    assert!(m.stream_supported());
+    for v in [
+        QGemvVariant::Stream { rows: 3, ksplit: 0 },
+        QGemvVariant::Stream { rows: 2, ksplit: 3 },
+    ] {
+        assert!(m
+            .gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)
+            .is_err());
+    }
+    // 8 bits: no 4-bit kernel at all
+    let (q, x) = random_matrix(79, 4, 256, 8, 64);
+    let m = ctx.upload_quantized(&q).unwrap();
+    assert!(!m.stream_supported());
+    assert!(m
+        .gemv_with(
+            ctx.device(),
+            ctx.queue(),
+            ctx.registry(),
+            &x,
+            QGemvVariant::Stream { rows: 2, ksplit: 0 }
+        )
+        .is_err());
+    // the automatic K split keeps >= TARGET groups where K allows it
+    let (q, _) = random_matrix(1, 8, 4096, 4, 64);
+    let m = ctx.upload_quantized(&q).unwrap();
+    assert_eq!(m.stream_auto_ksplit(1), 2);
+    assert_eq!(m.stream_auto_ksplit(4), 2);
 }
 
 fn config(cases: u32, seed: u64) -> Config {

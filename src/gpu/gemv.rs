@@ -1,5 +1,6 @@
 //! The plain MLX quantized GEMV (`wgsl/qgemv4.wgsl` for 4 bits, `wgsl/qgemv.wgsl` for 2 and 8
-//! bits), the baseline of the fused kernel.
+//! bits), the baseline of the fused kernel, and the candidate streaming 4-bit kernels
+//! (`wgsl/qgemv4_stream.wgsl`, only on request).
 
 use super::decode::entry;
 use super::{grid, read_back, storage_init, wait, Dispatch, GpuError, Kernel, PipelineRegistry};
@@ -39,6 +40,18 @@ pub enum QGemvVariant {
     /// polyfilled); if the shader is refused the dispatch returns [`GpuError::Wgpu`].
     Int8Dot {
         /// Groups of 32 lanes splitting K per block of 4 rows; 0 = automatic.
+        ksplit: u32,
+    },
+    /// `wgsl/qgemv4_stream.wgsl` (candidate, exact f32 like `Nibble4`, never picked by
+    /// `Auto`): 16-byte weight loads, `rows` (1, 2 or 4) rows per group of 32 lanes, no
+    /// activation pre-scaling; see the kernel's header. Needs 4 bits, `cols % 32 == 0` and
+    /// group size `% 32 == 0` ([`GpuQuantizedMatrix::stream_supported`]); other 4-bit matrices
+    /// run [`QGemvVariant::Auto`]'s kernel instead.
+    Stream {
+        /// Rows per group of 32 lanes: 1, 2 or 4.
+        rows: u32,
+        /// Groups of 32 lanes splitting K per row set (1, 2, 4 or 8); 0 = automatic
+        /// ([`GpuQuantizedMatrix::stream_auto_ksplit`]).
         ksplit: u32,
     },
 }
@@ -186,6 +199,25 @@ impl GpuQuantizedMatrix {
         ks as u32
     }
 
+    /// Whether the streaming kernels ([`QGemvVariant::Stream`]) can run this matrix: 4 bits,
+    /// rows of whole 16-byte vectors (`cols % 32 == 0`) and groups of whole 32-weight pieces.
+    pub fn stream_supported(&self) -> bool {
+        self.bits == 4 && self.cols().is_multiple_of(32) && self.group_size.is_multiple_of(32)
+    }
+
+    /// The K split [`QGemvVariant::Stream`] `{ rows, ksplit: 0 }` picks: as
+    /// [`auto_ksplit`](Self::auto_ksplit), about 4096 groups of 32 lanes while every lane keeps
+    /// at least two 32-weight pieces per row.
+    pub fn stream_auto_ksplit(&self, rows_per_group: u32) -> u32 {
+        let sets = self.rows().div_ceil(rows_per_group.max(1) as usize);
+        let n4 = self.cols() / 32;
+        let mut ks = 1usize;
+        while ks < MAX_KSPLIT as usize && sets * ks < TARGET_GROUPS && n4 >= 64 * ks * 2 {
+            ks *= 2;
+        }
+        ks as u32
+    }
+
     /// The GEMV launch with an explicit kernel choice (benchmarks, tests).
     pub fn gemv_dispatch_with(
         &self,
@@ -204,8 +236,36 @@ impl GpuQuantizedMatrix {
                 self.rows() * 4
             )));
         }
+        let variant = match variant {
+            QGemvVariant::Stream { rows, ksplit } if self.stream_supported() => {
+                if ![1, 2, 4].contains(&rows) {
+                    return Err(GpuError::InvalidInput(format!(
+                        "stream rows per group {rows} is not 1, 2 or 4"
+                    )));
+                }
+                let ks = match ksplit {
+                    0 => self.stream_auto_ksplit(rows),
+                    1 | 2 | 4 | 8 => ksplit,
+                    _ => {
+                        return Err(GpuError::InvalidInput(format!(
+                            "ksplit {ksplit} is not 1, 2, 4 or 8"
+                        )))
+                    }
+                };
+                return self.stream_dispatch(device, registry, x, y, rows, ks);
+            }
+            // shapes the streaming kernels cannot run fall back to the default kernel
+            QGemvVariant::Stream { .. } if self.bits == 4 => QGemvVariant::Auto,
+            v => v,
+        };
         let nibble = match variant {
             QGemvVariant::Auto => self.nibble4_supported().then(|| self.auto_ksplit()),
+            QGemvVariant::Stream { .. } => {
+                return Err(GpuError::Unsupported(format!(
+                    "qgemv4_stream needs 4 bits, not {}",
+                    self.bits
+                )))
+            }
             QGemvVariant::Generic => None,
             QGemvVariant::Nibble4 { ksplit } | QGemvVariant::Int8Dot { ksplit } => {
                 if !self.nibble4_supported() {
@@ -237,29 +297,7 @@ impl GpuQuantizedMatrix {
             None => (Kernel::QGemv, self.params.total_wg, self.params.vec_per_row),
         };
         let (gx, gy) = grid(device, total_wg);
-        let uniform = {
-            use wgpu::util::DeviceExt;
-            let mut u = self.uniform.lock().expect("uniform");
-            let key = (gx, total_wg, vec_per_row);
-            let p = Params {
-                wg_x: gx,
-                total_wg,
-                vec_per_row,
-                ..self.params
-            };
-            match u.as_ref() {
-                Some((k, b)) if *k == key => b.clone(),
-                _ => {
-                    let b = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("qgemv params"),
-                        contents: bytemuck::bytes_of(&p),
-                        usage: wgpu::BufferUsages::UNIFORM,
-                    });
-                    *u = Some((key, b.clone()));
-                    b
-                }
-            }
-        };
+        let uniform = self.uniform(device, gx, total_wg, vec_per_row);
         let nibble_kernel = if matches!(variant, QGemvVariant::Int8Dot { .. }) {
             Kernel::QGemv4Dp4a
         } else {
@@ -288,23 +326,94 @@ impl GpuQuantizedMatrix {
                 )?
             }
         };
+        Ok(self.bind(device, pipeline, &uniform, x, y, (gx, gy)))
+    }
+
+    /// The uniform parameters for a launch (the last one is cached).
+    fn uniform(
+        &self,
+        device: &wgpu::Device,
+        gx: u32,
+        total_wg: u32,
+        vec_per_row: u32,
+    ) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        let mut u = self.uniform.lock().expect("uniform");
+        let key = (gx, total_wg, vec_per_row);
+        let p = Params {
+            wg_x: gx,
+            total_wg,
+            vec_per_row,
+            ..self.params
+        };
+        match u.as_ref() {
+            Some((k, b)) if *k == key => b.clone(),
+            _ => {
+                let b = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("qgemv params"),
+                    contents: bytemuck::bytes_of(&p),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
+                *u = Some((key, b.clone()));
+                b
+            }
+        }
+    }
+
+    fn bind(
+        &self,
+        device: &wgpu::Device,
+        pipeline: wgpu::ComputePipeline,
+        uniform: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        workgroups: (u32, u32),
+    ) -> Dispatch {
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("qgemv"),
             layout: &layout,
             entries: &[
-                entry(0, &uniform),
+                entry(0, uniform),
                 entry(1, &self.packed),
                 entry(2, &self.sb),
                 entry(3, x),
                 entry(4, y),
             ],
         });
-        Ok(Dispatch {
+        Dispatch {
             pipeline,
             bind_group,
-            workgroups: (gx, gy),
-        })
+            workgroups,
+        }
+    }
+
+    /// `wgsl/qgemv4_stream.wgsl` with `rows` rows per group and `ksplit` groups per row set
+    /// (both checked by the caller): 8 * rows / ksplit rows per workgroup.
+    fn stream_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        rows: u32,
+        ksplit: u32,
+    ) -> Result<Dispatch, GpuError> {
+        let total_wg = self.params.rows.div_ceil(8 * rows / ksplit);
+        let (gx, gy) = grid(device, total_wg);
+        let uniform = self.uniform(device, gx, total_wg, self.params.cols / 32);
+        let entry_point = match rows {
+            1 => "main_r1",
+            2 => "main_r2",
+            _ => "main_r4",
+        };
+        let pipeline = registry.get(
+            device,
+            Kernel::QGemv4Stream,
+            entry_point,
+            &[("GS", self.group_size), ("KSPLIT", ksplit)],
+        )?;
+        Ok(self.bind(device, pipeline, &uniform, x, y, (gx, gy)))
     }
 
     /// `y = W x`, read back. `y` is filled with NaN first so unwritten rows show.

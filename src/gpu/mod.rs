@@ -42,6 +42,8 @@
 //! * `qgemv4_dp4a.wgsl`: `qgemv4.wgsl` with each 16-weight piece's activations quantized to 8
 //!   bits in registers and `dot4I8Packed` (WGSL `packed_4x8_integer_dot_product`); approximate,
 //!   only on request ([`QGemvVariant::Int8Dot`]).
+//! * `qgemv4_stream.wgsl`: candidate exact 4-bit kernels (16-byte loads, 1, 2 or 4 rows per
+//!   group of 32 lanes, no activation pre-scaling), only on request ([`QGemvVariant::Stream`]).
 //!
 //! All loops are bounded by the matrix geometry and every word read is bounds-checked, so corrupt
 //! input sets per-chunk error bits ([`error_bits`]) and never hangs the device; the host reports
@@ -205,6 +207,10 @@ pub enum Kernel {
     /// 16-weight piece and `dot4I8Packed` (approximate; WGSL language extension
     /// `packed_4x8_integer_dot_product`).
     QGemv4Dp4a,
+    /// `wgsl/qgemv4_stream.wgsl`: candidate plain 4-bit GEMV kernels with 16-byte loads and
+    /// 1, 2 or 4 rows per group of 32 lanes (entry points `main_r1`, `main_r2`, `main_r4`;
+    /// exact f32, only on request).
+    QGemv4Stream,
 }
 
 /// A rANS kernel's source with `wgsl/lib/rans_table.wgsl` (the slot-table builder it
@@ -232,6 +238,7 @@ impl Kernel {
             Kernel::QGemv => include_str!("../../wgsl/qgemv.wgsl"),
             Kernel::QGemv4 => include_str!("../../wgsl/qgemv4.wgsl"),
             Kernel::QGemv4Dp4a => include_str!("../../wgsl/qgemv4_dp4a.wgsl"),
+            Kernel::QGemv4Stream => include_str!("../../wgsl/qgemv4_stream.wgsl"),
         }
     }
 
@@ -245,6 +252,7 @@ impl Kernel {
             Kernel::QGemv => "qgemv.wgsl",
             Kernel::QGemv4 => "qgemv4.wgsl",
             Kernel::QGemv4Dp4a => "qgemv4_dp4a.wgsl",
+            Kernel::QGemv4Stream => "qgemv4_stream.wgsl",
         }
     }
 }
