@@ -6,7 +6,8 @@
 //! ```text
 //! cargo run --release --example bench_gpu -- [--shapes 4096x4096,4096x14336,14336x4096,128256x4096]
 //!     [--sources g64,g128,absmax] [--variants 4096:8] [--iters 50] [--rounds 7] [--set-mib 256]
-//!     [--copy-mib 512] [--ksplit-sweep] [--workgroup]
+//!     [--copy-mib 512] [--ksplit-sweep] [--workgroup] [--wall] [--plain-variants 1,2,4]
+//!     [--plain-only]
 //! ```
 //!
 //! Shapes are `ROWSxCOLS` (output x input features). Weights are Gaussian (sigma 0.02) with one
@@ -21,10 +22,30 @@
 //! least `--set-mib` MiB of packed weights in all) and the timed dispatches rotate through them;
 //! the "L2" columns time one small copy reused (resident in the 50-60 MB L2 of an H100/H200
 //! when it fits), i.e. the ALU-bound rate. Each round records `--iters` dispatches into one
-//! command buffer between two `device.poll(wait)`; times are medians over `--rounds`. Prints
-//! one markdown table on stdout; diagnostics (K-split sweep, per-variant notes) go to stderr.
+//! compute pass of one command buffer between two `device.poll(wait)`; times are medians over
+//! `--rounds`. Prints one markdown table on stdout; diagnostics (K-split sweep, per-variant
+//! notes) go to stderr.
+//!
+//! Clock (`examples/common/timing.rs`): where the device has `TIMESTAMP_QUERY` the reported time
+//! per dispatch is the GPU duration of the compute pass holding the `--iters` dependent
+//! dispatches (timestamps at its beginning and end) divided by `--iters`: the barriers between
+//! dispatches are in, the host's command translation, submit and wait are not. `--wall` (or an
+//! adapter without timestamps, e.g. lavapipe) reports the wall clock from submit to the end of
+//! the wait instead, started after `finish()`; the table keeps a wall-clock column for the
+//! plain kernel either way.
+//!
+//! `--plain-variants ROWS[:KSPLIT],...` times the candidate plain 4-bit kernels against the
+//! current default in the same process, on the same copies: `QGemvVariant::Nibble4` (auto K
+//! split) and `QGemvVariant::Stream { rows: ROWS, ksplit: KSPLIT }` for each entry (KSPLIT 0 or
+//! omitted = automatic), e.g. `--plain-variants 1,2,4,2:1`; it prints a second table with each
+//! kernel's time, GB/s, share of the `copy.wgsl` bandwidth and largest difference from qgemv4.
+//! `--plain-only` skips the fused, decode and coding work (and the main table).
 
 use std::time::Instant;
+
+#[path = "common/timing.rs"]
+mod timing;
+use timing::{GpuTimer, Timing};
 
 use ecq::dtype::FloatDType;
 use ecq::gpu::{
@@ -48,6 +69,9 @@ struct Args {
     copy_mib: u64,
     ksplit_sweep: bool,
     workgroup: bool,
+    wall: bool,
+    plain_variants: Vec<(u32, u32)>,
+    plain_only: bool,
 }
 
 fn parse_args() -> Args {
@@ -61,6 +85,9 @@ fn parse_args() -> Args {
         copy_mib: 512,
         ksplit_sweep: false,
         workgroup: false,
+        wall: false,
+        plain_variants: Vec::new(),
+        plain_only: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -91,6 +118,28 @@ fn parse_args() -> Args {
                 a.workgroup = true;
                 i += 1;
                 continue;
+            }
+            "--wall" => {
+                a.wall = true;
+                i += 1;
+                continue;
+            }
+            "--plain-only" => {
+                a.plain_only = true;
+                i += 1;
+                continue;
+            }
+            "--plain-variants" => {
+                a.plain_variants = v
+                    .split(',')
+                    .map(|p| {
+                        let (rows, ks) = p.split_once(':').unwrap_or((p, "0"));
+                        (
+                            rows.trim().parse().expect("plain variant: ROWS[:KSPLIT]"),
+                            ks.trim().parse().expect("plain variant: ROWS[:KSPLIT]"),
+                        )
+                    })
+                    .collect()
             }
             "--bench" => {
                 i += 1;
@@ -130,34 +179,29 @@ fn gpu_done() {
     *LAST_GPU.lock().unwrap() = Some(Instant::now());
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 /// Median seconds per dispatch: each round records `iters` dispatches (rotating through
-/// `ds`) into one command buffer, submits and waits.
-fn time_dispatches(ctx: &GpuContext, ds: &[Dispatch], iters: usize, rounds: usize) -> f64 {
+/// `ds`) into one compute pass, submits and waits (clock: see the module doc).
+fn time_dispatches(
+    ctx: &GpuContext,
+    timer: &GpuTimer,
+    ds: &[Dispatch],
+    iters: usize,
+    rounds: usize,
+) -> Timing {
     let run = |n: usize| {
-        let mut enc = ctx.device().create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
+        timer.time_pass(ctx.device(), ctx.queue(), |pass| {
             for i in 0..n {
-                ds[i % ds.len()].record(&mut pass);
+                ds[i % ds.len()].record(pass);
             }
-        }
-        let t = Instant::now();
-        ctx.queue().submit([enc.finish()]);
-        ctx.wait().expect("wait");
-        t.elapsed().as_secs_f64()
+        })
     };
-    warm_up(|| run(iters.max(ds.len())));
-    let t = median((0..rounds).map(|_| run(iters) / iters as f64).collect());
+    warm_up(|| run(iters.max(ds.len())).wall);
+    let samples: Vec<_> = (0..rounds).map(|_| run(iters)).collect();
     gpu_done();
-    t
+    timer.summarize(&samples, iters)
 }
 
-fn copy_bandwidth(ctx: &GpuContext, mib: u64, rounds: usize) -> (f64, u64) {
+fn copy_bandwidth(ctx: &GpuContext, timer: &GpuTimer, mib: u64, rounds: usize) -> (f64, u64) {
     let limit = ctx.device().limits().max_buffer_size;
     let bytes = (mib << 20).min(limit / 4 * 4);
     let mk = |label| {
@@ -171,28 +215,26 @@ fn copy_bandwidth(ctx: &GpuContext, mib: u64, rounds: usize) -> (f64, u64) {
     let (a, b) = (mk("copy a"), mk("copy b"));
     let n = 10;
     let run = || {
-        let mut enc = ctx.device().create_command_encoder(&Default::default());
-        for i in 0..n {
-            if i % 2 == 0 {
-                enc.copy_buffer_to_buffer(&a, 0, &b, 0, bytes);
-            } else {
-                enc.copy_buffer_to_buffer(&b, 0, &a, 0, bytes);
+        timer.time_encoder(ctx.device(), ctx.queue(), |enc| {
+            for i in 0..n {
+                if i % 2 == 0 {
+                    enc.copy_buffer_to_buffer(&a, 0, &b, 0, bytes);
+                } else {
+                    enc.copy_buffer_to_buffer(&b, 0, &a, 0, bytes);
+                }
             }
-        }
-        let t = Instant::now();
-        ctx.queue().submit([enc.finish()]);
-        ctx.wait().expect("wait");
-        t.elapsed().as_secs_f64() / n as f64
+        })
     };
-    warm_up(run);
-    let t = median((0..rounds).map(|_| run()).collect());
+    warm_up(|| run().wall);
+    let samples: Vec<_> = (0..rounds).map(|_| run()).collect();
     gpu_done();
+    let t = timer.summarize(&samples, n).t;
     // bytes read + bytes written
     (2.0 * bytes as f64 / t, bytes)
 }
 
 /// The same copy through the shader cores (`wgsl/copy.wgsl`, vec4 loads and stores).
-fn shader_copy_bandwidth(ctx: &GpuContext, mib: u64, rounds: usize) -> f64 {
+fn shader_copy_bandwidth(ctx: &GpuContext, timer: &GpuTimer, mib: u64, rounds: usize) -> f64 {
     use wgpu::util::DeviceExt;
     let dev = ctx.device();
     let l = dev.limits();
@@ -254,24 +296,18 @@ fn shader_copy_bandwidth(ctx: &GpuContext, mib: u64, rounds: usize) -> f64 {
     let (ab, ba) = (bind(&a, &b), bind(&b, &a));
     let n = 10;
     let run = || {
-        let mut enc = dev.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
+        timer.time_pass(dev, ctx.queue(), |pass| {
             pass.set_pipeline(&pipeline);
             for i in 0..n {
                 pass.set_bind_group(0, if i % 2 == 0 { &ab } else { &ba }, &[]);
                 pass.dispatch_workgroups(groups, 1, 1);
             }
-        }
-        let t = Instant::now();
-        ctx.queue().submit([enc.finish()]);
-        ctx.wait().expect("wait");
-        t.elapsed().as_secs_f64() / n as f64
+        })
     };
-    warm_up(run);
-    let t = median((0..rounds).map(|_| run()).collect());
+    warm_up(|| run().wall);
+    let samples: Vec<_> = (0..rounds).map(|_| run()).collect();
     gpu_done();
-    2.0 * bytes as f64 / t
+    2.0 * bytes as f64 / timer.summarize(&samples, n).t
 }
 
 fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
@@ -350,8 +386,10 @@ fn main() {
     let dev = ctx.device();
     let reg = ctx.registry();
     eprintln!("adapter: {}", ctx.describe());
-    let (copy_bw, copy_bytes) = copy_bandwidth(&ctx, args.copy_mib, args.rounds);
-    let shader_bw = shader_copy_bandwidth(&ctx, args.copy_mib, args.rounds);
+    let timer = GpuTimer::new(dev, ctx.queue(), args.wall);
+    eprintln!("clock: {}", timer.clock());
+    let (copy_bw, copy_bytes) = copy_bandwidth(&ctx, &timer, args.copy_mib, args.rounds);
+    let shader_bw = shader_copy_bandwidth(&ctx, &timer, args.copy_mib, args.rounds);
     eprintln!(
         "copy {} MiB: copy_buffer_to_buffer {:.1} GB/s, copy.wgsl {:.1} GB/s (read + write)",
         copy_bytes >> 20,
@@ -366,7 +404,7 @@ fn main() {
     let max_binding = dev.limits().max_storage_buffer_binding_size;
     // per-dispatch floor: the plain kernel on a 32x4096 matrix (64 KiB), dispatches dependent
     // through y as in every timing below
-    let floor_us = {
+    let floor = {
         let (r, k) = (32, 4096);
         let q = quantize_source(&weights(r, k, 1), r, k, "g64");
         let ms: Vec<_> = (0..16)
@@ -388,11 +426,17 @@ fn main() {
             .iter()
             .map(|m| m.gemv_dispatch(dev, reg, &xb, &yb).expect("dispatch"))
             .collect();
-        time_dispatches(&ctx, &ds, args.iters, args.rounds) * 1e6
+        time_dispatches(&ctx, &timer, &ds, args.iters, args.rounds)
     };
-    eprintln!("per-dispatch floor (32x4096 plain GEMV): {floor_us:.1} us");
+    let floor_us = floor.t * 1e6;
+    eprintln!(
+        "per-dispatch floor (32x4096 plain GEMV): {floor_us:.1} us ({}), wall clock {:.1} us",
+        timer.short(),
+        floor.wall * 1e6
+    );
 
     let mut rows_out = Vec::new();
+    let mut plain_rows = Vec::new();
     for &(r, k) in &args.shapes {
         let t0 = Instant::now();
         let w = weights(r, k, (r * 31 + k) as u64);
@@ -440,7 +484,7 @@ fn main() {
             let plain: Vec<_> = (0..sets)
                 .map(|_| ctx.upload_quantized(&q).expect("upload"))
                 .collect();
-            let time_plain = |v: QGemvVariant, n: usize| {
+            let time_plain_both = |v: QGemvVariant, n: usize| {
                 let ds: Vec<Dispatch> = plain[..n]
                     .iter()
                     .map(|m| {
@@ -448,9 +492,25 @@ fn main() {
                             .expect("dispatch")
                     })
                     .collect();
-                time_dispatches(&ctx, &ds, args.iters, args.rounds)
+                time_dispatches(&ctx, &timer, &ds, args.iters, args.rounds)
             };
-            let t_plain = time_plain(QGemvVariant::Auto, sets);
+            let time_plain = |v: QGemvVariant, n: usize| time_plain_both(v, n).t;
+            if !args.plain_variants.is_empty() {
+                plain_rows.extend(plain_variant_rows(
+                    &ctx,
+                    &plain,
+                    &x,
+                    &args.plain_variants,
+                    (r, k, source),
+                    &time_plain_both,
+                    shader_bw,
+                ));
+            }
+            if args.plain_only {
+                continue;
+            }
+            let plain_auto = time_plain_both(QGemvVariant::Auto, sets);
+            let t_plain = plain_auto.t;
             let t_plain_old = time_plain(QGemvVariant::Generic, sets);
             let t_plain_l2 = time_plain(QGemvVariant::Auto, 1);
             let t_plain_i8 = time_plain(QGemvVariant::Int8Dot { ksplit: 0 }, sets);
@@ -524,10 +584,11 @@ fn main() {
                                 .expect("dispatch")
                         })
                         .collect();
-                    time_dispatches(&ctx, &ds, args.iters, args.rounds)
+                    time_dispatches(&ctx, &timer, &ds, args.iters, args.rounds)
                 };
-                let t_fused = time_fused(fused_variant, csets);
-                let t_fused_l2 = time_fused(fused_variant, 1);
+                let fused = time_fused(fused_variant, csets);
+                let t_fused = fused.t;
+                let t_fused_l2 = time_fused(fused_variant, 1).t;
                 // sanity: fused and plain agree, and the stream decodes cleanly
                 let yf = coded[0]
                     .gemv_with(dev, ctx.queue(), reg, &x, fused_variant)
@@ -556,7 +617,7 @@ fn main() {
                             .expect("dispatch")
                     })
                     .collect();
-                let t_dec = time_dispatches(&ctx, &dec_d, args.iters, args.rounds);
+                let t_dec = time_dispatches(&ctx, &timer, &dec_d, args.iters, args.rounds).t;
                 drop(dec_d);
                 drop(coded);
                 let n_syms = (r * k / enc.weights_per_symbol() as usize) as f64;
@@ -569,12 +630,14 @@ fn main() {
                     n_syms / t_dec / 1e9
                 );
                 rows_out.push(format!(
-                    "| {r}x{k} | {source} | {chunk_symbols}:{tile_chunks} ({} rows/chunk) | {bpw:.3} | {:.1} / {:.1} / {:.1} | {:.1} ({fused_variant:?}) | {:.2}x | {} | {} / {} | {:.1} / {:.1} | {} | {} / {} |",
+                    "| {r}x{k} | {source} | {chunk_symbols}:{tile_chunks} ({} rows/chunk) | {bpw:.3} | {:.1} / {:.1} / {:.1} | {:.1} ({fused_variant:?}) | {:.1} / {:.1} | {:.2}x | {} | {} / {} | {:.1} / {:.1} | {} | {} / {} |",
                     enc.chunk_rows(),
                     t_plain * 1e6,
                     t_plain_old * 1e6,
                     t_plain_i8 * 1e6,
                     t_fused * 1e6,
+                    plain_auto.wall * 1e6,
+                    fused.wall * 1e6,
                     t_fused / t_plain,
                     sig(packed_bytes / t_plain / 1e9),
                     sig(packed_bytes / t_fused / 1e9),
@@ -588,20 +651,105 @@ fn main() {
             }
         }
     }
+    let clock = timer.short();
     println!("Adapter: {}", ctx.describe());
     println!();
     println!(
-        "| shape RxK | symbols | chunk_symbols:tile_chunks | coded bits/weight | plain 4-bit µs (qgemv4 / issue-4 qgemv / int8-dot, approximate) | fused µs (kernel) | fused/plain | plain GB/s | fused GB/s (MLX 4-bit / coded bytes) | one set, µs (plain / fused) | decode-only G weights/s | copy GB/s (copy_buffer_to_buffer / copy.wgsl) |"
+        "Clock: {} (wall-clock column: submit to end of wait, after finish()).",
+        timer.clock()
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for l in rows_out {
-        println!("{l}");
-    }
     println!();
+    if !rows_out.is_empty() {
+        println!(
+            "| shape RxK | symbols | chunk_symbols:tile_chunks | coded bits/weight | plain 4-bit µs [{clock}] (qgemv4 / issue-4 qgemv / int8-dot, approximate) | fused µs [{clock}] (kernel) | wall-clock µs (qgemv4 / fused) | fused/plain | plain GB/s | fused GB/s (MLX 4-bit / coded bytes) | one set, µs [{clock}] (plain / fused) | decode-only G weights/s | copy GB/s [{clock}] (copy_buffer_to_buffer / copy.wgsl) |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for l in rows_out {
+            println!("{l}");
+        }
+        println!();
+    }
+    if !plain_rows.is_empty() {
+        println!(
+            "| shape RxK | symbols | plain kernel (rows per 32-lane group : K split) | µs [{clock}] | wall-clock µs | GB/s [{clock}] (MLX 4-bit packed) | % of copy.wgsl | vs qgemv4 | max rel. diff vs qgemv4 |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for l in plain_rows {
+            println!("{l}");
+        }
+        println!();
+    }
     println!(
-        "Weights: Gaussian (sigma 0.02) with one in 65536 at +-16 sigma. g64/g128: MLX affine 4-bit; absmax: per-tensor absmax 4-bit. GB/s = bytes per second of MLX 4-bit packed weights (R*K/2; scales and biases not counted) or of the coded tensors; \"one set\" = one copy reused (L2-resident when it fits in ~50 MB); copy GB/s = bytes read + written per second, {} MiB; per-dispatch floor (a 32x4096 plain GEMV, dispatches dependent through y like all timings here) {floor_us:.1} µs; medians of {} rounds x {} dispatches.",
+        "Weights: Gaussian (sigma 0.02) with one in 65536 at +-16 sigma. g64/g128: MLX affine 4-bit; absmax: per-tensor absmax 4-bit. GB/s = bytes per second of MLX 4-bit packed weights (R*K/2; scales and biases not counted) or of the coded tensors; \"one set\" = one copy reused (L2-resident when it fits in ~50 MB); copy GB/s = bytes read + written per second, {} MiB ({}); per-dispatch floor (a 32x4096 plain GEMV, dispatches dependent through y like all timings here) {floor_us:.1} µs [{clock}], {:.1} µs wall clock; medians of {} rounds x {} dispatches.",
         copy_bytes >> 20,
+        sig(copy_bw / 1e9) + " / " + &sig(shader_bw / 1e9) + " GB/s",
+        floor.wall * 1e6,
         args.rounds,
         args.iters,
     );
+}
+
+/// The plain-kernel comparison rows of one matrix (`--plain-variants`): the default qgemv4
+/// (auto K split) and each `QGemvVariant::Stream` of the list, all on the same copies, with
+/// their results checked against qgemv4's.
+fn plain_variant_rows(
+    ctx: &GpuContext,
+    plain: &[ecq::gpu::GpuQuantizedMatrix],
+    x: &[f32],
+    variants: &[(u32, u32)],
+    (r, k, source): (usize, usize, &str),
+    time: &dyn Fn(QGemvVariant, usize) -> Timing,
+    shader_bw: f64,
+) -> Vec<String> {
+    let m = &plain[0];
+    let packed = m.packed_bytes() as f64;
+    let (dev, q, reg) = (ctx.device(), ctx.queue(), ctx.registry());
+    let y_ref = m
+        .gemv_with(dev, q, reg, x, QGemvVariant::Nibble4 { ksplit: 0 })
+        .expect("qgemv4");
+    let scale = y_ref.iter().fold(0f32, |s, v| s.max(v.abs())).max(1e-30);
+    let mut cands = vec![(
+        format!("qgemv4 (4 : {})", m.auto_ksplit()),
+        QGemvVariant::Nibble4 { ksplit: 0 },
+    )];
+    for &(rows, ks) in variants {
+        let name = if m.stream_supported() {
+            let ks = if ks == 0 {
+                m.stream_auto_ksplit(rows)
+            } else {
+                ks
+            };
+            format!("stream r{rows} ({rows} : {ks})")
+        } else {
+            format!("stream r{rows} (unsupported shape: qgemv4 fallback)")
+        };
+        cands.push((name, QGemvVariant::Stream { rows, ksplit: ks }));
+    }
+    let mut base = None;
+    let mut out = Vec::new();
+    for (name, v) in cands {
+        let t = time(v, plain.len());
+        let y = m.gemv_with(dev, q, reg, x, v).expect("plain gemv");
+        let diff = y
+            .iter()
+            .zip(&y_ref)
+            .fold(0f32, |s, (a, b)| s.max((a - b).abs()))
+            / scale;
+        let b = *base.get_or_insert(t.t);
+        eprintln!(
+            "  plain {source} {name}: {:.1} us ({:.0} GB/s), wall {:.1} us, max rel diff {diff:.1e}",
+            t.t * 1e6,
+            packed / t.t / 1e9,
+            t.wall * 1e6
+        );
+        out.push(format!(
+            "| {r}x{k} | {source} | {name} | {:.1} | {:.1} | {} | {:.0}% | {:.2}x | {diff:.1e} |",
+            t.t * 1e6,
+            t.wall * 1e6,
+            sig(packed / t.t / 1e9),
+            100.0 * packed / t.t / shader_bw,
+            b / t.t,
+        ));
+    }
+    out
 }
