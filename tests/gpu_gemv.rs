@@ -177,12 +177,18 @@ fn check_plain_variants(ctx: &GpuContext, seed: u64, rows: usize, cols: usize, g
     if m.nibble4_supported() {
         for ksplit in [0, 1, 2, 4, 8] {
             variants.push(QGemvVariant::Nibble4 { ksplit });
+            variants.push(QGemvVariant::Pipelined { ksplit });
         }
     }
     if m.stream_supported() {
         for rows in [1, 2, 4] {
             for ksplit in [0, 1, 2, 4, 8] {
                 variants.push(QGemvVariant::Stream { rows, ksplit });
+            }
+            for ksplit in [0, 1, 2] {
+                if rows < 4 || ksplit != 1 {
+                    variants.push(QGemvVariant::Staged { rows, ksplit });
+                }
             }
         }
     }
@@ -318,11 +324,12 @@ fn plain_gemv_stream_fallback_and_errors() {
     assert!(m.nibble4_supported());
     assert!(!m.stream_supported());
     let (want, sum_abs) = reference_symbols(&q, &symbols, &x);
-    for rows_per_group in [1, 2, 4] {
-        let v = QGemvVariant::Stream {
-            rows: rows_per_group,
-            ksplit: 0,
-        };
+    for v in [1, 2, 4].into_iter().flat_map(|rows| {
+        [
+            QGemvVariant::Stream { rows, ksplit: 0 },
+            QGemvVariant::Staged { rows, ksplit: 0 },
+        ]
+    }) {
         let y = m
             .gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)
             .unwrap();
@@ -335,6 +342,9 @@ fn plain_gemv_stream_fallback_and_errors() {
     for v in [
         QGemvVariant::Stream { rows: 3, ksplit: 0 },
         QGemvVariant::Stream { rows: 2, ksplit: 3 },
+        QGemvVariant::Staged { rows: 3, ksplit: 0 },
+        QGemvVariant::Staged { rows: 2, ksplit: 4 },
+        QGemvVariant::Staged { rows: 4, ksplit: 1 },
     ] {
         assert!(m
             .gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)
@@ -358,6 +368,12 @@ fn plain_gemv_stream_fallback_and_errors() {
     let m = ctx.upload_quantized(&q).unwrap();
     assert_eq!(m.stream_auto_ksplit(1), 2);
     assert_eq!(m.stream_auto_ksplit(4), 2);
+    assert_eq!(m.staged_auto_ksplit(1), 2);
+    assert_eq!(m.staged_auto_ksplit(4), 2);
+    let (q, _) = random_matrix(1, 4096, 1024, 4, 64);
+    let m = ctx.upload_quantized(&q).unwrap();
+    assert_eq!(m.staged_auto_ksplit(1), 1);
+    assert_eq!(m.staged_auto_ksplit(2), 1);
 }
 
 fn config(cases: u32, seed: u64) -> Config {

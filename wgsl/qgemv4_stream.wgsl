@@ -31,7 +31,15 @@
 //   subgroup operations: WebGPU default limits, no features.
 //
 // Activations are read through L1 rather than staged in workgroup memory: K = 14336 f32 is
-// 56 KiB, over WebGPU's 16 KiB default.
+// 56 KiB, over WebGPU's 16 KiB default (the staged_r* entry points below stage chunks).
+//
+// Measured (NVIDIA H200, Vulkan, GPU timestamps, MLX g64, weights streamed from HBM; bench_gpu
+// --plain-variants, same process as qgemv4), 2026-11-26: main_r1/r2/r4 are slower than qgemv4
+// everywhere, in the order r1 < r2 < r4 (4096x14336: qgemv4 22.2 us, r4 28.8, r2 39.5, r1
+// 67.3; lm_head 128256x4096: 139.5, 184.4, 302.4, 536.9). Explanation (see the staged
+// section): each lane's 32 weights need 128 contiguous bytes of x, so every vec4 activation
+// load of a group touches 32 cache lines; time tracked that count. Kept as the evidence and
+// the shared helpers; staged_r* fixes the activation reads.
 
 struct Params {
     rows: u32,
@@ -277,6 +285,305 @@ fn main_r4(
         acc.y += term(b, p, sb[rb * gpr + gi]);
         acc.z += term(c, p, sb[rc * gpr + gi]);
         acc.w += term(d, p, sb[rd * gpr + gi]);
+    }
+    reduce_store(wg, lid, s, acc, 4u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Staged activations (entry points staged_r1, staged_r2, staged_r4; `QGemvVariant::Staged`).
+//
+// Why: on the H200 the kernels above are slower than qgemv4, in the order r1 < r2 < r4, and
+// the count of L1 wavefronts explains it: a lane's 32 weights need 128 contiguous bytes of x,
+// so each of its 8 vec4 activation loads touches 32 different 128-byte lines across the group
+// (256 line lookups per 32 x 32 weights, shared by the group's rows only). Here the workgroup
+// copies x once per chunk of 2048 weights into workgroup memory (coalesced loads, 8 KiB),
+// transposed and XOR-swizzled so that the 8 reads of a lane's piece are conflict-free 16-byte
+// accesses (32 wavefronts per 32 x 32 weights): 8x fewer than main_r1 from the same data.
+//
+// All 8 groups of a workgroup walk K in step, one chunk (2 tiles of 32 pieces) at a time, with
+// two barriers per chunk; the next chunk's weights, scales and activations are loaded into
+// registers before the current chunk is multiplied, so memory latency overlaps the barriers.
+// KSPLIT (1 or 2) groups share a row set; with 2, each takes one of the chunk's two tiles.
+//
+// Measured (H200 as above): 3x faster than main_r1 (lm_head 536.9 -> 184.6 us), but only level
+// with qgemv4 (4096x14336: staged r2 21.5-21.6 us, r4 21.8-21.9, qgemv4 22.2; 14336x4096: 22.0 /
+// 22.7 / 21.4; lm_head 156 / 162 / 139). The lane's activation sum (31 FADD per piece, shared
+// only by the group's rows) and the barriers take back what the reads saved.
+
+const XCHUNK = 512u;   // vec4<f32> of activations per chunk (2048 weights, 2 tiles)
+
+var<workgroup> xs: array<vec4<f32>, 512>;
+
+// The activations of the chunk starting at vec4 `base`, element e (0..512) of it, or 0 past K.
+fn xglobal(base: u32, e: u32) -> vec4<f32> {
+    let i = base + e;
+    let n = P.cols / 4u;
+    return select(vec4<f32>(0.0), X[min(i, n - 1u)], i < n);
+}
+
+// Stores chunk element e (tile e / 256, piece lane (e % 256) / 8, part c = e % 8) transposed:
+// xs[tile * 256 + c * 32 + (lane ^ c)].
+fn xstore(e: u32, v: vec4<f32>) {
+    let t = e / 256u;
+    let r = e % 256u;
+    let ln = r / 8u;
+    let c = r % 8u;
+    xs[t * 256u + c * 32u + (ln ^ c)] = v;
+}
+
+// The piece of lane `l` in tile `t` of the staged chunk.
+fn xpiece(t: u32, l: u32) -> Piece {
+    let b = t * 256u;
+    var p: Piece;
+    p.x0 = xs[b + (l ^ 0u)];
+    p.x1 = xs[b + 32u + (l ^ 1u)];
+    p.x2 = xs[b + 64u + (l ^ 2u)];
+    p.x3 = xs[b + 96u + (l ^ 3u)];
+    p.x4 = xs[b + 128u + (l ^ 4u)];
+    p.x5 = xs[b + 160u + (l ^ 5u)];
+    p.x6 = xs[b + 192u + (l ^ 6u)];
+    p.x7 = xs[b + 224u + (l ^ 7u)];
+    p.s = dot(((p.x0 + p.x1) + (p.x2 + p.x3)) + ((p.x4 + p.x5) + (p.x6 + p.x7)), vec4<f32>(1.0));
+    return p;
+}
+
+// Weights (16 bytes) of piece v of the row starting at vec4 `wrow`, zero past the row.
+fn wglobal(wrow: u32, v: u32, n4: u32) -> vec4<u32> {
+    return select(vec4<u32>(0u), W[wrow + min(v, n4 - 1u)], v < n4);
+}
+
+// Scale and bias of piece v of the row whose groups start at `srow` (clamped past the row,
+// where the piece's weights and activations are zero).
+fn sglobal(srow: u32, v: u32, n4: u32) -> vec2<f32> {
+    return sb[srow + (min(v, n4 - 1u) * 32u) / GS];
+}
+
+// Piece index of tile `j` (0 or 1 within the group's share) of chunk h for lane l.
+fn piece(h: u32, part: u32, j: u32, l: u32) -> u32 {
+    return (h * 2u + part * (2u / KSPLIT) + j) * 32u + l;
+}
+
+// One row per group: 2 / KSPLIT pieces per chunk.
+@compute @workgroup_size(256)
+fn staged_r1(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let wg = wg_index(wid);
+    if (wg >= P.total_wg) {
+        return;
+    }
+    let s = slot(wg, lid, 1u);
+    let ra = min(s.row0, P.rows - 1u);
+    let n4 = P.vec_per_row;
+    let wa = ra * n4;
+    let sa = ra * P.groups_per_row;
+    let two = KSPLIT == 1u;
+    let nch = (n4 + 63u) / 64u;
+    let tb = s.part * (2u / KSPLIT);   // first tile of the group's share
+    // prologue: chunk 0
+    var a0 = wglobal(wa, piece(0u, s.part, 0u, s.l), n4);
+    var a1 = vec4<u32>(0u);
+    var sa0 = sglobal(sa, piece(0u, s.part, 0u, s.l), n4);
+    var sa1 = vec2<f32>(0.0);
+    if (two) {
+        a1 = wglobal(wa, piece(0u, s.part, 1u, s.l), n4);
+        sa1 = sglobal(sa, piece(0u, s.part, 1u, s.l), n4);
+    }
+    xstore(lid, xglobal(0u, lid));
+    xstore(lid + 256u, xglobal(0u, lid + 256u));
+    workgroupBarrier();
+    var acc = 0.0;
+    for (var h = 0u; h < nch; h++) {
+        // next chunk into registers (clamped loads past the end are harmless)
+        let hn = h + 1u;
+        let na0 = wglobal(wa, piece(hn, s.part, 0u, s.l), n4);
+        let nsa0 = sglobal(sa, piece(hn, s.part, 0u, s.l), n4);
+        var na1 = vec4<u32>(0u);
+        var nsa1 = vec2<f32>(0.0);
+        if (two) {
+            na1 = wglobal(wa, piece(hn, s.part, 1u, s.l), n4);
+            nsa1 = sglobal(sa, piece(hn, s.part, 1u, s.l), n4);
+        }
+        let nx0 = xglobal(hn * XCHUNK, lid);
+        let nx1 = xglobal(hn * XCHUNK, lid + 256u);
+        // this chunk
+        acc += term(a0, xpiece(tb, s.l), sa0);
+        if (two) {
+            acc += term(a1, xpiece(tb + 1u, s.l), sa1);
+        }
+        workgroupBarrier();
+        xstore(lid, nx0);
+        xstore(lid + 256u, nx1);
+        workgroupBarrier();
+        a0 = na0;
+        a1 = na1;
+        sa0 = nsa0;
+        sa1 = nsa1;
+    }
+    reduce_store(wg, lid, s, vec4<f32>(acc, 0.0, 0.0, 0.0), 1u);
+}
+
+// Two rows per group: 2 x 2 / KSPLIT pieces per chunk.
+@compute @workgroup_size(256)
+fn staged_r2(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let wg = wg_index(wid);
+    if (wg >= P.total_wg) {
+        return;
+    }
+    let s = slot(wg, lid, 2u);
+    let last = P.rows - 1u;
+    let ra = min(s.row0, last);
+    let rb = min(s.row0 + 1u, last);
+    let n4 = P.vec_per_row;
+    let gpr = P.groups_per_row;
+    let wa = ra * n4;
+    let wb = rb * n4;
+    let sa = ra * gpr;
+    let sbb = rb * gpr;
+    let two = KSPLIT == 1u;
+    let nch = (n4 + 63u) / 64u;
+    let tb = s.part * (2u / KSPLIT);
+    let p00 = piece(0u, s.part, 0u, s.l);
+    let p01 = piece(0u, s.part, 1u, s.l);
+    var a0 = wglobal(wa, p00, n4);
+    var b0 = wglobal(wb, p00, n4);
+    var sa0 = sglobal(sa, p00, n4);
+    var sb0 = sglobal(sbb, p00, n4);
+    var a1 = vec4<u32>(0u);
+    var b1 = vec4<u32>(0u);
+    var sa1 = vec2<f32>(0.0);
+    var sb1 = vec2<f32>(0.0);
+    if (two) {
+        a1 = wglobal(wa, p01, n4);
+        b1 = wglobal(wb, p01, n4);
+        sa1 = sglobal(sa, p01, n4);
+        sb1 = sglobal(sbb, p01, n4);
+    }
+    xstore(lid, xglobal(0u, lid));
+    xstore(lid + 256u, xglobal(0u, lid + 256u));
+    workgroupBarrier();
+    var acc = vec2<f32>(0.0);
+    for (var h = 0u; h < nch; h++) {
+        let hn = h + 1u;
+        let q0 = piece(hn, s.part, 0u, s.l);
+        let q1 = piece(hn, s.part, 1u, s.l);
+        let na0 = wglobal(wa, q0, n4);
+        let nb0 = wglobal(wb, q0, n4);
+        let nsa0 = sglobal(sa, q0, n4);
+        let nsb0 = sglobal(sbb, q0, n4);
+        var na1 = vec4<u32>(0u);
+        var nb1 = vec4<u32>(0u);
+        var nsa1 = vec2<f32>(0.0);
+        var nsb1 = vec2<f32>(0.0);
+        if (two) {
+            na1 = wglobal(wa, q1, n4);
+            nb1 = wglobal(wb, q1, n4);
+            nsa1 = sglobal(sa, q1, n4);
+            nsb1 = sglobal(sbb, q1, n4);
+        }
+        let nx0 = xglobal(hn * XCHUNK, lid);
+        let nx1 = xglobal(hn * XCHUNK, lid + 256u);
+        {
+            let p = xpiece(tb, s.l);
+            acc.x += term(a0, p, sa0);
+            acc.y += term(b0, p, sb0);
+        }
+        if (two) {
+            let p = xpiece(tb + 1u, s.l);
+            acc.x += term(a1, p, sa1);
+            acc.y += term(b1, p, sb1);
+        }
+        workgroupBarrier();
+        xstore(lid, nx0);
+        xstore(lid + 256u, nx1);
+        workgroupBarrier();
+        a0 = na0;
+        b0 = nb0;
+        a1 = na1;
+        b1 = nb1;
+        sa0 = nsa0;
+        sb0 = nsb0;
+        sa1 = nsa1;
+        sb1 = nsb1;
+    }
+    reduce_store(wg, lid, s, vec4<f32>(acc, 0.0, 0.0), 2u);
+}
+
+// Four rows per group, one tile of each chunk per group (the host always runs it with
+// KSPLIT = 2): 4 x 16 bytes of weights per lane per chunk.
+@compute @workgroup_size(256)
+fn staged_r4(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let wg = wg_index(wid);
+    if (wg >= P.total_wg) {
+        return;
+    }
+    let s = slot(wg, lid, 4u);
+    let last = P.rows - 1u;
+    let n4 = P.vec_per_row;
+    let gpr = P.groups_per_row;
+    let ra = min(s.row0, last);
+    let rb = min(s.row0 + 1u, last);
+    let rc = min(s.row0 + 2u, last);
+    let rd = min(s.row0 + 3u, last);
+    let wa = ra * n4;
+    let wb = rb * n4;
+    let wc = rc * n4;
+    let wd = rd * n4;
+    let sa = ra * gpr;
+    let sbb = rb * gpr;
+    let sc = rc * gpr;
+    let sd = rd * gpr;
+    let nch = (n4 + 63u) / 64u;
+    let tb = s.part * (2u / KSPLIT);
+    let p0 = piece(0u, s.part, 0u, s.l);
+    var a = wglobal(wa, p0, n4);
+    var b = wglobal(wb, p0, n4);
+    var c = wglobal(wc, p0, n4);
+    var d = wglobal(wd, p0, n4);
+    var s0 = sglobal(sa, p0, n4);
+    var s1 = sglobal(sbb, p0, n4);
+    var s2 = sglobal(sc, p0, n4);
+    var s3 = sglobal(sd, p0, n4);
+    xstore(lid, xglobal(0u, lid));
+    xstore(lid + 256u, xglobal(0u, lid + 256u));
+    workgroupBarrier();
+    var acc = vec4<f32>(0.0);
+    for (var h = 0u; h < nch; h++) {
+        let q = piece(h + 1u, s.part, 0u, s.l);
+        let na = wglobal(wa, q, n4);
+        let nb = wglobal(wb, q, n4);
+        let nc = wglobal(wc, q, n4);
+        let nd = wglobal(wd, q, n4);
+        let ns0 = sglobal(sa, q, n4);
+        let ns1 = sglobal(sbb, q, n4);
+        let ns2 = sglobal(sc, q, n4);
+        let ns3 = sglobal(sd, q, n4);
+        let nx0 = xglobal((h + 1u) * XCHUNK, lid);
+        let nx1 = xglobal((h + 1u) * XCHUNK, lid + 256u);
+        let p = xpiece(tb, s.l);
+        acc.x += term(a, p, s0);
+        acc.y += term(b, p, s1);
+        acc.z += term(c, p, s2);
+        acc.w += term(d, p, s3);
+        workgroupBarrier();
+        xstore(lid, nx0);
+        xstore(lid + 256u, nx1);
+        workgroupBarrier();
+        a = na;
+        b = nb;
+        c = nc;
+        d = nd;
+        s0 = ns0;
+        s1 = ns1;
+        s2 = ns2;
+        s3 = ns3;
     }
     reduce_store(wg, lid, s, acc, 4u);
 }

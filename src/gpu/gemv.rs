@@ -54,6 +54,26 @@ pub enum QGemvVariant {
         /// ([`GpuQuantizedMatrix::stream_auto_ksplit`]).
         ksplit: u32,
     },
+    /// `wgsl/qgemv4_stream.wgsl`'s `staged_r*` entry points (candidate, exact f32, never
+    /// picked by `Auto`): as `Stream`, with the activations copied once per chunk of 2048
+    /// weights into workgroup memory, transposed so that a lane's 32 activations are 8
+    /// conflict-free 16-byte reads (8 KiB, two barriers per chunk; the next chunk's weights are
+    /// loaded before the current one is multiplied). Same shape requirements and fallback as
+    /// `Stream`.
+    Staged {
+        /// Rows per group of 32 lanes: 1, 2 or 4.
+        rows: u32,
+        /// Groups of 32 lanes per row set, each taking 2 / ksplit of a chunk's two tiles: 1 or
+        /// 2 (4 rows: 2 only); 0 = automatic ([`GpuQuantizedMatrix::staged_auto_ksplit`]).
+        ksplit: u32,
+    },
+    /// `wgsl/qgemv4_pipe.wgsl` (candidate, exact f32, never picked by `Auto`): `Nibble4`'s
+    /// layout with the next iteration's weights loaded before the current one is multiplied,
+    /// and no activation pre-scaling. Same requirements and K split as `Nibble4`.
+    Pipelined {
+        /// Groups of 32 lanes splitting K per block of 4 rows; 0 = automatic (as `Nibble4`).
+        ksplit: u32,
+    },
 }
 
 #[repr(C)]
@@ -218,6 +238,18 @@ impl GpuQuantizedMatrix {
         ks as u32
     }
 
+    /// The K split [`QGemvVariant::Staged`] `{ rows, ksplit: 0 }` picks: 2 (each group takes
+    /// one tile of a chunk) while fewer than about 4096 row sets exist and K holds a whole
+    /// chunk, else 1; always 2 for 4 rows.
+    pub fn staged_auto_ksplit(&self, rows_per_group: u32) -> u32 {
+        let sets = self.rows().div_ceil(rows_per_group.max(1) as usize);
+        if rows_per_group >= 4 || (sets < TARGET_GROUPS && self.cols() >= 2048) {
+            2
+        } else {
+            1
+        }
+    }
+
     /// The GEMV launch with an explicit kernel choice (benchmarks, tests).
     pub fn gemv_dispatch_with(
         &self,
@@ -252,22 +284,42 @@ impl GpuQuantizedMatrix {
                         )))
                     }
                 };
-                return self.stream_dispatch(device, registry, x, y, rows, ks);
+                let entry_point = ["main_r1", "main_r2", "main_r4"][rows.trailing_zeros() as usize];
+                return self.stream_dispatch(device, registry, x, y, entry_point, rows, ks);
+            }
+            QGemvVariant::Staged { rows, ksplit } if self.stream_supported() => {
+                let ks = match (rows, ksplit) {
+                    (1 | 2 | 4, 0) => self.staged_auto_ksplit(rows),
+                    (1 | 2, 1 | 2) | (4, 2) => ksplit,
+                    _ => {
+                        return Err(GpuError::InvalidInput(format!(
+                            "staged kernel: rows {rows} (1, 2 or 4) with ksplit {ksplit} \
+                             (0, 1 or 2; 4 rows: 0 or 2)"
+                        )))
+                    }
+                };
+                let entry_point =
+                    ["staged_r1", "staged_r2", "staged_r4"][rows.trailing_zeros() as usize];
+                return self.stream_dispatch(device, registry, x, y, entry_point, rows, ks);
             }
             // shapes the streaming kernels cannot run fall back to the default kernel
-            QGemvVariant::Stream { .. } if self.bits == 4 => QGemvVariant::Auto,
+            QGemvVariant::Stream { .. } | QGemvVariant::Staged { .. } if self.bits == 4 => {
+                QGemvVariant::Auto
+            }
             v => v,
         };
         let nibble = match variant {
             QGemvVariant::Auto => self.nibble4_supported().then(|| self.auto_ksplit()),
-            QGemvVariant::Stream { .. } => {
+            QGemvVariant::Stream { .. } | QGemvVariant::Staged { .. } => {
                 return Err(GpuError::Unsupported(format!(
                     "qgemv4_stream needs 4 bits, not {}",
                     self.bits
                 )))
             }
             QGemvVariant::Generic => None,
-            QGemvVariant::Nibble4 { ksplit } | QGemvVariant::Int8Dot { ksplit } => {
+            QGemvVariant::Nibble4 { ksplit }
+            | QGemvVariant::Int8Dot { ksplit }
+            | QGemvVariant::Pipelined { ksplit } => {
                 if !self.nibble4_supported() {
                     return Err(GpuError::Unsupported(format!(
                         "qgemv4 needs 4 bits, cols % 16 == 0 and group size % 16 == 0 \
@@ -298,10 +350,10 @@ impl GpuQuantizedMatrix {
         };
         let (gx, gy) = grid(device, total_wg);
         let uniform = self.uniform(device, gx, total_wg, vec_per_row);
-        let nibble_kernel = if matches!(variant, QGemvVariant::Int8Dot { .. }) {
-            Kernel::QGemv4Dp4a
-        } else {
-            Kernel::QGemv4
+        let nibble_kernel = match variant {
+            QGemvVariant::Int8Dot { .. } => Kernel::QGemv4Dp4a,
+            QGemvVariant::Pipelined { .. } => Kernel::QGemv4Pipe,
+            _ => Kernel::QGemv4,
         };
         let pipeline = match nibble {
             Some(ks) => registry.get(
@@ -388,25 +440,22 @@ impl GpuQuantizedMatrix {
         }
     }
 
-    /// `wgsl/qgemv4_stream.wgsl` with `rows` rows per group and `ksplit` groups per row set
-    /// (both checked by the caller): 8 * rows / ksplit rows per workgroup.
+    /// `wgsl/qgemv4_stream.wgsl`'s `entry_point` with `rows` rows per group and `ksplit` groups
+    /// per row set (both checked by the caller): 8 * rows / ksplit rows per workgroup.
+    #[allow(clippy::too_many_arguments)]
     fn stream_dispatch(
         &self,
         device: &wgpu::Device,
         registry: &PipelineRegistry,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
+        entry_point: &'static str,
         rows: u32,
         ksplit: u32,
     ) -> Result<Dispatch, GpuError> {
         let total_wg = self.params.rows.div_ceil(8 * rows / ksplit);
         let (gx, gy) = grid(device, total_wg);
         let uniform = self.uniform(device, gx, total_wg, self.params.cols / 32);
-        let entry_point = match rows {
-            1 => "main_r1",
-            2 => "main_r2",
-            _ => "main_r4",
-        };
         let pipeline = registry.get(
             device,
             Kernel::QGemv4Stream,

@@ -43,7 +43,10 @@
 //!   bits in registers and `dot4I8Packed` (WGSL `packed_4x8_integer_dot_product`); approximate,
 //!   only on request ([`QGemvVariant::Int8Dot`]).
 //! * `qgemv4_stream.wgsl`: candidate exact 4-bit kernels (16-byte loads, 1, 2 or 4 rows per
-//!   group of 32 lanes, no activation pre-scaling), only on request ([`QGemvVariant::Stream`]).
+//!   group of 32 lanes, no activation pre-scaling; activations through L1 or staged in
+//!   workgroup memory), only on request ([`QGemvVariant::Stream`], [`QGemvVariant::Staged`]).
+//! * `qgemv4_pipe.wgsl`: `qgemv4.wgsl` software-pipelined (next weights loaded before the
+//!   current ones are multiplied), only on request ([`QGemvVariant::Pipelined`]).
 //!
 //! All loops are bounded by the matrix geometry and every word read is bounds-checked, so corrupt
 //! input sets per-chunk error bits ([`error_bits`]) and never hangs the device; the host reports
@@ -211,6 +214,9 @@ pub enum Kernel {
     /// 1, 2 or 4 rows per group of 32 lanes (entry points `main_r1`, `main_r2`, `main_r4`;
     /// exact f32, only on request).
     QGemv4Stream,
+    /// `wgsl/qgemv4_pipe.wgsl`: `qgemv4.wgsl` with the next iteration's weights loaded before
+    /// the current one is multiplied (candidate, exact f32, only on request).
+    QGemv4Pipe,
 }
 
 /// A rANS kernel's source with `wgsl/lib/rans_table.wgsl` (the slot-table builder it
@@ -239,6 +245,7 @@ impl Kernel {
             Kernel::QGemv4 => include_str!("../../wgsl/qgemv4.wgsl"),
             Kernel::QGemv4Dp4a => include_str!("../../wgsl/qgemv4_dp4a.wgsl"),
             Kernel::QGemv4Stream => include_str!("../../wgsl/qgemv4_stream.wgsl"),
+            Kernel::QGemv4Pipe => include_str!("../../wgsl/qgemv4_pipe.wgsl"),
         }
     }
 
@@ -253,6 +260,7 @@ impl Kernel {
             Kernel::QGemv4 => "qgemv4.wgsl",
             Kernel::QGemv4Dp4a => "qgemv4_dp4a.wgsl",
             Kernel::QGemv4Stream => "qgemv4_stream.wgsl",
+            Kernel::QGemv4Pipe => "qgemv4_pipe.wgsl",
         }
     }
 }

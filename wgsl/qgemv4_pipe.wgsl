@@ -1,0 +1,190 @@
+// Plain MLX 4-bit GEMV, y = W x (f32 activations, exact f32 math): qgemv4.wgsl software-
+// pipelined (`QGemvVariant::Pipelined`, a candidate for issue 5, never picked automatically).
+//
+// Why: on the H200, qgemv4 takes about as long with one matrix resident in L2 as streaming
+// from HBM (BENCHMARKS.md, issue 5: 26.1 vs 25.6 us at 4096x14336), so it is not bandwidth-
+// bound; at ~4 instructions per weight it uses about a third of the issue slots. Each of its
+// loop iterations issues 8 weight loads and then waits for them before any arithmetic, so a
+// group alternates between a full memory latency and a burst of arithmetic, and groups tend to
+// do so in step. Here the weights of the next iteration are loaded before the current one is
+// multiplied (register double buffering: 2 x 64 bytes per lane), so the latency of iteration
+// i+1 overlaps the arithmetic of iteration i.
+//
+// Everything else is qgemv4's layout (4 rows x 2 pieces of 16 weights per lane, 8-byte loads,
+// KSPLIT groups per 4 rows, reduction in workgroup memory), which keeps its activation reads
+// at 16 lines per load instruction; plus the per-position exponent trick of
+// qgemv4_stream.wgsl (the nibble at bits 4i is OR-ed into 2^(23-4i), so one FADD leaves q
+// itself and the activations need no pre-scaling: 16 FMUL fewer per 16 weights and 4 rows).
+//
+// Measured (NVIDIA H200, Vulkan, GPU timestamps, MLX g64, same process as qgemv4), 2026-11-26:
+// 4-8% faster than qgemv4 at the auto K split (4096x14336 21.3 vs 22.3 us, 14336x4096 20.3 vs
+// 21.4, lm_head 128256x4096 128.3 vs 138.7 = 2.05 TB/s, 4096x4096 9.5 vs 9.6), with results
+// bit-identical to qgemv4's at the same K split (same products, same summation order). With
+// one matrix reused from L2 it is barely faster (4096x14336: 18.5 us), so neither kernel is
+// limited by HBM bandwidth.
+//
+// Requires K % 16 == 0 and GS % 16 == 0 (as qgemv4; the host checks).
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    vec_per_row: u32,     // vec2<u32> of packed weights per row = K / 16
+    groups_per_row: u32,  // K / GS
+    wg_x: u32,            // workgroups along x of the 2-D dispatch
+    total_wg: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+override GS: u32 = 64u;
+override KSPLIT: u32 = 1u;   // groups per 4 rows: 1, 2, 4 or 8
+
+// bits of 2^23, 2^19, 2^15, 2^11: the mantissa unit of each is 16^-i for the nibble at 4i
+const EXP = vec4<u32>(0x4B000000u, 0x49000000u, 0x47000000u, 0x45000000u);
+const EXPF = vec4<f32>(8388608.0, 524288.0, 32768.0, 2048.0);
+const ML = vec4<u32>(0xFu, 0xF0u, 0xF00u, 0xF000u);
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> W: array<vec2<u32>>;
+@group(0) @binding(2) var<storage, read> sb: array<vec2<f32>>;  // (scale, bias) per group
+@group(0) @binding(3) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> Y: array<f32>;
+
+var<workgroup> red: array<f32, 1024>;   // 8 groups x 4 rows x 32 lanes
+var<workgroup> red2: array<f32, 256>;   // 8 groups x 4 rows x 8 partial sums
+
+// The low four nibbles of `w` as exact floats q (0..15).
+fn q4(w: u32) -> vec4<f32> {
+    return bitcast<vec4<f32>>((vec4<u32>(w) & ML) | EXP) - EXPF;
+}
+
+// sum over the 16 weights of `wv` of q * x (x0..x3: the piece's activations in order)
+fn dot16(wv: vec2<u32>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>) -> f32 {
+    return (dot(q4(wv.x), x0) + dot(q4(wv.x >> 16u), x1))
+        + (dot(q4(wv.y), x2) + dot(q4(wv.y >> 16u), x3));
+}
+
+// Adds scale * sum(q x) + bias * sum(x) of piece v of the four rows to acc.
+fn piece4(
+    acc: vec4<f32>,
+    v: u32,
+    a: vec2<u32>,
+    b: vec2<u32>,
+    c: vec2<u32>,
+    d: vec2<u32>,
+    s: vec4<u32>,   // first group of each row
+) -> vec4<f32> {
+    let gi = (v * 16u) / GS;
+    let q0 = sb[s.x + gi];
+    let q1 = sb[s.y + gi];
+    let q2 = sb[s.z + gi];
+    let q3 = sb[s.w + gi];
+    let x0 = X[v * 4u];
+    let x1 = X[v * 4u + 1u];
+    let x2 = X[v * 4u + 2u];
+    let x3 = X[v * 4u + 3u];
+    let xs = dot((x0 + x1) + (x2 + x3), vec4<f32>(1.0));
+    return acc + vec4<f32>(
+        q0.x * dot16(a, x0, x1, x2, x3) + q0.y * xs,
+        q1.x * dot16(b, x0, x1, x2, x3) + q1.y * xs,
+        q2.x * dot16(c, x0, x1, x2, x3) + q2.y * xs,
+        q3.x * dot16(d, x0, x1, x2, x3) + q3.y * xs,
+    );
+}
+
+@compute @workgroup_size(256)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let wg = wid.y * P.wg_x + wid.x;
+    if (wg >= P.total_wg) {
+        return;
+    }
+    let g = lid / 32u;          // group 0..8
+    let l = lid % 32u;
+    let blk = g / KSPLIT;       // row block within the workgroup
+    let part = g % KSPLIT;      // part of K
+    let row0 = (wg * (8u / KSPLIT) + blk) * 4u;
+    let n2 = P.vec_per_row;
+    let gpr = P.groups_per_row;
+    let last = P.rows - 1u;
+    let ra = min(row0, last);
+    let rb = min(row0 + 1u, last);
+    let rc = min(row0 + 2u, last);
+    let rd = min(row0 + 3u, last);
+    let wa = ra * n2;
+    let wb = rb * n2;
+    let wc = rc * n2;
+    let wd = rd * n2;
+    let srow = vec4<u32>(ra, rb, rc, rd) * gpr;
+    let stride = 32u * KSPLIT;
+    let end = n2 - 1u;
+
+    // iteration i covers pieces v and v + stride; its weights are loaded one iteration early
+    // (indices clamped to the row: loads past the end are never used)
+    var v = part * 32u + l;
+    var a0 = W[wa + min(v, end)];
+    var b0 = W[wb + min(v, end)];
+    var c0 = W[wc + min(v, end)];
+    var d0 = W[wd + min(v, end)];
+    var a1 = W[wa + min(v + stride, end)];
+    var b1 = W[wb + min(v + stride, end)];
+    var c1 = W[wc + min(v + stride, end)];
+    var d1 = W[wd + min(v + stride, end)];
+    var acc = vec4<f32>(0.0);
+    for (; v < n2; v += 2u * stride) {
+        let vn = min(v + 2u * stride, end);
+        let vn2 = min(v + 3u * stride, end);
+        let na0 = W[wa + vn];
+        let nb0 = W[wb + vn];
+        let nc0 = W[wc + vn];
+        let nd0 = W[wd + vn];
+        let na1 = W[wa + vn2];
+        let nb1 = W[wb + vn2];
+        let nc1 = W[wc + vn2];
+        let nd1 = W[wd + vn2];
+        acc = piece4(acc, v, a0, b0, c0, d0, srow);
+        let v2 = v + stride;
+        if (v2 < n2) {
+            acc = piece4(acc, v2, a1, b1, c1, d1, srow);
+        }
+        a0 = na0;
+        b0 = nb0;
+        c0 = nc0;
+        d0 = nd0;
+        a1 = na1;
+        b1 = nb1;
+        c1 = nc1;
+        d1 = nd1;
+    }
+
+    red[(g * 4u + 0u) * 32u + l] = acc.x;
+    red[(g * 4u + 1u) * 32u + l] = acc.y;
+    red[(g * 4u + 2u) * 32u + l] = acc.z;
+    red[(g * 4u + 3u) * 32u + l] = acc.w;
+    workgroupBarrier();
+    // 256 invocations: (group, row, eighth of the lanes) -> sum of 4 lanes
+    {
+        let base = (lid / 8u) * 32u + (lid % 8u) * 4u;
+        red2[lid] = (red[base] + red[base + 1u]) + (red[base + 2u] + red[base + 3u]);
+    }
+    workgroupBarrier();
+    // one invocation per row of the workgroup: sum over KSPLIT groups x 8 partial sums
+    let wrows = 32u / KSPLIT;
+    if (lid < wrows) {
+        let b = lid / 4u;
+        let rr = lid % 4u;
+        var t = 0.0;
+        for (var k = 0u; k < KSPLIT; k++) {
+            let gg = b * KSPLIT + k;
+            let o = (gg * 4u + rr) * 8u;
+            t += ((red2[o] + red2[o + 1u]) + (red2[o + 2u] + red2[o + 3u]))
+                + ((red2[o + 4u] + red2[o + 5u]) + (red2[o + 6u] + red2[o + 7u]));
+        }
+        let row = wg * wrows + lid;
+        if (row < P.rows) {
+            Y[row] = t;
+        }
+    }
+}
