@@ -6,7 +6,7 @@
 //! ```text
 //! cargo run --release --example bench_gpu -- [--shapes 4096x4096,4096x14336,14336x4096,128256x4096]
 //!     [--sources g64,g128,absmax] [--variants 4096:8] [--iters 50] [--rounds 7] [--set-mib 256]
-//!     [--copy-mib 512] [--ksplit-sweep] [--workgroup] [--wall] [--plain-variants 1,2,4]
+//!     [--copy-mib 512] [--ksplit-sweep] [--workgroup] [--wall] [--plain-variants 2,4,x1,x2,x4]
 //!     [--plain-only]
 //! ```
 //!
@@ -30,15 +30,19 @@
 //! per dispatch is the GPU duration of the compute pass holding the `--iters` dependent
 //! dispatches (timestamps at its beginning and end) divided by `--iters`: the barriers between
 //! dispatches are in, the host's command translation, submit and wait are not. `--wall` (or an
-//! adapter without timestamps, e.g. lavapipe) reports the wall clock from submit to the end of
-//! the wait instead, started after `finish()`; the table keeps a wall-clock column for the
-//! plain kernel either way.
+//! adapter without timestamps) reports the wall clock from submit to the end of the wait
+//! instead, started after `finish()`; the table keeps a wall-clock column for the plain kernel
+//! either way. (lavapipe has timestamps.)
 //!
-//! `--plain-variants ROWS[:KSPLIT],...` times the candidate plain 4-bit kernels against the
+//! `--plain-variants [x]ROWS[:KSPLIT],...` times the candidate plain 4-bit kernels against the
 //! current default in the same process, on the same copies: `QGemvVariant::Nibble4` (auto K
-//! split) and `QGemvVariant::Stream { rows: ROWS, ksplit: KSPLIT }` for each entry (KSPLIT 0 or
-//! omitted = automatic), e.g. `--plain-variants 1,2,4,2:1`; it prints a second table with each
-//! kernel's time, GB/s, share of the `copy.wgsl` bandwidth and largest difference from qgemv4.
+//! split) and for each entry `QGemvVariant::Stream { rows: ROWS, ksplit: KSPLIT }`, or with the
+//! `x` prefix `QGemvVariant::Staged { .. }` (activations staged in workgroup memory); KSPLIT 0
+//! or omitted = automatic; `p` or `pKSPLIT` = `QGemvVariant::Pipelined { ksplit: KSPLIT }`
+//! (qgemv4's layout, software-pipelined). E.g. `--plain-variants p,p8,4,x1,x2,x4,x2:1`. It
+//! prints a second table with each kernel's time (weights streamed, and one copy reused, in
+//! L2 when it fits), GB/s, share of the `copy.wgsl` bandwidth and largest difference from
+//! qgemv4.
 //! `--plain-only` skips the fused, decode and coding work (and the main table).
 
 use std::time::Instant;
@@ -70,7 +74,7 @@ struct Args {
     ksplit_sweep: bool,
     workgroup: bool,
     wall: bool,
-    plain_variants: Vec<(u32, u32)>,
+    plain_variants: Vec<QGemvVariant>,
     plain_only: bool,
 }
 
@@ -133,11 +137,23 @@ fn parse_args() -> Args {
                 a.plain_variants = v
                     .split(',')
                     .map(|p| {
+                        let p = p.trim();
+                        if let Some(ks) = p.strip_prefix('p') {
+                            let ksplit = ks.parse().unwrap_or(0);
+                            return QGemvVariant::Pipelined { ksplit };
+                        }
+                        let (staged, p) = match p.strip_prefix('x') {
+                            Some(rest) => (true, rest),
+                            None => (false, p),
+                        };
                         let (rows, ks) = p.split_once(':').unwrap_or((p, "0"));
-                        (
-                            rows.trim().parse().expect("plain variant: ROWS[:KSPLIT]"),
-                            ks.trim().parse().expect("plain variant: ROWS[:KSPLIT]"),
-                        )
+                        let rows = rows.parse().expect("plain variant: [x]ROWS[:KSPLIT]");
+                        let ksplit = ks.parse().expect("plain variant: [x]ROWS[:KSPLIT]");
+                        if staged {
+                            QGemvVariant::Staged { rows, ksplit }
+                        } else {
+                            QGemvVariant::Stream { rows, ksplit }
+                        }
                     })
                     .collect()
             }
@@ -671,9 +687,9 @@ fn main() {
     }
     if !plain_rows.is_empty() {
         println!(
-            "| shape RxK | symbols | plain kernel (rows per 32-lane group : K split) | µs [{clock}] | wall-clock µs | GB/s [{clock}] (MLX 4-bit packed) | % of copy.wgsl | vs qgemv4 | max rel. diff vs qgemv4 |"
+            "| shape RxK | symbols | plain kernel (rows per 32-lane group : K split) | µs [{clock}] | wall-clock µs | one set µs [{clock}] | GB/s [{clock}] (MLX 4-bit packed) | % of copy.wgsl | vs qgemv4 | max rel. diff vs qgemv4 |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
         for l in plain_rows {
             println!("{l}");
         }
@@ -696,7 +712,7 @@ fn plain_variant_rows(
     ctx: &GpuContext,
     plain: &[ecq::gpu::GpuQuantizedMatrix],
     x: &[f32],
-    variants: &[(u32, u32)],
+    variants: &[QGemvVariant],
     (r, k, source): (usize, usize, &str),
     time: &dyn Fn(QGemvVariant, usize) -> Timing,
     shader_bw: f64,
@@ -712,23 +728,32 @@ fn plain_variant_rows(
         format!("qgemv4 (4 : {})", m.auto_ksplit()),
         QGemvVariant::Nibble4 { ksplit: 0 },
     )];
-    for &(rows, ks) in variants {
-        let name = if m.stream_supported() {
-            let ks = if ks == 0 {
-                m.stream_auto_ksplit(rows)
-            } else {
-                ks
-            };
-            format!("stream r{rows} ({rows} : {ks})")
-        } else {
-            format!("stream r{rows} (unsupported shape: qgemv4 fallback)")
+    for &v in variants {
+        let (kind, rows, ks) = match v {
+            QGemvVariant::Stream { rows, ksplit: 0 } => {
+                ("stream", rows, m.stream_auto_ksplit(rows))
+            }
+            QGemvVariant::Stream { rows, ksplit } => ("stream", rows, ksplit),
+            QGemvVariant::Staged { rows, ksplit: 0 } => {
+                ("staged", rows, m.staged_auto_ksplit(rows))
+            }
+            QGemvVariant::Staged { rows, ksplit } => ("staged", rows, ksplit),
+            QGemvVariant::Pipelined { ksplit: 0 } => ("pipelined", 4, m.auto_ksplit()),
+            QGemvVariant::Pipelined { ksplit } => ("pipelined", 4, ksplit),
+            other => panic!("not a candidate plain kernel: {other:?}"),
         };
-        cands.push((name, QGemvVariant::Stream { rows, ksplit: ks }));
+        let name = if m.stream_supported() {
+            format!("{kind} r{rows} ({rows} : {ks})")
+        } else {
+            format!("{kind} r{rows} (unsupported shape: qgemv4 fallback)")
+        };
+        cands.push((name, v));
     }
     let mut base = None;
     let mut out = Vec::new();
     for (name, v) in cands {
         let t = time(v, plain.len());
+        let t1 = time(v, 1).t;
         let y = m.gemv_with(dev, q, reg, x, v).expect("plain gemv");
         let diff = y
             .iter()
@@ -737,15 +762,17 @@ fn plain_variant_rows(
             / scale;
         let b = *base.get_or_insert(t.t);
         eprintln!(
-            "  plain {source} {name}: {:.1} us ({:.0} GB/s), wall {:.1} us, max rel diff {diff:.1e}",
+            "  plain {source} {name}: {:.1} us ({:.0} GB/s), wall {:.1} us, one set {:.1} us, max rel diff {diff:.1e}",
             t.t * 1e6,
             packed / t.t / 1e9,
-            t.wall * 1e6
+            t.wall * 1e6,
+            t1 * 1e6
         );
         out.push(format!(
-            "| {r}x{k} | {source} | {name} | {:.1} | {:.1} | {} | {:.0}% | {:.2}x | {diff:.1e} |",
+            "| {r}x{k} | {source} | {name} | {:.1} | {:.1} | {:.1} | {} | {:.0}% | {:.2}x | {diff:.1e} |",
             t.t * 1e6,
             t.wall * 1e6,
+            t1 * 1e6,
             sig(packed / t.t / 1e9),
             100.0 * packed / t.t / shader_bw,
             b / t.t,

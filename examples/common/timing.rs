@@ -10,7 +10,7 @@
 //! of the pass, including the barriers between dependent dispatches but not the launch
 //! latency of the submit or the host's wait. That GPU time is the primary figure; the wall
 //! clock is kept for comparison with older tables (and is the fallback, said in the output,
-//! where timestamps are missing, e.g. lavapipe, or with `--wall`).
+//! where timestamps are missing, or with `--wall`; lavapipe has them).
 #![allow(dead_code)]
 
 use std::time::Instant;
