@@ -38,8 +38,9 @@
 //! current default in the same process, on the same copies: `QGemvVariant::Nibble4` (auto K
 //! split) and for each entry `QGemvVariant::Stream { rows: ROWS, ksplit: KSPLIT }`, or with the
 //! `x` prefix `QGemvVariant::Staged { .. }` (activations staged in workgroup memory); KSPLIT 0
-//! or omitted = automatic; `p` or `pKSPLIT` = `QGemvVariant::Pipelined { ksplit: KSPLIT }`
-//! (qgemv4's layout, software-pipelined). E.g. `--plain-variants p,p8,4,x1,x2,x4,x2:1`. It
+//! or omitted = automatic; `p[ROWS[:KSPLIT]]` = `QGemvVariant::Pipelined { rows, ksplit }`
+//! (qgemv4 software-pipelined; ROWS 4, the default, or 8). E.g.
+//! `--plain-variants p,p8,p4:2,x2,x4,4`. It
 //! prints a second table with each kernel's time (weights streamed, and one copy reused, in
 //! L2 when it fits), GB/s, share of the `copy.wgsl` bandwidth and largest difference from
 //! qgemv4.
@@ -138,9 +139,12 @@ fn parse_args() -> Args {
                     .split(',')
                     .map(|p| {
                         let p = p.trim();
-                        if let Some(ks) = p.strip_prefix('p') {
-                            let ksplit = ks.parse().unwrap_or(0);
-                            return QGemvVariant::Pipelined { ksplit };
+                        if let Some(rest) = p.strip_prefix('p') {
+                            let (rows, ks) = rest.split_once(':').unwrap_or((rest, "0"));
+                            return QGemvVariant::Pipelined {
+                                rows: rows.parse().unwrap_or(4),
+                                ksplit: ks.parse().expect("plain variant: p[ROWS[:KSPLIT]]"),
+                            };
                         }
                         let (staged, p) = match p.strip_prefix('x') {
                             Some(rest) => (true, rest),
@@ -738,8 +742,10 @@ fn plain_variant_rows(
                 ("staged", rows, m.staged_auto_ksplit(rows))
             }
             QGemvVariant::Staged { rows, ksplit } => ("staged", rows, ksplit),
-            QGemvVariant::Pipelined { ksplit: 0 } => ("pipelined", 4, m.auto_ksplit()),
-            QGemvVariant::Pipelined { ksplit } => ("pipelined", 4, ksplit),
+            QGemvVariant::Pipelined { rows, ksplit: 0 } => {
+                ("pipelined", rows, m.pipelined_auto_ksplit(rows))
+            }
+            QGemvVariant::Pipelined { rows, ksplit } => ("pipelined", rows, ksplit),
             other => panic!("not a candidate plain kernel: {other:?}"),
         };
         let name = if m.stream_supported() {

@@ -177,7 +177,8 @@ fn check_plain_variants(ctx: &GpuContext, seed: u64, rows: usize, cols: usize, g
     if m.nibble4_supported() {
         for ksplit in [0, 1, 2, 4, 8] {
             variants.push(QGemvVariant::Nibble4 { ksplit });
-            variants.push(QGemvVariant::Pipelined { ksplit });
+            variants.push(QGemvVariant::Pipelined { rows: 4, ksplit });
+            variants.push(QGemvVariant::Pipelined { rows: 8, ksplit });
         }
     }
     if m.stream_supported() {
@@ -345,6 +346,8 @@ fn plain_gemv_stream_fallback_and_errors() {
         QGemvVariant::Staged { rows: 3, ksplit: 0 },
         QGemvVariant::Staged { rows: 2, ksplit: 4 },
         QGemvVariant::Staged { rows: 4, ksplit: 1 },
+        QGemvVariant::Pipelined { rows: 2, ksplit: 0 },
+        QGemvVariant::Pipelined { rows: 8, ksplit: 3 },
     ] {
         assert!(m
             .gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)

@@ -23,6 +23,15 @@
 // one matrix reused from L2 it is barely faster (4096x14336: 18.5 us), so neither kernel is
 // limited by HBM bandwidth.
 //
+// Entry point main8 (`Pipelined { rows: 8, .. }`): 8 rows per group and one piece per
+// iteration instead of 4 rows x 2 pieces (same 64 bytes of weights per lane per iteration,
+// plus 64 prefetched). The activations of a piece (4 vec4 loads touching 16 cache lines per
+// group, and their sum) then serve 8 rows instead of 4: half the activation traffic through
+// L1 and half the activation arithmetic per weight, for fewer groups (K split up to 8).
+// Measured (H200 as above): no better than main, mostly worse (4096x14336 21.2 us = main;
+// 14336x4096 22.8 vs 20.2; lm_head 135-141 vs 128.9; 4096x4096 10.6 vs 9.4), so activation
+// reads through L1 are not what limits qgemv4's layout.
+//
 // Requires K % 16 == 0 and GS % 16 == 0 (as qgemv4; the host checks).
 
 struct Params {
@@ -51,7 +60,8 @@ const ML = vec4<u32>(0xFu, 0xF0u, 0xF00u, 0xF000u);
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
 
 var<workgroup> red: array<f32, 1024>;   // 8 groups x 4 rows x 32 lanes
-var<workgroup> red2: array<f32, 256>;   // 8 groups x 4 rows x 8 partial sums
+var<workgroup> red2: array<f32, 256>;   // 8 groups x 4 rows x 8 partial sums (main8: x 8 x 4)
+var<workgroup> red8: array<f32, 2048>;  // main8: 8 groups x 8 rows x 32 lanes
 
 // The low four nibbles of `w` as exact floats q (0..15).
 fn q4(w: u32) -> vec4<f32> {
@@ -181,6 +191,130 @@ fn main(
             let o = (gg * 4u + rr) * 8u;
             t += ((red2[o] + red2[o + 1u]) + (red2[o + 2u] + red2[o + 3u]))
                 + ((red2[o + 4u] + red2[o + 5u]) + (red2[o + 6u] + red2[o + 7u]));
+        }
+        let row = wg * wrows + lid;
+        if (row < P.rows) {
+            Y[row] = t;
+        }
+    }
+}
+
+// The activations of piece v (16 weights) and their sum.
+struct X16 {
+    x0: vec4<f32>,
+    x1: vec4<f32>,
+    x2: vec4<f32>,
+    x3: vec4<f32>,
+    s: f32,
+}
+
+fn x16(v: u32) -> X16 {
+    var p: X16;
+    p.x0 = X[v * 4u];
+    p.x1 = X[v * 4u + 1u];
+    p.x2 = X[v * 4u + 2u];
+    p.x3 = X[v * 4u + 3u];
+    p.s = dot((p.x0 + p.x1) + (p.x2 + p.x3), vec4<f32>(1.0));
+    return p;
+}
+
+// scale * sum(q x) + bias * sum(x) of piece v of four rows (first groups in `s`)
+fn rows4(v: u32, a: vec2<u32>, b: vec2<u32>, c: vec2<u32>, d: vec2<u32>, s: vec4<u32>, p: X16) -> vec4<f32> {
+    let gi = (v * 16u) / GS;
+    let q0 = sb[s.x + gi];
+    let q1 = sb[s.y + gi];
+    let q2 = sb[s.z + gi];
+    let q3 = sb[s.w + gi];
+    return vec4<f32>(
+        q0.x * dot16(a, p.x0, p.x1, p.x2, p.x3) + q0.y * p.s,
+        q1.x * dot16(b, p.x0, p.x1, p.x2, p.x3) + q1.y * p.s,
+        q2.x * dot16(c, p.x0, p.x1, p.x2, p.x3) + q2.y * p.s,
+        q3.x * dot16(d, p.x0, p.x1, p.x2, p.x3) + q3.y * p.s,
+    );
+}
+
+// 8 rows per group, one piece per iteration, the next piece's weights loaded first.
+@compute @workgroup_size(256)
+fn main8(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let wg = wid.y * P.wg_x + wid.x;
+    if (wg >= P.total_wg) {
+        return;
+    }
+    let g = lid / 32u;
+    let l = lid % 32u;
+    let blk = g / KSPLIT;
+    let part = g % KSPLIT;
+    let row0 = (wg * (8u / KSPLIT) + blk) * 8u;
+    let n2 = P.vec_per_row;
+    let last = P.rows - 1u;
+    let lo = min(vec4<u32>(row0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last));
+    let hi = min(vec4<u32>(row0) + vec4<u32>(4u, 5u, 6u, 7u), vec4<u32>(last));
+    let wlo = lo * n2;
+    let whi = hi * n2;
+    let slo = lo * P.groups_per_row;
+    let shi = hi * P.groups_per_row;
+    let stride = 32u * KSPLIT;
+    let end = n2 - 1u;
+
+    var v = part * 32u + l;
+    let v0 = min(v, end);
+    var a = W[wlo.x + v0];
+    var b = W[wlo.y + v0];
+    var c = W[wlo.z + v0];
+    var d = W[wlo.w + v0];
+    var e = W[whi.x + v0];
+    var f = W[whi.y + v0];
+    var gg = W[whi.z + v0];
+    var h = W[whi.w + v0];
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    for (; v < n2; v += stride) {
+        let vn = min(v + stride, end);
+        let na = W[wlo.x + vn];
+        let nb = W[wlo.y + vn];
+        let nc = W[wlo.z + vn];
+        let nd = W[wlo.w + vn];
+        let ne = W[whi.x + vn];
+        let nf = W[whi.y + vn];
+        let ng = W[whi.z + vn];
+        let nh = W[whi.w + vn];
+        let p = x16(v);
+        acc0 += rows4(v, a, b, c, d, slo, p);
+        acc1 += rows4(v, e, f, gg, h, shi, p);
+        a = na;
+        b = nb;
+        c = nc;
+        d = nd;
+        e = ne;
+        f = nf;
+        gg = ng;
+        h = nh;
+    }
+
+    for (var r = 0u; r < 4u; r++) {
+        red8[(g * 8u + r) * 32u + l] = acc0[r];
+        red8[(g * 8u + 4u + r) * 32u + l] = acc1[r];
+    }
+    workgroupBarrier();
+    // 256 invocations: (group, row, quarter of the lanes) -> sum of 8 lanes
+    {
+        let base = lid * 8u;
+        red2[lid] = ((red8[base] + red8[base + 1u]) + (red8[base + 2u] + red8[base + 3u]))
+            + ((red8[base + 4u] + red8[base + 5u]) + (red8[base + 6u] + red8[base + 7u]));
+    }
+    workgroupBarrier();
+    // one invocation per row of the workgroup: sum over KSPLIT groups x 4 partial sums
+    let wrows = 64u / KSPLIT;
+    if (lid < wrows) {
+        let bb = lid / 8u;
+        let rr = lid % 8u;
+        var t = 0.0;
+        for (var k = 0u; k < KSPLIT; k++) {
+            let o = ((bb * KSPLIT + k) * 8u + rr) * 4u;
+            t += (red2[o] + red2[o + 1u]) + (red2[o + 2u] + red2[o + 3u]);
         }
         let row = wg * wrows + lid;
         if (row < P.rows) {

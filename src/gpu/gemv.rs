@@ -69,9 +69,13 @@ pub enum QGemvVariant {
     },
     /// `wgsl/qgemv4_pipe.wgsl` (candidate, exact f32, never picked by `Auto`): `Nibble4`'s
     /// layout with the next iteration's weights loaded before the current one is multiplied,
-    /// and no activation pre-scaling. Same requirements and K split as `Nibble4`.
+    /// and no activation pre-scaling; with `rows: 8`, 8 rows x 1 piece per iteration instead
+    /// of 4 x 2 (activations shared by twice the rows). Same requirements as `Nibble4`.
     Pipelined {
-        /// Groups of 32 lanes splitting K per block of 4 rows; 0 = automatic (as `Nibble4`).
+        /// Rows per group of 32 lanes: 4 or 8.
+        rows: u32,
+        /// Groups of 32 lanes splitting K per row block (1, 2, 4 or 8); 0 = automatic
+        /// ([`GpuQuantizedMatrix::pipelined_auto_ksplit`]).
         ksplit: u32,
     },
 }
@@ -250,6 +254,18 @@ impl GpuQuantizedMatrix {
         }
     }
 
+    /// The K split [`QGemvVariant::Pipelined`] `{ rows, ksplit: 0 }` picks: as
+    /// [`auto_ksplit`](Self::auto_ksplit) for blocks of `rows_per_group` rows.
+    pub fn pipelined_auto_ksplit(&self, rows_per_group: u32) -> u32 {
+        let blocks = self.rows().div_ceil(rows_per_group.max(1) as usize);
+        let n2 = self.cols() / 16;
+        let mut ks = 1usize;
+        while ks < MAX_KSPLIT as usize && blocks * ks < TARGET_GROUPS && n2 >= 64 * ks * 2 {
+            ks *= 2;
+        }
+        ks as u32
+    }
+
     /// The GEMV launch with an explicit kernel choice (benchmarks, tests).
     pub fn gemv_dispatch_with(
         &self,
@@ -285,7 +301,8 @@ impl GpuQuantizedMatrix {
                     }
                 };
                 let entry_point = ["main_r1", "main_r2", "main_r4"][rows.trailing_zeros() as usize];
-                return self.stream_dispatch(device, registry, x, y, entry_point, rows, ks);
+                let kernel = (Kernel::QGemv4Stream, entry_point, self.params.cols / 32);
+                return self.stream_dispatch(device, registry, x, y, kernel, rows, ks);
             }
             QGemvVariant::Staged { rows, ksplit } if self.stream_supported() => {
                 let ks = match (rows, ksplit) {
@@ -300,7 +317,30 @@ impl GpuQuantizedMatrix {
                 };
                 let entry_point =
                     ["staged_r1", "staged_r2", "staged_r4"][rows.trailing_zeros() as usize];
-                return self.stream_dispatch(device, registry, x, y, entry_point, rows, ks);
+                let kernel = (Kernel::QGemv4Stream, entry_point, self.params.cols / 32);
+                return self.stream_dispatch(device, registry, x, y, kernel, rows, ks);
+            }
+            QGemvVariant::Pipelined { rows, ksplit } if self.nibble4_supported() => {
+                let ks = match ksplit {
+                    0 => self.pipelined_auto_ksplit(rows),
+                    1 | 2 | 4 | 8 => ksplit,
+                    _ => {
+                        return Err(GpuError::InvalidInput(format!(
+                            "ksplit {ksplit} is not 1, 2, 4 or 8"
+                        )))
+                    }
+                };
+                let entry_point = match rows {
+                    4 => "main",
+                    8 => "main8",
+                    _ => {
+                        return Err(GpuError::InvalidInput(format!(
+                            "pipelined rows per group {rows} is not 4 or 8"
+                        )))
+                    }
+                };
+                let kernel = (Kernel::QGemv4Pipe, entry_point, self.params.cols / 16);
+                return self.stream_dispatch(device, registry, x, y, kernel, rows, ks);
             }
             // shapes the streaming kernels cannot run fall back to the default kernel
             QGemvVariant::Stream { .. } | QGemvVariant::Staged { .. } if self.bits == 4 => {
@@ -319,7 +359,7 @@ impl GpuQuantizedMatrix {
             QGemvVariant::Generic => None,
             QGemvVariant::Nibble4 { ksplit }
             | QGemvVariant::Int8Dot { ksplit }
-            | QGemvVariant::Pipelined { ksplit } => {
+            | QGemvVariant::Pipelined { ksplit, .. } => {
                 if !self.nibble4_supported() {
                     return Err(GpuError::Unsupported(format!(
                         "qgemv4 needs 4 bits, cols % 16 == 0 and group size % 16 == 0 \
@@ -350,10 +390,10 @@ impl GpuQuantizedMatrix {
         };
         let (gx, gy) = grid(device, total_wg);
         let uniform = self.uniform(device, gx, total_wg, vec_per_row);
-        let nibble_kernel = match variant {
-            QGemvVariant::Int8Dot { .. } => Kernel::QGemv4Dp4a,
-            QGemvVariant::Pipelined { .. } => Kernel::QGemv4Pipe,
-            _ => Kernel::QGemv4,
+        let nibble_kernel = if matches!(variant, QGemvVariant::Int8Dot { .. }) {
+            Kernel::QGemv4Dp4a
+        } else {
+            Kernel::QGemv4
         };
         let pipeline = match nibble {
             Some(ks) => registry.get(
@@ -440,8 +480,9 @@ impl GpuQuantizedMatrix {
         }
     }
 
-    /// `wgsl/qgemv4_stream.wgsl`'s `entry_point` with `rows` rows per group and `ksplit` groups
-    /// per row set (both checked by the caller): 8 * rows / ksplit rows per workgroup.
+    /// A candidate kernel `(kernel, entry point, vectors per row)` with `rows` rows per group
+    /// and `ksplit` groups per row set (both checked by the caller): 8 * rows / ksplit rows per
+    /// workgroup of 8 groups.
     #[allow(clippy::too_many_arguments)]
     fn stream_dispatch(
         &self,
@@ -449,16 +490,16 @@ impl GpuQuantizedMatrix {
         registry: &PipelineRegistry,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
-        entry_point: &'static str,
+        (kernel, entry_point, vec_per_row): (Kernel, &'static str, u32),
         rows: u32,
         ksplit: u32,
     ) -> Result<Dispatch, GpuError> {
         let total_wg = self.params.rows.div_ceil(8 * rows / ksplit);
         let (gx, gy) = grid(device, total_wg);
-        let uniform = self.uniform(device, gx, total_wg, self.params.cols / 32);
+        let uniform = self.uniform(device, gx, total_wg, vec_per_row);
         let pipeline = registry.get(
             device,
-            Kernel::QGemv4Stream,
+            kernel,
             entry_point,
             &[("GS", self.group_size), ("KSPLIT", ksplit)],
         )?;
