@@ -4,14 +4,22 @@
 // subgroup size of 32 (min = max = 32); the kernel re-checks `subgroup_size` and flags every
 // chunk otherwise (error bit 128), so a wrong pick is reported, never silently wrong.
 //
-// Differences from rans_gemv.wgsl: the renormalisation prefix count is a subgroupBallot (no
-// workgroupBarrier in the decode loop: each group of 32 runs at its own pace); the words come
-// from a window of 2 x 256 words held in registers across the subgroup (one vec4<u32> per lane
-// each, in four "planes" of 64 words so a step needs one or two u32 shuffles; the next window
-// is loaded ~15 steps before it is read) and are handed to the lanes that need them with
-// subgroupShuffle; activations, scale and bias are loaded two steps ahead; each
-// row's 32 lane sums are reduced with subgroupAdd. The word buffer is read as u32 (the host pads
-// it to a multiple of 16 bytes).
+// The kernel is bound by the instructions of its serial rANS step (issue 5), so the step is
+// kept as short as the format allows:
+// * renormalisation: the prefix count of the lanes that need a word is one subgroupBallot and
+//   two countOneBits; no workgroup barrier in the loop, each group of 32 runs at its own pace;
+// * words come from four "planes" of 64 words held in registers (lane l holds the u32 with
+//   words base + 64c + 2l, +1 of plane c): a step reads at most 32 words at offsets < 96 from
+//   `base`, i.e. from the first two planes, with two subgroupShuffles and a select; when 64
+//   words are used up the planes move down and one coalesced 128-byte load fetches the fourth,
+//   about 128 words (8 steps at 3.7 bits/weight) before it is read;
+// * no per-step checks that the format makes redundant: a table whose frequencies sum to 2^n
+//   has no zero-frequency slot (ERR_TABLE covers the rest), and a stream that reads past its
+//   chunk's end ends with p > end, so the over-read flag is raised once, after the loop;
+// * the activations and (scale, bias) of the next step are loaded one step ahead (their
+//   indices are clamped into the arrays instead of branching); each row's 32 lane sums are
+//   reduced with subgroupAdd when the row ends.
+// The word buffer is read as u32 (the host pads it to a multiple of 16 bytes).
 // import: rans_table
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
@@ -78,29 +86,14 @@ const ERR_SUBGROUP: u32 = 128u;
 @group(0) @binding(8) var<storage, read_write> y: array<f32>;     // R outputs
 
 
-fn load_w(i: u32) -> u32 {
+// One plane of 64 words from word index w0 (even): lane l gets the u32 holding words w0 + 2l
+// and w0 + 2l + 1; zero past the buffer.
+fn plane_at(w0: u32, l: u32) -> u32 {
+    let i = (w0 >> 1u) + l;
     var v = 0u;
     if (i < arrayLength(&words)) {
         v = words[i];
     }
-    return v;
-}
-
-// One 256-word window in "planes": component c of lane l holds the u32 with words
-// base + 64c + 2l and base + 64c + 2l + 1. Each component is one coalesced 128-byte load.
-fn load_window(base: u32, l: u32) -> vec4<u32> {
-    let i = base / 2u + l;
-    return vec4<u32>(load_w(i), load_w(i + 32u), load_w(i + 64u), load_w(i + 96u));
-}
-
-// Plane c (0..4) of the window pair: 0..3 from cur, 4 = plane 0 of nxt. c is uniform across
-// the subgroup.
-fn plane(cur: vec4<u32>, nxt: vec4<u32>, c: u32) -> u32 {
-    var v = cur.x;
-    v = select(v, cur.y, c == 1u);
-    v = select(v, cur.z, c == 2u);
-    v = select(v, cur.w, c == 3u);
-    v = select(v, nxt.x, c == 4u);
     return v;
 }
 
@@ -113,10 +106,8 @@ fn group_of(k: u32, gsz: u32, gshift: u32) -> u32 {
     return k / gsz;
 }
 
-// Activations of the w weights of symbol column j (zeros past w).
-fn load_x(j: u32) -> vec4<f32> {
-    let wps = select(P.wps, WPS, WPS != 0u);
-    let k0 = j * wps;
+// Activations of the w weights from weight k0 (zeros past w).
+fn load_x(k0: u32, wps: u32) -> vec4<f32> {
     var v = vec4<f32>(0.0);
     v.x = xv[k0];
     if (wps >= 2u) {
@@ -128,7 +119,6 @@ fn load_x(j: u32) -> vec4<f32> {
     }
     return v;
 }
-
 
 @compute @workgroup_size(128)
 fn main(
@@ -148,11 +138,11 @@ fn main(
     let bad_table = build_table(tile, lid);
 
     let g = lid / 32u;
-    let l = sg_id;
+    let l = sg_id & 31u;
     let n = select(P.prec, PREC, PREC != 0u);
     let mmask = (1u << n) - 1u;
     let T = P.steps_per_row;
-    let S = P.syms_per_row;
+    let K = P.cols;
     let bits = select(P.bits, BITS, BITS != 0u);
     let qmask = (1u << bits) - 1u;
     let b1 = bits;
@@ -166,164 +156,137 @@ fn main(
     if (GSHIFT != 0u) {
         gshift = GSHIFT;
     }
-    var acc = 0.0;
+    let ltmask = (1u << l) - 1u;
+    let kstep = 32u * wps;
+    let k_first = l * wps;
+    // clamps for the look-ahead loads (only used when the matrix has weights)
+    let xmax = max(K, wps) - wps;
+    let gmax = max(gpr, 1u) - 1u;
 
     for (var it = 0u; it < P.chunk_iters; it++) {
         let chunk = tile_first + (sub * P.chunk_iters + it) * G + g;
         let valid = chunk < tile_end;
-        var steps = 0u;
-        var r0 = 0u;
+        var steps0 = 0u;
+        var r00 = 0u;
         var x = L;
-        var p = 0u;
-        var end = 0u;
+        var p0 = 0u;
+        var end0 = 0u;
         var err = 0u;
         if (valid) {
-            r0 = chunk * P.chunk_rows;
-            steps = min(P.chunk_rows, P.rows - r0) * T;
+            r00 = chunk * P.chunk_rows;
+            steps0 = min(P.chunk_rows, P.rows - r00) * T;
             x = states[chunk * 32u + l];
             if (x < L) { err |= ERR_BAD_STATE; }
-            p = offsets[chunk];
-            end = offsets[chunk + 1u];
-            if (end > P.n_words || p > end) {
+            p0 = offsets[chunk];
+            end0 = offsets[chunk + 1u];
+            if (end0 > P.n_words || p0 > end0) {
                 err |= ERR_OFFSETS;
-                end = min(end, P.n_words);
-                p = min(p, end);
+                end0 = min(end0, P.n_words);
+                p0 = min(p0, end0);
             }
             if (bad_table) { err |= ERR_TABLE; }
             if (sg_size != 32u) { err |= ERR_SUBGROUP; }
         }
-        // Word window of 2 x 256 words (planes, see load_window) in `cur` and `nxt`, base a
-        // multiple of 8. Invariant
-        // p - base < 256 at the start of a step, so a step's reads (at most 32 words) lie in
-        // cur or nxt; `nxt` is loaded about 256 words (~15 steps) before it is first read, so
-        // its latency hides behind the decoding.
-        var base = p & ~7u;
-        var cur = load_window(base, l);
-        var nxt = load_window(base + 256u, l);
-        // activations and (scale, bias), loaded two steps ahead: nx/nsb for step t, nx2/nsb2
-        // for step t + 1 (an L2 hit takes longer than one step)
-        var nx = vec4<f32>(0.0);
-        var nsb = vec2<f32>(0.0);
-        if (steps > 0u && l < S) {
-            nx = load_x(l);
-            nsb = sb[r0 * gpr + group_of(l * wps, gsz, gshift)];
-        }
-        // row and step-in-row of steps t and t + 1, advanced incrementally (no divisions in
-        // the loop)
+        // The same in every lane of the group; broadcast so the compiler can see that the loop
+        // and its branches are uniform (it then needs no per-step active-mask bookkeeping).
+        let steps = subgroupBroadcastFirst(steps0);
+        let r0 = subgroupBroadcastFirst(r00);
+        var p = subgroupBroadcastFirst(p0);
+        let end = subgroupBroadcastFirst(end0);
+        // word planes, see plane_at; invariant p - base < 64 at the start of a step
+        var base = p & ~1u;
+        var pa = plane_at(base, l);
+        var pb = plane_at(base + 64u, l);
+        var pc = plane_at(base + 128u, l);
+        var pd = plane_at(base + 192u, l);
+        // position of the current step: row, step in row, first weight of this lane
         var row = r0;
         var u = 0u;
-        let wrap0 = T == 1u;
-        var ua = select(1u, 0u, wrap0);
-        var rowa = select(r0, r0 + 1u, wrap0);
-        var nx2 = vec4<f32>(0.0);
-        var nsb2 = vec2<f32>(0.0);
-        if (steps > 1u && ua * 32u + l < S) {
-            nx2 = load_x(ua * 32u + l);
-            nsb2 = sb[rowa * gpr + group_of((ua * 32u + l) * wps, gsz, gshift)];
-        }
+        var jw = k_first;
+        let rmax = max(P.rows, 1u) - 1u;
+        var cx = load_x(min(jw, xmax), wps);
+        var csb = sb[min(row, rmax) * gpr + min(group_of(jw, gsz, gshift), gmax)];
+        var acc = 0.0;
         for (var t = 0u; t < steps; t++) {
-            let j = u * 32u + l;
-            let lane_on = j < S;
-            let cx = nx;
-            let csb = nsb;
-            nx = nx2;
-            nsb = nsb2;
+            // The next step's position; its activations and (scale, bias) are loaded now, from
+            // clamped indices (past the chunk they are loaded and never used), so no branch.
             let wrap = u + 1u == T;
-            // prefetch step t + 2
-            let wrapa = ua + 1u == T;
-            let ub = select(ua + 1u, 0u, wrapa);
-            let rowb = select(rowa, rowa + 1u, wrapa);
-            let jb = ub * 32u + l;
-            if (t + 2u < steps && jb < S) {
-                nx2 = load_x(jb);
-                nsb2 = sb[rowb * gpr + group_of(jb * wps, gsz, gshift)];
-            }
-            var need = false;
-            if (lane_on) {
-                let slot = x & mmask;
-                var f = 1u;
-                var bias = 0u;
-                var sym = 0u;
-                if (n <= 11u) {
-                    var e = table[slot];
-                    if (e == SENTINEL) {
-                        err |= ERR_ZERO_FREQ;
-                        e = 0u;
+            let nu = select(u + 1u, 0u, wrap);
+            let nrow = select(row, row + 1u, wrap);
+            let njw = select(jw + kstep, k_first, wrap);
+            let nx = load_x(min(njw, xmax), wps);
+            let nsb = sb[min(nrow, rmax) * gpr + min(group_of(njw, gsz, gshift), gmax)];
+            // Decode in every lane; lanes past the row's end (K not a multiple of 32 w) keep
+            // their state (x >= 2^16, so they need no word) and add nothing.
+            let on = jw < K;
+            let slot = x & mmask;
+            var f = 1u;
+            var bias = 0u;
+            var sym = 0u;
+            if (n <= 11u) {
+                let e = table[slot];
+                sym = e & 0xFFu;
+                f = ((e >> 8u) & 0xFFFu) + 1u;
+                bias = e >> 20u;
+            } else {
+                var lo = 0u;
+                var hi = P.alphabet;
+                for (var k = 0u; k < 9u; k++) {
+                    if (hi - lo > 1u) {
+                        let mid = (lo + hi) >> 1u;
+                        if (sc_a[mid] <= slot) { lo = mid; } else { hi = mid; }
                     }
-                    sym = e & 0xFFu;
-                    f = ((e >> 8u) & 0xFFFu) + 1u;
-                    bias = e >> 20u;
-                } else {
-                    var lo = 0u;
-                    var hi = P.alphabet;
-                    for (var k = 0u; k < 9u; k++) {
-                        if (hi - lo > 1u) {
-                            let mid = (lo + hi) >> 1u;
-                            if (sc_a[mid] <= slot) { lo = mid; } else { hi = mid; }
-                        }
-                    }
-                    let c = sc_a[lo];
-                    f = fq[lo];
-                    if (slot >= c + f || f == 0u) {
-                        err |= ERR_ZERO_FREQ;
-                        f = 1u;
-                        bias = 0u;
-                    } else {
-                        bias = slot - c;
-                    }
-                    sym = lo;
                 }
-                x = f * (x >> n) + bias;
-                need = x < L;
-                // q as f32 without a conversion: 2^23 + q (q < 2^23) minus 2^23, exactly;
-                // only the w values of the symbol (cx is zero past w)
-                var d = 0.0;
-                var xs = 0.0;
-                if (wps == 1u) {
-                    d = (bitcast<f32>((sym & qmask) | 0x4B000000u) - 8388608.0) * cx.x;
-                    xs = cx.x;
-                } else if (wps == 2u) {
-                    let q2 = bitcast<vec2<f32>>((vec2<u32>(sym, sym >> b1) & vec2<u32>(qmask))
-                        | vec2<u32>(0x4B000000u)) - vec2<f32>(8388608.0);
-                    d = dot(q2, cx.xy);
-                    xs = cx.x + cx.y;
-                } else {
-                    let qv = bitcast<vec4<f32>>((vec4<u32>(sym, sym >> b1, sym >> b2, sym >> b3)
-                        & vec4<u32>(qmask)) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
-                    d = dot(qv, cx);
-                    xs = dot(cx, vec4<f32>(1.0));
+                let c = sc_a[lo];
+                f = fq[lo];
+                if (on && (slot >= c + f || f == 0u)) {
+                    err |= ERR_ZERO_FREQ;
                 }
-                acc += csb.x * d + csb.y * xs;
+                if (slot >= c + f || f == 0u) {
+                    f = 1u;
+                    bias = 0u;
+                } else {
+                    bias = slot - c;
+                }
+                sym = lo;
             }
+            let xd = select(x, f * (x >> n) + bias, on);
+            let need = xd < L;
+            // q as f32 without a conversion: 2^23 + q (q < 2^23) minus 2^23, exactly;
+            // only the w values of the symbol (cx is zero past w)
+            var d = 0.0;
+            var xs = 0.0;
+            if (wps == 1u) {
+                d = (bitcast<f32>((sym & qmask) | 0x4B000000u) - 8388608.0) * cx.x;
+                xs = cx.x;
+            } else if (wps == 2u) {
+                let q2 = bitcast<vec2<f32>>((vec2<u32>(sym, sym >> b1) & vec2<u32>(qmask))
+                    | vec2<u32>(0x4B000000u)) - vec2<f32>(8388608.0);
+                d = dot(q2, cx.xy);
+                xs = cx.x + cx.y;
+            } else {
+                let qv = bitcast<vec4<f32>>((vec4<u32>(sym, sym >> b1, sym >> b2, sym >> b3)
+                    & vec4<u32>(qmask)) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
+                d = dot(qv, cx);
+                xs = dot(cx, vec4<f32>(1.0));
+            }
+            acc += select(0.0, csb.x * d + csb.y * xs, on);
+            // renormalisation: a lane with `need` takes word p + (lanes below it that need one)
             let mask = subgroupBallot(need).x;
-            let total = countOneBits(mask);
-            let prefix = countOneBits(mask & ((1u << l) - 1u));
-            // this step's words lie in plane c0 = (p - base) / 64 and, when they cross its end,
-            // plane c0 + 1 (both subgroup-uniform): one or two u32 shuffles
-            let d0 = p - base;
-            let c0 = d0 >> 6u;
-            let rel = d0 + prefix;
-            let srcl = (rel >> 1u) & 31u;
-            var v = subgroupShuffle(plane(cur, nxt, c0), srcl);
-            if (total > 0u && ((d0 + total - 1u) >> 6u) != c0) {
-                let v1 = subgroupShuffle(plane(cur, nxt, c0 + 1u), srcl);
-                if ((rel >> 6u) != c0) {
-                    v = v1;
-                }
-            }
-            let word = (v >> ((rel & 1u) * 16u)) & 0xFFFFu;
-            if (need) {
-                if (p + prefix < end) {
-                    x = (x << 16u) | word;
-                } else {
-                    err |= ERR_OVER_READ;
-                }
-            }
-            p += total;
-            if (p - base >= 256u) {
-                cur = nxt;
-                base += 256u;
-                nxt = load_window(base + 256u, l);
+            let rel = (p - base) + countOneBits(mask & ltmask);
+            let src = (rel >> 1u) & 31u;
+            let va = subgroupShuffle(pa, src);
+            let vb = subgroupShuffle(pb, src);
+            let v = select(va, vb, rel >= 64u);
+            let word = (v >> ((rel & 1u) << 4u)) & 0xFFFFu;
+            x = select(xd, (xd << 16u) | word, need);
+            p += countOneBits(mask);
+            if (p - base >= 64u) {
+                pa = pb;
+                pb = pc;
+                pc = pd;
+                base += 64u;
+                pd = plane_at(base + 192u, l);
             }
             if (wrap) {
                 let s = subgroupAdd(acc);
@@ -332,14 +295,21 @@ fn main(
                 }
                 acc = 0.0;
             }
-            u = ua;
-            row = rowa;
-            ua = ub;
-            rowa = rowb;
+            u = nu;
+            row = nrow;
+            jw = njw;
+            cx = nx;
+            csb = nsb;
         }
         if (valid) {
             if (x != L) { err |= ERR_FINAL_STATE; }
-            if (l == 0u && p != end) { err |= ERR_UNCONSUMED; }
+            if (l == 0u) {
+                if (p > end) {
+                    err |= ERR_OVER_READ;
+                } else if (p != end) {
+                    err |= ERR_UNCONSUMED;
+                }
+            }
             if (err != 0u) {
                 atomicOr(&errors[chunk], err);
             }
