@@ -1,7 +1,8 @@
 // rANS decode to MLX packed words, subgroup variant of rans_decode.wgsl (issue 5) for adapters
 // whose subgroups are exactly 32 wide: the decode loop of rans_gemv_subgroup.wgsl (ballot
-// prefix counts, a 2 x 256-word register window handed out with subgroupShuffle, no barrier in
-// the loop), writing each step's symbols instead of multiplying them. A step's 32 symbols of
+// prefix counts, four 64-word planes in registers handed out with two subgroupShuffles, a
+// visibly uniform loop without per-lane branches around the step, no barrier in the loop),
+// writing each step's symbols instead of multiplying them. A step's 32 symbols of
 // b*w bits are OR-ed into whole u32 words with subgroupShuffleXor inside segments of 32/(b*w)
 // lanes, and the first lane of each segment stores the word. Only for b*w in {1, 2, 4, 8, 16,
 // 32} dividing 32 and rows of whole words (the host checks; other cases use rans_decode.wgsl).
@@ -67,29 +68,14 @@ const ERR_SUBGROUP: u32 = 128u;
 @group(0) @binding(6) var<storage, read_write> out: array<u32>; // packed words
 
 
-fn load_w(i: u32) -> u32 {
+// One plane of 64 words from word index w0 (even): lane l gets the u32 holding words w0 + 2l
+// and w0 + 2l + 1; zero past the buffer.
+fn plane_at(w0: u32, l: u32) -> u32 {
+    let i = (w0 >> 1u) + l;
     var v = 0u;
     if (i < arrayLength(&words)) {
         v = words[i];
     }
-    return v;
-}
-
-// One 256-word window in "planes": component c of lane l holds the u32 with words
-// base + 64c + 2l and base + 64c + 2l + 1. Each component is one coalesced 128-byte load.
-fn load_window(base: u32, l: u32) -> vec4<u32> {
-    let i = base / 2u + l;
-    return vec4<u32>(load_w(i), load_w(i + 32u), load_w(i + 64u), load_w(i + 96u));
-}
-
-// Plane c (0..4) of the window pair: 0..3 from cur, 4 = plane 0 of nxt. c is uniform across
-// the subgroup.
-fn plane(cur: vec4<u32>, nxt: vec4<u32>, c: u32) -> u32 {
-    var v = cur.x;
-    v = select(v, cur.y, c == 1u);
-    v = select(v, cur.z, c == 2u);
-    v = select(v, cur.w, c == 3u);
-    v = select(v, nxt.x, c == 4u);
     return v;
 }
 
@@ -120,38 +106,42 @@ fn main(
     let seg = 32u / bw;               // lanes per output word
     let row_words = P.out_row_words;  // = S * bw / 32
 
+    let ltmask = (1u << l) - 1u;
     for (var it = 0u; it < P.chunk_iters; it++) {
         let chunk = tile_first + (sub * P.chunk_iters + it) * G + g;
         let valid = chunk < tile_end;
-        var steps = 0u;
-        var r0 = 0u;
+        var steps0 = 0u;
+        var r00 = 0u;
         var x = L;
-        var p = 0u;
-        var end = 0u;
+        var p0 = 0u;
+        var end0 = 0u;
         var err = 0u;
         if (valid) {
-            r0 = chunk * P.chunk_rows;
-            steps = min(P.chunk_rows, P.rows - r0) * T;
+            r00 = chunk * P.chunk_rows;
+            steps0 = min(P.chunk_rows, P.rows - r00) * T;
             x = states[chunk * 32u + l];
             if (x < L) { err |= ERR_BAD_STATE; }
-            p = offsets[chunk];
-            end = offsets[chunk + 1u];
-            if (end > P.n_words || p > end) {
+            p0 = offsets[chunk];
+            end0 = offsets[chunk + 1u];
+            if (end0 > P.n_words || p0 > end0) {
                 err |= ERR_OFFSETS;
-                end = min(end, P.n_words);
-                p = min(p, end);
+                end0 = min(end0, P.n_words);
+                p0 = min(p0, end0);
             }
             if (bad_table) { err |= ERR_TABLE; }
             if (sg_size != 32u) { err |= ERR_SUBGROUP; }
         }
-        // Word window of 2 x 256 words (planes, see load_window) in `cur` and `nxt`, base a
-        // multiple of 8. Invariant
-        // p - base < 256 at the start of a step, so a step's reads (at most 32 words) lie in
-        // cur or nxt; `nxt` is loaded about 256 words (~15 steps) before it is first read, so
-        // its latency hides behind the decoding.
-        var base = p & ~7u;
-        var cur = load_window(base, l);
-        var nxt = load_window(base + 256u, l);
+        // the same in every lane; broadcast so the compiler sees a uniform loop
+        let steps = subgroupBroadcastFirst(steps0);
+        let r0 = subgroupBroadcastFirst(r00);
+        var p = subgroupBroadcastFirst(p0);
+        let end = subgroupBroadcastFirst(end0);
+        // word planes (see plane_at); invariant p - base < 64 at the start of a step
+        var base = p & ~1u;
+        var pa = plane_at(base, l);
+        var pb = plane_at(base + 64u, l);
+        var pc = plane_at(base + 128u, l);
+        var pd = plane_at(base + 192u, l);
         // row and step-in-row of step t, advanced incrementally
         var row = r0;
         var u = 0u;
@@ -159,46 +149,44 @@ fn main(
             let j = u * 32u + l;
             let lane_on = j < S;
             let wrap = u + 1u == T;
-            var osym = 0u;
-            var need = false;
-            if (lane_on) {
-                let slot = x & mmask;
-                var f = 1u;
-                var bias = 0u;
-                var sym = 0u;
-                if (n <= 11u) {
-                    var e = table[slot];
-                    if (e == SENTINEL) {
-                        err |= ERR_ZERO_FREQ;
-                        e = 0u;
+            // decode in every lane; lanes past the row's end keep their state (x >= 2^16, so
+            // they need no word) and write nothing
+            let slot = x & mmask;
+            var f = 1u;
+            var bias = 0u;
+            var sym = 0u;
+            if (n <= 11u) {
+                let e = table[slot];
+                // only a table whose frequencies do not sum to 2^n (ERR_TABLE) has such slots
+                err |= select(0u, ERR_ZERO_FREQ, lane_on && e == SENTINEL);
+                sym = e & 0xFFu;
+                f = ((e >> 8u) & 0xFFFu) + 1u;
+                bias = e >> 20u;
+            } else {
+                var lo = 0u;
+                var hi = P.alphabet;
+                for (var k = 0u; k < 9u; k++) {
+                    if (hi - lo > 1u) {
+                        let mid = (lo + hi) >> 1u;
+                        if (sc_a[mid] <= slot) { lo = mid; } else { hi = mid; }
                     }
-                    sym = e & 0xFFu;
-                    f = ((e >> 8u) & 0xFFFu) + 1u;
-                    bias = e >> 20u;
-                } else {
-                    var lo = 0u;
-                    var hi = P.alphabet;
-                    for (var k = 0u; k < 9u; k++) {
-                        if (hi - lo > 1u) {
-                            let mid = (lo + hi) >> 1u;
-                            if (sc_a[mid] <= slot) { lo = mid; } else { hi = mid; }
-                        }
-                    }
-                    let c = sc_a[lo];
-                    f = fq[lo];
-                    if (slot >= c + f || f == 0u) {
-                        err |= ERR_ZERO_FREQ;
-                        f = 1u;
-                        bias = 0u;
-                    } else {
-                        bias = slot - c;
-                    }
-                    sym = lo;
                 }
-                x = f * (x >> n) + bias;
-                need = x < L;
-                osym = sym;
+                let c = sc_a[lo];
+                f = fq[lo];
+                if (lane_on && (slot >= c + f || f == 0u)) {
+                    err |= ERR_ZERO_FREQ;
+                }
+                if (slot >= c + f || f == 0u) {
+                    f = 1u;
+                    bias = 0u;
+                } else {
+                    bias = slot - c;
+                }
+                sym = lo;
             }
+            let xd = select(x, f * (x >> n) + bias, lane_on);
+            let need = xd < L;
+            let osym = select(0u, sym, lane_on);
             // OR the segment's symbols into one word (inactive lanes contribute 0)
             var wv = osym << ((j * bw) & 31u);
             for (var d = 1u; d < seg; d = d << 1u) {
@@ -207,42 +195,35 @@ fn main(
             if (lane_on && (l & (seg - 1u)) == 0u) {
                 out[row * row_words + (j * bw) / 32u] = wv;
             }
+            // renormalisation: a lane with `need` takes word p + (lanes below it that need one)
             let mask = subgroupBallot(need).x;
-            let total = countOneBits(mask);
-            let prefix = countOneBits(mask & ((1u << l) - 1u));
-            // this step's words lie in plane c0 = (p - base) / 64 and, when they cross its end,
-            // plane c0 + 1 (both subgroup-uniform): one or two u32 shuffles
-            let d0 = p - base;
-            let c0 = d0 >> 6u;
-            let rel = d0 + prefix;
-            let srcl = (rel >> 1u) & 31u;
-            var v = subgroupShuffle(plane(cur, nxt, c0), srcl);
-            if (total > 0u && ((d0 + total - 1u) >> 6u) != c0) {
-                let v1 = subgroupShuffle(plane(cur, nxt, c0 + 1u), srcl);
-                if ((rel >> 6u) != c0) {
-                    v = v1;
-                }
-            }
-            let word = (v >> ((rel & 1u) * 16u)) & 0xFFFFu;
-            if (need) {
-                if (p + prefix < end) {
-                    x = (x << 16u) | word;
-                } else {
-                    err |= ERR_OVER_READ;
-                }
-            }
-            p += total;
-            if (p - base >= 256u) {
-                cur = nxt;
-                base += 256u;
-                nxt = load_window(base + 256u, l);
+            let rel = (p - base) + countOneBits(mask & ltmask);
+            let src = (rel >> 1u) & 31u;
+            let va = subgroupShuffle(pa, src);
+            let vb = subgroupShuffle(pb, src);
+            let v = select(va, vb, rel >= 64u);
+            let word = (v >> ((rel & 1u) << 4u)) & 0xFFFFu;
+            x = select(xd, (xd << 16u) | word, need);
+            p += countOneBits(mask);
+            if (p - base >= 64u) {
+                pa = pb;
+                pb = pc;
+                pc = pd;
+                base += 64u;
+                pd = plane_at(base + 192u, l);
             }
             u = select(u + 1u, 0u, wrap);
             row = select(row, row + 1u, wrap);
         }
         if (valid) {
             if (x != L) { err |= ERR_FINAL_STATE; }
-            if (l == 0u && p != end) { err |= ERR_UNCONSUMED; }
+            if (l == 0u) {
+                if (p > end) {
+                    err |= ERR_OVER_READ;
+                } else if (p != end) {
+                    err |= ERR_UNCONSUMED;
+                }
+            }
             if (err != 0u) {
                 atomicOr(&errors[chunk], err);
             }
