@@ -1,7 +1,11 @@
 // Fused lossless bf16/f16 decode + GEMV, subgroup variant: bf16_gemv.wgsl with the per-step
 // workgroupBarrier + atomic mask replaced by subgroupBallot, and the row reduction by subgroupAdd.
 // After the tile's table is built (with barriers, shared by the G groups of the workgroup) the
-// step loop has no barrier: each group of 32 lanes runs on its own.
+// step loop has no barrier: each group of 32 lanes runs on its own. The step follows
+// rans_gemv_subgroup.wgsl (issue 5): words come from four 64-word planes in registers handed
+// out with two subgroupShuffles (no dependent global load per renormalisation), the activation
+// and raw byte of the next step are loaded one step ahead, the loop bounds are broadcast so the
+// loop is visibly uniform, and the checks the format makes redundant happen once after the loop.
 //
 // The host picks it only when the SUBGROUP feature is enabled and the adapter reports a subgroup
 // size of 32 (min = max = 32); the kernel re-checks `subgroup_size` and flags every chunk with
@@ -60,8 +64,15 @@ var<workgroup> sc_b: array<u32, 256>;
 var<workgroup> fq: array<u32, 256>;
 var<workgroup> table_bad: u32;
 
-fn read16(idx: u32) -> u32 {
-    return (words[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
+// One plane of 64 words from word index w0 (even): lane l gets the u32 holding words w0 + 2l
+// and w0 + 2l + 1; zero past the buffer.
+fn plane_at(w0: u32, l: u32) -> u32 {
+    let i = (w0 >> 1u) + l;
+    var v = 0u;
+    if (i < arrayLength(&words)) {
+        v = words[i];
+    }
+    return v;
 }
 
 fn read_raw(idx: u32) -> u32 {
@@ -172,80 +183,103 @@ fn main(
     let mmask = (1u << n) - 1u;
     let T = P.steps_per_row;
     let K = P.cols;
-    let max_steps = P.chunk_rows * T;
 
     let chunk = tile_first + sub * G + g;
     let valid = chunk < tile_end;
-    var steps = 0u;
-    var r0 = 0u;
+    var steps0 = 0u;
+    var r00 = 0u;
     var x = L;
-    var p = 0u;
-    var end = 0u;
+    var p0 = 0u;
+    var end0 = 0u;
     var err = 0u;
     if (valid) {
-        r0 = chunk * P.chunk_rows;
-        steps = min(P.chunk_rows, P.rows - r0) * T;
+        r00 = chunk * P.chunk_rows;
+        steps0 = min(P.chunk_rows, P.rows - r00) * T;
         x = states[chunk * 32u + l];
         if (x < L) { err |= ERR_BAD_STATE; }
-        p = offsets[chunk];
-        end = offsets[chunk + 1u];
-        if (end > P.n_words || p > end) {
+        p0 = offsets[chunk];
+        end0 = offsets[chunk + 1u];
+        if (end0 > P.n_words || p0 > end0) {
             err |= ERR_OFFSETS;
-            end = min(end, P.n_words);
-            p = min(p, end);
+            end0 = min(end0, P.n_words);
+            p0 = min(p0, end0);
         }
         if (bad_table) { err |= ERR_TABLE; }
         if (sg_size != 32u) { err |= ERR_SUBGROUP_SIZE; }
     }
-    var acc = 0.0;
+    // The same in every lane of the group; broadcast so the compiler can see that the loop
+    // and its branches are uniform.
+    let steps = subgroupBroadcastFirst(steps0);
+    let r0 = subgroupBroadcastFirst(r00);
+    var p = subgroupBroadcastFirst(p0);
+    let end = subgroupBroadcastFirst(end0);
+    // word planes (see plane_at); invariant p - base < 64 at the start of a step
+    var base = p & ~1u;
+    var pa = plane_at(base, l);
+    var pb = plane_at(base + 64u, l);
+    var pc = plane_at(base + 128u, l);
+    var pd = plane_at(base + 192u, l);
+    let ltmask = (1u << l) - 1u;
+    let rmax = max(P.rows, 1u) - 1u;
     var row = r0;
     var u = 0u;
-    for (var t = 0u; t < max_steps; t++) {
-        let step_valid = t < steps;
-        var need = false;
-        if (step_valid) {
-            let j = u * 32u + l;
-            let rb = read_raw(row * K + j);
-            let xj = xv[j];
-            var e = table[x & mmask];
-            if (e == SENTINEL) {
-                err |= ERR_ZERO_FREQ;
-                e = 0u;
-            }
-            let sym = e & 0xFFu;
-            x = (((e >> 8u) & 0xFFFu) + 1u) * (x >> n) + (e >> 20u);
-            need = x < L;
-            acc += weight(sym, rb) * xj;
-        }
-        let row_end = step_valid && u == T - 1u;
+    // activation and raw byte of the current step, loaded one step ahead (clamped indices:
+    // past the chunk they are loaded and never used)
+    var cx = xv[l];
+    var craw = read_raw(min(row, rmax) * K + l);
+    var acc = 0.0;
+    for (var t = 0u; t < steps; t++) {
+        let wrap = u + 1u == T;
+        let nu = select(u + 1u, 0u, wrap);
+        let nrow = select(row, row + 1u, wrap);
+        let nj = nu * 32u + l;
+        let nx = xv[nj];
+        let nraw = read_raw(min(nrow, rmax) * K + nj);
+        // a table whose frequencies sum to 2^n has no zero-frequency slot (ERR_TABLE covers
+        // the others), so no per-step check
+        let e = table[x & mmask];
+        let xd = (((e >> 8u) & 0xFFFu) + 1u) * (x >> n) + (e >> 20u);
+        let need = xd < L;
+        acc += weight(e & 0xFFu, craw) * cx;
+        // renormalisation: a lane with `need` takes word p + (lanes below it that need one),
+        // from the planes with two shuffles
         let mask = subgroupBallot(need).x;
-        if (need) {
-            let idx = p + countOneBits(mask & ((1u << l) - 1u));
-            var wv = 0u;
-            if (idx < end) {
-                wv = read16(idx);
-            } else {
-                err |= ERR_OVER_READ;
-            }
-            x = (x << 16u) | wv;
-        }
+        let rel = (p - base) + countOneBits(mask & ltmask);
+        let src = (rel >> 1u) & 31u;
+        let va = subgroupShuffle(pa, src);
+        let vb = subgroupShuffle(pb, src);
+        let v = select(va, vb, rel >= 64u);
+        let word = (v >> ((rel & 1u) << 4u)) & 0xFFFFu;
+        x = select(xd, (xd << 16u) | word, need);
         p += countOneBits(mask);
-        if (row_end) {
-            // row_end is the same for the 32 lanes of the group (it depends on t only)
+        if (p - base >= 64u) {
+            pa = pb;
+            pb = pc;
+            pc = pd;
+            base += 64u;
+            pd = plane_at(base + 192u, l);
+        }
+        if (wrap) {
             let rs = subgroupAdd(acc);
             if (l == 0u) {
                 y[row] = rs;
             }
             acc = 0.0;
-            row += 1u;
-            u = 0u;
-        } else {
-            u += 1u;
         }
+        u = nu;
+        row = nrow;
+        cx = nx;
+        craw = nraw;
     }
     if (valid) {
         if (x != L) { err |= ERR_FINAL_STATE; }
-        if (l == 0u && p != end) { err |= ERR_UNCONSUMED; }
+        if (l == 0u) {
+            if (p > end) {
+                err |= ERR_OVER_READ;
+            } else if (p != end) {
+                err |= ERR_UNCONSUMED;
+            }
+        }
         if (err != 0u) {
             atomicOr(&errors[chunk], err);
         }
