@@ -29,8 +29,9 @@
 //!   (`scale * sum(q*x) + bias * sum(x)` per symbol, accumulated per row, lane sums reduced in
 //!   workgroup memory or with `subgroupAdd`); the weights are never written to memory. The
 //!   subgroup version ([`FusedVariant::Subgroup`]) replaces the barrier by `subgroupBallot`, keeps
-//!   a 512-word window of the stream in registers (four 64-word planes per 256 words: one or two
-//!   `u32` shuffles per step), is specialised per symbol layout (pipeline-overridable constants)
+//!   four 64-word planes of the stream in registers (two `u32` shuffles per step), decodes in
+//!   every lane without per-lane branches in a loop whose bounds are broadcast (so the compiler
+//!   sees it is uniform), is specialised per symbol layout (pipeline-overridable constants)
 //!   and is chosen when the adapter's subgroups are exactly 32 wide
 //!   ([`PipelineRegistry::subgroups32`]); every other adapter runs the workgroup-memory version.
 //! * `qgemv4.wgsl`: plain MLX 4-bit GEMV (the default for 4 bits, [`QGemvVariant`]): no
