@@ -2,11 +2,16 @@
 //! is part of every label). `iter_custom` records the iterations into one command buffer and
 //! waits for the GPU inside the timed region.
 //!
-//! Shape: `ECQ_GPU_BENCH_SHAPE=ROWSxCOLS` (default 1024x4096), MLX 4-bit g64 Gaussian weights;
-//! `ECQ_GPU_BENCH_SETS` distinct copies rotated per iteration (default 4) so larger sets can
-//! exceed the L2 cache. For the full comparison table use `examples/bench_gpu.rs`.
+//! Shape: `ECQ_GPU_BENCH_SHAPE=ROWSxCOLS` (default 1024x4096), MLX g64 Gaussian weights of
+//! `ECQ_GPU_BENCH_BITS` bits (2, 4 or 8; default 4: the coder packs 4, 2 and 1 weights per
+//! symbol, so the bit width also sets the rANS steps per weight); `ECQ_GPU_BENCH_SETS` distinct
+//! copies rotated per iteration (default 4); `ECQ_GPU_BENCH_CHUNK` symbols per chunk (default:
+//! the coder's) so larger sets can exceed the L2 cache. Times are
+//! GPU timestamps of the pass holding the iterations where the device has `TIMESTAMP_QUERY`,
+//! else the wall clock after `finish()` (`examples/common/timing.rs`). For the full comparison
+//! table use `examples/bench_gpu.rs`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ecq::dtype::FloatDType;
@@ -16,18 +21,16 @@ use ecq::rans::{encode, EncodeOptions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn run(ctx: &GpuContext, ds: &[Dispatch], iters: u64) -> Duration {
-    let mut enc = ctx.device().create_command_encoder(&Default::default());
-    {
-        let mut pass = enc.begin_compute_pass(&Default::default());
+#[path = "../examples/common/timing.rs"]
+mod timing;
+
+fn run(ctx: &GpuContext, timer: &timing::GpuTimer, ds: &[Dispatch], iters: u64) -> Duration {
+    let s = timer.time_pass(ctx.device(), ctx.queue(), |pass| {
         for i in 0..iters as usize {
-            ds[i % ds.len()].record(&mut pass);
+            ds[i % ds.len()].record(pass);
         }
-    }
-    let t = Instant::now();
-    ctx.queue().submit([enc.finish()]);
-    ctx.wait().expect("wait");
-    t.elapsed()
+    });
+    Duration::from_secs_f64(s.gpu.unwrap_or(s.wall))
 }
 
 fn bench(c: &mut Criterion) {
@@ -49,19 +52,42 @@ fn bench(c: &mut Criterion) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
+    let bits: u32 = std::env::var("ECQ_GPU_BENCH_BITS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    assert!(
+        matches!(bits, 2 | 4 | 8),
+        "ECQ_GPU_BENCH_BITS must be 2, 4 or 8"
+    );
+    // symbols per chunk (the unit of parallel decoding); with 4 weights per symbol, half the
+    // default gives the same number of chunks as 4-bit weights with the default
+    let chunk_symbols: usize = std::env::var("ECQ_GPU_BENCH_CHUNK")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(EncodeOptions::default().chunk_symbols);
+    let timer = timing::GpuTimer::new(ctx.device(), ctx.queue(), false);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let w: Vec<f32> = (0..r * k)
         .map(|_| (rng.random::<f32>() + rng.random::<f32>() + rng.random::<f32>() - 1.5) * 0.02)
         .collect();
-    let q = quantize_affine(&w, r, k, FloatDType::F32, AffineParams::new(4, 64).unwrap()).unwrap();
+    let q = quantize_affine(
+        &w,
+        r,
+        k,
+        FloatDType::F32,
+        AffineParams::new(bits, 64).unwrap(),
+    )
+    .unwrap();
     let x: Vec<f32> = (0..k).map(|_| rng.random::<f32>() - 0.5).collect();
     let enc = encode(
         &q.symbols(),
         r,
         k,
-        4,
+        bits,
         &EncodeOptions {
             group_size: 64,
+            chunk_symbols,
             ..Default::default()
         },
     )
@@ -78,7 +104,7 @@ fn bench(c: &mut Criterion) {
     let xb = mk(k as u64 * 4);
     ctx.queue().write_buffer(&xb, 0, bytemuck::cast_slice(&x));
     let yb = mk(r as u64 * 4);
-    let out = mk((r * k / 2) as u64);
+    let out = mk((r * k * bits as usize / 8) as u64);
     let qp = QuantParamsRef {
         group_size: 64,
         scales: &q.scales,
@@ -109,16 +135,22 @@ fn bench(c: &mut Criterion) {
         })
         .collect();
 
-    let mut g = c.benchmark_group(format!("gpu/{}/{r}x{k}_4bit_g64", ctx.adapter_name()));
-    g.throughput(Throughput::Bytes((r * k / 2) as u64));
+    let mut g = c.benchmark_group(format!(
+        "gpu/{}/{r}x{k}_{bits}bit_g64_c{chunk_symbols}_{}",
+        ctx.adapter_name(),
+        timer.short()
+    ));
+    g.throughput(Throughput::Bytes((r * k * bits as usize / 8) as u64));
     g.sample_size(10);
-    g.bench_function("plain_qgemv", |b| b.iter_custom(|n| run(&ctx, &plain_d, n)));
+    g.bench_function("plain_qgemv", |b| {
+        b.iter_custom(|n| run(&ctx, &timer, &plain_d, n))
+    });
     g.bench_function("fused_rans_gemv", |b| {
-        b.iter_custom(|n| run(&ctx, &fused_d, n))
+        b.iter_custom(|n| run(&ctx, &timer, &fused_d, n))
     });
     g.throughput(Throughput::Elements((r * k) as u64));
     g.bench_function("rans_decode_packed", |b| {
-        b.iter_custom(|n| run(&ctx, &dec_d, n))
+        b.iter_custom(|n| run(&ctx, &timer, &dec_d, n))
     });
     g.finish();
 }
