@@ -3,8 +3,9 @@
 //! Every MLX-quantized `<p>.weight` (packed U32) is replaced by the six tensors
 //! `<p>.weight.ecq_{header,freqs,states,offsets,words,crc}` of `docs/FORMAT.md` section 6;
 //! scales, biases and every other tensor are stored unchanged. Each file's safetensors metadata
-//! gains `ecq.format`, `ecq.version`, `ecq.lanes`, `ecq.precision`, `ecq.chunk_symbols` and
-//! `ecq.tile_chunks`; a directory's `config.json` gains `"ecq": {"format": "ecq-rans",
+//! gains `ecq.format`, `ecq.version`, `ecq.lanes`, `ecq.precision`, `ecq.chunk_symbols`,
+//! `ecq.tile_chunks` and `ecq.min_chunks` (informational: each matrix header holds its own
+//! chunk geometry); a directory's `config.json` gains `"ecq": {"format": "ecq-rans",
 //! "version": 1}`. A sharded model stays sharded with the same shard names, and the directory's
 //! other files are copied unchanged. [`decode_model`] restores every tensor byte for byte.
 //!
@@ -129,6 +130,7 @@ pub fn coded_metadata(opts: &EncodeOptions) -> BTreeMap<String, String> {
             opts.chunk_symbols.to_string(),
         ),
         ("ecq.tile_chunks".to_string(), opts.tile_chunks.to_string()),
+        ("ecq.min_chunks".to_string(), opts.min_chunks.to_string()),
     ])
 }
 

@@ -360,6 +360,19 @@ fn good_paths_work() {
     let coded = tmp.path().join("c");
     succeeds(&["encode", s(&d), s(&coded)]);
     succeeds(&["decode", s(&coded), s(&tmp.path().join("back"))]);
+    // --min-chunks is accepted, recorded, and the round trip stays byte for byte
+    let coded2 = tmp.path().join("c2");
+    succeeds(&["encode", "--min-chunks", "4", s(&d), s(&coded2)]);
+    succeeds(&["decode", s(&coded2), s(&tmp.path().join("back2"))]);
+    assert_eq!(
+        std::fs::read(tmp.path().join("back2/model.safetensors")).unwrap(),
+        std::fs::read(d.join("model.safetensors")).unwrap()
+    );
+    let meta = std::fs::read(coded2.join("model.safetensors")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&meta[..4096.min(meta.len())]).contains("\"ecq.min_chunks\":\"4\""),
+        "metadata lacks ecq.min_chunks"
+    );
     let out = succeeds(&["inspect", s(&coded)]);
     assert!(out.contains("l.weight") && out.contains("total"), "{out}");
     let f = tmp.path().join("float.safetensors");

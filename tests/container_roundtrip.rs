@@ -66,7 +66,12 @@ fn sharded_dir_round_trip_is_byte_identical() {
         );
         assert_eq!(sh.metadata.get("ecq.lanes").map(String::as_str), Some("32"));
         assert_eq!(sh.metadata.get("format").map(String::as_str), Some("mlx"));
-        for k in ["ecq.precision", "ecq.chunk_symbols", "ecq.tile_chunks"] {
+        for k in [
+            "ecq.precision",
+            "ecq.chunk_symbols",
+            "ecq.tile_chunks",
+            "ecq.min_chunks",
+        ] {
             assert!(sh.metadata.contains_key(k), "{k} missing");
         }
     }

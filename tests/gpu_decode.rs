@@ -59,6 +59,7 @@ fn encode_case(c: &Case, seed: u64) -> (Vec<u8>, EncodedMatrix) {
         weights_per_symbol: c.wps,
         chunk_symbols: c.chunk_symbols,
         tile_chunks: c.tile_chunks,
+        min_chunks: 0,
         group_size: 0,
     };
     let enc = encode(&q, c.rows, c.cols, c.bits, &opts).expect("encode");

@@ -26,6 +26,7 @@ fn sample(bits: u32, wps: Option<u32>) -> (Vec<u8>, EncodedMatrix) {
         weights_per_symbol: wps,
         chunk_symbols: 250,
         tile_chunks: 2,
+        min_chunks: 0,
         precision: 10,
         group_size: 32,
     };

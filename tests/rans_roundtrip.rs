@@ -117,7 +117,7 @@ proptest! {
         let wps = wps.filter(|&w| bits * w <= 8);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let q = random_matrix(&mut rng, rows * cols, bits, dist);
-        let opts = EncodeOptions { precision, weights_per_symbol: wps, chunk_symbols, tile_chunks, group_size: 64 };
+        let opts = EncodeOptions { precision, weights_per_symbol: wps, chunk_symbols, tile_chunks, min_chunks: 0, group_size: 64 };
         roundtrip(&q, rows, cols, bits, &opts);
     }
 
@@ -372,5 +372,52 @@ fn size_close_to_entropy() {
         let coded = (enc.payload_bytes() * 8) as f64;
         assert!(coded < h * 1.01, "wps {wps}: {coded} vs {h}");
         assert!(coded + (enc.states().len() * 32) as f64 > h * 0.999);
+    }
+}
+
+/// `min_chunks` shrinks chunks (never grows them) until the matrix has that many, but not
+/// below `MIN_PARALLEL_CHUNK_SYMBOLS` symbols or one row; the chunk geometry is exactly the
+/// documented formula and the round trip stays exact.
+#[test]
+fn min_chunks_shrinks_chunks_for_parallel_decoding() {
+    use ecq::rans::{DEFAULT_CHUNK_SYMBOLS, MIN_PARALLEL_CHUNK_SYMBOLS};
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    // (rows, cols, bits, min_chunks, expected chunk_rows)
+    let cases = [
+        // 2048 symbols per row: default 8 rows; 512 / 128 = 4 rows per chunk
+        (512usize, 4096usize, 4u32, 128usize, 4usize),
+        // 512 / 1024 < 1 row, but chunks stay >= 4096 symbols = 2 rows
+        (512, 4096, 4, 1024, 2),
+        // already enough chunks with the default: unchanged (8 rows)
+        (512, 4096, 4, 16, 8),
+        // rows longer than the floor: one row per chunk at most
+        (64, 14336, 4, 1000, 1),
+        // 8-bit, 1 weight per symbol: 1000 symbols per row, default 16, floor 5 rows
+        (300, 1000, 8, 100, 5),
+        // odd row count: 301 / 7 = 43 rows
+        (301, 1000, 8, 7, 16),
+    ];
+    for &(rows, cols, bits, min_chunks, want_rows) in &cases {
+        let q = random_matrix(&mut rng, rows * cols, bits, 0);
+        let opts = EncodeOptions {
+            min_chunks,
+            ..Default::default()
+        };
+        let e = roundtrip(&q, rows, cols, bits, &opts);
+        let spr = cols / e.weights_per_symbol() as usize;
+        let default_rows = ((DEFAULT_CHUNK_SYMBOLS + spr / 2) / spr).clamp(1, rows);
+        assert!(e.chunk_rows() <= default_rows);
+        assert_eq!(
+            e.chunk_rows(),
+            want_rows,
+            "{rows}x{cols} b{bits} min_chunks {min_chunks}"
+        );
+        // as many chunks as asked for, unless the floor stops it first
+        let floor_rows = MIN_PARALLEL_CHUNK_SYMBOLS.div_ceil(spr);
+        assert!(
+            e.n_chunks() >= min_chunks.min(rows / floor_rows),
+            "{rows}x{cols}: {} chunks",
+            e.n_chunks()
+        );
     }
 }

@@ -89,6 +89,7 @@ fn size_sweep() {
                 weights_per_symbol: Some(w),
                 chunk_symbols: cs,
                 tile_chunks: tc,
+                min_chunks: 0,
                 group_size: 64,
             },
         );

@@ -63,6 +63,10 @@ pub const DEFAULT_CHUNK_SYMBOLS: usize = 16384;
 /// Default number of chunks per tile: per-tile tables barely beat one table per matrix on real
 /// weights, so tiles of 8 chunks amortise the tables (1.47% total overhead at w = 2).
 pub const DEFAULT_TILE_CHUNKS: usize = 8;
+/// Smallest chunk [`EncodeOptions::min_chunks`] shrinks chunks to (in symbols, or one row when
+/// rows are longer): below it the 128 bytes of lane states per chunk cost more than ~0.12
+/// bits/weight at 2 weights per symbol.
+pub const MIN_PARALLEL_CHUNK_SYMBOLS: usize = 4096;
 
 const _: () = assert!(LANES == 32);
 const _: () = assert!(DEFAULT_PRECISION <= GPU_MAX_PRECISION);
@@ -83,6 +87,13 @@ pub struct EncodeOptions {
     /// Chunks per tile (one frequency table and checksum per tile), at least 1. Default
     /// [`DEFAULT_TILE_CHUNKS`].
     pub tile_chunks: usize,
+    /// If not 0, chunks are made smaller than `chunk_symbols` where that is needed for the
+    /// matrix to have at least this many chunks (independent decoders), but not smaller than
+    /// [`MIN_PARALLEL_CHUNK_SYMBOLS`] (or one row). A GPU decodes one chunk per 32-lane
+    /// subgroup, and a matrix with too few chunks leaves it waiting on the serial rANS chain:
+    /// on an H200, 4096x4096 4-bit runs 2.8x faster with 2048 chunks than with the default 512,
+    /// for +0.1 bits/weight (BENCHMARKS.md, issue 5). Default 0 (off).
+    pub min_chunks: usize,
     /// MLX group size of the scales and biases, stored in the header for information (0 if
     /// none). Default 0.
     pub group_size: u32,
@@ -95,6 +106,7 @@ impl Default for EncodeOptions {
             weights_per_symbol: None,
             chunk_symbols: DEFAULT_CHUNK_SYMBOLS,
             tile_chunks: DEFAULT_TILE_CHUNKS,
+            min_chunks: 0,
             group_size: 0,
         }
     }
@@ -203,9 +215,14 @@ pub fn encode(
         .weights_per_symbol
         .unwrap_or_else(|| default_weights_per_symbol(bits, cols));
     let spr = if wps == 0 { 0 } else { cols / wps as usize };
-    let chunk_rows = (opts.chunk_symbols + spr / 2)
+    let mut chunk_rows = (opts.chunk_symbols + spr / 2)
         .checked_div(spr)
         .map_or(1, |r| r.clamp(1, rows.max(1)));
+    if opts.min_chunks > 0 && spr > 0 {
+        let for_count = (rows / opts.min_chunks).max(1);
+        let floor = MIN_PARALLEL_CHUNK_SYMBOLS.div_ceil(spr);
+        chunk_rows = chunk_rows.min(for_count.max(floor));
+    }
     let g = Geometry::new(
         rows as u64,
         cols as u64,
