@@ -9,8 +9,10 @@
 //
 // The host picks it only when the SUBGROUP feature is enabled and the adapter reports a subgroup
 // size of 32 (min = max = 32); the kernel re-checks `subgroup_size` and flags every chunk with
-// ERR_SUBGROUP_SIZE otherwise (the output is then garbage and the host reports the error).
+// ERR_SUBGROUP otherwise (the output is then garbage and the host reports the error).
 //
+// import: rans_subgroup
+
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
 
 struct Params {
@@ -46,7 +48,7 @@ const ERR_FINAL_STATE: u32 = 8u;
 const ERR_UNCONSUMED: u32 = 16u;
 const ERR_TABLE: u32 = 32u;
 const ERR_OFFSETS: u32 = 64u;
-const ERR_SUBGROUP_SIZE: u32 = 128u;
+const ERR_SUBGROUP: u32 = 128u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> freqs: array<u32>;    // u16 pairs, 256 per tile
@@ -63,17 +65,6 @@ var<workgroup> sc_a: array<u32, 256>;
 var<workgroup> sc_b: array<u32, 256>;
 var<workgroup> fq: array<u32, 256>;
 var<workgroup> table_bad: u32;
-
-// One plane of 64 words from word index w0 (even): lane l gets the u32 holding words w0 + 2l
-// and w0 + 2l + 1; zero past the buffer.
-fn plane_at(w0: u32, l: u32) -> u32 {
-    let i = (w0 >> 1u) + l;
-    var v = 0u;
-    if (i < arrayLength(&words)) {
-        v = words[i];
-    }
-    return v;
-}
 
 fn read_raw(idx: u32) -> u32 {
     return (raw[idx >> 2u] >> ((idx & 3u) * 8u)) & 0xFFu;
@@ -186,33 +177,13 @@ fn main(
 
     let chunk = tile_first + sub * G + g;
     let valid = chunk < tile_end;
-    var steps0 = 0u;
-    var r00 = 0u;
-    var x = L;
-    var p0 = 0u;
-    var end0 = 0u;
-    var err = 0u;
-    if (valid) {
-        r00 = chunk * P.chunk_rows;
-        steps0 = min(P.chunk_rows, P.rows - r00) * T;
-        x = states[chunk * 32u + l];
-        if (x < L) { err |= ERR_BAD_STATE; }
-        p0 = offsets[chunk];
-        end0 = offsets[chunk + 1u];
-        if (end0 > P.n_words || p0 > end0) {
-            err |= ERR_OFFSETS;
-            end0 = min(end0, P.n_words);
-            p0 = min(p0, end0);
-        }
-        if (bad_table) { err |= ERR_TABLE; }
-        if (sg_size != 32u) { err |= ERR_SUBGROUP_SIZE; }
-    }
-    // The same in every lane of the group; broadcast so the compiler can see that the loop
-    // and its branches are uniform.
-    let steps = subgroupBroadcastFirst(steps0);
-    let r0 = subgroupBroadcastFirst(r00);
-    var p = subgroupBroadcastFirst(p0);
-    let end = subgroupBroadcastFirst(end0);
+    let cs = chunk_start(chunk, valid, l, T, bad_table, sg_size);
+    let steps = cs.steps;
+    let r0 = cs.r0;
+    var p = cs.p;
+    let end = cs.end;
+    var x = cs.x;
+    var err = cs.err;
     // word planes (see plane_at); invariant p - base < 64 at the start of a step
     var base = p & ~1u;
     var pa = plane_at(base, l);
@@ -241,17 +212,10 @@ fn main(
         let xd = (((e >> 8u) & 0xFFFu) + 1u) * (x >> n) + (e >> 20u);
         let need = xd < L;
         acc += weight(e & 0xFFu, craw) * cx;
-        // renormalisation: a lane with `need` takes word p + (lanes below it that need one),
-        // from the planes with two shuffles
-        let mask = subgroupBallot(need).x;
-        let rel = (p - base) + countOneBits(mask & ltmask);
-        let src = (rel >> 1u) & 31u;
-        let va = subgroupShuffle(pa, src);
-        let vb = subgroupShuffle(pb, src);
-        let v = select(va, vb, rel >= 64u);
-        let word = (v >> ((rel & 1u) << 4u)) & 0xFFFFu;
-        x = select(xd, (xd << 16u) | word, need);
-        p += countOneBits(mask);
+        // renormalisation (see renorm_word)
+        let rw = renorm_word(need, p - base, pa, pb, ltmask);
+        x = select(xd, (xd << 16u) | rw.x, need);
+        p += rw.y;
         if (p - base >= 64u) {
             pa = pb;
             pb = pc;
@@ -272,14 +236,7 @@ fn main(
         craw = nraw;
     }
     if (valid) {
-        if (x != L) { err |= ERR_FINAL_STATE; }
-        if (l == 0u) {
-            if (p > end) {
-                err |= ERR_OVER_READ;
-            } else if (p != end) {
-                err |= ERR_UNCONSUMED;
-            }
-        }
+        err |= chunk_end_flags(x, p, end, l);
         if (err != 0u) {
             atomicOr(&errors[chunk], err);
         }

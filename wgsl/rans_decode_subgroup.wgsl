@@ -8,6 +8,7 @@
 // 32} dividing 32 and rows of whole words (the host checks; other cases use rans_decode.wgsl).
 // Like the other kernels it checks `subgroup_size` and flags every chunk otherwise (bit 128).
 // import: rans_table
+// import: rans_subgroup
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
 
@@ -68,17 +69,6 @@ const ERR_SUBGROUP: u32 = 128u;
 @group(0) @binding(6) var<storage, read_write> out: array<u32>; // packed words
 
 
-// One plane of 64 words from word index w0 (even): lane l gets the u32 holding words w0 + 2l
-// and w0 + 2l + 1; zero past the buffer.
-fn plane_at(w0: u32, l: u32) -> u32 {
-    let i = (w0 >> 1u) + l;
-    var v = 0u;
-    if (i < arrayLength(&words)) {
-        v = words[i];
-    }
-    return v;
-}
-
 @compute @workgroup_size(128)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -110,32 +100,13 @@ fn main(
     for (var it = 0u; it < P.chunk_iters; it++) {
         let chunk = tile_first + (sub * P.chunk_iters + it) * G + g;
         let valid = chunk < tile_end;
-        var steps0 = 0u;
-        var r00 = 0u;
-        var x = L;
-        var p0 = 0u;
-        var end0 = 0u;
-        var err = 0u;
-        if (valid) {
-            r00 = chunk * P.chunk_rows;
-            steps0 = min(P.chunk_rows, P.rows - r00) * T;
-            x = states[chunk * 32u + l];
-            if (x < L) { err |= ERR_BAD_STATE; }
-            p0 = offsets[chunk];
-            end0 = offsets[chunk + 1u];
-            if (end0 > P.n_words || p0 > end0) {
-                err |= ERR_OFFSETS;
-                end0 = min(end0, P.n_words);
-                p0 = min(p0, end0);
-            }
-            if (bad_table) { err |= ERR_TABLE; }
-            if (sg_size != 32u) { err |= ERR_SUBGROUP; }
-        }
-        // the same in every lane; broadcast so the compiler sees a uniform loop
-        let steps = subgroupBroadcastFirst(steps0);
-        let r0 = subgroupBroadcastFirst(r00);
-        var p = subgroupBroadcastFirst(p0);
-        let end = subgroupBroadcastFirst(end0);
+        let cs = chunk_start(chunk, valid, l, T, bad_table, sg_size);
+        let steps = cs.steps;
+        let r0 = cs.r0;
+        var p = cs.p;
+        let end = cs.end;
+        var x = cs.x;
+        var err = cs.err;
         // word planes (see plane_at); invariant p - base < 64 at the start of a step
         var base = p & ~1u;
         var pa = plane_at(base, l);
@@ -195,16 +166,10 @@ fn main(
             if (lane_on && (l & (seg - 1u)) == 0u) {
                 out[row * row_words + (j * bw) / 32u] = wv;
             }
-            // renormalisation: a lane with `need` takes word p + (lanes below it that need one)
-            let mask = subgroupBallot(need).x;
-            let rel = (p - base) + countOneBits(mask & ltmask);
-            let src = (rel >> 1u) & 31u;
-            let va = subgroupShuffle(pa, src);
-            let vb = subgroupShuffle(pb, src);
-            let v = select(va, vb, rel >= 64u);
-            let word = (v >> ((rel & 1u) << 4u)) & 0xFFFFu;
-            x = select(xd, (xd << 16u) | word, need);
-            p += countOneBits(mask);
+            // renormalisation (see renorm_word)
+            let rw = renorm_word(need, p - base, pa, pb, ltmask);
+            x = select(xd, (xd << 16u) | rw.x, need);
+            p += rw.y;
             if (p - base >= 64u) {
                 pa = pb;
                 pb = pc;
@@ -216,14 +181,7 @@ fn main(
             row = select(row, row + 1u, wrap);
         }
         if (valid) {
-            if (x != L) { err |= ERR_FINAL_STATE; }
-            if (l == 0u) {
-                if (p > end) {
-                    err |= ERR_OVER_READ;
-                } else if (p != end) {
-                    err |= ERR_UNCONSUMED;
-                }
-            }
+            err |= chunk_end_flags(x, p, end, l);
             if (err != 0u) {
                 atomicOr(&errors[chunk], err);
             }

@@ -234,6 +234,20 @@ macro_rules! with_rans_table {
 }
 pub(crate) use with_rans_table;
 
+/// [`with_rans_table!`] plus `wgsl/lib/rans_subgroup.wgsl` (chunk start, renormalisation read
+/// and end checks shared by the subgroup kernels that `// import: rans_subgroup`).
+macro_rules! with_rans_subgroup {
+    ($kernel:literal) => {
+        concat!(
+            include_str!($kernel),
+            "\n",
+            include_str!("../../wgsl/lib/rans_table.wgsl"),
+            "\n",
+            include_str!("../../wgsl/lib/rans_subgroup.wgsl")
+        )
+    };
+}
+
 impl Kernel {
     /// The WGSL source.
     pub fn source(self) -> &'static str {
@@ -241,7 +255,9 @@ impl Kernel {
             Kernel::RansDecode => with_rans_table!("../../wgsl/rans_decode.wgsl"),
             Kernel::RansGemv => with_rans_table!("../../wgsl/rans_gemv.wgsl"),
             Kernel::RansGemvSubgroup => with_rans_table!("../../wgsl/rans_gemv_subgroup.wgsl"),
-            Kernel::RansDecodeSubgroup => with_rans_table!("../../wgsl/rans_decode_subgroup.wgsl"),
+            Kernel::RansDecodeSubgroup => {
+                with_rans_subgroup!("../../wgsl/rans_decode_subgroup.wgsl")
+            }
             Kernel::QGemv => include_str!("../../wgsl/qgemv.wgsl"),
             Kernel::QGemv4 => include_str!("../../wgsl/qgemv4.wgsl"),
             Kernel::QGemv4Dp4a => include_str!("../../wgsl/qgemv4_dp4a.wgsl"),
@@ -770,4 +786,43 @@ pub(crate) fn grid(device: &wgpu::Device, total: u32) -> (u32, u32) {
     let max = device.limits().max_compute_workgroups_per_dimension.max(1);
     let x = total.min(max);
     (x, total.div_ceil(x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kernel;
+
+    /// Every kernel as the library loads it (with its imports appended) parses and validates
+    /// with every capability. lavapipe never builds the subgroup pipelines (its subgroups are
+    /// 8 wide), so this is where a kernel whose library source lacks an import would show
+    /// before a device run.
+    #[test]
+    fn library_kernel_sources_validate() {
+        let sources = [
+            Kernel::RansDecode,
+            Kernel::RansGemv,
+            Kernel::RansGemvSubgroup,
+            Kernel::RansDecodeSubgroup,
+            Kernel::QGemv,
+            Kernel::QGemv4,
+            Kernel::QGemv4Dp4a,
+            Kernel::QGemv4Stream,
+            Kernel::QGemv4Pipe,
+        ]
+        .map(|k| (k.file_name(), k.source()));
+        let extra = [(
+            "bf16_gemv_subgroup.wgsl",
+            crate::lossless::gpu::BF16_GEMV_SUBGROUP_SOURCE,
+        )];
+        for (name, src) in sources.into_iter().chain(extra) {
+            let module = naga::front::wgsl::parse_str(src)
+                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
+            naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::all(),
+            )
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        }
+    }
 }

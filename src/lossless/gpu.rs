@@ -28,6 +28,12 @@ use super::{HalfType, LosslessMatrix};
 use crate::gpu::{GpuContext, GpuError};
 use crate::rans::{GPU_MAX_PRECISION, LANES};
 
+/// `wgsl/bf16_gemv_subgroup.wgsl` with the library it `// import`s appended.
+pub(crate) const BF16_GEMV_SUBGROUP_SOURCE: &str = concat!(
+    include_str!("../../wgsl/bf16_gemv_subgroup.wgsl"),
+    "\n",
+    include_str!("../../wgsl/lib/rans_subgroup.wgsl")
+);
 /// Groups of 32 lanes per workgroup (`G` in the WGSL).
 const GROUPS_PER_WG: usize = 4;
 /// Rows per workgroup of the plain GEMV (`RPW` in the WGSL).
@@ -213,10 +219,7 @@ impl LosslessGpu {
         let decode = pipe(&dec, "bf16_decode", &[]);
         let fused = pipe(&fus, "bf16_gemv", &[]);
         let fused_subgroup = subgroups32.then(|| {
-            let m = module(
-                "bf16_gemv_subgroup.wgsl",
-                include_str!("../../wgsl/bf16_gemv_subgroup.wgsl"),
-            );
+            let m = module("bf16_gemv_subgroup.wgsl", BF16_GEMV_SUBGROUP_SOURCE);
             pipe(&m, "bf16_gemv_subgroup", &[])
         });
         let plain_bf16 = pipe(&pla, "bf16_plain_gemv", &[("F16", 0.0)]);
