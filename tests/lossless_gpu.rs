@@ -95,12 +95,23 @@ fn gpu_decode_is_bit_exact() {
         }
         let m = encode(&w, r, k, half, &o).unwrap();
         let gm = g.upload(&m).unwrap();
-        assert_eq!(g.decode(&gm).unwrap(), w, "{r}x{k} {half:?}");
+        // both decode kernels (the subgroup one only where subgroups are 32 wide; elsewhere
+        // `decode_with(.., true)` falls back to the workgroup kernel)
+        for sub in [false, true] {
+            assert_eq!(
+                g.decode_with(&gm, sub).unwrap(),
+                w,
+                "{r}x{k} {half:?} subgroup {sub}"
+            );
+        }
     }
     // Every 16-bit pattern in one matrix.
     let all: Vec<u16> = (0..=u16::MAX).collect();
     let m = encode(&all, 256, 256, HalfType::BF16, &small()).unwrap();
-    assert_eq!(g.decode(&g.upload(&m).unwrap()).unwrap(), all);
+    let gm = g.upload(&m).unwrap();
+    for sub in [false, true] {
+        assert_eq!(g.decode_with(&gm, sub).unwrap(), all, "subgroup {sub}");
+    }
 }
 
 fn reference(w: &[u16], r: usize, k: usize, half: HalfType, x: &[f32]) -> Vec<(f64, f64)> {
@@ -205,12 +216,14 @@ fn corrupt_streams_are_errors_not_hangs() {
             };
             assert!(cm.decode().is_err(), "CPU accepted {suffix}[{pos}]");
             let gm = g.upload(&cm).unwrap();
-            let d = g.decode(&gm);
-            assert!(
-                matches!(d, Err(GpuError::CorruptStream { .. })),
-                "{suffix}[{pos}]: decode gave {:?}",
-                d.map(|v| v.len())
-            );
+            for sub in [false, true] {
+                let d = g.decode_with(&gm, sub);
+                assert!(
+                    matches!(d, Err(GpuError::CorruptStream { .. })),
+                    "{suffix}[{pos}] subgroup {sub}: decode gave {:?}",
+                    d.map(|v| v.len())
+                );
+            }
             for sub in [false, true] {
                 assert!(matches!(
                     g.gemv_with(&gm, &x, sub),

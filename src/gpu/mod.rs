@@ -810,10 +810,16 @@ mod tests {
             Kernel::QGemv4Pipe,
         ]
         .map(|k| (k.file_name(), k.source()));
-        let extra = [(
-            "bf16_gemv_subgroup.wgsl",
-            crate::lossless::gpu::BF16_GEMV_SUBGROUP_SOURCE,
-        )];
+        let extra = [
+            (
+                "bf16_gemv_subgroup.wgsl",
+                crate::lossless::gpu::BF16_GEMV_SUBGROUP_SOURCE,
+            ),
+            (
+                "bf16_decode_subgroup.wgsl",
+                crate::lossless::gpu::BF16_DECODE_SUBGROUP_SOURCE,
+            ),
+        ];
         for (name, src) in sources.into_iter().chain(extra) {
             let module = naga::front::wgsl::parse_str(src)
                 .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));

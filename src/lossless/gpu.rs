@@ -28,6 +28,13 @@ use super::{HalfType, LosslessMatrix};
 use crate::gpu::{GpuContext, GpuError};
 use crate::rans::{GPU_MAX_PRECISION, LANES};
 
+/// `wgsl/bf16_decode_subgroup.wgsl` with the library it `// import`s appended.
+pub(crate) const BF16_DECODE_SUBGROUP_SOURCE: &str = concat!(
+    include_str!("../../wgsl/bf16_decode_subgroup.wgsl"),
+    "\n",
+    include_str!("../../wgsl/lib/rans_subgroup.wgsl")
+);
+
 /// `wgsl/bf16_gemv_subgroup.wgsl` with the library it `// import`s appended.
 pub(crate) const BF16_GEMV_SUBGROUP_SOURCE: &str = concat!(
     include_str!("../../wgsl/bf16_gemv_subgroup.wgsl"),
@@ -162,6 +169,7 @@ pub struct LosslessGpu {
     device: wgpu::Device,
     queue: wgpu::Queue,
     decode: wgpu::ComputePipeline,
+    decode_subgroup: Option<wgpu::ComputePipeline>,
     fused: wgpu::ComputePipeline,
     fused_subgroup: Option<wgpu::ComputePipeline>,
     plain_bf16: wgpu::ComputePipeline,
@@ -222,6 +230,10 @@ impl LosslessGpu {
             let m = module("bf16_gemv_subgroup.wgsl", BF16_GEMV_SUBGROUP_SOURCE);
             pipe(&m, "bf16_gemv_subgroup", &[])
         });
+        let decode_subgroup = subgroups32.then(|| {
+            let m = module("bf16_decode_subgroup.wgsl", BF16_DECODE_SUBGROUP_SOURCE);
+            pipe(&m, "bf16_decode_subgroup", &[])
+        });
         let plain_bf16 = pipe(&pla, "bf16_plain_gemv", &[("F16", 0.0)]);
         let plain_f16 = pipe(&pla, "bf16_plain_gemv f16", &[("F16", 1.0)]);
         if let Some(e) = pollster::block_on(scope.pop()) {
@@ -231,6 +243,7 @@ impl LosslessGpu {
             device: device.clone(),
             queue: queue.clone(),
             decode,
+            decode_subgroup,
             fused,
             fused_subgroup,
             plain_bf16,
@@ -452,9 +465,25 @@ impl LosslessGpu {
     }
 
     /// The decode launch writing `m`'s 16-bit patterns into `out` (`rows * cols / 2` u32
-    /// words, low half first).
+    /// words, low half first), with the subgroup kernel (`wgsl/bf16_decode_subgroup.wgsl`)
+    /// when available.
     pub fn decode_dispatch(&self, m: &GpuLosslessMatrix, out: &wgpu::Buffer) -> LosslessDispatch {
-        self.coded_dispatch(m, &self.decode, &[out])
+        self.decode_dispatch_with(m, out, self.uses_subgroups())
+    }
+
+    /// [`Self::decode_dispatch`] with an explicit kernel: `subgroup` = the subgroup kernel
+    /// (falls back to the workgroup kernel where unavailable).
+    pub fn decode_dispatch_with(
+        &self,
+        m: &GpuLosslessMatrix,
+        out: &wgpu::Buffer,
+        subgroup: bool,
+    ) -> LosslessDispatch {
+        let p = match (&self.decode_subgroup, subgroup) {
+            (Some(p), true) => p,
+            _ => &self.decode,
+        };
+        self.coded_dispatch(m, p, &[out])
     }
 
     /// Whether the fused GEMV uses the subgroup kernel by default.
@@ -605,8 +634,14 @@ impl LosslessGpu {
         }
     }
 
-    /// Decodes `m` on the GPU to its 16-bit patterns (row-major), checking the error flags.
+    /// Decodes `m` on the GPU to its 16-bit patterns (row-major), checking the error flags;
+    /// the subgroup kernel where available.
     pub fn decode(&self, m: &GpuLosslessMatrix) -> Result<Vec<u16>, GpuError> {
+        self.decode_with(m, self.uses_subgroups())
+    }
+
+    /// [`Self::decode`] with an explicit kernel (see [`Self::decode_dispatch_with`]).
+    pub fn decode_with(&self, m: &GpuLosslessMatrix, subgroup: bool) -> Result<Vec<u16>, GpuError> {
         let n = m.rows() * m.cols();
         if n == 0 {
             return Ok(Vec::new());
@@ -616,7 +651,7 @@ impl LosslessGpu {
             &vec![0xFF; n * 2],
             wgpu::BufferUsages::COPY_SRC,
         )?;
-        let d = self.decode_dispatch(m, &out);
+        let d = self.decode_dispatch_with(m, &out, subgroup);
         self.run(Some(m), &d)?;
         let b = self.read_back(&out, n as u64 * 2)?;
         Ok(b.chunks_exact(2)
