@@ -1,4 +1,4 @@
-//! GPU performance table (issues 4 and 5): plain MLX 4-bit GEMV (`qgemv4.wgsl`, the issue-4
+//! GPU performance table (issues 4 and 5): plain MLX 4-bit GEMV (the default `QGemvVariant::Auto` = `qgemv4_pipe.wgsl` r4, the issue-4
 //! `qgemv.wgsl`, and the approximate 8-bit-activation `qgemv4_dp4a.wgsl` for comparison) vs the fused rANS decode + GEMV, decode-only throughput
 //! and copy bandwidth, all measured in one run on the adapter `GpuContext::new` picks
 //! (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME` honoured).
@@ -535,8 +535,8 @@ fn main() {
             let t_plain_l2 = time_plain(QGemvVariant::Auto, 1);
             let t_plain_i8 = time_plain(QGemvVariant::Int8Dot { ksplit: 0 }, sets);
             eprintln!(
-                "  plain {source}: qgemv4 (ksplit {}) {:.1} us ({:.0} GB/s), issue-4 qgemv {:.1} us ({:.0} GB/s), int8-dot {:.1} us ({:.0} GB/s), qgemv4 one set {:.1} us",
-                plain[0].auto_ksplit(),
+                "  plain {source}: default (ksplit {}) {:.1} us ({:.0} GB/s), issue-4 qgemv {:.1} us ({:.0} GB/s), int8-dot {:.1} us ({:.0} GB/s), default one set {:.1} us",
+                plain[0].pipelined_auto_ksplit(4),
                 t_plain * 1e6,
                 packed_bytes / t_plain / 1e9,
                 t_plain_old * 1e6,
@@ -681,7 +681,7 @@ fn main() {
     println!();
     if !rows_out.is_empty() {
         println!(
-            "| shape RxK | symbols | chunk_symbols:tile_chunks | coded bits/weight | plain 4-bit µs [{clock}] (qgemv4 / issue-4 qgemv / int8-dot, approximate) | fused µs [{clock}] (kernel) | wall-clock µs (qgemv4 / fused) | fused/plain | plain GB/s | fused GB/s (MLX 4-bit / coded bytes) | one set, µs [{clock}] (plain / fused) | decode-only G weights/s | copy GB/s [{clock}] (copy_buffer_to_buffer / copy.wgsl) |"
+            "| shape RxK | symbols | chunk_symbols:tile_chunks | coded bits/weight | plain 4-bit µs [{clock}] (default = qgemv4_pipe r4 / issue-4 qgemv / int8-dot, approximate) | fused µs [{clock}] (kernel) | wall-clock µs (plain default / fused) | fused/plain | plain GB/s | fused GB/s (MLX 4-bit / coded bytes) | one set, µs [{clock}] (plain / fused) | decode-only G weights/s | copy GB/s [{clock}] (copy_buffer_to_buffer / copy.wgsl) |"
         );
         println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for l in rows_out {

@@ -34,7 +34,7 @@
 //!   sees it is uniform), is specialised per symbol layout (pipeline-overridable constants)
 //!   and is chosen when the adapter's subgroups are exactly 32 wide
 //!   ([`PipelineRegistry::subgroups32`]); every other adapter runs the workgroup-memory version.
-//! * `qgemv4.wgsl`: plain MLX 4-bit GEMV (the default for 4 bits, [`QGemvVariant`]): no
+//! * `qgemv4.wgsl`: plain MLX 4-bit GEMV ([`QGemvVariant::Nibble4`]): no
 //!   integer-to-float conversion (nibbles OR-ed into the exponent of 2^23), 4 rows x 2 pieces of
 //!   16 weights per lane, K split over 1-8 groups of 32 lanes chosen from the row count.
 //! * `qgemv.wgsl`: plain MLX GEMV after MLX's `qmv_fast` (16-byte weight loads, activations
@@ -47,7 +47,8 @@
 //!   group of 32 lanes, no activation pre-scaling; activations through L1 or staged in
 //!   workgroup memory), only on request ([`QGemvVariant::Stream`], [`QGemvVariant::Staged`]).
 //! * `qgemv4_pipe.wgsl`: `qgemv4.wgsl` software-pipelined (next weights loaded before the
-//!   current ones are multiplied), only on request ([`QGemvVariant::Pipelined`]).
+//!   current ones are multiplied); with 4 rows per group the default for 4 bits
+//!   ([`QGemvVariant::Auto`] picks [`QGemvVariant::Pipelined`]).
 //!
 //! All loops are bounded by the matrix geometry and every word read is bounds-checked, so corrupt
 //! input sets per-chunk error bits ([`error_bits`]) and never hangs the device; the host reports
@@ -216,7 +217,7 @@ pub enum Kernel {
     /// exact f32, only on request).
     QGemv4Stream,
     /// `wgsl/qgemv4_pipe.wgsl`: `qgemv4.wgsl` with the next iteration's weights loaded before
-    /// the current one is multiplied (candidate, exact f32, only on request).
+    /// the current one is multiplied (exact f32; the default 4-bit plain GEMV).
     QGemv4Pipe,
 }
 
