@@ -13,6 +13,8 @@
 // Bounded loops and bounds-checked reads; corrupt input sets bits in errors[chunk] (same bits as
 // rans_gemv.wgsl) and never hangs the device (y is then garbage and the host reports the error).
 
+// import: rans_table
+
 struct Params {
     rows: u32,
     cols: u32,
@@ -27,7 +29,7 @@ struct Params {
     total_wg: u32,
     wg_x: u32,           // workgroups along x of the 2-D dispatch
     half_f16: u32,       // 0: bf16, 1: f16
-    _pad0: u32,
+    alphabet: u32,       // 256 (the shared table builder reads it)
     _pad1: u32,
     _pad2: u32,
 }
@@ -57,13 +59,8 @@ const ERR_OFFSETS: u32 = 64u;
 @group(0) @binding(7) var<storage, read> xv: array<f32>;       // activations, K
 @group(0) @binding(8) var<storage, read_write> y: array<f32>;  // R outputs
 
-var<workgroup> table: array<u32, MAX_TABLE>;
-var<workgroup> sc_a: array<u32, 256>;
-var<workgroup> sc_b: array<u32, 256>;
-var<workgroup> fq: array<u32, 256>;
 var<workgroup> masks: array<atomic<u32>, 12>;      // G * 3 (triple buffered)
 var<workgroup> red: array<f32, 256>;               // G * 2 * 32 (double buffered by row)
-var<workgroup> table_bad: u32;
 
 fn read16(idx: u32) -> u32 {
     return (words[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
@@ -95,67 +92,6 @@ fn weight(sym: u32, rb: u32) -> f32 {
     return bitcast<f32>(h << 16u);
 }
 
-// Builds the tile's slot table (alphabet 256). Must be called in uniform control flow.
-fn build_table(tile: u32, lid: u32) -> bool {
-    let m = 1u << P.prec;
-    let base = tile * 256u;
-    for (var i = lid; i < 256u; i += WG) {
-        let idx = base + i;
-        let f = (freqs[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
-        fq[i] = f;
-        sc_a[i] = f;
-    }
-    if (lid < 12u) {
-        atomicStore(&masks[lid], 0u);
-    }
-    workgroupBarrier();
-    // Hillis-Steele inclusive scan over 256 entries, ping-pong between sc_a and sc_b.
-    var in_a = true;
-    for (var d = 1u; d < 256u; d = d << 1u) {
-        for (var i = lid; i < 256u; i += WG) {
-            if (in_a) {
-                var v = sc_a[i];
-                if (i >= d) { v += sc_a[i - d]; }
-                sc_b[i] = v;
-            } else {
-                var v = sc_b[i];
-                if (i >= d) { v += sc_b[i - d]; }
-                sc_a[i] = v;
-            }
-        }
-        in_a = !in_a;
-        workgroupBarrier();
-    }
-    // 8 rounds: the result is back in sc_a. Make it exclusive in place.
-    for (var i = lid; i < 256u; i += WG) {
-        sc_a[i] = sc_a[i] - fq[i];
-    }
-    workgroupBarrier();
-    if (lid == 0u) {
-        let total = sc_a[255u] + fq[255u];
-        table_bad = select(0u, 1u, total != m);
-    }
-    for (var slot = lid; slot < min(m, MAX_TABLE); slot += WG) {
-        // largest s with c[s] <= slot
-        var lo = 0u;
-        var hi = 256u;
-        for (var it = 0u; it < 9u; it++) {
-            if (hi - lo > 1u) {
-                let mid = (lo + hi) >> 1u;
-                if (sc_a[mid] <= slot) { lo = mid; } else { hi = mid; }
-            }
-        }
-        let c = sc_a[lo];
-        let f = fq[lo];
-        var e = SENTINEL;
-        if (slot < c + f && f > 0u && f <= m) {
-            e = lo | ((f - 1u) << 8u) | ((slot - c) << 20u);
-        }
-        table[slot] = e;
-    }
-    workgroupBarrier();
-    return workgroupUniformLoad(&table_bad) != 0u;
-}
 
 @compute @workgroup_size(128)
 fn main(

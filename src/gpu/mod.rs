@@ -812,6 +812,8 @@ mod tests {
         ]
         .map(|k| (k.file_name(), k.source()));
         let extra = [
+            ("bf16_decode.wgsl", crate::lossless::gpu::BF16_DECODE_SOURCE),
+            ("bf16_gemv.wgsl", crate::lossless::gpu::BF16_GEMV_SOURCE),
             (
                 "bf16_gemv_subgroup.wgsl",
                 crate::lossless::gpu::BF16_GEMV_SUBGROUP_SOURCE,

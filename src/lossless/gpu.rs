@@ -28,16 +28,34 @@ use super::{HalfType, LosslessMatrix};
 use crate::gpu::{GpuContext, GpuError};
 use crate::rans::{GPU_MAX_PRECISION, LANES};
 
-/// `wgsl/bf16_decode_subgroup.wgsl` with the library it `// import`s appended.
+/// `wgsl/bf16_decode.wgsl` with the library it `// import`s appended.
+pub(crate) const BF16_DECODE_SOURCE: &str = concat!(
+    include_str!("../../wgsl/bf16_decode.wgsl"),
+    "\n",
+    include_str!("../../wgsl/lib/rans_table.wgsl")
+);
+
+/// `wgsl/bf16_gemv.wgsl` with the library it `// import`s appended.
+pub(crate) const BF16_GEMV_SOURCE: &str = concat!(
+    include_str!("../../wgsl/bf16_gemv.wgsl"),
+    "\n",
+    include_str!("../../wgsl/lib/rans_table.wgsl")
+);
+
+/// `wgsl/bf16_decode_subgroup.wgsl` with the libraries it `// import`s appended.
 pub(crate) const BF16_DECODE_SUBGROUP_SOURCE: &str = concat!(
     include_str!("../../wgsl/bf16_decode_subgroup.wgsl"),
+    "\n",
+    include_str!("../../wgsl/lib/rans_table.wgsl"),
     "\n",
     include_str!("../../wgsl/lib/rans_subgroup.wgsl")
 );
 
-/// `wgsl/bf16_gemv_subgroup.wgsl` with the library it `// import`s appended.
+/// `wgsl/bf16_gemv_subgroup.wgsl` with the libraries it `// import`s appended.
 pub(crate) const BF16_GEMV_SUBGROUP_SOURCE: &str = concat!(
     include_str!("../../wgsl/bf16_gemv_subgroup.wgsl"),
+    "\n",
+    include_str!("../../wgsl/lib/rans_table.wgsl"),
     "\n",
     include_str!("../../wgsl/lib/rans_subgroup.wgsl")
 );
@@ -62,7 +80,8 @@ struct Params {
     total_wg: u32,
     wg_x: u32,
     half_f16: u32,
-    _pad: [u32; 3],
+    alphabet: u32,
+    _pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -202,11 +221,8 @@ impl LosslessGpu {
                 source: wgpu::ShaderSource::Wgsl(src.into()),
             })
         };
-        let dec = module(
-            "bf16_decode.wgsl",
-            include_str!("../../wgsl/bf16_decode.wgsl"),
-        );
-        let fus = module("bf16_gemv.wgsl", include_str!("../../wgsl/bf16_gemv.wgsl"));
+        let dec = module("bf16_decode.wgsl", BF16_DECODE_SOURCE);
+        let fus = module("bf16_gemv.wgsl", BF16_GEMV_SOURCE);
         let pla = module(
             "bf16_plain_gemv.wgsl",
             include_str!("../../wgsl/bf16_plain_gemv.wgsl"),
@@ -343,7 +359,9 @@ impl LosslessGpu {
             total_wg: u32_of("workgroups", total_wg)?,
             wg_x: 0,
             half_f16: u32::from(m.half_type() == HalfType::F16),
-            _pad: [0; 3],
+            // the exponent alphabet (checked above); the shared table builder reads it
+            alphabet: 256,
+            _pad: [0; 2],
         };
         let none = wgpu::BufferUsages::empty();
         let bytes = |v: &[u8]| v.len() as u64;
