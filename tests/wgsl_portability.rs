@@ -17,7 +17,7 @@ fn wgsl_files() -> Vec<PathBuf> {
 }
 
 /// The kernel's source as the library loads it: each `// import: NAME` line appends
-/// `wgsl/lib/NAME.wgsl` (what `with_rans_table!` does in src/gpu).
+/// `wgsl/lib/NAME.wgsl` (what `wgsl_with_libs!` does in src/gpu).
 fn source(path: &PathBuf) -> String {
     let mut src = std::fs::read_to_string(path).unwrap();
     let imports: Vec<String> = src

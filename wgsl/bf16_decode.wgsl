@@ -13,6 +13,8 @@
 // rans_decode.wgsl) and never hangs the device.
 
 // import: rans_table
+// import: lossless16
+// import: f16
 
 struct Params {
     rows: u32,
@@ -59,16 +61,6 @@ const ERR_OFFSETS: u32 = 64u;
 
 var<workgroup> masks: array<atomic<u32>, 12>;      // G * 3 (triple buffered)
 var<workgroup> stage: array<u32, 256>;             // G * 2 * 32 (double buffered by step)
-
-fn read16(idx: u32) -> u32 {
-    return (words[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
-}
-
-fn read_raw(idx: u32) -> u32 {
-    return (raw[idx >> 2u] >> ((idx & 3u) * 8u)) & 0xFFu;
-}
-
-
 
 @compute @workgroup_size(128)
 fn main(
@@ -131,7 +123,7 @@ fn main(
             let sym = e & 0xFFu;
             x = (((e >> 8u) & 0xFFFu) + 1u) * (x >> n) + (e >> 20u);
             need = x < L;
-            stage[(g * 2u + (t & 1u)) * 32u + l] = ((rb & 0x80u) << 8u) | (sym << 7u) | (rb & 0x7Fu);
+            stage[(g * 2u + (t & 1u)) * 32u + l] = pattern16(sym, rb);
         }
         let row_end = step_valid && u == T - 1u;
         if (need) {

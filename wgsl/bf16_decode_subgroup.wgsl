@@ -10,6 +10,8 @@
 // ERR_SUBGROUP otherwise.
 //
 // import: rans_table
+// import: lossless16
+// import: f16
 // import: rans_subgroup
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
@@ -57,12 +59,6 @@ const ERR_SUBGROUP: u32 = 128u;
 @group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
 @group(0) @binding(6) var<storage, read> raw: array<u32>;      // raw bytes, 4 per word
 @group(0) @binding(7) var<storage, read_write> out: array<u32>; // R * K / 2 words
-
-
-fn read_raw(idx: u32) -> u32 {
-    return (raw[idx >> 2u] >> ((idx & 3u) * 8u)) & 0xFFu;
-}
-
 
 @compute @workgroup_size(128)
 fn main(
@@ -121,7 +117,7 @@ fn main(
         let xd = (((e >> 8u) & 0xFFFu) + 1u) * (x >> n) + (e >> 20u);
         let need = xd < L;
         // the 16-bit pattern (FORMAT.md: sign and low mantissa bits raw, the symbol between)
-        let h = ((craw & 0x80u) << 8u) | ((e & 0xFFu) << 7u) | (craw & 0x7Fu);
+        let h = pattern16(e & 0xFFu, craw);
         let hi = subgroupShuffleXor(h, 1u);
         if ((l & 1u) == 0u) {
             out[(row * K + u * 32u + l) >> 1u] = h | (hi << 16u);

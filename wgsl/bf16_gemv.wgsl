@@ -14,6 +14,8 @@
 // rans_gemv.wgsl) and never hangs the device (y is then garbage and the host reports the error).
 
 // import: rans_table
+// import: lossless16
+// import: f16
 
 struct Params {
     rows: u32,
@@ -61,37 +63,6 @@ const ERR_OFFSETS: u32 = 64u;
 
 var<workgroup> masks: array<atomic<u32>, 12>;      // G * 3 (triple buffered)
 var<workgroup> red: array<f32, 256>;               // G * 2 * 32 (double buffered by row)
-
-fn read16(idx: u32) -> u32 {
-    return (words[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
-}
-
-fn read_raw(idx: u32) -> u32 {
-    return (raw[idx >> 2u] >> ((idx & 3u) * 8u)) & 0xFFu;
-}
-
-// IEEE f16 bit pattern (low 16 bits of h) to f32, exact, without the f16 capability
-// (unpack2x16float needs SHADER_FLOAT16_IN_FLOAT32 on some back ends): normals rebias the
-// exponent, subnormals are m * 2^-24 (exact in f32), infinities and NaN payloads are kept.
-fn f16_to_f32(h: u32) -> f32 {
-    let sign = (h & 0x8000u) << 16u;
-    let e = (h >> 10u) & 0x1Fu;
-    let m = h & 0x3FFu;
-    let normal = sign | ((e + 112u) << 23u) | (m << 13u);
-    let special = sign | 0x7F800000u | (m << 13u);
-    let sub = sign | bitcast<u32>(f32(m) * 5.9604644775390625e-8);
-    return bitcast<f32>(select(select(normal, special, e == 31u), sub, e == 0u));
-}
-
-// 16-bit pattern from symbol and raw byte (FORMAT.md), as f32.
-fn weight(sym: u32, rb: u32) -> f32 {
-    let h = ((rb & 0x80u) << 8u) | (sym << 7u) | (rb & 0x7Fu);
-    if (P.half_f16 != 0u) {
-        return f16_to_f32(h);
-    }
-    return bitcast<f32>(h << 16u);
-}
-
 
 @compute @workgroup_size(128)
 fn main(

@@ -20,12 +20,13 @@
 //   indices are clamped into the arrays instead of branching); each row's 32 lane sums are
 //   reduced with subgroupAdd when the row ends.
 // The word buffer is read as u32 (the host pads it to a multiple of 16 bytes).
-// The decode and bf16 subgroup kernels take plane_at, the chunk start, the renormalisation read
-// and the end checks from wgsl/lib/rans_subgroup.wgsl; this kernel keeps them written out:
-// through the library (its chunk_start, even with the step itself unchanged) the driver
-// scheduled the loop differently and the kernel ran 7% slower on an H200 (162 -> 175 µs at
-// 4096x14336, two alternating runs each), while the other two kernels did not change.
+// plane_at, the renormalisation read and the end checks come from wgsl/lib/rans_subgroup.wgsl;
+// the chunk start is written out here instead of calling its chunk_start: through that
+// function the driver scheduled the loop differently and this kernel ran 7% slower on an H200
+// (162 -> 175 µs at 4096x14336, two alternating runs each), while the decode and bf16 subgroup
+// kernels did not change.
 // import: rans_table
+// import: rans_subgroup
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
 
@@ -90,17 +91,6 @@ const ERR_SUBGROUP: u32 = 128u;
 @group(0) @binding(7) var<storage, read> xv: array<f32>;          // activations, K
 @group(0) @binding(8) var<storage, read_write> y: array<f32>;     // R outputs
 
-
-// One plane of 64 words from word index w0 (even): lane l gets the u32 holding words w0 + 2l
-// and w0 + 2l + 1; zero past the buffer.
-fn plane_at(w0: u32, l: u32) -> u32 {
-    let i = (w0 >> 1u) + l;
-    var v = 0u;
-    if (i < arrayLength(&words)) {
-        v = words[i];
-    }
-    return v;
-}
 
 // MLX group index of weight k: k >> gshift when the group size is a power of two (gshift < 32),
 // else k / gsz.
@@ -276,16 +266,10 @@ fn main(
                 xs = dot(cx, vec4<f32>(1.0));
             }
             acc += select(0.0, csb.x * d + csb.y * xs, on);
-            // renormalisation: a lane with `need` takes word p + (lanes below it that need one)
-            let mask = subgroupBallot(need).x;
-            let rel = (p - base) + countOneBits(mask & ltmask);
-            let src = (rel >> 1u) & 31u;
-            let va = subgroupShuffle(pa, src);
-            let vb = subgroupShuffle(pb, src);
-            let v = select(va, vb, rel >= 64u);
-            let word = (v >> ((rel & 1u) << 4u)) & 0xFFFFu;
-            x = select(xd, (xd << 16u) | word, need);
-            p += countOneBits(mask);
+            // renormalisation (see renorm_word)
+            let rw = renorm_word(need, p - base, pa, pb, ltmask);
+            x = select(xd, (xd << 16u) | rw.x, need);
+            p += rw.y;
             if (p - base >= 64u) {
                 pa = pb;
                 pb = pc;
@@ -307,14 +291,7 @@ fn main(
             csb = nsb;
         }
         if (valid) {
-            if (x != L) { err |= ERR_FINAL_STATE; }
-            if (l == 0u) {
-                if (p > end) {
-                    err |= ERR_OVER_READ;
-                } else if (p != end) {
-                    err |= ERR_UNCONSUMED;
-                }
-            }
+            err |= chunk_end_flags(x, p, end, l);
             if (err != 0u) {
                 atomicOr(&errors[chunk], err);
             }

@@ -221,43 +221,39 @@ pub enum Kernel {
     QGemv4Pipe,
 }
 
-/// A rANS kernel's source with `wgsl/lib/rans_table.wgsl` (the slot-table builder it
-/// `// import`s) appended: WGSL has no includes, and module-scope declarations may come in any
-/// order.
-macro_rules! with_rans_table {
-    ($kernel:literal) => {
+/// A kernel's source with the `wgsl/lib/NAME.wgsl` files it `// import`s appended, in the
+/// order given: `wgsl_with_libs!("../../wgsl/k.wgsl", "rans_table", "rans_subgroup")`. WGSL has
+/// no includes, and module-scope declarations may come in any order. For files two levels below
+/// the crate root (`src/*/`), as every caller is; `tests/wgsl_portability.rs` composes kernels
+/// from their `// import:` lines the same way, and `tests::library_kernel_sources_validate`
+/// checks what this builds.
+macro_rules! wgsl_with_libs {
+    ($kernel:literal $(, $lib:literal)* $(,)?) => {
         concat!(
-            include_str!($kernel),
-            "\n",
-            include_str!("../../wgsl/lib/rans_table.wgsl")
+            include_str!($kernel)
+            $(, "\n", include_str!(concat!("../../wgsl/lib/", $lib, ".wgsl")))*
         )
     };
 }
-pub(crate) use with_rans_table;
-
-/// [`with_rans_table!`] plus `wgsl/lib/rans_subgroup.wgsl` (chunk start, renormalisation read
-/// and end checks shared by the subgroup kernels that `// import: rans_subgroup`).
-macro_rules! with_rans_subgroup {
-    ($kernel:literal) => {
-        concat!(
-            include_str!($kernel),
-            "\n",
-            include_str!("../../wgsl/lib/rans_table.wgsl"),
-            "\n",
-            include_str!("../../wgsl/lib/rans_subgroup.wgsl")
-        )
-    };
-}
+pub(crate) use wgsl_with_libs;
 
 impl Kernel {
     /// The WGSL source.
     pub fn source(self) -> &'static str {
         match self {
-            Kernel::RansDecode => with_rans_table!("../../wgsl/rans_decode.wgsl"),
-            Kernel::RansGemv => with_rans_table!("../../wgsl/rans_gemv.wgsl"),
-            Kernel::RansGemvSubgroup => with_rans_table!("../../wgsl/rans_gemv_subgroup.wgsl"),
+            Kernel::RansDecode => wgsl_with_libs!("../../wgsl/rans_decode.wgsl", "rans_table"),
+            Kernel::RansGemv => wgsl_with_libs!("../../wgsl/rans_gemv.wgsl", "rans_table"),
+            Kernel::RansGemvSubgroup => wgsl_with_libs!(
+                "../../wgsl/rans_gemv_subgroup.wgsl",
+                "rans_table",
+                "rans_subgroup"
+            ),
             Kernel::RansDecodeSubgroup => {
-                with_rans_subgroup!("../../wgsl/rans_decode_subgroup.wgsl")
+                wgsl_with_libs!(
+                    "../../wgsl/rans_decode_subgroup.wgsl",
+                    "rans_table",
+                    "rans_subgroup"
+                )
             }
             Kernel::QGemv => include_str!("../../wgsl/qgemv.wgsl"),
             Kernel::QGemv4 => include_str!("../../wgsl/qgemv4.wgsl"),
@@ -814,6 +810,10 @@ mod tests {
         let extra = [
             ("bf16_decode.wgsl", crate::lossless::gpu::BF16_DECODE_SOURCE),
             ("bf16_gemv.wgsl", crate::lossless::gpu::BF16_GEMV_SOURCE),
+            (
+                "bf16_plain_gemv.wgsl",
+                crate::lossless::gpu::BF16_PLAIN_GEMV_SOURCE,
+            ),
             (
                 "bf16_gemv_subgroup.wgsl",
                 crate::lossless::gpu::BF16_GEMV_SUBGROUP_SOURCE,

@@ -17,7 +17,9 @@ pub(crate) enum LinearKernel {
 impl LinearKernel {
     fn source(self) -> &'static str {
         match self {
-            LinearKernel::RansGemm => crate::gpu::with_rans_table!("../../wgsl/rans_gemm.wgsl"),
+            LinearKernel::RansGemm => {
+                crate::gpu::wgsl_with_libs!("../../wgsl/rans_gemm.wgsl", "rans_table")
+            }
             LinearKernel::QGemm => include_str!("../../wgsl/qgemm.wgsl"),
         }
     }

@@ -28,37 +28,35 @@ use super::{HalfType, LosslessMatrix};
 use crate::gpu::{GpuContext, GpuError};
 use crate::rans::{GPU_MAX_PRECISION, LANES};
 
-/// `wgsl/bf16_decode.wgsl` with the library it `// import`s appended.
-pub(crate) const BF16_DECODE_SOURCE: &str = concat!(
-    include_str!("../../wgsl/bf16_decode.wgsl"),
-    "\n",
-    include_str!("../../wgsl/lib/rans_table.wgsl")
+/// The lossless kernels with the `wgsl/lib` files they `// import` appended.
+pub(crate) const BF16_DECODE_SOURCE: &str = crate::gpu::wgsl_with_libs!(
+    "../../wgsl/bf16_decode.wgsl",
+    "rans_table",
+    "lossless16",
+    "f16"
 );
-
-/// `wgsl/bf16_gemv.wgsl` with the library it `// import`s appended.
-pub(crate) const BF16_GEMV_SOURCE: &str = concat!(
-    include_str!("../../wgsl/bf16_gemv.wgsl"),
-    "\n",
-    include_str!("../../wgsl/lib/rans_table.wgsl")
+pub(crate) const BF16_GEMV_SOURCE: &str = crate::gpu::wgsl_with_libs!(
+    "../../wgsl/bf16_gemv.wgsl",
+    "rans_table",
+    "lossless16",
+    "f16"
 );
-
-/// `wgsl/bf16_decode_subgroup.wgsl` with the libraries it `// import`s appended.
-pub(crate) const BF16_DECODE_SUBGROUP_SOURCE: &str = concat!(
-    include_str!("../../wgsl/bf16_decode_subgroup.wgsl"),
-    "\n",
-    include_str!("../../wgsl/lib/rans_table.wgsl"),
-    "\n",
-    include_str!("../../wgsl/lib/rans_subgroup.wgsl")
+pub(crate) const BF16_DECODE_SUBGROUP_SOURCE: &str = crate::gpu::wgsl_with_libs!(
+    "../../wgsl/bf16_decode_subgroup.wgsl",
+    "rans_table",
+    "lossless16",
+    "f16",
+    "rans_subgroup"
 );
-
-/// `wgsl/bf16_gemv_subgroup.wgsl` with the libraries it `// import`s appended.
-pub(crate) const BF16_GEMV_SUBGROUP_SOURCE: &str = concat!(
-    include_str!("../../wgsl/bf16_gemv_subgroup.wgsl"),
-    "\n",
-    include_str!("../../wgsl/lib/rans_table.wgsl"),
-    "\n",
-    include_str!("../../wgsl/lib/rans_subgroup.wgsl")
+pub(crate) const BF16_GEMV_SUBGROUP_SOURCE: &str = crate::gpu::wgsl_with_libs!(
+    "../../wgsl/bf16_gemv_subgroup.wgsl",
+    "rans_table",
+    "lossless16",
+    "f16",
+    "rans_subgroup"
 );
+pub(crate) const BF16_PLAIN_GEMV_SOURCE: &str =
+    crate::gpu::wgsl_with_libs!("../../wgsl/bf16_plain_gemv.wgsl", "f16");
 /// Groups of 32 lanes per workgroup (`G` in the WGSL).
 const GROUPS_PER_WG: usize = 4;
 /// Rows per workgroup of the plain GEMV (`RPW` in the WGSL).
@@ -223,10 +221,7 @@ impl LosslessGpu {
         };
         let dec = module("bf16_decode.wgsl", BF16_DECODE_SOURCE);
         let fus = module("bf16_gemv.wgsl", BF16_GEMV_SOURCE);
-        let pla = module(
-            "bf16_plain_gemv.wgsl",
-            include_str!("../../wgsl/bf16_plain_gemv.wgsl"),
-        );
+        let pla = module("bf16_plain_gemv.wgsl", BF16_PLAIN_GEMV_SOURCE);
         let pipe = |m: &wgpu::ShaderModule, name: &str, consts: &[(&str, f64)]| {
             device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(name),
