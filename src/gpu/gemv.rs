@@ -47,7 +47,8 @@ pub enum QGemvVariant {
     /// `Auto`): 16-byte weight loads, `rows` (1, 2 or 4) rows per group of 32 lanes, no
     /// activation pre-scaling; see the kernel's header. Needs 4 bits, `cols % 32 == 0` and
     /// group size `% 32 == 0` ([`GpuQuantizedMatrix::stream_supported`]); other 4-bit matrices
-    /// run [`QGemvVariant::Auto`]'s kernel instead.
+    /// run `qgemv4.wgsl` ([`QGemvVariant::Nibble4`], automatic K split) instead, or
+    /// [`QGemvVariant::Generic`] where that cannot run either.
     Stream {
         /// Rows per group of 32 lanes: 1, 2 or 4.
         rows: u32,
@@ -351,14 +352,20 @@ impl GpuQuantizedMatrix {
                 let kernel = (Kernel::QGemv4Pipe, entry_point, self.params.cols / 16);
                 return self.stream_dispatch(device, registry, x, y, kernel, rows, ks);
             }
-            // shapes the streaming kernels cannot run fall back to the default kernel
+            // shapes the streaming kernels cannot run fall back to qgemv4, or the generic
+            // kernel where that cannot run either
             QGemvVariant::Stream { .. } | QGemvVariant::Staged { .. } if self.bits == 4 => {
-                QGemvVariant::Auto
+                if self.nibble4_supported() {
+                    QGemvVariant::Nibble4 { ksplit: 0 }
+                } else {
+                    QGemvVariant::Generic
+                }
             }
             v => v,
         };
         let nibble = match variant {
-            QGemvVariant::Auto => self.nibble4_supported().then(|| self.auto_ksplit()),
+            // Auto reaches here only for matrices the 4-bit kernels cannot run (see above)
+            QGemvVariant::Auto => None,
             QGemvVariant::Stream { .. } | QGemvVariant::Staged { .. } => {
                 return Err(GpuError::Unsupported(format!(
                     "qgemv4_stream needs 4 bits, not {}",
