@@ -115,13 +115,10 @@ fn main(
         if (step_valid) {
             let j = u * 32u + l;
             let rb = read_raw(row * K + j);
-            var e = table[x & mmask];
-            if (e == SENTINEL) {
-                err |= ERR_ZERO_FREQ;
-                e = 0u;
-            }
-            let sym = e & 0xFFu;
-            x = (((e >> 8u) & 0xFFFu) + 1u) * (x >> n) + (e >> 20u);
+            let lk = lookup_slot(x & mmask, n);
+            err |= lk.w;
+            let sym = lk.x;
+            x = lk.y * (x >> n) + lk.z;
             need = x < L;
             stage[(g * 2u + (t & 1u)) * 32u + l] = pattern16(sym, rb);
         }

@@ -132,39 +132,10 @@ fn main(
             var sym = 0u;
             var need = false;
             if (lane_on) {
-                let slot = x & mmask;
-                var f = 1u;
-                var bias = 0u;
-                if (n <= 11u) {
-                    var e = table[slot];
-                    if (e == SENTINEL) {
-                        err |= ERR_ZERO_FREQ;
-                        e = 0u;
-                    }
-                    sym = e & 0xFFu;
-                    f = ((e >> 8u) & 0xFFFu) + 1u;
-                    bias = e >> 20u;
-                } else {
-                    var lo = 0u;
-                    var hi = P.alphabet;
-                    for (var k = 0u; k < 9u; k++) {
-                        if (hi - lo > 1u) {
-                            let mid = (lo + hi) >> 1u;
-                            if (sc_a[mid] <= slot) { lo = mid; } else { hi = mid; }
-                        }
-                    }
-                    let c = sc_a[lo];
-                    f = fq[lo];
-                    if (slot >= c + f || f == 0u) {
-                        err |= ERR_ZERO_FREQ;
-                        f = 1u;
-                        bias = 0u;
-                    } else {
-                        bias = slot - c;
-                    }
-                    sym = lo;
-                }
-                x = f * (x >> n) + bias;
+                let lk = lookup_slot(x & mmask, n);
+                err |= lk.w;
+                sym = lk.x;
+                x = lk.y * (x >> n) + lk.z;
                 need = x < L;
                 let k0 = j * P.wps;
                 var d = 0.0;

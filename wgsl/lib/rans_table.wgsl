@@ -75,3 +75,35 @@ fn build_table(tile: u32, lid: u32) -> bool {
     workgroupBarrier();
     return workgroupUniformLoad(&table_bad) != 0u;
 }
+
+// The rANS decode of `slot` (the low n bits of the state) in the tile's table: (symbol,
+// frequency f, bias = slot - cumulative frequency, error bits). n <= 11 reads the slot table,
+// larger n searches the cumulative frequencies. A slot without a symbol (only in a table whose
+// frequencies do not sum to 2^n) gives ERR_ZERO_FREQ and a harmless f = 1 (symbol and bias
+// from a zeroed entry), so decoding goes on to the loop's bound and the chunk is reported.
+// Uses the importing kernel's ERR_ZERO_FREQ.
+fn lookup_slot(slot: u32, n: u32) -> vec4<u32> {
+    if (n <= 11u) {
+        var e = table[slot];
+        var bad = 0u;
+        if (e == SENTINEL) {
+            bad = ERR_ZERO_FREQ;
+            e = 0u;
+        }
+        return vec4<u32>(e & 0xFFu, ((e >> 8u) & 0xFFFu) + 1u, e >> 20u, bad);
+    }
+    var lo = 0u;
+    var hi = P.alphabet;
+    for (var k = 0u; k < 9u; k++) {
+        if (hi - lo > 1u) {
+            let mid = (lo + hi) >> 1u;
+            if (sc_a[mid] <= slot) { lo = mid; } else { hi = mid; }
+        }
+    }
+    let c = sc_a[lo];
+    let f = fq[lo];
+    if (slot >= c + f || f == 0u) {
+        return vec4<u32>(lo, 1u, 0u, ERR_ZERO_FREQ);
+    }
+    return vec4<u32>(lo, f, slot - c, 0u);
+}
