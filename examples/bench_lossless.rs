@@ -6,7 +6,12 @@
 //! ```text
 //! cargo run --release --example bench_lossless -- [--shapes 4096x4096,4096x14336,14336x4096]
 //!     [--chunks 16384,4096] [--iters 30] [--rounds 5] [--set-mib 256] [--minilm PATH] [--wall]
+//!     [--indexed-only]
 //! ```
+//!
+//! A second table times the indexed form (`ecq::lossless::indexed`: 4-bit exponent index + raw
+//! byte + escapes, `wgsl/bf16_indexed_gemv.wgsl`) against the same plain baseline, timed again
+//! after it; `--indexed-only` skips the rANS kernels.
 //!
 //! Shapes are `ROWSxCOLS` (output x input features). Weights: Gaussian, sigma 0.02, rounded to
 //! bf16 (round to nearest even). Each `--chunks` value is a `chunk_symbols` setting of the coder
@@ -31,6 +36,7 @@ use timing::{GpuTimer, Timing};
 
 use ecq::gpu::GpuContext;
 use ecq::lossless::gpu::{LosslessDispatch, LosslessGpu};
+use ecq::lossless::indexed::IndexedMatrix;
 use ecq::lossless::{encode, HalfType};
 use ecq::rans::EncodeOptions;
 use rand::{Rng, SeedableRng};
@@ -45,6 +51,7 @@ struct Args {
     set_mib: f64,
     minilm: String,
     wall: bool,
+    indexed_only: bool,
 }
 
 fn parse_args() -> Args {
@@ -56,8 +63,13 @@ fn parse_args() -> Args {
         set_mib: 256.0,
         minilm: ".cache/all-MiniLM-L6-v2/model.safetensors".into(),
         wall: false,
+        indexed_only: false,
     };
     let mut v: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(p) = v.iter().position(|s| s == "--indexed-only") {
+        a.indexed_only = true;
+        v.remove(p);
+    }
     if let Some(p) = v.iter().position(|s| s == "--wall") {
         a.wall = true;
         v.remove(p);
@@ -96,9 +108,22 @@ fn time(
     iters: usize,
     rounds: usize,
 ) -> Timing {
+    time_groups(g, timer, ds, 1, iters, rounds)
+}
+
+/// [`time`] for operations of `per` consecutive dispatches each (`ds.len()` a multiple of
+/// `per`): median seconds per operation.
+fn time_groups(
+    g: &LosslessGpu,
+    timer: &GpuTimer,
+    ds: &[LosslessDispatch],
+    per: usize,
+    iters: usize,
+    rounds: usize,
+) -> Timing {
     let run = |n: usize| {
         timer.time_pass(g.device(), g.queue(), |pass| {
-            for i in 0..n {
+            for i in 0..n * per {
                 ds[i % ds.len()].record(pass);
             }
         })
@@ -106,7 +131,7 @@ fn time(
     let t0 = Instant::now();
     let mut n = 0;
     while n < 2 || t0.elapsed().as_secs_f64() < 0.5 {
-        run(iters.max(ds.len()));
+        run(iters.max(ds.len() / per));
         n += 1;
     }
     let samples: Vec<_> = (0..rounds).map(|_| run(iters)).collect();
@@ -144,6 +169,7 @@ fn minilm_line(path: &str) -> String {
     let mut bytes = 0u64;
     let mut weights = 0u64;
     let mut ent = 0.0;
+    let (mut ibytes, mut iesc) = (0u64, 0u64);
     for t in &model.tensors {
         if !ecq::lossless::container::is_codable(&t.name, &t.data) {
             continue;
@@ -154,6 +180,9 @@ fn minilm_line(path: &str) -> String {
         bytes += m.total_bytes() as u64;
         weights += n;
         ent += ecq::lossless::exponent_entropy(&m.decode().expect("decode")) * n as f64;
+        let im = IndexedMatrix::from_lossless(&m).expect("indexed form");
+        ibytes += im.total_bytes() as u64;
+        iesc += im.escapes().len() as u64;
     }
     format!(
         "MiniLM (all-MiniLM-L6-v2, f32 -> bf16, {weights} weights in the coded matrices): exponent entropy {:.3} + 8 = {:.3} bits/weight; coded at the defaults {:.3} bits/weight (side information included), {:.3}x smaller than bf16",
@@ -161,6 +190,11 @@ fn minilm_line(path: &str) -> String {
         8.0 + ent / weights as f64,
         8.0 * bytes as f64 / weights as f64,
         16.0 / (8.0 * bytes as f64 / weights as f64)
+    ) + &format!(
+        "; indexed form {:.3} bits/weight ({:.3}x smaller than bf16), {iesc} escapes ({:.2e} of the weights)",
+        8.0 * ibytes as f64 / weights as f64,
+        16.0 / (8.0 * ibytes as f64 / weights as f64),
+        iesc as f64 / weights as f64
     )
 }
 
@@ -172,6 +206,7 @@ fn main() {
     let timer = GpuTimer::new(ctx.device(), ctx.queue(), args.wall);
     eprintln!("clock: {}", timer.clock());
     let mut lines = Vec::new();
+    let mut ilines = Vec::new();
     for &(r, k) in &args.shapes {
         let t0 = Instant::now();
         let w = bf16_gaussian(r, k, 7 + r as u64 * 31 + k as u64);
@@ -197,14 +232,80 @@ fn main() {
             .collect();
         let plain_t = time(&g, &timer, &pds, args.iters, args.rounds);
         let t_plain = plain_t.t;
-        drop(pds);
-        drop(plain);
         eprintln!(
             "{r}x{k}: plain {:.1} us ({:.0} GB/s), setup {:.1}s",
             t_plain * 1e6,
             plain_bytes / t_plain / 1e9,
             t0.elapsed().as_secs_f64()
         );
+        {
+            // The indexed form, then the plain baseline again (drift check).
+            let im = IndexedMatrix::from_bf16(&w, r, k).unwrap();
+            let first = g.upload_indexed(&im).unwrap();
+            let yi = g.gemv_indexed(&first, &x).unwrap();
+            let d = yi
+                .iter()
+                .zip(&y_plain)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(d < 1e-3, "indexed vs plain differ by {d}");
+            if r * k <= 1 << 24 {
+                assert_eq!(g.decode_indexed(&first).unwrap(), w, "GPU indexed decode");
+            }
+            let ib = first.bytes() as f64;
+            let isets = ((args.set_mib * 1048576.0) / ib).ceil().max(1.0) as usize;
+            let mut mats = vec![first];
+            for _ in 1..isets {
+                mats.push(g.upload_indexed(&im).unwrap());
+            }
+            let ids: Vec<_> = mats
+                .iter()
+                .map(|m| g.indexed_gemv_dispatch(m, &xb, &yb).unwrap())
+                .collect();
+            let it = time(&g, &timer, &ids, args.iters, args.rounds);
+
+            let plain_again = time(&g, &timer, &pds, args.iters, args.rounds);
+            let out = g
+                .storage(
+                    "decoded",
+                    &vec![0u8; r * k * 2],
+                    wgpu::BufferUsages::empty(),
+                )
+                .unwrap();
+            let dds: Vec<_> = mats
+                .iter()
+                .flat_map(|m| g.indexed_decode_dispatches(m, &out))
+                .collect();
+            let t_dec = time_groups(&g, &timer, &dds, 2, args.iters, args.rounds).t;
+            eprintln!(
+                "  indexed: {:.3} bits/weight, {:.2e} escapes, GEMV {:.1} us, plain again {:.1} us, decode {:.1} us",
+                im.bits_per_weight(),
+                im.escape_rate(),
+                it.t * 1e6,
+                plain_again.t * 1e6,
+                t_dec * 1e6
+            );
+            ilines.push(format!(
+                "| {r}x{k} | {:.3} | {:.2e} | {} / {} ({}) | {} ({}) | {} / {} | {:.2}x | {} ({}) |",
+                im.bits_per_weight(),
+                im.escape_rate(),
+                sig(t_plain * 1e6),
+                sig(plain_again.t * 1e6),
+                sig(plain_bytes / t_plain / 1e9),
+                sig(it.t * 1e6),
+                sig(ib / it.t / 1e9),
+                sig(plain_t.wall * 1e6),
+                sig(it.wall * 1e6),
+                it.t / t_plain.min(plain_again.t),
+                sig((r * k) as f64 / t_dec / 1e9),
+                sig(plain_bytes / t_dec / 1e9),
+            ));
+        }
+        drop(pds);
+        drop(plain);
+        if args.indexed_only {
+            continue;
+        }
         for &cs in &args.chunks {
             let opts = EncodeOptions {
                 chunk_symbols: cs,
@@ -309,6 +410,16 @@ fn main() {
     println!("| shape (R x K) | chunk symbols | bits/weight | plain bf16 GEMV µs [{clock}] (GB/s) | fused lossless GEMV µs [{clock}], best (GB/s coded; per kernel µs) | wall-clock µs (plain / fused best) | fused / plain | decode-only G weights/s [{clock}] (GB/s bf16 out) |");
     println!("|---|---|---|---|---|---|---|---|");
     for l in &lines {
+        println!("{l}");
+    }
+    println!();
+    println!(
+        "Indexed form (4-bit exponent index + raw byte + escapes, `wgsl/bf16_indexed_gemv.wgsl`):"
+    );
+    println!();
+    println!("| shape (R x K) | bits/weight | escape rate | plain bf16 GEMV µs [{clock}], before / after (GB/s) | indexed GEMV µs [{clock}] (GB/s read) | wall-clock µs (plain / indexed) | indexed / faster plain | indexed decode-only G weights/s [{clock}] (GB/s bf16 out) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for l in &ilines {
         println!("{l}");
     }
     println!();

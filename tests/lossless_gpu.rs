@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use ecq::gpu::{GpuContext, GpuError};
 use ecq::lossless::gpu::LosslessGpu;
+use ecq::lossless::indexed::IndexedMatrix;
 use ecq::lossless::{encode, HalfType, LosslessMatrix};
 use ecq::rans::EncodeOptions;
 use rand::{Rng, SeedableRng};
@@ -236,4 +237,124 @@ fn corrupt_streams_are_errors_not_hangs() {
     assert!(cases >= 5);
     // A frequency table that does not sum to 2^n is rejected on the CPU before upload.
     assert!(corrupt(".ecq16_freqs", 10, 0x01).is_err());
+}
+
+/// Magnitudes log-uniform over 2^-40 .. 2^40 with random signs: far more than 15 exponents, so
+/// most weights are escapes, rows hold more escapes than a row has threads, and neighbouring
+/// escapes share an output word.
+fn wide_weights(rng: &mut ChaCha8Rng, n: usize) -> Vec<u16> {
+    (0..n)
+        .map(|_| {
+            let e = rng.random_range(-40i32..40);
+            let s = if rng.random::<bool>() { -1.0 } else { 1.0 };
+            half::bf16::from_f32(s * 2f32.powi(e) * (1.0 + rng.random::<f32>())).to_bits()
+        })
+        .collect()
+}
+
+fn indexed_cases(rng: &mut ChaCha8Rng) -> Vec<(usize, usize, Vec<u16>)> {
+    let mut v = Vec::new();
+    for (r, k) in [(64, 4096), (37, 96), (130, 256), (5, 32), (1, 16), (9, 48)] {
+        let mut w = weights(rng, r * k, 0.02, HalfType::BF16);
+        for (i, s) in [0x8000u16, 0x0000, 0x0001, 0x8001, 0x4700]
+            .iter()
+            .enumerate()
+        {
+            w[(i * 17) % (r * k)] = *s;
+        }
+        v.push((r, k, w));
+    }
+    v.push((24, 1024, wide_weights(rng, 24 * 1024)));
+    v.push((3, 16, vec![half::bf16::from_f32(0.5).to_bits(); 48]));
+    v
+}
+
+#[test]
+fn indexed_form_decodes_bit_exact_on_the_gpu() {
+    let Some(g) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(24);
+    let mut cases = indexed_cases(&mut rng);
+    // every 16-bit pattern, NaN payloads and infinities included
+    cases.push((256, 256, (0..=u16::MAX).collect()));
+    for (r, k, w) in cases {
+        let m = IndexedMatrix::from_bf16(&w, r, k).unwrap();
+        assert_eq!(m.decode(), w, "CPU {r}x{k}");
+        let gm = g.upload_indexed(&m).unwrap();
+        assert_eq!(
+            g.decode_indexed(&gm).unwrap(),
+            w,
+            "GPU {r}x{k}, {} escapes",
+            m.escapes().len()
+        );
+    }
+}
+
+#[test]
+fn indexed_gemv_matches_the_f64_reference() {
+    let Some(g) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(25);
+    let mut saw_many_escapes = false;
+    for (r, k, w) in indexed_cases(&mut rng) {
+        let x: Vec<f32> = (0..k).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+        let refs = reference(&w, r, k, HalfType::BF16, &x);
+        // through the rANS form, as a loader would
+        let coded = encode(&w, r, k, HalfType::BF16, &EncodeOptions::default()).unwrap();
+        let m = IndexedMatrix::from_lossless(&coded).unwrap();
+        saw_many_escapes |= (0..r).any(|i| m.row_escapes(i).len() > 64);
+        let gm = g.upload_indexed(&m).unwrap();
+        // The kernel's chain per thread is at most K/32 dense products plus the row's escapes
+        // (at most K/32 more per thread), then a 5-level tree: within the doubled
+        // (K/32 + 33) u sum|w x| bound of `tolerance`.
+        let y = g.gemv_indexed(&gm, &x).unwrap();
+        assert_close(&y, &refs, k, &format!("indexed {r}x{k}"));
+    }
+    assert!(saw_many_escapes);
+}
+
+#[test]
+fn indexed_form_errors() {
+    let Some(g) = gpu() else { return };
+    let w = vec![0x3F80u16; 4 * 24];
+    let m = IndexedMatrix::from_bf16(&w, 4, 24).unwrap();
+    assert!(matches!(
+        g.upload_indexed(&m),
+        Err(GpuError::Unsupported(_))
+    ));
+    let w = vec![0x3F80u16; 4 * 32];
+    let m = IndexedMatrix::from_bf16(&w, 4, 32).unwrap();
+    let gm = g.upload_indexed(&m).unwrap();
+    assert!(matches!(
+        g.gemv_indexed(&gm, &[1.0; 31]),
+        Err(GpuError::InvalidInput(_))
+    ));
+    assert_eq!(g.gemv_indexed(&gm, &[1.0; 32]).unwrap(), vec![32.0; 4]);
+    // short x or y buffers are refused on the host
+    let none = wgpu::BufferUsages::empty();
+    let x16 = g.storage("x", &[0u8; 16 * 4], none).unwrap();
+    let x32 = g.storage("x", &[0u8; 32 * 4], none).unwrap();
+    let y4 = g.storage("y", &[0u8; 16], none).unwrap();
+    assert!(matches!(
+        g.indexed_gemv_dispatch(&gm, &x16, &y4),
+        Err(GpuError::InvalidInput(_))
+    ));
+    assert!(g.indexed_gemv_dispatch(&gm, &x32, &y4).is_ok());
+    let big = g
+        .upload_indexed(&IndexedMatrix::from_bf16(&vec![0x3F80u16; 8 * 32], 8, 32).unwrap())
+        .unwrap();
+    assert!(matches!(
+        g.indexed_gemv_dispatch(&big, &x32, &y4),
+        Err(GpuError::InvalidInput(_))
+    ));
+    let empty = g
+        .upload_indexed(&IndexedMatrix::from_bf16(&[], 0, 32).unwrap())
+        .unwrap();
+    assert_eq!(
+        g.gemv_indexed(&empty, &[1.0; 32]).unwrap(),
+        Vec::<f32>::new()
+    );
+    assert_eq!(g.decode_indexed(&empty).unwrap(), Vec::<u16>::new());
+    // f16 has no indexed form
+    let f = encode(&w, 4, 32, HalfType::F16, &EncodeOptions::default()).unwrap();
+    let e = IndexedMatrix::from_lossless(&f).unwrap_err().to_string();
+    assert!(e.contains("bf16 only"), "{e}");
 }

@@ -822,6 +822,18 @@ mod tests {
                 "bf16_decode_subgroup.wgsl",
                 crate::lossless::gpu::BF16_DECODE_SUBGROUP_SOURCE,
             ),
+            (
+                "bf16_indexed_gemv.wgsl",
+                crate::lossless::gpu::BF16_INDEXED_GEMV_SOURCE,
+            ),
+            (
+                "bf16_indexed_decode.wgsl",
+                crate::lossless::gpu::BF16_INDEXED_DECODE_SOURCE,
+            ),
+            (
+                "bf16_indexed_patch.wgsl",
+                crate::lossless::gpu::BF16_INDEXED_PATCH_SOURCE,
+            ),
         ];
         for (name, src) in sources.into_iter().chain(extra) {
             let module = naga::front::wgsl::parse_str(src)

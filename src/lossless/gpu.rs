@@ -24,6 +24,7 @@
 use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
+use super::indexed::IndexedMatrix;
 use super::{HalfType, LosslessMatrix};
 use crate::gpu::{GpuContext, GpuError};
 use crate::rans::{GPU_MAX_PRECISION, LANES};
@@ -57,6 +58,19 @@ pub(crate) const BF16_GEMV_SUBGROUP_SOURCE: &str = crate::gpu::wgsl_with_libs!(
 );
 pub(crate) const BF16_PLAIN_GEMV_SOURCE: &str =
     crate::gpu::wgsl_with_libs!("../../wgsl/bf16_plain_gemv.wgsl", "f16");
+pub(crate) const BF16_INDEXED_GEMV_SOURCE: &str =
+    crate::gpu::wgsl_with_libs!("../../wgsl/bf16_indexed_gemv.wgsl", "indexed16");
+pub(crate) const BF16_INDEXED_DECODE_SOURCE: &str =
+    crate::gpu::wgsl_with_libs!("../../wgsl/bf16_indexed_decode.wgsl", "indexed16");
+pub(crate) const BF16_INDEXED_PATCH_SOURCE: &str =
+    crate::gpu::wgsl_with_libs!("../../wgsl/bf16_indexed_patch.wgsl", "indexed16");
+/// The exponent the GEMV gives index 0 (`DENSE_BASE` in `wgsl/lib/indexed16.wgsl`).
+const INDEXED_DENSE_BASE: u32 = 112;
+/// Rows per workgroup of the indexed-form kernels (`RPW` in the WGSL).
+const INDEXED_ROWS_PER_WG: usize = 8;
+/// Weights per unit of the indexed-form kernels (`wgsl/lib/indexed16.wgsl`): `cols` must be a
+/// multiple of it.
+pub const INDEXED_UNIT: usize = 16;
 /// Groups of 32 lanes per workgroup (`G` in the WGSL).
 const GROUPS_PER_WG: usize = 4;
 /// Rows per workgroup of the plain GEMV (`RPW` in the WGSL).
@@ -89,6 +103,19 @@ struct PlainParams {
     cols: u32,
     wg_x: u32,
     total_wg: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct IndexedParams {
+    rows: u32,
+    cols: u32,
+    wg_x: u32,
+    total_wg: u32,
+    base_bits: u32,
+    scale: f32,
+    escape_slot: f32,
+    _pad: u32,
 }
 
 /// One recorded kernel launch (pipeline, bind group, workgroups). Benchmarks record many into
@@ -180,6 +207,34 @@ impl GpuHalfMatrix {
     }
 }
 
+/// A bf16 matrix in the indexed form ([`IndexedMatrix`]) on the GPU.
+#[derive(Debug)]
+pub struct GpuIndexedMatrix {
+    params: IndexedParams,
+    codes: wgpu::Buffer,
+    raw: wgpu::Buffer,
+    escape_rows: wgpu::Buffer,
+    escapes: wgpu::Buffer,
+    bytes: u64,
+}
+
+impl GpuIndexedMatrix {
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.params.rows as usize
+    }
+
+    /// Columns.
+    pub fn cols(&self) -> usize {
+        self.params.cols as usize
+    }
+
+    /// Bytes of the form the GEMV reads (indices, raw bytes, escape offsets and pairs).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
 /// The lossless kernels for one device: compiled pipelines plus the device and queue.
 #[derive(Debug)]
 pub struct LosslessGpu {
@@ -191,6 +246,22 @@ pub struct LosslessGpu {
     fused_subgroup: Option<wgpu::ComputePipeline>,
     plain_bf16: wgpu::ComputePipeline,
     plain_f16: wgpu::ComputePipeline,
+    indexed_gemv: wgpu::ComputePipeline,
+    indexed_decode: wgpu::ComputePipeline,
+    indexed_patch: wgpu::ComputePipeline,
+}
+
+/// Checks that the GEMV's x and y buffers hold `cols` and `rows` f32s.
+fn check_xy(x: &wgpu::Buffer, cols: usize, y: &wgpu::Buffer, rows: usize) -> Result<(), GpuError> {
+    for (what, b, n) in [("x", x, cols), ("y", y, rows)] {
+        if b.size() < 4 * n as u64 {
+            return Err(GpuError::InvalidInput(format!(
+                "{what} buffer has {} bytes, the GEMV needs {n} f32s",
+                b.size()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn u32_of(what: &str, v: usize) -> Result<u32, GpuError> {
@@ -247,6 +318,13 @@ impl LosslessGpu {
         });
         let plain_bf16 = pipe(&pla, "bf16_plain_gemv", &[("F16", 0.0)]);
         let plain_f16 = pipe(&pla, "bf16_plain_gemv f16", &[("F16", 1.0)]);
+
+        let ig = module("bf16_indexed_gemv.wgsl", BF16_INDEXED_GEMV_SOURCE);
+        let indexed_gemv = pipe(&ig, "bf16_indexed_gemv", &[]);
+        let id = module("bf16_indexed_decode.wgsl", BF16_INDEXED_DECODE_SOURCE);
+        let indexed_decode = pipe(&id, "bf16_indexed_decode", &[]);
+        let ip = module("bf16_indexed_patch.wgsl", BF16_INDEXED_PATCH_SOURCE);
+        let indexed_patch = pipe(&ip, "bf16_indexed_patch", &[]);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(GpuError::Wgpu(format!("lossless kernels: {e}")));
         }
@@ -259,6 +337,9 @@ impl LosslessGpu {
             fused_subgroup,
             plain_bf16,
             plain_f16,
+            indexed_gemv,
+            indexed_decode,
+            indexed_patch,
         })
     }
 
@@ -531,13 +612,14 @@ impl LosslessGpu {
         self.coded_dispatch(m, p, &[x, y])
     }
 
-    /// The plain GEMV launch `y = W x`.
+    /// The plain GEMV launch `y = W x` (`x`, `y` must hold cols and rows f32s).
     pub fn plain_dispatch(
         &self,
         m: &GpuHalfMatrix,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
     ) -> Result<LosslessDispatch, GpuError> {
+        check_xy(x, m.cols, y, m.rows)?;
         let total = u32_of("workgroups", m.rows.div_ceil(PLAIN_ROWS_PER_WG))?;
         let (gx, gy) = self.grid(total);
         let p = PlainParams {
@@ -624,6 +706,23 @@ impl LosslessGpu {
             });
         }
         Ok(())
+    }
+
+    /// Records the launches into one pass, in order, and waits.
+    fn run_all(&self, ds: &[&LosslessDispatch]) -> Result<(), GpuError> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for d in ds {
+                d.record(&mut pass);
+            }
+        }
+        self.queue.submit([enc.finish()]);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Wgpu(e.to_string()));
+        }
+        crate::gpu::wait(&self.device)
     }
 
     fn run(&self, m: Option<&GpuLosslessMatrix>, d: &LosslessDispatch) -> Result<(), GpuError> {
@@ -734,5 +833,165 @@ impl LosslessGpu {
         let d = self.plain_dispatch(m, &xb, &yb)?;
         self.run(None, &d)?;
         self.read_f32(&yb, m.rows)
+    }
+
+    /// Uploads a matrix in the indexed form. Needs `cols` a multiple of [`INDEXED_UNIT`].
+    pub fn upload_indexed(&self, m: &IndexedMatrix) -> Result<GpuIndexedMatrix, GpuError> {
+        let (r, k) = (m.rows(), m.cols());
+        if !k.is_multiple_of(INDEXED_UNIT) {
+            return Err(GpuError::Unsupported(format!(
+                "the indexed-form kernels need cols a multiple of {INDEXED_UNIT}, got {k}"
+            )));
+        }
+        // Word indices up to R * K / 2 and escape positions R * K must fit u32.
+        u32_of("rows * cols", r * k)?;
+        let total = u32_of("workgroups", r.div_ceil(INDEXED_ROWS_PER_WG))?;
+        let params = IndexedParams {
+            rows: u32_of("rows", r)?,
+            cols: u32_of("cols", k)?,
+            wg_x: 0,
+            total_wg: total,
+            base_bits: (u32::from(m.base()) << 7) | (u32::from(m.base()) << 23),
+            // 2^(base - DENSE_BASE): base >= 1 keeps it >= 2^-111, a normal f32
+            scale: f32::from_bits((u32::from(m.base()) + 127 - INDEXED_DENSE_BASE) << 23),
+            escape_slot: m.escape_slot_value(),
+            _pad: 0,
+        };
+        let none = wgpu::BufferUsages::empty();
+        let pairs: Vec<u32> = m
+            .escapes()
+            .iter()
+            .flat_map(|e| [e.col, u32::from(e.bits)])
+            .collect();
+        let codes = self.storage(
+            "indexed codes",
+            bytemuck::cast_slice(&m.index_gpu_words()),
+            none,
+        )?;
+        let raw = self.storage(
+            "indexed raw",
+            bytemuck::cast_slice(&m.raw_gpu_words()),
+            none,
+        )?;
+        let escape_rows = self.storage(
+            "indexed escape rows",
+            bytemuck::cast_slice(m.escape_rows()),
+            none,
+        )?;
+        let escapes = self.storage("indexed escapes", bytemuck::cast_slice(&pairs), none)?;
+        let bytes = 4 * m.indices().len() as u64
+            + m.raw().len() as u64
+            + 4 * m.escape_rows().len() as u64
+            + 4 * pairs.len() as u64;
+        Ok(GpuIndexedMatrix {
+            params,
+            codes,
+            raw,
+            escape_rows,
+            escapes,
+            bytes,
+        })
+    }
+
+    /// A launch of `pipeline` over `m`'s rows with bindings: the uniform block, then `bufs`.
+    fn indexed_dispatch(
+        &self,
+        m: &GpuIndexedMatrix,
+        pipeline: &wgpu::ComputePipeline,
+        bufs: &[&wgpu::Buffer],
+    ) -> LosslessDispatch {
+        let mut p = m.params;
+        let (gx, gy) = self.grid(p.total_wg);
+        p.wg_x = gx;
+        let ub = self.uniform(&p);
+        let mut bufs = bufs.to_vec();
+        bufs.insert(0, &ub);
+        let entries: Vec<wgpu::BindGroupEntry> = bufs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("bf16 indexed"),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        LosslessDispatch {
+            pipeline: pipeline.clone(),
+            bind_group,
+            workgroups: (gx, gy),
+        }
+    }
+
+    /// The fused GEMV launch on the indexed form (`wgsl/bf16_indexed_gemv.wgsl`): `y = W x`,
+    /// `x`, `y` must hold cols and rows f32s.
+    pub fn indexed_gemv_dispatch(
+        &self,
+        m: &GpuIndexedMatrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<LosslessDispatch, GpuError> {
+        check_xy(x, m.cols(), y, m.rows())?;
+        Ok(self.indexed_dispatch(
+            m,
+            &self.indexed_gemv,
+            &[&m.codes, &m.raw, &m.escape_rows, &m.escapes, x, y],
+        ))
+    }
+
+    /// The two decode launches of the indexed form writing the bf16 patterns into `out`
+    /// (`rows * cols / 2` u32 words, low half first): the dense weights
+    /// (`wgsl/bf16_indexed_decode.wgsl`), then the escapes (`wgsl/bf16_indexed_patch.wgsl`).
+    /// Record both, in order, into one pass.
+    pub fn indexed_decode_dispatches(
+        &self,
+        m: &GpuIndexedMatrix,
+        out: &wgpu::Buffer,
+    ) -> [LosslessDispatch; 2] {
+        [
+            self.indexed_dispatch(m, &self.indexed_decode, &[&m.codes, &m.raw, out]),
+            self.indexed_dispatch(m, &self.indexed_patch, &[&m.escape_rows, &m.escapes, out]),
+        ]
+    }
+
+    /// Fused GEMV `y = W x` on the indexed form (f32 accumulation), read back.
+    pub fn gemv_indexed(&self, m: &GpuIndexedMatrix, x: &[f32]) -> Result<Vec<f32>, GpuError> {
+        if x.len() != m.cols() {
+            return Err(GpuError::InvalidInput(format!(
+                "x has {} entries, cols = {}",
+                x.len(),
+                m.cols()
+            )));
+        }
+        if m.rows() == 0 {
+            return Ok(Vec::new());
+        }
+        let (xb, yb) = self.xy(x, m.rows())?;
+        let d = self.indexed_gemv_dispatch(m, &xb, &yb)?;
+        self.run(None, &d)?;
+        self.read_f32(&yb, m.rows())
+    }
+
+    /// Decodes the indexed form on the GPU to bf16 patterns (row-major).
+    pub fn decode_indexed(&self, m: &GpuIndexedMatrix) -> Result<Vec<u16>, GpuError> {
+        let n = m.rows() * m.cols();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        // poisoned, so that a word the kernel misses cannot pass as decoded
+        let out = self.storage(
+            "indexed decoded",
+            &vec![0xA5; n * 2],
+            wgpu::BufferUsages::COPY_SRC,
+        )?;
+        let [dense, patch] = self.indexed_decode_dispatches(m, &out);
+        self.run_all(&[&dense, &patch])?;
+        let b = self.read_back(&out, n as u64 * 2)?;
+        Ok(b.chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect())
     }
 }

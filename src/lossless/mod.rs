@@ -25,6 +25,7 @@
 
 pub mod container;
 pub mod gpu;
+pub mod indexed;
 
 use crate::model::{Dtype, TensorData};
 use crate::rans::{self, CodecError, EncodeOptions, EncodedMatrix};
