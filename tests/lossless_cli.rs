@@ -113,6 +113,7 @@ fn bf16_model_round_trip_is_byte_identical() {
     assert!(out.starts_with("ok: 3 lossless"), "{out}");
     let out = ecq(&["inspect", coded.to_str().unwrap()]);
     assert!(out.contains("bits/weight"), "{out}");
+    assert!(out.contains("indexed bf16 form"), "{out}");
     ecq(&["decode", coded.to_str().unwrap(), back.to_str().unwrap()]);
     assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&back).unwrap());
     let b = Model::open(&back).unwrap();
@@ -152,6 +153,7 @@ fn f32_model_decodes_to_its_bf16_conversion() {
     write_safetensors(&src, &[("w.weight".into(), t)], &BTreeMap::new()).unwrap();
     let out = ecq(&["inspect", src.to_str().unwrap()]);
     assert!(out.contains("lossless 16-bit"), "{out}");
+    assert!(out.contains("indexed bf16 form"), "{out}");
     let out = ecq(&[
         "encode",
         "--lossless",

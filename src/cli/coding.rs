@@ -203,7 +203,26 @@ pub fn print_estimate(e: &lossless::Estimate) {
         e.exponent_entropy,
         e.bits_per_weight()
     );
+    if e.indexed_weights > 0 {
+        outln!(
+            "indexed bf16 form (GPU, ecq::lossless::indexed): {:.3} bits/weight, {} escapes ({:.2e} of its {} weights)",
+            8.0 * e.indexed_bytes as f64 / e.indexed_weights as f64,
+            e.indexed_escapes,
+            e.indexed_escapes as f64 / e.indexed_weights as f64,
+            e.indexed_weights
+        );
+    }
     print_conversion(&e.conversion);
+}
+
+/// Bits per weight of the indexed GPU form over the matrices that have it, and their weights.
+fn indexed_bits(s: &lossless::Summary) -> Option<(f64, u64)> {
+    let (bytes, n) = s
+        .matrices
+        .iter()
+        .filter_map(|m| m.indexed_bytes.map(|b| (b, m.weights)))
+        .fold((0u64, 0u64), |(b, n), (mb, mn)| (b + mb, n + mn));
+    (n > 0).then(|| (8.0 * bytes as f64 / n as f64, n))
 }
 
 /// `ecq inspect` of a model with lossless 16-bit weights: decodes and checks every matrix.
@@ -220,6 +239,7 @@ pub fn inspect_lossless(model: &Model, as_json: bool) -> CliResult {
                     "name": m.weight, "weights": m.weights, "input": format!("{:?}", m.input),
                     "coded_bits_per_weight": 8.0 * m.coded_bytes as f64 / m.weights.max(1) as f64,
                     "entropy_bound_bits_per_weight": m.entropy_bits / m.weights.max(1) as f64,
+                    "indexed_bits_per_weight": m.indexed_bytes.map(|b| 8.0 * b as f64 / m.weights.max(1) as f64),
                 })
             })
             .collect();
@@ -230,6 +250,7 @@ pub fn inspect_lossless(model: &Model, as_json: bool) -> CliResult {
                 "weights": s.weights(),
                 "coded_bits_per_weight": s.bits_per_weight(),
                 "entropy_bound_bits_per_weight": s.entropy_bits_per_weight(),
+                "indexed_bits_per_weight": indexed_bits(&s).map(|(b, _)| b),
                 "matrices": m,
             }))?
         );
@@ -246,5 +267,10 @@ pub fn inspect_lossless(model: &Model, as_json: bool) -> CliResult {
         );
     }
     print_lossless_summary(&s);
+    if let Some((b, n)) = indexed_bits(&s) {
+        outln!(
+            "indexed bf16 form for the GPU (ecq::lossless::indexed, built at load time): {b:.3} bits/weight over {n} weights"
+        );
+    }
     Ok(())
 }

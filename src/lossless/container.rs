@@ -33,6 +33,9 @@ pub struct MatrixSummary {
     pub coded_bytes: u64,
     /// Per-tile exponent entropy bound plus 8 raw bits, in bits.
     pub entropy_bits: f64,
+    /// Bytes of the indexed GPU form ([`super::indexed`]) of a bf16 matrix, where measured
+    /// (`verify_model`); `None` for f16 or where not measured.
+    pub indexed_bytes: Option<u64>,
 }
 
 /// What an encode, decode or verify run did.
@@ -143,6 +146,7 @@ fn summarize(name: &str, m: &LosslessMatrix, input: Dtype) -> Result<MatrixSumma
             .entropy_bits_per_weight()
             .map_err(|e| LosslessMatrix::named(e, name))?
             * w as f64,
+        indexed_bytes: None,
     })
 }
 
@@ -342,8 +346,11 @@ pub fn verify_model(model: &Model, progress: &ProgressBar) -> Result<Summary> {
         .par_iter()
         .map(|w| {
             let m = load(model, w)?;
-            m.decode().map_err(|e| LosslessMatrix::named(e, w))?;
-            let s = summarize(w, &m, input_dtype(&m))?;
+            let v = m.decode().map_err(|e| LosslessMatrix::named(e, w))?;
+            let mut s = summarize(w, &m, input_dtype(&m))?;
+            if m.half_type() == HalfType::BF16 {
+                s.indexed_bytes = Some(super::indexed::indexed_size(&v, m.rows()).0 as u64);
+            }
             progress.inc(1);
             Ok(s)
         })
@@ -367,6 +374,12 @@ pub struct Estimate {
     pub exponent_entropy: f64,
     /// The f32 -> bf16 conversion of f32 matrices.
     pub conversion: ConversionReport,
+    /// Weights of the bf16 (or f32 -> bf16) matrices, which have an indexed GPU form.
+    pub indexed_weights: u64,
+    /// Bytes of their indexed forms ([`super::indexed`]).
+    pub indexed_bytes: u64,
+    /// Their escapes (weights outside the exponent window).
+    pub indexed_escapes: u64,
 }
 
 impl Estimate {
@@ -378,7 +391,8 @@ impl Estimate {
 
 /// Measures the exponent entropy of every codable matrix of a float model without coding it.
 pub fn estimate(model: &Model) -> Estimate {
-    let per: Vec<(u64, f64, ConversionReport)> = model
+    type Row = (u64, f64, ConversionReport, Option<(usize, usize)>);
+    let per: Vec<Row> = model
         .tensors
         .par_iter()
         .filter(|t| is_codable(&t.name, &t.data))
@@ -388,16 +402,23 @@ pub fn estimate(model: &Model) -> Estimate {
                 _ => (u16_values(&t.data), ConversionReport::default()),
             };
             let n = h.len() as u64;
-            (n, super::exponent_entropy(&h) * n as f64, r)
+            let indexed = (t.data.dtype() != Dtype::F16)
+                .then(|| super::indexed::indexed_size(&h, t.data.shape()[0]));
+            (n, super::exponent_entropy(&h) * n as f64, r, indexed)
         })
         .collect();
     let mut e = Estimate::default();
     let mut bits = 0.0;
-    for (n, b, r) in per {
+    for (n, b, r, indexed) in per {
         e.weights += n;
         e.matrices += 1;
         bits += b;
         e.conversion.merge(&r);
+        if let Some((bytes, esc)) = indexed {
+            e.indexed_weights += n;
+            e.indexed_bytes += bytes as u64;
+            e.indexed_escapes += esc as u64;
+        }
     }
     e.exponent_entropy = bits / e.weights.max(1) as f64;
     e

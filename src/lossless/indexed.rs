@@ -101,6 +101,19 @@ pub fn window_base(values: &[u16]) -> u8 {
     best.1
 }
 
+/// The size the indexed form of a `rows x cols` bf16 matrix would have, without building it:
+/// `(total bytes, escapes)` as [`IndexedMatrix::total_bytes`] and `escapes().len()` would give.
+pub fn indexed_size(values: &[u16], rows: usize) -> (usize, usize) {
+    let b = window_base(values);
+    let escapes = values
+        .iter()
+        .filter(|&&h| !(b..=b + (WINDOW as u8 - 1)).contains(&symbol(h)))
+        .count();
+    let n = values.len();
+    // indices (4 bits), raw bytes, row offsets, escape pairs, base
+    (n / 2 + n + 4 * (rows + 1) + 8 * escapes + 1, escapes)
+}
+
 impl IndexedMatrix {
     /// Builds the indexed form of a `rows x cols` bf16 matrix (row-major bit patterns) with the
     /// window of [`window_base`]. `cols` must be a multiple of 8.
@@ -481,6 +494,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn indexed_size_matches_the_built_form() {
+        let v: Vec<u16> = (0..40 * 64)
+            .map(|i| bf16(((i * 7919) % 2000) as f32 * 1e-5 * if i % 3 == 0 { 1e-4 } else { 1.0 }))
+            .collect();
+        let m = IndexedMatrix::from_bf16(&v, 40, 64).unwrap();
+        assert!(!m.escapes().is_empty());
+        assert_eq!(indexed_size(&v, 40), (m.total_bytes(), m.escapes().len()));
     }
 
     #[test]
