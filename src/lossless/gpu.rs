@@ -524,6 +524,34 @@ impl LosslessGpu {
             })
     }
 
+    /// A launch of `pipeline` with `bufs` bound at bindings 0, 1, ... of group 0.
+    fn launch(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        label: &str,
+        bufs: &[&wgpu::Buffer],
+        workgroups: (u32, u32),
+    ) -> LosslessDispatch {
+        let entries: Vec<wgpu::BindGroupEntry> = bufs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        LosslessDispatch {
+            pipeline: pipeline.clone(),
+            bind_group,
+            workgroups,
+        }
+    }
+
     fn coded_dispatch(
         &self,
         m: &GpuLosslessMatrix,
@@ -538,24 +566,7 @@ impl LosslessGpu {
             &ub, &m.freqs, &m.states, &m.offsets, &m.words, &m.errors, &m.raw,
         ];
         bufs.extend_from_slice(tail);
-        let entries: Vec<wgpu::BindGroupEntry> = bufs
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
-            .collect();
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("ecq16"),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
-        LosslessDispatch {
-            pipeline: pipeline.clone(),
-            bind_group,
-            workgroups: (gx, gy),
-        }
+        self.launch(pipeline, "ecq16", &bufs, (gx, gy))
     }
 
     /// The decode launch writing `m`'s 16-bit patterns into `out` (`rows * cols / 2` u32
@@ -633,24 +644,7 @@ impl LosslessGpu {
             HalfType::F16 => &self.plain_f16,
             _ => &self.plain_bf16,
         };
-        let entries: Vec<wgpu::BindGroupEntry> = [&ub, &m.weights, x, y]
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
-            .collect();
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("bf16 plain"),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
-        Ok(LosslessDispatch {
-            pipeline: pipeline.clone(),
-            bind_group,
-            workgroups: (gx, gy),
-        })
+        Ok(self.launch(pipeline, "bf16 plain", &[&ub, &m.weights, x, y], (gx, gy)))
     }
 
     /// Copies `bytes` bytes of `src` to the host (blocking).
@@ -906,24 +900,7 @@ impl LosslessGpu {
         let ub = self.uniform(&p);
         let mut bufs = bufs.to_vec();
         bufs.insert(0, &ub);
-        let entries: Vec<wgpu::BindGroupEntry> = bufs
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
-            .collect();
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("bf16 indexed"),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
-        LosslessDispatch {
-            pipeline: pipeline.clone(),
-            bind_group,
-            workgroups: (gx, gy),
-        }
+        self.launch(pipeline, "bf16 indexed", &bufs, (gx, gy))
     }
 
     /// The fused GEMV launch on the indexed form (`wgsl/bf16_indexed_gemv.wgsl`): `y = W x`,
