@@ -6,12 +6,13 @@
 //! ```text
 //! cargo run --release --example bench_lossless -- [--shapes 4096x4096,4096x14336,14336x4096]
 //!     [--chunks 16384,4096] [--iters 30] [--rounds 5] [--set-mib 256] [--minilm PATH] [--wall]
-//!     [--indexed-only]
+//!     [--indexed-only] [--diagnose]
 //! ```
 //!
 //! A second table times the indexed form (`ecq::lossless::indexed`: 4-bit exponent index + raw
 //! byte + escapes, `wgsl/bf16_indexed_gemv.wgsl`) against the same plain baseline, timed again
-//! after it; `--indexed-only` skips the rANS kernels.
+//! after it; `--indexed-only` skips the rANS kernels; `--diagnose` also times the kernels'
+//! diagnostic variants (loads only; arithmetic only on cache-resident weights) on stderr.
 //!
 //! Shapes are `ROWSxCOLS` (output x input features). Weights: Gaussian, sigma 0.02, rounded to
 //! bf16 (round to nearest even). Each `--chunks` value is a `chunk_symbols` setting of the coder
@@ -52,6 +53,7 @@ struct Args {
     minilm: String,
     wall: bool,
     indexed_only: bool,
+    diagnose: bool,
 }
 
 fn parse_args() -> Args {
@@ -64,8 +66,13 @@ fn parse_args() -> Args {
         minilm: ".cache/all-MiniLM-L6-v2/model.safetensors".into(),
         wall: false,
         indexed_only: false,
+        diagnose: false,
     };
     let mut v: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(p) = v.iter().position(|s| s == "--diagnose") {
+        a.diagnose = true;
+        v.remove(p);
+    }
     if let Some(p) = v.iter().position(|s| s == "--indexed-only") {
         a.indexed_only = true;
         v.remove(p);
@@ -265,6 +272,32 @@ fn main() {
             let it = time(&g, &timer, &ids, args.iters, args.rounds);
 
             let plain_again = time(&g, &timer, &pds, args.iters, args.rounds);
+            if args.diagnose {
+                // Where the limit is: the access pattern alone, the arithmetic alone
+                // (weights cache-resident), for the indexed and the plain kernel.
+                let mut d = Vec::new();
+                for (name, v) in [("loads only", 1.0), ("arithmetic only", 2.0)] {
+                    let ds: Vec<_> = mats
+                        .iter()
+                        .map(|m| {
+                            g.indexed_gemv_diagnostic_dispatch(m, &xb, &yb, &[("DIAG", v)])
+                                .unwrap()
+                        })
+                        .collect();
+                    let t = time(&g, &timer, &ds, args.iters, args.rounds).t;
+                    d.push(format!("indexed {name} {:.1} us", t * 1e6));
+                }
+                let ds: Vec<_> = plain
+                    .iter()
+                    .map(|m| {
+                        g.plain_diagnostic_dispatch(m, &xb, &yb, &[("DIAG", 2.0)])
+                            .unwrap()
+                    })
+                    .collect();
+                let t = time(&g, &timer, &ds, args.iters, args.rounds).t;
+                d.push(format!("plain arithmetic only {:.1} us", t * 1e6));
+                eprintln!("  diagnose: {}", d.join(", "));
+            }
             let out = g
                 .storage(
                     "decoded",

@@ -338,6 +338,16 @@ fn indexed_form_errors() {
         Err(GpuError::InvalidInput(_))
     ));
     assert!(g.indexed_gemv_dispatch(&gm, &x32, &y4).is_ok());
+    // the diagnostic variants build (their results are not GEMVs)
+    for v in [1.0, 2.0] {
+        assert!(g
+            .indexed_gemv_diagnostic_dispatch(&gm, &x32, &y4, &[("DIAG", v)])
+            .is_ok());
+    }
+    let pm = g.upload_plain(&w, 4, 32, HalfType::BF16).unwrap();
+    assert!(g
+        .plain_diagnostic_dispatch(&pm, &x32, &y4, &[("DIAG", 2.0)])
+        .is_ok());
     let big = g
         .upload_indexed(&IndexedMatrix::from_bf16(&vec![0x3F80u16; 8 * 32], 8, 32).unwrap())
         .unwrap();

@@ -10,6 +10,12 @@
 
 // import: indexed16
 
+// Diagnostic variants for measuring the limit (BENCHMARKS.md, issue 7), never used for results:
+// 1 = the same loads, next to no arithmetic (what the access pattern alone costs);
+// 2 = the full arithmetic on weights every row reads from row 0 (cache-resident: what the
+//     arithmetic alone costs).
+override DIAG: u32 = 0u;
+
 
 const TPR: u32 = 32u;         // threads per row
 const RPW: u32 = 8u;          // rows per workgroup
@@ -59,12 +65,20 @@ fn main(
         // loaded first, so that their latency hides behind the dense loop
         let e_begin = esc_rows[row];
         let e_end = esc_rows[row + 1u];
-        let base = row * n16;
+        let base = select(row * n16, 0u, DIAG == 2u);
         // One unit per iteration: two (measured 2% slower on an H200: the compiler, holding
         // 32 registers, issued the second unit's loads only after using the first's) or one
         // prefetched ahead (10% slower) were tried.
         for (var i = l; i < n16; i += TPR) {
-            acc += dot16(codes[base + i], raw[base + i], 4u * i);
+            if (DIAG == 1u) {
+                let c = codes[base + i];
+                let r = raw[base + i];
+                let xi = 4u * i;
+                acc += bitcast<f32>((c.x ^ c.y ^ r.x ^ r.y ^ r.z ^ r.w) & 0x3FFFFFFFu)
+                    * (xv[xi].x + xv[xi + 1u].y + xv[xi + 2u].z + xv[xi + 3u].w);
+            } else {
+                acc += dot16(codes[base + i], raw[base + i], 4u * i);
+            }
         }
         // escapes: the true weight in, the dense slot's value out
         for (var e = e_begin + l; e < e_end; e += TPR) {

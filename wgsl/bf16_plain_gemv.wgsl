@@ -17,6 +17,9 @@ struct Params {
 }
 
 override F16: bool = false;   // false: bf16, true: IEEE f16
+// Diagnostic (BENCHMARKS.md, issue 7), never used for results: 2 = every row reads row 0's
+// weights (cache-resident: what the arithmetic alone costs).
+override DIAG: u32 = 0u;
 const TPR: u32 = 32u;         // threads per row
 const RPW: u32 = 8u;          // rows per workgroup
 const WG: u32 = 256u;         // = TPR * RPW
@@ -59,7 +62,7 @@ fn main(
     var acc0 = 0.0;
     var acc1 = 0.0;
     if (row < P.rows) {
-        let base = row * n8;
+        let base = select(row * n8, 0u, DIAG == 2u);
         var i = l;
         for (; i + TPR < n8; i += 2u * TPR) {
             let w0 = w[base + i];

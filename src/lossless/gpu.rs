@@ -247,6 +247,8 @@ pub struct LosslessGpu {
     plain_bf16: wgpu::ComputePipeline,
     plain_f16: wgpu::ComputePipeline,
     indexed_gemv: wgpu::ComputePipeline,
+    indexed_gemv_module: wgpu::ShaderModule,
+    plain_module: wgpu::ShaderModule,
     indexed_decode: wgpu::ComputePipeline,
     indexed_patch: wgpu::ComputePipeline,
 }
@@ -338,6 +340,8 @@ impl LosslessGpu {
             plain_bf16,
             plain_f16,
             indexed_gemv,
+            indexed_gemv_module: ig,
+            plain_module: pla,
             indexed_decode,
             indexed_patch,
         })
@@ -630,6 +634,20 @@ impl LosslessGpu {
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
     ) -> Result<LosslessDispatch, GpuError> {
+        let pipeline = match m.half {
+            HalfType::F16 => &self.plain_f16,
+            _ => &self.plain_bf16,
+        };
+        self.plain_launch(m, x, y, pipeline)
+    }
+
+    fn plain_launch(
+        &self,
+        m: &GpuHalfMatrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        pipeline: &wgpu::ComputePipeline,
+    ) -> Result<LosslessDispatch, GpuError> {
         check_xy(x, m.cols, y, m.rows)?;
         let total = u32_of("workgroups", m.rows.div_ceil(PLAIN_ROWS_PER_WG))?;
         let (gx, gy) = self.grid(total);
@@ -640,10 +658,6 @@ impl LosslessGpu {
             total_wg: total,
         };
         let ub = self.uniform(&p);
-        let pipeline = match m.half {
-            HalfType::F16 => &self.plain_f16,
-            _ => &self.plain_bf16,
-        };
         Ok(self.launch(pipeline, "bf16 plain", &[&ub, &m.weights, x, y], (gx, gy)))
     }
 
@@ -917,6 +931,67 @@ impl LosslessGpu {
             &self.indexed_gemv,
             &[&m.codes, &m.raw, &m.escape_rows, &m.escapes, x, y],
         ))
+    }
+
+    /// A pipeline of `module` with `override` constants set (diagnostic variants).
+    fn variant(
+        &self,
+        module: &wgpu::ShaderModule,
+        consts: &[(&str, f64)],
+    ) -> Result<wgpu::ComputePipeline, GpuError> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let p = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some("diagnostic variant"),
+                layout: None,
+                module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: consts,
+                    zero_initialize_workgroup_memory: true,
+                },
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Wgpu(format!("kernel variant {consts:?}: {e}")));
+        }
+        Ok(p)
+    }
+
+    /// [`Self::indexed_gemv_dispatch`] with the kernel's diagnostic `override` constants set
+    /// (`DIAG` in `wgsl/bf16_indexed_gemv.wgsl`): for measuring where the limit is, not for
+    /// results. Compiles a pipeline per call.
+    pub fn indexed_gemv_diagnostic_dispatch(
+        &self,
+        m: &GpuIndexedMatrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        consts: &[(&str, f64)],
+    ) -> Result<LosslessDispatch, GpuError> {
+        check_xy(x, m.cols(), y, m.rows())?;
+        let p = self.variant(&self.indexed_gemv_module, consts)?;
+        Ok(self.indexed_dispatch(m, &p, &[&m.codes, &m.raw, &m.escape_rows, &m.escapes, x, y]))
+    }
+
+    /// [`Self::plain_dispatch`] (bf16) with the kernel's diagnostic `override` constants set
+    /// (`DIAG` in `wgsl/bf16_plain_gemv.wgsl`): for measurements, not results.
+    pub fn plain_diagnostic_dispatch(
+        &self,
+        m: &GpuHalfMatrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        consts: &[(&str, f64)],
+    ) -> Result<LosslessDispatch, GpuError> {
+        if m.half != HalfType::BF16 {
+            return Err(GpuError::InvalidInput(
+                "diagnostic plain variants are bf16 only".into(),
+            ));
+        }
+        let mut c = consts.to_vec();
+        c.push(("F16", 0.0));
+        let p = self.variant(&self.plain_module, &c)?;
+        self.plain_launch(m, x, y, &p)
     }
 
     /// The two decode launches of the indexed form writing the bf16 patterns into `out`
