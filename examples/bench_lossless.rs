@@ -276,26 +276,36 @@ fn main() {
                 // Where the limit is: the access pattern alone, the arithmetic alone
                 // (weights cache-resident), for the indexed and the plain kernel.
                 let mut d = Vec::new();
-                for (name, v) in [("loads only", 1.0), ("arithmetic only", 2.0)] {
+                let variants: [(&str, &[(&str, f64)]); 6] = [
+                    ("loads only", &[("DIAG", 1.0)]),
+                    ("arithmetic only", &[("DIAG", 2.0)]),
+                    ("loads only without x", &[("DIAG", 3.0)]),
+                    ("ROWS=2", &[("ROWS", 2.0)]),
+                    ("ROWS=2 loads only", &[("ROWS", 2.0), ("DIAG", 1.0)]),
+                    ("ROWS=2 arithmetic only", &[("ROWS", 2.0), ("DIAG", 2.0)]),
+                ];
+                for (name, c) in variants {
                     let ds: Vec<_> = mats
                         .iter()
-                        .map(|m| {
-                            g.indexed_gemv_diagnostic_dispatch(m, &xb, &yb, &[("DIAG", v)])
-                                .unwrap()
-                        })
+                        .map(|m| g.indexed_gemv_diagnostic_dispatch(m, &xb, &yb, c).unwrap())
                         .collect();
                     let t = time(&g, &timer, &ds, args.iters, args.rounds).t;
                     d.push(format!("indexed {name} {:.1} us", t * 1e6));
                 }
-                let ds: Vec<_> = plain
-                    .iter()
-                    .map(|m| {
-                        g.plain_diagnostic_dispatch(m, &xb, &yb, &[("DIAG", 2.0)])
-                            .unwrap()
-                    })
-                    .collect();
-                let t = time(&g, &timer, &ds, args.iters, args.rounds).t;
-                d.push(format!("plain arithmetic only {:.1} us", t * 1e6));
+                let variants: [(&str, &[(&str, f64)]); 4] = [
+                    ("loads only", &[("DIAG", 1.0)]),
+                    ("arithmetic only", &[("DIAG", 2.0)]),
+                    ("ROWS=2", &[("ROWS", 2.0)]),
+                    ("ROWS=2 loads only", &[("ROWS", 2.0), ("DIAG", 1.0)]),
+                ];
+                for (name, c) in variants {
+                    let ds: Vec<_> = plain
+                        .iter()
+                        .map(|m| g.plain_diagnostic_dispatch(m, &xb, &yb, c).unwrap())
+                        .collect();
+                    let t = time(&g, &timer, &ds, args.iters, args.rounds).t;
+                    d.push(format!("plain {name} {:.1} us", t * 1e6));
+                }
                 eprintln!("  diagnose: {}", d.join(", "));
             }
             let out = g

@@ -254,7 +254,15 @@ fn wide_weights(rng: &mut ChaCha8Rng, n: usize) -> Vec<u16> {
 
 fn indexed_cases(rng: &mut ChaCha8Rng) -> Vec<(usize, usize, Vec<u16>)> {
     let mut v = Vec::new();
-    for (r, k) in [(64, 4096), (37, 96), (130, 256), (5, 32), (1, 16), (9, 48)] {
+    // 1056 = 33 units of 32: a full tile of 32 units and a partial one
+    for (r, k) in [
+        (64, 4096),
+        (37, 96),
+        (130, 256),
+        (5, 32),
+        (1, 32),
+        (9, 1056),
+    ] {
         let mut w = weights(rng, r * k, 0.02, HalfType::BF16);
         for (i, s) in [0x8000u16, 0x0000, 0x0001, 0x8001, 0x4700]
             .iter()
@@ -265,8 +273,35 @@ fn indexed_cases(rng: &mut ChaCha8Rng) -> Vec<(usize, usize, Vec<u16>)> {
         v.push((r, k, w));
     }
     v.push((24, 1024, wide_weights(rng, 24 * 1024)));
-    v.push((3, 16, vec![half::bf16::from_f32(0.5).to_bits(); 48]));
+    v.push((3, 32, vec![half::bf16::from_f32(0.5).to_bits(); 96]));
+    // from 8192 rows the GEMVs take two rows per warp; an odd count leaves one warp a single row
+    v.push((8193, 32, weights(rng, 8193 * 32, 0.02, HalfType::BF16)));
     v
+}
+
+/// Runs a GEMV launch made by `make` on fresh x and y buffers and reads y back.
+fn run_dispatch(
+    g: &LosslessGpu,
+    rows: usize,
+    x: &[f32],
+    make: impl Fn(
+        &wgpu::Buffer,
+        &wgpu::Buffer,
+    ) -> Result<ecq::lossless::gpu::LosslessDispatch, GpuError>,
+) -> Vec<f32> {
+    let none = wgpu::BufferUsages::empty();
+    let xb = g.storage("x", bytemuck::cast_slice(x), none).unwrap();
+    let yb = g
+        .storage("y", &vec![0xFFu8; 4 * rows], wgpu::BufferUsages::COPY_SRC)
+        .unwrap();
+    let d = make(&xb, &yb).unwrap();
+    let mut enc = g.device().create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        d.record(&mut pass);
+    }
+    g.queue().submit([enc.finish()]);
+    bytemuck::pod_collect_to_vec(&g.read_back(&yb, 4 * rows as u64).unwrap())
 }
 
 #[test]
@@ -307,6 +342,18 @@ fn indexed_gemv_matches_the_f64_reference() {
         // (K/32 + 33) u sum|w x| bound of `tolerance`.
         let y = g.gemv_indexed(&gm, &x).unwrap();
         assert_close(&y, &refs, k, &format!("indexed {r}x{k}"));
+        // two rows per warp (odd row counts leave a warp with one)
+        let yr = run_dispatch(g, r, &x, |xb, yb| {
+            g.indexed_gemv_diagnostic_dispatch(&gm, xb, yb, &[("ROWS", 2.0)])
+        });
+        assert_close(&yr, &refs, k, &format!("indexed ROWS=2 {r}x{k}"));
+        let pm = g.upload_plain(&w, r, k, HalfType::BF16).unwrap();
+        let yp = run_dispatch(g, r, &x, |xb, yb| {
+            g.plain_diagnostic_dispatch(&pm, xb, yb, &[("ROWS", 2.0)])
+        });
+        assert_close(&yp, &refs, k, &format!("plain ROWS=2 {r}x{k}"));
+        let yp = g.gemv_plain(&pm, &x).unwrap();
+        assert_close(&yp, &refs, k, &format!("plain {r}x{k}"));
     }
     assert!(saw_many_escapes);
 }

@@ -12,18 +12,12 @@ const TPR: u32 = 32u;         // threads per row
 const RPW: u32 = 8u;          // rows per workgroup
 
 @group(0) @binding(0) var<uniform> P: IndexedParams;
-@group(0) @binding(1) var<storage, read> codes: array<vec2<u32>>;   // R * K / 16
-@group(0) @binding(2) var<storage, read> raw: array<vec4<u32>>;     // R * K / 16
-@group(0) @binding(3) var<storage, read_write> out: array<vec4<u32>>;  // R * K / 8
+@group(0) @binding(1) var<storage, read> words: array<vec2<u32>>;     // R * K * 3 / 16
+@group(0) @binding(2) var<storage, read_write> out: array<vec4<u32>>;  // R * K / 8
 
-// Eight weights of one code word and two raw words: four words of two bf16 patterns.
-fn oct(c: u32, r0: u32, r1: u32) -> vec4<u32> {
-    return vec4<u32>(
-        true_pair(pair_code(c, 0u), pair_raw(r0, 0u)),
-        true_pair(pair_code(c, 1u), pair_raw(r0, 1u)),
-        true_pair(pair_code(c, 2u), pair_raw(r1, 0u)),
-        true_pair(pair_code(c, 3u), pair_raw(r1, 1u)),
-    );
+fn octet(a: u32, b: u32, c: u32) -> vec4<u32> {
+    let t = octet_targets(a, b, c);
+    return vec4<u32>(true_pair(t.x), true_pair(t.y), true_pair(t.z), true_pair(t.w));
 }
 
 @compute @workgroup_size(256)
@@ -39,12 +33,14 @@ fn main(
     if (row >= P.rows) {
         return;
     }
-    let n16 = P.cols / 16u;
-    let base = row * n16;
-    for (var i = lid % TPR; i < n16; i += TPR) {
-        let c = codes[base + i];
-        let rw = raw[base + i];
-        out[2u * (base + i)] = oct(c.x, rw.x, rw.y);
-        out[2u * (base + i) + 1u] = oct(c.y, rw.z, rw.w);
+    let n = P.cols / 16u;
+    for (var u = lid % TPR; u < n; u += TPR) {
+        let at = unit_words(row, u, n);
+        let a = words[at.x];
+        let b = words[at.x + at.y];
+        let c = words[at.x + 2u * at.y];
+        let o = 2u * (row * n + u);
+        out[o] = octet(a.x, b.x, c.x);
+        out[o + 1u] = octet(a.y, b.y, c.y);
     }
 }

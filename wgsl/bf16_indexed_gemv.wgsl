@@ -4,46 +4,86 @@
 // instead of 16.
 //
 // Same shape as the plain bf16 kernel (bf16_plain_gemv.wgsl), so the two compare fairly: one
-// workgroup = RPW rows x 32 threads; per iteration a thread takes one unit of 16 weights
-// (24 bytes) and the matching x as vec4<f32>. Then the row's threads add its escapes, and the
-// 32 partial sums are reduced by a tree in workgroup memory.
+// workgroup = 8 warps of 32 threads, a warp takes ROWS rows; per iteration a thread takes one
+// unit of 16 weights (three vec2<u32>, 24 bytes) of each row and the matching x as vec4<f32>. (Units of 32 weights, three
+// vec4<u32>, were 1.8-2.3x slower on an H200: over 32 registers, the compiler issued the x
+// loads one octet at a time.) Then the row's threads add its
+// escapes, and the 32 partial sums are reduced by a tree in workgroup memory.
 
 // import: indexed16
 
 // Diagnostic variants for measuring the limit (BENCHMARKS.md, issue 7), never used for results:
 // 1 = the same loads, next to no arithmetic (what the access pattern alone costs);
 // 2 = the full arithmetic on weights every row reads from row 0 (cache-resident: what the
-//     arithmetic alone costs).
+//     arithmetic alone costs);
+// 3 = as 1 without the x loads; 4 = as 1 without the escape offsets and loop.
 override DIAG: u32 = 0u;
 
-
+// Rows per warp, 1 or 2: with 2, each thread loads its x once for two rows, halving the x
+// loads per weight (they, not the weights, set the loads-only time: BENCHMARKS.md).
+override ROWS: u32 = 1u;
 const TPR: u32 = 32u;         // threads per row
-const RPW: u32 = 8u;          // rows per workgroup
-const WG: u32 = 256u;         // = TPR * RPW
+const WARPS: u32 = 8u;        // warps per workgroup: WARPS * ROWS rows
+const WG: u32 = 256u;         // = TPR * WARPS
 
 @group(0) @binding(0) var<uniform> P: IndexedParams;
-@group(0) @binding(1) var<storage, read> codes: array<vec2<u32>>;   // R * K / 16
-@group(0) @binding(2) var<storage, read> raw: array<vec4<u32>>;     // R * K / 16
-@group(0) @binding(3) var<storage, read> esc_rows: array<u32>;      // R + 1
-@group(0) @binding(4) var<storage, read> esc: array<vec2<u32>>;     // escapes
-@group(0) @binding(5) var<storage, read> xv: array<vec4<f32>>;      // K / 4
-@group(0) @binding(6) var<storage, read_write> y: array<f32>;       // R
+@group(0) @binding(1) var<storage, read> words: array<vec2<u32>>;  // R * K * 3 / 16
+@group(0) @binding(2) var<storage, read> esc_rows: array<u32>;     // R + 1
+@group(0) @binding(3) var<storage, read> esc: array<vec2<u32>>;    // escapes
+@group(0) @binding(4) var<storage, read> xv: array<vec4<f32>>;     // K / 4
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;      // R
 
-var<workgroup> red: array<f32, WG>;
+var<workgroup> red: array<f32, 512>;  // WG partial sums per row of a warp (ROWS <= 2)
 
-// Four weights (pairs p0, p0 + 1 of code word c, raw word r) against x.
-fn quad(c: u32, r: u32, p0: u32, x: vec4<f32>) -> f32 {
-    let a = dense_pair(pair_code(c, p0), pair_raw(r, 0u));
-    let b = dense_pair(pair_code(c, p0 + 1u), pair_raw(r, 1u));
-    let w = vec4<f32>(bitcast<f32>(a << 16u), bitcast<f32>(a & 0xFFFF0000u),
-        bitcast<f32>(b << 16u), bitcast<f32>(b & 0xFFFF0000u));
-    return dot(w, x);
+fn lo(p: u32) -> f32 {
+    return bitcast<f32>(p << 16u);
 }
 
-// One unit of 16 weights against x[4 * xi .. 4 * xi + 16].
-fn dot16(c: vec2<u32>, r: vec4<u32>, xi: u32) -> f32 {
-    return quad(c.x, r.x, 0u, xv[xi]) + quad(c.x, r.y, 2u, xv[xi + 1u])
-        + quad(c.y, r.z, 0u, xv[xi + 2u]) + quad(c.y, r.w, 2u, xv[xi + 3u]);
+fn hi(p: u32) -> f32 {
+    return bitcast<f32>(p & 0xFFFF0000u);
+}
+
+// One octet (words a, b, c) against x0, x1.
+fn octet(a: u32, b: u32, c: u32, x0: vec4<f32>, x1: vec4<f32>) -> f32 {
+    let t = octet_targets(a, b, c);
+    let p0 = dense_pair(t.x);
+    let p1 = dense_pair(t.y);
+    let p2 = dense_pair(t.z);
+    let p3 = dense_pair(t.w);
+    return dot(vec4<f32>(lo(p0), hi(p0), lo(p1), hi(p1)), x0)
+        + dot(vec4<f32>(lo(p2), hi(p2), lo(p3), hi(p3)), x1);
+}
+
+// Unit u of row `row` (n units per row) against x[4 * xi .. 4 * xi + 16].
+fn unit(row: u32, u: u32, n: u32, x: array<vec4<f32>, 4>) -> f32 {
+    let at = unit_words(row, u, n);
+    let a = words[at.x];
+    let b = words[at.x + at.y];
+    let c = words[at.x + 2u * at.y];
+    if (DIAG == 1u || DIAG == 4u) {
+        let v = a ^ b ^ c;
+        return bitcast<f32>((v.x ^ v.y) & 0x3FFFFFFFu) * (x[0].x + x[1].y + x[2].z + x[3].w);
+    }
+    if (DIAG == 3u) {
+        let v = a ^ b ^ c;
+        return bitcast<f32>((v.x ^ v.y) & 0x3FFFFFFFu);
+    }
+    return octet(a.x, b.x, c.x, x[0], x[1]) + octet(a.y, b.y, c.y, x[2], x[3]);
+}
+
+// The escapes of `row` against x: the true weight in, the dense slot's value out.
+fn escapes(row: u32, l: u32) -> f32 {
+    var acc = 0.0;
+    if (DIAG == 4u) {
+        return acc;
+    }
+    let e_end = esc_rows[row + 1u];
+    for (var e = esc_rows[row] + l; e < e_end; e += TPR) {
+        let v = esc[e];
+        let xe = xv[v.x / 4u][v.x % 4u];
+        acc += bitcast<f32>(v.y << 16u) * xe - P.escape_slot * xe;
+    }
+    return acc;
 }
 
 @compute @workgroup_size(256)
@@ -55,47 +95,47 @@ fn main(
     if (wg >= P.total_wg) {
         return;
     }
-    let rl = lid / TPR;
     let l = lid % TPR;
-    let row = wg * RPW + rl;
-    let n16 = P.cols / 16u;
-    var acc = 0.0;
-    var acc_esc = 0.0;
+    let row = (wg * WARPS + lid / TPR) * ROWS;
+    let has1 = ROWS == 2u && row + 1u < P.rows;
+    let n = P.cols / 16u;
+    var acc0 = 0.0;
+    var acc1 = 0.0;
     if (row < P.rows) {
-        // loaded first, so that their latency hides behind the dense loop
-        let e_begin = esc_rows[row];
-        let e_end = esc_rows[row + 1u];
-        let base = select(row * n16, 0u, DIAG == 2u);
-        // One unit per iteration: two (measured 2% slower on an H200: the compiler, holding
-        // 32 registers, issued the second unit's loads only after using the first's) or one
-        // prefetched ahead (10% slower) were tried.
-        for (var i = l; i < n16; i += TPR) {
-            if (DIAG == 1u) {
-                let c = codes[base + i];
-                let r = raw[base + i];
-                let xi = 4u * i;
-                acc += bitcast<f32>((c.x ^ c.y ^ r.x ^ r.y ^ r.z ^ r.w) & 0x3FFFFFFFu)
-                    * (xv[xi].x + xv[xi + 1u].y + xv[xi + 2u].z + xv[xi + 3u].w);
-            } else {
-                acc += dot16(codes[base + i], raw[base + i], 4u * i);
+        let w0 = select(row, 0u, DIAG == 2u);
+        let w1 = select(row + 1u, 0u, DIAG == 2u);
+        for (var u = l; u < n; u += TPR) {
+            let xi = 4u * u;
+            var x = array<vec4<f32>, 4>();
+            if (DIAG != 3u) {
+                x = array<vec4<f32>, 4>(xv[xi], xv[xi + 1u], xv[xi + 2u], xv[xi + 3u]);
+            }
+            acc0 += unit(w0, u, n, x);
+            if (has1) {
+                acc1 += unit(w1, u, n, x);
             }
         }
-        // escapes: the true weight in, the dense slot's value out
-        for (var e = e_begin + l; e < e_end; e += TPR) {
-            let v = esc[e];
-            let xe = xv[v.x / 4u][v.x % 4u];
-            acc_esc += bitcast<f32>(v.y << 16u) * xe - P.escape_slot * xe;
+        acc0 = acc0 * P.scale + escapes(row, l);
+        if (has1) {
+            acc1 = acc1 * P.scale + escapes(row + 1u, l);
         }
     }
-    red[lid] = acc * P.scale + acc_esc;
+    red[lid] = acc0;
+    red[WG + lid] = acc1;
     workgroupBarrier();
     for (var s = TPR / 2u; s > 0u; s = s >> 1u) {
         if (l < s) {
             red[lid] += red[lid + s];
+            if (ROWS == 2u) {
+                red[WG + lid] += red[WG + lid + s];
+            }
         }
         workgroupBarrier();
     }
     if (l == 0u && row < P.rows) {
         y[row] = red[lid];
+        if (has1) {
+            y[row + 1u] = red[WG + lid];
+        }
     }
 }

@@ -17,19 +17,23 @@ struct Params {
 }
 
 override F16: bool = false;   // false: bf16, true: IEEE f16
-// Diagnostic (BENCHMARKS.md, issue 7), never used for results: 2 = every row reads row 0's
-// weights (cache-resident: what the arithmetic alone costs).
+// Diagnostics (BENCHMARKS.md, issue 7), never used for results: 1 = the same loads, next to
+// no arithmetic; 2 = every row reads row 0's weights (cache-resident: what the arithmetic alone
+// costs).
 override DIAG: u32 = 0u;
+// Rows per warp, 1 or 2: with 2, each thread loads its x once for two rows (one 8-weight chunk
+// per row and iteration instead of two of one row), halving the x loads per weight.
+override ROWS: u32 = 1u;
 const TPR: u32 = 32u;         // threads per row
-const RPW: u32 = 8u;          // rows per workgroup
-const WG: u32 = 256u;         // = TPR * RPW
+const WARPS: u32 = 8u;        // warps per workgroup: RPW = WARPS * ROWS rows
+const WG: u32 = 256u;         // = TPR * WARPS
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;   // R * K / 8
 @group(0) @binding(2) var<storage, read> xv: array<vec4<f32>>;  // K / 4
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;   // R
 
-var<workgroup> red: array<f32, WG>;
+var<workgroup> red: array<f32, 512>;  // WG partial sums per row of a warp (ROWS <= 2)
 
 fn pair(v: u32) -> vec2<f32> {
     if (F16) {
@@ -39,6 +43,9 @@ fn pair(v: u32) -> vec2<f32> {
 }
 
 fn dot8(wv: vec4<u32>, x0: vec4<f32>, x1: vec4<f32>) -> f32 {
+    if (DIAG == 1u) {
+        return bitcast<f32>((wv.x ^ wv.y ^ wv.z ^ wv.w) & 0x3FFFFFFFu) * (x0.x + x1.w);
+    }
     let a = pair(wv.x);
     let b = pair(wv.y);
     let c = pair(wv.z);
@@ -55,13 +62,27 @@ fn main(
     if (wg >= P.total_wg) {
         return;
     }
-    let rl = lid / TPR;
     let l = lid % TPR;
-    let row = wg * RPW + rl;
+    let row = (wg * WARPS + lid / TPR) * ROWS;
     let n8 = P.cols / 8u;
     var acc0 = 0.0;
     var acc1 = 0.0;
-    if (row < P.rows) {
+    if (ROWS == 2u) {
+        // row and row + 1 (when it exists); x loaded once for both
+        let base0 = select(row * n8, 0u, DIAG == 2u);
+        let base1 = select((row + 1u) * n8, 0u, DIAG == 2u);
+        let has1 = row + 1u < P.rows;
+        if (row < P.rows) {
+            for (var i = l; i < n8; i += TPR) {
+                let x0 = xv[2u * i];
+                let x1 = xv[2u * i + 1u];
+                acc0 += dot8(w[base0 + i], x0, x1);
+                if (has1) {
+                    acc1 += dot8(w[base1 + i], x0, x1);
+                }
+            }
+        }
+    } else if (row < P.rows) {
         let base = select(row * n8, 0u, DIAG == 2u);
         var i = l;
         for (; i + TPR < n8; i += 2u * TPR) {
@@ -73,16 +94,24 @@ fn main(
         if (i < n8) {
             acc0 += dot8(w[base + i], xv[2u * i], xv[2u * i + 1u]);
         }
+        acc0 += acc1;
     }
-    red[lid] = acc0 + acc1;
+    red[lid] = acc0;
+    red[WG + lid] = acc1;
     workgroupBarrier();
     for (var s = TPR / 2u; s > 0u; s = s >> 1u) {
         if (l < s) {
             red[lid] += red[lid + s];
+            if (ROWS == 2u) {
+                red[WG + lid] += red[WG + lid + s];
+            }
         }
         workgroupBarrier();
     }
     if (l == 0u && row < P.rows) {
         y[row] = red[lid];
+        if (ROWS == 2u && row + 1u < P.rows) {
+            y[row + 1u] = red[WG + lid];
+        }
     }
 }

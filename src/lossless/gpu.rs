@@ -66,15 +66,33 @@ pub(crate) const BF16_INDEXED_PATCH_SOURCE: &str =
     crate::gpu::wgsl_with_libs!("../../wgsl/bf16_indexed_patch.wgsl", "indexed16");
 /// The exponent the GEMV gives index 0 (`DENSE_BASE` in `wgsl/lib/indexed16.wgsl`).
 const INDEXED_DENSE_BASE: u32 = 112;
-/// Rows per workgroup of the indexed-form kernels (`RPW` in the WGSL).
+/// Warps (of 32 threads, one per row or pair of rows) per workgroup of the plain and indexed
+/// GEMVs (`WARPS` in the WGSL).
+const GEMV_WARPS: usize = 8;
+/// Rows per warp of the plain and indexed GEMVs (their `override ROWS`, set from here) when a
+/// matrix has fewer than [`GEMV_TWO_ROWS_FROM`] rows.
+const GEMV_ROWS_PER_WARP: usize = 1;
+/// From this many rows the GEMVs take two rows per warp (each thread's x loads serve both):
+/// measured on an H200 (BENCHMARKS.md, issue 7), 14336 and 128256 rows gain (indexed 39.3 ->
+/// 33.0 µs and 300 -> 217 µs; plain 33.5 -> 32.9 and 247 -> 244), while 4096 rows lose, with
+/// too few workgroups left to fill the GPU (indexed 37.0 -> 38.2 µs, plain 36.7 -> 56.6).
+const GEMV_TWO_ROWS_FROM: usize = 8192;
+
+/// Rows per warp for a GEMV over `rows` rows.
+fn gemv_rows_per_warp(rows: usize) -> usize {
+    if rows >= GEMV_TWO_ROWS_FROM {
+        2
+    } else {
+        GEMV_ROWS_PER_WARP
+    }
+}
+/// Rows per workgroup of the indexed decode kernels (`RPW` in the WGSL).
 const INDEXED_ROWS_PER_WG: usize = 8;
 /// Weights per unit of the indexed-form kernels (`wgsl/lib/indexed16.wgsl`): `cols` must be a
 /// multiple of it.
-pub const INDEXED_UNIT: usize = 16;
+pub const INDEXED_UNIT: usize = super::indexed::GPU_UNIT;
 /// Groups of 32 lanes per workgroup (`G` in the WGSL).
 const GROUPS_PER_WG: usize = 4;
-/// Rows per workgroup of the plain GEMV (`RPW` in the WGSL).
-const PLAIN_ROWS_PER_WG: usize = 8;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Pod, Zeroable)]
@@ -211,8 +229,7 @@ impl GpuHalfMatrix {
 #[derive(Debug)]
 pub struct GpuIndexedMatrix {
     params: IndexedParams,
-    codes: wgpu::Buffer,
-    raw: wgpu::Buffer,
+    words: wgpu::Buffer,
     escape_rows: wgpu::Buffer,
     escapes: wgpu::Buffer,
     bytes: u64,
@@ -229,7 +246,7 @@ impl GpuIndexedMatrix {
         self.params.cols as usize
     }
 
-    /// Bytes of the form the GEMV reads (indices, raw bytes, escape offsets and pairs).
+    /// Bytes of the form the GEMV reads (weights at 12 bits, escape offsets and pairs).
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
@@ -244,13 +261,27 @@ pub struct LosslessGpu {
     decode_subgroup: Option<wgpu::ComputePipeline>,
     fused: wgpu::ComputePipeline,
     fused_subgroup: Option<wgpu::ComputePipeline>,
-    plain_bf16: wgpu::ComputePipeline,
-    plain_f16: wgpu::ComputePipeline,
-    indexed_gemv: wgpu::ComputePipeline,
+    /// By rows per warp: 1, 2.
+    plain_bf16: [wgpu::ComputePipeline; 2],
+    plain_f16: [wgpu::ComputePipeline; 2],
+    indexed_gemv: [wgpu::ComputePipeline; 2],
     indexed_gemv_module: wgpu::ShaderModule,
     plain_module: wgpu::ShaderModule,
     indexed_decode: wgpu::ComputePipeline,
     indexed_patch: wgpu::ComputePipeline,
+}
+
+/// The `ROWS` (rows per warp) of a GEMV variant's constants, set to the default when absent;
+/// only 1 and 2 exist in the kernels.
+fn rows_per_warp(consts: &mut Vec<(&str, f64)>) -> Result<usize, GpuError> {
+    match consts.iter().find(|(k, _)| *k == "ROWS") {
+        None => {
+            consts.push(("ROWS", GEMV_ROWS_PER_WARP as f64));
+            Ok(GEMV_ROWS_PER_WARP)
+        }
+        Some(&(_, v)) if v == 1.0 || v == 2.0 => Ok(v as usize),
+        Some(&(_, v)) => Err(GpuError::InvalidInput(format!("ROWS = {v}: 1 or 2"))),
+    }
 }
 
 /// Checks that the GEMV's x and y buffers hold `cols` and `rows` f32s.
@@ -318,11 +349,13 @@ impl LosslessGpu {
             let m = module("bf16_decode_subgroup.wgsl", BF16_DECODE_SUBGROUP_SOURCE);
             pipe(&m, "bf16_decode_subgroup", &[])
         });
-        let plain_bf16 = pipe(&pla, "bf16_plain_gemv", &[("F16", 0.0)]);
-        let plain_f16 = pipe(&pla, "bf16_plain_gemv f16", &[("F16", 1.0)]);
+        let plain_bf16 =
+            [1.0, 2.0].map(|r| pipe(&pla, "bf16_plain_gemv", &[("F16", 0.0), ("ROWS", r)]));
+        let plain_f16 =
+            [1.0, 2.0].map(|r| pipe(&pla, "bf16_plain_gemv f16", &[("F16", 1.0), ("ROWS", r)]));
 
         let ig = module("bf16_indexed_gemv.wgsl", BF16_INDEXED_GEMV_SOURCE);
-        let indexed_gemv = pipe(&ig, "bf16_indexed_gemv", &[]);
+        let indexed_gemv = [1.0, 2.0].map(|r| pipe(&ig, "bf16_indexed_gemv", &[("ROWS", r)]));
         let id = module("bf16_indexed_decode.wgsl", BF16_INDEXED_DECODE_SOURCE);
         let indexed_decode = pipe(&id, "bf16_indexed_decode", &[]);
         let ip = module("bf16_indexed_patch.wgsl", BF16_INDEXED_PATCH_SOURCE);
@@ -634,11 +667,12 @@ impl LosslessGpu {
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
     ) -> Result<LosslessDispatch, GpuError> {
+        let rows = gemv_rows_per_warp(m.rows);
         let pipeline = match m.half {
-            HalfType::F16 => &self.plain_f16,
-            _ => &self.plain_bf16,
+            HalfType::F16 => &self.plain_f16[rows - 1],
+            _ => &self.plain_bf16[rows - 1],
         };
-        self.plain_launch(m, x, y, pipeline)
+        self.plain_launch(m, x, y, pipeline, GEMV_WARPS * rows)
     }
 
     fn plain_launch(
@@ -647,9 +681,10 @@ impl LosslessGpu {
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
         pipeline: &wgpu::ComputePipeline,
+        rows_per_wg: usize,
     ) -> Result<LosslessDispatch, GpuError> {
         check_xy(x, m.cols, y, m.rows)?;
-        let total = u32_of("workgroups", m.rows.div_ceil(PLAIN_ROWS_PER_WG))?;
+        let total = u32_of("workgroups", m.rows.div_ceil(rows_per_wg))?;
         let (gx, gy) = self.grid(total);
         let p = PlainParams {
             rows: u32_of("rows", m.rows)?,
@@ -871,44 +906,38 @@ impl LosslessGpu {
             .iter()
             .flat_map(|e| [e.col, u32::from(e.bits)])
             .collect();
-        let codes = self.storage(
-            "indexed codes",
-            bytemuck::cast_slice(&m.index_gpu_words()),
-            none,
-        )?;
-        let raw = self.storage(
-            "indexed raw",
-            bytemuck::cast_slice(&m.raw_gpu_words()),
-            none,
-        )?;
+        let gw = m
+            .gpu_words()
+            .map_err(|e| GpuError::Unsupported(e.to_string()))?;
+        let words = self.storage("indexed words", bytemuck::cast_slice(&gw), none)?;
         let escape_rows = self.storage(
             "indexed escape rows",
             bytemuck::cast_slice(m.escape_rows()),
             none,
         )?;
         let escapes = self.storage("indexed escapes", bytemuck::cast_slice(&pairs), none)?;
-        let bytes = 4 * m.indices().len() as u64
-            + m.raw().len() as u64
-            + 4 * m.escape_rows().len() as u64
-            + 4 * pairs.len() as u64;
+        let bytes = 4 * gw.len() as u64 + 4 * m.escape_rows().len() as u64 + 4 * pairs.len() as u64;
         Ok(GpuIndexedMatrix {
             params,
-            codes,
-            raw,
+            words,
             escape_rows,
             escapes,
             bytes,
         })
     }
 
-    /// A launch of `pipeline` over `m`'s rows with bindings: the uniform block, then `bufs`.
+    /// A launch of `pipeline` over `m`'s rows, `rows_per_wg` rows per workgroup, with
+    /// bindings: the uniform block, then `bufs`.
     fn indexed_dispatch(
         &self,
         m: &GpuIndexedMatrix,
         pipeline: &wgpu::ComputePipeline,
+        rows_per_wg: usize,
         bufs: &[&wgpu::Buffer],
     ) -> LosslessDispatch {
         let mut p = m.params;
+        // fits: rows / 8 fitted u32 at upload
+        p.total_wg = m.rows().div_ceil(rows_per_wg) as u32;
         let (gx, gy) = self.grid(p.total_wg);
         p.wg_x = gx;
         let ub = self.uniform(&p);
@@ -926,10 +955,12 @@ impl LosslessGpu {
         y: &wgpu::Buffer,
     ) -> Result<LosslessDispatch, GpuError> {
         check_xy(x, m.cols(), y, m.rows())?;
+        let rows = gemv_rows_per_warp(m.rows());
         Ok(self.indexed_dispatch(
             m,
-            &self.indexed_gemv,
-            &[&m.codes, &m.raw, &m.escape_rows, &m.escapes, x, y],
+            &self.indexed_gemv[rows - 1],
+            GEMV_WARPS * rows,
+            &[&m.words, &m.escape_rows, &m.escapes, x, y],
         ))
     }
 
@@ -970,8 +1001,15 @@ impl LosslessGpu {
         consts: &[(&str, f64)],
     ) -> Result<LosslessDispatch, GpuError> {
         check_xy(x, m.cols(), y, m.rows())?;
-        let p = self.variant(&self.indexed_gemv_module, consts)?;
-        Ok(self.indexed_dispatch(m, &p, &[&m.codes, &m.raw, &m.escape_rows, &m.escapes, x, y]))
+        let mut c = consts.to_vec();
+        let rows = rows_per_warp(&mut c)?;
+        let p = self.variant(&self.indexed_gemv_module, &c)?;
+        Ok(self.indexed_dispatch(
+            m,
+            &p,
+            GEMV_WARPS * rows,
+            &[&m.words, &m.escape_rows, &m.escapes, x, y],
+        ))
     }
 
     /// [`Self::plain_dispatch`] (bf16) with the kernel's diagnostic `override` constants set
@@ -990,8 +1028,9 @@ impl LosslessGpu {
         }
         let mut c = consts.to_vec();
         c.push(("F16", 0.0));
+        let rows = rows_per_warp(&mut c)?;
         let p = self.variant(&self.plain_module, &c)?;
-        self.plain_launch(m, x, y, &p)
+        self.plain_launch(m, x, y, &p, GEMV_WARPS * rows)
     }
 
     /// The two decode launches of the indexed form writing the bf16 patterns into `out`
@@ -1004,8 +1043,18 @@ impl LosslessGpu {
         out: &wgpu::Buffer,
     ) -> [LosslessDispatch; 2] {
         [
-            self.indexed_dispatch(m, &self.indexed_decode, &[&m.codes, &m.raw, out]),
-            self.indexed_dispatch(m, &self.indexed_patch, &[&m.escape_rows, &m.escapes, out]),
+            self.indexed_dispatch(
+                m,
+                &self.indexed_decode,
+                INDEXED_ROWS_PER_WG,
+                &[&m.words, out],
+            ),
+            self.indexed_dispatch(
+                m,
+                &self.indexed_patch,
+                INDEXED_ROWS_PER_WG,
+                &[&m.escape_rows, &m.escapes, out],
+            ),
         ]
     }
 

@@ -49,6 +49,11 @@ pub const WINDOW: usize = 16;
 pub const MIN_BASE: u8 = 1;
 /// Largest window base (exponent 255, infinities and NaNs, is never in the window).
 pub const MAX_BASE: u8 = 254 - (WINDOW as u8 - 1);
+/// Weights per thread and iteration of the GPU kernels (a unit, see
+/// [`IndexedMatrix::gpu_words`]): `cols` must be a multiple of it on the GPU.
+pub const GPU_UNIT: usize = 16;
+/// The bits of a two-weight GPU word that hold the two weights' sign, index and mantissa.
+pub const PAIR_FIELDS: u32 = 0x87FF_87FF;
 /// Weights per `u32` word of the index stream (eight 4-bit indices, weight `8w + j` in bits
 /// `4j..4j+4`).
 pub const INDICES_PER_WORD: usize = 8;
@@ -277,40 +282,56 @@ impl IndexedMatrix {
         self.base
     }
 
-    /// The raw bytes in the GPU layout (`wgsl/lib/indexed16.wgsl`). The kernels build two
-    /// weights at a time as one word of two bf16 patterns, so each little-endian word of four
-    /// weights holds the pair (0, 1) in bf16 sign/mantissa positions (`PAIR_RAW` =
-    /// `0x807F807F`, weight 0 in the low half) and the pair (2, 3) rotated right by 8 (a left
-    /// rotation by 8 puts it in those positions).
-    pub fn raw_gpu_words(&self) -> Vec<u32> {
-        // sign and mantissa of raw byte b in the low half of a bf16 pattern
-        let half = |b: u8| (u32::from(b >> 7) << 15) | u32::from(b & 0x7F);
-        self.raw
-            .chunks_exact(4)
-            .map(|q| {
-                let p01 = half(q[0]) | (half(q[1]) << 16);
-                let p23 = half(q[2]) | (half(q[3]) << 16);
-                p01 | p23.rotate_right(8)
-            })
-            .collect()
-    }
-
-    /// The indices in the GPU layout (`wgsl/lib/indexed16.wgsl`): in each word of eight
-    /// weights the pair `(2p, 2p + 1)` has its indices at bits `7..11` and `23..27` (the low
-    /// exponent bits of a two-bf16 word) after the kernel's shift for pair `p`: none, left 4,
-    /// right 4, rotate left 8. The encoder applies the inverse rotations; the four pairs'
-    /// bits are disjoint.
-    pub fn index_gpu_words(&self) -> Vec<u32> {
-        let n = self.rows * self.cols;
-        (0..n / INDICES_PER_WORD)
-            .map(|w| {
-                let pair = |p: usize| {
-                    let i = w * INDICES_PER_WORD + 2 * p;
-                    (u32::from(self.index(i)) << 7) | (u32::from(self.index(i + 1)) << 23)
-                };
-                pair(0) | pair(1).rotate_right(4) | pair(2).rotate_left(4) | pair(3).rotate_right(8)
-            })
-            .collect()
+    /// The matrix in the GPU layout (`wgsl/lib/indexed16.wgsl`), `u32` words, 12 bits per
+    /// weight. Needs `cols` a multiple of [`GPU_UNIT`].
+    ///
+    /// Each **octet** (8 consecutive weights, pairs `p = 0..4` of weights `2p, 2p + 1`) is three
+    /// words `A, B, C`. A pair's **target** is a word of two bf16-like halves, the low weight in
+    /// bits 0..16: sign at bit 15, 4-bit index at 7..11, mantissa at 0..7 (mask
+    /// [`PAIR_FIELDS`]); bits 11..15 of each half are **spare**. `A`, `B`, `C` are the targets
+    /// of pairs 0, 1, 2 with pair 3 in their spare bits: `A`'s hold its two indices, `B`'s the
+    /// mantissa bits 0..4 of its two weights, `C`'s bits 4..7 of the mantissas (at 11..14) and
+    /// the signs (at 14). So pairs 0-2 come out with one AND/OR each, pair 3 with four shifts.
+    ///
+    /// A **unit** is 2 octets (16 weights, one thread's share of an iteration); a row's units
+    /// are grouped in **tiles** of up to 32 (one per thread), and a tile of `m` units stores
+    /// the `m` units' `A` words (as `vec2`: octet `o` in component `o`), then their `B` words,
+    /// then their `C` words, so that each of a warp's three loads is contiguous.
+    pub fn gpu_words(&self) -> Result<Vec<u32>> {
+        if !self.cols.is_multiple_of(GPU_UNIT) {
+            return Err(invalid(format!(
+                "the GPU layout needs cols a multiple of {GPU_UNIT}, got {}",
+                self.cols
+            )));
+        }
+        // a weight's half-word target: sign 15, index 7..11, mantissa 0..7
+        let half = |n: usize| {
+            let b = u32::from(self.raw[n]);
+            ((b >> 7) << 15) | (u32::from(self.index(n)) << 7) | (b & 0x7F)
+        };
+        let units = self.cols / GPU_UNIT;
+        let mut out = vec![0u32; self.rows * self.cols * 3 / 8];
+        for r in 0..self.rows {
+            for u in 0..units {
+                let t0 = u - u % 32;
+                let m = (units - t0).min(32);
+                // vec2 index of the unit's A words
+                let a = (r * units + t0) * 3 + (u - t0);
+                for o in 0..2 {
+                    let n = r * self.cols + u * GPU_UNIT + 8 * o;
+                    let target = |p: usize| half(n + 2 * p) | (half(n + 2 * p + 1) << 16);
+                    let t3 = target(3);
+                    let spare = |v: u32| ((v & 0xF) << 11) | (((v >> 16) & 0xF) << 27);
+                    let idx3 = spare((t3 >> 7) & 0x000F_000F);
+                    let mant_lo3 = spare(t3 & 0x000F_000F);
+                    let mant_hi3 = spare(((t3 >> 4) & 0x0007_0007) | ((t3 >> 12) & 0x0008_0008));
+                    out[2 * a + o] = target(0) | idx3;
+                    out[2 * (a + m) + o] = target(1) | mant_lo3;
+                    out[2 * (a + 2 * m) + o] = target(2) | mant_hi3;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The bf16 value of an escape's dense slot (index 0, raw byte 0): `2^(base - 127)`.
@@ -466,31 +487,47 @@ mod tests {
     /// Rebuilds every weight the way the kernels do (two per word) from the GPU layout.
     #[test]
     fn gpu_layout_rebuilds_pairs_of_weights() {
-        let v: Vec<u16> = (0..256)
-            .map(|i| bf16((i as f32 * 0.37).sin() * 0.02))
+        // 3 rows of 560: units of 16 weights, 35 per row, a full tile and a partial one
+        let (rows, cols) = (3, 560);
+        let v: Vec<u16> = (0..rows * cols)
+            .map(|i| bf16((i as f32 * 0.37).sin() * 0.02 * if i % 41 == 0 { 1e-9 } else { 1.0 }))
             .collect();
-        let m = IndexedMatrix::from_bf16(&v, 4, 64).unwrap();
-        assert!(m.escapes().len() < 8);
-        let (codes, raw) = (m.index_gpu_words(), m.raw_gpu_words());
+        let m = IndexedMatrix::from_bf16(&v, rows, cols).unwrap();
+        assert!(!m.escapes().is_empty());
+        assert!(IndexedMatrix::from_bf16(&v[..3 * 24], 3, 24)
+            .unwrap()
+            .gpu_words()
+            .is_err());
+        let w = m.gpu_words().unwrap();
+        assert_eq!(w.len(), rows * cols * 12 / 32);
         let base2 = (u32::from(m.base()) << 7) | (u32::from(m.base()) << 23);
-        let pair = |c: u32, r: u32| ((c & 0x0780_0780) + base2) | (r & 0x807F_807F);
-        for (h, &c) in codes.iter().enumerate() {
-            let (r0, r1) = (raw[2 * h], raw[2 * h + 1]);
-            let words = [
-                pair(c, r0),
-                pair(c << 4, r0.rotate_left(8)),
-                pair(c >> 4, r1),
-                pair(c.rotate_left(8), r1.rotate_left(8)),
-            ];
-            for (p, w) in words.iter().enumerate() {
-                for (k, got) in [*w as u16, (*w >> 16) as u16].into_iter().enumerate() {
-                    let n = 8 * h + 2 * p + k;
-                    let escape = m
-                        .row_escapes(n / 64)
-                        .iter()
-                        .any(|e| e.col as usize == n % 64);
-                    let want = if escape { join(m.base(), 0) } else { v[n] };
-                    assert_eq!(got, want, "weight {n}");
+        let true_pair = |p: u32| ((p & 0x0780_0780) + base2) | (p & 0x807F_807F);
+        let units = cols / GPU_UNIT;
+        for r in 0..rows {
+            for u in 0..units {
+                let t0 = u - u % 32;
+                let mt = (units - t0).min(32);
+                let a = (r * units + t0) * 3 + (u - t0);
+                for o in 0..2 {
+                    let (aw, bw, cw) = (w[2 * a + o], w[2 * (a + mt) + o], w[2 * (a + 2 * mt) + o]);
+                    let p3 = ((aw >> 4) & 0x0780_0780)
+                        | ((bw >> 11) & 0x000F_000F)
+                        | ((cw >> 7) & 0x0070_0070)
+                        | ((cw << 1) & 0x8000_8000);
+                    let pairs = [aw & PAIR_FIELDS, bw & PAIR_FIELDS, cw & PAIR_FIELDS, p3];
+                    for (p, &pw) in pairs.iter().enumerate() {
+                        let t = true_pair(pw);
+                        for (k, got) in [t as u16, (t >> 16) as u16].into_iter().enumerate() {
+                            let col = u * GPU_UNIT + 8 * o + 2 * p + k;
+                            let escape = m.row_escapes(r).iter().any(|e| e.col as usize == col);
+                            let want = if escape {
+                                join(m.base(), 0)
+                            } else {
+                                v[r * cols + col]
+                            };
+                            assert_eq!(got, want, "row {r} col {col}");
+                        }
+                    }
                 }
             }
         }

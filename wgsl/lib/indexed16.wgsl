@@ -1,25 +1,26 @@
 // Shared by the kernels of the indexed bf16 form (src/lossless/indexed.rs), appended to them at
-// load time: the uniform block and the rebuild of weights, two at a time, from index and raw
-// words.
+// load time: the uniform block and the rebuild of weights, two at a time, from the packed words.
 //
-// Layout, for a row-major R x K matrix with K a multiple of 16, in units of 16 weights (unit u
-// = weights 16u .. 16u+15, never crossing a row), made by IndexedMatrix::index_gpu_words and
-// raw_gpu_words:
-//   codes[u]: vec2<u32>, word h = weights 16u + 8h .. + 8, 4-bit indices (index i stands for
-//             exponent base + i); after the shift of pair p (pair_code), the indices of
-//             weights 2p and 2p + 1 sit at bits 7..11 and 23..27: the low exponent bits of a
-//             word holding two bf16 patterns;
-//   raw[u]:   vec4<u32>, word q = weights 16u + 4q .. + 4: sign and mantissa of weights 0, 1
-//             in bf16 positions (PAIR_RAW), weights 2, 3 rotated right by 8;
-//   escapes of row r: esc[esc_rows[r] .. esc_rows[r + 1]], each (column, bf16 bits); their
-//             dense slots hold index 0 and raw 0, the value P.escape_slot = 2^(base - 127).
+// Layout (IndexedMatrix::gpu_words), for a row-major R x K matrix, K a multiple of 16, 12 bits
+// per weight:
+//   - an octet (8 weights, pairs p = 0..4 of weights 2p, 2p + 1) is three words A, B, C;
+//   - a pair's target is a word of two bf16-like halves (low weight in bits 0..16): sign 15,
+//     4-bit index 7..11, mantissa 0..7 (PAIR_FIELDS); bits 11..15 of each half are spare;
+//   - A, B, C hold the targets of pairs 0, 1, 2, and in their spare bits pair 3: A its two
+//     indices, B the mantissa bits 0..4, C the mantissa bits 4..7 (at 11..14) and signs (14);
+//   - a unit is 2 octets (16 weights: one thread's share of an iteration), its words as three
+//     vec2<u32> (octet o in component o); a row's units form tiles of up to 32 (one per thread
+//     of a row), each storing its m units' A vec2s, then their B, then their C: a warp's three
+//     loads are each contiguous;
+//   - escapes of row r: esc[esc_rows[r] .. esc_rows[r + 1]], each (column, bf16 bits); their
+//     dense slots hold index 0 and raw 0, the value P.escape_slot = 2^(base - 127).
 //
-// So a pair of weights costs a shift of the code word, a rotate of the raw word for one pair
-// in two, and three 3-input logic operations, with no table. The GEMV rebuilds every weight
-// with exponent DENSE_BASE + index instead of base + index: the exponent field is then the
-// index OR a constant, and the true dense sum is the computed one times P.scale =
-// 2^(base - DENSE_BASE), exact (a power of two). The rebuilt weights lie in [2^-15, 2), the
-// range of ordinary weights, so nothing overflows that the true ones would not.
+// So pairs 0-2 cost one AND/OR each and pair 3 four shifts and four logic operations, and no
+// table. The GEMV rebuilds every weight with exponent DENSE_BASE + index instead of base +
+// index: the exponent field is then the index OR a constant, and the true dense sum is the
+// computed one times P.scale = 2^(base - DENSE_BASE), exact (a power of two). The rebuilt
+// weights lie in [2^-15, 2), the range of ordinary weights, so nothing overflows that the
+// true ones would not.
 
 struct IndexedParams {
     rows: u32,
@@ -32,36 +33,32 @@ struct IndexedParams {
     _pad: u32,
 }
 
-const PAIR_INDEX: u32 = 0x07800780u;       // the two indices in a two-bf16 word
-const PAIR_RAW: u32 = 0x807F807Fu;         // the two signs and mantissas
+const PAIR_FIELDS: u32 = 0x87FF87FFu;      // signs, indices, mantissas of a pair's target
+const PAIR_INDEX: u32 = 0x07800780u;       // the two indices
 const PAIR_DENSE_BASE: u32 = 0x38003800u;  // DENSE_BASE = 112 in both exponent fields
 
-fn rotl8(v: u32) -> u32 {
-    return (v << 8u) | (v >> 24u);
+// The four pair targets of the octet (a, b, c) (fields only, spare bits clear).
+fn octet_targets(a: u32, b: u32, c: u32) -> vec4<u32> {
+    let p3 = ((a >> 4u) & PAIR_INDEX) | ((b >> 11u) & 0x000F000Fu) | ((c >> 7u) & 0x00700070u)
+        | ((c << 1u) & 0x80008000u);
+    return vec4<u32>(a & PAIR_FIELDS, b & PAIR_FIELDS, c & PAIR_FIELDS, p3);
 }
 
-// Code word c shifted for pair p (0..3) of its eight weights.
-fn pair_code(c: u32, p: u32) -> u32 {
-    switch p {
-        case 0u: { return c; }
-        case 1u: { return c << 4u; }
-        case 2u: { return c >> 4u; }
-        default: { return rotl8(c); }
-    }
+// A target as the GEMV's two bf16 weights (exponent DENSE_BASE + index).
+fn dense_pair(t: u32) -> u32 {
+    return t | PAIR_DENSE_BASE;
 }
 
-// Raw word r rotated for its pair k (0: weights 0, 1; 1: weights 2, 3).
-fn pair_raw(r: u32, k: u32) -> u32 {
-    return select(r, rotl8(r), k == 1u);
-}
-
-// Two weights as bf16 patterns with exponent DENSE_BASE + index (the GEMV's form).
-fn dense_pair(cp: u32, rp: u32) -> u32 {
-    return (cp & PAIR_INDEX) | (rp & PAIR_RAW) | PAIR_DENSE_BASE;
-}
-
-// Two weights as their true bf16 patterns (exponent base + index; no carry crosses halves,
+// A target as its two true bf16 patterns (exponent base + index; no carry crosses halves,
 // base + 15 <= 254).
-fn true_pair(cp: u32, rp: u32) -> u32 {
-    return ((cp & PAIR_INDEX) + P.base_bits) | (rp & PAIR_RAW);
+fn true_pair(t: u32) -> u32 {
+    return (t & ~PAIR_INDEX) | ((t & PAIR_INDEX) + P.base_bits);
+}
+
+// vec2 index of the A words of unit u (of n units per row) in row `row`, and the distance to
+// its B and C words.
+fn unit_words(row: u32, u: u32, n: u32) -> vec2<u32> {
+    let t0 = u & ~31u;
+    let m = min(32u, n - t0);
+    return vec2<u32>((row * n + t0) * 3u + (u - t0), m);
 }
