@@ -276,13 +276,21 @@ fn main() {
                 // Where the limit is: the access pattern alone, the arithmetic alone
                 // (weights cache-resident), for the indexed and the plain kernel.
                 let mut d = Vec::new();
-                let variants: [(&str, &[(&str, f64)]); 6] = [
+                let variants: [(&str, &[(&str, f64)]); 8] = [
                     ("loads only", &[("DIAG", 1.0)]),
                     ("arithmetic only", &[("DIAG", 2.0)]),
                     ("loads only without x", &[("DIAG", 3.0)]),
+                    ("ROWS=1", &[("ROWS", 1.0)]),
                     ("ROWS=2", &[("ROWS", 2.0)]),
-                    ("ROWS=2 loads only", &[("ROWS", 2.0), ("DIAG", 1.0)]),
-                    ("ROWS=2 arithmetic only", &[("ROWS", 2.0), ("DIAG", 2.0)]),
+                    ("SPLIT", &[("ROWS", 2.0), ("SPLIT", 1.0)]),
+                    (
+                        "SPLIT loads only",
+                        &[("ROWS", 2.0), ("SPLIT", 1.0), ("DIAG", 1.0)],
+                    ),
+                    (
+                        "SPLIT arithmetic only",
+                        &[("ROWS", 2.0), ("SPLIT", 1.0), ("DIAG", 2.0)],
+                    ),
                 ];
                 for (name, c) in variants {
                     let ds: Vec<_> = mats
@@ -292,11 +300,12 @@ fn main() {
                     let t = time(&g, &timer, &ds, args.iters, args.rounds).t;
                     d.push(format!("indexed {name} {:.1} us", t * 1e6));
                 }
-                let variants: [(&str, &[(&str, f64)]); 4] = [
+                let variants: [(&str, &[(&str, f64)]); 5] = [
                     ("loads only", &[("DIAG", 1.0)]),
                     ("arithmetic only", &[("DIAG", 2.0)]),
+                    ("ROWS=1", &[("ROWS", 1.0)]),
                     ("ROWS=2", &[("ROWS", 2.0)]),
-                    ("ROWS=2 loads only", &[("ROWS", 2.0), ("DIAG", 1.0)]),
+                    ("SPLIT", &[("ROWS", 2.0), ("SPLIT", 1.0)]),
                 ];
                 for (name, c) in variants {
                     let ds: Vec<_> = plain

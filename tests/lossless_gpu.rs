@@ -342,16 +342,24 @@ fn indexed_gemv_matches_the_f64_reference() {
         // (K/32 + 33) u sum|w x| bound of `tolerance`.
         let y = g.gemv_indexed(&gm, &x).unwrap();
         assert_close(&y, &refs, k, &format!("indexed {r}x{k}"));
-        // two rows per warp (odd row counts leave a warp with one)
-        let yr = run_dispatch(g, r, &x, |xb, yb| {
-            g.indexed_gemv_diagnostic_dispatch(&gm, xb, yb, &[("ROWS", 2.0)])
-        });
-        assert_close(&yr, &refs, k, &format!("indexed ROWS=2 {r}x{k}"));
+        // one and two rows per warp, and two rows shared by two warps (odd row counts leave a
+        // warp, or a pair, with one row)
         let pm = g.upload_plain(&w, r, k, HalfType::BF16).unwrap();
-        let yp = run_dispatch(g, r, &x, |xb, yb| {
-            g.plain_diagnostic_dispatch(&pm, xb, yb, &[("ROWS", 2.0)])
-        });
-        assert_close(&yp, &refs, k, &format!("plain ROWS=2 {r}x{k}"));
+        let shapes: [&[(&str, f64)]; 3] = [
+            &[("ROWS", 1.0)],
+            &[("ROWS", 2.0)],
+            &[("ROWS", 2.0), ("SPLIT", 1.0)],
+        ];
+        for c in shapes {
+            let yr = run_dispatch(g, r, &x, |xb, yb| {
+                g.indexed_gemv_diagnostic_dispatch(&gm, xb, yb, c)
+            });
+            assert_close(&yr, &refs, k, &format!("indexed {c:?} {r}x{k}"));
+            let yp = run_dispatch(g, r, &x, |xb, yb| {
+                g.plain_diagnostic_dispatch(&pm, xb, yb, c)
+            });
+            assert_close(&yp, &refs, k, &format!("plain {c:?} {r}x{k}"));
+        }
         let yp = g.gemv_plain(&pm, &x).unwrap();
         assert_close(&yp, &refs, k, &format!("plain {r}x{k}"));
     }

@@ -4,8 +4,10 @@
 // instead of 16.
 //
 // Same shape as the plain bf16 kernel (bf16_plain_gemv.wgsl), so the two compare fairly: one
-// workgroup = 8 warps of 32 threads, a warp takes ROWS rows; per iteration a thread takes one
-// unit of 16 weights (three vec2<u32>, 24 bytes) of each row and the matching x as vec4<f32>. (Units of 32 weights, three
+// workgroup = 8 warps of 32 threads; per iteration a thread takes one unit of 16 weights (three
+// vec2<u32>, 24 bytes) of each of its rows and the matching x as vec4<f32>. The library runs
+// it with ROWS = 2 and SPLIT: a pair of warps shares two rows, so each x load serves two rows
+// (the x loads, not the weights, set the time with one row per warp on an H200). (Units of 32 weights, three
 // vec4<u32>, were 1.8-2.3x slower on an H200: over 32 registers, the compiler issued the x
 // loads one octet at a time.) Then the row's threads add its
 // escapes, and the 32 partial sums are reduced by a tree in workgroup memory.
@@ -22,6 +24,9 @@ override DIAG: u32 = 0u;
 // Rows per warp, 1 or 2: with 2, each thread loads its x once for two rows, halving the x
 // loads per weight (they, not the weights, set the loads-only time: BENCHMARKS.md).
 override ROWS: u32 = 1u;
+// With ROWS = 2: a pair of warps shares two rows, each warp taking every other unit of both,
+// so x loads are halved without halving the warps (8 rows per workgroup, as with ROWS = 1).
+override SPLIT: bool = false;
 const TPR: u32 = 32u;         // threads per row
 const WARPS: u32 = 8u;        // warps per workgroup: WARPS * ROWS rows
 const WG: u32 = 256u;         // = TPR * WARPS
@@ -72,13 +77,13 @@ fn unit(row: u32, u: u32, n: u32, x: array<vec4<f32>, 4>) -> f32 {
 }
 
 // The escapes of `row` against x: the true weight in, the dense slot's value out.
-fn escapes(row: u32, l: u32) -> f32 {
+fn escapes(row: u32, first: u32, step: u32) -> f32 {
     var acc = 0.0;
     if (DIAG == 4u) {
         return acc;
     }
     let e_end = esc_rows[row + 1u];
-    for (var e = esc_rows[row] + l; e < e_end; e += TPR) {
+    for (var e = esc_rows[row] + first; e < e_end; e += step) {
         let v = esc[e];
         let xe = xv[v.x / 4u][v.x % 4u];
         acc += bitcast<f32>(v.y << 16u) * xe - P.escape_slot * xe;
@@ -96,15 +101,25 @@ fn main(
         return;
     }
     let l = lid % TPR;
-    let row = (wg * WARPS + lid / TPR) * ROWS;
-    let has1 = ROWS == 2u && row + 1u < P.rows;
+    let warp = lid / TPR;
+    let two = ROWS == 2u || SPLIT;
+    // rows row (and row + 1 when two); this thread's first unit and stride
+    var row = (wg * WARPS + warp) * ROWS;
+    var first = l;
+    var step = TPR;
+    if (SPLIT) {
+        row = wg * WARPS + (warp / 2u) * 2u;
+        first = l + TPR * (warp % 2u);
+        step = 2u * TPR;
+    }
+    let has1 = two && row + 1u < P.rows;
     let n = P.cols / 16u;
     var acc0 = 0.0;
     var acc1 = 0.0;
     if (row < P.rows) {
         let w0 = select(row, 0u, DIAG == 2u);
         let w1 = select(row + 1u, 0u, DIAG == 2u);
-        for (var u = l; u < n; u += TPR) {
+        for (var u = first; u < n; u += step) {
             let xi = 4u * u;
             var x = array<vec4<f32>, 4>();
             if (DIAG != 3u) {
@@ -115,10 +130,32 @@ fn main(
                 acc1 += unit(w1, u, n, x);
             }
         }
-        acc0 = acc0 * P.scale + escapes(row, l);
+        acc0 = acc0 * P.scale + escapes(row, first, step);
         if (has1) {
-            acc1 = acc1 * P.scale + escapes(row + 1u, l);
+            acc1 = acc1 * P.scale + escapes(row + 1u, first, step);
         }
+    }
+    if (SPLIT) {
+        // row j of the workgroup (0..8) sums 64 slots: 32 threads of each of its two warps
+        let j0 = (warp / 2u) * 2u;
+        let slot = TPR * (warp % 2u) + l;
+        red[64u * j0 + slot] = acc0;
+        red[64u * (j0 + 1u) + slot] = acc1;
+        workgroupBarrier();
+        let j = warp;
+        red[64u * j + l] += red[64u * j + l + TPR];
+        workgroupBarrier();
+        for (var s = TPR / 2u; s > 0u; s = s >> 1u) {
+            if (l < s) {
+                red[64u * j + l] += red[64u * j + l + s];
+            }
+            workgroupBarrier();
+        }
+        let r = wg * WARPS + j;
+        if (l == 0u && r < P.rows) {
+            y[r] = red[64u * j];
+        }
+        return;
     }
     red[lid] = acc0;
     red[WG + lid] = acc1;

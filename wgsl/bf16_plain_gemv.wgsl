@@ -24,6 +24,9 @@ override DIAG: u32 = 0u;
 // Rows per warp, 1 or 2: with 2, each thread loads its x once for two rows (one 8-weight chunk
 // per row and iteration instead of two of one row), halving the x loads per weight.
 override ROWS: u32 = 1u;
+// With ROWS = 2: a pair of warps shares two rows, each warp taking every other chunk of both
+// (8 rows per workgroup, as with ROWS = 1).
+override SPLIT: bool = false;
 const TPR: u32 = 32u;         // threads per row
 const WARPS: u32 = 8u;        // warps per workgroup: RPW = WARPS * ROWS rows
 const WG: u32 = 256u;         // = TPR * WARPS
@@ -63,17 +66,25 @@ fn main(
         return;
     }
     let l = lid % TPR;
-    let row = (wg * WARPS + lid / TPR) * ROWS;
+    let warp = lid / TPR;
+    var row = (wg * WARPS + warp) * ROWS;
+    var first = l;
+    var step = TPR;
+    if (SPLIT) {
+        row = wg * WARPS + (warp / 2u) * 2u;
+        first = l + TPR * (warp % 2u);
+        step = 2u * TPR;
+    }
     let n8 = P.cols / 8u;
     var acc0 = 0.0;
     var acc1 = 0.0;
-    if (ROWS == 2u) {
+    if (ROWS == 2u || SPLIT) {
         // row and row + 1 (when it exists); x loaded once for both
         let base0 = select(row * n8, 0u, DIAG == 2u);
         let base1 = select((row + 1u) * n8, 0u, DIAG == 2u);
         let has1 = row + 1u < P.rows;
         if (row < P.rows) {
-            for (var i = l; i < n8; i += TPR) {
+            for (var i = first; i < n8; i += step) {
                 let x0 = xv[2u * i];
                 let x1 = xv[2u * i + 1u];
                 acc0 += dot8(w[base0 + i], x0, x1);
@@ -95,6 +106,29 @@ fn main(
             acc0 += dot8(w[base + i], xv[2u * i], xv[2u * i + 1u]);
         }
         acc0 += acc1;
+        acc1 = 0.0;
+    }
+    if (SPLIT) {
+        // row j of the workgroup (0..8) sums 64 slots: 32 threads of each of its two warps
+        let j0 = (warp / 2u) * 2u;
+        let slot = TPR * (warp % 2u) + l;
+        red[64u * j0 + slot] = acc0;
+        red[64u * (j0 + 1u) + slot] = acc1;
+        workgroupBarrier();
+        let j = warp;
+        red[64u * j + l] += red[64u * j + l + TPR];
+        workgroupBarrier();
+        for (var s = TPR / 2u; s > 0u; s = s >> 1u) {
+            if (l < s) {
+                red[64u * j + l] += red[64u * j + l + s];
+            }
+            workgroupBarrier();
+        }
+        let r = wg * WARPS + j;
+        if (l == 0u && r < P.rows) {
+            y[r] = red[64u * j];
+        }
+        return;
     }
     red[lid] = acc0;
     red[WG + lid] = acc1;

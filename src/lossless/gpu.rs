@@ -72,10 +72,12 @@ const GEMV_WARPS: usize = 8;
 /// Rows per warp of the plain and indexed GEMVs (their `override ROWS`, set from here) when a
 /// matrix has fewer than [`GEMV_TWO_ROWS_FROM`] rows.
 const GEMV_ROWS_PER_WARP: usize = 1;
-/// From this many rows the GEMVs take two rows per warp (each thread's x loads serve both):
-/// measured on an H200 (BENCHMARKS.md, issue 7), 14336 and 128256 rows gain (indexed 39.3 ->
-/// 33.0 µs and 300 -> 217 µs; plain 33.5 -> 32.9 and 247 -> 244), while 4096 rows lose, with
-/// too few workgroups left to fill the GPU (indexed 37.0 -> 38.2 µs, plain 36.7 -> 56.6).
+/// From this many rows the plain GEMV takes two rows per warp (each thread's x loads serve
+/// both): measured on an H200 (BENCHMARKS.md, issue 7), 14336 and 128256 rows gain a little
+/// (33.5 -> 32.9 and 247 -> 244 µs), 4096 rows lose, with too few workgroups left to fill the
+/// GPU (36.7 -> 56.6 µs). Two warps sharing two rows (`SPLIT`) did not help it (36.7, 33.3,
+/// 247 µs). The indexed GEMV always runs `SPLIT`, which it gains from at every shape (H200:
+/// 37.0 -> 29.0 µs at 4096x14336, 299.5 -> 213.3 at 128256x4096).
 const GEMV_TWO_ROWS_FROM: usize = 8192;
 
 /// Rows per warp for a GEMV over `rows` rows.
@@ -264,24 +266,30 @@ pub struct LosslessGpu {
     /// By rows per warp: 1, 2.
     plain_bf16: [wgpu::ComputePipeline; 2],
     plain_f16: [wgpu::ComputePipeline; 2],
-    indexed_gemv: [wgpu::ComputePipeline; 2],
+    /// Two rows per pair of warps (`ROWS = 2`, `SPLIT`).
+    indexed_gemv: wgpu::ComputePipeline,
     indexed_gemv_module: wgpu::ShaderModule,
     plain_module: wgpu::ShaderModule,
     indexed_decode: wgpu::ComputePipeline,
     indexed_patch: wgpu::ComputePipeline,
 }
 
-/// The `ROWS` (rows per warp) of a GEMV variant's constants, set to the default when absent;
-/// only 1 and 2 exist in the kernels.
-fn rows_per_warp(consts: &mut Vec<(&str, f64)>) -> Result<usize, GpuError> {
-    match consts.iter().find(|(k, _)| *k == "ROWS") {
+/// Rows per workgroup of a GEMV variant from its `ROWS` and `SPLIT` constants (`ROWS` set to
+/// the default when absent; only 1 and 2 exist in the kernels, and `SPLIT` needs 2).
+fn variant_rows_per_wg(consts: &mut Vec<(&str, f64)>) -> Result<usize, GpuError> {
+    let rows = match consts.iter().find(|(k, _)| *k == "ROWS") {
         None => {
             consts.push(("ROWS", GEMV_ROWS_PER_WARP as f64));
-            Ok(GEMV_ROWS_PER_WARP)
+            GEMV_ROWS_PER_WARP
         }
-        Some(&(_, v)) if v == 1.0 || v == 2.0 => Ok(v as usize),
-        Some(&(_, v)) => Err(GpuError::InvalidInput(format!("ROWS = {v}: 1 or 2"))),
+        Some(&(_, v)) if v == 1.0 || v == 2.0 => v as usize,
+        Some(&(_, v)) => return Err(GpuError::InvalidInput(format!("ROWS = {v}: 1 or 2"))),
+    };
+    let split = consts.iter().any(|&(k, v)| k == "SPLIT" && v != 0.0);
+    if split && rows != 2 {
+        return Err(GpuError::InvalidInput("SPLIT needs ROWS = 2".into()));
     }
+    Ok(if split { GEMV_WARPS } else { GEMV_WARPS * rows })
 }
 
 /// Checks that the GEMV's x and y buffers hold `cols` and `rows` f32s.
@@ -355,7 +363,7 @@ impl LosslessGpu {
             [1.0, 2.0].map(|r| pipe(&pla, "bf16_plain_gemv f16", &[("F16", 1.0), ("ROWS", r)]));
 
         let ig = module("bf16_indexed_gemv.wgsl", BF16_INDEXED_GEMV_SOURCE);
-        let indexed_gemv = [1.0, 2.0].map(|r| pipe(&ig, "bf16_indexed_gemv", &[("ROWS", r)]));
+        let indexed_gemv = pipe(&ig, "bf16_indexed_gemv", &[("ROWS", 2.0), ("SPLIT", 1.0)]);
         let id = module("bf16_indexed_decode.wgsl", BF16_INDEXED_DECODE_SOURCE);
         let indexed_decode = pipe(&id, "bf16_indexed_decode", &[]);
         let ip = module("bf16_indexed_patch.wgsl", BF16_INDEXED_PATCH_SOURCE);
@@ -955,11 +963,10 @@ impl LosslessGpu {
         y: &wgpu::Buffer,
     ) -> Result<LosslessDispatch, GpuError> {
         check_xy(x, m.cols(), y, m.rows())?;
-        let rows = gemv_rows_per_warp(m.rows());
         Ok(self.indexed_dispatch(
             m,
-            &self.indexed_gemv[rows - 1],
-            GEMV_WARPS * rows,
+            &self.indexed_gemv,
+            GEMV_WARPS,
             &[&m.words, &m.escape_rows, &m.escapes, x, y],
         ))
     }
@@ -1002,12 +1009,12 @@ impl LosslessGpu {
     ) -> Result<LosslessDispatch, GpuError> {
         check_xy(x, m.cols(), y, m.rows())?;
         let mut c = consts.to_vec();
-        let rows = rows_per_warp(&mut c)?;
+        let rows_per_wg = variant_rows_per_wg(&mut c)?;
         let p = self.variant(&self.indexed_gemv_module, &c)?;
         Ok(self.indexed_dispatch(
             m,
             &p,
-            GEMV_WARPS * rows,
+            rows_per_wg,
             &[&m.words, &m.escape_rows, &m.escapes, x, y],
         ))
     }
@@ -1028,9 +1035,9 @@ impl LosslessGpu {
         }
         let mut c = consts.to_vec();
         c.push(("F16", 0.0));
-        let rows = rows_per_warp(&mut c)?;
+        let rows_per_wg = variant_rows_per_wg(&mut c)?;
         let p = self.variant(&self.plain_module, &c)?;
-        self.plain_launch(m, x, y, &p, GEMV_WARPS * rows)
+        self.plain_launch(m, x, y, &p, rows_per_wg)
     }
 
     /// The two decode launches of the indexed form writing the bf16 patterns into `out`
