@@ -13,6 +13,7 @@
 // escapes, and the 32 partial sums are reduced by a tree in workgroup memory.
 
 // import: indexed16
+// import: gemv_rows
 
 // Diagnostic variants for measuring the limit (BENCHMARKS.md, issue 7), never used for results:
 // 1 = the same loads, next to no arithmetic (what the access pattern alone costs);
@@ -38,7 +39,6 @@ const WG: u32 = 256u;         // = TPR * WARPS
 @group(0) @binding(4) var<storage, read> xv: array<vec4<f32>>;     // K / 4
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;      // R
 
-var<workgroup> red: array<f32, 512>;  // WG partial sums per row of a warp (ROWS <= 2)
 
 fn lo(p: u32) -> f32 {
     return bitcast<f32>(p << 16u);
@@ -135,44 +135,5 @@ fn main(
             acc1 = acc1 * P.scale + escapes(row + 1u, first, step);
         }
     }
-    if (SPLIT) {
-        // row j of the workgroup (0..8) sums 64 slots: 32 threads of each of its two warps
-        let j0 = (warp / 2u) * 2u;
-        let slot = TPR * (warp % 2u) + l;
-        red[64u * j0 + slot] = acc0;
-        red[64u * (j0 + 1u) + slot] = acc1;
-        workgroupBarrier();
-        let j = warp;
-        red[64u * j + l] += red[64u * j + l + TPR];
-        workgroupBarrier();
-        for (var s = TPR / 2u; s > 0u; s = s >> 1u) {
-            if (l < s) {
-                red[64u * j + l] += red[64u * j + l + s];
-            }
-            workgroupBarrier();
-        }
-        let r = wg * WARPS + j;
-        if (l == 0u && r < P.rows) {
-            y[r] = red[64u * j];
-        }
-        return;
-    }
-    red[lid] = acc0;
-    red[WG + lid] = acc1;
-    workgroupBarrier();
-    for (var s = TPR / 2u; s > 0u; s = s >> 1u) {
-        if (l < s) {
-            red[lid] += red[lid + s];
-            if (ROWS == 2u) {
-                red[WG + lid] += red[WG + lid + s];
-            }
-        }
-        workgroupBarrier();
-    }
-    if (l == 0u && row < P.rows) {
-        y[row] = red[lid];
-        if (has1) {
-            y[row + 1u] = red[WG + lid];
-        }
-    }
+    reduce_rows_into_y(wg, lid, row, acc0, acc1);
 }

@@ -8,6 +8,7 @@
 // workgroup memory. K must be a multiple of 8 (the host checks); rows past R compute nothing.
 
 // import: f16
+// import: gemv_rows
 
 struct Params {
     rows: u32,
@@ -36,7 +37,6 @@ const WG: u32 = 256u;         // = TPR * WARPS
 @group(0) @binding(2) var<storage, read> xv: array<vec4<f32>>;  // K / 4
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;   // R
 
-var<workgroup> red: array<f32, 512>;  // WG partial sums per row of a warp (ROWS <= 2)
 
 fn pair(v: u32) -> vec2<f32> {
     if (F16) {
@@ -108,44 +108,5 @@ fn main(
         acc0 += acc1;
         acc1 = 0.0;
     }
-    if (SPLIT) {
-        // row j of the workgroup (0..8) sums 64 slots: 32 threads of each of its two warps
-        let j0 = (warp / 2u) * 2u;
-        let slot = TPR * (warp % 2u) + l;
-        red[64u * j0 + slot] = acc0;
-        red[64u * (j0 + 1u) + slot] = acc1;
-        workgroupBarrier();
-        let j = warp;
-        red[64u * j + l] += red[64u * j + l + TPR];
-        workgroupBarrier();
-        for (var s = TPR / 2u; s > 0u; s = s >> 1u) {
-            if (l < s) {
-                red[64u * j + l] += red[64u * j + l + s];
-            }
-            workgroupBarrier();
-        }
-        let r = wg * WARPS + j;
-        if (l == 0u && r < P.rows) {
-            y[r] = red[64u * j];
-        }
-        return;
-    }
-    red[lid] = acc0;
-    red[WG + lid] = acc1;
-    workgroupBarrier();
-    for (var s = TPR / 2u; s > 0u; s = s >> 1u) {
-        if (l < s) {
-            red[lid] += red[lid + s];
-            if (ROWS == 2u) {
-                red[WG + lid] += red[WG + lid + s];
-            }
-        }
-        workgroupBarrier();
-    }
-    if (l == 0u && row < P.rows) {
-        y[row] = red[lid];
-        if (ROWS == 2u && row + 1u < P.rows) {
-            y[row + 1u] = red[WG + lid];
-        }
-    }
+    reduce_rows_into_y(wg, lid, row, acc0, acc1);
 }

@@ -57,9 +57,12 @@ pub(crate) const BF16_GEMV_SUBGROUP_SOURCE: &str = crate::gpu::wgsl_with_libs!(
     "rans_subgroup"
 );
 pub(crate) const BF16_PLAIN_GEMV_SOURCE: &str =
-    crate::gpu::wgsl_with_libs!("../../wgsl/bf16_plain_gemv.wgsl", "f16");
-pub(crate) const BF16_INDEXED_GEMV_SOURCE: &str =
-    crate::gpu::wgsl_with_libs!("../../wgsl/bf16_indexed_gemv.wgsl", "indexed16");
+    crate::gpu::wgsl_with_libs!("../../wgsl/bf16_plain_gemv.wgsl", "f16", "gemv_rows");
+pub(crate) const BF16_INDEXED_GEMV_SOURCE: &str = crate::gpu::wgsl_with_libs!(
+    "../../wgsl/bf16_indexed_gemv.wgsl",
+    "indexed16",
+    "gemv_rows"
+);
 pub(crate) const BF16_INDEXED_DECODE_SOURCE: &str =
     crate::gpu::wgsl_with_libs!("../../wgsl/bf16_indexed_decode.wgsl", "indexed16");
 pub(crate) const BF16_INDEXED_PATCH_SOURCE: &str =
