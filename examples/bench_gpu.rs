@@ -7,7 +7,7 @@
 //! cargo run --release --example bench_gpu -- [--shapes 4096x4096,4096x14336,14336x4096,128256x4096]
 //!     [--sources g64,g128,absmax] [--variants 4096:8] [--iters 50] [--rounds 7] [--set-mib 256]
 //!     [--copy-mib 512] [--ksplit-sweep] [--workgroup] [--wall] [--plain-variants 2,4,x1,x2,x4]
-//!     [--plain-only]
+//!     [--plain-only] [--diagnose]
 //! ```
 //!
 //! Shapes are `ROWSxCOLS` (output x input features). Weights are Gaussian (sigma 0.02) with one
@@ -44,7 +44,10 @@
 //! prints a second table with each kernel's time (weights streamed, and one copy reused, in
 //! L2 when it fits), GB/s, share of the `copy.wgsl` bandwidth and largest difference from
 //! qgemv4.
-//! `--plain-only` skips the fused, decode and coding work (and the main table).
+//! `--plain-only` skips the fused, decode and coding work (and the main table). `--diagnose`
+//! prints, on stderr, the default plain 4-bit kernel's diagnostic builds (loads only,
+//! arithmetic on cache-resident weights, loads without the activations:
+//! `GpuQuantizedMatrix::pipelined_diagnostic_dispatch`) next to its time.
 
 use std::time::Instant;
 
@@ -77,6 +80,7 @@ struct Args {
     wall: bool,
     plain_variants: Vec<QGemvVariant>,
     plain_only: bool,
+    diagnose: bool,
 }
 
 fn parse_args() -> Args {
@@ -93,6 +97,7 @@ fn parse_args() -> Args {
         wall: false,
         plain_variants: Vec::new(),
         plain_only: false,
+        diagnose: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -131,6 +136,11 @@ fn parse_args() -> Args {
             }
             "--plain-only" => {
                 a.plain_only = true;
+                i += 1;
+                continue;
+            }
+            "--diagnose" => {
+                a.diagnose = true;
                 i += 1;
                 continue;
             }
@@ -525,6 +535,29 @@ fn main() {
                     &time_plain_both,
                     shader_bw,
                 ));
+            }
+            if args.diagnose && plain[0].nibble4_supported() {
+                // What limits the plain 4-bit kernel: its diagnostic builds, same weight sets.
+                let mut d = vec![format!(
+                    "kernel {:.1} us",
+                    time_plain(QGemvVariant::Auto, sets) * 1e6
+                )];
+                for (name, diag) in [
+                    ("loads only", 1),
+                    ("arithmetic only (cache-resident)", 2),
+                    ("loads without x", 3),
+                ] {
+                    let ds: Vec<Dispatch> = plain
+                        .iter()
+                        .map(|m| {
+                            m.pipelined_diagnostic_dispatch(dev, reg, &xb, &y_plain, diag)
+                                .expect("diagnostic dispatch")
+                        })
+                        .collect();
+                    let t = time_dispatches(&ctx, &timer, &ds, args.iters, args.rounds).t;
+                    d.push(format!("{name} {:.1} us", t * 1e6));
+                }
+                eprintln!("{r}x{k} plain 4-bit diagnose: {}", d.join(", "));
             }
             if args.plain_only {
                 continue;

@@ -513,3 +513,38 @@ fn fused_gemv_reports_corrupt_stream() {
         other => panic!("expected CorruptStream, got {other:?}"),
     }
 }
+
+/// The plain 4-bit kernel's diagnostic builds (for measuring its limit) compile and launch;
+/// other diagnostic numbers and shapes the kernel cannot run are refused.
+#[test]
+fn plain_gemv_diagnostic_builds() {
+    let Some(ctx) = ctx() else { return };
+    let (q, _) = random_matrix(79, 8, 256, 4, 64);
+    let m = ctx.upload_quantized(&q).unwrap();
+    let buf = |n: u64| {
+        ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 4 * n,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
+    let (xb, yb) = (buf(256), buf(8));
+    for diag in 1..=3 {
+        let d = m
+            .pipelined_diagnostic_dispatch(ctx.device(), ctx.registry(), &xb, &yb, diag)
+            .unwrap();
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            d.record(&mut pass);
+        }
+        ctx.queue().submit([enc.finish()]);
+    }
+    for diag in [0, 4] {
+        assert!(matches!(
+            m.pipelined_diagnostic_dispatch(ctx.device(), ctx.registry(), &xb, &yb, diag),
+            Err(ecq::gpu::GpuError::InvalidInput(_))
+        ));
+    }
+}

@@ -312,7 +312,7 @@ impl GpuQuantizedMatrix {
                 };
                 let entry_point = ["main_r1", "main_r2", "main_r4"][rows.trailing_zeros() as usize];
                 let kernel = (Kernel::QGemv4Stream, entry_point, self.params.cols / 32);
-                return self.stream_dispatch(device, registry, x, y, kernel, rows, ks);
+                return self.stream_dispatch(device, registry, x, y, kernel, rows, ks, &[]);
             }
             QGemvVariant::Staged { rows, ksplit } if self.stream_supported() => {
                 let ks = match (rows, ksplit) {
@@ -328,7 +328,7 @@ impl GpuQuantizedMatrix {
                 let entry_point =
                     ["staged_r1", "staged_r2", "staged_r4"][rows.trailing_zeros() as usize];
                 let kernel = (Kernel::QGemv4Stream, entry_point, self.params.cols / 32);
-                return self.stream_dispatch(device, registry, x, y, kernel, rows, ks);
+                return self.stream_dispatch(device, registry, x, y, kernel, rows, ks, &[]);
             }
             QGemvVariant::Pipelined { rows, ksplit } if self.nibble4_supported() => {
                 let ks = match ksplit {
@@ -350,7 +350,7 @@ impl GpuQuantizedMatrix {
                     }
                 };
                 let kernel = (Kernel::QGemv4Pipe, entry_point, self.params.cols / 16);
-                return self.stream_dispatch(device, registry, x, y, kernel, rows, ks);
+                return self.stream_dispatch(device, registry, x, y, kernel, rows, ks, &[]);
             }
             // shapes the streaming kernels cannot run fall back to qgemv4, or the generic
             // kernel where that cannot run either
@@ -509,17 +509,38 @@ impl GpuQuantizedMatrix {
         (kernel, entry_point, vec_per_row): (Kernel, &'static str, u32),
         rows: u32,
         ksplit: u32,
+        extra: &[(&'static str, u32)],
     ) -> Result<Dispatch, GpuError> {
         let total_wg = self.params.rows.div_ceil(8 * rows / ksplit);
         let (gx, gy) = grid(device, total_wg);
         let uniform = self.uniform(device, gx, total_wg, vec_per_row);
-        let pipeline = registry.get(
-            device,
-            kernel,
-            entry_point,
-            &[("GS", self.group_size), ("KSPLIT", ksplit)],
-        )?;
+        let mut constants = vec![("GS", self.group_size), ("KSPLIT", ksplit)];
+        constants.extend_from_slice(extra);
+        let pipeline = registry.get(device, kernel, entry_point, &constants)?;
         Ok(self.bind(device, pipeline, &uniform, x, y, (gx, gy)))
+    }
+
+    /// A diagnostic build of the default plain 4-bit kernel ([`QGemvVariant::Pipelined`]
+    /// `{ rows: 4, ksplit: 0 }`, `override DIAG` of `wgsl/qgemv4_pipe.wgsl`), for measuring
+    /// what limits it; its output is not a GEMV. `diag`: 1 = the same loads with next to no
+    /// arithmetic, 2 = the arithmetic on row 0's weights and scales for every row
+    /// (cache-resident), 3 = as 1 without the activation loads.
+    pub fn pipelined_diagnostic_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        diag: u32,
+    ) -> Result<Dispatch, GpuError> {
+        if !self.nibble4_supported() || !(1..=3).contains(&diag) {
+            return Err(GpuError::InvalidInput(format!(
+                "diagnostic {diag} of the pipelined 4-bit kernel (1..=3, 4-bit shapes only)"
+            )));
+        }
+        let ks = self.pipelined_auto_ksplit(4);
+        let kernel = (Kernel::QGemv4Pipe, "main", self.params.cols / 16);
+        self.stream_dispatch(device, registry, x, y, kernel, 4, ks, &[("DIAG", diag)])
     }
 
     /// `y = W x`, read back. `y` is filled with NaN first so unwritten rows show.
