@@ -145,6 +145,19 @@ fn time_groups(
     timer.summarize(&samples, iters)
 }
 
+/// Distinct copies of `bytes` bytes needed to fill `set_mib` MiB (at least one).
+fn copies(set_mib: f64, bytes: f64) -> usize {
+    ((set_mib * 1048576.0) / bytes).ceil().max(1.0) as usize
+}
+
+/// Largest absolute difference between two outputs.
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max)
+}
+
 fn bf16_gaussian(r: usize, k: usize, seed: u64) -> Vec<u16> {
     let mut w = vec![0u16; r * k];
     w.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
@@ -228,7 +241,7 @@ fn main() {
             .storage("y", &vec![0u8; r * 4], wgpu::BufferUsages::COPY_SRC)
             .unwrap();
         let plain_bytes = 2.0 * (r * k) as f64;
-        let sets = ((args.set_mib * 1048576.0) / plain_bytes).ceil().max(1.0) as usize;
+        let sets = copies(args.set_mib, plain_bytes);
         let plain: Vec<_> = (0..sets)
             .map(|_| g.upload_plain(&w, r, k, HalfType::BF16).unwrap())
             .collect();
@@ -250,17 +263,13 @@ fn main() {
             let im = IndexedMatrix::from_bf16(&w, r, k).unwrap();
             let first = g.upload_indexed(&im).unwrap();
             let yi = g.gemv_indexed(&first, &x).unwrap();
-            let d = yi
-                .iter()
-                .zip(&y_plain)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
+            let d = max_diff(&yi, &y_plain);
             assert!(d < 1e-3, "indexed vs plain differ by {d}");
             if r * k <= 1 << 24 {
                 assert_eq!(g.decode_indexed(&first).unwrap(), w, "GPU indexed decode");
             }
             let ib = first.bytes() as f64;
-            let isets = ((args.set_mib * 1048576.0) / ib).ceil().max(1.0) as usize;
+            let isets = copies(args.set_mib, ib);
             let mut mats = vec![first];
             for _ in 1..isets {
                 mats.push(g.upload_indexed(&im).unwrap());
@@ -368,17 +377,13 @@ fn main() {
             let first = g.upload(&m).unwrap();
             // Correctness: fused vs plain, and (small shapes) decode bit-exact.
             let y = g.gemv_with(&first, &x, false).unwrap();
-            let maxdiff = y
-                .iter()
-                .zip(&y_plain)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
+            let maxdiff = max_diff(&y, &y_plain);
             assert!(maxdiff < 1e-3, "fused vs plain differ by {maxdiff}");
             if r * k <= 1 << 24 {
                 assert_eq!(g.decode(&first).unwrap(), w, "GPU decode");
             }
             let coded = first.coded_bytes() as f64;
-            let csets = ((args.set_mib * 1048576.0) / coded).ceil().max(1.0) as usize;
+            let csets = copies(args.set_mib, coded);
             let mut mats = vec![first];
             for _ in 1..csets {
                 mats.push(g.upload(&m).unwrap());
@@ -396,11 +401,7 @@ fn main() {
                 let ys = g.gemv_with(&mats[0], &x, sub);
                 match ys {
                     Ok(ys) => {
-                        let d = ys
-                            .iter()
-                            .zip(&y_plain)
-                            .map(|(a, b)| (a - b).abs())
-                            .fold(0.0f32, f32::max);
+                        let d = max_diff(&ys, &y_plain);
                         assert!(d < 1e-3, "fused (subgroup {sub}) vs plain differ by {d}");
                     }
                     Err(e) => panic!("fused (subgroup {sub}): {e}"),

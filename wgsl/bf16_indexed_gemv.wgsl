@@ -4,13 +4,15 @@
 // instead of 16.
 //
 // Same shape as the plain bf16 kernel (bf16_plain_gemv.wgsl), so the two compare fairly: one
-// workgroup = 8 warps of 32 threads; per iteration a thread takes one unit of 16 weights (three
-// vec2<u32>, 24 bytes) of each of its rows and the matching x as vec4<f32>. The library runs
-// it with ROWS = 2 and SPLIT: a pair of warps shares two rows, so each x load serves two rows
-// (the x loads, not the weights, set the time with one row per warp on an H200). (Units of 32 weights, three
-// vec4<u32>, were 1.8-2.3x slower on an H200: over 32 registers, the compiler issued the x
-// loads one octet at a time.) Then the row's threads add its
-// escapes, and the 32 partial sums are reduced by a tree in workgroup memory.
+// workgroup = 8 warps of 32 threads (wgsl/lib/gemv_rows.wgsl shares out the rows); per
+// iteration a thread takes one unit of 16 weights (three vec2<u32>, 24 bytes) of each of its
+// rows and the matching x as vec4<f32>. Then the row's threads add its escapes, and the
+// partial sums are reduced by a tree in workgroup memory.
+//
+// The library runs it with ROWS = 2 and SPLIT: a pair of warps shares two rows, so each x load
+// serves two rows (with one row per warp, the x loads, not the weights, set the time on an
+// H200). Units of 32 weights (three vec4<u32>) were 1.8-2.3x slower there: over 32 registers,
+// the compiler issued the x loads one octet at a time.
 
 // import: indexed16
 // import: gemv_rows
@@ -22,23 +24,12 @@
 // 3 = as 1 without the x loads; 4 = as 1 without the escape offsets and loop.
 override DIAG: u32 = 0u;
 
-// Rows per warp, 1 or 2: with 2, each thread loads its x once for two rows, halving the x
-// loads per weight (they, not the weights, set the loads-only time: BENCHMARKS.md).
-override ROWS: u32 = 1u;
-// With ROWS = 2: a pair of warps shares two rows, each warp taking every other unit of both,
-// so x loads are halved without halving the warps (8 rows per workgroup, as with ROWS = 1).
-override SPLIT: bool = false;
-const TPR: u32 = 32u;         // threads per row
-const WARPS: u32 = 8u;        // warps per workgroup: WARPS * ROWS rows
-const WG: u32 = 256u;         // = TPR * WARPS
-
 @group(0) @binding(0) var<uniform> P: IndexedParams;
 @group(0) @binding(1) var<storage, read> words: array<vec2<u32>>;  // R * K * 3 / 16
 @group(0) @binding(2) var<storage, read> esc_rows: array<u32>;     // R + 1
 @group(0) @binding(3) var<storage, read> esc: array<vec2<u32>>;    // escapes
 @group(0) @binding(4) var<storage, read> xv: array<vec4<f32>>;     // K / 4
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;      // R
-
 
 fn lo(p: u32) -> f32 {
     return bitcast<f32>(p << 16u);
@@ -91,7 +82,7 @@ fn escapes(row: u32, first: u32, step: u32) -> f32 {
     return acc;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
@@ -100,19 +91,12 @@ fn main(
     if (wg >= P.total_wg) {
         return;
     }
-    let l = lid % TPR;
-    let warp = lid / TPR;
-    let two = ROWS == 2u || SPLIT;
-    // rows row (and row + 1 when two); this thread's first unit and stride
-    var row = (wg * WARPS + warp) * ROWS;
-    var first = l;
-    var step = TPR;
-    if (SPLIT) {
-        row = wg * WARPS + (warp / 2u) * 2u;
-        first = l + TPR * (warp % 2u);
-        step = 2u * TPR;
-    }
-    let has1 = two && row + 1u < P.rows;
+    // rows row (and row + 1 with two rows); this thread's first unit and stride
+    let rs = warp_rows(wg, lid);
+    let row = rs.x;
+    let first = rs.y;
+    let step = rs.z;
+    let has1 = (ROWS == 2u || SPLIT) && row + 1u < P.rows;
     let n = P.cols / 16u;
     var acc0 = 0.0;
     var acc1 = 0.0;

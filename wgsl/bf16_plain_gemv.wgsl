@@ -2,10 +2,12 @@
 // vector, W stored row-major as 16-bit patterns (two per u32, low half first: the little-endian
 // bytes of the tensor), f32 accumulation.
 //
-// One workgroup = RPW rows x 32 threads. Each thread reads vec4<u32> (8 weights, 16 bytes) per
-// load, two loads in flight per iteration (32 lanes x 2 x 16 = 1 KiB of a row per iteration),
-// with the matching x as two vec4<f32>. The 32 partial sums of a row are reduced by a tree in
-// workgroup memory. K must be a multiple of 8 (the host checks); rows past R compute nothing.
+// One workgroup = 8 warps of 32 threads (wgsl/lib/gemv_rows.wgsl shares out the rows). With one
+// row per warp, each thread reads vec4<u32> (8 weights, 16 bytes) per load, two loads in flight
+// per iteration (32 lanes x 2 x 16 = 1 KiB of a row per iteration), with the matching x as two
+// vec4<f32>; with two rows, one 8-weight chunk of each per iteration and x loaded once for
+// both. The partial sums of a row are reduced by a tree in workgroup memory. K must be a
+// multiple of 8 (the host checks); rows past R compute nothing.
 
 // import: f16
 // import: gemv_rows
@@ -22,21 +24,11 @@ override F16: bool = false;   // false: bf16, true: IEEE f16
 // no arithmetic; 2 = every row reads row 0's weights (cache-resident: what the arithmetic alone
 // costs).
 override DIAG: u32 = 0u;
-// Rows per warp, 1 or 2: with 2, each thread loads its x once for two rows (one 8-weight chunk
-// per row and iteration instead of two of one row), halving the x loads per weight.
-override ROWS: u32 = 1u;
-// With ROWS = 2: a pair of warps shares two rows, each warp taking every other chunk of both
-// (8 rows per workgroup, as with ROWS = 1).
-override SPLIT: bool = false;
-const TPR: u32 = 32u;         // threads per row
-const WARPS: u32 = 8u;        // warps per workgroup: RPW = WARPS * ROWS rows
-const WG: u32 = 256u;         // = TPR * WARPS
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;   // R * K / 8
 @group(0) @binding(2) var<storage, read> xv: array<vec4<f32>>;  // K / 4
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;   // R
-
 
 fn pair(v: u32) -> vec2<f32> {
     if (F16) {
@@ -56,7 +48,7 @@ fn dot8(wv: vec4<u32>, x0: vec4<f32>, x1: vec4<f32>) -> f32 {
     return dot(vec4<f32>(a, b), x0) + dot(vec4<f32>(c, d), x1);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
@@ -65,16 +57,8 @@ fn main(
     if (wg >= P.total_wg) {
         return;
     }
-    let l = lid % TPR;
-    let warp = lid / TPR;
-    var row = (wg * WARPS + warp) * ROWS;
-    var first = l;
-    var step = TPR;
-    if (SPLIT) {
-        row = wg * WARPS + (warp / 2u) * 2u;
-        first = l + TPR * (warp % 2u);
-        step = 2u * TPR;
-    }
+    let rs = warp_rows(wg, lid);
+    let row = rs.x;
     let n8 = P.cols / 8u;
     var acc0 = 0.0;
     var acc1 = 0.0;
@@ -84,7 +68,7 @@ fn main(
         let base1 = select((row + 1u) * n8, 0u, DIAG == 2u);
         let has1 = row + 1u < P.rows;
         if (row < P.rows) {
-            for (var i = first; i < n8; i += step) {
+            for (var i = rs.y; i < n8; i += rs.z) {
                 let x0 = xv[2u * i];
                 let x1 = xv[2u * i + 1u];
                 acc0 += dot8(w[base0 + i], x0, x1);
@@ -95,7 +79,7 @@ fn main(
         }
     } else if (row < P.rows) {
         let base = select(row * n8, 0u, DIAG == 2u);
-        var i = l;
+        var i = rs.y;
         for (; i + TPR < n8; i += 2u * TPR) {
             let w0 = w[base + i];
             let w1 = w[base + i + TPR];

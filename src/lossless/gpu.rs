@@ -295,6 +295,26 @@ fn variant_rows_per_wg(consts: &mut Vec<(&str, f64)>) -> Result<usize, GpuError>
     Ok(if split { GEMV_WARPS } else { GEMV_WARPS * rows })
 }
 
+/// The pipeline of `module`'s entry point `main` with `override` constants set.
+fn compute_pipeline(
+    device: &wgpu::Device,
+    module: &wgpu::ShaderModule,
+    label: &str,
+    consts: &[(&str, f64)],
+) -> wgpu::ComputePipeline {
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(label),
+        layout: None,
+        module,
+        entry_point: Some("main"),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: consts,
+            zero_initialize_workgroup_memory: true,
+        },
+        cache: None,
+    })
+}
+
 /// Checks that the GEMV's x and y buffers hold `cols` and `rows` f32s.
 fn check_xy(x: &wgpu::Buffer, cols: usize, y: &wgpu::Buffer, rows: usize) -> Result<(), GpuError> {
     for (what, b, n) in [("x", x, cols), ("y", y, rows)] {
@@ -338,17 +358,7 @@ impl LosslessGpu {
         let fus = module("bf16_gemv.wgsl", BF16_GEMV_SOURCE);
         let pla = module("bf16_plain_gemv.wgsl", BF16_PLAIN_GEMV_SOURCE);
         let pipe = |m: &wgpu::ShaderModule, name: &str, consts: &[(&str, f64)]| {
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(name),
-                layout: None,
-                module: m,
-                entry_point: Some("main"),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: consts,
-                    zero_initialize_workgroup_memory: true,
-                },
-                cache: None,
-            })
+            compute_pipeline(device, m, name, consts)
         };
         let decode = pipe(&dec, "bf16_decode", &[]);
         let fused = pipe(&fus, "bf16_gemv", &[]);
@@ -762,24 +772,9 @@ impl LosslessGpu {
         Ok(())
     }
 
-    /// Records the launches into one pass, in order, and waits.
-    fn run_all(&self, ds: &[&LosslessDispatch]) -> Result<(), GpuError> {
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let mut enc = self.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            for d in ds {
-                d.record(&mut pass);
-            }
-        }
-        self.queue.submit([enc.finish()]);
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(GpuError::Wgpu(e.to_string()));
-        }
-        crate::gpu::wait(&self.device)
-    }
-
-    fn run(&self, m: Option<&GpuLosslessMatrix>, d: &LosslessDispatch) -> Result<(), GpuError> {
+    /// Records the launches into one pass, in order (after clearing `m`'s error flags where
+    /// given), waits, and checks `m`'s error flags.
+    fn run(&self, m: Option<&GpuLosslessMatrix>, ds: &[&LosslessDispatch]) -> Result<(), GpuError> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut enc = self.device.create_command_encoder(&Default::default());
         if let Some(m) = m {
@@ -787,7 +782,9 @@ impl LosslessGpu {
         }
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            d.record(&mut pass);
+            for d in ds {
+                d.record(&mut pass);
+            }
         }
         self.queue.submit([enc.finish()]);
         if let Some(e) = pollster::block_on(scope.pop()) {
@@ -818,8 +815,12 @@ impl LosslessGpu {
             wgpu::BufferUsages::COPY_SRC,
         )?;
         let d = self.decode_dispatch_with(m, &out, subgroup);
-        self.run(Some(m), &d)?;
-        let b = self.read_back(&out, n as u64 * 2)?;
+        self.run(Some(m), &[&d])?;
+        self.read_u16(&out, n)
+    }
+
+    fn read_u16(&self, b: &wgpu::Buffer, n: usize) -> Result<Vec<u16>, GpuError> {
+        let b = self.read_back(b, n as u64 * 2)?;
         Ok(b.chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .collect())
@@ -834,6 +835,31 @@ impl LosslessGpu {
             wgpu::BufferUsages::COPY_SRC,
         )?;
         Ok((xb, yb))
+    }
+
+    /// Runs a GEMV over a `rows x cols` matrix on `x`: checks `x`, uploads it and a poisoned y,
+    /// records the launch `dispatch` makes for them (checking `errors`' flags where given) and
+    /// reads y back.
+    fn run_gemv(
+        &self,
+        (rows, cols): (usize, usize),
+        x: &[f32],
+        errors: Option<&GpuLosslessMatrix>,
+        dispatch: impl FnOnce(&wgpu::Buffer, &wgpu::Buffer) -> Result<LosslessDispatch, GpuError>,
+    ) -> Result<Vec<f32>, GpuError> {
+        if x.len() != cols {
+            return Err(GpuError::InvalidInput(format!(
+                "x has {} entries, cols = {cols}",
+                x.len()
+            )));
+        }
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let (xb, yb) = self.xy(x, rows)?;
+        let d = dispatch(&xb, &yb)?;
+        self.run(errors, &[&d])?;
+        self.read_f32(&yb, rows)
     }
 
     fn read_f32(&self, y: &wgpu::Buffer, n: usize) -> Result<Vec<f32>, GpuError> {
@@ -855,38 +881,16 @@ impl LosslessGpu {
         x: &[f32],
         subgroup: bool,
     ) -> Result<Vec<f32>, GpuError> {
-        if x.len() != m.cols() {
-            return Err(GpuError::InvalidInput(format!(
-                "x has {} entries, cols = {}",
-                x.len(),
-                m.cols()
-            )));
-        }
-        if m.rows() == 0 {
-            return Ok(Vec::new());
-        }
-        let (xb, yb) = self.xy(x, m.rows())?;
-        let d = self.gemv_dispatch_with(m, &xb, &yb, subgroup);
-        self.run(Some(m), &d)?;
-        self.read_f32(&yb, m.rows())
+        self.run_gemv((m.rows(), m.cols()), x, Some(m), |xb, yb| {
+            Ok(self.gemv_dispatch_with(m, xb, yb, subgroup))
+        })
     }
 
     /// Plain GEMV `y = W x` on uncoded 16-bit weights (the baseline), read back.
     pub fn gemv_plain(&self, m: &GpuHalfMatrix, x: &[f32]) -> Result<Vec<f32>, GpuError> {
-        if x.len() != m.cols {
-            return Err(GpuError::InvalidInput(format!(
-                "x has {} entries, cols = {}",
-                x.len(),
-                m.cols
-            )));
-        }
-        if m.rows == 0 {
-            return Ok(Vec::new());
-        }
-        let (xb, yb) = self.xy(x, m.rows)?;
-        let d = self.plain_dispatch(m, &xb, &yb)?;
-        self.run(None, &d)?;
-        self.read_f32(&yb, m.rows)
+        self.run_gemv((m.rows, m.cols), x, None, |xb, yb| {
+            self.plain_dispatch(m, xb, yb)
+        })
     }
 
     /// Uploads a matrix in the indexed form. Needs `cols` a multiple of [`INDEXED_UNIT`].
@@ -899,12 +903,12 @@ impl LosslessGpu {
         }
         // Word indices up to R * K / 2 and escape positions R * K must fit u32.
         u32_of("rows * cols", r * k)?;
-        let total = u32_of("workgroups", r.div_ceil(INDEXED_ROWS_PER_WG))?;
         let params = IndexedParams {
             rows: u32_of("rows", r)?,
             cols: u32_of("cols", k)?,
+            // both set per launch (indexed_dispatch)
             wg_x: 0,
-            total_wg: total,
+            total_wg: 0,
             base_bits: (u32::from(m.base()) << 7) | (u32::from(m.base()) << 23),
             // 2^(base - DENSE_BASE): base >= 1 keeps it >= 2^-111, a normal f32
             scale: f32::from_bits((u32::from(m.base()) + 127 - INDEXED_DENSE_BASE) << 23),
@@ -947,8 +951,8 @@ impl LosslessGpu {
         bufs: &[&wgpu::Buffer],
     ) -> LosslessDispatch {
         let mut p = m.params;
-        // fits: rows / 8 fitted u32 at upload
-        p.total_wg = m.rows().div_ceil(rows_per_wg) as u32;
+        // fits: rows fits u32 (upload_indexed)
+        p.total_wg = p.rows.div_ceil(rows_per_wg as u32);
         let (gx, gy) = self.grid(p.total_wg);
         p.wg_x = gx;
         let ub = self.uniform(&p);
@@ -981,19 +985,7 @@ impl LosslessGpu {
         consts: &[(&str, f64)],
     ) -> Result<wgpu::ComputePipeline, GpuError> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let p = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some("diagnostic variant"),
-                layout: None,
-                module,
-                entry_point: Some("main"),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: consts,
-                    zero_initialize_workgroup_memory: true,
-                },
-                cache: None,
-            });
+        let p = compute_pipeline(&self.device, module, "diagnostic variant", consts);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(GpuError::Wgpu(format!("kernel variant {consts:?}: {e}")));
         }
@@ -1070,20 +1062,9 @@ impl LosslessGpu {
 
     /// Fused GEMV `y = W x` on the indexed form (f32 accumulation), read back.
     pub fn gemv_indexed(&self, m: &GpuIndexedMatrix, x: &[f32]) -> Result<Vec<f32>, GpuError> {
-        if x.len() != m.cols() {
-            return Err(GpuError::InvalidInput(format!(
-                "x has {} entries, cols = {}",
-                x.len(),
-                m.cols()
-            )));
-        }
-        if m.rows() == 0 {
-            return Ok(Vec::new());
-        }
-        let (xb, yb) = self.xy(x, m.rows())?;
-        let d = self.indexed_gemv_dispatch(m, &xb, &yb)?;
-        self.run(None, &d)?;
-        self.read_f32(&yb, m.rows())
+        self.run_gemv((m.rows(), m.cols()), x, None, |xb, yb| {
+            self.indexed_gemv_dispatch(m, xb, yb)
+        })
     }
 
     /// Decodes the indexed form on the GPU to bf16 patterns (row-major).
@@ -1099,10 +1080,7 @@ impl LosslessGpu {
             wgpu::BufferUsages::COPY_SRC,
         )?;
         let [dense, patch] = self.indexed_decode_dispatches(m, &out);
-        self.run_all(&[&dense, &patch])?;
-        let b = self.read_back(&out, n as u64 * 2)?;
-        Ok(b.chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect())
+        self.run(None, &[&dense, &patch])?;
+        self.read_u16(&out, n)
     }
 }

@@ -114,9 +114,13 @@ pub fn indexed_size(values: &[u16], rows: usize) -> (usize, usize) {
         .iter()
         .filter(|&&h| !(b..=b + (WINDOW as u8 - 1)).contains(&symbol(h)))
         .count();
-    let n = values.len();
-    // indices (4 bits), raw bytes, row offsets, escape pairs, base
-    (n / 2 + n + 4 * (rows + 1) + 8 * escapes + 1, escapes)
+    (form_bytes(values.len(), rows, escapes), escapes)
+}
+
+/// Bytes of the indexed form of `weights` weights in `rows` rows with `escapes` escapes:
+/// indices (4 bits each), raw bytes, row offsets, escape pairs (8 bytes each), the base.
+fn form_bytes(weights: usize, rows: usize, escapes: usize) -> usize {
+    weights / 2 + weights + 4 * (rows + 1) + 8 * escapes + 1
 }
 
 impl IndexedMatrix {
@@ -304,11 +308,8 @@ impl IndexedMatrix {
                 self.cols
             )));
         }
-        // a weight's half-word target: sign 15, index 7..11, mantissa 0..7
-        let half = |n: usize| {
-            let b = u32::from(self.raw[n]);
-            ((b >> 7) << 15) | (u32::from(self.index(n)) << 7) | (b & 0x7F)
-        };
+        // a weight's half-word target: its 16-bit pattern with the index as the exponent
+        let half = |n: usize| u32::from(join(self.index(n), self.raw[n]));
         let units = self.cols / GPU_UNIT;
         let mut out = vec![0u32; self.rows * self.cols * 3 / 8];
         for r in 0..self.rows {
@@ -377,11 +378,7 @@ impl IndexedMatrix {
     /// Bytes of the form: indices, raw bytes, escape offsets and pairs (8 bytes each), and
     /// one byte of window base.
     pub fn total_bytes(&self) -> usize {
-        4 * self.indices.len()
-            + self.raw.len()
-            + 4 * self.escape_rows.len()
-            + 8 * self.escapes.len()
-            + 1
+        form_bytes(self.raw.len(), self.rows, self.escapes.len())
     }
 
     /// Bits per weight, everything included.
