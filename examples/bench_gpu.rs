@@ -6,8 +6,8 @@
 //! ```text
 //! cargo run --release --example bench_gpu -- [--shapes 4096x4096,4096x14336,14336x4096,128256x4096]
 //!     [--sources g64,g128,absmax] [--variants 4096:8] [--iters 50] [--rounds 7] [--set-mib 256]
-//!     [--copy-mib 512] [--ksplit-sweep] [--workgroup] [--wall] [--plain-variants 2,4,x1,x2,x4]
-//!     [--plain-only] [--diagnose]
+//!     [--copy-mib 512] [--ksplit-sweep] [--workgroup] [--fused subgroup,blocked] [--wall]
+//!     [--plain-variants 2,4,x1,x2,x4] [--plain-only] [--diagnose]
 //! ```
 //!
 //! Shapes are `ROWSxCOLS` (output x input features). Weights are Gaussian (sigma 0.02) with one
@@ -44,10 +44,16 @@
 //! prints a second table with each kernel's time (weights streamed, and one copy reused, in
 //! L2 when it fits), GB/s, share of the `copy.wgsl` bandwidth and largest difference from
 //! qgemv4.
+//! `--fused K,...` times each named fused kernel (`workgroup`, `subgroup`, `blocked`; default:
+//! the one `GpuCodedMatrix::gemv_dispatch` picks; `--workgroup` = `--fused workgroup`), one
+//! table row each; the decode-only column then gives the rate of each named kernel's decode
+//! counterpart that can decode the matrix, in that order.
 //! `--plain-only` skips the fused, decode and coding work (and the main table). `--diagnose`
 //! prints, on stderr, the default plain 4-bit kernel's diagnostic builds (loads only,
 //! arithmetic on cache-resident weights, loads without the activations:
-//! `GpuQuantizedMatrix::pipelined_diagnostic_dispatch`) next to its time.
+//! `GpuQuantizedMatrix::pipelined_diagnostic_dispatch`) next to its time, and for the blocked
+//! fused kernel its decode alone and its dot products alone
+//! (`GpuCodedMatrix::blocked_diagnostic_dispatch`), streamed and from one set.
 
 use std::time::Instant;
 
@@ -76,7 +82,7 @@ struct Args {
     set_mib: f64,
     copy_mib: u64,
     ksplit_sweep: bool,
-    workgroup: bool,
+    fused: Vec<FusedVariant>,
     wall: bool,
     plain_variants: Vec<QGemvVariant>,
     plain_only: bool,
@@ -93,7 +99,7 @@ fn parse_args() -> Args {
         set_mib: 256.0,
         copy_mib: 512,
         ksplit_sweep: false,
-        workgroup: false,
+        fused: Vec::new(),
         wall: false,
         plain_variants: Vec::new(),
         plain_only: false,
@@ -125,9 +131,22 @@ fn parse_args() -> Args {
                 continue;
             }
             "--workgroup" => {
-                a.workgroup = true;
+                a.fused = vec![FusedVariant::Workgroup];
                 i += 1;
                 continue;
+            }
+            "--fused" => {
+                a.fused = v
+                    .split(',')
+                    .map(|f| match f {
+                        "workgroup" => FusedVariant::Workgroup,
+                        "subgroup" => FusedVariant::Subgroup,
+                        "blocked" => FusedVariant::Blocked,
+                        other => {
+                            panic!("--fused: unknown kernel {other} (workgroup, subgroup, blocked)")
+                        }
+                    })
+                    .collect()
             }
             "--wall" => {
                 a.wall = true;
@@ -426,11 +445,8 @@ fn main() {
         copy_bw / 1e9,
         shader_bw / 1e9
     );
-    let fused_variant = if reg.subgroups32() && !args.workgroup {
-        FusedVariant::Subgroup
-    } else {
-        FusedVariant::Workgroup
-    };
+    // the kernels timed per matrix; empty = the one `gemv_dispatch` picks for each matrix
+    let fused_variants = args.fused.clone();
     let max_binding = dev.limits().max_storage_buffer_binding_size;
     // per-dispatch floor: the plain kernel on a 32x4096 matrix (64 KiB), dispatches dependent
     // through y as in every timing below
@@ -639,68 +655,140 @@ fn main() {
                         .collect();
                     time_dispatches(&ctx, &timer, &ds, args.iters, args.rounds)
                 };
-                let fused = time_fused(fused_variant, csets);
-                let t_fused = fused.t;
-                let t_fused_l2 = time_fused(fused_variant, 1).t;
-                // sanity: fused and plain agree, and the stream decodes cleanly
-                let yf = coded[0]
-                    .gemv_with(dev, ctx.queue(), reg, &x, fused_variant)
-                    .expect("fused gemv");
-                let scale = yp.iter().map(|v| v.abs() as f64).sum::<f64>() / r as f64;
-                let maxdiff = yp
-                    .iter()
-                    .zip(&yf)
-                    .map(|(a, b)| (a - b).abs() as f64)
-                    .fold(0.0, f64::max);
-                if maxdiff > 1e-3 * scale.max(1e-30) {
-                    eprintln!(
-                        "  WARNING: fused {fused_variant:?} and plain differ by {maxdiff:e} (mean |y| {scale:e})"
-                    );
-                }
                 let dec_out = dev.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("decoded"),
                     size: (r * k / 2) as u64,
                     usage: wgpu::BufferUsages::STORAGE,
                     mapped_at_creation: false,
                 });
-                let dec_d: Vec<Dispatch> = coded
-                    .iter()
-                    .map(|m| {
-                        m.decode_dispatch(dev, reg, &dec_out, DecodeOutput::Packed)
-                            .expect("dispatch")
-                    })
-                    .collect();
-                let t_dec = time_dispatches(&ctx, &timer, &dec_d, args.iters, args.rounds).t;
-                drop(dec_d);
-                drop(coded);
+                // the decode kernel of each `--fused` kernel that can decode this matrix, or
+                // the default one
+                let dec_variants: Vec<Option<FusedVariant>> = if fused_variants.is_empty() {
+                    vec![None]
+                } else {
+                    fused_variants
+                        .iter()
+                        .filter(|v| match v {
+                            FusedVariant::Workgroup => true,
+                            FusedVariant::Subgroup => {
+                                coded[0].decode_subgroup_supported(reg, DecodeOutput::Packed)
+                            }
+                            FusedVariant::Blocked => {
+                                coded[0].decode_blocked_supported(reg, DecodeOutput::Packed)
+                            }
+                        })
+                        .map(|&v| Some(v))
+                        .collect()
+                };
                 let n_syms = (r * k / enc.weights_per_symbol() as usize) as f64;
-                eprintln!(
-                    "  {source} {chunk_symbols}:{tile_chunks}: fused {:.1} us ({:.2}x plain), one set {:.1} us; decode {:.1} us ({:.1} G symbols/s)",
-                    t_fused * 1e6,
-                    t_fused / t_plain,
-                    t_fused_l2 * 1e6,
-                    t_dec * 1e6,
-                    n_syms / t_dec / 1e9
-                );
-                rows_out.push(format!(
-                    "| {r}x{k} | {source} | {chunk_symbols}:{tile_chunks} ({} rows/chunk) | {bpw:.3} | {:.1} / {:.1} / {:.1} | {:.1} ({fused_variant:?}) | {:.1} / {:.1} | {:.2}x | {} | {} / {} | {:.1} / {:.1} | {} | {} / {} |",
-                    enc.chunk_rows(),
-                    t_plain * 1e6,
-                    t_plain_old * 1e6,
-                    t_plain_i8 * 1e6,
-                    t_fused * 1e6,
-                    plain_auto.wall * 1e6,
-                    fused.wall * 1e6,
-                    t_fused / t_plain,
-                    sig(packed_bytes / t_plain / 1e9),
-                    sig(packed_bytes / t_fused / 1e9),
-                    sig(coded_bytes / t_fused / 1e9),
-                    t_plain_l2 * 1e6,
-                    t_fused_l2 * 1e6,
-                    sig((r * k) as f64 / t_dec / 1e9),
-                    sig(copy_bw / 1e9),
-                    sig(shader_bw / 1e9),
-                ));
+                let mut dec_rates = Vec::new();
+                for dv in dec_variants {
+                    let dec_d: Vec<Dispatch> = coded
+                        .iter()
+                        .map(|m| match dv {
+                            None => m.decode_dispatch(dev, reg, &dec_out, DecodeOutput::Packed),
+                            Some(v) => {
+                                m.decode_dispatch_with(dev, reg, &dec_out, DecodeOutput::Packed, v)
+                            }
+                        })
+                        .collect::<Result<_, _>>()
+                        .expect("dispatch");
+                    let t_dec = time_dispatches(&ctx, &timer, &dec_d, args.iters, args.rounds).t;
+                    eprintln!(
+                        "  {source} {chunk_symbols}:{tile_chunks}: decode {} {:.1} us ({:.1} G symbols/s)",
+                        dv.map_or("default".to_string(), |v| format!("{v:?}")),
+                        t_dec * 1e6,
+                        n_syms / t_dec / 1e9
+                    );
+                    dec_rates.push(sig((r * k) as f64 / t_dec / 1e9));
+                }
+                let dec_col = dec_rates.join(" / ");
+                let variants = if fused_variants.is_empty() {
+                    vec![coded[0].default_fused_variant(reg)]
+                } else {
+                    fused_variants.clone()
+                };
+                for fused_variant in variants {
+                    if fused_variant == FusedVariant::Blocked
+                        && coded[0].fused_layout().blocked_steps().is_none()
+                    {
+                        eprintln!("  {source} {chunk_symbols}:{tile_chunks}: Blocked cannot run this layout, skipped");
+                        continue;
+                    }
+                    let fused = time_fused(fused_variant, csets);
+                    let t_fused = fused.t;
+                    let t_fused_l2 = time_fused(fused_variant, 1).t;
+                    // sanity: fused and plain agree, and the stream decodes cleanly
+                    let yf = coded[0]
+                        .gemv_with(dev, ctx.queue(), reg, &x, fused_variant)
+                        .expect("fused gemv");
+                    let scale = yp.iter().map(|v| v.abs() as f64).sum::<f64>() / r as f64;
+                    let maxdiff = yp
+                        .iter()
+                        .zip(&yf)
+                        .map(|(a, b)| (a - b).abs() as f64)
+                        .fold(0.0, f64::max);
+                    if maxdiff > 1e-3 * scale.max(1e-30) {
+                        eprintln!(
+                            "  WARNING: fused {fused_variant:?} and plain differ by {maxdiff:e} (mean |y| {scale:e})"
+                        );
+                    }
+                    eprintln!(
+                        "  {source} {chunk_symbols}:{tile_chunks}: fused {fused_variant:?} {:.1} us ({:.2}x plain), one set {:.1} us",
+                        t_fused * 1e6,
+                        t_fused / t_plain,
+                        t_fused_l2 * 1e6,
+                    );
+                    if args.diagnose && fused_variant == FusedVariant::Blocked {
+                        // where the blocked kernel's time goes: its decode alone and its dot
+                        // products alone, streamed and from one set
+                        let mut d = Vec::new();
+                        for (name, diag) in [("decode only", 1), ("dot products only", 2)] {
+                            for n in [csets, 1] {
+                                let ds: Vec<Dispatch> = coded[..n]
+                                    .iter()
+                                    .map(|m| {
+                                        m.blocked_diagnostic_dispatch(dev, reg, &xb, &y_fused, diag)
+                                            .expect("diagnostic dispatch")
+                                    })
+                                    .collect();
+                                let t =
+                                    time_dispatches(&ctx, &timer, &ds, args.iters, args.rounds).t;
+                                d.push(format!(
+                                    "{name}{} {:.1} us",
+                                    if n == 1 { " (one set)" } else { "" },
+                                    t * 1e6
+                                ));
+                            }
+                        }
+                        eprintln!(
+                            "{r}x{k} {source} {chunk_symbols}:{tile_chunks} blocked diagnose: kernel {:.1} us (one set {:.1} us), {}",
+                            t_fused * 1e6,
+                            t_fused_l2 * 1e6,
+                            d.join(", ")
+                        );
+                    }
+                    rows_out.push(format!(
+                        "| {r}x{k} | {source} | {chunk_symbols}:{tile_chunks} ({} rows/chunk) | {bpw:.3} | {:.1} / {:.1} / {:.1} | {:.1} ({fused_variant:?}) | {:.1} / {:.1} | {:.2}x | {} | {} / {} | {:.1} / {:.1} | {} | {} / {} |",
+                        enc.chunk_rows(),
+                        t_plain * 1e6,
+                        t_plain_old * 1e6,
+                        t_plain_i8 * 1e6,
+                        t_fused * 1e6,
+                        plain_auto.wall * 1e6,
+                        fused.wall * 1e6,
+                        t_fused / t_plain,
+                        sig(packed_bytes / t_plain / 1e9),
+                        sig(packed_bytes / t_fused / 1e9),
+                        sig(coded_bytes / t_fused / 1e9),
+                        t_plain_l2 * 1e6,
+                        t_fused_l2 * 1e6,
+                        dec_col,
+                        sig(copy_bw / 1e9),
+                        sig(shader_bw / 1e9),
+                    ));
+                }
+                drop(coded);
             }
         }
     }

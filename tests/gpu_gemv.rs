@@ -143,15 +143,77 @@ fn check_fused(
         .gemv_coded(&m, &x)
         .unwrap_or_else(|e| panic!("{label}: {e}"));
     assert_close(&label, &y, &want, &sum_abs, cols);
-    let mut variants = vec![FusedVariant::Workgroup];
-    if ctx.registry().subgroups32() {
-        variants.push(FusedVariant::Subgroup);
-    }
-    for v in variants {
+    for v in fused_variants(ctx, &m) {
         let y = m
             .gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)
             .unwrap_or_else(|e| panic!("{label} {v:?}: {e}"));
         assert_close(&format!("{label} {v:?}"), &y, &want, &sum_abs, cols);
+    }
+}
+
+/// Every fused kernel that can run `m` on this adapter: the workgroup-memory one everywhere,
+/// the subgroup ones on 32-wide subgroups (the blocked one where the layout allows it; it is
+/// refused otherwise).
+fn fused_variants(ctx: &GpuContext, m: &ecq::gpu::GpuCodedMatrix) -> Vec<FusedVariant> {
+    let mut variants = vec![FusedVariant::Workgroup];
+    if ctx.registry().subgroups32() {
+        variants.push(FusedVariant::Subgroup);
+        if m.fused_layout().blocked_steps().is_some() {
+            variants.push(FusedVariant::Blocked);
+        }
+    }
+    let refused: Vec<FusedVariant> = [FusedVariant::Subgroup, FusedVariant::Blocked]
+        .into_iter()
+        .filter(|v| !variants.contains(v))
+        .collect();
+    // (an empty matrix returns before any kernel is picked)
+    for v in refused
+        .into_iter()
+        .filter(|_| m.rows() > 0 && m.n_chunks() > 0)
+    {
+        let x = vec![0.0; m.cols()];
+        assert!(
+            matches!(
+                m.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v),
+                Err(ecq::gpu::GpuError::Unsupported(_))
+            ),
+            "{v:?} must be refused here"
+        );
+    }
+    variants
+}
+
+/// The blocked fused kernel at every block size (8, 4 and 2 steps), every symbol width it
+/// takes, MLX group sizes 32/64/128, chunks of one step up to several rows, and a matrix whose
+/// rows are not whole steps (refused, run by the others).
+#[test]
+fn fused_gemv_blocked_layouts() {
+    let Some(ctx) = ctx() else { return };
+    // (rows, cols, bits, group size, chunk symbols, wps): 4-bit w2 has 64 weights per step
+    for (i, &(rows, cols, bits, gs, chunk, wps)) in [
+        (17, 512, 4, 64, 16384, 2),  // 8 steps per row: block 8
+        (33, 768, 4, 32, 700, 2),    // 12: block 4, chunks of about one row
+        (9, 640, 4, 128, 32, 2),     // 10: block 2, one-step chunks
+        (5, 14336, 4, 64, 16384, 2), // 224: block 8, chunk of about one row
+        (11, 512, 8, 64, 4096, 1),   // 8-bit w1: 16 steps
+        (7, 1024, 2, 32, 4096, 4),   // 2-bit w4: 8 steps
+        (6, 192, 3, 32, 4096, 1),    // 3-bit w1: 6 steps, block 2
+        (5, 96, 4, 32, 4096, 2),     // 1.5 steps per row: not whole steps
+    ]
+    .iter()
+    .enumerate()
+    {
+        check_fused(
+            ctx,
+            600 + i as u64,
+            rows,
+            cols,
+            bits,
+            gs,
+            chunk,
+            3,
+            Some(wps),
+        );
     }
 }
 
@@ -512,6 +574,12 @@ fn fused_gemv_reports_corrupt_stream() {
         Err(ecq::gpu::GpuError::CorruptStream { chunk, .. }) => assert_eq!(chunk, c),
         other => panic!("expected CorruptStream, got {other:?}"),
     }
+    for v in fused_variants(ctx, &m) {
+        match m.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v) {
+            Err(ecq::gpu::GpuError::CorruptStream { chunk, .. }) => assert_eq!(chunk, c, "{v:?}"),
+            other => panic!("{v:?}: expected CorruptStream, got {other:?}"),
+        }
+    }
 }
 
 /// The plain 4-bit kernel's diagnostic builds (for measuring its limit) compile and launch;
@@ -544,6 +612,58 @@ fn plain_gemv_diagnostic_builds() {
     for diag in [0, 4] {
         assert!(matches!(
             m.pipelined_diagnostic_dispatch(ctx.device(), ctx.registry(), &xb, &yb, diag),
+            Err(ecq::gpu::GpuError::InvalidInput(_))
+        ));
+    }
+}
+
+/// The blocked fused kernel's diagnostic builds (decode only, dot products only) compile and
+/// launch where the kernel runs, and are refused elsewhere; other diagnostic numbers are
+/// refused.
+#[test]
+fn fused_blocked_diagnostic_builds() {
+    let Some(ctx) = ctx() else { return };
+    let (q, _) = random_matrix(80, 8, 512, 4, 64);
+    let enc = encode(&q.symbols(), 8, 512, 4, &EncodeOptions::default()).unwrap();
+    let m = ctx
+        .upload_coded(
+            CodedMatrixRef::from(&enc),
+            Some(QuantParamsRef {
+                group_size: 64,
+                scales: &q.scales,
+                biases: &q.biases,
+            }),
+        )
+        .unwrap();
+    let buf = |n: u64| {
+        ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 4 * n,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
+    let (xb, yb) = (buf(512), buf(8));
+    for diag in 1..=2 {
+        let d = m.blocked_diagnostic_dispatch(ctx.device(), ctx.registry(), &xb, &yb, diag);
+        if !ctx.registry().subgroups32() {
+            assert!(
+                matches!(d, Err(ecq::gpu::GpuError::Unsupported(_))),
+                "{d:?}"
+            );
+            continue;
+        }
+        let d = d.unwrap();
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            d.record(&mut pass);
+        }
+        ctx.queue().submit([enc.finish()]);
+    }
+    for diag in [0, 3] {
+        assert!(matches!(
+            m.blocked_diagnostic_dispatch(ctx.device(), ctx.registry(), &xb, &yb, diag),
             Err(ecq::gpu::GpuError::InvalidInput(_))
         ));
     }

@@ -78,41 +78,115 @@ pub enum DecodeOutput {
     BytePerWeight,
 }
 
-/// The fused GEMV pipeline for a matrix's symbol layout (`wps` weights per symbol, `bits` per
-/// weight, `prec` probability bits, MLX `group_size`). The subgroup kernel is specialised per
+/// What the fused GEMV kernels are specialised on: a matrix's symbol layout and row geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FusedLayout {
+    /// Weights per symbol `w`.
+    pub wps: u32,
+    /// Bits per weight `b`.
+    pub bits: u32,
+    /// Probability bits `n`.
+    pub prec: u32,
+    /// MLX group size.
+    pub group_size: u32,
+    /// `K`, weights per row.
+    pub cols: u32,
+    /// `T = ceil(K / (32 w))`, decode steps per row.
+    pub steps_per_row: u32,
+}
+
+impl FusedLayout {
+    /// The steps per block of `rans_gemv_blocked.wgsl` for this layout (8, 4 or 2, the largest
+    /// that divides the steps per row), or `None` where that kernel cannot run it: rows that
+    /// are not whole steps (`K != 32 w T`), fewer than 2 steps per row or an odd count, or more
+    /// than 11 probability bits (no slot table).
+    pub fn blocked_steps(&self) -> Option<u32> {
+        let t = self.steps_per_row;
+        if self.prec > 11 || t == 0 || self.cols as u64 != 32 * self.wps as u64 * t as u64 {
+            return None;
+        }
+        [8, 4, 2].into_iter().find(|b| t.is_multiple_of(*b))
+    }
+}
+
+/// The fused GEMV pipeline for a matrix's layout. The subgroup kernels are specialised per
 /// layout through override constants, so the compiler drops the other layouts' code; every
 /// launcher of `rans_gemv*.wgsl` (this module, `crate::linear`) takes its pipeline from here so
-/// they run the same code.
+/// they run the same code. [`FusedVariant::Blocked`] fails with [`GpuError::Unsupported`] where
+/// [`FusedLayout::blocked_steps`] is `None`.
 pub fn fused_gemv_pipeline(
     device: &wgpu::Device,
     registry: &PipelineRegistry,
     variant: FusedVariant,
-    wps: u32,
-    bits: u32,
-    prec: u32,
-    group_size: u32,
+    layout: &FusedLayout,
 ) -> Result<wgpu::ComputePipeline, GpuError> {
+    fused_gemv_pipeline_diag(device, registry, variant, layout, 0)
+}
+
+/// [`fused_gemv_pipeline`] with the blocked kernel's diagnostic build `diag` (0 = the kernel).
+fn fused_gemv_pipeline_diag(
+    device: &wgpu::Device,
+    registry: &PipelineRegistry,
+    variant: FusedVariant,
+    layout: &FusedLayout,
+    diag: u32,
+) -> Result<wgpu::ComputePipeline, GpuError> {
+    // 32 tells the kernels the group size is not a power of two: they divide.
+    let gshift = if layout.group_size.is_power_of_two() {
+        layout.group_size.trailing_zeros()
+    } else {
+        32
+    };
     match variant {
         FusedVariant::Workgroup => registry.get(device, Kernel::RansGemv, "main", &[]),
-        FusedVariant::Subgroup => {
-            // 32 tells the kernel the group size is not a power of two: it divides.
-            let gshift = if group_size.is_power_of_two() {
-                group_size.trailing_zeros()
-            } else {
-                32
-            };
+        FusedVariant::Subgroup => registry.get(
+            device,
+            Kernel::RansGemvSubgroup,
+            "main",
+            &[
+                ("WPS", layout.wps),
+                ("BITS", layout.bits),
+                ("PREC", layout.prec),
+                ("GSHIFT", gshift),
+            ],
+        ),
+        FusedVariant::Blocked => {
+            let block = layout.blocked_steps().ok_or_else(|| {
+                GpuError::Unsupported(format!(
+                    "the blocked fused kernel needs whole 32-symbol steps per row in an even \
+                     count and <= 11 probability bits (cols {}, {} weights per symbol, {} \
+                     steps per row, precision {})",
+                    layout.cols, layout.wps, layout.steps_per_row, layout.prec
+                ))
+            })?;
             registry.get(
                 device,
-                Kernel::RansGemvSubgroup,
+                Kernel::RansGemvBlocked,
                 "main",
                 &[
-                    ("WPS", wps),
-                    ("BITS", bits),
-                    ("PREC", prec),
+                    ("WPS", layout.wps),
+                    ("BITS", layout.bits),
+                    ("PREC", layout.prec),
                     ("GSHIFT", gshift),
+                    ("BLOCK", block),
+                    ("DIAG", diag),
                 ],
             )
         }
+    }
+}
+
+/// The fused kernel every launcher runs by default for `layout`: on adapters with 32-wide
+/// subgroups the blocked kernel where [`FusedLayout::blocked_steps`] allows it (1.2x faster
+/// than the subgroup kernel on an H200, BENCHMARKS.md issue 5 step 23), else the subgroup
+/// kernel; the workgroup-memory kernel on every other adapter.
+pub fn default_fused_variant(registry: &PipelineRegistry, layout: &FusedLayout) -> FusedVariant {
+    if !registry.subgroups32() {
+        FusedVariant::Workgroup
+    } else if layout.blocked_steps().is_some() {
+        FusedVariant::Blocked
+    } else {
+        FusedVariant::Subgroup
     }
 }
 
@@ -125,6 +199,9 @@ pub enum FusedVariant {
     /// `rans_gemv_subgroup.wgsl`: subgroup ballot, shuffle and add; needs 32-wide subgroups
     /// ([`PipelineRegistry::subgroups32`]).
     Subgroup,
+    /// `rans_gemv_blocked.wgsl`: the subgroup kernel decoding 2-8 steps before their dot
+    /// products; needs 32-wide subgroups and a layout [`FusedLayout::blocked_steps`] accepts.
+    Blocked,
 }
 
 /// Uniform block shared by `rans_decode.wgsl` and `rans_gemv.wgsl` (same field order).
@@ -405,8 +482,9 @@ impl GpuCodedMatrix {
     }
 
     /// The decode launch writing into `out` (at least the output size in bytes: `rows * cols *
-    /// bits / 8` packed, `rows * cols` one byte per weight). Uses the subgroup kernel where
-    /// [`Self::decode_subgroup_supported`] allows it.
+    /// bits / 8` packed, `rows * cols` one byte per weight). Uses the blocked kernel where
+    /// [`Self::decode_blocked_supported`] allows it, else the subgroup kernel where
+    /// [`Self::decode_subgroup_supported`] does.
     pub fn decode_dispatch(
         &self,
         device: &wgpu::Device,
@@ -414,12 +492,28 @@ impl GpuCodedMatrix {
         out: &wgpu::Buffer,
         mode: DecodeOutput,
     ) -> Result<Dispatch, GpuError> {
-        let v = if self.decode_subgroup_supported(registry, mode) {
+        let v = if self.decode_blocked_supported(registry, mode) {
+            FusedVariant::Blocked
+        } else if self.decode_subgroup_supported(registry, mode) {
             FusedVariant::Subgroup
         } else {
             FusedVariant::Workgroup
         };
         self.decode_dispatch_with(device, registry, out, mode, v)
+    }
+
+    /// Whether `rans_decode_blocked.wgsl` can decode this matrix: 32-wide subgroups, packed
+    /// output, byte symbols (`bits * weights_per_symbol == 8`) and a layout whose
+    /// [`FusedLayout::blocked_steps`] is 8.
+    pub fn decode_blocked_supported(
+        &self,
+        registry: &PipelineRegistry,
+        mode: DecodeOutput,
+    ) -> bool {
+        registry.subgroups32()
+            && mode == DecodeOutput::Packed
+            && self.params.bits * self.params.wps == 8
+            && self.fused_layout().blocked_steps() == Some(8)
     }
 
     /// Whether `rans_decode_subgroup.wgsl` can decode this matrix: 32-wide subgroups, packed
@@ -436,7 +530,8 @@ impl GpuCodedMatrix {
     /// [`decode_dispatch`](Self::decode_dispatch) with an explicit variant:
     /// [`FusedVariant::Workgroup`] runs `rans_decode.wgsl`, [`FusedVariant::Subgroup`]
     /// `rans_decode_subgroup.wgsl` (fails with [`GpuError::Unsupported`] unless
-    /// [`Self::decode_subgroup_supported`]).
+    /// [`Self::decode_subgroup_supported`]), [`FusedVariant::Blocked`]
+    /// `rans_decode_blocked.wgsl` (unless [`Self::decode_blocked_supported`]).
     pub fn decode_dispatch_with(
         &self,
         device: &wgpu::Device,
@@ -445,6 +540,13 @@ impl GpuCodedMatrix {
         mode: DecodeOutput,
         variant: FusedVariant,
     ) -> Result<Dispatch, GpuError> {
+        if variant == FusedVariant::Blocked && !self.decode_blocked_supported(registry, mode) {
+            return Err(GpuError::Unsupported(
+                "the blocked decode kernel needs 32-wide subgroups, packed output, byte symbols, \
+                 whole 32-symbol steps per row in a multiple of 8 and <= 11 probability bits"
+                    .into(),
+            ));
+        }
         if variant == FusedVariant::Subgroup && !self.decode_subgroup_supported(registry, mode) {
             return Err(GpuError::Unsupported(
                 "the subgroup decode kernel needs 32-wide subgroups, packed output and 1, 2, 4 or 8-bit symbols"
@@ -475,6 +577,12 @@ impl GpuCodedMatrix {
                 "main",
                 &[("PREC", p.prec), ("BW", p.bits * p.wps)],
             )?,
+            FusedVariant::Blocked => registry.get(
+                device,
+                Kernel::RansDecodeBlocked,
+                "main",
+                &[("PREC", p.prec)],
+            )?,
         };
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -497,6 +605,25 @@ impl GpuCodedMatrix {
         })
     }
 
+    /// The fused kernel [`Self::gemv_dispatch`] and [`Self::gemv`] run for this matrix on
+    /// `registry`'s device ([`default_fused_variant`]).
+    pub fn default_fused_variant(&self, registry: &PipelineRegistry) -> FusedVariant {
+        default_fused_variant(registry, &self.fused_layout())
+    }
+
+    /// The layout the fused kernels are specialised on.
+    pub fn fused_layout(&self) -> FusedLayout {
+        let p = &self.params;
+        FusedLayout {
+            wps: p.wps,
+            bits: p.bits,
+            prec: p.prec,
+            group_size: p.group_size,
+            cols: p.cols,
+            steps_per_row: p.steps_per_row,
+        }
+    }
+
     /// The fused GEMV launch `y = W x` (`x`: `cols` f32, `y`: `rows` f32), with the subgroup
     /// variant where the registry allows it.
     pub fn gemv_dispatch(
@@ -506,11 +633,7 @@ impl GpuCodedMatrix {
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
     ) -> Result<Dispatch, GpuError> {
-        let v = if registry.subgroups32() {
-            FusedVariant::Subgroup
-        } else {
-            FusedVariant::Workgroup
-        };
+        let v = self.default_fused_variant(registry);
         self.gemv_dispatch_with(device, registry, x, y, v)
     }
 
@@ -525,10 +648,43 @@ impl GpuCodedMatrix {
         y: &wgpu::Buffer,
         variant: FusedVariant,
     ) -> Result<Dispatch, GpuError> {
-        if variant == FusedVariant::Subgroup && !registry.subgroups32() {
-            return Err(GpuError::Unsupported(
-                "the subgroup fused kernel needs Features::SUBGROUP and 32-wide subgroups".into(),
-            ));
+        self.gemv_dispatch_diag(device, registry, x, y, variant, 0)
+    }
+
+    /// A diagnostic build of the blocked fused kernel, for measuring where its time goes (its
+    /// `y` is meaningless): `diag` 1 = the decode alone (no dot products), 2 = the dot products
+    /// alone (made-up symbols, the stream never read). Other `diag` values are refused with
+    /// [`GpuError::InvalidInput`]; layouts or adapters the blocked kernel cannot run with
+    /// [`GpuError::Unsupported`].
+    pub fn blocked_diagnostic_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        diag: u32,
+    ) -> Result<Dispatch, GpuError> {
+        if !(1..=2).contains(&diag) {
+            return Err(GpuError::InvalidInput(format!(
+                "blocked diagnostic build {diag}: 1 (decode only) or 2 (dot products only)"
+            )));
+        }
+        self.gemv_dispatch_diag(device, registry, x, y, FusedVariant::Blocked, diag)
+    }
+
+    fn gemv_dispatch_diag(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        variant: FusedVariant,
+        diag: u32,
+    ) -> Result<Dispatch, GpuError> {
+        if variant != FusedVariant::Workgroup && !registry.subgroups32() {
+            return Err(GpuError::Unsupported(format!(
+                "the {variant:?} fused kernel needs Features::SUBGROUP and 32-wide subgroups"
+            )));
         }
         let sb = self.sb.as_ref().ok_or_else(|| {
             GpuError::InvalidInput("the fused GEMV needs scales and biases at upload".into())
@@ -548,15 +704,8 @@ impl GpuCodedMatrix {
         p.wg_x = gx;
         p.out_mode = 2;
         let uniform = self.uniform(device, 2, p);
-        let pipeline = fused_gemv_pipeline(
-            device,
-            registry,
-            variant,
-            p.wps,
-            p.bits,
-            p.prec,
-            p.group_size,
-        )?;
+        let pipeline =
+            fused_gemv_pipeline_diag(device, registry, variant, &self.fused_layout(), diag)?;
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("rans_gemv"),
@@ -670,11 +819,7 @@ impl GpuCodedMatrix {
         registry: &PipelineRegistry,
         x: &[f32],
     ) -> Result<Vec<f32>, GpuError> {
-        let v = if registry.subgroups32() {
-            FusedVariant::Subgroup
-        } else {
-            FusedVariant::Workgroup
-        };
+        let v = self.default_fused_variant(registry);
         self.gemv_with(device, queue, registry, x, v)
     }
 
@@ -736,5 +881,35 @@ pub(crate) fn entry(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry
     wgpu::BindGroupEntry {
         binding,
         resource: buffer.as_entire_binding(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FusedLayout;
+
+    fn layout(cols: u32, wps: u32, prec: u32) -> FusedLayout {
+        FusedLayout {
+            wps,
+            bits: 8 / wps,
+            prec,
+            group_size: 64,
+            cols,
+            steps_per_row: cols.div_ceil(32 * wps),
+        }
+    }
+
+    #[test]
+    fn blocked_steps_is_the_largest_block_dividing_whole_steps() {
+        assert_eq!(layout(4096, 2, 11).blocked_steps(), Some(8)); // 64 steps
+        assert_eq!(layout(14336, 2, 11).blocked_steps(), Some(8)); // 224
+        assert_eq!(layout(768, 2, 11).blocked_steps(), Some(4)); // 12
+        assert_eq!(layout(640, 2, 11).blocked_steps(), Some(2)); // 10
+        assert_eq!(layout(192, 1, 11).blocked_steps(), Some(2)); // 6
+        assert_eq!(layout(64, 2, 11).blocked_steps(), None); // 1 step
+        assert_eq!(layout(96, 2, 11).blocked_steps(), None); // 1.5 steps
+        assert_eq!(layout(4160, 2, 11).blocked_steps(), None); // 65 steps
+        assert_eq!(layout(4096, 2, 12).blocked_steps(), None); // no slot table
+        assert_eq!(layout(0, 2, 11).blocked_steps(), None);
     }
 }

@@ -34,6 +34,12 @@
 //!   sees it is uniform), is specialised per symbol layout (pipeline-overridable constants)
 //!   and is chosen when the adapter's subgroups are exactly 32 wide
 //!   ([`PipelineRegistry::subgroups32`]); every other adapter runs the workgroup-memory version.
+//! * `rans_gemv_blocked.wgsl` / `rans_decode_blocked.wgsl` ([`FusedVariant::Blocked`], the
+//!   default on 32-wide subgroups where the layout allows it): the subgroup decode step run for
+//!   a block of 2-8 steps with the symbols kept packed in two registers, then the block's dot
+//!   products (fused) or its 64 output words written with 8 shuffles and two coalesced stores
+//!   per lane (decode); rows must be whole 32-symbol steps ([`FusedLayout::blocked_steps`],
+//!   [`GpuCodedMatrix::decode_blocked_supported`]).
 //! * `qgemv4.wgsl`: plain MLX 4-bit GEMV ([`QGemvVariant::Nibble4`]): no
 //!   integer-to-float conversion (nibbles OR-ed into the exponent of 2^23), 4 rows x 2 pieces of
 //!   16 weights per lane, K split over 1-8 groups of 32 lanes chosen from the row count.
@@ -81,7 +87,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 pub use decode::{
-    fused_gemv_pipeline, CodedMatrixRef, DecodeOutput, FusedVariant, GpuCodedMatrix, QuantParamsRef,
+    default_fused_variant, fused_gemv_pipeline, CodedMatrixRef, DecodeOutput, FusedLayout,
+    FusedVariant, GpuCodedMatrix, QuantParamsRef,
 };
 pub use gemv::{GpuQuantizedMatrix, QGemvVariant};
 
@@ -203,6 +210,12 @@ pub enum Kernel {
     /// `wgsl/rans_decode_subgroup.wgsl`: decode to MLX packed words with subgroup ballot and
     /// shuffle, for adapters with 32-wide subgroups and symbols of 1, 2, 4 or 8 bits.
     RansDecodeSubgroup,
+    /// `wgsl/rans_gemv_blocked.wgsl`: the subgroup fused kernel decoding a block of steps
+    /// before their dot products.
+    RansGemvBlocked,
+    /// `wgsl/rans_decode_blocked.wgsl`: the subgroup decode writing a block of 8 steps as whole
+    /// coalesced words.
+    RansDecodeBlocked,
     /// `wgsl/qgemv.wgsl`: plain MLX quantized GEMV (2, 4, 8 bits).
     QGemv,
     /// `wgsl/qgemv4.wgsl`: plain MLX 4-bit GEMV without integer-to-float conversions (the
@@ -255,6 +268,16 @@ impl Kernel {
                     "rans_subgroup"
                 )
             }
+            Kernel::RansGemvBlocked => wgsl_with_libs!(
+                "../../wgsl/rans_gemv_blocked.wgsl",
+                "rans_table",
+                "rans_subgroup"
+            ),
+            Kernel::RansDecodeBlocked => wgsl_with_libs!(
+                "../../wgsl/rans_decode_blocked.wgsl",
+                "rans_table",
+                "rans_subgroup"
+            ),
             Kernel::QGemv => include_str!("../../wgsl/qgemv.wgsl"),
             Kernel::QGemv4 => include_str!("../../wgsl/qgemv4.wgsl"),
             Kernel::QGemv4Dp4a => include_str!("../../wgsl/qgemv4_dp4a.wgsl"),
@@ -269,7 +292,13 @@ impl Kernel {
     /// cost about 5 of ~95 instructions per decode step on an H200 (read from the compiled
     /// code). Bounds checks stay on for every kernel.
     pub fn loops_bounded_by_construction(self) -> bool {
-        matches!(self, Kernel::RansGemvSubgroup | Kernel::RansDecodeSubgroup)
+        matches!(
+            self,
+            Kernel::RansGemvSubgroup
+                | Kernel::RansDecodeSubgroup
+                | Kernel::RansGemvBlocked
+                | Kernel::RansDecodeBlocked
+        )
     }
 
     /// The file name in `wgsl/`.
@@ -279,6 +308,8 @@ impl Kernel {
             Kernel::RansGemv => "rans_gemv.wgsl",
             Kernel::RansGemvSubgroup => "rans_gemv_subgroup.wgsl",
             Kernel::RansDecodeSubgroup => "rans_decode_subgroup.wgsl",
+            Kernel::RansGemvBlocked => "rans_gemv_blocked.wgsl",
+            Kernel::RansDecodeBlocked => "rans_decode_blocked.wgsl",
             Kernel::QGemv => "qgemv.wgsl",
             Kernel::QGemv4 => "qgemv4.wgsl",
             Kernel::QGemv4Dp4a => "qgemv4_dp4a.wgsl",
@@ -800,6 +831,8 @@ mod tests {
             Kernel::RansGemv,
             Kernel::RansGemvSubgroup,
             Kernel::RansDecodeSubgroup,
+            Kernel::RansGemvBlocked,
+            Kernel::RansDecodeBlocked,
             Kernel::QGemv,
             Kernel::QGemv4,
             Kernel::QGemv4Dp4a,

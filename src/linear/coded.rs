@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, Linear, LinearError};
-use crate::gpu::{fused_gemv_pipeline, FusedVariant, GpuError};
+use crate::gpu::{default_fused_variant, fused_gemv_pipeline, FusedLayout, GpuError};
 use crate::rans::EncodedMatrix;
 
 /// Activation rows per dispatch of the batched kernel (4 per invocation, 128 invocations).
@@ -634,22 +634,18 @@ impl EntropyCodedLinear {
         y: &wgpu::Buffer,
     ) -> Result<LinearDispatch, GpuError> {
         let registry = self.dev.gpu().registry();
-        let variant = if registry.subgroups32() {
-            FusedVariant::Subgroup
-        } else {
-            FusedVariant::Workgroup
-        };
         let device = self.dev.device();
         let g = &band.gemv;
-        let pipeline = fused_gemv_pipeline(
-            device,
-            registry,
-            variant,
-            g.wps,
-            g.bits,
-            g.prec,
-            g.group_size,
-        )?;
+        let layout = FusedLayout {
+            wps: g.wps,
+            bits: g.bits,
+            prec: g.prec,
+            group_size: g.group_size,
+            cols: g.cols,
+            steps_per_row: g.steps_per_row,
+        };
+        let variant = default_fused_variant(registry, &layout);
+        let pipeline = fused_gemv_pipeline(device, registry, variant, &layout)?;
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("ecq linear gemv"),

@@ -1,0 +1,182 @@
+// rANS decode to MLX packed words, blocked subgroup variant (issue 5): the decode loop of
+// rans_gemv_blocked.wgsl (a group of 32 lanes decodes a block of 8 steps, each lane keeping its
+// 8 byte symbols in two registers), then the block's 256 symbols are written as 64 whole
+// words with 8 subgroupShuffles: lane l assembles the words l and 32 + l of the block (word
+// (i, m) of step i holds the symbols of lanes 4m..4m+3), so every store is one coalesced
+// 128-byte row. rans_decode_subgroup.wgsl needs two subgroupShuffleXor and a masked store per
+// step instead. Only for byte symbols (bits * weights per symbol = 8), rows of whole steps
+// with a multiple of 8 steps, and <= 11 probability bits (the host checks:
+// `GpuCodedMatrix::decode_blocked_supported`); it flags every chunk on a wrong subgroup size
+// (error bit 128) and reports errors like the subgroup kernel.
+// import: rans_table
+// import: rans_subgroup
+
+// requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    bits: u32,
+    wps: u32,            // weights per symbol
+    prec: u32,           // probability bits n
+    chunk_rows: u32,
+    tile_chunks: u32,
+    n_chunks: u32,
+    n_tiles: u32,
+    syms_per_row: u32,   // S = K / w
+    steps_per_row: u32,  // T = ceil(S / 32)
+    alphabet: u32,       // A = 2^(b*w)
+    n_words: u32,        // u16 words in the stream
+    wg_per_tile: u32,
+    total_wg: u32,
+    out_mode: u32,
+    out_row_words: u32,
+    wg_x: u32,           // workgroups along x of the 2-D dispatch
+    chunk_iters: u32,    // chunks decoded one after another by each group
+    group_size: u32,     // MLX group size (GEMV only)
+    groups_per_row: u32, // K / group_size (GEMV only)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+// Probability bits (<= 11), set by the host.
+override PREC: u32 = 11u;
+
+const BLOCK: u32 = 8u;         // steps per block: 8 byte symbols per lane = 2 output words
+const G: u32 = 4u;             // groups of 32 lanes per workgroup
+const WG: u32 = 128u;          // = 32 * G
+const MAX_TABLE: u32 = 2048u;  // slot table for n <= 11
+const SENTINEL: u32 = 0xFFFFFFFFu;
+const L: u32 = 65536u;
+
+// error bits, mirrored in src/gpu/decode.rs
+const ERR_BAD_STATE: u32 = 1u;
+const ERR_ZERO_FREQ: u32 = 2u;
+const ERR_OVER_READ: u32 = 4u;
+const ERR_FINAL_STATE: u32 = 8u;
+const ERR_UNCONSUMED: u32 = 16u;
+const ERR_TABLE: u32 = 32u;
+const ERR_OFFSETS: u32 = 64u;
+const ERR_SUBGROUP: u32 = 128u;
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> freqs: array<u32>;    // u16 pairs, A per tile
+@group(0) @binding(2) var<storage, read> states: array<u32>;   // 32 per chunk
+@group(0) @binding(3) var<storage, read> offsets: array<u32>;  // n_chunks + 1
+@group(0) @binding(4) var<storage, read> words: array<u32>;    // u16 words, 2 per u32
+@group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
+@group(0) @binding(6) var<storage, read_write> out: array<u32>; // packed words
+
+@compute @workgroup_size(128)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) sg_id: u32,
+    @builtin(subgroup_size) sg_size: u32,
+) {
+    let wg = wid.y * P.wg_x + wid.x;
+    if (wg >= P.total_wg) {
+        return;
+    }
+    let tile = wg / P.wg_per_tile;
+    let sub = wg % P.wg_per_tile;
+    let tile_first = tile * P.tile_chunks;
+    let tile_end = min(tile_first + P.tile_chunks, P.n_chunks);
+    let bad_table = build_table(tile, lid);
+
+    let g = lid / 32u;
+    let l = sg_id & 31u;
+    let mmask = (1u << PREC) - 1u;
+    let T = P.steps_per_row;
+    let nblk = T / BLOCK;
+    let row_words = P.out_row_words;  // = 8 T
+    let ltmask = (1u << l) - 1u;
+    // the block's words this lane assembles: symbols of lanes 4m..4m+3, byte i of their
+    // s_lo (word l) and s_hi (word 32 + l), with m = l % 8 and i = l / 8
+    let src0 = (l & 7u) * 4u;
+    let byte_shift = 8u * (l >> 3u);
+
+    for (var it = 0u; it < P.chunk_iters; it++) {
+        let chunk = tile_first + (sub * P.chunk_iters + it) * G + g;
+        let valid = chunk < tile_end;
+        var nrows0 = 0u;
+        var r00 = 0u;
+        var x = L;
+        var p0 = 0u;
+        var end0 = 0u;
+        var err = 0u;
+        if (valid) {
+            r00 = chunk * P.chunk_rows;
+            nrows0 = min(P.chunk_rows, P.rows - r00);
+            x = states[chunk * 32u + l];
+            if (x < L) { err |= ERR_BAD_STATE; }
+            p0 = offsets[chunk];
+            end0 = offsets[chunk + 1u];
+            if (end0 > P.n_words || p0 > end0) {
+                err |= ERR_OFFSETS;
+                end0 = min(end0, P.n_words);
+                p0 = min(p0, end0);
+            }
+            if (bad_table) { err |= ERR_TABLE; }
+            if (sg_size != 32u) { err |= ERR_SUBGROUP; }
+        }
+        // The same in every lane of the group; broadcast so the compiler sees uniform loops.
+        let nrows = subgroupBroadcastFirst(nrows0);
+        let r0 = subgroupBroadcastFirst(r00);
+        var p = subgroupBroadcastFirst(p0);
+        let end = subgroupBroadcastFirst(end0);
+        // word planes (see plane_at); invariant p - base < 64 at the start of a step
+        var base = p & ~1u;
+        var pa = plane_at(base, l);
+        var pb = plane_at(base + 64u, l);
+        var pc = plane_at(base + 128u, l);
+        var pd = plane_at(base + 192u, l);
+        for (var rr = 0u; rr < nrows; rr++) {
+            let row_out = (r0 + rr) * row_words;
+            for (var b = 0u; b < nblk; b++) {
+                // decode BLOCK steps; symbol i of the block in byte i % 4 of s_lo / s_hi
+                var s_lo = 0u;
+                var s_hi = 0u;
+                for (var i = 0u; i < BLOCK; i++) {
+                    let e = table[x & mmask];
+                    let xd = (((e >> 8u) & 0xFFFu) + 1u) * (x >> PREC) + (e >> 20u);
+                    let need = xd < L;
+                    let rw = renorm_word(need, p - base, pa, pb, ltmask);
+                    x = select(xd, (xd << 16u) | rw.x, need);
+                    p += rw.y;
+                    if (p - base >= 64u) {
+                        pa = pb;
+                        pb = pc;
+                        pc = pd;
+                        base += 64u;
+                        pd = plane_at(base + 192u, l);
+                    }
+                    let sym = (e & 0xFFu) << (8u * (i & 3u));
+                    if (i < 4u) {
+                        s_lo |= sym;
+                    } else {
+                        s_hi |= sym;
+                    }
+                }
+                var wa = 0u;
+                var wb = 0u;
+                for (var c = 0u; c < 4u; c++) {
+                    let va = subgroupShuffle(s_lo, src0 + c);
+                    let vb = subgroupShuffle(s_hi, src0 + c);
+                    wa |= ((va >> byte_shift) & 0xFFu) << (8u * c);
+                    wb |= ((vb >> byte_shift) & 0xFFu) << (8u * c);
+                }
+                let o = row_out + b * 64u + l;
+                out[o] = wa;
+                out[o + 32u] = wb;
+            }
+        }
+        if (valid) {
+            err |= chunk_end_flags(x, p, end, l);
+            if (err != 0u) {
+                atomicOr(&errors[chunk], err);
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+// Fused rANS decode + dequantize + GEMV, blocked subgroup variant (issue 5): the computation of
+// rans_gemv_subgroup.wgsl, restructured so that a group of 32 lanes first decodes BLOCK steps
+// (symbols kept packed in two registers), then does those steps' dot products. What this buys
+// over the step-at-a-time kernel, whose loop pays ~100 compiled instructions per step:
+// * the decode loop carries only the rANS state, the stream position and the word planes: no
+//   activations or (scale, bias) in flight, no per-step row-wrap test, no clamped look-ahead
+//   indices, no `jw < K` lane mask;
+// * the dot loop has no dependence on the decode chain, so its loads can be issued early and
+//   its arithmetic overlaps the next block's decode latency;
+// * rows are an outer loop: the row reduction and the (scale, bias) row offset are hoisted out
+//   of the step loop.
+// It therefore needs rows that are whole steps (K = steps_per_row * 32 * WPS) and
+// steps_per_row a multiple of BLOCK, probability bits <= 11 (the slot table) and 32-wide
+// subgroups; the host checks all of it (`GpuCodedMatrix::blocked_supported`), and the kernel
+// flags every chunk on a wrong subgroup size (error bit 128). Error reporting is the subgroup
+// kernel's: table, offsets, state, over-read and unconsumed words, all after the loop.
+// import: rans_table
+// import: rans_subgroup
+
+// requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    bits: u32,
+    wps: u32,            // weights per symbol
+    prec: u32,           // probability bits n
+    chunk_rows: u32,
+    tile_chunks: u32,
+    n_chunks: u32,
+    n_tiles: u32,
+    syms_per_row: u32,   // S = K / w
+    steps_per_row: u32,  // T = S / 32 (exact here)
+    alphabet: u32,       // A = 2^(b*w)
+    n_words: u32,        // u16 words in the stream
+    wg_per_tile: u32,
+    total_wg: u32,
+    out_mode: u32,
+    out_row_words: u32,
+    wg_x: u32,           // workgroups along x of the 2-D dispatch
+    chunk_iters: u32,    // chunks decoded one after another by each group
+    group_size: u32,     // MLX group size
+    groups_per_row: u32, // K / group_size
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+// Set by the host from the matrix: weights per symbol (1, 2 or 4), bits per weight,
+// probability bits (<= 11), log2 of the MLX group size (32 = not a power of two: divide), and
+// the steps decoded per block (2, 4 or 8; divides steps_per_row).
+override WPS: u32 = 2u;
+override BITS: u32 = 4u;
+override PREC: u32 = 11u;
+override GSHIFT: u32 = 6u;
+override BLOCK: u32 = 8u;
+// Diagnostic builds for measuring where the time goes (`GpuCodedMatrix::
+// blocked_diagnostic_dispatch`; their y is meaningless): 1 = decode only (the dot loop
+// replaced by one XOR of the block's symbols into the sum), 2 = dot products only (symbols
+// made up from the lane and block, the stream never read). 0 = the kernel.
+override DIAG: u32 = 0u;
+
+const G: u32 = 4u;             // groups of 32 lanes per workgroup
+const WG: u32 = 128u;          // = 32 * G
+const MAX_TABLE: u32 = 2048u;  // slot table for n <= 11
+const SENTINEL: u32 = 0xFFFFFFFFu;
+const L: u32 = 65536u;
+
+// error bits, mirrored in src/gpu/decode.rs
+const ERR_BAD_STATE: u32 = 1u;
+const ERR_ZERO_FREQ: u32 = 2u;
+const ERR_OVER_READ: u32 = 4u;
+const ERR_FINAL_STATE: u32 = 8u;
+const ERR_UNCONSUMED: u32 = 16u;
+const ERR_TABLE: u32 = 32u;
+const ERR_OFFSETS: u32 = 64u;
+const ERR_SUBGROUP: u32 = 128u;
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> freqs: array<u32>;    // u16 pairs, A per tile
+@group(0) @binding(2) var<storage, read> states: array<u32>;   // 32 per chunk
+@group(0) @binding(3) var<storage, read> offsets: array<u32>;  // n_chunks + 1
+@group(0) @binding(4) var<storage, read> words: array<u32>;    // u16 words, 2 per u32
+@group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
+@group(0) @binding(6) var<storage, read> sb: array<vec2<f32>>;   // (scale, bias) per group
+// activations, K (a multiple of 32 here), read in pairs: one 8-byte load per two weights
+@group(0) @binding(7) var<storage, read> xv: array<vec2<f32>>;
+@group(0) @binding(8) var<storage, read_write> y: array<f32>;     // R outputs
+
+// The contribution of one symbol (the WPS weights from weight k) with the group's
+// (scale, bias): scale * sum(q x) + bias * sum(x). q as f32 without a conversion:
+// 2^23 + q (q < 2^23) minus 2^23, exactly.
+fn symbol_dot(sym: u32, k: u32, sbv: vec2<f32>) -> f32 {
+    let qmask = (1u << BITS) - 1u;
+    if (WPS == 1u) {
+        let x2 = xv[k >> 1u];
+        let xa = select(x2.x, x2.y, (k & 1u) != 0u);
+        let q = bitcast<f32>((sym & qmask) | 0x4B000000u) - 8388608.0;
+        return sbv.x * (q * xa) + sbv.y * xa;
+    }
+    if (WPS == 2u) {
+        let xa = xv[k >> 1u];
+        let q2 = bitcast<vec2<f32>>((vec2<u32>(sym, sym >> BITS) & vec2<u32>(qmask))
+            | vec2<u32>(0x4B000000u)) - vec2<f32>(8388608.0);
+        return sbv.x * dot(q2, xa) + sbv.y * (xa.x + xa.y);
+    }
+    let xa = vec4<f32>(xv[k >> 1u], xv[(k >> 1u) + 1u]);
+    let qv = bitcast<vec4<f32>>((vec4<u32>(sym, sym >> BITS, sym >> (2u * BITS), sym >> (3u * BITS))
+        & vec4<u32>(qmask)) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
+    return sbv.x * dot(qv, xa) + sbv.y * dot(xa, vec4<f32>(1.0));
+}
+
+@compute @workgroup_size(128)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) sg_id: u32,
+    @builtin(subgroup_size) sg_size: u32,
+) {
+    let wg = wid.y * P.wg_x + wid.x;
+    if (wg >= P.total_wg) {
+        return;
+    }
+    let tile = wg / P.wg_per_tile;
+    let sub = wg % P.wg_per_tile;
+    let tile_first = tile * P.tile_chunks;
+    let tile_end = min(tile_first + P.tile_chunks, P.n_chunks);
+    let bad_table = build_table(tile, lid);
+
+    let g = lid / 32u;
+    let l = sg_id & 31u;
+    let mmask = (1u << PREC) - 1u;
+    let T = P.steps_per_row;
+    let nblk = T / BLOCK;
+    let kstep = 32u * WPS;
+    let kblock = BLOCK * kstep;
+    let k_lane = l * WPS;
+    let gpr = P.groups_per_row;
+    let gsz = P.group_size;
+    let ltmask = (1u << l) - 1u;
+
+    for (var it = 0u; it < P.chunk_iters; it++) {
+        let chunk = tile_first + (sub * P.chunk_iters + it) * G + g;
+        let valid = chunk < tile_end;
+        var nrows0 = 0u;
+        var r00 = 0u;
+        var x = L;
+        var p0 = 0u;
+        var end0 = 0u;
+        var err = 0u;
+        if (valid) {
+            r00 = chunk * P.chunk_rows;
+            nrows0 = min(P.chunk_rows, P.rows - r00);
+            x = states[chunk * 32u + l];
+            if (x < L) { err |= ERR_BAD_STATE; }
+            p0 = offsets[chunk];
+            end0 = offsets[chunk + 1u];
+            if (end0 > P.n_words || p0 > end0) {
+                err |= ERR_OFFSETS;
+                end0 = min(end0, P.n_words);
+                p0 = min(p0, end0);
+            }
+            if (bad_table) { err |= ERR_TABLE; }
+            if (sg_size != 32u) { err |= ERR_SUBGROUP; }
+        }
+        // The same in every lane of the group; broadcast so the compiler sees uniform loops.
+        let nrows = subgroupBroadcastFirst(nrows0);
+        let r0 = subgroupBroadcastFirst(r00);
+        var p = subgroupBroadcastFirst(p0);
+        let end = subgroupBroadcastFirst(end0);
+        // word planes (see plane_at); invariant p - base < 64 at the start of a step
+        var base = p & ~1u;
+        var pa = plane_at(base, l);
+        var pb = plane_at(base + 64u, l);
+        var pc = plane_at(base + 128u, l);
+        var pd = plane_at(base + 192u, l);
+        for (var rr = 0u; rr < nrows; rr++) {
+            let row = r0 + rr;
+            let sb_row = row * gpr;
+            var acc = 0.0;
+            for (var b = 0u; b < nblk; b++) {
+                // decode BLOCK steps; symbol i of the block in byte i % 4 of s_lo / s_hi
+                var s_lo = 0u;
+                var s_hi = 0u;
+                for (var i = 0u; i < BLOCK && DIAG != 2u; i++) {
+                    let e = table[x & mmask];
+                    let xd = (((e >> 8u) & 0xFFFu) + 1u) * (x >> PREC) + (e >> 20u);
+                    let need = xd < L;
+                    let rw = renorm_word(need, p - base, pa, pb, ltmask);
+                    x = select(xd, (xd << 16u) | rw.x, need);
+                    p += rw.y;
+                    if (p - base >= 64u) {
+                        pa = pb;
+                        pb = pc;
+                        pc = pd;
+                        base += 64u;
+                        pd = plane_at(base + 192u, l);
+                    }
+                    let sym = (e & 0xFFu) << (8u * (i & 3u));
+                    if (i < 4u) {
+                        s_lo |= sym;
+                    } else {
+                        s_hi |= sym;
+                    }
+                }
+                if (DIAG == 1u) {
+                    acc += bitcast<f32>((s_lo ^ s_hi) & 0x3FFFFFFFu);
+                    continue;
+                }
+                if (DIAG == 2u) {
+                    s_lo = (l * 0x01030507u) ^ b;
+                    s_hi = s_lo ^ 0x5A5A5A5Au;
+                }
+                // their dot products: lane l's weights of step i start at k0 + i * kstep
+                let k0 = b * kblock + k_lane;
+                for (var i = 0u; i < BLOCK; i++) {
+                    let k = k0 + i * kstep;
+                    let sym = (select(s_lo, s_hi, i >= 4u) >> (8u * (i & 3u))) & 0xFFu;
+                    let gi = select(k >> (GSHIFT & 31u), k / gsz, GSHIFT >= 32u);
+                    acc += symbol_dot(sym, k, sb[sb_row + gi]);
+                }
+            }
+            let s = subgroupAdd(acc);
+            if (l == 0u) {
+                y[row] = s;
+            }
+        }
+        if (valid) {
+            err |= chunk_end_flags(x, p, end, l);
+            if (err != 0u) {
+                atomicOr(&errors[chunk], err);
+            }
+        }
+    }
+}
