@@ -114,10 +114,10 @@ fn main(
         // a table whose frequencies sum to 2^n has no zero-frequency slot (ERR_TABLE covers
         // the others), so no per-step check
         let e = table[x & mmask];
-        let xd = (((e >> 8u) & 0xFFFu) + 1u) * (x >> n) + (e >> 20u);
+        let xd = ((e >> 12u) & 0xFFFu) * (x >> n) + (e & 0xFFFu);
         let need = xd < L;
         // the 16-bit pattern (FORMAT.md: sign and low mantissa bits raw, the symbol between)
-        let h = pattern16(e & 0xFFu, craw);
+        let h = pattern16(e >> 24u, craw);
         let hi = subgroupShuffleXor(h, 1u);
         if ((l & 1u) == 0u) {
             out[(row * K + u * 32u + l) >> 1u] = h | (hi << 16u);

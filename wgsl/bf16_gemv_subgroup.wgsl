@@ -121,9 +121,9 @@ fn main(
         // a table whose frequencies sum to 2^n has no zero-frequency slot (ERR_TABLE covers
         // the others), so no per-step check
         let e = table[x & mmask];
-        let xd = (((e >> 8u) & 0xFFFu) + 1u) * (x >> n) + (e >> 20u);
+        let xd = ((e >> 12u) & 0xFFFu) * (x >> n) + (e & 0xFFFu);
         let need = xd < L;
-        acc += weight(e & 0xFFu, craw) * cx;
+        acc += weight(e >> 24u, craw) * cx;
         // renormalisation (see renorm_word)
         let rw = renorm_word(need, p - base, pa, pb, ltmask);
         x = select(xd, (xd << 16u) | rw.x, need);

@@ -130,9 +130,9 @@ fn main(
                 let e = table[slot];
                 // only a table whose frequencies do not sum to 2^n (ERR_TABLE) has such slots
                 err |= select(0u, ERR_ZERO_FREQ, lane_on && e == SENTINEL);
-                sym = e & 0xFFu;
-                f = ((e >> 8u) & 0xFFFu) + 1u;
-                bias = e >> 20u;
+                sym = e >> 24u;
+                f = (e >> 12u) & 0xFFFu;
+                bias = e & 0xFFFu;
             } else {
                 var lo = 0u;
                 var hi = P.alphabet;

@@ -14,7 +14,7 @@
 // subgroups; the host checks all of it (`GpuCodedMatrix::blocked_supported`), and the kernel
 // flags every chunk on a wrong subgroup size (error bit 128). Error reporting is the subgroup
 // kernel's: table, offsets, state, over-read and unconsumed words, all after the loop.
-// import: rans_table
+// import: rans_table_sg
 // import: rans_subgroup
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
@@ -125,7 +125,7 @@ fn main(
     let sub = wg % P.wg_per_tile;
     let tile_first = tile * P.tile_chunks;
     let tile_end = min(tile_first + P.tile_chunks, P.n_chunks);
-    let bad_table = build_table(tile, lid);
+    let bad_table = build_table_sg(tile, lid, sg_id);
 
     let g = lid / 32u;
     let l = sg_id & 31u;
@@ -184,7 +184,7 @@ fn main(
                 var s_hi = 0u;
                 for (var i = 0u; i < BLOCK && DIAG != 2u; i++) {
                     let e = table[x & mmask];
-                    let xd = (((e >> 8u) & 0xFFFu) + 1u) * (x >> PREC) + (e >> 20u);
+                    let xd = ((e >> 12u) & 0xFFFu) * (x >> PREC) + (e & 0xFFFu);
                     let need = xd < L;
                     let rw = renorm_word(need, p - base, pa, pb, ltmask);
                     x = select(xd, (xd << 16u) | rw.x, need);
@@ -196,7 +196,7 @@ fn main(
                         base += 64u;
                         pd = plane_at(base + 192u, l);
                     }
-                    let sym = (e & 0xFFu) << (8u * (i & 3u));
+                    let sym = (e >> 24u) << (8u * (i & 3u));
                     if (i < 4u) {
                         s_lo |= sym;
                     } else {

@@ -220,9 +220,9 @@ fn main(
             var sym = 0u;
             if (n <= 11u) {
                 let e = table[slot];
-                sym = e & 0xFFu;
-                f = ((e >> 8u) & 0xFFFu) + 1u;
-                bias = e >> 20u;
+                sym = e >> 24u;
+                f = (e >> 12u) & 0xFFFu;
+                bias = e & 0xFFFu;
             } else {
                 var lo = 0u;
                 var hi = P.alphabet;

@@ -17,7 +17,7 @@
 //! stays at the WebGPU defaults).
 //!
 //! * `rans_decode.wgsl`: a workgroup of 4 x 32 lanes builds the tile's slot table (2^n `u32`
-//!   entries `symbol | (freq-1) << 8 | (slot-cum) << 20`, n <= 11; a binary search over the
+//!   entries `(slot-cum) | freq << 12 | symbol << 24`, n <= 11; a binary search over the
 //!   cumulative frequencies above) in workgroup memory, then each group of 32 decodes one chunk,
 //!   one lane per rANS lane; renormalisation reads use a workgroup-memory bitmask and one
 //!   `workgroupBarrier` per step. Output: MLX packed words (a step's symbols are staged in
@@ -270,12 +270,12 @@ impl Kernel {
             }
             Kernel::RansGemvBlocked => wgsl_with_libs!(
                 "../../wgsl/rans_gemv_blocked.wgsl",
-                "rans_table",
+                "rans_table_sg",
                 "rans_subgroup"
             ),
             Kernel::RansDecodeBlocked => wgsl_with_libs!(
                 "../../wgsl/rans_decode_blocked.wgsl",
-                "rans_table",
+                "rans_table_sg",
                 "rans_subgroup"
             ),
             Kernel::QGemv => include_str!("../../wgsl/qgemv.wgsl"),

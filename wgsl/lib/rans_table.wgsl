@@ -9,7 +9,10 @@ var<workgroup> sc_b: array<u32, 256>;
 var<workgroup> fq: array<u32, 256>;
 var<workgroup> table_bad: u32;
 
-// Builds the tile's table: slot -> symbol | (freq - 1) << 8 | (slot - cum) << 20 for n <= 11.
+// Builds the tile's table: slot -> (slot - cum) | freq << 12 | symbol << 24 for n <= 11 (bias
+// and freq <= 2^11 in 12 bits each, the symbol the top byte). The earlier layout,
+// symbol | (freq - 1) << 8 | bias << 20, compiled to the same number of instructions per step
+// on an H200 (one add fewer, one mask more).
 // Leaves exclusive cumulative frequencies in sc_a and frequencies in fq; returns whether the
 // frequencies do not sum to 2^n. Must be called in uniform control flow.
 fn build_table(tile: u32, lid: u32) -> bool {
@@ -67,7 +70,7 @@ fn build_table(tile: u32, lid: u32) -> bool {
             let f = fq[lo];
             var e = SENTINEL;
             if (slot < c + f && f > 0u && f <= m) {
-                e = lo | ((f - 1u) << 8u) | ((slot - c) << 20u);
+                e = (slot - c) | (f << 12u) | (lo << 24u);
             }
             table[slot] = e;
         }
@@ -90,7 +93,7 @@ fn lookup_slot(slot: u32, n: u32) -> vec4<u32> {
             bad = ERR_ZERO_FREQ;
             e = 0u;
         }
-        return vec4<u32>(e & 0xFFu, ((e >> 8u) & 0xFFFu) + 1u, e >> 20u, bad);
+        return vec4<u32>(e >> 24u, (e >> 12u) & 0xFFFu, e & 0xFFFu, bad);
     }
     var lo = 0u;
     var hi = P.alphabet;
