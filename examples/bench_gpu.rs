@@ -44,7 +44,8 @@
 //! prints a second table with each kernel's time (weights streamed, and one copy reused, in
 //! L2 when it fits), GB/s, share of the `copy.wgsl` bandwidth and largest difference from
 //! qgemv4.
-//! `--fused K,...` times each named fused kernel (`workgroup`, `subgroup`, `blocked`; default:
+//! `--fused K,...` times each named fused kernel (`workgroup`, `subgroup`, `blocked`, `compact`
+//! = blocked with the compact table; default:
 //! the one `GpuCodedMatrix::gemv_dispatch` picks; `--workgroup` = `--fused workgroup`), one
 //! table row each; the decode-only column then gives the rate of each named kernel's decode
 //! counterpart that can decode the matrix, in that order.
@@ -142,6 +143,7 @@ fn parse_args() -> Args {
                         "workgroup" => FusedVariant::Workgroup,
                         "subgroup" => FusedVariant::Subgroup,
                         "blocked" => FusedVariant::Blocked,
+                        "compact" => FusedVariant::BlockedCompact,
                         other => {
                             panic!("--fused: unknown kernel {other} (workgroup, subgroup, blocked)")
                         }
@@ -673,7 +675,7 @@ fn main() {
                             FusedVariant::Subgroup => {
                                 coded[0].decode_subgroup_supported(reg, DecodeOutput::Packed)
                             }
-                            FusedVariant::Blocked => {
+                            FusedVariant::Blocked | FusedVariant::BlockedCompact => {
                                 coded[0].decode_blocked_supported(reg, DecodeOutput::Packed)
                             }
                         })
@@ -709,10 +711,12 @@ fn main() {
                     fused_variants.clone()
                 };
                 for fused_variant in variants {
-                    if fused_variant == FusedVariant::Blocked
-                        && coded[0].fused_layout().blocked_steps().is_none()
+                    if matches!(
+                        fused_variant,
+                        FusedVariant::Blocked | FusedVariant::BlockedCompact
+                    ) && coded[0].fused_layout().blocked_steps().is_none()
                     {
-                        eprintln!("  {source} {chunk_symbols}:{tile_chunks}: Blocked cannot run this layout, skipped");
+                        eprintln!("  {source} {chunk_symbols}:{tile_chunks}: {fused_variant:?} cannot run this layout, skipped");
                         continue;
                     }
                     let fused = time_fused(fused_variant, csets);
@@ -739,7 +743,14 @@ fn main() {
                         t_fused / t_plain,
                         t_fused_l2 * 1e6,
                     );
-                    if args.diagnose && fused_variant == FusedVariant::Blocked {
+                    let default_blocked = matches!(
+                        coded[0].default_fused_variant(reg),
+                        FusedVariant::Blocked | FusedVariant::BlockedCompact
+                    );
+                    if args.diagnose
+                        && default_blocked
+                        && fused_variant == coded[0].default_fused_variant(reg)
+                    {
                         // where the blocked kernel's time goes: its decode alone and its dot
                         // products alone, streamed and from one set
                         let mut d = Vec::new();

@@ -103,12 +103,13 @@ fn check_case(ctx: &GpuContext, c: &Case, seed: u64) {
         FusedVariant::Workgroup,
         FusedVariant::Subgroup,
         FusedVariant::Blocked,
+        FusedVariant::BlockedCompact,
     ] {
         let supported = match v {
             FusedVariant::Subgroup => {
                 m.decode_subgroup_supported(ctx.registry(), DecodeOutput::Packed)
             }
-            FusedVariant::Blocked => {
+            FusedVariant::Blocked | FusedVariant::BlockedCompact => {
                 m.decode_blocked_supported(ctx.registry(), DecodeOutput::Packed)
             }
             _ => true,
@@ -327,22 +328,24 @@ fn blocked_kernels_agree_with_subgroup_kernels_on_corrupt_streams() {
                 Some(v),
             ))
         };
-        assert_eq!(
-            dec(FusedVariant::Blocked),
-            dec(FusedVariant::Subgroup),
-            "{label}: decode"
-        );
+        for v in [FusedVariant::Blocked, FusedVariant::BlockedCompact] {
+            assert_eq!(dec(v), dec(FusedVariant::Subgroup), "{label}: decode {v:?}");
+        }
         let gemv = |v| {
             first_bad(
                 m.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)
                     .map(|y| y.iter().map(|f| f.to_bits()).collect()),
             )
         };
-        let (b, s) = (gemv(FusedVariant::Blocked), gemv(FusedVariant::Subgroup));
-        match (&b, &s) {
-            (Err(cb), Err(cs)) => assert_eq!(cb, cs, "{label}: fused GEMV"),
-            (Ok(_), Ok(_)) => {} // same symbols (checked by decode); sums may round differently
-            _ => panic!("{label}: fused GEMV blocked {b:?} vs subgroup {s:?}"),
+        let s = gemv(FusedVariant::Subgroup);
+        for v in [FusedVariant::Blocked, FusedVariant::BlockedCompact] {
+            let b = gemv(v);
+            match (&b, &s) {
+                (Err(cb), Err(cs)) => assert_eq!(cb, cs, "{label}: fused GEMV {v:?}"),
+                // same symbols (checked by decode); sums may round differently
+                (Ok(_), Ok(_)) => {}
+                _ => panic!("{label}: fused GEMV {v:?} {b:?} vs subgroup {s:?}"),
+            }
         }
     }
 }

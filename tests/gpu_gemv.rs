@@ -160,12 +160,17 @@ fn fused_variants(ctx: &GpuContext, m: &ecq::gpu::GpuCodedMatrix) -> Vec<FusedVa
         variants.push(FusedVariant::Subgroup);
         if m.fused_layout().blocked_steps().is_some() {
             variants.push(FusedVariant::Blocked);
+            variants.push(FusedVariant::BlockedCompact);
         }
     }
-    let refused: Vec<FusedVariant> = [FusedVariant::Subgroup, FusedVariant::Blocked]
-        .into_iter()
-        .filter(|v| !variants.contains(v))
-        .collect();
+    let refused: Vec<FusedVariant> = [
+        FusedVariant::Subgroup,
+        FusedVariant::Blocked,
+        FusedVariant::BlockedCompact,
+    ]
+    .into_iter()
+    .filter(|v| !variants.contains(v))
+    .collect();
     // (an empty matrix returns before any kernel is picked)
     for v in refused
         .into_iter()

@@ -83,11 +83,10 @@ fn main(
     let sub = wg % P.wg_per_tile;
     let tile_first = tile * P.tile_chunks;
     let tile_end = min(tile_first + P.tile_chunks, P.n_chunks);
-    let bad_table = build_table_sg(tile, lid, sg_id);
+    let bad_table = build_blocked_table(tile, lid, sg_id);
 
     let g = lid / 32u;
     let l = sg_id & 31u;
-    let mmask = (1u << PREC) - 1u;
     let T = P.steps_per_row;
     let nblk = T / BLOCK;
     let row_words = P.out_row_words;  // = 8 T
@@ -139,8 +138,8 @@ fn main(
                 var s_lo = 0u;
                 var s_hi = 0u;
                 for (var i = 0u; i < BLOCK; i++) {
-                    let e = table[x & mmask];
-                    let xd = ((e >> 12u) & 0xFFFu) * (x >> PREC) + (e & 0xFFFu);
+                    let dec = decode_slot(x, PREC);
+                    let xd = dec.x;
                     let need = xd < L;
                     let rw = renorm_word(need, p - base, pa, pb, ltmask);
                     x = select(xd, (xd << 16u) | rw.x, need);
@@ -152,7 +151,7 @@ fn main(
                         base += 64u;
                         pd = plane_at(base + 192u, l);
                     }
-                    let sym = (e >> 24u) << (8u * (i & 3u));
+                    let sym = dec.y << (8u * (i & 3u));
                     if (i < 4u) {
                         s_lo |= sym;
                     } else {

@@ -93,7 +93,15 @@ pub struct FusedLayout {
     pub cols: u32,
     /// `T = ceil(K / (32 w))`, decode steps per row.
     pub steps_per_row: u32,
+    /// Workgroups of the launch (the default picks the blocked kernels' table form by it).
+    pub workgroups: u32,
 }
+
+/// From this many workgroups on, the blocked kernels run with the compact decode table by
+/// default ([`FusedVariant::BlockedCompact`]): on an H200 it was 1.2-1.3x faster from 1024
+/// workgroups on and 1.1-1.3x slower up to 512 (BENCHMARKS.md issue 5, step 26). A GPU with
+/// fewer or smaller SMs fills up at fewer workgroups, so this errs toward the u32 table there.
+pub const COMPACT_TABLE_FROM_WORKGROUPS: u32 = 1024;
 
 impl FusedLayout {
     /// The steps per block of `rans_gemv_blocked.wgsl` for this layout (8, 4 or 2, the largest
@@ -106,6 +114,16 @@ impl FusedLayout {
             return None;
         }
         [8, 4, 2].into_iter().find(|b| t.is_multiple_of(*b))
+    }
+
+    /// The blocked kernel's table form for this launch: [`FusedVariant::BlockedCompact`] from
+    /// [`COMPACT_TABLE_FROM_WORKGROUPS`] workgroups on, else [`FusedVariant::Blocked`].
+    pub fn blocked_variant(&self) -> FusedVariant {
+        if self.workgroups >= COMPACT_TABLE_FROM_WORKGROUPS {
+            FusedVariant::BlockedCompact
+        } else {
+            FusedVariant::Blocked
+        }
     }
 }
 
@@ -150,7 +168,7 @@ fn fused_gemv_pipeline_diag(
                 ("GSHIFT", gshift),
             ],
         ),
-        FusedVariant::Blocked => {
+        FusedVariant::Blocked | FusedVariant::BlockedCompact => {
             let block = layout.blocked_steps().ok_or_else(|| {
                 GpuError::Unsupported(format!(
                     "the blocked fused kernel needs whole 32-symbol steps per row in an even \
@@ -159,9 +177,14 @@ fn fused_gemv_pipeline_diag(
                     layout.cols, layout.wps, layout.steps_per_row, layout.prec
                 ))
             })?;
+            let kernel = if variant == FusedVariant::Blocked {
+                Kernel::RansGemvBlocked
+            } else {
+                Kernel::RansGemvBlockedCompact
+            };
             registry.get(
                 device,
-                Kernel::RansGemvBlocked,
+                kernel,
                 "main",
                 &[
                     ("WPS", layout.wps),
@@ -178,15 +201,16 @@ fn fused_gemv_pipeline_diag(
 
 /// The fused kernel every launcher runs by default for `layout`: on adapters with 32-wide
 /// subgroups the blocked kernel where [`FusedLayout::blocked_steps`] allows it (1.2x faster
-/// than the subgroup kernel on an H200, BENCHMARKS.md issue 5 step 23), else the subgroup
-/// kernel; the workgroup-memory kernel on every other adapter.
+/// than the subgroup kernel on an H200, BENCHMARKS.md issue 5 step 23), with the compact table
+/// from [`COMPACT_TABLE_FROM_WORKGROUPS`] workgroups on, else the subgroup kernel; the
+/// workgroup-memory kernel on every other adapter.
 pub fn default_fused_variant(registry: &PipelineRegistry, layout: &FusedLayout) -> FusedVariant {
     if !registry.subgroups32() {
         FusedVariant::Workgroup
-    } else if layout.blocked_steps().is_some() {
-        FusedVariant::Blocked
-    } else {
+    } else if layout.blocked_steps().is_none() {
         FusedVariant::Subgroup
+    } else {
+        layout.blocked_variant()
     }
 }
 
@@ -202,6 +226,10 @@ pub enum FusedVariant {
     /// `rans_gemv_blocked.wgsl`: the subgroup kernel decoding 2-8 steps before their dot
     /// products; needs 32-wide subgroups and a layout [`FusedLayout::blocked_steps`] accepts.
     Blocked,
+    /// [`Self::Blocked`] with the compact decode table (`wgsl/lib/rans_table_byte.wgsl`: a
+    /// byte per slot, 3.1 KB of workgroup memory instead of 8.7): one more dependent read per
+    /// step, more workgroups resident per SM.
+    BlockedCompact,
 }
 
 /// Uniform block shared by `rans_decode.wgsl` and `rans_gemv.wgsl` (same field order).
@@ -483,7 +511,8 @@ impl GpuCodedMatrix {
 
     /// The decode launch writing into `out` (at least the output size in bytes: `rows * cols *
     /// bits / 8` packed, `rows * cols` one byte per weight). Uses the blocked kernel where
-    /// [`Self::decode_blocked_supported`] allows it, else the subgroup kernel where
+    /// [`Self::decode_blocked_supported`] allows it (with the compact table from
+    /// [`COMPACT_TABLE_FROM_WORKGROUPS`] workgroups on), else the subgroup kernel where
     /// [`Self::decode_subgroup_supported`] does.
     pub fn decode_dispatch(
         &self,
@@ -493,7 +522,7 @@ impl GpuCodedMatrix {
         mode: DecodeOutput,
     ) -> Result<Dispatch, GpuError> {
         let v = if self.decode_blocked_supported(registry, mode) {
-            FusedVariant::Blocked
+            self.fused_layout().blocked_variant()
         } else if self.decode_subgroup_supported(registry, mode) {
             FusedVariant::Subgroup
         } else {
@@ -530,8 +559,9 @@ impl GpuCodedMatrix {
     /// [`decode_dispatch`](Self::decode_dispatch) with an explicit variant:
     /// [`FusedVariant::Workgroup`] runs `rans_decode.wgsl`, [`FusedVariant::Subgroup`]
     /// `rans_decode_subgroup.wgsl` (fails with [`GpuError::Unsupported`] unless
-    /// [`Self::decode_subgroup_supported`]), [`FusedVariant::Blocked`]
-    /// `rans_decode_blocked.wgsl` (unless [`Self::decode_blocked_supported`]).
+    /// [`Self::decode_subgroup_supported`]), [`FusedVariant::Blocked`] and
+    /// [`FusedVariant::BlockedCompact`] `rans_decode_blocked.wgsl` with either table (unless
+    /// [`Self::decode_blocked_supported`]).
     pub fn decode_dispatch_with(
         &self,
         device: &wgpu::Device,
@@ -540,7 +570,11 @@ impl GpuCodedMatrix {
         mode: DecodeOutput,
         variant: FusedVariant,
     ) -> Result<Dispatch, GpuError> {
-        if variant == FusedVariant::Blocked && !self.decode_blocked_supported(registry, mode) {
+        let blocked = matches!(
+            variant,
+            FusedVariant::Blocked | FusedVariant::BlockedCompact
+        );
+        if blocked && !self.decode_blocked_supported(registry, mode) {
             return Err(GpuError::Unsupported(
                 "the blocked decode kernel needs 32-wide subgroups, packed output, byte symbols, \
                  whole 32-symbol steps per row in a multiple of 8 and <= 11 probability bits"
@@ -583,6 +617,12 @@ impl GpuCodedMatrix {
                 "main",
                 &[("PREC", p.prec)],
             )?,
+            FusedVariant::BlockedCompact => registry.get(
+                device,
+                Kernel::RansDecodeBlockedCompact,
+                "main",
+                &[("PREC", p.prec)],
+            )?,
         };
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -621,6 +661,7 @@ impl GpuCodedMatrix {
             group_size: p.group_size,
             cols: p.cols,
             steps_per_row: p.steps_per_row,
+            workgroups: p.total_wg,
         }
     }
 
@@ -651,7 +692,8 @@ impl GpuCodedMatrix {
         self.gemv_dispatch_diag(device, registry, x, y, variant, 0)
     }
 
-    /// A diagnostic build of the blocked fused kernel, for measuring where its time goes (its
+    /// A diagnostic build of the blocked fused kernel (with the table the default picks), for
+    /// measuring where its time goes (its
     /// `y` is meaningless): `diag` 1 = the decode alone (no dot products), 2 = the dot products
     /// alone (made-up symbols, the stream never read). Other `diag` values are refused with
     /// [`GpuError::InvalidInput`]; layouts or adapters the blocked kernel cannot run with
@@ -669,7 +711,11 @@ impl GpuCodedMatrix {
                 "blocked diagnostic build {diag}: 1 (decode only) or 2 (dot products only)"
             )));
         }
-        self.gemv_dispatch_diag(device, registry, x, y, FusedVariant::Blocked, diag)
+        let v = match self.default_fused_variant(registry) {
+            FusedVariant::BlockedCompact => FusedVariant::BlockedCompact,
+            _ => FusedVariant::Blocked,
+        };
+        self.gemv_dispatch_diag(device, registry, x, y, v, diag)
     }
 
     fn gemv_dispatch_diag(
@@ -886,7 +932,7 @@ pub(crate) fn entry(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry
 
 #[cfg(test)]
 mod tests {
-    use super::FusedLayout;
+    use super::{FusedLayout, FusedVariant};
 
     fn layout(cols: u32, wps: u32, prec: u32) -> FusedLayout {
         FusedLayout {
@@ -896,6 +942,7 @@ mod tests {
             group_size: 64,
             cols,
             steps_per_row: cols.div_ceil(32 * wps),
+            workgroups: 1,
         }
     }
 
@@ -911,5 +958,19 @@ mod tests {
         assert_eq!(layout(4160, 2, 11).blocked_steps(), None); // 65 steps
         assert_eq!(layout(4096, 2, 12).blocked_steps(), None); // no slot table
         assert_eq!(layout(0, 2, 11).blocked_steps(), None);
+    }
+
+    #[test]
+    fn compact_table_from_1024_workgroups() {
+        let mut l = layout(4096, 2, 11);
+        for (wg, v) in [
+            (1, FusedVariant::Blocked),
+            (1023, FusedVariant::Blocked),
+            (1024, FusedVariant::BlockedCompact),
+            (8016, FusedVariant::BlockedCompact),
+        ] {
+            l.workgroups = wg;
+            assert_eq!(l.blocked_variant(), v, "{wg} workgroups");
+        }
     }
 }

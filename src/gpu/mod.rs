@@ -88,7 +88,7 @@ use std::sync::Mutex;
 
 pub use decode::{
     default_fused_variant, fused_gemv_pipeline, CodedMatrixRef, DecodeOutput, FusedLayout,
-    FusedVariant, GpuCodedMatrix, QuantParamsRef,
+    FusedVariant, GpuCodedMatrix, QuantParamsRef, COMPACT_TABLE_FROM_WORKGROUPS,
 };
 pub use gemv::{GpuQuantizedMatrix, QGemvVariant};
 
@@ -216,6 +216,10 @@ pub enum Kernel {
     /// `wgsl/rans_decode_blocked.wgsl`: the subgroup decode writing a block of 8 steps as whole
     /// coalesced words.
     RansDecodeBlocked,
+    /// `wgsl/rans_gemv_blocked.wgsl` with the compact table (`wgsl/lib/rans_table_byte.wgsl`).
+    RansGemvBlockedCompact,
+    /// `wgsl/rans_decode_blocked.wgsl` with the compact table.
+    RansDecodeBlockedCompact,
     /// `wgsl/qgemv.wgsl`: plain MLX quantized GEMV (2, 4, 8 bits).
     QGemv,
     /// `wgsl/qgemv4.wgsl`: plain MLX 4-bit GEMV without integer-to-float conversions (the
@@ -278,6 +282,16 @@ impl Kernel {
                 "rans_table_sg",
                 "rans_subgroup"
             ),
+            Kernel::RansGemvBlockedCompact => wgsl_with_libs!(
+                "../../wgsl/rans_gemv_blocked.wgsl",
+                "rans_table_byte",
+                "rans_subgroup"
+            ),
+            Kernel::RansDecodeBlockedCompact => wgsl_with_libs!(
+                "../../wgsl/rans_decode_blocked.wgsl",
+                "rans_table_byte",
+                "rans_subgroup"
+            ),
             Kernel::QGemv => include_str!("../../wgsl/qgemv.wgsl"),
             Kernel::QGemv4 => include_str!("../../wgsl/qgemv4.wgsl"),
             Kernel::QGemv4Dp4a => include_str!("../../wgsl/qgemv4_dp4a.wgsl"),
@@ -298,10 +312,13 @@ impl Kernel {
                 | Kernel::RansDecodeSubgroup
                 | Kernel::RansGemvBlocked
                 | Kernel::RansDecodeBlocked
+                | Kernel::RansGemvBlockedCompact
+                | Kernel::RansDecodeBlockedCompact
         )
     }
 
-    /// The file name in `wgsl/`.
+    /// The file name in `wgsl/` (naming the table for the compact blocked kernels, which
+    /// share their file with the other blocked kernels).
     pub fn file_name(self) -> &'static str {
         match self {
             Kernel::RansDecode => "rans_decode.wgsl",
@@ -310,6 +327,8 @@ impl Kernel {
             Kernel::RansDecodeSubgroup => "rans_decode_subgroup.wgsl",
             Kernel::RansGemvBlocked => "rans_gemv_blocked.wgsl",
             Kernel::RansDecodeBlocked => "rans_decode_blocked.wgsl",
+            Kernel::RansGemvBlockedCompact => "rans_gemv_blocked.wgsl (compact table)",
+            Kernel::RansDecodeBlockedCompact => "rans_decode_blocked.wgsl (compact table)",
             Kernel::QGemv => "qgemv.wgsl",
             Kernel::QGemv4 => "qgemv4.wgsl",
             Kernel::QGemv4Dp4a => "qgemv4_dp4a.wgsl",
@@ -833,6 +852,8 @@ mod tests {
             Kernel::RansDecodeSubgroup,
             Kernel::RansGemvBlocked,
             Kernel::RansDecodeBlocked,
+            Kernel::RansGemvBlockedCompact,
+            Kernel::RansDecodeBlockedCompact,
             Kernel::QGemv,
             Kernel::QGemv4,
             Kernel::QGemv4Dp4a,
@@ -868,6 +889,22 @@ mod tests {
                 crate::lossless::gpu::BF16_INDEXED_PATCH_SOURCE,
             ),
         ];
+        // the two blocked forms share their kernel files and differ only in the table library
+        for (word, compact) in [
+            (Kernel::RansGemvBlocked, Kernel::RansGemvBlockedCompact),
+            (Kernel::RansDecodeBlocked, Kernel::RansDecodeBlockedCompact),
+        ] {
+            assert!(word.source().contains("var<workgroup> table:"), "{word:?}");
+            assert!(!word.source().contains("slot_sym"), "{word:?}");
+            assert!(
+                compact.source().contains("var<workgroup> slot_sym:"),
+                "{compact:?}"
+            );
+            assert!(
+                !compact.source().contains("var<workgroup> table:"),
+                "{compact:?}"
+            );
+        }
         for (name, src) in sources.into_iter().chain(extra) {
             let module = naga::front::wgsl::parse_str(src)
                 .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));

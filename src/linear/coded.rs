@@ -643,6 +643,7 @@ impl EntropyCodedLinear {
             group_size: g.group_size,
             cols: g.cols,
             steps_per_row: g.steps_per_row,
+            workgroups: g.total_wg,
         };
         let variant = default_fused_variant(registry, &layout);
         let pipeline = fused_gemv_pipeline(device, registry, variant, &layout)?;

@@ -1,11 +1,13 @@
-// Shared by the blocked subgroup rANS kernels that `// import: rans_table_sg` instead of
-// rans_table.wgsl: the same slot table (entries `(slot - cum) | freq << 12 | symbol << 24`,
-// SENTINEL where no symbol owns a slot), for n <= 11 only, built with 2.6 KB less workgroup
-// memory (8.7 KB in all): the cumulative frequencies come from subgroupExclusiveAdd instead of
-// a scan through two 256-entry arrays, and are kept as u16 pairs (n <= 11: at most 2048). The
-// kernels are bound by how many groups of 32 lanes an SM keeps resident, which workgroup
-// memory limits (BENCHMARKS.md issue 5, step 25). Uses the importing kernel's `P` (alphabet,
-// prec), `freqs`, `WG` (= 128, four subgroups of 32), `MAX_TABLE` and `SENTINEL`.
+// The decode table of the blocked subgroup rANS kernels (`FusedVariant::Blocked`; appended to
+// them by src/gpu in place of `// import: rans_table_sg`): the slot table of rans_table.wgsl
+// (entries `(slot - cum) | freq << 12 | symbol << 24`, SENTINEL where no symbol owns a slot),
+// for n <= 11 only, built with 2.6 KB less workgroup memory (8.7 KB in all): the cumulative
+// frequencies come from subgroupExclusiveAdd instead of a scan through two 256-entry arrays,
+// and are kept as u16 pairs (n <= 11: at most 2048). Where the grid fills the GPU, the
+// kernels' speed follows how many workgroups an SM keeps resident, which workgroup memory
+// limits (BENCHMARKS.md issue 5, step 25); rans_table_byte.wgsl is the same interface in
+// 3.1 KB. Uses the importing kernel's `P` (alphabet, prec), `freqs`, `WG` (= 128, four
+// subgroups of 32), `MAX_TABLE` and `SENTINEL`.
 
 var<workgroup> table: array<u32, MAX_TABLE>;
 // cumulative frequency of symbol s in half s % 2 of cum16[s / 2]; cum16[128] = the total
@@ -17,11 +19,18 @@ fn cum_at(s: u32) -> u32 {
     return (cum16[s >> 1u] >> ((s & 1u) << 4u)) & 0xFFFFu;
 }
 
+// The decode of state x (n = PREC <= 11 probability bits): (state before renormalisation,
+// symbol).
+fn decode_slot(x: u32, n: u32) -> vec2<u32> {
+    let e = table[x & ((1u << n) - 1u)];
+    return vec2<u32>(((e >> 12u) & 0xFFFu) * (x >> n) + (e & 0xFFFu), e >> 24u);
+}
+
 // Builds the tile's table; returns whether its frequencies do not sum to 2^n. Must be called
 // in uniform control flow by all 128 invocations, in subgroups of 32 made of invocations
 // 32 g .. 32 g + 31 (what every subgroup kernel here assumes: group g decodes its own chunk;
 // the kernels check the subgroup size and flag every chunk otherwise).
-fn build_table_sg(tile: u32, lid: u32, sg_id: u32) -> bool {
+fn build_blocked_table(tile: u32, lid: u32, sg_id: u32) -> bool {
     let a = P.alphabet;
     let m = 1u << P.prec;
     let base = tile * a;
