@@ -98,8 +98,9 @@ pub struct FusedLayout {
 }
 
 /// From this many workgroups on, the blocked kernels run with the compact decode table by
-/// default ([`FusedVariant::BlockedCompact`]): on an H200 it was 1.2-1.3x faster from 1024
-/// workgroups on and 1.1-1.3x slower up to 512 (BENCHMARKS.md issue 5, step 26). A GPU with
+/// default ([`FusedVariant::BlockedCompact`]): on an H200 the fused kernel was 1.04-1.29x
+/// faster with it from 1024 workgroups on and 1.2-1.35x slower up to 512 (BENCHMARKS.md
+/// issue 5, step 26). A GPU with
 /// fewer or smaller SMs fills up at fewer workgroups, so this errs toward the u32 table there.
 pub const COMPACT_TABLE_FROM_WORKGROUPS: u32 = 1024;
 
@@ -200,10 +201,10 @@ fn fused_gemv_pipeline_diag(
 }
 
 /// The fused kernel every launcher runs by default for `layout`: on adapters with 32-wide
-/// subgroups the blocked kernel where [`FusedLayout::blocked_steps`] allows it (1.2x faster
-/// than the subgroup kernel on an H200, BENCHMARKS.md issue 5 step 23), with the compact table
-/// from [`COMPACT_TABLE_FROM_WORKGROUPS`] workgroups on, else the subgroup kernel; the
-/// workgroup-memory kernel on every other adapter.
+/// subgroups the blocked kernel where [`FusedLayout::blocked_steps`] allows it (1.17-1.25x
+/// faster than the subgroup kernel on an H200, BENCHMARKS.md issue 5 step 23), with the
+/// compact table from [`COMPACT_TABLE_FROM_WORKGROUPS`] workgroups on, else the subgroup
+/// kernel; the workgroup-memory kernel on every other adapter.
 pub fn default_fused_variant(registry: &PipelineRegistry, layout: &FusedLayout) -> FusedVariant {
     if !registry.subgroups32() {
         FusedVariant::Workgroup
