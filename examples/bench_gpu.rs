@@ -145,7 +145,7 @@ fn parse_args() -> Args {
                         "blocked" => FusedVariant::Blocked,
                         "compact" => FusedVariant::BlockedCompact,
                         other => {
-                            panic!("--fused: unknown kernel {other} (workgroup, subgroup, blocked)")
+                            panic!("--fused: unknown kernel {other} (workgroup, subgroup, blocked, compact)")
                         }
                     })
                     .collect()
@@ -447,8 +447,6 @@ fn main() {
         copy_bw / 1e9,
         shader_bw / 1e9
     );
-    // the kernels timed per matrix; empty = the one `gemv_dispatch` picks for each matrix
-    let fused_variants = args.fused.clone();
     let max_binding = dev.limits().max_storage_buffer_binding_size;
     // per-dispatch floor: the plain kernel on a 32x4096 matrix (64 KiB), dispatches dependent
     // through y as in every timing below
@@ -665,10 +663,10 @@ fn main() {
                 });
                 // the decode kernel of each `--fused` kernel that can decode this matrix, or
                 // the default one
-                let dec_variants: Vec<Option<FusedVariant>> = if fused_variants.is_empty() {
+                let dec_variants: Vec<Option<FusedVariant>> = if args.fused.is_empty() {
                     vec![None]
                 } else {
-                    fused_variants
+                    args.fused
                         .iter()
                         .filter(|v| match v {
                             FusedVariant::Workgroup => true,
@@ -705,10 +703,12 @@ fn main() {
                     dec_rates.push(sig((r * k) as f64 / t_dec / 1e9));
                 }
                 let dec_col = dec_rates.join(" / ");
-                let variants = if fused_variants.is_empty() {
-                    vec![coded[0].default_fused_variant(reg)]
+                // the kernels timed: `--fused`, or the one `gemv_dispatch` picks
+                let default_variant = coded[0].default_fused_variant(reg);
+                let variants = if args.fused.is_empty() {
+                    vec![default_variant]
                 } else {
-                    fused_variants.clone()
+                    args.fused.clone()
                 };
                 for fused_variant in variants {
                     if matches!(
@@ -743,13 +743,12 @@ fn main() {
                         t_fused / t_plain,
                         t_fused_l2 * 1e6,
                     );
-                    let default_blocked = matches!(
-                        coded[0].default_fused_variant(reg),
-                        FusedVariant::Blocked | FusedVariant::BlockedCompact
-                    );
                     if args.diagnose
-                        && default_blocked
-                        && fused_variant == coded[0].default_fused_variant(reg)
+                        && fused_variant == default_variant
+                        && matches!(
+                            default_variant,
+                            FusedVariant::Blocked | FusedVariant::BlockedCompact
+                        )
                     {
                         // where the blocked kernel's time goes: its decode alone and its dot
                         // products alone, streamed and from one set

@@ -8,8 +8,10 @@
 // with a multiple of 8 steps, and <= 11 probability bits (the host checks:
 // `GpuCodedMatrix::decode_blocked_supported`); it flags every chunk on a wrong subgroup size
 // (error bit 128) and reports errors like the subgroup kernel.
+// import: rans_table_scan
 // import: rans_table_sg
 // import: rans_subgroup
+// import: rans_block
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
 
@@ -92,77 +94,27 @@ fn main(
     let row_words = P.out_row_words;  // = 8 T
     let ltmask = (1u << l) - 1u;
     // the block's words this lane assembles: symbols of lanes 4m..4m+3, byte i of their
-    // s_lo (word l) and s_hi (word 32 + l), with m = l % 8 and i = l / 8
+    // s.x (word l) and s.y (word 32 + l), with m = l % 8 and i = l / 8
     let src0 = (l & 7u) * 4u;
     let byte_shift = 8u * (l >> 3u);
 
     for (var it = 0u; it < P.chunk_iters; it++) {
         let chunk = tile_first + (sub * P.chunk_iters + it) * G + g;
         let valid = chunk < tile_end;
-        var nrows0 = 0u;
-        var r00 = 0u;
-        var x = L;
-        var p0 = 0u;
-        var end0 = 0u;
-        var err = 0u;
-        if (valid) {
-            r00 = chunk * P.chunk_rows;
-            nrows0 = min(P.chunk_rows, P.rows - r00);
-            x = states[chunk * 32u + l];
-            if (x < L) { err |= ERR_BAD_STATE; }
-            p0 = offsets[chunk];
-            end0 = offsets[chunk + 1u];
-            if (end0 > P.n_words || p0 > end0) {
-                err |= ERR_OFFSETS;
-                end0 = min(end0, P.n_words);
-                p0 = min(p0, end0);
-            }
-            if (bad_table) { err |= ERR_TABLE; }
-            if (sg_size != 32u) { err |= ERR_SUBGROUP; }
-        }
-        // The same in every lane of the group; broadcast so the compiler sees uniform loops.
-        let nrows = subgroupBroadcastFirst(nrows0);
-        let r0 = subgroupBroadcastFirst(r00);
-        var p = subgroupBroadcastFirst(p0);
-        let end = subgroupBroadcastFirst(end0);
-        // word planes (see plane_at); invariant p - base < 64 at the start of a step
-        var base = p & ~1u;
-        var pa = plane_at(base, l);
-        var pb = plane_at(base + 64u, l);
-        var pc = plane_at(base + 128u, l);
-        var pd = plane_at(base + 192u, l);
+        let cs = chunk_start(chunk, valid, l, T, bad_table, sg_size);
+        // (T > 0 here; the host checks)
+        let nrows = cs.steps / T;
+        var d = block_decoder(cs.x, cs.p, l);
         for (var rr = 0u; rr < nrows; rr++) {
-            let row_out = (r0 + rr) * row_words;
+            let row_out = (cs.r0 + rr) * row_words;
             for (var b = 0u; b < nblk; b++) {
-                // decode BLOCK steps; symbol i of the block in byte i % 4 of s_lo / s_hi
-                var s_lo = 0u;
-                var s_hi = 0u;
-                for (var i = 0u; i < BLOCK; i++) {
-                    let dec = decode_slot(x, PREC);
-                    let xd = dec.x;
-                    let need = xd < L;
-                    let rw = renorm_word(need, p - base, pa, pb, ltmask);
-                    x = select(xd, (xd << 16u) | rw.x, need);
-                    p += rw.y;
-                    if (p - base >= 64u) {
-                        pa = pb;
-                        pb = pc;
-                        pc = pd;
-                        base += 64u;
-                        pd = plane_at(base + 192u, l);
-                    }
-                    let sym = dec.y << (8u * (i & 3u));
-                    if (i < 4u) {
-                        s_lo |= sym;
-                    } else {
-                        s_hi |= sym;
-                    }
-                }
+                // decode BLOCK steps; symbol i of the block in byte i % 4 of s.x / s.y
+                let s = decode_block(&d, BLOCK, l, ltmask);
                 var wa = 0u;
                 var wb = 0u;
                 for (var c = 0u; c < 4u; c++) {
-                    let va = subgroupShuffle(s_lo, src0 + c);
-                    let vb = subgroupShuffle(s_hi, src0 + c);
+                    let va = subgroupShuffle(s.x, src0 + c);
+                    let vb = subgroupShuffle(s.y, src0 + c);
                     wa |= ((va >> byte_shift) & 0xFFu) << (8u * c);
                     wb |= ((vb >> byte_shift) & 0xFFu) << (8u * c);
                 }
@@ -172,7 +124,7 @@ fn main(
             }
         }
         if (valid) {
-            err |= chunk_end_flags(x, p, end, l);
+            let err = cs.err | chunk_end_flags(d.x, d.p, cs.end, l);
             if (err != 0u) {
                 atomicOr(&errors[chunk], err);
             }

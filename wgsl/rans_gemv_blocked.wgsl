@@ -11,11 +11,13 @@
 //   of the step loop.
 // It therefore needs rows that are whole steps (K = steps_per_row * 32 * WPS) and
 // steps_per_row a multiple of BLOCK, probability bits <= 11 (the slot table) and 32-wide
-// subgroups; the host checks all of it (`GpuCodedMatrix::blocked_supported`), and the kernel
+// subgroups; the host checks all of it (`FusedLayout::blocked_steps`), and the kernel
 // flags every chunk on a wrong subgroup size (error bit 128). Error reporting is the subgroup
 // kernel's: table, offsets, state, over-read and unconsumed words, all after the loop.
+// import: rans_table_scan
 // import: rans_table_sg
 // import: rans_subgroup
+// import: rans_block
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
 
@@ -141,91 +143,44 @@ fn main(
     for (var it = 0u; it < P.chunk_iters; it++) {
         let chunk = tile_first + (sub * P.chunk_iters + it) * G + g;
         let valid = chunk < tile_end;
-        var nrows0 = 0u;
-        var r00 = 0u;
-        var x = L;
-        var p0 = 0u;
-        var end0 = 0u;
-        var err = 0u;
-        if (valid) {
-            r00 = chunk * P.chunk_rows;
-            nrows0 = min(P.chunk_rows, P.rows - r00);
-            x = states[chunk * 32u + l];
-            if (x < L) { err |= ERR_BAD_STATE; }
-            p0 = offsets[chunk];
-            end0 = offsets[chunk + 1u];
-            if (end0 > P.n_words || p0 > end0) {
-                err |= ERR_OFFSETS;
-                end0 = min(end0, P.n_words);
-                p0 = min(p0, end0);
-            }
-            if (bad_table) { err |= ERR_TABLE; }
-            if (sg_size != 32u) { err |= ERR_SUBGROUP; }
-        }
-        // The same in every lane of the group; broadcast so the compiler sees uniform loops.
-        let nrows = subgroupBroadcastFirst(nrows0);
-        let r0 = subgroupBroadcastFirst(r00);
-        var p = subgroupBroadcastFirst(p0);
-        let end = subgroupBroadcastFirst(end0);
-        // word planes (see plane_at); invariant p - base < 64 at the start of a step
-        var base = p & ~1u;
-        var pa = plane_at(base, l);
-        var pb = plane_at(base + 64u, l);
-        var pc = plane_at(base + 128u, l);
-        var pd = plane_at(base + 192u, l);
+        let cs = chunk_start(chunk, valid, l, T, bad_table, sg_size);
+        // (T > 0 here; the host checks)
+        let nrows = cs.steps / T;
+        var d = block_decoder(cs.x, cs.p, l);
         for (var rr = 0u; rr < nrows; rr++) {
-            let row = r0 + rr;
+            let row = cs.r0 + rr;
             let sb_row = row * gpr;
             var acc = 0.0;
             for (var b = 0u; b < nblk; b++) {
-                // decode BLOCK steps; symbol i of the block in byte i % 4 of s_lo / s_hi
-                var s_lo = 0u;
-                var s_hi = 0u;
-                for (var i = 0u; i < BLOCK && DIAG != 2u; i++) {
-                    let dec = decode_slot(x, PREC);
-                    let xd = dec.x;
-                    let need = xd < L;
-                    let rw = renorm_word(need, p - base, pa, pb, ltmask);
-                    x = select(xd, (xd << 16u) | rw.x, need);
-                    p += rw.y;
-                    if (p - base >= 64u) {
-                        pa = pb;
-                        pb = pc;
-                        pc = pd;
-                        base += 64u;
-                        pd = plane_at(base + 192u, l);
-                    }
-                    let sym = dec.y << (8u * (i & 3u));
-                    if (i < 4u) {
-                        s_lo |= sym;
-                    } else {
-                        s_hi |= sym;
-                    }
+                // decode BLOCK steps; symbol i of the block in byte i % 4 of s.x / s.y
+                var s = vec2<u32>(0u);
+                if (DIAG != 2u) {
+                    s = decode_block(&d, BLOCK, l, ltmask);
                 }
                 if (DIAG == 1u) {
-                    acc += bitcast<f32>((s_lo ^ s_hi) & 0x3FFFFFFFu);
+                    acc += bitcast<f32>((s.x ^ s.y) & 0x3FFFFFFFu);
                     continue;
                 }
                 if (DIAG == 2u) {
-                    s_lo = (l * 0x01030507u) ^ b;
-                    s_hi = s_lo ^ 0x5A5A5A5Au;
+                    s.x = (l * 0x01030507u) ^ b;
+                    s.y = s.x ^ 0x5A5A5A5Au;
                 }
                 // their dot products: lane l's weights of step i start at k0 + i * kstep
                 let k0 = b * kblock + k_lane;
                 for (var i = 0u; i < BLOCK; i++) {
                     let k = k0 + i * kstep;
-                    let sym = (select(s_lo, s_hi, i >= 4u) >> (8u * (i & 3u))) & 0xFFu;
+                    let sym = (select(s.x, s.y, i >= 4u) >> (8u * (i & 3u))) & 0xFFu;
                     let gi = select(k >> (GSHIFT & 31u), k / gsz, GSHIFT >= 32u);
                     acc += symbol_dot(sym, k, sb[sb_row + gi]);
                 }
             }
-            let s = subgroupAdd(acc);
+            let total = subgroupAdd(acc);
             if (l == 0u) {
-                y[row] = s;
+                y[row] = total;
             }
         }
         if (valid) {
-            err |= chunk_end_flags(x, p, end, l);
+            let err = cs.err | chunk_end_flags(d.x, d.p, cs.end, l);
             if (err != 0u) {
                 atomicOr(&errors[chunk], err);
             }

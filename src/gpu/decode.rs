@@ -100,8 +100,8 @@ pub struct FusedLayout {
 /// From this many workgroups on, the blocked kernels run with the compact decode table by
 /// default ([`FusedVariant::BlockedCompact`]): on an H200 the fused kernel was 1.04-1.29x
 /// faster with it from 1024 workgroups on and 1.2-1.35x slower up to 512 (BENCHMARKS.md
-/// issue 5, step 26). A GPU with
-/// fewer or smaller SMs fills up at fewer workgroups, so this errs toward the u32 table there.
+/// issue 5, step 26). A GPU with fewer or smaller SMs fills up at fewer workgroups, so this
+/// errs toward the u32 table there.
 pub const COMPACT_TABLE_FROM_WORKGROUPS: u32 = 1024;
 
 impl FusedLayout {

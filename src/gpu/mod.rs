@@ -274,23 +274,31 @@ impl Kernel {
             }
             Kernel::RansGemvBlocked => wgsl_with_libs!(
                 "../../wgsl/rans_gemv_blocked.wgsl",
+                "rans_table_scan",
                 "rans_table_sg",
-                "rans_subgroup"
+                "rans_subgroup",
+                "rans_block"
             ),
             Kernel::RansDecodeBlocked => wgsl_with_libs!(
                 "../../wgsl/rans_decode_blocked.wgsl",
+                "rans_table_scan",
                 "rans_table_sg",
-                "rans_subgroup"
+                "rans_subgroup",
+                "rans_block"
             ),
             Kernel::RansGemvBlockedCompact => wgsl_with_libs!(
                 "../../wgsl/rans_gemv_blocked.wgsl",
+                "rans_table_scan",
                 "rans_table_byte",
-                "rans_subgroup"
+                "rans_subgroup",
+                "rans_block"
             ),
             Kernel::RansDecodeBlockedCompact => wgsl_with_libs!(
                 "../../wgsl/rans_decode_blocked.wgsl",
+                "rans_table_scan",
                 "rans_table_byte",
-                "rans_subgroup"
+                "rans_subgroup",
+                "rans_block"
             ),
             Kernel::QGemv => include_str!("../../wgsl/qgemv.wgsl"),
             Kernel::QGemv4 => include_str!("../../wgsl/qgemv4.wgsl"),

@@ -1,0 +1,60 @@
+// Shared by the blocked subgroup rANS kernels (rans_gemv_blocked.wgsl,
+// rans_decode_blocked.wgsl): the decode of a block of steps by a group of 32 lanes. Uses the
+// importing kernel's `PREC` and `L`, `decode_slot` of its table library (rans_table_sg.wgsl or
+// rans_table_byte.wgsl), and `plane_at` / `renorm_word` of rans_subgroup.wgsl. Every function
+// must be called by the 32 lanes of a subgroup together.
+
+// What a lane carries from step to step: its rANS state, the group's stream position and the
+// four word planes around it (see plane_at; invariant p - base < 64 at the start of a step).
+struct BlockDecoder {
+    x: u32,
+    p: u32,
+    base: u32,
+    pa: u32,
+    pb: u32,
+    pc: u32,
+    pd: u32,
+}
+
+// A decoder for lane l starting with state x at stream position p (the same in all lanes).
+fn block_decoder(x: u32, p: u32, l: u32) -> BlockDecoder {
+    let base = p & ~1u;
+    return BlockDecoder(
+        x,
+        p,
+        base,
+        plane_at(base, l),
+        plane_at(base + 64u, l),
+        plane_at(base + 128u, l),
+        plane_at(base + 192u, l),
+    );
+}
+
+// Decodes `steps` (<= 8) steps: symbol i of the block in byte i % 4 of .x (i < 4) or .y. The
+// stream words come from the planes, refilled one plane ahead when 64 words are used up.
+fn decode_block(d: ptr<function, BlockDecoder>, steps: u32, l: u32, ltmask: u32) -> vec2<u32> {
+    var s_lo = 0u;
+    var s_hi = 0u;
+    for (var i = 0u; i < steps; i++) {
+        let dec = decode_slot((*d).x, PREC);
+        let xd = dec.x;
+        let need = xd < L;
+        let rw = renorm_word(need, (*d).p - (*d).base, (*d).pa, (*d).pb, ltmask);
+        (*d).x = select(xd, (xd << 16u) | rw.x, need);
+        (*d).p += rw.y;
+        if ((*d).p - (*d).base >= 64u) {
+            (*d).pa = (*d).pb;
+            (*d).pb = (*d).pc;
+            (*d).pc = (*d).pd;
+            (*d).base += 64u;
+            (*d).pd = plane_at((*d).base + 192u, l);
+        }
+        let sym = dec.y << (8u * (i & 3u));
+        if (i < 4u) {
+            s_lo |= sym;
+        } else {
+            s_hi |= sym;
+        }
+    }
+    return vec2<u32>(s_lo, s_hi);
+}

@@ -1,0 +1,53 @@
+// Shared by the two decode-table forms of the blocked subgroup rANS kernels
+// (rans_table_sg.wgsl, rans_table_byte.wgsl; a kernel imports this and one of them): the
+// tile's cumulative frequencies from subgroupExclusiveAdd, two symbols per invocation, without
+// a scan through workgroup-memory arrays. Uses the importing kernel's `P` (alphabet, prec) and
+// `freqs`.
+
+var<workgroup> warp_total: array<u32, 4>;
+var<workgroup> table_bad: u32;
+
+// Frequencies and exclusive cumulative frequencies of the two symbols an invocation owns.
+struct SymbolPair {
+    // the owner index o: symbols 2 o and 2 o + 1
+    o: u32,
+    freq: vec2<u32>,
+    cum: vec2<u32>,
+}
+
+// Reads tile `tile`'s frequencies and returns this invocation's pair; sets table_bad (read
+// after the caller's next barrier) when they do not sum to 2^n or the alphabet is larger than
+// 256. Must be called in uniform control flow by all 128 invocations, in subgroups of 32 made
+// of invocations 32 g .. 32 g + 31 (what every subgroup kernel here assumes: group g decodes
+// its own chunk; the kernels check the subgroup size and flag every chunk otherwise).
+// Symbols are owned in subgroup lane order, the order of the exclusive sums.
+fn scan_tile_freqs(tile: u32, lid: u32, sg_id: u32) -> SymbolPair {
+    let a = P.alphabet;
+    let g = lid / 32u;
+    let o = g * 32u + (sg_id & 31u);
+    var f = vec2<u32>(0u);
+    for (var j = 0u; j < 2u; j++) {
+        let s = 2u * o + j;
+        if (s < a) {
+            let idx = tile * a + s;
+            f[j] = (freqs[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
+        }
+    }
+    let pair = f.x + f.y;
+    let ex = subgroupExclusiveAdd(pair);
+    let tot = subgroupAdd(pair);
+    if ((sg_id & 31u) == 0u) {
+        warp_total[g] = tot;
+    }
+    workgroupBarrier();
+    var off = 0u;
+    for (var w = 0u; w < g; w++) {
+        off += warp_total[w];
+    }
+    let c0 = off + ex;
+    let c1 = c0 + f.x;
+    if (o == 127u) {
+        table_bad = select(0u, 1u, c1 + f.y != (1u << P.prec) || a > 256u);
+    }
+    return SymbolPair(o, f, vec2<u32>(c0, c1));
+}
