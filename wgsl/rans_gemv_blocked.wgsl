@@ -8,10 +8,15 @@
 // * the dot loop has no dependence on the decode chain, so its loads can be issued early and
 //   its arithmetic overlaps the next block's decode latency;
 // * rows are an outer loop: the row reduction and the (scale, bias) row offset are hoisted out
-//   of the step loop.
+//   of the step loop;
+// * the dot products run over whole words of four symbols, transposed with 4-8 shuffles per
+//   block (lane l gets words l and 32 + l of the block, as rans_decode_blocked.wgsl writes
+//   them): 4 WPS consecutive weights per (scale, bias) load and vec4 activation loads,
+//   instead of one symbol per step with its own loads.
 // It therefore needs rows that are whole steps (K = steps_per_row * 32 * WPS) and
-// steps_per_row a multiple of BLOCK, probability bits <= 11 (the slot table) and 32-wide
-// subgroups; the host checks all of it (`FusedLayout::blocked_steps`), and the kernel
+// steps_per_row a multiple of BLOCK, probability bits <= 11 (the slot table), MLX groups of
+// whole words (group size a multiple of 4 WPS) and 32-wide subgroups; the host checks all of
+// it (`FusedLayout::blocked_steps`), and the kernel
 // flags every chunk on a wrong subgroup size (error bit 128). Error reporting is the subgroup
 // kernel's: table, offsets, state, over-read and unconsumed words, all after the loop.
 // import: rans_table_scan
@@ -85,31 +90,40 @@ const ERR_SUBGROUP: u32 = 128u;
 @group(0) @binding(4) var<storage, read> words: array<u32>;    // u16 words, 2 per u32
 @group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
 @group(0) @binding(6) var<storage, read> sb: array<vec2<f32>>;   // (scale, bias) per group
-// activations, K (a multiple of 32 here), read in pairs: one 8-byte load per two weights
-@group(0) @binding(7) var<storage, read> xv: array<vec2<f32>>;
+// activations, K (a multiple of 32 here), read four at a time
+@group(0) @binding(7) var<storage, read> xv: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> y: array<f32>;     // R outputs
 
-// The contribution of one symbol (the WPS weights from weight k) with the group's
-// (scale, bias): scale * sum(q x) + bias * sum(x). q as f32 without a conversion:
-// 2^23 + q (q < 2^23) minus 2^23, exactly.
-fn symbol_dot(sym: u32, k: u32, sbv: vec2<f32>) -> f32 {
-    let qmask = (1u << BITS) - 1u;
-    if (WPS == 1u) {
-        let x2 = xv[k >> 1u];
-        let xa = select(x2.x, x2.y, (k & 1u) != 0u);
-        let q = bitcast<f32>((sym & qmask) | 0x4B000000u) - 8388608.0;
-        return sbv.x * (q * xa) + sbv.y * xa;
+// The dot product of one word of the block (four byte symbols, the 4 WPS consecutive weights
+// from weight k, all in one MLX group) with the group's (scale, bias):
+// scale * sum(q x) + bias * sum(x). Symbol c is in the low byte of sv[c] (higher bits are
+// masked off). q as f32 without a conversion: 2^23 + q (q < 2^23) minus 2^23, exactly.
+fn word_dot(sv: vec4<u32>, k: u32, sbv: vec2<f32>) -> f32 {
+    let qmask = vec4<u32>((1u << BITS) - 1u);
+    var qx = vec4<f32>(0.0);
+    var xs = vec4<f32>(0.0);
+    for (var v = 0u; v < WPS; v++) {
+        // weights 4v .. 4v + 3: weight t is bits BITS * (t % WPS) of symbol t / WPS
+        var qi = sv;
+        if (WPS == 2u) {
+            let lo = select(sv.x, sv.z, v == 1u);
+            let hi = select(sv.y, sv.w, v == 1u);
+            qi = vec4<u32>(lo, lo >> BITS, hi, hi >> BITS);
+        } else if (WPS == 4u) {
+            let c = sv[v & 3u];
+            qi = vec4<u32>(c, c >> BITS, c >> (2u * BITS), c >> (3u * BITS));
+        }
+        let q = bitcast<vec4<f32>>((qi & qmask) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
+        let xa = xv[(k >> 2u) + v];
+        qx += q * xa;
+        xs += xa;
     }
-    if (WPS == 2u) {
-        let xa = xv[k >> 1u];
-        let q2 = bitcast<vec2<f32>>((vec2<u32>(sym, sym >> BITS) & vec2<u32>(qmask))
-            | vec2<u32>(0x4B000000u)) - vec2<f32>(8388608.0);
-        return sbv.x * dot(q2, xa) + sbv.y * (xa.x + xa.y);
-    }
-    let xa = vec4<f32>(xv[k >> 1u], xv[(k >> 1u) + 1u]);
-    let qv = bitcast<vec4<f32>>((vec4<u32>(sym, sym >> BITS, sym >> (2u * BITS), sym >> (3u * BITS))
-        & vec4<u32>(qmask)) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
-    return sbv.x * dot(qv, xa) + sbv.y * dot(xa, vec4<f32>(1.0));
+    return sbv.x * dot(qx, vec4<f32>(1.0)) + sbv.y * dot(xs, vec4<f32>(1.0));
+}
+
+// The MLX group of weight k.
+fn group_of(k: u32, gsz: u32) -> u32 {
+    return select(k >> (GSHIFT & 31u), k / gsz, GSHIFT >= 32u);
 }
 
 @compute @workgroup_size(128)
@@ -135,7 +149,9 @@ fn main(
     let nblk = T / BLOCK;
     let kstep = 32u * WPS;
     let kblock = BLOCK * kstep;
-    let k_lane = l * WPS;
+    let kword = 4u * WPS;  // weights per word of four symbols
+    let src0 = (l & 7u) * 4u;
+    let byte_shift = 8u * (l >> 3u);
     let gpr = P.groups_per_row;
     let gsz = P.group_size;
     let ltmask = (1u << l) - 1u;
@@ -165,13 +181,27 @@ fn main(
                     s.x = (l * 0x01030507u) ^ b;
                     s.y = s.x ^ 0x5A5A5A5Au;
                 }
-                // their dot products: lane l's weights of step i start at k0 + i * kstep
-                let k0 = b * kblock + k_lane;
-                for (var i = 0u; i < BLOCK; i++) {
-                    let k = k0 + i * kstep;
-                    let sym = (select(s.x, s.y, i >= 4u) >> (8u * (i & 3u))) & 0xFFu;
-                    let gi = select(k >> (GSHIFT & 31u), k / gsz, GSHIFT >= 32u);
-                    acc += symbol_dot(sym, k, sb[sb_row + gi]);
+                // their dot products, over whole words of the block (as
+                // rans_decode_blocked.wgsl writes them): lane l takes word l (symbols
+                // 4l..4l+3 of the block: step l / 8, lanes 4 (l % 8) + c) from s.x and, for
+                // 8-step blocks, word 32 + l from s.y, so it multiplies 4 WPS consecutive
+                // weights with one (scale, bias) and vector activation loads. (2-step blocks
+                // have 16 words: lanes 16-31 sit out.)
+                let ka = b * kblock + l * kword;
+                var sa = vec4<u32>(0u);
+                var sy = vec4<u32>(0u);
+                for (var c = 0u; c < 4u; c++) {
+                    sa[c] = subgroupShuffle(s.x, src0 + c) >> byte_shift;
+                    if (BLOCK == 8u) {
+                        sy[c] = subgroupShuffle(s.y, src0 + c) >> byte_shift;
+                    }
+                }
+                if (BLOCK >= 4u || l < 16u) {
+                    acc += word_dot(sa, ka, sb[sb_row + group_of(ka, gsz)]);
+                }
+                if (BLOCK == 8u) {
+                    let kb = ka + 32u * kword;
+                    acc += word_dot(sy, kb, sb[sb_row + group_of(kb, gsz)]);
                 }
             }
             let total = subgroupAdd(acc);

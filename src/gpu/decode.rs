@@ -107,11 +107,17 @@ pub const COMPACT_TABLE_FROM_WORKGROUPS: u32 = 1024;
 impl FusedLayout {
     /// The steps per block of `rans_gemv_blocked.wgsl` for this layout (8, 4 or 2, the largest
     /// that divides the steps per row), or `None` where that kernel cannot run it: rows that
-    /// are not whole steps (`K != 32 w T`), fewer than 2 steps per row or an odd count, or more
-    /// than 11 probability bits (no slot table).
+    /// are not whole steps (`K != 32 w T`), fewer than 2 steps per row or an odd count, more
+    /// than 11 probability bits (no slot table), or an MLX group size that is not a multiple
+    /// of `4 w` (the kernel multiplies words of four symbols with one (scale, bias); 0, no
+    /// groups, is a decode-only matrix and passes).
     pub fn blocked_steps(&self) -> Option<u32> {
         let t = self.steps_per_row;
-        if self.prec > 11 || t == 0 || self.cols as u64 != 32 * self.wps as u64 * t as u64 {
+        if self.prec > 11
+            || t == 0
+            || self.cols as u64 != 32 * self.wps as u64 * t as u64
+            || !self.group_size.is_multiple_of(4 * self.wps)
+        {
             return None;
         }
         [8, 4, 2].into_iter().find(|b| t.is_multiple_of(*b))
@@ -173,9 +179,9 @@ fn fused_gemv_pipeline_diag(
             let block = layout.blocked_steps().ok_or_else(|| {
                 GpuError::Unsupported(format!(
                     "the blocked fused kernel needs whole 32-symbol steps per row in an even \
-                     count and <= 11 probability bits (cols {}, {} weights per symbol, {} \
-                     steps per row, precision {})",
-                    layout.cols, layout.wps, layout.steps_per_row, layout.prec
+                     count, <= 11 probability bits and groups of whole 4-symbol words (cols \
+                     {}, {} weights per symbol, {} steps per row, precision {}, group size {})",
+                    layout.cols, layout.wps, layout.steps_per_row, layout.prec, layout.group_size
                 ))
             })?;
             let kernel = if variant == FusedVariant::Blocked {
@@ -959,6 +965,15 @@ mod tests {
         assert_eq!(layout(4160, 2, 11).blocked_steps(), None); // 65 steps
         assert_eq!(layout(4096, 2, 12).blocked_steps(), None); // no slot table
         assert_eq!(layout(0, 2, 11).blocked_steps(), None);
+        // groups must hold whole words of four symbols
+        for (group_size, wps, ok) in [(32, 4, true), (24, 2, true), (20, 2, false), (6, 1, false)] {
+            let mut l = layout(4096, wps, 11);
+            l.group_size = group_size;
+            assert_eq!(l.blocked_steps().is_some(), ok, "group {group_size}, w {wps}");
+        }
+        let mut l = layout(4096, 2, 11);
+        l.group_size = 0;
+        assert_eq!(l.blocked_steps(), Some(8), "decode-only matrices have no groups");
     }
 
     #[test]
