@@ -12,7 +12,7 @@
 // * the dot products run over whole words of four symbols, transposed with 4-8 shuffles per
 //   block (lane l gets words l and 32 + l of the block, as rans_decode_blocked.wgsl writes
 //   them): 4 WPS consecutive weights per (scale, bias) load and vec4 activation loads,
-//   instead of one symbol per step with its own loads.
+//   instead of one symbol per step with its own loads, all issued before the block's decode.
 // It therefore needs rows that are whole steps (K = steps_per_row * 32 * WPS) and
 // steps_per_row a multiple of BLOCK, probability bits <= 11 (the slot table), MLX groups of
 // whole words (group size a multiple of 4 WPS) and 32-wide subgroups; the host checks all of
@@ -94,11 +94,11 @@ const ERR_SUBGROUP: u32 = 128u;
 @group(0) @binding(7) var<storage, read> xv: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> y: array<f32>;     // R outputs
 
-// The dot product of one word of the block (four byte symbols, the 4 WPS consecutive weights
-// from weight k, all in one MLX group) with the group's (scale, bias):
+// The dot product of one word of the block (four byte symbols, 4 WPS consecutive weights in one
+// MLX group; xw[v] = their activations 4v..4v+3, from word_x) with the group's (scale, bias):
 // scale * sum(q x) + bias * sum(x). Symbol c is in the low byte of sv[c] (higher bits are
 // masked off). q as f32 without a conversion: 2^23 + q (q < 2^23) minus 2^23, exactly.
-fn word_dot(sv: vec4<u32>, k: u32, sbv: vec2<f32>) -> f32 {
+fn word_dot(sv: vec4<u32>, xw: array<vec4<f32>, 4>, sbv: vec2<f32>) -> f32 {
     let qmask = vec4<u32>((1u << BITS) - 1u);
     var qx = vec4<f32>(0.0);
     var xs = vec4<f32>(0.0);
@@ -114,11 +114,20 @@ fn word_dot(sv: vec4<u32>, k: u32, sbv: vec2<f32>) -> f32 {
             qi = vec4<u32>(c, c >> BITS, c >> (2u * BITS), c >> (3u * BITS));
         }
         let q = bitcast<vec4<f32>>((qi & qmask) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
-        let xa = xv[(k >> 2u) + v];
+        let xa = xw[v & 3u];
         qx += q * xa;
         xs += xa;
     }
     return sbv.x * dot(qx, vec4<f32>(1.0)) + sbv.y * dot(xs, vec4<f32>(1.0));
+}
+
+// The activations of the word at weight k (4 WPS of them).
+fn word_x(k: u32) -> array<vec4<f32>, 4> {
+    var xw = array<vec4<f32>, 4>();
+    for (var v = 0u; v < WPS; v++) {
+        xw[v & 3u] = xv[(k >> 2u) + v];
+    }
+    return xw;
 }
 
 // The MLX group of weight k.
@@ -168,6 +177,22 @@ fn main(
             let sb_row = row * gpr;
             var acc = 0.0;
             for (var b = 0u; b < nblk; b++) {
+                // the block's activations and (scale, bias) first: they do not depend on the
+                // decode, so their latency overlaps it (BENCHMARKS.md issue 5, step 29)
+                let ka = b * kblock + l * kword;
+                let kb = ka + 32u * kword;
+                var sba = vec2<f32>(0.0);
+                var sbb = vec2<f32>(0.0);
+                var xa = array<vec4<f32>, 4>();
+                var xb = array<vec4<f32>, 4>();
+                if (BLOCK >= 4u || l < 16u) {
+                    sba = sb[sb_row + group_of(ka, gsz)];
+                    xa = word_x(ka);
+                }
+                if (BLOCK == 8u) {
+                    sbb = sb[sb_row + group_of(kb, gsz)];
+                    xb = word_x(kb);
+                }
                 // decode BLOCK steps; symbol i of the block in byte i % 4 of s.x / s.y
                 var s = vec2<u32>(0u);
                 if (DIAG != 2u) {
@@ -187,7 +212,6 @@ fn main(
                 // 8-step blocks, word 32 + l from s.y, so it multiplies 4 WPS consecutive
                 // weights with one (scale, bias) and vector activation loads. (2-step blocks
                 // have 16 words: lanes 16-31 sit out.)
-                let ka = b * kblock + l * kword;
                 var sa = vec4<u32>(0u);
                 var sy = vec4<u32>(0u);
                 for (var c = 0u; c < 4u; c++) {
@@ -197,11 +221,10 @@ fn main(
                     }
                 }
                 if (BLOCK >= 4u || l < 16u) {
-                    acc += word_dot(sa, ka, sb[sb_row + group_of(ka, gsz)]);
+                    acc += word_dot(sa, xa, sba);
                 }
                 if (BLOCK == 8u) {
-                    let kb = ka + 32u * kword;
-                    acc += word_dot(sy, kb, sb[sb_row + group_of(kb, gsz)]);
+                    acc += word_dot(sy, xb, sbb);
                 }
             }
             let total = subgroupAdd(acc);
