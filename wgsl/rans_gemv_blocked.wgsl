@@ -71,6 +71,7 @@ const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
 const MAX_TABLE: u32 = 2048u;  // slot table for n <= 11
 const SENTINEL: u32 = 0xFFFFFFFFu;
+const BRANCH_FREE_PLANES: bool = false;  // see rans_block.wgsl, block_plane_at
 const L: u32 = 65536u;
 
 // error bits, mirrored in src/gpu/decode.rs

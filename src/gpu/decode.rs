@@ -969,11 +969,19 @@ mod tests {
         for (group_size, wps, ok) in [(32, 4, true), (24, 2, true), (20, 2, false), (6, 1, false)] {
             let mut l = layout(4096, wps, 11);
             l.group_size = group_size;
-            assert_eq!(l.blocked_steps().is_some(), ok, "group {group_size}, w {wps}");
+            assert_eq!(
+                l.blocked_steps().is_some(),
+                ok,
+                "group {group_size}, w {wps}"
+            );
         }
         let mut l = layout(4096, 2, 11);
         l.group_size = 0;
-        assert_eq!(l.blocked_steps(), Some(8), "decode-only matrices have no groups");
+        assert_eq!(
+            l.blocked_steps(),
+            Some(8),
+            "decode-only matrices have no groups"
+        );
     }
 
     #[test]

@@ -1,11 +1,14 @@
 // Shared by the blocked subgroup rANS kernels (rans_gemv_blocked.wgsl,
 // rans_decode_blocked.wgsl): the decode of a block of steps by a group of 32 lanes. Uses the
-// importing kernel's `PREC` and `L`, `decode_slot` of its table library (rans_table_sg.wgsl or
-// rans_table_byte.wgsl), and `plane_at` / `renorm_word` of rans_subgroup.wgsl. Every function
-// must be called by the 32 lanes of a subgroup together.
+// importing kernel's `PREC`, `L`, `words` and `BRANCH_FREE_PLANES` (see block_plane_at),
+// `decode_slot` of its table library (rans_table_sg.wgsl or rans_table_byte.wgsl), and
+// `plane_at` / `renorm_word` of rans_subgroup.wgsl. Every function must be called by the 32
+// lanes of a subgroup together.
 
 // What a lane carries from step to step: its rANS state, the group's stream position and the
-// four word planes around it (see plane_at; invariant p - base < 64 at the start of a step).
+// four word planes around it (see plane_at; invariant p - base < 64 at the start of every
+// even step of a block, < 96 at odd steps: a step reads words below p - base + 32, so
+// within planes a and b).
 struct BlockDecoder {
     x: u32,
     p: u32,
@@ -16,6 +19,21 @@ struct BlockDecoder {
     pd: u32,
 }
 
+// One plane of 64 words (plane_at of rans_subgroup.wgsl). With the importing kernel's
+// `BRANCH_FREE_PLANES` true it has no branch: past the buffer a plane holds the buffer's last
+// words instead of zeros. Only the planes ahead of the chunk's end are ever past it, and a
+// step reads their words only when the stream is corrupt (p > end, which the kernels report),
+// so the values there do not matter. The branch made every plane move compile to a second
+// branch with its own copies of the register moves: without it the decode kernel runs 4-13%
+// faster on an H200, but the fused kernel up to 5% slower (BENCHMARKS.md issue 5, step 31),
+// so each kernel says which it takes.
+fn block_plane_at(w0: u32, l: u32) -> u32 {
+    if (BRANCH_FREE_PLANES) {
+        return words[min((w0 >> 1u) + l, arrayLength(&words) - 1u)];
+    }
+    return plane_at(w0, l);
+}
+
 // A decoder for lane l starting with state x at stream position p (the same in all lanes).
 fn block_decoder(x: u32, p: u32, l: u32) -> BlockDecoder {
     let base = p & ~1u;
@@ -23,15 +41,17 @@ fn block_decoder(x: u32, p: u32, l: u32) -> BlockDecoder {
         x,
         p,
         base,
-        plane_at(base, l),
-        plane_at(base + 64u, l),
-        plane_at(base + 128u, l),
-        plane_at(base + 192u, l),
+        block_plane_at(base, l),
+        block_plane_at(base + 64u, l),
+        block_plane_at(base + 128u, l),
+        block_plane_at(base + 192u, l),
     );
 }
 
-// Decodes `steps` (<= 8) steps: symbol i of the block in byte i % 4 of .x (i < 4) or .y. The
-// stream words come from the planes, refilled one plane ahead when 64 words are used up.
+// Decodes `steps` (<= 8, even) steps: symbol i of the block in byte i % 4 of .x (i < 4) or .y.
+// The stream words come from the planes, moved on by one plane when 64 words are used up,
+// checked after every second step only: the check and the plane moves it compiles to (about
+// 9 instructions) are paid half as often.
 fn decode_block(d: ptr<function, BlockDecoder>, steps: u32, l: u32, ltmask: u32) -> vec2<u32> {
     var s_lo = 0u;
     var s_hi = 0u;
@@ -42,12 +62,12 @@ fn decode_block(d: ptr<function, BlockDecoder>, steps: u32, l: u32, ltmask: u32)
         let rw = renorm_word(need, (*d).p - (*d).base, (*d).pa, (*d).pb, ltmask);
         (*d).x = select(xd, (xd << 16u) | rw.x, need);
         (*d).p += rw.y;
-        if ((*d).p - (*d).base >= 64u) {
+        if ((i & 1u) == 1u && (*d).p - (*d).base >= 64u) {
             (*d).pa = (*d).pb;
             (*d).pb = (*d).pc;
             (*d).pc = (*d).pd;
             (*d).base += 64u;
-            (*d).pd = plane_at((*d).base + 192u, l);
+            (*d).pd = block_plane_at((*d).base + 192u, l);
         }
         let sym = dec.y << (8u * (i & 3u));
         if (i < 4u) {

@@ -62,7 +62,7 @@ fn chunk_start(chunk: u32, valid: bool, l: u32, T: u32, bad_table: bool, sg_size
 }
 
 // The renormalisation read of one step: a lane with `need` takes word p + (lanes below it
-// that need one), at offset rel < 96 from `base` (rel0 = p - base < 64), so from planes a or b
+// that need one), at offset rel < 128 from `base` (rel0 = p - base < 96), so from planes a or b
 // with two shuffles. Returns (this lane's word, words the step consumes).
 fn renorm_word(need: bool, rel0: u32, pa: u32, pb: u32, ltmask: u32) -> vec2<u32> {
     let mask = subgroupBallot(need).x;
