@@ -90,6 +90,23 @@ struct Args {
     diagnose: bool,
 }
 
+const USAGE: &str = "usage: bench_gpu [--shapes RxK,...] [--sources g64,g128,absmax] \
+[--variants CHUNK:TILE,...] [--iters N] [--rounds N] [--set-mib MIB] [--copy-mib MIB] \
+[--ksplit-sweep] [--workgroup] [--fused workgroup,subgroup,blocked,compact] [--wall] \
+[--plain-variants [x|p]ROWS[:KSPLIT],...] [--plain-only] [--diagnose]";
+
+/// A bad command line: the problem and the usage on stderr, exit status 2.
+fn usage_error(msg: &str) -> ! {
+    eprintln!("bench_gpu: {msg}\n{USAGE}");
+    std::process::exit(2)
+}
+
+/// `v` parsed as a number, or a usage error naming `what`.
+fn num<T: std::str::FromStr>(v: &str, what: &str) -> T {
+    v.parse()
+        .unwrap_or_else(|_| usage_error(&format!("{what}: not a number: {v:?}")))
+}
+
 fn parse_args() -> Args {
     let mut a = Args {
         shapes: vec![(4096, 4096), (4096, 14336), (14336, 4096), (128256, 4096)],
@@ -113,8 +130,10 @@ fn parse_args() -> Args {
         let pairs = |s: &str, sep: char| -> Vec<(usize, usize)> {
             s.split(',')
                 .map(|p| {
-                    let (x, y) = p.split_once(sep).expect("pair");
-                    (x.parse().expect("number"), y.parse().expect("number"))
+                    let (x, y) = p
+                        .split_once(sep)
+                        .unwrap_or_else(|| usage_error(&format!("expected A{sep}B, got {p:?}")));
+                    (num(x, "pair"), num(y, "pair"))
                 })
                 .collect()
         };
@@ -122,10 +141,10 @@ fn parse_args() -> Args {
             "--shapes" => a.shapes = pairs(&v, 'x'),
             "--sources" => a.sources = v.split(',').map(String::from).collect(),
             "--variants" => a.variants = pairs(&v, ':'),
-            "--iters" => a.iters = v.parse().expect("iters"),
-            "--rounds" => a.rounds = v.parse().expect("rounds"),
-            "--set-mib" => a.set_mib = v.parse().expect("set-mib"),
-            "--copy-mib" => a.copy_mib = v.parse().expect("copy-mib"),
+            "--iters" => a.iters = num(&v, "--iters"),
+            "--rounds" => a.rounds = num(&v, "--rounds"),
+            "--set-mib" => a.set_mib = num(&v, "--set-mib"),
+            "--copy-mib" => a.copy_mib = num(&v, "--copy-mib"),
             "--ksplit-sweep" => {
                 a.ksplit_sweep = true;
                 i += 1;
@@ -144,9 +163,9 @@ fn parse_args() -> Args {
                         "subgroup" => FusedVariant::Subgroup,
                         "blocked" => FusedVariant::Blocked,
                         "compact" => FusedVariant::BlockedCompact,
-                        other => {
-                            panic!("--fused: unknown kernel {other} (workgroup, subgroup, blocked, compact)")
-                        }
+                        other => usage_error(&format!(
+                        "--fused: unknown kernel {other} (workgroup, subgroup, blocked, compact)"
+                    )),
                     })
                     .collect()
             }
@@ -174,7 +193,7 @@ fn parse_args() -> Args {
                             let (rows, ks) = rest.split_once(':').unwrap_or((rest, "0"));
                             return QGemvVariant::Pipelined {
                                 rows: rows.parse().unwrap_or(4),
-                                ksplit: ks.parse().expect("plain variant: p[ROWS[:KSPLIT]]"),
+                                ksplit: num(ks, "plain variant p[ROWS[:KSPLIT]]"),
                             };
                         }
                         let (staged, p) = match p.strip_prefix('x') {
@@ -182,8 +201,8 @@ fn parse_args() -> Args {
                             None => (false, p),
                         };
                         let (rows, ks) = p.split_once(':').unwrap_or((p, "0"));
-                        let rows = rows.parse().expect("plain variant: [x]ROWS[:KSPLIT]");
-                        let ksplit = ks.parse().expect("plain variant: [x]ROWS[:KSPLIT]");
+                        let rows = num(rows, "plain variant [x]ROWS[:KSPLIT]");
+                        let ksplit = num(ks, "plain variant [x]ROWS[:KSPLIT]");
                         if staged {
                             QGemvVariant::Staged { rows, ksplit }
                         } else {
@@ -196,9 +215,22 @@ fn parse_args() -> Args {
                 i += 1;
                 continue;
             }
-            other => panic!("unknown argument {other}"),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0)
+            }
+            other => usage_error(&format!("unknown argument {other}")),
         }
         i += 2;
+    }
+    if let Some(bad) = a
+        .sources
+        .iter()
+        .find(|s| !["g64", "g128", "absmax"].contains(&s.as_str()))
+    {
+        usage_error(&format!(
+            "--sources: unknown source {bad} (g64, g128, absmax)"
+        ));
     }
     a
 }
