@@ -16,10 +16,11 @@ How to use it (see BENCHMARKS.md, issue 5, "Reading the compiled kernel"):
 2. Here: pip install zstandard nvidia-cuda-nvdisasm   (nvdisasm comes as a wheel)
      python3 scripts/nvidia_sass.py DIR_WITH_BIN_FILES OUT_DIR
    It writes OUT_DIR/kernel_N.sass for every compiled kernel and prints one line per kernel:
-   instruction count, counts of telling opcodes (VOTE, SHFL, POPC, LDS, LDG, BAR, BSSY,
-   WARPSYNC, LDL/STL = register spills) and the loops (backward branches) with their length in
-   instructions. Match kernels by their opcodes (e.g. the fused subgroup GEMV is the one with
-   SHFL and POPC) or by `--grep`.
+   instruction count, the registers it names (they bound residency: 64K per SM), counts of
+   telling opcodes (VOTE, SHFL, POPC, LDS, LDG, BAR, BSSY, WARPSYNC, LDL/STL = register
+   spills) and the loops (backward branches) with their length in instructions. Match kernels
+   by their opcodes (e.g. the fused subgroup GEMV is the one with SHFL and POPC) or by
+   `--grep`.
 """
 
 import argparse
@@ -102,7 +103,11 @@ def summary(sass):
         m = re.search(r"BRA (?:\S+ )?0x([0-9a-f]+)", text)
         if m and int(m.group(1), 16) < addr:
             loops.append((int(m.group(1), 16), addr, (addr - int(m.group(1), 16)) // 16 + 1))
-    return len(ins), tags, loops
+    # The registers the kernel needs per lane, at least: the highest R register it names,
+    # plus one. (Hopper allocates them in steps of 8 per lane; an SM's 64K registers then
+    # bound how many groups of 32 lanes it keeps resident.)
+    regs = max((int(r) for _, s in ins for r in re.findall(r"\bR(\d+)\b", s)), default=-1) + 1
+    return len(ins), tags, loops, regs
 
 
 def main():
@@ -124,10 +129,13 @@ def main():
         name = os.path.join(a.out_dir, f"kernel_{n}.sass")
         with open(name, "w") as f:
             f.write(sass)
-        count, tags, loops = summary(sass)
+        count, tags, loops, regs = summary(sass)
         tag_text = " ".join(f"{k}={v}" for k, v in tags.items() if v)
         loop_text = ", ".join(f"{hex(s)}-{hex(e)}: {k}" for s, e, k in loops if k >= 16)
-        print(f"{name}: {count} instructions; {tag_text}; loops (>= 16 instructions) {loop_text}")
+        print(
+            f"{name}: {count} instructions, registers R0-R{regs - 1}; {tag_text}; "
+            f"loops (>= 16 instructions) {loop_text}"
+        )
         n += 1
     if os.path.exists(tmp):
         os.remove(tmp)
