@@ -8,6 +8,9 @@
 // with a multiple of 8 steps, and <= 11 probability bits (the host checks:
 // `GpuCodedMatrix::decode_blocked_supported`); it flags every chunk on a wrong subgroup size
 // (error bit 128) and reports errors like the subgroup kernel.
+// This kernel runs without naga's bounds checks (`Kernel::indices_in_range_by_construction`
+// says why that is safe): every index here and in the imported libraries must stay in range
+// for any buffer contents, by masking or clamping in the source.
 // import: rans_table_scan
 // import: rans_table_sg
 // import: rans_subgroup

@@ -19,6 +19,9 @@
 // it (`FusedLayout::blocked_steps`), and the kernel
 // flags every chunk on a wrong subgroup size (error bit 128). Error reporting is the subgroup
 // kernel's: table, offsets, state, over-read and unconsumed words, all after the loop.
+// This kernel runs without naga's bounds checks (`Kernel::indices_in_range_by_construction`
+// says why that is safe): every index here and in the imported libraries must stay in range
+// for any buffer contents, by masking or clamping in the source.
 // import: rans_table_scan
 // import: rans_table_sg
 // import: rans_subgroup

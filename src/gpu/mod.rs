@@ -312,13 +312,41 @@ impl Kernel {
     /// constant (checked by reading the kernel), so the registry may drop wgpu's injected loop
     /// counter (`ShaderRuntimeChecks::force_loop_bounding`): in the subgroup rANS kernels it
     /// cost about 5 of ~95 instructions per decode step on an H200 (read from the compiled
-    /// code). Bounds checks stay on for every kernel.
+    /// code). Bounds checks stay on unless [`Self::indices_in_range_by_construction`].
     pub fn loops_bounded_by_construction(self) -> bool {
         matches!(
             self,
             Kernel::RansGemvSubgroup
                 | Kernel::RansDecodeSubgroup
                 | Kernel::RansGemvBlocked
+                | Kernel::RansDecodeBlocked
+                | Kernel::RansGemvBlockedCompact
+                | Kernel::RansDecodeBlockedCompact
+        )
+    }
+
+    /// Whether every index of the kernel is in range by construction, for any buffer contents
+    /// (checked by reading the kernel and its libraries), so the registry may drop naga's
+    /// bounds checks (`ShaderRuntimeChecks::bounds_checks`): on an H200 they cost the blocked
+    /// kernels 4-7% where the grid fills the GPU (BENCHMARKS.md issue 5, step 33). What
+    /// makes each index safe:
+    /// * stream-dependent indices are explicit in the source: slot tables are indexed by the
+    ///   state masked to `PREC` <= 11 bits (the table holds 2^11 slots) or by a byte symbol
+    ///   (256 + 1 entries); stream words are read through `plane_at` (tests the length) or
+    ///   `block_plane_at` (clamps to it; `storage_init` makes every buffer >= 16 bytes);
+    /// * every other index comes from the uniform block and the lane, and the host checks
+    ///   the buffers behind them: [`CodedMatrixRef::check`] (frequencies per tile, 32 states
+    ///   per chunk, `n_chunks + 1` offsets, `bits * w <= 8` so alphabets <= 256), the upload
+    ///   (scales and biases per group, workgroups = tiles x workgroups per tile) and each
+    ///   dispatch (`x`, `y` and the decode output sized for the matrix); chunks past the
+    ///   tile's end read and write nothing;
+    /// * workgroup arrays are indexed by `local_invocation_index / 32` (< 4) or by the
+    ///   lane's symbol pair (< 128), and the table build loops stop at `2^prec` slots, the
+    ///   precision the host requires to be <= 11 before it builds these pipelines.
+    pub fn indices_in_range_by_construction(self) -> bool {
+        matches!(
+            self,
+            Kernel::RansGemvBlocked
                 | Kernel::RansDecodeBlocked
                 | Kernel::RansGemvBlockedCompact
                 | Kernel::RansDecodeBlockedCompact
@@ -426,12 +454,15 @@ impl PipelineRegistry {
                         // SAFETY: see `loops_bounded_by_construction`: every loop of these
                         // kernels runs at most a count taken from the uniform block or a
                         // constant, so none can run forever; only the injected per-iteration
-                        // loop counter is dropped, bounds checks stay on.
+                        // loop counter is dropped. Bounds checks stay on except for the
+                        // kernels whose every index is in range by construction (see
+                        // `indices_in_range_by_construction` for why).
                         unsafe {
                             device.create_shader_module_trusted(
                                 desc,
                                 wgpu::ShaderRuntimeChecks {
                                     force_loop_bounding: false,
+                                    bounds_checks: !kernel.indices_in_range_by_construction(),
                                     ..wgpu::ShaderRuntimeChecks::checked()
                                 },
                             )
@@ -851,6 +882,36 @@ mod tests {
     /// with every capability. lavapipe never builds the subgroup pipelines (its subgroups are
     /// 8 wide), so this is where a kernel whose library source lacks an import would show
     /// before a device run.
+    /// The registry drops bounds checks only on the trusted path it takes for kernels with
+    /// loops bounded by construction; a kernel marked in range but not bounded would keep its
+    /// checks silently, so the two marks must go together.
+    #[test]
+    fn kernels_without_bounds_checks_are_loop_bounded() {
+        let all = [
+            Kernel::RansDecode,
+            Kernel::RansGemv,
+            Kernel::RansGemvSubgroup,
+            Kernel::RansDecodeSubgroup,
+            Kernel::RansGemvBlocked,
+            Kernel::RansDecodeBlocked,
+            Kernel::RansGemvBlockedCompact,
+            Kernel::RansDecodeBlockedCompact,
+            Kernel::QGemv,
+            Kernel::QGemv4,
+            Kernel::QGemv4Dp4a,
+            Kernel::QGemv4Stream,
+            Kernel::QGemv4Pipe,
+        ];
+        let unchecked: Vec<Kernel> = all
+            .into_iter()
+            .filter(|k| k.indices_in_range_by_construction())
+            .collect();
+        assert_eq!(unchecked.len(), 4, "only the four blocked kernels");
+        for k in unchecked {
+            assert!(k.loops_bounded_by_construction(), "{k:?}");
+        }
+    }
+
     #[test]
     fn library_kernel_sources_validate() {
         let sources = [

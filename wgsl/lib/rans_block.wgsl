@@ -4,6 +4,8 @@
 // `decode_slot` of its table library (rans_table_sg.wgsl or rans_table_byte.wgsl), and
 // `plane_at` / `renorm_word` of rans_subgroup.wgsl. Every function must be called by the 32
 // lanes of a subgroup together.
+// Imported by kernels that run without naga's bounds checks (the blocked ones, see
+// `Kernel::indices_in_range_by_construction`): every index must stay in range by construction.
 
 // What a lane carries from step to step: its rANS state, the group's stream position and the
 // four word planes around it (see plane_at; invariant p - base < 64 at the start of every
@@ -20,8 +22,9 @@ struct BlockDecoder {
 }
 
 // One plane of 64 words (plane_at of rans_subgroup.wgsl). With the importing kernel's
-// `BRANCH_FREE_PLANES` true it has no branch: past the buffer a plane holds the buffer's last
-// words instead of zeros. Only the planes ahead of the chunk's end are ever past it, and a
+// `BRANCH_FREE_PLANES` true it has no branch: the index is clamped to the buffer (the clamp,
+// not naga, keeps the read in range), so past it a plane holds the buffer's last words
+// instead of zeros. Only the planes ahead of the chunk's end are ever past it, and a
 // step reads their words only when the stream is corrupt (p > end, which the kernels report),
 // so the values there do not matter. The branch made every plane move compile to a second
 // branch with its own copies of the register moves: without it the decode kernel runs 4-13%

@@ -4,6 +4,8 @@
 // `states`, `offsets`, `words`, `L` and error bits ERR_BAD_STATE, ERR_OFFSETS, ERR_TABLE,
 // ERR_SUBGROUP, ERR_OVER_READ, ERR_FINAL_STATE, ERR_UNCONSUMED. Every function must be called
 // by the 32 lanes of a subgroup together.
+// Imported by kernels that run without naga's bounds checks (the blocked ones, see
+// `Kernel::indices_in_range_by_construction`): every index must stay in range by construction.
 
 // One plane of 64 words from word index w0 (even): lane l gets the u32 holding words w0 + 2l
 // and w0 + 2l + 1; zero past the buffer.

@@ -7,6 +7,8 @@
 // table reads one: slower where the grid leaves room on the SMs anyway, faster where it fills
 // them (BENCHMARKS.md issue 5, step 26). Uses the importing kernel's `P` (alphabet, prec) and
 // `WG` (= 128), and rans_table_scan.wgsl.
+// Imported by kernels that run without naga's bounds checks (the blocked ones, see
+// `Kernel::indices_in_range_by_construction`): every index must stay in range by construction.
 
 var<workgroup> slot_sym: array<u32, 512>;
 var<workgroup> sym_entry: array<u32, 257>;

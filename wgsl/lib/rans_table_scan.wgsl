@@ -3,6 +3,8 @@
 // tile's cumulative frequencies from subgroupExclusiveAdd, two symbols per invocation, without
 // a scan through workgroup-memory arrays. Uses the importing kernel's `P` (alphabet, prec) and
 // `freqs`.
+// Imported by kernels that run without naga's bounds checks (the blocked ones, see
+// `Kernel::indices_in_range_by_construction`): every index must stay in range by construction.
 
 var<workgroup> warp_total: array<u32, 4>;
 var<workgroup> table_bad: u32;

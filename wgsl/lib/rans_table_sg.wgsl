@@ -8,6 +8,8 @@
 // limits (BENCHMARKS.md issue 5, step 26); rans_table_byte.wgsl is the same interface in
 // 3.1 KB. Uses the importing kernel's `P` (alphabet, prec), `WG` (= 128), `MAX_TABLE` and
 // `SENTINEL`, and rans_table_scan.wgsl.
+// Imported by kernels that run without naga's bounds checks (the blocked ones, see
+// `Kernel::indices_in_range_by_construction`): every index must stay in range by construction.
 
 var<workgroup> table: array<u32, MAX_TABLE>;
 // cumulative frequency of symbol s in half s % 2 of cum16[s / 2]; cum16[128] = the total
