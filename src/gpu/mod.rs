@@ -882,27 +882,29 @@ mod tests {
     /// with every capability. lavapipe never builds the subgroup pipelines (its subgroups are
     /// 8 wide), so this is where a kernel whose library source lacks an import would show
     /// before a device run.
+    /// Every kernel the registry builds.
+    const ALL_KERNELS: [Kernel; 13] = [
+        Kernel::RansDecode,
+        Kernel::RansGemv,
+        Kernel::RansGemvSubgroup,
+        Kernel::RansDecodeSubgroup,
+        Kernel::RansGemvBlocked,
+        Kernel::RansDecodeBlocked,
+        Kernel::RansGemvBlockedCompact,
+        Kernel::RansDecodeBlockedCompact,
+        Kernel::QGemv,
+        Kernel::QGemv4,
+        Kernel::QGemv4Dp4a,
+        Kernel::QGemv4Stream,
+        Kernel::QGemv4Pipe,
+    ];
+
     /// The registry drops bounds checks only on the trusted path it takes for kernels with
     /// loops bounded by construction; a kernel marked in range but not bounded would keep its
     /// checks silently, so the two marks must go together.
     #[test]
     fn kernels_without_bounds_checks_are_loop_bounded() {
-        let all = [
-            Kernel::RansDecode,
-            Kernel::RansGemv,
-            Kernel::RansGemvSubgroup,
-            Kernel::RansDecodeSubgroup,
-            Kernel::RansGemvBlocked,
-            Kernel::RansDecodeBlocked,
-            Kernel::RansGemvBlockedCompact,
-            Kernel::RansDecodeBlockedCompact,
-            Kernel::QGemv,
-            Kernel::QGemv4,
-            Kernel::QGemv4Dp4a,
-            Kernel::QGemv4Stream,
-            Kernel::QGemv4Pipe,
-        ];
-        let unchecked: Vec<Kernel> = all
+        let unchecked: Vec<Kernel> = ALL_KERNELS
             .into_iter()
             .filter(|k| k.indices_in_range_by_construction())
             .collect();
@@ -914,22 +916,7 @@ mod tests {
 
     #[test]
     fn library_kernel_sources_validate() {
-        let sources = [
-            Kernel::RansDecode,
-            Kernel::RansGemv,
-            Kernel::RansGemvSubgroup,
-            Kernel::RansDecodeSubgroup,
-            Kernel::RansGemvBlocked,
-            Kernel::RansDecodeBlocked,
-            Kernel::RansGemvBlockedCompact,
-            Kernel::RansDecodeBlockedCompact,
-            Kernel::QGemv,
-            Kernel::QGemv4,
-            Kernel::QGemv4Dp4a,
-            Kernel::QGemv4Stream,
-            Kernel::QGemv4Pipe,
-        ]
-        .map(|k| (k.file_name(), k.source()));
+        let sources = ALL_KERNELS.map(|k| (k.file_name(), k.source()));
         let extra = [
             ("bf16_decode.wgsl", crate::lossless::gpu::BF16_DECODE_SOURCE),
             ("bf16_gemv.wgsl", crate::lossless::gpu::BF16_GEMV_SOURCE),
