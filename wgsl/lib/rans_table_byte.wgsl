@@ -13,6 +13,11 @@
 var<workgroup> slot_sym: array<u32, 512>;
 var<workgroup> sym_entry: array<u32, 257>;
 
+// Cumulative frequency of symbol s <= 256 (for rans_table_scan.wgsl's slot search).
+fn cum_at(s: u32) -> u32 {
+    return sym_entry[s] & 0xFFFFu;
+}
+
 // The decode of state x (n = PREC <= 11 probability bits): (state before renormalisation,
 // symbol).
 fn decode_slot(x: u32, n: u32) -> vec2<u32> {
@@ -36,36 +41,18 @@ fn build_blocked_table(tile: u32, lid: u32, sg_id: u32) -> bool {
     }
     workgroupBarrier();
     let a = P.alphabet;
-    // Each lane fills a run of up to four consecutive words (16 slots): one binary search for
-    // the run's first slot (the largest s < a with cum(s) <= slot), then a walk forward,
-    // since the owner of the next slot is the same symbol or a later one. (16 binary searches
-    // per lane were ~1,000 instructions, against ~23,000 for decoding a 16384-symbol chunk.)
-    // The walk stops at a - 1, so indices stay below 256 whatever the frequencies (a corrupt
-    // table is flagged by table_bad).
+    // Each lane fills a run of up to four consecutive words (16 slots): slot_owner for the
+    // first, walk_owner for the rest (rans_table_scan.wgsl).
     let words = m >> 2u;
     let per = (words + WG - 1u) / WG;
     let w0 = lid * per;
     let w1 = min(w0 + per, words);
     if (w0 < w1) {
-        let first = 4u * w0;
-        var lo = 0u;
-        var hi = a;
-        for (var it = 0u; it < 9u; it++) {
-            if (hi - lo > 1u) {
-                let mid = (lo + hi) >> 1u;
-                if ((sym_entry[mid] & 0xFFFFu) <= first) { lo = mid; } else { hi = mid; }
-            }
-        }
+        var lo = slot_owner(4u * w0, a);
         for (var w = w0; w < w1; w++) {
             var word = 0u;
             for (var j = 0u; j < 4u; j++) {
-                let slot = 4u * w + j;
-                for (var it = 0u; it < 256u; it++) {
-                    if (lo + 1u >= a || (sym_entry[lo + 1u] & 0xFFFFu) > slot) {
-                        break;
-                    }
-                    lo += 1u;
-                }
+                lo = walk_owner(lo, 4u * w + j, a);
                 word |= lo << (8u * j);
             }
             slot_sym[w] = word;

@@ -37,30 +37,15 @@ fn build_blocked_table(tile: u32, lid: u32, sg_id: u32) -> bool {
     }
     workgroupBarrier();
     let a = P.alphabet;
-    // Each lane fills a run of up to 16 consecutive slots: one binary search for the run's
-    // first slot (the largest s < a with cum(s) <= slot), then a walk forward, as in
-    // rans_table_byte.wgsl (where it made the lm_head decode 1.03x and fused 1.04x faster,
-    // BENCHMARKS.md issue 5, step 34). The walk stops at a - 1, so indices stay in range
-    // whatever the frequencies (a corrupt table is flagged by table_bad).
+    // Each lane fills a run of up to 16 consecutive slots: slot_owner for the first,
+    // walk_owner for the rest (rans_table_scan.wgsl).
     let per = (m + WG - 1u) / WG;
     let s0 = lid * per;
     let s1 = min(s0 + per, m);
     if (s0 < s1) {
-        var lo = 0u;
-        var hi = a;
-        for (var it = 0u; it < 9u; it++) {
-            if (hi - lo > 1u) {
-                let mid = (lo + hi) >> 1u;
-                if (cum_at(mid) <= s0) { lo = mid; } else { hi = mid; }
-            }
-        }
+        var lo = slot_owner(s0, a);
         for (var slot = s0; slot < s1; slot++) {
-            for (var it = 0u; it < 256u; it++) {
-                if (lo + 1u >= a || cum_at(lo + 1u) > slot) {
-                    break;
-                }
-                lo += 1u;
-            }
+            lo = walk_owner(lo, slot, a);
             let c = cum_at(lo);
             let fr = cum_at(lo + 1u) - c;
             var e = SENTINEL;
