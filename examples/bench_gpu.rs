@@ -52,9 +52,12 @@
 //! `--plain-only` skips the fused, decode and coding work (and the main table). `--diagnose`
 //! prints, on stderr, the default plain 4-bit kernel's diagnostic builds (loads only,
 //! arithmetic on cache-resident weights, loads without the activations:
-//! `GpuQuantizedMatrix::pipelined_diagnostic_dispatch`) next to its time, and for the blocked
-//! fused kernel its decode alone and its dot products alone
-//! (`GpuCodedMatrix::blocked_diagnostic_dispatch`), streamed and from one set.
+//! `GpuQuantizedMatrix::pipelined_diagnostic_dispatch`) next to its time, the floor of
+//! reading its bytes at all (`wgsl/read.wgsl`: the packed weights alone, and with the scales,
+//! biases and activations, once per dispatch, against issue 5's 80%-of-copy target), and for the blocked
+//! fused kernel its decode alone, its dot products alone, and the kernel and its decode with
+//! every lane reading its own words from a ring in workgroup memory (the step a per-lane stream
+//! layout would allow; `GpuCodedMatrix::blocked_diagnostic_dispatch`), streamed and from one set.
 
 use std::time::Instant;
 
@@ -393,6 +396,103 @@ fn shader_copy_bandwidth(ctx: &GpuContext, timer: &GpuTimer, mib: u64, rounds: u
     2.0 * bytes as f64 / timer.summarize(&samples, n).t
 }
 
+/// Seconds per dispatch of `wgsl/read.wgsl` reading `bytes` once, timed like every kernel here
+/// (`iters` dependent dispatches per pass, medians of `rounds`), rotating through windows of
+/// one buffer holding at least `set_bytes` so that the reads come from memory, not L2: the
+/// floor under a kernel that reads those bytes in one dispatch.
+fn read_floor(
+    ctx: &GpuContext,
+    timer: &GpuTimer,
+    bytes: u64,
+    set_bytes: u64,
+    iters: usize,
+    rounds: usize,
+) -> Option<Timing> {
+    use wgpu::util::DeviceExt;
+    let dev = ctx.device();
+    let l = dev.limits();
+    let size = bytes.div_ceil(16) * 16;
+    if size > l.max_storage_buffer_binding_size {
+        return None;
+    }
+    let window = size.div_ceil(256) * 256;
+    let windows = set_bytes
+        .div_ceil(size)
+        .clamp(1, (l.max_buffer_size / window).max(1));
+    let buf = dev.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("read src"),
+        size: windows * window,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let sink = dev.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("read sink"),
+        size: 16,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("read.wgsl"),
+        source: wgpu::ShaderSource::Wgsl(include_str!("../wgsl/read.wgsl").into()),
+    });
+    let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("read"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let n_vec = (size / 16) as u32;
+    let groups = n_vec.div_ceil(256 * 8).clamp(1, 65535);
+    let params = [n_vec, groups * 256, 0x9E37_79B9, 0];
+    let ub = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("read params"),
+        contents: bytemuck::cast_slice(&params),
+        usage: wgpu::BufferUsages::UNIFORM,
+    });
+    let layout = pipeline.get_bind_group_layout(0);
+    let binds: Vec<_> = (0..windows)
+        .map(|i| {
+            dev.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &layout,
+                entries: &[
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: ub.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &buf,
+                            offset: i * window,
+                            size: std::num::NonZeroU64::new(size),
+                        }),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 2,
+                        resource: sink.as_entire_binding(),
+                    },
+                ],
+            })
+        })
+        .collect();
+    let run = |n: usize| {
+        timer.time_pass(dev, ctx.queue(), |pass| {
+            pass.set_pipeline(&pipeline);
+            for i in 0..n {
+                pass.set_bind_group(0, &binds[i % binds.len()], &[]);
+                pass.dispatch_workgroups(groups, 1, 1);
+            }
+        })
+    };
+    warm_up(|| run(iters.max(binds.len())).wall);
+    let samples: Vec<_> = (0..rounds).map(|_| run(iters)).collect();
+    gpu_done();
+    Some(timer.summarize(&samples, iters))
+}
+
 fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
     let u1: f64 = rng.random::<f64>().max(1e-12);
     let u2: f64 = rng.random();
@@ -547,6 +647,41 @@ fn main() {
         };
         let y_plain = mk_y();
         let y_fused = mk_y();
+        if args.diagnose {
+            // Issue 5's first target against the floor of reading the bytes at all: the
+            // packed weights alone, and with what the plain kernel also reads (f32 scale and
+            // bias per 64 weights, the activations), each once in one dispatch.
+            let target_us = packed_bytes / (0.8 * shader_bw) * 1e6;
+            let set_bytes = (args.set_mib * 1048576.0) as u64;
+            let mut d = vec![format!(
+                "target (80% of copy.wgsl on packed bytes) {target_us:.1} us"
+            )];
+            for (what, bytes) in [
+                ("packed weights", r * k / 2),
+                (
+                    "+ g64 scales/biases + x",
+                    r * k / 2 + r * k / 64 * 8 + k * 4,
+                ),
+            ] {
+                match read_floor(
+                    &ctx,
+                    &timer,
+                    bytes as u64,
+                    set_bytes,
+                    args.iters,
+                    args.rounds,
+                ) {
+                    Some(t) => d.push(format!(
+                        "{what} ({:.1} MB) {:.1} us = {:.0} GB/s",
+                        bytes as f64 / 1e6,
+                        t.t * 1e6,
+                        bytes as f64 / t.t / 1e9
+                    )),
+                    None => d.push(format!("{what}: over the binding limit")),
+                }
+            }
+            eprintln!("{r}x{k} read floor (read.wgsl): {}", d.join(", "));
+        }
 
         for source in &args.sources {
             let t1 = Instant::now();
@@ -783,9 +918,18 @@ fn main() {
                         )
                     {
                         // where the blocked kernel's time goes: its decode alone and its dot
-                        // products alone, streamed and from one set
+                        // products alone, and both with every lane reading its own words from
+                        // a ring (the step a per-lane stream layout would allow), streamed and
+                        // from one set
                         let mut d = Vec::new();
-                        for (name, diag) in [("decode only", 1), ("dot products only", 2)] {
+                        for (name, diag) in [
+                            ("decode only", 1),
+                            ("dot products only", 2),
+                            ("per-lane rings", 3),
+                            ("per-lane rings, decode only", 4),
+                            ("per-lane rings, 4-step blocks", 5),
+                            ("per-lane rings, 4-step blocks, decode only", 6),
+                        ] {
                             for n in [csets, 1] {
                                 let ds: Vec<Dispatch> = coded[..n]
                                     .iter()
