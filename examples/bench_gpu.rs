@@ -54,10 +54,9 @@
 //! arithmetic on cache-resident weights, loads without the activations:
 //! `GpuQuantizedMatrix::pipelined_diagnostic_dispatch`) next to its time, the floor of
 //! reading its bytes at all (`wgsl/read.wgsl`: the packed weights alone, and with the scales,
-//! biases and activations, once per dispatch, against issue 5's 80%-of-copy target), and for the blocked
-//! fused kernel its decode alone, its dot products alone, and the kernel and its decode with
-//! every lane reading its own words from a ring in workgroup memory (the step a per-lane stream
-//! layout would allow; `GpuCodedMatrix::blocked_diagnostic_dispatch`), streamed and from one set.
+//! biases and activations, once per dispatch, against issue 5's 80%-of-copy target), and for
+//! the blocked fused kernel its decode alone and its dot products alone
+//! (`GpuCodedMatrix::blocked_diagnostic_dispatch`), streamed and from one set.
 
 use std::time::Instant;
 
@@ -918,18 +917,9 @@ fn main() {
                         )
                     {
                         // where the blocked kernel's time goes: its decode alone and its dot
-                        // products alone, and both with every lane reading its own words from
-                        // a ring (the step a per-lane stream layout would allow), streamed and
-                        // from one set
+                        // products alone, streamed and from one set
                         let mut d = Vec::new();
-                        for (name, diag) in [
-                            ("decode only", 1),
-                            ("dot products only", 2),
-                            ("per-lane rings", 3),
-                            ("per-lane rings, decode only", 4),
-                            ("per-lane rings, 4-step blocks", 5),
-                            ("per-lane rings, 4-step blocks, decode only", 6),
-                        ] {
+                        for (name, diag) in [("decode only", 1), ("dot products only", 2)] {
                             for n in [csets, 1] {
                                 let ds: Vec<Dispatch> = coded[..n]
                                     .iter()

@@ -622,9 +622,7 @@ fn plain_gemv_diagnostic_builds() {
     }
 }
 
-/// The blocked fused kernel's diagnostic builds (decode only, dot products only, per-lane word
-/// rings with and without the dot products, with the kernel's blocks and with 4-step blocks)
-/// compile and
+/// The blocked fused kernel's diagnostic builds (decode only, dot products only) compile and
 /// launch where the kernel runs, and are refused elsewhere; other diagnostic numbers are
 /// refused.
 #[test]
@@ -651,7 +649,7 @@ fn fused_blocked_diagnostic_builds() {
         })
     };
     let (xb, yb) = (buf(512), buf(8));
-    for diag in 1..=6 {
+    for diag in 1..=2 {
         let d = m.blocked_diagnostic_dispatch(ctx.device(), ctx.registry(), &xb, &yb, diag);
         if !ctx.registry().subgroups32() {
             assert!(
@@ -668,7 +666,7 @@ fn fused_blocked_diagnostic_builds() {
         }
         ctx.queue().submit([enc.finish()]);
     }
-    for diag in [0, 7] {
+    for diag in [0, 3] {
         assert!(matches!(
             m.blocked_diagnostic_dispatch(ctx.device(), ctx.registry(), &xb, &yb, diag),
             Err(ecq::gpu::GpuError::InvalidInput(_))

@@ -67,16 +67,8 @@ override BLOCK: u32 = 8u;
 // Diagnostic builds for measuring where the time goes (`GpuCodedMatrix::
 // blocked_diagnostic_dispatch`; their y is meaningless): 1 = decode only (the dot loop
 // replaced by one XOR of the block's symbols into the sum), 2 = dot products only (symbols
-// made up from the lane and block, the stream never read), 3 = the kernel with the words of
-// every step taken from a per-lane ring in workgroup memory (decode_block_ring below: a stream
-// layout this format does not have, so the symbols are not the matrix's; it measures what the
-// step would cost if each lane read its own words), 4 = that decode alone, 5 and 6 = 3 and 4
-// with the 4-step blocks the host then sets (a ring half the size). 0 = the kernel.
+// made up from the lane and block, the stream never read). 0 = the kernel.
 override DIAG: u32 = 0u;
-// Workgroup memory of the per-lane rings of diagnostic builds 3-6 (128 lanes x 4 slots x
-// BLOCK / 2 u32 there; 1 in every other build, so the ring costs them no workgroup memory,
-// which decides residency).
-override RING_WORDS: u32 = 1u;
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
@@ -105,126 +97,6 @@ const ERR_SUBGROUP: u32 = 128u;
 // activations, K (a multiple of 32 here), read four at a time
 @group(0) @binding(7) var<storage, read> xv: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> y: array<f32>;     // R outputs
-
-// Diagnostic builds 3-6 only (DIAG >= 3; the other builds never touch it and give it one
-// word): a ring of four slots of BLOCK words (a block reads at most BLOCK words) per lane, u32 j
-// of lane l of group g at index (g * RU + j) * 32 + l, so that the 32 lanes of a group read 32
-// different banks. Its 8 KB (8-step blocks) cost the kernel 1.15-1.7x on an H200 when it was
-// there in every build (fewer workgroups resident: BENCHMARKS.md issue 5, step 37).
-var<workgroup> ring: array<u32, RING_WORDS>;
-
-// u32 per ring slot, and per lane's ring.
-fn ring_su() -> u32 {
-    return BLOCK / 2u;
-}
-
-fn ring_ru() -> u32 {
-    return 4u * (BLOCK / 2u);
-}
-
-// A lane decoding from its own words (diagnostic builds 3 and 4): its state, its position in
-// its words, the next slot it will put in its ring (the ring holds the four before it), that
-// slot (loaded one block ahead), and the slots the group has taken from the chunk's stream.
-// Slots are taken in the order lanes ask for them (lane order within a block), as a stream
-// laid out for this decoder would hold them; here they are the chunk's words in that order.
-// pfa / pfb: words loaded only to bring the stream two blocks ahead into the caches (a slot
-// is loaded just one block before it is needed), each read back two refills later into sink.
-struct RingDecoder {
-    x: u32,
-    pos: u32,
-    ld: u32,
-    st: vec4<u32>,
-    taken: u32,
-    base: u32,
-    pfa: u32,
-    pfb: u32,
-    sink: u32,
-}
-
-// Slot `slot` of the chunk's stream from u32 `base` (its first BLOCK / 2 components).
-fn ring_slot_load(base: u32, slot: u32) -> vec4<u32> {
-    let last = arrayLength(&words) - 1u;
-    let a = base + ring_su() * slot;
-    var v = vec4<u32>(0u);
-    for (var k = 0u; k < 4u; k++) {
-        if (k < ring_su()) {
-            v[k] = words[min(a + k, last)];
-        }
-    }
-    return v;
-}
-
-// Index i of the ring, masked to its length (a power of two) so that it is in range in every
-// build, including those where the ring has one word and this code never runs.
-fn ring_index(i: u32) -> u32 {
-    return i & (RING_WORDS - 1u);
-}
-
-fn ring_put(rb: u32, slot: u32, v: vec4<u32>) {
-    let j = (slot & 3u) * ring_su();
-    for (var k = 0u; k < 4u; k++) {
-        if (k < ring_su()) {
-            ring[ring_index(rb + (j + k) * 32u)] = v[k];
-        }
-    }
-}
-
-// Slots 0-2 in the ring, slot 3 loading. rb = g * RU * 32 + l.
-fn ring_decoder(x: u32, p: u32, l: u32, rb: u32) -> RingDecoder {
-    let base = p >> 1u;
-    for (var s = 0u; s < 3u; s++) {
-        ring_put(rb, s, ring_slot_load(base, s * 32u + l));
-    }
-    return RingDecoder(x, 0u, 3u, ring_slot_load(base, 96u + l), 128u, base, 0u, 0u, 0u);
-}
-
-// Before a block: a lane whose position entered a new slot during the last block puts its
-// loaded slot in the ring and loads the next, so the ring always holds the slot of its position
-// and the one after (a block reads at most BLOCK words) and the slot it overwrites is done
-// with.
-// Block b's refill (b: the block's index, for alternating the cache-warming registers so that
-// each is read two refills after its load, not one).
-fn ring_refill(d: ptr<function, RingDecoder>, rb: u32, l: u32, ltmask: u32, b: u32) {
-    let adv = (*d).pos / BLOCK + 3u > (*d).ld;
-    let mask = subgroupBallot(adv).x;
-    if (adv) {
-        ring_put(rb, (*d).ld, (*d).st);
-        (*d).ld += 1u;
-        (*d).st = ring_slot_load((*d).base, (*d).taken + countOneBits(mask & ltmask));
-    }
-    (*d).taken += countOneBits(mask);
-    let a = min((*d).base + ring_su() * ((*d).taken + 32u + l), arrayLength(&words) - 1u);
-    if ((b & 1u) == 0u) {
-        (*d).sink ^= (*d).pfa;
-        (*d).pfa = words[a];
-    } else {
-        (*d).sink ^= (*d).pfb;
-        (*d).pfb = words[a];
-    }
-}
-
-// decode_block (rans_block.wgsl) with every lane's word read from its ring at its own position:
-// no ballot, prefix count or shuffles per step.
-fn decode_block_ring(d: ptr<function, RingDecoder>, steps: u32, rb: u32) -> vec2<u32> {
-    var s_lo = 0u;
-    var s_hi = 0u;
-    for (var i = 0u; i < steps; i++) {
-        let pos = (*d).pos;
-        let wv = ring[ring_index(rb + ((pos >> 1u) & (ring_ru() - 1u)) * 32u)];
-        let w = (wv >> ((pos & 1u) << 4u)) & 0xFFFFu;
-        let dec = decode_slot((*d).x, PREC);
-        let need = dec.x < L;
-        (*d).x = select(dec.x, (dec.x << 16u) | w, need);
-        (*d).pos = pos + select(0u, 1u, need);
-        let sym = dec.y << (8u * (i & 3u));
-        if (i < 4u) {
-            s_lo |= sym;
-        } else {
-            s_hi |= sym;
-        }
-    }
-    return vec2<u32>(s_lo, s_hi);
-}
 
 // The dot product of one word of the block (four byte symbols, 4 WPS consecutive weights in one
 // MLX group; xw[v] = their activations 4v..4v+3, from word_x) with the group's (scale, bias):
@@ -304,11 +176,6 @@ fn main(
         // (T > 0 here; the host checks)
         let nrows = cs.steps / T;
         var d = block_decoder(cs.x, cs.p, l);
-        let rb = g * ring_ru() * 32u + l;
-        var rd = RingDecoder(0u, 0u, 0u, vec4<u32>(0u), 0u, 0u, 0u, 0u, 0u);
-        if (DIAG >= 3u) {
-            rd = ring_decoder(cs.x, cs.p, l, rb);
-        }
         for (var rr = 0u; rr < nrows; rr++) {
             let row = cs.r0 + rr;
             let sb_row = row * gpr;
@@ -332,13 +199,10 @@ fn main(
                 }
                 // decode BLOCK steps; symbol i of the block in byte i % 4 of s.x / s.y
                 var s = vec2<u32>(0u);
-                if (DIAG >= 3u) {
-                    ring_refill(&rd, rb, l, ltmask, b);
-                    s = decode_block_ring(&rd, BLOCK, rb);
-                } else if (DIAG != 2u) {
+                if (DIAG != 2u) {
                     s = decode_block(&d, BLOCK, l, ltmask);
                 }
-                if (DIAG == 1u || DIAG == 4u || DIAG == 6u) {
+                if (DIAG == 1u) {
                     acc += bitcast<f32>((s.x ^ s.y) & 0x3FFFFFFFu);
                     continue;
                 }
@@ -373,10 +237,7 @@ fn main(
             }
         }
         if (valid) {
-            var err = cs.err | chunk_end_flags(d.x, d.p, cs.end, l);
-            if (DIAG >= 3u && rd.sink == 0x9E3779B9u) {
-                err |= 256u;  // never in practice: keeps the cache-warming loads
-            }
+            let err = cs.err | chunk_end_flags(d.x, d.p, cs.end, l);
             if (err != 0u) {
                 atomicOr(&errors[chunk], err);
             }

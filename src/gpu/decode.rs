@@ -184,19 +184,6 @@ fn fused_gemv_pipeline_diag(
                     layout.cols, layout.wps, layout.steps_per_row, layout.prec, layout.group_size
                 ))
             })?;
-            // diagnostic builds 5 and 6 run 4-step blocks (8-step rows divide into them)
-            let block = if diag >= 5 {
-                if block % 4 != 0 {
-                    return Err(GpuError::Unsupported(format!(
-                        "blocked diagnostic build {diag} needs rows of a multiple of 4 steps \
-                         ({} steps per row)",
-                        layout.steps_per_row
-                    )));
-                }
-                4
-            } else {
-                block
-            };
             let kernel = if variant == FusedVariant::Blocked {
                 Kernel::RansGemvBlocked
             } else {
@@ -213,9 +200,6 @@ fn fused_gemv_pipeline_diag(
                     ("GSHIFT", gshift),
                     ("BLOCK", block),
                     ("DIAG", diag),
-                    // the per-lane rings of diagnostic builds 3-6: 128 lanes x 4 slots x
-                    // block / 2 u32 (one word elsewhere)
-                    ("RING_WORDS", if diag >= 3 { 256 * block } else { 1 }),
                 ],
             )
         }
@@ -718,12 +702,7 @@ impl GpuCodedMatrix {
     /// A diagnostic build of the blocked fused kernel (with the table the default picks), for
     /// measuring where its time goes (its
     /// `y` is meaningless): `diag` 1 = the decode alone (no dot products), 2 = the dot products
-    /// alone (made-up symbols, the stream never read), 3 = the kernel with each lane reading its
-    /// words from a ring of its own in workgroup memory instead of the group's shared stream (a
-    /// layout the format does not have: it measures the step that layout would allow), 4 = that
-    /// decode alone, 5 and 6 = 3 and 4 with 4-step blocks (a ring half the size; refused with
-    /// [`GpuError::Unsupported`] where rows are not a multiple of 4 steps). Other `diag` values
-    /// are refused with
+    /// alone (made-up symbols, the stream never read). Other `diag` values are refused with
     /// [`GpuError::InvalidInput`]; layouts or adapters the blocked kernel cannot run with
     /// [`GpuError::Unsupported`].
     pub fn blocked_diagnostic_dispatch(
@@ -734,11 +713,9 @@ impl GpuCodedMatrix {
         y: &wgpu::Buffer,
         diag: u32,
     ) -> Result<Dispatch, GpuError> {
-        if !(1..=6).contains(&diag) {
+        if !(1..=2).contains(&diag) {
             return Err(GpuError::InvalidInput(format!(
-                "blocked diagnostic build {diag}: 1 (decode only), 2 (dot products only), 3 \
-                 (per-lane word rings), 4 (per-lane word rings, decode only), 5 or 6 (3 or 4 \
-                 with 4-step blocks)"
+                "blocked diagnostic build {diag}: 1 (decode only) or 2 (dot products only)"
             )));
         }
         let v = match self.default_fused_variant(registry) {
