@@ -318,9 +318,69 @@ fn copy_bandwidth(ctx: &GpuContext, timer: &GpuTimer, mib: u64, rounds: usize) -
     (2.0 * bytes as f64 / t, bytes)
 }
 
+/// A streaming kernel of this bench (`wgsl/copy.wgsl`, `wgsl/read.wgsl`: 256 invocations per
+/// workgroup in a grid-stride loop over `n_vec` vec4s, about eight each): its pipeline, its
+/// parameters (`n_vec`, the invocations of the grid, `extra`, 0) and its workgroup count.
+fn streaming_kernel(
+    dev: &wgpu::Device,
+    name: &str,
+    source: &str,
+    n_vec: u32,
+    extra: u32,
+) -> (wgpu::ComputePipeline, wgpu::Buffer, u32) {
+    use wgpu::util::DeviceExt;
+    let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(name),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(name),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let groups = n_vec.div_ceil(256 * 8).clamp(1, 65535);
+    let params = [n_vec, groups * 256, extra, 0];
+    let ub = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some(name),
+        contents: bytemuck::cast_slice(&params),
+        usage: wgpu::BufferUsages::UNIFORM,
+    });
+    (pipeline, ub, groups)
+}
+
+/// A bind group of a streaming kernel: its parameters, source and destination.
+fn streaming_bind(
+    dev: &wgpu::Device,
+    pipeline: &wgpu::ComputePipeline,
+    params: &wgpu::Buffer,
+    src: wgpu::BindingResource<'_>,
+    dst: wgpu::BindingResource<'_>,
+) -> wgpu::BindGroup {
+    dev.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: params.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: src,
+            },
+            wgpu::BindGroupEntry {
+                binding: 2,
+                resource: dst,
+            },
+        ],
+    })
+}
+
 /// The same copy through the shader cores (`wgsl/copy.wgsl`, vec4 loads and stores).
 fn shader_copy_bandwidth(ctx: &GpuContext, timer: &GpuTimer, mib: u64, rounds: usize) -> f64 {
-    use wgpu::util::DeviceExt;
     let dev = ctx.device();
     let l = dev.limits();
     let bytes = (mib << 20)
@@ -337,46 +397,21 @@ fn shader_copy_bandwidth(ctx: &GpuContext, timer: &GpuTimer, mib: u64, rounds: u
         })
     };
     let (a, b) = (mk("copy src"), mk("copy dst"));
-    let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some("copy.wgsl"),
-        source: wgpu::ShaderSource::Wgsl(include_str!("../wgsl/copy.wgsl").into()),
-    });
-    let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("copy"),
-        layout: None,
-        module: &module,
-        entry_point: Some("main"),
-        compilation_options: Default::default(),
-        cache: None,
-    });
-    let n_vec = (bytes / 16) as u32;
-    let groups = n_vec.div_ceil(256 * 8).clamp(1, 65535);
-    let params = [n_vec, groups * 256, 0, 0];
-    let ub = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("copy params"),
-        contents: bytemuck::cast_slice(&params),
-        usage: wgpu::BufferUsages::UNIFORM,
-    });
-    let layout = pipeline.get_bind_group_layout(0);
+    let (pipeline, ub, groups) = streaming_kernel(
+        dev,
+        "copy.wgsl",
+        include_str!("../wgsl/copy.wgsl"),
+        (bytes / 16) as u32,
+        0,
+    );
     let bind = |s: &wgpu::Buffer, d: &wgpu::Buffer| {
-        dev.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &layout,
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: ub.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: s.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: d.as_entire_binding(),
-                },
-            ],
-        })
+        streaming_bind(
+            dev,
+            &pipeline,
+            &ub,
+            s.as_entire_binding(),
+            d.as_entire_binding(),
+        )
     };
     let (ab, ba) = (bind(&a, &b), bind(&b, &a));
     let n = 10;
@@ -407,7 +442,6 @@ fn read_floor(
     iters: usize,
     rounds: usize,
 ) -> Option<Timing> {
-    use wgpu::util::DeviceExt;
     let dev = ctx.device();
     let l = dev.limits();
     let size = bytes.div_ceil(16) * 16;
@@ -430,51 +464,22 @@ fn read_floor(
         usage: wgpu::BufferUsages::STORAGE,
         mapped_at_creation: false,
     });
-    let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some("read.wgsl"),
-        source: wgpu::ShaderSource::Wgsl(include_str!("../wgsl/read.wgsl").into()),
-    });
-    let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("read"),
-        layout: None,
-        module: &module,
-        entry_point: Some("main"),
-        compilation_options: Default::default(),
-        cache: None,
-    });
-    let n_vec = (size / 16) as u32;
-    let groups = n_vec.div_ceil(256 * 8).clamp(1, 65535);
-    let params = [n_vec, groups * 256, 0x9E37_79B9, 0];
-    let ub = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("read params"),
-        contents: bytemuck::cast_slice(&params),
-        usage: wgpu::BufferUsages::UNIFORM,
-    });
-    let layout = pipeline.get_bind_group_layout(0);
+    // magic: a value the zeroed buffer never XORs to
+    let (pipeline, ub, groups) = streaming_kernel(
+        dev,
+        "read.wgsl",
+        include_str!("../wgsl/read.wgsl"),
+        (size / 16) as u32,
+        0x9E37_79B9,
+    );
     let binds: Vec<_> = (0..windows)
         .map(|i| {
-            dev.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &layout,
-                entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: ub.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: &buf,
-                            offset: i * window,
-                            size: std::num::NonZeroU64::new(size),
-                        }),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: sink.as_entire_binding(),
-                    },
-                ],
-            })
+            let src = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &buf,
+                offset: i * window,
+                size: std::num::NonZeroU64::new(size),
+            });
+            streaming_bind(dev, &pipeline, &ub, src, sink.as_entire_binding())
         })
         .collect();
     let run = |n: usize| {

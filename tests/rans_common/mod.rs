@@ -22,15 +22,22 @@ pub fn model_path() -> PathBuf {
     cache.join("all-MiniLM-L6-v2").join("model.safetensors")
 }
 
-/// Every 2-D float `*.weight` tensor of the real model whose columns divide by `group`,
-/// quantized with MLX affine `bits`/`group` (as `mlx_lm.convert -q` would: Linear and
-/// Embedding weights). `None` if the model file is missing.
-pub fn real_model(bits: u32, group: u32) -> Option<Vec<QMatrix>> {
+/// One float matrix of the real model: name, rows, cols, row-major weights.
+pub struct FMatrix {
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub w: Vec<f32>,
+}
+
+/// Every 2-D float `*.weight` tensor of the real model whose columns divide by `group` (Linear
+/// and Embedding weights, what `mlx_lm.convert -q` quantizes), sorted by name. `None` if the
+/// model file is missing.
+pub fn real_model_weights(group: u32) -> Option<Vec<FMatrix>> {
     let bytes = std::fs::read(model_path()).ok()?;
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("model.safetensors parses");
     let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
     names.sort();
-    let params = AffineParams::new(bits, group).expect("params");
     let mut out = Vec::new();
     for name in names {
         let t = st.tensor(&name).unwrap();
@@ -48,14 +55,33 @@ pub fn real_model(bits: u32, group: u32) -> Option<Vec<QMatrix>> {
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
-        let m = quantize_affine(&w, rows, cols, FloatDType::F32, params).expect("quantize");
-        out.push(QMatrix {
+        out.push(FMatrix {
             name,
             rows,
             cols,
-            q: m.symbols(),
+            w,
         });
     }
+    Some(out)
+}
+
+/// The matrices of [`real_model_weights`] quantized with MLX affine `bits`/`group`. `None` if
+/// the model file is missing.
+pub fn real_model(bits: u32, group: u32) -> Option<Vec<QMatrix>> {
+    let params = AffineParams::new(bits, group).expect("params");
+    let out = real_model_weights(group)?
+        .into_iter()
+        .map(|f| {
+            let m =
+                quantize_affine(&f.w, f.rows, f.cols, FloatDType::F32, params).expect("quantize");
+            QMatrix {
+                name: f.name,
+                rows: f.rows,
+                cols: f.cols,
+                q: m.symbols(),
+            }
+        })
+        .collect();
     Some(out)
 }
 
