@@ -6,7 +6,10 @@
 //! `ECQ_GPU_BENCH_BITS` bits (2, 4 or 8; default 4: the coder packs 4, 2 and 1 weights per
 //! symbol, so the bit width also sets the rANS steps per weight); `ECQ_GPU_BENCH_SETS` distinct
 //! copies rotated per iteration (default 4); `ECQ_GPU_BENCH_CHUNK` symbols per chunk (default:
-//! the coder's) so larger sets can exceed the L2 cache. Times are
+//! the coder's) so larger sets can exceed the L2 cache; `ECQ_GPU_BENCH_TILE` chunks per tile
+//! (default: the coder's; 4 is `bench_gpu`'s `16384:4` geometry); `ECQ_GPU_BENCH_DIAG=N` adds
+//! the blocked fused kernel's diagnostic build N
+//! (`GpuCodedMatrix::blocked_diagnostic_dispatch`) as `fused_diagN`. Times are
 //! GPU timestamps of the pass holding the iterations where the device has `TIMESTAMP_QUERY`,
 //! else the wall clock after `finish()` (`examples/common/timing.rs`). For the full comparison
 //! table use `examples/bench_gpu.rs`.
@@ -88,6 +91,10 @@ fn bench(c: &mut Criterion) {
         &EncodeOptions {
             group_size: 64,
             chunk_symbols,
+            tile_chunks: std::env::var("ECQ_GPU_BENCH_TILE")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(EncodeOptions::default().tile_chunks),
             ..Default::default()
         },
     )
@@ -148,6 +155,21 @@ fn bench(c: &mut Criterion) {
     g.bench_function("fused_rans_gemv", |b| {
         b.iter_custom(|n| run(&ctx, &timer, &fused_d, n))
     });
+    if let Some(diag) = std::env::var("ECQ_GPU_BENCH_DIAG")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        let diag_d: Vec<_> = coded
+            .iter()
+            .map(|m| {
+                m.blocked_diagnostic_dispatch(dev, reg, &xb, &yb, diag)
+                    .unwrap()
+            })
+            .collect();
+        g.bench_function(format!("fused_diag{diag}"), |b| {
+            b.iter_custom(|n| run(&ctx, &timer, &diag_d, n))
+        });
+    }
     g.throughput(Throughput::Elements((r * k) as u64));
     g.bench_function("rans_decode_packed", |b| {
         b.iter_custom(|n| run(&ctx, &timer, &dec_d, n))
