@@ -8,8 +8,8 @@
 //! copies rotated per iteration (default 4); `ECQ_GPU_BENCH_CHUNK` symbols per chunk (default:
 //! the coder's) so larger sets can exceed the L2 cache; `ECQ_GPU_BENCH_TILE` chunks per tile
 //! (default: the coder's; 4 is `bench_gpu`'s `16384:4` geometry); `ECQ_GPU_BENCH_DIAG=N` adds
-//! the blocked fused kernel's diagnostic build N
-//! (`GpuCodedMatrix::blocked_diagnostic_dispatch`) as `fused_diagN`. Times are
+//! the blocked fused kernel's diagnostic build N (1 = decode only, 2 = dot products only:
+//! `GpuCodedMatrix::blocked_diagnostic_dispatch`) as `fused_diagN`. Times are
 //! GPU timestamps of the pass holding the iterations where the device has `TIMESTAMP_QUERY`,
 //! else the wall clock after `finish()` (`examples/common/timing.rs`). For the full comparison
 //! table use `examples/bench_gpu.rs`.

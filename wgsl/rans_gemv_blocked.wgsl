@@ -69,11 +69,6 @@ override BLOCK: u32 = 8u;
 // replaced by one XOR of the block's symbols into the sum), 2 = dot products only (symbols
 // made up from the lane and block, the stream never read). 0 = the kernel.
 override DIAG: u32 = 0u;
-// Diagnostic build 3 (a proxy for symbols of 4-bit tuples through a dictionary with escapes,
-// timed on 2-bit weights): every symbol looked up in an identity dictionary of DICT_WORDS
-// (256 there, 1 elsewhere) u32 in workgroup memory, and an escape path on every step (ballot,
-// prefix count, a load from a side list for ~1/16 of the lanes, XORed into the symbol).
-override DICT_WORDS: u32 = 1u;
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
@@ -102,52 +97,6 @@ const ERR_SUBGROUP: u32 = 128u;
 // activations, K (a multiple of 32 here), read four at a time
 @group(0) @binding(7) var<storage, read> xv: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> y: array<f32>;     // R outputs
-
-var<workgroup> dict: array<u32, DICT_WORDS>;
-
-fn dict_at(sym: u32) -> u32 {
-    return dict[sym & 0xFFu & (DICT_WORDS - 1u)];
-}
-
-// decode_block (rans_block.wgsl) plus the escape path of diagnostic build 3: lanes whose state
-// has bits 5..8 zero (~1/16) take an escape, numbered by a ballot in decode order, and XOR
-// the low byte of the next word of the side list (from u32 *eb of the stream) into the symbol.
-fn decode_block_esc(d: ptr<function, BlockDecoder>, steps: u32, l: u32, ltmask: u32, eb: ptr<function, u32>) -> vec2<u32> {
-    var s_lo = 0u;
-    var s_hi = 0u;
-    let last = arrayLength(&words) - 1u;
-    for (var i = 0u; i < steps; i++) {
-        let esc = (((*d).x >> 5u) & 15u) == 0u;
-        let dec = decode_slot((*d).x, PREC);
-        let xd = dec.x;
-        let need = xd < L;
-        let rw = renorm_word(need, (*d).p - (*d).base, (*d).pa, (*d).pb, ltmask);
-        (*d).x = select(xd, (xd << 16u) | rw.x, need);
-        (*d).p += rw.y;
-        if ((i & 1u) == 1u && (*d).p - (*d).base >= 64u) {
-            (*d).pa = (*d).pb;
-            (*d).pb = (*d).pc;
-            (*d).pc = (*d).pd;
-            (*d).base += 64u;
-            (*d).pd = block_plane_at((*d).base + 192u, l);
-        }
-        var y = dec.y;
-        let em = subgroupBallot(esc).x;
-        if (em != 0u) {
-            if (esc) {
-                y ^= words[min(*eb + countOneBits(em & ltmask), last)] & 0xFFu;
-            }
-            *eb += countOneBits(em);
-        }
-        let sym = y << (8u * (i & 3u));
-        if (i < 4u) {
-            s_lo |= sym;
-        } else {
-            s_hi |= sym;
-        }
-    }
-    return vec2<u32>(s_lo, s_hi);
-}
 
 // The dot product of one word of the block (four byte symbols, 4 WPS consecutive weights in one
 // MLX group; xw[v] = their activations 4v..4v+3, from word_x) with the group's (scale, bias):
@@ -206,11 +155,6 @@ fn main(
     let tile_first = tile * P.tile_chunks;
     let tile_end = min(tile_first + P.tile_chunks, P.n_chunks);
     let bad_table = build_blocked_table(tile, lid, sg_id);
-    if (DIAG == 3u) {
-        dict[lid & (DICT_WORDS - 1u)] = lid;
-        dict[(lid + 128u) & (DICT_WORDS - 1u)] = lid + 128u;
-        workgroupBarrier();
-    }
 
     let g = lid / 32u;
     let l = sg_id & 31u;
@@ -232,7 +176,6 @@ fn main(
         // (T > 0 here; the host checks)
         let nrows = cs.steps / T;
         var d = block_decoder(cs.x, cs.p, l);
-        var eb = cs.p >> 1u;
         for (var rr = 0u; rr < nrows; rr++) {
             let row = cs.r0 + rr;
             let sb_row = row * gpr;
@@ -256,9 +199,7 @@ fn main(
                 }
                 // decode BLOCK steps; symbol i of the block in byte i % 4 of s.x / s.y
                 var s = vec2<u32>(0u);
-                if (DIAG == 3u) {
-                    s = decode_block_esc(&d, BLOCK, l, ltmask, &eb);
-                } else if (DIAG != 2u) {
+                if (DIAG != 2u) {
                     s = decode_block(&d, BLOCK, l, ltmask);
                 }
                 if (DIAG == 1u) {
@@ -281,10 +222,6 @@ fn main(
                     sa[c] = subgroupShuffle(s.x, src0 + c) >> byte_shift;
                     if (BLOCK == 8u) {
                         sy[c] = subgroupShuffle(s.y, src0 + c) >> byte_shift;
-                    }
-                    if (DIAG == 3u) {
-                        sa[c] = dict_at(sa[c]);
-                        sy[c] = dict_at(sy[c]);
                     }
                 }
                 if (BLOCK >= 4u || l < 16u) {

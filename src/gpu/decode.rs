@@ -200,7 +200,6 @@ fn fused_gemv_pipeline_diag(
                     ("GSHIFT", gshift),
                     ("BLOCK", block),
                     ("DIAG", diag),
-                    ("DICT_WORDS", if diag == 3 { 256 } else { 1 }),
                 ],
             )
         }
@@ -714,7 +713,7 @@ impl GpuCodedMatrix {
         y: &wgpu::Buffer,
         diag: u32,
     ) -> Result<Dispatch, GpuError> {
-        if !(1..=3).contains(&diag) {
+        if !(1..=2).contains(&diag) {
             return Err(GpuError::InvalidInput(format!(
                 "blocked diagnostic build {diag}: 1 (decode only) or 2 (dot products only)"
             )));
