@@ -36,6 +36,11 @@ fn run(ctx: &GpuContext, timer: &timing::GpuTimer, ds: &[Dispatch], iters: u64) 
     Duration::from_secs_f64(s.gpu.unwrap_or(s.wall))
 }
 
+/// The environment variable `name` as a number, if it is set and parses.
+fn env_num<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok()?.parse().ok()
+}
+
 fn bench(c: &mut Criterion) {
     let ctx = match GpuContext::new() {
         Ok(c) => c,
@@ -51,24 +56,16 @@ fn bench(c: &mut Criterion) {
             Some((a.parse().ok()?, b.parse().ok()?))
         })
         .unwrap_or((1024usize, 4096usize));
-    let sets: usize = std::env::var("ECQ_GPU_BENCH_SETS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
-    let bits: u32 = std::env::var("ECQ_GPU_BENCH_BITS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
+    let sets: usize = env_num("ECQ_GPU_BENCH_SETS").unwrap_or(4);
+    let bits: u32 = env_num("ECQ_GPU_BENCH_BITS").unwrap_or(4);
     assert!(
         matches!(bits, 2 | 4 | 8),
         "ECQ_GPU_BENCH_BITS must be 2, 4 or 8"
     );
     // symbols per chunk (the unit of parallel decoding); with 4 weights per symbol, half the
     // default gives the same number of chunks as 4-bit weights with the default
-    let chunk_symbols: usize = std::env::var("ECQ_GPU_BENCH_CHUNK")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(EncodeOptions::default().chunk_symbols);
+    let chunk_symbols: usize =
+        env_num("ECQ_GPU_BENCH_CHUNK").unwrap_or(EncodeOptions::default().chunk_symbols);
     let timer = timing::GpuTimer::new(ctx.device(), ctx.queue(), false);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let w: Vec<f32> = (0..r * k)
@@ -91,9 +88,7 @@ fn bench(c: &mut Criterion) {
         &EncodeOptions {
             group_size: 64,
             chunk_symbols,
-            tile_chunks: std::env::var("ECQ_GPU_BENCH_TILE")
-                .ok()
-                .and_then(|s| s.parse().ok())
+            tile_chunks: env_num("ECQ_GPU_BENCH_TILE")
                 .unwrap_or(EncodeOptions::default().tile_chunks),
             ..Default::default()
         },
@@ -155,10 +150,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("fused_rans_gemv", |b| {
         b.iter_custom(|n| run(&ctx, &timer, &fused_d, n))
     });
-    if let Some(diag) = std::env::var("ECQ_GPU_BENCH_DIAG")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
+    if let Some(diag) = env_num("ECQ_GPU_BENCH_DIAG") {
         let diag_d: Result<Vec<_>, _> = coded
             .iter()
             .map(|m| m.blocked_diagnostic_dispatch(dev, reg, &xb, &yb, diag))

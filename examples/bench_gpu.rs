@@ -413,21 +413,35 @@ fn shader_copy_bandwidth(ctx: &GpuContext, timer: &GpuTimer, mib: u64, rounds: u
             d.as_entire_binding(),
         )
     };
-    let (ab, ba) = (bind(&a, &b), bind(&b, &a));
-    let n = 10;
-    let run = || {
-        timer.time_pass(dev, ctx.queue(), |pass| {
-            pass.set_pipeline(&pipeline);
+    let binds = [bind(&a, &b), bind(&b, &a)];
+    2.0 * bytes as f64 / time_streaming(ctx, timer, &pipeline, &binds, groups, 10, rounds).t
+}
+
+/// Median seconds per dispatch of a streaming kernel: each round records `iters` dispatches
+/// of `groups` workgroups, rotating through `binds`, into one compute pass (as
+/// `time_dispatches` does for the library's kernels).
+fn time_streaming(
+    ctx: &GpuContext,
+    timer: &GpuTimer,
+    pipeline: &wgpu::ComputePipeline,
+    binds: &[wgpu::BindGroup],
+    groups: u32,
+    iters: usize,
+    rounds: usize,
+) -> Timing {
+    let run = |n: usize| {
+        timer.time_pass(ctx.device(), ctx.queue(), |pass| {
+            pass.set_pipeline(pipeline);
             for i in 0..n {
-                pass.set_bind_group(0, if i % 2 == 0 { &ab } else { &ba }, &[]);
+                pass.set_bind_group(0, &binds[i % binds.len()], &[]);
                 pass.dispatch_workgroups(groups, 1, 1);
             }
         })
     };
-    warm_up(|| run().wall);
-    let samples: Vec<_> = (0..rounds).map(|_| run()).collect();
+    warm_up(|| run(iters.max(binds.len())).wall);
+    let samples: Vec<_> = (0..rounds).map(|_| run(iters)).collect();
     gpu_done();
-    2.0 * bytes as f64 / timer.summarize(&samples, n).t
+    timer.summarize(&samples, iters)
 }
 
 /// Seconds per dispatch of `wgsl/read.wgsl` reading `bytes` once, timed like every kernel here
@@ -448,7 +462,8 @@ fn read_floor(
     if size > l.max_storage_buffer_binding_size {
         return None;
     }
-    let window = size.div_ceil(256) * 256;
+    let align = u64::from(l.min_storage_buffer_offset_alignment);
+    let window = size.div_ceil(align) * align;
     let windows = set_bytes
         .div_ceil(size)
         .clamp(1, (l.max_buffer_size / window).max(1));
@@ -482,19 +497,9 @@ fn read_floor(
             streaming_bind(dev, &pipeline, &ub, src, sink.as_entire_binding())
         })
         .collect();
-    let run = |n: usize| {
-        timer.time_pass(dev, ctx.queue(), |pass| {
-            pass.set_pipeline(&pipeline);
-            for i in 0..n {
-                pass.set_bind_group(0, &binds[i % binds.len()], &[]);
-                pass.dispatch_workgroups(groups, 1, 1);
-            }
-        })
-    };
-    warm_up(|| run(iters.max(binds.len())).wall);
-    let samples: Vec<_> = (0..rounds).map(|_| run(iters)).collect();
-    gpu_done();
-    Some(timer.summarize(&samples, iters))
+    Some(time_streaming(
+        ctx, timer, &pipeline, &binds, groups, iters, rounds,
+    ))
 }
 
 fn gaussian(rng: &mut ChaCha8Rng) -> f32 {

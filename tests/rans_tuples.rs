@@ -170,12 +170,7 @@ fn absmax_tensor(f: &FMatrix) -> Vec<u8> {
 #[test]
 #[ignore = "prints the tuple-symbol size table (slow); run with --ignored --nocapture"]
 fn tuple_sweep() {
-    let ms = real_model_weights(64).unwrap_or_else(|| {
-        panic!(
-            "real model missing at {}: run scripts/fetch-model.sh (or set ECQ_CACHE)",
-            rans_common::model_path().display()
-        )
-    });
+    let ms = real_model_weights(64).unwrap_or_else(|| rans_common::model_missing());
     let n: usize = ms.iter().map(|m| m.rows * m.cols).sum();
     println!(
         "real model all-MiniLM-L6-v2, {} matrices, {n} weights; default EncodeOptions",

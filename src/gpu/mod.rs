@@ -878,10 +878,6 @@ pub(crate) fn grid(device: &wgpu::Device, total: u32) -> (u32, u32) {
 mod tests {
     use super::Kernel;
 
-    /// Every kernel as the library loads it (with its imports appended) parses and validates
-    /// with every capability. lavapipe never builds the subgroup pipelines (its subgroups are
-    /// 8 wide), so this is where a kernel whose library source lacks an import would show
-    /// before a device run.
     /// Every kernel the registry builds.
     const ALL_KERNELS: [Kernel; 13] = [
         Kernel::RansDecode,
@@ -914,6 +910,10 @@ mod tests {
         }
     }
 
+    /// Every kernel as the library loads it (with its imports appended) parses and validates
+    /// with every capability. lavapipe never builds the subgroup pipelines (its subgroups are
+    /// 8 wide), so this is where a kernel whose library source lacks an import would show
+    /// before a device run.
     #[test]
     fn library_kernel_sources_validate() {
         let sources = ALL_KERNELS.map(|k| (k.file_name(), k.source()));

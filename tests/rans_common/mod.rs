@@ -87,12 +87,15 @@ pub fn real_model(bits: u32, group: u32) -> Option<Vec<QMatrix>> {
 
 /// The real model's matrices, or panics naming the fetch script.
 pub fn real_model_or_panic(bits: u32, group: u32) -> Vec<QMatrix> {
-    real_model(bits, group).unwrap_or_else(|| {
-        panic!(
-            "real model missing at {}: run scripts/fetch-model.sh (or set ECQ_CACHE)",
-            model_path().display()
-        )
-    })
+    real_model(bits, group).unwrap_or_else(|| model_missing())
+}
+
+/// Panics naming the missing model file and the script that fetches it.
+pub fn model_missing() -> ! {
+    panic!(
+        "real model missing at {}: run scripts/fetch-model.sh (or set ECQ_CACHE)",
+        model_path().display()
+    )
 }
 
 /// Gaussian weights (seeded) quantized MLX-style: the fallback when the model is missing.
