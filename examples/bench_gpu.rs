@@ -7,7 +7,7 @@
 //! cargo run --release --example bench_gpu -- [--shapes 4096x4096,4096x14336,14336x4096,128256x4096]
 //!     [--sources g64,g128,absmax] [--variants 4096:8] [--iters 50] [--rounds 7] [--set-mib 256]
 //!     [--copy-mib 512] [--ksplit-sweep] [--workgroup] [--fused subgroup,blocked] [--wall]
-//!     [--plain-variants 2,4,x1,x2,x4] [--plain-only] [--diagnose]
+//!     [--plain-variants 2,4,x1,x2,x4] [--plain-only] [--diagnose] [--low-bits 0,2]
 //! ```
 //!
 //! Shapes are `ROWSxCOLS` (output x input features). Weights are Gaussian (sigma 0.02) with one
@@ -16,7 +16,9 @@
 //! (`ecq::quant::quantize_affine`), `absmax` = per-tensor symmetric absmax 4-bit
 //! (`ecq::quant::quantize_absmax`, symbols `q + 8`, run as an affine matrix with one scale and
 //! bias `-8 * scale` per 64 weights so both kernels see the same layout). The symbols are coded
-//! with `ecq::rans::encode` at each `CHUNK_SYMBOLS:TILE_CHUNKS` of `--variants`.
+//! with `ecq::rans::encode` at each `CHUNK_SYMBOLS:TILE_CHUNKS` of `--variants`; with
+//! `--low-bits 2` (or `0,2`) also split (`ecq::rans::SplitMatrix`: the high 2 bits of every
+//! weight coded, four weights per symbol, the low 2 bits raw), shown as source `g64+raw2`.
 //!
 //! To measure memory and not cache, every matrix is uploaded as several distinct copies (at
 //! least `--set-mib` MiB of packed weights in all) and the timed dispatches rotate through them;
@@ -71,7 +73,7 @@ use ecq::gpu::{
 use ecq::quant::{
     pack, quantize_absmax, quantize_affine, AbsmaxMode, AffineParams, QuantizedMatrix,
 };
-use ecq::rans::{encode, EncodeOptions};
+use ecq::rans::{encode, EncodeOptions, SplitMatrix};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -90,12 +92,13 @@ struct Args {
     plain_variants: Vec<QGemvVariant>,
     plain_only: bool,
     diagnose: bool,
+    low_bits: Vec<u32>,
 }
 
 const USAGE: &str = "usage: bench_gpu [--shapes RxK,...] [--sources g64,g128,absmax] \
 [--variants CHUNK:TILE,...] [--iters N] [--rounds N] [--set-mib MIB] [--copy-mib MIB] \
 [--ksplit-sweep] [--workgroup] [--fused workgroup,subgroup,blocked,compact] [--wall] \
-[--plain-variants [x|p]ROWS[:KSPLIT],...] [--plain-only] [--diagnose]";
+[--plain-variants [x|p]ROWS[:KSPLIT],...] [--plain-only] [--diagnose] [--low-bits 0,2]";
 
 /// A bad command line: the problem and the usage on stderr, exit status 2.
 fn usage_error(msg: &str) -> ! {
@@ -123,6 +126,7 @@ fn parse_args() -> Args {
         wall: false,
         plain_variants: Vec::new(),
         plain_only: false,
+        low_bits: vec![0],
         diagnose: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -143,6 +147,14 @@ fn parse_args() -> Args {
             "--shapes" => a.shapes = pairs(&v, 'x'),
             "--sources" => a.sources = v.split(',').map(String::from).collect(),
             "--variants" => a.variants = pairs(&v, ':'),
+            "--low-bits" => {
+                a.low_bits = v.split(',').map(|b| num(b, "--low-bits")).collect();
+                if let Some(b) = a.low_bits.iter().find(|&&b| b != 0 && b != 2) {
+                    usage_error(&format!(
+                        "--low-bits: {b} (0 = whole symbols, 2 = split 2 + 2)"
+                    ));
+                }
+            }
             "--iters" => a.iters = num(&v, "--iters"),
             "--rounds" => a.rounds = num(&v, "--rounds"),
             "--set-mib" => a.set_mib = num(&v, "--set-mib"),
@@ -791,7 +803,11 @@ fn main() {
             let yp = ctx.gemv_quantized(&plain[0], &x).expect("plain gemv");
             drop(plain);
 
-            for &(chunk_symbols, tile_chunks) in &args.variants {
+            for (&(chunk_symbols, tile_chunks), &low_bits) in args
+                .variants
+                .iter()
+                .flat_map(|v| args.low_bits.iter().map(move |b| (v, b)))
+            {
                 let t2 = Instant::now();
                 let opts = EncodeOptions {
                     chunk_symbols,
@@ -799,8 +815,21 @@ fn main() {
                     group_size: gs,
                     ..Default::default()
                 };
-                let enc = encode(&syms, r, k, 4, &opts).expect("encode");
-                let coded_bytes = enc.total_bytes() as f64;
+                // whole 4-bit symbols, or the high 2 bits coded and the low 2 raw
+                let (enc, split) = if low_bits == 0 {
+                    (encode(&syms, r, k, 4, &opts).expect("encode"), None)
+                } else {
+                    let s = SplitMatrix::encode(&syms, r, k, 4, low_bits, &opts).expect("encode");
+                    (s.high().clone(), Some(s))
+                };
+                let source = &match &split {
+                    None => source.to_string(),
+                    Some(s) => format!("{source}+raw{}", s.low_bits()),
+                };
+                let coded_bytes = split
+                    .as_ref()
+                    .map_or(enc.total_bytes(), |s| s.total_bytes())
+                    as f64;
                 let bpw = coded_bytes * 8.0 / (r * k) as f64;
                 eprintln!(
                     "  {source} {chunk_symbols}:{tile_chunks}: chunk_rows {}, {} chunks, {:.3} bits/weight, encoded in {:.1}s",
@@ -817,8 +846,11 @@ fn main() {
                 let csets = ((args.set_mib * 1048576.0) / coded_bytes).ceil().max(1.0) as usize;
                 let coded: Vec<_> = (0..csets)
                     .map(|_| {
-                        ctx.upload_coded(CodedMatrixRef::from(&enc), Some(qp))
-                            .expect("upload")
+                        match &split {
+                            None => ctx.upload_coded(CodedMatrixRef::from(&enc), Some(qp)),
+                            Some(s) => ctx.upload_split(s, Some(qp)),
+                        }
+                        .expect("upload")
                     })
                     .collect();
                 let time_fused = |v: FusedVariant, n: usize| {
@@ -840,12 +872,19 @@ fn main() {
                 // the decode kernel of each `--fused` kernel that can decode this matrix, or
                 // the default one
                 let dec_variants: Vec<Option<FusedVariant>> = if args.fused.is_empty() {
-                    vec![None]
+                    // (a split matrix decodes with the blocked kernel only)
+                    if coded[0].low_bits() == 0
+                        || coded[0].decode_blocked_supported(reg, DecodeOutput::Packed)
+                    {
+                        vec![None]
+                    } else {
+                        Vec::new()
+                    }
                 } else {
                     args.fused
                         .iter()
                         .filter(|v| match v {
-                            FusedVariant::Workgroup => true,
+                            FusedVariant::Workgroup => coded[0].low_bits() == 0,
                             FusedVariant::Subgroup => {
                                 coded[0].decode_subgroup_supported(reg, DecodeOutput::Packed)
                             }
@@ -887,10 +926,12 @@ fn main() {
                     args.fused.clone()
                 };
                 for fused_variant in variants {
-                    if matches!(
+                    let blocked = matches!(
                         fused_variant,
                         FusedVariant::Blocked | FusedVariant::BlockedCompact
-                    ) && coded[0].fused_layout().blocked_steps().is_none()
+                    );
+                    if (blocked && coded[0].fused_layout().blocked_steps().is_none())
+                        || (!blocked && coded[0].low_bits() != 0)
                     {
                         eprintln!("  {source} {chunk_symbols}:{tile_chunks}: {fused_variant:?} cannot run this layout, skipped");
                         continue;

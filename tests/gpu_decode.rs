@@ -610,3 +610,109 @@ fn inconsistent_geometry_is_rejected_before_upload() {
         Err(GpuError::InvalidInput(_))
     ));
 }
+
+/// Split matrices (coded high 2 bits, raw low 2 bits of 4-bit weights): the blocked decode
+/// kernel merges the raw bits into MLX packed 4-bit words, bit for bit what the CPU's
+/// `SplitMatrix::decode_packed` gives, at every symbol distribution, chunks of one step up to
+/// many rows, and precisions; every other kernel and the byte-per-weight output refuse them.
+#[test]
+fn decode_split_low_bits() {
+    let Some(ctx) = ctx() else { return };
+    let mut seed = 7000;
+    for cols in [1024usize, 4096, 14336] {
+        for dist in [Dist::Skewed, Dist::Flat, Dist::Single] {
+            for (precision, chunk_symbols) in [(11u32, 32usize), (11, 4096), (9, 16384)] {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                seed += 1;
+                let rows = 7;
+                let q = symbols(&mut rng, rows * cols, 4, dist);
+                let opts = EncodeOptions {
+                    precision,
+                    chunk_symbols,
+                    tile_chunks: 2,
+                    ..Default::default()
+                };
+                let s = ecq::rans::SplitMatrix::encode(&q, rows, cols, 4, 2, &opts).unwrap();
+                let label =
+                    format!("split {rows}x{cols} {dist:?} n{precision} chunk {chunk_symbols}");
+                let m = ctx.upload_split(&s, None).unwrap();
+                assert_eq!((m.bits(), m.low_bits()), (4, 2), "{label}");
+                for v in [FusedVariant::Workgroup, FusedVariant::Subgroup] {
+                    let r = m.decode_with(
+                        ctx.device(),
+                        ctx.queue(),
+                        ctx.registry(),
+                        DecodeOutput::Packed,
+                        Some(v),
+                    );
+                    assert!(
+                        matches!(r, Err(GpuError::Unsupported(_))),
+                        "{label} {v:?}: {r:?}"
+                    );
+                }
+                let r = m.decode(
+                    ctx.device(),
+                    ctx.queue(),
+                    ctx.registry(),
+                    DecodeOutput::BytePerWeight,
+                );
+                assert!(matches!(r, Err(GpuError::Unsupported(_))), "{label}: {r:?}");
+                if !ctx.registry().subgroups32() {
+                    let r = ctx.decode_packed(&m);
+                    assert!(matches!(r, Err(GpuError::Unsupported(_))), "{label}: {r:?}");
+                    continue;
+                }
+                let want = s.decode_packed().unwrap();
+                for v in [FusedVariant::Blocked, FusedVariant::BlockedCompact] {
+                    let got = m
+                        .decode_with(
+                            ctx.device(),
+                            ctx.queue(),
+                            ctx.registry(),
+                            DecodeOutput::Packed,
+                            Some(v),
+                        )
+                        .unwrap_or_else(|e| panic!("{label} {v:?}: {e}"));
+                    assert!(got == want, "{label} {v:?}: GPU and CPU decodes differ");
+                }
+                assert_eq!(ctx.decode_packed(&m).unwrap(), want, "{label} default");
+            }
+        }
+    }
+    if !ctx.registry().subgroups32() {
+        gpu_common::announce_unsupported("split decode: the blocked kernel needs 32-wide subgroups; only the refusals were checked");
+    }
+}
+
+/// Uploads of split matrices the GPU cannot run, or whose raw low bits do not fit the matrix,
+/// are refused before anything runs.
+#[test]
+fn split_uploads_checked() {
+    let Some(ctx) = ctx() else { return };
+    let q = vec![5u8; 4 * 128];
+    let opts = EncodeOptions::default();
+    // 3-bit weights split 2 + 1: the CPU codec takes it, the GPU kernels do not
+    let s3 = ecq::rans::SplitMatrix::encode(&q, 4, 128, 3, 1, &opts).unwrap();
+    assert!(matches!(
+        ctx.upload_split(&s3, None),
+        Err(GpuError::Unsupported(_))
+    ));
+    let s = ecq::rans::SplitMatrix::encode(&q, 4, 128, 4, 2, &opts).unwrap();
+    let short = &s.low()[1..];
+    let r = ecq::gpu::GpuCodedMatrix::upload_with_low_bits(
+        ctx.device(),
+        s.high().into(),
+        2,
+        short,
+        None,
+    );
+    assert!(matches!(r, Err(GpuError::InvalidInput(_))), "{r:?}");
+    let r = ecq::gpu::GpuCodedMatrix::upload_with_low_bits(
+        ctx.device(),
+        s.high().into(),
+        0,
+        s.low(),
+        None,
+    );
+    assert!(matches!(r, Err(GpuError::InvalidInput(_))), "{r:?}");
+}

@@ -37,6 +37,14 @@ fn source(path: &PathBuf) -> String {
 }
 
 fn validate(path: &PathBuf) -> (naga::Module, naga::valid::ModuleInfo) {
+    validate_with(path, &[])
+}
+
+/// [`validate`] with some pipeline-overridable constants set (the others keep their defaults).
+fn validate_with(
+    path: &PathBuf,
+    constants: &[(&str, f64)],
+) -> (naga::Module, naga::valid::ModuleInfo) {
     let src = source(path);
     let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| {
         panic!("{}: {}", path.display(), e.emit_to_string(&src));
@@ -53,15 +61,13 @@ fn validate(path: &PathBuf) -> (naga::Module, naga::valid::ModuleInfo) {
         .unwrap_or_else(|e| {
             panic!("{}: {}", path.display(), e.emit_to_string(&src));
         });
-    // Pipeline-overridable constants are resolved with their defaults for the back ends, as
-    // wgpu does at pipeline creation.
-    let (module, info) = naga::back::pipeline_constants::process_overrides(
-        &module,
-        &info,
-        None,
-        &Default::default(),
-    )
-    .unwrap_or_else(|e| panic!("{}: overrides: {e}", path.display()));
+    // Pipeline-overridable constants are resolved (with their defaults unless given) for the
+    // back ends, as wgpu does at pipeline creation.
+    let constants: naga::back::PipelineConstants =
+        constants.iter().map(|&(k, v)| (k.to_string(), v)).collect();
+    let (module, info) =
+        naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
+            .unwrap_or_else(|e| panic!("{}: overrides: {e}", path.display()));
     (module.into_owned(), info.into_owned())
 }
 
@@ -72,10 +78,35 @@ fn all_kernels_validate() {
     }
 }
 
+/// Every kernel at its default constants, then the split-matrix builds of the blocked kernels
+/// (raw low bits: `LOW = 2` beside 2-bit symbols of four weights), which take code paths the
+/// defaults drop.
+fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
+    let mut builds: Vec<_> = wgsl_files()
+        .into_iter()
+        .map(|f| {
+            let (m, i) = validate(&f);
+            (f, m, i)
+        })
+        .collect();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("wgsl");
+    for (file, constants) in [
+        (
+            "rans_gemv_blocked.wgsl",
+            &[("LOW", 2.0), ("WPS", 4.0), ("BITS", 2.0)][..],
+        ),
+        ("rans_decode_blocked.wgsl", &[("LOW", 2.0)][..]),
+    ] {
+        let f = dir.join(file);
+        let (m, i) = validate_with(&f, constants);
+        builds.push((f, m, i));
+    }
+    builds
+}
+
 #[test]
 fn all_kernels_translate_to_msl() {
-    for f in wgsl_files() {
-        let (module, info) = validate(&f);
+    for (f, module, info) in all_builds() {
         let options = naga::back::msl::Options {
             // Metal 2.1: simd_ballot / simd_shuffle for the subgroup kernels
             lang_version: (2, 1),
@@ -90,8 +121,7 @@ fn all_kernels_translate_to_msl() {
 
 #[test]
 fn all_kernels_translate_to_spirv() {
-    for f in wgsl_files() {
-        let (module, info) = validate(&f);
+    for (f, module, info) in all_builds() {
         let words = naga::back::spv::write_vec(&module, &info, &Default::default(), None)
             .unwrap_or_else(|e| panic!("{}: SPIR-V: {e}", f.display()));
         assert_eq!(words[0], 0x0723_0203, "{}: SPIR-V magic", f.display());
@@ -100,8 +130,7 @@ fn all_kernels_translate_to_spirv() {
 
 #[test]
 fn all_kernels_translate_to_hlsl() {
-    for f in wgsl_files() {
-        let (module, info) = validate(&f);
+    for (f, module, info) in all_builds() {
         // Shader model 6.0: wave intrinsics for the subgroup kernels (D3D12 requires it for
         // Features::SUBGROUP anyway).
         let options = naga::back::hlsl::Options {

@@ -40,13 +40,18 @@ struct Params {
     chunk_iters: u32,    // chunks decoded one after another by each group
     group_size: u32,     // MLX group size (GEMV only)
     groups_per_row: u32, // K / group_size (GEMV only)
-    _pad0: u32,
+    low_base: u32,       // u32 index in `words` of the raw low bits (LOW > 0)
     _pad1: u32,
     _pad2: u32,
 }
 
 // Probability bits (<= 11), set by the host.
 override PREC: u32 = 11u;
+// Raw low bits per weight (`ecq::rans::SplitMatrix`): 0 = none; 2 = the symbols carry the high
+// 2 bits of 4-bit weights, four per symbol, their low 2 bits follow the stream in `words`
+// (MLX-packed, from u32 P.low_base on), and the output is the 4-bit packed weights (two words
+// per word of symbols). The host allows 2 only with 2-bit symbols of four weights.
+override LOW: u32 = 0u;
 
 const BLOCK: u32 = 8u;         // steps per block: 8 byte symbols per lane = 2 output words
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
@@ -74,6 +79,28 @@ const ERR_SUBGROUP: u32 = 128u;
 @group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
 @group(0) @binding(6) var<storage, read_write> out: array<u32>; // packed words
 
+// Eight 2-bit fields (bits 0..15 of v) spread to the low half of eight nibbles.
+fn spread2(v: u32) -> u32 {
+    var s = v & 0xFFFFu;
+    s = (s | (s << 8u)) & 0x00FF00FFu;
+    s = (s | (s << 4u)) & 0x0F0F0F0Fu;
+    return (s | (s << 2u)) & 0x33333333u;
+}
+
+// Writes word j of a row's symbols, w (16 weights, 2 bits each), at row offset `row_out`: as it
+// is, or with LOW = 2 merged with the row's low-bit word j as two 4-bit words.
+fn write_word(row_out: u32, row_low: u32, j: u32, w: u32) {
+    if (LOW == 0u) {
+        out[row_out + j] = w;
+        return;
+    }
+    // in range by construction (the host appends as many words per row as the symbols
+    // take to `words` from P.low_base on), clamped anyway
+    let lw = words[min(P.low_base + row_low + j, arrayLength(&words) - 1u)];
+    out[row_out + 2u * j] = (spread2(w) << 2u) | spread2(lw);
+    out[row_out + 2u * j + 1u] = (spread2(w >> 16u) << 2u) | spread2(lw >> 16u);
+}
+
 @compute @workgroup_size(128)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -95,7 +122,7 @@ fn main(
     let l = sg_id & 31u;
     let T = P.steps_per_row;
     let nblk = T / BLOCK;
-    let row_words = P.out_row_words;  // = 8 T
+    let row_words = P.out_row_words;  // = 8 T (16 T with LOW = 2)
     let ltmask = (1u << l) - 1u;
     // the block's words this lane assembles: symbols of lanes 4m..4m+3, byte i of their
     // s.x (word l) and s.y (word 32 + l), with m = l % 8 and i = l / 8
@@ -111,6 +138,7 @@ fn main(
         var d = block_decoder(cs.x, cs.p, l);
         for (var rr = 0u; rr < nrows; rr++) {
             let row_out = (cs.r0 + rr) * row_words;
+            let row_low = (cs.r0 + rr) * 8u * T;
             for (var b = 0u; b < nblk; b++) {
                 // decode BLOCK steps; symbol i of the block in byte i % 4 of s.x / s.y
                 let s = decode_block(&d, BLOCK, l, ltmask);
@@ -122,9 +150,8 @@ fn main(
                     wa |= ((va >> byte_shift) & 0xFFu) << (8u * c);
                     wb |= ((vb >> byte_shift) & 0xFFu) << (8u * c);
                 }
-                let o = row_out + b * 64u + l;
-                out[o] = wa;
-                out[o + 32u] = wb;
+                write_word(row_out, row_low, b * 64u + l, wa);
+                write_word(row_out, row_low, b * 64u + 32u + l, wb);
             }
         }
         if (valid) {

@@ -51,7 +51,7 @@ struct Params {
     chunk_iters: u32,    // chunks decoded one after another by each group
     group_size: u32,     // MLX group size
     groups_per_row: u32, // K / group_size
-    _pad0: u32,
+    low_base: u32,       // u32 index in `words` of the raw low bits (LOW > 0)
     _pad1: u32,
     _pad2: u32,
 }
@@ -69,6 +69,12 @@ override BLOCK: u32 = 8u;
 // replaced by one XOR of the block's symbols into the sum), 2 = dot products only (symbols
 // made up from the lane and block, the stream never read). 0 = the kernel.
 override DIAG: u32 = 0u;
+// Raw low bits per weight (`ecq::rans::SplitMatrix`): 0 = none; 2 = the symbols carry the high
+// BITS = 2 bits of 4-bit weights, four weights per symbol, and the low 2 bits follow the
+// stream in `words` (MLX-packed, from u32 P.low_base on), so a rANS step yields four weights
+// instead of two (BENCHMARKS.md issue 5, step 43). The host allows 2 only with WPS = 4 and
+// BITS = 2.
+override LOW: u32 = 0u;
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
@@ -101,9 +107,13 @@ const ERR_SUBGROUP: u32 = 128u;
 // The dot product of one word of the block (four byte symbols, 4 WPS consecutive weights in one
 // MLX group; xw[v] = their activations 4v..4v+3, from word_x) with the group's (scale, bias):
 // scale * sum(q x) + bias * sum(x). Symbol c is in the low byte of sv[c] (higher bits are
-// masked off). q as f32 without a conversion: 2^23 + q (q < 2^23) minus 2^23, exactly.
-fn word_dot(sv: vec4<u32>, xw: array<vec4<f32>, 4>, sbv: vec2<f32>) -> f32 {
-    let qmask = vec4<u32>((1u << BITS) - 1u);
+// masked off). With LOW > 0, lw holds the 16 weights' low bits (LOW each, the first weight's
+// lowest) and a weight is (high << LOW) | low. q as f32 without a conversion: 2^23 + q
+// (q < 2^23) minus 2^23, exactly.
+fn word_dot(sv: vec4<u32>, lw: u32, xw: array<vec4<f32>, 4>, sbv: vec2<f32>) -> f32 {
+    let hmask = vec4<u32>((1u << BITS) - 1u);
+    let lmask = vec4<u32>((1u << LOW) - 1u);
+    let qmask = vec4<u32>((1u << (BITS + LOW)) - 1u);
     var qx = vec4<f32>(0.0);
     var xs = vec4<f32>(0.0);
     for (var v = 0u; v < WPS; v++) {
@@ -116,6 +126,11 @@ fn word_dot(sv: vec4<u32>, xw: array<vec4<f32>, 4>, sbv: vec2<f32>) -> f32 {
         } else if (WPS == 4u) {
             let c = sv[v & 3u];
             qi = vec4<u32>(c, c >> BITS, c >> (2u * BITS), c >> (3u * BITS));
+            if (LOW > 0u) {
+                let lo = lw >> ((4u * LOW * v) & 31u);
+                let lv = vec4<u32>(lo, lo >> LOW, lo >> (2u * LOW), lo >> (3u * LOW));
+                qi = ((qi & hmask) << vec4<u32>(LOW)) | (lv & lmask);
+            }
         }
         let q = bitcast<vec4<f32>>((qi & qmask) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
         let xa = xw[v & 3u];
@@ -132,6 +147,18 @@ fn word_x(k: u32) -> array<vec4<f32>, 4> {
         xw[v & 3u] = xv[(k >> 2u) + v];
     }
     return xw;
+}
+
+// The low bits of the word at weight k of a row whose low bits start at word `row_low`:
+// 16 weights, LOW bits each (0 without low bits).
+fn word_low(row_low: u32, k: u32) -> u32 {
+    if (LOW == 0u) {
+        return 0u;
+    }
+    let bit = k * LOW;
+    // in range by construction (row < rows, k < K; the host appends K * LOW / 32 words
+    // per row to `words` from P.low_base on), clamped anyway
+    return words[min(P.low_base + row_low + (bit >> 5u), arrayLength(&words) - 1u)] >> (bit & 31u);
 }
 
 // The MLX group of weight k.
@@ -179,6 +206,7 @@ fn main(
         for (var rr = 0u; rr < nrows; rr++) {
             let row = cs.r0 + rr;
             let sb_row = row * gpr;
+            let row_low = row * ((P.cols * LOW) >> 5u);
             var acc = 0.0;
             for (var b = 0u; b < nblk; b++) {
                 // the block's activations and (scale, bias) first: they do not depend on the
@@ -187,15 +215,19 @@ fn main(
                 let kb = ka + 32u * kword;
                 var sba = vec2<f32>(0.0);
                 var sbb = vec2<f32>(0.0);
+                var lwa = 0u;
+                var lwb = 0u;
                 var xa = array<vec4<f32>, 4>();
                 var xb = array<vec4<f32>, 4>();
                 if (BLOCK >= 4u || l < 16u) {
                     sba = sb[sb_row + group_of(ka, gsz)];
                     xa = word_x(ka);
+                    lwa = word_low(row_low, ka);
                 }
                 if (BLOCK == 8u) {
                     sbb = sb[sb_row + group_of(kb, gsz)];
                     xb = word_x(kb);
+                    lwb = word_low(row_low, kb);
                 }
                 // decode BLOCK steps; symbol i of the block in byte i % 4 of s.x / s.y
                 var s = vec2<u32>(0u);
@@ -225,10 +257,10 @@ fn main(
                     }
                 }
                 if (BLOCK >= 4u || l < 16u) {
-                    acc += word_dot(sa, xa, sba);
+                    acc += word_dot(sa, lwa, xa, sba);
                 }
                 if (BLOCK == 8u) {
-                    acc += word_dot(sy, xb, sbb);
+                    acc += word_dot(sy, lwb, xb, sbb);
                 }
             }
             let total = subgroupAdd(acc);

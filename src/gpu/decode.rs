@@ -95,6 +95,9 @@ pub struct FusedLayout {
     pub steps_per_row: u32,
     /// Workgroups of the launch (the default picks the blocked kernels' table form by it).
     pub workgroups: u32,
+    /// Raw low bits per weight beside the coded ones ([`crate::rans::SplitMatrix`]; 0 =
+    /// none): only the blocked kernels run them, and only 2 with 2-bit symbols of 4 weights.
+    pub low_bits: u32,
 }
 
 /// From this many workgroups on, the blocked kernels run with the compact decode table by
@@ -162,6 +165,18 @@ fn fused_gemv_pipeline_diag(
     } else {
         32
     };
+    if layout.low_bits != 0 {
+        check_low_bits(layout.low_bits, layout.bits, layout.wps)?;
+        if !matches!(
+            variant,
+            FusedVariant::Blocked | FusedVariant::BlockedCompact
+        ) {
+            return Err(GpuError::Unsupported(format!(
+                "the {variant:?} fused kernel cannot read raw low bits (only the blocked kernels \
+                 can, which need 32-wide subgroups)"
+            )));
+        }
+    }
     match variant {
         FusedVariant::Workgroup => registry.get(device, Kernel::RansGemv, "main", &[]),
         FusedVariant::Subgroup => registry.get(
@@ -200,9 +215,22 @@ fn fused_gemv_pipeline_diag(
                     ("GSHIFT", gshift),
                     ("BLOCK", block),
                     ("DIAG", diag),
+                    ("LOW", layout.low_bits),
                 ],
             )
         }
+    }
+}
+
+/// Raw low bits the GPU kernels run: 2 beside 2-bit symbols of four weights (4-bit weights).
+fn check_low_bits(low_bits: u32, bits: u32, wps: u32) -> Result<(), GpuError> {
+    if low_bits == 2 && bits == 2 && wps == 4 {
+        Ok(())
+    } else {
+        Err(GpuError::Unsupported(format!(
+            "raw low bits on the GPU: only 2 beside 2-bit symbols of 4 weights (4-bit weights), \
+             not {low_bits} beside {bits}-bit symbols of {wps}"
+        )))
     }
 }
 
@@ -264,7 +292,8 @@ struct Params {
     chunk_iters: u32,
     group_size: u32,
     groups_per_row: u32,
-    _pad0: u32,
+    /// u32 index in `words` where a split matrix's raw low bits start (blocked kernels).
+    low_base: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -354,6 +383,10 @@ pub struct GpuCodedMatrix {
     words: wgpu::Buffer,
     errors: wgpu::Buffer,
     sb: Option<wgpu::Buffer>,
+    /// Raw low bits per weight beside the coded high bits (a split matrix), stored in the
+    /// `words` buffer after the stream from u32 `params.low_base` on: the fused kernel's eight
+    /// storage buffers are WebGPU's default limit.
+    low_bits: u32,
     uniform_cache: std::sync::Mutex<Vec<(u32, wgpu::Buffer)>>,
     coded_bytes: u64,
 }
@@ -365,7 +398,49 @@ impl GpuCodedMatrix {
         m: CodedMatrixRef<'_>,
         quant: Option<QuantParamsRef<'_>>,
     ) -> Result<Self, GpuError> {
+        Self::upload_with_low_bits(device, m, 0, &[], quant)
+    }
+
+    /// Uploads a [`crate::rans::SplitMatrix`]: its coded high bits and raw low bits. The GPU
+    /// runs 4-bit weights split 2 + 2 only, with the blocked kernels (32-wide subgroups); other
+    /// splits fail with [`GpuError::Unsupported`]. The low bits' checksum is not checked here
+    /// (see [`crate::rans::SplitMatrix::verify_checksums`]).
+    pub fn upload_split(
+        device: &wgpu::Device,
+        m: &crate::rans::SplitMatrix,
+        quant: Option<QuantParamsRef<'_>>,
+    ) -> Result<Self, GpuError> {
+        Self::upload_with_low_bits(device, m.high().into(), m.low_bits(), m.low(), quant)
+    }
+
+    /// [`Self::upload`] with `low_bits` raw low bits per weight (MLX-packed, `rows * cols *
+    /// low_bits / 32` words in `low`) beside the coded high bits of `m` (0: none, `low` empty).
+    pub fn upload_with_low_bits(
+        device: &wgpu::Device,
+        m: CodedMatrixRef<'_>,
+        low_bits: u32,
+        low: &[u32],
+        quant: Option<QuantParamsRef<'_>>,
+    ) -> Result<Self, GpuError> {
         m.check()?;
+        let low = if low_bits == 0 {
+            if !low.is_empty() {
+                return Err(GpuError::InvalidInput(
+                    "low bits given with low_bits = 0".into(),
+                ));
+            }
+            None
+        } else {
+            check_low_bits(low_bits, m.bits, m.weights_per_symbol)?;
+            let expected = m.rows as u64 * m.cols as u64 * low_bits as u64 / 32;
+            if low.len() as u64 != expected {
+                return Err(GpuError::InvalidInput(format!(
+                    "low bits have {} words, expected {expected}",
+                    low.len()
+                )));
+            }
+            Some(low)
+        };
         let nc = m.n_chunks();
         let b = m.bits;
         let w = m.weights_per_symbol;
@@ -435,17 +510,30 @@ impl GpuCodedMatrix {
         } else {
             m.offsets
         };
+        // the stream's u16 words, then (split matrices) the raw low bits from a u32 boundary
+        let stream: std::borrow::Cow<'_, [u16]> = match low {
+            None => m.words.into(),
+            Some(low) => {
+                let mut v = m.words.to_vec();
+                v.resize(m.words.len().next_multiple_of(2), 0);
+                params.low_base = u32_of("low bits offset", v.len() / 2)?;
+                v.extend_from_slice(bytemuck::cast_slice(low));
+                v.into()
+            }
+        };
+        u32_of("words and low bits", stream.len())?;
         let coded_bytes =
-            (m.freqs.len() * 2 + m.states.len() * 4 + m.offsets.len() * 4 + m.words.len() * 2)
+            (m.freqs.len() * 2 + m.states.len() * 4 + m.offsets.len() * 4 + stream.len() * 2)
                 as u64;
         Ok(GpuCodedMatrix {
             params,
             freqs: storage_init(device, "ecq_freqs", bytemuck::cast_slice(m.freqs), none)?,
             states: storage_init(device, "ecq_states", bytemuck::cast_slice(m.states), none)?,
             offsets: storage_init(device, "ecq_offsets", bytemuck::cast_slice(offsets), none)?,
-            words: storage_init(device, "ecq_words", bytemuck::cast_slice(m.words), none)?,
+            words: storage_init(device, "ecq_words", bytemuck::cast_slice(&stream), none)?,
             errors: storage_empty(device, "ecq chunk errors", nc as u64 * 4)?,
             sb,
+            low_bits,
             uniform_cache: Default::default(),
             coded_bytes,
         })
@@ -461,9 +549,14 @@ impl GpuCodedMatrix {
         self.params.cols as usize
     }
 
-    /// Bits per weight.
+    /// Bits per weight (coded and raw together).
     pub fn bits(&self) -> u32 {
-        self.params.bits
+        self.params.bits + self.low_bits
+    }
+
+    /// Raw low bits per weight beside the coded ones (0 unless uploaded split).
+    pub fn low_bits(&self) -> u32 {
+        self.low_bits
     }
 
     /// Chunks.
@@ -471,7 +564,8 @@ impl GpuCodedMatrix {
         self.params.n_chunks as usize
     }
 
-    /// Bytes of the coded tensors (frequencies, states, offsets, words) on the GPU.
+    /// Bytes of the coded tensors (frequencies, states, offsets, words, raw low bits) on the
+    /// GPU.
     pub fn coded_bytes(&self) -> u64 {
         self.coded_bytes
     }
@@ -500,15 +594,12 @@ impl GpuCodedMatrix {
 
     fn output_words(&self, out: DecodeOutput) -> Result<u64, GpuError> {
         let p = &self.params;
-        let (r, k) = (p.rows as u64, p.cols as u64);
+        let (r, k, bits) = (p.rows as u64, p.cols as u64, self.bits() as u64);
         match out {
-            DecodeOutput::Packed if !(k * p.bits as u64).is_multiple_of(32) => {
-                Err(GpuError::Unsupported(format!(
-                    "packed output needs cols * bits % 32 == 0 (cols {k}, bits {})",
-                    p.bits
-                )))
-            }
-            DecodeOutput::Packed => Ok(r * (k * p.bits as u64 / 32)),
+            DecodeOutput::Packed if !(k * bits).is_multiple_of(32) => Err(GpuError::Unsupported(
+                format!("packed output needs cols * bits % 32 == 0 (cols {k}, bits {bits})"),
+            )),
+            DecodeOutput::Packed => Ok(r * (k * bits / 32)),
             DecodeOutput::BytePerWeight if k % 4 != 0 => Err(GpuError::Unsupported(format!(
                 "byte-per-weight output needs cols % 4 == 0 (cols {k})"
             ))),
@@ -553,14 +644,18 @@ impl GpuCodedMatrix {
     }
 
     /// Whether `rans_decode_subgroup.wgsl` can decode this matrix: 32-wide subgroups, packed
-    /// output, and symbols of `bits * weights_per_symbol` in 1, 2, 4 or 8 bits.
+    /// output, symbols of `bits * weights_per_symbol` in 1, 2, 4 or 8 bits and no raw low
+    /// bits.
     pub fn decode_subgroup_supported(
         &self,
         registry: &PipelineRegistry,
         mode: DecodeOutput,
     ) -> bool {
         let bw = self.params.bits * self.params.wps;
-        registry.subgroups32() && mode == DecodeOutput::Packed && matches!(bw, 1 | 2 | 4 | 8)
+        registry.subgroups32()
+            && mode == DecodeOutput::Packed
+            && matches!(bw, 1 | 2 | 4 | 8)
+            && self.low_bits == 0
     }
 
     /// [`decode_dispatch`](Self::decode_dispatch) with an explicit variant:
@@ -588,6 +683,12 @@ impl GpuCodedMatrix {
                     .into(),
             ));
         }
+        if self.low_bits != 0 && !blocked {
+            return Err(GpuError::Unsupported(format!(
+                "the {variant:?} decode kernel cannot read raw low bits (only the blocked kernel \
+                 can, which needs 32-wide subgroups)"
+            )));
+        }
         if variant == FusedVariant::Subgroup && !self.decode_subgroup_supported(registry, mode) {
             return Err(GpuError::Unsupported(
                 "the subgroup decode kernel needs 32-wide subgroups, packed output and 1, 2, 4 or 8-bit symbols"
@@ -606,7 +707,7 @@ impl GpuCodedMatrix {
         p.wg_x = x;
         p.out_mode = (mode == DecodeOutput::BytePerWeight) as u32;
         p.out_row_words = match mode {
-            DecodeOutput::Packed => p.cols * p.bits / 32,
+            DecodeOutput::Packed => p.cols * self.bits() / 32,
             DecodeOutput::BytePerWeight => p.cols / 4,
         };
         let uniform = self.uniform(device, p.out_mode, p);
@@ -622,13 +723,13 @@ impl GpuCodedMatrix {
                 device,
                 Kernel::RansDecodeBlocked,
                 "main",
-                &[("PREC", p.prec)],
+                &[("PREC", p.prec), ("LOW", self.low_bits)],
             )?,
             FusedVariant::BlockedCompact => registry.get(
                 device,
                 Kernel::RansDecodeBlockedCompact,
                 "main",
-                &[("PREC", p.prec)],
+                &[("PREC", p.prec), ("LOW", self.low_bits)],
             )?,
         };
         let layout = pipeline.get_bind_group_layout(0);
@@ -669,6 +770,7 @@ impl GpuCodedMatrix {
             cols: p.cols,
             steps_per_row: p.steps_per_row,
             workgroups: p.total_wg,
+            low_bits: self.low_bits,
         }
     }
 
@@ -950,6 +1052,7 @@ mod tests {
             cols,
             steps_per_row: cols.div_ceil(32 * wps),
             workgroups: 1,
+            low_bits: 0,
         }
     }
 

@@ -337,9 +337,10 @@ impl Kernel {
     /// * every other index comes from the uniform block and the lane, and the host checks
     ///   the buffers behind them: [`CodedMatrixRef::check`] (frequencies per tile, 32 states
     ///   per chunk, `n_chunks + 1` offsets, `bits * w <= 8` so alphabets <= 256), the upload
-    ///   (scales and biases per group, workgroups = tiles x workgroups per tile) and each
-    ///   dispatch (`x`, `y` and the decode output sized for the matrix); chunks past the
-    ///   tile's end read and write nothing;
+    ///   (scales and biases per group, raw low bits per row, workgroups = tiles x workgroups
+    ///   per tile) and each dispatch (`x`, `y` and the decode output sized for the matrix);
+    ///   chunks past the tile's end read and write nothing (the raw low bits are clamped to
+    ///   their buffer as well);
     /// * workgroup arrays are indexed by `local_invocation_index / 32` (< 4) or by the
     ///   lane's symbol pair (< 128), and the table build loops stop at `2^prec` slots, the
     ///   precision the host requires to be <= 11 before it builds these pipelines.
@@ -685,6 +686,16 @@ impl GpuContext {
         quant: Option<QuantParamsRef<'_>>,
     ) -> Result<GpuCodedMatrix, GpuError> {
         GpuCodedMatrix::upload(&self.device, m, quant)
+    }
+
+    /// Uploads a [`crate::rans::SplitMatrix`] (coded high bits, raw low bits) and optionally
+    /// its scales and biases: see [`GpuCodedMatrix::upload_split`] for what the GPU runs.
+    pub fn upload_split(
+        &self,
+        m: &crate::rans::SplitMatrix,
+        quant: Option<QuantParamsRef<'_>>,
+    ) -> Result<GpuCodedMatrix, GpuError> {
+        GpuCodedMatrix::upload_split(&self.device, m, quant)
     }
 
     /// Uploads an MLX quantized matrix for the plain GEMV.

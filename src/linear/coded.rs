@@ -644,6 +644,7 @@ impl EntropyCodedLinear {
             cols: g.cols,
             steps_per_row: g.steps_per_row,
             workgroups: g.total_wg,
+            low_bits: 0,
         };
         let variant = default_fused_variant(registry, &layout);
         let pipeline = fused_gemv_pipeline(device, registry, variant, &layout)?;

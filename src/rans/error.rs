@@ -151,6 +151,16 @@ pub enum CodecError {
         computed: u32,
     },
 
+    /// The raw low bits of a [`SplitMatrix`](super::SplitMatrix) do not match their stored
+    /// CRC-32C.
+    #[error("raw low bits: checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    LowBitsChecksumMismatch {
+        /// Stored checksum.
+        stored: u32,
+        /// Checksum of the data.
+        computed: u32,
+    },
+
     /// The operation is not defined for this matrix (e.g. MLX packing when `cols * bits` is
     /// not a multiple of 32).
     #[error("unsupported: {0}")]

@@ -34,12 +34,14 @@ mod decode;
 mod encode;
 mod error;
 mod format;
+mod split;
 mod table;
 
 use rayon::prelude::*;
 
 pub use error::CodecError;
 pub use format::{HEADER_FIXED, MAGIC, MAX_PRECISION, MAX_WEIGHTS, MIN_PRECISION, VERSION};
+pub use split::SplitMatrix;
 
 use decode::{decode_chunk, ChunkCtx, L};
 use format::Geometry;
