@@ -9,7 +9,9 @@
 //! the coder's) so larger sets can exceed the L2 cache; `ECQ_GPU_BENCH_TILE` chunks per tile
 //! (default: the coder's; 4 is `bench_gpu`'s `16384:4` geometry); `ECQ_GPU_BENCH_DIAG=N` adds
 //! the blocked fused kernel's diagnostic build N (1 = decode only, 2 = dot products only:
-//! `GpuCodedMatrix::blocked_diagnostic_dispatch`) as `fused_diagN`. Times are
+//! `GpuCodedMatrix::blocked_diagnostic_dispatch`) as `fused_diagN`; `ECQ_GPU_BENCH_LOW_BITS=2`
+//! (4-bit weights only) codes the high 2 bits of every weight and keeps the low 2 raw
+//! (`ecq::rans::SplitMatrix`, four weights per rANS step; label `_split2`). Times are
 //! GPU timestamps of the pass holding the iterations where the device has `TIMESTAMP_QUERY`,
 //! else the wall clock after `finish()` (`examples/common/timing.rs`). For the full comparison
 //! table use `examples/bench_gpu.rs`.
@@ -20,7 +22,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ecq::dtype::FloatDType;
 use ecq::gpu::{CodedMatrixRef, DecodeOutput, Dispatch, GpuContext, QuantParamsRef};
 use ecq::quant::{quantize_affine, AffineParams};
-use ecq::rans::{encode, EncodeOptions};
+use ecq::rans::{encode, EncodeOptions, SplitMatrix};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -80,20 +82,23 @@ fn bench(c: &mut Criterion) {
     )
     .unwrap();
     let x: Vec<f32> = (0..k).map(|_| rng.random::<f32>() - 0.5).collect();
-    let enc = encode(
-        &q.symbols(),
-        r,
-        k,
-        bits,
-        &EncodeOptions {
-            group_size: 64,
-            chunk_symbols,
-            tile_chunks: env_num("ECQ_GPU_BENCH_TILE")
-                .unwrap_or(EncodeOptions::default().tile_chunks),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let opts = EncodeOptions {
+        group_size: 64,
+        chunk_symbols,
+        tile_chunks: env_num("ECQ_GPU_BENCH_TILE").unwrap_or(EncodeOptions::default().tile_chunks),
+        ..Default::default()
+    };
+    let low_bits: u32 = env_num("ECQ_GPU_BENCH_LOW_BITS").unwrap_or(0);
+    assert!(
+        low_bits == 0 || (low_bits == 2 && bits == 4),
+        "ECQ_GPU_BENCH_LOW_BITS must be 0, or 2 with 4-bit weights"
+    );
+    let (enc, split) = if low_bits == 0 {
+        (encode(&q.symbols(), r, k, bits, &opts).unwrap(), None)
+    } else {
+        let s = SplitMatrix::encode(&q.symbols(), r, k, bits, low_bits, &opts).unwrap();
+        (s.high().clone(), Some(s))
+    };
     let (dev, reg) = (ctx.device(), ctx.registry());
     let mk = |size: u64| {
         dev.create_buffer(&wgpu::BufferDescriptor {
@@ -117,10 +122,17 @@ fn bench(c: &mut Criterion) {
         .collect();
     let coded: Vec<_> = (0..sets)
         .map(|_| {
-            ctx.upload_coded(CodedMatrixRef::from(&enc), Some(qp))
-                .unwrap()
+            match &split {
+                None => ctx.upload_coded(CodedMatrixRef::from(&enc), Some(qp)),
+                Some(s) => ctx.upload_split(s, Some(qp)),
+            }
+            .unwrap()
         })
         .collect();
+    if split.is_some() && !coded[0].decode_blocked_supported(reg, DecodeOutput::Packed) {
+        eprintln!("SKIPPED: split matrices run on the blocked kernels only (32-wide subgroups, 8-step blocks)");
+        return;
+    }
     let plain_d: Vec<_> = plain
         .iter()
         .map(|m| m.gemv_dispatch(dev, reg, &xb, &yb).unwrap())
@@ -138,8 +150,13 @@ fn bench(c: &mut Criterion) {
         .collect();
 
     let mut g = c.benchmark_group(format!(
-        "gpu/{}/{r}x{k}_{bits}bit_g64_c{chunk_symbols}_{}",
+        "gpu/{}/{r}x{k}_{bits}bit_g64_c{chunk_symbols}{}_{}",
         ctx.adapter_name(),
+        if low_bits == 0 {
+            String::new()
+        } else {
+            format!("_split{low_bits}")
+        },
         timer.short()
     ));
     g.throughput(Throughput::Bytes((r * k * bits as usize / 8) as u64));

@@ -75,6 +75,13 @@ override DIAG: u32 = 0u;
 // instead of two (BENCHMARKS.md issue 5, step 43). The host allows 2 only with WPS = 4 and
 // BITS = 2.
 override LOW: u32 = 0u;
+// 1: the second word's activations, (scale, bias) and low bits are loaded after the block's
+// decode instead of before it. With raw low bits a word holds 16 weights, and the early loads'
+// registers took the compact-table build from 58 to 70 registers (8 -> 7 workgroups per SM):
+// late loads made it 4-14% faster where the grid fills the GPU and the u32-table build, which
+// stays above 80 registers either way, up to 1.15x slower (BENCHMARKS.md issue 5, step 44).
+// The host sets it for the compact build with raw low bits.
+override LATE: u32 = 0u;
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
@@ -224,7 +231,7 @@ fn main(
                     xa = word_x(ka);
                     lwa = word_low(row_low, ka);
                 }
-                if (BLOCK == 8u) {
+                if (BLOCK == 8u && LATE == 0u) {
                     sbb = sb[sb_row + group_of(kb, gsz)];
                     xb = word_x(kb);
                     lwb = word_low(row_low, kb);
@@ -260,6 +267,11 @@ fn main(
                     acc += word_dot(sa, lwa, xa, sba);
                 }
                 if (BLOCK == 8u) {
+                    if (LATE != 0u) {
+                        sbb = sb[sb_row + group_of(kb, gsz)];
+                        xb = word_x(kb);
+                        lwb = word_low(row_low, kb);
+                    }
                     acc += word_dot(sy, lwb, xb, sbb);
                 }
             }

@@ -216,6 +216,12 @@ fn fused_gemv_pipeline_diag(
                     ("BLOCK", block),
                     ("DIAG", diag),
                     ("LOW", layout.low_bits),
+                    // (see the kernel: late second-word loads keep the compact build with raw
+                    // low bits at 8 workgroups per SM on an H200)
+                    (
+                        "LATE",
+                        (variant == FusedVariant::BlockedCompact && layout.low_bits != 0) as u32,
+                    ),
                 ],
             )
         }
