@@ -79,14 +79,6 @@ const ERR_SUBGROUP: u32 = 128u;
 @group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
 @group(0) @binding(6) var<storage, read_write> out: array<u32>; // packed words
 
-// Eight 2-bit fields (bits 0..15 of v) spread to the low half of eight nibbles.
-fn spread2(v: u32) -> u32 {
-    var s = v & 0xFFFFu;
-    s = (s | (s << 8u)) & 0x00FF00FFu;
-    s = (s | (s << 4u)) & 0x0F0F0F0Fu;
-    return (s | (s << 2u)) & 0x33333333u;
-}
-
 // Writes word j of a row's symbols, w (16 weights, 2 bits each), at row offset `row_out`: as it
 // is, or with LOW = 2 merged with the row's low-bit word j as two 4-bit words.
 fn write_word(row_out: u32, row_low: u32, j: u32, w: u32) {

@@ -114,13 +114,22 @@ const ERR_SUBGROUP: u32 = 128u;
 // The dot product of one word of the block (four byte symbols, 4 WPS consecutive weights in one
 // MLX group; xw[v] = their activations 4v..4v+3, from word_x) with the group's (scale, bias):
 // scale * sum(q x) + bias * sum(x). Symbol c is in the low byte of sv[c] (higher bits are
-// masked off). With LOW > 0, lw holds the 16 weights' low bits (LOW each, the first weight's
-// lowest) and a weight is (high << LOW) | low. q as f32 without a conversion: 2^23 + q
+// masked off). With LOW = 2, lw holds the 16 weights' raw low bits (2 each, the first
+// weight's lowest) and a weight is (high << 2) | low. q as f32 without a conversion: 2^23 + q
 // (q < 2^23) minus 2^23, exactly.
 fn word_dot(sv: vec4<u32>, lw: u32, xw: array<vec4<f32>, 4>, sbv: vec2<f32>) -> f32 {
-    let hmask = vec4<u32>((1u << BITS) - 1u);
-    let lmask = vec4<u32>((1u << LOW) - 1u);
     let qmask = vec4<u32>((1u << (BITS + LOW)) - 1u);
+    // with 2 raw low bits: the word's 16 weights as two MLX packed 4-bit words, merged once
+    // (cheaper than per weight: BENCHMARKS.md issue 5, step 45)
+    var merged = vec2<u32>(0u);
+    if (LOW == 2u) {
+        let h01 = (sv.x & 0xFFu) | ((sv.y & 0xFFu) << 8u);
+        let h23 = (sv.z & 0xFFu) | ((sv.w & 0xFFu) << 8u);
+        merged = vec2<u32>(
+            (spread2(h01) << 2u) | spread2(lw),
+            (spread2(h23) << 2u) | spread2(lw >> 16u),
+        );
+    }
     var qx = vec4<f32>(0.0);
     var xs = vec4<f32>(0.0);
     for (var v = 0u; v < WPS; v++) {
@@ -130,14 +139,13 @@ fn word_dot(sv: vec4<u32>, lw: u32, xw: array<vec4<f32>, 4>, sbv: vec2<f32>) -> 
             let lo = select(sv.x, sv.z, v == 1u);
             let hi = select(sv.y, sv.w, v == 1u);
             qi = vec4<u32>(lo, lo >> BITS, hi, hi >> BITS);
+        } else if (WPS == 4u && LOW == 2u) {
+            // the 4-bit words (weights 0-7 in m.x, 8-15 in m.y), nibble v % 2 of each half
+            let m = select(merged.x, merged.y, v >= 2u) >> (16u * (v & 1u));
+            qi = vec4<u32>(m, m >> 4u, m >> 8u, m >> 12u);
         } else if (WPS == 4u) {
             let c = sv[v & 3u];
             qi = vec4<u32>(c, c >> BITS, c >> (2u * BITS), c >> (3u * BITS));
-            if (LOW > 0u) {
-                let lo = lw >> ((4u * LOW * v) & 31u);
-                let lv = vec4<u32>(lo, lo >> LOW, lo >> (2u * LOW), lo >> (3u * LOW));
-                qi = ((qi & hmask) << vec4<u32>(LOW)) | (lv & lmask);
-            }
         }
         let q = bitcast<vec4<f32>>((qi & qmask) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
         let xa = xw[v & 3u];
@@ -157,7 +165,7 @@ fn word_x(k: u32) -> array<vec4<f32>, 4> {
 }
 
 // The low bits of the word at weight k of a row whose low bits start at word `row_low`:
-// 16 weights, LOW bits each (0 without low bits).
+// 16 weights, LOW bits each (0 without low bits; LOW is 0 or 2, the host allows no other).
 fn word_low(row_low: u32, k: u32) -> u32 {
     if (LOW == 0u) {
         return 0u;
