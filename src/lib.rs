@@ -6,7 +6,9 @@
 //! * [`quant`]: MLX-exact affine quantization (`mx.quantize`), bit-exact packing, per-tensor and
 //!   per-channel absmax quantization.
 //! * [`rans`]: the CPU reference codec (32 interleaved lanes, 32-bit state, 16-bit words, per-tile
-//!   frequency tables). Its byte layout is specified in `docs/FORMAT.md`.
+//!   frequency tables). Its byte layout is specified in `docs/FORMAT.md`. [`rans::SplitMatrix`]
+//!   codes only the high bits of each weight and keeps the low bits raw (fewer rANS steps per
+//!   weight, for the GPU; in memory only, not yet in the file format).
 //! * [`model`]: reading and writing mlx-lm model directories and safetensors files.
 //! * [`analysis`]: what entropy coding can win on a model (`ecq inspect`).
 //! * [`container`]: entropy-coded models stored as safetensors files.

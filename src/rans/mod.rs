@@ -10,6 +10,9 @@
 //!   [`EncodedMatrix::from_parts`] validates and loads them.
 //! * [`EncodedMatrix::decode_symbols`] returns the quantized values,
 //!   [`EncodedMatrix::decode_packed`] the MLX packed `u32` words.
+//! * [`SplitMatrix`] codes only the high bits of each weight (four weights per symbol for
+//!   4-bit weights split 2 + 2) and stores the low bits raw: fewer rANS steps per weight for
+//!   the GPU kernels, at 0.8-2.1% more size on MLX weights.
 //!
 //! # Example
 //!
