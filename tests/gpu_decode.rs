@@ -716,3 +716,54 @@ fn split_uploads_checked() {
     );
     assert!(matches!(r, Err(GpuError::InvalidInput(_))), "{r:?}");
 }
+
+/// A corrupt coded part of a split matrix is reported per chunk like a whole matrix's: a state
+/// below 2^16 in the second chunk, through the blocked decode and fused kernels.
+#[test]
+fn split_corrupt_state_is_reported() {
+    let Some(ctx) = ctx() else { return };
+    if !ctx.registry().subgroups32() {
+        gpu_common::announce_unsupported(
+            "split corrupt state: the blocked kernels need 32-wide subgroups",
+        );
+        return;
+    }
+    let (rows, cols) = (6, 1024);
+    let mut rng = ChaCha8Rng::seed_from_u64(77);
+    let q = symbols(&mut rng, rows * cols, 4, Dist::Skewed);
+    let opts = EncodeOptions {
+        chunk_symbols: 256,
+        tile_chunks: 2,
+        group_size: 64,
+        ..Default::default()
+    };
+    let s = ecq::rans::SplitMatrix::encode(&q, rows, cols, 4, 2, &opts).unwrap();
+    assert!(s.high().n_chunks() >= 3);
+    let mut states = s.high().states().to_vec();
+    states[32 + 5] = 7;
+    let m = CodedMatrixRef {
+        states: &states,
+        ..s.high().into()
+    };
+    let scales = vec![1.0f32; rows * cols / 64];
+    let quant = QuantParamsRef {
+        group_size: 64,
+        scales: &scales,
+        biases: &scales,
+    };
+    let g =
+        ecq::gpu::GpuCodedMatrix::upload_with_low_bits(ctx.device(), m, 2, s.low(), Some(quant))
+            .unwrap();
+    match ctx.decode_packed(&g) {
+        Err(GpuError::CorruptStream { chunk, flags, .. }) => {
+            assert_eq!(chunk, 1);
+            assert_ne!(flags & error_bits::BAD_STATE, 0, "{flags:#x}");
+        }
+        r => panic!("expected a corrupt stream, got {r:?}"),
+    }
+    let x = vec![1.0f32; cols];
+    assert!(matches!(
+        ctx.gemv_coded(&g, &x),
+        Err(GpuError::CorruptStream { chunk: 1, .. })
+    ));
+}

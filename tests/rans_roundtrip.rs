@@ -121,6 +121,34 @@ proptest! {
         roundtrip(&q, rows, cols, bits, &opts);
     }
 
+    /// Split matrices (`SplitMatrix`: high bits coded, low bits raw) round-trip for every
+    /// split of every width, decode to the MLX packing of the whole weights, and survive their
+    /// stored parts.
+    #[test]
+    fn split_roundtrip_random(
+        seed in any::<u64>(),
+        rows in 0usize..40,
+        k32 in 1usize..12,
+        bits in 2u32..=8,
+        low_sel in 0u32..7,
+        chunk_symbols in prop_oneof![Just(1usize), 1usize..200, 200usize..20000],
+        tile_chunks in prop_oneof![Just(1usize), 1usize..5],
+        dist in 0u8..5,
+    ) {
+        let low_bits = 1 + low_sel % (bits - 1);
+        let cols = 32 * k32;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let q = random_matrix(&mut rng, rows * cols, bits, dist);
+        let opts = EncodeOptions { chunk_symbols, tile_chunks, ..Default::default() };
+        let s = ecq::rans::SplitMatrix::encode(&q, rows, cols, bits, low_bits, &opts).unwrap();
+        prop_assert_eq!(s.bits(), bits);
+        prop_assert_eq!(s.high().bits(), bits - low_bits);
+        prop_assert_eq!(s.decode_symbols().unwrap(), q.clone());
+        prop_assert_eq!(s.decode_packed().unwrap(), mlx_pack(&q, rows, cols, bits));
+        let (h, l, lb, c) = s.clone().into_parts();
+        prop_assert_eq!(ecq::rans::SplitMatrix::from_parts(h, l, lb, c).unwrap(), s);
+    }
+
     #[test]
     fn roundtrip_wide(seed in any::<u64>(), rows in 1usize..4, k in prop_oneof![Just(16384usize), 32usize..16384], bits in prop_oneof![Just(4u32), 1u32..=8], dist in 0u8..5) {
         let cols = k / 32 * 32;
