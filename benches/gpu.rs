@@ -11,7 +11,8 @@
 //! the blocked fused kernel's diagnostic build N (1 = decode only, 2 = dot products only:
 //! `GpuCodedMatrix::blocked_diagnostic_dispatch`) as `fused_diagN`; `ECQ_GPU_BENCH_LOW_BITS=2`
 //! (4-bit weights only) codes the high 2 bits of every weight and keeps the low 2 raw
-//! (`ecq::rans::SplitMatrix`, four weights per rANS step; label `_split2`). Times are
+//! (`ecq::rans::SplitMatrix`, four weights per rANS step; label `_split2`; default chunk: half
+//! the symbols). Times are
 //! GPU timestamps of the pass holding the iterations where the device has `TIMESTAMP_QUERY`,
 //! else the wall clock after `finish()` (`examples/common/timing.rs`). For the full comparison
 //! table use `examples/bench_gpu.rs`.
@@ -64,10 +65,20 @@ fn bench(c: &mut Criterion) {
         matches!(bits, 2 | 4 | 8),
         "ECQ_GPU_BENCH_BITS must be 2, 4 or 8"
     );
+    let low_bits: u32 = env_num("ECQ_GPU_BENCH_LOW_BITS").unwrap_or(0);
+    assert!(
+        low_bits == 0 || (low_bits == 2 && bits == 4),
+        "ECQ_GPU_BENCH_LOW_BITS must be 0, or 2 with 4-bit weights"
+    );
     // symbols per chunk (the unit of parallel decoding); with 4 weights per symbol, half the
-    // default gives the same number of chunks as 4-bit weights with the default
-    let chunk_symbols: usize =
-        env_num("ECQ_GPU_BENCH_CHUNK").unwrap_or(EncodeOptions::default().chunk_symbols);
+    // default gives the same number of chunks as 4-bit weights with the default (what
+    // `SplitMatrix::default_options` sets)
+    let default_chunk = if low_bits == 0 {
+        EncodeOptions::default().chunk_symbols
+    } else {
+        SplitMatrix::default_options().chunk_symbols
+    };
+    let chunk_symbols: usize = env_num("ECQ_GPU_BENCH_CHUNK").unwrap_or(default_chunk);
     let timer = timing::GpuTimer::new(ctx.device(), ctx.queue(), false);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let w: Vec<f32> = (0..r * k)
@@ -88,11 +99,6 @@ fn bench(c: &mut Criterion) {
         tile_chunks: env_num("ECQ_GPU_BENCH_TILE").unwrap_or(EncodeOptions::default().tile_chunks),
         ..Default::default()
     };
-    let low_bits: u32 = env_num("ECQ_GPU_BENCH_LOW_BITS").unwrap_or(0);
-    assert!(
-        low_bits == 0 || (low_bits == 2 && bits == 4),
-        "ECQ_GPU_BENCH_LOW_BITS must be 0, or 2 with 4-bit weights"
-    );
     let (enc, split) = if low_bits == 0 {
         (encode(&q.symbols(), r, k, bits, &opts).unwrap(), None)
     } else {

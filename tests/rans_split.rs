@@ -38,10 +38,8 @@ fn split_size_is_exact() {
         .map(|i| ((i * 2654435761usize) >> 7) as u8 & 15)
         .collect();
     let whole = encode(&q, rows, cols, 4, &EncodeOptions::default()).unwrap();
-    let opts = EncodeOptions {
-        chunk_symbols: DEFAULT_CHUNK_SYMBOLS / 2,
-        ..Default::default()
-    };
+    let opts = SplitMatrix::default_options();
+    assert_eq!(opts.chunk_symbols, DEFAULT_CHUNK_SYMBOLS / 2);
     let s = SplitMatrix::encode(&q, rows, cols, 4, 2, &opts).unwrap();
     assert_eq!(
         s.total_bytes(),
@@ -87,10 +85,7 @@ fn split_sweep() {
                 .unwrap()
                 .total_bytes()
                 * 8) as f64;
-            let opts = EncodeOptions {
-                chunk_symbols: DEFAULT_CHUNK_SYMBOLS / 2,
-                ..Default::default()
-            };
+            let opts = SplitMatrix::default_options();
             let s = SplitMatrix::encode(&q, m.rows, m.cols, 4, 2, &opts).unwrap();
             assert_eq!(s.decode_symbols().unwrap(), q);
             split += (s.total_bytes() * 8) as f64;

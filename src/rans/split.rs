@@ -11,10 +11,12 @@
 //! (per-tensor absmax: 2.53 against 1.11 bits/weight); [`SplitMatrix::encode`] does not choose
 //! for the caller.
 //!
-//! `chunk_symbols` of [`EncodeOptions`] counts symbols, which hold four weights here: half the
-//! default ([`DEFAULT_CHUNK_SYMBOLS`](super::DEFAULT_CHUNK_SYMBOLS) / 2) gives the chunks, and so
-//! the GPU parallelism, of whole 4-bit symbols at the default; the measurements above and in
-//! BENCHMARKS.md use it.
+//! `chunk_symbols` of [`EncodeOptions`] counts symbols, which hold four weights here:
+//! [`SplitMatrix::default_options`] halves the default so the chunks, and so the GPU
+//! parallelism, are those of whole 4-bit symbols at the default; the measurements above and in
+//! BENCHMARKS.md use it. With `EncodeOptions::default()` the chunks hold twice the weights: on
+//! an H200 the fused GEMV at 4096x14336 took 121 µs instead of 74 (BENCHMARKS.md issue 5, seventh
+//! session's table).
 
 use rayon::prelude::*;
 
@@ -32,12 +34,12 @@ use crate::quant::{pack_into, packed_len, unpack_into};
 /// # Example
 ///
 /// ```
-/// use ecq::rans::{EncodeOptions, SplitMatrix};
+/// use ecq::rans::SplitMatrix;
 ///
 /// // A 4 x 64 matrix of 4-bit values: the high 2 bits coded (four weights per symbol), the
 /// // low 2 bits raw.
 /// let q: Vec<u8> = (0..4 * 64).map(|i| ((i * 7) % 16) as u8).collect();
-/// let m = SplitMatrix::encode(&q, 4, 64, 4, 2, &EncodeOptions::default())?;
+/// let m = SplitMatrix::encode(&q, 4, 64, 4, 2, &SplitMatrix::default_options())?;
 /// assert_eq!(m.high().bits(), 2);
 /// assert_eq!(m.high().weights_per_symbol(), 4);
 /// assert_eq!(m.low().len(), 4 * 64 * 2 / 32);
@@ -72,6 +74,16 @@ fn check_split(bits: u32, low_bits: u32, cols: usize) -> Result<(), CodecError> 
 }
 
 impl SplitMatrix {
+    /// The encoder options for split 4-bit weights: the defaults with half the symbols per chunk
+    /// ([`DEFAULT_CHUNK_SYMBOLS`](super::DEFAULT_CHUNK_SYMBOLS) / 2), so that a chunk holds as
+    /// many weights as whole 4-bit symbols' chunks do.
+    pub fn default_options() -> EncodeOptions {
+        EncodeOptions {
+            chunk_symbols: super::DEFAULT_CHUNK_SYMBOLS / 2,
+            ..Default::default()
+        }
+    }
+
     /// Splits `symbols` (`rows * cols` values `< 2^bits`, row-major) into high and low bits and
     /// codes the high ones with [`encode`] and `opts` (weights per symbol from
     /// `bits - low_bits` unless `opts` sets it).
