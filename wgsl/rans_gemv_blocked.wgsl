@@ -82,11 +82,6 @@ override LOW: u32 = 0u;
 // stays above 80 registers either way, up to 1.15x slower (BENCHMARKS.md issue 5, step 44).
 // The host sets it for the compact build with raw low bits.
 override LATE: u32 = 0u;
-// 1: each group of 32 lanes decodes two chunks at once (two rANS chains per lane) whose rows
-// have the same columns, and multiplies both rows' words with one load of the activations and
-// one sum of them (BENCHMARKS.md issue 5, step 46). The host then launches half the
-// workgroups (8 chunks each).
-override PAIR: u32 = 0u;
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
@@ -123,20 +118,6 @@ const ERR_SUBGROUP: u32 = 128u;
 // weight's lowest) and a weight is (high << 2) | low. q as f32 without a conversion: 2^23 + q
 // (q < 2^23) minus 2^23, exactly.
 fn word_dot(sv: vec4<u32>, lw: u32, xw: array<vec4<f32>, 4>, sbv: vec2<f32>) -> f32 {
-    return sbv.x * word_qx(sv, lw, xw) + sbv.y * word_xsum(xw);
-}
-
-// The sum of the word's activations (the bias term's factor, shared by the rows of a pair).
-fn word_xsum(xw: array<vec4<f32>, 4>) -> f32 {
-    var xs = vec4<f32>(0.0);
-    for (var v = 0u; v < WPS; v++) {
-        xs += xw[v & 3u];
-    }
-    return dot(xs, vec4<f32>(1.0));
-}
-
-// sum(q x) over the word (see word_dot).
-fn word_qx(sv: vec4<u32>, lw: u32, xw: array<vec4<f32>, 4>) -> f32 {
     let qmask = vec4<u32>((1u << (BITS + LOW)) - 1u);
     // with 2 raw low bits: the word's 16 weights as two MLX packed 4-bit words, merged once
     // (cheaper than per weight: BENCHMARKS.md issue 5, step 45)
@@ -150,6 +131,7 @@ fn word_qx(sv: vec4<u32>, lw: u32, xw: array<vec4<f32>, 4>) -> f32 {
         );
     }
     var qx = vec4<f32>(0.0);
+    var xs = vec4<f32>(0.0);
     for (var v = 0u; v < WPS; v++) {
         // weights 4v .. 4v + 3: weight t is bits BITS * (t % WPS) of symbol t / WPS
         var qi = sv;
@@ -166,9 +148,11 @@ fn word_qx(sv: vec4<u32>, lw: u32, xw: array<vec4<f32>, 4>) -> f32 {
             qi = vec4<u32>(c, c >> BITS, c >> (2u * BITS), c >> (3u * BITS));
         }
         let q = bitcast<vec4<f32>>((qi & qmask) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
-        qx += q * xw[v & 3u];
+        let xa = xw[v & 3u];
+        qx += q * xa;
+        xs += xa;
     }
-    return dot(qx, vec4<f32>(1.0));
+    return sbv.x * dot(qx, vec4<f32>(1.0)) + sbv.y * dot(xs, vec4<f32>(1.0));
 }
 
 // The activations of the word at weight k (4 WPS of them).
@@ -197,109 +181,6 @@ fn group_of(k: u32, gsz: u32) -> u32 {
     return select(k >> (GSHIFT & 31u), k / gsz, GSHIFT >= 32u);
 }
 
-// Chunks `c0` and `c0 + 1` of the tile by one group of 32 lanes (PAIR = 1): both chains decode
-// a block, then each lane multiplies its words of both rows with the same activations. Chunk
-// c0 + 1 comes later in the tile, so it has as many rows as c0 or fewer (the matrix's last
-// chunk) or none (past the tile's end); its row count is the same in every lane, so the
-// branches on it are uniform.
-fn pair_chunks(c0: u32, tile_end: u32, l: u32, bad_table: bool, sg_size: u32) {
-    let T = P.steps_per_row;
-    let nblk = T / BLOCK;
-    let kstep = 32u * WPS;
-    let kblock = BLOCK * kstep;
-    let kword = 4u * WPS;
-    let src0 = (l & 7u) * 4u;
-    let byte_shift = 8u * (l >> 3u);
-    let gpr = P.groups_per_row;
-    let gsz = P.group_size;
-    let ltmask = (1u << l) - 1u;
-    let c1 = c0 + 1u;
-    let cs0 = chunk_start(c0, c0 < tile_end, l, T, bad_table, sg_size);
-    let cs1 = chunk_start(c1, c1 < tile_end, l, T, bad_table, sg_size);
-    let n0 = cs0.steps / T;
-    let n1 = min(cs1.steps / T, n0);
-    var d0 = block_decoder(cs0.x, cs0.p, l);
-    var d1 = block_decoder(cs1.x, cs1.p, l);
-    for (var rr = 0u; rr < n0; rr++) {
-        let both = rr < n1;
-        let row0 = cs0.r0 + rr;
-        let row1 = select(row0, cs1.r0 + rr, both);
-        let low0 = row0 * ((P.cols * LOW) >> 5u);
-        let low1 = row1 * ((P.cols * LOW) >> 5u);
-        var acc0 = 0.0;
-        var acc1 = 0.0;
-        for (var b = 0u; b < nblk; b++) {
-            let ka = b * kblock + l * kword;
-            let kb = ka + 32u * kword;
-            let on_a = BLOCK >= 4u || l < 16u;
-            var xa = array<vec4<f32>, 4>();
-            var sa0 = vec2<f32>(0.0);
-            var sa1 = vec2<f32>(0.0);
-            var la0 = 0u;
-            var la1 = 0u;
-            if (on_a) {
-                xa = word_x(ka);
-                sa0 = sb[row0 * gpr + group_of(ka, gsz)];
-                sa1 = sb[row1 * gpr + group_of(ka, gsz)];
-                la0 = word_low(low0, ka);
-                la1 = word_low(low1, ka);
-            }
-            let s0 = decode_block(&d0, BLOCK, l, ltmask);
-            var s1 = vec2<u32>(0u);
-            if (both) {
-                s1 = decode_block(&d1, BLOCK, l, ltmask);
-            }
-            var w0a = vec4<u32>(0u);
-            var w1a = vec4<u32>(0u);
-            var w0b = vec4<u32>(0u);
-            var w1b = vec4<u32>(0u);
-            for (var c = 0u; c < 4u; c++) {
-                w0a[c] = subgroupShuffle(s0.x, src0 + c) >> byte_shift;
-                w1a[c] = subgroupShuffle(s1.x, src0 + c) >> byte_shift;
-                if (BLOCK == 8u) {
-                    w0b[c] = subgroupShuffle(s0.y, src0 + c) >> byte_shift;
-                    w1b[c] = subgroupShuffle(s1.y, src0 + c) >> byte_shift;
-                }
-            }
-            if (on_a) {
-                let xs = word_xsum(xa);
-                acc0 += sa0.x * word_qx(w0a, la0, xa) + sa0.y * xs;
-                acc1 += sa1.x * word_qx(w1a, la1, xa) + sa1.y * xs;
-            }
-            if (BLOCK == 8u) {
-                let xb = word_x(kb);
-                let sb0 = sb[row0 * gpr + group_of(kb, gsz)];
-                let sb1 = sb[row1 * gpr + group_of(kb, gsz)];
-                let xs = word_xsum(xb);
-                acc0 += sb0.x * word_qx(w0b, word_low(low0, kb), xb) + sb0.y * xs;
-                acc1 += sb1.x * word_qx(w1b, word_low(low1, kb), xb) + sb1.y * xs;
-            }
-        }
-        let t0 = subgroupAdd(acc0);
-        let t1 = subgroupAdd(acc1);
-        if (l == 0u) {
-            y[row0] = t0;
-            if (both) {
-                y[row1] = t1;
-            }
-        }
-    }
-    // chunk 1's rows past n1 (none but where the host's layout gave chunk 1 more rows than
-    // chunk 0, which it never does) are not decoded: its end flags then report it
-    if (c0 < tile_end) {
-        let err = cs0.err | chunk_end_flags(d0.x, d0.p, cs0.end, l);
-        if (err != 0u) {
-            atomicOr(&errors[c0], err);
-        }
-    }
-    if (c1 < tile_end) {
-        let err = cs1.err | chunk_end_flags(d1.x, d1.p, cs1.end, l);
-        if (err != 0u) {
-            atomicOr(&errors[c1], err);
-        }
-    }
-}
-
 @compute @workgroup_size(128)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -319,12 +200,6 @@ fn main(
 
     let g = lid / 32u;
     let l = sg_id & 31u;
-    if (PAIR == 1u) {
-        for (var it = 0u; it < P.chunk_iters; it++) {
-            pair_chunks(tile_first + 2u * ((sub * P.chunk_iters + it) * G + g), tile_end, l, bad_table, sg_size);
-        }
-        return;
-    }
     let T = P.steps_per_row;
     let nblk = T / BLOCK;
     let kstep = 32u * WPS;

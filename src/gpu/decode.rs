@@ -100,9 +100,6 @@ pub struct FusedLayout {
     pub low_bits: u32,
 }
 
-/// Whether the blocked fused kernel decodes two chunks per group of 32 lanes (`PAIR`).
-const PAIR_CHUNKS: bool = true;
-
 /// From this many workgroups on, the blocked kernels run with the compact decode table by
 /// default ([`FusedVariant::BlockedCompact`]): on an H200 the fused kernel was 1.04-1.29x
 /// faster with it from 1024 workgroups on and 1.2-1.35x slower up to 512 (BENCHMARKS.md
@@ -217,8 +214,7 @@ fn fused_gemv_pipeline_diag(
                     ("PREC", layout.prec),
                     ("GSHIFT", gshift),
                     ("BLOCK", block),
-                    ("DIAG", diag & 0xFF),
-                    ("PAIR", diag >> 8),
+                    ("DIAG", diag),
                     ("LOW", layout.low_bits),
                     // (see the kernel: late second-word loads keep the compact build with raw
                     // low bits at 8 workgroups per SM on an H200)
@@ -865,28 +861,12 @@ impl GpuCodedMatrix {
             )));
         }
         let mut p = self.params;
-        let pair = PAIR_CHUNKS
-            && diag == 0
-            && matches!(
-                variant,
-                FusedVariant::Blocked | FusedVariant::BlockedCompact
-            );
-        if pair {
-            // two chunks per group of 32 lanes: eight per workgroup
-            p.wg_per_tile = p.tile_chunks.div_ceil(2 * GROUPS_PER_WG);
-            p.total_wg = p.n_tiles * p.wg_per_tile;
-        }
         let (gx, gy) = grid(device, p.total_wg);
         p.wg_x = gx;
         p.out_mode = 2;
-        let uniform = self.uniform(device, 2 + pair as u32, p);
-        let pipeline = fused_gemv_pipeline_diag(
-            device,
-            registry,
-            variant,
-            &self.fused_layout(),
-            diag | (pair as u32) << 8,
-        )?;
+        let uniform = self.uniform(device, 2, p);
+        let pipeline =
+            fused_gemv_pipeline_diag(device, registry, variant, &self.fused_layout(), diag)?;
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("rans_gemv"),
