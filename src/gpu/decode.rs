@@ -692,7 +692,7 @@ impl GpuCodedMatrix {
         if self.low_bits != 0 && !blocked {
             return Err(GpuError::Unsupported(format!(
                 "the {variant:?} decode kernel cannot read raw low bits (only the blocked kernel \
-                 can, which needs 32-wide subgroups)"
+                 can, which needs 32-wide subgroups and rows of a multiple of 8 steps)"
             )));
         }
         if variant == FusedVariant::Subgroup && !self.decode_subgroup_supported(registry, mode) {
