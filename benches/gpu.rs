@@ -135,10 +135,6 @@ fn bench(c: &mut Criterion) {
             .unwrap()
         })
         .collect();
-    if split.is_some() && !coded[0].decode_blocked_supported(reg, DecodeOutput::Packed) {
-        eprintln!("SKIPPED: split matrices run on the blocked kernels only (32-wide subgroups, 8-step blocks)");
-        return;
-    }
     let plain_d: Vec<_> = plain
         .iter()
         .map(|m| m.gemv_dispatch(dev, reg, &xb, &yb).unwrap())

@@ -872,19 +872,12 @@ fn main() {
                 // the decode kernel of each `--fused` kernel that can decode this matrix, or
                 // the default one
                 let dec_variants: Vec<Option<FusedVariant>> = if args.fused.is_empty() {
-                    // (a split matrix decodes with the blocked kernel only)
-                    if coded[0].low_bits() == 0
-                        || coded[0].decode_blocked_supported(reg, DecodeOutput::Packed)
-                    {
-                        vec![None]
-                    } else {
-                        Vec::new()
-                    }
+                    vec![None]
                 } else {
                     args.fused
                         .iter()
                         .filter(|v| match v {
-                            FusedVariant::Workgroup => coded[0].low_bits() == 0,
+                            FusedVariant::Workgroup => true,
                             FusedVariant::Subgroup => {
                                 coded[0].decode_subgroup_supported(reg, DecodeOutput::Packed)
                             }
@@ -930,8 +923,9 @@ fn main() {
                         fused_variant,
                         FusedVariant::Blocked | FusedVariant::BlockedCompact
                     );
+                    // (the subgroup kernel does not read a split matrix's raw low bits)
                     if (blocked && coded[0].fused_layout().blocked_steps().is_none())
-                        || (!blocked && coded[0].low_bits() != 0)
+                        || (fused_variant == FusedVariant::Subgroup && coded[0].low_bits() != 0)
                     {
                         eprintln!("  {source} {chunk_symbols}:{tile_chunks}: {fused_variant:?} cannot run this layout, skipped");
                         continue;

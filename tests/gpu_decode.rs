@@ -611,15 +611,16 @@ fn inconsistent_geometry_is_rejected_before_upload() {
     ));
 }
 
-/// Split matrices (coded high 2 bits, raw low 2 bits of 4-bit weights): the blocked decode
-/// kernel merges the raw bits into MLX packed 4-bit words, bit for bit what the CPU's
-/// `SplitMatrix::decode_packed` gives, at every symbol distribution, chunks of one step up to
-/// many rows, and precisions; every other kernel and the byte-per-weight output refuse them.
+/// Split matrices (coded high 2 bits, raw low 2 bits of 4-bit weights): the blocked and the
+/// workgroup decode kernels merge the raw bits into MLX packed 4-bit words (and the workgroup
+/// kernel into a byte per weight), bit for bit what the CPU's `SplitMatrix` gives, at every
+/// symbol distribution, chunks of one step up to many rows, several precisions, and rows the
+/// blocked kernel cannot take (10 steps); the subgroup kernel refuses them.
 #[test]
 fn decode_split_low_bits() {
     let Some(ctx) = ctx() else { return };
     let mut seed = 7000;
-    for cols in [1024usize, 4096, 14336] {
+    for cols in [1024usize, 1280, 4096, 14336] {
         for dist in [Dist::Skewed, Dist::Flat, Dist::Single] {
             for (precision, chunk_symbols) in [(11u32, 32usize), (11, 4096), (9, 16384)] {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -637,33 +638,20 @@ fn decode_split_low_bits() {
                     format!("split {rows}x{cols} {dist:?} n{precision} chunk {chunk_symbols}");
                 let m = ctx.upload_split(&s, None).unwrap();
                 assert_eq!((m.bits(), m.low_bits()), (4, 2), "{label}");
-                for v in [FusedVariant::Workgroup, FusedVariant::Subgroup] {
-                    let r = m.decode_with(
-                        ctx.device(),
-                        ctx.queue(),
-                        ctx.registry(),
-                        DecodeOutput::Packed,
-                        Some(v),
-                    );
-                    assert!(
-                        matches!(r, Err(GpuError::Unsupported(_))),
-                        "{label} {v:?}: {r:?}"
-                    );
-                }
-                let r = m.decode(
+                let r = m.decode_with(
                     ctx.device(),
                     ctx.queue(),
                     ctx.registry(),
-                    DecodeOutput::BytePerWeight,
+                    DecodeOutput::Packed,
+                    Some(FusedVariant::Subgroup),
                 );
                 assert!(matches!(r, Err(GpuError::Unsupported(_))), "{label}: {r:?}");
-                if !ctx.registry().subgroups32() {
-                    let r = ctx.decode_packed(&m);
-                    assert!(matches!(r, Err(GpuError::Unsupported(_))), "{label}: {r:?}");
-                    continue;
-                }
                 let want = s.decode_packed().unwrap();
-                for v in [FusedVariant::Blocked, FusedVariant::BlockedCompact] {
+                let mut kernels = vec![FusedVariant::Workgroup];
+                if m.decode_blocked_supported(ctx.registry(), DecodeOutput::Packed) {
+                    kernels.extend([FusedVariant::Blocked, FusedVariant::BlockedCompact]);
+                }
+                for v in kernels {
                     let got = m
                         .decode_with(
                             ctx.device(),
@@ -676,11 +664,15 @@ fn decode_split_low_bits() {
                     assert!(got == want, "{label} {v:?}: GPU and CPU decodes differ");
                 }
                 assert_eq!(ctx.decode_packed(&m).unwrap(), want, "{label} default");
+                let bytes = ctx.decode_symbols(&m).unwrap();
+                assert!(bytes == q, "{label}: byte-per-weight decode differs");
             }
         }
     }
     if !ctx.registry().subgroups32() {
-        gpu_common::announce_unsupported("split decode: the blocked kernel needs 32-wide subgroups; only the refusals were checked");
+        gpu_common::announce_unsupported(
+            "split decode: the blocked kernel needs 32-wide subgroups; the workgroup kernel was checked",
+        );
     }
 }
 
@@ -718,16 +710,11 @@ fn split_uploads_checked() {
 }
 
 /// A corrupt coded part of a split matrix is reported per chunk like a whole matrix's: a state
-/// below 2^16 in the second chunk, through the blocked decode and fused kernels.
+/// below 2^16 in the second chunk, through the default decode and fused kernels (blocked with
+/// 32-wide subgroups, workgroup elsewhere).
 #[test]
 fn split_corrupt_state_is_reported() {
     let Some(ctx) = ctx() else { return };
-    if !ctx.registry().subgroups32() {
-        gpu_common::announce_unsupported(
-            "split corrupt state: the blocked kernels need 32-wide subgroups",
-        );
-        return;
-    }
     let (rows, cols) = (6, 1024);
     let mut rng = ChaCha8Rng::seed_from_u64(77);
     let q = symbols(&mut rng, rows * cols, 4, Dist::Skewed);

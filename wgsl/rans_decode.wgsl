@@ -14,6 +14,7 @@
 // Every loop is bounded by the geometry in `P`; every word read is bounds-checked against the
 // chunk's range; corrupt input sets bits in `errors[chunk]` and never hangs the device.
 // import: rans_table
+// import: split_bits
 
 struct Params {
     rows: u32,
@@ -37,8 +38,8 @@ struct Params {
     chunk_iters: u32,    // chunks decoded one after another by each group
     group_size: u32,     // MLX group size (GEMV only)
     groups_per_row: u32, // K / group_size (GEMV only)
-    _pad0: u32,
-    _pad1: u32,
+    low_base: u32,       // u32 index in `words` of a split matrix's raw low bits
+    low_bits: u32,       // raw low bits per weight (0, or 2 beside 2-bit symbols of 4 weights)
     _pad2: u32,
 }
 
@@ -187,16 +188,36 @@ fn main(
                                 }
                             }
                         }
-                        out[row * P.out_row_words + u * sw + l] = word;
+                        if (P.low_bits == 0u) {
+                            out[row * P.out_row_words + u * sw + l] = word;
+                        } else {
+                            // a split matrix (2 raw low bits beside 2-bit symbols of four
+                            // weights): word j of the row's symbols and word j of its raw bits
+                            // make the row's 4-bit words 2j and 2j + 1
+                            let jw = u * sw + l;
+                            let lw = words[P.low_base + row * (P.cols >> 4u) + jw];
+                            let o = row * P.out_row_words + 2u * jw;
+                            out[o] = (spread2(word) << 2u) | spread2(lw);
+                            out[o + 1u] = (spread2(word >> 16u) << 2u) | spread2(lw >> 16u);
+                        }
                     }
                 } else {
                     let nw = (na * P.wps + 3u) / 4u;
                     if (l < nw) {
                         var word = 0u;
+                        // a split matrix's raw low bits of these four weights
+                        var lo = 0u;
+                        if (P.low_bits > 0u) {
+                            let bit = (u * 32u * P.wps + 4u * l) * P.low_bits;
+                            let wi = P.low_base + row * ((P.cols * P.low_bits) >> 5u) + (bit >> 5u);
+                            lo = words[wi] >> (bit & 31u);
+                        }
+                        let lmask = (1u << P.low_bits) - 1u;
                         for (var k = 0u; k < 4u; k++) {
                             let m = 4u * l + k;
                             let v = stage[sbase + m / P.wps];
-                            let q = (v >> (P.bits * (m % P.wps))) & qmask;
+                            let q = (((v >> (P.bits * (m % P.wps))) & qmask) << P.low_bits)
+                                | ((lo >> (P.low_bits * k)) & lmask);
                             word |= q << (8u * k);
                         }
                         out[row * P.out_row_words + u * 8u * P.wps + l] = word;

@@ -33,8 +33,8 @@ struct Params {
     chunk_iters: u32,    // chunks decoded one after another by each group
     group_size: u32,     // MLX group size (GEMV only)
     groups_per_row: u32, // K / group_size (GEMV only)
-    _pad0: u32,
-    _pad1: u32,
+    low_base: u32,       // u32 index in `words` of a split matrix's raw low bits
+    low_bits: u32,       // raw low bits per weight (0, or 2 beside 2-bit symbols of 4 weights)
     _pad2: u32,
 }
 
@@ -138,11 +138,22 @@ fn main(
                 x = lk.y * (x >> n) + lk.z;
                 need = x < L;
                 let k0 = j * P.wps;
+                // a split matrix: the raw low bits of these weights, after the word stream
+                // (the host allows 2 beside 2-bit symbols of four weights: one byte of a word)
+                var lo = 0u;
+                if (P.low_bits > 0u) {
+                    let bit = k0 * P.low_bits;
+                    let wi = P.low_base + row * ((P.cols * P.low_bits) >> 5u) + (bit >> 5u);
+                    lo = words[wi] >> (bit & 31u);
+                }
+                let lmask = (1u << P.low_bits) - 1u;
                 var d = 0.0;
                 var xs = 0.0;
                 for (var i = 0u; i < P.wps; i++) {
                     let xi = xv[k0 + i];
-                    d += f32((sym >> (P.bits * i)) & qmask) * xi;
+                    let q = (((sym >> (P.bits * i)) & qmask) << P.low_bits)
+                        | ((lo >> (P.low_bits * i)) & lmask);
+                    d += f32(q) * xi;
                     xs += xi;
                 }
                 let sbv = sb[row * P.groups_per_row + k0 / P.group_size];

@@ -26,6 +26,7 @@
 // import: rans_table_sg
 // import: rans_subgroup
 // import: rans_block
+// import: split_bits
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
 
@@ -52,7 +53,7 @@ struct Params {
     group_size: u32,     // MLX group size
     groups_per_row: u32, // K / group_size
     low_base: u32,       // u32 index in `words` of the raw low bits (LOW > 0)
-    _pad1: u32,
+    low_bits: u32,       // = LOW (the workgroup kernels read it from here)
     _pad2: u32,
 }
 

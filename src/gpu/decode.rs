@@ -96,7 +96,7 @@ pub struct FusedLayout {
     /// Workgroups of the launch (the default picks the blocked kernels' table form by it).
     pub workgroups: u32,
     /// Raw low bits per weight beside the coded ones ([`crate::rans::SplitMatrix`]; 0 =
-    /// none): only the blocked kernels run them, and only 2 with 2-bit symbols of 4 weights.
+    /// none): 2 with 2-bit symbols of 4 weights, on the blocked and workgroup kernels.
     pub low_bits: u32,
 }
 
@@ -167,14 +167,12 @@ fn fused_gemv_pipeline_diag(
     };
     if layout.low_bits != 0 {
         check_low_bits(layout.low_bits, layout.bits, layout.wps)?;
-        if !matches!(
-            variant,
-            FusedVariant::Blocked | FusedVariant::BlockedCompact
-        ) {
-            return Err(GpuError::Unsupported(format!(
-                "the {variant:?} fused kernel cannot read raw low bits (only the blocked kernels \
-                 can, which need 32-wide subgroups)"
-            )));
+        if variant == FusedVariant::Subgroup {
+            return Err(GpuError::Unsupported(
+                "the subgroup fused kernel cannot read raw low bits (the blocked and the \
+                 workgroup kernels can)"
+                    .into(),
+            ));
         }
     }
     match variant {
@@ -249,7 +247,12 @@ pub fn default_fused_variant(registry: &PipelineRegistry, layout: &FusedLayout) 
     if !registry.subgroups32() {
         FusedVariant::Workgroup
     } else if layout.blocked_steps().is_none() {
-        FusedVariant::Subgroup
+        // (the subgroup kernel does not read a split matrix's raw low bits)
+        if layout.low_bits == 0 {
+            FusedVariant::Subgroup
+        } else {
+            FusedVariant::Workgroup
+        }
     } else {
         layout.blocked_variant()
     }
@@ -300,7 +303,9 @@ struct Params {
     groups_per_row: u32,
     /// u32 index in `words` where a split matrix's raw low bits start (blocked kernels).
     low_base: u32,
-    _pad1: u32,
+    /// Raw low bits per weight of a split matrix (0 or 2; the blocked kernels take it as the
+    /// override `LOW`).
+    low_bits: u32,
     _pad2: u32,
 }
 
@@ -389,10 +394,6 @@ pub struct GpuCodedMatrix {
     words: wgpu::Buffer,
     errors: wgpu::Buffer,
     sb: Option<wgpu::Buffer>,
-    /// Raw low bits per weight beside the coded high bits (a split matrix), stored in the
-    /// `words` buffer after the stream from u32 `params.low_base` on: the fused kernel's eight
-    /// storage buffers are WebGPU's default limit.
-    low_bits: u32,
     uniform_cache: std::sync::Mutex<Vec<(u32, wgpu::Buffer)>>,
     coded_bytes: u64,
 }
@@ -408,8 +409,9 @@ impl GpuCodedMatrix {
     }
 
     /// Uploads a [`crate::rans::SplitMatrix`]: its coded high bits and raw low bits. The GPU
-    /// runs 4-bit weights split 2 + 2 only, with the blocked kernels (32-wide subgroups); other
-    /// splits fail with [`GpuError::Unsupported`]. The low bits' checksum is not checked here
+    /// runs 4-bit weights split 2 + 2 only (other splits fail with [`GpuError::Unsupported`]),
+    /// with the blocked kernels where they run and the workgroup kernels elsewhere; the
+    /// subgroup kernels refuse them. The low bits' checksum is not checked here
     /// (see [`crate::rans::SplitMatrix::verify_checksums`]).
     pub fn upload_split(
         device: &wgpu::Device,
@@ -522,7 +524,10 @@ impl GpuCodedMatrix {
             Some(low) => {
                 let mut v = m.words.to_vec();
                 v.resize(m.words.len().next_multiple_of(2), 0);
+                // (the raw bits go into `words` because the fused kernel's eight storage
+                // buffers are WebGPU's default limit)
                 params.low_base = u32_of("low bits offset", v.len() / 2)?;
+                params.low_bits = low_bits;
                 v.extend_from_slice(bytemuck::cast_slice(low));
                 v.into()
             }
@@ -539,7 +544,6 @@ impl GpuCodedMatrix {
             words: storage_init(device, "ecq_words", bytemuck::cast_slice(&stream), none)?,
             errors: storage_empty(device, "ecq chunk errors", nc as u64 * 4)?,
             sb,
-            low_bits,
             uniform_cache: Default::default(),
             coded_bytes,
         })
@@ -557,12 +561,12 @@ impl GpuCodedMatrix {
 
     /// Bits per weight (coded and raw together).
     pub fn bits(&self) -> u32 {
-        self.params.bits + self.low_bits
+        self.params.bits + self.params.low_bits
     }
 
     /// Raw low bits per weight beside the coded ones (0 unless uploaded split).
     pub fn low_bits(&self) -> u32 {
-        self.low_bits
+        self.params.low_bits
     }
 
     /// Chunks.
@@ -661,7 +665,7 @@ impl GpuCodedMatrix {
         registry.subgroups32()
             && mode == DecodeOutput::Packed
             && matches!(bw, 1 | 2 | 4 | 8)
-            && self.low_bits == 0
+            && self.params.low_bits == 0
     }
 
     /// [`decode_dispatch`](Self::decode_dispatch) with an explicit variant:
@@ -689,11 +693,12 @@ impl GpuCodedMatrix {
                     .into(),
             ));
         }
-        if self.low_bits != 0 && !blocked {
-            return Err(GpuError::Unsupported(format!(
-                "the {variant:?} decode kernel cannot read raw low bits (only the blocked kernel \
-                 can, which needs 32-wide subgroups and rows of a multiple of 8 steps)"
-            )));
+        if self.params.low_bits != 0 && variant == FusedVariant::Subgroup {
+            return Err(GpuError::Unsupported(
+                "the subgroup decode kernel cannot read raw low bits (the blocked and the \
+                 workgroup kernels can)"
+                    .into(),
+            ));
         }
         if variant == FusedVariant::Subgroup && !self.decode_subgroup_supported(registry, mode) {
             return Err(GpuError::Unsupported(
@@ -729,13 +734,13 @@ impl GpuCodedMatrix {
                 device,
                 Kernel::RansDecodeBlocked,
                 "main",
-                &[("PREC", p.prec), ("LOW", self.low_bits)],
+                &[("PREC", p.prec), ("LOW", self.params.low_bits)],
             )?,
             FusedVariant::BlockedCompact => registry.get(
                 device,
                 Kernel::RansDecodeBlockedCompact,
                 "main",
-                &[("PREC", p.prec), ("LOW", self.low_bits)],
+                &[("PREC", p.prec), ("LOW", self.params.low_bits)],
             )?,
         };
         let layout = pipeline.get_bind_group_layout(0);
@@ -776,7 +781,7 @@ impl GpuCodedMatrix {
             cols: p.cols,
             steps_per_row: p.steps_per_row,
             workgroups: p.total_wg,
-            low_bits: self.low_bits,
+            low_bits: self.params.low_bits,
         }
     }
 

@@ -258,7 +258,9 @@ impl Kernel {
     /// The WGSL source.
     pub fn source(self) -> &'static str {
         match self {
-            Kernel::RansDecode => wgsl_with_libs!("../../wgsl/rans_decode.wgsl", "rans_table"),
+            Kernel::RansDecode => {
+                wgsl_with_libs!("../../wgsl/rans_decode.wgsl", "rans_table", "split_bits")
+            }
             Kernel::RansGemv => wgsl_with_libs!("../../wgsl/rans_gemv.wgsl", "rans_table"),
             Kernel::RansGemvSubgroup => wgsl_with_libs!(
                 "../../wgsl/rans_gemv_subgroup.wgsl",
@@ -277,28 +279,32 @@ impl Kernel {
                 "rans_table_scan",
                 "rans_table_sg",
                 "rans_subgroup",
-                "rans_block"
+                "rans_block",
+                "split_bits"
             ),
             Kernel::RansDecodeBlocked => wgsl_with_libs!(
                 "../../wgsl/rans_decode_blocked.wgsl",
                 "rans_table_scan",
                 "rans_table_sg",
                 "rans_subgroup",
-                "rans_block"
+                "rans_block",
+                "split_bits"
             ),
             Kernel::RansGemvBlockedCompact => wgsl_with_libs!(
                 "../../wgsl/rans_gemv_blocked.wgsl",
                 "rans_table_scan",
                 "rans_table_byte",
                 "rans_subgroup",
-                "rans_block"
+                "rans_block",
+                "split_bits"
             ),
             Kernel::RansDecodeBlockedCompact => wgsl_with_libs!(
                 "../../wgsl/rans_decode_blocked.wgsl",
                 "rans_table_scan",
                 "rans_table_byte",
                 "rans_subgroup",
-                "rans_block"
+                "rans_block",
+                "split_bits"
             ),
             Kernel::QGemv => include_str!("../../wgsl/qgemv.wgsl"),
             Kernel::QGemv4 => include_str!("../../wgsl/qgemv4.wgsl"),

@@ -81,13 +81,3 @@ fn decode_block(d: ptr<function, BlockDecoder>, steps: u32, l: u32, ltmask: u32)
     }
     return vec2<u32>(s_lo, s_hi);
 }
-
-// Eight 2-bit fields (bits 0..15 of v) spread to the low half of eight nibbles: with
-// `(spread2(high) << 2) | spread2(low)`, the high and raw low bits of a split matrix's eight
-// 4-bit weights become their MLX packed word.
-fn spread2(v: u32) -> u32 {
-    var s = v & 0xFFFFu;
-    s = (s | (s << 8u)) & 0x00FF00FFu;
-    s = (s | (s << 4u)) & 0x0F0F0F0Fu;
-    return (s | (s << 2u)) & 0x33333333u;
-}
