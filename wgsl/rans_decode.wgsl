@@ -10,6 +10,9 @@
 //   0: MLX packed u32 words (continuous LSB-first bit stream per row; a full step covers exactly
 //      b*w words because it holds 32 symbols of b*w bits).
 //   1: one byte per weight (q values), four per u32, rows of K/4 words.
+// A split matrix (`ecq::rans::SplitMatrix`, P.low_bits = 2: the symbols hold the high 2 bits of
+// four 4-bit weights, the low 2 bits follow the stream in `words` from u32 P.low_base on) is
+// merged back into 4-bit weights in either mode.
 //
 // Every loop is bounded by the geometry in `P`; every word read is bounds-checked against the
 // chunk's range; corrupt input sets bits in `errors[chunk]` and never hangs the device.

@@ -6,6 +6,8 @@
 // renormalisation prefix count. Each lane multiplies the w weights of the symbol it decoded with
 // x and accumulates scale * sum(q*x) + bias * sum(x) for the row; at the end of a row the 32 lane
 // sums are reduced through workgroup memory and y[row] is written once (chunks own whole rows).
+// A split matrix's raw low bits (P.low_bits = 2, after the stream in `words`) are merged into
+// the symbol's four weights before they are multiplied.
 //
 // Bounded loops and bounds-checked word reads as in rans_decode.wgsl; corrupt input sets bits in
 // `errors[chunk]` and never hangs the device (y is then garbage and the host reports the error).
