@@ -748,3 +748,92 @@ fn fused_gemv_split_low_bits() {
         );
     }
 }
+
+/// A coded matrix decoded on the GPU into a plain one (`GpuQuantizedMatrix::decode_from`, no
+/// trip through the host) gives the plain GEMV, bit for bit, the output of the same weights
+/// uploaded from the host: whole and split symbols, every group size, rows the blocked decode
+/// kernel cannot take. A coded matrix without scales and biases is refused, a corrupt stream
+/// reported.
+#[test]
+fn decode_to_quantized_matches_upload() {
+    let Some(ctx) = ctx() else { return };
+    for (i, &(rows, cols, gs, split)) in [
+        (9, 512, 64, false),
+        (33, 1024, 32, true),
+        (5, 4096, 128, false),
+        (6, 1280, 64, true),
+        (7, 4096, 64, true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (q, x) = random_matrix(1200 + i as u64, rows, cols, 4, gs);
+        let quant = QuantParamsRef {
+            group_size: gs,
+            scales: &q.scales,
+            biases: &q.biases,
+        };
+        let coded = if split {
+            let s = ecq::rans::SplitMatrix::encode(
+                &q.symbols(),
+                rows,
+                cols,
+                4,
+                2,
+                &ecq::rans::SplitMatrix::default_options(),
+            )
+            .unwrap();
+            ctx.upload_split(&s, Some(quant))
+        } else {
+            let opts = EncodeOptions {
+                group_size: gs,
+                ..Default::default()
+            };
+            let e = encode(&q.symbols(), rows, cols, 4, &opts).unwrap();
+            ctx.upload_coded(CodedMatrixRef::from(&e), Some(quant))
+        }
+        .unwrap();
+        let label = format!("{rows}x{cols} g{gs} split {split}");
+        let decoded = ctx
+            .decode_to_quantized(&coded)
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_eq!(
+            (decoded.rows(), decoded.cols(), decoded.bits()),
+            (rows, cols, 4)
+        );
+        let direct = ctx.upload_quantized(&q).unwrap();
+        let bits = |y: Vec<f32>| y.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        assert_eq!(
+            bits(ctx.gemv_quantized(&decoded, &x).unwrap()),
+            bits(ctx.gemv_quantized(&direct, &x).unwrap()),
+            "{label}"
+        );
+    }
+    let (q, _) = random_matrix(1300, 8, 512, 4, 64);
+    let e = encode(&q.symbols(), 8, 512, 4, &EncodeOptions::default()).unwrap();
+    let bare = ctx.upload_coded(CodedMatrixRef::from(&e), None).unwrap();
+    assert!(matches!(
+        ctx.decode_to_quantized(&bare),
+        Err(ecq::gpu::GpuError::InvalidInput(_))
+    ));
+    let mut states = e.states().to_vec();
+    states[3] = 1;
+    let quant = QuantParamsRef {
+        group_size: 64,
+        scales: &q.scales,
+        biases: &q.biases,
+    };
+    let corrupt = ctx
+        .upload_coded(
+            CodedMatrixRef {
+                states: &states,
+                ..CodedMatrixRef::from(&e)
+            },
+            Some(quant),
+        )
+        .unwrap();
+    assert!(matches!(
+        ctx.decode_to_quantized(&corrupt),
+        Err(ecq::gpu::GpuError::CorruptStream { chunk: 0, .. })
+    ));
+}

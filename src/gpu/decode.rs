@@ -580,6 +580,11 @@ impl GpuCodedMatrix {
         self.coded_bytes
     }
 
+    /// The interleaved (scale, bias) buffer and the MLX group size given at upload, if any.
+    pub(crate) fn quant_params(&self) -> Option<(&wgpu::Buffer, u32)> {
+        self.sb.as_ref().map(|b| (b, self.params.group_size))
+    }
+
     /// The per-chunk error buffer (`n_chunks` u32, zero when clean). [`Self::decode`] and
     /// [`Self::gemv`] clear and check it; after recording [`Dispatch`]es yourself, clear it
     /// before and check it with [`Self::check_errors`] after.

@@ -118,21 +118,7 @@ impl GpuQuantizedMatrix {
         q: &crate::quant::QuantizedMatrix,
     ) -> Result<Self, GpuError> {
         let (r, k, b, gs) = (q.rows, q.cols, q.bits, q.group_size as usize);
-        if ![2, 4, 8].contains(&b) {
-            return Err(GpuError::Unsupported(format!(
-                "plain GEMV supports 2, 4 and 8 bits, not {b}"
-            )));
-        }
-        if !(k * b as usize).is_multiple_of(128) {
-            return Err(GpuError::Unsupported(format!(
-                "plain GEMV needs cols * bits % 128 == 0 (cols {k}, bits {b})"
-            )));
-        }
-        if gs == 0 || k % gs != 0 || gs % (32 / b as usize) != 0 {
-            return Err(GpuError::InvalidInput(format!(
-                "group size {gs} must divide cols {k} and hold whole u32 words"
-            )));
-        }
+        let params = Self::params_for(r, k, b, gs)?;
         let groups = r * (k / gs);
         if q.packed.len() != r * k * b as usize / 32
             || q.scales.len() != groups
@@ -145,15 +131,6 @@ impl GpuQuantizedMatrix {
                 q.biases.len()
             )));
         }
-        let total_wg = r.div_ceil(ROWS_PER_WG);
-        let params = Params {
-            rows: u32::try_from(r).map_err(|_| GpuError::InvalidInput("rows".into()))?,
-            cols: u32::try_from(k).map_err(|_| GpuError::InvalidInput("cols".into()))?,
-            vec_per_row: (k * b as usize / 128) as u32,
-            groups_per_row: (k / gs) as u32,
-            total_wg: total_wg as u32,
-            ..Default::default()
-        };
         let inter: Vec<f32> = q
             .scales
             .iter()
@@ -172,6 +149,94 @@ impl GpuQuantizedMatrix {
                 none,
             )?,
             sb: storage_init(device, "scales+biases", bytemuck::cast_slice(&inter), none)?,
+            uniform: Default::default(),
+        })
+    }
+
+    /// The kernels' parameters for an `r` x `k` matrix of `b`-bit weights in groups of `gs`,
+    /// or why the plain GEMV cannot run it.
+    fn params_for(r: usize, k: usize, b: u32, gs: usize) -> Result<Params, GpuError> {
+        if ![2, 4, 8].contains(&b) {
+            return Err(GpuError::Unsupported(format!(
+                "plain GEMV supports 2, 4 and 8 bits, not {b}"
+            )));
+        }
+        if !(k * b as usize).is_multiple_of(128) {
+            return Err(GpuError::Unsupported(format!(
+                "plain GEMV needs cols * bits % 128 == 0 (cols {k}, bits {b})"
+            )));
+        }
+        if gs == 0 || !k.is_multiple_of(gs) || !gs.is_multiple_of(32 / b as usize) {
+            return Err(GpuError::InvalidInput(format!(
+                "group size {gs} must divide cols {k} and hold whole u32 words"
+            )));
+        }
+        Ok(Params {
+            rows: u32::try_from(r).map_err(|_| GpuError::InvalidInput("rows".into()))?,
+            cols: u32::try_from(k).map_err(|_| GpuError::InvalidInput("cols".into()))?,
+            vec_per_row: (k * b as usize / 128) as u32,
+            groups_per_row: (k / gs) as u32,
+            total_wg: r.div_ceil(ROWS_PER_WG) as u32,
+            ..Default::default()
+        })
+    }
+
+    /// Decodes a coded matrix on the GPU into a new plain matrix, with no trip through the
+    /// host: the decode kernel writes the MLX packed words into the new matrix's buffer and
+    /// the scales and biases given to the coded matrix's upload are shared. For loading a
+    /// model on a GPU where the plain GEMV is faster than the fused one (an H100 or H200:
+    /// BENCHMARKS.md, issue 5): split matrices decode there at ~1.5e12 weights per second.
+    ///
+    /// # Errors
+    ///
+    /// [`GpuError::InvalidInput`] if `coded` was uploaded without scales and biases,
+    /// [`GpuError::Unsupported`] where the plain GEMV cannot run the matrix (see
+    /// [`Self::upload`]), [`GpuError::CorruptStream`] for a stream the kernel finds corrupt.
+    /// Checksums are not verified (see [`crate::gpu::GpuContext::upload_coded`]).
+    pub fn decode_from(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        coded: &super::GpuCodedMatrix,
+    ) -> Result<Self, GpuError> {
+        let (sb, gs) = coded.quant_params().ok_or_else(|| {
+            GpuError::InvalidInput(
+                "decoding to a plain matrix needs the scales and biases at upload".into(),
+            )
+        })?;
+        let (r, k, b) = (coded.rows(), coded.cols(), coded.bits());
+        let params = Self::params_for(r, k, b, gs as usize)?;
+        let bytes = r as u64 * k as u64 * b as u64 / 8;
+        super::check_storage(device, "decoded packed weights", bytes)?;
+        let packed = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("packed weights (decoded)"),
+            size: bytes.max(16),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        if coded.n_chunks() > 0 {
+            let d =
+                coded.decode_dispatch(device, registry, &packed, super::DecodeOutput::Packed)?;
+            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let mut enc = device.create_command_encoder(&Default::default());
+            enc.clear_buffer(coded.errors_buffer(), 0, None);
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                d.record(&mut pass);
+            }
+            queue.submit([enc.finish()]);
+            if let Some(e) = pollster::block_on(scope.pop()) {
+                return Err(GpuError::Wgpu(e.to_string()));
+            }
+            wait(device)?;
+            coded.check_errors(device, queue)?;
+        }
+        Ok(GpuQuantizedMatrix {
+            params,
+            bits: b,
+            group_size: gs,
+            packed,
+            sb: sb.clone(),
             uniform: Default::default(),
         })
     }

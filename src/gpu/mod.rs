@@ -712,6 +712,13 @@ impl GpuContext {
         GpuQuantizedMatrix::upload(&self.device, q)
     }
 
+    /// Decodes a coded matrix on the GPU into a plain one for [`Self::gemv_quantized`]
+    /// ([`GpuQuantizedMatrix::decode_from`]): the way to load coded weights where the plain
+    /// GEMV is the faster kernel.
+    pub fn decode_to_quantized(&self, m: &GpuCodedMatrix) -> Result<GpuQuantizedMatrix, GpuError> {
+        GpuQuantizedMatrix::decode_from(&self.device, &self.queue, &self.registry, m)
+    }
+
     /// Decodes to MLX packed `u32` words (`rows * cols * bits / 32`), bit-exact with
     /// `EncodedMatrix::decode_packed`. Corruption is reported as [`GpuError::CorruptStream`].
     pub fn decode_packed(&self, m: &GpuCodedMatrix) -> Result<Vec<u32>, GpuError> {
