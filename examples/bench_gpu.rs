@@ -853,6 +853,22 @@ fn main() {
                         .expect("upload")
                     })
                     .collect();
+                // load time: the coded matrix decoded once on the GPU into a plain one
+                // (allocation, decode, wait and error check; wall clock, the second of two)
+                let _ = ctx.decode_to_quantized(&coded[0]);
+                let t_load = Instant::now();
+                match ctx.decode_to_quantized(&coded[0]) {
+                    Ok(m) => {
+                        let s = t_load.elapsed().as_secs_f64();
+                        drop(m);
+                        eprintln!(
+                            "  {source} {chunk_symbols}:{tile_chunks}: decode to a plain matrix at load {:.3} ms wall clock ({:.0} G weights/s)",
+                            s * 1e3,
+                            (r * k) as f64 / s / 1e9
+                        );
+                    }
+                    Err(e) => eprintln!("  {source}: decode to a plain matrix: {e}"),
+                }
                 let time_fused = |v: FusedVariant, n: usize| {
                     let ds: Vec<Dispatch> = coded[..n]
                         .iter()
