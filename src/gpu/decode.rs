@@ -926,6 +926,29 @@ impl GpuCodedMatrix {
         enc.clear_buffer(&self.errors, 0, None);
     }
 
+    /// Runs one of this matrix's launches to completion: clears the error buffer, submits,
+    /// and turns a validation error or a corrupt chunk into an error.
+    pub(crate) fn run_checked(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        d: &Dispatch,
+    ) -> Result<(), GpuError> {
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut enc = device.create_command_encoder(&Default::default());
+        self.clear_errors(&mut enc);
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            d.record(&mut pass);
+        }
+        queue.submit([enc.finish()]);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Wgpu(e.to_string()));
+        }
+        wait(device)?;
+        self.check_errors(device, queue)
+    }
+
     /// Decodes into a new buffer and reads it back (`u32` words; for
     /// [`DecodeOutput::BytePerWeight`] four weights per word). The output buffer is filled with
     /// `0xFFFFFFFF` first so unwritten words show.
@@ -964,19 +987,7 @@ impl GpuCodedMatrix {
             None => self.decode_dispatch(device, registry, &out, mode)?,
             Some(v) => self.decode_dispatch_with(device, registry, &out, mode, v)?,
         };
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let mut enc = device.create_command_encoder(&Default::default());
-        self.clear_errors(&mut enc);
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            d.record(&mut pass);
-        }
-        queue.submit([enc.finish()]);
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(GpuError::Wgpu(e.to_string()));
-        }
-        wait(device)?;
-        self.check_errors(device, queue)?;
+        self.run_checked(device, queue, &d)?;
         let bytes = read_back(device, queue, &out, n * 4)?;
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
@@ -1030,19 +1041,7 @@ impl GpuCodedMatrix {
             wgpu::BufferUsages::COPY_SRC,
         )?;
         let d = self.gemv_dispatch_with(device, registry, &xb, &yb, variant)?;
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let mut enc = device.create_command_encoder(&Default::default());
-        self.clear_errors(&mut enc);
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            d.record(&mut pass);
-        }
-        queue.submit([enc.finish()]);
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(GpuError::Wgpu(e.to_string()));
-        }
-        wait(device)?;
-        self.check_errors(device, queue)?;
+        self.run_checked(device, queue, &d)?;
         let bytes = read_back(device, queue, &yb, r as u64 * 4)?;
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }

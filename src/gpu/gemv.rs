@@ -217,19 +217,7 @@ impl GpuQuantizedMatrix {
         if coded.n_chunks() > 0 {
             let d =
                 coded.decode_dispatch(device, registry, &packed, super::DecodeOutput::Packed)?;
-            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let mut enc = device.create_command_encoder(&Default::default());
-            enc.clear_buffer(coded.errors_buffer(), 0, None);
-            {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                d.record(&mut pass);
-            }
-            queue.submit([enc.finish()]);
-            if let Some(e) = pollster::block_on(scope.pop()) {
-                return Err(GpuError::Wgpu(e.to_string()));
-            }
-            wait(device)?;
-            coded.check_errors(device, queue)?;
+            coded.run_checked(device, queue, &d)?;
         }
         Ok(GpuQuantizedMatrix {
             params,
