@@ -853,21 +853,26 @@ fn main() {
                         .expect("upload")
                     })
                     .collect();
-                // load time: the coded matrix decoded once on the GPU into a plain one
-                // (allocation, decode, wait and error check; wall clock, the second of two)
-                let _ = ctx.decode_to_quantized(&coded[0]);
-                let t_load = Instant::now();
-                match ctx.decode_to_quantized(&coded[0]) {
-                    Ok(m) => {
-                        let s = t_load.elapsed().as_secs_f64();
-                        drop(m);
-                        eprintln!(
-                            "  {source} {chunk_symbols}:{tile_chunks}: decode to a plain matrix at load {:.3} ms wall clock ({:.0} G weights/s)",
-                            s * 1e3,
-                            (r * k) as f64 / s / 1e9
-                        );
+                // load time: the coded matrix decoded once on the GPU into a plain one, alone
+                // and all copies with one wait (allocation, decodes, wait and error checks;
+                // wall clock, the second of two runs each)
+                let all: Vec<_> = coded.iter().collect();
+                for batch in [&all[..1], &all[..]] {
+                    let _ = ctx.decode_many_to_quantized(batch);
+                    let t_load = Instant::now();
+                    match ctx.decode_many_to_quantized(batch) {
+                        Ok(ms) => {
+                            let s = t_load.elapsed().as_secs_f64();
+                            drop(ms);
+                            eprintln!(
+                                "  {source} {chunk_symbols}:{tile_chunks}: decode {} matrices to plain ones at load {:.3} ms wall clock ({:.0} G weights/s)",
+                                batch.len(),
+                                s * 1e3,
+                                (batch.len() * r * k) as f64 / s / 1e9
+                            );
+                        }
+                        Err(e) => eprintln!("  {source}: decode to plain matrices: {e}"),
                     }
-                    Err(e) => eprintln!("  {source}: decode to a plain matrix: {e}"),
                 }
                 let time_fused = |v: FusedVariant, n: usize| {
                     let ds: Vec<Dispatch> = coded[..n]

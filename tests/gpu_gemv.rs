@@ -752,11 +752,12 @@ fn fused_gemv_split_low_bits() {
 /// A coded matrix decoded on the GPU into a plain one (`GpuQuantizedMatrix::decode_from`, no
 /// trip through the host) gives the plain GEMV, bit for bit, the output of the same weights
 /// uploaded from the host: whole and split symbols, every group size, rows the blocked decode
-/// kernel cannot take. A coded matrix without scales and biases is refused, a corrupt stream
-/// reported.
+/// kernel cannot take; so do all of them decoded with one wait (`decode_many`). A coded
+/// matrix without scales and biases is refused, a corrupt stream reported, alone or in a batch.
 #[test]
 fn decode_to_quantized_matches_upload() {
     let Some(ctx) = ctx() else { return };
+    let mut cases = Vec::new();
     for (i, &(rows, cols, gs, split)) in [
         (9, 512, 64, false),
         (33, 1024, 32, true),
@@ -802,11 +803,21 @@ fn decode_to_quantized_matches_upload() {
             (rows, cols, 4)
         );
         let direct = ctx.upload_quantized(&q).unwrap();
-        let bits = |y: Vec<f32>| y.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let want = bits(ctx.gemv_quantized(&direct, &x).unwrap());
         assert_eq!(
             bits(ctx.gemv_quantized(&decoded, &x).unwrap()),
-            bits(ctx.gemv_quantized(&direct, &x).unwrap()),
+            want,
             "{label}"
+        );
+        cases.push((coded, x, want, label));
+    }
+    let all: Vec<_> = cases.iter().map(|c| &c.0).collect();
+    let decoded = ctx.decode_many_to_quantized(&all).unwrap();
+    for (m, (_, x, want, label)) in decoded.iter().zip(&cases) {
+        assert_eq!(
+            &bits(ctx.gemv_quantized(m, x).unwrap()),
+            want,
+            "{label} (batch)"
         );
     }
     let (q, _) = random_matrix(1300, 8, 512, 4, 64);
@@ -836,4 +847,12 @@ fn decode_to_quantized_matches_upload() {
         ctx.decode_to_quantized(&corrupt),
         Err(ecq::gpu::GpuError::CorruptStream { chunk: 0, .. })
     ));
+    assert!(matches!(
+        ctx.decode_many_to_quantized(&[all[0], &corrupt, all[1]]),
+        Err(ecq::gpu::GpuError::CorruptStream { chunk: 0, .. })
+    ));
+}
+
+fn bits(y: Vec<f32>) -> Vec<u32> {
+    y.into_iter().map(f32::to_bits).collect()
 }

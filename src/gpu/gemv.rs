@@ -185,7 +185,8 @@ impl GpuQuantizedMatrix {
     /// host: the decode kernel writes the MLX packed words into the new matrix's buffer and
     /// the scales and biases given to the coded matrix's upload are shared. For loading a
     /// model on a GPU where the plain GEMV is faster than the fused one (an H100 or H200:
-    /// BENCHMARKS.md, issue 5): split matrices decode there at ~1.5e12 weights per second.
+    /// BENCHMARKS.md, issue 5). One call waits for the GPU once; for many matrices
+    /// [`Self::decode_many`] waits once for all.
     ///
     /// # Errors
     ///
@@ -199,34 +200,75 @@ impl GpuQuantizedMatrix {
         registry: &PipelineRegistry,
         coded: &super::GpuCodedMatrix,
     ) -> Result<Self, GpuError> {
-        let (sb, gs) = coded.quant_params().ok_or_else(|| {
-            GpuError::InvalidInput(
-                "decoding to a plain matrix needs the scales and biases at upload".into(),
-            )
-        })?;
-        let (r, k, b) = (coded.rows(), coded.cols(), coded.bits());
-        let params = Self::params_for(r, k, b, gs as usize)?;
-        let bytes = r as u64 * k as u64 * b as u64 / 8;
-        super::check_storage(device, "decoded packed weights", bytes)?;
-        let packed = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("packed weights (decoded)"),
-            size: bytes.max(16),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        if coded.n_chunks() > 0 {
-            let d =
-                coded.decode_dispatch(device, registry, &packed, super::DecodeOutput::Packed)?;
-            coded.run_checked(device, queue, &d)?;
+        let mut v = Self::decode_many(device, queue, registry, &[coded])?;
+        Ok(v.pop().expect("one matrix in, one out"))
+    }
+
+    /// [`Self::decode_from`] for many matrices: every decode recorded in one submission and
+    /// one wait for all of them, then each matrix's error buffer checked; the first matrix (in
+    /// order) that fails gives the error. Every matrix is checked before any GPU work starts.
+    pub fn decode_many(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        coded: &[&super::GpuCodedMatrix],
+    ) -> Result<Vec<Self>, GpuError> {
+        let mut out = Vec::with_capacity(coded.len());
+        let mut launches = Vec::new();
+        for m in coded {
+            let (sb, gs) = m.quant_params().ok_or_else(|| {
+                GpuError::InvalidInput(
+                    "decoding to a plain matrix needs the scales and biases at upload".into(),
+                )
+            })?;
+            let (r, k, b) = (m.rows(), m.cols(), m.bits());
+            let params = Self::params_for(r, k, b, gs as usize)?;
+            let bytes = r as u64 * k as u64 * b as u64 / 8;
+            super::check_storage(device, "decoded packed weights", bytes)?;
+            let packed = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("packed weights (decoded)"),
+                size: bytes.max(16),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            if m.n_chunks() > 0 {
+                launches.push((
+                    *m,
+                    m.decode_dispatch(device, registry, &packed, super::DecodeOutput::Packed)?,
+                ));
+            }
+            out.push(GpuQuantizedMatrix {
+                params,
+                bits: b,
+                group_size: gs,
+                packed,
+                sb: sb.clone(),
+                uniform: Default::default(),
+            });
         }
-        Ok(GpuQuantizedMatrix {
-            params,
-            bits: b,
-            group_size: gs,
-            packed,
-            sb: sb.clone(),
-            uniform: Default::default(),
-        })
+        if launches.is_empty() {
+            return Ok(out);
+        }
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut enc = device.create_command_encoder(&Default::default());
+        for (m, _) in &launches {
+            enc.clear_buffer(m.errors_buffer(), 0, None);
+        }
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for (_, d) in &launches {
+                d.record(&mut pass);
+            }
+        }
+        queue.submit([enc.finish()]);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Wgpu(e.to_string()));
+        }
+        wait(device)?;
+        for (m, _) in &launches {
+            m.check_errors(device, queue)?;
+        }
+        Ok(out)
     }
 
     /// Rows.

@@ -719,6 +719,15 @@ impl GpuContext {
         GpuQuantizedMatrix::decode_from(&self.device, &self.queue, &self.registry, m)
     }
 
+    /// [`Self::decode_to_quantized`] for many matrices with one wait for all of them
+    /// ([`GpuQuantizedMatrix::decode_many`]).
+    pub fn decode_many_to_quantized(
+        &self,
+        ms: &[&GpuCodedMatrix],
+    ) -> Result<Vec<GpuQuantizedMatrix>, GpuError> {
+        GpuQuantizedMatrix::decode_many(&self.device, &self.queue, &self.registry, ms)
+    }
+
     /// Decodes to MLX packed `u32` words (`rows * cols * bits / 32`), bit-exact with
     /// `EncodedMatrix::decode_packed`. Corruption is reported as [`GpuError::CorruptStream`].
     pub fn decode_packed(&self, m: &GpuCodedMatrix) -> Result<Vec<u32>, GpuError> {
