@@ -926,27 +926,14 @@ impl GpuCodedMatrix {
         enc.clear_buffer(&self.errors, 0, None);
     }
 
-    /// Runs one of this matrix's launches to completion: clears the error buffer, submits,
-    /// and turns a validation error or a corrupt chunk into an error.
+    /// Runs one of this matrix's launches to completion ([`run_checked_launches`]).
     pub(crate) fn run_checked(
         &self,
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         d: &Dispatch,
     ) -> Result<(), GpuError> {
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let mut enc = device.create_command_encoder(&Default::default());
-        self.clear_errors(&mut enc);
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            d.record(&mut pass);
-        }
-        queue.submit([enc.finish()]);
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(GpuError::Wgpu(e.to_string()));
-        }
-        wait(device)?;
-        self.check_errors(device, queue)
+        run_checked_launches(device, queue, &[(self, d)])
     }
 
     /// Decodes into a new buffer and reads it back (`u32` words; for
@@ -1045,6 +1032,36 @@ impl GpuCodedMatrix {
         let bytes = read_back(device, queue, &yb, r as u64 * 4)?;
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
+}
+
+/// Runs coded matrices' launches to completion in one submission and one wait: clears each
+/// matrix's error buffer, records every launch in one pass, and turns a validation error or
+/// the first (in order) matrix with a corrupt chunk into an error.
+pub(crate) fn run_checked_launches(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    launches: &[(&GpuCodedMatrix, &Dispatch)],
+) -> Result<(), GpuError> {
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let mut enc = device.create_command_encoder(&Default::default());
+    for (m, _) in launches {
+        m.clear_errors(&mut enc);
+    }
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        for (_, d) in launches {
+            d.record(&mut pass);
+        }
+    }
+    queue.submit([enc.finish()]);
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        return Err(GpuError::Wgpu(e.to_string()));
+    }
+    wait(device)?;
+    for (m, _) in launches {
+        m.check_errors(device, queue)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn entry(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {

@@ -246,27 +246,9 @@ impl GpuQuantizedMatrix {
                 uniform: Default::default(),
             });
         }
-        if launches.is_empty() {
-            return Ok(out);
-        }
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let mut enc = device.create_command_encoder(&Default::default());
-        for (m, _) in &launches {
-            enc.clear_buffer(m.errors_buffer(), 0, None);
-        }
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            for (_, d) in &launches {
-                d.record(&mut pass);
-            }
-        }
-        queue.submit([enc.finish()]);
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(GpuError::Wgpu(e.to_string()));
-        }
-        wait(device)?;
-        for (m, _) in &launches {
-            m.check_errors(device, queue)?;
+        if !launches.is_empty() {
+            let launches: Vec<_> = launches.iter().map(|(m, d)| (*m, d)).collect();
+            super::decode::run_checked_launches(device, queue, &launches)?;
         }
         Ok(out)
     }

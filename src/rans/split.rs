@@ -216,6 +216,10 @@ impl SplitMatrix {
     /// Verifies the coded part's tile checksums and the low bits' checksum.
     pub fn verify_checksums(&self) -> Result<(), CodecError> {
         self.high.verify_checksums()?;
+        self.verify_low_checksum()
+    }
+
+    fn verify_low_checksum(&self) -> Result<(), CodecError> {
         let computed = crc_of(&self.low);
         if computed != self.low_crc {
             return Err(CodecError::LowBitsChecksumMismatch {
@@ -235,8 +239,9 @@ impl SplitMatrix {
 
     /// [`decode_symbols`](Self::decode_symbols) into a caller's buffer of `rows * cols` bytes.
     pub fn decode_symbols_into(&self, out: &mut [u8]) -> Result<(), CodecError> {
-        self.verify_checksums()?;
+        // (verifies the coded part's tile checksums as it decodes)
         self.high.decode_symbols_into(out)?;
+        self.verify_low_checksum()?;
         let cols = self.cols();
         let row_words = cols * self.low_bits as usize / 32;
         if row_words == 0 {
