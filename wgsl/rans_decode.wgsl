@@ -198,10 +198,10 @@ fn main(
                             // weights): word j of the row's symbols and word j of its raw bits
                             // make the row's 4-bit words 2j and 2j + 1
                             let jw = u * sw + l;
-                            let lw = words[P.low_base + row * (P.cols >> 4u) + jw];
+                            let lw = raw_low_bits(row * (P.cols >> 4u), 16u * jw, 2u);
                             let o = row * P.out_row_words + 2u * jw;
-                            out[o] = (spread2(word) << 2u) | spread2(lw);
-                            out[o + 1u] = (spread2(word >> 16u) << 2u) | spread2(lw >> 16u);
+                            out[o] = merge_split(word, lw);
+                            out[o + 1u] = merge_split(word >> 16u, lw >> 16u);
                         }
                     }
                 } else {
@@ -211,9 +211,8 @@ fn main(
                         // a split matrix's raw low bits of these four weights
                         var lo = 0u;
                         if (P.low_bits > 0u) {
-                            let bit = (u * 32u * P.wps + 4u * l) * P.low_bits;
-                            let wi = P.low_base + row * ((P.cols * P.low_bits) >> 5u) + (bit >> 5u);
-                            lo = words[wi] >> (bit & 31u);
+                            let row0 = row * ((P.cols * P.low_bits) >> 5u);
+                            lo = raw_low_bits(row0, u * 32u * P.wps + 4u * l, P.low_bits);
                         }
                         let lmask = (1u << P.low_bits) - 1u;
                         for (var k = 0u; k < 4u; k++) {

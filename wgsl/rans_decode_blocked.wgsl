@@ -87,11 +87,10 @@ fn write_word(row_out: u32, row_low: u32, j: u32, w: u32) {
         out[row_out + j] = w;
         return;
     }
-    // in range by construction (the host appends as many words per row as the symbols
-    // take to `words` from P.low_base on), clamped anyway
-    let lw = words[min(P.low_base + row_low + j, arrayLength(&words) - 1u)];
-    out[row_out + 2u * j] = (spread2(w) << 2u) | spread2(lw);
-    out[row_out + 2u * j + 1u] = (spread2(w >> 16u) << 2u) | spread2(lw >> 16u);
+    // (the raw bits of word j's 16 weights are the row's raw word j)
+    let lw = raw_low_bits(row_low, 16u * j, LOW);
+    out[row_out + 2u * j] = merge_split(w, lw);
+    out[row_out + 2u * j + 1u] = merge_split(w >> 16u, lw >> 16u);
 }
 
 @compute @workgroup_size(128)

@@ -12,6 +12,7 @@
 // Bounded loops and bounds-checked word reads as in rans_decode.wgsl; corrupt input sets bits in
 // `errors[chunk]` and never hangs the device (y is then garbage and the host reports the error).
 // import: rans_table
+// import: split_bits
 
 struct Params {
     rows: u32,
@@ -144,9 +145,7 @@ fn main(
                 // (the host allows 2 beside 2-bit symbols of four weights: one byte of a word)
                 var lo = 0u;
                 if (P.low_bits > 0u) {
-                    let bit = k0 * P.low_bits;
-                    let wi = P.low_base + row * ((P.cols * P.low_bits) >> 5u) + (bit >> 5u);
-                    lo = words[wi] >> (bit & 31u);
+                    lo = raw_low_bits(row * ((P.cols * P.low_bits) >> 5u), k0, P.low_bits);
                 }
                 let lmask = (1u << P.low_bits) - 1u;
                 var d = 0.0;

@@ -126,10 +126,7 @@ fn word_dot(sv: vec4<u32>, lw: u32, xw: array<vec4<f32>, 4>, sbv: vec2<f32>) -> 
     if (LOW == 2u) {
         let h01 = (sv.x & 0xFFu) | ((sv.y & 0xFFu) << 8u);
         let h23 = (sv.z & 0xFFu) | ((sv.w & 0xFFu) << 8u);
-        merged = vec2<u32>(
-            (spread2(h01) << 2u) | spread2(lw),
-            (spread2(h23) << 2u) | spread2(lw >> 16u),
-        );
+        merged = vec2<u32>(merge_split(h01, lw), merge_split(h23, lw >> 16u));
     }
     var qx = vec4<f32>(0.0);
     var xs = vec4<f32>(0.0);
@@ -171,10 +168,7 @@ fn word_low(row_low: u32, k: u32) -> u32 {
     if (LOW == 0u) {
         return 0u;
     }
-    let bit = k * LOW;
-    // in range by construction (row < rows, k < K; the host appends K * LOW / 32 words
-    // per row to `words` from P.low_base on), clamped anyway
-    return words[min(P.low_base + row_low + (bit >> 5u), arrayLength(&words) - 1u)] >> (bit & 31u);
+    return raw_low_bits(row_low, k, LOW);
 }
 
 // The MLX group of weight k.

@@ -261,7 +261,9 @@ impl Kernel {
             Kernel::RansDecode => {
                 wgsl_with_libs!("../../wgsl/rans_decode.wgsl", "rans_table", "split_bits")
             }
-            Kernel::RansGemv => wgsl_with_libs!("../../wgsl/rans_gemv.wgsl", "rans_table"),
+            Kernel::RansGemv => {
+                wgsl_with_libs!("../../wgsl/rans_gemv.wgsl", "rans_table", "split_bits")
+            }
             Kernel::RansGemvSubgroup => wgsl_with_libs!(
                 "../../wgsl/rans_gemv_subgroup.wgsl",
                 "rans_table",
