@@ -277,13 +277,9 @@ impl SplitMatrix {
     }
 }
 
+/// CRC-32C of the raw low bits' little-endian bytes (the coded parts' checksum routine).
 fn crc_of(low: &[u32]) -> u32 {
-    if cfg!(target_endian = "little") {
-        crc32c::crc32c(bytemuck::cast_slice(low))
-    } else {
-        let bytes: Vec<u8> = low.iter().flat_map(|w| w.to_le_bytes()).collect();
-        crc32c::crc32c(&bytes)
-    }
+    super::crc_append(0, low)
 }
 
 #[cfg(test)]
