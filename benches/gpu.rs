@@ -99,12 +99,16 @@ fn bench(c: &mut Criterion) {
         tile_chunks: env_num("ECQ_GPU_BENCH_TILE").unwrap_or(EncodeOptions::default().tile_chunks),
         ..Default::default()
     };
-    let (enc, split) = if low_bits == 0 {
-        (encode(&q.symbols(), r, k, bits, &opts).unwrap(), None)
-    } else {
-        let s = SplitMatrix::encode(&q.symbols(), r, k, bits, low_bits, &opts).unwrap();
-        (s.high().clone(), Some(s))
-    };
+    let split = (low_bits != 0)
+        .then(|| SplitMatrix::encode(&q.symbols(), r, k, bits, low_bits, &opts).unwrap());
+    let whole = split
+        .is_none()
+        .then(|| encode(&q.symbols(), r, k, bits, &opts).unwrap());
+    // the coded symbols: the whole matrix's, or the split one's high bits
+    let enc = whole
+        .as_ref()
+        .or(split.as_ref().map(SplitMatrix::high))
+        .expect("one of the two");
     let (dev, reg) = (ctx.device(), ctx.registry());
     let mk = |size: u64| {
         dev.create_buffer(&wgpu::BufferDescriptor {
@@ -129,7 +133,7 @@ fn bench(c: &mut Criterion) {
     let coded: Vec<_> = (0..sets)
         .map(|_| {
             match &split {
-                None => ctx.upload_coded(CodedMatrixRef::from(&enc), Some(qp)),
+                None => ctx.upload_coded(CodedMatrixRef::from(enc), Some(qp)),
                 Some(s) => ctx.upload_split(s, Some(qp)),
             }
             .unwrap()

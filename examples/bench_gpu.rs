@@ -816,12 +816,16 @@ fn main() {
                     ..Default::default()
                 };
                 // whole 4-bit symbols, or the high 2 bits coded and the low 2 raw
-                let (enc, split) = if low_bits == 0 {
-                    (encode(&syms, r, k, 4, &opts).expect("encode"), None)
-                } else {
-                    let s = SplitMatrix::encode(&syms, r, k, 4, low_bits, &opts).expect("encode");
-                    (s.high().clone(), Some(s))
-                };
+                let split = (low_bits != 0)
+                    .then(|| SplitMatrix::encode(&syms, r, k, 4, low_bits, &opts).expect("encode"));
+                let whole = split
+                    .is_none()
+                    .then(|| encode(&syms, r, k, 4, &opts).expect("encode"));
+                // the coded symbols: the whole matrix's, or the split one's high bits
+                let enc = whole
+                    .as_ref()
+                    .or(split.as_ref().map(SplitMatrix::high))
+                    .expect("one of the two");
                 let source = &match &split {
                     None => source.to_string(),
                     Some(s) => format!("{source}+raw{}", s.low_bits()),
@@ -847,7 +851,7 @@ fn main() {
                 let coded: Vec<_> = (0..csets)
                     .map(|_| {
                         match &split {
-                            None => ctx.upload_coded(CodedMatrixRef::from(&enc), Some(qp)),
+                            None => ctx.upload_coded(CodedMatrixRef::from(enc), Some(qp)),
                             Some(s) => ctx.upload_split(s, Some(qp)),
                         }
                         .expect("upload")
