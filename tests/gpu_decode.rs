@@ -53,6 +53,23 @@ struct Case {
     dist: Dist,
 }
 
+/// `m` decoded to packed words by kernel `v` (panics naming `label` and the kernel on error).
+fn packed_with(
+    ctx: &GpuContext,
+    m: &ecq::gpu::GpuCodedMatrix,
+    v: FusedVariant,
+    label: &str,
+) -> Vec<u32> {
+    m.decode_with(
+        ctx.device(),
+        ctx.queue(),
+        ctx.registry(),
+        DecodeOutput::Packed,
+        Some(v),
+    )
+    .unwrap_or_else(|e| panic!("{label} {v:?}: GPU decode: {e}"))
+}
+
 fn encode_case(c: &Case, seed: u64) -> (Vec<u8>, EncodedMatrix) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let q = symbols(&mut rng, c.rows * c.cols, c.bits, c.dist);
@@ -117,15 +134,7 @@ fn check_case(ctx: &GpuContext, c: &Case, seed: u64) {
         if !supported {
             continue;
         }
-        let got = m
-            .decode_with(
-                ctx.device(),
-                ctx.queue(),
-                ctx.registry(),
-                DecodeOutput::Packed,
-                Some(v),
-            )
-            .unwrap_or_else(|e| panic!("{label} {v:?}: GPU decode: {e}"));
+        let got = packed_with(ctx, &m, v, &label);
         assert!(got == cpu_packed, "{label} {v:?}: packed words differ");
     }
     if c.cols.is_multiple_of(4) {
@@ -652,15 +661,7 @@ fn decode_split_low_bits() {
                     kernels.extend([FusedVariant::Blocked, FusedVariant::BlockedCompact]);
                 }
                 for v in kernels {
-                    let got = m
-                        .decode_with(
-                            ctx.device(),
-                            ctx.queue(),
-                            ctx.registry(),
-                            DecodeOutput::Packed,
-                            Some(v),
-                        )
-                        .unwrap_or_else(|e| panic!("{label} {v:?}: {e}"));
+                    let got = packed_with(ctx, &m, v, &label);
                     assert!(got == want, "{label} {v:?}: GPU and CPU decodes differ");
                 }
                 assert_eq!(ctx.decode_packed(&m).unwrap(), want, "{label} default");
