@@ -112,6 +112,17 @@ const ERR_SUBGROUP: u32 = 128u;
 @group(0) @binding(7) var<storage, read> xv: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> y: array<f32>;     // R outputs
 
+// Four weights as nibbles 0-3 of w (higher bits ignored), each at its own place: (q0, 16 q1,
+// 256 q2, 4096 q3), exactly (a nibble masked in place and OR-ed into the bits of 2^23 is
+// 2^23 + q 16^j, q 16^j < 2^23), without a shift per weight. Multiplied by activations and
+// summed per component, the components are rescaled once per word by NIBBLE_PLACE: powers
+// of two, so the rounding is that of q x.
+fn nibbles_in_place(w: u32) -> vec4<f32> {
+    let m = vec4<u32>(w) & vec4<u32>(0xFu, 0xF0u, 0xF00u, 0xF000u);
+    return bitcast<vec4<f32>>(m | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
+}
+const NIBBLE_PLACE = vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625);
+
 // The dot product of one word of the block (four byte symbols, 4 WPS consecutive weights in one
 // MLX group; xw[v] = their activations 4v..4v+3, from word_x) with the group's (scale, bias):
 // scale * sum(q x) + bias * sum(x). Symbol c is in the low byte of sv[c] (higher bits are
@@ -119,15 +130,24 @@ const ERR_SUBGROUP: u32 = 128u;
 // weight's lowest) and a weight is (high << 2) | low. q as f32 without a conversion: 2^23 + q
 // (q < 2^23) minus 2^23, exactly.
 fn word_dot(sv: vec4<u32>, lw: u32, xw: array<vec4<f32>, 4>, sbv: vec2<f32>) -> f32 {
-    let qmask = vec4<u32>((1u << (BITS + LOW)) - 1u);
-    // with 2 raw low bits: the word's 16 weights as two MLX packed 4-bit words, merged once
-    // (cheaper than per weight: BENCHMARKS.md issue 5, step 45)
-    var merged = vec2<u32>(0u);
     if (LOW == 2u) {
-        let h01 = (sv.x & 0xFFu) | ((sv.y & 0xFFu) << 8u);
-        let h23 = (sv.z & 0xFFu) | ((sv.w & 0xFFu) << 8u);
-        merged = vec2<u32>(merge_split(h01, lw), merge_split(h23, lw >> 16u));
+        // The 16 high fields (weight t's at bits 2t) and low fields (lw, the same places)
+        // merge into 4-bit weights without spreading them apart: the even weights' fields sit
+        // in bits 0-1 of the nibbles (mask 0x3...), the odd weights' in bits 2-3 (0xC...), so
+        // one shift and one mask per half give two words of eight 4-bit weights each, the
+        // even weights 0, 2, .., 14 in `ev` and the odd ones in `od`, nibble m holding weight
+        // 2m (+ 1). Their activations are taken in the same order.
+        let h = (sv.x & 0xFFu) | ((sv.y & 0xFFu) << 8u) | ((sv.z & 0xFFu) << 16u) | (sv.w << 24u);
+        let ev = ((h & 0x33333333u) << 2u) | (lw & 0x33333333u);
+        let od = (h & 0xCCCCCCCCu) | ((lw >> 2u) & 0x33333333u);
+        var qx = nibbles_in_place(ev) * vec4<f32>(xw[0].x, xw[0].z, xw[1].x, xw[1].z);
+        qx += nibbles_in_place(od) * vec4<f32>(xw[0].y, xw[0].w, xw[1].y, xw[1].w);
+        qx += nibbles_in_place(ev >> 16u) * vec4<f32>(xw[2].x, xw[2].z, xw[3].x, xw[3].z);
+        qx += nibbles_in_place(od >> 16u) * vec4<f32>(xw[2].y, xw[2].w, xw[3].y, xw[3].w);
+        let xs = (xw[0] + xw[1]) + (xw[2] + xw[3]);
+        return sbv.x * dot(qx, NIBBLE_PLACE) + sbv.y * dot(xs, vec4<f32>(1.0));
     }
+    let qmask = vec4<u32>((1u << BITS) - 1u);
     var qx = vec4<f32>(0.0);
     var xs = vec4<f32>(0.0);
     for (var v = 0u; v < WPS; v++) {
@@ -137,10 +157,6 @@ fn word_dot(sv: vec4<u32>, lw: u32, xw: array<vec4<f32>, 4>, sbv: vec2<f32>) -> 
             let lo = select(sv.x, sv.z, v == 1u);
             let hi = select(sv.y, sv.w, v == 1u);
             qi = vec4<u32>(lo, lo >> BITS, hi, hi >> BITS);
-        } else if (WPS == 4u && LOW == 2u) {
-            // the 4-bit words (weights 0-7 in m.x, 8-15 in m.y), nibble v % 2 of each half
-            let m = select(merged.x, merged.y, v >= 2u) >> (16u * (v & 1u));
-            qi = vec4<u32>(m, m >> 4u, m >> 8u, m >> 12u);
         } else if (WPS == 4u) {
             let c = sv[v & 3u];
             qi = vec4<u32>(c, c >> BITS, c >> (2u * BITS), c >> (3u * BITS));
