@@ -54,7 +54,7 @@ struct Params {
     groups_per_row: u32, // K / group_size
     low_base: u32,       // u32 index in `words` of the raw low bits (LOW > 0)
     low_bits: u32,       // = LOW (the workgroup kernels read it from here)
-    _pad2: u32,
+    zero: u32,           // always 0 (see word_dot's `magic`)
 }
 
 // Set by the host from the matrix: weights per symbol (1, 2 or 4), bits per weight,
@@ -117,9 +117,9 @@ const ERR_SUBGROUP: u32 = 128u;
 // 2^23 + q 16^j, q 16^j < 2^23), without a shift per weight. Multiplied by activations and
 // summed per component, the components are rescaled once per word by NIBBLE_PLACE: powers
 // of two, so the rounding is that of q x.
-fn nibbles_in_place(w: u32) -> vec4<f32> {
+fn nibbles_in_place(w: u32, magic: u32) -> vec4<f32> {
     let m = vec4<u32>(w) & vec4<u32>(0xFu, 0xF0u, 0xF00u, 0xF000u);
-    return bitcast<vec4<f32>>(m | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
+    return bitcast<vec4<f32>>(m | vec4<u32>(magic)) - vec4<f32>(8388608.0);
 }
 const NIBBLE_PLACE = vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625);
 
@@ -129,7 +129,10 @@ const NIBBLE_PLACE = vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625);
 // masked off). With LOW = 2, lw holds the 16 weights' raw low bits (2 each, the first
 // weight's lowest) and a weight is (high << 2) | low. q as f32 without a conversion: 2^23 + q
 // (q < 2^23) minus 2^23, exactly.
-fn word_dot(sv: vec4<u32>, lw: u32, xw: array<vec4<f32>, 4>, sbv: vec2<f32>) -> f32 {
+// `magic` is 0x4B000000 (the bits of 2^23), computed by the caller from P.zero so that the
+// driver holds it in a register: with it as a literal the driver masks and ORs in two bit
+// operations per weight (each takes one literal), with it in a register in one.
+fn word_dot(sv: vec4<u32>, lw: u32, xw: array<vec4<f32>, 4>, sbv: vec2<f32>, magic: u32) -> f32 {
     if (LOW == 2u) {
         // The 16 high fields (weight t's at bits 2t) and low fields (lw, the same places)
         // merge into 4-bit weights without spreading them apart: the even weights' fields sit
@@ -140,10 +143,10 @@ fn word_dot(sv: vec4<u32>, lw: u32, xw: array<vec4<f32>, 4>, sbv: vec2<f32>) -> 
         let h = (sv.x & 0xFFu) | ((sv.y & 0xFFu) << 8u) | ((sv.z & 0xFFu) << 16u) | (sv.w << 24u);
         let ev = ((h & 0x33333333u) << 2u) | (lw & 0x33333333u);
         let od = (h & 0xCCCCCCCCu) | ((lw >> 2u) & 0x33333333u);
-        var qx = nibbles_in_place(ev) * vec4<f32>(xw[0].x, xw[0].z, xw[1].x, xw[1].z);
-        qx += nibbles_in_place(od) * vec4<f32>(xw[0].y, xw[0].w, xw[1].y, xw[1].w);
-        qx += nibbles_in_place(ev >> 16u) * vec4<f32>(xw[2].x, xw[2].z, xw[3].x, xw[3].z);
-        qx += nibbles_in_place(od >> 16u) * vec4<f32>(xw[2].y, xw[2].w, xw[3].y, xw[3].w);
+        var qx = nibbles_in_place(ev, magic) * vec4<f32>(xw[0].x, xw[0].z, xw[1].x, xw[1].z);
+        qx += nibbles_in_place(od, magic) * vec4<f32>(xw[0].y, xw[0].w, xw[1].y, xw[1].w);
+        qx += nibbles_in_place(ev >> 16u, magic) * vec4<f32>(xw[2].x, xw[2].z, xw[3].x, xw[3].z);
+        qx += nibbles_in_place(od >> 16u, magic) * vec4<f32>(xw[2].y, xw[2].w, xw[3].y, xw[3].w);
         let xs = (xw[0] + xw[1]) + (xw[2] + xw[3]);
         return sbv.x * dot(qx, NIBBLE_PLACE) + sbv.y * dot(xs, vec4<f32>(1.0));
     }
@@ -161,7 +164,7 @@ fn word_dot(sv: vec4<u32>, lw: u32, xw: array<vec4<f32>, 4>, sbv: vec2<f32>) -> 
             let c = sv[v & 3u];
             qi = vec4<u32>(c, c >> BITS, c >> (2u * BITS), c >> (3u * BITS));
         }
-        let q = bitcast<vec4<f32>>((qi & qmask) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
+        let q = bitcast<vec4<f32>>((qi & qmask) | vec4<u32>(magic)) - vec4<f32>(8388608.0);
         let xa = xw[v & 3u];
         qx += q * xa;
         xs += xa;
@@ -221,6 +224,7 @@ fn main(
     let gpr = P.groups_per_row;
     let gsz = P.group_size;
     let ltmask = (1u << l) - 1u;
+    let magic = 0x4B000000u | P.zero;
 
     for (var it = 0u; it < P.chunk_iters; it++) {
         let chunk = tile_first + (sub * P.chunk_iters + it) * G + g;
@@ -283,7 +287,7 @@ fn main(
                     }
                 }
                 if (BLOCK >= 4u || l < 16u) {
-                    acc += word_dot(sa, lwa, xa, sba);
+                    acc += word_dot(sa, lwa, xa, sba, magic);
                 }
                 if (BLOCK == 8u) {
                     if (LATE != 0u) {
@@ -291,7 +295,7 @@ fn main(
                         xb = word_x(kb);
                         lwb = word_low(row_low, kb);
                     }
-                    acc += word_dot(sy, lwb, xb, sbb);
+                    acc += word_dot(sy, lwb, xb, sbb, magic);
                 }
             }
             let total = subgroupAdd(acc);

@@ -306,7 +306,10 @@ struct Params {
     /// Raw low bits per weight of a split matrix (0 or 2; the blocked kernels take it as the
     /// override `LOW`).
     low_bits: u32,
-    _pad2: u32,
+    /// Always 0. `rans_gemv_blocked.wgsl` ORs it into the constant of its int-to-float
+    /// conversion, so the driver holds that constant in a register and masks and ORs each
+    /// weight in one bit operation instead of two (BENCHMARKS.md issue 5, step 49).
+    zero: u32,
 }
 
 fn u32_of(what: &str, v: usize) -> Result<u32, GpuError> {
