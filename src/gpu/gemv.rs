@@ -91,7 +91,9 @@ struct Params {
     groups_per_row: u32,
     wg_x: u32,
     total_wg: u32,
-    _pad0: u32,
+    /// Always 0: `qgemv4_pipe.wgsl` ORs it into its int-to-float constant, so the driver
+    /// holds that constant in a register (BENCHMARKS.md issue 5, step 50).
+    zero: u32,
     _pad1: u32,
 }
 
