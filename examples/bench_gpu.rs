@@ -989,7 +989,12 @@ fn main() {
                         // where the blocked kernel's time goes: its decode alone and its dot
                         // products alone, streamed and from one set
                         let mut d = Vec::new();
-                        for (name, diag) in [("decode only", 1), ("dot products only", 2)] {
+                        for (name, diag) in [
+                            ("decode only", 1),
+                            ("dot products only", 2),
+                            ("activations shared by a block's two words", 3),
+                            ("dot products only, activations shared", 4),
+                        ] {
                             for n in [csets, 1] {
                                 let ds: Vec<Dispatch> = coded[..n]
                                     .iter()

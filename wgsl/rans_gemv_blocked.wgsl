@@ -68,7 +68,10 @@ override BLOCK: u32 = 8u;
 // Diagnostic builds for measuring where the time goes (`GpuCodedMatrix::
 // blocked_diagnostic_dispatch`; their y is meaningless): 1 = decode only (the dot loop
 // replaced by one XOR of the block's symbols into the sum), 2 = dot products only (symbols
-// made up from the lane and block, the stream never read). 0 = the kernel.
+// made up from the lane and block, the stream never read), 3 = the kernel with the block's
+// second word multiplied by the first word's activations (no second activation loads: what a
+// symbol order putting two rows' words for the same columns into one block would save), 4 =
+// 2 and 3 together. 0 = the kernel.
 override DIAG: u32 = 0u;
 // Raw low bits per weight (`ecq::rans::SplitMatrix`): 0 = none; 2 = the symbols carry the high
 // BITS = 2 bits of 4-bit weights, four weights per symbol, and the low 2 bits follow the
@@ -254,21 +257,25 @@ fn main(
                     xa = word_x(ka);
                     lwa = word_low(row_low, ka);
                 }
+                let share_x = DIAG == 3u || DIAG == 4u;
+                let made_up = DIAG == 2u || DIAG == 4u;
                 if (BLOCK == 8u && LATE == 0u) {
                     sbb = sb[sb_row + group_of(kb, gsz)];
-                    xb = word_x(kb);
+                    if (!share_x) {
+                        xb = word_x(kb);
+                    }
                     lwb = word_low(row_low, kb);
                 }
                 // decode BLOCK steps; symbol i of the block in byte i % 4 of s.x / s.y
                 var s = vec2<u32>(0u);
-                if (DIAG != 2u) {
+                if (!made_up) {
                     s = decode_block(&d, BLOCK, l, ltmask);
                 }
                 if (DIAG == 1u) {
                     acc += bitcast<f32>((s.x ^ s.y) & 0x3FFFFFFFu);
                     continue;
                 }
-                if (DIAG == 2u) {
+                if (made_up) {
                     s.x = (l * 0x01030507u) ^ b;
                     s.y = s.x ^ 0x5A5A5A5Au;
                 }
@@ -292,8 +299,13 @@ fn main(
                 if (BLOCK == 8u) {
                     if (LATE != 0u) {
                         sbb = sb[sb_row + group_of(kb, gsz)];
-                        xb = word_x(kb);
+                        if (!share_x) {
+                            xb = word_x(kb);
+                        }
                         lwb = word_low(row_low, kb);
+                    }
+                    if (share_x) {
+                        xb = xa;
                     }
                     acc += word_dot(sy, lwb, xb, sbb, magic);
                 }

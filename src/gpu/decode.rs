@@ -823,7 +823,9 @@ impl GpuCodedMatrix {
     /// A diagnostic build of the blocked fused kernel (with the table the default picks), for
     /// measuring where its time goes (its
     /// `y` is meaningless): `diag` 1 = the decode alone (no dot products), 2 = the dot products
-    /// alone (made-up symbols, the stream never read). Other `diag` values are refused with
+    /// alone (made-up symbols, the stream never read), 3 = the kernel with each block's second
+    /// word multiplied by the first word's activations (a proxy for two rows sharing them), 4 =
+    /// 2 and 3 together. Other `diag` values are refused with
     /// [`GpuError::InvalidInput`]; layouts or adapters the blocked kernel cannot run with
     /// [`GpuError::Unsupported`].
     pub fn blocked_diagnostic_dispatch(
@@ -834,9 +836,10 @@ impl GpuCodedMatrix {
         y: &wgpu::Buffer,
         diag: u32,
     ) -> Result<Dispatch, GpuError> {
-        if !(1..=2).contains(&diag) {
+        if !(1..=4).contains(&diag) {
             return Err(GpuError::InvalidInput(format!(
-                "blocked diagnostic build {diag}: 1 (decode only) or 2 (dot products only)"
+                "blocked diagnostic build {diag}: 1 (decode only), 2 (dot products only), 3 \
+                 (activations shared by a block's two words) or 4 (2 and 3)"
             )));
         }
         let v = match self.default_fused_variant(registry) {
