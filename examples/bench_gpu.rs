@@ -7,7 +7,7 @@
 //! cargo run --release --example bench_gpu -- [--shapes 4096x4096,4096x14336,14336x4096,128256x4096]
 //!     [--sources g64,g128,absmax] [--variants 4096:8] [--iters 50] [--rounds 7] [--set-mib 256]
 //!     [--copy-mib 512] [--ksplit-sweep] [--workgroup] [--fused subgroup,blocked] [--wall]
-//!     [--plain-variants 2,4,x1,x2,x4] [--plain-only] [--diagnose] [--low-bits 0,2]
+//!     [--plain-variants 2,4,x1,x2,x4] [--plain-only] [--diagnose] [--low-bits 0,2,2p]
 //! ```
 //!
 //! Shapes are `ROWSxCOLS` (output x input features). Weights are Gaussian (sigma 0.02) with one
@@ -18,7 +18,8 @@
 //! bias `-8 * scale` per 64 weights so both kernels see the same layout). The symbols are coded
 //! with `ecq::rans::encode` at each `CHUNK_SYMBOLS:TILE_CHUNKS` of `--variants`; with
 //! `--low-bits 2` (or `0,2`) also split (`ecq::rans::SplitMatrix`: the high 2 bits of every
-//! weight coded, four weights per symbol, the low 2 bits raw), shown as source `g64+raw2`.
+//! weight coded, four weights per symbol, the low 2 bits raw), shown as source `g64+raw2`;
+//! `2p` the same in row-pair order (`ecq::rans::SplitOrder::RowPairs`), `g64+raw2+pairs`.
 //!
 //! To measure memory and not cache, every matrix is uploaded as several distinct copies (at
 //! least `--set-mib` MiB of packed weights in all) and the timed dispatches rotate through them;
@@ -73,7 +74,7 @@ use ecq::gpu::{
 use ecq::quant::{
     pack, quantize_absmax, quantize_affine, AbsmaxMode, AffineParams, QuantizedMatrix,
 };
-use ecq::rans::{encode, EncodeOptions, SplitMatrix};
+use ecq::rans::{encode, EncodeOptions, SplitMatrix, SplitOrder};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -92,13 +93,14 @@ struct Args {
     plain_variants: Vec<QGemvVariant>,
     plain_only: bool,
     diagnose: bool,
-    low_bits: Vec<u32>,
+    /// (raw low bits, row-pair order)
+    low_bits: Vec<(u32, bool)>,
 }
 
 const USAGE: &str = "usage: bench_gpu [--shapes RxK,...] [--sources g64,g128,absmax] \
 [--variants CHUNK:TILE,...] [--iters N] [--rounds N] [--set-mib MIB] [--copy-mib MIB] \
 [--ksplit-sweep] [--workgroup] [--fused workgroup,subgroup,blocked,compact] [--wall] \
-[--plain-variants [x|p]ROWS[:KSPLIT],...] [--plain-only] [--diagnose] [--low-bits 0,2]";
+[--plain-variants [x|p]ROWS[:KSPLIT],...] [--plain-only] [--diagnose] [--low-bits 0,2,2p]";
 
 /// A bad command line: the problem and the usage on stderr, exit status 2.
 fn usage_error(msg: &str) -> ! {
@@ -126,7 +128,7 @@ fn parse_args() -> Args {
         wall: false,
         plain_variants: Vec::new(),
         plain_only: false,
-        low_bits: vec![0],
+        low_bits: vec![(0, false)],
         diagnose: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -148,12 +150,18 @@ fn parse_args() -> Args {
             "--sources" => a.sources = v.split(',').map(String::from).collect(),
             "--variants" => a.variants = pairs(&v, ':'),
             "--low-bits" => {
-                a.low_bits = v.split(',').map(|b| num(b, "--low-bits")).collect();
-                if let Some(b) = a.low_bits.iter().find(|&&b| b != 0 && b != 2) {
-                    usage_error(&format!(
-                        "--low-bits: {b} (0 = whole symbols, 2 = split 2 + 2)"
-                    ));
-                }
+                a.low_bits = v
+                    .split(',')
+                    .map(|b| match b {
+                        "0" => (0, false),
+                        "2" => (2, false),
+                        "2p" => (2, true),
+                        _ => usage_error(&format!(
+                            "--low-bits: {b} (0 = whole symbols, 2 = split 2 + 2, 2p = split in \
+                             row-pair order)"
+                        )),
+                    })
+                    .collect();
             }
             "--iters" => a.iters = num(&v, "--iters"),
             "--rounds" => a.rounds = num(&v, "--rounds"),
@@ -803,7 +811,7 @@ fn main() {
             let yp = ctx.gemv_quantized(&plain[0], &x).expect("plain gemv");
             drop(plain);
 
-            for (&(chunk_symbols, tile_chunks), &low_bits) in args
+            for (&(chunk_symbols, tile_chunks), &(low_bits, pairs)) in args
                 .variants
                 .iter()
                 .flat_map(|v| args.low_bits.iter().map(move |b| (v, b)))
@@ -815,9 +823,16 @@ fn main() {
                     group_size: gs,
                     ..Default::default()
                 };
-                // whole 4-bit symbols, or the high 2 bits coded and the low 2 raw
-                let split = (low_bits != 0)
-                    .then(|| SplitMatrix::encode(&syms, r, k, 4, low_bits, &opts).expect("encode"));
+                // whole 4-bit symbols, or the high 2 bits coded and the low 2 raw (rows in pairs)
+                let order = if pairs {
+                    SplitOrder::RowPairs
+                } else {
+                    SplitOrder::Rows
+                };
+                let split = (low_bits != 0).then(|| {
+                    SplitMatrix::encode_ordered(&syms, r, k, 4, low_bits, &opts, order)
+                        .expect("encode")
+                });
                 let whole = split
                     .is_none()
                     .then(|| encode(&syms, r, k, 4, &opts).expect("encode"));
@@ -828,8 +843,11 @@ fn main() {
                     .expect("one of the two");
                 let source = &match &split {
                     None => source.to_string(),
+                    Some(s) if pairs => format!("{source}+raw{}+pairs", s.low_bits()),
                     Some(s) => format!("{source}+raw{}", s.low_bits()),
                 };
+                // matrix rows per chunk (a coded row is two with row pairs)
+                let chunk_rows = enc.chunk_rows() * (1 + pairs as usize);
                 let coded_bytes = split
                     .as_ref()
                     .map_or(enc.total_bytes(), |s| s.total_bytes())
@@ -837,7 +855,7 @@ fn main() {
                 let bpw = coded_bytes * 8.0 / (r * k) as f64;
                 eprintln!(
                     "  {source} {chunk_symbols}:{tile_chunks}: chunk_rows {}, {} chunks, {:.3} bits/weight, encoded in {:.1}s",
-                    enc.chunk_rows(),
+                    chunk_rows,
                     enc.n_chunks(),
                     bpw,
                     t2.elapsed().as_secs_f64()
@@ -902,7 +920,8 @@ fn main() {
                     args.fused
                         .iter()
                         .filter(|v| match v {
-                            FusedVariant::Workgroup => true,
+                            // (row-pair order is decoded by the blocked kernel only)
+                            FusedVariant::Workgroup => !pairs,
                             FusedVariant::Subgroup => {
                                 coded[0].decode_subgroup_supported(reg, DecodeOutput::Packed)
                             }
@@ -951,6 +970,7 @@ fn main() {
                     // (the subgroup kernel does not read a split matrix's raw low bits)
                     if (blocked && coded[0].fused_layout().blocked_steps().is_none())
                         || (fused_variant == FusedVariant::Subgroup && coded[0].low_bits() != 0)
+                        || (!blocked && pairs)
                     {
                         eprintln!("  {source} {chunk_symbols}:{tile_chunks}: {fused_variant:?} cannot run this layout, skipped");
                         continue;
@@ -1021,7 +1041,7 @@ fn main() {
                     }
                     rows_out.push(format!(
                         "| {r}x{k} | {source} | {chunk_symbols}:{tile_chunks} ({} rows/chunk) | {bpw:.3} | {:.1} / {:.1} / {:.1} | {:.1} ({fused_variant:?}) | {:.1} / {:.1} | {:.2}x | {} | {} / {} | {:.1} / {:.1} | {} | {} / {} |",
-                        enc.chunk_rows(),
+                        chunk_rows,
                         t_plain * 1e6,
                         t_plain_old * 1e6,
                         t_plain_i8 * 1e6,

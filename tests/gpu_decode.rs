@@ -677,6 +677,80 @@ fn decode_split_low_bits() {
     }
 }
 
+/// Split matrices in row-pair order (`SplitOrder::RowPairs`) decoded by the blocked kernel,
+/// both tables, equal the CPU decode word for word: peaked, flat and single-symbol weights,
+/// chunks from one step to many pairs. The workgroup and subgroup kernels, and byte-per-weight
+/// output, refuse the order by name.
+#[test]
+fn decode_row_pairs() {
+    let Some(ctx) = ctx() else { return };
+    let mut seed = 7500;
+    for (rows, cols) in [(2usize, 512usize), (6, 1536), (10, 4096), (4, 14336)] {
+        for dist in [Dist::Skewed, Dist::Flat, Dist::Single] {
+            for (precision, chunk_symbols) in [(11u32, 32usize), (11, 4096), (9, 16384)] {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                seed += 1;
+                let q = symbols(&mut rng, rows * cols, 4, dist);
+                let opts = EncodeOptions {
+                    precision,
+                    chunk_symbols,
+                    tile_chunks: 2,
+                    ..Default::default()
+                };
+                let s = ecq::rans::SplitMatrix::encode_ordered(
+                    &q,
+                    rows,
+                    cols,
+                    4,
+                    2,
+                    &opts,
+                    ecq::rans::SplitOrder::RowPairs,
+                )
+                .unwrap();
+                let label =
+                    format!("row pairs {rows}x{cols} {dist:?} n{precision} chunk {chunk_symbols}");
+                let m = ctx.upload_split(&s, None).unwrap();
+                assert_eq!((m.rows(), m.cols(), m.bits()), (rows, cols, 4), "{label}");
+                for v in [FusedVariant::Workgroup, FusedVariant::Subgroup] {
+                    let r = m.decode_with(
+                        ctx.device(),
+                        ctx.queue(),
+                        ctx.registry(),
+                        DecodeOutput::Packed,
+                        Some(v),
+                    );
+                    assert!(
+                        matches!(r, Err(GpuError::Unsupported(_))),
+                        "{label} {v:?}: {r:?}"
+                    );
+                }
+                assert!(
+                    matches!(ctx.decode_symbols(&m), Err(GpuError::Unsupported(_))),
+                    "{label}: byte-per-weight output"
+                );
+                if !m.decode_blocked_supported(ctx.registry(), DecodeOutput::Packed) {
+                    assert!(
+                        matches!(ctx.decode_packed(&m), Err(GpuError::Unsupported(_))),
+                        "{label}"
+                    );
+                    continue;
+                }
+                let want = s.decode_packed().unwrap();
+                for v in [FusedVariant::Blocked, FusedVariant::BlockedCompact] {
+                    let got = packed_with(ctx, &m, v, &label);
+                    assert!(got == want, "{label} {v:?}: GPU and CPU decodes differ");
+                }
+                assert_eq!(ctx.decode_packed(&m).unwrap(), want, "{label} default");
+            }
+        }
+    }
+    if !ctx.registry().subgroups32() {
+        gpu_common::announce_unsupported(
+            "row-pair decode: the blocked kernel needs 32-wide subgroups; the refusals were checked",
+        );
+    }
+}
+
 /// Uploads of split matrices the GPU cannot run, or whose raw low bits do not fit the matrix,
 /// are refused before anything runs.
 #[test]

@@ -749,6 +749,100 @@ fn fused_gemv_split_low_bits() {
     }
 }
 
+/// Split matrices in row-pair order (`SplitOrder::RowPairs`: two rows' symbols interleaved in
+/// runs of four steps, so a block's two words share their activations) in the blocked fused
+/// kernel, both tables, against the f64 reference within the tolerance above (the same exact
+/// merge, the same sums per row); decoded on the GPU into a plain matrix, whose GEMV matches a
+/// host upload of the same weights bit for bit. The workgroup and subgroup kernels refuse the
+/// order by name, and so does every launch where 32-wide subgroups are missing.
+#[test]
+fn fused_gemv_row_pairs() {
+    let Some(ctx) = ctx() else { return };
+    // (rows, cols, group size, chunk symbols): a coded row is two rows, 8 steps per 512 columns
+    for (i, &(rows, cols, gs, chunk)) in [
+        (2, 512, 64, 16384),  // one pair, one 8-step block per coded row
+        (18, 1536, 32, 300),  // 24 steps per coded row, a pair per chunk
+        (6, 14336, 64, 8192), // 224 steps per coded row
+        (8, 4096, 128, 2048), // one pair per chunk
+        (34, 1024, 64, 4096), // 8 pairs per chunk, a last chunk of one
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (q, x) = random_matrix(1400 + i as u64, rows, cols, 4, gs);
+        let opts = EncodeOptions {
+            chunk_symbols: chunk,
+            tile_chunks: 3,
+            group_size: gs,
+            ..Default::default()
+        };
+        let s = ecq::rans::SplitMatrix::encode_ordered(
+            &q.symbols(),
+            rows,
+            cols,
+            4,
+            2,
+            &opts,
+            ecq::rans::SplitOrder::RowPairs,
+        )
+        .unwrap();
+        let label = format!(
+            "row pairs {rows}x{cols} g{gs} coded chunk_rows {}",
+            s.high().chunk_rows()
+        );
+        let quant = QuantParamsRef {
+            group_size: gs,
+            scales: &q.scales,
+            biases: &q.biases,
+        };
+        let m = ctx.upload_split(&s, Some(quant)).unwrap();
+        assert!(m.row_pairs(), "{label}");
+        assert_eq!((m.rows(), m.cols()), (rows, cols), "{label}");
+        for v in [FusedVariant::Workgroup, FusedVariant::Subgroup] {
+            let r = m.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v);
+            // (without 32-wide subgroups the subgroup kernel is refused for that first)
+            let named = v == FusedVariant::Subgroup && !ctx.registry().subgroups32();
+            assert!(
+                matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if named || e.contains("row-pair")),
+                "{label} {v:?}: {r:?}"
+            );
+        }
+        if !ctx.registry().subgroups32() {
+            let r = ctx.gemv_coded(&m, &x);
+            assert!(
+                matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if e.contains("row-pair")),
+                "{label}: {r:?}"
+            );
+            continue;
+        }
+        let (want, sum_abs) = reference(&q, &x);
+        let y = ctx
+            .gemv_coded(&m, &x)
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_close(&label, &y, &want, &sum_abs, cols);
+        for v in [FusedVariant::Blocked, FusedVariant::BlockedCompact] {
+            let y = m
+                .gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)
+                .unwrap_or_else(|e| panic!("{label} {v:?}: {e}"));
+            assert_close(&format!("{label} {v:?}"), &y, &want, &sum_abs, cols);
+        }
+        let decoded = ctx
+            .decode_to_quantized(&m)
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        let direct = ctx.upload_quantized(&q).unwrap();
+        assert_eq!(
+            bits(ctx.gemv_quantized(&decoded, &x).unwrap()),
+            bits(ctx.gemv_quantized(&direct, &x).unwrap()),
+            "{label}: decoded to plain"
+        );
+    }
+    if !ctx.registry().subgroups32() {
+        gpu_common::announce_unsupported(
+            "row-pair fused GEMV: the blocked kernel needs 32-wide subgroups; the refusals were checked",
+        );
+    }
+}
+
 /// A coded matrix decoded on the GPU into a plain one (`GpuQuantizedMatrix::decode_from`, no
 /// trip through the host) gives the plain GEMV, bit for bit, the output of the same weights
 /// uploaded from the host: whole and split symbols, every group size, rows the blocked decode

@@ -79,8 +79,8 @@ fn all_kernels_validate() {
 }
 
 /// Every kernel at its default constants, then the split-matrix builds of the blocked kernels
-/// (raw low bits: `LOW = 2` beside 2-bit symbols of four weights), which take code paths the
-/// defaults drop.
+/// (raw low bits: `LOW = 2` beside 2-bit symbols of four weights), in row-major and row-pair
+/// order (`PAIR = 1`), which take code paths the defaults drop.
 fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
     let mut builds: Vec<_> = wgsl_files()
         .into_iter()
@@ -96,6 +96,14 @@ fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
             &[("LOW", 2.0), ("WPS", 4.0), ("BITS", 2.0)][..],
         ),
         ("rans_decode_blocked.wgsl", &[("LOW", 2.0)][..]),
+        (
+            "rans_gemv_blocked.wgsl",
+            &[("LOW", 2.0), ("WPS", 4.0), ("BITS", 2.0), ("PAIR", 1.0)][..],
+        ),
+        (
+            "rans_decode_blocked.wgsl",
+            &[("LOW", 2.0), ("PAIR", 1.0)][..],
+        ),
     ] {
         let f = dir.join(file);
         let (m, i) = validate_with(&f, constants);

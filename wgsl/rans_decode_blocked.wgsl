@@ -53,6 +53,11 @@ override PREC: u32 = 11u;
 // (MLX-packed, from u32 P.low_base on), and the output is the 4-bit packed weights (two words
 // per word of symbols). The host allows 2 only with 2-bit symbols of four weights.
 override LOW: u32 = 0u;
+// 1: row-pair order (`ecq::rans::SplitOrder::RowPairs`; P describes the coded matrix): a coded
+// row is matrix rows 2r and 2r + 1 interleaved in runs of four steps, so a block's word l goes
+// to row 2r and word 32 + l to row 2r + 1, at the same word of each. The host allows it with
+// 8-step blocks only.
+override PAIR: u32 = 0u;
 
 const BLOCK: u32 = 8u;         // steps per block: 8 byte symbols per lane = 2 output words
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
@@ -129,8 +134,14 @@ fn main(
         let nrows = cs.steps / T;
         var d = block_decoder(cs.x, cs.p, l);
         for (var rr = 0u; rr < nrows; rr++) {
+            // (row pairs: the two matrix rows of coded row r0 + rr, each half its words)
+            let pair = PAIR != 0u;
+            let sh = select(0u, 1u, pair);
             let row_out = (cs.r0 + rr) * row_words;
             let row_low = (cs.r0 + rr) * 8u * T;
+            let row_out_b = row_out + (row_words >> sh) * sh;
+            let row_low_b = row_low + ((8u * T) >> sh) * sh;
+            let jb = select(32u, 0u, pair);  // word wb's index past word wa's
             for (var b = 0u; b < nblk; b++) {
                 // decode BLOCK steps; symbol i of the block in byte i % 4 of s.x / s.y
                 let s = decode_block(&d, BLOCK, l, ltmask);
@@ -142,8 +153,9 @@ fn main(
                     wa |= ((va >> byte_shift) & 0xFFu) << (8u * c);
                     wb |= ((vb >> byte_shift) & 0xFFu) << (8u * c);
                 }
-                write_word(row_out, row_low, b * 64u + l, wa);
-                write_word(row_out, row_low, b * 64u + 32u + l, wb);
+                let j = ((b * 64u) >> sh) + l;
+                write_word(row_out, row_low, j, wa);
+                write_word(row_out_b, row_low_b, j + jb, wb);
             }
         }
         if (valid) {

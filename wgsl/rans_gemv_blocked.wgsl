@@ -86,6 +86,12 @@ override LOW: u32 = 0u;
 // stays above 80 registers either way, up to 1.15x slower (BENCHMARKS.md issue 5, step 44).
 // The host sets it for the compact build with raw low bits.
 override LATE: u32 = 0u;
+// 1: the symbols are in row-pair order (`ecq::rans::SplitOrder::RowPairs`): a coded row (P.rows,
+// P.cols describe the coded matrix) is matrix rows 2r and 2r + 1 interleaved in runs of four
+// steps, so a block's steps 0-3 hold row 2r's words and steps 4-7 row 2r + 1's for the same
+// columns: lane l's two words share their activations (loaded once) and go to two sums.
+// P.groups_per_row is a matrix row's. The host allows it with 8-step blocks only.
+override PAIR: u32 = 0u;
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
@@ -220,8 +226,14 @@ fn main(
     let T = P.steps_per_row;
     let nblk = T / BLOCK;
     let kstep = 32u * WPS;
-    let kblock = BLOCK * kstep;
+    let pair = PAIR != 0u;
+    // a block covers kblock weights of a coded row: of one matrix row, or of two (row pairs)
+    let kblock = (BLOCK * kstep) >> select(0u, 1u, pair);
     let kword = 4u * WPS;  // weights per word of four symbols
+    // the second word's columns: 32 words on, or the first word's (row pairs)
+    let kb_off = select(32u * kword, 0u, pair);
+    // a matrix row's raw low-bit words
+    let low_row_words = ((P.cols >> select(0u, 1u, pair)) * LOW) >> 5u;
     let src0 = (l & 7u) * 4u;
     let byte_shift = 8u * (l >> 3u);
     let gpr = P.groups_per_row;
@@ -237,15 +249,20 @@ fn main(
         let nrows = cs.steps / T;
         var d = block_decoder(cs.x, cs.p, l);
         for (var rr = 0u; rr < nrows; rr++) {
-            let row = cs.r0 + rr;
+            // the matrix rows of the second word: the first word's, or the next (row pairs)
+            let row = select(cs.r0 + rr, 2u * (cs.r0 + rr), pair);
+            let row_b = row + select(0u, 1u, pair);
             let sb_row = row * gpr;
-            let row_low = row * ((P.cols * LOW) >> 5u);
+            let sb_row_b = row_b * gpr;
+            let row_low = row * low_row_words;
+            let row_low_b = row_b * low_row_words;
             var acc = 0.0;
+            var acc_b = 0.0;
             for (var b = 0u; b < nblk; b++) {
                 // the block's activations and (scale, bias) first: they do not depend on the
                 // decode, so their latency overlaps it (BENCHMARKS.md issue 5, step 29)
                 let ka = b * kblock + l * kword;
-                let kb = ka + 32u * kword;
+                let kb = ka + kb_off;
                 var sba = vec2<f32>(0.0);
                 var sbb = vec2<f32>(0.0);
                 var lwa = 0u;
@@ -257,14 +274,14 @@ fn main(
                     xa = word_x(ka);
                     lwa = word_low(row_low, ka);
                 }
-                let share_x = DIAG == 3u || DIAG == 4u;
+                let share_x = DIAG == 3u || DIAG == 4u || pair;
                 let made_up = DIAG == 2u || DIAG == 4u;
                 if (BLOCK == 8u && LATE == 0u) {
-                    sbb = sb[sb_row + group_of(kb, gsz)];
+                    sbb = sb[sb_row_b + group_of(kb, gsz)];
                     if (!share_x) {
                         xb = word_x(kb);
                     }
-                    lwb = word_low(row_low, kb);
+                    lwb = word_low(row_low_b, kb);
                 }
                 // decode BLOCK steps; symbol i of the block in byte i % 4 of s.x / s.y
                 var s = vec2<u32>(0u);
@@ -298,21 +315,32 @@ fn main(
                 }
                 if (BLOCK == 8u) {
                     if (LATE != 0u) {
-                        sbb = sb[sb_row + group_of(kb, gsz)];
+                        sbb = sb[sb_row_b + group_of(kb, gsz)];
                         if (!share_x) {
                             xb = word_x(kb);
                         }
-                        lwb = word_low(row_low, kb);
+                        lwb = word_low(row_low_b, kb);
                     }
                     if (share_x) {
                         xb = xa;
                     }
-                    acc += word_dot(sy, lwb, xb, sbb, magic);
+                    if (pair) {
+                        acc_b += word_dot(sy, lwb, xb, sbb, magic);
+                    } else {
+                        acc += word_dot(sy, lwb, xb, sbb, magic);
+                    }
                 }
             }
             let total = subgroupAdd(acc);
+            var total_b = 0.0;
+            if (pair) {
+                total_b = subgroupAdd(acc_b);
+            }
             if (l == 0u) {
                 y[row] = total;
+                if (pair) {
+                    y[row_b] = total_b;
+                }
             }
         }
         if (valid) {

@@ -98,6 +98,10 @@ pub struct FusedLayout {
     /// Raw low bits per weight beside the coded ones ([`crate::rans::SplitMatrix`]; 0 =
     /// none): 2 with 2-bit symbols of 4 weights, on the blocked and workgroup kernels.
     pub low_bits: u32,
+    /// The coded symbols are in [`crate::rans::SplitOrder::RowPairs`] order: each coded row
+    /// (`cols` here) is two matrix rows interleaved; only the blocked kernels with 8-step
+    /// blocks run it.
+    pub row_pairs: bool,
 }
 
 /// From this many workgroups on, the blocked kernels run with the compact decode table by
@@ -165,6 +169,18 @@ fn fused_gemv_pipeline_diag(
     } else {
         32
     };
+    let blocked = matches!(
+        variant,
+        FusedVariant::Blocked | FusedVariant::BlockedCompact
+    );
+    if layout.row_pairs && !(blocked && layout.blocked_steps() == Some(8)) {
+        return Err(GpuError::Unsupported(format!(
+            "row-pair order (SplitOrder::RowPairs) runs on the blocked fused kernel with 8-step \
+             blocks only, not the {variant:?} kernel (32-wide subgroups needed; {} steps per \
+             coded row)",
+            layout.steps_per_row
+        )));
+    }
     if layout.low_bits != 0 {
         check_low_bits(layout.low_bits, layout.bits, layout.wps)?;
         if variant == FusedVariant::Subgroup {
@@ -218,8 +234,11 @@ fn fused_gemv_pipeline_diag(
                     // low bits at 8 workgroups per SM on an H200)
                     (
                         "LATE",
-                        (variant == FusedVariant::BlockedCompact && layout.low_bits != 0) as u32,
+                        (variant == FusedVariant::BlockedCompact
+                            && layout.low_bits != 0
+                            && !layout.row_pairs) as u32,
                     ),
+                    ("PAIR", layout.row_pairs as u32),
                 ],
             )
         }
@@ -399,6 +418,9 @@ pub struct GpuCodedMatrix {
     sb: Option<wgpu::Buffer>,
     uniform_cache: std::sync::Mutex<Vec<(u32, wgpu::Buffer)>>,
     coded_bytes: u64,
+    /// [`crate::rans::SplitOrder::RowPairs`]: `params` describe the coded `rows / 2 x 2 cols`
+    /// matrix (with the real row's groups in `groups_per_row`).
+    row_pairs: bool,
 }
 
 impl GpuCodedMatrix {
@@ -421,7 +443,15 @@ impl GpuCodedMatrix {
         m: &crate::rans::SplitMatrix,
         quant: Option<QuantParamsRef<'_>>,
     ) -> Result<Self, GpuError> {
-        Self::upload_with_low_bits(device, m.high().into(), m.low_bits(), m.low(), quant)
+        let row_pairs = m.order() == crate::rans::SplitOrder::RowPairs;
+        Self::upload_parts(
+            device,
+            m.high().into(),
+            m.low_bits(),
+            m.low(),
+            quant,
+            row_pairs,
+        )
     }
 
     /// [`Self::upload`] with `low_bits` raw low bits per weight (MLX-packed, `rows * cols *
@@ -433,7 +463,27 @@ impl GpuCodedMatrix {
         low: &[u32],
         quant: Option<QuantParamsRef<'_>>,
     ) -> Result<Self, GpuError> {
+        Self::upload_parts(device, m, low_bits, low, quant, false)
+    }
+
+    /// [`Self::upload_with_low_bits`]; with `row_pairs`, `m` is the coded part of a
+    /// [`crate::rans::SplitOrder::RowPairs`] split matrix and `quant` the real matrix's.
+    fn upload_parts(
+        device: &wgpu::Device,
+        m: CodedMatrixRef<'_>,
+        low_bits: u32,
+        low: &[u32],
+        quant: Option<QuantParamsRef<'_>>,
+        row_pairs: bool,
+    ) -> Result<Self, GpuError> {
         m.check()?;
+        let run = crate::rans::ROW_PAIR_RUN_SYMBOLS * m.weights_per_symbol as usize;
+        if row_pairs && !m.cols.is_multiple_of(2 * run) {
+            return Err(GpuError::InvalidInput(format!(
+                "row-pair coded rows of {} weights are not two rows of whole {run}-weight runs",
+                m.cols
+            )));
+        }
         let low = if low_bits == 0 {
             if !low.is_empty() {
                 return Err(GpuError::InvalidInput(
@@ -500,7 +550,9 @@ impl GpuCodedMatrix {
                     )));
                 }
                 params.group_size = q.group_size;
-                params.groups_per_row = (m.cols / gs) as u32;
+                // (with row pairs, the groups of one real row: the kernel indexes (scale, bias)
+                // by real rows)
+                params.groups_per_row = (m.cols / gs / (1 + row_pairs as usize)) as u32;
                 let inter: Vec<f32> = q
                     .scales
                     .iter()
@@ -549,17 +601,23 @@ impl GpuCodedMatrix {
             sb,
             uniform_cache: Default::default(),
             coded_bytes,
+            row_pairs,
         })
     }
 
     /// Rows.
     pub fn rows(&self) -> usize {
-        self.params.rows as usize
+        self.params.rows as usize * (1 + self.row_pairs as usize)
     }
 
     /// Weights per row.
     pub fn cols(&self) -> usize {
-        self.params.cols as usize
+        self.params.cols as usize / (1 + self.row_pairs as usize)
+    }
+
+    /// Whether the coded symbols are in [`crate::rans::SplitOrder::RowPairs`] order.
+    pub fn row_pairs(&self) -> bool {
+        self.row_pairs
     }
 
     /// Bits per weight (coded and raw together).
@@ -708,6 +766,12 @@ impl GpuCodedMatrix {
                     .into(),
             ));
         }
+        if self.row_pairs && !blocked {
+            return Err(GpuError::Unsupported(format!(
+                "row-pair order (SplitOrder::RowPairs) is decoded by the blocked kernel only, \
+                 not the {variant:?} kernel (32-wide subgroups, whole 8-step blocks)"
+            )));
+        }
         if variant == FusedVariant::Subgroup && !self.decode_subgroup_supported(registry, mode) {
             return Err(GpuError::Unsupported(
                 "the subgroup decode kernel needs 32-wide subgroups, packed output and 1, 2, 4 or 8-bit symbols"
@@ -742,13 +806,21 @@ impl GpuCodedMatrix {
                 device,
                 Kernel::RansDecodeBlocked,
                 "main",
-                &[("PREC", p.prec), ("LOW", self.params.low_bits)],
+                &[
+                    ("PREC", p.prec),
+                    ("LOW", self.params.low_bits),
+                    ("PAIR", self.row_pairs as u32),
+                ],
             )?,
             FusedVariant::BlockedCompact => registry.get(
                 device,
                 Kernel::RansDecodeBlockedCompact,
                 "main",
-                &[("PREC", p.prec), ("LOW", self.params.low_bits)],
+                &[
+                    ("PREC", p.prec),
+                    ("LOW", self.params.low_bits),
+                    ("PAIR", self.row_pairs as u32),
+                ],
             )?,
         };
         let layout = pipeline.get_bind_group_layout(0);
@@ -790,6 +862,7 @@ impl GpuCodedMatrix {
             steps_per_row: p.steps_per_row,
             workgroups: p.total_wg,
             low_bits: self.params.low_bits,
+            row_pairs: self.row_pairs,
         }
     }
 
@@ -866,14 +939,14 @@ impl GpuCodedMatrix {
         let sb = self.sb.as_ref().ok_or_else(|| {
             GpuError::InvalidInput("the fused GEMV needs scales and biases at upload".into())
         })?;
-        let p0 = &self.params;
-        if x.size() < p0.cols as u64 * 4 || y.size() < p0.rows as u64 * 4 {
+        let (r, k) = (self.rows() as u64, self.cols() as u64);
+        if x.size() < k * 4 || y.size() < r * 4 {
             return Err(GpuError::InvalidInput(format!(
                 "x/y buffers have {}/{} bytes, need {}/{}",
                 x.size(),
                 y.size(),
-                p0.cols as u64 * 4,
-                p0.rows as u64 * 4
+                k * 4,
+                r * 4
             )));
         }
         let mut p = self.params;
@@ -1091,6 +1164,7 @@ mod tests {
             steps_per_row: cols.div_ceil(32 * wps),
             workgroups: 1,
             low_bits: 0,
+            row_pairs: false,
         }
     }
 

@@ -645,6 +645,7 @@ impl EntropyCodedLinear {
             steps_per_row: g.steps_per_row,
             workgroups: g.total_wg,
             low_bits: 0,
+            row_pairs: false,
         };
         let variant = default_fused_variant(registry, &layout);
         let pipeline = fused_gemv_pipeline(device, registry, variant, &layout)?;

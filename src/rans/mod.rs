@@ -44,7 +44,7 @@ use rayon::prelude::*;
 
 pub use error::CodecError;
 pub use format::{HEADER_FIXED, MAGIC, MAX_PRECISION, MAX_WEIGHTS, MIN_PRECISION, VERSION};
-pub use split::SplitMatrix;
+pub use split::{SplitMatrix, SplitOrder, ROW_PAIR_RUN_SYMBOLS};
 
 use decode::{decode_chunk, ChunkCtx, L};
 use format::Geometry;

@@ -17,11 +17,36 @@
 //! BENCHMARKS.md use it. With `EncodeOptions::default()` the chunks hold twice the weights: on
 //! an H200 the fused GEMV at 4096x14336 took 121 µs instead of 74 (BENCHMARKS.md issue 5, seventh
 //! session's table).
+//!
+//! [`SplitOrder::RowPairs`] stores the coded symbols of each pair of rows interleaved in runs of
+//! [`ROW_PAIR_RUN_SYMBOLS`], so that the GPU's blocked fused kernel multiplies two rows' weights
+//! at the same columns with one load of the activations (BENCHMARKS.md issue 5, steps 51-52).
 
 use rayon::prelude::*;
 
 use super::{encode, CodecError, EncodeOptions, EncodedMatrix};
 use crate::quant::{pack_into, packed_len, unpack_into};
+
+/// Symbols per run of [`SplitOrder::RowPairs`]: four steps of the 32 interleaved rANS lanes,
+/// half the 8-step block of the GPU's blocked kernels.
+pub const ROW_PAIR_RUN_SYMBOLS: usize = 128;
+
+/// The order of a split matrix's coded symbols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SplitOrder {
+    /// Row-major: the coded part is the `rows x cols` matrix of high bits.
+    #[default]
+    Rows,
+    /// Rows `2p` and `2p + 1` interleaved in runs of [`ROW_PAIR_RUN_SYMBOLS`] symbols (`128 w`
+    /// weights for `w` weights per symbol), row `2p`'s first run first: the coded part is a
+    /// `rows / 2 x 2 cols` matrix whose row `p` is that interleaving. In the GPU's blocked
+    /// kernels a block of eight 32-lane steps then holds both rows' words for the same `512`
+    /// columns (four weights per symbol), so each lane's two words share one load of the
+    /// activations. Needs an even row count and `cols` a multiple of the run; the raw low bits
+    /// stay row-major.
+    RowPairs,
+}
 
 /// A matrix of `bits`-bit weights stored as its coded high bits and raw low bits: weight `i` is
 /// `(high[i] << low_bits) | low[i]`.
@@ -29,7 +54,9 @@ use crate::quant::{pack_into, packed_len, unpack_into};
 /// Invariant: `1 <= low_bits < bits <= 8`, `high` has `bits - low_bits` bits per weight, `low`
 /// holds exactly `rows * cols * low_bits / 32` words (`cols * low_bits` is a multiple of 32, so
 /// every row's low bits start on a word), and `low_crc` is their CRC-32C when built by
-/// [`encode`](Self::encode) (checked when decoding).
+/// [`encode`](Self::encode) (checked when decoding). With [`SplitOrder::RowPairs`], `high` is
+/// `rows / 2 x 2 cols` and `cols` is a multiple of [`ROW_PAIR_RUN_SYMBOLS`] times its weights
+/// per symbol.
 ///
 /// # Example
 ///
@@ -53,6 +80,7 @@ pub struct SplitMatrix {
     low: Vec<u32>,
     low_bits: u32,
     low_crc: u32,
+    order: SplitOrder,
 }
 
 fn arg<T>(s: String) -> Result<T, CodecError> {
@@ -71,6 +99,67 @@ fn check_split(bits: u32, low_bits: u32, cols: usize) -> Result<(), CodecError> 
         ));
     }
     Ok(())
+}
+
+/// Weights per run of [`SplitOrder::RowPairs`] with `wps` weights per symbol, after checking that
+/// `rows` is even and `cols` a whole number of runs.
+fn row_pair_run(rows: usize, cols: usize, wps: u32) -> Result<usize, CodecError> {
+    let run = ROW_PAIR_RUN_SYMBOLS * wps as usize;
+    if !rows.is_multiple_of(2) {
+        return arg(format!(
+            "rows = {rows}: row pairs need an even number of rows"
+        ));
+    }
+    if !cols.is_multiple_of(run) {
+        return arg(format!(
+            "cols = {cols}: row pairs need whole runs of {ROW_PAIR_RUN_SYMBOLS} symbols \
+             ({run} weights at {wps} per symbol)"
+        ));
+    }
+    Ok(run)
+}
+
+/// Interleaves each pair of rows (`2 cols` values) in runs of `run` values, row `2p` first.
+fn pair_rows(v: &[u8], cols: usize, run: usize) -> Vec<u8> {
+    let mut out = vec![0u8; v.len()];
+    if cols > 0 {
+        out.par_chunks_mut(2 * cols)
+            .zip(v.par_chunks(2 * cols))
+            .for_each(|(o, pair)| {
+                let (a, b) = pair.split_at(cols);
+                for ((o, a), b) in o.chunks_mut(2 * run).zip(a.chunks(run)).zip(b.chunks(run)) {
+                    o[..run].copy_from_slice(a);
+                    o[run..].copy_from_slice(b);
+                }
+            });
+    }
+    out
+}
+
+/// Undoes [`pair_rows`] in place.
+fn unpair_rows(v: &mut [u8], cols: usize, run: usize) {
+    if cols == 0 {
+        return;
+    }
+    v.par_chunks_mut(2 * cols).for_each(|pair| {
+        let paired = pair.to_vec();
+        let (a, b) = pair.split_at_mut(cols);
+        for ((p, a), b) in paired
+            .chunks(2 * run)
+            .zip(a.chunks_mut(run))
+            .zip(b.chunks_mut(run))
+        {
+            a.copy_from_slice(&p[..run]);
+            b.copy_from_slice(&p[run..]);
+        }
+    });
+}
+
+/// The weights per symbol [`encode`] would code `bits`-bit values with in rows of whole runs:
+/// `opts`'s, else the most that fit a byte (4, 2 or 1).
+fn row_pair_wps(bits: u32, opts: &EncodeOptions) -> u32 {
+    opts.weights_per_symbol
+        .unwrap_or_else(|| [4, 2, 1].into_iter().find(|w| bits * w <= 8).unwrap_or(1))
 }
 
 impl SplitMatrix {
@@ -101,6 +190,25 @@ impl SplitMatrix {
         low_bits: u32,
         opts: &EncodeOptions,
     ) -> Result<Self, CodecError> {
+        Self::encode_ordered(symbols, rows, cols, bits, low_bits, opts, SplitOrder::Rows)
+    }
+
+    /// [`encode`](Self::encode) with the coded symbols in `order`.
+    ///
+    /// # Errors
+    ///
+    /// As [`encode`](Self::encode); with [`SplitOrder::RowPairs`] also
+    /// [`CodecError::InvalidArgument`] for an odd row count or `cols` not a multiple of
+    /// [`ROW_PAIR_RUN_SYMBOLS`] symbols.
+    pub fn encode_ordered(
+        symbols: &[u8],
+        rows: usize,
+        cols: usize,
+        bits: u32,
+        low_bits: u32,
+        opts: &EncodeOptions,
+        order: SplitOrder,
+    ) -> Result<Self, CodecError> {
         check_split(bits, low_bits, cols)?;
         if rows.checked_mul(cols) != Some(symbols.len()) {
             return arg(format!(
@@ -117,7 +225,19 @@ impl SplitMatrix {
             });
         }
         let high_syms: Vec<u8> = symbols.par_iter().map(|&v| v >> low_bits).collect();
-        let high = encode(&high_syms, rows, cols, bits - low_bits, opts)?;
+        let high = match order {
+            SplitOrder::Rows => encode(&high_syms, rows, cols, bits - low_bits, opts)?,
+            SplitOrder::RowPairs => {
+                let wps = row_pair_wps(bits - low_bits, opts);
+                let run = row_pair_run(rows, cols, wps)?;
+                let paired = pair_rows(&high_syms, cols, run);
+                let o = EncodeOptions {
+                    weights_per_symbol: Some(wps),
+                    ..opts.clone()
+                };
+                encode(&paired, rows / 2, 2 * cols, bits - low_bits, &o)?
+            }
+        };
         drop(high_syms);
         let mut low = vec![0u32; packed_len(symbols.len(), low_bits)];
         let row_words = cols * low_bits as usize / 32;
@@ -136,6 +256,7 @@ impl SplitMatrix {
             low,
             low_bits,
             low_crc,
+            order,
         })
     }
 
@@ -154,7 +275,38 @@ impl SplitMatrix {
         low_bits: u32,
         low_crc: u32,
     ) -> Result<Self, CodecError> {
-        check_split(high.bits() + low_bits, low_bits, high.cols())?;
+        Self::from_parts_ordered(high, low, low_bits, low_crc, SplitOrder::Rows)
+    }
+
+    /// [`from_parts`](Self::from_parts) for coded symbols in `order` (with
+    /// [`SplitOrder::RowPairs`], `high` is the `rows / 2 x 2 cols` interleaving).
+    ///
+    /// # Errors
+    ///
+    /// As [`from_parts`](Self::from_parts); with [`SplitOrder::RowPairs`] also
+    /// [`CodecError::InvalidArgument`] if `high`'s rows are not whole runs of
+    /// [`ROW_PAIR_RUN_SYMBOLS`] symbols for two rows.
+    pub fn from_parts_ordered(
+        high: EncodedMatrix,
+        low: Vec<u32>,
+        low_bits: u32,
+        low_crc: u32,
+        order: SplitOrder,
+    ) -> Result<Self, CodecError> {
+        let cols = match order {
+            SplitOrder::Rows => high.cols(),
+            SplitOrder::RowPairs => {
+                let run = ROW_PAIR_RUN_SYMBOLS * high.weights_per_symbol() as usize;
+                if !high.cols().is_multiple_of(2 * run) {
+                    return arg(format!(
+                        "coded row-pair rows of {} weights are not whole pairs of runs of {run}",
+                        high.cols()
+                    ));
+                }
+                high.cols() / 2
+            }
+        };
+        check_split(high.bits() + low_bits, low_bits, cols)?;
         let expected = high.weights() * low_bits as usize / 32;
         if low.len() != expected {
             return Err(CodecError::SizeMismatch {
@@ -168,10 +320,12 @@ impl SplitMatrix {
             low,
             low_bits,
             low_crc,
+            order,
         })
     }
 
-    /// Splits into `(high, low, low_bits, low_crc)`.
+    /// Splits into `(high, low, low_bits, low_crc)` ([`order`](Self::order) says how `high`'s
+    /// symbols are ordered).
     pub fn into_parts(self) -> (EncodedMatrix, Vec<u32>, u32, u32) {
         (self.high, self.low, self.low_bits, self.low_crc)
     }
@@ -192,17 +346,27 @@ impl SplitMatrix {
     pub fn low_crc(&self) -> u32 {
         self.low_crc
     }
+    /// The order of the coded symbols.
+    pub fn order(&self) -> SplitOrder {
+        self.order
+    }
     /// Bits per weight, coded and raw together.
     pub fn bits(&self) -> u32 {
         self.high.bits() + self.low_bits
     }
     /// Rows.
     pub fn rows(&self) -> usize {
-        self.high.rows()
+        match self.order {
+            SplitOrder::Rows => self.high.rows(),
+            SplitOrder::RowPairs => 2 * self.high.rows(),
+        }
     }
     /// Weights per row.
     pub fn cols(&self) -> usize {
-        self.high.cols()
+        match self.order {
+            SplitOrder::Rows => self.high.cols(),
+            SplitOrder::RowPairs => self.high.cols() / 2,
+        }
     }
     /// Number of weights.
     pub fn weights(&self) -> usize {
@@ -243,6 +407,10 @@ impl SplitMatrix {
         self.high.decode_symbols_into(out)?;
         self.verify_low_checksum()?;
         let cols = self.cols();
+        if self.order == SplitOrder::RowPairs {
+            let run = ROW_PAIR_RUN_SYMBOLS * self.high.weights_per_symbol() as usize;
+            unpair_rows(out, cols, run);
+        }
         let row_words = cols * self.low_bits as usize / 32;
         if row_words == 0 {
             return Ok(());
@@ -374,5 +542,87 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("low_bits = 7 with bits = 9"));
+    }
+
+    #[test]
+    fn row_pairs_round_trip_and_interleave_runs() {
+        let run = ROW_PAIR_RUN_SYMBOLS * 4; // weights per run at four weights per symbol
+        for (rows, cols, seed) in [(0, 512, 1), (2, 512, 2), (6, 1024, 3), (10, 1536, 4)] {
+            let q = random(rows * cols, 4, seed);
+            let opts = SplitMatrix::default_options();
+            let m = SplitMatrix::encode_ordered(&q, rows, cols, 4, 2, &opts, SplitOrder::RowPairs)
+                .unwrap();
+            assert_eq!(m.order(), SplitOrder::RowPairs);
+            assert_eq!((m.rows(), m.cols()), (rows, cols));
+            assert_eq!((m.high().rows(), m.high().cols()), (rows / 2, 2 * cols));
+            assert_eq!(m.high().weights_per_symbol(), 4);
+            assert_eq!(m.decode_symbols().unwrap(), q, "{rows}x{cols}");
+            assert_eq!(m.decode_packed().unwrap(), crate::quant::pack(&q, 4));
+            // the coded rows are the pairs interleaved in runs, row 2p's first
+            let high = m.high().decode_symbols().unwrap();
+            for p in 0..rows / 2 {
+                for j in 0..cols / run {
+                    for t in 0..run {
+                        let at = p * 2 * cols + 2 * j * run;
+                        assert_eq!(high[at + t], q[2 * p * cols + j * run + t] >> 2);
+                        assert_eq!(high[at + run + t], q[(2 * p + 1) * cols + j * run + t] >> 2);
+                    }
+                }
+            }
+            // the same raw bits as row-major order, and the parts rebuild it
+            let rm = SplitMatrix::encode(&q, rows, cols, 4, 2, &opts).unwrap();
+            assert_eq!(m.low(), rm.low());
+            let order = m.order();
+            let (h, l, lb, c) = m.clone().into_parts();
+            assert_eq!(
+                SplitMatrix::from_parts_ordered(h, l, lb, c, order).unwrap(),
+                m
+            );
+        }
+        // other splits: 5-bit weights as 3 + 2 (two weights per symbol, runs of 256)
+        let q = random(4 * 256, 5, 5);
+        let m = SplitMatrix::encode_ordered(
+            &q,
+            4,
+            256,
+            5,
+            2,
+            &Default::default(),
+            SplitOrder::RowPairs,
+        )
+        .unwrap();
+        assert_eq!(m.high().weights_per_symbol(), 2);
+        assert_eq!(m.decode_symbols().unwrap(), q);
+    }
+
+    #[test]
+    fn row_pairs_refuse_what_they_cannot_pair() {
+        let e = |rows: usize, cols: usize| {
+            let q = vec![0u8; rows * cols];
+            SplitMatrix::encode_ordered(
+                &q,
+                rows,
+                cols,
+                4,
+                2,
+                &Default::default(),
+                SplitOrder::RowPairs,
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(e(3, 512).contains("rows = 3"), "{}", e(3, 512));
+        assert!(e(2, 256).contains("cols = 256"), "{}", e(2, 256));
+        // a row-major coded part is not a row-pair one
+        let q = random(2 * 256, 4, 6);
+        let (h, l, lb, c) = SplitMatrix::encode(&q, 2, 256, 4, 2, &Default::default())
+            .unwrap()
+            .into_parts();
+        assert!(
+            SplitMatrix::from_parts_ordered(h, l, lb, c, SplitOrder::RowPairs)
+                .unwrap_err()
+                .to_string()
+                .contains("whole pairs of runs")
+        );
     }
 }
