@@ -149,6 +149,40 @@ proptest! {
         prop_assert_eq!(ecq::rans::SplitMatrix::from_parts(h, l, lb, c).unwrap(), s);
     }
 
+    /// Split matrices in row-pair order round-trip too, with the raw bits and the decoded
+    /// weights of row-major order: every split whose high bits fit a byte symbol, runs of one
+    /// to three per row.
+    #[test]
+    fn split_row_pairs_roundtrip_random(
+        seed in any::<u64>(),
+        pairs in 0usize..6,
+        runs in 1usize..4,
+        bits in 2u32..=8,
+        low_sel in 0u32..7,
+        chunk_symbols in prop_oneof![Just(1usize), 1usize..2000, 2000usize..20000],
+        dist in 0u8..5,
+    ) {
+        let low_bits = 1 + low_sel % (bits - 1);
+        let wps = [4u32, 2, 1].into_iter().find(|w| (bits - low_bits) * w <= 8).unwrap();
+        let (rows, cols) = (2 * pairs, runs * ecq::rans::ROW_PAIR_RUN_SYMBOLS * wps as usize);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let q = random_matrix(&mut rng, rows * cols, bits, dist);
+        let opts = EncodeOptions { chunk_symbols, tile_chunks: 2, ..Default::default() };
+        let order = ecq::rans::SplitOrder::RowPairs;
+        let s = ecq::rans::SplitMatrix::encode_ordered(&q, rows, cols, bits, low_bits, &opts, order)
+            .unwrap();
+        prop_assert_eq!((s.rows(), s.cols()), (rows, cols));
+        prop_assert_eq!(s.decode_symbols().unwrap(), q.clone());
+        prop_assert_eq!(s.decode_packed().unwrap(), mlx_pack(&q, rows, cols, bits));
+        let rm = ecq::rans::SplitMatrix::encode(&q, rows, cols, bits, low_bits, &opts).unwrap();
+        prop_assert_eq!(s.low(), rm.low());
+        let (h, l, lb, c) = s.clone().into_parts();
+        prop_assert_eq!(
+            ecq::rans::SplitMatrix::from_parts_ordered(h, l, lb, c, order).unwrap(),
+            s
+        );
+    }
+
     #[test]
     fn roundtrip_wide(seed in any::<u64>(), rows in 1usize..4, k in prop_oneof![Just(16384usize), 32usize..16384], bits in prop_oneof![Just(4u32), 1u32..=8], dist in 0u8..5) {
         let cols = k / 32 * 32;
