@@ -12,7 +12,9 @@
 //!   [`EncodedMatrix::decode_packed`] the MLX packed `u32` words.
 //! * [`SplitMatrix`] codes only the high bits of each weight (four weights per symbol for
 //!   4-bit weights split 2 + 2) and stores the low bits raw: fewer rANS steps per weight for
-//!   the GPU kernels, at 0.8-2.1% more size on MLX weights.
+//!   the GPU kernels, at 0.8-2.1% more size on MLX weights. In [`SplitOrder::RowPairs`] its
+//!   rows are coded in interleaved pairs, which the GPU's fused kernel multiplies with one load
+//!   of the activations for both rows.
 //!
 //! # Example
 //!

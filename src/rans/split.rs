@@ -45,6 +45,19 @@ pub enum SplitOrder {
     /// columns (four weights per symbol), so each lane's two words share one load of the
     /// activations. Needs an even row count and `cols` a multiple of the run; the raw low bits
     /// stay row-major.
+    ///
+    /// ```
+    /// use ecq::rans::{SplitMatrix, SplitOrder};
+    ///
+    /// // 2 x 512 4-bit weights: one pair of rows, one run of 128 four-weight symbols each
+    /// let q: Vec<u8> = (0..2 * 512).map(|i| ((i * 5) % 16) as u8).collect();
+    /// let opts = SplitMatrix::default_options();
+    /// let m = SplitMatrix::encode_ordered(&q, 2, 512, 4, 2, &opts, SplitOrder::RowPairs)?;
+    /// assert_eq!((m.rows(), m.cols()), (2, 512));
+    /// assert_eq!((m.high().rows(), m.high().cols()), (1, 1024)); // the pair, interleaved
+    /// assert_eq!(m.decode_symbols()?, q);
+    /// # Ok::<(), ecq::rans::CodecError>(())
+    /// ```
     RowPairs,
 }
 
