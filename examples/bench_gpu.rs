@@ -920,8 +920,7 @@ fn main() {
                     args.fused
                         .iter()
                         .filter(|v| match v {
-                            // (row-pair order is decoded by the blocked kernel only)
-                            FusedVariant::Workgroup => !pairs,
+                            FusedVariant::Workgroup => true,
                             FusedVariant::Subgroup => {
                                 coded[0].decode_subgroup_supported(reg, DecodeOutput::Packed)
                             }
@@ -970,7 +969,6 @@ fn main() {
                     // (the subgroup kernel does not read a split matrix's raw low bits)
                     if (blocked && coded[0].fused_layout().blocked_steps().is_none())
                         || (fused_variant == FusedVariant::Subgroup && coded[0].low_bits() != 0)
-                        || (!blocked && pairs)
                     {
                         eprintln!("  {source} {chunk_symbols}:{tile_chunks}: {fused_variant:?} cannot run this layout, skipped");
                         continue;

@@ -44,6 +44,10 @@ struct Params {
     low_base: u32,       // u32 index in `words` of a split matrix's raw low bits
     low_bits: u32,       // raw low bits per weight (0, or 2 beside 2-bit symbols of 4 weights)
     _pad2: u32,
+    // 1: row-pair order (`ecq::rans::SplitOrder::RowPairs`): the rows and columns above are the
+    // coded matrix's, whose row r is matrix rows 2r and 2r + 1 interleaved in runs of four
+    // steps (step u of coded row r is step 4 (u / 8) + u % 4 of row 2r + (u / 4) % 2)
+    row_pairs: u32,
 }
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
@@ -166,6 +170,13 @@ fn main(
             p += countOneBits(mask);
             if (step_valid) {
                 let na = min(32u, S - u * 32u);
+                // the matrix row and step this step writes, its row's words and columns
+                let pair = P.row_pairs != 0u;
+                let ps = select(0u, 1u, pair);
+                let row = select(row, 2u * row + ((u >> 2u) & 1u), pair);
+                let u = select(u, ((u >> 3u) << 2u) | (u & 3u), pair);
+                let out_row_words = P.out_row_words >> ps;
+                let cols = P.cols >> ps;
                 if (P.out_mode == 0u) {
                     let nw = (na * sw + 31u) / 32u;
                     if (l < nw) {
@@ -192,14 +203,14 @@ fn main(
                             }
                         }
                         if (P.low_bits == 0u) {
-                            out[row * P.out_row_words + u * sw + l] = word;
+                            out[row * out_row_words + u * sw + l] = word;
                         } else {
                             // a split matrix (2 raw low bits beside 2-bit symbols of four
                             // weights): word j of the row's symbols and word j of its raw bits
                             // make the row's 4-bit words 2j and 2j + 1
                             let jw = u * sw + l;
-                            let lw = raw_low_bits(row * (P.cols >> 4u), 16u * jw, 2u);
-                            let o = row * P.out_row_words + 2u * jw;
+                            let lw = raw_low_bits(row * (cols >> 4u), 16u * jw, 2u);
+                            let o = row * out_row_words + 2u * jw;
                             out[o] = merge_split(word, lw);
                             out[o + 1u] = merge_split(word >> 16u, lw >> 16u);
                         }
@@ -211,7 +222,7 @@ fn main(
                         // a split matrix's raw low bits of these four weights
                         var lo = 0u;
                         if (P.low_bits > 0u) {
-                            let row0 = row * ((P.cols * P.low_bits) >> 5u);
+                            let row0 = row * ((cols * P.low_bits) >> 5u);
                             lo = raw_low_bits(row0, u * 32u * P.wps + 4u * l, P.low_bits);
                         }
                         let lmask = (1u << P.low_bits) - 1u;
@@ -222,7 +233,7 @@ fn main(
                                 | ((lo >> (P.low_bits * k)) & lmask);
                             word |= q << (8u * k);
                         }
-                        out[row * P.out_row_words + u * 8u * P.wps + l] = word;
+                        out[row * out_row_words + u * 8u * P.wps + l] = word;
                     }
                 }
             }

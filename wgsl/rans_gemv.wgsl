@@ -39,6 +39,11 @@ struct Params {
     low_base: u32,       // u32 index in `words` of a split matrix's raw low bits
     low_bits: u32,       // raw low bits per weight (0, or 2 beside 2-bit symbols of 4 weights)
     _pad2: u32,
+    // 1: row-pair order (`ecq::rans::SplitOrder::RowPairs`): rows and columns above are the
+    // coded matrix's, whose row r is matrix rows 2r and 2r + 1 interleaved in runs of four
+    // steps (step u of coded row r is step 4 (u / 8) + u % 4 of row 2r + (u / 4) % 2);
+    // groups_per_row is a matrix row's
+    row_pairs: u32,
 }
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
@@ -68,6 +73,7 @@ const ERR_OFFSETS: u32 = 64u;
 
 var<workgroup> masks: array<atomic<u32>, 12>;      // G * 3 (triple buffered)
 var<workgroup> red: array<f32, 256>;               // G * 2 * 32 (double buffered by row)
+var<workgroup> red_b: array<f32, 256>;             // the same for row 2r + 1 of row pairs
 
 fn read16(idx: u32) -> u32 {
     return (words[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
@@ -102,6 +108,10 @@ fn main(
     var gstep = 0u;
     var rows_done = 0u;
     var acc = 0.0;
+    var acc_b = 0.0;  // row pairs: matrix row 2r + 1's sum
+    let pair = P.row_pairs != 0u;
+    let ps = select(0u, 1u, pair);
+    let cols = P.cols >> ps;
 
     for (var it = 0u; it < P.chunk_iters; it++) {
         let chunk = tile_first + (sub * P.chunk_iters + it) * G + g;
@@ -140,12 +150,16 @@ fn main(
                 sym = lk.x;
                 x = lk.y * (x >> n) + lk.z;
                 need = x < L;
-                let k0 = j * P.wps;
+                // the matrix row and column of the symbol (row pairs: see Params)
+                let second = pair && ((u >> 2u) & 1u) == 1u;
+                let mrow = select(row, 2u * row + select(0u, 1u, second), pair);
+                let mu = select(u, ((u >> 3u) << 2u) | (u & 3u), pair);
+                let k0 = (mu * 32u + l) * P.wps;
                 // a split matrix: the raw low bits of these weights, after the word stream
                 // (the host allows 2 beside 2-bit symbols of four weights: one byte of a word)
                 var lo = 0u;
                 if (P.low_bits > 0u) {
-                    lo = raw_low_bits(row * ((P.cols * P.low_bits) >> 5u), k0, P.low_bits);
+                    lo = raw_low_bits(mrow * ((cols * P.low_bits) >> 5u), k0, P.low_bits);
                 }
                 let lmask = (1u << P.low_bits) - 1u;
                 var d = 0.0;
@@ -157,14 +171,20 @@ fn main(
                     d += f32(q) * xi;
                     xs += xi;
                 }
-                let sbv = sb[row * P.groups_per_row + k0 / P.group_size];
-                acc += sbv.x * d + sbv.y * xs;
+                let sbv = sb[mrow * P.groups_per_row + k0 / P.group_size];
+                if (second) {
+                    acc_b += sbv.x * d + sbv.y * xs;
+                } else {
+                    acc += sbv.x * d + sbv.y * xs;
+                }
             }
             let row_end = step_valid && u == T - 1u;
             let rbase = (g * 2u + (rows_done & 1u)) * 32u;
             if (row_end) {
                 red[rbase + l] = acc;
+                red_b[rbase + l] = acc_b;
                 acc = 0.0;
+                acc_b = 0.0;
             }
             if (need) {
                 atomicOr(&masks[g * 3u + gstep % 3u], 1u << l);
@@ -188,10 +208,17 @@ fn main(
             if (row_end) {
                 if (l == 0u) {
                     var s = 0.0;
+                    var s_b = 0.0;
                     for (var k = 0u; k < 32u; k++) {
                         s += red[rbase + k];
+                        s_b += red_b[rbase + k];
                     }
-                    y[row] = s;
+                    if (pair) {
+                        y[2u * row] = s;
+                        y[2u * row + 1u] = s_b;
+                    } else {
+                        y[row] = s;
+                    }
                 }
                 rows_done += 1u;
             }

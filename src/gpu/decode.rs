@@ -99,8 +99,8 @@ pub struct FusedLayout {
     /// none): 2 with 2-bit symbols of 4 weights, on the blocked and workgroup kernels.
     pub low_bits: u32,
     /// The coded symbols are in [`crate::rans::SplitOrder::RowPairs`] order: each coded row
-    /// (`cols` here) is two matrix rows interleaved; only the blocked kernels with 8-step
-    /// blocks run it.
+    /// (`cols` here) is two matrix rows interleaved; the blocked kernels (with 8-step blocks)
+    /// and the workgroup kernels run it, the subgroup kernels do not.
     pub row_pairs: bool,
 }
 
@@ -173,11 +173,13 @@ fn fused_gemv_pipeline_diag(
         variant,
         FusedVariant::Blocked | FusedVariant::BlockedCompact
     );
-    if layout.row_pairs && !(blocked && layout.blocked_steps() == Some(8)) {
+    if layout.row_pairs
+        && (variant == FusedVariant::Subgroup || (blocked && layout.blocked_steps() != Some(8)))
+    {
         return Err(GpuError::Unsupported(format!(
             "row-pair order (SplitOrder::RowPairs) runs on the blocked fused kernel with 8-step \
-             blocks only, not the {variant:?} kernel (32-wide subgroups needed; {} steps per \
-             coded row)",
+             blocks and on the workgroup kernel, not the {variant:?} kernel ({} steps per coded \
+             row)",
             layout.steps_per_row
         )));
     }
@@ -329,6 +331,10 @@ struct Params {
     /// conversion, so the driver holds that constant in a register and masks and ORs each
     /// weight in one bit operation instead of two (BENCHMARKS.md issue 5, step 49).
     zero: u32,
+    /// 1: the symbols are in [`crate::rans::SplitOrder::RowPairs`] order (the workgroup
+    /// kernels read it from here, the blocked ones take the override `PAIR`).
+    row_pairs: u32,
+    _pad3: [u32; 3],
 }
 
 fn u32_of(what: &str, v: usize) -> Result<u32, GpuError> {
@@ -531,6 +537,7 @@ impl GpuCodedMatrix {
         // chunk_rows larger than rows: the only chunk has `rows` rows; keep the format's value
         // for the chunk-to-row mapping (chunk 0 starts at row 0 either way).
         params.chunk_rows = u32_of("chunk_rows", m.chunk_rows)?;
+        params.row_pairs = row_pairs as u32;
         let sb = match quant {
             None => None,
             Some(q) => {
@@ -766,11 +773,12 @@ impl GpuCodedMatrix {
                     .into(),
             ));
         }
-        if self.row_pairs && !blocked {
-            return Err(GpuError::Unsupported(format!(
-                "row-pair order (SplitOrder::RowPairs) is decoded by the blocked kernel only, \
-                 not the {variant:?} kernel (32-wide subgroups, whole 8-step blocks)"
-            )));
+        if self.row_pairs && variant == FusedVariant::Subgroup {
+            return Err(GpuError::Unsupported(
+                "row-pair order (SplitOrder::RowPairs) is decoded by the blocked and the \
+                 workgroup kernels, not the subgroup kernel"
+                    .into(),
+            ));
         }
         if variant == FusedVariant::Subgroup && !self.decode_subgroup_supported(registry, mode) {
             return Err(GpuError::Unsupported(

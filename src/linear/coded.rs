@@ -234,7 +234,9 @@ struct GemvParams {
     chunk_iters: u32,
     group_size: u32,
     groups_per_row: u32,
-    _pad: [u32; 3],
+    /// (`src/gpu/decode.rs`'s low_base, low_bits, zero and row_pairs, all 0 here: the
+    /// workgroup kernel reads row_pairs, so the block is as long as that one)
+    _pad: [u32; 7],
 }
 
 /// Uniform block of `rans_gemm.wgsl`.
@@ -518,7 +520,7 @@ impl EntropyCodedLinear {
                 chunk_iters: 1,
                 group_size: m.group_size as u32,
                 groups_per_row: gpr as u32,
-                _pad: [0; 3],
+                _pad: [0; 7],
             };
             let gemm = GemmParams {
                 rows: gemv.rows,
