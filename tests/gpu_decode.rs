@@ -70,6 +70,38 @@ fn packed_with(
     .unwrap_or_else(|e| panic!("{label} {v:?}: GPU decode: {e}"))
 }
 
+/// A split matrix `m` (uploaded from `s`, the weights `q`) decoded on the GPU equals the CPU
+/// decode: packed by the workgroup kernel and, where it runs, both blocked ones, by the default
+/// kernel, and one byte per weight; the subgroup kernel refuses split matrices.
+fn check_split_decodes(
+    ctx: &GpuContext,
+    m: &ecq::gpu::GpuCodedMatrix,
+    s: &ecq::rans::SplitMatrix,
+    q: &[u8],
+    label: &str,
+) {
+    let r = m.decode_with(
+        ctx.device(),
+        ctx.queue(),
+        ctx.registry(),
+        DecodeOutput::Packed,
+        Some(FusedVariant::Subgroup),
+    );
+    assert!(matches!(r, Err(GpuError::Unsupported(_))), "{label}: {r:?}");
+    let want = s.decode_packed().unwrap();
+    let mut kernels = vec![FusedVariant::Workgroup];
+    if m.decode_blocked_supported(ctx.registry(), DecodeOutput::Packed) {
+        kernels.extend([FusedVariant::Blocked, FusedVariant::BlockedCompact]);
+    }
+    for v in kernels {
+        let got = packed_with(ctx, m, v, label);
+        assert!(got == want, "{label} {v:?}: GPU and CPU decodes differ");
+    }
+    assert_eq!(ctx.decode_packed(m).unwrap(), want, "{label} default");
+    let bytes = ctx.decode_symbols(m).unwrap();
+    assert!(bytes == q, "{label}: byte-per-weight decode differs");
+}
+
 fn encode_case(c: &Case, seed: u64) -> (Vec<u8>, EncodedMatrix) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let q = symbols(&mut rng, c.rows * c.cols, c.bits, c.dist);
@@ -647,26 +679,7 @@ fn decode_split_low_bits() {
                     format!("split {rows}x{cols} {dist:?} n{precision} chunk {chunk_symbols}");
                 let m = ctx.upload_split(&s, None).unwrap();
                 assert_eq!((m.bits(), m.low_bits()), (4, 2), "{label}");
-                let r = m.decode_with(
-                    ctx.device(),
-                    ctx.queue(),
-                    ctx.registry(),
-                    DecodeOutput::Packed,
-                    Some(FusedVariant::Subgroup),
-                );
-                assert!(matches!(r, Err(GpuError::Unsupported(_))), "{label}: {r:?}");
-                let want = s.decode_packed().unwrap();
-                let mut kernels = vec![FusedVariant::Workgroup];
-                if m.decode_blocked_supported(ctx.registry(), DecodeOutput::Packed) {
-                    kernels.extend([FusedVariant::Blocked, FusedVariant::BlockedCompact]);
-                }
-                for v in kernels {
-                    let got = packed_with(ctx, &m, v, &label);
-                    assert!(got == want, "{label} {v:?}: GPU and CPU decodes differ");
-                }
-                assert_eq!(ctx.decode_packed(&m).unwrap(), want, "{label} default");
-                let bytes = ctx.decode_symbols(&m).unwrap();
-                assert!(bytes == q, "{label}: byte-per-weight decode differs");
+                check_split_decodes(ctx, &m, &s, &q, &label);
             }
         }
     }
@@ -711,26 +724,7 @@ fn decode_row_pairs() {
                     format!("row pairs {rows}x{cols} {dist:?} n{precision} chunk {chunk_symbols}");
                 let m = ctx.upload_split(&s, None).unwrap();
                 assert_eq!((m.rows(), m.cols(), m.bits()), (rows, cols, 4), "{label}");
-                let r = m.decode_with(
-                    ctx.device(),
-                    ctx.queue(),
-                    ctx.registry(),
-                    DecodeOutput::Packed,
-                    Some(FusedVariant::Subgroup),
-                );
-                assert!(matches!(r, Err(GpuError::Unsupported(_))), "{label}: {r:?}");
-                let want = s.decode_packed().unwrap();
-                let mut kernels = vec![FusedVariant::Workgroup];
-                if m.decode_blocked_supported(ctx.registry(), DecodeOutput::Packed) {
-                    kernels.extend([FusedVariant::Blocked, FusedVariant::BlockedCompact]);
-                }
-                for v in kernels {
-                    let got = packed_with(ctx, &m, v, &label);
-                    assert!(got == want, "{label} {v:?}: GPU and CPU decodes differ");
-                }
-                let bytes = ctx.decode_symbols(&m).unwrap();
-                assert!(bytes == q, "{label}: byte-per-weight decode differs");
-                assert_eq!(ctx.decode_packed(&m).unwrap(), want, "{label} default");
+                check_split_decodes(ctx, &m, &s, &q, &label);
             }
         }
     }

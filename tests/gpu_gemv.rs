@@ -674,6 +674,44 @@ fn fused_blocked_diagnostic_builds() {
     }
 }
 
+/// The fused GEMV of a split matrix `m` (the weights of `q`) against the f64 reference within
+/// the tolerance above: the default kernel, the workgroup one and, with 32-wide subgroups, both
+/// blocked ones; the subgroup kernel refuses split matrices.
+fn check_split_gemv(
+    ctx: &GpuContext,
+    m: &ecq::gpu::GpuCodedMatrix,
+    q: &QuantizedMatrix,
+    x: &[f32],
+    label: &str,
+) {
+    let r = m.gemv_with(
+        ctx.device(),
+        ctx.queue(),
+        ctx.registry(),
+        x,
+        FusedVariant::Subgroup,
+    );
+    assert!(
+        matches!(r, Err(ecq::gpu::GpuError::Unsupported(_))),
+        "{label}: {r:?}"
+    );
+    let (want, sum_abs) = reference(q, x);
+    let y = ctx
+        .gemv_coded(m, x)
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+    assert_close(label, &y, &want, &sum_abs, q.cols);
+    let mut kernels = vec![FusedVariant::Workgroup];
+    if ctx.registry().subgroups32() {
+        kernels.extend([FusedVariant::Blocked, FusedVariant::BlockedCompact]);
+    }
+    for v in kernels {
+        let y = m
+            .gemv_with(ctx.device(), ctx.queue(), ctx.registry(), x, v)
+            .unwrap_or_else(|e| panic!("{label} {v:?}: {e}"));
+        assert_close(&format!("{label} {v:?}"), &y, &want, &sum_abs, q.cols);
+    }
+}
+
 /// Split matrices (coded high 2 bits, raw low 2 bits of MLX 4-bit weights) in the blocked fused
 /// kernel at every block size (8, 4 and 2 steps of four weights per symbol) and in the workgroup
 /// kernel, MLX group sizes 32/64/128 and chunks of one step up to several rows, against the f64
@@ -715,32 +753,7 @@ fn fused_gemv_split_low_bits() {
                 }),
             )
             .unwrap();
-        let r = m.gemv_with(
-            ctx.device(),
-            ctx.queue(),
-            ctx.registry(),
-            &x,
-            FusedVariant::Subgroup,
-        );
-        assert!(
-            matches!(r, Err(ecq::gpu::GpuError::Unsupported(_))),
-            "{label}: {r:?}"
-        );
-        let (want, sum_abs) = reference(&q, &x);
-        let y = ctx
-            .gemv_coded(&m, &x)
-            .unwrap_or_else(|e| panic!("{label}: {e}"));
-        assert_close(&label, &y, &want, &sum_abs, cols);
-        let mut kernels = vec![FusedVariant::Workgroup];
-        if ctx.registry().subgroups32() {
-            kernels.extend([FusedVariant::Blocked, FusedVariant::BlockedCompact]);
-        }
-        for v in kernels {
-            let y = m
-                .gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)
-                .unwrap_or_else(|e| panic!("{label} {v:?}: {e}"));
-            assert_close(&format!("{label} {v:?}"), &y, &want, &sum_abs, cols);
-        }
+        check_split_gemv(ctx, &m, &q, &x, &label);
     }
     if !ctx.registry().subgroups32() {
         gpu_common::announce_unsupported(
@@ -798,32 +811,7 @@ fn fused_gemv_row_pairs() {
         let m = ctx.upload_split(&s, Some(quant)).unwrap();
         assert!(m.row_pairs(), "{label}");
         assert_eq!((m.rows(), m.cols()), (rows, cols), "{label}");
-        let r = m.gemv_with(
-            ctx.device(),
-            ctx.queue(),
-            ctx.registry(),
-            &x,
-            FusedVariant::Subgroup,
-        );
-        assert!(
-            matches!(&r, Err(ecq::gpu::GpuError::Unsupported(_))),
-            "{label}: {r:?}"
-        );
-        let (want, sum_abs) = reference(&q, &x);
-        let y = ctx
-            .gemv_coded(&m, &x)
-            .unwrap_or_else(|e| panic!("{label}: {e}"));
-        assert_close(&label, &y, &want, &sum_abs, cols);
-        let mut kernels = vec![FusedVariant::Workgroup];
-        if ctx.registry().subgroups32() {
-            kernels.extend([FusedVariant::Blocked, FusedVariant::BlockedCompact]);
-        }
-        for v in kernels {
-            let y = m
-                .gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)
-                .unwrap_or_else(|e| panic!("{label} {v:?}: {e}"));
-            assert_close(&format!("{label} {v:?}"), &y, &want, &sum_abs, cols);
-        }
+        check_split_gemv(ctx, &m, &q, &x, &label);
         let decoded = ctx
             .decode_to_quantized(&m)
             .unwrap_or_else(|e| panic!("{label}: {e}"));
