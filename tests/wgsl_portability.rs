@@ -98,7 +98,13 @@ fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
         ("rans_decode_blocked.wgsl", &[("LOW", 2.0)][..]),
         (
             "rans_gemv_blocked.wgsl",
-            &[("LOW", 2.0), ("WPS", 4.0), ("BITS", 2.0), ("PAIR", 1.0)][..],
+            &[
+                ("LOW", 2.0),
+                ("WPS", 4.0),
+                ("BITS", 2.0),
+                ("PAIR", 1.0),
+                ("BRANCH_FREE_PLANES", 1.0),
+            ][..],
         ),
         (
             "rans_decode_blocked.wgsl",

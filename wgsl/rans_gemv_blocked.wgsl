@@ -97,7 +97,10 @@ const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
 const MAX_TABLE: u32 = 2048u;  // slot table for n <= 11
 const SENTINEL: u32 = 0xFFFFFFFFu;
-const BRANCH_FREE_PLANES: bool = false;  // see rans_block.wgsl, block_plane_at
+// Planes read without a branch (see rans_block.wgsl, block_plane_at). The host sets it for the
+// compact build in row-pair order only: 4.5% faster there at the lm_head on an H200, 3% slower
+// in the u32-table build, mixed in row-major order (BENCHMARKS.md issue 5, step 53).
+override BRANCH_FREE_PLANES: bool = false;
 const L: u32 = 65536u;
 
 // error bits, mirrored in src/gpu/decode.rs

@@ -241,6 +241,10 @@ fn fused_gemv_pipeline_diag(
                             && !layout.row_pairs) as u32,
                     ),
                     ("PAIR", layout.row_pairs as u32),
+                    (
+                        "BRANCH_FREE_PLANES",
+                        (variant == FusedVariant::BlockedCompact && layout.row_pairs) as u32,
+                    ),
                 ],
             )
         }
