@@ -12,7 +12,8 @@
 //! `GpuCodedMatrix::blocked_diagnostic_dispatch`) as `fused_diagN`; `ECQ_GPU_BENCH_LOW_BITS=2`
 //! (4-bit weights only) codes the high 2 bits of every weight and keeps the low 2 raw
 //! (`ecq::rans::SplitMatrix`, four weights per rANS step; label `_split2`; default chunk: half
-//! the symbols). Times are
+//! the symbols), and with `ECQ_GPU_BENCH_ROW_PAIRS=1` too in row-pair order
+//! (`ecq::rans::SplitOrder::RowPairs`; label `_split2p`). Times are
 //! GPU timestamps of the pass holding the iterations where the device has `TIMESTAMP_QUERY`,
 //! else the wall clock after `finish()` (`examples/common/timing.rs`). For the full comparison
 //! table use `examples/bench_gpu.rs`.
@@ -23,7 +24,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ecq::dtype::FloatDType;
 use ecq::gpu::{CodedMatrixRef, DecodeOutput, Dispatch, GpuContext, QuantParamsRef};
 use ecq::quant::{quantize_affine, AffineParams};
-use ecq::rans::{encode, EncodeOptions, SplitMatrix};
+use ecq::rans::{encode, EncodeOptions, SplitMatrix, SplitOrder};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -99,8 +100,19 @@ fn bench(c: &mut Criterion) {
         tile_chunks: env_num("ECQ_GPU_BENCH_TILE").unwrap_or(EncodeOptions::default().tile_chunks),
         ..Default::default()
     };
-    let split = (low_bits != 0)
-        .then(|| SplitMatrix::encode(&q.symbols(), r, k, bits, low_bits, &opts).unwrap());
+    let pairs = env_num::<u32>("ECQ_GPU_BENCH_ROW_PAIRS").unwrap_or(0) != 0;
+    assert!(
+        !pairs || low_bits != 0,
+        "ECQ_GPU_BENCH_ROW_PAIRS needs ECQ_GPU_BENCH_LOW_BITS=2 (row pairs are an order of split matrices)"
+    );
+    let order = if pairs {
+        SplitOrder::RowPairs
+    } else {
+        SplitOrder::Rows
+    };
+    let split = (low_bits != 0).then(|| {
+        SplitMatrix::encode_ordered(&q.symbols(), r, k, bits, low_bits, &opts, order).unwrap()
+    });
     let whole = split
         .is_none()
         .then(|| encode(&q.symbols(), r, k, bits, &opts).unwrap());
@@ -161,7 +173,7 @@ fn bench(c: &mut Criterion) {
         if low_bits == 0 {
             String::new()
         } else {
-            format!("_split{low_bits}")
+            format!("_split{low_bits}{}", if pairs { "p" } else { "" })
         },
         timer.short()
     ));
