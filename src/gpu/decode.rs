@@ -546,10 +546,11 @@ impl GpuCodedMatrix {
             None => None,
             Some(q) => {
                 let gs = q.group_size as usize;
-                if gs == 0 || !m.cols.is_multiple_of(gs) || !gs.is_multiple_of(w as usize) {
+                // (a matrix row's weights: with row pairs a coded row holds two)
+                let cols = m.cols / (1 + row_pairs as usize);
+                if gs == 0 || !cols.is_multiple_of(gs) || !gs.is_multiple_of(w as usize) {
                     return Err(GpuError::InvalidInput(format!(
-                        "group size {gs} must divide cols {} and be a multiple of w = {w}",
-                        m.cols
+                        "group size {gs} must divide cols {cols} and be a multiple of w = {w}"
                     )));
                 }
                 let n = m.rows * (m.cols / gs);
@@ -561,9 +562,9 @@ impl GpuCodedMatrix {
                     )));
                 }
                 params.group_size = q.group_size;
-                // (with row pairs, the groups of one real row: the kernel indexes (scale, bias)
-                // by real rows)
-                params.groups_per_row = (m.cols / gs / (1 + row_pairs as usize)) as u32;
+                // (with row pairs, a matrix row's: the kernels index (scale, bias) by matrix
+                // rows)
+                params.groups_per_row = (cols / gs) as u32;
                 let inter: Vec<f32> = q
                     .scales
                     .iter()
