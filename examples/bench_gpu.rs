@@ -1012,6 +1012,8 @@ fn main() {
                             ("dot products only", 2),
                             ("activations shared by a block's two words", 3),
                             ("dot products only, activations shared", 4),
+                            ("free word supply", 5),
+                            ("decode only, free word supply", 6),
                         ] {
                             for n in [csets, 1] {
                                 let ds: Vec<Dispatch> = coded[..n]

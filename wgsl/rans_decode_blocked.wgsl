@@ -144,7 +144,7 @@ fn main(
             let jb = select(32u, 0u, pair);  // word wb's index past word wa's
             for (var b = 0u; b < nblk; b++) {
                 // decode BLOCK steps; symbol i of the block in byte i % 4 of s.x / s.y
-                let s = decode_block(&d, BLOCK, l, ltmask);
+                let s = decode_block(&d, BLOCK, l, ltmask, true);
                 var wa = 0u;
                 var wb = 0u;
                 for (var c = 0u; c < 4u; c++) {

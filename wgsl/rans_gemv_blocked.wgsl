@@ -71,7 +71,9 @@ override BLOCK: u32 = 8u;
 // made up from the lane and block, the stream never read), 3 = the kernel with the block's
 // second word multiplied by the first word's activations (no second activation loads: what a
 // symbol order putting two rows' words for the same columns into one block would save), 4 =
-// 2 and 3 together. 0 = the kernel.
+// 2 and 3 together, 5 = the kernel with a free word supply (renormalisation shifts in a
+// constant, the stream is never read: what the shared stream's ballot, shuffles and plane
+// moves cost), 6 = 1 and 5 together. 0 = the kernel.
 override DIAG: u32 = 0u;
 // Raw low bits per weight (`ecq::rans::SplitMatrix`): 0 = none; 2 = the symbols carry the high
 // BITS = 2 bits of 4-bit weights, four weights per symbol, and the low 2 bits follow the
@@ -289,9 +291,9 @@ fn main(
                 // decode BLOCK steps; symbol i of the block in byte i % 4 of s.x / s.y
                 var s = vec2<u32>(0u);
                 if (!made_up) {
-                    s = decode_block(&d, BLOCK, l, ltmask);
+                    s = decode_block(&d, BLOCK, l, ltmask, DIAG != 5u && DIAG != 6u);
                 }
-                if (DIAG == 1u) {
+                if (DIAG == 1u || DIAG == 6u) {
                     acc += bitcast<f32>((s.x ^ s.y) & 0x3FFFFFFFu);
                     continue;
                 }
