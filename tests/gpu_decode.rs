@@ -768,6 +768,52 @@ fn split_uploads_checked() {
     assert!(matches!(r, Err(GpuError::InvalidInput(_))), "{r:?}");
 }
 
+/// A corrupt stream in a row-pair split matrix is reported by chunk, decoded or multiplied,
+/// by whichever kernel runs it (the workgroup ones on lavapipe): the order changes where
+/// symbols go, not how chunks are checked.
+#[test]
+fn row_pairs_corrupt_word_is_reported() {
+    let Some(ctx) = ctx() else { return };
+    let (rows, cols) = (8, 1024);
+    let mut rng = ChaCha8Rng::seed_from_u64(78);
+    let q = symbols(&mut rng, rows * cols, 4, Dist::Skewed);
+    let opts = EncodeOptions {
+        chunk_symbols: 512,
+        tile_chunks: 2,
+        group_size: 64,
+        ..Default::default()
+    };
+    let order = ecq::rans::SplitOrder::RowPairs;
+    let s = ecq::rans::SplitMatrix::encode_ordered(&q, rows, cols, 4, 2, &opts, order).unwrap();
+    assert!(s.high().n_chunks() >= 3, "{}", s.high().n_chunks());
+    let (high, low, low_bits, low_crc) = s.into_parts();
+    // flip bits of a word in the middle of chunk 1 (the GPU does not check the tile CRCs: the
+    // decode reports the damage by the states it ends in)
+    let at = (high.offsets()[1] + high.offsets()[2]) as usize / 2;
+    let (header, freqs, states, offsets, mut words, crc) = high.into_parts();
+    words[at] ^= 0x5A5A;
+    let high =
+        ecq::rans::EncodedMatrix::from_parts(&header, freqs, states, offsets, words, crc).unwrap();
+    let s =
+        ecq::rans::SplitMatrix::from_parts_ordered(high, low, low_bits, low_crc, order).unwrap();
+    let scales = vec![1.0f32; rows * cols / 64];
+    let quant = QuantParamsRef {
+        group_size: 64,
+        scales: &scales,
+        biases: &scales,
+    };
+    let g = ctx.upload_split(&s, Some(quant)).unwrap();
+    assert!(matches!(
+        ctx.decode_packed(&g),
+        Err(GpuError::CorruptStream { chunk: 1, .. })
+    ));
+    let x = vec![1.0f32; cols];
+    assert!(matches!(
+        ctx.gemv_coded(&g, &x),
+        Err(GpuError::CorruptStream { chunk: 1, .. })
+    ));
+}
+
 /// A corrupt coded part of a split matrix is reported per chunk like a whole matrix's: a state
 /// below 2^16 in the second chunk, through the default decode and fused kernels (blocked with
 /// 32-wide subgroups, workgroup elsewhere).
