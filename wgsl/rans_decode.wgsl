@@ -173,8 +173,9 @@ fn main(
                 // the matrix row and step this step writes, its row's words and columns
                 let pair = P.row_pairs != 0u;
                 let ps = select(0u, 1u, pair);
-                let row = select(row, 2u * row + ((u >> 2u) & 1u), pair);
-                let u = select(u, ((u >> 3u) << 2u) | (u & 3u), pair);
+                let ms = row_pair_step(row, u, pair);
+                let row = ms.x;
+                let u = ms.y;
                 let out_row_words = P.out_row_words >> ps;
                 let cols = P.cols >> ps;
                 if (P.out_mode == 0u) {

@@ -150,11 +150,12 @@ fn main(
                 sym = lk.x;
                 x = lk.y * (x >> n) + lk.z;
                 need = x < L;
-                // the matrix row and column of the symbol (row pairs: see Params)
-                let second = pair && ((u >> 2u) & 1u) == 1u;
-                let mrow = select(row, 2u * row + select(0u, 1u, second), pair);
-                let mu = select(u, ((u >> 3u) << 2u) | (u & 3u), pair);
-                let k0 = (mu * 32u + l) * P.wps;
+                // the matrix row and column of the symbol (row pairs: see Params); in a pair,
+                // the second row is the odd one
+                let ms = row_pair_step(row, u, pair);
+                let mrow = ms.x;
+                let second = pair && (mrow & 1u) == 1u;
+                let k0 = (ms.y * 32u + l) * P.wps;
                 // a split matrix: the raw low bits of these weights, after the word stream
                 // (the host allows 2 beside 2-bit symbols of four weights: one byte of a word)
                 var lo = 0u;

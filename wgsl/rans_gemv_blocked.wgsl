@@ -232,13 +232,14 @@ fn main(
     let nblk = T / BLOCK;
     let kstep = 32u * WPS;
     let pair = PAIR != 0u;
+    let ps = select(0u, 1u, pair);  // 1 with row pairs: a coded row is two matrix rows
     // a block covers kblock weights of a coded row: of one matrix row, or of two (row pairs)
-    let kblock = (BLOCK * kstep) >> select(0u, 1u, pair);
+    let kblock = (BLOCK * kstep) >> ps;
     let kword = 4u * WPS;  // weights per word of four symbols
     // the second word's columns: 32 words on, or the first word's (row pairs)
     let kb_off = select(32u * kword, 0u, pair);
     // a matrix row's raw low-bit words
-    let low_row_words = ((P.cols >> select(0u, 1u, pair)) * LOW) >> 5u;
+    let low_row_words = ((P.cols >> ps) * LOW) >> 5u;
     let src0 = (l & 7u) * 4u;
     let byte_shift = 8u * (l >> 3u);
     let gpr = P.groups_per_row;
@@ -255,8 +256,8 @@ fn main(
         var d = block_decoder(cs.x, cs.p, l);
         for (var rr = 0u; rr < nrows; rr++) {
             // the matrix rows of the second word: the first word's, or the next (row pairs)
-            let row = select(cs.r0 + rr, 2u * (cs.r0 + rr), pair);
-            let row_b = row + select(0u, 1u, pair);
+            let row = (cs.r0 + rr) << ps;
+            let row_b = row + ps;
             let sb_row = row * gpr;
             let sb_row_b = row_b * gpr;
             let row_low = row * low_row_words;

@@ -771,17 +771,11 @@ impl GpuCodedMatrix {
                     .into(),
             ));
         }
+        // (this also refuses row-pair order, which only split matrices have)
         if self.params.low_bits != 0 && variant == FusedVariant::Subgroup {
             return Err(GpuError::Unsupported(
                 "the subgroup decode kernel cannot read raw low bits (the blocked and the \
                  workgroup kernels can)"
-                    .into(),
-            ));
-        }
-        if self.row_pairs && variant == FusedVariant::Subgroup {
-            return Err(GpuError::Unsupported(
-                "row-pair order (SplitOrder::RowPairs) is decoded by the blocked and the \
-                 workgroup kernels, not the subgroup kernel"
                     .into(),
             ));
         }

@@ -1,7 +1,16 @@
 // Shared by the rANS kernels that read split matrices (`ecq::rans::SplitMatrix`: the high 2
 // bits of 4-bit weights coded, four to a symbol, the low 2 bits raw, MLX-packed after the word
-// stream in `words` from u32 P.low_base on): finding the raw bits and merging the two halves.
-// Uses the importing kernel's `P` (low_base) and `words`.
+// stream in `words` from u32 P.low_base on): finding the raw bits and merging the two halves,
+// and where a step of a coded row goes in row-pair order. Uses the importing kernel's `P`
+// (low_base) and `words`.
+
+// Row-pair order (`ecq::rans::SplitOrder::RowPairs`): step u of coded row r is step
+// 4 (u / 8) + u % 4 of matrix row 2r + (u / 4) % 2. Returns (matrix row, its step); (r, u)
+// when `pair` is false.
+fn row_pair_step(r: u32, u: u32, pair: bool) -> vec2<u32> {
+    let paired = vec2<u32>(2u * r + ((u >> 2u) & 1u), ((u >> 3u) << 2u) | (u & 3u));
+    return select(vec2<u32>(r, u), paired, pair);
+}
 
 // Eight 2-bit fields (bits 0..15 of v) spread to the low half of eight nibbles.
 fn spread2(v: u32) -> u32 {
