@@ -660,13 +660,30 @@ fn inconsistent_geometry_is_rejected_before_upload() {
 #[test]
 fn decode_split_low_bits() {
     let Some(ctx) = ctx() else { return };
-    let mut seed = 7000;
-    for cols in [1024usize, 1280, 4096, 14336] {
+    let shapes = [(7, 1024), (7, 1280), (7, 4096), (7, 14336)];
+    split_decode_sweep(ctx, ecq::rans::SplitOrder::Rows, &shapes, 7000, "split");
+    if !ctx.registry().subgroups32() {
+        gpu_common::announce_unsupported(
+            "split decode: the blocked kernel needs 32-wide subgroups; the workgroup kernel was checked",
+        );
+    }
+}
+
+/// Every shape of `shapes` (rows, cols) at every symbol distribution, chunks of one step up to
+/// many rows and two precisions, coded as 4-bit weights split 2 + 2 in `order`: uploaded with
+/// the matrix's size and [`check_split_decodes`]. Seeds count up from `seed`.
+fn split_decode_sweep(
+    ctx: &GpuContext,
+    order: ecq::rans::SplitOrder,
+    shapes: &[(usize, usize)],
+    mut seed: u64,
+    what: &str,
+) {
+    for &(rows, cols) in shapes {
         for dist in [Dist::Skewed, Dist::Flat, Dist::Single] {
             for (precision, chunk_symbols) in [(11u32, 32usize), (11, 4096), (9, 16384)] {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
                 seed += 1;
-                let rows = 7;
                 let q = symbols(&mut rng, rows * cols, 4, dist);
                 let opts = EncodeOptions {
                     precision,
@@ -674,19 +691,19 @@ fn decode_split_low_bits() {
                     tile_chunks: 2,
                     ..Default::default()
                 };
-                let s = ecq::rans::SplitMatrix::encode(&q, rows, cols, 4, 2, &opts).unwrap();
+                let s = ecq::rans::SplitMatrix::encode_ordered(&q, rows, cols, 4, 2, &opts, order)
+                    .unwrap();
                 let label =
-                    format!("split {rows}x{cols} {dist:?} n{precision} chunk {chunk_symbols}");
+                    format!("{what} {rows}x{cols} {dist:?} n{precision} chunk {chunk_symbols}");
                 let m = ctx.upload_split(&s, None).unwrap();
-                assert_eq!((m.bits(), m.low_bits()), (4, 2), "{label}");
+                assert_eq!(
+                    (m.rows(), m.cols(), m.bits(), m.low_bits()),
+                    (rows, cols, 4, 2),
+                    "{label}"
+                );
                 check_split_decodes(ctx, &m, &s, &q, &label);
             }
         }
-    }
-    if !ctx.registry().subgroups32() {
-        gpu_common::announce_unsupported(
-            "split decode: the blocked kernel needs 32-wide subgroups; the workgroup kernel was checked",
-        );
     }
 }
 
@@ -697,37 +714,14 @@ fn decode_split_low_bits() {
 #[test]
 fn decode_row_pairs() {
     let Some(ctx) = ctx() else { return };
-    let mut seed = 7500;
-    for (rows, cols) in [(2usize, 512usize), (6, 1536), (10, 4096), (4, 14336)] {
-        for dist in [Dist::Skewed, Dist::Flat, Dist::Single] {
-            for (precision, chunk_symbols) in [(11u32, 32usize), (11, 4096), (9, 16384)] {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                seed += 1;
-                let q = symbols(&mut rng, rows * cols, 4, dist);
-                let opts = EncodeOptions {
-                    precision,
-                    chunk_symbols,
-                    tile_chunks: 2,
-                    ..Default::default()
-                };
-                let s = ecq::rans::SplitMatrix::encode_ordered(
-                    &q,
-                    rows,
-                    cols,
-                    4,
-                    2,
-                    &opts,
-                    ecq::rans::SplitOrder::RowPairs,
-                )
-                .unwrap();
-                let label =
-                    format!("row pairs {rows}x{cols} {dist:?} n{precision} chunk {chunk_symbols}");
-                let m = ctx.upload_split(&s, None).unwrap();
-                assert_eq!((m.rows(), m.cols(), m.bits()), (rows, cols, 4), "{label}");
-                check_split_decodes(ctx, &m, &s, &q, &label);
-            }
-        }
-    }
+    let shapes = [(2, 512), (6, 1536), (10, 4096), (4, 14336)];
+    split_decode_sweep(
+        ctx,
+        ecq::rans::SplitOrder::RowPairs,
+        &shapes,
+        7500,
+        "row pairs",
+    );
     if !ctx.registry().subgroups32() {
         gpu_common::announce_unsupported(
             "row-pair decode: the blocked kernel needs 32-wide subgroups; the workgroup kernel was checked",
