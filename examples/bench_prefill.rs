@@ -7,11 +7,13 @@
 //! ```text
 //! cargo run --release --example bench_prefill -- [--shapes 4096x4096,4096x14336]
 //!     [--ms 1,8,32,128,512] [--rounds 5] [--target-ms 30] [--set-mib 256] [--max-gemv-m 512]
-//!     [--chunk-symbols 16384] [--tile-chunks 8] [--wall]
+//!     [--chunk-symbols 16384] [--tile-chunks 8] [--coding whole,split,pairs] [--wall]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64 (`ecq::quant::quantize_affine`), coded
-//! by `ecq::rans::encode` at precision 11 with the given chunk geometry. Every matrix is
+//! by `ecq::rans::encode` at precision 11 with the given chunk geometry (`--coding whole`, the
+//! default), or split 2 + 2 (`ecq::rans::SplitMatrix`, `ecq encode --split`: `split` in row
+//! order, `pairs` in row-pair order) with half the symbols per chunk, as `ecq encode` does. Every matrix is
 //! uploaded as several distinct copies (at least `--set-mib` MiB of packed weights in all) and
 //! the timed work rotates through them, so weights come from memory, not the L2 cache. One
 //! "forward" = the work for M tokens: one dispatch of a batched kernel (or M dispatches of a
@@ -39,7 +41,7 @@ use ecq::linear::{
     CodedLayerRef, EntropyCodedLinear, LinearDevice, LinearDispatch, LinearOptions, QuantizedLinear,
 };
 use ecq::quant::{quantize_affine, AffineParams, QuantizedMatrix};
-use ecq::rans::{encode, EncodeOptions, EncodedMatrix};
+use ecq::rans::{encode, EncodeOptions, EncodedMatrix, SplitMatrix, SplitOrder};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -52,6 +54,7 @@ struct Args {
     max_gemv_m: usize,
     chunk_symbols: usize,
     tile_chunks: usize,
+    codings: Vec<String>,
     wall: bool,
 }
 
@@ -71,6 +74,7 @@ fn parse_args() -> Args {
         max_gemv_m: 512,
         chunk_symbols: ecq::rans::DEFAULT_CHUNK_SYMBOLS,
         tile_chunks: ecq::rans::DEFAULT_TILE_CHUNKS,
+        codings: vec!["whole".into()],
         wall: false,
     };
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -98,6 +102,15 @@ fn parse_args() -> Args {
             "--max-gemv-m" => a.max_gemv_m = v.parse().expect("max-gemv-m"),
             "--chunk-symbols" => a.chunk_symbols = v.parse().expect("chunk-symbols"),
             "--tile-chunks" => a.tile_chunks = v.parse().expect("tile-chunks"),
+            "--coding" => {
+                a.codings = v.split(',').map(String::from).collect();
+                for c in &a.codings {
+                    assert!(
+                        ["whole", "split", "pairs"].contains(&c.as_str()),
+                        "--coding: {c} (whole, split or pairs)"
+                    );
+                }
+            }
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -179,9 +192,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!();
     println!(
-        "| adapter | shape RxK | M | plain qgemv x M µs [{clock}] | fused rANS GEMV x M µs [{clock}] | plain qgemm µs [{clock}] | rans_gemm µs [{clock}] | wall-clock µs (qgemm / rans_gemm) | rans_gemm / qgemm | rans_gemm / (fused GEMV x M) | rans_gemm tokens/s | max abs diff rans_gemm vs qgemm / max abs y |"
+        "| adapter | shape RxK | coding | M | plain qgemv x M µs [{clock}] | fused rANS GEMV x M µs [{clock}] | plain qgemm µs [{clock}] | rans_gemm µs [{clock}] | wall-clock µs (qgemm / rans_gemm) | rans_gemm / qgemm | rans_gemm / (fused GEMV x M) | rans_gemm tokens/s | max abs diff rans_gemm vs qgemm / max abs y |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &(r, k) in &a.shapes {
         let mut rng = ChaCha8Rng::seed_from_u64((r * 31 + k) as u64);
         let w: Vec<f32> = (0..r * k).map(|_| gaussian(&mut rng) * 0.02).collect();
@@ -194,108 +207,131 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             group_size: 64,
             ..Default::default()
         };
-        let enc: EncodedMatrix = encode(&q.symbols(), r, k, 4, &opts)?;
-        let packed_mib = (r * k / 2) as f64 / (1 << 20) as f64;
-        let copies = ((a.set_mib / packed_mib).ceil() as usize).clamp(1, 64);
-        let coded_bits = (enc.words().len() * 2
-            + enc.states().len() * 4
-            + enc.offsets().len() * 4
-            + enc.freqs().len() * 2) as f64
-            * 8.0
-            / (r * k) as f64;
-        eprintln!(
-            "{r}x{k}: {copies} copies, {coded_bits:.3} coded bits/weight, chunk_rows {}",
-            enc.chunk_rows()
-        );
-        let coded: Vec<EntropyCodedLinear> = (0..copies)
-            .map(|_| {
-                EntropyCodedLinear::upload(
-                    &dev,
-                    "bench",
-                    CodedLayerRef::from_encoded(&enc, 64, &q.scales, &q.biases, None),
-                    &LinearOptions::default(),
-                )
-            })
-            .collect::<Result<_, _>>()?;
-        let plain: Vec<QuantizedLinear> = (0..copies)
-            .map(|_| QuantizedLinear::upload(&dev, "bench", &q, None))
-            .collect::<Result<_, _>>()?;
-        let qv: Vec<GpuQuantizedMatrix> = (0..copies)
-            .map(|_| GpuQuantizedMatrix::upload(dev.device(), &q))
-            .collect::<Result<_, _>>()?;
-        dev.gpu().wait()?;
-        let registry = dev.gpu().registry();
-        let xv = buffer(&dev, (k * 4) as u64, Some(&vec![0.5f32; k]));
-        let yv = buffer(&dev, (r * 4) as u64, None);
-        let gemv_plain: Vec<_> = qv
-            .iter()
-            .map(|m| m.gemv_dispatch(dev.device(), registry, &xv, &yv))
-            .collect::<Result<_, _>>()?;
-        let gemv_coded: Vec<LinearDispatch> = coded
-            .iter()
-            .map(|m| m.vector_dispatch(&xv, &yv))
-            .collect::<Result<_, _>>()?;
-        for &m in &a.ms {
-            let k4 = k.div_ceil(4) * 4;
-            let x: Vec<f32> = (0..m * k4).map(|_| gaussian(&mut rng)).collect();
-            let xb = buffer(&dev, (x.len() * 4) as u64, Some(&x));
-            let yb = buffer(&dev, (m * r * 4) as u64, None);
-            let yq = buffer(&dev, (m * r * 4) as u64, None);
-            let batched_coded: Vec<Vec<LinearDispatch>> = coded
-                .iter()
-                .map(|c| c.batch_dispatches(&xb, &yb, m))
-                .collect::<Result<_, _>>()?;
-            let batched_plain: Vec<LinearDispatch> = plain
-                .iter()
-                .map(|p| p.batch_dispatch(&xb, &yq, m))
-                .collect::<Result<_, _>>()?;
-            let gemm = time(&dev, &timer, a.rounds, a.target_ms, &|pass, i| {
-                for d in &batched_coded[i % copies] {
-                    d.record(pass)
+        for coding in &a.codings {
+            // whole symbols, or split 2 + 2 with half the symbols per chunk (as `ecq encode --split`)
+            let (enc, split): (Option<EncodedMatrix>, Option<SplitMatrix>) = match coding.as_str() {
+                "whole" => (Some(encode(&q.symbols(), r, k, 4, &opts)?), None),
+                c => {
+                    let order = if c == "pairs" {
+                        SplitOrder::RowPairs
+                    } else {
+                        SplitOrder::Rows
+                    };
+                    let o = EncodeOptions {
+                        chunk_symbols: (a.chunk_symbols / 2).max(1),
+                        ..opts.clone()
+                    };
+                    let s = SplitMatrix::encode_ordered(&q.symbols(), r, k, 4, 2, &o, order)?;
+                    (None, Some(s))
                 }
-            });
-            let qgemm = time(&dev, &timer, a.rounds, a.target_ms, &|pass, i| {
-                batched_plain[i % copies].record(pass)
-            });
-            let (t_gemm, t_qgemm) = (gemm.t, qgemm.t);
-            // the two batched kernels must agree (same weights, same activations)
-            let (yc, yp) = (read(&dev, &yb, m * r), read(&dev, &yq, m * r));
-            let scale = yp.iter().fold(0f32, |s, v| s.max(v.abs())).max(1e-30);
-            let diff = yc
-                .iter()
-                .zip(&yp)
-                .fold(0f32, |s, (a, b)| s.max((a - b).abs()));
-            let rel_diff = diff / scale;
-            if rel_diff > 1e-4 {
-                eprintln!("WARNING: rans_gemm and qgemm disagree at {r}x{k} M={m}: {rel_diff:e}");
-            }
-            let (t_qv, t_fv) = if m <= a.max_gemv_m {
-                (
-                    Some(
-                        time(&dev, &timer, a.rounds, a.target_ms, &|pass, i| {
-                            for j in 0..m {
-                                gemv_plain[(i * m + j) % copies].record(pass)
-                            }
-                        })
-                        .t,
-                    ),
-                    Some(
-                        time(&dev, &timer, a.rounds, a.target_ms, &|pass, i| {
-                            for j in 0..m {
-                                gemv_coded[(i * m + j) % copies].record(pass)
-                            }
-                        })
-                        .t,
-                    ),
-                )
-            } else {
-                (None, None)
             };
-            let us = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{:.1}", t * 1e6));
-            let ratio =
-                |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{:.2}x", t_gemm / t));
-            println!(
-                "| {adapter} | {r}x{k} | {m} | {} | {} | {:.1} | {:.1} | {:.1} / {:.1} | {:.2}x | {} | {:.0} | {:.1e} |",
+            let layer_ref = || match (&enc, &split) {
+                (Some(e), _) => CodedLayerRef::from_encoded(e, 64, &q.scales, &q.biases, None),
+                (_, Some(s)) => CodedLayerRef::from_split(s, 64, &q.scales, &q.biases, None),
+                _ => unreachable!(),
+            };
+            let packed_mib = (r * k / 2) as f64 / (1 << 20) as f64;
+            let copies = ((a.set_mib / packed_mib).ceil() as usize).clamp(1, 64);
+            let (coded_bytes, chunk_rows) = match (&enc, &split) {
+                (Some(e), _) => (e.total_bytes(), e.chunk_rows()),
+                (_, Some(s)) => (s.total_bytes(), s.high().chunk_rows()),
+                _ => unreachable!(),
+            };
+            let coded_bits = coded_bytes as f64 * 8.0 / (r * k) as f64;
+            eprintln!(
+            "{r}x{k} {coding}: {copies} copies, {coded_bits:.3} coded bits/weight, coded chunk_rows {chunk_rows}"
+        );
+            let coded: Vec<EntropyCodedLinear> = (0..copies)
+                .map(|_| {
+                    EntropyCodedLinear::upload(
+                        &dev,
+                        "bench",
+                        layer_ref(),
+                        &LinearOptions::default(),
+                    )
+                })
+                .collect::<Result<_, _>>()?;
+            let plain: Vec<QuantizedLinear> = (0..copies)
+                .map(|_| QuantizedLinear::upload(&dev, "bench", &q, None))
+                .collect::<Result<_, _>>()?;
+            let qv: Vec<GpuQuantizedMatrix> = (0..copies)
+                .map(|_| GpuQuantizedMatrix::upload(dev.device(), &q))
+                .collect::<Result<_, _>>()?;
+            dev.gpu().wait()?;
+            let registry = dev.gpu().registry();
+            let xv = buffer(&dev, (k * 4) as u64, Some(&vec![0.5f32; k]));
+            let yv = buffer(&dev, (r * 4) as u64, None);
+            let gemv_plain: Vec<_> = qv
+                .iter()
+                .map(|m| m.gemv_dispatch(dev.device(), registry, &xv, &yv))
+                .collect::<Result<_, _>>()?;
+            let gemv_coded: Vec<LinearDispatch> = coded
+                .iter()
+                .map(|m| m.vector_dispatch(&xv, &yv))
+                .collect::<Result<_, _>>()?;
+            for &m in &a.ms {
+                let k4 = k.div_ceil(4) * 4;
+                let x: Vec<f32> = (0..m * k4).map(|_| gaussian(&mut rng)).collect();
+                let xb = buffer(&dev, (x.len() * 4) as u64, Some(&x));
+                let yb = buffer(&dev, (m * r * 4) as u64, None);
+                let yq = buffer(&dev, (m * r * 4) as u64, None);
+                let batched_coded: Vec<Vec<LinearDispatch>> = coded
+                    .iter()
+                    .map(|c| c.batch_dispatches(&xb, &yb, m))
+                    .collect::<Result<_, _>>()?;
+                let batched_plain: Vec<LinearDispatch> = plain
+                    .iter()
+                    .map(|p| p.batch_dispatch(&xb, &yq, m))
+                    .collect::<Result<_, _>>()?;
+                let gemm = time(&dev, &timer, a.rounds, a.target_ms, &|pass, i| {
+                    for d in &batched_coded[i % copies] {
+                        d.record(pass)
+                    }
+                });
+                let qgemm = time(&dev, &timer, a.rounds, a.target_ms, &|pass, i| {
+                    batched_plain[i % copies].record(pass)
+                });
+                let (t_gemm, t_qgemm) = (gemm.t, qgemm.t);
+                // the two batched kernels must agree (same weights, same activations)
+                let (yc, yp) = (read(&dev, &yb, m * r), read(&dev, &yq, m * r));
+                let scale = yp.iter().fold(0f32, |s, v| s.max(v.abs())).max(1e-30);
+                let diff = yc
+                    .iter()
+                    .zip(&yp)
+                    .fold(0f32, |s, (a, b)| s.max((a - b).abs()));
+                let rel_diff = diff / scale;
+                if rel_diff > 1e-4 {
+                    eprintln!(
+                        "WARNING: rans_gemm and qgemm disagree at {r}x{k} M={m}: {rel_diff:e}"
+                    );
+                }
+                let (t_qv, t_fv) = if m <= a.max_gemv_m {
+                    (
+                        Some(
+                            time(&dev, &timer, a.rounds, a.target_ms, &|pass, i| {
+                                for j in 0..m {
+                                    gemv_plain[(i * m + j) % copies].record(pass)
+                                }
+                            })
+                            .t,
+                        ),
+                        Some(
+                            time(&dev, &timer, a.rounds, a.target_ms, &|pass, i| {
+                                for j in 0..m {
+                                    gemv_coded[(i * m + j) % copies].record(pass)
+                                }
+                            })
+                            .t,
+                        ),
+                    )
+                } else {
+                    (None, None)
+                };
+                let us = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{:.1}", t * 1e6));
+                let ratio =
+                    |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{:.2}x", t_gemm / t));
+                println!(
+                "| {adapter} | {r}x{k} | {coding} | {m} | {} | {} | {:.1} | {:.1} | {:.1} / {:.1} | {:.2}x | {} | {:.0} | {:.1e} |",
                 us(t_qv),
                 us(t_fv),
                 t_qgemm * 1e6,
@@ -307,6 +343,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 m as f64 / t_gemm,
                 rel_diff
             );
+            }
         }
     }
     Ok(())

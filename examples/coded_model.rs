@@ -58,7 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             m.matrix.rows(),
             m.matrix.cols(),
             m.matrix.bits(),
-            m.matrix.words().len(),
+            m.matrix.coded().words().len(),
             packed.len(),
             m.scales.as_ref().map(|s| s.shape().to_vec())
         );

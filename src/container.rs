@@ -9,8 +9,14 @@
 //! "version": 1}`. A sharded model stays sharded with the same shard names, and the directory's
 //! other files are copied unchanged. [`decode_model`] restores every tensor byte for byte.
 //!
+//! [`encode_model_with`] and [`MatrixCoding::Split4`] (`ecq encode --split [--row-pairs]`)
+//! store 4-bit matrices split instead: coded high 2 bits, raw low 2 bits, in row-pair order
+//! where asked and the shape allows (docs/FORMAT.md section 7: the six tensors then hold the
+//! coded part, `<p>.weight.ecq_split` and `<p>.weight.ecq_low` are added, and the files
+//! declare container version 2).
+//!
 //! [`CodedModel`] opens a coded file or directory and hands out each module's
-//! [`EncodedMatrix`] with its scales and biases, for the GPU path.
+//! [`CodedWeight`] (whole or split) with its scales and biases, for the GPU path.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -21,12 +27,26 @@ use serde_json::json;
 
 use crate::model::write::{copy_extra_files, write_json_atomic, write_safetensors, NamedTensor};
 use crate::model::{Dtype, Model, ModelError, QuantizedModule, TensorData, CONFIG_FILE};
-use crate::rans::{encode, CodecError, EncodeOptions, EncodedMatrix};
+use crate::rans::{encode, CodecError, EncodeOptions, EncodedMatrix, SplitMatrix, SplitOrder};
 
 /// Value of the `ecq.format` metadata key and of `config.json`'s `ecq.format`.
 pub const FORMAT_NAME: &str = "ecq-rans";
-/// Container version (metadata `ecq.version`, `config.json` `ecq.version`).
+/// Container version of a model whose matrices are all coded whole (metadata `ecq.version`,
+/// `config.json` `ecq.version`): what [`encode_model`] writes, and what every ecq reads.
 pub const CONTAINER_VERSION: u32 = 1;
+/// Container version of a model with at least one split matrix (docs/FORMAT.md section 7):
+/// a reader of version 1 only would decode such a matrix's coded high bits as if they were
+/// the whole weights, so these files declare a version it rejects.
+pub const SPLIT_CONTAINER_VERSION: u32 = 2;
+/// Suffixes of the two tensors a split matrix stores beside the six of [`PART_SUFFIXES`]
+/// (which then hold its coded high bits): the split descriptor and the raw low bits.
+pub const SPLIT_SUFFIXES: [&str; 2] = [".ecq_split", ".ecq_low"];
+/// First word of a split descriptor (`<p>.weight.ecq_split`): the bytes `E C Q S`.
+pub const SPLIT_MAGIC: u32 = 0x5351_4345;
+/// Version of the split descriptor.
+pub const SPLIT_DESCRIPTOR_VERSION: u32 = 1;
+/// Words of a split descriptor before the packed shape.
+pub const SPLIT_DESCRIPTOR_FIXED: usize = 7;
 /// Suffixes of the six tensors that replace a coded `<p>.weight`, in FORMAT.md order.
 pub const PART_SUFFIXES: [&str; 6] = [
     ".ecq_header",
@@ -111,6 +131,141 @@ pub enum ContainerError {
 /// Shorthand for results of this module.
 pub type Result<T, E = ContainerError> = std::result::Result<T, E>;
 
+/// How [`encode_model_with`] codes each MLX-quantized weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum MatrixCoding {
+    /// Every matrix coded whole ([`EncodedMatrix`]: each symbol holds all the bits of 1, 2 or 4
+    /// weights): the smallest files, readable by every ecq (container version 1).
+    #[default]
+    Whole,
+    /// 4-bit matrices as [`SplitMatrix`]es (high 2 bits coded four weights to a symbol, low 2
+    /// bits raw): 0.8-2.1% larger on MLX weights, and the form the GPU's fused GEMV runs
+    /// fastest (BENCHMARKS.md, issue 5). With `row_pairs`, every matrix whose shape allows it
+    /// (an even number of rows, `K` a multiple of 512) is stored in [`SplitOrder::RowPairs`];
+    /// the others in row order. Matrices of other widths, or whose rows do not fill whole
+    /// words of low bits (`K` not a multiple of 16), are coded whole. The chunks hold
+    /// `chunk_symbols / 2` symbols of four weights, as many weights as whole 4-bit chunks.
+    /// Files with a split matrix are container version 2 ([`SPLIT_CONTAINER_VERSION`]).
+    Split4 {
+        /// Store pairs of rows interleaved where the shape allows it.
+        row_pairs: bool,
+    },
+}
+
+/// A stored coded weight: coded whole, or split into coded high and raw low bits.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum CodedWeight {
+    /// Docs/FORMAT.md section 6: every bit of every weight coded (its header holds the packed
+    /// shape and the group size).
+    Whole(EncodedMatrix),
+    /// Docs/FORMAT.md section 7: the split matrix, with the MLX packed shape of the weight it
+    /// decodes to (its coded part's header holds the coded part's own shape).
+    Split {
+        /// The coded high bits and raw low bits.
+        matrix: SplitMatrix,
+        /// The original MLX packed `U32` tensor's shape (last dimension `K * bits / 32`).
+        shape: Vec<u32>,
+    },
+}
+
+impl CodedWeight {
+    /// The coded matrix holding the (high) bits that are entropy-coded.
+    pub fn coded(&self) -> &EncodedMatrix {
+        match self {
+            CodedWeight::Whole(m) => m,
+            CodedWeight::Split { matrix, .. } => matrix.high(),
+        }
+    }
+    /// The split matrix, if the weight is stored split.
+    pub fn split(&self) -> Option<&SplitMatrix> {
+        match self {
+            CodedWeight::Whole(_) => None,
+            CodedWeight::Split { matrix, .. } => Some(matrix),
+        }
+    }
+    /// Rows of the weight matrix (output features).
+    pub fn rows(&self) -> usize {
+        match self {
+            CodedWeight::Whole(m) => m.rows(),
+            CodedWeight::Split { matrix, .. } => matrix.rows(),
+        }
+    }
+    /// Weights per row (input features).
+    pub fn cols(&self) -> usize {
+        match self {
+            CodedWeight::Whole(m) => m.cols(),
+            CodedWeight::Split { matrix, .. } => matrix.cols(),
+        }
+    }
+    /// Bits per weight (coded and raw together).
+    pub fn bits(&self) -> u32 {
+        match self {
+            CodedWeight::Whole(m) => m.bits(),
+            CodedWeight::Split { matrix, .. } => matrix.bits(),
+        }
+    }
+    /// Number of weights.
+    pub fn weights(&self) -> usize {
+        self.coded().weights()
+    }
+    /// MLX group size of the scales and biases (0 if none).
+    pub fn group_size(&self) -> u32 {
+        self.coded().group_size()
+    }
+    /// Shape of the MLX packed `U32` tensor the weight decodes to.
+    pub fn shape(&self) -> &[u32] {
+        match self {
+            CodedWeight::Whole(m) => m.shape(),
+            CodedWeight::Split { shape, .. } => shape,
+        }
+    }
+    /// Stored bytes: every coded tensor, with a split matrix's raw low bits and descriptor.
+    pub fn total_bytes(&self) -> usize {
+        match self {
+            CodedWeight::Whole(m) => m.total_bytes(),
+            CodedWeight::Split { matrix, shape } => {
+                matrix.high().total_bytes()
+                    + matrix.low().len() * 4
+                    + (SPLIT_DESCRIPTOR_FIXED + shape.len()) * 4
+            }
+        }
+    }
+    /// Bytes of the word stream, plus a split matrix's raw low bits.
+    pub fn payload_bytes(&self) -> usize {
+        self.coded().payload_bytes() + self.split().map_or(0, |s| s.low().len() * 4)
+    }
+    /// Per-tile entropy bound of the coded symbols in bits, plus a split matrix's raw bits.
+    pub fn entropy_bound_bits(&self) -> Result<f64, CodecError> {
+        let raw = self
+            .split()
+            .map_or(0.0, |s| s.weights() as f64 * f64::from(s.low_bits()));
+        Ok(self.coded().entropy_bound_bits()? + raw)
+    }
+    /// Verifies every checksum (the coded tiles', and a split matrix's low bits').
+    pub fn verify_checksums(&self) -> Result<(), CodecError> {
+        match self {
+            CodedWeight::Whole(m) => m.verify_checksums(),
+            CodedWeight::Split { matrix, .. } => matrix.verify_checksums(),
+        }
+    }
+    /// Decodes to one `u8` per weight, row-major, verifying every checksum.
+    pub fn decode_symbols(&self) -> Result<Vec<u8>, CodecError> {
+        match self {
+            CodedWeight::Whole(m) => m.decode_symbols(),
+            CodedWeight::Split { matrix, .. } => matrix.decode_symbols(),
+        }
+    }
+    /// Decodes to MLX packed `u32` words, verifying every checksum.
+    pub fn decode_packed(&self) -> Result<Vec<u32>, CodecError> {
+        match self {
+            CodedWeight::Whole(m) => m.decode_packed(),
+            CodedWeight::Split { matrix, .. } => matrix.decode_packed(),
+        }
+    }
+}
+
 fn codec(tensor: &str) -> impl FnOnce(CodecError) -> ContainerError + '_ {
     move |source| ContainerError::Codec {
         tensor: tensor.to_string(),
@@ -135,8 +290,67 @@ pub fn coded_metadata(opts: &EncodeOptions) -> BTreeMap<String, String> {
 }
 
 /// Entropy-codes one quantized module with `opts` (its group size and packed shape go into the
-/// header).
+/// header), whole.
 pub fn encode_module(m: &QuantizedModule, opts: &EncodeOptions) -> Result<EncodedMatrix> {
+    match encode_module_with(m, opts, MatrixCoding::Whole)? {
+        CodedWeight::Whole(enc) => Ok(enc),
+        CodedWeight::Split { .. } => unreachable!("MatrixCoding::Whole codes whole"),
+    }
+}
+
+/// Whether [`MatrixCoding::Split4`] splits a `bits`-bit matrix of `cols` weights per row, and
+/// in which order for `rows` rows.
+fn split_order(coding: MatrixCoding, rows: usize, cols: usize, bits: u32) -> Option<SplitOrder> {
+    match coding {
+        MatrixCoding::Split4 { row_pairs } if bits == 4 && cols.is_multiple_of(16) => {
+            let run = crate::rans::ROW_PAIR_RUN_SYMBOLS * 4;
+            Some(
+                if row_pairs && rows.is_multiple_of(2) && cols.is_multiple_of(run) {
+                    SplitOrder::RowPairs
+                } else {
+                    SplitOrder::Rows
+                },
+            )
+        }
+        _ => None,
+    }
+}
+
+/// Checks that `shape` is an MLX packed shape of `rows x cols` `bits`-bit weights: rank 1..=8,
+/// leading dimensions multiplying to `rows`, last dimension `cols * bits / 32`.
+fn check_packed_shape(
+    tensor: &str,
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    shape: &[u32],
+) -> Result<()> {
+    let lead: u64 = shape[..shape.len().saturating_sub(1)]
+        .iter()
+        .fold(1u64, |a, &d| a.saturating_mul(u64::from(d)));
+    let last = shape.last().map(|&d| u64::from(d));
+    if shape.is_empty()
+        || shape.len() > 8
+        || lead != rows as u64
+        || last != Some(cols as u64 * u64::from(bits) / 32)
+    {
+        return Err(ContainerError::Inconsistent {
+            tensor: tensor.to_string(),
+            reason: format!(
+                "packed shape {shape:?} does not hold {rows} x {cols} {bits}-bit weights \
+                 (rank 1..=8, rows in the leading dimensions, cols * bits / 32 in the last)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Entropy-codes one quantized module with `opts` as `coding` asks (see [`MatrixCoding`]).
+pub fn encode_module_with(
+    m: &QuantizedModule,
+    opts: &EncodeOptions,
+    coding: MatrixCoding,
+) -> Result<CodedWeight> {
     let wname = format!("{}.weight", m.path);
     let packed = m.weight.to_u32().ok_or_else(|| ContainerError::BadPart {
         tensor: wname.clone(),
@@ -153,10 +367,56 @@ pub fn encode_module(m: &QuantizedModule, opts: &EncodeOptions) -> Result<Encode
         group_size: m.group_size as u32,
         ..opts.clone()
     };
-    let mut enc = encode(&symbols, m.rows, m.cols, m.bits, &opts).map_err(codec(&wname))?;
     let shape: Vec<u32> = m.weight.shape().iter().map(|&d| d as u32).collect();
+    if let Some(order) = split_order(coding, m.rows, m.cols, m.bits) {
+        let opts = EncodeOptions {
+            chunk_symbols: (opts.chunk_symbols / 2).max(1),
+            ..opts
+        };
+        let matrix = SplitMatrix::encode_ordered(&symbols, m.rows, m.cols, m.bits, 2, &opts, order)
+            .map_err(codec(&wname))?;
+        // (the coded part keeps its own shape; the descriptor holds the weight's)
+        check_packed_shape(&wname, m.rows, m.cols, m.bits, &shape)?;
+        return Ok(CodedWeight::Split { matrix, shape });
+    }
+    let mut enc = encode(&symbols, m.rows, m.cols, m.bits, &opts).map_err(codec(&wname))?;
     enc.set_shape(&shape).map_err(codec(&wname))?;
-    Ok(enc)
+    Ok(CodedWeight::Whole(enc))
+}
+
+/// The stored tensors of a coded weight called `weight`: the six of [`matrix_tensors`] for a
+/// whole one; for a split one, those of its coded high bits and the two of
+/// [`SPLIT_SUFFIXES`] (docs/FORMAT.md section 7).
+pub fn weight_tensors(weight: &str, w: &CodedWeight) -> Vec<NamedTensor> {
+    match w {
+        CodedWeight::Whole(enc) => matrix_tensors(weight, enc),
+        CodedWeight::Split { matrix, shape } => {
+            let mut t = matrix_tensors(weight, matrix.high());
+            let order = match matrix.order() {
+                SplitOrder::RowPairs => 1,
+                _ => 0,
+            };
+            let mut desc = vec![
+                SPLIT_MAGIC,
+                SPLIT_DESCRIPTOR_VERSION,
+                matrix.bits(),
+                matrix.low_bits(),
+                order,
+                matrix.low_crc(),
+                shape.len() as u32,
+            ];
+            desc.extend_from_slice(shape);
+            t.push((
+                format!("{weight}{}", SPLIT_SUFFIXES[0]),
+                TensorData::from_u32(vec![desc.len()], &desc),
+            ));
+            t.push((
+                format!("{weight}{}", SPLIT_SUFFIXES[1]),
+                TensorData::from_u32(vec![matrix.low().len()], matrix.low()),
+            ));
+            t
+        }
+    }
 }
 
 /// The six stored tensors of a coded weight called `weight` (e.g. `model.layers.0.q.weight`).
@@ -200,37 +460,164 @@ pub fn coded_weights(model: &Model) -> Vec<String> {
         .collect()
 }
 
-/// Loads the coded matrix stored for `weight` (`<p>.weight`), validating the header against
-/// every part's size (checksums are verified when decoding).
+/// Loads the coded matrix stored for a whole `weight` (`<p>.weight`), validating the header
+/// against every part's size (checksums are verified when decoding). A split weight is an
+/// error here (its six parts hold only the coded high bits): [`load_weight`] loads either.
 pub fn load_matrix(model: &Model, weight: &str) -> Result<EncodedMatrix> {
-    let part = |i: usize, dtype: Dtype| -> Result<&TensorData> {
-        let name = format!("{weight}{}", PART_SUFFIXES[i]);
-        let t = model
-            .get(&name)
-            .ok_or_else(|| ContainerError::MissingPart {
-                tensor: name.clone(),
-                weight: weight.to_string(),
-            })?;
-        if t.dtype() != dtype {
-            return Err(ContainerError::BadPart {
-                tensor: name,
-                reason: format!("dtype {:?}, expected {dtype:?}", t.dtype()),
-            });
-        }
-        Ok(t)
-    };
-    let u32s = |i| part(i, Dtype::U32).map(|t| t.to_u32().expect("U32"));
-    let u16s = |i| part(i, Dtype::U16).map(|t| t.to_u16().expect("U16"));
-    let header = u32s(0)?;
-    let enc = EncodedMatrix::from_parts(&header, u16s(1)?, u32s(2)?, u32s(3)?, u16s(4)?, u32s(5)?)
-        .map_err(codec(weight))?;
-    Ok(enc)
+    match load_weight(model, weight)? {
+        CodedWeight::Whole(enc) => Ok(enc),
+        CodedWeight::Split { .. } => Err(ContainerError::Inconsistent {
+            tensor: format!("{weight}{}", SPLIT_SUFFIXES[0]),
+            reason: "the weight is stored split (coded high bits, raw low bits): load it with \
+                     load_weight"
+                .into(),
+        }),
+    }
 }
 
-/// Decodes a coded weight back to its packed U32 tensor (original shape), verifying checksums.
+fn stored_part<'a>(
+    model: &'a Model,
+    weight: &str,
+    suffix: &str,
+    dtype: Dtype,
+) -> Result<&'a TensorData> {
+    let name = format!("{weight}{suffix}");
+    let t = model
+        .get(&name)
+        .ok_or_else(|| ContainerError::MissingPart {
+            tensor: name.clone(),
+            weight: weight.to_string(),
+        })?;
+    if t.dtype() != dtype {
+        return Err(ContainerError::BadPart {
+            tensor: name,
+            reason: format!("dtype {:?}, expected {dtype:?}", t.dtype()),
+        });
+    }
+    Ok(t)
+}
+
+/// Loads the coded weight stored for `weight` (`<p>.weight`), whole or split, validating every
+/// header and descriptor against the parts' sizes (checksums are verified when decoding).
+pub fn load_weight(model: &Model, weight: &str) -> Result<CodedWeight> {
+    let u32s = |suffix: &str| {
+        stored_part(model, weight, suffix, Dtype::U32).map(|t| t.to_u32().expect("U32"))
+    };
+    let u16s = |suffix: &str| {
+        stored_part(model, weight, suffix, Dtype::U16).map(|t| t.to_u16().expect("U16"))
+    };
+    let header = u32s(PART_SUFFIXES[0])?;
+    let enc = EncodedMatrix::from_parts(
+        &header,
+        u16s(PART_SUFFIXES[1])?,
+        u32s(PART_SUFFIXES[2])?,
+        u32s(PART_SUFFIXES[3])?,
+        u16s(PART_SUFFIXES[4])?,
+        u32s(PART_SUFFIXES[5])?,
+    )
+    .map_err(codec(weight))?;
+    let split_name = format!("{weight}{}", SPLIT_SUFFIXES[0]);
+    if model.get(&split_name).is_none() {
+        return Ok(CodedWeight::Whole(enc));
+    }
+    let d = parse_split_descriptor(weight, &u32s(SPLIT_SUFFIXES[0])?, enc.bits())?;
+    let (low_bits, low_crc, order) = (d.low_bits, d.low_crc, d.order);
+    let low = u32s(SPLIT_SUFFIXES[1])?;
+    let matrix = SplitMatrix::from_parts_ordered(enc, low, low_bits, low_crc, order)
+        .map_err(codec(weight))?;
+    check_packed_shape(&split_name, matrix.rows(), matrix.cols(), d.bits, &d.shape)?;
+    Ok(CodedWeight::Split {
+        matrix,
+        shape: d.shape,
+    })
+}
+
+/// A parsed split descriptor (`<p>.weight.ecq_split`, docs/FORMAT.md section 7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SplitDescriptor {
+    /// Bits per weight, coded and raw.
+    pub bits: u32,
+    /// Raw low bits per weight.
+    pub low_bits: u32,
+    /// Order of the coded symbols.
+    pub order: SplitOrder,
+    /// CRC-32C of the raw low bits' little-endian bytes.
+    pub low_crc: u32,
+    /// The MLX packed shape of the weight.
+    pub shape: Vec<u32>,
+}
+
+/// Parses the split descriptor `d` of `weight`, whose coded part holds `coded_bits` bits per
+/// weight.
+pub(crate) fn parse_split_descriptor(
+    weight: &str,
+    d: &[u32],
+    coded_bits: u32,
+) -> Result<SplitDescriptor> {
+    let bad = |reason: String| ContainerError::BadPart {
+        tensor: format!("{weight}{}", SPLIT_SUFFIXES[0]),
+        reason,
+    };
+    if d.len() < SPLIT_DESCRIPTOR_FIXED || d[0] != SPLIT_MAGIC {
+        return Err(bad(format!(
+            "not a split descriptor ({} words, need {SPLIT_DESCRIPTOR_FIXED} + ndim starting \
+             with the magic {SPLIT_MAGIC:#010x})",
+            d.len()
+        )));
+    }
+    if d[1] != SPLIT_DESCRIPTOR_VERSION {
+        return Err(bad(format!(
+            "descriptor version {}, this ecq reads {SPLIT_DESCRIPTOR_VERSION}",
+            d[1]
+        )));
+    }
+    let (bits, low_bits, order, low_crc, ndim) = (d[2], d[3], d[4], d[5], d[6] as usize);
+    if d.len() != SPLIT_DESCRIPTOR_FIXED.saturating_add(ndim) {
+        return Err(bad(format!(
+            "{} words, the descriptor's ndim {ndim} implies {}",
+            d.len(),
+            SPLIT_DESCRIPTOR_FIXED.saturating_add(ndim)
+        )));
+    }
+    if low_bits == 0 || low_bits >= bits || Some(bits) != coded_bits.checked_add(low_bits) {
+        return Err(bad(format!(
+            "{bits} bits with {low_bits} raw low bits, the coded part holds {coded_bits} bits"
+        )));
+    }
+    let order = match order {
+        0 => SplitOrder::Rows,
+        1 => SplitOrder::RowPairs,
+        o => {
+            return Err(bad(format!(
+                "order {o}, expected 0 (rows) or 1 (row pairs)"
+            )))
+        }
+    };
+    Ok(SplitDescriptor {
+        bits,
+        low_bits,
+        order,
+        low_crc,
+        shape: d[SPLIT_DESCRIPTOR_FIXED..].to_vec(),
+    })
+}
+
+/// Decodes a whole coded weight back to its packed U32 tensor (original shape), verifying
+/// checksums.
 pub fn decode_matrix(weight: &str, enc: &EncodedMatrix) -> Result<TensorData> {
     let packed = enc.decode_packed().map_err(codec(weight))?;
-    let shape: Vec<usize> = enc.shape().iter().map(|&d| d as usize).collect();
+    packed_tensor(weight, enc.shape(), packed)
+}
+
+/// Decodes a coded weight, whole or split, back to its packed U32 tensor (original shape),
+/// verifying checksums.
+pub fn decode_weight(weight: &str, w: &CodedWeight) -> Result<TensorData> {
+    let packed = w.decode_packed().map_err(codec(weight))?;
+    packed_tensor(weight, w.shape(), packed)
+}
+
+fn packed_tensor(weight: &str, shape: &[u32], packed: Vec<u32>) -> Result<TensorData> {
+    let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
     if shape.iter().product::<usize>() != packed.len() {
         return Err(ContainerError::Inconsistent {
             tensor: weight.to_string(),
@@ -262,6 +649,8 @@ pub struct MatrixSummary {
     pub entropy_bound_bits: f64,
     /// Bytes of the module's scales and biases.
     pub side_bytes: u64,
+    /// Raw low bits per weight of a split matrix (0: coded whole).
+    pub low_bits: u32,
 }
 
 /// What [`encode_model`], [`decode_model`] and [`verify_model`] report.
@@ -314,7 +703,7 @@ impl Summary {
     }
 }
 
-fn summarize(weight: &str, enc: &EncodedMatrix, model: &Model) -> Result<MatrixSummary> {
+fn summarize(weight: &str, enc: &CodedWeight, model: &Model) -> Result<MatrixSummary> {
     let path = weight.strip_suffix(".weight").unwrap_or(weight);
     let side = [format!("{path}.scales"), format!("{path}.biases")]
         .iter()
@@ -330,6 +719,7 @@ fn summarize(weight: &str, enc: &EncodedMatrix, model: &Model) -> Result<MatrixS
         payload_bytes: enc.payload_bytes() as u64,
         entropy_bound_bits: enc.entropy_bound_bits().map_err(codec(weight))?,
         side_bytes: side,
+        low_bits: enc.split().map_or(0, SplitMatrix::low_bits),
     })
 }
 
@@ -396,11 +786,24 @@ fn write_index_only(dir: &Path, shards: &[(String, Vec<NamedTensor>)]) -> Result
 
 /// Entropy-codes every MLX-quantized weight of `model` and writes the coded model to `out` (a
 /// directory for a directory input, else a single file). Shards are processed one at a time,
-/// their matrices in parallel; `progress` advances once per matrix.
+/// their matrices in parallel; `progress` advances once per matrix. Every matrix is coded
+/// whole ([`encode_model_with`] chooses).
 pub fn encode_model(
     model: &Model,
     out: &Path,
     opts: &EncodeOptions,
+    progress: &ProgressBar,
+) -> Result<Summary> {
+    encode_model_with(model, out, opts, MatrixCoding::Whole, progress)
+}
+
+/// [`encode_model`] with each matrix coded as `coding` asks. The files declare container
+/// version 2 ([`SPLIT_CONTAINER_VERSION`]) if a matrix was split, else 1.
+pub fn encode_model_with(
+    model: &Model,
+    out: &Path,
+    opts: &EncodeOptions,
+    coding: MatrixCoding,
     progress: &ProgressBar,
 ) -> Result<Summary> {
     if let Some(w) = coded_weights(model).first() {
@@ -419,20 +822,40 @@ pub fn encode_model(
         .iter()
         .map(|m| (format!("{}.weight", m.path), m))
         .collect();
-    let meta_add = coded_metadata(opts);
+    let split_any = modules
+        .iter()
+        .any(|m| split_order(coding, m.rows, m.cols, m.bits).is_some());
+    let version = if split_any {
+        SPLIT_CONTAINER_VERSION
+    } else {
+        CONTAINER_VERSION
+    };
+    let mut meta_add = coded_metadata(opts);
+    meta_add.insert("ecq.version".into(), version.to_string());
+    if let MatrixCoding::Split4 { row_pairs } = coding {
+        meta_add.insert(
+            "ecq.split".into(),
+            if row_pairs {
+                "4=2+2,row-pairs"
+            } else {
+                "4=2+2"
+            }
+            .into(),
+        );
+    }
     let mut summary = Summary {
         bytes_in: model.file_bytes(),
         ..Summary::default()
     };
     let mut shards = Vec::new();
     for (s, idx) in shard_groups(model).into_iter().enumerate() {
-        let coded: Vec<(usize, Option<(EncodedMatrix, MatrixSummary)>)> = idx
+        let coded: Vec<(usize, Option<(CodedWeight, MatrixSummary)>)> = idx
             .par_iter()
             .map(|&i| {
                 let t = &model.tensors[i];
                 match by_weight.get(&t.name) {
                     Some(m) => {
-                        let enc = encode_module(m, opts)?;
+                        let enc = encode_module_with(m, opts, coding)?;
                         let sum = summarize(&t.name, &enc, model)?;
                         progress.inc(1);
                         Ok((i, Some((enc, sum))))
@@ -446,7 +869,7 @@ pub fn encode_model(
             let t = &model.tensors[i];
             match c {
                 Some((enc, sum)) => {
-                    tensors.extend(matrix_tensors(&t.name, &enc));
+                    tensors.extend(weight_tensors(&t.name, &enc));
                     summary.matrices.push(sum);
                 }
                 None => tensors.push((t.name.clone(), t.data.clone())),
@@ -462,7 +885,7 @@ pub fn encode_model(
         if let Some(obj) = config.as_object_mut() {
             obj.insert(
                 "ecq".into(),
-                json!({"format": FORMAT_NAME, "version": CONTAINER_VERSION}),
+                json!({"format": FORMAT_NAME, "version": version}),
             );
         }
         write_json_atomic(&out.join(CONFIG_FILE), &config)?;
@@ -471,18 +894,31 @@ pub fn encode_model(
 }
 
 /// Checks that a model is entropy-coded: it has coded tensors, and every shard that declares
-/// `ecq.format` / `ecq.version` declares this format and version. Returns the coded weights.
+/// `ecq.format` / `ecq.version` declares this format and a version this ecq reads (1, or 2
+/// where split matrices may occur; a file declaring 1 with a split matrix is refused). Returns
+/// the coded weights.
 pub fn check_coded(model: &Model) -> Result<Vec<String>> {
     let coded = coded_weights(model);
     let mut declared = false;
     for s in &model.shards {
-        for (key, expected) in [
-            ("ecq.format", FORMAT_NAME.to_string()),
-            ("ecq.version", CONTAINER_VERSION.to_string()),
+        for (key, accepted, expected) in [
+            (
+                "ecq.format",
+                vec![FORMAT_NAME.to_string()],
+                FORMAT_NAME.to_string(),
+            ),
+            (
+                "ecq.version",
+                vec![
+                    CONTAINER_VERSION.to_string(),
+                    SPLIT_CONTAINER_VERSION.to_string(),
+                ],
+                format!("{CONTAINER_VERSION} or {SPLIT_CONTAINER_VERSION}"),
+            ),
         ] {
             if let Some(v) = s.metadata.get(key) {
                 declared = true;
-                if *v != expected {
+                if !accepted.contains(v) {
                     return Err(ContainerError::UnsupportedVersion {
                         file: s.file_name.clone(),
                         key: key.into(),
@@ -498,12 +934,26 @@ pub fn check_coded(model: &Model) -> Result<Vec<String>> {
             path: model.path.clone(),
         });
     }
+    let v1 = CONTAINER_VERSION.to_string();
+    for t in &model.tensors {
+        if t.name.ends_with(SPLIT_SUFFIXES[0])
+            && model.shards[t.shard].metadata.get("ecq.version") == Some(&v1)
+        {
+            return Err(ContainerError::Inconsistent {
+                tensor: t.name.clone(),
+                reason: format!(
+                    "a split matrix in a file of container version {CONTAINER_VERSION} (split \
+                     matrices need version {SPLIT_CONTAINER_VERSION})"
+                ),
+            });
+        }
+    }
     Ok(coded)
 }
 
 /// Checks a decoded module against its scales and biases (when present): rows and the number of
 /// groups per row must agree with the header.
-fn check_side(model: &Model, weight: &str, enc: &EncodedMatrix) -> Result<()> {
+fn check_side(model: &Model, weight: &str, enc: &CodedWeight) -> Result<()> {
     let path = weight.strip_suffix(".weight").unwrap_or(weight);
     let g = enc.group_size() as usize;
     if g == 0 {
@@ -551,8 +1001,8 @@ pub fn decode_model(model: &Model, out: &Path, progress: &ProgressBar) -> Result
                 let Some(weight) = name.strip_suffix(".ecq_header") else {
                     return Ok(None);
                 };
-                let enc = load_matrix(model, weight)?;
-                let data = decode_matrix(weight, &enc)?;
+                let enc = load_weight(model, weight)?;
+                let data = decode_weight(weight, &enc)?;
                 let sum = summarize(weight, &enc, model)?;
                 progress.inc(1);
                 Ok(Some((weight.to_string(), data, sum)))
@@ -595,6 +1045,7 @@ pub fn decode_model(model: &Model, out: &Path, progress: &ProgressBar) -> Result
 fn is_part(name: &str, coded: &HashSet<&str>) -> bool {
     PART_SUFFIXES
         .iter()
+        .chain(&SPLIT_SUFFIXES)
         .any(|s| name.strip_suffix(s).is_some_and(|w| coded.contains(w)))
 }
 
@@ -606,9 +1057,9 @@ pub fn verify_model(model: &Model, progress: &ProgressBar) -> Result<Summary> {
     let matrices = coded
         .par_iter()
         .map(|w| {
-            let enc = load_matrix(model, w)?;
+            let enc = load_weight(model, w)?;
             enc.verify_checksums().map_err(codec(w))?;
-            decode_matrix(w, &enc)?;
+            decode_weight(w, &enc)?;
             check_side(model, w, &enc)?;
             let s = summarize(w, &enc, model)?;
             progress.inc(1);
@@ -628,8 +1079,9 @@ pub fn verify_model(model: &Model, progress: &ProgressBar) -> Result<Summary> {
 pub struct CodedModule {
     /// Module path (`<p>`).
     pub path: String,
-    /// The coded weight (header validated; checksums are verified when decoding).
-    pub matrix: EncodedMatrix,
+    /// The coded weight, whole or split (headers validated; checksums are verified when
+    /// decoding).
+    pub matrix: CodedWeight,
     /// `<p>.scales`, if present.
     pub scales: Option<TensorData>,
     /// `<p>.biases`, if present.
@@ -674,7 +1126,7 @@ impl CodedModel {
     /// The coded module at `path`.
     pub fn module(&self, path: &str) -> Result<CodedModule> {
         let weight = format!("{path}.weight");
-        let matrix = load_matrix(&self.model, &weight)?;
+        let matrix = load_weight(&self.model, &weight)?;
         check_side(&self.model, &weight, &matrix)?;
         let get = |s: &str| self.model.get(&format!("{path}.{s}")).cloned();
         Ok(CodedModule {

@@ -394,3 +394,51 @@ fn good_paths_work() {
         "32",
     ]);
 }
+
+/// `ecq encode --split --row-pairs`: verify, inspect (the split shown as 2+2) and decode back
+/// byte for byte; a flipped raw low bit is a checksum error naming the weight; --row-pairs
+/// needs --split, and --split does not go with --lossless.
+#[test]
+fn split_encoding() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 4-bit g64, 1024 weights per row (128 words), 16 rows: row pairs apply
+    let d = quant_dir(
+        &tmp.path().join("m"),
+        128,
+        16,
+        16,
+        serde_json::json!({"group_size": 64, "bits": 4}),
+    );
+    let coded = tmp.path().join("c");
+    let out = succeeds(&["encode", "--split", "--row-pairs", s(&d), s(&coded)]);
+    assert!(out.contains("1 of 1 matrices stored split"), "{out}");
+    succeeds(&["verify", s(&coded)]);
+    let out = succeeds(&["inspect", s(&coded)]);
+    assert!(out.contains("2+2"), "{out}");
+    succeeds(&["decode", s(&coded), s(&tmp.path().join("back"))]);
+    assert_eq!(
+        std::fs::read(tmp.path().join("back/model.safetensors")).unwrap(),
+        std::fs::read(d.join("model.safetensors")).unwrap()
+    );
+
+    let file = coded.join("model.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let (n, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let low = meta.info("l.weight.ecq_low").unwrap().data_offsets;
+    bytes[8 + n + (low.0 + low.1) / 2] ^= 0x04;
+    std::fs::write(&file, &bytes).unwrap();
+    let e = fails(&["verify", s(&coded)]);
+    assert!(
+        e.starts_with("error: l.weight: ") && e.contains("low bits"),
+        "{e}"
+    );
+
+    for args in [
+        vec!["encode", "--row-pairs", s(&d), "x"],
+        vec!["encode", "--split", "--lossless", s(&d), "x"],
+    ] {
+        let out = ecq(&args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    }
+}

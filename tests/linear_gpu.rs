@@ -15,7 +15,7 @@ use ecq::linear::{
     LinearDevice, LinearError, LinearOptions, QuantizedLinear,
 };
 use ecq::quant::{quantize_affine, AffineParams, QuantizedMatrix};
-use ecq::rans::{encode, EncodeOptions, EncodedMatrix};
+use ecq::rans::{encode, EncodeOptions, EncodedMatrix, SplitMatrix, SplitOrder};
 use half::f16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -417,21 +417,29 @@ fn forward_is_the_gpu_module_fused_gemv() {
                 }),
             )
             .unwrap();
-        let want = d.gpu().gemv_coded(&m, &x).unwrap();
-        let layer = EntropyCodedLinear::upload(
-            d,
-            "nobias",
-            CodedLayerRef::from_encoded(&c.enc, gs as usize, &c.q.scales, &c.q.biases, None),
-            &LinearOptions::default(),
-        )
-        .unwrap();
-        let got = layer.forward(&x).unwrap();
-        assert_eq!(
-            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            "{r}x{k} b{b}"
-        );
+        let layer =
+            CodedLayerRef::from_encoded(&c.enc, gs as usize, &c.q.scales, &c.q.biases, None);
+        assert_forward_is_gemv_coded(d, &m, layer, &x, &format!("{r}x{k} b{b}"));
     }
+}
+
+/// The layer's `forward` on `x` is bit for bit `GpuContext::gemv_coded` of `m`.
+#[track_caller]
+fn assert_forward_is_gemv_coded(
+    d: &Arc<LinearDevice>,
+    m: &ecq::gpu::GpuCodedMatrix,
+    layer: CodedLayerRef<'_>,
+    x: &[f32],
+    label: &str,
+) {
+    let want = d.gpu().gemv_coded(m, x).unwrap();
+    let layer = EntropyCodedLinear::upload(d, "nobias", layer, &LinearOptions::default()).unwrap();
+    let got = layer.forward(x).unwrap();
+    assert_eq!(
+        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        "{label}"
+    );
 }
 
 /// A single coded safetensors file loads too; a model that is not coded is a clear error.
@@ -529,4 +537,196 @@ fn altered_coded_file_is_refused_at_load() {
         err.to_string().contains("lin") && err.to_string().contains("checksum"),
         "{err}"
     );
+}
+
+/// Split matrices (`SplitMatrix`, 4-bit weights split 2 + 2) in row order and in row-pair
+/// order: `forward` (the fused GEMV) and `forward_batch` (`rans_gemm.wgsl` with raw low bits,
+/// and its `PAIR` build) against the CPU reference, in one band and in many.
+fn split_shapes() -> Vec<(usize, usize, u32, usize, usize, SplitOrder)> {
+    vec![
+        // rows, cols, group, chunk_symbols, tile_chunks, order
+        (64, 1024, 64, 8192, 8, SplitOrder::RowPairs),
+        (38, 512, 128, 300, 3, SplitOrder::RowPairs), // ragged last chunk and tile
+        (33, 384, 64, 1024, 2, SplitOrder::Rows),     // odd rows, K not a multiple of 512
+        (48, 2048, 32, 4096, 1, SplitOrder::Rows),
+    ]
+}
+
+fn split_case(
+    seed: u64,
+    rows: usize,
+    cols: usize,
+    gs: u32,
+    chunk_symbols: usize,
+    tile_chunks: usize,
+    order: SplitOrder,
+) -> (Case, SplitMatrix) {
+    let c = case(seed, rows, cols, 4, gs, 16384, 8);
+    let opts = EncodeOptions {
+        chunk_symbols,
+        tile_chunks,
+        group_size: gs,
+        ..Default::default()
+    };
+    let s = SplitMatrix::encode_ordered(&c.q.symbols(), rows, cols, 4, 2, &opts, order).unwrap();
+    assert_eq!(s.order(), order);
+    (c, s)
+}
+
+#[test]
+fn split_layers_match_cpu_reference() {
+    let Some(d) = dev() else { return };
+    for (i, (r, k, gs, cs, tc, order)) in split_shapes().into_iter().enumerate() {
+        let (c, whole_tiles) = split_case(400 + i as u64, r, k, gs, cs, tc, order);
+        // one coded row per chunk, two chunks per tile, for the banded uploads
+        let (_, small_tiles) = split_case(400 + i as u64, r, k, gs, 1, 2, order);
+        let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
+        for (s, limit) in [(&whole_tiles, None), (&small_tiles, Some(4096))] {
+            let gpu = EntropyCodedLinear::upload(
+                d,
+                "split",
+                CodedLayerRef::from_split(s, gs as usize, &c.q.scales, &c.q.biases, Some(&c.bias)),
+                &LinearOptions {
+                    max_buffer_bytes: limit,
+                },
+            )
+            .unwrap();
+            assert_eq!(
+                (gpu.out_features(), gpu.in_features(), gpu.bits()),
+                (r, k, 4)
+            );
+            if limit.is_some() {
+                assert!(gpu.n_bands() > 1, "{r}x{k}: expected several bands");
+            }
+            let label = format!("{r}x{k} g{gs} {order:?} bands {}", gpu.n_bands());
+            let x = activations(400 + i as u64, k);
+            assert_close(&label, &cpu, &x, 1, &gpu.forward(&x).unwrap(), 0.0);
+            for m in [1usize, 3, 130] {
+                let x = activations(4000 + 10 * i as u64 + m as u64, m * k);
+                let y = gpu.forward_batch(&x, m).unwrap();
+                assert_close(&format!("{label} m{m}"), &cpu, &x, m, &y, 0.0);
+            }
+        }
+    }
+}
+
+/// A split layer's `forward` runs the gpu module's fused GEMV: bit-identical to
+/// `GpuContext::gemv_coded` on the same split matrix.
+#[test]
+fn split_forward_is_the_gpu_module_fused_gemv() {
+    use ecq::gpu::QuantParamsRef;
+    let Some(d) = dev() else { return };
+    for (i, (r, k, gs, cs, tc, order)) in split_shapes().into_iter().enumerate() {
+        let (c, s) = split_case(500 + i as u64, r, k, gs, cs, tc, order);
+        let x = activations(500 + i as u64, k);
+        let m = d
+            .gpu()
+            .upload_split(
+                &s,
+                Some(QuantParamsRef {
+                    group_size: gs,
+                    scales: &c.q.scales,
+                    biases: &c.q.biases,
+                }),
+            )
+            .unwrap();
+        let layer = CodedLayerRef::from_split(&s, gs as usize, &c.q.scales, &c.q.biases, None);
+        assert_forward_is_gemv_coded(d, &m, layer, &x, &format!("{r}x{k} {order:?}"));
+    }
+}
+
+#[test]
+fn split_layer_with_bad_low_bits_is_an_error() {
+    let Some(d) = dev() else { return };
+    let (c, s) = split_case(600, 64, 1024, 64, 8192, 8, SplitOrder::RowPairs);
+    let mut m = CodedLayerRef::from_split(&s, 64, &c.q.scales, &c.q.biases, None);
+    let short = &m.low[..m.low.len() - 4];
+    m.low = short;
+    let err = EntropyCodedLinear::upload(d, "short", m, &LinearOptions::default()).unwrap_err();
+    assert!(matches!(err, LinearError::InvalidLayer { .. }), "{err:?}");
+    assert!(err.to_string().contains("ecq_low"), "{err}");
+    let mut m = CodedLayerRef::from_split(&s, 64, &c.q.scales, &c.q.biases, None);
+    m.low_bits = 1;
+    let err = EntropyCodedLinear::upload(d, "one", m, &LinearOptions::default()).unwrap_err();
+    assert!(matches!(err, LinearError::Unsupported { .. }), "{err:?}");
+}
+
+/// `ecq encode --split --row-pairs` output loads as a model: every layer (row pairs, row order
+/// and a 3-bit layer coded whole) matches the CPU reference; a flipped raw low bit is refused
+/// at load by its checksum.
+#[test]
+fn split_coded_model_in_tempdir() {
+    use ecq::container::{encode_model_with, MatrixCoding};
+    use ecq::model::quantize::matrix_tensors;
+    use ecq::model::write::{write_model, WriteOptions};
+    use ecq::model::Model;
+
+    let Some(d) = dev() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (mlx, coded) = (dir.path().join("mlx"), dir.path().join("ecq"));
+    let layers = [
+        ("blk.0.pairs", 64usize, 1024usize, 4u32),
+        ("blk.0.rows", 36, 384, 4),
+        ("blk.1.three", 32, 512, 3),
+    ];
+    let mut tensors = Vec::new();
+    let mut cases = Vec::new();
+    for (i, &(p, r, k, b)) in layers.iter().enumerate() {
+        let c = case(700 + i as u64, r, k, b, 64, 16384, 8);
+        tensors.extend(matrix_tensors(p, &c.q));
+        cases.push(c);
+    }
+    let config = serde_json::json!({"quantization": {"group_size": 64, "bits": 4,
+        "blk.1.three": {"group_size": 64, "bits": 3}}});
+    write_model(&mlx, &tensors, Some(&config), &WriteOptions::default()).unwrap();
+    let quiet = indicatif::ProgressBar::hidden();
+    let s = encode_model_with(
+        &Model::open(&mlx).unwrap(),
+        &coded,
+        &EncodeOptions::default(),
+        MatrixCoding::Split4 { row_pairs: true },
+        &quiet,
+    )
+    .unwrap();
+    assert_eq!(s.matrices.iter().filter(|m| m.low_bits == 2).count(), 2);
+    let model = EntropyCodedModel::open(d, &coded).unwrap();
+    for (i, &(p, r, k, b)) in layers.iter().enumerate() {
+        let layer = model.layer(p).unwrap();
+        assert_eq!(
+            (layer.out_features(), layer.in_features(), layer.bits()),
+            (r, k, b)
+        );
+        let cpu = CpuLinear::from_quantized(p, &cases[i].q, None).unwrap();
+        assert_eq!(model.cpu_layer(p).unwrap().weights(), cpu.weights(), "{p}");
+        let x = activations(700 + i as u64, 3 * k);
+        assert_close(p, &cpu, &x[..k], 1, &layer.forward(&x[..k]).unwrap(), 0.0);
+        assert_close(p, &cpu, &x, 3, &layer.forward_batch(&x, 3).unwrap(), 0.0);
+    }
+
+    // flip one raw low bit of blk.0.pairs in its shard
+    let shard = std::fs::read_dir(&coded)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .unwrap();
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let at = {
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let low = st.tensor("blk.0.pairs.weight.ecq_low").unwrap().data();
+        low.as_ptr() as usize - bytes.as_ptr() as usize + low.len() / 3
+    };
+    bytes[at] ^= 0x02;
+    std::fs::write(&shard, &bytes).unwrap();
+    let err = EntropyCodedModel::open(d, &coded).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LinearError::Codec {
+                source: ecq::rans::CodecError::LowBitsChecksumMismatch { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("blk.0.pairs"), "{err}");
 }

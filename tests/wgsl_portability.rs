@@ -80,7 +80,8 @@ fn all_kernels_validate() {
 
 /// Every kernel at its default constants, then the split-matrix builds of the blocked kernels
 /// (raw low bits: `LOW = 2` beside 2-bit symbols of four weights), in row-major and row-pair
-/// order (`PAIR = 1`), which take code paths the defaults drop.
+/// order (`PAIR = 1`), and the row-pair build of the batched `rans_gemm.wgsl`, which take code
+/// paths the defaults drop.
 fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
     let mut builds: Vec<_> = wgsl_files()
         .into_iter()
@@ -110,6 +111,8 @@ fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
             "rans_decode_blocked.wgsl",
             &[("LOW", 2.0), ("PAIR", 1.0)][..],
         ),
+        // (split matrices in row-pair order: two accumulators per row)
+        ("rans_gemm.wgsl", &[("PAIR", 1.0)][..]),
     ] {
         let f = dir.join(file);
         let (m, i) = validate_with(&f, constants);

@@ -22,9 +22,17 @@
 // X is row-major with rows padded to a multiple of 4 floats (xs4 vec4 per row, zero padding),
 // so the multiply reads one vec4 of activations per 4 weights.
 //
+// Split matrices (`ecq::rans::SplitMatrix`, 4-bit weights split 2 + 2): the symbols hold the
+// high 2 bits of four weights, and their low 2 bits are read raw from `words` (u32 P.low_base
+// on, MLX-packed by matrix row). With the override PAIR (row-pair order,
+// `SplitOrder::RowPairs`) each coded row is two matrix rows interleaved in runs of 4 steps:
+// a slice (2 steps of 4-weight symbols) always lies in one matrix row, and each invocation
+// keeps a second set of accumulators for the pair's second row.
+//
 // Bounded loops and bounds-checked word reads; corrupt input sets bits in `errors[chunk]` and
 // never hangs the device (Y is then garbage and the host reports the error).
 // import: rans_table
+// import: split_bits
 
 struct Params {
     rows: u32,           // rows of this band
@@ -51,7 +59,15 @@ struct Params {
     row_base: u32,       // first row of this band
     m_block: u32,        // activation rows per workgroup (a multiple of 128, <= 512)
     total_grid: u32,     // total_wg * ceil(m / m_block): workgroups launched
+    low_base: u32,       // u32 index in `words` of a split matrix's raw low bits
+    low_bits: u32,       // raw low bits per weight (0: coded whole; else 2)
+    _pad0: u32,
+    _pad1: u32,
 }
+
+// Row-pair order: rows, cols, steps_per_row and chunks describe the coded matrix (two matrix
+// rows per coded row), y_stride and row_base the matrix.
+override PAIR: bool = false;
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
@@ -177,6 +193,11 @@ fn main(
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
+    // (PAIR: the second row of each pair)
+    var bcc0 = vec4<f32>(0.0);
+    var bcc1 = vec4<f32>(0.0);
+    var bcc2 = vec4<f32>(0.0);
+    var bcc3 = vec4<f32>(0.0);
 
     for (var t = 0u; t < max_steps; t++) {
         let step_valid = t < steps;
@@ -193,10 +214,20 @@ fn main(
             let sym = lk.x;
             x = lk.y * (x >> n) + lk.z;
             need = x < L;
-            let k0 = j * W;
-            let sbv = sb[row * P.groups_per_row + k0 / P.group_size];
+            // the matrix row and step of this coded step (the same with PAIR off)
+            let rs = row_pair_step(row, u, PAIR);
+            let k0 = (rs.y * 32u + l) * W;
+            let sbv = sb[rs.x * P.groups_per_row + k0 / P.group_size];
+            var low = 0u;
+            if (P.low_bits != 0u) {
+                // (cols * low_bits / 32 words per matrix row)
+                let kc = P.cols >> u32(PAIR);
+                low = raw_low_bits(rs.x * ((kc * P.low_bits) >> 5u), k0, P.low_bits);
+            }
+            let lmask = (1u << P.low_bits) - 1u;
             for (var i = 0u; i < W; i++) {
-                let q = f32((sym >> (P.bits * i)) & qmask);
+                let hi = (sym >> (P.bits * i)) & qmask;
+                let q = f32((hi << P.low_bits) | ((low >> (P.low_bits * i)) & lmask));
                 wbuf[col0 + i][g] = sbv.x * q + sbv.y;
             }
         } else {
@@ -227,26 +258,48 @@ fn main(
         // multiply a complete slice (uniform condition: t, T, ss are the same everywhere)
         let row_end = u == T - 1u;
         if (u % ss == ss - 1u || row_end) {
-            let kbase = (u - u % ss) * 32u * W;
-            let klen = min(SLICE, P.cols - kbase);
+            // the slice's matrix step: with PAIR a slice lies in one run (ss divides 4)
+            let mu = row_pair_step(0u, u, PAIR).y;
+            let kbase = (mu - mu % ss) * 32u * W;
+            let klen = min(SLICE, (P.cols >> u32(PAIR)) - kbase);
             let n4 = (klen + 3u) / 4u;
             let k4 = kbase / 4u;
-            if (m0 < m_hi) { acc0 += dot_slice(m0, k4, n4); }
-            if (m1 < m_hi) { acc1 += dot_slice(m1, k4, n4); }
-            if (m2 < m_hi) { acc2 += dot_slice(m2, k4, n4); }
-            if (m3 < m_hi) { acc3 += dot_slice(m3, k4, n4); }
+            if (PAIR && ((u >> 2u) & 1u) == 1u) {
+                if (m0 < m_hi) { bcc0 += dot_slice(m0, k4, n4); }
+                if (m1 < m_hi) { bcc1 += dot_slice(m1, k4, n4); }
+                if (m2 < m_hi) { bcc2 += dot_slice(m2, k4, n4); }
+                if (m3 < m_hi) { bcc3 += dot_slice(m3, k4, n4); }
+            } else {
+                if (m0 < m_hi) { acc0 += dot_slice(m0, k4, n4); }
+                if (m1 < m_hi) { acc1 += dot_slice(m1, k4, n4); }
+                if (m2 < m_hi) { acc2 += dot_slice(m2, k4, n4); }
+                if (m3 < m_hi) { acc3 += dot_slice(m3, k4, n4); }
+            }
             if (row_end) {
-                let rowv = r0v + vec4<u32>(rr);
-                let okv = chunk_ok & (rowv < vec4<u32>(P.rows))
-                    & (rowv < r0v + vec4<u32>(P.chunk_rows));
+                let crowv = r0v + vec4<u32>(rr);
+                let okv = chunk_ok & (crowv < vec4<u32>(P.rows))
+                    & (crowv < r0v + vec4<u32>(P.chunk_rows));
+                // (PAIR: coded row r holds matrix rows 2r and 2r + 1)
+                let rowv = crowv << vec4<u32>(u32(PAIR));
                 if (m0 < m_hi) { store_row(m0, acc0, rowv, okv); }
                 if (m1 < m_hi) { store_row(m1, acc1, rowv, okv); }
                 if (m2 < m_hi) { store_row(m2, acc2, rowv, okv); }
                 if (m3 < m_hi) { store_row(m3, acc3, rowv, okv); }
+                if (PAIR) {
+                    let rowb = rowv + vec4<u32>(1u);
+                    if (m0 < m_hi) { store_row(m0, bcc0, rowb, okv); }
+                    if (m1 < m_hi) { store_row(m1, bcc1, rowb, okv); }
+                    if (m2 < m_hi) { store_row(m2, bcc2, rowb, okv); }
+                    if (m3 < m_hi) { store_row(m3, bcc3, rowb, okv); }
+                }
                 acc0 = vec4<f32>(0.0);
                 acc1 = vec4<f32>(0.0);
                 acc2 = vec4<f32>(0.0);
                 acc3 = vec4<f32>(0.0);
+                bcc0 = vec4<f32>(0.0);
+                bcc1 = vec4<f32>(0.0);
+                bcc2 = vec4<f32>(0.0);
+                bcc3 = vec4<f32>(0.0);
             }
             workgroupBarrier();
         }

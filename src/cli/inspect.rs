@@ -155,6 +155,7 @@ fn inspect_coded(model: &Model, as_json: bool) -> CliResult {
             .map(|m| {
                 json!({
                     "name": m.weight, "weights": m.weights, "bits": m.bits,
+                    "raw_low_bits": m.low_bits,
                     "coded_bits_per_weight": bpw(m.coded_bytes, m.weights),
                     "stream_bits_per_weight": bpw(m.payload_bytes, m.weights),
                     "entropy_bound_bits_per_weight": m.entropy_bound_bits / m.weights.max(1) as f64,
@@ -194,11 +195,17 @@ fn inspect_coded(model: &Model, as_json: bool) -> CliResult {
         "side"
     );
     for m in &s.matrices {
+        // a split matrix shows its coded and raw bits, e.g. 2+2
+        let bits = if m.low_bits > 0 {
+            format!("{}+{}", m.bits - m.low_bits, m.low_bits)
+        } else {
+            m.bits.to_string()
+        };
         outln!(
             "{:<w$} {:>10} {:>5} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
             m.weight,
             m.weights,
-            m.bits,
+            bits,
             bpw(m.coded_bytes, m.weights),
             bpw(m.payload_bytes, m.weights),
             m.entropy_bound_bits / m.weights.max(1) as f64,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, Linear, LinearError};
 use crate::gpu::{default_fused_variant, fused_gemv_pipeline, FusedLayout, GpuError};
-use crate::rans::EncodedMatrix;
+use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
 
 /// Activation rows per dispatch of the batched kernel (4 per invocation, 128 invocations).
 pub const MAX_M_PER_DISPATCH: usize = 512;
@@ -40,13 +40,17 @@ pub struct LinearOptions {
 /// A borrowed coded matrix with its quantization parameters: the coded tensors as
 /// little-endian bytes (as stored in the safetensors file, so they can be borrowed from a
 /// memory map), geometry from the header.
+///
+/// A split matrix ([`SplitMatrix`], docs/FORMAT.md section 7) is described by its coded part
+/// (`rows`, `cols`, `bits`, ... as in that part's header) plus `low_bits`, `low` and
+/// `row_pairs`; with `row_pairs` the layer has `2 rows` outputs and `cols / 2` inputs.
 #[derive(Debug, Clone, Copy)]
 pub struct CodedLayerRef<'a> {
-    /// `R` rows (outputs).
+    /// `R` coded rows (outputs, or pairs of outputs with `row_pairs`).
     pub rows: usize,
-    /// `K` weights per row (inputs).
+    /// `K` coded weights per row (inputs, or two rows' inputs with `row_pairs`).
     pub cols: usize,
-    /// Bits per weight.
+    /// Coded bits per weight (the high bits of a split matrix).
     pub bits: u32,
     /// Weights per symbol.
     pub weights_per_symbol: u32,
@@ -70,8 +74,16 @@ pub struct CodedLayerRef<'a> {
     pub scales: &'a [f32],
     /// Biases, `rows * cols / group_size`.
     pub biases: &'a [f32],
-    /// The layer's additive bias (`rows` values), if any.
+    /// The layer's additive bias (one value per output), if any.
     pub bias: Option<&'a [f32]>,
+    /// Raw low bits per weight of a split matrix (0: coded whole; the GPU kernels take 2,
+    /// beside 2 coded bits four weights to a symbol).
+    pub low_bits: u32,
+    /// A split matrix's raw low bits, MLX-packed row-major over the layer's rows, as
+    /// little-endian bytes (empty when `low_bits` is 0).
+    pub low: &'a [u8],
+    /// The coded symbols are in [`SplitOrder::RowPairs`] order.
+    pub row_pairs: bool,
 }
 
 impl<'a> CodedLayerRef<'a> {
@@ -99,7 +111,42 @@ impl<'a> CodedLayerRef<'a> {
             scales,
             biases,
             bias,
+            low_bits: 0,
+            low: &[],
+            row_pairs: false,
         }
+    }
+
+    /// From a [`SplitMatrix`] and the scales and biases of its matrix. (The low bits'
+    /// checksum is not verified here: see [`SplitMatrix::verify_checksums`].)
+    pub fn from_split(
+        m: &'a SplitMatrix,
+        group_size: usize,
+        scales: &'a [f32],
+        biases: &'a [f32],
+        bias: Option<&'a [f32]>,
+    ) -> Self {
+        CodedLayerRef {
+            low_bits: m.low_bits(),
+            low: bytemuck::cast_slice(m.low()),
+            row_pairs: m.order() == SplitOrder::RowPairs,
+            ..Self::from_encoded(m.high(), group_size, scales, biases, bias)
+        }
+    }
+
+    /// Matrix rows per coded row: 2 with row pairs, else 1.
+    fn rows_per_coded_row(&self) -> usize {
+        1 + self.row_pairs as usize
+    }
+
+    /// The layer's outputs.
+    fn out_features(&self) -> usize {
+        self.rows * self.rows_per_coded_row()
+    }
+
+    /// The layer's inputs.
+    fn in_features(&self) -> usize {
+        self.cols / self.rows_per_coded_row()
     }
 
     fn n_chunks(&self) -> usize {
@@ -161,14 +208,45 @@ impl<'a> CodedLayerRef<'a> {
                 self.words.len()
             )));
         }
+        if self.low_bits != 0 || self.row_pairs {
+            if self.low_bits != 2 || b != 2 || w != 4 {
+                return Err(unsupported(format!(
+                    "a split matrix of {b} coded bits ({w} weights per symbol) and {} raw low \
+                     bits (the GPU kernels run 4-bit weights split 2 + 2)",
+                    self.low_bits
+                )));
+            }
+            let run = crate::rans::ROW_PAIR_RUN_SYMBOLS * w as usize;
+            if self.row_pairs && (!self.cols.is_multiple_of(2 * run)) {
+                return Err(bad(format!(
+                    "row-pair coded rows of {} weights are not two rows of whole {run}-weight runs",
+                    self.cols
+                )));
+            }
+            let low_bytes = self.rows as u64 * self.cols as u64 * self.low_bits as u64 / 8;
+            if !(self.in_features() * self.low_bits as usize).is_multiple_of(32)
+                || self.low.len() as u64 != low_bytes
+            {
+                return Err(bad(format!(
+                    "ecq_low has {} bytes, {} x {} weights of {} low bits need {low_bytes} in \
+                     whole words per row",
+                    self.low.len(),
+                    self.out_features(),
+                    self.in_features(),
+                    self.low_bits
+                )));
+            }
+        } else if !self.low.is_empty() {
+            return Err(bad("low bits given for a matrix coded whole".into()));
+        }
         let gs = self.group_size;
-        if gs == 0 || !self.cols.is_multiple_of(gs) || !gs.is_multiple_of(w as usize) {
+        let k = self.in_features();
+        if gs == 0 || !k.is_multiple_of(gs) || !gs.is_multiple_of(w as usize) {
             return Err(bad(format!(
-                "group size {gs} must divide cols {} and be a multiple of w = {w}",
-                self.cols
+                "group size {gs} must divide cols {k} and be a multiple of w = {w}"
             )));
         }
-        let groups = self.rows * (self.cols / gs);
+        let groups = self.out_features() * (k / gs);
         if self.scales.len() != groups || self.biases.len() != groups {
             return Err(bad(format!(
                 "scales/biases have {}/{} values, expected {groups}",
@@ -177,11 +255,11 @@ impl<'a> CodedLayerRef<'a> {
             )));
         }
         if let Some(bias) = self.bias {
-            if bias.len() != self.rows {
+            if bias.len() != self.out_features() {
                 return Err(bad(format!(
                     "bias has {} values, the layer has {} outputs",
                     bias.len(),
-                    self.rows
+                    self.out_features()
                 )));
             }
         }
@@ -234,9 +312,15 @@ struct GemvParams {
     chunk_iters: u32,
     group_size: u32,
     groups_per_row: u32,
-    /// (`src/gpu/decode.rs`'s low_base, low_bits, zero and row_pairs, all 0 here: the
-    /// workgroup kernel reads row_pairs, so the block is as long as that one)
-    _pad: [u32; 7],
+    /// u32 index in `words` where a split matrix's raw low bits start.
+    low_base: u32,
+    /// Raw low bits per weight (0: coded whole).
+    low_bits: u32,
+    /// Always 0 (see `src/gpu/decode.rs`).
+    zero: u32,
+    /// 1: row-pair order.
+    row_pairs: u32,
+    _pad: [u32; 3],
 }
 
 /// Uniform block of `rans_gemm.wgsl`.
@@ -267,12 +351,19 @@ struct GemmParams {
     row_base: u32,
     m_block: u32,
     total_grid: u32,
+    /// u32 index in `words` where a split matrix's raw low bits start.
+    low_base: u32,
+    /// Raw low bits per weight (0: coded whole).
+    low_bits: u32,
+    _pad: [u32; 2],
 }
 
 /// One row band of whole tiles, with its own buffers.
 #[derive(Debug)]
 struct Band {
+    /// First output (matrix row) of the band.
     row0: usize,
+    /// Outputs of the band.
     rows: usize,
     chunk0: usize,
     n_chunks: usize,
@@ -356,6 +447,7 @@ pub struct EntropyCodedLinear {
     rows: usize,
     cols: usize,
     bits: u32,
+    row_pairs: bool,
     tile_chunks: usize,
     bands: Vec<Band>,
     bias: Option<Vec<f32>>,
@@ -403,14 +495,21 @@ impl EntropyCodedLinear {
         let tc = m.tile_chunks;
         let nt = nc.div_ceil(tc);
         let a = m.alphabet();
-        let gpr = m.cols / m.group_size;
+        // (a matrix row's groups; with row pairs a coded row holds two matrix rows)
+        let gpr = m.in_features() / m.group_size;
+        let rpc = m.rows_per_coded_row();
         let chunk_end_row = |c: usize| (c * m.chunk_rows).min(m.rows);
+        // bytes of raw low bits per coded row
+        let low_row_bytes = m.cols * m.low_bits as usize / 8;
         // the bytes of the largest buffer of a band of tiles [t0, t1)
         let band_bytes = |t0: usize, t1: usize| -> (u64, String) {
             let (c0, c1) = (t0 * tc, (t1 * tc).min(nc));
-            let words = ((offsets[c1] - (offsets[c0] & !1)) as u64 * 2).div_ceil(16) * 16;
+            let band_rows = (chunk_end_row(c1) - chunk_end_row(c0)) as u64;
+            let words = ((offsets[c1] - (offsets[c0] & !1)) as u64 * 2).div_ceil(4) * 4
+                + band_rows * low_row_bytes as u64;
+            let words = words.div_ceil(16) * 16;
             let states = (c1 - c0) as u64 * 128;
-            let sb = (chunk_end_row(c1) - chunk_end_row(c0)) as u64 * gpr as u64 * 8;
+            let sb = band_rows * rpc as u64 * gpr as u64 * 8;
             let freqs = (t1 - t0) as u64 * a as u64 * 2;
             [
                 (words, "ecq_words"),
@@ -454,6 +553,9 @@ impl EntropyCodedLinear {
             let band_offsets: Vec<u32> = offsets[c0..=c1].iter().map(|&o| o - e0).collect();
             let n_words = offsets[c1] - e0;
             let wbytes = &m.words[e0 as usize * 2..offsets[c1] as usize * 2];
+            // a split matrix's raw low bits follow the stream from a u32 boundary
+            let low_at = wbytes.len().next_multiple_of(4);
+            let lbytes = &m.low[row0 * low_row_bytes..row1 * low_row_bytes];
             let freqs = dev.buffer(
                 "ecq_freqs",
                 ((t1 - t0) * a * 2) as u64,
@@ -474,13 +576,17 @@ impl EntropyCodedLinear {
             dev.write(&offs, bytemuck::cast_slice(&band_offsets));
             let words = dev.buffer(
                 "ecq_words",
-                wbytes.len() as u64,
+                (low_at + lbytes.len()) as u64,
                 wgpu::BufferUsages::empty(),
             );
             dev.write(&words, wbytes);
-            let sbv: Vec<f32> = m.scales[row0 * gpr..row1 * gpr]
+            if !lbytes.is_empty() {
+                dev.queue().write_buffer(&words, low_at as u64, lbytes);
+            }
+            let (mrow0, mrow1) = (row0 * rpc, row1 * rpc);
+            let sbv: Vec<f32> = m.scales[mrow0 * gpr..mrow1 * gpr]
                 .iter()
-                .zip(&m.biases[row0 * gpr..row1 * gpr])
+                .zip(&m.biases[mrow0 * gpr..mrow1 * gpr])
                 .flat_map(|(&s, &b)| [s, b])
                 .collect();
             let sb = dev.buffer(
@@ -520,7 +626,11 @@ impl EntropyCodedLinear {
                 chunk_iters: 1,
                 group_size: m.group_size as u32,
                 groups_per_row: gpr as u32,
-                _pad: [0; 7],
+                low_base: (low_at / 4) as u32,
+                low_bits: m.low_bits,
+                zero: 0,
+                row_pairs: m.row_pairs as u32,
+                _pad: [0; 3],
             };
             let gemm = GemmParams {
                 rows: gemv.rows,
@@ -542,16 +652,19 @@ impl EntropyCodedLinear {
                 group_size: gemv.group_size,
                 groups_per_row: gemv.groups_per_row,
                 m: 0,
-                xs4: m.cols.div_ceil(4) as u32,
-                y_stride: m.rows as u32,
-                row_base: row0 as u32,
+                xs4: m.in_features().div_ceil(4) as u32,
+                y_stride: m.out_features() as u32,
+                row_base: mrow0 as u32,
                 m_block: 0,
                 total_grid: 0,
+                low_base: gemv.low_base,
+                low_bits: m.low_bits,
+                _pad: [0; 2],
             };
             let gemv_uniform = dev.uniform(bytemuck::bytes_of(&gemv));
             bands.push(Band {
-                row0,
-                rows: row1 - row0,
+                row0: mrow0,
+                rows: mrow1 - mrow0,
                 chunk0: c0,
                 n_chunks: c1 - c0,
                 freqs,
@@ -570,13 +683,18 @@ impl EntropyCodedLinear {
         Ok(EntropyCodedLinear {
             dev: dev.clone(),
             name: name.into(),
-            rows: m.rows,
-            cols: m.cols,
-            bits: m.bits,
+            rows: m.out_features(),
+            cols: m.in_features(),
+            bits: m.bits + m.low_bits,
+            row_pairs: m.row_pairs,
             tile_chunks: tc,
             bands,
             bias: m.bias.map(<[f32]>::to_vec),
-            coded_bytes: (m.freqs.len() + m.states.len() + m.offsets.len() + m.words.len()) as u64,
+            coded_bytes: (m.freqs.len()
+                + m.states.len()
+                + m.offsets.len()
+                + m.words.len()
+                + m.low.len()) as u64,
             max_buffer,
         })
     }
@@ -586,7 +704,8 @@ impl EntropyCodedLinear {
         self.bits
     }
 
-    /// Bytes of the coded tensors (frequencies, states, offsets, words) held on the GPU.
+    /// Bytes of the coded tensors (frequencies, states, offsets, words, a split matrix's raw
+    /// low bits) held on the GPU.
     pub fn coded_bytes(&self) -> u64 {
         self.coded_bytes
     }
@@ -646,8 +765,8 @@ impl EntropyCodedLinear {
             cols: g.cols,
             steps_per_row: g.steps_per_row,
             workgroups: g.total_wg,
-            low_bits: 0,
-            row_pairs: false,
+            low_bits: g.low_bits,
+            row_pairs: g.row_pairs != 0,
         };
         let variant = default_fused_variant(registry, &layout);
         let pipeline = fused_gemv_pipeline(device, registry, variant, &layout)?;
@@ -722,7 +841,9 @@ impl EntropyCodedLinear {
         }
         let pipeline = self
             .dev
-            .pipeline(LinearKernel::RansGemm)
+            .pipeline(LinearKernel::RansGemm {
+                row_pairs: self.row_pairs,
+            })
             .map_err(|e| self.gpu_err(e))?;
         let layout = pipeline.get_bind_group_layout(0);
         let mut out = Vec::with_capacity(self.bands.len());

@@ -150,6 +150,32 @@ impl CpuLinear {
         )
     }
 
+    /// From a stored coded weight, whole or split, decoded on the CPU (every checksum
+    /// verified).
+    pub fn from_coded(
+        name: &str,
+        w: &crate::container::CodedWeight,
+        group_size: usize,
+        scales: &[f32],
+        biases: &[f32],
+        bias: Option<Vec<f32>>,
+    ) -> Result<Self, LinearError> {
+        let symbols = w.decode_symbols().map_err(|source| LinearError::Codec {
+            layer: name.into(),
+            source,
+        })?;
+        Self::from_symbols(
+            name,
+            w.rows(),
+            w.cols(),
+            group_size,
+            &symbols,
+            scales,
+            biases,
+            bias,
+        )
+    }
+
     /// The dequantized weights, row-major.
     pub fn weights(&self) -> &[f32] {
         &self.weights

@@ -8,8 +8,12 @@ use crate::gpu::{GpuContext, GpuError};
 /// The batched kernels of this module (one WGSL file each in `wgsl/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum LinearKernel {
-    /// `wgsl/rans_gemm.wgsl`: batched fused decode + dequantize + matmul.
-    RansGemm,
+    /// `wgsl/rans_gemm.wgsl`: batched fused decode + dequantize + matmul; `row_pairs` sets
+    /// its override `PAIR` (split matrices in row-pair order: two accumulators per row).
+    RansGemm {
+        /// Row-pair order.
+        row_pairs: bool,
+    },
     /// `wgsl/qgemm.wgsl`: plain batched quantized matmul (the baseline).
     QGemm,
 }
@@ -17,16 +21,24 @@ pub(crate) enum LinearKernel {
 impl LinearKernel {
     fn source(self) -> &'static str {
         match self {
-            LinearKernel::RansGemm => {
-                crate::gpu::wgsl_with_libs!("../../wgsl/rans_gemm.wgsl", "rans_table")
+            LinearKernel::RansGemm { .. } => {
+                crate::gpu::wgsl_with_libs!("../../wgsl/rans_gemm.wgsl", "rans_table", "split_bits")
             }
             LinearKernel::QGemm => include_str!("../../wgsl/qgemm.wgsl"),
         }
     }
 
+    /// The pipeline's override constants.
+    fn constants(self) -> Vec<(&'static str, f64)> {
+        match self {
+            LinearKernel::RansGemm { row_pairs: true } => vec![("PAIR", 1.0)],
+            _ => Vec::new(),
+        }
+    }
+
     fn file_name(self) -> &'static str {
         match self {
-            LinearKernel::RansGemm => "rans_gemm.wgsl",
+            LinearKernel::RansGemm { .. } => "rans_gemm.wgsl",
             LinearKernel::QGemm => "qgemm.wgsl",
         }
     }
@@ -92,7 +104,7 @@ impl LinearDevice {
             module: &module,
             entry_point: Some("main"),
             compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &[],
+                constants: &k.constants(),
                 zero_initialize_workgroup_memory: true,
             },
             cache: None,

@@ -14,6 +14,10 @@
 //! * [`EntropyCodedModel`] opens an encoded mlx-lm directory or file and uploads every coded
 //!   linear layer straight from the memory-mapped file (borrowed slices into
 //!   `queue.write_buffer`, no host copy of the coded streams), keyed by module path.
+//! * Split matrices (`ecq encode --split [--row-pairs]`, docs/FORMAT.md section 7,
+//!   [`CodedLayerRef::from_split`]) run the same way: their raw low bits follow the word stream
+//!   in the layer's buffer; the fused GEMV merges them with the decoded high bits, and
+//!   `rans_gemm.wgsl` does too (with two accumulators per row in row-pair order).
 //!
 //! Matrices larger than the device's buffer limits are split into row bands of whole tiles
 //! (each tile a whole number of chunks), each with its own buffers and dispatch; only a single

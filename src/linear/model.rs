@@ -8,7 +8,7 @@ use super::coded::{CodedLayerRef, EntropyCodedLinear, LinearOptions};
 use super::cpu::CpuLinear;
 use super::device::LinearDevice;
 use super::LinearError;
-use crate::container::{CodedModel, PART_SUFFIXES};
+use crate::container::{parse_split_descriptor, CodedModel, PART_SUFFIXES, SPLIT_SUFFIXES};
 use crate::model::{Dtype, TensorData};
 use crate::rans::{verify_checksums_le, HEADER_FIXED, MAGIC, VERSION};
 
@@ -113,13 +113,48 @@ impl EntropyCodedModel {
                 h[10], h[11]
             )));
         }
+        // a split matrix: the header describes its coded high bits
+        let split = match coded
+            .model
+            .get(&format!("{path}.weight{}", SPLIT_SUFFIXES[0]))
+        {
+            None => None,
+            Some(_) => {
+                let d = part(coded, path, SPLIT_SUFFIXES[0], Dtype::U32)?
+                    .to_u32()
+                    .expect("U32");
+                let d = parse_split_descriptor(&format!("{path}.weight"), &d, h[4])?;
+                let low = part(coded, path, SPLIT_SUFFIXES[1], Dtype::U32)?.bytes();
+                // the GPU reads the raw bits as they are: check them here
+                let computed = crc32c::crc32c(low);
+                if computed != d.low_crc {
+                    return Err(LinearError::Codec {
+                        layer: path.into(),
+                        source: crate::rans::CodecError::LowBitsChecksumMismatch {
+                            stored: d.low_crc,
+                            computed,
+                        },
+                    });
+                }
+                Some((d, low))
+            }
+        };
+        let row_pairs = split
+            .as_ref()
+            .is_some_and(|(d, _)| d.order == crate::rans::SplitOrder::RowPairs);
+        // the layer's outputs and inputs (with row pairs a coded row is two matrix rows)
+        let (out_f, in_f) = if row_pairs {
+            (rows * 2, cols / 2)
+        } else {
+            (rows, cols)
+        };
         let scales = floats(coded, &format!("{path}.scales"), path)?
             .ok_or_else(|| bad(format!("{path}.scales is missing")))?;
         let biases = floats(coded, &format!("{path}.biases"), path)?
             .ok_or_else(|| bad(format!("{path}.biases is missing")))?;
         let bias = floats(coded, &format!("{path}.bias"), path)?;
         let group_size = match h[12] as usize {
-            0 if rows > 0 && !scales.is_empty() => cols / (scales.len() / rows).max(1),
+            0 if out_f > 0 && !scales.is_empty() => in_f / (scales.len() / out_f).max(1),
             g => g,
         };
         let freqs = part(coded, path, PART_SUFFIXES[1], Dtype::U16)?.bytes();
@@ -168,6 +203,9 @@ impl EntropyCodedModel {
             scales: &scales,
             biases: &biases,
             bias: bias.as_deref(),
+            low_bits: split.as_ref().map_or(0, |(d, _)| d.low_bits),
+            low: split.as_ref().map_or(&[], |(_, low)| low),
+            row_pairs,
         };
         EntropyCodedLinear::upload(dev, path, m, opts)
     }
@@ -216,7 +254,7 @@ impl EntropyCodedModel {
         } else {
             module.matrix.cols() * module.matrix.rows() / scales.len()
         };
-        CpuLinear::from_encoded(
+        CpuLinear::from_coded(
             path,
             &module.matrix,
             gs,
