@@ -140,12 +140,16 @@ fn buffer(dev: &LinearDevice, bytes: u64, data: Option<&[f32]>) -> wgpu::Buffer 
 }
 
 /// Median seconds per forward (clock: see the module doc); `record(pass, i)` records forward
-/// `i` (rotating copies). The number of forwards per round is sized by the wall clock.
+/// `i` (rotating copies). The number of forwards per round is sized by the wall clock. Before
+/// measuring, the forwards run for `warm_s` seconds: GPU clocks drop during seconds of host
+/// work (encoding, uploads), and a single warm-up forward did not bring them back (the first
+/// timing of each matrix was up to 3.7x slow; BENCHMARKS.md, issue 6).
 fn time(
     dev: &LinearDevice,
     timer: &GpuTimer,
     rounds: usize,
     target_ms: f64,
+    warm_s: f64,
     record: &dyn Fn(&mut wgpu::ComputePass<'_>, usize),
 ) -> Timing {
     let run = |n: usize, start: usize| {
@@ -155,9 +159,13 @@ fn time(
             }
         })
     };
-    run(1, 0); // warm-up (pipelines, first touch)
+    run(1, 0); // pipelines, first touch
     let one = run(1, 1).wall;
     let n = ((target_ms / 1e3 / one.max(1e-7)).round() as usize).clamp(1, 1000);
+    let warm = std::time::Instant::now();
+    while warm.elapsed().as_secs_f64() < warm_s {
+        run(n, 0);
+    }
     let samples: Vec<_> = (0..rounds.max(1)).map(|r| run(n, r * n)).collect();
     timer.summarize(&samples, n)
 }
@@ -283,12 +291,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .iter()
                     .map(|p| p.batch_dispatch(&xb, &yq, m))
                     .collect::<Result<_, _>>()?;
-                let gemm = time(&dev, &timer, a.rounds, a.target_ms, &|pass, i| {
-                    for d in &batched_coded[i % copies] {
-                        d.record(pass)
-                    }
-                });
-                let qgemm = time(&dev, &timer, a.rounds, a.target_ms, &|pass, i| {
+                // (1.5 s of warm-up after the host's encoding and uploads, 0.25 s between timings)
+                let first = m == a.ms[0];
+                let gemm = time(
+                    &dev,
+                    &timer,
+                    a.rounds,
+                    a.target_ms,
+                    if first { 1.5 } else { 0.25 },
+                    &|pass, i| {
+                        for d in &batched_coded[i % copies] {
+                            d.record(pass)
+                        }
+                    },
+                );
+                let qgemm = time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
                     batched_plain[i % copies].record(pass)
                 });
                 let (t_gemm, t_qgemm) = (gemm.t, qgemm.t);
@@ -308,7 +325,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let (t_qv, t_fv) = if m <= a.max_gemv_m {
                     (
                         Some(
-                            time(&dev, &timer, a.rounds, a.target_ms, &|pass, i| {
+                            time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
                                 for j in 0..m {
                                     gemv_plain[(i * m + j) % copies].record(pass)
                                 }
@@ -316,7 +333,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             .t,
                         ),
                         Some(
-                            time(&dev, &timer, a.rounds, a.target_ms, &|pass, i| {
+                            time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
                                 for j in 0..m {
                                     gemv_coded[(i * m + j) % copies].record(pass)
                                 }

@@ -243,6 +243,7 @@ fn row_bands_when_buffers_are_limited() {
     let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
     let opts = LinearOptions {
         max_buffer_bytes: Some(1024),
+        ..Default::default()
     };
     let gpu = upload(d, &c, &opts).unwrap();
     assert!(
@@ -279,6 +280,7 @@ fn tile_larger_than_the_limit_is_an_error() {
         &c,
         &LinearOptions {
             max_buffer_bytes: Some(64),
+            ..Default::default()
         },
     )
     .unwrap_err();
@@ -588,6 +590,7 @@ fn split_layers_match_cpu_reference() {
                 CodedLayerRef::from_split(s, gs as usize, &c.q.scales, &c.q.biases, Some(&c.bias)),
                 &LinearOptions {
                     max_buffer_bytes: limit,
+                    ..Default::default()
                 },
             )
             .unwrap();
@@ -729,4 +732,51 @@ fn split_coded_model_in_tempdir() {
         "{err:?}"
     );
     assert!(err.to_string().contains("blk.0.pairs"), "{err}");
+}
+
+/// `forward_batch` with few rows runs one fused GEMV per row (the default where 32-wide
+/// subgroups run the fused GEMV; forced here so that every adapter takes both paths): the same
+/// results as the batched kernel within the tolerance, for whole, split and banded layers.
+#[test]
+fn forward_batch_by_gemv_rows_matches_cpu_reference() {
+    let Some(d) = dev() else { return };
+    let c = case(800, 50, 512, 4, 64, 256, 2);
+    // (one coded row per chunk, two chunks per tile: banded under a 4 KiB limit)
+    let (cs, s) = split_case(801, 64, 1024, 64, 1, 2, SplitOrder::RowPairs);
+    let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
+    let cpu_s = CpuLinear::from_quantized("cpu", &cs.q, Some(cs.bias.clone())).unwrap();
+    for (limit, gemv_rows) in [(None, 8), (Some(1024), 8), (None, 0)] {
+        let opts = LinearOptions {
+            max_buffer_bytes: limit,
+            gemv_batch_max_m: Some(gemv_rows),
+        };
+        let whole = upload(d, &c, &opts).unwrap();
+        let split = EntropyCodedLinear::upload(
+            d,
+            "split",
+            CodedLayerRef::from_split(&s, 64, &cs.q.scales, &cs.q.biases, Some(&cs.bias)),
+            &LinearOptions {
+                max_buffer_bytes: limit.map(|_| 4096),
+                ..opts.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(whole.n_bands() > 1, limit.is_some());
+        assert_eq!(split.n_bands() > 1, limit.is_some());
+        for m in [1usize, 2, 8, 9] {
+            let label = format!("bands {} gemv rows <= {gemv_rows} m{m}", whole.n_bands());
+            let x = activations(800 + m as u64, m * 512);
+            assert_close(
+                &label,
+                &cpu,
+                &x,
+                m,
+                &whole.forward_batch(&x, m).unwrap(),
+                0.0,
+            );
+            let x = activations(900 + m as u64, m * 1024);
+            let y = split.forward_batch(&x, m).unwrap();
+            assert_close(&format!("split {label}"), &cpu_s, &x, m, &y, 0.0);
+        }
+    }
 }

@@ -28,6 +28,14 @@ pub(crate) fn m_split(m: usize, wgs: u32) -> (u32, u32) {
 /// Groups of 32 lanes per workgroup in the rANS kernels (`G` in the WGSL).
 const GROUPS_PER_WG: usize = 4;
 
+/// Activation rows up to which [`Linear::forward_batch`] runs one fused GEMV per row instead of
+/// `rans_gemm.wgsl`, where the fused GEMV is a subgroup kernel (32-wide subgroups). On an
+/// H200 (BENCHMARKS.md, issue 6, split matrices) 8 GEMVs took 1.6-4.7x less time than one
+/// `rans_gemm` dispatch at 4096x4096, 4096x14336 and 14336x4096, whole and split, and 32
+/// GEMVs were up to 1.6x slower: the batched kernel's workgroup-barrier decoder is ~20-35x
+/// slower than the blocked subgroup one, which M <= 8 rows of multiply do not pay back.
+pub const GEMV_BATCH_MAX_M: usize = 8;
+
 /// Upload options.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinearOptions {
@@ -35,6 +43,10 @@ pub struct LinearOptions {
     /// ([`LinearDevice::max_buffer_bytes`]). A smaller value forces the split of a matrix into
     /// row bands (tests use it).
     pub max_buffer_bytes: Option<u64>,
+    /// Activation rows up to which `forward_batch` runs one fused GEMV per row instead of the
+    /// batched kernel; `None` (default): [`GEMV_BATCH_MAX_M`] where 32-wide subgroups run the
+    /// fused GEMV, else 0 (the workgroup GEMV is slower than the batched kernel there).
+    pub gemv_batch_max_m: Option<usize>,
 }
 
 /// A borrowed coded matrix with its quantization parameters: the coded tensors as
@@ -453,6 +465,7 @@ pub struct EntropyCodedLinear {
     bias: Option<Vec<f32>>,
     coded_bytes: u64,
     max_buffer: (u64, &'static str),
+    gemv_batch_max_m: usize,
 }
 
 impl EntropyCodedLinear {
@@ -696,6 +709,13 @@ impl EntropyCodedLinear {
                 + m.words.len()
                 + m.low.len()) as u64,
             max_buffer,
+            gemv_batch_max_m: opts.gemv_batch_max_m.unwrap_or(
+                if dev.gpu().registry().subgroups32() {
+                    GEMV_BATCH_MAX_M
+                } else {
+                    0
+                },
+            ),
         })
     }
 
@@ -928,38 +948,48 @@ impl EntropyCodedLinear {
         Ok(buf)
     }
 
-    fn run_gemv(&self, x: &[f32]) -> Result<Vec<f32>, LinearError> {
+    /// `m` fused GEMVs (one per activation row, recorded into one submission): `y` holds the
+    /// `m` rows of outputs.
+    fn run_gemv(&self, x: &[f32], m: usize) -> Result<Vec<f32>, LinearError> {
         let dev = &self.dev;
-        let xb = self.x_buffer(x, 1)?;
-        let y = dev.buffer("y", (self.rows * 4) as u64, wgpu::BufferUsages::COPY_SRC);
-        let mut scratch = Vec::new();
+        let k = self.cols;
+        let row_bytes = (self.rows * 4) as u64;
+        self.check_buffer("outputs", row_bytes * m as u64)?;
+        let y = dev.buffer("y", row_bytes * m as u64, wgpu::BufferUsages::COPY_SRC);
         let mut enc = dev.device().create_command_encoder(&Default::default());
         for band in &self.bands {
             enc.clear_buffer(&band.errors, 0, None);
         }
+        // (row i's outputs and each band's are written to scratch buffers and copied into y
+        // at their offsets: storage bindings at arbitrary offsets are not allowed)
+        let mut copies = Vec::new();
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            for band in &self.bands {
-                let target = if self.bands.len() == 1 {
-                    y.clone()
-                } else {
-                    let s = dev.buffer(
-                        "y band",
-                        (band.rows * 4) as u64,
-                        wgpu::BufferUsages::COPY_SRC,
-                    );
-                    scratch.push((s.clone(), band.row0, band.rows));
-                    s
-                };
-                self.gemv_dispatch(band, &xb, &target)
-                    .map_err(|e| self.gpu_err(e))?
-                    .record(&mut pass);
+            for i in 0..m {
+                let xb = self.x_buffer(&x[i * k..(i + 1) * k], 1)?;
+                for band in &self.bands {
+                    let target = if self.bands.len() == 1 && m == 1 {
+                        y.clone()
+                    } else {
+                        let s = dev.buffer(
+                            "y band",
+                            (band.rows * 4) as u64,
+                            wgpu::BufferUsages::COPY_SRC,
+                        );
+                        let at = i as u64 * row_bytes + (band.row0 * 4) as u64;
+                        copies.push((s.clone(), at, (band.rows * 4) as u64));
+                        s
+                    };
+                    self.gemv_dispatch(band, &xb, &target)
+                        .map_err(|e| self.gpu_err(e))?
+                        .record(&mut pass);
+                }
             }
         }
-        for (s, row0, rows) in &scratch {
-            enc.copy_buffer_to_buffer(s, 0, &y, (*row0 * 4) as u64, (*rows * 4) as u64);
+        for (s, at, bytes) in &copies {
+            enc.copy_buffer_to_buffer(s, 0, &y, *at, *bytes);
         }
-        self.finish(enc, &y, self.rows)
+        self.finish(enc, &y, self.rows * m)
     }
 
     fn finish(
@@ -1045,13 +1075,14 @@ impl Linear for EntropyCodedLinear {
         let mut y = if self.bands.is_empty() {
             vec![0.0; self.rows]
         } else {
-            self.run_gemv(x)?
+            self.run_gemv(x, 1)?
         };
         add_bias(&mut y, self.bias.as_deref());
         Ok(y)
     }
 
-    /// `rans_gemm.wgsl`: every chunk decoded once per block of up to 512 activation rows.
+    /// `rans_gemm.wgsl`: every chunk decoded once per block of up to 512 activation rows; for
+    /// at most [`LinearOptions::gemv_batch_max_m`] rows, one fused GEMV per row instead.
     fn forward_batch(&self, x: &[f32], m: usize) -> Result<Vec<f32>, LinearError> {
         check_x(&self.name, self.cols, x.len(), m)?;
         if self.rows == 0 || m == 0 {
@@ -1059,6 +1090,8 @@ impl Linear for EntropyCodedLinear {
         }
         let mut y = if self.bands.is_empty() {
             vec![0.0; self.rows * m]
+        } else if m <= self.gemv_batch_max_m {
+            self.run_gemv(x, m)?
         } else {
             self.run_gemm(x, m)?
         };

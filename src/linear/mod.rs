@@ -7,7 +7,9 @@
 //!   uploaded once. `forward` runs the fused decode + dequantize + GEMV of [`crate::gpu`]
 //!   (`wgsl/rans_gemv*.wgsl`); `forward_batch` runs `wgsl/rans_gemm.wgsl`, which decodes every
 //!   chunk once per dispatch into workgroup memory and multiplies it with up to 512 activation
-//!   rows (larger `M` is processed in blocks of 512).
+//!   rows (larger `M` is processed in blocks of 512); for at most [`GEMV_BATCH_MAX_M`] rows on
+//!   adapters with 32-wide subgroups it runs one fused GEMV per row instead, which is faster
+//!   there.
 //! * [`QuantizedLinear`] is the plain MLX quantized baseline on the GPU (`qgemv.wgsl` for one
 //!   vector, `wgsl/qgemm.wgsl` for a batch, with the same multiply as `rans_gemm.wgsl`).
 //! * [`CpuLinear`] is the reference: dequantized weights in `f32`, products summed in `f64`.
@@ -45,8 +47,8 @@ mod model;
 mod plain;
 
 pub use coded::{
-    CodedLayerRef, EntropyCodedLinear, LinearDispatch, LinearOptions, MAX_M_PER_DISPATCH,
-    TARGET_WORKGROUPS,
+    CodedLayerRef, EntropyCodedLinear, LinearDispatch, LinearOptions, GEMV_BATCH_MAX_M,
+    MAX_M_PER_DISPATCH, TARGET_WORKGROUPS,
 };
 pub use cpu::CpuLinear;
 pub use device::LinearDevice;
