@@ -138,6 +138,7 @@ fn bench(c: &mut Criterion) {
         group_size: 64,
         scales: &q.scales,
         biases: &q.biases,
+        side: None,
     };
     let plain: Vec<_> = (0..sets)
         .map(|_| ctx.upload_quantized(&q).unwrap())

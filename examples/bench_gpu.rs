@@ -20,6 +20,9 @@
 //! `--low-bits 2` (or `0,2`) also split (`ecq::rans::SplitMatrix`: the high 2 bits of every
 //! weight coded, four weights per symbol, the low 2 bits raw), shown as source `g64+raw2`;
 //! `2p` the same in row-pair order (`ecq::rans::SplitOrder::RowPairs`), `g64+raw2+pairs`.
+//! `--scales f16` (or `bf16`) makes the scales and biases values of that type, as MLX stores
+//! them; every kernel then reads them as 16-bit pairs (`ecq::gpu::SideFormat`); the default
+//! `f32` keeps f32 pairs.
 //!
 //! To measure memory and not cache, every matrix is uploaded as several distinct copies (at
 //! least `--set-mib` MiB of packed weights in all) and the timed dispatches rotate through them;
@@ -95,12 +98,14 @@ struct Args {
     diagnose: bool,
     /// (raw low bits, row-pair order)
     low_bits: Vec<(u32, bool)>,
+    scales_dtype: FloatDType,
 }
 
 const USAGE: &str = "usage: bench_gpu [--shapes RxK,...] [--sources g64,g128,absmax] \
 [--variants CHUNK:TILE,...] [--iters N] [--rounds N] [--set-mib MIB] [--copy-mib MIB] \
 [--ksplit-sweep] [--workgroup] [--fused workgroup,subgroup,blocked,compact] [--wall] \
-[--plain-variants [x|p]ROWS[:KSPLIT],...] [--plain-only] [--diagnose] [--low-bits 0,2,2p]";
+[--plain-variants [x|p]ROWS[:KSPLIT],...] [--plain-only] [--diagnose] [--low-bits 0,2,2p] \
+[--scales f32|f16|bf16]";
 
 /// A bad command line: the problem and the usage on stderr, exit status 2.
 fn usage_error(msg: &str) -> ! {
@@ -130,6 +135,7 @@ fn parse_args() -> Args {
         plain_only: false,
         low_bits: vec![(0, false)],
         diagnose: false,
+        scales_dtype: FloatDType::F32,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -149,6 +155,14 @@ fn parse_args() -> Args {
             "--shapes" => a.shapes = pairs(&v, 'x'),
             "--sources" => a.sources = v.split(',').map(String::from).collect(),
             "--variants" => a.variants = pairs(&v, ':'),
+            "--scales" => {
+                a.scales_dtype = match v.as_str() {
+                    "f32" => FloatDType::F32,
+                    "f16" => FloatDType::F16,
+                    "bf16" => FloatDType::BF16,
+                    other => usage_error(&format!("--scales: {other:?} (f32, f16 or bf16)")),
+                }
+            }
             "--low-bits" => {
                 a.low_bits = v
                     .split(',')
@@ -546,24 +560,31 @@ fn weights(r: usize, k: usize, seed: u64) -> Vec<f32> {
     w
 }
 
-/// The matrix of one symbol source, as an MLX-layout 4-bit matrix.
-fn quantize_source(w: &[f32], r: usize, k: usize, source: &str) -> QuantizedMatrix {
+/// The matrix of one symbol source, as an MLX-layout 4-bit matrix whose scales and biases are
+/// values of `dtype` (MLX stores them as f16 or bf16; the GPU then holds them in 16 bits).
+fn quantize_source(
+    w: &[f32],
+    r: usize,
+    k: usize,
+    source: &str,
+    dtype: FloatDType,
+) -> QuantizedMatrix {
     match source {
         "g64" | "g128" => {
             let gs = if source == "g64" { 64 } else { 128 };
-            quantize_affine(w, r, k, FloatDType::F32, AffineParams::new(4, gs).unwrap())
-                .expect("quantize")
+            quantize_affine(w, r, k, dtype, AffineParams::new(4, gs).unwrap()).expect("quantize")
         }
         "absmax" => {
             let a = quantize_absmax(w, r, k, 4, AbsmaxMode::PerTensor).expect("absmax");
-            let s = a.scales[0];
+            // (a power of two times an f16/bf16 value keeps -8 s exact too)
+            let s = dtype.round(a.scales[0]);
             let groups = r * k / 64;
             QuantizedMatrix {
                 rows: r,
                 cols: k,
                 bits: 4,
                 group_size: 64,
-                dtype: FloatDType::F32,
+                dtype,
                 packed: pack(&a.symbols, 4),
                 scales: vec![s; groups],
                 biases: vec![-8.0 * s; groups],
@@ -613,7 +634,7 @@ fn main() {
     // through y as in every timing below
     let floor = {
         let (r, k) = (32, 4096);
-        let q = quantize_source(&weights(r, k, 1), r, k, "g64");
+        let q = quantize_source(&weights(r, k, 1), r, k, "g64", args.scales_dtype);
         let ms: Vec<_> = (0..16)
             .map(|_| ctx.upload_quantized(&q).expect("upload"))
             .collect();
@@ -714,12 +735,13 @@ fn main() {
 
         for source in &args.sources {
             let t1 = Instant::now();
-            let q = quantize_source(&w, r, k, source);
+            let q = quantize_source(&w, r, k, source, args.scales_dtype);
             let syms = q.symbols();
             let gs = q.group_size;
             eprintln!(
-                "  {source}: quantized in {:.1}s",
-                t1.elapsed().as_secs_f64()
+                "  {source}: quantized in {:.1}s, scales and biases held on the GPU as {:?} pairs",
+                t1.elapsed().as_secs_f64(),
+                ecq::gpu::SideFormat::exact_for(&q.scales, &q.biases)
             );
 
             // plain 4-bit: the new kernel (auto K split), the issue-4 kernel, and L2-resident
@@ -864,6 +886,7 @@ fn main() {
                     group_size: gs,
                     scales: &q.scales,
                     biases: &q.biases,
+                    side: None,
                 };
                 let csets = ((args.set_mib * 1048576.0) / coded_bytes).ceil().max(1.0) as usize;
                 let coded: Vec<_> = (0..csets)

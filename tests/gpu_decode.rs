@@ -357,6 +357,7 @@ fn blocked_kernels_agree_with_subgroup_kernels_on_corrupt_streams() {
                     group_size: gs as u32,
                     scales: &scales,
                     biases: &biases,
+                    side: None,
                 }),
             )
             .expect("upload");
@@ -795,6 +796,7 @@ fn row_pairs_corrupt_word_is_reported() {
         group_size: 64,
         scales: &scales,
         biases: &scales,
+        side: None,
     };
     let g = ctx.upload_split(&s, Some(quant)).unwrap();
     assert!(matches!(
@@ -836,6 +838,7 @@ fn split_corrupt_state_is_reported() {
         group_size: 64,
         scales: &scales,
         biases: &scales,
+        side: None,
     };
     let g =
         ecq::gpu::GpuCodedMatrix::upload_with_low_bits(ctx.device(), m, 2, s.low(), Some(quant))

@@ -133,6 +133,7 @@ fn check_fused(
                 group_size: gs,
                 scales: &q.scales,
                 biases: &q.biases,
+                side: None,
             }),
         )
         .unwrap();
@@ -537,6 +538,7 @@ fn gemv_f16_activations() {
                 group_size: 64,
                 scales: &q.scales,
                 biases: &q.biases,
+                side: None,
             }),
         )
         .unwrap();
@@ -572,6 +574,7 @@ fn fused_gemv_reports_corrupt_stream() {
                 group_size: 64,
                 scales: &q.scales,
                 biases: &q.biases,
+                side: None,
             }),
         )
         .unwrap();
@@ -637,6 +640,7 @@ fn fused_blocked_diagnostic_builds() {
                 group_size: 64,
                 scales: &q.scales,
                 biases: &q.biases,
+                side: None,
             }),
         )
         .unwrap();
@@ -750,6 +754,7 @@ fn fused_gemv_split_low_bits() {
                     group_size: gs,
                     scales: &q.scales,
                     biases: &q.biases,
+                    side: None,
                 }),
             )
             .unwrap();
@@ -807,6 +812,7 @@ fn fused_gemv_row_pairs() {
             group_size: gs,
             scales: &q.scales,
             biases: &q.biases,
+            side: None,
         };
         let m = ctx.upload_split(&s, Some(quant)).unwrap();
         assert!(m.row_pairs(), "{label}");
@@ -853,6 +859,7 @@ fn decode_to_quantized_matches_upload() {
             group_size: gs,
             scales: &q.scales,
             biases: &q.biases,
+            side: None,
         };
         let coded = if split {
             let s = ecq::rans::SplitMatrix::encode(
@@ -913,6 +920,7 @@ fn decode_to_quantized_matches_upload() {
         group_size: 64,
         scales: &q.scales,
         biases: &q.biases,
+        side: None,
     };
     let corrupt = ctx
         .upload_coded(
@@ -935,4 +943,126 @@ fn decode_to_quantized_matches_upload() {
 
 fn bits(y: Vec<f32>) -> Vec<u32> {
     y.into_iter().map(f32::to_bits).collect()
+}
+
+/// Scales and biases of f16- or bf16-quantized weights are uploaded as 16-bit pairs
+/// (`SideFormat::exact_for`): every plain GEMV kernel and every fused one (whole and split
+/// matrices) gives bit for bit the result of f32 pairs, since the values are the same.
+#[test]
+fn sixteen_bit_side_is_bit_identical_to_f32() {
+    use ecq::gpu::{GpuQuantizedMatrix, SideFormat};
+    let Some(ctx) = ctx() else { return };
+    // (bf16 values of this size are exact in f16 too: the bf16 case takes weights whose
+    // scales lie below f16's normal range)
+    for (dtype, magnitude, want) in [
+        (FloatDType::F16, 1.0, SideFormat::F16),
+        (FloatDType::BF16, 1e-7, SideFormat::Bf16),
+    ] {
+        for (i, &(rows, cols, b, gs)) in [
+            (64usize, 1024usize, 4u32, 64u32),
+            (33, 512, 4, 32),
+            (40, 256, 8, 128),
+            (24, 512, 2, 64),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let mut rng = ChaCha8Rng::seed_from_u64(1100 + i as u64);
+            let w: Vec<f32> = (0..rows * cols)
+                .map(|_| gaussian(&mut rng) * 0.02 * magnitude)
+                .collect();
+            let x: Vec<f32> = (0..cols).map(|_| gaussian(&mut rng)).collect();
+            let q =
+                quantize_affine(&w, rows, cols, dtype, AffineParams::new(b, gs).unwrap()).unwrap();
+            let label = format!("{rows}x{cols} b{b} g{gs} {dtype:?}");
+            // plain: every variant that runs the matrix
+            let narrow = ctx.upload_quantized(&q).unwrap();
+            assert_eq!(narrow.side_format(), want, "{label}");
+            let wide =
+                GpuQuantizedMatrix::upload_with_side(ctx.device(), &q, SideFormat::F32).unwrap();
+            let mut variants = vec![QGemvVariant::Auto];
+            if (cols * b as usize).is_multiple_of(128) {
+                variants.push(QGemvVariant::Generic);
+            }
+            if narrow.nibble4_supported() {
+                variants.push(QGemvVariant::Nibble4 { ksplit: 0 });
+                variants.push(QGemvVariant::Pipelined { rows: 4, ksplit: 0 });
+            }
+            if narrow.stream_supported() {
+                variants.push(QGemvVariant::Stream { rows: 2, ksplit: 0 });
+                variants.push(QGemvVariant::Staged { rows: 2, ksplit: 0 });
+            }
+            for v in variants {
+                let run = |m: &GpuQuantizedMatrix| {
+                    m.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)
+                        .unwrap()
+                };
+                assert_eq!(bits(run(&narrow)), bits(run(&wide)), "{label} {v:?}");
+            }
+            // fused: whole symbols, and for 4 bits split in row-pair order
+            let opts = EncodeOptions {
+                chunk_symbols: 1024,
+                group_size: gs,
+                ..Default::default()
+            };
+            let enc = encode(&q.symbols(), rows, cols, b, &opts).unwrap();
+            let params = |side| {
+                Some(QuantParamsRef {
+                    group_size: gs,
+                    scales: &q.scales,
+                    biases: &q.biases,
+                    side,
+                })
+            };
+            let pair = [
+                ctx.upload_coded(CodedMatrixRef::from(&enc), params(None))
+                    .unwrap(),
+                ctx.upload_coded(CodedMatrixRef::from(&enc), params(Some(SideFormat::F32)))
+                    .unwrap(),
+            ];
+            let mut coded = vec![("whole", pair)];
+            if b == 4 && rows % 2 == 0 {
+                let s = ecq::rans::SplitMatrix::encode_ordered(
+                    &q.symbols(),
+                    rows,
+                    cols,
+                    4,
+                    2,
+                    &opts,
+                    ecq::rans::SplitOrder::RowPairs,
+                )
+                .unwrap();
+                coded.push((
+                    "split",
+                    [
+                        ctx.upload_split(&s, params(None)).unwrap(),
+                        ctx.upload_split(&s, params(Some(SideFormat::F32))).unwrap(),
+                    ],
+                ));
+            }
+            for (what, [narrow, wide]) in &coded {
+                assert_eq!(
+                    (narrow.side_format(), wide.side_format()),
+                    (want, SideFormat::F32)
+                );
+                for v in fused_variants(ctx, narrow) {
+                    let run = |m: &ecq::gpu::GpuCodedMatrix| {
+                        m.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)
+                    };
+                    match (run(narrow), run(wide)) {
+                        (Ok(a), Ok(b)) => {
+                            assert_eq!(bits(a), bits(b), "{label} {what} {v:?}")
+                        }
+                        // (a variant refusing the layout refuses it in both formats)
+                        (Err(_), Err(_)) => {}
+                        (a, b) => panic!("{label} {what} {v:?}: {a:?} vs {b:?}"),
+                    }
+                }
+            }
+        }
+    }
+    // forcing a format the values are not exact in is refused
+    let (q, _) = random_matrix(1199, 8, 256, 4, 64);
+    let err = GpuQuantizedMatrix::upload_with_side(ctx.device(), &q, SideFormat::F16).unwrap_err();
+    assert!(err.to_string().contains("not exact in F16"), "{err}");
 }

@@ -416,6 +416,7 @@ fn forward_is_the_gpu_module_fused_gemv() {
                     group_size: gs,
                     scales: &c.q.scales,
                     biases: &c.q.biases,
+                    side: None,
                 }),
             )
             .unwrap();
@@ -630,6 +631,7 @@ fn split_forward_is_the_gpu_module_fused_gemv() {
                     group_size: gs,
                     scales: &c.q.scales,
                     biases: &c.q.biases,
+                    side: None,
                 }),
             )
             .unwrap();
@@ -749,6 +751,7 @@ fn forward_batch_by_gemv_rows_matches_cpu_reference() {
         let opts = LinearOptions {
             max_buffer_bytes: limit,
             gemv_batch_max_m: Some(gemv_rows),
+            side: None,
         };
         let whole = upload(d, &c, &opts).unwrap();
         let split = EntropyCodedLinear::upload(
@@ -779,4 +782,117 @@ fn forward_batch_by_gemv_rows_matches_cpu_reference() {
             assert_close(&format!("split {label}"), &cpu_s, &x, m, &y, 0.0);
         }
     }
+}
+
+/// Scales and biases of f16- or bf16-quantized weights are held in 16 bits on the GPU
+/// (`SideFormat`, half the memory): `forward` (fused GEMV), `forward_batch` (`rans_gemm.wgsl`
+/// and the per-row GEMVs) and the plain `qgemm.wgsl` give bit for bit the results of f32
+/// pairs, whole and split.
+#[test]
+fn sixteen_bit_side_is_bit_identical_to_f32() {
+    use ecq::gpu::SideFormat;
+    let Some(d) = dev() else { return };
+    // (bf16 values of this size are exact in f16 too: the bf16 case takes weights whose
+    // scales lie below f16's normal range)
+    for (dtype, magnitude, want) in [
+        (FloatDType::F16, 1.0, SideFormat::F16),
+        (FloatDType::BF16, 1e-7, SideFormat::Bf16),
+    ] {
+        let (rows, cols) = (64usize, 1024usize);
+        let mut rng = ChaCha8Rng::seed_from_u64(1000);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|_| gaussian(&mut rng) * 0.02 * magnitude)
+            .collect();
+        let q = quantize_affine(&w, rows, cols, dtype, AffineParams::new(4, 64).unwrap()).unwrap();
+        let opts = EncodeOptions {
+            chunk_symbols: 2048,
+            group_size: 64,
+            ..Default::default()
+        };
+        let enc = encode(&q.symbols(), rows, cols, 4, &opts).unwrap();
+        let split = SplitMatrix::encode_ordered(
+            &q.symbols(),
+            rows,
+            cols,
+            4,
+            2,
+            &opts,
+            SplitOrder::RowPairs,
+        )
+        .unwrap();
+        for (what, layer) in [
+            (
+                "whole",
+                CodedLayerRef::from_encoded(&enc, 64, &q.scales, &q.biases, None),
+            ),
+            (
+                "split",
+                CodedLayerRef::from_split(&split, 64, &q.scales, &q.biases, None),
+            ),
+        ] {
+            let up = |side, gemv_rows| {
+                let opts = LinearOptions {
+                    side,
+                    gemv_batch_max_m: Some(gemv_rows),
+                    ..Default::default()
+                };
+                EntropyCodedLinear::upload(d, what, layer, &opts).unwrap()
+            };
+            for gemv_rows in [0, 8] {
+                let (narrow, wide) = (up(None, gemv_rows), up(Some(SideFormat::F32), gemv_rows));
+                assert_eq!(
+                    (narrow.side_format(), wide.side_format()),
+                    (want, SideFormat::F32)
+                );
+                let x = activations(1001, 3 * cols);
+                let label = format!("{what} {dtype:?} gemv rows <= {gemv_rows}");
+                assert_eq!(
+                    bits(narrow.forward(&x[..cols]).unwrap()),
+                    bits(wide.forward(&x[..cols]).unwrap()),
+                    "{label}"
+                );
+                assert_eq!(
+                    bits(narrow.forward_batch(&x, 3).unwrap()),
+                    bits(wide.forward_batch(&x, 3).unwrap()),
+                    "{label}"
+                );
+            }
+        }
+        // a format the values are not exact in is refused
+        let q32 = quantize_affine(
+            &w,
+            rows,
+            cols,
+            FloatDType::F32,
+            AffineParams::new(4, 64).unwrap(),
+        )
+        .unwrap();
+        let err = EntropyCodedLinear::upload(
+            d,
+            "narrowed",
+            CodedLayerRef::from_encoded(&enc, 64, &q32.scales, &q32.biases, None),
+            &LinearOptions {
+                side: Some(SideFormat::F16),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not exact in F16"), "{err}");
+        // the plain batched baseline: 16-bit pairs when exact
+        let plain = QuantizedLinear::upload(d, "plain", &q, None).unwrap();
+        let cpu = CpuLinear::from_quantized("cpu", &q, None).unwrap();
+        let x = activations(1002, 5 * cols);
+        assert_close(
+            "qgemm 16-bit side",
+            &cpu,
+            &x,
+            5,
+            &plain.forward_batch(&x, 5).unwrap(),
+            0.0,
+        );
+    }
+}
+
+fn bits(y: Vec<f32>) -> Vec<u32> {
+    y.into_iter().map(f32::to_bits).collect()
 }

@@ -13,6 +13,7 @@
 // has few rows, with the same rule as for rans_gemm.wgsl.
 //
 // Needs K * BITS % 32 == 0 and whole u32 words per group (the host checks).
+// import: side
 
 struct Params {
     rows: u32,
@@ -37,7 +38,7 @@ const SLICE: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> Wq: array<u32>;
-@group(0) @binding(2) var<storage, read> sb: array<vec2<f32>>;  // (scale, bias) per group
+@group(0) @binding(2) var<storage, read> sb: array<vec2<u32>>;  // (scale, bias) per group
 @group(0) @binding(3) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
 
@@ -103,7 +104,7 @@ fn main(
             let c0 = wi * per_word;
             if (row_ok && wi < nw) {
                 let word = Wq[row * P.words_per_row + kbase / per_word + wi];
-                let sbv = sb[row * P.groups_per_row + (kbase + c0) / P.group_size];
+                let sbv = side(row * P.groups_per_row + (kbase + c0) / P.group_size);
                 for (var i = 0u; i < per_word; i++) {
                     let q = f32((word >> (b * i)) & qmask);
                     wbuf[c0 + i][g] = sbv.x * q + sbv.y;

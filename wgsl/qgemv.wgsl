@@ -12,6 +12,7 @@
 // * the 32 lanes' partial sums are reduced through workgroup memory once at the end.
 //
 // Rows must hold a whole number of vec4<u32> (K * BITS % 128 == 0); the host checks.
+// import: side
 
 struct Params {
     rows: u32,
@@ -45,7 +46,7 @@ const S8 = vec4<f32>(1.0, 0.00390625, 1.52587890625e-05, 5.9604644775390625e-08)
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> W: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> sb: array<vec2<f32>>;  // (scale, bias) per group
+@group(0) @binding(2) var<storage, read> sb: array<vec2<u32>>;  // (scale, bias) per group
 @group(0) @binding(3) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
 
@@ -90,7 +91,7 @@ fn row_generic(wv: vec4<u32>, row: u32, k0: u32) -> f32 {
             d += dot(vec4<f32>(vec4<u32>(w) & m), xx * sc);
             xs += dot(xx, vec4<f32>(1.0));
         }
-        let q = sb[row * P.groups_per_row + kw / GS];
+        let q = side(row * P.groups_per_row + kw / GS);
         acc += q.x * d + q.y * xs;
     }
     return acc;
@@ -146,10 +147,10 @@ fn main(
                 let x5 = a5 * S4H;
                 let x6 = a6 * S4L;
                 let x7 = a7 * S4H;
-                let qa = sb[ra * gpr + gi];
-                let qb = sb[rb * gpr + gi];
-                let qc = sb[rc * gpr + gi];
-                let qd = sb[rd * gpr + gi];
+                let qa = side(ra * gpr + gi);
+                let qb = side(rb * gpr + gi);
+                let qc = side(rc * gpr + gi);
+                let qd = side(rd * gpr + gi);
                 acc.x += qa.x * row4(wa, x0, x1, x2, x3, x4, x5, x6, x7) + qa.y * xsum;
                 acc.y += qb.x * row4(wb, x0, x1, x2, x3, x4, x5, x6, x7) + qb.y * xsum;
                 acc.z += qc.x * row4(wc, x0, x1, x2, x3, x4, x5, x6, x7) + qc.y * xsum;
@@ -164,10 +165,10 @@ fn main(
                 let x1 = a1 * S8;
                 let x2 = a2 * S8;
                 let x3 = a3 * S8;
-                let qa = sb[ra * gpr + gi];
-                let qb = sb[rb * gpr + gi];
-                let qc = sb[rc * gpr + gi];
-                let qd = sb[rd * gpr + gi];
+                let qa = side(ra * gpr + gi);
+                let qb = side(rb * gpr + gi);
+                let qc = side(rc * gpr + gi);
+                let qd = side(rd * gpr + gi);
                 acc.x += qa.x * row8(wa, x0, x1, x2, x3) + qa.y * xsum;
                 acc.y += qb.x * row8(wb, x0, x1, x2, x3) + qb.y * xsum;
                 acc.z += qc.x * row8(wc, x0, x1, x2, x3) + qc.y * xsum;

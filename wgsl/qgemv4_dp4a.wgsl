@@ -9,6 +9,7 @@
 // rounding. Where the device lacks the instruction, naga's polyfill (bit-field extracts) runs.
 //
 // Requires K % 16 == 0 and GS % 16 == 0 (the host checks).
+// import: side
 
 requires packed_4x8_integer_dot_product;
 
@@ -30,7 +31,7 @@ const NIB = 0x0F0F0F0Fu;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> W: array<vec2<u32>>;
-@group(0) @binding(2) var<storage, read> sb: array<vec2<f32>>;  // (scale, bias) per group
+@group(0) @binding(2) var<storage, read> sb: array<vec2<u32>>;  // (scale, bias) per group
 @group(0) @binding(3) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
 
@@ -119,10 +120,10 @@ fn main(
         let d1 = W[wd + v2c];
         let gi0 = (v * 16u) / GS;
         let gi1 = (v2c * 16u) / GS;
-        let q0 = sb[sa + gi0];
-        let q1 = sb[sbb + gi0];
-        let q2 = sb[sc + gi0];
-        let q3 = sb[sd + gi0];
+        let q0 = side(sa + gi0);
+        let q1 = side(sbb + gi0);
+        let q2 = side(sc + gi0);
+        let q3 = side(sd + gi0);
         let x0 = X[v * 4u];
         let x1 = X[v * 4u + 1u];
         let x2 = X[v * 4u + 2u];
@@ -135,10 +136,10 @@ fn main(
             acc.w += (q3.x * xq.d) * f32(idot16(d0, xq.q)) + q3.y * xq.sum;
         }
         if (has2) {
-            let p0 = sb[sa + gi1];
-            let p1 = sb[sbb + gi1];
-            let p2 = sb[sc + gi1];
-            let p3 = sb[sd + gi1];
+            let p0 = side(sa + gi1);
+            let p1 = side(sbb + gi1);
+            let p2 = side(sc + gi1);
+            let p3 = side(sd + gi1);
             let y0 = X[v2 * 4u];
             let y1 = X[v2 * 4u + 1u];
             let y2 = X[v2 * 4u + 2u];

@@ -33,6 +33,7 @@
 // reads through L1 are not what limits qgemv4's layout.
 //
 // Requires K % 16 == 0 and GS % 16 == 0 (as qgemv4; the host checks).
+// import: side
 
 struct Params {
     rows: u32,
@@ -59,7 +60,7 @@ const PLACE = vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625);
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> W: array<vec2<u32>>;
-@group(0) @binding(2) var<storage, read> sb: array<vec2<f32>>;  // (scale, bias) per group
+@group(0) @binding(2) var<storage, read> sb: array<vec2<u32>>;  // (scale, bias) per group
 @group(0) @binding(3) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
 
@@ -96,10 +97,10 @@ fn piece4(
     s: vec4<u32>,   // first group of each row
 ) -> vec4<f32> {
     let gi = (v * 16u) / GS;
-    let q0 = sb[s.x + gi];
-    let q1 = sb[s.y + gi];
-    let q2 = sb[s.z + gi];
-    let q3 = sb[s.w + gi];
+    let q0 = side(s.x + gi);
+    let q1 = side(s.y + gi);
+    let q2 = side(s.z + gi);
+    let q3 = side(s.w + gi);
     var x0 = vec4<f32>(1.0);
     var x1 = vec4<f32>(1.0);
     var x2 = vec4<f32>(1.0);
@@ -253,10 +254,10 @@ fn x16(v: u32) -> X16 {
 // scale * sum(q x) + bias * sum(x) of piece v of four rows (first groups in `s`)
 fn rows4(v: u32, a: vec2<u32>, b: vec2<u32>, c: vec2<u32>, d: vec2<u32>, s: vec4<u32>, p: X16) -> vec4<f32> {
     let gi = (v * 16u) / GS;
-    let q0 = sb[s.x + gi];
-    let q1 = sb[s.y + gi];
-    let q2 = sb[s.z + gi];
-    let q3 = sb[s.w + gi];
+    let q0 = side(s.x + gi);
+    let q1 = side(s.y + gi);
+    let q2 = side(s.z + gi);
+    let q3 = side(s.w + gi);
     return vec4<f32>(
         q0.x * dot16(a, p.x0, p.x1, p.x2, p.x3) + q0.y * p.s,
         q1.x * dot16(b, p.x0, p.x1, p.x2, p.x3) + q1.y * p.s,

@@ -40,6 +40,7 @@
 // section): each lane's 32 weights need 128 contiguous bytes of x, so every vec4 activation
 // load of a group touches 32 cache lines; time tracked that count. Kept as the evidence and
 // the shared helpers; staged_r* fixes the activation reads.
+// import: side
 
 struct Params {
     rows: u32,
@@ -62,7 +63,7 @@ const ML = vec4<u32>(0xFu, 0xF0u, 0xF00u, 0xF000u);
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> W: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> sb: array<vec2<f32>>;  // (scale, bias) per group
+@group(0) @binding(2) var<storage, read> sb: array<vec2<u32>>;  // (scale, bias) per group
 @group(0) @binding(3) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
 
@@ -194,15 +195,15 @@ fn main_r1(
         let w1 = W[wa + c1];
         let w2 = W[wa + c2];
         let w3 = W[wa + c3];
-        acc += term(w0, load_piece(v), sb[sa + (v * 32u) / GS]);
+        acc += term(w0, load_piece(v), side(sa + (v * 32u) / GS));
         if (h1) {
-            acc += term(w1, load_piece(v1), sb[sa + (v1 * 32u) / GS]);
+            acc += term(w1, load_piece(v1), side(sa + (v1 * 32u) / GS));
         }
         if (h2) {
-            acc += term(w2, load_piece(v2), sb[sa + (v2 * 32u) / GS]);
+            acc += term(w2, load_piece(v2), side(sa + (v2 * 32u) / GS));
         }
         if (h3) {
-            acc += term(w3, load_piece(v3), sb[sa + (v3 * 32u) / GS]);
+            acc += term(w3, load_piece(v3), side(sa + (v3 * 32u) / GS));
         }
     }
     reduce_store(wg, lid, s, vec4<f32>(acc, 0.0, 0.0, 0.0), 1u);
@@ -241,14 +242,14 @@ fn main_r2(
         {
             let p = load_piece(v);
             let gi = (v * 32u) / GS;
-            acc.x += term(a0, p, sb[sa + gi]);
-            acc.y += term(b0, p, sb[sbb + gi]);
+            acc.x += term(a0, p, side(sa + gi));
+            acc.y += term(b0, p, side(sbb + gi));
         }
         if (h1) {
             let p = load_piece(v1);
             let gi = (v1 * 32u) / GS;
-            acc.x += term(a1, p, sb[sa + gi]);
-            acc.y += term(b1, p, sb[sbb + gi]);
+            acc.x += term(a1, p, side(sa + gi));
+            acc.y += term(b1, p, side(sbb + gi));
         }
     }
     reduce_store(wg, lid, s, vec4<f32>(acc, 0.0, 0.0), 2u);
@@ -281,10 +282,10 @@ fn main_r4(
         let d = W[rd * n4 + v];
         let p = load_piece(v);
         let gi = (v * 32u) / GS;
-        acc.x += term(a, p, sb[ra * gpr + gi]);
-        acc.y += term(b, p, sb[rb * gpr + gi]);
-        acc.z += term(c, p, sb[rc * gpr + gi]);
-        acc.w += term(d, p, sb[rd * gpr + gi]);
+        acc.x += term(a, p, side(ra * gpr + gi));
+        acc.y += term(b, p, side(rb * gpr + gi));
+        acc.z += term(c, p, side(rc * gpr + gi));
+        acc.w += term(d, p, side(rd * gpr + gi));
     }
     reduce_store(wg, lid, s, acc, 4u);
 }
@@ -355,7 +356,7 @@ fn wglobal(wrow: u32, v: u32, n4: u32) -> vec4<u32> {
 // Scale and bias of piece v of the row whose groups start at `srow` (clamped past the row,
 // where the piece's weights and activations are zero).
 fn sglobal(srow: u32, v: u32, n4: u32) -> vec2<f32> {
-    return sb[srow + (min(v, n4 - 1u) * 32u) / GS];
+    return side(srow + (min(v, n4 - 1u) * 32u) / GS);
 }
 
 // Piece index of tile `j` (0 or 1 within the group's share) of chunk h for lane l.

@@ -33,6 +33,7 @@
 // never hangs the device (Y is then garbage and the host reports the error).
 // import: rans_table
 // import: split_bits
+// import: side
 
 struct Params {
     rows: u32,           // rows of this band
@@ -91,7 +92,7 @@ const ERR_OFFSETS: u32 = 64u;
 @group(0) @binding(3) var<storage, read> offsets: array<u32>;  // n_chunks + 1
 @group(0) @binding(4) var<storage, read> words: array<u32>;    // u16 pairs
 @group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
-@group(0) @binding(6) var<storage, read> sb: array<vec2<f32>>;   // (scale, bias) per group
+@group(0) @binding(6) var<storage, read> sb: array<vec2<u32>>;   // (scale, bias) per group
 @group(0) @binding(7) var<storage, read> X: array<vec4<f32>>;    // M rows of xs4 vec4
 @group(0) @binding(8) var<storage, read_write> Y: array<f32>;    // M rows of y_stride
 
@@ -217,7 +218,7 @@ fn main(
             // the matrix row and step of this coded step (the same with PAIR off)
             let rs = row_pair_step(row, u, PAIR);
             let k0 = (rs.y * 32u + l) * W;
-            let sbv = sb[rs.x * P.groups_per_row + k0 / P.group_size];
+            let sbv = side(rs.x * P.groups_per_row + k0 / P.group_size);
             var low = 0u;
             if (P.low_bits != 0u) {
                 // (cols * low_bits / 32 words per matrix row)

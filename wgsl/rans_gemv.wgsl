@@ -13,6 +13,7 @@
 // `errors[chunk]` and never hangs the device (y is then garbage and the host reports the error).
 // import: rans_table
 // import: split_bits
+// import: side
 
 struct Params {
     rows: u32,
@@ -67,7 +68,7 @@ const ERR_OFFSETS: u32 = 64u;
 @group(0) @binding(3) var<storage, read> offsets: array<u32>;  // n_chunks + 1
 @group(0) @binding(4) var<storage, read> words: array<u32>;    // u16 pairs
 @group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
-@group(0) @binding(6) var<storage, read> sb: array<vec2<f32>>;   // (scale, bias) per group
+@group(0) @binding(6) var<storage, read> sb: array<vec2<u32>>;   // (scale, bias) per group
 @group(0) @binding(7) var<storage, read> xv: array<f32>;          // activations, K
 @group(0) @binding(8) var<storage, read_write> y: array<f32>;     // R outputs
 
@@ -172,7 +173,7 @@ fn main(
                     d += f32(q) * xi;
                     xs += xi;
                 }
-                let sbv = sb[mrow * P.groups_per_row + k0 / P.group_size];
+                let sbv = side(mrow * P.groups_per_row + k0 / P.group_size);
                 if (second) {
                     acc_b += sbv.x * d + sbv.y * xs;
                 } else {

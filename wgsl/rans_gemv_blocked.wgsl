@@ -27,6 +27,7 @@
 // import: rans_subgroup
 // import: rans_block
 // import: split_bits
+// import: side
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
 
@@ -121,7 +122,7 @@ const ERR_SUBGROUP: u32 = 128u;
 @group(0) @binding(3) var<storage, read> offsets: array<u32>;  // n_chunks + 1
 @group(0) @binding(4) var<storage, read> words: array<u32>;    // u16 words, 2 per u32
 @group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
-@group(0) @binding(6) var<storage, read> sb: array<vec2<f32>>;   // (scale, bias) per group
+@group(0) @binding(6) var<storage, read> sb: array<vec2<u32>>;   // (scale, bias) per group
 // activations, K (a multiple of 32 here), read four at a time
 @group(0) @binding(7) var<storage, read> xv: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> y: array<f32>;     // R outputs
@@ -276,14 +277,14 @@ fn main(
                 var xa = array<vec4<f32>, 4>();
                 var xb = array<vec4<f32>, 4>();
                 if (BLOCK >= 4u || l < 16u) {
-                    sba = sb[sb_row + group_of(ka, gsz)];
+                    sba = side(sb_row + group_of(ka, gsz));
                     xa = word_x(ka);
                     lwa = word_low(row_low, ka);
                 }
                 let share_x = DIAG == 3u || DIAG == 4u || pair;
                 let made_up = DIAG == 2u || DIAG == 4u;
                 if (BLOCK == 8u && LATE == 0u) {
-                    sbb = sb[sb_row_b + group_of(kb, gsz)];
+                    sbb = side(sb_row_b + group_of(kb, gsz));
                     if (!share_x) {
                         xb = word_x(kb);
                     }
@@ -321,7 +322,7 @@ fn main(
                 }
                 if (BLOCK == 8u) {
                     if (LATE != 0u) {
-                        sbb = sb[sb_row_b + group_of(kb, gsz)];
+                        sbb = side(sb_row_b + group_of(kb, gsz));
                         if (!share_x) {
                             xb = word_x(kb);
                         }

@@ -27,6 +27,7 @@
 // kernels did not change.
 // import: rans_table
 // import: rans_subgroup
+// import: side
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
 
@@ -87,7 +88,7 @@ const ERR_SUBGROUP: u32 = 128u;
 @group(0) @binding(3) var<storage, read> offsets: array<u32>;  // n_chunks + 1
 @group(0) @binding(4) var<storage, read> words: array<u32>;    // u16 words, 2 per u32
 @group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
-@group(0) @binding(6) var<storage, read> sb: array<vec2<f32>>;   // (scale, bias) per group
+@group(0) @binding(6) var<storage, read> sb: array<vec2<u32>>;   // (scale, bias) per group
 @group(0) @binding(7) var<storage, read> xv: array<f32>;          // activations, K
 @group(0) @binding(8) var<storage, read_write> y: array<f32>;     // R outputs
 
@@ -200,7 +201,7 @@ fn main(
         var jw = k_first;
         let rmax = max(P.rows, 1u) - 1u;
         var cx = load_x(min(jw, xmax), wps);
-        var csb = sb[min(row, rmax) * gpr + min(group_of(jw, gsz, gshift), gmax)];
+        var csb = side(min(row, rmax) * gpr + min(group_of(jw, gsz, gshift), gmax));
         var acc = 0.0;
         for (var t = 0u; t < steps; t++) {
             // The next step's position; its activations and (scale, bias) are loaded now, from
@@ -210,7 +211,7 @@ fn main(
             let nrow = select(row, row + 1u, wrap);
             let njw = select(jw + kstep, k_first, wrap);
             let nx = load_x(min(njw, xmax), wps);
-            let nsb = sb[min(nrow, rmax) * gpr + min(group_of(njw, gsz, gshift), gmax)];
+            let nsb = side(min(nrow, rmax) * gpr + min(group_of(njw, gsz, gshift), gmax));
             // Decode in every lane; lanes past the row's end (K not a multiple of 32 w) keep
             // their state (x >= 2^16, so they need no word) and add nothing.
             let on = jw < K;

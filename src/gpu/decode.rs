@@ -67,6 +67,9 @@ pub struct QuantParamsRef<'a> {
     pub scales: &'a [f32],
     /// Biases.
     pub biases: &'a [f32],
+    /// How to store them on the GPU; `None`: the narrowest exact format
+    /// ([`super::SideFormat::exact_for`]). A format in which a value is not exact is an error.
+    pub side: Option<super::SideFormat>,
 }
 
 /// What the decode kernel writes.
@@ -102,6 +105,8 @@ pub struct FusedLayout {
     /// (`cols` here) is two matrix rows interleaved; the blocked kernels (with 8-step blocks)
     /// and the workgroup kernels run it, the subgroup kernels do not.
     pub row_pairs: bool,
+    /// How the (scale, bias) pairs are stored.
+    pub side: super::SideFormat,
 }
 
 /// From this many workgroups on, the blocked kernels run with the compact decode table by
@@ -194,7 +199,9 @@ fn fused_gemv_pipeline_diag(
         }
     }
     match variant {
-        FusedVariant::Workgroup => registry.get(device, Kernel::RansGemv, "main", &[]),
+        FusedVariant::Workgroup => {
+            registry.get(device, Kernel::RansGemv, "main", &[layout.side.constant()])
+        }
         FusedVariant::Subgroup => registry.get(
             device,
             Kernel::RansGemvSubgroup,
@@ -204,6 +211,7 @@ fn fused_gemv_pipeline_diag(
                 ("BITS", layout.bits),
                 ("PREC", layout.prec),
                 ("GSHIFT", gshift),
+                layout.side.constant(),
             ],
         ),
         FusedVariant::Blocked | FusedVariant::BlockedCompact => {
@@ -241,6 +249,7 @@ fn fused_gemv_pipeline_diag(
                             && !layout.row_pairs) as u32,
                     ),
                     ("PAIR", layout.row_pairs as u32),
+                    layout.side.constant(),
                     (
                         "BRANCH_FREE_PLANES",
                         (variant == FusedVariant::BlockedCompact && layout.row_pairs) as u32,
@@ -426,6 +435,7 @@ pub struct GpuCodedMatrix {
     words: wgpu::Buffer,
     errors: wgpu::Buffer,
     sb: Option<wgpu::Buffer>,
+    side: super::SideFormat,
     uniform_cache: std::sync::Mutex<Vec<(u32, wgpu::Buffer)>>,
     coded_bytes: u64,
     /// [`crate::rans::SplitOrder::RowPairs`]: `params` describe the coded `rows / 2 x 2 cols`
@@ -542,6 +552,7 @@ impl GpuCodedMatrix {
         // for the chunk-to-row mapping (chunk 0 starts at row 0 either way).
         params.chunk_rows = u32_of("chunk_rows", m.chunk_rows)?;
         params.row_pairs = row_pairs as u32;
+        let mut side = super::SideFormat::F32;
         let sb = match quant {
             None => None,
             Some(q) => {
@@ -565,16 +576,14 @@ impl GpuCodedMatrix {
                 // (with row pairs, a matrix row's: the kernels index (scale, bias) by matrix
                 // rows)
                 params.groups_per_row = (cols / gs) as u32;
-                let inter: Vec<f32> = q
-                    .scales
-                    .iter()
-                    .zip(q.biases)
-                    .flat_map(|(&s, &b)| [s, b])
-                    .collect();
+                side = q
+                    .side
+                    .unwrap_or_else(|| super::SideFormat::exact_for(q.scales, q.biases));
+                side.check_exact(q.scales, q.biases)?;
                 Some(storage_init(
                     device,
                     "scales+biases",
-                    bytemuck::cast_slice(&inter),
+                    &side.pack(q.scales, q.biases),
                     wgpu::BufferUsages::empty(),
                 )?)
             }
@@ -611,6 +620,7 @@ impl GpuCodedMatrix {
             words: storage_init(device, "ecq_words", bytemuck::cast_slice(&stream), none)?,
             errors: storage_empty(device, "ecq chunk errors", nc as u64 * 4)?,
             sb,
+            side,
             uniform_cache: Default::default(),
             coded_bytes,
             row_pairs,
@@ -654,8 +664,15 @@ impl GpuCodedMatrix {
     }
 
     /// The interleaved (scale, bias) buffer and the MLX group size given at upload, if any.
-    pub(crate) fn quant_params(&self) -> Option<(&wgpu::Buffer, u32)> {
-        self.sb.as_ref().map(|b| (b, self.params.group_size))
+    pub(crate) fn quant_params(&self) -> Option<(&wgpu::Buffer, u32, super::SideFormat)> {
+        self.sb
+            .as_ref()
+            .map(|b| (b, self.params.group_size, self.side))
+    }
+
+    /// How the (scale, bias) pairs given at upload are stored.
+    pub fn side_format(&self) -> super::SideFormat {
+        self.side
     }
 
     /// The per-chunk error buffer (`n_chunks` u32, zero when clean). [`Self::decode`] and
@@ -870,6 +887,7 @@ impl GpuCodedMatrix {
             workgroups: p.total_wg,
             low_bits: self.params.low_bits,
             row_pairs: self.row_pairs,
+            side: self.side,
         }
     }
 
@@ -1175,6 +1193,7 @@ mod tests {
             workgroups: 1,
             low_bits: 0,
             row_pairs: false,
+            side: Default::default(),
         }
     }
 

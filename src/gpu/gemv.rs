@@ -108,16 +108,32 @@ pub struct GpuQuantizedMatrix {
     group_size: u32,
     packed: wgpu::Buffer,
     sb: wgpu::Buffer,
+    side: super::SideFormat,
     uniform: std::sync::Mutex<Option<UniformCache>>,
 }
 
 impl GpuQuantizedMatrix {
     /// Uploads `q`. Supports 2, 4 and 8 bits with `cols * bits % 128 == 0` (rows of whole
     /// 16-byte vectors) and group sizes holding whole `u32` words (all of MLX's 32, 64, 128).
-    /// Scales and biases are uploaded as interleaved `f32` pairs.
+    /// Scales and biases are uploaded as interleaved pairs in the narrowest exact format
+    /// ([`super::SideFormat::exact_for`]: 16-bit for MLX's f16/bf16 values).
     pub fn upload(
         device: &wgpu::Device,
         q: &crate::quant::QuantizedMatrix,
+    ) -> Result<Self, GpuError> {
+        Self::upload_with_side(
+            device,
+            q,
+            super::SideFormat::exact_for(&q.scales, &q.biases),
+        )
+    }
+
+    /// [`Self::upload`] with the scales and biases stored as `side` (benchmarks compare the
+    /// formats); [`GpuError::InvalidInput`] if a value is not exact in it.
+    pub fn upload_with_side(
+        device: &wgpu::Device,
+        q: &crate::quant::QuantizedMatrix,
+        side: super::SideFormat,
     ) -> Result<Self, GpuError> {
         let (r, k, b, gs) = (q.rows, q.cols, q.bits, q.group_size as usize);
         let params = Self::params_for(r, k, b, gs)?;
@@ -133,12 +149,8 @@ impl GpuQuantizedMatrix {
                 q.biases.len()
             )));
         }
-        let inter: Vec<f32> = q
-            .scales
-            .iter()
-            .zip(&q.biases)
-            .flat_map(|(&s, &b)| [s, b])
-            .collect();
+        side.check_exact(&q.scales, &q.biases)?;
+        let inter = side.pack(&q.scales, &q.biases);
         let none = wgpu::BufferUsages::empty();
         Ok(GpuQuantizedMatrix {
             params,
@@ -150,7 +162,8 @@ impl GpuQuantizedMatrix {
                 bytemuck::cast_slice(&q.packed),
                 none,
             )?,
-            sb: storage_init(device, "scales+biases", bytemuck::cast_slice(&inter), none)?,
+            sb: storage_init(device, "scales+biases", &inter, none)?,
+            side,
             uniform: Default::default(),
         })
     }
@@ -218,7 +231,7 @@ impl GpuQuantizedMatrix {
         let mut out = Vec::with_capacity(coded.len());
         let mut launches = Vec::new();
         for m in coded {
-            let (sb, gs) = m.quant_params().ok_or_else(|| {
+            let (sb, gs, side) = m.quant_params().ok_or_else(|| {
                 GpuError::InvalidInput(
                     "decoding to a plain matrix needs the scales and biases at upload".into(),
                 )
@@ -245,6 +258,7 @@ impl GpuQuantizedMatrix {
                 group_size: gs,
                 packed,
                 sb: sb.clone(),
+                side,
                 uniform: Default::default(),
             });
         }
@@ -253,6 +267,11 @@ impl GpuQuantizedMatrix {
             super::decode::run_checked_launches(device, queue, &launches)?;
         }
         Ok(out)
+    }
+
+    /// How the scales and biases are stored on the GPU.
+    pub fn side_format(&self) -> super::SideFormat {
+        self.side
     }
 
     /// Rows.
@@ -495,7 +514,11 @@ impl GpuQuantizedMatrix {
                 device,
                 nibble_kernel,
                 "main",
-                &[("GS", self.group_size), ("KSPLIT", ks)],
+                &[
+                    ("GS", self.group_size),
+                    ("KSPLIT", ks),
+                    self.side.constant(),
+                ],
             )?,
             None => {
                 // one group per 16-byte step of a row, up to MAX_KSPLIT groups
@@ -509,6 +532,7 @@ impl GpuQuantizedMatrix {
                         ("GS", self.group_size),
                         ("KSPLIT", ksplit),
                         ("WGS", 32 * ksplit),
+                        self.side.constant(),
                     ],
                 )?
             }
@@ -593,7 +617,11 @@ impl GpuQuantizedMatrix {
         let total_wg = self.params.rows.div_ceil(8 * rows / ksplit);
         let (gx, gy) = grid(device, total_wg);
         let uniform = self.uniform(device, gx, total_wg, vec_per_row);
-        let mut constants = vec![("GS", self.group_size), ("KSPLIT", ksplit)];
+        let mut constants = vec![
+            ("GS", self.group_size),
+            ("KSPLIT", ksplit),
+            self.side.constant(),
+        ];
         constants.extend_from_slice(extra);
         let pipeline = registry.get(device, kernel, entry_point, &constants)?;
         Ok(self.bind(device, pipeline, &uniform, x, y, (gx, gy)))

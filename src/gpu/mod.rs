@@ -91,6 +91,7 @@ pub use decode::{
     FusedVariant, GpuCodedMatrix, QuantParamsRef, COMPACT_TABLE_FROM_WORKGROUPS,
 };
 pub use gemv::{GpuQuantizedMatrix, QGemvVariant};
+// (SideFormat is defined in this module)
 
 /// Errors of the GPU module.
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +197,109 @@ impl GpuError {
     }
 }
 
+/// How a matrix's MLX (scale, bias) pairs are stored on the GPU: the kernels that dequantize
+/// read them through `wgsl/lib/side.wgsl` (override `SIDE`). MLX stores scales and biases as
+/// f16 or bf16, so a 16-bit pair holds them exactly at half the memory and traffic of an f32
+/// pair; the numbers the kernels compute with are the same, so results are bit for bit equal.
+/// [`SideFormat::exact_for`] picks the narrowest exact format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum SideFormat {
+    /// Two f32 per group (8 bytes).
+    #[default]
+    F32,
+    /// Two f16 in one u32 per group (scale in the low half).
+    F16,
+    /// Two bf16 in one u32 per group (scale in the low half).
+    Bf16,
+}
+
+impl SideFormat {
+    /// The narrowest of f16, bf16 and f32 that represents every value of `scales` and
+    /// `biases` exactly (bit for bit, signed zeros included). f16 takes finite values without
+    /// f16 subnormals (the kernels' conversion is exact for zeros and normals: see
+    /// `wgsl/lib/side.wgsl`), bf16 finite values; anything else keeps f32.
+    pub fn exact_for(scales: &[f32], biases: &[f32]) -> Self {
+        [SideFormat::F16, SideFormat::Bf16]
+            .into_iter()
+            .find(|f| f.check_exact(scales, biases).is_ok())
+            .unwrap_or(SideFormat::F32)
+    }
+
+    /// Checks that every value is exact in this format as the kernels read it
+    /// ([`GpuError::InvalidInput`] names the first that is not): any value in f32; finite
+    /// values that round-trip through bf16; finite zeros and normal values that round-trip
+    /// through f16.
+    pub fn check_exact(self, scales: &[f32], biases: &[f32]) -> Result<(), GpuError> {
+        let ok = |v: f32| match self {
+            SideFormat::F32 => true,
+            SideFormat::F16 => {
+                let h = half::f16::from_f32(v);
+                h.to_f32().to_bits() == v.to_bits() && (v == 0.0 || h.is_normal())
+            }
+            SideFormat::Bf16 => {
+                v.is_finite() && half::bf16::from_f32(v).to_f32().to_bits() == v.to_bits()
+            }
+        };
+        for (what, vals) in [("scale", scales), ("bias", biases)] {
+            if let Some(i) = vals.iter().position(|&v| !ok(v)) {
+                return Err(GpuError::InvalidInput(format!(
+                    "{what} {i} = {:e} is not exact in {self:?} as the kernels read it",
+                    vals[i]
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes per group.
+    pub fn bytes_per_group(self) -> usize {
+        match self {
+            SideFormat::F32 => 8,
+            SideFormat::F16 | SideFormat::Bf16 => 4,
+        }
+    }
+
+    /// The kernels' override constant.
+    pub(crate) fn constant(self) -> (&'static str, u32) {
+        let v = match self {
+            SideFormat::F32 => 0,
+            SideFormat::F16 => 1,
+            SideFormat::Bf16 => 2,
+        };
+        ("SIDE", v)
+    }
+
+    /// The pairs of `scales` and `biases` in this format, as the kernels read them (padded to
+    /// whole 8-byte `vec2<u32>`). Values must be exact in the format: [`Self::exact_for`] or
+    /// a wider one ([`Self::check_exact`]).
+    pub(crate) fn pack(self, scales: &[f32], biases: &[f32]) -> Vec<u8> {
+        let pairs = scales.iter().zip(biases);
+        let mut out: Vec<u8> = match self {
+            SideFormat::F32 => pairs
+                .flat_map(|(s, b)| [s.to_le_bytes(), b.to_le_bytes()])
+                .flatten()
+                .collect(),
+            SideFormat::F16 => pairs
+                .flat_map(|(&s, &b)| {
+                    let (s, b) = (half::f16::from_f32(s), half::f16::from_f32(b));
+                    [s.to_bits().to_le_bytes(), b.to_bits().to_le_bytes()]
+                })
+                .flatten()
+                .collect(),
+            SideFormat::Bf16 => pairs
+                .flat_map(|(&s, &b)| {
+                    let (s, b) = (half::bf16::from_f32(s), half::bf16::from_f32(b));
+                    [s.to_bits().to_le_bytes(), b.to_bits().to_le_bytes()]
+                })
+                .flatten()
+                .collect(),
+        };
+        out.resize(out.len().next_multiple_of(8), 0);
+        out
+    }
+}
+
 /// The kernels, one WGSL file each in `wgsl/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -262,12 +366,18 @@ impl Kernel {
                 wgsl_with_libs!("../../wgsl/rans_decode.wgsl", "rans_table", "split_bits")
             }
             Kernel::RansGemv => {
-                wgsl_with_libs!("../../wgsl/rans_gemv.wgsl", "rans_table", "split_bits")
+                wgsl_with_libs!(
+                    "../../wgsl/rans_gemv.wgsl",
+                    "rans_table",
+                    "split_bits",
+                    "side"
+                )
             }
             Kernel::RansGemvSubgroup => wgsl_with_libs!(
                 "../../wgsl/rans_gemv_subgroup.wgsl",
                 "rans_table",
-                "rans_subgroup"
+                "rans_subgroup",
+                "side"
             ),
             Kernel::RansDecodeSubgroup => {
                 wgsl_with_libs!(
@@ -282,7 +392,8 @@ impl Kernel {
                 "rans_table_sg",
                 "rans_subgroup",
                 "rans_block",
-                "split_bits"
+                "split_bits",
+                "side"
             ),
             Kernel::RansDecodeBlocked => wgsl_with_libs!(
                 "../../wgsl/rans_decode_blocked.wgsl",
@@ -298,7 +409,8 @@ impl Kernel {
                 "rans_table_byte",
                 "rans_subgroup",
                 "rans_block",
-                "split_bits"
+                "split_bits",
+                "side"
             ),
             Kernel::RansDecodeBlockedCompact => wgsl_with_libs!(
                 "../../wgsl/rans_decode_blocked.wgsl",
@@ -308,11 +420,11 @@ impl Kernel {
                 "rans_block",
                 "split_bits"
             ),
-            Kernel::QGemv => include_str!("../../wgsl/qgemv.wgsl"),
-            Kernel::QGemv4 => include_str!("../../wgsl/qgemv4.wgsl"),
-            Kernel::QGemv4Dp4a => include_str!("../../wgsl/qgemv4_dp4a.wgsl"),
-            Kernel::QGemv4Stream => include_str!("../../wgsl/qgemv4_stream.wgsl"),
-            Kernel::QGemv4Pipe => include_str!("../../wgsl/qgemv4_pipe.wgsl"),
+            Kernel::QGemv => wgsl_with_libs!("../../wgsl/qgemv.wgsl", "side"),
+            Kernel::QGemv4 => wgsl_with_libs!("../../wgsl/qgemv4.wgsl", "side"),
+            Kernel::QGemv4Dp4a => wgsl_with_libs!("../../wgsl/qgemv4_dp4a.wgsl", "side"),
+            Kernel::QGemv4Stream => wgsl_with_libs!("../../wgsl/qgemv4_stream.wgsl", "side"),
+            Kernel::QGemv4Pipe => wgsl_with_libs!("../../wgsl/qgemv4_pipe.wgsl", "side"),
         }
     }
 
@@ -911,6 +1023,49 @@ pub(crate) fn grid(device: &wgpu::Device, total: u32) -> (u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    use super::SideFormat;
+
+    #[test]
+    fn side_format_is_the_narrowest_exact_one() {
+        let f16 = [0.0f32, -0.0, 0.5, -0.0029296875, 65504.0];
+        assert_eq!(SideFormat::exact_for(&f16, &f16), SideFormat::F16);
+        // an f16 subnormal (exact in f16, but the kernels take normals only) and values
+        // below f16's range go to bf16 when exact there
+        let sub = [0.0f32, half::f16::from_bits(3).to_f32()];
+        assert_eq!(SideFormat::exact_for(&sub, &[0.5, -2.0]), SideFormat::Bf16);
+        let tiny = [2.0f32.powi(-100)];
+        assert_eq!(SideFormat::exact_for(&tiny, &tiny), SideFormat::Bf16);
+        for odd in [f32::INFINITY, f32::NAN, 1.0 + f32::EPSILON] {
+            assert_eq!(SideFormat::exact_for(&[odd], &[0.5]), SideFormat::F32);
+        }
+        let err = SideFormat::F16.check_exact(&[0.5], &[1.0e-30]).unwrap_err();
+        assert!(err.to_string().contains("bias 0"), "{err}");
+    }
+
+    #[test]
+    fn side_pairs_are_packed_as_the_kernels_read_them() {
+        // f32: (scale, bias) per 8 bytes; 16-bit: scale in the low half, padded to 8 bytes
+        let (s, b) = ([1.5f32, -2.0, 0.25], [0.0f32, 4.0, -0.5]);
+        let p = SideFormat::F32.pack(&s, &b);
+        assert_eq!(p.len(), 24);
+        assert_eq!(
+            &p[8..16],
+            [(-2.0f32).to_le_bytes(), 4.0f32.to_le_bytes()].concat()
+        );
+        let p = SideFormat::F16.pack(&s, &b);
+        assert_eq!(p.len(), 16);
+        let w = u32::from_le_bytes([p[4], p[5], p[6], p[7]]);
+        assert_eq!(w & 0xFFFF, half::f16::from_f32(-2.0).to_bits() as u32);
+        assert_eq!(w >> 16, half::f16::from_f32(4.0).to_bits() as u32);
+        let p = SideFormat::Bf16.pack(&s, &b);
+        let w = u32::from_le_bytes([p[8], p[9], p[10], p[11]]);
+        // the kernel's bf16 read: scale = w << 16, bias = w & 0xFFFF0000
+        assert_eq!(
+            (f32::from_bits(w << 16), f32::from_bits(w & 0xFFFF_0000)),
+            (0.25, -0.5)
+        );
+    }
+
     use super::Kernel;
 
     /// Every kernel the registry builds.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, Linear, LinearError};
-use crate::gpu::{default_fused_variant, fused_gemv_pipeline, FusedLayout, GpuError};
+use crate::gpu::{default_fused_variant, fused_gemv_pipeline, FusedLayout, GpuError, SideFormat};
 use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
 
 /// Activation rows per dispatch of the batched kernel (4 per invocation, 128 invocations).
@@ -47,6 +47,10 @@ pub struct LinearOptions {
     /// batched kernel; `None` (default): [`GEMV_BATCH_MAX_M`] where 32-wide subgroups run the
     /// fused GEMV, else 0 (the workgroup GEMV is slower than the batched kernel there).
     pub gemv_batch_max_m: Option<usize>,
+    /// How to store the scales and biases on the GPU; `None` (default): the narrowest exact
+    /// format ([`SideFormat::exact_for`]: 16-bit for MLX's f16 and bf16 values, half the
+    /// memory of f32 pairs). A format in which a value is not exact is an error.
+    pub side: Option<SideFormat>,
 }
 
 /// A borrowed coded matrix with its quantization parameters: the coded tensors as
@@ -466,6 +470,7 @@ pub struct EntropyCodedLinear {
     coded_bytes: u64,
     max_buffer: (u64, &'static str),
     gemv_batch_max_m: usize,
+    side: SideFormat,
 }
 
 impl EntropyCodedLinear {
@@ -480,6 +485,14 @@ impl EntropyCodedLinear {
         opts: &LinearOptions,
     ) -> Result<Self, LinearError> {
         let offsets = m.check(name)?;
+        let side = opts
+            .side
+            .unwrap_or_else(|| SideFormat::exact_for(m.scales, m.biases));
+        side.check_exact(m.scales, m.biases)
+            .map_err(|source| LinearError::Gpu {
+                layer: name.into(),
+                source,
+            })?;
         let max_buffer = match opts.max_buffer_bytes {
             Some(b) => (
                 b.min(dev.max_buffer_bytes()),
@@ -522,7 +535,8 @@ impl EntropyCodedLinear {
                 + band_rows * low_row_bytes as u64;
             let words = words.div_ceil(16) * 16;
             let states = (c1 - c0) as u64 * 128;
-            let sb = band_rows * rpc as u64 * gpr as u64 * 8;
+            let sb = (band_rows * rpc as u64 * gpr as u64 * side.bytes_per_group() as u64)
+                .next_multiple_of(8);
             let freqs = (t1 - t0) as u64 * a as u64 * 2;
             [
                 (words, "ecq_words"),
@@ -597,17 +611,16 @@ impl EntropyCodedLinear {
                 dev.queue().write_buffer(&words, low_at as u64, lbytes);
             }
             let (mrow0, mrow1) = (row0 * rpc, row1 * rpc);
-            let sbv: Vec<f32> = m.scales[mrow0 * gpr..mrow1 * gpr]
-                .iter()
-                .zip(&m.biases[mrow0 * gpr..mrow1 * gpr])
-                .flat_map(|(&s, &b)| [s, b])
-                .collect();
+            let sbv = side.pack(
+                &m.scales[mrow0 * gpr..mrow1 * gpr],
+                &m.biases[mrow0 * gpr..mrow1 * gpr],
+            );
             let sb = dev.buffer(
                 "scales+biases",
-                (sbv.len() * 4) as u64,
+                sbv.len() as u64,
                 wgpu::BufferUsages::empty(),
             );
-            dev.write(&sb, bytemuck::cast_slice(&sbv));
+            dev.write(&sb, &sbv);
             let errors = dev.buffer(
                 "ecq chunk errors",
                 ((c1 - c0) * 4) as u64,
@@ -709,6 +722,7 @@ impl EntropyCodedLinear {
                 + m.words.len()
                 + m.low.len()) as u64,
             max_buffer,
+            side,
             gemv_batch_max_m: opts.gemv_batch_max_m.unwrap_or(
                 if dev.gpu().registry().subgroups32() {
                     GEMV_BATCH_MAX_M
@@ -733,6 +747,11 @@ impl EntropyCodedLinear {
     /// Number of row bands the matrix was split into (1 unless it exceeds the buffer limits).
     pub fn n_bands(&self) -> usize {
         self.bands.len()
+    }
+
+    /// How the layer's scales and biases are stored on the GPU.
+    pub fn side_format(&self) -> SideFormat {
+        self.side
     }
 
     /// The layer's additive bias.
@@ -787,6 +806,7 @@ impl EntropyCodedLinear {
             workgroups: g.total_wg,
             low_bits: g.low_bits,
             row_pairs: g.row_pairs != 0,
+            side: self.side,
         };
         let variant = default_fused_variant(registry, &layout);
         let pipeline = fused_gemv_pipeline(device, registry, variant, &layout)?;
@@ -863,6 +883,7 @@ impl EntropyCodedLinear {
             .dev
             .pipeline(LinearKernel::RansGemm {
                 row_pairs: self.row_pairs,
+                side: self.side,
             })
             .map_err(|e| self.gpu_err(e))?;
         let layout = pipeline.get_bind_group_layout(0);

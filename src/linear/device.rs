@@ -13,33 +13,50 @@ pub(crate) enum LinearKernel {
     RansGemm {
         /// Row-pair order.
         row_pairs: bool,
+        /// How the scales and biases are stored (override `SIDE`).
+        side: crate::gpu::SideFormat,
     },
     /// `wgsl/qgemm.wgsl`: plain batched quantized matmul (the baseline).
-    QGemm,
+    QGemm {
+        /// How the scales and biases are stored (override `SIDE`).
+        side: crate::gpu::SideFormat,
+    },
 }
 
 impl LinearKernel {
     fn source(self) -> &'static str {
         match self {
-            LinearKernel::RansGemm { .. } => {
-                crate::gpu::wgsl_with_libs!("../../wgsl/rans_gemm.wgsl", "rans_table", "split_bits")
+            LinearKernel::RansGemm { .. } => crate::gpu::wgsl_with_libs!(
+                "../../wgsl/rans_gemm.wgsl",
+                "rans_table",
+                "split_bits",
+                "side"
+            ),
+            LinearKernel::QGemm { .. } => {
+                crate::gpu::wgsl_with_libs!("../../wgsl/qgemm.wgsl", "side")
             }
-            LinearKernel::QGemm => include_str!("../../wgsl/qgemm.wgsl"),
         }
     }
 
     /// The pipeline's override constants.
     fn constants(self) -> Vec<(&'static str, f64)> {
-        match self {
-            LinearKernel::RansGemm { row_pairs: true } => vec![("PAIR", 1.0)],
-            _ => Vec::new(),
+        let (name, side) = match self {
+            LinearKernel::RansGemm { side, .. } | LinearKernel::QGemm { side } => side.constant(),
+        };
+        let mut c = vec![(name, f64::from(side))];
+        if let LinearKernel::RansGemm {
+            row_pairs: true, ..
+        } = self
+        {
+            c.push(("PAIR", 1.0));
         }
+        c
     }
 
     fn file_name(self) -> &'static str {
         match self {
             LinearKernel::RansGemm { .. } => "rans_gemm.wgsl",
-            LinearKernel::QGemm => "qgemm.wgsl",
+            LinearKernel::QGemm { .. } => "qgemm.wgsl",
         }
     }
 }

@@ -39,11 +39,13 @@ pub struct QuantizedLinear {
     params: Params,
     packed: wgpu::Buffer,
     sb: wgpu::Buffer,
+    side: crate::gpu::SideFormat,
     bias: Option<Vec<f32>>,
 }
 
 impl QuantizedLinear {
-    /// Uploads `q` (packed words and interleaved `f32` scale/bias pairs).
+    /// Uploads `q` (packed words and interleaved scale/bias pairs in the narrowest exact
+    /// format, [`crate::gpu::SideFormat::exact_for`]).
     pub fn upload(
         dev: &Arc<LinearDevice>,
         name: &str,
@@ -101,18 +103,14 @@ impl QuantizedLinear {
         };
         let packed = dev.buffer("packed weights", bytes, wgpu::BufferUsages::empty());
         dev.write(&packed, bytemuck::cast_slice(&q.packed));
-        let sbv: Vec<f32> = q
-            .scales
-            .iter()
-            .zip(&q.biases)
-            .flat_map(|(&s, &b)| [s, b])
-            .collect();
+        let side = crate::gpu::SideFormat::exact_for(&q.scales, &q.biases);
+        let sbv = side.pack(&q.scales, &q.biases);
         let sb = dev.buffer(
             "scales+biases",
-            (sbv.len() * 4) as u64,
+            sbv.len() as u64,
             wgpu::BufferUsages::empty(),
         );
-        dev.write(&sb, bytemuck::cast_slice(&sbv));
+        dev.write(&sb, &sbv);
         dev.queue().submit(std::iter::empty());
         Ok(QuantizedLinear {
             dev: dev.clone(),
@@ -120,6 +118,7 @@ impl QuantizedLinear {
             params,
             packed,
             sb,
+            side,
             bias: bias.map(<[f32]>::to_vec),
         })
     }
@@ -142,7 +141,10 @@ impl QuantizedLinear {
                 reason: format!("{m} activation rows per dispatch (1..={MAX_M_PER_DISPATCH})"),
             });
         }
-        let pipeline = self.dev.pipeline(LinearKernel::QGemm).map_err(gpu)?;
+        let pipeline = self
+            .dev
+            .pipeline(LinearKernel::QGemm { side: self.side })
+            .map_err(gpu)?;
         let (m_block, blocks) = m_split(m, self.params.total_wg);
         let total_grid = self.params.total_wg * blocks;
         let p = Params {
