@@ -950,8 +950,12 @@ fn bits(y: Vec<f32>) -> Vec<u32> {
 /// matrices) gives bit for bit the result of f32 pairs, since the values are the same.
 #[test]
 fn sixteen_bit_side_is_bit_identical_to_f32() {
-    use ecq::gpu::{GpuQuantizedMatrix, SideFormat};
+    use ecq::gpu::{GpuQuantizedMatrix, PipelineRegistry, SideFormat};
     let Some(ctx) = ctx() else { return };
+    // the device's f16 conversion (`unpack2x16float` where it validates) and the integer one
+    let bits_registry =
+        PipelineRegistry::for_device(ctx.device(), ctx.adapter_info()).without_f16_unpack();
+    let registries = [ctx.registry(), &bits_registry];
     // (bf16 values of this size are exact in f16 too: the bf16 case takes weights whose
     // scales lie below f16's normal range)
     for (dtype, magnitude, want) in [
@@ -993,11 +997,18 @@ fn sixteen_bit_side_is_bit_identical_to_f32() {
                 variants.push(QGemvVariant::Staged { rows: 2, ksplit: 0 });
             }
             for v in variants {
-                let run = |m: &GpuQuantizedMatrix| {
-                    m.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)
-                        .unwrap()
+                let run = |m: &GpuQuantizedMatrix, reg: &PipelineRegistry| {
+                    m.gemv_with(ctx.device(), ctx.queue(), reg, &x, v).unwrap()
                 };
-                assert_eq!(bits(run(&narrow)), bits(run(&wide)), "{label} {v:?}");
+                let want = bits(run(&wide, ctx.registry()));
+                for reg in registries {
+                    let unpack = reg.f16_unpack();
+                    assert_eq!(
+                        bits(run(&narrow, reg)),
+                        want,
+                        "{label} {v:?} unpack {unpack}"
+                    );
+                }
             }
             // fused: whole symbols, and for 4 bits split in row-pair order
             let opts = EncodeOptions {
@@ -1046,16 +1057,19 @@ fn sixteen_bit_side_is_bit_identical_to_f32() {
                     (want, SideFormat::F32)
                 );
                 for v in fused_variants(ctx, narrow) {
-                    let run = |m: &ecq::gpu::GpuCodedMatrix| {
-                        m.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)
+                    let run = |m: &ecq::gpu::GpuCodedMatrix, reg: &PipelineRegistry| {
+                        m.gemv_with(ctx.device(), ctx.queue(), reg, &x, v)
                     };
-                    match (run(narrow), run(wide)) {
-                        (Ok(a), Ok(b)) => {
-                            assert_eq!(bits(a), bits(b), "{label} {what} {v:?}")
+                    for reg in registries {
+                        let unpack = reg.f16_unpack();
+                        match (run(narrow, reg), run(wide, ctx.registry())) {
+                            (Ok(a), Ok(b)) => {
+                                assert_eq!(bits(a), bits(b), "{label} {what} {v:?} unpack {unpack}")
+                            }
+                            // (a variant refusing the layout refuses it in both formats)
+                            (Err(_), Err(_)) => {}
+                            (a, b) => panic!("{label} {what} {v:?}: {a:?} vs {b:?}"),
                         }
-                        // (a variant refusing the layout refuses it in both formats)
-                        (Err(_), Err(_)) => {}
-                        (a, b) => panic!("{label} {what} {v:?}: {a:?} vs {b:?}"),
                     }
                 }
             }

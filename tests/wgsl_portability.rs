@@ -2,7 +2,7 @@
 //! backend) and translate to MSL (Metal, the primary target), SPIR-V (Vulkan) and HLSL (D3D12).
 //! No GPU needed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn wgsl_files() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("wgsl");
@@ -17,8 +17,15 @@ fn wgsl_files() -> Vec<PathBuf> {
 }
 
 /// The kernel's source as the library loads it: each `// import: NAME` line appends
-/// `wgsl/lib/NAME.wgsl` (what `wgsl_with_libs!` does in src/gpu).
+/// `wgsl/lib/NAME.wgsl` (what `wgsl_with_libs!` does in src/gpu), and a kernel reading
+/// (scale, bias) pairs through `lib/side.wgsl` gets the integer `f16_pair`
+/// (`lib/side_f16_bits.wgsl`, what devices without `unpack2x16float` get).
 fn source(path: &PathBuf) -> String {
+    source_with_f16(path, "side_f16_bits")
+}
+
+/// [`source`] with the `f16_pair` library `f16_lib` for kernels that read `lib/side.wgsl`.
+fn source_with_f16(path: &PathBuf, f16_lib: &str) -> String {
     let mut src = std::fs::read_to_string(path).unwrap();
     let imports: Vec<String> = src
         .lines()
@@ -33,6 +40,11 @@ fn source(path: &PathBuf) -> String {
                 .unwrap_or_else(|e| panic!("{}: import {}: {e}", path.display(), lib.display())),
         );
     }
+    if src.contains("fn side(i: u32)") {
+        let lib = path.with_file_name("lib").join(format!("{f16_lib}.wgsl"));
+        src.push('\n');
+        src.push_str(&std::fs::read_to_string(&lib).unwrap());
+    }
     src
 }
 
@@ -45,17 +57,33 @@ fn validate_with(
     path: &PathBuf,
     constants: &[(&str, f64)],
 ) -> (naga::Module, naga::valid::ModuleInfo) {
-    let src = source(path);
+    validate_src(
+        path,
+        source(path),
+        constants,
+        naga::valid::Capabilities::default(),
+    )
+}
+
+/// Validates `src` (the kernel at `path` as composed) with `extra` capabilities beyond those
+/// its markers ask for, then resolves the overrides.
+fn validate_src(
+    path: &Path,
+    src: String,
+    constants: &[(&str, f64)],
+    extra: naga::valid::Capabilities,
+) -> (naga::Module, naga::valid::ModuleInfo) {
     let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| {
         panic!("{}: {}", path.display(), e.emit_to_string(&src));
     });
     // Kernels marked `// requires: SUBGROUP` need the SUBGROUP capability (wgpu's
     // Features::SUBGROUP); every other kernel must validate with the default capabilities.
-    let caps = if src.contains("// requires: SUBGROUP") {
-        naga::valid::Capabilities::SUBGROUP
-    } else {
-        naga::valid::Capabilities::default()
-    };
+    let caps = extra
+        | if src.contains("// requires: SUBGROUP") {
+            naga::valid::Capabilities::SUBGROUP
+        } else {
+            naga::valid::Capabilities::default()
+        };
     let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
         .validate(&module)
         .unwrap_or_else(|e| {
@@ -117,6 +145,16 @@ fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
         let f = dir.join(file);
         let (m, i) = validate_with(&f, constants);
         builds.push((f, m, i));
+    }
+    // the kernels reading f16 (scale, bias) pairs, with `unpack2x16float` (the devices that
+    // validate it) and the f16 format selected
+    for f in wgsl_files() {
+        let src = source_with_f16(&f, "side_f16_unpack");
+        if src.contains("fn side(i: u32)") {
+            let caps = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+            let (m, i) = validate_src(&f, src, &[("SIDE", 1.0)], caps);
+            builds.push((f, m, i));
+        }
     }
     builds
 }

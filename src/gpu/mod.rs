@@ -91,7 +91,6 @@ pub use decode::{
     FusedVariant, GpuCodedMatrix, QuantParamsRef, COMPACT_TABLE_FROM_WORKGROUPS,
 };
 pub use gemv::{GpuQuantizedMatrix, QGemvVariant};
-// (SideFormat is defined in this module)
 
 /// Errors of the GPU module.
 #[derive(Debug, thiserror::Error)]
@@ -509,6 +508,36 @@ pub struct PipelineRegistry {
     modules: Mutex<HashMap<Kernel, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     subgroup32: bool,
+    f16_unpack: bool,
+}
+
+/// `src` with the `f16_pair` library appended where it reads (scale, bias) pairs through
+/// `wgsl/lib/side.wgsl`: `unpack2x16float` where the device validates it (`unpack`), integer
+/// operations elsewhere.
+pub(crate) fn with_f16_pair(src: &'static str, unpack: bool) -> std::borrow::Cow<'static, str> {
+    if !src.contains("fn side(i: u32)") {
+        return src.into();
+    }
+    let lib = if unpack {
+        include_str!("../../wgsl/lib/side_f16_unpack.wgsl")
+    } else {
+        include_str!("../../wgsl/lib/side_f16_bits.wgsl")
+    };
+    format!("{src}\n{lib}").into()
+}
+
+/// Whether `device` accepts `unpack2x16float` (naga's SHADER_FLOAT16_IN_FLOAT32, which wgpu
+/// grants by the adapter's `DownlevelFlags::SHADER_F16_IN_F32`): a one-line shader compiled
+/// in an error scope.
+fn probe_f16_unpack(device: &wgpu::Device) -> bool {
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let _module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("ecq f16 probe"),
+        source: wgpu::ShaderSource::Wgsl(
+            "@compute @workgroup_size(1) fn main() { _ = unpack2x16float(0x3C003C00u); }".into(),
+        ),
+    });
+    pollster::block_on(scope.pop()).is_none()
 }
 
 impl PipelineRegistry {
@@ -525,6 +554,23 @@ impl PipelineRegistry {
             subgroup32: device.features().contains(wgpu::Features::SUBGROUP)
                 && info.subgroup_min_size == 32
                 && info.subgroup_max_size == 32,
+            f16_unpack: probe_f16_unpack(device),
+            ..Self::default()
+        }
+    }
+
+    /// Whether the kernels convert f16 (scale, bias) pairs with `unpack2x16float` on this
+    /// registry's device (else with integer operations; see `wgsl/lib/side.wgsl`).
+    pub fn f16_unpack(&self) -> bool {
+        self.f16_unpack
+    }
+
+    /// This registry with the integer f16 conversion even where `unpack2x16float` validates
+    /// (tests compare the two; a driver whose conversion misbehaves can be avoided). Drops the
+    /// compiled kernels.
+    pub fn without_f16_unpack(self) -> Self {
+        PipelineRegistry {
+            subgroup32: self.subgroup32,
             ..Self::default()
         }
     }
@@ -569,7 +615,10 @@ impl PipelineRegistry {
                 .or_insert_with(|| {
                     let desc = wgpu::ShaderModuleDescriptor {
                         label: Some(kernel.file_name()),
-                        source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+                        source: wgpu::ShaderSource::Wgsl(with_f16_pair(
+                            kernel.source(),
+                            self.f16_unpack,
+                        )),
                     };
                     if kernel.loops_bounded_by_construction() {
                         // SAFETY: see `loops_bounded_by_construction`: every loop of these
@@ -772,7 +821,7 @@ impl GpuContext {
     /// One line naming adapter, backend, driver, device type and subgroup sizes.
     pub fn describe(&self) -> String {
         format!(
-            "{} ({:?}, {:?}, driver {} {}, subgroups {}..{}{})",
+            "{} ({:?}, {:?}, driver {} {}, subgroups {}..{}{}{})",
             self.info.name,
             self.info.backend,
             self.info.device_type,
@@ -782,6 +831,11 @@ impl GpuContext {
             self.info.subgroup_max_size,
             if self.registry.subgroups32() {
                 ", subgroup kernels on"
+            } else {
+                ""
+            },
+            if self.registry.f16_unpack() {
+                ", unpack2x16float"
             } else {
                 ""
             }
@@ -1151,15 +1205,19 @@ mod tests {
                 "{compact:?}"
             );
         }
-        for (name, src) in sources.into_iter().chain(extra) {
-            let module = naga::front::wgsl::parse_str(src)
-                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
-            naga::valid::Validator::new(
-                naga::valid::ValidationFlags::all(),
-                naga::valid::Capabilities::all(),
-            )
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        // (as the registry builds them: with either f16_pair library where they read side)
+        for unpack in [false, true] {
+            for (name, src) in sources.iter().chain(&extra) {
+                let src = &*super::with_f16_pair(src, unpack);
+                let module = naga::front::wgsl::parse_str(src)
+                    .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
+                naga::valid::Validator::new(
+                    naga::valid::ValidationFlags::all(),
+                    naga::valid::Capabilities::all(),
+                )
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            }
         }
     }
 }

@@ -113,7 +113,10 @@ impl LinearDevice {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(k.file_name()),
-            source: wgpu::ShaderSource::Wgsl(k.source().into()),
+            source: wgpu::ShaderSource::Wgsl(crate::gpu::with_f16_pair(
+                k.source(),
+                self.gpu().registry().f16_unpack(),
+            )),
         });
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(k.file_name()),

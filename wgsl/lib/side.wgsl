@@ -8,15 +8,9 @@
 // bit those of f32 pairs. In range wherever `i` is (the host sizes the buffer to whole vec2).
 override SIDE: u32 = 0u;
 
-// f16 without `unpack2x16float` (it needs SHADER_FLOAT16_IN_FLOAT32, which some Vulkan
-// drivers lack): exponent and mantissa moved into f32 place and scaled by 2^112, exact for
-// zeros and normal f16 values, the only ones the host sends in this format (finite, no f16
-// subnormals: a subnormal's f32 image would be a denormal, which GPUs may flush).
-fn f16_pair(w: u32) -> vec2<f32> {
-    let mag = vec2<u32>(w << 13u, w >> 3u) & vec2<u32>(0x0FFFE000u);
-    let sign = vec2<u32>(w << 16u, w) & vec2<u32>(0x80000000u);
-    return bitcast<vec2<f32>>(mag | sign) * 5.192296858534828e33;
-}
+// `f16_pair(w)` (the two f16 halves of w as f32) comes from one of two libraries the host
+// appends: lib/side_f16_unpack.wgsl (`unpack2x16float`, where the device validates it) or
+// lib/side_f16_bits.wgsl (integer operations only).
 
 fn side(i: u32) -> vec2<f32> {
     if (SIDE == 0u) {
