@@ -516,15 +516,7 @@ fn altered_coded_file_is_refused_at_load() {
         &quiet,
     )
     .unwrap();
-    let mut bytes = std::fs::read(&coded).unwrap();
-    let at = {
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let words = st.tensor("lin.weight.ecq_words").unwrap().data();
-        assert!(words.len() > 8, "the fixture must have coded words");
-        words.as_ptr() as usize - bytes.as_ptr() as usize + words.len() / 2
-    };
-    bytes[at] ^= 0x10;
-    std::fs::write(&coded, &bytes).unwrap();
+    flip_bits_in_tensor(&coded, "lin.weight.ecq_words", 2, 0x10);
     let err = EntropyCodedModel::open(d, &coded).unwrap_err();
     assert!(
         matches!(
@@ -714,14 +706,7 @@ fn split_coded_model_in_tempdir() {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
         .unwrap();
-    let mut bytes = std::fs::read(&shard).unwrap();
-    let at = {
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let low = st.tensor("blk.0.pairs.weight.ecq_low").unwrap().data();
-        low.as_ptr() as usize - bytes.as_ptr() as usize + low.len() / 3
-    };
-    bytes[at] ^= 0x02;
-    std::fs::write(&shard, &bytes).unwrap();
+    flip_bits_in_tensor(&shard, "blk.0.pairs.weight.ecq_low", 3, 0x02);
     let err = EntropyCodedModel::open(d, &coded).unwrap_err();
     assert!(
         matches!(
@@ -895,4 +880,21 @@ fn sixteen_bit_side_is_bit_identical_to_f32() {
 
 fn bits(y: Vec<f32>) -> Vec<u32> {
     y.into_iter().map(f32::to_bits).collect()
+}
+
+/// XORs `mask` into the byte at 1 / `at` of tensor `name`'s data in the safetensors file
+/// `path` (the tensor must have more than 8 bytes).
+fn flip_bits_in_tensor(path: &std::path::Path, name: &str, at: usize, mask: u8) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let i = {
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let data = st.tensor(name).unwrap().data();
+        assert!(
+            data.len() > 8,
+            "{name}: the fixture must have data to alter"
+        );
+        data.as_ptr() as usize - bytes.as_ptr() as usize + data.len() / at
+    };
+    bytes[i] ^= mask;
+    std::fs::write(path, &bytes).unwrap();
 }

@@ -274,25 +274,22 @@ impl SideFormat {
     /// a wider one ([`Self::check_exact`]).
     pub(crate) fn pack(self, scales: &[f32], biases: &[f32]) -> Vec<u8> {
         let pairs = scales.iter().zip(biases);
+        // (scale, bias) as 16-bit patterns, the scale first (the low half of the u32)
+        let halves = |bits: fn(f32) -> u16| -> Vec<u8> {
+            pairs
+                .clone()
+                .flat_map(|(&s, &b)| [bits(s).to_le_bytes(), bits(b).to_le_bytes()])
+                .flatten()
+                .collect()
+        };
         let mut out: Vec<u8> = match self {
             SideFormat::F32 => pairs
+                .clone()
                 .flat_map(|(s, b)| [s.to_le_bytes(), b.to_le_bytes()])
                 .flatten()
                 .collect(),
-            SideFormat::F16 => pairs
-                .flat_map(|(&s, &b)| {
-                    let (s, b) = (half::f16::from_f32(s), half::f16::from_f32(b));
-                    [s.to_bits().to_le_bytes(), b.to_bits().to_le_bytes()]
-                })
-                .flatten()
-                .collect(),
-            SideFormat::Bf16 => pairs
-                .flat_map(|(&s, &b)| {
-                    let (s, b) = (half::bf16::from_f32(s), half::bf16::from_f32(b));
-                    [s.to_bits().to_le_bytes(), b.to_bits().to_le_bytes()]
-                })
-                .flatten()
-                .collect(),
+            SideFormat::F16 => halves(|v| half::f16::from_f32(v).to_bits()),
+            SideFormat::Bf16 => halves(|v| half::bf16::from_f32(v).to_bits()),
         };
         out.resize(out.len().next_multiple_of(8), 0);
         out
