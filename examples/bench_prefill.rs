@@ -1,4 +1,5 @@
-//! Prefill table (issue 6): the batched fused rANS kernel (`wgsl/rans_gemm.wgsl`, each chunk
+//! Prefill table (issue 6): the batched fused rANS kernel (`wgsl/rans_gemm_blocked.wgsl` where
+//! 32-wide subgroups run it, else `wgsl/rans_gemm.wgsl`, timed too as "portable"; each chunk
 //! decoded once per dispatch and reused for up to 512 activation rows) against the plain MLX
 //! 4-bit batched kernel (`wgsl/qgemm.wgsl`, same multiply, weights read from packed words), and
 //! against M calls of the one-vector kernels (plain `qgemv` and the fused rANS GEMV), at
@@ -200,9 +201,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!();
     println!(
-        "| adapter | shape RxK | coding | M | plain qgemv x M µs [{clock}] | fused rANS GEMV x M µs [{clock}] | plain qgemm µs [{clock}] | rans_gemm µs [{clock}] | wall-clock µs (qgemm / rans_gemm) | rans_gemm / qgemm | rans_gemm / (fused GEMV x M) | rans_gemm tokens/s | max abs diff rans_gemm vs qgemm / max abs y |"
+        "| adapter | shape RxK | coding | M | plain qgemv x M µs [{clock}] | fused rANS GEMV x M µs [{clock}] | plain qgemm µs [{clock}] | rans_gemm µs [{clock}] (blocked where subgroups are 32 wide) | portable rans_gemm µs [{clock}] | wall-clock µs (qgemm / rans_gemm) | rans_gemm / qgemm | rans_gemm / (fused GEMV x M) | rans_gemm tokens/s | max abs diff rans_gemm vs qgemm / max abs y |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &(r, k) in &a.shapes {
         let mut rng = ChaCha8Rng::seed_from_u64((r * 31 + k) as u64);
         let w: Vec<f32> = (0..r * k).map(|_| gaussian(&mut rng) * 0.02).collect();
@@ -249,16 +250,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             eprintln!(
             "{r}x{k} {coding}: {copies} copies, {coded_bits:.3} coded bits/weight, coded chunk_rows {chunk_rows}"
         );
-            let coded: Vec<EntropyCodedLinear> = (0..copies)
-                .map(|_| {
-                    EntropyCodedLinear::upload(
-                        &dev,
-                        "bench",
-                        layer_ref(),
-                        &LinearOptions::default(),
-                    )
-                })
-                .collect::<Result<_, _>>()?;
+            let upload = |portable_gemm| -> Result<Vec<EntropyCodedLinear>, _> {
+                let opts = LinearOptions {
+                    portable_gemm,
+                    ..Default::default()
+                };
+                (0..copies)
+                    .map(|_| EntropyCodedLinear::upload(&dev, "bench", layer_ref(), &opts))
+                    .collect()
+            };
+            let coded = upload(false)?;
+            // the portable batched kernel too, where the default is the blocked one
+            let portable = if coded[0].blocked_gemm() {
+                Some(upload(true)?)
+            } else {
+                None
+            };
             let plain: Vec<QuantizedLinear> = (0..copies)
                 .map(|_| QuantizedLinear::upload(&dev, "bench", &q, None))
                 .collect::<Result<_, _>>()?;
@@ -287,6 +294,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .iter()
                     .map(|c| c.batch_dispatches(&xb, &yb, m))
                     .collect::<Result<_, _>>()?;
+                let batched_portable: Option<Vec<Vec<LinearDispatch>>> = portable
+                    .as_ref()
+                    .map(|p| p.iter().map(|c| c.batch_dispatches(&xb, &yb, m)).collect())
+                    .transpose()?;
                 let batched_plain: Vec<LinearDispatch> = plain
                     .iter()
                     .map(|p| p.batch_dispatch(&xb, &yq, m))
@@ -305,6 +316,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         }
                     },
                 );
+                let t_portable = batched_portable.as_ref().map(|bp| {
+                    time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
+                        for d in &bp[i % copies] {
+                            d.record(pass)
+                        }
+                    })
+                    .t
+                });
                 let qgemm = time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
                     batched_plain[i % copies].record(pass)
                 });
@@ -348,11 +367,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let ratio =
                     |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{:.2}x", t_gemm / t));
                 println!(
-                "| {adapter} | {r}x{k} | {coding} | {m} | {} | {} | {:.1} | {:.1} | {:.1} / {:.1} | {:.2}x | {} | {:.0} | {:.1e} |",
+                "| {adapter} | {r}x{k} | {coding} | {m} | {} | {} | {:.1} | {:.1} | {} | {:.1} / {:.1} | {:.2}x | {} | {:.0} | {:.1e} |",
                 us(t_qv),
                 us(t_fv),
                 t_qgemm * 1e6,
                 t_gemm * 1e6,
+                us(t_portable),
                 qgemm.wall * 1e6,
                 gemm.wall * 1e6,
                 t_gemm / t_qgemm,

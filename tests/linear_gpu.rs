@@ -321,10 +321,22 @@ fn corrupt_stream_is_reported() {
     states[40] = 5; // below 2^16: chunk 1
     let mut m = CodedLayerRef::from_encoded(&c.enc, 64, &c.q.scales, &c.q.biases, None);
     m.states = bytemuck::cast_slice(&states);
-    let gpu = EntropyCodedLinear::upload(d, "corrupt", m, &LinearOptions::default()).unwrap();
-    for res in [gpu.forward(&[1.0; 256]), gpu.forward_batch(&[1.0; 512], 2)] {
-        let msg = res.unwrap_err().to_string();
-        assert!(msg.contains("corrupt") && msg.contains("chunk 1"), "{msg}");
+    for portable_gemm in [false, true] {
+        let opts = LinearOptions {
+            portable_gemm,
+            ..Default::default()
+        };
+        let gpu = EntropyCodedLinear::upload(d, "corrupt", m, &opts).unwrap();
+        // (2 rows: per-row GEMVs where subgroups are 32 wide; 9 rows: the batched kernel,
+        // blocked there unless portable_gemm)
+        for res in [
+            gpu.forward(&[1.0; 256]),
+            gpu.forward_batch(&[1.0; 512], 2),
+            gpu.forward_batch(&[1.0; 9 * 256], 9),
+        ] {
+            let msg = res.unwrap_err().to_string();
+            assert!(msg.contains("corrupt") && msg.contains("chunk 1"), "{msg}");
+        }
     }
 }
 
@@ -736,7 +748,7 @@ fn forward_batch_by_gemv_rows_matches_cpu_reference() {
         let opts = LinearOptions {
             max_buffer_bytes: limit,
             gemv_batch_max_m: Some(gemv_rows),
-            side: None,
+            ..Default::default()
         };
         let whole = upload(d, &c, &opts).unwrap();
         let split = EntropyCodedLinear::upload(
@@ -897,4 +909,85 @@ fn flip_bits_in_tensor(path: &std::path::Path, name: &str, at: usize, mask: u8) 
     };
     bytes[i] ^= mask;
     std::fs::write(path, &bytes).unwrap();
+}
+
+/// Where 32-wide subgroups run it, `forward_batch` uses the blocked subgroup decoder
+/// (`rans_gemm_blocked.wgsl`): the same dequantized weights and the same multiply as the
+/// portable `rans_gemm.wgsl`, so bit for bit the same outputs, for whole symbols of 1, 2 and 4
+/// weights and for split matrices in both orders, in one band and in several.
+#[test]
+fn blocked_batched_kernel_is_bit_identical_to_portable() {
+    let Some(d) = dev() else { return };
+    let mut layers: Vec<(String, Case, Option<SplitMatrix>)> = Vec::new();
+    for (i, &(r, k, b, gs)) in [
+        (40usize, 512usize, 4u32, 64u32),
+        (36, 1024, 2, 32),
+        (24, 256, 8, 64),
+    ]
+    .iter()
+    .enumerate()
+    {
+        layers.push((
+            format!("{r}x{k} b{b}"),
+            case(1200 + i as u64, r, k, b, gs, 2048, 2),
+            None,
+        ));
+    }
+    for (i, order) in [SplitOrder::Rows, SplitOrder::RowPairs]
+        .into_iter()
+        .enumerate()
+    {
+        let (c, s) = split_case(1210 + i as u64, 38, 1024, 64, 1, 2, order);
+        layers.push((format!("split 38x1024 {order:?}"), c, Some(s)));
+    }
+    let mut ran = false;
+    for (label, c, split) in &layers {
+        let layer = match split {
+            None => CodedLayerRef::from_encoded(
+                &c.enc,
+                c.q.group_size as usize,
+                &c.q.scales,
+                &c.q.biases,
+                None,
+            ),
+            Some(s) => CodedLayerRef::from_split(
+                s,
+                c.q.group_size as usize,
+                &c.q.scales,
+                &c.q.biases,
+                None,
+            ),
+        };
+        for limit in [None, Some(4096)] {
+            let up = |portable_gemm| {
+                let opts = LinearOptions {
+                    max_buffer_bytes: limit,
+                    portable_gemm,
+                    ..Default::default()
+                };
+                EntropyCodedLinear::upload(d, label, layer, &opts).unwrap()
+            };
+            let (blocked, portable) = (up(false), up(true));
+            assert!(!portable.blocked_gemm());
+            if !blocked.blocked_gemm() {
+                continue;
+            }
+            ran = true;
+            let k = blocked.in_features();
+            for m in [9usize, 130] {
+                let x = activations(1300 + m as u64, m * k);
+                assert_eq!(
+                    bits(blocked.forward_batch(&x, m).unwrap()),
+                    bits(portable.forward_batch(&x, m).unwrap()),
+                    "{label} bands {} m{m}",
+                    blocked.n_bands()
+                );
+            }
+        }
+    }
+    if !ran {
+        gpu_common::announce_unsupported(
+            "blocked batched kernel (rans_gemm_blocked.wgsl): needs 32-wide subgroups; the portable one was checked",
+        );
+    }
 }

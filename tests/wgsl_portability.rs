@@ -141,6 +141,10 @@ fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
         ),
         // (split matrices in row-pair order: two accumulators per row)
         ("rans_gemm.wgsl", &[("PAIR", 1.0)][..]),
+        (
+            "rans_gemm_blocked.wgsl",
+            &[("PAIR", 1.0), ("WPS", 4.0), ("BITS", 2.0), ("BLOCK", 2.0)][..],
+        ),
     ] {
         let f = dir.join(file);
         let (m, i) = validate_with(&f, constants);

@@ -47,6 +47,9 @@ pub struct LinearOptions {
     /// batched kernel; `None` (default): [`GEMV_BATCH_MAX_M`] where 32-wide subgroups run the
     /// fused GEMV, else 0 (the workgroup GEMV is slower than the batched kernel there).
     pub gemv_batch_max_m: Option<usize>,
+    /// Run `forward_batch` on the portable `rans_gemm.wgsl` even where the blocked subgroup
+    /// build (`rans_gemm_blocked.wgsl`) could run (benchmarks and tests compare the two).
+    pub portable_gemm: bool,
     /// How to store the scales and biases on the GPU; `None` (default): the narrowest exact
     /// format ([`SideFormat::exact_for`]: 16-bit for MLX's f16 and bf16 values, half the
     /// memory of f32 pairs). A format in which a value is not exact is an error.
@@ -303,6 +306,27 @@ impl<'a> CodedLayerRef<'a> {
     }
 }
 
+/// The specialisation of `rans_gemm_blocked.wgsl` for layer `m` (weights per symbol, coded
+/// bits, probability bits), or `None` where it cannot run it: adapters without 32-wide
+/// subgroups, more than 11 probability bits, rows that are not whole steps or not a whole
+/// number of 256-weight slices (`T` a multiple of `8 / w`), or when `opts` asks for the
+/// portable kernel.
+fn blocked_gemm_layout(
+    dev: &LinearDevice,
+    m: &CodedLayerRef<'_>,
+    opts: &LinearOptions,
+) -> Option<(u32, u32, u32)> {
+    let w = m.weights_per_symbol;
+    let t = (m.cols / w as usize).div_ceil(32);
+    let runs = dev.gpu().registry().subgroups32()
+        && !opts.portable_gemm
+        && m.precision <= 11
+        && [1, 2, 4].contains(&w)
+        && m.cols == 32 * w as usize * t
+        && t.is_multiple_of(8 / w as usize);
+    runs.then_some((w, m.bits, m.precision))
+}
+
 /// Uniform block of `rans_gemv*.wgsl` (same field order as `src/gpu/decode.rs`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -471,6 +495,9 @@ pub struct EntropyCodedLinear {
     max_buffer: (u64, &'static str),
     gemv_batch_max_m: usize,
     side: SideFormat,
+    /// The blocked batched kernel's specialisation (weights per symbol, coded bits,
+    /// probability bits) where it runs this layer; `None`: `rans_gemm.wgsl`.
+    gemm_blocked: Option<(u32, u32, u32)>,
 }
 
 impl EntropyCodedLinear {
@@ -723,6 +750,7 @@ impl EntropyCodedLinear {
                 + m.low.len()) as u64,
             max_buffer,
             side,
+            gemm_blocked: blocked_gemm_layout(dev, &m, opts),
             gemv_batch_max_m: opts.gemv_batch_max_m.unwrap_or(
                 if dev.gpu().registry().subgroups32() {
                     GEMV_BATCH_MAX_M
@@ -752,6 +780,12 @@ impl EntropyCodedLinear {
     /// How the layer's scales and biases are stored on the GPU.
     pub fn side_format(&self) -> SideFormat {
         self.side
+    }
+
+    /// Whether the batched launches run the blocked subgroup kernel
+    /// (`rans_gemm_blocked.wgsl`) rather than the portable `rans_gemm.wgsl`.
+    pub fn blocked_gemm(&self) -> bool {
+        self.gemm_blocked.is_some()
     }
 
     /// The layer's additive bias.
@@ -879,13 +913,20 @@ impl EntropyCodedLinear {
                 ),
             });
         }
-        let pipeline = self
-            .dev
-            .pipeline(LinearKernel::RansGemm {
+        let kernel = match self.gemm_blocked {
+            Some((wps, bits, prec)) => LinearKernel::RansGemmBlocked {
                 row_pairs: self.row_pairs,
                 side: self.side,
-            })
-            .map_err(|e| self.gpu_err(e))?;
+                wps,
+                bits,
+                prec,
+            },
+            None => LinearKernel::RansGemm {
+                row_pairs: self.row_pairs,
+                side: self.side,
+            },
+        };
+        let pipeline = self.dev.pipeline(kernel).map_err(|e| self.gpu_err(e))?;
         let layout = pipeline.get_bind_group_layout(0);
         let mut out = Vec::with_capacity(self.bands.len());
         for band in &self.bands {

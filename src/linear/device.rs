@@ -16,6 +16,20 @@ pub(crate) enum LinearKernel {
         /// How the scales and biases are stored (override `SIDE`).
         side: crate::gpu::SideFormat,
     },
+    /// `wgsl/rans_gemm_blocked.wgsl`: `RansGemm` with the blocked subgroup decoder (32-wide
+    /// subgroups; rows of whole steps, a multiple of `8 / wps` of them; precision <= 11).
+    RansGemmBlocked {
+        /// Row-pair order.
+        row_pairs: bool,
+        /// How the scales and biases are stored (override `SIDE`).
+        side: crate::gpu::SideFormat,
+        /// Weights per symbol (override `WPS`; `BLOCK` = 8 / wps).
+        wps: u32,
+        /// Coded bits per weight (override `BITS`).
+        bits: u32,
+        /// Probability bits (override `PREC`).
+        prec: u32,
+    },
     /// `wgsl/qgemm.wgsl`: plain batched quantized matmul (the baseline).
     QGemm {
         /// How the scales and biases are stored (override `SIDE`).
@@ -32,6 +46,15 @@ impl LinearKernel {
                 "split_bits",
                 "side"
             ),
+            LinearKernel::RansGemmBlocked { .. } => crate::gpu::wgsl_with_libs!(
+                "../../wgsl/rans_gemm_blocked.wgsl",
+                "rans_table_scan",
+                "rans_table_byte",
+                "rans_subgroup",
+                "rans_block",
+                "split_bits",
+                "side"
+            ),
             LinearKernel::QGemm { .. } => {
                 crate::gpu::wgsl_with_libs!("../../wgsl/qgemm.wgsl", "side")
             }
@@ -41,14 +64,29 @@ impl LinearKernel {
     /// The pipeline's override constants.
     fn constants(self) -> Vec<(&'static str, f64)> {
         let (name, side) = match self {
-            LinearKernel::RansGemm { side, .. } | LinearKernel::QGemm { side } => side.constant(),
+            LinearKernel::RansGemm { side, .. }
+            | LinearKernel::RansGemmBlocked { side, .. }
+            | LinearKernel::QGemm { side } => side.constant(),
         };
         let mut c = vec![(name, f64::from(side))];
-        if let LinearKernel::RansGemm {
-            row_pairs: true, ..
-        } = self
-        {
-            c.push(("PAIR", 1.0));
+        match self {
+            LinearKernel::RansGemm {
+                row_pairs: true, ..
+            } => c.push(("PAIR", 1.0)),
+            LinearKernel::RansGemmBlocked {
+                row_pairs,
+                wps,
+                bits,
+                prec,
+                ..
+            } => c.extend([
+                ("PAIR", f64::from(u8::from(row_pairs))),
+                ("WPS", f64::from(wps)),
+                ("BITS", f64::from(bits)),
+                ("PREC", f64::from(prec)),
+                ("BLOCK", f64::from(8 / wps.max(1))),
+            ]),
+            _ => {}
         }
         c
     }
@@ -56,6 +94,7 @@ impl LinearKernel {
     fn file_name(self) -> &'static str {
         match self {
             LinearKernel::RansGemm { .. } => "rans_gemm.wgsl",
+            LinearKernel::RansGemmBlocked { .. } => "rans_gemm_blocked.wgsl",
             LinearKernel::QGemm { .. } => "qgemm.wgsl",
         }
     }
@@ -244,5 +283,46 @@ impl LinearDevice {
         };
         staging.unmap();
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LinearKernel;
+    use crate::gpu::SideFormat;
+
+    /// Every batched kernel as the device builds it (its libraries, either f16 conversion)
+    /// parses and validates with naga: the blocked one cannot run on lavapipe in CI.
+    #[test]
+    fn batched_kernel_sources_validate() {
+        let side = SideFormat::F16;
+        let kernels = [
+            LinearKernel::RansGemm {
+                row_pairs: false,
+                side,
+            },
+            LinearKernel::RansGemmBlocked {
+                row_pairs: true,
+                side,
+                wps: 4,
+                bits: 2,
+                prec: 11,
+            },
+            LinearKernel::QGemm { side },
+        ];
+        for k in kernels {
+            for unpack in [false, true] {
+                let src = crate::gpu::with_f16_pair(k.source(), unpack);
+                let module = naga::front::wgsl::parse_str(&src)
+                    .unwrap_or_else(|e| panic!("{}: {}", k.file_name(), e.emit_to_string(&src)));
+                naga::valid::Validator::new(
+                    naga::valid::ValidationFlags::all(),
+                    naga::valid::Capabilities::all(),
+                )
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{}: {e:?}", k.file_name()));
+                assert!(!k.constants().is_empty());
+            }
+        }
     }
 }

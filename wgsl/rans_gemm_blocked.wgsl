@@ -1,0 +1,265 @@
+// Batched fused rANS decode + dequantize + matmul (prefill), blocked subgroup variant: the
+// computation of rans_gemm.wgsl (Y = X W^T for up to 512 activation rows per dispatch, each
+// chunk decoded once per dispatch and every slice of 256 weights x 4 rows multiplied from
+// workgroup memory), with the decoder of rans_gemv_blocked.wgsl instead of the portable one:
+// a group of 32 lanes decodes a block of BLOCK = 256 / (32 WPS) steps (one slice) with
+// subgroup ballot and shuffles and no workgroup barrier per step, then dequantizes its
+// symbols into the slice. On an H200 the portable decoder made rans_gemm 20-35x slower per
+// weight than the blocked one (BENCHMARKS.md, Prefill, split matrices from files).
+//
+// Structure per workgroup (as rans_gemm.wgsl): G = 4 groups decode chunks c0 .. c0 + 3 of one
+// tile (the compact slot table built once in workgroup memory); all groups walk the same
+// block index, so at every block the four groups hold the same column slice of four rows.
+// After a block, lane l of group g writes the dequantized weights of its BLOCK symbols
+// (columns (i 32 + l) WPS .. + WPS - 1 of the slice for step i) into wbuf[column][g]; after a
+// barrier the 128 invocations multiply the slice with their activation rows (4 each).
+//
+// Split matrices (raw low bits, `ecq::rans::SplitMatrix`) and row-pair order (override PAIR,
+// two accumulator sets per invocation) as in rans_gemm.wgsl; with PAIR a block of 2 steps
+// lies inside one run of 4 steps, so in one matrix row.
+//
+// Needs 32-wide subgroups, rows of whole steps (K = 32 WPS T) with T a multiple of BLOCK and
+// probability bits <= 11; the host checks (`EntropyCodedLinear`), and the kernel flags every
+// chunk on a wrong subgroup size (error bit 128). Errors as rans_gemv_blocked.wgsl: table,
+// offsets, state, over-read and unconsumed words, reported after the loop; Y is then garbage
+// and the host reports the error. Runs with naga's bounds checks.
+// import: rans_table_scan
+// import: rans_table_byte
+// import: rans_subgroup
+// import: rans_block
+// import: split_bits
+// import: side
+
+// requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
+
+struct Params {
+    rows: u32,           // coded rows of this band
+    cols: u32,           // K of a coded row
+    bits: u32,
+    wps: u32,            // weights per symbol w
+    prec: u32,           // probability bits n
+    chunk_rows: u32,
+    tile_chunks: u32,
+    n_chunks: u32,       // chunks of this band
+    n_tiles: u32,        // tiles of this band
+    syms_per_row: u32,   // S = K / w
+    steps_per_row: u32,  // T = S / 32 (exact here)
+    alphabet: u32,       // A = 2^(b*w)
+    n_words: u32,        // u16 words in this band's buffer
+    wg_per_tile: u32,
+    total_wg: u32,
+    wg_x: u32,           // workgroups along x of the 2-D dispatch
+    group_size: u32,     // MLX group size
+    groups_per_row: u32, // a matrix row's groups
+    m: u32,              // activation rows in this dispatch, 1..=MAX_M
+    xs4: u32,            // vec4 per activation row = ceil(K / 4)
+    y_stride: u32,       // floats per output row of Y (all rows of the matrix)
+    row_base: u32,       // first matrix row of this band
+    m_block: u32,        // activation rows per workgroup (a multiple of 128, <= 512)
+    total_grid: u32,     // total_wg * ceil(m / m_block): workgroups launched
+    low_base: u32,       // u32 index in `words` of a split matrix's raw low bits
+    low_bits: u32,       // raw low bits per weight (0: coded whole; else 2)
+    _pad0: u32,
+    _pad1: u32,
+}
+
+// Set by the host from the matrix: weights per symbol, coded bits per weight, probability
+// bits (<= 11), steps per block (8 / WPS: one slice), row-pair order.
+override WPS: u32 = 2u;
+override BITS: u32 = 4u;
+override PREC: u32 = 11u;
+override BLOCK: u32 = 4u;
+override PAIR: bool = false;
+// (rans_block.wgsl's plane reads: with the branch, as the fused kernel's default)
+override BRANCH_FREE_PLANES: bool = false;
+
+const G: u32 = 4u;             // groups of 32 lanes per workgroup
+const WG: u32 = 128u;          // = 32 * G
+const SLICE: u32 = 256u;       // weights per row per slice
+const L: u32 = 65536u;
+
+// error bits, mirrored in src/gpu/mod.rs (error_bits)
+const ERR_BAD_STATE: u32 = 1u;
+const ERR_ZERO_FREQ: u32 = 2u;
+const ERR_OVER_READ: u32 = 4u;
+const ERR_FINAL_STATE: u32 = 8u;
+const ERR_UNCONSUMED: u32 = 16u;
+const ERR_TABLE: u32 = 32u;
+const ERR_OFFSETS: u32 = 64u;
+const ERR_SUBGROUP: u32 = 128u;
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> freqs: array<u32>;    // u16 pairs, A per tile
+@group(0) @binding(2) var<storage, read> states: array<u32>;   // 32 per chunk
+@group(0) @binding(3) var<storage, read> offsets: array<u32>;  // n_chunks + 1
+@group(0) @binding(4) var<storage, read> words: array<u32>;    // u16 pairs
+@group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
+@group(0) @binding(6) var<storage, read> sb: array<vec2<u32>>;   // (scale, bias) per group
+@group(0) @binding(7) var<storage, read> X: array<vec4<f32>>;    // M rows of xs4 vec4
+@group(0) @binding(8) var<storage, read_write> Y: array<f32>;    // M rows of y_stride
+
+var<workgroup> wbuf: array<vec4<f32>, 256>;        // SLICE columns x G rows, 4 KiB
+
+// Dot products of the slice (SLICE / 4 vec4 columns from column k4 of X's row m) with the 4
+// rows in wbuf: one result per row.
+fn dot_slice(m: u32, k4: u32) -> vec4<f32> {
+    var acc = vec4<f32>(0.0);
+    let xb = m * P.xs4 + k4;
+    for (var i = 0u; i < SLICE / 4u; i++) {
+        let xv = X[xb + i];
+        acc += wbuf[4u * i] * xv.x + wbuf[4u * i + 1u] * xv.y
+            + wbuf[4u * i + 2u] * xv.z + wbuf[4u * i + 3u] * xv.w;
+    }
+    return acc;
+}
+
+fn store_row(m: u32, acc: vec4<f32>, rowv: vec4<u32>, okv: vec4<bool>) {
+    let yb = m * P.y_stride + P.row_base;
+    if (okv.x) { Y[yb + rowv.x] = acc.x; }
+    if (okv.y) { Y[yb + rowv.y] = acc.y; }
+    if (okv.z) { Y[yb + rowv.z] = acc.z; }
+    if (okv.w) { Y[yb + rowv.w] = acc.w; }
+}
+
+@compute @workgroup_size(128)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) sg_id: u32,
+    @builtin(subgroup_size) sg_size: u32,
+) {
+    let wgi = wid.y * P.wg_x + wid.x;
+    if (wgi >= P.total_grid) {
+        return;
+    }
+    // workgroup wgi decodes the chunks of `wg` for activation rows [m_lo, m_hi)
+    let wg = wgi % P.total_wg;
+    let m_lo = (wgi / P.total_wg) * P.m_block;
+    let m_hi = min(P.m, m_lo + P.m_block);
+    let tile = wg / P.wg_per_tile;
+    let sub = wg % P.wg_per_tile;
+    let tile_first = tile * P.tile_chunks;
+    let tile_end = min(tile_first + P.tile_chunks, P.n_chunks);
+    let bad_table = build_blocked_table(tile, lid, sg_id);
+
+    let g = lid / 32u;
+    let l = sg_id & 31u;
+    let ltmask = (1u << l) - 1u;
+    let T = P.steps_per_row;
+    let nblk = T / BLOCK;             // blocks (slices) per coded row
+    let qmask = (1u << BITS) - 1u;
+    let lmask = (1u << P.low_bits) - 1u;
+    // a matrix row's raw low-bit words (PAIR: a coded row holds two matrix rows)
+    let low_row_words = ((P.cols >> u32(PAIR)) * P.low_bits) >> 5u;
+
+    // the chunks (and so the rows) of the 4 groups, known to every invocation
+    let c0 = tile_first + sub * G;
+    let chunkv = vec4<u32>(c0, c0 + 1u, c0 + 2u, c0 + 3u);
+    let r0v = chunkv * P.chunk_rows;
+    let chunk_ok = chunkv < vec4<u32>(tile_end);
+
+    let chunk = c0 + g;
+    let valid = chunk < tile_end;
+    let cs = chunk_start(chunk, valid, l, T, bad_table, sg_size);
+    var d = block_decoder(cs.x, cs.p, l);
+
+    let m0 = m_lo + lid;
+    let m1 = m_lo + lid + 128u;
+    let m2 = m_lo + lid + 256u;
+    let m3 = m_lo + lid + 384u;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    // (PAIR: the second row of each pair)
+    var bcc0 = vec4<f32>(0.0);
+    var bcc1 = vec4<f32>(0.0);
+    var bcc2 = vec4<f32>(0.0);
+    var bcc3 = vec4<f32>(0.0);
+
+    let max_blocks = P.chunk_rows * nblk;
+    for (var b = 0u; b < max_blocks; b++) {
+        let rr = b / nblk;                // coded row within the chunk (same in every group)
+        let u0 = (b % nblk) * BLOCK;      // its first step in that row
+        // (uniform in the group: the 32 lanes decode together or not at all)
+        let on = b * BLOCK < cs.steps;
+        var s = vec2<u32>(0u);
+        if (on) {
+            s = decode_block(&d, BLOCK, l, ltmask, true);
+        }
+        let row = cs.r0 + rr;
+        for (var i = 0u; i < BLOCK; i++) {
+            let col0 = (i * 32u + l) * WPS;   // the lane's first column in the slice
+            if (on) {
+                let sym = (select(s.x, s.y, i >= 4u) >> (8u * (i & 3u))) & 0xFFu;
+                // the matrix row and step of this coded step (the same with PAIR off)
+                let rs = row_pair_step(row, u0 + i, PAIR);
+                let k0 = (rs.y * 32u + l) * WPS;
+                let sbv = side(rs.x * P.groups_per_row + k0 / P.group_size);
+                var low = 0u;
+                if (P.low_bits != 0u) {
+                    low = raw_low_bits(rs.x * low_row_words, k0, P.low_bits);
+                }
+                for (var j = 0u; j < WPS; j++) {
+                    let hi = (sym >> (BITS * j)) & qmask;
+                    let q = f32((hi << P.low_bits) | ((low >> (P.low_bits * j)) & lmask));
+                    wbuf[col0 + j][g] = sbv.x * q + sbv.y;
+                }
+            } else {
+                for (var j = 0u; j < WPS; j++) {
+                    wbuf[col0 + j][g] = 0.0;
+                }
+            }
+        }
+        workgroupBarrier();
+
+        // multiply the slice (uniform: b is the same everywhere); its columns start at the
+        // block's first matrix step
+        let mu = row_pair_step(0u, u0, PAIR).y;
+        let k4 = (mu * 32u * WPS) / 4u;
+        if (PAIR && ((u0 >> 2u) & 1u) == 1u) {
+            if (m0 < m_hi) { bcc0 += dot_slice(m0, k4); }
+            if (m1 < m_hi) { bcc1 += dot_slice(m1, k4); }
+            if (m2 < m_hi) { bcc2 += dot_slice(m2, k4); }
+            if (m3 < m_hi) { bcc3 += dot_slice(m3, k4); }
+        } else {
+            if (m0 < m_hi) { acc0 += dot_slice(m0, k4); }
+            if (m1 < m_hi) { acc1 += dot_slice(m1, k4); }
+            if (m2 < m_hi) { acc2 += dot_slice(m2, k4); }
+            if (m3 < m_hi) { acc3 += dot_slice(m3, k4); }
+        }
+        if (b % nblk == nblk - 1u) {
+            let crowv = r0v + vec4<u32>(rr);
+            let okv = chunk_ok & (crowv < vec4<u32>(P.rows))
+                & (crowv < r0v + vec4<u32>(P.chunk_rows));
+            // (PAIR: coded row r holds matrix rows 2r and 2r + 1)
+            let rowv = crowv << vec4<u32>(u32(PAIR));
+            if (m0 < m_hi) { store_row(m0, acc0, rowv, okv); }
+            if (m1 < m_hi) { store_row(m1, acc1, rowv, okv); }
+            if (m2 < m_hi) { store_row(m2, acc2, rowv, okv); }
+            if (m3 < m_hi) { store_row(m3, acc3, rowv, okv); }
+            if (PAIR) {
+                let rowb = rowv + vec4<u32>(1u);
+                if (m0 < m_hi) { store_row(m0, bcc0, rowb, okv); }
+                if (m1 < m_hi) { store_row(m1, bcc1, rowb, okv); }
+                if (m2 < m_hi) { store_row(m2, bcc2, rowb, okv); }
+                if (m3 < m_hi) { store_row(m3, bcc3, rowb, okv); }
+            }
+            acc0 = vec4<f32>(0.0);
+            acc1 = vec4<f32>(0.0);
+            acc2 = vec4<f32>(0.0);
+            acc3 = vec4<f32>(0.0);
+            bcc0 = vec4<f32>(0.0);
+            bcc1 = vec4<f32>(0.0);
+            bcc2 = vec4<f32>(0.0);
+            bcc3 = vec4<f32>(0.0);
+        }
+        workgroupBarrier();
+    }
+    if (valid) {
+        let err = cs.err | chunk_end_flags(d.x, d.p, cs.end, l);
+        if (err != 0u) {
+            atomicOr(&errors[chunk], err);
+        }
+    }
+}
