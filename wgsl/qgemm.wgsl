@@ -14,6 +14,7 @@
 //
 // Needs K * BITS % 32 == 0 and whole u32 words per group (the host checks).
 // import: side
+// import: gemm_slice
 
 struct Params {
     rows: u32,
@@ -29,12 +30,13 @@ struct Params {
     y_stride: u32,       // floats per output row of Y
     m_block: u32,        // activation rows per workgroup (a multiple of 128, <= 512)
     total_grid: u32,     // total_wg * ceil(m / m_block): workgroups launched
-    _pad0: u32,
+    kparts: u32,         // invocations sharing an activation row (lib/gemm_slice.wgsl)
     _pad1: u32,
     _pad2: u32,
 }
 
 const SLICE: u32 = 256u;
+const WG: u32 = 128u;           // invocations per workgroup
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> Wq: array<u32>;
@@ -43,17 +45,6 @@ const SLICE: u32 = 256u;
 @group(0) @binding(4) var<storage, read_write> Y: array<f32>;
 
 var<workgroup> wbuf: array<vec4<f32>, 256>;
-
-fn dot_slice(m: u32, k4: u32, n4: u32) -> vec4<f32> {
-    var acc = vec4<f32>(0.0);
-    let xb = m * P.xs4 + k4;
-    for (var i = 0u; i < n4; i++) {
-        let xv = X[xb + i];
-        acc += wbuf[4u * i] * xv.x + wbuf[4u * i + 1u] * xv.y
-            + wbuf[4u * i + 2u] * xv.z + wbuf[4u * i + 3u] * xv.w;
-    }
-    return acc;
-}
 
 fn store_row(m: u32, acc: vec4<f32>, rowv: vec4<u32>) {
     let yb = m * P.y_stride;
@@ -85,10 +76,13 @@ fn main(
     let rowv = vec4<u32>(wg * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
     let row = rowv[g];
     let row_ok = row < P.rows;
-    let m0 = m_lo + lid;
-    let m1 = m_lo + lid + 128u;
-    let m2 = m_lo + lid + 256u;
-    let m3 = m_lo + lid + 384u;
+    // this invocation's activation rows and its share of each slice's columns
+    let part = lid % P.kparts;
+    let rstride = WG / P.kparts;
+    let m0 = m_lo + lid / P.kparts;
+    let m1 = m0 + rstride;
+    let m2 = m0 + 2u * rstride;
+    let m3 = m0 + 3u * rstride;
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
@@ -117,14 +111,20 @@ fn main(
         }
         workgroupBarrier();
         let k4 = kbase / 4u;
-        if (m0 < m_hi) { acc0 += dot_slice(m0, k4, n4); }
-        if (m1 < m_hi) { acc1 += dot_slice(m1, k4, n4); }
-        if (m2 < m_hi) { acc2 += dot_slice(m2, k4, n4); }
-        if (m3 < m_hi) { acc3 += dot_slice(m3, k4, n4); }
+        if (m0 < m_hi) { acc0 += dot_slice(m0, k4, n4, part); }
+        if (m1 < m_hi) { acc1 += dot_slice(m1, k4, n4, part); }
+        if (m2 < m_hi) { acc2 += dot_slice(m2, k4, n4, part); }
+        if (m3 < m_hi) { acc3 += dot_slice(m3, k4, n4, part); }
         workgroupBarrier();
     }
-    if (m0 < m_hi) { store_row(m0, acc0, rowv); }
-    if (m1 < m_hi) { store_row(m1, acc1, rowv); }
-    if (m2 < m_hi) { store_row(m2, acc2, rowv); }
-    if (m3 < m_hi) { store_row(m3, acc3, rowv); }
+    // (the parts of each activation row summed; the loop ended with a barrier)
+    acc0 = sum_parts(acc0, lid, part);
+    acc1 = sum_parts(acc1, lid, part);
+    acc2 = sum_parts(acc2, lid, part);
+    acc3 = sum_parts(acc3, lid, part);
+    let lead = part == 0u;
+    if (lead && m0 < m_hi) { store_row(m0, acc0, rowv); }
+    if (lead && m1 < m_hi) { store_row(m1, acc1, rowv); }
+    if (lead && m2 < m_hi) { store_row(m2, acc2, rowv); }
+    if (lead && m3 < m_hi) { store_row(m3, acc3, rowv); }
 }

@@ -34,6 +34,7 @@
 // import: rans_table
 // import: split_bits
 // import: side
+// import: gemm_slice
 
 struct Params {
     rows: u32,           // rows of this band
@@ -62,7 +63,7 @@ struct Params {
     total_grid: u32,     // total_wg * ceil(m / m_block): workgroups launched
     low_base: u32,       // u32 index in `words` of a split matrix's raw low bits
     low_bits: u32,       // raw low bits per weight (0: coded whole; else 2)
-    _pad0: u32,
+    kparts: u32,         // invocations sharing an activation row (lib/gemm_slice.wgsl)
     _pad1: u32,
 }
 
@@ -101,19 +102,6 @@ var<workgroup> wbuf: array<vec4<f32>, 256>;        // SLICE columns x G rows, 4 
 
 fn read16(idx: u32) -> u32 {
     return (words[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
-}
-
-// Dot products of the slice (n4 vec4 columns from column k4 of X's row m) with the 4 rows in
-// wbuf: one result per row.
-fn dot_slice(m: u32, k4: u32, n4: u32) -> vec4<f32> {
-    var acc = vec4<f32>(0.0);
-    let xb = m * P.xs4 + k4;
-    for (var i = 0u; i < n4; i++) {
-        let xv = X[xb + i];
-        acc += wbuf[4u * i] * xv.x + wbuf[4u * i + 1u] * xv.y
-            + wbuf[4u * i + 2u] * xv.z + wbuf[4u * i + 3u] * xv.w;
-    }
-    return acc;
 }
 
 fn store_row(m: u32, acc: vec4<f32>, rowv: vec4<u32>, okv: vec4<bool>) {
@@ -186,10 +174,13 @@ fn main(
         if (bad_table) { err |= ERR_TABLE; }
     }
 
-    let m0 = m_lo + lid;
-    let m1 = m_lo + lid + 128u;
-    let m2 = m_lo + lid + 256u;
-    let m3 = m_lo + lid + 384u;
+    // this invocation's activation rows and its share of each slice's columns
+    let part = lid % P.kparts;
+    let rstride = WG / P.kparts;
+    let m0 = m_lo + lid / P.kparts;
+    let m1 = m0 + rstride;
+    let m2 = m0 + 2u * rstride;
+    let m3 = m0 + 3u * rstride;
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
@@ -266,15 +257,15 @@ fn main(
             let n4 = (klen + 3u) / 4u;
             let k4 = kbase / 4u;
             if (PAIR && ((u >> 2u) & 1u) == 1u) {
-                if (m0 < m_hi) { bcc0 += dot_slice(m0, k4, n4); }
-                if (m1 < m_hi) { bcc1 += dot_slice(m1, k4, n4); }
-                if (m2 < m_hi) { bcc2 += dot_slice(m2, k4, n4); }
-                if (m3 < m_hi) { bcc3 += dot_slice(m3, k4, n4); }
+                if (m0 < m_hi) { bcc0 += dot_slice(m0, k4, n4, part); }
+                if (m1 < m_hi) { bcc1 += dot_slice(m1, k4, n4, part); }
+                if (m2 < m_hi) { bcc2 += dot_slice(m2, k4, n4, part); }
+                if (m3 < m_hi) { bcc3 += dot_slice(m3, k4, n4, part); }
             } else {
-                if (m0 < m_hi) { acc0 += dot_slice(m0, k4, n4); }
-                if (m1 < m_hi) { acc1 += dot_slice(m1, k4, n4); }
-                if (m2 < m_hi) { acc2 += dot_slice(m2, k4, n4); }
-                if (m3 < m_hi) { acc3 += dot_slice(m3, k4, n4); }
+                if (m0 < m_hi) { acc0 += dot_slice(m0, k4, n4, part); }
+                if (m1 < m_hi) { acc1 += dot_slice(m1, k4, n4, part); }
+                if (m2 < m_hi) { acc2 += dot_slice(m2, k4, n4, part); }
+                if (m3 < m_hi) { acc3 += dot_slice(m3, k4, n4, part); }
             }
             if (row_end) {
                 let crowv = r0v + vec4<u32>(rr);
@@ -282,16 +273,27 @@ fn main(
                     & (crowv < r0v + vec4<u32>(P.chunk_rows));
                 // (PAIR: coded row r holds matrix rows 2r and 2r + 1)
                 let rowv = crowv << vec4<u32>(u32(PAIR));
-                if (m0 < m_hi) { store_row(m0, acc0, rowv, okv); }
-                if (m1 < m_hi) { store_row(m1, acc1, rowv, okv); }
-                if (m2 < m_hi) { store_row(m2, acc2, rowv, okv); }
-                if (m3 < m_hi) { store_row(m3, acc3, rowv, okv); }
+                // (the parts of each activation row summed, after the slice's reads)
+                workgroupBarrier();
+                acc0 = sum_parts(acc0, lid, part);
+                acc1 = sum_parts(acc1, lid, part);
+                acc2 = sum_parts(acc2, lid, part);
+                acc3 = sum_parts(acc3, lid, part);
+                let lead = part == 0u;
+                if (lead && m0 < m_hi) { store_row(m0, acc0, rowv, okv); }
+                if (lead && m1 < m_hi) { store_row(m1, acc1, rowv, okv); }
+                if (lead && m2 < m_hi) { store_row(m2, acc2, rowv, okv); }
+                if (lead && m3 < m_hi) { store_row(m3, acc3, rowv, okv); }
                 if (PAIR) {
+                    bcc0 = sum_parts(bcc0, lid, part);
+                    bcc1 = sum_parts(bcc1, lid, part);
+                    bcc2 = sum_parts(bcc2, lid, part);
+                    bcc3 = sum_parts(bcc3, lid, part);
                     let rowb = rowv + vec4<u32>(1u);
-                    if (m0 < m_hi) { store_row(m0, bcc0, rowb, okv); }
-                    if (m1 < m_hi) { store_row(m1, bcc1, rowb, okv); }
-                    if (m2 < m_hi) { store_row(m2, bcc2, rowb, okv); }
-                    if (m3 < m_hi) { store_row(m3, bcc3, rowb, okv); }
+                    if (lead && m0 < m_hi) { store_row(m0, bcc0, rowb, okv); }
+                    if (lead && m1 < m_hi) { store_row(m1, bcc1, rowb, okv); }
+                    if (lead && m2 < m_hi) { store_row(m2, bcc2, rowb, okv); }
+                    if (lead && m3 < m_hi) { store_row(m3, bcc3, rowb, okv); }
                 }
                 acc0 = vec4<f32>(0.0);
                 acc1 = vec4<f32>(0.0);

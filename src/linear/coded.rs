@@ -15,6 +15,17 @@ pub const MAX_M_PER_DISPATCH: usize = 512;
 /// (each block decodes the chunks again), trading repeated decoding for parallelism.
 pub const TARGET_WORKGROUPS: u32 = 512;
 
+/// Invocations of a batched kernel's workgroup sharing each activation row
+/// (`wgsl/lib/gemm_slice.wgsl`): 128 / `m` rounded to a power of two, 1..=32, for `m <= 128`
+/// rows, so that all 128 invocations multiply; 1 above.
+pub(crate) fn kparts(m: usize) -> u32 {
+    if m == 0 || m > 128 {
+        1
+    } else {
+        (128 / m.next_power_of_two()).clamp(1, 32) as u32
+    }
+}
+
 /// Activation rows per workgroup (a multiple of 128, at most 512) and the number of blocks,
 /// for `m` rows and `wgs` workgroups per block.
 pub(crate) fn m_split(m: usize, wgs: u32) -> (u32, u32) {
@@ -395,7 +406,9 @@ struct GemmParams {
     low_base: u32,
     /// Raw low bits per weight (0: coded whole).
     low_bits: u32,
-    _pad: [u32; 2],
+    /// Invocations sharing an activation row ([`kparts`]).
+    kparts: u32,
+    _pad: u32,
 }
 
 /// One row band of whole tiles, with its own buffers.
@@ -712,7 +725,8 @@ impl EntropyCodedLinear {
                 total_grid: 0,
                 low_base: gemv.low_base,
                 low_bits: m.low_bits,
-                _pad: [0; 2],
+                kparts: 1,
+                _pad: 0,
             };
             let gemv_uniform = dev.uniform(bytemuck::bytes_of(&gemv));
             bands.push(Band {
@@ -936,6 +950,7 @@ impl EntropyCodedLinear {
                 m: m as u32,
                 m_block,
                 total_grid,
+                kparts: kparts(m),
                 wg_x: self.dev.grid(total_grid).0,
                 ..band.gemm
             };

@@ -44,7 +44,8 @@ impl LinearKernel {
                 "../../wgsl/rans_gemm.wgsl",
                 "rans_table",
                 "split_bits",
-                "side"
+                "side",
+                "gemm_slice"
             ),
             LinearKernel::RansGemmBlocked { .. } => crate::gpu::wgsl_with_libs!(
                 "../../wgsl/rans_gemm_blocked.wgsl",
@@ -53,10 +54,11 @@ impl LinearKernel {
                 "rans_subgroup",
                 "rans_block",
                 "split_bits",
-                "side"
+                "side",
+                "gemm_slice"
             ),
             LinearKernel::QGemm { .. } => {
-                crate::gpu::wgsl_with_libs!("../../wgsl/qgemm.wgsl", "side")
+                crate::gpu::wgsl_with_libs!("../../wgsl/qgemm.wgsl", "side", "gemm_slice")
             }
         }
     }

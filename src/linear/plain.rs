@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::coded::{entry, m_split, LinearDispatch, MAX_M_PER_DISPATCH};
+use super::coded::{entry, kparts, m_split, LinearDispatch, MAX_M_PER_DISPATCH};
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, Linear, LinearError};
 use crate::quant::QuantizedMatrix;
@@ -24,7 +24,9 @@ struct Params {
     y_stride: u32,
     m_block: u32,
     total_grid: u32,
-    _pad: [u32; 3],
+    /// Invocations sharing an activation row (`coded::kparts`).
+    kparts: u32,
+    _pad: [u32; 2],
 }
 
 /// A plain MLX quantized layer (2, 4 or 8 bits) on the GPU: the baseline of
@@ -99,7 +101,8 @@ impl QuantizedLinear {
             y_stride: r as u32,
             m_block: 0,
             total_grid: 0,
-            _pad: [0; 3],
+            kparts: 1,
+            _pad: [0; 2],
         };
         let packed = dev.buffer("packed weights", bytes, wgpu::BufferUsages::empty());
         dev.write(&packed, bytemuck::cast_slice(&q.packed));
@@ -151,6 +154,7 @@ impl QuantizedLinear {
             m: m as u32,
             m_block,
             total_grid,
+            kparts: kparts(m),
             wg_x: self.dev.grid(total_grid).0,
             ..self.params
         };

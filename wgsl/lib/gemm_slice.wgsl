@@ -1,0 +1,41 @@
+// Shared by the batched kernels (rans_gemm.wgsl, rans_gemm_blocked.wgsl, qgemm.wgsl): the
+// multiply of a slice of dequantized weights (`wbuf`, one vec4 per column: the workgroup's 4
+// matrix rows) with activation rows of `X`. Uses the importing kernel's `P` (xs4, kparts),
+// `X`, `wbuf` and `WG`.
+//
+// The 128 invocations share the activation rows: invocation lid owns rows
+// lid / P.kparts + j * (WG / P.kparts), j < 4, of its workgroup's block and the columns part,
+// part + kparts, ... of every slice (part = lid % kparts). With few rows (M <= 128 the host
+// sets kparts = 128 / M rounded to a power of two, at most 32) every invocation still works:
+// with kparts = 1, as before, a row of 8 activations kept 8 of 128 invocations busy and
+// each walked all 64 columns of a slice alone.
+
+fn dot_slice(m: u32, k4: u32, n4: u32, part: u32) -> vec4<f32> {
+    var acc = vec4<f32>(0.0);
+    let xb = m * P.xs4 + k4;
+    for (var i = part; i < n4; i += P.kparts) {
+        let xv = X[xb + i];
+        acc += wbuf[4u * i] * xv.x + wbuf[4u * i + 1u] * xv.y
+            + wbuf[4u * i + 2u] * xv.z + wbuf[4u * i + 3u] * xv.w;
+    }
+    return acc;
+}
+
+// The sum of v over the kparts invocations sharing lid's rows, in the invocation with part 0
+// (the others get partial garbage), through wbuf[0 .. 128): every invocation of the workgroup
+// calls it together, when wbuf is no longer read (after a barrier). v itself when kparts = 1.
+fn sum_parts(v: vec4<f32>, lid: u32, part: u32) -> vec4<f32> {
+    if (P.kparts == 1u) {
+        return v;
+    }
+    wbuf[lid] = v;
+    workgroupBarrier();
+    var s = vec4<f32>(0.0);
+    if (part == 0u) {
+        for (var p = 0u; p < P.kparts; p++) {
+            s += wbuf[lid + p];
+        }
+    }
+    workgroupBarrier();
+    return s;
+}
