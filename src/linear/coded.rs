@@ -40,12 +40,17 @@ pub(crate) fn m_split(m: usize, wgs: u32) -> (u32, u32) {
 const GROUPS_PER_WG: usize = 4;
 
 /// Activation rows up to which [`Linear::forward_batch`] runs one fused GEMV per row instead of
-/// `rans_gemm.wgsl`, where the fused GEMV is a subgroup kernel (32-wide subgroups). On an
-/// H200 (BENCHMARKS.md, issue 6, split matrices) 8 GEMVs took 1.6-4.7x less time than one
-/// `rans_gemm` dispatch at 4096x4096, 4096x14336 and 14336x4096, whole and split, and 32
-/// GEMVs were up to 1.6x slower: the batched kernel's workgroup-barrier decoder is ~20-35x
-/// slower than the blocked subgroup one, which M <= 8 rows of multiply do not pay back.
+/// the batched kernel, for split matrices, where the fused GEMV is a subgroup kernel (32-wide
+/// subgroups). On an H200 (BENCHMARKS.md, Prefill, ninth session) with the blocked batched
+/// kernel: 8 GEMVs 1.1-1.2x faster than one batched dispatch for split matrices in row pairs
+/// at 4096x14336, 14336x4096 and 4096x4096 (about equal at 4096x4096), 16 GEMVs 1.2-1.6x
+/// slower.
 pub const GEMV_BATCH_MAX_M: usize = 8;
+
+/// [`GEMV_BATCH_MAX_M`] for matrices coded whole (two weights per step make their GEMV
+/// slower): on the same H200 runs 4 GEMVs were 1.1-1.3x faster than the batched kernel, 8 were
+/// 1.3-1.7x slower.
+pub const GEMV_BATCH_MAX_M_WHOLE: usize = 4;
 
 /// Upload options.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,8 +60,9 @@ pub struct LinearOptions {
     /// row bands (tests use it).
     pub max_buffer_bytes: Option<u64>,
     /// Activation rows up to which `forward_batch` runs one fused GEMV per row instead of the
-    /// batched kernel; `None` (default): [`GEMV_BATCH_MAX_M`] where 32-wide subgroups run the
-    /// fused GEMV, else 0 (the workgroup GEMV is slower than the batched kernel there).
+    /// batched kernel; `None` (default): [`GEMV_BATCH_MAX_M`] (split matrices) or
+    /// [`GEMV_BATCH_MAX_M_WHOLE`] where 32-wide subgroups run the fused GEMV, else 0 (the
+    /// workgroup GEMV is slower than the batched kernel there).
     pub gemv_batch_max_m: Option<usize>,
     /// Run `forward_batch` on the portable `rans_gemm.wgsl` even where the blocked subgroup
     /// build (`rans_gemm_blocked.wgsl`) could run (benchmarks and tests compare the two).
@@ -766,10 +772,10 @@ impl EntropyCodedLinear {
             side,
             gemm_blocked: blocked_gemm_layout(dev, &m, opts),
             gemv_batch_max_m: opts.gemv_batch_max_m.unwrap_or(
-                if dev.gpu().registry().subgroups32() {
-                    GEMV_BATCH_MAX_M
-                } else {
-                    0
+                match (dev.gpu().registry().subgroups32(), m.low_bits) {
+                    (false, _) => 0,
+                    (true, 0) => GEMV_BATCH_MAX_M_WHOLE,
+                    (true, _) => GEMV_BATCH_MAX_M,
                 },
             ),
         })
@@ -1158,7 +1164,8 @@ impl Linear for EntropyCodedLinear {
         Ok(y)
     }
 
-    /// `rans_gemm.wgsl`: every chunk decoded once per block of up to 512 activation rows; for
+    /// The batched kernel (`rans_gemm_blocked.wgsl` where 32-wide subgroups run it, else
+    /// `rans_gemm.wgsl`): every chunk decoded once per block of up to 512 activation rows; for
     /// at most [`LinearOptions::gemv_batch_max_m`] rows, one fused GEMV per row instead.
     fn forward_batch(&self, x: &[f32], m: usize) -> Result<Vec<f32>, LinearError> {
         check_x(&self.name, self.cols, x.len(), m)?;

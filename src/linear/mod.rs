@@ -5,11 +5,13 @@
 //!   ([`Linear::forward_batch`], prefill), with `f32` or `f16` activations.
 //! * [`EntropyCodedLinear`] holds one coded matrix (docs/FORMAT.md) resident on the GPU,
 //!   uploaded once. `forward` runs the fused decode + dequantize + GEMV of [`crate::gpu`]
-//!   (`wgsl/rans_gemv*.wgsl`); `forward_batch` runs `wgsl/rans_gemm.wgsl`, which decodes every
+//!   (`wgsl/rans_gemv*.wgsl`); `forward_batch` runs the batched kernel, which decodes every
 //!   chunk once per dispatch into workgroup memory and multiplies it with up to 512 activation
-//!   rows (larger `M` is processed in blocks of 512); for at most [`GEMV_BATCH_MAX_M`] rows on
-//!   adapters with 32-wide subgroups it runs one fused GEMV per row instead, which is faster
-//!   there.
+//!   rows (larger `M` is processed in blocks of 512): `wgsl/rans_gemm_blocked.wgsl` (the
+//!   blocked subgroup decoder) where 32-wide subgroups run it, else the portable
+//!   `wgsl/rans_gemm.wgsl`. For at most [`GEMV_BATCH_MAX_M`] rows (split matrices;
+//!   [`GEMV_BATCH_MAX_M_WHOLE`] whole) on such adapters it runs one fused GEMV per row
+//!   instead, which is faster there.
 //! * [`QuantizedLinear`] is the plain MLX quantized baseline on the GPU (`qgemv.wgsl` for one
 //!   vector, `wgsl/qgemm.wgsl` for a batch, with the same multiply as `rans_gemm.wgsl`).
 //! * [`CpuLinear`] is the reference: dequantized weights in `f32`, products summed in `f64`.
@@ -48,7 +50,7 @@ mod plain;
 
 pub use coded::{
     CodedLayerRef, EntropyCodedLinear, LinearDispatch, LinearOptions, GEMV_BATCH_MAX_M,
-    MAX_M_PER_DISPATCH, TARGET_WORKGROUPS,
+    GEMV_BATCH_MAX_M_WHOLE, MAX_M_PER_DISPATCH, TARGET_WORKGROUPS,
 };
 pub use cpu::CpuLinear;
 pub use device::LinearDevice;
