@@ -376,6 +376,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         summary.entropy_bits_per_weight(),
         summary.side_bits_per_weight()
     );
+    // what the coded layers hold on the GPU (coded tensors, and scales and biases in the
+    // narrowest exact format: 16-bit for these f16 values), against the MLX 4-bit bytes
+    let weights = summary.weights().max(1) as f64;
+    let side = coded
+        .layer_paths()
+        .first()
+        .map(|p| coded.layer(p).map(|l| l.side_format()))
+        .transpose()?;
+    println!(
+        "| ecq coded, held on the GPU ({} layers, scales/biases as {:?}) | {} | {:.3} (all included) |",
+        coded.layer_paths().len(),
+        side.unwrap_or_default(),
+        coded.gpu_bytes(),
+        coded.gpu_bytes() as f64 * 8.0 / weights
+    );
     if worst > 1.0 {
         eprintln!("FAILED: a layer is outside the tolerance (error / tolerance {worst:.3})");
         std::process::exit(1);

@@ -511,6 +511,7 @@ pub struct EntropyCodedLinear {
     bands: Vec<Band>,
     bias: Option<Vec<f32>>,
     coded_bytes: u64,
+    side_bytes: u64,
     max_buffer: (u64, &'static str),
     gemv_batch_max_m: usize,
     side: SideFormat,
@@ -770,6 +771,7 @@ impl EntropyCodedLinear {
                 + m.low.len()) as u64,
             max_buffer,
             side,
+            side_bytes: (m.scales.len() * side.bytes_per_group()) as u64,
             gemm_blocked: blocked_gemm_layout(dev, &m, opts),
             gemv_batch_max_m: opts.gemv_batch_max_m.unwrap_or(
                 match (dev.gpu().registry().subgroups32(), m.low_bits) {
@@ -795,6 +797,12 @@ impl EntropyCodedLinear {
     /// Number of row bands the matrix was split into (1 unless it exceeds the buffer limits).
     pub fn n_bands(&self) -> usize {
         self.bands.len()
+    }
+
+    /// Bytes the layer's weights occupy on the GPU: the coded tensors
+    /// ([`Self::coded_bytes`]) and the scales and biases as held ([`Self::side_format`]).
+    pub fn gpu_bytes(&self) -> u64 {
+        self.coded_bytes + self.side_bytes
     }
 
     /// How the layer's scales and biases are stored on the GPU.

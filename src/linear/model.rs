@@ -222,6 +222,15 @@ impl EntropyCodedModel {
             })
     }
 
+    /// Bytes every coded layer's weights occupy on the GPU (coded tensors, scales and biases
+    /// as held: [`EntropyCodedLinear::gpu_bytes`]).
+    pub fn gpu_bytes(&self) -> u64 {
+        self.layers
+            .values()
+            .map(EntropyCodedLinear::gpu_bytes)
+            .sum()
+    }
+
     /// Module paths of the coded layers, sorted.
     pub fn layer_paths(&self) -> Vec<&str> {
         self.layers.keys().map(String::as_str).collect()
