@@ -46,7 +46,23 @@ pub const SPLIT_MAGIC: u32 = 0x5351_4345;
 /// Version of the split descriptor.
 pub const SPLIT_DESCRIPTOR_VERSION: u32 = 1;
 /// Words of a split descriptor before the packed shape.
-pub const SPLIT_DESCRIPTOR_FIXED: usize = 7;
+pub const SPLIT_DESCRIPTOR_FIXED: usize = 8;
+/// Index of the descriptor's own checksum in a split descriptor.
+const SPLIT_DESCRIPTOR_CRC: usize = 6;
+
+/// The checksum a split descriptor `d` stores at index 6: CRC-32C of the little-endian bytes
+/// of every other word (docs/FORMAT.md section 7). The descriptor decides how the coded
+/// symbols are ordered and what shape they decode to, and neither the coded tiles' checksums
+/// nor the low bits' cover it: without it, a changed order and shape would decode to wrong
+/// weights without an error.
+pub fn split_descriptor_crc(d: &[u32]) -> u32 {
+    d.iter()
+        .enumerate()
+        .filter(|&(i, _)| i != SPLIT_DESCRIPTOR_CRC)
+        .fold(0u32, |crc, (_, w)| {
+            crc32c::crc32c_append(crc, &w.to_le_bytes())
+        })
+}
 /// Suffixes of the six tensors that replace a coded `<p>.weight`, in FORMAT.md order.
 pub const PART_SUFFIXES: [&str; 6] = [
     ".ecq_header",
@@ -403,9 +419,11 @@ pub fn weight_tensors(weight: &str, w: &CodedWeight) -> Vec<NamedTensor> {
                 matrix.low_bits(),
                 order,
                 matrix.low_crc(),
+                0,
                 shape.len() as u32,
             ];
             desc.extend_from_slice(shape);
+            desc[SPLIT_DESCRIPTOR_CRC] = split_descriptor_crc(&desc);
             t.push((
                 format!("{weight}{}", SPLIT_SUFFIXES[0]),
                 TensorData::from_u32(vec![desc.len()], &desc),
@@ -571,7 +589,14 @@ pub(crate) fn parse_split_descriptor(
             d[1]
         )));
     }
-    let (bits, low_bits, order, low_crc, ndim) = (d[2], d[3], d[4], d[5], d[6] as usize);
+    let computed = split_descriptor_crc(d);
+    if computed != d[SPLIT_DESCRIPTOR_CRC] {
+        return Err(bad(format!(
+            "descriptor checksum mismatch (stored {:#010x}, computed {computed:#010x})",
+            d[SPLIT_DESCRIPTOR_CRC]
+        )));
+    }
+    let (bits, low_bits, order, low_crc, ndim) = (d[2], d[3], d[4], d[5], d[7] as usize);
     if d.len() != SPLIT_DESCRIPTOR_FIXED.saturating_add(ndim) {
         return Err(bad(format!(
             "{} words, the descriptor's ndim {ndim} implies {}",

@@ -12,8 +12,8 @@ use std::path::Path;
 
 use common::*;
 use ecq::container::{
-    check_coded, decode_model, encode_model_with, load_matrix, load_weight, verify_model,
-    CodedModel, CodedWeight, ContainerError, MatrixCoding, CONTAINER_VERSION,
+    check_coded, decode_model, encode_model_with, load_matrix, load_weight, split_descriptor_crc,
+    verify_model, CodedModel, CodedWeight, ContainerError, MatrixCoding, CONTAINER_VERSION,
     SPLIT_CONTAINER_VERSION, SPLIT_SUFFIXES,
 };
 use ecq::model::quantize::{quantize_to_dir, QuantizeOptions};
@@ -227,6 +227,17 @@ fn set_u32(tensors: &mut [(String, TensorData)], name: &str, f: impl FnOnce(&mut
     t.1 = TensorData::from_u32(vec![v.len()], &v);
 }
 
+/// Edits the split descriptor of `m.pairs` and stores a checksum that matches the edit, so
+/// that the field checks behind the checksum are reached.
+fn set_descriptor(tensors: &mut [(String, TensorData)], f: impl FnOnce(&mut Vec<u32>)) {
+    set_u32(tensors, "m.pairs.weight.ecq_split", |v| {
+        f(v);
+        if v.len() > 6 {
+            v[6] = split_descriptor_crc(v);
+        }
+    })
+}
+
 #[test]
 fn altered_split_files_are_refused_with_the_tensor_named() {
     let tmp = tempfile::tempdir().unwrap();
@@ -246,28 +257,45 @@ fn altered_split_files_are_refused_with_the_tensor_named() {
             "not a split descriptor",
         ),
         (
+            "a changed order (the descriptor's checksum)",
+            Box::new(|t, _| set_u32(t, "m.pairs.weight.ecq_split", |v| v[4] ^= 1)),
+            "descriptor checksum mismatch",
+        ),
+        (
+            "a changed order and shape that fit each other (the descriptor's checksum)",
+            Box::new(|t, _| {
+                set_u32(t, "m.pairs.weight.ecq_split", |v| {
+                    // row order over the coded 32 x 2048 part: a 32-row, 2048-weight matrix
+                    v[4] = 0;
+                    v[8] = 32;
+                    v[9] = 256;
+                })
+            }),
+            "descriptor checksum mismatch",
+        ),
+        (
             "an unknown order",
-            Box::new(|t, _| set_u32(t, "m.pairs.weight.ecq_split", |v| v[4] = 7)),
+            Box::new(|t, _| set_descriptor(t, |v| v[4] = 7)),
             "order 7",
         ),
         (
             "a descriptor version",
-            Box::new(|t, _| set_u32(t, "m.pairs.weight.ecq_split", |v| v[1] = 9)),
+            Box::new(|t, _| set_descriptor(t, |v| v[1] = 9)),
             "descriptor version 9",
         ),
         (
             "bits that disagree with the coded part",
-            Box::new(|t, _| set_u32(t, "m.pairs.weight.ecq_split", |v| v[3] = 3)),
+            Box::new(|t, _| set_descriptor(t, |v| v[3] = 3)),
             "raw low bits",
         ),
         (
             "a truncated descriptor",
-            Box::new(|t, _| set_u32(t, "m.pairs.weight.ecq_split", |v| v.truncate(8))),
+            Box::new(|t, _| set_descriptor(t, |v| v.truncate(9))),
             "ndim",
         ),
         (
             "a shape that does not hold the matrix",
-            Box::new(|t, _| set_u32(t, "m.pairs.weight.ecq_split", |v| v[7] = 65)),
+            Box::new(|t, _| set_descriptor(t, |v| v[8] = 65)),
             "packed shape",
         ),
         (
