@@ -415,3 +415,32 @@ fn real_model_split_round_trip_is_byte_identical() {
     decode_model(&c, &back, &quiet()).unwrap();
     assert_same_tensors(&quant, &Model::open(&back).unwrap());
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        /// Any one word of a split descriptor or of the raw low bits changed: loading or
+        /// decoding fails with an error, never a panic and never other weights.
+        #[test]
+        fn one_changed_word_is_an_error(
+            in_low in any::<bool>(),
+            at in 0usize..10_000,
+            flip in 1u32..,
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            let name = if in_low { "m.pairs.weight.ecq_low" } else { "m.pairs.weight.ecq_split" };
+            let m = altered(tmp.path(), |t, _| {
+                set_u32(t, name, |v| {
+                    let i = at % v.len();
+                    v[i] ^= flip;
+                })
+            });
+            let res = load_weight(&m, "m.pairs.weight")
+                .and_then(|w| ecq::container::decode_weight("m.pairs.weight", &w));
+            prop_assert!(res.is_err(), "{name} word {at} ^ {flip:#x} decoded");
+        }
+    }
+}
