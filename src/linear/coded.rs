@@ -16,8 +16,8 @@ pub const MAX_M_PER_DISPATCH: usize = 512;
 pub const TARGET_WORKGROUPS: u32 = 512;
 
 /// Invocations of a batched kernel's workgroup sharing each activation row
-/// (`wgsl/lib/gemm_slice.wgsl`): 128 / `m` rounded to a power of two, 1..=32, for `m <= 128`
-/// rows, so that all 128 invocations multiply; 1 above.
+/// (`wgsl/lib/gemm_slice.wgsl`) for blocks of `m` rows: 128 / `m` rounded to a power of two,
+/// 1..=32, for `m <= 128`, so that all 128 invocations multiply; 1 above.
 pub(crate) fn kparts(m: usize) -> u32 {
     if m == 0 || m > 128 {
         1
@@ -26,11 +26,20 @@ pub(crate) fn kparts(m: usize) -> u32 {
     }
 }
 
-/// Activation rows per workgroup (a multiple of 128, at most 512) and the number of blocks,
-/// for `m` rows and `wgs` workgroups per block.
+/// Activation rows per workgroup and the number of blocks, for `m` rows and `wgs` workgroups
+/// per block: enough blocks to reach [`TARGET_WORKGROUPS`] where the matrix alone gives fewer
+/// workgroups (each block decodes the chunks again). Above 128 rows, blocks of a multiple of
+/// 128 rows (at most 512); up to 128 rows, blocks of any size down to one row, since all 128
+/// invocations share the rows of a block ([`kparts`]): on an H200, 4096x4096 with its 512
+/// chunks ran 128 workgroups at 32 rows, a quarter of the GPU's SMs twice over.
 pub(crate) fn m_split(m: usize, wgs: u32) -> (u32, u32) {
-    let max_blocks = m.div_ceil(128).max(1);
     let want = TARGET_WORKGROUPS.div_ceil(wgs.max(1)) as usize;
+    if m <= 128 {
+        let nb = want.clamp(1, m.max(1));
+        let m_block = m.max(1).div_ceil(nb);
+        return (m_block as u32, m.max(1).div_ceil(m_block) as u32);
+    }
+    let max_blocks = m.div_ceil(128);
     let nb = want.clamp(1, max_blocks);
     let m_block = m.div_ceil(nb).div_ceil(128).max(1) * 128;
     (m_block as u32, m.div_ceil(m_block) as u32)
@@ -964,7 +973,7 @@ impl EntropyCodedLinear {
                 m: m as u32,
                 m_block,
                 total_grid,
-                kparts: kparts(m),
+                kparts: kparts(m_block as usize),
                 wg_x: self.dev.grid(total_grid).0,
                 ..band.gemm
             };
@@ -1189,5 +1198,44 @@ impl Linear for EntropyCodedLinear {
         };
         add_bias(&mut y, self.bias.as_deref());
         Ok(y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{kparts, m_split};
+
+    /// Blocks cover the rows exactly once, hold at most 512 rows, reach the target workgroup
+    /// count where the rows allow it, and the invocations sharing a row cover the block.
+    #[test]
+    fn activation_blocks_cover_the_rows() {
+        for wgs in [1u32, 6, 128, 448, 512, 1024, 4096] {
+            for m in (1usize..=130).chain([200, 256, 300, 512]) {
+                let (mb, nb) = m_split(m, wgs);
+                let (mb, nb) = (mb as usize, nb as usize);
+                assert!(
+                    (1..=512).contains(&mb) && nb >= 1,
+                    "m {m} wgs {wgs}: {mb} x {nb}"
+                );
+                assert!(
+                    mb * nb >= m && mb * (nb - 1) < m,
+                    "m {m} wgs {wgs}: {mb} x {nb}"
+                );
+                if m > 128 {
+                    assert_eq!(mb % 128, 0);
+                } else {
+                    let want = (512usize).div_ceil(wgs as usize).min(m);
+                    assert!(
+                        nb >= want.min(m.div_ceil(mb)),
+                        "m {m} wgs {wgs}: {nb} blocks"
+                    );
+                }
+                // rows an invocation set covers: 4 per invocation, 128 / kparts invocation sets
+                assert!(4 * (128 / kparts(mb) as usize) >= mb, "m {m}: block {mb}");
+            }
+        }
+        assert_eq!(m_split(32, 128), (8, 4));
+        assert_eq!(m_split(32, 512), (32, 1));
+        assert_eq!(m_split(512, 128), (128, 4));
     }
 }

@@ -154,7 +154,7 @@ impl QuantizedLinear {
             m: m as u32,
             m_block,
             total_grid,
-            kparts: kparts(m),
+            kparts: kparts(m_block as usize),
             wg_x: self.dev.grid(total_grid).0,
             ..self.params
         };
