@@ -27,23 +27,30 @@ pub(crate) fn kparts(m: usize) -> u32 {
 }
 
 /// Activation rows per workgroup and the number of blocks, for `m` rows and `wgs` workgroups
-/// per block: enough blocks to reach [`TARGET_WORKGROUPS`] where the matrix alone gives fewer
-/// workgroups (each block decodes the chunks again). Above 128 rows, blocks of a multiple of
-/// 128 rows (at most 512); up to 128 rows, blocks of any size down to one row, since all 128
-/// invocations share the rows of a block ([`kparts`]): on an H200, 4096x4096 with its 512
-/// chunks ran 128 workgroups at 32 rows, a quarter of the GPU's SMs twice over.
+/// per block: more blocks (each decoding the chunks again) where the matrix alone gives few
+/// workgroups. Above 128 rows, blocks of a multiple of 128 rows (at most 512), up to
+/// [`TARGET_WORKGROUPS`] workgroups. Up to 128 rows, where the decode is a larger share,
+/// only as many blocks as keep the workgroups within [`TARGET_WORKGROUPS`], each of at least
+/// [`MIN_SMALL_BLOCK_ROWS`] rows (all 128 invocations share a block's rows, [`kparts`]). On
+/// an H200 (BENCHMARKS.md, Prefill): 4096x4096 (128 workgroups) ran 1.2-1.3x faster at 32
+/// rows in two blocks and 1.6-1.85x at 128 rows in four; splitting 32 rows of 14336x4096 (448
+/// workgroups) in two made it 1.6-2.2x slower, and 8 rows of 4096x4096 in four 1.04-1.11x.
 pub(crate) fn m_split(m: usize, wgs: u32) -> (u32, u32) {
-    let want = TARGET_WORKGROUPS.div_ceil(wgs.max(1)) as usize;
     if m <= 128 {
-        let nb = want.clamp(1, m.max(1));
+        let fit = (TARGET_WORKGROUPS / wgs.max(1)) as usize;
+        let nb = fit.clamp(1, (m / MIN_SMALL_BLOCK_ROWS).max(1));
         let m_block = m.max(1).div_ceil(nb);
         return (m_block as u32, m.max(1).div_ceil(m_block) as u32);
     }
+    let want = TARGET_WORKGROUPS.div_ceil(wgs.max(1)) as usize;
     let max_blocks = m.div_ceil(128);
     let nb = want.clamp(1, max_blocks);
     let m_block = m.div_ceil(nb).div_ceil(128).max(1) * 128;
     (m_block as u32, m.div_ceil(m_block) as u32)
 }
+
+/// Fewest activation rows of a block that [`m_split`] splits off with at most 128 rows.
+pub(crate) const MIN_SMALL_BLOCK_ROWS: usize = 16;
 
 /// Groups of 32 lanes per workgroup in the rANS kernels (`G` in the WGSL).
 const GROUPS_PER_WG: usize = 4;
@@ -1234,7 +1241,10 @@ mod tests {
                 assert!(4 * (128 / kparts(mb) as usize) >= mb, "m {m}: block {mb}");
             }
         }
-        assert_eq!(m_split(32, 128), (8, 4));
+        assert_eq!(m_split(32, 128), (16, 2));
+        assert_eq!(m_split(128, 128), (32, 4));
+        assert_eq!(m_split(8, 128), (8, 1));
+        assert_eq!(m_split(32, 448), (32, 1));
         assert_eq!(m_split(32, 512), (32, 1));
         assert_eq!(m_split(512, 128), (128, 4));
     }
