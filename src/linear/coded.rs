@@ -28,21 +28,27 @@ pub(crate) fn kparts(m: usize) -> u32 {
 
 /// Activation rows per workgroup and the number of blocks, for `m` rows and `wgs` workgroups
 /// per block: more blocks (each decoding the chunks again) where the matrix alone gives few
-/// workgroups. Above 128 rows, blocks of a multiple of 128 rows (at most 512), up to
-/// [`TARGET_WORKGROUPS`] workgroups. Up to 128 rows, where the decode is a larger share,
-/// only as many blocks as keep the workgroups within [`TARGET_WORKGROUPS`], each of at least
-/// [`MIN_SMALL_BLOCK_ROWS`] rows (all 128 invocations share a block's rows, [`kparts`]). On
-/// an H200 (BENCHMARKS.md, Prefill): 4096x4096 (128 workgroups) ran 1.2-1.3x faster at 32
-/// rows in two blocks and 1.6-1.85x at 128 rows in four; splitting 32 rows of 14336x4096 (448
-/// workgroups) in two made it 1.6-2.2x slower, and 8 rows of 4096x4096 in four 1.04-1.11x.
-pub(crate) fn m_split(m: usize, wgs: u32) -> (u32, u32) {
+/// workgroups, as many as keep the workgroups within [`TARGET_WORKGROUPS`], or (`round_up`,
+/// for the portable `rans_gemm.wgsl`, whose slower decode gains more from parallelism than
+/// it loses to repetition) the fewest that reach it. Above 128 rows, blocks of a multiple of
+/// 128 rows (at most 512); up to 128 rows, blocks of at least [`MIN_SMALL_BLOCK_ROWS`] rows
+/// within [`TARGET_WORKGROUPS`] (all 128 invocations share a block's rows, [`kparts`]).
+/// Measured on an H200 (BENCHMARKS.md, Prefill): 4096x4096 (128 workgroups) ran 1.2-1.3x
+/// faster at 32 rows in two blocks and 1.6-1.85x at 128 rows in four; 14336x4096 (448
+/// workgroups) split in two ran 1.6-2.2x slower at 8-32 rows and, in the blocked kernel,
+/// 1.26x slower at 256-512 rows than in one block (the portable kernel 1.2-1.25x faster).
+pub(crate) fn m_split(m: usize, wgs: u32, round_up: bool) -> (u32, u32) {
     if m <= 128 {
         let fit = (TARGET_WORKGROUPS / wgs.max(1)) as usize;
         let nb = fit.clamp(1, (m / MIN_SMALL_BLOCK_ROWS).max(1));
         let m_block = m.max(1).div_ceil(nb);
         return (m_block as u32, m.max(1).div_ceil(m_block) as u32);
     }
-    let want = TARGET_WORKGROUPS.div_ceil(wgs.max(1)) as usize;
+    let want = if round_up {
+        TARGET_WORKGROUPS.div_ceil(wgs.max(1))
+    } else {
+        TARGET_WORKGROUPS / wgs.max(1)
+    } as usize;
     let max_blocks = m.div_ceil(128);
     let nb = want.clamp(1, max_blocks);
     let m_block = m.div_ceil(nb).div_ceil(128).max(1) * 128;
@@ -974,7 +980,7 @@ impl EntropyCodedLinear {
         let layout = pipeline.get_bind_group_layout(0);
         let mut out = Vec::with_capacity(self.bands.len());
         for band in &self.bands {
-            let (m_block, blocks) = m_split(m, band.gemm.total_wg);
+            let (m_block, blocks) = m_split(m, band.gemm.total_wg, self.gemm_blocked.is_none());
             let total_grid = band.gemm.total_wg * blocks;
             let p = GemmParams {
                 m: m as u32,
@@ -1216,9 +1222,12 @@ mod tests {
     /// count where the rows allow it, and the invocations sharing a row cover the block.
     #[test]
     fn activation_blocks_cover_the_rows() {
-        for wgs in [1u32, 6, 128, 448, 512, 1024, 4096] {
+        for (wgs, up) in [1u32, 6, 128, 448, 512, 1024, 4096]
+            .into_iter()
+            .flat_map(|w| [(w, false), (w, true)])
+        {
             for m in (1usize..=130).chain([200, 256, 300, 512]) {
-                let (mb, nb) = m_split(m, wgs);
+                let (mb, nb) = m_split(m, wgs, up);
                 let (mb, nb) = (mb as usize, nb as usize);
                 assert!(
                     (1..=512).contains(&mb) && nb >= 1,
@@ -1241,11 +1250,13 @@ mod tests {
                 assert!(4 * (128 / kparts(mb) as usize) >= mb, "m {m}: block {mb}");
             }
         }
-        assert_eq!(m_split(32, 128), (16, 2));
-        assert_eq!(m_split(128, 128), (32, 4));
-        assert_eq!(m_split(8, 128), (8, 1));
-        assert_eq!(m_split(32, 448), (32, 1));
-        assert_eq!(m_split(32, 512), (32, 1));
-        assert_eq!(m_split(512, 128), (128, 4));
+        assert_eq!(m_split(32, 128, false), (16, 2));
+        assert_eq!(m_split(128, 128, false), (32, 4));
+        assert_eq!(m_split(8, 128, false), (8, 1));
+        assert_eq!(m_split(32, 448, false), (32, 1));
+        assert_eq!(m_split(32, 512, false), (32, 1));
+        assert_eq!(m_split(512, 128, false), (128, 4));
+        assert_eq!(m_split(512, 448, false), (512, 1));
+        assert_eq!(m_split(512, 448, true), (256, 2));
     }
 }

@@ -148,7 +148,8 @@ impl QuantizedLinear {
             .dev
             .pipeline(LinearKernel::QGemm { side: self.side })
             .map_err(gpu)?;
-        let (m_block, blocks) = m_split(m, self.params.total_wg);
+        // (qgemm repeats no decode: a block costs only its share of the weights' reads)
+        let (m_block, blocks) = m_split(m, self.params.total_wg, true);
         let total_grid = self.params.total_wg * blocks;
         let p = Params {
             m: m as u32,
