@@ -30,6 +30,7 @@
 // import: split_bits
 // import: side
 // import: gemm_slice
+// import: gemm_store
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
 
@@ -100,14 +101,6 @@ const ERR_SUBGROUP: u32 = 128u;
 @group(0) @binding(8) var<storage, read_write> Y: array<f32>;    // M rows of y_stride
 
 var<workgroup> wbuf: array<vec4<f32>, 256>;        // SLICE columns x G rows, 4 KiB
-
-fn store_row(m: u32, acc: vec4<f32>, rowv: vec4<u32>, okv: vec4<bool>) {
-    let yb = m * P.y_stride + P.row_base;
-    if (okv.x) { Y[yb + rowv.x] = acc.x; }
-    if (okv.y) { Y[yb + rowv.y] = acc.y; }
-    if (okv.z) { Y[yb + rowv.z] = acc.z; }
-    if (okv.w) { Y[yb + rowv.w] = acc.w; }
-}
 
 @compute @workgroup_size(128)
 fn main(
@@ -227,25 +220,11 @@ fn main(
             let rowv = crowv << vec4<u32>(u32(PAIR));
             // (the parts of each activation row summed, after the slice's reads)
             workgroupBarrier();
-            acc0 = sum_parts(acc0, lid, part);
-            acc1 = sum_parts(acc1, lid, part);
-            acc2 = sum_parts(acc2, lid, part);
-            acc3 = sum_parts(acc3, lid, part);
-            let lead = part == 0u;
-            if (lead && m0 < m_hi) { store_row(m0, acc0, rowv, okv); }
-            if (lead && m1 < m_hi) { store_row(m1, acc1, rowv, okv); }
-            if (lead && m2 < m_hi) { store_row(m2, acc2, rowv, okv); }
-            if (lead && m3 < m_hi) { store_row(m3, acc3, rowv, okv); }
+            let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+            store_rows(accs, m0, rstride, m_hi, lid, part, rowv, okv);
             if (PAIR) {
-                bcc0 = sum_parts(bcc0, lid, part);
-                bcc1 = sum_parts(bcc1, lid, part);
-                bcc2 = sum_parts(bcc2, lid, part);
-                bcc3 = sum_parts(bcc3, lid, part);
-                let rowb = rowv + vec4<u32>(1u);
-                if (lead && m0 < m_hi) { store_row(m0, bcc0, rowb, okv); }
-                if (lead && m1 < m_hi) { store_row(m1, bcc1, rowb, okv); }
-                if (lead && m2 < m_hi) { store_row(m2, bcc2, rowb, okv); }
-                if (lead && m3 < m_hi) { store_row(m3, bcc3, rowb, okv); }
+                let bccs = array<vec4<f32>, 4>(bcc0, bcc1, bcc2, bcc3);
+                store_rows(bccs, m0, rstride, m_hi, lid, part, rowv + vec4<u32>(1u), okv);
             }
             acc0 = vec4<f32>(0.0);
             acc1 = vec4<f32>(0.0);

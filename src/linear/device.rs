@@ -45,7 +45,8 @@ impl LinearKernel {
                 "rans_table",
                 "split_bits",
                 "side",
-                "gemm_slice"
+                "gemm_slice",
+                "gemm_store"
             ),
             LinearKernel::RansGemmBlocked { .. } => crate::gpu::wgsl_with_libs!(
                 "../../wgsl/rans_gemm_blocked.wgsl",
@@ -55,7 +56,8 @@ impl LinearKernel {
                 "rans_block",
                 "split_bits",
                 "side",
-                "gemm_slice"
+                "gemm_slice",
+                "gemm_store"
             ),
             LinearKernel::QGemm { .. } => {
                 crate::gpu::wgsl_with_libs!("../../wgsl/qgemm.wgsl", "side", "gemm_slice")
