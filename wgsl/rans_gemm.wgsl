@@ -35,7 +35,7 @@
 // import: split_bits
 // import: side
 // import: gemm_slice
-// import: gemm_store
+// import: rans_gemm_slice
 
 struct Params {
     rows: u32,           // rows of this band
@@ -136,7 +136,6 @@ fn main(
     let W = P.wps;
     let ss = 8u / W;                 // steps per slice (SLICE = ss * 32 * w)
     let max_steps = P.chunk_rows * T;
-    let qmask = (1u << P.bits) - 1u;
 
     // the chunks (and so the rows) of the 4 groups, known to every invocation
     let c0 = tile_first + sub * G;
@@ -167,22 +166,11 @@ fn main(
         if (bad_table) { err |= ERR_TABLE; }
     }
 
-    // this invocation's activation rows and its share of each slice's columns
-    let part = lid % P.kparts;
-    let rstride = WG / P.kparts;
-    let m0 = m_lo + lid / P.kparts;
-    let m1 = m0 + rstride;
-    let m2 = m0 + 2u * rstride;
-    let m3 = m0 + 3u * rstride;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
-    // (PAIR: the second row of each pair)
-    var bcc0 = vec4<f32>(0.0);
-    var bcc1 = vec4<f32>(0.0);
-    var bcc2 = vec4<f32>(0.0);
-    var bcc3 = vec4<f32>(0.0);
+    // this invocation's activation rows and its share of each slice's columns, and their sums
+    // for the workgroup's 4 rows (PAIR: bcc for the second row of each pair)
+    let rs = row_share(lid, m_lo);
+    var acc = array<vec4<f32>, 4>();
+    var bcc = array<vec4<f32>, 4>();
 
     for (var t = 0u; t < max_steps; t++) {
         let step_valid = t < steps;
@@ -199,26 +187,9 @@ fn main(
             let sym = lk.x;
             x = lk.y * (x >> n) + lk.z;
             need = x < L;
-            // the matrix row and step of this coded step (the same with PAIR off)
-            let rs = row_pair_step(row, u, PAIR);
-            let k0 = (rs.y * 32u + l) * W;
-            let sbv = side(rs.x * P.groups_per_row + k0 / P.group_size);
-            var low = 0u;
-            if (P.low_bits != 0u) {
-                // (cols * low_bits / 32 words per matrix row)
-                let kc = P.cols >> u32(PAIR);
-                low = raw_low_bits(rs.x * ((kc * P.low_bits) >> 5u), k0, P.low_bits);
-            }
-            let lmask = (1u << P.low_bits) - 1u;
-            for (var i = 0u; i < W; i++) {
-                let hi = (sym >> (P.bits * i)) & qmask;
-                let q = f32((hi << P.low_bits) | ((low >> (P.low_bits * i)) & lmask));
-                wbuf[col0 + i][g] = sbv.x * q + sbv.y;
-            }
+            dequantize_symbol(sym, row, u, l, W, P.bits, col0, g);
         } else {
-            for (var i = 0u; i < W; i++) {
-                wbuf[col0 + i][g] = 0.0;
-            }
+            clear_symbol(W, col0, g);
         }
         if (need) {
             atomicOr(&masks[g * 3u + t % 3u], 1u << l);
@@ -250,15 +221,9 @@ fn main(
             let n4 = (klen + 3u) / 4u;
             let k4 = kbase / 4u;
             if (PAIR && ((u >> 2u) & 1u) == 1u) {
-                if (m0 < m_hi) { bcc0 += dot_slice(m0, k4, n4, part); }
-                if (m1 < m_hi) { bcc1 += dot_slice(m1, k4, n4, part); }
-                if (m2 < m_hi) { bcc2 += dot_slice(m2, k4, n4, part); }
-                if (m3 < m_hi) { bcc3 += dot_slice(m3, k4, n4, part); }
+                add_slice(&bcc, rs, m_hi, k4, n4);
             } else {
-                if (m0 < m_hi) { acc0 += dot_slice(m0, k4, n4, part); }
-                if (m1 < m_hi) { acc1 += dot_slice(m1, k4, n4, part); }
-                if (m2 < m_hi) { acc2 += dot_slice(m2, k4, n4, part); }
-                if (m3 < m_hi) { acc3 += dot_slice(m3, k4, n4, part); }
+                add_slice(&acc, rs, m_hi, k4, n4);
             }
             if (row_end) {
                 let crowv = r0v + vec4<u32>(rr);
@@ -268,20 +233,12 @@ fn main(
                 let rowv = crowv << vec4<u32>(u32(PAIR));
                 // (the parts of each activation row summed, after the slice's reads)
                 workgroupBarrier();
-                let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
-                store_rows(accs, m0, rstride, m_hi, lid, part, rowv, okv);
+                store_rows(acc, rs, m_hi, lid, rowv, okv);
                 if (PAIR) {
-                    let bccs = array<vec4<f32>, 4>(bcc0, bcc1, bcc2, bcc3);
-                    store_rows(bccs, m0, rstride, m_hi, lid, part, rowv + vec4<u32>(1u), okv);
+                    store_rows(bcc, rs, m_hi, lid, rowv + vec4<u32>(1u), okv);
                 }
-                acc0 = vec4<f32>(0.0);
-                acc1 = vec4<f32>(0.0);
-                acc2 = vec4<f32>(0.0);
-                acc3 = vec4<f32>(0.0);
-                bcc0 = vec4<f32>(0.0);
-                bcc1 = vec4<f32>(0.0);
-                bcc2 = vec4<f32>(0.0);
-                bcc3 = vec4<f32>(0.0);
+                acc = array<vec4<f32>, 4>();
+                bcc = array<vec4<f32>, 4>();
             }
             workgroupBarrier();
         }

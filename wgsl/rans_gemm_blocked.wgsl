@@ -30,7 +30,7 @@
 // import: split_bits
 // import: side
 // import: gemm_slice
-// import: gemm_store
+// import: rans_gemm_slice
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
 
@@ -128,10 +128,6 @@ fn main(
     let ltmask = (1u << l) - 1u;
     let T = P.steps_per_row;
     let nblk = T / BLOCK;             // blocks (slices) per coded row
-    let qmask = (1u << BITS) - 1u;
-    let lmask = (1u << P.low_bits) - 1u;
-    // a matrix row's raw low-bit words (PAIR: a coded row holds two matrix rows)
-    let low_row_words = ((P.cols >> u32(PAIR)) * P.low_bits) >> 5u;
 
     // the chunks (and so the rows) of the 4 groups, known to every invocation
     let c0 = tile_first + sub * G;
@@ -144,22 +140,11 @@ fn main(
     let cs = chunk_start(chunk, valid, l, T, bad_table, sg_size);
     var d = block_decoder(cs.x, cs.p, l);
 
-    // this invocation's activation rows and its share of each slice's columns
-    let part = lid % P.kparts;
-    let rstride = WG / P.kparts;
-    let m0 = m_lo + lid / P.kparts;
-    let m1 = m0 + rstride;
-    let m2 = m0 + 2u * rstride;
-    let m3 = m0 + 3u * rstride;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
-    // (PAIR: the second row of each pair)
-    var bcc0 = vec4<f32>(0.0);
-    var bcc1 = vec4<f32>(0.0);
-    var bcc2 = vec4<f32>(0.0);
-    var bcc3 = vec4<f32>(0.0);
+    // this invocation's activation rows and its share of each slice's columns, and their sums
+    // for the workgroup's 4 rows (PAIR: bcc for the second row of each pair)
+    let rs = row_share(lid, m_lo);
+    var acc = array<vec4<f32>, 4>();
+    var bcc = array<vec4<f32>, 4>();
 
     let max_blocks = P.chunk_rows * nblk;
     for (var b = 0u; b < max_blocks; b++) {
@@ -176,23 +161,9 @@ fn main(
             let col0 = (i * 32u + l) * WPS;   // the lane's first column in the slice
             if (on) {
                 let sym = (select(s.x, s.y, i >= 4u) >> (8u * (i & 3u))) & 0xFFu;
-                // the matrix row and step of this coded step (the same with PAIR off)
-                let rs = row_pair_step(row, u0 + i, PAIR);
-                let k0 = (rs.y * 32u + l) * WPS;
-                let sbv = side(rs.x * P.groups_per_row + k0 / P.group_size);
-                var low = 0u;
-                if (P.low_bits != 0u) {
-                    low = raw_low_bits(rs.x * low_row_words, k0, P.low_bits);
-                }
-                for (var j = 0u; j < WPS; j++) {
-                    let hi = (sym >> (BITS * j)) & qmask;
-                    let q = f32((hi << P.low_bits) | ((low >> (P.low_bits * j)) & lmask));
-                    wbuf[col0 + j][g] = sbv.x * q + sbv.y;
-                }
+                dequantize_symbol(sym, row, u0 + i, l, WPS, BITS, col0, g);
             } else {
-                for (var j = 0u; j < WPS; j++) {
-                    wbuf[col0 + j][g] = 0.0;
-                }
+                clear_symbol(WPS, col0, g);
             }
         }
         workgroupBarrier();
@@ -202,15 +173,9 @@ fn main(
         let mu = row_pair_step(0u, u0, PAIR).y;
         let k4 = (mu * 32u * WPS) / 4u;
         if (PAIR && ((u0 >> 2u) & 1u) == 1u) {
-            if (m0 < m_hi) { bcc0 += dot_slice(m0, k4, SLICE / 4u, part); }
-            if (m1 < m_hi) { bcc1 += dot_slice(m1, k4, SLICE / 4u, part); }
-            if (m2 < m_hi) { bcc2 += dot_slice(m2, k4, SLICE / 4u, part); }
-            if (m3 < m_hi) { bcc3 += dot_slice(m3, k4, SLICE / 4u, part); }
+            add_slice(&bcc, rs, m_hi, k4, SLICE / 4u);
         } else {
-            if (m0 < m_hi) { acc0 += dot_slice(m0, k4, SLICE / 4u, part); }
-            if (m1 < m_hi) { acc1 += dot_slice(m1, k4, SLICE / 4u, part); }
-            if (m2 < m_hi) { acc2 += dot_slice(m2, k4, SLICE / 4u, part); }
-            if (m3 < m_hi) { acc3 += dot_slice(m3, k4, SLICE / 4u, part); }
+            add_slice(&acc, rs, m_hi, k4, SLICE / 4u);
         }
         if (b % nblk == nblk - 1u) {
             let crowv = r0v + vec4<u32>(rr);
@@ -220,20 +185,12 @@ fn main(
             let rowv = crowv << vec4<u32>(u32(PAIR));
             // (the parts of each activation row summed, after the slice's reads)
             workgroupBarrier();
-            let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
-            store_rows(accs, m0, rstride, m_hi, lid, part, rowv, okv);
+            store_rows(acc, rs, m_hi, lid, rowv, okv);
             if (PAIR) {
-                let bccs = array<vec4<f32>, 4>(bcc0, bcc1, bcc2, bcc3);
-                store_rows(bccs, m0, rstride, m_hi, lid, part, rowv + vec4<u32>(1u), okv);
+                store_rows(bcc, rs, m_hi, lid, rowv + vec4<u32>(1u), okv);
             }
-            acc0 = vec4<f32>(0.0);
-            acc1 = vec4<f32>(0.0);
-            acc2 = vec4<f32>(0.0);
-            acc3 = vec4<f32>(0.0);
-            bcc0 = vec4<f32>(0.0);
-            bcc1 = vec4<f32>(0.0);
-            bcc2 = vec4<f32>(0.0);
-            bcc3 = vec4<f32>(0.0);
+            acc = array<vec4<f32>, 4>();
+            bcc = array<vec4<f32>, 4>();
         }
         workgroupBarrier();
     }

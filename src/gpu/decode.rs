@@ -261,7 +261,20 @@ fn fused_gemv_pipeline_diag(
 }
 
 /// Raw low bits the GPU kernels run: 2 beside 2-bit symbols of four weights (4-bit weights).
-fn check_low_bits(low_bits: u32, bits: u32, wps: u32) -> Result<(), GpuError> {
+/// Checks that coded rows of `cols` weights (`wps` per symbol) in row-pair order are two
+/// matrix rows of whole runs ([`crate::rans::ROW_PAIR_RUN_SYMBOLS`] symbols); the reason if not.
+pub(crate) fn check_row_pair_cols(cols: usize, wps: u32) -> Result<(), String> {
+    let run = crate::rans::ROW_PAIR_RUN_SYMBOLS * wps as usize;
+    if cols.is_multiple_of(2 * run) {
+        Ok(())
+    } else {
+        Err(format!(
+            "row-pair coded rows of {cols} weights are not two rows of whole {run}-weight runs"
+        ))
+    }
+}
+
+pub(crate) fn check_low_bits(low_bits: u32, bits: u32, wps: u32) -> Result<(), GpuError> {
     if low_bits == 2 && bits == 2 && wps == 4 {
         Ok(())
     } else {
@@ -497,12 +510,8 @@ impl GpuCodedMatrix {
         row_pairs: bool,
     ) -> Result<Self, GpuError> {
         m.check()?;
-        let run = crate::rans::ROW_PAIR_RUN_SYMBOLS * m.weights_per_symbol as usize;
-        if row_pairs && !m.cols.is_multiple_of(2 * run) {
-            return Err(GpuError::InvalidInput(format!(
-                "row-pair coded rows of {} weights are not two rows of whole {run}-weight runs",
-                m.cols
-            )));
+        if row_pairs {
+            check_row_pair_cols(m.cols, m.weights_per_symbol).map_err(GpuError::InvalidInput)?;
         }
         let low = if low_bits == 0 {
             if !low.is_empty() {

@@ -267,19 +267,12 @@ impl<'a> CodedLayerRef<'a> {
             )));
         }
         if self.low_bits != 0 || self.row_pairs {
-            if self.low_bits != 2 || b != 2 || w != 4 {
-                return Err(unsupported(format!(
-                    "a split matrix of {b} coded bits ({w} weights per symbol) and {} raw low \
-                     bits (the GPU kernels run 4-bit weights split 2 + 2)",
-                    self.low_bits
-                )));
-            }
-            let run = crate::rans::ROW_PAIR_RUN_SYMBOLS * w as usize;
-            if self.row_pairs && (!self.cols.is_multiple_of(2 * run)) {
-                return Err(bad(format!(
-                    "row-pair coded rows of {} weights are not two rows of whole {run}-weight runs",
-                    self.cols
-                )));
+            crate::gpu::check_low_bits(self.low_bits, b, w).map_err(|e| match e {
+                GpuError::Unsupported(reason) => unsupported(reason),
+                e => unsupported(e.to_string()),
+            })?;
+            if self.row_pairs {
+                crate::gpu::check_row_pair_cols(self.cols, w).map_err(bad)?;
             }
             let low_bytes = self.rows as u64 * self.cols as u64 * self.low_bits as u64 / 8;
             if !(self.in_features() * self.low_bits as usize).is_multiple_of(32)

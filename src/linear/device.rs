@@ -46,7 +46,7 @@ impl LinearKernel {
                 "split_bits",
                 "side",
                 "gemm_slice",
-                "gemm_store"
+                "rans_gemm_slice"
             ),
             LinearKernel::RansGemmBlocked { .. } => crate::gpu::wgsl_with_libs!(
                 "../../wgsl/rans_gemm_blocked.wgsl",
@@ -57,7 +57,7 @@ impl LinearKernel {
                 "split_bits",
                 "side",
                 "gemm_slice",
-                "gemm_store"
+                "rans_gemm_slice"
             ),
             LinearKernel::QGemm { .. } => {
                 crate::gpu::wgsl_with_libs!("../../wgsl/qgemm.wgsl", "side", "gemm_slice")
