@@ -8,13 +8,15 @@
 //! ```text
 //! cargo run --release --example bench_prefill -- [--shapes 4096x4096,4096x14336]
 //!     [--ms 1,8,32,128,512] [--rounds 5] [--target-ms 30] [--set-mib 256] [--max-gemv-m 512]
-//!     [--chunk-symbols 16384] [--tile-chunks 8] [--coding whole,split,pairs] [--wall]
+//!     [--chunk-symbols 16384] [--tile-chunks 8] [--min-chunks N] [--coding whole,split,pairs]
+//!     [--wall]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64 (`ecq::quant::quantize_affine`), coded
 //! by `ecq::rans::encode` at precision 11 with the given chunk geometry (`--coding whole`, the
 //! default), or split 2 + 2 (`ecq::rans::SplitMatrix`, `ecq encode --split`: `split` in row
-//! order, `pairs` in row-pair order) with half the symbols per chunk, as `ecq encode` does. Every matrix is
+//! order, `pairs` in row-pair order) with half the symbols per chunk, as `ecq encode` does;
+//! `--min-chunks` as `ecq encode`'s (default as there: 0 whole, 8192 split). Every matrix is
 //! uploaded as several distinct copies (at least `--set-mib` MiB of packed weights in all) and
 //! the timed work rotates through them, so weights come from memory, not the L2 cache. One
 //! "forward" = the work for M tokens: one dispatch of a batched kernel (or M dispatches of a
@@ -36,6 +38,7 @@ use std::sync::Arc;
 mod timing;
 use timing::{GpuTimer, Timing};
 
+use ecq::container::MatrixCoding;
 use ecq::dtype::FloatDType;
 use ecq::gpu::GpuQuantizedMatrix;
 use ecq::linear::{
@@ -55,6 +58,8 @@ struct Args {
     max_gemv_m: usize,
     chunk_symbols: usize,
     tile_chunks: usize,
+    /// `None`: `ecq encode`'s default for the coding
+    min_chunks: Option<usize>,
     codings: Vec<String>,
     wall: bool,
 }
@@ -75,6 +80,7 @@ fn parse_args() -> Args {
         max_gemv_m: 512,
         chunk_symbols: ecq::rans::DEFAULT_CHUNK_SYMBOLS,
         tile_chunks: ecq::rans::DEFAULT_TILE_CHUNKS,
+        min_chunks: None,
         codings: vec!["whole".into()],
         wall: false,
     };
@@ -103,6 +109,7 @@ fn parse_args() -> Args {
             "--max-gemv-m" => a.max_gemv_m = v.parse().expect("max-gemv-m"),
             "--chunk-symbols" => a.chunk_symbols = v.parse().expect("chunk-symbols"),
             "--tile-chunks" => a.tile_chunks = v.parse().expect("tile-chunks"),
+            "--min-chunks" => a.min_chunks = Some(v.parse().expect("min-chunks")),
             "--coding" => {
                 a.codings = v.split(',').map(String::from).collect();
                 for c in &a.codings {
@@ -219,15 +226,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for coding in &a.codings {
             // whole symbols, or split 2 + 2 with half the symbols per chunk (as `ecq encode --split`)
             let (enc, split): (Option<EncodedMatrix>, Option<SplitMatrix>) = match coding.as_str() {
-                "whole" => (Some(encode(&q.symbols(), r, k, 4, &opts)?), None),
+                "whole" => {
+                    let o = EncodeOptions {
+                        min_chunks: a
+                            .min_chunks
+                            .unwrap_or(MatrixCoding::Whole.default_min_chunks()),
+                        ..opts.clone()
+                    };
+                    (Some(encode(&q.symbols(), r, k, 4, &o)?), None)
+                }
                 c => {
                     let order = if c == "pairs" {
                         SplitOrder::RowPairs
                     } else {
                         SplitOrder::Rows
                     };
+                    let coding = MatrixCoding::Split4 {
+                        row_pairs: order == SplitOrder::RowPairs,
+                    };
                     let o = EncodeOptions {
                         chunk_symbols: (a.chunk_symbols / 2).max(1),
+                        min_chunks: a.min_chunks.unwrap_or(coding.default_min_chunks()),
                         ..opts.clone()
                     };
                     let s = SplitMatrix::encode_ordered(&q.symbols(), r, k, 4, 2, &o, order)?;

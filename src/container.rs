@@ -156,17 +156,32 @@ pub enum MatrixCoding {
     #[default]
     Whole,
     /// 4-bit matrices as [`SplitMatrix`]es (high 2 bits coded four weights to a symbol, low 2
-    /// bits raw): 0.8-2.1% larger on MLX weights, and the form the GPU's fused GEMV runs
-    /// fastest (BENCHMARKS.md, issue 5). With `row_pairs`, every matrix whose shape allows it
+    /// bits raw): 0.8-2.1% larger on MLX weights in the same chunks (2.6-4.0% on MiniLM with
+    /// the chunks of [`default_min_chunks`](Self::default_min_chunks)), and the form the GPU's
+    /// fused GEMV runs fastest (BENCHMARKS.md, issue 5). With `row_pairs`, every matrix whose shape allows it
     /// (an even number of rows, `K` a multiple of 512) is stored in [`SplitOrder::RowPairs`];
     /// the others in row order. Matrices of other widths, or whose rows do not fill whole
     /// words of low bits (`K` not a multiple of 16), are coded whole. The chunks hold
-    /// `chunk_symbols / 2` symbols of four weights, as many weights as whole 4-bit chunks.
+    /// `chunk_symbols / 2` symbols of four weights, as many weights as whole 4-bit chunks
+    /// (then shrunk by `min_chunks`: see [`default_min_chunks`](Self::default_min_chunks)).
     /// Files with a split matrix are container version 2 ([`SPLIT_CONTAINER_VERSION`]).
     Split4 {
         /// Store pairs of rows interleaved where the shape allows it.
         row_pairs: bool,
     },
+}
+
+impl MatrixCoding {
+    /// The [`EncodeOptions::min_chunks`] `ecq encode` uses with this coding unless told
+    /// otherwise: 0 (off) for [`Whole`](Self::Whole), the size form;
+    /// [`SPLIT_MIN_CHUNKS`](crate::rans::SPLIT_MIN_CHUNKS) for [`Split4`](Self::Split4), the
+    /// speed form, whose fused GEMV runs 1.2-2.9x faster on an H200 with those decoders.
+    pub fn default_min_chunks(self) -> usize {
+        match self {
+            MatrixCoding::Whole => 0,
+            MatrixCoding::Split4 { .. } => crate::rans::SPLIT_MIN_CHUNKS,
+        }
+    }
 }
 
 /// A stored coded weight: coded whole, or split into coded high and raw low bits.

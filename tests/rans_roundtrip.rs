@@ -438,31 +438,37 @@ fn size_close_to_entropy() {
 }
 
 /// `min_chunks` shrinks chunks (never grows them) until the matrix has that many, but not
-/// below `MIN_PARALLEL_CHUNK_SYMBOLS` symbols or one row; the chunk geometry is exactly the
-/// documented formula and the round trip stays exact.
+/// below `MIN_PARALLEL_CHUNK_WEIGHTS` weights or one row, and grows the chunks per tile by the
+/// same factor; the geometry is exactly the documented formula and the round trip stays exact.
 #[test]
 fn min_chunks_shrinks_chunks_for_parallel_decoding() {
-    use ecq::rans::{DEFAULT_CHUNK_SYMBOLS, MIN_PARALLEL_CHUNK_SYMBOLS};
+    use ecq::rans::{DEFAULT_CHUNK_SYMBOLS, DEFAULT_TILE_CHUNKS, MIN_PARALLEL_CHUNK_WEIGHTS};
     let mut rng = ChaCha8Rng::seed_from_u64(41);
-    // (rows, cols, bits, min_chunks, expected chunk_rows)
+    // (rows, cols, bits, weights per symbol, min_chunks, expected chunk_rows)
     let cases = [
         // 2048 symbols per row: default 8 rows; 512 / 128 = 4 rows per chunk
-        (512usize, 4096usize, 4u32, 128usize, 4usize),
-        // 512 / 1024 < 1 row, but chunks stay >= 4096 symbols = 2 rows
-        (512, 4096, 4, 1024, 2),
+        (512usize, 4096usize, 4u32, None, 128usize, 4usize),
+        // 512 / 1024 < 1 row, but chunks stay >= 8192 weights = 2 rows
+        (512, 4096, 4, None, 1024, 2),
+        // four 2-bit weights per symbol (the high bits of a split matrix of K = 4096 in row
+        // pairs): 2048 symbols per row, default 8 rows, the floor is one row
+        (512, 8192, 2, None, 1024, 1),
         // already enough chunks with the default: unchanged (8 rows)
-        (512, 4096, 4, 16, 8),
+        (512, 4096, 4, None, 16, 8),
         // rows longer than the floor: one row per chunk at most
-        (64, 14336, 4, 1000, 1),
-        // 8-bit, 1 weight per symbol: 1000 symbols per row, default 16, floor 5 rows
-        (300, 1000, 8, 100, 5),
+        (64, 14336, 4, None, 1000, 1),
+        // 8-bit, 1 weight per symbol: 1000 symbols per row, default 16, floor 9 rows
+        (300, 1000, 8, None, 100, 9),
         // odd row count: 301 / 7 = 43 rows
-        (301, 1000, 8, 7, 16),
+        (301, 1000, 8, None, 7, 16),
+        // 4-bit weights one per symbol: 4096 symbols per row, default 4 rows, floor 2 rows
+        (512, 4096, 4, Some(1), 1024, 2),
     ];
-    for &(rows, cols, bits, min_chunks, want_rows) in &cases {
+    for &(rows, cols, bits, wps, min_chunks, want_rows) in &cases {
         let q = random_matrix(&mut rng, rows * cols, bits, 0);
         let opts = EncodeOptions {
             min_chunks,
+            weights_per_symbol: wps,
             ..Default::default()
         };
         let e = roundtrip(&q, rows, cols, bits, &opts);
@@ -474,8 +480,14 @@ fn min_chunks_shrinks_chunks_for_parallel_decoding() {
             want_rows,
             "{rows}x{cols} b{bits} min_chunks {min_chunks}"
         );
+        // a tile keeps the rows it had at the default chunks (rounded down)
+        assert_eq!(
+            e.tile_chunks(),
+            DEFAULT_TILE_CHUNKS * default_rows / want_rows,
+            "{rows}x{cols} b{bits} min_chunks {min_chunks}: tile chunks"
+        );
         // as many chunks as asked for, unless the floor stops it first
-        let floor_rows = MIN_PARALLEL_CHUNK_SYMBOLS.div_ceil(spr);
+        let floor_rows = MIN_PARALLEL_CHUNK_WEIGHTS.div_ceil(cols);
         assert!(
             e.n_chunks() >= min_chunks.min(rows / floor_rows),
             "{rows}x{cols}: {} chunks",

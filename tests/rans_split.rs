@@ -10,7 +10,9 @@ mod rans_common;
 
 use ecq::dtype::FloatDType;
 use ecq::quant::{quantize_absmax, quantize_affine, AbsmaxMode, AffineParams};
-use ecq::rans::{encode, entropy_bits, EncodeOptions, SplitMatrix, DEFAULT_CHUNK_SYMBOLS};
+use ecq::rans::{
+    encode, entropy_bits, EncodeOptions, SplitMatrix, DEFAULT_CHUNK_SYMBOLS, SPLIT_MIN_CHUNKS,
+};
 use rans_common::{real_model_weights, FMatrix};
 
 /// One quantizer's 4-bit weights (values 0..16) for a matrix.
@@ -29,8 +31,9 @@ fn mlx(f: &FMatrix, group: u32) -> Vec<u8> {
 }
 
 /// The split's stored size is the coded high bits, two raw bits per weight and a 4-byte
-/// checksum, exactly; and with half the symbols per chunk it has the chunks of the whole
-/// coding (the geometry the GPU measurements compare).
+/// checksum, exactly; with half the symbols per chunk it has the chunks of the whole coding
+/// (the geometry the GPU measurements compare), and the default options then shrink them to
+/// `SPLIT_MIN_CHUNKS` decoders down to 8192 weights per chunk.
 #[test]
 fn split_size_is_exact() {
     let (rows, cols) = (64, 512);
@@ -40,13 +43,29 @@ fn split_size_is_exact() {
     let whole = encode(&q, rows, cols, 4, &EncodeOptions::default()).unwrap();
     let opts = SplitMatrix::default_options();
     assert_eq!(opts.chunk_symbols, DEFAULT_CHUNK_SYMBOLS / 2);
-    let s = SplitMatrix::encode(&q, rows, cols, 4, 2, &opts).unwrap();
+    assert_eq!(opts.min_chunks, ecq::rans::SPLIT_MIN_CHUNKS);
+    let same_chunks = EncodeOptions {
+        min_chunks: 0,
+        ..opts.clone()
+    };
+    let s = SplitMatrix::encode(&q, rows, cols, 4, 2, &same_chunks).unwrap();
     assert_eq!(
         s.total_bytes(),
         s.high().total_bytes() + rows * cols / 4 + 4
     );
     assert_eq!(s.high().n_chunks(), whole.n_chunks());
     assert_eq!(s.high().chunk_rows(), whole.chunk_rows());
+    assert_eq!(s.decode_symbols().unwrap(), q);
+    // 8192 / 512 = 16 rows per chunk instead of all 64; the tile keeps its 64 rows
+    let s = SplitMatrix::encode(&q, rows, cols, 4, 2, &opts).unwrap();
+    assert_eq!(
+        (
+            s.high().chunk_rows(),
+            s.high().n_chunks(),
+            s.high().n_tiles()
+        ),
+        (16, 4, 1)
+    );
     assert_eq!(s.decode_symbols().unwrap(), q);
 }
 
@@ -68,12 +87,12 @@ fn split_sweep() {
                 .symbols
         }),
     ];
-    println!("real model all-MiniLM-L6-v2; whole: default EncodeOptions; split: chunk_symbols {} (the same chunks)", DEFAULT_CHUNK_SYMBOLS / 2);
-    println!("| quantizer | entropy H(q) bits/weight (pooled histogram) | H(high 2 bits) | H(low 2 \\| high 2) | whole: coded bits/weight | split: coded high + 2 raw bits/weight | split / whole | rANS steps per weight |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("real model all-MiniLM-L6-v2; whole: default EncodeOptions; split: chunk_symbols {} (the same chunks), and SplitMatrix::default_options (min_chunks {SPLIT_MIN_CHUNKS}, the `ecq encode --split` default)", DEFAULT_CHUNK_SYMBOLS / 2);
+    println!("| quantizer | entropy H(q) bits/weight (pooled histogram) | H(high 2 bits) | H(low 2 \\| high 2) | whole: coded bits/weight | split: coded high + 2 raw bits/weight | split / whole | split, default options | rANS steps per weight |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (name, group, quantize) in quantizers {
         let ms = real_model_weights(group).unwrap_or_else(|| rans_common::model_missing());
-        let (mut whole, mut split, mut n) = (0.0, 0.0, 0usize);
+        let (mut whole, mut split, mut split_default, mut n) = (0.0, 0.0, 0.0, 0usize);
         let (mut cq, mut ch) = (vec![0u64; 16], vec![0u64; 4]);
         for m in &ms {
             let q = quantize(m);
@@ -86,19 +105,27 @@ fn split_sweep() {
                 .total_bytes()
                 * 8) as f64;
             let opts = SplitMatrix::default_options();
-            let s = SplitMatrix::encode(&q, m.rows, m.cols, 4, 2, &opts).unwrap();
+            let same_chunks = EncodeOptions {
+                min_chunks: 0,
+                ..opts.clone()
+            };
+            let s = SplitMatrix::encode(&q, m.rows, m.cols, 4, 2, &same_chunks).unwrap();
             assert_eq!(s.decode_symbols().unwrap(), q);
             split += (s.total_bytes() * 8) as f64;
+            let s = SplitMatrix::encode(&q, m.rows, m.cols, 4, 2, &opts).unwrap();
+            split_default += (s.total_bytes() * 8) as f64;
             n += q.len();
         }
         let w = n as f64;
         let (hq, hh) = (entropy_bits(&cq) / w, entropy_bits(&ch) / w);
         println!(
-            "| {name} | {hq:.3} | {hh:.3} | {:.3} | {:.3} | {:.3} | {:+.1}% | 0.5 -> 0.25 |",
+            "| {name} | {hq:.3} | {hh:.3} | {:.3} | {:.3} | {:.3} | {:+.1}% | {:.3} ({:+.1}%) | 0.5 -> 0.25 |",
             hq - hh,
             whole / w,
             split / w,
-            100.0 * (split / whole - 1.0)
+            100.0 * (split / whole - 1.0),
+            split_default / w,
+            100.0 * (split_default / whole - 1.0)
         );
     }
 }

@@ -25,14 +25,15 @@ pub struct EncodeArgs {
     /// Chunks per tile (one frequency table and checksum per tile).
     #[arg(long, default_value_t = ecq::rans::DEFAULT_TILE_CHUNKS)]
     tile_chunks: usize,
-    /// Make chunks smaller (down to 4096 symbols or one row) where a matrix would otherwise
-    /// have fewer chunks than this: more parallel decoders on a big GPU (2048 suits an
-    /// H100/H200) for ~0.1 bits/weight on the matrices it shrinks. 0 = off.
-    #[arg(long, default_value_t = 0)]
-    min_chunks: usize,
+    /// Make chunks smaller (down to 8192 weights or one row) where a matrix would otherwise
+    /// have fewer chunks than this: more parallel decoders on a big GPU for ~0.1 bits/weight
+    /// on the matrices it shrinks. 0 = off. Default: 0, or 8192 with --split.
+    #[arg(long)]
+    min_chunks: Option<usize>,
     /// Store 4-bit matrices split: their high 2 bits coded (four weights per rANS step), their
-    /// low 2 bits raw. 0.8-2.1% larger on MLX weights; the form the GPU's fused GEMV runs
-    /// fastest. Other widths stay whole. Files with a split matrix are container version 2.
+    /// low 2 bits raw, in chunks small enough for 8192 decoders per matrix (see --min-chunks).
+    /// 2-5% larger on MLX weights; the form the GPU's fused GEMV runs fastest. Other widths stay
+    /// whole. Files with a split matrix are container version 2.
     #[arg(long, conflicts_with = "lossless")]
     split: bool,
     /// With --split: interleave each pair of rows (where rows are even and K a multiple of
@@ -78,16 +79,6 @@ pub fn print_summary(s: &Summary) {
 /// Runs `ecq encode`.
 pub fn encode(a: EncodeArgs) -> CliResult {
     let model = Model::open(&a.input)?;
-    let opts = EncodeOptions {
-        precision: a.precision,
-        chunk_symbols: a.chunk_symbols,
-        tile_chunks: a.tile_chunks,
-        min_chunks: a.min_chunks,
-        ..EncodeOptions::default()
-    };
-    if a.lossless {
-        return encode_lossless(&model, &a, &opts);
-    }
     let coding = if a.split {
         MatrixCoding::Split4 {
             row_pairs: a.row_pairs,
@@ -95,6 +86,16 @@ pub fn encode(a: EncodeArgs) -> CliResult {
     } else {
         MatrixCoding::Whole
     };
+    let opts = EncodeOptions {
+        precision: a.precision,
+        chunk_symbols: a.chunk_symbols,
+        tile_chunks: a.tile_chunks,
+        min_chunks: a.min_chunks.unwrap_or(coding.default_min_chunks()),
+        ..EncodeOptions::default()
+    };
+    if a.lossless {
+        return encode_lossless(&model, &a, &opts);
+    }
     let pb = bar(0, "encode");
     let s = encode_model_with(&model, &a.output, &opts, coding, &pb)?;
     pb.finish_and_clear();

@@ -46,7 +46,7 @@ use rayon::prelude::*;
 
 pub use error::CodecError;
 pub use format::{HEADER_FIXED, MAGIC, MAX_PRECISION, MAX_WEIGHTS, MIN_PRECISION, VERSION};
-pub use split::{SplitMatrix, SplitOrder, ROW_PAIR_RUN_SYMBOLS};
+pub use split::{SplitMatrix, SplitOrder, ROW_PAIR_RUN_SYMBOLS, SPLIT_MIN_CHUNKS};
 
 use decode::{decode_chunk, ChunkCtx, L};
 use format::Geometry;
@@ -70,10 +70,10 @@ pub const DEFAULT_CHUNK_SYMBOLS: usize = 16384;
 /// Default number of chunks per tile: per-tile tables barely beat one table per matrix on real
 /// weights, so tiles of 8 chunks amortise the tables (1.47% total overhead at w = 2).
 pub const DEFAULT_TILE_CHUNKS: usize = 8;
-/// Smallest chunk [`EncodeOptions::min_chunks`] shrinks chunks to (in symbols, or one row when
-/// rows are longer): below it the 128 bytes of lane states per chunk cost more than ~0.12
-/// bits/weight at 2 weights per symbol.
-pub const MIN_PARALLEL_CHUNK_SYMBOLS: usize = 4096;
+/// Smallest chunk [`EncodeOptions::min_chunks`] shrinks chunks to, in weights (or one row when
+/// rows are longer): below it the 128 bytes of lane states per chunk cost more than 0.125
+/// bits/weight. (4096 symbols of two 4-bit weights, 2048 of four split 2-bit ones.)
+pub const MIN_PARALLEL_CHUNK_WEIGHTS: usize = 8192;
 
 const _: () = assert!(LANES == 32);
 const _: () = assert!(DEFAULT_PRECISION <= GPU_MAX_PRECISION);
@@ -96,10 +96,12 @@ pub struct EncodeOptions {
     pub tile_chunks: usize,
     /// If not 0, chunks are made smaller than `chunk_symbols` where that is needed for the
     /// matrix to have at least this many chunks (independent decoders), but not smaller than
-    /// [`MIN_PARALLEL_CHUNK_SYMBOLS`] (or one row). A GPU decodes one chunk per 32-lane
-    /// subgroup, and a matrix with too few chunks leaves it waiting on the serial rANS chain:
-    /// on an H200, 4096x4096 4-bit runs 2.8x faster with 2048 chunks than with the default 512,
-    /// for +0.1 bits/weight (BENCHMARKS.md, issue 5). Default 0 (off).
+    /// [`MIN_PARALLEL_CHUNK_WEIGHTS`] weights (or one row); the chunks per tile then grow by
+    /// the same factor, so that a tile (one frequency table) keeps the rows it would have had.
+    /// A GPU decodes one chunk per 32-lane subgroup, and a matrix with too few chunks leaves it
+    /// waiting on the serial rANS chain: on an H200, 4096x4096 4-bit runs 2.8x faster with
+    /// 2048 chunks than with the default 512, for +0.1 bits/weight (BENCHMARKS.md, issue 5).
+    /// Default 0 (off); [`SplitMatrix::default_options`] sets [`SPLIT_MIN_CHUNKS`].
     pub min_chunks: usize,
     /// MLX group size of the scales and biases, stored in the header for information (0 if
     /// none). Default 0.
@@ -225,10 +227,14 @@ pub fn encode(
     let mut chunk_rows = (opts.chunk_symbols + spr / 2)
         .checked_div(spr)
         .map_or(1, |r| r.clamp(1, rows.max(1)));
+    let mut tile_chunks = opts.tile_chunks;
     if opts.min_chunks > 0 && spr > 0 {
         let for_count = (rows / opts.min_chunks).max(1);
-        let floor = MIN_PARALLEL_CHUNK_SYMBOLS.div_ceil(spr);
-        chunk_rows = chunk_rows.min(for_count.max(floor));
+        let floor = MIN_PARALLEL_CHUNK_WEIGHTS.div_ceil(cols);
+        let shrunk = chunk_rows.min(for_count.max(floor));
+        // Same speed on an H200 with the larger tiles, 1.2% smaller (BENCHMARKS.md, issue 5).
+        tile_chunks = tile_chunks.saturating_mul(chunk_rows) / shrunk;
+        chunk_rows = shrunk;
     }
     let g = Geometry::new(
         rows as u64,
@@ -237,7 +243,7 @@ pub fn encode(
         wps.into(),
         opts.precision.into(),
         chunk_rows as u64,
-        opts.tile_chunks.min(u32::MAX as usize) as u64,
+        tile_chunks.min(u32::MAX as usize) as u64,
     )
     .map_err(|e| match e {
         CodecError::BadHeader {

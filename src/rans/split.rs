@@ -27,6 +27,16 @@ use rayon::prelude::*;
 use super::{encode, CodecError, EncodeOptions, EncodedMatrix};
 use crate::quant::{pack_into, packed_len, unpack_into};
 
+/// The chunk count [`SplitMatrix::default_options`] asks for
+/// ([`EncodeOptions::min_chunks`]): about the 32-lane subgroups an H100/H200 holds at once
+/// (132 SMs x 64), so a matrix gives every one a decoder. Chunks shrink to it only down to
+/// [`MIN_PARALLEL_CHUNK_WEIGHTS`](super::MIN_PARALLEL_CHUNK_WEIGHTS) weights (one row of 4096
+/// weights in row pairs), which keeps the lm_head's chunks at the default. On an H200 the fused
+/// GEMV of split row pairs took 19.5 instead of 56.0 µs at 1024x4096, 23.9 instead of 55.6 at
+/// 4096x4096 and 57.8 instead of 68.4 at 14336x4096, for 3.886 instead of 3.813 bits/weight
+/// (BENCHMARKS.md, issue 5, tenth session).
+pub const SPLIT_MIN_CHUNKS: usize = 8192;
+
 /// Symbols per run of [`SplitOrder::RowPairs`]: four steps of the 32 interleaved rANS lanes,
 /// half the 8-step block of the GPU's blocked kernels.
 pub const ROW_PAIR_RUN_SYMBOLS: usize = 128;
@@ -178,10 +188,13 @@ fn row_pair_wps(bits: u32, opts: &EncodeOptions) -> u32 {
 impl SplitMatrix {
     /// The encoder options for split 4-bit weights: the defaults with half the symbols per chunk
     /// ([`DEFAULT_CHUNK_SYMBOLS`](super::DEFAULT_CHUNK_SYMBOLS) / 2), so that a chunk holds as
-    /// many weights as whole 4-bit symbols' chunks do.
+    /// many weights as whole 4-bit symbols' chunks do, shrunk where a matrix would have fewer
+    /// than [`SPLIT_MIN_CHUNKS`] chunks: the split form is the one kept for GPU speed, and its
+    /// fused GEMV is 1.2-2.9x faster with those decoders (see [`SPLIT_MIN_CHUNKS`]).
     pub fn default_options() -> EncodeOptions {
         EncodeOptions {
             chunk_symbols: super::DEFAULT_CHUNK_SYMBOLS / 2,
+            min_chunks: SPLIT_MIN_CHUNKS,
             ..Default::default()
         }
     }
