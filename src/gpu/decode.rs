@@ -323,44 +323,63 @@ pub enum FusedVariant {
     BlockedCompact,
 }
 
-/// Uniform block shared by `rans_decode.wgsl` and `rans_gemv.wgsl` (same field order).
+/// Uniform block of the rANS decode and fused GEMV kernels (`rans_decode*.wgsl`,
+/// `rans_gemv*.wgsl`: the same field order), filled here and by the linear layers' bands.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    cols: u32,
-    bits: u32,
-    wps: u32,
-    prec: u32,
-    chunk_rows: u32,
-    tile_chunks: u32,
-    n_chunks: u32,
-    n_tiles: u32,
-    syms_per_row: u32,
-    steps_per_row: u32,
-    alphabet: u32,
-    n_words: u32,
-    wg_per_tile: u32,
-    total_wg: u32,
-    out_mode: u32,
-    out_row_words: u32,
-    wg_x: u32,
-    chunk_iters: u32,
-    group_size: u32,
-    groups_per_row: u32,
+pub(crate) struct CodedParams {
+    pub(crate) rows: u32,
+    pub(crate) cols: u32,
+    pub(crate) bits: u32,
+    pub(crate) wps: u32,
+    pub(crate) prec: u32,
+    pub(crate) chunk_rows: u32,
+    pub(crate) tile_chunks: u32,
+    pub(crate) n_chunks: u32,
+    pub(crate) n_tiles: u32,
+    pub(crate) syms_per_row: u32,
+    pub(crate) steps_per_row: u32,
+    pub(crate) alphabet: u32,
+    pub(crate) n_words: u32,
+    pub(crate) wg_per_tile: u32,
+    pub(crate) total_wg: u32,
+    pub(crate) out_mode: u32,
+    pub(crate) out_row_words: u32,
+    pub(crate) wg_x: u32,
+    pub(crate) chunk_iters: u32,
+    pub(crate) group_size: u32,
+    pub(crate) groups_per_row: u32,
     /// u32 index in `words` where a split matrix's raw low bits start (blocked kernels).
-    low_base: u32,
+    pub(crate) low_base: u32,
     /// Raw low bits per weight of a split matrix (0 or 2; the blocked kernels take it as the
     /// override `LOW`).
-    low_bits: u32,
+    pub(crate) low_bits: u32,
     /// Always 0. `rans_gemv_blocked.wgsl` ORs it into the constant of its int-to-float
     /// conversion, so the driver holds that constant in a register and masks and ORs each
     /// weight in one bit operation instead of two (BENCHMARKS.md issue 5, step 49).
-    zero: u32,
+    pub(crate) zero: u32,
     /// 1: the symbols are in [`crate::rans::SplitOrder::RowPairs`] order (the workgroup
     /// kernels read it from here, the blocked ones take the override `PAIR`).
-    row_pairs: u32,
-    _pad3: [u32; 3],
+    pub(crate) row_pairs: u32,
+    pub(crate) _pad3: [u32; 3],
+}
+
+impl CodedParams {
+    /// The fused GEMV layout these parameters describe, with (scale, bias) pairs in `side`.
+    pub(crate) fn fused_layout(&self, side: super::SideFormat) -> FusedLayout {
+        FusedLayout {
+            wps: self.wps,
+            bits: self.bits,
+            prec: self.prec,
+            group_size: self.group_size,
+            cols: self.cols,
+            steps_per_row: self.steps_per_row,
+            workgroups: self.total_wg,
+            low_bits: self.low_bits,
+            row_pairs: self.row_pairs != 0,
+            side,
+        }
+    }
 }
 
 fn u32_of(what: &str, v: usize) -> Result<u32, GpuError> {
@@ -441,7 +460,7 @@ impl CodedMatrixRef<'_> {
 /// A coded matrix uploaded to the GPU (plus, optionally, its scales and biases).
 #[derive(Debug)]
 pub struct GpuCodedMatrix {
-    params: Params,
+    params: CodedParams,
     freqs: wgpu::Buffer,
     states: wgpu::Buffer,
     offsets: wgpu::Buffer,
@@ -538,7 +557,7 @@ impl GpuCodedMatrix {
         let t = s.div_ceil(32);
         let wg_per_tile = m.tile_chunks.div_ceil(GROUPS_PER_WG as usize);
         let total_wg = m.n_tiles() * wg_per_tile;
-        let mut params = Params {
+        let mut params = CodedParams {
             rows: m.rows as u32,
             cols: m.cols as u32,
             bits: b,
@@ -691,7 +710,7 @@ impl GpuCodedMatrix {
         &self.errors
     }
 
-    fn uniform(&self, device: &wgpu::Device, mode: u32, params: Params) -> wgpu::Buffer {
+    fn uniform(&self, device: &wgpu::Device, mode: u32, params: CodedParams) -> wgpu::Buffer {
         use wgpu::util::DeviceExt;
         let mut cache = self.uniform_cache.lock().expect("uniform cache");
         if let Some((_, b)) = cache.iter().find(|(m, _)| *m == mode) {
@@ -885,19 +904,7 @@ impl GpuCodedMatrix {
 
     /// The layout the fused kernels are specialised on.
     pub fn fused_layout(&self) -> FusedLayout {
-        let p = &self.params;
-        FusedLayout {
-            wps: p.wps,
-            bits: p.bits,
-            prec: p.prec,
-            group_size: p.group_size,
-            cols: p.cols,
-            steps_per_row: p.steps_per_row,
-            workgroups: p.total_wg,
-            low_bits: self.params.low_bits,
-            row_pairs: self.row_pairs,
-            side: self.side,
-        }
+        self.params.fused_layout(self.side)
     }
 
     /// The fused GEMV launch `y = W x` (`x`: `cols` f32, `y`: `rows` f32), with the subgroup

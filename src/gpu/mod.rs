@@ -86,7 +86,7 @@ mod gemv;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-pub(crate) use decode::{check_low_bits, check_row_pair_cols};
+pub(crate) use decode::{check_low_bits, check_row_pair_cols, CodedParams};
 pub use decode::{
     default_fused_variant, fused_gemv_pipeline, CodedMatrixRef, DecodeOutput, FusedLayout,
     FusedVariant, GpuCodedMatrix, QuantParamsRef, COMPACT_TABLE_FROM_WORKGROUPS,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, Linear, LinearError};
-use crate::gpu::{default_fused_variant, fused_gemv_pipeline, FusedLayout, GpuError, SideFormat};
+use crate::gpu::{default_fused_variant, fused_gemv_pipeline, CodedParams, GpuError, SideFormat};
 use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
 
 /// Activation rows per dispatch of the batched kernel (4 per invocation, 128 invocations).
@@ -359,42 +359,6 @@ fn blocked_gemm_layout(
     runs.then_some((w, m.bits, m.precision))
 }
 
-/// Uniform block of `rans_gemv*.wgsl` (same field order as `src/gpu/decode.rs`).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct GemvParams {
-    rows: u32,
-    cols: u32,
-    bits: u32,
-    wps: u32,
-    prec: u32,
-    chunk_rows: u32,
-    tile_chunks: u32,
-    n_chunks: u32,
-    n_tiles: u32,
-    syms_per_row: u32,
-    steps_per_row: u32,
-    alphabet: u32,
-    n_words: u32,
-    wg_per_tile: u32,
-    total_wg: u32,
-    out_mode: u32,
-    out_row_words: u32,
-    wg_x: u32,
-    chunk_iters: u32,
-    group_size: u32,
-    groups_per_row: u32,
-    /// u32 index in `words` where a split matrix's raw low bits start.
-    low_base: u32,
-    /// Raw low bits per weight (0: coded whole).
-    low_bits: u32,
-    /// Always 0 (see `src/gpu/decode.rs`).
-    zero: u32,
-    /// 1: row-pair order.
-    row_pairs: u32,
-    _pad: [u32; 3],
-}
-
 /// Uniform block of `rans_gemm.wgsl`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -447,7 +411,7 @@ struct Band {
     words: wgpu::Buffer,
     errors: wgpu::Buffer,
     sb: wgpu::Buffer,
-    gemv: GemvParams,
+    gemv: CodedParams,
     gemm: GemmParams,
     gemv_uniform: wgpu::Buffer,
 }
@@ -692,7 +656,7 @@ impl EntropyCodedLinear {
             let wg_per_tile = tc.div_ceil(GROUPS_PER_WG);
             let total_wg = (n_tiles * wg_per_tile) as u32;
             let (gx, _) = dev.grid(total_wg);
-            let gemv = GemvParams {
+            let gemv = CodedParams {
                 rows: (row1 - row0) as u32,
                 cols: m.cols as u32,
                 bits: m.bits,
@@ -718,7 +682,7 @@ impl EntropyCodedLinear {
                 low_bits: m.low_bits,
                 zero: 0,
                 row_pairs: m.row_pairs as u32,
-                _pad: [0; 3],
+                _pad3: [0; 3],
             };
             let gemm = GemmParams {
                 rows: gemv.rows,
@@ -872,19 +836,7 @@ impl EntropyCodedLinear {
     ) -> Result<LinearDispatch, GpuError> {
         let registry = self.dev.gpu().registry();
         let device = self.dev.device();
-        let g = &band.gemv;
-        let layout = FusedLayout {
-            wps: g.wps,
-            bits: g.bits,
-            prec: g.prec,
-            group_size: g.group_size,
-            cols: g.cols,
-            steps_per_row: g.steps_per_row,
-            workgroups: g.total_wg,
-            low_bits: g.low_bits,
-            row_pairs: g.row_pairs != 0,
-            side: self.side,
-        };
+        let layout = band.gemv.fused_layout(self.side);
         let variant = default_fused_variant(registry, &layout);
         let pipeline = fused_gemv_pipeline(device, registry, variant, &layout)?;
         let layout = pipeline.get_bind_group_layout(0);
