@@ -413,6 +413,28 @@ fn split_encoding() {
     let out = succeeds(&["encode", "--split", "--row-pairs", s(&d), s(&coded)]);
     assert!(out.contains("1 of 1 matrices stored split"), "{out}");
     succeeds(&["verify", s(&coded)]);
+    // --split asks for SPLIT_MIN_CHUNKS decoders unless told otherwise; whole keeps 0
+    let min_chunks = |dir: &std::path::Path| {
+        let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        meta.metadata().as_ref().unwrap()["ecq.min_chunks"].clone()
+    };
+    assert_eq!(min_chunks(&coded), ecq::rans::SPLIT_MIN_CHUNKS.to_string());
+    let (c0, cw) = (tmp.path().join("c0"), tmp.path().join("cw"));
+    succeeds(&["encode", "--split", "--min-chunks", "0", s(&d), s(&c0)]);
+    succeeds(&["encode", s(&d), s(&cw)]);
+    assert_eq!((min_chunks(&c0), min_chunks(&cw)), ("0".into(), "0".into()));
+    succeeds(&["verify", s(&c0)]);
+    // row pairs: 8 coded rows of 2048 weights, chunks of 8192 weights (4 rows) with the split
+    // default; row order without min_chunks: one chunk of all 16 rows (8192 symbols > 16 x 256)
+    let chunk_rows = |dir: &std::path::Path| {
+        let m = ecq::model::Model::open(dir).unwrap();
+        match ecq::container::load_weight(&m, "l.weight").unwrap() {
+            ecq::container::CodedWeight::Split { matrix, .. } => matrix.high().chunk_rows(),
+            w => panic!("not split: {w:?}"),
+        }
+    };
+    assert_eq!((chunk_rows(&coded), chunk_rows(&c0)), (4, 16));
     let out = succeeds(&["inspect", s(&coded)]);
     assert!(out.contains("2+2"), "{out}");
     succeeds(&["decode", s(&coded), s(&tmp.path().join("back"))]);
