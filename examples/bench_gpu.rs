@@ -55,6 +55,12 @@
 //! the one `GpuCodedMatrix::gemv_dispatch` picks; `--workgroup` = `--fused workgroup`), one
 //! table row each; the decode-only column then gives the rate of each named kernel's decode
 //! counterpart that can decode the matrix, in that order.
+//! `--variants file` codes each matrix as `ecq encode` writes it (`EncodeOptions::default()`
+//! whole, `SplitMatrix::default_options()` split: chunks for `SPLIT_MIN_CHUNKS` decoders).
+//! `--per-token llama3-8b` times the linear-layer shapes of that model (q, o 4096x4096; k, v
+//! 1024x4096; gate, up 14336x4096; down 4096x14336; lm_head 128256x4096) and prints a second
+//! table summing the medians over one layer and over one token (32 layers and the lm_head),
+//! plain against fused, per symbol source, chunk variant and kernel (`tiny`: a smoke test).
 //! `--plain-only` skips the fused, decode and coding work (and the main table). `--diagnose`
 //! prints, on stderr, the default plain 4-bit kernel's diagnostic builds (loads only,
 //! arithmetic on cache-resident weights, loads without the activations:
@@ -85,7 +91,10 @@ use rayon::prelude::*;
 struct Args {
     shapes: Vec<(usize, usize)>,
     sources: Vec<String>,
-    variants: Vec<(usize, usize)>,
+    /// `CHUNK_SYMBOLS:TILE_CHUNKS`, or `None`: the chunks `ecq encode` writes (`file`)
+    variants: Vec<Option<(usize, usize)>>,
+    /// `--per-token`: the model whose per-token sum is printed
+    per_token: Option<&'static ModelShapes>,
     iters: usize,
     rounds: usize,
     set_mib: f64,
@@ -101,8 +110,60 @@ struct Args {
     scales_dtype: FloatDType,
 }
 
+/// The linear layers of a decoder-only model, for `--per-token`.
+struct ModelShapes {
+    name: &'static str,
+    layers: usize,
+    /// (rows, cols, matrices of that shape per layer)
+    per_layer: &'static [(usize, usize, usize)],
+    /// The output projection (rows, cols), once per token.
+    head: (usize, usize),
+    what: &'static str,
+}
+
+impl ModelShapes {
+    fn shapes(&self) -> Vec<(usize, usize)> {
+        let mut v: Vec<_> = self.per_layer.iter().map(|&(r, k, _)| (r, k)).collect();
+        v.push(self.head);
+        v
+    }
+}
+
+const MODELS: &[ModelShapes] = &[
+    ModelShapes {
+        name: "llama3-8b",
+        layers: 32,
+        per_layer: &[
+            (4096, 4096, 2),
+            (1024, 4096, 2),
+            (14336, 4096, 2),
+            (4096, 14336, 1),
+        ],
+        head: (128256, 4096),
+        what: "Llama-3-8B: 32 layers of q, o 4096x4096, k, v 1024x4096 (8 KV heads), gate, up \
+           14336x4096, down 4096x14336; lm_head 128256x4096",
+    },
+    ModelShapes {
+        name: "tiny",
+        layers: 2,
+        per_layer: &[(64, 512, 2), (128, 512, 1)],
+        head: (256, 512),
+        what:
+            "a smoke test for slow adapters: 2 layers of two 64x512 and one 128x512; head 256x512",
+    },
+];
+
+/// One timed row of the main table, kept for the `--per-token` sums.
+struct Timed {
+    shape: (usize, usize),
+    /// symbols, chunk variant and kernel: the rows summed together
+    key: String,
+    t_plain: f64,
+    t_fused: f64,
+}
+
 const USAGE: &str = "usage: bench_gpu [--shapes RxK,...] [--sources g64,g128,absmax] \
-[--variants CHUNK:TILE,...] [--iters N] [--rounds N] [--set-mib MIB] [--copy-mib MIB] \
+[--variants CHUNK:TILE|file,...] [--per-token llama3-8b] [--iters N] [--rounds N] [--set-mib MIB] [--copy-mib MIB] \
 [--ksplit-sweep] [--workgroup] [--fused workgroup,subgroup,blocked,compact] [--wall] \
 [--plain-variants [x|p]ROWS[:KSPLIT],...] [--plain-only] [--diagnose] [--low-bits 0,2,2p] \
 [--scales f32|f16|bf16]";
@@ -123,7 +184,8 @@ fn parse_args() -> Args {
     let mut a = Args {
         shapes: vec![(4096, 4096), (4096, 14336), (14336, 4096), (128256, 4096)],
         sources: vec!["g64".into(), "g128".into(), "absmax".into()],
-        variants: vec![(4096, 8)],
+        variants: vec![Some((4096, 8))],
+        per_token: None,
         iters: 50,
         rounds: 7,
         set_mib: 256.0,
@@ -154,7 +216,20 @@ fn parse_args() -> Args {
         match argv[i].as_str() {
             "--shapes" => a.shapes = pairs(&v, 'x'),
             "--sources" => a.sources = v.split(',').map(String::from).collect(),
-            "--variants" => a.variants = pairs(&v, ':'),
+            "--variants" => {
+                a.variants = v
+                    .split(',')
+                    .map(|p| (p != "file").then(|| pairs(p, ':')[0]))
+                    .collect()
+            }
+            "--per-token" => {
+                let m = MODELS
+                    .iter()
+                    .find(|m| m.name == v)
+                    .unwrap_or_else(|| usage_error(&format!("--per-token: unknown model {v:?}")));
+                a.shapes = m.shapes();
+                a.per_token = Some(m);
+            }
             "--scales" => {
                 a.scales_dtype = match v.as_str() {
                     "f32" => FloatDType::F32,
@@ -665,6 +740,7 @@ fn main() {
 
     let mut rows_out = Vec::new();
     let mut plain_rows = Vec::new();
+    let mut timed = Vec::new();
     for &(r, k) in &args.shapes {
         let t0 = Instant::now();
         let w = weights(r, k, (r * 31 + k) as u64);
@@ -833,17 +909,28 @@ fn main() {
             let yp = ctx.gemv_quantized(&plain[0], &x).expect("plain gemv");
             drop(plain);
 
-            for (&(chunk_symbols, tile_chunks), &(low_bits, pairs)) in args
+            for (&variant, &(low_bits, pairs)) in args
                 .variants
                 .iter()
                 .flat_map(|v| args.low_bits.iter().map(move |b| (v, b)))
             {
                 let t2 = Instant::now();
-                let opts = EncodeOptions {
-                    chunk_symbols,
-                    tile_chunks,
-                    group_size: gs,
-                    ..Default::default()
+                let opts = match variant {
+                    Some((chunk_symbols, tile_chunks)) => EncodeOptions {
+                        chunk_symbols,
+                        tile_chunks,
+                        group_size: gs,
+                        ..Default::default()
+                    },
+                    // what `ecq encode` (`--split`) writes
+                    None if low_bits != 0 => EncodeOptions {
+                        group_size: gs,
+                        ..SplitMatrix::default_options()
+                    },
+                    None => EncodeOptions {
+                        group_size: gs,
+                        ..Default::default()
+                    },
                 };
                 // whole 4-bit symbols, or the high 2 bits coded and the low 2 raw (rows in pairs)
                 let order = if pairs {
@@ -870,13 +957,21 @@ fn main() {
                 };
                 // matrix rows per chunk (a coded row is two with row pairs)
                 let chunk_rows = enc.chunk_rows() * (1 + pairs as usize);
+                let geometry = match variant {
+                    Some((c, t)) => format!("{c}:{t}"),
+                    None => format!(
+                        "file = {}:{}",
+                        enc.chunk_rows() * enc.cols() / enc.weights_per_symbol() as usize,
+                        enc.tile_chunks()
+                    ),
+                };
                 let coded_bytes = split
                     .as_ref()
                     .map_or(enc.total_bytes(), |s| s.total_bytes())
                     as f64;
                 let bpw = coded_bytes * 8.0 / (r * k) as f64;
                 eprintln!(
-                    "  {source} {chunk_symbols}:{tile_chunks}: chunk_rows {}, {} chunks, {:.3} bits/weight, encoded in {:.1}s",
+                    "  {source} {geometry}: chunk_rows {}, {} chunks, {:.3} bits/weight, encoded in {:.1}s",
                     chunk_rows,
                     enc.n_chunks(),
                     bpw,
@@ -910,7 +1005,7 @@ fn main() {
                             let s = t_load.elapsed().as_secs_f64();
                             drop(ms);
                             eprintln!(
-                                "  {source} {chunk_symbols}:{tile_chunks}: decode {} matrices to plain ones at load {:.3} ms wall clock ({:.0} G weights/s)",
+                                "  {source} {geometry}: decode {} matrices to plain ones at load {:.3} ms wall clock ({:.0} G weights/s)",
                                 batch.len(),
                                 s * 1e3,
                                 (batch.len() * r * k) as f64 / s / 1e9
@@ -969,7 +1064,7 @@ fn main() {
                         .expect("dispatch");
                     let t_dec = time_dispatches(&ctx, &timer, &dec_d, args.iters, args.rounds).t;
                     eprintln!(
-                        "  {source} {chunk_symbols}:{tile_chunks}: decode {} {:.1} us ({:.1} G symbols/s)",
+                        "  {source} {geometry}: decode {} {:.1} us ({:.1} G symbols/s)",
                         dv.map_or("default".to_string(), |v| format!("{v:?}")),
                         t_dec * 1e6,
                         n_syms / t_dec / 1e9
@@ -993,7 +1088,7 @@ fn main() {
                     if (blocked && coded[0].fused_layout().blocked_steps().is_none())
                         || (fused_variant == FusedVariant::Subgroup && coded[0].low_bits() != 0)
                     {
-                        eprintln!("  {source} {chunk_symbols}:{tile_chunks}: {fused_variant:?} cannot run this layout, skipped");
+                        eprintln!("  {source} {geometry}: {fused_variant:?} cannot run this layout, skipped");
                         continue;
                     }
                     let fused = time_fused(fused_variant, csets);
@@ -1015,7 +1110,7 @@ fn main() {
                         );
                     }
                     eprintln!(
-                        "  {source} {chunk_symbols}:{tile_chunks}: fused {fused_variant:?} {:.1} us ({:.2}x plain), one set {:.1} us",
+                        "  {source} {geometry}: fused {fused_variant:?} {:.1} us ({:.2}x plain), one set {:.1} us",
                         t_fused * 1e6,
                         t_fused / t_plain,
                         t_fused_l2 * 1e6,
@@ -1056,14 +1151,28 @@ fn main() {
                             }
                         }
                         eprintln!(
-                            "{r}x{k} {source} {chunk_symbols}:{tile_chunks} blocked diagnose: kernel {:.1} us (one set {:.1} us), {}",
+                            "{r}x{k} {source} {geometry} blocked diagnose: kernel {:.1} us (one set {:.1} us), {}",
                             t_fused * 1e6,
                             t_fused_l2 * 1e6,
                             d.join(", ")
                         );
                     }
+                    timed.push(Timed {
+                        shape: (r, k),
+                        key: format!(
+                            "{source} | {} | {}",
+                            variant.map_or("file".into(), |(c, t)| format!("{c}:{t}")),
+                            if args.fused.is_empty() {
+                                "default".to_string()
+                            } else {
+                                format!("{fused_variant:?}")
+                            }
+                        ),
+                        t_plain,
+                        t_fused,
+                    });
                     rows_out.push(format!(
-                        "| {r}x{k} | {source} | {chunk_symbols}:{tile_chunks} ({} rows/chunk) | {bpw:.3} | {:.1} / {:.1} / {:.1} | {:.1} ({fused_variant:?}) | {:.1} / {:.1} | {:.2}x | {} | {} / {} | {:.1} / {:.1} | {} | {} / {} |",
+                        "| {r}x{k} | {source} | {geometry} ({} rows/chunk) | {bpw:.3} | {:.1} / {:.1} / {:.1} | {:.1} ({fused_variant:?}) | {:.1} / {:.1} | {:.2}x | {} | {} / {} | {:.1} / {:.1} | {} | {} / {} |",
                         chunk_rows,
                         t_plain * 1e6,
                         t_plain_old * 1e6,
@@ -1104,6 +1213,9 @@ fn main() {
         }
         println!();
     }
+    if let Some(m) = args.per_token {
+        print_per_token(m, &timed, clock);
+    }
     if !plain_rows.is_empty() {
         println!(
             "| shape RxK | symbols | plain kernel (rows per 32-lane group : K split) | µs [{clock}] | wall-clock µs | one set µs [{clock}] | GB/s [{clock}] (MLX 4-bit packed) | % of copy.wgsl | vs qgemv4 | max rel. diff vs qgemv4 |"
@@ -1122,6 +1234,67 @@ fn main() {
         args.rounds,
         args.iters,
     );
+}
+
+/// The `--per-token` table: for each symbol source, chunk variant and kernel timed at every
+/// shape of `m`, the sums of the per-matrix medians over one layer and over one token.
+fn print_per_token(m: &ModelShapes, timed: &[Timed], clock: &str) {
+    let mut keys: Vec<&str> = Vec::new();
+    for t in timed {
+        if !keys.contains(&t.key.as_str()) {
+            keys.push(&t.key);
+        }
+    }
+    println!(
+        "Per token, {} ({}): sums of the medians above, each matrix timed on its own (attention and the rest of the model not included).",
+        m.name, m.what
+    );
+    println!();
+    println!(
+        "| symbols | chunks | kernel | one layer: plain µs [{clock}] | fused µs [{clock}] | fused/plain | one token ({} layers + lm_head): plain ms | fused ms | fused/plain |",
+        m.layers
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for key in keys {
+        let find = |shape: (usize, usize)| {
+            timed
+                .iter()
+                .find(|t| t.key == key && t.shape == shape)
+                .map(|t| (t.t_plain, t.t_fused))
+        };
+        let mut layer = (0.0, 0.0);
+        let mut complete = true;
+        for &(r, k, n) in m.per_layer {
+            match find((r, k)) {
+                Some((p, f)) => {
+                    layer.0 += n as f64 * p;
+                    layer.1 += n as f64 * f;
+                }
+                None => complete = false,
+            }
+        }
+        let Some(head) = find(m.head).filter(|_| complete) else {
+            eprintln!(
+                "per token: {key} was not timed at every shape of {}",
+                m.name
+            );
+            continue;
+        };
+        let token = (
+            m.layers as f64 * layer.0 + head.0,
+            m.layers as f64 * layer.1 + head.1,
+        );
+        println!(
+            "| {key} | {:.1} | {:.1} | {:.2}x | {:.2} | {:.2} | {:.2}x |",
+            layer.0 * 1e6,
+            layer.1 * 1e6,
+            layer.1 / layer.0,
+            token.0 * 1e3,
+            token.1 * 1e3,
+            token.1 / token.0
+        );
+    }
+    println!();
 }
 
 /// The plain-kernel comparison rows of one matrix (`--plain-variants`): the default qgemv4
