@@ -1132,6 +1132,8 @@ fn main() {
                             ("dot products only, activations shared", 4),
                             ("free word supply", 5),
                             ("decode only, free word supply", 6),
+                            ("word supply per lane", 7),
+                            ("decode only, word supply per lane", 8),
                         ] {
                             for n in [csets, 1] {
                                 let ds: Vec<Dispatch> = coded[..n]

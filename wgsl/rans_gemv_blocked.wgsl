@@ -74,7 +74,8 @@ override BLOCK: u32 = 8u;
 // symbol order putting two rows' words for the same columns into one block would save), 4 =
 // 2 and 3 together, 5 = the kernel with a free word supply (renormalisation shifts in a
 // constant, the stream is never read: what the shared stream's ballot, shuffles and plane
-// moves cost), 6 = 1 and 5 together. 0 = the kernel.
+// moves cost), 6 = 1 and 5 together, 7 = the kernel with a word supply per lane (see
+// decode_block_lane_words), 8 = 1 and 7 together. 0 = the kernel.
 override DIAG: u32 = 0u;
 // Raw low bits per weight (`ecq::rans::SplitMatrix`): 0 = none; 2 = the symbols carry the high
 // BITS = 2 bits of 4-bit weights, four weights per symbol, and the low 2 bits follow the
@@ -187,6 +188,47 @@ fn word_dot(sv: vec4<u32>, lw: u32, xw: array<vec4<f32>, 4>, sbv: vec2<f32>, mag
     return sbv.x * dot(qx, vec4<f32>(1.0)) + sbv.y * dot(xs, vec4<f32>(1.0));
 }
 
+// Diagnostic builds 7 and 8 (BENCHMARKS.md issue 5, step 59): the block's decode with the word
+// supply a stream laid out by lane would allow. Lane l reads words of its own from `words`
+// (two per u32; the next u32 loaded when the current one is started, so its latency has about
+// four steps to pass), with no ballot, prefix count, shuffles or plane moves. The words are
+// not the lane's (the format interleaves the 32 lanes' words in one stream), so states and
+// symbols are wrong; what it measures is the cost of such a supply. The decoder's fields hold
+// the lane's supply instead of the planes: pa the current u32, pb the next, pc the index of the
+// one after, pd 1 when pa's low word is used up.
+fn lane_words_decoder(x: u32, p: u32, end: u32, l: u32) -> BlockDecoder {
+    let last = arrayLength(&words) - 1u;
+    // lane l's share of the chunk's words, as a layout by lane would give it
+    let first = (p >> 1u) + l * (((end - p) >> 6u) + 1u);
+    return BlockDecoder(x, p, 0u, words[min(first, last)], words[min(first + 1u, last)], first + 2u, 0u);
+}
+
+fn decode_block_lane_words(d: ptr<function, BlockDecoder>, steps: u32) -> vec2<u32> {
+    let last = arrayLength(&words) - 1u;
+    var s_lo = 0u;
+    var s_hi = 0u;
+    for (var i = 0u; i < steps; i++) {
+        let dec = decode_slot((*d).x, PREC);
+        let xd = dec.x;
+        let need = xd < L;
+        let w = select((*d).pa & 0xFFFFu, (*d).pa >> 16u, (*d).pd == 1u);
+        (*d).x = select(xd, (xd << 16u) | w, need);
+        if (need && (*d).pd == 1u) {
+            (*d).pa = (*d).pb;
+            (*d).pb = words[min((*d).pc, last)];
+            (*d).pc += 1u;
+        }
+        (*d).pd = select((*d).pd, (*d).pd ^ 1u, need);
+        let sym = dec.y << (8u * (i & 3u));
+        if (i < 4u) {
+            s_lo |= sym;
+        } else {
+            s_hi |= sym;
+        }
+    }
+    return vec2<u32>(s_lo, s_hi);
+}
+
 // The activations of the word at weight k (4 WPS of them).
 fn word_x(k: u32) -> array<vec4<f32>, 4> {
     var xw = array<vec4<f32>, 4>();
@@ -254,7 +296,13 @@ fn main(
         let cs = chunk_start(chunk, valid, l, T, bad_table, sg_size);
         // (T > 0 here; the host checks)
         let nrows = cs.steps / T;
-        var d = block_decoder(cs.x, cs.p, l);
+        let lane_words = DIAG == 7u || DIAG == 8u;
+        var d: BlockDecoder;
+        if (lane_words) {
+            d = lane_words_decoder(cs.x, cs.p, cs.end, l);
+        } else {
+            d = block_decoder(cs.x, cs.p, l);
+        }
         for (var rr = 0u; rr < nrows; rr++) {
             // the matrix rows of the second word: the first word's, or the next (row pairs)
             let row = (cs.r0 + rr) << ps;
@@ -292,10 +340,12 @@ fn main(
                 }
                 // decode BLOCK steps; symbol i of the block in byte i % 4 of s.x / s.y
                 var s = vec2<u32>(0u);
-                if (!made_up) {
+                if (lane_words) {
+                    s = decode_block_lane_words(&d, BLOCK);
+                } else if (!made_up) {
                     s = decode_block(&d, BLOCK, l, ltmask, DIAG != 5u && DIAG != 6u);
                 }
-                if (DIAG == 1u || DIAG == 6u) {
+                if (DIAG == 1u || DIAG == 6u || DIAG == 8u) {
                     acc += bitcast<f32>((s.x ^ s.y) & 0x3FFFFFFFu);
                     continue;
                 }

@@ -940,8 +940,10 @@ impl GpuCodedMatrix {
     /// alone (made-up symbols, the stream never read), 3 = the kernel with each block's second
     /// word multiplied by the first word's activations (a proxy for two rows sharing them), 4 =
     /// 2 and 3 together, 5 = the kernel with a free word supply (renormalisation shifts in a
-    /// constant; the stream is never read), 6 = 1 and 5 together. Other `diag` values are
-    /// refused with
+    /// constant; the stream is never read), 6 = 1 and 5 together, 7 = the kernel with a word
+    /// supply per lane (each lane reads words of its own, as a stream laid out by lane would
+    /// allow; the words are not its stream's, so the result is wrong), 8 = 1 and 7 together.
+    /// Other `diag` values are refused with
     /// [`GpuError::InvalidInput`]; layouts or adapters the blocked kernel cannot run with
     /// [`GpuError::Unsupported`].
     pub fn blocked_diagnostic_dispatch(
@@ -952,11 +954,11 @@ impl GpuCodedMatrix {
         y: &wgpu::Buffer,
         diag: u32,
     ) -> Result<Dispatch, GpuError> {
-        if !(1..=6).contains(&diag) {
+        if !(1..=8).contains(&diag) {
             return Err(GpuError::InvalidInput(format!(
                 "blocked diagnostic build {diag}: 1 (decode only), 2 (dot products only), 3 \
                  (activations shared by a block's two words), 4 (2 and 3), 5 (a free word \
-                 supply) or 6 (1 and 5)"
+                 supply), 6 (1 and 5), 7 (a word supply per lane) or 8 (1 and 7)"
             )));
         }
         let v = match self.default_fused_variant(registry) {
