@@ -691,6 +691,10 @@ pub struct MatrixSummary {
     pub side_bytes: u64,
     /// Raw low bits per weight of a split matrix (0: coded whole).
     pub low_bits: u32,
+    /// Chunks of the coded symbols: the independent rANS decoders a GPU runs in parallel (a
+    /// GPU with more 32-lane subgroups than this leaves some idle; BENCHMARKS.md issue 5,
+    /// step 57).
+    pub chunks: usize,
 }
 
 /// What [`encode_model`], [`decode_model`] and [`verify_model`] report.
@@ -760,6 +764,7 @@ fn summarize(weight: &str, enc: &CodedWeight, model: &Model) -> Result<MatrixSum
         entropy_bound_bits: enc.entropy_bound_bits().map_err(codec(weight))?,
         side_bytes: side,
         low_bits: enc.split().map_or(0, SplitMatrix::low_bits),
+        chunks: enc.coded().n_chunks(),
     })
 }
 

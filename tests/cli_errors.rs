@@ -435,6 +435,11 @@ fn split_encoding() {
         }
     };
     assert_eq!((chunk_rows(&coded), chunk_rows(&c0)), (4, 16));
+    // `ecq inspect` reports them: 8 coded rows in chunks of 4, the GPU's decoders
+    let json: serde_json::Value =
+        serde_json::from_str(&succeeds(&["inspect", s(&coded), "--json"])).unwrap();
+    assert_eq!(json["matrices"][0]["chunks"], 2, "{json}");
+    assert!(succeeds(&["inspect", s(&coded)]).contains("chunks"));
     let out = succeeds(&["inspect", s(&coded)]);
     assert!(out.contains("2+2"), "{out}");
     succeeds(&["decode", s(&coded), s(&tmp.path().join("back"))]);

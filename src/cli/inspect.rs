@@ -160,6 +160,7 @@ fn inspect_coded(model: &Model, as_json: bool) -> CliResult {
                     "stream_bits_per_weight": bpw(m.payload_bytes, m.weights),
                     "entropy_bound_bits_per_weight": m.entropy_bound_bits / m.weights.max(1) as f64,
                     "side_bits_per_weight": bpw(m.side_bytes, m.weights),
+                    "chunks": m.chunks,
                 })
             })
             .collect();
@@ -185,14 +186,15 @@ fn inspect_coded(model: &Model, as_json: bool) -> CliResult {
         .unwrap_or(6)
         .max(6);
     outln!(
-        "{:<w$} {:>10} {:>5} {:>8} {:>8} {:>8} {:>8}",
+        "{:<w$} {:>10} {:>5} {:>8} {:>8} {:>8} {:>8} {:>7}",
         "coded weight",
         "weights",
         "bits",
         "coded",
         "stream",
         "bound",
-        "side"
+        "side",
+        "chunks"
     );
     for m in &s.matrices {
         // a split matrix shows its coded and raw bits, e.g. 2+2
@@ -202,14 +204,15 @@ fn inspect_coded(model: &Model, as_json: bool) -> CliResult {
             m.bits.to_string()
         };
         outln!(
-            "{:<w$} {:>10} {:>5} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+            "{:<w$} {:>10} {:>5} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7}",
             m.weight,
             m.weights,
             bits,
             bpw(m.coded_bytes, m.weights),
             bpw(m.payload_bytes, m.weights),
             m.entropy_bound_bits / m.weights.max(1) as f64,
-            bpw(m.side_bytes, m.weights)
+            bpw(m.side_bytes, m.weights),
+            m.chunks
         );
     }
     outln!(
@@ -222,7 +225,7 @@ fn inspect_coded(model: &Model, as_json: bool) -> CliResult {
         s.entropy_bits_per_weight(),
         s.side_bits_per_weight()
     );
-    outln!("(bits/weight; coded = every stored part, stream = rANS words, bound = per-tile entropy, side = scales+biases)");
+    outln!("(bits/weight; coded = every stored part, stream = rANS words, bound = per-tile entropy, side = scales+biases; chunks = independent decoders, what a GPU runs in parallel)");
     Ok(())
 }
 
