@@ -205,8 +205,7 @@ fn lane_words_decoder(x: u32, p: u32, end: u32, l: u32) -> BlockDecoder {
 
 fn decode_block_lane_words(d: ptr<function, BlockDecoder>, steps: u32) -> vec2<u32> {
     let last = arrayLength(&words) - 1u;
-    var s_lo = 0u;
-    var s_hi = 0u;
+    var s = vec2<u32>(0u);
     for (var i = 0u; i < steps; i++) {
         let dec = decode_slot((*d).x, PREC);
         let xd = dec.x;
@@ -219,14 +218,9 @@ fn decode_block_lane_words(d: ptr<function, BlockDecoder>, steps: u32) -> vec2<u
             (*d).pc += 1u;
         }
         (*d).pd = select((*d).pd, (*d).pd ^ 1u, need);
-        let sym = dec.y << (8u * (i & 3u));
-        if (i < 4u) {
-            s_lo |= sym;
-        } else {
-            s_hi |= sym;
-        }
+        s |= block_symbol(dec.y, i);
     }
-    return vec2<u32>(s_lo, s_hi);
+    return s;
 }
 
 // The activations of the word at weight k (4 WPS of them).

@@ -51,6 +51,12 @@ fn block_decoder(x: u32, p: u32, l: u32) -> BlockDecoder {
     );
 }
 
+// Symbol i (< 8) of a block, in byte i % 4 of .x (i < 4) or .y.
+fn block_symbol(sym: u32, i: u32) -> vec2<u32> {
+    let v = sym << (8u * (i & 3u));
+    return select(vec2<u32>(0u, v), vec2<u32>(v, 0u), i < 4u);
+}
+
 // Decodes `steps` (<= 8, even) steps: symbol i of the block in byte i % 4 of .x (i < 4) or .y.
 // The stream words come from the planes, moved on by one plane when 64 words are used up,
 // checked after every second step only: the check and the plane moves it compiles to (about
@@ -64,8 +70,7 @@ fn decode_block(
     ltmask: u32,
     stream: bool,
 ) -> vec2<u32> {
-    var s_lo = 0u;
-    var s_hi = 0u;
+    var s = vec2<u32>(0u);
     for (var i = 0u; i < steps; i++) {
         let dec = decode_slot((*d).x, PREC);
         let xd = dec.x;
@@ -83,12 +88,7 @@ fn decode_block(
             (*d).base += 64u;
             (*d).pd = block_plane_at((*d).base + 192u, l);
         }
-        let sym = dec.y << (8u * (i & 3u));
-        if (i < 4u) {
-            s_lo |= sym;
-        } else {
-            s_hi |= sym;
-        }
+        s |= block_symbol(dec.y, i);
     }
-    return vec2<u32>(s_lo, s_hi);
+    return s;
 }
