@@ -11,8 +11,10 @@
 //! the blocked fused kernel's diagnostic build N (1 = decode only, 2 = dot products only:
 //! `GpuCodedMatrix::blocked_diagnostic_dispatch`) as `fused_diagN`; `ECQ_GPU_BENCH_LOW_BITS=2`
 //! (4-bit weights only) codes the high 2 bits of every weight and keeps the low 2 raw
-//! (`ecq::rans::SplitMatrix`, four weights per rANS step; label `_split2`; default chunk: half
-//! the symbols), and with `ECQ_GPU_BENCH_ROW_PAIRS=1` too in row-pair order
+//! (`ecq::rans::SplitMatrix`, four weights per rANS step; label `_split2`; default geometry:
+//! `SplitMatrix::default_options`, what `ecq encode --split` writes: half the symbols per chunk,
+//! shrunk for `SPLIT_MIN_CHUNKS` decoders; `ECQ_GPU_BENCH_MIN_CHUNKS` overrides that count, 0
+//! = off), and with `ECQ_GPU_BENCH_ROW_PAIRS=1` too in row-pair order
 //! (`ecq::rans::SplitOrder::RowPairs`; label `_split2p`). Times are
 //! GPU timestamps of the pass holding the iterations where the device has `TIMESTAMP_QUERY`,
 //! else the wall clock after `finish()` (`examples/common/timing.rs`). For the full comparison
@@ -71,15 +73,13 @@ fn bench(c: &mut Criterion) {
         low_bits == 0 || (low_bits == 2 && bits == 4),
         "ECQ_GPU_BENCH_LOW_BITS must be 0, or 2 with 4-bit weights"
     );
-    // symbols per chunk (the unit of parallel decoding); with 4 weights per symbol, half the
-    // default gives the same number of chunks as 4-bit weights with the default (what
-    // `SplitMatrix::default_options` sets)
-    let default_chunk = if low_bits == 0 {
-        EncodeOptions::default().chunk_symbols
+    // the geometry `ecq encode` writes (whole, or `--split`: half the symbols per chunk, four
+    // weights each, shrunk for SPLIT_MIN_CHUNKS decoders), unless the environment says otherwise
+    let coder = if low_bits == 0 {
+        EncodeOptions::default()
     } else {
-        SplitMatrix::default_options().chunk_symbols
+        SplitMatrix::default_options()
     };
-    let chunk_symbols: usize = env_num("ECQ_GPU_BENCH_CHUNK").unwrap_or(default_chunk);
     let timer = timing::GpuTimer::new(ctx.device(), ctx.queue(), false);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let w: Vec<f32> = (0..r * k)
@@ -96,9 +96,10 @@ fn bench(c: &mut Criterion) {
     let x: Vec<f32> = (0..k).map(|_| rng.random::<f32>() - 0.5).collect();
     let opts = EncodeOptions {
         group_size: 64,
-        chunk_symbols,
-        tile_chunks: env_num("ECQ_GPU_BENCH_TILE").unwrap_or(EncodeOptions::default().tile_chunks),
-        ..Default::default()
+        chunk_symbols: env_num("ECQ_GPU_BENCH_CHUNK").unwrap_or(coder.chunk_symbols),
+        tile_chunks: env_num("ECQ_GPU_BENCH_TILE").unwrap_or(coder.tile_chunks),
+        min_chunks: env_num("ECQ_GPU_BENCH_MIN_CHUNKS").unwrap_or(coder.min_chunks),
+        ..coder
     };
     let pairs = env_num::<u32>("ECQ_GPU_BENCH_ROW_PAIRS").unwrap_or(0) != 0;
     assert!(
@@ -168,6 +169,8 @@ fn bench(c: &mut Criterion) {
         })
         .collect();
 
+    // the label's chunk: the symbols a chunk holds as coded (after min_chunks)
+    let chunk_symbols = enc.chunk_rows() * enc.cols() / enc.weights_per_symbol() as usize;
     let mut g = c.benchmark_group(format!(
         "gpu/{}/{r}x{k}_{bits}bit_g64_c{chunk_symbols}{}_{}",
         ctx.adapter_name(),
