@@ -62,17 +62,40 @@ pub(crate) const MIN_SMALL_BLOCK_ROWS: usize = 16;
 const GROUPS_PER_WG: usize = 4;
 
 /// Activation rows up to which [`Linear::forward_batch`] runs one fused GEMV per row instead of
-/// the batched kernel, for split matrices, where the fused GEMV is a subgroup kernel (32-wide
-/// subgroups). On an H200 (BENCHMARKS.md, Prefill, ninth session) with the blocked batched
-/// kernel: 8 GEMVs 1.1-1.2x faster than one batched dispatch for split matrices in row pairs
-/// at 4096x14336, 14336x4096 and 4096x4096 (about equal at 4096x4096), 16 GEMVs 1.2-1.6x
-/// slower.
-pub const GEMV_BATCH_MAX_M: usize = 8;
+/// the batched kernel, for split matrices of more than [`SMALL_LAYER_WEIGHTS`] weights, where
+/// the fused GEMV is a subgroup kernel (32-wide subgroups). On an H200 (BENCHMARKS.md,
+/// Prefill, tenth session), split matrices in row pairs with the chunks `ecq encode --split`
+/// writes: 8 GEMVs were 1.06-1.16x faster than one batched dispatch at 14336x4096 and
+/// 4096x14336, 10 1.06x faster and equal, 12 1.02-1.11x slower; 9 lies between.
+pub const GEMV_BATCH_MAX_M: usize = 9;
+
+/// [`GEMV_BATCH_MAX_M`] for split matrices of at most [`SMALL_LAYER_WEIGHTS`] weights, whose
+/// GEMV waits on few decoders while the batched kernel's cost grows slowly with the rows: on
+/// the same H200 runs 5 GEMVs were faster at 1024x4096 and 4096x4096 (96 vs 105 µs, 119 vs
+/// 138), 6 1.09x slower and equal, 8 1.43x and 1.18x slower (153 vs 108 µs, 190 vs 161).
+pub const GEMV_BATCH_MAX_M_SMALL: usize = 5;
+
+/// The weights (`rows * cols`) up to which a split matrix takes [`GEMV_BATCH_MAX_M_SMALL`]:
+/// 4096x4096.
+pub const SMALL_LAYER_WEIGHTS: usize = 1 << 24;
 
 /// [`GEMV_BATCH_MAX_M`] for matrices coded whole (two weights per step make their GEMV
-/// slower): on the same H200 runs 4 GEMVs were 1.1-1.3x faster than the batched kernel, 8 were
-/// 1.3-1.7x slower.
+/// slower): on the same H200 runs (default chunks), 4 GEMVs were 1.07-1.3x faster than the
+/// batched kernel, 5 1.14-1.15x slower up to 4096x4096 and 4-7% faster on the larger layers,
+/// 6 slower everywhere.
 pub const GEMV_BATCH_MAX_M_WHOLE: usize = 4;
+
+/// The default of [`LinearOptions::gemv_batch_max_m`] for a layer of `weights` weights with
+/// `low_bits` raw low bits (0: coded whole), on an adapter whose fused GEMV does (`subgroups32`)
+/// or does not run as a 32-wide subgroup kernel.
+pub(crate) fn default_gemv_batch_max_m(subgroups32: bool, low_bits: u32, weights: usize) -> usize {
+    match (subgroups32, low_bits) {
+        (false, _) => 0,
+        (true, 0) => GEMV_BATCH_MAX_M_WHOLE,
+        (true, _) if weights <= SMALL_LAYER_WEIGHTS => GEMV_BATCH_MAX_M_SMALL,
+        (true, _) => GEMV_BATCH_MAX_M,
+    }
+}
 
 /// Upload options.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -82,7 +105,8 @@ pub struct LinearOptions {
     /// row bands (tests use it).
     pub max_buffer_bytes: Option<u64>,
     /// Activation rows up to which `forward_batch` runs one fused GEMV per row instead of the
-    /// batched kernel; `None` (default): [`GEMV_BATCH_MAX_M`] (split matrices) or
+    /// batched kernel; `None` (default): [`GEMV_BATCH_MAX_M`] (split matrices of more than
+    /// [`SMALL_LAYER_WEIGHTS`] weights), [`GEMV_BATCH_MAX_M_SMALL`] (smaller split ones) or
     /// [`GEMV_BATCH_MAX_M_WHOLE`] where 32-wide subgroups run the fused GEMV, else 0 (the
     /// workgroup GEMV is slower than the batched kernel there).
     pub gemv_batch_max_m: Option<usize>,
@@ -752,13 +776,11 @@ impl EntropyCodedLinear {
             side,
             side_bytes: (m.scales.len() * side.bytes_per_group()) as u64,
             gemm_blocked: blocked_gemm_layout(dev, &m, opts),
-            gemv_batch_max_m: opts.gemv_batch_max_m.unwrap_or(
-                match (dev.gpu().registry().subgroups32(), m.low_bits) {
-                    (false, _) => 0,
-                    (true, 0) => GEMV_BATCH_MAX_M_WHOLE,
-                    (true, _) => GEMV_BATCH_MAX_M,
-                },
-            ),
+            gemv_batch_max_m: opts.gemv_batch_max_m.unwrap_or(default_gemv_batch_max_m(
+                dev.gpu().registry().subgroups32(),
+                m.low_bits,
+                m.out_features() * m.in_features(),
+            )),
         })
     }
 
@@ -1161,7 +1183,25 @@ impl Linear for EntropyCodedLinear {
 
 #[cfg(test)]
 mod tests {
-    use super::{kparts, m_split};
+    use super::{default_gemv_batch_max_m, kparts, m_split};
+
+    /// Per-row GEMVs only where the fused GEMV is a subgroup kernel; split layers up to 4096x4096
+    /// switch to the batched kernel sooner than larger ones; whole layers at 4 rows.
+    #[test]
+    fn gemv_batch_thresholds() {
+        for (sg, low, w, want) in [
+            (false, 2, 1 << 20, 0),
+            (false, 0, 1 << 30, 0),
+            (true, 0, 1 << 20, 4),
+            (true, 0, 4096 * 14336, 4),
+            (true, 2, 1024 * 4096, 5),
+            (true, 2, 4096 * 4096, 5),
+            (true, 2, 4096 * 4096 + 1, 9),
+            (true, 2, 128256 * 4096, 9),
+        ] {
+            assert_eq!(default_gemv_batch_max_m(sg, low, w), want, "{sg} {low} {w}");
+        }
+    }
 
     /// Blocks cover the rows exactly once, hold at most 512 rows, reach the target workgroup
     /// count where the rows allow it, and the invocations sharing a row cover the block.

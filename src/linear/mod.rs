@@ -10,6 +10,7 @@
 //!   rows (larger `M` is processed in blocks of 512): `wgsl/rans_gemm_blocked.wgsl` (the
 //!   blocked subgroup decoder) where 32-wide subgroups run it, else the portable
 //!   `wgsl/rans_gemm.wgsl`. For at most [`GEMV_BATCH_MAX_M`] rows (split matrices;
+//!   [`GEMV_BATCH_MAX_M_SMALL`] for split layers up to [`SMALL_LAYER_WEIGHTS`];
 //!   [`GEMV_BATCH_MAX_M_WHOLE`] whole) on such adapters it runs one fused GEMV per row
 //!   instead, which is faster there.
 //! * [`QuantizedLinear`] is the plain MLX quantized baseline on the GPU (`qgemv.wgsl` for one
@@ -50,7 +51,8 @@ mod plain;
 
 pub use coded::{
     CodedLayerRef, EntropyCodedLinear, LinearDispatch, LinearOptions, GEMV_BATCH_MAX_M,
-    GEMV_BATCH_MAX_M_WHOLE, MAX_M_PER_DISPATCH, TARGET_WORKGROUPS,
+    GEMV_BATCH_MAX_M_SMALL, GEMV_BATCH_MAX_M_WHOLE, MAX_M_PER_DISPATCH, SMALL_LAYER_WEIGHTS,
+    TARGET_WORKGROUPS,
 };
 pub use cpu::CpuLinear;
 pub use device::LinearDevice;
