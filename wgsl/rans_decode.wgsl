@@ -16,6 +16,7 @@
 //
 // Every loop is bounded by the geometry in `P`; every word read is bounds-checked against the
 // chunk's range; corrupt input sets bits in `errors[chunk]` and never hangs the device.
+// import: rans_consts
 // import: rans_table
 // import: split_bits
 
@@ -52,18 +53,6 @@ struct Params {
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
-const MAX_TABLE: u32 = 2048u;  // slot table for n <= 11
-const SENTINEL: u32 = 0xFFFFFFFFu;
-const L: u32 = 65536u;
-
-// error bits, mirrored in src/gpu/decode.rs
-const ERR_BAD_STATE: u32 = 1u;
-const ERR_ZERO_FREQ: u32 = 2u;
-const ERR_OVER_READ: u32 = 4u;
-const ERR_FINAL_STATE: u32 = 8u;
-const ERR_UNCONSUMED: u32 = 16u;
-const ERR_TABLE: u32 = 32u;
-const ERR_OFFSETS: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> freqs: array<u32>;    // u16 pairs, A per tile

@@ -7,6 +7,7 @@
 // lanes, and the first lane of each segment stores the word. Only for b*w in {1, 2, 4, 8, 16,
 // 32} dividing 32 and rows of whole words (the host checks; other cases use rans_decode.wgsl).
 // Like the other kernels it checks `subgroup_size` and flags every chunk otherwise (bit 128).
+// import: rans_consts
 // import: rans_table
 // import: rans_subgroup
 
@@ -46,19 +47,6 @@ override BW: u32 = 0u;
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
-const MAX_TABLE: u32 = 2048u;  // slot table for n <= 11
-const SENTINEL: u32 = 0xFFFFFFFFu;
-const L: u32 = 65536u;
-
-// error bits, mirrored in src/gpu/decode.rs
-const ERR_BAD_STATE: u32 = 1u;
-const ERR_ZERO_FREQ: u32 = 2u;
-const ERR_OVER_READ: u32 = 4u;
-const ERR_FINAL_STATE: u32 = 8u;
-const ERR_UNCONSUMED: u32 = 16u;
-const ERR_TABLE: u32 = 32u;
-const ERR_OFFSETS: u32 = 64u;
-const ERR_SUBGROUP: u32 = 128u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> freqs: array<u32>;    // u16 pairs, A per tile
@@ -67,7 +55,6 @@ const ERR_SUBGROUP: u32 = 128u;
 @group(0) @binding(4) var<storage, read> words: array<u32>;    // u16 words, 2 per u32
 @group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
 @group(0) @binding(6) var<storage, read_write> out: array<u32>; // packed words
-
 
 @compute @workgroup_size(128)
 fn main(

@@ -23,6 +23,7 @@
 // chunk on a wrong subgroup size (error bit 128). Errors as rans_gemv_blocked.wgsl: table,
 // offsets, state, over-read and unconsumed words, reported after the loop; Y is then garbage
 // and the host reports the error. Runs with naga's bounds checks.
+// import: rans_consts
 // import: rans_table_scan
 // import: rans_table_byte
 // import: rans_subgroup
@@ -78,17 +79,6 @@ override BRANCH_FREE_PLANES: bool = false;
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
 const SLICE: u32 = 256u;       // weights per row per slice
-const L: u32 = 65536u;
-
-// error bits, mirrored in src/gpu/mod.rs (error_bits)
-const ERR_BAD_STATE: u32 = 1u;
-const ERR_ZERO_FREQ: u32 = 2u;
-const ERR_OVER_READ: u32 = 4u;
-const ERR_FINAL_STATE: u32 = 8u;
-const ERR_UNCONSUMED: u32 = 16u;
-const ERR_TABLE: u32 = 32u;
-const ERR_OFFSETS: u32 = 64u;
-const ERR_SUBGROUP: u32 = 128u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> freqs: array<u32>;    // u16 pairs, A per tile

@@ -11,6 +11,7 @@
 //
 // Bounded loops and bounds-checked word reads as in rans_decode.wgsl; corrupt input sets bits in
 // `errors[chunk]` and never hangs the device (y is then garbage and the host reports the error).
+// import: rans_consts
 // import: rans_table
 // import: split_bits
 // import: side
@@ -49,18 +50,6 @@ struct Params {
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
-const MAX_TABLE: u32 = 2048u;  // slot table for n <= 11
-const SENTINEL: u32 = 0xFFFFFFFFu;
-const L: u32 = 65536u;
-
-// error bits, mirrored in src/gpu/decode.rs
-const ERR_BAD_STATE: u32 = 1u;
-const ERR_ZERO_FREQ: u32 = 2u;
-const ERR_OVER_READ: u32 = 4u;
-const ERR_FINAL_STATE: u32 = 8u;
-const ERR_UNCONSUMED: u32 = 16u;
-const ERR_TABLE: u32 = 32u;
-const ERR_OFFSETS: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> freqs: array<u32>;    // u16 pairs, A per tile

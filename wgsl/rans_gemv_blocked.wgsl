@@ -22,6 +22,7 @@
 // This kernel runs without naga's bounds checks (`Kernel::indices_in_range_by_construction`
 // says why that is safe): every index here and in the imported libraries must stay in range
 // for any buffer contents, by masking or clamping in the source.
+// import: rans_consts
 // import: rans_table_scan
 // import: rans_table_sg
 // import: rans_subgroup
@@ -99,23 +100,10 @@ override PAIR: u32 = 0u;
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
-const MAX_TABLE: u32 = 2048u;  // slot table for n <= 11
-const SENTINEL: u32 = 0xFFFFFFFFu;
 // Planes read without a branch (see rans_block.wgsl, block_plane_at). The host sets it for the
 // compact build in row-pair order only: 4.5% faster there at the lm_head on an H200, 3% slower
 // in the u32-table build, mixed in row-major order (BENCHMARKS.md issue 5, step 53).
 override BRANCH_FREE_PLANES: bool = false;
-const L: u32 = 65536u;
-
-// error bits, mirrored in src/gpu/decode.rs
-const ERR_BAD_STATE: u32 = 1u;
-const ERR_ZERO_FREQ: u32 = 2u;
-const ERR_OVER_READ: u32 = 4u;
-const ERR_FINAL_STATE: u32 = 8u;
-const ERR_UNCONSUMED: u32 = 16u;
-const ERR_TABLE: u32 = 32u;
-const ERR_OFFSETS: u32 = 64u;
-const ERR_SUBGROUP: u32 = 128u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> freqs: array<u32>;    // u16 pairs, A per tile

@@ -25,6 +25,7 @@
 // function the driver scheduled the loop differently and this kernel ran 7% slower on an H200
 // (162 -> 175 µs at 4096x14336, two alternating runs each), while the decode and bf16 subgroup
 // kernels did not change.
+// import: rans_consts
 // import: rans_table
 // import: rans_subgroup
 // import: side
@@ -68,19 +69,6 @@ override GSHIFT: u32 = 0u;
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
-const MAX_TABLE: u32 = 2048u;  // slot table for n <= 11
-const SENTINEL: u32 = 0xFFFFFFFFu;
-const L: u32 = 65536u;
-
-// error bits, mirrored in src/gpu/decode.rs
-const ERR_BAD_STATE: u32 = 1u;
-const ERR_ZERO_FREQ: u32 = 2u;
-const ERR_OVER_READ: u32 = 4u;
-const ERR_FINAL_STATE: u32 = 8u;
-const ERR_UNCONSUMED: u32 = 16u;
-const ERR_TABLE: u32 = 32u;
-const ERR_OFFSETS: u32 = 64u;
-const ERR_SUBGROUP: u32 = 128u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> freqs: array<u32>;    // u16 pairs, A per tile
@@ -91,7 +79,6 @@ const ERR_SUBGROUP: u32 = 128u;
 @group(0) @binding(6) var<storage, read> sb: array<vec2<u32>>;   // (scale, bias) per group
 @group(0) @binding(7) var<storage, read> xv: array<f32>;          // activations, K
 @group(0) @binding(8) var<storage, read_write> y: array<f32>;     // R outputs
-
 
 // MLX group index of weight k: k >> gshift when the group size is a power of two (gshift < 32),
 // else k / gsz.

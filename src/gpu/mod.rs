@@ -147,7 +147,7 @@ pub enum GpuError {
     Map(String),
 }
 
-/// Kernel error bits written to the per-chunk error buffer (mirrors `wgsl/rans_*.wgsl`).
+/// Kernel error bits written to the per-chunk error buffer (mirrors `wgsl/lib/rans_consts.wgsl`).
 pub mod error_bits {
     /// An initial state is below 2^16.
     pub const BAD_STATE: u32 = 1;
@@ -360,11 +360,17 @@ impl Kernel {
     pub fn source(self) -> &'static str {
         match self {
             Kernel::RansDecode => {
-                wgsl_with_libs!("../../wgsl/rans_decode.wgsl", "rans_table", "split_bits")
+                wgsl_with_libs!(
+                    "../../wgsl/rans_decode.wgsl",
+                    "rans_consts",
+                    "rans_table",
+                    "split_bits"
+                )
             }
             Kernel::RansGemv => {
                 wgsl_with_libs!(
                     "../../wgsl/rans_gemv.wgsl",
+                    "rans_consts",
                     "rans_table",
                     "split_bits",
                     "side"
@@ -372,6 +378,7 @@ impl Kernel {
             }
             Kernel::RansGemvSubgroup => wgsl_with_libs!(
                 "../../wgsl/rans_gemv_subgroup.wgsl",
+                "rans_consts",
                 "rans_table",
                 "rans_subgroup",
                 "side"
@@ -379,12 +386,14 @@ impl Kernel {
             Kernel::RansDecodeSubgroup => {
                 wgsl_with_libs!(
                     "../../wgsl/rans_decode_subgroup.wgsl",
+                    "rans_consts",
                     "rans_table",
                     "rans_subgroup"
                 )
             }
             Kernel::RansGemvBlocked => wgsl_with_libs!(
                 "../../wgsl/rans_gemv_blocked.wgsl",
+                "rans_consts",
                 "rans_table_scan",
                 "rans_table_sg",
                 "rans_subgroup",
@@ -394,6 +403,7 @@ impl Kernel {
             ),
             Kernel::RansDecodeBlocked => wgsl_with_libs!(
                 "../../wgsl/rans_decode_blocked.wgsl",
+                "rans_consts",
                 "rans_table_scan",
                 "rans_table_sg",
                 "rans_subgroup",
@@ -402,6 +412,7 @@ impl Kernel {
             ),
             Kernel::RansGemvBlockedCompact => wgsl_with_libs!(
                 "../../wgsl/rans_gemv_blocked.wgsl",
+                "rans_consts",
                 "rans_table_scan",
                 "rans_table_byte",
                 "rans_subgroup",
@@ -411,6 +422,7 @@ impl Kernel {
             ),
             Kernel::RansDecodeBlockedCompact => wgsl_with_libs!(
                 "../../wgsl/rans_decode_blocked.wgsl",
+                "rans_consts",
                 "rans_table_scan",
                 "rans_table_byte",
                 "rans_subgroup",

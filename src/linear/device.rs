@@ -42,6 +42,7 @@ impl LinearKernel {
         match self {
             LinearKernel::RansGemm { .. } => crate::gpu::wgsl_with_libs!(
                 "../../wgsl/rans_gemm.wgsl",
+                "rans_consts",
                 "rans_table",
                 "split_bits",
                 "side",
@@ -50,6 +51,7 @@ impl LinearKernel {
             ),
             LinearKernel::RansGemmBlocked { .. } => crate::gpu::wgsl_with_libs!(
                 "../../wgsl/rans_gemm_blocked.wgsl",
+                "rans_consts",
                 "rans_table_scan",
                 "rans_table_byte",
                 "rans_subgroup",

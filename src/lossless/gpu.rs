@@ -32,18 +32,21 @@ use crate::rans::{GPU_MAX_PRECISION, LANES};
 /// The lossless kernels with the `wgsl/lib` files they `// import` appended.
 pub(crate) const BF16_DECODE_SOURCE: &str = crate::gpu::wgsl_with_libs!(
     "../../wgsl/bf16_decode.wgsl",
+    "rans_consts",
     "rans_table",
     "lossless16",
     "f16"
 );
 pub(crate) const BF16_GEMV_SOURCE: &str = crate::gpu::wgsl_with_libs!(
     "../../wgsl/bf16_gemv.wgsl",
+    "rans_consts",
     "rans_table",
     "lossless16",
     "f16"
 );
 pub(crate) const BF16_DECODE_SUBGROUP_SOURCE: &str = crate::gpu::wgsl_with_libs!(
     "../../wgsl/bf16_decode_subgroup.wgsl",
+    "rans_consts",
     "rans_table",
     "lossless16",
     "f16",
@@ -51,6 +54,7 @@ pub(crate) const BF16_DECODE_SUBGROUP_SOURCE: &str = crate::gpu::wgsl_with_libs!
 );
 pub(crate) const BF16_GEMV_SUBGROUP_SOURCE: &str = crate::gpu::wgsl_with_libs!(
     "../../wgsl/bf16_gemv_subgroup.wgsl",
+    "rans_consts",
     "rans_table",
     "lossless16",
     "f16",

@@ -1,7 +1,7 @@
 // Shared by the blocked subgroup rANS kernels (rans_gemv_blocked.wgsl,
 // rans_decode_blocked.wgsl): the decode of a block of steps by a group of 32 lanes. Uses the
-// importing kernel's `PREC`, `L`, `words` and `BRANCH_FREE_PLANES` (see block_plane_at),
-// `decode_slot` of its table library (rans_table_sg.wgsl or rans_table_byte.wgsl), and
+// importing kernel's `PREC`, `words` and `BRANCH_FREE_PLANES` (see block_plane_at), `L` of
+// rans_consts.wgsl, `decode_slot` of its table library (rans_table_sg.wgsl or rans_table_byte.wgsl), and
 // `plane_at` / `renorm_word` of rans_subgroup.wgsl. Every function must be called by the 32
 // lanes of a subgroup together.
 // Imported by kernels that run without naga's bounds checks (the blocked ones, see

@@ -1,9 +1,9 @@
 // Shared by the subgroup rANS kernels that `// import: rans_subgroup` (appended to them at load
 // time, like rans_table.wgsl): the pieces of the decode step that do not depend on what the
 // kernel does with the symbols. Uses the importing kernel's `P` (rows, chunk_rows, n_words),
-// `states`, `offsets`, `words`, `L` and error bits ERR_BAD_STATE, ERR_OFFSETS, ERR_TABLE,
-// ERR_SUBGROUP, ERR_OVER_READ, ERR_FINAL_STATE, ERR_UNCONSUMED. Every function must be called
-// by the 32 lanes of a subgroup together.
+// `states`, `offsets` and `words`, and `L` and the error bits of rans_consts.wgsl (ERR_BAD_STATE,
+// ERR_OFFSETS, ERR_TABLE, ERR_SUBGROUP, ERR_OVER_READ, ERR_FINAL_STATE, ERR_UNCONSUMED). Every
+// function must be called by the 32 lanes of a subgroup together.
 // Imported by kernels that run without naga's bounds checks (the blocked ones, see
 // `Kernel::indices_in_range_by_construction`): every index must stay in range by construction.
 

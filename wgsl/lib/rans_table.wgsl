@@ -1,7 +1,7 @@
 // Shared by the rANS kernels that `// import: rans_table` (appended to them at load time by
 // src/gpu and src/linear, and by tests/wgsl_portability.rs): the tile's slot table in workgroup
 // memory, built from its u16 frequencies. Uses the importing kernel's `P` (alphabet, prec),
-// `freqs`, `WG`, `MAX_TABLE` and `SENTINEL`.
+// `freqs` and `WG`, and `MAX_TABLE` and `SENTINEL` of rans_consts.wgsl.
 
 var<workgroup> table: array<u32, MAX_TABLE>;
 var<workgroup> sc_a: array<u32, 256>;
@@ -84,7 +84,7 @@ fn build_table(tile: u32, lid: u32) -> bool {
 // larger n searches the cumulative frequencies. A slot without a symbol (only in a table whose
 // frequencies do not sum to 2^n) gives ERR_ZERO_FREQ and a harmless f = 1 (symbol and bias
 // from a zeroed entry), so decoding goes on to the loop's bound and the chunk is reported.
-// Uses the importing kernel's ERR_ZERO_FREQ.
+// Uses ERR_ZERO_FREQ of rans_consts.wgsl.
 fn lookup_slot(slot: u32, n: u32) -> vec4<u32> {
     if (n <= 11u) {
         var e = table[slot];

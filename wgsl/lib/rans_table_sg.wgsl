@@ -6,8 +6,8 @@
 // and are kept as u16 pairs (n <= 11: at most 2048). Where the grid fills the GPU, the
 // kernels' speed follows how many workgroups an SM keeps resident, which workgroup memory
 // limits (BENCHMARKS.md issue 5, step 26); rans_table_byte.wgsl is the same interface in
-// 3.1 KB. Uses the importing kernel's `P` (alphabet, prec), `WG` (= 128), `MAX_TABLE` and
-// `SENTINEL`, and rans_table_scan.wgsl.
+// 3.1 KB. Uses the importing kernel's `P` (alphabet, prec) and `WG` (= 128), `MAX_TABLE` and
+// `SENTINEL` of rans_consts.wgsl, and rans_table_scan.wgsl.
 // Imported by kernels that run without naga's bounds checks (the blocked ones, see
 // `Kernel::indices_in_range_by_construction`): every index must stay in range by construction.
 
