@@ -78,7 +78,8 @@ use timing::{GpuTimer, Timing};
 
 use ecq::dtype::FloatDType;
 use ecq::gpu::{
-    CodedMatrixRef, DecodeOutput, Dispatch, FusedVariant, GpuContext, QGemvVariant, QuantParamsRef,
+    CodedMatrixRef, DecodeOutput, Dispatch, FusedVariant, GpuContext, GpuError, QGemvVariant,
+    QuantParamsRef,
 };
 use ecq::quant::{
     pack, quantize_absmax, quantize_affine, AbsmaxMode, AffineParams, QuantizedMatrix,
@@ -245,9 +246,12 @@ fn parse_args() -> Args {
                         "0" => (0, false),
                         "2" => (2, false),
                         "2p" => (2, true),
+                        "3w" => (3, false),
+                        "3wp" => (3, true),
                         _ => usage_error(&format!(
                             "--low-bits: {b} (0 = whole symbols, 2 = split 2 + 2, 2p = split in \
-                             row-pair order)"
+                             row-pair order, 3w = window split (1 coded bit, 3 raw), 3wp = window \
+                             split in row-pair order)"
                         )),
                     })
                     .collect();
@@ -923,6 +927,10 @@ fn main() {
                         ..Default::default()
                     },
                     // what `ecq encode` (`--split`) writes
+                    None if low_bits == 3 => EncodeOptions {
+                        group_size: gs,
+                        ..SplitMatrix::default_window_options()
+                    },
                     None if low_bits != 0 => EncodeOptions {
                         group_size: gs,
                         ..SplitMatrix::default_options()
@@ -939,8 +947,12 @@ fn main() {
                     SplitOrder::Rows
                 };
                 let split = (low_bits != 0).then(|| {
-                    SplitMatrix::encode_ordered(&syms, r, k, 4, low_bits, &opts, order)
-                        .expect("encode")
+                    if low_bits == 3 {
+                        SplitMatrix::encode_window(&syms, r, k, &opts, order)
+                    } else {
+                        SplitMatrix::encode_ordered(&syms, r, k, 4, low_bits, &opts, order)
+                    }
+                    .expect("encode")
                 });
                 let whole = split
                     .is_none()
@@ -952,6 +964,11 @@ fn main() {
                     .expect("one of the two");
                 let source = &match &split {
                     None => source.to_string(),
+                    Some(s) if s.window().is_some() => format!(
+                        "{source}+window{}{}",
+                        s.window().unwrap_or(0),
+                        if pairs { "+pairs" } else { "" }
+                    ),
                     Some(s) if pairs => format!("{source}+raw{}+pairs", s.low_bits()),
                     Some(s) => format!("{source}+raw{}", s.low_bits()),
                 };
@@ -1052,7 +1069,7 @@ fn main() {
                 let n_syms = (r * k / enc.weights_per_symbol() as usize) as f64;
                 let mut dec_rates = Vec::new();
                 for dv in dec_variants {
-                    let dec_d: Vec<Dispatch> = coded
+                    let dec_d: Vec<Dispatch> = match coded
                         .iter()
                         .map(|m| match dv {
                             None => m.decode_dispatch(dev, reg, &dec_out, DecodeOutput::Packed),
@@ -1061,7 +1078,16 @@ fn main() {
                             }
                         })
                         .collect::<Result<_, _>>()
-                        .expect("dispatch");
+                    {
+                        Ok(d) => d,
+                        // (window splits have no decode kernel)
+                        Err(GpuError::Unsupported(e)) => {
+                            eprintln!("  {source} {geometry}: no decode: {e}");
+                            dec_rates.push("n/a".to_string());
+                            continue;
+                        }
+                        Err(e) => panic!("decode dispatch: {e}"),
+                    };
                     let t_dec = time_dispatches(&ctx, &timer, &dec_d, args.iters, args.rounds).t;
                     eprintln!(
                         "  {source} {geometry}: decode {} {:.1} us ({:.1} G symbols/s)",

@@ -835,6 +835,121 @@ fn fused_gemv_row_pairs() {
     }
 }
 
+/// Window splits (`SplitMatrix::encode_window`: one coded flag bit per weight, eight weights per
+/// symbol, three raw bits) in the blocked fused kernel, both tables, row-major and in row pairs,
+/// MLX group sizes 32/64/128, window starts 0 (no rotation), 5 (MLX weights' usual) and 13, against
+/// the f64 reference within the tolerance above (the merge is exact integer work). Every other
+/// kernel refuses them with `Unsupported`, as does the GPU decode.
+#[test]
+fn fused_gemv_window_split() {
+    let Some(ctx) = ctx() else { return };
+    // (rows, cols, group size, chunk symbols, row pairs): 8-step blocks of 256 weights a step
+    for (i, &(rows, cols, gs, chunk, pairs)) in [
+        (17, 2048, 64, 4096, false), // 8 steps per row, two rows per chunk
+        (5, 14336, 32, 900, false),  // 56 steps per row, one row per chunk
+        (3, 4096, 128, 64, false),   // one-row chunks
+        (2, 1024, 64, 4096, true),   // one pair, one block per coded row
+        (10, 4096, 64, 1024, true),  // one pair per chunk
+        (6, 14336, 128, 8192, true), // 112 steps per coded row, a last chunk of one pair
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (q, x) = random_matrix(2100 + i as u64, rows, cols, 4, gs);
+        let opts = EncodeOptions {
+            chunk_symbols: chunk,
+            tile_chunks: 3,
+            group_size: gs,
+            ..Default::default()
+        };
+        let order = if pairs {
+            ecq::rans::SplitOrder::RowPairs
+        } else {
+            ecq::rans::SplitOrder::Rows
+        };
+        let quant = QuantParamsRef {
+            group_size: gs,
+            scales: &q.scales,
+            biases: &q.biases,
+            side: None,
+        };
+        let syms = q.symbols();
+        for start in [ecq::rans::window_start(&syms), 0, 13] {
+            let s =
+                ecq::rans::SplitMatrix::encode_window_at(&syms, rows, cols, start, &opts, order)
+                    .unwrap();
+            let label = format!(
+                "window {start} {rows}x{cols} g{gs} pairs {pairs} coded chunk_rows {}",
+                s.high().chunk_rows()
+            );
+            let m = ctx.upload_split(&s, Some(quant)).unwrap();
+            assert_eq!((m.rows(), m.cols(), m.bits()), (rows, cols, 4), "{label}");
+            for v in [FusedVariant::Workgroup, FusedVariant::Subgroup] {
+                let r = m.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v);
+                assert!(
+                    matches!(r, Err(ecq::gpu::GpuError::Unsupported(_))),
+                    "{label} {v:?}: {r:?}"
+                );
+            }
+            assert!(
+                matches!(
+                    ctx.decode_to_quantized(&m),
+                    Err(ecq::gpu::GpuError::Unsupported(_))
+                ),
+                "{label}: decode"
+            );
+            if !ctx.registry().subgroups32() {
+                continue;
+            }
+            let (want, sum_abs) = reference(&q, &x);
+            let y = ctx
+                .gemv_coded(&m, &x)
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            assert_close(&label, &y, &want, &sum_abs, cols);
+            for v in [FusedVariant::Blocked, FusedVariant::BlockedCompact] {
+                let y = m
+                    .gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)
+                    .unwrap_or_else(|e| panic!("{label} {v:?}: {e}"));
+                assert_close(&format!("{label} {v:?}"), &y, &want, &sum_abs, cols);
+            }
+        }
+    }
+    // rows of two steps are not whole 4-step blocks: refused by name
+    let (q, x) = random_matrix(2199, 4, 512, 4, 64);
+    let s = ecq::rans::SplitMatrix::encode_window(
+        &q.symbols(),
+        4,
+        512,
+        &EncodeOptions::default(),
+        ecq::rans::SplitOrder::Rows,
+    )
+    .unwrap();
+    let quant = QuantParamsRef {
+        group_size: 64,
+        scales: &q.scales,
+        biases: &q.biases,
+        side: None,
+    };
+    let m = ctx.upload_split(&s, Some(quant)).unwrap();
+    let r = m.gemv_with(
+        ctx.device(),
+        ctx.queue(),
+        ctx.registry(),
+        &x,
+        FusedVariant::Blocked,
+    );
+    assert!(
+        matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e))
+            if e.contains("4-step blocks") || !ctx.registry().subgroups32()),
+        "{r:?}"
+    );
+    if !ctx.registry().subgroups32() {
+        gpu_common::announce_unsupported(
+            "window split fused GEMV: the blocked kernel needs 32-wide subgroups; only the refusals were checked",
+        );
+    }
+}
+
 /// A coded matrix decoded on the GPU into a plain one (`GpuQuantizedMatrix::decode_from`, no
 /// trip through the host) gives the plain GEMV, bit for bit, the output of the same weights
 /// uploaded from the host: whole and split symbols, every group size, rows the blocked decode

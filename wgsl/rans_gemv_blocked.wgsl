@@ -97,6 +97,12 @@ override LATE: u32 = 0u;
 // columns: lane l's two words share their activations (loaded once) and go to two sums.
 // P.groups_per_row is a matrix row's. The host allows it with 8-step blocks only.
 override PAIR: u32 = 0u;
+// With LOW = 3, a window split (`ecq::rans::SplitMatrix::encode_window`): the symbols carry one
+// flag bit per weight, eight weights per symbol (WPS = 8, BITS = 1), the raw words three bits
+// per weight (`ecq::rans::window_raw_words`, in planes per 32 words); weight q = ((flag << 3) |
+// raw) + WSTART, mod 16. Row pairs are interleaved in runs of two symbols (16 columns). The host
+// runs it with 4-step blocks only.
+override WSTART: u32 = 0u;
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
@@ -211,6 +217,62 @@ fn decode_block_lane_words(d: ptr<function, BlockDecoder>, steps: u32) -> vec2<u
     return s;
 }
 
+// Nibble word m (m = 0..3) of a window split's 32 weights: weights m, m + 4, .., m + 28 in
+// nibbles 0..7, from the flags `f` (weight t's at bit t), the raw bit-2 word `mid` (the same
+// places) and the raw low-bit word `low`, each shifted by the caller so that weight 4n + m's
+// fields sit at bits 4n + 3, 4n + 2 and 4n..4n + 1; then WSTART added to every nibble, mod 16
+// (the low three bits of each nibble summed without a carry out, bit 3 the sum's carry XOR
+// both bits 3).
+fn window_nibbles(f: u32, mid: u32, low: u32) -> u32 {
+    let u = (f & 0x88888888u) | (mid & 0x44444444u) | (low & 0x33333333u);
+    if (WSTART == 0u) {
+        return u;
+    }
+    let c = WSTART * 0x11111111u;
+    return ((u & 0x77777777u) + (c & 0x77777777u)) ^ ((u ^ c) & 0x88888888u);
+}
+
+// The four nibble words of a window split's word of four symbols (symbol c in the low byte of
+// sv[c]: 32 flags, coded weight t's at bit t) and its raw words r: word m holds coded weights
+// m, m + 4, .., m + 28 as nibbles 0..7, so its low half multiplies activation components m of
+// the word's first 16 columns (window_half) and its high half those of the next 16 (or, in row
+// pairs, the same 16 columns of the second row).
+fn window_words(sv: vec4<u32>, r: vec3<u32>) -> vec4<u32> {
+    let f = (sv.x & 0xFFu) | ((sv.y & 0xFFu) << 8u) | ((sv.z & 0xFFu) << 16u) | (sv.w << 24u);
+    return vec4<u32>(
+        window_nibbles(f << 3u, r.z << 2u, r.x),
+        window_nibbles(f << 2u, r.z << 1u, r.x >> 2u),
+        window_nibbles(f << 1u, r.z, r.y),
+        window_nibbles(f, r.z >> 1u, r.y >> 2u),
+    );
+}
+
+// Half a window-split word's q x, per nibble place: nibbles 0..3 of n (n >> 16 for the second
+// half) with xw = the half's four activation vectors.
+fn window_half(n: vec4<u32>, xw: array<vec4<f32>, 4>, magic: u32) -> vec4<f32> {
+    var qx = nibbles_in_place(n.x, magic) * vec4<f32>(xw[0].x, xw[1].x, xw[2].x, xw[3].x);
+    qx += nibbles_in_place(n.y, magic) * vec4<f32>(xw[0].y, xw[1].y, xw[2].y, xw[3].y);
+    qx += nibbles_in_place(n.z, magic) * vec4<f32>(xw[0].z, xw[1].z, xw[2].z, xw[3].z);
+    qx += nibbles_in_place(n.w, magic) * vec4<f32>(xw[0].w, xw[1].w, xw[2].w, xw[3].w);
+    return qx;
+}
+
+// Lane l's three raw words of block b of a window split's coded row whose raw words start at
+// word `row_word0` (= coded row * coded cols * 3 / 32): the block's 32 words' planes
+// (`ecq::rans::SplitMatrix::encode_window`), so each load is one contiguous line for the 32
+// lanes. In range by construction (the host appends rows * cols * 3 / 32 words and runs only
+// whole 4-step blocks), clamped to the buffer anyway.
+fn window_raw(row_word0: u32, b: u32, l: u32) -> vec3<u32> {
+    let i = P.low_base + row_word0 + b * 96u + l;
+    let last = arrayLength(&words) - 1u;
+    return vec3<u32>(words[min(i, last)], words[min(i + 32u, last)], words[min(i + 64u, last)]);
+}
+
+// The 16 activations from weight k on.
+fn x16(k: u32) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(xv[k >> 2u], xv[(k >> 2u) + 1u], xv[(k >> 2u) + 2u], xv[(k >> 2u) + 3u]);
+}
+
 // The activations of the word at weight k (4 WPS of them).
 fn word_x(k: u32) -> array<vec4<f32>, 4> {
     var xw = array<vec4<f32>, 4>();
@@ -296,6 +358,51 @@ fn main(
             var acc = 0.0;
             var acc_b = 0.0;
             for (var b = 0u; b < nblk; b++) {
+                if (LOW == 3u) {
+                    // a window split, 4-step blocks: lane l's word (four symbols, 32 coded
+                    // weights) is coded weights 32 l .. 32 l + 31 of the block's 1024: with row
+                    // pairs columns 16 l .. 16 l + 15 of both rows (coded weights 0..15 row
+                    // 2r's, 16..31 row 2r + 1's, so both take the same activations), else
+                    // columns 32 l .. 32 l + 31 of one row, in one MLX group either way. The
+                    // loads first, as below.
+                    let ka = b * kblock + l * (kword >> ps);
+                    let sba = side(sb_row + group_of(ka, gsz));
+                    var sbb = vec2<f32>(0.0);
+                    if (pair) {
+                        sbb = side(sb_row_b + group_of(ka, gsz));
+                    }
+                    let raw = window_raw(row_low, b, l);
+                    let xlo = x16(ka);
+                    var xhi = xlo;
+                    if (!pair) {
+                        xhi = x16(ka + 16u);
+                    }
+                    // (diagnostic builds 1 and 2 as below; the others are the kernel here)
+                    var s = (l * 0x01030507u) ^ b;
+                    if (DIAG != 2u) {
+                        s = decode_block(&d, BLOCK, l, ltmask, true).x;
+                    }
+                    if (DIAG == 1u) {
+                        acc += bitcast<f32>(s & 0x3FFFFFFFu);
+                        continue;
+                    }
+                    var sw = vec4<u32>(0u);
+                    for (var c = 0u; c < 4u; c++) {
+                        sw[c] = subgroupShuffle(s, src0 + c) >> byte_shift;
+                    }
+                    let n = window_words(sw, raw);
+                    let qa = window_half(n, xlo, magic);
+                    let qb = window_half(n >> vec4<u32>(16u), xhi, magic);
+                    let xs = dot((xlo[0] + xlo[1]) + (xlo[2] + xlo[3]), vec4<f32>(1.0));
+                    if (pair) {
+                        acc += sba.x * dot(qa, NIBBLE_PLACE) + sba.y * xs;
+                        acc_b += sbb.x * dot(qb, NIBBLE_PLACE) + sbb.y * xs;
+                    } else {
+                        let xs_hi = dot((xhi[0] + xhi[1]) + (xhi[2] + xhi[3]), vec4<f32>(1.0));
+                        acc += sba.x * dot(qa + qb, NIBBLE_PLACE) + sba.y * (xs + xs_hi);
+                    }
+                    continue;
+                }
                 // the block's activations and (scale, bias) first: they do not depend on the
                 // decode, so their latency overlaps it (BENCHMARKS.md issue 5, step 29)
                 let ka = b * kblock + l * kword;

@@ -105,6 +105,10 @@ pub struct FusedLayout {
     /// (`cols` here) is two matrix rows interleaved; the blocked kernels (with 8-step blocks)
     /// and the workgroup kernels run it, the subgroup kernels do not.
     pub row_pairs: bool,
+    /// With `low_bits` 3: the window start of a window split
+    /// ([`crate::rans::SplitMatrix::encode_window`]: 1-bit flags eight to a symbol, three raw
+    /// bits per weight), which only the blocked fused kernel runs. 0 otherwise.
+    pub window_start: u32,
     /// How the (scale, bias) pairs are stored.
     pub side: super::SideFormat,
 }
@@ -133,6 +137,15 @@ impl FusedLayout {
             return None;
         }
         [8, 4, 2].into_iter().find(|b| t.is_multiple_of(*b))
+    }
+
+    /// The steps per block of `rans_gemv_blocked.wgsl` for a window split (4: a lane multiplies
+    /// one word of four symbols per block), or `None` where it cannot run it (not a window
+    /// split, or rows that are not whole 4-step blocks).
+    pub fn window_block(&self) -> Option<u32> {
+        (self.low_bits == WINDOW_LOW_BITS && self.blocked_steps().is_some())
+            .then_some(4)
+            .filter(|_| self.steps_per_row.is_multiple_of(4))
     }
 
     /// The blocked kernel's table form for this launch: [`FusedVariant::BlockedCompact`] from
@@ -179,7 +192,8 @@ fn fused_gemv_pipeline_diag(
         FusedVariant::Blocked | FusedVariant::BlockedCompact
     );
     if layout.row_pairs
-        && (variant == FusedVariant::Subgroup || (blocked && layout.blocked_steps() != Some(8)))
+        && (variant == FusedVariant::Subgroup
+            || (blocked && layout.blocked_steps() != Some(8) && layout.window_block().is_none()))
     {
         return Err(GpuError::Unsupported(format!(
             "row-pair order (SplitOrder::RowPairs) runs on the blocked fused kernel with 8-step \
@@ -188,7 +202,17 @@ fn fused_gemv_pipeline_diag(
             layout.steps_per_row
         )));
     }
-    if layout.low_bits != 0 {
+    if layout.low_bits == WINDOW_LOW_BITS {
+        check_window(layout.bits, layout.wps, layout.window_start)?;
+        if !blocked || layout.window_block().is_none() {
+            return Err(GpuError::Unsupported(format!(
+                "a window split (1-bit flags eight to a symbol, three raw bits) runs on the \
+                 blocked fused kernel with 4-step blocks only (coded rows of whole 1024-weight \
+                 blocks), not the {variant:?} kernel with {} steps per coded row",
+                layout.steps_per_row
+            )));
+        }
+    } else if layout.low_bits != 0 {
         check_low_bits(layout.low_bits, layout.bits, layout.wps)?;
         if variant == FusedVariant::Subgroup {
             return Err(GpuError::Unsupported(
@@ -215,14 +239,18 @@ fn fused_gemv_pipeline_diag(
             ],
         ),
         FusedVariant::Blocked | FusedVariant::BlockedCompact => {
-            let block = layout.blocked_steps().ok_or_else(|| {
-                GpuError::Unsupported(format!(
+            let block =
+                layout
+                    .window_block()
+                    .or(layout.blocked_steps())
+                    .ok_or_else(|| {
+                        GpuError::Unsupported(format!(
                     "the blocked fused kernel needs whole 32-symbol steps per row in an even \
                      count, <= 11 probability bits and groups of whole 4-symbol words (cols \
                      {}, {} weights per symbol, {} steps per row, precision {}, group size {})",
                     layout.cols, layout.wps, layout.steps_per_row, layout.prec, layout.group_size
                 ))
-            })?;
+                    })?;
             let kernel = if variant == FusedVariant::Blocked {
                 Kernel::RansGemvBlocked
             } else {
@@ -249,6 +277,7 @@ fn fused_gemv_pipeline_diag(
                             && !layout.row_pairs) as u32,
                     ),
                     ("PAIR", layout.row_pairs as u32),
+                    ("WSTART", layout.window_start),
                     layout.side.constant(),
                     (
                         "BRANCH_FREE_PLANES",
@@ -271,6 +300,22 @@ pub(crate) fn check_row_pair_cols(cols: usize, wps: u32) -> Result<(), String> {
         Err(format!(
             "row-pair coded rows of {cols} weights are not two rows of whole {run}-weight runs"
         ))
+    }
+}
+
+/// Raw bits per weight of a window split ([`crate::rans::SplitMatrix::encode_window`]).
+pub(crate) const WINDOW_LOW_BITS: u32 = 3;
+
+/// Checks the coded part of a window split: 1-bit flags, eight to a symbol, and a window start
+/// below 16.
+pub(crate) fn check_window(bits: u32, wps: u32, start: u32) -> Result<(), GpuError> {
+    if bits == 1 && wps == crate::rans::WINDOW_FLAGS_PER_SYMBOL && start < 16 {
+        Ok(())
+    } else {
+        Err(GpuError::Unsupported(format!(
+            "a window split on the GPU: 1-bit flags eight to a symbol with a window start below \
+             16, not {bits}-bit symbols of {wps} starting at {start}"
+        )))
     }
 }
 
@@ -361,7 +406,10 @@ pub(crate) struct CodedParams {
     /// 1: the symbols are in [`crate::rans::SplitOrder::RowPairs`] order (the workgroup
     /// kernels read it from here, the blocked ones take the override `PAIR`).
     pub(crate) row_pairs: u32,
-    pub(crate) _pad3: [u32; 3],
+    /// The window start of a window split ([`crate::rans::SplitMatrix::encode_window`];
+    /// `low_bits` 3, the blocked fused kernel takes it as the override `WSTART`), else 0.
+    pub(crate) window_start: u32,
+    pub(crate) _pad3: [u32; 2],
 }
 
 impl CodedParams {
@@ -377,6 +425,7 @@ impl CodedParams {
             workgroups: self.total_wg,
             low_bits: self.low_bits,
             row_pairs: self.row_pairs != 0,
+            window_start: self.window_start,
             side,
         }
     }
@@ -409,9 +458,9 @@ impl CodedMatrixRef<'_> {
         if !(1..=8).contains(&b) {
             return bad(format!("bits = {b}, must be 1..=8"));
         }
-        if ![1, 2, 4].contains(&w) || b * w > 8 {
+        if ![1, 2, 4, 8].contains(&w) || b * w > 8 {
             return bad(format!(
-                "weights per symbol {w} with {b} bits (need 1, 2, 4 and b*w <= 8)"
+                "weights per symbol {w} with {b} bits (need 1, 2, 4 or 8 and b*w <= 8)"
             ));
         }
         if !self.cols.is_multiple_of(w as usize) {
@@ -503,6 +552,7 @@ impl GpuCodedMatrix {
             m.low(),
             quant,
             row_pairs,
+            m.window(),
         )
     }
 
@@ -515,7 +565,7 @@ impl GpuCodedMatrix {
         low: &[u32],
         quant: Option<QuantParamsRef<'_>>,
     ) -> Result<Self, GpuError> {
-        Self::upload_parts(device, m, low_bits, low, quant, false)
+        Self::upload_parts(device, m, low_bits, low, quant, false, None)
     }
 
     /// [`Self::upload_with_low_bits`]; with `row_pairs`, `m` is the coded part of a
@@ -527,8 +577,16 @@ impl GpuCodedMatrix {
         low: &[u32],
         quant: Option<QuantParamsRef<'_>>,
         row_pairs: bool,
+        window: Option<u8>,
     ) -> Result<Self, GpuError> {
         m.check()?;
+        if m.weights_per_symbol == crate::rans::WINDOW_FLAGS_PER_SYMBOL && window.is_none() {
+            return Err(GpuError::Unsupported(
+                "eight weights per symbol: the GPU kernels take them only as a window split's \
+                 flags (SplitMatrix::encode_window)"
+                    .into(),
+            ));
+        }
         if row_pairs {
             check_row_pair_cols(m.cols, m.weights_per_symbol).map_err(GpuError::InvalidInput)?;
         }
@@ -540,7 +598,17 @@ impl GpuCodedMatrix {
             }
             None
         } else {
-            check_low_bits(low_bits, m.bits, m.weights_per_symbol)?;
+            match window {
+                Some(start) if low_bits == WINDOW_LOW_BITS => {
+                    check_window(m.bits, m.weights_per_symbol, start.into())?
+                }
+                Some(_) => {
+                    return Err(GpuError::InvalidInput(format!(
+                        "a window split has {WINDOW_LOW_BITS} raw bits per weight, not {low_bits}"
+                    )))
+                }
+                None => check_low_bits(low_bits, m.bits, m.weights_per_symbol)?,
+            }
             let expected = m.rows as u64 * m.cols as u64 * low_bits as u64 / 32;
             if low.len() as u64 != expected {
                 return Err(GpuError::InvalidInput(format!(
@@ -580,6 +648,7 @@ impl GpuCodedMatrix {
         // for the chunk-to-row mapping (chunk 0 starts at row 0 either way).
         params.chunk_rows = u32_of("chunk_rows", m.chunk_rows)?;
         params.row_pairs = row_pairs as u32;
+        params.window_start = window.map_or(0, u32::from);
         let mut side = super::SideFormat::F32;
         let sb = match quant {
             None => None,
@@ -773,6 +842,7 @@ impl GpuCodedMatrix {
         registry.subgroups32()
             && mode == DecodeOutput::Packed
             && self.params.bits * self.params.wps == 8
+            && self.params.low_bits != WINDOW_LOW_BITS
             && self.fused_layout().blocked_steps() == Some(8)
     }
 
@@ -813,6 +883,13 @@ impl GpuCodedMatrix {
             return Err(GpuError::Unsupported(
                 "the blocked decode kernel needs 32-wide subgroups, packed output, byte symbols, \
                  whole 32-symbol steps per row in a multiple of 8 and <= 11 probability bits"
+                    .into(),
+            ));
+        }
+        if self.params.low_bits == WINDOW_LOW_BITS {
+            return Err(GpuError::Unsupported(
+                "no GPU decode kernel reads a window split yet (its fused GEMV runs on the \
+                 blocked kernel; SplitMatrix::decode_symbols decodes it on the CPU)"
                     .into(),
             ));
         }
@@ -1211,6 +1288,7 @@ mod tests {
             workgroups: 1,
             low_bits: 0,
             row_pairs: false,
+            window_start: 0,
             side: Default::default(),
         }
     }

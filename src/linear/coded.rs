@@ -706,7 +706,9 @@ impl EntropyCodedLinear {
                 low_bits: m.low_bits,
                 zero: 0,
                 row_pairs: m.row_pairs as u32,
-                _pad3: [0; 3],
+                // (the linear layers take 2 + 2 splits only: check_low_bits)
+                window_start: 0,
+                _pad3: [0; 2],
             };
             let gemm = GemmParams {
                 rows: gemv.rows,

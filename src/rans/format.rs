@@ -80,8 +80,8 @@ impl Geometry {
         if !(1..=8).contains(&bits) {
             return Err(bad("bits", bits, "must be 1..=8"));
         }
-        if ![1, 2, 4].contains(&wps) {
-            return Err(bad("weights_per_symbol", wps, "must be 1, 2 or 4"));
+        if ![1, 2, 4, 8].contains(&wps) {
+            return Err(bad("weights_per_symbol", wps, "must be 1, 2, 4 or 8"));
         }
         if bits * wps > 8 {
             return Err(bad(

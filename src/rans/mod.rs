@@ -46,7 +46,10 @@ use rayon::prelude::*;
 
 pub use error::CodecError;
 pub use format::{HEADER_FIXED, MAGIC, MAX_PRECISION, MAX_WEIGHTS, MIN_PRECISION, VERSION};
-pub use split::{SplitMatrix, SplitOrder, ROW_PAIR_RUN_SYMBOLS, SPLIT_MIN_CHUNKS};
+pub use split::{
+    window_raw_words, window_start, SplitMatrix, SplitOrder, ROW_PAIR_RUN_SYMBOLS,
+    SPLIT_MIN_CHUNKS, WINDOW_FLAGS_PER_SYMBOL,
+};
 
 use decode::{decode_chunk, ChunkCtx, L};
 use format::Geometry;
@@ -85,8 +88,9 @@ pub struct EncodeOptions {
     /// Probability precision `n` (frequencies sum to `2^n`), 8..=15. GPU kernels need
     /// `n <= 11` ([`GPU_MAX_PRECISION`]). Default [`DEFAULT_PRECISION`].
     pub precision: u32,
-    /// Weights combined into one coded symbol (1, 2 or 4, with `bits * w <= 8`); `None` picks
-    /// the largest such `w` that divides `cols`.
+    /// Weights combined into one coded symbol (1, 2, 4 or 8, with `bits * w <= 8`); `None`
+    /// picks the largest of 4, 2, 1 that fits and divides `cols` (8, for 1-bit values, only
+    /// when asked: [`SplitMatrix`]'s 1 + 3 split asks for it).
     pub weights_per_symbol: Option<u32>,
     /// Target number of coded symbols per chunk: `chunk_rows = max(1, round(chunk_symbols /
     /// symbols_per_row))`, at most `rows`. Default [`DEFAULT_CHUNK_SYMBOLS`].
@@ -429,7 +433,7 @@ impl std::fmt::Debug for EncodedMatrix {
 /// Expands `n` coded symbols at the start of `region` in place to `W` weights each (via `lut`),
 /// back to front: the expanded position of symbol `i` is `i * W >= i`, and each block of 16
 /// symbols is read before its expansion is written, so nothing is overwritten before it is read.
-fn expand<const W: usize>(region: &mut [u8], n: usize, lut: &[[u8; 4]; 256]) {
+fn expand<const W: usize>(region: &mut [u8], n: usize, lut: &[[u8; 8]; 256]) {
     const B: usize = 16;
     let mut i = n;
     while i >= B {
@@ -949,7 +953,7 @@ impl EncodedMatrix {
         // i is i * w >= i, so nothing is overwritten before it is read).
         let bits = g.bits;
         let mask = (1u32 << bits) - 1;
-        let mut lut = [[0u8; 4]; 256];
+        let mut lut = [[0u8; 8]; 256];
         for (s, e) in lut.iter_mut().enumerate() {
             for (i, v) in e.iter_mut().enumerate() {
                 *v = ((s as u32 >> (bits * i as u32)) & mask) as u8;
@@ -957,10 +961,10 @@ impl EncodedMatrix {
         }
         self.run_decode(out, g.cols, verify, |region, m| {
             let n = m * spr;
-            if w == 2 {
-                expand::<2>(region, n, &lut);
-            } else {
-                expand::<4>(region, n, &lut);
+            match w {
+                2 => expand::<2>(region, n, &lut),
+                4 => expand::<4>(region, n, &lut),
+                _ => expand::<8>(region, n, &lut),
             }
         })
     }

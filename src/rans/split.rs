@@ -104,6 +104,8 @@ pub struct SplitMatrix {
     low_bits: u32,
     low_crc: u32,
     order: SplitOrder,
+    /// `Some(c)`: a window split (see [`SplitMatrix::encode_window`]) with window start `c`.
+    window: Option<u8>,
 }
 
 fn arg<T>(s: String) -> Result<T, CodecError> {
@@ -199,6 +201,16 @@ impl SplitMatrix {
         }
     }
 
+    /// The encoder options for window splits ([`encode_window`](Self::encode_window)):
+    /// [`default_options`](Self::default_options) with half its symbols per chunk again, so
+    /// that a chunk of eight-weight symbols holds as many weights as the 2 + 2 split's.
+    pub fn default_window_options() -> EncodeOptions {
+        EncodeOptions {
+            chunk_symbols: super::DEFAULT_CHUNK_SYMBOLS / 4,
+            ..Self::default_options()
+        }
+    }
+
     /// Splits `symbols` (`rows * cols` values `< 2^bits`, row-major) into high and low bits and
     /// codes the high ones with [`encode`] and `opts` (weights per symbol from
     /// `bits - low_bits` unless `opts` sets it).
@@ -283,7 +295,185 @@ impl SplitMatrix {
             low_bits,
             low_crc,
             order,
+            window: None,
         })
+    }
+
+    /// A **window split** of 4-bit weights: only one bit per weight is coded, whether the
+    /// weight lies outside the window of eight levels `start .. start + 8` (mod 16), eight
+    /// weights to a byte symbol, and the weight's other three bits are stored raw. Weight `q`
+    /// is stored as `u = (q - start) mod 16`: the coded flag is `u >> 3`, the raw bits `u & 7`,
+    /// three words per 32 weights of a row in the layout of [`window_raw_words`]. `start` is
+    /// the window holding the most weights ([`window_start`]).
+    ///
+    /// Why: the GPU pays per rANS step (BENCHMARKS.md issue 5), and this halves the steps of
+    /// the 2 + 2 split again (eight weights per step instead of four) for almost no size: MLX
+    /// affine weights are peaked around one level, so a window of eight levels holds ~78% of
+    /// them, and given the flag the three raw bits are close to uniform. On MiniLM g64 the
+    /// entropy bound is 3.760 bits/weight against 3.751 for the 2 + 2 split and 3.701 whole.
+    /// The coded part is an ordinary [`EncodedMatrix`] of 1-bit values with eight per symbol.
+    ///
+    /// ```
+    /// use ecq::rans::{SplitMatrix, SplitOrder};
+    ///
+    /// let q: Vec<u8> = (0..4 * 64).map(|i| ((i * 7) % 16) as u8).collect();
+    /// let opts = SplitMatrix::default_options();
+    /// let m = SplitMatrix::encode_window(&q, 4, 64, &opts, SplitOrder::Rows)?;
+    /// assert_eq!((m.high().bits(), m.high().weights_per_symbol()), (1, 8));
+    /// assert_eq!((m.low_bits(), m.bits()), (3, 4));
+    /// assert!(m.window().is_some());
+    /// assert_eq!(m.decode_symbols()?, q);
+    /// # Ok::<(), ecq::rans::CodecError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::InvalidArgument`] for a shape that does not hold `symbols` or `cols` not a
+    /// multiple of 32 (with [`SplitOrder::RowPairs`], of 1024, and an even row count),
+    /// [`CodecError::SymbolOutOfRange`] for a value `>= 16`, and everything [`encode`] rejects.
+    pub fn encode_window(
+        symbols: &[u8],
+        rows: usize,
+        cols: usize,
+        opts: &EncodeOptions,
+        order: SplitOrder,
+    ) -> Result<Self, CodecError> {
+        let start = window_start(symbols);
+        Self::encode_window_at(symbols, rows, cols, start, opts, order)
+    }
+
+    /// [`encode_window`](Self::encode_window) with the window starting at level `start`
+    /// (`< 16`) instead of the fullest one.
+    ///
+    /// # Errors
+    ///
+    /// As [`encode_window`](Self::encode_window), and [`CodecError::InvalidArgument`] for
+    /// `start >= 16`.
+    pub fn encode_window_at(
+        symbols: &[u8],
+        rows: usize,
+        cols: usize,
+        start: u8,
+        opts: &EncodeOptions,
+        order: SplitOrder,
+    ) -> Result<Self, CodecError> {
+        check_split(4, 3, cols)?;
+        if start >= 16 {
+            return arg(format!("window start {start}: must be below 16"));
+        }
+        if rows.checked_mul(cols) != Some(symbols.len()) {
+            return arg(format!(
+                "{} symbols given for a {rows} x {cols} matrix",
+                symbols.len()
+            ));
+        }
+        if let Some(i) = symbols.par_iter().position_first(|&v| v >= 16) {
+            return Err(CodecError::SymbolOutOfRange {
+                index: i,
+                value: symbols[i],
+                bits: 4,
+            });
+        }
+        let mut u: Vec<u8> = symbols
+            .par_iter()
+            .map(|&v| v.wrapping_sub(start) & 15)
+            .collect();
+        // everything in coded order: the pairs interleaved in runs of two symbols
+        let cols_c = match order {
+            SplitOrder::Rows => cols,
+            SplitOrder::RowPairs => {
+                let run = window_pair_run(rows, cols)?;
+                u = pair_rows(&u, cols, run);
+                2 * cols
+            }
+        };
+        let flags: Vec<u8> = u.par_iter().map(|&v| v >> 3).collect();
+        let o = EncodeOptions {
+            weights_per_symbol: Some(WINDOW_FLAGS_PER_SYMBOL),
+            ..opts.clone()
+        };
+        let rows_c = if cols_c == cols { rows } else { rows / 2 };
+        let high = encode(&flags, rows_c, cols_c, 1, &o)?;
+        drop(flags);
+        let mut low = vec![0u32; u.len() * 3 / WINDOW_WEIGHTS];
+        if cols_c > 0 {
+            low.par_chunks_mut(cols_c * 3 / WINDOW_WEIGHTS)
+                .zip(u.par_chunks(cols_c))
+                .for_each(|(w, u)| window_raw_row(u, w));
+        }
+        let low_crc = crc_of(&low);
+        Ok(SplitMatrix {
+            high,
+            low,
+            low_bits: 3,
+            low_crc,
+            order,
+            window: Some(start),
+        })
+    }
+
+    /// Builds a window split ([`encode_window`](Self::encode_window)) from its stored parts:
+    /// the coded flags (1 bit, eight per symbol), the raw words, their CRC-32C, the order and
+    /// the window start.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::InvalidArgument`] if `high` is not 1-bit values eight to a symbol, its
+    /// rows are not whole runs (row pairs) or 32-weight words, or `start >= 16`;
+    /// [`CodecError::SizeMismatch`] if `low` has the wrong length.
+    pub fn from_parts_window(
+        high: EncodedMatrix,
+        low: Vec<u32>,
+        low_crc: u32,
+        order: SplitOrder,
+        start: u8,
+    ) -> Result<Self, CodecError> {
+        if high.bits() != 1 || high.weights_per_symbol() != WINDOW_FLAGS_PER_SYMBOL {
+            return arg(format!(
+                "a window split codes 1-bit flags eight to a symbol, not {}-bit values {} to a \
+                 symbol",
+                high.bits(),
+                high.weights_per_symbol()
+            ));
+        }
+        if start >= 16 {
+            return arg(format!("window start {start}: must be below 16"));
+        }
+        let (cols_c, run) = (high.cols(), WINDOW_PAIR_RUN_SYMBOLS * 8);
+        if !cols_c.is_multiple_of(WINDOW_WEIGHTS)
+            || (order == SplitOrder::RowPairs && !cols_c.is_multiple_of(2 * run))
+        {
+            return arg(format!(
+                "coded rows of {cols_c} flags are not whole 32-weight words{}",
+                if order == SplitOrder::RowPairs {
+                    " in whole pairs of 16-weight runs"
+                } else {
+                    ""
+                }
+            ));
+        }
+        let expected = high.weights() * 3 / WINDOW_WEIGHTS;
+        if low.len() != expected {
+            return Err(CodecError::SizeMismatch {
+                part: "low bits",
+                expected: expected as u64,
+                actual: low.len() as u64,
+            });
+        }
+        Ok(SplitMatrix {
+            high,
+            low,
+            low_bits: 3,
+            low_crc,
+            order,
+            window: Some(start),
+        })
+    }
+
+    /// The window start of a window split ([`encode_window`](Self::encode_window)); `None`
+    /// for a split into high and low bits.
+    pub fn window(&self) -> Option<u8> {
+        self.window
     }
 
     /// Builds a split matrix from its stored parts: the coded high bits, the raw low bits
@@ -347,6 +537,7 @@ impl SplitMatrix {
             low_bits,
             low_crc,
             order,
+            window: None,
         })
     }
 
@@ -433,6 +624,23 @@ impl SplitMatrix {
         self.high.decode_symbols_into(out)?;
         self.verify_low_checksum()?;
         let cols = self.cols();
+        if let Some(start) = self.window {
+            // merged in coded order, then the pairs taken apart
+            let cols_c = self.high.cols();
+            if cols_c > 0 {
+                out.par_chunks_mut(cols_c)
+                    .zip(self.low.par_chunks(cols_c * 3 / WINDOW_WEIGHTS))
+                    .for_each(|(o, raw)| window_merge_row(o, raw, start));
+            }
+            if self.order == SplitOrder::RowPairs {
+                unpair_rows(
+                    out,
+                    cols,
+                    WINDOW_PAIR_RUN_SYMBOLS * WINDOW_FLAGS_PER_SYMBOL as usize,
+                );
+            }
+            return Ok(());
+        }
         if self.order == SplitOrder::RowPairs {
             let run = ROW_PAIR_RUN_SYMBOLS * self.high.weights_per_symbol() as usize;
             unpair_rows(out, cols, run);
@@ -469,6 +677,125 @@ impl SplitMatrix {
             .map_err(|_| CodecError::Unsupported("MLX packing rejected the geometry"))?;
         Ok(out)
     }
+}
+
+/// Weights per symbol of a window split's coded flags.
+pub const WINDOW_FLAGS_PER_SYMBOL: u32 = 8;
+
+/// Weights per group of three raw words of a window split.
+const WINDOW_WEIGHTS: usize = 32;
+
+/// The start of the window of eight levels (mod 16) holding the most of `symbols` (4-bit
+/// values; higher ones are ignored), the lowest start on a tie. Starts `c` and `c + 8` give
+/// complementary flags, so only `0..8` are returned.
+pub fn window_start(symbols: &[u8]) -> u8 {
+    let hist = symbols
+        .par_chunks(1 << 16)
+        .map(|c| {
+            let mut h = [0u64; 16];
+            for &v in c {
+                h[usize::from(v & 15)] += 1;
+            }
+            h
+        })
+        .reduce(|| [0u64; 16], |a, b| std::array::from_fn(|i| a[i] + b[i]));
+    let total: u64 = hist.iter().sum();
+    let inside = |c: usize| (0..8).map(|i| hist[(c + i) % 16]).sum::<u64>();
+    // the flag's entropy falls as the window's share moves away from one half
+    (0..8u8)
+        .max_by_key(|&c| {
+            let k = inside(c as usize);
+            (k.abs_diff(total - k), std::cmp::Reverse(c))
+        })
+        .map_or(0, |c| c)
+}
+
+/// The three raw words of 32 weights of a window split, from their `u = (q - start) mod 16`
+/// (only bits 0-2 are stored): word 0 holds the low two bits of weights `4n` (at bit `4n`) and
+/// `4n + 1` (at bit `4n + 2`), word 1 those of weights `4n + 2` and `4n + 3`, for `n` in
+/// `0..8`, word 2 bit 2 of weight `t` at bit `t`. Why this order: a GPU kernel gets the
+/// nibbles of weights `m, m + 4, .., m + 28` in place from each word with one shift and mask
+/// (`wgsl/rans_gemv_blocked.wgsl`, `window_dot`).
+pub fn window_raw_words(u: &[u8]) -> [u32; 3] {
+    assert_eq!(
+        u.len(),
+        WINDOW_WEIGHTS,
+        "a window split's raw words hold 32 weights"
+    );
+    let mut w = [0u32; 3];
+    for n in 0..8 {
+        for m in 0..4 {
+            let v = u32::from(u[4 * n + m]);
+            w[m / 2] |= (v & 3) << (4 * n + 2 * (m % 2));
+        }
+    }
+    for (t, &v) in u.iter().enumerate() {
+        w[2] |= ((u32::from(v) >> 2) & 1) << t;
+    }
+    w
+}
+
+/// Rebuilds 32 weights in place from their coded flags (0 or 1 each) and three raw words
+/// ([`window_raw_words`]).
+fn window_merge(o: &mut [u8], raw: [u32; 3], start: u8) {
+    for (t, v) in o.iter_mut().enumerate() {
+        let (n, m) = (t / 4, t % 4);
+        let low = (raw[m / 2] >> (4 * n + 2 * (m % 2))) & 3;
+        let mid = (raw[2] >> t) & 1;
+        let u = (u32::from(*v) << 3) | (mid << 2) | low;
+        *v = (u as u8).wrapping_add(start) & 15;
+    }
+}
+
+/// The raw words of one coded row of a window split (`u` in coded order, a multiple of 32
+/// values) into `out` (`3 u.len() / 32` words): the 32-weight words' [`window_raw_words`] in
+/// groups of 32 words (1024 weights, four 32-lane steps), each group stored as three planes,
+/// the group's first words, then its second words, then its third words (a last group of
+/// `n < 32` words has planes of `n`). Why planes: a GPU lane takes one 32-weight word of
+/// every four steps, so the 32 lanes load each plane as one contiguous 128-byte line.
+fn window_raw_row(u: &[u8], out: &mut [u32]) {
+    for (u, out) in u.chunks(32 * WINDOW_WEIGHTS).zip(out.chunks_mut(96)) {
+        let n = u.len() / WINDOW_WEIGHTS;
+        for (j, w) in u.chunks_exact(WINDOW_WEIGHTS).enumerate() {
+            let t = window_raw_words(w);
+            for (p, t) in t.into_iter().enumerate() {
+                out[p * n + j] = t;
+            }
+        }
+    }
+}
+
+/// Undoes [`window_raw_row`] and the flags' split: `o` holds one coded row's flags and gets its
+/// weights (coded order).
+fn window_merge_row(o: &mut [u8], raw: &[u32], start: u8) {
+    for (o, raw) in o.chunks_mut(32 * WINDOW_WEIGHTS).zip(raw.chunks(96)) {
+        let n = o.len() / WINDOW_WEIGHTS;
+        for (j, w) in o.chunks_exact_mut(WINDOW_WEIGHTS).enumerate() {
+            window_merge(w, [raw[j], raw[n + j], raw[2 * n + j]], start);
+        }
+    }
+}
+
+/// Symbols per run of a window split in [`SplitOrder::RowPairs`]: two (16 weights), so that the
+/// four symbols a GPU lane multiplies at once are 16 columns of both rows, sharing their
+/// activations.
+pub const WINDOW_PAIR_RUN_SYMBOLS: usize = 2;
+
+/// Weights per run of a window split in row pairs, after checking that `rows` is even and
+/// `cols` a whole number of runs.
+fn window_pair_run(rows: usize, cols: usize) -> Result<usize, CodecError> {
+    let run = WINDOW_PAIR_RUN_SYMBOLS * WINDOW_FLAGS_PER_SYMBOL as usize;
+    if !rows.is_multiple_of(2) {
+        return arg(format!(
+            "rows = {rows}: row pairs need an even number of rows"
+        ));
+    }
+    if !cols.is_multiple_of(run) {
+        return arg(format!(
+            "cols = {cols}: a window split's row pairs need whole runs of {run} weights"
+        ));
+    }
+    Ok(run)
 }
 
 /// CRC-32C of the raw low bits' little-endian bytes (the coded parts' checksum routine).
@@ -619,6 +946,136 @@ mod tests {
         .unwrap();
         assert_eq!(m.high().weights_per_symbol(), 2);
         assert_eq!(m.decode_symbols().unwrap(), q);
+    }
+
+    #[test]
+    fn window_splits_round_trip() {
+        for (rows, cols, order, seed) in [
+            (0, 32, SplitOrder::Rows, 1),
+            (1, 32, SplitOrder::Rows, 2),
+            (7, 96, SplitOrder::Rows, 3),
+            (2, 1024, SplitOrder::RowPairs, 4),
+            (6, 2048, SplitOrder::RowPairs, 5),
+        ] {
+            let q = random(rows * cols, 4, seed);
+            for start in [0u8, 5, 13] {
+                let opts = SplitMatrix::default_options();
+                let m = SplitMatrix::encode_window_at(&q, rows, cols, start, &opts, order).unwrap();
+                assert_eq!((m.rows(), m.cols(), m.bits()), (rows, cols, 4));
+                assert_eq!(m.window(), Some(start));
+                assert_eq!(m.low().len(), rows * cols * 3 / 32);
+                assert_eq!(
+                    m.decode_symbols().unwrap(),
+                    q,
+                    "{rows}x{cols} {order:?} {start}"
+                );
+                assert_eq!(m.decode_packed().unwrap(), crate::quant::pack(&q, 4));
+                // exact size: the coded flags, 3 raw bits per weight, 4 bytes of checksum
+                assert_eq!(
+                    m.total_bytes(),
+                    m.high().total_bytes() + rows * cols * 3 / 8 + 4
+                );
+                let (h, l, _, c) = m.clone().into_parts();
+                let back = SplitMatrix::from_parts_window(h, l, c, order, start).unwrap();
+                assert_eq!(back, m);
+            }
+        }
+    }
+
+    #[test]
+    fn window_flags_and_raw_words_are_where_the_layout_says() {
+        // weights 0..32 with u = t % 16 (start 0): weight t's flag is bit 3 of t % 16
+        let q: Vec<u8> = (0..32).map(|t| (t % 16) as u8).collect();
+        let m = SplitMatrix::encode_window_at(&q, 1, 32, 0, &Default::default(), SplitOrder::Rows)
+            .unwrap();
+        let flags = m.high().decode_symbols().unwrap();
+        assert_eq!(flags, q.iter().map(|v| v >> 3).collect::<Vec<_>>());
+        let w = window_raw_words(&q);
+        assert_eq!(m.low(), &w);
+        // two words: the three planes of two words each
+        let q2: Vec<u8> = (0..64).map(|t| ((t * 5) % 16) as u8).collect();
+        let m2 =
+            SplitMatrix::encode_window_at(&q2, 1, 64, 0, &Default::default(), SplitOrder::Rows)
+                .unwrap();
+        let (a, b) = (window_raw_words(&q2[..32]), window_raw_words(&q2[32..]));
+        assert_eq!(m2.low(), &[a[0], b[0], a[1], b[1], a[2], b[2]]);
+        // row pairs: coded order is runs of 16 weights of each row
+        let q4: Vec<u8> = (0..64).map(|t| ((t * 3) % 16) as u8).collect();
+        let m4 =
+            SplitMatrix::encode_window_at(&q4, 2, 32, 0, &Default::default(), SplitOrder::RowPairs)
+                .unwrap();
+        let coded: Vec<u8> = [&q4[..16], &q4[32..48], &q4[16..32], &q4[48..]].concat();
+        let flags = m4.high().decode_symbols().unwrap();
+        assert_eq!(flags, coded.iter().map(|v| v >> 3).collect::<Vec<_>>());
+        let (a, b) = (
+            window_raw_words(&coded[..32]),
+            window_raw_words(&coded[32..]),
+        );
+        assert_eq!(m4.low(), &[a[0], b[0], a[1], b[1], a[2], b[2]]);
+        for t in 0..32 {
+            let (n, j) = (t / 4, t % 4);
+            assert_eq!((w[j / 2] >> (4 * n + 2 * (j % 2))) & 3, (t % 16) as u32 & 3);
+            assert_eq!((w[2] >> t) & 1, ((t % 16) as u32 >> 2) & 1);
+        }
+        // the fullest window: levels 5..13 hold most of these weights
+        let peaked: Vec<u8> = (0..1000)
+            .map(|i| 5 + (i % 8) as u8)
+            .chain([0, 15])
+            .collect();
+        assert_eq!(window_start(&peaked), 5);
+        assert_eq!(window_start(&[]), 0);
+    }
+
+    #[test]
+    fn window_splits_refuse_bad_input() {
+        let e = |r: Result<SplitMatrix, CodecError>| r.unwrap_err().to_string();
+        let opts = EncodeOptions::default();
+        let q = vec![3u8; 64];
+        assert!(e(SplitMatrix::encode_window(
+            &q,
+            4,
+            16,
+            &opts,
+            SplitOrder::Rows
+        ))
+        .contains("cols = 16"));
+        assert!(e(SplitMatrix::encode_window(
+            &q,
+            1,
+            32,
+            &opts,
+            SplitOrder::Rows
+        ))
+        .contains("64 symbols"));
+        assert!(e(SplitMatrix::encode_window_at(
+            &q,
+            2,
+            32,
+            16,
+            &opts,
+            SplitOrder::Rows
+        ))
+        .contains("start 16"));
+        let q96 = vec![3u8; 96];
+        let r = SplitMatrix::encode_window(&q96, 3, 32, &opts, SplitOrder::RowPairs);
+        assert!(e(r).contains("rows = 3"));
+        let mut bad = q.clone();
+        bad[9] = 17;
+        assert_eq!(
+            SplitMatrix::encode_window(&bad, 2, 32, &opts, SplitOrder::Rows).unwrap_err(),
+            CodecError::SymbolOutOfRange {
+                index: 9,
+                value: 17,
+                bits: 4
+            }
+        );
+        // a 2 + 2 split's parts are not a window split's
+        let (h, l, _, c) = SplitMatrix::encode(&q, 2, 32, 4, 2, &opts)
+            .unwrap()
+            .into_parts();
+        assert!(
+            e(SplitMatrix::from_parts_window(h, l, c, SplitOrder::Rows, 5)).contains("1-bit flags")
+        );
     }
 
     #[test]
