@@ -129,3 +129,64 @@ fn split_sweep() {
         );
     }
 }
+
+/// The window split (`SplitMatrix::encode_window`: one coded flag per weight, eight weights per
+/// symbol, three raw bits) against whole symbols and the 2 + 2 split, each as `ecq encode`
+/// would store it for the GPU (row pairs, the default options of each form).
+#[test]
+#[ignore = "prints the window split size table (real model); run with --ignored --nocapture"]
+fn window_sweep() {
+    use ecq::rans::SplitOrder;
+    println!("real model all-MiniLM-L6-v2, MLX affine 4-bit; whole: default EncodeOptions; 2 + 2 split: SplitMatrix::default_options; window: SplitMatrix::default_window_options; both splits in row pairs (the 2 + 2 split where K is a multiple of 512, else rows)");
+    println!("| group | whole bits/weight | 2 + 2 split | window split | window / 2 + 2 | window starts chosen | rANS steps per weight (whole / 2 + 2 / window) |");
+    println!("|---|---|---|---|---|---|---|");
+    for group in [32u32, 64, 128] {
+        let ms = real_model_weights(group).unwrap_or_else(|| rans_common::model_missing());
+        let (mut whole, mut split, mut window, mut n) = (0.0, 0.0, 0.0, 0usize);
+        let mut starts = std::collections::BTreeMap::new();
+        for m in &ms {
+            let q = mlx(m, group);
+            whole += (encode(&q, m.rows, m.cols, 4, &EncodeOptions::default())
+                .unwrap()
+                .total_bytes()
+                * 8) as f64;
+            // (row pairs where the 2 + 2 split allows them, as `ecq encode --row-pairs`)
+            let order = if m.rows % 2 == 0 && m.cols % 512 == 0 {
+                SplitOrder::RowPairs
+            } else {
+                SplitOrder::Rows
+            };
+            let s = SplitMatrix::encode_ordered(
+                &q,
+                m.rows,
+                m.cols,
+                4,
+                2,
+                &SplitMatrix::default_options(),
+                order,
+            )
+            .unwrap();
+            split += (s.total_bytes() * 8) as f64;
+            let w = SplitMatrix::encode_window(
+                &q,
+                m.rows,
+                m.cols,
+                &SplitMatrix::default_window_options(),
+                SplitOrder::RowPairs,
+            )
+            .unwrap();
+            assert_eq!(w.decode_symbols().unwrap(), q);
+            window += (w.total_bytes() * 8) as f64;
+            *starts.entry(w.window().unwrap()).or_insert(0) += 1;
+            n += q.len();
+        }
+        let w = n as f64;
+        println!(
+            "| g{group} | {:.3} | {:.3} | {:.3} | {:+.2}% | {starts:?} | 0.5 / 0.25 / 0.125 |",
+            whole / w,
+            split / w,
+            window / w,
+            100.0 * (window / split - 1.0)
+        );
+    }
+}
