@@ -13,7 +13,9 @@
 //! store 4-bit matrices split instead: coded high 2 bits, raw low 2 bits, in row-pair order
 //! where asked and the shape allows (docs/FORMAT.md section 7: the six tensors then hold the
 //! coded part, `<p>.weight.ecq_split` and `<p>.weight.ecq_low` are added, and the files
-//! declare container version 2).
+//! declare container version 2). [`MatrixCoding::Window4`] (`ecq encode --window
+//! [--row-pairs]`) stores them as window splits (one coded bit per weight, three raw; split
+//! descriptor version 2), the fastest form for the GPU's fused GEMV.
 //!
 //! [`CodedModel`] opens a coded file or directory and hands out each module's
 //! [`CodedWeight`] (whole or split) with its scales and biases, for the GPU path.
@@ -43,8 +45,12 @@ pub const SPLIT_CONTAINER_VERSION: u32 = 2;
 pub const SPLIT_SUFFIXES: [&str; 2] = [".ecq_split", ".ecq_low"];
 /// First word of a split descriptor (`<p>.weight.ecq_split`): the bytes `E C Q S`.
 pub const SPLIT_MAGIC: u32 = 0x5351_4345;
-/// Version of the split descriptor.
+/// Version of the split descriptor of a split into high and low bits (what ecq writes for
+/// them, so that earlier readers keep reading those files).
 pub const SPLIT_DESCRIPTOR_VERSION: u32 = 1;
+/// Version of the split descriptor of a window split ([`SplitMatrix::encode_window`]): version
+/// 1 plus word 8, the form (docs/FORMAT.md section 7). A reader of version 1 only rejects it.
+pub const WINDOW_DESCRIPTOR_VERSION: u32 = 2;
 /// Words of a split descriptor before the packed shape.
 pub const SPLIT_DESCRIPTOR_FIXED: usize = 8;
 /// Index of the descriptor's own checksum in a split descriptor.
@@ -169,6 +175,19 @@ pub enum MatrixCoding {
         /// Store pairs of rows interleaved where the shape allows it.
         row_pairs: bool,
     },
+    /// 4-bit matrices as window splits ([`SplitMatrix::encode_window`]: one coded bit per
+    /// weight, eight weights to a symbol, three raw bits): 0.23-0.27% larger than
+    /// [`Split4`](Self::Split4) on MiniLM and the form the GPU's fused GEMV runs fastest, in
+    /// row pairs 1.24-1.38x faster than `Split4`'s on an H200 (BENCHMARKS.md, issue 5, step
+    /// 60). With `row_pairs`, every matrix with an even number of rows is stored in
+    /// [`SplitOrder::RowPairs`] (runs of 16 columns), the others in row order. Matrices of
+    /// other widths, or whose rows are not whole 32-weight words, are coded whole. The chunks
+    /// hold `chunk_symbols / 4` symbols of eight weights (then shrunk by `min_chunks`). Files
+    /// with a window split are container version 2 ([`SPLIT_CONTAINER_VERSION`]).
+    Window4 {
+        /// Store pairs of rows interleaved where the shape allows it.
+        row_pairs: bool,
+    },
 }
 
 impl MatrixCoding {
@@ -179,7 +198,9 @@ impl MatrixCoding {
     pub fn default_min_chunks(self) -> usize {
         match self {
             MatrixCoding::Whole => 0,
-            MatrixCoding::Split4 { .. } => crate::rans::SPLIT_MIN_CHUNKS,
+            MatrixCoding::Split4 { .. } | MatrixCoding::Window4 { .. } => {
+                crate::rans::SPLIT_MIN_CHUNKS
+            }
         }
     }
 }
@@ -259,7 +280,7 @@ impl CodedWeight {
             CodedWeight::Split { matrix, shape } => {
                 matrix.high().total_bytes()
                     + matrix.low().len() * 4
-                    + (SPLIT_DESCRIPTOR_FIXED + shape.len()) * 4
+                    + (split_descriptor_fixed(matrix) + shape.len()) * 4
             }
         }
     }
@@ -333,6 +354,13 @@ pub fn encode_module(m: &QuantizedModule, opts: &EncodeOptions) -> Result<Encode
 /// in which order for `rows` rows.
 fn split_order(coding: MatrixCoding, rows: usize, cols: usize, bits: u32) -> Option<SplitOrder> {
     match coding {
+        MatrixCoding::Window4 { row_pairs } if bits == 4 && cols.is_multiple_of(32) => {
+            Some(if row_pairs && rows.is_multiple_of(2) {
+                SplitOrder::RowPairs
+            } else {
+                SplitOrder::Rows
+            })
+        }
         MatrixCoding::Split4 { row_pairs } if bits == 4 && cols.is_multiple_of(16) => {
             let run = crate::rans::ROW_PAIR_RUN_SYMBOLS * 4;
             Some(
@@ -400,12 +428,17 @@ pub fn encode_module_with(
     };
     let shape: Vec<u32> = m.weight.shape().iter().map(|&d| d as u32).collect();
     if let Some(order) = split_order(coding, m.rows, m.cols, m.bits) {
+        let window = matches!(coding, MatrixCoding::Window4 { .. });
         let opts = EncodeOptions {
-            chunk_symbols: (opts.chunk_symbols / 2).max(1),
+            chunk_symbols: (opts.chunk_symbols / if window { 4 } else { 2 }).max(1),
             ..opts
         };
-        let matrix = SplitMatrix::encode_ordered(&symbols, m.rows, m.cols, m.bits, 2, &opts, order)
-            .map_err(codec(&wname))?;
+        let matrix = if window {
+            SplitMatrix::encode_window(&symbols, m.rows, m.cols, &opts, order)
+        } else {
+            SplitMatrix::encode_ordered(&symbols, m.rows, m.cols, m.bits, 2, &opts, order)
+        }
+        .map_err(codec(&wname))?;
         // (the coded part keeps its own shape; the descriptor holds the weight's)
         check_packed_shape(&wname, m.rows, m.cols, m.bits, &shape)?;
         return Ok(CodedWeight::Split { matrix, shape });
@@ -437,6 +470,10 @@ pub fn weight_tensors(weight: &str, w: &CodedWeight) -> Vec<NamedTensor> {
                 0,
                 shape.len() as u32,
             ];
+            if let Some(start) = matrix.window() {
+                desc[1] = WINDOW_DESCRIPTOR_VERSION;
+                desc.push(1 + u32::from(start));
+            }
             desc.extend_from_slice(shape);
             desc[SPLIT_DESCRIPTOR_CRC] = split_descriptor_crc(&desc);
             t.push((
@@ -556,8 +593,11 @@ pub fn load_weight(model: &Model, weight: &str) -> Result<CodedWeight> {
     let d = parse_split_descriptor(weight, &u32s(SPLIT_SUFFIXES[0])?, enc.bits())?;
     let (low_bits, low_crc, order) = (d.low_bits, d.low_crc, d.order);
     let low = u32s(SPLIT_SUFFIXES[1])?;
-    let matrix = SplitMatrix::from_parts_ordered(enc, low, low_bits, low_crc, order)
-        .map_err(codec(weight))?;
+    let matrix = match d.window {
+        Some(start) => SplitMatrix::from_parts_window(enc, low, low_crc, order, start),
+        None => SplitMatrix::from_parts_ordered(enc, low, low_bits, low_crc, order),
+    }
+    .map_err(codec(weight))?;
     check_packed_shape(&split_name, matrix.rows(), matrix.cols(), d.bits, &d.shape)?;
     Ok(CodedWeight::Split {
         matrix,
@@ -576,8 +616,16 @@ pub(crate) struct SplitDescriptor {
     pub order: SplitOrder,
     /// CRC-32C of the raw low bits' little-endian bytes.
     pub low_crc: u32,
+    /// The window start of a window split (descriptor version 2, form `1 + start`).
+    pub window: Option<u8>,
     /// The MLX packed shape of the weight.
     pub shape: Vec<u32>,
+}
+
+/// Words of `matrix`'s split descriptor before the packed shape: [`SPLIT_DESCRIPTOR_FIXED`],
+/// and the form word of a window split.
+fn split_descriptor_fixed(matrix: &SplitMatrix) -> usize {
+    SPLIT_DESCRIPTOR_FIXED + matrix.window().is_some() as usize
 }
 
 /// Parses the split descriptor `d` of `weight`, whose coded part holds `coded_bits` bits per
@@ -598,9 +646,19 @@ pub(crate) fn parse_split_descriptor(
             d.len()
         )));
     }
-    if d[1] != SPLIT_DESCRIPTOR_VERSION {
+    if d[1] != SPLIT_DESCRIPTOR_VERSION && d[1] != WINDOW_DESCRIPTOR_VERSION {
         return Err(bad(format!(
-            "descriptor version {}, this ecq reads {SPLIT_DESCRIPTOR_VERSION}",
+            "descriptor version {}, this ecq reads {SPLIT_DESCRIPTOR_VERSION} and \
+             {WINDOW_DESCRIPTOR_VERSION}",
+            d[1]
+        )));
+    }
+    // version 2: the form word before the shape
+    let fixed = SPLIT_DESCRIPTOR_FIXED + (d[1] == WINDOW_DESCRIPTOR_VERSION) as usize;
+    if d.len() < fixed {
+        return Err(bad(format!(
+            "{} words, a version {} descriptor has at least {fixed}",
+            d.len(),
             d[1]
         )));
     }
@@ -612,13 +670,23 @@ pub(crate) fn parse_split_descriptor(
         )));
     }
     let (bits, low_bits, order, low_crc, ndim) = (d[2], d[3], d[4], d[5], d[7] as usize);
-    if d.len() != SPLIT_DESCRIPTOR_FIXED.saturating_add(ndim) {
+    if d.len() != fixed.saturating_add(ndim) {
         return Err(bad(format!(
             "{} words, the descriptor's ndim {ndim} implies {}",
             d.len(),
-            SPLIT_DESCRIPTOR_FIXED.saturating_add(ndim)
+            fixed.saturating_add(ndim)
         )));
     }
+    let window = match (fixed > SPLIT_DESCRIPTOR_FIXED).then(|| d[SPLIT_DESCRIPTOR_FIXED]) {
+        None => None,
+        Some(f @ 1..=16) if bits == 4 && low_bits == 3 => Some((f - 1) as u8),
+        Some(f) => {
+            return Err(bad(format!(
+                "form {f} with {bits} bits and {low_bits} raw bits: a window split has form \
+                 1 + start (1..=16), 4 bits and 3 raw bits"
+            )))
+        }
+    };
     if low_bits == 0 || low_bits >= bits || Some(bits) != coded_bits.checked_add(low_bits) {
         return Err(bad(format!(
             "{bits} bits with {low_bits} raw low bits, the coded part holds {coded_bits} bits"
@@ -638,7 +706,8 @@ pub(crate) fn parse_split_descriptor(
         low_bits,
         order,
         low_crc,
-        shape: d[SPLIT_DESCRIPTOR_FIXED..].to_vec(),
+        window,
+        shape: d[fixed..].to_vec(),
     })
 }
 
@@ -691,6 +760,8 @@ pub struct MatrixSummary {
     pub side_bytes: u64,
     /// Raw low bits per weight of a split matrix (0: coded whole).
     pub low_bits: u32,
+    /// The window start of a window split ([`SplitMatrix::encode_window`]).
+    pub window: Option<u8>,
     /// Chunks of the coded symbols: the independent rANS decoders a GPU runs in parallel (a
     /// GPU with more 32-lane subgroups than this leaves some idle; BENCHMARKS.md issue 5,
     /// step 57).
@@ -764,6 +835,7 @@ fn summarize(weight: &str, enc: &CodedWeight, model: &Model) -> Result<MatrixSum
         entropy_bound_bits: enc.entropy_bound_bits().map_err(codec(weight))?,
         side_bytes: side,
         low_bits: enc.split().map_or(0, SplitMatrix::low_bits),
+        window: enc.split().and_then(SplitMatrix::window),
         chunks: enc.coded().n_chunks(),
     })
 }
@@ -877,16 +949,15 @@ pub fn encode_model_with(
     };
     let mut meta_add = coded_metadata(opts);
     meta_add.insert("ecq.version".into(), version.to_string());
-    if let MatrixCoding::Split4 { row_pairs } = coding {
-        meta_add.insert(
-            "ecq.split".into(),
-            if row_pairs {
-                "4=2+2,row-pairs"
-            } else {
-                "4=2+2"
-            }
-            .into(),
-        );
+    let split_meta = match coding {
+        MatrixCoding::Split4 { row_pairs: false } => Some("4=2+2"),
+        MatrixCoding::Split4 { row_pairs: true } => Some("4=2+2,row-pairs"),
+        MatrixCoding::Window4 { row_pairs: false } => Some("4=window1+3"),
+        MatrixCoding::Window4 { row_pairs: true } => Some("4=window1+3,row-pairs"),
+        MatrixCoding::Whole => None,
+    };
+    if let Some(v) = split_meta {
+        meta_add.insert("ecq.split".into(), v.into());
     }
     let mut summary = Summary {
         bytes_in: model.file_bytes(),

@@ -469,3 +469,45 @@ fn split_encoding() {
         assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
     }
 }
+
+/// `ecq encode --window --row-pairs`: window splits (shown as w5:1+3 or another start), verified
+/// and decoded back byte for byte; --window goes with neither --split nor --lossless, and
+/// --row-pairs alone is refused with a message naming what it needs.
+#[test]
+fn window_encoding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = quant_dir(
+        &tmp.path().join("m"),
+        128,
+        16,
+        16,
+        serde_json::json!({"group_size": 64, "bits": 4}),
+    );
+    let coded = tmp.path().join("c");
+    let out = succeeds(&["encode", "--window", "--row-pairs", s(&d), s(&coded)]);
+    assert!(
+        out.contains("1 of 1 matrices stored split (window splits"),
+        "{out}"
+    );
+    succeeds(&["verify", s(&coded)]);
+    let out = succeeds(&["inspect", s(&coded)]);
+    assert!(out.contains(":1+3"), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&succeeds(&["inspect", s(&coded), "--json"])).unwrap();
+    assert!(json["matrices"][0]["window_start"].is_u64(), "{json}");
+    succeeds(&["decode", s(&coded), s(&tmp.path().join("back"))]);
+    assert_eq!(
+        std::fs::read(tmp.path().join("back/model.safetensors")).unwrap(),
+        std::fs::read(d.join("model.safetensors")).unwrap()
+    );
+    let e = fails(&["encode", "--row-pairs", s(&d), s(&tmp.path().join("x"))]);
+    assert!(e.contains("--row-pairs needs --split or --window"), "{e}");
+    for args in [
+        vec!["encode", "--window", "--split", s(&d), "x"],
+        vec!["encode", "--window", "--lossless", s(&d), "x"],
+    ] {
+        let out = ecq(&args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    }
+}

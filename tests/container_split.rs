@@ -195,18 +195,20 @@ fn altered(
     tmp: &Path,
     edit: impl FnOnce(&mut Vec<(String, TensorData)>, &mut std::collections::BTreeMap<String, String>),
 ) -> Model {
+    altered_with(tmp, MatrixCoding::Split4 { row_pairs: true }, edit)
+}
+
+/// [`altered`] with the matrices coded as `coding` asks.
+fn altered_with(
+    tmp: &Path,
+    coding: MatrixCoding,
+    edit: impl FnOnce(&mut Vec<(String, TensorData)>, &mut std::collections::BTreeMap<String, String>),
+) -> Model {
     let model = split_fixture(&tmp.join("src"), 1 << 30);
     let single = Model::open(tmp.join("src/model.safetensors")).unwrap();
     assert_eq!(single.tensors.len(), model.tensors.len());
     let coded = tmp.join("coded.safetensors");
-    encode_model_with(
-        &single,
-        &coded,
-        &EncodeOptions::default(),
-        MatrixCoding::Split4 { row_pairs: true },
-        &quiet(),
-    )
-    .unwrap();
+    encode_model_with(&single, &coded, &EncodeOptions::default(), coding, &quiet()).unwrap();
     let c = Model::open(&coded).unwrap();
     let mut tensors: Vec<(String, TensorData)> = c
         .tensors
@@ -443,4 +445,102 @@ mod fuzz {
             prop_assert!(res.is_err(), "{name} word {at} ^ {flip:#x} decoded");
         }
     }
+}
+
+/// Window splits (`ecq encode --window [--row-pairs]`, descriptor version 2): every 4-bit matrix
+/// with rows of whole 32-weight words is stored as a window split (row pairs wherever the row
+/// count is even), the rest whole, and the model decodes back byte for byte.
+#[test]
+fn window_round_trips_are_byte_identical() {
+    for row_pairs in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, coded, back) = (
+            tmp.path().join("src"),
+            tmp.path().join("coded"),
+            tmp.path().join("back"),
+        );
+        let model = split_fixture(&src, 60_000);
+        let s = encode_model_with(
+            &model,
+            &coded,
+            &EncodeOptions::default(),
+            MatrixCoding::Window4 { row_pairs },
+            &quiet(),
+        )
+        .unwrap();
+        assert_eq!(s.matrices.iter().filter(|m| m.low_bits == 3).count(), 4);
+        assert!(s
+            .matrices
+            .iter()
+            .all(|m| (m.low_bits == 3) == m.window.is_some()));
+        let c = Model::open(&coded).unwrap();
+        for sh in &c.shards {
+            assert_eq!(
+                sh.metadata["ecq.version"],
+                SPLIT_CONTAINER_VERSION.to_string()
+            );
+            assert!(sh.metadata["ecq.split"].starts_with("4=window1+3"));
+        }
+        let cm = CodedModel::open(&coded).unwrap();
+        for (path, order) in expected(row_pairs) {
+            let m = model.quantized_module(path).unwrap();
+            let w = &cm.module(path).unwrap().matrix;
+            // (the window's row pairs need only an even row count)
+            let order = order.map(|o| match (path, row_pairs) {
+                ("m.odd", _) | (_, false) => SplitOrder::Rows,
+                _ => o,
+            });
+            let order = match (path, row_pairs) {
+                ("m.narrow", true) => Some(SplitOrder::RowPairs),
+                _ => order,
+            };
+            assert_eq!(w.split().map(|s| s.order()), order, "{path} ({row_pairs})");
+            if let Some(split) = w.split() {
+                assert!(split.window().is_some(), "{path}");
+                assert_eq!(split.high().weights_per_symbol(), 8);
+            }
+            assert_eq!(w.decode_packed().unwrap(), m.weight.to_u32().unwrap());
+        }
+        verify_model(&c, &quiet()).unwrap();
+        decode_model(&c, &back, &quiet()).unwrap();
+        assert_same_tensors(&model, &Model::open(&back).unwrap());
+    }
+}
+
+#[test]
+fn altered_window_files_are_refused_with_the_tensor_named() {
+    let window = MatrixCoding::Window4 { row_pairs: true };
+    // (the edit of m.pairs' descriptor, what the error must say)
+    type Edit = Box<dyn FnOnce(&mut Vec<u32>)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        ("form 0", Box::new(|d| d[8] = 0), "form 0"),
+        ("form 17", Box::new(|d| d[8] = 17), "form 17"),
+        (
+            "version 1 (no form word)",
+            Box::new(|d| d[1] = 1),
+            "the descriptor's ndim",
+        ),
+        ("version 3", Box::new(|d| d[1] = 3), "descriptor version 3"),
+    ];
+    for (what, edit, says) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = altered_with(tmp.path(), window, |t, _| set_descriptor(t, edit));
+        let e = load_weight(&m, "m.pairs.weight").unwrap_err().to_string();
+        assert!(e.contains(says), "{what}: {e}");
+        assert!(e.contains("m.pairs.weight"), "{what}: {e}");
+    }
+}
+
+/// The descriptor's checksum covers the window start: a changed start, which would decode to
+/// other weights without any other error, is refused.
+#[test]
+fn a_changed_window_start_is_caught() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = altered_with(
+        tmp.path(),
+        MatrixCoding::Window4 { row_pairs: true },
+        |t, _| set_u32(t, "m.pairs.weight.ecq_split", |d| d[8] ^= 2),
+    );
+    let e = load_weight(&m, "m.pairs.weight").unwrap_err().to_string();
+    assert!(e.contains("descriptor checksum mismatch"), "{e}");
 }

@@ -156,6 +156,7 @@ fn inspect_coded(model: &Model, as_json: bool) -> CliResult {
                 json!({
                     "name": m.weight, "weights": m.weights, "bits": m.bits,
                     "raw_low_bits": m.low_bits,
+                    "window_start": m.window,
                     "coded_bits_per_weight": bpw(m.coded_bytes, m.weights),
                     "stream_bits_per_weight": bpw(m.payload_bytes, m.weights),
                     "entropy_bound_bits_per_weight": m.entropy_bound_bits / m.weights.max(1) as f64,
@@ -197,8 +198,11 @@ fn inspect_coded(model: &Model, as_json: bool) -> CliResult {
         "chunks"
     );
     for m in &s.matrices {
-        // a split matrix shows its coded and raw bits, e.g. 2+2
-        let bits = if m.low_bits > 0 {
+        // a split matrix shows its coded and raw bits, e.g. 2+2; a window split its start,
+        // e.g. w5:1+3
+        let bits = if let Some(start) = m.window {
+            format!("w{start}:{}+{}", m.bits - m.low_bits, m.low_bits)
+        } else if m.low_bits > 0 {
             format!("{}+{}", m.bits - m.low_bits, m.low_bits)
         } else {
             m.bits.to_string()
