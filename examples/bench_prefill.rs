@@ -8,14 +8,16 @@
 //! ```text
 //! cargo run --release --example bench_prefill -- [--shapes 4096x4096,4096x14336]
 //!     [--ms 1,8,32,128,512] [--rounds 5] [--target-ms 30] [--set-mib 256] [--max-gemv-m 512]
-//!     [--chunk-symbols 16384] [--tile-chunks 8] [--min-chunks N] [--coding whole,split,pairs]
+//!     [--chunk-symbols 16384] [--tile-chunks 8] [--min-chunks N]
+//!     [--coding whole,split,pairs,window]
 //!     [--wall]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64 (`ecq::quant::quantize_affine`), coded
 //! by `ecq::rans::encode` at precision 11 with the given chunk geometry (`--coding whole`, the
 //! default), or split 2 + 2 (`ecq::rans::SplitMatrix`, `ecq encode --split`: `split` in row
-//! order, `pairs` in row-pair order) with half the symbols per chunk, as `ecq encode` does;
+//! order, `pairs` in row-pair order) with half the symbols per chunk, as `ecq encode` does, or
+//! as a window split in row pairs (`window`, `ecq encode --window --row-pairs`, a quarter);
 //! `--min-chunks` as `ecq encode`'s (default as there: 0 whole, 8192 split). Every matrix is
 //! uploaded as several distinct copies (at least `--set-mib` MiB of packed weights in all) and
 //! the timed work rotates through them, so weights come from memory, not the L2 cache. One
@@ -114,8 +116,8 @@ fn parse_args() -> Args {
                 a.codings = v.split(',').map(String::from).collect();
                 for c in &a.codings {
                     assert!(
-                        ["whole", "split", "pairs"].contains(&c.as_str()),
-                        "--coding: {c} (whole, split or pairs)"
+                        ["whole", "split", "pairs", "window"].contains(&c.as_str()),
+                        "--coding: {c} (whole, split, pairs or window)"
                     );
                 }
             }
@@ -235,6 +237,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     };
                     (Some(encode(&q.symbols(), r, k, 4, &o)?), None)
                 }
+                "window" => {
+                    // a window split in row pairs with a quarter of the symbols per chunk (as
+                    // `ecq encode --window --row-pairs`)
+                    let coding = MatrixCoding::Window4 { row_pairs: true };
+                    let o = EncodeOptions {
+                        chunk_symbols: (a.chunk_symbols / 4).max(1),
+                        min_chunks: a.min_chunks.unwrap_or(coding.default_min_chunks()),
+                        ..opts.clone()
+                    };
+                    let s =
+                        SplitMatrix::encode_window(&q.symbols(), r, k, &o, SplitOrder::RowPairs)?;
+                    (None, Some(s))
+                }
                 c => {
                     let order = if c == "pairs" {
                         SplitOrder::RowPairs
@@ -279,8 +294,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .collect()
             };
             let coded = upload(false)?;
-            // the portable batched kernel too, where the default is the blocked one
-            let portable = if coded[0].blocked_gemm() {
+            // the portable batched kernel too, where the default is the blocked one (it does
+            // not read window splits)
+            let portable = if coded[0].blocked_gemm() && coding != "window" {
                 Some(upload(true)?)
             } else {
                 None

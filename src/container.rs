@@ -179,9 +179,11 @@ pub enum MatrixCoding {
     /// weight, eight weights to a symbol, three raw bits): 0.23-0.27% larger than
     /// [`Split4`](Self::Split4) on MiniLM and the form the GPU's fused GEMV runs fastest, in
     /// row pairs 1.24-1.38x faster than `Split4`'s on an H200 (BENCHMARKS.md, issue 5, step
-    /// 60). With `row_pairs`, every matrix with an even number of rows is stored in
-    /// [`SplitOrder::RowPairs`] (runs of 16 columns), the others in row order. Matrices of
-    /// other widths, or whose rows are not whole 32-weight words, are coded whole. The chunks
+    /// 60). Split are the 4-bit matrices whose coded rows the GPU's fused kernel runs (whole
+    /// blocks of 1024 coded weights): with `row_pairs`, those with an even number of rows and
+    /// `K` a multiple of 512 in [`SplitOrder::RowPairs`] (runs of 16 columns); in row order
+    /// those with `K` a multiple of 1024. The others, and other widths, are coded whole. The
+    /// chunks
     /// hold `chunk_symbols / 4` symbols of eight weights (then shrunk by `min_chunks`). Files
     /// with a window split are container version 2 ([`SPLIT_CONTAINER_VERSION`]).
     Window4 {
@@ -354,12 +356,15 @@ pub fn encode_module(m: &QuantizedModule, opts: &EncodeOptions) -> Result<Encode
 /// in which order for `rows` rows.
 fn split_order(coding: MatrixCoding, rows: usize, cols: usize, bits: u32) -> Option<SplitOrder> {
     match coding {
-        MatrixCoding::Window4 { row_pairs } if bits == 4 && cols.is_multiple_of(32) => {
-            Some(if row_pairs && rows.is_multiple_of(2) {
-                SplitOrder::RowPairs
+        // (coded rows of whole 1024-weight blocks: what the GPU's fused kernel runs)
+        MatrixCoding::Window4 { row_pairs } if bits == 4 => {
+            if row_pairs && rows.is_multiple_of(2) && cols.is_multiple_of(512) {
+                Some(SplitOrder::RowPairs)
+            } else if cols.is_multiple_of(1024) {
+                Some(SplitOrder::Rows)
             } else {
-                SplitOrder::Rows
-            })
+                None
+            }
         }
         MatrixCoding::Split4 { row_pairs } if bits == 4 && cols.is_multiple_of(16) => {
             let run = crate::rans::ROW_PAIR_RUN_SYMBOLS * 4;

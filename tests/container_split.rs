@@ -447,9 +447,10 @@ mod fuzz {
     }
 }
 
-/// Window splits (`ecq encode --window [--row-pairs]`, descriptor version 2): every 4-bit matrix
-/// with rows of whole 32-weight words is stored as a window split (row pairs wherever the row
-/// count is even), the rest whole, and the model decodes back byte for byte.
+/// Window splits (`ecq encode --window [--row-pairs]`, descriptor version 2): the 4-bit matrices
+/// whose coded rows are whole 1024-weight blocks (row pairs of K a multiple of 512, rows of K
+/// a multiple of 1024) are stored as window splits, the rest whole, and the model decodes back
+/// byte for byte.
 #[test]
 fn window_round_trips_are_byte_identical() {
     for row_pairs in [false, true] {
@@ -468,7 +469,8 @@ fn window_round_trips_are_byte_identical() {
             &quiet(),
         )
         .unwrap();
-        assert_eq!(s.matrices.iter().filter(|m| m.low_bits == 3).count(), 4);
+        let want = if row_pairs { 2 } else { 1 };
+        assert_eq!(s.matrices.iter().filter(|m| m.low_bits == 3).count(), want);
         assert!(s
             .matrices
             .iter()
@@ -485,14 +487,11 @@ fn window_round_trips_are_byte_identical() {
         for (path, order) in expected(row_pairs) {
             let m = model.quantized_module(path).unwrap();
             let w = &cm.module(path).unwrap().matrix;
-            // (the window's row pairs need only an even row count)
-            let order = order.map(|o| match (path, row_pairs) {
-                ("m.odd", _) | (_, false) => SplitOrder::Rows,
-                _ => o,
-            });
+            // (split where coded rows are whole 1024-weight blocks: row pairs of K = 512 or
+            // 1024, rows of K = 1024)
             let order = match (path, row_pairs) {
-                ("m.narrow", true) => Some(SplitOrder::RowPairs),
-                _ => order,
+                ("m.pairs", _) | ("m.experts", true) => order,
+                _ => None,
             };
             assert_eq!(w.split().map(|s| s.order()), order, "{path} ({row_pairs})");
             if let Some(split) = w.split() {

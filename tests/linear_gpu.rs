@@ -733,6 +733,73 @@ fn split_coded_model_in_tempdir() {
     assert!(err.to_string().contains("blk.0.pairs"), "{err}");
 }
 
+/// `ecq encode --window --row-pairs` output loads as a model where 32-wide subgroups run the
+/// blocked fused kernel: the window-split layer (64 x 1024 in row pairs) and the layers coded
+/// whole (K = 384, which the window's 1024-weight blocks do not divide, and a 3-bit layer)
+/// match the CPU reference, `forward_batch` included (fused GEMVs per row for few rows, the
+/// blocked batched kernel for more). Elsewhere the model is refused at load, naming the layer.
+#[test]
+fn window_coded_model_in_tempdir() {
+    use ecq::container::{encode_model_with, MatrixCoding};
+    use ecq::model::quantize::matrix_tensors;
+    use ecq::model::write::{write_model, WriteOptions};
+    use ecq::model::Model;
+
+    let Some(d) = dev() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (mlx, coded) = (dir.path().join("mlx"), dir.path().join("ecq"));
+    let layers = [
+        ("blk.0.pairs", 64usize, 1024usize, 4u32),
+        ("blk.0.rows", 36, 384, 4),
+        ("blk.1.three", 32, 512, 3),
+    ];
+    let mut tensors = Vec::new();
+    let mut cases = Vec::new();
+    for (i, &(p, r, k, b)) in layers.iter().enumerate() {
+        let c = case(750 + i as u64, r, k, b, 64, 16384, 8);
+        tensors.extend(matrix_tensors(p, &c.q));
+        cases.push(c);
+    }
+    let config = serde_json::json!({"quantization": {"group_size": 64, "bits": 4,
+        "blk.1.three": {"group_size": 64, "bits": 3}}});
+    write_model(&mlx, &tensors, Some(&config), &WriteOptions::default()).unwrap();
+    let s = encode_model_with(
+        &Model::open(&mlx).unwrap(),
+        &coded,
+        &EncodeOptions::default(),
+        MatrixCoding::Window4 { row_pairs: true },
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap();
+    assert_eq!(s.matrices.iter().filter(|m| m.window.is_some()).count(), 1);
+    if !d.gpu().registry().subgroups32() {
+        let err = EntropyCodedModel::open(d, &coded).unwrap_err();
+        assert!(matches!(err, LinearError::Unsupported { .. }), "{err:?}");
+        assert!(err.to_string().contains("blk.0.pairs"), "{err}");
+        gpu_common::announce_unsupported(
+            "window-split model: the blocked fused kernel needs 32-wide subgroups; only the refusal was checked",
+        );
+        return;
+    }
+    let model = EntropyCodedModel::open(d, &coded).unwrap();
+    for (i, &(p, r, k, b)) in layers.iter().enumerate() {
+        let layer = model.layer(p).unwrap();
+        assert_eq!(
+            (layer.out_features(), layer.in_features(), layer.bits()),
+            (r, k, b)
+        );
+        let cpu = CpuLinear::from_quantized(p, &cases[i].q, None).unwrap();
+        assert_eq!(model.cpu_layer(p).unwrap().weights(), cpu.weights(), "{p}");
+        let x = activations(750 + i as u64, 40 * k);
+        assert_close(p, &cpu, &x[..k], 1, &layer.forward(&x[..k]).unwrap(), 0.0);
+        // 3 and 7 rows: fused GEMVs (up to GEMV_BATCH_MAX_M_WINDOW_SMALL); 40: the batched kernel
+        for m in [3, 7, 40] {
+            let y = layer.forward_batch(&x[..m * k], m).unwrap();
+            assert_close(&format!("{p} m{m}"), &cpu, &x[..m * k], m, &y, 0.0);
+        }
+    }
+}
+
 /// `forward_batch` with few rows runs one fused GEMV per row (the default where 32-wide
 /// subgroups run the fused GEMV; forced here so that every adapter takes both paths): the same
 /// results as the batched kernel within the tolerance, for whole, split and banded layers.

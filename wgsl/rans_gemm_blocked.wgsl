@@ -18,6 +18,13 @@
 // two accumulator sets per invocation) as in rans_gemm.wgsl; with PAIR a block of 2 steps
 // lies inside one run of 4 steps, so in one matrix row.
 //
+// Window splits (override WIN, `ecq::rans::SplitMatrix::encode_window`: one flag per weight,
+// eight weights per symbol, three raw bits): blocks of 4 steps, whose 1024 coded weights are
+// 512 columns of both rows of a pair (PAIR) or 1024 columns of one row; lane l holds a word of
+// four symbols (32 coded weights) after the block's shuffles, as rans_gemv_blocked.wgsl does,
+// and the block is multiplied in four passes of 256 columns of one matrix row (PAIR: two
+// column halves times two rows), each written into wbuf by the 8 or 16 lanes holding it.
+//
 // Needs 32-wide subgroups, rows of whole steps (K = 32 WPS T) with T a multiple of BLOCK and
 // probability bits <= 11; the host checks (`EntropyCodedLinear`), and the kernel flags every
 // chunk on a wrong subgroup size (error bit 128). Errors as rans_gemv_blocked.wgsl: table,
@@ -29,6 +36,7 @@
 // import: rans_subgroup
 // import: rans_block
 // import: split_bits
+// import: window_bits
 // import: side
 // import: gemm_slice
 // import: rans_gemm_slice
@@ -73,6 +81,9 @@ override BITS: u32 = 4u;
 override PREC: u32 = 11u;
 override BLOCK: u32 = 4u;
 override PAIR: bool = false;
+// A window split (see above) with window start WSTART; the host sets BLOCK = 4 with it.
+override WIN: bool = false;
+override WSTART: u32 = 0u;
 // (rans_block.wgsl's plane reads: with the branch, as the fused kernel's default)
 override BRANCH_FREE_PLANES: bool = false;
 
@@ -91,6 +102,63 @@ const SLICE: u32 = 256u;       // weights per row per slice
 @group(0) @binding(8) var<storage, read_write> Y: array<f32>;    // M rows of y_stride
 
 var<workgroup> wbuf: array<vec4<f32>, 256>;        // SLICE columns x G rows, 4 KiB
+
+// Block bi of coded row `crow` of a window split (s: its four steps' symbols, one byte each),
+// multiplied into acc (PAIR: row 2 crow; else row crow) and bcc (PAIR: row 2 crow + 1) in four
+// passes of 256 columns: pass p writes columns 256 h .. of one matrix row into wbuf (h = p / 2
+// and the pair's row p % 2 with PAIR, else h = p), from the 16 (PAIR) or 8 lanes whose words
+// hold them, then multiplies. Every invocation of the workgroup calls it together (barriers).
+fn window_block(
+    s: u32,
+    crow: u32,
+    bi: u32,
+    l: u32,
+    g: u32,
+    on: bool,
+    rs: RowShare,
+    m_hi: u32,
+    acc: ptr<function, array<vec4<f32>, 4>>,
+    bcc: ptr<function, array<vec4<f32>, 4>>,
+) {
+    // lane l's word: symbols 4 l .. 4 l + 3 of the block (step l / 8, lanes 4 (l % 8) + c)
+    var sw = vec4<u32>(0u);
+    for (var c = 0u; c < 4u; c++) {
+        sw[c] = subgroupShuffle(s, (l & 7u) * 4u + c) >> (8u * (l >> 3u));
+    }
+    let nw = window_words(sw, window_raw(crow * ((P.cols * 3u) >> 5u), bi, l));
+    let ps = u32(PAIR);
+    let rowm = crow << ps;
+    // the block's first column and the lane's (16 of both rows, or 32 of one)
+    let kb = bi * (1024u >> ps);
+    let ka = kb + l * (32u >> ps);
+    let sba = side(rowm * P.groups_per_row + ka / P.group_size);
+    let sbb = side((rowm + ps) * P.groups_per_row + ka / P.group_size);
+    let lanes = 8u << ps;
+    let nweights = 32u >> ps;
+    for (var p = 0u; p < 4u; p++) {
+        let h = p >> ps;
+        let second = PAIR && (p & 1u) == 1u;
+        if (l >= h * lanes && l < (h + 1u) * lanes) {
+            let col0 = (l - h * lanes) * nweights;
+            let sbv = select(sba, sbb, second);
+            let t0 = select(0u, 16u, second);
+            for (var j = 0u; j < nweights; j++) {
+                // coded weight t of the word: nibble t / 4 of nibble word t % 4
+                let t = t0 + j;
+                let q = (nw[t & 3u] >> (4u * (t >> 2u))) & 0xFu;
+                wbuf[col0 + j][g] = select(0.0, sbv.x * f32(q) + sbv.y, on);
+            }
+        }
+        workgroupBarrier();
+        let k4 = (kb + h * 256u) / 4u;
+        if (second) {
+            add_slice(bcc, rs, m_hi, k4, SLICE / 4u);
+        } else {
+            add_slice(acc, rs, m_hi, k4, SLICE / 4u);
+        }
+        workgroupBarrier();
+    }
+}
 
 @compute @workgroup_size(128)
 fn main(
@@ -147,25 +215,29 @@ fn main(
             s = decode_block(&d, BLOCK, l, ltmask, true);
         }
         let row = cs.r0 + rr;
-        for (var i = 0u; i < BLOCK; i++) {
-            let col0 = (i * 32u + l) * WPS;   // the lane's first column in the slice
-            if (on) {
-                let sym = (select(s.x, s.y, i >= 4u) >> (8u * (i & 3u))) & 0xFFu;
-                dequantize_symbol(sym, row, u0 + i, l, WPS, BITS, col0, g);
-            } else {
-                clear_symbol(WPS, col0, g);
-            }
-        }
-        workgroupBarrier();
-
-        // multiply the slice (uniform: b is the same everywhere); its columns start at the
-        // block's first matrix step
-        let mu = row_pair_step(0u, u0, PAIR).y;
-        let k4 = (mu * 32u * WPS) / 4u;
-        if (PAIR && ((u0 >> 2u) & 1u) == 1u) {
-            add_slice(&bcc, rs, m_hi, k4, SLICE / 4u);
+        if (WIN) {
+            window_block(s.x, row, b % nblk, l, g, on, rs, m_hi, &acc, &bcc);
         } else {
-            add_slice(&acc, rs, m_hi, k4, SLICE / 4u);
+            for (var i = 0u; i < BLOCK; i++) {
+                let col0 = (i * 32u + l) * WPS;   // the lane's first column in the slice
+                if (on) {
+                    let sym = (select(s.x, s.y, i >= 4u) >> (8u * (i & 3u))) & 0xFFu;
+                    dequantize_symbol(sym, row, u0 + i, l, WPS, BITS, col0, g);
+                } else {
+                    clear_symbol(WPS, col0, g);
+                }
+            }
+            workgroupBarrier();
+
+            // multiply the slice (uniform: b is the same everywhere); its columns start at the
+            // block's first matrix step
+            let mu = row_pair_step(0u, u0, PAIR).y;
+            let k4 = (mu * 32u * WPS) / 4u;
+            if (PAIR && ((u0 >> 2u) & 1u) == 1u) {
+                add_slice(&bcc, rs, m_hi, k4, SLICE / 4u);
+            } else {
+                add_slice(&acc, rs, m_hi, k4, SLICE / 4u);
+            }
         }
         if (b % nblk == nblk - 1u) {
             let crowv = r0v + vec4<u32>(rr);

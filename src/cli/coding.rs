@@ -39,8 +39,9 @@ pub struct EncodeArgs {
     /// Store 4-bit matrices as window splits: one coded bit per weight (whether it lies outside
     /// the eight levels holding most weights; eight weights per rANS step), three raw bits, in
     /// chunks for 8192 decoders. ~0.25% larger than --split; with --row-pairs the form the
-    /// GPU's fused GEMV runs fastest (1.2-1.4x --split --row-pairs on an H200). Matrices whose
-    /// rows are not whole 32-weight words, and other widths, stay whole. Container version 2.
+    /// GPU's fused GEMV runs fastest (1.2-1.4x --split --row-pairs on an H200). Split are the
+    /// matrices that kernel runs: K a multiple of 512 in row pairs (even rows), of 1024 in
+    /// rows; the others, and other widths, stay whole. Container version 2.
     #[arg(long, conflicts_with = "lossless")]
     window: bool,
     /// With --split or --window: interleave each pair of rows (where rows are even, and for

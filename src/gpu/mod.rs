@@ -86,7 +86,7 @@ mod gemv;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-pub(crate) use decode::{check_low_bits, check_row_pair_cols, CodedParams};
+pub(crate) use decode::{check_low_bits, check_row_pair_cols, check_window, CodedParams};
 pub use decode::{
     default_fused_variant, fused_gemv_pipeline, CodedMatrixRef, DecodeOutput, FusedLayout,
     FusedVariant, GpuCodedMatrix, QuantParamsRef, COMPACT_TABLE_FROM_WORKGROUPS,
@@ -399,6 +399,7 @@ impl Kernel {
                 "rans_subgroup",
                 "rans_block",
                 "split_bits",
+                "window_bits",
                 "side"
             ),
             Kernel::RansDecodeBlocked => wgsl_with_libs!(
@@ -418,6 +419,7 @@ impl Kernel {
                 "rans_subgroup",
                 "rans_block",
                 "split_bits",
+                "window_bits",
                 "side"
             ),
             Kernel::RansDecodeBlockedCompact => wgsl_with_libs!(

@@ -75,6 +75,20 @@ pub const GEMV_BATCH_MAX_M: usize = 9;
 /// 138), 6 1.09x slower and equal, 8 1.43x and 1.18x slower (153 vs 108 µs, 190 vs 161).
 pub const GEMV_BATCH_MAX_M_SMALL: usize = 5;
 
+/// [`GEMV_BATCH_MAX_M`] for window splits ([`SplitMatrix::encode_window`], raw bits 3) of more
+/// than [`SMALL_LAYER_WEIGHTS`] weights, whose fused GEMV is 1.3x faster than the 2 + 2 split's
+/// while the batched kernel is a little slower: on an H200 (BENCHMARKS.md, Prefill, eleventh
+/// session; row pairs, the chunks `ecq encode --window` writes) 8 GEMVs were 1.57-1.72x faster
+/// than one batched dispatch at 14336x4096 and 4096x14336 and 32 GEMVs 1.47-1.54x slower;
+/// the straight lines through those two points cross at 15-17 rows. (Interpolated, not timed
+/// at 15.)
+pub const GEMV_BATCH_MAX_M_WINDOW: usize = 15;
+
+/// [`GEMV_BATCH_MAX_M_WINDOW`] for window splits of at most [`SMALL_LAYER_WEIGHTS`] weights: at
+/// 4096x4096 on the same runs 8 GEMVs were 1.13x faster (151.7 vs 171.7 µs) and 32 2.25x
+/// slower; the lines cross at 9 rows (interpolated).
+pub const GEMV_BATCH_MAX_M_WINDOW_SMALL: usize = 9;
+
 /// The weights (`rows * cols`) up to which a split matrix takes [`GEMV_BATCH_MAX_M_SMALL`]:
 /// 4096x4096.
 pub const SMALL_LAYER_WEIGHTS: usize = 1 << 24;
@@ -92,6 +106,8 @@ pub(crate) fn default_gemv_batch_max_m(subgroups32: bool, low_bits: u32, weights
     match (subgroups32, low_bits) {
         (false, _) => 0,
         (true, 0) => GEMV_BATCH_MAX_M_WHOLE,
+        (true, 3) if weights <= SMALL_LAYER_WEIGHTS => GEMV_BATCH_MAX_M_WINDOW_SMALL,
+        (true, 3) => GEMV_BATCH_MAX_M_WINDOW,
         (true, _) if weights <= SMALL_LAYER_WEIGHTS => GEMV_BATCH_MAX_M_SMALL,
         (true, _) => GEMV_BATCH_MAX_M,
     }
@@ -166,6 +182,9 @@ pub struct CodedLayerRef<'a> {
     pub low: &'a [u8],
     /// The coded symbols are in [`SplitOrder::RowPairs`] order.
     pub row_pairs: bool,
+    /// The window start of a window split ([`SplitMatrix::encode_window`]: `bits` 1, eight
+    /// weights per symbol, `low_bits` 3 raw bits in coded order); `None` otherwise.
+    pub window: Option<u8>,
 }
 
 impl<'a> CodedLayerRef<'a> {
@@ -196,6 +215,7 @@ impl<'a> CodedLayerRef<'a> {
             low_bits: 0,
             low: &[],
             row_pairs: false,
+            window: None,
         }
     }
 
@@ -212,6 +232,7 @@ impl<'a> CodedLayerRef<'a> {
             low_bits: m.low_bits(),
             low: bytemuck::cast_slice(m.low()),
             row_pairs: m.order() == SplitOrder::RowPairs,
+            window: m.window(),
             ..Self::from_encoded(m.high(), group_size, scales, biases, bias)
         }
     }
@@ -254,7 +275,12 @@ impl<'a> CodedLayerRef<'a> {
             reason,
         };
         let (b, w) = (self.bits, self.weights_per_symbol);
-        if !(1..=8).contains(&b) || ![1, 2, 4].contains(&w) || b * w > 8 {
+        let widths: &[u32] = if self.window.is_some() {
+            &[8]
+        } else {
+            &[1, 2, 4]
+        };
+        if !(1..=8).contains(&b) || !widths.contains(&w) || b * w > 8 {
             return Err(bad(format!("bits {b} with {w} weights per symbol")));
         }
         if !self.cols.is_multiple_of(w as usize) || self.chunk_rows == 0 || self.tile_chunks == 0 {
@@ -290,7 +316,31 @@ impl<'a> CodedLayerRef<'a> {
                 self.words.len()
             )));
         }
-        if self.low_bits != 0 || self.row_pairs {
+        if let Some(start) = self.window {
+            crate::gpu::check_window(b, w, start.into()).map_err(|e| unsupported(e.to_string()))?;
+            // raw words in coded order: three per 32 coded weights
+            let low_bytes = self.rows as u64 * self.cols as u64 * 3 / 8;
+            let run = 2 * crate::rans::WINDOW_PAIR_RUN_SYMBOLS * 8;
+            if self.low_bits != 3
+                || !self.cols.is_multiple_of(32)
+                || (self.row_pairs && !self.cols.is_multiple_of(run))
+                || self.low.len() as u64 != low_bytes
+            {
+                return Err(bad(format!(
+                    "a window split of {} coded rows of {} weights needs 3 raw bits ({} given) \
+                     in {low_bytes} bytes ({} given), rows of whole 32-weight words{}",
+                    self.rows,
+                    self.cols,
+                    self.low_bits,
+                    self.low.len(),
+                    if self.row_pairs {
+                        " and whole pairs of 16-weight runs"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        } else if self.low_bits != 0 || self.row_pairs {
             crate::gpu::check_low_bits(self.low_bits, b, w).map_err(|e| match e {
                 GpuError::Unsupported(reason) => unsupported(reason),
                 e => unsupported(e.to_string()),
@@ -365,8 +415,8 @@ impl<'a> CodedLayerRef<'a> {
 /// The specialisation of `rans_gemm_blocked.wgsl` for layer `m` (weights per symbol, coded
 /// bits, probability bits), or `None` where it cannot run it: adapters without 32-wide
 /// subgroups, more than 11 probability bits, rows that are not whole steps or not a whole
-/// number of 256-weight slices (`T` a multiple of `8 / w`), or when `opts` asks for the
-/// portable kernel.
+/// number of 256-weight slices (`T` a multiple of `8 / w`; of 4 for a window split), or when
+/// `opts` asks for the portable kernel.
 fn blocked_gemm_layout(
     dev: &LinearDevice,
     m: &CodedLayerRef<'_>,
@@ -374,12 +424,19 @@ fn blocked_gemm_layout(
 ) -> Option<(u32, u32, u32)> {
     let w = m.weights_per_symbol;
     let t = (m.cols / w as usize).div_ceil(32);
+    // (a window split: 4-step blocks of eight-weight symbols)
+    let block = if m.window.is_some() {
+        4
+    } else {
+        8 / w as usize
+    };
+    let widths: &[u32] = if m.window.is_some() { &[8] } else { &[1, 2, 4] };
     let runs = dev.gpu().registry().subgroups32()
         && !opts.portable_gemm
         && m.precision <= 11
-        && [1, 2, 4].contains(&w)
+        && widths.contains(&w)
         && m.cols == 32 * w as usize * t
-        && t.is_multiple_of(8 / w as usize);
+        && t.is_multiple_of(block);
     runs.then_some((w, m.bits, m.precision))
 }
 
@@ -521,6 +578,8 @@ pub struct EntropyCodedLinear {
     /// The blocked batched kernel's specialisation (weights per symbol, coded bits,
     /// probability bits) where it runs this layer; `None`: `rans_gemm.wgsl`.
     gemm_blocked: Option<(u32, u32, u32)>,
+    /// The window start of a window split (only the blocked batched kernel reads those).
+    window: Option<u8>,
 }
 
 impl EntropyCodedLinear {
@@ -706,8 +765,7 @@ impl EntropyCodedLinear {
                 low_bits: m.low_bits,
                 zero: 0,
                 row_pairs: m.row_pairs as u32,
-                // (the linear layers take 2 + 2 splits only: check_low_bits)
-                window_start: 0,
+                window_start: m.window.map_or(0, u32::from),
                 _pad3: [0; 2],
             };
             let gemm = GemmParams {
@@ -757,6 +815,21 @@ impl EntropyCodedLinear {
                 gemv_uniform,
             });
         }
+        // a window split runs on the blocked fused kernel only: refuse it here, at load, where
+        // that kernel cannot run it (no 32-wide subgroups, rows not whole 4-step blocks)
+        if m.window.is_some() {
+            if let Some(band) = bands.first() {
+                let registry = dev.gpu().registry();
+                let layout = band.gemv.fused_layout(side);
+                let variant = default_fused_variant(registry, &layout);
+                fused_gemv_pipeline(dev.device(), registry, variant, &layout).map_err(|e| {
+                    LinearError::Unsupported {
+                        layer: name.into(),
+                        reason: e.to_string(),
+                    }
+                })?;
+            }
+        }
         // flush the staged writes now, so their host memory is released layer by layer
         dev.queue().submit(std::iter::empty());
         Ok(EntropyCodedLinear {
@@ -783,6 +856,7 @@ impl EntropyCodedLinear {
                 m.low_bits,
                 m.out_features() * m.in_features(),
             )),
+            window: m.window,
         })
     }
 
@@ -920,6 +994,14 @@ impl EntropyCodedLinear {
                 reason: format!("{m} activation rows per dispatch (1..={MAX_M_PER_DISPATCH})"),
             });
         }
+        if self.window.is_some() && self.gemm_blocked.is_none() {
+            return Err(LinearError::Unsupported {
+                layer: self.name.clone(),
+                reason: "a window split's batched launches run on the blocked kernel only \
+                         (rans_gemm_blocked.wgsl, not the portable one)"
+                    .into(),
+            });
+        }
         let xs = self.cols.div_ceil(4) as u64 * 16 * m as u64;
         let ys = (self.rows * m * 4) as u64;
         if x.size() < xs || y.size() < ys {
@@ -939,6 +1021,7 @@ impl EntropyCodedLinear {
                 wps,
                 bits,
                 prec,
+                window: self.window,
             },
             None => LinearKernel::RansGemm {
                 row_pairs: self.row_pairs,
@@ -1200,6 +1283,8 @@ mod tests {
             (true, 2, 4096 * 4096, 5),
             (true, 2, 4096 * 4096 + 1, 9),
             (true, 2, 128256 * 4096, 9),
+            (true, 3, 4096 * 4096, 9),
+            (true, 3, 4096 * 14336, 15),
         ] {
             assert_eq!(default_gemv_batch_max_m(sg, low, w), want, "{sg} {low} {w}");
         }

@@ -29,6 +29,8 @@ pub(crate) enum LinearKernel {
         bits: u32,
         /// Probability bits (override `PREC`).
         prec: u32,
+        /// The window start of a window split (overrides `WIN`, `WSTART`; `BLOCK` = 4).
+        window: Option<u8>,
     },
     /// `wgsl/qgemm.wgsl`: plain batched quantized matmul (the baseline).
     QGemm {
@@ -57,6 +59,7 @@ impl LinearKernel {
                 "rans_subgroup",
                 "rans_block",
                 "split_bits",
+                "window_bits",
                 "side",
                 "gemm_slice",
                 "rans_gemm_slice"
@@ -84,13 +87,19 @@ impl LinearKernel {
                 wps,
                 bits,
                 prec,
+                window,
                 ..
             } => c.extend([
                 ("PAIR", f64::from(u8::from(row_pairs))),
                 ("WPS", f64::from(wps)),
                 ("BITS", f64::from(bits)),
                 ("PREC", f64::from(prec)),
-                ("BLOCK", f64::from(8 / wps.max(1))),
+                (
+                    "BLOCK",
+                    f64::from(if window.is_some() { 4 } else { 8 / wps.max(1) }),
+                ),
+                ("WIN", f64::from(u8::from(window.is_some()))),
+                ("WSTART", f64::from(window.unwrap_or(0))),
             ]),
             _ => {}
         }
@@ -313,6 +322,15 @@ mod tests {
                 wps: 4,
                 bits: 2,
                 prec: 11,
+                window: None,
+            },
+            LinearKernel::RansGemmBlocked {
+                row_pairs: true,
+                side,
+                wps: 8,
+                bits: 1,
+                prec: 11,
+                window: Some(5),
             },
             LinearKernel::QGemm { side },
         ];

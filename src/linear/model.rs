@@ -206,6 +206,7 @@ impl EntropyCodedModel {
             low_bits: split.as_ref().map_or(0, |(d, _)| d.low_bits),
             low: split.as_ref().map_or(&[], |(_, low)| low),
             row_pairs,
+            window: split.as_ref().and_then(|(d, _)| d.window),
         };
         EntropyCodedLinear::upload(dev, path, m, opts)
     }

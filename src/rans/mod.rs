@@ -48,7 +48,7 @@ pub use error::CodecError;
 pub use format::{HEADER_FIXED, MAGIC, MAX_PRECISION, MAX_WEIGHTS, MIN_PRECISION, VERSION};
 pub use split::{
     window_raw_words, window_start, SplitMatrix, SplitOrder, ROW_PAIR_RUN_SYMBOLS,
-    SPLIT_MIN_CHUNKS, WINDOW_FLAGS_PER_SYMBOL,
+    SPLIT_MIN_CHUNKS, WINDOW_FLAGS_PER_SYMBOL, WINDOW_PAIR_RUN_SYMBOLS,
 };
 
 use decode::{decode_chunk, ChunkCtx, L};
