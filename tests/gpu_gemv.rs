@@ -838,8 +838,9 @@ fn fused_gemv_row_pairs() {
 /// Window splits (`SplitMatrix::encode_window`: one coded flag bit per weight, eight weights per
 /// symbol, three raw bits) in the blocked fused kernel, both tables, row-major and in row pairs,
 /// MLX group sizes 32/64/128, window starts 0 (no rotation), 5 (MLX weights' usual) and 13, against
-/// the f64 reference within the tolerance above (the merge is exact integer work). Every other
-/// kernel refuses them with `Unsupported`, as does the GPU decode.
+/// the f64 reference within the tolerance above (the merge is exact integer work); the blocked
+/// decode gives the CPU's MLX words exactly. Every other kernel refuses them with
+/// `Unsupported`.
 #[test]
 fn fused_gemv_window_split() {
     let Some(ctx) = ctx() else { return };
@@ -891,16 +892,31 @@ fn fused_gemv_window_split() {
                     "{label} {v:?}: {r:?}"
                 );
             }
-            assert!(
-                matches!(
-                    ctx.decode_to_quantized(&m),
-                    Err(ecq::gpu::GpuError::Unsupported(_))
-                ),
-                "{label}: decode"
-            );
             if !ctx.registry().subgroups32() {
+                assert!(
+                    matches!(
+                        ctx.decode_to_quantized(&m),
+                        Err(ecq::gpu::GpuError::Unsupported(_))
+                    ),
+                    "{label}: decode"
+                );
                 continue;
             }
+            // decoded on the GPU: the CPU's MLX words exactly, and a plain GEMV on them bit
+            // for bit the one on a host upload
+            assert_eq!(
+                ctx.decode_packed(&m)
+                    .unwrap_or_else(|e| panic!("{label}: {e}")),
+                s.decode_packed().unwrap(),
+                "{label}: GPU decode"
+            );
+            let decoded = ctx.decode_to_quantized(&m).unwrap();
+            let direct = ctx.upload_quantized(&q).unwrap();
+            assert_eq!(
+                bits(ctx.gemv_quantized(&decoded, &x).unwrap()),
+                bits(ctx.gemv_quantized(&direct, &x).unwrap()),
+                "{label}: decoded to plain"
+            );
             let (want, sum_abs) = reference(&q, &x);
             let y = ctx
                 .gemv_coded(&m, &x)

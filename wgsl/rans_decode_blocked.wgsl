@@ -7,7 +7,10 @@
 // step instead. Only for byte symbols (bits * weights per symbol = 8), rows of whole steps
 // with a multiple of 8 steps, and <= 11 probability bits (the host checks:
 // `GpuCodedMatrix::decode_blocked_supported`); it flags every chunk on a wrong subgroup size
-// (error bit 128) and reports errors like the subgroup kernel.
+// (error bit 128) and reports errors like the subgroup kernel. Window splits (LOW = 3,
+// `ecq::rans::SplitMatrix::encode_window`): blocks of 4 steps, lane l's word of four symbols
+// (32 coded weights) merged with its raw words and written as 4 MLX words, 2 per row with row
+// pairs (the host needs steps per row in a multiple of 4 for them).
 // This kernel runs without naga's bounds checks (`Kernel::indices_in_range_by_construction`
 // says why that is safe): every index here and in the imported libraries must stay in range
 // for any buffer contents, by masking or clamping in the source.
@@ -17,6 +20,7 @@
 // import: rans_subgroup
 // import: rans_block
 // import: split_bits
+// import: window_bits
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
 
@@ -59,6 +63,8 @@ override LOW: u32 = 0u;
 // to row 2r and word 32 + l to row 2r + 1, at the same word of each. The host allows it with
 // 8-step blocks only.
 override PAIR: u32 = 0u;
+// The window start of a window split (LOW = 3).
+override WSTART: u32 = 0u;
 
 const BLOCK: u32 = 8u;         // steps per block: 8 byte symbols per lane = 2 output words
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
@@ -84,6 +90,15 @@ fn write_word(row_out: u32, row_low: u32, j: u32, w: u32) {
     let lw = raw_low_bits(row_low, 16u * j, LOW);
     out[row_out + 2u * j] = merge_split(w, lw);
     out[row_out + 2u * j + 1u] = merge_split(w >> 16u, lw >> 16u);
+}
+
+// MLX word k (k < 4: coded weights 8k .. 8k + 7) of a window split's word from its nibble
+// words n (window_words: coded weight 4i + m is nibble i of n[m]).
+fn window_mlx_word(n: vec4<u32>, k: u32) -> u32 {
+    let b = (n >> vec4<u32>(8u * k)) & vec4<u32>(0xFFu);
+    let lo = (b & vec4<u32>(0xFu)) << vec4<u32>(0u, 4u, 8u, 12u);
+    let hi = (b >> vec4<u32>(4u)) << vec4<u32>(16u, 20u, 24u, 28u);
+    return (lo.x | lo.y | lo.z | lo.w) | (hi.x | hi.y | hi.z | hi.w);
 }
 
 @compute @workgroup_size(128)
@@ -130,6 +145,33 @@ fn main(
             let row_out_b = row_out + (row_words >> sh) * sh;
             let row_low_b = row_low + ((8u * T) >> sh) * sh;
             let jb = select(32u, 0u, pair);  // word wb's index past word wa's
+            if (LOW == 3u) {
+                // a window split: 4-step blocks, lane l's 32 coded weights into 4 words (row
+                // pairs: words 2l, 2l + 1 of the block's 512 columns of each row; else words
+                // 4l .. 4l + 3 of its 1024 columns)
+                let raw_row = (cs.r0 + rr) * ((P.cols * 3u) >> 5u);
+                for (var b = 0u; b < T / 4u; b++) {
+                    let sx = decode_block(&d, 4u, l, ltmask, true).x;
+                    var sw = vec4<u32>(0u);
+                    for (var c = 0u; c < 4u; c++) {
+                        sw[c] = subgroupShuffle(sx, src0 + c) >> byte_shift;
+                    }
+                    let n = window_words(sw, window_raw(raw_row, b, l));
+                    if (pair) {
+                        let j = b * 64u + 2u * l;
+                        out[row_out + j] = window_mlx_word(n, 0u);
+                        out[row_out + j + 1u] = window_mlx_word(n, 1u);
+                        out[row_out_b + j] = window_mlx_word(n, 2u);
+                        out[row_out_b + j + 1u] = window_mlx_word(n, 3u);
+                    } else {
+                        let j = b * 128u + 4u * l;
+                        for (var k = 0u; k < 4u; k++) {
+                            out[row_out + j + k] = window_mlx_word(n, k);
+                        }
+                    }
+                }
+                continue;
+            }
             for (var b = 0u; b < nblk; b++) {
                 // decode BLOCK steps; symbol i of the block in byte i % 4 of s.x / s.y
                 let s = decode_block(&d, BLOCK, l, ltmask, true);

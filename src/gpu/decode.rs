@@ -833,7 +833,8 @@ impl GpuCodedMatrix {
 
     /// Whether `rans_decode_blocked.wgsl` can decode this matrix: 32-wide subgroups, packed
     /// output, byte symbols (`bits * weights_per_symbol == 8`) and a layout whose
-    /// [`FusedLayout::blocked_steps`] is 8.
+    /// [`FusedLayout::blocked_steps`] is 8 (for a window split: whose
+    /// [`FusedLayout::window_block`] is set; no other kernel decodes those).
     pub fn decode_blocked_supported(
         &self,
         registry: &PipelineRegistry,
@@ -842,8 +843,12 @@ impl GpuCodedMatrix {
         registry.subgroups32()
             && mode == DecodeOutput::Packed
             && self.params.bits * self.params.wps == 8
-            && self.params.low_bits != WINDOW_LOW_BITS
-            && self.fused_layout().blocked_steps() == Some(8)
+            && if self.params.low_bits == WINDOW_LOW_BITS {
+                // (4-step blocks)
+                self.fused_layout().window_block().is_some()
+            } else {
+                self.fused_layout().blocked_steps() == Some(8)
+            }
     }
 
     /// Whether `rans_decode_subgroup.wgsl` can decode this matrix: 32-wide subgroups, packed
@@ -886,12 +891,10 @@ impl GpuCodedMatrix {
                     .into(),
             ));
         }
-        if self.params.low_bits == WINDOW_LOW_BITS {
-            return Err(GpuError::Unsupported(
-                "no GPU decode kernel reads a window split yet (its fused GEMV runs on the \
-                 blocked kernel; SplitMatrix::decode_symbols decodes it on the CPU)"
-                    .into(),
-            ));
+        if self.params.low_bits == WINDOW_LOW_BITS && !blocked {
+            return Err(GpuError::Unsupported(format!(
+                "a window split decodes on the blocked kernel only, not the {variant:?} kernel"
+            )));
         }
         // (this also refuses row-pair order, which only split matrices have)
         if self.params.low_bits != 0 && variant == FusedVariant::Subgroup {
@@ -939,6 +942,7 @@ impl GpuCodedMatrix {
                     ("PREC", p.prec),
                     ("LOW", self.params.low_bits),
                     ("PAIR", self.row_pairs as u32),
+                    ("WSTART", self.params.window_start),
                 ],
             )?,
             FusedVariant::BlockedCompact => registry.get(
@@ -949,6 +953,7 @@ impl GpuCodedMatrix {
                     ("PREC", p.prec),
                     ("LOW", self.params.low_bits),
                     ("PAIR", self.row_pairs as u32),
+                    ("WSTART", self.params.window_start),
                 ],
             )?,
         };

@@ -409,7 +409,8 @@ impl Kernel {
                 "rans_table_sg",
                 "rans_subgroup",
                 "rans_block",
-                "split_bits"
+                "split_bits",
+                "window_bits"
             ),
             Kernel::RansGemvBlockedCompact => wgsl_with_libs!(
                 "../../wgsl/rans_gemv_blocked.wgsl",
@@ -429,7 +430,8 @@ impl Kernel {
                 "rans_table_byte",
                 "rans_subgroup",
                 "rans_block",
-                "split_bits"
+                "split_bits",
+                "window_bits"
             ),
             Kernel::QGemv => wgsl_with_libs!("../../wgsl/qgemv.wgsl", "side"),
             Kernel::QGemv4 => wgsl_with_libs!("../../wgsl/qgemv4.wgsl", "side"),
