@@ -7,7 +7,9 @@
 // x and accumulates scale * sum(q*x) + bias * sum(x) for the row; at the end of a row the 32 lane
 // sums are reduced through workgroup memory and y[row] is written once (chunks own whole rows).
 // A split matrix's raw low bits (P.low_bits = 2, after the stream in `words`) are merged into
-// the symbol's four weights before they are multiplied.
+// the symbol's four weights before they are multiplied. A window split (P.low_bits = 3, one flag
+// per weight, eight weights per symbol, `ecq::rans::SplitMatrix::encode_window`) is merged per
+// weight from its raw planes (window_weight), with its own row-pair runs of two symbols.
 //
 // Bounded loops and bounds-checked word reads as in rans_decode.wgsl; corrupt input sets bits in
 // `errors[chunk]` and never hangs the device (y is then garbage and the host reports the error).
@@ -46,6 +48,8 @@ struct Params {
     // steps (step u of coded row r is step 4 (u / 8) + u % 4 of row 2r + (u / 4) % 2);
     // groups_per_row is a matrix row's
     row_pairs: u32,
+    // a window split's window start (low_bits = 3)
+    window_start: u32,
 }
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
@@ -64,6 +68,20 @@ const WG: u32 = 128u;          // = 32 * G
 var<workgroup> masks: array<atomic<u32>, 12>;      // G * 3 (triple buffered)
 var<workgroup> red: array<f32, 256>;               // G * 2 * 32 (double buffered by row)
 var<workgroup> red_b: array<f32, 256>;             // the same for row 2r + 1 of row pairs
+
+// Coded weight cp of a window split's coded row whose raw words start at word `row_word0`,
+// from its flag: ((flag << 3) | raw bits) + window start, mod 16 (the raw words' layout:
+// `ecq::rans::window_raw_words`, in planes of 32 words; the host runs only rows of whole
+// planes).
+fn window_weight(flag: u32, row_word0: u32, cp: u32) -> u32 {
+    let w = cp >> 5u;
+    let at = P.low_base + row_word0 + (w >> 5u) * 96u + (w & 31u);
+    let t = cp & 31u;
+    let m = t & 3u;
+    let low = (words[at + 32u * (m >> 1u)] >> (4u * (t >> 2u) + 2u * (m & 1u))) & 3u;
+    let mid = (words[at + 64u] >> t) & 1u;
+    return (((flag << 3u) | (mid << 2u) | low) + P.window_start) & 15u;
+}
 
 fn read16(idx: u32) -> u32 {
     return (words[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
@@ -143,22 +161,33 @@ fn main(
                 // the matrix row and column of the symbol (row pairs: see Params); in a pair,
                 // the second row is the odd one
                 let ms = row_pair_step(row, u, pair);
-                let mrow = ms.x;
+                var mrow = ms.x;
+                var k0 = (ms.y * 32u + l) * P.wps;
+                if (P.low_bits == 3u) {
+                    // a window split: symbol j of the coded row; row pairs in runs of two
+                    // symbols (16 columns), the first row's first
+                    mrow = select(row, 2u * row + ((j >> 1u) & 1u), pair);
+                    k0 = select(8u * j, (j >> 2u) * 16u + (j & 1u) * 8u, pair);
+                }
                 let second = pair && (mrow & 1u) == 1u;
-                let k0 = (ms.y * 32u + l) * P.wps;
                 // a split matrix: the raw low bits of these weights, after the word stream
                 // (the host allows 2 beside 2-bit symbols of four weights: one byte of a word)
                 var lo = 0u;
-                if (P.low_bits > 0u) {
+                if (P.low_bits == 2u) {
                     lo = raw_low_bits(mrow * ((cols * P.low_bits) >> 5u), k0, P.low_bits);
                 }
                 let lmask = (1u << P.low_bits) - 1u;
+                // (a window split's raw words are in coded order: the coded row's)
+                let wrow = row * ((P.cols * 3u) >> 5u);
                 var d = 0.0;
                 var xs = 0.0;
                 for (var i = 0u; i < P.wps; i++) {
                     let xi = xv[k0 + i];
-                    let q = (((sym >> (P.bits * i)) & qmask) << P.low_bits)
+                    var q = (((sym >> (P.bits * i)) & qmask) << P.low_bits)
                         | ((lo >> (P.low_bits * i)) & lmask);
+                    if (P.low_bits == 3u) {
+                        q = window_weight((sym >> i) & 1u, wrow, 8u * j + i);
+                    }
                     d += f32(q) * xi;
                     xs += xi;
                 }

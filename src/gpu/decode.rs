@@ -204,11 +204,12 @@ fn fused_gemv_pipeline_diag(
     }
     if layout.low_bits == WINDOW_LOW_BITS {
         check_window(layout.bits, layout.wps, layout.window_start)?;
-        if !blocked || layout.window_block().is_none() {
+        if variant == FusedVariant::Subgroup || layout.window_block().is_none() {
             return Err(GpuError::Unsupported(format!(
                 "a window split (1-bit flags eight to a symbol, three raw bits) runs on the \
-                 blocked fused kernel with 4-step blocks only (coded rows of whole 1024-weight \
-                 blocks), not the {variant:?} kernel with {} steps per coded row",
+                 blocked fused kernel with 4-step blocks and on the workgroup kernel, for coded \
+                 rows of whole 1024-weight blocks, not the {variant:?} kernel with {} steps per \
+                 coded row",
                 layout.steps_per_row
             )));
         }

@@ -815,8 +815,8 @@ impl EntropyCodedLinear {
                 gemv_uniform,
             });
         }
-        // a window split runs on the blocked fused kernel only: refuse it here, at load, where
-        // that kernel cannot run it (no 32-wide subgroups, rows not whole 4-step blocks)
+        // a window split runs on the blocked and the workgroup fused kernels, for rows of whole
+        // 4-step blocks: refuse it here, at load, where neither can run it
         if m.window.is_some() {
             if let Some(band) = bands.first() {
                 let registry = dev.gpu().registry();
@@ -851,11 +851,18 @@ impl EntropyCodedLinear {
             side,
             side_bytes: (m.scales.len() * side.bytes_per_group()) as u64,
             gemm_blocked: blocked_gemm_layout(dev, &m, opts),
-            gemv_batch_max_m: opts.gemv_batch_max_m.unwrap_or(default_gemv_batch_max_m(
-                dev.gpu().registry().subgroups32(),
-                m.low_bits,
-                m.out_features() * m.in_features(),
-            )),
+            // (a window split without the blocked batched kernel: no batched kernel reads it,
+            // so one fused GEMV per row, any count)
+            gemv_batch_max_m: if m.window.is_some() && blocked_gemm_layout(dev, &m, opts).is_none()
+            {
+                usize::MAX
+            } else {
+                opts.gemv_batch_max_m.unwrap_or(default_gemv_batch_max_m(
+                    dev.gpu().registry().subgroups32(),
+                    m.low_bits,
+                    m.out_features() * m.in_features(),
+                ))
+            },
             window: m.window,
         })
     }
