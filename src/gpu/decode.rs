@@ -107,7 +107,7 @@ pub struct FusedLayout {
     pub row_pairs: bool,
     /// With `low_bits` 3: the window start of a window split
     /// ([`crate::rans::SplitMatrix::encode_window`]: 1-bit flags eight to a symbol, three raw
-    /// bits per weight), which only the blocked fused kernel runs. 0 otherwise.
+    /// bits per weight), which the blocked and the workgroup fused kernels run. 0 otherwise.
     pub window_start: u32,
     /// How the (scale, bias) pairs are stored.
     pub side: super::SideFormat,
