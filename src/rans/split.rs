@@ -126,6 +126,19 @@ fn check_split(bits: u32, low_bits: u32, cols: usize) -> Result<(), CodecError> 
     Ok(())
 }
 
+/// Checks that the raw words `low` have the `expected` length.
+fn check_low_len(low: &[u32], expected: usize) -> Result<(), CodecError> {
+    if low.len() == expected {
+        Ok(())
+    } else {
+        Err(CodecError::SizeMismatch {
+            part: "low bits",
+            expected: expected as u64,
+            actual: low.len() as u64,
+        })
+    }
+}
+
 /// Weights per run of [`SplitOrder::RowPairs`] with `wps` weights per symbol, after checking that
 /// `rows` is even and `cols` a whole number of runs.
 fn row_pair_run(rows: usize, cols: usize, wps: u32) -> Result<usize, CodecError> {
@@ -452,14 +465,7 @@ impl SplitMatrix {
                 }
             ));
         }
-        let expected = high.weights() * 3 / WINDOW_WEIGHTS;
-        if low.len() != expected {
-            return Err(CodecError::SizeMismatch {
-                part: "low bits",
-                expected: expected as u64,
-                actual: low.len() as u64,
-            });
-        }
+        check_low_len(&low, high.weights() * 3 / WINDOW_WEIGHTS)?;
         Ok(SplitMatrix {
             high,
             low,
@@ -523,14 +529,7 @@ impl SplitMatrix {
             }
         };
         check_split(high.bits() + low_bits, low_bits, cols)?;
-        let expected = high.weights() * low_bits as usize / 32;
-        if low.len() != expected {
-            return Err(CodecError::SizeMismatch {
-                part: "low bits",
-                expected: expected as u64,
-                actual: low.len() as u64,
-            });
-        }
+        check_low_len(&low, high.weights() * low_bits as usize / 32)?;
         Ok(SplitMatrix {
             high,
             low,
