@@ -203,6 +203,10 @@ fn plain_batched_baseline_matches_cpu_reference() {
             let y = plain.forward_batch(&x, m).unwrap();
             assert_close(&format!("qgemm {r}x{k} b{b} m{m}"), &cpu, &x, m, &y, 0.0);
         }
+        // one vector: the plain GEMV where it takes the matrix, else qgemm
+        let x = activations(i as u64 + 5000, k);
+        let y = plain.forward(&x).unwrap();
+        assert_close(&format!("plain forward {r}x{k} b{b}"), &cpu, &x, 1, &y, 0.0);
     }
 }
 

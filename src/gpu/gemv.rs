@@ -289,6 +289,12 @@ impl GpuQuantizedMatrix {
         self.bits
     }
 
+    /// The packed words' and the (scale, bias) pairs' buffers (MLX words as uploaded, pairs in
+    /// [`Self::side_format`]), for the linear layers' batched kernel on the same weights.
+    pub(crate) fn buffers(&self) -> (&wgpu::Buffer, &wgpu::Buffer) {
+        (&self.packed, &self.sb)
+    }
+
     /// Bytes of packed weights (what MLX reads per GEMV, without scales and biases).
     pub fn packed_bytes(&self) -> u64 {
         self.rows() as u64 * self.cols() as u64 * self.bits as u64 / 8

@@ -30,10 +30,13 @@ struct Params {
 }
 
 /// A plain MLX quantized layer (2, 4 or 8 bits) on the GPU: the baseline of
-/// [`super::EntropyCodedLinear`]. Both `forward` and `forward_batch` run `qgemm.wgsl`, whose
-/// multiply is the same as `rans_gemm.wgsl`'s (4 rows per workgroup, slices of 256 weights
-/// dequantized into workgroup memory), so the two differ only in where the weights come from.
-/// (For one vector, [`crate::gpu::GpuQuantizedMatrix`] has the faster dedicated GEMV.)
+/// [`super::EntropyCodedLinear`]. `forward_batch` runs `qgemm.wgsl`, whose multiply is the
+/// same as `rans_gemm.wgsl`'s (4 rows per workgroup, slices of 256 weights dequantized into
+/// workgroup memory), so the two differ only in where the weights come from. `forward` (one
+/// vector) runs the dedicated plain GEMV of [`crate::gpu::GpuQuantizedMatrix`] on the same
+/// buffers where it takes the matrix (`cols * bits` a multiple of 128): on an H200 `qgemm`
+/// took 42.2 µs for one vector at 1024x4096 and the GEMV 5.4 (BENCHMARKS.md, issue 5, tenth
+/// session); elsewhere `qgemm` with one row.
 #[derive(Debug)]
 pub struct QuantizedLinear {
     dev: Arc<LinearDevice>,
@@ -43,6 +46,8 @@ pub struct QuantizedLinear {
     sb: wgpu::Buffer,
     side: crate::gpu::SideFormat,
     bias: Option<Vec<f32>>,
+    /// The plain GEMV's matrix, holding `packed` and `sb` (None where it cannot run it).
+    vector: Option<crate::gpu::GpuQuantizedMatrix>,
 }
 
 impl QuantizedLinear {
@@ -104,16 +109,28 @@ impl QuantizedLinear {
             kparts: 1,
             _pad: [0; 2],
         };
-        let packed = dev.buffer("packed weights", bytes, wgpu::BufferUsages::empty());
-        dev.write(&packed, bytemuck::cast_slice(&q.packed));
         let side = crate::gpu::SideFormat::exact_for(&q.scales, &q.biases);
-        let sbv = side.pack(&q.scales, &q.biases);
-        let sb = dev.buffer(
-            "scales+biases",
-            sbv.len() as u64,
-            wgpu::BufferUsages::empty(),
-        );
-        dev.write(&sb, &sbv);
+        // the plain GEMV's upload where it runs the matrix, whose buffers qgemm shares (the
+        // same MLX words and pairs); else buffers of our own
+        let vector = crate::gpu::GpuQuantizedMatrix::upload_with_side(dev.device(), q, side).ok();
+        let (packed, sb) = match &vector {
+            Some(v) => {
+                let (p, s) = v.buffers();
+                (p.clone(), s.clone())
+            }
+            None => {
+                let packed = dev.buffer("packed weights", bytes, wgpu::BufferUsages::empty());
+                dev.write(&packed, bytemuck::cast_slice(&q.packed));
+                let sbv = side.pack(&q.scales, &q.biases);
+                let sb = dev.buffer(
+                    "scales+biases",
+                    sbv.len() as u64,
+                    wgpu::BufferUsages::empty(),
+                );
+                dev.write(&sb, &sbv);
+                (packed, sb)
+            }
+        };
         dev.queue().submit(std::iter::empty());
         Ok(QuantizedLinear {
             dev: dev.clone(),
@@ -123,6 +140,7 @@ impl QuantizedLinear {
             sb,
             side,
             bias: bias.map(<[f32]>::to_vec),
+            vector,
         })
     }
 
@@ -197,7 +215,40 @@ impl Linear for QuantizedLinear {
     }
 
     fn forward(&self, x: &[f32]) -> Result<Vec<f32>, LinearError> {
-        self.forward_batch(x, 1)
+        let Some(v) = &self.vector else {
+            return self.forward_batch(x, 1);
+        };
+        let (r, k) = (self.out_features(), self.in_features());
+        check_x(&self.name, k, x.len(), 1)?;
+        let gpu = |source| LinearError::Gpu {
+            layer: self.name.clone(),
+            source,
+        };
+        let xb = self
+            .dev
+            .buffer("x", (k * 4) as u64, wgpu::BufferUsages::empty());
+        self.dev.write(&xb, bytemuck::cast_slice(x));
+        let yb = self
+            .dev
+            .buffer("y", (r * 4) as u64, wgpu::BufferUsages::COPY_SRC);
+        let d = v
+            .gemv_dispatch(self.dev.device(), self.dev.gpu().registry(), &xb, &yb)
+            .map_err(gpu)?;
+        let mut enc = self
+            .dev
+            .device()
+            .create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            d.record(&mut pass);
+        }
+        let out = self
+            .dev
+            .submit_and_read(enc, &[(&yb, (r * 4) as u64)])
+            .map_err(gpu)?;
+        let mut y = bytemuck::pod_collect_to_vec::<u8, f32>(&out[0]);
+        add_bias(&mut y, self.bias.as_deref());
+        Ok(y)
     }
 
     fn forward_batch(&self, x: &[f32], m: usize) -> Result<Vec<f32>, LinearError> {
