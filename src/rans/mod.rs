@@ -14,7 +14,8 @@
 //!   4-bit weights split 2 + 2) and stores the low bits raw: fewer rANS steps per weight for
 //!   the GPU kernels, at 0.8-2.1% more size on MLX weights. In [`SplitOrder::RowPairs`] its
 //!   rows are coded in interleaved pairs, which the GPU's fused kernel multiplies with one load
-//!   of the activations for both rows.
+//!   of the activations for both rows. Its window form ([`SplitMatrix::encode_window`]) codes
+//!   one bit per 4-bit weight, eight weights per symbol: the fastest form on the GPU.
 //!
 //! # Example
 //!

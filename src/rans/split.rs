@@ -21,6 +21,11 @@
 //! [`SplitOrder::RowPairs`] stores the coded symbols of each pair of rows interleaved in runs of
 //! [`ROW_PAIR_RUN_SYMBOLS`], so that the GPU's blocked fused kernel multiplies two rows' weights
 //! at the same columns with one load of the activations (BENCHMARKS.md issue 5, steps 51-52).
+//!
+//! [`SplitMatrix::encode_window`] makes a **window split** of 4-bit weights instead: one coded
+//! bit per weight (is it outside the eight levels holding most weights?), eight weights per
+//! symbol, three raw bits. Half the steps of the 2 + 2 split again, for +0.23% on MiniLM g64;
+//! the GPU's fused GEMV runs it 1.24-1.38x faster (BENCHMARKS.md issue 5, step 60).
 
 use rayon::prelude::*;
 
