@@ -676,6 +676,46 @@ fn fused_blocked_diagnostic_builds() {
             Err(ecq::gpu::GpuError::InvalidInput(_))
         ));
     }
+    // a window split's builds: decode only, dot products only, no activation sums, no window
+    // start
+    let (q, _) = random_matrix(81, 8, 1024, 4, 64);
+    let w = ecq::rans::SplitMatrix::encode_window(
+        &q.symbols(),
+        8,
+        1024,
+        &EncodeOptions::default(),
+        ecq::rans::SplitOrder::RowPairs,
+    )
+    .unwrap();
+    let quant = QuantParamsRef {
+        group_size: 64,
+        scales: &q.scales,
+        biases: &q.biases,
+        side: None,
+    };
+    let m = ctx.upload_split(&w, Some(quant)).unwrap();
+    let (xb, yb) = (buf(1024), buf(8));
+    for diag in [1, 2, 9, 10] {
+        let d = m.blocked_diagnostic_dispatch(ctx.device(), ctx.registry(), &xb, &yb, diag);
+        if !ctx.registry().subgroups32() {
+            assert!(
+                matches!(d, Err(ecq::gpu::GpuError::Unsupported(_))),
+                "{d:?}"
+            );
+            continue;
+        }
+        let d = d.unwrap();
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            d.record(&mut pass);
+        }
+        ctx.queue().submit([enc.finish()]);
+    }
+    assert!(matches!(
+        m.blocked_diagnostic_dispatch(ctx.device(), ctx.registry(), &xb, &yb, 11),
+        Err(ecq::gpu::GpuError::InvalidInput(_))
+    ));
 }
 
 /// The fused GEMV of a split matrix `m` (the weights of `q`) against the f64 reference within

@@ -77,7 +77,9 @@ override BLOCK: u32 = 8u;
 // 2 and 3 together, 5 = the kernel with a free word supply (renormalisation shifts in a
 // constant, the stream is never read: what the shared stream's ballot, shuffles and plane
 // moves cost), 6 = 1 and 5 together, 7 = the kernel with a word supply per lane (see
-// decode_block_lane_words), 8 = 1 and 7 together. 0 = the kernel.
+// decode_block_lane_words), 8 = 1 and 7 together, 9 = a window split's kernel without the sums
+// of the activations (the host also runs a window split with WSTART = 0 as build 10: without
+// the window start's addition). 0 = the kernel.
 override DIAG: u32 = 0u;
 // Raw low bits per weight (`ecq::rans::SplitMatrix`): 0 = none; 2 = the symbols carry the high
 // BITS = 2 bits of 4-bit weights, four weights per symbol, and the low 2 bits follow the
@@ -353,7 +355,12 @@ fn main(
                     let n = window_words(sw, raw);
                     let qa = window_half(n, xlo, magic);
                     let qb = window_half(n >> vec4<u32>(16u), xhi, magic);
-                    let xs = dot((xlo[0] + xlo[1]) + (xlo[2] + xlo[3]), vec4<f32>(1.0));
+                    // (diagnostic build 9: without the sums of the activations, what sums
+                    // computed once per token would save)
+                    var xs = dot((xlo[0] + xlo[1]) + (xlo[2] + xlo[3]), vec4<f32>(1.0));
+                    if (DIAG == 9u) {
+                        xs = 0.0;
+                    }
                     if (pair) {
                         acc += sba.x * dot(qa, NIBBLE_PLACE) + sba.y * xs;
                         acc_b += sbb.x * dot(qb, NIBBLE_PLACE) + sbb.y * xs;

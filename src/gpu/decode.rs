@@ -1025,8 +1025,10 @@ impl GpuCodedMatrix {
     /// 2 and 3 together, 5 = the kernel with a free word supply (renormalisation shifts in a
     /// constant; the stream is never read), 6 = 1 and 5 together, 7 = the kernel with a word
     /// supply per lane (each lane reads words of its own, as a stream laid out by lane would
-    /// allow; the words are not its stream's, so the result is wrong), 8 = 1 and 7 together.
-    /// Other `diag` values are refused with
+    /// allow; the words are not its stream's, so the result is wrong), 8 = 1 and 7 together;
+    /// for window splits also 9 = the kernel without the sums of the activations (what sums
+    /// computed once per token would save) and 10 = the kernel without the window start's
+    /// addition (wrong weights). Other `diag` values are refused with
     /// [`GpuError::InvalidInput`]; layouts or adapters the blocked kernel cannot run with
     /// [`GpuError::Unsupported`].
     pub fn blocked_diagnostic_dispatch(
@@ -1037,11 +1039,14 @@ impl GpuCodedMatrix {
         y: &wgpu::Buffer,
         diag: u32,
     ) -> Result<Dispatch, GpuError> {
-        if !(1..=8).contains(&diag) {
+        let window = self.params.low_bits == WINDOW_LOW_BITS;
+        let known = (1..=8).contains(&diag) || (window && (9..=10).contains(&diag));
+        if !known {
             return Err(GpuError::InvalidInput(format!(
                 "blocked diagnostic build {diag}: 1 (decode only), 2 (dot products only), 3 \
                  (activations shared by a block's two words), 4 (2 and 3), 5 (a free word \
-                 supply), 6 (1 and 5), 7 (a word supply per lane) or 8 (1 and 7)"
+                 supply), 6 (1 and 5), 7 (a word supply per lane) or 8 (1 and 7); for window \
+                 splits 9 (no activation sums) or 10 (no window start)"
             )));
         }
         let v = match self.default_fused_variant(registry) {
@@ -1083,8 +1088,14 @@ impl GpuCodedMatrix {
         p.wg_x = gx;
         p.out_mode = 2;
         let uniform = self.uniform(device, 2, p);
-        let pipeline =
-            fused_gemv_pipeline_diag(device, registry, variant, &self.fused_layout(), diag)?;
+        let mut layout = self.fused_layout();
+        let mut diag = diag;
+        if diag == 10 {
+            // (the kernel with the window start taken as 0)
+            layout.window_start = 0;
+            diag = 0;
+        }
+        let pipeline = fused_gemv_pipeline_diag(device, registry, variant, &layout, diag)?;
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("rans_gemv"),
