@@ -187,7 +187,7 @@ fn inspect_coded(model: &Model, as_json: bool) -> CliResult {
         .unwrap_or(6)
         .max(6);
     outln!(
-        "{:<w$} {:>10} {:>5} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "{:<w$} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>7}",
         "coded weight",
         "weights",
         "bits",
@@ -208,7 +208,7 @@ fn inspect_coded(model: &Model, as_json: bool) -> CliResult {
             m.bits.to_string()
         };
         outln!(
-            "{:<w$} {:>10} {:>5} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7}",
+            "{:<w$} {:>10} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7}",
             m.weight,
             m.weights,
             bits,
