@@ -320,7 +320,9 @@ impl<'a> CodedLayerRef<'a> {
             crate::gpu::check_window(b, w, start.into()).map_err(|e| unsupported(e.to_string()))?;
             // raw words in coded order: three per 32 coded weights
             let low_bytes = self.rows as u64 * self.cols as u64 * 3 / 8;
-            let run = 2 * crate::rans::WINDOW_PAIR_RUN_SYMBOLS * 8;
+            let run = 2
+                * crate::rans::WINDOW_PAIR_RUN_SYMBOLS
+                * crate::rans::WINDOW_FLAGS_PER_SYMBOL as usize;
             if self.low_bits != 3
                 || !self.cols.is_multiple_of(32)
                 || (self.row_pairs && !self.cols.is_multiple_of(run))
@@ -832,6 +834,7 @@ impl EntropyCodedLinear {
         }
         // flush the staged writes now, so their host memory is released layer by layer
         dev.queue().submit(std::iter::empty());
+        let gemm_blocked = blocked_gemm_layout(dev, &m, opts);
         Ok(EntropyCodedLinear {
             dev: dev.clone(),
             name: name.into(),
@@ -850,11 +853,10 @@ impl EntropyCodedLinear {
             max_buffer,
             side,
             side_bytes: (m.scales.len() * side.bytes_per_group()) as u64,
-            gemm_blocked: blocked_gemm_layout(dev, &m, opts),
+            gemm_blocked,
             // (a window split without the blocked batched kernel: no batched kernel reads it,
             // so one fused GEMV per row, any count)
-            gemv_batch_max_m: if m.window.is_some() && blocked_gemm_layout(dev, &m, opts).is_none()
-            {
+            gemv_batch_max_m: if m.window.is_some() && gemm_blocked.is_none() {
                 usize::MAX
             } else {
                 opts.gemv_batch_max_m.unwrap_or(default_gemv_batch_max_m(

@@ -144,10 +144,16 @@ fn check_low_len(low: &[u32], expected: usize) -> Result<(), CodecError> {
     }
 }
 
-/// Weights per run of [`SplitOrder::RowPairs`] with `wps` weights per symbol, after checking that
-/// `rows` is even and `cols` a whole number of runs.
-fn row_pair_run(rows: usize, cols: usize, wps: u32) -> Result<usize, CodecError> {
-    let run = ROW_PAIR_RUN_SYMBOLS * wps as usize;
+/// Weights per run of [`SplitOrder::RowPairs`] in runs of `run_symbols` symbols of `wps`
+/// weights ([`ROW_PAIR_RUN_SYMBOLS`], or [`WINDOW_PAIR_RUN_SYMBOLS`] for a window split), after
+/// checking that `rows` is even and `cols` a whole number of runs.
+fn row_pair_run(
+    rows: usize,
+    cols: usize,
+    run_symbols: usize,
+    wps: u32,
+) -> Result<usize, CodecError> {
+    let run = run_symbols * wps as usize;
     if !rows.is_multiple_of(2) {
         return arg(format!(
             "rows = {rows}: row pairs need an even number of rows"
@@ -155,8 +161,8 @@ fn row_pair_run(rows: usize, cols: usize, wps: u32) -> Result<usize, CodecError>
     }
     if !cols.is_multiple_of(run) {
         return arg(format!(
-            "cols = {cols}: row pairs need whole runs of {ROW_PAIR_RUN_SYMBOLS} symbols \
-             ({run} weights at {wps} per symbol)"
+            "cols = {cols}: row pairs need whole runs of {run_symbols} symbols ({run} weights \
+             at {wps} per symbol)"
         ));
     }
     Ok(run)
@@ -285,7 +291,7 @@ impl SplitMatrix {
             SplitOrder::Rows => encode(&high_syms, rows, cols, bits - low_bits, opts)?,
             SplitOrder::RowPairs => {
                 let wps = row_pair_wps(bits - low_bits, opts);
-                let run = row_pair_run(rows, cols, wps)?;
+                let run = row_pair_run(rows, cols, ROW_PAIR_RUN_SYMBOLS, wps)?;
                 let paired = pair_rows(&high_syms, cols, run);
                 let o = EncodeOptions {
                     weights_per_symbol: Some(wps),
@@ -400,7 +406,8 @@ impl SplitMatrix {
         let cols_c = match order {
             SplitOrder::Rows => cols,
             SplitOrder::RowPairs => {
-                let run = window_pair_run(rows, cols)?;
+                let run =
+                    row_pair_run(rows, cols, WINDOW_PAIR_RUN_SYMBOLS, WINDOW_FLAGS_PER_SYMBOL)?;
                 u = pair_rows(&u, cols, run);
                 2 * cols
             }
@@ -457,7 +464,10 @@ impl SplitMatrix {
         if start >= 16 {
             return arg(format!("window start {start}: must be below 16"));
         }
-        let (cols_c, run) = (high.cols(), WINDOW_PAIR_RUN_SYMBOLS * 8);
+        let (cols_c, run) = (
+            high.cols(),
+            WINDOW_PAIR_RUN_SYMBOLS * WINDOW_FLAGS_PER_SYMBOL as usize,
+        );
         if !cols_c.is_multiple_of(WINDOW_WEIGHTS)
             || (order == SplitOrder::RowPairs && !cols_c.is_multiple_of(2 * run))
         {
@@ -784,23 +794,6 @@ fn window_merge_row(o: &mut [u8], raw: &[u32], start: u8) {
 /// four symbols a GPU lane multiplies at once are 16 columns of both rows, sharing their
 /// activations.
 pub const WINDOW_PAIR_RUN_SYMBOLS: usize = 2;
-
-/// Weights per run of a window split in row pairs, after checking that `rows` is even and
-/// `cols` a whole number of runs.
-fn window_pair_run(rows: usize, cols: usize) -> Result<usize, CodecError> {
-    let run = WINDOW_PAIR_RUN_SYMBOLS * WINDOW_FLAGS_PER_SYMBOL as usize;
-    if !rows.is_multiple_of(2) {
-        return arg(format!(
-            "rows = {rows}: row pairs need an even number of rows"
-        ));
-    }
-    if !cols.is_multiple_of(run) {
-        return arg(format!(
-            "cols = {cols}: a window split's row pairs need whole runs of {run} weights"
-        ));
-    }
-    Ok(run)
-}
 
 /// CRC-32C of the raw low bits' little-endian bytes (the coded parts' checksum routine).
 fn crc_of(low: &[u32]) -> u32 {
