@@ -201,6 +201,44 @@ impl QuantizedLinear {
     }
 }
 
+impl QuantizedLinear {
+    /// Runs one launch that reads the activations `x` (one buffer, as given) and writes `n`
+    /// outputs, recorded by `record` with the buffers of x and y; returns the outputs.
+    fn run(
+        &self,
+        x: &[f32],
+        n: usize,
+        record: impl FnOnce(
+            &wgpu::Buffer,
+            &wgpu::Buffer,
+            &mut wgpu::ComputePass<'_>,
+        ) -> Result<(), LinearError>,
+    ) -> Result<Vec<f32>, LinearError> {
+        let xb = self
+            .dev
+            .buffer("x", (x.len() * 4) as u64, wgpu::BufferUsages::empty());
+        self.dev.write(&xb, bytemuck::cast_slice(x));
+        let bytes = (n * 4) as u64;
+        let yb = self.dev.buffer("y", bytes, wgpu::BufferUsages::COPY_SRC);
+        let mut enc = self
+            .dev
+            .device()
+            .create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            record(&xb, &yb, &mut pass)?;
+        }
+        let out = self
+            .dev
+            .submit_and_read(enc, &[(&yb, bytes)])
+            .map_err(|source| LinearError::Gpu {
+                layer: self.name.clone(),
+                source,
+            })?;
+        Ok(bytemuck::pod_collect_to_vec::<u8, f32>(&out[0]))
+    }
+}
+
 impl Linear for QuantizedLinear {
     fn name(&self) -> &str {
         &self.name
@@ -218,35 +256,16 @@ impl Linear for QuantizedLinear {
         let Some(v) = &self.vector else {
             return self.forward_batch(x, 1);
         };
-        let (r, k) = (self.out_features(), self.in_features());
-        check_x(&self.name, k, x.len(), 1)?;
-        let gpu = |source| LinearError::Gpu {
-            layer: self.name.clone(),
-            source,
-        };
-        let xb = self
-            .dev
-            .buffer("x", (k * 4) as u64, wgpu::BufferUsages::empty());
-        self.dev.write(&xb, bytemuck::cast_slice(x));
-        let yb = self
-            .dev
-            .buffer("y", (r * 4) as u64, wgpu::BufferUsages::COPY_SRC);
-        let d = v
-            .gemv_dispatch(self.dev.device(), self.dev.gpu().registry(), &xb, &yb)
-            .map_err(gpu)?;
-        let mut enc = self
-            .dev
-            .device()
-            .create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            d.record(&mut pass);
-        }
-        let out = self
-            .dev
-            .submit_and_read(enc, &[(&yb, (r * 4) as u64)])
-            .map_err(gpu)?;
-        let mut y = bytemuck::pod_collect_to_vec::<u8, f32>(&out[0]);
+        check_x(&self.name, self.in_features(), x.len(), 1)?;
+        let mut y = self.run(x, self.out_features(), |xb, yb, pass| {
+            v.gemv_dispatch(self.dev.device(), self.dev.gpu().registry(), xb, yb)
+                .map_err(|source| LinearError::Gpu {
+                    layer: self.name.clone(),
+                    source,
+                })?
+                .record(pass);
+            Ok(())
+        })?;
         add_bias(&mut y, self.bias.as_deref());
         Ok(y)
     }
@@ -265,30 +284,10 @@ impl Linear for QuantizedLinear {
             {
                 dst[..k].copy_from_slice(src);
             }
-            let xb = self
-                .dev
-                .buffer("x", (padded.len() * 4) as u64, wgpu::BufferUsages::empty());
-            self.dev.write(&xb, bytemuck::cast_slice(&padded));
-            let yb = self
-                .dev
-                .buffer("y", (mb * r * 4) as u64, wgpu::BufferUsages::COPY_SRC);
-            let d = self.batch_dispatch(&xb, &yb, mb)?;
-            let mut enc = self
-                .dev
-                .device()
-                .create_command_encoder(&Default::default());
-            {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                d.record(&mut pass);
-            }
-            let out = self
-                .dev
-                .submit_and_read(enc, &[(&yb, (mb * r * 4) as u64)])
-                .map_err(|source| LinearError::Gpu {
-                    layer: self.name.clone(),
-                    source,
-                })?;
-            y.extend(bytemuck::pod_collect_to_vec::<u8, f32>(&out[0]));
+            y.extend(self.run(&padded, mb * r, |xb, yb, pass| {
+                self.batch_dispatch(xb, yb, mb)?.record(pass);
+                Ok(())
+            })?);
         }
         add_bias(&mut y, self.bias.as_deref());
         Ok(y)
