@@ -964,13 +964,13 @@ fn main() {
                     .expect("one of the two");
                 let source = &match &split {
                     None => source.to_string(),
-                    Some(s) if s.window().is_some() => format!(
-                        "{source}+window{}{}",
-                        s.window().unwrap_or(0),
-                        if pairs { "+pairs" } else { "" }
-                    ),
-                    Some(s) if pairs => format!("{source}+raw{}+pairs", s.low_bits()),
-                    Some(s) => format!("{source}+raw{}", s.low_bits()),
+                    Some(s) => {
+                        let coded = match s.window() {
+                            Some(start) => format!("window{start}"),
+                            None => format!("raw{}", s.low_bits()),
+                        };
+                        format!("{source}+{coded}{}", if pairs { "+pairs" } else { "" })
+                    }
                 };
                 // matrix rows per chunk (a coded row is two with row pairs)
                 let chunk_rows = enc.chunk_rows() * (1 + pairs as usize);
