@@ -395,20 +395,45 @@ fn good_paths_work() {
     ]);
 }
 
+/// A 4-bit g64 model of one 16 x 1024 matrix (128 words a row) in `dir/m`: row pairs apply.
+fn split_model(dir: &Path) -> PathBuf {
+    quant_dir(
+        &dir.join("m"),
+        128,
+        16,
+        16,
+        serde_json::json!({"group_size": 64, "bits": 4}),
+    )
+}
+
+/// `ecq decode` of `coded` (into `dir/back`) gives back the model file of `original` byte for
+/// byte.
+#[track_caller]
+fn decodes_back(dir: &Path, coded: &Path, original: &Path) {
+    succeeds(&["decode", s(coded), s(&dir.join("back"))]);
+    assert_eq!(
+        std::fs::read(dir.join("back/model.safetensors")).unwrap(),
+        std::fs::read(original.join("model.safetensors")).unwrap()
+    );
+}
+
+/// Each argument list fails (a usage error or a refusal) without a panic.
+#[track_caller]
+fn refused(cases: &[&[&str]]) {
+    for args in cases {
+        let out = ecq(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    }
+}
+
 /// `ecq encode --split --row-pairs`: verify, inspect (the split shown as 2+2) and decode back
 /// byte for byte; a flipped raw low bit is a checksum error naming the weight; --row-pairs
 /// needs --split, and --split does not go with --lossless.
 #[test]
 fn split_encoding() {
     let tmp = tempfile::tempdir().unwrap();
-    // 4-bit g64, 1024 weights per row (128 words), 16 rows: row pairs apply
-    let d = quant_dir(
-        &tmp.path().join("m"),
-        128,
-        16,
-        16,
-        serde_json::json!({"group_size": 64, "bits": 4}),
-    );
+    let d = split_model(tmp.path());
     let coded = tmp.path().join("c");
     let out = succeeds(&["encode", "--split", "--row-pairs", s(&d), s(&coded)]);
     assert!(out.contains("1 of 1 matrices stored split"), "{out}");
@@ -442,11 +467,7 @@ fn split_encoding() {
     assert!(succeeds(&["inspect", s(&coded)]).contains("chunks"));
     let out = succeeds(&["inspect", s(&coded)]);
     assert!(out.contains("2+2"), "{out}");
-    succeeds(&["decode", s(&coded), s(&tmp.path().join("back"))]);
-    assert_eq!(
-        std::fs::read(tmp.path().join("back/model.safetensors")).unwrap(),
-        std::fs::read(d.join("model.safetensors")).unwrap()
-    );
+    decodes_back(tmp.path(), &coded, &d);
 
     let file = coded.join("model.safetensors");
     let mut bytes = std::fs::read(&file).unwrap();
@@ -460,14 +481,10 @@ fn split_encoding() {
         "{e}"
     );
 
-    for args in [
-        vec!["encode", "--row-pairs", s(&d), "x"],
-        vec!["encode", "--split", "--lossless", s(&d), "x"],
-    ] {
-        let out = ecq(&args);
-        assert!(!out.status.success(), "{args:?} should fail");
-        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
-    }
+    refused(&[
+        &["encode", "--row-pairs", s(&d), "x"],
+        &["encode", "--split", "--lossless", s(&d), "x"],
+    ]);
 }
 
 /// `ecq encode --window --row-pairs`: window splits (shown as w5:1+3 or another start), verified
@@ -476,13 +493,7 @@ fn split_encoding() {
 #[test]
 fn window_encoding() {
     let tmp = tempfile::tempdir().unwrap();
-    let d = quant_dir(
-        &tmp.path().join("m"),
-        128,
-        16,
-        16,
-        serde_json::json!({"group_size": 64, "bits": 4}),
-    );
+    let d = split_model(tmp.path());
     let coded = tmp.path().join("c");
     let out = succeeds(&["encode", "--window", "--row-pairs", s(&d), s(&coded)]);
     assert!(
@@ -495,19 +506,11 @@ fn window_encoding() {
     let json: serde_json::Value =
         serde_json::from_str(&succeeds(&["inspect", s(&coded), "--json"])).unwrap();
     assert!(json["matrices"][0]["window_start"].is_u64(), "{json}");
-    succeeds(&["decode", s(&coded), s(&tmp.path().join("back"))]);
-    assert_eq!(
-        std::fs::read(tmp.path().join("back/model.safetensors")).unwrap(),
-        std::fs::read(d.join("model.safetensors")).unwrap()
-    );
+    decodes_back(tmp.path(), &coded, &d);
     let e = fails(&["encode", "--row-pairs", s(&d), s(&tmp.path().join("x"))]);
     assert!(e.contains("--row-pairs needs --split or --window"), "{e}");
-    for args in [
-        vec!["encode", "--window", "--split", s(&d), "x"],
-        vec!["encode", "--window", "--lossless", s(&d), "x"],
-    ] {
-        let out = ecq(&args);
-        assert!(!out.status.success(), "{args:?} should fail");
-        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
-    }
+    refused(&[
+        &["encode", "--window", "--split", s(&d), "x"],
+        &["encode", "--window", "--lossless", s(&d), "x"],
+    ]);
 }

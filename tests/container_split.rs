@@ -76,71 +76,76 @@ fn expected(row_pairs: bool) -> Vec<(&'static str, Option<SplitOrder>)> {
     ]
 }
 
+/// Writes the sharded [`split_fixture`], codes it as `coding` asks, checks what every split
+/// coding writes (container version 2 in every shard and in `config.json`, `ecq.split`
+/// starting with `split_meta`), runs `check` on the source model, the coded one and the
+/// summary, then verifies the coded model and decodes it back byte for byte, without `ecq.`
+/// metadata.
+fn split_round_trip(
+    coding: MatrixCoding,
+    split_meta: &str,
+    check: impl FnOnce(&Model, &Model, &ecq::container::Summary),
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, coded, back) = (
+        tmp.path().join("src"),
+        tmp.path().join("coded"),
+        tmp.path().join("back"),
+    );
+    let model = split_fixture(&src, 60_000);
+    assert!(model.shards.len() >= 2, "fixture should be sharded");
+    let s = encode_model_with(&model, &coded, &EncodeOptions::default(), coding, &quiet()).unwrap();
+    assert_eq!(s.matrices.len(), 6);
+    let c = Model::open(&coded).unwrap();
+    for sh in &c.shards {
+        assert_eq!(
+            sh.metadata["ecq.version"],
+            SPLIT_CONTAINER_VERSION.to_string()
+        );
+        assert!(sh.metadata["ecq.split"].starts_with(split_meta));
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(coded.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["ecq"]["version"], SPLIT_CONTAINER_VERSION);
+    check(&model, &c, &s);
+    verify_model(&c, &quiet()).unwrap();
+    decode_model(&c, &back, &quiet()).unwrap();
+    let b = Model::open(&back).unwrap();
+    assert_same_tensors(&model, &b);
+    for sh in &b.shards {
+        assert!(!sh.metadata.keys().any(|k| k.starts_with("ecq.")));
+    }
+}
+
 #[test]
 fn split_round_trips_are_byte_identical() {
     for row_pairs in [false, true] {
-        let tmp = tempfile::tempdir().unwrap();
-        let (src, coded, back) = (
-            tmp.path().join("src"),
-            tmp.path().join("coded"),
-            tmp.path().join("back"),
-        );
-        let model = split_fixture(&src, 60_000);
-        assert!(model.shards.len() >= 2, "fixture should be sharded");
-        let s = encode_model_with(
-            &model,
-            &coded,
-            &EncodeOptions::default(),
-            MatrixCoding::Split4 { row_pairs },
-            &quiet(),
-        )
-        .unwrap();
-        assert_eq!(s.matrices.len(), 6);
-        assert_eq!(s.matrices.iter().filter(|m| m.low_bits == 2).count(), 4);
-
-        let c = Model::open(&coded).unwrap();
-        for sh in &c.shards {
-            assert_eq!(
-                sh.metadata["ecq.version"],
-                SPLIT_CONTAINER_VERSION.to_string()
-            );
-            assert!(sh.metadata["ecq.split"].starts_with("4=2+2"));
-        }
-        let cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(coded.join("config.json")).unwrap())
-                .unwrap();
-        assert_eq!(cfg["ecq"]["version"], SPLIT_CONTAINER_VERSION);
-
-        let cm = CodedModel::open(&coded).unwrap();
-        for (path, order) in expected(row_pairs) {
-            let m = model.quantized_module(path).unwrap();
-            let module = cm.module(path).unwrap();
-            let w = &module.matrix;
-            assert_eq!(
-                w.split().map(|s| s.order()),
-                order,
-                "{path} (row pairs {row_pairs})"
-            );
-            assert_eq!((w.rows(), w.cols(), w.bits()), (m.rows, m.cols, m.bits));
-            let shape: Vec<usize> = w.shape().iter().map(|&d| d as usize).collect();
-            assert_eq!(shape, m.weight.shape(), "{path}");
-            assert_eq!(w.group_size() as usize, m.group_size, "{path}");
-            assert_eq!(w.decode_packed().unwrap(), m.weight.to_u32().unwrap());
-            if let Some(split) = w.split() {
-                // chunks hold as many weights as whole 4-bit chunks: half the symbols
-                assert_eq!(split.high().weights_per_symbol(), 4);
-                assert!(c.get(&format!("{path}.weight.ecq_low")).is_some());
-                assert!(c.get(&format!("{path}.weight")).is_none());
+        let coding = MatrixCoding::Split4 { row_pairs };
+        split_round_trip(coding, "4=2+2", |model, c, s| {
+            assert_eq!(s.matrices.iter().filter(|m| m.low_bits == 2).count(), 4);
+            let cm = CodedModel::open(&c.path).unwrap();
+            for (path, order) in expected(row_pairs) {
+                let m = model.quantized_module(path).unwrap();
+                let module = cm.module(path).unwrap();
+                let w = &module.matrix;
+                assert_eq!(
+                    w.split().map(|s| s.order()),
+                    order,
+                    "{path} (row pairs {row_pairs})"
+                );
+                assert_eq!((w.rows(), w.cols(), w.bits()), (m.rows, m.cols, m.bits));
+                let shape: Vec<usize> = w.shape().iter().map(|&d| d as usize).collect();
+                assert_eq!(shape, m.weight.shape(), "{path}");
+                assert_eq!(w.group_size() as usize, m.group_size, "{path}");
+                assert_eq!(w.decode_packed().unwrap(), m.weight.to_u32().unwrap());
+                if let Some(split) = w.split() {
+                    // chunks hold as many weights as whole 4-bit chunks: half the symbols
+                    assert_eq!(split.high().weights_per_symbol(), 4);
+                    assert!(c.get(&format!("{path}.weight.ecq_low")).is_some());
+                    assert!(c.get(&format!("{path}.weight")).is_none());
+                }
             }
-        }
-
-        verify_model(&c, &quiet()).unwrap();
-        decode_model(&c, &back, &quiet()).unwrap();
-        let b = Model::open(&back).unwrap();
-        assert_same_tensors(&model, &b);
-        for sh in &b.shards {
-            assert!(!sh.metadata.keys().any(|k| k.starts_with("ecq.")));
-        }
+        });
     }
 }
 
@@ -454,55 +459,32 @@ mod fuzz {
 #[test]
 fn window_round_trips_are_byte_identical() {
     for row_pairs in [false, true] {
-        let tmp = tempfile::tempdir().unwrap();
-        let (src, coded, back) = (
-            tmp.path().join("src"),
-            tmp.path().join("coded"),
-            tmp.path().join("back"),
-        );
-        let model = split_fixture(&src, 60_000);
-        let s = encode_model_with(
-            &model,
-            &coded,
-            &EncodeOptions::default(),
-            MatrixCoding::Window4 { row_pairs },
-            &quiet(),
-        )
-        .unwrap();
-        let want = if row_pairs { 2 } else { 1 };
-        assert_eq!(s.matrices.iter().filter(|m| m.low_bits == 3).count(), want);
-        assert!(s
-            .matrices
-            .iter()
-            .all(|m| (m.low_bits == 3) == m.window.is_some()));
-        let c = Model::open(&coded).unwrap();
-        for sh in &c.shards {
-            assert_eq!(
-                sh.metadata["ecq.version"],
-                SPLIT_CONTAINER_VERSION.to_string()
-            );
-            assert!(sh.metadata["ecq.split"].starts_with("4=window1+3"));
-        }
-        let cm = CodedModel::open(&coded).unwrap();
-        for (path, order) in expected(row_pairs) {
-            let m = model.quantized_module(path).unwrap();
-            let w = &cm.module(path).unwrap().matrix;
-            // (split where coded rows are whole 1024-weight blocks: row pairs of K = 512 or
-            // 1024, rows of K = 1024)
-            let order = match (path, row_pairs) {
-                ("m.pairs", _) | ("m.experts", true) => order,
-                _ => None,
-            };
-            assert_eq!(w.split().map(|s| s.order()), order, "{path} ({row_pairs})");
-            if let Some(split) = w.split() {
-                assert!(split.window().is_some(), "{path}");
-                assert_eq!(split.high().weights_per_symbol(), 8);
+        let coding = MatrixCoding::Window4 { row_pairs };
+        split_round_trip(coding, "4=window1+3", |model, c, s| {
+            let want = if row_pairs { 2 } else { 1 };
+            assert_eq!(s.matrices.iter().filter(|m| m.low_bits == 3).count(), want);
+            assert!(s
+                .matrices
+                .iter()
+                .all(|m| (m.low_bits == 3) == m.window.is_some()));
+            let cm = CodedModel::open(&c.path).unwrap();
+            for (path, order) in expected(row_pairs) {
+                let m = model.quantized_module(path).unwrap();
+                let w = &cm.module(path).unwrap().matrix;
+                // (split where coded rows are whole 1024-weight blocks: row pairs of K = 512
+                // or 1024, rows of K = 1024)
+                let order = match (path, row_pairs) {
+                    ("m.pairs", _) | ("m.experts", true) => order,
+                    _ => None,
+                };
+                assert_eq!(w.split().map(|s| s.order()), order, "{path} ({row_pairs})");
+                if let Some(split) = w.split() {
+                    assert!(split.window().is_some(), "{path}");
+                    assert_eq!(split.high().weights_per_symbol(), 8);
+                }
+                assert_eq!(w.decode_packed().unwrap(), m.weight.to_u32().unwrap());
             }
-            assert_eq!(w.decode_packed().unwrap(), m.weight.to_u32().unwrap());
-        }
-        verify_model(&c, &quiet()).unwrap();
-        decode_model(&c, &back, &quiet()).unwrap();
-        assert_same_tensors(&model, &Model::open(&back).unwrap());
+        });
     }
 }
 

@@ -652,24 +652,29 @@ fn fused_blocked_diagnostic_builds() {
             mapped_at_creation: false,
         })
     };
+    // launches the builds, or checks that they are refused without 32-wide subgroups
+    let launch = |m: &ecq::gpu::GpuCodedMatrix, cols: u64, diags: &[u32]| {
+        let (xb, yb) = (buf(cols), buf(8));
+        for &diag in diags {
+            let d = m.blocked_diagnostic_dispatch(ctx.device(), ctx.registry(), &xb, &yb, diag);
+            if !ctx.registry().subgroups32() {
+                assert!(
+                    matches!(d, Err(ecq::gpu::GpuError::Unsupported(_))),
+                    "{d:?}"
+                );
+                continue;
+            }
+            let d = d.unwrap();
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                d.record(&mut pass);
+            }
+            ctx.queue().submit([enc.finish()]);
+        }
+    };
+    launch(&m, 512, &[1, 2, 3, 4, 5, 6, 7, 8]);
     let (xb, yb) = (buf(512), buf(8));
-    for diag in 1..=8 {
-        let d = m.blocked_diagnostic_dispatch(ctx.device(), ctx.registry(), &xb, &yb, diag);
-        if !ctx.registry().subgroups32() {
-            assert!(
-                matches!(d, Err(ecq::gpu::GpuError::Unsupported(_))),
-                "{d:?}"
-            );
-            continue;
-        }
-        let d = d.unwrap();
-        let mut enc = ctx.device().create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            d.record(&mut pass);
-        }
-        ctx.queue().submit([enc.finish()]);
-    }
     for diag in [0, 9] {
         assert!(matches!(
             m.blocked_diagnostic_dispatch(ctx.device(), ctx.registry(), &xb, &yb, diag),
@@ -678,13 +683,30 @@ fn fused_blocked_diagnostic_builds() {
     }
     // a window split's builds: decode only, dot products only, no activation sums, no window
     // start
-    let (q, _) = random_matrix(81, 8, 1024, 4, 64);
+    let (m, _) = upload_window(ctx, 81, 8, 1024, ecq::rans::SplitOrder::RowPairs);
+    launch(&m, 1024, &[1, 2, 9, 10]);
+    let (xb, yb) = (buf(1024), buf(8));
+    assert!(matches!(
+        m.blocked_diagnostic_dispatch(ctx.device(), ctx.registry(), &xb, &yb, 11),
+        Err(ecq::gpu::GpuError::InvalidInput(_))
+    ));
+}
+
+/// A random 4-bit g64 matrix as a window split (default options) on the GPU, and activations.
+fn upload_window(
+    ctx: &GpuContext,
+    seed: u64,
+    rows: usize,
+    cols: usize,
+    order: ecq::rans::SplitOrder,
+) -> (ecq::gpu::GpuCodedMatrix, Vec<f32>) {
+    let (q, x) = random_matrix(seed, rows, cols, 4, 64);
     let w = ecq::rans::SplitMatrix::encode_window(
         &q.symbols(),
-        8,
-        1024,
+        rows,
+        cols,
         &EncodeOptions::default(),
-        ecq::rans::SplitOrder::RowPairs,
+        order,
     )
     .unwrap();
     let quant = QuantParamsRef {
@@ -693,29 +715,7 @@ fn fused_blocked_diagnostic_builds() {
         biases: &q.biases,
         side: None,
     };
-    let m = ctx.upload_split(&w, Some(quant)).unwrap();
-    let (xb, yb) = (buf(1024), buf(8));
-    for diag in [1, 2, 9, 10] {
-        let d = m.blocked_diagnostic_dispatch(ctx.device(), ctx.registry(), &xb, &yb, diag);
-        if !ctx.registry().subgroups32() {
-            assert!(
-                matches!(d, Err(ecq::gpu::GpuError::Unsupported(_))),
-                "{d:?}"
-            );
-            continue;
-        }
-        let d = d.unwrap();
-        let mut enc = ctx.device().create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            d.record(&mut pass);
-        }
-        ctx.queue().submit([enc.finish()]);
-    }
-    assert!(matches!(
-        m.blocked_diagnostic_dispatch(ctx.device(), ctx.registry(), &xb, &yb, 11),
-        Err(ecq::gpu::GpuError::InvalidInput(_))
-    ));
+    (ctx.upload_split(&w, Some(quant)).unwrap(), x)
 }
 
 /// The fused GEMV of a split matrix `m` (the weights of `q`) against the f64 reference within
@@ -986,22 +986,7 @@ fn fused_gemv_window_split() {
         }
     }
     // rows of two steps are not whole 4-step blocks: refused by name
-    let (q, x) = random_matrix(2199, 4, 512, 4, 64);
-    let s = ecq::rans::SplitMatrix::encode_window(
-        &q.symbols(),
-        4,
-        512,
-        &EncodeOptions::default(),
-        ecq::rans::SplitOrder::Rows,
-    )
-    .unwrap();
-    let quant = QuantParamsRef {
-        group_size: 64,
-        scales: &q.scales,
-        biases: &q.biases,
-        side: None,
-    };
-    let m = ctx.upload_split(&s, Some(quant)).unwrap();
+    let (m, x) = upload_window(ctx, 2199, 4, 512, ecq::rans::SplitOrder::Rows);
     let r = m.gemv_with(
         ctx.device(),
         ctx.queue(),

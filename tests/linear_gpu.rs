@@ -664,43 +664,60 @@ fn split_layer_with_bad_low_bits_is_an_error() {
     assert!(matches!(err, LinearError::Unsupported { .. }), "{err:?}");
 }
 
-/// `ecq encode --split --row-pairs` output loads as a model: every layer (row pairs, row order
-/// and a 3-bit layer coded whole) matches the CPU reference; a flipped raw low bit is refused
-/// at load by its checksum.
-#[test]
-fn split_coded_model_in_tempdir() {
-    use ecq::container::{encode_model_with, MatrixCoding};
+/// The layers of [`coded_model`]: (module path, rows, cols, bits).
+const MODEL_LAYERS: [(&str, usize, usize, u32); 3] = [
+    ("blk.0.pairs", 64, 1024, 4),
+    ("blk.0.rows", 36, 384, 4),
+    ("blk.1.three", 32, 512, 3),
+];
+
+/// An MLX model of [`MODEL_LAYERS`] (random g64 weights from `seed`) written to `mlx` and coded
+/// as `coding` asks into `coded`: the layers' cases and the encode summary.
+fn coded_model(
+    mlx: &std::path::Path,
+    coded: &std::path::Path,
+    seed: u64,
+    coding: ecq::container::MatrixCoding,
+) -> (Vec<Case>, ecq::container::Summary) {
     use ecq::model::quantize::matrix_tensors;
     use ecq::model::write::{write_model, WriteOptions};
-    use ecq::model::Model;
 
-    let Some(d) = dev() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let (mlx, coded) = (dir.path().join("mlx"), dir.path().join("ecq"));
-    let layers = [
-        ("blk.0.pairs", 64usize, 1024usize, 4u32),
-        ("blk.0.rows", 36, 384, 4),
-        ("blk.1.three", 32, 512, 3),
-    ];
     let mut tensors = Vec::new();
     let mut cases = Vec::new();
-    for (i, &(p, r, k, b)) in layers.iter().enumerate() {
-        let c = case(700 + i as u64, r, k, b, 64, 16384, 8);
+    for (i, &(p, r, k, b)) in MODEL_LAYERS.iter().enumerate() {
+        let c = case(seed + i as u64, r, k, b, 64, 16384, 8);
         tensors.extend(matrix_tensors(p, &c.q));
         cases.push(c);
     }
     let config = serde_json::json!({"quantization": {"group_size": 64, "bits": 4,
         "blk.1.three": {"group_size": 64, "bits": 3}}});
-    write_model(&mlx, &tensors, Some(&config), &WriteOptions::default()).unwrap();
-    let quiet = indicatif::ProgressBar::hidden();
-    let s = encode_model_with(
-        &Model::open(&mlx).unwrap(),
-        &coded,
+    write_model(mlx, &tensors, Some(&config), &WriteOptions::default()).unwrap();
+    let s = ecq::container::encode_model_with(
+        &ecq::model::Model::open(mlx).unwrap(),
+        coded,
         &EncodeOptions::default(),
-        MatrixCoding::Split4 { row_pairs: true },
-        &quiet,
+        coding,
+        &indicatif::ProgressBar::hidden(),
     )
     .unwrap();
+    (cases, s)
+}
+
+/// `ecq encode --split --row-pairs` output loads as a model: every layer (row pairs, row order
+/// and a 3-bit layer coded whole) matches the CPU reference; a flipped raw low bit is refused
+/// at load by its checksum.
+#[test]
+fn split_coded_model_in_tempdir() {
+    let Some(d) = dev() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let coded = dir.path().join("ecq");
+    let (cases, s) = coded_model(
+        &dir.path().join("mlx"),
+        &coded,
+        700,
+        ecq::container::MatrixCoding::Split4 { row_pairs: true },
+    );
+    let layers = MODEL_LAYERS;
     assert_eq!(s.matrices.iter().filter(|m| m.low_bits == 2).count(), 2);
     let model = EntropyCodedModel::open(d, &coded).unwrap();
     for (i, &(p, r, k, b)) in layers.iter().enumerate() {
@@ -744,37 +761,16 @@ fn split_coded_model_in_tempdir() {
 /// it, else fused GEMVs: no portable batched kernel reads window splits).
 #[test]
 fn window_coded_model_in_tempdir() {
-    use ecq::container::{encode_model_with, MatrixCoding};
-    use ecq::model::quantize::matrix_tensors;
-    use ecq::model::write::{write_model, WriteOptions};
-    use ecq::model::Model;
-
     let Some(d) = dev() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (mlx, coded) = (dir.path().join("mlx"), dir.path().join("ecq"));
-    let layers = [
-        ("blk.0.pairs", 64usize, 1024usize, 4u32),
-        ("blk.0.rows", 36, 384, 4),
-        ("blk.1.three", 32, 512, 3),
-    ];
-    let mut tensors = Vec::new();
-    let mut cases = Vec::new();
-    for (i, &(p, r, k, b)) in layers.iter().enumerate() {
-        let c = case(750 + i as u64, r, k, b, 64, 16384, 8);
-        tensors.extend(matrix_tensors(p, &c.q));
-        cases.push(c);
-    }
-    let config = serde_json::json!({"quantization": {"group_size": 64, "bits": 4,
-        "blk.1.three": {"group_size": 64, "bits": 3}}});
-    write_model(&mlx, &tensors, Some(&config), &WriteOptions::default()).unwrap();
-    let s = encode_model_with(
-        &Model::open(&mlx).unwrap(),
+    let coded = dir.path().join("ecq");
+    let (cases, s) = coded_model(
+        &dir.path().join("mlx"),
         &coded,
-        &EncodeOptions::default(),
-        MatrixCoding::Window4 { row_pairs: true },
-        &indicatif::ProgressBar::hidden(),
-    )
-    .unwrap();
+        750,
+        ecq::container::MatrixCoding::Window4 { row_pairs: true },
+    );
+    let layers = MODEL_LAYERS;
     assert_eq!(s.matrices.iter().filter(|m| m.window.is_some()).count(), 1);
     let model = EntropyCodedModel::open(d, &coded).unwrap();
     for (i, &(p, r, k, b)) in layers.iter().enumerate() {
