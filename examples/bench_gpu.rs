@@ -1158,6 +1158,8 @@ fn main() {
                                 ("dot products only", 2),
                                 ("no activation sums", 9),
                                 ("no window start", 10),
+                                ("loads and setup only", 11),
+                                ("setup only", 12),
                             ]
                         } else {
                             &[

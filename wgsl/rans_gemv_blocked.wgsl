@@ -79,7 +79,9 @@ override BLOCK: u32 = 8u;
 // moves cost), 6 = 1 and 5 together, 7 = the kernel with a word supply per lane (see
 // decode_block_lane_words), 8 = 1 and 7 together, 9 = a window split's kernel without the sums
 // of the activations (the host also runs a window split with WSTART = 0 as build 10: without
-// the window start's addition). 0 = the kernel.
+// the window start's addition), 11 = a window split's loads, table build and chunk setup alone
+// (neither decode nor dot products), 12 = the table build, chunk setup and row sums alone (no
+// block of the row is run). 0 = the kernel.
 override DIAG: u32 = 0u;
 // Raw low bits per weight (`ecq::rans::SplitMatrix`): 0 = none; 2 = the symbols carry the high
 // BITS = 2 bits of 4-bit weights, four weights per symbol, and the low 2 bits follow the
@@ -278,7 +280,8 @@ fn main(
     let g = lid / 32u;
     let l = sg_id & 31u;
     let T = P.steps_per_row;
-    let nblk = T / BLOCK;
+    // (diagnostic build 12: no blocks at all, the table build, chunk setup and row sums alone)
+    let nblk = select(T / BLOCK, 0u, DIAG == 12u);
     let kstep = 32u * WPS;
     let pair = PAIR != 0u;
     let ps = select(0u, 1u, pair);  // 1 with row pairs: a coded row is two matrix rows
@@ -341,11 +344,19 @@ fn main(
                     }
                     // (diagnostic builds 1 and 2 as below; the others are the kernel here)
                     var s = (l * 0x01030507u) ^ b;
-                    if (DIAG != 2u) {
+                    if (DIAG != 2u && DIAG != 11u) {
                         s = decode_block(&d, BLOCK, l, ltmask, true).x;
                     }
                     if (DIAG == 1u) {
                         acc += bitcast<f32>(s & 0x3FFFFFFFu);
+                        continue;
+                    }
+                    if (DIAG == 11u) {
+                        // (diagnostic build 11: the loads, the table build and the chunk setup
+                        // alone, every load kept live by an XOR or the activation sum)
+                        let raw_x = raw.x ^ raw.y ^ raw.z ^ bitcast<u32>(sba.x + sbb.y);
+                        let xs_all = dot((xlo[0] + xlo[1]) + (xhi[2] + xhi[3]), vec4<f32>(1.0));
+                        acc += xs_all + bitcast<f32>((s ^ raw_x) & 0x3FFFFFFFu);
                         continue;
                     }
                     var sw = vec4<u32>(0u);
