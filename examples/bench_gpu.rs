@@ -1160,6 +1160,7 @@ fn main() {
                                 ("no window start", 10),
                                 ("loads and setup only", 11),
                                 ("setup only", 12),
+                                ("no table build", 15),
                             ]
                         } else {
                             &[

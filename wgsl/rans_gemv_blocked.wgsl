@@ -81,7 +81,8 @@ override BLOCK: u32 = 8u;
 // of the activations (the host also runs a window split with WSTART = 0 as build 10: without
 // the window start's addition), 11 = a window split's loads, table build and chunk setup alone
 // (neither decode nor dot products), 12 = the table build, chunk setup and row sums alone (no
-// block of the row is run). 0 = the kernel.
+// block of the row is run), 15 = the kernel without its slot-table build (wrong symbols; what
+// the build costs). 0 = the kernel.
 override DIAG: u32 = 0u;
 // Raw low bits per weight (`ecq::rans::SplitMatrix`): 0 = none; 2 = the symbols carry the high
 // BITS = 2 bits of 4-bit weights, four weights per symbol, and the low 2 bits follow the
@@ -275,7 +276,12 @@ fn main(
     let sub = wg % P.wg_per_tile;
     let tile_first = tile * P.tile_chunks;
     let tile_end = min(tile_first + P.tile_chunks, P.n_chunks);
-    let bad_table = build_blocked_table(tile, lid, sg_id);
+    // (diagnostic build 15: no table build, the table left as zero-initialised: what the build
+    // costs)
+    var bad_table = false;
+    if (DIAG != 15u) {
+        bad_table = build_blocked_table(tile, lid, sg_id);
+    }
 
     let g = lid / 32u;
     let l = sg_id & 31u;

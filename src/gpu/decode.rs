@@ -1029,8 +1029,9 @@ impl GpuCodedMatrix {
     /// for window splits also 9 = the kernel without the sums of the activations (what sums
     /// computed once per token would save) and 10 = the kernel without the window start's
     /// addition (wrong weights), 11 = its loads, table build and chunk setup alone (neither
-    /// decode nor dot products) and 12 = its table build, chunk setup and row sums alone (no
-    /// block run). Other `diag` values are refused with
+    /// decode nor dot products), 12 = its table build, chunk setup and row sums alone (no
+    /// block run) and 15 = its kernel without the slot-table build (wrong symbols). Other
+    /// `diag` values are refused with
     /// [`GpuError::InvalidInput`]; layouts or adapters the blocked kernel cannot run with
     /// [`GpuError::Unsupported`].
     pub fn blocked_diagnostic_dispatch(
@@ -1042,14 +1043,14 @@ impl GpuCodedMatrix {
         diag: u32,
     ) -> Result<Dispatch, GpuError> {
         let window = self.params.low_bits == WINDOW_LOW_BITS;
-        let known = (1..=8).contains(&diag) || (window && (9..=12).contains(&diag));
+        let known = (1..=8).contains(&diag) || (window && ((9..=12).contains(&diag) || diag == 15));
         if !known {
             return Err(GpuError::InvalidInput(format!(
                 "blocked diagnostic build {diag}: 1 (decode only), 2 (dot products only), 3 \
                  (activations shared by a block's two words), 4 (2 and 3), 5 (a free word \
                  supply), 6 (1 and 5), 7 (a word supply per lane) or 8 (1 and 7); for window \
                  splits 9 (no activation sums), 10 (no window start), 11 (loads and setup \
-                 only) or 12 (setup only)"
+                 only), 12 (setup only) or 15 (no table build)"
             )));
         }
         let v = match self.default_fused_variant(registry) {

@@ -13,11 +13,6 @@
 var<workgroup> slot_sym: array<u32, 512>;
 var<workgroup> sym_entry: array<u32, 257>;
 
-// Cumulative frequency of symbol s <= 256 (for rans_table_scan.wgsl's slot search).
-fn cum_at(s: u32) -> u32 {
-    return sym_entry[s] & 0xFFFFu;
-}
-
 // The decode of state x (n = PREC <= 11 probability bits): (state before renormalisation,
 // symbol).
 fn decode_slot(x: u32, n: u32) -> vec2<u32> {
@@ -39,23 +34,18 @@ fn build_blocked_table(tile: u32, lid: u32, sg_id: u32) -> bool {
     if (sp.o == 127u) {
         sym_entry[256] = (sp.cum.y + sp.freq.y) & 0xFFFFu;
     }
+    mark_runs(sp, m);
     workgroupBarrier();
-    let a = P.alphabet;
-    // Each lane fills a run of up to four consecutive words (16 slots): slot_owner for the
-    // first, walk_owner for the rest (rans_table_scan.wgsl).
+    // Each lane fills a run of up to four consecutive words (16 slots; rans_table_scan.wgsl,
+    // slot_owners).
     let words = m >> 2u;
     let per = (words + WG - 1u) / WG;
     let w0 = lid * per;
-    let w1 = min(w0 + per, words);
-    if (w0 < w1) {
-        var lo = slot_owner(4u * w0, a);
-        for (var w = w0; w < w1; w++) {
-            var word = 0u;
-            for (var j = 0u; j < 4u; j++) {
-                lo = walk_owner(lo, 4u * w + j, a);
-                word |= lo << (8u * j);
-            }
-            slot_sym[w] = word;
+    let owners = slot_owners(4u * w0, select(0u, 4u * per, w0 < words), lid, sg_id);
+    for (var k = 0u; k < 4u; k++) {
+        if (k < per && w0 + k < words) {
+            slot_sym[w0 + k] = owners[4u * k] | (owners[4u * k + 1u] << 8u)
+                | (owners[4u * k + 2u] << 16u) | (owners[4u * k + 3u] << 24u);
         }
     }
     workgroupBarrier();

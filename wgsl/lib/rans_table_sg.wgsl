@@ -35,17 +35,16 @@ fn build_blocked_table(tile: u32, lid: u32, sg_id: u32) -> bool {
     if (sp.o == 127u) {
         cum16[128] = (sp.cum.y + sp.freq.y) & 0xFFFFu;
     }
+    mark_runs(sp, m);
     workgroupBarrier();
-    let a = P.alphabet;
-    // Each lane fills a run of up to 16 consecutive slots: slot_owner for the first,
-    // walk_owner for the rest (rans_table_scan.wgsl).
+    // Each lane fills a run of up to 16 consecutive slots (rans_table_scan.wgsl, slot_owners).
     let per = (m + WG - 1u) / WG;
     let s0 = lid * per;
-    let s1 = min(s0 + per, m);
-    if (s0 < s1) {
-        var lo = slot_owner(s0, a);
-        for (var slot = s0; slot < s1; slot++) {
-            lo = walk_owner(lo, slot, a);
+    let owners = slot_owners(s0, select(0u, per, s0 < m), lid, sg_id);
+    for (var k = 0u; k < 16u; k++) {
+        let slot = s0 + k;
+        if (k < per && slot < m) {
+            let lo = owners[k];
             let c = cum_at(lo);
             let fr = cum_at(lo + 1u) - c;
             var e = SENTINEL;
