@@ -135,12 +135,7 @@ fn bench(c: &mut Criterion) {
     ctx.queue().write_buffer(&xb, 0, bytemuck::cast_slice(&x));
     let yb = mk(r as u64 * 4);
     let out = mk((r * k * bits as usize / 8) as u64);
-    let qp = QuantParamsRef {
-        group_size: 64,
-        scales: &q.scales,
-        biases: &q.biases,
-        side: None,
-    };
+    let qp = QuantParamsRef::from(&q);
     let plain: Vec<_> = (0..sets)
         .map(|_| ctx.upload_quantized(&q).unwrap())
         .collect();

@@ -994,12 +994,7 @@ fn main() {
                     bpw,
                     t2.elapsed().as_secs_f64()
                 );
-                let qp = QuantParamsRef {
-                    group_size: gs,
-                    scales: &q.scales,
-                    biases: &q.biases,
-                    side: None,
-                };
+                let qp = QuantParamsRef::from(&q);
                 let csets = ((args.set_mib * 1048576.0) / coded_bytes).ceil().max(1.0) as usize;
                 let coded: Vec<_> = (0..csets)
                     .map(|_| {

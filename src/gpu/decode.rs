@@ -72,6 +72,18 @@ pub struct QuantParamsRef<'a> {
     pub side: Option<super::SideFormat>,
 }
 
+/// A quantized matrix's group size, scales and biases, stored in the narrowest exact format.
+impl<'a> From<&'a crate::quant::QuantizedMatrix> for QuantParamsRef<'a> {
+    fn from(q: &'a crate::quant::QuantizedMatrix) -> Self {
+        QuantParamsRef {
+            group_size: q.group_size,
+            scales: &q.scales,
+            biases: &q.biases,
+            side: None,
+        }
+    }
+}
+
 /// What the decode kernel writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodeOutput {
