@@ -127,15 +127,7 @@ fn check_fused(
         enc.chunk_rows()
     );
     let m = ctx
-        .upload_coded(
-            CodedMatrixRef::from(&enc),
-            Some(QuantParamsRef {
-                group_size: gs,
-                scales: &q.scales,
-                biases: &q.biases,
-                side: None,
-            }),
-        )
+        .upload_coded(CodedMatrixRef::from(&enc), Some(QuantParamsRef::from(&q)))
         .unwrap();
     let (want, sum_abs) = reference(&q, &x);
     // the default variant, then each variant explicitly (the subgroup one where the adapter
@@ -532,15 +524,7 @@ fn gemv_f16_activations() {
     );
     let enc = encode(&q.symbols(), 13, 512, 4, &EncodeOptions::default()).unwrap();
     let m = ctx
-        .upload_coded(
-            CodedMatrixRef::from(&enc),
-            Some(QuantParamsRef {
-                group_size: 64,
-                scales: &q.scales,
-                biases: &q.biases,
-                side: None,
-            }),
-        )
+        .upload_coded(CodedMatrixRef::from(&enc), Some(QuantParamsRef::from(&q)))
         .unwrap();
     assert_close(
         "fused f16",
@@ -567,17 +551,7 @@ fn fused_gemv_reports_corrupt_stream() {
     states[c * 32 + 4] = 17;
     let mut r = CodedMatrixRef::from(&enc);
     r.states = &states;
-    let m = ctx
-        .upload_coded(
-            r,
-            Some(QuantParamsRef {
-                group_size: 64,
-                scales: &q.scales,
-                biases: &q.biases,
-                side: None,
-            }),
-        )
-        .unwrap();
+    let m = ctx.upload_coded(r, Some(QuantParamsRef::from(&q))).unwrap();
     match ctx.gemv_coded(&m, &x) {
         Err(ecq::gpu::GpuError::CorruptStream { chunk, .. }) => assert_eq!(chunk, c),
         other => panic!("expected CorruptStream, got {other:?}"),
@@ -634,15 +608,7 @@ fn fused_blocked_diagnostic_builds() {
     let (q, _) = random_matrix(80, 8, 512, 4, 64);
     let enc = encode(&q.symbols(), 8, 512, 4, &EncodeOptions::default()).unwrap();
     let m = ctx
-        .upload_coded(
-            CodedMatrixRef::from(&enc),
-            Some(QuantParamsRef {
-                group_size: 64,
-                scales: &q.scales,
-                biases: &q.biases,
-                side: None,
-            }),
-        )
+        .upload_coded(CodedMatrixRef::from(&enc), Some(QuantParamsRef::from(&q)))
         .unwrap();
     let buf = |n: u64| {
         ctx.device().create_buffer(&wgpu::BufferDescriptor {
@@ -709,13 +675,19 @@ fn upload_window(
         order,
     )
     .unwrap();
-    let quant = QuantParamsRef {
-        group_size: 64,
-        scales: &q.scales,
-        biases: &q.biases,
-        side: None,
-    };
+    let quant = QuantParamsRef::from(&q);
     (ctx.upload_split(&w, Some(quant)).unwrap(), x)
+}
+
+/// Encoder options for the split and window cases: `chunk` symbols a chunk, tiles of three
+/// chunks (several tables per matrix), MLX group size `gs`.
+fn small_tiles(chunk: usize, gs: u32) -> EncodeOptions {
+    EncodeOptions {
+        chunk_symbols: chunk,
+        tile_chunks: 3,
+        group_size: gs,
+        ..Default::default()
+    }
 }
 
 /// The fused GEMV of a split matrix `m` (the weights of `q`) against the f64 reference within
@@ -776,27 +748,14 @@ fn fused_gemv_split_low_bits() {
     .enumerate()
     {
         let (q, x) = random_matrix(900 + i as u64, rows, cols, 4, gs);
-        let opts = EncodeOptions {
-            chunk_symbols: chunk,
-            tile_chunks: 3,
-            group_size: gs,
-            ..Default::default()
-        };
+        let opts = small_tiles(chunk, gs);
         let s = ecq::rans::SplitMatrix::encode(&q.symbols(), rows, cols, 4, 2, &opts).unwrap();
         let label = format!(
             "split {rows}x{cols} g{gs} chunk_rows {}",
             s.high().chunk_rows()
         );
         let m = ctx
-            .upload_split(
-                &s,
-                Some(QuantParamsRef {
-                    group_size: gs,
-                    scales: &q.scales,
-                    biases: &q.biases,
-                    side: None,
-                }),
-            )
+            .upload_split(&s, Some(QuantParamsRef::from(&q)))
             .unwrap();
         check_split_gemv(ctx, &m, &q, &x, &label);
     }
@@ -828,12 +787,7 @@ fn fused_gemv_row_pairs() {
     .enumerate()
     {
         let (q, x) = random_matrix(1400 + i as u64, rows, cols, 4, gs);
-        let opts = EncodeOptions {
-            chunk_symbols: chunk,
-            tile_chunks: 3,
-            group_size: gs,
-            ..Default::default()
-        };
+        let opts = small_tiles(chunk, gs);
         let s = ecq::rans::SplitMatrix::encode_ordered(
             &q.symbols(),
             rows,
@@ -848,25 +802,12 @@ fn fused_gemv_row_pairs() {
             "row pairs {rows}x{cols} g{gs} coded chunk_rows {}",
             s.high().chunk_rows()
         );
-        let quant = QuantParamsRef {
-            group_size: gs,
-            scales: &q.scales,
-            biases: &q.biases,
-            side: None,
-        };
+        let quant = QuantParamsRef::from(&q);
         let m = ctx.upload_split(&s, Some(quant)).unwrap();
         assert!(m.row_pairs(), "{label}");
         assert_eq!((m.rows(), m.cols()), (rows, cols), "{label}");
         check_split_gemv(ctx, &m, &q, &x, &label);
-        let decoded = ctx
-            .decode_to_quantized(&m)
-            .unwrap_or_else(|e| panic!("{label}: {e}"));
-        let direct = ctx.upload_quantized(&q).unwrap();
-        assert_eq!(
-            bits(ctx.gemv_quantized(&decoded, &x).unwrap()),
-            bits(ctx.gemv_quantized(&direct, &x).unwrap()),
-            "{label}: decoded to plain"
-        );
+        assert_decodes_to_plain(ctx, &m, &q, &x, &label);
     }
     if !ctx.registry().subgroups32() {
         gpu_common::announce_unsupported(
@@ -898,23 +839,13 @@ fn fused_gemv_window_split() {
     .enumerate()
     {
         let (q, x) = random_matrix(2100 + i as u64, rows, cols, 4, gs);
-        let opts = EncodeOptions {
-            chunk_symbols: chunk,
-            tile_chunks: 3,
-            group_size: gs,
-            ..Default::default()
-        };
+        let opts = small_tiles(chunk, gs);
         let order = if pairs {
             ecq::rans::SplitOrder::RowPairs
         } else {
             ecq::rans::SplitOrder::Rows
         };
-        let quant = QuantParamsRef {
-            group_size: gs,
-            scales: &q.scales,
-            biases: &q.biases,
-            side: None,
-        };
+        let quant = QuantParamsRef::from(&q);
         let syms = q.symbols();
         for start in [ecq::rans::window_start(&syms), 0, 13] {
             let s =
@@ -970,13 +901,7 @@ fn fused_gemv_window_split() {
                 s.decode_packed().unwrap(),
                 "{label}: GPU decode"
             );
-            let decoded = ctx.decode_to_quantized(&m).unwrap();
-            let direct = ctx.upload_quantized(&q).unwrap();
-            assert_eq!(
-                bits(ctx.gemv_quantized(&decoded, &x).unwrap()),
-                bits(ctx.gemv_quantized(&direct, &x).unwrap()),
-                "{label}: decoded to plain"
-            );
+            assert_decodes_to_plain(ctx, &m, &q, &x, &label);
             for v in [FusedVariant::Blocked, FusedVariant::BlockedCompact] {
                 let y = m
                     .gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)
@@ -1026,12 +951,7 @@ fn decode_to_quantized_matches_upload() {
     .enumerate()
     {
         let (q, x) = random_matrix(1200 + i as u64, rows, cols, 4, gs);
-        let quant = QuantParamsRef {
-            group_size: gs,
-            scales: &q.scales,
-            biases: &q.biases,
-            side: None,
-        };
+        let quant = QuantParamsRef::from(&q);
         let coded = if split {
             let s = ecq::rans::SplitMatrix::encode(
                 &q.symbols(),
@@ -1053,20 +973,7 @@ fn decode_to_quantized_matches_upload() {
         }
         .unwrap();
         let label = format!("{rows}x{cols} g{gs} split {split}");
-        let decoded = ctx
-            .decode_to_quantized(&coded)
-            .unwrap_or_else(|e| panic!("{label}: {e}"));
-        assert_eq!(
-            (decoded.rows(), decoded.cols(), decoded.bits()),
-            (rows, cols, 4)
-        );
-        let direct = ctx.upload_quantized(&q).unwrap();
-        let want = bits(ctx.gemv_quantized(&direct, &x).unwrap());
-        assert_eq!(
-            bits(ctx.gemv_quantized(&decoded, &x).unwrap()),
-            want,
-            "{label}"
-        );
+        let want = assert_decodes_to_plain(ctx, &coded, &q, &x, &label);
         cases.push((coded, x, want, label));
     }
     let all: Vec<_> = cases.iter().map(|c| &c.0).collect();
@@ -1087,12 +994,7 @@ fn decode_to_quantized_matches_upload() {
     ));
     let mut states = e.states().to_vec();
     states[3] = 1;
-    let quant = QuantParamsRef {
-        group_size: 64,
-        scales: &q.scales,
-        biases: &q.biases,
-        side: None,
-    };
+    let quant = QuantParamsRef::from(&q);
     let corrupt = ctx
         .upload_coded(
             CodedMatrixRef {
@@ -1110,6 +1012,35 @@ fn decode_to_quantized_matches_upload() {
         ctx.decode_many_to_quantized(&[all[0], &corrupt, all[1]]),
         Err(ecq::gpu::GpuError::CorruptStream { chunk: 0, .. })
     ));
+}
+
+/// `m` decoded on the GPU to a plain matrix of `q`'s shape whose GEMV of `x` is, bit for bit,
+/// the one on a host upload of `q`; returns those bits.
+fn assert_decodes_to_plain(
+    ctx: &GpuContext,
+    m: &ecq::gpu::GpuCodedMatrix,
+    q: &QuantizedMatrix,
+    x: &[f32],
+    label: &str,
+) -> Vec<u32> {
+    let decoded = ctx
+        .decode_to_quantized(m)
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+    assert_eq!(
+        (decoded.rows(), decoded.cols(), decoded.bits()),
+        (q.rows, q.cols, q.bits),
+        "{label}"
+    );
+    let want = bits(
+        ctx.gemv_quantized(&ctx.upload_quantized(q).unwrap(), x)
+            .unwrap(),
+    );
+    assert_eq!(
+        bits(ctx.gemv_quantized(&decoded, x).unwrap()),
+        want,
+        "{label}: decoded to plain"
+    );
+    want
 }
 
 fn bits(y: Vec<f32>) -> Vec<u32> {
@@ -1190,10 +1121,8 @@ fn sixteen_bit_side_is_bit_identical_to_f32() {
             let enc = encode(&q.symbols(), rows, cols, b, &opts).unwrap();
             let params = |side| {
                 Some(QuantParamsRef {
-                    group_size: gs,
-                    scales: &q.scales,
-                    biases: &q.biases,
                     side,
+                    ..QuantParamsRef::from(&q)
                 })
             };
             let pair = [

@@ -428,12 +428,7 @@ fn forward_is_the_gpu_module_fused_gemv() {
             .gpu()
             .upload_coded(
                 CodedMatrixRef::from(&c.enc),
-                Some(QuantParamsRef {
-                    group_size: gs,
-                    scales: &c.q.scales,
-                    biases: &c.q.biases,
-                    side: None,
-                }),
+                Some(QuantParamsRef::from(&c.q)),
             )
             .unwrap();
         let layer =
@@ -633,15 +628,7 @@ fn split_forward_is_the_gpu_module_fused_gemv() {
         let x = activations(500 + i as u64, k);
         let m = d
             .gpu()
-            .upload_split(
-                &s,
-                Some(QuantParamsRef {
-                    group_size: gs,
-                    scales: &c.q.scales,
-                    biases: &c.q.biases,
-                    side: None,
-                }),
-            )
+            .upload_split(&s, Some(QuantParamsRef::from(&c.q)))
             .unwrap();
         let layer = CodedLayerRef::from_split(&s, gs as usize, &c.q.scales, &c.q.biases, None);
         assert_forward_is_gemv_coded(d, &m, layer, &x, &format!("{r}x{k} {order:?}"));
@@ -662,6 +649,36 @@ fn split_layer_with_bad_low_bits_is_an_error() {
     m.low_bits = 1;
     let err = EntropyCodedLinear::upload(d, "one", m, &LinearOptions::default()).unwrap_err();
     assert!(matches!(err, LinearError::Unsupported { .. }), "{err:?}");
+}
+
+/// Opens the [`coded_model`] at `coded` and checks every layer against the CPU reference of
+/// `cases`: its shape and bits, its decoded weights, and the same results as the CPU, exactly,
+/// from `forward` and from `forward_batch` with each of `batch_rows` rows (activations from
+/// `seed` + the layer's index).
+fn check_coded_model(
+    d: &Arc<LinearDevice>,
+    coded: &std::path::Path,
+    cases: &[Case],
+    seed: u64,
+    batch_rows: &[usize],
+) {
+    let model = EntropyCodedModel::open(d, coded).unwrap();
+    let most = batch_rows.iter().copied().max().unwrap_or(1);
+    for (i, &(p, r, k, b)) in MODEL_LAYERS.iter().enumerate() {
+        let layer = model.layer(p).unwrap();
+        assert_eq!(
+            (layer.out_features(), layer.in_features(), layer.bits()),
+            (r, k, b)
+        );
+        let cpu = CpuLinear::from_quantized(p, &cases[i].q, None).unwrap();
+        assert_eq!(model.cpu_layer(p).unwrap().weights(), cpu.weights(), "{p}");
+        let x = activations(seed + i as u64, most * k);
+        assert_close(p, &cpu, &x[..k], 1, &layer.forward(&x[..k]).unwrap(), 0.0);
+        for &m in batch_rows {
+            let y = layer.forward_batch(&x[..m * k], m).unwrap();
+            assert_close(&format!("{p} m{m}"), &cpu, &x[..m * k], m, &y, 0.0);
+        }
+    }
 }
 
 /// The layers of [`coded_model`]: (module path, rows, cols, bits).
@@ -717,21 +734,8 @@ fn split_coded_model_in_tempdir() {
         700,
         ecq::container::MatrixCoding::Split4 { row_pairs: true },
     );
-    let layers = MODEL_LAYERS;
     assert_eq!(s.matrices.iter().filter(|m| m.low_bits == 2).count(), 2);
-    let model = EntropyCodedModel::open(d, &coded).unwrap();
-    for (i, &(p, r, k, b)) in layers.iter().enumerate() {
-        let layer = model.layer(p).unwrap();
-        assert_eq!(
-            (layer.out_features(), layer.in_features(), layer.bits()),
-            (r, k, b)
-        );
-        let cpu = CpuLinear::from_quantized(p, &cases[i].q, None).unwrap();
-        assert_eq!(model.cpu_layer(p).unwrap().weights(), cpu.weights(), "{p}");
-        let x = activations(700 + i as u64, 3 * k);
-        assert_close(p, &cpu, &x[..k], 1, &layer.forward(&x[..k]).unwrap(), 0.0);
-        assert_close(p, &cpu, &x, 3, &layer.forward_batch(&x, 3).unwrap(), 0.0);
-    }
+    check_coded_model(d, &coded, &cases, 700, &[3]);
 
     // flip one raw low bit of blk.0.pairs in its shard
     let shard = std::fs::read_dir(&coded)
@@ -770,26 +774,10 @@ fn window_coded_model_in_tempdir() {
         750,
         ecq::container::MatrixCoding::Window4 { row_pairs: true },
     );
-    let layers = MODEL_LAYERS;
     assert_eq!(s.matrices.iter().filter(|m| m.window.is_some()).count(), 1);
-    let model = EntropyCodedModel::open(d, &coded).unwrap();
-    for (i, &(p, r, k, b)) in layers.iter().enumerate() {
-        let layer = model.layer(p).unwrap();
-        assert_eq!(
-            (layer.out_features(), layer.in_features(), layer.bits()),
-            (r, k, b)
-        );
-        let cpu = CpuLinear::from_quantized(p, &cases[i].q, None).unwrap();
-        assert_eq!(model.cpu_layer(p).unwrap().weights(), cpu.weights(), "{p}");
-        let x = activations(750 + i as u64, 40 * k);
-        assert_close(p, &cpu, &x[..k], 1, &layer.forward(&x[..k]).unwrap(), 0.0);
-        // 3 and 7 rows: fused GEMVs (up to GEMV_BATCH_MAX_M_WINDOW_SMALL); 40: the batched
-        // kernel where 32-wide subgroups run it, else fused GEMVs again
-        for m in [3, 7, 40] {
-            let y = layer.forward_batch(&x[..m * k], m).unwrap();
-            assert_close(&format!("{p} m{m}"), &cpu, &x[..m * k], m, &y, 0.0);
-        }
-    }
+    // 3 and 7 rows: fused GEMVs (up to GEMV_BATCH_MAX_M_WINDOW_SMALL); 40: the batched kernel
+    // where 32-wide subgroups run it, else fused GEMVs again
+    check_coded_model(d, &coded, &cases, 750, &[3, 7, 40]);
 }
 
 /// `forward_batch` with few rows runs one fused GEMV per row (the default where 32-wide
