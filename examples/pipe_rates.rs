@@ -68,6 +68,7 @@ fn parse_args() -> Args {
         }
         match flag.as_str() {
             "--iters" => a.iters = n as u32,
+            "--groups" if n > 65535 => usage_error("--groups above 65535 are not supported"),
             "--groups" => a.groups = n as u32,
             "--rounds" => a.rounds = n as usize,
             "--sms" => a.sms = Some(n as u32),
@@ -130,11 +131,6 @@ fn main() {
         mapped_at_creation: false,
     });
     queue.write_buffer(&uniform, 0, bytemuck::cast_slice(&params));
-    let (wg_x, wg_y) = if args.groups <= 65535 {
-        (args.groups, 1)
-    } else {
-        usage_error("--groups above 65535 are not supported");
-    };
 
     println!(
         "Instruction rates, {}, {}, clock: {}; {} workgroups x 256 invocations x 8 x {} rounds of \
@@ -188,7 +184,7 @@ fn main() {
             timer.time_pass(device, queue, |pass| {
                 pass.set_pipeline(&pipeline);
                 pass.set_bind_group(0, &bind, &[]);
-                pass.dispatch_workgroups(wg_x, wg_y, 1);
+                pass.dispatch_workgroups(args.groups, 1, 1);
             })
         };
         run();
