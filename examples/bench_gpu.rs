@@ -55,6 +55,9 @@
 //! the one `GpuCodedMatrix::gemv_dispatch` picks; `--workgroup` = `--fused workgroup`), one
 //! table row each; the decode-only column then gives the rate of each named kernel's decode
 //! counterpart that can decode the matrix, in that order.
+//! `--tables-built` makes the blocked fused kernels build each tile's decode table from the
+//! frequencies in every workgroup, as before step 65, instead of reading it from memory where
+//! the host built it once (`GpuCodedMatrix::set_tables_in_memory`, on by default).
 //! `--variants file` codes each matrix as `ecq encode` writes it (`EncodeOptions::default()`
 //! whole, `SplitMatrix::default_options()` split: chunks for `SPLIT_MIN_CHUNKS` decoders).
 //! `--per-token llama3-8b` times the linear-layer shapes of that model (q, o 4096x4096; k, v
@@ -102,6 +105,9 @@ struct Args {
     copy_mib: u64,
     ksplit_sweep: bool,
     fused: Vec<FusedVariant>,
+    /// `--tables-built`: the blocked fused kernels build their decode tables in every
+    /// workgroup instead of reading them from memory
+    tables_built: bool,
     wall: bool,
     plain_variants: Vec<QGemvVariant>,
     plain_only: bool,
@@ -165,7 +171,7 @@ struct Timed {
 
 const USAGE: &str = "usage: bench_gpu [--shapes RxK,...] [--sources g64,g128,absmax] \
 [--variants CHUNK:TILE|file,...] [--per-token llama3-8b] [--iters N] [--rounds N] [--set-mib MIB] [--copy-mib MIB] \
-[--ksplit-sweep] [--workgroup] [--fused workgroup,subgroup,blocked,compact] [--wall] \
+[--ksplit-sweep] [--workgroup] [--fused workgroup,subgroup,blocked,compact] [--tables-built] [--wall] \
 [--plain-variants [x|p]ROWS[:KSPLIT],...] [--plain-only] [--diagnose] [--low-bits 0,2,2p] \
 [--scales f32|f16|bf16]";
 
@@ -193,6 +199,7 @@ fn parse_args() -> Args {
         copy_mib: 512,
         ksplit_sweep: false,
         fused: Vec::new(),
+        tables_built: false,
         wall: false,
         plain_variants: Vec::new(),
         plain_only: false,
@@ -283,6 +290,11 @@ fn parse_args() -> Args {
                     )),
                     })
                     .collect()
+            }
+            "--tables-built" => {
+                a.tables_built = true;
+                i += 1;
+                continue;
             }
             "--wall" => {
                 a.wall = true;
@@ -998,11 +1010,13 @@ fn main() {
                 let csets = ((args.set_mib * 1048576.0) / coded_bytes).ceil().max(1.0) as usize;
                 let coded: Vec<_> = (0..csets)
                     .map(|_| {
-                        match &split {
+                        let mut m = match &split {
                             None => ctx.upload_coded(CodedMatrixRef::from(enc), Some(qp)),
                             Some(s) => ctx.upload_split(s, Some(qp)),
                         }
-                        .expect("upload")
+                        .expect("upload");
+                        m.set_tables_in_memory(!args.tables_built);
+                        m
                     })
                     .collect();
                 // load time: the coded matrix decoded once on the GPU into a plain one, alone
@@ -1156,6 +1170,7 @@ fn main() {
                                 ("loads and setup only", 11),
                                 ("setup only", 12),
                                 ("no table build", 15),
+                                ("table from memory", 16),
                             ]
                         } else {
                             &[
@@ -1167,6 +1182,7 @@ fn main() {
                                 ("decode only, free word supply", 6),
                                 ("word supply per lane", 7),
                                 ("decode only, word supply per lane", 8),
+                                ("table from memory", 16),
                             ]
                         };
                         for &(name, diag) in builds {

@@ -658,6 +658,114 @@ fn fused_blocked_diagnostic_builds() {
     ));
 }
 
+/// The blocked fused kernels reading their decode tables from memory (built once on the host,
+/// `GpuCodedMatrix::set_tables_in_memory`, the default) give, bit for bit, what they give
+/// building the tables in every workgroup: whole symbols, the 2 + 2 split and a window split in row pairs,
+/// tiles of three chunks (several tables a matrix), both table forms. Frequencies that do not
+/// sum to 2^n in one tile are reported for that tile's first chunk, as with the built tables.
+#[test]
+fn fused_tables_in_memory_bit_identical() {
+    let Some(ctx) = ctx() else { return };
+    let (q, x) = random_matrix(2300, 24, 1024, 4, 64);
+    let quant = QuantParamsRef::from(&q);
+    let syms = q.symbols();
+    let whole = encode(&syms, 24, 1024, 4, &small_tiles(512, 64)).unwrap();
+    let pairs = ecq::rans::SplitMatrix::encode_ordered(
+        &syms,
+        24,
+        1024,
+        4,
+        2,
+        &small_tiles(1024, 64),
+        ecq::rans::SplitOrder::RowPairs,
+    )
+    .unwrap();
+    let window = ecq::rans::SplitMatrix::encode_window(
+        &syms,
+        24,
+        1024,
+        &small_tiles(256, 64),
+        ecq::rans::SplitOrder::RowPairs,
+    )
+    .unwrap();
+    let upload = |what: &str| match what {
+        "whole" => ctx.upload_coded(CodedMatrixRef::from(&whole), Some(quant)),
+        "2 + 2 pairs" => ctx.upload_split(&pairs, Some(quant)),
+        _ => ctx.upload_split(&window, Some(quant)),
+    };
+    for what in ["whole", "2 + 2 pairs", "window pairs"] {
+        let mut built = upload(what).unwrap();
+        let mem = upload(what).unwrap();
+        assert!(mem.tables_in_memory(), "the default");
+        built.set_tables_in_memory(false);
+        assert!(!built.tables_in_memory());
+        for v in [FusedVariant::Blocked, FusedVariant::BlockedCompact] {
+            let a = built.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v);
+            let b = mem.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v);
+            if !ctx.registry().subgroups32() {
+                assert!(
+                    matches!(b, Err(ecq::gpu::GpuError::Unsupported(_))),
+                    "{what} {v:?}: {b:?}"
+                );
+                continue;
+            }
+            let (a, b) = (
+                a.unwrap(),
+                b.unwrap_or_else(|e| panic!("{what} {v:?}: {e}")),
+            );
+            assert_eq!(bits(a), bits(b), "{what} {v:?}");
+        }
+        // the other kernels do not read the tables and are unchanged
+        let y = mem
+            .gemv_with(
+                ctx.device(),
+                ctx.queue(),
+                ctx.registry(),
+                &x,
+                FusedVariant::Workgroup,
+            )
+            .unwrap();
+        let (want, sum_abs) = reference(&q, &x);
+        assert_close(&format!("{what} Workgroup"), &y, &want, &sum_abs, 1024);
+    }
+    // tile 1 (chunks 3..6) of the whole matrix with one frequency too many
+    let mut freqs = whole.freqs().to_vec();
+    let a = 1usize << (whole.bits() * whole.weights_per_symbol());
+    let s = (a..2 * a).find(|&i| freqs[i] > 0).unwrap();
+    freqs[s] += 1;
+    let mut r = CodedMatrixRef::from(&whole);
+    r.freqs = &freqs;
+    for on in [false, true] {
+        let mut m = ctx.upload_coded(r, Some(quant)).unwrap();
+        m.set_tables_in_memory(on);
+        if !ctx.registry().subgroups32() {
+            continue;
+        }
+        for v in [FusedVariant::Blocked, FusedVariant::BlockedCompact] {
+            match m.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v) {
+                Err(ecq::gpu::GpuError::CorruptStream {
+                    chunk, tile, flags, ..
+                }) => {
+                    assert_eq!((chunk, tile), (3, 1), "tables in memory {on} {v:?}");
+                    assert_ne!(
+                        flags & ecq::gpu::error_bits::TABLE,
+                        0,
+                        "{on} {v:?}: {flags:#x}"
+                    );
+                }
+                other => {
+                    panic!("tables in memory {on} {v:?}: expected CorruptStream, got {other:?}")
+                }
+            }
+        }
+    }
+    if !ctx.registry().subgroups32() {
+        gpu_common::announce_unsupported(
+            "decode tables in memory: the blocked fused kernels need 32-wide subgroups; the workgroup kernel was checked",
+        );
+    }
+}
+
 /// A random 4-bit g64 matrix as a window split (default options) on the GPU, and activations.
 fn upload_window(
     ctx: &GpuContext,

@@ -84,6 +84,10 @@ override BLOCK: u32 = 8u;
 // block of the row is run), 15 = the kernel without its slot-table build (wrong symbols; what
 // the build costs). 0 = the kernel.
 override DIAG: u32 = 0u;
+// true: binding `freqs` holds the tiles' decode tables as the host built them
+// (src/gpu/slot_table.rs), which each workgroup copies into workgroup memory instead of
+// building its table from the frequencies (BENCHMARKS.md issue 5, step 65).
+override TABLE_MEM: bool = false;
 // Raw low bits per weight (`ecq::rans::SplitMatrix`): 0 = none; 2 = the symbols carry the high
 // BITS = 2 bits of 4-bit weights, four weights per symbol, and the low 2 bits follow the
 // stream in `words` (MLX-packed, from u32 P.low_base on), so a rANS step yields four weights
@@ -279,7 +283,9 @@ fn main(
     // (diagnostic build 15: no table build, the table left as zero-initialised: what the build
     // costs)
     var bad_table = false;
-    if (DIAG != 15u) {
+    if (TABLE_MEM) {
+        bad_table = load_blocked_table(tile, lid);
+    } else if (DIAG != 15u) {
         bad_table = build_blocked_table(tile, lid, sg_id);
     }
 

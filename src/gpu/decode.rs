@@ -123,6 +123,10 @@ pub struct FusedLayout {
     pub window_start: u32,
     /// How the (scale, bias) pairs are stored.
     pub side: super::SideFormat,
+    /// The blocked kernels read each tile's decode table from binding 1 as the host built it
+    /// (`slot_table::blocked_slot_tables`, [`GpuCodedMatrix::set_tables_in_memory`]) instead
+    /// of building it from the frequencies there; the other kernels ignore it.
+    pub tables_in_memory: bool,
 }
 
 /// From this many workgroups on, the blocked kernels run with the compact decode table by
@@ -280,6 +284,7 @@ fn fused_gemv_pipeline_diag(
                     ("GSHIFT", gshift),
                     ("BLOCK", block),
                     ("DIAG", diag),
+                    ("TABLE_MEM", layout.tables_in_memory as u32),
                     ("LOW", layout.low_bits),
                     // (see the kernel: late second-word loads keep the compact build with raw
                     // low bits at 8 workgroups per SM on an H200)
@@ -440,6 +445,7 @@ impl CodedParams {
             row_pairs: self.row_pairs != 0,
             window_start: self.window_start,
             side,
+            tables_in_memory: false,
         }
     }
 }
@@ -535,6 +541,14 @@ pub struct GpuCodedMatrix {
     /// [`crate::rans::SplitOrder::RowPairs`]: `params` describe the coded `rows / 2 x 2 cols`
     /// matrix (with the real row's groups in `groups_per_row`).
     row_pairs: bool,
+    /// The tiles' frequencies, kept for the decode tables built on the host
+    /// ([`super::slot_table`]) the first time a launch reads them from memory.
+    host_freqs: Vec<u16>,
+    /// Those tables once built.
+    slot_tables: std::sync::OnceLock<wgpu::Buffer>,
+    /// The blocked fused kernels read those tables instead of building theirs
+    /// ([`Self::set_tables_in_memory`]).
+    tables_in_memory: bool,
 }
 
 impl GpuCodedMatrix {
@@ -734,7 +748,56 @@ impl GpuCodedMatrix {
             uniform_cache: Default::default(),
             coded_bytes,
             row_pairs,
+            host_freqs: m.freqs.to_vec(),
+            slot_tables: Default::default(),
+            tables_in_memory: true,
         })
+    }
+
+    /// With `on` (the default), the blocked fused GEMV kernels ([`FusedVariant::Blocked`],
+    /// [`FusedVariant::BlockedCompact`]) read each tile's decode table, built once on the host
+    /// at the first such launch and kept in GPU memory (2.5 KiB a tile at 11 probability bits,
+    /// about 0.08 bits per weight with the encoder's default tiles; see
+    /// [`super::slot_table`]), instead of building it from the frequencies in every
+    /// workgroup: 1.03-1.19x faster per matrix on an H200 (BENCHMARKS.md issue 5, step 65).
+    /// Same results, bit for bit; corrupt frequencies are reported the same way. `false`
+    /// saves that memory.
+    pub fn set_tables_in_memory(&mut self, on: bool) {
+        self.tables_in_memory = on;
+    }
+
+    /// Whether the blocked fused kernels read their decode tables from memory.
+    pub fn tables_in_memory(&self) -> bool {
+        self.tables_in_memory
+    }
+
+    /// The tiles' decode tables ([`super::slot_table`]), built on the host and uploaded on
+    /// first use.
+    fn slot_tables(&self, device: &wgpu::Device) -> Result<&wgpu::Buffer, GpuError> {
+        if let Some(b) = self.slot_tables.get() {
+            return Ok(b);
+        }
+        let p = &self.params;
+        if !(8..=11).contains(&p.prec) {
+            return Err(GpuError::Unsupported(format!(
+                "decode tables in memory need 8..=11 probability bits, not {}",
+                p.prec
+            )));
+        }
+        let t = super::slot_table::blocked_slot_tables(
+            &self.host_freqs,
+            p.alphabet as usize,
+            p.prec,
+            p.n_tiles as usize,
+        );
+        let b = storage_init(
+            device,
+            "ecq decode tables",
+            bytemuck::cast_slice(&t),
+            wgpu::BufferUsages::empty(),
+        )?;
+        // (a racing caller's buffer is dropped; both are the same table)
+        Ok(self.slot_tables.get_or_init(|| b))
     }
 
     /// Rows.
@@ -999,7 +1062,10 @@ impl GpuCodedMatrix {
 
     /// The layout the fused kernels are specialised on.
     pub fn fused_layout(&self) -> FusedLayout {
-        self.params.fused_layout(self.side)
+        FusedLayout {
+            tables_in_memory: self.tables_in_memory,
+            ..self.params.fused_layout(self.side)
+        }
     }
 
     /// The fused GEMV launch `y = W x` (`x`: `cols` f32, `y`: `rows` f32), with the subgroup
@@ -1042,7 +1108,9 @@ impl GpuCodedMatrix {
     /// computed once per token would save) and 10 = the kernel without the window start's
     /// addition (wrong weights), 11 = its loads, table build and chunk setup alone (neither
     /// decode nor dot products), 12 = its table build, chunk setup and row sums alone (no
-    /// block run) and 15 = its kernel without the slot-table build (wrong symbols). Other
+    /// block run) and 15 = its kernel without the slot-table build (wrong symbols); for every
+    /// layout 16 = the kernel reading its decode table from memory (built on the host once,
+    /// [`super::slot_table`]) instead of building it in every workgroup: right results. Other
     /// `diag` values are refused with
     /// [`GpuError::InvalidInput`]; layouts or adapters the blocked kernel cannot run with
     /// [`GpuError::Unsupported`].
@@ -1055,14 +1123,17 @@ impl GpuCodedMatrix {
         diag: u32,
     ) -> Result<Dispatch, GpuError> {
         let window = self.params.low_bits == WINDOW_LOW_BITS;
-        let known = (1..=8).contains(&diag) || (window && ((9..=12).contains(&diag) || diag == 15));
+        let known = (1..=8).contains(&diag)
+            || diag == 16
+            || (window && ((9..=12).contains(&diag) || diag == 15));
         if !known {
             return Err(GpuError::InvalidInput(format!(
                 "blocked diagnostic build {diag}: 1 (decode only), 2 (dot products only), 3 \
                  (activations shared by a block's two words), 4 (2 and 3), 5 (a free word \
                  supply), 6 (1 and 5), 7 (a word supply per lane) or 8 (1 and 7); for window \
                  splits 9 (no activation sums), 10 (no window start), 11 (loads and setup \
-                 only), 12 (setup only) or 15 (no table build)"
+                 only), 12 (setup only) or 15 (no table build); 16 (the decode table read \
+                 from memory)"
             )));
         }
         let v = match self.default_fused_variant(registry) {
@@ -1111,14 +1182,27 @@ impl GpuCodedMatrix {
             layout.window_start = 0;
             diag = 0;
         }
+        let blocked = matches!(
+            variant,
+            FusedVariant::Blocked | FusedVariant::BlockedCompact
+        );
+        layout.tables_in_memory = blocked && (diag == 16 || self.tables_in_memory);
+        if diag == 16 {
+            diag = 0;
+        }
         let pipeline = fused_gemv_pipeline_diag(device, registry, variant, &layout, diag)?;
+        let tables = if layout.tables_in_memory {
+            Some(self.slot_tables(device)?)
+        } else {
+            None
+        };
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("rans_gemv"),
             layout: &layout,
             entries: &[
                 entry(0, &uniform),
-                entry(1, &self.freqs),
+                entry(1, tables.unwrap_or(&self.freqs)),
                 entry(2, &self.states),
                 entry(3, &self.offsets),
                 entry(4, &self.words),
@@ -1323,6 +1407,7 @@ mod tests {
             row_pairs: false,
             window_start: 0,
             side: Default::default(),
+            tables_in_memory: false,
         }
     }
 

@@ -82,6 +82,7 @@
 
 mod decode;
 mod gemv;
+pub(crate) mod slot_table;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, Linear, LinearError};
-use crate::gpu::{default_fused_variant, fused_gemv_pipeline, CodedParams, GpuError, SideFormat};
+use crate::gpu::{
+    default_fused_variant, fused_gemv_pipeline, CodedParams, FusedVariant, GpuError, SideFormat,
+};
 use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
 
 /// Activation rows per dispatch of the batched kernel (4 per invocation, 128 invocations).
@@ -489,6 +491,10 @@ struct Band {
     chunk0: usize,
     n_chunks: usize,
     freqs: wgpu::Buffer,
+    /// The band's tiles' decode tables built on the host (`crate::gpu::slot_table`), which the
+    /// blocked fused GEMV reads instead of building them (`None` where the layer's fused GEMV
+    /// is not a blocked kernel).
+    tables: Option<wgpu::Buffer>,
     states: wgpu::Buffer,
     offsets: wgpu::Buffer,
     words: wgpu::Buffer,
@@ -638,6 +644,12 @@ impl EntropyCodedLinear {
         let chunk_end_row = |c: usize| (c * m.chunk_rows).min(m.rows);
         // bytes of raw low bits per coded row
         let low_row_bytes = m.cols * m.low_bits as usize / 8;
+        // u32 words of a tile's decode table, where the blocked fused GEMV can read one
+        let table_words = if (8..=11).contains(&m.precision) {
+            crate::gpu::slot_table::tile_words(m.precision)
+        } else {
+            0
+        };
         // the bytes of the largest buffer of a band of tiles [t0, t1)
         let band_bytes = |t0: usize, t1: usize| -> (u64, String) {
             let (c0, c1) = (t0 * tc, (t1 * tc).min(nc));
@@ -801,12 +813,33 @@ impl EntropyCodedLinear {
                 _pad: 0,
             };
             let gemv_uniform = dev.uniform(bytemuck::bytes_of(&gemv));
+            let blocked = matches!(
+                default_fused_variant(dev.gpu().registry(), &gemv.fused_layout(side)),
+                FusedVariant::Blocked | FusedVariant::BlockedCompact
+            );
+            // (an optimisation: a band whose tables would exceed the buffer limit builds them)
+            let table_bytes = (t1 - t0) as u64 * table_words as u64 * 4;
+            let tables = (blocked && table_words > 0 && table_bytes <= max_buffer.0).then(|| {
+                let f: Vec<u16> = m.freqs[t0 * a * 2..t1 * a * 2]
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                let t = crate::gpu::slot_table::blocked_slot_tables(&f, a, m.precision, t1 - t0);
+                let b = dev.buffer(
+                    "ecq decode tables",
+                    (t.len() * 4) as u64,
+                    wgpu::BufferUsages::empty(),
+                );
+                dev.write(&b, bytemuck::cast_slice(&t));
+                b
+            });
             bands.push(Band {
                 row0: mrow0,
                 rows: mrow1 - mrow0,
                 chunk0: c0,
                 n_chunks: c1 - c0,
                 freqs,
+                tables,
                 states,
                 offsets: offs,
                 words,
@@ -943,8 +976,15 @@ impl EntropyCodedLinear {
     ) -> Result<LinearDispatch, GpuError> {
         let registry = self.dev.gpu().registry();
         let device = self.dev.device();
-        let layout = band.gemv.fused_layout(self.side);
+        let mut layout = band.gemv.fused_layout(self.side);
         let variant = default_fused_variant(registry, &layout);
+        let tables = band.tables.as_ref().filter(|_| {
+            matches!(
+                variant,
+                FusedVariant::Blocked | FusedVariant::BlockedCompact
+            )
+        });
+        layout.tables_in_memory = tables.is_some();
         let pipeline = fused_gemv_pipeline(device, registry, variant, &layout)?;
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -952,7 +992,7 @@ impl EntropyCodedLinear {
             layout: &layout,
             entries: &[
                 entry(0, &band.gemv_uniform),
-                entry(1, &band.freqs),
+                entry(1, tables.unwrap_or(&band.freqs)),
                 entry(2, &band.states),
                 entry(3, &band.offsets),
                 entry(4, &band.words),

@@ -51,3 +51,34 @@ fn build_blocked_table(tile: u32, lid: u32, sg_id: u32) -> bool {
     workgroupBarrier();
     return workgroupUniformLoad(&table_bad) != 0u;
 }
+
+// Loads tile `tile`'s table from the slot owners and cumulative frequencies the host built
+// (`TABLE_MEM` kernels: binding `freqs` then holds them, src/gpu/slot_table.rs: per tile
+// 2^n / 4 words of owner bytes, which are slot_sym as is, 129 words of u16 cumulative pairs,
+// from which each invocation makes its two symbols' entries, and a flag word, 16-byte
+// aligned); returns whether the tile's frequencies do not sum to 2^n. Reads past the buffer
+// are clamped. Called by all 128 invocations in uniform control flow.
+fn load_blocked_table(tile: u32, lid: u32) -> bool {
+    let words = (1u << P.prec) >> 2u;
+    let base = tile * ((words + 133u) & ~3u);
+    let last = arrayLength(&freqs) - 1u;
+    for (var k = 0u; k < 4u; k++) {
+        let w = k * WG + lid;
+        if (w < words) {
+            slot_sym[w] = freqs[min(base + w, last)];
+        }
+    }
+    // symbols 2 lid and 2 lid + 1: their sums, and the next symbol's (word 128: the total)
+    let c01 = freqs[min(base + words + lid, last)];
+    let c2 = freqs[min(base + words + lid + 1u, last)] & 0xFFFFu;
+    let c0 = c01 & 0xFFFFu;
+    let c1 = c01 >> 16u;
+    sym_entry[2u * lid] = c0 | ((c1 - c0) << 16u);
+    sym_entry[2u * lid + 1u] = c1 | ((c2 - c1) << 16u);
+    if (lid == 127u) {
+        sym_entry[256] = c2;
+    }
+    let bad = freqs[min(base + words + 129u, last)];
+    workgroupBarrier();
+    return bad != 0u;
+}

@@ -57,3 +57,52 @@ fn build_blocked_table(tile: u32, lid: u32, sg_id: u32) -> bool {
     workgroupBarrier();
     return workgroupUniformLoad(&table_bad) != 0u;
 }
+
+// Builds tile `tile`'s table from the slot owners and cumulative frequencies the host built
+// (`TABLE_MEM` kernels: binding `freqs` then holds them, src/gpu/slot_table.rs: per tile
+// 2^n / 4 words of owner bytes, 129 words of u16 cumulative pairs and a flag word, 16-byte
+// aligned); returns whether the tile's frequencies do not sum to 2^n. The same entries as
+// build_blocked_table without its scans and owner search: one load of the sums and four of
+// owners per invocation, then the fill. Reads past the buffer are clamped. Called by all 128
+// invocations in uniform control flow.
+fn load_blocked_table(tile: u32, lid: u32) -> bool {
+    let m = 1u << P.prec;
+    let words = m >> 2u;
+    let base = tile * ((words + 133u) & ~3u);
+    let last = arrayLength(&freqs) - 1u;
+    cum16[lid] = freqs[min(base + words + lid, last)];
+    if (lid == 0u) {
+        cum16[128] = freqs[min(base + words + 128u, last)];
+    }
+    // this invocation's slots s0 .. s0 + per - 1 lie in the four owner words from s0 / 4
+    let per = (m + WG - 1u) / WG;
+    let s0 = lid * per;
+    let w0 = base + (s0 >> 2u);
+    let own = vec4<u32>(
+        freqs[min(w0, last)],
+        freqs[min(w0 + 1u, last)],
+        freqs[min(w0 + 2u, last)],
+        freqs[min(w0 + 3u, last)],
+    );
+    let bad = freqs[min(base + words + 129u, last)];
+    workgroupBarrier();
+    for (var k = 0u; k < 16u; k++) {
+        let slot = s0 + k;
+        if (k < per && slot < m) {
+            // (k < 16 and s0 a multiple of min(per, 4): the word is own[k / 4], or own.x
+            // where per < 4)
+            let d = select(k >> 2u, 0u, per < 4u);
+            let ow = select(select(own.x, own.y, d == 1u), select(own.z, own.w, d == 3u), d >= 2u);
+            let lo = (ow >> ((slot & 3u) << 3u)) & 0xFFu;
+            let c = cum_at(lo);
+            let fr = cum_at(lo + 1u) - c;
+            var e = SENTINEL;
+            if (slot >= c && slot < c + fr && fr <= m) {
+                e = (slot - c) | (fr << 12u) | (lo << 24u);
+            }
+            table[slot] = e;
+        }
+    }
+    workgroupBarrier();
+    return bad != 0u;
+}
