@@ -26,6 +26,17 @@ fn decode_slot(x: u32, n: u32) -> vec2<u32> {
     return vec2<u32>(((e >> 12u) & 0xFFFu) * (x >> n) + (e & 0xFFFu), e >> 24u);
 }
 
+// Slot `slot`'s entry when symbol `lo` owns it (cum16 holding the tile's cumulative
+// frequencies); SENTINEL where it does not (only in a table that does not sum to m = 2^n).
+fn slot_entry(slot: u32, lo: u32, m: u32) -> u32 {
+    let c = cum_at(lo);
+    let fr = cum_at(lo + 1u) - c;
+    if (slot >= c && slot < c + fr && fr <= m) {
+        return (slot - c) | (fr << 12u) | (lo << 24u);
+    }
+    return SENTINEL;
+}
+
 // Builds the tile's table; returns whether its frequencies do not sum to 2^n. Called as
 // scan_tile_freqs (rans_table_scan.wgsl) must be.
 fn build_blocked_table(tile: u32, lid: u32, sg_id: u32) -> bool {
@@ -45,13 +56,7 @@ fn build_blocked_table(tile: u32, lid: u32, sg_id: u32) -> bool {
         let slot = s0 + k;
         if (k < per && slot < m) {
             let lo = owners[k];
-            let c = cum_at(lo);
-            let fr = cum_at(lo + 1u) - c;
-            var e = SENTINEL;
-            if (slot >= c && slot < c + fr && fr <= m) {
-                e = (slot - c) | (fr << 12u) | (lo << 24u);
-            }
-            table[slot] = e;
+            table[slot] = slot_entry(slot, lo, m);
         }
     }
     workgroupBarrier();
@@ -94,13 +99,7 @@ fn load_blocked_table(tile: u32, lid: u32) -> bool {
             let d = select(k >> 2u, 0u, per < 4u);
             let ow = select(select(own.x, own.y, d == 1u), select(own.z, own.w, d == 3u), d >= 2u);
             let lo = (ow >> ((slot & 3u) << 3u)) & 0xFFu;
-            let c = cum_at(lo);
-            let fr = cum_at(lo + 1u) - c;
-            var e = SENTINEL;
-            if (slot >= c && slot < c + fr && fr <= m) {
-                e = (slot - c) | (fr << 12u) | (lo << 24u);
-            }
-            table[slot] = e;
+            table[slot] = slot_entry(slot, lo, m);
         }
     }
     workgroupBarrier();
