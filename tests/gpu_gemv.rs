@@ -714,6 +714,17 @@ fn fused_tables_in_memory_bit_identical() {
                 b.unwrap_or_else(|e| panic!("{what} {v:?}: {e}")),
             );
             assert_eq!(bits(a), bits(b), "{what} {v:?}");
+            // 2.5 KiB a tile at 11 probability bits, held once the first launch built them
+            assert_eq!(
+                (built.table_bytes(), mem.table_bytes() % 2576),
+                (0, 0),
+                "{what}"
+            );
+            assert!(
+                mem.table_bytes() >= 2 * 2576,
+                "{what}: {}",
+                mem.table_bytes()
+            );
         }
         // the other kernels do not read the tables and are unchanged
         let y = mem

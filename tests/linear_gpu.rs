@@ -888,10 +888,16 @@ fn sixteen_bit_side_is_bit_identical_to_f32() {
                     (narrow.side_format(), wide.side_format()),
                     (want, SideFormat::F32)
                 );
-                // the GPU footprint: coded tensors plus 4 (16-bit) or 8 (f32) bytes per group
+                // the GPU footprint: coded tensors, decode tables (the same for both) plus 4
+                // (16-bit) or 8 (f32) bytes per group
                 let groups = (rows * cols / 64) as u64;
-                assert_eq!(narrow.gpu_bytes(), narrow.coded_bytes() + 4 * groups);
-                assert_eq!(wide.gpu_bytes(), wide.coded_bytes() + 8 * groups);
+                let tables = narrow.table_bytes();
+                assert_eq!(wide.table_bytes(), tables);
+                assert_eq!(
+                    narrow.gpu_bytes(),
+                    narrow.coded_bytes() + tables + 4 * groups
+                );
+                assert_eq!(wide.gpu_bytes(), wide.coded_bytes() + tables + 8 * groups);
                 let x = activations(1001, 3 * cols);
                 let label = format!("{what} {dtype:?} gemv rows <= {gemv_rows}");
                 assert_eq!(

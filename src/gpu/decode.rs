@@ -836,6 +836,12 @@ impl GpuCodedMatrix {
         self.coded_bytes
     }
 
+    /// Bytes of the decode tables held on the GPU for the blocked fused GEMV
+    /// ([`Self::set_tables_in_memory`]): 0 until its first launch that reads them.
+    pub fn table_bytes(&self) -> u64 {
+        self.slot_tables.get().map_or(0, wgpu::Buffer::size)
+    }
+
     /// The interleaved (scale, bias) buffer and the MLX group size given at upload, if any.
     pub(crate) fn quant_params(&self) -> Option<(&wgpu::Buffer, u32, super::SideFormat)> {
         self.sb

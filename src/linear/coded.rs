@@ -580,6 +580,8 @@ pub struct EntropyCodedLinear {
     bias: Option<Vec<f32>>,
     coded_bytes: u64,
     side_bytes: u64,
+    /// Bytes of the bands' decode tables in memory (`Band::tables`).
+    table_bytes: u64,
     max_buffer: (u64, &'static str),
     gemv_batch_max_m: usize,
     side: SideFormat,
@@ -868,6 +870,10 @@ impl EntropyCodedLinear {
         // flush the staged writes now, so their host memory is released layer by layer
         dev.queue().submit(std::iter::empty());
         let gemm_blocked = blocked_gemm_layout(dev, &m, opts);
+        let table_bytes = bands
+            .iter()
+            .filter_map(|b| b.tables.as_ref().map(wgpu::Buffer::size))
+            .sum();
         Ok(EntropyCodedLinear {
             dev: dev.clone(),
             name: name.into(),
@@ -886,6 +892,7 @@ impl EntropyCodedLinear {
             max_buffer,
             side,
             side_bytes: (m.scales.len() * side.bytes_per_group()) as u64,
+            table_bytes,
             gemm_blocked,
             // (a window split without the blocked batched kernel: no batched kernel reads it,
             // so one fused GEMV per row, any count)
@@ -919,9 +926,18 @@ impl EntropyCodedLinear {
     }
 
     /// Bytes the layer's weights occupy on the GPU: the coded tensors
-    /// ([`Self::coded_bytes`]) and the scales and biases as held ([`Self::side_format`]).
+    /// ([`Self::coded_bytes`]), the scales and biases as held ([`Self::side_format`]) and the
+    /// decode tables the blocked fused GEMV reads ([`Self::table_bytes`]).
     pub fn gpu_bytes(&self) -> u64 {
-        self.coded_bytes + self.side_bytes
+        self.coded_bytes + self.side_bytes + self.table_bytes
+    }
+
+    /// Bytes of the decode tables built on the host for the blocked fused GEMV, which reads
+    /// them instead of building them in every workgroup (2.5 KiB a tile at 11 probability
+    /// bits, `GpuCodedMatrix::set_tables_in_memory`); 0 where the layer's fused GEMV is not
+    /// a blocked kernel (adapters without 32-wide subgroups, layouts it cannot run).
+    pub fn table_bytes(&self) -> u64 {
+        self.table_bytes
     }
 
     /// How the layer's scales and biases are stored on the GPU.
