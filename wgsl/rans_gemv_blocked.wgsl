@@ -280,6 +280,23 @@ fn main(
     let sub = wg % P.wg_per_tile;
     let tile_first = tile * P.tile_chunks;
     let tile_end = min(tile_first + P.tile_chunks, P.n_chunks);
+    let g = lid / 32u;
+    let l = sg_id & 31u;
+    let T = P.steps_per_row;
+    // One chunk per group of 32 lanes (the host sets P.chunk_iters = 1; this kernel does not
+    // read it). Its start and first stream planes are loaded before the table, so that their
+    // chain of loads (the offsets, then the planes at them) overlaps the table's
+    // (BENCHMARKS.md issue 5, step 67); the table's error bit is added at the end.
+    let chunk = tile_first + sub * G + g;
+    let valid = chunk < tile_end;
+    let cs = chunk_start(chunk, valid, l, T, false, sg_size);
+    let lane_words = DIAG == 7u || DIAG == 8u;
+    var d: BlockDecoder;
+    if (lane_words) {
+        d = lane_words_decoder(cs.x, cs.p, cs.end, l);
+    } else {
+        d = block_decoder(cs.x, cs.p, l);
+    }
     // (diagnostic build 15: no table build, the table left as zero-initialised: what the build
     // costs)
     var bad_table = false;
@@ -289,9 +306,6 @@ fn main(
         bad_table = build_blocked_table(tile, lid, sg_id);
     }
 
-    let g = lid / 32u;
-    let l = sg_id & 31u;
-    let T = P.steps_per_row;
     // (diagnostic build 12: no blocks at all, the table build, chunk setup and row sums alone)
     let nblk = select(T / BLOCK, 0u, DIAG == 12u);
     let kstep = 32u * WPS;
@@ -311,19 +325,9 @@ fn main(
     let ltmask = (1u << l) - 1u;
     let magic = 0x4B000000u | P.zero;
 
-    for (var it = 0u; it < P.chunk_iters; it++) {
-        let chunk = tile_first + (sub * P.chunk_iters + it) * G + g;
-        let valid = chunk < tile_end;
-        let cs = chunk_start(chunk, valid, l, T, bad_table, sg_size);
+    {
         // (T > 0 here; the host checks)
         let nrows = cs.steps / T;
-        let lane_words = DIAG == 7u || DIAG == 8u;
-        var d: BlockDecoder;
-        if (lane_words) {
-            d = lane_words_decoder(cs.x, cs.p, cs.end, l);
-        } else {
-            d = block_decoder(cs.x, cs.p, l);
-        }
         for (var rr = 0u; rr < nrows; rr++) {
             // the matrix rows of the second word: the first word's, or the next (row pairs)
             let row = (cs.r0 + rr) << ps;
@@ -480,7 +484,7 @@ fn main(
             }
         }
         if (valid) {
-            let err = cs.err | chunk_end_flags(d.x, d.p, cs.end, l);
+            let err = cs.err | select(0u, ERR_TABLE, bad_table) | chunk_end_flags(d.x, d.p, cs.end, l);
             if (err != 0u) {
                 atomicOr(&errors[chunk], err);
             }
