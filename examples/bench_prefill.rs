@@ -8,7 +8,7 @@
 //! ```text
 //! cargo run --release --example bench_prefill -- [--shapes 4096x4096,4096x14336]
 //!     [--ms 1,8,32,128,512] [--rounds 5] [--target-ms 30] [--set-mib 256] [--max-gemv-m 512]
-//!     [--chunk-symbols 16384] [--tile-chunks 8] [--min-chunks N]
+//!     [--chunk-symbols 16384] [--tile-chunks 32] [--min-chunks N]
 //!     [--coding whole,split,pairs,window]
 //!     [--wall]
 //! ```

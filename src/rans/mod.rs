@@ -72,8 +72,12 @@ pub const DEFAULT_PRECISION: u32 = 11;
 /// states keep the side information under 2% of the payload at ~3.7 bits/weight.
 pub const DEFAULT_CHUNK_SYMBOLS: usize = 16384;
 /// Default number of chunks per tile: per-tile tables barely beat one table per matrix on real
-/// weights, so tiles of 8 chunks amortise the tables (1.47% total overhead at w = 2).
-pub const DEFAULT_TILE_CHUNKS: usize = 8;
+/// weights, so large tiles amortise the tables. 32 rather than 8 (the default until the
+/// thirteenth session): on MiniLM g64 4-bit every form's files are 0.010-0.011 bits/weight
+/// smaller (whole 3.747 -> 3.737; the per-tile entropy bound moves by 0.001) and the decode
+/// tables the GPU's fused GEMV keeps in memory take a quarter of the space (BENCHMARKS.md
+/// issue 5, step 68).
+pub const DEFAULT_TILE_CHUNKS: usize = 32;
 /// Smallest chunk [`EncodeOptions::min_chunks`] shrinks chunks to, in weights (or one row when
 /// rows are longer): below it the 128 bytes of lane states per chunk cost more than 0.125
 /// bits/weight. (4096 symbols of two 4-bit weights, 2048 of four split 2-bit ones.)

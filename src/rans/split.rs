@@ -6,7 +6,7 @@
 //! (BENCHMARKS.md, issue 5). A byte symbol holds two 4-bit weights but four 2-bit ones, so
 //! coding only the high two bits of 4-bit weights halves the steps. On MLX affine weights the
 //! low two bits are nearly uniform given the high two (1.95 of 2 bits on MiniLM g64), so storing
-//! them raw costs little: MiniLM g64 4-bit codes to 3.798 bits/weight split against 3.747 whole
+//! them raw costs little: MiniLM g64 4-bit codes to 3.788 bits/weight split against 3.737 whole
 //! (+1.4%; g32 +0.8%, g128 +2.1%; `tests/rans_split.rs`). On peaked weights it is a loss
 //! (per-tensor absmax: 2.53 against 1.11 bits/weight); [`SplitMatrix::encode`] does not choose
 //! for the caller.
