@@ -757,7 +757,7 @@ impl GpuCodedMatrix {
     /// With `on` (the default), the blocked fused GEMV kernels ([`FusedVariant::Blocked`],
     /// [`FusedVariant::BlockedCompact`]) read each tile's decode table, built once on the host
     /// at the first such launch and kept in GPU memory (2.5 KiB a tile at 11 probability bits,
-    /// about 0.08 bits per weight with the encoder's default tiles; see
+    /// about 0.02 bits per weight with the encoder's default tiles of 32 chunks; see
     /// [`super::slot_table`]), instead of building it from the frequencies in every
     /// workgroup: 1.03-1.19x faster per matrix on an H200 (BENCHMARKS.md issue 5, step 65).
     /// Same results, bit for bit; corrupt frequencies are reported the same way. `false`
