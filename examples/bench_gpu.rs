@@ -1169,7 +1169,7 @@ fn main() {
                                 ("no window start", 10),
                                 ("loads and setup only", 11),
                                 ("setup only", 12),
-                                ("no table build", 15),
+                                ("no table", 15),
                                 ("table from memory", 16),
                             ]
                         } else {

@@ -1114,9 +1114,10 @@ impl GpuCodedMatrix {
     /// computed once per token would save) and 10 = the kernel without the window start's
     /// addition (wrong weights), 11 = its loads, table build and chunk setup alone (neither
     /// decode nor dot products), 12 = its table build, chunk setup and row sums alone (no
-    /// block run) and 15 = its kernel without the slot-table build (wrong symbols); for every
-    /// layout 16 = the kernel reading its decode table from memory (built on the host once,
-    /// [`super::slot_table`]) instead of building it in every workgroup: right results. Other
+    /// block run) and 15 = its kernel without a slot table, neither built nor read (wrong
+    /// symbols); for every layout 16 = the kernel reading its decode table from memory (built
+    /// on the host once, [`super::slot_table`]) instead of building it in every workgroup:
+    /// right results, the default since step 65 (see [`Self::set_tables_in_memory`]). Other
     /// `diag` values are refused with
     /// [`GpuError::InvalidInput`]; layouts or adapters the blocked kernel cannot run with
     /// [`GpuError::Unsupported`].
@@ -1138,7 +1139,7 @@ impl GpuCodedMatrix {
                  (activations shared by a block's two words), 4 (2 and 3), 5 (a free word \
                  supply), 6 (1 and 5), 7 (a word supply per lane) or 8 (1 and 7); for window \
                  splits 9 (no activation sums), 10 (no window start), 11 (loads and setup \
-                 only), 12 (setup only) or 15 (no table build); 16 (the decode table read \
+                 only), 12 (setup only) or 15 (no table); 16 (the decode table read \
                  from memory)"
             )));
         }
