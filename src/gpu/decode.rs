@@ -542,7 +542,7 @@ pub struct GpuCodedMatrix {
     /// matrix (with the real row's groups in `groups_per_row`).
     row_pairs: bool,
     /// The tiles' frequencies, kept for the decode tables built on the host
-    /// ([`super::slot_table`]) the first time a launch reads them from memory.
+    /// (`src/gpu/slot_table.rs`) the first time a launch reads them from memory.
     host_freqs: Vec<u16>,
     /// Those tables once built.
     slot_tables: std::sync::OnceLock<wgpu::Buffer>,
@@ -758,7 +758,7 @@ impl GpuCodedMatrix {
     /// [`FusedVariant::BlockedCompact`]) read each tile's decode table, built once on the host
     /// at the first such launch and kept in GPU memory (2.5 KiB a tile at 11 probability bits,
     /// about 0.02 bits per weight with the encoder's default tiles of 32 chunks; see
-    /// [`super::slot_table`]), instead of building it from the frequencies in every
+    /// `src/gpu/slot_table.rs`), instead of building it from the frequencies in every
     /// workgroup: 1.03-1.19x faster per matrix on an H200 (BENCHMARKS.md issue 5, step 65).
     /// Same results, bit for bit; corrupt frequencies are reported the same way. `false`
     /// saves that memory.
@@ -771,7 +771,7 @@ impl GpuCodedMatrix {
         self.tables_in_memory
     }
 
-    /// The tiles' decode tables ([`super::slot_table`]), built on the host and uploaded on
+    /// The tiles' decode tables (`src/gpu/slot_table.rs`), built on the host and uploaded on
     /// first use.
     fn slot_tables(&self, device: &wgpu::Device) -> Result<&wgpu::Buffer, GpuError> {
         if let Some(b) = self.slot_tables.get() {
@@ -1116,7 +1116,7 @@ impl GpuCodedMatrix {
     /// decode nor dot products), 12 = its table build, chunk setup and row sums alone (no
     /// block run) and 15 = its kernel without a slot table, neither built nor read (wrong
     /// symbols); for every layout 16 = the kernel reading its decode table from memory (built
-    /// on the host once, [`super::slot_table`]) instead of building it in every workgroup:
+    /// on the host once, `src/gpu/slot_table.rs`) instead of building it in every workgroup:
     /// right results, the default since step 65 (see [`Self::set_tables_in_memory`]). Other
     /// `diag` values are refused with
     /// [`GpuError::InvalidInput`]; layouts or adapters the blocked kernel cannot run with
