@@ -239,6 +239,45 @@ fn f16_activations() {
     assert_close("forward_batch_f16", &cpu, &x32, 3, &y3, rel);
 }
 
+/// The decode tables the host builds for the blocked fused GEMV (the default where it runs)
+/// change no result: a layer uploaded with `tables_built_in_kernel` gives the same outputs bit
+/// for bit, one vector and a batch, and holds no tables; the default holds one per tile
+/// where the GEMV is a blocked kernel (32-wide subgroups), none elsewhere.
+#[test]
+fn decode_tables_in_memory_change_no_result() {
+    let Some(d) = dev() else { return };
+    // 3 tiles of 2 one-row chunks (and a last tile of one)
+    let c = case(31, 7, 1024, 4, 64, 512, 2);
+    let mem = upload(d, &c, &LinearOptions::default()).unwrap();
+    let built = upload(
+        d,
+        &c,
+        &LinearOptions {
+            tables_built_in_kernel: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(built.table_bytes(), 0);
+    let subgroups = d.gpu().registry().subgroups32();
+    assert_eq!(mem.table_bytes(), if subgroups { 4 * 2576 } else { 0 });
+    assert_eq!(mem.gpu_bytes(), built.gpu_bytes() + mem.table_bytes());
+    let x = activations(31, 3 * 1024);
+    assert_eq!(
+        bits(mem.forward(&x[..1024]).unwrap()),
+        bits(built.forward(&x[..1024]).unwrap())
+    );
+    assert_eq!(
+        bits(mem.forward_batch(&x, 3).unwrap()),
+        bits(built.forward_batch(&x, 3).unwrap())
+    );
+    if !subgroups {
+        gpu_common::announce_unsupported(
+            "decode tables in memory: the blocked fused GEMV needs 32-wide subgroups; the layer without tables was checked",
+        );
+    }
+}
+
 #[test]
 fn row_bands_when_buffers_are_limited() {
     let Some(d) = dev() else { return };

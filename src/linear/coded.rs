@@ -135,6 +135,13 @@ pub struct LinearOptions {
     /// format ([`SideFormat::exact_for`]: 16-bit for MLX's f16 and bf16 values, half the
     /// memory of f32 pairs). A format in which a value is not exact is an error.
     pub side: Option<SideFormat>,
+    /// Let the blocked fused GEMV build each tile's decode table from the frequencies in every
+    /// workgroup, as before step 65 of BENCHMARKS.md (issue 5), instead of reading the table
+    /// the host builds at upload: saves that GPU memory (2.5 KiB a tile at 11 probability
+    /// bits, about 0.02 bits/weight with the encoder's default tiles,
+    /// [`EntropyCodedLinear::table_bytes`]) for GEMVs 1.02-1.09x slower on an H200. Same
+    /// results either way.
+    pub tables_built_in_kernel: bool,
 }
 
 /// A borrowed coded matrix with its quantization parameters: the coded tensors as
@@ -821,20 +828,25 @@ impl EntropyCodedLinear {
             );
             // (an optimisation: a band whose tables would exceed the buffer limit builds them)
             let table_bytes = (t1 - t0) as u64 * table_words as u64 * 4;
-            let tables = (blocked && table_words > 0 && table_bytes <= max_buffer.0).then(|| {
-                let f: Vec<u16> = m.freqs[t0 * a * 2..t1 * a * 2]
-                    .chunks_exact(2)
-                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                    .collect();
-                let t = crate::gpu::slot_table::blocked_slot_tables(&f, a, m.precision, t1 - t0);
-                let b = dev.buffer(
-                    "ecq decode tables",
-                    (t.len() * 4) as u64,
-                    wgpu::BufferUsages::empty(),
-                );
-                dev.write(&b, bytemuck::cast_slice(&t));
-                b
-            });
+            let tables = (blocked
+                && !opts.tables_built_in_kernel
+                && table_words > 0
+                && table_bytes <= max_buffer.0)
+                .then(|| {
+                    let f: Vec<u16> = m.freqs[t0 * a * 2..t1 * a * 2]
+                        .chunks_exact(2)
+                        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                        .collect();
+                    let t =
+                        crate::gpu::slot_table::blocked_slot_tables(&f, a, m.precision, t1 - t0);
+                    let b = dev.buffer(
+                        "ecq decode tables",
+                        (t.len() * 4) as u64,
+                        wgpu::BufferUsages::empty(),
+                    );
+                    dev.write(&b, bytemuck::cast_slice(&t));
+                    b
+                });
             bands.push(Band {
                 row0: mrow0,
                 rows: mrow1 - mrow0,
