@@ -1115,10 +1115,7 @@ fn main() {
                     args.fused.clone()
                 };
                 for fused_variant in variants {
-                    let blocked = matches!(
-                        fused_variant,
-                        FusedVariant::Blocked | FusedVariant::BlockedCompact
-                    );
+                    let blocked = fused_variant.is_blocked();
                     // (the subgroup kernel does not read a split matrix's raw low bits)
                     if (blocked && coded[0].fused_layout().blocked_steps().is_none())
                         || (fused_variant == FusedVariant::Subgroup && coded[0].low_bits() != 0)
@@ -1152,10 +1149,7 @@ fn main() {
                     );
                     if args.diagnose
                         && fused_variant == default_variant
-                        && matches!(
-                            default_variant,
-                            FusedVariant::Blocked | FusedVariant::BlockedCompact
-                        )
+                        && default_variant.is_blocked()
                     {
                         // where the blocked kernel's time goes: its decode alone and its dot
                         // products alone, streamed and from one set

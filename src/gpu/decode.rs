@@ -203,10 +203,7 @@ fn fused_gemv_pipeline_diag(
     } else {
         32
     };
-    let blocked = matches!(
-        variant,
-        FusedVariant::Blocked | FusedVariant::BlockedCompact
-    );
+    let blocked = variant.is_blocked();
     if layout.row_pairs
         && (variant == FusedVariant::Subgroup
             || (blocked && layout.blocked_steps() != Some(8) && layout.window_block().is_none()))
@@ -384,6 +381,14 @@ pub enum FusedVariant {
     /// byte per slot, 3.1 KB of workgroup memory instead of 8.7): one more dependent read per
     /// step, more workgroups resident per SM.
     BlockedCompact,
+}
+
+impl FusedVariant {
+    /// Whether this is one of the blocked kernels ([`Self::Blocked`], [`Self::BlockedCompact`]),
+    /// which share `rans_gemv_blocked.wgsl` and its decode tables.
+    pub fn is_blocked(self) -> bool {
+        matches!(self, FusedVariant::Blocked | FusedVariant::BlockedCompact)
+    }
 }
 
 /// Uniform block of the rANS decode and fused GEMV kernels (`rans_decode*.wgsl`,
@@ -962,10 +967,7 @@ impl GpuCodedMatrix {
         mode: DecodeOutput,
         variant: FusedVariant,
     ) -> Result<Dispatch, GpuError> {
-        let blocked = matches!(
-            variant,
-            FusedVariant::Blocked | FusedVariant::BlockedCompact
-        );
+        let blocked = variant.is_blocked();
         if blocked && !self.decode_blocked_supported(registry, mode) {
             return Err(GpuError::Unsupported(
                 "the blocked decode kernel needs 32-wide subgroups, packed output, byte symbols, \
@@ -1189,10 +1191,7 @@ impl GpuCodedMatrix {
             layout.window_start = 0;
             diag = 0;
         }
-        let blocked = matches!(
-            variant,
-            FusedVariant::Blocked | FusedVariant::BlockedCompact
-        );
+        let blocked = variant.is_blocked();
         layout.tables_in_memory = blocked && (diag == 16 || self.tables_in_memory);
         if diag == 16 {
             diag = 0;

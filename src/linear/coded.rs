@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, Linear, LinearError};
-use crate::gpu::{
-    default_fused_variant, fused_gemv_pipeline, CodedParams, FusedVariant, GpuError, SideFormat,
-};
+use crate::gpu::{default_fused_variant, fused_gemv_pipeline, CodedParams, GpuError, SideFormat};
 use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
 
 /// Activation rows per dispatch of the batched kernel (4 per invocation, 128 invocations).
@@ -822,10 +820,8 @@ impl EntropyCodedLinear {
                 _pad: 0,
             };
             let gemv_uniform = dev.uniform(bytemuck::bytes_of(&gemv));
-            let blocked = matches!(
-                default_fused_variant(dev.gpu().registry(), &gemv.fused_layout(side)),
-                FusedVariant::Blocked | FusedVariant::BlockedCompact
-            );
+            let blocked =
+                default_fused_variant(dev.gpu().registry(), &gemv.fused_layout(side)).is_blocked();
             // (an optimisation: a band whose tables would exceed the buffer limit builds them)
             let table_bytes = (t1 - t0) as u64 * table_words as u64 * 4;
             let tables = (blocked
@@ -1006,12 +1002,7 @@ impl EntropyCodedLinear {
         let device = self.dev.device();
         let mut layout = band.gemv.fused_layout(self.side);
         let variant = default_fused_variant(registry, &layout);
-        let tables = band.tables.as_ref().filter(|_| {
-            matches!(
-                variant,
-                FusedVariant::Blocked | FusedVariant::BlockedCompact
-            )
-        });
+        let tables = band.tables.as_ref().filter(|_| variant.is_blocked());
         layout.tables_in_memory = tables.is_some();
         let pipeline = fused_gemv_pipeline(device, registry, variant, &layout)?;
         let layout = pipeline.get_bind_group_layout(0);
