@@ -300,12 +300,12 @@ fn main(
     // (diagnostic build 15: no table at all, neither built nor loaded, the table left as
     // zero-initialised: what the table costs)
     var bad_table = false;
-    if (DIAG == 15u) {
-        bad_table = false;
-    } else if (TABLE_MEM) {
-        bad_table = load_blocked_table(tile, lid);
-    } else {
-        bad_table = build_blocked_table(tile, lid, sg_id);
+    if (DIAG != 15u) {
+        if (TABLE_MEM) {
+            bad_table = load_blocked_table(tile, lid);
+        } else {
+            bad_table = build_blocked_table(tile, lid, sg_id);
+        }
     }
 
     // (diagnostic build 12: no blocks at all, the table build, chunk setup and row sums alone)
