@@ -1299,3 +1299,237 @@ fn sixteen_bit_side_is_bit_identical_to_f32() {
     let err = GpuQuantizedMatrix::upload_with_side(ctx.device(), &q, SideFormat::F16).unwrap_err();
     assert!(err.to_string().contains("not exact in F16"), "{err}");
 }
+
+/// Activations quantized to 8 bits on the GPU (`quantize_x8`, both byte orders) against the CPU
+/// reference `X8Activations::quantize`: the same scale per 16-activation piece to an ulp (the
+/// GPU's division may round differently), the same integers except at an exact rounding tie,
+/// where they may differ by one, and the f32 sums within 16 roundings. Covers an all-zero piece
+/// (scale 0, integers 0), a piece of one nonzero value (+-127), ties, tiny and huge magnitudes.
+/// Lengths that are not whole pieces are refused by name.
+#[test]
+fn quantize_x8_matches_cpu_reference() {
+    use ecq::gpu::{quantize_x8_read, X8Activations, X8Order};
+    let Some(ctx) = ctx() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(3100);
+    let mut x: Vec<f32> = (0..4096).map(|_| gaussian(&mut rng)).collect();
+    x[16..32].fill(0.0); // all zero
+    x[32..48].fill(0.0);
+    x[40] = -3.5; // one nonzero
+                  // near rounding ties: max 1, the others (j + 1/2) / 127
+    x[48] = 1.0;
+    for (j, v) in x[49..64].iter_mut().enumerate() {
+        *v = (j as f32 - 7.0 + 0.5) / 127.0;
+    }
+    for v in &mut x[64..80] {
+        *v *= 1e-30;
+    }
+    for v in &mut x[80..96] {
+        *v *= 1e30;
+    }
+    let cpu = X8Activations::quantize(&x).unwrap();
+    let mut one = [0i8; 16];
+    one[8] = -127;
+    assert_eq!(cpu.q[32..48], one);
+    assert_eq!((cpu.d[1], cpu.d[2]), (0.0, 3.5 / 127.0));
+    for order in [X8Order::Plain, X8Order::Window] {
+        let gpu = quantize_x8_read(ctx.device(), ctx.queue(), ctx.registry(), &x, order)
+            .unwrap_or_else(|e| panic!("{order:?}: {e}"));
+        for p in 0..x.len() / 16 {
+            let (dg, dc) = (gpu.d[p], cpu.d[p]);
+            assert!(
+                (dg - dc).abs() <= dc * f32::EPSILON,
+                "{order:?} piece {p}: d {dg:e} vs {dc:e}"
+            );
+            let piece = &x[p * 16..p * 16 + 16];
+            let m = piece.iter().fold(0.0f64, |a, &v| a.max(v.abs() as f64));
+            let abs: f64 = piece.iter().map(|&v| v.abs() as f64).sum();
+            assert!(
+                (gpu.sum[p] as f64 - cpu.sum[p] as f64).abs() <= 16.0 * TOL_PER_TERM * abs,
+                "{order:?} piece {p}: sum {} vs {}",
+                gpu.sum[p],
+                cpu.sum[p]
+            );
+            for (k, &xk) in piece.iter().enumerate().map(|(j, v)| (p * 16 + j, v)) {
+                let (qg, qc) = (gpu.q[k] as i32, cpu.q[k] as i32);
+                if qg != qc {
+                    let t = xk as f64 * 127.0 / m;
+                    assert!(
+                        (qg - qc).abs() == 1 && (t.abs().fract() - 0.5).abs() < 1e-4,
+                        "{order:?} x[{k}] = {xk}: q {qg} vs {qc} (x * 127 / max = {t})"
+                    );
+                }
+            }
+        }
+    }
+    for bad in [0usize, 24] {
+        let r = quantize_x8_read(
+            ctx.device(),
+            ctx.queue(),
+            ctx.registry(),
+            &vec![1.0; bad],
+            X8Order::Window,
+        );
+        assert!(
+            matches!(&r, Err(ecq::gpu::GpuError::InvalidInput(e)) if e.contains("multiple of 16")),
+            "{bad}: {r:?}"
+        );
+    }
+}
+
+/// f64 `y` of the matrix `q` on 8-bit activations `a` (per piece `scale * d * sum(q xq) + bias *
+/// sum`), the bound of its f32 evaluation (sums of absolute terms), and the bound of its
+/// distance from the f32 activations' `y`: `|scale| * d / 2 * sum(q)` per piece.
+fn reference_x8(
+    q: &QuantizedMatrix,
+    a: &ecq::gpu::X8Activations,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (r, k, gs) = (q.rows, q.cols, q.group_size as usize);
+    let sym = q.symbols();
+    let (mut y, mut abs, mut quant) = (vec![0.0; r], vec![0.0; r], vec![0.0; r]);
+    for row in 0..r {
+        for p in 0..k / 16 {
+            let g = row * (k / gs) + p * 16 / gs;
+            let (s, b) = (q.scales[g] as f64, q.biases[g] as f64);
+            let (d, sum) = (a.d[p] as f64, a.sum[p] as f64);
+            let (mut iq, mut qs) = (0i64, 0.0f64);
+            for kk in p * 16..p * 16 + 16 {
+                iq += sym[row * k + kk] as i64 * a.q[kk] as i64;
+                qs += sym[row * k + kk] as f64;
+            }
+            y[row] += s * d * iq as f64 + b * sum;
+            abs[row] += (s * d * iq as f64).abs() + (b * sum).abs();
+            quant[row] += s.abs() * d / 2.0 * qs;
+        }
+    }
+    (y, abs, quant)
+}
+
+/// The fused GEMV of window splits on 8-bit activations (`GpuCodedMatrix::gemv_x8`, 32-wide
+/// subgroups) and its plain baseline on the same activations (`GpuQuantizedMatrix::gemv_x8`,
+/// any adapter): against the f64 evaluation on the GPU's own 8-bit activations within the f32
+/// tolerance above (the integer dot products are exact, only the f32 sums round), and against
+/// the f64 reference on the f32 activations within the 8-bit bound `|scale| * d / 2 * sum(q)`
+/// per piece; the plain kernel's in-register quantization (`Int8Dot`) too. Row-major and row
+/// pairs, group sizes 32/64/128, window starts 5 and 13 (wrap-around). Whole symbols, and any
+/// matrix on an adapter without the blocked kernel, are refused with `Unsupported`.
+#[test]
+fn fused_gemv_window_x8_within_bound() {
+    use ecq::gpu::{quantize_x8_read, GpuError, X8Order};
+    let Some(ctx) = ctx() else { return };
+    let (dev, queue, reg) = (ctx.device(), ctx.queue(), ctx.registry());
+    let mut fused_checked = false;
+    for (i, &(rows, cols, gs, chunk, pairs, start)) in [
+        (17, 2048, 64, 4096, false, 5u8),
+        (5, 14336, 32, 900, false, 13),
+        (10, 4096, 64, 1024, true, 5),
+        (2, 1024, 64, 4096, true, 13),
+        (6, 14336, 128, 8192, true, 5),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (q, x) = random_matrix(3200 + i as u64, rows, cols, 4, gs);
+        let order = if pairs {
+            ecq::rans::SplitOrder::RowPairs
+        } else {
+            ecq::rans::SplitOrder::Rows
+        };
+        let syms = q.symbols();
+        let s = ecq::rans::SplitMatrix::encode_window_at(
+            &syms,
+            rows,
+            cols,
+            start,
+            &small_tiles(chunk, gs),
+            order,
+        )
+        .unwrap();
+        let label = format!("x8 window {start} {rows}x{cols} g{gs} pairs {pairs}");
+        let m = ctx
+            .upload_split(&s, Some(QuantParamsRef::from(&q)))
+            .unwrap();
+        let a = quantize_x8_read(dev, queue, reg, &x, X8Order::Window).unwrap();
+        let (y8, abs8, quant) = reference_x8(&q, &a);
+        let (want, sum_abs) = reference(&q, &x);
+        let check = |what: &str, y: &[f32]| {
+            assert_eq!(y.len(), rows, "{label} {what}");
+            for r in 0..rows {
+                let err8 = (y[r] as f64 - y8[r]).abs();
+                let tol8 = TOL_PER_TERM * (cols as f64 + 64.0) * abs8[r] + 1e-30;
+                assert!(
+                    err8 <= tol8,
+                    "{label} {what}: y[{r}] = {} vs {} on the 8-bit activations (error {err8:e} > {tol8:e})",
+                    y[r],
+                    y8[r]
+                );
+                let err = (y[r] as f64 - want[r]).abs();
+                let tol =
+                    quant[r] * 1.001 + tol8 + TOL_PER_TERM * (cols as f64 + 64.0) * sum_abs[r];
+                assert!(
+                    err <= tol,
+                    "{label} {what}: y[{r}] = {} vs {} (error {err:e} > 8-bit bound {tol:e})",
+                    y[r],
+                    want[r]
+                );
+            }
+        };
+        let plain = ctx.upload_quantized(&q).unwrap();
+        for ksplit in [0, 2] {
+            let y = plain
+                .gemv_x8(dev, queue, reg, &x, ksplit)
+                .unwrap_or_else(|e| panic!("{label} plain x8: {e}"));
+            check(&format!("plain x8 ksplit {ksplit}"), &y);
+        }
+        let y = plain
+            .gemv_with(dev, queue, reg, &x, QGemvVariant::Int8Dot { ksplit: 0 })
+            .unwrap();
+        check("plain Int8Dot", &y);
+        if m.x8_supported(reg) {
+            let y = m
+                .gemv_x8(dev, queue, reg, &x)
+                .unwrap_or_else(|e| panic!("{label} fused x8: {e}"));
+            check("fused x8", &y);
+            fused_checked = true;
+        } else {
+            let r = m.gemv_x8(dev, queue, reg, &x);
+            assert!(matches!(r, Err(GpuError::Unsupported(_))), "{label}: {r:?}");
+        }
+        // refused: a wrong length, a short buffer
+        let r = m.gemv_x8(dev, queue, reg, &x[1..]);
+        assert!(
+            matches!(r, Err(GpuError::InvalidInput(_))),
+            "{label}: {r:?}"
+        );
+        if m.x8_supported(reg) {
+            let small = dev.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: (cols * 4) as u64 / 4,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
+            let r = m.gemv_x8_dispatch(dev, reg, &small, &small);
+            assert!(
+                matches!(r, Err(GpuError::InvalidInput(_))),
+                "{label}: {r:?}"
+            );
+        }
+    }
+    // whole symbols have no 8-bit path
+    let (q, x) = random_matrix(3299, 4, 1024, 4, 64);
+    let enc = encode(&q.symbols(), 4, 1024, 4, &EncodeOptions::default()).unwrap();
+    let m = ctx
+        .upload_coded(CodedMatrixRef::from(&enc), Some(QuantParamsRef::from(&q)))
+        .unwrap();
+    assert!(!m.x8_supported(reg));
+    let r = m.gemv_x8(dev, queue, reg, &x);
+    assert!(
+        matches!(&r, Err(GpuError::Unsupported(e)) if e.contains("window")
+            || !reg.subgroups32()),
+        "{r:?}"
+    );
+    if !fused_checked {
+        gpu_common::announce_unsupported(
+            "8-bit activations: the fused window kernel needs 32-wide subgroups; the plain kernel on the same activations and the refusals were checked",
+        );
+    }
+}

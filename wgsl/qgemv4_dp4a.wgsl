@@ -10,6 +10,7 @@
 //
 // Requires K % 16 == 0 and GS % 16 == 0 (the host checks).
 // import: side
+// import: x8
 
 requires packed_4x8_integer_dot_product;
 
@@ -26,6 +27,11 @@ struct Params {
 
 override GS: u32 = 64u;
 override KSPLIT: u32 = 1u;   // groups per 4 rows: 1, 2, 4 or 8
+// true: X holds the activations quantized once per vector by quantize_x8.wgsl (ORDER 0: this
+// kernel's byte order; the same integers as quantize_piece), not f32 ones: piece v's words
+// at X[v], its (d, sum) at X[vec_per_row + v / 2] (.xy for even v, .zw for odd). The baseline
+// for the fused kernel with 8-bit activations, which reads them the same way.
+override PRE: bool = false;
 
 const NIB = 0x0F0F0F0Fu;
 
@@ -47,23 +53,27 @@ struct XQ {
 }
 
 fn quantize_piece(x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>) -> XQ {
-    let m4 = max(max(abs(x0), abs(x1)), max(abs(x2), abs(x3)));
-    let m = max(max(m4.x, m4.y), max(m4.z, m4.w));
-    let inv = select(0.0, 127.0 / m, m > 0.0);
-    let q0 = vec4<i32>(round(x0 * inv));
-    let q1 = vec4<i32>(round(x1 * inv));
-    let q2 = vec4<i32>(round(x2 * inv));
-    let q3 = vec4<i32>(round(x3 * inv));
+    let p = x8_piece(x0, x1, x2, x3);
     var r: XQ;
     r.q = vec4<u32>(
-        pack4xI8(vec4<i32>(q0.x, q0.z, q1.x, q1.z)),
-        pack4xI8(vec4<i32>(q0.y, q0.w, q1.y, q1.w)),
-        pack4xI8(vec4<i32>(q2.x, q2.z, q3.x, q3.z)),
-        pack4xI8(vec4<i32>(q2.y, q2.w, q3.y, q3.w)),
+        pack4xI8(vec4<i32>(p.q0.x, p.q0.z, p.q1.x, p.q1.z)),
+        pack4xI8(vec4<i32>(p.q0.y, p.q0.w, p.q1.y, p.q1.w)),
+        pack4xI8(vec4<i32>(p.q2.x, p.q2.z, p.q3.x, p.q3.z)),
+        pack4xI8(vec4<i32>(p.q2.y, p.q2.w, p.q3.y, p.q3.w)),
     );
-    r.d = m / 127.0;
-    r.sum = dot((x0 + x1) + (x2 + x3), vec4<f32>(1.0));
+    r.d = p.d;
+    r.sum = p.sum;
     return r;
+}
+
+// Piece v's activations: quantized here (4 f32 vector loads), or loaded as quantized (PRE).
+fn piece_x(v: u32) -> XQ {
+    if (PRE) {
+        let m = X[P.vec_per_row + (v >> 1u)];
+        let ds = select(m.xy, m.zw, (v & 1u) == 1u);
+        return XQ(bitcast<vec4<u32>>(X[v]), ds.x, ds.y);
+    }
+    return quantize_piece(X[v * 4u], X[v * 4u + 1u], X[v * 4u + 2u], X[v * 4u + 3u]);
 }
 
 // sum over the 16 weights of `wv` of q * xq (exact in i32)
@@ -124,12 +134,9 @@ fn main(
         let q1 = side(sbb + gi0);
         let q2 = side(sc + gi0);
         let q3 = side(sd + gi0);
-        let x0 = X[v * 4u];
-        let x1 = X[v * 4u + 1u];
-        let x2 = X[v * 4u + 2u];
-        let x3 = X[v * 4u + 3u];
+        let xq0 = piece_x(v);
         {
-            let xq = quantize_piece(x0, x1, x2, x3);
+            let xq = xq0;
             acc.x += (q0.x * xq.d) * f32(idot16(a0, xq.q)) + q0.y * xq.sum;
             acc.y += (q1.x * xq.d) * f32(idot16(b0, xq.q)) + q1.y * xq.sum;
             acc.z += (q2.x * xq.d) * f32(idot16(c0, xq.q)) + q2.y * xq.sum;
@@ -140,11 +147,7 @@ fn main(
             let p1 = side(sbb + gi1);
             let p2 = side(sc + gi1);
             let p3 = side(sd + gi1);
-            let y0 = X[v2 * 4u];
-            let y1 = X[v2 * 4u + 1u];
-            let y2 = X[v2 * 4u + 2u];
-            let y3 = X[v2 * 4u + 3u];
-            let xq = quantize_piece(y0, y1, y2, y3);
+            let xq = piece_x(v2);
             acc.x += (p0.x * xq.d) * f32(idot16(a1, xq.q)) + p0.y * xq.sum;
             acc.y += (p1.x * xq.d) * f32(idot16(b1, xq.q)) + p1.y * xq.sum;
             acc.z += (p2.x * xq.d) * f32(idot16(c1, xq.q)) + p2.y * xq.sum;

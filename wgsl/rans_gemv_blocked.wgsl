@@ -33,6 +33,9 @@
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
 
+// (dot4I8Packed, for the window split's 8-bit-activation build XI8)
+requires packed_4x8_integer_dot_product;
+
 struct Params {
     rows: u32,
     cols: u32,
@@ -113,6 +116,14 @@ override PAIR: u32 = 0u;
 // raw) + WSTART, mod 16. Row pairs are interleaved in runs of two symbols (16 columns). The host
 // runs it with 4-step blocks only.
 override WSTART: u32 = 0u;
+// true (window splits only): 8-bit activations. Binding 7 holds the activations as
+// quantize_x8.wgsl (ORDER 1) wrote them, once per vector, instead of f32 ones: piece p of 16
+// columns as four words of 8-bit integers at xv[p] (bits), its scale d and f32 sum at
+// xv[K / 16 + p / 2] (.xy for even p, .zw for odd). A lane's 16 columns of a row are then
+// d * sum(q xq) + their sum times the bias, with four products per dot4I8Packed instead of an
+// f32 multiply-add per weight, as qgemv4_dp4a.wgsl does for plain 4-bit weights, and with
+// its error bound: at most |scale| * d / 2 * sum(q) per piece (BENCHMARKS.md issue 5, step 69).
+override XI8: bool = false;
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
@@ -237,6 +248,18 @@ fn window_half(n: vec4<u32>, xw: array<vec4<f32>, 4>, magic: u32) -> vec4<f32> {
     return qx;
 }
 
+// sum(q xq) over the 16 columns whose weights are nibbles 0..3 of the four words n (word c:
+// columns c, 4 + c, 8 + c, 12 + c, as window_words gives them; higher bits ignored), with the
+// columns' 8-bit activations x8 (word c: bytes for columns c, 8 + c, 4 + c, 12 + c,
+// quantize_x8.wgsl's ORDER 1): each word's nibbles 0 and 2 stay in place as bytes 0 and 1,
+// nibbles 1 and 3 move to bytes 2 and 3, one shift and one mask-and-merge per four weights.
+// Exact in i32 (|sum| <= 16 * 15 * 127).
+fn window_x8_dot(n: vec4<u32>, x8: vec4<u32>) -> i32 {
+    let b = (n & vec4<u32>(0x0F0Fu)) | ((n << vec4<u32>(12u)) & vec4<u32>(0x0F0F0000u));
+    return (dot4I8Packed(b.x, x8.x) + dot4I8Packed(b.y, x8.y))
+        + (dot4I8Packed(b.z, x8.z) + dot4I8Packed(b.w, x8.w));
+}
+
 // The 16 activations from weight k on.
 fn x16(k: u32) -> array<vec4<f32>, 4> {
     return array<vec4<f32>, 4>(xv[k >> 2u], xv[(k >> 2u) + 1u], xv[(k >> 2u) + 2u], xv[(k >> 2u) + 3u]);
@@ -326,6 +349,8 @@ fn main(
     let gsz = P.group_size;
     let ltmask = (1u << l) - 1u;
     let magic = 0x4B000000u | P.zero;
+    // (XI8: where the pieces' (d, sum) pairs start in xv, K / 16)
+    let x8_meta = (P.cols >> ps) >> 4u;
 
     {
         // (T > 0 here; the host checks)
@@ -355,10 +380,32 @@ fn main(
                         sbb = side(sb_row_b + group_of(ka, gsz));
                     }
                     let raw = window_raw(row_low, b, l);
-                    let xlo = x16(ka);
+                    var xlo = array<vec4<f32>, 4>();
                     var xhi = xlo;
-                    if (!pair) {
-                        xhi = x16(ka + 16u);
+                    // (XI8: the 16 columns' 8-bit activations, and for the second half of a
+                    // row-major word the next 16's; their (d, sum))
+                    var q8 = vec4<u32>(0u);
+                    var q8_hi = q8;
+                    var ds = vec2<f32>(0.0);
+                    var ds_hi = ds;
+                    if (XI8) {
+                        let piece = ka >> 4u;
+                        q8 = bitcast<vec4<u32>>(xv[piece]);
+                        let dsum = xv[x8_meta + (piece >> 1u)];
+                        if (pair) {
+                            ds = select(dsum.xy, dsum.zw, (piece & 1u) == 1u);
+                        } else {
+                            // (piece is even: 32 columns a lane)
+                            q8_hi = bitcast<vec4<u32>>(xv[piece + 1u]);
+                            ds = dsum.xy;
+                            ds_hi = dsum.zw;
+                        }
+                    } else {
+                        xlo = x16(ka);
+                        xhi = xlo;
+                        if (!pair) {
+                            xhi = x16(ka + 16u);
+                        }
                     }
                     // (diagnostic builds 1 and 2 as below; the others are the kernel here)
                     var s = (l * 0x01030507u) ^ b;
@@ -382,6 +429,19 @@ fn main(
                         sw[c] = subgroupShuffle(s, src0 + c) >> byte_shift;
                     }
                     let n = window_words(sw, raw);
+                    if (XI8) {
+                        let ia = f32(window_x8_dot(n, q8));
+                        if (pair) {
+                            let ib = f32(window_x8_dot(n >> vec4<u32>(16u), q8));
+                            acc += (sba.x * ds.x) * ia + sba.y * ds.y;
+                            acc_b += (sbb.x * ds.x) * ib + sbb.y * ds.y;
+                        } else {
+                            let ib = f32(window_x8_dot(n >> vec4<u32>(16u), q8_hi));
+                            acc += ((sba.x * ds.x) * ia + sba.y * ds.y)
+                                + ((sba.x * ds_hi.x) * ib + sba.y * ds_hi.y);
+                        }
+                        continue;
+                    }
                     let qa = window_half(n, xlo, magic);
                     let qb = window_half(n >> vec4<u32>(16u), xhi, magic);
                     // (diagnostic build 9: without the sums of the activations, what sums

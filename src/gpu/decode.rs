@@ -127,6 +127,10 @@ pub struct FusedLayout {
     /// (`slot_table::blocked_slot_tables`, [`GpuCodedMatrix::set_tables_in_memory`]) instead
     /// of building it from the frequencies there; the other kernels ignore it.
     pub tables_in_memory: bool,
+    /// The activations come quantized to 8 bits ([`super::quantize_x8_dispatch`],
+    /// [`super::X8Order::Window`]) and the dot products run on `dot4I8Packed`: window splits
+    /// on the blocked kernels only ([`GpuCodedMatrix::gemv_x8_dispatch`]; approximate).
+    pub x8_activations: bool,
 }
 
 /// From this many workgroups on, the blocked kernels run with the compact decode table by
@@ -215,6 +219,13 @@ fn fused_gemv_pipeline_diag(
             layout.steps_per_row
         )));
     }
+    if layout.x8_activations && (layout.low_bits != WINDOW_LOW_BITS || !blocked) {
+        return Err(GpuError::Unsupported(format!(
+            "8-bit activations run on the blocked fused kernels with window splits, not the \
+             {variant:?} kernel with {} raw low bits per weight",
+            layout.low_bits
+        )));
+    }
     if layout.low_bits == WINDOW_LOW_BITS {
         check_window(layout.bits, layout.wps, layout.window_start)?;
         if variant == FusedVariant::Subgroup || layout.window_block().is_none() {
@@ -293,6 +304,7 @@ fn fused_gemv_pipeline_diag(
                     ),
                     ("PAIR", layout.row_pairs as u32),
                     ("WSTART", layout.window_start),
+                    ("XI8", layout.x8_activations as u32),
                     layout.side.constant(),
                     (
                         "BRANCH_FREE_PLANES",
@@ -451,6 +463,7 @@ impl CodedParams {
             window_start: self.window_start,
             side,
             tables_in_memory: false,
+            x8_activations: false,
         }
     }
 }
@@ -1100,7 +1113,61 @@ impl GpuCodedMatrix {
         y: &wgpu::Buffer,
         variant: FusedVariant,
     ) -> Result<Dispatch, GpuError> {
-        self.gemv_dispatch_diag(device, registry, x, y, variant, 0)
+        self.gemv_dispatch_diag(device, registry, x, y, variant, 0, false)
+    }
+
+    /// Whether [`Self::gemv_x8_dispatch`] can run this matrix on `registry`'s device: a window
+    /// split ([`crate::rans::SplitMatrix::encode_window`]) whose default fused kernel is a
+    /// blocked one (32-wide subgroups, rows of whole 4-step blocks).
+    pub fn x8_supported(&self, registry: &PipelineRegistry) -> bool {
+        self.params.low_bits == WINDOW_LOW_BITS
+            && registry.subgroups32()
+            && self.default_fused_variant(registry).is_blocked()
+    }
+
+    /// The fused GEMV launch `y = W x` on activations quantized to 8 bits: `x8` holds
+    /// [`super::x8_bytes`]`(cols)` bytes as [`super::quantize_x8_dispatch`] writes them in
+    /// [`super::X8Order::Window`], and each lane's 16 columns are multiplied with
+    /// `dot4I8Packed`, four weights an instruction, instead of an f32 multiply-add per weight
+    /// (BENCHMARKS.md issue 5, step 69). **Approximate**, with [`super::X8Activations`]' bound:
+    /// at most `|scale| * d / 2 * sum(q)` per 16-weight piece and row. Window splits only, on
+    /// the blocked kernel the default picks ([`Self::x8_supported`]); others get
+    /// [`GpuError::Unsupported`].
+    pub fn gemv_x8_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x8: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<Dispatch, GpuError> {
+        let v = self.default_fused_variant(registry);
+        self.gemv_dispatch_diag(device, registry, x8, y, v, 0, true)
+    }
+
+    /// [`Self::gemv_x8_dispatch`] on `x` quantized on the GPU first, read back. `y` is filled
+    /// with NaN first so unwritten rows show.
+    pub fn gemv_x8(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        x: &[f32],
+    ) -> Result<Vec<f32>, GpuError> {
+        let (r, k) = (self.rows(), self.cols());
+        super::check_x_len(x, k)?;
+        if r == 0 {
+            return Ok(Vec::new());
+        }
+        let x8 = super::storage_empty(device, "8-bit activations", super::x8_bytes(k))?;
+        let yb = super::nan_output(device, r)?;
+        // (the launch first: it refuses a matrix or device it cannot run, by name)
+        let d = self.gemv_x8_dispatch(device, registry, &x8, &yb)?;
+        let xb = super::upload_x(device, x)?;
+        super::quantize_x8_dispatch(device, registry, &xb, &x8, k, super::X8Order::Window)?
+            .submit(device, queue);
+        self.run_checked(device, queue, &d)?;
+        let bytes = read_back(device, queue, &yb, r as u64 * 4)?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
 
     /// A diagnostic build of the blocked fused kernel (with the table the default picks), for
@@ -1149,9 +1216,12 @@ impl GpuCodedMatrix {
             FusedVariant::BlockedCompact => FusedVariant::BlockedCompact,
             _ => FusedVariant::Blocked,
         };
-        self.gemv_dispatch_diag(device, registry, x, y, v, diag)
+        self.gemv_dispatch_diag(device, registry, x, y, v, diag, false)
     }
 
+    /// The fused launch with diagnostic build `diag` (0 = the kernel) on f32 activations, or on
+    /// 8-bit ones (`x8`, window splits on the blocked kernels).
+    #[allow(clippy::too_many_arguments)]
     fn gemv_dispatch_diag(
         &self,
         device: &wgpu::Device,
@@ -1160,6 +1230,7 @@ impl GpuCodedMatrix {
         y: &wgpu::Buffer,
         variant: FusedVariant,
         diag: u32,
+        x8: bool,
     ) -> Result<Dispatch, GpuError> {
         if variant != FusedVariant::Workgroup && !registry.subgroups32() {
             return Err(GpuError::Unsupported(format!(
@@ -1170,12 +1241,17 @@ impl GpuCodedMatrix {
             GpuError::InvalidInput("the fused GEMV needs scales and biases at upload".into())
         })?;
         let (r, k) = (self.rows() as u64, self.cols() as u64);
-        if x.size() < k * 4 || y.size() < r * 4 {
+        let x_bytes = if x8 {
+            super::x8_bytes(k as usize)
+        } else {
+            k * 4
+        };
+        if x.size() < x_bytes || y.size() < r * 4 {
             return Err(GpuError::InvalidInput(format!(
                 "x/y buffers have {}/{} bytes, need {}/{}",
                 x.size(),
                 y.size(),
-                k * 4,
+                x_bytes,
                 r * 4
             )));
         }
@@ -1185,6 +1261,7 @@ impl GpuCodedMatrix {
         p.out_mode = 2;
         let uniform = self.uniform(device, 2, p);
         let mut layout = self.fused_layout();
+        layout.x8_activations = x8;
         let mut diag = diag;
         if diag == 10 {
             // (the kernel with the window start taken as 0)
@@ -1327,31 +1404,15 @@ impl GpuCodedMatrix {
         variant: FusedVariant,
     ) -> Result<Vec<f32>, GpuError> {
         let (r, k) = (self.rows(), self.cols());
-        if x.len() != k {
-            return Err(GpuError::InvalidInput(format!(
-                "x has {} entries, cols = {k}",
-                x.len()
-            )));
-        }
+        super::check_x_len(x, k)?;
         if r == 0 {
             return Ok(Vec::new());
         }
         if self.n_chunks() == 0 {
             return Ok(vec![0.0; r]);
         }
-        let xb = storage_init(
-            device,
-            "x",
-            bytemuck::cast_slice(x),
-            wgpu::BufferUsages::empty(),
-        )?;
-        let poison = vec![f32::NAN; r];
-        let yb = storage_init(
-            device,
-            "y",
-            bytemuck::cast_slice(&poison),
-            wgpu::BufferUsages::COPY_SRC,
-        )?;
+        let xb = super::upload_x(device, x)?;
+        let yb = super::nan_output(device, r)?;
         let d = self.gemv_dispatch_with(device, registry, &xb, &yb, variant)?;
         self.run_checked(device, queue, &d)?;
         let bytes = read_back(device, queue, &yb, r as u64 * 4)?;
@@ -1414,6 +1475,7 @@ mod tests {
             window_start: 0,
             side: Default::default(),
             tables_in_memory: false,
+            x8_activations: false,
         }
     }
 

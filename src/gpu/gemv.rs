@@ -633,6 +633,96 @@ impl GpuQuantizedMatrix {
         Ok(self.bind(device, pipeline, &uniform, x, y, (gx, gy)))
     }
 
+    /// [`QGemvVariant::Int8Dot`] on activations quantized once per vector instead of in
+    /// registers: `x8` holds [`super::x8_bytes`]`(cols)` bytes as
+    /// [`super::quantize_x8_dispatch`] writes them in [`super::X8Order::Plain`] (the same
+    /// integers `Int8Dot` computes, so the same result up to f32 rounding). The like-for-like
+    /// baseline of [`super::GpuCodedMatrix::gemv_x8_dispatch`], which takes its activations so
+    /// too. `ksplit` as for `Int8Dot` (0 = automatic).
+    pub fn gemv_x8_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x8: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        ksplit: u32,
+    ) -> Result<Dispatch, GpuError> {
+        if !self.nibble4_supported() {
+            return Err(GpuError::Unsupported(format!(
+                "8-bit activations: qgemv4_dp4a needs 4 bits, cols % 16 == 0 and group size % \
+                 16 == 0 ({} bits, cols {}, group size {})",
+                self.bits,
+                self.cols(),
+                self.group_size
+            )));
+        }
+        let ks = match ksplit {
+            0 => self.auto_ksplit(),
+            1 | 2 | 4 | 8 => ksplit,
+            _ => {
+                return Err(GpuError::InvalidInput(format!(
+                    "ksplit {ksplit} is not 1, 2, 4 or 8"
+                )))
+            }
+        };
+        let need = super::x8_bytes(self.cols());
+        if x8.size() < need || y.size() < self.rows() as u64 * 4 {
+            return Err(GpuError::InvalidInput(format!(
+                "x8/y buffers have {}/{} bytes, need {need}/{}",
+                x8.size(),
+                y.size(),
+                self.rows() * 4
+            )));
+        }
+        let total_wg = self.params.rows.div_ceil(32 / ks);
+        let (gx, gy) = grid(device, total_wg);
+        let uniform = self.uniform(device, gx, total_wg, self.params.cols / 16);
+        let pipeline = registry.get(
+            device,
+            Kernel::QGemv4Dp4a,
+            "main",
+            &[
+                ("GS", self.group_size),
+                ("KSPLIT", ks),
+                self.side.constant(),
+                ("PRE", 1),
+            ],
+        )?;
+        Ok(self.bind(device, pipeline, &uniform, x8, y, (gx, gy)))
+    }
+
+    /// [`Self::gemv_x8_dispatch`] on `x` quantized on the GPU first ([`super::quantize_x8`]),
+    /// read back. `y` is filled with NaN first so unwritten rows show.
+    pub fn gemv_x8(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        x: &[f32],
+        ksplit: u32,
+    ) -> Result<Vec<f32>, GpuError> {
+        let (r, k) = (self.rows(), self.cols());
+        super::check_x_len(x, k)?;
+        if r == 0 {
+            return Ok(Vec::new());
+        }
+        let yb = super::nan_output(device, r)?;
+        let x8 = super::storage_empty(device, "8-bit activations", super::x8_bytes(k))?;
+        // (the launch first: it refuses a matrix it cannot run, by name)
+        let d = self.gemv_x8_dispatch(device, registry, &x8, &yb, ksplit)?;
+        let xb = super::upload_x(device, x)?;
+        super::quantize_x8_dispatch(device, registry, &xb, &x8, k, super::X8Order::Plain)?
+            .submit(device, queue);
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        d.submit(device, queue);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Wgpu(e.to_string()));
+        }
+        wait(device)?;
+        let bytes = read_back(device, queue, &yb, r as u64 * 4)?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
     /// A diagnostic build of the default plain 4-bit kernel ([`QGemvVariant::Pipelined`]
     /// `{ rows: 4, ksplit: 0 }`, `override DIAG` of `wgsl/qgemv4_pipe.wgsl`), for measuring
     /// what limits it; its output is not a GEMV. `diag`: 1 = the same loads with next to no
@@ -677,28 +767,12 @@ impl GpuQuantizedMatrix {
         variant: QGemvVariant,
     ) -> Result<Vec<f32>, GpuError> {
         let (r, k) = (self.rows(), self.cols());
-        if x.len() != k {
-            return Err(GpuError::InvalidInput(format!(
-                "x has {} entries, cols = {k}",
-                x.len()
-            )));
-        }
+        super::check_x_len(x, k)?;
         if r == 0 {
             return Ok(Vec::new());
         }
-        let xb = storage_init(
-            device,
-            "x",
-            bytemuck::cast_slice(x),
-            wgpu::BufferUsages::empty(),
-        )?;
-        let poison = vec![f32::NAN; r];
-        let yb = storage_init(
-            device,
-            "y",
-            bytemuck::cast_slice(&poison),
-            wgpu::BufferUsages::COPY_SRC,
-        )?;
+        let xb = super::upload_x(device, x)?;
+        let yb = super::nan_output(device, r)?;
         let d = self.gemv_dispatch_with(device, registry, &xb, &yb, variant)?;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         d.submit(device, queue);

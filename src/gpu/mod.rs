@@ -83,6 +83,7 @@
 mod decode;
 mod gemv;
 pub(crate) mod slot_table;
+mod x8;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -93,6 +94,9 @@ pub use decode::{
     FusedVariant, GpuCodedMatrix, QuantParamsRef, COMPACT_TABLE_FROM_WORKGROUPS,
 };
 pub use gemv::{GpuQuantizedMatrix, QGemvVariant};
+pub use x8::{
+    quantize_x8, quantize_x8_dispatch, quantize_x8_read, x8_bytes, X8Activations, X8Order, X8_PIECE,
+};
 
 /// Errors of the GPU module.
 #[derive(Debug, thiserror::Error)]
@@ -338,6 +342,9 @@ pub enum Kernel {
     /// `wgsl/qgemv4_pipe.wgsl`: `qgemv4.wgsl` with the next iteration's weights loaded before
     /// the current one is multiplied (exact f32; the default 4-bit plain GEMV).
     QGemv4Pipe,
+    /// `wgsl/quantize_x8.wgsl`: activations quantized to 8 bits once per vector, for the
+    /// GEMV launches that take them so (`gemv_x8_dispatch`; approximate).
+    QuantizeX8,
 }
 
 /// A kernel's source with the `wgsl/lib/NAME.wgsl` files it `// import`s appended, in the
@@ -436,9 +443,10 @@ impl Kernel {
             ),
             Kernel::QGemv => wgsl_with_libs!("../../wgsl/qgemv.wgsl", "side"),
             Kernel::QGemv4 => wgsl_with_libs!("../../wgsl/qgemv4.wgsl", "side"),
-            Kernel::QGemv4Dp4a => wgsl_with_libs!("../../wgsl/qgemv4_dp4a.wgsl", "side"),
+            Kernel::QGemv4Dp4a => wgsl_with_libs!("../../wgsl/qgemv4_dp4a.wgsl", "side", "x8"),
             Kernel::QGemv4Stream => wgsl_with_libs!("../../wgsl/qgemv4_stream.wgsl", "side"),
             Kernel::QGemv4Pipe => wgsl_with_libs!("../../wgsl/qgemv4_pipe.wgsl", "side"),
+            Kernel::QuantizeX8 => wgsl_with_libs!("../../wgsl/quantize_x8.wgsl", "x8"),
         }
     }
 
@@ -505,6 +513,7 @@ impl Kernel {
             Kernel::QGemv4Dp4a => "qgemv4_dp4a.wgsl",
             Kernel::QGemv4Stream => "qgemv4_stream.wgsl",
             Kernel::QGemv4Pipe => "qgemv4_pipe.wgsl",
+            Kernel::QuantizeX8 => "quantize_x8.wgsl",
         }
     }
 }
@@ -1026,6 +1035,38 @@ pub(crate) fn storage_init(
     )
 }
 
+/// Checks that `x` holds one activation per column.
+pub(crate) fn check_x_len(x: &[f32], cols: usize) -> Result<(), GpuError> {
+    if x.len() != cols {
+        return Err(GpuError::InvalidInput(format!(
+            "x has {} entries, cols = {cols}",
+            x.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Activations `x` as a storage buffer.
+pub(crate) fn upload_x(device: &wgpu::Device, x: &[f32]) -> Result<wgpu::Buffer, GpuError> {
+    storage_init(
+        device,
+        "x",
+        bytemuck::cast_slice(x),
+        wgpu::BufferUsages::empty(),
+    )
+}
+
+/// An output buffer of `n` f32 filled with NaN, to be read back: entries a launch leaves
+/// unwritten show.
+pub(crate) fn nan_output(device: &wgpu::Device, n: usize) -> Result<wgpu::Buffer, GpuError> {
+    storage_init(
+        device,
+        "y",
+        bytemuck::cast_slice(&vec![f32::NAN; n]),
+        wgpu::BufferUsages::COPY_SRC,
+    )
+}
+
 /// An uninitialised storage buffer of `bytes` (at least 16), usable as copy source and
 /// destination.
 pub(crate) fn storage_empty(
@@ -1138,7 +1179,7 @@ mod tests {
     use super::Kernel;
 
     /// Every kernel the registry builds.
-    const ALL_KERNELS: [Kernel; 13] = [
+    const ALL_KERNELS: [Kernel; 14] = [
         Kernel::RansDecode,
         Kernel::RansGemv,
         Kernel::RansGemvSubgroup,
@@ -1152,6 +1193,7 @@ mod tests {
         Kernel::QGemv4Dp4a,
         Kernel::QGemv4Stream,
         Kernel::QGemv4Pipe,
+        Kernel::QuantizeX8,
     ];
 
     /// The registry drops bounds checks only on the trusted path it takes for kernels with
