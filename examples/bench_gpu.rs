@@ -58,6 +58,12 @@
 //! `--tables-built` makes the blocked fused kernels build each tile's decode table from the
 //! frequencies in every workgroup, as before step 65, instead of reading it from memory where
 //! the host built it once (`GpuCodedMatrix::set_tables_in_memory`, on by default).
+//! `--x8` also times, for window splits on the blocked kernel, the fused GEMV on activations
+//! quantized to 8 bits once per vector (`GpuCodedMatrix::gemv_x8_dispatch`, approximate)
+//! against the plain int8-dot kernel on the same pre-quantized activations
+//! (`GpuQuantizedMatrix::gemv_x8_dispatch`), and the quantizing pre-pass
+//! (`ecq::gpu::quantize_x8_dispatch`) on its own; the per-token table gets a row `x8` (plain
+//! there = the int8-dot kernel on pre-quantized activations; pre-passes not included).
 //! `--variants file` codes each matrix as `ecq encode` writes it (`EncodeOptions::default()`
 //! whole, `SplitMatrix::default_options()` split: chunks for `SPLIT_MIN_CHUNKS` decoders).
 //! `--per-token llama3-8b` times the linear-layer shapes of that model (q, o 4096x4096; k, v
@@ -108,6 +114,8 @@ struct Args {
     /// `--tables-built`: the blocked fused kernels build their decode tables in every
     /// workgroup instead of reading them from memory
     tables_built: bool,
+    /// `--x8`: also the fused and plain GEMVs on 8-bit activations
+    x8: bool,
     wall: bool,
     plain_variants: Vec<QGemvVariant>,
     plain_only: bool,
@@ -200,6 +208,7 @@ fn parse_args() -> Args {
         ksplit_sweep: false,
         fused: Vec::new(),
         tables_built: false,
+        x8: false,
         wall: false,
         plain_variants: Vec::new(),
         plain_only: false,
@@ -293,6 +302,11 @@ fn parse_args() -> Args {
             }
             "--tables-built" => {
                 a.tables_built = true;
+                i += 1;
+                continue;
+            }
+            "--x8" => {
+                a.x8 = true;
                 i += 1;
                 continue;
             }
@@ -923,6 +937,44 @@ fn main() {
                 );
             }
             let yp = ctx.gemv_quantized(&plain[0], &x).expect("plain gemv");
+            // --x8: the activations quantized once (both byte orders), the plain int8-dot
+            // kernel on them, and the quantizing pre-pass alone
+            let x8 = (args.x8 && plain[0].nibble4_supported()).then(|| {
+                let buf = |order| {
+                    let b = dev.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("x8"),
+                        size: ecq::gpu::x8_bytes(k),
+                        usage: wgpu::BufferUsages::STORAGE,
+                        mapped_at_creation: false,
+                    });
+                    let d = ecq::gpu::quantize_x8_dispatch(dev, reg, &xb, &b, k, order)
+                        .expect("x8 dispatch");
+                    (b, d)
+                };
+                let (plain_x8, d_plain) = buf(ecq::gpu::X8Order::Plain);
+                let (window_x8, d_window) = buf(ecq::gpu::X8Order::Window);
+                d_plain.submit(dev, ctx.queue());
+                d_window.submit(dev, ctx.queue());
+                let t_pre = time_dispatches(&ctx, &timer, &[d_window], args.iters, args.rounds).t;
+                let ds: Vec<Dispatch> = plain
+                    .iter()
+                    .map(|m| {
+                        m.gemv_x8_dispatch(dev, reg, &plain_x8, &y_plain, 0)
+                            .expect("x8 dispatch")
+                    })
+                    .collect();
+                let t_plain_x8 = time_dispatches(&ctx, &timer, &ds, args.iters, args.rounds).t;
+                let yp8 = plain[0]
+                    .gemv_x8(dev, ctx.queue(), reg, &x, 0)
+                    .expect("plain x8 gemv");
+                eprintln!(
+                    "  plain {source}: int8-dot on pre-quantized activations {:.1} us (in-register {:.1} us), quantizing pre-pass (K = {k}) {:.1} us",
+                    t_plain_x8 * 1e6,
+                    t_plain_i8 * 1e6,
+                    t_pre * 1e6
+                );
+                (window_x8, t_plain_x8, yp8)
+            });
             drop(plain);
 
             for (&variant, &(low_bits, pairs)) in args
@@ -1203,6 +1255,49 @@ fn main() {
                             t_fused_l2 * 1e6,
                             d.join(", ")
                         );
+                    }
+                    if let Some((window_x8, t_plain_x8, yp8)) = x8
+                        .as_ref()
+                        .filter(|_| fused_variant == default_variant && coded[0].x8_supported(reg))
+                    {
+                        let ds: Vec<Dispatch> = coded
+                            .iter()
+                            .map(|m| {
+                                m.gemv_x8_dispatch(dev, reg, window_x8, &y_fused)
+                                    .expect("x8 dispatch")
+                            })
+                            .collect();
+                        let t_x8 = time_dispatches(&ctx, &timer, &ds, args.iters, args.rounds).t;
+                        let yf8 = coded[0]
+                            .gemv_x8(dev, ctx.queue(), reg, &x)
+                            .expect("fused x8");
+                        let scale = yp8.iter().map(|v| v.abs() as f64).sum::<f64>() / r as f64;
+                        let maxdiff = yp8
+                            .iter()
+                            .zip(&yf8)
+                            .map(|(a, b)| (a - b).abs() as f64)
+                            .fold(0.0, f64::max);
+                        if maxdiff > 1e-3 * scale.max(1e-30) {
+                            eprintln!(
+                                "  WARNING: fused x8 and plain x8 differ by {maxdiff:e} (mean |y| {scale:e})"
+                            );
+                        }
+                        eprintln!(
+                            "  {source} {geometry}: fused x8 {:.1} us ({:.2}x plain int8-dot on the same activations, {:.2}x plain f32; f32 fused {:.2}x its kernel)",
+                            t_x8 * 1e6,
+                            t_x8 / t_plain_x8,
+                            t_x8 / t_plain,
+                            t_fused / t_x8
+                        );
+                        timed.push(Timed {
+                            shape: (r, k),
+                            key: format!(
+                                "{source} | {} | x8",
+                                variant.map_or("file".into(), |(c, t)| format!("{c}:{t}"))
+                            ),
+                            t_plain: *t_plain_x8,
+                            t_fused: t_x8,
+                        });
                     }
                     timed.push(Timed {
                         shape: (r, k),
