@@ -1087,3 +1087,87 @@ fn blocked_batched_kernel_is_bit_identical_to_portable() {
         );
     }
 }
+
+/// `LinearOptions::x8_activations`: a window-split layer's fused GEMV on 8-bit activations is
+/// the library's `GpuCodedMatrix::gemv_x8` bit for bit, one vector and each row of a batch run
+/// as GEMVs, and so is the same layer in row bands. Where the blocked fused kernel cannot run
+/// (no 32-wide subgroups), and for layers that are not window splits, the option has no effect:
+/// the outputs are the f32 ones, bit for bit.
+#[test]
+fn x8_activations_layer_is_gemv_x8() {
+    let Some(d) = dev() else { return };
+    let c = case(900, 16, 2048, 4, 64, 16384, 8);
+    let opts = EncodeOptions {
+        chunk_symbols: 256,
+        tile_chunks: 2,
+        group_size: 64,
+        ..Default::default()
+    };
+    let s =
+        SplitMatrix::encode_window(&c.q.symbols(), 16, 2048, &opts, SplitOrder::RowPairs).unwrap();
+    let layer = CodedLayerRef::from_split(&s, 64, &c.q.scales, &c.q.biases, None);
+    let x8 = LinearOptions {
+        x8_activations: true,
+        gemv_batch_max_m: Some(8),
+        ..Default::default()
+    };
+    let f32_layer = EntropyCodedLinear::upload(d, "f32", layer, &LinearOptions::default()).unwrap();
+    let one = EntropyCodedLinear::upload(d, "x8", layer, &x8).unwrap();
+    let banded = EntropyCodedLinear::upload(
+        d,
+        "x8 banded",
+        layer,
+        &LinearOptions {
+            max_buffer_bytes: Some(8192),
+            ..x8.clone()
+        },
+    )
+    .unwrap();
+    assert!(banded.n_bands() > 1);
+    assert!(!f32_layer.x8_activations());
+    let x = activations(900, 3 * 2048);
+    let subgroups = d.gpu().registry().subgroups32();
+    assert_eq!(
+        (one.x8_activations(), banded.x8_activations()),
+        (subgroups, subgroups)
+    );
+    let want: Vec<Vec<f32>> = if subgroups {
+        let m = d
+            .gpu()
+            .upload_split(&s, Some(ecq::gpu::QuantParamsRef::from(&c.q)))
+            .unwrap();
+        x.chunks_exact(2048)
+            .map(|xr| {
+                m.gemv_x8(d.device(), d.gpu().queue(), d.gpu().registry(), xr)
+                    .unwrap()
+            })
+            .collect()
+    } else {
+        x.chunks_exact(2048)
+            .map(|xr| f32_layer.forward(xr).unwrap())
+            .collect()
+    };
+    for layer in [&one, &banded] {
+        assert_eq!(
+            bits(layer.forward(&x[..2048]).unwrap()),
+            bits(want[0].clone())
+        );
+        assert_eq!(
+            bits(layer.forward_batch(&x, 3).unwrap()),
+            bits(want.concat())
+        );
+    }
+    // a layer coded whole ignores the option
+    let w = upload(d, &c, &LinearOptions::default()).unwrap();
+    let w8 = upload(d, &c, &x8).unwrap();
+    assert!(!w8.x8_activations());
+    assert_eq!(
+        bits(w8.forward(&x[..2048]).unwrap()),
+        bits(w.forward(&x[..2048]).unwrap())
+    );
+    if !subgroups {
+        gpu_common::announce_unsupported(
+            "8-bit activations: the fused window kernel needs 32-wide subgroups; the layers' f32 fallback was checked",
+        );
+    }
+}

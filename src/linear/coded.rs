@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, Linear, LinearError};
-use crate::gpu::{default_fused_variant, fused_gemv_pipeline, CodedParams, GpuError, SideFormat};
+use crate::gpu::{
+    default_fused_variant, fused_gemv_pipeline, quantize_x8_dispatch, x8_bytes, CodedParams,
+    GpuError, SideFormat, X8Order,
+};
 use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
 
 /// Activation rows per dispatch of the batched kernel (4 per invocation, 128 invocations).
@@ -140,6 +143,16 @@ pub struct LinearOptions {
     /// [`EntropyCodedLinear::table_bytes`]) for GEMVs 1.02-1.09x slower on an H200. Same
     /// results either way.
     pub tables_built_in_kernel: bool,
+    /// Run the fused GEMV (`forward`, and `forward_batch` up to
+    /// [`Self::gemv_batch_max_m`] rows) on activations quantized to 8 bits on the GPU, 16 to a
+    /// scale ([`crate::gpu::quantize_x8_dispatch`], then
+    /// [`crate::gpu::GpuCodedMatrix::gemv_x8_dispatch`]'s kernel): 1.05-1.34x faster fused
+    /// GEMVs on an H200 (BENCHMARKS.md issue 5, step 69), **approximate**: off the f32 result by
+    /// at most `|scale| * d / 2 * sum(q)` per 16-weight piece and output (`d` = the piece's
+    /// largest activation / 127). Takes effect only for window splits on the blocked fused
+    /// kernel (32-wide subgroups); other layers, and the batched kernel, keep f32 activations.
+    /// [`EntropyCodedLinear::x8_activations`] says which.
+    pub x8_activations: bool,
 }
 
 /// A borrowed coded matrix with its quantization parameters: the coded tensors as
@@ -595,6 +608,8 @@ pub struct EntropyCodedLinear {
     gemm_blocked: Option<(u32, u32, u32)>,
     /// The window start of a window split (only the blocked batched kernel reads those).
     window: Option<u8>,
+    /// The fused GEMV takes 8-bit activations ([`LinearOptions::x8_activations`]).
+    x8: bool,
 }
 
 impl EntropyCodedLinear {
@@ -882,6 +897,11 @@ impl EntropyCodedLinear {
             .iter()
             .filter_map(|b| b.tables.as_ref().map(wgpu::Buffer::size))
             .sum();
+        let x8 = opts.x8_activations
+            && m.window.is_some()
+            && bands.iter().all(|b| {
+                default_fused_variant(dev.gpu().registry(), &b.gemv.fused_layout(side)).is_blocked()
+            });
         Ok(EntropyCodedLinear {
             dev: dev.clone(),
             name: name.into(),
@@ -914,7 +934,14 @@ impl EntropyCodedLinear {
                 ))
             },
             window: m.window,
+            x8,
         })
+    }
+
+    /// Whether the fused GEMV runs on 8-bit activations ([`LinearOptions::x8_activations`]
+    /// asked for it and this layer can: a window split on the blocked fused kernel).
+    pub fn x8_activations(&self) -> bool {
+        self.x8
     }
 
     /// Bits per weight.
@@ -1004,6 +1031,7 @@ impl EntropyCodedLinear {
         let variant = default_fused_variant(registry, &layout);
         let tables = band.tables.as_ref().filter(|_| variant.is_blocked());
         layout.tables_in_memory = tables.is_some();
+        layout.x8_activations = self.x8;
         let pipeline = fused_gemv_pipeline(device, registry, variant, &layout)?;
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -1029,8 +1057,9 @@ impl EntropyCodedLinear {
     }
 
     /// The fused-GEMV launch computing `y = W x` (no bias) for one activation vector (`x`:
-    /// `in_features` f32, `y`: `out_features` f32), for benchmarks that record many launches
-    /// between two waits. Only for layers held in one band ([`Self::n_bands`] == 1: a banded
+    /// `in_features` f32, or with [`Self::x8_activations`] their 8-bit form as
+    /// [`crate::gpu::quantize_x8_dispatch`] writes it in [`crate::gpu::X8Order::Window`]; `y`:
+    /// `out_features` f32), for benchmarks that record many launches between two waits. Only for layers held in one band ([`Self::n_bands`] == 1: a banded
     /// layer writes per-band scratch buffers, see [`Linear::forward`]).
     pub fn vector_dispatch(
         &self,
@@ -1199,7 +1228,21 @@ impl EntropyCodedLinear {
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             for i in 0..m {
-                let xb = self.x_buffer(&x[i * k..(i + 1) * k], 1)?;
+                let mut xb = self.x_buffer(&x[i * k..(i + 1) * k], 1)?;
+                if self.x8 {
+                    let x8 = dev.buffer("x8", x8_bytes(k), wgpu::BufferUsages::empty());
+                    quantize_x8_dispatch(
+                        dev.device(),
+                        dev.gpu().registry(),
+                        &xb,
+                        &x8,
+                        k,
+                        X8Order::Window,
+                    )
+                    .map_err(|e| self.gpu_err(e))?
+                    .record(&mut pass);
+                    xb = x8;
+                }
                 for band in &self.bands {
                     let target = if self.bands.len() == 1 && m == 1 {
                         y.clone()
