@@ -48,7 +48,12 @@
 //!   groups of 32 lanes; used for 2 and 8 bits ([`QGemvVariant::Generic`]).
 //! * `qgemv4_dp4a.wgsl`: `qgemv4.wgsl` with each 16-weight piece's activations quantized to 8
 //!   bits in registers and `dot4I8Packed` (WGSL `packed_4x8_integer_dot_product`); approximate,
-//!   only on request ([`QGemvVariant::Int8Dot`]).
+//!   only on request ([`QGemvVariant::Int8Dot`]); with `PRE` on activations quantized once
+//!   per vector instead ([`GpuQuantizedMatrix::gemv_x8_dispatch`]).
+//! * `quantize_x8.wgsl`: activations quantized to 8 bits once per vector ([`quantize_x8`]),
+//!   for the fused window-split GEMV on 8-bit activations
+//!   ([`GpuCodedMatrix::gemv_x8_dispatch`], the blocked kernel's `XI8` build; approximate)
+//!   and its plain baseline.
 //! * `qgemv4_stream.wgsl`: candidate exact 4-bit kernels (16-byte loads, 1, 2 or 4 rows per
 //!   group of 32 lanes, no activation pre-scaling; activations through L1 or staged in
 //!   workgroup memory), only on request ([`QGemvVariant::Stream`], [`QGemvVariant::Staged`]).

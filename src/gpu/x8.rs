@@ -72,6 +72,17 @@ impl X8Activations {
     /// The CPU reference of the quantization (f32 arithmetic as the kernels write it; a GPU's
     /// division may differ from this one by an ulp, so a `q` exactly at a rounding tie may
     /// differ by one). Refuses lengths that are not whole pieces.
+    ///
+    /// ```
+    /// use ecq::gpu::X8Activations;
+    ///
+    /// let x: Vec<f32> = (0..32).map(|i| i as f32 - 8.0).collect(); // two pieces
+    /// let a = X8Activations::quantize(&x)?;
+    /// assert_eq!((a.q[0], a.q[15], a.q[31]), (-127, 111, 127)); // -8, 7 of max 8; 23 of 23
+    /// assert_eq!((a.d[0], a.sum[1]), (8.0 / 127.0, 248.0));
+    /// assert!(X8Activations::quantize(&x[..24]).is_err()); // not whole pieces
+    /// # Ok::<(), ecq::gpu::GpuError>(())
+    /// ```
     pub fn quantize(x: &[f32]) -> Result<Self, GpuError> {
         check_cols(x.len())?;
         let n = x.len() / X8_PIECE;
