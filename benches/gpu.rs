@@ -15,7 +15,13 @@
 //! `SplitMatrix::default_options`, what `ecq encode --split` writes: half the symbols per chunk,
 //! shrunk for `SPLIT_MIN_CHUNKS` decoders; `ECQ_GPU_BENCH_MIN_CHUNKS` overrides that count, 0
 //! = off), and with `ECQ_GPU_BENCH_ROW_PAIRS=1` too in row-pair order
-//! (`ecq::rans::SplitOrder::RowPairs`; label `_split2p`). Times are
+//! (`ecq::rans::SplitOrder::RowPairs`; label `_split2p`); `ECQ_GPU_BENCH_LOW_BITS=3` codes a
+//! window split instead (`SplitMatrix::encode_window`: one coded flag per weight, eight weights
+//! per step, three raw bits; default geometry `SplitMatrix::default_window_options`, what
+//! `ecq encode --window` writes; label `_window`, `_windowp` in row pairs), for which the
+//! group also times the plain and the fused GEMV on activations quantized to 8 bits once
+//! (`plain_qgemv_x8`, `fused_rans_gemv_x8`: `gemv_x8_dispatch`, approximate) where the
+//! blocked fused kernel runs (32-wide subgroups). Times are
 //! GPU timestamps of the pass holding the iterations where the device has `TIMESTAMP_QUERY`,
 //! else the wall clock after `finish()` (`examples/common/timing.rs`). For the full comparison
 //! table use `examples/bench_gpu.rs`.
@@ -24,7 +30,10 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ecq::dtype::FloatDType;
-use ecq::gpu::{CodedMatrixRef, DecodeOutput, Dispatch, GpuContext, QuantParamsRef};
+use ecq::gpu::{
+    quantize_x8_dispatch, x8_bytes, CodedMatrixRef, DecodeOutput, Dispatch, GpuContext,
+    QuantParamsRef, X8Order,
+};
 use ecq::quant::{quantize_affine, AffineParams};
 use ecq::rans::{encode, EncodeOptions, SplitMatrix, SplitOrder};
 use rand::{Rng, SeedableRng};
@@ -70,15 +79,15 @@ fn bench(c: &mut Criterion) {
     );
     let low_bits: u32 = env_num("ECQ_GPU_BENCH_LOW_BITS").unwrap_or(0);
     assert!(
-        low_bits == 0 || (low_bits == 2 && bits == 4),
-        "ECQ_GPU_BENCH_LOW_BITS must be 0, or 2 with 4-bit weights"
+        low_bits == 0 || (matches!(low_bits, 2 | 3) && bits == 4),
+        "ECQ_GPU_BENCH_LOW_BITS must be 0, or 2 or 3 with 4-bit weights"
     );
     // the geometry `ecq encode` writes (whole, or `--split`: half the symbols per chunk, four
     // weights each, shrunk for SPLIT_MIN_CHUNKS decoders), unless the environment says otherwise
-    let coder = if low_bits == 0 {
-        EncodeOptions::default()
-    } else {
-        SplitMatrix::default_options()
+    let coder = match low_bits {
+        0 => EncodeOptions::default(),
+        3 => SplitMatrix::default_window_options(),
+        _ => SplitMatrix::default_options(),
     };
     let timer = timing::GpuTimer::new(ctx.device(), ctx.queue(), false);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -104,7 +113,7 @@ fn bench(c: &mut Criterion) {
     let pairs = env_num::<u32>("ECQ_GPU_BENCH_ROW_PAIRS").unwrap_or(0) != 0;
     assert!(
         !pairs || low_bits != 0,
-        "ECQ_GPU_BENCH_ROW_PAIRS needs ECQ_GPU_BENCH_LOW_BITS=2 (row pairs are an order of split matrices)"
+        "ECQ_GPU_BENCH_ROW_PAIRS needs ECQ_GPU_BENCH_LOW_BITS=2 or 3 (row pairs are an order of split matrices)"
     );
     let order = if pairs {
         SplitOrder::RowPairs
@@ -112,7 +121,11 @@ fn bench(c: &mut Criterion) {
         SplitOrder::Rows
     };
     let split = (low_bits != 0).then(|| {
-        SplitMatrix::encode_ordered(&q.symbols(), r, k, bits, low_bits, &opts, order).unwrap()
+        if low_bits == 3 {
+            SplitMatrix::encode_window(&q.symbols(), r, k, &opts, order).unwrap()
+        } else {
+            SplitMatrix::encode_ordered(&q.symbols(), r, k, bits, low_bits, &opts, order).unwrap()
+        }
     });
     let whole = split
         .is_none()
@@ -156,23 +169,42 @@ fn bench(c: &mut Criterion) {
         .iter()
         .map(|m| m.gemv_dispatch(dev, reg, &xb, &yb).unwrap())
         .collect();
-    let dec_d: Vec<_> = coded
+    // (no decode kernel runs some layouts here, e.g. a window split without 32-wide subgroups)
+    let dec_d: Result<Vec<_>, _> = coded
         .iter()
-        .map(|m| {
-            m.decode_dispatch(dev, reg, &out, DecodeOutput::Packed)
-                .unwrap()
-        })
+        .map(|m| m.decode_dispatch(dev, reg, &out, DecodeOutput::Packed))
         .collect();
+    // 8-bit activations, quantized once in each reader's byte order (window splits on the
+    // blocked fused kernel)
+    let x8 = coded[0].x8_supported(reg).then(|| {
+        let quantized = |order| {
+            let b = mk(x8_bytes(k));
+            quantize_x8_dispatch(dev, reg, &xb, &b, k, order)
+                .unwrap()
+                .submit(dev, ctx.queue());
+            b
+        };
+        let (xp, xw) = (quantized(X8Order::Plain), quantized(X8Order::Window));
+        let plain_x8: Vec<_> = plain
+            .iter()
+            .map(|m| m.gemv_x8_dispatch(dev, reg, &xp, &yb, 0).unwrap())
+            .collect();
+        let fused_x8: Vec<_> = coded
+            .iter()
+            .map(|m| m.gemv_x8_dispatch(dev, reg, &xw, &yb).unwrap())
+            .collect();
+        (plain_x8, fused_x8)
+    });
 
     // the label's chunk: the symbols a chunk holds as coded (after min_chunks)
     let chunk_symbols = enc.chunk_rows() * enc.cols() / enc.weights_per_symbol() as usize;
     let mut g = c.benchmark_group(format!(
         "gpu/{}/{r}x{k}_{bits}bit_g64_c{chunk_symbols}{}_{}",
         ctx.adapter_name(),
-        if low_bits == 0 {
-            String::new()
-        } else {
-            format!("_split{low_bits}{}", if pairs { "p" } else { "" })
+        match low_bits {
+            0 => String::new(),
+            3 => format!("_window{}", if pairs { "p" } else { "" }),
+            _ => format!("_split{low_bits}{}", if pairs { "p" } else { "" }),
         },
         timer.short()
     ));
@@ -184,6 +216,14 @@ fn bench(c: &mut Criterion) {
     g.bench_function("fused_rans_gemv", |b| {
         b.iter_custom(|n| run(&ctx, &timer, &fused_d, n))
     });
+    if let Some((plain_x8, fused_x8)) = &x8 {
+        g.bench_function("plain_qgemv_x8", |b| {
+            b.iter_custom(|n| run(&ctx, &timer, plain_x8, n))
+        });
+        g.bench_function("fused_rans_gemv_x8", |b| {
+            b.iter_custom(|n| run(&ctx, &timer, fused_x8, n))
+        });
+    }
     if let Some(diag) = env_num("ECQ_GPU_BENCH_DIAG") {
         let diag_d: Result<Vec<_>, _> = coded
             .iter()
@@ -199,9 +239,15 @@ fn bench(c: &mut Criterion) {
         }
     }
     g.throughput(Throughput::Elements((r * k) as u64));
-    g.bench_function("rans_decode_packed", |b| {
-        b.iter_custom(|n| run(&ctx, &timer, &dec_d, n))
-    });
+    match dec_d {
+        Ok(dec_d) => g.bench_function("rans_decode_packed", |b| {
+            b.iter_custom(|n| run(&ctx, &timer, &dec_d, n))
+        }),
+        Err(e) => {
+            eprintln!("rans_decode_packed skipped: {e}");
+            &mut g
+        }
+    };
     g.finish();
 }
 
