@@ -58,7 +58,7 @@
 //! `--tables-built` makes the blocked fused kernels build each tile's decode table from the
 //! frequencies in every workgroup, as before step 65, instead of reading it from memory where
 //! the host built it once (`GpuCodedMatrix::set_tables_in_memory`, on by default).
-//! `--x8` also times, for window splits on the blocked kernel, the fused GEMV on activations
+//! `--x8` also times, for window splits on each blocked kernel timed, the fused GEMV on activations
 //! quantized to 8 bits once per vector (`GpuCodedMatrix::gemv_x8_dispatch`, approximate)
 //! against the plain int8-dot kernel on the same pre-quantized activations
 //! (`GpuQuantizedMatrix::gemv_x8_dispatch`), and the quantizing pre-pass
@@ -1258,13 +1258,19 @@ fn main() {
                     }
                     if let Some((window_x8, t_plain_x8, yp8)) = x8
                         .as_ref()
-                        .filter(|_| fused_variant == default_variant && coded[0].x8_supported(reg))
+                        .filter(|_| blocked && coded[0].x8_supported(reg))
                     {
                         let ds: Vec<Dispatch> = coded
                             .iter()
                             .map(|m| {
-                                m.gemv_x8_dispatch(dev, reg, window_x8, &y_fused)
-                                    .expect("x8 dispatch")
+                                m.gemv_x8_dispatch_with(
+                                    dev,
+                                    reg,
+                                    window_x8,
+                                    &y_fused,
+                                    fused_variant,
+                                )
+                                .expect("x8 dispatch")
                             })
                             .collect();
                         let t_x8 = time_dispatches(&ctx, &timer, &ds, args.iters, args.rounds).t;
@@ -1285,7 +1291,7 @@ fn main() {
                             );
                         }
                         eprintln!(
-                            "  {source} {geometry}: fused x8 {:.1} us ({:.2}x plain int8-dot on the same activations, {:.2}x plain f32; f32 fused {:.2}x its kernel), one set {:.1} us",
+                            "  {source} {geometry}: fused x8 {fused_variant:?} {:.1} us ({:.2}x plain int8-dot on the same activations, {:.2}x plain f32; f32 fused {:.2}x its kernel), one set {:.1} us",
                             t_x8 * 1e6,
                             t_x8 / t_plain_x8,
                             t_x8 / t_plain,
@@ -1295,8 +1301,13 @@ fn main() {
                         timed.push(Timed {
                             shape: (r, k),
                             key: format!(
-                                "{source} | {} | x8",
-                                variant.map_or("file".into(), |(c, t)| format!("{c}:{t}"))
+                                "{source} | {} | x8{}",
+                                variant.map_or("file".into(), |(c, t)| format!("{c}:{t}")),
+                                if args.fused.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(" {fused_variant:?}")
+                                }
                             ),
                             t_plain: *t_plain_x8,
                             t_fused: t_x8,

@@ -1141,7 +1141,21 @@ impl GpuCodedMatrix {
         y: &wgpu::Buffer,
     ) -> Result<Dispatch, GpuError> {
         let v = self.default_fused_variant(registry);
-        self.gemv_dispatch_diag(device, registry, x8, y, v, 0, true)
+        self.gemv_x8_dispatch_with(device, registry, x8, y, v)
+    }
+
+    /// [`Self::gemv_x8_dispatch`] with an explicit kernel: [`FusedVariant::Blocked`] or
+    /// [`FusedVariant::BlockedCompact`] (the others refuse 8-bit activations with
+    /// [`GpuError::Unsupported`]).
+    pub fn gemv_x8_dispatch_with(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x8: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        variant: FusedVariant,
+    ) -> Result<Dispatch, GpuError> {
+        self.gemv_dispatch_diag(device, registry, x8, y, variant, 0, true)
     }
 
     /// [`Self::gemv_x8_dispatch`] on `x` quantized on the GPU first, read back. `y` is filled
