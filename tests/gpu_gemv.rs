@@ -1410,8 +1410,9 @@ fn reference_x8(
 /// tolerance above (the integer dot products are exact, only the f32 sums round), and against
 /// the f64 reference on the f32 activations within the 8-bit bound `|scale| * d / 2 * sum(q)`
 /// per piece; the plain kernel's in-register quantization (`Int8Dot`) too. Row-major and row
-/// pairs, group sizes 32/64/128, window starts 5 and 13 (wrap-around). Whole symbols, and any
-/// matrix on an adapter without the blocked kernel, are refused with `Unsupported`.
+/// pairs, group sizes 32/64/128, window starts 5 and 13 (wrap-around), both blocked kernels.
+/// Whole symbols, the workgroup kernel, and any matrix on an adapter without the blocked
+/// kernel are refused with `Unsupported`.
 #[test]
 fn fused_gemv_window_x8_within_bound() {
     use ecq::gpu::{quantize_x8_read, GpuError, X8Order};
@@ -1489,6 +1490,14 @@ fn fused_gemv_window_x8_within_bound() {
                 .gemv_x8(dev, queue, reg, &x)
                 .unwrap_or_else(|e| panic!("{label} fused x8: {e}"));
             check("fused x8", &y);
+            for v in [FusedVariant::Blocked, FusedVariant::BlockedCompact] {
+                let y = m
+                    .gemv_x8_with(dev, queue, reg, &x, v)
+                    .unwrap_or_else(|e| panic!("{label} fused x8 {v:?}: {e}"));
+                check(&format!("fused x8 {v:?}"), &y);
+            }
+            let r = m.gemv_x8_with(dev, queue, reg, &x, FusedVariant::Workgroup);
+            assert!(matches!(r, Err(GpuError::Unsupported(_))), "{label}: {r:?}");
             fused_checked = true;
         } else {
             let r = m.gemv_x8(dev, queue, reg, &x);

@@ -1167,6 +1167,19 @@ impl GpuCodedMatrix {
         registry: &PipelineRegistry,
         x: &[f32],
     ) -> Result<Vec<f32>, GpuError> {
+        let v = self.default_fused_variant(registry);
+        self.gemv_x8_with(device, queue, registry, x, v)
+    }
+
+    /// [`Self::gemv_x8`] with an explicit kernel ([`Self::gemv_x8_dispatch_with`]).
+    pub fn gemv_x8_with(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        x: &[f32],
+        variant: FusedVariant,
+    ) -> Result<Vec<f32>, GpuError> {
         let (r, k) = (self.rows(), self.cols());
         super::check_x_len(x, k)?;
         if r == 0 {
@@ -1175,7 +1188,7 @@ impl GpuCodedMatrix {
         let x8 = super::storage_empty(device, "8-bit activations", super::x8_bytes(k))?;
         let yb = super::nan_output(device, r)?;
         // (the launch first: it refuses a matrix or device it cannot run, by name)
-        let d = self.gemv_x8_dispatch(device, registry, &x8, &yb)?;
+        let d = self.gemv_x8_dispatch_with(device, registry, &x8, &yb, variant)?;
         let xb = super::upload_x(device, x)?;
         super::quantize_x8_dispatch(device, registry, &xb, &x8, k, super::X8Order::Window)?
             .submit(device, queue);
