@@ -1059,8 +1059,9 @@ impl EntropyCodedLinear {
     /// The fused-GEMV launch computing `y = W x` (no bias) for one activation vector (`x`:
     /// `in_features` f32, or with [`Self::x8_activations`] their 8-bit form as
     /// [`crate::gpu::quantize_x8_dispatch`] writes it in [`crate::gpu::X8Order::Window`]; `y`:
-    /// `out_features` f32), for benchmarks that record many launches between two waits. Only for layers held in one band ([`Self::n_bands`] == 1: a banded
-    /// layer writes per-band scratch buffers, see [`Linear::forward`]).
+    /// `out_features` f32), for benchmarks that record many launches between two waits. Only
+    /// for layers held in one band ([`Self::n_bands`] == 1: a banded layer writes per-band
+    /// scratch buffers, see [`Linear::forward`]).
     pub fn vector_dispatch(
         &self,
         x: &wgpu::Buffer,
