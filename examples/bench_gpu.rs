@@ -63,7 +63,8 @@
 //! against the plain int8-dot kernel on the same pre-quantized activations
 //! (`GpuQuantizedMatrix::gemv_x8_dispatch`), and the quantizing pre-pass
 //! (`ecq::gpu::quantize_x8_dispatch`) on its own; the per-token table gets a row `x8` (plain
-//! there = the int8-dot kernel on pre-quantized activations; pre-passes not included).
+//! there = the int8-dot kernel on pre-quantized activations) and a row `x8 + pre-passes`
+//! adding one quantizing pre-pass per distinct input vector of a layer to both kernels.
 //! `--variants file` codes each matrix as `ecq encode` writes it (`EncodeOptions::default()`
 //! whole, `SplitMatrix::default_options()` split: chunks for `SPLIT_MIN_CHUNKS` decoders).
 //! `--per-token llama3-8b` times the linear-layer shapes of that model (q, o 4096x4096; k, v
@@ -133,6 +134,9 @@ struct ModelShapes {
     per_layer: &'static [(usize, usize, usize)],
     /// The output projection (rows, cols), once per token.
     head: (usize, usize),
+    /// (K, distinct activation vectors of that width per layer): the inputs a layer's
+    /// matrices share (`--x8` quantizes each once)
+    inputs_per_layer: &'static [(usize, usize)],
     what: &'static str,
 }
 
@@ -155,6 +159,8 @@ const MODELS: &[ModelShapes] = &[
             (4096, 14336, 1),
         ],
         head: (128256, 4096),
+        // the attention input (q, k, v), o's input, the MLP input (gate, up), down's input
+        inputs_per_layer: &[(4096, 3), (14336, 1)],
         what: "Llama-3-8B: 32 layers of q, o 4096x4096, k, v 1024x4096 (8 KV heads), gate, up \
            14336x4096, down 4096x14336; lm_head 128256x4096",
     },
@@ -163,6 +169,7 @@ const MODELS: &[ModelShapes] = &[
         layers: 2,
         per_layer: &[(64, 512, 2), (128, 512, 1)],
         head: (256, 512),
+        inputs_per_layer: &[(512, 2)],
         what:
             "a smoke test for slow adapters: 2 layers of two 64x512 and one 128x512; head 256x512",
     },
@@ -771,6 +778,8 @@ fn main() {
     let mut rows_out = Vec::new();
     let mut plain_rows = Vec::new();
     let mut timed = Vec::new();
+    // (K, seconds) of the quantizing pre-pass (--x8), per activation width
+    let mut prepass: Vec<(usize, f64)> = Vec::new();
     for &(r, k) in &args.shapes {
         let t0 = Instant::now();
         let w = weights(r, k, (r * 31 + k) as u64);
@@ -973,6 +982,9 @@ fn main() {
                     t_plain_i8 * 1e6,
                     t_pre * 1e6
                 );
+                if !prepass.iter().any(|&(kk, _)| kk == k) {
+                    prepass.push((k, t_pre));
+                }
                 (window_x8, t_plain_x8, yp8)
             });
             drop(plain);
@@ -1370,7 +1382,7 @@ fn main() {
         println!();
     }
     if let Some(m) = args.per_token {
-        print_per_token(m, &timed, clock);
+        print_per_token(m, &timed, &prepass, clock);
     }
     if !plain_rows.is_empty() {
         println!(
@@ -1393,8 +1405,10 @@ fn main() {
 }
 
 /// The `--per-token` table: for each symbol source, chunk variant and kernel timed at every
-/// shape of `m`, the sums of the per-matrix medians over one layer and over one token.
-fn print_per_token(m: &ModelShapes, timed: &[Timed], clock: &str) {
+/// shape of `m`, the sums of the per-matrix medians over one layer and over one token; for the
+/// `x8` rows also with the quantizing pre-passes (`prepass`: seconds per activation width), one
+/// per distinct input vector, added to both kernels (both read pre-quantized activations).
+fn print_per_token(m: &ModelShapes, timed: &[Timed], prepass: &[(usize, f64)], clock: &str) {
     let mut keys: Vec<&str> = Vec::new();
     for t in timed {
         if !keys.contains(&t.key.as_str()) {
@@ -1449,6 +1463,24 @@ fn print_per_token(m: &ModelShapes, timed: &[Timed], clock: &str) {
             token.1 * 1e3,
             token.1 / token.0
         );
+        let pre_of = |k: usize| prepass.iter().find(|&&(kk, _)| kk == k).map(|&(_, t)| t);
+        let pre_layer: Option<f64> = m
+            .inputs_per_layer
+            .iter()
+            .map(|&(k, n)| pre_of(k).map(|t| n as f64 * t))
+            .sum();
+        if let (true, Some(pl), Some(ph)) = (key.contains("| x8"), pre_layer, pre_of(m.head.1)) {
+            let pt = m.layers as f64 * pl + ph;
+            println!(
+                "| {key} + pre-passes | {:.1} | {:.1} | {:.2}x | {:.2} | {:.2} | {:.2}x |",
+                (layer.0 + pl) * 1e6,
+                (layer.1 + pl) * 1e6,
+                (layer.1 + pl) / (layer.0 + pl),
+                (token.0 + pt) * 1e3,
+                (token.1 + pt) * 1e3,
+                (token.1 + pt) / (token.0 + pt)
+            );
+        }
     }
     println!();
 }
