@@ -260,6 +260,44 @@ fn window_x8_dot(n: vec4<u32>, x8: vec4<u32>) -> i32 {
         + (dot4I8Packed(b.z, x8.z) + dot4I8Packed(b.w, x8.w));
 }
 
+// A window-split lane's activations for the columns from ka on: f32 (16, and the next 16
+// in row-major order) or, with XI8, their 8-bit form and (d, sum) (see XI8). Loaded in one
+// call before the block's decode: the same loads written inline, into zero-initialised
+// variables, compiled to a compact-table f32 build 1.03-1.06x slower on an H200
+// (BENCHMARKS.md issue 5, step 71; the driver's code was not read).
+struct WindowX {
+    xlo: array<vec4<f32>, 4>,
+    xhi: array<vec4<f32>, 4>,
+    q8: vec4<u32>,
+    q8_hi: vec4<u32>,
+    ds: vec2<f32>,
+    ds_hi: vec2<f32>,
+}
+
+fn window_x(ka: u32, pair: bool, x8_meta: u32) -> WindowX {
+    var w: WindowX;
+    if (XI8) {
+        let piece = ka >> 4u;
+        w.q8 = bitcast<vec4<u32>>(xv[piece]);
+        let dsum = xv[x8_meta + (piece >> 1u)];
+        if (pair) {
+            w.ds = select(dsum.xy, dsum.zw, (piece & 1u) == 1u);
+        } else {
+            // (piece is even: 32 columns a lane)
+            w.q8_hi = bitcast<vec4<u32>>(xv[piece + 1u]);
+            w.ds = dsum.xy;
+            w.ds_hi = dsum.zw;
+        }
+    } else {
+        w.xlo = x16(ka);
+        w.xhi = w.xlo;
+        if (!pair) {
+            w.xhi = x16(ka + 16u);
+        }
+    }
+    return w;
+}
+
 // The 16 activations from weight k on.
 fn x16(k: u32) -> array<vec4<f32>, 4> {
     return array<vec4<f32>, 4>(xv[k >> 2u], xv[(k >> 2u) + 1u], xv[(k >> 2u) + 2u], xv[(k >> 2u) + 3u]);
@@ -380,33 +418,7 @@ fn main(
                         sbb = side(sb_row_b + group_of(ka, gsz));
                     }
                     let raw = window_raw(row_low, b, l);
-                    var xlo = array<vec4<f32>, 4>();
-                    var xhi = xlo;
-                    // (XI8: the 16 columns' 8-bit activations, and for the second half of a
-                    // row-major word the next 16's; their (d, sum))
-                    var q8 = vec4<u32>(0u);
-                    var q8_hi = q8;
-                    var ds = vec2<f32>(0.0);
-                    var ds_hi = ds;
-                    if (XI8) {
-                        let piece = ka >> 4u;
-                        q8 = bitcast<vec4<u32>>(xv[piece]);
-                        let dsum = xv[x8_meta + (piece >> 1u)];
-                        if (pair) {
-                            ds = select(dsum.xy, dsum.zw, (piece & 1u) == 1u);
-                        } else {
-                            // (piece is even: 32 columns a lane)
-                            q8_hi = bitcast<vec4<u32>>(xv[piece + 1u]);
-                            ds = dsum.xy;
-                            ds_hi = dsum.zw;
-                        }
-                    } else {
-                        xlo = x16(ka);
-                        xhi = xlo;
-                        if (!pair) {
-                            xhi = x16(ka + 16u);
-                        }
-                    }
+                    let wx = window_x(ka, pair, x8_meta);
                     // (diagnostic builds 1 and 2 as below; the others are the kernel here)
                     var s = (l * 0x01030507u) ^ b;
                     if (DIAG != 2u && DIAG != 11u) {
@@ -416,6 +428,12 @@ fn main(
                         acc += bitcast<f32>(s & 0x3FFFFFFFu);
                         continue;
                     }
+                    let xlo = wx.xlo;
+                    let xhi = wx.xhi;
+                    let q8 = wx.q8;
+                    let q8_hi = wx.q8_hi;
+                    let ds = wx.ds;
+                    let ds_hi = wx.ds_hi;
                     if (DIAG == 11u) {
                         // (diagnostic build 11: the loads, the table build and the chunk setup
                         // alone, every load kept live by an XOR or the activation sum)
