@@ -54,16 +54,7 @@ struct XQ {
 
 fn quantize_piece(x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>) -> XQ {
     let p = x8_piece(x0, x1, x2, x3);
-    var r: XQ;
-    r.q = vec4<u32>(
-        pack4xI8(vec4<i32>(p.q0.x, p.q0.z, p.q1.x, p.q1.z)),
-        pack4xI8(vec4<i32>(p.q0.y, p.q0.w, p.q1.y, p.q1.w)),
-        pack4xI8(vec4<i32>(p.q2.x, p.q2.z, p.q3.x, p.q3.z)),
-        pack4xI8(vec4<i32>(p.q2.y, p.q2.w, p.q3.y, p.q3.w)),
-    );
-    r.d = p.d;
-    r.sum = p.sum;
-    return r;
+    return XQ(x8_plain_words(p), p.d, p.sum);
 }
 
 // Piece v's activations: quantized here (4 f32 vector loads), or loaded as quantized (PRE).

@@ -17,9 +17,8 @@ struct Params {
 }
 
 // Byte order of a piece's four words (activation indices within the piece): 0 = the plain
-// kernel's, word c of the even / odd nibbles of its two weight words: (0, 2, 4, 6), (1, 3, 5,
-// 7), (8, 10, 12, 14), (9, 11, 13, 15); 1 = the fused window kernel's, word c: (c, 8 + c,
-// 4 + c, 12 + c) (window_x8_dot in rans_gemv_blocked.wgsl says why).
+// kernel's (x8_plain_words); 1 = the fused window kernel's, word c: (c, 8 + c, 4 + c,
+// 12 + c) (window_x8_dot in rans_gemv_blocked.wgsl says why).
 override ORDER: u32 = 0u;
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -38,12 +37,7 @@ fn main(
     let v = x8_piece(x[4u * p], x[4u * p + 1u], x[4u * p + 2u], x[4u * p + 3u]);
     var w: vec4<u32>;
     if (ORDER == 0u) {
-        w = vec4<u32>(
-            pack4xI8(vec4<i32>(v.q0.x, v.q0.z, v.q1.x, v.q1.z)),
-            pack4xI8(vec4<i32>(v.q0.y, v.q0.w, v.q1.y, v.q1.w)),
-            pack4xI8(vec4<i32>(v.q2.x, v.q2.z, v.q3.x, v.q3.z)),
-            pack4xI8(vec4<i32>(v.q2.y, v.q2.w, v.q3.y, v.q3.w)),
-        );
+        w = x8_plain_words(v);
     } else {
         w = vec4<u32>(
             pack4xI8(vec4<i32>(v.q0.x, v.q2.x, v.q1.x, v.q3.x)),

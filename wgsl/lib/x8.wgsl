@@ -26,3 +26,14 @@ fn x8_piece(x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>) -> X8Pie
     r.sum = dot((x0 + x1) + (x2 + x3), vec4<f32>(1.0));
     return r;
 }
+
+// A piece's integers in qgemv4_dp4a.wgsl's byte order: the even and odd nibbles of its two
+// weight words, activations (0, 2, 4, 6), (1, 3, 5, 7), (8, 10, 12, 14), (9, 11, 13, 15).
+fn x8_plain_words(p: X8Piece) -> vec4<u32> {
+    return vec4<u32>(
+        pack4xI8(vec4<i32>(p.q0.x, p.q0.z, p.q1.x, p.q1.z)),
+        pack4xI8(vec4<i32>(p.q0.y, p.q0.w, p.q1.y, p.q1.w)),
+        pack4xI8(vec4<i32>(p.q2.x, p.q2.z, p.q3.x, p.q3.z)),
+        pack4xI8(vec4<i32>(p.q2.y, p.q2.w, p.q3.y, p.q3.w)),
+    );
+}
