@@ -1192,9 +1192,7 @@ impl GpuCodedMatrix {
         let xb = super::upload_x(device, x)?;
         super::quantize_x8_dispatch(device, registry, &xb, &x8, k, super::X8Order::Window)?
             .submit(device, queue);
-        self.run_checked(device, queue, &d)?;
-        let bytes = read_back(device, queue, &yb, r as u64 * 4)?;
-        Ok(bytemuck::cast_slice(&bytes).to_vec())
+        self.run_and_read(device, queue, &d, &yb, r)
     }
 
     /// A diagnostic build of the blocked fused kernel (with the table the default picks), for
@@ -1365,6 +1363,21 @@ impl GpuCodedMatrix {
         run_checked_launches(device, queue, &[(self, d)])
     }
 
+    /// Runs one of this matrix's GEMV launches to completion ([`run_checked_launches`]) and
+    /// reads the `rows` f32 of its output `y` back.
+    fn run_and_read(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        d: &Dispatch,
+        y: &wgpu::Buffer,
+        rows: usize,
+    ) -> Result<Vec<f32>, GpuError> {
+        self.run_checked(device, queue, d)?;
+        let bytes = read_back(device, queue, y, rows as u64 * 4)?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
     /// Decodes into a new buffer and reads it back (`u32` words; for
     /// [`DecodeOutput::BytePerWeight`] four weights per word). The output buffer is filled with
     /// `0xFFFFFFFF` first so unwritten words show.
@@ -1441,9 +1454,7 @@ impl GpuCodedMatrix {
         let xb = super::upload_x(device, x)?;
         let yb = super::nan_output(device, r)?;
         let d = self.gemv_dispatch_with(device, registry, &xb, &yb, variant)?;
-        self.run_checked(device, queue, &d)?;
-        let bytes = read_back(device, queue, &yb, r as u64 * 4)?;
-        Ok(bytemuck::cast_slice(&bytes).to_vec())
+        self.run_and_read(device, queue, &d, &yb, r)
     }
 }
 

@@ -479,70 +479,77 @@ impl GpuQuantizedMatrix {
             QGemvVariant::Generic => None,
             QGemvVariant::Nibble4 { ksplit }
             | QGemvVariant::Int8Dot { ksplit }
-            | QGemvVariant::Pipelined { ksplit, .. } => {
-                if !self.nibble4_supported() {
-                    return Err(GpuError::Unsupported(format!(
-                        "qgemv4 needs 4 bits, cols % 16 == 0 and group size % 16 == 0 \
-                         ({} bits, cols {}, group size {})",
-                        self.bits,
-                        self.cols(),
-                        self.group_size
-                    )));
-                }
-                match ksplit {
-                    0 => Some(self.auto_ksplit()),
-                    1 | 2 | 4 | 8 => Some(ksplit),
-                    _ => {
-                        return Err(GpuError::InvalidInput(format!(
-                            "ksplit {ksplit} is not 1, 2, 4 or 8"
-                        )))
-                    }
-                }
-            }
+            | QGemvVariant::Pipelined { ksplit, .. } => Some(self.nibble4_ksplit(ksplit)?),
         };
-        let (kernel, total_wg, vec_per_row) = match nibble {
-            Some(ks) => (
-                Kernel::QGemv4,
-                self.params.rows.div_ceil(32 / ks),
-                self.params.cols / 16,
-            ),
-            None => (Kernel::QGemv, self.params.total_wg, self.params.vec_per_row),
-        };
+        if let Some(ks) = nibble {
+            let kernel = if matches!(variant, QGemvVariant::Int8Dot { .. }) {
+                Kernel::QGemv4Dp4a
+            } else {
+                Kernel::QGemv4
+            };
+            return self.nibble4_dispatch(device, registry, (kernel, ks, &[]), x, y);
+        }
+        let total_wg = self.params.total_wg;
         let (gx, gy) = grid(device, total_wg);
-        let uniform = self.uniform(device, gx, total_wg, vec_per_row);
-        let nibble_kernel = if matches!(variant, QGemvVariant::Int8Dot { .. }) {
-            Kernel::QGemv4Dp4a
-        } else {
-            Kernel::QGemv4
-        };
-        let pipeline = match nibble {
-            Some(ks) => registry.get(
-                device,
-                nibble_kernel,
-                "main",
-                &[
-                    ("GS", self.group_size),
-                    ("KSPLIT", ks),
-                    self.side.constant(),
-                ],
-            )?,
-            None => {
-                // one group per 16-byte step of a row, up to MAX_KSPLIT groups
-                let ksplit = self.params.vec_per_row.div_ceil(32).clamp(1, MAX_KSPLIT);
-                registry.get(
-                    device,
-                    kernel,
-                    "main",
-                    &[
-                        ("BITS", self.bits),
-                        ("GS", self.group_size),
-                        ("KSPLIT", ksplit),
-                        ("WGS", 32 * ksplit),
-                        self.side.constant(),
-                    ],
-                )?
-            }
-        };
+        let uniform = self.uniform(device, gx, total_wg, self.params.vec_per_row);
+        // one group per 16-byte step of a row, up to MAX_KSPLIT groups
+        let ksplit = self.params.vec_per_row.div_ceil(32).clamp(1, MAX_KSPLIT);
+        let pipeline = registry.get(
+            device,
+            Kernel::QGemv,
+            "main",
+            &[
+                ("BITS", self.bits),
+                ("GS", self.group_size),
+                ("KSPLIT", ksplit),
+                ("WGS", 32 * ksplit),
+                self.side.constant(),
+            ],
+        )?;
+        Ok(self.bind(device, pipeline, &uniform, x, y, (gx, gy)))
+    }
+
+    /// The K split the 4-bit kernels (`qgemv4.wgsl`, `qgemv4_dp4a.wgsl`) run with for
+    /// `ksplit` (0 = automatic), or why they cannot run this matrix.
+    fn nibble4_ksplit(&self, ksplit: u32) -> Result<u32, GpuError> {
+        if !self.nibble4_supported() {
+            return Err(GpuError::Unsupported(format!(
+                "qgemv4 needs 4 bits, cols % 16 == 0 and group size % 16 == 0 \
+                 ({} bits, cols {}, group size {})",
+                self.bits,
+                self.cols(),
+                self.group_size
+            )));
+        }
+        match ksplit {
+            0 => Ok(self.auto_ksplit()),
+            1 | 2 | 4 | 8 => Ok(ksplit),
+            _ => Err(GpuError::InvalidInput(format!(
+                "ksplit {ksplit} is not 1, 2, 4 or 8"
+            ))),
+        }
+    }
+
+    /// A launch of `kernel` (`qgemv4.wgsl` or `qgemv4_dp4a.wgsl`) with `ks` groups of 32 lanes
+    /// per 4 rows and the `extra` pipeline constants.
+    fn nibble4_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        (kernel, ks, extra): (Kernel, u32, &[(&'static str, u32)]),
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<Dispatch, GpuError> {
+        let total_wg = self.params.rows.div_ceil(32 / ks);
+        let (gx, gy) = grid(device, total_wg);
+        let uniform = self.uniform(device, gx, total_wg, self.params.cols / 16);
+        let mut constants = vec![
+            ("GS", self.group_size),
+            ("KSPLIT", ks),
+            self.side.constant(),
+        ];
+        constants.extend_from_slice(extra);
+        let pipeline = registry.get(device, kernel, "main", &constants)?;
         Ok(self.bind(device, pipeline, &uniform, x, y, (gx, gy)))
     }
 
@@ -647,24 +654,7 @@ impl GpuQuantizedMatrix {
         y: &wgpu::Buffer,
         ksplit: u32,
     ) -> Result<Dispatch, GpuError> {
-        if !self.nibble4_supported() {
-            return Err(GpuError::Unsupported(format!(
-                "8-bit activations: qgemv4_dp4a needs 4 bits, cols % 16 == 0 and group size % \
-                 16 == 0 ({} bits, cols {}, group size {})",
-                self.bits,
-                self.cols(),
-                self.group_size
-            )));
-        }
-        let ks = match ksplit {
-            0 => self.auto_ksplit(),
-            1 | 2 | 4 | 8 => ksplit,
-            _ => {
-                return Err(GpuError::InvalidInput(format!(
-                    "ksplit {ksplit} is not 1, 2, 4 or 8"
-                )))
-            }
-        };
+        let ks = self.nibble4_ksplit(ksplit)?;
         let need = super::x8_bytes(self.cols());
         if x8.size() < need || y.size() < self.rows() as u64 * 4 {
             return Err(GpuError::InvalidInput(format!(
@@ -674,21 +664,13 @@ impl GpuQuantizedMatrix {
                 self.rows() * 4
             )));
         }
-        let total_wg = self.params.rows.div_ceil(32 / ks);
-        let (gx, gy) = grid(device, total_wg);
-        let uniform = self.uniform(device, gx, total_wg, self.params.cols / 16);
-        let pipeline = registry.get(
+        self.nibble4_dispatch(
             device,
-            Kernel::QGemv4Dp4a,
-            "main",
-            &[
-                ("GS", self.group_size),
-                ("KSPLIT", ks),
-                self.side.constant(),
-                ("PRE", 1),
-            ],
-        )?;
-        Ok(self.bind(device, pipeline, &uniform, x8, y, (gx, gy)))
+            registry,
+            (Kernel::QGemv4Dp4a, ks, &[("PRE", 1)]),
+            x8,
+            y,
+        )
     }
 
     /// [`Self::gemv_x8_dispatch`] on `x` quantized on the GPU first ([`super::quantize_x8`]),
@@ -713,14 +695,7 @@ impl GpuQuantizedMatrix {
         let xb = super::upload_x(device, x)?;
         super::quantize_x8_dispatch(device, registry, &xb, &x8, k, super::X8Order::Plain)?
             .submit(device, queue);
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        d.submit(device, queue);
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(GpuError::Wgpu(e.to_string()));
-        }
-        wait(device)?;
-        let bytes = read_back(device, queue, &yb, r as u64 * 4)?;
-        Ok(bytemuck::cast_slice(&bytes).to_vec())
+        run_and_read(device, queue, &d, &yb, r)
     }
 
     /// A diagnostic build of the default plain 4-bit kernel ([`QGemvVariant::Pipelined`]
@@ -774,13 +749,25 @@ impl GpuQuantizedMatrix {
         let xb = super::upload_x(device, x)?;
         let yb = super::nan_output(device, r)?;
         let d = self.gemv_dispatch_with(device, registry, &xb, &yb, variant)?;
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        d.submit(device, queue);
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(GpuError::Wgpu(e.to_string()));
-        }
-        wait(device)?;
-        let bytes = read_back(device, queue, &yb, r as u64 * 4)?;
-        Ok(bytemuck::cast_slice(&bytes).to_vec())
+        run_and_read(device, queue, &d, &yb, r)
     }
+}
+
+/// Submits `d` (a validation error is returned as such), waits, and reads the `rows` f32 of `y`
+/// back.
+fn run_and_read(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    d: &Dispatch,
+    y: &wgpu::Buffer,
+    rows: usize,
+) -> Result<Vec<f32>, GpuError> {
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    d.submit(device, queue);
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        return Err(GpuError::Wgpu(e.to_string()));
+    }
+    wait(device)?;
+    let bytes = read_back(device, queue, y, rows as u64 * 4)?;
+    Ok(bytemuck::cast_slice(&bytes).to_vec())
 }
