@@ -1120,9 +1120,8 @@ impl GpuCodedMatrix {
     /// split ([`crate::rans::SplitMatrix::encode_window`]) whose default fused kernel is a
     /// blocked one (32-wide subgroups, rows of whole 4-step blocks).
     pub fn x8_supported(&self, registry: &PipelineRegistry) -> bool {
-        self.params.low_bits == WINDOW_LOW_BITS
-            && registry.subgroups32()
-            && self.default_fused_variant(registry).is_blocked()
+        // (without 32-wide subgroups the default is the workgroup kernel)
+        self.params.low_bits == WINDOW_LOW_BITS && self.default_fused_variant(registry).is_blocked()
     }
 
     /// The fused GEMV launch `y = W x` on activations quantized to 8 bits: `x8` holds

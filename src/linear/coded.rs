@@ -718,6 +718,8 @@ impl EntropyCodedLinear {
         let s = m.cols / m.weights_per_symbol as usize;
         let t = s.div_ceil(32);
         let mut bands = Vec::with_capacity(plan.len());
+        // (every band's fused GEMV a blocked kernel: what 8-bit activations need)
+        let mut all_blocked = true;
         for (t0, t1) in plan {
             let (c0, c1) = (t0 * tc, (t1 * tc).min(nc));
             let (row0, row1) = (chunk_end_row(c0), chunk_end_row(c1));
@@ -837,6 +839,7 @@ impl EntropyCodedLinear {
             let gemv_uniform = dev.uniform(bytemuck::bytes_of(&gemv));
             let blocked =
                 default_fused_variant(dev.gpu().registry(), &gemv.fused_layout(side)).is_blocked();
+            all_blocked &= blocked;
             // (an optimisation: a band whose tables would exceed the buffer limit builds them)
             let table_bytes = (t1 - t0) as u64 * table_words as u64 * 4;
             let tables = (blocked
@@ -897,11 +900,7 @@ impl EntropyCodedLinear {
             .iter()
             .filter_map(|b| b.tables.as_ref().map(wgpu::Buffer::size))
             .sum();
-        let x8 = opts.x8_activations
-            && m.window.is_some()
-            && bands.iter().all(|b| {
-                default_fused_variant(dev.gpu().registry(), &b.gemv.fused_layout(side)).is_blocked()
-            });
+        let x8 = opts.x8_activations && m.window.is_some() && all_blocked;
         Ok(EntropyCodedLinear {
             dev: dev.clone(),
             name: name.into(),
