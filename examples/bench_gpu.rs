@@ -707,6 +707,20 @@ fn quantize_source(
 }
 
 /// Three significant digits at most (GB/s spans lavapipe's 0.05 to an H200's 3000).
+/// The benchmark's sanity check of a kernel's output `got` against the plain one `want`: a
+/// warning on stderr where they differ by more than 1e-3 of the mean |y|.
+fn warn_if_apart(what: &str, want: &[f32], got: &[f32]) {
+    let scale = want.iter().map(|v| v.abs() as f64).sum::<f64>() / want.len().max(1) as f64;
+    let maxdiff = want
+        .iter()
+        .zip(got)
+        .map(|(a, b)| (a - b).abs() as f64)
+        .fold(0.0, f64::max);
+    if maxdiff > 1e-3 * scale.max(1e-30) {
+        eprintln!("  WARNING: {what} differ by {maxdiff:e} (mean |y| {scale:e})");
+    }
+}
+
 fn sig(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
@@ -1194,17 +1208,7 @@ fn main() {
                     let yf = coded[0]
                         .gemv_with(dev, ctx.queue(), reg, &x, fused_variant)
                         .expect("fused gemv");
-                    let scale = yp.iter().map(|v| v.abs() as f64).sum::<f64>() / r as f64;
-                    let maxdiff = yp
-                        .iter()
-                        .zip(&yf)
-                        .map(|(a, b)| (a - b).abs() as f64)
-                        .fold(0.0, f64::max);
-                    if maxdiff > 1e-3 * scale.max(1e-30) {
-                        eprintln!(
-                            "  WARNING: fused {fused_variant:?} and plain differ by {maxdiff:e} (mean |y| {scale:e})"
-                        );
-                    }
+                    warn_if_apart(&format!("fused {fused_variant:?} and plain"), &yp, &yf);
                     eprintln!(
                         "  {source} {geometry}: fused {fused_variant:?} {:.1} us ({:.2}x plain), one set {:.1} us",
                         t_fused * 1e6,
@@ -1291,17 +1295,7 @@ fn main() {
                         let yf8 = coded[0]
                             .gemv_x8(dev, ctx.queue(), reg, &x)
                             .expect("fused x8");
-                        let scale = yp8.iter().map(|v| v.abs() as f64).sum::<f64>() / r as f64;
-                        let maxdiff = yp8
-                            .iter()
-                            .zip(&yf8)
-                            .map(|(a, b)| (a - b).abs() as f64)
-                            .fold(0.0, f64::max);
-                        if maxdiff > 1e-3 * scale.max(1e-30) {
-                            eprintln!(
-                                "  WARNING: fused x8 and plain x8 differ by {maxdiff:e} (mean |y| {scale:e})"
-                            );
-                        }
+                        warn_if_apart("fused x8 and plain x8", yp8, &yf8);
                         eprintln!(
                             "  {source} {geometry}: fused x8 {fused_variant:?} {:.1} us ({:.2}x plain int8-dot on the same activations, {:.2}x plain f32; f32 fused {:.2}x its kernel), one set {:.1} us",
                             t_x8 * 1e6,
