@@ -1090,7 +1090,8 @@ fn blocked_batched_kernel_is_bit_identical_to_portable() {
 
 /// `LinearOptions::x8_activations`: a window-split layer's fused GEMV on 8-bit activations is
 /// the library's `GpuCodedMatrix::gemv_x8` bit for bit, one vector and each row of a batch run
-/// as GEMVs, and so is the same layer in row bands. Where the blocked fused kernel cannot run
+/// as GEMVs, and so is the same layer in row bands; an initial state below 2^16 in one chunk is
+/// reported for that chunk, as with f32 activations. Where the blocked fused kernel cannot run
 /// (no 32-wide subgroups), and for layers that are not window splits, the option has no effect:
 /// the outputs are the f32 ones, bit for bit.
 #[test]
@@ -1156,6 +1157,26 @@ fn x8_activations_layer_is_gemv_x8() {
             bits(layer.forward_batch(&x, 3).unwrap()),
             bits(want.concat())
         );
+    }
+    // chunk 2 with a bad initial state (lane 5's: 17 < 2^16)
+    let mut states = layer.states.to_vec();
+    states[(2 * 32 + 5) * 4..(2 * 32 + 6) * 4].copy_from_slice(&17u32.to_le_bytes());
+    let corrupt = EntropyCodedLinear::upload(
+        d,
+        "x8 corrupt",
+        CodedLayerRef {
+            states: &states,
+            ..layer
+        },
+        &x8,
+    )
+    .unwrap();
+    match corrupt.forward(&x[..2048]) {
+        Err(LinearError::Gpu {
+            source: ecq::gpu::GpuError::CorruptStream { chunk, .. },
+            ..
+        }) => assert_eq!(chunk, 2),
+        other => panic!("expected CorruptStream in chunk 2, got {other:?}"),
     }
     // a layer coded whole ignores the option
     let w = upload(d, &c, &LinearOptions::default()).unwrap();
