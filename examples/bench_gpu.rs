@@ -1233,6 +1233,10 @@ fn main() {
                                 ("setup only", 12),
                                 ("no table", 15),
                                 ("table from memory", 16),
+                                ("two states a lane", 13),
+                                ("decode only, two states a lane", 14),
+                                ("four states a lane", 17),
+                                ("decode only, four states a lane", 18),
                             ]
                         } else {
                             &[

@@ -641,21 +641,24 @@ fn fused_blocked_diagnostic_builds() {
     };
     launch(&m, 512, &[1, 2, 3, 4, 5, 6, 7, 8]);
     let (xb, yb) = (buf(512), buf(8));
-    for diag in [0, 9] {
+    for diag in [0, 9, 13, 17] {
         assert!(matches!(
             m.blocked_diagnostic_dispatch(ctx.device(), ctx.registry(), &xb, &yb, diag),
             Err(ecq::gpu::GpuError::InvalidInput(_))
         ));
     }
     // a window split's builds: decode only, dot products only, no activation sums, no window
-    // start, loads and setup only, setup only, no table build
+    // start, loads and setup only, setup only, two states a lane (kernel, decode only), no
+    // table build, four states a lane (kernel, decode only)
     let (m, _) = upload_window(ctx, 81, 8, 1024, ecq::rans::SplitOrder::RowPairs);
-    launch(&m, 1024, &[1, 2, 9, 10, 11, 12, 15]);
+    launch(&m, 1024, &[1, 2, 9, 10, 11, 12, 13, 14, 15, 17, 18]);
     let (xb, yb) = (buf(1024), buf(8));
-    assert!(matches!(
-        m.blocked_diagnostic_dispatch(ctx.device(), ctx.registry(), &xb, &yb, 13),
-        Err(ecq::gpu::GpuError::InvalidInput(_))
-    ));
+    for diag in [19, 100] {
+        assert!(matches!(
+            m.blocked_diagnostic_dispatch(ctx.device(), ctx.registry(), &xb, &yb, diag),
+            Err(ecq::gpu::GpuError::InvalidInput(_))
+        ));
+    }
 }
 
 /// The blocked fused kernels reading their decode tables from memory (built once on the host,

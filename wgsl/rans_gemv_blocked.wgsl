@@ -85,7 +85,8 @@ override BLOCK: u32 = 8u;
 // the window start's addition), 11 = a window split's loads, table build and chunk setup alone
 // (neither decode nor dot products), 12 = the table build, chunk setup and row sums alone (no
 // block of the row is run), 15 = the kernel without its slot-table build (wrong symbols; what
-// the build costs). 0 = the kernel.
+// the build costs), 13 / 17 = a window split's kernel with two / four rANS states a lane (see
+// decode_block_states), 14 / 18 = 13 / 17 with the decode alone. 0 = the kernel.
 override DIAG: u32 = 0u;
 // true: binding `freqs` holds the tiles' decode tables as the host built them
 // (src/gpu/slot_table.rs), which each workgroup copies into workgroup memory instead of
@@ -233,6 +234,48 @@ fn decode_block_lane_words(d: ptr<function, BlockDecoder>, steps: u32) -> vec2<u
             (*d).pc += 1u;
         }
         (*d).pd = select((*d).pd, (*d).pd ^ 1u, need);
+        s |= block_symbol(dec.y, i);
+    }
+    return s;
+}
+
+// Diagnostic builds 13, 14, 17 and 18 (BENCHMARKS.md issue 5, step 73): the block's decode
+// with n = 2 or 4 rANS states a lane, step i taking state i % n, as a format with 32 n states
+// a chunk whose stream holds the words of the n state sets' steps in turn would have it. The
+// stream position and the planes are shared (each step's renormalisation reads after the
+// previous step's), but each state's chain of table lookups is n times shorter per block:
+// the instruction-level parallelism of "several independent lanes per thread" at the same
+// instruction count. The extra states start as copies of the first and the stream is laid out
+// for one, so the symbols are wrong; what it measures is what the independent chains buy.
+fn decode_block_states(
+    d: ptr<function, BlockDecoder>,
+    xs: ptr<function, vec4<u32>>,
+    n: u32,
+    steps: u32,
+    l: u32,
+    ltmask: u32,
+) -> vec2<u32> {
+    var s = vec2<u32>(0u);
+    for (var i = 0u; i < steps; i++) {
+        let j = i % n;
+        let dec = decode_slot(select((*xs)[j & 3u], (*d).x, j == 0u), PREC);
+        let xd = dec.x;
+        let need = xd < L;
+        let rw = renorm_word(need, (*d).p - (*d).base, (*d).pa, (*d).pb, ltmask);
+        let xn = select(xd, (xd << 16u) | rw.x, need);
+        if (j == 0u) {
+            (*d).x = xn;
+        } else {
+            (*xs)[j & 3u] = xn;
+        }
+        (*d).p += rw.y;
+        if ((i & 1u) == 1u && (*d).p - (*d).base >= 64u) {
+            (*d).pa = (*d).pb;
+            (*d).pb = (*d).pc;
+            (*d).pc = (*d).pd;
+            (*d).base += 64u;
+            (*d).pd = block_plane_at((*d).base + 192u, l);
+        }
         s |= block_symbol(dec.y, i);
     }
     return s;
@@ -389,6 +432,9 @@ fn main(
     let magic = 0x4B000000u | P.zero;
     // (XI8: where the pieces' (d, sum) pairs start in xv, K / 16)
     let x8_meta = (P.cols >> ps) >> 4u;
+    // (diagnostic builds 13, 14, 17, 18: the extra states, and how many states a lane has)
+    var xs = vec4<u32>(cs.x);
+    let n_states = select(select(1u, 2u, DIAG == 13u || DIAG == 14u), 4u, DIAG == 17u || DIAG == 18u);
 
     {
         // (T > 0 here; the host checks)
@@ -421,10 +467,12 @@ fn main(
                     let wx = window_x(ka, pair, x8_meta);
                     // (diagnostic builds 1 and 2 as below; the others are the kernel here)
                     var s = (l * 0x01030507u) ^ b;
-                    if (DIAG != 2u && DIAG != 11u) {
+                    if (n_states > 1u) {
+                        s = decode_block_states(&d, &xs, n_states, BLOCK, l, ltmask).x;
+                    } else if (DIAG != 2u && DIAG != 11u) {
                         s = decode_block(&d, BLOCK, l, ltmask, true).x;
                     }
-                    if (DIAG == 1u) {
+                    if (DIAG == 1u || DIAG == 14u || DIAG == 18u) {
                         acc += bitcast<f32>(s & 0x3FFFFFFFu);
                         continue;
                     }

@@ -1207,8 +1207,10 @@ impl GpuCodedMatrix {
     /// computed once per token would save) and 10 = the kernel without the window start's
     /// addition (wrong weights), 11 = its loads, table build and chunk setup alone (neither
     /// decode nor dot products), 12 = its table build, chunk setup and row sums alone (no
-    /// block run) and 15 = its kernel without a slot table, neither built nor read (wrong
-    /// symbols); for every layout 16 = the kernel reading its decode table from memory (built
+    /// block run), 13 / 17 = its kernel with two / four rANS states a lane taking the steps in
+    /// turn (the independent chains a format with 64 / 128 states a chunk would give; wrong
+    /// symbols), 14 / 18 = 13 / 17 with the decode alone, and 15 = its kernel without a slot
+    /// table, neither built nor read (wrong symbols); for every layout 16 = the kernel reading its decode table from memory (built
     /// on the host once, `src/gpu/slot_table.rs`) instead of building it in every workgroup:
     /// right results, the default since step 65 (see [`Self::set_tables_in_memory`]). Other
     /// `diag` values are refused with
@@ -1225,15 +1227,16 @@ impl GpuCodedMatrix {
         let window = self.params.low_bits == WINDOW_LOW_BITS;
         let known = (1..=8).contains(&diag)
             || diag == 16
-            || (window && ((9..=12).contains(&diag) || diag == 15));
+            || (window && ((9..=15).contains(&diag) || (17..=18).contains(&diag)));
         if !known {
             return Err(GpuError::InvalidInput(format!(
                 "blocked diagnostic build {diag}: 1 (decode only), 2 (dot products only), 3 \
                  (activations shared by a block's two words), 4 (2 and 3), 5 (a free word \
                  supply), 6 (1 and 5), 7 (a word supply per lane) or 8 (1 and 7); for window \
                  splits 9 (no activation sums), 10 (no window start), 11 (loads and setup \
-                 only), 12 (setup only) or 15 (no table); 16 (the decode table read \
-                 from memory)"
+                 only), 12 (setup only), 13 / 17 (two / four rANS states a lane), 14 / 18 \
+                 (13 / 17 with the decode alone) or 15 (no table); 16 (the decode table \
+                 read from memory)"
             )));
         }
         let v = match self.default_fused_variant(registry) {
