@@ -111,7 +111,7 @@ fn main(
             out[(row * K + u * 32u + l) >> 1u] = h | (hi << 16u);
         }
         // renormalisation (see renorm_word)
-        let rw = renorm_word(need, p - base, pa, pb, ltmask);
+        let rw = renorm_word(need, p - base, pa, pb, ltmask, l);
         x = select(xd, (xd << 16u) | rw.x, need);
         p += rw.y;
         if (p - base >= 64u) {

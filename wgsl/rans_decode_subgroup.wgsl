@@ -154,7 +154,7 @@ fn main(
                 out[row * row_words + (j * bw) / 32u] = wv;
             }
             // renormalisation (see renorm_word)
-            let rw = renorm_word(need, p - base, pa, pb, ltmask);
+            let rw = renorm_word(need, p - base, pa, pb, ltmask, l);
             x = select(xd, (xd << 16u) | rw.x, need);
             p += rw.y;
             if (p - base >= 64u) {

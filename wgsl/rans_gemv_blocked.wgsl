@@ -261,7 +261,7 @@ fn decode_block_states(
         let dec = decode_slot(select((*xs)[j & 3u], (*d).x, j == 0u), PREC);
         let xd = dec.x;
         let need = xd < L;
-        let rw = renorm_word(need, (*d).p - (*d).base, (*d).pa, (*d).pb, ltmask);
+        let rw = renorm_word(need, (*d).p - (*d).base, (*d).pa, (*d).pb, ltmask, l);
         let xn = select(xd, (xd << 16u) | rw.x, need);
         if (j == 0u) {
             (*d).x = xn;

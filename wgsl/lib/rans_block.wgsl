@@ -77,7 +77,7 @@ fn decode_block(
         let need = xd < L;
         var rw = vec2<u32>(0x5A5Au, 0u);
         if (stream) {
-            rw = renorm_word(need, (*d).p - (*d).base, (*d).pa, (*d).pb, ltmask);
+            rw = renorm_word(need, (*d).p - (*d).base, (*d).pa, (*d).pb, ltmask, l);
         }
         (*d).x = select(xd, (xd << 16u) | rw.x, need);
         (*d).p += rw.y;

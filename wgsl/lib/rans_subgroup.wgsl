@@ -63,16 +63,19 @@ fn chunk_start(chunk: u32, valid: bool, l: u32, T: u32, bad_table: bool, sg_size
     );
 }
 
-// The renormalisation read of one step: a lane with `need` takes word p + (lanes below it
-// that need one), at offset rel < 128 from `base` (rel0 = p - base < 96), so from planes a or b
-// with two shuffles. Returns (this lane's word, words the step consumes).
-fn renorm_word(need: bool, rel0: u32, pa: u32, pb: u32, ltmask: u32) -> vec2<u32> {
+// The renormalisation read of one step by lane l: a lane with `need` takes word p + (lanes
+// below it that need one), at offset rel < rel0 + 32 from `base` (rel0 = p - base < 96), so
+// from u32 rel / 2 of planes a and b (u32 i < 32 in lane i of plane a, the others in lane
+// i - 32 of plane b). The step's 32 words lie in u32s rel0 / 2 .. rel0 / 2 + 16, which sit in
+// 17 different lanes, so each lane can pick beforehand the plane its u32 in that range is in
+// (a if l >= rel0 / 2, else b) and one shuffle of the picked values serves all: one shuffle
+// instead of one from each plane and a select after them. Returns (this lane's word, words
+// the step consumes).
+fn renorm_word(need: bool, rel0: u32, pa: u32, pb: u32, ltmask: u32, l: u32) -> vec2<u32> {
+    let mine = select(pb, pa, l >= (rel0 >> 1u));
     let mask = subgroupBallot(need).x;
     let rel = rel0 + countOneBits(mask & ltmask);
-    let src = (rel >> 1u) & 31u;
-    let va = subgroupShuffle(pa, src);
-    let vb = subgroupShuffle(pb, src);
-    let v = select(va, vb, rel >= 64u);
+    let v = subgroupShuffle(mine, (rel >> 1u) & 31u);
     return vec2<u32>((v >> ((rel & 1u) << 4u)) & 0xFFFFu, countOneBits(mask));
 }
 
