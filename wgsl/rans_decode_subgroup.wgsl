@@ -155,7 +155,7 @@ fn main(
             }
             // renormalisation (see renorm_word)
             let rw = renorm_word(need, p - base, pa, pb, ltmask, l);
-            x = select(xd, (xd << 16u) | rw.x, need);
+            x = renormalised(xd, rw.x, need);
             p += rw.y;
             if (p - base >= 64u) {
                 pa = pb;

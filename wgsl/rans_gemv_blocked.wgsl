@@ -262,7 +262,7 @@ fn decode_block_states(
         let xd = dec.x;
         let need = xd < L;
         let rw = renorm_word(need, (*d).p - (*d).base, (*d).pa, (*d).pb, ltmask, l);
-        let xn = select(xd, (xd << 16u) | rw.x, need);
+        let xn = renormalised(xd, rw.x, need);
         if (j == 0u) {
             (*d).x = xn;
         } else {

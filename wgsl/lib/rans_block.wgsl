@@ -71,24 +71,29 @@ fn decode_block(
     stream: bool,
 ) -> vec2<u32> {
     var s = vec2<u32>(0u);
+    // (the position relative to the planes, carried through the block instead of p so that a
+    // step does not subtract base again; p is written back once)
+    var rel = (*d).p - (*d).base;
     for (var i = 0u; i < steps; i++) {
         let dec = decode_slot((*d).x, PREC);
         let xd = dec.x;
         let need = xd < L;
-        var rw = vec2<u32>(0x5A5Au, 0u);
+        var rw = vec2<u32>(0x5A5A0000u, 0u);
         if (stream) {
-            rw = renorm_word(need, (*d).p - (*d).base, (*d).pa, (*d).pb, ltmask, l);
+            rw = renorm_word(need, rel, (*d).pa, (*d).pb, ltmask, l);
         }
-        (*d).x = select(xd, (xd << 16u) | rw.x, need);
-        (*d).p += rw.y;
-        if (stream && (i & 1u) == 1u && (*d).p - (*d).base >= 64u) {
+        (*d).x = renormalised(xd, rw.x, need);
+        rel += rw.y;
+        if (stream && (i & 1u) == 1u && rel >= 64u) {
             (*d).pa = (*d).pb;
             (*d).pb = (*d).pc;
             (*d).pc = (*d).pd;
             (*d).base += 64u;
+            rel -= 64u;
             (*d).pd = block_plane_at((*d).base + 192u, l);
         }
         s |= block_symbol(dec.y, i);
     }
+    (*d).p = (*d).base + rel;
     return s;
 }

@@ -68,15 +68,22 @@ fn chunk_start(chunk: u32, valid: bool, l: u32, T: u32, bad_table: bool, sg_size
 // from u32 rel / 2 of planes a and b (u32 i < 32 in lane i of plane a, the others in lane
 // i - 32 of plane b). The step's 32 words lie in u32s rel0 / 2 .. rel0 / 2 + 16, which sit in
 // 17 different lanes, so each lane can pick beforehand the plane its u32 in that range is in
-// (a if l >= rel0 / 2, else b) and one shuffle of the picked values serves all: one shuffle
-// instead of one from each plane and a select after them. Returns (this lane's word, words
-// the step consumes).
+// (a if l >= rel0 / 2, i.e. rel0 <= 2 l + 1, else b) and one shuffle of the picked values
+// serves all (BENCHMARKS.md issue 5, step 74). Returns (this lane's word in the high 16 bits,
+// the low ones undefined; words the step consumes): the word is moved up instead of down so
+// that `renormalised` merges it into the state with one funnel shift.
 fn renorm_word(need: bool, rel0: u32, pa: u32, pb: u32, ltmask: u32, l: u32) -> vec2<u32> {
-    let mine = select(pb, pa, l >= (rel0 >> 1u));
+    let mine = select(pb, pa, rel0 <= 2u * l + 1u);
     let mask = subgroupBallot(need).x;
     let rel = rel0 + countOneBits(mask & ltmask);
     let v = subgroupShuffle(mine, (rel >> 1u) & 31u);
-    return vec2<u32>((v >> ((rel & 1u) << 4u)) & 0xFFFFu, countOneBits(mask));
+    return vec2<u32>(v << ((~rel & 1u) << 4u), countOneBits(mask));
+}
+
+// The state after a step: xd, or with `need` xd with the word renorm_word returned (in the
+// high 16 bits of `word_hi`) shifted in below it.
+fn renormalised(xd: u32, word_hi: u32, need: bool) -> u32 {
+    return select(xd, (xd << 16u) | (word_hi >> 16u), need);
 }
 
 // Error bits of a chunk whose decoding ended with state x and stream position p: a state
