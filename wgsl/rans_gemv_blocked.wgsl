@@ -256,28 +256,32 @@ fn decode_block_states(
     ltmask: u32,
 ) -> vec2<u32> {
     var s = vec2<u32>(0u);
+    // (the position relative to the planes, as decode_block carries it)
+    var rel = (*d).p - (*d).base;
     for (var i = 0u; i < steps; i++) {
         let j = i % n;
         let dec = decode_slot(select((*xs)[j & 3u], (*d).x, j == 0u), PREC);
         let xd = dec.x;
         let need = xd < L;
-        let rw = renorm_word(need, (*d).p - (*d).base, (*d).pa, (*d).pb, ltmask, l);
+        let rw = renorm_word(need, rel, (*d).pa, (*d).pb, ltmask, l);
         let xn = renormalised(xd, rw.x, need);
         if (j == 0u) {
             (*d).x = xn;
         } else {
             (*xs)[j & 3u] = xn;
         }
-        (*d).p += rw.y;
-        if ((i & 1u) == 1u && (*d).p - (*d).base >= 64u) {
+        rel += rw.y;
+        if ((i & 1u) == 1u && rel >= 64u) {
             (*d).pa = (*d).pb;
             (*d).pb = (*d).pc;
             (*d).pc = (*d).pd;
             (*d).base += 64u;
+            rel -= 64u;
             (*d).pd = block_plane_at((*d).base + 192u, l);
         }
         s |= block_symbol(dec.y, i);
     }
+    (*d).p = (*d).base + rel;
     return s;
 }
 
