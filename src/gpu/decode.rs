@@ -1210,10 +1210,10 @@ impl GpuCodedMatrix {
     /// block run), 13 / 17 = its kernel with two / four rANS states a lane taking the steps in
     /// turn (the independent chains a format with 64 / 128 states a chunk would give; wrong
     /// symbols), 14 / 18 = 13 / 17 with the decode alone, and 15 = its kernel without a slot
-    /// table, neither built nor read (wrong symbols); for every layout 16 = the kernel reading its decode table from memory (built
-    /// on the host once, `src/gpu/slot_table.rs`) instead of building it in every workgroup:
-    /// right results, the default since step 65 (see [`Self::set_tables_in_memory`]). Other
-    /// `diag` values are refused with
+    /// table, neither built nor read (wrong symbols); for every layout 16 = the kernel reading
+    /// its decode table from memory (built on the host once, `src/gpu/slot_table.rs`) instead
+    /// of building it in every workgroup: right results, the default since step 65 (see
+    /// [`Self::set_tables_in_memory`]). Other `diag` values are refused with
     /// [`GpuError::InvalidInput`]; layouts or adapters the blocked kernel cannot run with
     /// [`GpuError::Unsupported`].
     pub fn blocked_diagnostic_dispatch(
