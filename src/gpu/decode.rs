@@ -1184,13 +1184,11 @@ impl GpuCodedMatrix {
         if r == 0 {
             return Ok(Vec::new());
         }
-        let x8 = super::storage_empty(device, "8-bit activations", super::x8_bytes(k))?;
         let yb = super::nan_output(device, r)?;
-        // (the launch first: it refuses a matrix or device it cannot run, by name)
-        let d = self.gemv_x8_dispatch_with(device, registry, &x8, &yb, variant)?;
-        let xb = super::upload_x(device, x)?;
-        super::quantize_x8_dispatch(device, registry, &xb, &x8, k, super::X8Order::Window)?
-            .submit(device, queue);
+        let d =
+            super::quantized_launch(device, queue, registry, x, super::X8Order::Window, |x8| {
+                self.gemv_x8_dispatch_with(device, registry, x8, &yb, variant)
+            })?;
         self.run_and_read(device, queue, &d, &yb, r)
     }
 

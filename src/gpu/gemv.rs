@@ -689,12 +689,9 @@ impl GpuQuantizedMatrix {
             return Ok(Vec::new());
         }
         let yb = super::nan_output(device, r)?;
-        let x8 = super::storage_empty(device, "8-bit activations", super::x8_bytes(k))?;
-        // (the launch first: it refuses a matrix it cannot run, by name)
-        let d = self.gemv_x8_dispatch(device, registry, &x8, &yb, ksplit)?;
-        let xb = super::upload_x(device, x)?;
-        super::quantize_x8_dispatch(device, registry, &xb, &x8, k, super::X8Order::Plain)?
-            .submit(device, queue);
+        let d = super::quantized_launch(device, queue, registry, x, super::X8Order::Plain, |x8| {
+            self.gemv_x8_dispatch(device, registry, x8, &yb, ksplit)
+        })?;
         run_and_read(device, queue, &d, &yb, r)
     }
 

@@ -99,6 +99,7 @@ pub use decode::{
     FusedVariant, GpuCodedMatrix, QuantParamsRef, COMPACT_TABLE_FROM_WORKGROUPS,
 };
 pub use gemv::{GpuQuantizedMatrix, QGemvVariant};
+use x8::quantized_launch;
 pub use x8::{
     quantize_x8, quantize_x8_dispatch, quantize_x8_read, x8_bytes, X8Activations, X8Order, X8_PIECE,
 };

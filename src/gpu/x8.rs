@@ -215,6 +215,25 @@ pub fn quantize_x8(
     Ok(out)
 }
 
+/// A `gemv_x8` launch on `x` quantized on the GPU: makes the buffer for the 8-bit activations
+/// and hands it to `launch` first, so that a launch refusing the matrix or device does so, by
+/// name, before any work is submitted; then uploads `x` and submits its quantizing pass in
+/// `order` without waiting. Returns the launch (its bind group keeps the buffer alive).
+pub(crate) fn quantized_launch(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    registry: &PipelineRegistry,
+    x: &[f32],
+    order: X8Order,
+    launch: impl FnOnce(&wgpu::Buffer) -> Result<Dispatch, GpuError>,
+) -> Result<Dispatch, GpuError> {
+    let x8 = storage_empty(device, "8-bit activations", x8_bytes(x.len()))?;
+    let d = launch(&x8)?;
+    let xb = super::upload_x(device, x)?;
+    quantize_x8_dispatch(device, registry, &xb, &x8, x.len(), order)?.submit(device, queue);
+    Ok(d)
+}
+
 /// [`quantize_x8`] read back and unpacked (for tests and inspection).
 pub fn quantize_x8_read(
     device: &wgpu::Device,
