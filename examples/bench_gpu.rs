@@ -1276,6 +1276,9 @@ fn main() {
                             d.join(", ")
                         );
                     }
+                    // the per-token table's key: symbols, chunks, and the kernel when named
+                    let chunks = variant.map_or("file".into(), |(c, t)| format!("{c}:{t}"));
+                    let named = (!args.fused.is_empty()).then(|| format!("{fused_variant:?}"));
                     if let Some((window_x8, t_plain_x8, yp8)) = x8
                         .as_ref()
                         .filter(|_| blocked && coded[0].x8_supported(reg))
@@ -1311,13 +1314,8 @@ fn main() {
                         timed.push(Timed {
                             shape: (r, k),
                             key: format!(
-                                "{source} | {} | x8{}",
-                                variant.map_or("file".into(), |(c, t)| format!("{c}:{t}")),
-                                if args.fused.is_empty() {
-                                    String::new()
-                                } else {
-                                    format!(" {fused_variant:?}")
-                                }
+                                "{source} | {chunks} | x8{}",
+                                named.as_ref().map_or(String::new(), |n| format!(" {n}"))
                             ),
                             t_plain: *t_plain_x8,
                             t_fused: t_x8,
@@ -1326,13 +1324,8 @@ fn main() {
                     timed.push(Timed {
                         shape: (r, k),
                         key: format!(
-                            "{source} | {} | {}",
-                            variant.map_or("file".into(), |(c, t)| format!("{c}:{t}")),
-                            if args.fused.is_empty() {
-                                "default".to_string()
-                            } else {
-                                format!("{fused_variant:?}")
-                            }
+                            "{source} | {chunks} | {}",
+                            named.as_deref().unwrap_or("default")
                         ),
                         t_plain,
                         t_fused,
