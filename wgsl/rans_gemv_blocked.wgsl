@@ -271,13 +271,8 @@ fn decode_block_states(
             (*xs)[j & 3u] = xn;
         }
         rel += rw.y;
-        if ((i & 1u) == 1u && rel >= 64u) {
-            (*d).pa = (*d).pb;
-            (*d).pb = (*d).pc;
-            (*d).pc = (*d).pd;
-            (*d).base += 64u;
-            rel -= 64u;
-            (*d).pd = block_plane_at((*d).base + 192u, l);
+        if ((i & 1u) == 1u) {
+            rel = block_move_planes(d, rel, l);
         }
         s |= block_symbol(dec.y, i);
     }

@@ -57,6 +57,21 @@ fn block_symbol(sym: u32, i: u32) -> vec2<u32> {
     return select(vec2<u32>(0u, v), vec2<u32>(v, 0u), i < 4u);
 }
 
+// After an odd step of a block: once the position relative to the planes has left plane a
+// (rel >= 64), the planes move on by one and the next plane d is loaded. Returns the new rel.
+fn block_move_planes(d: ptr<function, BlockDecoder>, rel: u32, l: u32) -> u32 {
+    var r = rel;
+    if (r >= 64u) {
+        (*d).pa = (*d).pb;
+        (*d).pb = (*d).pc;
+        (*d).pc = (*d).pd;
+        (*d).base += 64u;
+        r -= 64u;
+        (*d).pd = block_plane_at((*d).base + 192u, l);
+    }
+    return r;
+}
+
 // Decodes `steps` (<= 8, even) steps: symbol i of the block in byte i % 4 of .x (i < 4) or .y.
 // The stream words come from the planes, moved on by one plane when 64 words are used up,
 // checked after every second step only: the check and the plane moves it compiles to (about
@@ -84,13 +99,8 @@ fn decode_block(
         }
         (*d).x = renormalised(xd, rw.x, need);
         rel += rw.y;
-        if (stream && (i & 1u) == 1u && rel >= 64u) {
-            (*d).pa = (*d).pb;
-            (*d).pb = (*d).pc;
-            (*d).pc = (*d).pd;
-            (*d).base += 64u;
-            rel -= 64u;
-            (*d).pd = block_plane_at((*d).base + 192u, l);
+        if (stream && (i & 1u) == 1u) {
+            rel = block_move_planes(d, rel, l);
         }
         s |= block_symbol(dec.y, i);
     }
