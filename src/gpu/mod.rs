@@ -101,7 +101,8 @@ pub use decode::{
 pub use gemv::{GpuQuantizedMatrix, QGemvVariant};
 use x8::quantized_launch;
 pub use x8::{
-    quantize_x8, quantize_x8_dispatch, quantize_x8_read, x8_bytes, X8Activations, X8Order, X8_PIECE,
+    quantize_x8, quantize_x8_dispatch, quantize_x8_into, quantize_x8_read, x8_bytes, X8Activations,
+    X8Order, X8_PIECE,
 };
 
 /// Errors of the GPU module.

@@ -209,16 +209,30 @@ pub fn quantize_x8(
     order: X8Order,
 ) -> Result<wgpu::Buffer, GpuError> {
     check_cols(x.len())?;
-    let xb = super::upload_x(device, x)?;
     let out = storage_empty(device, "8-bit activations", x8_bytes(x.len()))?;
-    quantize_x8_dispatch(device, registry, &xb, &out, x.len(), order)?.submit(device, queue);
+    quantize_x8_into(device, queue, registry, x, &out, order)?;
     Ok(out)
+}
+
+/// [`quantize_x8`] into a buffer the caller holds (at least [`x8_bytes`] bytes): uploads `x`
+/// and submits its quantizing pass in `order` without waiting.
+pub fn quantize_x8_into(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    registry: &PipelineRegistry,
+    x: &[f32],
+    out: &wgpu::Buffer,
+    order: X8Order,
+) -> Result<(), GpuError> {
+    let xb = super::upload_x(device, x)?;
+    quantize_x8_dispatch(device, registry, &xb, out, x.len(), order)?.submit(device, queue);
+    Ok(())
 }
 
 /// A `gemv_x8` launch on `x` quantized on the GPU: makes the buffer for the 8-bit activations
 /// and hands it to `launch` first, so that a launch refusing the matrix or device does so, by
-/// name, before any work is submitted; then uploads `x` and submits its quantizing pass in
-/// `order` without waiting. Returns the launch (its bind group keeps the buffer alive).
+/// name, before any work is submitted; then quantizes `x` into it ([`quantize_x8_into`]).
+/// Returns the launch (its bind group keeps the buffer alive).
 pub(crate) fn quantized_launch(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
@@ -229,8 +243,7 @@ pub(crate) fn quantized_launch(
 ) -> Result<Dispatch, GpuError> {
     let x8 = storage_empty(device, "8-bit activations", x8_bytes(x.len()))?;
     let d = launch(&x8)?;
-    let xb = super::upload_x(device, x)?;
-    quantize_x8_dispatch(device, registry, &xb, &x8, x.len(), order)?.submit(device, queue);
+    quantize_x8_into(device, queue, registry, x, &x8, order)?;
     Ok(d)
 }
 
