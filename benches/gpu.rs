@@ -31,8 +31,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ecq::dtype::FloatDType;
 use ecq::gpu::{
-    quantize_x8_dispatch, x8_bytes, CodedMatrixRef, DecodeOutput, Dispatch, GpuContext,
-    QuantParamsRef, X8Order,
+    quantize_x8, CodedMatrixRef, DecodeOutput, Dispatch, GpuContext, QuantParamsRef, X8Order,
 };
 use ecq::quant::{quantize_affine, AffineParams};
 use ecq::rans::{encode, EncodeOptions, SplitMatrix, SplitOrder};
@@ -177,13 +176,7 @@ fn bench(c: &mut Criterion) {
     // 8-bit activations, quantized once in each reader's byte order (window splits on the
     // blocked fused kernel)
     let x8 = coded[0].x8_supported(reg).then(|| {
-        let quantized = |order| {
-            let b = mk(x8_bytes(k));
-            quantize_x8_dispatch(dev, reg, &xb, &b, k, order)
-                .unwrap()
-                .submit(dev, ctx.queue());
-            b
-        };
+        let quantized = |order| quantize_x8(dev, ctx.queue(), reg, &x, order).unwrap();
         let (xp, xw) = (quantized(X8Order::Plain), quantized(X8Order::Window));
         let plain_x8: Vec<_> = plain
             .iter()
