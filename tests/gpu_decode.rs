@@ -856,3 +856,100 @@ fn split_corrupt_state_is_reported() {
         Err(GpuError::CorruptStream { chunk: 1, .. })
     ));
 }
+
+/// A corrupt window split (`SplitMatrix::encode_window`, the fastest GPU form) is reported by
+/// chunk, never multiplied into silently wrong output: a flipped word in the middle of chunk 1,
+/// or of the last chunk, row-major and in row pairs, through the GPU decode (32-wide subgroups
+/// only; refused by name elsewhere) and every fused kernel that takes window splits (the
+/// workgroup one everywhere, both blocked ones with 32-wide subgroups). A bad state never gets
+/// that far: `EncodedMatrix::from_parts` refuses it.
+#[test]
+fn window_corrupt_stream_is_reported() {
+    let Some(ctx) = ctx() else { return };
+    let (rows, cols) = (8, 1024);
+    let mut rng = ChaCha8Rng::seed_from_u64(79);
+    let q = symbols(&mut rng, rows * cols, 4, Dist::Skewed);
+    let opts = EncodeOptions {
+        chunk_symbols: 256,
+        tile_chunks: 2,
+        group_size: 64,
+        ..Default::default()
+    };
+    let scales = vec![1.0f32; rows * cols / 64];
+    let quant = QuantParamsRef {
+        group_size: 64,
+        scales: &scales,
+        biases: &scales,
+        side: None,
+    };
+    let x = vec![1.0f32; cols];
+    let mut variants = vec![FusedVariant::Workgroup];
+    if ctx.registry().subgroups32() {
+        variants.extend([FusedVariant::Blocked, FusedVariant::BlockedCompact]);
+    }
+    for order in [ecq::rans::SplitOrder::Rows, ecq::rans::SplitOrder::RowPairs] {
+        let s = ecq::rans::SplitMatrix::encode_window(&q, rows, cols, &opts, order).unwrap();
+        let n = s.high().n_chunks();
+        assert!(n >= 3, "{order:?}: {n} chunks");
+        let start = s.window().unwrap();
+        let (high, low, _, low_crc) = s.into_parts();
+        let (header, freqs, states, offsets, words, crc) = high.into_parts();
+        let mut bad_states = states.clone();
+        bad_states[32 + 5] = 7;
+        assert!(matches!(
+            EncodedMatrix::from_parts(
+                &header,
+                freqs.clone(),
+                bad_states,
+                offsets.clone(),
+                words.clone(),
+                crc.clone()
+            ),
+            Err(ecq::rans::CodecError::BadInitialState { chunk: 1, .. })
+        ));
+        for chunk in [1, n - 1] {
+            let label = format!("window {order:?}, a word of chunk {chunk} flipped");
+            let mut words = words.clone();
+            words[(offsets[chunk] + offsets[chunk + 1]) as usize / 2] ^= 0x5A5A;
+            let high = EncodedMatrix::from_parts(
+                &header,
+                freqs.clone(),
+                states.clone(),
+                offsets.clone(),
+                words,
+                crc.clone(),
+            )
+            .unwrap();
+            let s =
+                ecq::rans::SplitMatrix::from_parts_window(high, low.clone(), low_crc, order, start)
+                    .unwrap();
+            let g = ctx.upload_split(&s, Some(quant)).unwrap();
+            let expect = |what: &str, r: Result<(), GpuError>| match r {
+                Err(GpuError::CorruptStream { chunk: c, .. }) => {
+                    assert_eq!(c, chunk, "{label} {what}")
+                }
+                r => panic!("{label} {what}: expected a corrupt stream, got {r:?}"),
+            };
+            if ctx.registry().subgroups32() {
+                expect("decode", ctx.decode_packed(&g).map(drop));
+            } else {
+                let r = ctx.decode_packed(&g);
+                assert!(
+                    matches!(&r, Err(GpuError::Unsupported(e)) if e.contains("window")),
+                    "{label} decode: {r:?}"
+                );
+            }
+            expect("default GEMV", ctx.gemv_coded(&g, &x).map(drop));
+            for &v in &variants {
+                let r = g.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v);
+                expect(&format!("{v:?} GEMV"), r.map(drop));
+            }
+        }
+    }
+    if !ctx.registry().subgroups32() {
+        gpu_common::announce_unsupported(
+            "window split: the GPU decode and the blocked fused kernels need 32-wide subgroups; \
+             the workgroup fused kernel's reports were checked",
+        );
+    }
+}
