@@ -163,8 +163,9 @@ pub enum MatrixCoding {
     Whole,
     /// 4-bit matrices as [`SplitMatrix`]es (high 2 bits coded four weights to a symbol, low 2
     /// bits raw): 0.8-2.1% larger on MLX weights in the same chunks (2.6-4.0% on MiniLM with
-    /// the chunks of [`default_min_chunks`](Self::default_min_chunks)), and the form the GPU's
-    /// fused GEMV runs fastest (BENCHMARKS.md, issue 5). With `row_pairs`, every matrix whose shape allows it
+    /// the chunks of [`default_min_chunks`](Self::default_min_chunks)); the GPU's fused GEMV
+    /// runs it faster than whole symbols, and [`Window4`](Self::Window4) faster still
+    /// (BENCHMARKS.md, issue 5). With `row_pairs`, every matrix whose shape allows it
     /// (an even number of rows, `K` a multiple of 512) is stored in [`SplitOrder::RowPairs`];
     /// the others in row order. Matrices of other widths, or whose rows do not fill whole
     /// words of low bits (`K` not a multiple of 16), are coded whole. The chunks hold

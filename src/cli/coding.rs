@@ -32,8 +32,9 @@ pub struct EncodeArgs {
     min_chunks: Option<usize>,
     /// Store 4-bit matrices split: their high 2 bits coded (four weights per rANS step), their
     /// low 2 bits raw, in chunks small enough for 8192 decoders per matrix (see --min-chunks).
-    /// 2-5% larger on MLX weights; the form the GPU's fused GEMV runs fastest. Other widths stay
-    /// whole. Files with a split matrix are container version 2.
+    /// 2-5% larger on MLX weights; the GPU's fused GEMV runs it faster than whole symbols
+    /// (--window --row-pairs is faster still). Other widths stay whole. Files with a split
+    /// matrix are container version 2.
     #[arg(long, conflicts_with_all = ["lossless", "window"])]
     split: bool,
     /// Store 4-bit matrices as window splits: one coded bit per weight (whether it lies outside
