@@ -42,6 +42,17 @@ fn symbols(rng: &mut ChaCha8Rng, n: usize, bits: u32, dist: Dist) -> Vec<u8> {
         .collect()
 }
 
+/// Scales and biases of 1 for every group of 64 weights (`ones`: one per group), for the tests
+/// where the weights' values do not matter, only whether the stream is reported corrupt.
+fn unit_quant(ones: &[f32]) -> QuantParamsRef<'_> {
+    QuantParamsRef {
+        group_size: 64,
+        scales: ones,
+        biases: ones,
+        side: None,
+    }
+}
+
 struct Case {
     rows: usize,
     cols: usize,
@@ -791,13 +802,8 @@ fn row_pairs_corrupt_word_is_reported() {
         ecq::rans::EncodedMatrix::from_parts(&header, freqs, states, offsets, words, crc).unwrap();
     let s =
         ecq::rans::SplitMatrix::from_parts_ordered(high, low, low_bits, low_crc, order).unwrap();
-    let scales = vec![1.0f32; rows * cols / 64];
-    let quant = QuantParamsRef {
-        group_size: 64,
-        scales: &scales,
-        biases: &scales,
-        side: None,
-    };
+    let ones = vec![1.0f32; rows * cols / 64];
+    let quant = unit_quant(&ones);
     let g = ctx.upload_split(&s, Some(quant)).unwrap();
     assert!(matches!(
         ctx.decode_packed(&g),
@@ -833,13 +839,8 @@ fn split_corrupt_state_is_reported() {
         states: &states,
         ..s.high().into()
     };
-    let scales = vec![1.0f32; rows * cols / 64];
-    let quant = QuantParamsRef {
-        group_size: 64,
-        scales: &scales,
-        biases: &scales,
-        side: None,
-    };
+    let ones = vec![1.0f32; rows * cols / 64];
+    let quant = unit_quant(&ones);
     let g =
         ecq::gpu::GpuCodedMatrix::upload_with_low_bits(ctx.device(), m, 2, s.low(), Some(quant))
             .unwrap();
@@ -875,13 +876,8 @@ fn window_corrupt_stream_is_reported() {
         group_size: 64,
         ..Default::default()
     };
-    let scales = vec![1.0f32; rows * cols / 64];
-    let quant = QuantParamsRef {
-        group_size: 64,
-        scales: &scales,
-        biases: &scales,
-        side: None,
-    };
+    let ones = vec![1.0f32; rows * cols / 64];
+    let quant = unit_quant(&ones);
     let x = vec![1.0f32; cols];
     let mut variants = vec![FusedVariant::Workgroup];
     if ctx.registry().subgroups32() {
