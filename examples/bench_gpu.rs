@@ -79,6 +79,7 @@
 //! biases and activations, once per dispatch, against issue 5's 80%-of-copy target), and for
 //! the blocked fused kernel its decode alone and its dot products alone
 //! (`GpuCodedMatrix::blocked_diagnostic_dispatch`), streamed and from one set.
+//! `--diag-builds N,...` runs only those blocked fused builds (and none of the plain kernel's).
 
 use std::time::Instant;
 
@@ -121,6 +122,9 @@ struct Args {
     plain_variants: Vec<QGemvVariant>,
     plain_only: bool,
     diagnose: bool,
+    /// `--diag-builds N,...`: only these blocked fused diagnostic builds, without the plain
+    /// kernel's (implies the fused part of `--diagnose`)
+    diag_builds: Option<Vec<u32>>,
     /// (raw low bits, row-pair order)
     low_bits: Vec<(u32, bool)>,
     scales_dtype: FloatDType,
@@ -187,8 +191,8 @@ struct Timed {
 const USAGE: &str = "usage: bench_gpu [--shapes RxK,...] [--sources g64,g128,absmax] \
 [--variants CHUNK:TILE|file,...] [--per-token llama3-8b] [--iters N] [--rounds N] [--set-mib MIB] [--copy-mib MIB] \
 [--ksplit-sweep] [--workgroup] [--fused workgroup,subgroup,blocked,compact] [--tables-built] [--wall] \
-[--plain-variants [x|p]ROWS[:KSPLIT],...] [--plain-only] [--diagnose] [--low-bits 0,2,2p] \
-[--scales f32|f16|bf16]";
+[--plain-variants [x|p]ROWS[:KSPLIT],...] [--plain-only] [--diagnose] [--diag-builds N,...] \
+[--low-bits 0,2,2p] [--scales f32|f16|bf16]";
 
 /// A bad command line: the problem and the usage on stderr, exit status 2.
 fn usage_error(msg: &str) -> ! {
@@ -221,6 +225,7 @@ fn parse_args() -> Args {
         plain_only: false,
         low_bits: vec![(0, false)],
         diagnose: false,
+        diag_builds: None,
         scales_dtype: FloatDType::F32,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -331,6 +336,13 @@ fn parse_args() -> Args {
                 a.diagnose = true;
                 i += 1;
                 continue;
+            }
+            "--diag-builds" => {
+                a.diag_builds = Some(
+                    v.split(',')
+                        .map(|b| num(b.trim(), "--diag-builds"))
+                        .collect(),
+                );
             }
             "--plain-variants" => {
                 a.plain_variants = v
@@ -1215,7 +1227,7 @@ fn main() {
                         t_fused / t_plain,
                         t_fused_l2 * 1e6,
                     );
-                    if args.diagnose
+                    if (args.diagnose || args.diag_builds.is_some())
                         && fused_variant == default_variant
                         && default_variant.is_blocked()
                     {
@@ -1237,6 +1249,8 @@ fn main() {
                                 ("decode only, two states a lane", 14),
                                 ("four states a lane", 17),
                                 ("decode only, four states a lane", 18),
+                                ("two groups a chunk", 19),
+                                ("four groups a chunk", 20),
                             ]
                         } else {
                             &[
@@ -1251,7 +1265,9 @@ fn main() {
                                 ("table from memory", 16),
                             ]
                         };
-                        for &(name, diag) in builds {
+                        let wanted =
+                            |diag: u32| args.diag_builds.as_ref().is_none_or(|w| w.contains(&diag));
+                        for &(name, diag) in builds.iter().filter(|b| wanted(b.1)) {
                             for n in [csets, 1] {
                                 let ds: Vec<Dispatch> = coded[..n]
                                     .iter()

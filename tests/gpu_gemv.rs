@@ -653,7 +653,7 @@ fn fused_blocked_diagnostic_builds() {
     let (m, _) = upload_window(ctx, 81, 8, 1024, ecq::rans::SplitOrder::RowPairs);
     launch(&m, 1024, &[1, 2, 9, 10, 11, 12, 13, 14, 15, 17, 18]);
     let (xb, yb) = (buf(1024), buf(8));
-    for diag in [19, 100] {
+    for diag in [21, 100] {
         assert!(matches!(
             m.blocked_diagnostic_dispatch(ctx.device(), ctx.registry(), &xb, &yb, diag),
             Err(ecq::gpu::GpuError::InvalidInput(_))
@@ -1051,6 +1051,134 @@ fn fused_gemv_window_split() {
             "window split: the blocked fused and decode kernels need 32-wide subgroups; the workgroup fused kernel was checked",
         );
     }
+}
+
+/// Runs blocked diagnostic build `diag` of `m` on `x` and reads `y` back (NaN where the kernel
+/// wrote nothing).
+fn run_blocked_diag(
+    ctx: &GpuContext,
+    m: &ecq::gpu::GpuCodedMatrix,
+    x: &[f32],
+    diag: u32,
+) -> Result<Vec<f32>, ecq::gpu::GpuError> {
+    use wgpu::util::DeviceExt;
+    let dev = ctx.device();
+    let xb = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("x"),
+        contents: bytemuck::cast_slice(x),
+        usage: wgpu::BufferUsages::STORAGE,
+    });
+    let bytes = 4 * m.rows() as u64;
+    let yb = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("y"),
+        contents: bytemuck::cast_slice(&vec![f32::NAN; m.rows()]),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    });
+    let staging = dev.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("staging"),
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let d = m.blocked_diagnostic_dispatch(dev, ctx.registry(), &xb, &yb, diag)?;
+    let mut enc = dev.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        d.record(&mut pass);
+    }
+    enc.copy_buffer_to_buffer(&yb, 0, &staging, 0, bytes);
+    ctx.queue().submit([enc.finish()]);
+    staging.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
+    ctx.wait()?;
+    let y = bytemuck::pod_collect_to_vec(&staging.get_mapped_range(..).unwrap());
+    m.check_errors(dev, ctx.queue())?;
+    Ok(y)
+}
+
+/// Window splits in the blocked fused kernel with two and four groups of 32 lanes a chunk
+/// (diagnostic builds 19 and 20: each group decodes the whole chunk and multiplies every
+/// second or fourth block, the row sums meet in workgroup memory) agree with the f64
+/// reference within the tolerance above, row-major and in row pairs, chunks of one to four
+/// coded rows, a last chunk of fewer rows, blocks per row not a multiple of the groups;
+/// chunks of more than four coded rows are refused by name.
+#[test]
+fn fused_window_groups_per_chunk() {
+    let Some(ctx) = ctx() else { return };
+    if !ctx.registry().subgroups32() {
+        gpu_common::announce_unsupported(
+            "window split, groups per chunk: the blocked fused kernel needs 32-wide subgroups",
+        );
+        return;
+    }
+    // (rows, cols, group size, chunk symbols, row pairs)
+    for (i, &(rows, cols, gs, chunk, pairs)) in [
+        (10, 4096, 64, 1024, true),  // one pair per chunk, 8 blocks a coded row
+        (10, 4096, 64, 2048, true),  // two pairs per chunk, the last one pair
+        (8, 1024, 128, 256, true),   // one pair per chunk, 2 blocks a coded row
+        (13, 3072, 64, 1536, false), // four rows per chunk, 3 blocks a row, last chunk one row
+        (5, 14336, 32, 1792, false), // one row per chunk, 14 blocks a row
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (q, x) = random_matrix(2400 + i as u64, rows, cols, 4, gs);
+        let order = if pairs {
+            ecq::rans::SplitOrder::RowPairs
+        } else {
+            ecq::rans::SplitOrder::Rows
+        };
+        let syms = q.symbols();
+        let s = ecq::rans::SplitMatrix::encode_window(
+            &syms,
+            rows,
+            cols,
+            &small_tiles(chunk, gs),
+            order,
+        )
+        .unwrap();
+        let label = format!(
+            "{rows}x{cols} g{gs} pairs {pairs} coded chunk_rows {}",
+            s.high().chunk_rows()
+        );
+        assert!(s.high().chunk_rows() <= 4, "{label}");
+        let mut m = ctx
+            .upload_split(&s, Some(QuantParamsRef::from(&q)))
+            .unwrap();
+        let (want, sum_abs) = reference(&q, &x);
+        for tables in [true, false] {
+            m.set_tables_in_memory(tables);
+            for diag in [19, 20] {
+                let y = run_blocked_diag(ctx, &m, &x, diag)
+                    .unwrap_or_else(|e| panic!("{label} build {diag}: {e}"));
+                assert_close(
+                    &format!("{label} tables in memory {tables} build {diag}"),
+                    &y,
+                    &want,
+                    &sum_abs,
+                    cols,
+                );
+            }
+        }
+    }
+    // chunks of 8 coded rows: refused
+    let (q, x) = random_matrix(2499, 16, 1024, 4, 64);
+    let s = ecq::rans::SplitMatrix::encode_window(
+        &q.symbols(),
+        16,
+        1024,
+        &small_tiles(1024, 64),
+        ecq::rans::SplitOrder::Rows,
+    )
+    .unwrap();
+    assert_eq!(s.high().chunk_rows(), 8);
+    let m = ctx
+        .upload_split(&s, Some(QuantParamsRef::from(&q)))
+        .unwrap();
+    let r = run_blocked_diag(ctx, &m, &x, 19);
+    assert!(
+        matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if e.contains("at most 4 coded rows")),
+        "{r:?}"
+    );
 }
 
 /// A coded matrix decoded on the GPU into a plain one (`GpuQuantizedMatrix::decode_from`, no

@@ -128,6 +128,15 @@ override XI8: bool = false;
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
+// Groups of 32 lanes per chunk (1, 2 or 4; diagnostic builds 19 and 20 of window splits with
+// chunks of at most four coded rows, the host checks): with DUP > 1 the DUP groups of a chunk
+// each decode all of it and multiply every DUP-th block (block b in group b % DUP); their row
+// sums meet in workgroup memory. It shortens a chunk's chain of dependent work at the cost of
+// DUP decodes; on an H200 it was slower at every shape, the small grids included (1024x4096
+// in row pairs, 512 chunks on 132 SMs: 12.6 -> 13.3 / 14.7 us; BENCHMARKS.md issue 5,
+// step 80).
+override DUP: u32 = 1u;
+var<workgroup> dup_sums: array<vec2<f32>, 16>;  // [group * 4 + coded row of the chunk]
 // Planes read without a branch (see rans_block.wgsl, block_plane_at). The host sets it for the
 // compact build in row-pair order only: 4.5% faster there at the lm_head on an H200, 3% slower
 // in the u32-table build, mixed in row-major order (BENCHMARKS.md issue 5, step 53).
@@ -390,7 +399,8 @@ fn main(
     // read it). Its start and first stream planes are loaded before the table, so that their
     // chain of loads (the offsets, then the planes at them) overlaps the table's
     // (BENCHMARKS.md issue 5, step 67); the table's error bit is added at the end.
-    let chunk = tile_first + sub * G + g;
+    let chunk = tile_first + sub * (G / DUP) + g / DUP;
+    let part = g % DUP;
     let valid = chunk < tile_end;
     let cs = chunk_start(chunk, valid, l, T, false, sg_size);
     let lane_words = DIAG == 7u || DIAG == 8u;
@@ -456,14 +466,21 @@ fn main(
                     // 2r's, 16..31 row 2r + 1's, so both take the same activations), else
                     // columns 32 l .. 32 l + 31 of one row, in one MLX group either way. The
                     // loads first, as below.
+                    // (DUP > 1: the block's loads and dot products only in its group)
+                    let mine = DUP == 1u || b % DUP == part;
                     let ka = b * kblock + l * (kword >> ps);
-                    let sba = side(sb_row + group_of(ka, gsz));
+                    var sba = vec2<f32>(0.0);
                     var sbb = vec2<f32>(0.0);
-                    if (pair) {
-                        sbb = side(sb_row_b + group_of(ka, gsz));
+                    var raw = vec3<u32>(0u);
+                    var wx: WindowX;
+                    if (mine) {
+                        sba = side(sb_row + group_of(ka, gsz));
+                        if (pair) {
+                            sbb = side(sb_row_b + group_of(ka, gsz));
+                        }
+                        raw = window_raw(row_low, b, l);
+                        wx = window_x(ka, pair, x8_meta);
                     }
-                    let raw = window_raw(row_low, b, l);
-                    let wx = window_x(ka, pair, x8_meta);
                     // (diagnostic builds 1 and 2 as below; the others are the kernel here)
                     var s = (l * 0x01030507u) ^ b;
                     if (n_states > 1u) {
@@ -473,6 +490,9 @@ fn main(
                     }
                     if (DIAG == 1u || DIAG == 14u || DIAG == 18u) {
                         acc += bitcast<f32>(s & 0x3FFFFFFFu);
+                        continue;
+                    }
+                    if (!mine) {
                         continue;
                     }
                     let xlo = wx.xlo;
@@ -603,10 +623,30 @@ fn main(
             if (pair) {
                 total_b = subgroupAdd(acc_b);
             }
-            if (l == 0u) {
+            if (DUP > 1u) {
+                if (l == 0u) {
+                    dup_sums[(g << 2u) | (rr & 3u)] = vec2<f32>(total, total_b);
+                }
+            } else if (l == 0u) {
                 y[row] = total;
                 if (pair) {
                     y[row_b] = total_b;
+                }
+            }
+        }
+        if (DUP > 1u) {
+            // the chunk's first group sums its groups' row sums in group order (lane l: coded
+            // row l of the chunk, nrows <= 4)
+            workgroupBarrier();
+            if (part == 0u && l < nrows) {
+                var t = vec2<f32>(0.0);
+                for (var j = 0u; j < DUP; j++) {
+                    t += dup_sums[((g + j) << 2u) | (l & 3u)];
+                }
+                let row = (cs.r0 + l) << ps;
+                y[row] = t.x;
+                if (pair) {
+                    y[row + 1u] = t.y;
                 }
             }
         }

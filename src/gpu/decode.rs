@@ -131,6 +131,11 @@ pub struct FusedLayout {
     /// [`super::X8Order::Window`]) and the dot products run on `dot4I8Packed`: window splits
     /// on the blocked kernels only ([`GpuCodedMatrix::gemv_x8_dispatch`]; approximate).
     pub x8_activations: bool,
+    /// Groups of 32 lanes per chunk in the blocked fused kernel (1, 2 or 4; `DUP` in
+    /// `rans_gemv_blocked.wgsl`): above 1 each of them decodes the whole chunk and multiplies
+    /// every `chunk_subgroups`-th block. Window splits with chunks of at most 4 coded rows
+    /// only; the other kernels ignore it.
+    pub chunk_subgroups: u32,
 }
 
 /// From this many workgroups on, the blocked kernels run with the compact decode table by
@@ -305,6 +310,7 @@ fn fused_gemv_pipeline_diag(
                     ("PAIR", layout.row_pairs as u32),
                     ("WSTART", layout.window_start),
                     ("XI8", layout.x8_activations as u32),
+                    ("DUP", layout.chunk_subgroups.max(1)),
                     layout.side.constant(),
                     (
                         "BRANCH_FREE_PLANES",
@@ -464,6 +470,7 @@ impl CodedParams {
             side,
             tables_in_memory: false,
             x8_activations: false,
+            chunk_subgroups: 1,
         }
     }
 }
@@ -1208,7 +1215,10 @@ impl GpuCodedMatrix {
     /// block run), 13 / 17 = its kernel with two / four rANS states a lane taking the steps in
     /// turn (the independent chains a format with 64 / 128 states a chunk would give; wrong
     /// symbols), 14 / 18 = 13 / 17 with the decode alone, and 15 = its kernel without a slot
-    /// table, neither built nor read (wrong symbols); for every layout 16 = the kernel reading
+    /// table, neither built nor read (wrong symbols), 19 / 20 = its kernel with two / four
+    /// groups of 32 lanes a chunk (each decodes all of it and multiplies every second / fourth
+    /// block; right results; chunks of at most 4 coded rows); for every layout 16 = the kernel
+    /// reading
     /// its decode table from memory (built on the host once, `src/gpu/slot_table.rs`) instead
     /// of building it in every workgroup: right results, the default since step 65 (see
     /// [`Self::set_tables_in_memory`]). Other `diag` values are refused with
@@ -1225,7 +1235,7 @@ impl GpuCodedMatrix {
         let window = self.params.low_bits == WINDOW_LOW_BITS;
         let known = (1..=8).contains(&diag)
             || diag == 16
-            || (window && ((9..=15).contains(&diag) || (17..=18).contains(&diag)));
+            || (window && ((9..=15).contains(&diag) || (17..=20).contains(&diag)));
         if !known {
             return Err(GpuError::InvalidInput(format!(
                 "blocked diagnostic build {diag}: 1 (decode only), 2 (dot products only), 3 \
@@ -1233,8 +1243,8 @@ impl GpuCodedMatrix {
                  supply), 6 (1 and 5), 7 (a word supply per lane) or 8 (1 and 7); for window \
                  splits 9 (no activation sums), 10 (no window start), 11 (loads and setup \
                  only), 12 (setup only), 13 / 17 (two / four rANS states a lane), 14 / 18 \
-                 (13 / 17 with the decode alone) or 15 (no table); 16 (the decode table \
-                 read from memory)"
+                 (13 / 17 with the decode alone), 15 (no table) or 19 / 20 (two / four \
+                 groups of 32 lanes a chunk); 16 (the decode table read from memory)"
             )));
         }
         let v = match self.default_fused_variant(registry) {
@@ -1281,13 +1291,33 @@ impl GpuCodedMatrix {
             )));
         }
         let mut p = self.params;
-        let (gx, gy) = grid(device, p.total_wg);
-        p.wg_x = gx;
-        p.out_mode = 2;
-        let uniform = self.uniform(device, 2, p);
         let mut layout = self.fused_layout();
         layout.x8_activations = x8;
         let mut diag = diag;
+        // (the cached uniform buffer's key: the launch's workgroup counts differ with the
+        // groups per chunk)
+        let mut uniform_key = 2;
+        if diag == 19 || diag == 20 {
+            // (two or four groups of 32 lanes a chunk: right results, fewer chunks per
+            // workgroup)
+            let dup = if diag == 19 { 2 } else { 4 };
+            if !variant.is_blocked() || p.low_bits != WINDOW_LOW_BITS || p.chunk_rows > 4 {
+                return Err(GpuError::Unsupported(format!(
+                    "{dup} groups of 32 lanes a chunk need a window split on the blocked \
+                     kernel with chunks of at most 4 coded rows (chunk rows {})",
+                    p.chunk_rows
+                )));
+            }
+            layout.chunk_subgroups = dup;
+            uniform_key = 2 | dup << 8;
+            p.wg_per_tile = p.tile_chunks.div_ceil(GROUPS_PER_WG / dup);
+            p.total_wg = u32_of("workgroups", p.n_tiles as usize * p.wg_per_tile as usize)?;
+            diag = 0;
+        }
+        let (gx, gy) = grid(device, p.total_wg);
+        p.wg_x = gx;
+        p.out_mode = 2;
+        let uniform = self.uniform(device, uniform_key, p);
         if diag == 10 {
             // (the kernel with the window start taken as 0)
             layout.window_start = 0;
@@ -1514,6 +1544,7 @@ mod tests {
             side: Default::default(),
             tables_in_memory: false,
             x8_activations: false,
+            chunk_subgroups: 1,
         }
     }
 
