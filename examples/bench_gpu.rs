@@ -1269,13 +1269,21 @@ fn main() {
                             |diag: u32| args.diag_builds.as_ref().is_none_or(|w| w.contains(&diag));
                         for &(name, diag) in builds.iter().filter(|b| wanted(b.1)) {
                             for n in [csets, 1] {
-                                let ds: Vec<Dispatch> = coded[..n]
+                                // (a build this layout cannot run is named and skipped)
+                                let ds: Result<Vec<Dispatch>, GpuError> = coded[..n]
                                     .iter()
                                     .map(|m| {
                                         m.blocked_diagnostic_dispatch(dev, reg, &xb, &y_fused, diag)
-                                            .expect("diagnostic dispatch")
                                     })
                                     .collect();
+                                let ds = match ds {
+                                    Ok(ds) => ds,
+                                    Err(GpuError::Unsupported(e)) => {
+                                        d.push(format!("{name}: not run ({e})"));
+                                        break;
+                                    }
+                                    Err(e) => panic!("diagnostic dispatch: {e}"),
+                                };
                                 let t =
                                     time_dispatches(&ctx, &timer, &ds, args.iters, args.rounds).t;
                                 d.push(format!(

@@ -132,9 +132,9 @@ const WG: u32 = 128u;          // = 32 * G
 // chunks of at most four coded rows, the host checks): with DUP > 1 the DUP groups of a chunk
 // each decode all of it and multiply every DUP-th block (block b in group b % DUP); their row
 // sums meet in workgroup memory. It shortens a chunk's chain of dependent work at the cost of
-// DUP decodes; on an H200 it was slower at every shape, the small grids included (1024x4096
-// in row pairs, 512 chunks on 132 SMs: 12.6 -> 13.3 / 14.7 us; BENCHMARKS.md issue 5,
-// step 80).
+// DUP decodes. On an H200, two groups a chunk ran 1024x4096 in row pairs (512 chunks on 132
+// SMs) 1.11x faster and every larger grid 1.4-1.5x slower; four groups were slower at every
+// shape (BENCHMARKS.md issue 5, step 80).
 override DUP: u32 = 1u;
 var<workgroup> dup_sums: array<vec2<f32>, 16>;  // [group * 4 + coded row of the chunk]
 // Planes read without a branch (see rans_block.wgsl, block_plane_at). The host sets it for the
@@ -400,7 +400,9 @@ fn main(
     // chain of loads (the offsets, then the planes at them) overlaps the table's
     // (BENCHMARKS.md issue 5, step 67); the table's error bit is added at the end.
     let chunk = tile_first + sub * (G / DUP) + g / DUP;
-    let part = g % DUP;
+    // (broadcast from the first lane so that the compiler sees branches on it uniform in the
+    // subgroup: without it, subgroup operations under them compiled with WARPSYNC)
+    let part = subgroupBroadcastFirst(g % DUP);
     let valid = chunk < tile_end;
     let cs = chunk_start(chunk, valid, l, T, false, sg_size);
     let lane_words = DIAG == 7u || DIAG == 8u;
