@@ -80,6 +80,8 @@
 //! the blocked fused kernel its decode alone and its dot products alone
 //! (`GpuCodedMatrix::blocked_diagnostic_dispatch`), streamed and from one set.
 //! `--diag-builds N,...` runs only those blocked fused builds (and none of the plain kernel's).
+//! `--chunk-subgroups N:MAX` runs the fused GEMV of every matrix of at most MAX chunks that
+//! can take it with N groups of 32 lanes a chunk (`GpuCodedMatrix::set_chunk_subgroups`).
 
 use std::time::Instant;
 
@@ -125,6 +127,9 @@ struct Args {
     /// `--diag-builds N,...`: only these blocked fused diagnostic builds, without the plain
     /// kernel's (implies the fused part of `--diagnose`)
     diag_builds: Option<Vec<u32>>,
+    /// `--chunk-subgroups N:MAX`: matrices of at most MAX chunks run the fused GEMV with N
+    /// groups of 32 lanes a chunk (`GpuCodedMatrix::set_chunk_subgroups`)
+    chunk_subgroups: Option<(u32, usize)>,
     /// (raw low bits, row-pair order)
     low_bits: Vec<(u32, bool)>,
     scales_dtype: FloatDType,
@@ -192,6 +197,7 @@ const USAGE: &str = "usage: bench_gpu [--shapes RxK,...] [--sources g64,g128,abs
 [--variants CHUNK:TILE|file,...] [--per-token llama3-8b] [--iters N] [--rounds N] [--set-mib MIB] [--copy-mib MIB] \
 [--ksplit-sweep] [--workgroup] [--fused workgroup,subgroup,blocked,compact] [--tables-built] [--wall] \
 [--plain-variants [x|p]ROWS[:KSPLIT],...] [--plain-only] [--diagnose] [--diag-builds N,...] \
+[--chunk-subgroups N:MAX] \
 [--low-bits 0,2,2p] [--scales f32|f16|bf16]";
 
 /// A bad command line: the problem and the usage on stderr, exit status 2.
@@ -226,6 +232,7 @@ fn parse_args() -> Args {
         low_bits: vec![(0, false)],
         diagnose: false,
         diag_builds: None,
+        chunk_subgroups: None,
         scales_dtype: FloatDType::F32,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -336,6 +343,10 @@ fn parse_args() -> Args {
                 a.diagnose = true;
                 i += 1;
                 continue;
+            }
+            "--chunk-subgroups" => {
+                let (n, most) = pairs(&v, ':')[0];
+                a.chunk_subgroups = Some((n as u32, most));
             }
             "--diag-builds" => {
                 a.diag_builds = Some(
@@ -1106,6 +1117,12 @@ fn main() {
                         }
                         .expect("upload");
                         m.set_tables_in_memory(!args.tables_built);
+                        if let Some((n, most)) = args.chunk_subgroups {
+                            // (where the matrix can take them; others keep one group)
+                            if m.chunks() <= most {
+                                let _ = m.set_chunk_subgroups(n);
+                            }
+                        }
                         m
                     })
                     .collect();

@@ -1096,20 +1096,17 @@ fn run_blocked_diag(
 }
 
 /// Window splits in the blocked fused kernel with two and four groups of 32 lanes a chunk
-/// (diagnostic builds 19 and 20: each group decodes the whole chunk and multiplies every
-/// second or fourth block, the row sums meet in workgroup memory) agree with the f64
-/// reference within the tolerance above, row-major and in row pairs, chunks of one to four
-/// coded rows, a last chunk of fewer rows, blocks per row not a multiple of the groups;
-/// chunks of more than four coded rows are refused by name.
+/// (`GpuCodedMatrix::set_chunk_subgroups`: each group decodes the whole chunk and multiplies
+/// every second or fourth block, the row sums meet in workgroup memory) agree with the f64
+/// reference within the tolerance above, both tables and both table forms, row-major and in
+/// row pairs, chunks of one to four coded rows, a last chunk of fewer rows, blocks per row
+/// not a multiple of the groups; on 8-bit activations they give what one group gives within
+/// the x8 kernel's own rounding (the same products, summed in another order). Diagnostic
+/// builds 19 and 20 are the same launches, bit for bit. Other counts are refused, and so are
+/// chunks of more than four coded rows and matrices coded whole, by name.
 #[test]
 fn fused_window_groups_per_chunk() {
     let Some(ctx) = ctx() else { return };
-    if !ctx.registry().subgroups32() {
-        gpu_common::announce_unsupported(
-            "window split, groups per chunk: the blocked fused kernel needs 32-wide subgroups",
-        );
-        return;
-    }
     // (rows, cols, group size, chunk symbols, row pairs)
     for (i, &(rows, cols, gs, chunk, pairs)) in [
         (10, 4096, 64, 1024, true),  // one pair per chunk, 8 blocks a coded row
@@ -1127,9 +1124,8 @@ fn fused_window_groups_per_chunk() {
         } else {
             ecq::rans::SplitOrder::Rows
         };
-        let syms = q.symbols();
         let s = ecq::rans::SplitMatrix::encode_window(
-            &syms,
+            &q.symbols(),
             rows,
             cols,
             &small_tiles(chunk, gs),
@@ -1144,23 +1140,58 @@ fn fused_window_groups_per_chunk() {
         let mut m = ctx
             .upload_split(&s, Some(QuantParamsRef::from(&q)))
             .unwrap();
+        assert_eq!(
+            m.chunks(),
+            rows.div_ceil(s.high().chunk_rows() << pairs as u32)
+        );
+        if !ctx.registry().subgroups32() {
+            continue;
+        }
         let (want, sum_abs) = reference(&q, &x);
+        let x8_one = m
+            .gemv_x8(ctx.device(), ctx.queue(), ctx.registry(), &x)
+            .unwrap();
         for tables in [true, false] {
             m.set_tables_in_memory(tables);
-            for diag in [19, 20] {
-                let y = run_blocked_diag(ctx, &m, &x, diag)
-                    .unwrap_or_else(|e| panic!("{label} build {diag}: {e}"));
-                assert_close(
-                    &format!("{label} tables in memory {tables} build {diag}"),
-                    &y,
-                    &want,
-                    &sum_abs,
-                    cols,
-                );
+            for n in [2, 4] {
+                m.set_chunk_subgroups(n).unwrap();
+                assert_eq!(m.chunk_subgroups(), n);
+                let l = format!("{label} tables in memory {tables} groups {n}");
+                for v in [FusedVariant::Blocked, FusedVariant::BlockedCompact] {
+                    let y = m
+                        .gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)
+                        .unwrap_or_else(|e| panic!("{l} {v:?}: {e}"));
+                    assert_close(&format!("{l} {v:?}"), &y, &want, &sum_abs, cols);
+                }
+                let y = ctx
+                    .gemv_coded(&m, &x)
+                    .unwrap_or_else(|e| panic!("{l}: {e}"));
+                assert_close(&l, &y, &want, &sum_abs, cols);
+                // diagnostic build 19 / 20 (the matrix set back to one group): the same launch
+                m.set_chunk_subgroups(1).unwrap();
+                let d = run_blocked_diag(ctx, &m, &x, if n == 2 { 19 } else { 20 })
+                    .unwrap_or_else(|e| panic!("{l} build: {e}"));
+                assert_eq!(bits(d), bits(y), "{l}: diagnostic build");
+                m.set_chunk_subgroups(n).unwrap();
+                // 8-bit activations: per row the same products in another order; the bound
+                // is f32 summation over the row's pieces
+                let y8 = m
+                    .gemv_x8(ctx.device(), ctx.queue(), ctx.registry(), &x)
+                    .unwrap_or_else(|e| panic!("{l} x8: {e}"));
+                for r in 0..rows {
+                    let tol = TOL_PER_TERM * (cols as f64 + 64.0) * sum_abs[r] + 1e-30;
+                    assert!(
+                        (y8[r] as f64 - x8_one[r] as f64).abs() <= tol,
+                        "{l} x8: y[{r}] = {} against {} with one group",
+                        y8[r],
+                        x8_one[r]
+                    );
+                }
+                m.set_chunk_subgroups(1).unwrap();
             }
         }
     }
-    // chunks of 8 coded rows: refused
+    // refused: other counts; chunks of 8 coded rows; a matrix coded whole
     let (q, x) = random_matrix(2499, 16, 1024, 4, 64);
     let s = ecq::rans::SplitMatrix::encode_window(
         &q.symbols(),
@@ -1171,14 +1202,43 @@ fn fused_window_groups_per_chunk() {
     )
     .unwrap();
     assert_eq!(s.high().chunk_rows(), 8);
-    let m = ctx
+    let mut m = ctx
         .upload_split(&s, Some(QuantParamsRef::from(&q)))
         .unwrap();
-    let r = run_blocked_diag(ctx, &m, &x, 19);
+    for n in [0, 3, 8] {
+        let r = m.set_chunk_subgroups(n);
+        assert!(
+            matches!(&r, Err(ecq::gpu::GpuError::InvalidInput(e)) if e.contains("1, 2 or 4")),
+            "{n}: {r:?}"
+        );
+    }
+    let r = m.set_chunk_subgroups(2);
     assert!(
         matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if e.contains("at most 4 coded rows")),
         "{r:?}"
     );
+    assert_eq!(m.chunk_subgroups(), 1);
+    if ctx.registry().subgroups32() {
+        let r = run_blocked_diag(ctx, &m, &x, 19);
+        assert!(
+            matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if e.contains("at most 4 coded rows")),
+            "{r:?}"
+        );
+    }
+    let enc = encode(&q.symbols(), 16, 1024, 4, &small_tiles(256, 64)).unwrap();
+    let mut whole = ctx
+        .upload_coded(CodedMatrixRef::from(&enc), Some(QuantParamsRef::from(&q)))
+        .unwrap();
+    let r = whole.set_chunk_subgroups(2);
+    assert!(
+        matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if e.contains("not a window split")),
+        "{r:?}"
+    );
+    if !ctx.registry().subgroups32() {
+        gpu_common::announce_unsupported(
+            "window split, groups per chunk: the blocked fused kernel needs 32-wide subgroups; the refusals were checked",
+        );
+    }
 }
 
 /// A coded matrix decoded on the GPU into a plain one (`GpuQuantizedMatrix::decode_from`, no

@@ -1192,3 +1192,146 @@ fn x8_activations_layer_is_gemv_x8() {
         );
     }
 }
+
+/// `LinearOptions::chunk_subgroups`: a window-split layer's fused GEMV with two or four groups
+/// of 32 lanes a chunk is the library's `GpuCodedMatrix::gemv` with the same setting, bit for
+/// bit, one vector and each row of a batch run as GEMVs, in one band and in several, on f32
+/// and on 8-bit activations. Where the blocked fused kernel cannot run (no 32-wide subgroups),
+/// for layers coded whole and for layers of more chunks than `chunk_subgroups_max_chunks`,
+/// the option has no effect: the outputs are one group's, bit for bit. A count other than 0,
+/// 1, 2 or 4 is refused at upload.
+#[test]
+fn chunk_subgroups_layer_is_gemv_coded() {
+    let Some(d) = dev() else { return };
+    let c = case(901, 16, 2048, 4, 64, 16384, 8);
+    let opts = EncodeOptions {
+        chunk_symbols: 256,
+        tile_chunks: 2,
+        group_size: 64,
+        ..Default::default()
+    };
+    let s =
+        SplitMatrix::encode_window(&c.q.symbols(), 16, 2048, &opts, SplitOrder::RowPairs).unwrap();
+    let layer = CodedLayerRef::from_split(&s, 64, &c.q.scales, &c.q.biases, None);
+    let one = EntropyCodedLinear::upload(d, "one", layer, &LinearOptions::default()).unwrap();
+    assert_eq!((one.chunk_subgroups(), one.chunks()), (1, 8));
+    let x = activations(901, 3 * 2048);
+    let subgroups = d.gpu().registry().subgroups32();
+    for n in [2, 4] {
+        for x8 in [false, true] {
+            let o = LinearOptions {
+                chunk_subgroups: n,
+                x8_activations: x8,
+                gemv_batch_max_m: Some(8),
+                ..Default::default()
+            };
+            let banded_o = LinearOptions {
+                max_buffer_bytes: Some(8192),
+                ..o.clone()
+            };
+            let l = EntropyCodedLinear::upload(d, "dup", layer, &o).unwrap();
+            let banded = EntropyCodedLinear::upload(d, "dup banded", layer, &banded_o).unwrap();
+            assert!(banded.n_bands() > 1);
+            let label = format!("groups {n} x8 {x8}");
+            let want: Vec<Vec<f32>> = if subgroups {
+                assert_eq!(
+                    (l.chunk_subgroups(), banded.chunk_subgroups()),
+                    (n, n),
+                    "{label}"
+                );
+                let mut m = d
+                    .gpu()
+                    .upload_split(&s, Some(ecq::gpu::QuantParamsRef::from(&c.q)))
+                    .unwrap();
+                m.set_chunk_subgroups(n).unwrap();
+                x.chunks_exact(2048)
+                    .map(|xr| {
+                        let (dv, q, r) = (d.device(), d.gpu().queue(), d.gpu().registry());
+                        if x8 {
+                            m.gemv_x8(dv, q, r, xr).unwrap()
+                        } else {
+                            m.gemv(dv, q, r, xr).unwrap()
+                        }
+                    })
+                    .collect()
+            } else {
+                assert_eq!(l.chunk_subgroups(), 1, "{label}");
+                x.chunks_exact(2048)
+                    .map(|xr| one.forward(xr).unwrap())
+                    .collect()
+            };
+            for layer in [&l, &banded] {
+                assert_eq!(
+                    bits(layer.forward(&x[..2048]).unwrap()),
+                    bits(want[0].clone()),
+                    "{label}"
+                );
+                assert_eq!(
+                    bits(layer.forward_batch(&x, 3).unwrap()),
+                    bits(want.concat()),
+                    "{label} batch"
+                );
+            }
+        }
+    }
+    // a layer of more chunks than the bound keeps one group (8 chunks here)
+    for (most, want) in [(7, 1), (8, if subgroups { 2 } else { 1 })] {
+        let l = EntropyCodedLinear::upload(
+            d,
+            "bounded",
+            layer,
+            &LinearOptions {
+                chunk_subgroups: 2,
+                chunk_subgroups_max_chunks: Some(most),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(l.chunk_subgroups(), want, "at most {most} chunks");
+        if want == 1 {
+            assert_eq!(
+                bits(l.forward(&x[..2048]).unwrap()),
+                bits(one.forward(&x[..2048]).unwrap())
+            );
+        }
+    }
+    // a layer coded whole ignores the option
+    let w = upload(d, &c, &LinearOptions::default()).unwrap();
+    let w2 = upload(
+        d,
+        &c,
+        &LinearOptions {
+            chunk_subgroups: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(w2.chunk_subgroups(), 1);
+    assert_eq!(
+        bits(w2.forward(&x[..2048]).unwrap()),
+        bits(w.forward(&x[..2048]).unwrap())
+    );
+    // other counts
+    for n in [3, 8] {
+        let r = EntropyCodedLinear::upload(
+            d,
+            "bad",
+            layer,
+            &LinearOptions {
+                chunk_subgroups: n,
+                ..Default::default()
+            },
+        );
+        assert!(
+            matches!(&r, Err(LinearError::Gpu { source: ecq::gpu::GpuError::InvalidInput(e), .. })
+                if e.contains("0, 1, 2 or 4")),
+            "{n}: {:?}",
+            r.err()
+        );
+    }
+    if !subgroups {
+        gpu_common::announce_unsupported(
+            "groups per chunk: the fused window kernel needs 32-wide subgroups; the layers' one-group fallback was checked",
+        );
+    }
+}

@@ -450,7 +450,10 @@ pub(crate) struct CodedParams {
     /// The window start of a window split ([`crate::rans::SplitMatrix::encode_window`];
     /// `low_bits` 3, the blocked fused kernel takes it as the override `WSTART`), else 0.
     pub(crate) window_start: u32,
-    pub(crate) _pad3: [u32; 2],
+    /// Groups of 32 lanes per chunk of the blocked fused GEMV (0 or 1: one; see
+    /// [`set_chunk_subgroups`]); the kernels read the override, not this field.
+    pub(crate) chunk_subgroups: u32,
+    pub(crate) _pad3: u32,
 }
 
 impl CodedParams {
@@ -463,20 +466,61 @@ impl CodedParams {
             group_size: self.group_size,
             cols: self.cols,
             steps_per_row: self.steps_per_row,
-            workgroups: self.total_wg,
+            // (with several groups a chunk, the launch's workgroups with one, from which the
+            // default picks the table form either way)
+            workgroups: if self.chunk_subgroups > 1 {
+                self.n_tiles * self.tile_chunks.div_ceil(GROUPS_PER_WG)
+            } else {
+                self.total_wg
+            },
             low_bits: self.low_bits,
             row_pairs: self.row_pairs != 0,
             window_start: self.window_start,
             side,
             tables_in_memory: false,
             x8_activations: false,
-            chunk_subgroups: 1,
+            chunk_subgroups: self.chunk_subgroups.max(1),
         }
     }
 }
 
 fn u32_of(what: &str, v: usize) -> Result<u32, GpuError> {
     u32::try_from(v).map_err(|_| GpuError::InvalidInput(format!("{what} = {v} exceeds u32")))
+}
+
+/// Whether the blocked fused GEMV can run `p`'s matrix with `n` groups of 32 lanes per chunk
+/// (`DUP` in `rans_gemv_blocked.wgsl`): 1 always; 2 or 4 for window splits with chunks of at
+/// most 4 coded rows (the kernel adds a chunk's row sums in workgroup memory, four rows per
+/// group).
+pub(crate) fn check_chunk_subgroups(p: &CodedParams, n: u32) -> Result<(), GpuError> {
+    if ![1, 2, 4].contains(&n) {
+        return Err(GpuError::InvalidInput(format!(
+            "groups of 32 lanes per chunk must be 1, 2 or 4, not {n}"
+        )));
+    }
+    if n > 1 && (p.low_bits != WINDOW_LOW_BITS || p.chunk_rows > 4) {
+        return Err(GpuError::Unsupported(format!(
+            "{n} groups of 32 lanes a chunk need a window split on the blocked kernel with \
+             chunks of at most 4 coded rows (chunk rows {}, {})",
+            p.chunk_rows,
+            if p.low_bits == WINDOW_LOW_BITS {
+                "a window split"
+            } else {
+                "not a window split"
+            }
+        )));
+    }
+    Ok(())
+}
+
+/// `p` launched with `n` groups of 32 lanes per chunk (checked by [`check_chunk_subgroups`]):
+/// `4 / n` chunks per workgroup of four groups.
+pub(crate) fn set_chunk_subgroups(p: &mut CodedParams, n: u32) -> Result<(), GpuError> {
+    check_chunk_subgroups(p, n)?;
+    p.chunk_subgroups = n;
+    p.wg_per_tile = p.tile_chunks.div_ceil(GROUPS_PER_WG / n);
+    p.total_wg = u32_of("workgroups", p.n_tiles as usize * p.wg_per_tile as usize)?;
+    Ok(())
 }
 
 impl CodedMatrixRef<'_> {
@@ -574,6 +618,8 @@ pub struct GpuCodedMatrix {
     /// The blocked fused kernels read those tables instead of building theirs
     /// ([`Self::set_tables_in_memory`]).
     tables_in_memory: bool,
+    /// Groups of 32 lanes per chunk in the blocked fused GEMV ([`Self::set_chunk_subgroups`]).
+    chunk_subgroups: u32,
 }
 
 impl GpuCodedMatrix {
@@ -776,6 +822,7 @@ impl GpuCodedMatrix {
             host_freqs: m.freqs.to_vec(),
             slot_tables: Default::default(),
             tables_in_memory: true,
+            chunk_subgroups: 1,
         })
     }
 
@@ -794,6 +841,37 @@ impl GpuCodedMatrix {
     /// Whether the blocked fused kernels read their decode tables from memory.
     pub fn tables_in_memory(&self) -> bool {
         self.tables_in_memory
+    }
+
+    /// Groups of 32 lanes per chunk in the blocked fused GEMV of a window split: 1 (the
+    /// default), 2 or 4. Above 1, each of a chunk's groups decodes the whole chunk and
+    /// multiplies every second or fourth block; their row sums are added in workgroup memory,
+    /// in a fixed order (results as exact as with 1, not bit-identical to them). That pays
+    /// only where the launch leaves the GPU few groups to switch between: on an H100 and an
+    /// H200 (132 SMs), two groups ran matrices of 128-512 chunks 1.10-1.15x faster
+    /// (1024x4096 and 2048x2048 in row pairs), broke even at 1024 chunks and were 1.4-1.5x
+    /// slower from 2048; four groups gained nothing (BENCHMARKS.md issue 5, step 80). So
+    /// consider 2 for matrices of up to about four chunks per SM of the GPU ([`Self::chunks`]).
+    /// The other fused kernels, the decode and the 8-bit-activation GEMV's pre-pass ignore it.
+    ///
+    /// Fails with [`GpuError::InvalidInput`] for other counts, and with
+    /// [`GpuError::Unsupported`] above 1 unless the matrix is a window split
+    /// ([`crate::rans::SplitMatrix::encode_window`]) with chunks of at most 4 coded rows.
+    pub fn set_chunk_subgroups(&mut self, n: u32) -> Result<(), GpuError> {
+        check_chunk_subgroups(&self.params, n)?;
+        self.chunk_subgroups = n;
+        Ok(())
+    }
+
+    /// Groups of 32 lanes per chunk in the blocked fused GEMV ([`Self::set_chunk_subgroups`]).
+    pub fn chunk_subgroups(&self) -> u32 {
+        self.chunk_subgroups
+    }
+
+    /// The matrix's chunks: each is decoded by one group of 32 lanes (or
+    /// [`Self::chunk_subgroups`] of them), so this is the launch's parallelism.
+    pub fn chunks(&self) -> usize {
+        self.params.n_chunks as usize
     }
 
     /// The tiles' decode tables (`src/gpu/slot_table.rs`), built on the host and uploaded on
@@ -1294,26 +1372,23 @@ impl GpuCodedMatrix {
         let mut layout = self.fused_layout();
         layout.x8_activations = x8;
         let mut diag = diag;
-        // (the cached uniform buffer's key: the launch's workgroup counts differ with the
-        // groups per chunk)
-        let mut uniform_key = 2;
+        // groups of 32 lanes a chunk: the matrix's setting on the blocked kernel, or two or
+        // four in diagnostic builds 19 and 20 (the same launch)
+        let mut dup = if variant.is_blocked() {
+            self.chunk_subgroups
+        } else {
+            1
+        };
         if diag == 19 || diag == 20 {
-            // (two or four groups of 32 lanes a chunk: right results, fewer chunks per
-            // workgroup)
-            let dup = if diag == 19 { 2 } else { 4 };
-            if !variant.is_blocked() || p.low_bits != WINDOW_LOW_BITS || p.chunk_rows > 4 {
-                return Err(GpuError::Unsupported(format!(
-                    "{dup} groups of 32 lanes a chunk need a window split on the blocked \
-                     kernel with chunks of at most 4 coded rows (chunk rows {})",
-                    p.chunk_rows
-                )));
-            }
-            layout.chunk_subgroups = dup;
-            uniform_key = 2 | dup << 8;
-            p.wg_per_tile = p.tile_chunks.div_ceil(GROUPS_PER_WG / dup);
-            p.total_wg = u32_of("workgroups", p.n_tiles as usize * p.wg_per_tile as usize)?;
+            dup = if diag == 19 { 2 } else { 4 };
+            check_chunk_subgroups(&p, dup)?;
             diag = 0;
         }
+        set_chunk_subgroups(&mut p, dup)?;
+        layout.chunk_subgroups = dup;
+        // (the cached uniform buffer's key: the launch's workgroup counts differ with the
+        // groups per chunk)
+        let uniform_key = 2 | dup << 8;
         let (gx, gy) = grid(device, p.total_wg);
         p.wg_x = gx;
         p.out_mode = 2;

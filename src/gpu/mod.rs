@@ -93,7 +93,10 @@ mod x8;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-pub(crate) use decode::{check_low_bits, check_row_pair_cols, check_window, CodedParams};
+pub(crate) use decode::{
+    check_chunk_subgroups, check_low_bits, check_row_pair_cols, check_window, set_chunk_subgroups,
+    CodedParams,
+};
 pub use decode::{
     default_fused_variant, fused_gemv_pipeline, CodedMatrixRef, DecodeOutput, FusedLayout,
     FusedVariant, GpuCodedMatrix, QuantParamsRef, COMPACT_TABLE_FROM_WORKGROUPS,

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, Linear, LinearError};
 use crate::gpu::{
-    default_fused_variant, fused_gemv_pipeline, quantize_x8_dispatch, x8_bytes, CodedParams,
-    GpuError, SideFormat, X8Order,
+    check_chunk_subgroups, default_fused_variant, fused_gemv_pipeline, quantize_x8_dispatch,
+    set_chunk_subgroups, x8_bytes, CodedParams, GpuError, SideFormat, X8Order,
 };
 use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
 
@@ -153,6 +153,20 @@ pub struct LinearOptions {
     /// kernel (32-wide subgroups); other layers, and the batched kernel, keep f32 activations.
     /// [`EntropyCodedLinear::x8_activations`] says which.
     pub x8_activations: bool,
+    /// Groups of 32 lanes per chunk in the fused GEMV (`forward`, and `forward_batch` run as
+    /// GEMVs): 0 or 1 (the default) one; 2 or 4 as
+    /// [`crate::gpu::GpuCodedMatrix::set_chunk_subgroups`] describes (each group decodes the
+    /// whole chunk and multiplies a share of its blocks). On an H100 and an H200 two paid for
+    /// matrices of up to 512 chunks (1.10-1.15x) and lost 1.4-1.5x from 2048, so a model
+    /// should bound it with [`Self::chunk_subgroups_max_chunks`]. Takes effect only for window
+    /// splits with chunks of at most 4 coded rows on the blocked fused kernel (32-wide
+    /// subgroups); other layers keep one. [`EntropyCodedLinear::chunk_subgroups`] says which.
+    /// Other counts are an error at upload.
+    pub chunk_subgroups: u32,
+    /// Layers of more chunks than this ([`EntropyCodedLinear::chunks`]) keep one group a
+    /// chunk whatever [`Self::chunk_subgroups`] asks; `None`: no limit. About four chunks per
+    /// SM of the GPU suits two groups: 512 on an H100 or H200 (132 SMs).
+    pub chunk_subgroups_max_chunks: Option<usize>,
 }
 
 /// A borrowed coded matrix with its quantization parameters: the coded tensors as
@@ -610,6 +624,10 @@ pub struct EntropyCodedLinear {
     window: Option<u8>,
     /// The fused GEMV takes 8-bit activations ([`LinearOptions::x8_activations`]).
     x8: bool,
+    /// Groups of 32 lanes per chunk in the fused GEMV ([`LinearOptions::chunk_subgroups`]).
+    chunk_subgroups: u32,
+    /// The coded matrix's chunks.
+    n_chunks: usize,
 }
 
 impl EntropyCodedLinear {
@@ -720,6 +738,25 @@ impl EntropyCodedLinear {
         let mut bands = Vec::with_capacity(plan.len());
         // (every band's fused GEMV a blocked kernel: what 8-bit activations need)
         let mut all_blocked = true;
+        // groups of 32 lanes a chunk in the fused GEMV, where every band can take them
+        let n_chunks = m.rows.div_ceil(m.chunk_rows.max(1));
+        let mut chunk_subgroups = opts.chunk_subgroups.max(1);
+        if ![1, 2, 4].contains(&chunk_subgroups) {
+            return Err(LinearError::Gpu {
+                layer: name.into(),
+                source: GpuError::InvalidInput(format!(
+                    "LinearOptions::chunk_subgroups must be 0, 1, 2 or 4, not {}",
+                    opts.chunk_subgroups
+                )),
+            });
+        }
+        if opts
+            .chunk_subgroups_max_chunks
+            .is_some_and(|most| n_chunks > most)
+        {
+            chunk_subgroups = 1;
+        }
+        let mut all_dup = chunk_subgroups > 1;
         for (t0, t1) in plan {
             let (c0, c1) = (t0 * tc, (t1 * tc).min(nc));
             let (row0, row1) = (chunk_end_row(c0), chunk_end_row(c1));
@@ -777,7 +814,7 @@ impl EntropyCodedLinear {
             let wg_per_tile = tc.div_ceil(GROUPS_PER_WG);
             let total_wg = (n_tiles * wg_per_tile) as u32;
             let (gx, _) = dev.grid(total_wg);
-            let gemv = CodedParams {
+            let mut gemv = CodedParams {
                 rows: (row1 - row0) as u32,
                 cols: m.cols as u32,
                 bits: m.bits,
@@ -804,7 +841,8 @@ impl EntropyCodedLinear {
                 zero: 0,
                 row_pairs: m.row_pairs as u32,
                 window_start: m.window.map_or(0, u32::from),
-                _pad3: [0; 2],
+                chunk_subgroups: 1,
+                _pad3: 0,
             };
             let gemm = GemmParams {
                 rows: gemv.rows,
@@ -836,10 +874,26 @@ impl EntropyCodedLinear {
                 kparts: 1,
                 _pad: 0,
             };
-            let gemv_uniform = dev.uniform(bytemuck::bytes_of(&gemv));
             let blocked =
                 default_fused_variant(dev.gpu().registry(), &gemv.fused_layout(side)).is_blocked();
             all_blocked &= blocked;
+            // (after the batched kernel's parameters, which keep one group a chunk, and the
+            // variant, which the default picks from one group's workgroups as well)
+            if blocked
+                && chunk_subgroups > 1
+                && check_chunk_subgroups(&gemv, chunk_subgroups).is_ok()
+            {
+                set_chunk_subgroups(&mut gemv, chunk_subgroups).map_err(|source| {
+                    LinearError::Gpu {
+                        layer: name.into(),
+                        source,
+                    }
+                })?;
+                gemv.wg_x = dev.grid(gemv.total_wg).0;
+            } else {
+                all_dup = false;
+            }
+            let gemv_uniform = dev.uniform(bytemuck::bytes_of(&gemv));
             // (an optimisation: a band whose tables would exceed the buffer limit builds them)
             let table_bytes = (t1 - t0) as u64 * table_words as u64 * 4;
             let tables = (blocked
@@ -934,7 +988,21 @@ impl EntropyCodedLinear {
             },
             window: m.window,
             x8,
+            chunk_subgroups: if all_dup { chunk_subgroups } else { 1 },
+            n_chunks,
         })
+    }
+
+    /// Groups of 32 lanes per chunk in the fused GEMV ([`LinearOptions::chunk_subgroups`]
+    /// asked for it and every band of this layer can take it), else 1.
+    pub fn chunk_subgroups(&self) -> u32 {
+        self.chunk_subgroups
+    }
+
+    /// The coded matrix's chunks, each decoded by one group of 32 lanes (or
+    /// [`Self::chunk_subgroups`]): the fused GEMV's parallelism.
+    pub fn chunks(&self) -> usize {
+        self.n_chunks
     }
 
     /// Whether the fused GEMV runs on 8-bit activations ([`LinearOptions::x8_activations`]
