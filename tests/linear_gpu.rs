@@ -1088,6 +1088,21 @@ fn blocked_batched_kernel_is_bit_identical_to_portable() {
     }
 }
 
+/// A 16 x 2048 MLX g64 layer and its window split in row pairs: chunks of one coded row (eight
+/// of them), tiles of two chunks.
+fn window_case(seed: u64) -> (Case, SplitMatrix) {
+    let c = case(seed, 16, 2048, 4, 64, 16384, 8);
+    let opts = EncodeOptions {
+        chunk_symbols: 256,
+        tile_chunks: 2,
+        group_size: 64,
+        ..Default::default()
+    };
+    let s =
+        SplitMatrix::encode_window(&c.q.symbols(), 16, 2048, &opts, SplitOrder::RowPairs).unwrap();
+    (c, s)
+}
+
 /// `LinearOptions::x8_activations`: a window-split layer's fused GEMV on 8-bit activations is
 /// the library's `GpuCodedMatrix::gemv_x8` bit for bit, one vector and each row of a batch run
 /// as GEMVs, and so is the same layer in row bands; an initial state below 2^16 in one chunk is
@@ -1097,15 +1112,7 @@ fn blocked_batched_kernel_is_bit_identical_to_portable() {
 #[test]
 fn x8_activations_layer_is_gemv_x8() {
     let Some(d) = dev() else { return };
-    let c = case(900, 16, 2048, 4, 64, 16384, 8);
-    let opts = EncodeOptions {
-        chunk_symbols: 256,
-        tile_chunks: 2,
-        group_size: 64,
-        ..Default::default()
-    };
-    let s =
-        SplitMatrix::encode_window(&c.q.symbols(), 16, 2048, &opts, SplitOrder::RowPairs).unwrap();
+    let (c, s) = window_case(900);
     let layer = CodedLayerRef::from_split(&s, 64, &c.q.scales, &c.q.biases, None);
     let x8 = LinearOptions {
         x8_activations: true,
@@ -1203,15 +1210,7 @@ fn x8_activations_layer_is_gemv_x8() {
 #[test]
 fn chunk_subgroups_layer_is_gemv_coded() {
     let Some(d) = dev() else { return };
-    let c = case(901, 16, 2048, 4, 64, 16384, 8);
-    let opts = EncodeOptions {
-        chunk_symbols: 256,
-        tile_chunks: 2,
-        group_size: 64,
-        ..Default::default()
-    };
-    let s =
-        SplitMatrix::encode_window(&c.q.symbols(), 16, 2048, &opts, SplitOrder::RowPairs).unwrap();
+    let (c, s) = window_case(901);
     let layer = CodedLayerRef::from_split(&s, 64, &c.q.scales, &c.q.biases, None);
     let one = EntropyCodedLinear::upload(d, "one", layer, &LinearOptions::default()).unwrap();
     assert_eq!((one.chunk_subgroups(), one.chunks()), (1, 8));

@@ -1384,7 +1384,9 @@ impl GpuCodedMatrix {
             check_chunk_subgroups(&p, dup)?;
             diag = 0;
         }
-        set_chunk_subgroups(&mut p, dup)?;
+        if dup > 1 {
+            set_chunk_subgroups(&mut p, dup)?;
+        }
         layout.chunk_subgroups = dup;
         // (the cached uniform buffer's key: the launch's workgroup counts differ with the
         // groups per chunk)
