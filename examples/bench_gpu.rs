@@ -70,7 +70,9 @@
 //! `--per-token llama3-8b` times the linear-layer shapes of that model (q, o 4096x4096; k, v
 //! 1024x4096; gate, up 14336x4096; down 4096x14336; lm_head 128256x4096) and prints a second
 //! table summing the medians over one layer and over one token (32 layers and the lm_head),
-//! plain against fused, per symbol source, chunk variant and kernel (`tiny`: a smoke test).
+//! plain against fused, per symbol source, chunk variant and kernel (`llama3.2-1b`: that
+//! model's 16 layers of q, o 2048x2048, k, v 512x2048, gate, up 8192x2048, down 2048x8192 and
+//! its 128256x2048 lm_head; `tiny`: a smoke test).
 //! `--plain-only` skips the fused, decode and coding work (and the main table). `--diagnose`
 //! prints, on stderr, the default plain 4-bit kernel's diagnostic builds (loads only,
 //! arithmetic on cache-resident weights, loads without the activations:
@@ -174,6 +176,20 @@ const MODELS: &[ModelShapes] = &[
            14336x4096, down 4096x14336; lm_head 128256x4096",
     },
     ModelShapes {
+        name: "llama3.2-1b",
+        layers: 16,
+        per_layer: &[
+            (2048, 2048, 2),
+            (512, 2048, 2),
+            (8192, 2048, 2),
+            (2048, 8192, 1),
+        ],
+        head: (128256, 2048),
+        inputs_per_layer: &[(2048, 3), (8192, 1)],
+        what: "Llama-3.2-1B: 16 layers of q, o 2048x2048, k, v 512x2048 (8 KV heads), gate, up \
+           8192x2048, down 2048x8192; lm_head 128256x2048 (tied to the embeddings)",
+    },
+    ModelShapes {
         name: "tiny",
         layers: 2,
         per_layer: &[(64, 512, 2), (128, 512, 1)],
@@ -194,7 +210,7 @@ struct Timed {
 }
 
 const USAGE: &str = "usage: bench_gpu [--shapes RxK,...] [--sources g64,g128,absmax] \
-[--variants CHUNK:TILE|file,...] [--per-token llama3-8b] [--iters N] [--rounds N] [--set-mib MIB] [--copy-mib MIB] \
+[--variants CHUNK:TILE|file,...] [--per-token llama3-8b|llama3.2-1b] [--iters N] [--rounds N] [--set-mib MIB] [--copy-mib MIB] \
 [--ksplit-sweep] [--workgroup] [--fused workgroup,subgroup,blocked,compact] [--tables-built] [--wall] \
 [--plain-variants [x|p]ROWS[:KSPLIT],...] [--plain-only] [--diagnose] [--diag-builds N,...] \
 [--chunk-subgroups N:MAX] \
