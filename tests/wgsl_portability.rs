@@ -108,8 +108,10 @@ fn all_kernels_validate() {
 
 /// Every kernel at its default constants, then the split-matrix builds of the blocked kernels
 /// (raw low bits: `LOW = 2` beside 2-bit symbols of four weights), in row-major and row-pair
-/// order (`PAIR = 1`), and the row-pair build of the batched `rans_gemm.wgsl`, which take code
-/// paths the defaults drop.
+/// order (`PAIR = 1`), the window-split builds of the blocked fused GEMV (`LOW = 3`, one-bit
+/// symbols of eight weights) with two and four groups of 32 lanes a chunk (`DUP`, whose
+/// workgroup barrier the defaults drop) on f32 and 8-bit activations, and the row-pair build
+/// of the batched `rans_gemm.wgsl`, which take code paths the defaults drop.
 fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
     let mut builds: Vec<_> = wgsl_files()
         .into_iter()
@@ -138,6 +140,31 @@ fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
         (
             "rans_decode_blocked.wgsl",
             &[("LOW", 2.0), ("PAIR", 1.0)][..],
+        ),
+        (
+            "rans_gemv_blocked.wgsl",
+            &[
+                ("LOW", 3.0),
+                ("WPS", 8.0),
+                ("BITS", 1.0),
+                ("BLOCK", 4.0),
+                ("PAIR", 1.0),
+                ("WSTART", 5.0),
+                ("TABLE_MEM", 1.0),
+                ("DUP", 2.0),
+            ][..],
+        ),
+        (
+            "rans_gemv_blocked.wgsl",
+            &[
+                ("LOW", 3.0),
+                ("WPS", 8.0),
+                ("BITS", 1.0),
+                ("BLOCK", 4.0),
+                ("WSTART", 5.0),
+                ("XI8", 1.0),
+                ("DUP", 4.0),
+            ][..],
         ),
         // (split matrices in row-pair order: two accumulators per row)
         ("rans_gemm.wgsl", &[("PAIR", 1.0)][..]),
