@@ -1135,7 +1135,7 @@ fn main() {
                         m.set_tables_in_memory(!args.tables_built);
                         if let Some((n, most)) = args.chunk_subgroups {
                             // (where the matrix can take them; others keep one group)
-                            if m.chunks() <= most {
+                            if m.n_chunks() <= most {
                                 let _ = m.set_chunk_subgroups(n);
                             }
                         }

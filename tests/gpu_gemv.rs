@@ -1141,7 +1141,7 @@ fn fused_window_groups_per_chunk() {
             .upload_split(&s, Some(QuantParamsRef::from(&q)))
             .unwrap();
         assert_eq!(
-            m.chunks(),
+            m.n_chunks(),
             rows.div_ceil(s.high().chunk_rows() << pairs as u32)
         );
         if !ctx.registry().subgroups32() {

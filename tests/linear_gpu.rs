@@ -1213,7 +1213,7 @@ fn chunk_subgroups_layer_is_gemv_coded() {
     let (c, s) = window_case(901);
     let layer = CodedLayerRef::from_split(&s, 64, &c.q.scales, &c.q.biases, None);
     let one = EntropyCodedLinear::upload(d, "one", layer, &LinearOptions::default()).unwrap();
-    assert_eq!((one.chunk_subgroups(), one.chunks()), (1, 8));
+    assert_eq!((one.chunk_subgroups(), one.n_chunks()), (1, 8));
     let x = activations(901, 3 * 2048);
     let subgroups = d.gpu().registry().subgroups32();
     for n in [2, 4] {

@@ -128,8 +128,9 @@ override XI8: bool = false;
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
-// Groups of 32 lanes per chunk (1, 2 or 4; diagnostic builds 19 and 20 of window splits with
-// chunks of at most four coded rows, the host checks): with DUP > 1 the DUP groups of a chunk
+// Groups of 32 lanes per chunk (1, 2 or 4; window splits with chunks of at most four coded
+// rows, the host checks: `GpuCodedMatrix::set_chunk_subgroups`, `LinearOptions::
+// chunk_subgroups`, diagnostic builds 19 and 20): with DUP > 1 the DUP groups of a chunk
 // each decode all of it and multiply every DUP-th block (block b in group b % DUP); their row
 // sums meet in workgroup memory. It shortens a chunk's chain of dependent work at the cost of
 // DUP decodes. On an H200, two groups a chunk ran 1024x4096 in row pairs (512 chunks on 132

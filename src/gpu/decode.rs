@@ -515,11 +515,13 @@ pub(crate) fn check_chunk_subgroups(p: &CodedParams, n: u32) -> Result<(), GpuEr
 
 /// `p` launched with `n` groups of 32 lanes per chunk (checked by [`check_chunk_subgroups`]):
 /// `4 / n` chunks per workgroup of four groups.
+/// `p` is left as it was on an error.
 pub(crate) fn set_chunk_subgroups(p: &mut CodedParams, n: u32) -> Result<(), GpuError> {
     check_chunk_subgroups(p, n)?;
+    let wg_per_tile = p.tile_chunks.div_ceil(GROUPS_PER_WG / n);
+    p.total_wg = u32_of("workgroups", p.n_tiles as usize * wg_per_tile as usize)?;
+    p.wg_per_tile = wg_per_tile;
     p.chunk_subgroups = n;
-    p.wg_per_tile = p.tile_chunks.div_ceil(GROUPS_PER_WG / n);
-    p.total_wg = u32_of("workgroups", p.n_tiles as usize * p.wg_per_tile as usize)?;
     Ok(())
 }
 
@@ -851,7 +853,8 @@ impl GpuCodedMatrix {
     /// H200 (132 SMs), two groups ran matrices of 128-512 chunks 1.10-1.15x faster
     /// (1024x4096 and 2048x2048 in row pairs), broke even at 1024 chunks and were 1.4-1.5x
     /// slower from 2048; four groups gained nothing (BENCHMARKS.md issue 5, step 80). So
-    /// consider 2 for matrices of up to about four chunks per SM of the GPU ([`Self::chunks`]).
+    /// consider 2 for matrices of up to about four chunks per SM of the GPU
+    /// ([`Self::n_chunks`]).
     /// The other fused kernels, the decode and the 8-bit-activation GEMV's pre-pass ignore it.
     ///
     /// Fails with [`GpuError::InvalidInput`] for other counts, and with
@@ -866,12 +869,6 @@ impl GpuCodedMatrix {
     /// Groups of 32 lanes per chunk in the blocked fused GEMV ([`Self::set_chunk_subgroups`]).
     pub fn chunk_subgroups(&self) -> u32 {
         self.chunk_subgroups
-    }
-
-    /// The matrix's chunks: each is decoded by one group of 32 lanes (or
-    /// [`Self::chunk_subgroups`] of them), so this is the launch's parallelism.
-    pub fn chunks(&self) -> usize {
-        self.params.n_chunks as usize
     }
 
     /// The tiles' decode tables (`src/gpu/slot_table.rs`), built on the host and uploaded on
@@ -928,7 +925,8 @@ impl GpuCodedMatrix {
         self.params.low_bits
     }
 
-    /// Chunks.
+    /// Chunks: each is decoded by one group of 32 lanes (or [`Self::chunk_subgroups`] of
+    /// them), so this is the fused launch's parallelism.
     pub fn n_chunks(&self) -> usize {
         self.params.n_chunks as usize
     }
@@ -1381,7 +1379,6 @@ impl GpuCodedMatrix {
         };
         if diag == 19 || diag == 20 {
             dup = if diag == 19 { 2 } else { 4 };
-            check_chunk_subgroups(&p, dup)?;
             diag = 0;
         }
         if dup > 1 {

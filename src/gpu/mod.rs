@@ -94,8 +94,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 pub(crate) use decode::{
-    check_chunk_subgroups, check_low_bits, check_row_pair_cols, check_window, set_chunk_subgroups,
-    CodedParams,
+    check_low_bits, check_row_pair_cols, check_window, set_chunk_subgroups, CodedParams,
 };
 pub use decode::{
     default_fused_variant, fused_gemv_pipeline, CodedMatrixRef, DecodeOutput, FusedLayout,

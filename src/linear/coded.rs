@@ -6,8 +6,8 @@ use std::sync::Arc;
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, Linear, LinearError};
 use crate::gpu::{
-    check_chunk_subgroups, default_fused_variant, fused_gemv_pipeline, quantize_x8_dispatch,
-    set_chunk_subgroups, x8_bytes, CodedParams, GpuError, SideFormat, X8Order,
+    default_fused_variant, fused_gemv_pipeline, quantize_x8_dispatch, set_chunk_subgroups,
+    x8_bytes, CodedParams, GpuError, SideFormat, X8Order,
 };
 use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
 
@@ -163,7 +163,7 @@ pub struct LinearOptions {
     /// subgroups); other layers keep one. [`EntropyCodedLinear::chunk_subgroups`] says which.
     /// Other counts are an error at upload.
     pub chunk_subgroups: u32,
-    /// Layers of more chunks than this ([`EntropyCodedLinear::chunks`]) keep one group a
+    /// Layers of more chunks than this ([`EntropyCodedLinear::n_chunks`]) keep one group a
     /// chunk whatever [`Self::chunk_subgroups`] asks; `None`: no limit. About four chunks per
     /// SM of the GPU suits two groups: 512 on an H100 or H200 (132 SMs).
     pub chunk_subgroups_max_chunks: Option<usize>,
@@ -739,7 +739,6 @@ impl EntropyCodedLinear {
         // (every band's fused GEMV a blocked kernel: what 8-bit activations need)
         let mut all_blocked = true;
         // groups of 32 lanes a chunk in the fused GEMV, where every band can take them
-        let n_chunks = m.rows.div_ceil(m.chunk_rows.max(1));
         let mut chunk_subgroups = opts.chunk_subgroups.max(1);
         if ![1, 2, 4].contains(&chunk_subgroups) {
             return Err(LinearError::Gpu {
@@ -752,7 +751,7 @@ impl EntropyCodedLinear {
         }
         if opts
             .chunk_subgroups_max_chunks
-            .is_some_and(|most| n_chunks > most)
+            .is_some_and(|most| nc > most)
         {
             chunk_subgroups = 1;
         }
@@ -879,19 +878,18 @@ impl EntropyCodedLinear {
             all_blocked &= blocked;
             // (after the batched kernel's parameters, which keep one group a chunk, and the
             // variant, which the default picks from one group's workgroups as well)
-            if blocked
-                && chunk_subgroups > 1
-                && check_chunk_subgroups(&gemv, chunk_subgroups).is_ok()
+            // (a layout the groups cannot run keeps one)
+            match (blocked && chunk_subgroups > 1)
+                .then(|| set_chunk_subgroups(&mut gemv, chunk_subgroups))
             {
-                set_chunk_subgroups(&mut gemv, chunk_subgroups).map_err(|source| {
-                    LinearError::Gpu {
+                Some(Ok(())) => gemv.wg_x = dev.grid(gemv.total_wg).0,
+                None | Some(Err(GpuError::Unsupported(_))) => all_dup = false,
+                Some(Err(source)) => {
+                    return Err(LinearError::Gpu {
                         layer: name.into(),
                         source,
-                    }
-                })?;
-                gemv.wg_x = dev.grid(gemv.total_wg).0;
-            } else {
-                all_dup = false;
+                    })
+                }
             }
             let gemv_uniform = dev.uniform(bytemuck::bytes_of(&gemv));
             // (an optimisation: a band whose tables would exceed the buffer limit builds them)
@@ -989,7 +987,7 @@ impl EntropyCodedLinear {
             window: m.window,
             x8,
             chunk_subgroups: if all_dup { chunk_subgroups } else { 1 },
-            n_chunks,
+            n_chunks: nc,
         })
     }
 
@@ -1001,7 +999,7 @@ impl EntropyCodedLinear {
 
     /// The coded matrix's chunks, each decoded by one group of 32 lanes (or
     /// [`Self::chunk_subgroups`]): the fused GEMV's parallelism.
-    pub fn chunks(&self) -> usize {
+    pub fn n_chunks(&self) -> usize {
         self.n_chunks
     }
 
