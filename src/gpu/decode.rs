@@ -139,11 +139,25 @@ pub struct FusedLayout {
 }
 
 /// From this many workgroups on, the blocked kernels run with the compact decode table by
-/// default ([`FusedVariant::BlockedCompact`]): on an H200 the fused kernel was 1.04-1.29x
-/// faster with it from 1024 workgroups on and 1.2-1.35x slower up to 512 (BENCHMARKS.md
-/// issue 5, step 26). A GPU with fewer or smaller SMs fills up at fewer workgroups, so this
-/// errs toward the u32 table there.
-pub const COMPACT_TABLE_FROM_WORKGROUPS: u32 = 1024;
+/// default ([`FusedVariant::BlockedCompact`]). On an H100 and an H200 (132 SMs) the u32
+/// table's build ran 1.4-1.6x longer at 704 workgroups than at 640, as if five of its
+/// workgroups fit an SM (660 in one wave) where the compact build's registers allow ten; past
+/// that the compact one was 1.15-1.49x faster at every form and shape
+/// measured (704-1024 workgroups), while at 512-640 workgroups with K = 14336 the u32 table
+/// was up to 1.10x faster (BENCHMARKS.md issue 5, step 84; step 26 had set 1024 before
+/// window splits and tables in memory). A GPU with fewer or smaller SMs fills up at fewer
+/// workgroups, so this errs toward the u32 table there.
+pub const COMPACT_TABLE_FROM_WORKGROUPS: u32 = 660;
+
+/// From this many workgroups on, matrices of at most [`COMPACT_TABLE_MAX_SHORT_K`] inputs
+/// take the compact decode table too: at K = 2048 and 4096 it was 1.00-1.10x faster from 512
+/// workgroups (window splits, 2 + 2 splits and whole symbols; BENCHMARKS.md issue 5, step
+/// 84), and 1.04-1.12x slower at 64-256.
+pub const COMPACT_TABLE_SHORT_K_FROM_WORKGROUPS: u32 = 512;
+
+/// The largest number of inputs (matrix columns) that [`COMPACT_TABLE_SHORT_K_FROM_WORKGROUPS`]
+/// applies to.
+pub const COMPACT_TABLE_MAX_SHORT_K: u32 = 4096;
 
 impl FusedLayout {
     /// The steps per block of `rans_gemv_blocked.wgsl` for this layout (8, 4 or 2, the largest
@@ -173,10 +187,25 @@ impl FusedLayout {
             .filter(|_| self.steps_per_row.is_multiple_of(4))
     }
 
+    /// The matrix's inputs: `cols`, or half of it in row-pair order (a coded row is two
+    /// matrix rows).
+    pub fn inputs(&self) -> u32 {
+        if self.row_pairs {
+            self.cols / 2
+        } else {
+            self.cols
+        }
+    }
+
     /// The blocked kernel's table form for this launch: [`FusedVariant::BlockedCompact`] from
-    /// [`COMPACT_TABLE_FROM_WORKGROUPS`] workgroups on, else [`FusedVariant::Blocked`].
+    /// [`COMPACT_TABLE_FROM_WORKGROUPS`] workgroups on, and from
+    /// [`COMPACT_TABLE_SHORT_K_FROM_WORKGROUPS`] for at most [`COMPACT_TABLE_MAX_SHORT_K`]
+    /// inputs; else [`FusedVariant::Blocked`].
     pub fn blocked_variant(&self) -> FusedVariant {
-        if self.workgroups >= COMPACT_TABLE_FROM_WORKGROUPS {
+        let short_k = self.inputs() <= COMPACT_TABLE_MAX_SHORT_K;
+        if self.workgroups >= COMPACT_TABLE_FROM_WORKGROUPS
+            || (short_k && self.workgroups >= COMPACT_TABLE_SHORT_K_FROM_WORKGROUPS)
+        {
             FusedVariant::BlockedCompact
         } else {
             FusedVariant::Blocked
@@ -366,8 +395,8 @@ pub(crate) fn check_low_bits(low_bits: u32, bits: u32, wps: u32) -> Result<(), G
 /// The fused kernel every launcher runs by default for `layout`: on adapters with 32-wide
 /// subgroups the blocked kernel where [`FusedLayout::blocked_steps`] allows it (1.17-1.25x
 /// faster than the subgroup kernel on an H200, BENCHMARKS.md issue 5 step 23), with the
-/// compact table from [`COMPACT_TABLE_FROM_WORKGROUPS`] workgroups on, else the subgroup
-/// kernel; the workgroup-memory kernel on every other adapter.
+/// table form [`FusedLayout::blocked_variant`] picks, else the subgroup kernel; the
+/// workgroup-memory kernel on every other adapter.
 pub fn default_fused_variant(registry: &PipelineRegistry, layout: &FusedLayout) -> FusedVariant {
     if !registry.subgroups32() {
         FusedVariant::Workgroup
@@ -994,8 +1023,8 @@ impl GpuCodedMatrix {
 
     /// The decode launch writing into `out` (at least the output size in bytes: `rows * cols *
     /// bits / 8` packed, `rows * cols` one byte per weight). Uses the blocked kernel where
-    /// [`Self::decode_blocked_supported`] allows it (with the compact table from
-    /// [`COMPACT_TABLE_FROM_WORKGROUPS`] workgroups on), else the subgroup kernel where
+    /// [`Self::decode_blocked_supported`] allows it (with the table form
+    /// [`FusedLayout::blocked_variant`] picks), else the subgroup kernel where
     /// [`Self::decode_subgroup_supported`] does.
     pub fn decode_dispatch(
         &self,
@@ -1654,16 +1683,33 @@ mod tests {
     }
 
     #[test]
-    fn compact_table_from_1024_workgroups() {
-        let mut l = layout(4096, 2, 11);
-        for (wg, v) in [
-            (1, FusedVariant::Blocked),
-            (1023, FusedVariant::Blocked),
-            (1024, FusedVariant::BlockedCompact),
-            (8016, FusedVariant::BlockedCompact),
+    fn compact_table_past_one_wave_of_the_u32_build_or_from_512_workgroups_at_short_k() {
+        // (inputs, row pairs, workgroups, expected): K = 14336 keeps the u32 table up to 659
+        // workgroups, K <= 4096 up to 511; row pairs count the inputs of one matrix row
+        for (cols, pairs, wg, v) in [
+            (14336, false, 1, FusedVariant::Blocked),
+            (14336, false, 640, FusedVariant::Blocked),
+            (14336, false, 659, FusedVariant::Blocked),
+            (14336, false, 660, FusedVariant::BlockedCompact),
+            (28672, true, 640, FusedVariant::Blocked),
+            (28672, true, 704, FusedVariant::BlockedCompact),
+            (8192, false, 512, FusedVariant::Blocked),
+            (8192, true, 511, FusedVariant::Blocked),
+            (8192, true, 512, FusedVariant::BlockedCompact),
+            (4096, false, 384, FusedVariant::Blocked),
+            (4096, false, 512, FusedVariant::BlockedCompact),
+            (2048, true, 512, FusedVariant::BlockedCompact),
+            (4096, false, 8016, FusedVariant::BlockedCompact),
         ] {
+            let mut l = layout(cols, 2, 11);
+            l.row_pairs = pairs;
             l.workgroups = wg;
-            assert_eq!(l.blocked_variant(), v, "{wg} workgroups");
+            assert_eq!(l.inputs(), if pairs { cols / 2 } else { cols });
+            assert_eq!(
+                l.blocked_variant(),
+                v,
+                "{cols} cols, pairs {pairs}, {wg} workgroups"
+            );
         }
     }
 }

@@ -99,6 +99,7 @@ pub(crate) use decode::{
 pub use decode::{
     default_fused_variant, fused_gemv_pipeline, CodedMatrixRef, DecodeOutput, FusedLayout,
     FusedVariant, GpuCodedMatrix, QuantParamsRef, COMPACT_TABLE_FROM_WORKGROUPS,
+    COMPACT_TABLE_MAX_SHORT_K, COMPACT_TABLE_SHORT_K_FROM_WORKGROUPS,
 };
 pub use gemv::{GpuQuantizedMatrix, QGemvVariant};
 use x8::quantized_launch;
