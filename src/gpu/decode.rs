@@ -142,11 +142,11 @@ pub struct FusedLayout {
 /// default ([`FusedVariant::BlockedCompact`]). On an H100 and an H200 (132 SMs) the u32
 /// table's build ran 1.4-1.6x longer at 704 workgroups than at 640, as if five of its
 /// workgroups fit an SM (660 in one wave) where the compact build's registers allow ten; past
-/// that the compact one was 1.15-1.49x faster at every form and shape
-/// measured (704-1024 workgroups), while at 512-640 workgroups with K = 14336 the u32 table
-/// was up to 1.10x faster (BENCHMARKS.md issue 5, step 84; step 26 had set 1024 before
-/// window splits and tables in memory). A GPU with fewer or smaller SMs fills up at fewer
-/// workgroups, so this errs toward the u32 table there.
+/// that the compact one was 1.15-1.49x faster at every form and shape measured (704-1024
+/// workgroups), while at 512-640 workgroups with K = 14336 the u32 table was up to 1.10x
+/// faster (BENCHMARKS.md issue 5, step 84; step 26 had set 1024 before window splits and
+/// tables in memory). A GPU with fewer or smaller SMs fills up at fewer workgroups, so this
+/// errs toward the u32 table there.
 pub const COMPACT_TABLE_FROM_WORKGROUPS: u32 = 660;
 
 /// From this many workgroups on, matrices of at most [`COMPACT_TABLE_MAX_SHORT_K`] inputs
