@@ -9,7 +9,7 @@
 //! cargo run --release --example bench_prefill -- [--shapes 4096x4096,4096x14336]
 //!     [--ms 1,8,32,128,512] [--rounds 5] [--target-ms 30] [--set-mib 256] [--max-gemv-m 512]
 //!     [--chunk-symbols 16384] [--tile-chunks 32] [--min-chunks N]
-//!     [--coding whole,split,pairs,window]
+//!     [--coding whole,split,pairs,window] [--target-workgroups 256,512,1024]
 //!     [--wall]
 //! ```
 //!
@@ -25,7 +25,10 @@
 //! one-vector kernel, all with the same activation vector). Each round records as many
 //! forwards as fill about `--target-ms` into one command buffer between two `device.poll`
 //! waits; times are medians over `--rounds`, per forward. The one-vector baselines are skipped
-//! (`-`) above `--max-gemv-m`. Prints a markdown table on stdout.
+//! (`-`) above `--max-gemv-m`. `--target-workgroups` times the coded batched kernel once for
+//! each value of `LinearOptions::gemm_target_workgroups` (default: the library's), a row each;
+//! the one-vector kernels and `qgemm` are timed once per M and shown on its first row. Prints a
+//! markdown table on stdout.
 //!
 //! Clock (`examples/common/timing.rs`): where the device has `TIMESTAMP_QUERY`, times are the
 //! GPU duration of the compute pass holding a round's forwards divided by their number
@@ -63,6 +66,8 @@ struct Args {
     /// `None`: `ecq encode`'s default for the coding
     min_chunks: Option<usize>,
     codings: Vec<String>,
+    /// `LinearOptions::gemm_target_workgroups` values (`None`: the default)
+    targets: Vec<Option<u32>>,
     wall: bool,
 }
 
@@ -84,6 +89,7 @@ fn parse_args() -> Args {
         tile_chunks: ecq::rans::DEFAULT_TILE_CHUNKS,
         min_chunks: None,
         codings: vec!["whole".into()],
+        targets: vec![None],
         wall: false,
     };
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -112,6 +118,7 @@ fn parse_args() -> Args {
             "--chunk-symbols" => a.chunk_symbols = v.parse().expect("chunk-symbols"),
             "--tile-chunks" => a.tile_chunks = v.parse().expect("tile-chunks"),
             "--min-chunks" => a.min_chunks = Some(v.parse().expect("min-chunks")),
+            "--target-workgroups" => a.targets = list(&v).into_iter().map(Some).collect(),
             "--coding" => {
                 a.codings = v.split(',').map(String::from).collect();
                 for c in &a.codings {
@@ -210,9 +217,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!();
     println!(
-        "| adapter | shape RxK | coding | M | plain qgemv x M µs [{clock}] | fused rANS GEMV x M µs [{clock}] | plain qgemm µs [{clock}] | rans_gemm µs [{clock}] (blocked where subgroups are 32 wide) | portable rans_gemm µs [{clock}] | wall-clock µs (qgemm / rans_gemm) | rans_gemm / qgemm | rans_gemm / (fused GEMV x M) | rans_gemm tokens/s | max abs diff rans_gemm vs qgemm / max abs y |"
+        "| adapter | shape RxK | coding | M | batched target workgroups | plain qgemv x M µs [{clock}] | fused rANS GEMV x M µs [{clock}] | plain qgemm µs [{clock}] | rans_gemm µs [{clock}] (blocked where subgroups are 32 wide) | portable rans_gemm µs [{clock}] | wall-clock µs (qgemm / rans_gemm) | rans_gemm / qgemm | rans_gemm / (fused GEMV x M) | rans_gemm tokens/s | max abs diff rans_gemm vs qgemm / max abs y |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &(r, k) in &a.shapes {
         let mut rng = ChaCha8Rng::seed_from_u64((r * 31 + k) as u64);
         let w: Vec<f32> = (0..r * k).map(|_| gaussian(&mut rng) * 0.02).collect();
@@ -284,20 +291,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             eprintln!(
             "{r}x{k} {coding}: {copies} copies, {coded_bits:.3} coded bits/weight, coded chunk_rows {chunk_rows}"
         );
-            let upload = |portable_gemm| -> Result<Vec<EntropyCodedLinear>, _> {
+            let upload = |portable_gemm, target| -> Result<Vec<EntropyCodedLinear>, _> {
                 let opts = LinearOptions {
                     portable_gemm,
+                    gemm_target_workgroups: target,
                     ..Default::default()
                 };
                 (0..copies)
                     .map(|_| EntropyCodedLinear::upload(&dev, "bench", layer_ref(), &opts))
                     .collect()
             };
-            let coded = upload(false)?;
+            // one set of copies per batched target workgroup count
+            let coded_by_target: Vec<Vec<EntropyCodedLinear>> = a
+                .targets
+                .iter()
+                .map(|&t| upload(false, t))
+                .collect::<Result<_, _>>()?;
+            let coded = &coded_by_target[0];
             // the portable batched kernel too, where the default is the blocked one (it does
             // not read window splits)
             let portable = if coded[0].blocked_gemm() && coding != "window" {
-                Some(upload(true)?)
+                Some(upload(true, a.targets[0])?)
             } else {
                 None
             };
@@ -325,10 +339,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let xb = buffer(&dev, (x.len() * 4) as u64, Some(&x));
                 let yb = buffer(&dev, (m * r * 4) as u64, None);
                 let yq = buffer(&dev, (m * r * 4) as u64, None);
-                let batched_coded: Vec<Vec<LinearDispatch>> = coded
-                    .iter()
-                    .map(|c| c.batch_dispatches(&xb, &yb, m))
-                    .collect::<Result<_, _>>()?;
                 let batched_portable: Option<Vec<Vec<LinearDispatch>>> = portable
                     .as_ref()
                     .map(|p| p.iter().map(|c| c.batch_dispatches(&xb, &yb, m)).collect())
@@ -339,17 +349,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .collect::<Result<_, _>>()?;
                 // (1.5 s of warm-up after the host's encoding and uploads, 0.25 s between timings)
                 let first = m == a.ms[0];
-                let gemm = time(
+                let qgemm = time(
                     &dev,
                     &timer,
                     a.rounds,
                     a.target_ms,
                     if first { 1.5 } else { 0.25 },
-                    &|pass, i| {
-                        for d in &batched_coded[i % copies] {
-                            d.record(pass)
-                        }
-                    },
+                    &|pass, i| batched_plain[i % copies].record(pass),
                 );
                 let t_portable = batched_portable.as_ref().map(|bp| {
                     time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
@@ -359,23 +365,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     })
                     .t
                 });
-                let qgemm = time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
-                    batched_plain[i % copies].record(pass)
-                });
-                let (t_gemm, t_qgemm) = (gemm.t, qgemm.t);
-                // the two batched kernels must agree (same weights, same activations)
-                let (yc, yp) = (read(&dev, &yb, m * r), read(&dev, &yq, m * r));
-                let scale = yp.iter().fold(0f32, |s, v| s.max(v.abs())).max(1e-30);
-                let diff = yc
-                    .iter()
-                    .zip(&yp)
-                    .fold(0f32, |s, (a, b)| s.max((a - b).abs()));
-                let rel_diff = diff / scale;
-                if rel_diff > 1e-4 {
-                    eprintln!(
-                        "WARNING: rans_gemm and qgemm disagree at {r}x{k} M={m}: {rel_diff:e}"
-                    );
-                }
                 let (t_qv, t_fv) = if m <= a.max_gemv_m {
                     (
                         Some(
@@ -398,23 +387,57 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 } else {
                     (None, None)
                 };
+                let t_qgemm = qgemm.t;
                 let us = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{:.1}", t * 1e6));
-                let ratio =
-                    |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{:.2}x", t_gemm / t));
-                println!(
-                "| {adapter} | {r}x{k} | {coding} | {m} | {} | {} | {:.1} | {:.1} | {} | {:.1} / {:.1} | {:.2}x | {} | {:.0} | {:.1e} |",
-                us(t_qv),
-                us(t_fv),
-                t_qgemm * 1e6,
-                t_gemm * 1e6,
-                us(t_portable),
-                qgemm.wall * 1e6,
-                gemm.wall * 1e6,
-                t_gemm / t_qgemm,
-                ratio(t_fv),
-                m as f64 / t_gemm,
-                rel_diff
-            );
+                for (ti, (target, coded)) in a.targets.iter().zip(&coded_by_target).enumerate() {
+                    let batched_coded: Vec<Vec<LinearDispatch>> = coded
+                        .iter()
+                        .map(|c| c.batch_dispatches(&xb, &yb, m))
+                        .collect::<Result<_, _>>()?;
+                    let gemm = time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
+                        for d in &batched_coded[i % copies] {
+                            d.record(pass)
+                        }
+                    });
+                    let t_gemm = gemm.t;
+                    // the two batched kernels must agree (same weights, same activations)
+                    let (yc, yp) = (read(&dev, &yb, m * r), read(&dev, &yq, m * r));
+                    let scale = yp.iter().fold(0f32, |s, v| s.max(v.abs())).max(1e-30);
+                    let diff = yc
+                        .iter()
+                        .zip(&yp)
+                        .fold(0f32, |s, (a, b)| s.max((a - b).abs()));
+                    let rel_diff = diff / scale;
+                    if rel_diff > 1e-4 {
+                        eprintln!(
+                            "WARNING: rans_gemm and qgemm disagree at {r}x{k} M={m}: {rel_diff:e}"
+                        );
+                    }
+                    // the one-vector kernels and the portable kernel on the first row only
+                    let (t_qv, t_fv, t_portable) = if ti == 0 {
+                        (t_qv, t_fv, t_portable)
+                    } else {
+                        (None, None, None)
+                    };
+                    let ratio = |t: Option<f64>| {
+                        t.map_or("-".to_string(), |t| format!("{:.2}x", t_gemm / t))
+                    };
+                    let target = target.map_or("default".to_string(), |t| t.to_string());
+                    println!(
+                        "| {adapter} | {r}x{k} | {coding} | {m} | {target} | {} | {} | {:.1} | {:.1} | {} | {:.1} / {:.1} | {:.2}x | {} | {:.0} | {:.1e} |",
+                        us(t_qv),
+                        us(t_fv),
+                        t_qgemm * 1e6,
+                        t_gemm * 1e6,
+                        us(t_portable),
+                        qgemm.wall * 1e6,
+                        gemm.wall * 1e6,
+                        t_gemm / t_qgemm,
+                        ratio(t_fv),
+                        m as f64 / t_gemm,
+                        rel_diff
+                    );
+                }
             }
         }
     }

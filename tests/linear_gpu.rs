@@ -1334,3 +1334,38 @@ fn chunk_subgroups_layer_is_gemv_coded() {
         );
     }
 }
+
+/// The batched kernel's target workgroup count only changes how the activation rows are split
+/// into blocks (each decoding the chunks again): every target gives the CPU reference's result,
+/// and a target of 0 is refused at upload, naming the option.
+#[test]
+fn batched_target_workgroups_change_the_blocks_not_the_result() {
+    let Some(d) = dev() else { return };
+    let c = case(21, 64, 256, 4, 64, 2048, 2);
+    let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
+    for target in [Some(1), Some(7), Some(4096), None] {
+        let opts = LinearOptions {
+            gemm_target_workgroups: target,
+            gemv_batch_max_m: Some(0),
+            ..Default::default()
+        };
+        let gpu = upload(d, &c, &opts).unwrap();
+        for m in [2usize, 33, 129, 300] {
+            let x = activations(31 + m as u64, m * 256);
+            assert_close(
+                &format!("target {target:?} m {m}"),
+                &cpu,
+                &x,
+                m,
+                &gpu.forward_batch(&x, m).unwrap(),
+                0.0,
+            );
+        }
+    }
+    let zero = LinearOptions {
+        gemm_target_workgroups: Some(0),
+        ..Default::default()
+    };
+    let err = upload(d, &c, &zero).unwrap_err().to_string();
+    assert!(err.contains("gemm_target_workgroups"), "{err}");
+}

@@ -31,7 +31,8 @@ pub(crate) fn kparts(m: usize) -> u32 {
 
 /// Activation rows per workgroup and the number of blocks, for `m` rows and `wgs` workgroups
 /// per block: more blocks (each decoding the chunks again) where the matrix alone gives few
-/// workgroups, as many as keep the workgroups within [`TARGET_WORKGROUPS`], or (`round_up`,
+/// workgroups, as many as keep the workgroups within `target` ([`TARGET_WORKGROUPS`] by
+/// default, [`LinearOptions::gemm_target_workgroups`]), or (`round_up`,
 /// for the portable `rans_gemm.wgsl`, whose slower decode gains more from parallelism than
 /// it loses to repetition) the fewest that reach it. Above 128 rows, blocks of a multiple of
 /// 128 rows (at most 512); up to 128 rows, blocks of at least [`MIN_SMALL_BLOCK_ROWS`] rows
@@ -40,17 +41,17 @@ pub(crate) fn kparts(m: usize) -> u32 {
 /// faster at 32 rows in two blocks and 1.6-1.85x at 128 rows in four; 14336x4096 (448
 /// workgroups) split in two ran 1.6-2.2x slower at 8-32 rows and, in the blocked kernel,
 /// 1.26x slower at 256-512 rows than in one block (the portable kernel 1.2-1.25x faster).
-pub(crate) fn m_split(m: usize, wgs: u32, round_up: bool) -> (u32, u32) {
+pub(crate) fn m_split(m: usize, wgs: u32, round_up: bool, target: u32) -> (u32, u32) {
     if m <= 128 {
-        let fit = (TARGET_WORKGROUPS / wgs.max(1)) as usize;
+        let fit = (target / wgs.max(1)) as usize;
         let nb = fit.clamp(1, (m / MIN_SMALL_BLOCK_ROWS).max(1));
         let m_block = m.max(1).div_ceil(nb);
         return (m_block as u32, m.max(1).div_ceil(m_block) as u32);
     }
     let want = if round_up {
-        TARGET_WORKGROUPS.div_ceil(wgs.max(1))
+        target.div_ceil(wgs.max(1))
     } else {
-        TARGET_WORKGROUPS / wgs.max(1)
+        target / wgs.max(1)
     } as usize;
     let max_blocks = m.div_ceil(128);
     let nb = want.clamp(1, max_blocks);
@@ -167,6 +168,11 @@ pub struct LinearOptions {
     /// chunk whatever [`Self::chunk_subgroups`] asks; `None`: no limit. About four chunks per
     /// SM of the GPU suits two groups: 512 on an H100 or H200 (132 SMs).
     pub chunk_subgroups_max_chunks: Option<usize>,
+    /// Workgroups the batched kernel (`forward_batch` above [`Self::gemv_batch_max_m`] rows)
+    /// aims for when the matrix alone gives fewer, by splitting the activation rows into blocks
+    /// that each decode the chunks again; `None` (default): [`TARGET_WORKGROUPS`]. 0 is an
+    /// error at upload. Benchmarks sweep it (`examples/bench_prefill.rs --target-workgroups`).
+    pub gemm_target_workgroups: Option<u32>,
 }
 
 /// A borrowed coded matrix with its quantization parameters: the coded tensors as
@@ -628,6 +634,8 @@ pub struct EntropyCodedLinear {
     chunk_subgroups: u32,
     /// The coded matrix's chunks.
     n_chunks: usize,
+    /// [`LinearOptions::gemm_target_workgroups`], resolved.
+    gemm_target_workgroups: u32,
 }
 
 impl EntropyCodedLinear {
@@ -754,6 +762,15 @@ impl EntropyCodedLinear {
             .is_some_and(|most| nc > most)
         {
             chunk_subgroups = 1;
+        }
+        let gemm_target_workgroups = opts.gemm_target_workgroups.unwrap_or(TARGET_WORKGROUPS);
+        if gemm_target_workgroups == 0 {
+            return Err(LinearError::Gpu {
+                layer: name.into(),
+                source: GpuError::InvalidInput(
+                    "LinearOptions::gemm_target_workgroups must be at least 1".into(),
+                ),
+            });
         }
         let mut all_dup = chunk_subgroups > 1;
         for (t0, t1) in plan {
@@ -988,6 +1005,7 @@ impl EntropyCodedLinear {
             x8,
             chunk_subgroups: if all_dup { chunk_subgroups } else { 1 },
             n_chunks: nc,
+            gemm_target_workgroups,
         })
     }
 
@@ -1195,7 +1213,12 @@ impl EntropyCodedLinear {
         let layout = pipeline.get_bind_group_layout(0);
         let mut out = Vec::with_capacity(self.bands.len());
         for band in &self.bands {
-            let (m_block, blocks) = m_split(m, band.gemm.total_wg, self.gemm_blocked.is_none());
+            let (m_block, blocks) = m_split(
+                m,
+                band.gemm.total_wg,
+                self.gemm_blocked.is_none(),
+                self.gemm_target_workgroups,
+            );
             let total_grid = band.gemm.total_wg * blocks;
             let p = GemmParams {
                 m: m as u32,
@@ -1445,7 +1468,11 @@ impl Linear for EntropyCodedLinear {
 
 #[cfg(test)]
 mod tests {
-    use super::{default_gemv_batch_max_m, kparts, m_split};
+    use super::{default_gemv_batch_max_m, kparts, m_split as m_split_with, TARGET_WORKGROUPS};
+
+    fn m_split(m: usize, wgs: u32, round_up: bool) -> (u32, u32) {
+        m_split_with(m, wgs, round_up, TARGET_WORKGROUPS)
+    }
 
     /// Per-row GEMVs only where the fused GEMV is a subgroup kernel; split layers up to 4096x4096
     /// switch to the batched kernel sooner than larger ones; whole layers at 4 rows.
@@ -1507,5 +1534,10 @@ mod tests {
         assert_eq!(m_split(512, 128, false), (128, 4));
         assert_eq!(m_split(512, 448, false), (512, 1));
         assert_eq!(m_split(512, 448, true), (256, 2));
+        // other targets (LinearOptions::gemm_target_workgroups)
+        assert_eq!(m_split_with(128, 128, false, 1024), (16, 8));
+        assert_eq!(m_split_with(128, 128, false, 1), (128, 1));
+        assert_eq!(m_split_with(512, 128, false, 1024), (128, 4));
+        assert_eq!(m_split_with(512, 128, false, 256), (256, 2));
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::coded::{entry, kparts, m_split, LinearDispatch, MAX_M_PER_DISPATCH};
+use super::coded::{entry, kparts, m_split, LinearDispatch, MAX_M_PER_DISPATCH, TARGET_WORKGROUPS};
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, Linear, LinearError};
 use crate::quant::QuantizedMatrix;
@@ -167,7 +167,7 @@ impl QuantizedLinear {
             .pipeline(LinearKernel::QGemm { side: self.side })
             .map_err(gpu)?;
         // (qgemm repeats no decode: a block costs only its share of the weights' reads)
-        let (m_block, blocks) = m_split(m, self.params.total_wg, true);
+        let (m_block, blocks) = m_split(m, self.params.total_wg, true, TARGET_WORKGROUPS);
         let total_grid = self.params.total_wg * blocks;
         let p = Params {
             m: m as u32,
