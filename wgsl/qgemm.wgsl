@@ -101,11 +101,11 @@ fn main(
                 let sbv = side(row * P.groups_per_row + (kbase + c0) / P.group_size);
                 for (var i = 0u; i < per_word; i++) {
                     let q = f32((word >> (b * i)) & qmask);
-                    wbuf[c0 + i][g] = sbv.x * q + sbv.y;
+                    wbuf[wslot(c0 + i)][g] = sbv.x * q + sbv.y;
                 }
             } else {
                 for (var i = 0u; i < per_word; i++) {
-                    wbuf[c0 + i][g] = 0.0;
+                    wbuf[wslot(c0 + i)][g] = 0.0;
                 }
             }
         }

@@ -146,7 +146,7 @@ fn window_block(
                 // coded weight t of the word: nibble t / 4 of nibble word t % 4
                 let t = t0 + j;
                 let q = (nw[t & 3u] >> (4u * (t >> 2u))) & 0xFu;
-                wbuf[col0 + j][g] = select(0.0, sbv.x * f32(q) + sbv.y, on);
+                wbuf[wslot(col0 + j)][g] = select(0.0, sbv.x * f32(q) + sbv.y, on);
             }
         }
         workgroupBarrier();

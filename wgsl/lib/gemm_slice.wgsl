@@ -1,6 +1,6 @@
 // Shared by the batched kernels (rans_gemm.wgsl, rans_gemm_blocked.wgsl, qgemm.wgsl): the
-// multiply of a slice of dequantized weights (`wbuf`, one vec4 per column: the workgroup's 4
-// matrix rows) with activation rows of `X`. Uses the importing kernel's `P` (xs4, kparts),
+// multiply of a slice of dequantized weights (`wbuf`, one vec4 per column, at `wslot(column)`:
+// the workgroup's 4 matrix rows) with activation rows of `X`. Uses the importing kernel's `P` (xs4, kparts),
 // `X`, `wbuf` and `WG`. (qgemm.wgsl keeps its rows in four scalars and four accumulators
 // instead of row_share and add_slice: written with them it ran up to 16% slower on an H200
 // at some shapes, and as the baseline it keeps its faster form.)
@@ -24,13 +24,22 @@ fn row_share(lid: u32, m_lo: u32) -> RowShare {
     return RowShare(m_lo + lid / P.kparts, WG / P.kparts, lid % P.kparts);
 }
 
+// The slot of `wbuf` holding column `col` (0..256) of a slice: component c = col % 4 of the
+// columns' vec4s in a run of 64, so that the kparts invocations sharing a row, which read
+// consecutive vec4 columns i of the activations, read consecutive slots (wbuf[4 i + c] put
+// their reads 64 bytes apart, several to a bank), and a lane writing columns 8 l .. 8 l + 7
+// writes slots 32 bytes from its neighbours' instead of 128.
+fn wslot(col: u32) -> u32 {
+    return ((col & 3u) << 6u) | (col >> 2u);
+}
+
 fn dot_slice(m: u32, k4: u32, n4: u32, part: u32) -> vec4<f32> {
     var acc = vec4<f32>(0.0);
     let xb = m * P.xs4 + k4;
     for (var i = part; i < n4; i += P.kparts) {
         let xv = X[xb + i];
-        acc += wbuf[4u * i] * xv.x + wbuf[4u * i + 1u] * xv.y
-            + wbuf[4u * i + 2u] * xv.z + wbuf[4u * i + 3u] * xv.w;
+        acc += wbuf[i] * xv.x + wbuf[64u + i] * xv.y
+            + wbuf[128u + i] * xv.z + wbuf[192u + i] * xv.w;
     }
     return acc;
 }

@@ -23,14 +23,14 @@ fn dequantize_symbol(sym: u32, crow: u32, u: u32, l: u32, w: u32, bits: u32, col
     for (var i = 0u; i < w; i++) {
         let hi = (sym >> (bits * i)) & qmask;
         let q = f32((hi << P.low_bits) | ((low >> (P.low_bits * i)) & lmask));
-        wbuf[col0 + i][g] = sbv.x * q + sbv.y;
+        wbuf[wslot(col0 + i)][g] = sbv.x * q + sbv.y;
     }
 }
 
 // Zeros in columns col0 .. col0 + w - 1 for row g: a lane without a symbol this step.
 fn clear_symbol(w: u32, col0: u32, g: u32) {
     for (var i = 0u; i < w; i++) {
-        wbuf[col0 + i][g] = 0.0;
+        wbuf[wslot(col0 + i)][g] = 0.0;
     }
 }
 
