@@ -66,41 +66,47 @@ pub(crate) const MIN_SMALL_BLOCK_ROWS: usize = 16;
 const GROUPS_PER_WG: usize = 4;
 
 /// Activation rows up to which [`Linear::forward_batch`] runs one fused GEMV per row instead of
-/// the batched kernel, for split matrices of more than [`SMALL_LAYER_WEIGHTS`] weights, where
-/// the fused GEMV is a subgroup kernel (32-wide subgroups). On an H200 (BENCHMARKS.md,
-/// Prefill, tenth session), split matrices in row pairs with the chunks `ecq encode --split`
-/// writes: 8 GEMVs were 1.06-1.16x faster than one batched dispatch at 14336x4096 and
-/// 4096x14336, 10 1.06x faster and equal, 12 1.02-1.11x slower; 9 lies between.
-pub const GEMV_BATCH_MAX_M: usize = 9;
+/// the batched kernel, for split matrices (2 + 2) of more than [`SMALL_LAYER_WEIGHTS`] weights,
+/// where the fused GEMV is a subgroup kernel (32-wide subgroups). On an H200 (BENCHMARKS.md,
+/// Prefill, twentieth session; row pairs, the chunks `ecq encode --split` writes; the batched
+/// kernels with conflict-free slices) 6 GEMVs were 1.11-1.20x faster than one batched dispatch
+/// at 14336x4096 and 4096x14336, 8 1.09-1.18x slower. (Was 9, before the slices' bank
+/// conflicts were removed.)
+pub const GEMV_BATCH_MAX_M: usize = 7;
 
-/// [`GEMV_BATCH_MAX_M`] for split matrices of at most [`SMALL_LAYER_WEIGHTS`] weights, whose
-/// GEMV waits on few decoders while the batched kernel's cost grows slowly with the rows: on
-/// the same H200 runs 5 GEMVs were faster at 1024x4096 and 4096x4096 (96 vs 105 µs, 119 vs
-/// 138), 6 1.09x slower and equal, 8 1.43x and 1.18x slower (153 vs 108 µs, 190 vs 161).
+/// [`GEMV_BATCH_MAX_M`] for split matrices of at most [`SMALL_LAYER_WEIGHTS`] weights: on the
+/// same H200 runs 5 GEMVs were 1.10-1.23x faster at 4096x4096 and 1024x4096, 6 1.09x slower
+/// and 1.03x faster.
 pub const GEMV_BATCH_MAX_M_SMALL: usize = 5;
 
 /// [`GEMV_BATCH_MAX_M`] for window splits ([`SplitMatrix::encode_window`], raw bits 3) of more
-/// than [`SMALL_LAYER_WEIGHTS`] weights, whose fused GEMV is 1.3x faster than the 2 + 2 split's
-/// while the batched kernel is a little slower: on an H200 (BENCHMARKS.md, Prefill, eleventh
-/// session; row pairs, the chunks `ecq encode --window` writes) 8 GEMVs were 1.57-1.72x faster
-/// than one batched dispatch at 14336x4096 and 4096x14336 and 32 GEMVs 1.47-1.54x slower;
-/// the straight lines through those two points cross at 15-17 rows. (Interpolated, not timed
-/// at 15.)
-pub const GEMV_BATCH_MAX_M_WINDOW: usize = 15;
+/// than [`MID_LAYER_WEIGHTS`] weights: on the same H200 runs (row pairs, the chunks
+/// `ecq encode --window` writes) 12 GEMVs took 1.00-1.06x the batched dispatch's time at
+/// 14336x4096 and 4096x14336, 8 were 1.21-1.29x faster and 16 1.23-1.27x slower. (Was 15,
+/// interpolated, before the slices' bank conflicts were removed.)
+pub const GEMV_BATCH_MAX_M_WINDOW: usize = 12;
+
+/// [`GEMV_BATCH_MAX_M_WINDOW`] for window splits of more than [`SMALL_LAYER_WEIGHTS`] and at
+/// most [`MID_LAYER_WEIGHTS`] weights (a merged q, k, v projection): at 6144x4096 on the same
+/// runs 8 GEMVs were 1.09x faster and 10 1.06x slower.
+pub const GEMV_BATCH_MAX_M_WINDOW_MID: usize = 9;
 
 /// [`GEMV_BATCH_MAX_M_WINDOW`] for window splits of at most [`SMALL_LAYER_WEIGHTS`] weights: at
-/// 4096x4096 on the same runs 8 GEMVs were 1.13x faster (151.7 vs 171.7 µs) and 32 2.25x
-/// slower; the lines cross at 9 rows (interpolated).
-pub const GEMV_BATCH_MAX_M_WINDOW_SMALL: usize = 9;
+/// 1024x4096 and 4096x4096 on the same runs 6 GEMVs were 1.27-1.30x faster, 8 1.04x slower and
+/// as fast. (Was 9.)
+pub const GEMV_BATCH_MAX_M_WINDOW_SMALL: usize = 7;
 
-/// The weights (`rows * cols`) up to which a split matrix takes [`GEMV_BATCH_MAX_M_SMALL`]:
-/// 4096x4096.
+/// The weights (`rows * cols`) up to which a split matrix takes [`GEMV_BATCH_MAX_M_SMALL`] or
+/// [`GEMV_BATCH_MAX_M_WINDOW_SMALL`]: 4096x4096.
 pub const SMALL_LAYER_WEIGHTS: usize = 1 << 24;
 
+/// The weights up to which a window split takes [`GEMV_BATCH_MAX_M_WINDOW_MID`]: 8192x4096.
+pub const MID_LAYER_WEIGHTS: usize = 1 << 25;
+
 /// [`GEMV_BATCH_MAX_M`] for matrices coded whole (two weights per step make their GEMV
-/// slower): on the same H200 runs (default chunks), 4 GEMVs were 1.07-1.3x faster than the
-/// batched kernel, 5 1.14-1.15x slower up to 4096x4096 and 4-7% faster on the larger layers,
-/// 6 slower everywhere.
+/// slower): on the same H200 runs (default chunks), 4 GEMVs were 1.11-1.28x faster than the
+/// batched kernel, 5 1.11-1.12x slower up to 4096x4096 and 1.05-1.08x faster on the larger
+/// layers, 6 1.12-1.34x slower everywhere.
 pub const GEMV_BATCH_MAX_M_WHOLE: usize = 4;
 
 /// The default of [`LinearOptions::gemv_batch_max_m`] for a layer of `weights` weights with
@@ -111,6 +117,7 @@ pub(crate) fn default_gemv_batch_max_m(subgroups32: bool, low_bits: u32, weights
         (false, _) => 0,
         (true, 0) => GEMV_BATCH_MAX_M_WHOLE,
         (true, 3) if weights <= SMALL_LAYER_WEIGHTS => GEMV_BATCH_MAX_M_WINDOW_SMALL,
+        (true, 3) if weights <= MID_LAYER_WEIGHTS => GEMV_BATCH_MAX_M_WINDOW_MID,
         (true, 3) => GEMV_BATCH_MAX_M_WINDOW,
         (true, _) if weights <= SMALL_LAYER_WEIGHTS => GEMV_BATCH_MAX_M_SMALL,
         (true, _) => GEMV_BATCH_MAX_M,
@@ -126,9 +133,11 @@ pub struct LinearOptions {
     pub max_buffer_bytes: Option<u64>,
     /// Activation rows up to which `forward_batch` runs one fused GEMV per row instead of the
     /// batched kernel; `None` (default): [`GEMV_BATCH_MAX_M`] (split matrices of more than
-    /// [`SMALL_LAYER_WEIGHTS`] weights), [`GEMV_BATCH_MAX_M_SMALL`] (smaller split ones) or
-    /// [`GEMV_BATCH_MAX_M_WHOLE`] where 32-wide subgroups run the fused GEMV, else 0 (the
-    /// workgroup GEMV is slower than the batched kernel there).
+    /// [`SMALL_LAYER_WEIGHTS`] weights), [`GEMV_BATCH_MAX_M_SMALL`] (smaller split ones),
+    /// [`GEMV_BATCH_MAX_M_WINDOW`], [`GEMV_BATCH_MAX_M_WINDOW_MID`] or
+    /// [`GEMV_BATCH_MAX_M_WINDOW_SMALL`] (window splits by size) or [`GEMV_BATCH_MAX_M_WHOLE`]
+    /// where 32-wide subgroups run the fused GEMV, else 0 (the workgroup GEMV is slower than
+    /// the batched kernel there).
     pub gemv_batch_max_m: Option<usize>,
     /// Run `forward_batch` on the portable `rans_gemm.wgsl` even where the blocked subgroup
     /// build (`rans_gemm_blocked.wgsl`) could run (benchmarks and tests compare the two).
@@ -1485,10 +1494,15 @@ mod tests {
             (true, 0, 4096 * 14336, 4),
             (true, 2, 1024 * 4096, 5),
             (true, 2, 4096 * 4096, 5),
-            (true, 2, 4096 * 4096 + 1, 9),
-            (true, 2, 128256 * 4096, 9),
-            (true, 3, 4096 * 4096, 9),
-            (true, 3, 4096 * 14336, 15),
+            (true, 2, 4096 * 4096 + 1, 7),
+            (true, 2, 128256 * 4096, 7),
+            (true, 3, 1024 * 4096, 7),
+            (true, 3, 4096 * 4096, 7),
+            (true, 3, 4096 * 4096 + 1, 9),
+            (true, 3, 6144 * 4096, 9),
+            (true, 3, 8192 * 4096, 9),
+            (true, 3, 8192 * 4096 + 1, 12),
+            (true, 3, 4096 * 14336, 12),
         ] {
             assert_eq!(default_gemv_batch_max_m(sg, low, w), want, "{sg} {low} {w}");
         }

@@ -11,9 +11,10 @@
 //!   blocked subgroup decoder) where 32-wide subgroups run it, else the portable
 //!   `wgsl/rans_gemm.wgsl`. For at most [`GEMV_BATCH_MAX_M`] rows (split matrices;
 //!   [`GEMV_BATCH_MAX_M_SMALL`] for split layers up to [`SMALL_LAYER_WEIGHTS`];
-//!   [`GEMV_BATCH_MAX_M_WHOLE`] whole; [`GEMV_BATCH_MAX_M_WINDOW`] and
-//!   [`GEMV_BATCH_MAX_M_WINDOW_SMALL`] window splits) on such adapters it runs one fused GEMV per row
-//!   instead, which is faster there.
+//!   [`GEMV_BATCH_MAX_M_WHOLE`] whole; [`GEMV_BATCH_MAX_M_WINDOW`],
+//!   [`GEMV_BATCH_MAX_M_WINDOW_MID`] (up to [`MID_LAYER_WEIGHTS`]) and
+//!   [`GEMV_BATCH_MAX_M_WINDOW_SMALL`] window splits) on such adapters it runs one fused GEMV
+//!   per row instead, which is faster there.
 //! * [`QuantizedLinear`] is the plain MLX quantized baseline on the GPU (`qgemv.wgsl` for one
 //!   vector, `wgsl/qgemm.wgsl` for a batch, with the same multiply as `rans_gemm.wgsl`).
 //! * [`CpuLinear`] is the reference: dequantized weights in `f32`, products summed in `f64`.
@@ -53,7 +54,8 @@ mod plain;
 pub use coded::{
     CodedLayerRef, EntropyCodedLinear, LinearDispatch, LinearOptions, GEMV_BATCH_MAX_M,
     GEMV_BATCH_MAX_M_SMALL, GEMV_BATCH_MAX_M_WHOLE, GEMV_BATCH_MAX_M_WINDOW,
-    GEMV_BATCH_MAX_M_WINDOW_SMALL, MAX_M_PER_DISPATCH, SMALL_LAYER_WEIGHTS, TARGET_WORKGROUPS,
+    GEMV_BATCH_MAX_M_WINDOW_MID, GEMV_BATCH_MAX_M_WINDOW_SMALL, MAX_M_PER_DISPATCH,
+    MID_LAYER_WEIGHTS, SMALL_LAYER_WEIGHTS, TARGET_WORKGROUPS,
 };
 pub use cpu::CpuLinear;
 pub use device::LinearDevice;
