@@ -140,7 +140,8 @@ override DUP: u32 = 1u;
 var<workgroup> dup_sums: array<vec2<f32>, 16>;  // [group * 4 + coded row of the chunk]
 // Planes read without a branch (see rans_block.wgsl, block_plane_at). The host sets it for the
 // compact build in row-pair order only: 4.5% faster there at the lm_head on an H200, 3% slower
-// in the u32-table build, mixed in row-major order (BENCHMARKS.md issue 5, step 53).
+// in the u32-table build, mixed in row-major order (BENCHMARKS.md issue 5, step 53). Not for
+// window splits, whose compact build runs 4096x4096 1.05x faster with the branch (step 86).
 override BRANCH_FREE_PLANES: bool = false;
 
 @group(0) @binding(0) var<uniform> P: Params;
