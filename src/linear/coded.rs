@@ -15,7 +15,10 @@ use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
 pub const MAX_M_PER_DISPATCH: usize = 512;
 /// Workgroups a batched dispatch aims for: when the matrix alone gives fewer (few chunks, or
 /// few rows), the activation rows are split across workgroups in blocks of 128, 256 or 512
-/// (each block decodes the chunks again), trading repeated decoding for parallelism.
+/// (each block decodes the chunks again), trading repeated decoding for parallelism. Timed
+/// again on an H200 with the conflict-free slices (BENCHMARKS.md, Prefill, twentieth session):
+/// the fastest of 256, 512 and 1024, or within 4% of it, at 16-512 rows of 1024x4096,
+/// 4096x4096 and 4096x14336 window splits.
 pub const TARGET_WORKGROUPS: u32 = 512;
 
 /// Invocations of a batched kernel's workgroup sharing each activation row
