@@ -1327,12 +1327,11 @@ impl GpuCodedMatrix {
     /// table, neither built nor read (wrong symbols), 19 / 20 = its kernel with two / four
     /// groups of 32 lanes a chunk (each decodes all of it and multiplies every second / fourth
     /// block; right results; chunks of at most 4 coded rows); for every layout 16 = the kernel
-    /// reading
-    /// its decode table from memory (built on the host once, `src/gpu/slot_table.rs`) instead
-    /// of building it in every workgroup: right results, the default since step 65 (see
-    /// [`Self::set_tables_in_memory`]). Other `diag` values are refused with
-    /// [`GpuError::InvalidInput`]; layouts or adapters the blocked kernel cannot run with
-    /// [`GpuError::Unsupported`].
+    /// reading its decode table from memory (built on the host once,
+    /// `src/gpu/slot_table.rs`) instead of building it in every workgroup: right results, the
+    /// default since step 65 (see [`Self::set_tables_in_memory`]). Other `diag` values are
+    /// refused with [`GpuError::InvalidInput`]; layouts or adapters the blocked kernel cannot
+    /// run with [`GpuError::Unsupported`].
     pub fn blocked_diagnostic_dispatch(
         &self,
         device: &wgpu::Device,
