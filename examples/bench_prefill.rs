@@ -10,7 +10,7 @@
 //!     [--ms 1,8,32,128,512] [--rounds 5] [--target-ms 30] [--set-mib 256] [--max-gemv-m 512]
 //!     [--chunk-symbols 16384] [--tile-chunks 32] [--min-chunks N]
 //!     [--coding whole,split,pairs,window] [--target-workgroups 256,512,1024]
-//!     [--wall]
+//!     [--vectors 2,4,8,16] [--wall]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64 (`ecq::quant::quantize_affine`), coded
@@ -27,7 +27,12 @@
 //! waits; times are medians over `--rounds`, per forward. The one-vector baselines are skipped
 //! (`-`) above `--max-gemv-m`. `--target-workgroups` times the coded batched kernel once for
 //! each value of `LinearOptions::gemm_target_workgroups` (default: the library's), a row each;
-//! the one-vector kernels and `qgemm` are timed once per M and shown on its first row. Prints a
+//! the one-vector kernels and `qgemm` are timed once per M and shown on its first row. For window
+//! splits the fused GEMV is also timed multiplying several vectors a launch
+//! (`EntropyCodedLinear::vectors_dispatch`, each chunk decoded once per launch), and so is its
+//! plain counterpart (`GpuQuantizedMatrix::gemv_many_dispatch`, `wgsl/qgemv4_many.wgsl`, the
+//! weights read once per launch): M rows in launches of V = each `--vectors` value (at most M)
+//! vectors, up to `--max-gemv-m` rows, both results checked against `qgemm`'s. Prints a
 //! markdown table on stdout.
 //!
 //! Clock (`examples/common/timing.rs`): where the device has `TIMESTAMP_QUERY`, times are the
@@ -68,6 +73,8 @@ struct Args {
     codings: Vec<String>,
     /// `LinearOptions::gemm_target_workgroups` values (`None`: the default)
     targets: Vec<Option<u32>>,
+    /// activation vectors per launch of the multi-vector fused GEMV (window splits)
+    vectors: Vec<u32>,
     wall: bool,
 }
 
@@ -90,6 +97,7 @@ fn parse_args() -> Args {
         min_chunks: None,
         codings: vec!["whole".into()],
         targets: vec![None],
+        vectors: vec![2, 4, 8, 16],
         wall: false,
     };
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -119,6 +127,7 @@ fn parse_args() -> Args {
             "--tile-chunks" => a.tile_chunks = v.parse().expect("tile-chunks"),
             "--min-chunks" => a.min_chunks = Some(v.parse().expect("min-chunks")),
             "--target-workgroups" => a.targets = list(&v).into_iter().map(Some).collect(),
+            "--vectors" => a.vectors = list(&v),
             "--coding" => {
                 a.codings = v.split(',').map(String::from).collect();
                 for c in &a.codings {
@@ -217,9 +226,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!();
     println!(
-        "| adapter | shape RxK | coding | M | batched target workgroups | plain qgemv x M µs [{clock}] | fused rANS GEMV x M µs [{clock}] | plain qgemm µs [{clock}] | rans_gemm µs [{clock}] (blocked where subgroups are 32 wide) | portable rans_gemm µs [{clock}] | wall-clock µs (qgemm / rans_gemm) | rans_gemm / qgemm | rans_gemm / (fused GEMV x M) | rans_gemm tokens/s | max abs diff rans_gemm vs qgemm / max abs y |"
+        "| adapter | shape RxK | coding | M | batched target workgroups | plain qgemv x M µs [{clock}] | fused rANS GEMV x M µs [{clock}] | plain qgemm µs [{clock}] | rans_gemm µs [{clock}] (blocked where subgroups are 32 wide) | portable rans_gemm µs [{clock}] | wall-clock µs (qgemm / rans_gemm) | rans_gemm / qgemm | rans_gemm / (fused GEMV x M) | rans_gemm tokens/s | max abs diff rans_gemm vs qgemm / max abs y | V vectors a launch (window splits), V: fused / plain qgemv4_many µs [{clock}] | best fused V / rans_gemm | best fused V / best plain V | max abs diff V-vector GEMVs vs qgemm / max abs y |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &(r, k) in &a.shapes {
         let mut rng = ChaCha8Rng::seed_from_u64((r * 31 + k) as u64);
         let w: Vec<f32> = (0..r * k).map(|_| gaussian(&mut rng) * 0.02).collect();
@@ -295,6 +304,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let opts = LinearOptions {
                     portable_gemm,
                     gemm_target_workgroups: target,
+                    // (every count of vectors a launch the benchmark times)
+                    gemv_vectors: Some(ecq::gpu::MAX_GEMV_VECTORS),
                     ..Default::default()
                 };
                 (0..copies)
@@ -396,6 +407,76 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 } else {
                     (None, None)
                 };
+                // the multi-vector fused GEMV: M rows in launches of V vectors (all reading the
+                // first V rows of xb: the time does not depend on which)
+                let ym = buffer(&dev, (m * r * 4) as u64, None);
+                let yp = buffer(&dev, (m * r * 4) as u64, None);
+                let mut multi: Vec<(usize, f64, f64)> = Vec::new();
+                let mut multi_diff = None;
+                if m <= a.max_gemv_m
+                    && coded[0].gemv_vectors() > 1
+                    && qv[0].gemv_many_supported(registry)
+                {
+                    for &v in &a.vectors {
+                        let per = (v as usize).min(m);
+                        if multi.iter().any(|&(p, _, _)| p == per) {
+                            continue;
+                        }
+                        let plain_launches: Vec<Vec<ecq::gpu::Dispatch>> = qv
+                            .iter()
+                            .map(|q| {
+                                (0..m)
+                                    .step_by(per)
+                                    .map(|i| {
+                                        let n = per.min(m - i) as u32;
+                                        q.gemv_many_dispatch(dev.device(), registry, &xb, &yp, n)
+                                    })
+                                    .collect::<Result<Vec<_>, _>>()
+                            })
+                            .collect::<Result<_, _>>()?;
+                        let tp = time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
+                            for d in &plain_launches[i % copies] {
+                                d.record(pass)
+                            }
+                        })
+                        .t;
+                        let launches: Vec<Vec<LinearDispatch>> = coded
+                            .iter()
+                            .map(|c| {
+                                (0..m)
+                                    .step_by(per)
+                                    .map(|i| c.vectors_dispatch(&xb, &ym, per.min(m - i) as u32))
+                                    .collect::<Result<Vec<_>, _>>()
+                            })
+                            .collect::<Result<_, _>>()?;
+                        let t = time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
+                            for d in &launches[i % copies] {
+                                d.record(pass)
+                            }
+                        })
+                        .t;
+                        multi.push((per, t, tp));
+                        // rows 0..per of ym and yp are the first launches': x's first per
+                        // rows, as qgemm's first per rows of yq
+                        let want = read(&dev, &yq, per * r);
+                        let scale = want.iter().fold(0f32, |s, v| s.max(v.abs())).max(1e-30);
+                        for (what, b) in [("fused", &ym), ("plain", &yp)] {
+                            let got = read(&dev, b, per * r);
+                            let d = got
+                                .iter()
+                                .zip(&want)
+                                .fold(0f32, |s, (a, b)| s.max((a - b).abs()))
+                                / scale;
+                            if d.is_nan() || d > 1e-4 {
+                                eprintln!(
+                                    "WARNING: the {per}-vector {what} GEMV and qgemm disagree \
+                                     at {r}x{k} M={m}: {d:e}"
+                                );
+                            }
+                            multi_diff = Some(multi_diff.map_or(d, |m: f32| m.max(d)));
+                        }
+                    }
+                }
                 let t_qgemm = qgemm.t;
                 let us = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{:.1}", t * 1e6));
                 for (ti, (target, coded)) in a.targets.iter().zip(&coded_by_target).enumerate() {
@@ -432,8 +513,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         t.map_or("-".to_string(), |t| format!("{:.2}x", t_gemm / t))
                     };
                     let target = target.map_or("default".to_string(), |t| t.to_string());
+                    let (multi_col, multi_ratio, plain_ratio, multi_diff_col) = if ti == 0
+                        && !multi.is_empty()
+                    {
+                        let best = multi.iter().map(|&(_, t, _)| t).fold(f64::MAX, f64::min);
+                        let best_p = multi.iter().map(|&(_, _, t)| t).fold(f64::MAX, f64::min);
+                        (
+                            multi
+                                .iter()
+                                .map(|&(v, t, tp)| format!("{v}: {:.1} / {:.1}", t * 1e6, tp * 1e6))
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                            format!("{:.2}x", best / t_gemm),
+                            format!("{:.2}x", best / best_p),
+                            multi_diff.map_or("-".into(), |d| format!("{d:.1e}")),
+                        )
+                    } else {
+                        ("-".into(), "-".into(), "-".into(), "-".into())
+                    };
                     println!(
-                        "| {adapter} | {r}x{k} | {coding} | {m} | {target} | {} | {} | {:.1} | {:.1} | {} | {:.1} / {:.1} | {:.2}x | {} | {:.0} | {:.1e} |",
+                        "| {adapter} | {r}x{k} | {coding} | {m} | {target} | {} | {} | {:.1} | {:.1} | {} | {:.1} / {:.1} | {:.2}x | {} | {:.0} | {:.1e} | {multi_col} | {multi_ratio} | {plain_ratio} | {multi_diff_col} |",
                         us(t_qv),
                         us(t_fv),
                         t_qgemm * 1e6,

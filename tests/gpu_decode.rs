@@ -862,7 +862,8 @@ fn split_corrupt_state_is_reported() {
 /// chunk, never multiplied into silently wrong output: a flipped word in the middle of chunk 1,
 /// or of the last chunk, row-major and in row pairs, through the GPU decode (32-wide subgroups
 /// only; refused by name elsewhere) and every fused kernel that takes window splits (the
-/// workgroup one everywhere, both blocked ones with 32-wide subgroups). A bad state never gets
+/// workgroup one everywhere, both blocked ones with 32-wide subgroups, for one vector and for
+/// three in one launch). A bad state never gets
 /// that far: `EncodedMatrix::from_parts` refuses it.
 #[test]
 fn window_corrupt_stream_is_reported() {
@@ -939,6 +940,10 @@ fn window_corrupt_stream_is_reported() {
             for &v in &variants {
                 let r = g.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v);
                 expect(&format!("{v:?} GEMV"), r.map(drop));
+                // (three vectors: one launch of the multi-vector kernel on the blocked ones)
+                let x3 = [x.as_slice(), &x, &x].concat();
+                let r = g.gemv_many_with(ctx.device(), ctx.queue(), ctx.registry(), &x3, 3, v);
+                expect(&format!("{v:?} GEMV of 3 vectors"), r.map(drop));
             }
         }
     }

@@ -1241,6 +1241,294 @@ fn fused_window_groups_per_chunk() {
     }
 }
 
+/// The plain GEMV of several activation vectors in one launch (`GpuQuantizedMatrix::
+/// gemv_many`, `wgsl/qgemv4_many.wgsl`: the weights read once for all vectors) against the f64
+/// reference within the tolerance above: odd row counts (a last group of one row), rows not
+/// whole 512-weight blocks, group sizes 32/64/128, 1 to 16 vectors a launch and counts that
+/// take two and three launches. Without 32-wide subgroups `gemv_many` runs one plain GEMV a
+/// vector, checked the same way; the launch refuses other bit widths, counts outside 1..=16,
+/// small buffers and (there) the adapter, by name.
+#[test]
+fn plain_gemv_many_vectors() {
+    let Some(ctx) = ctx() else { return };
+    let (dev, reg) = (ctx.device(), ctx.registry());
+    let most = ecq::gpu::MAX_GEMV_VECTORS as usize;
+    for (i, &(rows, cols, gs)) in [(7, 512, 64), (33, 1024, 32), (8, 4096, 128), (3, 96, 32)]
+        .iter()
+        .enumerate()
+    {
+        let (q, _) = random_matrix(2700 + i as u64, rows, cols, 4, gs);
+        let m = ctx.upload_quantized(&q).unwrap();
+        assert_eq!(m.gemv_many_supported(reg), reg.subgroups32());
+        let mut rng = ChaCha8Rng::seed_from_u64(2750 + i as u64);
+        let xs: Vec<f32> = (0..(2 * most + 3) * cols)
+            .map(|_| gaussian(&mut rng))
+            .collect();
+        let counts = if reg.subgroups32() {
+            vec![1, 2, 5, most, most + 1, 2 * most + 3]
+        } else {
+            vec![2, most + 1]
+        };
+        for n in counts {
+            let label = format!("{rows}x{cols} g{gs} {n} vectors");
+            let y = m
+                .gemv_many(dev, ctx.queue(), reg, &xs[..n * cols], n)
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            assert_eq!(y.len(), n * rows, "{label}");
+            for (j, (yj, x)) in y.chunks_exact(rows).zip(xs.chunks_exact(cols)).enumerate() {
+                let (want, sum_abs) = reference(&q, x);
+                assert_close(&format!("{label}: vector {j}"), yj, &want, &sum_abs, cols);
+            }
+        }
+    }
+    // refusals
+    let (q, _) = random_matrix(2790, 4, 1024, 4, 64);
+    let m = ctx.upload_quantized(&q).unwrap();
+    let xb = storage(dev, 4 * 1024 * 17);
+    let yb = storage(dev, 4 * 4 * 17);
+    for n in [0, 17] {
+        let r = m.gemv_many_dispatch(dev, reg, &xb, &yb, n);
+        assert!(
+            matches!(&r, Err(ecq::gpu::GpuError::InvalidInput(e)) if e.contains("1..=16")),
+            "{n} vectors: {}",
+            r.err().map_or("Ok".into(), |e| e.to_string())
+        );
+    }
+    let r = m.gemv_many_dispatch(dev, reg, &storage(dev, 4 * 1024 * 3), &yb, 4);
+    if reg.subgroups32() {
+        assert!(
+            matches!(&r, Err(ecq::gpu::GpuError::InvalidInput(e)) if e.contains("4 vectors")),
+            "{}",
+            r.err().map_or("Ok".into(), |e| e.to_string())
+        );
+    } else {
+        assert!(
+            matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if e.contains("32-wide")),
+            "{}",
+            r.err().map_or("Ok".into(), |e| e.to_string())
+        );
+    }
+    let (q8, x8) = random_matrix(2791, 4, 1024, 8, 64);
+    let m8 = ctx.upload_quantized(&q8).unwrap();
+    assert!(!m8.gemv_many_supported(reg));
+    let r = m8.gemv_many_dispatch(dev, reg, &xb, &yb, 2);
+    assert!(
+        matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if e.contains("4 bits")),
+        "{}",
+        r.err().map_or("Ok".into(), |e| e.to_string())
+    );
+    let (want, sum_abs) = reference(&q8, &x8);
+    let y = m8.gemv_many(dev, ctx.queue(), reg, &x8, 1).unwrap();
+    assert_close("8-bit, one vector a launch", &y, &want, &sum_abs, 1024);
+    if !reg.subgroups32() {
+        gpu_common::announce_unsupported(
+            "plain GEMV, several vectors a launch: qgemv4_many needs 32-wide subgroups; one \
+             launch a vector and the refusals were checked",
+        );
+    }
+}
+
+/// A storage buffer of `bytes` for launches that are never run.
+fn storage(dev: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
+    dev.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: bytes,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    })
+}
+
+/// The fused GEMV of several activation vectors in one launch (`GpuCodedMatrix::gemv_many`,
+/// `NVEC` in `rans_gemv_blocked.wgsl`: each chunk decoded once for all vectors) of window
+/// splits: every vector's outputs are bit for bit those of the one-vector kernel on that
+/// vector (the same products and sums in the same order), so also within the tolerance above
+/// of the f64 reference; both table forms, tables in memory and built in the kernel, row-major
+/// and in row pairs, window starts that wrap, 1 to 16 vectors a launch and counts that take
+/// two and three launches. Elsewhere (no 32-wide subgroups, the workgroup kernel, a matrix
+/// coded whole) `gemv_many` runs one launch a vector, with the same results; the launch
+/// itself refuses other layouts, counts outside 1..=16 and buffers too small, by name.
+#[test]
+fn fused_gemv_window_many_vectors() {
+    let Some(ctx) = ctx() else { return };
+    let most = ecq::gpu::MAX_GEMV_VECTORS as usize;
+    // (rows, cols, group size, chunk symbols, row pairs, window start or the usual one)
+    for (i, &(rows, cols, gs, chunk, pairs, start)) in [
+        (10, 4096, 64, 1024, true, None),      // one pair per chunk
+        (6, 14336, 128, 8192, true, Some(13)), // a last chunk of one pair, wrapping window
+        (17, 2048, 64, 4096, false, None),     // two rows per chunk, a last one of one
+        (5, 3072, 32, 900, false, Some(0)),    // one row per chunk, 3 blocks a row
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (q, _) = random_matrix(2600 + i as u64, rows, cols, 4, gs);
+        let order = if pairs {
+            ecq::rans::SplitOrder::RowPairs
+        } else {
+            ecq::rans::SplitOrder::Rows
+        };
+        let syms = q.symbols();
+        let start = start.unwrap_or_else(|| ecq::rans::window_start(&syms));
+        let s = ecq::rans::SplitMatrix::encode_window_at(
+            &syms,
+            rows,
+            cols,
+            start,
+            &small_tiles(chunk, gs),
+            order,
+        )
+        .unwrap();
+        let mut m = ctx
+            .upload_split(&s, Some(QuantParamsRef::from(&q)))
+            .unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(2650 + i as u64);
+        let xs: Vec<f32> = (0..(2 * most + 3) * cols)
+            .map(|_| gaussian(&mut rng))
+            .collect();
+        let label = format!("window {start} {rows}x{cols} g{gs} pairs {pairs}");
+        let mut kernels = vec![FusedVariant::Workgroup];
+        if ctx.registry().subgroups32() {
+            kernels.extend([FusedVariant::Blocked, FusedVariant::BlockedCompact]);
+            assert!(m.gemv_many_supported(ctx.registry()), "{label}");
+        } else {
+            assert!(!m.gemv_many_supported(ctx.registry()), "{label}");
+        }
+        for tables in [true, false] {
+            m.set_tables_in_memory(tables);
+            for &v in &kernels {
+                // the one-vector kernel on each vector, and the reference
+                let one: Vec<Vec<f32>> = xs
+                    .chunks_exact(cols)
+                    .map(|x| {
+                        m.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), x, v)
+                            .unwrap_or_else(|e| panic!("{label} {v:?}: {e}"))
+                    })
+                    .collect();
+                for (j, x) in xs.chunks_exact(cols).enumerate().step_by(7) {
+                    let (want, sum_abs) = reference(&q, x);
+                    let l = format!("{label} {v:?} vector {j}");
+                    assert_close(&l, &one[j], &want, &sum_abs, cols);
+                }
+                // (one launch a vector without 32-wide subgroups: two counts suffice there)
+                let counts = if ctx.registry().subgroups32() {
+                    vec![1, 2, 3, 5, 8, most, most + 1, 2 * most + 3]
+                } else {
+                    vec![2, most + 1]
+                };
+                for n in counts {
+                    let l = format!("{label} tables in memory {tables} {v:?} {n} vectors");
+                    let y = m
+                        .gemv_many_with(
+                            ctx.device(),
+                            ctx.queue(),
+                            ctx.registry(),
+                            &xs[..n * cols],
+                            n,
+                            v,
+                        )
+                        .unwrap_or_else(|e| panic!("{l}: {e}"));
+                    assert_eq!(y.len(), n * rows, "{l}");
+                    for (j, yj) in y.chunks_exact(rows).enumerate() {
+                        assert_eq!(bits(yj.to_vec()), bits(one[j].clone()), "{l}: vector {j}");
+                    }
+                }
+            }
+        }
+        // the default kernel through the context's entry point
+        let y = m
+            .gemv_many(
+                ctx.device(),
+                ctx.queue(),
+                ctx.registry(),
+                &xs[..4 * cols],
+                4,
+            )
+            .unwrap();
+        let y1 = ctx.gemv_coded(&m, &xs[3 * cols..4 * cols]).unwrap();
+        assert_eq!(bits(y[3 * rows..].to_vec()), bits(y1), "{label}: default");
+    }
+    // refusals and edge cases
+    let (m, x) = upload_window(ctx, 2690, 4, 1024, ecq::rans::SplitOrder::RowPairs);
+    let (dev, reg) = (ctx.device(), ctx.registry());
+    let xb = storage(dev, 4 * 1024 * 17);
+    let yb = storage(dev, 4 * 4 * 17);
+    for n in [0, 17] {
+        let r = m.gemv_many_dispatch(dev, reg, &xb, &yb, n);
+        assert!(
+            matches!(&r, Err(ecq::gpu::GpuError::InvalidInput(e)) if e.contains("1..=16")),
+            "{n} vectors: {}",
+            r.err().map_or("Ok".into(), |e| e.to_string())
+        );
+    }
+    let r = m.gemv_many(dev, ctx.queue(), reg, &x, 2);
+    assert!(
+        matches!(&r, Err(ecq::gpu::GpuError::InvalidInput(e)) if e.contains("2 vectors")),
+        "{r:?}"
+    );
+    assert_eq!(
+        m.gemv_many(dev, ctx.queue(), reg, &[], 0).unwrap(),
+        Vec::<f32>::new()
+    );
+    let r = m.gemv_many_with(dev, ctx.queue(), reg, &x, 1, FusedVariant::Workgroup);
+    assert_eq!(r.unwrap().len(), 4);
+    if ctx.registry().subgroups32() {
+        // buffers for 16 vectors, not 17
+        let small = storage(dev, 4 * 4 * 16);
+        let r = m.gemv_many_dispatch(dev, reg, &xb, &small, 16);
+        assert!(r.is_ok(), "{}", r.err().unwrap());
+        let xs = storage(dev, 4 * 1024 * 15);
+        let r = m.gemv_many_dispatch(dev, reg, &xs, &yb, 16);
+        assert!(
+            matches!(&r, Err(ecq::gpu::GpuError::InvalidInput(e)) if e.contains("16 vectors")),
+            "{}",
+            r.err().map_or("Ok".into(), |e| e.to_string())
+        );
+        let mut m2 = m;
+        m2.set_chunk_subgroups(2).unwrap();
+        assert!(!m2.gemv_many_supported(reg));
+        let r = m2.gemv_many_dispatch(dev, reg, &xb, &yb, 2);
+        assert!(
+            matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if e.contains("one group")),
+            "{}",
+            r.err().map_or("Ok".into(), |e| e.to_string())
+        );
+    } else {
+        let r = m.gemv_many_dispatch(dev, reg, &xb, &yb, 2);
+        assert!(
+            matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if e.contains("blocked fused")),
+            "{}",
+            r.err().map_or("Ok".into(), |e| e.to_string())
+        );
+    }
+    // a matrix coded whole: one launch a vector, refused as one launch
+    let (q, _) = random_matrix(2691, 8, 1024, 4, 64);
+    let enc = encode(&q.symbols(), 8, 1024, 4, &small_tiles(512, 64)).unwrap();
+    let whole = ctx
+        .upload_coded(CodedMatrixRef::from(&enc), Some(QuantParamsRef::from(&q)))
+        .unwrap();
+    assert!(!whole.gemv_many_supported(reg));
+    let x2: Vec<f32> = (0..2 * 1024)
+        .map(|i| ((i * 37) % 11) as f32 - 5.0)
+        .collect();
+    let y = whole.gemv_many(dev, ctx.queue(), reg, &x2, 2).unwrap();
+    assert_eq!(
+        bits(y[8..].to_vec()),
+        bits(ctx.gemv_coded(&whole, &x2[1024..]).unwrap())
+    );
+    let r = whole.gemv_many_dispatch(dev, reg, &xb, &yb, 2);
+    assert!(
+        matches!(&r, Err(ecq::gpu::GpuError::Unsupported(_))),
+        "{}",
+        r.err().map_or("Ok".into(), |e| e.to_string())
+    );
+    if !ctx.registry().subgroups32() {
+        gpu_common::announce_unsupported(
+            "window split, several vectors a launch: the blocked fused kernel needs 32-wide \
+             subgroups; one launch a vector and the refusals were checked",
+        );
+    }
+}
+
 /// A coded matrix decoded on the GPU into a plain one (`GpuQuantizedMatrix::decode_from`, no
 /// trip through the host) gives the plain GEMV, bit for bit, the output of the same weights
 /// uploaded from the host: whole and split symbols, every group size, rows the blocked decode

@@ -1335,6 +1335,105 @@ fn chunk_subgroups_layer_is_gemv_coded() {
     }
 }
 
+/// `LinearOptions::gemv_vectors`: a window-split layer's `forward_batch` run as GEMVs with
+/// several vectors a launch is, bit for bit, one fused GEMV a row (`gemv_vectors` 1) and the
+/// library's `GpuCodedMatrix::gemv_many`, in one band and in several, for row counts below,
+/// at and above the launch's vectors (the last launch partial). The layer takes one vector a
+/// launch where it cannot take more (no 32-wide subgroups, 8-bit activations, groups per
+/// chunk, a layer coded whole); counts outside 1..=16 are refused at upload.
+#[test]
+fn gemv_vectors_layer_is_gemv_many() {
+    let Some(d) = dev() else { return };
+    let (c, s) = window_case(902);
+    let layer = CodedLayerRef::from_split(&s, 64, &c.q.scales, &c.q.biases, None);
+    let subgroups = d.gpu().registry().subgroups32();
+    let opts = |v: u32| LinearOptions {
+        gemv_vectors: Some(v),
+        gemv_batch_max_m: Some(64),
+        ..Default::default()
+    };
+    let one = EntropyCodedLinear::upload(d, "one", layer, &opts(1)).unwrap();
+    assert_eq!(one.gemv_vectors(), 1);
+    let x = activations(902, 21 * 2048);
+    let m = d
+        .gpu()
+        .upload_split(&s, Some(ecq::gpu::QuantParamsRef::from(&c.q)))
+        .unwrap();
+    let want_all = one.forward_batch(&x, 21).unwrap();
+    let many = m
+        .gemv_many(d.device(), d.gpu().queue(), d.gpu().registry(), &x, 21)
+        .unwrap();
+    assert_eq!(bits(many), bits(want_all.clone()));
+    for v in [3, 8, 16] {
+        let l = EntropyCodedLinear::upload(d, "many", layer, &opts(v)).unwrap();
+        let banded = EntropyCodedLinear::upload(
+            d,
+            "many banded",
+            layer,
+            &LinearOptions {
+                max_buffer_bytes: Some(8192),
+                ..opts(v)
+            },
+        )
+        .unwrap();
+        assert!(banded.n_bands() > 1);
+        let want_v = if subgroups { v } else { 1 };
+        assert_eq!((l.gemv_vectors(), banded.gemv_vectors()), (want_v, want_v));
+        for rows in [1, 2, v as usize, v as usize + 1, 21] {
+            for layer in [&l, &banded] {
+                assert_eq!(
+                    bits(layer.forward_batch(&x[..rows * 2048], rows).unwrap()),
+                    bits(want_all[..rows * 16].to_vec()),
+                    "{v} vectors a launch, {rows} rows, {} bands",
+                    layer.n_bands()
+                );
+            }
+        }
+    }
+    // the default: GEMV_VECTORS where the layer can take several
+    let default =
+        EntropyCodedLinear::upload(d, "default", layer, &LinearOptions::default()).unwrap();
+    assert_eq!(
+        default.gemv_vectors(),
+        if subgroups {
+            ecq::linear::GEMV_VECTORS
+        } else {
+            1
+        }
+    );
+    // one vector a launch where the layer cannot take more
+    for o in [
+        LinearOptions {
+            x8_activations: true,
+            ..opts(8)
+        },
+        LinearOptions {
+            chunk_subgroups: 2,
+            ..opts(8)
+        },
+    ] {
+        let l = EntropyCodedLinear::upload(d, "fallback", layer, &o).unwrap();
+        assert_eq!(l.gemv_vectors(), 1, "{o:?}");
+        assert_eq!(l.forward_batch(&x[..3 * 2048], 3).unwrap().len(), 48);
+    }
+    let w = upload(d, &c, &opts(8)).unwrap();
+    assert_eq!(w.gemv_vectors(), 1);
+    for v in [0, 17] {
+        let r = EntropyCodedLinear::upload(d, "bad", layer, &opts(v));
+        assert!(
+            matches!(&r, Err(LinearError::Gpu { source: ecq::gpu::GpuError::InvalidInput(e), .. })
+                if e.contains("1..=16")),
+            "{v}: {:?}",
+            r.err()
+        );
+    }
+    if !subgroups {
+        gpu_common::announce_unsupported(
+            "several vectors a launch: the fused window kernel needs 32-wide subgroups; the layers' one-vector fallback was checked",
+        );
+    }
+}
+
 /// The batched kernel's target workgroup count only changes how the activation rows are split
 /// into blocks (each decoding the chunks again): every target gives the CPU reference's result,
 /// and a target of 0 is refused at upload, naming the option.

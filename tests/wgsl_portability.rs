@@ -110,7 +110,8 @@ fn all_kernels_validate() {
 /// (raw low bits: `LOW = 2` beside 2-bit symbols of four weights), in row-major and row-pair
 /// order (`PAIR = 1`), the window-split builds of the blocked fused GEMV (`LOW = 3`, one-bit
 /// symbols of eight weights) with two and four groups of 32 lanes a chunk (`DUP`, whose
-/// workgroup barrier the defaults drop) on f32 and 8-bit activations, and the row-pair build
+/// workgroup barrier the defaults drop) on f32 and 8-bit activations and with several
+/// activation vectors a launch (`NVEC`, and its plain counterpart), and the row-pair build
 /// of the batched `rans_gemm.wgsl`, which take code paths the defaults drop.
 fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
     let mut builds: Vec<_> = wgsl_files()
@@ -166,6 +167,32 @@ fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
                 ("DUP", 4.0),
             ][..],
         ),
+        // (several activation vectors a launch, in row-pair and row-major order)
+        (
+            "rans_gemv_blocked.wgsl",
+            &[
+                ("LOW", 3.0),
+                ("WPS", 8.0),
+                ("BITS", 1.0),
+                ("BLOCK", 4.0),
+                ("PAIR", 1.0),
+                ("WSTART", 5.0),
+                ("TABLE_MEM", 1.0),
+                ("NVEC", 16.0),
+            ][..],
+        ),
+        (
+            "rans_gemv_blocked.wgsl",
+            &[
+                ("LOW", 3.0),
+                ("WPS", 8.0),
+                ("BITS", 1.0),
+                ("BLOCK", 4.0),
+                ("WSTART", 5.0),
+                ("NVEC", 3.0),
+            ][..],
+        ),
+        ("qgemv4_many.wgsl", &[("NVEC", 16.0), ("GS", 32.0)][..]),
         // (split matrices in row-pair order: two accumulators per row)
         ("rans_gemm.wgsl", &[("PAIR", 1.0)][..]),
         (

@@ -143,6 +143,15 @@ var<workgroup> dup_sums: array<vec2<f32>, 16>;  // [group * 4 + coded row of the
 // in the u32-table build, mixed in row-major order (BENCHMARKS.md issue 5, step 53). Not for
 // window splits, whose compact build runs 4096x4096 1.05x faster with the branch (step 86).
 override BRANCH_FREE_PLANES: bool = false;
+// Activation vectors multiplied per launch (1 = one; window splits on f32 activations only,
+// DUP = 1, DIAG = 0: the host checks, `GpuCodedMatrix::gemv_many_dispatch`). With NVEC > 1,
+// binding 7 holds NVEC vectors of the matrix's inputs one after another and binding 8 NVEC
+// rows of its outputs: each block is decoded and merged into 32 nibble floats once, then
+// multiplied by every vector's activations, so the decode (~5.5 of the kernel's ~12
+// instructions a weight) is paid once for all of them instead of once a vector (BENCHMARKS.md
+// issue 5, step 87). Each vector's arithmetic is the one-vector kernel's, in the same order.
+override NVEC: u32 = 1u;
+const MAX_NVEC: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> freqs: array<u32>;    // u16 pairs, A per tile
@@ -301,6 +310,26 @@ fn window_half(n: vec4<u32>, xw: array<vec4<f32>, 4>, magic: u32) -> vec4<f32> {
     return qx;
 }
 
+// window_half with the nibbles already made floats (nf[c] = nibbles_in_place(n[c], magic)),
+// for NVEC > 1: the same products and sums in the same order.
+fn window_half_floats(nf: array<vec4<f32>, 4>, xw: array<vec4<f32>, 4>) -> vec4<f32> {
+    var qx = nf[0] * vec4<f32>(xw[0].x, xw[1].x, xw[2].x, xw[3].x);
+    qx += nf[1] * vec4<f32>(xw[0].y, xw[1].y, xw[2].y, xw[3].y);
+    qx += nf[2] * vec4<f32>(xw[0].z, xw[1].z, xw[2].z, xw[3].z);
+    qx += nf[3] * vec4<f32>(xw[0].w, xw[1].w, xw[2].w, xw[3].w);
+    return qx;
+}
+
+// The nibble floats of half a window-split word (n, or n >> 16 for the second half).
+fn window_floats(n: vec4<u32>, magic: u32) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(
+        nibbles_in_place(n.x, magic),
+        nibbles_in_place(n.y, magic),
+        nibbles_in_place(n.z, magic),
+        nibbles_in_place(n.w, magic),
+    );
+}
+
 // sum(q xq) over the 16 columns whose weights are nibbles 0..3 of the four words n (word c:
 // columns c, 4 + c, 8 + c, 12 + c, as window_words gives them; higher bits ignored), with the
 // columns' 8-bit activations x8 (word c: bytes for columns c, 8 + c, 4 + c, 12 + c,
@@ -445,6 +474,8 @@ fn main(
     let magic = 0x4B000000u | P.zero;
     // (XI8: where the pieces' (d, sum) pairs start in xv, K / 16)
     let x8_meta = (P.cols >> ps) >> 4u;
+    // (NVEC > 1: a vector's activations, the matrix's inputs)
+    let kin = P.cols >> ps;
     // (diagnostic builds 13, 14, 17, 18: the extra states, and how many states a lane has)
     var xs = vec4<u32>(cs.x);
     let n_states = select(select(1u, 2u, DIAG == 13u || DIAG == 14u), 4u, DIAG == 17u || DIAG == 18u);
@@ -462,7 +493,55 @@ fn main(
             let row_low_b = row_b * low_row_words;
             var acc = 0.0;
             var acc_b = 0.0;
+            // (NVEC > 1: vector v's sums)
+            var accv = array<f32, MAX_NVEC>();
+            var accv_b = array<f32, MAX_NVEC>();
             for (var b = 0u; b < nblk; b++) {
+                if (LOW == 3u && NVEC > 1u) {
+                    // a window split's block for NVEC vectors: the kernel's block below,
+                    // with the merged nibbles made floats once and multiplied per vector
+                    // (vector 0's activations loaded before the decode, as below; the
+                    // others after it, to keep their registers out of the decode's)
+                    let ka = b * kblock + l * (kword >> ps);
+                    let sba = side(sb_row + group_of(ka, gsz));
+                    var sbb = vec2<f32>(0.0);
+                    if (pair) {
+                        sbb = side(sb_row_b + group_of(ka, gsz));
+                    }
+                    let raw = window_raw(row_low, b, l);
+                    let wx0 = window_x(ka, pair, x8_meta);
+                    let s = decode_block(&d, BLOCK, l, ltmask, true).x;
+                    var sw = vec4<u32>(0u);
+                    for (var c = 0u; c < 4u; c++) {
+                        sw[c] = subgroupShuffle(s, src0 + c) >> byte_shift;
+                    }
+                    let n = window_words(sw, raw);
+                    let fa = window_floats(n, magic);
+                    let fb = window_floats(n >> vec4<u32>(16u), magic);
+                    for (var v = 0u; v < NVEC; v++) {
+                        var xlo = wx0.xlo;
+                        var xhi = wx0.xhi;
+                        if (v > 0u) {
+                            let kv = v * kin + ka;
+                            xlo = x16(kv);
+                            xhi = xlo;
+                            if (!pair) {
+                                xhi = x16(kv + 16u);
+                            }
+                        }
+                        let qa = window_half_floats(fa, xlo);
+                        let qb = window_half_floats(fb, xhi);
+                        let xs = dot((xlo[0] + xlo[1]) + (xlo[2] + xlo[3]), vec4<f32>(1.0));
+                        if (pair) {
+                            accv[v] += sba.x * dot(qa, NIBBLE_PLACE) + sba.y * xs;
+                            accv_b[v] += sbb.x * dot(qb, NIBBLE_PLACE) + sbb.y * xs;
+                        } else {
+                            let xs_hi = dot((xhi[0] + xhi[1]) + (xhi[2] + xhi[3]), vec4<f32>(1.0));
+                            accv[v] += sba.x * dot(qa + qb, NIBBLE_PLACE) + sba.y * (xs + xs_hi);
+                        }
+                    }
+                    continue;
+                }
                 if (LOW == 3u) {
                     // a window split, 4-step blocks: lane l's word (four symbols, 32 coded
                     // weights) is coded weights 32 l .. 32 l + 31 of the block's 1024: with row
@@ -621,6 +700,24 @@ fn main(
                         acc += word_dot(sy, lwb, xb, sbb, magic);
                     }
                 }
+            }
+            if (NVEC > 1u) {
+                // vector v's outputs are row v of the NVEC x (matrix rows) output
+                let rows_out = P.rows << ps;
+                for (var v = 0u; v < NVEC; v++) {
+                    let t = subgroupAdd(accv[v]);
+                    var tb = 0.0;
+                    if (pair) {
+                        tb = subgroupAdd(accv_b[v]);
+                    }
+                    if (l == 0u) {
+                        y[v * rows_out + row] = t;
+                        if (pair) {
+                            y[v * rows_out + row_b] = tb;
+                        }
+                    }
+                }
+                continue;
             }
             let total = subgroupAdd(acc);
             var total_b = 0.0;

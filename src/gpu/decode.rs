@@ -136,7 +136,16 @@ pub struct FusedLayout {
     /// every `chunk_subgroups`-th block. Window splits with chunks of at most 4 coded rows
     /// only; the other kernels ignore it.
     pub chunk_subgroups: u32,
+    /// Activation vectors multiplied per launch (`NVEC` in `rans_gemv_blocked.wgsl`): 1, or up
+    /// to [`MAX_GEMV_VECTORS`] for window splits on the blocked kernels with f32 activations
+    /// and one group of 32 lanes a chunk ([`GpuCodedMatrix::gemv_many_dispatch`]), each chunk
+    /// decoded once for all of them.
+    pub vectors: u32,
 }
+
+/// The most activation vectors one launch of [`GpuCodedMatrix::gemv_many_dispatch`] multiplies
+/// (the kernel's accumulators: two a vector and lane in row pairs).
+pub const MAX_GEMV_VECTORS: u32 = 16;
 
 /// From this many workgroups on, the blocked kernels run with the compact decode table by
 /// default ([`FusedVariant::BlockedCompact`]). On an H100 and an H200 (132 SMs) the u32
@@ -260,6 +269,31 @@ fn fused_gemv_pipeline_diag(
             layout.low_bits
         )));
     }
+    if layout.vectors != 1 {
+        check_gemv_vectors(layout.vectors)?;
+        if !blocked
+            || layout.low_bits != WINDOW_LOW_BITS
+            || layout.x8_activations
+            || layout.chunk_subgroups > 1
+            || diag != 0
+        {
+            return Err(GpuError::Unsupported(format!(
+                "{} activation vectors a launch run on the blocked fused kernels for window \
+                 splits with f32 activations and one group of 32 lanes a chunk, not the \
+                 {variant:?} kernel with {} raw low bits per weight, {} activations, {} groups \
+                 a chunk{}",
+                layout.vectors,
+                layout.low_bits,
+                if layout.x8_activations {
+                    "8-bit"
+                } else {
+                    "f32"
+                },
+                layout.chunk_subgroups,
+                if diag != 0 { ", diagnostic build" } else { "" }
+            )));
+        }
+    }
     if layout.low_bits == WINDOW_LOW_BITS {
         check_window(layout.bits, layout.wps, layout.window_start)?;
         if variant == FusedVariant::Subgroup || layout.window_block().is_none() {
@@ -340,6 +374,7 @@ fn fused_gemv_pipeline_diag(
                     ("WSTART", layout.window_start),
                     ("XI8", layout.x8_activations as u32),
                     ("DUP", layout.chunk_subgroups.max(1)),
+                    ("NVEC", layout.vectors.max(1)),
                     layout.side.constant(),
                     // (not for window splits: with the branch their compact build runs
                     // 4096x4096 1.05x faster and a Llama-3-8B token 0.8%, issue 5 step 86)
@@ -366,6 +401,17 @@ pub(crate) fn check_row_pair_cols(cols: usize, wps: u32) -> Result<(), String> {
         Err(format!(
             "row-pair coded rows of {cols} weights are not two rows of whole {run}-weight runs"
         ))
+    }
+}
+
+/// Checks a count of activation vectors per fused launch: 1..=[`MAX_GEMV_VECTORS`].
+pub(crate) fn check_gemv_vectors(n: u32) -> Result<(), GpuError> {
+    if (1..=MAX_GEMV_VECTORS).contains(&n) {
+        Ok(())
+    } else {
+        Err(GpuError::InvalidInput(format!(
+            "{n} activation vectors a fused GEMV launch: 1..={MAX_GEMV_VECTORS}"
+        )))
     }
 }
 
@@ -513,6 +559,7 @@ impl CodedParams {
             tables_in_memory: false,
             x8_activations: false,
             chunk_subgroups: self.chunk_subgroups.max(1),
+            vectors: 1,
         }
     }
 }
@@ -1229,7 +1276,108 @@ impl GpuCodedMatrix {
         y: &wgpu::Buffer,
         variant: FusedVariant,
     ) -> Result<Dispatch, GpuError> {
-        self.gemv_dispatch_diag(device, registry, x, y, variant, 0, false)
+        self.gemv_dispatch_diag(device, registry, x, y, variant, 0, false, 1)
+    }
+
+    /// Whether [`Self::gemv_many_dispatch`] can multiply several vectors a launch on
+    /// `registry`'s device: a window split ([`crate::rans::SplitMatrix::encode_window`]) whose
+    /// default fused kernel is a blocked one (32-wide subgroups, rows of whole 4-step blocks),
+    /// with one group of 32 lanes a chunk ([`Self::set_chunk_subgroups`]).
+    pub fn gemv_many_supported(&self, registry: &PipelineRegistry) -> bool {
+        self.params.low_bits == WINDOW_LOW_BITS
+            && self.chunk_subgroups <= 1
+            && self.default_fused_variant(registry).is_blocked()
+    }
+
+    /// The fused GEMV launch for `vectors` activation vectors at once, `Y = X W^T`: `x` holds
+    /// `vectors` rows of `cols` f32, `y` receives `vectors` rows of `rows` f32. Each chunk is
+    /// decoded once and its weights multiplied by every vector, so the launch costs far less
+    /// than `vectors` launches of [`Self::gemv_dispatch`] (BENCHMARKS.md issue 5, step 87);
+    /// each vector's outputs are computed with the one-vector kernel's arithmetic in the same
+    /// order. `vectors` must be 1..=[`MAX_GEMV_VECTORS`] ([`GpuError::InvalidInput`]); above
+    /// 1 only where [`Self::gemv_many_supported`] ([`GpuError::Unsupported`]).
+    pub fn gemv_many_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        vectors: u32,
+    ) -> Result<Dispatch, GpuError> {
+        let v = self.default_fused_variant(registry);
+        self.gemv_many_dispatch_with(device, registry, x, y, vectors, v)
+    }
+
+    /// [`Self::gemv_many_dispatch`] with an explicit kernel: above one vector
+    /// [`FusedVariant::Blocked`] or [`FusedVariant::BlockedCompact`].
+    pub fn gemv_many_dispatch_with(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        vectors: u32,
+        variant: FusedVariant,
+    ) -> Result<Dispatch, GpuError> {
+        self.gemv_dispatch_diag(device, registry, x, y, variant, 0, false, vectors)
+    }
+
+    /// `Y = X W^T` for `vectors` activation vectors (`x`: `vectors` rows of `cols` f32), read
+    /// back as `vectors` rows of `rows` f32: launches of [`Self::gemv_many_dispatch`] for up
+    /// to [`MAX_GEMV_VECTORS`] vectors each where [`Self::gemv_many_supported`], else one
+    /// [`Self::gemv`] a vector. Outputs are filled with NaN first so unwritten rows show.
+    pub fn gemv_many(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        x: &[f32],
+        vectors: usize,
+    ) -> Result<Vec<f32>, GpuError> {
+        let v = self.default_fused_variant(registry);
+        self.gemv_many_with(device, queue, registry, x, vectors, v)
+    }
+
+    /// [`Self::gemv_many`] with an explicit kernel: several vectors a launch on the blocked
+    /// kernels where [`Self::gemv_many_supported`], one launch a vector on the others.
+    pub fn gemv_many_with(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        x: &[f32],
+        vectors: usize,
+        variant: FusedVariant,
+    ) -> Result<Vec<f32>, GpuError> {
+        let (r, k) = (self.rows(), self.cols());
+        if x.len() != vectors * k {
+            return Err(GpuError::InvalidInput(format!(
+                "x has {} entries, {vectors} vectors of cols = {k} need {}",
+                x.len(),
+                vectors * k
+            )));
+        }
+        if r == 0 || vectors == 0 {
+            return Ok(Vec::new());
+        }
+        if k == 0 || self.n_chunks() == 0 {
+            return Ok(vec![0.0; vectors * r]);
+        }
+        let mut y = Vec::with_capacity(vectors * r);
+        if !(variant.is_blocked() && self.gemv_many_supported(registry)) {
+            for xv in x.chunks_exact(k) {
+                y.extend(self.gemv_with(device, queue, registry, xv, variant)?);
+            }
+            return Ok(y);
+        }
+        for xs in x.chunks(MAX_GEMV_VECTORS as usize * k) {
+            let n = xs.len() / k;
+            let xb = super::upload_x(device, xs)?;
+            let yb = super::nan_output(device, n * r)?;
+            let d = self.gemv_many_dispatch_with(device, registry, &xb, &yb, n as u32, variant)?;
+            y.extend(self.run_and_read(device, queue, &d, &yb, n * r)?);
+        }
+        Ok(y)
     }
 
     /// Whether [`Self::gemv_x8_dispatch`] can run this matrix on `registry`'s device: a window
@@ -1270,7 +1418,7 @@ impl GpuCodedMatrix {
         y: &wgpu::Buffer,
         variant: FusedVariant,
     ) -> Result<Dispatch, GpuError> {
-        self.gemv_dispatch_diag(device, registry, x8, y, variant, 0, true)
+        self.gemv_dispatch_diag(device, registry, x8, y, variant, 0, true, 1)
     }
 
     /// [`Self::gemv_x8_dispatch`] on `x` quantized on the GPU first, read back. `y` is filled
@@ -1359,11 +1507,12 @@ impl GpuCodedMatrix {
             FusedVariant::BlockedCompact => FusedVariant::BlockedCompact,
             _ => FusedVariant::Blocked,
         };
-        self.gemv_dispatch_diag(device, registry, x, y, v, diag, false)
+        self.gemv_dispatch_diag(device, registry, x, y, v, diag, false, 1)
     }
 
     /// The fused launch with diagnostic build `diag` (0 = the kernel) on f32 activations, or on
-    /// 8-bit ones (`x8`, window splits on the blocked kernels).
+    /// 8-bit ones (`x8`, window splits on the blocked kernels), for `vectors` activation
+    /// vectors (above 1 [`Self::gemv_many_dispatch`]'s launch).
     #[allow(clippy::too_many_arguments)]
     fn gemv_dispatch_diag(
         &self,
@@ -1374,7 +1523,9 @@ impl GpuCodedMatrix {
         variant: FusedVariant,
         diag: u32,
         x8: bool,
+        vectors: u32,
     ) -> Result<Dispatch, GpuError> {
+        check_gemv_vectors(vectors)?;
         if variant != FusedVariant::Workgroup && !registry.subgroups32() {
             return Err(GpuError::Unsupported(format!(
                 "the {variant:?} fused kernel needs Features::SUBGROUP and 32-wide subgroups"
@@ -1387,20 +1538,23 @@ impl GpuCodedMatrix {
         let x_bytes = if x8 {
             super::x8_bytes(k as usize)
         } else {
-            k * 4
+            k * 4 * vectors as u64
         };
-        if x.size() < x_bytes || y.size() < r * 4 {
+        let y_bytes = r * 4 * vectors as u64;
+        if x.size() < x_bytes || y.size() < y_bytes {
             return Err(GpuError::InvalidInput(format!(
-                "x/y buffers have {}/{} bytes, need {}/{}",
+                "x/y buffers have {}/{} bytes, need {}/{} ({vectors} vector{})",
                 x.size(),
                 y.size(),
                 x_bytes,
-                r * 4
+                y_bytes,
+                if vectors == 1 { "" } else { "s" }
             )));
         }
         let mut p = self.params;
         let mut layout = self.fused_layout();
         layout.x8_activations = x8;
+        layout.vectors = vectors;
         let mut diag = diag;
         // groups of 32 lanes a chunk: the matrix's setting on the blocked kernel, or two or
         // four in diagnostic builds 19 and 20 (the same launch)
@@ -1651,6 +1805,7 @@ mod tests {
             tables_in_memory: false,
             x8_activations: false,
             chunk_subgroups: 1,
+            vectors: 1,
         }
     }
 

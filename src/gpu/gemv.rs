@@ -718,6 +718,108 @@ impl GpuQuantizedMatrix {
         self.stream_dispatch(device, registry, x, y, kernel, 4, ks, &[("DIAG", diag)])
     }
 
+    /// Whether [`Self::gemv_many_dispatch`] can run this matrix on `registry`'s device: 4-bit
+    /// weights with `cols % 16 == 0` and group size `% 16 == 0`, and 32-wide subgroups.
+    pub fn gemv_many_supported(&self, registry: &PipelineRegistry) -> bool {
+        self.nibble4_supported() && registry.subgroups32()
+    }
+
+    /// The plain GEMV launch for `vectors` activation vectors at once, `Y = X W^T`
+    /// (`wgsl/qgemv4_many.wgsl`): `x` holds `vectors` rows of `cols` f32, `y` receives
+    /// `vectors` rows of `rows` f32. The weights are read and converted once for all vectors;
+    /// the plain counterpart of [`super::GpuCodedMatrix::gemv_many_dispatch`], with its layout
+    /// (two rows a group of 32 lanes, 16 weights a lane and block) and its arithmetic per
+    /// vector (BENCHMARKS.md issue 5, step 87). `vectors` must be
+    /// 1..=[`super::MAX_GEMV_VECTORS`] ([`GpuError::InvalidInput`]); matrices or adapters
+    /// [`Self::gemv_many_supported`] refuses get [`GpuError::Unsupported`].
+    pub fn gemv_many_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        vectors: u32,
+    ) -> Result<Dispatch, GpuError> {
+        super::check_gemv_vectors(vectors)?;
+        if !self.gemv_many_supported(registry) {
+            return Err(GpuError::Unsupported(format!(
+                "qgemv4_many needs 4 bits, cols % 16 == 0, group size % 16 == 0 and 32-wide \
+                 subgroups ({} bits, cols {}, group size {}, 32-wide subgroups {})",
+                self.bits,
+                self.cols(),
+                self.group_size,
+                registry.subgroups32()
+            )));
+        }
+        let (r, k) = (self.rows() as u64, self.cols() as u64);
+        let (xb, yb) = (k * 4 * vectors as u64, r * 4 * vectors as u64);
+        if x.size() < xb || y.size() < yb {
+            return Err(GpuError::InvalidInput(format!(
+                "x/y buffers have {}/{} bytes, need {xb}/{yb} ({vectors} vectors)",
+                x.size(),
+                y.size(),
+            )));
+        }
+        // two rows a group of 32 lanes, four groups a workgroup
+        let total_wg = self.params.rows.div_ceil(8);
+        let (gx, gy) = grid(device, total_wg);
+        let uniform = self.uniform(device, gx, total_wg, self.params.cols / 16);
+        let pipeline = registry.get(
+            device,
+            Kernel::QGemv4Many,
+            "main",
+            &[
+                ("GS", self.group_size),
+                ("NVEC", vectors),
+                self.side.constant(),
+            ],
+        )?;
+        Ok(self.bind(device, pipeline, &uniform, x, y, (gx, gy)))
+    }
+
+    /// `Y = X W^T` for `vectors` activation vectors (`x`: `vectors` rows of `cols` f32), read
+    /// back as `vectors` rows of `rows` f32: launches of [`Self::gemv_many_dispatch`] for up
+    /// to [`super::MAX_GEMV_VECTORS`] vectors each where [`Self::gemv_many_supported`], else
+    /// one [`Self::gemv`] a vector. Outputs are filled with NaN first so unwritten rows show.
+    pub fn gemv_many(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        x: &[f32],
+        vectors: usize,
+    ) -> Result<Vec<f32>, GpuError> {
+        let (r, k) = (self.rows(), self.cols());
+        if x.len() != vectors * k {
+            return Err(GpuError::InvalidInput(format!(
+                "x has {} entries, {vectors} vectors of cols = {k} need {}",
+                x.len(),
+                vectors * k
+            )));
+        }
+        if r == 0 || vectors == 0 {
+            return Ok(Vec::new());
+        }
+        if k == 0 {
+            return Ok(vec![0.0; vectors * r]);
+        }
+        let mut y = Vec::with_capacity(vectors * r);
+        if !self.gemv_many_supported(registry) {
+            for xv in x.chunks_exact(k) {
+                y.extend(self.gemv(device, queue, registry, xv)?);
+            }
+            return Ok(y);
+        }
+        for xs in x.chunks(super::MAX_GEMV_VECTORS as usize * k) {
+            let n = xs.len() / k;
+            let xb = super::upload_x(device, xs)?;
+            let yb = super::nan_output(device, n * r)?;
+            let d = self.gemv_many_dispatch(device, registry, &xb, &yb, n as u32)?;
+            y.extend(run_and_read(device, queue, &d, &yb, n * r)?);
+        }
+        Ok(y)
+    }
+
     /// `y = W x`, read back. `y` is filled with NaN first so unwritten rows show.
     pub fn gemv(
         &self,

@@ -94,12 +94,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 pub(crate) use decode::{
-    check_low_bits, check_row_pair_cols, check_window, set_chunk_subgroups, CodedParams,
+    check_gemv_vectors, check_low_bits, check_row_pair_cols, check_window, set_chunk_subgroups,
+    CodedParams,
 };
 pub use decode::{
     default_fused_variant, fused_gemv_pipeline, CodedMatrixRef, DecodeOutput, FusedLayout,
     FusedVariant, GpuCodedMatrix, QuantParamsRef, COMPACT_TABLE_FROM_WORKGROUPS,
-    COMPACT_TABLE_MAX_SHORT_K, COMPACT_TABLE_SHORT_K_FROM_WORKGROUPS,
+    COMPACT_TABLE_MAX_SHORT_K, COMPACT_TABLE_SHORT_K_FROM_WORKGROUPS, MAX_GEMV_VECTORS,
 };
 pub use gemv::{GpuQuantizedMatrix, QGemvVariant};
 use x8::quantized_launch;
@@ -355,6 +356,10 @@ pub enum Kernel {
     /// `wgsl/quantize_x8.wgsl`: activations quantized to 8 bits once per vector, for the
     /// GEMV launches that take them so (`gemv_x8_dispatch`; approximate).
     QuantizeX8,
+    /// `wgsl/qgemv4_many.wgsl`: plain MLX 4-bit GEMV of up to 16 activation vectors in one
+    /// launch, the weights read once (`GpuQuantizedMatrix::gemv_many_dispatch`; 32-wide
+    /// subgroups).
+    QGemv4Many,
 }
 
 /// A kernel's source with the `wgsl/lib/NAME.wgsl` files it `// import`s appended, in the
@@ -457,6 +462,7 @@ impl Kernel {
             Kernel::QGemv4Stream => wgsl_with_libs!("../../wgsl/qgemv4_stream.wgsl", "side"),
             Kernel::QGemv4Pipe => wgsl_with_libs!("../../wgsl/qgemv4_pipe.wgsl", "side"),
             Kernel::QuantizeX8 => wgsl_with_libs!("../../wgsl/quantize_x8.wgsl", "x8"),
+            Kernel::QGemv4Many => wgsl_with_libs!("../../wgsl/qgemv4_many.wgsl", "side"),
         }
     }
 
@@ -474,6 +480,7 @@ impl Kernel {
                 | Kernel::RansDecodeBlocked
                 | Kernel::RansGemvBlockedCompact
                 | Kernel::RansDecodeBlockedCompact
+                | Kernel::QGemv4Many
         )
     }
 
@@ -496,6 +503,10 @@ impl Kernel {
     /// * workgroup arrays are indexed by `local_invocation_index / 32` (< 4) or by the
     ///   lane's symbol pair (< 128), and the table build loops stop at `2^prec` slots, the
     ///   precision the host requires to be <= 11 before it builds these pipelines.
+    ///
+    /// `qgemv4_many.wgsl`, the plain baseline of the blocked fused kernel's multi-vector
+    /// launches, runs as they do: its weight indices are clamped to the row, the others come
+    /// from the uniform block and the lane, and `gemv_many_dispatch` checks `x` and `y`.
     pub fn indices_in_range_by_construction(self) -> bool {
         matches!(
             self,
@@ -503,6 +514,7 @@ impl Kernel {
                 | Kernel::RansDecodeBlocked
                 | Kernel::RansGemvBlockedCompact
                 | Kernel::RansDecodeBlockedCompact
+                | Kernel::QGemv4Many
         )
     }
 
@@ -524,6 +536,7 @@ impl Kernel {
             Kernel::QGemv4Stream => "qgemv4_stream.wgsl",
             Kernel::QGemv4Pipe => "qgemv4_pipe.wgsl",
             Kernel::QuantizeX8 => "quantize_x8.wgsl",
+            Kernel::QGemv4Many => "qgemv4_many.wgsl",
         }
     }
 }
@@ -1189,7 +1202,7 @@ mod tests {
     use super::Kernel;
 
     /// Every kernel the registry builds.
-    const ALL_KERNELS: [Kernel; 14] = [
+    const ALL_KERNELS: [Kernel; 15] = [
         Kernel::RansDecode,
         Kernel::RansGemv,
         Kernel::RansGemvSubgroup,
@@ -1204,6 +1217,7 @@ mod tests {
         Kernel::QGemv4Stream,
         Kernel::QGemv4Pipe,
         Kernel::QuantizeX8,
+        Kernel::QGemv4Many,
     ];
 
     /// The registry drops bounds checks only on the trusted path it takes for kernels with
@@ -1215,7 +1229,11 @@ mod tests {
             .into_iter()
             .filter(|k| k.indices_in_range_by_construction())
             .collect();
-        assert_eq!(unchecked.len(), 4, "only the four blocked kernels");
+        assert_eq!(
+            unchecked.len(),
+            5,
+            "only the four blocked kernels and their plain multi-vector baseline"
+        );
         for k in unchecked {
             assert!(k.loops_bounded_by_construction(), "{k:?}");
         }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, Linear, LinearError};
 use crate::gpu::{
-    default_fused_variant, fused_gemv_pipeline, quantize_x8_dispatch, set_chunk_subgroups,
-    x8_bytes, CodedParams, GpuError, SideFormat, X8Order,
+    check_gemv_vectors, default_fused_variant, fused_gemv_pipeline, quantize_x8_dispatch,
+    set_chunk_subgroups, x8_bytes, CodedParams, GpuError, SideFormat, X8Order,
 };
 use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
 
@@ -112,6 +112,23 @@ pub const MID_LAYER_WEIGHTS: usize = 1 << 25;
 /// layers, 6 1.12-1.34x slower everywhere.
 pub const GEMV_BATCH_MAX_M_WHOLE: usize = 4;
 
+/// The default of [`LinearOptions::gemv_vectors`]: activation vectors per fused GEMV launch
+/// where `forward_batch` runs GEMVs on a window split, so `M` rows take launches of
+/// `min(M, 16)` vectors. On an H200 (BENCHMARKS.md issue 5, step 87; Llama-3-8B's layer
+/// shapes as window splits in row pairs) one launch of 2 vectors was 1.5-1.8x faster than two
+/// one-vector launches, one of 16 1.9-4.2x faster than sixteen, and at 16-32 rows launches of
+/// 16 were the fastest of 2, 4, 8 and 16 at every shape; the accumulators' registers stop it
+/// at 16 ([`crate::gpu::MAX_GEMV_VECTORS`]).
+pub const GEMV_VECTORS: u32 = 16;
+
+/// [`GEMV_BATCH_MAX_M`] for window splits whose fused GEMV multiplies several vectors a launch
+/// ([`EntropyCodedLinear::gemv_vectors`] above 1), at every size: on the same H200 runs
+/// launches of 16 vectors took 0.69-0.96x the batched kernel's time at 32 rows and 0.75-0.98x
+/// at 48 (1.12x at 6144x4096), and 0.94-1.27x at 64 (four of five shapes slower). (At 96 and
+/// 128 rows they were faster again, 0.83-0.96x, at a step of the batched kernels past 64
+/// rows; not used here.)
+pub const GEMV_BATCH_MAX_M_WINDOW_VECTORS: usize = 48;
+
 /// The default of [`LinearOptions::gemv_batch_max_m`] for a layer of `weights` weights with
 /// `low_bits` raw low bits (0: coded whole), on an adapter whose fused GEMV does (`subgroups32`)
 /// or does not run as a 32-wide subgroup kernel.
@@ -134,13 +151,15 @@ pub struct LinearOptions {
     /// ([`LinearDevice::max_buffer_bytes`]). A smaller value forces the split of a matrix into
     /// row bands (tests use it).
     pub max_buffer_bytes: Option<u64>,
-    /// Activation rows up to which `forward_batch` runs one fused GEMV per row instead of the
-    /// batched kernel; `None` (default): [`GEMV_BATCH_MAX_M`] (split matrices of more than
-    /// [`SMALL_LAYER_WEIGHTS`] weights), [`GEMV_BATCH_MAX_M_SMALL`] (smaller split ones),
-    /// [`GEMV_BATCH_MAX_M_WINDOW`], [`GEMV_BATCH_MAX_M_WINDOW_MID`] or
-    /// [`GEMV_BATCH_MAX_M_WINDOW_SMALL`] (window splits by size) or [`GEMV_BATCH_MAX_M_WHOLE`]
-    /// where 32-wide subgroups run the fused GEMV, else 0 (the workgroup GEMV is slower than
-    /// the batched kernel there).
+    /// Activation rows up to which `forward_batch` runs fused GEMVs (a launch per row, or per
+    /// [`Self::gemv_vectors`] rows) instead of the batched kernel; `None` (default):
+    /// [`GEMV_BATCH_MAX_M`] (split matrices of more than [`SMALL_LAYER_WEIGHTS`] weights),
+    /// [`GEMV_BATCH_MAX_M_SMALL`] (smaller split ones), [`GEMV_BATCH_MAX_M_WINDOW_VECTORS`]
+    /// (window splits whose GEMV launches take several vectors,
+    /// [`EntropyCodedLinear::gemv_vectors`]), else [`GEMV_BATCH_MAX_M_WINDOW`],
+    /// [`GEMV_BATCH_MAX_M_WINDOW_MID`] or [`GEMV_BATCH_MAX_M_WINDOW_SMALL`] (window splits by
+    /// size) or [`GEMV_BATCH_MAX_M_WHOLE`] where 32-wide subgroups run the fused GEMV, else 0
+    /// (the workgroup GEMV is slower than the batched kernel there).
     pub gemv_batch_max_m: Option<usize>,
     /// Run `forward_batch` on the portable `rans_gemm.wgsl` even where the blocked subgroup
     /// build (`rans_gemm_blocked.wgsl`) could run (benchmarks and tests compare the two).
@@ -185,6 +204,13 @@ pub struct LinearOptions {
     /// that each decode the chunks again; `None` (default): [`TARGET_WORKGROUPS`]. 0 is an
     /// error at upload. Benchmarks sweep it (`examples/bench_prefill.rs --target-workgroups`).
     pub gemm_target_workgroups: Option<u32>,
+    /// Activation vectors one fused GEMV launch multiplies where `forward_batch` runs GEMVs
+    /// (window splits on the blocked fused kernel with f32 activations and one group of 32
+    /// lanes a chunk: [`crate::gpu::GpuCodedMatrix::gemv_many_dispatch`], each chunk decoded
+    /// once for all of them); `None` (default): [`GEMV_VECTORS`]. 1 runs one launch a row, as
+    /// other layers do. Counts outside 1..=[`crate::gpu::MAX_GEMV_VECTORS`] are an error at
+    /// upload. [`EntropyCodedLinear::gemv_vectors`] says what the layer runs.
+    pub gemv_vectors: Option<u32>,
 }
 
 /// A borrowed coded matrix with its quantization parameters: the coded tensors as
@@ -648,6 +674,9 @@ pub struct EntropyCodedLinear {
     n_chunks: usize,
     /// [`LinearOptions::gemm_target_workgroups`], resolved.
     gemm_target_workgroups: u32,
+    /// Activation vectors per fused GEMV launch ([`LinearOptions::gemv_vectors`], resolved;
+    /// 1 where the layer cannot take more).
+    gemv_vectors: u32,
 }
 
 impl EntropyCodedLinear {
@@ -783,6 +812,12 @@ impl EntropyCodedLinear {
                     "LinearOptions::gemm_target_workgroups must be at least 1".into(),
                 ),
             });
+        }
+        if let Some(v) = opts.gemv_vectors {
+            check_gemv_vectors(v).map_err(|source| LinearError::Gpu {
+                layer: name.into(),
+                source,
+            })?;
         }
         let mut all_dup = chunk_subgroups > 1;
         for (t0, t1) in plan {
@@ -982,6 +1017,12 @@ impl EntropyCodedLinear {
             .filter_map(|b| b.tables.as_ref().map(wgpu::Buffer::size))
             .sum();
         let x8 = opts.x8_activations && m.window.is_some() && all_blocked;
+        let chunk_subgroups = if all_dup { chunk_subgroups } else { 1 };
+        let gemv_vectors = if m.window.is_some() && all_blocked && !x8 && chunk_subgroups == 1 {
+            opts.gemv_vectors.unwrap_or(GEMV_VECTORS)
+        } else {
+            1
+        };
         Ok(EntropyCodedLinear {
             dev: dev.clone(),
             name: name.into(),
@@ -1007,17 +1048,22 @@ impl EntropyCodedLinear {
             gemv_batch_max_m: if m.window.is_some() && gemm_blocked.is_none() {
                 usize::MAX
             } else {
-                opts.gemv_batch_max_m.unwrap_or(default_gemv_batch_max_m(
-                    dev.gpu().registry().subgroups32(),
-                    m.low_bits,
-                    m.out_features() * m.in_features(),
-                ))
+                opts.gemv_batch_max_m.unwrap_or(if gemv_vectors > 1 {
+                    GEMV_BATCH_MAX_M_WINDOW_VECTORS
+                } else {
+                    default_gemv_batch_max_m(
+                        dev.gpu().registry().subgroups32(),
+                        m.low_bits,
+                        m.out_features() * m.in_features(),
+                    )
+                })
             },
             window: m.window,
             x8,
-            chunk_subgroups: if all_dup { chunk_subgroups } else { 1 },
+            chunk_subgroups,
             n_chunks: nc,
             gemm_target_workgroups,
+            gemv_vectors,
         })
     }
 
@@ -1025,6 +1071,13 @@ impl EntropyCodedLinear {
     /// asked for it and every band of this layer can take it), else 1.
     pub fn chunk_subgroups(&self) -> u32 {
         self.chunk_subgroups
+    }
+
+    /// Activation vectors one fused GEMV launch multiplies in `forward_batch`
+    /// ([`LinearOptions::gemv_vectors`] where the layer can take several: a window split on the
+    /// blocked fused kernel with f32 activations and one group of 32 lanes a chunk), else 1.
+    pub fn gemv_vectors(&self) -> u32 {
+        self.gemv_vectors
     }
 
     /// The coded matrix's chunks, each decoded by one group of 32 lanes (or
@@ -1111,14 +1164,15 @@ impl EntropyCodedLinear {
         Ok(())
     }
 
-    /// The fused-GEMV launches (one per band) computing `y = W x` without the bias: `x` holds
-    /// `in_features` f32, `y` `out_features` f32. With several bands, each band writes its
-    /// own scratch buffer, copied into `y` by [`Self::record_gemv`].
+    /// The fused-GEMV launch of one band computing `y = W x` without the bias for `vectors`
+    /// activation vectors: `x` holds `vectors` rows of `in_features` f32, `y` `vectors` rows
+    /// of the band's outputs.
     fn gemv_dispatch(
         &self,
         band: &Band,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
+        vectors: u32,
     ) -> Result<LinearDispatch, GpuError> {
         let registry = self.dev.gpu().registry();
         let device = self.dev.device();
@@ -1127,6 +1181,7 @@ impl EntropyCodedLinear {
         let tables = band.tables.as_ref().filter(|_| variant.is_blocked());
         layout.tables_in_memory = tables.is_some();
         layout.x8_activations = self.x8;
+        layout.vectors = vectors;
         let pipeline = fused_gemv_pipeline(device, registry, variant, &layout)?;
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -1162,11 +1217,35 @@ impl EntropyCodedLinear {
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
     ) -> Result<LinearDispatch, LinearError> {
+        self.vectors_dispatch(x, y, 1)
+    }
+
+    /// [`Self::vector_dispatch`] for `vectors` activation vectors in one launch (`x`: `vectors`
+    /// rows of `in_features` f32, `y`: `vectors` rows of `out_features` f32), each chunk
+    /// decoded once for all of them: 1..=[`Self::gemv_vectors`] vectors, or
+    /// [`LinearError::Unsupported`]. For benchmarks; layers held in one band only.
+    pub fn vectors_dispatch(
+        &self,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        vectors: u32,
+    ) -> Result<LinearDispatch, LinearError> {
+        if vectors == 0 || vectors > self.gemv_vectors {
+            return Err(LinearError::Unsupported {
+                layer: self.name.clone(),
+                reason: format!(
+                    "{vectors} activation vectors a launch: this layer runs 1..={}",
+                    self.gemv_vectors
+                ),
+            });
+        }
         match self.bands.as_slice() {
-            [band] => self.gemv_dispatch(band, x, y).map_err(|e| self.gpu_err(e)),
+            [band] => self
+                .gemv_dispatch(band, x, y, vectors)
+                .map_err(|e| self.gpu_err(e)),
             _ => Err(LinearError::Unsupported {
                 layer: self.name.clone(),
-                reason: format!("vector_dispatch on a layer of {} bands", self.bands.len()),
+                reason: format!("vectors_dispatch on a layer of {} bands", self.bands.len()),
             }),
         }
     }
@@ -1311,8 +1390,9 @@ impl EntropyCodedLinear {
         Ok(buf)
     }
 
-    /// `m` fused GEMVs (one per activation row, recorded into one submission): `y` holds the
-    /// `m` rows of outputs.
+    /// The fused GEMVs of `m` activation rows, recorded into one submission: one launch per
+    /// [`Self::gemv_vectors`] rows (one a row on 8-bit activations, which are quantized per
+    /// row first). `y` holds the `m` rows of outputs.
     fn run_gemv(&self, x: &[f32], m: usize) -> Result<Vec<f32>, LinearError> {
         let dev = &self.dev;
         let k = self.cols;
@@ -1323,13 +1403,20 @@ impl EntropyCodedLinear {
         for band in &self.bands {
             enc.clear_buffer(&band.errors, 0, None);
         }
-        // (row i's outputs and each band's are written to scratch buffers and copied into y
-        // at their offsets: storage bindings at arbitrary offsets are not allowed)
+        let per = if self.x8 {
+            1
+        } else {
+            self.gemv_vectors.max(1) as usize
+        };
+        // (each launch's outputs, per band, go to a scratch buffer and are copied into y at
+        // their offsets, a copy per row: storage bindings at arbitrary offsets are not
+        // allowed)
         let mut copies = Vec::new();
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            for i in 0..m {
-                let mut xb = self.x_buffer(&x[i * k..(i + 1) * k], 1)?;
+            for i in (0..m).step_by(per) {
+                let n = per.min(m - i);
+                let mut xb = self.x_buffer(&x[i * k..(i + n) * k], n)?;
                 if self.x8 {
                     let x8 = dev.buffer("x8", x8_bytes(k), wgpu::BufferUsages::empty());
                     quantize_x8_dispatch(
@@ -1345,26 +1432,29 @@ impl EntropyCodedLinear {
                     xb = x8;
                 }
                 for band in &self.bands {
-                    let target = if self.bands.len() == 1 && m == 1 {
+                    let band_bytes = (band.rows * 4) as u64;
+                    let target = if self.bands.len() == 1 && n == m {
                         y.clone()
                     } else {
                         let s = dev.buffer(
                             "y band",
-                            (band.rows * 4) as u64,
+                            band_bytes * n as u64,
                             wgpu::BufferUsages::COPY_SRC,
                         );
-                        let at = i as u64 * row_bytes + (band.row0 * 4) as u64;
-                        copies.push((s.clone(), at, (band.rows * 4) as u64));
+                        for v in 0..n {
+                            let at = (i + v) as u64 * row_bytes + (band.row0 * 4) as u64;
+                            copies.push((s.clone(), v as u64 * band_bytes, at, band_bytes));
+                        }
                         s
                     };
-                    self.gemv_dispatch(band, &xb, &target)
+                    self.gemv_dispatch(band, &xb, &target, n as u32)
                         .map_err(|e| self.gpu_err(e))?
                         .record(&mut pass);
                 }
             }
         }
-        for (s, at, bytes) in &copies {
-            enc.copy_buffer_to_buffer(s, 0, &y, *at, *bytes);
+        for (s, from, at, bytes) in &copies {
+            enc.copy_buffer_to_buffer(s, *from, &y, *at, *bytes);
         }
         self.finish(enc, &y, self.rows * m)
     }
@@ -1460,7 +1550,9 @@ impl Linear for EntropyCodedLinear {
 
     /// The batched kernel (`rans_gemm_blocked.wgsl` where 32-wide subgroups run it, else
     /// `rans_gemm.wgsl`): every chunk decoded once per block of up to 512 activation rows; for
-    /// at most [`LinearOptions::gemv_batch_max_m`] rows, one fused GEMV per row instead.
+    /// at most [`LinearOptions::gemv_batch_max_m`] rows, fused GEMVs instead: a launch per
+    /// [`EntropyCodedLinear::gemv_vectors`] rows (each chunk decoded once for them), or per
+    /// row.
     fn forward_batch(&self, x: &[f32], m: usize) -> Result<Vec<f32>, LinearError> {
         check_x(&self.name, self.cols, x.len(), m)?;
         if self.rows == 0 || m == 0 {
