@@ -69,6 +69,46 @@ fn piece_qx(f: array<vec4<f32>, 4>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>,
     return qx;
 }
 
+// What a block's vectors share: the piece's first activation vec4, the activations' stride (a
+// vector's, in vec4), both rows' weights as floats and their (scale, bias).
+struct PieceVectors {
+    x0: u32,
+    xrow: u32,
+    fa: array<vec4<f32>, 4>,
+    fb: array<vec4<f32>, 4>,
+    qa: vec2<f32>,
+    qb: vec2<f32>,
+}
+
+// Vector j's terms of the block for both rows.
+fn piece_vector(p: ptr<function, PieceVectors>, j: u32) -> vec2<f32> {
+    let xi = j * (*p).xrow + (*p).x0;
+    let x0 = X[xi];
+    let x1 = X[xi + 1u];
+    let x2 = X[xi + 2u];
+    let x3 = X[xi + 3u];
+    let xs = dot((x0 + x1) + (x2 + x3), vec4<f32>(1.0));
+    let qa = (*p).qa;
+    let qb = (*p).qb;
+    return vec2<f32>(
+        qa.x * dot(piece_qx((*p).fa, x0, x1, x2, x3), PLACE) + qa.y * xs,
+        qb.x * dot(piece_qx((*p).fb, x0, x1, x2, x3), PLACE) + qb.y * xs,
+    );
+}
+
+// Vector j's sums of the group's rows 2 pair and 2 pair + 1 (the first at `ra`), written by
+// lane 0 where the rows exist.
+fn store_vector(j: u32, acc: f32, acc_b: f32, pair: u32, ra: u32, l: u32) {
+    let t = subgroupAdd(acc);
+    let tb = subgroupAdd(acc_b);
+    if (l == 0u && 2u * pair < P.rows) {
+        Y[j * P.rows + ra] = t;
+        if (2u * pair + 1u < P.rows) {
+            Y[j * P.rows + ra + 1u] = tb;
+        }
+    }
+}
+
 @compute @workgroup_size(128)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -108,28 +148,138 @@ fn main(
         let qb = side(sb0 + gi);
         let fa = piece_floats(a, magic);
         let fb = piece_floats(b, magic);
-        for (var j = 0u; j < NVEC; j++) {
-            let xi = j * xrow + v * 4u;
-            let x0 = X[xi];
-            let x1 = X[xi + 1u];
-            let x2 = X[xi + 2u];
-            let x3 = X[xi + 3u];
-            let xs = dot((x0 + x1) + (x2 + x3), vec4<f32>(1.0));
-            accv[j] += qa.x * dot(piece_qx(fa, x0, x1, x2, x3), PLACE) + qa.y * xs;
-            accv_b[j] += qb.x * dot(piece_qx(fb, x0, x1, x2, x3), PLACE) + qb.y * xs;
+        // (written out per vector, constant indices: the accumulators stay in registers
+        // whether or not the driver unrolls a loop over them)
+        var pv = PieceVectors(v * 4u, xrow, fa, fb, qa, qb);
+        if (NVEC > 0u) {
+            let t = piece_vector(&pv, 0u);
+            accv[0] += t.x;
+            accv_b[0] += t.y;
+        }
+        if (NVEC > 1u) {
+            let t = piece_vector(&pv, 1u);
+            accv[1] += t.x;
+            accv_b[1] += t.y;
+        }
+        if (NVEC > 2u) {
+            let t = piece_vector(&pv, 2u);
+            accv[2] += t.x;
+            accv_b[2] += t.y;
+        }
+        if (NVEC > 3u) {
+            let t = piece_vector(&pv, 3u);
+            accv[3] += t.x;
+            accv_b[3] += t.y;
+        }
+        if (NVEC > 4u) {
+            let t = piece_vector(&pv, 4u);
+            accv[4] += t.x;
+            accv_b[4] += t.y;
+        }
+        if (NVEC > 5u) {
+            let t = piece_vector(&pv, 5u);
+            accv[5] += t.x;
+            accv_b[5] += t.y;
+        }
+        if (NVEC > 6u) {
+            let t = piece_vector(&pv, 6u);
+            accv[6] += t.x;
+            accv_b[6] += t.y;
+        }
+        if (NVEC > 7u) {
+            let t = piece_vector(&pv, 7u);
+            accv[7] += t.x;
+            accv_b[7] += t.y;
+        }
+        if (NVEC > 8u) {
+            let t = piece_vector(&pv, 8u);
+            accv[8] += t.x;
+            accv_b[8] += t.y;
+        }
+        if (NVEC > 9u) {
+            let t = piece_vector(&pv, 9u);
+            accv[9] += t.x;
+            accv_b[9] += t.y;
+        }
+        if (NVEC > 10u) {
+            let t = piece_vector(&pv, 10u);
+            accv[10] += t.x;
+            accv_b[10] += t.y;
+        }
+        if (NVEC > 11u) {
+            let t = piece_vector(&pv, 11u);
+            accv[11] += t.x;
+            accv_b[11] += t.y;
+        }
+        if (NVEC > 12u) {
+            let t = piece_vector(&pv, 12u);
+            accv[12] += t.x;
+            accv_b[12] += t.y;
+        }
+        if (NVEC > 13u) {
+            let t = piece_vector(&pv, 13u);
+            accv[13] += t.x;
+            accv_b[13] += t.y;
+        }
+        if (NVEC > 14u) {
+            let t = piece_vector(&pv, 14u);
+            accv[14] += t.x;
+            accv_b[14] += t.y;
+        }
+        if (NVEC > 15u) {
+            let t = piece_vector(&pv, 15u);
+            accv[15] += t.x;
+            accv_b[15] += t.y;
         }
         a = na;
         b = nb;
     }
-    let write_b = 2u * pair + 1u < P.rows;
-    for (var j = 0u; j < NVEC; j++) {
-        let t = subgroupAdd(accv[j]);
-        let tb = subgroupAdd(accv_b[j]);
-        if (l == 0u && 2u * pair < P.rows) {
-            Y[j * P.rows + ra] = t;
-            if (write_b) {
-                Y[j * P.rows + rb] = tb;
-            }
-        }
+    if (NVEC > 0u) {
+        store_vector(0u, accv[0], accv_b[0], pair, ra, l);
+    }
+    if (NVEC > 1u) {
+        store_vector(1u, accv[1], accv_b[1], pair, ra, l);
+    }
+    if (NVEC > 2u) {
+        store_vector(2u, accv[2], accv_b[2], pair, ra, l);
+    }
+    if (NVEC > 3u) {
+        store_vector(3u, accv[3], accv_b[3], pair, ra, l);
+    }
+    if (NVEC > 4u) {
+        store_vector(4u, accv[4], accv_b[4], pair, ra, l);
+    }
+    if (NVEC > 5u) {
+        store_vector(5u, accv[5], accv_b[5], pair, ra, l);
+    }
+    if (NVEC > 6u) {
+        store_vector(6u, accv[6], accv_b[6], pair, ra, l);
+    }
+    if (NVEC > 7u) {
+        store_vector(7u, accv[7], accv_b[7], pair, ra, l);
+    }
+    if (NVEC > 8u) {
+        store_vector(8u, accv[8], accv_b[8], pair, ra, l);
+    }
+    if (NVEC > 9u) {
+        store_vector(9u, accv[9], accv_b[9], pair, ra, l);
+    }
+    if (NVEC > 10u) {
+        store_vector(10u, accv[10], accv_b[10], pair, ra, l);
+    }
+    if (NVEC > 11u) {
+        store_vector(11u, accv[11], accv_b[11], pair, ra, l);
+    }
+    if (NVEC > 12u) {
+        store_vector(12u, accv[12], accv_b[12], pair, ra, l);
+    }
+    if (NVEC > 13u) {
+        store_vector(13u, accv[13], accv_b[13], pair, ra, l);
+    }
+    if (NVEC > 14u) {
+        store_vector(14u, accv[14], accv_b[14], pair, ra, l);
+    }
+    if (NVEC > 15u) {
+        store_vector(15u, accv[15], accv_b[15], pair, ra, l);
     }
 }

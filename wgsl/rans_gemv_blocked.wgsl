@@ -320,6 +320,65 @@ fn window_half_floats(nf: array<vec4<f32>, 4>, xw: array<vec4<f32>, 4>) -> vec4<
     return qx;
 }
 
+// What a window-split block of NVEC > 1 vectors shares between its vectors: the lane's first
+// column, the activations' stride (a vector's inputs), the order, vector 0's activations
+// (loaded before the decode), the block's nibble floats of both halves and (scale, bias) of
+// both rows.
+struct WindowVectors {
+    ka: u32,
+    kin: u32,
+    pair: bool,
+    xlo0: array<vec4<f32>, 4>,
+    xhi0: array<vec4<f32>, 4>,
+    fa: array<vec4<f32>, 4>,
+    fb: array<vec4<f32>, 4>,
+    sba: vec2<f32>,
+    sbb: vec2<f32>,
+}
+
+// Vector v's terms of the block (x: row 2r's in row pairs, else the row's; y: row 2r + 1's),
+// the one-vector kernel's arithmetic in its order.
+fn window_vector(w: ptr<function, WindowVectors>, v: u32) -> vec2<f32> {
+    var xlo = (*w).xlo0;
+    var xhi = (*w).xhi0;
+    if (v > 0u) {
+        let kv = v * (*w).kin + (*w).ka;
+        xlo = x16(kv);
+        xhi = xlo;
+        if (!(*w).pair) {
+            xhi = x16(kv + 16u);
+        }
+    }
+    let qa = window_half_floats((*w).fa, xlo);
+    let qb = window_half_floats((*w).fb, xhi);
+    let xs = dot((xlo[0] + xlo[1]) + (xlo[2] + xlo[3]), vec4<f32>(1.0));
+    let sba = (*w).sba;
+    let sbb = (*w).sbb;
+    if ((*w).pair) {
+        return vec2<f32>(
+            sba.x * dot(qa, NIBBLE_PLACE) + sba.y * xs,
+            sbb.x * dot(qb, NIBBLE_PLACE) + sbb.y * xs,
+        );
+    }
+    let xs_hi = dot((xhi[0] + xhi[1]) + (xhi[2] + xhi[3]), vec4<f32>(1.0));
+    return vec2<f32>(sba.x * dot(qa + qb, NIBBLE_PLACE) + sba.y * (xs + xs_hi), 0.0);
+}
+
+// Vector v's row sums: y[v * rows_out + row] (and + 1 in row pairs) from lane 0.
+fn store_vector(v: u32, acc: f32, acc_b: f32, row: u32, rows_out: u32, pair: bool, l: u32) {
+    let t = subgroupAdd(acc);
+    var tb = 0.0;
+    if (pair) {
+        tb = subgroupAdd(acc_b);
+    }
+    if (l == 0u) {
+        y[v * rows_out + row] = t;
+        if (pair) {
+            y[v * rows_out + row + 1u] = tb;
+        }
+    }
+}
+
 // The nibble floats of half a window-split word (n, or n >> 16 for the second half).
 fn window_floats(n: vec4<u32>, magic: u32) -> array<vec4<f32>, 4> {
     return array<vec4<f32>, 4>(
@@ -518,27 +577,88 @@ fn main(
                     let n = window_words(sw, raw);
                     let fa = window_floats(n, magic);
                     let fb = window_floats(n >> vec4<u32>(16u), magic);
-                    for (var v = 0u; v < NVEC; v++) {
-                        var xlo = wx0.xlo;
-                        var xhi = wx0.xhi;
-                        if (v > 0u) {
-                            let kv = v * kin + ka;
-                            xlo = x16(kv);
-                            xhi = xlo;
-                            if (!pair) {
-                                xhi = x16(kv + 16u);
-                            }
-                        }
-                        let qa = window_half_floats(fa, xlo);
-                        let qb = window_half_floats(fb, xhi);
-                        let xs = dot((xlo[0] + xlo[1]) + (xlo[2] + xlo[3]), vec4<f32>(1.0));
-                        if (pair) {
-                            accv[v] += sba.x * dot(qa, NIBBLE_PLACE) + sba.y * xs;
-                            accv_b[v] += sbb.x * dot(qb, NIBBLE_PLACE) + sbb.y * xs;
-                        } else {
-                            let xs_hi = dot((xhi[0] + xhi[1]) + (xhi[2] + xhi[3]), vec4<f32>(1.0));
-                            accv[v] += sba.x * dot(qa + qb, NIBBLE_PLACE) + sba.y * (xs + xs_hi);
-                        }
+                    // (written out per vector, constant indices: the accumulators stay in
+                    // registers whether or not the driver unrolls a loop over them)
+                    var wv = WindowVectors(ka, kin, pair, wx0.xlo, wx0.xhi, fa, fb, sba, sbb);
+                    if (NVEC > 0u) {
+                        let t = window_vector(&wv, 0u);
+                        accv[0] += t.x;
+                        accv_b[0] += t.y;
+                    }
+                    if (NVEC > 1u) {
+                        let t = window_vector(&wv, 1u);
+                        accv[1] += t.x;
+                        accv_b[1] += t.y;
+                    }
+                    if (NVEC > 2u) {
+                        let t = window_vector(&wv, 2u);
+                        accv[2] += t.x;
+                        accv_b[2] += t.y;
+                    }
+                    if (NVEC > 3u) {
+                        let t = window_vector(&wv, 3u);
+                        accv[3] += t.x;
+                        accv_b[3] += t.y;
+                    }
+                    if (NVEC > 4u) {
+                        let t = window_vector(&wv, 4u);
+                        accv[4] += t.x;
+                        accv_b[4] += t.y;
+                    }
+                    if (NVEC > 5u) {
+                        let t = window_vector(&wv, 5u);
+                        accv[5] += t.x;
+                        accv_b[5] += t.y;
+                    }
+                    if (NVEC > 6u) {
+                        let t = window_vector(&wv, 6u);
+                        accv[6] += t.x;
+                        accv_b[6] += t.y;
+                    }
+                    if (NVEC > 7u) {
+                        let t = window_vector(&wv, 7u);
+                        accv[7] += t.x;
+                        accv_b[7] += t.y;
+                    }
+                    if (NVEC > 8u) {
+                        let t = window_vector(&wv, 8u);
+                        accv[8] += t.x;
+                        accv_b[8] += t.y;
+                    }
+                    if (NVEC > 9u) {
+                        let t = window_vector(&wv, 9u);
+                        accv[9] += t.x;
+                        accv_b[9] += t.y;
+                    }
+                    if (NVEC > 10u) {
+                        let t = window_vector(&wv, 10u);
+                        accv[10] += t.x;
+                        accv_b[10] += t.y;
+                    }
+                    if (NVEC > 11u) {
+                        let t = window_vector(&wv, 11u);
+                        accv[11] += t.x;
+                        accv_b[11] += t.y;
+                    }
+                    if (NVEC > 12u) {
+                        let t = window_vector(&wv, 12u);
+                        accv[12] += t.x;
+                        accv_b[12] += t.y;
+                    }
+                    if (NVEC > 13u) {
+                        let t = window_vector(&wv, 13u);
+                        accv[13] += t.x;
+                        accv_b[13] += t.y;
+                    }
+                    if (NVEC > 14u) {
+                        let t = window_vector(&wv, 14u);
+                        accv[14] += t.x;
+                        accv_b[14] += t.y;
+                    }
+                    if (NVEC > 15u) {
+                        let t = window_vector(&wv, 15u);
+                        accv[15] += t.x;
+                        accv_b[15] += t.y;
                     }
                     continue;
                 }
@@ -704,18 +824,53 @@ fn main(
             if (NVEC > 1u) {
                 // vector v's outputs are row v of the NVEC x (matrix rows) output
                 let rows_out = P.rows << ps;
-                for (var v = 0u; v < NVEC; v++) {
-                    let t = subgroupAdd(accv[v]);
-                    var tb = 0.0;
-                    if (pair) {
-                        tb = subgroupAdd(accv_b[v]);
-                    }
-                    if (l == 0u) {
-                        y[v * rows_out + row] = t;
-                        if (pair) {
-                            y[v * rows_out + row_b] = tb;
-                        }
-                    }
+                if (NVEC > 0u) {
+                    store_vector(0u, accv[0], accv_b[0], row, rows_out, pair, l);
+                }
+                if (NVEC > 1u) {
+                    store_vector(1u, accv[1], accv_b[1], row, rows_out, pair, l);
+                }
+                if (NVEC > 2u) {
+                    store_vector(2u, accv[2], accv_b[2], row, rows_out, pair, l);
+                }
+                if (NVEC > 3u) {
+                    store_vector(3u, accv[3], accv_b[3], row, rows_out, pair, l);
+                }
+                if (NVEC > 4u) {
+                    store_vector(4u, accv[4], accv_b[4], row, rows_out, pair, l);
+                }
+                if (NVEC > 5u) {
+                    store_vector(5u, accv[5], accv_b[5], row, rows_out, pair, l);
+                }
+                if (NVEC > 6u) {
+                    store_vector(6u, accv[6], accv_b[6], row, rows_out, pair, l);
+                }
+                if (NVEC > 7u) {
+                    store_vector(7u, accv[7], accv_b[7], row, rows_out, pair, l);
+                }
+                if (NVEC > 8u) {
+                    store_vector(8u, accv[8], accv_b[8], row, rows_out, pair, l);
+                }
+                if (NVEC > 9u) {
+                    store_vector(9u, accv[9], accv_b[9], row, rows_out, pair, l);
+                }
+                if (NVEC > 10u) {
+                    store_vector(10u, accv[10], accv_b[10], row, rows_out, pair, l);
+                }
+                if (NVEC > 11u) {
+                    store_vector(11u, accv[11], accv_b[11], row, rows_out, pair, l);
+                }
+                if (NVEC > 12u) {
+                    store_vector(12u, accv[12], accv_b[12], row, rows_out, pair, l);
+                }
+                if (NVEC > 13u) {
+                    store_vector(13u, accv[13], accv_b[13], row, rows_out, pair, l);
+                }
+                if (NVEC > 14u) {
+                    store_vector(14u, accv[14], accv_b[14], row, rows_out, pair, l);
+                }
+                if (NVEC > 15u) {
+                    store_vector(15u, accv[15], accv_b[15], row, rows_out, pair, l);
                 }
                 continue;
             }
