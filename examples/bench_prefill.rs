@@ -10,7 +10,7 @@
 //!     [--ms 1,8,32,128,512] [--rounds 5] [--target-ms 30] [--set-mib 256] [--max-gemv-m 512]
 //!     [--chunk-symbols 16384] [--tile-chunks 32] [--min-chunks N]
 //!     [--coding whole,split,pairs,window] [--target-workgroups 256,512,1024]
-//!     [--vectors 2,4,8,16] [--wall]
+//!     [--vectors 2,4,8,16] [--vectors-tables] [--wall]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64 (`ecq::quant::quantize_affine`), coded
@@ -32,8 +32,11 @@
 //! (`EntropyCodedLinear::vectors_dispatch`, each chunk decoded once per launch), and so is its
 //! plain counterpart (`GpuQuantizedMatrix::gemv_many_dispatch`, `wgsl/qgemv4_many.wgsl`, the
 //! weights read once per launch): M rows in launches of V = each `--vectors` value (at most M)
-//! vectors, up to `--max-gemv-m` rows, both results checked against `qgemm`'s. Prints a
-//! markdown table on stdout.
+//! vectors, up to `--max-gemv-m` rows, both results checked against `qgemm`'s;
+//! `--vectors-tables` adds the fused launches with each decode table form forced
+//! (`GpuCodedMatrix::gemv_many_dispatch_with`, `FusedVariant::Blocked` = u32 table,
+//! `BlockedCompact`; the default picks one by the one-vector rule). Prints a markdown table on
+//! stdout.
 //!
 //! Clock (`examples/common/timing.rs`): where the device has `TIMESTAMP_QUERY`, times are the
 //! GPU duration of the compute pass holding a round's forwards divided by their number
@@ -75,6 +78,8 @@ struct Args {
     targets: Vec<Option<u32>>,
     /// activation vectors per launch of the multi-vector fused GEMV (window splits)
     vectors: Vec<u32>,
+    /// also time the multi-vector fused GEMV with each table form forced
+    vectors_tables: bool,
     wall: bool,
 }
 
@@ -98,11 +103,16 @@ fn parse_args() -> Args {
         codings: vec!["whole".into()],
         targets: vec![None],
         vectors: vec![2, 4, 8, 16],
+        vectors_tables: false,
         wall: false,
     };
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(p) = args.iter().position(|s| s == "--wall") {
         a.wall = true;
+        args.remove(p);
+    }
+    if let Some(p) = args.iter().position(|s| s == "--vectors-tables") {
+        a.vectors_tables = true;
         args.remove(p);
     }
     let mut i = 0;
@@ -341,6 +351,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let qv: Vec<GpuQuantizedMatrix> = (0..copies)
                 .map(|_| GpuQuantizedMatrix::upload(dev.device(), &q))
                 .collect::<Result<_, _>>()?;
+            // (--vectors-tables: the window split as GpuCodedMatrix copies, for forced tables)
+            let forced: Vec<ecq::gpu::GpuCodedMatrix> = match (&split, a.vectors_tables) {
+                (Some(s), true) if coding == "window" => (0..copies)
+                    .map(|_| {
+                        dev.gpu()
+                            .upload_split(s, Some(ecq::gpu::QuantParamsRef::from(&q)))
+                    })
+                    .collect::<Result<_, _>>()?,
+                _ => Vec::new(),
+            };
             dev.gpu().wait()?;
             let registry = dev.gpu().registry();
             let xv = buffer(&dev, (k * 4) as u64, Some(&vec![0.5f32; k]));
@@ -412,6 +432,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let ym = buffer(&dev, (m * r * 4) as u64, None);
                 let yp = buffer(&dev, (m * r * 4) as u64, None);
                 let mut multi: Vec<(usize, f64, f64)> = Vec::new();
+                let mut forced_t: Vec<(f64, f64)> = Vec::new();
                 let mut multi_diff = None;
                 if m <= a.max_gemv_m
                     && coded[0].gemv_vectors() > 1
@@ -456,6 +477,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         })
                         .t;
                         multi.push((per, t, tp));
+                        if !forced.is_empty() {
+                            let mut ts = [0.0; 2];
+                            for (ti, variant) in [
+                                ecq::gpu::FusedVariant::Blocked,
+                                ecq::gpu::FusedVariant::BlockedCompact,
+                            ]
+                            .into_iter()
+                            .enumerate()
+                            {
+                                let launches: Vec<Vec<ecq::gpu::Dispatch>> = forced
+                                    .iter()
+                                    .map(|c| {
+                                        (0..m)
+                                            .step_by(per)
+                                            .map(|i| {
+                                                let n = per.min(m - i) as u32;
+                                                c.gemv_many_dispatch_with(
+                                                    dev.device(),
+                                                    registry,
+                                                    &xb,
+                                                    &ym,
+                                                    n,
+                                                    variant,
+                                                )
+                                            })
+                                            .collect::<Result<Vec<_>, _>>()
+                                    })
+                                    .collect::<Result<_, _>>()?;
+                                ts[ti] =
+                                    time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
+                                        for d in &launches[i % copies] {
+                                            d.record(pass)
+                                        }
+                                    })
+                                    .t;
+                            }
+                            forced_t.push((ts[0], ts[1]));
+                        }
                         // rows 0..per of ym and yp are the first launches': x's first per
                         // rows, as qgemm's first per rows of yq
                         let want = read(&dev, &yq, per * r);
@@ -513,24 +572,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         t.map_or("-".to_string(), |t| format!("{:.2}x", t_gemm / t))
                     };
                     let target = target.map_or("default".to_string(), |t| t.to_string());
-                    let (multi_col, multi_ratio, plain_ratio, multi_diff_col) = if ti == 0
-                        && !multi.is_empty()
-                    {
-                        let best = multi.iter().map(|&(_, t, _)| t).fold(f64::MAX, f64::min);
-                        let best_p = multi.iter().map(|&(_, _, t)| t).fold(f64::MAX, f64::min);
-                        (
-                            multi
-                                .iter()
-                                .map(|&(v, t, tp)| format!("{v}: {:.1} / {:.1}", t * 1e6, tp * 1e6))
-                                .collect::<Vec<_>>()
-                                .join("; "),
-                            format!("{:.2}x", best / t_gemm),
-                            format!("{:.2}x", best / best_p),
-                            multi_diff.map_or("-".into(), |d| format!("{d:.1e}")),
-                        )
-                    } else {
-                        ("-".into(), "-".into(), "-".into(), "-".into())
-                    };
+                    let (multi_col, multi_ratio, plain_ratio, multi_diff_col) =
+                        if ti == 0 && !multi.is_empty() {
+                            let best = multi.iter().map(|&(_, t, _)| t).fold(f64::MAX, f64::min);
+                            let best_p = multi.iter().map(|&(_, _, t)| t).fold(f64::MAX, f64::min);
+                            (
+                                multi
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, &(v, t, tp))| {
+                                        let tables = forced_t.get(i).map_or(String::new(), |f| {
+                                            format!(
+                                                " (u32 table {:.1}, compact {:.1})",
+                                                f.0 * 1e6,
+                                                f.1 * 1e6
+                                            )
+                                        });
+                                        format!("{v}: {:.1} / {:.1}{tables}", t * 1e6, tp * 1e6)
+                                    })
+                                    .collect::<Vec<_>>()
+                                    .join("; "),
+                                format!("{:.2}x", best / t_gemm),
+                                format!("{:.2}x", best / best_p),
+                                multi_diff.map_or("-".into(), |d| format!("{d:.1e}")),
+                            )
+                        } else {
+                            ("-".into(), "-".into(), "-".into(), "-".into())
+                        };
                     println!(
                         "| {adapter} | {r}x{k} | {coding} | {m} | {target} | {} | {} | {:.1} | {:.1} | {} | {:.1} / {:.1} | {:.2}x | {} | {:.0} | {:.1e} | {multi_col} | {multi_ratio} | {plain_ratio} | {multi_diff_col} |",
                         us(t_qv),

@@ -116,18 +116,36 @@ pub const GEMV_BATCH_MAX_M_WHOLE: usize = 4;
 /// where `forward_batch` runs GEMVs on a window split, so `M` rows take launches of
 /// `min(M, 16)` vectors. On an H200 (BENCHMARKS.md issue 5, step 87; Llama-3-8B's layer
 /// shapes as window splits in row pairs) one launch of 2 vectors was 1.5-1.8x faster than two
-/// one-vector launches, one of 16 1.9-4.2x faster than sixteen, and at 16-32 rows launches of
-/// 16 were the fastest of 2, 4, 8 and 16 at every shape; the accumulators' registers stop it
-/// at 16 ([`crate::gpu::MAX_GEMV_VECTORS`]).
+/// one-vector launches, one of 16 1.9-5.5x faster than sixteen, and at 16-32 rows launches of
+/// 16 were the fastest of 2, 4, 8 and 16 at every shape measured (with the accumulators in a
+/// loop; written out since, which made 8 and 16 vectors up to 1.31x faster at four of the five
+/// shapes and 1.16-1.4x slower at 6144x4096); the accumulators' registers stop it at 16
+/// ([`crate::gpu::MAX_GEMV_VECTORS`]).
 pub const GEMV_VECTORS: u32 = 16;
 
 /// [`GEMV_BATCH_MAX_M`] for window splits whose fused GEMV multiplies several vectors a launch
-/// ([`EntropyCodedLinear::gemv_vectors`] above 1), at every size: on the same H200 runs
-/// launches of 16 vectors took 0.69-0.96x the batched kernel's time at 32 rows and 0.75-0.98x
-/// at 48 (1.12x at 6144x4096), and 0.94-1.27x at 64 (four of five shapes slower). (At 96 and
-/// 128 rows they were faster again, 0.83-0.96x, at a step of the batched kernels past 64
-/// rows; not used here.)
+/// ([`EntropyCodedLinear::gemv_vectors`] above 1), of at most [`SMALL_LAYER_WEIGHTS`] or more
+/// than [`MID_LAYER_WEIGHTS`] weights: on an H200 (BENCHMARKS.md issue 5, step 87; row pairs,
+/// the chunks `ecq encode --window --row-pairs` writes) launches of 16 vectors took 0.53-0.89x
+/// the batched kernel's time at 48 rows (1024x4096, 4096x4096, 14336x4096, 4096x14336) and
+/// 0.84-1.06x at 64 (slower at two of the four shapes).
 pub const GEMV_BATCH_MAX_M_WINDOW_VECTORS: usize = 48;
+
+/// [`GEMV_BATCH_MAX_M_WINDOW_VECTORS`] for window splits of more than [`SMALL_LAYER_WEIGHTS`]
+/// and at most [`MID_LAYER_WEIGHTS`] weights (a merged q, k, v projection): at 6144x4096 on the
+/// same runs launches of 16 vectors took 0.81x the batched kernel's time at 16 rows and 1.13x
+/// at 32.
+pub const GEMV_BATCH_MAX_M_WINDOW_VECTORS_MID: usize = 16;
+
+/// The default of [`LinearOptions::gemv_batch_max_m`] for a window split of `weights` weights
+/// whose fused GEMV multiplies several vectors a launch.
+pub(crate) fn default_gemv_many_batch_max_m(weights: usize) -> usize {
+    if weights > SMALL_LAYER_WEIGHTS && weights <= MID_LAYER_WEIGHTS {
+        GEMV_BATCH_MAX_M_WINDOW_VECTORS_MID
+    } else {
+        GEMV_BATCH_MAX_M_WINDOW_VECTORS
+    }
+}
 
 /// The default of [`LinearOptions::gemv_batch_max_m`] for a layer of `weights` weights with
 /// `low_bits` raw low bits (0: coded whole), on an adapter whose fused GEMV does (`subgroups32`)
@@ -154,9 +172,9 @@ pub struct LinearOptions {
     /// Activation rows up to which `forward_batch` runs fused GEMVs (a launch per row, or per
     /// [`Self::gemv_vectors`] rows) instead of the batched kernel; `None` (default):
     /// [`GEMV_BATCH_MAX_M`] (split matrices of more than [`SMALL_LAYER_WEIGHTS`] weights),
-    /// [`GEMV_BATCH_MAX_M_SMALL`] (smaller split ones), [`GEMV_BATCH_MAX_M_WINDOW_VECTORS`]
-    /// (window splits whose GEMV launches take several vectors,
-    /// [`EntropyCodedLinear::gemv_vectors`]), else [`GEMV_BATCH_MAX_M_WINDOW`],
+    /// [`GEMV_BATCH_MAX_M_SMALL`] (smaller split ones), [`GEMV_BATCH_MAX_M_WINDOW_VECTORS`] or
+    /// [`GEMV_BATCH_MAX_M_WINDOW_VECTORS_MID`] (window splits whose GEMV launches take several
+    /// vectors, [`EntropyCodedLinear::gemv_vectors`]), else [`GEMV_BATCH_MAX_M_WINDOW`],
     /// [`GEMV_BATCH_MAX_M_WINDOW_MID`] or [`GEMV_BATCH_MAX_M_WINDOW_SMALL`] (window splits by
     /// size) or [`GEMV_BATCH_MAX_M_WHOLE`] where 32-wide subgroups run the fused GEMV, else 0
     /// (the workgroup GEMV is slower than the batched kernel there).
@@ -1049,7 +1067,7 @@ impl EntropyCodedLinear {
                 usize::MAX
             } else {
                 opts.gemv_batch_max_m.unwrap_or(if gemv_vectors > 1 {
-                    GEMV_BATCH_MAX_M_WINDOW_VECTORS
+                    default_gemv_many_batch_max_m(m.out_features() * m.in_features())
                 } else {
                     default_gemv_batch_max_m(
                         dev.gpu().registry().subgroups32(),
@@ -1600,6 +1618,17 @@ mod tests {
             (true, 3, 4096 * 14336, 12),
         ] {
             assert_eq!(default_gemv_batch_max_m(sg, low, w), want, "{sg} {low} {w}");
+        }
+        // window splits whose GEMV launches take several vectors
+        for (w, want) in [
+            (1024 * 4096, 48),
+            (4096 * 4096, 48),
+            (4096 * 4096 + 1, 16),
+            (8192 * 4096, 16),
+            (8192 * 4096 + 1, 48),
+            (128256 * 4096, 48),
+        ] {
+            assert_eq!(super::default_gemv_many_batch_max_m(w), want, "{w}");
         }
     }
 

@@ -15,7 +15,8 @@
 //!   [`GEMV_BATCH_MAX_M_WINDOW_MID`] (up to [`MID_LAYER_WEIGHTS`]) and
 //!   [`GEMV_BATCH_MAX_M_WINDOW_SMALL`] window splits) on such adapters it runs one fused GEMV
 //!   per row instead, which is faster there. Window splits run up to
-//!   [`GEMV_BATCH_MAX_M_WINDOW_VECTORS`] rows as fused GEMVs of [`GEMV_VECTORS`] rows a
+//!   [`GEMV_BATCH_MAX_M_WINDOW_VECTORS`] rows ([`GEMV_BATCH_MAX_M_WINDOW_VECTORS_MID`] from
+//!   [`SMALL_LAYER_WEIGHTS`] to [`MID_LAYER_WEIGHTS`]) as fused GEMVs of [`GEMV_VECTORS`] rows a
 //!   launch, each chunk decoded once per launch
 //!   ([`crate::gpu::GpuCodedMatrix::gemv_many_dispatch`]; [`LinearOptions::gemv_vectors`]).
 //! * [`QuantizedLinear`] is the plain MLX quantized baseline on the GPU (`qgemv.wgsl` for one
@@ -58,7 +59,8 @@ pub use coded::{
     CodedLayerRef, EntropyCodedLinear, LinearDispatch, LinearOptions, GEMV_BATCH_MAX_M,
     GEMV_BATCH_MAX_M_SMALL, GEMV_BATCH_MAX_M_WHOLE, GEMV_BATCH_MAX_M_WINDOW,
     GEMV_BATCH_MAX_M_WINDOW_MID, GEMV_BATCH_MAX_M_WINDOW_SMALL, GEMV_BATCH_MAX_M_WINDOW_VECTORS,
-    GEMV_VECTORS, MAX_M_PER_DISPATCH, MID_LAYER_WEIGHTS, SMALL_LAYER_WEIGHTS, TARGET_WORKGROUPS,
+    GEMV_BATCH_MAX_M_WINDOW_VECTORS_MID, GEMV_VECTORS, MAX_M_PER_DISPATCH, MID_LAYER_WEIGHTS,
+    SMALL_LAYER_WEIGHTS, TARGET_WORKGROUPS,
 };
 pub use cpu::CpuLinear;
 pub use device::LinearDevice;
