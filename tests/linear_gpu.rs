@@ -198,7 +198,9 @@ fn plain_batched_baseline_matches_cpu_reference() {
         let c = case(200 + i as u64, r, k, b, gs, 16384, 8);
         let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
         let plain = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
-        for m in [1usize, 5, 129] {
+        // (2..=8 rows of 4-bit weights: one launch of qgemv4_many where subgroups are 32
+        // wide)
+        for m in [1usize, 2, 5, 8, 9, 129] {
             let x = activations(i as u64 + 77 * m as u64, m * k);
             let y = plain.forward_batch(&x, m).unwrap();
             assert_close(&format!("qgemm {r}x{k} b{b} m{m}"), &cpu, &x, m, &y, 0.0);

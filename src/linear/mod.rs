@@ -19,8 +19,10 @@
 //!   [`SMALL_LAYER_WEIGHTS`] to [`MID_LAYER_WEIGHTS`]) as fused GEMVs of [`GEMV_VECTORS`] rows a
 //!   launch, each chunk decoded once per launch
 //!   ([`crate::gpu::GpuCodedMatrix::gemv_many_dispatch`]; [`LinearOptions::gemv_vectors`]).
-//! * [`QuantizedLinear`] is the plain MLX quantized baseline on the GPU (`qgemv.wgsl` for one
-//!   vector, `wgsl/qgemm.wgsl` for a batch, with the same multiply as `rans_gemm.wgsl`).
+//! * [`QuantizedLinear`] is the plain MLX quantized baseline on the GPU (the plain GEMV for one
+//!   vector, `wgsl/qgemv4_many.wgsl` for 2 to [`PLAIN_GEMV_MANY_MAX_M`] rows of 4-bit weights
+//!   where subgroups are 32 wide, `wgsl/qgemm.wgsl` for a batch, with the same multiply as
+//!   `rans_gemm.wgsl`).
 //! * [`CpuLinear`] is the reference: dequantized weights in `f32`, products summed in `f64`.
 //! * [`EntropyCodedModel`] opens an encoded mlx-lm directory or file and uploads every coded
 //!   linear layer straight from the memory-mapped file (borrowed slices into
@@ -65,7 +67,7 @@ pub use coded::{
 pub use cpu::CpuLinear;
 pub use device::LinearDevice;
 pub use model::EntropyCodedModel;
-pub use plain::QuantizedLinear;
+pub use plain::{QuantizedLinear, PLAIN_GEMV_MANY_MAX_M};
 
 use half::f16;
 

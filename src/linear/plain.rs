@@ -7,6 +7,13 @@ use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, Linear, LinearError};
 use crate::quant::QuantizedMatrix;
 
+/// Activation rows up to which [`QuantizedLinear`]'s `forward_batch` runs one launch of the
+/// plain multi-vector GEMV (`wgsl/qgemv4_many.wgsl`) instead of `qgemm`, where it can: on an
+/// H200 it took 0.23-0.96x `qgemm`'s time at 2-8 rows at Llama-3-8B's layer shapes and the
+/// 6144x4096 of a merged q, k, v (0.38x at the lm_head with 4), and 0.56-1.04x at 16
+/// (BENCHMARKS.md, Prefill, twenty-first session).
+pub const PLAIN_GEMV_MANY_MAX_M: usize = 8;
+
 /// Uniform block of `qgemm.wgsl`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -36,7 +43,10 @@ struct Params {
 /// vector) runs the dedicated plain GEMV of [`crate::gpu::GpuQuantizedMatrix`] on the same
 /// buffers where it takes the matrix (`cols * bits` a multiple of 128): on an H200 `qgemm`
 /// took 42.2 µs for one vector at 1024x4096 and the GEMV 5.4 (BENCHMARKS.md, issue 5, tenth
-/// session); elsewhere `qgemm` with one row.
+/// session); elsewhere `qgemm` with one row. For 2 to [`PLAIN_GEMV_MANY_MAX_M`] rows of 4-bit
+/// weights `forward_batch` runs one launch of `wgsl/qgemv4_many.wgsl` where 32-wide subgroups
+/// allow it ([`crate::gpu::GpuQuantizedMatrix::gemv_many_dispatch`], the weights read once for
+/// all rows).
 #[derive(Debug)]
 pub struct QuantizedLinear {
     dev: Arc<LinearDevice>,
@@ -273,6 +283,25 @@ impl Linear for QuantizedLinear {
     fn forward_batch(&self, x: &[f32], m: usize) -> Result<Vec<f32>, LinearError> {
         let (r, k) = (self.out_features(), self.in_features());
         check_x(&self.name, k, x.len(), m)?;
+        let registry = self.dev.gpu().registry();
+        if let Some(v) = self
+            .vector
+            .as_ref()
+            .filter(|v| (2..=PLAIN_GEMV_MANY_MAX_M).contains(&m) && v.gemv_many_supported(registry))
+        {
+            // (cols % 16 == 0 here: the rows need no padding)
+            let mut y = self.run(x, m * r, |xb, yb, pass| {
+                v.gemv_many_dispatch(self.dev.device(), registry, xb, yb, m as u32)
+                    .map_err(|source| LinearError::Gpu {
+                        layer: self.name.clone(),
+                        source,
+                    })?
+                    .record(pass);
+                Ok(())
+            })?;
+            add_bias(&mut y, self.bias.as_deref());
+            return Ok(y);
+        }
         let k4 = k.div_ceil(4) * 4;
         let mut y = Vec::with_capacity(m * r);
         for start in (0..m).step_by(MAX_M_PER_DISPATCH) {
