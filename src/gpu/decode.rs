@@ -1349,35 +1349,23 @@ impl GpuCodedMatrix {
         vectors: usize,
         variant: FusedVariant,
     ) -> Result<Vec<f32>, GpuError> {
-        let (r, k) = (self.rows(), self.cols());
-        if x.len() != vectors * k {
-            return Err(GpuError::InvalidInput(format!(
-                "x has {} entries, {vectors} vectors of cols = {k} need {}",
-                x.len(),
-                vectors * k
-            )));
-        }
-        if r == 0 || vectors == 0 {
-            return Ok(Vec::new());
-        }
-        if k == 0 || self.n_chunks() == 0 {
-            return Ok(vec![0.0; vectors * r]);
-        }
-        let mut y = Vec::with_capacity(vectors * r);
-        if !(variant.is_blocked() && self.gemv_many_supported(registry)) {
-            for xv in x.chunks_exact(k) {
-                y.extend(self.gemv_with(device, queue, registry, xv, variant)?);
-            }
-            return Ok(y);
-        }
-        for xs in x.chunks(MAX_GEMV_VECTORS as usize * k) {
-            let n = xs.len() / k;
-            let xb = super::upload_x(device, xs)?;
-            let yb = super::nan_output(device, n * r)?;
-            let d = self.gemv_many_dispatch_with(device, registry, &xb, &yb, n as u32, variant)?;
-            y.extend(self.run_and_read(device, queue, &d, &yb, n * r)?);
-        }
-        Ok(y)
+        let many = variant.is_blocked() && self.gemv_many_supported(registry);
+        super::gemv_many_runs(
+            x,
+            vectors,
+            self.rows(),
+            self.cols(),
+            self.n_chunks() == 0,
+            many,
+            |xv| self.gemv_with(device, queue, registry, xv, variant),
+            |xs, n| {
+                let xb = super::upload_x(device, xs)?;
+                let yb = super::nan_output(device, n * self.rows())?;
+                let d =
+                    self.gemv_many_dispatch_with(device, registry, &xb, &yb, n as u32, variant)?;
+                self.run_and_read(device, queue, &d, &yb, n * self.rows())
+            },
+        )
     }
 
     /// Whether [`Self::gemv_x8_dispatch`] can run this matrix on `registry`'s device: a window

@@ -789,35 +789,21 @@ impl GpuQuantizedMatrix {
         x: &[f32],
         vectors: usize,
     ) -> Result<Vec<f32>, GpuError> {
-        let (r, k) = (self.rows(), self.cols());
-        if x.len() != vectors * k {
-            return Err(GpuError::InvalidInput(format!(
-                "x has {} entries, {vectors} vectors of cols = {k} need {}",
-                x.len(),
-                vectors * k
-            )));
-        }
-        if r == 0 || vectors == 0 {
-            return Ok(Vec::new());
-        }
-        if k == 0 {
-            return Ok(vec![0.0; vectors * r]);
-        }
-        let mut y = Vec::with_capacity(vectors * r);
-        if !self.gemv_many_supported(registry) {
-            for xv in x.chunks_exact(k) {
-                y.extend(self.gemv(device, queue, registry, xv)?);
-            }
-            return Ok(y);
-        }
-        for xs in x.chunks(super::MAX_GEMV_VECTORS as usize * k) {
-            let n = xs.len() / k;
-            let xb = super::upload_x(device, xs)?;
-            let yb = super::nan_output(device, n * r)?;
-            let d = self.gemv_many_dispatch(device, registry, &xb, &yb, n as u32)?;
-            y.extend(run_and_read(device, queue, &d, &yb, n * r)?);
-        }
-        Ok(y)
+        super::gemv_many_runs(
+            x,
+            vectors,
+            self.rows(),
+            self.cols(),
+            false,
+            self.gemv_many_supported(registry),
+            |xv| self.gemv(device, queue, registry, xv),
+            |xs, n| {
+                let xb = super::upload_x(device, xs)?;
+                let yb = super::nan_output(device, n * self.rows())?;
+                let d = self.gemv_many_dispatch(device, registry, &xb, &yb, n as u32)?;
+                run_and_read(device, queue, &d, &yb, n * self.rows())
+            },
+        )
     }
 
     /// `y = W x`, read back. `y` is filled with NaN first so unwritten rows show.

@@ -1069,6 +1069,47 @@ pub(crate) fn check_x_len(x: &[f32], cols: usize) -> Result<(), GpuError> {
     Ok(())
 }
 
+/// What the `gemv_many` entry points share: checks that `x` holds `vectors` rows of `cols`;
+/// gives no outputs for no rows or vectors, zeros for an empty matrix (`empty`), and else the
+/// outputs of `launch(xs, n)` over runs of up to [`MAX_GEMV_VECTORS`] vectors where `many`,
+/// or of `one(x)` a vector.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemv_many_runs(
+    x: &[f32],
+    vectors: usize,
+    rows: usize,
+    cols: usize,
+    empty: bool,
+    many: bool,
+    mut one: impl FnMut(&[f32]) -> Result<Vec<f32>, GpuError>,
+    mut launch: impl FnMut(&[f32], usize) -> Result<Vec<f32>, GpuError>,
+) -> Result<Vec<f32>, GpuError> {
+    if x.len() != vectors * cols {
+        return Err(GpuError::InvalidInput(format!(
+            "x has {} entries, {vectors} vectors of cols = {cols} need {}",
+            x.len(),
+            vectors * cols
+        )));
+    }
+    if rows == 0 || vectors == 0 {
+        return Ok(Vec::new());
+    }
+    if cols == 0 || empty {
+        return Ok(vec![0.0; vectors * rows]);
+    }
+    let mut y = Vec::with_capacity(vectors * rows);
+    if many {
+        for xs in x.chunks(MAX_GEMV_VECTORS as usize * cols) {
+            y.extend(launch(xs, xs.len() / cols)?);
+        }
+    } else {
+        for xv in x.chunks_exact(cols) {
+            y.extend(one(xv)?);
+        }
+    }
+    Ok(y)
+}
+
 /// Activations `x` as a storage buffer.
 pub(crate) fn upload_x(device: &wgpu::Device, x: &[f32]) -> Result<wgpu::Buffer, GpuError> {
     storage_init(
