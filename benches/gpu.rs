@@ -21,7 +21,11 @@
 //! `ecq encode --window` writes; label `_window`, `_windowp` in row pairs), for which the
 //! group also times the plain and the fused GEMV on activations quantized to 8 bits once
 //! (`plain_qgemv_x8`, `fused_rans_gemv_x8`: `gemv_x8_dispatch`, approximate) where the
-//! blocked fused kernel runs (32-wide subgroups). Times are
+//! blocked fused kernel runs (32-wide subgroups), and one launch of `ECQ_GPU_BENCH_VECTORS`
+//! activation vectors (default 8; 2..=16) of the fused GEMV and of its plain counterpart
+//! (`fused_rans_gemv_many_vN`, `plain_qgemv4_many_vN`: `gemv_many_dispatch`, each chunk decoded
+//! and each weight read once for all vectors; throughput in weight-vector products) where both
+//! run (window splits, 32-wide subgroups). Times are
 //! GPU timestamps of the pass holding the iterations where the device has `TIMESTAMP_QUERY`,
 //! else the wall clock after `finish()` (`examples/common/timing.rs`). For the full comparison
 //! table use `examples/bench_gpu.rs`.
@@ -189,6 +193,27 @@ fn bench(c: &mut Criterion) {
         (plain_x8, fused_x8)
     });
 
+    // several vectors a launch (window splits on the blocked fused kernel, 32-wide subgroups)
+    let vectors: u32 = env_num("ECQ_GPU_BENCH_VECTORS").unwrap_or(8);
+    let many =
+        (coded[0].gemv_many_supported(reg) && plain[0].gemv_many_supported(reg)).then(|| {
+            let xm = mk(k as u64 * 4 * vectors as u64);
+            let xs: Vec<f32> = (0..k * vectors as usize)
+                .map(|_| rng.random::<f32>() - 0.5)
+                .collect();
+            ctx.queue().write_buffer(&xm, 0, bytemuck::cast_slice(&xs));
+            let ym = mk(r as u64 * 4 * vectors as u64);
+            let plain_m: Vec<_> = plain
+                .iter()
+                .map(|m| m.gemv_many_dispatch(dev, reg, &xm, &ym, vectors).unwrap())
+                .collect();
+            let fused_m: Vec<_> = coded
+                .iter()
+                .map(|m| m.gemv_many_dispatch(dev, reg, &xm, &ym, vectors).unwrap())
+                .collect();
+            (plain_m, fused_m)
+        });
+
     // the label's chunk: the symbols a chunk holds as coded (after min_chunks)
     let chunk_symbols = enc.chunk_rows() * enc.cols() / enc.weights_per_symbol() as usize;
     let mut g = c.benchmark_group(format!(
@@ -230,6 +255,20 @@ fn bench(c: &mut Criterion) {
             }
             Err(e) => eprintln!("fused_diag{diag} skipped: {e}"),
         }
+    }
+    if let Some((plain_m, fused_m)) = &many {
+        g.throughput(Throughput::Elements((r * k) as u64 * vectors as u64));
+        g.bench_function(format!("plain_qgemv4_many_v{vectors}"), |b| {
+            b.iter_custom(|n| run(&ctx, &timer, plain_m, n))
+        });
+        g.bench_function(format!("fused_rans_gemv_many_v{vectors}"), |b| {
+            b.iter_custom(|n| run(&ctx, &timer, fused_m, n))
+        });
+    } else if low_bits == 3 {
+        eprintln!(
+            "fused_rans_gemv_many skipped: several vectors a launch need the blocked fused \
+             kernel (32-wide subgroups)"
+        );
     }
     g.throughput(Throughput::Elements((r * k) as u64));
     match dec_d {
