@@ -223,6 +223,25 @@ fn read(dev: &LinearDevice, b: &wgpu::Buffer, n: usize) -> Vec<f32> {
     v
 }
 
+/// For each copy of a matrix, the launches that cover `m` activation rows in runs of at most
+/// `per` vectors (`launch(copy, n)` makes one of `n` vectors, reading the buffers' first rows).
+fn vector_runs<C, D, E>(
+    copies: &[C],
+    m: usize,
+    per: usize,
+    launch: impl Fn(&C, u32) -> Result<D, E>,
+) -> Result<Vec<Vec<D>>, E> {
+    copies
+        .iter()
+        .map(|c| {
+            (0..m)
+                .step_by(per)
+                .map(|i| launch(c, per.min(m - i) as u32))
+                .collect()
+        })
+        .collect()
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = parse_args();
     let dev: Arc<LinearDevice> = LinearDevice::new()?;
@@ -443,33 +462,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         if multi.iter().any(|&(p, _, _)| p == per) {
                             continue;
                         }
-                        let plain_launches: Vec<Vec<ecq::gpu::Dispatch>> = qv
-                            .iter()
-                            .map(|q| {
-                                (0..m)
-                                    .step_by(per)
-                                    .map(|i| {
-                                        let n = per.min(m - i) as u32;
-                                        q.gemv_many_dispatch(dev.device(), registry, &xb, &yp, n)
-                                    })
-                                    .collect::<Result<Vec<_>, _>>()
-                            })
-                            .collect::<Result<_, _>>()?;
+                        let plain_launches = vector_runs(&qv, m, per, |q, n| {
+                            q.gemv_many_dispatch(dev.device(), registry, &xb, &yp, n)
+                        })?;
                         let tp = time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
                             for d in &plain_launches[i % copies] {
                                 d.record(pass)
                             }
                         })
                         .t;
-                        let launches: Vec<Vec<LinearDispatch>> = coded
-                            .iter()
-                            .map(|c| {
-                                (0..m)
-                                    .step_by(per)
-                                    .map(|i| c.vectors_dispatch(&xb, &ym, per.min(m - i) as u32))
-                                    .collect::<Result<Vec<_>, _>>()
-                            })
-                            .collect::<Result<_, _>>()?;
+                        let launches =
+                            vector_runs(coded, m, per, |c, n| c.vectors_dispatch(&xb, &ym, n))?;
                         let t = time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
                             for d in &launches[i % copies] {
                                 d.record(pass)
@@ -486,25 +489,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             .into_iter()
                             .enumerate()
                             {
-                                let launches: Vec<Vec<ecq::gpu::Dispatch>> = forced
-                                    .iter()
-                                    .map(|c| {
-                                        (0..m)
-                                            .step_by(per)
-                                            .map(|i| {
-                                                let n = per.min(m - i) as u32;
-                                                c.gemv_many_dispatch_with(
-                                                    dev.device(),
-                                                    registry,
-                                                    &xb,
-                                                    &ym,
-                                                    n,
-                                                    variant,
-                                                )
-                                            })
-                                            .collect::<Result<Vec<_>, _>>()
-                                    })
-                                    .collect::<Result<_, _>>()?;
+                                let launches = vector_runs(&forced, m, per, |c, n| {
+                                    c.gemv_many_dispatch_with(
+                                        dev.device(),
+                                        registry,
+                                        &xb,
+                                        &ym,
+                                        n,
+                                        variant,
+                                    )
+                                })?;
                                 ts[ti] =
                                     time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
                                         for d in &launches[i % copies] {

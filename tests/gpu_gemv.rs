@@ -1291,7 +1291,7 @@ fn plain_gemv_many_vectors() {
         assert!(
             matches!(&r, Err(ecq::gpu::GpuError::InvalidInput(e)) if e.contains("1..=16")),
             "{n} vectors: {}",
-            r.err().map_or("Ok".into(), |e| e.to_string())
+            outcome(r)
         );
     }
     let r = m.gemv_many_dispatch(dev, reg, &storage(dev, 4 * 1024 * 3), &yb, 4);
@@ -1299,13 +1299,13 @@ fn plain_gemv_many_vectors() {
         assert!(
             matches!(&r, Err(ecq::gpu::GpuError::InvalidInput(e)) if e.contains("4 vectors")),
             "{}",
-            r.err().map_or("Ok".into(), |e| e.to_string())
+            outcome(r)
         );
     } else {
         assert!(
             matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if e.contains("32-wide")),
             "{}",
-            r.err().map_or("Ok".into(), |e| e.to_string())
+            outcome(r)
         );
     }
     let (q8, x8) = random_matrix(2791, 4, 1024, 8, 64);
@@ -1315,7 +1315,7 @@ fn plain_gemv_many_vectors() {
     assert!(
         matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if e.contains("4 bits")),
         "{}",
-        r.err().map_or("Ok".into(), |e| e.to_string())
+        outcome(r)
     );
     let (want, sum_abs) = reference(&q8, &x8);
     let y = m8.gemv_many(dev, ctx.queue(), reg, &x8, 1).unwrap();
@@ -1326,6 +1326,11 @@ fn plain_gemv_many_vectors() {
              launch a vector and the refusals were checked",
         );
     }
+}
+
+/// A launch's result in an assertion message (`Dispatch` has no `Debug`).
+fn outcome<T>(r: Result<T, ecq::gpu::GpuError>) -> String {
+    r.err().map_or("Ok".into(), |e| e.to_string())
 }
 
 /// A storage buffer of `bytes` for launches that are never run.
@@ -1457,7 +1462,7 @@ fn fused_gemv_window_many_vectors() {
         assert!(
             matches!(&r, Err(ecq::gpu::GpuError::InvalidInput(e)) if e.contains("1..=16")),
             "{n} vectors: {}",
-            r.err().map_or("Ok".into(), |e| e.to_string())
+            outcome(r)
         );
     }
     let r = m.gemv_many(dev, ctx.queue(), reg, &x, 2);
@@ -1481,7 +1486,7 @@ fn fused_gemv_window_many_vectors() {
         assert!(
             matches!(&r, Err(ecq::gpu::GpuError::InvalidInput(e)) if e.contains("16 vectors")),
             "{}",
-            r.err().map_or("Ok".into(), |e| e.to_string())
+            outcome(r)
         );
         let mut m2 = m;
         m2.set_chunk_subgroups(2).unwrap();
@@ -1490,14 +1495,14 @@ fn fused_gemv_window_many_vectors() {
         assert!(
             matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if e.contains("one group")),
             "{}",
-            r.err().map_or("Ok".into(), |e| e.to_string())
+            outcome(r)
         );
     } else {
         let r = m.gemv_many_dispatch(dev, reg, &xb, &yb, 2);
         assert!(
             matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if e.contains("blocked fused")),
             "{}",
-            r.err().map_or("Ok".into(), |e| e.to_string())
+            outcome(r)
         );
     }
     // a matrix coded whole: one launch a vector, refused as one launch
@@ -1519,7 +1524,7 @@ fn fused_gemv_window_many_vectors() {
     assert!(
         matches!(&r, Err(ecq::gpu::GpuError::Unsupported(_))),
         "{}",
-        r.err().map_or("Ok".into(), |e| e.to_string())
+        outcome(r)
     );
     if !ctx.registry().subgroups32() {
         gpu_common::announce_unsupported(

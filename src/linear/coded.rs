@@ -1421,11 +1421,8 @@ impl EntropyCodedLinear {
         for band in &self.bands {
             enc.clear_buffer(&band.errors, 0, None);
         }
-        let per = if self.x8 {
-            1
-        } else {
-            self.gemv_vectors.max(1) as usize
-        };
+        // (1 on 8-bit activations: the upload resolves it so)
+        let per = self.gemv_vectors as usize;
         // (each launch's outputs, per band, go to a scratch buffer and are copied into y at
         // their offsets, a copy per row: storage bindings at arbitrary offsets are not
         // allowed)

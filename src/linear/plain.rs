@@ -247,6 +247,29 @@ impl QuantizedLinear {
             })?;
         Ok(bytemuck::pod_collect_to_vec::<u8, f32>(&out[0]))
     }
+
+    /// [`Self::run`] of one launch of the plain GEMV matrix (`launch(x, y)`), plus the bias.
+    fn run_with_bias(
+        &self,
+        x: &[f32],
+        n: usize,
+        launch: impl FnOnce(
+            &wgpu::Buffer,
+            &wgpu::Buffer,
+        ) -> Result<crate::gpu::Dispatch, crate::gpu::GpuError>,
+    ) -> Result<Vec<f32>, LinearError> {
+        let mut y = self.run(x, n, |xb, yb, pass| {
+            launch(xb, yb)
+                .map_err(|source| LinearError::Gpu {
+                    layer: self.name.clone(),
+                    source,
+                })?
+                .record(pass);
+            Ok(())
+        })?;
+        add_bias(&mut y, self.bias.as_deref());
+        Ok(y)
+    }
 }
 
 impl Linear for QuantizedLinear {
@@ -267,17 +290,9 @@ impl Linear for QuantizedLinear {
             return self.forward_batch(x, 1);
         };
         check_x(&self.name, self.in_features(), x.len(), 1)?;
-        let mut y = self.run(x, self.out_features(), |xb, yb, pass| {
+        self.run_with_bias(x, self.out_features(), |xb, yb| {
             v.gemv_dispatch(self.dev.device(), self.dev.gpu().registry(), xb, yb)
-                .map_err(|source| LinearError::Gpu {
-                    layer: self.name.clone(),
-                    source,
-                })?
-                .record(pass);
-            Ok(())
-        })?;
-        add_bias(&mut y, self.bias.as_deref());
-        Ok(y)
+        })
     }
 
     fn forward_batch(&self, x: &[f32], m: usize) -> Result<Vec<f32>, LinearError> {
@@ -290,17 +305,9 @@ impl Linear for QuantizedLinear {
             .filter(|v| (2..=PLAIN_GEMV_MANY_MAX_M).contains(&m) && v.gemv_many_supported(registry))
         {
             // (cols % 16 == 0 here: the rows need no padding)
-            let mut y = self.run(x, m * r, |xb, yb, pass| {
+            return self.run_with_bias(x, m * r, |xb, yb| {
                 v.gemv_many_dispatch(self.dev.device(), registry, xb, yb, m as u32)
-                    .map_err(|source| LinearError::Gpu {
-                        layer: self.name.clone(),
-                        source,
-                    })?
-                    .record(pass);
-                Ok(())
-            })?;
-            add_bias(&mut y, self.bias.as_deref());
-            return Ok(y);
+            });
         }
         let k4 = k.div_ceil(4) * 4;
         let mut y = Vec::with_capacity(m * r);
