@@ -25,7 +25,8 @@
 //! activation vectors (default 8; 2..=16) of the fused GEMV and of its plain counterpart
 //! (`fused_rans_gemv_many_vN`, `plain_qgemv4_many_vN`: `gemv_many_dispatch`, each chunk decoded
 //! and each weight read once for all vectors; throughput in weight-vector products) where both
-//! run (window splits, 32-wide subgroups). Times are
+//! run (window splits, 32-wide subgroups), in row pairs also on activations in lane order
+//! (`_many_lanes_vN`: `gemv_many_lane_order_dispatch`). Times are
 //! GPU timestamps of the pass holding the iterations where the device has `TIMESTAMP_QUERY`,
 //! else the wall clock after `finish()` (`examples/common/timing.rs`). For the full comparison
 //! table use `examples/bench_gpu.rs`.
@@ -211,7 +212,29 @@ fn bench(c: &mut Criterion) {
                 .iter()
                 .map(|m| m.gemv_many_dispatch(dev, reg, &xm, &ym, vectors).unwrap())
                 .collect();
-            (plain_m, fused_m)
+            // the same launches on activations in lane order (row pairs only)
+            let lanes = coded[0].lane_order_supported(reg).then(|| {
+                let xl = mk(k as u64 * 4 * vectors as u64);
+                let lanes = ecq::gpu::x_lane_order(&xs, k).unwrap();
+                ctx.queue()
+                    .write_buffer(&xl, 0, bytemuck::cast_slice(&lanes));
+                let plain_l: Vec<_> = plain
+                    .iter()
+                    .map(|m| {
+                        m.gemv_many_lane_order_dispatch(dev, reg, &xl, &ym, vectors)
+                            .unwrap()
+                    })
+                    .collect();
+                let fused_l: Vec<_> = coded
+                    .iter()
+                    .map(|m| {
+                        m.gemv_many_lane_order_dispatch(dev, reg, &xl, &ym, vectors)
+                            .unwrap()
+                    })
+                    .collect();
+                (plain_l, fused_l)
+            });
+            (plain_m, fused_m, lanes)
         });
 
     // the label's chunk: the symbols a chunk holds as coded (after min_chunks)
@@ -256,7 +279,7 @@ fn bench(c: &mut Criterion) {
             Err(e) => eprintln!("fused_diag{diag} skipped: {e}"),
         }
     }
-    if let Some((plain_m, fused_m)) = &many {
+    if let Some((plain_m, fused_m, lanes)) = &many {
         g.throughput(Throughput::Elements((r * k) as u64 * vectors as u64));
         g.bench_function(format!("plain_qgemv4_many_v{vectors}"), |b| {
             b.iter_custom(|n| run(&ctx, &timer, plain_m, n))
@@ -264,6 +287,14 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("fused_rans_gemv_many_v{vectors}"), |b| {
             b.iter_custom(|n| run(&ctx, &timer, fused_m, n))
         });
+        if let Some((plain_l, fused_l)) = lanes {
+            g.bench_function(format!("plain_qgemv4_many_lanes_v{vectors}"), |b| {
+                b.iter_custom(|n| run(&ctx, &timer, plain_l, n))
+            });
+            g.bench_function(format!("fused_rans_gemv_many_lanes_v{vectors}"), |b| {
+                b.iter_custom(|n| run(&ctx, &timer, fused_l, n))
+            });
+        }
     } else if low_bits == 3 {
         eprintln!(
             "fused_rans_gemv_many skipped: several vectors a launch need the blocked fused \

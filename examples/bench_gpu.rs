@@ -65,6 +65,13 @@
 //! (`ecq::gpu::quantize_x8_dispatch`) on its own; the per-token table gets a row `x8` (plain
 //! there = the int8-dot kernel on pre-quantized activations) and a row `x8 + pre-passes`
 //! adding one quantizing pre-pass per distinct input vector of a layer to both kernels.
+//! `--lane-order` likewise times, for window splits in row pairs on each blocked kernel timed,
+//! the fused GEMV on activations in lane order (`GpuCodedMatrix::gemv_many_lane_order_dispatch`,
+//! one vector; the same outputs, checked) against the plain 4-bit kernel on them
+//! (`GpuQuantizedMatrix::gemv_lane_order_dispatch`), and the permutation into lane order
+//! (`ecq::gpu::x_lane_order_dispatch`) on its own; the per-token table gets a row `lane
+//! order` and a row `lane order + permutes` adding one permutation per distinct input vector
+//! of a layer to both kernels.
 //! `--variants file` codes each matrix as `ecq encode` writes it (`EncodeOptions::default()`
 //! whole, `SplitMatrix::default_options()` split: chunks for `SPLIT_MIN_CHUNKS` decoders).
 //! `--per-token llama3-8b` times the linear-layer shapes of that model (q, o 4096x4096; k, v
@@ -122,6 +129,8 @@ struct Args {
     tables_built: bool,
     /// `--x8`: also the fused and plain GEMVs on 8-bit activations
     x8: bool,
+    /// `--lane-order`: also the fused and plain GEMVs on activations in lane order
+    lane_order: bool,
     wall: bool,
     plain_variants: Vec<QGemvVariant>,
     plain_only: bool,
@@ -211,7 +220,7 @@ struct Timed {
 
 const USAGE: &str = "usage: bench_gpu [--shapes RxK,...] [--sources g64,g128,absmax] \
 [--variants CHUNK:TILE|file,...] [--per-token llama3-8b|llama3.2-1b] [--iters N] [--rounds N] [--set-mib MIB] [--copy-mib MIB] \
-[--ksplit-sweep] [--workgroup] [--fused workgroup,subgroup,blocked,compact] [--tables-built] [--wall] \
+[--ksplit-sweep] [--workgroup] [--fused workgroup,subgroup,blocked,compact] [--tables-built] [--x8] [--lane-order] [--wall] \
 [--plain-variants [x|p]ROWS[:KSPLIT],...] [--plain-only] [--diagnose] [--diag-builds N,...] \
 [--chunk-subgroups N:MAX] \
 [--low-bits 0,2,2p] [--scales f32|f16|bf16]";
@@ -242,6 +251,7 @@ fn parse_args() -> Args {
         fused: Vec::new(),
         tables_built: false,
         x8: false,
+        lane_order: false,
         wall: false,
         plain_variants: Vec::new(),
         plain_only: false,
@@ -342,6 +352,11 @@ fn parse_args() -> Args {
             }
             "--x8" => {
                 a.x8 = true;
+                i += 1;
+                continue;
+            }
+            "--lane-order" => {
+                a.lane_order = true;
                 i += 1;
                 continue;
             }
@@ -760,6 +775,28 @@ fn warn_if_apart(what: &str, want: &[f32], got: &[f32]) {
     }
 }
 
+/// The first `n` f32 of `b` (a buffer with `COPY_SRC`), after the work submitted so far.
+fn read_f32(ctx: &GpuContext, b: &wgpu::Buffer, n: usize) -> Vec<f32> {
+    let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("read"),
+        size: (n * 4) as u64,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(b, 0, &staging, 0, (n * 4) as u64);
+    ctx.queue().submit([enc.finish()]);
+    staging.map_async(wgpu::MapMode::Read, .., |_| {});
+    ctx.wait().expect("wait");
+    let v = bytemuck::pod_collect_to_vec(&staging.get_mapped_range(..).expect("map"));
+    staging.unmap();
+    v
+}
+
+fn bits_of(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
 fn sig(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
@@ -833,6 +870,7 @@ fn main() {
     let mut timed = Vec::new();
     // (K, seconds) of the quantizing pre-pass (--x8), per activation width
     let mut prepass: Vec<(usize, f64)> = Vec::new();
+    let mut lane_prepass: Vec<(usize, f64)> = Vec::new();
     for &(r, k) in &args.shapes {
         let t0 = Instant::now();
         let w = weights(r, k, (r * 31 + k) as u64);
@@ -1039,6 +1077,43 @@ fn main() {
                     prepass.push((k, t_pre));
                 }
                 (window_x8, t_plain_x8, yp8)
+            });
+            // --lane-order: the activations permuted on the GPU, the plain kernel on them, and
+            // the permutation alone
+            let lanes = (args.lane_order && plain[0].nibble4_supported()).then(|| {
+                let xl = dev.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("x lane order"),
+                    size: (k * 4) as u64,
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                });
+                let d = ecq::gpu::x_lane_order_dispatch(dev, reg, &xb, &xl, 1, k)
+                    .expect("lane order dispatch");
+                d.submit(dev, ctx.queue());
+                let t_perm = time_dispatches(&ctx, &timer, &[d], args.iters, args.rounds).t;
+                let ds: Vec<Dispatch> = plain
+                    .iter()
+                    .map(|m| {
+                        m.gemv_lane_order_dispatch(dev, reg, &xl, &y_plain)
+                            .expect("lane order dispatch")
+                    })
+                    .collect();
+                let t_plain_lanes = time_dispatches(&ctx, &timer, &ds, args.iters, args.rounds).t;
+                ds[0].submit(dev, ctx.queue());
+                let ypl = read_f32(&ctx, &y_plain, r);
+                if bits_of(&ypl) != bits_of(&yp) {
+                    eprintln!("WARNING: {r}x{k} {source}: the plain GEMV on lane order differs");
+                }
+                eprintln!(
+                    "  plain {source}: on activations in lane order {:.1} us (column order {:.1} us), permutation (K = {k}) {:.1} us",
+                    t_plain_lanes * 1e6,
+                    t_plain * 1e6,
+                    t_perm * 1e6
+                );
+                if !lane_prepass.iter().any(|&(kk, _)| kk == k) {
+                    lane_prepass.push((k, t_perm));
+                }
+                (xl, t_plain_lanes)
             });
             drop(plain);
 
@@ -1378,6 +1453,47 @@ fn main() {
                             t_fused: t_x8,
                         });
                     }
+                    if let Some((xl, t_plain_lanes)) = lanes
+                        .as_ref()
+                        .filter(|_| blocked && coded[0].lane_order_supported(reg))
+                    {
+                        let ds: Vec<Dispatch> = coded
+                            .iter()
+                            .map(|m| {
+                                m.gemv_many_lane_order_dispatch_with(
+                                    dev,
+                                    reg,
+                                    xl,
+                                    &y_fused,
+                                    1,
+                                    fused_variant,
+                                )
+                                .expect("lane order dispatch")
+                            })
+                            .collect();
+                        let t_lanes = time_dispatches(&ctx, &timer, &ds, args.iters, args.rounds).t;
+                        ds[0].submit(dev, ctx.queue());
+                        if bits_of(&read_f32(&ctx, &y_fused, r)) != bits_of(&yf) {
+                            eprintln!(
+                                "WARNING: {r}x{k} {source} {geometry}: the fused GEMV on lane order differs"
+                            );
+                        }
+                        eprintln!(
+                            "  {source} {geometry}: fused {fused_variant:?} on activations in lane order {:.1} us ({:.2}x plain on lane order; column order {:.1} us)",
+                            t_lanes * 1e6,
+                            t_lanes / t_plain_lanes,
+                            t_fused * 1e6
+                        );
+                        timed.push(Timed {
+                            shape: (r, k),
+                            key: format!(
+                                "{source} | {chunks} | lane order{}",
+                                named.as_ref().map_or(String::new(), |n| format!(" {n}"))
+                            ),
+                            t_plain: *t_plain_lanes,
+                            t_fused: t_lanes,
+                        });
+                    }
                     timed.push(Timed {
                         shape: (r, k),
                         key: format!(
@@ -1430,7 +1546,7 @@ fn main() {
         println!();
     }
     if let Some(m) = args.per_token {
-        print_per_token(m, &timed, &prepass, clock);
+        print_per_token(m, &timed, &prepass, &lane_prepass, clock);
     }
     if !plain_rows.is_empty() {
         println!(
@@ -1455,8 +1571,15 @@ fn main() {
 /// The `--per-token` table: for each symbol source, chunk variant and kernel timed at every
 /// shape of `m`, the sums of the per-matrix medians over one layer and over one token; for the
 /// `x8` rows also with the quantizing pre-passes (`prepass`: seconds per activation width), one
-/// per distinct input vector, added to both kernels (both read pre-quantized activations).
-fn print_per_token(m: &ModelShapes, timed: &[Timed], prepass: &[(usize, f64)], clock: &str) {
+/// per distinct input vector, added to both kernels (both read pre-quantized activations); the
+/// `lane order` rows likewise with the permutations into lane order (`lane_prepass`).
+fn print_per_token(
+    m: &ModelShapes,
+    timed: &[Timed],
+    prepass: &[(usize, f64)],
+    lane_prepass: &[(usize, f64)],
+    clock: &str,
+) {
     let mut keys: Vec<&str> = Vec::new();
     for t in timed {
         if !keys.contains(&t.key.as_str()) {
@@ -1511,16 +1634,22 @@ fn print_per_token(m: &ModelShapes, timed: &[Timed], prepass: &[(usize, f64)], c
             token.1 * 1e3,
             token.1 / token.0
         );
-        let pre_of = |k: usize| prepass.iter().find(|&&(kk, _)| kk == k).map(|&(_, t)| t);
+        let (passes, what) = if key.contains("| lane order") {
+            (lane_prepass, "permutes")
+        } else {
+            (prepass, "pre-passes")
+        };
+        let pre_of = |k: usize| passes.iter().find(|&&(kk, _)| kk == k).map(|&(_, t)| t);
         let pre_layer: Option<f64> = m
             .inputs_per_layer
             .iter()
             .map(|&(k, n)| pre_of(k).map(|t| n as f64 * t))
             .sum();
-        if let (true, Some(pl), Some(ph)) = (key.contains("| x8"), pre_layer, pre_of(m.head.1)) {
+        let passes_apply = key.contains("| x8") || key.contains("| lane order");
+        if let (true, Some(pl), Some(ph)) = (passes_apply, pre_layer, pre_of(m.head.1)) {
             let pt = m.layers as f64 * pl + ph;
             println!(
-                "| {key} + pre-passes | {:.1} | {:.1} | {:.2}x | {:.2} | {:.2} | {:.2}x |",
+                "| {key} + {what} | {:.1} | {:.1} | {:.2}x | {:.2} | {:.2} | {:.2}x |",
                 (layer.0 + pl) * 1e6,
                 (layer.1 + pl) * 1e6,
                 (layer.1 + pl) / (layer.0 + pl),

@@ -10,7 +10,7 @@
 //!     [--ms 1,8,32,128,512] [--rounds 5] [--target-ms 30] [--set-mib 256] [--max-gemv-m 512]
 //!     [--chunk-symbols 16384] [--tile-chunks 32] [--min-chunks N]
 //!     [--coding whole,split,pairs,window] [--target-workgroups 256,512,1024]
-//!     [--vectors 2,4,8,16] [--vectors-tables] [--wall]
+//!     [--vectors 2,4,8,16] [--vectors-tables] [--many-diag 1,2,3] [--lane-order] [--wall]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64 (`ecq::quant::quantize_affine`), coded
@@ -35,8 +35,13 @@
 //! vectors, up to `--max-gemv-m` rows, both results checked against `qgemm`'s;
 //! `--vectors-tables` adds the fused launches with each decode table form forced
 //! (`GpuCodedMatrix::gemv_many_dispatch_with`, `FusedVariant::Blocked` = u32 table,
-//! `BlockedCompact`; the default picks one by the one-vector rule). Prints a markdown table on
-//! stdout.
+//! `BlockedCompact`; the default picks one by the one-vector rule), and `--many-diag` the
+//! plain multi-vector launches in each listed build of
+//! `GpuQuantizedMatrix::gemv_many_diagnostic_dispatch` (1, 2: diagnostics, 3: four rows a
+//! group, checked against `qgemm` like the others); `--lane-order` the fused and plain
+//! launches on activations in lane order (`ecq::gpu::x_lane_order`, permuted on the host:
+//! `gemv_many_lane_order_dispatch`), also checked, and the permutation of a launch's vectors
+//! on the GPU alone (`x_lane_order_dispatch`). Prints a markdown table on stdout.
 //!
 //! Clock (`examples/common/timing.rs`): where the device has `TIMESTAMP_QUERY`, times are the
 //! GPU duration of the compute pass holding a round's forwards divided by their number
@@ -80,6 +85,10 @@ struct Args {
     vectors: Vec<u32>,
     /// also time the multi-vector fused GEMV with each table form forced
     vectors_tables: bool,
+    /// builds of `gemv_many_diagnostic_dispatch` to time next to the plain launches
+    many_diag: Vec<u32>,
+    /// also time the launches on activations in lane order
+    lane_order: bool,
     wall: bool,
 }
 
@@ -104,6 +113,8 @@ fn parse_args() -> Args {
         targets: vec![None],
         vectors: vec![2, 4, 8, 16],
         vectors_tables: false,
+        many_diag: Vec::new(),
+        lane_order: false,
         wall: false,
     };
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -113,6 +124,10 @@ fn parse_args() -> Args {
     }
     if let Some(p) = args.iter().position(|s| s == "--vectors-tables") {
         a.vectors_tables = true;
+        args.remove(p);
+    }
+    if let Some(p) = args.iter().position(|s| s == "--lane-order") {
+        a.lane_order = true;
         args.remove(p);
     }
     let mut i = 0;
@@ -138,6 +153,7 @@ fn parse_args() -> Args {
             "--min-chunks" => a.min_chunks = Some(v.parse().expect("min-chunks")),
             "--target-workgroups" => a.targets = list(&v).into_iter().map(Some).collect(),
             "--vectors" => a.vectors = list(&v),
+            "--many-diag" => a.many_diag = list(&v),
             "--coding" => {
                 a.codings = v.split(',').map(String::from).collect();
                 for c in &a.codings {
@@ -370,16 +386,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let qv: Vec<GpuQuantizedMatrix> = (0..copies)
                 .map(|_| GpuQuantizedMatrix::upload(dev.device(), &q))
                 .collect::<Result<_, _>>()?;
-            // (--vectors-tables: the window split as GpuCodedMatrix copies, for forced tables)
-            let forced: Vec<ecq::gpu::GpuCodedMatrix> = match (&split, a.vectors_tables) {
-                (Some(s), true) if coding == "window" => (0..copies)
-                    .map(|_| {
-                        dev.gpu()
-                            .upload_split(s, Some(ecq::gpu::QuantParamsRef::from(&q)))
-                    })
-                    .collect::<Result<_, _>>()?,
-                _ => Vec::new(),
-            };
+            // (--vectors-tables, --lane-order: the window split as GpuCodedMatrix copies, for
+            // forced tables and lane order)
+            let forced: Vec<ecq::gpu::GpuCodedMatrix> =
+                match (&split, a.vectors_tables || a.lane_order) {
+                    (Some(s), true) if coding == "window" => (0..copies)
+                        .map(|_| {
+                            dev.gpu()
+                                .upload_split(s, Some(ecq::gpu::QuantParamsRef::from(&q)))
+                        })
+                        .collect::<Result<_, _>>()?,
+                    _ => Vec::new(),
+                };
             dev.gpu().wait()?;
             let registry = dev.gpu().registry();
             let xv = buffer(&dev, (k * 4) as u64, Some(&vec![0.5f32; k]));
@@ -396,6 +414,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let k4 = k.div_ceil(4) * 4;
                 let x: Vec<f32> = (0..m * k4).map(|_| gaussian(&mut rng)).collect();
                 let xb = buffer(&dev, (x.len() * 4) as u64, Some(&x));
+                let xl = buffer(
+                    &dev,
+                    (x.len() * 4) as u64,
+                    Some(&ecq::gpu::x_lane_order(&x, k4)?),
+                );
                 let yb = buffer(&dev, (m * r * 4) as u64, None);
                 let yq = buffer(&dev, (m * r * 4) as u64, None);
                 let batched_portable: Option<Vec<Vec<LinearDispatch>>> = portable
@@ -450,8 +473,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 // first V rows of xb: the time does not depend on which)
                 let ym = buffer(&dev, (m * r * 4) as u64, None);
                 let yp = buffer(&dev, (m * r * 4) as u64, None);
+                let yd = buffer(&dev, (m * r * 4) as u64, None);
                 let mut multi: Vec<(usize, f64, f64)> = Vec::new();
                 let mut forced_t: Vec<(f64, f64)> = Vec::new();
+                let mut diag_t: Vec<Vec<(u32, f64)>> = Vec::new();
+                let mut lanes_t: Vec<(f64, f64, f64)> = Vec::new();
+                let xperm = buffer(&dev, (x.len() * 4) as u64, None);
+                let yl = buffer(&dev, (m * r * 4) as u64, None);
+                let ylp = buffer(&dev, (m * r * 4) as u64, None);
                 let mut multi_diff = None;
                 if m <= a.max_gemv_m
                     && coded[0].gemv_vectors() > 1
@@ -480,7 +509,68 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         })
                         .t;
                         multi.push((per, t, tp));
-                        if !forced.is_empty() {
+                        let mut dts = Vec::new();
+                        for &diag in &a.many_diag {
+                            let launches = vector_runs(&qv, m, per, |q, n| {
+                                q.gemv_many_diagnostic_dispatch(
+                                    dev.device(),
+                                    registry,
+                                    &xb,
+                                    &yd,
+                                    n,
+                                    diag,
+                                )
+                            })?;
+                            let t = time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
+                                for d in &launches[i % copies] {
+                                    d.record(pass)
+                                }
+                            })
+                            .t;
+                            dts.push((diag, t));
+                        }
+                        diag_t.push(dts);
+                        if a.lane_order && !forced.is_empty() {
+                            let fl = vector_runs(&forced, m, per, |c, n| {
+                                c.gemv_many_lane_order_dispatch(dev.device(), registry, &xl, &yl, n)
+                            })?;
+                            let pl = vector_runs(&qv, m, per, |q, n| {
+                                q.gemv_many_lane_order_dispatch(
+                                    dev.device(),
+                                    registry,
+                                    &xl,
+                                    &ylp,
+                                    n,
+                                )
+                            })?;
+                            // the permutation of the launch's vectors into lane order, alone
+                            let perm = ecq::gpu::x_lane_order_dispatch(
+                                dev.device(),
+                                registry,
+                                &xb,
+                                &xperm,
+                                per,
+                                k4,
+                            )?;
+                            let tperm =
+                                time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, _| {
+                                    perm.record(pass)
+                                })
+                                .t;
+                            let mut ts = [0.0; 3];
+                            ts[2] = tperm;
+                            for (ti, l) in [&fl, &pl].into_iter().enumerate() {
+                                ts[ti] =
+                                    time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
+                                        for d in &l[i % copies] {
+                                            d.record(pass)
+                                        }
+                                    })
+                                    .t;
+                            }
+                            lanes_t.push((ts[0], ts[1], ts[2]));
+                        }
+                        if a.vectors_tables && !forced.is_empty() {
                             let mut ts = [0.0; 2];
                             for (ti, variant) in [
                                 ecq::gpu::FusedVariant::Blocked,
@@ -513,7 +603,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         // rows, as qgemm's first per rows of yq
                         let want = read(&dev, &yq, per * r);
                         let scale = want.iter().fold(0f32, |s, v| s.max(v.abs())).max(1e-30);
-                        for (what, b) in [("fused", &ym), ("plain", &yp)] {
+                        // (yd: the last diagnostic build's outputs, a GEMV only for build 3)
+                        let four_rows = a.many_diag.last() == Some(&3);
+                        let mut checked: Vec<(&str, &wgpu::Buffer)> =
+                            vec![("fused", &ym), ("plain", &yp)];
+                        if four_rows {
+                            checked.push(("plain four-row", &yd));
+                        }
+                        if !lanes_t.is_empty() {
+                            checked.push(("fused lane-order", &yl));
+                            checked.push(("plain lane-order", &ylp));
+                        }
+                        for (what, b) in checked {
                             let got = read(&dev, b, per * r);
                             let d = got
                                 .iter()
@@ -566,33 +667,51 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         t.map_or("-".to_string(), |t| format!("{:.2}x", t_gemm / t))
                     };
                     let target = target.map_or("default".to_string(), |t| t.to_string());
-                    let (multi_col, multi_ratio, plain_ratio, multi_diff_col) =
-                        if ti == 0 && !multi.is_empty() {
-                            let best = multi.iter().map(|&(_, t, _)| t).fold(f64::MAX, f64::min);
-                            let best_p = multi.iter().map(|&(_, _, t)| t).fold(f64::MAX, f64::min);
-                            (
-                                multi
-                                    .iter()
-                                    .enumerate()
-                                    .map(|(i, &(v, t, tp))| {
-                                        let tables = forced_t.get(i).map_or(String::new(), |f| {
-                                            format!(
-                                                " (u32 table {:.1}, compact {:.1})",
-                                                f.0 * 1e6,
-                                                f.1 * 1e6
-                                            )
-                                        });
-                                        format!("{v}: {:.1} / {:.1}{tables}", t * 1e6, tp * 1e6)
-                                    })
-                                    .collect::<Vec<_>>()
-                                    .join("; "),
-                                format!("{:.2}x", best / t_gemm),
-                                format!("{:.2}x", best / best_p),
-                                multi_diff.map_or("-".into(), |d| format!("{d:.1e}")),
-                            )
-                        } else {
-                            ("-".into(), "-".into(), "-".into(), "-".into())
-                        };
+                    let (multi_col, multi_ratio, plain_ratio, multi_diff_col) = if ti == 0
+                        && !multi.is_empty()
+                    {
+                        let best = multi.iter().map(|&(_, t, _)| t).fold(f64::MAX, f64::min);
+                        let best_p = multi.iter().map(|&(_, _, t)| t).fold(f64::MAX, f64::min);
+                        (
+                            multi
+                                .iter()
+                                .enumerate()
+                                .map(|(i, &(v, t, tp))| {
+                                    let tables = forced_t.get(i).map_or(String::new(), |f| {
+                                        format!(
+                                            " (u32 table {:.1}, compact {:.1})",
+                                            f.0 * 1e6,
+                                            f.1 * 1e6
+                                        )
+                                    });
+                                    let diags = diag_t.get(i).map_or(String::new(), |d| {
+                                        d.iter()
+                                            .map(|(k, t)| format!(" [build {k} {:.1}]", t * 1e6))
+                                            .collect()
+                                    });
+                                    let lanes = lanes_t.get(i).map_or(String::new(), |l| {
+                                        format!(
+                                            " (lane order {:.1} / {:.1}, permutation {:.1})",
+                                            l.0 * 1e6,
+                                            l.1 * 1e6,
+                                            l.2 * 1e6
+                                        )
+                                    });
+                                    format!(
+                                        "{v}: {:.1} / {:.1}{lanes}{tables}{diags}",
+                                        t * 1e6,
+                                        tp * 1e6
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                            format!("{:.2}x", best / t_gemm),
+                            format!("{:.2}x", best / best_p),
+                            multi_diff.map_or("-".into(), |d| format!("{d:.1e}")),
+                        )
+                    } else {
+                        ("-".into(), "-".into(), "-".into(), "-".into())
+                    };
                     println!(
                         "| {adapter} | {r}x{k} | {coding} | {m} | {target} | {} | {} | {:.1} | {:.1} | {} | {:.1} / {:.1} | {:.2}x | {} | {:.0} | {:.1e} | {multi_col} | {multi_ratio} | {plain_ratio} | {multi_diff_col} |",
                         us(t_qv),

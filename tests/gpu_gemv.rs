@@ -1279,6 +1279,24 @@ fn plain_gemv_many_vectors() {
                 let (want, sum_abs) = reference(&q, x);
                 assert_close(&format!("{label}: vector {j}"), yj, &want, &sum_abs, cols);
             }
+            // the four-row build (diagnostic 3) computes the same sums in the same order;
+            // builds 1 and 2 only launch (they do not compute the GEMV)
+            if reg.subgroups32() && n <= most {
+                let xb = input(dev, &xs[..n * cols]);
+                let yb = readable(dev, (4 * n * rows) as u64);
+                let d = m.gemv_many_dispatch(dev, reg, &xb, &yb, n as u32).unwrap();
+                let two = run_read(ctx, &d, &yb, n * rows);
+                assert_eq!(bits(two.clone()), bits(y.clone()), "{label}: one launch");
+                for diag in [3, 1, 2] {
+                    let d = m
+                        .gemv_many_diagnostic_dispatch(dev, reg, &xb, &yb, n as u32, diag)
+                        .unwrap_or_else(|e| panic!("{label} build {diag}: {e}"));
+                    let got = run_read(ctx, &d, &yb, n * rows);
+                    if diag == 3 {
+                        assert_eq!(bits(got), bits(two.clone()), "{label}: four rows a group");
+                    }
+                }
+            }
         }
     }
     // refusals
@@ -1291,6 +1309,14 @@ fn plain_gemv_many_vectors() {
         assert!(
             matches!(&r, Err(ecq::gpu::GpuError::InvalidInput(e)) if e.contains("1..=16")),
             "{n} vectors: {}",
+            outcome(r)
+        );
+    }
+    for diag in [0, 4] {
+        let r = m.gemv_many_diagnostic_dispatch(dev, reg, &xb, &yb, 2, diag);
+        assert!(
+            matches!(&r, Err(ecq::gpu::GpuError::InvalidInput(e)) if e.contains("1..=3")),
+            "build {diag}: {}",
             outcome(r)
         );
     }
@@ -1326,6 +1352,37 @@ fn plain_gemv_many_vectors() {
              launch a vector and the refusals were checked",
         );
     }
+}
+
+/// A buffer the kernels write and the host reads back.
+fn readable(dev: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
+    dev.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: bytes.max(4),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    })
+}
+
+/// Runs `d` and reads the first `n` f32 of `y` back.
+fn run_read(ctx: &GpuContext, d: &ecq::gpu::Dispatch, y: &wgpu::Buffer, n: usize) -> Vec<f32> {
+    let dev = ctx.device();
+    let staging = dev.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("staging"),
+        size: 4 * n as u64,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = dev.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        d.record(&mut pass);
+    }
+    enc.copy_buffer_to_buffer(y, 0, &staging, 0, 4 * n as u64);
+    ctx.queue().submit([enc.finish()]);
+    staging.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
+    ctx.wait().unwrap();
+    bytemuck::pod_collect_to_vec(&staging.get_mapped_range(..).unwrap())
 }
 
 /// A launch's result in an assertion message (`Dispatch` has no `Debug`).
@@ -1532,6 +1589,219 @@ fn fused_gemv_window_many_vectors() {
              subgroups; one launch a vector and the refusals were checked",
         );
     }
+}
+
+/// An f32 buffer holding `x`, for the kernels to read.
+fn input(dev: &wgpu::Device, x: &[f32]) -> wgpu::Buffer {
+    use wgpu::util::DeviceExt;
+    dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("x"),
+        contents: bytemuck::cast_slice(x),
+        usage: wgpu::BufferUsages::STORAGE,
+    })
+}
+
+/// The GPU's permutation into lane order (`ecq::gpu::x_lane_order_dispatch`) is the host's
+/// (`x_lane_order`) bit for bit: one and several vectors, rows of whole runs of 32 pieces
+/// and a last shorter run; widths that are not whole pieces and small buffers are refused.
+#[test]
+fn x_lane_order_on_gpu_matches_host() {
+    let Some(ctx) = ctx() else { return };
+    let (dev, reg) = (ctx.device(), ctx.registry());
+    let mut rng = ChaCha8Rng::seed_from_u64(3000);
+    for (cols, vectors) in [
+        (16, 1),
+        (48, 3),
+        (1040, 2),
+        (4096, 16),
+        (14336, 5),
+        (4112, 1),
+    ] {
+        let x: Vec<f32> = (0..cols * vectors).map(|_| gaussian(&mut rng)).collect();
+        let out = readable(dev, (4 * x.len()) as u64);
+        let d = ecq::gpu::x_lane_order_dispatch(dev, reg, &input(dev, &x), &out, vectors, cols)
+            .unwrap();
+        let got = run_read(ctx, &d, &out, x.len());
+        let want = ecq::gpu::x_lane_order(&x, cols).unwrap();
+        assert_eq!(bits(got), bits(want), "{vectors} vectors of {cols}");
+    }
+    let b = storage(dev, 4 * 1024);
+    for (vectors, cols, what) in [(1, 24, "multiple of 16"), (2, 1024, "need 8192")] {
+        let r = ecq::gpu::x_lane_order_dispatch(dev, reg, &b, &b, vectors, cols);
+        assert!(
+            matches!(&r, Err(ecq::gpu::GpuError::InvalidInput(e)) if e.contains(what)),
+            "{vectors} x {cols}: {}",
+            outcome(r)
+        );
+    }
+}
+
+/// The plain 4-bit GEMV on activations in lane order (`gemv_lane_order_dispatch`,
+/// `qgemv4_pipe.wgsl` with `XLANES`) gives `gemv_dispatch`'s outputs bit for bit (the same
+/// kernel and K split on the same values), at K splits from 1 to 8 and with a last run of
+/// fewer pieces; other widths are refused.
+#[test]
+fn plain_gemv_lane_order_matches_column_order() {
+    let Some(ctx) = ctx() else { return };
+    let (dev, reg) = (ctx.device(), ctx.registry());
+    for (i, &(rows, cols, gs)) in [
+        (7, 4096, 64),
+        (33, 1056, 32),
+        (5, 14336, 128),
+        (300, 512, 32),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (q, x) = random_matrix(3010 + i as u64, rows, cols, 4, gs);
+        let m = ctx.upload_quantized(&q).unwrap();
+        let (xc, xl) = (
+            input(dev, &x),
+            input(dev, &ecq::gpu::x_lane_order(&x, cols).unwrap()),
+        );
+        let yb = readable(dev, (4 * rows) as u64);
+        let want = run_read(
+            ctx,
+            &m.gemv_dispatch(dev, reg, &xc, &yb).unwrap(),
+            &yb,
+            rows,
+        );
+        let d = m.gemv_lane_order_dispatch(dev, reg, &xl, &yb).unwrap();
+        let got = run_read(ctx, &d, &yb, rows);
+        assert_eq!(bits(got), bits(want), "{rows}x{cols} g{gs}");
+    }
+    let (q8, x8) = random_matrix(3019, 4, 1024, 8, 64);
+    let m8 = ctx.upload_quantized(&q8).unwrap();
+    let b = input(dev, &x8);
+    let r = m8.gemv_lane_order_dispatch(dev, reg, &b, &b);
+    assert!(
+        matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if e.contains("4 bits")),
+        "{}",
+        outcome(r)
+    );
+}
+
+/// The multi-vector GEMVs on activations in lane order (`ecq::gpu::x_lane_order`,
+/// `gemv_many_lane_order_dispatch`) give the column-order launches' outputs bit for bit: the
+/// fused kernel on window splits in row pairs (both table forms, tables in memory and built,
+/// 1 to 16 vectors, rows of several runs of 32 pieces), the plain one on 4-bit matrices with
+/// a last run of fewer pieces. Other layouts are refused by name.
+#[test]
+fn gemv_many_lane_order_matches_column_order() {
+    let Some(ctx) = ctx() else { return };
+    let (dev, reg) = (ctx.device(), ctx.registry());
+    let most = ecq::gpu::MAX_GEMV_VECTORS as usize;
+    if !reg.subgroups32() {
+        let (m, _) = upload_window(ctx, 2900, 4, 1024, ecq::rans::SplitOrder::RowPairs);
+        assert!(!m.lane_order_supported(reg));
+        let b = storage(dev, 4 * 1024);
+        let r = m.gemv_many_lane_order_dispatch(dev, reg, &b, &b, 1);
+        assert!(
+            matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if e.contains("lane order")),
+            "{}",
+            outcome(r)
+        );
+        gpu_common::announce_unsupported(
+            "GEMVs on activations in lane order: the multi-vector kernels need 32-wide subgroups; the refusal was checked",
+        );
+        return;
+    }
+    // fused: (rows, cols, group size, chunk symbols)
+    for (i, &(rows, cols, gs, chunk)) in [
+        (10, 4096, 64, 1024),
+        (6, 14336, 128, 8192),
+        (4, 1024, 32, 512),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (q, _) = random_matrix(2910 + i as u64, rows, cols, 4, gs);
+        let syms = q.symbols();
+        let s = ecq::rans::SplitMatrix::encode_window_at(
+            &syms,
+            rows,
+            cols,
+            ecq::rans::window_start(&syms),
+            &small_tiles(chunk, gs),
+            ecq::rans::SplitOrder::RowPairs,
+        )
+        .unwrap();
+        let mut m = ctx
+            .upload_split(&s, Some(QuantParamsRef::from(&q)))
+            .unwrap();
+        assert!(m.lane_order_supported(reg));
+        let mut rng = ChaCha8Rng::seed_from_u64(2950 + i as u64);
+        let xs: Vec<f32> = (0..most * cols).map(|_| gaussian(&mut rng)).collect();
+        let (xc, xl) = (
+            input(dev, &xs),
+            input(dev, &ecq::gpu::x_lane_order(&xs, cols).unwrap()),
+        );
+        let yb = readable(dev, (4 * most * rows) as u64);
+        for tables in [true, false] {
+            m.set_tables_in_memory(tables);
+            for v in [FusedVariant::Blocked, FusedVariant::BlockedCompact] {
+                for n in [1, 2, 5, most] {
+                    let l =
+                        format!("fused {rows}x{cols} g{gs} tables in memory {tables} {v:?} {n}");
+                    let d = m
+                        .gemv_many_dispatch_with(dev, reg, &xc, &yb, n as u32, v)
+                        .unwrap();
+                    let want = run_read(ctx, &d, &yb, n * rows);
+                    let d = m
+                        .gemv_many_lane_order_dispatch_with(dev, reg, &xl, &yb, n as u32, v)
+                        .unwrap_or_else(|e| panic!("{l}: {e}"));
+                    let got = run_read(ctx, &d, &yb, n * rows);
+                    assert_eq!(bits(got), bits(want), "{l}");
+                }
+            }
+        }
+        m.check_errors(dev, ctx.queue()).unwrap();
+    }
+    // plain: (rows, cols, group size); 1056 and 4128 columns end in a run of 2 and 2 pieces
+    for (i, &(rows, cols, gs)) in [(7, 4096, 64), (9, 1056, 32), (5, 4128, 32)]
+        .iter()
+        .enumerate()
+    {
+        let (q, _) = random_matrix(2960 + i as u64, rows, cols, 4, gs);
+        let m = ctx.upload_quantized(&q).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(2970 + i as u64);
+        let xs: Vec<f32> = (0..most * cols).map(|_| gaussian(&mut rng)).collect();
+        let (xc, xl) = (
+            input(dev, &xs),
+            input(dev, &ecq::gpu::x_lane_order(&xs, cols).unwrap()),
+        );
+        let yb = readable(dev, (4 * most * rows) as u64);
+        for n in [1, 3, most] {
+            let d = m.gemv_many_dispatch(dev, reg, &xc, &yb, n as u32).unwrap();
+            let want = run_read(ctx, &d, &yb, n * rows);
+            let d = m
+                .gemv_many_lane_order_dispatch(dev, reg, &xl, &yb, n as u32)
+                .unwrap();
+            let got = run_read(ctx, &d, &yb, n * rows);
+            assert_eq!(bits(got), bits(want), "plain {rows}x{cols} g{gs} {n}");
+        }
+    }
+    // refusals: row-major window splits, matrices coded whole
+    let (m, _) = upload_window(ctx, 2990, 4, 1024, ecq::rans::SplitOrder::Rows);
+    assert!(!m.lane_order_supported(reg));
+    let b = storage(dev, 4 * 1024 * 2);
+    let r = m.gemv_many_lane_order_dispatch(dev, reg, &b, &b, 2);
+    assert!(
+        matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if e.contains("row pairs false")),
+        "{}",
+        outcome(r)
+    );
+    let (q, _) = random_matrix(2991, 8, 1024, 4, 64);
+    let enc = encode(&q.symbols(), 8, 1024, 4, &small_tiles(512, 64)).unwrap();
+    let whole = ctx
+        .upload_coded(CodedMatrixRef::from(&enc), Some(QuantParamsRef::from(&q)))
+        .unwrap();
+    let r = whole.gemv_many_lane_order_dispatch(dev, reg, &b, &b, 1);
+    assert!(
+        matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if e.contains("window split false")),
+        "{}",
+        outcome(r)
+    );
 }
 
 /// A coded matrix decoded on the GPU into a plain one (`GpuQuantizedMatrix::decode_from`, no

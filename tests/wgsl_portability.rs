@@ -111,7 +111,9 @@ fn all_kernels_validate() {
 /// order (`PAIR = 1`), the window-split builds of the blocked fused GEMV (`LOW = 3`, one-bit
 /// symbols of eight weights) with two and four groups of 32 lanes a chunk (`DUP`, whose
 /// workgroup barrier the defaults drop) on f32 and 8-bit activations and with several
-/// activation vectors a launch (`NVEC`, and its plain counterpart), and the row-pair build
+/// activation vectors a launch (`NVEC`, and its plain counterpart with its step-88 builds:
+/// four rows a group, activations read or derived for diagnostics; activations in lane
+/// order), and the row-pair build
 /// of the batched `rans_gemm.wgsl`, which take code paths the defaults drop.
 fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
     let mut builds: Vec<_> = wgsl_files()
@@ -193,6 +195,38 @@ fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
             ][..],
         ),
         ("qgemv4_many.wgsl", &[("NVEC", 16.0), ("GS", 32.0)][..]),
+        (
+            "qgemv4_many.wgsl",
+            &[("NVEC", 5.0), ("PAIRS", 2.0), ("XMODE", 2.0)][..],
+        ),
+        ("qgemv4_many.wgsl", &[("NVEC", 3.0), ("XMODE", 1.0)][..]),
+        ("qgemv4_many.wgsl", &[("NVEC", 4.0), ("XLANES", 1.0)][..]),
+        // (activations in lane order, one and several vectors)
+        (
+            "rans_gemv_blocked.wgsl",
+            &[
+                ("LOW", 3.0),
+                ("WPS", 8.0),
+                ("BITS", 1.0),
+                ("BLOCK", 4.0),
+                ("PAIR", 1.0),
+                ("WSTART", 5.0),
+                ("NVEC", 8.0),
+                ("XLANES", 1.0),
+            ][..],
+        ),
+        (
+            "rans_gemv_blocked.wgsl",
+            &[
+                ("LOW", 3.0),
+                ("WPS", 8.0),
+                ("BITS", 1.0),
+                ("BLOCK", 4.0),
+                ("PAIR", 1.0),
+                ("WSTART", 5.0),
+                ("XLANES", 1.0),
+            ][..],
+        ),
         // (split matrices in row-pair order: two accumulators per row)
         ("rans_gemm.wgsl", &[("PAIR", 1.0)][..]),
         (

@@ -52,6 +52,11 @@ override KSPLIT: u32 = 1u;   // groups per 4 rows: 1, 2, 4 or 8
 // never used for results): 1 = the same loads, next to no arithmetic; 2 = every row computes
 // with row 0's weights and scales (cache-resident); 3 = as 1 without the activation loads.
 override DIAG: u32 = 0u;
+// The activations come in lane order (`ecq::gpu::x_lane_order`, as rans_gemv_blocked.wgsl's
+// XLANES reads them): a group's four 16-byte loads of a piece's activations then read four
+// runs of 512 contiguous bytes instead of each touching the same 16 lines (BENCHMARKS.md
+// issue 5, step 88). Lane l reads piece v with v % 32 == l in both entry points.
+override XLANES: bool = false;
 
 const ML = vec4<u32>(0xFu, 0xF0u, 0xF00u, 0xF000u);
 // The place of each nibble of q4's result: its activations are scaled by this once per piece
@@ -106,10 +111,10 @@ fn piece4(
     var x2 = vec4<f32>(1.0);
     var x3 = vec4<f32>(1.0);
     if (DIAG != 3u) {
-        x0 = X[v * 4u];
-        x1 = X[v * 4u + 1u];
-        x2 = X[v * 4u + 2u];
-        x3 = X[v * 4u + 3u];
+        x0 = X[x_at(v, 0u)];
+        x1 = X[x_at(v, 1u)];
+        x2 = X[x_at(v, 2u)];
+        x3 = X[x_at(v, 3u)];
     }
     if (DIAG == 1u || DIAG == 3u) {
         let t = (a ^ b) ^ (c ^ d);
@@ -228,6 +233,17 @@ fn main(
     }
 }
 
+// Where vec4 c of piece v's activations is: v * 4 + c, or in lane order (XLANES) at
+// 128 (v / 32) + c nb + v % 32, nb the pieces of v's run of 32 (fewer in a last run).
+fn x_at(v: u32, c: u32) -> u32 {
+    if (XLANES) {
+        let run = v & ~31u;
+        let nb = min(32u, (P.cols >> 4u) - run);
+        return (run << 2u) + c * nb + (v & 31u);
+    }
+    return v * 4u + c;
+}
+
 // The activations of piece v (16 weights), scaled by PLACE, and their sum.
 struct X16 {
     x0: vec4<f32>,
@@ -239,10 +255,10 @@ struct X16 {
 
 fn x16(v: u32) -> X16 {
     var p: X16;
-    p.x0 = X[v * 4u];
-    p.x1 = X[v * 4u + 1u];
-    p.x2 = X[v * 4u + 2u];
-    p.x3 = X[v * 4u + 3u];
+    p.x0 = X[x_at(v, 0u)];
+    p.x1 = X[x_at(v, 1u)];
+    p.x2 = X[x_at(v, 2u)];
+    p.x3 = X[x_at(v, 3u)];
     p.s = dot((p.x0 + p.x1) + (p.x2 + p.x3), vec4<f32>(1.0));
     p.x0 *= PLACE;
     p.x1 *= PLACE;

@@ -151,6 +151,11 @@ override BRANCH_FREE_PLANES: bool = false;
 // instructions a weight) is paid once for all of them instead of once a vector (BENCHMARKS.md
 // issue 5, step 87). Each vector's arithmetic is the one-vector kernel's, in the same order.
 override NVEC: u32 = 1u;
+// Window splits in row pairs on f32 activations: the activations come in lane order
+// (`ecq::gpu::x_lane_order`), so that a group's four 16-byte loads of a block's activations
+// read four runs of 512 contiguous bytes instead of each touching all 16 of the block's
+// 128-byte lines (BENCHMARKS.md issue 5, step 88).
+override XLANES: bool = false;
 const MAX_NVEC: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -342,11 +347,10 @@ fn window_vector(w: ptr<function, WindowVectors>, v: u32) -> vec2<f32> {
     var xlo = (*w).xlo0;
     var xhi = (*w).xhi0;
     if (v > 0u) {
-        let kv = v * (*w).kin + (*w).ka;
-        xlo = x16(kv);
+        xlo = x16_of(v, (*w).kin, (*w).ka);
         xhi = xlo;
         if (!(*w).pair) {
-            xhi = x16(kv + 16u);
+            xhi = x16(v * (*w).kin + (*w).ka + 16u);
         }
     }
     let qa = window_half_floats((*w).fa, xlo);
@@ -415,7 +419,7 @@ struct WindowX {
     ds_hi: vec2<f32>,
 }
 
-fn window_x(ka: u32, pair: bool, x8_meta: u32) -> WindowX {
+fn window_x(ka: u32, pair: bool, x8_meta: u32, kin: u32) -> WindowX {
     var w: WindowX;
     if (XI8) {
         let piece = ka >> 4u;
@@ -430,7 +434,7 @@ fn window_x(ka: u32, pair: bool, x8_meta: u32) -> WindowX {
             w.ds_hi = dsum.zw;
         }
     } else {
-        w.xlo = x16(ka);
+        w.xlo = x16_of(0u, kin, ka);
         w.xhi = w.xlo;
         if (!pair) {
             w.xhi = x16(ka + 16u);
@@ -442,6 +446,20 @@ fn window_x(ka: u32, pair: bool, x8_meta: u32) -> WindowX {
 // The 16 activations from weight k on.
 fn x16(k: u32) -> array<vec4<f32>, 4> {
     return array<vec4<f32>, 4>(xv[k >> 2u], xv[(k >> 2u) + 1u], xv[(k >> 2u) + 2u], xv[(k >> 2u) + 3u]);
+}
+
+// Vector v's 16 activations from column k on (k % 16 == 0; a vector has kin): in column
+// order, or in lane order (XLANES): the 16-column pieces go in runs of 32, a run's vec4 c of
+// every piece before its vec4 c + 1, so piece u's vec4 c sits at 128 (u / 32) + 32 c + u % 32
+// of its vector. (Runs are whole: window splits in row pairs have whole 4-step blocks a coded
+// row, 1024 coded weights, so kin % 512 == 0.) In range for k < kin.
+fn x16_of(v: u32, kin: u32, k: u32) -> array<vec4<f32>, 4> {
+    if (XLANES) {
+        let u = k >> 4u;
+        let i = ((v * kin) >> 2u) + ((u & ~31u) << 2u) + (u & 31u);
+        return array<vec4<f32>, 4>(xv[i], xv[i + 32u], xv[i + 64u], xv[i + 96u]);
+    }
+    return x16(v * kin + k);
 }
 
 // The activations of the word at weight k (4 WPS of them).
@@ -568,7 +586,7 @@ fn main(
                         sbb = side(sb_row_b + group_of(ka, gsz));
                     }
                     let raw = window_raw(row_low, b, l);
-                    let wx0 = window_x(ka, pair, x8_meta);
+                    let wx0 = window_x(ka, pair, x8_meta, kin);
                     let s = decode_block(&d, BLOCK, l, ltmask, true).x;
                     var sw = vec4<u32>(0u);
                     for (var c = 0u; c < 4u; c++) {
@@ -682,7 +700,7 @@ fn main(
                             sbb = side(sb_row_b + group_of(ka, gsz));
                         }
                         raw = window_raw(row_low, b, l);
-                        wx = window_x(ka, pair, x8_meta);
+                        wx = window_x(ka, pair, x8_meta, kin);
                     }
                     // (diagnostic builds 1 and 2 as below; the others are the kernel here)
                     var s = (l * 0x01030507u) ^ b;

@@ -141,6 +141,21 @@ pub struct FusedLayout {
     /// and one group of 32 lanes a chunk ([`GpuCodedMatrix::gemv_many_dispatch`]), each chunk
     /// decoded once for all of them.
     pub vectors: u32,
+    /// The activations come in lane order ([`super::x_lane_order`], `XLANES`): window splits
+    /// in row pairs on f32 activations, blocked kernels only
+    /// ([`GpuCodedMatrix::gemv_many_lane_order_dispatch`]).
+    pub lane_order_x: bool,
+}
+
+/// What a fused GEMV launch reads as activations.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Activations {
+    /// f32, each vector in column order
+    Columns,
+    /// f32, each vector in lane order ([`super::x_lane_order`])
+    Lanes,
+    /// 8-bit ([`super::quantize_x8_dispatch`])
+    X8,
 }
 
 /// The most activation vectors one launch of [`GpuCodedMatrix::gemv_many_dispatch`] multiplies
@@ -375,6 +390,7 @@ fn fused_gemv_pipeline_diag(
                     ("XI8", layout.x8_activations as u32),
                     ("DUP", layout.chunk_subgroups.max(1)),
                     ("NVEC", layout.vectors.max(1)),
+                    ("XLANES", layout.lane_order_x as u32),
                     layout.side.constant(),
                     // (not for window splits: with the branch their compact build runs
                     // 4096x4096 1.05x faster and a Llama-3-8B token 0.8%, issue 5 step 86)
@@ -560,6 +576,7 @@ impl CodedParams {
             x8_activations: false,
             chunk_subgroups: self.chunk_subgroups.max(1),
             vectors: 1,
+            lane_order_x: false,
         }
     }
 }
@@ -1276,7 +1293,7 @@ impl GpuCodedMatrix {
         y: &wgpu::Buffer,
         variant: FusedVariant,
     ) -> Result<Dispatch, GpuError> {
-        self.gemv_dispatch_diag(device, registry, x, y, variant, 0, false, 1)
+        self.gemv_dispatch_diag(device, registry, x, y, variant, 0, Activations::Columns, 1)
     }
 
     /// Whether [`Self::gemv_many_dispatch`] can multiply several vectors a launch on
@@ -1319,7 +1336,71 @@ impl GpuCodedMatrix {
         vectors: u32,
         variant: FusedVariant,
     ) -> Result<Dispatch, GpuError> {
-        self.gemv_dispatch_diag(device, registry, x, y, variant, 0, false, vectors)
+        self.gemv_dispatch_diag(
+            device,
+            registry,
+            x,
+            y,
+            variant,
+            0,
+            Activations::Columns,
+            vectors,
+        )
+    }
+
+    /// Whether [`Self::gemv_many_lane_order_dispatch`] runs this matrix on `registry`'s
+    /// device: a window split in row pairs whose default fused kernel is a blocked one.
+    pub fn lane_order_supported(&self, registry: &PipelineRegistry) -> bool {
+        self.params.low_bits == WINDOW_LOW_BITS
+            && self.params.row_pairs != 0
+            && self.default_fused_variant(registry).is_blocked()
+    }
+
+    /// [`Self::gemv_many_dispatch`] on activations in lane order ([`super::x_lane_order`]):
+    /// the same outputs bit for bit, with each block's activations read in whole 128-byte
+    /// lines (BENCHMARKS.md issue 5, step 88). Window splits in row pairs only
+    /// ([`Self::lane_order_supported`], else [`GpuError::Unsupported`]); one vector a launch
+    /// runs the one-vector kernel, which reads lane order too.
+    pub fn gemv_many_lane_order_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        vectors: u32,
+    ) -> Result<Dispatch, GpuError> {
+        let v = self.default_fused_variant(registry);
+        self.gemv_many_lane_order_dispatch_with(device, registry, x, y, vectors, v)
+    }
+
+    /// [`Self::gemv_many_lane_order_dispatch`] with an explicit kernel:
+    /// [`FusedVariant::Blocked`] or [`FusedVariant::BlockedCompact`].
+    pub fn gemv_many_lane_order_dispatch_with(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        vectors: u32,
+        variant: FusedVariant,
+    ) -> Result<Dispatch, GpuError> {
+        if !self.lane_order_supported(registry) || !variant.is_blocked() {
+            return Err(GpuError::Unsupported(format!(
+                "activations in lane order need a window split in row pairs on a blocked fused kernel (window split {}, row pairs {}, {variant:?})",
+                self.params.low_bits == WINDOW_LOW_BITS,
+                self.params.row_pairs != 0
+            )));
+        }
+        self.gemv_dispatch_diag(
+            device,
+            registry,
+            x,
+            y,
+            variant,
+            0,
+            Activations::Lanes,
+            vectors,
+        )
     }
 
     /// `Y = X W^T` for `vectors` activation vectors (`x`: `vectors` rows of `cols` f32), read
@@ -1406,7 +1487,7 @@ impl GpuCodedMatrix {
         y: &wgpu::Buffer,
         variant: FusedVariant,
     ) -> Result<Dispatch, GpuError> {
-        self.gemv_dispatch_diag(device, registry, x8, y, variant, 0, true, 1)
+        self.gemv_dispatch_diag(device, registry, x8, y, variant, 0, Activations::X8, 1)
     }
 
     /// [`Self::gemv_x8_dispatch`] on `x` quantized on the GPU first, read back. `y` is filled
@@ -1495,7 +1576,7 @@ impl GpuCodedMatrix {
             FusedVariant::BlockedCompact => FusedVariant::BlockedCompact,
             _ => FusedVariant::Blocked,
         };
-        self.gemv_dispatch_diag(device, registry, x, y, v, diag, false, 1)
+        self.gemv_dispatch_diag(device, registry, x, y, v, diag, Activations::Columns, 1)
     }
 
     /// The fused launch with diagnostic build `diag` (0 = the kernel) on f32 activations, or on
@@ -1510,10 +1591,11 @@ impl GpuCodedMatrix {
         y: &wgpu::Buffer,
         variant: FusedVariant,
         diag: u32,
-        x8: bool,
+        acts: Activations,
         vectors: u32,
     ) -> Result<Dispatch, GpuError> {
         check_gemv_vectors(vectors)?;
+        let x8 = acts == Activations::X8;
         if variant != FusedVariant::Workgroup && !registry.subgroups32() {
             return Err(GpuError::Unsupported(format!(
                 "the {variant:?} fused kernel needs Features::SUBGROUP and 32-wide subgroups"
@@ -1543,6 +1625,7 @@ impl GpuCodedMatrix {
         let mut layout = self.fused_layout();
         layout.x8_activations = x8;
         layout.vectors = vectors;
+        layout.lane_order_x = acts == Activations::Lanes;
         let mut diag = diag;
         // groups of 32 lanes a chunk: the matrix's setting on the blocked kernel, or two or
         // four in diagnostic builds 19 and 20 (the same launch)
@@ -1794,6 +1877,7 @@ mod tests {
             x8_activations: false,
             chunk_subgroups: 1,
             vectors: 1,
+            lane_order_x: false,
         }
     }
 

@@ -312,6 +312,41 @@ impl GpuQuantizedMatrix {
         self.gemv_dispatch_with(device, registry, x, y, QGemvVariant::Auto)
     }
 
+    /// [`Self::gemv_dispatch`]'s 4-bit kernel (`qgemv4_pipe.wgsl`, 4 rows a group, the
+    /// automatic K split) on activations in lane order ([`super::x_lane_order`]): the same
+    /// outputs bit for bit, with each piece's activations read in whole 128-byte lines (the
+    /// plain counterpart of the fused kernel on lane order, BENCHMARKS.md issue 5, step 88).
+    /// Matrices [`Self::nibble4_supported`] refuses get [`GpuError::Unsupported`].
+    pub fn gemv_lane_order_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<Dispatch, GpuError> {
+        if !self.nibble4_supported() {
+            return Err(GpuError::Unsupported(format!(
+                "activations in lane order need 4 bits, cols % 16 == 0 and group size % 16 == 0 \
+                 ({} bits, cols {}, group size {})",
+                self.bits,
+                self.cols(),
+                self.group_size
+            )));
+        }
+        if x.size() < self.cols() as u64 * 4 || y.size() < self.rows() as u64 * 4 {
+            return Err(GpuError::InvalidInput(format!(
+                "x/y buffers have {}/{} bytes, need {}/{}",
+                x.size(),
+                y.size(),
+                self.cols() * 4,
+                self.rows() * 4
+            )));
+        }
+        let ks = self.pipelined_auto_ksplit(4);
+        let kernel = (Kernel::QGemv4Pipe, "main", self.params.cols / 16);
+        self.stream_dispatch(device, registry, x, y, kernel, 4, ks, &[("XLANES", 1)])
+    }
+
     /// Whether the 4-bit kernel (`qgemv4.wgsl`) can run this matrix.
     pub fn nibble4_supported(&self) -> bool {
         self.bits == 4 && self.cols().is_multiple_of(16) && self.group_size.is_multiple_of(16)
@@ -740,6 +775,59 @@ impl GpuQuantizedMatrix {
         y: &wgpu::Buffer,
         vectors: u32,
     ) -> Result<Dispatch, GpuError> {
+        self.many_dispatch(device, registry, x, y, vectors, 1, 0, false)
+    }
+
+    /// [`Self::gemv_many_dispatch`] on activations in lane order ([`super::x_lane_order`]):
+    /// the same outputs bit for bit, with each block's activations read in whole 128-byte
+    /// lines, as [`super::GpuCodedMatrix::gemv_many_lane_order_dispatch`] reads them.
+    pub fn gemv_many_lane_order_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        vectors: u32,
+    ) -> Result<Dispatch, GpuError> {
+        self.many_dispatch(device, registry, x, y, vectors, 1, 0, true)
+    }
+
+    /// Builds of [`Self::gemv_many_dispatch`] that measure where its per-vector time goes
+    /// (BENCHMARKS.md issue 5, step 88). `diag`: 1 = every vector reads vector 0's
+    /// activations, 2 = only vector 0's activations are loaded and the others derived from
+    /// them by one add a value (1 and 2 do not compute the GEMV), 3 = four rows a group of 32
+    /// lanes instead of two, so each activation load serves four rows (the GEMV, the same
+    /// outputs bit for bit).
+    pub fn gemv_many_diagnostic_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        vectors: u32,
+        diag: u32,
+    ) -> Result<Dispatch, GpuError> {
+        match diag {
+            1 | 2 => self.many_dispatch(device, registry, x, y, vectors, 1, diag, false),
+            3 => self.many_dispatch(device, registry, x, y, vectors, 2, 0, false),
+            _ => Err(GpuError::InvalidInput(format!(
+                "diagnostic {diag} of the multi-vector 4-bit kernel (1..=3)"
+            ))),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn many_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        vectors: u32,
+        pairs: u32,
+        xmode: u32,
+        lanes: bool,
+    ) -> Result<Dispatch, GpuError> {
         super::check_gemv_vectors(vectors)?;
         if !self.gemv_many_supported(registry) {
             return Err(GpuError::Unsupported(format!(
@@ -760,8 +848,8 @@ impl GpuQuantizedMatrix {
                 y.size(),
             )));
         }
-        // two rows a group of 32 lanes, four groups a workgroup
-        let total_wg = self.params.rows.div_ceil(8);
+        // two rows (a pair) a group of 32 lanes, four groups a workgroup
+        let total_wg = self.params.rows.div_ceil(8 * pairs);
         let (gx, gy) = grid(device, total_wg);
         let uniform = self.uniform(device, gx, total_wg, self.params.cols / 16);
         let pipeline = registry.get(
@@ -771,6 +859,9 @@ impl GpuQuantizedMatrix {
             &[
                 ("GS", self.group_size),
                 ("NVEC", vectors),
+                ("PAIRS", pairs),
+                ("XMODE", xmode),
+                ("XLANES", lanes as u32),
                 self.side.constant(),
             ],
         )?;

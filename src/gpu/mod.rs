@@ -87,6 +87,7 @@
 
 mod decode;
 mod gemv;
+mod lane_order;
 pub(crate) mod slot_table;
 mod x8;
 
@@ -103,6 +104,7 @@ pub use decode::{
     COMPACT_TABLE_MAX_SHORT_K, COMPACT_TABLE_SHORT_K_FROM_WORKGROUPS, MAX_GEMV_VECTORS,
 };
 pub use gemv::{GpuQuantizedMatrix, QGemvVariant};
+pub use lane_order::{x_column_order, x_lane_order, x_lane_order_dispatch};
 use x8::quantized_launch;
 pub use x8::{
     quantize_x8, quantize_x8_dispatch, quantize_x8_into, quantize_x8_read, x8_bytes, X8Activations,
@@ -360,6 +362,9 @@ pub enum Kernel {
     /// launch, the weights read once (`GpuQuantizedMatrix::gemv_many_dispatch`; 32-wide
     /// subgroups).
     QGemv4Many,
+    /// `wgsl/x_lane_order.wgsl`: activation vectors permuted into lane order
+    /// ([`x_lane_order_dispatch`]), the layout the multi-vector GEMVs read in whole lines.
+    XLaneOrder,
 }
 
 /// A kernel's source with the `wgsl/lib/NAME.wgsl` files it `// import`s appended, in the
@@ -463,6 +468,7 @@ impl Kernel {
             Kernel::QGemv4Pipe => wgsl_with_libs!("../../wgsl/qgemv4_pipe.wgsl", "side"),
             Kernel::QuantizeX8 => wgsl_with_libs!("../../wgsl/quantize_x8.wgsl", "x8"),
             Kernel::QGemv4Many => wgsl_with_libs!("../../wgsl/qgemv4_many.wgsl", "side"),
+            Kernel::XLaneOrder => include_str!("../../wgsl/x_lane_order.wgsl"),
         }
     }
 
@@ -537,6 +543,7 @@ impl Kernel {
             Kernel::QGemv4Pipe => "qgemv4_pipe.wgsl",
             Kernel::QuantizeX8 => "quantize_x8.wgsl",
             Kernel::QGemv4Many => "qgemv4_many.wgsl",
+            Kernel::XLaneOrder => "x_lane_order.wgsl",
         }
     }
 }
@@ -1243,7 +1250,7 @@ mod tests {
     use super::Kernel;
 
     /// Every kernel the registry builds.
-    const ALL_KERNELS: [Kernel; 15] = [
+    const ALL_KERNELS: [Kernel; 16] = [
         Kernel::RansDecode,
         Kernel::RansGemv,
         Kernel::RansGemvSubgroup,
@@ -1259,6 +1266,7 @@ mod tests {
         Kernel::QGemv4Pipe,
         Kernel::QuantizeX8,
         Kernel::QGemv4Many,
+        Kernel::XLaneOrder,
     ];
 
     /// The registry drops bounds checks only on the trusted path it takes for kernels with
