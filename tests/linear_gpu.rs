@@ -1470,3 +1470,161 @@ fn batched_target_workgroups_change_the_blocks_not_the_result() {
     let err = upload(d, &c, &zero).unwrap_err().to_string();
     assert!(err.contains("gemm_target_workgroups"), "{err}");
 }
+
+/// Activations in lane order (`LinearOptions::column_order_activations`, off by default): a
+/// window-split layer in row pairs gives, bit for bit, the outputs of the same layer on
+/// column-order activations, one vector and batches run as GEMVs (one and several vectors a
+/// launch, in one band and in several), and its `vectors_lane_order_dispatch` reads
+/// `x_lane_order`'s layout; layers that cannot take lane order (no 32-wide subgroups,
+/// row-major window splits, 8-bit activations) refuse that launch. The plain layer's 4-bit
+/// GEMVs (lane order) give `GpuQuantizedMatrix`'s column-order GEMVs bit for bit (one vector,
+/// and 2-21 rows in launches of up to 16 where 32-wide subgroups run them).
+#[test]
+fn lane_order_layers_match_column_order() {
+    let Some(d) = dev() else { return };
+    let (c, s) = window_case(910);
+    let layer = CodedLayerRef::from_split(&s, 64, &c.q.scales, &c.q.biases, None);
+    let subgroups = d.gpu().registry().subgroups32();
+    let opts = |v: u32, max_buffer: Option<u64>, column: bool| LinearOptions {
+        gemv_vectors: Some(v),
+        gemv_batch_max_m: Some(64),
+        max_buffer_bytes: max_buffer,
+        column_order_activations: column,
+        ..Default::default()
+    };
+    let x = activations(910, 21 * 2048);
+    let want = EntropyCodedLinear::upload(d, "columns", layer, &opts(1, None, true)).unwrap();
+    assert!(!want.lane_order());
+    let want_all = want.forward_batch(&x, 21).unwrap();
+    assert_eq!(
+        bits(want.forward(&x[..2048]).unwrap()),
+        bits(want_all[..16].to_vec())
+    );
+    for (v, max_buffer) in [(1, None), (16, None), (5, Some(8192))] {
+        let l = EntropyCodedLinear::upload(d, "lanes", layer, &opts(v, max_buffer, false)).unwrap();
+        assert_eq!(l.lane_order(), subgroups);
+        let label = format!("{v} vectors a launch, {} bands", l.n_bands());
+        assert_eq!(
+            bits(l.forward(&x[..2048]).unwrap()),
+            bits(want_all[..16].to_vec()),
+            "{label}: forward"
+        );
+        for rows in [2, 5, 16, 21] {
+            assert_eq!(
+                bits(l.forward_batch(&x[..rows * 2048], rows).unwrap()),
+                bits(want_all[..rows * 16].to_vec()),
+                "{label}: {rows} rows"
+            );
+        }
+    }
+    // the launch for benchmarks and engines, on x_lane_order's layout
+    let l = EntropyCodedLinear::upload(d, "lanes", layer, &opts(16, None, false)).unwrap();
+    let xl = d.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: (3 * 2048 * 4) as u64,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    d.gpu().queue().write_buffer(
+        &xl,
+        0,
+        bytemuck::cast_slice(&ecq::gpu::x_lane_order(&x[..3 * 2048], 2048).unwrap()),
+    );
+    let yl = d.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: (3 * 16 * 4) as u64,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    match l.vectors_lane_order_dispatch(&xl, &yl, 3) {
+        Ok(launch) => {
+            assert!(subgroups);
+            let mut enc = d.device().create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                launch.record(&mut pass);
+            }
+            let staging = d.device().create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: yl.size(),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            enc.copy_buffer_to_buffer(&yl, 0, &staging, 0, yl.size());
+            d.gpu().queue().submit([enc.finish()]);
+            staging.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
+            d.gpu().wait().unwrap();
+            let got: Vec<f32> =
+                bytemuck::pod_collect_to_vec(&staging.get_mapped_range(..).unwrap());
+            assert_eq!(
+                bits(got),
+                bits(want_all[..3 * 16].to_vec()),
+                "lane-order launch"
+            );
+        }
+        Err(e) => {
+            assert!(!subgroups, "{e}");
+            assert!(e.to_string().contains("lane order"), "{e}");
+        }
+    }
+    // layers that keep column order
+    let rows_split = SplitMatrix::encode_window(
+        &c.q.symbols(),
+        16,
+        2048,
+        &EncodeOptions {
+            chunk_symbols: 256,
+            tile_chunks: 2,
+            group_size: 64,
+            ..Default::default()
+        },
+        SplitOrder::Rows,
+    )
+    .unwrap();
+    let row_major = CodedLayerRef::from_split(&rows_split, 64, &c.q.scales, &c.q.biases, None);
+    let x8 = LinearOptions {
+        x8_activations: true,
+        ..Default::default()
+    };
+    for (what, l) in [
+        (
+            "row-major",
+            EntropyCodedLinear::upload(d, "rows", row_major, &LinearOptions::default()).unwrap(),
+        ),
+        (
+            "x8",
+            EntropyCodedLinear::upload(d, "x8", layer, &x8).unwrap(),
+        ),
+    ] {
+        assert!(!l.lane_order(), "{what}");
+        let r = l.vectors_lane_order_dispatch(&xl, &yl, 1);
+        assert!(
+            matches!(&r, Err(e) if e.to_string().contains("lane order")),
+            "{what}"
+        );
+    }
+    // the plain layer
+    let plain = QuantizedLinear::upload(d, "plain", &c.q, None).unwrap();
+    let m = d.gpu().upload_quantized(&c.q).unwrap();
+    let (reg, q) = (d.gpu().registry(), d.gpu().queue());
+    assert_eq!(
+        bits(plain.forward(&x[..2048]).unwrap()),
+        bits(m.gemv(d.device(), q, reg, &x[..2048]).unwrap())
+    );
+    // (without 32-wide subgroups the layer runs qgemm there, another summation order)
+    let many_rows: &[usize] = if m.gemv_many_supported(reg) {
+        &[2, 7, 16, 21]
+    } else {
+        &[]
+    };
+    for &rows in many_rows {
+        assert_eq!(
+            bits(plain.forward_batch(&x[..rows * 2048], rows).unwrap()),
+            bits(
+                m.gemv_many(d.device(), q, reg, &x[..rows * 2048], rows)
+                    .unwrap()
+            ),
+            "plain, {rows} rows"
+        );
+    }
+}

@@ -124,7 +124,9 @@ pub const GEMV_BATCH_MAX_M_WHOLE: usize = 4;
 pub const GEMV_VECTORS: u32 = 16;
 
 /// [`GEMV_BATCH_MAX_M`] for window splits whose fused GEMV multiplies several vectors a launch
-/// ([`EntropyCodedLinear::gemv_vectors`] above 1), of at most [`SMALL_LAYER_WEIGHTS`] or more
+/// ([`EntropyCodedLinear::gemv_vectors`] above 1) in column order
+/// ([`LinearOptions::column_order_activations`]; lane order:
+/// [`GEMV_BATCH_MAX_M_LANE_ORDER`]), of at most [`SMALL_LAYER_WEIGHTS`] or more
 /// than [`MID_LAYER_WEIGHTS`] weights: on an H200 (BENCHMARKS.md issue 5, step 87; row pairs,
 /// the chunks `ecq encode --window --row-pairs` writes) launches of 16 vectors took 0.53-0.89x
 /// the batched kernel's time at 48 rows (1024x4096, 4096x4096, 14336x4096, 4096x14336) and
@@ -137,13 +139,32 @@ pub const GEMV_BATCH_MAX_M_WINDOW_VECTORS: usize = 48;
 /// at 32.
 pub const GEMV_BATCH_MAX_M_WINDOW_VECTORS_MID: usize = 16;
 
+/// [`GEMV_BATCH_MAX_M_WINDOW_VECTORS`] for layers whose fused GEMVs take activations in lane
+/// order ([`EntropyCodedLinear::lane_order`]) with more than [`LANE_ORDER_SMALL_WEIGHTS`]
+/// weights: on an H200 (BENCHMARKS.md issue 5, step 88; Prefill, twenty-second session)
+/// launches of 16 vectors took 0.45-0.64x the batched kernel's time at 64-128 rows at
+/// 4096x4096, 6144x4096, 14336x4096 and 4096x14336, so this is the largest count measured.
+pub const GEMV_BATCH_MAX_M_LANE_ORDER: usize = 128;
+
+/// [`GEMV_BATCH_MAX_M_LANE_ORDER`] for layers of at most [`LANE_ORDER_SMALL_WEIGHTS`]
+/// weights: at 1024x4096 launches of 16 took 0.96x the batched kernel's time at 96 rows and
+/// 1.17x at 128.
+pub const GEMV_BATCH_MAX_M_LANE_ORDER_SMALL: usize = 96;
+
+/// The weights up to which a lane-order layer takes [`GEMV_BATCH_MAX_M_LANE_ORDER_SMALL`]:
+/// 1024x4096.
+pub const LANE_ORDER_SMALL_WEIGHTS: usize = 1 << 22;
+
 /// The default of [`LinearOptions::gemv_batch_max_m`] for a window split of `weights` weights
-/// whose fused GEMV multiplies several vectors a launch.
-pub(crate) fn default_gemv_many_batch_max_m(weights: usize) -> usize {
-    if weights > SMALL_LAYER_WEIGHTS && weights <= MID_LAYER_WEIGHTS {
-        GEMV_BATCH_MAX_M_WINDOW_VECTORS_MID
-    } else {
-        GEMV_BATCH_MAX_M_WINDOW_VECTORS
+/// whose fused GEMV multiplies several vectors a launch, on activations in lane order or not.
+pub(crate) fn default_gemv_many_batch_max_m(weights: usize, lane_order: bool) -> usize {
+    match lane_order {
+        true if weights <= LANE_ORDER_SMALL_WEIGHTS => GEMV_BATCH_MAX_M_LANE_ORDER_SMALL,
+        true => GEMV_BATCH_MAX_M_LANE_ORDER,
+        false if weights > SMALL_LAYER_WEIGHTS && weights <= MID_LAYER_WEIGHTS => {
+            GEMV_BATCH_MAX_M_WINDOW_VECTORS_MID
+        }
+        false => GEMV_BATCH_MAX_M_WINDOW_VECTORS,
     }
 }
 
@@ -229,6 +250,14 @@ pub struct LinearOptions {
     /// other layers do. Counts outside 1..=[`crate::gpu::MAX_GEMV_VECTORS`] are an error at
     /// upload. [`EntropyCodedLinear::gemv_vectors`] says what the layer runs.
     pub gemv_vectors: Option<u32>,
+    /// Keep the fused GEMV's activations in column order. By default, window splits in row
+    /// pairs on the blocked fused kernel with f32 activations take them in lane order
+    /// ([`crate::gpu::x_lane_order`], permuted on the host as they are uploaded, so for
+    /// free), which reads each block's activations in whole 128-byte lines: on an H200 one
+    /// vector ran 1.05-1.10x faster at Llama-3-8B's shapes and 16 vectors a launch 1.7-2.0x
+    /// (BENCHMARKS.md issue 5, step 88). Same results either way.
+    /// [`EntropyCodedLinear::lane_order`] says what the layer runs.
+    pub column_order_activations: bool,
 }
 
 /// A borrowed coded matrix with its quantization parameters: the coded tensors as
@@ -695,6 +724,9 @@ pub struct EntropyCodedLinear {
     /// Activation vectors per fused GEMV launch ([`LinearOptions::gemv_vectors`], resolved;
     /// 1 where the layer cannot take more).
     gemv_vectors: u32,
+    /// The fused GEMVs take their activations in lane order
+    /// ([`LinearOptions::column_order_activations`], resolved).
+    lane_order: bool,
 }
 
 impl EntropyCodedLinear {
@@ -1041,6 +1073,11 @@ impl EntropyCodedLinear {
         } else {
             1
         };
+        let lane_order = m.window.is_some()
+            && m.row_pairs
+            && all_blocked
+            && !x8
+            && !opts.column_order_activations;
         Ok(EntropyCodedLinear {
             dev: dev.clone(),
             name: name.into(),
@@ -1067,7 +1104,7 @@ impl EntropyCodedLinear {
                 usize::MAX
             } else {
                 opts.gemv_batch_max_m.unwrap_or(if gemv_vectors > 1 {
-                    default_gemv_many_batch_max_m(m.out_features() * m.in_features())
+                    default_gemv_many_batch_max_m(m.out_features() * m.in_features(), lane_order)
                 } else {
                     default_gemv_batch_max_m(
                         dev.gpu().registry().subgroups32(),
@@ -1082,7 +1119,16 @@ impl EntropyCodedLinear {
             n_chunks: nc,
             gemm_target_workgroups,
             gemv_vectors,
+            lane_order,
         })
+    }
+
+    /// Whether the fused GEMVs of `forward` and `forward_batch` read their activations in lane
+    /// order ([`LinearOptions::column_order_activations`]: window splits in row pairs on the
+    /// blocked fused kernel with f32 activations, unless asked not to), the layout
+    /// [`Self::vectors_lane_order_dispatch`] takes.
+    pub fn lane_order(&self) -> bool {
+        self.lane_order
     }
 
     /// Groups of 32 lanes per chunk in the fused GEMV ([`LinearOptions::chunk_subgroups`]
@@ -1191,6 +1237,7 @@ impl EntropyCodedLinear {
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
         vectors: u32,
+        lanes: bool,
     ) -> Result<LinearDispatch, GpuError> {
         let registry = self.dev.gpu().registry();
         let device = self.dev.device();
@@ -1200,6 +1247,7 @@ impl EntropyCodedLinear {
         layout.tables_in_memory = tables.is_some();
         layout.x8_activations = self.x8;
         layout.vectors = vectors;
+        layout.lane_order_x = lanes;
         let pipeline = fused_gemv_pipeline(device, registry, variant, &layout)?;
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -1248,6 +1296,37 @@ impl EntropyCodedLinear {
         y: &wgpu::Buffer,
         vectors: u32,
     ) -> Result<LinearDispatch, LinearError> {
+        self.vectors_dispatch_in(x, y, vectors, false)
+    }
+
+    /// [`Self::vectors_dispatch`] on activations in lane order ([`crate::gpu::x_lane_order`],
+    /// or [`crate::gpu::x_lane_order_dispatch`] on the GPU; what an engine's preceding operation
+    /// could write directly), for layers where [`Self::lane_order`] holds, else
+    /// [`LinearError::Unsupported`]. The same outputs bit for bit.
+    pub fn vectors_lane_order_dispatch(
+        &self,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        vectors: u32,
+    ) -> Result<LinearDispatch, LinearError> {
+        if !self.lane_order {
+            return Err(LinearError::Unsupported {
+                layer: self.name.clone(),
+                reason: "activations in lane order: window splits in row pairs on the blocked \
+                         fused kernel with f32 activations only"
+                    .into(),
+            });
+        }
+        self.vectors_dispatch_in(x, y, vectors, true)
+    }
+
+    fn vectors_dispatch_in(
+        &self,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        vectors: u32,
+        lanes: bool,
+    ) -> Result<LinearDispatch, LinearError> {
         if vectors == 0 || vectors > self.gemv_vectors {
             return Err(LinearError::Unsupported {
                 layer: self.name.clone(),
@@ -1259,7 +1338,7 @@ impl EntropyCodedLinear {
         }
         match self.bands.as_slice() {
             [band] => self
-                .gemv_dispatch(band, x, y, vectors)
+                .gemv_dispatch(band, x, y, vectors, lanes)
                 .map_err(|e| self.gpu_err(e)),
             _ => Err(LinearError::Unsupported {
                 layer: self.name.clone(),
@@ -1431,7 +1510,14 @@ impl EntropyCodedLinear {
             let mut pass = enc.begin_compute_pass(&Default::default());
             for i in (0..m).step_by(per) {
                 let n = per.min(m - i);
-                let mut xb = self.x_buffer(&x[i * k..(i + n) * k], n)?;
+                let xs = &x[i * k..(i + n) * k];
+                let mut xb = if self.lane_order {
+                    // (k % 512 == 0 for window splits in row pairs: no padding)
+                    let lanes = crate::gpu::x_lane_order(xs, k).map_err(|e| self.gpu_err(e))?;
+                    self.x_buffer(&lanes, n)?
+                } else {
+                    self.x_buffer(xs, n)?
+                };
                 if self.x8 {
                     let x8 = dev.buffer("x8", x8_bytes(k), wgpu::BufferUsages::empty());
                     quantize_x8_dispatch(
@@ -1462,7 +1548,7 @@ impl EntropyCodedLinear {
                         }
                         s
                     };
-                    self.gemv_dispatch(band, &xb, &target, n as u32)
+                    self.gemv_dispatch(band, &xb, &target, n as u32, self.lane_order)
                         .map_err(|e| self.gpu_err(e))?
                         .record(&mut pass);
                 }
@@ -1625,7 +1711,17 @@ mod tests {
             (8192 * 4096 + 1, 48),
             (128256 * 4096, 48),
         ] {
-            assert_eq!(super::default_gemv_many_batch_max_m(w), want, "{w}");
+            assert_eq!(super::default_gemv_many_batch_max_m(w, false), want, "{w}");
+        }
+        // ... in lane order
+        for (w, want) in [
+            (512 * 4096, 96),
+            (1024 * 4096, 96),
+            (1024 * 4096 + 1, 128),
+            (6144 * 4096, 128),
+            (128256 * 4096, 128),
+        ] {
+            assert_eq!(super::default_gemv_many_batch_max_m(w, true), want, "{w}");
         }
     }
 

@@ -15,13 +15,17 @@
 //!   [`GEMV_BATCH_MAX_M_WINDOW_MID`] (up to [`MID_LAYER_WEIGHTS`]) and
 //!   [`GEMV_BATCH_MAX_M_WINDOW_SMALL`] window splits) on such adapters it runs one fused GEMV
 //!   per row instead, which is faster there. Window splits run up to
-//!   [`GEMV_BATCH_MAX_M_WINDOW_VECTORS`] rows ([`GEMV_BATCH_MAX_M_WINDOW_VECTORS_MID`] from
-//!   [`SMALL_LAYER_WEIGHTS`] to [`MID_LAYER_WEIGHTS`]) as fused GEMVs of [`GEMV_VECTORS`] rows a
-//!   launch, each chunk decoded once per launch
-//!   ([`crate::gpu::GpuCodedMatrix::gemv_many_dispatch`]; [`LinearOptions::gemv_vectors`]).
+//!   [`GEMV_BATCH_MAX_M_LANE_ORDER`] rows ([`GEMV_BATCH_MAX_M_LANE_ORDER_SMALL`] up to
+//!   [`LANE_ORDER_SMALL_WEIGHTS`]) as fused GEMVs of [`GEMV_VECTORS`] rows a launch, each
+//!   chunk decoded once per launch ([`crate::gpu::GpuCodedMatrix::gemv_many_dispatch`];
+//!   [`LinearOptions::gemv_vectors`]), on activations in lane order for row pairs
+//!   ([`EntropyCodedLinear::lane_order`]; in column order up to
+//!   [`GEMV_BATCH_MAX_M_WINDOW_VECTORS`] rows, [`GEMV_BATCH_MAX_M_WINDOW_VECTORS_MID`] from
+//!   [`SMALL_LAYER_WEIGHTS`] to [`MID_LAYER_WEIGHTS`]).
 //! * [`QuantizedLinear`] is the plain MLX quantized baseline on the GPU (the plain GEMV for one
-//!   vector, `wgsl/qgemv4_many.wgsl` for 2 to [`PLAIN_GEMV_MANY_MAX_M`] rows of 4-bit weights
-//!   where subgroups are 32 wide, `wgsl/qgemm.wgsl` for a batch, with the same multiply as
+//!   vector, `wgsl/qgemv4_many.wgsl` in launches of up to 16 rows for 2 to
+//!   [`PLAIN_GEMV_MANY_MAX_M`] rows of 4-bit weights where subgroups are 32 wide, both on
+//!   activations in lane order, `wgsl/qgemm.wgsl` for a batch, with the same multiply as
 //!   `rans_gemm.wgsl`).
 //! * [`CpuLinear`] is the reference: dequantized weights in `f32`, products summed in `f64`.
 //! * [`EntropyCodedModel`] opens an encoded mlx-lm directory or file and uploads every coded
@@ -59,15 +63,16 @@ mod plain;
 
 pub use coded::{
     CodedLayerRef, EntropyCodedLinear, LinearDispatch, LinearOptions, GEMV_BATCH_MAX_M,
-    GEMV_BATCH_MAX_M_SMALL, GEMV_BATCH_MAX_M_WHOLE, GEMV_BATCH_MAX_M_WINDOW,
-    GEMV_BATCH_MAX_M_WINDOW_MID, GEMV_BATCH_MAX_M_WINDOW_SMALL, GEMV_BATCH_MAX_M_WINDOW_VECTORS,
-    GEMV_BATCH_MAX_M_WINDOW_VECTORS_MID, GEMV_VECTORS, MAX_M_PER_DISPATCH, MID_LAYER_WEIGHTS,
-    SMALL_LAYER_WEIGHTS, TARGET_WORKGROUPS,
+    GEMV_BATCH_MAX_M_LANE_ORDER, GEMV_BATCH_MAX_M_LANE_ORDER_SMALL, GEMV_BATCH_MAX_M_SMALL,
+    GEMV_BATCH_MAX_M_WHOLE, GEMV_BATCH_MAX_M_WINDOW, GEMV_BATCH_MAX_M_WINDOW_MID,
+    GEMV_BATCH_MAX_M_WINDOW_SMALL, GEMV_BATCH_MAX_M_WINDOW_VECTORS,
+    GEMV_BATCH_MAX_M_WINDOW_VECTORS_MID, GEMV_VECTORS, LANE_ORDER_SMALL_WEIGHTS,
+    MAX_M_PER_DISPATCH, MID_LAYER_WEIGHTS, SMALL_LAYER_WEIGHTS, TARGET_WORKGROUPS,
 };
 pub use cpu::CpuLinear;
 pub use device::LinearDevice;
 pub use model::EntropyCodedModel;
-pub use plain::{QuantizedLinear, PLAIN_GEMV_MANY_MAX_M};
+pub use plain::{QuantizedLinear, PLAIN_GEMV_MANY_MAX_M, PLAIN_GEMV_MANY_MAX_M_SMALL};
 
 use half::f16;
 

@@ -7,12 +7,17 @@ use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, Linear, LinearError};
 use crate::quant::QuantizedMatrix;
 
-/// Activation rows up to which [`QuantizedLinear`]'s `forward_batch` runs one launch of the
-/// plain multi-vector GEMV (`wgsl/qgemv4_many.wgsl`) instead of `qgemm`, where it can: on an
-/// H200 it took 0.23-0.96x `qgemm`'s time at 2-8 rows at Llama-3-8B's layer shapes and the
-/// 6144x4096 of a merged q, k, v (0.38x at the lm_head with 4), and 0.56-1.04x at 16
-/// (BENCHMARKS.md, Prefill, twenty-first session).
-pub const PLAIN_GEMV_MANY_MAX_M: usize = 8;
+/// Activation rows up to which [`QuantizedLinear`]'s `forward_batch` runs launches of up to
+/// [`crate::gpu::MAX_GEMV_VECTORS`] rows of the plain multi-vector GEMV
+/// (`wgsl/qgemv4_many.wgsl`, on activations in lane order) instead of `qgemm`, where it can.
+/// On an H200 (BENCHMARKS.md, Prefill, twenty-second session) they took 0.46-0.83x `qgemm`'s
+/// time at 16-128 rows at 4096x4096, 6144x4096, 14336x4096 and 4096x14336, so this is the
+/// largest row count measured; see [`PLAIN_GEMV_MANY_MAX_M_SMALL`] for smaller matrices.
+pub const PLAIN_GEMV_MANY_MAX_M: usize = 128;
+
+/// [`PLAIN_GEMV_MANY_MAX_M`] for matrices of at most 2^22 weights (1024x4096: 0.87x `qgemm`'s
+/// time at 48 rows, 1.12x at 64 on an H200).
+pub const PLAIN_GEMV_MANY_MAX_M_SMALL: usize = 48;
 
 /// Uniform block of `qgemm.wgsl`.
 #[repr(C)]
@@ -44,9 +49,12 @@ struct Params {
 /// buffers where it takes the matrix (`cols * bits` a multiple of 128): on an H200 `qgemm`
 /// took 42.2 µs for one vector at 1024x4096 and the GEMV 5.4 (BENCHMARKS.md, issue 5, tenth
 /// session); elsewhere `qgemm` with one row. For 2 to [`PLAIN_GEMV_MANY_MAX_M`] rows of 4-bit
-/// weights `forward_batch` runs one launch of `wgsl/qgemv4_many.wgsl` where 32-wide subgroups
-/// allow it ([`crate::gpu::GpuQuantizedMatrix::gemv_many_dispatch`], the weights read once for
-/// all rows).
+/// weights ([`PLAIN_GEMV_MANY_MAX_M_SMALL`] for small matrices) `forward_batch` runs launches
+/// of up to 16 rows of `wgsl/qgemv4_many.wgsl` where 32-wide subgroups allow it
+/// ([`crate::gpu::GpuQuantizedMatrix::gemv_many_dispatch`], the weights read once a launch). Both GEMVs of 4-bit weights take their activations in lane order
+/// ([`crate::gpu::x_lane_order`], permuted on the host as they are uploaded), as the fused
+/// layer's do ([`super::EntropyCodedLinear::lane_order`]): the same results, read in whole
+/// lines.
 #[derive(Debug)]
 pub struct QuantizedLinear {
     dev: Arc<LinearDevice>,
@@ -248,6 +256,84 @@ impl QuantizedLinear {
         Ok(bytemuck::pod_collect_to_vec::<u8, f32>(&out[0]))
     }
 
+    /// The plain multi-vector GEMV of `m` rows of `x` (4-bit, `cols % 16 == 0`: no padding),
+    /// in launches of up to [`crate::gpu::MAX_GEMV_VECTORS`] rows on activations in lane
+    /// order, recorded into one submission, plus the bias.
+    fn run_many(
+        &self,
+        v: &crate::gpu::GpuQuantizedMatrix,
+        x: &[f32],
+        m: usize,
+    ) -> Result<Vec<f32>, LinearError> {
+        let (r, k) = (self.out_features(), self.in_features());
+        let gpu_err = |source| LinearError::Gpu {
+            layer: self.name.clone(),
+            source,
+        };
+        let per = crate::gpu::MAX_GEMV_VECTORS as usize;
+        let row_bytes = (r * 4) as u64;
+        let y = self
+            .dev
+            .buffer("y", row_bytes * m as u64, wgpu::BufferUsages::COPY_SRC);
+        let mut enc = self
+            .dev
+            .device()
+            .create_command_encoder(&Default::default());
+        // (each launch writes a buffer of its own, copied into y: storage bindings at
+        // arbitrary offsets are not allowed)
+        let mut copies = Vec::new();
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for i in (0..m).step_by(per) {
+                let n = per.min(m - i);
+                let lanes = self.lane_order(&x[i * k..(i + n) * k])?;
+                let xb =
+                    self.dev
+                        .buffer("x", (lanes.len() * 4) as u64, wgpu::BufferUsages::empty());
+                self.dev.write(&xb, bytemuck::cast_slice(&lanes));
+                let yb = if n == m {
+                    y.clone()
+                } else {
+                    let s = self.dev.buffer(
+                        "y part",
+                        row_bytes * n as u64,
+                        wgpu::BufferUsages::COPY_SRC,
+                    );
+                    copies.push((s.clone(), i as u64 * row_bytes, row_bytes * n as u64));
+                    s
+                };
+                v.gemv_many_lane_order_dispatch(
+                    self.dev.device(),
+                    self.dev.gpu().registry(),
+                    &xb,
+                    &yb,
+                    n as u32,
+                )
+                .map_err(gpu_err)?
+                .record(&mut pass);
+            }
+        }
+        for (s, at, bytes) in &copies {
+            enc.copy_buffer_to_buffer(s, 0, &y, *at, *bytes);
+        }
+        let bytes = row_bytes * m as u64;
+        let out = self
+            .dev
+            .submit_and_read(enc, &[(&y, bytes)])
+            .map_err(gpu_err)?;
+        let mut y: Vec<f32> = bytemuck::pod_collect_to_vec(&out[0]);
+        add_bias(&mut y, self.bias.as_deref());
+        Ok(y)
+    }
+
+    /// `x` (rows of `in_features`, a multiple of 16) in lane order.
+    fn lane_order(&self, x: &[f32]) -> Result<Vec<f32>, LinearError> {
+        crate::gpu::x_lane_order(x, self.in_features()).map_err(|source| LinearError::Gpu {
+            layer: self.name.clone(),
+            source,
+        })
+    }
+
     /// [`Self::run`] of one launch of the plain GEMV matrix (`launch(x, y)`), plus the bias.
     fn run_with_bias(
         &self,
@@ -290,8 +376,15 @@ impl Linear for QuantizedLinear {
             return self.forward_batch(x, 1);
         };
         check_x(&self.name, self.in_features(), x.len(), 1)?;
+        let registry = self.dev.gpu().registry();
+        if v.nibble4_supported() {
+            let lanes = self.lane_order(x)?;
+            return self.run_with_bias(&lanes, self.out_features(), |xb, yb| {
+                v.gemv_lane_order_dispatch(self.dev.device(), registry, xb, yb)
+            });
+        }
         self.run_with_bias(x, self.out_features(), |xb, yb| {
-            v.gemv_dispatch(self.dev.device(), self.dev.gpu().registry(), xb, yb)
+            v.gemv_dispatch(self.dev.device(), registry, xb, yb)
         })
     }
 
@@ -299,15 +392,17 @@ impl Linear for QuantizedLinear {
         let (r, k) = (self.out_features(), self.in_features());
         check_x(&self.name, k, x.len(), m)?;
         let registry = self.dev.gpu().registry();
+        let many_max = if r * k <= 1 << 22 {
+            PLAIN_GEMV_MANY_MAX_M_SMALL
+        } else {
+            PLAIN_GEMV_MANY_MAX_M
+        };
         if let Some(v) = self
             .vector
             .as_ref()
-            .filter(|v| (2..=PLAIN_GEMV_MANY_MAX_M).contains(&m) && v.gemv_many_supported(registry))
+            .filter(|v| (2..=many_max).contains(&m) && v.gemv_many_supported(registry))
         {
-            // (cols % 16 == 0 here: the rows need no padding)
-            return self.run_with_bias(x, m * r, |xb, yb| {
-                v.gemv_many_dispatch(self.dev.device(), registry, xb, yb, m as u32)
-            });
+            return self.run_many(v, x, m);
         }
         let k4 = k.div_ceil(4) * 4;
         let mut y = Vec::with_capacity(m * r);
