@@ -60,6 +60,12 @@
 //! * `qgemv4_pipe.wgsl`: `qgemv4.wgsl` software-pipelined (next weights loaded before the
 //!   current ones are multiplied); with 4 rows per group the default for 4 bits
 //!   ([`QGemvVariant::Auto`] picks [`QGemvVariant::Pipelined`]).
+//! * `x_lane_order.wgsl`: activation vectors permuted into lane order ([`x_lane_order`], the
+//!   host's form, says why), which the blocked fused GEMV of window splits in row pairs,
+//!   `qgemv4_many.wgsl` and `qgemv4_pipe.wgsl` read in whole 128-byte lines (`XLANES`:
+//!   [`GpuCodedMatrix::gemv_many_lane_order_dispatch`],
+//!   [`GpuQuantizedMatrix::gemv_many_lane_order_dispatch`],
+//!   [`GpuQuantizedMatrix::gemv_lane_order_dispatch`]; the same outputs bit for bit).
 //!
 //! All loops are bounded by the matrix geometry and every word read is bounds-checked, so corrupt
 //! input sets per-chunk error bits ([`error_bits`]) and never hangs the device; the host reports

@@ -142,8 +142,8 @@ pub const GEMV_BATCH_MAX_M_WINDOW_VECTORS_MID: usize = 16;
 /// [`GEMV_BATCH_MAX_M_WINDOW_VECTORS`] for layers whose fused GEMVs take activations in lane
 /// order ([`EntropyCodedLinear::lane_order`]) with more than [`LANE_ORDER_SMALL_WEIGHTS`]
 /// weights: on an H200 (BENCHMARKS.md issue 5, step 88; Prefill, twenty-second session)
-/// launches of 16 vectors took 0.45-0.64x the batched kernel's time at 64-128 rows at
-/// 4096x4096, 6144x4096, 14336x4096 and 4096x14336, so this is the largest count measured.
+/// launches of 16 vectors took 0.42-0.67x the batched kernel's time at 64-128 rows at
+/// 4096x4096, 6144x4096, 14336x4096 and 4096x14336; 128 is the largest count measured.
 pub const GEMV_BATCH_MAX_M_LANE_ORDER: usize = 128;
 
 /// [`GEMV_BATCH_MAX_M_LANE_ORDER`] for layers of at most [`LANE_ORDER_SMALL_WEIGHTS`]

@@ -10,9 +10,9 @@ use crate::quant::QuantizedMatrix;
 /// Activation rows up to which [`QuantizedLinear`]'s `forward_batch` runs launches of up to
 /// [`crate::gpu::MAX_GEMV_VECTORS`] rows of the plain multi-vector GEMV
 /// (`wgsl/qgemv4_many.wgsl`, on activations in lane order) instead of `qgemm`, where it can.
-/// On an H200 (BENCHMARKS.md, Prefill, twenty-second session) they took 0.46-0.83x `qgemm`'s
-/// time at 16-128 rows at 4096x4096, 6144x4096, 14336x4096 and 4096x14336, so this is the
-/// largest row count measured; see [`PLAIN_GEMV_MANY_MAX_M_SMALL`] for smaller matrices.
+/// On an H200 (BENCHMARKS.md, Prefill, twenty-second session) they took 0.37-0.67x `qgemm`'s
+/// time at 16-128 rows at 4096x4096, 6144x4096, 14336x4096 and 4096x14336; 128 is the largest
+/// row count measured. See [`PLAIN_GEMV_MANY_MAX_M_SMALL`] for smaller matrices.
 pub const PLAIN_GEMV_MANY_MAX_M: usize = 128;
 
 /// [`PLAIN_GEMV_MANY_MAX_M`] for matrices of at most 2^22 weights (1024x4096: 0.87x `qgemm`'s
