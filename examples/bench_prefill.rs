@@ -38,7 +38,7 @@
 //! `BlockedCompact`; the default picks one by the one-vector rule), and `--many-diag` the
 //! plain multi-vector launches in each listed build of
 //! `GpuQuantizedMatrix::gemv_many_diagnostic_dispatch` (1, 2: diagnostics, 3: four rows a
-//! group, checked against `qgemm` like the others); `--lane-order` the fused and plain
+//! group, 4: the same on lane order; the last listed checked against `qgemm` when 3 or 4); `--lane-order` the fused and plain
 //! launches on activations in lane order (`ecq::gpu::x_lane_order`, permuted on the host:
 //! `gemv_many_lane_order_dispatch`), also checked, and the permutation of a launch's vectors
 //! on the GPU alone (`x_lane_order_dispatch`). Prints a markdown table on stdout.
@@ -512,10 +512,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         let mut dts = Vec::new();
                         for &diag in &a.many_diag {
                             let launches = vector_runs(&qv, m, per, |q, n| {
+                                // (build 4 reads lane order)
                                 q.gemv_many_diagnostic_dispatch(
                                     dev.device(),
                                     registry,
-                                    &xb,
+                                    if diag == 4 { &xl } else { &xb },
                                     &yd,
                                     n,
                                     diag,
@@ -604,7 +605,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         let want = read(&dev, &yq, per * r);
                         let scale = want.iter().fold(0f32, |s, v| s.max(v.abs())).max(1e-30);
                         // (yd: the last diagnostic build's outputs, a GEMV only for build 3)
-                        let four_rows = a.many_diag.last() == Some(&3);
+                        let four_rows = matches!(a.many_diag.last(), Some(3 | 4));
                         let mut checked: Vec<(&str, &wgpu::Buffer)> =
                             vec![("fused", &ym), ("plain", &yp)];
                         if four_rows {

@@ -1279,21 +1279,23 @@ fn plain_gemv_many_vectors() {
                 let (want, sum_abs) = reference(&q, x);
                 assert_close(&format!("{label}: vector {j}"), yj, &want, &sum_abs, cols);
             }
-            // the four-row build (diagnostic 3) computes the same sums in the same order;
-            // builds 1 and 2 only launch (they do not compute the GEMV)
+            // the four-row builds (diagnostics 3, and 4 on lane order) compute the same sums
+            // in the same order; builds 1 and 2 only launch (they do not compute the GEMV)
             if reg.subgroups32() && n <= most {
                 let xb = input(dev, &xs[..n * cols]);
+                let xl = input(dev, &ecq::gpu::x_lane_order(&xs[..n * cols], cols).unwrap());
                 let yb = readable(dev, (4 * n * rows) as u64);
                 let d = m.gemv_many_dispatch(dev, reg, &xb, &yb, n as u32).unwrap();
                 let two = run_read(ctx, &d, &yb, n * rows);
                 assert_eq!(bits(two.clone()), bits(y.clone()), "{label}: one launch");
-                for diag in [3, 1, 2] {
+                for diag in [3, 4, 1, 2] {
+                    let x = if diag == 4 { &xl } else { &xb };
                     let d = m
-                        .gemv_many_diagnostic_dispatch(dev, reg, &xb, &yb, n as u32, diag)
+                        .gemv_many_diagnostic_dispatch(dev, reg, x, &yb, n as u32, diag)
                         .unwrap_or_else(|e| panic!("{label} build {diag}: {e}"));
                     let got = run_read(ctx, &d, &yb, n * rows);
-                    if diag == 3 {
-                        assert_eq!(bits(got), bits(two.clone()), "{label}: four rows a group");
+                    if diag >= 3 {
+                        assert_eq!(bits(got), bits(two.clone()), "{label}: build {diag}");
                     }
                 }
             }
@@ -1312,10 +1314,10 @@ fn plain_gemv_many_vectors() {
             outcome(r)
         );
     }
-    for diag in [0, 4] {
+    for diag in [0, 5] {
         let r = m.gemv_many_diagnostic_dispatch(dev, reg, &xb, &yb, 2, diag);
         assert!(
-            matches!(&r, Err(ecq::gpu::GpuError::InvalidInput(e)) if e.contains("1..=3")),
+            matches!(&r, Err(ecq::gpu::GpuError::InvalidInput(e)) if e.contains("1..=4")),
             "build {diag}: {}",
             outcome(r)
         );

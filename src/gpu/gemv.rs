@@ -797,7 +797,8 @@ impl GpuQuantizedMatrix {
     /// activations, 2 = only vector 0's activations are loaded and the others derived from
     /// them by one add a value (1 and 2 do not compute the GEMV), 3 = four rows a group of 32
     /// lanes instead of two, so each activation load serves four rows (the GEMV, the same
-    /// outputs bit for bit).
+    /// outputs bit for bit), 4 = 3 on activations in lane order
+    /// ([`Self::gemv_many_lane_order_dispatch`]'s `x`).
     pub fn gemv_many_diagnostic_dispatch(
         &self,
         device: &wgpu::Device,
@@ -809,9 +810,9 @@ impl GpuQuantizedMatrix {
     ) -> Result<Dispatch, GpuError> {
         match diag {
             1 | 2 => self.many_dispatch(device, registry, x, y, vectors, 1, diag, false),
-            3 => self.many_dispatch(device, registry, x, y, vectors, 2, 0, false),
+            3 | 4 => self.many_dispatch(device, registry, x, y, vectors, 2, 0, diag == 4),
             _ => Err(GpuError::InvalidInput(format!(
-                "diagnostic {diag} of the multi-vector 4-bit kernel (1..=3)"
+                "diagnostic {diag} of the multi-vector 4-bit kernel (1..=4)"
             ))),
         }
     }

@@ -21,8 +21,7 @@
 //! assert_eq!(ecq::gpu::x_column_order(&lanes, 48).unwrap(), x);
 //! ```
 
-use super::decode::entry;
-use super::{grid, Dispatch, GpuError, Kernel, PipelineRegistry};
+use super::{grid, vector_pass_dispatch, Dispatch, GpuError, Kernel, PipelineRegistry};
 
 /// Pieces of 16 columns a run: a group of 32 lanes, one piece a lane.
 const RUN: usize = 32;
@@ -104,27 +103,15 @@ pub fn x_lane_order_dispatch(
     let total = u32::try_from(vectors * cols / 4).map_err(|_| too_large())?;
     let cols4 = u32::try_from(cols / 4).map_err(|_| too_large())?;
     let (gx, gy) = grid(device, total.div_ceil(256).max(1));
-    let params = [cols4, total, gx, 0];
-    let uniform = {
-        use wgpu::util::DeviceExt;
-        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("x_lane_order params"),
-            contents: bytemuck::cast_slice(&params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
-    };
     let pipeline = registry.get(device, Kernel::XLaneOrder, "main", &[])?;
-    let layout = pipeline.get_bind_group_layout(0);
-    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("x_lane_order"),
-        layout: &layout,
-        entries: &[entry(0, &uniform), entry(1, x), entry(2, out)],
-    });
-    Ok(Dispatch {
+    Ok(vector_pass_dispatch(
+        device,
         pipeline,
-        bind_group,
-        workgroups: (gx, gy),
-    })
+        [cols4, total, gx, 0],
+        x,
+        out,
+        (gx, gy),
+    ))
 }
 
 #[cfg(test)]

@@ -1071,6 +1071,39 @@ pub(crate) fn storage_init(
     )
 }
 
+/// The launch of a pass over activation vectors (`quantize_x8.wgsl`, `x_lane_order.wgsl`):
+/// `params` as the kernel's uniform block at binding 0, `x` read at 1, `out` written at 2.
+pub(crate) fn vector_pass_dispatch(
+    device: &wgpu::Device,
+    pipeline: wgpu::ComputePipeline,
+    params: [u32; 4],
+    x: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    workgroups: (u32, u32),
+) -> Dispatch {
+    use wgpu::util::DeviceExt;
+    let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("vector pass params"),
+        contents: bytemuck::cast_slice(&params),
+        usage: wgpu::BufferUsages::UNIFORM,
+    });
+    let layout = pipeline.get_bind_group_layout(0);
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("vector pass"),
+        layout: &layout,
+        entries: &[
+            decode::entry(0, &uniform),
+            decode::entry(1, x),
+            decode::entry(2, out),
+        ],
+    });
+    Dispatch {
+        pipeline,
+        bind_group,
+        workgroups,
+    }
+}
+
 /// Checks that `x` holds one activation per column.
 pub(crate) fn check_x_len(x: &[f32], cols: usize) -> Result<(), GpuError> {
     if x.len() != cols {

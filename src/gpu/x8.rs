@@ -14,8 +14,10 @@
 //! The GPU buffer ([`x8_bytes`] bytes): the pieces' integers, 16 bytes a piece in the byte order
 //! of the kernel that reads them ([`X8Order`]), then a `(d, sum)` pair of f32 per piece.
 
-use super::decode::entry;
-use super::{grid, read_back, storage_empty, Dispatch, GpuError, Kernel, PipelineRegistry};
+use super::{
+    grid, read_back, storage_empty, vector_pass_dispatch, Dispatch, GpuError, Kernel,
+    PipelineRegistry,
+};
 
 /// Activations per quantization piece (one scale each).
 pub const X8_PIECE: usize = 16;
@@ -171,32 +173,20 @@ pub fn quantize_x8_dispatch(
         .map_err(|_| GpuError::InvalidInput(format!("{cols} activations")))?;
     let total_wg = pieces.div_ceil(64);
     let (gx, gy) = grid(device, total_wg);
-    let params = [pieces, gx, 0, 0];
-    let uniform = {
-        use wgpu::util::DeviceExt;
-        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("quantize_x8 params"),
-            contents: bytemuck::cast_slice(&params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
-    };
     let pipeline = registry.get(
         device,
         Kernel::QuantizeX8,
         "main",
         &[("ORDER", order.constant())],
     )?;
-    let layout = pipeline.get_bind_group_layout(0);
-    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("quantize_x8"),
-        layout: &layout,
-        entries: &[entry(0, &uniform), entry(1, x), entry(2, out)],
-    });
-    Ok(Dispatch {
+    Ok(vector_pass_dispatch(
+        device,
         pipeline,
-        bind_group,
-        workgroups: (gx, gy),
-    })
+        [pieces, gx, 0, 0],
+        x,
+        out,
+        (gx, gy),
+    ))
 }
 
 /// `x` uploaded and quantized on the GPU into a new buffer of [`x8_bytes`] bytes (the input of
