@@ -142,13 +142,15 @@ pub const GEMV_BATCH_MAX_M_WINDOW_VECTORS_MID: usize = 16;
 /// [`GEMV_BATCH_MAX_M_WINDOW_VECTORS`] for layers whose fused GEMVs take activations in lane
 /// order ([`EntropyCodedLinear::lane_order`]) with more than [`LANE_ORDER_SMALL_WEIGHTS`]
 /// weights: on an H200 (BENCHMARKS.md issue 5, step 88; Prefill, twenty-second session)
-/// launches of 16 vectors took 0.42-0.67x the batched kernel's time at 64-128 rows at
-/// 4096x4096, 6144x4096, 14336x4096 and 4096x14336; 128 is the largest count measured.
-pub const GEMV_BATCH_MAX_M_LANE_ORDER: usize = 128;
+/// launches of 16 vectors took 0.42-0.67x the batched kernel's time at 64-128 rows and
+/// 0.44-0.55x at 192-512 rows at 4096x4096, 6144x4096, 14336x4096 and 4096x14336; 512 is the
+/// largest count measured (and the batched kernel's largest block,
+/// [`MAX_M_PER_DISPATCH`]).
+pub const GEMV_BATCH_MAX_M_LANE_ORDER: usize = 512;
 
 /// [`GEMV_BATCH_MAX_M_LANE_ORDER`] for layers of at most [`LANE_ORDER_SMALL_WEIGHTS`]
-/// weights: at 1024x4096 launches of 16 took 0.96x the batched kernel's time at 96 rows and
-/// 1.17x at 128.
+/// weights: at 1024x4096 launches of 16 took 0.96x the batched kernel's time at 96 rows,
+/// 1.17x at 128 and 1.08-1.28x at 256-512 (0.84x at 192).
 pub const GEMV_BATCH_MAX_M_LANE_ORDER_SMALL: usize = 96;
 
 /// The weights up to which a lane-order layer takes [`GEMV_BATCH_MAX_M_LANE_ORDER_SMALL`]:
@@ -1717,9 +1719,9 @@ mod tests {
         for (w, want) in [
             (512 * 4096, 96),
             (1024 * 4096, 96),
-            (1024 * 4096 + 1, 128),
-            (6144 * 4096, 128),
-            (128256 * 4096, 128),
+            (1024 * 4096 + 1, 512),
+            (6144 * 4096, 512),
+            (128256 * 4096, 512),
         ] {
             assert_eq!(super::default_gemv_many_batch_max_m(w, true), want, "{w}");
         }

@@ -11,12 +11,13 @@ use crate::quant::QuantizedMatrix;
 /// [`crate::gpu::MAX_GEMV_VECTORS`] rows of the plain multi-vector GEMV
 /// (`wgsl/qgemv4_many.wgsl`, on activations in lane order) instead of `qgemm`, where it can.
 /// On an H200 (BENCHMARKS.md, Prefill, twenty-second session) they took 0.37-0.67x `qgemm`'s
-/// time at 16-128 rows at 4096x4096, 6144x4096, 14336x4096 and 4096x14336; 128 is the largest
-/// row count measured. See [`PLAIN_GEMV_MANY_MAX_M_SMALL`] for smaller matrices.
-pub const PLAIN_GEMV_MANY_MAX_M: usize = 128;
+/// time at 16-512 rows at 4096x4096, 6144x4096, 14336x4096 and 4096x14336; 512 is the largest
+/// row count measured (and `qgemm`'s largest block). See [`PLAIN_GEMV_MANY_MAX_M_SMALL`] for
+/// smaller matrices.
+pub const PLAIN_GEMV_MANY_MAX_M: usize = 512;
 
 /// [`PLAIN_GEMV_MANY_MAX_M`] for matrices of at most 2^22 weights (1024x4096: 0.87x `qgemm`'s
-/// time at 48 rows, 1.12x at 64 on an H200).
+/// time at 48 rows, 1.12x at 64 and 0.93-1.31x from 96 to 512 on an H200).
 pub const PLAIN_GEMV_MANY_MAX_M_SMALL: usize = 48;
 
 /// Uniform block of `qgemm.wgsl`.
