@@ -221,11 +221,24 @@ impl FusedLayout {
         }
     }
 
-    /// The blocked kernel's table form for this launch: [`FusedVariant::BlockedCompact`] from
+    /// The blocked kernel's table form for this launch: [`FusedVariant::BlockedCompact`] for
+    /// one vector of f32 activations of a window split in row pairs with one group of 32
+    /// lanes a chunk, at any size (the one-vector GEMV ran 1.00-1.28x faster with it than
+    /// with the u32 table at each of Llama-3-8B's five shapes on an H200 and an H100, in lane
+    /// and in column order; BENCHMARKS.md issue 5, step 89); otherwise from
     /// [`COMPACT_TABLE_FROM_WORKGROUPS`] workgroups on, and from
     /// [`COMPACT_TABLE_SHORT_K_FROM_WORKGROUPS`] for at most [`COMPACT_TABLE_MAX_SHORT_K`]
-    /// inputs; else [`FusedVariant::Blocked`].
+    /// inputs; else [`FusedVariant::Blocked`]. (Several vectors a launch, 8-bit activations
+    /// and several groups a chunk keep the workgroup rule: not re-timed.)
     pub fn blocked_variant(&self) -> FusedVariant {
+        if self.low_bits == WINDOW_LOW_BITS
+            && self.row_pairs
+            && self.vectors <= 1
+            && !self.x8_activations
+            && self.chunk_subgroups <= 1
+        {
+            return FusedVariant::BlockedCompact;
+        }
         let short_k = self.inputs() <= COMPACT_TABLE_MAX_SHORT_K;
         if self.workgroups >= COMPACT_TABLE_FROM_WORKGROUPS
             || (short_k && self.workgroups >= COMPACT_TABLE_SHORT_K_FROM_WORKGROUPS)
@@ -1261,6 +1274,21 @@ impl GpuCodedMatrix {
         default_fused_variant(registry, &self.fused_layout())
     }
 
+    /// [`Self::default_fused_variant`] for a launch of `vectors` activation vectors, on 8-bit
+    /// activations or not (the table form can depend on both,
+    /// [`FusedLayout::blocked_variant`]).
+    pub fn default_fused_variant_for(
+        &self,
+        registry: &PipelineRegistry,
+        vectors: u32,
+        x8: bool,
+    ) -> FusedVariant {
+        let mut layout = self.fused_layout();
+        layout.vectors = vectors;
+        layout.x8_activations = x8;
+        default_fused_variant(registry, &layout)
+    }
+
     /// The layout the fused kernels are specialised on.
     pub fn fused_layout(&self) -> FusedLayout {
         FusedLayout {
@@ -1321,7 +1349,7 @@ impl GpuCodedMatrix {
         y: &wgpu::Buffer,
         vectors: u32,
     ) -> Result<Dispatch, GpuError> {
-        let v = self.default_fused_variant(registry);
+        let v = self.default_fused_variant_for(registry, vectors, false);
         self.gemv_many_dispatch_with(device, registry, x, y, vectors, v)
     }
 
@@ -1369,7 +1397,7 @@ impl GpuCodedMatrix {
         y: &wgpu::Buffer,
         vectors: u32,
     ) -> Result<Dispatch, GpuError> {
-        let v = self.default_fused_variant(registry);
+        let v = self.default_fused_variant_for(registry, vectors, false);
         self.gemv_many_lane_order_dispatch_with(device, registry, x, y, vectors, v)
     }
 
@@ -1415,7 +1443,9 @@ impl GpuCodedMatrix {
         x: &[f32],
         vectors: usize,
     ) -> Result<Vec<f32>, GpuError> {
-        let v = self.default_fused_variant(registry);
+        // (the table form of full launches; a last launch of one vector gives the same
+        // outputs with either form)
+        let v = self.default_fused_variant_for(registry, MAX_GEMV_VECTORS, false);
         self.gemv_many_with(device, queue, registry, x, vectors, v)
     }
 
@@ -1472,7 +1502,7 @@ impl GpuCodedMatrix {
         x8: &wgpu::Buffer,
         y: &wgpu::Buffer,
     ) -> Result<Dispatch, GpuError> {
-        let v = self.default_fused_variant(registry);
+        let v = self.default_fused_variant_for(registry, 1, true);
         self.gemv_x8_dispatch_with(device, registry, x8, y, v)
     }
 
@@ -1499,7 +1529,7 @@ impl GpuCodedMatrix {
         registry: &PipelineRegistry,
         x: &[f32],
     ) -> Result<Vec<f32>, GpuError> {
-        let v = self.default_fused_variant(registry);
+        let v = self.default_fused_variant_for(registry, 1, true);
         self.gemv_x8_with(device, queue, registry, x, v)
     }
 
@@ -1940,6 +1970,24 @@ mod tests {
                 v,
                 "{cols} cols, pairs {pairs}, {wg} workgroups"
             );
+        }
+        // window splits in row pairs: compact at any size for one vector of f32 activations
+        // and one group a chunk; the workgroup rule otherwise
+        let mut w = layout(8192, 8, 11);
+        w.low_bits = super::WINDOW_LOW_BITS;
+        w.row_pairs = true;
+        w.workgroups = 128;
+        assert_eq!(w.blocked_variant(), FusedVariant::BlockedCompact);
+        let changes: [fn(&mut FusedLayout); 4] = [
+            |l| l.vectors = 2,
+            |l| l.x8_activations = true,
+            |l| l.chunk_subgroups = 2,
+            |l| l.row_pairs = false,
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut l = w;
+            change(&mut l);
+            assert_eq!(l.blocked_variant(), FusedVariant::Blocked, "change {i}");
         }
     }
 }

@@ -1244,11 +1244,12 @@ impl EntropyCodedLinear {
         let registry = self.dev.gpu().registry();
         let device = self.dev.device();
         let mut layout = band.gemv.fused_layout(self.side);
+        // (the table form depends on the vectors and the activations' type too)
+        layout.x8_activations = self.x8;
+        layout.vectors = vectors;
         let variant = default_fused_variant(registry, &layout);
         let tables = band.tables.as_ref().filter(|_| variant.is_blocked());
         layout.tables_in_memory = tables.is_some();
-        layout.x8_activations = self.x8;
-        layout.vectors = vectors;
         layout.lane_order_x = lanes;
         let pipeline = fused_gemv_pipeline(device, registry, variant, &layout)?;
         let layout = pipeline.get_bind_group_layout(0);
