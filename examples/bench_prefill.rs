@@ -35,7 +35,7 @@
 //! vectors, up to `--max-gemv-m` rows, both results checked against `qgemm`'s;
 //! `--vectors-tables` adds the fused launches with each decode table form forced
 //! (`GpuCodedMatrix::gemv_many_dispatch_with`, `FusedVariant::Blocked` = u32 table,
-//! `BlockedCompact`; the default picks one by the one-vector rule), and `--many-diag` the
+//! `BlockedCompact`; on lane order with `--lane-order`), and `--many-diag` the
 //! plain multi-vector launches in each listed build of
 //! `GpuQuantizedMatrix::gemv_many_diagnostic_dispatch` (1, 2: diagnostics, 3: four rows a
 //! group, 4: the same on lane order; the last listed checked against `qgemm` when 3 or 4); `--lane-order` the fused and plain
@@ -580,15 +580,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             .into_iter()
                             .enumerate()
                             {
+                                // (on lane order with --lane-order)
                                 let launches = vector_runs(&forced, m, per, |c, n| {
-                                    c.gemv_many_dispatch_with(
-                                        dev.device(),
-                                        registry,
-                                        &xb,
-                                        &ym,
-                                        n,
-                                        variant,
-                                    )
+                                    if a.lane_order {
+                                        c.gemv_many_lane_order_dispatch_with(
+                                            dev.device(),
+                                            registry,
+                                            &xl,
+                                            &ym,
+                                            n,
+                                            variant,
+                                        )
+                                    } else {
+                                        c.gemv_many_dispatch_with(
+                                            dev.device(),
+                                            registry,
+                                            &xb,
+                                            &ym,
+                                            n,
+                                            variant,
+                                        )
+                                    }
                                 })?;
                                 ts[ti] =
                                     time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
