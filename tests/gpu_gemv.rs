@@ -1063,34 +1063,14 @@ fn run_blocked_diag(
 ) -> Result<Vec<f32>, ecq::gpu::GpuError> {
     use wgpu::util::DeviceExt;
     let dev = ctx.device();
-    let xb = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("x"),
-        contents: bytemuck::cast_slice(x),
-        usage: wgpu::BufferUsages::STORAGE,
-    });
-    let bytes = 4 * m.rows() as u64;
+    let xb = input(dev, x);
     let yb = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some("y"),
         contents: bytemuck::cast_slice(&vec![f32::NAN; m.rows()]),
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
     });
-    let staging = dev.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("staging"),
-        size: bytes,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
     let d = m.blocked_diagnostic_dispatch(dev, ctx.registry(), &xb, &yb, diag)?;
-    let mut enc = dev.create_command_encoder(&Default::default());
-    {
-        let mut pass = enc.begin_compute_pass(&Default::default());
-        d.record(&mut pass);
-    }
-    enc.copy_buffer_to_buffer(&yb, 0, &staging, 0, bytes);
-    ctx.queue().submit([enc.finish()]);
-    staging.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
-    ctx.wait()?;
-    let y = bytemuck::pod_collect_to_vec(&staging.get_mapped_range(..).unwrap());
+    let y = run_read(ctx, &d, &yb, m.rows());
     m.check_errors(dev, ctx.queue())?;
     Ok(y)
 }

@@ -106,6 +106,23 @@ fn all_kernels_validate() {
     }
 }
 
+/// The constants of a window-split build of the blocked fused GEMV (one-bit symbols of
+/// eight weights, four-step blocks, a window starting at 5), in row pairs or not, plus `extra`.
+fn window_build(pairs: bool, extra: &[(&'static str, f64)]) -> Vec<(&'static str, f64)> {
+    let mut c = vec![
+        ("LOW", 3.0),
+        ("WPS", 8.0),
+        ("BITS", 1.0),
+        ("BLOCK", 4.0),
+        ("WSTART", 5.0),
+    ];
+    if pairs {
+        c.push(("PAIR", 1.0));
+    }
+    c.extend_from_slice(extra);
+    c
+}
+
 /// Every kernel at its default constants, then the split-matrix builds of the blocked kernels
 /// (raw low bits: `LOW = 2` beside 2-bit symbols of four weights), in row-major and row-pair
 /// order (`PAIR = 1`), the window-split builds of the blocked fused GEMV (`LOW = 3`, one-bit
@@ -124,116 +141,53 @@ fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
         })
         .collect();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("wgsl");
-    for (file, constants) in [
+    let gemv = "rans_gemv_blocked.wgsl";
+    let builds_with: Vec<(&str, Vec<(&str, f64)>)> = vec![
+        (gemv, vec![("LOW", 2.0), ("WPS", 4.0), ("BITS", 2.0)]),
+        ("rans_decode_blocked.wgsl", vec![("LOW", 2.0)]),
         (
-            "rans_gemv_blocked.wgsl",
-            &[("LOW", 2.0), ("WPS", 4.0), ("BITS", 2.0)][..],
-        ),
-        ("rans_decode_blocked.wgsl", &[("LOW", 2.0)][..]),
-        (
-            "rans_gemv_blocked.wgsl",
-            &[
+            gemv,
+            vec![
                 ("LOW", 2.0),
                 ("WPS", 4.0),
                 ("BITS", 2.0),
                 ("PAIR", 1.0),
                 ("BRANCH_FREE_PLANES", 1.0),
-            ][..],
+            ],
         ),
         (
             "rans_decode_blocked.wgsl",
-            &[("LOW", 2.0), ("PAIR", 1.0)][..],
+            vec![("LOW", 2.0), ("PAIR", 1.0)],
         ),
         (
-            "rans_gemv_blocked.wgsl",
-            &[
-                ("LOW", 3.0),
-                ("WPS", 8.0),
-                ("BITS", 1.0),
-                ("BLOCK", 4.0),
-                ("PAIR", 1.0),
-                ("WSTART", 5.0),
-                ("TABLE_MEM", 1.0),
-                ("DUP", 2.0),
-            ][..],
+            gemv,
+            window_build(true, &[("TABLE_MEM", 1.0), ("DUP", 2.0)]),
         ),
-        (
-            "rans_gemv_blocked.wgsl",
-            &[
-                ("LOW", 3.0),
-                ("WPS", 8.0),
-                ("BITS", 1.0),
-                ("BLOCK", 4.0),
-                ("WSTART", 5.0),
-                ("XI8", 1.0),
-                ("DUP", 4.0),
-            ][..],
-        ),
+        (gemv, window_build(false, &[("XI8", 1.0), ("DUP", 4.0)])),
         // (several activation vectors a launch, in row-pair and row-major order)
         (
-            "rans_gemv_blocked.wgsl",
-            &[
-                ("LOW", 3.0),
-                ("WPS", 8.0),
-                ("BITS", 1.0),
-                ("BLOCK", 4.0),
-                ("PAIR", 1.0),
-                ("WSTART", 5.0),
-                ("TABLE_MEM", 1.0),
-                ("NVEC", 16.0),
-            ][..],
+            gemv,
+            window_build(true, &[("TABLE_MEM", 1.0), ("NVEC", 16.0)]),
         ),
-        (
-            "rans_gemv_blocked.wgsl",
-            &[
-                ("LOW", 3.0),
-                ("WPS", 8.0),
-                ("BITS", 1.0),
-                ("BLOCK", 4.0),
-                ("WSTART", 5.0),
-                ("NVEC", 3.0),
-            ][..],
-        ),
-        ("qgemv4_many.wgsl", &[("NVEC", 16.0), ("GS", 32.0)][..]),
+        (gemv, window_build(false, &[("NVEC", 3.0)])),
+        ("qgemv4_many.wgsl", vec![("NVEC", 16.0), ("GS", 32.0)]),
         (
             "qgemv4_many.wgsl",
-            &[("NVEC", 5.0), ("PAIRS", 2.0), ("XMODE", 2.0)][..],
+            vec![("NVEC", 5.0), ("PAIRS", 2.0), ("XMODE", 2.0)],
         ),
-        ("qgemv4_many.wgsl", &[("NVEC", 3.0), ("XMODE", 1.0)][..]),
-        ("qgemv4_many.wgsl", &[("NVEC", 4.0), ("XLANES", 1.0)][..]),
+        ("qgemv4_many.wgsl", vec![("NVEC", 3.0), ("XMODE", 1.0)]),
+        ("qgemv4_many.wgsl", vec![("NVEC", 4.0), ("XLANES", 1.0)]),
         // (activations in lane order, one and several vectors)
-        (
-            "rans_gemv_blocked.wgsl",
-            &[
-                ("LOW", 3.0),
-                ("WPS", 8.0),
-                ("BITS", 1.0),
-                ("BLOCK", 4.0),
-                ("PAIR", 1.0),
-                ("WSTART", 5.0),
-                ("NVEC", 8.0),
-                ("XLANES", 1.0),
-            ][..],
-        ),
-        (
-            "rans_gemv_blocked.wgsl",
-            &[
-                ("LOW", 3.0),
-                ("WPS", 8.0),
-                ("BITS", 1.0),
-                ("BLOCK", 4.0),
-                ("PAIR", 1.0),
-                ("WSTART", 5.0),
-                ("XLANES", 1.0),
-            ][..],
-        ),
+        (gemv, window_build(true, &[("NVEC", 8.0), ("XLANES", 1.0)])),
+        (gemv, window_build(true, &[("XLANES", 1.0)])),
         // (split matrices in row-pair order: two accumulators per row)
-        ("rans_gemm.wgsl", &[("PAIR", 1.0)][..]),
+        ("rans_gemm.wgsl", vec![("PAIR", 1.0)]),
         (
             "rans_gemm_blocked.wgsl",
-            &[("PAIR", 1.0), ("WPS", 4.0), ("BITS", 2.0), ("BLOCK", 2.0)][..],
+            vec![("PAIR", 1.0), ("WPS", 4.0), ("BITS", 2.0), ("BLOCK", 2.0)],
         ),
-    ] {
+    ];
+    for (file, constants) in &builds_with {
         let f = dir.join(file);
         let (m, i) = validate_with(&f, constants);
         builds.push((f, m, i));

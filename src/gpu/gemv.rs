@@ -333,6 +333,14 @@ impl GpuQuantizedMatrix {
                 self.group_size
             )));
         }
+        self.check_vector_buffers(x, y)?;
+        let ks = self.pipelined_auto_ksplit(4);
+        let kernel = (Kernel::QGemv4Pipe, "main", self.params.cols / 16);
+        self.stream_dispatch(device, registry, x, y, kernel, 4, ks, &[("XLANES", 1)])
+    }
+
+    /// Checks that `x` and `y` hold one vector's activations and outputs.
+    fn check_vector_buffers(&self, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<(), GpuError> {
         if x.size() < self.cols() as u64 * 4 || y.size() < self.rows() as u64 * 4 {
             return Err(GpuError::InvalidInput(format!(
                 "x/y buffers have {}/{} bytes, need {}/{}",
@@ -342,9 +350,7 @@ impl GpuQuantizedMatrix {
                 self.rows() * 4
             )));
         }
-        let ks = self.pipelined_auto_ksplit(4);
-        let kernel = (Kernel::QGemv4Pipe, "main", self.params.cols / 16);
-        self.stream_dispatch(device, registry, x, y, kernel, 4, ks, &[("XLANES", 1)])
+        Ok(())
     }
 
     /// Whether the 4-bit kernel (`qgemv4.wgsl`) can run this matrix.
@@ -416,15 +422,7 @@ impl GpuQuantizedMatrix {
         y: &wgpu::Buffer,
         variant: QGemvVariant,
     ) -> Result<Dispatch, GpuError> {
-        if x.size() < self.cols() as u64 * 4 || y.size() < self.rows() as u64 * 4 {
-            return Err(GpuError::InvalidInput(format!(
-                "x/y buffers have {}/{} bytes, need {}/{}",
-                x.size(),
-                y.size(),
-                self.cols() * 4,
-                self.rows() * 4
-            )));
-        }
+        self.check_vector_buffers(x, y)?;
         // Auto: the pipelined 4-bit kernel where it runs (4-9% faster than qgemv4 on an H200,
         // the same results at the same K split; BENCHMARKS.md, issue 5 step 10)
         let variant = match variant {

@@ -34,11 +34,11 @@ fn lane_index(q: usize, pieces: usize) -> usize {
     4 * run + c * nb + u % RUN
 }
 
-fn check(x: &[f32], cols: usize) -> Result<(), GpuError> {
-    if cols == 0 || !cols.is_multiple_of(16) || !x.len().is_multiple_of(cols) {
+/// Checks that `values` activations are whole vectors of `cols`, a multiple of 16.
+fn check(values: usize, cols: usize) -> Result<(), GpuError> {
+    if cols == 0 || !cols.is_multiple_of(16) || !values.is_multiple_of(cols) {
         return Err(GpuError::InvalidInput(format!(
-            "lane order needs vectors of a multiple of 16 columns (cols {cols}, {} values)",
-            x.len()
+            "lane order needs vectors of a multiple of 16 columns (cols {cols}, {values} values)"
         )));
     }
     Ok(())
@@ -47,7 +47,7 @@ fn check(x: &[f32], cols: usize) -> Result<(), GpuError> {
 /// `x` (vectors of `cols` activations one after another, `cols % 16 == 0`) in lane order
 /// (module doc); a permutation within each vector.
 pub fn x_lane_order(x: &[f32], cols: usize) -> Result<Vec<f32>, GpuError> {
-    check(x, cols)?;
+    check(x.len(), cols)?;
     let mut out = vec![0.0; x.len()];
     let pieces = cols / 16;
     for (src, dst) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
@@ -61,7 +61,7 @@ pub fn x_lane_order(x: &[f32], cols: usize) -> Result<Vec<f32>, GpuError> {
 
 /// The inverse of [`x_lane_order`].
 pub fn x_column_order(x: &[f32], cols: usize) -> Result<Vec<f32>, GpuError> {
-    check(x, cols)?;
+    check(x.len(), cols)?;
     let mut out = vec![0.0; x.len()];
     let pieces = cols / 16;
     for (src, dst) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
@@ -85,11 +85,7 @@ pub fn x_lane_order_dispatch(
     vectors: usize,
     cols: usize,
 ) -> Result<Dispatch, GpuError> {
-    if cols == 0 || !cols.is_multiple_of(16) {
-        return Err(GpuError::InvalidInput(format!(
-            "lane order needs vectors of a multiple of 16 columns (cols {cols})"
-        )));
-    }
+    check(vectors * cols, cols)?;
     let bytes = (vectors * cols * 4) as u64;
     if x.size() < bytes || out.size() < bytes {
         return Err(GpuError::InvalidInput(format!(
