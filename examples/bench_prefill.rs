@@ -10,7 +10,8 @@
 //!     [--ms 1,8,32,128,512] [--rounds 5] [--target-ms 30] [--set-mib 256] [--max-gemv-m 512]
 //!     [--chunk-symbols 16384] [--tile-chunks 32] [--min-chunks N]
 //!     [--coding whole,split,pairs,window] [--target-workgroups 256,512,1024]
-//!     [--vectors 2,4,8,16] [--vectors-tables] [--many-diag 1,2,3] [--lane-order] [--wall]
+//!     [--vectors 2,4,8,16] [--vectors-tables] [--many-diag 1,2,3] [--lane-order] [--coop]
+//!     [--wall]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64 (`ecq::quant::quantize_affine`), coded
@@ -41,7 +42,11 @@
 //! group, 4: the same on lane order; the last listed checked against `qgemm` when 3 or 4); `--lane-order` the fused and plain
 //! launches on activations in lane order (`ecq::gpu::x_lane_order`, permuted on the host:
 //! `gemv_many_lane_order_dispatch`), also checked, and the permutation of a launch's vectors
-//! on the GPU alone (`x_lane_order_dispatch`). Prints a markdown table on stdout.
+//! on the GPU alone (`x_lane_order_dispatch`); `--coop` creates the context with
+//! `GpuContext::with_cooperative_matrix` and adds the cooperative-matrix launches where it
+//! got them (`ecq::gpu::coop_x_dispatch` then `GpuCodedMatrix::gemv_coop_dispatch`, each
+//! launch's activation pass included, and that pass alone), checked too. Prints a markdown
+//! table on stdout.
 //!
 //! Clock (`examples/common/timing.rs`): where the device has `TIMESTAMP_QUERY`, times are the
 //! GPU duration of the compute pass holding a round's forwards divided by their number
@@ -89,6 +94,8 @@ struct Args {
     many_diag: Vec<u32>,
     /// also time the launches on activations in lane order
     lane_order: bool,
+    /// also time the cooperative-matrix launches (a context with cooperative matrices)
+    coop: bool,
     wall: bool,
 }
 
@@ -115,6 +122,7 @@ fn parse_args() -> Args {
         vectors_tables: false,
         many_diag: Vec::new(),
         lane_order: false,
+        coop: false,
         wall: false,
     };
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -128,6 +136,10 @@ fn parse_args() -> Args {
     }
     if let Some(p) = args.iter().position(|s| s == "--lane-order") {
         a.lane_order = true;
+        args.remove(p);
+    }
+    if let Some(p) = args.iter().position(|s| s == "--coop") {
+        a.coop = true;
         args.remove(p);
     }
     let mut i = 0;
@@ -260,7 +272,11 @@ fn vector_runs<C, D, E>(
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = parse_args();
-    let dev: Arc<LinearDevice> = LinearDevice::new()?;
+    let dev: Arc<LinearDevice> = if a.coop {
+        LinearDevice::from_context(ecq::gpu::GpuContext::with_cooperative_matrix()?)
+    } else {
+        LinearDevice::new()?
+    };
     let adapter = dev.gpu().adapter_name().to_string();
     eprintln!("adapter: {}", dev.gpu().describe());
     let timer = GpuTimer::new(dev.device(), dev.queue(), a.wall);
@@ -389,7 +405,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             // (--vectors-tables, --lane-order: the window split as GpuCodedMatrix copies, for
             // forced tables and lane order)
             let forced: Vec<ecq::gpu::GpuCodedMatrix> =
-                match (&split, a.vectors_tables || a.lane_order) {
+                match (&split, a.vectors_tables || a.lane_order || a.coop) {
                     (Some(s), true) if coding == "window" => (0..copies)
                         .map(|_| {
                             dev.gpu()
@@ -478,6 +494,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let mut forced_t: Vec<(f64, f64)> = Vec::new();
                 let mut diag_t: Vec<Vec<(u32, f64)>> = Vec::new();
                 let mut lanes_t: Vec<(f64, f64, f64)> = Vec::new();
+                let mut coop_t: Vec<(f64, f64, Vec<f64>)> = Vec::new();
+                let yc = buffer(&dev, (m * r * 4) as u64, None);
                 let xperm = buffer(&dev, (x.len() * 4) as u64, None);
                 let yl = buffer(&dev, (m * r * 4) as u64, None);
                 let ylp = buffer(&dev, (m * r * 4) as u64, None);
@@ -571,6 +589,56 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             }
                             lanes_t.push((ts[0], ts[1], ts[2]));
                         }
+                        if a.coop && !forced.is_empty() && forced[0].coop_supported(registry) {
+                            // each launch: its activation pass, then the GEMV
+                            let launches = vector_runs(&forced, m, per, |c, n| {
+                                let act = ecq::gpu::CoopActivations::new(dev.device(), k, n)?;
+                                let prep =
+                                    ecq::gpu::coop_x_dispatch(dev.device(), registry, &xb, &act)?;
+                                let gemv =
+                                    c.gemv_coop_dispatch(dev.device(), registry, &act, &yc)?;
+                                Ok::<_, ecq::gpu::GpuError>((prep, gemv))
+                            })?;
+                            let t = time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
+                                for (p, g) in &launches[i % copies] {
+                                    p.record(pass);
+                                    g.record(pass);
+                                }
+                            })
+                            .t;
+                            let tp = time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
+                                for (p, _) in &launches[i % copies] {
+                                    p.record(pass);
+                                }
+                            })
+                            .t;
+                            // the GEMV's diagnostic builds (1: decode alone, 2: with the
+                            // tile and barriers, 3: tile, multiply and flush alone, 4 and 5:
+                            // the kernel with fewer loads before the decode), prepared
+                            // activations as above
+                            let mut td = Vec::new();
+                            for diag in 1..=5 {
+                                let dl = vector_runs(&forced, m, per, |c, n| {
+                                    let act = ecq::gpu::CoopActivations::new(dev.device(), k, n)?;
+                                    c.coop_diagnostic_dispatch(
+                                        dev.device(),
+                                        registry,
+                                        &act,
+                                        &yd,
+                                        diag,
+                                    )
+                                })?;
+                                td.push(
+                                    time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
+                                        for d in &dl[i % copies] {
+                                            d.record(pass);
+                                        }
+                                    })
+                                    .t,
+                                );
+                            }
+                            coop_t.push((t, tp, td));
+                        }
                         if a.vectors_tables && !forced.is_empty() {
                             let mut ts = [0.0; 2];
                             for (ti, variant) in [
@@ -626,6 +694,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         if !lanes_t.is_empty() {
                             checked.push(("fused lane-order", &yl));
                             checked.push(("plain lane-order", &ylp));
+                        }
+                        if !coop_t.is_empty() {
+                            checked.push(("fused cooperative", &yc));
                         }
                         for (what, b) in checked {
                             let got = read(&dev, b, per * r);
@@ -710,8 +781,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                             l.2 * 1e6
                                         )
                                     });
+                                    let coop = coop_t.get(i).map_or(String::new(), |c| {
+                                        format!(
+                                            " (cooperative {:.1}, its activation pass {:.1}; \
+                                             builds {})",
+                                            c.0 * 1e6,
+                                            c.1 * 1e6,
+                                            c.2.iter()
+                                                .map(|t| format!("{:.1}", t * 1e6))
+                                                .collect::<Vec<_>>()
+                                                .join(" / ")
+                                        )
+                                    });
                                     format!(
-                                        "{v}: {:.1} / {:.1}{lanes}{tables}{diags}",
+                                        "{v}: {:.1} / {:.1}{lanes}{coop}{tables}{diags}",
                                         t * 1e6,
                                         tp * 1e6
                                     )

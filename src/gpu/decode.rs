@@ -1718,6 +1718,211 @@ impl GpuCodedMatrix {
         })
     }
 
+    /// Why [`Self::gemv_coop_dispatch`] cannot run this matrix on `registry`'s device, or
+    /// `None` where it can.
+    fn coop_refusal(&self, registry: &PipelineRegistry) -> Option<String> {
+        let p = &self.params;
+        let k = p.cols / 2;
+        if self.sb.is_none() {
+            Some("the fused GEMV needs scales and biases at upload".into())
+        } else if !registry.cooperative_matrix() {
+            Some(
+                "the device has no cooperative matrices (GpuContext::with_cooperative_matrix on \
+                 an adapter offering 16x16x16 f16 multiplies with f32 accumulators)"
+                    .into(),
+            )
+        } else if p.low_bits != WINDOW_LOW_BITS || p.row_pairs == 0 {
+            Some(format!(
+                "the cooperative GEMV runs window splits in row pairs (window split {}, row \
+                 pairs {})",
+                p.low_bits == WINDOW_LOW_BITS,
+                p.row_pairs != 0
+            ))
+        } else if k == 0 || !(k as usize).is_multiple_of(super::COOP_BLOCK_COLS) {
+            Some(format!(
+                "the cooperative GEMV needs inputs a multiple of {}, not {k}",
+                super::COOP_BLOCK_COLS
+            ))
+        } else if p.group_size != 64 && p.group_size != 128 {
+            Some(format!(
+                "the cooperative GEMV needs MLX groups of 64 or 128, not {}",
+                p.group_size
+            ))
+        } else if !(8..=11).contains(&p.prec) {
+            Some(format!(
+                "the cooperative GEMV needs 8..=11 probability bits, not {}",
+                p.prec
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Whether [`Self::gemv_coop_dispatch`] runs this matrix on `registry`'s device: a window
+    /// split in row pairs of inputs a multiple of [`super::COOP_BLOCK_COLS`], MLX groups of 64
+    /// or 128, uploaded with scales and biases, on a registry with
+    /// [`PipelineRegistry::cooperative_matrix`].
+    pub fn coop_supported(&self, registry: &PipelineRegistry) -> bool {
+        self.coop_refusal(registry).is_none()
+    }
+
+    /// The fused GEMV of `x.vectors()` activation vectors with its multiply on cooperative
+    /// matrices (tensor cores; `wgsl/rans_gemv_coop.wgsl`, BENCHMARKS.md issue 5, step 90):
+    /// `x` as [`super::coop_x_dispatch`] prepares it, `y` receives `x.vectors()` rows of
+    /// `rows` f32. Each chunk is decoded once, as in [`Self::gemv_many_dispatch`], and the
+    /// multiply costs about the same for 1 and 16 vectors. Not bit for bit the f32 kernels:
+    /// the activations reach the tensor cores as f16 (each vector scaled per 512 inputs by a
+    /// power of two): exact for activations that f16 holds so (f16 and bf16 values), else
+    /// rounded to 11 bits, so each output is within 2^-11 of the sum of its terms' magnitudes
+    /// of the exact value, plus the f32 sums' error (tests/gpu_coop.rs states and tests both
+    /// bounds). [`GpuError::Unsupported`] where [`Self::coop_supported`] is false (naming
+    /// why), [`GpuError::InvalidInput`] for `x` of another width or `y` too small. Decode
+    /// tables are read from memory (built on the host once, as [`Self::set_tables_in_memory`]
+    /// does) whatever that setting.
+    pub fn gemv_coop_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &super::CoopActivations,
+        y: &wgpu::Buffer,
+    ) -> Result<Dispatch, GpuError> {
+        self.gemv_coop_dispatch_diag(device, registry, x, y, 0)
+    }
+
+    /// A diagnostic build of [`Self::gemv_coop_dispatch`], for measuring where its time goes
+    /// (outputs meaningless; corrupt streams reported as by the kernel): 1 = the decode alone,
+    /// 2 = the decode and the weight tile's stores and barriers without the cooperative
+    /// multiply, 3 = the tile, multiply and flush on made-up symbols (the stream never read);
+    /// 4 and 5 are the kernel (the same outputs) with fewer loads issued before the decode: 4
+    /// loads the flush's sums and scalings at the flush, 5 also the block's activation tiles
+    /// after the decode. Other numbers: [`GpuError::InvalidInput`].
+    pub fn coop_diagnostic_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &super::CoopActivations,
+        y: &wgpu::Buffer,
+        diag: u32,
+    ) -> Result<Dispatch, GpuError> {
+        if !(1..=5).contains(&diag) {
+            return Err(GpuError::InvalidInput(format!(
+                "cooperative GEMV diagnostic builds are 1..=5, not {diag}"
+            )));
+        }
+        self.gemv_coop_dispatch_diag(device, registry, x, y, diag)
+    }
+
+    fn gemv_coop_dispatch_diag(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &super::CoopActivations,
+        y: &wgpu::Buffer,
+        diag: u32,
+    ) -> Result<Dispatch, GpuError> {
+        if let Some(why) = self.coop_refusal(registry) {
+            return Err(GpuError::Unsupported(why));
+        }
+        let (r, k) = (self.rows(), self.cols());
+        if x.cols() != k {
+            return Err(GpuError::InvalidInput(format!(
+                "cooperative activations have {} inputs, the matrix {k}",
+                x.cols()
+            )));
+        }
+        let y_bytes = r as u64 * 4 * x.vectors() as u64;
+        if y.size() < y_bytes {
+            return Err(GpuError::InvalidInput(format!(
+                "y has {} bytes, {} vectors of {r} outputs need {y_bytes}",
+                y.size(),
+                x.vectors()
+            )));
+        }
+        let sb = self.sb.as_ref().expect("coop_refusal checks the scales");
+        // eight chunks (groups of 32 lanes) a workgroup
+        let mut p = self.params;
+        p.wg_per_tile = p.tile_chunks.div_ceil(8);
+        p.total_wg = u32_of("workgroups", p.n_tiles as usize * p.wg_per_tile as usize)?;
+        let (gx, gy) = grid(device, p.total_wg);
+        p.wg_x = gx;
+        p.out_mode = 2;
+        let uniform = self.uniform(device, 0x803, p);
+        let pipeline = registry.get(
+            device,
+            Kernel::RansGemvCoop,
+            "main",
+            &[
+                ("PREC", p.prec),
+                ("GSHIFT", p.group_size.trailing_zeros()),
+                ("WSTART", p.window_start),
+                ("NVEC", x.vectors()),
+                ("DIAG", diag),
+                self.side.constant(),
+            ],
+        )?;
+        let tables = self.slot_tables(device)?;
+        let layout = pipeline.get_bind_group_layout(0);
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("rans_gemv_coop"),
+            layout: &layout,
+            entries: &[
+                entry(0, &uniform),
+                entry(1, tables),
+                entry(2, &self.states),
+                entry(3, &self.offsets),
+                entry(4, &self.words),
+                entry(5, &self.errors),
+                entry(6, sb),
+                entry(7, x.tiles()),
+                entry(8, x.sums()),
+                entry(9, y),
+            ],
+        });
+        Ok(Dispatch {
+            pipeline,
+            bind_group,
+            workgroups: (gx, gy),
+        })
+    }
+
+    /// `Y = X W^T` for `vectors` activation vectors (`x`: `vectors` rows of `cols` f32) through
+    /// the cooperative kernels ([`super::coop_x_dispatch`], then [`Self::gemv_coop_dispatch`])
+    /// in launches of up to [`super::COOP_VECTORS`], read back as `vectors` rows of `rows`
+    /// f32 (filled with NaN first, so unwritten rows show). The refusals of
+    /// [`Self::gemv_coop_dispatch`]; corrupt streams as [`GpuError::CorruptStream`].
+    pub fn gemv_coop(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        x: &[f32],
+        vectors: usize,
+    ) -> Result<Vec<f32>, GpuError> {
+        if let Some(why) = self.coop_refusal(registry) {
+            return Err(GpuError::Unsupported(why));
+        }
+        let (rows, cols) = (self.rows(), self.cols());
+        super::gemv_many_runs(
+            x,
+            vectors,
+            rows,
+            cols,
+            self.n_chunks() == 0,
+            true,
+            |_| unreachable!("gemv_many_runs takes `launch` where `many`"),
+            |xs, n| {
+                let xb = super::upload_x(device, xs)?;
+                let acts = super::CoopActivations::new(device, cols, n as u32)?;
+                let yb = super::nan_output(device, n * rows)?;
+                let prep = super::coop_x_dispatch(device, registry, &xb, &acts)?;
+                let d = self.gemv_coop_dispatch(device, registry, &acts, &yb)?;
+                run_checked_launches(device, queue, &[(self, &prep), (self, &d)])?;
+                let bytes = read_back(device, queue, &yb, (n * rows) as u64 * 4)?;
+                Ok(bytemuck::cast_slice(&bytes).to_vec())
+            },
+        )
+    }
+
     /// Reads the per-chunk error buffer and turns the first failing chunk into
     /// [`GpuError::CorruptStream`].
     pub fn check_errors(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<(), GpuError> {

@@ -91,6 +91,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod coop;
 mod decode;
 mod gemv;
 mod lane_order;
@@ -100,6 +101,10 @@ mod x8;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+pub use coop::{
+    coop_x_dispatch, offers_coop_f16_16x16, CoopActivations, COOP_BLOCK_COLS, COOP_STORAGE_BUFFERS,
+    COOP_VECTORS, COOP_WORKGROUP_BYTES,
+};
 pub(crate) use decode::{
     check_gemv_vectors, check_low_bits, check_row_pair_cols, check_window, set_chunk_subgroups,
     CodedParams,
@@ -371,6 +376,13 @@ pub enum Kernel {
     /// `wgsl/x_lane_order.wgsl`: activation vectors permuted into lane order
     /// ([`x_lane_order_dispatch`]), the layout the multi-vector GEMVs read in whole lines.
     XLaneOrder,
+    /// `wgsl/rans_gemv_coop.wgsl`: the fused GEMV of up to 16 vectors of window splits in row
+    /// pairs with its multiply on cooperative matrices
+    /// ([`GpuCodedMatrix::gemv_coop_dispatch`]; `Features::EXPERIMENTAL_COOPERATIVE_MATRIX`).
+    RansGemvCoop,
+    /// `wgsl/x_coop.wgsl`: activation vectors as the cooperative GEMV reads them
+    /// ([`coop_x_dispatch`]).
+    XCoop,
 }
 
 /// A kernel's source with the `wgsl/lib/NAME.wgsl` files it `// import`s appended, in the
@@ -475,6 +487,17 @@ impl Kernel {
             Kernel::QuantizeX8 => wgsl_with_libs!("../../wgsl/quantize_x8.wgsl", "x8"),
             Kernel::QGemv4Many => wgsl_with_libs!("../../wgsl/qgemv4_many.wgsl", "side"),
             Kernel::XLaneOrder => include_str!("../../wgsl/x_lane_order.wgsl"),
+            Kernel::RansGemvCoop => wgsl_with_libs!(
+                "../../wgsl/rans_gemv_coop.wgsl",
+                "rans_consts",
+                "rans_table_scan",
+                "rans_table_byte",
+                "rans_subgroup",
+                "rans_block",
+                "window_bits",
+                "side"
+            ),
+            Kernel::XCoop => include_str!("../../wgsl/x_coop.wgsl"),
         }
     }
 
@@ -493,6 +516,7 @@ impl Kernel {
                 | Kernel::RansGemvBlockedCompact
                 | Kernel::RansDecodeBlockedCompact
                 | Kernel::QGemv4Many
+                | Kernel::RansGemvCoop
         )
     }
 
@@ -519,6 +543,14 @@ impl Kernel {
     /// `qgemv4_many.wgsl`, the plain baseline of the blocked fused kernel's multi-vector
     /// launches, runs as they do: its weight indices are clamped to the row, the others come
     /// from the uniform block and the lane, and `gemv_many_dispatch` checks `x` and `y`.
+    ///
+    /// `rans_gemv_coop.wgsl` decodes with the blocked kernels' libraries; its own indices are
+    /// its workgroup arrays' (from the group, lane and constant loop counters), the activation
+    /// tiles and sums (from the block and group below the counts `CoopActivations` is sized
+    /// for, which `gemv_coop_dispatch` checks against the matrix), and scales and outputs of
+    /// rows it tests against the chunk's end. Without naga's checks its cooperative loads from
+    /// storage are plain loads: with them they became conditional loads, which the NVIDIA
+    /// driver's compiler failed on in some builds (BENCHMARKS.md issue 5, step 90).
     pub fn indices_in_range_by_construction(self) -> bool {
         matches!(
             self,
@@ -527,6 +559,7 @@ impl Kernel {
                 | Kernel::RansGemvBlockedCompact
                 | Kernel::RansDecodeBlockedCompact
                 | Kernel::QGemv4Many
+                | Kernel::RansGemvCoop
         )
     }
 
@@ -550,6 +583,8 @@ impl Kernel {
             Kernel::QuantizeX8 => "quantize_x8.wgsl",
             Kernel::QGemv4Many => "qgemv4_many.wgsl",
             Kernel::XLaneOrder => "x_lane_order.wgsl",
+            Kernel::RansGemvCoop => "rans_gemv_coop.wgsl",
+            Kernel::XCoop => "x_coop.wgsl",
         }
     }
 }
@@ -569,6 +604,7 @@ pub struct PipelineRegistry {
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     subgroup32: bool,
     f16_unpack: bool,
+    cooperative_matrix: bool,
 }
 
 /// `src` with the `f16_pair` library appended where it reads (scale, bias) pairs through
@@ -631,6 +667,7 @@ impl PipelineRegistry {
     pub fn without_f16_unpack(self) -> Self {
         PipelineRegistry {
             subgroup32: self.subgroup32,
+            cooperative_matrix: self.cooperative_matrix,
             ..Self::default()
         }
     }
@@ -638,6 +675,32 @@ impl PipelineRegistry {
     /// Whether the 32-wide subgroup kernels may be used on this registry's device.
     pub fn subgroups32(&self) -> bool {
         self.subgroup32
+    }
+
+    /// Whether the cooperative-matrix kernels ([`Kernel::RansGemvCoop`], [`Kernel::XCoop`])
+    /// may be used on this registry's device: set by
+    /// [`GpuContext::with_cooperative_matrix`] where it got the features and limits they
+    /// need (see [`Self::with_cooperative_matrix`]).
+    pub fn cooperative_matrix(&self) -> bool {
+        self.cooperative_matrix
+    }
+
+    /// This registry marked for the cooperative-matrix kernels, for an application's own
+    /// device. The caller vouches that `device` was created with
+    /// `Features::EXPERIMENTAL_COOPERATIVE_MATRIX` and `Features::SHADER_F16` from an adapter
+    /// offering 16x16x16 f16 multiplies with f32 accumulators ([`offers_coop_f16_16x16`]), and
+    /// with at least [`COOP_WORKGROUP_BYTES`] of workgroup memory and
+    /// [`COOP_STORAGE_BUFFERS`] storage buffers per stage; the features and limits are
+    /// checked here (a missing one leaves the registry unmarked), the adapter's shapes cannot
+    /// be. The subgroup kernels must be usable too ([`Self::subgroups32`]).
+    pub fn with_cooperative_matrix(mut self, device: &wgpu::Device) -> Self {
+        let need = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
+        let l = device.limits();
+        self.cooperative_matrix = self.subgroup32
+            && device.features().contains(need)
+            && l.max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES
+            && l.max_storage_buffers_per_shader_stage >= COOP_STORAGE_BUFFERS;
+        self
     }
 
     /// Number of cached pipelines.
@@ -667,6 +730,9 @@ impl PipelineRegistry {
         if let Some(p) = self.pipelines.lock().expect("registry lock").get(&key) {
             return Ok(p.clone());
         }
+        // (a driver that fails to compile a pipeline reports an internal error, not a
+        // validation one)
+        let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = {
             let mut modules = self.modules.lock().expect("registry lock");
@@ -715,7 +781,11 @@ impl PipelineRegistry {
             },
             cache: None,
         });
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        // (where the driver's compiler failed, the error may reach no scope until the pipeline
+        // is used: asking for its layout inside the scopes turns it into one here)
+        let _ = pipeline.get_bind_group_layout(0);
+        let validation = pollster::block_on(scope.pop());
+        if let Some(e) = validation.or(pollster::block_on(internal.pop())) {
             return Err(GpuError::Wgpu(format!("{}: {e}", kernel.file_name())));
         }
         self.pipelines
@@ -782,10 +852,22 @@ impl GpuContext {
     /// maximum storage-buffer binding and buffer sizes, and `Features::SUBGROUP` and
     /// `Features::TIMESTAMP_QUERY` where the adapter offers them (neither is required).
     pub fn new() -> Result<Self, GpuError> {
-        pollster::block_on(Self::new_async())
+        pollster::block_on(Self::new_async(false))
     }
 
-    async fn new_async() -> Result<Self, GpuError> {
+    /// [`Self::new`], plus the cooperative-matrix kernels where the adapter can run them
+    /// (tensor cores; [`GpuCodedMatrix::gemv_coop_dispatch`]): where it offers
+    /// `Features::EXPERIMENTAL_COOPERATIVE_MATRIX` with 16x16x16 f16 multiplies and f32
+    /// accumulators ([`offers_coop_f16_16x16`]), `Features::SHADER_F16`, 32-wide subgroups
+    /// and the workgroup memory and storage buffers the kernel needs, the device is created
+    /// with those features (wgpu's experimental features enabled for it) and limits, and
+    /// [`PipelineRegistry::cooperative_matrix`] is true. Elsewhere this is [`Self::new`]'s
+    /// context with the flag false, so callers can always ask and fall back.
+    pub fn with_cooperative_matrix() -> Result<Self, GpuError> {
+        pollster::block_on(Self::new_async(true))
+    }
+
+    async fn new_async(coop: bool) -> Result<Self, GpuError> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle().with_env());
         let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
@@ -816,23 +898,51 @@ impl GpuContext {
         // Subgroup operations only where the adapter offers them (the fused kernel has a
         // workgroup-memory version for every other adapter); timestamp queries where offered,
         // for the benchmarks' GPU-side timing (no kernel needs them).
-        let features =
+        let mut features =
             adapter.features() & (wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY);
-        let limits = wgpu::Limits {
+        let mut limits = wgpu::Limits {
             max_storage_buffer_binding_size: al.max_storage_buffer_binding_size,
             max_buffer_size: al.max_buffer_size,
             ..wgpu::Limits::default()
         };
+        let coop_features = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+            | wgpu::Features::SHADER_F16
+            | wgpu::Features::SUBGROUP;
+        let coop = coop
+            && adapter.features().contains(coop_features)
+            && info.subgroup_min_size == 32
+            && info.subgroup_max_size == 32
+            && al.max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES
+            && al.max_storage_buffers_per_shader_stage >= COOP_STORAGE_BUFFERS
+            && offers_coop_f16_16x16(&adapter.cooperative_matrix_properties());
+        let mut experimental = wgpu::ExperimentalFeatures::disabled();
+        if coop {
+            features |= coop_features;
+            limits.max_compute_workgroup_storage_size = al.max_compute_workgroup_storage_size;
+            limits.max_storage_buffers_per_shader_stage = COOP_STORAGE_BUFFERS;
+            // SAFETY: wgpu marks cooperative matrices experimental: its validation of them
+            // may be incomplete. ecq's cooperative kernels are validated by naga like every
+            // other (tests/wgsl_portability.rs), index their buffers with naga's bounds checks
+            // on, and load their matrices only from ranges the host sizes
+            // (`GpuCodedMatrix::gemv_coop_dispatch` checks them); no other kernel uses the
+            // feature.
+            experimental = unsafe { wgpu::ExperimentalFeatures::enabled() };
+        }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("ecq"),
                 required_features: features,
                 required_limits: limits,
+                experimental_features: experimental,
                 ..Default::default()
             })
             .await
             .map_err(|e| GpuError::RequestDevice(e.to_string()))?;
-        Ok(Self::from_device(device, queue, info))
+        let mut ctx = Self::from_device(device, queue, info);
+        if coop {
+            ctx.registry = std::mem::take(&mut ctx.registry).with_cooperative_matrix(&ctx.device);
+        }
+        Ok(ctx)
     }
 
     /// Wraps an application's own device and queue (`info` from its adapter, used for reports
@@ -881,7 +991,7 @@ impl GpuContext {
     /// One line naming adapter, backend, driver, device type and subgroup sizes.
     pub fn describe(&self) -> String {
         format!(
-            "{} ({:?}, {:?}, driver {} {}, subgroups {}..{}{}{})",
+            "{} ({:?}, {:?}, driver {} {}, subgroups {}..{}{}{}{})",
             self.info.name,
             self.info.backend,
             self.info.device_type,
@@ -896,6 +1006,11 @@ impl GpuContext {
             },
             if self.registry.f16_unpack() {
                 ", unpack2x16float"
+            } else {
+                ""
+            },
+            if self.registry.cooperative_matrix() {
+                ", cooperative matrices"
             } else {
                 ""
             }
@@ -1289,7 +1404,7 @@ mod tests {
     use super::Kernel;
 
     /// Every kernel the registry builds.
-    const ALL_KERNELS: [Kernel; 16] = [
+    const ALL_KERNELS: [Kernel; 18] = [
         Kernel::RansDecode,
         Kernel::RansGemv,
         Kernel::RansGemvSubgroup,
@@ -1306,6 +1421,8 @@ mod tests {
         Kernel::QuantizeX8,
         Kernel::QGemv4Many,
         Kernel::XLaneOrder,
+        Kernel::RansGemvCoop,
+        Kernel::XCoop,
     ];
 
     /// The registry drops bounds checks only on the trusted path it takes for kernels with
@@ -1319,8 +1436,9 @@ mod tests {
             .collect();
         assert_eq!(
             unchecked.len(),
-            5,
-            "only the four blocked kernels and their plain multi-vector baseline"
+            6,
+            "only the four blocked kernels, their plain multi-vector baseline and the \
+             cooperative one"
         );
         for k in unchecked {
             assert!(k.loops_bounded_by_construction(), "{k:?}");

@@ -1,0 +1,197 @@
+//! The fused GEMV of several activation vectors with its multiply on cooperative matrices
+//! (tensor cores): `wgsl/rans_gemv_coop.wgsl` and the activation pass `wgsl/x_coop.wgsl`
+//! (BENCHMARKS.md issue 5, step 90).
+//!
+//! wgpu 30 exposes cooperative matrices as the experimental
+//! `Features::EXPERIMENTAL_COOPERATIVE_MATRIX` (Vulkan `VK_KHR_cooperative_matrix`, Metal
+//! simdgroup matrices). [`GpuContext::with_cooperative_matrix`](super::GpuContext::with_cooperative_matrix)
+//! asks for it where the adapter offers 16x16x16 multiplies of f16 inputs with f32
+//! accumulators (NVIDIA's shape; Apple's simdgroup matrices are 8x8, which these kernels do not
+//! use), and marks its registry ([`PipelineRegistry::cooperative_matrix`]). Nothing else in
+//! ecq needs the feature.
+//!
+//! The result is not bit for bit the f32 kernels': the activations go to the tensor cores as
+//! f16 (scaled per 512 inputs: exact for f16 and bf16 activations, else rounded to 11 bits),
+//! the weights exactly, and the sums are f32; see the kernels.
+
+use super::{grid, Dispatch, GpuError, Kernel, PipelineRegistry};
+
+/// Activation vectors one cooperative launch multiplies (the multiply's N; fewer are padded
+/// with zeros and cost the same).
+pub const COOP_VECTORS: u32 = 16;
+
+/// Matrix columns per block of the cooperative kernels: inputs must be a multiple of it.
+pub const COOP_BLOCK_COLS: usize = 512;
+
+/// The adapter property these kernels need: 16x16x16 multiply-adds of f16 inputs with f32
+/// accumulators (and results).
+pub fn offers_coop_f16_16x16(props: &[wgpu::CooperativeMatrixProperties]) -> bool {
+    props.iter().any(|p| {
+        p.m_size == 16
+            && p.n_size == 16
+            && p.k_size == 16
+            && p.ab_type == wgpu::CooperativeScalarType::F16
+            && p.cr_type == wgpu::CooperativeScalarType::F32
+    })
+}
+
+/// Workgroup memory `rans_gemv_coop.wgsl` declares (W tile, B tiles, D tiles, compact table,
+/// and the table library's scan arrays, which it does not use), bytes.
+pub const COOP_WORKGROUP_BYTES: u32 =
+    2080 * 8 + 2048 * 8 + 512 * 16 + (512 + 257) * 4 + (64 + 64 + 12 + 1) * 4;
+
+/// Storage buffers `rans_gemv_coop.wgsl` binds.
+pub const COOP_STORAGE_BUFFERS: u32 = 9;
+
+/// `vectors` activation vectors of `cols` inputs prepared for
+/// [`GpuCodedMatrix::gemv_coop_dispatch`](super::GpuCodedMatrix::gemv_coop_dispatch) by
+/// [`coop_x_dispatch`]: f16 tiles of each vector scaled per 512-column block, and per 64
+/// columns the sums and the scalings. The count is fixed here so that both launches agree on
+/// it.
+#[derive(Debug)]
+pub struct CoopActivations {
+    tiles: wgpu::Buffer,
+    sums: wgpu::Buffer,
+    cols: usize,
+    vectors: u32,
+}
+
+impl CoopActivations {
+    /// Buffers for `vectors` (1..=[`COOP_VECTORS`]) vectors of `cols` inputs (a positive
+    /// multiple of [`COOP_BLOCK_COLS`]); [`GpuError::InvalidInput`] otherwise.
+    pub fn new(device: &wgpu::Device, cols: usize, vectors: u32) -> Result<Self, GpuError> {
+        if !(1..=COOP_VECTORS).contains(&vectors) {
+            return Err(GpuError::InvalidInput(format!(
+                "cooperative launches take 1..={COOP_VECTORS} vectors, not {vectors}"
+            )));
+        }
+        if cols == 0 || !cols.is_multiple_of(COOP_BLOCK_COLS) {
+            return Err(GpuError::InvalidInput(format!(
+                "cooperative launches need inputs a positive multiple of {COOP_BLOCK_COLS}, not \
+                 {cols}"
+            )));
+        }
+        // an f16 a vector and input; (sum, scaling) a vector per 64 inputs
+        let tile_bytes = 2 * COOP_VECTORS as u64 * cols as u64;
+        let sum_bytes = 8 * COOP_VECTORS as u64 * (cols / 64) as u64;
+        Ok(CoopActivations {
+            tiles: super::storage_empty(device, "coop activation tiles", tile_bytes)?,
+            sums: super::storage_empty(device, "coop activation sums", sum_bytes)?,
+            cols,
+            vectors,
+        })
+    }
+
+    /// Inputs per vector.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Vectors.
+    pub fn vectors(&self) -> u32 {
+        self.vectors
+    }
+
+    pub(crate) fn tiles(&self) -> &wgpu::Buffer {
+        &self.tiles
+    }
+
+    pub(crate) fn sums(&self) -> &wgpu::Buffer {
+        &self.sums
+    }
+}
+
+/// The launch preparing `out.vectors()` vectors of `out.cols()` f32 activations in `x`
+/// (column order, one vector after another) for the cooperative GEMV. Needs the registry's
+/// cooperative matrices ([`GpuError::Unsupported`]) and `x` large enough
+/// ([`GpuError::InvalidInput`]). One group of 32 invocations per 512 inputs and vector
+/// slot (16 slots).
+pub fn coop_x_dispatch(
+    device: &wgpu::Device,
+    registry: &PipelineRegistry,
+    x: &wgpu::Buffer,
+    out: &CoopActivations,
+) -> Result<Dispatch, GpuError> {
+    if !registry.cooperative_matrix() {
+        return Err(GpuError::Unsupported(
+            "the cooperative GEMV needs a device created with cooperative matrices \
+             (GpuContext::with_cooperative_matrix on an adapter offering 16x16x16 f16 \
+             multiplies with f32 accumulators)"
+                .into(),
+        ));
+    }
+    let bytes = out.vectors as u64 * out.cols as u64 * 4;
+    if x.size() < bytes {
+        return Err(GpuError::InvalidInput(format!(
+            "x has {} bytes, {} vectors of {} need {bytes}",
+            x.size(),
+            out.vectors,
+            out.cols
+        )));
+    }
+    let blocks = u32::try_from(out.cols / COOP_BLOCK_COLS)
+        .map_err(|_| GpuError::InvalidInput(format!("{} inputs", out.cols)))?;
+    let cols = u32::try_from(out.cols)
+        .map_err(|_| GpuError::InvalidInput(format!("{} inputs", out.cols)))?;
+    let (gx, gy) = grid(device, blocks * COOP_VECTORS);
+    let pipeline = registry.get(device, Kernel::XCoop, "main", &[])?;
+    use wgpu::util::DeviceExt;
+    let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("coop x params"),
+        contents: bytemuck::cast_slice(&[cols, out.vectors, blocks, gx]),
+        usage: wgpu::BufferUsages::UNIFORM,
+    });
+    let layout = pipeline.get_bind_group_layout(0);
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("coop x"),
+        layout: &layout,
+        entries: &[
+            super::decode::entry(0, &uniform),
+            super::decode::entry(1, x),
+            super::decode::entry(2, &out.tiles),
+            super::decode::entry(3, &out.sums),
+        ],
+    });
+    Ok(Dispatch {
+        pipeline,
+        bind_group,
+        workgroups: (gx, gy),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prop(m: u32, ab: wgpu::CooperativeScalarType) -> wgpu::CooperativeMatrixProperties {
+        wgpu::CooperativeMatrixProperties {
+            m_size: m,
+            n_size: m,
+            k_size: m,
+            ab_type: ab,
+            cr_type: wgpu::CooperativeScalarType::F32,
+            saturating_accumulation: false,
+        }
+    }
+
+    /// Only the 16x16x16 f16 -> f32 shape serves; Apple's 8x8 and f32 inputs do not.
+    #[test]
+    fn needs_the_f16_16x16_shape() {
+        use wgpu::CooperativeScalarType::{F16, F32};
+        assert!(offers_coop_f16_16x16(&[prop(8, F16), prop(16, F16)]));
+        assert!(!offers_coop_f16_16x16(&[prop(8, F16), prop(8, F32)]));
+        assert!(!offers_coop_f16_16x16(&[prop(16, F32)]));
+        assert!(!offers_coop_f16_16x16(&[]));
+    }
+
+    /// The kernel's declared workgroup memory, as the host counts it, fits the 48 KiB the
+    /// NVIDIA Vulkan driver offers.
+    #[test]
+    fn workgroup_memory_fits_48_kib() {
+        const { assert!(COOP_WORKGROUP_BYTES <= 49152) };
+        let src = Kernel::RansGemvCoop.source();
+        assert!(src.contains("d: array<vec4<f32>, 512>,"));
+        assert!(src.contains("w: array<vec4<f16>, 2080>,"));
+        assert!(src.contains("b: array<vec4<f16>, 2048>,"));
+    }
+}

@@ -1,0 +1,546 @@
+//! The fused GEMV with its multiply on cooperative matrices (tensor cores;
+//! `GpuCodedMatrix::gemv_coop`, `wgsl/rans_gemv_coop.wgsl`, `wgsl/x_coop.wgsl`) against a CPU
+//! f64 reference, its refusals, and corrupt streams.
+//!
+//! The context is `GpuContext::with_cooperative_matrix`. Only adapters offering
+//! `Features::EXPERIMENTAL_COOPERATIVE_MATRIX` with 16x16x16 f16 multiplies (NVIDIA's tensor
+//! cores through Vulkan) run the kernels; elsewhere (lavapipe in CI) the tests check that
+//! every entry point refuses by name and say loudly that the kernels did not run.
+
+mod gpu_common;
+
+use std::sync::OnceLock;
+
+use ecq::dtype::FloatDType;
+use ecq::gpu::{GpuCodedMatrix, GpuContext, GpuError, QuantParamsRef};
+use ecq::quant::{quantize_affine, AffineParams, QuantizedMatrix};
+use ecq::rans::{EncodeOptions, EncodedMatrix, SplitMatrix, SplitOrder};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Error bound of the summation, per accumulated term, relative to the sum of the terms'
+/// magnitudes: the f32 kernels are held to `2^-24 (K + 64) sum|terms|` (tests/gpu_gemv.rs says
+/// why). The tensor cores add in f32, aligned to the largest addend and truncated (Fasi et al.
+/// 2021 measured this on NVIDIA GPUs): at most 2^-23 of the sum's magnitude a step, so
+/// `2^-22 (K + 64) sum|terms|` holds with a margin.
+const TOL_PER_TERM: f64 = 1.0 / (1u64 << 22) as f64;
+
+/// The activations' rounding, relative to the sum of the terms' magnitudes: x goes to the
+/// tensor cores as f16 of x 2^e (scaled per 512 columns to below 2^14), within 2^-11 |x|, or
+/// 2^-25 of the scaled units (2^-39 of the block's largest |x|) where it falls below f16's
+/// normal range; the weights' q are exact in f16 and the products exact in f32. Zero for
+/// activations that f16 holds after the scaling (the f16-valued ones tested here).
+const TOL_F16_ROUNDING: f64 = 1.0 / (1u64 << 11) as f64;
+
+/// The cooperative context of this binary, or `None` (announced) where no adapter exists.
+fn ctx() -> Option<&'static GpuContext> {
+    static CTX: OnceLock<Option<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| match GpuContext::with_cooperative_matrix() {
+        Ok(c) => {
+            eprintln!("GPU adapter: {}", c.describe());
+            Some(c)
+        }
+        Err(e) => {
+            gpu_common::announce_skip(&e);
+            None
+        }
+    })
+    .as_ref()
+}
+
+fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
+    let u1: f64 = rng.random::<f64>().max(1e-12);
+    let u2: f64 = rng.random();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+/// MLX-quantized Gaussian weights, `rows x cols`, 4 bits, groups of `gs`.
+fn random_matrix(seed: u64, rows: usize, cols: usize, gs: u32) -> QuantizedMatrix {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|_| gaussian(&mut rng) * 0.02)
+        .collect();
+    quantize_affine(
+        &w,
+        rows,
+        cols,
+        FloatDType::F32,
+        AffineParams::new(4, gs).unwrap(),
+    )
+    .unwrap()
+}
+
+/// `q` as a window split in row pairs, `chunk` symbols a chunk, three chunks a tile.
+fn window(q: &QuantizedMatrix, chunk: usize) -> SplitMatrix {
+    let syms = q.symbols();
+    SplitMatrix::encode_window_at(
+        &syms,
+        q.rows,
+        q.cols,
+        ecq::rans::window_start(&syms),
+        &EncodeOptions {
+            chunk_symbols: chunk,
+            tile_chunks: 3,
+            group_size: q.group_size,
+            ..Default::default()
+        },
+        SplitOrder::RowPairs,
+    )
+    .unwrap()
+}
+
+/// f64 reference `Y = X W^T` and per output the sum of its terms' magnitudes.
+fn reference(q: &QuantizedMatrix, x: &[f32], vectors: usize) -> (Vec<f64>, Vec<f64>) {
+    let (r, k, gs) = (q.rows, q.cols, q.group_size as usize);
+    let sym = q.symbols();
+    let mut y = vec![0.0; vectors * r];
+    let mut a = vec![0.0; vectors * r];
+    for v in 0..vectors {
+        for row in 0..r {
+            let (mut t, mut m) = (0.0, 0.0);
+            for g in 0..k / gs {
+                let s = q.scales[row * (k / gs) + g] as f64;
+                let b = q.biases[row * (k / gs) + g] as f64;
+                for kk in g * gs..(g + 1) * gs {
+                    let xv = x[v * k + kk] as f64;
+                    let qv = sym[row * k + kk] as f64;
+                    t += (s * qv + b) * xv;
+                    m += (s * qv * xv).abs() + (b * xv).abs();
+                }
+            }
+            y[v * r + row] = t;
+            a[v * r + row] = m;
+        }
+    }
+    (y, a)
+}
+
+/// Each output within the summation bound plus, for activations f16 does not hold
+/// (`rounded`), their rounding.
+#[track_caller]
+fn assert_close(label: &str, got: &[f32], want: &[f64], sum_abs: &[f64], k: usize, rounded: bool) {
+    assert_eq!(got.len(), want.len(), "{label}");
+    let rounding = if rounded { TOL_F16_ROUNDING } else { 0.0 };
+    for i in 0..got.len() {
+        let tol = (TOL_PER_TERM * (k as f64 + 64.0) + rounding) * sum_abs[i] + 1e-30;
+        let err = (got[i] as f64 - want[i]).abs();
+        assert!(
+            err <= tol,
+            "{label}: y[{i}] = {} expected {} (error {err:e} > tolerance {tol:e})",
+            got[i],
+            want[i]
+        );
+    }
+}
+
+/// Says loudly that the kernels did not run here, after the refusals were checked.
+fn announce_no_coop(ctx: &GpuContext) {
+    gpu_common::announce_unsupported(&format!(
+        "cooperative-matrix GEMV: {} offers no 16x16x16 f16 cooperative matrices through \
+         wgpu; the refusals were checked",
+        ctx.adapter_name()
+    ));
+}
+
+/// Against the f64 reference within the bound above: matrices of one and several tiles with
+/// tiles that leave groups of a workgroup idle (three chunks a tile, eight groups a
+/// workgroup), chunks of one and of several coded rows, MLX groups of 64 and 128, inputs of
+/// two and of 28 blocks of 512, window starts from the data; 1, 3, 16 and 19 vectors (two
+/// launches). Activations Gaussian, and with a dynamic range of 10^10 within a vector.
+#[test]
+fn coop_gemv_matches_reference() {
+    let Some(ctx) = ctx() else { return };
+    let (dev, queue, reg) = (ctx.device(), ctx.queue(), ctx.registry());
+    // (rows, cols, group size, chunk symbols)
+    let shapes = [
+        (16, 1024, 64, 256),
+        (46, 4096, 64, 1024),
+        (30, 1024, 128, 1024),
+        (12, 14336, 64, 3584),
+        (8, 2048, 128, 4096),
+    ];
+    for (i, &(rows, cols, gs, chunk)) in shapes.iter().enumerate() {
+        let q = random_matrix(3100 + i as u64, rows, cols, gs);
+        let s = window(&q, chunk);
+        let m = ctx
+            .upload_split(&s, Some(QuantParamsRef::from(&q)))
+            .unwrap();
+        if !reg.cooperative_matrix() {
+            assert!(!m.coop_supported(reg));
+            let r = m.gemv_coop(dev, queue, reg, &vec![0.0; cols], 1);
+            assert!(
+                matches!(&r, Err(GpuError::Unsupported(e)) if e.contains("cooperative")),
+                "{r:?}"
+            );
+            continue;
+        }
+        assert!(m.coop_supported(reg), "{rows}x{cols} g{gs}");
+        let mut rng = ChaCha8Rng::seed_from_u64(3200 + i as u64);
+        for &n in &[1usize, 3, 16, 19] {
+            let mut x: Vec<f32> = (0..n * cols).map(|_| gaussian(&mut rng)).collect();
+            if n == 3 {
+                // vector 1 spans ten decades: |x| from 1e-6 to 1e4
+                for (j, v) in x[cols..2 * cols].iter_mut().enumerate() {
+                    *v *= 10f32.powi((j % 11) as i32 - 6);
+                }
+            }
+            let label = format!("{rows}x{cols} g{gs} chunks of {chunk} symbols, {n} vectors");
+            let got = m
+                .gemv_coop(dev, queue, reg, &x, n)
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            let (want, sum_abs) = reference(&q, &x, n);
+            assert_close(&label, &got, &want, &sum_abs, cols, true);
+            // the same vectors rounded to f16 (as an f16 model's activations are): exact
+            // products, only the summation's error
+            let x16: Vec<f32> = x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+            let got = m
+                .gemv_coop(dev, queue, reg, &x16, n)
+                .unwrap_or_else(|e| panic!("{label}, f16 values: {e}"));
+            let (want, sum_abs) = reference(&q, &x16, n);
+            assert_close(
+                &format!("{label}, f16 values"),
+                &got,
+                &want,
+                &sum_abs,
+                cols,
+                false,
+            );
+        }
+    }
+    if !reg.cooperative_matrix() {
+        announce_no_coop(ctx);
+    }
+}
+
+/// Edge cases of the activations: a vector of zeros gives zeros exactly; a NaN or an infinity
+/// in a vector makes that vector's outputs NaN (as the f32 kernels' are NaN or infinite) and
+/// leaves the others' within the bound.
+#[test]
+fn coop_gemv_zero_and_non_finite_activations() {
+    let Some(ctx) = ctx() else { return };
+    let (dev, queue, reg) = (ctx.device(), ctx.queue(), ctx.registry());
+    if !reg.cooperative_matrix() {
+        announce_no_coop(ctx);
+        return;
+    }
+    let (rows, cols) = (16, 1024);
+    let q = random_matrix(3300, rows, cols, 64);
+    let m = ctx
+        .upload_split(&window(&q, 512), Some(QuantParamsRef::from(&q)))
+        .unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(3301);
+    let mut x: Vec<f32> = (0..4 * cols).map(|_| gaussian(&mut rng)).collect();
+    x[..cols].fill(0.0);
+    x[cols + 700] = f32::NAN;
+    x[2 * cols + 5] = f32::INFINITY;
+    let got = m.gemv_coop(dev, queue, reg, &x, 4).unwrap();
+    assert!(got[..rows].iter().all(|&v| v == 0.0), "{:?}", &got[..rows]);
+    for v in [1, 2] {
+        let ys = &got[v * rows..(v + 1) * rows];
+        assert!(ys.iter().all(|y| y.is_nan()), "vector {v}: {ys:?}");
+    }
+    let (want, sum_abs) = reference(&q, &x[3 * cols..], 1);
+    assert_close("vector 3", &got[3 * rows..], &want, &sum_abs, cols, true);
+}
+
+/// What the cooperative launches refuse, by name: matrices coded whole, window splits in
+/// row-major order, MLX groups of 32, matrices without scales, activations of another width
+/// or count, outputs too small; and every entry point on a device without the feature. (Inputs
+/// not a multiple of 512 are refused too, but no window split in row pairs has them: the
+/// upload needs whole 1024-weight runs.)
+#[test]
+fn coop_gemv_refusals() {
+    let Some(ctx) = ctx() else { return };
+    let (dev, reg) = (ctx.device(), ctx.registry());
+    let unsupported = |label: &str, r: Result<ecq::gpu::Dispatch, GpuError>, want: &str| match r {
+        Err(GpuError::Unsupported(e)) => assert!(e.contains(want), "{label}: {e}"),
+        Err(e) => panic!("{label}: expected Unsupported, got {e}"),
+        Ok(_) => panic!("{label}: expected Unsupported, got a launch"),
+    };
+    let invalid = |label: &str, r: Result<ecq::gpu::Dispatch, GpuError>| {
+        assert!(
+            matches!(&r, Err(GpuError::InvalidInput(_))),
+            "{label}: {:?}",
+            r.err()
+        )
+    };
+    for bad in [0, 17] {
+        assert!(matches!(
+            ecq::gpu::CoopActivations::new(dev, 1024, bad),
+            Err(GpuError::InvalidInput(_))
+        ));
+    }
+    assert!(matches!(
+        ecq::gpu::CoopActivations::new(dev, 1000, 2),
+        Err(GpuError::InvalidInput(_))
+    ));
+    let acts = ecq::gpu::CoopActivations::new(dev, 1024, 2).unwrap();
+    let x = dev.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 2 * 1024 * 4,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let y = |bytes: u64| {
+        dev.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
+    let q = random_matrix(3400, 8, 1024, 64);
+    let good = ctx
+        .upload_split(&window(&q, 512), Some(QuantParamsRef::from(&q)))
+        .unwrap();
+    if !reg.cooperative_matrix() {
+        unsupported(
+            "activations",
+            ecq::gpu::coop_x_dispatch(dev, reg, &x, &acts),
+            "cooperative",
+        );
+        unsupported(
+            "GEMV",
+            good.gemv_coop_dispatch(dev, reg, &acts, &y(8 * 4 * 2)),
+            "cooperative",
+        );
+        announce_no_coop(ctx);
+        return;
+    }
+    invalid(
+        "x too small",
+        ecq::gpu::coop_x_dispatch(dev, reg, &y(1024 * 4), &acts),
+    );
+    invalid(
+        "y too small",
+        good.gemv_coop_dispatch(dev, reg, &acts, &y(8 * 4 * 2 - 4)),
+    );
+    let narrow = ecq::gpu::CoopActivations::new(dev, 512, 2).unwrap();
+    invalid(
+        "activations of 512 for 1024 inputs",
+        good.gemv_coop_dispatch(dev, reg, &narrow, &y(8 * 4 * 2)),
+    );
+    let whole = ecq::rans::encode(
+        &q.symbols(),
+        8,
+        1024,
+        4,
+        &EncodeOptions {
+            group_size: 64,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let m = ctx
+        .upload_coded((&whole).into(), Some(QuantParamsRef::from(&q)))
+        .unwrap();
+    unsupported(
+        "coded whole",
+        m.gemv_coop_dispatch(dev, reg, &acts, &y(1 << 12)),
+        "window splits in row pairs",
+    );
+    let rows_order = SplitMatrix::encode_window(
+        &q.symbols(),
+        8,
+        1024,
+        &EncodeOptions::default(),
+        SplitOrder::Rows,
+    )
+    .unwrap();
+    let m = ctx
+        .upload_split(&rows_order, Some(QuantParamsRef::from(&q)))
+        .unwrap();
+    unsupported(
+        "row-major window split",
+        m.gemv_coop_dispatch(dev, reg, &acts, &y(1 << 12)),
+        "window splits in row pairs",
+    );
+    let q32 = random_matrix(3401, 8, 1024, 32);
+    let m = ctx
+        .upload_split(&window(&q32, 512), Some(QuantParamsRef::from(&q32)))
+        .unwrap();
+    unsupported(
+        "groups of 32",
+        m.gemv_coop_dispatch(dev, reg, &acts, &y(1 << 12)),
+        "groups of 64 or 128",
+    );
+    let q2048 = random_matrix(3402, 8, 2048, 64);
+    let upload = GpuCodedMatrix::upload_split(dev, &window(&q2048, 512), None).unwrap();
+    unsupported(
+        "no scales",
+        upload.gemv_coop_dispatch(dev, reg, &acts, &y(1 << 12)),
+        "scales and biases",
+    );
+}
+
+/// A corrupt window split is reported by chunk, never multiplied into silently wrong output:
+/// a flipped word in the middle of chunk 1 and of the last chunk.
+#[test]
+fn coop_gemv_reports_corrupt_stream() {
+    let Some(ctx) = ctx() else { return };
+    let (dev, queue, reg) = (ctx.device(), ctx.queue(), ctx.registry());
+    if !reg.cooperative_matrix() {
+        announce_no_coop(ctx);
+        return;
+    }
+    let (rows, cols) = (16, 1024);
+    let q = random_matrix(3500, rows, cols, 64);
+    let quant = QuantParamsRef::from(&q);
+    let s = window(&q, 256);
+    let n = s.high().n_chunks();
+    assert!(n >= 3, "{n} chunks");
+    let start = s.window().unwrap();
+    let (high, low, _, low_crc) = s.into_parts();
+    let (header, freqs, states, offsets, words, crc) = high.into_parts();
+    let x = vec![1.0f32; 2 * cols];
+    for chunk in [1, n - 1] {
+        let mut words = words.clone();
+        words[(offsets[chunk] + offsets[chunk + 1]) as usize / 2] ^= 0x5A5A;
+        let high = EncodedMatrix::from_parts(
+            &header,
+            freqs.clone(),
+            states.clone(),
+            offsets.clone(),
+            words,
+            crc.clone(),
+        )
+        .unwrap();
+        let s =
+            SplitMatrix::from_parts_window(high, low.clone(), low_crc, SplitOrder::RowPairs, start)
+                .unwrap();
+        let m = ctx.upload_split(&s, Some(quant)).unwrap();
+        match m.gemv_coop(dev, queue, reg, &x, 2) {
+            Err(GpuError::CorruptStream { chunk: c, .. }) => assert_eq!(c, chunk),
+            r => panic!("chunk {chunk}: expected a corrupt stream, got {r:?}"),
+        }
+    }
+}
+
+/// The diagnostic builds (`GpuCodedMatrix::coop_diagnostic_dispatch`) run, and those that
+/// decode (1: the decode alone, 2: with the tile's stores and barriers) report no stream
+/// errors on a valid matrix; 3 reads no stream, so its chunks end unconsumed; 4 and 5 (the
+/// kernel with its loads placed otherwise) give the kernel's outputs; other numbers are
+/// refused.
+#[test]
+fn coop_diagnostic_builds() {
+    let Some(ctx) = ctx() else { return };
+    let (dev, queue, reg) = (ctx.device(), ctx.queue(), ctx.registry());
+    if !reg.cooperative_matrix() {
+        announce_no_coop(ctx);
+        return;
+    }
+    let (rows, cols) = (16, 1024);
+    let q = random_matrix(3600, rows, cols, 64);
+    let m = ctx
+        .upload_split(&window(&q, 256), Some(QuantParamsRef::from(&q)))
+        .unwrap();
+    let x = vec![0.5f32; 2 * cols];
+    let xb = dev.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: (x.len() * 4) as u64,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    queue.write_buffer(&xb, 0, bytemuck::cast_slice(&x));
+    let yb = dev.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: (2 * rows * 4) as u64,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let staging = dev.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: (2 * rows * 4) as u64,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let acts = ecq::gpu::CoopActivations::new(dev, cols, 2).unwrap();
+    let prep = ecq::gpu::coop_x_dispatch(dev, reg, &xb, &acts).unwrap();
+    let mut failures = Vec::new();
+    let kernel = m.gemv_coop_dispatch(dev, reg, &acts, &yb).unwrap();
+    let mut outputs = Vec::new();
+    for diag in 0..=5 {
+        let d = if diag == 0 {
+            kernel.clone()
+        } else {
+            m.coop_diagnostic_dispatch(dev, reg, &acts, &yb, diag)
+                .unwrap()
+        };
+        let mut enc = dev.create_command_encoder(&Default::default());
+        enc.clear_buffer(m.errors_buffer(), 0, None);
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            prep.record(&mut pass);
+            d.record(&mut pass);
+        }
+        enc.copy_buffer_to_buffer(&yb, 0, &staging, 0, (2 * rows * 4) as u64);
+        queue.submit([enc.finish()]);
+        staging.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
+        ctx.wait().unwrap();
+        let y: Vec<u32> = bytemuck::pod_collect_to_vec(&staging.get_mapped_range(..).unwrap());
+        staging.unmap();
+        outputs.push(y);
+        // (build 3 never reads the stream: every chunk ends unconsumed)
+        match (diag, m.check_errors(dev, queue)) {
+            (3, Err(GpuError::CorruptStream { .. })) | (0 | 1 | 2 | 4 | 5, Ok(())) => {}
+            (_, r) => failures.push(format!("build {diag}: {r:?}")),
+        }
+    }
+    for bad in [0, 6] {
+        assert!(matches!(
+            m.coop_diagnostic_dispatch(dev, reg, &acts, &yb, bad),
+            Err(GpuError::InvalidInput(_))
+        ));
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(
+        outputs[4], outputs[0],
+        "build 4 gives the kernel's outputs bit for bit"
+    );
+    assert_eq!(
+        outputs[5], outputs[0],
+        "build 5 gives the kernel's outputs bit for bit"
+    );
+}
+
+/// The activations' rounding is what the bound above allows and no more: with `x_k = ±(1 +
+/// 2^-12)`, signed like `w_k` so that every term adds, f16 rounds each `x` to ±1 and the
+/// outputs come out `2^-12` low, within `2^-11` of the sum of the terms' magnitudes; with
+/// `x_k = ±(1 + 2^-10)`, which f16 holds, within the summation bound.
+#[test]
+fn coop_gemv_rounds_activations_to_f16() {
+    let Some(ctx) = ctx() else { return };
+    let (dev, queue, reg) = (ctx.device(), ctx.queue(), ctx.registry());
+    if !reg.cooperative_matrix() {
+        announce_no_coop(ctx);
+        return;
+    }
+    let (rows, cols) = (16, 4096);
+    let q = random_matrix(3700, rows, cols, 64);
+    let m = ctx
+        .upload_split(&window(&q, 1024), Some(QuantParamsRef::from(&q)))
+        .unwrap();
+    let sym = q.symbols();
+    let gpr = cols / 64;
+    for (delta, rounded) in [(1.0 / 4096.0, true), (1.0 / 1024.0, false)] {
+        // one vector per row: x signed like that row's dequantized weights
+        let x: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                let (row, k) = (i / cols, i % cols);
+                let g = row * gpr + k / 64;
+                let w = q.scales[g] * sym[row * cols + k] as f32 + q.biases[g];
+                (1.0 + delta) * if w < 0.0 { -1.0 } else { 1.0 }
+            })
+            .collect();
+        let got = m.gemv_coop(dev, queue, reg, &x, rows).unwrap();
+        let (want, sum_abs) = reference(&q, &x, rows);
+        assert_close(
+            &format!("x = ±(1 + {delta})"),
+            &got,
+            &want,
+            &sum_abs,
+            cols,
+            rounded,
+        );
+    }
+}
