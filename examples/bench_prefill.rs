@@ -45,8 +45,10 @@
 //! on the GPU alone (`x_lane_order_dispatch`); `--coop` creates the context with
 //! `GpuContext::with_cooperative_matrix` and adds the cooperative-matrix launches where it
 //! got them (`ecq::gpu::coop_x_dispatch` then `GpuCodedMatrix::gemv_coop_dispatch`, each
-//! launch's activation pass included, and that pass alone), checked too. Prints a markdown
-//! table on stdout.
+//! launch's activation pass included, and that pass alone; the plain baseline on the same
+//! multiply, `GpuQuantizedMatrix::gemv_coop_dispatch`; the fused kernel's diagnostic builds
+//! 1-3), checked too (the cooperative outputs, on f16 activations, differ from `qgemm`'s by
+//! about 2^-11 of the largest output). Prints a markdown table on stdout.
 //!
 //! Clock (`examples/common/timing.rs`): where the device has `TIMESTAMP_QUERY`, times are the
 //! GPU duration of the compute pass holding a round's forwards divided by their number
@@ -494,8 +496,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let mut forced_t: Vec<(f64, f64)> = Vec::new();
                 let mut diag_t: Vec<Vec<(u32, f64)>> = Vec::new();
                 let mut lanes_t: Vec<(f64, f64, f64)> = Vec::new();
-                let mut coop_t: Vec<(f64, f64, Vec<f64>)> = Vec::new();
+                let mut coop_t: Vec<(f64, f64, Vec<f64>, f64)> = Vec::new();
+                // (max abs diff of the fused and plain cooperative outputs vs qgemm / max abs y,
+                // two per launch size)
+                let mut coop_d: Vec<f32> = Vec::new();
                 let yc = buffer(&dev, (m * r * 4) as u64, None);
+                let ycp = buffer(&dev, (m * r * 4) as u64, None);
                 let xperm = buffer(&dev, (x.len() * 4) as u64, None);
                 let yl = buffer(&dev, (m * r * 4) as u64, None);
                 let ylp = buffer(&dev, (m * r * 4) as u64, None);
@@ -591,8 +597,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         }
                         if a.coop && !forced.is_empty() && forced[0].coop_supported(registry) {
                             // each launch: its activation pass, then the GEMV
+                            let window = ecq::gpu::CoopOrder::Window;
                             let launches = vector_runs(&forced, m, per, |c, n| {
-                                let act = ecq::gpu::CoopActivations::new(dev.device(), k, n)?;
+                                let act =
+                                    ecq::gpu::CoopActivations::new(dev.device(), k, n, window)?;
                                 let prep =
                                     ecq::gpu::coop_x_dispatch(dev.device(), registry, &xb, &act)?;
                                 let gemv =
@@ -613,13 +621,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             })
                             .t;
                             // the GEMV's diagnostic builds (1: decode alone, 2: with the
-                            // tile and barriers, 3: tile, multiply and flush alone, 4 and 5:
-                            // the kernel with fewer loads before the decode), prepared
+                            // tile and barriers, 3: tile, multiply and flush alone), prepared
                             // activations as above
                             let mut td = Vec::new();
-                            for diag in 1..=5 {
+                            for diag in 1..=3 {
                                 let dl = vector_runs(&forced, m, per, |c, n| {
-                                    let act = ecq::gpu::CoopActivations::new(dev.device(), k, n)?;
+                                    let act =
+                                        ecq::gpu::CoopActivations::new(dev.device(), k, n, window)?;
                                     c.coop_diagnostic_dispatch(
                                         dev.device(),
                                         registry,
@@ -637,7 +645,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                     .t,
                                 );
                             }
-                            coop_t.push((t, tp, td));
+                            // the plain baseline on the same multiply, its activation pass
+                            // included
+                            let packed = ecq::gpu::CoopOrder::Packed;
+                            let pl = vector_runs(&qv, m, per, |q, n| {
+                                let act =
+                                    ecq::gpu::CoopActivations::new(dev.device(), k, n, packed)?;
+                                let prep =
+                                    ecq::gpu::coop_x_dispatch(dev.device(), registry, &xb, &act)?;
+                                let gemv =
+                                    q.gemv_coop_dispatch(dev.device(), registry, &act, &ycp)?;
+                                Ok::<_, ecq::gpu::GpuError>((prep, gemv))
+                            })?;
+                            let tq = time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
+                                for (p, g) in &pl[i % copies] {
+                                    p.record(pass);
+                                    g.record(pass);
+                                }
+                            })
+                            .t;
+                            coop_t.push((t, tp, td, tq));
                         }
                         if a.vectors_tables && !forced.is_empty() {
                             let mut ts = [0.0; 2];
@@ -697,6 +724,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         }
                         if !coop_t.is_empty() {
                             checked.push(("fused cooperative", &yc));
+                            checked.push(("plain cooperative", &ycp));
                         }
                         for (what, b) in checked {
                             let got = read(&dev, b, per * r);
@@ -705,13 +733,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 .zip(&want)
                                 .fold(0f32, |s, (a, b)| s.max((a - b).abs()))
                                 / scale;
-                            if d.is_nan() || d > 1e-4 {
+                            // (the cooperative GEMVs multiply f16 activations: ~2^-11)
+                            let bound = if what.contains("cooperative") {
+                                4e-3
+                            } else {
+                                1e-4
+                            };
+                            if d.is_nan() || d > bound {
                                 eprintln!(
                                     "WARNING: the {per}-vector {what} GEMV and qgemm disagree \
                                      at {r}x{k} M={m}: {d:e}"
                                 );
                             }
-                            multi_diff = Some(multi_diff.map_or(d, |m: f32| m.max(d)));
+                            if what.contains("cooperative") {
+                                coop_d.push(d);
+                            } else {
+                                multi_diff = Some(multi_diff.map_or(d, |m: f32| m.max(d)));
+                            }
                         }
                     }
                 }
@@ -783,10 +821,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                     });
                                     let coop = coop_t.get(i).map_or(String::new(), |c| {
                                         format!(
-                                            " (cooperative {:.1}, its activation pass {:.1}; \
-                                             builds {})",
+                                            " (cooperative {:.1} / plain {:.1}, activation \
+                                             pass {:.1}, diff vs qgemm {}; builds {})",
                                             c.0 * 1e6,
+                                            c.3 * 1e6,
                                             c.1 * 1e6,
+                                            coop_d[2 * i..(2 * i + 2).min(coop_d.len())]
+                                                .iter()
+                                                .map(|d| format!("{d:.1e}"))
+                                                .collect::<Vec<_>>()
+                                                .join(" / "),
                                             c.2.iter()
                                                 .map(|t| format!("{:.1}", t * 1e6))
                                                 .collect::<Vec<_>>()

@@ -41,6 +41,7 @@
 // import: rans_block
 // import: window_bits
 // import: side
+// import: coop_tile
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
 // requires: COOPERATIVE_MATRIX (wgpu Features::EXPERIMENTAL_COOPERATIVE_MATRIX and SHADER_F16)
@@ -84,9 +85,9 @@ override NVEC: u32 = 16u;
 // Diagnostic builds (`GpuCodedMatrix::coop_diagnostic_dispatch`; outputs meaningless): 1 =
 // the decode alone (no tile, no barriers, no multiply), 2 = the decode and the tile's stores
 // and barriers without the cooperative multiply, 3 = the kernel with made-up symbols (the
-// stream never read): the tile, multiply and flush alone; 4 = the kernel with the flush's sums
-// and scalings loaded at the flush instead of before the decode (16 registers fewer), 5 = 4
-// with the block's activation tiles loaded after the decode too (16 more). 0 = the kernel.
+// stream never read): the tile, multiply and flush alone. 0 = the kernel. (Two more builds,
+// with the flush's operands or the activation tiles loaded after the decode, freed 16
+// registers, kept two workgroups an SM and ran 1.03-1.09x slower on an H200: step 90.)
 override DIAG: u32 = 0u;
 // (rans_block.wgsl's plane reads: with the branch, as the window splits' blocked kernel)
 const BRANCH_FREE_PLANES: bool = false;
@@ -95,32 +96,6 @@ const G: u32 = 8u;        // groups of 32 lanes per workgroup, one chunk each
 // Invocations the table library spreads its loads over: lanes 0..127 load the table, lanes
 // 128..255 repeat their loads and writes (the same values).
 const WG: u32 = 128u;
-// W tile row stride in vec4<f16>: 520 f16 (512 columns + 8), a multiple of 16 bytes (the
-// cooperative loads' alignment) whose rows start 4 banks apart, so that the eight rows a
-// 16-byte load phase reads fall in different banks.
-const WS: u32 = 130u;
-
-// The tiles the cooperative loads and stores use. They must be 16-byte aligned, and the
-// driver aligns a workgroup variable only to its element type: with the D tiles an array of
-// f32 placed after the W tile, the NVIDIA driver (580) laid them out so that its cooperative
-// stores overwrote a neighbouring variable and its loads read shifted rows (BENCHMARKS.md
-// issue 5, step 90). In one struct led by a vec4<f32> array both members sit at multiples
-// of 16 bytes from a 16-byte-aligned base.
-struct Tiles {
-    // Group g's D (16 tile rows x 16 vectors, row-major; 64 vec4) at vec4 64 g; after a coded
-    // row, the groups' row sums.
-    d: array<vec4<f32>, 512>,
-    // The block's B tiles as x_coop.wgsl lays them out (K-tile kt: 16 columns x 16 vectors,
-    // column-major, at vec4 64 kt).
-    b: array<vec4<f16>, 2048>,
-    // The W tile: 16 rows (rows 2g and 2g + 1 of group g's coded row) x 512 columns of a
-    // block as f16, column 128 i + 4 l + j holding lane l's weight of matrix column
-    // 16 l + 4 j + i (so K-tile 8 i + m holds lanes 4m .. 4m + 3's columns i, 4 + i, 8 + i,
-    // 12 + i, and each lane's four stores a row write 32 consecutive 8-byte words).
-    w: array<vec4<f16>, 2080>,
-}
-var<workgroup> tiles: Tiles;
-
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> freqs: array<u32>;    // tables (slot_table.rs)
 @group(0) @binding(2) var<storage, read> states: array<u32>;   // 32 per chunk
@@ -135,13 +110,6 @@ var<workgroup> tiles: Tiles;
 // activations, 2^-e of the vector's scaling in block b), two vectors a vec4.
 @group(0) @binding(8) var<storage, read> xs: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read_write> y: array<f32>;   // NVEC rows of the outputs
-
-// Four weights, nibbles 0..3 of n, as f16 (exact). The tile must be f16 (here vec4<f16>):
-// the NVIDIA driver's compiler (580) failed on cooperative f16 loads through a u32 pointer,
-// and naga 30 takes no bitcast from u32 to f16 pairs, so the nibbles are converted.
-fn q_f16(n: u32) -> vec4<f16> {
-    return vec4<f16>(vec4<u32>(n, n >> 4u, n >> 8u, n >> 12u) & vec4<u32>(15u));
-}
 
 @compute @workgroup_size(256)
 fn main(
@@ -196,22 +164,8 @@ fn main(
         let sb_row = select(0u, frow * gpr, fvalid);
         var acc = array<f32, 8>();
         for (var b = 0u; b < nblk; b++) {
-            // the flush's operands first: they do not depend on the decode, so their loads'
-            // latency passes during it (columns 512 b + 64 g .. + 63: one MLX group's
-            // (scale, bias) for the tile row; the sums and scalings of vectors fv .. fv + 7)
-            let sbv = side(sb_row + (((b << 9u) + (g << 6u)) >> GSHIFT));
-            let xi = ((((b << 3u) + g) << 4u) + fv) >> 1u;
-            var xe = array<vec4<f32>, 4>();
-            if (DIAG < 4u) {
-                xe = array<vec4<f32>, 4>(xs[xi], xs[xi + 1u], xs[xi + 2u], xs[xi + 3u]);
-            }
-            // and the block's B tiles: 2048 vec4, 8 an invocation, in whole lines
-            var xb8 = array<vec4<f16>, 8>();
-            if (DIAG != 5u) {
-                for (var j = 0u; j < 8u; j++) {
-                    xb8[j] = xb[(b << 11u) + (j << 8u) + lid];
-                }
-            }
+            // (columns 512 b + 64 g .. + 63: one MLX group's (scale, bias) for the tile row)
+            let o = coop_operands(sb_row + (((b << 9u) + (g << 6u)) >> GSHIFT), b, g, fv, lid);
             var n = vec4<u32>(0u);
             if (live) {
                 let raw = window_raw(row_low, b, l);
@@ -232,60 +186,16 @@ fn main(
             if (DIAG == 1u) {
                 continue;
             }
-            let ra = (2u * g) * WS + l;
-            for (var i = 0u; i < 4u; i++) {
-                tiles.w[ra + 32u * i] = q_f16(n[i]);
-                tiles.w[ra + WS + 32u * i] = q_f16(n[i] >> 16u);
-            }
-            for (var j = 0u; j < 8u; j++) {
-                if (DIAG == 5u) {
-                    tiles.b[(j << 8u) + lid] = xb[(b << 11u) + (j << 8u) + lid];
-                } else {
-                    tiles.b[(j << 8u) + lid] = xb8[j];
-                }
-            }
-            workgroupBarrier();
+            coop_stage(n, o.xb8, g, l, lid);
             if (DIAG == 2u) {
-                acc[0] += f32(tiles.w[(ra + 7u * b) % 2080u].x);
+                acc[0] += f32(tiles.w[((2u * g) * WS + l + 7u * b) % 2080u].x);
                 workgroupBarrier();
                 continue;
             }
-            var dm = coop_mat16x16<f32, C>();
-            for (var i = 0u; i < 4u; i++) {
-                let kt = 8u * i + g;
-                // (stride 4 vec4: 16 f16 a column)
-                let bm = coopLoad<coop_mat16x16<f16, B>>(&tiles.b[kt << 6u], 4u);
-                let a = coopLoadT<coop_mat16x16<f16, A>>(&tiles.w[4u * kt], WS);
-                dm = coopMultiplyAdd(a, bm, dm);
-            }
-            // (stride 4 vec4: 16 f32 a row)
-            coopStoreT(dm, &tiles.d[g << 6u], 4u);
-            workgroupBarrier();
-            // (tile row ft's vectors fv .. fv + 7: two vec4 from vec4 64 g + 4 ft + fv / 4)
-            let di = (g << 6u) + (ft << 2u) + (fv >> 2u);
-            if (DIAG >= 4u) {
-                xe = array<vec4<f32>, 4>(xs[xi], xs[xi + 1u], xs[xi + 2u], xs[xi + 3u]);
-            }
-            for (var h = 0u; h < 2u; h++) {
-                let dv = tiles.d[di + h];
-                let e0 = xe[2u * h];
-                let e1 = xe[2u * h + 1u];
-                acc[4u * h] += sbv.x * (dv.x * e0.y) + sbv.y * e0.x;
-                acc[4u * h + 1u] += sbv.x * (dv.y * e0.w) + sbv.y * e0.z;
-                acc[4u * h + 2u] += sbv.x * (dv.z * e1.y) + sbv.y * e1.x;
-                acc[4u * h + 3u] += sbv.x * (dv.w * e1.w) + sbv.y * e1.z;
-            }
+            coop_multiply(g);
+            coop_flush(&acc, o, g, ft, fv);
         }
-        // the coded row's sums: the eight groups' parts of each (tile row, vector)
-        workgroupBarrier();
-        let di = (g << 6u) + (ft << 2u) + (fv >> 2u);
-        tiles.d[di] = vec4<f32>(acc[0], acc[1], acc[2], acc[3]);
-        tiles.d[di + 1u] = vec4<f32>(acc[4], acc[5], acc[6], acc[7]);
-        workgroupBarrier();
-        var total = 0.0;
-        for (var gg = 0u; gg < G; gg++) {
-            total += tiles.d[(gg << 6u) + (ot << 2u) + (ov >> 2u)][ov & 3u];
-        }
+        let total = coop_row_total(acc, g, ft, fv, ot, ov);
         let ocrow = ochunk * P.chunk_rows + rr;
         if (ov < NVEC && ochunk < tile_end && ocrow < P.rows) {
             y[ov * rows_out + ((ocrow << 1u) | (ot & 1u))] = total;

@@ -10,9 +10,11 @@
 //   NaN or an infinity stores NaN there instead, so that the vector's outputs come out NaN,
 //   as the f32 kernels' would.
 // * Tile layout (f16): K-tile kt = 8 i + m of block b (16 columns: lanes 4m .. 4m + 3 of the
-//   fused kernel's group, its column i, 4 + i, 8 + i, 12 + i each; see rans_gemv_coop.wgsl's
-//   W tile) holds column 16 l + 4 j + i at k = 4 (l % 4) + j, vector v at v * 16 + k
-//   (column-major B), from f16 index 256 (32 b + kt).
+//   GEMV's group, four columns of each; see lib/coop_tile.wgsl's W tile) holds, at k =
+//   4 (l % 4) + j, column 16 l + 4 j + i where the W tile has the window split's order
+//   (P.order 0, rans_gemv_coop.wgsl) and column 16 l + 4 i + j where it has the packed order
+//   (P.order 1, qgemv4_coop.wgsl); vector v at v * 16 + k (column-major B), from f16 index
+//   256 (32 b + kt).
 // * Sums: (sum of range m's 64 columns of x, in f32 as given, 2^-e) at vec2 index
 //   16 (8 b + m) + v.
 
@@ -26,6 +28,7 @@ struct Params {
     vectors: u32,   // 1..16
     blocks: u32,    // K / 512
     wg_x: u32,      // workgroups along x of the 2-D dispatch
+    order: u32,     // 0: the window split's column order, 1: the packed one (see above)
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -73,7 +76,7 @@ fn main(
     for (var i = 0u; i < 4u; i++) {
         let kt = 8u * i + (l >> 2u);
         for (var j = 0u; j < 4u; j++) {
-            let x = xv[j][i];
+            let x = select(xv[j][i], xv[i][j], P.order == 1u);
             part += x;
             let at = ((b * 32u + kt) << 8u) + (v << 4u) + 4u * (l & 3u) + j;
             dst[at] = f16(select(x * up, 0.0, bad));

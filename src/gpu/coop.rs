@@ -43,23 +43,43 @@ pub const COOP_WORKGROUP_BYTES: u32 =
 /// Storage buffers `rans_gemv_coop.wgsl` binds.
 pub const COOP_STORAGE_BUFFERS: u32 = 9;
 
+/// The column order of the activation tiles, which must match the weight tile's of the GEMV
+/// that reads them (`wgsl/x_coop.wgsl` says how each lays out a block).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CoopOrder {
+    /// For [`GpuCodedMatrix::gemv_coop_dispatch`](super::GpuCodedMatrix::gemv_coop_dispatch):
+    /// a window split's nibble words as decoded.
+    Window,
+    /// For [`GpuQuantizedMatrix::gemv_coop_dispatch`](super::GpuQuantizedMatrix::gemv_coop_dispatch):
+    /// MLX's packed words as loaded.
+    Packed,
+}
+
 /// `vectors` activation vectors of `cols` inputs prepared for
 /// [`GpuCodedMatrix::gemv_coop_dispatch`](super::GpuCodedMatrix::gemv_coop_dispatch) by
 /// [`coop_x_dispatch`]: f16 tiles of each vector scaled per 512-column block, and per 64
-/// columns the sums and the scalings. The count is fixed here so that both launches agree on
-/// it.
+/// columns the sums and the scalings; or for the plain baseline
+/// ([`GpuQuantizedMatrix::gemv_coop_dispatch`](super::GpuQuantizedMatrix::gemv_coop_dispatch))
+/// in its column order. The count and order are fixed here so that both launches agree.
 #[derive(Debug)]
 pub struct CoopActivations {
     tiles: wgpu::Buffer,
     sums: wgpu::Buffer,
     cols: usize,
     vectors: u32,
+    order: CoopOrder,
 }
 
 impl CoopActivations {
     /// Buffers for `vectors` (1..=[`COOP_VECTORS`]) vectors of `cols` inputs (a positive
-    /// multiple of [`COOP_BLOCK_COLS`]); [`GpuError::InvalidInput`] otherwise.
-    pub fn new(device: &wgpu::Device, cols: usize, vectors: u32) -> Result<Self, GpuError> {
+    /// multiple of [`COOP_BLOCK_COLS`]) in `order`; [`GpuError::InvalidInput`] otherwise.
+    pub fn new(
+        device: &wgpu::Device,
+        cols: usize,
+        vectors: u32,
+        order: CoopOrder,
+    ) -> Result<Self, GpuError> {
         if !(1..=COOP_VECTORS).contains(&vectors) {
             return Err(GpuError::InvalidInput(format!(
                 "cooperative launches take 1..={COOP_VECTORS} vectors, not {vectors}"
@@ -79,7 +99,13 @@ impl CoopActivations {
             sums: super::storage_empty(device, "coop activation sums", sum_bytes)?,
             cols,
             vectors,
+            order,
         })
+    }
+
+    /// The column order.
+    pub fn order(&self) -> CoopOrder {
+        self.order
     }
 
     /// Inputs per vector.
@@ -138,7 +164,16 @@ pub fn coop_x_dispatch(
     use wgpu::util::DeviceExt;
     let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some("coop x params"),
-        contents: bytemuck::cast_slice(&[cols, out.vectors, blocks, gx]),
+        contents: bytemuck::cast_slice(&[
+            cols,
+            out.vectors,
+            blocks,
+            gx,
+            (out.order == CoopOrder::Packed) as u32,
+            0,
+            0,
+            0,
+        ]),
         usage: wgpu::BufferUsages::UNIFORM,
     });
     let layout = pipeline.get_bind_group_layout(0);

@@ -1792,10 +1792,8 @@ impl GpuCodedMatrix {
     /// A diagnostic build of [`Self::gemv_coop_dispatch`], for measuring where its time goes
     /// (outputs meaningless; corrupt streams reported as by the kernel): 1 = the decode alone,
     /// 2 = the decode and the weight tile's stores and barriers without the cooperative
-    /// multiply, 3 = the tile, multiply and flush on made-up symbols (the stream never read);
-    /// 4 and 5 are the kernel (the same outputs) with fewer loads issued before the decode: 4
-    /// loads the flush's sums and scalings at the flush, 5 also the block's activation tiles
-    /// after the decode. Other numbers: [`GpuError::InvalidInput`].
+    /// multiply, 3 = the tile, multiply and flush on made-up symbols (the stream never read).
+    /// Other numbers: [`GpuError::InvalidInput`].
     pub fn coop_diagnostic_dispatch(
         &self,
         device: &wgpu::Device,
@@ -1804,9 +1802,9 @@ impl GpuCodedMatrix {
         y: &wgpu::Buffer,
         diag: u32,
     ) -> Result<Dispatch, GpuError> {
-        if !(1..=5).contains(&diag) {
+        if !(1..=3).contains(&diag) {
             return Err(GpuError::InvalidInput(format!(
-                "cooperative GEMV diagnostic builds are 1..=5, not {diag}"
+                "cooperative GEMV diagnostic builds are 1..=3, not {diag}"
             )));
         }
         self.gemv_coop_dispatch_diag(device, registry, x, y, diag)
@@ -1824,10 +1822,12 @@ impl GpuCodedMatrix {
             return Err(GpuError::Unsupported(why));
         }
         let (r, k) = (self.rows(), self.cols());
-        if x.cols() != k {
+        if x.cols() != k || x.order() != super::CoopOrder::Window {
             return Err(GpuError::InvalidInput(format!(
-                "cooperative activations have {} inputs, the matrix {k}",
-                x.cols()
+                "cooperative activations have {} inputs in {:?} order, the matrix {k} in \
+                 Window order",
+                x.cols(),
+                x.order()
             )));
         }
         let y_bytes = r as u64 * 4 * x.vectors() as u64;
@@ -1912,7 +1912,8 @@ impl GpuCodedMatrix {
             |_| unreachable!("gemv_many_runs takes `launch` where `many`"),
             |xs, n| {
                 let xb = super::upload_x(device, xs)?;
-                let acts = super::CoopActivations::new(device, cols, n as u32)?;
+                let acts =
+                    super::CoopActivations::new(device, cols, n as u32, super::CoopOrder::Window)?;
                 let yb = super::nan_output(device, n * rows)?;
                 let prep = super::coop_x_dispatch(device, registry, &xb, &acts)?;
                 let d = self.gemv_coop_dispatch(device, registry, &acts, &yb)?;

@@ -867,6 +867,151 @@ impl GpuQuantizedMatrix {
         Ok(self.bind(device, pipeline, &uniform, x, y, (gx, gy)))
     }
 
+    /// Why [`Self::gemv_coop_dispatch`] cannot run this matrix on `registry`'s device, or
+    /// `None` where it can.
+    fn coop_refusal(&self, registry: &PipelineRegistry) -> Option<String> {
+        if !registry.cooperative_matrix() {
+            Some(
+                "the device has no cooperative matrices (GpuContext::with_cooperative_matrix on \
+                 an adapter offering 16x16x16 f16 multiplies with f32 accumulators)"
+                    .into(),
+            )
+        } else if self.bits != 4
+            || self.cols() == 0
+            || !self.cols().is_multiple_of(super::COOP_BLOCK_COLS)
+            || (self.group_size != 64 && self.group_size != 128)
+        {
+            Some(format!(
+                "the cooperative 4-bit GEMV needs 4 bits, inputs a positive multiple of {} and \
+                 MLX groups of 64 or 128 ({} bits, {} inputs, groups of {})",
+                super::COOP_BLOCK_COLS,
+                self.bits,
+                self.cols(),
+                self.group_size
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Whether [`Self::gemv_coop_dispatch`] runs this matrix on `registry`'s device.
+    pub fn coop_supported(&self, registry: &PipelineRegistry) -> bool {
+        self.coop_refusal(registry).is_none()
+    }
+
+    /// The plain 4-bit GEMV of `x.vectors()` activation vectors with its multiply on
+    /// cooperative matrices (`wgsl/qgemv4_coop.wgsl`): the baseline of
+    /// [`super::GpuCodedMatrix::gemv_coop_dispatch`], with its tiles, multiply and flush and
+    /// the weights read from the packed matrix. `x` as [`super::coop_x_dispatch`] prepares it
+    /// in [`super::CoopOrder::Packed`] order; `y` receives `x.vectors()` rows of `rows` f32.
+    /// The same precision as the fused launch (f16 activations, exact weights, f32 sums).
+    /// [`GpuError::Unsupported`] where [`Self::coop_supported`] is false (naming why),
+    /// [`GpuError::InvalidInput`] for `x` of another width or order or `y` too small.
+    pub fn gemv_coop_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &super::CoopActivations,
+        y: &wgpu::Buffer,
+    ) -> Result<Dispatch, GpuError> {
+        if let Some(why) = self.coop_refusal(registry) {
+            return Err(GpuError::Unsupported(why));
+        }
+        let (r, k) = (self.rows(), self.cols());
+        if x.cols() != k || x.order() != super::CoopOrder::Packed {
+            return Err(GpuError::InvalidInput(format!(
+                "cooperative activations have {} inputs in {:?} order, the matrix {k} in \
+                 Packed order",
+                x.cols(),
+                x.order()
+            )));
+        }
+        let y_bytes = r as u64 * 4 * x.vectors() as u64;
+        if y.size() < y_bytes {
+            return Err(GpuError::InvalidInput(format!(
+                "y has {} bytes, {} vectors of {r} outputs need {y_bytes}",
+                y.size(),
+                x.vectors()
+            )));
+        }
+        // 16 rows a workgroup
+        let total_wg = self.params.rows.div_ceil(16);
+        let (gx, gy) = grid(device, total_wg);
+        let uniform = self.uniform(device, gx, total_wg, self.params.cols / 16);
+        let pipeline = registry.get(
+            device,
+            Kernel::QGemv4Coop,
+            "main",
+            &[
+                ("GSHIFT", self.group_size.trailing_zeros()),
+                ("NVEC", x.vectors()),
+                self.side.constant(),
+            ],
+        )?;
+        let layout = pipeline.get_bind_group_layout(0);
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("qgemv4_coop"),
+            layout: &layout,
+            entries: &[
+                entry(0, &uniform),
+                entry(1, &self.packed),
+                entry(2, &self.sb),
+                entry(3, x.tiles()),
+                entry(4, x.sums()),
+                entry(5, y),
+            ],
+        });
+        Ok(Dispatch {
+            pipeline,
+            bind_group,
+            workgroups: (gx, gy),
+        })
+    }
+
+    /// `Y = X W^T` for `vectors` activation vectors through the cooperative kernels
+    /// ([`super::coop_x_dispatch`] in packed order, then [`Self::gemv_coop_dispatch`]) in
+    /// launches of up to [`super::COOP_VECTORS`], read back as `vectors` rows of `rows` f32
+    /// (filled with NaN first). The refusals of [`Self::gemv_coop_dispatch`].
+    pub fn gemv_coop(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        x: &[f32],
+        vectors: usize,
+    ) -> Result<Vec<f32>, GpuError> {
+        if let Some(why) = self.coop_refusal(registry) {
+            return Err(GpuError::Unsupported(why));
+        }
+        let (rows, cols) = (self.rows(), self.cols());
+        super::gemv_many_runs(
+            x,
+            vectors,
+            rows,
+            cols,
+            false,
+            true,
+            |_| unreachable!("gemv_many_runs takes `launch` where `many`"),
+            |xs, n| {
+                let xb = super::upload_x(device, xs)?;
+                let acts =
+                    super::CoopActivations::new(device, cols, n as u32, super::CoopOrder::Packed)?;
+                let yb = super::nan_output(device, n * rows)?;
+                let prep = super::coop_x_dispatch(device, registry, &xb, &acts)?;
+                let d = self.gemv_coop_dispatch(device, registry, &acts, &yb)?;
+                let mut enc = device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    prep.record(&mut pass);
+                    d.record(&mut pass);
+                }
+                queue.submit([enc.finish()]);
+                let bytes = super::read_back(device, queue, &yb, (n * rows) as u64 * 4)?;
+                Ok(bytemuck::cast_slice(&bytes).to_vec())
+            },
+        )
+    }
+
     /// `Y = X W^T` for `vectors` activation vectors (`x`: `vectors` rows of `cols` f32), read
     /// back as `vectors` rows of `rows` f32: launches of [`Self::gemv_many_dispatch`] for up
     /// to [`super::MAX_GEMV_VECTORS`] vectors each where [`Self::gemv_many_supported`], else

@@ -102,8 +102,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 pub use coop::{
-    coop_x_dispatch, offers_coop_f16_16x16, CoopActivations, COOP_BLOCK_COLS, COOP_STORAGE_BUFFERS,
-    COOP_VECTORS, COOP_WORKGROUP_BYTES,
+    coop_x_dispatch, offers_coop_f16_16x16, CoopActivations, CoopOrder, COOP_BLOCK_COLS,
+    COOP_STORAGE_BUFFERS, COOP_VECTORS, COOP_WORKGROUP_BYTES,
 };
 pub(crate) use decode::{
     check_gemv_vectors, check_low_bits, check_row_pair_cols, check_window, set_chunk_subgroups,
@@ -380,9 +380,13 @@ pub enum Kernel {
     /// pairs with its multiply on cooperative matrices
     /// ([`GpuCodedMatrix::gemv_coop_dispatch`]; `Features::EXPERIMENTAL_COOPERATIVE_MATRIX`).
     RansGemvCoop,
-    /// `wgsl/x_coop.wgsl`: activation vectors as the cooperative GEMV reads them
+    /// `wgsl/x_coop.wgsl`: activation vectors as the cooperative GEMVs read them
     /// ([`coop_x_dispatch`]).
     XCoop,
+    /// `wgsl/qgemv4_coop.wgsl`: the plain 4-bit GEMV of up to 16 vectors with the same
+    /// cooperative multiply, the baseline of [`Kernel::RansGemvCoop`]
+    /// ([`GpuQuantizedMatrix::gemv_coop_dispatch`]).
+    QGemv4Coop,
 }
 
 /// A kernel's source with the `wgsl/lib/NAME.wgsl` files it `// import`s appended, in the
@@ -495,8 +499,12 @@ impl Kernel {
                 "rans_subgroup",
                 "rans_block",
                 "window_bits",
-                "side"
+                "side",
+                "coop_tile"
             ),
+            Kernel::QGemv4Coop => {
+                wgsl_with_libs!("../../wgsl/qgemv4_coop.wgsl", "side", "coop_tile")
+            }
             Kernel::XCoop => include_str!("../../wgsl/x_coop.wgsl"),
         }
     }
@@ -517,6 +525,7 @@ impl Kernel {
                 | Kernel::RansDecodeBlockedCompact
                 | Kernel::QGemv4Many
                 | Kernel::RansGemvCoop
+                | Kernel::QGemv4Coop
         )
     }
 
@@ -551,6 +560,10 @@ impl Kernel {
     /// rows it tests against the chunk's end. Without naga's checks its cooperative loads from
     /// storage are plain loads: with them they became conditional loads, which the NVIDIA
     /// driver's compiler failed on in some builds (BENCHMARKS.md issue 5, step 90).
+    /// `qgemv4_coop.wgsl`, its plain baseline, runs as it does: its weight, scale and output
+    /// indices are tested against the matrix's rows, the others come from the uniform block,
+    /// the group and the lane (`GpuQuantizedMatrix::gemv_coop_dispatch` checks the
+    /// activations' width and `y`).
     pub fn indices_in_range_by_construction(self) -> bool {
         matches!(
             self,
@@ -560,6 +573,7 @@ impl Kernel {
                 | Kernel::RansDecodeBlockedCompact
                 | Kernel::QGemv4Many
                 | Kernel::RansGemvCoop
+                | Kernel::QGemv4Coop
         )
     }
 
@@ -584,6 +598,7 @@ impl Kernel {
             Kernel::QGemv4Many => "qgemv4_many.wgsl",
             Kernel::XLaneOrder => "x_lane_order.wgsl",
             Kernel::RansGemvCoop => "rans_gemv_coop.wgsl",
+            Kernel::QGemv4Coop => "qgemv4_coop.wgsl",
             Kernel::XCoop => "x_coop.wgsl",
         }
     }
@@ -1404,7 +1419,7 @@ mod tests {
     use super::Kernel;
 
     /// Every kernel the registry builds.
-    const ALL_KERNELS: [Kernel; 18] = [
+    const ALL_KERNELS: [Kernel; 19] = [
         Kernel::RansDecode,
         Kernel::RansGemv,
         Kernel::RansGemvSubgroup,
@@ -1423,6 +1438,7 @@ mod tests {
         Kernel::XLaneOrder,
         Kernel::RansGemvCoop,
         Kernel::XCoop,
+        Kernel::QGemv4Coop,
     ];
 
     /// The registry drops bounds checks only on the trusted path it takes for kernels with
@@ -1436,9 +1452,9 @@ mod tests {
             .collect();
         assert_eq!(
             unchecked.len(),
-            6,
+            7,
             "only the four blocked kernels, their plain multi-vector baseline and the \
-             cooperative one"
+             cooperative ones"
         );
         for k in unchecked {
             assert!(k.loops_bounded_by_construction(), "{k:?}");
