@@ -10,8 +10,10 @@
 //!
 //! Kernels live in `wgsl/`, one per file ([`Kernel`]). They stay within the WebGPU default
 //! limits (at most 16 KiB of workgroup memory, 256 invocations per workgroup, 8 storage buffers
-//! per stage, 65535 workgroups per dimension: larger launches use a 2-D grid); storage buffer
-//! sizes are checked against `device.limits()` and reported as [`GpuError::TooLarge`].
+//! per stage, 65535 workgroups per dimension: larger launches use a 2-D grid), except the
+//! opt-in cooperative-matrix kernels below, which need more workgroup memory and storage
+//! buffers and run only on a device created for them; storage buffer sizes are checked
+//! against `device.limits()` and reported as [`GpuError::TooLarge`].
 //! [`GpuContext::new`] asks the adapter for its largest storage-buffer binding and buffer sizes
 //! and for `Features::SUBGROUP` and `Features::TIMESTAMP_QUERY` where offered (everything else
 //! stays at the WebGPU defaults).
@@ -66,6 +68,13 @@
 //!   [`GpuCodedMatrix::gemv_many_lane_order_dispatch`],
 //!   [`GpuQuantizedMatrix::gemv_many_lane_order_dispatch`],
 //!   [`GpuQuantizedMatrix::gemv_lane_order_dispatch`]; the same outputs bit for bit).
+//! * `rans_gemv_coop.wgsl` / `qgemv4_coop.wgsl` / `x_coop.wgsl` (opt-in, `src/gpu/coop.rs`
+//!   docs): the fused GEMV of up to 16 vectors of window splits in row pairs, and its plain
+//!   4-bit baseline, with the multiply on 16x16x16 f16 cooperative matrices (tensor cores;
+//!   wgpu's experimental `Features::EXPERIMENTAL_COOPERATIVE_MATRIX`, asked for by
+//!   [`GpuContext::with_cooperative_matrix`]); activations rounded to f16 by the pass
+//!   ([`coop_x_dispatch`]), so not bit for bit the f32 kernels
+//!   ([`GpuCodedMatrix::gemv_coop_dispatch`], [`GpuQuantizedMatrix::gemv_coop_dispatch`]).
 //!
 //! All loops are bounded by the matrix geometry and every word read is bounds-checked, so corrupt
 //! input sets per-chunk error bits ([`error_bits`]) and never hangs the device; the host reports
