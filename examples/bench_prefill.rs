@@ -664,6 +664,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 }
                             })
                             .t;
+                            // and the plain kernel's diagnostic builds 1-4
+                            let mut tpd = Vec::new();
+                            for diag in 1..=4 {
+                                let dl = vector_runs(&qv, m, per, |q, n| {
+                                    let act =
+                                        ecq::gpu::CoopActivations::new(dev.device(), k, n, packed)?;
+                                    q.coop_diagnostic_dispatch(
+                                        dev.device(),
+                                        registry,
+                                        &act,
+                                        &yd,
+                                        diag,
+                                    )
+                                })?;
+                                tpd.push(
+                                    time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
+                                        for d in &dl[i % copies] {
+                                            d.record(pass);
+                                        }
+                                    })
+                                    .t,
+                                );
+                            }
+                            td.extend(tpd);
                             coop_t.push((t, tp, td, tq));
                         }
                         if a.vectors_tables && !forced.is_empty() {
@@ -822,7 +846,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                     let coop = coop_t.get(i).map_or(String::new(), |c| {
                                         format!(
                                             " (cooperative {:.1} / plain {:.1}, activation \
-                                             pass {:.1}, diff vs qgemm {}; builds {})",
+                                             pass {:.1}, diff vs qgemm {}; builds {} \
+                                             (fused 1-3, plain 1-4))",
                                             c.0 * 1e6,
                                             c.3 * 1e6,
                                             c.1 * 1e6,

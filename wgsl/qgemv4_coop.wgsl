@@ -36,6 +36,12 @@ struct Params {
 // the outputs of the others are not written).
 override GSHIFT: u32 = 6u;
 override NVEC: u32 = 16u;
+// Diagnostic builds (`GpuQuantizedMatrix::coop_diagnostic_dispatch`; outputs meaningless):
+// 1 = the loads, stage and barriers without the multiply and flush, 2 = the kernel with the
+// tiles' stores left out (the multiply reads what is there), 3 = the kernel with zero
+// weights instead of the loaded ones converted (no conversions), 4 = 1 without the stores
+// either (loads and barriers). 0 = the kernel.
+override DIAG: u32 = 0u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> w: array<vec2<u32>>;    // packed 4-bit weights
@@ -91,7 +97,21 @@ fn main(
             (pa.y & 0xFFFFu) | (pb.y << 16u),
             (pa.y >> 16u) | (pb.y & 0xFFFF0000u),
         );
-        coop_stage(n, o.xb8, g, l, lid);
+        if (DIAG == 2u || DIAG == 4u) {
+            // (the stage's barrier alone; the loads kept live through the sum)
+            acc[0] += f32(n.x ^ n.w) + f32(o.xb8[l & 7u].x) + o.sbv.x + o.xe[l & 3u].x;
+            workgroupBarrier();
+        } else if (DIAG == 3u) {
+            coop_stage(vec4<u32>(0u), o.xb8, g, l, lid);
+            acc[0] += f32(n.x ^ n.w);
+        } else {
+            coop_stage(n, o.xb8, g, l, lid);
+        }
+        if (DIAG == 1u || DIAG == 4u) {
+            acc[1] += f32(tiles.w[(g * WS + l + b) % 2080u].x);
+            workgroupBarrier();
+            continue;
+        }
         coop_multiply(g);
         coop_flush(&acc, o, g, ft, fv);
     }

@@ -914,6 +914,38 @@ impl GpuQuantizedMatrix {
         x: &super::CoopActivations,
         y: &wgpu::Buffer,
     ) -> Result<Dispatch, GpuError> {
+        self.coop_dispatch(device, registry, x, y, 0)
+    }
+
+    /// Diagnostic builds of [`Self::gemv_coop_dispatch`], for measuring where its time goes
+    /// (outputs meaningless): 1 = the loads, tile stores and barriers without the multiply and
+    /// flush, 2 = the kernel without the tiles' stores, 3 = the kernel with zero weights staged
+    /// instead of the loaded ones converted, 4 = 1 without the stores (loads and barriers).
+    /// Other numbers: [`GpuError::InvalidInput`].
+    pub fn coop_diagnostic_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &super::CoopActivations,
+        y: &wgpu::Buffer,
+        diag: u32,
+    ) -> Result<Dispatch, GpuError> {
+        if !(1..=4).contains(&diag) {
+            return Err(GpuError::InvalidInput(format!(
+                "plain cooperative GEMV diagnostic builds are 1..=4, not {diag}"
+            )));
+        }
+        self.coop_dispatch(device, registry, x, y, diag)
+    }
+
+    fn coop_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &super::CoopActivations,
+        y: &wgpu::Buffer,
+        diag: u32,
+    ) -> Result<Dispatch, GpuError> {
         if let Some(why) = self.coop_refusal(registry) {
             return Err(GpuError::Unsupported(why));
         }
@@ -945,6 +977,7 @@ impl GpuQuantizedMatrix {
             &[
                 ("GSHIFT", self.group_size.trailing_zeros()),
                 ("NVEC", x.vectors()),
+                ("DIAG", diag),
                 self.side.constant(),
             ],
         )?;
