@@ -664,9 +664,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 }
                             })
                             .t;
-                            // and the plain kernel's diagnostic builds 1-4
+                            // and the plain kernel's diagnostic builds 1-5
                             let mut tpd = Vec::new();
-                            for diag in 1..=4 {
+                            for diag in 1..=5 {
                                 let dl = vector_runs(&qv, m, per, |q, n| {
                                     let act =
                                         ecq::gpu::CoopActivations::new(dev.device(), k, n, packed)?;
@@ -847,7 +847,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                         format!(
                                             " (cooperative {:.1} / plain {:.1}, activation \
                                              pass {:.1}, diff vs qgemm {}; builds {} \
-                                             (fused 1-3, plain 1-4))",
+                                             (fused 1-3, plain 1-5))",
                                             c.0 * 1e6,
                                             c.3 * 1e6,
                                             c.1 * 1e6,

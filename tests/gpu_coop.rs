@@ -489,7 +489,7 @@ fn coop_gemv_reports_corrupt_stream() {
 /// decode (1: the decode alone, 2: with the tile's stores and barriers) report no stream
 /// errors on a valid matrix, as the kernel reports none; 3 reads no stream, so its chunks end
 /// unconsumed; other numbers are refused. The plain kernel's builds
-/// (`GpuQuantizedMatrix::coop_diagnostic_dispatch`, 1-4) run; other numbers are refused.
+/// (`GpuQuantizedMatrix::coop_diagnostic_dispatch`, 1-5) run; other numbers are refused.
 #[test]
 fn coop_diagnostic_builds() {
     let Some(ctx) = ctx() else { return };
@@ -550,7 +550,7 @@ fn coop_diagnostic_builds() {
         ));
     }
     assert!(failures.is_empty(), "{failures:?}");
-    // the plain kernel's builds 1-4 build and run; 0 and 5 are refused
+    // the plain kernel's builds 1-5 build and run; 0 and 6 are refused
     let plain = ctx.upload_quantized(&q).unwrap();
     let packed = ecq::gpu::CoopActivations::new(dev, cols, 2, CoopOrder::Packed).unwrap();
     let prep = ecq::gpu::coop_x_dispatch(dev, reg, &xb, &packed).unwrap();
@@ -558,7 +558,7 @@ fn coop_diagnostic_builds() {
     {
         let mut pass = enc.begin_compute_pass(&Default::default());
         prep.record(&mut pass);
-        for diag in 1..=4 {
+        for diag in 1..=5 {
             plain
                 .coop_diagnostic_dispatch(dev, reg, &packed, &yb, diag)
                 .unwrap()
@@ -567,7 +567,7 @@ fn coop_diagnostic_builds() {
     }
     queue.submit([enc.finish()]);
     ctx.wait().unwrap();
-    for bad in [0, 5] {
+    for bad in [0, 6] {
         assert!(matches!(
             plain.coop_diagnostic_dispatch(dev, reg, &packed, &yb, bad),
             Err(GpuError::InvalidInput(_))

@@ -40,7 +40,7 @@ override NVEC: u32 = 16u;
 // 1 = the loads, stage and barriers without the multiply and flush, 2 = the kernel with the
 // tiles' stores left out (the multiply reads what is there), 3 = the kernel with zero
 // weights instead of the loaded ones converted (no conversions), 4 = 1 without the stores
-// either (loads and barriers). 0 = the kernel.
+// either (loads and barriers), 5 = 4 without the barriers (the loads alone). 0 = the kernel.
 override DIAG: u32 = 0u;
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -97,6 +97,11 @@ fn main(
             (pa.y & 0xFFFFu) | (pb.y << 16u),
             (pa.y >> 16u) | (pb.y & 0xFFFF0000u),
         );
+        if (DIAG == 5u) {
+            // (the loads alone, kept live through the sum)
+            acc[0] += f32(n.x ^ n.w) + f32(o.xb8[l & 7u].x) + o.sbv.x + o.xe[l & 3u].x;
+            continue;
+        }
         if (DIAG == 2u || DIAG == 4u) {
             // (the stage's barrier alone; the loads kept live through the sum)
             acc[0] += f32(n.x ^ n.w) + f32(o.xb8[l & 7u].x) + o.sbv.x + o.xe[l & 3u].x;

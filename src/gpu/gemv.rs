@@ -920,8 +920,8 @@ impl GpuQuantizedMatrix {
     /// Diagnostic builds of [`Self::gemv_coop_dispatch`], for measuring where its time goes
     /// (outputs meaningless): 1 = the loads, tile stores and barriers without the multiply and
     /// flush, 2 = the kernel without the tiles' stores, 3 = the kernel with zero weights staged
-    /// instead of the loaded ones converted, 4 = 1 without the stores (loads and barriers).
-    /// Other numbers: [`GpuError::InvalidInput`].
+    /// instead of the loaded ones converted, 4 = 1 without the stores (loads and barriers),
+    /// 5 = 4 without the barriers (the loads alone). Other numbers: [`GpuError::InvalidInput`].
     pub fn coop_diagnostic_dispatch(
         &self,
         device: &wgpu::Device,
@@ -930,9 +930,9 @@ impl GpuQuantizedMatrix {
         y: &wgpu::Buffer,
         diag: u32,
     ) -> Result<Dispatch, GpuError> {
-        if !(1..=4).contains(&diag) {
+        if !(1..=5).contains(&diag) {
             return Err(GpuError::InvalidInput(format!(
-                "plain cooperative GEMV diagnostic builds are 1..=4, not {diag}"
+                "plain cooperative GEMV diagnostic builds are 1..=5, not {diag}"
             )));
         }
         self.coop_dispatch(device, registry, x, y, diag)
