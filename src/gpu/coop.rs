@@ -139,12 +139,7 @@ pub fn coop_x_dispatch(
     out: &CoopActivations,
 ) -> Result<Dispatch, GpuError> {
     if !registry.cooperative_matrix() {
-        return Err(GpuError::Unsupported(
-            "the cooperative GEMV needs a device created with cooperative matrices \
-             (GpuContext::with_cooperative_matrix on an adapter offering 16x16x16 f16 \
-             multiplies with f32 accumulators)"
-                .into(),
-        ));
+        return Err(GpuError::Unsupported(NO_COOPERATIVE_DEVICE.into()));
     }
     let bytes = out.vectors as u64 * out.cols as u64 * 4;
     if x.size() < bytes {
@@ -192,6 +187,50 @@ pub fn coop_x_dispatch(
         bind_group,
         workgroups: (gx, gy),
     })
+}
+
+/// Why the cooperative entry points refuse a device that was not created for them.
+pub(crate) const NO_COOPERATIVE_DEVICE: &str = "the device has no cooperative matrices \
+     (GpuContext::with_cooperative_matrix on an adapter offering 16x16x16 f16 multiplies with \
+     f32 accumulators)";
+
+/// What the fused and plain `gemv_coop` share: `Y = X W^T` for `vectors` vectors of `cols`
+/// in `x`, in launches of up to [`COOP_VECTORS`]: each uploads its vectors, runs the
+/// activation pass in `order` and `gemv(activations, y)` through `run` (which submits the two
+/// launches and waits, checking what it checks), and reads its `rows` outputs a vector back
+/// (filled with NaN first, so unwritten ones show).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn coop_runs(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    registry: &PipelineRegistry,
+    x: &[f32],
+    vectors: usize,
+    (rows, cols): (usize, usize),
+    empty: bool,
+    order: CoopOrder,
+    gemv: impl Fn(&CoopActivations, &wgpu::Buffer) -> Result<Dispatch, GpuError>,
+    run: impl Fn(&Dispatch, &Dispatch) -> Result<(), GpuError>,
+) -> Result<Vec<f32>, GpuError> {
+    super::gemv_many_runs(
+        x,
+        vectors,
+        rows,
+        cols,
+        empty,
+        true,
+        |_| unreachable!("gemv_many_runs takes `launch` where `many`"),
+        |xs, n| {
+            let xb = super::upload_x(device, xs)?;
+            let acts = CoopActivations::new(device, cols, n as u32, order)?;
+            let yb = super::nan_output(device, n * rows)?;
+            let prep = coop_x_dispatch(device, registry, &xb, &acts)?;
+            let d = gemv(&acts, &yb)?;
+            run(&prep, &d)?;
+            let bytes = super::read_back(device, queue, &yb, (n * rows) as u64 * 4)?;
+            Ok(bytemuck::cast_slice(&bytes).to_vec())
+        },
+    )
 }
 
 #[cfg(test)]

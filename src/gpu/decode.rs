@@ -1726,11 +1726,7 @@ impl GpuCodedMatrix {
         if self.sb.is_none() {
             Some("the fused GEMV needs scales and biases at upload".into())
         } else if !registry.cooperative_matrix() {
-            Some(
-                "the device has no cooperative matrices (GpuContext::with_cooperative_matrix on \
-                 an adapter offering 16x16x16 f16 multiplies with f32 accumulators)"
-                    .into(),
-            )
+            Some(super::coop::NO_COOPERATIVE_DEVICE.into())
         } else if p.low_bits != WINDOW_LOW_BITS || p.row_pairs == 0 {
             Some(format!(
                 "the cooperative GEMV runs window splits in row pairs (window split {}, row \
@@ -1901,26 +1897,17 @@ impl GpuCodedMatrix {
         if let Some(why) = self.coop_refusal(registry) {
             return Err(GpuError::Unsupported(why));
         }
-        let (rows, cols) = (self.rows(), self.cols());
-        super::gemv_many_runs(
+        super::coop::coop_runs(
+            device,
+            queue,
+            registry,
             x,
             vectors,
-            rows,
-            cols,
+            (self.rows(), self.cols()),
             self.n_chunks() == 0,
-            true,
-            |_| unreachable!("gemv_many_runs takes `launch` where `many`"),
-            |xs, n| {
-                let xb = super::upload_x(device, xs)?;
-                let acts =
-                    super::CoopActivations::new(device, cols, n as u32, super::CoopOrder::Window)?;
-                let yb = super::nan_output(device, n * rows)?;
-                let prep = super::coop_x_dispatch(device, registry, &xb, &acts)?;
-                let d = self.gemv_coop_dispatch(device, registry, &acts, &yb)?;
-                run_checked_launches(device, queue, &[(self, &prep), (self, &d)])?;
-                let bytes = read_back(device, queue, &yb, (n * rows) as u64 * 4)?;
-                Ok(bytemuck::cast_slice(&bytes).to_vec())
-            },
+            super::CoopOrder::Window,
+            |acts, y| self.gemv_coop_dispatch(device, registry, acts, y),
+            |prep, d| run_checked_launches(device, queue, &[(self, prep), (self, d)]),
         )
     }
 

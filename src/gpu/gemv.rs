@@ -871,11 +871,7 @@ impl GpuQuantizedMatrix {
     /// `None` where it can.
     fn coop_refusal(&self, registry: &PipelineRegistry) -> Option<String> {
         if !registry.cooperative_matrix() {
-            Some(
-                "the device has no cooperative matrices (GpuContext::with_cooperative_matrix on \
-                 an adapter offering 16x16x16 f16 multiplies with f32 accumulators)"
-                    .into(),
-            )
+            Some(super::coop::NO_COOPERATIVE_DEVICE.into())
         } else if self.bits != 4
             || self.cols() == 0
             || !self.cols().is_multiple_of(super::COOP_BLOCK_COLS)
@@ -1016,22 +1012,17 @@ impl GpuQuantizedMatrix {
         if let Some(why) = self.coop_refusal(registry) {
             return Err(GpuError::Unsupported(why));
         }
-        let (rows, cols) = (self.rows(), self.cols());
-        super::gemv_many_runs(
+        super::coop::coop_runs(
+            device,
+            queue,
+            registry,
             x,
             vectors,
-            rows,
-            cols,
+            (self.rows(), self.cols()),
             false,
-            true,
-            |_| unreachable!("gemv_many_runs takes `launch` where `many`"),
-            |xs, n| {
-                let xb = super::upload_x(device, xs)?;
-                let acts =
-                    super::CoopActivations::new(device, cols, n as u32, super::CoopOrder::Packed)?;
-                let yb = super::nan_output(device, n * rows)?;
-                let prep = super::coop_x_dispatch(device, registry, &xb, &acts)?;
-                let d = self.gemv_coop_dispatch(device, registry, &acts, &yb)?;
+            super::CoopOrder::Packed,
+            |acts, y| self.gemv_coop_dispatch(device, registry, acts, y),
+            |prep, d| {
                 let mut enc = device.create_command_encoder(&Default::default());
                 {
                     let mut pass = enc.begin_compute_pass(&Default::default());
@@ -1039,8 +1030,7 @@ impl GpuQuantizedMatrix {
                     d.record(&mut pass);
                 }
                 queue.submit([enc.finish()]);
-                let bytes = super::read_back(device, queue, &yb, (n * rows) as u64 * 4)?;
-                Ok(bytemuck::cast_slice(&bytes).to_vec())
+                wait(device)
             },
         )
     }
