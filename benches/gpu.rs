@@ -26,7 +26,11 @@
 //! (`fused_rans_gemv_many_vN`, `plain_qgemv4_many_vN`: `gemv_many_dispatch`, each chunk decoded
 //! and each weight read once for all vectors; throughput in weight-vector products) where both
 //! run (window splits, 32-wide subgroups), in row pairs also on activations in lane order
-//! (`_many_lanes_vN`: `gemv_many_lane_order_dispatch`). Times are
+//! (`_many_lanes_vN`: `gemv_many_lane_order_dispatch`). With `ECQ_GPU_BENCH_COOP=1` the context
+//! is `GpuContext::with_cooperative_matrix`, and where it got cooperative matrices the same
+//! vectors also run on them (`fused_rans_gemv_coop_vN`, `plain_qgemv4_coop_vN`:
+//! `gemv_coop_dispatch`, activations prepared once; `coop_x_pass_vN`, the preparing pass).
+//! Times are
 //! GPU timestamps of the pass holding the iterations where the device has `TIMESTAMP_QUERY`,
 //! else the wall clock after `finish()` (`examples/common/timing.rs`). For the full comparison
 //! table use `examples/bench_gpu.rs`.
@@ -61,7 +65,12 @@ fn env_num<T: std::str::FromStr>(name: &str) -> Option<T> {
 }
 
 fn bench(c: &mut Criterion) {
-    let ctx = match GpuContext::new() {
+    let coop = env_num::<u32>("ECQ_GPU_BENCH_COOP").unwrap_or(0) != 0;
+    let ctx = match if coop {
+        GpuContext::with_cooperative_matrix()
+    } else {
+        GpuContext::new()
+    } {
         Ok(c) => c,
         Err(e) => {
             eprintln!("SKIPPED: no GPU adapter ({e})");
@@ -234,7 +243,32 @@ fn bench(c: &mut Criterion) {
                     .collect();
                 (plain_l, fused_l)
             });
-            (plain_m, fused_m, lanes)
+            // the same vectors on cooperative matrices (activations prepared once)
+            let coop_d =
+                (coded[0].coop_supported(reg) && plain[0].coop_supported(reg)).then(|| {
+                    use ecq::gpu::{coop_x_dispatch, CoopActivations, CoopOrder};
+                    let acts = |order| CoopActivations::new(dev, k, vectors, order).unwrap();
+                    let (aw, ap) = (acts(CoopOrder::Window), acts(CoopOrder::Packed));
+                    let pass_w = coop_x_dispatch(dev, reg, &xm, &aw).unwrap();
+                    let pass_p = coop_x_dispatch(dev, reg, &xm, &ap).unwrap();
+                    let mut enc = dev.create_command_encoder(&Default::default());
+                    {
+                        let mut pass = enc.begin_compute_pass(&Default::default());
+                        pass_w.record(&mut pass);
+                        pass_p.record(&mut pass);
+                    }
+                    ctx.queue().submit([enc.finish()]);
+                    let plain_c: Vec<_> = plain
+                        .iter()
+                        .map(|m| m.gemv_coop_dispatch(dev, reg, &ap, &ym).unwrap())
+                        .collect();
+                    let fused_c: Vec<_> = coded
+                        .iter()
+                        .map(|m| m.gemv_coop_dispatch(dev, reg, &aw, &ym).unwrap())
+                        .collect();
+                    (plain_c, fused_c, vec![pass_w])
+                });
+            (plain_m, fused_m, lanes, coop_d)
         });
 
     // the label's chunk: the symbols a chunk holds as coded (after min_chunks)
@@ -279,7 +313,7 @@ fn bench(c: &mut Criterion) {
             Err(e) => eprintln!("fused_diag{diag} skipped: {e}"),
         }
     }
-    if let Some((plain_m, fused_m, lanes)) = &many {
+    if let Some((plain_m, fused_m, lanes, coop_d)) = &many {
         g.throughput(Throughput::Elements((r * k) as u64 * vectors as u64));
         g.bench_function(format!("plain_qgemv4_many_v{vectors}"), |b| {
             b.iter_custom(|n| run(&ctx, &timer, plain_m, n))
@@ -294,6 +328,23 @@ fn bench(c: &mut Criterion) {
             g.bench_function(format!("fused_rans_gemv_many_lanes_v{vectors}"), |b| {
                 b.iter_custom(|n| run(&ctx, &timer, fused_l, n))
             });
+        }
+        if let Some((plain_c, fused_c, pass_w)) = coop_d {
+            g.bench_function(format!("plain_qgemv4_coop_v{vectors}"), |b| {
+                b.iter_custom(|n| run(&ctx, &timer, plain_c, n))
+            });
+            g.bench_function(format!("fused_rans_gemv_coop_v{vectors}"), |b| {
+                b.iter_custom(|n| run(&ctx, &timer, fused_c, n))
+            });
+            g.throughput(Throughput::Elements(k as u64 * vectors as u64));
+            g.bench_function(format!("coop_x_pass_v{vectors}"), |b| {
+                b.iter_custom(|n| run(&ctx, &timer, pass_w, n))
+            });
+        } else if coop {
+            eprintln!(
+                "cooperative launches skipped: the adapter offers no 16x16x16 f16 cooperative \
+                 matrices through wgpu, or the layout is not a window split in row pairs"
+            );
         }
     } else if low_bits == 3 {
         eprintln!(
