@@ -616,3 +616,49 @@ fn coop_gemv_rounds_activations_to_f16() {
         );
     }
 }
+
+/// The layers' cooperative launches (`LinearOptions::cooperative_matrix`,
+/// `QuantizedLinear::set_cooperative_matrix`): `forward_batch` of 20 rows (a launch of 16 on
+/// cooperative matrices, one of 4 in f32) within the bounds above of the f64 reference, for a
+/// window split in row pairs and for the plain layer; `cooperative_matrix()` says whether a
+/// layer takes them, which it does exactly where the device has them (elsewhere, lavapipe in
+/// CI, the same rows run in f32); without the option no layer does.
+#[test]
+fn coop_layers_match_reference() {
+    use ecq::linear::{
+        CodedLayerRef, EntropyCodedLinear, Linear, LinearDevice, LinearOptions, QuantizedLinear,
+    };
+    if ctx().is_none() {
+        return;
+    }
+    let dev = LinearDevice::from_context(GpuContext::with_cooperative_matrix().unwrap());
+    let offered = dev.gpu().registry().cooperative_matrix();
+    let (rows, cols, m) = (40, 2048, 20);
+    let q = random_matrix(3800, rows, cols, 64);
+    let s = window(&q, 512);
+    let layer_ref = || CodedLayerRef::from_split(&s, 64, &q.scales, &q.biases, None);
+    let coop = LinearOptions {
+        cooperative_matrix: true,
+        ..Default::default()
+    };
+    let fused = EntropyCodedLinear::upload(&dev, "coop", layer_ref(), &coop).unwrap();
+    assert_eq!(fused.cooperative_matrix(), offered);
+    let f32_layer =
+        EntropyCodedLinear::upload(&dev, "f32", layer_ref(), &LinearOptions::default()).unwrap();
+    assert!(!f32_layer.cooperative_matrix());
+    let mut plain = QuantizedLinear::upload(&dev, "coop plain", &q, None).unwrap();
+    assert!(!plain.cooperative_matrix());
+    assert_eq!(plain.set_cooperative_matrix(true), offered);
+    let mut rng = ChaCha8Rng::seed_from_u64(3801);
+    let x: Vec<f32> = (0..m * cols).map(|_| gaussian(&mut rng)).collect();
+    let (want, sum_abs) = reference(&q, &x, m);
+    for (label, got) in [
+        ("fused", fused.forward_batch(&x, m).unwrap()),
+        ("plain", plain.forward_batch(&x, m).unwrap()),
+    ] {
+        assert_close(label, &got, &want, &sum_abs, cols, true);
+    }
+    if !offered {
+        announce_no_coop(dev.gpu());
+    }
+}

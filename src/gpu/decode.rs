@@ -419,6 +419,73 @@ fn fused_gemv_pipeline_diag(
     }
 }
 
+/// Why the cooperative GEMV (`wgsl/rans_gemv_coop.wgsl`) cannot run the coded matrix `p`
+/// describes, whatever the device: it needs a window split in row pairs of inputs a multiple
+/// of [`super::COOP_BLOCK_COLS`], MLX groups of 64 or 128 and 8..=11 probability bits.
+pub(crate) fn coop_layout_refusal(p: &CodedParams) -> Option<String> {
+    let k = p.cols / 2;
+    if p.low_bits != WINDOW_LOW_BITS || p.row_pairs == 0 {
+        Some(format!(
+            "the cooperative GEMV runs window splits in row pairs (window split {}, row pairs {})",
+            p.low_bits == WINDOW_LOW_BITS,
+            p.row_pairs != 0
+        ))
+    } else if k == 0 || !(k as usize).is_multiple_of(super::COOP_BLOCK_COLS) {
+        Some(format!(
+            "the cooperative GEMV needs inputs a multiple of {}, not {k}",
+            super::COOP_BLOCK_COLS
+        ))
+    } else if p.group_size != 64 && p.group_size != 128 {
+        Some(format!(
+            "the cooperative GEMV needs MLX groups of 64 or 128, not {}",
+            p.group_size
+        ))
+    } else if !(8..=11).contains(&p.prec) {
+        Some(format!(
+            "the cooperative GEMV needs 8..=11 probability bits, not {}",
+            p.prec
+        ))
+    } else {
+        None
+    }
+}
+
+/// `p` launched as the cooperative GEMV: eight chunks (groups of 32 lanes) a workgroup.
+pub(crate) fn coop_params(device: &wgpu::Device, p: &CodedParams) -> Result<CodedParams, GpuError> {
+    let mut q = *p;
+    q.wg_per_tile = q.tile_chunks.div_ceil(8);
+    q.total_wg = u32_of("workgroups", q.n_tiles as usize * q.wg_per_tile as usize)?;
+    q.wg_x = grid(device, q.total_wg).0;
+    q.out_mode = 2;
+    Ok(q)
+}
+
+/// The cooperative GEMV's pipeline for `p`'s layout (checked by [`coop_layout_refusal`]),
+/// (scale, bias) pairs in `side`, `vectors` vectors and diagnostic build `diag` (0: the
+/// kernel). Every launcher of `rans_gemv_coop.wgsl` takes its pipeline from here.
+pub(crate) fn coop_gemv_pipeline(
+    device: &wgpu::Device,
+    registry: &PipelineRegistry,
+    p: &CodedParams,
+    side: super::SideFormat,
+    vectors: u32,
+    diag: u32,
+) -> Result<wgpu::ComputePipeline, GpuError> {
+    registry.get(
+        device,
+        Kernel::RansGemvCoop,
+        "main",
+        &[
+            ("PREC", p.prec),
+            ("GSHIFT", p.group_size.trailing_zeros()),
+            ("WSTART", p.window_start),
+            ("NVEC", vectors),
+            ("DIAG", diag),
+            side.constant(),
+        ],
+    )
+}
+
 /// Raw low bits the GPU kernels run: 2 beside 2-bit symbols of four weights (4-bit weights).
 /// Checks that coded rows of `cols` weights (`wps` per symbol) in row-pair order are two
 /// matrix rows of whole runs ([`crate::rans::ROW_PAIR_RUN_SYMBOLS`] symbols); the reason if not.
@@ -1722,35 +1789,12 @@ impl GpuCodedMatrix {
     /// `None` where it can.
     fn coop_refusal(&self, registry: &PipelineRegistry) -> Option<String> {
         let p = &self.params;
-        let k = p.cols / 2;
         if self.sb.is_none() {
             Some("the fused GEMV needs scales and biases at upload".into())
         } else if !registry.cooperative_matrix() {
             Some(super::coop::NO_COOPERATIVE_DEVICE.into())
-        } else if p.low_bits != WINDOW_LOW_BITS || p.row_pairs == 0 {
-            Some(format!(
-                "the cooperative GEMV runs window splits in row pairs (window split {}, row \
-                 pairs {})",
-                p.low_bits == WINDOW_LOW_BITS,
-                p.row_pairs != 0
-            ))
-        } else if k == 0 || !(k as usize).is_multiple_of(super::COOP_BLOCK_COLS) {
-            Some(format!(
-                "the cooperative GEMV needs inputs a multiple of {}, not {k}",
-                super::COOP_BLOCK_COLS
-            ))
-        } else if p.group_size != 64 && p.group_size != 128 {
-            Some(format!(
-                "the cooperative GEMV needs MLX groups of 64 or 128, not {}",
-                p.group_size
-            ))
-        } else if !(8..=11).contains(&p.prec) {
-            Some(format!(
-                "the cooperative GEMV needs 8..=11 probability bits, not {}",
-                p.prec
-            ))
         } else {
-            None
+            coop_layout_refusal(p)
         }
     }
 
@@ -1835,27 +1879,10 @@ impl GpuCodedMatrix {
             )));
         }
         let sb = self.sb.as_ref().expect("coop_refusal checks the scales");
-        // eight chunks (groups of 32 lanes) a workgroup
-        let mut p = self.params;
-        p.wg_per_tile = p.tile_chunks.div_ceil(8);
-        p.total_wg = u32_of("workgroups", p.n_tiles as usize * p.wg_per_tile as usize)?;
+        let p = coop_params(device, &self.params)?;
         let (gx, gy) = grid(device, p.total_wg);
-        p.wg_x = gx;
-        p.out_mode = 2;
         let uniform = self.uniform(device, 0x803, p);
-        let pipeline = registry.get(
-            device,
-            Kernel::RansGemvCoop,
-            "main",
-            &[
-                ("PREC", p.prec),
-                ("GSHIFT", p.group_size.trailing_zeros()),
-                ("WSTART", p.window_start),
-                ("NVEC", x.vectors()),
-                ("DIAG", diag),
-                self.side.constant(),
-            ],
-        )?;
+        let pipeline = coop_gemv_pipeline(device, registry, &p, self.side, x.vectors(), diag)?;
         let tables = self.slot_tables(device)?;
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {

@@ -115,8 +115,8 @@ pub use coop::{
     COOP_STORAGE_BUFFERS, COOP_VECTORS, COOP_WORKGROUP_BYTES,
 };
 pub(crate) use decode::{
-    check_gemv_vectors, check_low_bits, check_row_pair_cols, check_window, set_chunk_subgroups,
-    CodedParams,
+    check_gemv_vectors, check_low_bits, check_row_pair_cols, check_window, coop_gemv_pipeline,
+    coop_layout_refusal, coop_params, set_chunk_subgroups, CodedParams,
 };
 pub use decode::{
     default_fused_variant, fused_gemv_pipeline, CodedMatrixRef, DecodeOutput, FusedLayout,

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, Linear, LinearError};
 use crate::gpu::{
-    check_gemv_vectors, default_fused_variant, fused_gemv_pipeline, quantize_x8_dispatch,
-    set_chunk_subgroups, x8_bytes, CodedParams, GpuError, SideFormat, X8Order,
+    check_gemv_vectors, coop_gemv_pipeline, coop_layout_refusal, coop_params, coop_x_dispatch,
+    default_fused_variant, fused_gemv_pipeline, quantize_x8_dispatch, set_chunk_subgroups,
+    x8_bytes, CodedParams, CoopActivations, CoopOrder, GpuError, SideFormat, X8Order,
 };
 use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
 
@@ -122,6 +123,14 @@ pub const GEMV_BATCH_MAX_M_WHOLE: usize = 4;
 /// shapes and 1.16-1.4x slower at 6144x4096); the accumulators' registers stop it at 16
 /// ([`crate::gpu::MAX_GEMV_VECTORS`]).
 pub const GEMV_VECTORS: u32 = 16;
+
+/// Activation rows from which a GEMV launch of a layer with
+/// [`LinearOptions::cooperative_matrix`] multiplies on cooperative matrices: the cooperative
+/// launch costs about the same for 1 and 16 rows, and on an H200 it overtook the f32 launch
+/// on lane order between 8 and 16 rows at Llama-3-8B's shapes (4096x4096: 30.4 µs f32 at 8
+/// rows, 48.0 at 16, against 40.1-40.6 cooperative; 1024x4096: 26.9 at 8 against 22.7), for
+/// fused and plain layers alike (BENCHMARKS.md issue 5, step 90).
+pub const COOP_MIN_ROWS: usize = 12;
 
 /// [`GEMV_BATCH_MAX_M`] for window splits whose fused GEMV multiplies several vectors a launch
 /// ([`EntropyCodedLinear::gemv_vectors`] above 1) in column order
@@ -260,6 +269,17 @@ pub struct LinearOptions {
     /// (BENCHMARKS.md issue 5, step 88). Same results either way.
     /// [`EntropyCodedLinear::lane_order`] says what the layer runs.
     pub column_order_activations: bool,
+    /// Let `forward_batch`'s GEMV launches of at least [`COOP_MIN_ROWS`] rows multiply on
+    /// cooperative matrices (tensor cores; the kernel of
+    /// [`crate::gpu::GpuCodedMatrix::gemv_coop_dispatch`]) where the device has them (a
+    /// [`LinearDevice`] made from [`crate::gpu::GpuContext::with_cooperative_matrix`]) and
+    /// the layer's launches take several rows with decode tables in memory (window splits in
+    /// row pairs of inputs a multiple of 512, MLX groups of 64 or 128, f32 activations, one
+    /// group a chunk): on an H200 a launch of 16 rows ran 1.22-1.52x faster (BENCHMARKS.md
+    /// issue 5, step 90). **Approximate**: the activations are rounded to f16 there (exact
+    /// for f16 and bf16 ones; 2^-11 of the sum of the terms' magnitudes at most otherwise).
+    /// [`EntropyCodedLinear::cooperative_matrix`] says whether the layer does.
+    pub cooperative_matrix: bool,
 }
 
 /// A borrowed coded matrix with its quantization parameters: the coded tensors as
@@ -729,6 +749,9 @@ pub struct EntropyCodedLinear {
     /// The fused GEMVs take their activations in lane order
     /// ([`LinearOptions::column_order_activations`], resolved).
     lane_order: bool,
+    /// Launches of at least [`COOP_MIN_ROWS`] rows run on cooperative matrices
+    /// ([`LinearOptions::cooperative_matrix`], resolved).
+    coop: bool,
 }
 
 impl EntropyCodedLinear {
@@ -1080,6 +1103,12 @@ impl EntropyCodedLinear {
             && all_blocked
             && !x8
             && !opts.column_order_activations;
+        let coop = opts.cooperative_matrix
+            && dev.gpu().registry().cooperative_matrix()
+            && gemv_vectors > 1
+            && bands
+                .iter()
+                .all(|b| b.tables.is_some() && coop_layout_refusal(&b.gemv).is_none());
         Ok(EntropyCodedLinear {
             dev: dev.clone(),
             name: name.into(),
@@ -1122,7 +1151,15 @@ impl EntropyCodedLinear {
             gemm_target_workgroups,
             gemv_vectors,
             lane_order,
+            coop,
         })
+    }
+
+    /// Whether `forward_batch`'s GEMV launches of at least [`COOP_MIN_ROWS`] rows multiply on
+    /// cooperative matrices ([`LinearOptions::cooperative_matrix`]: asked for, and the device
+    /// and the layer allow it).
+    pub fn cooperative_matrix(&self) -> bool {
+        self.coop
     }
 
     /// Whether the fused GEMVs of `forward` and `forward_batch` read their activations in lane
@@ -1233,6 +1270,57 @@ impl EntropyCodedLinear {
     /// The fused-GEMV launch of one band computing `y = W x` without the bias for `vectors`
     /// activation vectors: `x` holds `vectors` rows of `in_features` f32, `y` `vectors` rows
     /// of the band's outputs.
+    /// Band `band`'s cooperative GEMV of the activations `x` prepared in window order, into
+    /// `y` (`x.vectors()` rows of the band's outputs).
+    fn coop_dispatch(
+        &self,
+        band: &Band,
+        x: &CoopActivations,
+        y: &wgpu::Buffer,
+    ) -> Result<LinearDispatch, GpuError> {
+        use wgpu::util::DeviceExt;
+        let device = self.dev.device();
+        let p = coop_params(device, &band.gemv)?;
+        let pipeline = coop_gemv_pipeline(
+            device,
+            self.dev.gpu().registry(),
+            &p,
+            self.side,
+            x.vectors(),
+            0,
+        )?;
+        let tables = band.tables.as_ref().ok_or_else(|| {
+            GpuError::Unsupported("the cooperative GEMV reads decode tables in memory".into())
+        })?;
+        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("ecq linear coop params"),
+            contents: bytemuck::bytes_of(&p),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let layout = pipeline.get_bind_group_layout(0);
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("ecq linear coop"),
+            layout: &layout,
+            entries: &[
+                entry(0, &uniform),
+                entry(1, tables),
+                entry(2, &band.states),
+                entry(3, &band.offsets),
+                entry(4, &band.words),
+                entry(5, &band.errors),
+                entry(6, &band.sb),
+                entry(7, x.tiles()),
+                entry(8, x.sums()),
+                entry(9, y),
+            ],
+        });
+        Ok(LinearDispatch {
+            pipeline,
+            bind_group,
+            workgroups: self.dev.grid(p.total_wg),
+        })
+    }
+
     fn gemv_dispatch(
         &self,
         band: &Band,
@@ -1514,6 +1602,40 @@ impl EntropyCodedLinear {
             for i in (0..m).step_by(per) {
                 let n = per.min(m - i);
                 let xs = &x[i * k..(i + n) * k];
+                // (where the launch's outputs go: y itself, or a scratch buffer per band
+                // copied into place)
+                let mut target = |band: &Band| {
+                    let band_bytes = (band.rows * 4) as u64;
+                    if self.bands.len() == 1 && n == m {
+                        return y.clone();
+                    }
+                    let s = dev.buffer(
+                        "y band",
+                        band_bytes * n as u64,
+                        wgpu::BufferUsages::COPY_SRC,
+                    );
+                    for v in 0..n {
+                        let at = (i + v) as u64 * row_bytes + (band.row0 * 4) as u64;
+                        copies.push((s.clone(), v as u64 * band_bytes, at, band_bytes));
+                    }
+                    s
+                };
+                if self.coop && n >= COOP_MIN_ROWS {
+                    // (column order: k % 512 == 0 here, no padding)
+                    let xb = self.x_buffer(xs, n)?;
+                    let acts = CoopActivations::new(dev.device(), k, n as u32, CoopOrder::Window)
+                        .map_err(|e| self.gpu_err(e))?;
+                    coop_x_dispatch(dev.device(), dev.gpu().registry(), &xb, &acts)
+                        .map_err(|e| self.gpu_err(e))?
+                        .record(&mut pass);
+                    for band in &self.bands {
+                        let t = target(band);
+                        self.coop_dispatch(band, &acts, &t)
+                            .map_err(|e| self.gpu_err(e))?
+                            .record(&mut pass);
+                    }
+                    continue;
+                }
                 let mut xb = if self.lane_order {
                     // (k % 512 == 0 for window splits in row pairs: no padding)
                     let lanes = crate::gpu::x_lane_order(xs, k).map_err(|e| self.gpu_err(e))?;
@@ -1536,22 +1658,8 @@ impl EntropyCodedLinear {
                     xb = x8;
                 }
                 for band in &self.bands {
-                    let band_bytes = (band.rows * 4) as u64;
-                    let target = if self.bands.len() == 1 && n == m {
-                        y.clone()
-                    } else {
-                        let s = dev.buffer(
-                            "y band",
-                            band_bytes * n as u64,
-                            wgpu::BufferUsages::COPY_SRC,
-                        );
-                        for v in 0..n {
-                            let at = (i + v) as u64 * row_bytes + (band.row0 * 4) as u64;
-                            copies.push((s.clone(), v as u64 * band_bytes, at, band_bytes));
-                        }
-                        s
-                    };
-                    self.gemv_dispatch(band, &xb, &target, n as u32, self.lane_order)
+                    let t = target(band);
+                    self.gemv_dispatch(band, &xb, &t, n as u32, self.lane_order)
                         .map_err(|e| self.gpu_err(e))?
                         .record(&mut pass);
                 }

@@ -67,6 +67,9 @@ pub struct QuantizedLinear {
     bias: Option<Vec<f32>>,
     /// The plain GEMV's matrix, holding `packed` and `sb` (None where it cannot run it).
     vector: Option<crate::gpu::GpuQuantizedMatrix>,
+    /// Launches of at least [`super::COOP_MIN_ROWS`] rows run on cooperative matrices
+    /// ([`Self::set_cooperative_matrix`]).
+    coop: bool,
 }
 
 impl QuantizedLinear {
@@ -160,7 +163,30 @@ impl QuantizedLinear {
             side,
             bias: bias.map(<[f32]>::to_vec),
             vector,
+            coop: false,
         })
+    }
+
+    /// Lets `forward_batch`'s launches of at least [`super::COOP_MIN_ROWS`] rows multiply on
+    /// cooperative matrices ([`crate::gpu::GpuQuantizedMatrix::gemv_coop_dispatch`]), the
+    /// plain counterpart of [`super::LinearOptions::cooperative_matrix`], where the device
+    /// has them and the matrix allows them (4 bits, inputs a multiple of 512, MLX groups of
+    /// 64 or 128). **Approximate** as there: the activations are rounded to f16. Returns
+    /// whether the layer now does ([`Self::cooperative_matrix`]).
+    pub fn set_cooperative_matrix(&mut self, on: bool) -> bool {
+        let registry = self.dev.gpu().registry();
+        self.coop = on
+            && self
+                .vector
+                .as_ref()
+                .is_some_and(|v| v.coop_supported(registry));
+        self.coop
+    }
+
+    /// Whether `forward_batch`'s launches of at least [`super::COOP_MIN_ROWS`] rows multiply on
+    /// cooperative matrices.
+    pub fn cooperative_matrix(&self) -> bool {
+        self.coop
     }
 
     /// The launch computing `Y = X W^T` (no bias) for `1..=512` rows; buffers as in
@@ -287,7 +313,13 @@ impl QuantizedLinear {
             let mut pass = enc.begin_compute_pass(&Default::default());
             for i in (0..m).step_by(per) {
                 let n = per.min(m - i);
-                let lanes = self.lane_order(&x[i * k..(i + n) * k])?;
+                let coop = self.coop && n >= super::COOP_MIN_ROWS;
+                // (cooperative launches read column order, which their pass rearranges)
+                let lanes = if coop {
+                    x[i * k..(i + n) * k].to_vec()
+                } else {
+                    self.lane_order(&x[i * k..(i + n) * k])?
+                };
                 let xb =
                     self.dev
                         .buffer("x", (lanes.len() * 4) as u64, wgpu::BufferUsages::empty());
@@ -303,15 +335,26 @@ impl QuantizedLinear {
                     copies.push((s.clone(), i as u64 * row_bytes, row_bytes * n as u64));
                     s
                 };
-                v.gemv_many_lane_order_dispatch(
-                    self.dev.device(),
-                    self.dev.gpu().registry(),
-                    &xb,
-                    &yb,
-                    n as u32,
-                )
-                .map_err(gpu_err)?
-                .record(&mut pass);
+                let (device, registry) = (self.dev.device(), self.dev.gpu().registry());
+                if coop {
+                    let acts = crate::gpu::CoopActivations::new(
+                        device,
+                        k,
+                        n as u32,
+                        crate::gpu::CoopOrder::Packed,
+                    )
+                    .map_err(gpu_err)?;
+                    crate::gpu::coop_x_dispatch(device, registry, &xb, &acts)
+                        .map_err(gpu_err)?
+                        .record(&mut pass);
+                    v.gemv_coop_dispatch(device, registry, &acts, &yb)
+                        .map_err(gpu_err)?
+                        .record(&mut pass);
+                    continue;
+                }
+                v.gemv_many_lane_order_dispatch(device, registry, &xb, &yb, n as u32)
+                    .map_err(gpu_err)?
+                    .record(&mut pass);
             }
         }
         for (s, at, bytes) in &copies {
