@@ -619,7 +619,9 @@ fn coop_gemv_rounds_activations_to_f16() {
 
 /// The layers' cooperative launches (`LinearOptions::cooperative_matrix`,
 /// `QuantizedLinear::set_cooperative_matrix`): `forward_batch` of 20 rows (a launch of 16 on
-/// cooperative matrices, one of 4 in f32) within the bounds above of the f64 reference, for a
+/// cooperative matrices, one of 4 in f32) and of 600 (launches in two submissions, where the
+/// layers would otherwise run the batched kernel) within the bounds above of the f64
+/// reference, for a
 /// window split in row pairs and for the plain layer; `cooperative_matrix()` says whether a
 /// layer takes them, which it does exactly where the device has them (elsewhere, lavapipe in
 /// CI, the same rows run in f32); without the option no layer does.
@@ -650,13 +652,24 @@ fn coop_layers_match_reference() {
     assert!(!plain.cooperative_matrix());
     assert_eq!(plain.set_cooperative_matrix(true), offered);
     let mut rng = ChaCha8Rng::seed_from_u64(3801);
-    let x: Vec<f32> = (0..m * cols).map(|_| gaussian(&mut rng)).collect();
-    let (want, sum_abs) = reference(&q, &x, m);
-    for (label, got) in [
-        ("fused", fused.forward_batch(&x, m).unwrap()),
-        ("plain", plain.forward_batch(&x, m).unwrap()),
-    ] {
-        assert_close(label, &got, &want, &sum_abs, cols, true);
+    // (and 600 rows: with the option the layers run launches at every row count, a
+    // submission a 512 rows)
+    for m in [m, 600] {
+        let x: Vec<f32> = (0..m * cols).map(|_| gaussian(&mut rng)).collect();
+        let (want, sum_abs) = reference(&q, &x, m);
+        for (label, got) in [
+            ("fused", fused.forward_batch(&x, m).unwrap()),
+            ("plain", plain.forward_batch(&x, m).unwrap()),
+        ] {
+            assert_close(
+                &format!("{label}, {m} rows"),
+                &got,
+                &want,
+                &sum_abs,
+                cols,
+                true,
+            );
+        }
     }
     if !offered {
         announce_no_coop(dev.gpu());

@@ -276,7 +276,10 @@ pub struct LinearOptions {
     /// the layer's launches take several rows with decode tables in memory (window splits in
     /// row pairs of inputs a multiple of 512, MLX groups of 64 or 128, f32 activations, one
     /// group a chunk): on an H200 a launch of 16 rows ran 1.22-1.52x faster (BENCHMARKS.md
-    /// issue 5, step 90). **Approximate**: the activations are rounded to f16 there (exact
+    /// issue 5, step 90), and `forward_batch` then runs launches at every row count (a
+    /// submission a 512 rows) unless [`Self::gemv_batch_max_m`] says otherwise: at 512 rows
+    /// they took 0.32-0.72x the batched kernel's time. **Approximate**: the activations are
+    /// rounded to f16 there (exact
     /// for f16 and bf16 ones; 2^-11 of the sum of the terms' magnitudes at most otherwise).
     /// [`EntropyCodedLinear::cooperative_matrix`] says whether the layer does.
     pub cooperative_matrix: bool,
@@ -1134,7 +1137,11 @@ impl EntropyCodedLinear {
             gemv_batch_max_m: if m.window.is_some() && gemm_blocked.is_none() {
                 usize::MAX
             } else {
-                opts.gemv_batch_max_m.unwrap_or(if gemv_vectors > 1 {
+                opts.gemv_batch_max_m.unwrap_or(if coop {
+                    // (launches at every row count: on an H200 at 512 rows the cooperative
+                    // ones took 0.32-0.72x `rans_gemm`'s time, BENCHMARKS.md issue 5, step 90)
+                    usize::MAX
+                } else if gemv_vectors > 1 {
                     default_gemv_many_batch_max_m(m.out_features() * m.in_features(), lane_order)
                 } else {
                     default_gemv_batch_max_m(
@@ -1773,7 +1780,13 @@ impl Linear for EntropyCodedLinear {
         let mut y = if self.bands.is_empty() {
             vec![0.0; self.rows * m]
         } else if m <= self.gemv_batch_max_m {
-            self.run_gemv(x, m)?
+            // (a submission a 512 rows)
+            let mut y = Vec::with_capacity(self.rows * m);
+            for start in (0..m).step_by(MAX_M_PER_DISPATCH) {
+                let mb = MAX_M_PER_DISPATCH.min(m - start);
+                y.extend(self.run_gemv(&x[start * self.cols..(start + mb) * self.cols], mb)?);
+            }
+            y
         } else {
             self.run_gemm(x, m)?
         };

@@ -171,8 +171,9 @@ impl QuantizedLinear {
     /// cooperative matrices ([`crate::gpu::GpuQuantizedMatrix::gemv_coop_dispatch`]), the
     /// plain counterpart of [`super::LinearOptions::cooperative_matrix`], where the device
     /// has them and the matrix allows them (4 bits, inputs a multiple of 512, MLX groups of
-    /// 64 or 128). **Approximate** as there: the activations are rounded to f16. Returns
-    /// whether the layer now does ([`Self::cooperative_matrix`]).
+    /// 64 or 128). `forward_batch` then runs launches of 16 rows at every row count instead
+    /// of `qgemm` (a submission a 512 rows). **Approximate** as there: the activations are
+    /// rounded to f16. Returns whether the layer now does ([`Self::cooperative_matrix`]).
     pub fn set_cooperative_matrix(&mut self, on: bool) -> bool {
         let registry = self.dev.gpu().registry();
         self.coop = on
@@ -447,6 +448,17 @@ impl Linear for QuantizedLinear {
             .filter(|v| (2..=many_max).contains(&m) && v.gemv_many_supported(registry))
         {
             return self.run_many(v, x, m);
+        }
+        // with cooperative matrices, launches of 16 rows at every row count: on an H200 at 512
+        // rows they took 0.22-0.59x `qgemm`'s time (BENCHMARKS.md issue 5, step 90); a
+        // submission a 512 rows
+        if let Some(v) = self.vector.as_ref().filter(|_| self.coop && m > many_max) {
+            let mut y = Vec::with_capacity(m * r);
+            for start in (0..m).step_by(MAX_M_PER_DISPATCH) {
+                let mb = MAX_M_PER_DISPATCH.min(m - start);
+                y.extend(self.run_many(v, &x[start * k..(start + mb) * k], mb)?);
+            }
+            return Ok(y);
         }
         let k4 = k.div_ceil(4) * 4;
         let mut y = Vec::with_capacity(m * r);
