@@ -21,12 +21,16 @@
 //!   [`LinearOptions::gemv_vectors`]), on activations in lane order for row pairs
 //!   ([`EntropyCodedLinear::lane_order`]; in column order up to
 //!   [`GEMV_BATCH_MAX_M_WINDOW_VECTORS`] rows, [`GEMV_BATCH_MAX_M_WINDOW_VECTORS_MID`] from
-//!   [`SMALL_LAYER_WEIGHTS`] to [`MID_LAYER_WEIGHTS`]).
+//!   [`SMALL_LAYER_WEIGHTS`] to [`MID_LAYER_WEIGHTS`]). With
+//!   [`LinearOptions::cooperative_matrix`] on a device that has cooperative matrices, launches
+//!   of at least [`COOP_MIN_ROWS`] rows multiply on them (tensor cores; activations rounded to
+//!   f16) and such launches run at every row count instead of the batched kernel.
 //! * [`QuantizedLinear`] is the plain MLX quantized baseline on the GPU (the plain GEMV for one
 //!   vector, `wgsl/qgemv4_many.wgsl` in launches of up to 16 rows for 2 to
 //!   [`PLAIN_GEMV_MANY_MAX_M`] rows of 4-bit weights where subgroups are 32 wide, both on
 //!   activations in lane order, `wgsl/qgemm.wgsl` for a batch, with the same multiply as
-//!   `rans_gemm.wgsl`).
+//!   `rans_gemm.wgsl`; [`QuantizedLinear::set_cooperative_matrix`] as the coded layer's
+//!   option).
 //! * [`CpuLinear`] is the reference: dequantized weights in `f32`, products summed in `f64`.
 //! * [`EntropyCodedModel`] opens an encoded mlx-lm directory or file and uploads every coded
 //!   linear layer straight from the memory-mapped file (borrowed slices into
