@@ -30,7 +30,7 @@
 // 32-wide subgroups and the features above; the host checks all of it
 // (`GpuCodedMatrix::coop_supported`). Workgroup memory: 16.3 KiB W tile + 16 KiB B tiles + 8
 // KiB D + 3.1 KiB table = 43.3 KiB, above WebGPU's default 16 KiB (the host asks for the
-// adapter's limit with the feature: 48 KiB on NVIDIA). Ten storage buffers, above the
+// adapter's limit with the feature: 48 KiB on NVIDIA). Nine storage buffers, above the
 // default 8. Every index is in range by construction (no naga bounds checks, see
 // `Kernel::indices_in_range_by_construction`); corrupt streams set the same per-chunk error
 // bits as the blocked kernel.
