@@ -47,7 +47,8 @@
 //! got them (`ecq::gpu::coop_x_dispatch` then `GpuCodedMatrix::gemv_coop_dispatch`, each
 //! launch's activation pass included, and that pass alone; the plain baseline on the same
 //! multiply, `GpuQuantizedMatrix::gemv_coop_dispatch`; the fused kernel's diagnostic builds
-//! 1-3), checked too (the cooperative outputs, on f16 activations, differ from `qgemm`'s by
+//! 1-3; and, on stderr, whole `forward_batch` calls of a window-split layer and its plain
+//! layer with and without the cooperative option, wall clock), checked too (the cooperative outputs, on f16 activations, differ from `qgemm`'s by
 //! about 2^-11 of the largest output). Prints a markdown table on stdout.
 //!
 //! Clock (`examples/common/timing.rs`): where the device has `TIMESTAMP_QUERY`, times are the
@@ -67,7 +68,8 @@ use ecq::container::MatrixCoding;
 use ecq::dtype::FloatDType;
 use ecq::gpu::GpuQuantizedMatrix;
 use ecq::linear::{
-    CodedLayerRef, EntropyCodedLinear, LinearDevice, LinearDispatch, LinearOptions, QuantizedLinear,
+    CodedLayerRef, EntropyCodedLinear, Linear, LinearDevice, LinearDispatch, LinearOptions,
+    QuantizedLinear,
 };
 use ecq::quant::{quantize_affine, AffineParams, QuantizedMatrix};
 use ecq::rans::{encode, EncodeOptions, EncodedMatrix, SplitMatrix, SplitOrder};
@@ -428,6 +430,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .iter()
                 .map(|m| m.vector_dispatch(&xv, &yv))
                 .collect::<Result<_, _>>()?;
+            // --coop: whole `forward_batch` calls (host upload, launches, read back; wall clock,
+            // medians of --rounds, at least 9, after one warm-up call) of a layer with and without the
+            // cooperative option, fused and plain, at each M, on stderr
+            if a.coop && coding == "window" {
+                let with = |on: bool| {
+                    let opts = LinearOptions {
+                        cooperative_matrix: on,
+                        ..Default::default()
+                    };
+                    EntropyCodedLinear::upload(&dev, "bench", layer_ref(), &opts)
+                };
+                let (fused_f32, fused_coop) = (with(false)?, with(true)?);
+                let plain_f32 = QuantizedLinear::upload(&dev, "bench", &q, None)?;
+                let mut plain_coop = QuantizedLinear::upload(&dev, "bench", &q, None)?;
+                plain_coop.set_cooperative_matrix(true);
+                for &m in &a.ms {
+                    let x: Vec<f32> = (0..m * k).map(|_| gaussian(&mut rng)).collect();
+                    let wall = |l: &dyn Linear| -> Result<f64, Box<dyn std::error::Error>> {
+                        l.forward_batch(&x, m)?;
+                        let mut t: Vec<f64> = (0..a.rounds.max(9))
+                            .map(|_| {
+                                let s = std::time::Instant::now();
+                                l.forward_batch(&x, m).map(|_| s.elapsed().as_secs_f64())
+                            })
+                            .collect::<Result<_, _>>()?;
+                        t.sort_by(f64::total_cmp);
+                        Ok(t[t.len() / 2])
+                    };
+                    eprintln!(
+                        "forward_batch {r}x{k} M={m} (wall clock, ms): fused {:.3} f32 / {:.3} \
+                         cooperative ({}), plain {:.3} f32 / {:.3} cooperative ({})",
+                        wall(&fused_f32)? * 1e3,
+                        wall(&fused_coop)? * 1e3,
+                        fused_coop.cooperative_matrix(),
+                        wall(&plain_f32)? * 1e3,
+                        wall(&plain_coop)? * 1e3,
+                        plain_coop.cooperative_matrix()
+                    );
+                }
+            }
             for &m in &a.ms {
                 let k4 = k.div_ceil(4) * 4;
                 let x: Vec<f32> = (0..m * k4).map(|_| gaussian(&mut rng)).collect();

@@ -619,8 +619,9 @@ fn coop_gemv_rounds_activations_to_f16() {
 
 /// The layers' cooperative launches (`LinearOptions::cooperative_matrix`,
 /// `QuantizedLinear::set_cooperative_matrix`): `forward_batch` of 20 rows (a launch of 16 on
-/// cooperative matrices, one of 4 in f32) and of 600 (launches in two submissions, where the
-/// layers would otherwise run the batched kernel) within the bounds above of the f64
+/// cooperative matrices, one of 4 in f32), and where the device has cooperative matrices of
+/// 600 rows of a layer of more than 2^22 weights (launches in two submissions, where the
+/// layers would otherwise run the batched kernel), within the bounds above of the f64
 /// reference, for a
 /// window split in row pairs and for the plain layer; `cooperative_matrix()` says whether a
 /// layer takes them, which it does exactly where the device has them (elsewhere, lavapipe in
@@ -652,9 +653,32 @@ fn coop_layers_match_reference() {
     assert!(!plain.cooperative_matrix());
     assert_eq!(plain.set_cooperative_matrix(true), offered);
     let mut rng = ChaCha8Rng::seed_from_u64(3801);
-    // (and 600 rows: with the option the layers run launches at every row count, a
-    // submission a 512 rows)
-    for m in [m, 600] {
+    let x: Vec<f32> = (0..m * cols).map(|_| gaussian(&mut rng)).collect();
+    let (want, sum_abs) = reference(&q, &x, m);
+    for (label, got) in [
+        ("fused", fused.forward_batch(&x, m).unwrap()),
+        ("plain", plain.forward_batch(&x, m).unwrap()),
+    ] {
+        assert_close(
+            &format!("{label}, {m} rows"),
+            &got,
+            &want,
+            &sum_abs,
+            cols,
+            true,
+        );
+    }
+    // a layer of more than 2^22 weights runs launches at every row count with the option: 600
+    // rows in two submissions (where the cooperative launches run; on lavapipe this would be
+    // minutes of software GPU for nothing new)
+    if offered {
+        let (rows, m) = (2112, 600);
+        let q = random_matrix(3802, rows, cols, 64);
+        let s = window(&q, 512);
+        let layer_ref = CodedLayerRef::from_split(&s, 64, &q.scales, &q.biases, None);
+        let fused = EntropyCodedLinear::upload(&dev, "coop big", layer_ref, &coop).unwrap();
+        let mut plain = QuantizedLinear::upload(&dev, "coop big plain", &q, None).unwrap();
+        assert!(fused.cooperative_matrix() && plain.set_cooperative_matrix(true));
         let x: Vec<f32> = (0..m * cols).map(|_| gaussian(&mut rng)).collect();
         let (want, sum_abs) = reference(&q, &x, m);
         for (label, got) in [

@@ -276,10 +276,11 @@ pub struct LinearOptions {
     /// the layer's launches take several rows with decode tables in memory (window splits in
     /// row pairs of inputs a multiple of 512, MLX groups of 64 or 128, f32 activations, one
     /// group a chunk): on an H200 a launch of 16 rows ran 1.22-1.52x faster (BENCHMARKS.md
-    /// issue 5, step 90), and `forward_batch` then runs launches at every row count (a
+    /// issue 5, step 90), and `forward_batch` of a layer of more than
+    /// [`LANE_ORDER_SMALL_WEIGHTS`] weights then runs launches at every row count (a
     /// submission a 512 rows) unless [`Self::gemv_batch_max_m`] says otherwise: at 512 rows
-    /// they took 0.32-0.72x the batched kernel's time. **Approximate**: the activations are
-    /// rounded to f16 there (exact
+    /// they took 0.32-0.37x the batched kernel's GPU time there. **Approximate**: the
+    /// activations are rounded to f16 there (exact
     /// for f16 and bf16 ones; 2^-11 of the sum of the terms' magnitudes at most otherwise).
     /// [`EntropyCodedLinear::cooperative_matrix`] says whether the layer does.
     pub cooperative_matrix: bool,
@@ -1137,19 +1138,28 @@ impl EntropyCodedLinear {
             gemv_batch_max_m: if m.window.is_some() && gemm_blocked.is_none() {
                 usize::MAX
             } else {
-                opts.gemv_batch_max_m.unwrap_or(if coop {
-                    // (launches at every row count: on an H200 at 512 rows the cooperative
-                    // ones took 0.32-0.72x `rans_gemm`'s time, BENCHMARKS.md issue 5, step 90)
-                    usize::MAX
-                } else if gemv_vectors > 1 {
-                    default_gemv_many_batch_max_m(m.out_features() * m.in_features(), lane_order)
-                } else {
-                    default_gemv_batch_max_m(
-                        dev.gpu().registry().subgroups32(),
-                        m.low_bits,
-                        m.out_features() * m.in_features(),
-                    )
-                })
+                opts.gemv_batch_max_m.unwrap_or(
+                    if coop && m.out_features() * m.in_features() > LANE_ORDER_SMALL_WEIGHTS {
+                        // (launches at every row count: on an H200 at 512 rows the cooperative
+                        // ones took 0.32-0.37x `rans_gemm`'s GPU time at the larger shapes and
+                        // whole `forward_batch` calls 0.56-0.93x the time; at 1024x4096 the
+                        // many launches' host work made the calls slower than the batched
+                        // kernel's, so small layers keep their threshold. BENCHMARKS.md issue 5,
+                        // step 90)
+                        usize::MAX
+                    } else if gemv_vectors > 1 {
+                        default_gemv_many_batch_max_m(
+                            m.out_features() * m.in_features(),
+                            lane_order,
+                        )
+                    } else {
+                        default_gemv_batch_max_m(
+                            dev.gpu().registry().subgroups32(),
+                            m.low_bits,
+                            m.out_features() * m.in_features(),
+                        )
+                    },
+                )
             },
             window: m.window,
             x8,
@@ -1277,21 +1287,35 @@ impl EntropyCodedLinear {
     /// The fused-GEMV launch of one band computing `y = W x` without the bias for `vectors`
     /// activation vectors: `x` holds `vectors` rows of `in_features` f32, `y` `vectors` rows
     /// of the band's outputs.
-    /// Band `band`'s cooperative GEMV of the activations `x` prepared in window order, into
-    /// `y` (`x.vectors()` rows of the band's outputs).
-    fn coop_dispatch(
-        &self,
-        band: &Band,
-        x: &CoopActivations,
-        y: &wgpu::Buffer,
-    ) -> Result<LinearDispatch, GpuError> {
+    /// Band `band`'s cooperative launch parameters and their uniform buffer (made once per
+    /// `forward_batch` call and shared by its launches).
+    fn coop_uniform(&self, band: &Band) -> Result<(CodedParams, wgpu::Buffer), GpuError> {
         use wgpu::util::DeviceExt;
         let device = self.dev.device();
         let p = coop_params(device, &band.gemv)?;
+        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("ecq linear coop params"),
+            contents: bytemuck::bytes_of(&p),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        Ok((p, uniform))
+    }
+
+    /// Band `band`'s cooperative GEMV of the activations `x` prepared in window order, into
+    /// `y` (`x.vectors()` rows of the band's outputs), with its parameters `(p, uniform)` from
+    /// [`Self::coop_uniform`].
+    fn coop_dispatch(
+        &self,
+        band: &Band,
+        (p, uniform): &(CodedParams, wgpu::Buffer),
+        x: &CoopActivations,
+        y: &wgpu::Buffer,
+    ) -> Result<LinearDispatch, GpuError> {
+        let device = self.dev.device();
         let pipeline = coop_gemv_pipeline(
             device,
             self.dev.gpu().registry(),
-            &p,
+            p,
             self.side,
             x.vectors(),
             0,
@@ -1299,17 +1323,12 @@ impl EntropyCodedLinear {
         let tables = band.tables.as_ref().ok_or_else(|| {
             GpuError::Unsupported("the cooperative GEMV reads decode tables in memory".into())
         })?;
-        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("ecq linear coop params"),
-            contents: bytemuck::bytes_of(&p),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
         let layout = pipeline.get_bind_group_layout(0);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("ecq linear coop"),
             layout: &layout,
             entries: &[
-                entry(0, &uniform),
+                entry(0, uniform),
                 entry(1, tables),
                 entry(2, &band.states),
                 entry(3, &band.offsets),
@@ -1604,6 +1623,10 @@ impl EntropyCodedLinear {
         // their offsets, a copy per row: storage bindings at arbitrary offsets are not
         // allowed)
         let mut copies = Vec::new();
+        // (the cooperative launches' activation buffers, by vectors, and the bands'
+        // parameters: made once a call, since the launches run one after another in the pass)
+        let mut coop_acts: Vec<CoopActivations> = Vec::new();
+        let mut coop_bands = Vec::new();
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             for i in (0..m).step_by(per) {
@@ -1630,14 +1653,27 @@ impl EntropyCodedLinear {
                 if self.coop && n >= COOP_MIN_ROWS {
                     // (column order: k % 512 == 0 here, no padding)
                     let xb = self.x_buffer(xs, n)?;
-                    let acts = CoopActivations::new(dev.device(), k, n as u32, CoopOrder::Window)
-                        .map_err(|e| self.gpu_err(e))?;
-                    coop_x_dispatch(dev.device(), dev.gpu().registry(), &xb, &acts)
+                    if !coop_acts.iter().any(|a| a.vectors() == n as u32) {
+                        coop_acts.push(
+                            CoopActivations::new(dev.device(), k, n as u32, CoopOrder::Window)
+                                .map_err(|e| self.gpu_err(e))?,
+                        );
+                    }
+                    if coop_bands.is_empty() {
+                        for band in &self.bands {
+                            coop_bands.push(self.coop_uniform(band).map_err(|e| self.gpu_err(e))?);
+                        }
+                    }
+                    let acts = coop_acts
+                        .iter()
+                        .find(|a| a.vectors() == n as u32)
+                        .expect("made above");
+                    coop_x_dispatch(dev.device(), dev.gpu().registry(), &xb, acts)
                         .map_err(|e| self.gpu_err(e))?
                         .record(&mut pass);
-                    for band in &self.bands {
+                    for (band, cb) in self.bands.iter().zip(&coop_bands) {
                         let t = target(band);
-                        self.coop_dispatch(band, &acts, &t)
+                        self.coop_dispatch(band, cb, acts, &t)
                             .map_err(|e| self.gpu_err(e))?
                             .record(&mut pass);
                     }

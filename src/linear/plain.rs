@@ -171,8 +171,9 @@ impl QuantizedLinear {
     /// cooperative matrices ([`crate::gpu::GpuQuantizedMatrix::gemv_coop_dispatch`]), the
     /// plain counterpart of [`super::LinearOptions::cooperative_matrix`], where the device
     /// has them and the matrix allows them (4 bits, inputs a multiple of 512, MLX groups of
-    /// 64 or 128). `forward_batch` then runs launches of 16 rows at every row count instead
-    /// of `qgemm` (a submission a 512 rows). **Approximate** as there: the activations are
+    /// 64 or 128). `forward_batch` of a matrix of more than 2^22 weights then runs launches of
+    /// 16 rows at every row count instead of `qgemm` (a submission a 512 rows).
+    /// **Approximate** as there: the activations are
     /// rounded to f16. Returns whether the layer now does ([`Self::cooperative_matrix`]).
     pub fn set_cooperative_matrix(&mut self, on: bool) -> bool {
         let registry = self.dev.gpu().registry();
@@ -310,6 +311,9 @@ impl QuantizedLinear {
         // (each launch writes a buffer of its own, copied into y: storage bindings at
         // arbitrary offsets are not allowed)
         let mut copies = Vec::new();
+        // (the cooperative launches' activation buffers, by vectors: made once a call, since
+        // the launches run one after another in the pass)
+        let mut coop_acts: Vec<crate::gpu::CoopActivations> = Vec::new();
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             for i in (0..m).step_by(per) {
@@ -338,17 +342,25 @@ impl QuantizedLinear {
                 };
                 let (device, registry) = (self.dev.device(), self.dev.gpu().registry());
                 if coop {
-                    let acts = crate::gpu::CoopActivations::new(
-                        device,
-                        k,
-                        n as u32,
-                        crate::gpu::CoopOrder::Packed,
-                    )
-                    .map_err(gpu_err)?;
-                    crate::gpu::coop_x_dispatch(device, registry, &xb, &acts)
+                    if !coop_acts.iter().any(|a| a.vectors() == n as u32) {
+                        coop_acts.push(
+                            crate::gpu::CoopActivations::new(
+                                device,
+                                k,
+                                n as u32,
+                                crate::gpu::CoopOrder::Packed,
+                            )
+                            .map_err(gpu_err)?,
+                        );
+                    }
+                    let acts = coop_acts
+                        .iter()
+                        .find(|a| a.vectors() == n as u32)
+                        .expect("made above");
+                    crate::gpu::coop_x_dispatch(device, registry, &xb, acts)
                         .map_err(gpu_err)?
                         .record(&mut pass);
-                    v.gemv_coop_dispatch(device, registry, &acts, &yb)
+                    v.gemv_coop_dispatch(device, registry, acts, &yb)
                         .map_err(gpu_err)?
                         .record(&mut pass);
                     continue;
@@ -449,10 +461,15 @@ impl Linear for QuantizedLinear {
         {
             return self.run_many(v, x, m);
         }
-        // with cooperative matrices, launches of 16 rows at every row count: on an H200 at 512
-        // rows they took 0.22-0.59x `qgemm`'s time (BENCHMARKS.md issue 5, step 90); a
-        // submission a 512 rows
-        if let Some(v) = self.vector.as_ref().filter(|_| self.coop && m > many_max) {
+        // with cooperative matrices, launches of 16 rows at every row count for matrices of
+        // more than 2^22 weights: on an H200 at 512 rows they took 0.22-0.27x `qgemm`'s GPU
+        // time there; at 1024x4096 the many launches' host work made whole calls slower than
+        // `qgemm`'s (BENCHMARKS.md issue 5, step 90); a submission a 512 rows
+        if let Some(v) = self
+            .vector
+            .as_ref()
+            .filter(|_| self.coop && m > many_max && r * k > 1 << 22)
+        {
             let mut y = Vec::with_capacity(m * r);
             for start in (0..m).step_by(MAX_M_PER_DISPATCH) {
                 let mb = MAX_M_PER_DISPATCH.min(m - start);
