@@ -118,6 +118,34 @@ impl CoopActivations {
         self.vectors
     }
 
+    /// Checks that these activations serve a GEMV of `rows x cols` reading `order`, writing
+    /// `y`: [`GpuError::InvalidInput`] for another width or order, or `y` too small for
+    /// [`Self::vectors`] rows of outputs.
+    pub(crate) fn check_for(
+        &self,
+        rows: usize,
+        cols: usize,
+        order: CoopOrder,
+        y: &wgpu::Buffer,
+    ) -> Result<(), GpuError> {
+        if self.cols != cols || self.order != order {
+            return Err(GpuError::InvalidInput(format!(
+                "cooperative activations have {} inputs in {:?} order, the matrix {cols} in \
+                 {order:?} order",
+                self.cols, self.order
+            )));
+        }
+        let y_bytes = rows as u64 * 4 * self.vectors as u64;
+        if y.size() < y_bytes {
+            return Err(GpuError::InvalidInput(format!(
+                "y has {} bytes, {} vectors of {rows} outputs need {y_bytes}",
+                y.size(),
+                self.vectors
+            )));
+        }
+        Ok(())
+    }
+
     pub(crate) fn tiles(&self) -> &wgpu::Buffer {
         &self.tiles
     }
@@ -193,6 +221,26 @@ pub fn coop_x_dispatch(
 pub(crate) const NO_COOPERATIVE_DEVICE: &str = "the device has no cooperative matrices \
      (GpuContext::with_cooperative_matrix on an adapter offering 16x16x16 f16 multiplies with \
      f32 accumulators)";
+
+/// The activations for `vectors` vectors of `cols` in `order` from `cache`, made there the
+/// first time: a layer's launches of one `forward_batch` call run one after another in a pass,
+/// so those of the same count can share one set of buffers.
+pub(crate) fn cached_activations<'a>(
+    cache: &'a mut Vec<CoopActivations>,
+    device: &wgpu::Device,
+    cols: usize,
+    vectors: u32,
+    order: CoopOrder,
+) -> Result<&'a CoopActivations, GpuError> {
+    let at = match cache.iter().position(|a| a.vectors == vectors) {
+        Some(at) => at,
+        None => {
+            cache.push(CoopActivations::new(device, cols, vectors, order)?);
+            cache.len() - 1
+        }
+    };
+    Ok(&cache[at])
+}
 
 /// What the fused and plain `gemv_coop` share: `Y = X W^T` for `vectors` vectors of `cols`
 /// in `x`, in launches of up to [`COOP_VECTORS`]: each uploads its vectors, runs the

@@ -1861,23 +1861,7 @@ impl GpuCodedMatrix {
         if let Some(why) = self.coop_refusal(registry) {
             return Err(GpuError::Unsupported(why));
         }
-        let (r, k) = (self.rows(), self.cols());
-        if x.cols() != k || x.order() != super::CoopOrder::Window {
-            return Err(GpuError::InvalidInput(format!(
-                "cooperative activations have {} inputs in {:?} order, the matrix {k} in \
-                 Window order",
-                x.cols(),
-                x.order()
-            )));
-        }
-        let y_bytes = r as u64 * 4 * x.vectors() as u64;
-        if y.size() < y_bytes {
-            return Err(GpuError::InvalidInput(format!(
-                "y has {} bytes, {} vectors of {r} outputs need {y_bytes}",
-                y.size(),
-                x.vectors()
-            )));
-        }
+        x.check_for(self.rows(), self.cols(), super::CoopOrder::Window, y)?;
         let sb = self.sb.as_ref().expect("coop_refusal checks the scales");
         let p = coop_params(device, &self.params)?;
         let (gx, gy) = grid(device, p.total_wg);

@@ -945,23 +945,7 @@ impl GpuQuantizedMatrix {
         if let Some(why) = self.coop_refusal(registry) {
             return Err(GpuError::Unsupported(why));
         }
-        let (r, k) = (self.rows(), self.cols());
-        if x.cols() != k || x.order() != super::CoopOrder::Packed {
-            return Err(GpuError::InvalidInput(format!(
-                "cooperative activations have {} inputs in {:?} order, the matrix {k} in \
-                 Packed order",
-                x.cols(),
-                x.order()
-            )));
-        }
-        let y_bytes = r as u64 * 4 * x.vectors() as u64;
-        if y.size() < y_bytes {
-            return Err(GpuError::InvalidInput(format!(
-                "y has {} bytes, {} vectors of {r} outputs need {y_bytes}",
-                y.size(),
-                x.vectors()
-            )));
-        }
+        x.check_for(self.rows(), self.cols(), super::CoopOrder::Packed, y)?;
         // 16 rows a workgroup
         let total_wg = self.params.rows.div_ceil(16);
         let (gx, gy) = grid(device, total_wg);

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, Linear, LinearError};
 use crate::gpu::{
-    check_gemv_vectors, coop_gemv_pipeline, coop_layout_refusal, coop_params, coop_x_dispatch,
-    default_fused_variant, fused_gemv_pipeline, quantize_x8_dispatch, set_chunk_subgroups,
-    x8_bytes, CodedParams, CoopActivations, CoopOrder, GpuError, SideFormat, X8Order,
+    cached_activations, check_gemv_vectors, coop_gemv_pipeline, coop_layout_refusal, coop_params,
+    coop_x_dispatch, default_fused_variant, fused_gemv_pipeline, quantize_x8_dispatch,
+    set_chunk_subgroups, x8_bytes, CodedParams, CoopActivations, CoopOrder, GpuError, SideFormat,
+    X8Order,
 };
 use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
 
@@ -1653,21 +1654,19 @@ impl EntropyCodedLinear {
                 if self.coop && n >= COOP_MIN_ROWS {
                     // (column order: k % 512 == 0 here, no padding)
                     let xb = self.x_buffer(xs, n)?;
-                    if !coop_acts.iter().any(|a| a.vectors() == n as u32) {
-                        coop_acts.push(
-                            CoopActivations::new(dev.device(), k, n as u32, CoopOrder::Window)
-                                .map_err(|e| self.gpu_err(e))?,
-                        );
-                    }
                     if coop_bands.is_empty() {
                         for band in &self.bands {
                             coop_bands.push(self.coop_uniform(band).map_err(|e| self.gpu_err(e))?);
                         }
                     }
-                    let acts = coop_acts
-                        .iter()
-                        .find(|a| a.vectors() == n as u32)
-                        .expect("made above");
+                    let acts = cached_activations(
+                        &mut coop_acts,
+                        dev.device(),
+                        k,
+                        n as u32,
+                        CoopOrder::Window,
+                    )
+                    .map_err(|e| self.gpu_err(e))?;
                     coop_x_dispatch(dev.device(), dev.gpu().registry(), &xb, acts)
                         .map_err(|e| self.gpu_err(e))?
                         .record(&mut pass);

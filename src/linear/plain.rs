@@ -342,21 +342,14 @@ impl QuantizedLinear {
                 };
                 let (device, registry) = (self.dev.device(), self.dev.gpu().registry());
                 if coop {
-                    if !coop_acts.iter().any(|a| a.vectors() == n as u32) {
-                        coop_acts.push(
-                            crate::gpu::CoopActivations::new(
-                                device,
-                                k,
-                                n as u32,
-                                crate::gpu::CoopOrder::Packed,
-                            )
-                            .map_err(gpu_err)?,
-                        );
-                    }
-                    let acts = coop_acts
-                        .iter()
-                        .find(|a| a.vectors() == n as u32)
-                        .expect("made above");
+                    let acts = crate::gpu::cached_activations(
+                        &mut coop_acts,
+                        device,
+                        k,
+                        n as u32,
+                        crate::gpu::CoopOrder::Packed,
+                    )
+                    .map_err(gpu_err)?;
                     crate::gpu::coop_x_dispatch(device, registry, &xb, acts)
                         .map_err(gpu_err)?
                         .record(&mut pass);
