@@ -15,8 +15,10 @@ use ecq::dtype::FloatDType;
 use ecq::gpu::{CoopOrder, GpuCodedMatrix, GpuContext, GpuError, QuantParamsRef};
 use ecq::quant::{quantize_affine, AffineParams, QuantizedMatrix};
 use ecq::rans::{EncodeOptions, EncodedMatrix, SplitMatrix, SplitOrder};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+
+use gpu_common::{gaussian, random_matrix};
 
 /// Error bound of the summation, per accumulated term, relative to the sum of the terms'
 /// magnitudes: the f32 kernels are held to `2^-24 (K + 64) sum|terms|` (tests/gpu_gemv.rs says
@@ -46,28 +48,6 @@ fn ctx() -> Option<&'static GpuContext> {
         }
     })
     .as_ref()
-}
-
-fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
-    let u1: f64 = rng.random::<f64>().max(1e-12);
-    let u2: f64 = rng.random();
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-}
-
-/// MLX-quantized Gaussian weights, `rows x cols`, 4 bits, groups of `gs`.
-fn random_matrix(seed: u64, rows: usize, cols: usize, gs: u32) -> QuantizedMatrix {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let w: Vec<f32> = (0..rows * cols)
-        .map(|_| gaussian(&mut rng) * 0.02)
-        .collect();
-    quantize_affine(
-        &w,
-        rows,
-        cols,
-        FloatDType::F32,
-        AffineParams::new(4, gs).unwrap(),
-    )
-    .unwrap()
 }
 
 /// `q` as a window split in row pairs, `chunk` symbols a chunk, three chunks a tile.
@@ -163,7 +143,7 @@ fn coop_gemv_matches_reference() {
         (8, 2048, 128, 4096),
     ];
     for (i, &(rows, cols, gs, chunk)) in shapes.iter().enumerate() {
-        let q = random_matrix(3100 + i as u64, rows, cols, gs);
+        let q = random_matrix(3100 + i as u64, rows, cols, 4, gs).0;
         let s = window(&q, chunk);
         let m = ctx
             .upload_split(&s, Some(QuantParamsRef::from(&q)))
@@ -250,7 +230,7 @@ fn coop_gemv_zero_and_non_finite_activations() {
         return;
     }
     let (rows, cols) = (16, 1024);
-    let q = random_matrix(3300, rows, cols, 64);
+    let q = random_matrix(3300, rows, cols, 4, 64).0;
     let m = ctx
         .upload_split(&window(&q, 512), Some(QuantParamsRef::from(&q)))
         .unwrap();
@@ -315,7 +295,7 @@ fn coop_gemv_refusals() {
             mapped_at_creation: false,
         })
     };
-    let q = random_matrix(3400, 8, 1024, 64);
+    let q = random_matrix(3400, 8, 1024, 4, 64).0;
     let good = ctx
         .upload_split(&window(&q, 512), Some(QuantParamsRef::from(&q)))
         .unwrap();
@@ -424,7 +404,7 @@ fn coop_gemv_refusals() {
         m.gemv_coop_dispatch(dev, reg, &acts, &y(1 << 12)),
         "window splits in row pairs",
     );
-    let q32 = random_matrix(3401, 8, 1024, 32);
+    let q32 = random_matrix(3401, 8, 1024, 4, 32).0;
     let m = ctx
         .upload_split(&window(&q32, 512), Some(QuantParamsRef::from(&q32)))
         .unwrap();
@@ -433,7 +413,7 @@ fn coop_gemv_refusals() {
         m.gemv_coop_dispatch(dev, reg, &acts, &y(1 << 12)),
         "groups of 64 or 128",
     );
-    let q2048 = random_matrix(3402, 8, 2048, 64);
+    let q2048 = random_matrix(3402, 8, 2048, 4, 64).0;
     let upload = GpuCodedMatrix::upload_split(dev, &window(&q2048, 512), None).unwrap();
     unsupported(
         "no scales",
@@ -453,7 +433,7 @@ fn coop_gemv_reports_corrupt_stream() {
         return;
     }
     let (rows, cols) = (16, 1024);
-    let q = random_matrix(3500, rows, cols, 64);
+    let q = random_matrix(3500, rows, cols, 4, 64).0;
     let quant = QuantParamsRef::from(&q);
     let s = window(&q, 256);
     let n = s.high().n_chunks();
@@ -499,7 +479,7 @@ fn coop_diagnostic_builds() {
         return;
     }
     let (rows, cols) = (16, 1024);
-    let q = random_matrix(3600, rows, cols, 64);
+    let q = random_matrix(3600, rows, cols, 4, 64).0;
     let m = ctx
         .upload_split(&window(&q, 256), Some(QuantParamsRef::from(&q)))
         .unwrap();
@@ -588,7 +568,7 @@ fn coop_gemv_rounds_activations_to_f16() {
         return;
     }
     let (rows, cols) = (16, 4096);
-    let q = random_matrix(3700, rows, cols, 64);
+    let q = random_matrix(3700, rows, cols, 4, 64).0;
     let m = ctx
         .upload_split(&window(&q, 1024), Some(QuantParamsRef::from(&q)))
         .unwrap();
@@ -637,7 +617,7 @@ fn coop_layers_match_reference() {
     let dev = LinearDevice::from_context(GpuContext::with_cooperative_matrix().unwrap());
     let offered = dev.gpu().registry().cooperative_matrix();
     let (rows, cols, m) = (40, 2048, 20);
-    let q = random_matrix(3800, rows, cols, 64);
+    let q = random_matrix(3800, rows, cols, 4, 64).0;
     let s = window(&q, 512);
     let layer_ref = || CodedLayerRef::from_split(&s, 64, &q.scales, &q.biases, None);
     let coop = LinearOptions {
@@ -673,7 +653,7 @@ fn coop_layers_match_reference() {
     // minutes of software GPU for nothing new)
     if offered {
         let (rows, m) = (2112, 600);
-        let q = random_matrix(3802, rows, cols, 64);
+        let q = random_matrix(3802, rows, cols, 4, 64).0;
         let s = window(&q, 512);
         let layer_ref = CodedLayerRef::from_split(&s, 64, &q.scales, &q.biases, None);
         let fused = EntropyCodedLinear::upload(&dev, "coop big", layer_ref, &coop).unwrap();

@@ -28,37 +28,7 @@ use rand_chacha::ChaCha8Rng;
 /// errors grow like sqrt(K)).
 const TOL_PER_TERM: f64 = 1.0 / (1u64 << 24) as f64;
 
-use gpu_common::ctx;
-
-fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
-    // Box-Muller
-    let u1: f64 = rng.random::<f64>().max(1e-12);
-    let u2: f64 = rng.random();
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-}
-
-fn random_matrix(
-    seed: u64,
-    rows: usize,
-    cols: usize,
-    bits: u32,
-    gs: u32,
-) -> (QuantizedMatrix, Vec<f32>) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let w: Vec<f32> = (0..rows * cols)
-        .map(|_| gaussian(&mut rng) * 0.02)
-        .collect();
-    let q = quantize_affine(
-        &w,
-        rows,
-        cols,
-        FloatDType::F32,
-        AffineParams::new(bits, gs).unwrap(),
-    )
-    .expect("quantize");
-    let x: Vec<f32> = (0..cols).map(|_| gaussian(&mut rng)).collect();
-    (q, x)
-}
+use gpu_common::{ctx, gaussian, random_matrix};
 
 /// f64 reference `y` and the per-row bound `sum_abs` of the factored computation.
 fn reference(q: &QuantizedMatrix, x: &[f32]) -> (Vec<f64>, Vec<f64>) {

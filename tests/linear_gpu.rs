@@ -17,8 +17,10 @@ use ecq::linear::{
 use ecq::quant::{quantize_affine, AffineParams, QuantizedMatrix};
 use ecq::rans::{encode, EncodeOptions, EncodedMatrix, SplitMatrix, SplitOrder};
 use half::f16;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+
+use gpu_common::gaussian;
 
 fn dev() -> Option<&'static Arc<LinearDevice>> {
     static DEV: OnceLock<Option<Arc<LinearDevice>>> = OnceLock::new();
@@ -33,12 +35,6 @@ fn dev() -> Option<&'static Arc<LinearDevice>> {
         }
     })
     .as_ref()
-}
-
-fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
-    let u1: f64 = rng.random::<f64>().max(1e-12);
-    let u2: f64 = rng.random();
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }
 
 struct Case {

@@ -5,7 +5,11 @@ use std::fmt::Display;
 use std::io::Write;
 use std::sync::OnceLock;
 
+use ecq::dtype::FloatDType;
 use ecq::gpu::GpuContext;
+use ecq::quant::{quantize_affine, AffineParams, QuantizedMatrix};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 /// Says on the process's stderr that a GPU test was skipped. It writes to the stderr handle
 /// directly: the test harness captures `eprintln!` of passing tests, which would make a skip
@@ -37,4 +41,37 @@ pub fn ctx() -> Option<&'static GpuContext> {
 /// adapter (and what was checked instead).
 pub fn announce_unsupported(what: &str) {
     let _ = writeln!(std::io::stderr(), "\n*** PARTLY SKIPPED: {what} ***\n");
+}
+
+/// A standard normal sample (Box-Muller).
+pub fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
+    let u1: f64 = rng.random::<f64>().max(1e-12);
+    let u2: f64 = rng.random();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+/// Gaussian weights (sigma 0.02) quantized by MLX's affine `bits`-bit scheme in groups of
+/// `gs`, and one activation vector of `cols` standard normal values, from `seed` (the weights
+/// drawn first, so the matrix of a seed does not depend on the vector).
+pub fn random_matrix(
+    seed: u64,
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    gs: u32,
+) -> (QuantizedMatrix, Vec<f32>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|_| gaussian(&mut rng) * 0.02)
+        .collect();
+    let q = quantize_affine(
+        &w,
+        rows,
+        cols,
+        FloatDType::F32,
+        AffineParams::new(bits, gs).unwrap(),
+    )
+    .expect("quantize");
+    let x: Vec<f32> = (0..cols).map(|_| gaussian(&mut rng)).collect();
+    (q, x)
 }
