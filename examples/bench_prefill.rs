@@ -638,38 +638,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             lanes_t.push((ts[0], ts[1], ts[2]));
                         }
                         if a.coop && !forced.is_empty() && forced[0].coop_supported(registry) {
-                            // each launch: its activation pass, then the GEMV
-                            let window = ecq::gpu::CoopOrder::Window;
+                            let (window, packed) =
+                                (ecq::gpu::CoopOrder::Window, ecq::gpu::CoopOrder::Packed);
+                            let acts = |n, order| {
+                                ecq::gpu::CoopActivations::new(dev.device(), k, n, order)
+                            };
+                            let time_sets = |sets: &[Vec<ecq::gpu::Dispatch>]| {
+                                time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
+                                    for d in &sets[i % copies] {
+                                        d.record(pass);
+                                    }
+                                })
+                                .t
+                            };
+                            // each launch: its activation pass, then the GEMV (the passes
+                            // alone timed too)
                             let launches = vector_runs(&forced, m, per, |c, n| {
-                                let act =
-                                    ecq::gpu::CoopActivations::new(dev.device(), k, n, window)?;
+                                let act = acts(n, window)?;
                                 let prep =
                                     ecq::gpu::coop_x_dispatch(dev.device(), registry, &xb, &act)?;
                                 let gemv =
                                     c.gemv_coop_dispatch(dev.device(), registry, &act, &yc)?;
-                                Ok::<_, ecq::gpu::GpuError>((prep, gemv))
+                                Ok::<_, ecq::gpu::GpuError>(vec![prep, gemv])
                             })?;
-                            let t = time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
-                                for (p, g) in &launches[i % copies] {
-                                    p.record(pass);
-                                    g.record(pass);
-                                }
-                            })
-                            .t;
-                            let tp = time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
-                                for (p, _) in &launches[i % copies] {
-                                    p.record(pass);
-                                }
-                            })
-                            .t;
+                            // (a copy's launches recorded in turn; the passes alone)
+                            let both = |sets: &[Vec<Vec<ecq::gpu::Dispatch>>]| -> Vec<Vec<_>> {
+                                sets.iter().map(|set| set.concat()).collect()
+                            };
+                            let preps: Vec<Vec<_>> = launches
+                                .iter()
+                                .map(|set| set.iter().map(|l| l[0].clone()).collect())
+                                .collect();
+                            let t = time_sets(&both(&launches));
+                            let tp = time_sets(&preps);
                             // the GEMV's diagnostic builds (1: decode alone, 2: with the
                             // tile and barriers, 3: tile, multiply and flush alone), prepared
                             // activations as above
                             let mut td = Vec::new();
                             for diag in 1..=3 {
-                                let dl = vector_runs(&forced, m, per, |c, n| {
-                                    let act =
-                                        ecq::gpu::CoopActivations::new(dev.device(), k, n, window)?;
+                                td.push(time_sets(&vector_runs(&forced, m, per, |c, n| {
+                                    let act = acts(n, window)?;
                                     c.coop_diagnostic_dispatch(
                                         dev.device(),
                                         registry,
@@ -677,41 +685,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                         &yd,
                                         diag,
                                     )
-                                })?;
-                                td.push(
-                                    time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
-                                        for d in &dl[i % copies] {
-                                            d.record(pass);
-                                        }
-                                    })
-                                    .t,
-                                );
+                                })?));
                             }
                             // the plain baseline on the same multiply, its activation pass
-                            // included
-                            let packed = ecq::gpu::CoopOrder::Packed;
-                            let pl = vector_runs(&qv, m, per, |q, n| {
-                                let act =
-                                    ecq::gpu::CoopActivations::new(dev.device(), k, n, packed)?;
+                            // included, and its diagnostic builds 1-5
+                            let tq = time_sets(&both(&vector_runs(&qv, m, per, |q, n| {
+                                let act = acts(n, packed)?;
                                 let prep =
                                     ecq::gpu::coop_x_dispatch(dev.device(), registry, &xb, &act)?;
                                 let gemv =
                                     q.gemv_coop_dispatch(dev.device(), registry, &act, &ycp)?;
-                                Ok::<_, ecq::gpu::GpuError>((prep, gemv))
-                            })?;
-                            let tq = time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
-                                for (p, g) in &pl[i % copies] {
-                                    p.record(pass);
-                                    g.record(pass);
-                                }
-                            })
-                            .t;
-                            // and the plain kernel's diagnostic builds 1-5
-                            let mut tpd = Vec::new();
+                                Ok::<_, ecq::gpu::GpuError>(vec![prep, gemv])
+                            })?));
                             for diag in 1..=5 {
-                                let dl = vector_runs(&qv, m, per, |q, n| {
-                                    let act =
-                                        ecq::gpu::CoopActivations::new(dev.device(), k, n, packed)?;
+                                td.push(time_sets(&vector_runs(&qv, m, per, |q, n| {
+                                    let act = acts(n, packed)?;
                                     q.coop_diagnostic_dispatch(
                                         dev.device(),
                                         registry,
@@ -719,17 +707,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                         &yd,
                                         diag,
                                     )
-                                })?;
-                                tpd.push(
-                                    time(&dev, &timer, a.rounds, a.target_ms, 0.25, &|pass, i| {
-                                        for d in &dl[i % copies] {
-                                            d.record(pass);
-                                        }
-                                    })
-                                    .t,
-                                );
+                                })?));
                             }
-                            td.extend(tpd);
                             coop_t.push((t, tp, td, tq));
                         }
                         if a.vectors_tables && !forced.is_empty() {
