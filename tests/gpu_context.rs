@@ -6,7 +6,10 @@ mod gpu_common;
 
 use std::sync::Mutex;
 
-use ecq::gpu::{CodedMatrixRef, GpuContext, GpuError, Kernel, PipelineRegistry};
+use ecq::gpu::{
+    quantize_x8_dispatch, x8_bytes, BufferRange, CodedMatrixRef, GpuContext, GpuError, Kernel,
+    PipelineRegistry, X8Order,
+};
 use ecq::rans::{encode, EncodeOptions};
 
 static ENV: Mutex<()> = Mutex::new(());
@@ -97,4 +100,75 @@ fn from_device_and_registry_cache() {
         reg.get(own.device(), Kernel::RansDecode, "nope", &[]),
         Err(GpuError::Wgpu(_))
     ));
+}
+
+/// A buffer range binds where it lies inside its buffer, is not empty and starts at a multiple
+/// of the device's storage offset alignment; launches taking ranges refuse others with an
+/// error naming the range, before anything is recorded.
+#[test]
+fn buffer_ranges_are_checked() {
+    let _g = ENV.lock().unwrap();
+    let Some(ctx) = default_ctx() else { return };
+    let device = ctx.device();
+    let align = u64::from(device.limits().min_storage_buffer_offset_alignment);
+    let buf = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 4 * align,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let whole = BufferRange::from(&buf);
+    assert_eq!((whole.offset(), whole.size()), (0, 4 * align));
+    whole.check(device, "whole").unwrap();
+    BufferRange::new(&buf, align, 3 * align)
+        .check(device, "aligned")
+        .unwrap();
+    for (offset, size, what) in [
+        (4, 64, "alignment"),
+        (align, 4 * align, "bytes"),
+        (0, 0, "bytes"),
+        (u64::MAX - 3, 8, "bytes"),
+    ] {
+        match BufferRange::new(&buf, offset, size).check(device, "y") {
+            Err(GpuError::InvalidInput(msg)) => {
+                assert!(msg.starts_with("y: ") && msg.contains(what), "{msg}")
+            }
+            other => panic!("{offset}+{size}: expected InvalidInput, got {other:?}"),
+        }
+    }
+    // a launch that takes ranges: the 8-bit activation pass
+    let cols = 4096;
+    let out = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: x8_bytes(cols),
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let x = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 4 * cols as u64 + align,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let registry = ctx.registry();
+    let ok = quantize_x8_dispatch(
+        device,
+        registry,
+        BufferRange::new(&x, align, 4 * cols as u64),
+        &out,
+        cols,
+        X8Order::Window,
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+    match quantize_x8_dispatch(
+        device,
+        registry,
+        BufferRange::new(&x, 16, 4 * cols as u64),
+        &out,
+        cols,
+        X8Order::Window,
+    ) {
+        Err(GpuError::InvalidInput(msg)) => assert!(msg.contains("alignment"), "{msg}"),
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
 }

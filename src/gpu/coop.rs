@@ -126,8 +126,10 @@ impl CoopActivations {
         rows: usize,
         cols: usize,
         order: CoopOrder,
-        y: &wgpu::Buffer,
+        y: super::BufferRange<'_>,
+        device: &wgpu::Device,
     ) -> Result<(), GpuError> {
+        y.check(device, "y")?;
         if self.cols != cols || self.order != order {
             return Err(GpuError::InvalidInput(format!(
                 "cooperative activations have {} inputs in {:?} order, the matrix {cols} in \
@@ -160,15 +162,17 @@ impl CoopActivations {
 /// cooperative matrices ([`GpuError::Unsupported`]) and `x` large enough
 /// ([`GpuError::InvalidInput`]). One group of 32 invocations per 512 inputs and vector
 /// slot (16 slots).
-pub fn coop_x_dispatch(
+pub fn coop_x_dispatch<'b>(
     device: &wgpu::Device,
     registry: &PipelineRegistry,
-    x: &wgpu::Buffer,
+    x: impl Into<super::BufferRange<'b>>,
     out: &CoopActivations,
 ) -> Result<Dispatch, GpuError> {
     if !registry.cooperative_matrix() {
         return Err(GpuError::Unsupported(NO_COOPERATIVE_DEVICE.into()));
     }
+    let x = x.into();
+    x.check(device, "x")?;
     let bytes = out.vectors as u64 * out.cols as u64 * 4;
     if x.size() < bytes {
         return Err(GpuError::InvalidInput(format!(
@@ -205,7 +209,7 @@ pub fn coop_x_dispatch(
         layout: &layout,
         entries: &[
             super::decode::entry(0, &uniform),
-            super::decode::entry(1, x),
+            x.entry(1),
             super::decode::entry(2, &out.tiles),
             super::decode::entry(3, &out.sums),
         ],

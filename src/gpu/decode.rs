@@ -1819,14 +1819,14 @@ impl GpuCodedMatrix {
     /// why), [`GpuError::InvalidInput`] for `x` of another width or `y` too small. Decode
     /// tables are read from memory (built on the host once, as [`Self::set_tables_in_memory`]
     /// does) whatever that setting.
-    pub fn gemv_coop_dispatch(
+    pub fn gemv_coop_dispatch<'b>(
         &self,
         device: &wgpu::Device,
         registry: &PipelineRegistry,
         x: &super::CoopActivations,
-        y: &wgpu::Buffer,
+        y: impl Into<super::BufferRange<'b>>,
     ) -> Result<Dispatch, GpuError> {
-        self.gemv_coop_dispatch_diag(device, registry, x, y, 0)
+        self.gemv_coop_dispatch_diag(device, registry, x, y.into(), 0)
     }
 
     /// A diagnostic build of [`Self::gemv_coop_dispatch`], for measuring where its time goes
@@ -1847,7 +1847,7 @@ impl GpuCodedMatrix {
                 "cooperative GEMV diagnostic builds are 1..=3, not {diag}"
             )));
         }
-        self.gemv_coop_dispatch_diag(device, registry, x, y, diag)
+        self.gemv_coop_dispatch_diag(device, registry, x, y.into(), diag)
     }
 
     fn gemv_coop_dispatch_diag(
@@ -1855,13 +1855,19 @@ impl GpuCodedMatrix {
         device: &wgpu::Device,
         registry: &PipelineRegistry,
         x: &super::CoopActivations,
-        y: &wgpu::Buffer,
+        y: super::BufferRange<'_>,
         diag: u32,
     ) -> Result<Dispatch, GpuError> {
         if let Some(why) = self.coop_refusal(registry) {
             return Err(GpuError::Unsupported(why));
         }
-        x.check_for(self.rows(), self.cols(), super::CoopOrder::Window, y)?;
+        x.check_for(
+            self.rows(),
+            self.cols(),
+            super::CoopOrder::Window,
+            y,
+            device,
+        )?;
         let sb = self.sb.as_ref().expect("coop_refusal checks the scales");
         let p = coop_params(device, &self.params)?;
         let (gx, gy) = grid(device, p.total_wg);
@@ -1882,7 +1888,7 @@ impl GpuCodedMatrix {
                 entry(6, sb),
                 entry(7, x.tiles()),
                 entry(8, x.sums()),
-                entry(9, y),
+                y.entry(9),
             ],
         });
         Ok(Dispatch {

@@ -3,7 +3,9 @@
 //! (`wgsl/qgemv4_stream.wgsl`, only on request).
 
 use super::decode::entry;
-use super::{grid, read_back, storage_init, wait, Dispatch, GpuError, Kernel, PipelineRegistry};
+use super::{
+    grid, read_back, storage_init, wait, BufferRange, Dispatch, GpuError, Kernel, PipelineRegistry,
+};
 
 /// Rows per workgroup of `qgemv.wgsl` (ROWS).
 const ROWS_PER_WG: usize = 4;
@@ -539,7 +541,7 @@ impl GpuQuantizedMatrix {
                 self.side.constant(),
             ],
         )?;
-        Ok(self.bind(device, pipeline, &uniform, x, y, (gx, gy)))
+        Ok(self.bind(device, pipeline, &uniform, x.into(), y.into(), (gx, gy)))
     }
 
     /// The K split the 4-bit kernels (`qgemv4.wgsl`, `qgemv4_dp4a.wgsl`) run with for
@@ -583,7 +585,7 @@ impl GpuQuantizedMatrix {
         ];
         constants.extend_from_slice(extra);
         let pipeline = registry.get(device, kernel, "main", &constants)?;
-        Ok(self.bind(device, pipeline, &uniform, x, y, (gx, gy)))
+        Ok(self.bind(device, pipeline, &uniform, x.into(), y.into(), (gx, gy)))
     }
 
     /// The uniform parameters for a launch (the last one is cached).
@@ -622,8 +624,8 @@ impl GpuQuantizedMatrix {
         device: &wgpu::Device,
         pipeline: wgpu::ComputePipeline,
         uniform: &wgpu::Buffer,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
+        x: BufferRange<'_>,
+        y: BufferRange<'_>,
         workgroups: (u32, u32),
     ) -> Dispatch {
         let layout = pipeline.get_bind_group_layout(0);
@@ -634,8 +636,8 @@ impl GpuQuantizedMatrix {
                 entry(0, uniform),
                 entry(1, &self.packed),
                 entry(2, &self.sb),
-                entry(3, x),
-                entry(4, y),
+                x.entry(3),
+                y.entry(4),
             ],
         });
         Dispatch {
@@ -670,7 +672,7 @@ impl GpuQuantizedMatrix {
         ];
         constants.extend_from_slice(extra);
         let pipeline = registry.get(device, kernel, entry_point, &constants)?;
-        Ok(self.bind(device, pipeline, &uniform, x, y, (gx, gy)))
+        Ok(self.bind(device, pipeline, &uniform, x.into(), y.into(), (gx, gy)))
     }
 
     /// [`QGemvVariant::Int8Dot`] on activations quantized once per vector instead of in
@@ -765,29 +767,29 @@ impl GpuQuantizedMatrix {
     /// vector (BENCHMARKS.md issue 5, step 87). `vectors` must be
     /// 1..=[`super::MAX_GEMV_VECTORS`] ([`GpuError::InvalidInput`]); matrices or adapters
     /// [`Self::gemv_many_supported`] refuses get [`GpuError::Unsupported`].
-    pub fn gemv_many_dispatch(
+    pub fn gemv_many_dispatch<'b>(
         &self,
         device: &wgpu::Device,
         registry: &PipelineRegistry,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
+        x: impl Into<BufferRange<'b>>,
+        y: impl Into<BufferRange<'b>>,
         vectors: u32,
     ) -> Result<Dispatch, GpuError> {
-        self.many_dispatch(device, registry, x, y, vectors, 1, 0, false)
+        self.many_dispatch(device, registry, x.into(), y.into(), vectors, 1, 0, false)
     }
 
     /// [`Self::gemv_many_dispatch`] on activations in lane order ([`super::x_lane_order`]):
     /// the same outputs bit for bit, with each block's activations read in whole 128-byte
     /// lines, as [`super::GpuCodedMatrix::gemv_many_lane_order_dispatch`] reads them.
-    pub fn gemv_many_lane_order_dispatch(
+    pub fn gemv_many_lane_order_dispatch<'b>(
         &self,
         device: &wgpu::Device,
         registry: &PipelineRegistry,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
+        x: impl Into<BufferRange<'b>>,
+        y: impl Into<BufferRange<'b>>,
         vectors: u32,
     ) -> Result<Dispatch, GpuError> {
-        self.many_dispatch(device, registry, x, y, vectors, 1, 0, true)
+        self.many_dispatch(device, registry, x.into(), y.into(), vectors, 1, 0, true)
     }
 
     /// Builds of [`Self::gemv_many_dispatch`] that measure where its per-vector time goes
@@ -797,15 +799,16 @@ impl GpuQuantizedMatrix {
     /// lanes instead of two, so each activation load serves four rows (the GEMV, the same
     /// outputs bit for bit), 4 = 3 on activations in lane order
     /// ([`Self::gemv_many_lane_order_dispatch`]'s `x`).
-    pub fn gemv_many_diagnostic_dispatch(
+    pub fn gemv_many_diagnostic_dispatch<'b>(
         &self,
         device: &wgpu::Device,
         registry: &PipelineRegistry,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
+        x: impl Into<BufferRange<'b>>,
+        y: impl Into<BufferRange<'b>>,
         vectors: u32,
         diag: u32,
     ) -> Result<Dispatch, GpuError> {
+        let (x, y) = (x.into(), y.into());
         match diag {
             1 | 2 => self.many_dispatch(device, registry, x, y, vectors, 1, diag, false),
             3 | 4 => self.many_dispatch(device, registry, x, y, vectors, 2, 0, diag == 4),
@@ -820,8 +823,8 @@ impl GpuQuantizedMatrix {
         &self,
         device: &wgpu::Device,
         registry: &PipelineRegistry,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
+        x: BufferRange<'_>,
+        y: BufferRange<'_>,
         vectors: u32,
         pairs: u32,
         xmode: u32,
@@ -840,6 +843,8 @@ impl GpuQuantizedMatrix {
         }
         let (r, k) = (self.rows() as u64, self.cols() as u64);
         let (xb, yb) = (k * 4 * vectors as u64, r * 4 * vectors as u64);
+        x.check(device, "x")?;
+        y.check(device, "y")?;
         if x.size() < xb || y.size() < yb {
             return Err(GpuError::InvalidInput(format!(
                 "x/y buffers have {}/{} bytes, need {xb}/{yb} ({vectors} vectors)",
@@ -903,14 +908,14 @@ impl GpuQuantizedMatrix {
     /// The same precision as the fused launch (f16 activations, exact weights, f32 sums).
     /// [`GpuError::Unsupported`] where [`Self::coop_supported`] is false (naming why),
     /// [`GpuError::InvalidInput`] for `x` of another width or order or `y` too small.
-    pub fn gemv_coop_dispatch(
+    pub fn gemv_coop_dispatch<'b>(
         &self,
         device: &wgpu::Device,
         registry: &PipelineRegistry,
         x: &super::CoopActivations,
-        y: &wgpu::Buffer,
+        y: impl Into<BufferRange<'b>>,
     ) -> Result<Dispatch, GpuError> {
-        self.coop_dispatch(device, registry, x, y, 0)
+        self.coop_dispatch(device, registry, x, y.into(), 0)
     }
 
     /// Diagnostic builds of [`Self::gemv_coop_dispatch`], for measuring where its time goes
@@ -931,7 +936,7 @@ impl GpuQuantizedMatrix {
                 "plain cooperative GEMV diagnostic builds are 1..=5, not {diag}"
             )));
         }
-        self.coop_dispatch(device, registry, x, y, diag)
+        self.coop_dispatch(device, registry, x, y.into(), diag)
     }
 
     fn coop_dispatch(
@@ -939,13 +944,19 @@ impl GpuQuantizedMatrix {
         device: &wgpu::Device,
         registry: &PipelineRegistry,
         x: &super::CoopActivations,
-        y: &wgpu::Buffer,
+        y: BufferRange<'_>,
         diag: u32,
     ) -> Result<Dispatch, GpuError> {
         if let Some(why) = self.coop_refusal(registry) {
             return Err(GpuError::Unsupported(why));
         }
-        x.check_for(self.rows(), self.cols(), super::CoopOrder::Packed, y)?;
+        x.check_for(
+            self.rows(),
+            self.cols(),
+            super::CoopOrder::Packed,
+            y,
+            device,
+        )?;
         // 16 rows a workgroup
         let total_wg = self.params.rows.div_ceil(16);
         let (gx, gy) = grid(device, total_wg);
@@ -971,7 +982,7 @@ impl GpuQuantizedMatrix {
                 entry(2, &self.sb),
                 entry(3, x.tiles()),
                 entry(4, x.sums()),
-                entry(5, y),
+                y.entry(5),
             ],
         });
         Ok(Dispatch {

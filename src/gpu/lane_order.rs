@@ -47,16 +47,42 @@ fn check(values: usize, cols: usize) -> Result<(), GpuError> {
 /// `x` (vectors of `cols` activations one after another, `cols % 16 == 0`) in lane order
 /// (module doc); a permutation within each vector.
 pub fn x_lane_order(x: &[f32], cols: usize) -> Result<Vec<f32>, GpuError> {
-    check(x.len(), cols)?;
     let mut out = vec![0.0; x.len()];
+    x_lane_order_into(x, cols, &mut out)?;
+    Ok(out)
+}
+
+/// [`x_lane_order`] into `out` (as long as `x`; [`GpuError::InvalidInput`] otherwise).
+pub fn x_lane_order_into(x: &[f32], cols: usize, out: &mut [f32]) -> Result<(), GpuError> {
+    check(x.len(), cols)?;
+    if out.len() != x.len() {
+        return Err(GpuError::InvalidInput(format!(
+            "lane order: out has {} values, x {}",
+            out.len(),
+            x.len()
+        )));
+    }
     let pieces = cols / 16;
     for (src, dst) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
-        for (q, v) in src.chunks_exact(4).enumerate() {
-            let i = 4 * lane_index(q, pieces);
+        // (whole runs of 32 pieces: piece u's vec4 c goes to 128 run + 32 c + u % 32)
+        let whole = pieces / RUN * RUN * 16;
+        for (s, d) in src[..whole]
+            .chunks_exact(16 * RUN)
+            .zip(dst[..whole].chunks_exact_mut(16 * RUN))
+        {
+            for (u, piece) in s.chunks_exact(16).enumerate() {
+                for (c, v) in piece.chunks_exact(4).enumerate() {
+                    let i = 4 * (c * RUN + u);
+                    d[i..i + 4].copy_from_slice(v);
+                }
+            }
+        }
+        for (q, v) in src[whole..].chunks_exact(4).enumerate() {
+            let i = 4 * lane_index(whole / 4 + q, pieces);
             dst[i..i + 4].copy_from_slice(v);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The inverse of [`x_lane_order`].
@@ -104,8 +130,8 @@ pub fn x_lane_order_dispatch(
         device,
         pipeline,
         [cols4, total, gx, 0],
-        x,
-        out,
+        x.into(),
+        out.into(),
         (gx, gy),
     ))
 }
@@ -148,6 +174,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The `_into` form writes what the allocating one returns, and refuses an output of
+    /// another length.
+    #[test]
+    fn lane_order_into_matches_and_checks_the_output() {
+        let cols = 1024 + 48;
+        let x: Vec<f32> = (0..2 * cols).map(|i| (i as f32).sin()).collect();
+        let mut out = vec![f32::NAN; x.len()];
+        x_lane_order_into(&x, cols, &mut out).unwrap();
+        assert_eq!(out, x_lane_order(&x, cols).unwrap());
+        let mut short = vec![0.0; x.len() - 4];
+        assert!(matches!(
+            x_lane_order_into(&x, cols, &mut short),
+            Err(GpuError::InvalidInput(_))
+        ));
     }
 
     #[test]

@@ -125,7 +125,7 @@ pub use decode::{
     COMPACT_TABLE_MAX_SHORT_K, COMPACT_TABLE_SHORT_K_FROM_WORKGROUPS, MAX_GEMV_VECTORS,
 };
 pub use gemv::{GpuQuantizedMatrix, QGemvVariant};
-pub use lane_order::{x_column_order, x_lane_order, x_lane_order_dispatch};
+pub use lane_order::{x_column_order, x_lane_order, x_lane_order_dispatch, x_lane_order_into};
 use x8::quantized_launch;
 pub use x8::{
     quantize_x8, quantize_x8_dispatch, quantize_x8_into, quantize_x8_read, x8_bytes, X8Activations,
@@ -821,6 +821,89 @@ impl PipelineRegistry {
     }
 }
 
+/// The part of a storage buffer a launch binds: a whole buffer (a `&wgpu::Buffer` converts
+/// into one) or `size` bytes from `offset`. Several launches can then share one buffer, each
+/// reading or writing its own range: a layer's launches of 16 activation vectors write their
+/// outputs straight into place in one output buffer instead of a buffer each copied into it.
+///
+/// WebGPU allows a binding to start only at a multiple of the device's
+/// `min_storage_buffer_offset_alignment` (256 bytes by default); the launches that take a
+/// range refuse others with [`GpuError::InvalidInput`] ([`BufferRange::check`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BufferRange<'a> {
+    buffer: &'a wgpu::Buffer,
+    offset: u64,
+    size: u64,
+}
+
+impl<'a> BufferRange<'a> {
+    /// `size` bytes of `buffer` from `offset` (checked when a launch binds it).
+    pub fn new(buffer: &'a wgpu::Buffer, offset: u64, size: u64) -> Self {
+        BufferRange {
+            buffer,
+            offset,
+            size,
+        }
+    }
+
+    /// The buffer.
+    pub fn buffer(&self) -> &'a wgpu::Buffer {
+        self.buffer
+    }
+
+    /// Where the range starts in the buffer, in bytes.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Bytes of the range.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether `device` can bind the range: it lies inside the buffer, is not empty, and
+    /// starts at a multiple of the device's storage offset alignment. `what` names the range
+    /// in the error.
+    pub fn check(&self, device: &wgpu::Device, what: &str) -> Result<(), GpuError> {
+        let align = u64::from(device.limits().min_storage_buffer_offset_alignment).max(1);
+        let end = self.offset.checked_add(self.size);
+        if self.size == 0 || end.is_none_or(|e| e > self.buffer.size()) {
+            return Err(GpuError::InvalidInput(format!(
+                "{what}: bytes {}..{} of a buffer of {}",
+                self.offset,
+                self.offset.saturating_add(self.size),
+                self.buffer.size()
+            )));
+        }
+        if !self.offset.is_multiple_of(align) {
+            return Err(GpuError::InvalidInput(format!(
+                "{what}: offset {} is not a multiple of the device's storage offset alignment \
+                 {align}",
+                self.offset
+            )));
+        }
+        Ok(())
+    }
+
+    /// The bind group entry `binding` for the range.
+    pub(crate) fn entry(&self, binding: u32) -> wgpu::BindGroupEntry<'a> {
+        wgpu::BindGroupEntry {
+            binding,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: self.buffer,
+                offset: self.offset,
+                size: std::num::NonZeroU64::new(self.size),
+            }),
+        }
+    }
+}
+
+impl<'a> From<&'a wgpu::Buffer> for BufferRange<'a> {
+    fn from(buffer: &'a wgpu::Buffer) -> Self {
+        BufferRange::new(buffer, 0, buffer.size())
+    }
+}
+
 /// One recorded kernel launch: pipeline, bind group and workgroup counts. Record it into any
 /// compute pass with [`Dispatch::record`] (benchmarks record many between two waits).
 #[derive(Debug, Clone)]
@@ -1217,8 +1300,8 @@ pub(crate) fn vector_pass_dispatch(
     device: &wgpu::Device,
     pipeline: wgpu::ComputePipeline,
     params: [u32; 4],
-    x: &wgpu::Buffer,
-    out: &wgpu::Buffer,
+    x: BufferRange<'_>,
+    out: BufferRange<'_>,
     workgroups: (u32, u32),
 ) -> Dispatch {
     use wgpu::util::DeviceExt;
@@ -1231,11 +1314,7 @@ pub(crate) fn vector_pass_dispatch(
     let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some("vector pass"),
         layout: &layout,
-        entries: &[
-            decode::entry(0, &uniform),
-            decode::entry(1, x),
-            decode::entry(2, out),
-        ],
+        entries: &[decode::entry(0, &uniform), x.entry(1), out.entry(2)],
     });
     Dispatch {
         pipeline,

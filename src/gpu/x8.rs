@@ -151,15 +151,18 @@ fn check_cols(cols: usize) -> Result<(), GpuError> {
 
 /// The launch quantizing `cols` f32 activations in `x` into `out` (at least
 /// [`x8_bytes`]`(cols)` bytes) in `order`.
-pub fn quantize_x8_dispatch(
+pub fn quantize_x8_dispatch<'b>(
     device: &wgpu::Device,
     registry: &PipelineRegistry,
-    x: &wgpu::Buffer,
-    out: &wgpu::Buffer,
+    x: impl Into<super::BufferRange<'b>>,
+    out: impl Into<super::BufferRange<'b>>,
     cols: usize,
     order: X8Order,
 ) -> Result<Dispatch, GpuError> {
     check_cols(cols)?;
+    let (x, out) = (x.into(), out.into());
+    x.check(device, "x")?;
+    out.check(device, "8-bit activations")?;
     if x.size() < cols as u64 * 4 || out.size() < x8_bytes(cols) {
         return Err(GpuError::InvalidInput(format!(
             "8-bit activations: x/out buffers have {}/{} bytes, need {}/{}",
