@@ -11,7 +11,7 @@
 //!     [--chunk-symbols 16384] [--tile-chunks 32] [--min-chunks N]
 //!     [--coding whole,split,pairs,window] [--target-workgroups 256,512,1024]
 //!     [--vectors 2,4,8,16] [--vectors-tables] [--many-diag 1,2,3] [--lane-order] [--coop]
-//!     [--wall]
+//!     [--calls] [--wall]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64 (`ecq::quant::quantize_affine`), coded
@@ -48,7 +48,9 @@
 //! launch's activation pass included, and that pass alone; the plain baseline on the same
 //! multiply, `GpuQuantizedMatrix::gemv_coop_dispatch`; the fused kernel's diagnostic builds
 //! 1-3; and, on stderr, whole `forward_batch` calls of a window-split layer and its plain
-//! layer with and without the cooperative option, wall clock), checked too (the cooperative outputs, on f16 activations, differ from `qgemm`'s by
+//! layer with and without the cooperative option, wall clock, each through `forward_batch` and
+//! through `forward_batch_into` with a reused output vector; `--calls` times only those calls,
+//! on whatever context it gets), checked too (the cooperative outputs, on f16 activations, differ from `qgemm`'s by
 //! about 2^-11 of the largest output). Prints a markdown table on stdout.
 //!
 //! Clock (`examples/common/timing.rs`): where the device has `TIMESTAMP_QUERY`, times are the
@@ -100,6 +102,8 @@ struct Args {
     lane_order: bool,
     /// also time the cooperative-matrix launches (a context with cooperative matrices)
     coop: bool,
+    /// time whole `forward_batch` calls only (window splits), not the launches
+    calls: bool,
     wall: bool,
 }
 
@@ -127,6 +131,7 @@ fn parse_args() -> Args {
         many_diag: Vec::new(),
         lane_order: false,
         coop: false,
+        calls: false,
         wall: false,
     };
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -144,6 +149,10 @@ fn parse_args() -> Args {
     }
     if let Some(p) = args.iter().position(|s| s == "--coop") {
         a.coop = true;
+        args.remove(p);
+    }
+    if let Some(p) = args.iter().position(|s| s == "--calls") {
+        a.calls = true;
         args.remove(p);
     }
     let mut i = 0;
@@ -430,10 +439,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .iter()
                 .map(|m| m.vector_dispatch(&xv, &yv))
                 .collect::<Result<_, _>>()?;
-            // --coop: whole `forward_batch` calls (host upload, launches, read back; wall clock,
-            // medians of --rounds, at least 9, after one warm-up call) of a layer with and without the
-            // cooperative option, fused and plain, at each M, on stderr
-            if a.coop && coding == "window" {
+            // --coop or --calls: whole `forward_batch` calls (host upload, launches, read back;
+            // wall clock, medians of --rounds, at least 9, after one warm-up call) of a layer
+            // with and without the cooperative option, fused and plain, at each M, on stderr;
+            // each also through `forward_batch_into` with one output vector reused
+            if (a.coop || a.calls) && coding == "window" {
                 let with = |on: bool| {
                     let opts = LinearOptions {
                         cooperative_matrix: on,
@@ -447,28 +457,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 plain_coop.set_cooperative_matrix(true);
                 for &m in &a.ms {
                     let x: Vec<f32> = (0..m * k).map(|_| gaussian(&mut rng)).collect();
-                    let wall = |l: &dyn Linear| -> Result<f64, Box<dyn std::error::Error>> {
-                        l.forward_batch(&x, m)?;
-                        let mut t: Vec<f64> = (0..a.rounds.max(9))
-                            .map(|_| {
+                    let mut y = vec![0.0f32; m * r];
+                    let mut wall =
+                        |l: &dyn Linear, into: bool| -> Result<f64, Box<dyn std::error::Error>> {
+                            let mut call = || -> Result<f64, ecq::linear::LinearError> {
                                 let s = std::time::Instant::now();
-                                l.forward_batch(&x, m).map(|_| s.elapsed().as_secs_f64())
-                            })
-                            .collect::<Result<_, _>>()?;
-                        t.sort_by(f64::total_cmp);
-                        Ok(t[t.len() / 2])
+                                if into {
+                                    l.forward_batch_into(&x, m, &mut y)?;
+                                } else {
+                                    l.forward_batch(&x, m)?;
+                                }
+                                Ok(s.elapsed().as_secs_f64() * 1e3)
+                            };
+                            call()?;
+                            let mut t: Vec<f64> = (0..a.rounds.max(9))
+                                .map(|_| call())
+                                .collect::<Result<_, _>>()?;
+                            t.sort_by(f64::total_cmp);
+                            Ok(t[t.len() / 2])
+                        };
+                    let mut both = |l: &dyn Linear| -> Result<String, Box<dyn std::error::Error>> {
+                        Ok(format!("{:.3} / {:.3}", wall(l, false)?, wall(l, true)?))
                     };
                     eprintln!(
-                        "forward_batch {r}x{k} M={m} (wall clock, ms): fused {:.3} f32 / {:.3} \
-                         cooperative ({}), plain {:.3} f32 / {:.3} cooperative ({})",
-                        wall(&fused_f32)? * 1e3,
-                        wall(&fused_coop)? * 1e3,
+                        "forward_batch {r}x{k} M={m} (wall clock, ms, allocating / into): fused \
+                         f32 {}, cooperative ({}) {}; plain f32 {}, cooperative ({}) {}",
+                        both(&fused_f32)?,
                         fused_coop.cooperative_matrix(),
-                        wall(&plain_f32)? * 1e3,
-                        wall(&plain_coop)? * 1e3,
-                        plain_coop.cooperative_matrix()
+                        both(&fused_coop)?,
+                        both(&plain_f32)?,
+                        plain_coop.cooperative_matrix(),
+                        both(&plain_coop)?,
                     );
                 }
+            }
+            if a.calls {
+                continue;
             }
             for &m in &a.ms {
                 let k4 = k.div_ceil(4) * 4;

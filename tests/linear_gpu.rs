@@ -208,6 +208,74 @@ fn plain_batched_baseline_matches_cpu_reference() {
     }
 }
 
+/// `forward_batch_into` writes what `forward_batch` returns, bit for bit, through calls of
+/// growing and shrinking row counts that reuse the device's kept buffers (a call never sees an
+/// earlier call's activations or outputs): coded layers whole and in bands, with outputs in
+/// place and copied (37 rows: launch offsets the device cannot bind), and the plain layer;
+/// `release_call_buffers` drops the kept buffers and the next call makes new ones. A `y` of
+/// another length is an error naming both lengths.
+#[test]
+fn forward_batch_into_reuses_the_call_buffers() {
+    if dev().is_none() {
+        return;
+    }
+    // (a device of its own: the other tests' calls would change its kept buffers)
+    let d = LinearDevice::new().expect("a second device on the same adapter");
+    for (seed, rows, limit) in [(60u64, 37usize, None), (61, 64, None), (62, 50, Some(1024))] {
+        let c = case(seed, rows, 512, 4, 64, 256, 2);
+        let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
+        let coded = upload(
+            &d,
+            &c,
+            &LinearOptions {
+                max_buffer_bytes: limit,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(coded.n_bands() > 1, limit.is_some());
+        let plain = QuantizedLinear::upload(&d, "plain", &c.q, Some(&c.bias)).unwrap();
+        for (round, m) in [9usize, 1, 20, 3, 600, 2].into_iter().enumerate() {
+            let x = activations(seed * 100 + round as u64, m * 512);
+            for (name, layer) in [("coded", &coded as &dyn Linear), ("plain", &plain)] {
+                let label = format!("{name} {rows} rows, {} bands, m {m}", coded.n_bands());
+                let mut y = vec![f32::NAN; m * rows];
+                layer.forward_batch_into(&x, m, &mut y).unwrap();
+                assert_close(&label, &cpu, &x, m, &y, 0.0);
+                let again = layer.forward_batch(&x, m).unwrap();
+                assert_eq!(bits(y), bits(again), "{label}: into against allocating");
+            }
+        }
+        assert!(d.call_buffer_bytes() > 0);
+        d.release_call_buffers();
+        assert_eq!(d.call_buffer_bytes(), 0);
+        let x = activations(seed, 4 * 512);
+        assert_close(
+            "after the release",
+            &cpu,
+            &x,
+            4,
+            &coded.forward_batch(&x, 4).unwrap(),
+            0.0,
+        );
+        let mut short = vec![0.0; 4 * rows - 1];
+        for layer in [&coded as &dyn Linear, &plain] {
+            match layer.forward_batch_into(&x, 4, &mut short) {
+                Err(LinearError::OutputMismatch {
+                    got,
+                    expected,
+                    out_features,
+                    ..
+                }) => assert_eq!(
+                    (got, expected, out_features),
+                    (4 * rows - 1, 4 * rows, rows)
+                ),
+                other => panic!("expected OutputMismatch, got {other:?}"),
+            }
+        }
+    }
+}
+
 #[test]
 fn f16_activations() {
     let Some(d) = dev() else { return };

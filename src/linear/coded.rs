@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use super::device::{LinearDevice, LinearKernel};
-use super::{add_bias, check_x, Linear, LinearError};
+use super::{add_bias, check_x, check_y, Linear, LinearError};
 use crate::gpu::{
     cached_activations, check_gemv_vectors, coop_gemv_pipeline, coop_layout_refusal, coop_params,
     coop_x_dispatch, default_fused_variant, fused_gemv_pipeline, quantize_x8_dispatch,
-    set_chunk_subgroups, x8_bytes, CodedParams, CoopActivations, CoopOrder, GpuError, SideFormat,
-    X8Order,
+    set_chunk_subgroups, x8_bytes, x_lane_order_into, BufferRange, CodedParams, CoopActivations,
+    CoopOrder, GpuError, SideFormat, X8Order,
 };
 use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
 
@@ -1310,9 +1310,18 @@ impl EntropyCodedLinear {
         band: &Band,
         (p, uniform): &(CodedParams, wgpu::Buffer),
         x: &CoopActivations,
-        y: &wgpu::Buffer,
+        y: BufferRange<'_>,
     ) -> Result<LinearDispatch, GpuError> {
         let device = self.dev.device();
+        let y_need = (band.rows * 4) as u64 * u64::from(x.vectors());
+        y.check(device, "y")?;
+        if y.size() < y_need {
+            return Err(GpuError::InvalidInput(format!(
+                "y has {} bytes, {} vectors need {y_need}",
+                y.size(),
+                x.vectors()
+            )));
+        }
         let pipeline = coop_gemv_pipeline(
             device,
             self.dev.gpu().registry(),
@@ -1338,7 +1347,7 @@ impl EntropyCodedLinear {
                 entry(6, &band.sb),
                 entry(7, x.tiles()),
                 entry(8, x.sums()),
-                entry(9, y),
+                y.entry(9),
             ],
         });
         Ok(LinearDispatch {
@@ -1351,13 +1360,28 @@ impl EntropyCodedLinear {
     fn gemv_dispatch(
         &self,
         band: &Band,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
+        x: BufferRange<'_>,
+        y: BufferRange<'_>,
         vectors: u32,
         lanes: bool,
     ) -> Result<LinearDispatch, GpuError> {
         let registry = self.dev.gpu().registry();
         let device = self.dev.device();
+        x.check(device, "x")?;
+        y.check(device, "y")?;
+        let x_need = if self.x8 {
+            x8_bytes(self.cols) * u64::from(vectors)
+        } else {
+            (self.cols.div_ceil(4) * 4 * 4) as u64 * u64::from(vectors)
+        };
+        let y_need = (band.rows * 4) as u64 * u64::from(vectors);
+        if x.size() < x_need || y.size() < y_need {
+            return Err(GpuError::InvalidInput(format!(
+                "x/y have {}/{} bytes, {vectors} vectors need {x_need}/{y_need}",
+                x.size(),
+                y.size()
+            )));
+        }
         let mut layout = band.gemv.fused_layout(self.side);
         // (the table form depends on the vectors and the activations' type too)
         layout.x8_activations = self.x8;
@@ -1379,8 +1403,8 @@ impl EntropyCodedLinear {
                 entry(4, &band.words),
                 entry(5, &band.errors),
                 entry(6, &band.sb),
-                entry(7, x),
-                entry(8, y),
+                x.entry(7),
+                y.entry(8),
             ],
         });
         Ok(LinearDispatch {
@@ -1456,7 +1480,7 @@ impl EntropyCodedLinear {
         }
         match self.bands.as_slice() {
             [band] => self
-                .gemv_dispatch(band, x, y, vectors, lanes)
+                .gemv_dispatch(band, x.into(), y.into(), vectors, lanes)
                 .map_err(|e| self.gpu_err(e)),
             _ => Err(LinearError::Unsupported {
                 layer: self.name.clone(),
@@ -1587,42 +1611,95 @@ impl EntropyCodedLinear {
         Ok(())
     }
 
-    fn x_buffer(&self, x: &[f32], m: usize) -> Result<wgpu::Buffer, LinearError> {
-        let k = self.cols;
+    /// Writes `m` rows of `x` into `host` as the GEMV launches read them: runs of
+    /// [`Self::gemv_vectors`] rows (one a launch), run `j` from `j * slot`, rows `ceil(K/4) * 4`
+    /// apart (zero padded), in lane order where the launch reads it. What lies between the
+    /// runs is left as it was: no launch reads it.
+    fn fill_gemv_x(
+        &self,
+        x: &[f32],
+        m: usize,
+        slot: usize,
+        host: &mut [f32],
+    ) -> Result<(), GpuError> {
+        let (k, per) = (self.cols, self.gemv_vectors as usize);
         let k4 = k.div_ceil(4) * 4;
-        let bytes = (k4 * m * 4) as u64;
-        self.check_buffer("activations", bytes)?;
-        let buf = self.dev.buffer("x", bytes, wgpu::BufferUsages::empty());
-        if k4 == k {
-            self.dev.write(&buf, bytemuck::cast_slice(x));
-        } else {
-            let mut padded = vec![0.0f32; k4 * m];
-            for (dst, src) in padded.chunks_exact_mut(k4).zip(x.chunks_exact(k)) {
-                dst[..k].copy_from_slice(src);
+        for (j, i) in (0..m).step_by(per).enumerate() {
+            let n = per.min(m - i);
+            let (src, dst) = (
+                &x[i * k..(i + n) * k],
+                &mut host[j * slot..j * slot + n * k4],
+            );
+            if self.lane_order && !self.coop_launch(n) {
+                // (k % 512 == 0 for window splits in row pairs: no padding)
+                x_lane_order_into(src, k, dst)?;
+            } else {
+                for (d, s) in dst.chunks_exact_mut(k4).zip(src.chunks_exact(k)) {
+                    d[..k].copy_from_slice(s);
+                    d[k..].fill(0.0);
+                }
             }
-            self.dev.write(&buf, bytemuck::cast_slice(&padded));
         }
-        Ok(buf)
+        Ok(())
     }
 
-    /// The fused GEMVs of `m` activation rows, recorded into one submission: one launch per
-    /// [`Self::gemv_vectors`] rows (one a row on 8-bit activations, which are quantized per
-    /// row first). `y` holds the `m` rows of outputs.
-    fn run_gemv(&self, x: &[f32], m: usize) -> Result<Vec<f32>, LinearError> {
+    /// Whether a GEMV launch of `n` rows runs on cooperative matrices.
+    fn coop_launch(&self, n: usize) -> bool {
+        self.coop && n >= COOP_MIN_ROWS
+    }
+
+    /// The fused GEMVs of `m` activation rows into `out` (`m` rows of outputs, no bias),
+    /// recorded into one submission: one launch per [`Self::gemv_vectors`] rows (one a row on
+    /// 8-bit activations, which are quantized per row first).
+    ///
+    /// The launches share the call's buffers ([`LinearDevice`] keeps them): each reads its
+    /// activations from its own range of one buffer and, for a layer in one band whose
+    /// launches start at offsets the device can bind, writes its outputs in place in the
+    /// outputs buffer; otherwise to a range of a parts buffer copied into place (a copy per
+    /// launch, or per row and band for a layer in bands, whose launches write the band's
+    /// outputs only).
+    fn run_gemv_into(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), LinearError> {
         let dev = &self.dev;
+        let (device, registry) = (dev.device(), dev.gpu().registry());
         let k = self.cols;
+        let k4 = k.div_ceil(4) * 4;
+        let align = dev.storage_alignment();
         let row_bytes = (self.rows * 4) as u64;
+        // (1 on 8-bit activations: the upload resolves it so)
+        let per = self.gemv_vectors as usize;
+        let launches = m.div_ceil(per);
+        let x_slot = ((per * k4 * 4) as u64).next_multiple_of(align);
+        self.check_buffer("activations", x_slot * launches as u64)?;
         self.check_buffer("outputs", row_bytes * m as u64)?;
-        let y = dev.buffer("y", row_bytes * m as u64, wgpu::BufferUsages::COPY_SRC);
-        let mut enc = dev.device().create_command_encoder(&Default::default());
+        let mut scratch = dev.call_scratch();
+        let mut enc = device.create_command_encoder(&Default::default());
+        let xb = scratch
+            .upload_with(&mut enc, (x_slot / 4) as usize * launches, |host| {
+                self.fill_gemv_x(x, m, (x_slot / 4) as usize, host)
+            })
+            .map_err(|e| self.gpu_err(e))?;
+        let y = scratch.y(row_bytes * m as u64);
+        let in_place = self.bands.len() == 1
+            && (launches == 1 || (per as u64 * row_bytes).is_multiple_of(align));
+        // (where each band's outputs of a launch go in the parts buffer, and a launch's
+        // stride there)
+        let mut part_at = Vec::with_capacity(self.bands.len());
+        let mut part_stride = 0u64;
+        for band in &self.bands {
+            part_at.push(part_stride);
+            part_stride += ((per * band.rows * 4) as u64).next_multiple_of(align);
+        }
+        let parts = if in_place {
+            None
+        } else {
+            self.check_buffer("launch outputs", part_stride * launches as u64)?;
+            Some(scratch.parts(part_stride * launches as u64))
+        };
+        let x8_slot = x8_bytes(k).next_multiple_of(align);
+        let x8 = self.x8.then(|| scratch.aux(x8_slot * launches as u64));
         for band in &self.bands {
             enc.clear_buffer(&band.errors, 0, None);
         }
-        // (1 on 8-bit activations: the upload resolves it so)
-        let per = self.gemv_vectors as usize;
-        // (each launch's outputs, per band, go to a scratch buffer and are copied into y at
-        // their offsets, a copy per row: storage bindings at arbitrary offsets are not
-        // allowed)
         let mut copies = Vec::new();
         // (the cooperative launches' activation buffers, by vectors, and the bands'
         // parameters: made once a call, since the launches run one after another in the pass)
@@ -1630,110 +1707,102 @@ impl EntropyCodedLinear {
         let mut coop_bands = Vec::new();
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            for i in (0..m).step_by(per) {
+            for (j, i) in (0..m).step_by(per).enumerate() {
                 let n = per.min(m - i);
-                let xs = &x[i * k..(i + n) * k];
-                // (where the launch's outputs go: y itself, or a scratch buffer per band
-                // copied into place)
-                let mut target = |band: &Band| {
-                    let band_bytes = (band.rows * 4) as u64;
-                    if self.bands.len() == 1 && n == m {
-                        return y.clone();
-                    }
-                    let s = dev.buffer(
-                        "y band",
-                        band_bytes * n as u64,
-                        wgpu::BufferUsages::COPY_SRC,
-                    );
-                    for v in 0..n {
-                        let at = (i + v) as u64 * row_bytes + (band.row0 * 4) as u64;
-                        copies.push((s.clone(), v as u64 * band_bytes, at, band_bytes));
-                    }
-                    s
+                let xr = BufferRange::new(&xb, j as u64 * x_slot, (n * k4 * 4) as u64);
+                // (where the launch's outputs of band b go)
+                let target = |b: usize| match &parts {
+                    None => BufferRange::new(&y, i as u64 * row_bytes, n as u64 * row_bytes),
+                    Some(p) => BufferRange::new(
+                        p,
+                        j as u64 * part_stride + part_at[b],
+                        (n * self.bands[b].rows * 4) as u64,
+                    ),
                 };
-                if self.coop && n >= COOP_MIN_ROWS {
-                    // (column order: k % 512 == 0 here, no padding)
-                    let xb = self.x_buffer(xs, n)?;
+                if parts.is_some() {
+                    for (b, band) in self.bands.iter().enumerate() {
+                        let from = j as u64 * part_stride + part_at[b];
+                        let band_bytes = (band.rows * 4) as u64;
+                        if self.bands.len() == 1 {
+                            copies.push((from, i as u64 * row_bytes, n as u64 * row_bytes));
+                            continue;
+                        }
+                        for v in 0..n {
+                            let at = (i + v) as u64 * row_bytes + (band.row0 * 4) as u64;
+                            copies.push((from + v as u64 * band_bytes, at, band_bytes));
+                        }
+                    }
+                }
+                if self.coop_launch(n) {
                     if coop_bands.is_empty() {
                         for band in &self.bands {
                             coop_bands.push(self.coop_uniform(band).map_err(|e| self.gpu_err(e))?);
                         }
                     }
-                    let acts = cached_activations(
-                        &mut coop_acts,
-                        dev.device(),
-                        k,
-                        n as u32,
-                        CoopOrder::Window,
-                    )
-                    .map_err(|e| self.gpu_err(e))?;
-                    coop_x_dispatch(dev.device(), dev.gpu().registry(), &xb, acts)
+                    let acts =
+                        cached_activations(&mut coop_acts, device, k, n as u32, CoopOrder::Window)
+                            .map_err(|e| self.gpu_err(e))?;
+                    coop_x_dispatch(device, registry, xr, acts)
                         .map_err(|e| self.gpu_err(e))?
                         .record(&mut pass);
-                    for (band, cb) in self.bands.iter().zip(&coop_bands) {
-                        let t = target(band);
-                        self.coop_dispatch(band, cb, acts, &t)
+                    for (b, (band, cb)) in self.bands.iter().zip(&coop_bands).enumerate() {
+                        self.coop_dispatch(band, cb, acts, target(b))
                             .map_err(|e| self.gpu_err(e))?
                             .record(&mut pass);
                     }
                     continue;
                 }
-                let mut xb = if self.lane_order {
-                    // (k % 512 == 0 for window splits in row pairs: no padding)
-                    let lanes = crate::gpu::x_lane_order(xs, k).map_err(|e| self.gpu_err(e))?;
-                    self.x_buffer(&lanes, n)?
-                } else {
-                    self.x_buffer(xs, n)?
+                let xr = match &x8 {
+                    Some(x8) => {
+                        let r = BufferRange::new(x8, j as u64 * x8_slot, x8_bytes(k));
+                        quantize_x8_dispatch(device, registry, xr, r, k, X8Order::Window)
+                            .map_err(|e| self.gpu_err(e))?
+                            .record(&mut pass);
+                        r
+                    }
+                    None => xr,
                 };
-                if self.x8 {
-                    let x8 = dev.buffer("x8", x8_bytes(k), wgpu::BufferUsages::empty());
-                    quantize_x8_dispatch(
-                        dev.device(),
-                        dev.gpu().registry(),
-                        &xb,
-                        &x8,
-                        k,
-                        X8Order::Window,
-                    )
-                    .map_err(|e| self.gpu_err(e))?
-                    .record(&mut pass);
-                    xb = x8;
-                }
-                for band in &self.bands {
-                    let t = target(band);
-                    self.gemv_dispatch(band, &xb, &t, n as u32, self.lane_order)
+                for (b, band) in self.bands.iter().enumerate() {
+                    self.gemv_dispatch(band, xr, target(b), n as u32, self.lane_order)
                         .map_err(|e| self.gpu_err(e))?
                         .record(&mut pass);
                 }
             }
         }
-        for (s, from, at, bytes) in &copies {
-            enc.copy_buffer_to_buffer(s, *from, &y, *at, *bytes);
+        if let Some(p) = &parts {
+            for &(from, at, bytes) in &copies {
+                enc.copy_buffer_to_buffer(p, from, &y, at, bytes);
+            }
         }
-        self.finish(enc, &y, self.rows * m)
+        self.finish_into(scratch, enc, &y, out)
     }
 
-    fn finish(
+    /// Submits `enc`, reads the outputs (from the start of `y`) into `out` and checks the
+    /// bands' error words.
+    fn finish_into(
         &self,
+        mut scratch: super::call_buffers::CallScratch<'_>,
         enc: wgpu::CommandEncoder,
         y: &wgpu::Buffer,
-        n: usize,
-    ) -> Result<Vec<f32>, LinearError> {
-        let mut regions: Vec<(&wgpu::Buffer, u64)> = vec![(y, (n * 4) as u64)];
-        for band in &self.bands {
-            regions.push((&band.errors, (band.n_chunks * 4) as u64));
-        }
-        let out = self
-            .dev
-            .submit_and_read(enc, &regions)
+        out: &mut [f32],
+    ) -> Result<(), LinearError> {
+        let regions: Vec<(&wgpu::Buffer, u64)> = self
+            .bands
+            .iter()
+            .map(|band| (&band.errors, (band.n_chunks * 4) as u64))
+            .collect();
+        let errs = scratch
+            .submit_and_read_into(enc, y, out, &regions)
             .map_err(|e| self.gpu_err(e))?;
-        self.check_errors(&out[1..])?;
-        Ok(bytemuck::pod_collect_to_vec(&out[0]))
+        self.check_errors(&errs)
     }
 
-    fn run_gemm(&self, x: &[f32], m: usize) -> Result<Vec<f32>, LinearError> {
+    /// The batched kernel on `m` rows of `x` into `out`, a submission per
+    /// [`MAX_M_PER_DISPATCH`] rows (fewer where the buffer limits demand).
+    fn run_gemm_into(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), LinearError> {
         let (r, k) = (self.rows, self.cols);
-        let xrow = k.div_ceil(4) as u64 * 16;
+        let k4 = k.div_ceil(4) * 4;
+        let xrow = k4 as u64 * 4;
         let limit = self.dev.max_buffer_bytes();
         // activation rows per dispatch: at most 512, and within the buffer limits
         let per = (MAX_M_PER_DISPATCH as u64)
@@ -1742,17 +1811,27 @@ impl EntropyCodedLinear {
         if per == 0 {
             self.check_buffer("one activation row", xrow.max(r as u64 * 4))?;
         }
-        let mut y = Vec::with_capacity(m * r);
         for start in (0..m).step_by(per.max(1)) {
             let mb = per.min(m - start);
-            let xb = self.x_buffer(&x[start * k..(start + mb) * k], mb)?;
-            let yb = self
-                .dev
-                .buffer("y", (mb * r * 4) as u64, wgpu::BufferUsages::COPY_SRC);
+            let mut scratch = self.dev.call_scratch();
             let mut enc = self
                 .dev
                 .device()
                 .create_command_encoder(&Default::default());
+            let xs = &x[start * k..(start + mb) * k];
+            let xb = if k4 == k {
+                scratch.upload(&mut enc, xs)
+            } else {
+                let xb = scratch.upload_with::<GpuError>(&mut enc, mb * k4, |host| {
+                    for (d, s) in host.chunks_exact_mut(k4).zip(xs.chunks_exact(k)) {
+                        d[..k].copy_from_slice(s);
+                        d[k..].fill(0.0);
+                    }
+                    Ok(())
+                });
+                xb.map_err(|e| self.gpu_err(e))?
+            };
+            let yb = scratch.y((mb * r * 4) as u64);
             for band in &self.bands {
                 enc.clear_buffer(&band.errors, 0, None);
             }
@@ -1762,9 +1841,9 @@ impl EntropyCodedLinear {
                     d.record(&mut pass);
                 }
             }
-            y.extend(self.finish(enc, &yb, mb * r)?);
+            self.finish_into(scratch, enc, &yb, &mut out[start * r..(start + mb) * r])?;
         }
-        Ok(y)
+        Ok(())
     }
 
     /// The buffer limit the bands were planned against (bytes, name).
@@ -1793,11 +1872,10 @@ impl Linear for EntropyCodedLinear {
         if self.rows == 0 {
             return Ok(Vec::new());
         }
-        let mut y = if self.bands.is_empty() {
-            vec![0.0; self.rows]
-        } else {
-            self.run_gemv(x, 1)?
-        };
+        let mut y = vec![0.0; self.rows];
+        if !self.bands.is_empty() {
+            self.run_gemv_into(x, 1, &mut y)?;
+        }
         add_bias(&mut y, self.bias.as_deref());
         Ok(y)
     }
@@ -1809,24 +1887,36 @@ impl Linear for EntropyCodedLinear {
     /// row.
     fn forward_batch(&self, x: &[f32], m: usize) -> Result<Vec<f32>, LinearError> {
         check_x(&self.name, self.cols, x.len(), m)?;
+        let mut y = vec![0.0; self.rows * m];
+        self.forward_batch_into(x, m, &mut y)?;
+        Ok(y)
+    }
+
+    /// [`Self::forward_batch`] read back straight into `y`.
+    fn forward_batch_into(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), LinearError> {
+        check_x(&self.name, self.cols, x.len(), m)?;
+        check_y(&self.name, self.rows, y.len(), m)?;
         if self.rows == 0 || m == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
-        let mut y = if self.bands.is_empty() {
-            vec![0.0; self.rows * m]
+        if self.bands.is_empty() {
+            y.fill(0.0);
         } else if m <= self.gemv_batch_max_m {
             // (a submission a 512 rows)
-            let mut y = Vec::with_capacity(self.rows * m);
+            let (r, k) = (self.rows, self.cols);
             for start in (0..m).step_by(MAX_M_PER_DISPATCH) {
                 let mb = MAX_M_PER_DISPATCH.min(m - start);
-                y.extend(self.run_gemv(&x[start * self.cols..(start + mb) * self.cols], mb)?);
+                self.run_gemv_into(
+                    &x[start * k..(start + mb) * k],
+                    mb,
+                    &mut y[start * r..(start + mb) * r],
+                )?;
             }
-            y
         } else {
-            self.run_gemm(x, m)?
-        };
-        add_bias(&mut y, self.bias.as_deref());
-        Ok(y)
+            self.run_gemm_into(x, m, y)?;
+        }
+        add_bias(y, self.bias.as_deref());
+        Ok(())
     }
 }
 

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::call_buffers::{CallBuffers, CallScratch};
 use crate::gpu::{GpuContext, GpuError};
 
 /// The batched kernels of this module (one WGSL file each in `wgsl/`).
@@ -117,10 +118,16 @@ impl LinearKernel {
 
 /// A [`GpuContext`] plus the compiled pipelines of the batched kernels, shared (through `Arc`)
 /// by every layer uploaded to it.
+///
+/// It also keeps the buffers of its layers' calls (activations, outputs, read back) for the
+/// next call: they grow to the largest call's needs and stay until
+/// [`LinearDevice::release_call_buffers`] ([`LinearDevice::call_buffer_bytes`] says how much).
 #[derive(Debug)]
 pub struct LinearDevice {
     gpu: GpuContext,
     pipelines: Mutex<HashMap<LinearKernel, wgpu::ComputePipeline>>,
+    /// One set a call running at once (usually one).
+    call_buffers: Mutex<Vec<CallBuffers>>,
 }
 
 impl LinearDevice {
@@ -135,6 +142,7 @@ impl LinearDevice {
         Arc::new(LinearDevice {
             gpu,
             pipelines: Mutex::new(HashMap::new()),
+            call_buffers: Mutex::new(Vec::new()),
         })
     }
 
@@ -151,6 +159,67 @@ impl LinearDevice {
     /// The queue.
     pub fn queue(&self) -> &wgpu::Queue {
         self.gpu.queue()
+    }
+
+    /// Drops the buffers kept from earlier layer calls (the next call makes new ones).
+    pub fn release_call_buffers(&self) {
+        self.call_buffers.lock().expect("call buffers lock").clear();
+    }
+
+    /// GPU bytes of the buffers kept from earlier layer calls (activations, outputs and the
+    /// read back of the largest calls so far, host-visible for the read back).
+    pub fn call_buffer_bytes(&self) -> u64 {
+        let pool = self.call_buffers.lock().expect("call buffers lock");
+        pool.iter().map(CallBuffers::gpu_bytes).sum()
+    }
+
+    /// A call's buffers, from the pool (given back when the returned value drops).
+    pub(crate) fn call_scratch(&self) -> CallScratch<'_> {
+        let bufs = self
+            .call_buffers
+            .lock()
+            .expect("call buffers lock")
+            .pop()
+            .unwrap_or_default();
+        CallScratch::new(self, bufs)
+    }
+
+    pub(crate) fn give_back_call_buffers(&self, bufs: CallBuffers) {
+        if let Ok(mut pool) = self.call_buffers.lock() {
+            pool.push(bufs);
+        }
+    }
+
+    /// Where a storage binding may start: offsets are multiples of this.
+    pub(crate) fn storage_alignment(&self) -> u64 {
+        u64::from(self.device().limits().min_storage_buffer_offset_alignment).max(4)
+    }
+
+    /// Submits `enc`, runs `after_submit`, maps `readback`'s first `bytes` for reading and
+    /// waits for both.
+    pub(crate) fn submit_and_wait_mapped(
+        &self,
+        enc: wgpu::CommandEncoder,
+        readback: &wgpu::Buffer,
+        bytes: u64,
+        after_submit: impl FnOnce(),
+    ) -> Result<(), GpuError> {
+        let scope = self
+            .device()
+            .push_error_scope(wgpu::ErrorFilter::Validation);
+        self.queue().submit([enc.finish()]);
+        after_submit();
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Wgpu(e.to_string()));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        readback.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
+            let _ = tx.send(r);
+        });
+        self.gpu.wait()?;
+        rx.recv()
+            .map_err(|e| GpuError::Map(e.to_string()))?
+            .map_err(|e| GpuError::Map(e.to_string()))
     }
 
     /// The largest storage buffer the kernels can bind on this device.
@@ -245,59 +314,6 @@ impl LinearDevice {
                 contents: data,
                 usage: wgpu::BufferUsages::UNIFORM,
             })
-    }
-
-    /// Submits `enc`, waits, and copies the listed `(buffer, bytes)` regions back into one
-    /// host vector each.
-    pub(crate) fn submit_and_read(
-        &self,
-        mut enc: wgpu::CommandEncoder,
-        regions: &[(&wgpu::Buffer, u64)],
-    ) -> Result<Vec<Vec<u8>>, GpuError> {
-        let sizes: Vec<u64> = regions.iter().map(|r| r.1.div_ceil(4) * 4).collect();
-        let total: u64 = sizes.iter().sum::<u64>().max(4);
-        let staging = self.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("ecq linear readback"),
-            size: total,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut off = 0;
-        for (&(b, _), &s) in regions.iter().zip(&sizes) {
-            if s > 0 {
-                enc.copy_buffer_to_buffer(b, 0, &staging, off, s);
-            }
-            off += s;
-        }
-        let scope = self
-            .device()
-            .push_error_scope(wgpu::ErrorFilter::Validation);
-        self.queue().submit([enc.finish()]);
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(GpuError::Wgpu(e.to_string()));
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        self.gpu.wait()?;
-        rx.recv()
-            .map_err(|e| GpuError::Map(e.to_string()))?
-            .map_err(|e| GpuError::Map(e.to_string()))?;
-        let out = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| GpuError::Map(e.to_string()))?;
-            let mut out = Vec::with_capacity(regions.len());
-            let mut off = 0usize;
-            for (&(_, n), &s) in regions.iter().zip(&sizes) {
-                out.push(view[off..off + n as usize].to_vec());
-                off += s as usize;
-            }
-            out
-        };
-        staging.unmap();
-        Ok(out)
     }
 }
 

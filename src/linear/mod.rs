@@ -59,6 +59,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod call_buffers;
 mod coded;
 mod cpu;
 mod device;
@@ -134,6 +135,22 @@ pub enum LinearError {
         /// The layer's inputs per row.
         in_features: usize,
     },
+    /// The output slice given to [`Linear::forward_batch_into`] does not fit the call.
+    #[error(
+        "{layer}: y has {got} values, expected {expected} ({m} row(s) of {out_features} outputs)"
+    )]
+    OutputMismatch {
+        /// The layer.
+        layer: String,
+        /// Values given.
+        got: usize,
+        /// Values expected (`m * out_features`).
+        expected: usize,
+        /// Activation rows.
+        m: usize,
+        /// The layer's outputs per row.
+        out_features: usize,
+    },
     /// One tile of the coded matrix (the smallest unit a matrix is split into) or one
     /// activation row needs a buffer larger than the device allows.
     #[error("{layer}: {what} needs {bytes} bytes, more than the device limit {limit} ({limit_name}); split the matrix into smaller tiles (ecq encode --tile-chunks) or use a device with larger buffers")]
@@ -202,6 +219,18 @@ pub trait Linear {
     /// `Y = X W^T + bias` for `m` activation rows (prefill).
     fn forward_batch(&self, x: &[f32], m: usize) -> Result<Vec<f32>, LinearError>;
 
+    /// [`forward_batch`](Self::forward_batch) into `y` (`m` rows of `out_features`), which
+    /// the caller can reuse from call to call: the GPU layers copy their outputs from the read
+    /// back straight into it, where a new vector would cost page faults on its first use
+    /// (BENCHMARKS.md, issue 5, step 91). [`LinearError::OutputMismatch`] if `y` has another
+    /// length; on an error `y` holds no meaningful values.
+    fn forward_batch_into(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), LinearError> {
+        check_y(self.name(), self.out_features(), y.len(), m)?;
+        let out = self.forward_batch(x, m)?;
+        y.copy_from_slice(&out);
+        Ok(())
+    }
+
     /// [`forward`](Self::forward) with `f16` activations in and out (computed in `f32`,
     /// rounded to `f16` once at the end).
     fn forward_f16(&self, x: &[f16]) -> Result<Vec<f16>, LinearError> {
@@ -230,6 +259,21 @@ pub(crate) fn check_x(layer: &str, k: usize, got: usize, m: usize) -> Result<(),
             expected,
             m,
             in_features: k,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that `y` holds `m` rows of `r` values.
+pub(crate) fn check_y(layer: &str, r: usize, got: usize, m: usize) -> Result<(), LinearError> {
+    let expected = m.saturating_mul(r);
+    if got != expected {
+        return Err(LinearError::OutputMismatch {
+            layer: layer.to_string(),
+            got,
+            expected,
+            m,
+            out_features: r,
         });
     }
     Ok(())

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use super::coded::{entry, kparts, m_split, LinearDispatch, MAX_M_PER_DISPATCH, TARGET_WORKGROUPS};
 use super::device::{LinearDevice, LinearKernel};
-use super::{add_bias, check_x, Linear, LinearError};
+use super::{add_bias, check_x, check_y, Linear, LinearError};
+use crate::gpu::BufferRange;
 use crate::quant::QuantizedMatrix;
 
 /// Activation rows up to which [`QuantizedLinear`]'s `forward_batch` runs launches of up to
@@ -249,99 +250,108 @@ impl QuantizedLinear {
 }
 
 impl QuantizedLinear {
-    /// Runs one launch that reads the activations `x` (one buffer, as given) and writes `n`
-    /// outputs, recorded by `record` with the buffers of x and y; returns the outputs.
-    fn run(
+    /// Runs one launch that reads the activations `x` (one buffer, as given) and writes
+    /// `out.len()` outputs, recorded by `record` with the buffers of x and y; reads the
+    /// outputs into `out`.
+    fn run_into(
         &self,
         x: &[f32],
-        n: usize,
+        out: &mut [f32],
         record: impl FnOnce(
             &wgpu::Buffer,
             &wgpu::Buffer,
             &mut wgpu::ComputePass<'_>,
         ) -> Result<(), LinearError>,
-    ) -> Result<Vec<f32>, LinearError> {
-        let xb = self
-            .dev
-            .buffer("x", (x.len() * 4) as u64, wgpu::BufferUsages::empty());
-        self.dev.write(&xb, bytemuck::cast_slice(x));
-        let bytes = (n * 4) as u64;
-        let yb = self.dev.buffer("y", bytes, wgpu::BufferUsages::COPY_SRC);
+    ) -> Result<(), LinearError> {
+        let mut scratch = self.dev.call_scratch();
         let mut enc = self
             .dev
             .device()
             .create_command_encoder(&Default::default());
+        let xb = scratch.upload(&mut enc, x);
+        let yb = scratch.y((out.len() * 4) as u64);
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             record(&xb, &yb, &mut pass)?;
         }
-        let out = self
-            .dev
-            .submit_and_read(enc, &[(&yb, bytes)])
+        scratch
+            .submit_and_read_into(enc, &yb, out, &[])
             .map_err(|source| LinearError::Gpu {
                 layer: self.name.clone(),
                 source,
             })?;
-        Ok(bytemuck::pod_collect_to_vec::<u8, f32>(&out[0]))
+        Ok(())
     }
 
-    /// The plain multi-vector GEMV of `m` rows of `x` (4-bit, `cols % 16 == 0`: no padding),
-    /// in launches of up to [`crate::gpu::MAX_GEMV_VECTORS`] rows on activations in lane
-    /// order, recorded into one submission, plus the bias.
-    fn run_many(
+    /// The plain multi-vector GEMV of `m` rows of `x` (4-bit, `cols % 16 == 0`: no padding)
+    /// into `out` (no bias), in launches of up to [`crate::gpu::MAX_GEMV_VECTORS`] rows on
+    /// activations in lane order (or, with the cooperative option, launches of at least
+    /// [`super::COOP_MIN_ROWS`] on cooperative matrices), recorded into one submission. The
+    /// launches share the call's buffers as [`EntropyCodedLinear`](super::EntropyCodedLinear)'s
+    /// do: activations from ranges of one buffer, outputs in place where the device can bind
+    /// their offsets, else in a parts buffer copied into place.
+    fn run_many_into(
         &self,
         v: &crate::gpu::GpuQuantizedMatrix,
         x: &[f32],
         m: usize,
-    ) -> Result<Vec<f32>, LinearError> {
+        out: &mut [f32],
+    ) -> Result<(), LinearError> {
         let (r, k) = (self.out_features(), self.in_features());
         let gpu_err = |source| LinearError::Gpu {
             layer: self.name.clone(),
             source,
         };
+        let (device, registry) = (self.dev.device(), self.dev.gpu().registry());
+        let align = self.dev.storage_alignment();
         let per = crate::gpu::MAX_GEMV_VECTORS as usize;
+        let launches = m.div_ceil(per);
         let row_bytes = (r * 4) as u64;
-        let y = self
-            .dev
-            .buffer("y", row_bytes * m as u64, wgpu::BufferUsages::COPY_SRC);
-        let mut enc = self
-            .dev
-            .device()
-            .create_command_encoder(&Default::default());
-        // (each launch writes a buffer of its own, copied into y: storage bindings at
-        // arbitrary offsets are not allowed)
+        let x_slot = ((per * k * 4) as u64).next_multiple_of(align);
+        let coop = |n: usize| self.coop && n >= super::COOP_MIN_ROWS;
+        let mut scratch = self.dev.call_scratch();
+        let mut enc = device.create_command_encoder(&Default::default());
+        let xb = scratch
+            .upload_with(&mut enc, (x_slot / 4) as usize * launches, |host| {
+                for (j, i) in (0..m).step_by(per).enumerate() {
+                    let n = per.min(m - i);
+                    let at = j * (x_slot / 4) as usize;
+                    let (src, dst) = (&x[i * k..(i + n) * k], &mut host[at..at + n * k]);
+                    // (cooperative launches read column order, which their pass rearranges)
+                    if coop(n) {
+                        dst.copy_from_slice(src);
+                    } else {
+                        crate::gpu::x_lane_order_into(src, k, dst)?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(gpu_err)?;
+        let y = scratch.y(row_bytes * m as u64);
+        let in_place = launches == 1 || (per as u64 * row_bytes).is_multiple_of(align);
+        let part_slot = (per as u64 * row_bytes).next_multiple_of(align);
+        let parts = (!in_place).then(|| scratch.parts(part_slot * launches as u64));
         let mut copies = Vec::new();
         // (the cooperative launches' activation buffers, by vectors: made once a call, since
         // the launches run one after another in the pass)
         let mut coop_acts: Vec<crate::gpu::CoopActivations> = Vec::new();
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            for i in (0..m).step_by(per) {
+            for (j, i) in (0..m).step_by(per).enumerate() {
                 let n = per.min(m - i);
-                let coop = self.coop && n >= super::COOP_MIN_ROWS;
-                // (cooperative launches read column order, which their pass rearranges)
-                let lanes = if coop {
-                    x[i * k..(i + n) * k].to_vec()
-                } else {
-                    self.lane_order(&x[i * k..(i + n) * k])?
+                let xr = BufferRange::new(&xb, j as u64 * x_slot, (n * k * 4) as u64);
+                let yr = match &parts {
+                    None => BufferRange::new(&y, i as u64 * row_bytes, n as u64 * row_bytes),
+                    Some(p) => {
+                        copies.push((
+                            j as u64 * part_slot,
+                            i as u64 * row_bytes,
+                            n as u64 * row_bytes,
+                        ));
+                        BufferRange::new(p, j as u64 * part_slot, n as u64 * row_bytes)
+                    }
                 };
-                let xb =
-                    self.dev
-                        .buffer("x", (lanes.len() * 4) as u64, wgpu::BufferUsages::empty());
-                self.dev.write(&xb, bytemuck::cast_slice(&lanes));
-                let yb = if n == m {
-                    y.clone()
-                } else {
-                    let s = self.dev.buffer(
-                        "y part",
-                        row_bytes * n as u64,
-                        wgpu::BufferUsages::COPY_SRC,
-                    );
-                    copies.push((s.clone(), i as u64 * row_bytes, row_bytes * n as u64));
-                    s
-                };
-                let (device, registry) = (self.dev.device(), self.dev.gpu().registry());
-                if coop {
+                if coop(n) {
                     let acts = crate::gpu::cached_activations(
                         &mut coop_acts,
                         device,
@@ -350,30 +360,28 @@ impl QuantizedLinear {
                         crate::gpu::CoopOrder::Packed,
                     )
                     .map_err(gpu_err)?;
-                    crate::gpu::coop_x_dispatch(device, registry, &xb, acts)
+                    crate::gpu::coop_x_dispatch(device, registry, xr, acts)
                         .map_err(gpu_err)?
                         .record(&mut pass);
-                    v.gemv_coop_dispatch(device, registry, acts, &yb)
+                    v.gemv_coop_dispatch(device, registry, acts, yr)
                         .map_err(gpu_err)?
                         .record(&mut pass);
                     continue;
                 }
-                v.gemv_many_lane_order_dispatch(device, registry, &xb, &yb, n as u32)
+                v.gemv_many_lane_order_dispatch(device, registry, xr, yr, n as u32)
                     .map_err(gpu_err)?
                     .record(&mut pass);
             }
         }
-        for (s, at, bytes) in &copies {
-            enc.copy_buffer_to_buffer(s, 0, &y, *at, *bytes);
+        if let Some(p) = &parts {
+            for &(from, at, bytes) in &copies {
+                enc.copy_buffer_to_buffer(p, from, &y, at, bytes);
+            }
         }
-        let bytes = row_bytes * m as u64;
-        let out = self
-            .dev
-            .submit_and_read(enc, &[(&y, bytes)])
+        scratch
+            .submit_and_read_into(enc, &y, out, &[])
             .map_err(gpu_err)?;
-        let mut y: Vec<f32> = bytemuck::pod_collect_to_vec(&out[0]);
-        add_bias(&mut y, self.bias.as_deref());
-        Ok(y)
+        Ok(())
     }
 
     /// `x` (rows of `in_features`, a multiple of 16) in lane order.
@@ -384,7 +392,8 @@ impl QuantizedLinear {
         })
     }
 
-    /// [`Self::run`] of one launch of the plain GEMV matrix (`launch(x, y)`), plus the bias.
+    /// [`Self::run_into`] of one launch of the plain GEMV matrix (`launch(x, y)`), plus the
+    /// bias.
     fn run_with_bias(
         &self,
         x: &[f32],
@@ -394,7 +403,8 @@ impl QuantizedLinear {
             &wgpu::Buffer,
         ) -> Result<crate::gpu::Dispatch, crate::gpu::GpuError>,
     ) -> Result<Vec<f32>, LinearError> {
-        let mut y = self.run(x, n, |xb, yb, pass| {
+        let mut y = vec![0.0; n];
+        self.run_into(x, &mut y, |xb, yb, pass| {
             launch(xb, yb)
                 .map_err(|source| LinearError::Gpu {
                     layer: self.name.clone(),
@@ -439,8 +449,19 @@ impl Linear for QuantizedLinear {
     }
 
     fn forward_batch(&self, x: &[f32], m: usize) -> Result<Vec<f32>, LinearError> {
+        check_x(&self.name, self.in_features(), x.len(), m)?;
+        let mut y = vec![0.0; self.out_features() * m];
+        self.forward_batch_into(x, m, &mut y)?;
+        Ok(y)
+    }
+
+    fn forward_batch_into(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), LinearError> {
         let (r, k) = (self.out_features(), self.in_features());
         check_x(&self.name, k, x.len(), m)?;
+        check_y(&self.name, r, y.len(), m)?;
+        if m == 0 || r == 0 {
+            return Ok(());
+        }
         let registry = self.dev.gpu().registry();
         let many_max = if r * k <= 1 << 22 {
             PLAIN_GEMV_MANY_MAX_M_SMALL
@@ -452,7 +473,9 @@ impl Linear for QuantizedLinear {
             .as_ref()
             .filter(|v| (2..=many_max).contains(&m) && v.gemv_many_supported(registry))
         {
-            return self.run_many(v, x, m);
+            self.run_many_into(v, x, m, y)?;
+            add_bias(y, self.bias.as_deref());
+            return Ok(());
         }
         // with cooperative matrices, launches of 16 rows at every row count for matrices of
         // more than 2^22 weights: on an H200 at 512 rows they took 0.22-0.27x `qgemm`'s GPU
@@ -463,30 +486,39 @@ impl Linear for QuantizedLinear {
             .as_ref()
             .filter(|_| self.coop && m > many_max && r * k > 1 << 22)
         {
-            let mut y = Vec::with_capacity(m * r);
             for start in (0..m).step_by(MAX_M_PER_DISPATCH) {
                 let mb = MAX_M_PER_DISPATCH.min(m - start);
-                y.extend(self.run_many(v, &x[start * k..(start + mb) * k], mb)?);
+                self.run_many_into(
+                    v,
+                    &x[start * k..(start + mb) * k],
+                    mb,
+                    &mut y[start * r..(start + mb) * r],
+                )?;
             }
-            return Ok(y);
+            add_bias(y, self.bias.as_deref());
+            return Ok(());
         }
         let k4 = k.div_ceil(4) * 4;
-        let mut y = Vec::with_capacity(m * r);
+        let mut padded = Vec::new();
         for start in (0..m).step_by(MAX_M_PER_DISPATCH) {
             let mb = MAX_M_PER_DISPATCH.min(m - start);
-            let mut padded = vec![0.0f32; k4 * mb];
-            for (dst, src) in padded
-                .chunks_exact_mut(k4)
-                .zip(x[start * k..(start + mb) * k].chunks_exact(k))
-            {
-                dst[..k].copy_from_slice(src);
-            }
-            y.extend(self.run(&padded, mb * r, |xb, yb, pass| {
+            let xs = &x[start * k..(start + mb) * k];
+            let xs = if k4 == k {
+                xs
+            } else {
+                padded.clear();
+                padded.resize(k4 * mb, 0.0);
+                for (dst, src) in padded.chunks_exact_mut(k4).zip(xs.chunks_exact(k)) {
+                    dst[..k].copy_from_slice(src);
+                }
+                &padded
+            };
+            self.run_into(xs, &mut y[start * r..(start + mb) * r], |xb, yb, pass| {
                 self.batch_dispatch(xb, yb, mb)?.record(pass);
                 Ok(())
-            })?);
+            })?;
         }
-        add_bias(&mut y, self.bias.as_deref());
-        Ok(y)
+        add_bias(y, self.bias.as_deref());
+        Ok(())
     }
 }

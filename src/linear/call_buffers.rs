@@ -1,0 +1,280 @@
+//! The buffers a layer call needs (activations in, outputs out, the read back), kept by the
+//! [`LinearDevice`] for the next call.
+//!
+//! Why: a `forward_batch` call of 512 rows at 14336x4096 on an H200 spent ~75 ms of host time
+//! around ~4 ms of GPU work when every call made its buffers anew: a buffer per launch for
+//! the activations and one for the outputs, a read-back buffer, and two fresh host vectors
+//! for the outputs (BENCHMARKS.md, issue 5, step 91). Fresh memory costs page faults and the
+//! driver's allocation; reused buffers cost neither. The launches of a call share the
+//! buffers through ranges ([`crate::gpu::BufferRange`]) at offsets the device can bind.
+//!
+//! Invariants: a [`CallBuffers`] is used by one call at a time (the pool hands each call its
+//! own); the read-back buffer is unmapped whenever it is in the pool (a failed read drops it);
+//! the kept buffers only grow, up to the largest call's needs, until
+//! [`LinearDevice::release_call_buffers`].
+
+use super::device::LinearDevice;
+use crate::gpu::GpuError;
+
+/// Buffers of at most this many bytes are rounded up to a power of two, larger ones to a
+/// multiple of it, so that calls of slightly different sizes reuse them.
+const ROUND_BYTES: u64 = 1 << 20;
+
+/// The kept buffers of one call (see the module doc).
+#[derive(Debug, Default)]
+pub(crate) struct CallBuffers {
+    /// Activations (`STORAGE | COPY_DST`).
+    x: Option<wgpu::Buffer>,
+    /// Outputs (`STORAGE | COPY_DST | COPY_SRC`).
+    y: Option<wgpu::Buffer>,
+    /// Launch outputs copied into `y` where they cannot be written in place
+    /// (`STORAGE | COPY_SRC`).
+    parts: Option<wgpu::Buffer>,
+    /// Activations a launch prepares for another (`STORAGE`).
+    aux: Option<wgpu::Buffer>,
+    /// The read back (`MAP_READ | COPY_DST`).
+    readback: Option<wgpu::Buffer>,
+    /// The upload's mapped staging memory and its chunk size: `Queue::write_buffer` makes new
+    /// staging memory every time, which cost milliseconds a call at 29 MB.
+    belt: Option<(wgpu::util::StagingBelt, u64)>,
+    /// Activations as the host rearranges them before the upload.
+    host: Vec<f32>,
+}
+
+impl CallBuffers {
+    /// GPU bytes held.
+    pub(crate) fn gpu_bytes(&self) -> u64 {
+        let staging = self.belt.as_ref().map_or(0, |(_, chunk)| *chunk);
+        [&self.x, &self.y, &self.parts, &self.aux, &self.readback]
+            .iter()
+            .filter_map(|b| b.as_ref().map(|b| b.size()))
+            .sum::<u64>()
+            + staging
+    }
+}
+
+/// A [`CallBuffers`] taken from the device's pool for one call, given back when dropped.
+pub(crate) struct CallScratch<'a> {
+    dev: &'a LinearDevice,
+    bufs: Option<CallBuffers>,
+    /// An upload was recorded and its encoder not yet submitted: if the call ends so (an
+    /// error), the belt's chunks would never come back, so the belt is dropped.
+    pending_upload: bool,
+}
+
+/// The size a kept buffer of at least `bytes` gets (see [`ROUND_BYTES`]), within `max`.
+fn rounded(bytes: u64, max: u64) -> u64 {
+    let r = if bytes <= ROUND_BYTES {
+        bytes.max(256).next_power_of_two()
+    } else {
+        bytes.div_ceil(ROUND_BYTES) * ROUND_BYTES
+    };
+    r.min(max).max(bytes)
+}
+
+impl<'a> CallScratch<'a> {
+    pub(crate) fn new(dev: &'a LinearDevice, bufs: CallBuffers) -> Self {
+        CallScratch {
+            dev,
+            bufs: Some(bufs),
+            pending_upload: false,
+        }
+    }
+
+    fn bufs(&mut self) -> &mut CallBuffers {
+        self.bufs.as_mut().expect("taken only on drop")
+    }
+
+    /// The buffer in `slot` if it holds at least `bytes`, else a new one (kept in `slot`).
+    fn grow(
+        dev: &LinearDevice,
+        slot: &mut Option<wgpu::Buffer>,
+        label: &str,
+        bytes: u64,
+        usage: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
+        if let Some(b) = slot.as_ref().filter(|b| b.size() >= bytes) {
+            return b.clone();
+        }
+        // (drop the old one first: the new one may be large)
+        *slot = None;
+        let size = rounded(bytes.max(4).div_ceil(16) * 16, dev.max_buffer_bytes());
+        let b = dev.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        });
+        *slot = Some(b.clone());
+        b
+    }
+
+    /// The outputs buffer, at least `bytes`.
+    pub(crate) fn y(&mut self, bytes: u64) -> wgpu::Buffer {
+        let dev = self.dev;
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC;
+        Self::grow(dev, &mut self.bufs().y, "ecq call outputs", bytes, usage)
+    }
+
+    /// The buffer for launch outputs copied into place, at least `bytes`.
+    pub(crate) fn parts(&mut self, bytes: u64) -> wgpu::Buffer {
+        let dev = self.dev;
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        Self::grow(dev, &mut self.bufs().parts, "ecq call parts", bytes, usage)
+    }
+
+    /// The buffer for activations a launch prepares, at least `bytes`.
+    pub(crate) fn aux(&mut self, bytes: u64) -> wgpu::Buffer {
+        let dev = self.dev;
+        let usage = wgpu::BufferUsages::STORAGE;
+        Self::grow(dev, &mut self.bufs().aux, "ecq call aux", bytes, usage)
+    }
+
+    /// The activations buffer holding `x`: the copy from the kept staging memory is recorded
+    /// into `enc`, which [`Self::submit_and_read_into`] must submit.
+    pub(crate) fn upload(&mut self, enc: &mut wgpu::CommandEncoder, x: &[f32]) -> wgpu::Buffer {
+        let dev = self.dev;
+        let bytes = std::mem::size_of_val(x) as u64;
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let buf = Self::grow(
+            dev,
+            &mut self.bufs().x,
+            "ecq call activations",
+            bytes,
+            usage,
+        );
+        if let Some(size) = wgpu::BufferSize::new(bytes) {
+            let bufs = self.bufs();
+            // (a belt whose chunks are smaller than this upload is replaced: one chunk an
+            // upload, reused from call to call)
+            if bufs.belt.as_ref().is_none_or(|(_, chunk)| *chunk < bytes) {
+                let chunk = rounded(bytes, u64::MAX);
+                bufs.belt = Some((
+                    wgpu::util::StagingBelt::new(dev.device().clone(), chunk),
+                    chunk,
+                ));
+            }
+            let (belt, _) = bufs.belt.as_mut().expect("made above");
+            belt.write_buffer(enc, &buf, 0, size)
+                .copy_from_slice(bytemuck::cast_slice(x));
+            self.pending_upload = true;
+        }
+        buf
+    }
+
+    /// [`Self::upload`] of `values` f32 that `fill` writes into a host vector kept between
+    /// calls (`fill` must write every value the launches read: the vector holds an earlier
+    /// call's values).
+    pub(crate) fn upload_with<E>(
+        &mut self,
+        enc: &mut wgpu::CommandEncoder,
+        values: usize,
+        fill: impl FnOnce(&mut [f32]) -> Result<(), E>,
+    ) -> Result<wgpu::Buffer, E> {
+        let mut host = std::mem::take(&mut self.bufs().host);
+        host.resize(values, 0.0);
+        let filled = fill(&mut host);
+        let buf = filled.map(|()| self.upload(enc, &host));
+        self.bufs().host = host;
+        buf
+    }
+
+    /// Records the copy of `out.len()` f32 from the start of `y`, then of the listed
+    /// `(buffer, bytes)` regions, into the read-back buffer, submits `enc`, waits, and copies
+    /// the outputs into `out` and each region into a host vector of its own.
+    pub(crate) fn submit_and_read_into(
+        &mut self,
+        mut enc: wgpu::CommandEncoder,
+        y: &wgpu::Buffer,
+        out: &mut [f32],
+        regions: &[(&wgpu::Buffer, u64)],
+    ) -> Result<Vec<Vec<u8>>, GpuError> {
+        let dev = self.dev;
+        let y_bytes = (out.len() * 4) as u64;
+        let sizes: Vec<u64> = regions.iter().map(|r| r.1.div_ceil(4) * 4).collect();
+        let total = y_bytes + sizes.iter().sum::<u64>();
+        let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+        let readback = Self::grow(dev, &mut self.bufs().readback, "ecq readback", total, usage);
+        // (back in the pool only once it is unmapped again)
+        self.bufs().readback = None;
+        if y_bytes > 0 {
+            enc.copy_buffer_to_buffer(y, 0, &readback, 0, y_bytes);
+        }
+        let mut off = y_bytes;
+        for (&(b, _), &s) in regions.iter().zip(&sizes) {
+            if s > 0 {
+                enc.copy_buffer_to_buffer(b, 0, &readback, off, s);
+            }
+            off += s;
+        }
+        // (the belt's chunks are unmapped for the copies, and mapped again for the next call
+        // once the submission is done: the wait below completes that)
+        let mut belt = self.bufs().belt.take();
+        if let Some((b, _)) = belt.as_mut() {
+            b.finish();
+        }
+        let submitted = dev.submit_and_wait_mapped(enc, &readback, total, || {
+            if let Some((b, _)) = belt.as_mut() {
+                b.recall();
+            }
+        });
+        self.bufs().belt = belt;
+        self.pending_upload = false;
+        submitted?;
+        let view = readback
+            .get_mapped_range(..total)
+            .map_err(|e| GpuError::Map(e.to_string()))?;
+        bytemuck::cast_slice_mut::<f32, u8>(out).copy_from_slice(&view[..y_bytes as usize]);
+        let mut parts = Vec::with_capacity(regions.len());
+        let mut off = y_bytes as usize;
+        for (&(_, n), &s) in regions.iter().zip(&sizes) {
+            parts.push(view[off..off + n as usize].to_vec());
+            off += s as usize;
+        }
+        drop(view);
+        readback.unmap();
+        self.bufs().readback = Some(readback);
+        Ok(parts)
+    }
+}
+
+impl Drop for CallScratch<'_> {
+    fn drop(&mut self) {
+        if let Some(mut bufs) = self.bufs.take() {
+            if self.pending_upload {
+                bufs.belt = None;
+            }
+            self.dev.give_back_call_buffers(bufs);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{rounded, ROUND_BYTES};
+
+    /// Kept buffers hold what was asked, are rounded so that nearby sizes share them, and
+    /// stay within the device limit unless the request itself exceeds it.
+    #[test]
+    fn kept_sizes_round_up_within_the_limit() {
+        assert_eq!(rounded(1, u64::MAX), 256);
+        assert_eq!(rounded(300, u64::MAX), 512);
+        assert_eq!(rounded(ROUND_BYTES, u64::MAX), ROUND_BYTES);
+        assert_eq!(rounded(ROUND_BYTES + 1, u64::MAX), 2 * ROUND_BYTES);
+        assert_eq!(rounded(29_360_128 + 4, u64::MAX), 29 * ROUND_BYTES);
+        assert_eq!(
+            rounded(3 * ROUND_BYTES + 5, 3 * ROUND_BYTES + 100),
+            3 * ROUND_BYTES + 100
+        );
+        assert_eq!(rounded(500, 400), 500);
+        for b in (1..5000u64)
+            .step_by(37)
+            .chain([1 << 24, (1 << 24) + 3, 1 << 30])
+        {
+            let r = rounded(b, 1 << 29);
+            assert!(r >= b && (r <= 1 << 29 || r == b), "{b} -> {r}");
+        }
+    }
+}
