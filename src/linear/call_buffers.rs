@@ -37,8 +37,6 @@ pub(crate) struct CallBuffers {
     /// The upload's mapped staging memory and its chunk size: `Queue::write_buffer` makes new
     /// staging memory every time, which cost milliseconds a call at 29 MB.
     belt: Option<(wgpu::util::StagingBelt, u64)>,
-    /// Activations as the host rearranges them before the upload.
-    host: Vec<f32>,
 }
 
 impl CallBuffers {
@@ -60,6 +58,31 @@ pub(crate) struct CallScratch<'a> {
     /// An upload was recorded and its encoder not yet submitted: if the call ends so (an
     /// error), the belt's chunks would never come back, so the belt is dropped.
     pending_upload: bool,
+}
+
+/// Writes an upload front to back into the staging memory ([`CallScratch::upload_with`]).
+pub(crate) struct StagingWriter<'a> {
+    rest: wgpu::WriteOnly<'a, [u8]>,
+    overflow: bool,
+}
+
+impl StagingWriter<'_> {
+    /// Writes `values` next (nothing, and an error for the upload, past its end).
+    pub(crate) fn put(&mut self, values: &[f32]) {
+        let bytes: &[u8] = bytemuck::cast_slice(values);
+        match self.rest.split_off(..bytes.len()) {
+            Some(mut head) => head.copy_from_slice(bytes),
+            None => self.overflow = true,
+        }
+    }
+
+    /// Writes `n` zeros next.
+    pub(crate) fn zeros(&mut self, n: usize) {
+        match self.rest.split_off(..n * 4) {
+            Some(mut head) => head.fill(0),
+            None => self.overflow = true,
+        }
+    }
 }
 
 /// The size a kept buffer of at least `bytes` gets (see [`ROUND_BYTES`]), within `max`.
@@ -134,9 +157,28 @@ impl<'a> CallScratch<'a> {
 
     /// The activations buffer holding `x`: the copy from the kept staging memory is recorded
     /// into `enc`, which [`Self::submit_and_read_into`] must submit.
-    pub(crate) fn upload(&mut self, enc: &mut wgpu::CommandEncoder, x: &[f32]) -> wgpu::Buffer {
+    pub(crate) fn upload(
+        &mut self,
+        enc: &mut wgpu::CommandEncoder,
+        x: &[f32],
+    ) -> Result<wgpu::Buffer, GpuError> {
+        self.upload_with(enc, x.len(), |w| {
+            w.put(x);
+            Ok(())
+        })
+    }
+
+    /// [`Self::upload`] of `values` f32 that `fill` writes in order, straight into the mapped
+    /// staging memory (which may be write-combining: written once, front to back, never read).
+    /// Whatever `fill` leaves unwritten at the end is zero; writing past `values` is an error.
+    pub(crate) fn upload_with(
+        &mut self,
+        enc: &mut wgpu::CommandEncoder,
+        values: usize,
+        fill: impl FnOnce(&mut StagingWriter<'_>) -> Result<(), GpuError>,
+    ) -> Result<wgpu::Buffer, GpuError> {
         let dev = self.dev;
-        let bytes = std::mem::size_of_val(x) as u64;
+        let bytes = (values * 4) as u64;
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
         let buf = Self::grow(
             dev,
@@ -145,40 +187,34 @@ impl<'a> CallScratch<'a> {
             bytes,
             usage,
         );
-        if let Some(size) = wgpu::BufferSize::new(bytes) {
-            let bufs = self.bufs();
-            // (a belt whose chunks are smaller than this upload is replaced: one chunk an
-            // upload, reused from call to call)
-            if bufs.belt.as_ref().is_none_or(|(_, chunk)| *chunk < bytes) {
-                let chunk = rounded(bytes, u64::MAX);
-                bufs.belt = Some((
-                    wgpu::util::StagingBelt::new(dev.device().clone(), chunk),
-                    chunk,
-                ));
-            }
-            let (belt, _) = bufs.belt.as_mut().expect("made above");
-            belt.write_buffer(enc, &buf, 0, size)
-                .copy_from_slice(bytemuck::cast_slice(x));
-            self.pending_upload = true;
+        let Some(size) = wgpu::BufferSize::new(bytes) else {
+            return Ok(buf);
+        };
+        let bufs = self.bufs();
+        // (a belt whose chunks are smaller than this upload is replaced: one chunk an upload,
+        // reused from call to call)
+        if bufs.belt.as_ref().is_none_or(|(_, chunk)| *chunk < bytes) {
+            let chunk = rounded(bytes, u64::MAX);
+            bufs.belt = Some((
+                wgpu::util::StagingBelt::new(dev.device().clone(), chunk),
+                chunk,
+            ));
         }
-        buf
-    }
-
-    /// [`Self::upload`] of `values` f32 that `fill` writes into a host vector kept between
-    /// calls (`fill` must write every value the launches read: the vector holds an earlier
-    /// call's values).
-    pub(crate) fn upload_with<E>(
-        &mut self,
-        enc: &mut wgpu::CommandEncoder,
-        values: usize,
-        fill: impl FnOnce(&mut [f32]) -> Result<(), E>,
-    ) -> Result<wgpu::Buffer, E> {
-        let mut host = std::mem::take(&mut self.bufs().host);
-        host.resize(values, 0.0);
-        let filled = fill(&mut host);
-        let buf = filled.map(|()| self.upload(enc, &host));
-        self.bufs().host = host;
-        buf
+        let (belt, _) = bufs.belt.as_mut().expect("made above");
+        let mut view = belt.write_buffer(enc, &buf, 0, size);
+        self.pending_upload = true;
+        let mut w = StagingWriter {
+            rest: view.slice(..),
+            overflow: false,
+        };
+        let filled = fill(&mut w);
+        w.rest.fill(0);
+        if w.overflow {
+            return Err(GpuError::InvalidInput(format!(
+                "activation upload: written past its {values} values"
+            )));
+        }
+        filled.map(|()| buf)
     }
 
     /// Records the copy of `out.len()` f32 from the start of `y`, then of the listed
@@ -253,7 +289,33 @@ impl Drop for CallScratch<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{rounded, ROUND_BYTES};
+    use super::{rounded, StagingWriter, ROUND_BYTES};
+
+    /// The writer fills its memory front to back, and marks (without writing) what would go
+    /// past the end.
+    #[test]
+    fn staging_writer_writes_in_order_and_stops_at_the_end() {
+        let mut mem = [0xAAu8; 20];
+        let mut w = StagingWriter {
+            rest: wgpu::WriteOnly::from_mut(mem.as_mut_slice()),
+            overflow: false,
+        };
+        w.put(&[1.0, 2.0]);
+        w.zeros(1);
+        w.put(&[3.0]);
+        assert!(!w.overflow);
+        w.put(&[4.0, 5.0]);
+        assert!(w.overflow);
+        w.overflow = false;
+        w.zeros(2);
+        assert!(w.overflow);
+        w.rest.fill(0);
+        let got: Vec<f32> = mem
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(got, [1.0, 2.0, 0.0, 3.0, 0.0]);
+    }
 
     /// Kept buffers hold what was asked, are rounded so that nearby sizes share them, and
     /// stay within the device limit unless the request itself exceeds it.

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::call_buffers::StagingWriter;
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, check_y, Linear, LinearError};
 use crate::gpu::{
@@ -1611,34 +1612,36 @@ impl EntropyCodedLinear {
         Ok(())
     }
 
-    /// Writes `m` rows of `x` into `host` as the GEMV launches read them: runs of
-    /// [`Self::gemv_vectors`] rows (one a launch), run `j` from `j * slot`, rows `ceil(K/4) * 4`
-    /// apart (zero padded), in lane order where the launch reads it. What lies between the
-    /// runs is left as it was: no launch reads it.
-    fn fill_gemv_x(
+    /// Writes `m` rows of `x` as the GEMV launches read them: runs of [`Self::gemv_vectors`]
+    /// rows (one a launch) `slot` values apart, rows `ceil(K/4) * 4` apart (zero padded), in
+    /// lane order where the launch reads it (permuted a run of 512 columns at a time, so that
+    /// the staging memory is written front to back).
+    fn write_gemv_x(
         &self,
         x: &[f32],
         m: usize,
         slot: usize,
-        host: &mut [f32],
+        w: &mut StagingWriter<'_>,
     ) -> Result<(), GpuError> {
         let (k, per) = (self.cols, self.gemv_vectors as usize);
         let k4 = k.div_ceil(4) * 4;
-        for (j, i) in (0..m).step_by(per).enumerate() {
+        let mut run = [0.0f32; 512];
+        for i in (0..m).step_by(per) {
             let n = per.min(m - i);
-            let (src, dst) = (
-                &x[i * k..(i + n) * k],
-                &mut host[j * slot..j * slot + n * k4],
-            );
-            if self.lane_order && !self.coop_launch(n) {
-                // (k % 512 == 0 for window splits in row pairs: no padding)
-                x_lane_order_into(src, k, dst)?;
-            } else {
-                for (d, s) in dst.chunks_exact_mut(k4).zip(src.chunks_exact(k)) {
-                    d[..k].copy_from_slice(s);
-                    d[k..].fill(0.0);
+            for row in x[i * k..(i + n) * k].chunks_exact(k) {
+                if self.lane_order && !self.coop_launch(n) {
+                    // (k % 512 == 0 for window splits in row pairs: no padding)
+                    for src in row.chunks(512) {
+                        let dst = &mut run[..src.len()];
+                        x_lane_order_into(src, src.len(), dst)?;
+                        w.put(dst);
+                    }
+                } else {
+                    w.put(row);
+                    w.zeros(k4 - k);
                 }
             }
+            w.zeros(slot - n * k4);
         }
         Ok(())
     }
@@ -1674,8 +1677,8 @@ impl EntropyCodedLinear {
         let mut scratch = dev.call_scratch();
         let mut enc = device.create_command_encoder(&Default::default());
         let xb = scratch
-            .upload_with(&mut enc, (x_slot / 4) as usize * launches, |host| {
-                self.fill_gemv_x(x, m, (x_slot / 4) as usize, host)
+            .upload_with(&mut enc, (x_slot / 4) as usize * launches, |w| {
+                self.write_gemv_x(x, m, (x_slot / 4) as usize, w)
             })
             .map_err(|e| self.gpu_err(e))?;
         let y = scratch.y(row_bytes * m as u64);
@@ -1819,18 +1822,15 @@ impl EntropyCodedLinear {
                 .device()
                 .create_command_encoder(&Default::default());
             let xs = &x[start * k..(start + mb) * k];
-            let xb = if k4 == k {
-                scratch.upload(&mut enc, xs)
-            } else {
-                let xb = scratch.upload_with::<GpuError>(&mut enc, mb * k4, |host| {
-                    for (d, s) in host.chunks_exact_mut(k4).zip(xs.chunks_exact(k)) {
-                        d[..k].copy_from_slice(s);
-                        d[k..].fill(0.0);
+            let xb = scratch
+                .upload_with(&mut enc, mb * k4, |w| {
+                    for row in xs.chunks_exact(k) {
+                        w.put(row);
+                        w.zeros(k4 - k);
                     }
                     Ok(())
-                });
-                xb.map_err(|e| self.gpu_err(e))?
-            };
+                })
+                .map_err(|e| self.gpu_err(e))?;
             let yb = scratch.y((mb * r * 4) as u64);
             for band in &self.bands {
                 enc.clear_buffer(&band.errors, 0, None);

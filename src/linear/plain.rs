@@ -268,7 +268,12 @@ impl QuantizedLinear {
             .dev
             .device()
             .create_command_encoder(&Default::default());
-        let xb = scratch.upload(&mut enc, x);
+        let xb = scratch
+            .upload(&mut enc, x)
+            .map_err(|source| LinearError::Gpu {
+                layer: self.name.clone(),
+                source,
+            })?;
         let yb = scratch.y((out.len() * 4) as u64);
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
@@ -312,17 +317,24 @@ impl QuantizedLinear {
         let mut scratch = self.dev.call_scratch();
         let mut enc = device.create_command_encoder(&Default::default());
         let xb = scratch
-            .upload_with(&mut enc, (x_slot / 4) as usize * launches, |host| {
-                for (j, i) in (0..m).step_by(per).enumerate() {
+            .upload_with(&mut enc, (x_slot / 4) as usize * launches, |w| {
+                let mut run = [0.0f32; 512];
+                for i in (0..m).step_by(per) {
                     let n = per.min(m - i);
-                    let at = j * (x_slot / 4) as usize;
-                    let (src, dst) = (&x[i * k..(i + n) * k], &mut host[at..at + n * k]);
-                    // (cooperative launches read column order, which their pass rearranges)
-                    if coop(n) {
-                        dst.copy_from_slice(src);
-                    } else {
-                        crate::gpu::x_lane_order_into(src, k, dst)?;
+                    for row in x[i * k..(i + n) * k].chunks_exact(k) {
+                        // (cooperative launches read column order, which their pass
+                        // rearranges; lane order a run of 512 columns at a time)
+                        if coop(n) {
+                            w.put(row);
+                            continue;
+                        }
+                        for src in row.chunks(512) {
+                            let dst = &mut run[..src.len()];
+                            crate::gpu::x_lane_order_into(src, src.len(), dst)?;
+                            w.put(dst);
+                        }
                     }
+                    w.zeros((x_slot / 4) as usize - n * k);
                 }
                 Ok(())
             })
