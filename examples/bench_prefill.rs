@@ -455,6 +455,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let plain_f32 = QuantizedLinear::upload(&dev, "bench", &q, None)?;
                 let mut plain_coop = QuantizedLinear::upload(&dev, "bench", &q, None)?;
                 plain_coop.set_cooperative_matrix(true);
+                // (the cooperative layers with GEMV launches at every row count, whatever the
+                // size rule says)
+                let fused_all = EntropyCodedLinear::upload(
+                    &dev,
+                    "bench",
+                    layer_ref(),
+                    &LinearOptions {
+                        cooperative_matrix: true,
+                        gemv_batch_max_m: Some(ecq::linear::MAX_M_PER_DISPATCH),
+                        ..Default::default()
+                    },
+                )?;
+                let mut plain_all = QuantizedLinear::upload(&dev, "bench", &q, None)?;
+                plain_all.set_cooperative_matrix(true);
+                plain_all.set_gemv_many_max_m(Some(ecq::linear::MAX_M_PER_DISPATCH));
                 for &m in &a.ms {
                     let x: Vec<f32> = (0..m * k).map(|_| gaussian(&mut rng)).collect();
                     let mut y = vec![0.0f32; m * r];
@@ -481,13 +496,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     };
                     eprintln!(
                         "forward_batch {r}x{k} M={m} (wall clock, ms, allocating / into): fused \
-                         f32 {}, cooperative ({}) {}; plain f32 {}, cooperative ({}) {}",
+                         f32 {}, cooperative ({}) {}, cooperative launches at every row count \
+                         {}; plain f32 {}, cooperative ({}) {}, at every row count {}",
                         both(&fused_f32)?,
                         fused_coop.cooperative_matrix(),
                         both(&fused_coop)?,
+                        both(&fused_all)?,
                         both(&plain_f32)?,
                         plain_coop.cooperative_matrix(),
                         both(&plain_coop)?,
+                        both(&plain_all)?,
                     );
                 }
             }

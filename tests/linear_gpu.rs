@@ -235,9 +235,19 @@ fn forward_batch_into_reuses_the_call_buffers() {
         .unwrap();
         assert_eq!(coded.n_bands() > 1, limit.is_some());
         let plain = QuantizedLinear::upload(&d, "plain", &c.q, Some(&c.bias)).unwrap();
+        // (multi-vector launches at every row count where the device runs them, and never)
+        let mut plain_many = QuantizedLinear::upload(&d, "plain", &c.q, Some(&c.bias)).unwrap();
+        plain_many.set_gemv_many_max_m(Some(512));
+        let mut plain_qgemm = QuantizedLinear::upload(&d, "plain", &c.q, Some(&c.bias)).unwrap();
+        plain_qgemm.set_gemv_many_max_m(Some(0));
         for (round, m) in [9usize, 1, 20, 3, 600, 2].into_iter().enumerate() {
             let x = activations(seed * 100 + round as u64, m * 512);
-            for (name, layer) in [("coded", &coded as &dyn Linear), ("plain", &plain)] {
+            for (name, layer) in [
+                ("coded", &coded as &dyn Linear),
+                ("plain", &plain),
+                ("plain, launches up to 512 rows", &plain_many),
+                ("plain, qgemm only", &plain_qgemm),
+            ] {
                 let label = format!("{name} {rows} rows, {} bands, m {m}", coded.n_bands());
                 let mut y = vec![f32::NAN; m * rows];
                 layer.forward_batch_into(&x, m, &mut y).unwrap();

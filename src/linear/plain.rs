@@ -71,6 +71,9 @@ pub struct QuantizedLinear {
     /// Launches of at least [`super::COOP_MIN_ROWS`] rows run on cooperative matrices
     /// ([`Self::set_cooperative_matrix`]).
     coop: bool,
+    /// The most rows `forward_batch` runs as multi-vector GEMV launches instead of `qgemm`
+    /// ([`Self::set_gemv_many_max_m`]; `None`: by size).
+    many_max_m: Option<usize>,
 }
 
 impl QuantizedLinear {
@@ -165,6 +168,7 @@ impl QuantizedLinear {
             bias: bias.map(<[f32]>::to_vec),
             vector,
             coop: false,
+            many_max_m: None,
         })
     }
 
@@ -184,6 +188,16 @@ impl QuantizedLinear {
                 .as_ref()
                 .is_some_and(|v| v.coop_supported(registry));
         self.coop
+    }
+
+    /// The most activation rows `forward_batch` runs as launches of the multi-vector GEMV
+    /// (16 rows a launch) instead of `qgemm`, the plain counterpart of
+    /// [`super::LinearOptions::gemv_batch_max_m`]: `None` (the default) picks by size
+    /// ([`PLAIN_GEMV_MANY_MAX_M`], [`PLAIN_GEMV_MANY_MAX_M_SMALL`] up to 2^22 weights, every
+    /// row count with the cooperative option above 2^22 weights); `Some(0)` always runs
+    /// `qgemm`. Matrices the multi-vector GEMV cannot run keep `qgemm`.
+    pub fn set_gemv_many_max_m(&mut self, m: Option<usize>) {
+        self.many_max_m = m;
     }
 
     /// Whether `forward_batch`'s launches of at least [`super::COOP_MIN_ROWS`] rows multiply on
@@ -475,29 +489,21 @@ impl Linear for QuantizedLinear {
             return Ok(());
         }
         let registry = self.dev.gpu().registry();
-        let many_max = if r * k <= 1 << 22 {
+        let many_max = self.many_max_m.unwrap_or(if r * k <= 1 << 22 {
             PLAIN_GEMV_MANY_MAX_M_SMALL
         } else {
             PLAIN_GEMV_MANY_MAX_M
-        };
-        if let Some(v) = self
-            .vector
-            .as_ref()
-            .filter(|v| (2..=many_max).contains(&m) && v.gemv_many_supported(registry))
-        {
-            self.run_many_into(v, x, m, y)?;
-            add_bias(y, self.bias.as_deref());
-            return Ok(());
-        }
+        });
         // with cooperative matrices, launches of 16 rows at every row count for matrices of
         // more than 2^22 weights: on an H200 at 512 rows they took 0.22-0.27x `qgemm`'s GPU
         // time there; at 1024x4096 the many launches' host work made whole calls slower than
-        // `qgemm`'s (BENCHMARKS.md issue 5, step 90); a submission a 512 rows
-        if let Some(v) = self
-            .vector
-            .as_ref()
-            .filter(|_| self.coop && m > many_max && r * k > 1 << 22)
-        {
+        // `qgemm`'s (BENCHMARKS.md issue 5, step 90)
+        let coop_all = self.coop && r * k > 1 << 22 && self.many_max_m.is_none();
+        if let Some(v) = self.vector.as_ref().filter(|v| {
+            ((2..=many_max).contains(&m) || (coop_all && m > many_max))
+                && v.gemv_many_supported(registry)
+        }) {
+            // (a submission a 512 rows)
             for start in (0..m).step_by(MAX_M_PER_DISPATCH) {
                 let mb = MAX_M_PER_DISPATCH.min(m - start);
                 self.run_many_into(
