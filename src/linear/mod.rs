@@ -2,7 +2,8 @@
 //!
 //! * [`Linear`] is the common interface: `y = W x + bias` for one activation vector
 //!   ([`Linear::forward`]) or for `M` row-major activation rows at once
-//!   ([`Linear::forward_batch`], prefill), with `f32` or `f16` activations.
+//!   ([`Linear::forward_batch`], prefill), with `f32` or `f16` activations;
+//!   [`Linear::forward_batch_into`] writes into a slice the caller reuses.
 //! * [`EntropyCodedLinear`] holds one coded matrix (docs/FORMAT.md) resident on the GPU,
 //!   uploaded once. `forward` runs the fused decode + dequantize + GEMV of [`crate::gpu`]
 //!   (`wgsl/rans_gemv*.wgsl`); `forward_batch` runs the batched kernel, which decodes every
@@ -40,6 +41,12 @@
 //!   in the layer's buffer; the fused GEMV merges them with the decoded high bits, and
 //!   `rans_gemm.wgsl` does too (with two accumulators per row in row-pair order).
 //!
+//! A call's buffers (activations, outputs, the read back and the upload's staging memory) are
+//! kept on the [`LinearDevice`] for the next call, and the launches of a call share them
+//! through [`crate::gpu::BufferRange`]s: making them anew every call, with a fresh host
+//! vector for the outputs, cost several times the GPU work of a 512-row call (BENCHMARKS.md,
+//! issue 5, step 91). [`LinearDevice::release_call_buffers`] drops them.
+//!
 //! Matrices larger than the device's buffer limits are split into row bands of whole tiles
 //! (each tile a whole number of chunks), each with its own buffers and dispatch; only a single
 //! tile larger than the limit is an error ([`LinearError::TooLarge`]).
@@ -54,8 +61,11 @@
 //! let q = model.layer("encoder.layer.0.attention.self.query")?;
 //! let x = vec![0.5f32; q.in_features()];
 //! let y = q.forward(&x)?; // one token
-//! let yb = q.forward_batch(&[x.clone(), x].concat(), 2)?; // two tokens
+//! let xb = [x.clone(), x].concat();
+//! let yb = q.forward_batch(&xb, 2)?; // two tokens
 //! assert_eq!(yb.len(), 2 * y.len());
+//! let mut out = vec![0.0; yb.len()]; // reused from call to call
+//! q.forward_batch_into(&xb, 2, &mut out)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
