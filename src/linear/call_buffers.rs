@@ -66,7 +66,43 @@ pub(crate) struct StagingWriter<'a> {
     overflow: bool,
 }
 
-impl StagingWriter<'_> {
+// SAFETY: a writer holds only a `WriteOnly<'a, [u8]>` (an exclusive view of mapped memory,
+// valid for 'a, which writers split off never share) and a flag. wgpu-types 30 implements
+// `Send` for `WriteOnly<'_, T>` with `T: Send` and an implicit `T: Sized`, so not for the
+// slice `[u8]`; such a view is `&'a mut [u8]` in all but name (no reads, no atomics), and
+// `&mut [u8]` is `Send`. `fill_rows` moves writers of disjoint rows to the rayon pool.
+unsafe impl Send for StagingWriter<'_> {}
+
+impl<'a> StagingWriter<'a> {
+    /// The next `n` values as a writer of their own, to fill apart (on another thread, see
+    /// [`fill_rows`]) and [`Self::finish`]; an error past the end.
+    pub(crate) fn split(&mut self, n: usize) -> Result<StagingWriter<'a>, GpuError> {
+        match self.rest.split_off(..n * 4) {
+            Some(rest) => Ok(StagingWriter {
+                rest,
+                overflow: false,
+            }),
+            None => {
+                self.overflow = true;
+                Err(GpuError::InvalidInput(
+                    "activation upload: a part split off past its end".into(),
+                ))
+            }
+        }
+    }
+
+    /// Ends a writer split off: zeros what is left unwritten; an error if anything was
+    /// written past its end.
+    pub(crate) fn finish(mut self) -> Result<(), GpuError> {
+        self.rest.fill(0);
+        if self.overflow {
+            return Err(GpuError::InvalidInput(
+                "activation upload: a part written past its end".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Writes `values` next (nothing, and an error for the upload, past its end).
     pub(crate) fn put(&mut self, values: &[f32]) {
         let bytes: &[u8] = bytemuck::cast_slice(values);
@@ -84,6 +120,39 @@ impl StagingWriter<'_> {
         }
     }
 }
+
+/// Fills the `rows` writers split off an upload, `fill(i, writer)` for row `i`, on the rayon
+/// pool in runs of at least 256 KiB (one run, on this thread, for a small upload): writing
+/// 29 MB of activations took 5-9 ms on one thread of an H200's host (BENCHMARKS.md, issue 5,
+/// step 91).
+pub(crate) fn fill_rows(
+    rows: Vec<StagingWriter<'_>>,
+    row_values: usize,
+    fill: impl Fn(usize, &mut StagingWriter<'_>) -> Result<(), GpuError> + Sync,
+) -> Result<(), GpuError> {
+    use rayon::prelude::*;
+    let per_task = (PARALLEL_BYTES / (row_values * 4).max(1)).max(1);
+    rows.into_par_iter()
+        .enumerate()
+        .with_min_len(per_task)
+        .try_for_each(|(i, mut w)| {
+            fill(i, &mut w)?;
+            w.finish()
+        })
+}
+
+/// Copies `src` into `dst` (the same length) on the rayon pool in pieces of
+/// [`PARALLEL_BYTES`]: a single thread read 29 MB back from mapped memory in 4.3-5.0 ms on an
+/// H200's host.
+fn copy_parallel(dst: &mut [u8], src: &[u8]) {
+    use rayon::prelude::*;
+    dst.par_chunks_mut(PARALLEL_BYTES)
+        .zip(src.par_chunks(PARALLEL_BYTES))
+        .for_each(|(d, s)| d.copy_from_slice(s));
+}
+
+/// The piece of host copies worth a task of its own.
+const PARALLEL_BYTES: usize = 256 << 10;
 
 /// The size a kept buffer of at least `bytes` gets (see [`ROUND_BYTES`]), within `max`.
 fn rounded(bytes: u64, max: u64) -> u64 {
@@ -262,7 +331,10 @@ impl<'a> CallScratch<'a> {
         let view = readback
             .get_mapped_range(..total)
             .map_err(|e| GpuError::Map(e.to_string()))?;
-        bytemuck::cast_slice_mut::<f32, u8>(out).copy_from_slice(&view[..y_bytes as usize]);
+        copy_parallel(
+            bytemuck::cast_slice_mut::<f32, u8>(out),
+            &view[..y_bytes as usize],
+        );
         let mut parts = Vec::with_capacity(regions.len());
         let mut off = y_bytes as usize;
         for (&(_, n), &s) in regions.iter().zip(&sizes) {
@@ -315,6 +387,42 @@ mod tests {
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
         assert_eq!(got, [1.0, 2.0, 0.0, 3.0, 0.0]);
+    }
+
+    /// Parts split off are filled apart, on the rayon pool: each row lands in its place,
+    /// what a part leaves unwritten is zero, and writing or splitting past an end is an error.
+    #[test]
+    fn split_parts_fill_their_own_rows() {
+        let mut mem = [0xAAu8; 4 * 12];
+        let mut w = StagingWriter {
+            rest: wgpu::WriteOnly::from_mut(mem.as_mut_slice()),
+            overflow: false,
+        };
+        let rows: Vec<_> = (0..3).map(|_| w.split(3).unwrap()).collect();
+        w.put(&[9.0]);
+        super::fill_rows(rows, 3, |i, w| {
+            w.put(&vec![i as f32 + 1.0; i + 1]);
+            Ok(())
+        })
+        .unwrap();
+        assert!(w.split(3).is_err() && w.overflow);
+        w.rest.fill(0);
+        let got: Vec<f32> = mem
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(got, [1., 0., 0., 2., 2., 0., 3., 3., 3., 9., 0., 0.]);
+        let mut mem = [0u8; 8];
+        let mut w = StagingWriter {
+            rest: wgpu::WriteOnly::from_mut(mem.as_mut_slice()),
+            overflow: false,
+        };
+        let part = w.split(1).unwrap();
+        let err = super::fill_rows(vec![part], 1, |_, w| {
+            w.put(&[1.0, 2.0]);
+            Ok(())
+        });
+        assert!(err.is_err());
     }
 
     /// Kept buffers hold what was asked, are rounded so that nearby sizes share them, and

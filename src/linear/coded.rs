@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::call_buffers::StagingWriter;
+use super::call_buffers::{fill_rows, StagingWriter};
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, check_y, Linear, LinearError};
 use crate::gpu::{
@@ -1615,7 +1615,7 @@ impl EntropyCodedLinear {
     /// Writes `m` rows of `x` as the GEMV launches read them: runs of [`Self::gemv_vectors`]
     /// rows (one a launch) `slot` values apart, rows `ceil(K/4) * 4` apart (zero padded), in
     /// lane order where the launch reads it (permuted a run of 512 columns at a time, so that
-    /// the staging memory is written front to back).
+    /// the staging memory is written front to back); the rows on the rayon pool.
     fn write_gemv_x(
         &self,
         x: &[f32],
@@ -1625,25 +1625,30 @@ impl EntropyCodedLinear {
     ) -> Result<(), GpuError> {
         let (k, per) = (self.cols, self.gemv_vectors as usize);
         let k4 = k.div_ceil(4) * 4;
-        let mut run = [0.0f32; 512];
+        let mut rows = Vec::with_capacity(m);
         for i in (0..m).step_by(per) {
             let n = per.min(m - i);
-            for row in x[i * k..(i + n) * k].chunks_exact(k) {
-                if self.lane_order && !self.coop_launch(n) {
-                    // (k % 512 == 0 for window splits in row pairs: no padding)
-                    for src in row.chunks(512) {
-                        let dst = &mut run[..src.len()];
-                        x_lane_order_into(src, src.len(), dst)?;
-                        w.put(dst);
-                    }
-                } else {
-                    w.put(row);
-                    w.zeros(k4 - k);
-                }
+            for _ in 0..n {
+                rows.push(w.split(k4)?);
             }
             w.zeros(slot - n * k4);
         }
-        Ok(())
+        fill_rows(rows, k4, |r, w| {
+            let row = &x[r * k..(r + 1) * k];
+            let n = per.min(m - r / per * per);
+            if self.lane_order && !self.coop_launch(n) {
+                // (k % 512 == 0 for window splits in row pairs: no padding)
+                let mut run = [0.0f32; 512];
+                for src in row.chunks(512) {
+                    let dst = &mut run[..src.len()];
+                    x_lane_order_into(src, src.len(), dst)?;
+                    w.put(dst);
+                }
+            } else {
+                w.put(row);
+            }
+            Ok(())
+        })
     }
 
     /// Whether a GEMV launch of `n` rows runs on cooperative matrices.
@@ -1824,11 +1829,11 @@ impl EntropyCodedLinear {
             let xs = &x[start * k..(start + mb) * k];
             let xb = scratch
                 .upload_with(&mut enc, mb * k4, |w| {
-                    for row in xs.chunks_exact(k) {
-                        w.put(row);
-                        w.zeros(k4 - k);
-                    }
-                    Ok(())
+                    let rows = (0..mb).map(|_| w.split(k4)).collect::<Result<_, _>>()?;
+                    fill_rows(rows, k4, |r, w| {
+                        w.put(&xs[r * k..(r + 1) * k]);
+                        Ok(())
+                    })
                 })
                 .map_err(|e| self.gpu_err(e))?;
             let yb = scratch.y((mb * r * 4) as u64);

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::call_buffers::fill_rows;
 use super::coded::{entry, kparts, m_split, LinearDispatch, MAX_M_PER_DISPATCH, TARGET_WORKGROUPS};
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, check_y, Linear, LinearError};
@@ -332,25 +333,30 @@ impl QuantizedLinear {
         let mut enc = device.create_command_encoder(&Default::default());
         let xb = scratch
             .upload_with(&mut enc, (x_slot / 4) as usize * launches, |w| {
-                let mut run = [0.0f32; 512];
+                let mut rows = Vec::with_capacity(m);
                 for i in (0..m).step_by(per) {
                     let n = per.min(m - i);
-                    for row in x[i * k..(i + n) * k].chunks_exact(k) {
-                        // (cooperative launches read column order, which their pass
-                        // rearranges; lane order a run of 512 columns at a time)
-                        if coop(n) {
-                            w.put(row);
-                            continue;
-                        }
-                        for src in row.chunks(512) {
-                            let dst = &mut run[..src.len()];
-                            crate::gpu::x_lane_order_into(src, src.len(), dst)?;
-                            w.put(dst);
-                        }
+                    for _ in 0..n {
+                        rows.push(w.split(k)?);
                     }
                     w.zeros((x_slot / 4) as usize - n * k);
                 }
-                Ok(())
+                fill_rows(rows, k, |r, w| {
+                    let row = &x[r * k..(r + 1) * k];
+                    // (cooperative launches read column order, which their pass rearranges;
+                    // lane order a run of 512 columns at a time)
+                    if coop(per.min(m - r / per * per)) {
+                        w.put(row);
+                        return Ok(());
+                    }
+                    let mut run = [0.0f32; 512];
+                    for src in row.chunks(512) {
+                        let dst = &mut run[..src.len()];
+                        crate::gpu::x_lane_order_into(src, src.len(), dst)?;
+                        w.put(dst);
+                    }
+                    Ok(())
+                })
             })
             .map_err(gpu_err)?;
         let y = scratch.y(row_bytes * m as u64);
