@@ -246,7 +246,7 @@ fn forward_batch_into_reuses_the_call_buffers() {
                 ("coded", &coded as &dyn Linear),
                 ("plain", &plain),
                 ("plain, launches up to 512 rows", &plain_many),
-                ("plain, qgemm only", &plain_qgemm),
+                ("plain, qgemm from 2 rows", &plain_qgemm),
             ] {
                 let label = format!("{name} {rows} rows, {} bands, m {m}", coded.n_bands());
                 let mut y = vec![f32::NAN; m * rows];

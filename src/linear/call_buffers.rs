@@ -112,11 +112,24 @@ impl<'a> StagingWriter<'a> {
         }
     }
 
-    /// Writes `n` zeros next.
-    pub(crate) fn zeros(&mut self, n: usize) {
-        match self.rest.split_off(..n * 4) {
-            Some(mut head) => head.fill(0),
-            None => self.overflow = true,
+    /// Writes `row` (a multiple of 16 values) next in lane order
+    /// ([`crate::gpu::x_lane_order`]), permuted a run of 512 values at a time so that the
+    /// staging memory is still written front to back.
+    pub(crate) fn put_lane_order(&mut self, row: &[f32]) -> Result<(), GpuError> {
+        let mut run = [0.0f32; 512];
+        for src in row.chunks(512) {
+            let dst = &mut run[..src.len()];
+            crate::gpu::x_lane_order_into(src, src.len(), dst)?;
+            self.put(dst);
+        }
+        Ok(())
+    }
+
+    /// Passes over the next `n` values, leaving whatever the staging memory held there: for
+    /// gaps no launch reads.
+    pub(crate) fn skip(&mut self, n: usize) {
+        if self.rest.split_off(..n * 4).is_none() {
+            self.overflow = true;
         }
     }
 }
@@ -363,8 +376,8 @@ impl Drop for CallScratch<'_> {
 mod tests {
     use super::{rounded, StagingWriter, ROUND_BYTES};
 
-    /// The writer fills its memory front to back, and marks (without writing) what would go
-    /// past the end.
+    /// The writer fills its memory front to back, leaves what it skips as it was, and marks
+    /// (without writing) what would go past the end.
     #[test]
     fn staging_writer_writes_in_order_and_stops_at_the_end() {
         let mut mem = [0xAAu8; 20];
@@ -373,20 +386,21 @@ mod tests {
             overflow: false,
         };
         w.put(&[1.0, 2.0]);
-        w.zeros(1);
+        w.skip(1);
         w.put(&[3.0]);
         assert!(!w.overflow);
         w.put(&[4.0, 5.0]);
         assert!(w.overflow);
         w.overflow = false;
-        w.zeros(2);
+        w.skip(2);
         assert!(w.overflow);
         w.rest.fill(0);
-        let got: Vec<f32> = mem
+        let got: Vec<u32> = mem
             .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
-        assert_eq!(got, [1.0, 2.0, 0.0, 3.0, 0.0]);
+        let f = |v: f32| v.to_bits();
+        assert_eq!(got, [f(1.0), f(2.0), 0xAAAA_AAAA, f(3.0), 0]);
     }
 
     /// Parts split off are filled apart, on the rayon pool: each row lands in its place,

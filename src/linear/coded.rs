@@ -9,8 +9,8 @@ use super::{add_bias, check_x, check_y, Linear, LinearError};
 use crate::gpu::{
     cached_activations, check_gemv_vectors, coop_gemv_pipeline, coop_layout_refusal, coop_params,
     coop_x_dispatch, default_fused_variant, fused_gemv_pipeline, quantize_x8_dispatch,
-    set_chunk_subgroups, x8_bytes, x_lane_order_into, BufferRange, CodedParams, CoopActivations,
-    CoopOrder, GpuError, SideFormat, X8Order,
+    set_chunk_subgroups, x8_bytes, BufferRange, CodedParams, CoopActivations, CoopOrder, GpuError,
+    SideFormat, X8Order,
 };
 use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
 
@@ -1613,9 +1613,9 @@ impl EntropyCodedLinear {
     }
 
     /// Writes `m` rows of `x` as the GEMV launches read them: runs of [`Self::gemv_vectors`]
-    /// rows (one a launch) `slot` values apart, rows `ceil(K/4) * 4` apart (zero padded), in
-    /// lane order where the launch reads it (permuted a run of 512 columns at a time, so that
-    /// the staging memory is written front to back); the rows on the rayon pool.
+    /// rows (one a launch) `slot` values apart (the gaps left unwritten: no launch reads
+    /// them), rows `ceil(K/4) * 4` apart (zero padded), in lane order where the launch reads
+    /// it; the rows on the rayon pool. [`Self::gemv_x_values`] values in all.
     fn write_gemv_x(
         &self,
         x: &[f32],
@@ -1631,24 +1631,29 @@ impl EntropyCodedLinear {
             for _ in 0..n {
                 rows.push(w.split(k4)?);
             }
-            w.zeros(slot - n * k4);
+            if i + n < m {
+                w.skip(slot - n * k4);
+            }
         }
         fill_rows(rows, k4, |r, w| {
             let row = &x[r * k..(r + 1) * k];
             let n = per.min(m - r / per * per);
             if self.lane_order && !self.coop_launch(n) {
                 // (k % 512 == 0 for window splits in row pairs: no padding)
-                let mut run = [0.0f32; 512];
-                for src in row.chunks(512) {
-                    let dst = &mut run[..src.len()];
-                    x_lane_order_into(src, src.len(), dst)?;
-                    w.put(dst);
-                }
+                w.put_lane_order(row)
             } else {
                 w.put(row);
+                Ok(())
             }
-            Ok(())
         })
+    }
+
+    /// The values [`Self::write_gemv_x`] writes for `m` rows: whole slots for every launch
+    /// but the last, that one's rows only (a token's GEMV uploads one row, not a slot of 16).
+    fn gemv_x_values(&self, m: usize, slot: usize) -> usize {
+        let per = self.gemv_vectors as usize;
+        let k4 = self.cols.div_ceil(4) * 4;
+        (m.div_ceil(per) - 1) * slot + (m - (m - 1) / per * per) * k4
     }
 
     /// Whether a GEMV launch of `n` rows runs on cooperative matrices.
@@ -1682,9 +1687,11 @@ impl EntropyCodedLinear {
         let mut scratch = dev.call_scratch();
         let mut enc = device.create_command_encoder(&Default::default());
         let xb = scratch
-            .upload_with(&mut enc, (x_slot / 4) as usize * launches, |w| {
-                self.write_gemv_x(x, m, (x_slot / 4) as usize, w)
-            })
+            .upload_with(
+                &mut enc,
+                self.gemv_x_values(m, (x_slot / 4) as usize),
+                |w| self.write_gemv_x(x, m, (x_slot / 4) as usize, w),
+            )
             .map_err(|e| self.gpu_err(e))?;
         let y = scratch.y(row_bytes * m as u64);
         let in_place = self.bands.len() == 1
