@@ -211,7 +211,9 @@ fn plain_batched_baseline_matches_cpu_reference() {
 /// `forward_batch_into` writes what `forward_batch` returns, bit for bit, through calls of
 /// growing and shrinking row counts that reuse the device's kept buffers (a call never sees an
 /// earlier call's activations or outputs): coded layers whole and in bands, with outputs in
-/// place and copied (37 rows: launch offsets the device cannot bind), and the plain layer;
+/// place and copied (37 rows: launch offsets the device cannot bind), on the batched kernel
+/// and on GEMVs (300 rows: submissions of `GEMV_SUBMIT_ROWS`, two in flight), and the plain
+/// layer;
 /// `release_call_buffers` drops the kept buffers and the next call makes new ones. A `y` of
 /// another length is an error naming both lengths.
 #[test]
@@ -234,16 +236,28 @@ fn forward_batch_into_reuses_the_call_buffers() {
         )
         .unwrap();
         assert_eq!(coded.n_bands() > 1, limit.is_some());
+        // (fused GEMVs up to 300 rows: submissions of GEMV_SUBMIT_ROWS, two in flight)
+        let coded_gemv = upload(
+            &d,
+            &c,
+            &LinearOptions {
+                max_buffer_bytes: limit,
+                gemv_batch_max_m: Some(300),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let plain = QuantizedLinear::upload(&d, "plain", &c.q, Some(&c.bias)).unwrap();
         // (multi-vector launches at every row count where the device runs them, and never)
         let mut plain_many = QuantizedLinear::upload(&d, "plain", &c.q, Some(&c.bias)).unwrap();
         plain_many.set_gemv_many_max_m(Some(512));
         let mut plain_qgemm = QuantizedLinear::upload(&d, "plain", &c.q, Some(&c.bias)).unwrap();
         plain_qgemm.set_gemv_many_max_m(Some(0));
-        for (round, m) in [9usize, 1, 20, 3, 600, 2].into_iter().enumerate() {
+        for (round, m) in [9usize, 1, 20, 3, 600, 2, 300].into_iter().enumerate() {
             let x = activations(seed * 100 + round as u64, m * 512);
             for (name, layer) in [
                 ("coded", &coded as &dyn Linear),
+                ("coded, GEMVs up to 300 rows", &coded_gemv),
                 ("plain", &plain),
                 ("plain, launches up to 512 rows", &plain_many),
                 ("plain, qgemm from 2 rows", &plain_qgemm),

@@ -8,12 +8,12 @@
 //! driver's allocation; reused buffers cost neither. The launches of a call share the
 //! buffers through ranges ([`crate::gpu::BufferRange`]) at offsets the device can bind.
 //!
-//! Invariants: a [`CallBuffers`] is used by one call at a time (the pool hands each call its
-//! own); the read-back buffer is unmapped whenever it is in the pool (a failed read drops it);
+//! Invariants: a [`CallBuffers`] is used by one submission at a time (the pool hands each
+//! its own: a call with two submissions in flight, [`pipelined`], holds two); the read-back buffer is unmapped whenever it is in the pool (a failed read drops it);
 //! the kept buffers only grow, up to the largest call's needs, until
 //! [`LinearDevice::release_call_buffers`].
 
-use super::device::LinearDevice;
+use super::device::{LinearDevice, MapReceiver};
 use crate::gpu::GpuError;
 
 /// Buffers of at most this many bytes are rounded up to a power of two, larger ones to a
@@ -237,21 +237,10 @@ impl<'a> CallScratch<'a> {
         Self::grow(dev, &mut self.bufs().aux, "ecq call aux", bytes, usage)
     }
 
-    /// The activations buffer holding `x`: the copy from the kept staging memory is recorded
-    /// into `enc`, which [`Self::submit_and_read_into`] must submit.
-    pub(crate) fn upload(
-        &mut self,
-        enc: &mut wgpu::CommandEncoder,
-        x: &[f32],
-    ) -> Result<wgpu::Buffer, GpuError> {
-        self.upload_with(enc, x.len(), |w| {
-            w.put(x);
-            Ok(())
-        })
-    }
-
-    /// [`Self::upload`] of `values` f32 that `fill` writes in order, straight into the mapped
-    /// staging memory (which may be write-combining: written once, front to back, never read).
+    /// The activations buffer holding `values` f32 that `fill` writes in order, straight into
+    /// the kept staging memory (which may be write-combining: written once, front to back,
+    /// never read); the copy from there is recorded into `enc`, which
+    /// [`Self::submit_read`] must submit.
     /// Whatever `fill` leaves unwritten at the end is zero; writing past `values` is an error.
     pub(crate) fn upload_with(
         &mut self,
@@ -299,20 +288,21 @@ impl<'a> CallScratch<'a> {
         filled.map(|()| buf)
     }
 
-    /// Records the copy of `out.len()` f32 from the start of `y`, then of the listed
-    /// `(buffer, bytes)` regions, into the read-back buffer, submits `enc`, waits, and copies
-    /// the outputs into `out` and each region into a host vector of its own.
-    pub(crate) fn submit_and_read_into(
-        &mut self,
+    /// Records the copy of `y_values` f32 from the start of `y`, then of the listed
+    /// `(buffer, bytes)` regions, into the read-back buffer and submits `enc`: the read back is
+    /// under way when this returns, and [`PendingRead::finish_into`] waits for it (for this
+    /// submission only, so that the caller can record and submit the next one meanwhile).
+    pub(crate) fn submit_read(
+        mut self,
         mut enc: wgpu::CommandEncoder,
         y: &wgpu::Buffer,
-        out: &mut [f32],
+        y_values: usize,
         regions: &[(&wgpu::Buffer, u64)],
-    ) -> Result<Vec<Vec<u8>>, GpuError> {
+    ) -> Result<PendingRead<'a>, GpuError> {
         let dev = self.dev;
-        let y_bytes = (out.len() * 4) as u64;
-        let sizes: Vec<u64> = regions.iter().map(|r| r.1.div_ceil(4) * 4).collect();
-        let total = y_bytes + sizes.iter().sum::<u64>();
+        let y_bytes = (y_values * 4) as u64;
+        let sizes: Vec<(u64, u64)> = regions.iter().map(|r| (r.1, r.1.div_ceil(4) * 4)).collect();
+        let total = y_bytes + sizes.iter().map(|s| s.1).sum::<u64>();
         let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
         let readback = Self::grow(dev, &mut self.bufs().readback, "ecq readback", total, usage);
         // (back in the pool only once it is unmapped again)
@@ -321,42 +311,106 @@ impl<'a> CallScratch<'a> {
             enc.copy_buffer_to_buffer(y, 0, &readback, 0, y_bytes);
         }
         let mut off = y_bytes;
-        for (&(b, _), &s) in regions.iter().zip(&sizes) {
+        for (&(b, _), &(_, s)) in regions.iter().zip(&sizes) {
             if s > 0 {
                 enc.copy_buffer_to_buffer(b, 0, &readback, off, s);
             }
             off += s;
         }
         // (the belt's chunks are unmapped for the copies, and mapped again for the next call
-        // once the submission is done: the wait below completes that)
+        // once the submission is done)
         let mut belt = self.bufs().belt.take();
         if let Some((b, _)) = belt.as_mut() {
             b.finish();
         }
-        let submitted = dev.submit_and_wait_mapped(enc, &readback, total, || {
+        let submitted = dev.submit_mapped(enc, &readback, total, || {
             if let Some((b, _)) = belt.as_mut() {
                 b.recall();
             }
         });
         self.bufs().belt = belt;
         self.pending_upload = false;
-        submitted?;
-        let view = readback
-            .get_mapped_range(..total)
+        let (submission, mapped) = submitted?;
+        Ok(PendingRead {
+            scratch: self,
+            readback,
+            submission,
+            mapped,
+            y_bytes,
+            sizes,
+            total,
+        })
+    }
+}
+
+/// Runs `m` rows as submissions of `step` rows, two in flight: `submit(start, rows)`
+/// records and submits a run, and run `s`'s read back is waited for and copied out
+/// (`finish(pending, start, rows)`) only once run `s + 1` is submitted, so that the host's
+/// uploads and copies overlap the GPU's work. Each run in flight holds a set of the
+/// device's kept buffers.
+pub(crate) fn pipelined<P, E>(
+    m: usize,
+    step: usize,
+    mut submit: impl FnMut(usize, usize) -> Result<P, E>,
+    mut finish: impl FnMut(P, usize, usize) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut in_flight: Option<(P, usize, usize)> = None;
+    for start in (0..m).step_by(step.max(1)) {
+        let rows = step.max(1).min(m - start);
+        let pending = submit(start, rows)?;
+        if let Some((p, s, r)) = in_flight.replace((pending, start, rows)) {
+            finish(p, s, r)?;
+        }
+    }
+    match in_flight {
+        Some((p, s, r)) => finish(p, s, r),
+        None => Ok(()),
+    }
+}
+
+/// A submitted call whose read back is on its way ([`CallScratch::submit_read`]). Dropped
+/// unfinished, it gives its buffers back without the read back (a new one is made later).
+pub(crate) struct PendingRead<'a> {
+    scratch: CallScratch<'a>,
+    readback: wgpu::Buffer,
+    submission: wgpu::SubmissionIndex,
+    mapped: MapReceiver,
+    y_bytes: u64,
+    /// Each region's bytes and its size in the read back.
+    sizes: Vec<(u64, u64)>,
+    total: u64,
+}
+
+impl PendingRead<'_> {
+    /// Waits for the submission, copies the outputs into `out` (as many as were read back)
+    /// and each region into a host vector of its own, and gives the buffers back.
+    pub(crate) fn finish_into(mut self, out: &mut [f32]) -> Result<Vec<Vec<u8>>, GpuError> {
+        let dev = self.scratch.dev;
+        dev.wait_mapped(self.submission.clone(), self.mapped)?;
+        if out.len() * 4 != self.y_bytes as usize {
+            return Err(GpuError::InvalidInput(format!(
+                "read back of {} bytes into {} outputs",
+                self.y_bytes,
+                out.len()
+            )));
+        }
+        let view = self
+            .readback
+            .get_mapped_range(..self.total)
             .map_err(|e| GpuError::Map(e.to_string()))?;
         copy_parallel(
             bytemuck::cast_slice_mut::<f32, u8>(out),
-            &view[..y_bytes as usize],
+            &view[..self.y_bytes as usize],
         );
-        let mut parts = Vec::with_capacity(regions.len());
-        let mut off = y_bytes as usize;
-        for (&(_, n), &s) in regions.iter().zip(&sizes) {
+        let mut parts = Vec::with_capacity(self.sizes.len());
+        let mut off = self.y_bytes as usize;
+        for &(n, s) in &self.sizes {
             parts.push(view[off..off + n as usize].to_vec());
             off += s as usize;
         }
         drop(view);
-        readback.unmap();
-        self.bufs().readback = Some(readback);
+        self.readback.unmap();
+        self.scratch.bufs().readback = Some(self.readback);
         Ok(parts)
     }
 }
@@ -401,6 +455,51 @@ mod tests {
             .collect();
         let f = |v: f32| v.to_bits();
         assert_eq!(got, [f(1.0), f(2.0), 0xAAAA_AAAA, f(3.0), 0]);
+    }
+
+    /// Runs cover the rows once, in order, and each is finished only after the next one is
+    /// submitted (two in flight); an error stops the runs.
+    #[test]
+    fn pipelined_runs_keep_two_in_flight() {
+        let mut log = Vec::new();
+        let log_cell = std::cell::RefCell::new(&mut log);
+        super::pipelined::<_, ()>(
+            300,
+            128,
+            |start, rows| {
+                log_cell.borrow_mut().push(format!("submit {start}+{rows}"));
+                Ok(start)
+            },
+            |p, start, rows| {
+                assert_eq!(p, start);
+                log_cell.borrow_mut().push(format!("finish {start}+{rows}"));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            log,
+            [
+                "submit 0+128",
+                "submit 128+128",
+                "finish 0+128",
+                "submit 256+44",
+                "finish 128+128",
+                "finish 256+44"
+            ]
+        );
+        let mut finished = 0;
+        let r = super::pipelined(
+            300,
+            100,
+            |start, _| if start == 200 { Err("full") } else { Ok(()) },
+            |_, _, _| {
+                finished += 1;
+                Ok(())
+            },
+        );
+        assert_eq!((r, finished), (Err("full"), 1));
+        super::pipelined::<(), ()>(0, 128, |_, _| panic!("no rows"), |_, _, _| Ok(())).unwrap();
     }
 
     /// Parts split off are filled apart, on the rayon pool: each row lands in its place,

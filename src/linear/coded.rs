@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::call_buffers::{fill_rows, StagingWriter};
+use super::call_buffers::{fill_rows, pipelined, CallScratch, PendingRead, StagingWriter};
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, check_y, Linear, LinearError};
 use crate::gpu::{
@@ -16,6 +16,10 @@ use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
 
 /// Activation rows per dispatch of the batched kernel (4 per invocation, 128 invocations).
 pub const MAX_M_PER_DISPATCH: usize = 512;
+/// Activation rows per submission of `forward_batch`'s GEMV launches (eight launches of 16),
+/// two submissions in flight, so that one's upload and read back overlap the other's
+/// launches (BENCHMARKS.md, issue 5, step 91).
+pub const GEMV_SUBMIT_ROWS: usize = 128;
 /// Workgroups a batched dispatch aims for: when the matrix alone gives fewer (few chunks, or
 /// few rows), the activation rows are split across workgroups in blocks of 128, 256 or 512
 /// (each block decodes the chunks again), trading repeated decoding for parallelism. Timed
@@ -152,12 +156,13 @@ pub const GEMV_BATCH_MAX_M_WINDOW_VECTORS_MID: usize = 16;
 
 /// [`GEMV_BATCH_MAX_M_WINDOW_VECTORS`] for layers whose fused GEMVs take activations in lane
 /// order ([`EntropyCodedLinear::lane_order`]) with more than [`LANE_ORDER_SMALL_WEIGHTS`]
-/// weights: on an H200 (BENCHMARKS.md issue 5, step 88; Prefill, twenty-second session)
-/// launches of 16 vectors took 0.42-0.67x the batched kernel's time at 64-128 rows and
-/// 0.44-0.55x at 192-512 rows at 4096x4096, 6144x4096, 14336x4096 and 4096x14336; 512 is the
-/// largest count measured (and the batched kernel's largest block,
-/// [`MAX_M_PER_DISPATCH`]).
-pub const GEMV_BATCH_MAX_M_LANE_ORDER: usize = 512;
+/// weights: every row count. On an H200 (BENCHMARKS.md issue 5, step 88; Prefill,
+/// twenty-second session) launches of 16 vectors took 0.42-0.67x the batched kernel's time at
+/// 64-128 rows and 0.44-0.55x at 192-512 rows at 4096x4096, 6144x4096, 14336x4096 and
+/// 4096x14336, and both scale linearly in rows beyond (the batched kernel runs blocks of
+/// [`MAX_M_PER_DISPATCH`]); a threshold of 512 made 2048-row calls at 14336x4096 take 54-63
+/// ms on the batched kernel (step 91).
+pub const GEMV_BATCH_MAX_M_LANE_ORDER: usize = usize::MAX;
 
 /// [`GEMV_BATCH_MAX_M_LANE_ORDER`] for layers of at most [`LANE_ORDER_SMALL_WEIGHTS`]
 /// weights: at 1024x4096 launches of 16 took 0.96x the batched kernel's time at 96 rows,
@@ -279,8 +284,8 @@ pub struct LinearOptions {
     /// row pairs of inputs a multiple of 512, MLX groups of 64 or 128, f32 activations, one
     /// group a chunk): on an H200 a launch of 16 rows ran 1.22-1.52x faster (BENCHMARKS.md
     /// issue 5, step 90), and `forward_batch` of a layer of more than
-    /// [`LANE_ORDER_SMALL_WEIGHTS`] weights then runs launches at every row count (a
-    /// submission a 512 rows) unless [`Self::gemv_batch_max_m`] says otherwise: at 512 rows
+    /// [`LANE_ORDER_SMALL_WEIGHTS`] weights then runs launches at every row count (submissions
+    /// of [`GEMV_SUBMIT_ROWS`]) unless [`Self::gemv_batch_max_m`] says otherwise: at 512 rows
     /// they took 0.32-0.37x the batched kernel's GPU time there. **Approximate**: the
     /// activations are rounded to f16 there (exact
     /// for f16 and bf16 ones; 2^-11 of the sum of the terms' magnitudes at most otherwise).
@@ -1661,8 +1666,9 @@ impl EntropyCodedLinear {
         self.coop && n >= COOP_MIN_ROWS
     }
 
-    /// The fused GEMVs of `m` activation rows into `out` (`m` rows of outputs, no bias),
-    /// recorded into one submission: one launch per [`Self::gemv_vectors`] rows (one a row on
+    /// The fused GEMVs of `m` activation rows (no bias), recorded into one submission whose
+    /// read back of the `m` rows of outputs is under way when this returns
+    /// ([`Self::finish_read`]): one launch per [`Self::gemv_vectors`] rows (one a row on
     /// 8-bit activations, which are quantized per row first).
     ///
     /// The launches share the call's buffers ([`LinearDevice`] keeps them): each reads its
@@ -1671,7 +1677,7 @@ impl EntropyCodedLinear {
     /// outputs buffer; otherwise to a range of a parts buffer copied into place (a copy per
     /// launch, or per row and band for a layer in bands, whose launches write the band's
     /// outputs only).
-    fn run_gemv_into(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), LinearError> {
+    fn submit_gemv(&self, x: &[f32], m: usize) -> Result<PendingRead<'_>, LinearError> {
         let dev = &self.dev;
         let (device, registry) = (dev.device(), dev.gpu().registry());
         let k = self.cols;
@@ -1789,31 +1795,36 @@ impl EntropyCodedLinear {
                 enc.copy_buffer_to_buffer(p, from, &y, at, bytes);
             }
         }
-        self.finish_into(scratch, enc, &y, out)
+        self.submit_read(scratch, enc, &y, self.rows * m)
     }
 
-    /// Submits `enc`, reads the outputs (from the start of `y`) into `out` and checks the
+    /// Submits `enc` with the read back of `values` outputs from the start of `y` and of the
     /// bands' error words.
-    fn finish_into(
+    fn submit_read<'a>(
         &self,
-        mut scratch: super::call_buffers::CallScratch<'_>,
+        scratch: CallScratch<'a>,
         enc: wgpu::CommandEncoder,
         y: &wgpu::Buffer,
-        out: &mut [f32],
-    ) -> Result<(), LinearError> {
+        values: usize,
+    ) -> Result<PendingRead<'a>, LinearError> {
         let regions: Vec<(&wgpu::Buffer, u64)> = self
             .bands
             .iter()
             .map(|band| (&band.errors, (band.n_chunks * 4) as u64))
             .collect();
-        let errs = scratch
-            .submit_and_read_into(enc, y, out, &regions)
-            .map_err(|e| self.gpu_err(e))?;
+        scratch
+            .submit_read(enc, y, values, &regions)
+            .map_err(|e| self.gpu_err(e))
+    }
+
+    /// Waits for `pending`, reads its outputs into `out` and checks the bands' error words.
+    fn finish_read(&self, pending: PendingRead<'_>, out: &mut [f32]) -> Result<(), LinearError> {
+        let errs = pending.finish_into(out).map_err(|e| self.gpu_err(e))?;
         self.check_errors(&errs)
     }
 
     /// The batched kernel on `m` rows of `x` into `out`, a submission per
-    /// [`MAX_M_PER_DISPATCH`] rows (fewer where the buffer limits demand).
+    /// [`MAX_M_PER_DISPATCH`] rows (fewer where the buffer limits demand), two in flight.
     fn run_gemm_into(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), LinearError> {
         let (r, k) = (self.rows, self.cols);
         let k4 = k.div_ceil(4) * 4;
@@ -1826,8 +1837,7 @@ impl EntropyCodedLinear {
         if per == 0 {
             self.check_buffer("one activation row", xrow.max(r as u64 * 4))?;
         }
-        for start in (0..m).step_by(per.max(1)) {
-            let mb = per.min(m - start);
+        let submit = |start: usize, mb: usize| {
             let mut scratch = self.dev.call_scratch();
             let mut enc = self
                 .dev
@@ -1853,9 +1863,11 @@ impl EntropyCodedLinear {
                     d.record(&mut pass);
                 }
             }
-            self.finish_into(scratch, enc, &yb, &mut out[start * r..(start + mb) * r])?;
-        }
-        Ok(())
+            self.submit_read(scratch, enc, &yb, mb * r)
+        };
+        pipelined(m, per, submit, |pending, start, mb| {
+            self.finish_read(pending, &mut out[start * r..(start + mb) * r])
+        })
     }
 
     /// The buffer limit the bands were planned against (bytes, name).
@@ -1886,7 +1898,7 @@ impl Linear for EntropyCodedLinear {
         }
         let mut y = vec![0.0; self.rows];
         if !self.bands.is_empty() {
-            self.run_gemv_into(x, 1, &mut y)?;
+            self.finish_read(self.submit_gemv(x, 1)?, &mut y)?;
         }
         add_bias(&mut y, self.bias.as_deref());
         Ok(y)
@@ -1914,16 +1926,13 @@ impl Linear for EntropyCodedLinear {
         if self.bands.is_empty() {
             y.fill(0.0);
         } else if m <= self.gemv_batch_max_m {
-            // (a submission a 512 rows)
             let (r, k) = (self.rows, self.cols);
-            for start in (0..m).step_by(MAX_M_PER_DISPATCH) {
-                let mb = MAX_M_PER_DISPATCH.min(m - start);
-                self.run_gemv_into(
-                    &x[start * k..(start + mb) * k],
-                    mb,
-                    &mut y[start * r..(start + mb) * r],
-                )?;
-            }
+            pipelined(
+                m,
+                GEMV_SUBMIT_ROWS,
+                |start, mb| self.submit_gemv(&x[start * k..(start + mb) * k], mb),
+                |pending, start, mb| self.finish_read(pending, &mut y[start * r..(start + mb) * r]),
+            )?;
         } else {
             self.run_gemm_into(x, m, y)?;
         }
@@ -1978,9 +1987,9 @@ mod tests {
         for (w, want) in [
             (512 * 4096, 96),
             (1024 * 4096, 96),
-            (1024 * 4096 + 1, 512),
-            (6144 * 4096, 512),
-            (128256 * 4096, 512),
+            (1024 * 4096 + 1, usize::MAX),
+            (6144 * 4096, usize::MAX),
+            (128256 * 4096, usize::MAX),
         ] {
             assert_eq!(super::default_gemv_many_batch_max_m(w, true), want, "{w}");
         }

@@ -4,6 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::call_buffers::{CallBuffers, CallScratch};
+
+/// Where a read back's mapping reports its outcome.
+pub(crate) type MapReceiver = std::sync::mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>;
 use crate::gpu::{GpuContext, GpuError};
 
 /// The batched kernels of this module (one WGSL file each in `wgsl/`).
@@ -195,19 +198,20 @@ impl LinearDevice {
         u64::from(self.device().limits().min_storage_buffer_offset_alignment).max(4)
     }
 
-    /// Submits `enc`, runs `after_submit`, maps `readback`'s first `bytes` for reading and
-    /// waits for both.
-    pub(crate) fn submit_and_wait_mapped(
+    /// Submits `enc`, runs `after_submit`, and asks for `readback`'s first `bytes` mapped for
+    /// reading once the submission is done: the submission and the receiver of the mapping's
+    /// outcome, for [`Self::wait_mapped`].
+    pub(crate) fn submit_mapped(
         &self,
         enc: wgpu::CommandEncoder,
         readback: &wgpu::Buffer,
         bytes: u64,
         after_submit: impl FnOnce(),
-    ) -> Result<(), GpuError> {
+    ) -> Result<(wgpu::SubmissionIndex, MapReceiver), GpuError> {
         let scope = self
             .device()
             .push_error_scope(wgpu::ErrorFilter::Validation);
-        self.queue().submit([enc.finish()]);
+        let submission = self.queue().submit([enc.finish()]);
         after_submit();
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(GpuError::Wgpu(e.to_string()));
@@ -216,8 +220,23 @@ impl LinearDevice {
         readback.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
             let _ = tx.send(r);
         });
-        self.gpu.wait()?;
-        rx.recv()
+        Ok((submission, rx))
+    }
+
+    /// Waits for `submission` (not for later ones) and the mapping `mapped` reports on.
+    pub(crate) fn wait_mapped(
+        &self,
+        submission: wgpu::SubmissionIndex,
+        mapped: MapReceiver,
+    ) -> Result<(), GpuError> {
+        self.device()
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(submission),
+                timeout: None,
+            })
+            .map_err(|e| GpuError::Wgpu(e.to_string()))?;
+        mapped
+            .recv()
             .map_err(|e| GpuError::Map(e.to_string()))?
             .map_err(|e| GpuError::Map(e.to_string()))
     }

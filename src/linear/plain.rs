@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::call_buffers::fill_rows;
+use super::call_buffers::{fill_rows, pipelined, PendingRead};
 use super::coded::{entry, kparts, m_split, LinearDispatch, MAX_M_PER_DISPATCH, TARGET_WORKGROUPS};
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, check_y, Linear, LinearError};
@@ -11,12 +11,13 @@ use crate::quant::QuantizedMatrix;
 
 /// Activation rows up to which [`QuantizedLinear`]'s `forward_batch` runs launches of up to
 /// [`crate::gpu::MAX_GEMV_VECTORS`] rows of the plain multi-vector GEMV
-/// (`wgsl/qgemv4_many.wgsl`, on activations in lane order) instead of `qgemm`, where it can.
-/// On an H200 (BENCHMARKS.md, Prefill, twenty-second session) they took 0.37-0.67x `qgemm`'s
-/// time at 16-512 rows at 4096x4096, 6144x4096, 14336x4096 and 4096x14336; 512 is the largest
-/// row count measured (and `qgemm`'s largest block). See [`PLAIN_GEMV_MANY_MAX_M_SMALL`] for
-/// smaller matrices.
-pub const PLAIN_GEMV_MANY_MAX_M: usize = 512;
+/// (`wgsl/qgemv4_many.wgsl`, on activations in lane order) instead of `qgemm`, where it can:
+/// every row count. On an H200 (BENCHMARKS.md, Prefill, twenty-second session) they took
+/// 0.37-0.67x `qgemm`'s time at 16-512 rows at 4096x4096, 6144x4096, 14336x4096 and
+/// 4096x14336, and both scale linearly in rows beyond (`qgemm` runs blocks of 512); a
+/// threshold of 512 made 2048-row calls at 14336x4096 take 56-67 ms on `qgemm` (issue 5,
+/// step 91). See [`PLAIN_GEMV_MANY_MAX_M_SMALL`] for smaller matrices.
+pub const PLAIN_GEMV_MANY_MAX_M: usize = usize::MAX;
 
 /// [`PLAIN_GEMV_MANY_MAX_M`] for matrices of at most 2^22 weights (1024x4096: 0.87x `qgemm`'s
 /// time at 48 rows, 1.12x at 64 and 0.93-1.31x from 96 to 512 on an H200).
@@ -178,7 +179,8 @@ impl QuantizedLinear {
     /// plain counterpart of [`super::LinearOptions::cooperative_matrix`], where the device
     /// has them and the matrix allows them (4 bits, inputs a multiple of 512, MLX groups of
     /// 64 or 128). `forward_batch` of a matrix of more than 2^22 weights then runs launches of
-    /// 16 rows at every row count instead of `qgemm` (a submission a 512 rows).
+    /// 16 rows at every row count instead of `qgemm` (submissions of
+    /// [`super::GEMV_SUBMIT_ROWS`]).
     /// **Approximate** as there: the activations are
     /// rounded to f16. Returns whether the layer now does ([`Self::cooperative_matrix`]).
     pub fn set_cooperative_matrix(&mut self, on: bool) -> bool {
@@ -266,58 +268,74 @@ impl QuantizedLinear {
 }
 
 impl QuantizedLinear {
-    /// Runs one launch that reads the activations `x` (one buffer, as given) and writes
-    /// `out.len()` outputs, recorded by `record` with the buffers of x and y; reads the
-    /// outputs into `out`.
-    fn run_into(
+    /// Records one launch reading the activations `x` (rows of `k` values, each padded with
+    /// zeros to `k4`) and writing `out_values` outputs (`record` gets the buffers of x and y)
+    /// and submits it with the outputs' read back under way ([`PendingRead::finish_into`]).
+    fn submit_one(
         &self,
         x: &[f32],
-        out: &mut [f32],
+        (k, k4): (usize, usize),
+        out_values: usize,
         record: impl FnOnce(
             &wgpu::Buffer,
             &wgpu::Buffer,
             &mut wgpu::ComputePass<'_>,
         ) -> Result<(), LinearError>,
-    ) -> Result<(), LinearError> {
+    ) -> Result<PendingRead<'_>, LinearError> {
+        let gpu_err = |source| LinearError::Gpu {
+            layer: self.name.clone(),
+            source,
+        };
         let mut scratch = self.dev.call_scratch();
         let mut enc = self
             .dev
             .device()
             .create_command_encoder(&Default::default());
+        let rows = x.len() / k.max(1);
         let xb = scratch
-            .upload(&mut enc, x)
-            .map_err(|source| LinearError::Gpu {
-                layer: self.name.clone(),
-                source,
-            })?;
-        let yb = scratch.y((out.len() * 4) as u64);
+            .upload_with(&mut enc, rows * k4, |w| {
+                let parts = (0..rows).map(|_| w.split(k4)).collect::<Result<_, _>>()?;
+                fill_rows(parts, k4, |r, w| {
+                    w.put(&x[r * k..(r + 1) * k]);
+                    Ok(())
+                })
+            })
+            .map_err(gpu_err)?;
+        let yb = scratch.y((out_values * 4) as u64);
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             record(&xb, &yb, &mut pass)?;
         }
         scratch
-            .submit_and_read_into(enc, &yb, out, &[])
+            .submit_read(enc, &yb, out_values, &[])
+            .map_err(gpu_err)
+    }
+
+    /// Waits for `pending` and reads its outputs into `out`.
+    fn finish_read(&self, pending: PendingRead<'_>, out: &mut [f32]) -> Result<(), LinearError> {
+        pending
+            .finish_into(out)
+            .map(|_| ())
             .map_err(|source| LinearError::Gpu {
                 layer: self.name.clone(),
                 source,
-            })?;
-        Ok(())
+            })
     }
 
-    /// The plain multi-vector GEMV of `m` rows of `x` (4-bit, `cols % 16 == 0`: no padding)
-    /// into `out` (no bias), in launches of up to [`crate::gpu::MAX_GEMV_VECTORS`] rows on
-    /// activations in lane order (or, with the cooperative option, launches of at least
-    /// [`super::COOP_MIN_ROWS`] on cooperative matrices), recorded into one submission. The
+    /// The plain multi-vector GEMV of `m` rows of `x` (4-bit, `cols % 16 == 0`: no padding;
+    /// no bias), in launches of up to [`crate::gpu::MAX_GEMV_VECTORS`] rows on activations in
+    /// lane order (or, with the cooperative option, launches of at least
+    /// [`super::COOP_MIN_ROWS`] on cooperative matrices), recorded into one submission whose
+    /// read back is under way when this returns ([`Self::finish_read`]). The
     /// launches share the call's buffers as [`EntropyCodedLinear`](super::EntropyCodedLinear)'s
     /// do: activations from ranges of one buffer, outputs in place where the device can bind
     /// their offsets, else in a parts buffer copied into place.
-    fn run_many_into(
-        &self,
+    fn submit_many<'a>(
+        &'a self,
         v: &crate::gpu::GpuQuantizedMatrix,
         x: &[f32],
         m: usize,
-        out: &mut [f32],
-    ) -> Result<(), LinearError> {
+    ) -> Result<PendingRead<'a>, LinearError> {
         let (r, k) = (self.out_features(), self.in_features());
         let gpu_err = |source| LinearError::Gpu {
             layer: self.name.clone(),
@@ -411,10 +429,7 @@ impl QuantizedLinear {
                 enc.copy_buffer_to_buffer(p, from, &y, at, bytes);
             }
         }
-        scratch
-            .submit_and_read_into(enc, &y, out, &[])
-            .map_err(gpu_err)?;
-        Ok(())
+        scratch.submit_read(enc, &y, r * m, &[]).map_err(gpu_err)
     }
 
     /// `x` (rows of `in_features`, a multiple of 16) in lane order.
@@ -437,7 +452,7 @@ impl QuantizedLinear {
         ) -> Result<crate::gpu::Dispatch, crate::gpu::GpuError>,
     ) -> Result<Vec<f32>, LinearError> {
         let mut y = vec![0.0; n];
-        self.run_into(x, &mut y, |xb, yb, pass| {
+        let pending = self.submit_one(x, (x.len(), x.len()), n, |xb, yb, pass| {
             launch(xb, yb)
                 .map_err(|source| LinearError::Gpu {
                     layer: self.name.clone(),
@@ -446,6 +461,7 @@ impl QuantizedLinear {
                 .record(pass);
             Ok(())
         })?;
+        self.finish_read(pending, &mut y)?;
         add_bias(&mut y, self.bias.as_deref());
         Ok(y)
     }
@@ -516,39 +532,32 @@ impl Linear for QuantizedLinear {
             ((2..=many_max).contains(&m) || (coop_all && m > many_max))
                 && v.gemv_many_supported(registry)
         }) {
-            // (a submission a 512 rows)
-            for start in (0..m).step_by(MAX_M_PER_DISPATCH) {
-                let mb = MAX_M_PER_DISPATCH.min(m - start);
-                self.run_many_into(
-                    v,
-                    &x[start * k..(start + mb) * k],
-                    mb,
-                    &mut y[start * r..(start + mb) * r],
-                )?;
-            }
+            pipelined(
+                m,
+                super::GEMV_SUBMIT_ROWS,
+                |start, mb| self.submit_many(v, &x[start * k..(start + mb) * k], mb),
+                |pending, start, mb| self.finish_read(pending, &mut y[start * r..(start + mb) * r]),
+            )?;
             add_bias(y, self.bias.as_deref());
             return Ok(());
         }
         let k4 = k.div_ceil(4) * 4;
-        let mut padded = Vec::new();
-        for start in (0..m).step_by(MAX_M_PER_DISPATCH) {
-            let mb = MAX_M_PER_DISPATCH.min(m - start);
-            let xs = &x[start * k..(start + mb) * k];
-            let xs = if k4 == k {
-                xs
-            } else {
-                padded.clear();
-                padded.resize(k4 * mb, 0.0);
-                for (dst, src) in padded.chunks_exact_mut(k4).zip(xs.chunks_exact(k)) {
-                    dst[..k].copy_from_slice(src);
-                }
-                &padded
-            };
-            self.run_into(xs, &mut y[start * r..(start + mb) * r], |xb, yb, pass| {
-                self.batch_dispatch(xb, yb, mb)?.record(pass);
-                Ok(())
-            })?;
-        }
+        pipelined(
+            m,
+            MAX_M_PER_DISPATCH,
+            |start, mb| {
+                self.submit_one(
+                    &x[start * k..(start + mb) * k],
+                    (k, k4),
+                    mb * r,
+                    |xb, yb, pass| {
+                        self.batch_dispatch(xb, yb, mb)?.record(pass);
+                        Ok(())
+                    },
+                )
+            },
+            |pending, start, mb| self.finish_read(pending, &mut y[start * r..(start + mb) * r]),
+        )?;
         add_bias(y, self.bias.as_deref());
         Ok(())
     }
