@@ -473,6 +473,69 @@ fn corrupt_stream_is_reported() {
     }
 }
 
+/// Calls on one device from several threads at once, some of them failing (a corrupt
+/// stream), each get their own kept buffers: every good call gives bit for bit what it gives
+/// alone, and the failing ones name the corrupt chunk.
+#[test]
+fn concurrent_calls_and_failing_calls_share_the_device() {
+    if dev().is_none() {
+        return;
+    }
+    let d = LinearDevice::new().expect("a second device on the same adapter");
+    let c = case(70, 48, 512, 4, 64, 1024, 2);
+    let good = upload(&d, &c, &LinearOptions::default()).unwrap();
+    let plain = QuantizedLinear::upload(&d, "plain", &c.q, Some(&c.bias)).unwrap();
+    let mut states = c.enc.states().to_vec();
+    states[40] = 5; // below 2^16: chunk 1
+    let mut m = CodedLayerRef::from_encoded(&c.enc, 64, &c.q.scales, &c.q.biases, None);
+    m.states = bytemuck::cast_slice(&states);
+    let bad = EntropyCodedLinear::upload(&d, "corrupt", m, &LinearOptions::default()).unwrap();
+    let rows: Vec<usize> = vec![1, 3, 17, 130, 9, 40];
+    let inputs: Vec<Vec<f32>> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, &m)| activations(700 + i as u64, m * 512))
+        .collect();
+    let alone: Vec<(Vec<u32>, Vec<u32>)> = rows
+        .iter()
+        .zip(&inputs)
+        .map(|(&m, x)| {
+            (
+                bits(good.forward_batch(x, m).unwrap()),
+                bits(plain.forward_batch(x, m).unwrap()),
+            )
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let (good, plain, bad) = (&good, &plain, &bad);
+            let (rows, inputs, alone) = (&rows, &inputs, &alone);
+            scope.spawn(move || {
+                for round in 0..3 {
+                    for (i, (&m, x)) in rows.iter().zip(inputs).enumerate() {
+                        if (i + t + round) % 3 == 0 {
+                            let err = bad.forward_batch(x, m).unwrap_err().to_string();
+                            assert!(err.contains("chunk 1"), "{err}");
+                        }
+                        let label = format!("thread {t} round {round} m {m}");
+                        assert_eq!(
+                            bits(good.forward_batch(x, m).unwrap()),
+                            alone[i].0,
+                            "{label}"
+                        );
+                        assert_eq!(
+                            bits(plain.forward_batch(x, m).unwrap()),
+                            alone[i].1,
+                            "{label}"
+                        );
+                    }
+                }
+            });
+        }
+    });
+    assert!(d.call_buffer_bytes() > 0);
+}
+
 #[test]
 fn coded_model_in_tempdir() {
     use ecq::container::encode_model;
