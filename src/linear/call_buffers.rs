@@ -1,17 +1,20 @@
 //! The buffers a layer call needs (activations in, outputs out, the read back), kept by the
 //! [`LinearDevice`] for the next call.
 //!
-//! Why: a `forward_batch` call of 512 rows at 14336x4096 on an H200 spent ~75 ms of host time
-//! around ~4 ms of GPU work when every call made its buffers anew: a buffer per launch for
-//! the activations and one for the outputs, a read-back buffer, and two fresh host vectors
-//! for the outputs (BENCHMARKS.md, issue 5, step 91). Fresh memory costs page faults and the
-//! driver's allocation; reused buffers cost neither. The launches of a call share the
-//! buffers through ranges ([`crate::gpu::BufferRange`]) at offsets the device can bind.
+//! Why: a `forward_batch` call of 512 rows at 14336x4096 on an H200 spent ~60-75 ms of host
+//! time around ~4 ms of GPU work when every call made its buffers anew: a buffer per launch
+//! for the activations and one for the outputs, a read-back buffer, and two fresh host
+//! vectors for the outputs (BENCHMARKS.md, issue 5, step 91). Fresh memory costs page faults
+//! and the driver's allocation; reused buffers cost neither. The launches of a call share the
+//! buffers through ranges ([`crate::gpu::BufferRange`]) at offsets the device can bind; the
+//! activations are written straight into the kept staging memory ([`StagingWriter`]), and
+//! the host's copies run on the rayon pool.
 //!
-//! Invariants: a [`CallBuffers`] is used by one submission at a time (the pool hands each
-//! its own: a call with two submissions in flight, [`pipelined`], holds two); the read-back buffer is unmapped whenever it is in the pool (a failed read drops it);
-//! the kept buffers only grow, up to the largest call's needs, until
-//! [`LinearDevice::release_call_buffers`].
+//! Invariants: a [`CallBuffers`] serves one submission at a time (the pool hands each its
+//! own: a call with two submissions in flight, [`pipelined`], holds two); the read-back
+//! buffer is unmapped whenever it is in the pool (a failed or abandoned read drops it); an
+//! upload recorded but never submitted drops the staging belt with it; the kept buffers only
+//! grow, up to the largest submission's needs, until [`LinearDevice::release_call_buffers`].
 
 use super::device::{LinearDevice, MapReceiver};
 use crate::gpu::GpuError;
