@@ -17,7 +17,7 @@
 //! grow, up to the largest submission's needs, until [`LinearDevice::release_call_buffers`].
 
 use super::device::{LinearDevice, MapReceiver};
-use crate::gpu::GpuError;
+use crate::gpu::{BufferRange, GpuError};
 
 /// Buffers of at most this many bytes are rounded up to a power of two, larger ones to a
 /// multiple of it, so that calls of slightly different sizes reuse them.
@@ -155,6 +155,162 @@ pub(crate) fn fill_rows(
             fill(i, &mut w)?;
             w.finish()
         })
+}
+
+/// Where the GEMV launches of one submission of `m` rows, `per` rows a launch, read their
+/// activations and write their outputs in the kept buffers. Launch `j` (rows `i = j * per`
+/// on, `n` of them) reads its rows, `row_values` apart, from activation slot `j` (slots at
+/// offsets the device can bind; the last launch's rows only are uploaded). Its outputs go in
+/// place in the outputs buffer (`out_rows` a row) where the layer is one band and the
+/// launches' offsets can be bound; otherwise each band's outputs go to a slot of a parts
+/// buffer, copied into place after the pass (a copy a launch for one band, a copy a row and
+/// band for several, whose launches write their band's rows only).
+pub(crate) struct LaunchLayout {
+    m: usize,
+    per: usize,
+    row_values: usize,
+    /// Bytes from one launch's activation slot to the next.
+    x_slot: u64,
+    /// Bytes of one row of outputs.
+    row_bytes: u64,
+    /// The bands' first output and outputs (one band `(0, out_rows)` for a whole layer).
+    bands: Vec<(usize, usize)>,
+    /// Each band's place in a launch's parts slot, and the slot's bytes.
+    part_at: Vec<u64>,
+    part_stride: u64,
+    in_place: bool,
+}
+
+impl LaunchLayout {
+    /// The layout for `m` rows of `row_values` activations, `per` a launch, `out_rows` outputs
+    /// a row in `bands`, on a device binding storage at multiples of `align` bytes.
+    pub(crate) fn new(
+        m: usize,
+        per: usize,
+        row_values: usize,
+        out_rows: usize,
+        bands: Vec<(usize, usize)>,
+        align: u64,
+    ) -> Self {
+        let per = per.max(1);
+        let row_bytes = (out_rows * 4) as u64;
+        let mut part_at = Vec::with_capacity(bands.len());
+        let mut part_stride = 0u64;
+        for &(_, rows) in &bands {
+            part_at.push(part_stride);
+            part_stride += ((per * rows * 4) as u64).next_multiple_of(align);
+        }
+        let in_place =
+            bands.len() == 1 && (m <= per || (per as u64 * row_bytes).is_multiple_of(align));
+        LaunchLayout {
+            m,
+            per,
+            row_values,
+            x_slot: ((per * row_values * 4) as u64).next_multiple_of(align),
+            row_bytes,
+            bands,
+            part_at,
+            part_stride,
+            in_place,
+        }
+    }
+
+    /// The launches: (index `j`, first row `i`, rows `n`).
+    pub(crate) fn launches(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        (0..self.m)
+            .step_by(self.per)
+            .enumerate()
+            .map(|(j, i)| (j, i, self.per.min(self.m - i)))
+    }
+
+    /// Bytes of the activation slots of every launch (what the device limit is checked
+    /// against).
+    pub(crate) fn x_slots_bytes(&self) -> u64 {
+        self.x_slot * self.m.div_ceil(self.per) as u64
+    }
+
+    /// Values the upload holds: whole slots for every launch but the last, that one's rows
+    /// only (a token's GEMV uploads one row, not a slot of 16).
+    pub(crate) fn x_values(&self) -> usize {
+        let last = (self.m - 1) / self.per;
+        last * (self.x_slot / 4) as usize + (self.m - last * self.per) * self.row_values
+    }
+
+    /// Writes the `m` rows into their slots, `fill(row, writer)` a row on the rayon pool
+    /// ([`fill_rows`]), leaving the gaps between slots unwritten: no launch reads them.
+    pub(crate) fn write_rows(
+        &self,
+        w: &mut StagingWriter<'_>,
+        fill: impl Fn(usize, &mut StagingWriter<'_>) -> Result<(), GpuError> + Sync,
+    ) -> Result<(), GpuError> {
+        let mut rows = Vec::with_capacity(self.m);
+        for (_, i, n) in self.launches() {
+            for _ in 0..n {
+                rows.push(w.split(self.row_values)?);
+            }
+            if i + n < self.m {
+                w.skip((self.x_slot / 4) as usize - n * self.row_values);
+            }
+        }
+        fill_rows(rows, self.row_values, fill)
+    }
+
+    /// Launch `j`'s activations (`n` rows) in `x`.
+    pub(crate) fn x_range<'b>(&self, x: &'b wgpu::Buffer, j: usize, n: usize) -> BufferRange<'b> {
+        BufferRange::new(x, j as u64 * self.x_slot, (n * self.row_values * 4) as u64)
+    }
+
+    /// Bytes of the parts buffer, where the outputs cannot be written in place.
+    pub(crate) fn parts_bytes(&self) -> Option<u64> {
+        (!self.in_place).then(|| self.part_stride * self.m.div_ceil(self.per) as u64)
+    }
+
+    /// Where launch `(j, i, n)` writes band `b`'s outputs: in `y`, or in `parts` where
+    /// [`Self::parts_bytes`] asked for one.
+    pub(crate) fn y_range<'b>(
+        &self,
+        y: &'b wgpu::Buffer,
+        parts: Option<&'b wgpu::Buffer>,
+        (j, i, n): (usize, usize, usize),
+        b: usize,
+    ) -> BufferRange<'b> {
+        match parts {
+            Some(p) if !self.in_place => BufferRange::new(
+                p,
+                j as u64 * self.part_stride + self.part_at[b],
+                (n * self.bands[b].1 * 4) as u64,
+            ),
+            _ => BufferRange::new(y, i as u64 * self.row_bytes, n as u64 * self.row_bytes),
+        }
+    }
+
+    /// Records the copies of the parts into their places in `y` (nothing where the outputs
+    /// were written in place).
+    pub(crate) fn record_copies(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        parts: Option<&wgpu::Buffer>,
+        y: &wgpu::Buffer,
+    ) {
+        let Some(p) = parts.filter(|_| !self.in_place) else {
+            return;
+        };
+        for (j, i, n) in self.launches() {
+            for (b, &(row0, rows)) in self.bands.iter().enumerate() {
+                let from = j as u64 * self.part_stride + self.part_at[b];
+                if self.bands.len() == 1 {
+                    let bytes = n as u64 * self.row_bytes;
+                    enc.copy_buffer_to_buffer(p, from, y, i as u64 * self.row_bytes, bytes);
+                    continue;
+                }
+                let band_bytes = (rows * 4) as u64;
+                for v in 0..n {
+                    let at = (i + v) as u64 * self.row_bytes + (row0 * 4) as u64;
+                    enc.copy_buffer_to_buffer(p, from + v as u64 * band_bytes, y, at, band_bytes);
+                }
+            }
+        }
+    }
 }
 
 /// Copies `src` into `dst` (the same length) on the rayon pool in pieces of
@@ -503,6 +659,31 @@ mod tests {
         );
         assert_eq!((r, finished), (Err("full"), 1));
         super::pipelined::<(), ()>(0, 128, |_, _| panic!("no rows"), |_, _, _| Ok(())).unwrap();
+    }
+
+    /// Launches cover the rows in runs of `per`; the upload holds whole slots but the last
+    /// launch's rows only; outputs go in place only for one band whose launch offsets the
+    /// device can bind (or a single launch), else to parts slots at bindable offsets.
+    #[test]
+    fn launch_layouts() {
+        use super::LaunchLayout;
+        // 20 rows of 4096, 16 a launch, 4096 outputs, one band: in place
+        let l = LaunchLayout::new(20, 16, 4096, 4096, vec![(0, 4096)], 256);
+        assert_eq!(l.launches().collect::<Vec<_>>(), [(0, 0, 16), (1, 16, 4)]);
+        assert_eq!(l.x_values(), 16 * 4096 + 4 * 4096);
+        assert_eq!(l.x_slots_bytes(), 2 * 16 * 4096 * 4);
+        assert_eq!(l.parts_bytes(), None);
+        // 37 outputs a row: launch offsets 16 * 37 * 4 bytes apart cannot be bound
+        let l = LaunchLayout::new(20, 16, 100, 37, vec![(0, 37)], 256);
+        assert_eq!(l.x_values(), 16 * 100 + 4 * 100);
+        assert_eq!(l.parts_bytes(), Some(2 * 2560));
+        // ... unless there is one launch
+        let l = LaunchLayout::new(9, 16, 100, 37, vec![(0, 37)], 256);
+        assert_eq!((l.x_values(), l.parts_bytes()), (900, None));
+        // bands always go through parts, each band's slot bindable
+        let l = LaunchLayout::new(3, 1, 512, 50, vec![(0, 20), (20, 30)], 256);
+        assert_eq!(l.x_values(), 2 * 512 + 512);
+        assert_eq!(l.parts_bytes(), Some(3 * (256 + 256)));
     }
 
     /// Parts split off are filled apart, on the rayon pool: each row lands in its place,

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::call_buffers::{fill_rows, pipelined, CallScratch, PendingRead, StagingWriter};
+use super::call_buffers::{fill_rows, pipelined, CallScratch, LaunchLayout, PendingRead};
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, check_y, Linear, LinearError};
 use crate::gpu::{
@@ -1617,50 +1617,6 @@ impl EntropyCodedLinear {
         Ok(())
     }
 
-    /// Writes `m` rows of `x` as the GEMV launches read them: runs of [`Self::gemv_vectors`]
-    /// rows (one a launch) `slot` values apart (the gaps left unwritten: no launch reads
-    /// them), rows `ceil(K/4) * 4` apart (zero padded), in lane order where the launch reads
-    /// it; the rows on the rayon pool. [`Self::gemv_x_values`] values in all.
-    fn write_gemv_x(
-        &self,
-        x: &[f32],
-        m: usize,
-        slot: usize,
-        w: &mut StagingWriter<'_>,
-    ) -> Result<(), GpuError> {
-        let (k, per) = (self.cols, self.gemv_vectors as usize);
-        let k4 = k.div_ceil(4) * 4;
-        let mut rows = Vec::with_capacity(m);
-        for i in (0..m).step_by(per) {
-            let n = per.min(m - i);
-            for _ in 0..n {
-                rows.push(w.split(k4)?);
-            }
-            if i + n < m {
-                w.skip(slot - n * k4);
-            }
-        }
-        fill_rows(rows, k4, |r, w| {
-            let row = &x[r * k..(r + 1) * k];
-            let n = per.min(m - r / per * per);
-            if self.lane_order && !self.coop_launch(n) {
-                // (k % 512 == 0 for window splits in row pairs: no padding)
-                w.put_lane_order(row)
-            } else {
-                w.put(row);
-                Ok(())
-            }
-        })
-    }
-
-    /// The values [`Self::write_gemv_x`] writes for `m` rows: whole slots for every launch
-    /// but the last, that one's rows only (a token's GEMV uploads one row, not a slot of 16).
-    fn gemv_x_values(&self, m: usize, slot: usize) -> usize {
-        let per = self.gemv_vectors as usize;
-        let k4 = self.cols.div_ceil(4) * 4;
-        (m.div_ceil(per) - 1) * slot + (m - (m - 1) / per * per) * k4
-    }
-
     /// Whether a GEMV launch of `n` rows runs on cooperative matrices.
     fn coop_launch(&self, n: usize) -> bool {
         self.coop && n >= COOP_MIN_ROWS
@@ -1683,77 +1639,52 @@ impl EntropyCodedLinear {
         let k = self.cols;
         let k4 = k.div_ceil(4) * 4;
         let align = dev.storage_alignment();
-        let row_bytes = (self.rows * 4) as u64;
         // (1 on 8-bit activations: the upload resolves it so)
         let per = self.gemv_vectors as usize;
-        let launches = m.div_ceil(per);
-        let x_slot = ((per * k4 * 4) as u64).next_multiple_of(align);
-        self.check_buffer("activations", x_slot * launches as u64)?;
-        self.check_buffer("outputs", row_bytes * m as u64)?;
+        let bands = self.bands.iter().map(|b| (b.row0, b.rows)).collect();
+        let layout = LaunchLayout::new(m, per, k4, self.rows, bands, align);
+        self.check_buffer("activations", layout.x_slots_bytes())?;
+        self.check_buffer("outputs", (self.rows * 4 * m) as u64)?;
         let mut scratch = dev.call_scratch();
         let mut enc = device.create_command_encoder(&Default::default());
         let xb = scratch
-            .upload_with(
-                &mut enc,
-                self.gemv_x_values(m, (x_slot / 4) as usize),
-                |w| self.write_gemv_x(x, m, (x_slot / 4) as usize, w),
-            )
+            .upload_with(&mut enc, layout.x_values(), |w| {
+                // (rows of k4 values: `finish` zero-pads them)
+                layout.write_rows(w, |r, w| {
+                    let row = &x[r * k..(r + 1) * k];
+                    if self.lane_order && !self.coop_launch(per.min(m - r / per * per)) {
+                        // (k % 512 == 0 for window splits in row pairs: no padding)
+                        w.put_lane_order(row)
+                    } else {
+                        w.put(row);
+                        Ok(())
+                    }
+                })
+            })
             .map_err(|e| self.gpu_err(e))?;
-        let y = scratch.y(row_bytes * m as u64);
-        let in_place = self.bands.len() == 1
-            && (launches == 1 || (per as u64 * row_bytes).is_multiple_of(align));
-        // (where each band's outputs of a launch go in the parts buffer, and a launch's
-        // stride there)
-        let mut part_at = Vec::with_capacity(self.bands.len());
-        let mut part_stride = 0u64;
-        for band in &self.bands {
-            part_at.push(part_stride);
-            part_stride += ((per * band.rows * 4) as u64).next_multiple_of(align);
-        }
-        let parts = if in_place {
-            None
-        } else {
-            self.check_buffer("launch outputs", part_stride * launches as u64)?;
-            Some(scratch.parts(part_stride * launches as u64))
+        let y = scratch.y((self.rows * 4 * m) as u64);
+        let parts = match layout.parts_bytes() {
+            Some(bytes) => {
+                self.check_buffer("launch outputs", bytes)?;
+                Some(scratch.parts(bytes))
+            }
+            None => None,
         };
+        let launches = m.div_ceil(per) as u64;
         let x8_slot = x8_bytes(k).next_multiple_of(align);
-        let x8 = self.x8.then(|| scratch.aux(x8_slot * launches as u64));
+        let x8 = self.x8.then(|| scratch.aux(x8_slot * launches));
         for band in &self.bands {
             enc.clear_buffer(&band.errors, 0, None);
         }
-        let mut copies = Vec::new();
         // (the cooperative launches' activation buffers, by vectors, and the bands'
         // parameters: made once a call, since the launches run one after another in the pass)
         let mut coop_acts: Vec<CoopActivations> = Vec::new();
         let mut coop_bands = Vec::new();
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            for (j, i) in (0..m).step_by(per).enumerate() {
-                let n = per.min(m - i);
-                let xr = BufferRange::new(&xb, j as u64 * x_slot, (n * k4 * 4) as u64);
-                // (where the launch's outputs of band b go)
-                let target = |b: usize| match &parts {
-                    None => BufferRange::new(&y, i as u64 * row_bytes, n as u64 * row_bytes),
-                    Some(p) => BufferRange::new(
-                        p,
-                        j as u64 * part_stride + part_at[b],
-                        (n * self.bands[b].rows * 4) as u64,
-                    ),
-                };
-                if parts.is_some() {
-                    for (b, band) in self.bands.iter().enumerate() {
-                        let from = j as u64 * part_stride + part_at[b];
-                        let band_bytes = (band.rows * 4) as u64;
-                        if self.bands.len() == 1 {
-                            copies.push((from, i as u64 * row_bytes, n as u64 * row_bytes));
-                            continue;
-                        }
-                        for v in 0..n {
-                            let at = (i + v) as u64 * row_bytes + (band.row0 * 4) as u64;
-                            copies.push((from + v as u64 * band_bytes, at, band_bytes));
-                        }
-                    }
-                }
+            for (j, i, n) in layout.launches() {
+                let xr = layout.x_range(&xb, j, n);
+                let target = |b: usize| layout.y_range(&y, parts.as_ref(), (j, i, n), b);
                 if self.coop_launch(n) {
                     if coop_bands.is_empty() {
                         for band in &self.bands {
@@ -1790,11 +1721,7 @@ impl EntropyCodedLinear {
                 }
             }
         }
-        if let Some(p) = &parts {
-            for &(from, at, bytes) in &copies {
-                enc.copy_buffer_to_buffer(p, from, &y, at, bytes);
-            }
-        }
+        layout.record_copies(&mut enc, parts.as_ref(), &y);
         self.submit_read(scratch, enc, &y, self.rows * m)
     }
 

@@ -2,11 +2,10 @@
 
 use std::sync::Arc;
 
-use super::call_buffers::{fill_rows, pipelined, PendingRead};
+use super::call_buffers::{fill_rows, pipelined, LaunchLayout, PendingRead};
 use super::coded::{entry, kparts, m_split, LinearDispatch, MAX_M_PER_DISPATCH, TARGET_WORKGROUPS};
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, check_y, Linear, LinearError};
-use crate::gpu::BufferRange;
 use crate::quant::QuantizedMatrix;
 
 /// Activation rows up to which [`QuantizedLinear`]'s `forward_batch` runs launches of up to
@@ -342,66 +341,34 @@ impl QuantizedLinear {
             source,
         };
         let (device, registry) = (self.dev.device(), self.dev.gpu().registry());
-        let align = self.dev.storage_alignment();
         let per = crate::gpu::MAX_GEMV_VECTORS as usize;
-        let launches = m.div_ceil(per);
-        let row_bytes = (r * 4) as u64;
-        let x_slot = ((per * k * 4) as u64).next_multiple_of(align);
+        let layout = LaunchLayout::new(m, per, k, r, vec![(0, r)], self.dev.storage_alignment());
         let coop = |n: usize| self.coop && n >= super::COOP_MIN_ROWS;
         let mut scratch = self.dev.call_scratch();
         let mut enc = device.create_command_encoder(&Default::default());
         let xb = scratch
-            .upload_with(
-                &mut enc,
-                (launches - 1) * (x_slot / 4) as usize + (m - (launches - 1) * per) * k,
-                |w| {
-                    let mut rows = Vec::with_capacity(m);
-                    for i in (0..m).step_by(per) {
-                        let n = per.min(m - i);
-                        for _ in 0..n {
-                            rows.push(w.split(k)?);
-                        }
-                        if i + n < m {
-                            // (a gap no launch reads)
-                            w.skip((x_slot / 4) as usize - n * k);
-                        }
+            .upload_with(&mut enc, layout.x_values(), |w| {
+                layout.write_rows(w, |row_at, w| {
+                    let row = &x[row_at * k..(row_at + 1) * k];
+                    // (cooperative launches read column order, which their pass rearranges)
+                    if coop(per.min(m - row_at / per * per)) {
+                        w.put(row);
+                        return Ok(());
                     }
-                    fill_rows(rows, k, |r, w| {
-                        let row = &x[r * k..(r + 1) * k];
-                        // (cooperative launches read column order, which their pass rearranges)
-                        if coop(per.min(m - r / per * per)) {
-                            w.put(row);
-                            return Ok(());
-                        }
-                        w.put_lane_order(row)
-                    })
-                },
-            )
+                    w.put_lane_order(row)
+                })
+            })
             .map_err(gpu_err)?;
-        let y = scratch.y(row_bytes * m as u64);
-        let in_place = launches == 1 || (per as u64 * row_bytes).is_multiple_of(align);
-        let part_slot = (per as u64 * row_bytes).next_multiple_of(align);
-        let parts = (!in_place).then(|| scratch.parts(part_slot * launches as u64));
-        let mut copies = Vec::new();
+        let y = scratch.y((r * 4 * m) as u64);
+        let parts = layout.parts_bytes().map(|bytes| scratch.parts(bytes));
         // (the cooperative launches' activation buffers, by vectors: made once a call, since
         // the launches run one after another in the pass)
         let mut coop_acts: Vec<crate::gpu::CoopActivations> = Vec::new();
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            for (j, i) in (0..m).step_by(per).enumerate() {
-                let n = per.min(m - i);
-                let xr = BufferRange::new(&xb, j as u64 * x_slot, (n * k * 4) as u64);
-                let yr = match &parts {
-                    None => BufferRange::new(&y, i as u64 * row_bytes, n as u64 * row_bytes),
-                    Some(p) => {
-                        copies.push((
-                            j as u64 * part_slot,
-                            i as u64 * row_bytes,
-                            n as u64 * row_bytes,
-                        ));
-                        BufferRange::new(p, j as u64 * part_slot, n as u64 * row_bytes)
-                    }
-                };
+            for (j, i, n) in layout.launches() {
+                let xr = layout.x_range(&xb, j, n);
+                let yr = layout.y_range(&y, parts.as_ref(), (j, i, n), 0);
                 if coop(n) {
                     let acts = crate::gpu::cached_activations(
                         &mut coop_acts,
@@ -424,11 +391,7 @@ impl QuantizedLinear {
                     .record(&mut pass);
             }
         }
-        if let Some(p) = &parts {
-            for &(from, at, bytes) in &copies {
-                enc.copy_buffer_to_buffer(p, from, &y, at, bytes);
-            }
-        }
+        layout.record_copies(&mut enc, parts.as_ref(), &y);
         scratch.submit_read(enc, &y, r * m, &[]).map_err(gpu_err)
     }
 
