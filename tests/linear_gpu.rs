@@ -53,17 +53,7 @@ fn case(
     tile_chunks: usize,
 ) -> Case {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let w: Vec<f32> = (0..rows * cols)
-        .map(|_| gaussian(&mut rng) * 0.02)
-        .collect();
-    let q = quantize_affine(
-        &w,
-        rows,
-        cols,
-        FloatDType::F32,
-        AffineParams::new(bits, gs).unwrap(),
-    )
-    .expect("quantize");
+    let q = gpu_common::quantized_gaussian(&mut rng, rows, cols, bits, gs);
     let opts = EncodeOptions {
         chunk_symbols,
         tile_chunks,

@@ -50,9 +50,29 @@ pub fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }
 
-/// Gaussian weights (sigma 0.02) quantized by MLX's affine `bits`-bit scheme in groups of
-/// `gs`, and one activation vector of `cols` standard normal values, from `seed` (the weights
-/// drawn first, so the matrix of a seed does not depend on the vector).
+/// Gaussian weights (sigma 0.02) drawn from `rng`, quantized by MLX's affine `bits`-bit
+/// scheme in groups of `gs`.
+pub fn quantized_gaussian(
+    rng: &mut ChaCha8Rng,
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    gs: u32,
+) -> QuantizedMatrix {
+    let w: Vec<f32> = (0..rows * cols).map(|_| gaussian(rng) * 0.02).collect();
+    quantize_affine(
+        &w,
+        rows,
+        cols,
+        FloatDType::F32,
+        AffineParams::new(bits, gs).unwrap(),
+    )
+    .expect("quantize")
+}
+
+/// [`quantized_gaussian`] weights and one activation vector of `cols` standard normal
+/// values, from `seed` (the weights drawn first, so the matrix of a seed does not depend on
+/// the vector).
 pub fn random_matrix(
     seed: u64,
     rows: usize,
@@ -61,17 +81,7 @@ pub fn random_matrix(
     gs: u32,
 ) -> (QuantizedMatrix, Vec<f32>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let w: Vec<f32> = (0..rows * cols)
-        .map(|_| gaussian(&mut rng) * 0.02)
-        .collect();
-    let q = quantize_affine(
-        &w,
-        rows,
-        cols,
-        FloatDType::F32,
-        AffineParams::new(bits, gs).unwrap(),
-    )
-    .expect("quantize");
+    let q = quantized_gaussian(&mut rng, rows, cols, bits, gs);
     let x: Vec<f32> = (0..cols).map(|_| gaussian(&mut rng)).collect();
     (q, x)
 }
