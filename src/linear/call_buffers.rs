@@ -447,6 +447,24 @@ impl<'a> CallScratch<'a> {
         filled.map(|()| buf)
     }
 
+    /// [`Self::upload_with`] of the rows of `k` values in `x`, each zero-padded to `k4` (the
+    /// batched kernels' and the one-row GEMV's activations), the rows on the rayon pool.
+    pub(crate) fn upload_padded_rows(
+        &mut self,
+        enc: &mut wgpu::CommandEncoder,
+        x: &[f32],
+        (k, k4): (usize, usize),
+    ) -> Result<wgpu::Buffer, GpuError> {
+        let rows = x.len() / k.max(1);
+        self.upload_with(enc, rows * k4, |w| {
+            let parts = (0..rows).map(|_| w.split(k4)).collect::<Result<_, _>>()?;
+            fill_rows(parts, k4, |r, w| {
+                w.put(&x[r * k..(r + 1) * k]);
+                Ok(())
+            })
+        })
+    }
+
     /// Records the copy of `y_values` f32 from the start of `y`, then of the listed
     /// `(buffer, bytes)` regions, into the read-back buffer and submits `enc`: the read back is
     /// under way when this returns, and [`PendingRead::finish_into`] waits for it (for this

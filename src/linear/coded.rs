@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::call_buffers::{fill_rows, pipelined, CallScratch, LaunchLayout, PendingRead};
+use super::call_buffers::{pipelined, CallScratch, LaunchLayout, PendingRead};
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, check_y, Linear, LinearError};
 use crate::gpu::{
@@ -1770,15 +1770,8 @@ impl EntropyCodedLinear {
                 .dev
                 .device()
                 .create_command_encoder(&Default::default());
-            let xs = &x[start * k..(start + mb) * k];
             let xb = scratch
-                .upload_with(&mut enc, mb * k4, |w| {
-                    let rows = (0..mb).map(|_| w.split(k4)).collect::<Result<_, _>>()?;
-                    fill_rows(rows, k4, |r, w| {
-                        w.put(&xs[r * k..(r + 1) * k]);
-                        Ok(())
-                    })
-                })
+                .upload_padded_rows(&mut enc, &x[start * k..(start + mb) * k], (k, k4))
                 .map_err(|e| self.gpu_err(e))?;
             let yb = scratch.y((mb * r * 4) as u64);
             for band in &self.bands {

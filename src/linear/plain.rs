@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::call_buffers::{fill_rows, pipelined, LaunchLayout, PendingRead};
+use super::call_buffers::{pipelined, LaunchLayout, PendingRead};
 use super::coded::{entry, kparts, m_split, LinearDispatch, MAX_M_PER_DISPATCH, TARGET_WORKGROUPS};
 use super::device::{LinearDevice, LinearKernel};
 use super::{add_bias, check_x, check_y, Linear, LinearError};
@@ -290,15 +290,8 @@ impl QuantizedLinear {
             .dev
             .device()
             .create_command_encoder(&Default::default());
-        let rows = x.len() / k.max(1);
         let xb = scratch
-            .upload_with(&mut enc, rows * k4, |w| {
-                let parts = (0..rows).map(|_| w.split(k4)).collect::<Result<_, _>>()?;
-                fill_rows(parts, k4, |r, w| {
-                    w.put(&x[r * k..(r + 1) * k]);
-                    Ok(())
-                })
-            })
+            .upload_padded_rows(&mut enc, x, (k, k4))
             .map_err(gpu_err)?;
         let yb = scratch.y((out_values * 4) as u64);
         {
