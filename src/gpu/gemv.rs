@@ -304,12 +304,12 @@ impl GpuQuantizedMatrix {
 
     /// The GEMV launch `y = W x` (`x`: `cols` f32, `y`: `rows` f32), kernel chosen
     /// automatically ([`QGemvVariant::Auto`]).
-    pub fn gemv_dispatch(
+    pub fn gemv_dispatch<'b>(
         &self,
         device: &wgpu::Device,
         registry: &PipelineRegistry,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
+        x: impl Into<BufferRange<'b>>,
+        y: impl Into<BufferRange<'b>>,
     ) -> Result<Dispatch, GpuError> {
         self.gemv_dispatch_with(device, registry, x, y, QGemvVariant::Auto)
     }
@@ -319,13 +319,14 @@ impl GpuQuantizedMatrix {
     /// outputs bit for bit, with each piece's activations read in whole 128-byte lines (the
     /// plain counterpart of the fused kernel on lane order, BENCHMARKS.md issue 5, step 88).
     /// Matrices [`Self::nibble4_supported`] refuses get [`GpuError::Unsupported`].
-    pub fn gemv_lane_order_dispatch(
+    pub fn gemv_lane_order_dispatch<'b>(
         &self,
         device: &wgpu::Device,
         registry: &PipelineRegistry,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
+        x: impl Into<BufferRange<'b>>,
+        y: impl Into<BufferRange<'b>>,
     ) -> Result<Dispatch, GpuError> {
+        let (x, y) = (x.into(), y.into());
         if !self.nibble4_supported() {
             return Err(GpuError::Unsupported(format!(
                 "activations in lane order need 4 bits, cols % 16 == 0 and group size % 16 == 0 \
@@ -335,17 +336,24 @@ impl GpuQuantizedMatrix {
                 self.group_size
             )));
         }
-        self.check_vector_buffers(x, y)?;
+        self.check_vector_buffers(device, x, y)?;
         let ks = self.pipelined_auto_ksplit(4);
         let kernel = (Kernel::QGemv4Pipe, "main", self.params.cols / 16);
         self.stream_dispatch(device, registry, x, y, kernel, 4, ks, &[("XLANES", 1)])
     }
 
     /// Checks that `x` and `y` hold one vector's activations and outputs.
-    fn check_vector_buffers(&self, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<(), GpuError> {
+    fn check_vector_buffers(
+        &self,
+        device: &wgpu::Device,
+        x: BufferRange<'_>,
+        y: BufferRange<'_>,
+    ) -> Result<(), GpuError> {
+        x.check(device, "x")?;
+        y.check(device, "y")?;
         if x.size() < self.cols() as u64 * 4 || y.size() < self.rows() as u64 * 4 {
             return Err(GpuError::InvalidInput(format!(
-                "x/y buffers have {}/{} bytes, need {}/{}",
+                "x/y ranges have {}/{} bytes, need {}/{}",
                 x.size(),
                 y.size(),
                 self.cols() * 4,
@@ -416,15 +424,16 @@ impl GpuQuantizedMatrix {
     }
 
     /// The GEMV launch with an explicit kernel choice (benchmarks, tests).
-    pub fn gemv_dispatch_with(
+    pub fn gemv_dispatch_with<'b>(
         &self,
         device: &wgpu::Device,
         registry: &PipelineRegistry,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
+        x: impl Into<BufferRange<'b>>,
+        y: impl Into<BufferRange<'b>>,
         variant: QGemvVariant,
     ) -> Result<Dispatch, GpuError> {
-        self.check_vector_buffers(x, y)?;
+        let (x, y) = (x.into(), y.into());
+        self.check_vector_buffers(device, x, y)?;
         // Auto: the pipelined 4-bit kernel where it runs (4-9% faster than qgemv4 on an H200,
         // the same results at the same K split; BENCHMARKS.md, issue 5 step 10)
         let variant = match variant {
@@ -541,7 +550,7 @@ impl GpuQuantizedMatrix {
                 self.side.constant(),
             ],
         )?;
-        Ok(self.bind(device, pipeline, &uniform, x.into(), y.into(), (gx, gy)))
+        Ok(self.bind(device, pipeline, &uniform, x, y, (gx, gy)))
     }
 
     /// The K split the 4-bit kernels (`qgemv4.wgsl`, `qgemv4_dp4a.wgsl`) run with for
@@ -572,8 +581,8 @@ impl GpuQuantizedMatrix {
         device: &wgpu::Device,
         registry: &PipelineRegistry,
         (kernel, ks, extra): (Kernel, u32, &[(&'static str, u32)]),
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
+        x: BufferRange<'_>,
+        y: BufferRange<'_>,
     ) -> Result<Dispatch, GpuError> {
         let total_wg = self.params.rows.div_ceil(32 / ks);
         let (gx, gy) = grid(device, total_wg);
@@ -585,7 +594,7 @@ impl GpuQuantizedMatrix {
         ];
         constants.extend_from_slice(extra);
         let pipeline = registry.get(device, kernel, "main", &constants)?;
-        Ok(self.bind(device, pipeline, &uniform, x.into(), y.into(), (gx, gy)))
+        Ok(self.bind(device, pipeline, &uniform, x, y, (gx, gy)))
     }
 
     /// The uniform parameters for a launch (the last one is cached).
@@ -655,8 +664,8 @@ impl GpuQuantizedMatrix {
         &self,
         device: &wgpu::Device,
         registry: &PipelineRegistry,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
+        x: BufferRange<'_>,
+        y: BufferRange<'_>,
         (kernel, entry_point, vec_per_row): (Kernel, &'static str, u32),
         rows: u32,
         ksplit: u32,
@@ -672,7 +681,7 @@ impl GpuQuantizedMatrix {
         ];
         constants.extend_from_slice(extra);
         let pipeline = registry.get(device, kernel, entry_point, &constants)?;
-        Ok(self.bind(device, pipeline, &uniform, x.into(), y.into(), (gx, gy)))
+        Ok(self.bind(device, pipeline, &uniform, x, y, (gx, gy)))
     }
 
     /// [`QGemvVariant::Int8Dot`] on activations quantized once per vector instead of in
@@ -703,8 +712,8 @@ impl GpuQuantizedMatrix {
             device,
             registry,
             (Kernel::QGemv4Dp4a, ks, &[("PRE", 1)]),
-            x8,
-            y,
+            x8.into(),
+            y.into(),
         )
     }
 
@@ -750,7 +759,16 @@ impl GpuQuantizedMatrix {
         }
         let ks = self.pipelined_auto_ksplit(4);
         let kernel = (Kernel::QGemv4Pipe, "main", self.params.cols / 16);
-        self.stream_dispatch(device, registry, x, y, kernel, 4, ks, &[("DIAG", diag)])
+        self.stream_dispatch(
+            device,
+            registry,
+            x.into(),
+            y.into(),
+            kernel,
+            4,
+            ks,
+            &[("DIAG", diag)],
+        )
     }
 
     /// Whether [`Self::gemv_many_dispatch`] can run this matrix on `registry`'s device: 4-bit

@@ -21,7 +21,9 @@
 //! assert_eq!(ecq::gpu::x_column_order(&lanes, 48).unwrap(), x);
 //! ```
 
-use super::{grid, vector_pass_dispatch, Dispatch, GpuError, Kernel, PipelineRegistry};
+use super::{
+    grid, vector_pass_dispatch, BufferRange, Dispatch, GpuError, Kernel, PipelineRegistry,
+};
 
 /// Pieces of 16 columns a run: a group of 32 lanes, one piece a lane.
 const RUN: usize = 32;
@@ -111,11 +113,31 @@ pub fn x_lane_order_dispatch(
     vectors: usize,
     cols: usize,
 ) -> Result<Dispatch, GpuError> {
+    x_order_dispatch(device, registry, x.into(), out.into(), vectors, cols, true)
+}
+
+/// [`x_lane_order_dispatch`] on ranges of buffers (bound where they start, which must be
+/// multiples of the device's storage offset alignment), into lane order (`to_lanes`) or back
+/// into column order as [`x_column_order`] does. `x` and `out` must not overlap.
+pub fn x_order_dispatch(
+    device: &wgpu::Device,
+    registry: &PipelineRegistry,
+    x: BufferRange<'_>,
+    out: BufferRange<'_>,
+    vectors: usize,
+    cols: usize,
+    to_lanes: bool,
+) -> Result<Dispatch, GpuError> {
     check(vectors * cols, cols)?;
     let bytes = (vectors * cols * 4) as u64;
+    if vectors == 0 {
+        return Err(GpuError::InvalidInput("lane order: no vectors".into()));
+    }
+    x.check(device, "x")?;
+    out.check(device, "out")?;
     if x.size() < bytes || out.size() < bytes {
         return Err(GpuError::InvalidInput(format!(
-            "lane order: x/out buffers have {}/{} bytes, need {bytes} ({vectors} vectors of \
+            "lane order: x/out ranges have {}/{} bytes, need {bytes} ({vectors} vectors of \
              {cols})",
             x.size(),
             out.size()
@@ -125,13 +147,14 @@ pub fn x_lane_order_dispatch(
     let total = u32::try_from(vectors * cols / 4).map_err(|_| too_large())?;
     let cols4 = u32::try_from(cols / 4).map_err(|_| too_large())?;
     let (gx, gy) = grid(device, total.div_ceil(256).max(1));
-    let pipeline = registry.get(device, Kernel::XLaneOrder, "main", &[])?;
+    let constants: &[(&'static str, u32)] = if to_lanes { &[] } else { &[("TO_COLUMNS", 1)] };
+    let pipeline = registry.get(device, Kernel::XLaneOrder, "main", constants)?;
     Ok(vector_pass_dispatch(
         device,
         pipeline,
         [cols4, total, gx, 0],
-        x.into(),
-        out.into(),
+        BufferRange::new(x.buffer(), x.offset(), bytes),
+        BufferRange::new(out.buffer(), out.offset(), bytes),
         (gx, gy),
     ))
 }

@@ -100,6 +100,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod bias;
 mod coop;
 mod decode;
 mod gemv;
@@ -110,6 +111,7 @@ mod x8;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+pub use bias::add_bias_dispatch;
 pub(crate) use coop::cached_activations;
 pub use coop::{
     coop_x_dispatch, offers_coop_f16_16x16, CoopActivations, CoopOrder, COOP_BLOCK_COLS,
@@ -125,7 +127,9 @@ pub use decode::{
     COMPACT_TABLE_MAX_SHORT_K, COMPACT_TABLE_SHORT_K_FROM_WORKGROUPS, MAX_GEMV_VECTORS,
 };
 pub use gemv::{GpuQuantizedMatrix, QGemvVariant};
-pub use lane_order::{x_column_order, x_lane_order, x_lane_order_dispatch, x_lane_order_into};
+pub use lane_order::{
+    x_column_order, x_lane_order, x_lane_order_dispatch, x_lane_order_into, x_order_dispatch,
+};
 use x8::quantized_launch;
 pub use x8::{
     quantize_x8, quantize_x8_dispatch, quantize_x8_into, quantize_x8_read, x8_bytes, X8Activations,
@@ -397,6 +401,9 @@ pub enum Kernel {
     /// cooperative multiply, the baseline of [`Kernel::RansGemvCoop`]
     /// ([`GpuQuantizedMatrix::gemv_coop_dispatch`]).
     QGemv4Coop,
+    /// `wgsl/add_bias.wgsl`: a layer's bias added to outputs on the GPU
+    /// ([`add_bias_dispatch`]).
+    AddBias,
 }
 
 /// A kernel's source with the `wgsl/lib/NAME.wgsl` files it `// import`s appended, in the
@@ -516,6 +523,7 @@ impl Kernel {
                 wgsl_with_libs!("../../wgsl/qgemv4_coop.wgsl", "side", "coop_tile")
             }
             Kernel::XCoop => include_str!("../../wgsl/x_coop.wgsl"),
+            Kernel::AddBias => include_str!("../../wgsl/add_bias.wgsl"),
         }
     }
 
@@ -610,6 +618,7 @@ impl Kernel {
             Kernel::RansGemvCoop => "rans_gemv_coop.wgsl",
             Kernel::QGemv4Coop => "qgemv4_coop.wgsl",
             Kernel::XCoop => "x_coop.wgsl",
+            Kernel::AddBias => "add_bias.wgsl",
         }
     }
 }
@@ -1508,7 +1517,7 @@ mod tests {
     use super::Kernel;
 
     /// Every kernel the registry builds.
-    const ALL_KERNELS: [Kernel; 19] = [
+    const ALL_KERNELS: [Kernel; 20] = [
         Kernel::RansDecode,
         Kernel::RansGemv,
         Kernel::RansGemvSubgroup,
@@ -1528,6 +1537,7 @@ mod tests {
         Kernel::RansGemvCoop,
         Kernel::XCoop,
         Kernel::QGemv4Coop,
+        Kernel::AddBias,
     ];
 
     /// The registry drops bounds checks only on the trusted path it takes for kernels with
