@@ -609,8 +609,11 @@ fn coop_gemv_rounds_activations_to_f16() {
 #[test]
 fn coop_layers_match_reference() {
     use ecq::linear::{
-        CodedLayerRef, EntropyCodedLinear, Linear, LinearDevice, LinearOptions, QuantizedLinear,
+        CodedLayerRef, EntropyCodedLinear, GpuLinear, Linear, LinearDevice, LinearOptions,
+        QuantizedLinear,
     };
+    use gpu_common::{recorded, Placement};
+    let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
     if ctx().is_none() {
         return;
     }
@@ -661,10 +664,8 @@ fn coop_layers_match_reference() {
         assert!(fused.cooperative_matrix() && plain.set_cooperative_matrix(true));
         let x: Vec<f32> = (0..m * cols).map(|_| gaussian(&mut rng)).collect();
         let (want, sum_abs) = reference(&q, &x, m);
-        for (label, got) in [
-            ("fused", fused.forward_batch(&x, m).unwrap()),
-            ("plain", plain.forward_batch(&x, m).unwrap()),
-        ] {
+        for (label, layer) in [("fused", &fused as &dyn GpuLinear), ("plain", &plain)] {
+            let got = layer.forward_batch(&x, m).unwrap();
             assert_close(
                 &format!("{label}, {m} rows"),
                 &got,
@@ -672,6 +673,19 @@ fn coop_layers_match_reference() {
                 &sum_abs,
                 cols,
                 true,
+            );
+            // recorded on GPU buffers: the same launches, so the same bits (lane order given
+            // too: the cooperative launches take column order back)
+            let columns = ecq::linear::ActivationOrder::Columns;
+            let rec = recorded(layer, &x, columns, m, Placement::START).unwrap();
+            assert_eq!(bits(&rec), bits(&got), "{label}, {m} rows recorded");
+            let lanes = ecq::gpu::x_lane_order(&x, cols).unwrap();
+            let order = ecq::linear::ActivationOrder::Lanes;
+            let rec = recorded(layer, &lanes, order, m, Placement::START).unwrap();
+            assert_eq!(
+                bits(&rec),
+                bits(&got),
+                "{label}, {m} rows recorded, lane order"
             );
         }
     }

@@ -1772,3 +1772,198 @@ fn lane_order_layers_match_column_order() {
         );
     }
 }
+
+/// `GpuLinear::record_forward` runs `forward_batch`'s launches on activations and outputs in
+/// GPU buffers: bit for bit `forward_batch`'s outputs (bias included) for coded layers whole,
+/// in row bands and as window splits (lane order where 32-wide subgroups run it, in bands
+/// too), with GEMVs or the batched kernel, and for the plain layer with each of its paths; at
+/// 1 to 600 rows (two batched blocks; a 37-row layer's launches write outputs at offsets the
+/// device cannot bind; 17 rows end in a one-vector launch, which reads the order it is given),
+/// with activations and outputs at other offsets, in one buffer, and activations given in lane
+/// order.
+#[test]
+fn recorded_calls_are_forward_batch_bit_for_bit() {
+    use ecq::linear::{ActivationOrder, GpuLinear};
+    use gpu_common::{recorded, Placement};
+    let Some(d) = dev() else { return };
+    let align = u64::from(d.device().limits().min_storage_buffer_offset_alignment);
+    let c = case(70, 37, 512, 4, 64, 256, 2);
+    let coded = |limit: Option<u64>, gemv_max: Option<usize>| {
+        let opts = LinearOptions {
+            max_buffer_bytes: limit,
+            gemv_batch_max_m: gemv_max,
+            ..Default::default()
+        };
+        upload(d, &c, &opts).unwrap()
+    };
+    let (cw, s) = window_case(71);
+    let window = |limit: Option<u64>| {
+        let opts = LinearOptions {
+            max_buffer_bytes: limit,
+            ..Default::default()
+        };
+        let layer = CodedLayerRef::from_split(&s, 64, &cw.q.scales, &cw.q.biases, Some(&cw.bias));
+        EntropyCodedLinear::upload(d, "window", layer, &opts).unwrap()
+    };
+    let plain = |many: Option<usize>| {
+        let mut p = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
+        p.set_gemv_many_max_m(many);
+        p
+    };
+    let (whole, banded, gemvs) = (
+        coded(None, None),
+        coded(Some(1024), None),
+        coded(None, Some(300)),
+    );
+    assert!(banded.n_bands() > 1);
+    let (win, win_banded) = (window(None), window(Some(8192)));
+    assert!(win_banded.n_bands() > 1);
+    let plains = [plain(None), plain(Some(512)), plain(Some(0))];
+    let layers: Vec<(&str, &dyn GpuLinear, &[usize])> = vec![
+        ("coded", &whole, &[1, 2, 9, 20, 37, 600]),
+        ("coded in bands", &banded, &[1, 9, 37, 600]),
+        ("coded, GEMVs up to 300 rows", &gemvs, &[1, 20, 300]),
+        ("window split", &win, &[1, 2, 17, 20, 37]),
+        ("window split in bands", &win_banded, &[1, 20]),
+        ("plain", &plains[0], &[1, 2, 9, 37, 600]),
+        (
+            "plain, launches up to 512 rows",
+            &plains[1],
+            &[2, 17, 20, 37],
+        ),
+        ("plain, qgemm from 2 rows", &plains[2], &[2, 37, 600]),
+    ];
+    for (name, layer, ms) in layers {
+        let k = layer.in_features();
+        for &m in ms {
+            let label = format!("{name}, {m} rows");
+            let x = activations(7000 + m as u64, m * k);
+            let want = bits(layer.forward_batch(&x, m).unwrap());
+            let x_bytes = (m * k * 4) as u64;
+            for at in [
+                Placement::START,
+                Placement {
+                    x_at: align,
+                    y_at: 3 * align,
+                    one_buffer: false,
+                },
+                Placement {
+                    x_at: 0,
+                    y_at: x_bytes.next_multiple_of(align),
+                    one_buffer: true,
+                },
+            ] {
+                let got = recorded(layer, &x, ActivationOrder::Columns, m, at).unwrap();
+                assert_eq!(bits(got), want, "{label}, {at:?}");
+            }
+            let lanes = ecq::gpu::x_lane_order(&x, k).unwrap();
+            let got = recorded(layer, &lanes, ActivationOrder::Lanes, m, Placement::START);
+            assert_eq!(bits(got.unwrap()), want, "{label}, lane order");
+        }
+    }
+    assert!(d.call_buffer_bytes() > 0);
+}
+
+/// A recorded call's ranges, usages and shapes are checked before anything is recorded: too
+/// small, unaligned, overlapping or without the usages they need, each an error naming it;
+/// no rows records nothing.
+#[test]
+fn recorded_calls_check_their_arguments() {
+    use ecq::gpu::BufferRange;
+    use ecq::linear::{ActivationOrder, GpuLinear};
+    let Some(d) = dev() else { return };
+    let c = case(72, 32, 256, 4, 64, 2048, 2);
+    let coded = upload(d, &c, &LinearOptions::default()).unwrap();
+    let plain = QuantizedLinear::upload(d, "plain", &c.q, None).unwrap();
+    let buffer = |bytes: u64, usage: wgpu::BufferUsages| {
+        d.device().create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    use wgpu::BufferUsages as U;
+    let all = U::STORAGE | U::COPY_SRC | U::COPY_DST;
+    let (x, y) = (
+        buffer(4 * 256 * 4 + 1024, all),
+        buffer(4 * 32 * 4 + 1024, all),
+    );
+    let no_copy = buffer(4 * 256 * 4, U::STORAGE);
+    let cols = ActivationOrder::Columns;
+    for layer in [&coded as &dyn GpuLinear, &plain] {
+        let call = |xr: BufferRange<'_>, yr: BufferRange<'_>| {
+            let mut enc = d.device().create_command_encoder(&Default::default());
+            let r = layer.record_forward(&mut enc, xr, cols, 4, yr);
+            r.map_err(|e| e.to_string())
+        };
+        let xr = |at: u64, bytes: u64| BufferRange::new(&x, at, bytes);
+        let yr = |at: u64, bytes: u64| BufferRange::new(&y, at, bytes);
+        for (what, res) in [
+            ("x range has 4092 bytes", call(xr(0, 4092), yr(0, 512))),
+            ("y range has 508 bytes", call(xr(0, 4096), yr(0, 508))),
+            ("offset 4 is not a multiple", call(xr(0, 4096), yr(4, 512))),
+            (
+                "usage",
+                call(BufferRange::new(&no_copy, 0, 4096), yr(0, 512)),
+            ),
+            (
+                "overlap",
+                call(xr(0, 4096), BufferRange::new(&x, 3840, 512)),
+            ),
+        ] {
+            let msg = res.unwrap_err();
+            assert!(msg.contains(what), "{}: {msg}", layer.name());
+        }
+        let mut enc = d.device().create_command_encoder(&Default::default());
+        let empty = layer.record_forward(&mut enc, xr(0, 16), cols, 0, yr(0, 16));
+        assert!(empty.is_ok());
+        assert!(layer.check_recorded().is_ok());
+    }
+}
+
+/// A corrupt stream met by recorded calls is reported by `check_recorded` (naming the chunk),
+/// which clears it; host calls in between report their own and leave it there.
+#[test]
+fn recorded_calls_report_a_corrupt_stream() {
+    use ecq::linear::{ActivationOrder, GpuLinear};
+    use gpu_common::{recorded, Placement};
+    let Some(d) = dev() else { return };
+    let c = case(15, 32, 256, 4, 64, 2048, 2);
+    let mut states = c.enc.states().to_vec();
+    states[40] = 5; // below 2^16: chunk 1
+    let mut m = CodedLayerRef::from_encoded(&c.enc, 64, &c.q.scales, &c.q.biases, None);
+    m.states = bytemuck::cast_slice(&states);
+    let gpu = EntropyCodedLinear::upload(d, "corrupt", m, &LinearOptions::default()).unwrap();
+    let cols = ActivationOrder::Columns;
+    for rows in [1, 2, 9] {
+        let x = vec![1.0; rows * 256];
+        let msg = recorded(&gpu, &x, cols, rows, Placement::START)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("corrupt") && msg.contains("chunk 1"), "{msg}");
+        assert!(gpu.check_recorded().is_ok(), "cleared by the check");
+    }
+    // recorded, then a host call, then the check
+    let x = d.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 1024,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let y = d.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 128,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = d.device().create_command_encoder(&Default::default());
+    gpu.record_forward(&mut enc, (&x).into(), cols, 1, (&y).into())
+        .unwrap();
+    d.queue().submit([enc.finish()]);
+    assert!(gpu.forward(&[1.0; 256]).is_err());
+    let msg = gpu.check_recorded().unwrap_err().to_string();
+    assert!(msg.contains("chunk 1"), "{msg}");
+    let good = upload(d, &c, &LinearOptions::default()).unwrap();
+    assert!(recorded(&good, &[1.0; 256], cols, 1, Placement::START).is_ok());
+}

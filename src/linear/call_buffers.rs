@@ -265,11 +265,11 @@ impl LaunchLayout {
         (!self.in_place).then(|| self.part_stride * self.m.div_ceil(self.per) as u64)
     }
 
-    /// Where launch `(j, i, n)` writes band `b`'s outputs: in `y`, or in `parts` where
-    /// [`Self::parts_bytes`] asked for one.
+    /// Where launch `(j, i, n)` writes band `b`'s outputs: in `y` (the call's outputs from its
+    /// start), or in `parts` where [`Self::parts_bytes`] asked for one.
     pub(crate) fn y_range<'b>(
         &self,
-        y: &'b wgpu::Buffer,
+        y: BufferRange<'b>,
         parts: Option<&'b wgpu::Buffer>,
         (j, i, n): (usize, usize, usize),
         b: usize,
@@ -280,7 +280,11 @@ impl LaunchLayout {
                 j as u64 * self.part_stride + self.part_at[b],
                 (n * self.bands[b].1 * 4) as u64,
             ),
-            _ => BufferRange::new(y, i as u64 * self.row_bytes, n as u64 * self.row_bytes),
+            _ => BufferRange::new(
+                y.buffer(),
+                y.offset() + i as u64 * self.row_bytes,
+                n as u64 * self.row_bytes,
+            ),
         }
     }
 
@@ -290,8 +294,9 @@ impl LaunchLayout {
         &self,
         enc: &mut wgpu::CommandEncoder,
         parts: Option<&wgpu::Buffer>,
-        y: &wgpu::Buffer,
+        y: BufferRange<'_>,
     ) {
+        let (y, y0) = (y.buffer(), y.offset());
         let Some(p) = parts.filter(|_| !self.in_place) else {
             return;
         };
@@ -300,12 +305,12 @@ impl LaunchLayout {
                 let from = j as u64 * self.part_stride + self.part_at[b];
                 if self.bands.len() == 1 {
                     let bytes = n as u64 * self.row_bytes;
-                    enc.copy_buffer_to_buffer(p, from, y, i as u64 * self.row_bytes, bytes);
+                    enc.copy_buffer_to_buffer(p, from, y, y0 + i as u64 * self.row_bytes, bytes);
                     continue;
                 }
                 let band_bytes = (rows * 4) as u64;
                 for v in 0..n {
-                    let at = (i + v) as u64 * self.row_bytes + (row0 * 4) as u64;
+                    let at = y0 + (i + v) as u64 * self.row_bytes + (row0 * 4) as u64;
                     enc.copy_buffer_to_buffer(p, from + v as u64 * band_bytes, y, at, band_bytes);
                 }
             }
@@ -350,7 +355,7 @@ impl<'a> CallScratch<'a> {
     }
 
     /// The buffer in `slot` if it holds at least `bytes`, else a new one (kept in `slot`).
-    fn grow(
+    pub(crate) fn grow(
         dev: &LinearDevice,
         slot: &mut Option<wgpu::Buffer>,
         label: &str,

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use super::call_buffers::{pipelined, CallScratch, LaunchLayout, PendingRead};
 use super::device::{LinearDevice, LinearKernel};
-use super::{add_bias, check_x, check_y, Linear, LinearError};
+use super::resident::{bias_buffer, Resident, ResidentCall, RowsNeed};
+use super::{add_bias, check_x, check_y, ActivationOrder, GpuLinear, Linear, LinearError};
 use crate::gpu::{
     cached_activations, check_gemv_vectors, coop_gemv_pipeline, coop_layout_refusal, coop_params,
     coop_x_dispatch, default_fused_variant, fused_gemv_pipeline, quantize_x8_dispatch,
@@ -655,6 +656,9 @@ struct Band {
     offsets: wgpu::Buffer,
     words: wgpu::Buffer,
     errors: wgpu::Buffer,
+    /// The error flags of recorded calls ([`super::GpuLinear`]), kept until
+    /// [`super::GpuLinear::check_recorded`] (`errors` is cleared by every host call).
+    record_errors: wgpu::Buffer,
     sb: wgpu::Buffer,
     gemv: CodedParams,
     gemm: GemmParams,
@@ -734,6 +738,8 @@ pub struct EntropyCodedLinear {
     tile_chunks: usize,
     bands: Vec<Band>,
     bias: Option<Vec<f32>>,
+    /// The bias on the GPU for recorded calls, made on first use.
+    bias_gpu: std::sync::OnceLock<wgpu::Buffer>,
     coded_bytes: u64,
     side_bytes: u64,
     /// Bytes of the bands' decode tables in memory (`Band::tables`).
@@ -959,6 +965,11 @@ impl EntropyCodedLinear {
                 ((c1 - c0) * 4) as u64,
                 wgpu::BufferUsages::COPY_SRC,
             );
+            let record_errors = dev.buffer(
+                "ecq recorded chunk errors",
+                ((c1 - c0) * 4) as u64,
+                wgpu::BufferUsages::COPY_SRC,
+            );
             let n_tiles = t1 - t0;
             let wg_per_tile = tc.div_ceil(GROUPS_PER_WG);
             let total_wg = (n_tiles * wg_per_tile) as u32;
@@ -1074,6 +1085,7 @@ impl EntropyCodedLinear {
                 offsets: offs,
                 words,
                 errors,
+                record_errors,
                 sb,
                 gemv,
                 gemm,
@@ -1130,6 +1142,7 @@ impl EntropyCodedLinear {
             tile_chunks: tc,
             bands,
             bias: m.bias.map(<[f32]>::to_vec),
+            bias_gpu: std::sync::OnceLock::new(),
             coded_bytes: (m.freqs.len()
                 + m.states.len()
                 + m.offsets.len()
@@ -1317,6 +1330,7 @@ impl EntropyCodedLinear {
         (p, uniform): &(CodedParams, wgpu::Buffer),
         x: &CoopActivations,
         y: BufferRange<'_>,
+        errors: &wgpu::Buffer,
     ) -> Result<LinearDispatch, GpuError> {
         let device = self.dev.device();
         let y_need = (band.rows * 4) as u64 * u64::from(x.vectors());
@@ -1349,7 +1363,7 @@ impl EntropyCodedLinear {
                 entry(2, &band.states),
                 entry(3, &band.offsets),
                 entry(4, &band.words),
-                entry(5, &band.errors),
+                entry(5, errors),
                 entry(6, &band.sb),
                 entry(7, x.tiles()),
                 entry(8, x.sums()),
@@ -1370,6 +1384,7 @@ impl EntropyCodedLinear {
         y: BufferRange<'_>,
         vectors: u32,
         lanes: bool,
+        errors: &wgpu::Buffer,
     ) -> Result<LinearDispatch, GpuError> {
         let registry = self.dev.gpu().registry();
         let device = self.dev.device();
@@ -1407,7 +1422,7 @@ impl EntropyCodedLinear {
                 entry(2, &band.states),
                 entry(3, &band.offsets),
                 entry(4, &band.words),
-                entry(5, &band.errors),
+                entry(5, errors),
                 entry(6, &band.sb),
                 x.entry(7),
                 y.entry(8),
@@ -1486,7 +1501,7 @@ impl EntropyCodedLinear {
         }
         match self.bands.as_slice() {
             [band] => self
-                .gemv_dispatch(band, x.into(), y.into(), vectors, lanes)
+                .gemv_dispatch(band, x.into(), y.into(), vectors, lanes, &band.errors)
                 .map_err(|e| self.gpu_err(e)),
             _ => Err(LinearError::Unsupported {
                 layer: self.name.clone(),
@@ -1505,6 +1520,18 @@ impl EntropyCodedLinear {
         y: &wgpu::Buffer,
         m: usize,
     ) -> Result<Vec<LinearDispatch>, LinearError> {
+        self.batch_dispatches_in(x.into(), y.into(), m, false)
+    }
+
+    /// [`Self::batch_dispatches`] on ranges, writing the error flags of recorded calls where
+    /// `recorded`.
+    fn batch_dispatches_in(
+        &self,
+        x: BufferRange<'_>,
+        y: BufferRange<'_>,
+        m: usize,
+        recorded: bool,
+    ) -> Result<Vec<LinearDispatch>, LinearError> {
         if m == 0 || m > MAX_M_PER_DISPATCH {
             return Err(LinearError::InvalidLayer {
                 layer: self.name.clone(),
@@ -1521,6 +1548,10 @@ impl EntropyCodedLinear {
         }
         let xs = self.cols.div_ceil(4) as u64 * 16 * m as u64;
         let ys = (self.rows * m * 4) as u64;
+        x.check(self.dev.device(), "x")
+            .map_err(|e| self.gpu_err(e))?;
+        y.check(self.dev.device(), "y")
+            .map_err(|e| self.gpu_err(e))?;
         if x.size() < xs || y.size() < ys {
             return Err(LinearError::InvalidLayer {
                 layer: self.name.clone(),
@@ -1577,10 +1608,17 @@ impl EntropyCodedLinear {
                         entry(2, &band.states),
                         entry(3, &band.offsets),
                         entry(4, &band.words),
-                        entry(5, &band.errors),
+                        entry(
+                            5,
+                            if recorded {
+                                &band.record_errors
+                            } else {
+                                &band.errors
+                            },
+                        ),
                         entry(6, &band.sb),
-                        entry(7, x),
-                        entry(8, y),
+                        x.entry(7),
+                        y.entry(8),
                     ],
                 });
             out.push(LinearDispatch {
@@ -1684,7 +1722,7 @@ impl EntropyCodedLinear {
             let mut pass = enc.begin_compute_pass(&Default::default());
             for (j, i, n) in layout.launches() {
                 let xr = layout.x_range(&xb, j, n);
-                let target = |b: usize| layout.y_range(&y, parts.as_ref(), (j, i, n), b);
+                let target = |b: usize| layout.y_range((&y).into(), parts.as_ref(), (j, i, n), b);
                 if self.coop_launch(n) {
                     if coop_bands.is_empty() {
                         for band in &self.bands {
@@ -1698,7 +1736,7 @@ impl EntropyCodedLinear {
                         .map_err(|e| self.gpu_err(e))?
                         .record(&mut pass);
                     for (b, (band, cb)) in self.bands.iter().zip(&coop_bands).enumerate() {
-                        self.coop_dispatch(band, cb, acts, target(b))
+                        self.coop_dispatch(band, cb, acts, target(b), &band.errors)
                             .map_err(|e| self.gpu_err(e))?
                             .record(&mut pass);
                     }
@@ -1715,13 +1753,20 @@ impl EntropyCodedLinear {
                     None => xr,
                 };
                 for (b, band) in self.bands.iter().enumerate() {
-                    self.gemv_dispatch(band, xr, target(b), n as u32, self.lane_order)
-                        .map_err(|e| self.gpu_err(e))?
-                        .record(&mut pass);
+                    self.gemv_dispatch(
+                        band,
+                        xr,
+                        target(b),
+                        n as u32,
+                        self.lane_order,
+                        &band.errors,
+                    )
+                    .map_err(|e| self.gpu_err(e))?
+                    .record(&mut pass);
                 }
             }
         }
-        layout.record_copies(&mut enc, parts.as_ref(), &y);
+        layout.record_copies(&mut enc, parts.as_ref(), (&y).into());
         self.submit_read(scratch, enc, &y, self.rows * m)
     }
 
@@ -1756,11 +1801,8 @@ impl EntropyCodedLinear {
         let (r, k) = (self.rows, self.cols);
         let k4 = k.div_ceil(4) * 4;
         let xrow = k4 as u64 * 4;
-        let limit = self.dev.max_buffer_bytes();
         // activation rows per dispatch: at most 512, and within the buffer limits
-        let per = (MAX_M_PER_DISPATCH as u64)
-            .min(limit / xrow.max(1))
-            .min(limit / (r as u64 * 4).max(1)) as usize;
+        let per = gemm_rows_per_dispatch(k4, r, self.dev.max_buffer_bytes());
         if per == 0 {
             self.check_buffer("one activation row", xrow.max(r as u64 * 4))?;
         }
@@ -1794,6 +1836,209 @@ impl EntropyCodedLinear {
     pub fn buffer_limit(&self) -> (u64, &'static str) {
         self.max_buffer
     }
+}
+
+/// Recorded calls ([`GpuLinear`]): the launches of `forward_batch` on activations and outputs
+/// on the GPU.
+impl EntropyCodedLinear {
+    /// The fused GEMV launches of a recorded call, as [`Self::submit_gemv`] makes them for the
+    /// same rows.
+    fn record_gemv(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        call: &ResidentCall<'_>,
+    ) -> Result<(), GpuError> {
+        let dev = &self.dev;
+        let (device, registry) = (dev.device(), dev.gpu().registry());
+        let k = self.cols;
+        let k4 = k.div_ceil(4) * 4;
+        let per = self.gemv_vectors as usize;
+        let bands = self.bands.iter().map(|b| (b.row0, b.rows)).collect();
+        let (layout, parts) = call.outputs(dev, per, k4, bands)?;
+        // (a one-vector launch reads the order it is given, both kernels giving the same bits:
+        // in a token's sequence of launches a permutation launch took ~13 µs on an H200, more
+        // than lane order saves a one-vector GEMV (BENCHMARKS.md, issue 5, step 93))
+        let need = |n: usize| RowsNeed {
+            order: if self.lane_order
+                && !self.coop_launch(n)
+                && (n > 1 || call.order == ActivationOrder::Lanes)
+            {
+                ActivationOrder::Lanes
+            } else {
+                ActivationOrder::Columns
+            },
+            stride: k4,
+        };
+        let launches: Vec<_> = layout.launches().map(|(_, i, n)| (i, n, need(n))).collect();
+        let rows = call.stage_rows(dev, enc, &launches)?;
+        let align = dev.storage_alignment();
+        let x8_slot = x8_bytes(k).next_multiple_of(align);
+        let x8 = self
+            .x8
+            .then(|| dev.resident(Resident::Aux, x8_slot * launches.len() as u64));
+        let mut coop_acts: Vec<CoopActivations> = Vec::new();
+        let mut coop_bands = Vec::new();
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        for (j, i, n) in layout.launches() {
+            let xr = rows.range(j);
+            let target = |b: usize| layout.y_range(call.y, parts.as_ref(), (j, i, n), b);
+            if self.coop_launch(n) {
+                if coop_bands.is_empty() {
+                    for band in &self.bands {
+                        coop_bands.push(self.coop_uniform(band)?);
+                    }
+                }
+                let acts =
+                    cached_activations(&mut coop_acts, device, k, n as u32, CoopOrder::Window)?;
+                coop_x_dispatch(device, registry, xr, acts)?.record(&mut pass);
+                for (b, (band, cb)) in self.bands.iter().zip(&coop_bands).enumerate() {
+                    self.coop_dispatch(band, cb, acts, target(b), &band.record_errors)?
+                        .record(&mut pass);
+                }
+                continue;
+            }
+            let xr = match &x8 {
+                Some(x8) => {
+                    let r = BufferRange::new(x8, j as u64 * x8_slot, x8_bytes(k));
+                    quantize_x8_dispatch(device, registry, xr, r, k, X8Order::Window)?
+                        .record(&mut pass);
+                    r
+                }
+                None => xr,
+            };
+            let lanes = need(n).order == ActivationOrder::Lanes;
+            for (b, band) in self.bands.iter().enumerate() {
+                self.gemv_dispatch(band, xr, target(b), n as u32, lanes, &band.record_errors)?
+                    .record(&mut pass);
+            }
+        }
+        drop(pass);
+        layout.record_copies(enc, parts.as_ref(), call.y);
+        Ok(())
+    }
+
+    /// The batched launches of a recorded call, in blocks of rows as [`Self::run_gemm_into`]
+    /// makes them.
+    fn record_gemm(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        call: &ResidentCall<'_>,
+    ) -> Result<(), LinearError> {
+        let dev = &self.dev;
+        let (r, k) = (self.rows, self.cols);
+        let k4 = k.div_ceil(4) * 4;
+        let per = gemm_rows_per_dispatch(k4, r, dev.max_buffer_bytes());
+        if per == 0 {
+            self.check_buffer("one activation row", (k4 as u64 * 4).max(r as u64 * 4))?;
+        }
+        let gpu = |e| self.gpu_err(e);
+        // (the batched kernel writes every band's outputs of its rows: one band for the layout)
+        let (layout, parts) = call.outputs(dev, per, k4, vec![(0, r)]).map_err(gpu)?;
+        let need = RowsNeed {
+            order: ActivationOrder::Columns,
+            stride: k4,
+        };
+        let launches: Vec<_> = layout.launches().map(|(_, i, n)| (i, n, need)).collect();
+        let rows = call.stage_rows(dev, enc, &launches).map_err(gpu)?;
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        for (j, i, n) in layout.launches() {
+            let yr = layout.y_range(call.y, parts.as_ref(), (j, i, n), 0);
+            for d in self.batch_dispatches_in(rows.range(j), yr, n, true)? {
+                d.record(&mut pass);
+            }
+        }
+        drop(pass);
+        layout.record_copies(enc, parts.as_ref(), call.y);
+        Ok(())
+    }
+}
+
+impl GpuLinear for EntropyCodedLinear {
+    fn linear_device(&self) -> &Arc<LinearDevice> {
+        &self.dev
+    }
+
+    /// The launches `forward_batch` runs for `m` rows (fused GEMVs up to
+    /// [`LinearOptions::gemv_batch_max_m`] rows, else the batched kernel), then the bias.
+    fn record_forward(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        x: BufferRange<'_>,
+        order: ActivationOrder,
+        m: usize,
+        y: BufferRange<'_>,
+    ) -> Result<(), LinearError> {
+        let dims = (self.cols, self.rows);
+        let Some(call) = ResidentCall::new(&self.dev, &self.name, x, order, m, dims, y)? else {
+            return Ok(());
+        };
+        if self.bands.is_empty() {
+            enc.clear_buffer(call.y.buffer(), call.y.offset(), Some(call.y.size()));
+        } else if m <= self.gemv_batch_max_m {
+            self.record_gemv(enc, &call).map_err(|e| self.gpu_err(e))?;
+        } else {
+            self.record_gemm(enc, &call)?;
+        }
+        let bias = bias_buffer(&self.dev, &self.bias_gpu, self.bias.as_deref());
+        call.add_bias(&self.dev, enc, bias)
+            .map_err(|e| self.gpu_err(e))
+    }
+
+    fn check_recorded(&self) -> Result<(), LinearError> {
+        if self.bands.is_empty() {
+            return Ok(());
+        }
+        let device = self.dev.device();
+        let bytes: u64 = self.bands.iter().map(|b| (b.n_chunks * 4) as u64).sum();
+        let readback = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("ecq recorded errors read back"),
+            size: bytes.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = device.create_command_encoder(&Default::default());
+        let mut at = 0;
+        for band in &self.bands {
+            let n = (band.n_chunks * 4) as u64;
+            enc.copy_buffer_to_buffer(&band.record_errors, 0, &readback, at, n);
+            enc.clear_buffer(&band.record_errors, 0, None);
+            at += n;
+        }
+        let (submission, mapped) = self
+            .dev
+            .submit_mapped(enc, &readback, bytes.max(4), || {})
+            .map_err(|e| self.gpu_err(e))?;
+        self.dev
+            .wait_mapped(submission, mapped)
+            .map_err(|e| self.gpu_err(e))?;
+        let errs = {
+            let view = readback
+                .slice(..bytes.max(4))
+                .get_mapped_range()
+                .map_err(|e| self.gpu_err(GpuError::Map(e.to_string())))?;
+            let mut at = 0;
+            self.bands
+                .iter()
+                .map(|band| {
+                    let n = band.n_chunks * 4;
+                    let v = view[at..at + n].to_vec();
+                    at += n;
+                    v
+                })
+                .collect::<Vec<_>>()
+        };
+        readback.unmap();
+        self.check_errors(&errs)
+    }
+}
+
+/// Activation rows a batched submission takes for rows of `k4` inputs and `r` outputs: at
+/// most [`MAX_M_PER_DISPATCH`], within the buffer limit `limit` (0 where one row is too large).
+fn gemm_rows_per_dispatch(k4: usize, r: usize, limit: u64) -> usize {
+    let xrow = k4 as u64 * 4;
+    (MAX_M_PER_DISPATCH as u64)
+        .min(limit / xrow.max(1))
+        .min(limit / (r as u64 * 4).max(1)) as usize
 }
 
 impl Linear for EntropyCodedLinear {

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::call_buffers::{CallBuffers, CallScratch};
+use super::resident::{Resident, ResidentBuffers};
 
 /// Where a read back's mapping reports its outcome.
 pub(crate) type MapReceiver = std::sync::mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>;
@@ -131,6 +132,8 @@ pub struct LinearDevice {
     pipelines: Mutex<HashMap<LinearKernel, wgpu::ComputePipeline>>,
     /// One set a call running at once (usually one).
     call_buffers: Mutex<Vec<CallBuffers>>,
+    /// The buffers of recorded calls ([`super::GpuLinear`]).
+    resident: Mutex<ResidentBuffers>,
 }
 
 impl LinearDevice {
@@ -146,6 +149,7 @@ impl LinearDevice {
             gpu,
             pipelines: Mutex::new(HashMap::new()),
             call_buffers: Mutex::new(Vec::new()),
+            resident: Mutex::new(ResidentBuffers::default()),
         })
     }
 
@@ -164,16 +168,30 @@ impl LinearDevice {
         self.gpu.queue()
     }
 
-    /// Drops the buffers kept from earlier layer calls (the next call makes new ones).
+    /// Drops the buffers kept from earlier layer calls, recorded ones included (the next
+    /// call makes new ones; recorded work not yet run keeps its own until it ran).
     pub fn release_call_buffers(&self) {
         self.call_buffers.lock().expect("call buffers lock").clear();
+        *self.resident.lock().expect("resident buffers lock") = ResidentBuffers::default();
     }
 
     /// GPU bytes of the buffers kept from earlier layer calls (activations, outputs and the
-    /// read back of the largest calls so far, host-visible for the read back).
+    /// read back of the largest calls so far, host-visible for the read back; the scratch of
+    /// recorded calls).
     pub fn call_buffer_bytes(&self) -> u64 {
         let pool = self.call_buffers.lock().expect("call buffers lock");
-        pool.iter().map(CallBuffers::gpu_bytes).sum()
+        pool.iter().map(CallBuffers::gpu_bytes).sum::<u64>()
+            + self
+                .resident
+                .lock()
+                .expect("resident buffers lock")
+                .gpu_bytes()
+    }
+
+    /// The kept buffer `which` of recorded calls, at least `bytes`.
+    pub(crate) fn resident(&self, which: Resident, bytes: u64) -> wgpu::Buffer {
+        let mut kept = self.resident.lock().expect("resident buffers lock");
+        kept.get(self, which, bytes)
     }
 
     /// A call's buffers, from the pool (given back when the returned value drops).

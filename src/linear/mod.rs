@@ -75,6 +75,7 @@ mod cpu;
 mod device;
 mod model;
 mod plain;
+mod resident;
 
 pub use coded::{
     CodedLayerRef, EntropyCodedLinear, LinearDispatch, LinearOptions, COOP_MIN_ROWS,
@@ -88,6 +89,7 @@ pub use cpu::CpuLinear;
 pub use device::LinearDevice;
 pub use model::EntropyCodedModel;
 pub use plain::{QuantizedLinear, PLAIN_GEMV_MANY_MAX_M, PLAIN_GEMV_MANY_MAX_M_SMALL};
+pub use resident::{ActivationOrder, GpuLinear};
 
 use half::f16;
 

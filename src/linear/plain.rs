@@ -5,7 +5,9 @@ use std::sync::Arc;
 use super::call_buffers::{pipelined, LaunchLayout, PendingRead};
 use super::coded::{entry, kparts, m_split, LinearDispatch, MAX_M_PER_DISPATCH, TARGET_WORKGROUPS};
 use super::device::{LinearDevice, LinearKernel};
-use super::{add_bias, check_x, check_y, Linear, LinearError};
+use super::resident::{bias_buffer, ResidentCall, RowsNeed};
+use super::{add_bias, check_x, check_y, ActivationOrder, GpuLinear, Linear, LinearError};
+use crate::gpu::BufferRange;
 use crate::quant::QuantizedMatrix;
 
 /// Activation rows up to which [`QuantizedLinear`]'s `forward_batch` runs launches of up to
@@ -44,6 +46,16 @@ struct Params {
     _pad: [u32; 2],
 }
 
+/// The launches of a plain call ([`QuantizedLinear::path`]).
+enum PlainPath<'a> {
+    /// One row: the plain GEMV.
+    Vector(&'a crate::gpu::GpuQuantizedMatrix),
+    /// Launches of the multi-vector GEMV.
+    Many(&'a crate::gpu::GpuQuantizedMatrix),
+    /// `qgemm`.
+    Gemm,
+}
+
 /// A plain MLX quantized layer (2, 4 or 8 bits) on the GPU: the baseline of
 /// [`super::EntropyCodedLinear`]. `forward_batch` runs `qgemm.wgsl`, whose multiply is the
 /// same as `rans_gemm.wgsl`'s (4 rows per workgroup, slices of 256 weights dequantized into
@@ -67,6 +79,8 @@ pub struct QuantizedLinear {
     sb: wgpu::Buffer,
     side: crate::gpu::SideFormat,
     bias: Option<Vec<f32>>,
+    /// The bias on the GPU for recorded calls, made on first use.
+    bias_gpu: std::sync::OnceLock<wgpu::Buffer>,
     /// The plain GEMV's matrix, holding `packed` and `sb` (None where it cannot run it).
     vector: Option<crate::gpu::GpuQuantizedMatrix>,
     /// Launches of at least [`super::COOP_MIN_ROWS`] rows run on cooperative matrices
@@ -167,6 +181,7 @@ impl QuantizedLinear {
             sb,
             side,
             bias: bias.map(<[f32]>::to_vec),
+            bias_gpu: std::sync::OnceLock::new(),
             vector,
             coop: false,
             many_max_m: None,
@@ -217,6 +232,16 @@ impl QuantizedLinear {
         y: &wgpu::Buffer,
         m: usize,
     ) -> Result<LinearDispatch, LinearError> {
+        self.batch_dispatch_in(x.into(), y.into(), m)
+    }
+
+    /// [`Self::batch_dispatch`] on ranges.
+    fn batch_dispatch_in(
+        &self,
+        x: BufferRange<'_>,
+        y: BufferRange<'_>,
+        m: usize,
+    ) -> Result<LinearDispatch, LinearError> {
         let gpu = |source| LinearError::Gpu {
             layer: self.name.clone(),
             source,
@@ -226,6 +251,18 @@ impl QuantizedLinear {
                 layer: self.name.clone(),
                 reason: format!("{m} activation rows per dispatch (1..={MAX_M_PER_DISPATCH})"),
             });
+        }
+        let device = self.dev.device();
+        x.check(device, "x").map_err(gpu)?;
+        y.check(device, "y").map_err(gpu)?;
+        let (k4, r) = (self.in_features().div_ceil(4) * 4, self.out_features());
+        let (xs, ys) = ((k4 * 4 * m) as u64, (r * 4 * m) as u64);
+        if x.size() < xs || y.size() < ys {
+            return Err(gpu(crate::gpu::GpuError::InvalidInput(format!(
+                "x/y ranges have {}/{} bytes, {m} rows need {xs}/{ys}",
+                x.size(),
+                y.size()
+            ))));
         }
         let pipeline = self
             .dev
@@ -254,8 +291,8 @@ impl QuantizedLinear {
                     entry(0, &uniform),
                     entry(1, &self.packed),
                     entry(2, &self.sb),
-                    entry(3, x),
-                    entry(4, y),
+                    x.entry(3),
+                    y.entry(4),
                 ],
             });
         Ok(LinearDispatch::new(
@@ -361,7 +398,7 @@ impl QuantizedLinear {
             let mut pass = enc.begin_compute_pass(&Default::default());
             for (j, i, n) in layout.launches() {
                 let xr = layout.x_range(&xb, j, n);
-                let yr = layout.y_range(&y, parts.as_ref(), (j, i, n), 0);
+                let yr = layout.y_range((&y).into(), parts.as_ref(), (j, i, n), 0);
                 if coop(n) {
                     let acts = crate::gpu::cached_activations(
                         &mut coop_acts,
@@ -384,8 +421,35 @@ impl QuantizedLinear {
                     .record(&mut pass);
             }
         }
-        layout.record_copies(&mut enc, parts.as_ref(), &y);
+        layout.record_copies(&mut enc, parts.as_ref(), (&y).into());
         scratch.submit_read(enc, &y, r * m, &[]).map_err(gpu_err)
+    }
+
+    /// Which launches `forward_batch` runs for `m > 0` rows.
+    fn path(&self, m: usize) -> PlainPath<'_> {
+        let Some(v) = self.vector.as_ref() else {
+            return PlainPath::Gemm;
+        };
+        if m == 1 {
+            return PlainPath::Vector(v);
+        }
+        let (r, k) = (self.out_features(), self.in_features());
+        let many_max = self.many_max_m.unwrap_or(if r * k <= 1 << 22 {
+            PLAIN_GEMV_MANY_MAX_M_SMALL
+        } else {
+            PLAIN_GEMV_MANY_MAX_M
+        });
+        // with cooperative matrices, launches of 16 rows at every row count for matrices of
+        // more than 2^22 weights: on an H200 at 512 rows they took 0.22-0.27x `qgemm`'s GPU
+        // time there; at 1024x4096 the many launches' host work made whole calls slower than
+        // `qgemm`'s (BENCHMARKS.md issue 5, step 90)
+        let coop_all = self.coop && r * k > 1 << 22 && self.many_max_m.is_none();
+        if ((2..=many_max).contains(&m) || (coop_all && m > many_max))
+            && v.gemv_many_supported(self.dev.gpu().registry())
+        {
+            return PlainPath::Many(v);
+        }
+        PlainPath::Gemm
     }
 
     /// `x` (rows of `in_features`, a multiple of 16) in lane order.
@@ -467,27 +531,17 @@ impl Linear for QuantizedLinear {
         if m == 0 || r == 0 {
             return Ok(());
         }
-        if m == 1 && self.vector.is_some() {
-            // (the plain GEMV, as `forward`: `qgemm` took 1.1 ms for one row at 4096x14336 on
-            // an H200, the GEMV's whole call 0.4)
-            y.copy_from_slice(&self.forward(x)?);
-            return Ok(());
-        }
-        let registry = self.dev.gpu().registry();
-        let many_max = self.many_max_m.unwrap_or(if r * k <= 1 << 22 {
-            PLAIN_GEMV_MANY_MAX_M_SMALL
-        } else {
-            PLAIN_GEMV_MANY_MAX_M
-        });
-        // with cooperative matrices, launches of 16 rows at every row count for matrices of
-        // more than 2^22 weights: on an H200 at 512 rows they took 0.22-0.27x `qgemm`'s GPU
-        // time there; at 1024x4096 the many launches' host work made whole calls slower than
-        // `qgemm`'s (BENCHMARKS.md issue 5, step 90)
-        let coop_all = self.coop && r * k > 1 << 22 && self.many_max_m.is_none();
-        if let Some(v) = self.vector.as_ref().filter(|v| {
-            ((2..=many_max).contains(&m) || (coop_all && m > many_max))
-                && v.gemv_many_supported(registry)
-        }) {
+        let v = match self.path(m) {
+            PlainPath::Vector(_) => {
+                // (the plain GEMV, as `forward`: `qgemm` took 1.1 ms for one row at 4096x14336
+                // on an H200, the GEMV's whole call 0.4)
+                y.copy_from_slice(&self.forward(x)?);
+                return Ok(());
+            }
+            PlainPath::Many(v) => Some(v),
+            PlainPath::Gemm => None,
+        };
+        if let Some(v) = v {
             pipelined(
                 m,
                 super::GEMV_SUBMIT_ROWS,
@@ -515,6 +569,134 @@ impl Linear for QuantizedLinear {
             |pending, start, mb| self.finish_read(pending, &mut y[start * r..(start + mb) * r]),
         )?;
         add_bias(y, self.bias.as_deref());
+        Ok(())
+    }
+}
+
+/// Recorded calls ([`GpuLinear`]): the launches of `forward_batch` on activations and outputs
+/// on the GPU.
+impl QuantizedLinear {
+    /// The launches of a recorded call on `path`'s kernels, as `forward_batch` makes them.
+    fn record_path(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        call: &ResidentCall<'_>,
+        path: PlainPath<'_>,
+    ) -> Result<(), LinearError> {
+        let gpu = |source| LinearError::Gpu {
+            layer: self.name.clone(),
+            source,
+        };
+        let dev = &self.dev;
+        let (device, registry) = (dev.device(), dev.gpu().registry());
+        let (r, k) = (self.out_features(), self.in_features());
+        let k4 = k.div_ceil(4) * 4;
+        let coop = |n: usize| self.coop && n >= super::COOP_MIN_ROWS;
+        let (per, row_values) = match path {
+            PlainPath::Vector(_) => (1, k),
+            PlainPath::Many(_) => (crate::gpu::MAX_GEMV_VECTORS as usize, k),
+            PlainPath::Gemm => (MAX_M_PER_DISPATCH, k4),
+        };
+        let (layout, parts) = call
+            .outputs(dev, per, row_values, vec![(0, r)])
+            .map_err(gpu)?;
+        // (one-vector launches read the order they are given, as the coded layer's do)
+        let given_lanes = call.order == ActivationOrder::Lanes;
+        let need = |n: usize| {
+            let lanes = match path {
+                PlainPath::Vector(v) => v.nibble4_supported() && given_lanes,
+                PlainPath::Many(_) => !coop(n) && (n > 1 || given_lanes),
+                PlainPath::Gemm => false,
+            };
+            RowsNeed {
+                order: if lanes {
+                    ActivationOrder::Lanes
+                } else {
+                    ActivationOrder::Columns
+                },
+                stride: row_values,
+            }
+        };
+        let launches: Vec<_> = layout.launches().map(|(_, i, n)| (i, n, need(n))).collect();
+        let rows = call.stage_rows(dev, enc, &launches).map_err(gpu)?;
+        let mut coop_acts: Vec<crate::gpu::CoopActivations> = Vec::new();
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        for (j, i, n) in layout.launches() {
+            let (xr, yr) = (
+                rows.range(j),
+                layout.y_range(call.y, parts.as_ref(), (j, i, n), 0),
+            );
+            let lanes = need(n).order == ActivationOrder::Lanes;
+            let d = match path {
+                PlainPath::Vector(v) if lanes => {
+                    v.gemv_lane_order_dispatch(device, registry, xr, yr)
+                }
+                PlainPath::Vector(v) => v.gemv_dispatch(device, registry, xr, yr),
+                PlainPath::Many(v) if coop(n) => {
+                    let acts = crate::gpu::cached_activations(
+                        &mut coop_acts,
+                        device,
+                        k,
+                        n as u32,
+                        crate::gpu::CoopOrder::Packed,
+                    )
+                    .map_err(gpu)?;
+                    crate::gpu::coop_x_dispatch(device, registry, xr, acts)
+                        .map_err(gpu)?
+                        .record(&mut pass);
+                    v.gemv_coop_dispatch(device, registry, acts, yr)
+                }
+                PlainPath::Many(v) if lanes => {
+                    v.gemv_many_lane_order_dispatch(device, registry, xr, yr, n as u32)
+                }
+                PlainPath::Many(v) => v.gemv_many_dispatch(device, registry, xr, yr, n as u32),
+                PlainPath::Gemm => {
+                    self.batch_dispatch_in(xr, yr, n)?.record(&mut pass);
+                    continue;
+                }
+            };
+            d.map_err(gpu)?.record(&mut pass);
+        }
+        drop(pass);
+        layout.record_copies(enc, parts.as_ref(), call.y);
+        Ok(())
+    }
+}
+
+impl GpuLinear for QuantizedLinear {
+    fn linear_device(&self) -> &Arc<LinearDevice> {
+        &self.dev
+    }
+
+    /// The launches `forward_batch` runs for `m` rows (the plain GEMV for one, launches of
+    /// the multi-vector GEMV or `qgemm`), then the bias.
+    fn record_forward(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        x: BufferRange<'_>,
+        order: ActivationOrder,
+        m: usize,
+        y: BufferRange<'_>,
+    ) -> Result<(), LinearError> {
+        let dims = (self.in_features(), self.out_features());
+        let Some(call) = ResidentCall::new(&self.dev, &self.name, x, order, m, dims, y)? else {
+            return Ok(());
+        };
+        if self.in_features() == 0 {
+            enc.clear_buffer(call.y.buffer(), call.y.offset(), Some(call.y.size()));
+        } else {
+            self.record_path(enc, &call, self.path(m))?;
+        }
+        let bias = bias_buffer(&self.dev, &self.bias_gpu, self.bias.as_deref());
+        call.add_bias(&self.dev, enc, bias)
+            .map_err(|source| LinearError::Gpu {
+                layer: self.name.clone(),
+                source,
+            })
+    }
+
+    /// Plain weights have no stream to corrupt.
+    fn check_recorded(&self) -> Result<(), LinearError> {
         Ok(())
     }
 }

@@ -85,3 +85,87 @@ pub fn random_matrix(
     let x: Vec<f32> = (0..cols).map(|_| gaussian(&mut rng)).collect();
     (q, x)
 }
+
+/// Where [`recorded`] puts a call's activations and outputs: byte offsets in their buffers, or
+/// both in one buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
+    pub x_at: u64,
+    pub y_at: u64,
+    pub one_buffer: bool,
+}
+
+impl Placement {
+    pub const START: Placement = Placement {
+        x_at: 0,
+        y_at: 0,
+        one_buffer: false,
+    };
+}
+
+/// `layer.record_forward` of `m` rows of `x` (in `order`) placed as `at` says, submitted, and
+/// its outputs read back; then `check_recorded`. Outputs start as NaN, so unwritten ones show.
+pub fn recorded(
+    layer: &dyn ecq::linear::GpuLinear,
+    x: &[f32],
+    order: ecq::linear::ActivationOrder,
+    m: usize,
+    at: Placement,
+) -> Result<Vec<f32>, ecq::linear::LinearError> {
+    use ecq::gpu::BufferRange;
+    let dev = layer.linear_device();
+    let (device, queue) = (dev.device(), dev.queue());
+    let usage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    let make = |bytes: u64| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("test recorded call"),
+            size: bytes.max(16).next_multiple_of(16),
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let (x_bytes, y_bytes) = ((x.len() * 4) as u64, (m * layer.out_features() * 4) as u64);
+    let (xb, yb) = if at.one_buffer {
+        let b = make((at.x_at + x_bytes).max(at.y_at + y_bytes));
+        (b.clone(), b)
+    } else {
+        (make(at.x_at + x_bytes), make(at.y_at + y_bytes))
+    };
+    queue.write_buffer(&xb, at.x_at, bytemuck::cast_slice(x));
+    let nan = vec![f32::NAN; m * layer.out_features()];
+    queue.write_buffer(&yb, at.y_at, bytemuck::cast_slice(&nan));
+    let mut enc = device.create_command_encoder(&Default::default());
+    layer.record_forward(
+        &mut enc,
+        BufferRange::new(&xb, at.x_at, x_bytes),
+        order,
+        m,
+        BufferRange::new(&yb, at.y_at, y_bytes),
+    )?;
+    let read = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("test read back"),
+        size: y_bytes.max(16).next_multiple_of(16),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    if y_bytes > 0 {
+        enc.copy_buffer_to_buffer(&yb, at.y_at, &read, 0, y_bytes);
+    }
+    queue.submit([enc.finish()]);
+    layer.check_recorded()?;
+    if y_bytes == 0 {
+        return Ok(Vec::new());
+    }
+    read.map_async(wgpu::MapMode::Read, .., |r| r.expect("map"));
+    device
+        .poll(wgpu::PollType::Wait {
+            submission_index: None,
+            timeout: None,
+        })
+        .expect("poll");
+    let y = bytemuck::cast_slice::<u8, f32>(&read.slice(..y_bytes).get_mapped_range().unwrap())
+        .to_vec();
+    read.unmap();
+    Ok(y)
+}

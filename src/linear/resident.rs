@@ -1,0 +1,442 @@
+//! Layers whose activations and outputs stay on the GPU ([`GpuLinear`]): an engine's way to
+//! chain layers without a host round trip.
+//!
+//! [`Linear::forward_batch`] uploads host activations, runs the launches and reads the outputs
+//! back: at 512 tokens a Llama-3-8B layer's seven calls moved ~165 MB across PCIe and waited
+//! seven times, 2.2-2.9x the launches' GPU time (BENCHMARKS.md, issue 5, step 91).
+//! [`GpuLinear::record_forward`] records the same launches into the caller's command encoder
+//! on activations already on the GPU, writing the outputs (bias included) into a range of the
+//! caller's buffer. It picks the same kernels as `forward_batch` for the same row count, so
+//! its outputs are `forward_batch`'s bit for bit.
+//!
+//! What the launches need that the caller's buffers may not give is prepared on the GPU, in
+//! buffers the [`LinearDevice`] keeps ([`LinearDevice::release_call_buffers`] drops them too):
+//! * activations in the other order ([`ActivationOrder`]): one permutation launch for all rows,
+//!   where launches of several vectors read lane order (1.7-2.2x faster on an H200 than column
+//!   order, step 88) or the cooperative and batched launches column order. One-vector GEMVs
+//!   read either order (the same bits), so a token's calls need no permutation: in a token's
+//!   224 launches one took ~13 µs on an H200, more than lane order saves such a GEMV (step 93);
+//! * launches whose rows start at offsets the device cannot bind, or rows the batched kernels
+//!   read zero-padded to a multiple of 4: copied into aligned slots;
+//! * outputs of launches at offsets the device cannot bind, or of layers in bands: written to a
+//!   parts buffer and copied into place, as `forward_batch` does.
+//!
+//! Corrupt coded streams set flags on the GPU as in every call; a recorded call cannot return
+//! them, so they collect until [`GpuLinear::check_recorded`] reads and clears them.
+
+use std::sync::Arc;
+
+use super::call_buffers::{CallScratch, LaunchLayout};
+use super::device::LinearDevice;
+use super::{Linear, LinearError};
+use crate::gpu::{add_bias_dispatch, x_order_dispatch, BufferRange, GpuError};
+
+/// The order of an activation row's values in a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivationOrder {
+    /// Column order: value `c` of a row at index `c`.
+    Columns,
+    /// Lane order ([`crate::gpu::x_lane_order`]): what the GEMV launches of layers with
+    /// [`super::EntropyCodedLinear::lane_order`] (and the plain layer's 4-bit GEMVs) read.
+    /// An engine whose preceding operation writes it saves the permutation launch (2.1-2.6 µs
+    /// on an H200, step 88). Needs `in_features % 16 == 0`.
+    Lanes,
+}
+
+/// A linear layer resident on a [`LinearDevice`] that records its work into a command
+/// encoder on activations and outputs in GPU buffers (module doc).
+///
+/// ```no_run
+/// use ecq::gpu::BufferRange;
+/// use ecq::linear::{ActivationOrder, EntropyCodedModel, GpuLinear, Linear, LinearDevice};
+///
+/// let dev = LinearDevice::new()?;
+/// let model = EntropyCodedModel::open(&dev, "coded-model-dir")?;
+/// let (up, down) = (model.layer("mlp.up_proj")?, model.layer("mlp.down_proj")?);
+/// let m = 8; // tokens
+/// let storage = |values: usize| {
+///     dev.device().create_buffer(&wgpu::BufferDescriptor {
+///         label: None,
+///         size: (values * 4) as u64,
+///         usage: wgpu::BufferUsages::STORAGE
+///             | wgpu::BufferUsages::COPY_SRC
+///             | wgpu::BufferUsages::COPY_DST,
+///         mapped_at_creation: false,
+///     })
+/// };
+/// let (x, h, y) = (
+///     storage(m * up.in_features()),
+///     storage(m * up.out_features()),
+///     storage(m * down.out_features()),
+/// );
+/// // ... x written by the engine ...
+/// let mut enc = dev.device().create_command_encoder(&Default::default());
+/// up.record_forward(&mut enc, (&x).into(), ActivationOrder::Columns, m, (&h).into())?;
+/// // (an activation function on `h` would go here)
+/// down.record_forward(&mut enc, (&h).into(), ActivationOrder::Columns, m, (&y).into())?;
+/// dev.queue().submit([enc.finish()]);
+/// up.check_recorded()?; // waits; reports a corrupt stream met since the last check
+/// down.check_recorded()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait GpuLinear: Linear {
+    /// The device the layer lives on: `x` and `y` must be its buffers.
+    fn linear_device(&self) -> &Arc<LinearDevice>;
+
+    /// Records `Y = X W^T + bias` for `m` rows into `enc`: `x` holds `m` rows of
+    /// `in_features` f32 in `order` from its start, `y` gets `m` rows of `out_features` f32
+    /// from its start. Both ranges start at multiples of the device's storage offset
+    /// alignment; `x`'s buffer needs `STORAGE | COPY_SRC` usage, `y`'s `STORAGE | COPY_DST`,
+    /// and they must not overlap (in one buffer the activations are copied first: a launch
+    /// binds a buffer either read-only or writable). Nothing runs until the caller submits
+    /// `enc`. The outputs are [`Linear::forward_batch`]'s bit for bit.
+    fn record_forward(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        x: BufferRange<'_>,
+        order: ActivationOrder,
+        m: usize,
+        y: BufferRange<'_>,
+    ) -> Result<(), LinearError>;
+
+    /// Waits for the work submitted so far and reports a corrupt coded stream that any
+    /// recorded call met since the last check ([`crate::gpu::GpuError::CorruptStream`]), then
+    /// clears the flags. The outputs of such calls are garbage. Layers that cannot meet one
+    /// return `Ok`.
+    fn check_recorded(&self) -> Result<(), LinearError>;
+}
+
+/// The buffers a device keeps for recorded calls (module doc), grown to the largest call's
+/// needs. A recorded call holds clones of them until its work ran, so a later call growing one
+/// leaves earlier ones their own; calls recorded one after another into the same encoder share
+/// them, ordered by wgpu's barriers between launches.
+#[derive(Debug, Default)]
+pub(crate) struct ResidentBuffers {
+    /// Activations in the other order.
+    reordered: Option<wgpu::Buffer>,
+    /// Activation slots at bindable offsets.
+    slots: Option<wgpu::Buffer>,
+    /// Launch outputs copied into place.
+    parts: Option<wgpu::Buffer>,
+    /// Activations a launch prepares for another (8-bit activations).
+    aux: Option<wgpu::Buffer>,
+}
+
+/// Which of [`ResidentBuffers`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Resident {
+    Reordered,
+    Slots,
+    Parts,
+    Aux,
+}
+
+impl ResidentBuffers {
+    pub(crate) fn gpu_bytes(&self) -> u64 {
+        [&self.reordered, &self.slots, &self.parts, &self.aux]
+            .iter()
+            .filter_map(|b| b.as_ref().map(|b| b.size()))
+            .sum()
+    }
+
+    /// The kept buffer `which`, at least `bytes`.
+    pub(crate) fn get(&mut self, dev: &LinearDevice, which: Resident, bytes: u64) -> wgpu::Buffer {
+        let (slot, label) = match which {
+            Resident::Reordered => (&mut self.reordered, "ecq resident reordered activations"),
+            Resident::Slots => (&mut self.slots, "ecq resident activation slots"),
+            Resident::Parts => (&mut self.parts, "ecq resident parts"),
+            Resident::Aux => (&mut self.aux, "ecq resident aux"),
+        };
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        CallScratch::grow(dev, slot, label, bytes, usage)
+    }
+}
+
+/// What a launch reads: rows in `order`, `stride` values apart (the row's values, or rows
+/// zero-padded to a multiple of 4 for the kernels that read them so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RowsNeed {
+    pub(crate) order: ActivationOrder,
+    pub(crate) stride: usize,
+}
+
+/// A checked recorded call: `m` rows of `k` activations in `x` in `order`, `m` rows of `r`
+/// outputs into `y`.
+pub(crate) struct ResidentCall<'a> {
+    pub(crate) x: BufferRange<'a>,
+    pub(crate) order: ActivationOrder,
+    pub(crate) m: usize,
+    pub(crate) k: usize,
+    pub(crate) y: BufferRange<'a>,
+    pub(crate) r: usize,
+}
+
+impl<'a> ResidentCall<'a> {
+    /// Checks the call's ranges, usages and shapes for `layer` on `dev`; `x` and `y` are cut
+    /// to the call's bytes. `None` for a call without outputs (no rows or no outputs).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        dev: &LinearDevice,
+        layer: &str,
+        x: BufferRange<'a>,
+        order: ActivationOrder,
+        m: usize,
+        (k, r): (usize, usize),
+        y: BufferRange<'a>,
+    ) -> Result<Option<Self>, LinearError> {
+        let bad = |reason: String| LinearError::Gpu {
+            layer: layer.to_string(),
+            source: GpuError::InvalidInput(reason),
+        };
+        let bytes = |rows: usize, values: usize| {
+            rows.checked_mul(values)
+                .and_then(|v| v.checked_mul(4))
+                .map(|b| b as u64)
+                .ok_or_else(|| bad(format!("{rows} rows of {values} values")))
+        };
+        let (x_bytes, y_bytes) = (bytes(m, k)?, bytes(m, r)?);
+        if order == ActivationOrder::Lanes && !k.is_multiple_of(16) {
+            return Err(bad(format!(
+                "activations in lane order need in_features % 16 == 0 (in_features {k})"
+            )));
+        }
+        if y_bytes == 0 {
+            return Ok(None);
+        }
+        let device = dev.device();
+        let x = BufferRange::new(x.buffer(), x.offset(), x_bytes.min(x.size()));
+        let y = BufferRange::new(y.buffer(), y.offset(), y_bytes.min(y.size()));
+        if x.size() < x_bytes {
+            return Err(bad(format!(
+                "x range has {} bytes, {m} rows of {k} f32 need {x_bytes}",
+                x.size()
+            )));
+        }
+        if y.size() < y_bytes {
+            return Err(bad(format!(
+                "y range has {} bytes, {m} rows of {r} f32 need {y_bytes}",
+                y.size()
+            )));
+        }
+        let need = |range: &BufferRange<'_>, what: &str, usage: wgpu::BufferUsages| {
+            if !range.buffer().usage().contains(usage) {
+                return Err(bad(format!(
+                    "{what}'s buffer has usage {:?}, needs {usage:?}",
+                    range.buffer().usage()
+                )));
+            }
+            Ok(())
+        };
+        use wgpu::BufferUsages as U;
+        need(&y, "y", U::STORAGE | U::COPY_DST)?;
+        y.check(device, "y").map_err(|source| LinearError::Gpu {
+            layer: layer.to_string(),
+            source,
+        })?;
+        if x_bytes > 0 {
+            need(&x, "x", U::STORAGE | U::COPY_SRC)?;
+            x.check(device, "x").map_err(|source| LinearError::Gpu {
+                layer: layer.to_string(),
+                source,
+            })?;
+            let overlap = x.offset() < y.offset() + y.size() && y.offset() < x.offset() + x.size();
+            if x.buffer() == y.buffer() && overlap {
+                return Err(bad(format!(
+                    "x (bytes {}..{}) and y (bytes {}..{}) overlap in one buffer",
+                    x.offset(),
+                    x.offset() + x.size(),
+                    y.offset(),
+                    y.offset() + y.size()
+                )));
+            }
+        }
+        Ok(Some(ResidentCall {
+            x,
+            order,
+            m,
+            k,
+            y,
+            r,
+        }))
+    }
+
+    /// Makes the activations of `launches` (first row, rows, what the launch reads) bindable
+    /// (module doc), recording the work into `enc`: each launch's range, in launch order.
+    pub(crate) fn stage_rows(
+        &self,
+        dev: &LinearDevice,
+        enc: &mut wgpu::CommandEncoder,
+        launches: &[(usize, usize, RowsNeed)],
+    ) -> Result<StagedRows, GpuError> {
+        let (k, row) = (self.k, self.k as u64 * 4);
+        let align = dev.storage_alignment();
+        let limit = |what: &str, bytes: u64| {
+            if bytes > dev.max_buffer_bytes() {
+                return Err(GpuError::InvalidInput(format!(
+                    "{what}: {bytes} bytes, more than the device's buffer limit {}",
+                    dev.max_buffer_bytes()
+                )));
+            }
+            Ok(())
+        };
+        let reordered = if launches.iter().any(|l| l.2.order != self.order) {
+            let bytes = self.m as u64 * row;
+            limit("activations in the other order", bytes)?;
+            let buf = dev.resident(Resident::Reordered, bytes);
+            let d = x_order_dispatch(
+                dev.device(),
+                dev.gpu().registry(),
+                self.x,
+                BufferRange::new(&buf, 0, bytes),
+                self.m,
+                k,
+                self.order == ActivationOrder::Columns,
+            )?;
+            d.record(&mut enc.begin_compute_pass(&Default::default()));
+            Some(buf)
+        } else {
+            None
+        };
+        // (a launch binding `y`'s buffer read-only would conflict with its writable binding)
+        let shared = self.x.buffer() == self.y.buffer();
+        let mut places = Vec::with_capacity(launches.len());
+        let mut copies = Vec::new();
+        let (mut slots_bytes, mut padded) = (0u64, false);
+        for &(i, n, need) in launches {
+            let (src, base) = match &reordered {
+                Some(b) if need.order != self.order => (b.clone(), 0),
+                _ => (self.x.buffer().clone(), self.x.offset()),
+            };
+            let from = base + i as u64 * row;
+            let bytes = (n * need.stride * 4) as u64;
+            let own = shared && src == *self.x.buffer();
+            if need.stride == k && from.is_multiple_of(align) && !own {
+                places.push(Place::Bound(src, from, bytes));
+                continue;
+            }
+            places.push(Place::Slot(slots_bytes, bytes));
+            copies.push((src, from, slots_bytes, n, need.stride));
+            padded |= need.stride != k;
+            slots_bytes += bytes.next_multiple_of(align);
+        }
+        let mut ranges = Vec::with_capacity(places.len());
+        let slots = if slots_bytes > 0 {
+            limit("activation slots", slots_bytes)?;
+            let slots = dev.resident(Resident::Slots, slots_bytes);
+            if padded {
+                enc.clear_buffer(&slots, 0, Some(slots_bytes));
+            }
+            for (src, from, at, n, stride) in copies {
+                if stride == k {
+                    enc.copy_buffer_to_buffer(&src, from, &slots, at, n as u64 * row);
+                    continue;
+                }
+                for v in 0..n as u64 {
+                    let to = at + v * (stride * 4) as u64;
+                    enc.copy_buffer_to_buffer(&src, from + v * row, &slots, to, row);
+                }
+            }
+            Some(slots)
+        } else {
+            None
+        };
+        for place in places {
+            ranges.push(match place {
+                Place::Bound(b, at, bytes) => (b, at, bytes),
+                Place::Slot(at, bytes) => (slots.clone().expect("slots made"), at, bytes),
+            });
+        }
+        Ok(StagedRows { ranges })
+    }
+
+    /// The outputs' layout for launches of `per` rows writing `bands` (first output, outputs),
+    /// and the parts buffer it asks for.
+    pub(crate) fn outputs(
+        &self,
+        dev: &LinearDevice,
+        per: usize,
+        row_values: usize,
+        bands: Vec<(usize, usize)>,
+    ) -> Result<(LaunchLayout, Option<wgpu::Buffer>), GpuError> {
+        let layout = LaunchLayout::new(
+            self.m,
+            per,
+            row_values,
+            self.r,
+            bands,
+            dev.storage_alignment(),
+        );
+        let parts = match layout.parts_bytes() {
+            Some(bytes) if bytes > dev.max_buffer_bytes() => {
+                return Err(GpuError::InvalidInput(format!(
+                    "launch outputs: {bytes} bytes, more than the device's buffer limit {}",
+                    dev.max_buffer_bytes()
+                )))
+            }
+            Some(bytes) => Some(dev.resident(Resident::Parts, bytes)),
+            None => None,
+        };
+        Ok((layout, parts))
+    }
+
+    /// Records the bias' addition to the outputs (nothing without a bias).
+    pub(crate) fn add_bias(
+        &self,
+        dev: &LinearDevice,
+        enc: &mut wgpu::CommandEncoder,
+        bias: Option<&wgpu::Buffer>,
+    ) -> Result<(), GpuError> {
+        let Some(bias) = bias else {
+            return Ok(());
+        };
+        let d = add_bias_dispatch(
+            dev.device(),
+            dev.gpu().registry(),
+            bias.into(),
+            self.y,
+            self.m,
+            self.r,
+        )?;
+        d.record(&mut enc.begin_compute_pass(&Default::default()));
+        Ok(())
+    }
+}
+
+enum Place {
+    Bound(wgpu::Buffer, u64, u64),
+    Slot(u64, u64),
+}
+
+/// Where each launch of a recorded call reads its activations
+/// ([`ResidentCall::stage_rows`]).
+pub(crate) struct StagedRows {
+    ranges: Vec<(wgpu::Buffer, u64, u64)>,
+}
+
+impl StagedRows {
+    /// Launch `j`'s activations.
+    pub(crate) fn range(&self, j: usize) -> BufferRange<'_> {
+        let (b, at, bytes) = &self.ranges[j];
+        BufferRange::new(b, *at, *bytes)
+    }
+}
+
+/// The layer's bias as a GPU buffer, made on first use (`None` without a bias).
+pub(crate) fn bias_buffer<'a>(
+    dev: &LinearDevice,
+    cell: &'a std::sync::OnceLock<wgpu::Buffer>,
+    bias: Option<&[f32]>,
+) -> Option<&'a wgpu::Buffer> {
+    let bias = bias.filter(|b| !b.is_empty())?;
+    Some(cell.get_or_init(|| {
+        let b = dev.buffer(
+            "ecq bias",
+            (bias.len() * 4) as u64,
+            wgpu::BufferUsages::empty(),
+        );
+        dev.write(&b, bytemuck::cast_slice(bias));
+        b
+    }))
+}
