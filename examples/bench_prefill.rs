@@ -49,7 +49,9 @@
 //! multiply, `GpuQuantizedMatrix::gemv_coop_dispatch`; the fused kernel's diagnostic builds
 //! 1-3; and, on stderr, whole `forward_batch` calls of a window-split layer and its plain
 //! layer with and without the cooperative option, wall clock, each through `forward_batch` and
-//! through `forward_batch_into` with a reused output vector; `--calls` times only those calls,
+//! through `forward_batch_into` with a reused output vector, and recorded on activations and
+//! outputs in GPU buffers (`GpuLinear::record_forward`, record + submit + wait, activations
+//! given in column and in lane order); `--calls` times only those calls,
 //! on whatever context it gets), checked too (the cooperative outputs, on f16 activations, differ from `qgemm`'s by
 //! about 2^-11 of the largest output). Prints a markdown table on stdout.
 //!
@@ -70,8 +72,8 @@ use ecq::container::MatrixCoding;
 use ecq::dtype::FloatDType;
 use ecq::gpu::GpuQuantizedMatrix;
 use ecq::linear::{
-    CodedLayerRef, EntropyCodedLinear, Linear, LinearDevice, LinearDispatch, LinearOptions,
-    QuantizedLinear,
+    ActivationOrder, CodedLayerRef, EntropyCodedLinear, GpuLinear, Linear, LinearDevice,
+    LinearDispatch, LinearOptions, QuantizedLinear,
 };
 use ecq::quant::{quantize_affine, AffineParams, QuantizedMatrix};
 use ecq::rans::{encode, EncodeOptions, EncodedMatrix, SplitMatrix, SplitOrder};
@@ -504,6 +506,47 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         both(&fused_all)?,
                         both(&plain_f32)?,
                         plain_coop.cooperative_matrix(),
+                        both(&plain_coop)?,
+                        both(&plain_all)?,
+                    );
+                    // the same calls recorded on activations and outputs in GPU buffers
+                    // (`GpuLinear::record_forward`): record, submit, wait, wall clock
+                    let xb = buffer(&dev, (m * k * 4) as u64, Some(&x));
+                    let yb = buffer(&dev, (m * r * 4) as u64, None);
+                    let rec = |l: &dyn GpuLinear,
+                               order: ActivationOrder|
+                     -> Result<f64, Box<dyn std::error::Error>> {
+                        let call = || -> Result<f64, Box<dyn std::error::Error>> {
+                            let s = std::time::Instant::now();
+                            let mut enc = dev.device().create_command_encoder(&Default::default());
+                            l.record_forward(&mut enc, (&xb).into(), order, m, (&yb).into())?;
+                            dev.queue().submit([enc.finish()]);
+                            dev.gpu().wait()?;
+                            Ok(s.elapsed().as_secs_f64() * 1e3)
+                        };
+                        call()?;
+                        let mut t: Vec<f64> = (0..a.rounds.max(9))
+                            .map(|_| call())
+                            .collect::<Result<_, _>>()?;
+                        t.sort_by(f64::total_cmp);
+                        l.check_recorded()?;
+                        Ok(t[t.len() / 2])
+                    };
+                    let both = |l: &dyn GpuLinear| -> Result<String, Box<dyn std::error::Error>> {
+                        Ok(format!(
+                            "{:.3} / {:.3}",
+                            rec(l, ActivationOrder::Columns)?,
+                            rec(l, ActivationOrder::Lanes)?
+                        ))
+                    };
+                    eprintln!(
+                        "record_forward {r}x{k} M={m} (wall clock, ms, activations in column / \
+                         lane order): fused f32 {}, cooperative {}, cooperative launches at \
+                         every row count {}; plain f32 {}, cooperative {}, at every row count {}",
+                        both(&fused_f32)?,
+                        both(&fused_coop)?,
+                        both(&fused_all)?,
+                        both(&plain_f32)?,
                         both(&plain_coop)?,
                         both(&plain_all)?,
                     );

@@ -1,0 +1,298 @@
+//! Layer stacks through the public layer API on activations that stay on the GPU (issue 5,
+//! step 93): `GpuLinear::record_forward` of every linear layer of `--layers` transformer
+//! layers (Llama-3-8B's seven shapes by default) recorded into one command encoder, submitted
+//! once and waited for, for M tokens. Fused layers (window splits in row pairs, as `ecq encode
+//! --window --row-pairs` writes them) against the plain MLX 4-bit layers, in f32 and, with
+//! `--coop` where the device has them, on cooperative matrices; activations given in column
+//! order and in lane order (what an engine's preceding operation could write).
+//!
+//! ```text
+//! cargo run --release --example bench_resident -- [--layers 32] [--ms 1,16,512] [--rounds 7]
+//!     [--copies 2] [--shapes 4096x4096,1024x4096,...] [--coop]
+//! ```
+//!
+//! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64, `--copies` distinct copies of each
+//! shape (layer `l` uses copy `l % copies`, so a forward streams more than the L2 cache holds).
+//! Every layer reads the same activation buffer and writes its shape's output buffer. Times are
+//! wall clock after a second of warm-up forwards: "record" (the host's recording of all calls)
+//! and "run" (submit to the end of the wait) are medians of `--rounds` forwards one at a time;
+//! "pipelined" is `--rounds` forwards back to back, each recorded while the one before runs
+//! (what an engine does), their wall clock over their number. Every variant is timed twice
+//! (pass 1, pass 2), fused and plain alternating. Prints a markdown table on stdout.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ecq::dtype::FloatDType;
+use ecq::gpu::GpuContext;
+use ecq::linear::{
+    ActivationOrder, CodedLayerRef, EntropyCodedLinear, GpuLinear, LinearDevice, LinearOptions,
+    QuantizedLinear,
+};
+use ecq::quant::{quantize_affine, AffineParams};
+use ecq::rans::{EncodeOptions, SplitMatrix, SplitOrder};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const LLAMA3_8B: &[(usize, usize)] = &[
+    (4096, 4096),
+    (1024, 4096),
+    (1024, 4096),
+    (4096, 4096),
+    (14336, 4096),
+    (14336, 4096),
+    (4096, 14336),
+];
+
+struct Args {
+    layers: usize,
+    ms: Vec<usize>,
+    rounds: usize,
+    copies: usize,
+    shapes: Vec<(usize, usize)>,
+    coop: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        layers: 32,
+        ms: vec![1, 16, 512],
+        rounds: 7,
+        copies: 2,
+        shapes: LLAMA3_8B.to_vec(),
+        coop: false,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = || {
+            args.get(i + 1)
+                .ok_or_else(|| format!("{} needs a value", args[i]))
+        };
+        let number = |v: &str| v.parse::<usize>().map_err(|e| format!("{v}: {e}"));
+        match args[i].as_str() {
+            "--coop" => {
+                a.coop = true;
+                i += 1;
+                continue;
+            }
+            "--layers" => a.layers = number(value()?)?,
+            "--rounds" => a.rounds = number(value()?)?.max(1),
+            "--copies" => a.copies = number(value()?)?.max(1),
+            "--ms" => a.ms = value()?.split(',').map(number).collect::<Result<_, _>>()?,
+            "--shapes" => {
+                a.shapes = value()?
+                    .split(',')
+                    .map(|s| {
+                        let (r, k) = s.split_once('x').ok_or(format!("shape {s}: RxK"))?;
+                        Ok((number(r)?, number(k)?))
+                    })
+                    .collect::<Result<_, String>>()?
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+        i += 2;
+    }
+    Ok(a)
+}
+
+fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
+    let u1: f64 = rng.random::<f64>().max(1e-12);
+    let u2: f64 = rng.random();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+/// One copy of every shape, fused and plain, with and without cooperative matrices.
+struct Stack {
+    fused: Vec<EntropyCodedLinear>,
+    fused_coop: Vec<EntropyCodedLinear>,
+    plain: Vec<QuantizedLinear>,
+    plain_coop: Vec<QuantizedLinear>,
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("bench_resident: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let a = parse_args()?;
+    let dev: Arc<LinearDevice> = if a.coop {
+        LinearDevice::from_context(GpuContext::with_cooperative_matrix()?)
+    } else {
+        LinearDevice::new()?
+    };
+    eprintln!("adapter: {}", dev.gpu().describe());
+    let mut rng = ChaCha8Rng::seed_from_u64(93);
+    let mut stacks: Vec<Stack> = Vec::new();
+    for copy in 0..a.copies {
+        let mut st = Stack {
+            fused: Vec::new(),
+            fused_coop: Vec::new(),
+            plain: Vec::new(),
+            plain_coop: Vec::new(),
+        };
+        for &(r, k) in &a.shapes {
+            let w: Vec<f32> = (0..r * k).map(|_| gaussian(&mut rng) * 0.02).collect();
+            let q = quantize_affine(&w, r, k, FloatDType::F32, AffineParams::new(4, 64)?)?;
+            // (`ecq encode --window --row-pairs`: 4096-symbol chunks, its default minimum)
+            let o = EncodeOptions {
+                chunk_symbols: 4096,
+                min_chunks: ecq::container::MatrixCoding::Window4 { row_pairs: true }
+                    .default_min_chunks(),
+                group_size: 64,
+                ..Default::default()
+            };
+            let s = SplitMatrix::encode_window(&q.symbols(), r, k, &o, SplitOrder::RowPairs)?;
+            let layer = || CodedLayerRef::from_split(&s, 64, &q.scales, &q.biases, None);
+            let with = |coop: bool| {
+                let opts = LinearOptions {
+                    cooperative_matrix: coop,
+                    ..Default::default()
+                };
+                EntropyCodedLinear::upload(&dev, &format!("{r}x{k}"), layer(), &opts)
+            };
+            st.fused.push(with(false)?);
+            st.fused_coop.push(with(true)?);
+            st.plain.push(QuantizedLinear::upload(
+                &dev,
+                &format!("{r}x{k}"),
+                &q,
+                None,
+            )?);
+            let mut p = QuantizedLinear::upload(&dev, &format!("{r}x{k}"), &q, None)?;
+            p.set_cooperative_matrix(true);
+            st.plain_coop.push(p);
+            eprintln!(
+                "copy {copy}, {r}x{k}: {:.3} coded bits/weight",
+                s.total_bytes() as f64 * 8.0 / (r * k) as f64
+            );
+        }
+        stacks.push(st);
+    }
+    let coop_on = stacks[0].fused_coop[0].cooperative_matrix();
+    let max_k = a.shapes.iter().map(|s| s.1).max().unwrap_or(0);
+    println!(
+        "`bench_resident`, {} ({} layers of {:?}, {} copies; wall clock, ms a forward: record / \
+         run / pipelined; fused/plain of run / pipelined)\n",
+        dev.gpu().adapter_name(),
+        a.layers,
+        a.shapes,
+        a.copies
+    );
+    println!("| M | pass | activations | fused f32 | plain f32 | fused/plain | fused coop | plain coop | fused/plain coop |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &m in &a.ms {
+        let x: Vec<f32> = (0..m * max_k).map(|_| gaussian(&mut rng)).collect();
+        let storage = |bytes: usize| {
+            dev.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bench_resident"),
+                size: (bytes.max(16) as u64).next_multiple_of(16),
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let xb = storage(x.len() * 4);
+        dev.queue().write_buffer(&xb, 0, bytemuck::cast_slice(&x));
+        let ys: Vec<wgpu::Buffer> = a.shapes.iter().map(|s| storage(m * s.0 * 4)).collect();
+        let record = |pick: &dyn Fn(&Stack, usize) -> &dyn GpuLinear,
+                      order: ActivationOrder|
+         -> Result<wgpu::CommandBuffer, Box<dyn std::error::Error>> {
+            let mut enc = dev.device().create_command_encoder(&Default::default());
+            for l in 0..a.layers {
+                let st = &stacks[l % stacks.len()];
+                for (i, &(_, k)) in a.shapes.iter().enumerate() {
+                    let xr = ecq::gpu::BufferRange::new(&xb, 0, (m * k * 4) as u64);
+                    pick(st, i).record_forward(&mut enc, xr, order, m, (&ys[i]).into())?;
+                }
+            }
+            Ok(enc.finish())
+        };
+        // (record, run, pipelined): medians of the recording and of submit-to-wait, one
+        // forward at a time; then `rounds` forwards back to back, each recorded while the one
+        // before runs, the wall clock of all over their number
+        let time = |pick: &dyn Fn(&Stack, usize) -> &dyn GpuLinear,
+                    order: ActivationOrder|
+         -> Result<(f64, f64, f64), Box<dyn std::error::Error>> {
+            // (warm up for a second: the SM clock idles at 345 MHz on the H200 and takes
+            // longer than one forward to come back)
+            let warm = Instant::now();
+            while warm.elapsed().as_secs_f64() < 1.0 {
+                dev.queue().submit([record(pick, order)?]);
+                dev.gpu().wait()?;
+            }
+            let mut rec = Vec::new();
+            let mut run = Vec::new();
+            for _ in 0..a.rounds {
+                let s = Instant::now();
+                let cb = record(pick, order)?;
+                rec.push(s.elapsed().as_secs_f64() * 1e3);
+                let s = Instant::now();
+                dev.queue().submit([cb]);
+                dev.gpu().wait()?;
+                run.push(s.elapsed().as_secs_f64() * 1e3);
+            }
+            let s = Instant::now();
+            let mut next = Some(record(pick, order)?);
+            for i in 0..a.rounds {
+                let running = dev.queue().submit(next.take());
+                if i + 1 < a.rounds {
+                    next = Some(record(pick, order)?);
+                }
+                dev.device()
+                    .poll(wgpu::PollType::Wait {
+                        submission_index: Some(running),
+                        timeout: None,
+                    })
+                    .map_err(|e| e.to_string())?;
+            }
+            let pipelined = s.elapsed().as_secs_f64() * 1e3 / a.rounds as f64;
+            for st in &stacks {
+                for (l, lc) in st.fused.iter().zip(&st.fused_coop) {
+                    l.check_recorded()?;
+                    lc.check_recorded()?;
+                }
+            }
+            rec.sort_by(f64::total_cmp);
+            run.sort_by(f64::total_cmp);
+            Ok((rec[rec.len() / 2], run[run.len() / 2], pipelined))
+        };
+        for pass in 1..=2 {
+            for order in [ActivationOrder::Columns, ActivationOrder::Lanes] {
+                let f = time(&|st, i| &st.fused[i], order)?;
+                let p = time(&|st, i| &st.plain[i], order)?;
+                let (fc, pc) = if coop_on && m >= ecq::linear::COOP_MIN_ROWS {
+                    (
+                        Some(time(&|st, i| &st.fused_coop[i], order)?),
+                        Some(time(&|st, i| &st.plain_coop[i], order)?),
+                    )
+                } else {
+                    (None, None)
+                };
+                let cell = |t: Option<(f64, f64, f64)>| {
+                    t.map_or("-".to_string(), |(r, g, p)| {
+                        format!("{r:.2} / {g:.2} / {p:.2}")
+                    })
+                };
+                let ratio = |f: Option<(f64, f64, f64)>, p: Option<(f64, f64, f64)>| match (f, p) {
+                    (Some(f), Some(p)) => format!("{:.2}x / {:.2}x", f.1 / p.1, f.2 / p.2),
+                    _ => "-".to_string(),
+                };
+                println!(
+                    "| {m} | {pass} | {order:?} | {} | {} | {} | {} | {} | {} |",
+                    cell(Some(f)),
+                    cell(Some(p)),
+                    ratio(Some(f), Some(p)),
+                    cell(fc),
+                    cell(pc),
+                    ratio(fc, pc),
+                );
+            }
+        }
+    }
+    Ok(())
+}
