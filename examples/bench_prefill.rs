@@ -203,6 +203,14 @@ fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }
 
+/// The median of `rounds` runs of `call` (milliseconds it returns), after one warm-up run.
+fn median_ms<E>(rounds: usize, mut call: impl FnMut() -> Result<f64, E>) -> Result<f64, E> {
+    call()?;
+    let mut t: Vec<f64> = (0..rounds).map(|_| call()).collect::<Result<_, _>>()?;
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
 fn buffer(dev: &LinearDevice, bytes: u64, data: Option<&[f32]>) -> wgpu::Buffer {
     let b = dev.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some("bench"),
@@ -477,7 +485,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let mut y = vec![0.0f32; m * r];
                     let mut wall =
                         |l: &dyn Linear, into: bool| -> Result<f64, Box<dyn std::error::Error>> {
-                            let mut call = || -> Result<f64, ecq::linear::LinearError> {
+                            let call = || -> Result<f64, ecq::linear::LinearError> {
                                 let s = std::time::Instant::now();
                                 if into {
                                     l.forward_batch_into(&x, m, &mut y)?;
@@ -486,12 +494,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 }
                                 Ok(s.elapsed().as_secs_f64() * 1e3)
                             };
-                            call()?;
-                            let mut t: Vec<f64> = (0..a.rounds.max(9))
-                                .map(|_| call())
-                                .collect::<Result<_, _>>()?;
-                            t.sort_by(f64::total_cmp);
-                            Ok(t[t.len() / 2])
+                            Ok(median_ms(a.rounds.max(9), call)?)
                         };
                     let mut both = |l: &dyn Linear| -> Result<String, Box<dyn std::error::Error>> {
                         Ok(format!("{:.3} / {:.3}", wall(l, false)?, wall(l, true)?))
@@ -524,13 +527,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             dev.gpu().wait()?;
                             Ok(s.elapsed().as_secs_f64() * 1e3)
                         };
-                        call()?;
-                        let mut t: Vec<f64> = (0..a.rounds.max(9))
-                            .map(|_| call())
-                            .collect::<Result<_, _>>()?;
-                        t.sort_by(f64::total_cmp);
+                        let t = median_ms(a.rounds.max(9), call)?;
                         l.check_recorded()?;
-                        Ok(t[t.len() / 2])
+                        Ok(t)
                     };
                     let both = |l: &dyn GpuLinear| -> Result<String, Box<dyn std::error::Error>> {
                         Ok(format!(

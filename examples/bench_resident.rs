@@ -8,12 +8,15 @@
 //!
 //! ```text
 //! cargo run --release --example bench_resident -- [--layers 32] [--ms 1,16,512] [--rounds 7]
-//!     [--copies 2] [--shapes 4096x4096,1024x4096,...] [--coop]
+//!     [--copies 2] [--shapes 4096x4096,1024x4096,...] [--coop] [--own-outputs]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64, `--copies` distinct copies of each
 //! shape (layer `l` uses copy `l % copies`, so a forward streams more than the L2 cache holds).
-//! Every layer reads the same activation buffer and writes its shape's output buffer. Times are
+//! Every layer reads the same activation buffer and writes its shape's output buffer (with
+//! `--own-outputs` buffers of its own, so that no two launches write one buffer and wgpu
+//! places no barrier between them for the outputs; a diagnostic: an engine's layers depend on
+//! each other). Times are
 //! wall clock after a second of warm-up forwards: "record" (the host's recording of all calls)
 //! and "run" (submit to the end of the wait) are medians of `--rounds` forwards one at a time;
 //! "pipelined" is `--rounds` forwards back to back, each recorded while the one before runs
@@ -51,6 +54,8 @@ struct Args {
     copies: usize,
     shapes: Vec<(usize, usize)>,
     coop: bool,
+    /// every layer writes outputs of its own (no two launches write one buffer)
+    own_outputs: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -61,6 +66,7 @@ fn parse_args() -> Result<Args, String> {
         copies: 2,
         shapes: LLAMA3_8B.to_vec(),
         coop: false,
+        own_outputs: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -73,6 +79,11 @@ fn parse_args() -> Result<Args, String> {
         match args[i].as_str() {
             "--coop" => {
                 a.coop = true;
+                i += 1;
+                continue;
+            }
+            "--own-outputs" => {
+                a.own_outputs = true;
                 i += 1;
                 continue;
             }
@@ -198,7 +209,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         };
         let xb = storage(x.len() * 4);
         dev.queue().write_buffer(&xb, 0, bytemuck::cast_slice(&x));
-        let ys: Vec<wgpu::Buffer> = a.shapes.iter().map(|s| storage(m * s.0 * 4)).collect();
+        // (one set of outputs, or one a layer with --own-outputs)
+        let sets = if a.own_outputs { a.layers } else { 1 };
+        let ys: Vec<Vec<wgpu::Buffer>> = (0..sets)
+            .map(|_| a.shapes.iter().map(|s| storage(m * s.0 * 4)).collect())
+            .collect();
         let record = |pick: &dyn Fn(&Stack, usize) -> &dyn GpuLinear,
                       order: ActivationOrder|
          -> Result<wgpu::CommandBuffer, Box<dyn std::error::Error>> {
@@ -207,7 +222,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 let st = &stacks[l % stacks.len()];
                 for (i, &(_, k)) in a.shapes.iter().enumerate() {
                     let xr = ecq::gpu::BufferRange::new(&xb, 0, (m * k * 4) as u64);
-                    pick(st, i).record_forward(&mut enc, xr, order, m, (&ys[i]).into())?;
+                    let y = &ys[l % sets][i];
+                    pick(st, i).record_forward(&mut enc, xr, order, m, y.into())?;
                 }
             }
             Ok(enc.finish())

@@ -436,20 +436,27 @@ fn wrong_activation_length_is_an_error() {
     }
 }
 
-#[test]
-fn corrupt_stream_is_reported() {
-    let Some(d) = dev() else { return };
+/// A 32x256 layer whose chunk 1 starts in a state below 2^16, uploaded with `opts` (and the
+/// case it was coded from).
+fn corrupt_layer(d: &Arc<LinearDevice>, opts: &LinearOptions) -> (EntropyCodedLinear, Case) {
     let c = case(15, 32, 256, 4, 64, 2048, 2);
     let mut states = c.enc.states().to_vec();
     states[40] = 5; // below 2^16: chunk 1
     let mut m = CodedLayerRef::from_encoded(&c.enc, 64, &c.q.scales, &c.q.biases, None);
     m.states = bytemuck::cast_slice(&states);
+    let gpu = EntropyCodedLinear::upload(d, "corrupt", m, opts).unwrap();
+    (gpu, c)
+}
+
+#[test]
+fn corrupt_stream_is_reported() {
+    let Some(d) = dev() else { return };
     for portable_gemm in [false, true] {
         let opts = LinearOptions {
             portable_gemm,
             ..Default::default()
         };
-        let gpu = EntropyCodedLinear::upload(d, "corrupt", m, &opts).unwrap();
+        let (gpu, _) = corrupt_layer(d, &opts);
         // (2 rows: per-row GEMVs where subgroups are 32 wide; 9 rows: the batched kernel,
         // blocked there unless portable_gemm)
         for res in [
@@ -1929,12 +1936,7 @@ fn recorded_calls_report_a_corrupt_stream() {
     use ecq::linear::{ActivationOrder, GpuLinear};
     use gpu_common::{recorded, Placement};
     let Some(d) = dev() else { return };
-    let c = case(15, 32, 256, 4, 64, 2048, 2);
-    let mut states = c.enc.states().to_vec();
-    states[40] = 5; // below 2^16: chunk 1
-    let mut m = CodedLayerRef::from_encoded(&c.enc, 64, &c.q.scales, &c.q.biases, None);
-    m.states = bytemuck::cast_slice(&states);
-    let gpu = EntropyCodedLinear::upload(d, "corrupt", m, &LinearOptions::default()).unwrap();
+    let (gpu, c) = corrupt_layer(d, &LinearOptions::default());
     let cols = ActivationOrder::Columns;
     for rows in [1, 2, 9] {
         let x = vec![1.0; rows * 256];

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::call_buffers::{pipelined, CallScratch, LaunchLayout, PendingRead};
 use super::device::{LinearDevice, LinearKernel};
-use super::resident::{bias_buffer, Resident, ResidentCall, RowsNeed};
+use super::resident::{bias_buffer, record_call, Resident, ResidentCall, RowsNeed};
 use super::{add_bias, check_x, check_y, ActivationOrder, GpuLinear, Linear, LinearError};
 use crate::gpu::{
     cached_activations, check_gemv_vectors, coop_gemv_pipeline, coop_layout_refusal, coop_params,
@@ -1968,20 +1968,27 @@ impl GpuLinear for EntropyCodedLinear {
         m: usize,
         y: BufferRange<'_>,
     ) -> Result<(), LinearError> {
-        let dims = (self.cols, self.rows);
-        let Some(call) = ResidentCall::new(&self.dev, &self.name, x, order, m, dims, y)? else {
-            return Ok(());
-        };
-        if self.bands.is_empty() {
-            enc.clear_buffer(call.y.buffer(), call.y.offset(), Some(call.y.size()));
-        } else if m <= self.gemv_batch_max_m {
-            self.record_gemv(enc, &call).map_err(|e| self.gpu_err(e))?;
-        } else {
-            self.record_gemm(enc, &call)?;
-        }
         let bias = bias_buffer(&self.dev, &self.bias_gpu, self.bias.as_deref());
-        call.add_bias(&self.dev, enc, bias)
-            .map_err(|e| self.gpu_err(e))
+        let (dev, dims) = (&self.dev, (self.cols, self.rows));
+        record_call(
+            dev,
+            &self.name,
+            enc,
+            (x, order, m),
+            dims,
+            y,
+            bias,
+            |enc, call| {
+                if self.bands.is_empty() {
+                    enc.clear_buffer(call.y.buffer(), call.y.offset(), Some(call.y.size()));
+                    Ok(())
+                } else if m <= self.gemv_batch_max_m {
+                    self.record_gemv(enc, call).map_err(|e| self.gpu_err(e))
+                } else {
+                    self.record_gemm(enc, call)
+                }
+            },
+        )
     }
 
     fn check_recorded(&self) -> Result<(), LinearError> {

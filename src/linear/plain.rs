@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::call_buffers::{pipelined, LaunchLayout, PendingRead};
 use super::coded::{entry, kparts, m_split, LinearDispatch, MAX_M_PER_DISPATCH, TARGET_WORKGROUPS};
 use super::device::{LinearDevice, LinearKernel};
-use super::resident::{bias_buffer, ResidentCall, RowsNeed};
+use super::resident::{bias_buffer, record_call, ResidentCall, RowsNeed};
 use super::{add_bias, check_x, check_y, ActivationOrder, GpuLinear, Linear, LinearError};
 use crate::gpu::BufferRange;
 use crate::quant::QuantizedMatrix;
@@ -678,21 +678,18 @@ impl GpuLinear for QuantizedLinear {
         m: usize,
         y: BufferRange<'_>,
     ) -> Result<(), LinearError> {
-        let dims = (self.in_features(), self.out_features());
-        let Some(call) = ResidentCall::new(&self.dev, &self.name, x, order, m, dims, y)? else {
-            return Ok(());
-        };
-        if self.in_features() == 0 {
-            enc.clear_buffer(call.y.buffer(), call.y.offset(), Some(call.y.size()));
-        } else {
-            self.record_path(enc, &call, self.path(m))?;
-        }
         let bias = bias_buffer(&self.dev, &self.bias_gpu, self.bias.as_deref());
-        call.add_bias(&self.dev, enc, bias)
-            .map_err(|source| LinearError::Gpu {
-                layer: self.name.clone(),
-                source,
-            })
+        let (dev, dims) = (&self.dev, (self.in_features(), self.out_features()));
+        record_call(
+            dev,
+            &self.name,
+            enc,
+            (x, order, m),
+            dims,
+            y,
+            bias,
+            |enc, call| self.record_path(enc, call, self.path(m)),
+        )
     }
 
     /// Plain weights have no stream to corrupt.

@@ -423,6 +423,35 @@ impl StagedRows {
     }
 }
 
+/// What every layer's [`GpuLinear::record_forward`] does around its launches: checks the call
+/// ([`ResidentCall::new`]; nothing to record without outputs), records `launches` for it, then
+/// the bias' addition.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_call(
+    dev: &LinearDevice,
+    layer: &str,
+    enc: &mut wgpu::CommandEncoder,
+    (x, order, m): (BufferRange<'_>, ActivationOrder, usize),
+    (k, r): (usize, usize),
+    y: BufferRange<'_>,
+    bias: Option<&wgpu::Buffer>,
+    launches: impl FnOnce(&mut wgpu::CommandEncoder, &ResidentCall<'_>) -> Result<(), LinearError>,
+) -> Result<(), LinearError> {
+    let Some(call) = ResidentCall::new(dev, layer, x, order, m, (k, r), y)? else {
+        return Ok(());
+    };
+    if k == 0 {
+        enc.clear_buffer(call.y.buffer(), call.y.offset(), Some(call.y.size()));
+    } else {
+        launches(enc, &call)?;
+    }
+    call.add_bias(dev, enc, bias)
+        .map_err(|source| LinearError::Gpu {
+            layer: layer.to_string(),
+            source,
+        })
+}
+
 /// The layer's bias as a GPU buffer, made on first use (`None` without a bias).
 pub(crate) fn bias_buffer<'a>(
     dev: &LinearDevice,
