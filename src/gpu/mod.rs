@@ -102,6 +102,7 @@
 
 mod bias;
 mod coop;
+mod copy_rows;
 mod decode;
 mod gemv;
 mod lane_order;
@@ -117,6 +118,7 @@ pub use coop::{
     coop_x_dispatch, offers_coop_f16_16x16, CoopActivations, CoopOrder, COOP_BLOCK_COLS,
     COOP_STORAGE_BUFFERS, COOP_VECTORS, COOP_WORKGROUP_BYTES,
 };
+pub use copy_rows::{copy_rows_dispatch, RowCopy};
 pub(crate) use decode::{
     check_gemv_vectors, check_low_bits, check_row_pair_cols, check_window, coop_gemv_pipeline,
     coop_layout_refusal, coop_params, set_chunk_subgroups, CodedParams,
@@ -404,6 +406,9 @@ pub enum Kernel {
     /// `wgsl/add_bias.wgsl`: a layer's bias added to outputs on the GPU
     /// ([`add_bias_dispatch`]).
     AddBias,
+    /// `wgsl/copy_rows.wgsl`: rows of words moved between buffers by a launch
+    /// ([`copy_rows_dispatch`]).
+    CopyRows,
 }
 
 /// A kernel's source with the `wgsl/lib/NAME.wgsl` files it `// import`s appended, in the
@@ -524,6 +529,7 @@ impl Kernel {
             }
             Kernel::XCoop => include_str!("../../wgsl/x_coop.wgsl"),
             Kernel::AddBias => include_str!("../../wgsl/add_bias.wgsl"),
+            Kernel::CopyRows => include_str!("../../wgsl/copy_rows.wgsl"),
         }
     }
 
@@ -619,6 +625,7 @@ impl Kernel {
             Kernel::QGemv4Coop => "qgemv4_coop.wgsl",
             Kernel::XCoop => "x_coop.wgsl",
             Kernel::AddBias => "add_bias.wgsl",
+            Kernel::CopyRows => "copy_rows.wgsl",
         }
     }
 }
@@ -1517,7 +1524,7 @@ mod tests {
     use super::Kernel;
 
     /// Every kernel the registry builds.
-    const ALL_KERNELS: [Kernel; 20] = [
+    const ALL_KERNELS: [Kernel; 21] = [
         Kernel::RansDecode,
         Kernel::RansGemv,
         Kernel::RansGemvSubgroup,
@@ -1538,6 +1545,7 @@ mod tests {
         Kernel::XCoop,
         Kernel::QGemv4Coop,
         Kernel::AddBias,
+        Kernel::CopyRows,
     ];
 
     /// The registry drops bounds checks only on the trusted path it takes for kernels with
