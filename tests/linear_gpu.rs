@@ -1896,7 +1896,7 @@ fn recorded_calls_check_their_arguments() {
         buffer(4 * 256 * 4 + 1024, all),
         buffer(4 * 32 * 4 + 1024, all),
     );
-    let no_copy = buffer(4 * 256 * 4, U::STORAGE);
+    let no_storage = buffer(4 * 256 * 4, U::COPY_SRC | U::COPY_DST);
     let cols = ActivationOrder::Columns;
     for layer in [&coded as &dyn GpuLinear, &plain] {
         let call = |xr: BufferRange<'_>, yr: BufferRange<'_>| {
@@ -1912,7 +1912,7 @@ fn recorded_calls_check_their_arguments() {
             ("offset 4 is not a multiple", call(xr(0, 4096), yr(4, 512))),
             (
                 "usage",
-                call(BufferRange::new(&no_copy, 0, 4096), yr(0, 512)),
+                call(BufferRange::new(&no_storage, 0, 4096), yr(0, 512)),
             ),
             (
                 "overlap",
@@ -1968,4 +1968,153 @@ fn recorded_calls_report_a_corrupt_stream() {
     assert!(msg.contains("chunk 1"), "{msg}");
     let good = upload(d, &c, &LinearOptions::default()).unwrap();
     assert!(recorded(&good, &[1.0; 256], cols, 1, Placement::START).is_ok());
+}
+
+/// `GpuLinear::record_forward_in`: a forward's calls in one compute pass, each reading what
+/// the one before wrote (coded, plain, coded again, some in bands), give bit for bit what the
+/// host calls give one after another: wgpu orders the dependent launches inside the pass.
+#[test]
+fn recorded_calls_share_one_pass() {
+    use ecq::gpu::BufferRange;
+    use ecq::linear::{ActivationOrder, GpuLinear};
+    let Some(d) = dev() else { return };
+    let up = case(80, 512, 256, 4, 64, 2048, 2);
+    let down = case(81, 64, 512, 4, 64, 1024, 3);
+    let banded = LinearOptions {
+        max_buffer_bytes: Some(8192),
+        ..Default::default()
+    };
+    let up_coded = upload(d, &up, &LinearOptions::default()).unwrap();
+    let down_banded = upload(d, &down, &banded).unwrap();
+    assert!(down_banded.n_bands() > 1);
+    let up_plain = QuantizedLinear::upload(d, "plain up", &up.q, Some(&up.bias)).unwrap();
+    let down_coded = upload(d, &down, &LinearOptions::default()).unwrap();
+    let chain: [(&dyn GpuLinear, &dyn GpuLinear); 2] =
+        [(&up_coded, &down_banded), (&up_plain, &down_coded)];
+    for m in [1usize, 5, 40] {
+        let x = activations(8000 + m as u64, m * 256);
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        let buffer = |values: usize| {
+            d.device().create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: (values * 4) as u64,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let (xb, hb, yb) = (buffer(m * 256), buffer(m * 512), buffer(2 * m * 64));
+        d.queue().write_buffer(&xb, 0, bytemuck::cast_slice(&x));
+        let mut enc = d.device().create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            let cols = ActivationOrder::Columns;
+            for (c, (a, b)) in chain.iter().enumerate() {
+                let y = BufferRange::new(&yb, (c * m * 64 * 4) as u64, (m * 64 * 4) as u64);
+                a.record_forward_in(&mut pass, (&xb).into(), cols, m, (&hb).into())
+                    .unwrap();
+                b.record_forward_in(&mut pass, (&hb).into(), cols, m, y)
+                    .unwrap();
+            }
+        }
+        let read = d.device().create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: yb.size(),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        enc.copy_buffer_to_buffer(&yb, 0, &read, 0, yb.size());
+        d.queue().submit([enc.finish()]);
+        read.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
+        d.gpu().wait().unwrap();
+        let got: Vec<f32> =
+            bytemuck::cast_slice(&read.slice(..).get_mapped_range().unwrap()).to_vec();
+        for (c, (a, b)) in chain.iter().enumerate() {
+            let want = b
+                .forward_batch(&a.forward_batch(&x, m).unwrap(), m)
+                .unwrap();
+            let part = got[c * m * 64..(c + 1) * m * 64].to_vec();
+            assert_eq!(bits(part), bits(want), "chain {c}, {m} rows");
+            a.check_recorded().unwrap();
+            b.check_recorded().unwrap();
+        }
+    }
+}
+
+/// `ecq::gpu::copy_rows_dispatch`: rows moved between strides at offsets no binding could start
+/// at, padded with zeros, in a launch; refused for unaligned, overlapping or out-of-range rows
+/// and for one buffer on both sides.
+#[test]
+fn row_copies_move_and_pad() {
+    use ecq::gpu::{copy_rows_dispatch, RowCopy};
+    let Some(d) = dev() else { return };
+    let (device, registry) = (d.device(), d.gpu().registry());
+    let words: Vec<u32> = (0..1000).collect();
+    let usage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    let buffer = |bytes: u64| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let (src, dst) = (buffer(4000), buffer(4000));
+    d.queue()
+        .write_buffer(&src, 0, bytemuck::cast_slice(&words));
+    d.queue().write_buffer(&dst, 0, &[0xffu8; 4000]);
+    // 3 rows of 5 words from word 3 (stride 7) to word 301 (stride 9), padded to 8 words
+    let c = RowCopy {
+        src_at: 12,
+        src_stride: 28,
+        dst_at: 1204,
+        dst_stride: 36,
+        width: 20,
+        fill: 32,
+        rows: 3,
+    };
+    let launch = copy_rows_dispatch(device, registry, &src, &dst, &c).unwrap();
+    let read = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 4000,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = device.create_command_encoder(&Default::default());
+    launch.record(&mut enc.begin_compute_pass(&Default::default()));
+    enc.copy_buffer_to_buffer(&dst, 0, &read, 0, 4000);
+    d.queue().submit([enc.finish()]);
+    read.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
+    d.gpu().wait().unwrap();
+    let got: Vec<u32> = bytemuck::cast_slice(&read.slice(..).get_mapped_range().unwrap()).to_vec();
+    let mut want = vec![u32::MAX; 1000];
+    for r in 0..3 {
+        for c in 0..8 {
+            want[301 + 9 * r + c] = if c < 5 { (3 + 7 * r + c) as u32 } else { 0 };
+        }
+    }
+    assert_eq!(got, want);
+    for (bad, what) in [
+        (RowCopy { src_at: 2, ..c }, "multiples of 4"),
+        (
+            RowCopy {
+                dst_stride: 28,
+                ..c
+            },
+            "overlap",
+        ),
+        (RowCopy { rows: 200, ..c }, "past the buffer"),
+        (RowCopy { width: 40, ..c }, "width above fill"),
+    ] {
+        let msg = copy_rows_dispatch(device, registry, &src, &dst, &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(what), "{msg}");
+    }
+    let msg = copy_rows_dispatch(device, registry, &src, &src, &c)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("one buffer"), "{msg}");
 }

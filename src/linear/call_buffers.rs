@@ -17,7 +17,7 @@
 //! grow, up to the largest submission's needs, until [`LinearDevice::release_call_buffers`].
 
 use super::device::{LinearDevice, MapReceiver};
-use crate::gpu::{BufferRange, GpuError};
+use crate::gpu::{BufferRange, GpuError, RowCopy};
 
 /// Buffers of at most this many bytes are rounded up to a power of two, larger ones to a
 /// multiple of it, so that calls of slightly different sizes reuse them.
@@ -288,31 +288,56 @@ impl LaunchLayout {
         }
     }
 
-    /// Records the copies of the parts into their places in `y` (nothing where the outputs
-    /// were written in place).
+    /// The moves of the parts into their places in `y` (offsets from `y`'s start; none where
+    /// the outputs were written in place): a launch's outputs for one band, a launch's rows of
+    /// a band's outputs for several.
+    pub(crate) fn moves(&self) -> Vec<RowCopy> {
+        if self.in_place {
+            return Vec::new();
+        }
+        let mut moves = Vec::new();
+        for (j, i, n) in self.launches() {
+            for (b, &(row0, rows)) in self.bands.iter().enumerate() {
+                let from = j as u64 * self.part_stride + self.part_at[b];
+                let to = i as u64 * self.row_bytes + (row0 * 4) as u64;
+                if self.bands.len() == 1 {
+                    moves.push(RowCopy::contiguous(from, to, n as u64 * self.row_bytes));
+                    continue;
+                }
+                let band_bytes = (rows * 4) as u64;
+                moves.push(RowCopy {
+                    src_at: from,
+                    src_stride: band_bytes,
+                    dst_at: to,
+                    dst_stride: self.row_bytes,
+                    width: band_bytes,
+                    fill: band_bytes,
+                    rows: n as u64,
+                });
+            }
+        }
+        moves
+    }
+
+    /// Records the copies of the parts into their places in `y` ([`Self::moves`], a copy a
+    /// row).
     pub(crate) fn record_copies(
         &self,
         enc: &mut wgpu::CommandEncoder,
         parts: Option<&wgpu::Buffer>,
         y: BufferRange<'_>,
     ) {
-        let (y, y0) = (y.buffer(), y.offset());
-        let Some(p) = parts.filter(|_| !self.in_place) else {
+        let Some(p) = parts else {
             return;
         };
-        for (j, i, n) in self.launches() {
-            for (b, &(row0, rows)) in self.bands.iter().enumerate() {
-                let from = j as u64 * self.part_stride + self.part_at[b];
-                if self.bands.len() == 1 {
-                    let bytes = n as u64 * self.row_bytes;
-                    enc.copy_buffer_to_buffer(p, from, y, y0 + i as u64 * self.row_bytes, bytes);
-                    continue;
-                }
-                let band_bytes = (rows * 4) as u64;
-                for v in 0..n {
-                    let at = y0 + (i + v) as u64 * self.row_bytes + (row0 * 4) as u64;
-                    enc.copy_buffer_to_buffer(p, from + v as u64 * band_bytes, y, at, band_bytes);
-                }
+        let (y, y0) = (y.buffer(), y.offset());
+        for c in self.moves() {
+            for r in 0..c.rows {
+                let (from, to) = (
+                    c.src_at + r * c.src_stride,
+                    y0 + c.dst_at + r * c.dst_stride,
+                );
+                enc.copy_buffer_to_buffer(p, from, y, to, c.width);
             }
         }
     }

@@ -1845,7 +1845,7 @@ impl EntropyCodedLinear {
     /// same rows.
     fn record_gemv(
         &self,
-        enc: &mut wgpu::CommandEncoder,
+        pass: &mut wgpu::ComputePass<'_>,
         call: &ResidentCall<'_>,
     ) -> Result<(), GpuError> {
         let dev = &self.dev;
@@ -1870,7 +1870,7 @@ impl EntropyCodedLinear {
             stride: k4,
         };
         let launches: Vec<_> = layout.launches().map(|(_, i, n)| (i, n, need(n))).collect();
-        let rows = call.stage_rows(dev, enc, &launches)?;
+        let rows = call.stage_rows(dev, pass, &launches)?;
         let align = dev.storage_alignment();
         let x8_slot = x8_bytes(k).next_multiple_of(align);
         let x8 = self
@@ -1878,7 +1878,6 @@ impl EntropyCodedLinear {
             .then(|| dev.resident(Resident::Aux, x8_slot * launches.len() as u64));
         let mut coop_acts: Vec<CoopActivations> = Vec::new();
         let mut coop_bands = Vec::new();
-        let mut pass = enc.begin_compute_pass(&Default::default());
         for (j, i, n) in layout.launches() {
             let xr = rows.range(j);
             let target = |b: usize| layout.y_range(call.y, parts.as_ref(), (j, i, n), b);
@@ -1890,18 +1889,17 @@ impl EntropyCodedLinear {
                 }
                 let acts =
                     cached_activations(&mut coop_acts, device, k, n as u32, CoopOrder::Window)?;
-                coop_x_dispatch(device, registry, xr, acts)?.record(&mut pass);
+                coop_x_dispatch(device, registry, xr, acts)?.record(pass);
                 for (b, (band, cb)) in self.bands.iter().zip(&coop_bands).enumerate() {
                     self.coop_dispatch(band, cb, acts, target(b), &band.record_errors)?
-                        .record(&mut pass);
+                        .record(pass);
                 }
                 continue;
             }
             let xr = match &x8 {
                 Some(x8) => {
                     let r = BufferRange::new(x8, j as u64 * x8_slot, x8_bytes(k));
-                    quantize_x8_dispatch(device, registry, xr, r, k, X8Order::Window)?
-                        .record(&mut pass);
+                    quantize_x8_dispatch(device, registry, xr, r, k, X8Order::Window)?.record(pass);
                     r
                 }
                 None => xr,
@@ -1909,19 +1907,17 @@ impl EntropyCodedLinear {
             let lanes = need(n).order == ActivationOrder::Lanes;
             for (b, band) in self.bands.iter().enumerate() {
                 self.gemv_dispatch(band, xr, target(b), n as u32, lanes, &band.record_errors)?
-                    .record(&mut pass);
+                    .record(pass);
             }
         }
-        drop(pass);
-        layout.record_copies(enc, parts.as_ref(), call.y);
-        Ok(())
+        call.place_outputs(dev, pass, &layout, parts.as_ref())
     }
 
     /// The batched launches of a recorded call, in blocks of rows as [`Self::run_gemm_into`]
     /// makes them.
     fn record_gemm(
         &self,
-        enc: &mut wgpu::CommandEncoder,
+        pass: &mut wgpu::ComputePass<'_>,
         call: &ResidentCall<'_>,
     ) -> Result<(), LinearError> {
         let dev = &self.dev;
@@ -1939,17 +1935,15 @@ impl EntropyCodedLinear {
             stride: k4,
         };
         let launches: Vec<_> = layout.launches().map(|(_, i, n)| (i, n, need)).collect();
-        let rows = call.stage_rows(dev, enc, &launches).map_err(gpu)?;
-        let mut pass = enc.begin_compute_pass(&Default::default());
+        let rows = call.stage_rows(dev, pass, &launches).map_err(gpu)?;
         for (j, i, n) in layout.launches() {
             let yr = layout.y_range(call.y, parts.as_ref(), (j, i, n), 0);
             for d in self.batch_dispatches_in(rows.range(j), yr, n, true)? {
-                d.record(&mut pass);
+                d.record(pass);
             }
         }
-        drop(pass);
-        layout.record_copies(enc, parts.as_ref(), call.y);
-        Ok(())
+        call.place_outputs(dev, pass, &layout, parts.as_ref())
+            .map_err(gpu)
     }
 }
 
@@ -1960,9 +1954,9 @@ impl GpuLinear for EntropyCodedLinear {
 
     /// The launches `forward_batch` runs for `m` rows (fused GEMVs up to
     /// [`LinearOptions::gemv_batch_max_m`] rows, else the batched kernel), then the bias.
-    fn record_forward(
+    fn record_forward_in(
         &self,
-        enc: &mut wgpu::CommandEncoder,
+        pass: &mut wgpu::ComputePass<'_>,
         x: BufferRange<'_>,
         order: ActivationOrder,
         m: usize,
@@ -1973,19 +1967,19 @@ impl GpuLinear for EntropyCodedLinear {
         record_call(
             dev,
             &self.name,
-            enc,
+            pass,
             (x, order, m),
             dims,
             y,
             bias,
-            |enc, call| {
+            |pass, call| {
                 if self.bands.is_empty() {
-                    enc.clear_buffer(call.y.buffer(), call.y.offset(), Some(call.y.size()));
-                    Ok(())
+                    call.zero_outputs(&self.dev, pass)
+                        .map_err(|e| self.gpu_err(e))
                 } else if m <= self.gemv_batch_max_m {
-                    self.record_gemv(enc, call).map_err(|e| self.gpu_err(e))
+                    self.record_gemv(pass, call).map_err(|e| self.gpu_err(e))
                 } else {
-                    self.record_gemm(enc, call)
+                    self.record_gemm(pass, call)
                 }
             },
         )

@@ -579,7 +579,7 @@ impl QuantizedLinear {
     /// The launches of a recorded call on `path`'s kernels, as `forward_batch` makes them.
     fn record_path(
         &self,
-        enc: &mut wgpu::CommandEncoder,
+        pass: &mut wgpu::ComputePass<'_>,
         call: &ResidentCall<'_>,
         path: PlainPath<'_>,
     ) -> Result<(), LinearError> {
@@ -618,9 +618,8 @@ impl QuantizedLinear {
             }
         };
         let launches: Vec<_> = layout.launches().map(|(_, i, n)| (i, n, need(n))).collect();
-        let rows = call.stage_rows(dev, enc, &launches).map_err(gpu)?;
+        let rows = call.stage_rows(dev, pass, &launches).map_err(gpu)?;
         let mut coop_acts: Vec<crate::gpu::CoopActivations> = Vec::new();
-        let mut pass = enc.begin_compute_pass(&Default::default());
         for (j, i, n) in layout.launches() {
             let (xr, yr) = (
                 rows.range(j),
@@ -643,7 +642,7 @@ impl QuantizedLinear {
                     .map_err(gpu)?;
                     crate::gpu::coop_x_dispatch(device, registry, xr, acts)
                         .map_err(gpu)?
-                        .record(&mut pass);
+                        .record(pass);
                     v.gemv_coop_dispatch(device, registry, acts, yr)
                 }
                 PlainPath::Many(v) if lanes => {
@@ -651,15 +650,14 @@ impl QuantizedLinear {
                 }
                 PlainPath::Many(v) => v.gemv_many_dispatch(device, registry, xr, yr, n as u32),
                 PlainPath::Gemm => {
-                    self.batch_dispatch_in(xr, yr, n)?.record(&mut pass);
+                    self.batch_dispatch_in(xr, yr, n)?.record(pass);
                     continue;
                 }
             };
-            d.map_err(gpu)?.record(&mut pass);
+            d.map_err(gpu)?.record(pass);
         }
-        drop(pass);
-        layout.record_copies(enc, parts.as_ref(), call.y);
-        Ok(())
+        call.place_outputs(dev, pass, &layout, parts.as_ref())
+            .map_err(gpu)
     }
 }
 
@@ -670,9 +668,9 @@ impl GpuLinear for QuantizedLinear {
 
     /// The launches `forward_batch` runs for `m` rows (the plain GEMV for one, launches of
     /// the multi-vector GEMV or `qgemm`), then the bias.
-    fn record_forward(
+    fn record_forward_in(
         &self,
-        enc: &mut wgpu::CommandEncoder,
+        pass: &mut wgpu::ComputePass<'_>,
         x: BufferRange<'_>,
         order: ActivationOrder,
         m: usize,
@@ -683,12 +681,12 @@ impl GpuLinear for QuantizedLinear {
         record_call(
             dev,
             &self.name,
-            enc,
+            pass,
             (x, order, m),
             dims,
             y,
             bias,
-            |enc, call| self.record_path(enc, call, self.path(m)),
+            |pass, call| self.record_path(pass, call, self.path(m)),
         )
     }
 

@@ -17,9 +17,13 @@
 //!   read either order (the same bits), so a token's calls need no permutation: in a token's
 //!   224 launches one took ~13 µs on an H200, more than lane order saves such a GEMV (step 93);
 //! * launches whose rows start at offsets the device cannot bind, or rows the batched kernels
-//!   read zero-padded to a multiple of 4: copied into aligned slots;
+//!   read zero-padded to a multiple of 4: moved into aligned slots;
 //! * outputs of launches at offsets the device cannot bind, or of layers in bands: written to a
-//!   parts buffer and copied into place, as `forward_batch` does.
+//!   parts buffer and moved into place, as `forward_batch` copies them.
+//!
+//! The moves are launches too (`wgsl/copy_rows.wgsl`), so a call is nothing but launches in
+//! the caller's compute pass ([`GpuLinear::record_forward_in`]): a forward's calls can share one
+//! pass, where a pass a call cost ~8 µs a call on an H200 (BENCHMARKS.md, issue 5, step 93).
 //!
 //! Corrupt coded streams set flags on the GPU as in every call; a recorded call cannot return
 //! them, so they collect until [`GpuLinear::check_recorded`] reads and clears them.
@@ -29,7 +33,9 @@ use std::sync::Arc;
 use super::call_buffers::{CallScratch, LaunchLayout};
 use super::device::LinearDevice;
 use super::{Linear, LinearError};
-use crate::gpu::{add_bias_dispatch, x_order_dispatch, BufferRange, GpuError};
+use crate::gpu::{
+    add_bias_dispatch, copy_rows_dispatch, x_order_dispatch, BufferRange, GpuError, RowCopy,
+};
 
 /// The order of an activation row's values in a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,9 +77,14 @@ pub enum ActivationOrder {
 /// );
 /// // ... x written by the engine ...
 /// let mut enc = dev.device().create_command_encoder(&Default::default());
-/// up.record_forward(&mut enc, (&x).into(), ActivationOrder::Columns, m, (&h).into())?;
-/// // (an activation function on `h` would go here)
-/// down.record_forward(&mut enc, (&h).into(), ActivationOrder::Columns, m, (&y).into())?;
+/// {
+///     // (a forward's calls in one pass; `record_forward` makes a pass of its own)
+///     let mut pass = enc.begin_compute_pass(&Default::default());
+///     let cols = ActivationOrder::Columns;
+///     up.record_forward_in(&mut pass, (&x).into(), cols, m, (&h).into())?;
+///     // (an activation function on `h` would go here)
+///     down.record_forward_in(&mut pass, (&h).into(), cols, m, (&y).into())?;
+/// }
 /// dev.queue().submit([enc.finish()]);
 /// up.check_recorded()?; // waits; reports a corrupt stream met since the last check
 /// down.check_recorded()?;
@@ -83,13 +94,25 @@ pub trait GpuLinear: Linear {
     /// The device the layer lives on: `x` and `y` must be its buffers.
     fn linear_device(&self) -> &Arc<LinearDevice>;
 
-    /// Records `Y = X W^T + bias` for `m` rows into `enc`: `x` holds `m` rows of
+    /// Records `Y = X W^T + bias` for `m` rows into `pass`: `x` holds `m` rows of
     /// `in_features` f32 in `order` from its start, `y` gets `m` rows of `out_features` f32
     /// from its start. Both ranges start at multiples of the device's storage offset
-    /// alignment; `x`'s buffer needs `STORAGE | COPY_SRC` usage, `y`'s `STORAGE | COPY_DST`,
-    /// and they must not overlap (in one buffer the activations are copied first: a launch
-    /// binds a buffer either read-only or writable). Nothing runs until the caller submits
-    /// `enc`. The outputs are [`Linear::forward_batch`]'s bit for bit.
+    /// alignment; both buffers need `STORAGE` usage, and the ranges must not overlap (in one
+    /// buffer the activations are moved first: a launch binds a buffer either read-only or
+    /// writable). Everything the call does is launches in `pass`, so the calls of a forward
+    /// can share one pass: a pass a call cost ~8 µs a call on an H200 (BENCHMARKS.md, issue 5,
+    /// step 93). Launches that read what an earlier one wrote are ordered by wgpu. Nothing
+    /// runs until the caller submits. The outputs are [`Linear::forward_batch`]'s bit for bit.
+    fn record_forward_in(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        x: BufferRange<'_>,
+        order: ActivationOrder,
+        m: usize,
+        y: BufferRange<'_>,
+    ) -> Result<(), LinearError>;
+
+    /// [`Self::record_forward_in`] in a compute pass of its own in `enc`.
     fn record_forward(
         &self,
         enc: &mut wgpu::CommandEncoder,
@@ -97,7 +120,10 @@ pub trait GpuLinear: Linear {
         order: ActivationOrder,
         m: usize,
         y: BufferRange<'_>,
-    ) -> Result<(), LinearError>;
+    ) -> Result<(), LinearError> {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        self.record_forward_in(&mut pass, x, order, m, y)
+    }
 
     /// Waits for the work submitted so far and reports a corrupt coded stream that any
     /// recorded call met since the last check ([`crate::gpu::GpuError::CorruptStream`]), then
@@ -120,6 +146,8 @@ pub(crate) struct ResidentBuffers {
     parts: Option<wgpu::Buffer>,
     /// Activations a launch prepares for another (8-bit activations).
     aux: Option<wgpu::Buffer>,
+    /// Zeros, the source of [`ResidentCall::zero_outputs`]'s fill (never read).
+    zeros: Option<wgpu::Buffer>,
 }
 
 /// Which of [`ResidentBuffers`].
@@ -129,14 +157,21 @@ pub(crate) enum Resident {
     Slots,
     Parts,
     Aux,
+    Zeros,
 }
 
 impl ResidentBuffers {
     pub(crate) fn gpu_bytes(&self) -> u64 {
-        [&self.reordered, &self.slots, &self.parts, &self.aux]
-            .iter()
-            .filter_map(|b| b.as_ref().map(|b| b.size()))
-            .sum()
+        [
+            &self.reordered,
+            &self.slots,
+            &self.parts,
+            &self.aux,
+            &self.zeros,
+        ]
+        .iter()
+        .filter_map(|b| b.as_ref().map(|b| b.size()))
+        .sum()
     }
 
     /// The kept buffer `which`, at least `bytes`.
@@ -146,6 +181,7 @@ impl ResidentBuffers {
             Resident::Slots => (&mut self.slots, "ecq resident activation slots"),
             Resident::Parts => (&mut self.parts, "ecq resident parts"),
             Resident::Aux => (&mut self.aux, "ecq resident aux"),
+            Resident::Zeros => (&mut self.zeros, "ecq resident zeros"),
         };
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_SRC
@@ -230,13 +266,13 @@ impl<'a> ResidentCall<'a> {
             Ok(())
         };
         use wgpu::BufferUsages as U;
-        need(&y, "y", U::STORAGE | U::COPY_DST)?;
+        need(&y, "y", U::STORAGE)?;
         y.check(device, "y").map_err(|source| LinearError::Gpu {
             layer: layer.to_string(),
             source,
         })?;
         if x_bytes > 0 {
-            need(&x, "x", U::STORAGE | U::COPY_SRC)?;
+            need(&x, "x", U::STORAGE)?;
             x.check(device, "x").map_err(|source| LinearError::Gpu {
                 layer: layer.to_string(),
                 source,
@@ -263,13 +299,14 @@ impl<'a> ResidentCall<'a> {
     }
 
     /// Makes the activations of `launches` (first row, rows, what the launch reads) bindable
-    /// (module doc), recording the work into `enc`: each launch's range, in launch order.
+    /// (module doc), recording the work into `pass`: each launch's range, in launch order.
     pub(crate) fn stage_rows(
         &self,
         dev: &LinearDevice,
-        enc: &mut wgpu::CommandEncoder,
+        pass: &mut wgpu::ComputePass<'_>,
         launches: &[(usize, usize, RowsNeed)],
     ) -> Result<StagedRows, GpuError> {
+        let (device, registry) = (dev.device(), dev.gpu().registry());
         let (k, row) = (self.k, self.k as u64 * 4);
         let align = dev.storage_alignment();
         let limit = |what: &str, bytes: u64| {
@@ -285,16 +322,9 @@ impl<'a> ResidentCall<'a> {
             let bytes = self.m as u64 * row;
             limit("activations in the other order", bytes)?;
             let buf = dev.resident(Resident::Reordered, bytes);
-            let d = x_order_dispatch(
-                dev.device(),
-                dev.gpu().registry(),
-                self.x,
-                BufferRange::new(&buf, 0, bytes),
-                self.m,
-                k,
-                self.order == ActivationOrder::Columns,
-            )?;
-            d.record(&mut enc.begin_compute_pass(&Default::default()));
+            let to_lanes = self.order == ActivationOrder::Columns;
+            let out = BufferRange::new(&buf, 0, bytes);
+            x_order_dispatch(device, registry, self.x, out, self.m, k, to_lanes)?.record(pass);
             Some(buf)
         } else {
             None
@@ -302,8 +332,8 @@ impl<'a> ResidentCall<'a> {
         // (a launch binding `y`'s buffer read-only would conflict with its writable binding)
         let shared = self.x.buffer() == self.y.buffer();
         let mut places = Vec::with_capacity(launches.len());
-        let mut copies = Vec::new();
-        let (mut slots_bytes, mut padded) = (0u64, false);
+        let mut moves = Vec::new();
+        let mut slots_bytes = 0u64;
         for &(i, n, need) in launches {
             let (src, base) = match &reordered {
                 Some(b) if need.order != self.order => (b.clone(), 0),
@@ -317,37 +347,37 @@ impl<'a> ResidentCall<'a> {
                 continue;
             }
             places.push(Place::Slot(slots_bytes, bytes));
-            copies.push((src, from, slots_bytes, n, need.stride));
-            padded |= need.stride != k;
+            // (rows zero-padded to the stride the launch reads)
+            let stride = (need.stride * 4) as u64;
+            let c = RowCopy {
+                src_at: from,
+                src_stride: row,
+                dst_at: slots_bytes,
+                dst_stride: stride,
+                width: row,
+                fill: stride,
+                rows: n as u64,
+            };
+            moves.push((src, c));
             slots_bytes += bytes.next_multiple_of(align);
         }
-        let mut ranges = Vec::with_capacity(places.len());
         let slots = if slots_bytes > 0 {
             limit("activation slots", slots_bytes)?;
             let slots = dev.resident(Resident::Slots, slots_bytes);
-            if padded {
-                enc.clear_buffer(&slots, 0, Some(slots_bytes));
-            }
-            for (src, from, at, n, stride) in copies {
-                if stride == k {
-                    enc.copy_buffer_to_buffer(&src, from, &slots, at, n as u64 * row);
-                    continue;
-                }
-                for v in 0..n as u64 {
-                    let to = at + v * (stride * 4) as u64;
-                    enc.copy_buffer_to_buffer(&src, from + v * row, &slots, to, row);
-                }
+            for (src, c) in moves {
+                copy_rows_dispatch(device, registry, &src, &slots, &c)?.record(pass);
             }
             Some(slots)
         } else {
             None
         };
-        for place in places {
-            ranges.push(match place {
+        let ranges = places
+            .into_iter()
+            .map(|place| match place {
                 Place::Bound(b, at, bytes) => (b, at, bytes),
                 Place::Slot(at, bytes) => (slots.clone().expect("slots made"), at, bytes),
-            });
-        }
+            })
+            .collect();
         Ok(StagedRows { ranges })
     }
 
@@ -381,11 +411,61 @@ impl<'a> ResidentCall<'a> {
         Ok((layout, parts))
     }
 
+    /// Records the moves of `layout`'s parts into place in `y` (nothing where the outputs were
+    /// written in place).
+    pub(crate) fn place_outputs(
+        &self,
+        dev: &LinearDevice,
+        pass: &mut wgpu::ComputePass<'_>,
+        layout: &LaunchLayout,
+        parts: Option<&wgpu::Buffer>,
+    ) -> Result<(), GpuError> {
+        let Some(parts) = parts else {
+            return Ok(());
+        };
+        let (device, registry) = (dev.device(), dev.gpu().registry());
+        for c in layout.moves() {
+            let c = RowCopy {
+                dst_at: self.y.offset() + c.dst_at,
+                ..c
+            };
+            copy_rows_dispatch(device, registry, parts, self.y.buffer(), &c)?.record(pass);
+        }
+        Ok(())
+    }
+
+    /// Records zeros into the outputs (a layer without inputs).
+    pub(crate) fn zero_outputs(
+        &self,
+        dev: &LinearDevice,
+        pass: &mut wgpu::ComputePass<'_>,
+    ) -> Result<(), GpuError> {
+        let zeros = dev.resident(Resident::Zeros, 16);
+        let c = RowCopy {
+            src_at: 0,
+            src_stride: 0,
+            dst_at: self.y.offset(),
+            dst_stride: 0,
+            width: 0,
+            fill: self.y.size(),
+            rows: 1,
+        };
+        let d = copy_rows_dispatch(
+            dev.device(),
+            dev.gpu().registry(),
+            &zeros,
+            self.y.buffer(),
+            &c,
+        )?;
+        d.record(pass);
+        Ok(())
+    }
+
     /// Records the bias' addition to the outputs (nothing without a bias).
     pub(crate) fn add_bias(
         &self,
         dev: &LinearDevice,
-        enc: &mut wgpu::CommandEncoder,
+        pass: &mut wgpu::ComputePass<'_>,
         bias: Option<&wgpu::Buffer>,
     ) -> Result<(), GpuError> {
         let Some(bias) = bias else {
@@ -399,7 +479,7 @@ impl<'a> ResidentCall<'a> {
             self.m,
             self.r,
         )?;
-        d.record(&mut enc.begin_compute_pass(&Default::default()));
+        d.record(pass);
         Ok(())
     }
 }
@@ -430,26 +510,26 @@ impl StagedRows {
 pub(crate) fn record_call(
     dev: &LinearDevice,
     layer: &str,
-    enc: &mut wgpu::CommandEncoder,
+    pass: &mut wgpu::ComputePass<'_>,
     (x, order, m): (BufferRange<'_>, ActivationOrder, usize),
     (k, r): (usize, usize),
     y: BufferRange<'_>,
     bias: Option<&wgpu::Buffer>,
-    launches: impl FnOnce(&mut wgpu::CommandEncoder, &ResidentCall<'_>) -> Result<(), LinearError>,
+    launches: impl FnOnce(&mut wgpu::ComputePass<'_>, &ResidentCall<'_>) -> Result<(), LinearError>,
 ) -> Result<(), LinearError> {
     let Some(call) = ResidentCall::new(dev, layer, x, order, m, (k, r), y)? else {
         return Ok(());
     };
+    let gpu = |source| LinearError::Gpu {
+        layer: layer.to_string(),
+        source,
+    };
     if k == 0 {
-        enc.clear_buffer(call.y.buffer(), call.y.offset(), Some(call.y.size()));
+        call.zero_outputs(dev, pass).map_err(gpu)?;
     } else {
-        launches(enc, &call)?;
+        launches(pass, &call)?;
     }
-    call.add_bias(dev, enc, bias)
-        .map_err(|source| LinearError::Gpu {
-            layer: layer.to_string(),
-            source,
-        })
+    call.add_bias(dev, pass, bias).map_err(gpu)
 }
 
 /// The layer's bias as a GPU buffer, made on first use (`None` without a bias).
