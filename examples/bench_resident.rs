@@ -8,7 +8,8 @@
 //!
 //! ```text
 //! cargo run --release --example bench_resident -- [--layers 32] [--ms 1,16,512] [--rounds 7]
-//!     [--copies 2] [--shapes 4096x4096,1024x4096,...] [--coop] [--own-outputs]
+//!     [--copies 2] [--shapes 4096x4096,1024x4096,...] [--coop] [--own-outputs] [--prebuilt]
+//!     [--one-pass]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64, `--copies` distinct copies of each
@@ -16,7 +17,10 @@
 //! Every layer reads the same activation buffer and writes its shape's output buffer (with
 //! `--own-outputs` buffers of its own, so that no two launches write one buffer and wgpu
 //! places no barrier between them for the outputs; a diagnostic: an engine's layers depend on
-//! each other). Times are
+//! each other; `--prebuilt` adds a token's launches made once, with the library's dispatch
+//! entry points, and recorded into one compute pass a forward). Each call records into a pass
+//! of its own (`record_forward`), or with `--one-pass` all of a forward's calls into one
+//! (`record_forward_in`). Times are
 //! wall clock after a second of warm-up forwards: "record" (the host's recording of all calls)
 //! and "run" (submit to the end of the wait) are medians of `--rounds` forwards one at a time;
 //! "pipelined" is `--rounds` forwards back to back, each recorded while the one before runs
@@ -56,6 +60,10 @@ struct Args {
     coop: bool,
     /// every layer writes outputs of its own (no two launches write one buffer)
     own_outputs: bool,
+    /// also one token's launches made once and recorded into one compute pass
+    prebuilt: bool,
+    /// every call of a forward in one compute pass (`record_forward_in`)
+    one_pass: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -67,6 +75,8 @@ fn parse_args() -> Result<Args, String> {
         shapes: LLAMA3_8B.to_vec(),
         coop: false,
         own_outputs: false,
+        prebuilt: false,
+        one_pass: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -84,6 +94,16 @@ fn parse_args() -> Result<Args, String> {
             }
             "--own-outputs" => {
                 a.own_outputs = true;
+                i += 1;
+                continue;
+            }
+            "--prebuilt" => {
+                a.prebuilt = true;
+                i += 1;
+                continue;
+            }
+            "--one-pass" => {
+                a.one_pass = true;
                 i += 1;
                 continue;
             }
@@ -119,6 +139,8 @@ struct Stack {
     fused_coop: Vec<EntropyCodedLinear>,
     plain: Vec<QuantizedLinear>,
     plain_coop: Vec<QuantizedLinear>,
+    /// The plain GEMV's matrices, for the launches made once (`--prebuilt`).
+    plain_gemv: Vec<ecq::gpu::GpuQuantizedMatrix>,
 }
 
 fn main() {
@@ -144,6 +166,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             fused_coop: Vec::new(),
             plain: Vec::new(),
             plain_coop: Vec::new(),
+            plain_gemv: Vec::new(),
         };
         for &(r, k) in &a.shapes {
             let w: Vec<f32> = (0..r * k).map(|_| gaussian(&mut rng) * 0.02).collect();
@@ -176,6 +199,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let mut p = QuantizedLinear::upload(&dev, &format!("{r}x{k}"), &q, None)?;
             p.set_cooperative_matrix(true);
             st.plain_coop.push(p);
+            if a.prebuilt {
+                st.plain_gemv
+                    .push(ecq::gpu::GpuQuantizedMatrix::upload(dev.device(), &q)?);
+            }
             eprintln!(
                 "copy {copy}, {r}x{k}: {:.3} coded bits/weight",
                 s.total_bytes() as f64 * 8.0 / (r * k) as f64
@@ -218,14 +245,22 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                       order: ActivationOrder|
          -> Result<wgpu::CommandBuffer, Box<dyn std::error::Error>> {
             let mut enc = dev.device().create_command_encoder(&Default::default());
+            let mut pass = a.one_pass.then(|| {
+                enc.begin_compute_pass(&Default::default())
+                    .forget_lifetime()
+            });
             for l in 0..a.layers {
                 let st = &stacks[l % stacks.len()];
                 for (i, &(_, k)) in a.shapes.iter().enumerate() {
                     let xr = ecq::gpu::BufferRange::new(&xb, 0, (m * k * 4) as u64);
-                    let y = &ys[l % sets][i];
-                    pick(st, i).record_forward(&mut enc, xr, order, m, y.into())?;
+                    let (layer, y) = (pick(st, i), (&ys[l % sets][i]).into());
+                    match pass.as_mut() {
+                        Some(p) => layer.record_forward_in(p, xr, order, m, y)?,
+                        None => layer.record_forward(&mut enc, xr, order, m, y)?,
+                    }
                 }
             }
+            drop(pass);
             Ok(enc.finish())
         };
         // (record, run, pipelined): medians of the recording and of submit-to-wait, one
@@ -277,6 +312,73 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             run.sort_by(f64::total_cmp);
             Ok((rec[rec.len() / 2], run[run.len() / 2], pipelined))
         };
+        // --prebuilt, one token: the same launches made once (`vectors_lane_order_dispatch`,
+        // the plain GEMV's `gemv_lane_order_dispatch`) and recorded into one compute pass a
+        // forward: what recording costs without making bind groups, and what the GPU takes
+        // without a pass a call
+        if a.prebuilt && m == 1 {
+            let registry = dev.gpu().registry();
+            let sets = ys.len();
+            let mut fused = Vec::new();
+            let mut plain = Vec::new();
+            for l in 0..a.layers {
+                let st = &stacks[l % stacks.len()];
+                for (i, y) in ys[l % sets].iter().enumerate() {
+                    fused.push(st.fused[i].vectors_lane_order_dispatch(&xb, y, 1)?);
+                    let g = &st.plain_gemv[i];
+                    plain.push(LinearDispatchOrGpu::Gpu(g.gemv_lane_order_dispatch(
+                        dev.device(),
+                        registry,
+                        &xb,
+                        y,
+                    )?));
+                }
+            }
+            let fused: Vec<LinearDispatchOrGpu> =
+                fused.into_iter().map(LinearDispatchOrGpu::Linear).collect();
+            for pass in 1..=2 {
+                let mut cells = Vec::new();
+                for launches in [&fused, &plain] {
+                    let forward = || -> Result<(f64, f64), Box<dyn std::error::Error>> {
+                        let s = Instant::now();
+                        let mut enc = dev.device().create_command_encoder(&Default::default());
+                        {
+                            let mut cp = enc.begin_compute_pass(&Default::default());
+                            for d in launches {
+                                d.record(&mut cp);
+                            }
+                        }
+                        let cb = enc.finish();
+                        let rec = s.elapsed().as_secs_f64() * 1e3;
+                        let s = Instant::now();
+                        dev.queue().submit([cb]);
+                        dev.gpu().wait()?;
+                        Ok((rec, s.elapsed().as_secs_f64() * 1e3))
+                    };
+                    let warm = Instant::now();
+                    while warm.elapsed().as_secs_f64() < 1.0 {
+                        forward()?;
+                    }
+                    let mut t: Vec<(f64, f64)> =
+                        (0..a.rounds).map(|_| forward()).collect::<Result<_, _>>()?;
+                    t.sort_by(|a, b| a.1.total_cmp(&b.1));
+                    let rec = {
+                        let mut r: Vec<f64> = t.iter().map(|v| v.0).collect();
+                        r.sort_by(f64::total_cmp);
+                        r[r.len() / 2]
+                    };
+                    cells.push((rec, t[t.len() / 2].1));
+                }
+                println!(
+                    "| 1 | {pass} | prebuilt, lanes | {:.2} / {:.2} / - | {:.2} / {:.2} / - | {:.2}x / - | - | - | - |",
+                    cells[0].0,
+                    cells[0].1,
+                    cells[1].0,
+                    cells[1].1,
+                    cells[0].1 / cells[1].1
+                );
+            }
+        }
         for pass in 1..=2 {
             for order in [ActivationOrder::Columns, ActivationOrder::Lanes] {
                 let f = time(&|st, i| &st.fused[i], order)?;
@@ -311,4 +413,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// A launch made once, of either module.
+enum LinearDispatchOrGpu {
+    Linear(ecq::linear::LinearDispatch),
+    Gpu(ecq::gpu::Dispatch),
+}
+
+impl LinearDispatchOrGpu {
+    fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        match self {
+            LinearDispatchOrGpu::Linear(d) => d.record(pass),
+            LinearDispatchOrGpu::Gpu(d) => d.record(pass),
+        }
+    }
 }
