@@ -62,7 +62,7 @@ pub enum CoopOrder {
 /// columns the sums and the scalings; or for the plain baseline
 /// ([`GpuQuantizedMatrix::gemv_coop_dispatch`](super::GpuQuantizedMatrix::gemv_coop_dispatch))
 /// in its column order. The count and order are fixed here so that both launches agree.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CoopActivations {
     tiles: wgpu::Buffer,
     sums: wgpu::Buffer,
@@ -229,21 +229,16 @@ pub(crate) const NO_COOPERATIVE_DEVICE: &str = "the device has no cooperative ma
 /// The activations for `vectors` vectors of `cols` in `order` from `cache`, made there the
 /// first time: a layer's launches of one `forward_batch` call run one after another in a pass,
 /// so those of the same count can share one set of buffers.
-pub(crate) fn cached_activations<'a>(
-    cache: &'a mut Vec<CoopActivations>,
-    device: &wgpu::Device,
-    cols: usize,
-    vectors: u32,
-    order: CoopOrder,
-) -> Result<&'a CoopActivations, GpuError> {
-    let at = match cache.iter().position(|a| a.vectors == vectors) {
-        Some(at) => at,
-        None => {
-            cache.push(CoopActivations::new(device, cols, vectors, order)?);
-            cache.len() - 1
-        }
-    };
-    Ok(&cache[at])
+impl CoopActivations {
+    /// Whether these are the buffers for `vectors` vectors of `cols` inputs in `order`.
+    pub(crate) fn is_for(&self, cols: usize, vectors: u32, order: CoopOrder) -> bool {
+        (self.cols, self.vectors, self.order) == (cols, vectors, order)
+    }
+
+    /// GPU bytes held.
+    pub(crate) fn gpu_bytes(&self) -> u64 {
+        self.tiles.size() + self.sums.size()
+    }
 }
 
 /// What the fused and plain `gemv_coop` share: `Y = X W^T` for `vectors` vectors of `cols`

@@ -113,7 +113,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 pub use bias::add_bias_dispatch;
-pub(crate) use coop::cached_activations;
 pub use coop::{
     coop_x_dispatch, offers_coop_f16_16x16, CoopActivations, CoopOrder, COOP_BLOCK_COLS,
     COOP_STORAGE_BUFFERS, COOP_VECTORS, COOP_WORKGROUP_BYTES,

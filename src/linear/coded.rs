@@ -8,10 +8,9 @@ use super::device::{LinearDevice, LinearKernel};
 use super::resident::{bias_buffer, record_call, Resident, ResidentCall, RowsNeed};
 use super::{add_bias, check_x, check_y, ActivationOrder, GpuLinear, Linear, LinearError};
 use crate::gpu::{
-    cached_activations, check_gemv_vectors, coop_gemv_pipeline, coop_layout_refusal, coop_params,
-    coop_x_dispatch, default_fused_variant, fused_gemv_pipeline, quantize_x8_dispatch,
-    set_chunk_subgroups, x8_bytes, BufferRange, CodedParams, CoopActivations, CoopOrder, GpuError,
-    SideFormat, X8Order,
+    check_gemv_vectors, coop_gemv_pipeline, coop_layout_refusal, coop_params, coop_x_dispatch,
+    default_fused_variant, fused_gemv_pipeline, quantize_x8_dispatch, set_chunk_subgroups,
+    x8_bytes, BufferRange, CodedParams, CoopActivations, CoopOrder, GpuError, SideFormat, X8Order,
 };
 use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
 
@@ -659,6 +658,8 @@ struct Band {
     /// The error flags of recorded calls ([`super::GpuLinear`]), kept until
     /// [`super::GpuLinear::check_recorded`] (`errors` is cleared by every host call).
     record_errors: wgpu::Buffer,
+    /// The cooperative launches' parameters and uniform buffer, made on first use.
+    coop: std::sync::OnceLock<(CodedParams, wgpu::Buffer)>,
     sb: wgpu::Buffer,
     gemv: CodedParams,
     gemm: GemmParams,
@@ -1086,6 +1087,7 @@ impl EntropyCodedLinear {
                 words,
                 errors,
                 record_errors,
+                coop: std::sync::OnceLock::new(),
                 sb,
                 gemv,
                 gemm,
@@ -1307,10 +1309,16 @@ impl EntropyCodedLinear {
     /// The fused-GEMV launch of one band computing `y = W x` without the bias for `vectors`
     /// activation vectors: `x` holds `vectors` rows of `in_features` f32, `y` `vectors` rows
     /// of the band's outputs.
-    /// Band `band`'s cooperative launch parameters and their uniform buffer (made once per
-    /// `forward_batch` call and shared by its launches).
-    fn coop_uniform(&self, band: &Band) -> Result<(CodedParams, wgpu::Buffer), GpuError> {
+    /// Band `band`'s cooperative launch parameters and their uniform buffer (made on the
+    /// band's first cooperative launch and kept).
+    fn coop_uniform<'b>(
+        &self,
+        band: &'b Band,
+    ) -> Result<&'b (CodedParams, wgpu::Buffer), GpuError> {
         use wgpu::util::DeviceExt;
+        if let Some(kept) = band.coop.get() {
+            return Ok(kept);
+        }
         let device = self.dev.device();
         let p = coop_params(device, &band.gemv)?;
         let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -1318,7 +1326,35 @@ impl EntropyCodedLinear {
             contents: bytemuck::bytes_of(&p),
             usage: wgpu::BufferUsages::UNIFORM,
         });
-        Ok((p, uniform))
+        Ok(band.coop.get_or_init(|| (p, uniform)))
+    }
+
+    /// A cooperative launch of `n` rows of `x`: its activation pass, then each band's GEMV
+    /// into `target(band)`, the error flags of recorded calls where `recorded`.
+    fn record_coop<'t>(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        x: BufferRange<'_>,
+        n: usize,
+        target: &dyn Fn(usize) -> BufferRange<'t>,
+        recorded: bool,
+    ) -> Result<(), GpuError> {
+        let (device, registry) = (self.dev.device(), self.dev.gpu().registry());
+        let acts = self
+            .dev
+            .coop_activations(self.cols, n as u32, CoopOrder::Window)?;
+        coop_x_dispatch(device, registry, x, &acts)?.record(pass);
+        for (b, band) in self.bands.iter().enumerate() {
+            let errors = if recorded {
+                &band.record_errors
+            } else {
+                &band.errors
+            };
+            let params = self.coop_uniform(band)?;
+            self.coop_dispatch(band, params, &acts, target(b), errors)?
+                .record(pass);
+        }
+        Ok(())
     }
 
     /// Band `band`'s cooperative GEMV of the activations `x` prepared in window order, into
@@ -1714,32 +1750,14 @@ impl EntropyCodedLinear {
         for band in &self.bands {
             enc.clear_buffer(&band.errors, 0, None);
         }
-        // (the cooperative launches' activation buffers, by vectors, and the bands'
-        // parameters: made once a call, since the launches run one after another in the pass)
-        let mut coop_acts: Vec<CoopActivations> = Vec::new();
-        let mut coop_bands = Vec::new();
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             for (j, i, n) in layout.launches() {
                 let xr = layout.x_range(&xb, j, n);
                 let target = |b: usize| layout.y_range((&y).into(), parts.as_ref(), (j, i, n), b);
                 if self.coop_launch(n) {
-                    if coop_bands.is_empty() {
-                        for band in &self.bands {
-                            coop_bands.push(self.coop_uniform(band).map_err(|e| self.gpu_err(e))?);
-                        }
-                    }
-                    let acts =
-                        cached_activations(&mut coop_acts, device, k, n as u32, CoopOrder::Window)
-                            .map_err(|e| self.gpu_err(e))?;
-                    coop_x_dispatch(device, registry, xr, acts)
-                        .map_err(|e| self.gpu_err(e))?
-                        .record(&mut pass);
-                    for (b, (band, cb)) in self.bands.iter().zip(&coop_bands).enumerate() {
-                        self.coop_dispatch(band, cb, acts, target(b), &band.errors)
-                            .map_err(|e| self.gpu_err(e))?
-                            .record(&mut pass);
-                    }
+                    self.record_coop(&mut pass, xr, n, &target, false)
+                        .map_err(|e| self.gpu_err(e))?;
                     continue;
                 }
                 let xr = match &x8 {
@@ -1876,24 +1894,11 @@ impl EntropyCodedLinear {
         let x8 = self
             .x8
             .then(|| dev.resident(Resident::Aux, x8_slot * launches.len() as u64));
-        let mut coop_acts: Vec<CoopActivations> = Vec::new();
-        let mut coop_bands = Vec::new();
         for (j, i, n) in layout.launches() {
             let xr = rows.range(j);
             let target = |b: usize| layout.y_range(call.y, parts.as_ref(), (j, i, n), b);
             if self.coop_launch(n) {
-                if coop_bands.is_empty() {
-                    for band in &self.bands {
-                        coop_bands.push(self.coop_uniform(band)?);
-                    }
-                }
-                let acts =
-                    cached_activations(&mut coop_acts, device, k, n as u32, CoopOrder::Window)?;
-                coop_x_dispatch(device, registry, xr, acts)?.record(pass);
-                for (b, (band, cb)) in self.bands.iter().zip(&coop_bands).enumerate() {
-                    self.coop_dispatch(band, cb, acts, target(b), &band.record_errors)?
-                        .record(pass);
-                }
+                self.record_coop(pass, xr, n, &target, true)?;
                 continue;
             }
             let xr = match &x8 {

@@ -8,7 +8,7 @@ use super::resident::{Resident, ResidentBuffers};
 
 /// Where a read back's mapping reports its outcome.
 pub(crate) type MapReceiver = std::sync::mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>;
-use crate::gpu::{GpuContext, GpuError};
+use crate::gpu::{CoopActivations, CoopOrder, GpuContext, GpuError};
 
 /// The batched kernels of this module (one WGSL file each in `wgsl/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,6 +134,9 @@ pub struct LinearDevice {
     call_buffers: Mutex<Vec<CallBuffers>>,
     /// The buffers of recorded calls ([`super::GpuLinear`]).
     resident: Mutex<ResidentBuffers>,
+    /// The cooperative launches' activation buffers, by inputs, vectors and order (written by
+    /// each launch's activation pass and read by the launch after it, so calls can share them).
+    coop_activations: Mutex<Vec<CoopActivations>>,
 }
 
 impl LinearDevice {
@@ -150,6 +153,7 @@ impl LinearDevice {
             pipelines: Mutex::new(HashMap::new()),
             call_buffers: Mutex::new(Vec::new()),
             resident: Mutex::new(ResidentBuffers::default()),
+            coop_activations: Mutex::new(Vec::new()),
         })
     }
 
@@ -173,6 +177,10 @@ impl LinearDevice {
     pub fn release_call_buffers(&self) {
         self.call_buffers.lock().expect("call buffers lock").clear();
         *self.resident.lock().expect("resident buffers lock") = ResidentBuffers::default();
+        self.coop_activations
+            .lock()
+            .expect("cooperative activations lock")
+            .clear();
     }
 
     /// GPU bytes of the buffers kept from earlier layer calls (activations, outputs and the
@@ -186,6 +194,33 @@ impl LinearDevice {
                 .lock()
                 .expect("resident buffers lock")
                 .gpu_bytes()
+            + self
+                .coop_activations
+                .lock()
+                .expect("cooperative activations lock")
+                .iter()
+                .map(CoopActivations::gpu_bytes)
+                .sum::<u64>()
+    }
+
+    /// The kept activation buffers of cooperative launches of `vectors` vectors of `cols`
+    /// inputs in `order` (made on first use; they were made every call, ~130 KB each).
+    pub(crate) fn coop_activations(
+        &self,
+        cols: usize,
+        vectors: u32,
+        order: CoopOrder,
+    ) -> Result<CoopActivations, GpuError> {
+        let mut kept = self
+            .coop_activations
+            .lock()
+            .expect("cooperative activations lock");
+        if let Some(a) = kept.iter().find(|a| a.is_for(cols, vectors, order)) {
+            return Ok(a.clone());
+        }
+        let a = CoopActivations::new(self.device(), cols, vectors, order)?;
+        kept.push(a.clone());
+        Ok(a)
     }
 
     /// The kept buffer `which` of recorded calls, at least `bytes`.

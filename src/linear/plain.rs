@@ -391,27 +391,20 @@ impl QuantizedLinear {
             .map_err(gpu_err)?;
         let y = scratch.y((r * 4 * m) as u64);
         let parts = layout.parts_bytes().map(|bytes| scratch.parts(bytes));
-        // (the cooperative launches' activation buffers, by vectors: made once a call, since
-        // the launches run one after another in the pass)
-        let mut coop_acts: Vec<crate::gpu::CoopActivations> = Vec::new();
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             for (j, i, n) in layout.launches() {
                 let xr = layout.x_range(&xb, j, n);
                 let yr = layout.y_range((&y).into(), parts.as_ref(), (j, i, n), 0);
                 if coop(n) {
-                    let acts = crate::gpu::cached_activations(
-                        &mut coop_acts,
-                        device,
-                        k,
-                        n as u32,
-                        crate::gpu::CoopOrder::Packed,
-                    )
-                    .map_err(gpu_err)?;
-                    crate::gpu::coop_x_dispatch(device, registry, xr, acts)
+                    let acts = self
+                        .dev
+                        .coop_activations(k, n as u32, crate::gpu::CoopOrder::Packed)
+                        .map_err(gpu_err)?;
+                    crate::gpu::coop_x_dispatch(device, registry, xr, &acts)
                         .map_err(gpu_err)?
                         .record(&mut pass);
-                    v.gemv_coop_dispatch(device, registry, acts, yr)
+                    v.gemv_coop_dispatch(device, registry, &acts, yr)
                         .map_err(gpu_err)?
                         .record(&mut pass);
                     continue;
@@ -619,7 +612,6 @@ impl QuantizedLinear {
         };
         let launches: Vec<_> = layout.launches().map(|(_, i, n)| (i, n, need(n))).collect();
         let rows = call.stage_rows(dev, pass, &launches).map_err(gpu)?;
-        let mut coop_acts: Vec<crate::gpu::CoopActivations> = Vec::new();
         for (j, i, n) in layout.launches() {
             let (xr, yr) = (
                 rows.range(j),
@@ -632,18 +624,13 @@ impl QuantizedLinear {
                 }
                 PlainPath::Vector(v) => v.gemv_dispatch(device, registry, xr, yr),
                 PlainPath::Many(v) if coop(n) => {
-                    let acts = crate::gpu::cached_activations(
-                        &mut coop_acts,
-                        device,
-                        k,
-                        n as u32,
-                        crate::gpu::CoopOrder::Packed,
-                    )
-                    .map_err(gpu)?;
-                    crate::gpu::coop_x_dispatch(device, registry, xr, acts)
+                    let acts = dev
+                        .coop_activations(k, n as u32, crate::gpu::CoopOrder::Packed)
+                        .map_err(gpu)?;
+                    crate::gpu::coop_x_dispatch(device, registry, xr, &acts)
                         .map_err(gpu)?
                         .record(pass);
-                    v.gemv_coop_dispatch(device, registry, acts, yr)
+                    v.gemv_coop_dispatch(device, registry, &acts, yr)
                 }
                 PlainPath::Many(v) if lanes => {
                     v.gemv_many_lane_order_dispatch(device, registry, xr, yr, n as u32)
