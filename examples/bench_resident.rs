@@ -86,27 +86,19 @@ fn parse_args() -> Result<Args, String> {
                 .ok_or_else(|| format!("{} needs a value", args[i]))
         };
         let number = |v: &str| v.parse::<usize>().map_err(|e| format!("{v}: {e}"));
+        let flag = match args[i].as_str() {
+            "--coop" => Some(&mut a.coop),
+            "--own-outputs" => Some(&mut a.own_outputs),
+            "--prebuilt" => Some(&mut a.prebuilt),
+            "--one-pass" => Some(&mut a.one_pass),
+            _ => None,
+        };
+        if let Some(f) = flag {
+            *f = true;
+            i += 1;
+            continue;
+        }
         match args[i].as_str() {
-            "--coop" => {
-                a.coop = true;
-                i += 1;
-                continue;
-            }
-            "--own-outputs" => {
-                a.own_outputs = true;
-                i += 1;
-                continue;
-            }
-            "--prebuilt" => {
-                a.prebuilt = true;
-                i += 1;
-                continue;
-            }
-            "--one-pass" => {
-                a.one_pass = true;
-                i += 1;
-                continue;
-            }
             "--layers" => a.layers = number(value()?)?,
             "--rounds" => a.rounds = number(value()?)?.max(1),
             "--copies" => a.copies = number(value()?)?.max(1),
