@@ -2,7 +2,9 @@
 //! affine 4-bit, group 64, then ecq rANS coding), load every coded linear layer from the coded
 //! directory onto the GPU, run each with a fixed seeded activation vector (`forward`, the fused
 //! GEMV) and a batch (`forward_batch`, `rans_gemm.wgsl`), and compare with the same layer
-//! computed on the CPU from the original 4-bit weights. Then run one whole BERT layer
+//! computed on the CPU from the original 4-bit weights; the batch also recorded on activations
+//! and outputs in GPU buffers (`GpuLinear::record_forward`), which must give `forward_batch`'s
+//! outputs bit for bit. Then run one whole BERT layer
 //! (self-attention, 12 heads, output dense + residual + LayerNorm, intermediate dense + GELU,
 //! output dense + residual + LayerNorm) on a seeded sequence of hidden states with the six linear
 //! layers entropy-coded on the GPU, against the same layer with the f32 weights and with the
@@ -21,7 +23,9 @@
 use std::path::PathBuf;
 
 use ecq::container::encode_model;
-use ecq::linear::{tolerance, CpuLinear, EntropyCodedModel, Linear, LinearDevice};
+use ecq::linear::{
+    tolerance, ActivationOrder, CpuLinear, EntropyCodedModel, GpuLinear, Linear, LinearDevice,
+};
 use ecq::model::quantize::{quantize_to_dir, QuantizeOptions};
 use ecq::model::write::WriteOptions;
 use ecq::model::Model;
@@ -246,11 +250,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(CpuLinear::from_quantized(path, &q, bias)?)
     };
     println!(
-        "| layer | R x K | forward max abs diff | forward max rel diff | forward err/tol | forward_batch (M = {}) max abs diff | max rel diff | err/tol |",
+        "| layer | R x K | forward max abs diff | forward max rel diff | forward err/tol | forward_batch (M = {}) max abs diff | max rel diff | err/tol | recorded on GPU buffers = forward_batch |",
         a.batch
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut worst = 0f64;
+    let mut recorded_differs = false;
     for path in coded.layer_paths() {
         let gpu = coded.layer(path)?;
         let cpu = cpu_layer(path)?;
@@ -259,11 +264,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let x: Vec<f32> = (0..k).map(|_| gaussian(&mut rng)).collect();
         let xb: Vec<f32> = (0..a.batch * k).map(|_| gaussian(&mut rng)).collect();
         let (d1, r1, w1) = compare(&cpu, &x, 1, &gpu.forward(&x)?);
-        let (d2, r2, w2) = compare(&cpu, &xb, a.batch, &gpu.forward_batch(&xb, a.batch)?);
+        let yb = gpu.forward_batch(&xb, a.batch)?;
+        let (d2, r2, w2) = compare(&cpu, &xb, a.batch, &yb);
+        // the same batch recorded on activations and outputs in GPU buffers: bit for bit
+        let (xg, yg) = (
+            dev.activation_buffer(xb.len()),
+            dev.activation_buffer(yb.len()),
+        );
+        dev.queue().write_buffer(&xg, 0, bytemuck::cast_slice(&xb));
+        let mut enc = dev.device().create_command_encoder(&Default::default());
+        let cols = ActivationOrder::Columns;
+        gpu.record_forward(&mut enc, (&xg).into(), cols, a.batch, (&yg).into())?;
+        dev.queue().submit([enc.finish()]);
+        gpu.check_recorded()?;
+        let same = dev
+            .read_f32((&yg).into())?
+            .iter()
+            .zip(&yb)
+            .all(|(r, f)| r.to_bits() == f.to_bits());
+        recorded_differs |= !same;
         worst = worst.max(w1).max(w2);
         println!(
-            "| {path} | {} x {k} | {d1:.2e} | {r1:.2e} | {w1:.3} | {d2:.2e} | {r2:.2e} | {w2:.3} |",
-            gpu.out_features()
+            "| {path} | {} x {k} | {d1:.2e} | {r1:.2e} | {w1:.3} | {d2:.2e} | {r2:.2e} | {w2:.3} | {} |",
+            gpu.out_features(),
+            if same { "yes" } else { "NO" }
         );
     }
     println!(
@@ -393,6 +417,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     if worst > 1.0 {
         eprintln!("FAILED: a layer is outside the tolerance (error / tolerance {worst:.3})");
+        std::process::exit(1);
+    }
+    if recorded_differs {
+        eprintln!("FAILED: a layer's recorded call differs from its forward_batch");
         std::process::exit(1);
     }
     Ok(())

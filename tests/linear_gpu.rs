@@ -1993,17 +1993,7 @@ fn recorded_calls_share_one_pass() {
         [(&up_coded, &down_banded), (&up_plain, &down_coded)];
     for m in [1usize, 5, 40] {
         let x = activations(8000 + m as u64, m * 256);
-        let usage = wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_SRC
-            | wgpu::BufferUsages::COPY_DST;
-        let buffer = |values: usize| {
-            d.device().create_buffer(&wgpu::BufferDescriptor {
-                label: None,
-                size: (values * 4) as u64,
-                usage,
-                mapped_at_creation: false,
-            })
-        };
+        let buffer = |values: usize| d.activation_buffer(values);
         let (xb, hb, yb) = (buffer(m * 256), buffer(m * 512), buffer(2 * m * 64));
         d.queue().write_buffer(&xb, 0, bytemuck::cast_slice(&x));
         let mut enc = d.device().create_command_encoder(&Default::default());
@@ -2018,18 +2008,10 @@ fn recorded_calls_share_one_pass() {
                     .unwrap();
             }
         }
-        let read = d.device().create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: yb.size(),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        enc.copy_buffer_to_buffer(&yb, 0, &read, 0, yb.size());
         d.queue().submit([enc.finish()]);
-        read.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
-        d.gpu().wait().unwrap();
-        let got: Vec<f32> =
-            bytemuck::cast_slice(&read.slice(..).get_mapped_range().unwrap()).to_vec();
+        let got = d
+            .read_f32(BufferRange::new(&yb, 0, (2 * m * 64 * 4) as u64))
+            .unwrap();
         for (c, (a, b)) in chain.iter().enumerate() {
             let want = b
                 .forward_batch(&a.forward_batch(&x, m).unwrap(), m)

@@ -8,7 +8,7 @@ use super::resident::{Resident, ResidentBuffers};
 
 /// Where a read back's mapping reports its outcome.
 pub(crate) type MapReceiver = std::sync::mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>;
-use crate::gpu::{CoopActivations, CoopOrder, GpuContext, GpuError};
+use crate::gpu::{BufferRange, CoopActivations, CoopOrder, GpuContext, GpuError};
 
 /// The batched kernels of this module (one WGSL file each in `wgsl/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -221,6 +221,63 @@ impl LinearDevice {
         let a = CoopActivations::new(self.device(), cols, vectors, order)?;
         kept.push(a.clone());
         Ok(a)
+    }
+
+    /// A zeroed buffer of exactly `values` f32 (at least one) for activations or outputs of recorded calls
+    /// ([`super::GpuLinear`]): `STORAGE | COPY_SRC | COPY_DST`, so that calls read and write
+    /// it, `queue().write_buffer` fills it and [`Self::read_f32`] reads it back.
+    pub fn activation_buffer(&self, values: usize) -> wgpu::Buffer {
+        self.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("ecq activations"),
+            // (exactly the values, so that the whole buffer is the call's range)
+            size: (values as u64 * 4).max(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// The f32 values of `range` (a multiple of 4 bytes, in a buffer with `COPY_SRC` usage),
+    /// read back once the work submitted so far has run.
+    pub fn read_f32(&self, range: BufferRange<'_>) -> Result<Vec<f32>, GpuError> {
+        let (b, at, bytes) = (range.buffer(), range.offset(), range.size());
+        if !b.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+            return Err(GpuError::InvalidInput(format!(
+                "read back: the buffer has usage {:?}, needs COPY_SRC",
+                b.usage()
+            )));
+        }
+        let end = at.checked_add(bytes).filter(|&e| e <= b.size());
+        if !at.is_multiple_of(4) || !bytes.is_multiple_of(4) || end.is_none() {
+            return Err(GpuError::InvalidInput(format!(
+                "read back: bytes {at}..{} of a buffer of {} (whole f32 inside it)",
+                at.saturating_add(bytes),
+                b.size()
+            )));
+        }
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let readback = self.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("ecq read back"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device().create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(b, at, &readback, 0, bytes);
+        let (submission, mapped) = self.submit_mapped(enc, &readback, bytes, || {})?;
+        self.wait_mapped(submission, mapped)?;
+        let values = {
+            let view = readback
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| GpuError::Map(e.to_string()))?;
+            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        };
+        readback.unmap();
+        Ok(values)
     }
 
     /// The kept buffer `which` of recorded calls, at least `bytes`.

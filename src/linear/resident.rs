@@ -53,27 +53,16 @@ pub enum ActivationOrder {
 /// encoder on activations and outputs in GPU buffers (module doc).
 ///
 /// ```no_run
-/// use ecq::gpu::BufferRange;
 /// use ecq::linear::{ActivationOrder, EntropyCodedModel, GpuLinear, Linear, LinearDevice};
 ///
 /// let dev = LinearDevice::new()?;
 /// let model = EntropyCodedModel::open(&dev, "coded-model-dir")?;
 /// let (up, down) = (model.layer("mlp.up_proj")?, model.layer("mlp.down_proj")?);
 /// let m = 8; // tokens
-/// let storage = |values: usize| {
-///     dev.device().create_buffer(&wgpu::BufferDescriptor {
-///         label: None,
-///         size: (values * 4) as u64,
-///         usage: wgpu::BufferUsages::STORAGE
-///             | wgpu::BufferUsages::COPY_SRC
-///             | wgpu::BufferUsages::COPY_DST,
-///         mapped_at_creation: false,
-///     })
-/// };
 /// let (x, h, y) = (
-///     storage(m * up.in_features()),
-///     storage(m * up.out_features()),
-///     storage(m * down.out_features()),
+///     dev.activation_buffer(m * up.in_features()),
+///     dev.activation_buffer(m * up.out_features()),
+///     dev.activation_buffer(m * down.out_features()),
 /// );
 /// // ... x written by the engine ...
 /// let mut enc = dev.device().create_command_encoder(&Default::default());
@@ -88,6 +77,8 @@ pub enum ActivationOrder {
 /// dev.queue().submit([enc.finish()]);
 /// up.check_recorded()?; // waits; reports a corrupt stream met since the last check
 /// down.check_recorded()?;
+/// let out: Vec<f32> = dev.read_f32((&y).into())?; // m rows of down's outputs
+/// assert_eq!(out.len(), m * down.out_features());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub trait GpuLinear: Linear {

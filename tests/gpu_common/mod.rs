@@ -114,58 +114,32 @@ pub fn recorded(
 ) -> Result<Vec<f32>, ecq::linear::LinearError> {
     use ecq::gpu::BufferRange;
     let dev = layer.linear_device();
-    let (device, queue) = (dev.device(), dev.queue());
-    let usage =
-        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
-    let make = |bytes: u64| {
-        device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("test recorded call"),
-            size: bytes.max(16).next_multiple_of(16),
-            usage,
-            mapped_at_creation: false,
-        })
-    };
     let (x_bytes, y_bytes) = ((x.len() * 4) as u64, (m * layer.out_features() * 4) as u64);
+    let values = |bytes: u64| (bytes / 4) as usize;
     let (xb, yb) = if at.one_buffer {
-        let b = make((at.x_at + x_bytes).max(at.y_at + y_bytes));
+        let b = dev.activation_buffer(values((at.x_at + x_bytes).max(at.y_at + y_bytes)));
         (b.clone(), b)
     } else {
-        (make(at.x_at + x_bytes), make(at.y_at + y_bytes))
+        (
+            dev.activation_buffer(values(at.x_at + x_bytes)),
+            dev.activation_buffer(values(at.y_at + y_bytes)),
+        )
     };
-    queue.write_buffer(&xb, at.x_at, bytemuck::cast_slice(x));
+    dev.queue()
+        .write_buffer(&xb, at.x_at, bytemuck::cast_slice(x));
     let nan = vec![f32::NAN; m * layer.out_features()];
-    queue.write_buffer(&yb, at.y_at, bytemuck::cast_slice(&nan));
-    let mut enc = device.create_command_encoder(&Default::default());
+    dev.queue()
+        .write_buffer(&yb, at.y_at, bytemuck::cast_slice(&nan));
+    let mut enc = dev.device().create_command_encoder(&Default::default());
+    let y = BufferRange::new(&yb, at.y_at, y_bytes);
     layer.record_forward(
         &mut enc,
         BufferRange::new(&xb, at.x_at, x_bytes),
         order,
         m,
-        BufferRange::new(&yb, at.y_at, y_bytes),
+        y,
     )?;
-    let read = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("test read back"),
-        size: y_bytes.max(16).next_multiple_of(16),
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    if y_bytes > 0 {
-        enc.copy_buffer_to_buffer(&yb, at.y_at, &read, 0, y_bytes);
-    }
-    queue.submit([enc.finish()]);
+    dev.queue().submit([enc.finish()]);
     layer.check_recorded()?;
-    if y_bytes == 0 {
-        return Ok(Vec::new());
-    }
-    read.map_async(wgpu::MapMode::Read, .., |r| r.expect("map"));
-    device
-        .poll(wgpu::PollType::Wait {
-            submission_index: None,
-            timeout: None,
-        })
-        .expect("poll");
-    let y = bytemuck::cast_slice::<u8, f32>(&read.slice(..y_bytes).get_mapped_range().unwrap())
-        .to_vec();
-    read.unmap();
-    Ok(y)
+    Ok(dev.read_f32(y).expect("read back"))
 }
