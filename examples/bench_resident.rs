@@ -320,16 +320,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 for (i, y) in ys[l % sets].iter().enumerate() {
                     fused.push(st.fused[i].vectors_lane_order_dispatch(&xb, y, 1)?);
                     let g = &st.plain_gemv[i];
-                    plain.push(LinearDispatchOrGpu::Gpu(g.gemv_lane_order_dispatch(
-                        dev.device(),
-                        registry,
-                        &xb,
-                        y,
-                    )?));
+                    plain.push(g.gemv_lane_order_dispatch(dev.device(), registry, &xb, y)?);
                 }
             }
-            let fused: Vec<LinearDispatchOrGpu> =
-                fused.into_iter().map(LinearDispatchOrGpu::Linear).collect();
             for pass in 1..=2 {
                 let mut cells = Vec::new();
                 for launches in [&fused, &plain] {
@@ -407,19 +400,4 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
-}
-
-/// A launch made once, of either module.
-enum LinearDispatchOrGpu {
-    Linear(ecq::linear::LinearDispatch),
-    Gpu(ecq::gpu::Dispatch),
-}
-
-impl LinearDispatchOrGpu {
-    fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        match self {
-            LinearDispatchOrGpu::Linear(d) => d.record(pass),
-            LinearDispatchOrGpu::Gpu(d) => d.record(pass),
-        }
-    }
 }

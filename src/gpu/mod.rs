@@ -120,7 +120,7 @@ pub use coop::{
 pub use copy_rows::{copy_rows_dispatch, RowCopy};
 pub(crate) use decode::{
     check_gemv_vectors, check_low_bits, check_row_pair_cols, check_window, coop_gemv_pipeline,
-    coop_layout_refusal, coop_params, set_chunk_subgroups, CodedParams,
+    coop_layout_refusal, coop_params, entry, set_chunk_subgroups, CodedParams,
 };
 pub use decode::{
     default_fused_variant, fused_gemv_pipeline, CodedMatrixRef, DecodeOutput, FusedLayout,
@@ -929,6 +929,18 @@ pub struct Dispatch {
 }
 
 impl Dispatch {
+    pub(crate) fn new(
+        pipeline: wgpu::ComputePipeline,
+        bind_group: wgpu::BindGroup,
+        workgroups: (u32, u32),
+    ) -> Self {
+        Dispatch {
+            pipeline,
+            bind_group,
+            workgroups,
+        }
+    }
+
     /// Records the launch into `pass`.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
         if self.workgroups.0 == 0 || self.workgroups.1 == 0 {

@@ -9,7 +9,7 @@ use super::resident::{bias_buffer, record_call, Resident, ResidentCall, RowsNeed
 use super::{add_bias, check_x, check_y, ActivationOrder, GpuLinear, Linear, LinearError};
 use crate::gpu::{
     check_gemv_vectors, coop_gemv_pipeline, coop_layout_refusal, coop_params, coop_x_dispatch,
-    default_fused_variant, fused_gemv_pipeline, quantize_x8_dispatch, set_chunk_subgroups,
+    default_fused_variant, entry, fused_gemv_pipeline, quantize_x8_dispatch, set_chunk_subgroups,
     x8_bytes, BufferRange, CodedParams, CoopActivations, CoopOrder, GpuError, SideFormat, X8Order,
 };
 use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
@@ -666,44 +666,20 @@ struct Band {
     gemv_uniform: wgpu::Buffer,
 }
 
-/// One recorded kernel launch of a linear layer (see [`EntropyCodedLinear::batch_dispatches`]).
-#[derive(Debug, Clone)]
-pub struct LinearDispatch {
-    pipeline: wgpu::ComputePipeline,
-    bind_group: wgpu::BindGroup,
-    workgroups: (u32, u32),
-}
-
-impl LinearDispatch {
-    pub(crate) fn new(
-        pipeline: wgpu::ComputePipeline,
-        bind_group: wgpu::BindGroup,
-        workgroups: (u32, u32),
-    ) -> Self {
-        LinearDispatch {
-            pipeline,
-            bind_group,
-            workgroups,
+impl Band {
+    /// The error flags the band's launches set: those of recorded calls where `recorded`.
+    fn errors(&self, recorded: bool) -> &wgpu::Buffer {
+        if recorded {
+            &self.record_errors
+        } else {
+            &self.errors
         }
     }
-
-    /// Records the launch into `pass`.
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        if self.workgroups.0 == 0 || self.workgroups.1 == 0 {
-            return;
-        }
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
-        pass.dispatch_workgroups(self.workgroups.0, self.workgroups.1, 1);
-    }
 }
 
-pub(crate) fn entry(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
-    wgpu::BindGroupEntry {
-        binding,
-        resource: buffer.as_entire_binding(),
-    }
-}
+/// One recorded kernel launch of a linear layer (see [`EntropyCodedLinear::batch_dispatches`]):
+/// the GPU module's launch, recorded into any compute pass with `record`.
+pub type LinearDispatch = crate::gpu::Dispatch;
 
 /// A linear layer whose weights stay entropy-coded on the GPU (uploaded once, resident).
 ///
@@ -1306,9 +1282,6 @@ impl EntropyCodedLinear {
         Ok(())
     }
 
-    /// The fused-GEMV launch of one band computing `y = W x` without the bias for `vectors`
-    /// activation vectors: `x` holds `vectors` rows of `in_features` f32, `y` `vectors` rows
-    /// of the band's outputs.
     /// Band `band`'s cooperative launch parameters and their uniform buffer (made on the
     /// band's first cooperative launch and kept).
     fn coop_uniform<'b>(
@@ -1329,29 +1302,50 @@ impl EntropyCodedLinear {
         Ok(band.coop.get_or_init(|| (p, uniform)))
     }
 
-    /// A cooperative launch of `n` rows of `x`: its activation pass, then each band's GEMV
-    /// into `target(band)`, the error flags of recorded calls where `recorded`.
-    fn record_coop<'t>(
+    /// Bytes from one launch's 8-bit activations to the next's in the buffer that holds them.
+    fn x8_slot(&self) -> u64 {
+        x8_bytes(self.cols).next_multiple_of(self.dev.storage_alignment())
+    }
+
+    /// GEMV launch `j`, of `n` rows of `x`, into `target(band)`, the error flags of recorded
+    /// calls where `recorded`: a cooperative launch (its activation pass, then each band's
+    /// GEMV) where it is one; else each band's fused GEMV on `x` in lane order where `lanes`,
+    /// or on `x` quantized to 8 bits into slot `j` of `x8` where the layer takes them so.
+    #[allow(clippy::too_many_arguments)]
+    fn record_launch<'t>(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
+        (j, n): (usize, usize),
         x: BufferRange<'_>,
-        n: usize,
+        x8: Option<&wgpu::Buffer>,
         target: &dyn Fn(usize) -> BufferRange<'t>,
+        lanes: bool,
         recorded: bool,
     ) -> Result<(), GpuError> {
         let (device, registry) = (self.dev.device(), self.dev.gpu().registry());
-        let acts = self
-            .dev
-            .coop_activations(self.cols, n as u32, CoopOrder::Window)?;
-        coop_x_dispatch(device, registry, x, &acts)?.record(pass);
+        if self.coop_launch(n) {
+            let acts = self
+                .dev
+                .coop_activations(self.cols, n as u32, CoopOrder::Window)?;
+            coop_x_dispatch(device, registry, x, &acts)?.record(pass);
+            for (b, band) in self.bands.iter().enumerate() {
+                let params = self.coop_uniform(band)?;
+                self.coop_dispatch(band, params, &acts, target(b), recorded)?
+                    .record(pass);
+            }
+            return Ok(());
+        }
+        let x = match x8 {
+            Some(x8) => {
+                let k = self.cols;
+                let r = BufferRange::new(x8, j as u64 * self.x8_slot(), x8_bytes(k));
+                quantize_x8_dispatch(device, registry, x, r, k, X8Order::Window)?.record(pass);
+                r
+            }
+            None => x,
+        };
         for (b, band) in self.bands.iter().enumerate() {
-            let errors = if recorded {
-                &band.record_errors
-            } else {
-                &band.errors
-            };
-            let params = self.coop_uniform(band)?;
-            self.coop_dispatch(band, params, &acts, target(b), errors)?
+            self.gemv_dispatch(band, x, target(b), n as u32, lanes, recorded)?
                 .record(pass);
         }
         Ok(())
@@ -1359,14 +1353,14 @@ impl EntropyCodedLinear {
 
     /// Band `band`'s cooperative GEMV of the activations `x` prepared in window order, into
     /// `y` (`x.vectors()` rows of the band's outputs), with its parameters `(p, uniform)` from
-    /// [`Self::coop_uniform`].
+    /// [`Self::coop_uniform`]; the error flags of recorded calls where `recorded`.
     fn coop_dispatch(
         &self,
         band: &Band,
         (p, uniform): &(CodedParams, wgpu::Buffer),
         x: &CoopActivations,
         y: BufferRange<'_>,
-        errors: &wgpu::Buffer,
+        recorded: bool,
     ) -> Result<LinearDispatch, GpuError> {
         let device = self.dev.device();
         let y_need = (band.rows * 4) as u64 * u64::from(x.vectors());
@@ -1399,20 +1393,24 @@ impl EntropyCodedLinear {
                 entry(2, &band.states),
                 entry(3, &band.offsets),
                 entry(4, &band.words),
-                entry(5, errors),
+                entry(5, band.errors(recorded)),
                 entry(6, &band.sb),
                 entry(7, x.tiles()),
                 entry(8, x.sums()),
                 y.entry(9),
             ],
         });
-        Ok(LinearDispatch {
+        Ok(LinearDispatch::new(
             pipeline,
             bind_group,
-            workgroups: self.dev.grid(p.total_wg),
-        })
+            self.dev.grid(p.total_wg),
+        ))
     }
 
+    /// The fused-GEMV launch of one band computing `y = W x` without the bias for `vectors`
+    /// activation vectors: `x` holds `vectors` rows of `in_features` f32 (in lane order where
+    /// `lanes`), `y` `vectors` rows of the band's outputs; the error flags of recorded calls
+    /// where `recorded`.
     fn gemv_dispatch(
         &self,
         band: &Band,
@@ -1420,7 +1418,7 @@ impl EntropyCodedLinear {
         y: BufferRange<'_>,
         vectors: u32,
         lanes: bool,
-        errors: &wgpu::Buffer,
+        recorded: bool,
     ) -> Result<LinearDispatch, GpuError> {
         let registry = self.dev.gpu().registry();
         let device = self.dev.device();
@@ -1458,17 +1456,17 @@ impl EntropyCodedLinear {
                 entry(2, &band.states),
                 entry(3, &band.offsets),
                 entry(4, &band.words),
-                entry(5, errors),
+                entry(5, band.errors(recorded)),
                 entry(6, &band.sb),
                 x.entry(7),
                 y.entry(8),
             ],
         });
-        Ok(LinearDispatch {
+        Ok(LinearDispatch::new(
             pipeline,
             bind_group,
-            workgroups: self.dev.grid(band.gemv.total_wg),
-        })
+            self.dev.grid(band.gemv.total_wg),
+        ))
     }
 
     /// The fused-GEMV launch computing `y = W x` (no bias) for one activation vector (`x`:
@@ -1537,7 +1535,7 @@ impl EntropyCodedLinear {
         }
         match self.bands.as_slice() {
             [band] => self
-                .gemv_dispatch(band, x.into(), y.into(), vectors, lanes, &band.errors)
+                .gemv_dispatch(band, x.into(), y.into(), vectors, lanes, false)
                 .map_err(|e| self.gpu_err(e)),
             _ => Err(LinearError::Unsupported {
                 layer: self.name.clone(),
@@ -1644,24 +1642,17 @@ impl EntropyCodedLinear {
                         entry(2, &band.states),
                         entry(3, &band.offsets),
                         entry(4, &band.words),
-                        entry(
-                            5,
-                            if recorded {
-                                &band.record_errors
-                            } else {
-                                &band.errors
-                            },
-                        ),
+                        entry(5, band.errors(recorded)),
                         entry(6, &band.sb),
                         x.entry(7),
                         y.entry(8),
                     ],
                 });
-            out.push(LinearDispatch {
-                pipeline: pipeline.clone(),
+            out.push(LinearDispatch::new(
+                pipeline.clone(),
                 bind_group,
-                workgroups: self.dev.grid(total_grid),
-            });
+                self.dev.grid(total_grid),
+            ));
         }
         Ok(out)
     }
@@ -1709,7 +1700,7 @@ impl EntropyCodedLinear {
     /// outputs only).
     fn submit_gemv(&self, x: &[f32], m: usize) -> Result<PendingRead<'_>, LinearError> {
         let dev = &self.dev;
-        let (device, registry) = (dev.device(), dev.gpu().registry());
+        let device = dev.device();
         let k = self.cols;
         let k4 = k.div_ceil(4) * 4;
         let align = dev.storage_alignment();
@@ -1745,8 +1736,7 @@ impl EntropyCodedLinear {
             None => None,
         };
         let launches = m.div_ceil(per) as u64;
-        let x8_slot = x8_bytes(k).next_multiple_of(align);
-        let x8 = self.x8.then(|| scratch.aux(x8_slot * launches));
+        let x8 = self.x8.then(|| scratch.aux(self.x8_slot() * launches));
         for band in &self.bands {
             enc.clear_buffer(&band.errors, 0, None);
         }
@@ -1755,33 +1745,9 @@ impl EntropyCodedLinear {
             for (j, i, n) in layout.launches() {
                 let xr = layout.x_range(&xb, j, n);
                 let target = |b: usize| layout.y_range((&y).into(), parts.as_ref(), (j, i, n), b);
-                if self.coop_launch(n) {
-                    self.record_coop(&mut pass, xr, n, &target, false)
-                        .map_err(|e| self.gpu_err(e))?;
-                    continue;
-                }
-                let xr = match &x8 {
-                    Some(x8) => {
-                        let r = BufferRange::new(x8, j as u64 * x8_slot, x8_bytes(k));
-                        quantize_x8_dispatch(device, registry, xr, r, k, X8Order::Window)
-                            .map_err(|e| self.gpu_err(e))?
-                            .record(&mut pass);
-                        r
-                    }
-                    None => xr,
-                };
-                for (b, band) in self.bands.iter().enumerate() {
-                    self.gemv_dispatch(
-                        band,
-                        xr,
-                        target(b),
-                        n as u32,
-                        self.lane_order,
-                        &band.errors,
-                    )
-                    .map_err(|e| self.gpu_err(e))?
-                    .record(&mut pass);
-                }
+                let lanes = self.lane_order;
+                self.record_launch(&mut pass, (j, n), xr, x8.as_ref(), &target, lanes, false)
+                    .map_err(|e| self.gpu_err(e))?;
             }
         }
         layout.record_copies(&mut enc, parts.as_ref(), (&y).into());
@@ -1867,9 +1833,7 @@ impl EntropyCodedLinear {
         call: &ResidentCall<'_>,
     ) -> Result<(), GpuError> {
         let dev = &self.dev;
-        let (device, registry) = (dev.device(), dev.gpu().registry());
-        let k = self.cols;
-        let k4 = k.div_ceil(4) * 4;
+        let k4 = self.cols.div_ceil(4) * 4;
         let per = self.gemv_vectors as usize;
         let bands = self.bands.iter().map(|b| (b.row0, b.rows)).collect();
         let (layout, parts) = call.outputs(dev, per, k4, bands)?;
@@ -1889,31 +1853,22 @@ impl EntropyCodedLinear {
         };
         let launches: Vec<_> = layout.launches().map(|(_, i, n)| (i, n, need(n))).collect();
         let rows = call.stage_rows(dev, pass, &launches)?;
-        let align = dev.storage_alignment();
-        let x8_slot = x8_bytes(k).next_multiple_of(align);
         let x8 = self
             .x8
-            .then(|| dev.resident(Resident::Aux, x8_slot * launches.len() as u64));
+            .then(|| dev.resident(Resident::Aux, self.x8_slot() * launches.len() as u64))
+            .transpose()?;
         for (j, i, n) in layout.launches() {
-            let xr = rows.range(j);
             let target = |b: usize| layout.y_range(call.y, parts.as_ref(), (j, i, n), b);
-            if self.coop_launch(n) {
-                self.record_coop(pass, xr, n, &target, true)?;
-                continue;
-            }
-            let xr = match &x8 {
-                Some(x8) => {
-                    let r = BufferRange::new(x8, j as u64 * x8_slot, x8_bytes(k));
-                    quantize_x8_dispatch(device, registry, xr, r, k, X8Order::Window)?.record(pass);
-                    r
-                }
-                None => xr,
-            };
             let lanes = need(n).order == ActivationOrder::Lanes;
-            for (b, band) in self.bands.iter().enumerate() {
-                self.gemv_dispatch(band, xr, target(b), n as u32, lanes, &band.record_errors)?
-                    .record(pass);
-            }
+            self.record_launch(
+                pass,
+                (j, n),
+                rows.range(j),
+                x8.as_ref(),
+                &target,
+                lanes,
+                true,
+            )?;
         }
         call.place_outputs(dev, pass, &layout, parts.as_ref())
     }

@@ -280,8 +280,9 @@ impl LinearDevice {
         Ok(values)
     }
 
-    /// The kept buffer `which` of recorded calls, at least `bytes`.
-    pub(crate) fn resident(&self, which: Resident, bytes: u64) -> wgpu::Buffer {
+    /// The kept buffer `which` of recorded calls, at least `bytes` (within the device's buffer
+    /// limit).
+    pub(crate) fn resident(&self, which: Resident, bytes: u64) -> Result<wgpu::Buffer, GpuError> {
         let mut kept = self.resident.lock().expect("resident buffers lock");
         kept.get(self, which, bytes)
     }

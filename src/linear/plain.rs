@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use super::call_buffers::{pipelined, LaunchLayout, PendingRead};
-use super::coded::{entry, kparts, m_split, LinearDispatch, MAX_M_PER_DISPATCH, TARGET_WORKGROUPS};
+use super::coded::{kparts, m_split, LinearDispatch, MAX_M_PER_DISPATCH, TARGET_WORKGROUPS};
 use super::device::{LinearDevice, LinearKernel};
 use super::resident::{bias_buffer, record_call, ResidentCall, RowsNeed};
 use super::{add_bias, check_x, check_y, ActivationOrder, GpuLinear, Linear, LinearError};
+use crate::gpu::entry;
 use crate::gpu::BufferRange;
 use crate::quant::QuantizedMatrix;
 
@@ -370,10 +371,9 @@ impl QuantizedLinear {
             layer: self.name.clone(),
             source,
         };
-        let (device, registry) = (self.dev.device(), self.dev.gpu().registry());
+        let device = self.dev.device();
         let per = crate::gpu::MAX_GEMV_VECTORS as usize;
         let layout = LaunchLayout::new(m, per, k, r, vec![(0, r)], self.dev.storage_alignment());
-        let coop = |n: usize| self.coop && n >= super::COOP_MIN_ROWS;
         let mut scratch = self.dev.call_scratch();
         let mut enc = device.create_command_encoder(&Default::default());
         let xb = scratch
@@ -381,7 +381,7 @@ impl QuantizedLinear {
                 layout.write_rows(w, |row_at, w| {
                     let row = &x[row_at * k..(row_at + 1) * k];
                     // (cooperative launches read column order, which their pass rearranges)
-                    if coop(per.min(m - row_at / per * per)) {
+                    if self.coop_launch(per.min(m - row_at / per * per)) {
                         w.put(row);
                         return Ok(());
                     }
@@ -396,26 +396,46 @@ impl QuantizedLinear {
             for (j, i, n) in layout.launches() {
                 let xr = layout.x_range(&xb, j, n);
                 let yr = layout.y_range((&y).into(), parts.as_ref(), (j, i, n), 0);
-                if coop(n) {
-                    let acts = self
-                        .dev
-                        .coop_activations(k, n as u32, crate::gpu::CoopOrder::Packed)
-                        .map_err(gpu_err)?;
-                    crate::gpu::coop_x_dispatch(device, registry, xr, &acts)
-                        .map_err(gpu_err)?
-                        .record(&mut pass);
-                    v.gemv_coop_dispatch(device, registry, &acts, yr)
-                        .map_err(gpu_err)?
-                        .record(&mut pass);
-                    continue;
-                }
-                v.gemv_many_lane_order_dispatch(device, registry, xr, yr, n as u32)
-                    .map_err(gpu_err)?
-                    .record(&mut pass);
+                self.record_many(v, &mut pass, xr, yr, n, true)
+                    .map_err(gpu_err)?;
             }
         }
         layout.record_copies(&mut enc, parts.as_ref(), (&y).into());
         scratch.submit_read(enc, &y, r * m, &[]).map_err(gpu_err)
+    }
+
+    /// Whether a multi-vector launch of `n` rows multiplies on cooperative matrices.
+    fn coop_launch(&self, n: usize) -> bool {
+        self.coop && n >= super::COOP_MIN_ROWS
+    }
+
+    /// A launch of the multi-vector GEMV `v` on `n` rows of `x` into `y`: on cooperative
+    /// matrices where [`Self::coop_launch`] (its activation pass first, from column order),
+    /// else on activations in lane order where `lanes`, in column order otherwise.
+    fn record_many(
+        &self,
+        v: &crate::gpu::GpuQuantizedMatrix,
+        pass: &mut wgpu::ComputePass<'_>,
+        x: BufferRange<'_>,
+        y: BufferRange<'_>,
+        n: usize,
+        lanes: bool,
+    ) -> Result<(), crate::gpu::GpuError> {
+        let (device, registry) = (self.dev.device(), self.dev.gpu().registry());
+        let d = if self.coop_launch(n) {
+            let order = crate::gpu::CoopOrder::Packed;
+            let acts = self
+                .dev
+                .coop_activations(self.in_features(), n as u32, order)?;
+            crate::gpu::coop_x_dispatch(device, registry, x, &acts)?.record(pass);
+            v.gemv_coop_dispatch(device, registry, &acts, y)?
+        } else if lanes {
+            v.gemv_many_lane_order_dispatch(device, registry, x, y, n as u32)?
+        } else {
+            v.gemv_many_dispatch(device, registry, x, y, n as u32)?
+        };
+        d.record(pass);
+        Ok(())
     }
 
     /// Which launches `forward_batch` runs for `m > 0` rows.
@@ -584,7 +604,6 @@ impl QuantizedLinear {
         let (device, registry) = (dev.device(), dev.gpu().registry());
         let (r, k) = (self.out_features(), self.in_features());
         let k4 = k.div_ceil(4) * 4;
-        let coop = |n: usize| self.coop && n >= super::COOP_MIN_ROWS;
         let (per, row_values) = match path {
             PlainPath::Vector(_) => (1, k),
             PlainPath::Many(_) => (crate::gpu::MAX_GEMV_VECTORS as usize, k),
@@ -598,7 +617,7 @@ impl QuantizedLinear {
         let need = |n: usize| {
             let lanes = match path {
                 PlainPath::Vector(v) => v.nibble4_supported() && given_lanes,
-                PlainPath::Many(_) => !coop(n) && (n > 1 || given_lanes),
+                PlainPath::Many(_) => !self.coop_launch(n) && (n > 1 || given_lanes),
                 PlainPath::Gemm => false,
             };
             RowsNeed {
@@ -623,19 +642,10 @@ impl QuantizedLinear {
                     v.gemv_lane_order_dispatch(device, registry, xr, yr)
                 }
                 PlainPath::Vector(v) => v.gemv_dispatch(device, registry, xr, yr),
-                PlainPath::Many(v) if coop(n) => {
-                    let acts = dev
-                        .coop_activations(k, n as u32, crate::gpu::CoopOrder::Packed)
-                        .map_err(gpu)?;
-                    crate::gpu::coop_x_dispatch(device, registry, xr, &acts)
-                        .map_err(gpu)?
-                        .record(pass);
-                    v.gemv_coop_dispatch(device, registry, &acts, yr)
+                PlainPath::Many(v) => {
+                    self.record_many(v, pass, xr, yr, n, lanes).map_err(gpu)?;
+                    continue;
                 }
-                PlainPath::Many(v) if lanes => {
-                    v.gemv_many_lane_order_dispatch(device, registry, xr, yr, n as u32)
-                }
-                PlainPath::Many(v) => v.gemv_many_dispatch(device, registry, xr, yr, n as u32),
                 PlainPath::Gemm => {
                     self.batch_dispatch_in(xr, yr, n)?.record(pass);
                     continue;

@@ -165,19 +165,39 @@ impl ResidentBuffers {
         .sum()
     }
 
-    /// The kept buffer `which`, at least `bytes`.
-    pub(crate) fn get(&mut self, dev: &LinearDevice, which: Resident, bytes: u64) -> wgpu::Buffer {
-        let (slot, label) = match which {
-            Resident::Reordered => (&mut self.reordered, "ecq resident reordered activations"),
-            Resident::Slots => (&mut self.slots, "ecq resident activation slots"),
-            Resident::Parts => (&mut self.parts, "ecq resident parts"),
-            Resident::Aux => (&mut self.aux, "ecq resident aux"),
-            Resident::Zeros => (&mut self.zeros, "ecq resident zeros"),
+    /// The kept buffer `which`, at least `bytes`, or [`GpuError::InvalidInput`] where that is
+    /// more than the device's buffer limit.
+    pub(crate) fn get(
+        &mut self,
+        dev: &LinearDevice,
+        which: Resident,
+        bytes: u64,
+    ) -> Result<wgpu::Buffer, GpuError> {
+        let (slot, label, what) = match which {
+            Resident::Reordered => (
+                &mut self.reordered,
+                "ecq resident reordered activations",
+                "activations in the other order",
+            ),
+            Resident::Slots => (
+                &mut self.slots,
+                "ecq resident activation slots",
+                "activation slots",
+            ),
+            Resident::Parts => (&mut self.parts, "ecq resident parts", "launch outputs"),
+            Resident::Aux => (&mut self.aux, "ecq resident aux", "8-bit activations"),
+            Resident::Zeros => (&mut self.zeros, "ecq resident zeros", "zeros"),
         };
+        if bytes > dev.max_buffer_bytes() {
+            return Err(GpuError::InvalidInput(format!(
+                "{what}: {bytes} bytes, more than the device's buffer limit {}",
+                dev.max_buffer_bytes()
+            )));
+        }
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_SRC
             | wgpu::BufferUsages::COPY_DST;
-        CallScratch::grow(dev, slot, label, bytes, usage)
+        Ok(CallScratch::grow(dev, slot, label, bytes, usage))
     }
 }
 
@@ -300,19 +320,9 @@ impl<'a> ResidentCall<'a> {
         let (device, registry) = (dev.device(), dev.gpu().registry());
         let (k, row) = (self.k, self.k as u64 * 4);
         let align = dev.storage_alignment();
-        let limit = |what: &str, bytes: u64| {
-            if bytes > dev.max_buffer_bytes() {
-                return Err(GpuError::InvalidInput(format!(
-                    "{what}: {bytes} bytes, more than the device's buffer limit {}",
-                    dev.max_buffer_bytes()
-                )));
-            }
-            Ok(())
-        };
         let reordered = if launches.iter().any(|l| l.2.order != self.order) {
             let bytes = self.m as u64 * row;
-            limit("activations in the other order", bytes)?;
-            let buf = dev.resident(Resident::Reordered, bytes);
+            let buf = dev.resident(Resident::Reordered, bytes)?;
             let to_lanes = self.order == ActivationOrder::Columns;
             let out = BufferRange::new(&buf, 0, bytes);
             x_order_dispatch(device, registry, self.x, out, self.m, k, to_lanes)?.record(pass);
@@ -353,8 +363,7 @@ impl<'a> ResidentCall<'a> {
             slots_bytes += bytes.next_multiple_of(align);
         }
         let slots = if slots_bytes > 0 {
-            limit("activation slots", slots_bytes)?;
-            let slots = dev.resident(Resident::Slots, slots_bytes);
+            let slots = dev.resident(Resident::Slots, slots_bytes)?;
             for (src, c) in moves {
                 copy_rows_dispatch(device, registry, &src, &slots, &c)?.record(pass);
             }
@@ -389,16 +398,10 @@ impl<'a> ResidentCall<'a> {
             bands,
             dev.storage_alignment(),
         );
-        let parts = match layout.parts_bytes() {
-            Some(bytes) if bytes > dev.max_buffer_bytes() => {
-                return Err(GpuError::InvalidInput(format!(
-                    "launch outputs: {bytes} bytes, more than the device's buffer limit {}",
-                    dev.max_buffer_bytes()
-                )))
-            }
-            Some(bytes) => Some(dev.resident(Resident::Parts, bytes)),
-            None => None,
-        };
+        let parts = layout
+            .parts_bytes()
+            .map(|bytes| dev.resident(Resident::Parts, bytes))
+            .transpose()?;
         Ok((layout, parts))
     }
 
@@ -431,7 +434,7 @@ impl<'a> ResidentCall<'a> {
         dev: &LinearDevice,
         pass: &mut wgpu::ComputePass<'_>,
     ) -> Result<(), GpuError> {
-        let zeros = dev.resident(Resident::Zeros, 16);
+        let zeros = dev.resident(Resident::Zeros, 16)?;
         let c = RowCopy {
             src_at: 0,
             src_stride: 0,
