@@ -2024,6 +2024,195 @@ fn recorded_calls_share_one_pass() {
     }
 }
 
+/// `GpuLinear::prepare_forward`: a call made into launches once and recorded again and again
+/// reads what its activation buffer holds at each run and gives `forward_batch`'s bits every
+/// time: in passes of its own and in one pass with other calls, after the device dropped the
+/// buffers it keeps for recorded calls and after a larger call regrew them (the prepared
+/// launches hold the ones they were made with). A call without rows has no launches.
+#[test]
+fn prepared_calls_replay_forward_batch_bit_for_bit() {
+    use ecq::gpu::BufferRange;
+    use ecq::linear::{ActivationOrder, GpuLinear};
+    let Some(d) = dev() else { return };
+    let align = u64::from(d.device().limits().min_storage_buffer_offset_alignment);
+    let c = case(90, 70, 512, 4, 64, 256, 2);
+    let coded = upload(d, &c, &LinearOptions::default()).unwrap();
+    let banded = upload(
+        d,
+        &c,
+        &LinearOptions {
+            max_buffer_bytes: Some(1024),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(banded.n_bands() > 1);
+    let (cw, s) = window_case(91);
+    let layer = CodedLayerRef::from_split(&s, 64, &cw.q.scales, &cw.q.biases, Some(&cw.bias));
+    let window = EntropyCodedLinear::upload(d, "window", layer, &Default::default()).unwrap();
+    let plain = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
+    // (a larger call between replays regrows the kept buffers)
+    let other = upload(d, &case(92, 48, 1024, 4, 64, 256, 2), &Default::default()).unwrap();
+    let layers: [(&str, &dyn GpuLinear, &[usize]); 4] = [
+        ("coded", &coded, &[1, 2, 37, 600]),
+        ("coded in bands", &banded, &[1, 9, 600]),
+        ("window split", &window, &[1, 17, 37]),
+        ("plain", &plain, &[1, 9, 600]),
+    ];
+    for (name, layer, ms) in layers {
+        let (k, r) = (layer.in_features(), layer.out_features());
+        for &m in ms {
+            for order in [ActivationOrder::Columns, ActivationOrder::Lanes] {
+                let label = format!("{name}, {m} rows, {order:?}");
+                let (x_at, y_at) = (align, 3 * align);
+                let (x_bytes, y_bytes) = ((m * k * 4) as u64, (m * r * 4) as u64);
+                let xb = d.activation_buffer(((x_at + x_bytes) / 4) as usize);
+                let yb = d.activation_buffer(((y_at + y_bytes) / 4) as usize);
+                let (xr, yr) = (
+                    BufferRange::new(&xb, x_at, x_bytes),
+                    BufferRange::new(&yb, y_at, y_bytes),
+                );
+                let prepared = layer.prepare_forward(xr, order, m, yr).unwrap();
+                assert!(prepared.launches() > 0, "{label}");
+                for round in 0..4u64 {
+                    let x = activations(9000 + 10 * m as u64 + round, m * k);
+                    let want = bits(layer.forward_batch(&x, m).unwrap());
+                    let given = match order {
+                        ActivationOrder::Lanes => ecq::gpu::x_lane_order(&x, k).unwrap(),
+                        ActivationOrder::Columns => x,
+                    };
+                    d.queue()
+                        .write_buffer(&xb, x_at, bytemuck::cast_slice(&given));
+                    let nan = vec![f32::NAN; m * r];
+                    d.queue()
+                        .write_buffer(&yb, y_at, bytemuck::cast_slice(&nan));
+                    match round {
+                        1 => d.release_call_buffers(),
+                        2 => {
+                            let x = activations(1, 700 * 1024);
+                            other.forward_batch(&x, 700).unwrap();
+                            gpu_common::recorded(
+                                &other,
+                                &x,
+                                order,
+                                700,
+                                gpu_common::Placement::START,
+                            )
+                            .unwrap();
+                        }
+                        _ => {}
+                    }
+                    let mut enc = d.device().create_command_encoder(&Default::default());
+                    if round == 3 {
+                        // (in one pass after another call writing the same outputs)
+                        let mut pass = enc.begin_compute_pass(&Default::default());
+                        layer
+                            .record_forward_in(&mut pass, xr, order, m, yr)
+                            .unwrap();
+                        prepared.record_in(&mut pass);
+                    } else {
+                        prepared.record(&mut enc);
+                    }
+                    d.queue().submit([enc.finish()]);
+                    layer.check_recorded().unwrap();
+                    let got = d.read_f32(yr).unwrap();
+                    assert_eq!(bits(got), want, "{label}, round {round}");
+                }
+            }
+        }
+        let xb = d.activation_buffer(k);
+        let yb = d.activation_buffer(r);
+        let cols = ActivationOrder::Columns;
+        let empty = layer
+            .prepare_forward((&xb).into(), cols, 0, (&yb).into())
+            .unwrap();
+        assert_eq!(empty.launches(), 0, "{name}");
+    }
+}
+
+/// A device like the tests' whose storage buffers bind at most `bytes` (`None` where there is
+/// no adapter: the tests' device announced that).
+fn device_binding_at_most(bytes: u64) -> Option<Arc<LinearDevice>> {
+    let want = dev()?.gpu().adapter_name().to_string();
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle().with_env());
+    let adapter = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .into_iter()
+        .find(|a| a.get_info().name == want)
+        .expect("the tests' adapter");
+    let info = adapter.get_info();
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("ecq small bindings"),
+        required_limits: wgpu::Limits {
+            max_storage_buffer_binding_size: bytes,
+            ..Default::default()
+        },
+        ..Default::default()
+    }))
+    .expect("a device with smaller limits");
+    Some(LinearDevice::from_context(
+        ecq::gpu::GpuContext::from_device(device, queue, info),
+    ))
+}
+
+/// A buffer over the device's limit is `LinearError::TooLarge` on every path, naming the
+/// buffer, the limit and what avoids it: plain weights at upload, a coded matrix's tile at
+/// upload, a host call's and a recorded call's activations.
+#[test]
+fn buffers_over_the_limit_are_too_large_on_every_path() {
+    use ecq::linear::{ActivationOrder, GpuLinear};
+    let Some(d) = device_binding_at_most(64 * 1024) else {
+        return;
+    };
+    assert_eq!(d.max_buffer_bytes(), 64 * 1024);
+    let too_large = |r: Result<(), LinearError>, what: &str, remedy: &str| {
+        let e = r.expect_err(what);
+        let msg = e.to_string();
+        match e {
+            LinearError::TooLarge {
+                remedy: got,
+                limit,
+                limit_name,
+                ..
+            } => {
+                assert_eq!(got, remedy, "{msg}");
+                assert_eq!(
+                    (limit, limit_name),
+                    (65536, "max_storage_buffer_binding_size")
+                );
+            }
+            other => panic!("{what}: not TooLarge: {other:?}"),
+        }
+        assert!(msg.contains(what) && msg.contains("65536"), "{msg}");
+    };
+    // plain weights: 256 x 1024 4-bit = 128 KiB packed
+    let big = case(93, 256, 1024, 4, 64, 256, 2);
+    too_large(
+        QuantizedLinear::upload(&d, "plain", &big.q, None).map(|_| ()),
+        "packed weights",
+        LinearError::REMEDY_DEVICE,
+    );
+    // a coded tile of 64 chunks of 4096 symbols
+    let tiles = case(94, 256, 1024, 4, 64, 4096, 64);
+    too_large(
+        upload(&d, &tiles, &LinearOptions::default()).map(|_| ()),
+        "tile",
+        LinearError::REMEDY_TILES,
+    );
+    // a call's activations: 100 rows of 256 in lane order, which launches of several
+    // vectors in column order... read whole (100 KiB): the permutation's buffer
+    let c = case(95, 32, 256, 4, 64, 2048, 2);
+    let coded = upload(&d, &c, &LinearOptions::default()).unwrap();
+    let plain = QuantizedLinear::upload(&d, "plain", &c.q, None).unwrap();
+    let m = 100;
+    let xb = d.activation_buffer(m * 256);
+    let yb = d.activation_buffer(m * 32);
+    for layer in [&coded as &dyn GpuLinear, &plain] {
+        let r = layer.prepare_forward((&xb).into(), ActivationOrder::Lanes, m, (&yb).into());
+        too_large(r.map(|_| ()), "activations", LinearError::REMEDY_ROWS);
+    }
+}
+
 /// `ecq::gpu::copy_rows_dispatch`: rows moved between strides at offsets no binding could start
 /// at, padded with zeros, in a launch; refused for unaligned, overlapping or out-of-range rows
 /// and for one buffer on both sides.
@@ -2099,4 +2288,33 @@ fn row_copies_move_and_pad() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("one buffer"), "{msg}");
+}
+
+/// Calls whose activations and outputs are more than the device binds at once run in launches
+/// it can bind (the bias added in blocks of rows): recorded calls give `forward_batch`'s bits
+/// on a device binding 64 KiB.
+#[test]
+fn calls_past_the_binding_limit_run_in_launches_it_binds() {
+    use ecq::linear::{ActivationOrder, GpuLinear};
+    use gpu_common::{recorded, Placement};
+    let Some(d) = device_binding_at_most(64 * 1024) else {
+        return;
+    };
+    let c = case(96, 40, 256, 4, 64, 2048, 2);
+    let coded = EntropyCodedLinear::upload(
+        &d,
+        "coded",
+        CodedLayerRef::from_encoded(&c.enc, 64, &c.q.scales, &c.q.biases, Some(&c.bias)),
+        &LinearOptions::default(),
+    )
+    .unwrap();
+    let plain = QuantizedLinear::upload(&d, "plain", &c.q, Some(&c.bias)).unwrap();
+    // (600 rows: 600 KiB of activations, 94 KiB of outputs)
+    let m = 600;
+    let x = activations(97, m * 256);
+    for layer in [&coded as &dyn GpuLinear, &plain] {
+        let want = bits(layer.forward_batch(&x, m).unwrap());
+        let got = recorded(layer, &x, ActivationOrder::Columns, m, Placement::START).unwrap();
+        assert_eq!(bits(got), want, "{}", layer.name());
+    }
 }

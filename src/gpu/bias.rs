@@ -8,7 +8,7 @@ use super::{
 /// The launch adding `bias` (one f32 per output, `n` of them) to every one of the `rows` rows
 /// of `n` f32 outputs in `y`: `y[r n + i] += bias[i]`, the same f32 addition as on the host,
 /// so the same bits. [`GpuError::InvalidInput`] for ranges too small, unbindable or empty
-/// shapes.
+/// shapes, [`GpuError::TooLarge`] for outputs past the device's binding limit.
 pub fn add_bias_dispatch(
     device: &wgpu::Device,
     registry: &PipelineRegistry,
@@ -34,12 +34,12 @@ pub fn add_bias_dispatch(
     }
     let (gx, gy) = grid(device, total.div_ceil(256));
     let pipeline = registry.get(device, Kernel::AddBias, "main", &[])?;
-    Ok(vector_pass_dispatch(
+    vector_pass_dispatch(
         device,
         pipeline,
         [n as u32, total, gx, 0],
         BufferRange::new(bias.buffer(), bias.offset(), bias_bytes),
         BufferRange::new(y.buffer(), y.offset(), y_bytes),
         (gx, gy),
-    ))
+    )
 }

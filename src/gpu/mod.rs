@@ -900,6 +900,25 @@ impl<'a> BufferRange<'a> {
         Ok(())
     }
 
+    /// [`GpuError::TooLarge`] where the range is larger than the device binds (a launch
+    /// binding it whole would fail wgpu's validation). `what` names the range.
+    pub(crate) fn check_binding_size(
+        &self,
+        device: &wgpu::Device,
+        what: &str,
+    ) -> Result<(), GpuError> {
+        let limit = device.limits().max_storage_buffer_binding_size;
+        if self.size > limit {
+            return Err(GpuError::TooLarge {
+                what: what.to_string(),
+                bytes: self.size,
+                limit,
+                limit_name: "max_storage_buffer_binding_size",
+            });
+        }
+        Ok(())
+    }
+
     /// The bind group entry `binding` for the range.
     pub(crate) fn entry(&self, binding: u32) -> wgpu::BindGroupEntry<'a> {
         wgpu::BindGroupEntry {
@@ -1330,8 +1349,11 @@ pub(crate) fn vector_pass_dispatch(
     x: BufferRange<'_>,
     out: BufferRange<'_>,
     workgroups: (u32, u32),
-) -> Dispatch {
+) -> Result<Dispatch, GpuError> {
     use wgpu::util::DeviceExt;
+    // (wgpu's validation would panic on a binding past the limit)
+    x.check_binding_size(device, "input")?;
+    out.check_binding_size(device, "output")?;
     let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some("vector pass params"),
         contents: bytemuck::cast_slice(&params),
@@ -1343,11 +1365,11 @@ pub(crate) fn vector_pass_dispatch(
         layout: &layout,
         entries: &[decode::entry(0, &uniform), x.entry(1), out.entry(2)],
     });
-    Dispatch {
+    Ok(Dispatch {
         pipeline,
         bind_group,
         workgroups,
-    }
+    })
 }
 
 /// Checks that `x` holds one activation per column.

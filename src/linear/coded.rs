@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use super::call_buffers::{pipelined, CallScratch, LaunchLayout, PendingRead};
 use super::device::{LinearDevice, LinearKernel};
-use super::resident::{bias_buffer, record_call, Resident, ResidentCall, RowsNeed};
+use super::resident::{
+    bias_buffer, prepare_call, PreparedForward, Resident, ResidentCall, RowsNeed,
+};
 use super::{add_bias, check_x, check_y, ActivationOrder, GpuLinear, Linear, LinearError};
 use crate::gpu::{
     check_gemv_vectors, coop_gemv_pipeline, coop_layout_refusal, coop_params, coop_x_dispatch,
@@ -764,26 +766,13 @@ impl EntropyCodedLinear {
             .side
             .unwrap_or_else(|| SideFormat::exact_for(m.scales, m.biases));
         side.check_exact(m.scales, m.biases)
-            .map_err(|source| LinearError::Gpu {
-                layer: name.into(),
-                source,
-            })?;
+            .map_err(|source| LinearError::gpu(name, source))?;
         let max_buffer = match opts.max_buffer_bytes {
             Some(b) => (
                 b.min(dev.max_buffer_bytes()),
                 "LinearOptions::max_buffer_bytes",
             ),
-            None => {
-                let l = dev.device().limits();
-                if l.max_storage_buffer_binding_size <= l.max_buffer_size {
-                    (
-                        l.max_storage_buffer_binding_size,
-                        "max_storage_buffer_binding_size",
-                    )
-                } else {
-                    (l.max_buffer_size, "max_buffer_size")
-                }
-            }
+            None => dev.max_buffer_limit(),
         };
         let too_large = |what: String, bytes: u64| LinearError::TooLarge {
             layer: name.into(),
@@ -791,6 +780,7 @@ impl EntropyCodedLinear {
             bytes,
             limit: max_buffer.0,
             limit_name: max_buffer.1,
+            remedy: LinearError::REMEDY_TILES,
         };
         let nc = m.n_chunks();
         let tc = m.tile_chunks;
@@ -883,10 +873,7 @@ impl EntropyCodedLinear {
             });
         }
         if let Some(v) = opts.gemv_vectors {
-            check_gemv_vectors(v).map_err(|source| LinearError::Gpu {
-                layer: name.into(),
-                source,
-            })?;
+            check_gemv_vectors(v).map_err(|source| LinearError::gpu(name, source))?;
         }
         let mut all_dup = chunk_subgroups > 1;
         for (t0, t1) in plan {
@@ -1022,12 +1009,7 @@ impl EntropyCodedLinear {
             {
                 Some(Ok(())) => gemv.wg_x = dev.grid(gemv.total_wg).0,
                 None | Some(Err(GpuError::Unsupported(_))) => all_dup = false,
-                Some(Err(source)) => {
-                    return Err(LinearError::Gpu {
-                        layer: name.into(),
-                        source,
-                    })
-                }
+                Some(Err(source)) => return Err(LinearError::gpu(name, source)),
             }
             let gemv_uniform = dev.uniform(bytemuck::bytes_of(&gemv));
             // (an optimisation: a band whose tables would exceed the buffer limit builds them)
@@ -1263,20 +1245,20 @@ impl EntropyCodedLinear {
     }
 
     fn gpu_err(&self, source: GpuError) -> LinearError {
-        LinearError::Gpu {
-            layer: self.name.clone(),
-            source,
-        }
+        LinearError::gpu(&self.name, source)
     }
 
+    /// A call's buffer `what` of `bytes` within the device's limit.
     fn check_buffer(&self, what: &str, bytes: u64) -> Result<(), LinearError> {
-        if bytes > self.dev.max_buffer_bytes() {
+        let (limit, limit_name) = self.dev.max_buffer_limit();
+        if bytes > limit {
             return Err(LinearError::TooLarge {
                 layer: self.name.clone(),
                 what: what.into(),
                 bytes,
-                limit: self.dev.max_buffer_bytes(),
-                limit_name: "max_storage_buffer_binding_size",
+                limit,
+                limit_name,
+                remedy: LinearError::REMEDY_ROWS,
             });
         }
         Ok(())
@@ -1314,7 +1296,7 @@ impl EntropyCodedLinear {
     #[allow(clippy::too_many_arguments)]
     fn record_launch<'t>(
         &self,
-        pass: &mut wgpu::ComputePass<'_>,
+        out: &mut Vec<LinearDispatch>,
         (j, n): (usize, usize),
         x: BufferRange<'_>,
         x8: Option<&wgpu::Buffer>,
@@ -1327,11 +1309,10 @@ impl EntropyCodedLinear {
             let acts = self
                 .dev
                 .coop_activations(self.cols, n as u32, CoopOrder::Window)?;
-            coop_x_dispatch(device, registry, x, &acts)?.record(pass);
+            out.push(coop_x_dispatch(device, registry, x, &acts)?);
             for (b, band) in self.bands.iter().enumerate() {
                 let params = self.coop_uniform(band)?;
-                self.coop_dispatch(band, params, &acts, target(b), recorded)?
-                    .record(pass);
+                out.push(self.coop_dispatch(band, params, &acts, target(b), recorded)?);
             }
             return Ok(());
         }
@@ -1339,14 +1320,20 @@ impl EntropyCodedLinear {
             Some(x8) => {
                 let k = self.cols;
                 let r = BufferRange::new(x8, j as u64 * self.x8_slot(), x8_bytes(k));
-                quantize_x8_dispatch(device, registry, x, r, k, X8Order::Window)?.record(pass);
+                out.push(quantize_x8_dispatch(
+                    device,
+                    registry,
+                    x,
+                    r,
+                    k,
+                    X8Order::Window,
+                )?);
                 r
             }
             None => x,
         };
         for (b, band) in self.bands.iter().enumerate() {
-            self.gemv_dispatch(band, x, target(b), n as u32, lanes, recorded)?
-                .record(pass);
+            out.push(self.gemv_dispatch(band, x, target(b), n as u32, lanes, recorded)?);
         }
         Ok(())
     }
@@ -1740,14 +1727,26 @@ impl EntropyCodedLinear {
         for band in &self.bands {
             enc.clear_buffer(&band.errors, 0, None);
         }
+        let mut launches = Vec::new();
+        for (j, i, n) in layout.launches() {
+            let xr = layout.x_range(&xb, j, n);
+            let target = |b: usize| layout.y_range((&y).into(), parts.as_ref(), (j, i, n), b);
+            let lanes = self.lane_order;
+            self.record_launch(
+                &mut launches,
+                (j, n),
+                xr,
+                x8.as_ref(),
+                &target,
+                lanes,
+                false,
+            )
+            .map_err(|e| self.gpu_err(e))?;
+        }
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            for (j, i, n) in layout.launches() {
-                let xr = layout.x_range(&xb, j, n);
-                let target = |b: usize| layout.y_range((&y).into(), parts.as_ref(), (j, i, n), b);
-                let lanes = self.lane_order;
-                self.record_launch(&mut pass, (j, n), xr, x8.as_ref(), &target, lanes, false)
-                    .map_err(|e| self.gpu_err(e))?;
+            for d in &launches {
+                d.record(&mut pass);
             }
         }
         layout.record_copies(&mut enc, parts.as_ref(), (&y).into());
@@ -1829,7 +1828,7 @@ impl EntropyCodedLinear {
     /// same rows.
     fn record_gemv(
         &self,
-        pass: &mut wgpu::ComputePass<'_>,
+        out: &mut Vec<LinearDispatch>,
         call: &ResidentCall<'_>,
     ) -> Result<(), GpuError> {
         let dev = &self.dev;
@@ -1852,7 +1851,7 @@ impl EntropyCodedLinear {
             stride: k4,
         };
         let launches: Vec<_> = layout.launches().map(|(_, i, n)| (i, n, need(n))).collect();
-        let rows = call.stage_rows(dev, pass, &launches)?;
+        let rows = call.stage_rows(dev, out, &launches)?;
         let x8 = self
             .x8
             .then(|| dev.resident(Resident::Aux, self.x8_slot() * launches.len() as u64))
@@ -1861,7 +1860,7 @@ impl EntropyCodedLinear {
             let target = |b: usize| layout.y_range(call.y, parts.as_ref(), (j, i, n), b);
             let lanes = need(n).order == ActivationOrder::Lanes;
             self.record_launch(
-                pass,
+                out,
                 (j, n),
                 rows.range(j),
                 x8.as_ref(),
@@ -1870,14 +1869,14 @@ impl EntropyCodedLinear {
                 true,
             )?;
         }
-        call.place_outputs(dev, pass, &layout, parts.as_ref())
+        call.place_outputs(dev, out, &layout, parts.as_ref())
     }
 
     /// The batched launches of a recorded call, in blocks of rows as [`Self::run_gemm_into`]
     /// makes them.
     fn record_gemm(
         &self,
-        pass: &mut wgpu::ComputePass<'_>,
+        out: &mut Vec<LinearDispatch>,
         call: &ResidentCall<'_>,
     ) -> Result<(), LinearError> {
         let dev = &self.dev;
@@ -1895,14 +1894,12 @@ impl EntropyCodedLinear {
             stride: k4,
         };
         let launches: Vec<_> = layout.launches().map(|(_, i, n)| (i, n, need)).collect();
-        let rows = call.stage_rows(dev, pass, &launches).map_err(gpu)?;
+        let rows = call.stage_rows(dev, out, &launches).map_err(gpu)?;
         for (j, i, n) in layout.launches() {
             let yr = layout.y_range(call.y, parts.as_ref(), (j, i, n), 0);
-            for d in self.batch_dispatches_in(rows.range(j), yr, n, true)? {
-                d.record(pass);
-            }
+            out.extend(self.batch_dispatches_in(rows.range(j), yr, n, true)?);
         }
-        call.place_outputs(dev, pass, &layout, parts.as_ref())
+        call.place_outputs(dev, out, &layout, parts.as_ref())
             .map_err(gpu)
     }
 }
@@ -1914,32 +1911,30 @@ impl GpuLinear for EntropyCodedLinear {
 
     /// The launches `forward_batch` runs for `m` rows (fused GEMVs up to
     /// [`LinearOptions::gemv_batch_max_m`] rows, else the batched kernel), then the bias.
-    fn record_forward_in(
+    fn prepare_forward(
         &self,
-        pass: &mut wgpu::ComputePass<'_>,
         x: BufferRange<'_>,
         order: ActivationOrder,
         m: usize,
         y: BufferRange<'_>,
-    ) -> Result<(), LinearError> {
+    ) -> Result<PreparedForward, LinearError> {
         let bias = bias_buffer(&self.dev, &self.bias_gpu, self.bias.as_deref());
         let (dev, dims) = (&self.dev, (self.cols, self.rows));
-        record_call(
+        prepare_call(
             dev,
             &self.name,
-            pass,
             (x, order, m),
             dims,
             y,
             bias,
-            |pass, call| {
+            |out, call| {
                 if self.bands.is_empty() {
-                    call.zero_outputs(&self.dev, pass)
+                    call.zero_outputs(&self.dev, out)
                         .map_err(|e| self.gpu_err(e))
                 } else if m <= self.gemv_batch_max_m {
-                    self.record_gemv(pass, call).map_err(|e| self.gpu_err(e))
+                    self.record_gemv(out, call).map_err(|e| self.gpu_err(e))
                 } else {
-                    self.record_gemm(pass, call)
+                    self.record_gemm(out, call)
                 }
             },
         )
@@ -1995,7 +1990,7 @@ impl GpuLinear for EntropyCodedLinear {
 
 /// Activation rows a batched submission takes for rows of `k4` inputs and `r` outputs: at
 /// most [`MAX_M_PER_DISPATCH`], within the buffer limit `limit` (0 where one row is too large).
-fn gemm_rows_per_dispatch(k4: usize, r: usize, limit: u64) -> usize {
+pub(crate) fn gemm_rows_per_dispatch(k4: usize, r: usize, limit: u64) -> usize {
     let xrow = k4 as u64 * 4;
     (MAX_M_PER_DISPATCH as u64)
         .min(limit / xrow.max(1))

@@ -354,8 +354,20 @@ impl LinearDevice {
 
     /// The largest storage buffer the kernels can bind on this device.
     pub fn max_buffer_bytes(&self) -> u64 {
+        self.max_buffer_limit().0
+    }
+
+    /// [`Self::max_buffer_bytes`] and the name of the `wgpu::Limits` field that sets it.
+    pub(crate) fn max_buffer_limit(&self) -> (u64, &'static str) {
         let l = self.device().limits();
-        l.max_storage_buffer_binding_size.min(l.max_buffer_size)
+        if l.max_storage_buffer_binding_size <= l.max_buffer_size {
+            (
+                l.max_storage_buffer_binding_size,
+                "max_storage_buffer_binding_size",
+            )
+        } else {
+            (l.max_buffer_size, "max_buffer_size")
+        }
     }
 
     pub(crate) fn pipeline(&self, k: LinearKernel) -> Result<wgpu::ComputePipeline, GpuError> {

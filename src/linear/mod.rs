@@ -89,7 +89,7 @@ pub use cpu::CpuLinear;
 pub use device::LinearDevice;
 pub use model::EntropyCodedModel;
 pub use plain::{QuantizedLinear, PLAIN_GEMV_MANY_MAX_M, PLAIN_GEMV_MANY_MAX_M_SMALL};
-pub use resident::{ActivationOrder, GpuLinear};
+pub use resident::{ActivationOrder, GpuLinear, PreparedForward};
 
 use half::f16;
 
@@ -163,9 +163,11 @@ pub enum LinearError {
         /// The layer's outputs per row.
         out_features: usize,
     },
-    /// One tile of the coded matrix (the smallest unit a matrix is split into) or one
-    /// activation row needs a buffer larger than the device allows.
-    #[error("{layer}: {what} needs {bytes} bytes, more than the device limit {limit} ({limit_name}); split the matrix into smaller tiles (ecq encode --tile-chunks) or use a device with larger buffers")]
+    /// A buffer the layer or a call needs is larger than the device allows: one tile of the
+    /// coded matrix (the smallest unit a matrix is split into), the plain weights, or a call's
+    /// rows. Every path reports it so, the host's checks and the GPU entry points'
+    /// ([`crate::gpu::GpuError::TooLarge`]) alike; `remedy` says what avoids it.
+    #[error("{layer}: {what} needs {bytes} bytes, more than the device limit {limit} ({limit_name}); {remedy}")]
     TooLarge {
         /// The layer.
         layer: String,
@@ -177,6 +179,9 @@ pub enum LinearError {
         limit: u64,
         /// The limit's name in `wgpu::Limits` (or `LinearOptions::max_buffer_bytes`).
         limit_name: &'static str,
+        /// What avoids it: [`LinearError::REMEDY_TILES`], [`LinearError::REMEDY_ROWS`] or
+        /// [`LinearError::REMEDY_DEVICE`].
+        remedy: &'static str,
     },
     /// The coded layer is inconsistent (header against parts, scales, bias).
     #[error("{layer}: {reason}")]
@@ -213,6 +218,43 @@ pub enum LinearError {
         /// The codec error.
         source: crate::rans::CodecError,
     },
+}
+
+impl LinearError {
+    /// [`LinearError::TooLarge`]'s remedy for a coded matrix's tile.
+    pub const REMEDY_TILES: &'static str =
+        "split the matrix into smaller tiles (ecq encode --tile-chunks) or use a device with larger buffers";
+    /// [`LinearError::TooLarge`]'s remedy for a call's activations or outputs.
+    pub const REMEDY_ROWS: &'static str =
+        "pass fewer rows a call or use a device with larger buffers";
+    /// [`LinearError::TooLarge`]'s remedy for what only a larger device holds (plain weights).
+    pub const REMEDY_DEVICE: &'static str = "use a device with larger buffers";
+
+    /// `source`, met by `layer`: a buffer over a device limit becomes [`LinearError::TooLarge`]
+    /// (with [`Self::REMEDY_ROWS`]: at a call, rows are what the caller controls), so that the
+    /// host's checks and the GPU entry points report it alike; anything else
+    /// [`LinearError::Gpu`].
+    pub(crate) fn gpu(layer: &str, source: GpuError) -> Self {
+        match source {
+            GpuError::TooLarge {
+                what,
+                bytes,
+                limit,
+                limit_name,
+            } => LinearError::TooLarge {
+                layer: layer.into(),
+                what,
+                bytes,
+                limit,
+                limit_name,
+                remedy: Self::REMEDY_ROWS,
+            },
+            source => LinearError::Gpu {
+                layer: layer.into(),
+                source,
+            },
+        }
+    }
 }
 
 /// A linear layer `y = W x + bias` with `W` of shape `out_features x in_features`.

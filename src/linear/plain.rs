@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use super::call_buffers::{pipelined, LaunchLayout, PendingRead};
-use super::coded::{kparts, m_split, LinearDispatch, MAX_M_PER_DISPATCH, TARGET_WORKGROUPS};
+use super::coded::{
+    gemm_rows_per_dispatch, kparts, m_split, LinearDispatch, MAX_M_PER_DISPATCH, TARGET_WORKGROUPS,
+};
 use super::device::{LinearDevice, LinearKernel};
-use super::resident::{bias_buffer, record_call, ResidentCall, RowsNeed};
+use super::resident::{bias_buffer, prepare_call, PreparedForward, ResidentCall, RowsNeed};
 use super::{add_bias, check_x, check_y, ActivationOrder, GpuLinear, Linear, LinearError};
 use crate::gpu::entry;
 use crate::gpu::BufferRange;
@@ -122,7 +124,7 @@ impl QuantizedLinear {
                 });
             }
         }
-        let limit = dev.max_buffer_bytes();
+        let (limit, limit_name) = dev.max_buffer_limit();
         let bytes = (q.packed.len() * 4) as u64;
         if bytes > limit {
             return Err(LinearError::TooLarge {
@@ -130,7 +132,8 @@ impl QuantizedLinear {
                 what: "packed weights".into(),
                 bytes,
                 limit,
-                limit_name: "max_storage_buffer_binding_size",
+                limit_name,
+                remedy: LinearError::REMEDY_DEVICE,
             });
         }
         let total_wg = r.div_ceil(4) as u32;
@@ -243,10 +246,7 @@ impl QuantizedLinear {
         y: BufferRange<'_>,
         m: usize,
     ) -> Result<LinearDispatch, LinearError> {
-        let gpu = |source| LinearError::Gpu {
-            layer: self.name.clone(),
-            source,
-        };
+        let gpu = |source| LinearError::gpu(&self.name, source);
         if m == 0 || m > MAX_M_PER_DISPATCH {
             return Err(LinearError::InvalidLayer {
                 layer: self.name.clone(),
@@ -319,10 +319,7 @@ impl QuantizedLinear {
             &mut wgpu::ComputePass<'_>,
         ) -> Result<(), LinearError>,
     ) -> Result<PendingRead<'_>, LinearError> {
-        let gpu_err = |source| LinearError::Gpu {
-            layer: self.name.clone(),
-            source,
-        };
+        let gpu_err = |source| LinearError::gpu(&self.name, source);
         let mut scratch = self.dev.call_scratch();
         let mut enc = self
             .dev
@@ -346,10 +343,7 @@ impl QuantizedLinear {
         pending
             .finish_into(out)
             .map(|_| ())
-            .map_err(|source| LinearError::Gpu {
-                layer: self.name.clone(),
-                source,
-            })
+            .map_err(|source| LinearError::gpu(&self.name, source))
     }
 
     /// The plain multi-vector GEMV of `m` rows of `x` (4-bit, `cols % 16 == 0`: no padding;
@@ -367,10 +361,7 @@ impl QuantizedLinear {
         m: usize,
     ) -> Result<PendingRead<'a>, LinearError> {
         let (r, k) = (self.out_features(), self.in_features());
-        let gpu_err = |source| LinearError::Gpu {
-            layer: self.name.clone(),
-            source,
-        };
+        let gpu_err = |source| LinearError::gpu(&self.name, source);
         let device = self.dev.device();
         let per = crate::gpu::MAX_GEMV_VECTORS as usize;
         let layout = LaunchLayout::new(m, per, k, r, vec![(0, r)], self.dev.storage_alignment());
@@ -391,13 +382,17 @@ impl QuantizedLinear {
             .map_err(gpu_err)?;
         let y = scratch.y((r * 4 * m) as u64);
         let parts = layout.parts_bytes().map(|bytes| scratch.parts(bytes));
+        let mut launches = Vec::new();
+        for (j, i, n) in layout.launches() {
+            let xr = layout.x_range(&xb, j, n);
+            let yr = layout.y_range((&y).into(), parts.as_ref(), (j, i, n), 0);
+            self.record_many(v, &mut launches, xr, yr, n, true)
+                .map_err(gpu_err)?;
+        }
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            for (j, i, n) in layout.launches() {
-                let xr = layout.x_range(&xb, j, n);
-                let yr = layout.y_range((&y).into(), parts.as_ref(), (j, i, n), 0);
-                self.record_many(v, &mut pass, xr, yr, n, true)
-                    .map_err(gpu_err)?;
+            for d in &launches {
+                d.record(&mut pass);
             }
         }
         layout.record_copies(&mut enc, parts.as_ref(), (&y).into());
@@ -415,7 +410,7 @@ impl QuantizedLinear {
     fn record_many(
         &self,
         v: &crate::gpu::GpuQuantizedMatrix,
-        pass: &mut wgpu::ComputePass<'_>,
+        out: &mut Vec<LinearDispatch>,
         x: BufferRange<'_>,
         y: BufferRange<'_>,
         n: usize,
@@ -427,15 +422,33 @@ impl QuantizedLinear {
             let acts = self
                 .dev
                 .coop_activations(self.in_features(), n as u32, order)?;
-            crate::gpu::coop_x_dispatch(device, registry, x, &acts)?.record(pass);
+            out.push(crate::gpu::coop_x_dispatch(device, registry, x, &acts)?);
             v.gemv_coop_dispatch(device, registry, &acts, y)?
         } else if lanes {
             v.gemv_many_lane_order_dispatch(device, registry, x, y, n as u32)?
         } else {
             v.gemv_many_dispatch(device, registry, x, y, n as u32)?
         };
-        d.record(pass);
+        out.push(d);
         Ok(())
+    }
+
+    /// Rows a `qgemm` launch takes: up to [`MAX_M_PER_DISPATCH`], as many as the device binds
+    /// of activations and outputs; [`LinearError::TooLarge`] where not one row fits.
+    fn gemm_rows_per_dispatch(&self) -> Result<usize, LinearError> {
+        let (k4, r) = (self.in_features().div_ceil(4) * 4, self.out_features());
+        let (limit, limit_name) = self.dev.max_buffer_limit();
+        match gemm_rows_per_dispatch(k4, r, limit) {
+            0 => Err(LinearError::TooLarge {
+                layer: self.name.clone(),
+                what: "one activation row".into(),
+                bytes: (k4 as u64 * 4).max(r as u64 * 4),
+                limit,
+                limit_name,
+                remedy: LinearError::REMEDY_DEVICE,
+            }),
+            per => Ok(per),
+        }
     }
 
     /// Which launches `forward_batch` runs for `m > 0` rows.
@@ -467,10 +480,8 @@ impl QuantizedLinear {
 
     /// `x` (rows of `in_features`, a multiple of 16) in lane order.
     fn lane_order(&self, x: &[f32]) -> Result<Vec<f32>, LinearError> {
-        crate::gpu::x_lane_order(x, self.in_features()).map_err(|source| LinearError::Gpu {
-            layer: self.name.clone(),
-            source,
-        })
+        crate::gpu::x_lane_order(x, self.in_features())
+            .map_err(|source| LinearError::gpu(&self.name, source))
     }
 
     /// [`Self::run_into`] of one launch of the plain GEMV matrix (`launch(x, y)`), plus the
@@ -487,10 +498,7 @@ impl QuantizedLinear {
         let mut y = vec![0.0; n];
         let pending = self.submit_one(x, (x.len(), x.len()), n, |xb, yb, pass| {
             launch(xb, yb)
-                .map_err(|source| LinearError::Gpu {
-                    layer: self.name.clone(),
-                    source,
-                })?
+                .map_err(|source| LinearError::gpu(&self.name, source))?
                 .record(pass);
             Ok(())
         })?;
@@ -565,9 +573,10 @@ impl Linear for QuantizedLinear {
             return Ok(());
         }
         let k4 = k.div_ceil(4) * 4;
+        let per = self.gemm_rows_per_dispatch()?;
         pipelined(
             m,
-            MAX_M_PER_DISPATCH,
+            per,
             |start, mb| {
                 self.submit_one(
                     &x[start * k..(start + mb) * k],
@@ -592,14 +601,11 @@ impl QuantizedLinear {
     /// The launches of a recorded call on `path`'s kernels, as `forward_batch` makes them.
     fn record_path(
         &self,
-        pass: &mut wgpu::ComputePass<'_>,
+        out: &mut Vec<LinearDispatch>,
         call: &ResidentCall<'_>,
         path: PlainPath<'_>,
     ) -> Result<(), LinearError> {
-        let gpu = |source| LinearError::Gpu {
-            layer: self.name.clone(),
-            source,
-        };
+        let gpu = |source| LinearError::gpu(&self.name, source);
         let dev = &self.dev;
         let (device, registry) = (dev.device(), dev.gpu().registry());
         let (r, k) = (self.out_features(), self.in_features());
@@ -607,7 +613,7 @@ impl QuantizedLinear {
         let (per, row_values) = match path {
             PlainPath::Vector(_) => (1, k),
             PlainPath::Many(_) => (crate::gpu::MAX_GEMV_VECTORS as usize, k),
-            PlainPath::Gemm => (MAX_M_PER_DISPATCH, k4),
+            PlainPath::Gemm => (self.gemm_rows_per_dispatch()?, k4),
         };
         let (layout, parts) = call
             .outputs(dev, per, row_values, vec![(0, r)])
@@ -630,7 +636,7 @@ impl QuantizedLinear {
             }
         };
         let launches: Vec<_> = layout.launches().map(|(_, i, n)| (i, n, need(n))).collect();
-        let rows = call.stage_rows(dev, pass, &launches).map_err(gpu)?;
+        let rows = call.stage_rows(dev, out, &launches).map_err(gpu)?;
         for (j, i, n) in layout.launches() {
             let (xr, yr) = (
                 rows.range(j),
@@ -643,17 +649,17 @@ impl QuantizedLinear {
                 }
                 PlainPath::Vector(v) => v.gemv_dispatch(device, registry, xr, yr),
                 PlainPath::Many(v) => {
-                    self.record_many(v, pass, xr, yr, n, lanes).map_err(gpu)?;
+                    self.record_many(v, out, xr, yr, n, lanes).map_err(gpu)?;
                     continue;
                 }
                 PlainPath::Gemm => {
-                    self.batch_dispatch_in(xr, yr, n)?.record(pass);
+                    out.push(self.batch_dispatch_in(xr, yr, n)?);
                     continue;
                 }
             };
-            d.map_err(gpu)?.record(pass);
+            out.push(d.map_err(gpu)?);
         }
-        call.place_outputs(dev, pass, &layout, parts.as_ref())
+        call.place_outputs(dev, out, &layout, parts.as_ref())
             .map_err(gpu)
     }
 }
@@ -665,25 +671,23 @@ impl GpuLinear for QuantizedLinear {
 
     /// The launches `forward_batch` runs for `m` rows (the plain GEMV for one, launches of
     /// the multi-vector GEMV or `qgemm`), then the bias.
-    fn record_forward_in(
+    fn prepare_forward(
         &self,
-        pass: &mut wgpu::ComputePass<'_>,
         x: BufferRange<'_>,
         order: ActivationOrder,
         m: usize,
         y: BufferRange<'_>,
-    ) -> Result<(), LinearError> {
+    ) -> Result<PreparedForward, LinearError> {
         let bias = bias_buffer(&self.dev, &self.bias_gpu, self.bias.as_deref());
         let (dev, dims) = (&self.dev, (self.in_features(), self.out_features()));
-        record_call(
+        prepare_call(
             dev,
             &self.name,
-            pass,
             (x, order, m),
             dims,
             y,
             bias,
-            |pass, call| self.record_path(pass, call, self.path(m)),
+            |out, call| self.record_path(out, call, self.path(m)),
         )
     }
 

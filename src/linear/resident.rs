@@ -25,6 +25,11 @@
 //! the caller's compute pass ([`GpuLinear::record_forward_in`]): a forward's calls can share one
 //! pass, where a pass a call cost ~8 µs a call on an H200 (BENCHMARKS.md, issue 5, step 93).
 //!
+//! [`GpuLinear::prepare_forward`] makes a call's launches once, to record as often as the
+//! caller likes ([`PreparedForward`]): an engine that reuses its activation buffers saves
+//! the bind groups and parameter buffers a call makes, most of its host time (BENCHMARKS.md,
+//! issue 5, step 94).
+//!
 //! Corrupt coded streams set flags on the GPU as in every call; a recorded call cannot return
 //! them, so they collect until [`GpuLinear::check_recorded`] reads and clears them.
 
@@ -34,7 +39,8 @@ use super::call_buffers::{CallScratch, LaunchLayout};
 use super::device::LinearDevice;
 use super::{Linear, LinearError};
 use crate::gpu::{
-    add_bias_dispatch, copy_rows_dispatch, x_order_dispatch, BufferRange, GpuError, RowCopy,
+    add_bias_dispatch, copy_rows_dispatch, x_order_dispatch, BufferRange, Dispatch, GpuError,
+    RowCopy,
 };
 
 /// The order of an activation row's values in a buffer.
@@ -79,21 +85,55 @@ pub enum ActivationOrder {
 /// down.check_recorded()?;
 /// let out: Vec<f32> = dev.read_f32((&y).into())?; // m rows of down's outputs
 /// assert_eq!(out.len(), m * down.out_features());
+///
+/// // the same calls made into launches once, recorded every step on what `x` then holds
+/// let cols = ActivationOrder::Columns;
+/// let calls = [
+///     up.prepare_forward((&x).into(), cols, m, (&h).into())?,
+///     down.prepare_forward((&h).into(), cols, m, (&y).into())?,
+/// ];
+/// for _step in 0..3 {
+///     // ... x written by the engine ...
+///     let mut enc = dev.device().create_command_encoder(&Default::default());
+///     {
+///         let mut pass = enc.begin_compute_pass(&Default::default());
+///         for call in &calls {
+///             call.record_in(&mut pass);
+///         }
+///     }
+///     dev.queue().submit([enc.finish()]);
+/// }
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub trait GpuLinear: Linear {
     /// The device the layer lives on: `x` and `y` must be its buffers.
     fn linear_device(&self) -> &Arc<LinearDevice>;
 
-    /// Records `Y = X W^T + bias` for `m` rows into `pass`: `x` holds `m` rows of
+    /// Makes the launches of `Y = X W^T + bias` for `m` rows, to record into compute passes
+    /// as often as the caller likes ([`PreparedForward::record_in`]): `x` holds `m` rows of
     /// `in_features` f32 in `order` from its start, `y` gets `m` rows of `out_features` f32
     /// from its start. Both ranges start at multiples of the device's storage offset
     /// alignment; both buffers need `STORAGE` usage, and the ranges must not overlap (in one
     /// buffer the activations are moved first: a launch binds a buffer either read-only or
-    /// writable). Everything the call does is launches in `pass`, so the calls of a forward
-    /// can share one pass: a pass a call cost ~8 µs a call on an H200 (BENCHMARKS.md, issue 5,
-    /// step 93). Launches that read what an earlier one wrote are ordered by wgpu. Nothing
-    /// runs until the caller submits. The outputs are [`Linear::forward_batch`]'s bit for bit.
+    /// writable). The launches read whatever `x` holds when they run, so an engine that
+    /// reuses its activation buffers prepares each call once and records it every token,
+    /// without the bind groups and parameter buffers a call makes (BENCHMARKS.md, issue 5,
+    /// step 94). The launches hold `x`'s and `y`'s buffers, and the buffers the device keeps
+    /// for recorded calls as they were when prepared, until dropped. Every recording's
+    /// outputs are [`Linear::forward_batch`]'s bit for bit.
+    fn prepare_forward(
+        &self,
+        x: BufferRange<'_>,
+        order: ActivationOrder,
+        m: usize,
+        y: BufferRange<'_>,
+    ) -> Result<PreparedForward, LinearError>;
+
+    /// Records `Y = X W^T + bias` for `m` rows into `pass`: [`Self::prepare_forward`]'s
+    /// launches, recorded once. Everything the call does is launches in `pass`, so the calls
+    /// of a forward can share one pass: a pass a call cost ~8 µs a call on an H200
+    /// (BENCHMARKS.md, issue 5, step 93). Launches that read what an earlier one wrote are
+    /// ordered by wgpu. Nothing runs until the caller submits.
     fn record_forward_in(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
@@ -101,7 +141,10 @@ pub trait GpuLinear: Linear {
         order: ActivationOrder,
         m: usize,
         y: BufferRange<'_>,
-    ) -> Result<(), LinearError>;
+    ) -> Result<(), LinearError> {
+        self.prepare_forward(x, order, m, y)?.record_in(pass);
+        Ok(())
+    }
 
     /// [`Self::record_forward_in`] in a compute pass of its own in `enc`.
     fn record_forward(
@@ -112,8 +155,8 @@ pub trait GpuLinear: Linear {
         m: usize,
         y: BufferRange<'_>,
     ) -> Result<(), LinearError> {
-        let mut pass = enc.begin_compute_pass(&Default::default());
-        self.record_forward_in(&mut pass, x, order, m, y)
+        self.prepare_forward(x, order, m, y)?.record(enc);
+        Ok(())
     }
 
     /// Waits for the work submitted so far and reports a corrupt coded stream that any
@@ -121,6 +164,34 @@ pub trait GpuLinear: Linear {
     /// clears the flags. The outputs of such calls are garbage. Layers that cannot meet one
     /// return `Ok`.
     fn check_recorded(&self) -> Result<(), LinearError>;
+}
+
+/// A layer's call made into launches ([`GpuLinear::prepare_forward`]), recorded as often as
+/// the caller likes. It holds the buffers its launches bind.
+#[derive(Debug, Clone)]
+pub struct PreparedForward {
+    launches: Vec<Dispatch>,
+}
+
+impl PreparedForward {
+    /// Records the launches into `pass` (ordered by wgpu after the work recorded before them
+    /// that writes what they read).
+    pub fn record_in(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for d in &self.launches {
+            d.record(pass);
+        }
+    }
+
+    /// [`Self::record_in`] in a compute pass of its own in `enc`.
+    pub fn record(&self, enc: &mut wgpu::CommandEncoder) {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        self.record_in(&mut pass);
+    }
+
+    /// How many launches the call takes (none for a call without outputs).
+    pub fn launches(&self) -> usize {
+        self.launches.len()
+    }
 }
 
 /// The buffers a device keeps for recorded calls (module doc), grown to the largest call's
@@ -165,7 +236,7 @@ impl ResidentBuffers {
         .sum()
     }
 
-    /// The kept buffer `which`, at least `bytes`, or [`GpuError::InvalidInput`] where that is
+    /// The kept buffer `which`, at least `bytes`, or [`GpuError::TooLarge`] where that is
     /// more than the device's buffer limit.
     pub(crate) fn get(
         &mut self,
@@ -188,11 +259,14 @@ impl ResidentBuffers {
             Resident::Aux => (&mut self.aux, "ecq resident aux", "8-bit activations"),
             Resident::Zeros => (&mut self.zeros, "ecq resident zeros", "zeros"),
         };
-        if bytes > dev.max_buffer_bytes() {
-            return Err(GpuError::InvalidInput(format!(
-                "{what}: {bytes} bytes, more than the device's buffer limit {}",
-                dev.max_buffer_bytes()
-            )));
+        let (limit, limit_name) = dev.max_buffer_limit();
+        if bytes > limit {
+            return Err(GpuError::TooLarge {
+                what: what.into(),
+                bytes,
+                limit,
+                limit_name,
+            });
         }
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_SRC
@@ -278,16 +352,12 @@ impl<'a> ResidentCall<'a> {
         };
         use wgpu::BufferUsages as U;
         need(&y, "y", U::STORAGE)?;
-        y.check(device, "y").map_err(|source| LinearError::Gpu {
-            layer: layer.to_string(),
-            source,
-        })?;
+        y.check(device, "y")
+            .map_err(|source| LinearError::gpu(layer, source))?;
         if x_bytes > 0 {
             need(&x, "x", U::STORAGE)?;
-            x.check(device, "x").map_err(|source| LinearError::Gpu {
-                layer: layer.to_string(),
-                source,
-            })?;
+            x.check(device, "x")
+                .map_err(|source| LinearError::gpu(layer, source))?;
             let overlap = x.offset() < y.offset() + y.size() && y.offset() < x.offset() + x.size();
             if x.buffer() == y.buffer() && overlap {
                 return Err(bad(format!(
@@ -310,11 +380,11 @@ impl<'a> ResidentCall<'a> {
     }
 
     /// Makes the activations of `launches` (first row, rows, what the launch reads) bindable
-    /// (module doc), recording the work into `pass`: each launch's range, in launch order.
+    /// (module doc), the work appended to `out`: each launch's range, in launch order.
     pub(crate) fn stage_rows(
         &self,
         dev: &LinearDevice,
-        pass: &mut wgpu::ComputePass<'_>,
+        out: &mut Vec<Dispatch>,
         launches: &[(usize, usize, RowsNeed)],
     ) -> Result<StagedRows, GpuError> {
         let (device, registry) = (dev.device(), dev.gpu().registry());
@@ -324,8 +394,10 @@ impl<'a> ResidentCall<'a> {
             let bytes = self.m as u64 * row;
             let buf = dev.resident(Resident::Reordered, bytes)?;
             let to_lanes = self.order == ActivationOrder::Columns;
-            let out = BufferRange::new(&buf, 0, bytes);
-            x_order_dispatch(device, registry, self.x, out, self.m, k, to_lanes)?.record(pass);
+            let to = BufferRange::new(&buf, 0, bytes);
+            out.push(x_order_dispatch(
+                device, registry, self.x, to, self.m, k, to_lanes,
+            )?);
             Some(buf)
         } else {
             None
@@ -365,7 +437,7 @@ impl<'a> ResidentCall<'a> {
         let slots = if slots_bytes > 0 {
             let slots = dev.resident(Resident::Slots, slots_bytes)?;
             for (src, c) in moves {
-                copy_rows_dispatch(device, registry, &src, &slots, &c)?.record(pass);
+                out.push(copy_rows_dispatch(device, registry, &src, &slots, &c)?);
             }
             Some(slots)
         } else {
@@ -410,7 +482,7 @@ impl<'a> ResidentCall<'a> {
     pub(crate) fn place_outputs(
         &self,
         dev: &LinearDevice,
-        pass: &mut wgpu::ComputePass<'_>,
+        out: &mut Vec<Dispatch>,
         layout: &LaunchLayout,
         parts: Option<&wgpu::Buffer>,
     ) -> Result<(), GpuError> {
@@ -423,7 +495,13 @@ impl<'a> ResidentCall<'a> {
                 dst_at: self.y.offset() + c.dst_at,
                 ..c
             };
-            copy_rows_dispatch(device, registry, parts, self.y.buffer(), &c)?.record(pass);
+            out.push(copy_rows_dispatch(
+                device,
+                registry,
+                parts,
+                self.y.buffer(),
+                &c,
+            )?);
         }
         Ok(())
     }
@@ -432,7 +510,7 @@ impl<'a> ResidentCall<'a> {
     pub(crate) fn zero_outputs(
         &self,
         dev: &LinearDevice,
-        pass: &mut wgpu::ComputePass<'_>,
+        out: &mut Vec<Dispatch>,
     ) -> Result<(), GpuError> {
         let zeros = dev.resident(Resident::Zeros, 16)?;
         let c = RowCopy {
@@ -451,30 +529,56 @@ impl<'a> ResidentCall<'a> {
             self.y.buffer(),
             &c,
         )?;
-        d.record(pass);
+        out.push(d);
         Ok(())
     }
 
-    /// Records the bias' addition to the outputs (nothing without a bias).
+    /// The bias' addition to the outputs (nothing without a bias), in blocks of rows the
+    /// device can bind where the outputs are more than it binds at once.
     pub(crate) fn add_bias(
         &self,
         dev: &LinearDevice,
-        pass: &mut wgpu::ComputePass<'_>,
+        out: &mut Vec<Dispatch>,
         bias: Option<&wgpu::Buffer>,
     ) -> Result<(), GpuError> {
         let Some(bias) = bias else {
             return Ok(());
         };
-        let d = add_bias_dispatch(
-            dev.device(),
-            dev.gpu().registry(),
-            bias.into(),
-            self.y,
-            self.m,
-            self.r,
-        )?;
-        d.record(pass);
+        let (row, align) = (self.r as u64 * 4, dev.storage_alignment());
+        let limit = dev.device().limits().max_storage_buffer_binding_size;
+        // (blocks of whole rows whose bytes are a multiple of the alignment, so that every
+        // block starts at a bindable offset; none fitting leaves one block, which reports it)
+        let step = align / gcd(row, align);
+        let per = match (limit / row / step * step) as usize {
+            0 => self.m,
+            per => per.min(self.m),
+        };
+        for start in (0..self.m).step_by(per) {
+            let n = per.min(self.m - start);
+            let y = BufferRange::new(
+                self.y.buffer(),
+                self.y.offset() + start as u64 * row,
+                n as u64 * row,
+            );
+            let d = add_bias_dispatch(
+                dev.device(),
+                dev.gpu().registry(),
+                bias.into(),
+                y,
+                n,
+                self.r,
+            )?;
+            out.push(d);
+        }
         Ok(())
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 
@@ -497,33 +601,31 @@ impl StagedRows {
     }
 }
 
-/// What every layer's [`GpuLinear::record_forward`] does around its launches: checks the call
-/// ([`ResidentCall::new`]; nothing to record without outputs), records `launches` for it, then
+/// What every layer's [`GpuLinear::prepare_forward`] does around its launches: checks the
+/// call ([`ResidentCall::new`]; no launches without outputs), makes `launches` for it, then
 /// the bias' addition.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn record_call(
+pub(crate) fn prepare_call(
     dev: &LinearDevice,
     layer: &str,
-    pass: &mut wgpu::ComputePass<'_>,
     (x, order, m): (BufferRange<'_>, ActivationOrder, usize),
     (k, r): (usize, usize),
     y: BufferRange<'_>,
     bias: Option<&wgpu::Buffer>,
-    launches: impl FnOnce(&mut wgpu::ComputePass<'_>, &ResidentCall<'_>) -> Result<(), LinearError>,
-) -> Result<(), LinearError> {
+    launches: impl FnOnce(&mut Vec<Dispatch>, &ResidentCall<'_>) -> Result<(), LinearError>,
+) -> Result<PreparedForward, LinearError> {
+    let mut out = Vec::new();
     let Some(call) = ResidentCall::new(dev, layer, x, order, m, (k, r), y)? else {
-        return Ok(());
+        return Ok(PreparedForward { launches: out });
     };
-    let gpu = |source| LinearError::Gpu {
-        layer: layer.to_string(),
-        source,
-    };
+    let gpu = |source| LinearError::gpu(layer, source);
     if k == 0 {
-        call.zero_outputs(dev, pass).map_err(gpu)?;
+        call.zero_outputs(dev, &mut out).map_err(gpu)?;
     } else {
-        launches(pass, &call)?;
+        launches(&mut out, &call)?;
     }
-    call.add_bias(dev, pass, bias).map_err(gpu)
+    call.add_bias(dev, &mut out, bias).map_err(gpu)?;
+    Ok(PreparedForward { launches: out })
 }
 
 /// The layer's bias as a GPU buffer, made on first use (`None` without a bias).
