@@ -9,7 +9,7 @@
 //! ```text
 //! cargo run --release --example bench_resident -- [--layers 32] [--ms 1,16,512] [--rounds 7]
 //!     [--copies 2] [--shapes 4096x4096,1024x4096,...] [--coop] [--own-outputs] [--prebuilt]
-//!     [--one-pass]
+//!     [--one-pass] [--prepared]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64, `--copies` distinct copies of each
@@ -20,7 +20,9 @@
 //! each other; `--prebuilt` adds a token's launches made once, with the library's dispatch
 //! entry points, and recorded into one compute pass a forward). Each call records into a pass
 //! of its own (`record_forward`), or with `--one-pass` all of a forward's calls into one
-//! (`record_forward_in`). Times are
+//! (`record_forward_in`); with `--prepared` every call is made into launches once
+//! (`prepare_forward`) before the timing and recorded from them (`PreparedForward::record_in`,
+//! `record`), as an engine reusing its activation buffers would. Times are
 //! wall clock after a second of warm-up forwards: "record" (the host's recording of all calls)
 //! and "run" (submit to the end of the wait) are medians of `--rounds` forwards one at a time;
 //! "pipelined" is `--rounds` forwards back to back, each recorded and submitted while the one
@@ -64,6 +66,8 @@ struct Args {
     prebuilt: bool,
     /// every call of a forward in one compute pass (`record_forward_in`)
     one_pass: bool,
+    /// calls made into launches once (`prepare_forward`), recorded every forward
+    prepared: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -77,6 +81,7 @@ fn parse_args() -> Result<Args, String> {
         own_outputs: false,
         prebuilt: false,
         one_pass: false,
+        prepared: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -91,6 +96,7 @@ fn parse_args() -> Result<Args, String> {
             "--own-outputs" => Some(&mut a.own_outputs),
             "--prebuilt" => Some(&mut a.prebuilt),
             "--one-pass" => Some(&mut a.one_pass),
+            "--prepared" => Some(&mut a.prepared),
             _ => None,
         };
         if let Some(f) = flag {
@@ -233,19 +239,36 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let ys: Vec<Vec<wgpu::Buffer>> = (0..sets)
             .map(|_| a.shapes.iter().map(|s| storage(m * s.0 * 4)).collect())
             .collect();
+        // (every call of a forward: its layer, activations and outputs)
+        let calls = |pick: &dyn Fn(&Stack, usize) -> &dyn GpuLinear| {
+            let mut calls = Vec::new();
+            for l in 0..a.layers {
+                let st = &stacks[l % stacks.len()];
+                for (i, &(_, k)) in a.shapes.iter().enumerate() {
+                    let xr = ecq::gpu::BufferRange::new(&xb, 0, (m * k * 4) as u64);
+                    calls.push((pick(st, i), xr, (&ys[l % sets][i]).into()));
+                }
+            }
+            calls
+        };
         let record = |pick: &dyn Fn(&Stack, usize) -> &dyn GpuLinear,
-                      order: ActivationOrder|
+                      order: ActivationOrder,
+                      prepared: Option<&[ecq::linear::PreparedForward]>|
          -> Result<wgpu::CommandBuffer, Box<dyn std::error::Error>> {
             let mut enc = dev.device().create_command_encoder(&Default::default());
             let mut pass = a.one_pass.then(|| {
                 enc.begin_compute_pass(&Default::default())
                     .forget_lifetime()
             });
-            for l in 0..a.layers {
-                let st = &stacks[l % stacks.len()];
-                for (i, &(_, k)) in a.shapes.iter().enumerate() {
-                    let xr = ecq::gpu::BufferRange::new(&xb, 0, (m * k * 4) as u64);
-                    let (layer, y) = (pick(st, i), (&ys[l % sets][i]).into());
+            if let Some(prepared) = prepared {
+                for call in prepared {
+                    match pass.as_mut() {
+                        Some(p) => call.record_in(p),
+                        None => call.record(&mut enc),
+                    }
+                }
+            } else {
+                for (layer, xr, y) in calls(pick) {
                     match pass.as_mut() {
                         Some(p) => layer.record_forward_in(p, xr, order, m, y)?,
                         None => layer.record_forward(&mut enc, xr, order, m, y)?,
@@ -261,6 +284,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let time = |pick: &dyn Fn(&Stack, usize) -> &dyn GpuLinear,
                     order: ActivationOrder|
          -> Result<(f64, f64, f64), Box<dyn std::error::Error>> {
+            let prepared = if a.prepared {
+                let made: Result<Vec<_>, _> = calls(pick)
+                    .into_iter()
+                    .map(|(layer, xr, y)| layer.prepare_forward(xr, order, m, y))
+                    .collect();
+                Some(made?)
+            } else {
+                None
+            };
+            let record = |pick: &dyn Fn(&Stack, usize) -> &dyn GpuLinear, order| {
+                record(pick, order, prepared.as_deref())
+            };
             // (warm up for a second: the SM clock idles at 345 MHz on the H200 and takes
             // longer than one forward to come back)
             let warm = Instant::now();
@@ -387,8 +422,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     (Some(f), Some(p)) => format!("{:.2}x / {:.2}x", f.1 / p.1, f.2 / p.2),
                     _ => "-".to_string(),
                 };
+                let how = match (a.prepared, a.one_pass) {
+                    (true, true) => ", prepared, one pass",
+                    (true, false) => ", prepared",
+                    (false, true) => ", one pass",
+                    (false, false) => "",
+                };
                 println!(
-                    "| {m} | {pass} | {order:?} | {} | {} | {} | {} | {} | {} |",
+                    "| {m} | {pass} | {order:?}{how} | {} | {} | {} | {} | {} | {} |",
                     cell(Some(f)),
                     cell(Some(p)),
                     ratio(Some(f), Some(p)),
