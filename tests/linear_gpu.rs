@@ -2157,7 +2157,8 @@ fn device_binding_at_most(bytes: u64) -> Option<Arc<LinearDevice>> {
 
 /// A buffer over the device's limit is `LinearError::TooLarge` on every path, naming the
 /// buffer, the limit and what avoids it: plain weights at upload, a coded matrix's tile at
-/// upload, a host call's and a recorded call's activations.
+/// upload, a recorded call's activations; the GPU entry points given a buffer they would bind
+/// past the limit return `GpuError::TooLarge` (wgpu's validation would panic).
 #[test]
 fn buffers_over_the_limit_are_too_large_on_every_path() {
     use ecq::linear::{ActivationOrder, GpuLinear};
@@ -2211,6 +2212,33 @@ fn buffers_over_the_limit_are_too_large_on_every_path() {
         let r = layer.prepare_forward((&xb).into(), ActivationOrder::Lanes, m, (&yb).into());
         too_large(r.map(|_| ()), "activations", LinearError::REMEDY_ROWS);
     }
+    // the GPU entry points given a buffer past the binding limit (100 KiB) where they bind it
+    // whole: an error, not wgpu's validation panic
+    use ecq::gpu::{CodedMatrixRef, GpuError, QuantParamsRef};
+    let (ctx, registry) = (d.gpu(), d.gpu().registry());
+    let past = |r: Result<ecq::gpu::Dispatch, GpuError>, what: &str| match r {
+        Err(GpuError::TooLarge { what: w, limit, .. }) => {
+            assert_eq!((w.as_str(), limit), (what, 65536));
+        }
+        other => panic!("{what}: not TooLarge: {other:?}"),
+    };
+    let m8 = ctx
+        .upload_coded(
+            CodedMatrixRef::from(&c.enc),
+            Some(QuantParamsRef::from(&c.q)),
+        )
+        .unwrap();
+    let y = d.activation_buffer(32);
+    past(m8.gemv_dispatch(d.device(), registry, &xb, &y), "x");
+    let packed = ecq::gpu::DecodeOutput::Packed;
+    past(m8.decode_dispatch(d.device(), registry, &xb, packed), "out");
+    let q = ctx.upload_quantized(&c.q).unwrap();
+    past(q.gemv_dispatch(d.device(), registry, &xb, &y), "x");
+    let lanes = ecq::gpu::BufferRange::from(&xb);
+    past(
+        ecq::gpu::x_order_dispatch(d.device(), registry, lanes, (&y).into(), 1, 256, true),
+        "x",
+    );
 }
 
 /// `ecq::gpu::copy_rows_dispatch`: rows moved between strides at offsets no binding could start

@@ -1240,6 +1240,8 @@ impl GpuCodedMatrix {
         mode: DecodeOutput,
         variant: FusedVariant,
     ) -> Result<Dispatch, GpuError> {
+        // (bound whole: wgpu's validation would panic on a buffer past the binding limit)
+        super::BufferRange::from(out).check_binding_size(device, "out")?;
         let blocked = variant.is_blocked();
         if blocked && !self.decode_blocked_supported(registry, mode) {
             return Err(GpuError::Unsupported(
@@ -1718,6 +1720,9 @@ impl GpuCodedMatrix {
                 if vectors == 1 { "" } else { "s" }
             )));
         }
+        // (bound whole: wgpu's validation would panic on a buffer past the binding limit)
+        super::BufferRange::from(x).check_binding_size(device, "x")?;
+        super::BufferRange::from(y).check_binding_size(device, "y")?;
         let mut p = self.params;
         let mut layout = self.fused_layout();
         layout.x8_activations = x8;

@@ -876,10 +876,22 @@ impl<'a> BufferRange<'a> {
         self.size
     }
 
-    /// Whether `device` can bind the range: it lies inside the buffer, is not empty, and
-    /// starts at a multiple of the device's storage offset alignment. `what` names the range
+    /// Whether `device` can bind the range: it lies inside the buffer, is not empty, starts
+    /// at a multiple of the device's storage offset alignment ([`GpuError::InvalidInput`]
+    /// otherwise) and is no larger than the device binds ([`GpuError::TooLarge`]: pass a range
+    /// of the bytes a launch reads rather than a whole larger buffer). `what` names the range
     /// in the error.
     pub fn check(&self, device: &wgpu::Device, what: &str) -> Result<(), GpuError> {
+        self.check_placement(device, what)?;
+        self.check_binding_size(device, what)
+    }
+
+    /// [`Self::check`] but for the size limit: for a range whose launches bind parts of it.
+    pub(crate) fn check_placement(
+        &self,
+        device: &wgpu::Device,
+        what: &str,
+    ) -> Result<(), GpuError> {
         let align = u64::from(device.limits().min_storage_buffer_offset_alignment).max(1);
         let end = self.offset.checked_add(self.size);
         if self.size == 0 || end.is_none_or(|e| e > self.buffer.size()) {

@@ -1248,8 +1248,13 @@ impl EntropyCodedLinear {
         LinearError::gpu(&self.name, source)
     }
 
-    /// A call's buffer `what` of `bytes` within the device's limit.
-    fn check_buffer(&self, what: &str, bytes: u64) -> Result<(), LinearError> {
+    /// A call's buffer `what` of `bytes` within the device's limit, else `remedy`.
+    fn check_buffer(
+        &self,
+        what: &str,
+        bytes: u64,
+        remedy: &'static str,
+    ) -> Result<(), LinearError> {
         let (limit, limit_name) = self.dev.max_buffer_limit();
         if bytes > limit {
             return Err(LinearError::TooLarge {
@@ -1258,7 +1263,7 @@ impl EntropyCodedLinear {
                 bytes,
                 limit,
                 limit_name,
-                remedy: LinearError::REMEDY_ROWS,
+                remedy,
             });
         }
         Ok(())
@@ -1695,8 +1700,16 @@ impl EntropyCodedLinear {
         let per = self.gemv_vectors as usize;
         let bands = self.bands.iter().map(|b| (b.row0, b.rows)).collect();
         let layout = LaunchLayout::new(m, per, k4, self.rows, bands, align);
-        self.check_buffer("activations", layout.x_slots_bytes())?;
-        self.check_buffer("outputs", (self.rows * 4 * m) as u64)?;
+        self.check_buffer(
+            "activations",
+            layout.x_slots_bytes(),
+            LinearError::REMEDY_ROWS,
+        )?;
+        self.check_buffer(
+            "outputs",
+            (self.rows * 4 * m) as u64,
+            LinearError::REMEDY_ROWS,
+        )?;
         let mut scratch = dev.call_scratch();
         let mut enc = device.create_command_encoder(&Default::default());
         let xb = scratch
@@ -1717,7 +1730,7 @@ impl EntropyCodedLinear {
         let y = scratch.y((self.rows * 4 * m) as u64);
         let parts = match layout.parts_bytes() {
             Some(bytes) => {
-                self.check_buffer("launch outputs", bytes)?;
+                self.check_buffer("launch outputs", bytes, LinearError::REMEDY_ROWS)?;
                 Some(scratch.parts(bytes))
             }
             None => None,
@@ -1787,7 +1800,11 @@ impl EntropyCodedLinear {
         // activation rows per dispatch: at most 512, and within the buffer limits
         let per = gemm_rows_per_dispatch(k4, r, self.dev.max_buffer_bytes());
         if per == 0 {
-            self.check_buffer("one activation row", xrow.max(r as u64 * 4))?;
+            self.check_buffer(
+                "one activation row",
+                xrow.max(r as u64 * 4),
+                LinearError::REMEDY_DEVICE,
+            )?;
         }
         let submit = |start: usize, mb: usize| {
             let mut scratch = self.dev.call_scratch();
@@ -1884,7 +1901,11 @@ impl EntropyCodedLinear {
         let k4 = k.div_ceil(4) * 4;
         let per = gemm_rows_per_dispatch(k4, r, dev.max_buffer_bytes());
         if per == 0 {
-            self.check_buffer("one activation row", (k4 as u64 * 4).max(r as u64 * 4))?;
+            self.check_buffer(
+                "one activation row",
+                (k4 as u64 * 4).max(r as u64 * 4),
+                LinearError::REMEDY_DEVICE,
+            )?;
         }
         let gpu = |e| self.gpu_err(e);
         // (the batched kernel writes every band's outputs of its rows: one band for the layout)

@@ -352,11 +352,11 @@ impl<'a> ResidentCall<'a> {
         };
         use wgpu::BufferUsages as U;
         need(&y, "y", U::STORAGE)?;
-        y.check(device, "y")
+        y.check_placement(device, "y")
             .map_err(|source| LinearError::gpu(layer, source))?;
         if x_bytes > 0 {
             need(&x, "x", U::STORAGE)?;
-            x.check(device, "x")
+            x.check_placement(device, "x")
                 .map_err(|source| LinearError::gpu(layer, source))?;
             let overlap = x.offset() < y.offset() + y.size() && y.offset() < x.offset() + x.size();
             if x.buffer() == y.buffer() && overlap {
