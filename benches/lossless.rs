@@ -79,7 +79,10 @@ fn bench(c: &mut Criterion) {
         .iter()
         .map(|m| g.plain_dispatch(m, &xb, &yb).unwrap())
         .collect();
-    let fused_d: Vec<_> = fused.iter().map(|m| g.gemv_dispatch(m, &xb, &yb)).collect();
+    let fused_d: Vec<_> = fused
+        .iter()
+        .map(|m| g.gemv_dispatch(m, &xb, &yb).unwrap())
+        .collect();
     let idx_d: Vec<_> = idx
         .iter()
         .map(|m| g.indexed_gemv_dispatch(m, &xb, &yb).unwrap())

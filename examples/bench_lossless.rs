@@ -335,7 +335,7 @@ fn main() {
                 .unwrap();
             let dds: Vec<_> = mats
                 .iter()
-                .flat_map(|m| g.indexed_decode_dispatches(m, &out))
+                .flat_map(|m| g.indexed_decode_dispatches(m, &out).unwrap())
                 .collect();
             let t_dec = time_groups(&g, &timer, &dds, 2, args.iters, args.rounds).t;
             eprintln!(
@@ -408,7 +408,7 @@ fn main() {
                 }
                 let fds: Vec<_> = mats
                     .iter()
-                    .map(|c| g.gemv_dispatch_with(c, &xb, &yb, sub))
+                    .map(|c| g.gemv_dispatch_with(c, &xb, &yb, sub).unwrap())
                     .collect();
                 let Timing { t, wall } = time(&g, &timer, &fds, args.iters, args.rounds);
                 let name = if sub { "subgroup" } else { "workgroup" };
@@ -426,7 +426,10 @@ fn main() {
                     wgpu::BufferUsages::empty(),
                 )
                 .unwrap();
-            let dds: Vec<_> = mats.iter().map(|c| g.decode_dispatch(c, &out)).collect();
+            let dds: Vec<_> = mats
+                .iter()
+                .map(|c| g.decode_dispatch(c, &out).unwrap())
+                .collect();
             let t_dec = time(&g, &timer, &dds, args.iters, args.rounds).t;
             for c in &mats {
                 g.check_errors(c).expect("no kernel errors");

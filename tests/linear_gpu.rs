@@ -2130,29 +2130,10 @@ fn prepared_calls_replay_forward_batch_bit_for_bit() {
     }
 }
 
-/// A device like the tests' whose storage buffers bind at most `bytes` (`None` where there is
-/// no adapter: the tests' device announced that).
+/// A layer device like the tests' whose storage buffers bind at most `bytes` (`None` where
+/// there is no adapter).
 fn device_binding_at_most(bytes: u64) -> Option<Arc<LinearDevice>> {
-    let want = dev()?.gpu().adapter_name().to_string();
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle().with_env());
-    let adapter = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
-        .into_iter()
-        .find(|a| a.get_info().name == want)
-        .expect("the tests' adapter");
-    let info = adapter.get_info();
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        label: Some("ecq small bindings"),
-        required_limits: wgpu::Limits {
-            max_storage_buffer_binding_size: bytes,
-            ..Default::default()
-        },
-        ..Default::default()
-    }))
-    .expect("a device with smaller limits");
-    Some(LinearDevice::from_context(
-        ecq::gpu::GpuContext::from_device(device, queue, info),
-    ))
+    gpu_common::context_binding_at_most(bytes).map(LinearDevice::from_context)
 }
 
 /// A buffer over the device's limit is `LinearError::TooLarge` on every path, naming the

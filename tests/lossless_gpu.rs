@@ -423,3 +423,67 @@ fn indexed_form_errors() {
     let e = IndexedMatrix::from_lossless(&f).unwrap_err().to_string();
     assert!(e.contains("bf16 only"), "{e}");
 }
+
+/// The dispatch entry points check the buffers they bind: an `out` or `x`/`y` too small is
+/// `InvalidInput` (the kernels would drop the writes past it: silently missing values), one
+/// past the device's binding limit `TooLarge` (wgpu's validation would panic).
+#[test]
+fn dispatches_check_their_buffers() {
+    let Some(g) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(61);
+    let (r, k) = (8, 64);
+    let w = weights(&mut rng, r * k, 0.02, HalfType::BF16);
+    let m = encode(&w, r, k, HalfType::BF16, &small()).unwrap();
+    let gm = g.upload(&m).unwrap();
+    let gi = g
+        .upload_indexed(&IndexedMatrix::from_bf16(&wide_weights(&mut rng, r * k), r, k).unwrap())
+        .unwrap();
+    let none = wgpu::BufferUsages::empty();
+    let buf = |bytes: usize| g.storage("b", &vec![0u8; bytes], none).unwrap();
+    let short = |r: Result<(), GpuError>, what: &str| match r {
+        Err(GpuError::InvalidInput(e)) => assert!(e.contains(what), "{e}"),
+        other => panic!("{what}: {other:?}"),
+    };
+    // (storage buffers are padded to 16 bytes: short by 16)
+    let (out_short, out) = (buf(r * k * 2 - 16), buf(r * k * 2));
+    let (x, y) = (buf(k * 4), buf(r * 4));
+    short(g.decode_dispatch(&gm, &out_short).map(|_| ()), "out buffer");
+    short(
+        g.indexed_decode_dispatches(&gi, &out_short).map(|_| ()),
+        "out buffer",
+    );
+    short(
+        g.gemv_dispatch(&gm, &buf(k * 4 - 16), &y).map(|_| ()),
+        "x buffer",
+    );
+    short(
+        g.gemv_dispatch(&gm, &x, &buf(r * 4 - 16)).map(|_| ()),
+        "y buffer",
+    );
+    assert!(g.decode_dispatch(&gm, &out).is_ok());
+    assert!(g.indexed_decode_dispatches(&gi, &out).is_ok());
+    assert!(g.gemv_dispatch(&gm, &x, &y).is_ok());
+    // on a device binding 64 KiB, buffers of 100 KiB
+    let Some(ctx) = gpu_common::context_binding_at_most(64 * 1024) else {
+        return;
+    };
+    let small_g = LosslessGpu::new(&ctx).unwrap();
+    let gm = small_g.upload(&m).unwrap();
+    // (a caller's buffer: the context's own `storage` refuses one past the limit)
+    let big = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("big"),
+        size: 100 * 1024,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let y = small_g.storage("y", &[0u8; 32], none).unwrap();
+    for (what, r) in [
+        ("decode", small_g.decode_dispatch(&gm, &big).map(|_| ())),
+        ("gemv", small_g.gemv_dispatch(&gm, &big, &y).map(|_| ())),
+    ] {
+        assert!(
+            matches!(r, Err(GpuError::TooLarge { limit: 65536, .. })),
+            "{what}: {r:?}"
+        );
+    }
+}

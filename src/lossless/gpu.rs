@@ -332,6 +332,19 @@ fn check_xy(x: &wgpu::Buffer, cols: usize, y: &wgpu::Buffer, rows: usize) -> Res
     Ok(())
 }
 
+/// Checks that a decode's `out` buffer holds a `rows x cols` matrix's 16-bit patterns (the
+/// kernels' writes past a smaller one would be dropped: silently missing weights).
+fn check_out(out: &wgpu::Buffer, rows: usize, cols: usize) -> Result<(), GpuError> {
+    let bytes = 2 * rows as u64 * cols as u64;
+    if out.size() < bytes {
+        return Err(GpuError::InvalidInput(format!(
+            "out buffer has {} bytes, the decode of {rows} x {cols} 16-bit weights needs {bytes}",
+            out.size()
+        )));
+    }
+    Ok(())
+}
+
 fn u32_of(what: &str, v: usize) -> Result<u32, GpuError> {
     u32::try_from(v).map_err(|_| GpuError::Unsupported(format!("{what} = {v} exceeds u32")))
 }
@@ -593,7 +606,11 @@ impl LosslessGpu {
         label: &str,
         bufs: &[&wgpu::Buffer],
         workgroups: (u32, u32),
-    ) -> LosslessDispatch {
+    ) -> Result<LosslessDispatch, GpuError> {
+        // (every buffer is bound whole: wgpu's validation would panic on one past the limit)
+        for b in bufs {
+            crate::gpu::BufferRange::from(*b).check_binding_size(&self.device, label)?;
+        }
         let entries: Vec<wgpu::BindGroupEntry> = bufs
             .iter()
             .enumerate()
@@ -607,11 +624,11 @@ impl LosslessGpu {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        LosslessDispatch {
+        Ok(LosslessDispatch {
             pipeline: pipeline.clone(),
             bind_group,
             workgroups,
-        }
+        })
     }
 
     fn coded_dispatch(
@@ -619,7 +636,7 @@ impl LosslessGpu {
         m: &GpuLosslessMatrix,
         pipeline: &wgpu::ComputePipeline,
         tail: &[&wgpu::Buffer],
-    ) -> LosslessDispatch {
+    ) -> Result<LosslessDispatch, GpuError> {
         let mut p = m.params;
         let (gx, gy) = self.grid(p.total_wg);
         p.wg_x = gx;
@@ -633,8 +650,13 @@ impl LosslessGpu {
 
     /// The decode launch writing `m`'s 16-bit patterns into `out` (`rows * cols / 2` u32
     /// words, low half first), with the subgroup kernel (`wgsl/bf16_decode_subgroup.wgsl`)
-    /// when available.
-    pub fn decode_dispatch(&self, m: &GpuLosslessMatrix, out: &wgpu::Buffer) -> LosslessDispatch {
+    /// when available. [`GpuError::InvalidInput`] for an `out` too small,
+    /// [`GpuError::TooLarge`] for one past the device's binding limit.
+    pub fn decode_dispatch(
+        &self,
+        m: &GpuLosslessMatrix,
+        out: &wgpu::Buffer,
+    ) -> Result<LosslessDispatch, GpuError> {
         self.decode_dispatch_with(m, out, self.uses_subgroups())
     }
 
@@ -645,7 +667,8 @@ impl LosslessGpu {
         m: &GpuLosslessMatrix,
         out: &wgpu::Buffer,
         subgroup: bool,
-    ) -> LosslessDispatch {
+    ) -> Result<LosslessDispatch, GpuError> {
+        check_out(out, m.rows(), m.cols())?;
         let p = match (&self.decode_subgroup, subgroup) {
             (Some(p), true) => p,
             _ => &self.decode,
@@ -659,13 +682,14 @@ impl LosslessGpu {
     }
 
     /// The fused decode + GEMV launch `y = W x` (`x`: `cols` f32, `y`: `rows` f32), with the
-    /// subgroup kernel when available.
+    /// subgroup kernel when available. [`GpuError::InvalidInput`] for `x` or `y` too small,
+    /// [`GpuError::TooLarge`] for one past the device's binding limit.
     pub fn gemv_dispatch(
         &self,
         m: &GpuLosslessMatrix,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
-    ) -> LosslessDispatch {
+    ) -> Result<LosslessDispatch, GpuError> {
         self.gemv_dispatch_with(m, x, y, self.uses_subgroups())
     }
 
@@ -677,7 +701,8 @@ impl LosslessGpu {
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
         subgroup: bool,
-    ) -> LosslessDispatch {
+    ) -> Result<LosslessDispatch, GpuError> {
+        check_xy(x, m.cols(), y, m.rows())?;
         let p = match (&self.fused_subgroup, subgroup) {
             (Some(p), true) => p,
             _ => &self.fused,
@@ -718,7 +743,7 @@ impl LosslessGpu {
             total_wg: total,
         };
         let ub = self.uniform(&p);
-        Ok(self.launch(pipeline, "bf16 plain", &[&ub, &m.weights, x, y], (gx, gy)))
+        self.launch(pipeline, "bf16 plain", &[&ub, &m.weights, x, y], (gx, gy))
     }
 
     /// Copies `bytes` bytes of `src` to the host (blocking).
@@ -818,7 +843,7 @@ impl LosslessGpu {
             &vec![0xFF; n * 2],
             wgpu::BufferUsages::COPY_SRC,
         )?;
-        let d = self.decode_dispatch_with(m, &out, subgroup);
+        let d = self.decode_dispatch_with(m, &out, subgroup)?;
         self.run(Some(m), &[&d])?;
         self.read_u16(&out, n)
     }
@@ -886,7 +911,7 @@ impl LosslessGpu {
         subgroup: bool,
     ) -> Result<Vec<f32>, GpuError> {
         self.run_gemv((m.rows(), m.cols()), x, Some(m), |xb, yb| {
-            Ok(self.gemv_dispatch_with(m, xb, yb, subgroup))
+            self.gemv_dispatch_with(m, xb, yb, subgroup)
         })
     }
 
@@ -953,7 +978,7 @@ impl LosslessGpu {
         pipeline: &wgpu::ComputePipeline,
         rows_per_wg: usize,
         bufs: &[&wgpu::Buffer],
-    ) -> LosslessDispatch {
+    ) -> Result<LosslessDispatch, GpuError> {
         let mut p = m.params;
         // fits: rows fits u32 (upload_indexed)
         p.total_wg = p.rows.div_ceil(rows_per_wg as u32);
@@ -974,12 +999,12 @@ impl LosslessGpu {
         y: &wgpu::Buffer,
     ) -> Result<LosslessDispatch, GpuError> {
         check_xy(x, m.cols(), y, m.rows())?;
-        Ok(self.indexed_dispatch(
+        self.indexed_dispatch(
             m,
             &self.indexed_gemv,
             GEMV_WARPS,
             &[&m.words, &m.escape_rows, &m.escapes, x, y],
-        ))
+        )
     }
 
     /// A pipeline of `module` with `override` constants set (diagnostic variants).
@@ -1010,12 +1035,12 @@ impl LosslessGpu {
         let mut c = consts.to_vec();
         let rows_per_wg = variant_rows_per_wg(&mut c)?;
         let p = self.variant(&self.indexed_gemv_module, &c)?;
-        Ok(self.indexed_dispatch(
+        self.indexed_dispatch(
             m,
             &p,
             rows_per_wg,
             &[&m.words, &m.escape_rows, &m.escapes, x, y],
-        ))
+        )
     }
 
     /// [`Self::plain_dispatch`] (bf16) with the kernel's diagnostic `override` constants set
@@ -1042,26 +1067,28 @@ impl LosslessGpu {
     /// The two decode launches of the indexed form writing the bf16 patterns into `out`
     /// (`rows * cols / 2` u32 words, low half first): the dense weights
     /// (`wgsl/bf16_indexed_decode.wgsl`), then the escapes (`wgsl/bf16_indexed_patch.wgsl`).
-    /// Record both, in order, into one pass.
+    /// Record both, in order, into one pass. [`GpuError::InvalidInput`] for an `out` too
+    /// small, [`GpuError::TooLarge`] for one past the device's binding limit.
     pub fn indexed_decode_dispatches(
         &self,
         m: &GpuIndexedMatrix,
         out: &wgpu::Buffer,
-    ) -> [LosslessDispatch; 2] {
-        [
+    ) -> Result<[LosslessDispatch; 2], GpuError> {
+        check_out(out, m.rows(), m.cols())?;
+        Ok([
             self.indexed_dispatch(
                 m,
                 &self.indexed_decode,
                 INDEXED_ROWS_PER_WG,
                 &[&m.words, out],
-            ),
+            )?,
             self.indexed_dispatch(
                 m,
                 &self.indexed_patch,
                 INDEXED_ROWS_PER_WG,
                 &[&m.escape_rows, &m.escapes, out],
-            ),
-        ]
+            )?,
+        ])
     }
 
     /// Fused GEMV `y = W x` on the indexed form (f32 accumulation), read back.
@@ -1083,7 +1110,7 @@ impl LosslessGpu {
             &vec![0xA5; n * 2],
             wgpu::BufferUsages::COPY_SRC,
         )?;
-        let [dense, patch] = self.indexed_decode_dispatches(m, &out);
+        let [dense, patch] = self.indexed_decode_dispatches(m, &out)?;
         self.run(None, &[&dense, &patch])?;
         self.read_u16(&out, n)
     }

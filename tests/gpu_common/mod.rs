@@ -37,6 +37,29 @@ pub fn ctx() -> Option<&'static GpuContext> {
     .as_ref()
 }
 
+/// A context on the tests' adapter whose storage buffers bind at most `bytes` (`None` where
+/// there is no adapter: [`ctx`] announced that), for the errors a small device must give.
+pub fn context_binding_at_most(bytes: u64) -> Option<GpuContext> {
+    let want = ctx()?.adapter_name().to_string();
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle().with_env());
+    let adapter = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .into_iter()
+        .find(|a| a.get_info().name == want)
+        .expect("the tests' adapter");
+    let info = adapter.get_info();
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("ecq small bindings"),
+        required_limits: wgpu::Limits {
+            max_storage_buffer_binding_size: bytes,
+            ..Default::default()
+        },
+        ..Default::default()
+    }))
+    .expect("a device with smaller limits");
+    Some(GpuContext::from_device(device, queue, info))
+}
+
 /// Says on stderr, where it cannot be captured, that part of a GPU test could not run on this
 /// adapter (and what was checked instead).
 pub fn announce_unsupported(what: &str) {
