@@ -50,6 +50,10 @@ use rand_chacha::ChaCha8Rng;
 #[path = "../examples/common/timing.rs"]
 mod timing;
 
+#[path = "common/env.rs"]
+mod env;
+use env::{env_num, env_shape};
+
 fn run(ctx: &GpuContext, timer: &timing::GpuTimer, ds: &[Dispatch], iters: u64) -> Duration {
     let s = timer.time_pass(ctx.device(), ctx.queue(), |pass| {
         for i in 0..iters as usize {
@@ -57,11 +61,6 @@ fn run(ctx: &GpuContext, timer: &timing::GpuTimer, ds: &[Dispatch], iters: u64) 
         }
     });
     Duration::from_secs_f64(s.gpu.unwrap_or(s.wall))
-}
-
-/// The environment variable `name` as a number, if it is set and parses.
-fn env_num<T: std::str::FromStr>(name: &str) -> Option<T> {
-    std::env::var(name).ok()?.parse().ok()
 }
 
 fn bench(c: &mut Criterion) {
@@ -77,13 +76,7 @@ fn bench(c: &mut Criterion) {
             return;
         }
     };
-    let (r, k) = std::env::var("ECQ_GPU_BENCH_SHAPE")
-        .ok()
-        .and_then(|s| {
-            let (a, b) = s.split_once('x')?;
-            Some((a.parse().ok()?, b.parse().ok()?))
-        })
-        .unwrap_or((1024usize, 4096usize));
+    let (r, k) = env_shape("ECQ_GPU_BENCH_SHAPE", (1024, 4096));
     let sets: usize = env_num("ECQ_GPU_BENCH_SETS").unwrap_or(4);
     let bits: u32 = env_num("ECQ_GPU_BENCH_BITS").unwrap_or(4);
     assert!(

@@ -26,6 +26,10 @@ use ecq::rans::{EncodeOptions, SplitMatrix, SplitOrder};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+#[path = "common/env.rs"]
+mod env;
+use env::env_shape;
+
 fn bench(c: &mut Criterion) {
     let dev = match LinearDevice::new() {
         Ok(d) => d,
@@ -34,13 +38,7 @@ fn bench(c: &mut Criterion) {
             return;
         }
     };
-    let (r, k) = std::env::var("ECQ_LINEAR_BENCH_SHAPE")
-        .ok()
-        .and_then(|s| {
-            let (a, b) = s.split_once('x')?;
-            Some((a.parse().ok()?, b.parse().ok()?))
-        })
-        .unwrap_or((1024usize, 4096usize));
+    let (r, k) = env_shape("ECQ_LINEAR_BENCH_SHAPE", (1024, 4096));
     let rows: Vec<usize> = std::env::var("ECQ_LINEAR_BENCH_ROWS")
         .unwrap_or_else(|_| "1,16".into())
         .split(',')

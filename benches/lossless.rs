@@ -23,6 +23,10 @@ use rand_chacha::ChaCha8Rng;
 #[path = "../examples/common/timing.rs"]
 mod timing;
 
+#[path = "common/env.rs"]
+mod env;
+use env::{env_num, env_shape};
+
 fn run(g: &LosslessGpu, timer: &timing::GpuTimer, ds: &[LosslessDispatch], iters: u64) -> Duration {
     let s = timer.time_pass(g.device(), g.queue(), |pass| {
         for i in 0..iters as usize {
@@ -30,10 +34,6 @@ fn run(g: &LosslessGpu, timer: &timing::GpuTimer, ds: &[LosslessDispatch], iters
         }
     });
     Duration::from_secs_f64(s.gpu.unwrap_or(s.wall))
-}
-
-fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
-    std::env::var(name).ok()?.parse().ok()
 }
 
 fn bench(c: &mut Criterion) {
@@ -45,14 +45,8 @@ fn bench(c: &mut Criterion) {
         }
     };
     let g = LosslessGpu::new(&ctx).expect("lossless kernels");
-    let (r, k) = std::env::var("ECQ_GPU_BENCH_SHAPE")
-        .ok()
-        .and_then(|s| {
-            let (a, b) = s.split_once('x')?;
-            Some((a.parse().ok()?, b.parse().ok()?))
-        })
-        .unwrap_or((1024usize, 4096usize));
-    let sets: usize = env("ECQ_GPU_BENCH_SETS").unwrap_or(4);
+    let (r, k) = env_shape("ECQ_GPU_BENCH_SHAPE", (1024, 4096));
+    let sets: usize = env_num("ECQ_GPU_BENCH_SETS").unwrap_or(4);
     let timer = timing::GpuTimer::new(g.device(), g.queue(), false);
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let w: Vec<u16> = (0..r * k)
