@@ -34,12 +34,12 @@ pub fn add_bias_dispatch(
     }
     let (gx, gy) = grid(device, total.div_ceil(256));
     let pipeline = registry.get(device, Kernel::AddBias, "main", &[])?;
-    vector_pass_dispatch(
+    Ok(vector_pass_dispatch(
         device,
         pipeline,
         [n as u32, total, gx, 0],
         BufferRange::new(bias.buffer(), bias.offset(), bias_bytes),
         BufferRange::new(y.buffer(), y.offset(), y_bytes),
         (gx, gy),
-    )
+    ))
 }

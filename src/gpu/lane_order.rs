@@ -149,14 +149,14 @@ pub fn x_order_dispatch(
     let (gx, gy) = grid(device, total.div_ceil(256).max(1));
     let constants: &[(&'static str, u32)] = if to_lanes { &[] } else { &[("TO_COLUMNS", 1)] };
     let pipeline = registry.get(device, Kernel::XLaneOrder, "main", constants)?;
-    vector_pass_dispatch(
+    Ok(vector_pass_dispatch(
         device,
         pipeline,
         [cols4, total, gx, 0],
         BufferRange::new(x.buffer(), x.offset(), bytes),
         BufferRange::new(out.buffer(), out.offset(), bytes),
         (gx, gy),
-    )
+    ))
 }
 
 #[cfg(test)]

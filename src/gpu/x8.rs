@@ -182,7 +182,14 @@ pub fn quantize_x8_dispatch<'b>(
         "main",
         &[("ORDER", order.constant())],
     )?;
-    vector_pass_dispatch(device, pipeline, [pieces, gx, 0, 0], x, out, (gx, gy))
+    Ok(vector_pass_dispatch(
+        device,
+        pipeline,
+        [pieces, gx, 0, 0],
+        x,
+        out,
+        (gx, gy),
+    ))
 }
 
 /// `x` uploaded and quantized on the GPU into a new buffer of [`x8_bytes`] bytes (the input of
