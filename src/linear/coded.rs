@@ -1248,13 +1248,8 @@ impl EntropyCodedLinear {
         LinearError::gpu(&self.name, source)
     }
 
-    /// A call's buffer `what` of `bytes` within the device's limit, else `remedy`.
-    fn check_buffer(
-        &self,
-        what: &str,
-        bytes: u64,
-        remedy: &'static str,
-    ) -> Result<(), LinearError> {
+    /// A call's buffer `what` of `bytes` within the device's limit (else too many rows).
+    fn check_buffer(&self, what: &str, bytes: u64) -> Result<(), LinearError> {
         let (limit, limit_name) = self.dev.max_buffer_limit();
         if bytes > limit {
             return Err(LinearError::TooLarge {
@@ -1263,7 +1258,7 @@ impl EntropyCodedLinear {
                 bytes,
                 limit,
                 limit_name,
-                remedy,
+                remedy: LinearError::REMEDY_ROWS,
             });
         }
         Ok(())
@@ -1700,16 +1695,8 @@ impl EntropyCodedLinear {
         let per = self.gemv_vectors as usize;
         let bands = self.bands.iter().map(|b| (b.row0, b.rows)).collect();
         let layout = LaunchLayout::new(m, per, k4, self.rows, bands, align);
-        self.check_buffer(
-            "activations",
-            layout.x_slots_bytes(),
-            LinearError::REMEDY_ROWS,
-        )?;
-        self.check_buffer(
-            "outputs",
-            (self.rows * 4 * m) as u64,
-            LinearError::REMEDY_ROWS,
-        )?;
+        self.check_buffer("activations", layout.x_slots_bytes())?;
+        self.check_buffer("outputs", (self.rows * 4 * m) as u64)?;
         let mut scratch = dev.call_scratch();
         let mut enc = device.create_command_encoder(&Default::default());
         let xb = scratch
@@ -1730,7 +1717,7 @@ impl EntropyCodedLinear {
         let y = scratch.y((self.rows * 4 * m) as u64);
         let parts = match layout.parts_bytes() {
             Some(bytes) => {
-                self.check_buffer("launch outputs", bytes, LinearError::REMEDY_ROWS)?;
+                self.check_buffer("launch outputs", bytes)?;
                 Some(scratch.parts(bytes))
             }
             None => None,
@@ -1796,16 +1783,8 @@ impl EntropyCodedLinear {
     fn run_gemm_into(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), LinearError> {
         let (r, k) = (self.rows, self.cols);
         let k4 = k.div_ceil(4) * 4;
-        let xrow = k4 as u64 * 4;
         // activation rows per dispatch: at most 512, and within the buffer limits
-        let per = gemm_rows_per_dispatch(k4, r, self.dev.max_buffer_bytes());
-        if per == 0 {
-            self.check_buffer(
-                "one activation row",
-                xrow.max(r as u64 * 4),
-                LinearError::REMEDY_DEVICE,
-            )?;
-        }
+        let per = gemm_rows_per_dispatch(&self.dev, &self.name, k4, r)?;
         let submit = |start: usize, mb: usize| {
             let mut scratch = self.dev.call_scratch();
             let mut enc = self
@@ -1899,14 +1878,7 @@ impl EntropyCodedLinear {
         let dev = &self.dev;
         let (r, k) = (self.rows, self.cols);
         let k4 = k.div_ceil(4) * 4;
-        let per = gemm_rows_per_dispatch(k4, r, dev.max_buffer_bytes());
-        if per == 0 {
-            self.check_buffer(
-                "one activation row",
-                (k4 as u64 * 4).max(r as u64 * 4),
-                LinearError::REMEDY_DEVICE,
-            )?;
-        }
+        let per = gemm_rows_per_dispatch(dev, &self.name, k4, r)?;
         let gpu = |e| self.gpu_err(e);
         // (the batched kernel writes every band's outputs of its rows: one band for the layout)
         let (layout, parts) = call.outputs(dev, per, k4, vec![(0, r)]).map_err(gpu)?;
@@ -2009,13 +1981,31 @@ impl GpuLinear for EntropyCodedLinear {
     }
 }
 
-/// Activation rows a batched submission takes for rows of `k4` inputs and `r` outputs: at
-/// most [`MAX_M_PER_DISPATCH`], within the buffer limit `limit` (0 where one row is too large).
-pub(crate) fn gemm_rows_per_dispatch(k4: usize, r: usize, limit: u64) -> usize {
-    let xrow = k4 as u64 * 4;
-    (MAX_M_PER_DISPATCH as u64)
+/// Activation rows a batched launch of `layer` on `dev` takes for rows of `k4` inputs and `r`
+/// outputs: at most [`MAX_M_PER_DISPATCH`], as many as the device binds of both;
+/// [`LinearError::TooLarge`] where not one row fits.
+pub(crate) fn gemm_rows_per_dispatch(
+    dev: &LinearDevice,
+    layer: &str,
+    k4: usize,
+    r: usize,
+) -> Result<usize, LinearError> {
+    let (xrow, yrow) = (k4 as u64 * 4, r as u64 * 4);
+    let (limit, limit_name) = dev.max_buffer_limit();
+    match (MAX_M_PER_DISPATCH as u64)
         .min(limit / xrow.max(1))
-        .min(limit / (r as u64 * 4).max(1)) as usize
+        .min(limit / yrow.max(1))
+    {
+        0 => Err(LinearError::TooLarge {
+            layer: layer.into(),
+            what: "one activation row".into(),
+            bytes: xrow.max(yrow),
+            limit,
+            limit_name,
+            remedy: LinearError::REMEDY_DEVICE,
+        }),
+        per => Ok(per as usize),
+    }
 }
 
 impl Linear for EntropyCodedLinear {

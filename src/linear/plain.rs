@@ -433,22 +433,10 @@ impl QuantizedLinear {
         Ok(())
     }
 
-    /// Rows a `qgemm` launch takes: up to [`MAX_M_PER_DISPATCH`], as many as the device binds
-    /// of activations and outputs; [`LinearError::TooLarge`] where not one row fits.
+    /// Rows a `qgemm` launch takes ([`gemm_rows_per_dispatch`]).
     fn gemm_rows_per_dispatch(&self) -> Result<usize, LinearError> {
-        let (k4, r) = (self.in_features().div_ceil(4) * 4, self.out_features());
-        let (limit, limit_name) = self.dev.max_buffer_limit();
-        match gemm_rows_per_dispatch(k4, r, limit) {
-            0 => Err(LinearError::TooLarge {
-                layer: self.name.clone(),
-                what: "one activation row".into(),
-                bytes: (k4 as u64 * 4).max(r as u64 * 4),
-                limit,
-                limit_name,
-                remedy: LinearError::REMEDY_DEVICE,
-            }),
-            per => Ok(per),
-        }
+        let k4 = self.in_features().div_ceil(4) * 4;
+        gemm_rows_per_dispatch(&self.dev, &self.name, k4, self.out_features())
     }
 
     /// Which launches `forward_batch` runs for `m > 0` rows.
