@@ -659,12 +659,33 @@ fn coop_layers_match_reference() {
         let q = random_matrix(3802, rows, cols, 4, 64).0;
         let s = window(&q, 512);
         let layer_ref = CodedLayerRef::from_split(&s, 64, &q.scales, &q.biases, None);
-        let fused = EntropyCodedLinear::upload(&dev, "coop big", layer_ref, &coop).unwrap();
+        // (the fused launches at every row count, and the same layer decoding first, whose
+        // outputs are the plain layer's bit for bit)
+        let fused_opts = LinearOptions {
+            decode_first_min_rows: Some(usize::MAX),
+            ..coop.clone()
+        };
+        let fused = EntropyCodedLinear::upload(&dev, "coop big", layer_ref, &fused_opts).unwrap();
+        let layer_ref = CodedLayerRef::from_split(&s, 64, &q.scales, &q.biases, None);
+        let decoding = EntropyCodedLinear::upload(&dev, "coop big dec", layer_ref, &coop).unwrap();
+        assert_eq!(
+            decoding.decode_first_min_rows(),
+            ecq::linear::DECODE_FIRST_MIN_ROWS_COOP
+        );
         let mut plain = QuantizedLinear::upload(&dev, "coop big plain", &q, None).unwrap();
         assert!(fused.cooperative_matrix() && plain.set_cooperative_matrix(true));
         let x: Vec<f32> = (0..m * cols).map(|_| gaussian(&mut rng)).collect();
         let (want, sum_abs) = reference(&q, &x, m);
-        for (label, layer) in [("fused", &fused as &dyn GpuLinear), ("plain", &plain)] {
+        assert_eq!(
+            bits(&decoding.forward_batch(&x, m).unwrap()),
+            bits(&plain.forward_batch(&x, m).unwrap()),
+            "decoding first, {m} rows"
+        );
+        for (label, layer) in [
+            ("fused", &fused as &dyn GpuLinear),
+            ("decoding first", &decoding),
+            ("plain", &plain),
+        ] {
             let got = layer.forward_batch(&x, m).unwrap();
             assert_close(
                 &format!("{label}, {m} rows"),

@@ -2333,3 +2333,120 @@ fn calls_past_the_binding_limit_run_in_launches_it_binds() {
         assert_eq!(bits(got), want, "{}", layer.name());
     }
 }
+
+/// `LinearOptions::decode_first_min_rows`: a call of at least that many rows decodes the
+/// layer's weights and runs the plain layer's kernels on them, so its outputs are
+/// `QuantizedLinear`'s on the same weights bit for bit (host and recorded calls, with a bias,
+/// beyond one batched launch), for whole-symbol layers of 2, 4 and 8 bits, split ones and
+/// window splits (where a decode kernel runs them: those need 32-wide subgroups); a call of
+/// fewer rows stays fused, within the CPU reference's tolerance. Layers the plain kernels or
+/// no decode kernel can run, and layers in several row bands, never decode first. A corrupt
+/// stream is reported on this path too, host and recorded.
+#[test]
+fn decode_first_calls_are_the_plain_layer_bit_for_bit() {
+    use ecq::linear::{ActivationOrder, DECODE_FIRST_MIN_ROWS};
+    use gpu_common::{recorded, Placement};
+    let Some(d) = dev() else { return };
+    let min = DECODE_FIRST_MIN_ROWS;
+    // (rows, cols, bits, group, chunk symbols, tile chunks) coded whole
+    let whole = [
+        (37, 384, 4, 64, 1024, 2),
+        (96, 512, 2, 32, 4096, 3),
+        (40, 192, 8, 64, 2048, 4),
+    ];
+    let mut layers: Vec<(String, Case, EntropyCodedLinear)> = Vec::new();
+    for (i, &(r, k, b, gs, cs, tc)) in whole.iter().enumerate() {
+        let c = case(4100 + i as u64, r, k, b, gs, cs, tc);
+        let gpu = upload(d, &c, &LinearOptions::default()).unwrap();
+        assert_eq!(gpu.decode_first_min_rows(), min, "{r}x{k} b{b}");
+        layers.push((format!("whole {r}x{k} b{b}"), c, gpu));
+    }
+    for (i, (r, k, gs, cs, tc, order)) in split_shapes().into_iter().take(3).enumerate() {
+        let (c, s) = split_case(4200 + i as u64, r, k, gs, cs, tc, order);
+        let m = CodedLayerRef::from_split(&s, gs as usize, &c.q.scales, &c.q.biases, Some(&c.bias));
+        let gpu = EntropyCodedLinear::upload(d, "split", m, &LinearOptions::default()).unwrap();
+        assert_eq!(gpu.decode_first_min_rows(), min, "split {r}x{k} {order:?}");
+        layers.push((format!("split {r}x{k} {order:?}"), c, gpu));
+    }
+    let (c, s) = window_case(4300);
+    let m = CodedLayerRef::from_split(&s, 64, &c.q.scales, &c.q.biases, Some(&c.bias));
+    let gpu = EntropyCodedLinear::upload(d, "window", m, &LinearOptions::default()).unwrap();
+    let subgroups32 = d.gpu().registry().subgroups32();
+    assert_eq!(gpu.decode_first_min_rows() == min, subgroups32);
+    if subgroups32 {
+        layers.push(("window 16x2048".into(), c, gpu));
+    } else {
+        gpu_common::announce_unsupported(
+            "decoding a window split first (the blocked decode kernel needs 32-wide subgroups)",
+        );
+    }
+    for (label, c, gpu) in &layers {
+        let (r, k) = (gpu.out_features(), gpu.in_features());
+        let plain = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
+        let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
+        for m in [min - 1, min, 77, 515] {
+            let x = activations(r as u64 * 1000 + m as u64, m * k);
+            let got = gpu.forward_batch(&x, m).unwrap();
+            assert_close(&format!("{label} m{m}"), &cpu, &x, m, &got, 0.0);
+            let rec = recorded(gpu, &x, ActivationOrder::Columns, m, Placement::START).unwrap();
+            assert_eq!(bits(rec), bits(got.clone()), "{label} m{m}: recorded");
+            if m >= min {
+                let want = plain.forward_batch(&x, m).unwrap();
+                assert_eq!(
+                    bits(got),
+                    bits(want),
+                    "{label} m{m}: the plain layer's outputs"
+                );
+            }
+        }
+    }
+    // never: 3 bits (no plain kernel), several bands, or asked not to
+    let c = case(4400, 33, 320, 3, 32, 700, 5);
+    assert_eq!(
+        upload(d, &c, &LinearOptions::default())
+            .unwrap()
+            .decode_first_min_rows(),
+        usize::MAX
+    );
+    let c = case(4401, 64, 256, 4, 64, 256, 1);
+    let banded = LinearOptions {
+        max_buffer_bytes: Some(4096),
+        ..Default::default()
+    };
+    let gpu = upload(d, &c, &banded).unwrap();
+    assert!(gpu.n_bands() > 1);
+    assert_eq!(gpu.decode_first_min_rows(), usize::MAX);
+    let never = LinearOptions {
+        decode_first_min_rows: Some(usize::MAX),
+        ..Default::default()
+    };
+    assert_eq!(
+        upload(d, &c, &never).unwrap().decode_first_min_rows(),
+        usize::MAX
+    );
+    let from_two = LinearOptions {
+        decode_first_min_rows: Some(2),
+        ..Default::default()
+    };
+    assert_eq!(upload(d, &c, &from_two).unwrap().decode_first_min_rows(), 2);
+    // a corrupt stream decoded first is reported, host and recorded, naming the chunk
+    let (gpu, _) = corrupt_layer(d, &LinearOptions::default());
+    assert_eq!(gpu.decode_first_min_rows(), min);
+    let x = vec![1.0; min * 256];
+    for res in [
+        gpu.forward_batch(&x, min),
+        recorded(&gpu, &x, ActivationOrder::Columns, min, Placement::START),
+    ] {
+        let msg = res.unwrap_err().to_string();
+        assert!(msg.contains("corrupt") && msg.contains("chunk 1"), "{msg}");
+    }
+    // and the layer is usable again afterwards (the flags were cleared)
+    let c = case(15, 32, 256, 4, 64, 2048, 2);
+    let good = upload(d, &c, &LinearOptions::default()).unwrap();
+    let x = activations(4402, min * 256);
+    let plain = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
+    assert_eq!(
+        bits(good.forward_batch(&x, min).unwrap()),
+        bits(plain.forward_batch(&x, min).unwrap())
+    );
+}

@@ -661,6 +661,201 @@ impl CodedParams {
     }
 }
 
+/// What the decode kernels bind of a coded matrix: its parameters and buffers, those of a
+/// [`GpuCodedMatrix`] or of a linear layer's row band (`crate::linear`, which decodes a layer
+/// into plain weights for calls of many rows).
+pub(crate) struct DecodeSource<'a> {
+    pub(crate) params: &'a CodedParams,
+    pub(crate) side: super::SideFormat,
+    pub(crate) freqs: &'a wgpu::Buffer,
+    pub(crate) states: &'a wgpu::Buffer,
+    pub(crate) offsets: &'a wgpu::Buffer,
+    pub(crate) words: &'a wgpu::Buffer,
+    /// The per-chunk error flags the launch sets.
+    pub(crate) errors: &'a wgpu::Buffer,
+}
+
+impl DecodeSource<'_> {
+    /// Bits per weight, coded and raw together.
+    fn bits(&self) -> u32 {
+        self.params.bits + self.params.low_bits
+    }
+
+    /// u32 words of the output in `mode`.
+    pub(crate) fn output_words(&self, mode: DecodeOutput) -> Result<u64, GpuError> {
+        let p = self.params;
+        let (r, k, bits) = (p.rows as u64, p.cols as u64, self.bits() as u64);
+        match mode {
+            DecodeOutput::Packed if !(k * bits).is_multiple_of(32) => Err(GpuError::Unsupported(
+                format!("packed output needs cols * bits % 32 == 0 (cols {k}, bits {bits})"),
+            )),
+            DecodeOutput::Packed => Ok(r * (k * bits / 32)),
+            DecodeOutput::BytePerWeight if k % 4 != 0 => Err(GpuError::Unsupported(format!(
+                "byte-per-weight output needs cols % 4 == 0 (cols {k})"
+            ))),
+            DecodeOutput::BytePerWeight => Ok(r * k / 4),
+        }
+    }
+
+    /// See [`GpuCodedMatrix::decode_blocked_supported`].
+    pub(crate) fn blocked_supported(
+        &self,
+        registry: &PipelineRegistry,
+        mode: DecodeOutput,
+    ) -> bool {
+        let p = self.params;
+        let layout = p.fused_layout(self.side);
+        registry.subgroups32()
+            && mode == DecodeOutput::Packed
+            && p.bits * p.wps == 8
+            && if p.low_bits == WINDOW_LOW_BITS {
+                // (4-step blocks)
+                layout.window_block().is_some()
+            } else {
+                layout.blocked_steps() == Some(8)
+            }
+    }
+
+    /// See [`GpuCodedMatrix::decode_subgroup_supported`].
+    pub(crate) fn subgroup_supported(
+        &self,
+        registry: &PipelineRegistry,
+        mode: DecodeOutput,
+    ) -> bool {
+        let bw = self.params.bits * self.params.wps;
+        registry.subgroups32()
+            && mode == DecodeOutput::Packed
+            && matches!(bw, 1 | 2 | 4 | 8)
+            && self.params.low_bits == 0
+    }
+
+    /// The kernel [`GpuCodedMatrix::decode_dispatch`] runs.
+    pub(crate) fn default_variant(
+        &self,
+        registry: &PipelineRegistry,
+        mode: DecodeOutput,
+    ) -> FusedVariant {
+        if self.blocked_supported(registry, mode) {
+            self.params.fused_layout(self.side).blocked_variant()
+        } else if self.subgroup_supported(registry, mode) {
+            FusedVariant::Subgroup
+        } else {
+            FusedVariant::Workgroup
+        }
+    }
+
+    /// Whether some decode kernel can run this matrix into `mode` on `registry`'s device (a
+    /// window split decodes on the blocked kernel only).
+    pub(crate) fn decodable(&self, registry: &PipelineRegistry, mode: DecodeOutput) -> bool {
+        self.output_words(mode).is_ok()
+            && (self.params.low_bits != WINDOW_LOW_BITS || self.blocked_supported(registry, mode))
+    }
+
+    /// The decode launch of `variant` into `out` (see [`GpuCodedMatrix::decode_dispatch_with`]),
+    /// its parameters in the uniform buffer `uniform` gives for them.
+    pub(crate) fn dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        out: &wgpu::Buffer,
+        mode: DecodeOutput,
+        variant: FusedVariant,
+        uniform: impl FnOnce(CodedParams) -> wgpu::Buffer,
+    ) -> Result<Dispatch, GpuError> {
+        // (bound whole: wgpu's validation would panic on a buffer past the binding limit)
+        super::BufferRange::from(out).check_binding_size(device, "out")?;
+        let blocked = variant.is_blocked();
+        if blocked && !self.blocked_supported(registry, mode) {
+            return Err(GpuError::Unsupported(
+                "the blocked decode kernel needs 32-wide subgroups, packed output, byte symbols, \
+                 whole 32-symbol steps per row in a multiple of 8 and <= 11 probability bits"
+                    .into(),
+            ));
+        }
+        if self.params.low_bits == WINDOW_LOW_BITS && !blocked {
+            return Err(GpuError::Unsupported(format!(
+                "a window split decodes on the blocked kernel only, not the {variant:?} kernel"
+            )));
+        }
+        // (this also refuses row-pair order, which only split matrices have)
+        if self.params.low_bits != 0 && variant == FusedVariant::Subgroup {
+            return Err(GpuError::Unsupported(
+                "the subgroup decode kernel cannot read raw low bits (the blocked and the \
+                 workgroup kernels can)"
+                    .into(),
+            ));
+        }
+        if variant == FusedVariant::Subgroup && !self.subgroup_supported(registry, mode) {
+            return Err(GpuError::Unsupported(
+                "the subgroup decode kernel needs 32-wide subgroups, packed output and 1, 2, 4 or 8-bit symbols"
+                    .into(),
+            ));
+        }
+        let need = self.output_words(mode)? * 4;
+        if out.size() < need {
+            return Err(GpuError::InvalidInput(format!(
+                "output buffer has {} bytes, needs {need}",
+                out.size()
+            )));
+        }
+        let mut p = *self.params;
+        let (x, y) = grid(device, p.total_wg);
+        p.wg_x = x;
+        p.out_mode = (mode == DecodeOutput::BytePerWeight) as u32;
+        p.out_row_words = match mode {
+            DecodeOutput::Packed => p.cols * self.bits() / 32,
+            DecodeOutput::BytePerWeight => p.cols / 4,
+        };
+        let uniform = uniform(p);
+        let blocked_overrides = [
+            ("PREC", p.prec),
+            ("LOW", p.low_bits),
+            ("PAIR", p.row_pairs),
+            ("WSTART", p.window_start),
+        ];
+        let pipeline = match variant {
+            FusedVariant::Workgroup => registry.get(device, Kernel::RansDecode, "main", &[])?,
+            FusedVariant::Subgroup => registry.get(
+                device,
+                Kernel::RansDecodeSubgroup,
+                "main",
+                &[("PREC", p.prec), ("BW", p.bits * p.wps)],
+            )?,
+            FusedVariant::Blocked => registry.get(
+                device,
+                Kernel::RansDecodeBlocked,
+                "main",
+                &blocked_overrides,
+            )?,
+            FusedVariant::BlockedCompact => registry.get(
+                device,
+                Kernel::RansDecodeBlockedCompact,
+                "main",
+                &blocked_overrides,
+            )?,
+        };
+        let layout = pipeline.get_bind_group_layout(0);
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("rans_decode"),
+            layout: &layout,
+            entries: &[
+                entry(0, &uniform),
+                entry(1, self.freqs),
+                entry(2, self.states),
+                entry(3, self.offsets),
+                entry(4, self.words),
+                entry(5, self.errors),
+                entry(6, out),
+            ],
+        });
+        Ok(Dispatch {
+            pipeline,
+            bind_group,
+            workgroups: (x, y),
+        })
+    }
+}
+
 fn u32_of(what: &str, v: usize) -> Result<u32, GpuError> {
     u32::try_from(v).map_err(|_| GpuError::InvalidInput(format!("{what} = {v} exceeds u32")))
 }
@@ -1154,18 +1349,16 @@ impl GpuCodedMatrix {
         b
     }
 
-    fn output_words(&self, out: DecodeOutput) -> Result<u64, GpuError> {
-        let p = &self.params;
-        let (r, k, bits) = (p.rows as u64, p.cols as u64, self.bits() as u64);
-        match out {
-            DecodeOutput::Packed if !(k * bits).is_multiple_of(32) => Err(GpuError::Unsupported(
-                format!("packed output needs cols * bits % 32 == 0 (cols {k}, bits {bits})"),
-            )),
-            DecodeOutput::Packed => Ok(r * (k * bits / 32)),
-            DecodeOutput::BytePerWeight if k % 4 != 0 => Err(GpuError::Unsupported(format!(
-                "byte-per-weight output needs cols % 4 == 0 (cols {k})"
-            ))),
-            DecodeOutput::BytePerWeight => Ok(r * k / 4),
+    /// The buffers and parameters the decode kernels bind, borrowed from this matrix.
+    fn decode_source(&self) -> DecodeSource<'_> {
+        DecodeSource {
+            params: &self.params,
+            side: self.side,
+            freqs: &self.freqs,
+            states: &self.states,
+            offsets: &self.offsets,
+            words: &self.words,
+            errors: &self.errors,
         }
     }
 
@@ -1181,13 +1374,7 @@ impl GpuCodedMatrix {
         out: &wgpu::Buffer,
         mode: DecodeOutput,
     ) -> Result<Dispatch, GpuError> {
-        let v = if self.decode_blocked_supported(registry, mode) {
-            self.fused_layout().blocked_variant()
-        } else if self.decode_subgroup_supported(registry, mode) {
-            FusedVariant::Subgroup
-        } else {
-            FusedVariant::Workgroup
-        };
+        let v = self.decode_source().default_variant(registry, mode);
         self.decode_dispatch_with(device, registry, out, mode, v)
     }
 
@@ -1200,15 +1387,7 @@ impl GpuCodedMatrix {
         registry: &PipelineRegistry,
         mode: DecodeOutput,
     ) -> bool {
-        registry.subgroups32()
-            && mode == DecodeOutput::Packed
-            && self.params.bits * self.params.wps == 8
-            && if self.params.low_bits == WINDOW_LOW_BITS {
-                // (4-step blocks)
-                self.fused_layout().window_block().is_some()
-            } else {
-                self.fused_layout().blocked_steps() == Some(8)
-            }
+        self.decode_source().blocked_supported(registry, mode)
     }
 
     /// Whether `rans_decode_subgroup.wgsl` can decode this matrix: 32-wide subgroups, packed
@@ -1219,11 +1398,7 @@ impl GpuCodedMatrix {
         registry: &PipelineRegistry,
         mode: DecodeOutput,
     ) -> bool {
-        let bw = self.params.bits * self.params.wps;
-        registry.subgroups32()
-            && mode == DecodeOutput::Packed
-            && matches!(bw, 1 | 2 | 4 | 8)
-            && self.params.low_bits == 0
+        self.decode_source().subgroup_supported(registry, mode)
     }
 
     /// [`decode_dispatch`](Self::decode_dispatch) with an explicit variant:
@@ -1240,101 +1415,10 @@ impl GpuCodedMatrix {
         mode: DecodeOutput,
         variant: FusedVariant,
     ) -> Result<Dispatch, GpuError> {
-        // (bound whole: wgpu's validation would panic on a buffer past the binding limit)
-        super::BufferRange::from(out).check_binding_size(device, "out")?;
-        let blocked = variant.is_blocked();
-        if blocked && !self.decode_blocked_supported(registry, mode) {
-            return Err(GpuError::Unsupported(
-                "the blocked decode kernel needs 32-wide subgroups, packed output, byte symbols, \
-                 whole 32-symbol steps per row in a multiple of 8 and <= 11 probability bits"
-                    .into(),
-            ));
-        }
-        if self.params.low_bits == WINDOW_LOW_BITS && !blocked {
-            return Err(GpuError::Unsupported(format!(
-                "a window split decodes on the blocked kernel only, not the {variant:?} kernel"
-            )));
-        }
-        // (this also refuses row-pair order, which only split matrices have)
-        if self.params.low_bits != 0 && variant == FusedVariant::Subgroup {
-            return Err(GpuError::Unsupported(
-                "the subgroup decode kernel cannot read raw low bits (the blocked and the \
-                 workgroup kernels can)"
-                    .into(),
-            ));
-        }
-        if variant == FusedVariant::Subgroup && !self.decode_subgroup_supported(registry, mode) {
-            return Err(GpuError::Unsupported(
-                "the subgroup decode kernel needs 32-wide subgroups, packed output and 1, 2, 4 or 8-bit symbols"
-                    .into(),
-            ));
-        }
-        let need = self.output_words(mode)? * 4;
-        if out.size() < need {
-            return Err(GpuError::InvalidInput(format!(
-                "output buffer has {} bytes, needs {need}",
-                out.size()
-            )));
-        }
-        let mut p = self.params;
-        let (x, y) = grid(device, p.total_wg);
-        p.wg_x = x;
-        p.out_mode = (mode == DecodeOutput::BytePerWeight) as u32;
-        p.out_row_words = match mode {
-            DecodeOutput::Packed => p.cols * self.bits() / 32,
-            DecodeOutput::BytePerWeight => p.cols / 4,
-        };
-        let uniform = self.uniform(device, p.out_mode, p);
-        let pipeline = match variant {
-            FusedVariant::Workgroup => registry.get(device, Kernel::RansDecode, "main", &[])?,
-            FusedVariant::Subgroup => registry.get(
-                device,
-                Kernel::RansDecodeSubgroup,
-                "main",
-                &[("PREC", p.prec), ("BW", p.bits * p.wps)],
-            )?,
-            FusedVariant::Blocked => registry.get(
-                device,
-                Kernel::RansDecodeBlocked,
-                "main",
-                &[
-                    ("PREC", p.prec),
-                    ("LOW", self.params.low_bits),
-                    ("PAIR", self.row_pairs as u32),
-                    ("WSTART", self.params.window_start),
-                ],
-            )?,
-            FusedVariant::BlockedCompact => registry.get(
-                device,
-                Kernel::RansDecodeBlockedCompact,
-                "main",
-                &[
-                    ("PREC", p.prec),
-                    ("LOW", self.params.low_bits),
-                    ("PAIR", self.row_pairs as u32),
-                    ("WSTART", self.params.window_start),
-                ],
-            )?,
-        };
-        let layout = pipeline.get_bind_group_layout(0);
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("rans_decode"),
-            layout: &layout,
-            entries: &[
-                entry(0, &uniform),
-                entry(1, &self.freqs),
-                entry(2, &self.states),
-                entry(3, &self.offsets),
-                entry(4, &self.words),
-                entry(5, &self.errors),
-                entry(6, out),
-            ],
-        });
-        Ok(Dispatch {
-            pipeline,
-            bind_group,
-            workgroups: (x, y),
-        })
+        self.decode_source()
+            .dispatch(device, registry, out, mode, variant, |p| {
+                self.uniform(device, p.out_mode, p)
+            })
     }
 
     /// The fused kernel [`Self::gemv_dispatch`] and [`Self::gemv`] run for this matrix on
@@ -2006,7 +2090,7 @@ impl GpuCodedMatrix {
         mode: DecodeOutput,
         variant: Option<FusedVariant>,
     ) -> Result<Vec<u32>, GpuError> {
-        let n = self.output_words(mode)?;
+        let n = self.decode_source().output_words(mode)?;
         if n == 0 {
             return Ok(Vec::new());
         }

@@ -170,6 +170,37 @@ impl GpuQuantizedMatrix {
         })
     }
 
+    /// An `r` x `k` matrix of `b`-bit weights in groups of `gs` on buffers already on the GPU:
+    /// `packed` holds its MLX words (from the start) and `sb` its (scale, bias) pairs in
+    /// `side`. Checks what [`Self::upload`] checks of the geometry, and the buffers' sizes.
+    pub(crate) fn on_buffers(
+        (r, k, b, gs): (usize, usize, u32, usize),
+        packed: wgpu::Buffer,
+        sb: wgpu::Buffer,
+        side: super::SideFormat,
+    ) -> Result<Self, GpuError> {
+        let params = Self::params_for(r, k, b, gs)?;
+        let words = r as u64 * k as u64 * b as u64 / 8;
+        let pairs = r as u64 * (k / gs) as u64 * side.bytes_per_group() as u64;
+        if packed.size() < words || sb.size() < pairs {
+            return Err(GpuError::InvalidInput(format!(
+                "packed/pairs buffers have {}/{} bytes, a {r}x{k} {b}-bit g{gs} matrix needs \
+                 {words}/{pairs}",
+                packed.size(),
+                sb.size()
+            )));
+        }
+        Ok(GpuQuantizedMatrix {
+            params,
+            bits: b,
+            group_size: gs as u32,
+            packed,
+            sb,
+            side,
+            uniform: Default::default(),
+        })
+    }
+
     /// The kernels' parameters for an `r` x `k` matrix of `b`-bit weights in groups of `gs`,
     /// or why the plain GEMV cannot run it.
     fn params_for(r: usize, k: usize, b: u32, gs: usize) -> Result<Params, GpuError> {
@@ -239,7 +270,8 @@ impl GpuQuantizedMatrix {
                 )
             })?;
             let (r, k, b) = (m.rows(), m.cols(), m.bits());
-            let params = Self::params_for(r, k, b, gs as usize)?;
+            // (checked before the buffer is made)
+            Self::params_for(r, k, b, gs as usize)?;
             let bytes = r as u64 * k as u64 * b as u64 / 8;
             super::check_storage(device, "decoded packed weights", bytes)?;
             let packed = device.create_buffer(&wgpu::BufferDescriptor {
@@ -254,15 +286,12 @@ impl GpuQuantizedMatrix {
                     m.decode_dispatch(device, registry, &packed, super::DecodeOutput::Packed)?,
                 ));
             }
-            out.push(GpuQuantizedMatrix {
-                params,
-                bits: b,
-                group_size: gs,
+            out.push(Self::on_buffers(
+                (r, k, b, gs as usize),
                 packed,
-                sb: sb.clone(),
+                sb.clone(),
                 side,
-                uniform: Default::default(),
-            });
+            )?);
         }
         if !launches.is_empty() {
             let launches: Vec<_> = launches.iter().map(|(m, d)| (*m, d)).collect();

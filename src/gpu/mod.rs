@@ -120,7 +120,7 @@ pub use coop::{
 pub use copy_rows::{copy_rows_dispatch, RowCopy};
 pub(crate) use decode::{
     check_gemv_vectors, check_low_bits, check_row_pair_cols, check_window, coop_gemv_pipeline,
-    coop_layout_refusal, coop_params, entry, set_chunk_subgroups, CodedParams,
+    coop_layout_refusal, coop_params, entry, set_chunk_subgroups, CodedParams, DecodeSource,
 };
 pub use decode::{
     default_fused_variant, fused_gemv_pipeline, CodedMatrixRef, DecodeOutput, FusedLayout,

@@ -35,6 +35,9 @@ pub(crate) struct CallBuffers {
     parts: Option<wgpu::Buffer>,
     /// Activations a launch prepares for another (`STORAGE`).
     aux: Option<wgpu::Buffer>,
+    /// A coded layer's weights decoded for a call of many rows (`STORAGE`; see
+    /// [`super::LinearOptions::decode_first_min_rows`]).
+    decoded: Option<wgpu::Buffer>,
     /// The read back (`MAP_READ | COPY_DST`).
     readback: Option<wgpu::Buffer>,
     /// The upload's mapped staging memory and its chunk size: `Queue::write_buffer` makes new
@@ -46,10 +49,17 @@ impl CallBuffers {
     /// GPU bytes held.
     pub(crate) fn gpu_bytes(&self) -> u64 {
         let staging = self.belt.as_ref().map_or(0, |(_, chunk)| *chunk);
-        [&self.x, &self.y, &self.parts, &self.aux, &self.readback]
-            .iter()
-            .filter_map(|b| b.as_ref().map(|b| b.size()))
-            .sum::<u64>()
+        [
+            &self.x,
+            &self.y,
+            &self.parts,
+            &self.aux,
+            &self.decoded,
+            &self.readback,
+        ]
+        .iter()
+        .filter_map(|b| b.as_ref().map(|b| b.size()))
+        .sum::<u64>()
             + staging
     }
 }
@@ -424,6 +434,19 @@ impl<'a> CallScratch<'a> {
         let dev = self.dev;
         let usage = wgpu::BufferUsages::STORAGE;
         Self::grow(dev, &mut self.bufs().aux, "ecq call aux", bytes, usage)
+    }
+
+    /// The buffer for a coded layer's decoded weights, at least `bytes`.
+    pub(crate) fn decoded(&mut self, bytes: u64) -> wgpu::Buffer {
+        let dev = self.dev;
+        let usage = wgpu::BufferUsages::STORAGE;
+        Self::grow(
+            dev,
+            &mut self.bufs().decoded,
+            "ecq call decoded weights",
+            bytes,
+            usage,
+        )
     }
 
     /// The activations buffer holding `values` f32 that `fill` writes in order, straight into

@@ -1,10 +1,12 @@
 //! [`EntropyCodedLinear`]: a coded matrix resident on the GPU, with the fused GEMV for one
-//! vector and the batched `rans_gemm.wgsl` for prefill.
+//! vector, the fused GEMVs of several and the batched `rans_gemm.wgsl` for few rows, and for
+//! many rows (prefill) the decode into plain weights multiplied by the plain kernels.
 
 use std::sync::Arc;
 
 use super::call_buffers::{pipelined, CallScratch, LaunchLayout, PendingRead};
 use super::device::{LinearDevice, LinearKernel};
+use super::plain::QuantizedLinear;
 use super::resident::{
     bias_buffer, prepare_call, PreparedForward, Resident, ResidentCall, RowsNeed,
 };
@@ -14,6 +16,7 @@ use crate::gpu::{
     default_fused_variant, entry, fused_gemv_pipeline, quantize_x8_dispatch, set_chunk_subgroups,
     x8_bytes, BufferRange, CodedParams, CoopActivations, CoopOrder, GpuError, SideFormat, X8Order,
 };
+use crate::gpu::{DecodeOutput, DecodeSource};
 use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
 
 /// Activation rows per dispatch of the batched kernel (4 per invocation, 128 invocations).
@@ -140,6 +143,21 @@ pub const GEMV_VECTORS: u32 = 16;
 /// fused and plain layers alike (BENCHMARKS.md issue 5, step 90).
 pub const COOP_MIN_ROWS: usize = 12;
 
+/// The default of [`LinearOptions::decode_first_min_rows`] for layers whose launches multiply
+/// in f32: calls of at least this many rows decode the layer's weights once and run the plain
+/// 4-bit kernels on them. On an H200 (BENCHMARKS.md issue 5, step 96; 32 Llama-3-8B layers
+/// of window splits, prepared calls on activations in lane order) decoding a layer cost about
+/// one fused GEMV of it (5.8 ms a forward of the 32 layers), and each row then what it costs
+/// plain, 0.88x the fused launches' row: 32 rows took 1.04x the fused launches' time, 64
+/// rows 0.96x, 128 0.91x and 512 0.89x.
+pub const DECODE_FIRST_MIN_ROWS: usize = 48;
+
+/// [`DECODE_FIRST_MIN_ROWS`] for layers on cooperative matrices
+/// ([`LinearOptions::cooperative_matrix`]), where the fused launches cost 1.25-1.32x the plain
+/// ones a row: on the same H200 32 rows took 0.96x the fused launches' time, 64 rows 0.90x,
+/// 128 0.81x and 512 0.80x (16 rows 1.12x).
+pub const DECODE_FIRST_MIN_ROWS_COOP: usize = 32;
+
 /// [`GEMV_BATCH_MAX_M`] for window splits whose fused GEMV multiplies several vectors a launch
 /// ([`EntropyCodedLinear::gemv_vectors`] above 1) in column order
 /// ([`LinearOptions::column_order_activations`]; lane order:
@@ -218,7 +236,8 @@ pub struct LinearOptions {
     /// vectors, [`EntropyCodedLinear::gemv_vectors`]), else [`GEMV_BATCH_MAX_M_WINDOW`],
     /// [`GEMV_BATCH_MAX_M_WINDOW_MID`] or [`GEMV_BATCH_MAX_M_WINDOW_SMALL`] (window splits by
     /// size) or [`GEMV_BATCH_MAX_M_WHOLE`] where 32-wide subgroups run the fused GEMV, else 0
-    /// (the workgroup GEMV is slower than the batched kernel there).
+    /// (the workgroup GEMV is slower than the batched kernel there). Calls of
+    /// [`Self::decode_first_min_rows`] rows or more decode first whatever this says.
     pub gemv_batch_max_m: Option<usize>,
     /// Run `forward_batch` on the portable `rans_gemm.wgsl` even where the blocked subgroup
     /// build (`rans_gemm_blocked.wgsl`) could run (benchmarks and tests compare the two).
@@ -293,6 +312,22 @@ pub struct LinearOptions {
     /// for f16 and bf16 ones; 2^-11 of the sum of the terms' magnitudes at most otherwise).
     /// [`EntropyCodedLinear::cooperative_matrix`] says whether the layer does.
     pub cooperative_matrix: bool,
+    /// Calls of at least this many activation rows (`forward_batch`, recorded calls) decode
+    /// the layer's weights once on the GPU into plain MLX words (the kernel of
+    /// [`crate::gpu::GpuCodedMatrix::decode_dispatch`], into a buffer the device keeps) and run
+    /// the plain layer's kernels on them ([`super::QuantizedLinear`]'s launches, on cooperative
+    /// matrices where [`Self::cooperative_matrix`] takes effect): the outputs are the plain
+    /// layer's on the same weights, bit for bit. The decode costs about one fused GEMV's
+    /// time, after which each row costs what it costs plain, so it pays for calls of many
+    /// rows. `None` (default): [`DECODE_FIRST_MIN_ROWS`], or [`DECODE_FIRST_MIN_ROWS_COOP`]
+    /// where the layer multiplies on cooperative matrices; `Some(usize::MAX)` never. Takes
+    /// effect for layers in one row band whose weights a decode kernel runs on this device
+    /// and the plain kernels take (2, 4 or 8 bits; a window split needs the blocked decode
+    /// kernel, 32-wide subgroups); [`EntropyCodedLinear::decode_first_min_rows`] says what the
+    /// layer does. Costs a buffer of the largest such layer's plain weights while calls hold
+    /// it ([`LinearDevice::release_call_buffers`] frees it). Corrupt streams are reported as
+    /// on the fused path.
+    pub decode_first_min_rows: Option<usize>,
 }
 
 /// A borrowed coded matrix with its quantization parameters: the coded tensors as
@@ -666,6 +701,10 @@ struct Band {
     gemv: CodedParams,
     gemm: GemmParams,
     gemv_uniform: wgpu::Buffer,
+    /// The decode kernels' parameters (`gemv` with one group of 32 lanes a chunk) and their
+    /// uniform buffer, made on first use.
+    decode: CodedParams,
+    decode_uniform: std::sync::OnceLock<wgpu::Buffer>,
 }
 
 impl Band {
@@ -677,6 +716,20 @@ impl Band {
             &self.errors
         }
     }
+
+    /// What the decode kernels bind of the band (scales and biases in `side`), setting the
+    /// error flags of recorded calls where `recorded`.
+    fn decode_source(&self, side: SideFormat, recorded: bool) -> DecodeSource<'_> {
+        DecodeSource {
+            params: &self.decode,
+            side,
+            freqs: &self.freqs,
+            states: &self.states,
+            offsets: &self.offsets,
+            words: &self.words,
+            errors: self.errors(recorded),
+        }
+    }
 }
 
 /// One recorded kernel launch of a linear layer (see [`EntropyCodedLinear::batch_dispatches`]):
@@ -684,6 +737,10 @@ impl Band {
 pub type LinearDispatch = crate::gpu::Dispatch;
 
 /// A linear layer whose weights stay entropy-coded on the GPU (uploaded once, resident).
+/// One row, and calls of fewer than [`Self::decode_first_min_rows`] rows, run the fused
+/// kernels, which decode the weights as they multiply; calls of more decode the weights once
+/// into a kept buffer and multiply them with the plain 4-bit kernels
+/// ([`LinearOptions::decode_first_min_rows`]).
 ///
 /// ```no_run
 /// use ecq::linear::{CodedLayerRef, EntropyCodedLinear, Linear, LinearDevice, LinearOptions};
@@ -748,6 +805,10 @@ pub struct EntropyCodedLinear {
     /// Launches of at least [`COOP_MIN_ROWS`] rows run on cooperative matrices
     /// ([`LinearOptions::cooperative_matrix`], resolved).
     coop: bool,
+    /// [`LinearOptions::decode_first_min_rows`], resolved.
+    decode_first_min_rows: usize,
+    /// The MLX group size.
+    group_size: usize,
 }
 
 impl EntropyCodedLinear {
@@ -998,6 +1059,7 @@ impl EntropyCodedLinear {
                 kparts: 1,
                 _pad: 0,
             };
+            let decode = gemv;
             let blocked =
                 default_fused_variant(dev.gpu().registry(), &gemv.fused_layout(side)).is_blocked();
             all_blocked &= blocked;
@@ -1050,6 +1112,8 @@ impl EntropyCodedLinear {
                 gemv,
                 gemm,
                 gemv_uniform,
+                decode,
+                decode_uniform: std::sync::OnceLock::new(),
             });
         }
         // a window split runs on the blocked and the workgroup fused kernels, for rows of whole
@@ -1092,6 +1156,28 @@ impl EntropyCodedLinear {
             && bands
                 .iter()
                 .all(|b| b.tables.is_some() && coop_layout_refusal(&b.gemv).is_none());
+        // decode first where one band holds the layer, a decode kernel runs it here and the
+        // plain kernels take its weights
+        let bits = m.bits + m.low_bits;
+        let (r, k) = (m.out_features(), m.in_features());
+        let decodes = bands.len() == 1
+            && bands.iter().all(|b| {
+                b.decode_source(side, false)
+                    .decodable(dev.gpu().registry(), DecodeOutput::Packed)
+            })
+            && QuantizedLinear::check_geometry(name, (r, k, bits, m.group_size), None).is_ok()
+            && (r as u64 * k as u64 * bits as u64).div_ceil(8) <= dev.max_buffer_limit().0;
+        let decode_first_min_rows = if decodes {
+            opts.decode_first_min_rows
+                .unwrap_or(if coop {
+                    DECODE_FIRST_MIN_ROWS_COOP
+                } else {
+                    DECODE_FIRST_MIN_ROWS
+                })
+                .max(1)
+        } else {
+            usize::MAX
+        };
         Ok(EntropyCodedLinear {
             dev: dev.clone(),
             name: name.into(),
@@ -1149,7 +1235,16 @@ impl EntropyCodedLinear {
             gemv_vectors,
             lane_order,
             coop,
+            decode_first_min_rows,
+            group_size: m.group_size,
         })
+    }
+
+    /// The fewest activation rows of a call that decodes the weights first and runs the plain
+    /// kernels ([`LinearOptions::decode_first_min_rows`], resolved: `usize::MAX` where the
+    /// layer cannot).
+    pub fn decode_first_min_rows(&self) -> usize {
+        self.decode_first_min_rows
     }
 
     /// Whether `forward_batch`'s GEMV launches of at least [`COOP_MIN_ROWS`] rows multiply on
@@ -1811,6 +1906,87 @@ impl EntropyCodedLinear {
         })
     }
 
+    /// Bytes of the layer's weights decoded to MLX words.
+    fn decoded_bytes(&self) -> u64 {
+        (self.rows as u64 * self.cols as u64 * self.bits as u64).div_ceil(8)
+    }
+
+    /// The decode launch of the layer's weights (one band) into `out` as MLX words, setting
+    /// the error flags of recorded calls where `recorded`.
+    fn decode_dispatch(
+        &self,
+        out: &wgpu::Buffer,
+        recorded: bool,
+    ) -> Result<LinearDispatch, GpuError> {
+        let band = &self.bands[0];
+        let source = band.decode_source(self.side, recorded);
+        let registry = self.dev.gpu().registry();
+        let mode = DecodeOutput::Packed;
+        let variant = source.default_variant(registry, mode);
+        source.dispatch(self.dev.device(), registry, out, mode, variant, |p| {
+            band.decode_uniform
+                .get_or_init(|| self.dev.uniform(bytemuck::bytes_of(&p)))
+                .clone()
+        })
+    }
+
+    /// The plain layer on the weights decoded into `packed` (no bias: the caller adds it), on
+    /// cooperative matrices where this layer is.
+    fn plain_on(&self, packed: wgpu::Buffer) -> Result<QuantizedLinear, LinearError> {
+        let band = &self.bands[0];
+        let mut plain = QuantizedLinear::on_buffers(
+            &self.dev,
+            &self.name,
+            (self.rows, self.cols, self.bits, self.group_size),
+            (packed, band.sb.clone(), self.side),
+            None,
+        )?;
+        plain.set_cooperative_matrix(self.coop);
+        Ok(plain)
+    }
+
+    /// `forward_batch` of `m` rows decoding first ([`LinearOptions::decode_first_min_rows`]):
+    /// the decode into a buffer of this call, submitted with a copy of its error flags, then
+    /// the plain layer's call on those weights (its submissions follow the decode's on the
+    /// queue), then the flags checked. A corrupt stream is the error even where the plain
+    /// call succeeded on the weights decoded from it.
+    fn decode_first_into(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), LinearError> {
+        let dev = &self.dev;
+        let band = &self.bands[0];
+        let gpu = |e| self.gpu_err(e);
+        let mut scratch = dev.call_scratch();
+        let decoded = scratch.decoded(self.decoded_bytes());
+        let decode = self.decode_dispatch(&decoded, false).map_err(gpu)?;
+        let flags = (band.n_chunks * 4) as u64;
+        let readback = dev.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("ecq decode errors read back"),
+            size: flags.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = dev.device().create_command_encoder(&Default::default());
+        enc.clear_buffer(&band.errors, 0, None);
+        decode.record(&mut enc.begin_compute_pass(&Default::default()));
+        enc.copy_buffer_to_buffer(&band.errors, 0, &readback, 0, flags);
+        let (submission, mapped) = dev
+            .submit_mapped(enc, &readback, flags.max(4), || {})
+            .map_err(gpu)?;
+        let run = self
+            .plain_on(decoded)
+            .and_then(|plain| plain.forward_batch_into(x, m, y));
+        dev.wait_mapped(submission, mapped).map_err(gpu)?;
+        let errs = readback
+            .slice(..flags)
+            .get_mapped_range()
+            .map_err(|e| gpu(GpuError::Map(e.to_string())))?
+            .to_vec();
+        readback.unmap();
+        self.check_errors(&[errs])?;
+        // (the scratch, holding the decoded weights, goes back to the pool only now)
+        drop(scratch);
+        run
+    }
+
     /// The buffer limit the bands were planned against (bytes, name).
     pub fn buffer_limit(&self) -> (u64, &'static str) {
         self.max_buffer
@@ -1897,13 +2073,35 @@ impl EntropyCodedLinear {
     }
 }
 
+impl EntropyCodedLinear {
+    /// The launches of a recorded call decoding first: the decode into the device's kept
+    /// buffer (a prepared call holds the one it was made with), then the plain layer's
+    /// launches on it, as [`Self::decode_first_into`] runs them.
+    fn record_decode_first(
+        &self,
+        out: &mut Vec<LinearDispatch>,
+        call: &ResidentCall<'_>,
+    ) -> Result<(), LinearError> {
+        let gpu = |e| self.gpu_err(e);
+        let decoded = self
+            .dev
+            .resident(Resident::Decoded, self.decoded_bytes())
+            .map_err(gpu)?;
+        out.push(self.decode_dispatch(&decoded, true).map_err(gpu)?);
+        let plain = self.plain_on(decoded)?;
+        plain.record_path(out, call, plain.path(call.m))
+    }
+}
+
 impl GpuLinear for EntropyCodedLinear {
     fn linear_device(&self) -> &Arc<LinearDevice> {
         &self.dev
     }
 
-    /// The launches `forward_batch` runs for `m` rows (fused GEMVs up to
-    /// [`LinearOptions::gemv_batch_max_m`] rows, else the batched kernel), then the bias.
+    /// The launches `forward_batch` runs for `m` rows (from
+    /// [`Self::decode_first_min_rows`] rows the decode and the plain layer's launches, else
+    /// fused GEMVs up to [`LinearOptions::gemv_batch_max_m`] rows, else the batched kernel),
+    /// then the bias.
     fn prepare_forward(
         &self,
         x: BufferRange<'_>,
@@ -1924,6 +2122,8 @@ impl GpuLinear for EntropyCodedLinear {
                 if self.bands.is_empty() {
                     call.zero_outputs(&self.dev, out)
                         .map_err(|e| self.gpu_err(e))
+                } else if m >= self.decode_first_min_rows {
+                    self.record_decode_first(out, call)
                 } else if m <= self.gemv_batch_max_m {
                     self.record_gemv(out, call).map_err(|e| self.gpu_err(e))
                 } else {
@@ -2057,6 +2257,8 @@ impl Linear for EntropyCodedLinear {
         }
         if self.bands.is_empty() {
             y.fill(0.0);
+        } else if m >= self.decode_first_min_rows {
+            self.decode_first_into(x, m, y)?;
         } else if m <= self.gemv_batch_max_m {
             let (r, k) = (self.rows, self.cols);
             pipelined(

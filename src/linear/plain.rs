@@ -50,7 +50,7 @@ struct Params {
 }
 
 /// The launches of a plain call ([`QuantizedLinear::path`]).
-enum PlainPath<'a> {
+pub(crate) enum PlainPath<'a> {
     /// One row: the plain GEMV.
     Vector(&'a crate::gpu::GpuQuantizedMatrix),
     /// Launches of the multi-vector GEMV.
@@ -104,26 +104,7 @@ impl QuantizedLinear {
         bias: Option<&[f32]>,
     ) -> Result<Self, LinearError> {
         let (r, k, b, gs) = (q.rows, q.cols, q.bits, q.group_size as usize);
-        let unsupported = |reason: String| LinearError::Unsupported {
-            layer: name.into(),
-            reason,
-        };
-        if ![2, 4, 8].contains(&b) || !(k * b as usize).is_multiple_of(32) {
-            return Err(unsupported(format!(
-                "plain batched kernel needs 2, 4 or 8 bits and whole u32 words per row (bits {b}, cols {k})"
-            )));
-        }
-        if gs == 0 || !k.is_multiple_of(gs) || !gs.is_multiple_of(32 / b as usize) {
-            return Err(unsupported(format!("group size {gs} with cols {k}")));
-        }
-        if let Some(bv) = bias {
-            if bv.len() != r {
-                return Err(LinearError::InvalidLayer {
-                    layer: name.into(),
-                    reason: format!("bias has {} values, the layer {r} outputs", bv.len()),
-                });
-            }
-        }
+        Self::check_geometry(name, (r, k, b, gs), bias)?;
         let (limit, limit_name) = dev.max_buffer_limit();
         let bytes = (q.packed.len() * 4) as u64;
         if bytes > limit {
@@ -136,24 +117,6 @@ impl QuantizedLinear {
                 remedy: LinearError::REMEDY_DEVICE,
             });
         }
-        let total_wg = r.div_ceil(4) as u32;
-        let params = Params {
-            rows: r as u32,
-            cols: k as u32,
-            bits: b,
-            words_per_row: (k * b as usize / 32) as u32,
-            groups_per_row: (k / gs) as u32,
-            group_size: gs as u32,
-            wg_x: dev.grid(total_wg).0,
-            total_wg,
-            m: 0,
-            xs4: k.div_ceil(4) as u32,
-            y_stride: r as u32,
-            m_block: 0,
-            total_grid: 0,
-            kparts: 1,
-            _pad: [0; 2],
-        };
         let side = crate::gpu::SideFormat::exact_for(&q.scales, &q.biases);
         // the plain GEMV's upload where it runs the matrix, whose buffers qgemm shares (the
         // same MLX words and pairs); else buffers of our own
@@ -177,7 +140,102 @@ impl QuantizedLinear {
             }
         };
         dev.queue().submit(std::iter::empty());
-        Ok(QuantizedLinear {
+        Ok(Self::assemble(
+            dev,
+            name,
+            (r, k, b, gs),
+            (packed, sb, side),
+            vector,
+            bias,
+        ))
+    }
+
+    /// A layer over weights already on the GPU: `packed` holds the `r` x `k` matrix's MLX
+    /// words of `b` bits (from the start) and `sb` its (scale, bias) pairs of groups of `gs`
+    /// in `side`. The coded layer's calls of many rows run on such a layer over the weights
+    /// they decode ([`super::LinearOptions::decode_first_min_rows`]).
+    pub(crate) fn on_buffers(
+        dev: &Arc<LinearDevice>,
+        name: &str,
+        (r, k, b, gs): (usize, usize, u32, usize),
+        (packed, sb, side): (wgpu::Buffer, wgpu::Buffer, crate::gpu::SideFormat),
+        bias: Option<&[f32]>,
+    ) -> Result<Self, LinearError> {
+        Self::check_geometry(name, (r, k, b, gs), bias)?;
+        let vector = crate::gpu::GpuQuantizedMatrix::on_buffers(
+            (r, k, b, gs),
+            packed.clone(),
+            sb.clone(),
+            side,
+        )
+        .ok();
+        Ok(Self::assemble(
+            dev,
+            name,
+            (r, k, b, gs),
+            (packed, sb, side),
+            vector,
+            bias,
+        ))
+    }
+
+    /// What the plain kernels take: 2, 4 or 8 bits, whole words a row, groups of whole words
+    /// dividing the row; a bias of one value an output.
+    pub(crate) fn check_geometry(
+        name: &str,
+        (r, k, b, gs): (usize, usize, u32, usize),
+        bias: Option<&[f32]>,
+    ) -> Result<(), LinearError> {
+        let unsupported = |reason: String| LinearError::Unsupported {
+            layer: name.into(),
+            reason,
+        };
+        if ![2, 4, 8].contains(&b) || !(k * b as usize).is_multiple_of(32) {
+            return Err(unsupported(format!(
+                "plain batched kernel needs 2, 4 or 8 bits and whole u32 words per row (bits {b}, cols {k})"
+            )));
+        }
+        if gs == 0 || !k.is_multiple_of(gs) || !gs.is_multiple_of(32 / b as usize) {
+            return Err(unsupported(format!("group size {gs} with cols {k}")));
+        }
+        if let Some(bv) = bias {
+            if bv.len() != r {
+                return Err(LinearError::InvalidLayer {
+                    layer: name.into(),
+                    reason: format!("bias has {} values, the layer {r} outputs", bv.len()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn assemble(
+        dev: &Arc<LinearDevice>,
+        name: &str,
+        (r, k, b, gs): (usize, usize, u32, usize),
+        (packed, sb, side): (wgpu::Buffer, wgpu::Buffer, crate::gpu::SideFormat),
+        vector: Option<crate::gpu::GpuQuantizedMatrix>,
+        bias: Option<&[f32]>,
+    ) -> Self {
+        let total_wg = r.div_ceil(4) as u32;
+        let params = Params {
+            rows: r as u32,
+            cols: k as u32,
+            bits: b,
+            words_per_row: (k * b as usize / 32) as u32,
+            groups_per_row: (k / gs) as u32,
+            group_size: gs as u32,
+            wg_x: dev.grid(total_wg).0,
+            total_wg,
+            m: 0,
+            xs4: k.div_ceil(4) as u32,
+            y_stride: r as u32,
+            m_block: 0,
+            total_grid: 0,
+            kparts: 1,
+            _pad: [0; 2],
+        };
+        QuantizedLinear {
             dev: dev.clone(),
             name: name.into(),
             params,
@@ -189,7 +247,7 @@ impl QuantizedLinear {
             vector,
             coop: false,
             many_max_m: None,
-        })
+        }
     }
 
     /// Lets `forward_batch`'s launches of at least [`super::COOP_MIN_ROWS`] rows multiply on
@@ -440,7 +498,7 @@ impl QuantizedLinear {
     }
 
     /// Which launches `forward_batch` runs for `m > 0` rows.
-    fn path(&self, m: usize) -> PlainPath<'_> {
+    pub(crate) fn path(&self, m: usize) -> PlainPath<'_> {
         let Some(v) = self.vector.as_ref() else {
             return PlainPath::Gemm;
         };
@@ -587,7 +645,7 @@ impl Linear for QuantizedLinear {
 /// on the GPU.
 impl QuantizedLinear {
     /// The launches of a recorded call on `path`'s kernels, as `forward_batch` makes them.
-    fn record_path(
+    pub(crate) fn record_path(
         &self,
         out: &mut Vec<LinearDispatch>,
         call: &ResidentCall<'_>,

@@ -210,6 +210,8 @@ pub(crate) struct ResidentBuffers {
     aux: Option<wgpu::Buffer>,
     /// Zeros, the source of [`ResidentCall::zero_outputs`]'s fill (never read).
     zeros: Option<wgpu::Buffer>,
+    /// A coded layer's weights decoded for a call of many rows.
+    decoded: Option<wgpu::Buffer>,
 }
 
 /// Which of [`ResidentBuffers`].
@@ -220,6 +222,7 @@ pub(crate) enum Resident {
     Parts,
     Aux,
     Zeros,
+    Decoded,
 }
 
 impl ResidentBuffers {
@@ -230,6 +233,7 @@ impl ResidentBuffers {
             &self.parts,
             &self.aux,
             &self.zeros,
+            &self.decoded,
         ]
         .iter()
         .filter_map(|b| b.as_ref().map(|b| b.size()))
@@ -258,6 +262,11 @@ impl ResidentBuffers {
             Resident::Parts => (&mut self.parts, "ecq resident parts", "launch outputs"),
             Resident::Aux => (&mut self.aux, "ecq resident aux", "8-bit activations"),
             Resident::Zeros => (&mut self.zeros, "ecq resident zeros", "zeros"),
+            Resident::Decoded => (
+                &mut self.decoded,
+                "ecq resident decoded weights",
+                "decoded weights",
+            ),
         };
         let (limit, limit_name) = dev.max_buffer_limit();
         if bytes > limit {
