@@ -9,7 +9,7 @@
 //! ```text
 //! cargo run --release --example bench_resident -- [--layers 32] [--ms 1,16,512] [--rounds 7]
 //!     [--copies 2] [--shapes 4096x4096,1024x4096,...] [--coop] [--own-outputs] [--prebuilt]
-//!     [--one-pass] [--prepared]
+//!     [--one-pass] [--prepared] [--decode-first N|never] [--orders columns,lanes] [--passes 2]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64, `--copies` distinct copies of each
@@ -22,12 +22,15 @@
 //! of its own (`record_forward`), or with `--one-pass` all of a forward's calls into one
 //! (`record_forward_in`); with `--prepared` every call is made into launches once
 //! (`prepare_forward`) before the timing and recorded from them (`PreparedForward::record_in`,
-//! `record`), as an engine reusing its activation buffers would. Times are
+//! `record`), as an engine reusing its activation buffers would. `--decode-first` sets the
+//! fused layers' `LinearOptions::decode_first_min_rows` (`never`: the fused launches at every
+//! row count; default: the library's). Times are
 //! wall clock after a second of warm-up forwards: "record" (the host's recording of all calls)
 //! and "run" (submit to the end of the wait) are medians of `--rounds` forwards one at a time;
 //! "pipelined" is `--rounds` forwards back to back, each recorded and submitted while the one
-//! before runs (two in flight, what an engine does), their wall clock over their number. Every variant is timed twice
-//! (pass 1, pass 2), fused and plain alternating. Prints a markdown table on stdout.
+//! before runs (two in flight, what an engine does), their wall clock over their number. Every
+//! variant is timed `--passes` times (default 2), fused and plain alternating, for each of
+//! `--orders`. Prints a markdown table on stdout.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -68,6 +71,12 @@ struct Args {
     one_pass: bool,
     /// calls made into launches once (`prepare_forward`), recorded every forward
     prepared: bool,
+    /// the fused layers' `LinearOptions::decode_first_min_rows` (`None`: the default)
+    decode_first: Option<usize>,
+    /// the activation orders timed
+    orders: Vec<ActivationOrder>,
+    /// times each variant is timed
+    passes: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -82,6 +91,9 @@ fn parse_args() -> Result<Args, String> {
         prebuilt: false,
         one_pass: false,
         prepared: false,
+        decode_first: None,
+        orders: vec![ActivationOrder::Columns, ActivationOrder::Lanes],
+        passes: 2,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -106,7 +118,24 @@ fn parse_args() -> Result<Args, String> {
         }
         match args[i].as_str() {
             "--layers" => a.layers = number(value()?)?,
+            "--decode-first" => {
+                a.decode_first = Some(match value()?.as_str() {
+                    "never" => usize::MAX,
+                    v => number(v)?,
+                })
+            }
             "--rounds" => a.rounds = number(value()?)?.max(1),
+            "--passes" => a.passes = number(value()?)?.max(1),
+            "--orders" => {
+                a.orders = value()?
+                    .split(',')
+                    .map(|o| match o {
+                        "columns" => Ok(ActivationOrder::Columns),
+                        "lanes" => Ok(ActivationOrder::Lanes),
+                        _ => Err(format!("order {o}: columns or lanes")),
+                    })
+                    .collect::<Result<_, String>>()?
+            }
             "--copies" => a.copies = number(value()?)?.max(1),
             "--ms" => a.ms = value()?.split(',').map(number).collect::<Result<_, _>>()?,
             "--shapes" => {
@@ -182,6 +211,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let with = |coop: bool| {
                 let opts = LinearOptions {
                     cooperative_matrix: coop,
+                    decode_first_min_rows: a.decode_first,
                     ..Default::default()
                 };
                 EntropyCodedLinear::upload(&dev, &format!("{r}x{k}"), layer(), &opts)
@@ -210,13 +240,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let coop_on = stacks[0].fused_coop[0].cooperative_matrix();
     let max_k = a.shapes.iter().map(|s| s.1).max().unwrap_or(0);
+    let decode_first = match stacks[0].fused[0].decode_first_min_rows() {
+        usize::MAX => "never".to_string(),
+        n => format!("from {n} rows"),
+    };
     println!(
-        "`bench_resident`, {} ({} layers of {:?}, {} copies; wall clock, ms a forward: record / \
-         run / pipelined; fused/plain of run / pipelined)\n",
+        "`bench_resident`, {} ({} layers of {:?}, {} copies; fused layers decode first: {}; \
+         wall clock, ms a forward: record / run / pipelined; fused/plain of run / pipelined)\n",
         dev.gpu().adapter_name(),
         a.layers,
         a.shapes,
-        a.copies
+        a.copies,
+        decode_first
     );
     println!("| M | pass | activations | fused f32 | plain f32 | fused/plain | fused coop | plain coop | fused/plain coop |");
     println!("|---|---|---|---|---|---|---|---|---|");
@@ -401,8 +436,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 );
             }
         }
-        for pass in 1..=2 {
-            for order in [ActivationOrder::Columns, ActivationOrder::Lanes] {
+        for pass in 1..=a.passes {
+            for &order in &a.orders {
                 let f = time(&|st, i| &st.fused[i], order)?;
                 let p = time(&|st, i| &st.plain[i], order)?;
                 let (fc, pc) = if coop_on && m >= ecq::linear::COOP_MIN_ROWS {
