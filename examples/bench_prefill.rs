@@ -48,7 +48,8 @@
 //! launch's activation pass included, and that pass alone; the plain baseline on the same
 //! multiply, `GpuQuantizedMatrix::gemv_coop_dispatch`; the fused kernel's diagnostic builds
 //! 1-3; and, on stderr, whole `forward_batch` calls of a window-split layer and its plain
-//! layer with and without the cooperative option, wall clock, each through `forward_batch` and
+//! layer with and without the cooperative option (the fused launches at every row count, and
+//! the layer decoding first as by default, `LinearOptions::decode_first_min_rows`), wall clock, each through `forward_batch` and
 //! through `forward_batch_into` with a reused output vector, and recorded on activations and
 //! outputs in GPU buffers (`GpuLinear::record_forward`, record + submit + wait, activations
 //! given in column and in lane order); `--calls` times only those calls,
@@ -454,14 +455,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             // with and without the cooperative option, fused and plain, at each M, on stderr;
             // each also through `forward_batch_into` with one output vector reused
             if (a.coop || a.calls) && coding == "window" {
-                let with = |on: bool| {
+                // (the fused launches at every row count; the layers decoding first, as by
+                // default, apart)
+                let with = |on: bool, decode_first: Option<usize>| {
                     let opts = LinearOptions {
                         cooperative_matrix: on,
+                        decode_first_min_rows: decode_first,
                         ..Default::default()
                     };
                     EntropyCodedLinear::upload(&dev, "bench", layer_ref(), &opts)
                 };
-                let (fused_f32, fused_coop) = (with(false)?, with(true)?);
+                let (fused_f32, fused_coop) =
+                    (with(false, Some(usize::MAX))?, with(true, Some(usize::MAX))?);
+                let (decoding_f32, decoding_coop) = (with(false, None)?, with(true, None)?);
                 let plain_f32 = QuantizedLinear::upload(&dev, "bench", &q, None)?;
                 let mut plain_coop = QuantizedLinear::upload(&dev, "bench", &q, None)?;
                 plain_coop.set_cooperative_matrix(true);
@@ -474,6 +480,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     &LinearOptions {
                         cooperative_matrix: true,
                         gemv_batch_max_m: Some(ecq::linear::MAX_M_PER_DISPATCH),
+                        decode_first_min_rows: Some(usize::MAX),
                         ..Default::default()
                     },
                 )?;
@@ -502,11 +509,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     eprintln!(
                         "forward_batch {r}x{k} M={m} (wall clock, ms, allocating / into): fused \
                          f32 {}, cooperative ({}) {}, cooperative launches at every row count \
-                         {}; plain f32 {}, cooperative ({}) {}, at every row count {}",
+                         {}; decoding first (from {} / {} rows) f32 {}, cooperative {}; plain \
+                         f32 {}, cooperative ({}) {}, at every row count {}",
                         both(&fused_f32)?,
                         fused_coop.cooperative_matrix(),
                         both(&fused_coop)?,
                         both(&fused_all)?,
+                        decoding_f32.decode_first_min_rows(),
+                        decoding_coop.decode_first_min_rows(),
+                        both(&decoding_f32)?,
+                        both(&decoding_coop)?,
                         both(&plain_f32)?,
                         plain_coop.cooperative_matrix(),
                         both(&plain_coop)?,
@@ -541,10 +553,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     eprintln!(
                         "record_forward {r}x{k} M={m} (wall clock, ms, activations in column / \
                          lane order): fused f32 {}, cooperative {}, cooperative launches at \
-                         every row count {}; plain f32 {}, cooperative {}, at every row count {}",
+                         every row count {}; decoding first f32 {}, cooperative {}; plain f32 \
+                         {}, cooperative {}, at every row count {}",
                         both(&fused_f32)?,
                         both(&fused_coop)?,
                         both(&fused_all)?,
+                        both(&decoding_f32)?,
+                        both(&decoding_coop)?,
                         both(&plain_f32)?,
                         both(&plain_coop)?,
                         both(&plain_all)?,
