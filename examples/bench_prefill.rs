@@ -465,8 +465,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     };
                     EntropyCodedLinear::upload(&dev, "bench", layer_ref(), &opts)
                 };
-                let (fused_f32, fused_coop) =
-                    (with(false, Some(usize::MAX))?, with(true, Some(usize::MAX))?);
+                let (fused_f32, fused_coop) = (
+                    with(false, Some(usize::MAX))?,
+                    with(true, Some(usize::MAX))?,
+                );
                 let (decoding_f32, decoding_coop) = (with(false, None)?, with(true, None)?);
                 let plain_f32 = QuantizedLinear::upload(&dev, "bench", &q, None)?;
                 let mut plain_coop = QuantizedLinear::upload(&dev, "bench", &q, None)?;
