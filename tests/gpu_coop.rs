@@ -674,6 +674,11 @@ fn coop_layers_match_reference() {
         );
         let mut plain = QuantizedLinear::upload(&dev, "coop big plain", &q, None).unwrap();
         assert!(fused.cooperative_matrix() && plain.set_cooperative_matrix(true));
+        assert_eq!(plain.coop_gemm_min_rows(), ecq::linear::COOP_GEMM_MIN_ROWS);
+        // (the plain layer's launches of 16 rows instead of the cooperative GEMM)
+        let mut plain_gemv = QuantizedLinear::upload(&dev, "coop big gemv", &q, None).unwrap();
+        plain_gemv.set_cooperative_matrix(true);
+        plain_gemv.set_coop_gemm_min_rows(Some(usize::MAX));
         let x: Vec<f32> = (0..m * cols).map(|_| gaussian(&mut rng)).collect();
         let (want, sum_abs) = reference(&q, &x, m);
         assert_eq!(
@@ -681,20 +686,35 @@ fn coop_layers_match_reference() {
             bits(&plain.forward_batch(&x, m).unwrap()),
             "decoding first, {m} rows"
         );
-        for (label, layer) in [
-            ("fused", &fused as &dyn GpuLinear),
-            ("decoding first", &decoding),
-            ("plain", &plain),
+        for (label, layer, gemm) in [
+            ("fused", &fused as &dyn GpuLinear, false),
+            ("decoding first", &decoding, true),
+            ("plain", &plain, true),
+            ("plain, launches of 16", &plain_gemv, false),
         ] {
             let got = layer.forward_batch(&x, m).unwrap();
-            assert_close(
-                &format!("{label}, {m} rows"),
-                &got,
-                &want,
-                &sum_abs,
-                cols,
-                true,
-            );
+            if gemm {
+                // (the cooperative GEMM rounds the dequantized weights to f16 as well)
+                for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    let tol = (TOL_PER_TERM * (cols as f64 + 64.0) + 2.0 * TOL_F16_ROUNDING)
+                        * sum_abs[i]
+                        + 1e-30;
+                    let err = (g as f64 - w).abs();
+                    assert!(
+                        err <= tol,
+                        "{label}, {m} rows: y[{i}] = {g} expected {w} (error {err:e} > {tol:e})"
+                    );
+                }
+            } else {
+                assert_close(
+                    &format!("{label}, {m} rows"),
+                    &got,
+                    &want,
+                    &sum_abs,
+                    cols,
+                    true,
+                );
+            }
             // recorded on GPU buffers: the same launches, so the same bits (lane order given
             // too: the cooperative launches take column order back)
             let columns = ecq::linear::ActivationOrder::Columns;
@@ -712,5 +732,144 @@ fn coop_layers_match_reference() {
     }
     if !offered {
         announce_no_coop(dev.gpu());
+    }
+}
+
+/// The cooperative GEMM (`GpuQuantizedMatrix::gemm_coop`, `wgsl/qgemm_coop.wgsl` after
+/// `wgsl/x_rows_f16.wgsl`) against the f64 reference: the summation bound, plus 2^-11 for the
+/// weights rounded to f16 once dequantized (2^-25 absolute below f16's normal range, times the
+/// activations' magnitudes), plus 2^-11 for activations f16 does not hold. Matrix rows and
+/// activation rows that leave tiles partly empty (37, 200, 300 rows; 1, 7, 100, 513 activation
+/// rows), MLX groups of 32, 64 and 128, inputs of 64 to 4096; Gaussian activations, with a
+/// dynamic range of 10^10 within a row, and f16-valued ones. A row holding a NaN gives NaN
+/// outputs and leaves the other rows alone. Refusals by name: no cooperative device (lavapipe),
+/// 2 bits, inputs not a multiple of 64, activations of another width, `y` too small.
+#[test]
+fn coop_gemm_matches_reference() {
+    let Some(ctx) = ctx() else { return };
+    let (dev, queue, reg) = (ctx.device(), ctx.queue(), ctx.registry());
+    let offered = reg.cooperative_matrix();
+    assert!(matches!(
+        ecq::gpu::CoopRows::new(dev, 100, 4),
+        Err(GpuError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        ecq::gpu::CoopRows::new(dev, 128, 0),
+        Err(GpuError::InvalidInput(_))
+    ));
+    let q = random_matrix(3900, 40, 256, 4, 64).0;
+    let gq = ecq::gpu::GpuQuantizedMatrix::upload(dev, &q).unwrap();
+    let rows = ecq::gpu::CoopRows::new(dev, 256, 5).unwrap();
+    let storage = |bytes: u64| {
+        dev.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
+    let (xb, yb) = (storage(5 * 256 * 4), storage(5 * 40 * 4));
+    if !offered {
+        for r in [
+            gq.gemm_coop_dispatch(dev, reg, &rows, &yb),
+            ecq::gpu::coop_rows_dispatch(dev, reg, &xb, &rows),
+        ] {
+            match r {
+                Err(GpuError::Unsupported(e)) => assert!(e.contains("cooperative"), "{e}"),
+                other => panic!("expected Unsupported, got {:?}", other.err()),
+            }
+        }
+        assert!(!gq.gemm_coop_supported(reg));
+        announce_no_coop(ctx);
+        return;
+    }
+    assert!(gq.gemm_coop_supported(reg));
+    // refusals on a cooperative device
+    let two_bit =
+        ecq::gpu::GpuQuantizedMatrix::upload(dev, &random_matrix(3901, 16, 256, 2, 64).0).unwrap();
+    assert!(matches!(
+        two_bit.gemm_coop_dispatch(dev, reg, &rows, &yb),
+        Err(GpuError::Unsupported(_))
+    ));
+    let narrow = ecq::gpu::GpuQuantizedMatrix::upload(dev, &random_matrix(3902, 16, 96, 4, 32).0);
+    if let Ok(narrow) = narrow {
+        assert!(!narrow.gemm_coop_supported(reg));
+    }
+    let other_width = ecq::gpu::CoopRows::new(dev, 512, 5).unwrap();
+    assert!(matches!(
+        gq.gemm_coop_dispatch(dev, reg, &other_width, &yb),
+        Err(GpuError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        gq.gemm_coop_dispatch(dev, reg, &rows, &storage(5 * 40 * 4 - 16)),
+        Err(GpuError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        ecq::gpu::coop_rows_dispatch(dev, reg, &storage(5 * 256 * 4 - 16), &rows),
+        Err(GpuError::InvalidInput(_))
+    ));
+    // (rows, cols, group size, activation rows)
+    let shapes = [
+        (37, 64, 32, 1),
+        (200, 512, 64, 100),
+        (128, 1024, 128, 64),
+        (40, 192, 32, 7),
+        (300, 4096, 64, 513),
+    ];
+    let mut rng = ChaCha8Rng::seed_from_u64(3903);
+    for (i, &(r, k, gs, m)) in shapes.iter().enumerate() {
+        let q = random_matrix(3910 + i as u64, r, k, 4, gs).0;
+        let gq = ecq::gpu::GpuQuantizedMatrix::upload(dev, &q).unwrap();
+        let gaussian_x: Vec<f32> = (0..m * k).map(|_| gaussian(&mut rng)).collect();
+        let ranged: Vec<f32> = gaussian_x
+            .iter()
+            .enumerate()
+            .map(|(j, &v)| v * 10f32.powi((j % k) as i32 % 11 - 5))
+            .collect();
+        let f16_valued: Vec<f32> = gaussian_x
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_f32())
+            .collect();
+        for (what, x, rounded) in [
+            ("gaussian", &gaussian_x, true),
+            ("range 10^10", &ranged, true),
+            ("f16 values", &f16_valued, false),
+        ] {
+            let got = gq.gemm_coop(dev, queue, reg, x, m).unwrap();
+            let (want, sum_abs) = reference(&q, x, m);
+            let label = format!("{r}x{k} g{gs}, {m} rows, {what}");
+            assert_eq!(got.len(), want.len(), "{label}");
+            let x_rounding = if rounded { TOL_F16_ROUNDING } else { 0.0 };
+            for (j, ((&g, &w), &a)) in got.iter().zip(&want).zip(&sum_abs).enumerate() {
+                let row = j / r;
+                let x_abs: f64 = x[row * k..(row + 1) * k]
+                    .iter()
+                    .map(|v| v.abs() as f64)
+                    .sum();
+                let tol = (TOL_PER_TERM * (k as f64 + 64.0) + TOL_F16_ROUNDING + x_rounding) * a
+                    + x_abs / (1u64 << 25) as f64
+                    + 1e-30;
+                let err = (g as f64 - w).abs();
+                assert!(
+                    err <= tol,
+                    "{label}: y[{row}][{}] = {g} expected {w} (error {err:e} > tolerance {tol:e})",
+                    j % r
+                );
+            }
+        }
+        // a NaN in one row: that row's outputs NaN, the others as without it
+        if m >= 2 {
+            let mut x = gaussian_x.clone();
+            x[k + k / 2] = f32::NAN;
+            let got = gq.gemm_coop(dev, queue, reg, &x, m).unwrap();
+            let clean = gq.gemm_coop(dev, queue, reg, &gaussian_x, m).unwrap();
+            for (j, (&g, &c)) in got.iter().zip(&clean).enumerate() {
+                if j / r == 1 {
+                    assert!(g.is_nan(), "{r}x{k}: row 1 output {} = {g}", j % r);
+                } else {
+                    assert_eq!(g.to_bits(), c.to_bits(), "{r}x{k}: output {j}");
+                }
+            }
+        }
     }
 }

@@ -221,6 +221,122 @@ pub fn coop_x_dispatch<'b>(
     })
 }
 
+/// Inputs of the cooperative GEMM ([`GpuQuantizedMatrix::gemm_coop_dispatch`](super::GpuQuantizedMatrix::gemm_coop_dispatch))
+/// must be a multiple of this: its steps of columns.
+pub const COOP_GEMM_COLS: usize = 64;
+
+/// Activation rows prepared for [`GpuQuantizedMatrix::gemm_coop_dispatch`](super::GpuQuantizedMatrix::gemm_coop_dispatch)
+/// by [`coop_rows_dispatch`]: `rows` rows of `cols` f16 values, each row scaled by a power of
+/// two that puts its largest magnitude in [2^13, 2^14) (exact for activations that are f16 or
+/// bf16 values, down to 2^-27 of the row's largest; else rounded to 11 bits), and per row the
+/// scaling back (NaN for a row holding a NaN or an infinity).
+#[derive(Debug, Clone)]
+pub struct CoopRows {
+    values: wgpu::Buffer,
+    scalings: wgpu::Buffer,
+    cols: usize,
+    rows: usize,
+}
+
+impl CoopRows {
+    /// Buffers for `rows` (at least 1) rows of `cols` inputs (a positive multiple of
+    /// [`COOP_GEMM_COLS`]); [`GpuError::InvalidInput`] otherwise, [`GpuError::TooLarge`] past
+    /// the device's limits.
+    pub fn new(device: &wgpu::Device, cols: usize, rows: usize) -> Result<Self, GpuError> {
+        if rows == 0 || cols == 0 || !cols.is_multiple_of(COOP_GEMM_COLS) {
+            return Err(GpuError::InvalidInput(format!(
+                "cooperative GEMM activations need rows and inputs a positive multiple of \
+                 {COOP_GEMM_COLS} ({rows} rows of {cols})"
+            )));
+        }
+        let bytes = 2 * rows as u64 * cols as u64;
+        super::check_storage(device, "cooperative GEMM activations", bytes)?;
+        Ok(CoopRows {
+            values: super::storage_empty(device, "coop gemm activations", bytes)?,
+            scalings: super::storage_empty(device, "coop gemm scalings", 4 * rows as u64)?,
+            cols,
+            rows,
+        })
+    }
+
+    /// Inputs per row.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub(crate) fn values(&self) -> &wgpu::Buffer {
+        &self.values
+    }
+
+    pub(crate) fn scalings(&self) -> &wgpu::Buffer {
+        &self.scalings
+    }
+
+    /// GPU bytes held.
+    pub(crate) fn gpu_bytes(&self) -> u64 {
+        self.values.size() + self.scalings.size()
+    }
+}
+
+/// The launch preparing `out.rows()` rows of `out.cols()` f32 activations in `x` (one row
+/// after another) for the cooperative GEMM (`wgsl/x_rows_f16.wgsl`, a workgroup a row). Needs
+/// the registry's cooperative matrices ([`GpuError::Unsupported`]) and `x` large enough
+/// ([`GpuError::InvalidInput`]).
+pub fn coop_rows_dispatch<'b>(
+    device: &wgpu::Device,
+    registry: &PipelineRegistry,
+    x: impl Into<super::BufferRange<'b>>,
+    out: &CoopRows,
+) -> Result<Dispatch, GpuError> {
+    if !registry.cooperative_matrix() {
+        return Err(GpuError::Unsupported(NO_COOPERATIVE_DEVICE.into()));
+    }
+    let x = x.into();
+    x.check(device, "x")?;
+    let bytes = out.rows as u64 * out.cols as u64 * 4;
+    if x.size() < bytes {
+        return Err(GpuError::InvalidInput(format!(
+            "x has {} bytes, {} rows of {} need {bytes}",
+            x.size(),
+            out.rows,
+            out.cols
+        )));
+    }
+    let as_u32 = |v: usize, what: &str| {
+        u32::try_from(v).map_err(|_| GpuError::InvalidInput(format!("{v} {what}")))
+    };
+    let (cols, rows) = (as_u32(out.cols, "inputs")?, as_u32(out.rows, "rows")?);
+    let (gx, gy) = grid(device, rows);
+    let pipeline = registry.get(device, Kernel::XRowsF16, "main", &[])?;
+    use wgpu::util::DeviceExt;
+    let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("coop rows params"),
+        contents: bytemuck::cast_slice(&[cols, rows, gx, 0]),
+        usage: wgpu::BufferUsages::UNIFORM,
+    });
+    let layout = pipeline.get_bind_group_layout(0);
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("coop rows"),
+        layout: &layout,
+        entries: &[
+            super::decode::entry(0, &uniform),
+            x.entry(1),
+            super::decode::entry(2, &out.values),
+            super::decode::entry(3, &out.scalings),
+        ],
+    });
+    Ok(Dispatch {
+        pipeline,
+        bind_group,
+        workgroups: (gx, gy),
+    })
+}
+
 /// Why the cooperative entry points refuse a device that was not created for them.
 pub(crate) const NO_COOPERATIVE_DEVICE: &str = "the device has no cooperative matrices \
      (GpuContext::with_cooperative_matrix on an adapter offering 16x16x16 f16 multiplies with \

@@ -1039,6 +1039,160 @@ impl GpuQuantizedMatrix {
         })
     }
 
+    /// Why [`Self::gemm_coop_dispatch`] cannot run this matrix on `registry`'s device, if it
+    /// cannot.
+    fn gemm_coop_refusal(&self, registry: &PipelineRegistry) -> Option<String> {
+        if !registry.cooperative_matrix() {
+            Some(super::coop::NO_COOPERATIVE_DEVICE.into())
+        } else if self.bits != 4
+            || self.cols() == 0
+            || !self.cols().is_multiple_of(super::COOP_GEMM_COLS)
+            || self.group_size < 16
+        {
+            Some(format!(
+                "the cooperative 4-bit GEMM needs 4 bits, inputs a positive multiple of {} and \
+                 MLX groups of at least 16 ({} bits, {} inputs, groups of {})",
+                super::COOP_GEMM_COLS,
+                self.bits,
+                self.cols(),
+                self.group_size
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Whether [`Self::gemm_coop_dispatch`] runs this matrix on `registry`'s device.
+    pub fn gemm_coop_supported(&self, registry: &PipelineRegistry) -> bool {
+        self.gemm_coop_refusal(registry).is_none()
+    }
+
+    /// The cooperative GEMM launch (`wgsl/qgemm_coop.wgsl`): `x.rows()` rows of outputs into
+    /// `y` (`rows` f32 a row, one row after another), `Y = X W^T` with the weights dequantized
+    /// to f16 as MLX's quantized matmul does and the activations as [`super::coop_rows_dispatch`]
+    /// prepared them, the sums in f32: within about 2^-10 of the sum of the terms' magnitudes
+    /// of the f32 GEMM, for many rows at once (tiles of 128 matrix rows x 64 activation rows,
+    /// the weights staged once a tile). Refuses ([`GpuError::Unsupported`]) a device without
+    /// cooperative matrices and matrices other than 4-bit ones of inputs a multiple of
+    /// [`super::COOP_GEMM_COLS`]; [`GpuError::InvalidInput`] for activations of another width
+    /// or a `y` too small.
+    pub fn gemm_coop_dispatch<'b>(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &super::CoopRows,
+        y: impl Into<BufferRange<'b>>,
+    ) -> Result<Dispatch, GpuError> {
+        if let Some(why) = self.gemm_coop_refusal(registry) {
+            return Err(GpuError::Unsupported(why));
+        }
+        let y = y.into();
+        y.check(device, "y")?;
+        let (r, k, m) = (self.rows(), self.cols(), x.rows());
+        if x.cols() != k {
+            return Err(GpuError::InvalidInput(format!(
+                "cooperative GEMM activations have {} inputs, the matrix {k}",
+                x.cols()
+            )));
+        }
+        let y_bytes = r as u64 * m as u64 * 4;
+        if y.size() < y_bytes {
+            return Err(GpuError::InvalidInput(format!(
+                "y has {} bytes, {m} rows of {r} outputs need {y_bytes}",
+                y.size()
+            )));
+        }
+        let row_tiles = r.div_ceil(128);
+        let total_wg = u32::try_from(row_tiles * m.div_ceil(64))
+            .map_err(|_| GpuError::InvalidInput(format!("{m} rows of {r} outputs")))?;
+        let (gx, gy) = grid(device, total_wg);
+        let params: [u32; 8] = [
+            self.params.rows,
+            self.params.cols,
+            m as u32,
+            self.params.groups_per_row,
+            row_tiles as u32,
+            gx,
+            total_wg,
+            self.params.rows,
+        ];
+        use wgpu::util::DeviceExt;
+        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("qgemm_coop params"),
+            contents: bytemuck::cast_slice(&params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let pipeline = registry.get(
+            device,
+            Kernel::QGemmCoop,
+            "main",
+            &[
+                ("GSHIFT", self.group_size.trailing_zeros()),
+                self.side.constant(),
+            ],
+        )?;
+        let layout = pipeline.get_bind_group_layout(0);
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("qgemm_coop"),
+            layout: &layout,
+            entries: &[
+                entry(0, &uniform),
+                entry(1, &self.packed),
+                entry(2, &self.sb),
+                entry(3, x.values()),
+                entry(4, x.scalings()),
+                y.entry(5),
+            ],
+        });
+        Ok(Dispatch {
+            pipeline,
+            bind_group,
+            workgroups: (gx, gy),
+        })
+    }
+
+    /// `Y = X W^T` for `m` activation rows (`x`: `m * cols` f32) through the cooperative GEMM
+    /// ([`super::coop_rows_dispatch`], then [`Self::gemm_coop_dispatch`]) in one submission,
+    /// read back as `m` rows of `rows` f32. The refusals of [`Self::gemm_coop_dispatch`];
+    /// [`GpuError::InvalidInput`] for an `x` of another length.
+    pub fn gemm_coop(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        x: &[f32],
+        m: usize,
+    ) -> Result<Vec<f32>, GpuError> {
+        if let Some(why) = self.gemm_coop_refusal(registry) {
+            return Err(GpuError::Unsupported(why));
+        }
+        let (r, k) = (self.rows(), self.cols());
+        if x.len() != m * k {
+            return Err(GpuError::InvalidInput(format!(
+                "x has {} values, {m} rows of {k} need {}",
+                x.len(),
+                m * k
+            )));
+        }
+        if m == 0 || r == 0 {
+            return Ok(Vec::new());
+        }
+        let xb = super::upload_x(device, x)?;
+        let rows = super::CoopRows::new(device, k, m)?;
+        let yb = super::nan_output(device, m * r)?;
+        let prep = super::coop_rows_dispatch(device, registry, &xb, &rows)?;
+        let d = self.gemm_coop_dispatch(device, registry, &rows, &yb)?;
+        let mut enc = device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            prep.record(&mut pass);
+            d.record(&mut pass);
+        }
+        queue.submit([enc.finish()]);
+        let bytes = super::read_back(device, queue, &yb, (m * r) as u64 * 4)?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
     /// `Y = X W^T` for `vectors` activation vectors through the cooperative kernels
     /// ([`super::coop_x_dispatch`] in packed order, then [`Self::gemv_coop_dispatch`]) in
     /// launches of up to [`super::COOP_VECTORS`], read back as `vectors` rows of `rows` f32

@@ -114,8 +114,9 @@ use std::sync::Mutex;
 
 pub use bias::add_bias_dispatch;
 pub use coop::{
-    coop_x_dispatch, offers_coop_f16_16x16, CoopActivations, CoopOrder, COOP_BLOCK_COLS,
-    COOP_STORAGE_BUFFERS, COOP_VECTORS, COOP_WORKGROUP_BYTES,
+    coop_rows_dispatch, coop_x_dispatch, offers_coop_f16_16x16, CoopActivations, CoopOrder,
+    CoopRows, COOP_BLOCK_COLS, COOP_GEMM_COLS, COOP_STORAGE_BUFFERS, COOP_VECTORS,
+    COOP_WORKGROUP_BYTES,
 };
 pub use copy_rows::{copy_rows_dispatch, RowCopy};
 pub(crate) use decode::{
@@ -402,6 +403,13 @@ pub enum Kernel {
     /// cooperative multiply, the baseline of [`Kernel::RansGemvCoop`]
     /// ([`GpuQuantizedMatrix::gemv_coop_dispatch`]).
     QGemv4Coop,
+    /// `wgsl/qgemm_coop.wgsl`: the plain 4-bit GEMM of many activation rows on cooperative
+    /// matrices, tiles of 128 matrix rows x 64 activation rows
+    /// ([`GpuQuantizedMatrix::gemm_coop_dispatch`]).
+    QGemmCoop,
+    /// `wgsl/x_rows_f16.wgsl`: activation rows as [`Kernel::QGemmCoop`] reads them
+    /// ([`coop_rows_dispatch`]).
+    XRowsF16,
     /// `wgsl/add_bias.wgsl`: a layer's bias added to outputs on the GPU
     /// ([`add_bias_dispatch`]).
     AddBias,
@@ -527,6 +535,8 @@ impl Kernel {
                 wgsl_with_libs!("../../wgsl/qgemv4_coop.wgsl", "side", "coop_tile")
             }
             Kernel::XCoop => include_str!("../../wgsl/x_coop.wgsl"),
+            Kernel::QGemmCoop => wgsl_with_libs!("../../wgsl/qgemm_coop.wgsl", "side"),
+            Kernel::XRowsF16 => include_str!("../../wgsl/x_rows_f16.wgsl"),
             Kernel::AddBias => include_str!("../../wgsl/add_bias.wgsl"),
             Kernel::CopyRows => include_str!("../../wgsl/copy_rows.wgsl"),
         }
@@ -549,6 +559,7 @@ impl Kernel {
                 | Kernel::QGemv4Many
                 | Kernel::RansGemvCoop
                 | Kernel::QGemv4Coop
+                | Kernel::QGemmCoop
         )
     }
 
@@ -587,6 +598,9 @@ impl Kernel {
     /// indices are tested against the matrix's rows, the others come from the uniform block,
     /// the group and the lane (`GpuQuantizedMatrix::gemv_coop_dispatch` checks the
     /// activations' width and `y`).
+    /// `qgemm_coop.wgsl` indexes weights, scales, activation rows and outputs of matrix rows
+    /// and activation rows it tests against the shape (`gemm_coop_dispatch` checks the
+    /// buffers against it), and its tiles by the invocation and constant loop counters.
     pub fn indices_in_range_by_construction(self) -> bool {
         matches!(
             self,
@@ -597,6 +611,7 @@ impl Kernel {
                 | Kernel::QGemv4Many
                 | Kernel::RansGemvCoop
                 | Kernel::QGemv4Coop
+                | Kernel::QGemmCoop
         )
     }
 
@@ -623,6 +638,8 @@ impl Kernel {
             Kernel::RansGemvCoop => "rans_gemv_coop.wgsl",
             Kernel::QGemv4Coop => "qgemv4_coop.wgsl",
             Kernel::XCoop => "x_coop.wgsl",
+            Kernel::QGemmCoop => "qgemm_coop.wgsl",
+            Kernel::XRowsF16 => "x_rows_f16.wgsl",
             Kernel::AddBias => "add_bias.wgsl",
             Kernel::CopyRows => "copy_rows.wgsl",
         }
@@ -1568,7 +1585,7 @@ mod tests {
     use super::Kernel;
 
     /// Every kernel the registry builds.
-    const ALL_KERNELS: [Kernel; 21] = [
+    const ALL_KERNELS: [Kernel; 23] = [
         Kernel::RansDecode,
         Kernel::RansGemv,
         Kernel::RansGemvSubgroup,
@@ -1588,6 +1605,8 @@ mod tests {
         Kernel::RansGemvCoop,
         Kernel::XCoop,
         Kernel::QGemv4Coop,
+        Kernel::QGemmCoop,
+        Kernel::XRowsF16,
         Kernel::AddBias,
         Kernel::CopyRows,
     ];
@@ -1603,7 +1622,7 @@ mod tests {
             .collect();
         assert_eq!(
             unchecked.len(),
-            7,
+            8,
             "only the four blocked kernels, their plain multi-vector baseline and the \
              cooperative ones"
         );

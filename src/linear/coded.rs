@@ -328,6 +328,10 @@ pub struct LinearOptions {
     /// it ([`LinearDevice::release_call_buffers`] frees it). Corrupt streams are reported as
     /// on the fused path.
     pub decode_first_min_rows: Option<usize>,
+    /// The rows from which calls decoding first ([`Self::decode_first_min_rows`]) on
+    /// cooperative matrices run the plain cooperative GEMM
+    /// ([`super::QuantizedLinear::set_coop_gemm_min_rows`]; `None`: its default).
+    pub coop_gemm_min_rows: Option<usize>,
 }
 
 /// A borrowed coded matrix with its quantization parameters: the coded tensors as
@@ -807,6 +811,8 @@ pub struct EntropyCodedLinear {
     coop: bool,
     /// [`LinearOptions::decode_first_min_rows`], resolved.
     decode_first_min_rows: usize,
+    /// [`LinearOptions::coop_gemm_min_rows`].
+    coop_gemm_min_rows: Option<usize>,
     /// The MLX group size.
     group_size: usize,
 }
@@ -1236,6 +1242,7 @@ impl EntropyCodedLinear {
             lane_order,
             coop,
             decode_first_min_rows,
+            coop_gemm_min_rows: opts.coop_gemm_min_rows,
             group_size: m.group_size,
         })
     }
@@ -1942,6 +1949,7 @@ impl EntropyCodedLinear {
             None,
         )?;
         plain.set_cooperative_matrix(self.coop);
+        plain.set_coop_gemm_min_rows(self.coop_gemm_min_rows);
         Ok(plain)
     }
 

@@ -8,7 +8,7 @@ use super::resident::{Resident, ResidentBuffers};
 
 /// Where a read back's mapping reports its outcome.
 pub(crate) type MapReceiver = std::sync::mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>;
-use crate::gpu::{BufferRange, CoopActivations, CoopOrder, GpuContext, GpuError};
+use crate::gpu::{BufferRange, CoopActivations, CoopOrder, CoopRows, GpuContext, GpuError};
 
 /// The batched kernels of this module (one WGSL file each in `wgsl/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -137,6 +137,8 @@ pub struct LinearDevice {
     /// The cooperative launches' activation buffers, by inputs, vectors and order (written by
     /// each launch's activation pass and read by the launch after it, so calls can share them).
     coop_activations: Mutex<Vec<CoopActivations>>,
+    /// The cooperative GEMM's activation rows, by inputs and rows (as `coop_activations`).
+    coop_rows: Mutex<Vec<CoopRows>>,
 }
 
 impl LinearDevice {
@@ -154,6 +156,7 @@ impl LinearDevice {
             call_buffers: Mutex::new(Vec::new()),
             resident: Mutex::new(ResidentBuffers::default()),
             coop_activations: Mutex::new(Vec::new()),
+            coop_rows: Mutex::new(Vec::new()),
         })
     }
 
@@ -181,6 +184,10 @@ impl LinearDevice {
             .lock()
             .expect("cooperative activations lock")
             .clear();
+        self.coop_rows
+            .lock()
+            .expect("cooperative rows lock")
+            .clear();
     }
 
     /// GPU bytes of the buffers kept from earlier layer calls (activations, outputs and the
@@ -201,6 +208,13 @@ impl LinearDevice {
                 .iter()
                 .map(CoopActivations::gpu_bytes)
                 .sum::<u64>()
+            + self
+                .coop_rows
+                .lock()
+                .expect("cooperative rows lock")
+                .iter()
+                .map(CoopRows::gpu_bytes)
+                .sum::<u64>()
     }
 
     /// The kept activation buffers of cooperative launches of `vectors` vectors of `cols`
@@ -219,6 +233,18 @@ impl LinearDevice {
             return Ok(a.clone());
         }
         let a = CoopActivations::new(self.device(), cols, vectors, order)?;
+        kept.push(a.clone());
+        Ok(a)
+    }
+
+    /// The kept activation rows of cooperative GEMM launches of `rows` rows of `cols` inputs
+    /// (made on first use).
+    pub(crate) fn coop_rows(&self, cols: usize, rows: usize) -> Result<CoopRows, GpuError> {
+        let mut kept = self.coop_rows.lock().expect("cooperative rows lock");
+        if let Some(a) = kept.iter().find(|a| (a.cols(), a.rows()) == (cols, rows)) {
+            return Ok(a.clone());
+        }
+        let a = CoopRows::new(self.device(), cols, rows)?;
         kept.push(a.clone());
         Ok(a)
     }

@@ -89,7 +89,9 @@ pub use coded::{
 pub use cpu::CpuLinear;
 pub use device::LinearDevice;
 pub use model::EntropyCodedModel;
-pub use plain::{QuantizedLinear, PLAIN_GEMV_MANY_MAX_M, PLAIN_GEMV_MANY_MAX_M_SMALL};
+pub use plain::{
+    QuantizedLinear, COOP_GEMM_MIN_ROWS, PLAIN_GEMV_MANY_MAX_M, PLAIN_GEMV_MANY_MAX_M_SMALL,
+};
 pub use resident::{ActivationOrder, GpuLinear, PreparedForward};
 
 use half::f16;

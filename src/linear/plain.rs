@@ -27,6 +27,13 @@ pub const PLAIN_GEMV_MANY_MAX_M: usize = usize::MAX;
 /// time at 48 rows, 1.12x at 64 and 0.93-1.31x from 96 to 512 on an H200).
 pub const PLAIN_GEMV_MANY_MAX_M_SMALL: usize = 48;
 
+/// Activation rows from which [`QuantizedLinear`]'s `forward_batch` on cooperative matrices
+/// ([`QuantizedLinear::set_cooperative_matrix`]) runs the cooperative GEMM
+/// ([`crate::gpu::GpuQuantizedMatrix::gemm_coop_dispatch`], tiles of 128 matrix rows x 64
+/// activation rows, weights dequantized to f16) instead of launches of 16 rows of the
+/// cooperative GEMV (see [`QuantizedLinear::set_coop_gemm_min_rows`]).
+pub const COOP_GEMM_MIN_ROWS: usize = 64;
+
 /// Uniform block of `qgemm.wgsl`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -55,6 +62,8 @@ pub(crate) enum PlainPath<'a> {
     Vector(&'a crate::gpu::GpuQuantizedMatrix),
     /// Launches of the multi-vector GEMV.
     Many(&'a crate::gpu::GpuQuantizedMatrix),
+    /// Launches of the cooperative GEMM.
+    CoopGemm(&'a crate::gpu::GpuQuantizedMatrix),
     /// `qgemm`.
     Gemm,
 }
@@ -92,6 +101,8 @@ pub struct QuantizedLinear {
     /// The most rows `forward_batch` runs as multi-vector GEMV launches instead of `qgemm`
     /// ([`Self::set_gemv_many_max_m`]; `None`: by size).
     many_max_m: Option<usize>,
+    /// The fewest rows that run the cooperative GEMM ([`Self::set_coop_gemm_min_rows`]).
+    coop_gemm_min_m: usize,
 }
 
 impl QuantizedLinear {
@@ -247,6 +258,7 @@ impl QuantizedLinear {
             vector,
             coop: false,
             many_max_m: None,
+            coop_gemm_min_m: COOP_GEMM_MIN_ROWS,
         }
     }
 
@@ -457,6 +469,41 @@ impl QuantizedLinear {
         scratch.submit_read(enc, &y, r * m, &[]).map_err(gpu_err)
     }
 
+    /// With cooperative matrices ([`Self::set_cooperative_matrix`]), `forward_batch` calls of
+    /// at least `m` rows run the cooperative GEMM where the matrix allows it (4 bits, inputs
+    /// a multiple of 64; [`crate::gpu::GpuQuantizedMatrix::gemm_coop_supported`]), in
+    /// launches of up to [`super::MAX_M_PER_DISPATCH`] rows: `None` (default)
+    /// [`COOP_GEMM_MIN_ROWS`], `Some(usize::MAX)` never. Its weights are rounded to f16 once
+    /// dequantized (as MLX's quantized matmul stages them): within about 2^-10 of the sum of
+    /// the terms' magnitudes of the f32 result, where the cooperative GEMV's are within
+    /// 2^-11.
+    pub fn set_coop_gemm_min_rows(&mut self, m: Option<usize>) {
+        self.coop_gemm_min_m = m.unwrap_or(COOP_GEMM_MIN_ROWS).max(2);
+    }
+
+    /// The fewest rows a call needs to run the cooperative GEMM (`usize::MAX`: never; it
+    /// also needs [`Self::cooperative_matrix`]).
+    pub fn coop_gemm_min_rows(&self) -> usize {
+        self.coop_gemm_min_m
+    }
+
+    /// The cooperative GEMM of `n` rows of `x` (`n * cols` f32, column order) into `y`: its
+    /// activation pass, then the GEMM.
+    fn record_coop_gemm(
+        &self,
+        v: &crate::gpu::GpuQuantizedMatrix,
+        out: &mut Vec<LinearDispatch>,
+        x: BufferRange<'_>,
+        y: BufferRange<'_>,
+        n: usize,
+    ) -> Result<(), crate::gpu::GpuError> {
+        let (device, registry) = (self.dev.device(), self.dev.gpu().registry());
+        let rows = self.dev.coop_rows(self.in_features(), n)?;
+        out.push(crate::gpu::coop_rows_dispatch(device, registry, x, &rows)?);
+        out.push(v.gemm_coop_dispatch(device, registry, &rows, y)?);
+        Ok(())
+    }
+
     /// Whether a multi-vector launch of `n` rows multiplies on cooperative matrices.
     fn coop_launch(&self, n: usize) -> bool {
         self.coop && n >= super::COOP_MIN_ROWS
@@ -504,6 +551,12 @@ impl QuantizedLinear {
         };
         if m == 1 {
             return PlainPath::Vector(v);
+        }
+        if self.coop
+            && m >= self.coop_gemm_min_m
+            && v.gemm_coop_supported(self.dev.gpu().registry())
+        {
+            return PlainPath::CoopGemm(v);
         }
         let (r, k) = (self.out_features(), self.in_features());
         let many_max = self.many_max_m.unwrap_or(if r * k <= 1 << 22 {
@@ -606,6 +659,36 @@ impl Linear for QuantizedLinear {
                 return Ok(());
             }
             PlainPath::Many(v) => Some(v),
+            PlainPath::CoopGemm(v) => {
+                let per = self.gemm_rows_per_dispatch()?;
+                pipelined(
+                    m,
+                    per,
+                    |start, mb| {
+                        self.submit_one(
+                            &x[start * k..(start + mb) * k],
+                            (k, k),
+                            mb * r,
+                            |xb, yb, pass| {
+                                let mut launches = Vec::new();
+                                let xr = BufferRange::new(xb, 0, (mb * k * 4) as u64);
+                                let yr = BufferRange::new(yb, 0, (mb * r * 4) as u64);
+                                self.record_coop_gemm(v, &mut launches, xr, yr, mb)
+                                    .map_err(|source| LinearError::gpu(&self.name, source))?;
+                                for d in &launches {
+                                    d.record(pass);
+                                }
+                                Ok(())
+                            },
+                        )
+                    },
+                    |pending, start, mb| {
+                        self.finish_read(pending, &mut y[start * r..(start + mb) * r])
+                    },
+                )?;
+                add_bias(y, self.bias.as_deref());
+                return Ok(());
+            }
             PlainPath::Gemm => None,
         };
         if let Some(v) = v {
@@ -659,6 +742,7 @@ impl QuantizedLinear {
         let (per, row_values) = match path {
             PlainPath::Vector(_) => (1, k),
             PlainPath::Many(_) => (crate::gpu::MAX_GEMV_VECTORS as usize, k),
+            PlainPath::CoopGemm(_) => (self.gemm_rows_per_dispatch()?, k),
             PlainPath::Gemm => (self.gemm_rows_per_dispatch()?, k4),
         };
         let (layout, parts) = call
@@ -670,7 +754,7 @@ impl QuantizedLinear {
             let lanes = match path {
                 PlainPath::Vector(v) => v.nibble4_supported() && given_lanes,
                 PlainPath::Many(_) => !self.coop_launch(n) && (n > 1 || given_lanes),
-                PlainPath::Gemm => false,
+                PlainPath::CoopGemm(_) | PlainPath::Gemm => false,
             };
             RowsNeed {
                 order: if lanes {
@@ -696,6 +780,10 @@ impl QuantizedLinear {
                 PlainPath::Vector(v) => v.gemv_dispatch(device, registry, xr, yr),
                 PlainPath::Many(v) => {
                     self.record_many(v, out, xr, yr, n, lanes).map_err(gpu)?;
+                    continue;
+                }
+                PlainPath::CoopGemm(v) => {
+                    self.record_coop_gemm(v, out, xr, yr, n).map_err(gpu)?;
                     continue;
                 }
                 PlainPath::Gemm => {

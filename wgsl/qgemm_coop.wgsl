@@ -1,0 +1,196 @@
+// Plain MLX 4-bit GEMM on cooperative matrices (tensor cores) for many activation rows
+// (issue 5, step 97): Y (M x R) = X (M x K) W^T, W the packed matrix dequantized to f16 as it
+// is staged, X the rows x_rows_f16.wgsl writes (f16, each row scaled by a power of two),
+// the sums f32 in the multiply's accumulators over the whole of K, each output then scaled
+// back by its row's 2^-e. A workgroup computes a tile of 128 matrix rows x 64 activation
+// rows: per step of 64 columns its 256 invocations stage the weight tile (128 x 64, each
+// invocation two 16-column pieces of a row: one vec2 of packed words and the group's (scale,
+// bias), w = scale q + bias in f32 then rounded to f16, as MLX's quantized matmul stages its
+// weights in the activations' type) and the activation tile (64 x 64, a piece each), the
+// pieces loaded from memory one step ahead, then group g of 32 lanes multiplies its 32 matrix rows x 32 activation rows, four 16x16
+// accumulators, 16 16x16x16 multiply-adds a step. Where the cooperative GEMV of 16 vectors
+// (qgemv4_coop.wgsl) stages 16 vectors a block for 16 rows and flushes every group's sums
+// through workgroup memory, this stages 64 for 128 and flushes once.
+// Needs K % 64 == 0 and MLX groups of at least 16 (all of 32, 64, 128); rows and activation
+// rows past the matrix and the launch stage zeros and write nothing
+// (`GpuQuantizedMatrix::gemm_coop_dispatch` checks the buffers against the shapes).
+// Results: the f32 GEMM's within about 2^-10 of the sum of the terms' magnitudes (weights
+// and activations each rounded to f16 once), not bit for bit.
+// import: side
+
+// requires: SUBGROUP (32-wide subgroups: the cooperative matrices' layout across lanes)
+// requires: COOPERATIVE_MATRIX (wgpu Features::EXPERIMENTAL_COOPERATIVE_MATRIX and SHADER_F16)
+
+enable f16;
+enable wgpu_cooperative_matrix;
+
+struct Params {
+    rows: u32,            // R, matrix rows (outputs)
+    cols: u32,            // K
+    m: u32,               // activation rows of the launch
+    groups_per_row: u32,  // K / group size
+    row_tiles: u32,       // ceil(R / 128)
+    wg_x: u32,            // workgroups along x of the 2-D dispatch
+    total_wg: u32,        // row_tiles * ceil(m / 64)
+    y_stride: u32,        // outputs between activation rows in y
+}
+
+// log2 of the MLX group size (5, 6 or 7).
+override GSHIFT: u32 = 6u;
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> w: array<vec2<u32>>;    // packed 4-bit weights
+@group(0) @binding(2) var<storage, read> sb: array<vec2<u32>>;   // (scale, bias) per group
+@group(0) @binding(3) var<storage, read> xh: array<vec4<f16>>;   // M x K, x_rows_f16.wgsl
+@group(0) @binding(4) var<storage, read> xinv: array<f32>;       // M scalings back
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+
+// Tile row stride in vec4<f16>: 72 f16 (64 columns + 8), a multiple of 16 bytes (the
+// cooperative loads' alignment) whose rows start 4 banks apart, so that the eight rows a
+// 16-byte load phase reads fall in different banks.
+const TS: u32 = 18u;
+
+// One struct led by a vec4<f32> array, so that every tile sits at a multiple of 16 bytes from
+// a 16-byte-aligned base: the NVIDIA driver (580) aligns a workgroup variable only to its
+// element type, and its cooperative loads and stores need 16 bytes (BENCHMARKS.md issue 5,
+// step 90). Both operands come from workgroup memory (loads from storage compile to one
+// 16-bit load an element there).
+struct GemmTiles {
+    // Group g's 16x16 f32 accumulator on its way out (row-major, 64 vec4 at 64 g).
+    d: array<vec4<f32>, 512>,
+    // The step's weights: 128 rows x 64 columns, row-major, stride TS.
+    w: array<vec4<f16>, 2304>,
+    // The step's activations: 64 activation rows x 64 columns, row-major, stride TS (the
+    // multiply's B operand column-major: one activation row a column).
+    x: array<vec4<f16>, 1152>,
+}
+var<workgroup> t: GemmTiles;
+
+// Four weights, nibbles 0..3 of n, dequantized with (scale, bias) p and rounded to f16.
+fn dequant(n: u32, p: vec2<f32>) -> vec4<f16> {
+    let q = vec4<f32>(vec4<u32>(n, n >> 4u, n >> 8u, n >> 12u) & vec4<u32>(15u));
+    return vec4<f16>(q * p.x + p.y);
+}
+
+// Group g's accumulator, stored at t.d[64 g] by the caller, out to y: lane l writes activation
+// row t0 + l / 2's outputs r0 + 8 (l % 2) .. + 7, scaled back. Barriers before and after, so
+// every invocation must call it in uniform control flow.
+fn write_tile(g: u32, l: u32, r0: u32, t0: u32) {
+    workgroupBarrier();
+    let j = l >> 1u;
+    let tok = t0 + j;
+    let rr = (l & 1u) << 3u;
+    if (tok < P.m) {
+        let s = xinv[tok];
+        for (var i = 0u; i < 8u; i++) {
+            let r = r0 + rr + i;
+            if (r < P.rows) {
+                y[tok * P.y_stride + r] = t.d[(g << 6u) + ((rr + i) << 2u) + (j >> 2u)][j & 3u] * s;
+            }
+        }
+    }
+    workgroupBarrier();
+}
+
+// What an invocation loads of step s from memory: its two weight pieces (packed words and
+// their group's (scale, bias); zeros past the matrix's rows) and its activation piece (zeros
+// past the launch's rows).
+struct StepLoads {
+    pw: array<vec2<u32>, 2>,
+    sv: array<vec2<f32>, 2>,
+    xv: array<vec4<f16>, 4>,
+}
+
+fn step_loads(s: u32, row0: u32, lid: u32, tok: u32) -> StepLoads {
+    var o: StepLoads;
+    for (var h = 0u; h < 2u; h++) {
+        let p = lid + (h << 8u);
+        let c = p & 3u;
+        let row = row0 + (p >> 2u);
+        if (row < P.rows) {
+            o.pw[h] = w[row * (P.cols >> 4u) + (s << 2u) + c];
+            o.sv[h] = side(row * P.groups_per_row + (((s << 6u) + (c << 4u)) >> GSHIFT));
+        }
+    }
+    if (tok < P.m) {
+        let xb = (tok * P.cols + (s << 6u) + ((lid & 3u) << 4u)) >> 2u;
+        for (var j = 0u; j < 4u; j++) {
+            o.xv[j] = xh[xb + j];
+        }
+    }
+    return o;
+}
+
+@compute @workgroup_size(256)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) sg_id: u32,
+) {
+    let wg = wid.y * P.wg_x + wid.x;
+    if (wg >= P.total_wg) {
+        return;
+    }
+    let row0 = (wg % P.row_tiles) << 7u;
+    let tok0 = (wg / P.row_tiles) << 6u;
+    let g = lid >> 5u;
+    let l = sg_id & 31u;
+    // group g's 32 rows and 32 activation rows of the tile
+    let gr = (g & 3u) << 5u;
+    let gt = (g >> 2u) << 5u;
+    let steps = P.cols >> 6u;
+    // the invocation's activation piece: tile row xr, columns 16 xc .. 16 xc + 15
+    let xr = lid >> 2u;
+    let xc = lid & 3u;
+    let tok = tok0 + xr;
+    var a00 = coop_mat16x16<f32, C>();
+    var a01 = coop_mat16x16<f32, C>();
+    var a10 = coop_mat16x16<f32, C>();
+    var a11 = coop_mat16x16<f32, C>();
+    // (each step's global loads are issued before the step before it multiplies, so that
+    // their latency passes meanwhile)
+    var next = step_loads(0u, row0, lid, tok);
+    for (var s = 0u; s < steps; s++) {
+        let cur = next;
+        // weight pieces lid and lid + 256: tile row p / 4, columns 16 (p % 4) ..
+        for (var h = 0u; h < 2u; h++) {
+            let p = lid + (h << 8u);
+            let at = (p >> 2u) * TS + ((p & 3u) << 2u);
+            let pw = cur.pw[h];
+            let sv = cur.sv[h];
+            t.w[at] = dequant(pw.x, sv);
+            t.w[at + 1u] = dequant(pw.x >> 16u, sv);
+            t.w[at + 2u] = dequant(pw.y, sv);
+            t.w[at + 3u] = dequant(pw.y >> 16u, sv);
+        }
+        let xat = xr * TS + (xc << 2u);
+        for (var j = 0u; j < 4u; j++) {
+            t.x[xat + j] = cur.xv[j];
+        }
+        workgroupBarrier();
+        if (s + 1u < steps) {
+            next = step_loads(s + 1u, row0, lid, tok);
+        }
+        for (var kk = 0u; kk < 4u; kk++) {
+            let c4 = kk << 2u;
+            let w0 = coopLoadT<coop_mat16x16<f16, A>>(&t.w[gr * TS + c4], TS);
+            let w1 = coopLoadT<coop_mat16x16<f16, A>>(&t.w[(gr + 16u) * TS + c4], TS);
+            let x0 = coopLoad<coop_mat16x16<f16, B>>(&t.x[gt * TS + c4], TS);
+            let x1 = coopLoad<coop_mat16x16<f16, B>>(&t.x[(gt + 16u) * TS + c4], TS);
+            a00 = coopMultiplyAdd(w0, x0, a00);
+            a01 = coopMultiplyAdd(w0, x1, a01);
+            a10 = coopMultiplyAdd(w1, x0, a10);
+            a11 = coopMultiplyAdd(w1, x1, a11);
+        }
+        workgroupBarrier();
+    }
+    // (stride 4 vec4: 16 f32 a row of each accumulator)
+    coopStoreT(a00, &t.d[g << 6u], 4u);
+    write_tile(g, l, row0 + gr, tok0 + gt);
+    coopStoreT(a01, &t.d[g << 6u], 4u);
+    write_tile(g, l, row0 + gr, tok0 + gt + 16u);
+    coopStoreT(a10, &t.d[g << 6u], 4u);
+    write_tile(g, l, row0 + gr + 16u, tok0 + gt);
+    coopStoreT(a11, &t.d[g << 6u], 4u);
+    write_tile(g, l, row0 + gr + 16u, tok0 + gt + 16u);
+}
