@@ -9,7 +9,8 @@
 //! ```text
 //! cargo run --release --example bench_resident -- [--layers 32] [--ms 1,16,512] [--rounds 7]
 //!     [--copies 2] [--shapes 4096x4096,1024x4096,...] [--coop] [--own-outputs] [--prebuilt]
-//!     [--one-pass] [--prepared] [--decode-first N|never] [--orders columns,lanes] [--passes 2]
+//!     [--one-pass] [--prepared] [--decode-first N|never] [--coop-gemm N|never]
+//!     [--orders columns,lanes] [--passes 2]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64, `--copies` distinct copies of each
@@ -24,7 +25,9 @@
 //! (`prepare_forward`) before the timing and recorded from them (`PreparedForward::record_in`,
 //! `record`), as an engine reusing its activation buffers would. `--decode-first` sets the
 //! fused layers' `LinearOptions::decode_first_min_rows` (`never`: the fused launches at every
-//! row count; default: the library's). Times are
+//! row count; default: the library's), `--coop-gemm` the cooperative layers' rows from which
+//! they run the cooperative GEMM (`QuantizedLinear::set_coop_gemm_min_rows`,
+//! `LinearOptions::coop_gemm_min_rows`; `never`: launches of 16 rows). Times are
 //! wall clock after a second of warm-up forwards: "record" (the host's recording of all calls)
 //! and "run" (submit to the end of the wait) are medians of `--rounds` forwards one at a time;
 //! "pipelined" is `--rounds` forwards back to back, each recorded and submitted while the one
@@ -73,6 +76,8 @@ struct Args {
     prepared: bool,
     /// the fused layers' `LinearOptions::decode_first_min_rows` (`None`: the default)
     decode_first: Option<usize>,
+    /// the cooperative layers' `coop_gemm_min_rows` (`None`: the default)
+    coop_gemm: Option<usize>,
     /// the activation orders timed
     orders: Vec<ActivationOrder>,
     /// times each variant is timed
@@ -92,6 +97,7 @@ fn parse_args() -> Result<Args, String> {
         one_pass: false,
         prepared: false,
         decode_first: None,
+        coop_gemm: None,
         orders: vec![ActivationOrder::Columns, ActivationOrder::Lanes],
         passes: 2,
     };
@@ -118,6 +124,12 @@ fn parse_args() -> Result<Args, String> {
         }
         match args[i].as_str() {
             "--layers" => a.layers = number(value()?)?,
+            "--coop-gemm" => {
+                a.coop_gemm = Some(match value()?.as_str() {
+                    "never" => usize::MAX,
+                    v => number(v)?,
+                })
+            }
             "--decode-first" => {
                 a.decode_first = Some(match value()?.as_str() {
                     "never" => usize::MAX,
@@ -212,6 +224,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 let opts = LinearOptions {
                     cooperative_matrix: coop,
                     decode_first_min_rows: a.decode_first,
+                    coop_gemm_min_rows: a.coop_gemm,
                     ..Default::default()
                 };
                 EntropyCodedLinear::upload(&dev, &format!("{r}x{k}"), layer(), &opts)
@@ -226,6 +239,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             )?);
             let mut p = QuantizedLinear::upload(&dev, &format!("{r}x{k}"), &q, None)?;
             p.set_cooperative_matrix(true);
+            p.set_coop_gemm_min_rows(a.coop_gemm);
             st.plain_coop.push(p);
             if a.prebuilt {
                 st.plain_gemv
@@ -240,10 +254,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let coop_on = stacks[0].fused_coop[0].cooperative_matrix();
     let max_k = a.shapes.iter().map(|s| s.1).max().unwrap_or(0);
-    let decode_first = match stacks[0].fused[0].decode_first_min_rows() {
+    let from = |n: usize| match n {
         usize::MAX => "never".to_string(),
         n => format!("from {n} rows"),
     };
+    let decode_first = format!(
+        "{}; cooperative GEMM: {}",
+        from(stacks[0].fused[0].decode_first_min_rows()),
+        from(stacks[0].plain_coop[0].coop_gemm_min_rows())
+    );
     println!(
         "`bench_resident`, {} ({} layers of {:?}, {} copies; fused layers decode first: {}; \
          wall clock, ms a forward: record / run / pipelined; fused/plain of run / pipelined)\n",
