@@ -307,9 +307,12 @@ pub struct LinearOptions {
     /// issue 5, step 90), and `forward_batch` of a layer of more than
     /// [`LANE_ORDER_SMALL_WEIGHTS`] weights then runs launches at every row count (submissions
     /// of [`GEMV_SUBMIT_ROWS`]) unless [`Self::gemv_batch_max_m`] says otherwise: at 512 rows
-    /// they took 0.32-0.37x the batched kernel's GPU time there. **Approximate**: the
-    /// activations are rounded to f16 there (exact
-    /// for f16 and bf16 ones; 2^-11 of the sum of the terms' magnitudes at most otherwise).
+    /// they took 0.32-0.37x the batched kernel's GPU time there. Calls of
+    /// [`Self::decode_first_min_rows`] rows or more decode first and run the plain layer's
+    /// cooperative launches, from [`Self::coop_gemm_min_rows`] rows its cooperative GEMM.
+    /// **Approximate**: the activations are rounded to f16 there (exact for f16 and bf16
+    /// ones; 2^-11 of the sum of the terms' magnitudes at most otherwise; in the GEMM the
+    /// dequantized weights as well, 2^-10 in all).
     /// [`EntropyCodedLinear::cooperative_matrix`] says whether the layer does.
     pub cooperative_matrix: bool,
     /// Calls of at least this many activation rows (`forward_batch`, recorded calls) decode

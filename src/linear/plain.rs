@@ -267,10 +267,12 @@ impl QuantizedLinear {
     /// plain counterpart of [`super::LinearOptions::cooperative_matrix`], where the device
     /// has them and the matrix allows them (4 bits, inputs a multiple of 512, MLX groups of
     /// 64 or 128). `forward_batch` of a matrix of more than 2^22 weights then runs launches of
-    /// 16 rows at every row count instead of `qgemm` (submissions of
-    /// [`super::GEMV_SUBMIT_ROWS`]).
-    /// **Approximate** as there: the activations are
-    /// rounded to f16. Returns whether the layer now does ([`Self::cooperative_matrix`]).
+    /// 16 rows up to [`Self::coop_gemm_min_rows`] rows instead of `qgemm` (submissions of
+    /// [`super::GEMV_SUBMIT_ROWS`]), and from there the cooperative GEMM (matrices of any size
+    /// it takes: [`Self::set_coop_gemm_min_rows`]).
+    /// **Approximate** as there: the activations are rounded to f16 (and in the GEMM the
+    /// dequantized weights too). Returns whether the layer now does
+    /// ([`Self::cooperative_matrix`]).
     pub fn set_cooperative_matrix(&mut self, on: bool) -> bool {
         let registry = self.dev.gpu().registry();
         self.coop = on
