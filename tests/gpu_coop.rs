@@ -735,7 +735,7 @@ fn coop_layers_match_reference() {
 /// weights rounded to f16 once dequantized (2^-25 absolute below f16's normal range, times the
 /// activations' magnitudes), plus 2^-11 for activations f16 does not hold. Matrix rows and
 /// activation rows that leave tiles partly empty (37, 200, 300 rows; 1, 7, 100, 513 activation
-/// rows), MLX groups of 32, 64 and 128, inputs of 64 to 4096; Gaussian activations, with a
+/// rows), tiles of 64 and of 128 activation rows, MLX groups of 32, 64 and 128, inputs of 64 to 4096; Gaussian activations, with a
 /// dynamic range of 10^10 within a row, and f16-valued ones. A row holding a NaN gives NaN
 /// outputs and leaves the other rows alone. Refusals by name: no cooperative device (lavapipe),
 /// 2 bits, inputs not a multiple of 64, activations of another width, `y` too small.
@@ -790,6 +790,10 @@ fn coop_gemm_matches_reference() {
     if let Ok(narrow) = narrow {
         assert!(!narrow.gemm_coop_supported(reg));
     }
+    assert!(matches!(
+        gq.gemm_coop_dispatch_with(dev, reg, &rows, &yb, 96),
+        Err(GpuError::InvalidInput(_))
+    ));
     let other_width = ecq::gpu::CoopRows::new(dev, 512, 5).unwrap();
     assert!(matches!(
         gq.gemm_coop_dispatch(dev, reg, &other_width, &yb),
@@ -825,14 +829,15 @@ fn coop_gemm_matches_reference() {
             .iter()
             .map(|&v| half::f16::from_f32(v).to_f32())
             .collect();
-        for (what, x, rounded) in [
-            ("gaussian", &gaussian_x, true),
-            ("range 10^10", &ranged, true),
-            ("f16 values", &f16_valued, false),
+        for (what, x, rounded, tile) in [
+            ("gaussian", &gaussian_x, true, 64),
+            ("gaussian", &gaussian_x, true, 128),
+            ("range 10^10", &ranged, true, 64),
+            ("f16 values", &f16_valued, false, 128),
         ] {
-            let got = gq.gemm_coop(dev, queue, reg, x, m).unwrap();
+            let got = gq.gemm_coop_with(dev, queue, reg, x, m, tile).unwrap();
             let (want, sum_abs) = reference(&q, x, m);
-            let label = format!("{r}x{k} g{gs}, {m} rows, {what}");
+            let label = format!("{r}x{k} g{gs}, {m} rows, {what}, tiles of {tile}");
             assert_eq!(got.len(), want.len(), "{label}");
             let x_rounding = if rounded { TOL_F16_ROUNDING } else { 0.0 };
             for (j, ((&g, &w), &a)) in got.iter().zip(&want).zip(&sum_abs).enumerate() {
@@ -856,8 +861,11 @@ fn coop_gemm_matches_reference() {
         if m >= 2 {
             let mut x = gaussian_x.clone();
             x[k + k / 2] = f32::NAN;
-            let got = gq.gemm_coop(dev, queue, reg, &x, m).unwrap();
-            let clean = gq.gemm_coop(dev, queue, reg, &gaussian_x, m).unwrap();
+            let tile = if i % 2 == 0 { 64 } else { 128 };
+            let got = gq.gemm_coop_with(dev, queue, reg, &x, m, tile).unwrap();
+            let clean = gq
+                .gemm_coop_with(dev, queue, reg, &gaussian_x, m, tile)
+                .unwrap();
             for (j, (&g, &c)) in got.iter().zip(&clean).enumerate() {
                 if j / r == 1 {
                     assert!(g.is_nan(), "{r}x{k}: row 1 output {} = {g}", j % r);

@@ -3,7 +3,7 @@
 // is staged, X the rows x_rows_f16.wgsl writes (f16, each row scaled by a power of two),
 // the sums f32 in the multiply's accumulators over the whole of K, each output then scaled
 // back by its row's 2^-e. A workgroup computes a tile of 128 matrix rows x 64 activation
-// rows: per step of 64 columns its 256 invocations stage the weight tile (128 x 64, each
+// rows (128 with WIDE): per step of 64 columns its 256 invocations stage the weight tile (128 x 64, each
 // invocation two 16-column pieces of a row: one vec2 of packed words and the group's (scale,
 // bias), w = scale q + bias in f32 then rounded to f16, as MLX's quantized matmul stages its
 // weights in the activations' type) and the activation tile (64 x 64, a piece each), the
@@ -37,6 +37,10 @@ struct Params {
 
 // log2 of the MLX group size (5, 6 or 7).
 override GSHIFT: u32 = 6u;
+// 1: tiles of 128 activation rows (each group 32 matrix rows x 64 activation rows, eight
+// accumulators, the weights staged once for twice the rows), for launches of many rows;
+// 0: 64.
+override WIDE: u32 = 0u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> w: array<vec2<u32>>;    // packed 4-bit weights
@@ -60,9 +64,9 @@ struct GemmTiles {
     d: array<vec4<f32>, 512>,
     // The step's weights: 128 rows x 64 columns, row-major, stride TS.
     w: array<vec4<f16>, 2304>,
-    // The step's activations: 64 activation rows x 64 columns, row-major, stride TS (the
-    // multiply's B operand column-major: one activation row a column).
-    x: array<vec4<f16>, 1152>,
+    // The step's activations: 64 (128 where WIDE) activation rows x 64 columns, row-major,
+    // stride TS (the multiply's B operand column-major: one activation row a column).
+    x: array<vec4<f16>, 2304>,
 }
 var<workgroup> t: GemmTiles;
 
@@ -98,7 +102,8 @@ fn write_tile(g: u32, l: u32, r0: u32, t0: u32) {
 struct StepLoads {
     pw: array<vec2<u32>, 2>,
     sv: array<vec2<f32>, 2>,
-    xv: array<vec4<f16>, 4>,
+    // (the second piece, 64 activation rows further, where WIDE)
+    xv: array<vec4<f16>, 8>,
 }
 
 fn step_loads(s: u32, row0: u32, lid: u32, tok: u32) -> StepLoads {
@@ -112,10 +117,13 @@ fn step_loads(s: u32, row0: u32, lid: u32, tok: u32) -> StepLoads {
             o.sv[h] = side(row * P.groups_per_row + (((s << 6u) + (c << 4u)) >> GSHIFT));
         }
     }
-    if (tok < P.m) {
-        let xb = (tok * P.cols + (s << 6u) + ((lid & 3u) << 4u)) >> 2u;
-        for (var j = 0u; j < 4u; j++) {
-            o.xv[j] = xh[xb + j];
+    for (var h = 0u; h <= WIDE; h++) {
+        let tk = tok + (h << 6u);
+        if (tk < P.m) {
+            let xb = (tk * P.cols + (s << 6u) + ((lid & 3u) << 4u)) >> 2u;
+            for (var j = 0u; j < 4u; j++) {
+                o.xv[4u * h + j] = xh[xb + j];
+            }
         }
     }
     return o;
@@ -132,12 +140,12 @@ fn main(
         return;
     }
     let row0 = (wg % P.row_tiles) << 7u;
-    let tok0 = (wg / P.row_tiles) << 6u;
+    let tok0 = (wg / P.row_tiles) << (6u + WIDE);
     let g = lid >> 5u;
     let l = sg_id & 31u;
-    // group g's 32 rows and 32 activation rows of the tile
+    // group g's 32 rows and 32 (64 where WIDE) activation rows of the tile
     let gr = (g & 3u) << 5u;
-    let gt = (g >> 2u) << 5u;
+    let gt = (g >> 2u) << (5u + WIDE);
     let steps = P.cols >> 6u;
     // the invocation's activation piece: tile row xr, columns 16 xc .. 16 xc + 15
     let xr = lid >> 2u;
@@ -147,6 +155,11 @@ fn main(
     var a01 = coop_mat16x16<f32, C>();
     var a10 = coop_mat16x16<f32, C>();
     var a11 = coop_mat16x16<f32, C>();
+    // (activation rows gt + 32 .. gt + 63, where WIDE)
+    var a02 = coop_mat16x16<f32, C>();
+    var a03 = coop_mat16x16<f32, C>();
+    var a12 = coop_mat16x16<f32, C>();
+    var a13 = coop_mat16x16<f32, C>();
     // (each step's global loads are issued before the step before it multiplies, so that
     // their latency passes meanwhile)
     var next = step_loads(0u, row0, lid, tok);
@@ -163,9 +176,11 @@ fn main(
             t.w[at + 2u] = dequant(pw.y, sv);
             t.w[at + 3u] = dequant(pw.y >> 16u, sv);
         }
-        let xat = xr * TS + (xc << 2u);
-        for (var j = 0u; j < 4u; j++) {
-            t.x[xat + j] = cur.xv[j];
+        for (var h = 0u; h <= WIDE; h++) {
+            let xat = (xr + (h << 6u)) * TS + (xc << 2u);
+            for (var j = 0u; j < 4u; j++) {
+                t.x[xat + j] = cur.xv[4u * h + j];
+            }
         }
         workgroupBarrier();
         if (s + 1u < steps) {
@@ -181,6 +196,14 @@ fn main(
             a01 = coopMultiplyAdd(w0, x1, a01);
             a10 = coopMultiplyAdd(w1, x0, a10);
             a11 = coopMultiplyAdd(w1, x1, a11);
+            if (WIDE == 1u) {
+                let x2 = coopLoad<coop_mat16x16<f16, B>>(&t.x[(gt + 32u) * TS + c4], TS);
+                let x3 = coopLoad<coop_mat16x16<f16, B>>(&t.x[(gt + 48u) * TS + c4], TS);
+                a02 = coopMultiplyAdd(w0, x2, a02);
+                a03 = coopMultiplyAdd(w0, x3, a03);
+                a12 = coopMultiplyAdd(w1, x2, a12);
+                a13 = coopMultiplyAdd(w1, x3, a13);
+            }
         }
         workgroupBarrier();
     }
@@ -193,4 +216,14 @@ fn main(
     write_tile(g, l, row0 + gr + 16u, tok0 + gt);
     coopStoreT(a11, &t.d[g << 6u], 4u);
     write_tile(g, l, row0 + gr + 16u, tok0 + gt + 16u);
+    if (WIDE == 1u) {
+        coopStoreT(a02, &t.d[g << 6u], 4u);
+        write_tile(g, l, row0 + gr, tok0 + gt + 32u);
+        coopStoreT(a03, &t.d[g << 6u], 4u);
+        write_tile(g, l, row0 + gr, tok0 + gt + 48u);
+        coopStoreT(a12, &t.d[g << 6u], 4u);
+        write_tile(g, l, row0 + gr + 16u, tok0 + gt + 32u);
+        coopStoreT(a13, &t.d[g << 6u], 4u);
+        write_tile(g, l, row0 + gr + 16u, tok0 + gt + 48u);
+    }
 }

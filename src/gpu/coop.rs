@@ -225,6 +225,15 @@ pub fn coop_x_dispatch<'b>(
 /// must be a multiple of this: its steps of columns.
 pub const COOP_GEMM_COLS: usize = 64;
 
+/// [`GpuQuantizedMatrix::gemm_coop_dispatch`](super::GpuQuantizedMatrix::gemm_coop_dispatch)
+/// takes 128 activation rows a workgroup where that still makes at least this many
+/// workgroups, else 64 (about two an SM of an H100 or H200).
+pub const COOP_GEMM_WIDE_MIN_WORKGROUPS: usize = 256;
+
+/// Workgroup memory `qgemm_coop.wgsl` declares (accumulators on their way out, weight tile,
+/// activation tile of 128 rows), bytes.
+pub const COOP_GEMM_WORKGROUP_BYTES: u32 = 512 * 16 + 2304 * 8 + 2304 * 8;
+
 /// Activation rows prepared for [`GpuQuantizedMatrix::gemm_coop_dispatch`](super::GpuQuantizedMatrix::gemm_coop_dispatch)
 /// by [`coop_rows_dispatch`]: `rows` rows of `cols` f16 values, each row scaled by a power of
 /// two that puts its largest magnitude in [2^13, 2^14) (exact for activations that are f16 or
@@ -426,6 +435,11 @@ mod tests {
     #[test]
     fn workgroup_memory_fits_48_kib() {
         const { assert!(COOP_WORKGROUP_BYTES <= 49152) };
+        const { assert!(COOP_GEMM_WORKGROUP_BYTES <= 49152) };
+        let gemm = Kernel::QGemmCoop.source();
+        assert!(gemm.contains("d: array<vec4<f32>, 512>,"));
+        assert!(gemm.contains("w: array<vec4<f16>, 2304>,"));
+        assert!(gemm.contains("x: array<vec4<f16>, 2304>,"));
         let src = Kernel::RansGemvCoop.source();
         assert!(src.contains("d: array<vec4<f32>, 512>,"));
         assert!(src.contains("w: array<vec4<f16>, 2080>,"));

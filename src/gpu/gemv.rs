@@ -1083,6 +1083,37 @@ impl GpuQuantizedMatrix {
         x: &super::CoopRows,
         y: impl Into<BufferRange<'b>>,
     ) -> Result<Dispatch, GpuError> {
+        let tile = self.gemm_coop_tile_rows(x.rows());
+        self.gemm_coop_dispatch_with(device, registry, x, y, tile)
+    }
+
+    /// The activation rows a workgroup of [`Self::gemm_coop_dispatch`] takes for `m` rows:
+    /// 128 where that still makes at least [`super::COOP_GEMM_WIDE_MIN_WORKGROUPS`]
+    /// workgroups (the weights staged once for twice the rows), else 64.
+    pub fn gemm_coop_tile_rows(&self, m: usize) -> u32 {
+        let wide = self.rows().div_ceil(128) * m.div_ceil(128);
+        if wide >= super::COOP_GEMM_WIDE_MIN_WORKGROUPS {
+            128
+        } else {
+            64
+        }
+    }
+
+    /// [`Self::gemm_coop_dispatch`] with `tile_rows` (64 or 128, else
+    /// [`GpuError::InvalidInput`]) activation rows a workgroup.
+    pub fn gemm_coop_dispatch_with<'b>(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &super::CoopRows,
+        y: impl Into<BufferRange<'b>>,
+        tile_rows: u32,
+    ) -> Result<Dispatch, GpuError> {
+        if tile_rows != 64 && tile_rows != 128 {
+            return Err(GpuError::InvalidInput(format!(
+                "cooperative GEMM tiles hold 64 or 128 activation rows, not {tile_rows}"
+            )));
+        }
         if let Some(why) = self.gemm_coop_refusal(registry) {
             return Err(GpuError::Unsupported(why));
         }
@@ -1103,7 +1134,7 @@ impl GpuQuantizedMatrix {
             )));
         }
         let row_tiles = r.div_ceil(128);
-        let total_wg = u32::try_from(row_tiles * m.div_ceil(64))
+        let total_wg = u32::try_from(row_tiles * m.div_ceil(tile_rows as usize))
             .map_err(|_| GpuError::InvalidInput(format!("{m} rows of {r} outputs")))?;
         let (gx, gy) = grid(device, total_wg);
         let params: [u32; 8] = [
@@ -1128,6 +1159,7 @@ impl GpuQuantizedMatrix {
             "main",
             &[
                 ("GSHIFT", self.group_size.trailing_zeros()),
+                ("WIDE", (tile_rows == 128) as u32),
                 self.side.constant(),
             ],
         )?;
@@ -1163,6 +1195,21 @@ impl GpuQuantizedMatrix {
         x: &[f32],
         m: usize,
     ) -> Result<Vec<f32>, GpuError> {
+        let tile = self.gemm_coop_tile_rows(m);
+        self.gemm_coop_with(device, queue, registry, x, m, tile)
+    }
+
+    /// [`Self::gemm_coop`] with `tile_rows` activation rows a workgroup
+    /// ([`Self::gemm_coop_dispatch_with`]).
+    pub fn gemm_coop_with(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        x: &[f32],
+        m: usize,
+        tile_rows: u32,
+    ) -> Result<Vec<f32>, GpuError> {
         if let Some(why) = self.gemm_coop_refusal(registry) {
             return Err(GpuError::Unsupported(why));
         }
@@ -1181,7 +1228,7 @@ impl GpuQuantizedMatrix {
         let rows = super::CoopRows::new(device, k, m)?;
         let yb = super::nan_output(device, m * r)?;
         let prep = super::coop_rows_dispatch(device, registry, &xb, &rows)?;
-        let d = self.gemm_coop_dispatch(device, registry, &rows, &yb)?;
+        let d = self.gemm_coop_dispatch_with(device, registry, &rows, &yb, tile_rows)?;
         let mut enc = device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());

@@ -115,8 +115,8 @@ use std::sync::Mutex;
 pub use bias::add_bias_dispatch;
 pub use coop::{
     coop_rows_dispatch, coop_x_dispatch, offers_coop_f16_16x16, CoopActivations, CoopOrder,
-    CoopRows, COOP_BLOCK_COLS, COOP_GEMM_COLS, COOP_STORAGE_BUFFERS, COOP_VECTORS,
-    COOP_WORKGROUP_BYTES,
+    CoopRows, COOP_BLOCK_COLS, COOP_GEMM_COLS, COOP_GEMM_WIDE_MIN_WORKGROUPS,
+    COOP_GEMM_WORKGROUP_BYTES, COOP_STORAGE_BUFFERS, COOP_VECTORS, COOP_WORKGROUP_BYTES,
 };
 pub use copy_rows::{copy_rows_dispatch, RowCopy};
 pub(crate) use decode::{
@@ -746,7 +746,8 @@ impl PipelineRegistry {
     /// device. The caller vouches that `device` was created with
     /// `Features::EXPERIMENTAL_COOPERATIVE_MATRIX` and `Features::SHADER_F16` from an adapter
     /// offering 16x16x16 f16 multiplies with f32 accumulators ([`offers_coop_f16_16x16`]), and
-    /// with at least [`COOP_WORKGROUP_BYTES`] of workgroup memory and
+    /// with at least [`COOP_WORKGROUP_BYTES`] and [`COOP_GEMM_WORKGROUP_BYTES`] of workgroup
+    /// memory and
     /// [`COOP_STORAGE_BUFFERS`] storage buffers per stage; the features and limits are
     /// checked here (a missing one leaves the registry unmarked), the adapter's shapes cannot
     /// be. The subgroup kernels must be usable too ([`Self::subgroups32`]).
@@ -755,7 +756,8 @@ impl PipelineRegistry {
         let l = device.limits();
         self.cooperative_matrix = self.subgroup32
             && device.features().contains(need)
-            && l.max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES
+            && l.max_compute_workgroup_storage_size
+                >= COOP_WORKGROUP_BYTES.max(COOP_GEMM_WORKGROUP_BYTES)
             && l.max_storage_buffers_per_shader_stage >= COOP_STORAGE_BUFFERS;
         self
     }
@@ -1095,7 +1097,8 @@ impl GpuContext {
             && adapter.features().contains(coop_features)
             && info.subgroup_min_size == 32
             && info.subgroup_max_size == 32
-            && al.max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES
+            && al.max_compute_workgroup_storage_size
+                >= COOP_WORKGROUP_BYTES.max(COOP_GEMM_WORKGROUP_BYTES)
             && al.max_storage_buffers_per_shader_stage >= COOP_STORAGE_BUFFERS
             && offers_coop_f16_16x16(&adapter.cooperative_matrix_properties());
         let mut experimental = wgpu::ExperimentalFeatures::disabled();
