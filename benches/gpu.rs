@@ -29,7 +29,10 @@
 //! (`_many_lanes_vN`: `gemv_many_lane_order_dispatch`). With `ECQ_GPU_BENCH_COOP=1` the context
 //! is `GpuContext::with_cooperative_matrix`, and where it got cooperative matrices the same
 //! vectors also run on them (`fused_rans_gemv_coop_vN`, `plain_qgemv4_coop_vN`:
-//! `gemv_coop_dispatch`, activations prepared once; `coop_x_pass_vN`, the preparing pass).
+//! `gemv_coop_dispatch`, activations prepared once; `coop_x_pass_vN`, the preparing pass),
+//! and the plain weights multiply `ECQ_GPU_BENCH_GEMM_ROWS` activation rows (default 512) on
+//! the cooperative GEMM (`plain_qgemm_coop_mM`: `gemm_coop_dispatch`, throughput in
+//! weight-row products; `coop_rows_pass_mM`, its activation pass).
 //! Times are
 //! GPU timestamps of the pass holding the iterations where the device has `TIMESTAMP_QUERY`,
 //! else the wall clock after `finish()` (`examples/common/timing.rs`). For the full comparison
@@ -264,6 +267,27 @@ fn bench(c: &mut Criterion) {
             (plain_m, fused_m, lanes, coop_d)
         });
 
+    // many rows on the cooperative GEMM (plain weights; activations prepared once)
+    let gemm_rows: usize = env_num("ECQ_GPU_BENCH_GEMM_ROWS").unwrap_or(512);
+    let gemm = (coop && plain[0].gemm_coop_supported(reg)).then(|| {
+        let xg = mk(k as u64 * 4 * gemm_rows as u64);
+        let xs: Vec<f32> = (0..k * gemm_rows)
+            .map(|_| rng.random::<f32>() - 0.5)
+            .collect();
+        ctx.queue().write_buffer(&xg, 0, bytemuck::cast_slice(&xs));
+        let rows = ecq::gpu::CoopRows::new(dev, k, gemm_rows).unwrap();
+        let pass = ecq::gpu::coop_rows_dispatch(dev, reg, &xg, &rows).unwrap();
+        let mut enc = dev.create_command_encoder(&Default::default());
+        pass.record(&mut enc.begin_compute_pass(&Default::default()));
+        ctx.queue().submit([enc.finish()]);
+        let yg = mk(r as u64 * 4 * gemm_rows as u64);
+        let gemm_d: Vec<_> = plain
+            .iter()
+            .map(|m| m.gemm_coop_dispatch(dev, reg, &rows, &yg).unwrap())
+            .collect();
+        (gemm_d, vec![pass])
+    });
+
     // the label's chunk: the symbols a chunk holds as coded (after min_chunks)
     let chunk_symbols = enc.chunk_rows() * enc.cols() / enc.weights_per_symbol() as usize;
     let mut g = c.benchmark_group(format!(
@@ -344,6 +368,16 @@ fn bench(c: &mut Criterion) {
             "fused_rans_gemv_many skipped: several vectors a launch need the blocked fused \
              kernel (32-wide subgroups)"
         );
+    }
+    if let Some((gemm_d, pass)) = &gemm {
+        g.throughput(Throughput::Elements((r * k * gemm_rows) as u64));
+        g.bench_function(format!("plain_qgemm_coop_m{gemm_rows}"), |b| {
+            b.iter_custom(|n| run(&ctx, &timer, gemm_d, n))
+        });
+        g.throughput(Throughput::Elements((k * gemm_rows) as u64));
+        g.bench_function(format!("coop_rows_pass_m{gemm_rows}"), |b| {
+            b.iter_custom(|n| run(&ctx, &timer, pass, n))
+        });
     }
     g.throughput(Throughput::Elements((r * k) as u64));
     match dec_d {
