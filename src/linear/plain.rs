@@ -653,57 +653,60 @@ impl Linear for QuantizedLinear {
         if m == 0 || r == 0 {
             return Ok(());
         }
-        let v = match self.path(m) {
+        match self.path(m) {
             PlainPath::Vector(_) => {
                 // (the plain GEMV, as `forward`: `qgemm` took 1.1 ms for one row at 4096x14336
                 // on an H200, the GEMV's whole call 0.4)
                 y.copy_from_slice(&self.forward(x)?);
                 return Ok(());
             }
-            PlainPath::Many(v) => Some(v),
-            PlainPath::CoopGemm(v) => {
-                let per = self.gemm_rows_per_dispatch()?;
-                pipelined(
-                    m,
-                    per,
-                    |start, mb| {
-                        self.submit_one(
-                            &x[start * k..(start + mb) * k],
-                            (k, k),
-                            mb * r,
-                            |xb, yb, pass| {
-                                let mut launches = Vec::new();
-                                let xr = BufferRange::new(xb, 0, (mb * k * 4) as u64);
-                                let yr = BufferRange::new(yb, 0, (mb * r * 4) as u64);
-                                self.record_coop_gemm(v, &mut launches, xr, yr, mb)
-                                    .map_err(|source| LinearError::gpu(&self.name, source))?;
-                                for d in &launches {
-                                    d.record(pass);
-                                }
-                                Ok(())
-                            },
-                        )
-                    },
-                    |pending, start, mb| {
-                        self.finish_read(pending, &mut y[start * r..(start + mb) * r])
-                    },
-                )?;
-                add_bias(y, self.bias.as_deref());
-                return Ok(());
-            }
-            PlainPath::Gemm => None,
-        };
-        if let Some(v) = v {
-            pipelined(
+            PlainPath::Many(v) => pipelined(
                 m,
                 super::GEMV_SUBMIT_ROWS,
                 |start, mb| self.submit_many(v, &x[start * k..(start + mb) * k], mb),
                 |pending, start, mb| self.finish_read(pending, &mut y[start * r..(start + mb) * r]),
-            )?;
-            add_bias(y, self.bias.as_deref());
-            return Ok(());
+            )?,
+            PlainPath::CoopGemm(v) => self.run_blocks(x, m, y, k, |xb, yb, mb, pass| {
+                let mut launches = Vec::new();
+                let xr = BufferRange::new(xb, 0, (mb * k * 4) as u64);
+                let yr = BufferRange::new(yb, 0, (mb * r * 4) as u64);
+                self.record_coop_gemm(v, &mut launches, xr, yr, mb)
+                    .map_err(|source| LinearError::gpu(&self.name, source))?;
+                for d in &launches {
+                    d.record(pass);
+                }
+                Ok(())
+            })?,
+            PlainPath::Gemm => {
+                self.run_blocks(x, m, y, k.div_ceil(4) * 4, |xb, yb, mb, pass| {
+                    self.batch_dispatch(xb, yb, mb)?.record(pass);
+                    Ok(())
+                })?
+            }
         }
-        let k4 = k.div_ceil(4) * 4;
+        add_bias(y, self.bias.as_deref());
+        Ok(())
+    }
+}
+
+impl QuantizedLinear {
+    /// `m` rows of `x` into `y` in submissions of the rows a batched launch takes
+    /// ([`Self::gemm_rows_per_dispatch`]), two in flight: each uploads its rows padded to
+    /// `k4` values and records `record(x, y, rows, pass)`.
+    fn run_blocks(
+        &self,
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+        k4: usize,
+        record: impl Fn(
+            &wgpu::Buffer,
+            &wgpu::Buffer,
+            usize,
+            &mut wgpu::ComputePass<'_>,
+        ) -> Result<(), LinearError>,
+    ) -> Result<(), LinearError> {
+        let (r, k) = (self.out_features(), self.in_features());
         let per = self.gemm_rows_per_dispatch()?;
         pipelined(
             m,
@@ -713,16 +716,11 @@ impl Linear for QuantizedLinear {
                     &x[start * k..(start + mb) * k],
                     (k, k4),
                     mb * r,
-                    |xb, yb, pass| {
-                        self.batch_dispatch(xb, yb, mb)?.record(pass);
-                        Ok(())
-                    },
+                    |xb, yb, pass| record(xb, yb, mb, pass),
                 )
             },
             |pending, start, mb| self.finish_read(pending, &mut y[start * r..(start + mb) * r]),
-        )?;
-        add_bias(y, self.bias.as_deref());
-        Ok(())
+        )
     }
 }
 
