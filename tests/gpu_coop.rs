@@ -724,6 +724,27 @@ fn coop_layers_match_reference() {
                 "{label}, {m} rows recorded, lane order"
             );
         }
+        // calls of other row counts, host and recorded, reuse the GEMM's kept activation rows
+        // (one set a width, grown to the most rows, not one a row count): a second round of
+        // new counts keeps what the first left
+        let round = |ms: &[usize], rng: &mut ChaCha8Rng| {
+            for &m in ms {
+                let x: Vec<f32> = (0..m * cols).map(|_| gaussian(rng)).collect();
+                let columns = ecq::linear::ActivationOrder::Columns;
+                for layer in [&decoding as &dyn GpuLinear, &plain] {
+                    let got = layer.forward_batch(&x, m).unwrap();
+                    let rec = recorded(layer, &x, columns, m, Placement::START).unwrap();
+                    assert_eq!(bits(&rec), bits(&got), "{m} rows recorded");
+                }
+            }
+            dev.call_buffer_bytes()
+        };
+        let first = round(&[65, 77, 100, 130, 300], &mut rng);
+        let second = round(&[66, 78, 101, 131, 299], &mut rng);
+        assert_eq!(
+            second, first,
+            "bytes kept after a second round of row counts"
+        );
     }
     if !offered {
         announce_no_coop(dev.gpu());
@@ -735,8 +756,9 @@ fn coop_layers_match_reference() {
 /// weights rounded to f16 once dequantized (2^-25 absolute below f16's normal range, times the
 /// activations' magnitudes), plus 2^-11 for activations f16 does not hold. Matrix rows and
 /// activation rows that leave tiles partly empty (37, 200, 300 rows; 1, 7, 100, 513 activation
-/// rows), tiles of 64 and of 128 activation rows, MLX groups of 32, 64 and 128, inputs of 64 to 4096; Gaussian activations, with a
-/// dynamic range of 10^10 within a row, and f16-valued ones. A row holding a NaN gives NaN
+/// rows), tiles of 64 and of 128 activation rows, MLX groups of 32, 64 and 128, inputs of 64
+/// to 4096; Gaussian activations, with a dynamic range of 10^10 within a row, and f16-valued
+/// ones. A row holding a NaN gives NaN
 /// outputs and leaves the other rows alone. Refusals by name: no cooperative device (lavapipe),
 /// 2 bits, inputs not a multiple of 64, activations of another width, `y` too small.
 #[test]

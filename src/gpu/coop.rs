@@ -290,6 +290,16 @@ impl CoopRows {
     pub(crate) fn gpu_bytes(&self) -> u64 {
         self.values.size() + self.scalings.size()
     }
+
+    /// The same buffers for `rows` rows, where they hold that many (a pass and a GEMM of
+    /// fewer rows read and write only theirs).
+    pub(crate) fn for_rows(&self, rows: usize) -> Option<CoopRows> {
+        let capacity = self.scalings.size() / 4;
+        (rows > 0 && rows as u64 <= capacity).then(|| CoopRows {
+            rows,
+            ..self.clone()
+        })
+    }
 }
 
 /// The launch preparing `out.rows()` rows of `out.cols()` f32 activations in `x` (one row

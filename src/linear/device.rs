@@ -237,12 +237,18 @@ impl LinearDevice {
         Ok(a)
     }
 
-    /// The kept activation rows of cooperative GEMM launches of `rows` rows of `cols` inputs
-    /// (made on first use).
+    /// The kept activation rows of cooperative GEMM launches of `rows` rows of `cols` inputs:
+    /// one set of buffers a width, grown to the most rows asked for (so calls of many
+    /// different row counts keep one, not one a count).
     pub(crate) fn coop_rows(&self, cols: usize, rows: usize) -> Result<CoopRows, GpuError> {
         let mut kept = self.coop_rows.lock().expect("cooperative rows lock");
-        if let Some(a) = kept.iter().find(|a| (a.cols(), a.rows()) == (cols, rows)) {
-            return Ok(a.clone());
+        let at = kept.iter().position(|a| a.cols() == cols);
+        if let Some(view) = at.and_then(|i| kept[i].for_rows(rows)) {
+            return Ok(view);
+        }
+        if let Some(i) = at {
+            // (the smaller set goes first: the new one may be large)
+            kept.swap_remove(i);
         }
         let a = CoopRows::new(self.device(), cols, rows)?;
         kept.push(a.clone());
