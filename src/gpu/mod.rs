@@ -901,8 +901,10 @@ impl<'a> BufferRange<'a> {
     /// of the bytes a launch reads rather than a whole larger buffer). `what` names the range
     /// in the error.
     pub fn check(&self, device: &wgpu::Device, what: &str) -> Result<(), GpuError> {
-        self.check_placement(device, what)?;
-        self.check_binding_size(device, what)
+        // (the device's limits copied once: `Device::limits` returns them by value)
+        let limits = device.limits();
+        self.placement_within(&limits, what)?;
+        self.binding_size_within(&limits, what)
     }
 
     /// [`Self::check`] but for the size limit: for a range whose launches bind parts of it.
@@ -911,7 +913,11 @@ impl<'a> BufferRange<'a> {
         device: &wgpu::Device,
         what: &str,
     ) -> Result<(), GpuError> {
-        let align = u64::from(device.limits().min_storage_buffer_offset_alignment).max(1);
+        self.placement_within(&device.limits(), what)
+    }
+
+    fn placement_within(&self, limits: &wgpu::Limits, what: &str) -> Result<(), GpuError> {
+        let align = u64::from(limits.min_storage_buffer_offset_alignment).max(1);
         let end = self.offset.checked_add(self.size);
         if self.size == 0 || end.is_none_or(|e| e > self.buffer.size()) {
             return Err(GpuError::InvalidInput(format!(
@@ -938,7 +944,11 @@ impl<'a> BufferRange<'a> {
         device: &wgpu::Device,
         what: &str,
     ) -> Result<(), GpuError> {
-        let limit = device.limits().max_storage_buffer_binding_size;
+        self.binding_size_within(&device.limits(), what)
+    }
+
+    fn binding_size_within(&self, limits: &wgpu::Limits, what: &str) -> Result<(), GpuError> {
+        let limit = limits.max_storage_buffer_binding_size;
         if self.size > limit {
             return Err(GpuError::TooLarge {
                 what: what.to_string(),
