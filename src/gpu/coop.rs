@@ -227,8 +227,10 @@ pub const COOP_GEMM_COLS: usize = 64;
 
 /// [`GpuQuantizedMatrix::gemm_coop_dispatch`](super::GpuQuantizedMatrix::gemm_coop_dispatch)
 /// takes 128 activation rows a workgroup where that still makes at least this many
-/// workgroups, else 64 (about two an SM of an H100 or H200).
-pub const COOP_GEMM_WIDE_MIN_WORKGROUPS: usize = 256;
+/// workgroups, else 64 (about one an SM of an H100 or H200). On an H200 (BENCHMARKS.md issue
+/// 5, step 97) 128 made Llama-3-8B's 4096-row matrices take the wide tiles at 512 tokens too,
+/// and a forward of 32 layers 1.30-1.33x faster than 256, which left them 64-row tiles.
+pub const COOP_GEMM_WIDE_MIN_WORKGROUPS: usize = 128;
 
 /// Workgroup memory `qgemm_coop.wgsl` declares (accumulators on their way out, weight tile,
 /// activation tile of 128 rows), bytes.
