@@ -658,6 +658,25 @@ fn coop_layers_match_reference() {
             true,
         );
     }
+    // the cooperative GEMM from 2 rows: 2 rows, then 3 and 5, more than the activation rows
+    // the device kept for 2 hold (their scalings' buffer has room for four)
+    if offered {
+        let mut gemm = QuantizedLinear::upload(&dev, "coop gemm", &q, None).unwrap();
+        assert!(gemm.set_cooperative_matrix(true));
+        gemm.set_coop_gemm_min_rows(Some(2));
+        for m in [2, 3, 5] {
+            let x: Vec<f32> = (0..m * cols).map(|_| gaussian(&mut rng)).collect();
+            let (want, sum_abs) = reference(&q, &x, m);
+            assert_within(
+                &format!("cooperative GEMM, {m} rows"),
+                &gemm.forward_batch(&x, m).unwrap(),
+                &want,
+                &sum_abs,
+                cols,
+                2.0 * TOL_F16_ROUNDING,
+            );
+        }
+    }
     // a layer of more than 2^22 weights runs launches at every row count with the option: 600
     // rows in two submissions (where the cooperative launches run; on lavapipe this would be
     // minutes of software GPU for nothing new)

@@ -296,12 +296,19 @@ impl CoopRows {
     /// The same buffers for `rows` rows, where they hold that many (a pass and a GEMM of
     /// fewer rows read and write only theirs).
     pub(crate) fn for_rows(&self, rows: usize) -> Option<CoopRows> {
-        let capacity = self.scalings.size() / 4;
-        (rows > 0 && rows as u64 <= capacity).then(|| CoopRows {
+        let capacity = rows_held(self.values.size(), self.scalings.size(), self.cols);
+        (rows > 0 && rows <= capacity).then(|| CoopRows {
             rows,
             ..self.clone()
         })
     }
+}
+
+/// Rows of `cols` inputs that buffers of `values` and `scalings` bytes hold: the values
+/// decide, since the scalings' buffer is at least 16 bytes (four rows) however few rows it
+/// was made for.
+fn rows_held(values: u64, scalings: u64, cols: usize) -> usize {
+    (values / (2 * cols.max(1) as u64)).min(scalings / 4) as usize
 }
 
 /// The launch preparing `out.rows()` rows of `out.cols()` f32 activations in `x` (one row
@@ -420,6 +427,14 @@ pub(crate) fn coop_runs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A set made for one row holds one, though its scalings' buffer has room for four.
+    #[test]
+    fn rows_held_follows_the_values() {
+        assert_eq!(rows_held(2 * 64, 16, 64), 1);
+        assert_eq!(rows_held(2 * 3 * 128, 16, 128), 3);
+        assert_eq!(rows_held(2 * 512 * 4096, 4 * 512, 4096), 512);
+    }
 
     fn prop(m: u32, ab: wgpu::CooperativeScalarType) -> wgpu::CooperativeMatrixProperties {
         wgpu::CooperativeMatrixProperties {
