@@ -816,8 +816,6 @@ pub struct EntropyCodedLinear {
     decode_first_min_rows: usize,
     /// [`LinearOptions::coop_gemm_min_rows`].
     coop_gemm_min_rows: Option<usize>,
-    /// The MLX group size.
-    group_size: usize,
 }
 
 impl EntropyCodedLinear {
@@ -1246,7 +1244,6 @@ impl EntropyCodedLinear {
             coop,
             decode_first_min_rows,
             coop_gemm_min_rows: opts.coop_gemm_min_rows,
-            group_size: m.group_size,
         })
     }
 
@@ -1944,10 +1941,11 @@ impl EntropyCodedLinear {
     /// cooperative matrices where this layer is.
     fn plain_on(&self, packed: wgpu::Buffer) -> Result<QuantizedLinear, LinearError> {
         let band = &self.bands[0];
+        let group_size = band.decode.group_size as usize;
         let mut plain = QuantizedLinear::on_buffers(
             &self.dev,
             &self.name,
-            (self.rows, self.cols, self.bits, self.group_size),
+            (self.rows, self.cols, self.bits, group_size),
             (packed, band.sb.clone(), self.side),
             None,
         )?;
