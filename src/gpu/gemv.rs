@@ -922,17 +922,37 @@ impl GpuQuantizedMatrix {
     /// Why [`Self::gemv_coop_dispatch`] cannot run this matrix on `registry`'s device, or
     /// `None` where it can.
     fn coop_refusal(&self, registry: &PipelineRegistry) -> Option<String> {
+        let gs = self.group_size;
+        self.coop_refusal_for(
+            registry,
+            "GEMV",
+            super::COOP_BLOCK_COLS,
+            (gs == 64 || gs == 128, "of 64 or 128"),
+        )
+    }
+
+    /// Why a cooperative 4-bit kernel (`kernel` names it) cannot run this matrix on
+    /// `registry`'s device, or `None` where it can: it needs cooperative matrices, 4 bits,
+    /// inputs a positive multiple of `cols_step`, and MLX groups `groups` accepts (its second
+    /// part says which).
+    fn coop_refusal_for(
+        &self,
+        registry: &PipelineRegistry,
+        kernel: &str,
+        cols_step: usize,
+        groups: (bool, &str),
+    ) -> Option<String> {
         if !registry.cooperative_matrix() {
             Some(super::coop::NO_COOPERATIVE_DEVICE.into())
         } else if self.bits != 4
             || self.cols() == 0
-            || !self.cols().is_multiple_of(super::COOP_BLOCK_COLS)
-            || (self.group_size != 64 && self.group_size != 128)
+            || !self.cols().is_multiple_of(cols_step)
+            || !groups.0
         {
             Some(format!(
-                "the cooperative 4-bit GEMV needs 4 bits, inputs a positive multiple of {} and \
-                 MLX groups of 64 or 128 ({} bits, {} inputs, groups of {})",
-                super::COOP_BLOCK_COLS,
+                "the cooperative 4-bit {kernel} needs 4 bits, inputs a positive multiple of \
+                 {cols_step} and MLX groups {} ({} bits, {} inputs, groups of {})",
+                groups.1,
                 self.bits,
                 self.cols(),
                 self.group_size
@@ -1042,24 +1062,12 @@ impl GpuQuantizedMatrix {
     /// Why [`Self::gemm_coop_dispatch`] cannot run this matrix on `registry`'s device, if it
     /// cannot.
     fn gemm_coop_refusal(&self, registry: &PipelineRegistry) -> Option<String> {
-        if !registry.cooperative_matrix() {
-            Some(super::coop::NO_COOPERATIVE_DEVICE.into())
-        } else if self.bits != 4
-            || self.cols() == 0
-            || !self.cols().is_multiple_of(super::COOP_GEMM_COLS)
-            || self.group_size < 16
-        {
-            Some(format!(
-                "the cooperative 4-bit GEMM needs 4 bits, inputs a positive multiple of {} and \
-                 MLX groups of at least 16 ({} bits, {} inputs, groups of {})",
-                super::COOP_GEMM_COLS,
-                self.bits,
-                self.cols(),
-                self.group_size
-            ))
-        } else {
-            None
-        }
+        self.coop_refusal_for(
+            registry,
+            "GEMM",
+            super::COOP_GEMM_COLS,
+            (self.group_size >= 16, "of at least 16"),
+        )
     }
 
     /// Whether [`Self::gemm_coop_dispatch`] runs this matrix on `registry`'s device.
