@@ -1746,6 +1746,42 @@ impl EntropyCodedLinear {
         Ok(out)
     }
 
+    /// A buffer to read every band's error flags back into, band after band, and its bytes
+    /// (at least 4).
+    fn errors_readback(&self) -> (wgpu::Buffer, u64) {
+        let bytes: u64 = self.bands.iter().map(|b| (b.n_chunks * 4) as u64).sum();
+        let readback = self.dev.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("ecq chunk errors read back"),
+            size: bytes.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        (readback, bytes.max(4))
+    }
+
+    /// The error flags in `readback` ([`Self::errors_readback`], mapped) checked
+    /// ([`Self::check_errors`]); unmaps it.
+    fn check_read_back(&self, readback: &wgpu::Buffer) -> Result<(), LinearError> {
+        let errs = {
+            let view = readback
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| self.gpu_err(GpuError::Map(e.to_string())))?;
+            let mut at = 0;
+            self.bands
+                .iter()
+                .map(|band| {
+                    let n = band.n_chunks * 4;
+                    let v = view[at..at + n].to_vec();
+                    at += n;
+                    v
+                })
+                .collect::<Vec<_>>()
+        };
+        readback.unmap();
+        self.check_errors(&errs)
+    }
+
     /// Turns the error words read back (band after band) into [`GpuError::CorruptStream`].
     fn check_errors(&self, errs: &[Vec<u8>]) -> Result<(), LinearError> {
         let mut first = None;
@@ -1966,31 +2002,20 @@ impl EntropyCodedLinear {
         let mut scratch = dev.call_scratch();
         let decoded = scratch.decoded(self.decoded_bytes());
         let decode = self.decode_dispatch(&decoded, false).map_err(gpu)?;
-        let flags = (band.n_chunks * 4) as u64;
-        let readback = dev.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("ecq decode errors read back"),
-            size: flags.max(4),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        // (one band: its flags are all the read back holds)
+        let (readback, bytes) = self.errors_readback();
         let mut enc = dev.device().create_command_encoder(&Default::default());
         enc.clear_buffer(&band.errors, 0, None);
         decode.record(&mut enc.begin_compute_pass(&Default::default()));
-        enc.copy_buffer_to_buffer(&band.errors, 0, &readback, 0, flags);
+        enc.copy_buffer_to_buffer(&band.errors, 0, &readback, 0, (band.n_chunks * 4) as u64);
         let (submission, mapped) = dev
-            .submit_mapped(enc, &readback, flags.max(4), || {})
+            .submit_mapped(enc, &readback, bytes, || {})
             .map_err(gpu)?;
         let run = self
             .plain_on(decoded)
             .and_then(|plain| plain.forward_batch_into(x, m, y));
         dev.wait_mapped(submission, mapped).map_err(gpu)?;
-        let errs = readback
-            .slice(..flags)
-            .get_mapped_range()
-            .map_err(|e| gpu(GpuError::Map(e.to_string())))?
-            .to_vec();
-        readback.unmap();
-        self.check_errors(&[errs])?;
+        self.check_read_back(&readback)?;
         // (the scratch, holding the decoded weights, goes back to the pool only now)
         drop(scratch);
         run
@@ -2146,15 +2171,11 @@ impl GpuLinear for EntropyCodedLinear {
         if self.bands.is_empty() {
             return Ok(());
         }
-        let device = self.dev.device();
-        let bytes: u64 = self.bands.iter().map(|b| (b.n_chunks * 4) as u64).sum();
-        let readback = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("ecq recorded errors read back"),
-            size: bytes.max(4),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = device.create_command_encoder(&Default::default());
+        let (readback, bytes) = self.errors_readback();
+        let mut enc = self
+            .dev
+            .device()
+            .create_command_encoder(&Default::default());
         let mut at = 0;
         for band in &self.bands {
             let n = (band.n_chunks * 4) as u64;
@@ -2164,29 +2185,12 @@ impl GpuLinear for EntropyCodedLinear {
         }
         let (submission, mapped) = self
             .dev
-            .submit_mapped(enc, &readback, bytes.max(4), || {})
+            .submit_mapped(enc, &readback, bytes, || {})
             .map_err(|e| self.gpu_err(e))?;
         self.dev
             .wait_mapped(submission, mapped)
             .map_err(|e| self.gpu_err(e))?;
-        let errs = {
-            let view = readback
-                .slice(..bytes.max(4))
-                .get_mapped_range()
-                .map_err(|e| self.gpu_err(GpuError::Map(e.to_string())))?;
-            let mut at = 0;
-            self.bands
-                .iter()
-                .map(|band| {
-                    let n = band.n_chunks * 4;
-                    let v = view[at..at + n].to_vec();
-                    at += n;
-                    v
-                })
-                .collect::<Vec<_>>()
-        };
-        readback.unmap();
-        self.check_errors(&errs)
+        self.check_read_back(&readback)
     }
 }
 
