@@ -102,7 +102,8 @@ fn write_tile(g: u32, l: u32, r0: u32, t0: u32) {
 struct StepLoads {
     pw: array<vec2<u32>, 2>,
     sv: array<vec2<f32>, 2>,
-    // (the second piece, 64 activation rows further, where WIDE)
+    // WIDE: 16 columns of activation rows lid / 4 and 64 + lid / 4 (four vec4 each); else 4
+    // columns of activation rows lid / 16 + 16 h, h < 4
     xv: array<vec4<f16>, 8>,
 }
 
@@ -117,12 +118,24 @@ fn step_loads(s: u32, row0: u32, lid: u32, tok: u32) -> StepLoads {
             o.sv[h] = side(row * P.groups_per_row + (((s << 6u) + (c << 4u)) >> GSHIFT));
         }
     }
-    for (var h = 0u; h <= WIDE; h++) {
-        let tk = tok + (h << 6u);
-        if (tk < P.m) {
-            let xb = (tk * P.cols + (s << 6u) + ((lid & 3u) << 4u)) >> 2u;
-            for (var j = 0u; j < 4u; j++) {
-                o.xv[4u * h + j] = xh[xb + j];
+    if (WIDE == 1u) {
+        for (var h = 0u; h < 2u; h++) {
+            let tk = tok + (h << 6u);
+            if (tk < P.m) {
+                let xb = (tk * P.cols + (s << 6u) + ((lid & 3u) << 4u)) >> 2u;
+                for (var j = 0u; j < 4u; j++) {
+                    o.xv[4u * h + j] = xh[xb + j];
+                }
+            }
+        }
+    } else {
+        // (sixteen invocations read a row's 128 bytes of the step, so that a load touches
+        // eight whole sectors, not 32 a quarter each: 1.15-1.19x faster with 64-row tiles
+        // (step 98); with 128-row tiles it made the GEMM 1.1-1.4x slower)
+        for (var h = 0u; h < 4u; h++) {
+            let tk = tok + (h << 4u);
+            if (tk < P.m) {
+                o.xv[h] = xh[tk * (P.cols >> 2u) + (s << 4u) + (lid & 15u)];
             }
         }
     }
@@ -147,9 +160,10 @@ fn main(
     let gr = (g & 3u) << 5u;
     let gt = (g >> 2u) << (5u + WIDE);
     let steps = P.cols >> 6u;
-    // the invocation's activation piece: tile row xr, columns 16 xc .. 16 xc + 15
-    let xr = lid >> 2u;
-    let xc = lid & 3u;
+    // the invocation's activation pieces: WIDE, tile rows xr and xr + 64, columns 16 xc ..
+    // 16 xc + 15; else tile rows xr + 16 h, columns 4 xc .. 4 xc + 3
+    let xr = select(lid >> 4u, lid >> 2u, WIDE == 1u);
+    let xc = select(lid & 15u, lid & 3u, WIDE == 1u);
     let tok = tok0 + xr;
     var a00 = coop_mat16x16<f32, C>();
     var a01 = coop_mat16x16<f32, C>();
@@ -176,10 +190,16 @@ fn main(
             t.w[at + 2u] = dequant(pw.y, sv);
             t.w[at + 3u] = dequant(pw.y >> 16u, sv);
         }
-        for (var h = 0u; h <= WIDE; h++) {
-            let xat = (xr + (h << 6u)) * TS + (xc << 2u);
-            for (var j = 0u; j < 4u; j++) {
-                t.x[xat + j] = cur.xv[4u * h + j];
+        if (WIDE == 1u) {
+            for (var h = 0u; h < 2u; h++) {
+                let xat = (xr + (h << 6u)) * TS + (xc << 2u);
+                for (var j = 0u; j < 4u; j++) {
+                    t.x[xat + j] = cur.xv[4u * h + j];
+                }
+            }
+        } else {
+            for (var h = 0u; h < 4u; h++) {
+                t.x[(xr + (h << 4u)) * TS + xc] = cur.xv[h];
             }
         }
         workgroupBarrier();
