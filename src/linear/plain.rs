@@ -31,8 +31,11 @@ pub const PLAIN_GEMV_MANY_MAX_M_SMALL: usize = 48;
 /// ([`QuantizedLinear::set_cooperative_matrix`]) runs the cooperative GEMM
 /// ([`crate::gpu::GpuQuantizedMatrix::gemm_coop_dispatch`], tiles of 128 matrix rows x 64
 /// activation rows, weights dequantized to f16) instead of launches of 16 rows of the
-/// cooperative GEMV (see [`QuantizedLinear::set_coop_gemm_min_rows`]).
-pub const COOP_GEMM_MIN_ROWS: usize = 64;
+/// cooperative GEMV (see [`QuantizedLinear::set_coop_gemm_min_rows`]). A GEMM launch costs
+/// about the same for 1 to 64 rows (one tile of activation rows), about two launches of 16:
+/// on an H200 a forward of 32 Llama-3-8B layers took 24.3 ms in launches of 16 against 27.9
+/// on the GEMM at 32 rows, and 34.8 against 28.2 at 40 (BENCHMARKS.md issue 5, step 98).
+pub const COOP_GEMM_MIN_ROWS: usize = 33;
 
 /// Uniform block of `qgemm.wgsl`.
 #[repr(C)]
