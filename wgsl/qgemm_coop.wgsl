@@ -6,7 +6,8 @@
 // rows (128 with WIDE): per step of 64 columns its 256 invocations stage the weight tile (128 x 64, each
 // invocation two 16-column pieces of a row: one vec2 of packed words and the group's (scale,
 // bias), w = scale q + bias in f32 then rounded to f16, as MLX's quantized matmul stages its
-// weights in the activations' type) and the activation tile (64 x 64, a piece each), the
+// weights in the activations' type) and the activation tile (64 x 64: four 4-column pieces
+// each, sixteen invocations a row; 128 x 64 with WIDE: two 16-column pieces each), the
 // pieces loaded from memory one step ahead, then group g of 32 lanes multiplies its 32 matrix rows x 32 activation rows, four 16x16
 // accumulators, 16 16x16x16 multiply-adds a step. Where the cooperative GEMV of 16 vectors
 // (qgemv4_coop.wgsl) stages 16 vectors a block for 16 rows and flushes every group's sums
