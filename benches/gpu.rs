@@ -32,7 +32,11 @@
 //! `gemv_coop_dispatch`, activations prepared once; `coop_x_pass_vN`, the preparing pass),
 //! and the plain weights multiply `ECQ_GPU_BENCH_GEMM_ROWS` activation rows (default 512) on
 //! the cooperative GEMM (`plain_qgemm_coop_mM`: `gemm_coop_dispatch`, throughput in
-//! weight-row products; `coop_rows_pass_mM`, its activation pass).
+//! weight-row products; `coop_rows_pass_mM`, its activation pass). With
+//! `ECQ_GPU_BENCH_TILED=1` the plain weights multiply those rows on any device through the
+//! tiled f32 GEMM (`plain_qgemm_tiled_mM`: `gemm_tiled_dispatch`) and, where 32-wide subgroups
+//! run them, through launches of 16 rows of the multi-vector GEMV on activations in lane order
+//! (`plain_qgemv4_many16_mM`: what the plain layers run in f32 for many rows).
 //! Times are
 //! GPU timestamps of the pass holding the iterations where the device has `TIMESTAMP_QUERY`,
 //! else the wall clock after `finish()` (`examples/common/timing.rs`). For the full comparison
@@ -288,6 +292,47 @@ fn bench(c: &mut Criterion) {
         (gemm_d, vec![pass])
     });
 
+    // many rows in f32: the tiled GEMM, and launches of 16 rows of the multi-vector GEMV
+    let tiled_on = env_num::<u32>("ECQ_GPU_BENCH_TILED").unwrap_or(0) != 0;
+    let tiled = (tiled_on && plain[0].gemm_tiled_supported()).then(|| {
+        let xs: Vec<f32> = (0..k * gemm_rows)
+            .map(|_| rng.random::<f32>() - 0.5)
+            .collect();
+        let xg = mk(k as u64 * 4 * gemm_rows as u64);
+        ctx.queue().write_buffer(&xg, 0, bytemuck::cast_slice(&xs));
+        let xl = mk(k as u64 * 4 * gemm_rows as u64);
+        let lanes = ecq::gpu::x_lane_order(&xs, k).unwrap();
+        ctx.queue()
+            .write_buffer(&xl, 0, bytemuck::cast_slice(&lanes));
+        let yg = mk(r as u64 * 4 * gemm_rows as u64);
+        let tiled_d: Vec<_> = plain
+            .iter()
+            .map(|m| {
+                m.gemm_tiled_dispatch(dev, reg, &xg, &yg, gemm_rows)
+                    .unwrap()
+            })
+            .collect();
+        // (launches of 16 rows, the last one of gemm_rows % 16 where 16 does not divide it)
+        let many_d: Vec<_> = if plain[0].gemv_many_supported(reg) {
+            let (xrow, yrow) = (k as u64 * 4, r as u64 * 4);
+            plain
+                .iter()
+                .flat_map(|m| {
+                    (0..gemm_rows).step_by(16).map(|first| {
+                        let n = (gemm_rows - first).min(16) as u64;
+                        let x = ecq::gpu::BufferRange::new(&xl, first as u64 * xrow, n * xrow);
+                        let y = ecq::gpu::BufferRange::new(&yg, first as u64 * yrow, n * yrow);
+                        m.gemv_many_lane_order_dispatch(dev, reg, x, y, n as u32)
+                            .unwrap()
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (tiled_d, many_d)
+    });
+
     // the label's chunk: the symbols a chunk holds as coded (after min_chunks)
     let chunk_symbols = enc.chunk_rows() * enc.cols() / enc.weights_per_symbol() as usize;
     let mut g = c.benchmark_group(format!(
@@ -378,6 +423,22 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("coop_rows_pass_m{gemm_rows}"), |b| {
             b.iter_custom(|n| run(&ctx, &timer, pass, n))
         });
+    }
+    if let Some((tiled_d, many_d)) = &tiled {
+        g.throughput(Throughput::Elements((r * k * gemm_rows) as u64));
+        g.bench_function(format!("plain_qgemm_tiled_m{gemm_rows}"), |b| {
+            b.iter_custom(|n| run(&ctx, &timer, tiled_d, n))
+        });
+        if many_d.is_empty() {
+            eprintln!("plain_qgemv4_many16 skipped: it needs 32-wide subgroups");
+        } else {
+            // (an iteration is one launch of 16 rows: throughput in weight-row products
+            // compares it with the GEMM's)
+            g.throughput(Throughput::Elements((r * k * 16) as u64));
+            g.bench_function(format!("plain_qgemv4_many16_m{gemm_rows}"), |b| {
+                b.iter_custom(|n| run(&ctx, &timer, many_d, n))
+            });
+        }
     }
     g.throughput(Throughput::Elements((r * k) as u64));
     match dec_d {

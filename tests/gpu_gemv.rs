@@ -2248,3 +2248,82 @@ fn fused_gemv_window_x8_within_bound() {
         );
     }
 }
+
+/// The tiled f32 GEMM (`wgsl/qgemm_tiled.wgsl`) against the f64 reference, row by row:
+/// partial tiles of matrix rows and activation rows, every MLX group size, K from 64 to
+/// 4096, f32 and 16-bit scales, a row of zeros and a row holding a NaN (only that row's
+/// outputs are NaN), and its refusals by name.
+#[test]
+fn plain_gemm_tiled_matches_reference() {
+    let Some(ctx) = ctx() else { return };
+    let (dev, reg) = (ctx.device(), ctx.registry());
+    let cases = [
+        (7, 512, 64, 65),
+        (65, 1024, 32, 64),
+        (130, 4096, 128, 3),
+        (64, 64, 32, 130),
+        (3, 96, 32, 1),
+    ];
+    for (i, &(rows, cols, gs, n)) in cases.iter().enumerate() {
+        let (q, _) = random_matrix(2900 + i as u64, rows, cols, 4, gs);
+        let mut rng = ChaCha8Rng::seed_from_u64(2950 + i as u64);
+        let mut xs: Vec<f32> = (0..n * cols).map(|_| gaussian(&mut rng)).collect();
+        let (zero_row, nan_row) = (n / 2, n - 1);
+        if n > 2 {
+            xs[zero_row * cols..(zero_row + 1) * cols].fill(0.0);
+            xs[nan_row * cols + cols / 3] = f32::NAN;
+        }
+        for side in [None, Some(ecq::gpu::SideFormat::F32)] {
+            let m = match side {
+                None => ctx.upload_quantized(&q).unwrap(),
+                Some(s) => ecq::gpu::GpuQuantizedMatrix::upload_with_side(dev, &q, s).unwrap(),
+            };
+            assert!(m.gemm_tiled_supported());
+            let label = format!("{rows}x{cols} g{gs} {n} rows, side {side:?}");
+            let y = m
+                .gemm_tiled(dev, ctx.queue(), reg, &xs, n)
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            assert_eq!(y.len(), n * rows, "{label}");
+            for (j, (yj, x)) in y.chunks_exact(rows).zip(xs.chunks_exact(cols)).enumerate() {
+                if n > 2 && j == nan_row {
+                    assert!(yj.iter().all(|v| v.is_nan()), "{label}: NaN row {j}");
+                    continue;
+                }
+                let (want, sum_abs) = reference(&q, x);
+                assert_close(&format!("{label}: row {j}"), yj, &want, &sum_abs, cols);
+            }
+        }
+    }
+    // refusals: other bit widths, and buffers too small for the shape
+    for bits in [2, 8] {
+        let (q, x) = random_matrix(2990 + bits as u64, 4, 512, bits, 64);
+        let m = ctx.upload_quantized(&q).unwrap();
+        assert!(!m.gemm_tiled_supported());
+        let e = m.gemm_tiled(dev, ctx.queue(), reg, &x, 1).unwrap_err();
+        assert!(
+            matches!(e, ecq::gpu::GpuError::Unsupported(ref s) if s.contains("4 bits")),
+            "{bits} bits: {e}"
+        );
+    }
+    let (q, x) = random_matrix(2999, 4, 512, 4, 64);
+    let m = ctx.upload_quantized(&q).unwrap();
+    assert_eq!(
+        m.gemm_tiled(dev, ctx.queue(), reg, &[], 0).unwrap(),
+        Vec::<f32>::new()
+    );
+    let e = m.gemm_tiled(dev, ctx.queue(), reg, &x, 2).unwrap_err();
+    assert!(e.to_string().contains("2 rows of 512 need 1024"), "{e}");
+    let xb = storage(dev, 4 * 512 * 3);
+    let yb = storage(dev, 4 * 4 * 3);
+    let e = m.gemm_tiled_dispatch(dev, reg, &xb, &yb, 4).unwrap_err();
+    assert!(e.to_string().contains("x has 6144 bytes"), "{e}");
+    let e = m.gemm_tiled_dispatch(dev, reg, &yb, &yb, 3).unwrap_err();
+    assert!(e.to_string().contains("x has 48 bytes"), "{e}");
+    let big = storage(dev, 4 * 512 * 5);
+    let e = m.gemm_tiled_dispatch(dev, reg, &big, &yb, 5).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("y has 48 bytes, 5 rows of 4 outputs"),
+        "{e}"
+    );
+}

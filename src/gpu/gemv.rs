@@ -102,6 +102,14 @@ struct Params {
 /// The last uniform buffer, keyed by (workgroups along x, total workgroups, vectors per row).
 type UniformCache = ((u32, u32, u32), wgpu::Buffer);
 
+/// Inputs of the tiled f32 GEMM ([`GpuQuantizedMatrix::gemm_tiled_dispatch`]) must be a
+/// multiple of this: its steps of columns.
+pub const TILED_GEMM_COLS: usize = 16;
+
+/// Matrix rows and activation rows of a workgroup's tile in
+/// [`GpuQuantizedMatrix::gemm_tiled_dispatch`].
+pub const TILED_GEMM_TILE: usize = 64;
+
 /// An MLX quantized matrix (2, 4 or 8 bits) uploaded for the plain GEMV.
 #[derive(Debug)]
 pub struct GpuQuantizedMatrix {
@@ -1241,6 +1249,152 @@ impl GpuQuantizedMatrix {
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             prep.record(&mut pass);
+            d.record(&mut pass);
+        }
+        queue.submit([enc.finish()]);
+        let bytes = super::read_back(device, queue, &yb, (m * r) as u64 * 4)?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    /// Why [`Self::gemm_tiled_dispatch`] cannot run this matrix, if it cannot.
+    fn gemm_tiled_refusal(&self) -> Option<String> {
+        (self.bits != 4
+            || self.cols() == 0
+            || !self.cols().is_multiple_of(TILED_GEMM_COLS)
+            || self.group_size < 16)
+            .then(|| {
+                format!(
+                    "the tiled 4-bit GEMM needs 4 bits, inputs a positive multiple of \
+                     {TILED_GEMM_COLS} and MLX groups of at least 16 ({} bits, {} inputs, \
+                     groups of {})",
+                    self.bits,
+                    self.cols(),
+                    self.group_size
+                )
+            })
+    }
+
+    /// Whether [`Self::gemm_tiled_dispatch`] runs this matrix (any device).
+    pub fn gemm_tiled_supported(&self) -> bool {
+        self.gemm_tiled_refusal().is_none()
+    }
+
+    /// The tiled f32 GEMM launch (`wgsl/qgemm_tiled.wgsl`): `m` rows of activations in `x`
+    /// (`cols` f32 a row, one row after another, column order) multiplied into `y` (`rows`
+    /// f32 a row), `Y = X W^T` with the weights dequantized in f32 (`scale q + bias`) into
+    /// workgroup memory once for 64 activation rows, within WebGPU's default limits. For
+    /// devices without cooperative matrices. [`GpuError::Unsupported`] for matrices other
+    /// than 4-bit ones of inputs a multiple of [`TILED_GEMM_COLS`] with groups of at least
+    /// 16; [`GpuError::InvalidInput`] for `x` or `y` too small.
+    pub fn gemm_tiled_dispatch<'b>(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: impl Into<BufferRange<'b>>,
+        y: impl Into<BufferRange<'b>>,
+        m: usize,
+    ) -> Result<Dispatch, GpuError> {
+        if let Some(why) = self.gemm_tiled_refusal() {
+            return Err(GpuError::Unsupported(why));
+        }
+        let (x, y) = (x.into(), y.into());
+        x.check(device, "x")?;
+        y.check(device, "y")?;
+        let (r, k) = (self.rows(), self.cols());
+        let x_bytes = m as u64 * k as u64 * 4;
+        if x.size() < x_bytes {
+            return Err(GpuError::InvalidInput(format!(
+                "x has {} bytes, {m} rows of {k} inputs need {x_bytes}",
+                x.size()
+            )));
+        }
+        let y_bytes = m as u64 * r as u64 * 4;
+        if y.size() < y_bytes {
+            return Err(GpuError::InvalidInput(format!(
+                "y has {} bytes, {m} rows of {r} outputs need {y_bytes}",
+                y.size()
+            )));
+        }
+        let row_tiles = r.div_ceil(TILED_GEMM_TILE);
+        let total_wg = u32::try_from(row_tiles * m.div_ceil(TILED_GEMM_TILE))
+            .map_err(|_| GpuError::InvalidInput(format!("{m} rows of {r} outputs")))?;
+        let m32 = u32::try_from(m).map_err(|_| GpuError::InvalidInput(format!("{m} rows")))?;
+        let (gx, gy) = grid(device, total_wg);
+        let params: [u32; 8] = [
+            self.params.rows,
+            self.params.cols,
+            m32,
+            self.params.groups_per_row,
+            row_tiles as u32,
+            gx,
+            total_wg,
+            self.params.rows,
+        ];
+        use wgpu::util::DeviceExt;
+        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("qgemm_tiled params"),
+            contents: bytemuck::cast_slice(&params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let pipeline = registry.get(
+            device,
+            Kernel::QGemmTiled,
+            "main",
+            &[
+                ("GSHIFT", self.group_size.trailing_zeros()),
+                self.side.constant(),
+            ],
+        )?;
+        let layout = pipeline.get_bind_group_layout(0);
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("qgemm_tiled"),
+            layout: &layout,
+            entries: &[
+                entry(0, &uniform),
+                entry(1, &self.packed),
+                entry(2, &self.sb),
+                x.entry(3),
+                y.entry(4),
+            ],
+        });
+        Ok(Dispatch {
+            pipeline,
+            bind_group,
+            workgroups: (gx, gy),
+        })
+    }
+
+    /// `Y = X W^T` for `m` activation rows (`x`: `m * cols` f32) through
+    /// [`Self::gemm_tiled_dispatch`] in one submission, read back as `m` rows of `rows` f32.
+    /// Its refusals; [`GpuError::InvalidInput`] for an `x` of another length.
+    pub fn gemm_tiled(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        x: &[f32],
+        m: usize,
+    ) -> Result<Vec<f32>, GpuError> {
+        if let Some(why) = self.gemm_tiled_refusal() {
+            return Err(GpuError::Unsupported(why));
+        }
+        let (r, k) = (self.rows(), self.cols());
+        if x.len() != m * k {
+            return Err(GpuError::InvalidInput(format!(
+                "x has {} values, {m} rows of {k} need {}",
+                x.len(),
+                m * k
+            )));
+        }
+        if m == 0 || r == 0 {
+            return Ok(Vec::new());
+        }
+        let xb = super::upload_x(device, x)?;
+        let yb = super::nan_output(device, m * r)?;
+        let d = self.gemm_tiled_dispatch(device, registry, &xb, &yb, m)?;
+        let mut enc = device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
             d.record(&mut pass);
         }
         queue.submit([enc.finish()]);

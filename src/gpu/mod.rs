@@ -128,7 +128,7 @@ pub use decode::{
     FusedVariant, GpuCodedMatrix, QuantParamsRef, COMPACT_TABLE_FROM_WORKGROUPS,
     COMPACT_TABLE_MAX_SHORT_K, COMPACT_TABLE_SHORT_K_FROM_WORKGROUPS, MAX_GEMV_VECTORS,
 };
-pub use gemv::{GpuQuantizedMatrix, QGemvVariant};
+pub use gemv::{GpuQuantizedMatrix, QGemvVariant, TILED_GEMM_COLS, TILED_GEMM_TILE};
 pub use lane_order::{
     x_column_order, x_lane_order, x_lane_order_dispatch, x_lane_order_into, x_order_dispatch,
 };
@@ -410,6 +410,10 @@ pub enum Kernel {
     /// `wgsl/x_rows_f16.wgsl`: activation rows as [`Kernel::QGemmCoop`] reads them
     /// ([`coop_rows_dispatch`]).
     XRowsF16,
+    /// `wgsl/qgemm_tiled.wgsl`: the plain 4-bit GEMM of many activation rows in f32, tiles of
+    /// 64 matrix rows x 64 activation rows in workgroup memory
+    /// ([`GpuQuantizedMatrix::gemm_tiled_dispatch`]).
+    QGemmTiled,
     /// `wgsl/add_bias.wgsl`: a layer's bias added to outputs on the GPU
     /// ([`add_bias_dispatch`]).
     AddBias,
@@ -537,6 +541,7 @@ impl Kernel {
             Kernel::XCoop => include_str!("../../wgsl/x_coop.wgsl"),
             Kernel::QGemmCoop => wgsl_with_libs!("../../wgsl/qgemm_coop.wgsl", "side"),
             Kernel::XRowsF16 => include_str!("../../wgsl/x_rows_f16.wgsl"),
+            Kernel::QGemmTiled => wgsl_with_libs!("../../wgsl/qgemm_tiled.wgsl", "side"),
             Kernel::AddBias => include_str!("../../wgsl/add_bias.wgsl"),
             Kernel::CopyRows => include_str!("../../wgsl/copy_rows.wgsl"),
         }
@@ -640,6 +645,7 @@ impl Kernel {
             Kernel::XCoop => "x_coop.wgsl",
             Kernel::QGemmCoop => "qgemm_coop.wgsl",
             Kernel::XRowsF16 => "x_rows_f16.wgsl",
+            Kernel::QGemmTiled => "qgemm_tiled.wgsl",
             Kernel::AddBias => "add_bias.wgsl",
             Kernel::CopyRows => "copy_rows.wgsl",
         }
@@ -1598,7 +1604,7 @@ mod tests {
     use super::Kernel;
 
     /// Every kernel the registry builds.
-    const ALL_KERNELS: [Kernel; 23] = [
+    const ALL_KERNELS: [Kernel; 24] = [
         Kernel::RansDecode,
         Kernel::RansGemv,
         Kernel::RansGemvSubgroup,
@@ -1620,6 +1626,7 @@ mod tests {
         Kernel::QGemv4Coop,
         Kernel::QGemmCoop,
         Kernel::XRowsF16,
+        Kernel::QGemmTiled,
         Kernel::AddBias,
         Kernel::CopyRows,
     ];

@@ -1,0 +1,139 @@
+// Plain MLX 4-bit GEMM in f32 for many activation rows, tiled in workgroup memory (issue 5,
+// step 99): Y (M x R) = X (M x K) W^T, for devices without cooperative matrices (Apple's GPUs
+// through wgpu, lavapipe) where the layers otherwise run launches of 16 rows of
+// qgemv4_many.wgsl, which read the weights once per 16 rows, or qgemm.wgsl, which reads each
+// activation from memory for every four weight rows.
+//
+// A workgroup of 256 invocations computes a tile of 64 matrix rows x 64 activation rows. Per
+// step of 16 columns, invocations 0..127 stage the weight tile (one packed word each: row
+// lid / 2, columns 8 (lid % 2) ..; w = scale q + bias in f32, as qgemm.wgsl dequantizes) and
+// every invocation one vec4 of the activation tile (row lid / 4, columns 4 (lid % 4) ..: four
+// invocations read a row's 64 bytes), both row-major in workgroup memory with rows of 20 f32
+// (16 + 4, so that the rows eight invocations read at once start 20 banks apart). Then
+// invocation (tr, tc) = (lid % 16, lid / 16) accumulates the 16 outputs of matrix rows
+// tr + 16 i and activation rows tc + 16 j (i, j < 4): eight vec4 loads from the tiles serve 16
+// four-term dot products a quarter step. The next step's words, scales and activations are
+// loaded from memory before the multiply. 10 KiB of workgroup memory and 256 invocations:
+// WebGPU's default limits.
+//
+// Needs K % 16 == 0 and MLX groups of at least 16 (all of 32, 64, 128); matrix rows and
+// activation rows past the shapes stage zeros and write nothing
+// (`GpuQuantizedMatrix::gemm_tiled_dispatch` checks the buffers against the shapes).
+// Results: the f32 GEMM's, summed in another order than the CPU reference's.
+// import: side
+
+struct Params {
+    rows: u32,            // R, matrix rows (outputs)
+    cols: u32,            // K
+    m: u32,               // activation rows of the launch
+    groups_per_row: u32,  // K / group size
+    row_tiles: u32,       // ceil(R / 64)
+    wg_x: u32,            // workgroups along x of the 2-D dispatch
+    total_wg: u32,        // row_tiles * ceil(m / 64)
+    y_stride: u32,        // outputs between activation rows in y
+}
+
+// log2 of the MLX group size (4 or more).
+override GSHIFT: u32 = 6u;
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> w: array<u32>;          // packed 4-bit weights
+@group(0) @binding(2) var<storage, read> sb: array<vec2<u32>>;   // (scale, bias) per group
+@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;    // M x K
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+// Tile row stride in vec4: 20 f32.
+const TS: u32 = 5u;
+
+var<workgroup> wt: array<vec4<f32>, 320>;  // 64 matrix rows x 16 columns
+var<workgroup> xt: array<vec4<f32>, 320>;  // 64 activation rows x 16 columns
+
+// What an invocation loads of step s from memory: its packed word and the word's (scale,
+// bias) (invocations < 128; zeros past the matrix's rows) and its vec4 of activations (zeros
+// past the launch's rows).
+struct StepLoads {
+    pw: u32,
+    sv: vec2<f32>,
+    xv: vec4<f32>,
+}
+
+fn step_loads(s: u32, row0: u32, tok0: u32, lid: u32) -> StepLoads {
+    var o: StepLoads;
+    let row = row0 + (lid >> 1u);
+    if (lid < 128u && row < P.rows) {
+        let c = (s << 4u) + ((lid & 1u) << 3u);
+        o.pw = w[row * (P.cols >> 3u) + (c >> 3u)];
+        o.sv = side(row * P.groups_per_row + (c >> GSHIFT));
+    }
+    let tok = tok0 + (lid >> 2u);
+    if (tok < P.m) {
+        o.xv = x[tok * (P.cols >> 2u) + (s << 2u) + (lid & 3u)];
+    }
+    return o;
+}
+
+// Four weights, nibbles 0..3 of n, dequantized with (scale, bias) p.
+fn dequant(n: u32, p: vec2<f32>) -> vec4<f32> {
+    let q = vec4<f32>(vec4<u32>(n, n >> 4u, n >> 8u, n >> 12u) & vec4<u32>(15u));
+    return q * p.x + p.y;
+}
+
+@compute @workgroup_size(256)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let wg = wid.y * P.wg_x + wid.x;
+    if (wg >= P.total_wg) {
+        return;
+    }
+    let row0 = (wg % P.row_tiles) << 6u;
+    let tok0 = (wg / P.row_tiles) << 6u;
+    let tr = lid & 15u;
+    let tc = lid >> 4u;
+    let steps = P.cols >> 4u;
+    // acc[j][i]: activation row tc + 16 j, matrix row tr + 16 i
+    var acc: array<vec4<f32>, 4>;
+    var next = step_loads(0u, row0, tok0, lid);
+    for (var s = 0u; s < steps; s++) {
+        let cur = next;
+        if (lid < 128u) {
+            let at = (lid >> 1u) * TS + ((lid & 1u) << 1u);
+            wt[at] = dequant(cur.pw, cur.sv);
+            wt[at + 1u] = dequant(cur.pw >> 16u, cur.sv);
+        }
+        xt[(lid >> 2u) * TS + (lid & 3u)] = cur.xv;
+        workgroupBarrier();
+        if (s + 1u < steps) {
+            next = step_loads(s + 1u, row0, tok0, lid);
+        }
+        for (var k4 = 0u; k4 < 4u; k4++) {
+            var wv: array<vec4<f32>, 4>;
+            var xv: array<vec4<f32>, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                wv[i] = wt[(tr + (i << 4u)) * TS + k4];
+                xv[i] = xt[(tc + (i << 4u)) * TS + k4];
+            }
+            for (var j = 0u; j < 4u; j++) {
+                acc[j] += vec4<f32>(
+                    dot(wv[0], xv[j]),
+                    dot(wv[1], xv[j]),
+                    dot(wv[2], xv[j]),
+                    dot(wv[3], xv[j]),
+                );
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let tok = tok0 + tc + (j << 4u);
+        if (tok < P.m) {
+            for (var i = 0u; i < 4u; i++) {
+                let r = row0 + tr + (i << 4u);
+                if (r < P.rows) {
+                    y[tok * P.y_stride + r] = acc[j][i];
+                }
+            }
+        }
+    }
+}
