@@ -198,6 +198,46 @@ fn plain_batched_baseline_matches_cpu_reference() {
     }
 }
 
+/// The plain layer's tiled f32 GEMM (`QuantizedLinear::set_tiled_gemm`): on, off and by
+/// default, at row counts around `TILED_GEMM_MIN_ROWS` and past one launch (600 rows), on
+/// 4-bit shapes with ragged tiles and every group size, within the CPU reference's
+/// tolerance; recorded calls are `forward_batch`'s outputs bit for bit.
+#[test]
+fn plain_tiled_gemm_matches_cpu_reference() {
+    use ecq::linear::{ActivationOrder, TILED_GEMM_MIN_ROWS};
+    use gpu_common::{recorded, Placement};
+    let Some(d) = dev() else { return };
+    for (i, &(r, k, gs)) in [(64, 256, 64), (130, 1024, 128), (37, 384, 32)]
+        .iter()
+        .enumerate()
+    {
+        let c = case(250 + i as u64, r, k, 4, gs, 16384, 8);
+        let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
+        for tiled in [Some(true), Some(false), None] {
+            let mut plain = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
+            plain.set_tiled_gemm(tiled);
+            // (qgemm's rows: no multi-vector launches)
+            plain.set_gemv_many_max_m(Some(0));
+            for m in [TILED_GEMM_MIN_ROWS - 1, TILED_GEMM_MIN_ROWS, 129, 600] {
+                let label = format!("{r}x{k} g{gs} tiled {tiled:?}, {m} rows");
+                let x = activations(900 + i as u64 + 31 * m as u64, m * k);
+                let y = plain.forward_batch(&x, m).unwrap();
+                assert_close(&label, &cpu, &x, m, &y, 0.0);
+                let got = recorded(&plain, &x, ActivationOrder::Columns, m, Placement::START);
+                assert_eq!(bits(got.unwrap()), bits(y), "{label}: recorded");
+            }
+        }
+        // the layer on, without a bias, is the GPU module's tiled GEMM bit for bit
+        let mut plain = QuantizedLinear::upload(d, "plain", &c.q, None).unwrap();
+        plain.set_tiled_gemm(Some(true));
+        let x = activations(990 + i as u64, 129 * k);
+        let m = d.gpu().upload_quantized(&c.q).unwrap();
+        let (dev, queue, reg) = (d.device(), d.queue(), d.gpu().registry());
+        let want = m.gemm_tiled(dev, queue, reg, &x, 129).unwrap();
+        assert_eq!(bits(plain.forward_batch(&x, 129).unwrap()), bits(want));
+    }
+}
+
 /// `forward_batch_into` writes what `forward_batch` returns, bit for bit, through calls of
 /// growing and shrinking row counts that reuse the device's kept buffers (a call never sees an
 /// earlier call's activations or outputs): coded layers whole and in bands, with outputs in

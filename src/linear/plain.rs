@@ -37,6 +37,14 @@ pub const PLAIN_GEMV_MANY_MAX_M_SMALL: usize = 48;
 /// on the GEMM at 32 rows, and 34.8 against 28.2 at 40 (BENCHMARKS.md issue 5, step 98).
 pub const COOP_GEMM_MIN_ROWS: usize = 33;
 
+/// Activation rows from which [`QuantizedLinear`]'s `forward_batch` runs the tiled f32 GEMM
+/// ([`crate::gpu::GpuQuantizedMatrix::gemm_tiled_dispatch`], tiles of 64 matrix rows x 64
+/// activation rows) where it would run `qgemm` (see [`QuantizedLinear::set_tiled_gemm`]): a
+/// tile costs the same for 1 to 64 rows. On lavapipe (2 cores) at 1024x4096 `qgemm` took
+/// 34.7 ms for 2 rows, 63.7 for 16, 131 for 32 and 189 for 64, the tiled GEMM 88-94 for 2 to
+/// 64 rows and 717 against 1100 for 512 (BENCHMARKS.md issue 5, step 99).
+pub const TILED_GEMM_MIN_ROWS: usize = 32;
+
 /// Uniform block of `qgemm.wgsl`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -67,6 +75,8 @@ pub(crate) enum PlainPath<'a> {
     Many(&'a crate::gpu::GpuQuantizedMatrix),
     /// Launches of the cooperative GEMM.
     CoopGemm(&'a crate::gpu::GpuQuantizedMatrix),
+    /// Launches of the tiled f32 GEMM.
+    TiledGemm(&'a crate::gpu::GpuQuantizedMatrix),
     /// `qgemm`.
     Gemm,
 }
@@ -84,7 +94,9 @@ pub(crate) enum PlainPath<'a> {
 /// ([`crate::gpu::GpuQuantizedMatrix::gemv_many_dispatch`], the weights read once a launch). Both GEMVs of 4-bit weights take their activations in lane order
 /// ([`crate::gpu::x_lane_order`], permuted on the host as they are uploaded), as the fused
 /// layer's do ([`super::EntropyCodedLinear::lane_order`]): the same results, read in whole
-/// lines.
+/// lines. Calls of 4-bit weights that would run `qgemm` run the tiled f32 GEMM instead from
+/// [`TILED_GEMM_MIN_ROWS`] rows where the device runs no 32-wide subgroups
+/// ([`Self::set_tiled_gemm`]).
 #[derive(Debug)]
 pub struct QuantizedLinear {
     dev: Arc<LinearDevice>,
@@ -106,6 +118,9 @@ pub struct QuantizedLinear {
     many_max_m: Option<usize>,
     /// The fewest rows that run the cooperative GEMM ([`Self::set_coop_gemm_min_rows`]).
     coop_gemm_min_m: usize,
+    /// Whether the tiled f32 GEMM replaces `qgemm` ([`Self::set_tiled_gemm`]; `None`: where
+    /// the device runs no 32-wide subgroups).
+    tiled: Option<bool>,
 }
 
 impl QuantizedLinear {
@@ -262,7 +277,28 @@ impl QuantizedLinear {
             coop: false,
             many_max_m: None,
             coop_gemm_min_m: COOP_GEMM_MIN_ROWS,
+            tiled: None,
         }
+    }
+
+    /// Whether `forward_batch` runs the tiled f32 GEMM
+    /// ([`crate::gpu::GpuQuantizedMatrix::gemm_tiled_dispatch`]) instead of `qgemm` for calls
+    /// of at least [`TILED_GEMM_MIN_ROWS`] rows that would run `qgemm` (4-bit matrices):
+    /// `None` (the default) where the device runs no 32-wide subgroups (measured on
+    /// lavapipe: 2.1x faster than `qgemm` at 64 rows; where 32-wide subgroups run, the
+    /// multi-vector launches take most calls and the two GEMMs have not been compared),
+    /// `Some(true)` on every device, `Some(false)` never. Same precision as `qgemm`: f32
+    /// throughout, summed in another order.
+    pub fn set_tiled_gemm(&mut self, on: Option<bool>) {
+        self.tiled = on;
+    }
+
+    /// Whether a call that would run `qgemm` on `m` rows runs the tiled GEMM `v` instead.
+    fn tiled_gemm(&self, v: &crate::gpu::GpuQuantizedMatrix, m: usize) -> bool {
+        let on = self
+            .tiled
+            .unwrap_or_else(|| !self.dev.gpu().registry().subgroups32());
+        on && m >= TILED_GEMM_MIN_ROWS && v.gemm_tiled_supported()
     }
 
     /// Lets `forward_batch`'s launches of at least [`super::COOP_MIN_ROWS`] rows multiply on
@@ -579,6 +615,9 @@ impl QuantizedLinear {
         {
             return PlainPath::Many(v);
         }
+        if self.tiled_gemm(v, m) {
+            return PlainPath::TiledGemm(v);
+        }
         PlainPath::Gemm
     }
 
@@ -680,6 +719,15 @@ impl Linear for QuantizedLinear {
                 }
                 Ok(())
             })?,
+            PlainPath::TiledGemm(v) => self.run_blocks(x, m, y, k, |xb, yb, mb, pass| {
+                let xr = BufferRange::new(xb, 0, (mb * k * 4) as u64);
+                let yr = BufferRange::new(yb, 0, (mb * r * 4) as u64);
+                let registry = self.dev.gpu().registry();
+                v.gemm_tiled_dispatch(self.dev.device(), registry, xr, yr, mb)
+                    .map_err(|source| LinearError::gpu(&self.name, source))?
+                    .record(pass);
+                Ok(())
+            })?,
             PlainPath::Gemm => {
                 self.run_blocks(x, m, y, k.div_ceil(4) * 4, |xb, yb, mb, pass| {
                     self.batch_dispatch(xb, yb, mb)?.record(pass);
@@ -745,7 +793,7 @@ impl QuantizedLinear {
         let (per, row_values) = match path {
             PlainPath::Vector(_) => (1, k),
             PlainPath::Many(_) => (crate::gpu::MAX_GEMV_VECTORS as usize, k),
-            PlainPath::CoopGemm(_) => (self.gemm_rows_per_dispatch()?, k),
+            PlainPath::CoopGemm(_) | PlainPath::TiledGemm(_) => (self.gemm_rows_per_dispatch()?, k),
             PlainPath::Gemm => (self.gemm_rows_per_dispatch()?, k4),
         };
         let (layout, parts) = call
@@ -757,7 +805,7 @@ impl QuantizedLinear {
             let lanes = match path {
                 PlainPath::Vector(v) => v.nibble4_supported() && given_lanes,
                 PlainPath::Many(_) => !self.coop_launch(n) && (n > 1 || given_lanes),
-                PlainPath::CoopGemm(_) | PlainPath::Gemm => false,
+                PlainPath::CoopGemm(_) | PlainPath::TiledGemm(_) | PlainPath::Gemm => false,
             };
             RowsNeed {
                 order: if lanes {
@@ -789,6 +837,7 @@ impl QuantizedLinear {
                     self.record_coop_gemm(v, out, xr, yr, n).map_err(gpu)?;
                     continue;
                 }
+                PlainPath::TiledGemm(v) => v.gemm_tiled_dispatch(device, registry, xr, yr, n),
                 PlainPath::Gemm => {
                     out.push(self.batch_dispatch_in(xr, yr, n)?);
                     continue;
