@@ -1133,15 +1133,49 @@ impl GpuQuantizedMatrix {
         if let Some(why) = self.gemm_coop_refusal(registry) {
             return Err(GpuError::Unsupported(why));
         }
-        let y = y.into();
-        y.check(device, "y")?;
-        let (r, k, m) = (self.rows(), self.cols(), x.rows());
-        if x.cols() != k {
+        if x.cols() != self.cols() {
             return Err(GpuError::InvalidInput(format!(
-                "cooperative GEMM activations have {} inputs, the matrix {k}",
-                x.cols()
+                "cooperative GEMM activations have {} inputs, the matrix {}",
+                x.cols(),
+                self.cols()
             )));
         }
+        self.gemm_launch(
+            device,
+            registry,
+            (
+                Kernel::QGemmCoop,
+                &[
+                    ("GSHIFT", self.group_size.trailing_zeros()),
+                    ("WIDE", (tile_rows == 128) as u32),
+                    self.side.constant(),
+                ],
+            ),
+            (128, tile_rows as usize),
+            x.rows(),
+            &[entry(3, x.values()), entry(4, x.scalings())],
+            y.into(),
+        )
+    }
+
+    /// A GEMM launch of `kernel` with its pipeline constants: tiles of `tiles.0` matrix rows x
+    /// `tiles.1` activation rows over `m` activation rows, the uniform block both GEMMs read
+    /// (rows, cols, m, groups per row, row tiles, workgroups along x, workgroups, y's stride),
+    /// the matrix at bindings 1 and 2, the activations' `inputs` and `y` after them.
+    /// [`GpuError::InvalidInput`] for a `y` too small.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_launch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        (kernel, constants): (Kernel, &[(&'static str, u32)]),
+        tiles: (usize, usize),
+        m: usize,
+        inputs: &[wgpu::BindGroupEntry<'_>],
+        y: BufferRange<'_>,
+    ) -> Result<Dispatch, GpuError> {
+        y.check(device, "y")?;
+        let r = self.rows();
         let y_bytes = r as u64 * m as u64 * 4;
         if y.size() < y_bytes {
             return Err(GpuError::InvalidInput(format!(
@@ -1149,14 +1183,15 @@ impl GpuQuantizedMatrix {
                 y.size()
             )));
         }
-        let row_tiles = r.div_ceil(128);
-        let total_wg = u32::try_from(row_tiles * m.div_ceil(tile_rows as usize))
-            .map_err(|_| GpuError::InvalidInput(format!("{m} rows of {r} outputs")))?;
+        let row_tiles = r.div_ceil(tiles.0);
+        let too_many = || GpuError::InvalidInput(format!("{m} rows of {r} outputs"));
+        let total_wg = u32::try_from(row_tiles * m.div_ceil(tiles.1)).map_err(|_| too_many())?;
+        let m32 = u32::try_from(m).map_err(|_| too_many())?;
         let (gx, gy) = grid(device, total_wg);
         let params: [u32; 8] = [
             self.params.rows,
             self.params.cols,
-            m as u32,
+            m32,
             self.params.groups_per_row,
             row_tiles as u32,
             gx,
@@ -1165,32 +1200,23 @@ impl GpuQuantizedMatrix {
         ];
         use wgpu::util::DeviceExt;
         let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("qgemm_coop params"),
+            label: Some("gemm params"),
             contents: bytemuck::cast_slice(&params),
             usage: wgpu::BufferUsages::UNIFORM,
         });
-        let pipeline = registry.get(
-            device,
-            Kernel::QGemmCoop,
-            "main",
-            &[
-                ("GSHIFT", self.group_size.trailing_zeros()),
-                ("WIDE", (tile_rows == 128) as u32),
-                self.side.constant(),
-            ],
-        )?;
+        let pipeline = registry.get(device, kernel, "main", constants)?;
         let layout = pipeline.get_bind_group_layout(0);
+        let mut entries = vec![
+            entry(0, &uniform),
+            entry(1, &self.packed),
+            entry(2, &self.sb),
+        ];
+        entries.extend_from_slice(inputs);
+        entries.push(y.entry(3 + inputs.len() as u32));
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("qgemm_coop"),
+            label: Some(kernel.file_name()),
             layout: &layout,
-            entries: &[
-                entry(0, &uniform),
-                entry(1, &self.packed),
-                entry(2, &self.sb),
-                entry(3, x.values()),
-                entry(4, x.scalings()),
-                y.entry(5),
-            ],
+            entries: &entries,
         });
         Ok(Dispatch {
             pipeline,
@@ -1229,6 +1255,26 @@ impl GpuQuantizedMatrix {
         if let Some(why) = self.gemm_coop_refusal(registry) {
             return Err(GpuError::Unsupported(why));
         }
+        self.gemm_on_host(device, queue, x, m, |xb, yb| {
+            let rows = super::CoopRows::new(device, self.cols(), m)?;
+            Ok(vec![
+                super::coop_rows_dispatch(device, registry, xb, &rows)?,
+                self.gemm_coop_dispatch_with(device, registry, &rows, yb, tile_rows)?,
+            ])
+        })
+    }
+
+    /// `x` (`m` rows of `cols` f32) uploaded, the outputs filled with NaN, the `launches` on
+    /// them (x, y) recorded into one pass and submitted, and `m` rows of `rows` f32 read back;
+    /// [`GpuError::InvalidInput`] for an `x` of another length, nothing run for no rows.
+    fn gemm_on_host(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        x: &[f32],
+        m: usize,
+        launches: impl FnOnce(&wgpu::Buffer, &wgpu::Buffer) -> Result<Vec<Dispatch>, GpuError>,
+    ) -> Result<Vec<f32>, GpuError> {
         let (r, k) = (self.rows(), self.cols());
         if x.len() != m * k {
             return Err(GpuError::InvalidInput(format!(
@@ -1241,15 +1287,14 @@ impl GpuQuantizedMatrix {
             return Ok(Vec::new());
         }
         let xb = super::upload_x(device, x)?;
-        let rows = super::CoopRows::new(device, k, m)?;
         let yb = super::nan_output(device, m * r)?;
-        let prep = super::coop_rows_dispatch(device, registry, &xb, &rows)?;
-        let d = self.gemm_coop_dispatch_with(device, registry, &rows, &yb, tile_rows)?;
+        let ds = launches(&xb, &yb)?;
         let mut enc = device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            prep.record(&mut pass);
-            d.record(&mut pass);
+            for d in &ds {
+                d.record(&mut pass);
+            }
         }
         queue.submit([enc.finish()]);
         let bytes = super::read_back(device, queue, &yb, (m * r) as u64 * 4)?;
@@ -1297,71 +1342,31 @@ impl GpuQuantizedMatrix {
         if let Some(why) = self.gemm_tiled_refusal() {
             return Err(GpuError::Unsupported(why));
         }
-        let (x, y) = (x.into(), y.into());
+        let x = x.into();
         x.check(device, "x")?;
-        y.check(device, "y")?;
-        let (r, k) = (self.rows(), self.cols());
-        let x_bytes = m as u64 * k as u64 * 4;
+        let x_bytes = m as u64 * self.cols() as u64 * 4;
         if x.size() < x_bytes {
             return Err(GpuError::InvalidInput(format!(
-                "x has {} bytes, {m} rows of {k} inputs need {x_bytes}",
-                x.size()
+                "x has {} bytes, {m} rows of {} inputs need {x_bytes}",
+                x.size(),
+                self.cols()
             )));
         }
-        let y_bytes = m as u64 * r as u64 * 4;
-        if y.size() < y_bytes {
-            return Err(GpuError::InvalidInput(format!(
-                "y has {} bytes, {m} rows of {r} outputs need {y_bytes}",
-                y.size()
-            )));
-        }
-        let row_tiles = r.div_ceil(TILED_GEMM_TILE);
-        let total_wg = u32::try_from(row_tiles * m.div_ceil(TILED_GEMM_TILE))
-            .map_err(|_| GpuError::InvalidInput(format!("{m} rows of {r} outputs")))?;
-        let m32 = u32::try_from(m).map_err(|_| GpuError::InvalidInput(format!("{m} rows")))?;
-        let (gx, gy) = grid(device, total_wg);
-        let params: [u32; 8] = [
-            self.params.rows,
-            self.params.cols,
-            m32,
-            self.params.groups_per_row,
-            row_tiles as u32,
-            gx,
-            total_wg,
-            self.params.rows,
-        ];
-        use wgpu::util::DeviceExt;
-        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("qgemm_tiled params"),
-            contents: bytemuck::cast_slice(&params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let pipeline = registry.get(
+        self.gemm_launch(
             device,
-            Kernel::QGemmTiled,
-            "main",
-            &[
-                ("GSHIFT", self.group_size.trailing_zeros()),
-                self.side.constant(),
-            ],
-        )?;
-        let layout = pipeline.get_bind_group_layout(0);
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("qgemm_tiled"),
-            layout: &layout,
-            entries: &[
-                entry(0, &uniform),
-                entry(1, &self.packed),
-                entry(2, &self.sb),
-                x.entry(3),
-                y.entry(4),
-            ],
-        });
-        Ok(Dispatch {
-            pipeline,
-            bind_group,
-            workgroups: (gx, gy),
-        })
+            registry,
+            (
+                Kernel::QGemmTiled,
+                &[
+                    ("GSHIFT", self.group_size.trailing_zeros()),
+                    self.side.constant(),
+                ],
+            ),
+            (TILED_GEMM_TILE, TILED_GEMM_TILE),
+            m,
+            &[x.entry(3)],
+            y.into(),
+        )
     }
 
     /// `Y = X W^T` for `m` activation rows (`x`: `m * cols` f32) through
@@ -1378,28 +1383,9 @@ impl GpuQuantizedMatrix {
         if let Some(why) = self.gemm_tiled_refusal() {
             return Err(GpuError::Unsupported(why));
         }
-        let (r, k) = (self.rows(), self.cols());
-        if x.len() != m * k {
-            return Err(GpuError::InvalidInput(format!(
-                "x has {} values, {m} rows of {k} need {}",
-                x.len(),
-                m * k
-            )));
-        }
-        if m == 0 || r == 0 {
-            return Ok(Vec::new());
-        }
-        let xb = super::upload_x(device, x)?;
-        let yb = super::nan_output(device, m * r)?;
-        let d = self.gemm_tiled_dispatch(device, registry, &xb, &yb, m)?;
-        let mut enc = device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            d.record(&mut pass);
-        }
-        queue.submit([enc.finish()]);
-        let bytes = super::read_back(device, queue, &yb, (m * r) as u64 * 4)?;
-        Ok(bytemuck::cast_slice(&bytes).to_vec())
+        self.gemm_on_host(device, queue, x, m, |xb, yb| {
+            Ok(vec![self.gemm_tiled_dispatch(device, registry, xb, yb, m)?])
+        })
     }
 
     /// `Y = X W^T` for `vectors` activation vectors through the cooperative kernels
