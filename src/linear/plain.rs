@@ -528,17 +528,22 @@ impl QuantizedLinear {
         self.coop_gemm_min_m
     }
 
-    /// The cooperative GEMM of `n` rows of `x` (`n * cols` f32, column order) into `y`: its
-    /// activation pass, then the GEMM.
-    fn record_coop_gemm(
+    /// The GEMM `v` of `n` rows of `x` (`n * cols` f32, column order) into `y`: on
+    /// cooperative matrices where `coop` (its activation pass, then the GEMM), else the tiled
+    /// f32 GEMM.
+    fn record_gemm(
         &self,
-        v: &crate::gpu::GpuQuantizedMatrix,
+        (v, coop): (&crate::gpu::GpuQuantizedMatrix, bool),
         out: &mut Vec<LinearDispatch>,
         x: BufferRange<'_>,
         y: BufferRange<'_>,
         n: usize,
     ) -> Result<(), crate::gpu::GpuError> {
         let (device, registry) = (self.dev.device(), self.dev.gpu().registry());
+        if !coop {
+            out.push(v.gemm_tiled_dispatch(device, registry, x, y, n)?);
+            return Ok(());
+        }
         let rows = self.dev.coop_rows(self.in_features(), n)?;
         out.push(crate::gpu::coop_rows_dispatch(device, registry, x, &rows)?);
         out.push(v.gemm_coop_dispatch(device, registry, &rows, y)?);
@@ -695,7 +700,9 @@ impl Linear for QuantizedLinear {
         if m == 0 || r == 0 {
             return Ok(());
         }
-        match self.path(m) {
+        let path = self.path(m);
+        let coop = matches!(path, PlainPath::CoopGemm(_));
+        match path {
             PlainPath::Vector(_) => {
                 // (the plain GEMV, as `forward`: `qgemm` took 1.1 ms for one row at 4096x14336
                 // on an H200, the GEMV's whole call 0.4)
@@ -708,26 +715,19 @@ impl Linear for QuantizedLinear {
                 |start, mb| self.submit_many(v, &x[start * k..(start + mb) * k], mb),
                 |pending, start, mb| self.finish_read(pending, &mut y[start * r..(start + mb) * r]),
             )?,
-            PlainPath::CoopGemm(v) => self.run_blocks(x, m, y, k, |xb, yb, mb, pass| {
-                let mut launches = Vec::new();
-                let xr = BufferRange::new(xb, 0, (mb * k * 4) as u64);
-                let yr = BufferRange::new(yb, 0, (mb * r * 4) as u64);
-                self.record_coop_gemm(v, &mut launches, xr, yr, mb)
-                    .map_err(|source| LinearError::gpu(&self.name, source))?;
-                for d in &launches {
-                    d.record(pass);
-                }
-                Ok(())
-            })?,
-            PlainPath::TiledGemm(v) => self.run_blocks(x, m, y, k, |xb, yb, mb, pass| {
-                let xr = BufferRange::new(xb, 0, (mb * k * 4) as u64);
-                let yr = BufferRange::new(yb, 0, (mb * r * 4) as u64);
-                let registry = self.dev.gpu().registry();
-                v.gemm_tiled_dispatch(self.dev.device(), registry, xr, yr, mb)
-                    .map_err(|source| LinearError::gpu(&self.name, source))?
-                    .record(pass);
-                Ok(())
-            })?,
+            PlainPath::CoopGemm(v) | PlainPath::TiledGemm(v) => {
+                self.run_blocks(x, m, y, k, |xb, yb, mb, pass| {
+                    let mut launches = Vec::new();
+                    let xr = BufferRange::new(xb, 0, (mb * k * 4) as u64);
+                    let yr = BufferRange::new(yb, 0, (mb * r * 4) as u64);
+                    self.record_gemm((v, coop), &mut launches, xr, yr, mb)
+                        .map_err(|source| LinearError::gpu(&self.name, source))?;
+                    for d in &launches {
+                        d.record(pass);
+                    }
+                    Ok(())
+                })?
+            }
             PlainPath::Gemm => {
                 self.run_blocks(x, m, y, k.div_ceil(4) * 4, |xb, yb, mb, pass| {
                     self.batch_dispatch(xb, yb, mb)?.record(pass);
@@ -833,11 +833,11 @@ impl QuantizedLinear {
                     self.record_many(v, out, xr, yr, n, lanes).map_err(gpu)?;
                     continue;
                 }
-                PlainPath::CoopGemm(v) => {
-                    self.record_coop_gemm(v, out, xr, yr, n).map_err(gpu)?;
+                PlainPath::CoopGemm(v) | PlainPath::TiledGemm(v) => {
+                    let coop = matches!(path, PlainPath::CoopGemm(_));
+                    self.record_gemm((v, coop), out, xr, yr, n).map_err(gpu)?;
                     continue;
                 }
-                PlainPath::TiledGemm(v) => v.gemm_tiled_dispatch(device, registry, xr, yr, n),
                 PlainPath::Gemm => {
                     out.push(self.batch_dispatch_in(xr, yr, n)?);
                     continue;
