@@ -34,10 +34,11 @@
 //! the cooperative GEMM (`plain_qgemm_coop_mM`: `gemm_coop_dispatch`, throughput in
 //! weight-row products; `coop_rows_pass_mM`, its activation pass). With
 //! `ECQ_GPU_BENCH_TILED=1` the plain weights multiply those rows on any device through the
-//! tiled f32 GEMM (`plain_qgemm_tiled_mM`: `gemm_tiled_dispatch`) and, where 32-wide subgroups
-//! run them, through launches of 16 rows of the multi-vector GEMV on activations in lane order
-//! (`plain_qgemv4_many16_mM`: what the plain layers run in f32 for many rows).
-//! Times are
+//! tiled f32 GEMM (`plain_qgemm_tiled_mM`: `gemm_tiled_dispatch`, in the tile it picks or,
+//! with `ECQ_GPU_BENCH_TILE=narrow|wide`, that one: `plain_qgemm_tiled_mM_Narrow`) and, where
+//! 32-wide subgroups run them, through launches of 16 rows of the multi-vector GEMV on
+//! activations in lane order (`plain_qgemv4_many16_mM`: what the plain layers run in f32 for
+//! fewer rows). Times are
 //! GPU timestamps of the pass holding the iterations where the device has `TIMESTAMP_QUERY`,
 //! else the wall clock after `finish()` (`examples/common/timing.rs`). For the full comparison
 //! table use `examples/bench_gpu.rs`.
@@ -294,6 +295,12 @@ fn bench(c: &mut Criterion) {
 
     // many rows in f32: the tiled GEMM, and launches of 16 rows of the multi-vector GEMV
     let tiled_on = env_num::<u32>("ECQ_GPU_BENCH_TILED").unwrap_or(0) != 0;
+    let tile = match std::env::var("ECQ_GPU_BENCH_TILE").as_deref() {
+        Ok("narrow") => Some(ecq::gpu::TiledGemmTile::Narrow),
+        Ok("wide") => Some(ecq::gpu::TiledGemmTile::Wide),
+        Ok(other) => panic!("ECQ_GPU_BENCH_TILE={other}: narrow or wide"),
+        Err(_) => None,
+    };
     let tiled = (tiled_on && plain[0].gemm_tiled_supported()).then(|| {
         let xs: Vec<f32> = (0..k * gemm_rows)
             .map(|_| rng.random::<f32>() - 0.5)
@@ -308,7 +315,8 @@ fn bench(c: &mut Criterion) {
         let tiled_d: Vec<_> = plain
             .iter()
             .map(|m| {
-                m.gemm_tiled_dispatch(dev, reg, &xg, &yg, gemm_rows)
+                let t = tile.unwrap_or(ecq::gpu::TiledGemmTile::for_shape(r, gemm_rows));
+                m.gemm_tiled_dispatch_with(dev, reg, &xg, &yg, gemm_rows, t)
                     .unwrap()
             })
             .collect();
@@ -426,9 +434,11 @@ fn bench(c: &mut Criterion) {
     }
     if let Some((tiled_d, many_d)) = &tiled {
         g.throughput(Throughput::Elements((r * k * gemm_rows) as u64));
-        g.bench_function(format!("plain_qgemm_tiled_m{gemm_rows}"), |b| {
-            b.iter_custom(|n| run(&ctx, &timer, tiled_d, n))
-        });
+        let name = match tile {
+            Some(t) => format!("plain_qgemm_tiled_m{gemm_rows}_{t:?}"),
+            None => format!("plain_qgemm_tiled_m{gemm_rows}"),
+        };
+        g.bench_function(name, |b| b.iter_custom(|n| run(&ctx, &timer, tiled_d, n)));
         if many_d.is_empty() {
             eprintln!("plain_qgemv4_many16 skipped: it needs 32-wide subgroups");
         } else {

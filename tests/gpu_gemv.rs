@@ -7,7 +7,9 @@
 mod gpu_common;
 
 use ecq::dtype::FloatDType;
-use ecq::gpu::{CodedMatrixRef, FusedVariant, GpuContext, QGemvVariant, QuantParamsRef};
+use ecq::gpu::{
+    CodedMatrixRef, FusedVariant, GpuContext, QGemvVariant, QuantParamsRef, TiledGemmTile,
+};
 use ecq::quant::{quantize_affine, AffineParams, QuantizedMatrix};
 use ecq::rans::{encode, EncodeOptions};
 use proptest::prelude::*;
@@ -29,6 +31,10 @@ use rand_chacha::ChaCha8Rng;
 const TOL_PER_TERM: f64 = 1.0 / (1u64 << 24) as f64;
 
 use gpu_common::{ctx, gaussian, random_matrix};
+
+fn bits_of(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
 
 /// f64 reference `y` and the per-row bound `sum_abs` of the factored computation.
 fn reference(q: &QuantizedMatrix, x: &[f32]) -> (Vec<f64>, Vec<f64>) {
@@ -2284,6 +2290,13 @@ fn plain_gemm_tiled_matches_reference() {
                 .gemm_tiled(dev, ctx.queue(), reg, &xs, n)
                 .unwrap_or_else(|e| panic!("{label}: {e}"));
             assert_eq!(y.len(), n * rows, "{label}");
+            // Both tiles add each output's columns in the same order: the same bits.
+            for tile in [TiledGemmTile::Narrow, TiledGemmTile::Wide] {
+                let yt = m
+                    .gemm_tiled_with(dev, ctx.queue(), reg, &xs, n, tile)
+                    .unwrap_or_else(|e| panic!("{label}, {tile:?}: {e}"));
+                assert_eq!(bits_of(&yt), bits_of(&y), "{label}, {tile:?}");
+            }
             for (j, (yj, x)) in y.chunks_exact(rows).zip(xs.chunks_exact(cols)).enumerate() {
                 if n > 2 && j == nan_row {
                     assert!(yj.iter().all(|v| v.is_nan()), "{label}: NaN row {j}");
@@ -2294,6 +2307,21 @@ fn plain_gemm_tiled_matches_reference() {
             }
         }
     }
+    // the tile rule: wide from TILED_GEMM_WIDE_MIN_WORKGROUPS wide tiles
+    let w = ecq::gpu::TILED_GEMM_WIDE_MIN_WORKGROUPS;
+    assert_eq!(TiledGemmTile::for_shape(128 * w, 1), TiledGemmTile::Wide);
+    assert_eq!(
+        TiledGemmTile::for_shape(128 * w - 128, 64),
+        TiledGemmTile::Narrow
+    );
+    assert_eq!(TiledGemmTile::for_shape(4096, 512), TiledGemmTile::Wide);
+    assert_eq!(TiledGemmTile::for_shape(4096, 448), TiledGemmTile::Narrow);
+    assert_eq!(TiledGemmTile::for_shape(1024, 512), TiledGemmTile::Narrow);
+    assert_eq!(TiledGemmTile::for_shape(0, 0), TiledGemmTile::Narrow);
+    assert_eq!(
+        (TiledGemmTile::Narrow.rows(), TiledGemmTile::Wide.rows()),
+        (64, 128)
+    );
     // refusals: other bit widths, and buffers too small for the shape
     for bits in [2, 8] {
         let (q, x) = random_matrix(2990 + bits as u64, 4, 512, bits, 64);

@@ -1,25 +1,34 @@
 // Plain MLX 4-bit GEMM in f32 for many activation rows, tiled in workgroup memory (issue 5,
-// step 99): Y (M x R) = X (M x K) W^T, for devices without cooperative matrices (Apple's GPUs
-// through wgpu, lavapipe) where the layers otherwise run launches of 16 rows of
-// qgemv4_many.wgsl, which read the weights once per 16 rows, or qgemm.wgsl, which reads each
-// activation from memory for every four weight rows.
+// steps 99-100): Y (M x R) = X (M x K) W^T, for devices without cooperative matrices (Apple's
+// GPUs through wgpu, lavapipe, NVIDIA without the experimental feature) where the layers
+// otherwise run launches of 16 rows of qgemv4_many.wgsl, which read the weights once per 16
+// rows, or qgemm.wgsl, which reads each activation from memory for every four weight rows.
 //
-// A workgroup of 256 invocations computes a tile of 64 matrix rows x 64 activation rows. Per
-// step of 16 columns, invocations 0..127 stage the weight tile (one packed word each: row
-// lid / 2, columns 8 (lid % 2) ..; w = scale q + bias in f32, as qgemm.wgsl dequantizes) and
-// every invocation one vec4 of the activation tile (row lid / 4, columns 4 (lid % 4) ..: four
-// invocations read a row's 64 bytes), both row-major in workgroup memory with rows of 20 f32
-// (16 + 4, so that the rows eight invocations read at once start 20 banks apart). Then
-// invocation (tr, tc) = (lid % 16, lid / 16) accumulates the 16 outputs of matrix rows
-// tr + 16 i and activation rows tc + 16 j (i, j < 4): eight vec4 loads from the tiles serve 16
-// four-term dot products a quarter step. The next step's words, scales and activations are
-// loaded from memory before the multiply. 10 KiB of workgroup memory and 256 invocations:
-// WebGPU's default limits.
+// A workgroup of 256 invocations computes a tile of 64 (ROW_TILE_SHIFT 6) or 128 (7) matrix
+// rows x 64 activation rows. Per step of 16 columns, invocations 0..2 x tile rows - 1 stage
+// the weight tile (one packed word each: row lid / 2, columns 8 (lid % 2) ..; w = scale q +
+// bias in f32, as qgemm.wgsl dequantizes) and every invocation one vec4 of the activation
+// tile (row lid / 4, columns 4 (lid % 4) ..: four invocations read a row's 64 bytes), both
+// row-major in workgroup memory with rows of 20 f32 (16 + 4, so that the rows eight
+// invocations read at once start 20 banks apart). Then invocation (tr, tc) = (lid % 16,
+// lid / 16) accumulates the outputs of matrix rows tr + 16 i (i < 4 or 8) and activation
+// rows tc + 16 j (j < 4) column by column as fused multiply-adds (a dot product of four
+// columns and a sum compiled to a multiply, three multiply-adds and an add). The next step's
+// words, scales and activations are loaded from memory before the multiply. 15 KiB of
+// workgroup memory (the weight tile sized for 128 rows) and 256 invocations: WebGPU's default
+// limits. The wide tile reads each activation tile once for twice the weights and has twice
+// the multiply-adds a step per invocation; the narrow one gives a grid of few workgroups
+// twice as many (BENCHMARKS.md issue 5, step 100).
 //
 // Needs K % 16 == 0 and MLX groups of at least 16 (all of 32, 64, 128); matrix rows and
 // activation rows past the shapes stage zeros and write nothing
 // (`GpuQuantizedMatrix::gemm_tiled_dispatch` checks the buffers against the shapes).
 // Results: the f32 GEMM's, summed in another order than the CPU reference's.
+//
+// Indices: weights, (scale, bias) and outputs of matrix rows below P.rows, activations and
+// outputs of activation rows below P.m, columns below P.cols; the tiles by the invocation
+// and constant loop counters (the registry builds it without naga's bounds checks and loop
+// counters, see `Kernel::indices_in_range_by_construction`).
 // import: side
 
 struct Params {
@@ -35,6 +44,11 @@ struct Params {
 
 // log2 of the MLX group size (4 or more).
 override GSHIFT: u32 = 6u;
+// log2 of the matrix rows of a tile: 6 or 7.
+override ROW_TILE_SHIFT: u32 = 6u;
+// Matrix rows an invocation accumulates: 4 or 8.
+override RI: u32 = 1u << (ROW_TILE_SHIFT - 4u);
+const MAX_RI: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> w: array<u32>;          // packed 4-bit weights
@@ -45,12 +59,12 @@ override GSHIFT: u32 = 6u;
 // Tile row stride in vec4: 20 f32.
 const TS: u32 = 5u;
 
-var<workgroup> wt: array<vec4<f32>, 320>;  // 64 matrix rows x 16 columns
+var<workgroup> wt: array<vec4<f32>, 640>;  // 64 or 128 matrix rows x 16 columns
 var<workgroup> xt: array<vec4<f32>, 320>;  // 64 activation rows x 16 columns
 
 // What an invocation loads of step s from memory: its packed word and the word's (scale,
-// bias) (invocations < 128; zeros past the matrix's rows) and its vec4 of activations (zeros
-// past the launch's rows).
+// bias) (invocations below twice the tile's rows; zeros past the matrix's rows) and its vec4
+// of activations (zeros past the launch's rows).
 struct StepLoads {
     pw: u32,
     sv: vec2<f32>,
@@ -60,7 +74,7 @@ struct StepLoads {
 fn step_loads(s: u32, row0: u32, tok0: u32, lid: u32) -> StepLoads {
     var o: StepLoads;
     let row = row0 + (lid >> 1u);
-    if (lid < 128u && row < P.rows) {
+    if (lid < (2u << ROW_TILE_SHIFT) && row < P.rows) {
         let c = (s << 4u) + ((lid & 1u) << 3u);
         o.pw = w[row * (P.cols >> 3u) + (c >> 3u)];
         o.sv = side(row * P.groups_per_row + (c >> GSHIFT));
@@ -87,17 +101,17 @@ fn main(
     if (wg >= P.total_wg) {
         return;
     }
-    let row0 = (wg % P.row_tiles) << 6u;
+    let row0 = (wg % P.row_tiles) << ROW_TILE_SHIFT;
     let tok0 = (wg / P.row_tiles) << 6u;
     let tr = lid & 15u;
     let tc = lid >> 4u;
     let steps = P.cols >> 4u;
-    // acc[j][i]: activation row tc + 16 j, matrix row tr + 16 i
-    var acc: array<vec4<f32>, 4>;
+    // acc[i][j]: matrix row tr + 16 i, activation row tc + 16 j
+    var acc: array<vec4<f32>, MAX_RI>;
     var next = step_loads(0u, row0, tok0, lid);
     for (var s = 0u; s < steps; s++) {
         let cur = next;
-        if (lid < 128u) {
+        if (lid < (2u << ROW_TILE_SHIFT)) {
             let at = (lid >> 1u) * TS + ((lid & 1u) << 1u);
             wt[at] = dequant(cur.pw, cur.sv);
             wt[at + 1u] = dequant(cur.pw >> 16u, cur.sv);
@@ -108,19 +122,19 @@ fn main(
             next = step_loads(s + 1u, row0, tok0, lid);
         }
         for (var k4 = 0u; k4 < 4u; k4++) {
-            var wv: array<vec4<f32>, 4>;
+            var wv: array<vec4<f32>, MAX_RI>;
             var xv: array<vec4<f32>, 4>;
-            for (var i = 0u; i < 4u; i++) {
+            for (var i = 0u; i < RI; i++) {
                 wv[i] = wt[(tr + (i << 4u)) * TS + k4];
-                xv[i] = xt[(tc + (i << 4u)) * TS + k4];
             }
             for (var j = 0u; j < 4u; j++) {
-                acc[j] += vec4<f32>(
-                    dot(wv[0], xv[j]),
-                    dot(wv[1], xv[j]),
-                    dot(wv[2], xv[j]),
-                    dot(wv[3], xv[j]),
-                );
+                xv[j] = xt[(tc + (j << 4u)) * TS + k4];
+            }
+            for (var c = 0u; c < 4u; c++) {
+                let xc = vec4<f32>(xv[0][c], xv[1][c], xv[2][c], xv[3][c]);
+                for (var i = 0u; i < RI; i++) {
+                    acc[i] = fma(vec4<f32>(wv[i][c]), xc, acc[i]);
+                }
             }
         }
         workgroupBarrier();
@@ -128,10 +142,10 @@ fn main(
     for (var j = 0u; j < 4u; j++) {
         let tok = tok0 + tc + (j << 4u);
         if (tok < P.m) {
-            for (var i = 0u; i < 4u; i++) {
+            for (var i = 0u; i < RI; i++) {
                 let r = row0 + tr + (i << 4u);
                 if (r < P.rows) {
-                    y[tok * P.y_stride + r] = acc[j][i];
+                    y[tok * P.y_stride + r] = acc[i][j];
                 }
             }
         }

@@ -106,9 +106,49 @@ type UniformCache = ((u32, u32, u32), wgpu::Buffer);
 /// multiple of this: its steps of columns.
 pub const TILED_GEMM_COLS: usize = 16;
 
-/// Matrix rows and activation rows of a workgroup's tile in
-/// [`GpuQuantizedMatrix::gemm_tiled_dispatch`].
+/// Activation rows of a workgroup's tile in [`GpuQuantizedMatrix::gemm_tiled_dispatch`], and
+/// the matrix rows of its narrow tile ([`TiledGemmTile::Narrow`]).
 pub const TILED_GEMM_TILE: usize = 64;
+
+/// Workgroups of wide tiles from which [`TiledGemmTile::for_shape`] picks them: on an H200
+/// (132 SMs) a grid of 128 narrow tiles took 190 µs where the same work in 64 wide ones took
+/// 300, and 512 narrow ones 710-840 µs where 256 wide ones took 550 (BENCHMARKS.md issue 5,
+/// step 100).
+pub const TILED_GEMM_WIDE_MIN_WORKGROUPS: usize = 256;
+
+/// The matrix rows of a workgroup's tile in the tiled f32 GEMM
+/// ([`GpuQuantizedMatrix::gemm_tiled_dispatch_with`]); both tiles are
+/// [`TILED_GEMM_TILE`] activation rows and fit WebGPU's default limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TiledGemmTile {
+    /// 64 matrix rows, 4 x 4 outputs an invocation: twice the workgroups of the wide tile.
+    Narrow,
+    /// 128 matrix rows, 8 x 4 outputs an invocation: each activation tile serves twice the
+    /// weights, and twice the multiply-adds a step hide the step's loads and barriers.
+    Wide,
+}
+
+impl TiledGemmTile {
+    /// Matrix rows of the tile.
+    pub fn rows(self) -> usize {
+        match self {
+            TiledGemmTile::Narrow => 64,
+            TiledGemmTile::Wide => 128,
+        }
+    }
+
+    /// The tile for `rows` matrix rows and `m` activation rows: wide where its grid has at
+    /// least [`TILED_GEMM_WIDE_MIN_WORKGROUPS`] workgroups, narrow where fewer would leave
+    /// a GPU's cores idle.
+    pub fn for_shape(rows: usize, m: usize) -> Self {
+        let wide = rows.div_ceil(128) * m.div_ceil(TILED_GEMM_TILE);
+        if wide >= TILED_GEMM_WIDE_MIN_WORKGROUPS {
+            TiledGemmTile::Wide
+        } else {
+            TiledGemmTile::Narrow
+        }
+    }
+}
 
 /// An MLX quantized matrix (2, 4 or 8 bits) uploaded for the plain GEMV.
 #[derive(Debug)]
@@ -1327,10 +1367,11 @@ impl GpuQuantizedMatrix {
     /// The tiled f32 GEMM launch (`wgsl/qgemm_tiled.wgsl`): `m` rows of activations in `x`
     /// (`cols` f32 a row, one row after another, column order) multiplied into `y` (`rows`
     /// f32 a row), `Y = X W^T` with the weights dequantized in f32 (`scale q + bias`) into
-    /// workgroup memory once for 64 activation rows, within WebGPU's default limits. For
-    /// devices without cooperative matrices. [`GpuError::Unsupported`] for matrices other
-    /// than 4-bit ones of inputs a multiple of [`TILED_GEMM_COLS`] with groups of at least
-    /// 16; [`GpuError::InvalidInput`] for `x` or `y` too small.
+    /// workgroup memory once for 64 activation rows, within WebGPU's default limits, in the
+    /// tile [`TiledGemmTile::for_shape`] picks. For devices without cooperative matrices.
+    /// [`GpuError::Unsupported`] for matrices other than 4-bit ones of inputs a multiple of
+    /// [`TILED_GEMM_COLS`] with groups of at least 16; [`GpuError::InvalidInput`] for `x` or
+    /// `y` too small.
     pub fn gemm_tiled_dispatch<'b>(
         &self,
         device: &wgpu::Device,
@@ -1338,6 +1379,21 @@ impl GpuQuantizedMatrix {
         x: impl Into<BufferRange<'b>>,
         y: impl Into<BufferRange<'b>>,
         m: usize,
+    ) -> Result<Dispatch, GpuError> {
+        let tile = TiledGemmTile::for_shape(self.rows(), m);
+        self.gemm_tiled_dispatch_with(device, registry, x, y, m, tile)
+    }
+
+    /// [`Self::gemm_tiled_dispatch`] in the given tile (both give the same sums: each
+    /// output adds its columns in the same order).
+    pub fn gemm_tiled_dispatch_with<'b>(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: impl Into<BufferRange<'b>>,
+        y: impl Into<BufferRange<'b>>,
+        m: usize,
+        tile: TiledGemmTile,
     ) -> Result<Dispatch, GpuError> {
         if let Some(why) = self.gemm_tiled_refusal() {
             return Err(GpuError::Unsupported(why));
@@ -1359,10 +1415,11 @@ impl GpuQuantizedMatrix {
                 Kernel::QGemmTiled,
                 &[
                     ("GSHIFT", self.group_size.trailing_zeros()),
+                    ("ROW_TILE_SHIFT", tile.rows().trailing_zeros()),
                     self.side.constant(),
                 ],
             ),
-            (TILED_GEMM_TILE, TILED_GEMM_TILE),
+            (tile.rows(), TILED_GEMM_TILE),
             m,
             &[x.entry(3)],
             y.into(),
@@ -1380,11 +1437,27 @@ impl GpuQuantizedMatrix {
         x: &[f32],
         m: usize,
     ) -> Result<Vec<f32>, GpuError> {
+        let tile = TiledGemmTile::for_shape(self.rows(), m);
+        self.gemm_tiled_with(device, queue, registry, x, m, tile)
+    }
+
+    /// [`Self::gemm_tiled`] in the given tile.
+    pub fn gemm_tiled_with(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        x: &[f32],
+        m: usize,
+        tile: TiledGemmTile,
+    ) -> Result<Vec<f32>, GpuError> {
         if let Some(why) = self.gemm_tiled_refusal() {
             return Err(GpuError::Unsupported(why));
         }
         self.gemm_on_host(device, queue, x, m, |xb, yb| {
-            Ok(vec![self.gemm_tiled_dispatch(device, registry, xb, yb, m)?])
+            Ok(vec![self.gemm_tiled_dispatch_with(
+                device, registry, xb, yb, m, tile,
+            )?])
         })
     }
 

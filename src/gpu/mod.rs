@@ -128,7 +128,10 @@ pub use decode::{
     FusedVariant, GpuCodedMatrix, QuantParamsRef, COMPACT_TABLE_FROM_WORKGROUPS,
     COMPACT_TABLE_MAX_SHORT_K, COMPACT_TABLE_SHORT_K_FROM_WORKGROUPS, MAX_GEMV_VECTORS,
 };
-pub use gemv::{GpuQuantizedMatrix, QGemvVariant, TILED_GEMM_COLS, TILED_GEMM_TILE};
+pub use gemv::{
+    GpuQuantizedMatrix, QGemvVariant, TiledGemmTile, TILED_GEMM_COLS, TILED_GEMM_TILE,
+    TILED_GEMM_WIDE_MIN_WORKGROUPS,
+};
 pub use lane_order::{
     x_column_order, x_lane_order, x_lane_order_dispatch, x_lane_order_into, x_order_dispatch,
 };
@@ -411,7 +414,7 @@ pub enum Kernel {
     /// ([`coop_rows_dispatch`]).
     XRowsF16,
     /// `wgsl/qgemm_tiled.wgsl`: the plain 4-bit GEMM of many activation rows in f32, tiles of
-    /// 64 matrix rows x 64 activation rows in workgroup memory
+    /// 64 or 128 matrix rows x 64 activation rows in workgroup memory
     /// ([`GpuQuantizedMatrix::gemm_tiled_dispatch`]).
     QGemmTiled,
     /// `wgsl/add_bias.wgsl`: a layer's bias added to outputs on the GPU
@@ -565,6 +568,7 @@ impl Kernel {
                 | Kernel::RansGemvCoop
                 | Kernel::QGemv4Coop
                 | Kernel::QGemmCoop
+                | Kernel::QGemmTiled
         )
     }
 
@@ -606,6 +610,10 @@ impl Kernel {
     /// `qgemm_coop.wgsl` indexes weights, scales, activation rows and outputs of matrix rows
     /// and activation rows it tests against the shape (`gemm_coop_dispatch` checks the
     /// buffers against it), and its tiles by the invocation and constant loop counters.
+    /// `qgemm_tiled.wgsl` does the same (`gemm_tiled_dispatch_with` checks `x` and `y`; its
+    /// tiles hold 128 matrix rows, the most `ROW_TILE_SHIFT` allows); with naga's loop
+    /// counters its four-trip loops stayed loops on an H200 and the GEMM ran 5.4x slower
+    /// (BENCHMARKS.md issue 5, step 100).
     pub fn indices_in_range_by_construction(self) -> bool {
         matches!(
             self,
@@ -617,6 +625,7 @@ impl Kernel {
                 | Kernel::RansGemvCoop
                 | Kernel::QGemv4Coop
                 | Kernel::QGemmCoop
+                | Kernel::QGemmTiled
         )
     }
 
@@ -1642,9 +1651,9 @@ mod tests {
             .collect();
         assert_eq!(
             unchecked.len(),
-            8,
-            "only the four blocked kernels, their plain multi-vector baseline and the \
-             cooperative ones"
+            9,
+            "only the four blocked kernels, their plain multi-vector baseline, the \
+             cooperative ones and the tiled f32 GEMM"
         );
         for k in unchecked {
             assert!(k.loops_bounded_by_construction(), "{k:?}");
