@@ -91,7 +91,7 @@ pub use device::LinearDevice;
 pub use model::EntropyCodedModel;
 pub use plain::{
     QuantizedLinear, COOP_GEMM_MIN_ROWS, PLAIN_GEMV_MANY_MAX_M, PLAIN_GEMV_MANY_MAX_M_SMALL,
-    TILED_GEMM_MIN_ROWS,
+    TILED_GEMM_MIN_ROWS, TILED_GEMM_MIN_ROWS_SUBGROUPS,
 };
 pub use resident::{ActivationOrder, GpuLinear, PreparedForward};
 

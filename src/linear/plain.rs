@@ -38,12 +38,19 @@ pub const PLAIN_GEMV_MANY_MAX_M_SMALL: usize = 48;
 pub const COOP_GEMM_MIN_ROWS: usize = 33;
 
 /// Activation rows from which [`QuantizedLinear`]'s `forward_batch` runs the tiled f32 GEMM
-/// ([`crate::gpu::GpuQuantizedMatrix::gemm_tiled_dispatch`], tiles of 64 matrix rows x 64
-/// activation rows) where it would run `qgemm` (see [`QuantizedLinear::set_tiled_gemm`]): a
+/// ([`crate::gpu::GpuQuantizedMatrix::gemm_tiled_dispatch`], tiles of 64 activation rows)
+/// where the device runs no 32-wide subgroups (see [`QuantizedLinear::set_tiled_gemm`]): a
 /// tile costs the same for 1 to 64 rows. On lavapipe (2 cores) at 1024x4096 `qgemm` took
 /// 34.7 ms for 2 rows, 63.7 for 16, 131 for 32 and 189 for 64, the tiled GEMM 88-94 for 2 to
 /// 64 rows and 717 against 1100 for 512 (BENCHMARKS.md issue 5, step 99).
 pub const TILED_GEMM_MIN_ROWS: usize = 32;
+
+/// [`TILED_GEMM_MIN_ROWS`] where 32-wide subgroups run the multi-vector launches of 16 rows
+/// instead: on an H200 4096x4096 took 194 µs on the GEMM at 64 and at 128 rows against 158
+/// and 316 in launches of 16, 1024x4096 190 against 197 at 128 rows; at 512 rows the GEMM
+/// took 0.24-0.49x the launches' time at the four Llama-3-8B shapes (BENCHMARKS.md issue 5,
+/// step 100).
+pub const TILED_GEMM_MIN_ROWS_SUBGROUPS: usize = 128;
 
 /// Uniform block of `qgemm.wgsl`.
 #[repr(C)]
@@ -94,9 +101,9 @@ pub(crate) enum PlainPath<'a> {
 /// ([`crate::gpu::GpuQuantizedMatrix::gemv_many_dispatch`], the weights read once a launch). Both GEMVs of 4-bit weights take their activations in lane order
 /// ([`crate::gpu::x_lane_order`], permuted on the host as they are uploaded), as the fused
 /// layer's do ([`super::EntropyCodedLinear::lane_order`]): the same results, read in whole
-/// lines. Calls of 4-bit weights that would run `qgemm` run the tiled f32 GEMM instead from
-/// [`TILED_GEMM_MIN_ROWS`] rows where the device runs no 32-wide subgroups
-/// ([`Self::set_tiled_gemm`]).
+/// lines. Calls of 4-bit weights run the tiled f32 GEMM from [`TILED_GEMM_MIN_ROWS`] rows
+/// where the device runs no 32-wide subgroups and from [`TILED_GEMM_MIN_ROWS_SUBGROUPS`]
+/// where it does, unless they run on cooperative matrices ([`Self::set_tiled_gemm`]).
 #[derive(Debug)]
 pub struct QuantizedLinear {
     dev: Arc<LinearDevice>,
@@ -282,23 +289,27 @@ impl QuantizedLinear {
     }
 
     /// Whether `forward_batch` runs the tiled f32 GEMM
-    /// ([`crate::gpu::GpuQuantizedMatrix::gemm_tiled_dispatch`]) instead of `qgemm` for calls
-    /// of at least [`TILED_GEMM_MIN_ROWS`] rows that would run `qgemm` (4-bit matrices):
-    /// `None` (the default) where the device runs no 32-wide subgroups (measured on
-    /// lavapipe: 2.1x faster than `qgemm` at 64 rows; where 32-wide subgroups run, the
-    /// multi-vector launches take most calls and the two GEMMs have not been compared),
-    /// `Some(true)` on every device, `Some(false)` never. Same precision as `qgemm`: f32
-    /// throughout, summed in another order.
+    /// ([`crate::gpu::GpuQuantizedMatrix::gemm_tiled_dispatch`]) for calls of 4-bit matrices
+    /// that do not run on cooperative matrices: `None` (the default) from
+    /// [`TILED_GEMM_MIN_ROWS`] rows where the device runs no 32-wide subgroups (on lavapipe
+    /// 2.1x faster than `qgemm` at 64 rows) and from [`TILED_GEMM_MIN_ROWS_SUBGROUPS`] where
+    /// it does (the multi-vector launches take fewer rows), `Some(true)` from
+    /// [`TILED_GEMM_MIN_ROWS`] on every device, `Some(false)` never. Rows that
+    /// [`Self::set_gemv_many_max_m`] sends to the multi-vector launches stay there. Same
+    /// precision as `qgemm`: f32 throughout, summed in another order.
     pub fn set_tiled_gemm(&mut self, on: Option<bool>) {
         self.tiled = on;
     }
 
-    /// Whether a call that would run `qgemm` on `m` rows runs the tiled GEMM `v` instead.
+    /// Whether a call of `m` rows that runs no cooperative kernel may run the tiled GEMM `v`.
     fn tiled_gemm(&self, v: &crate::gpu::GpuQuantizedMatrix, m: usize) -> bool {
-        let on = self
-            .tiled
-            .unwrap_or_else(|| !self.dev.gpu().registry().subgroups32());
-        on && m >= TILED_GEMM_MIN_ROWS && v.gemm_tiled_supported()
+        let min = match self.tiled {
+            Some(false) => return false,
+            Some(true) => TILED_GEMM_MIN_ROWS,
+            None if self.dev.gpu().registry().subgroups32() => TILED_GEMM_MIN_ROWS_SUBGROUPS,
+            None => TILED_GEMM_MIN_ROWS,
+        };
+        m >= min && v.gemm_tiled_supported()
     }
 
     /// Lets `forward_batch`'s launches of at least [`super::COOP_MIN_ROWS`] rows multiply on
@@ -615,13 +626,16 @@ impl QuantizedLinear {
         // time there; at 1024x4096 the many launches' host work made whole calls slower than
         // `qgemm`'s (BENCHMARKS.md issue 5, step 90)
         let coop_all = self.coop && r * k > 1 << 22 && self.many_max_m.is_none();
-        if ((2..=many_max).contains(&m) || (coop_all && m > many_max))
-            && v.gemv_many_supported(self.dev.gpu().registry())
-        {
+        let many_ok = v.gemv_many_supported(self.dev.gpu().registry());
+        if coop_all && many_ok {
             return PlainPath::Many(v);
         }
-        if self.tiled_gemm(v, m) {
+        let many = many_ok && (2..=many_max).contains(&m);
+        if self.tiled_gemm(v, m) && !(many && self.many_max_m.is_some()) {
             return PlainPath::TiledGemm(v);
+        }
+        if many {
+            return PlainPath::Many(v);
         }
         PlainPath::Gemm
     }
