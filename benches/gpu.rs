@@ -35,7 +35,9 @@
 //! weight-row products; `coop_rows_pass_mM`, its activation pass). With
 //! `ECQ_GPU_BENCH_TILED=1` the plain weights multiply those rows on any device through the
 //! tiled f32 GEMM (`plain_qgemm_tiled_mM`: `gemm_tiled_dispatch`, in the tile it picks or,
-//! with `ECQ_GPU_BENCH_TILE=narrow|wide`, that one: `plain_qgemm_tiled_mM_Narrow`) and, where
+//! with `ECQ_GPU_BENCH_TILE=narrow|wide`, that one: `plain_qgemm_tiled_mM_Narrow`), in column
+//! splits where `gemm_tiled_split` makes them or `ECQ_GPU_BENCH_SPLIT` asks
+//! (`plain_qgemm_tiled_mM_splitS`: the launch and its partial sums' addition) and, where
 //! 32-wide subgroups run them, through launches of 16 rows of the multi-vector GEMV on
 //! activations in lane order (`plain_qgemv4_many16_mM`: what the plain layers run in f32 for
 //! fewer rows). Times are
@@ -320,6 +322,25 @@ fn bench(c: &mut Criterion) {
                     .unwrap()
             })
             .collect();
+        // the same in column splits (ECQ_GPU_BENCH_SPLIT splits, else the rule's where it
+        // splits): pairs of the GEMM launch and the partial sums' addition
+        let t = tile.unwrap_or(ecq::gpu::TiledGemmTile::for_shape(r, gemm_rows));
+        let split = match env_num::<usize>("ECQ_GPU_BENCH_SPLIT") {
+            Some(n) => ecq::gpu::TiledGemmSplit::new(k, n),
+            None => plain[0].gemm_tiled_split(gemm_rows, t),
+        };
+        let split_d: Vec<_> = split
+            .map(|sp| {
+                let part = mk(plain[0].gemm_tiled_split_bytes(gemm_rows, sp).max(4));
+                plain
+                    .iter()
+                    .flat_map(|m| {
+                        m.gemm_tiled_split_dispatch(dev, reg, &xg, &yg, gemm_rows, t, sp, &part)
+                            .unwrap()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         // (launches of 16 rows, the last one of gemm_rows % 16 where 16 does not divide it)
         let many_d: Vec<_> = if plain[0].gemv_many_supported(reg) {
             let (xrow, yrow) = (k as u64 * 4, r as u64 * 4);
@@ -338,7 +359,7 @@ fn bench(c: &mut Criterion) {
         } else {
             Vec::new()
         };
-        (tiled_d, many_d)
+        (tiled_d, split.map(|sp| (sp, split_d)), many_d)
     });
 
     // the label's chunk: the symbols a chunk holds as coded (after min_chunks)
@@ -432,13 +453,19 @@ fn bench(c: &mut Criterion) {
             b.iter_custom(|n| run(&ctx, &timer, pass, n))
         });
     }
-    if let Some((tiled_d, many_d)) = &tiled {
+    if let Some((tiled_d, split, many_d)) = &tiled {
         g.throughput(Throughput::Elements((r * k * gemm_rows) as u64));
         let name = match tile {
             Some(t) => format!("plain_qgemm_tiled_m{gemm_rows}_{t:?}"),
             None => format!("plain_qgemm_tiled_m{gemm_rows}"),
         };
-        g.bench_function(name, |b| b.iter_custom(|n| run(&ctx, &timer, tiled_d, n)));
+        g.bench_function(&name, |b| b.iter_custom(|n| run(&ctx, &timer, tiled_d, n)));
+        if let Some((sp, split_d)) = split {
+            // (an iteration is a launch and its sum: two dispatches)
+            g.bench_function(format!("{name}_split{}", sp.splits()), |b| {
+                b.iter_custom(|n| run(&ctx, &timer, split_d, 2 * n))
+            });
+        }
         if many_d.is_empty() {
             eprintln!("plain_qgemv4_many16 skipped: it needs 32-wide subgroups");
         } else {

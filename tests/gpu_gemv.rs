@@ -2355,3 +2355,110 @@ fn plain_gemm_tiled_matches_reference() {
         "{e}"
     );
 }
+
+/// The tiled GEMM in column splits (split-K): every split count from 2 to one step a split,
+/// ragged ranges and tiles, both tiles (the same bits for the same split), within the f32
+/// tolerance of the CPU reference, a NaN row's outputs NaN and no others (the partial sums
+/// start as NaN, so a sum left unwritten shows), the same bits on a second run; the split
+/// rule and counts; refusals by name.
+#[test]
+fn plain_gemm_tiled_split_matches_reference() {
+    use ecq::gpu::{TiledGemmSplit, TILED_GEMM_SPLIT_MIN_COLS, TILED_GEMM_WIDE_MIN_WORKGROUPS};
+    let Some(ctx) = ctx() else { return };
+    let (dev, reg) = (ctx.device(), ctx.registry());
+    // (rows, cols, group, activation rows, splits asked for)
+    let cases = [
+        (70, 1056, 32, 65, vec![2, 3, 4, 5, 7, 66, 100]),
+        (129, 512, 64, 3, vec![2, 32]),
+        (5, 4096, 128, 130, vec![8]),
+    ];
+    for (i, (rows, cols, gs, n, splits)) in cases.into_iter().enumerate() {
+        let (q, _) = random_matrix(3100 + i as u64, rows, cols, 4, gs);
+        let mut rng = ChaCha8Rng::seed_from_u64(3150 + i as u64);
+        let mut xs: Vec<f32> = (0..n * cols).map(|_| gaussian(&mut rng)).collect();
+        let nan_row = n - 1;
+        xs[nan_row * cols + cols - 1] = f32::NAN;
+        let m = ctx.upload_quantized(&q).unwrap();
+        for asked in splits {
+            let split = TiledGemmSplit::new(cols, asked).unwrap();
+            let steps = cols / 16;
+            assert_eq!(
+                split.splits(),
+                steps.div_ceil(steps.div_ceil(asked.min(steps)))
+            );
+            assert!((split.splits() - 1) * split.cols_per_split() < cols);
+            let label = format!("{rows}x{cols} g{gs} {n} rows, {asked} splits");
+            let run = |tile| {
+                m.gemm_tiled_split_with(dev, ctx.queue(), reg, &xs, n, tile, split)
+                    .unwrap_or_else(|e| panic!("{label}, {tile:?}: {e}"))
+            };
+            let y = run(TiledGemmTile::Narrow);
+            assert_eq!(
+                bits_of(&run(TiledGemmTile::Wide)),
+                bits_of(&y),
+                "{label}: wide"
+            );
+            assert_eq!(
+                bits_of(&run(TiledGemmTile::Narrow)),
+                bits_of(&y),
+                "{label}: again"
+            );
+            for (j, (yj, x)) in y.chunks_exact(rows).zip(xs.chunks_exact(cols)).enumerate() {
+                if j == nan_row {
+                    assert!(yj.iter().all(|v| v.is_nan()), "{label}: NaN row {j}");
+                    continue;
+                }
+                let (want, sum_abs) = reference(&q, x);
+                assert_close(&format!("{label}: row {j}"), yj, &want, &sum_abs, cols);
+            }
+        }
+    }
+    // the split counts: ranges of equal steps, each holding one at the least
+    assert_eq!(TiledGemmSplit::new(1056, 1), None);
+    assert_eq!(TiledGemmSplit::new(16, 2), None);
+    assert_eq!(TiledGemmSplit::new(1000, 2), None, "not a multiple of 16");
+    let counts = |cols, n| TiledGemmSplit::new(cols, n).map(|s| (s.splits(), s.cols_per_split()));
+    assert_eq!(counts(32, 2), Some((2, 16)));
+    assert_eq!(counts(64, 3), Some((2, 32)));
+    assert_eq!(counts(1056, 4), Some((4, 272)));
+    assert_eq!(counts(1056, 1000), Some((66, 16)));
+    // the rule: splits up to TILED_GEMM_WIDE_MIN_WORKGROUPS workgroups, of at least
+    // TILED_GEMM_SPLIT_MIN_COLS columns
+    let w = TILED_GEMM_WIDE_MIN_WORKGROUPS;
+    let (q, _) = random_matrix(3190, 64, 4096, 4, 64);
+    let small = ctx.upload_quantized(&q).unwrap();
+    let rule = |m, tile| small.gemm_tiled_split(m, tile).map(|s| s.splits());
+    assert_eq!(
+        rule(64, TiledGemmTile::Narrow),
+        Some(4096 / TILED_GEMM_SPLIT_MIN_COLS)
+    );
+    assert_eq!(rule(64 * w, TiledGemmTile::Narrow), None);
+    assert_eq!(rule(64 * (w / 2), TiledGemmTile::Wide), Some(2));
+    assert_eq!(rule(0, TiledGemmTile::Narrow), None);
+    let (q, _) = random_matrix(3191, 64, 512, 4, 64);
+    let narrow = ctx.upload_quantized(&q).unwrap();
+    assert_eq!(narrow.gemm_tiled_split(64, TiledGemmTile::Narrow), None);
+    // refusals: partial sums too small, a split of another width
+    let split = TiledGemmSplit::new(4096, 3).unwrap();
+    let xb = storage(dev, 4 * 4096 * 2);
+    let yb = storage(dev, 4 * 64 * 2);
+    let part = storage(dev, 4 * 64 * 2);
+    let t = TiledGemmTile::Narrow;
+    let e = small
+        .gemm_tiled_split_dispatch(dev, reg, &xb, &yb, 2, t, split, &part)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("partial sums have 512 bytes, 3 splits of 2 rows of 64 outputs need 1024"),
+        "{e}"
+    );
+    let other = TiledGemmSplit::new(512, 2).unwrap();
+    let e = small
+        .gemm_tiled_split_dispatch(dev, reg, &xb, &yb, 2, t, other, &part)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("a split of 512 inputs for a matrix of 4096"),
+        "{e}"
+    );
+}

@@ -37,7 +37,7 @@ pub fn add_bias_dispatch(
     Ok(vector_pass_dispatch(
         device,
         pipeline,
-        [n as u32, total, gx, 0],
+        &[n as u32, total, gx, 0],
         BufferRange::new(bias.buffer(), bias.offset(), bias_bytes),
         BufferRange::new(y.buffer(), y.offset(), y_bytes),
         (gx, gy),

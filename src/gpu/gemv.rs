@@ -116,6 +116,48 @@ pub const TILED_GEMM_TILE: usize = 64;
 /// step 100).
 pub const TILED_GEMM_WIDE_MIN_WORKGROUPS: usize = 256;
 
+/// Columns a split of [`GpuQuantizedMatrix::gemm_tiled_split`] takes at the least (32 steps
+/// of the GEMM's loop): fewer would spend more on the partial sums than the grid gains.
+pub const TILED_GEMM_SPLIT_MIN_COLS: usize = 512;
+
+/// Column splits of the tiled f32 GEMM ([`GpuQuantizedMatrix::gemm_tiled_split_dispatch`]):
+/// `splits` ranges of `steps` steps of [`TILED_GEMM_COLS`] columns each (the last one
+/// shorter), every range holding at least one step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TiledGemmSplit {
+    cols: usize,
+    splits: usize,
+    steps: usize,
+}
+
+impl TiledGemmSplit {
+    /// At most `splits` ranges of `cols` inputs (a multiple of [`TILED_GEMM_COLS`]) of equal
+    /// steps but the last; `None` for fewer than two (no split).
+    pub fn new(cols: usize, splits: usize) -> Option<Self> {
+        let total = cols / TILED_GEMM_COLS;
+        if splits < 2 || total < 2 || !cols.is_multiple_of(TILED_GEMM_COLS) {
+            return None;
+        }
+        let steps = total.div_ceil(splits.min(total));
+        let splits = total.div_ceil(steps);
+        (splits >= 2).then_some(Self {
+            cols,
+            splits,
+            steps,
+        })
+    }
+
+    /// The ranges (at most the count asked for: every range holds a step).
+    pub fn splits(self) -> usize {
+        self.splits
+    }
+
+    /// Columns of each range but the last.
+    pub fn cols_per_split(self) -> usize {
+        self.steps * TILED_GEMM_COLS
+    }
+}
+
 /// The matrix rows of a workgroup's tile in the tiled f32 GEMM
 /// ([`GpuQuantizedMatrix::gemm_tiled_dispatch_with`]); both tiles are
 /// [`TILED_GEMM_TILE`] activation rows and fit WebGPU's default limits.
@@ -1195,14 +1237,17 @@ impl GpuQuantizedMatrix {
             x.rows(),
             &[entry(3, x.values()), entry(4, x.scalings())],
             y.into(),
+            None,
         )
     }
 
     /// A GEMM launch of `kernel` with its pipeline constants: tiles of `tiles.0` matrix rows x
     /// `tiles.1` activation rows over `m` activation rows, the uniform block both GEMMs read
-    /// (rows, cols, m, groups per row, row tiles, workgroups along x, workgroups, y's stride),
-    /// the matrix at bindings 1 and 2, the activations' `inputs` and `y` after them.
-    /// [`GpuError::InvalidInput`] for a `y` too small.
+    /// (rows, cols, m, groups per row, row tiles, workgroups along x, workgroups, y's stride,
+    /// then the tiled GEMM's tiles, steps a split and partial sums a split), the matrix at
+    /// bindings 1 and 2, the activations' `inputs` and `y` after them. With `split` (splits,
+    /// partial sums) the `main_split` entry over that many splits of the columns, the partial
+    /// sums bound after `y`. [`GpuError::InvalidInput`] for a `y` or partial sums too small.
     #[allow(clippy::too_many_arguments)]
     fn gemm_launch(
         &self,
@@ -1213,6 +1258,7 @@ impl GpuQuantizedMatrix {
         m: usize,
         inputs: &[wgpu::BindGroupEntry<'_>],
         y: BufferRange<'_>,
+        split: Option<(TiledGemmSplit, BufferRange<'_>)>,
     ) -> Result<Dispatch, GpuError> {
         y.check(device, "y")?;
         let r = self.rows();
@@ -1225,10 +1271,28 @@ impl GpuQuantizedMatrix {
         }
         let row_tiles = r.div_ceil(tiles.0);
         let too_many = || GpuError::InvalidInput(format!("{m} rows of {r} outputs"));
-        let total_wg = u32::try_from(row_tiles * m.div_ceil(tiles.1)).map_err(|_| too_many())?;
+        let n_tiles = u32::try_from(row_tiles * m.div_ceil(tiles.1)).map_err(|_| too_many())?;
+        let (splits, split_steps) = match &split {
+            Some((sp, part)) => {
+                part.check(device, "partial sums")?;
+                let need = (sp.splits as u64 - 1) * y_bytes;
+                if part.size() < need {
+                    return Err(GpuError::InvalidInput(format!(
+                        "partial sums have {} bytes, {} splits of {m} rows of {r} outputs \
+                         need {need}",
+                        part.size(),
+                        sp.splits
+                    )));
+                }
+                (sp.splits, sp.steps)
+            }
+            None => (1, self.cols() / TILED_GEMM_COLS),
+        };
+        let total_wg = n_tiles.checked_mul(splits as u32).ok_or_else(too_many)?;
         let m32 = u32::try_from(m).map_err(|_| too_many())?;
+        let part_stride = u32::try_from(m * r).map_err(|_| too_many())?;
         let (gx, gy) = grid(device, total_wg);
-        let params: [u32; 8] = [
+        let params: [u32; 12] = [
             self.params.rows,
             self.params.cols,
             m32,
@@ -1237,6 +1301,10 @@ impl GpuQuantizedMatrix {
             gx,
             total_wg,
             self.params.rows,
+            n_tiles,
+            split_steps as u32,
+            part_stride,
+            0,
         ];
         use wgpu::util::DeviceExt;
         let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -1244,7 +1312,12 @@ impl GpuQuantizedMatrix {
             contents: bytemuck::cast_slice(&params),
             usage: wgpu::BufferUsages::UNIFORM,
         });
-        let pipeline = registry.get(device, kernel, "main", constants)?;
+        let entry_point = if split.is_some() {
+            "main_split"
+        } else {
+            "main"
+        };
+        let pipeline = registry.get(device, kernel, entry_point, constants)?;
         let layout = pipeline.get_bind_group_layout(0);
         let mut entries = vec![
             entry(0, &uniform),
@@ -1253,6 +1326,9 @@ impl GpuQuantizedMatrix {
         ];
         entries.extend_from_slice(inputs);
         entries.push(y.entry(3 + inputs.len() as u32));
+        if let Some((_, part)) = &split {
+            entries.push(part.entry(4 + inputs.len() as u32));
+        }
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(kernel.file_name()),
             layout: &layout,
@@ -1395,10 +1471,105 @@ impl GpuQuantizedMatrix {
         m: usize,
         tile: TiledGemmTile,
     ) -> Result<Dispatch, GpuError> {
+        self.gemm_tiled_launch(device, registry, x.into(), y.into(), m, tile, None)
+    }
+
+    /// Column splits for [`Self::gemm_tiled_split_dispatch`] on a GPU: enough for
+    /// [`TILED_GEMM_WIDE_MIN_WORKGROUPS`] workgroups where the tiles alone are fewer, each of
+    /// at least [`TILED_GEMM_SPLIT_MIN_COLS`] columns; `None` where the tiles fill the grid or
+    /// the columns allow one split only. (A CPU device gains nothing from more workgroups.)
+    pub fn gemm_tiled_split(&self, m: usize, tile: TiledGemmTile) -> Option<TiledGemmSplit> {
+        let grid = self.rows().div_ceil(tile.rows()) * m.div_ceil(TILED_GEMM_TILE);
+        if grid == 0 || grid >= TILED_GEMM_WIDE_MIN_WORKGROUPS {
+            return None;
+        }
+        let by_cols = self.cols() / TILED_GEMM_SPLIT_MIN_COLS;
+        TiledGemmSplit::new(
+            self.cols(),
+            TILED_GEMM_WIDE_MIN_WORKGROUPS.div_ceil(grid).min(by_cols),
+        )
+    }
+
+    /// Bytes of the partial sums [`Self::gemm_tiled_split_dispatch`] needs for `m` rows.
+    pub fn gemm_tiled_split_bytes(&self, m: usize, split: TiledGemmSplit) -> u64 {
+        (split.splits() as u64 - 1) * m as u64 * self.rows() as u64 * 4
+    }
+
+    /// [`Self::gemm_tiled_dispatch_with`] in column splits (split-K, for grids too small to
+    /// fill a GPU): the GEMM launch, whose first split writes `y` and the others their sums
+    /// into `partials` ([`Self::gemm_tiled_split_bytes`]), then `wgsl/split_k_sum.wgsl`
+    /// adding those to `y` in split order. Outputs within the f32 tolerance of the unsplit
+    /// launch's (another order of sums); the same bits for the same split. Its refusals;
+    /// [`GpuError::InvalidInput`] for `partials` too small.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_tiled_split_dispatch<'b>(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: impl Into<BufferRange<'b>>,
+        y: impl Into<BufferRange<'b>>,
+        m: usize,
+        tile: TiledGemmTile,
+        split: TiledGemmSplit,
+        partials: impl Into<BufferRange<'b>>,
+    ) -> Result<[Dispatch; 2], GpuError> {
+        let (y, partials) = (y.into(), partials.into());
+        if split.cols != self.cols() {
+            return Err(GpuError::InvalidInput(format!(
+                "a split of {} inputs for a matrix of {}",
+                split.cols,
+                self.cols()
+            )));
+        }
+        let gemm = self.gemm_tiled_launch(
+            device,
+            registry,
+            x.into(),
+            y,
+            m,
+            tile,
+            Some((split, partials)),
+        )?;
+        let r = self.rows();
+        let too_many = || GpuError::InvalidInput(format!("{m} rows of {r} outputs"));
+        let total = u32::try_from(m * r).map_err(|_| too_many())?;
+        let (gx, gy) = grid(device, total.div_ceil(256));
+        let pipeline = registry.get(device, Kernel::SplitKSum, "main", &[])?;
+        let sum = super::vector_pass_dispatch(
+            device,
+            pipeline,
+            &[
+                self.params.rows,
+                total,
+                split.splits() as u32 - 1,
+                total,
+                self.params.rows,
+                gx,
+                0,
+                0,
+            ],
+            partials,
+            y,
+            (gx, gy),
+        );
+        Ok([gemm, sum])
+    }
+
+    /// The tiled GEMM's launch ([`Self::gemm_tiled_dispatch_with`], split with `split`).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_tiled_launch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: BufferRange<'_>,
+        y: BufferRange<'_>,
+        m: usize,
+        tile: TiledGemmTile,
+        split: Option<(TiledGemmSplit, BufferRange<'_>)>,
+    ) -> Result<Dispatch, GpuError> {
         if let Some(why) = self.gemm_tiled_refusal() {
             return Err(GpuError::Unsupported(why));
         }
-        let x = x.into();
         x.check(device, "x")?;
         let x_bytes = m as u64 * self.cols() as u64 * 4;
         if x.size() < x_bytes {
@@ -1422,7 +1593,8 @@ impl GpuQuantizedMatrix {
             (tile.rows(), TILED_GEMM_TILE),
             m,
             &[x.entry(3)],
-            y.into(),
+            y,
+            split,
         )
     }
 
@@ -1439,6 +1611,30 @@ impl GpuQuantizedMatrix {
     ) -> Result<Vec<f32>, GpuError> {
         let tile = TiledGemmTile::for_shape(self.rows(), m);
         self.gemm_tiled_with(device, queue, registry, x, m, tile)
+    }
+
+    /// [`Self::gemm_tiled_with`] in column splits ([`Self::gemm_tiled_split_dispatch`], the
+    /// partial sums in a buffer of this call, filled with NaN first).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_tiled_split_with(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        x: &[f32],
+        m: usize,
+        tile: TiledGemmTile,
+        split: TiledGemmSplit,
+    ) -> Result<Vec<f32>, GpuError> {
+        if let Some(why) = self.gemm_tiled_refusal() {
+            return Err(GpuError::Unsupported(why));
+        }
+        let part = super::nan_output(device, (self.gemm_tiled_split_bytes(m, split) / 4) as usize)?;
+        self.gemm_on_host(device, queue, x, m, |xb, yb| {
+            Ok(self
+                .gemm_tiled_split_dispatch(device, registry, xb, yb, m, tile, split, &part)?
+                .into())
+        })
     }
 
     /// [`Self::gemm_tiled`] in the given tile.

@@ -152,7 +152,7 @@ pub fn x_order_dispatch(
     Ok(vector_pass_dispatch(
         device,
         pipeline,
-        [cols4, total, gx, 0],
+        &[cols4, total, gx, 0],
         BufferRange::new(x.buffer(), x.offset(), bytes),
         BufferRange::new(out.buffer(), out.offset(), bytes),
         (gx, gy),

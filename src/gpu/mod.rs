@@ -129,8 +129,8 @@ pub use decode::{
     COMPACT_TABLE_MAX_SHORT_K, COMPACT_TABLE_SHORT_K_FROM_WORKGROUPS, MAX_GEMV_VECTORS,
 };
 pub use gemv::{
-    GpuQuantizedMatrix, QGemvVariant, TiledGemmTile, TILED_GEMM_COLS, TILED_GEMM_TILE,
-    TILED_GEMM_WIDE_MIN_WORKGROUPS,
+    GpuQuantizedMatrix, QGemvVariant, TiledGemmSplit, TiledGemmTile, TILED_GEMM_COLS,
+    TILED_GEMM_SPLIT_MIN_COLS, TILED_GEMM_TILE, TILED_GEMM_WIDE_MIN_WORKGROUPS,
 };
 pub use lane_order::{
     x_column_order, x_lane_order, x_lane_order_dispatch, x_lane_order_into, x_order_dispatch,
@@ -417,6 +417,9 @@ pub enum Kernel {
     /// 64 or 128 matrix rows x 64 activation rows in workgroup memory
     /// ([`GpuQuantizedMatrix::gemm_tiled_dispatch`]).
     QGemmTiled,
+    /// `wgsl/split_k_sum.wgsl`: a split-K GEMM's partial sums added to its outputs in split
+    /// order ([`GpuQuantizedMatrix::gemm_tiled_split_dispatch`]).
+    SplitKSum,
     /// `wgsl/add_bias.wgsl`: a layer's bias added to outputs on the GPU
     /// ([`add_bias_dispatch`]).
     AddBias,
@@ -545,6 +548,7 @@ impl Kernel {
             Kernel::QGemmCoop => wgsl_with_libs!("../../wgsl/qgemm_coop.wgsl", "side"),
             Kernel::XRowsF16 => include_str!("../../wgsl/x_rows_f16.wgsl"),
             Kernel::QGemmTiled => wgsl_with_libs!("../../wgsl/qgemm_tiled.wgsl", "side"),
+            Kernel::SplitKSum => include_str!("../../wgsl/split_k_sum.wgsl"),
             Kernel::AddBias => include_str!("../../wgsl/add_bias.wgsl"),
             Kernel::CopyRows => include_str!("../../wgsl/copy_rows.wgsl"),
         }
@@ -569,6 +573,7 @@ impl Kernel {
                 | Kernel::QGemv4Coop
                 | Kernel::QGemmCoop
                 | Kernel::QGemmTiled
+                | Kernel::SplitKSum
         )
     }
 
@@ -613,7 +618,10 @@ impl Kernel {
     /// `qgemm_tiled.wgsl` does the same (`gemm_tiled_dispatch_with` checks `x` and `y`; its
     /// tiles hold 128 matrix rows, the most `ROW_TILE_SHIFT` allows); with naga's loop
     /// counters its four-trip loops stayed loops on an H200 and the GEMM ran 5.4x slower
-    /// (BENCHMARKS.md issue 5, step 100).
+    /// (BENCHMARKS.md issue 5, step 100); its split entry writes partial sums of the splits
+    /// below the workgroup count over the tiles, which `gemm_tiled_split_dispatch` sizes
+    /// `part` for. `split_k_sum.wgsl`, which adds them, tests its output index against the
+    /// count the same dispatch checks `y` and `part` for.
     pub fn indices_in_range_by_construction(self) -> bool {
         matches!(
             self,
@@ -626,6 +634,7 @@ impl Kernel {
                 | Kernel::QGemv4Coop
                 | Kernel::QGemmCoop
                 | Kernel::QGemmTiled
+                | Kernel::SplitKSum
         )
     }
 
@@ -655,6 +664,7 @@ impl Kernel {
             Kernel::QGemmCoop => "qgemm_coop.wgsl",
             Kernel::XRowsF16 => "x_rows_f16.wgsl",
             Kernel::QGemmTiled => "qgemm_tiled.wgsl",
+            Kernel::SplitKSum => "split_k_sum.wgsl",
             Kernel::AddBias => "add_bias.wgsl",
             Kernel::CopyRows => "copy_rows.wgsl",
         }
@@ -1404,7 +1414,7 @@ pub(crate) fn storage_init(
 pub(crate) fn vector_pass_dispatch(
     device: &wgpu::Device,
     pipeline: wgpu::ComputePipeline,
-    params: [u32; 4],
+    params: &[u32],
     x: BufferRange<'_>,
     out: BufferRange<'_>,
     workgroups: (u32, u32),
@@ -1412,7 +1422,7 @@ pub(crate) fn vector_pass_dispatch(
     use wgpu::util::DeviceExt;
     let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some("vector pass params"),
-        contents: bytemuck::cast_slice(&params),
+        contents: bytemuck::cast_slice(params),
         usage: wgpu::BufferUsages::UNIFORM,
     });
     let layout = pipeline.get_bind_group_layout(0);
@@ -1613,7 +1623,7 @@ mod tests {
     use super::Kernel;
 
     /// Every kernel the registry builds.
-    const ALL_KERNELS: [Kernel; 24] = [
+    const ALL_KERNELS: [Kernel; 25] = [
         Kernel::RansDecode,
         Kernel::RansGemv,
         Kernel::RansGemvSubgroup,
@@ -1636,6 +1646,7 @@ mod tests {
         Kernel::QGemmCoop,
         Kernel::XRowsF16,
         Kernel::QGemmTiled,
+        Kernel::SplitKSum,
         Kernel::AddBias,
         Kernel::CopyRows,
     ];
@@ -1651,9 +1662,9 @@ mod tests {
             .collect();
         assert_eq!(
             unchecked.len(),
-            9,
+            10,
             "only the four blocked kernels, their plain multi-vector baseline, the \
-             cooperative ones and the tiled f32 GEMM"
+             cooperative ones and the tiled f32 GEMM with its split-K sum"
         );
         for k in unchecked {
             assert!(k.loops_bounded_by_construction(), "{k:?}");

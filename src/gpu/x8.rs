@@ -185,7 +185,7 @@ pub fn quantize_x8_dispatch<'b>(
     Ok(vector_pass_dispatch(
         device,
         pipeline,
-        [pieces, gx, 0, 0],
+        &[pieces, gx, 0, 0],
         x,
         out,
         (gx, gy),
