@@ -199,27 +199,39 @@ fn plain_batched_baseline_matches_cpu_reference() {
 }
 
 /// The plain layer's tiled f32 GEMM (`QuantizedLinear::set_tiled_gemm`): on, off and by
-/// default, at row counts around `TILED_GEMM_MIN_ROWS` and past one launch (600 rows), on
-/// 4-bit shapes with ragged tiles and every group size, within the CPU reference's
-/// tolerance; recorded calls are `forward_batch`'s outputs bit for bit.
+/// default, with column splits on, off and by default (`set_tiled_gemm_splits`), at row
+/// counts around `TILED_GEMM_MIN_ROWS` and past one launch (600 rows), on 4-bit shapes with
+/// ragged tiles and every group size, within the CPU reference's tolerance; recorded calls
+/// are `forward_batch`'s outputs bit for bit.
 #[test]
 fn plain_tiled_gemm_matches_cpu_reference() {
     use ecq::linear::{ActivationOrder, TILED_GEMM_MIN_ROWS};
     use gpu_common::{recorded, Placement};
     let Some(d) = dev() else { return };
-    for (i, &(r, k, gs)) in [(64, 256, 64), (130, 1024, 128), (37, 384, 32)]
-        .iter()
-        .enumerate()
+    for (i, &(r, k, gs)) in [
+        (64, 256, 64),
+        (130, 1024, 128),
+        (37, 384, 32),
+        (37, 2048, 64),
+    ]
+    .iter()
+    .enumerate()
     {
         let c = case(250 + i as u64, r, k, 4, gs, 16384, 8);
         let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
-        for tiled in [Some(true), Some(false), None] {
+        for (tiled, splits) in [
+            (Some(true), Some(false)),
+            (Some(true), Some(true)),
+            (Some(false), None),
+            (None, None),
+        ] {
             let mut plain = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
             plain.set_tiled_gemm(tiled);
+            plain.set_tiled_gemm_splits(splits);
             // (qgemm's rows: no multi-vector launches)
             plain.set_gemv_many_max_m(Some(0));
             for m in [TILED_GEMM_MIN_ROWS - 1, TILED_GEMM_MIN_ROWS, 129, 600] {
-                let label = format!("{r}x{k} g{gs} tiled {tiled:?}, {m} rows");
+                let label = format!("{r}x{k} g{gs} tiled {tiled:?} splits {splits:?}, {m} rows");
                 let x = activations(900 + i as u64 + 31 * m as u64, m * k);
                 let y = plain.forward_batch(&x, m).unwrap();
                 assert_close(&label, &cpu, &x, m, &y, 0.0);
@@ -227,14 +239,23 @@ fn plain_tiled_gemm_matches_cpu_reference() {
                 assert_eq!(bits(got.unwrap()), bits(y), "{label}: recorded");
             }
         }
-        // the layer on, without a bias, is the GPU module's tiled GEMM bit for bit
-        let mut plain = QuantizedLinear::upload(d, "plain", &c.q, None).unwrap();
-        plain.set_tiled_gemm(Some(true));
+        // the layer on, without a bias, is the GPU module's tiled GEMM bit for bit, unsplit
+        // and in the rule's splits
         let x = activations(990 + i as u64, 129 * k);
         let m = d.gpu().upload_quantized(&c.q).unwrap();
         let (dev, queue, reg) = (d.device(), d.queue(), d.gpu().registry());
-        let want = m.gemm_tiled(dev, queue, reg, &x, 129).unwrap();
-        assert_eq!(bits(plain.forward_batch(&x, 129).unwrap()), bits(want));
+        let tile = ecq::gpu::TiledGemmTile::for_shape(r, 129);
+        for splits in [false, true] {
+            let mut plain = QuantizedLinear::upload(d, "plain", &c.q, None).unwrap();
+            plain.set_tiled_gemm(Some(true));
+            plain.set_tiled_gemm_splits(Some(splits));
+            let want = match m.gemm_tiled_split(129, tile).filter(|_| splits) {
+                Some(sp) => m.gemm_tiled_split_with(dev, queue, reg, &x, 129, tile, sp),
+                None => m.gemm_tiled(dev, queue, reg, &x, 129),
+            };
+            let got = plain.forward_batch(&x, 129).unwrap();
+            assert_eq!(bits(got), bits(want.unwrap()), "{r}x{k}, splits {splits}");
+        }
     }
 }
 

@@ -46,11 +46,11 @@ pub const COOP_GEMM_MIN_ROWS: usize = 33;
 pub const TILED_GEMM_MIN_ROWS: usize = 32;
 
 /// [`TILED_GEMM_MIN_ROWS`] where 32-wide subgroups run the multi-vector launches of 16 rows
-/// instead: on an H200 4096x4096 took 194 µs on the GEMM at 64 and at 128 rows against 158
-/// and 316 in launches of 16, 1024x4096 190 against 197 at 128 rows; at 512 rows the GEMM
-/// took 0.24-0.49x the launches' time at the four Llama-3-8B shapes (BENCHMARKS.md issue 5,
-/// step 100).
-pub const TILED_GEMM_MIN_ROWS_SUBGROUPS: usize = 128;
+/// instead. On an H200 with column splits (step 101) the GEMM took 0.66x the launches' time
+/// at 1024x4096 and 32 rows but 1.2-1.3x at the other Llama-3-8B shapes, and 0.2-0.7x at all
+/// four from 64 rows; 32 Llama-3-8B layers in f32 took 42.8 ms at 48 rows on it against 52.6
+/// in launches, 42.4 at 32 rows against 35.1 (BENCHMARKS.md issue 5, steps 100-101).
+pub const TILED_GEMM_MIN_ROWS_SUBGROUPS: usize = 48;
 
 /// Uniform block of `qgemm.wgsl`.
 #[repr(C)]
@@ -125,9 +125,11 @@ pub struct QuantizedLinear {
     many_max_m: Option<usize>,
     /// The fewest rows that run the cooperative GEMM ([`Self::set_coop_gemm_min_rows`]).
     coop_gemm_min_m: usize,
-    /// Whether the tiled f32 GEMM replaces `qgemm` ([`Self::set_tiled_gemm`]; `None`: where
-    /// the device runs no 32-wide subgroups).
+    /// Whether calls run the tiled f32 GEMM ([`Self::set_tiled_gemm`]; `None`: by row count
+    /// and the device's subgroups).
     tiled: Option<bool>,
+    /// Column splits of the tiled GEMM ([`Self::set_tiled_gemm_splits`]; `None`: on GPUs).
+    tiled_splits: Option<bool>,
 }
 
 impl QuantizedLinear {
@@ -285,6 +287,7 @@ impl QuantizedLinear {
             many_max_m: None,
             coop_gemm_min_m: COOP_GEMM_MIN_ROWS,
             tiled: None,
+            tiled_splits: None,
         }
     }
 
@@ -299,6 +302,16 @@ impl QuantizedLinear {
     /// precision as `qgemm`: f32 throughout, summed in another order.
     pub fn set_tiled_gemm(&mut self, on: Option<bool>) {
         self.tiled = on;
+    }
+
+    /// Whether the tiled GEMM's launches split their columns where its tiles alone make a
+    /// grid of fewer than [`crate::gpu::TILED_GEMM_WIDE_MIN_WORKGROUPS`] workgroups
+    /// ([`crate::gpu::GpuQuantizedMatrix::gemm_tiled_split`], its partial sums in a buffer the
+    /// device keeps): `None` (the default) on GPUs and not on CPU devices (lavapipe),
+    /// `Some(true)` on every device, `Some(false)` never. The outputs are the unsplit
+    /// launch's within f32 rounding (another order of sums).
+    pub fn set_tiled_gemm_splits(&mut self, on: Option<bool>) {
+        self.tiled_splits = on;
     }
 
     /// Whether a call of `m` rows that runs no cooperative kernel may run the tiled GEMM `v`.
@@ -552,13 +565,41 @@ impl QuantizedLinear {
     ) -> Result<(), crate::gpu::GpuError> {
         let (device, registry) = (self.dev.device(), self.dev.gpu().registry());
         if !coop {
-            out.push(v.gemm_tiled_dispatch(device, registry, x, y, n)?);
+            let tile = crate::gpu::TiledGemmTile::for_shape(v.rows(), n);
+            if let Some(split) = self.tiled_split(v, n, tile) {
+                let bytes = v.gemm_tiled_split_bytes(n, split);
+                let part = self
+                    .dev
+                    .resident(super::resident::Resident::SplitSums, bytes)?;
+                let [gemm, sum] =
+                    v.gemm_tiled_split_dispatch(device, registry, x, y, n, tile, split, &part)?;
+                out.push(gemm);
+                out.push(sum);
+            } else {
+                out.push(v.gemm_tiled_dispatch_with(device, registry, x, y, n, tile)?);
+            }
             return Ok(());
         }
         let rows = self.dev.coop_rows(self.in_features(), n)?;
         out.push(crate::gpu::coop_rows_dispatch(device, registry, x, &rows)?);
         out.push(v.gemm_coop_dispatch(device, registry, &rows, y)?);
         Ok(())
+    }
+
+    /// The column splits of a tiled GEMM launch of `n` rows (split-K,
+    /// [`crate::gpu::GpuQuantizedMatrix::gemm_tiled_split`]): on GPUs, where the tiles alone
+    /// leave cores idle; never on a CPU device (lavapipe), whose few threads the tiles fill.
+    fn tiled_split(
+        &self,
+        v: &crate::gpu::GpuQuantizedMatrix,
+        n: usize,
+        tile: crate::gpu::TiledGemmTile,
+    ) -> Option<crate::gpu::TiledGemmSplit> {
+        let cpu = self.dev.gpu().adapter_info().device_type == wgpu::DeviceType::Cpu;
+        match (self.tiled_splits, cpu) {
+            (Some(false), _) | (None, true) => None,
+            _ => v.gemm_tiled_split(n, tile),
+        }
     }
 
     /// Whether a multi-vector launch of `n` rows multiplies on cooperative matrices.

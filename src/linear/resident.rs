@@ -212,6 +212,8 @@ pub(crate) struct ResidentBuffers {
     zeros: Option<wgpu::Buffer>,
     /// A coded layer's weights decoded for a call of many rows.
     decoded: Option<wgpu::Buffer>,
+    /// The partial sums of the tiled GEMM's column splits.
+    split_sums: Option<wgpu::Buffer>,
 }
 
 /// Which of [`ResidentBuffers`].
@@ -223,6 +225,7 @@ pub(crate) enum Resident {
     Aux,
     Zeros,
     Decoded,
+    SplitSums,
 }
 
 impl ResidentBuffers {
@@ -234,6 +237,7 @@ impl ResidentBuffers {
             &self.aux,
             &self.zeros,
             &self.decoded,
+            &self.split_sums,
         ]
         .iter()
         .filter_map(|b| b.as_ref().map(|b| b.size()))
@@ -266,6 +270,11 @@ impl ResidentBuffers {
                 &mut self.decoded,
                 "ecq resident decoded weights",
                 "decoded weights",
+            ),
+            Resident::SplitSums => (
+                &mut self.split_sums,
+                "ecq resident split-K partial sums",
+                "split-K partial sums",
             ),
         };
         let (limit, limit_name) = dev.max_buffer_limit();
