@@ -30,8 +30,11 @@
 //!   vector, `wgsl/qgemv4_many.wgsl` in launches of up to 16 rows for 2 to
 //!   [`PLAIN_GEMV_MANY_MAX_M`] rows of 4-bit weights where subgroups are 32 wide, both on
 //!   activations in lane order, `wgsl/qgemm.wgsl` for a batch, with the same multiply as
-//!   `rans_gemm.wgsl`; [`QuantizedLinear::set_cooperative_matrix`] as the coded layer's
-//!   option).
+//!   `rans_gemm.wgsl`; for 4-bit weights the tiled f32 GEMM `wgsl/qgemm_tiled.wgsl` from
+//!   [`TILED_GEMM_MIN_ROWS`] rows, or [`TILED_GEMM_MIN_ROWS_SUBGROUPS`] where the launches of
+//!   16 rows run, its columns split across workgroups where its tiles are few on a GPU;
+//!   [`QuantizedLinear::set_cooperative_matrix`] as the coded layer's option, with the
+//!   cooperative GEMM `wgsl/qgemm_coop.wgsl` from [`COOP_GEMM_MIN_ROWS`] rows).
 //! * [`CpuLinear`] is the reference: dequantized weights in `f32`, products summed in `f64`.
 //! * [`EntropyCodedModel`] opens an encoded mlx-lm directory or file and uploads every coded
 //!   linear layer straight from the memory-mapped file (borrowed slices into
