@@ -565,7 +565,7 @@ impl QuantizedLinear {
     ) -> Result<(), crate::gpu::GpuError> {
         let (device, registry) = (self.dev.device(), self.dev.gpu().registry());
         if !coop {
-            let tile = crate::gpu::TiledGemmTile::for_shape(v.rows(), n);
+            let tile = self.tiled_tile(v, n);
             if let Some(split) = self.tiled_split(v, n, tile) {
                 let bytes = v.gemm_tiled_split_bytes(n, split);
                 let part = self
@@ -586,6 +586,27 @@ impl QuantizedLinear {
         Ok(())
     }
 
+    /// Whether the device is a CPU (lavapipe): a few threads, which any grid fills.
+    fn cpu_device(&self) -> bool {
+        self.dev.gpu().adapter_info().device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// The tile of a tiled GEMM launch of `n` rows: [`crate::gpu::TiledGemmTile::for_shape`]
+    /// on GPUs, the wide one on CPU devices, where each activation tile then serves twice the
+    /// weights (lavapipe: 1.12-1.24x faster at 1024x4096 and 4096x4096, 64 and 512 rows;
+    /// BENCHMARKS.md issue 5, step 101).
+    fn tiled_tile(
+        &self,
+        v: &crate::gpu::GpuQuantizedMatrix,
+        n: usize,
+    ) -> crate::gpu::TiledGemmTile {
+        if self.cpu_device() {
+            crate::gpu::TiledGemmTile::Wide
+        } else {
+            crate::gpu::TiledGemmTile::for_shape(v.rows(), n)
+        }
+    }
+
     /// The column splits of a tiled GEMM launch of `n` rows (split-K,
     /// [`crate::gpu::GpuQuantizedMatrix::gemm_tiled_split`]): on GPUs, where the tiles alone
     /// leave cores idle; never on a CPU device (lavapipe), whose few threads the tiles fill.
@@ -595,8 +616,7 @@ impl QuantizedLinear {
         n: usize,
         tile: crate::gpu::TiledGemmTile,
     ) -> Option<crate::gpu::TiledGemmSplit> {
-        let cpu = self.dev.gpu().adapter_info().device_type == wgpu::DeviceType::Cpu;
-        match (self.tiled_splits, cpu) {
+        match (self.tiled_splits, self.cpu_device()) {
             (Some(false), _) | (None, true) => None,
             _ => v.gemm_tiled_split(n, tile),
         }
