@@ -314,17 +314,16 @@ fn bench(c: &mut Criterion) {
         ctx.queue()
             .write_buffer(&xl, 0, bytemuck::cast_slice(&lanes));
         let yg = mk(r as u64 * 4 * gemm_rows as u64);
+        let t = tile.unwrap_or(ecq::gpu::TiledGemmTile::for_shape(r, gemm_rows));
         let tiled_d: Vec<_> = plain
             .iter()
             .map(|m| {
-                let t = tile.unwrap_or(ecq::gpu::TiledGemmTile::for_shape(r, gemm_rows));
                 m.gemm_tiled_dispatch_with(dev, reg, &xg, &yg, gemm_rows, t)
                     .unwrap()
             })
             .collect();
         // the same in column splits (ECQ_GPU_BENCH_SPLIT splits, else the rule's where it
         // splits): pairs of the GEMM launch and the partial sums' addition
-        let t = tile.unwrap_or(ecq::gpu::TiledGemmTile::for_shape(r, gemm_rows));
         let split = match env_num::<usize>("ECQ_GPU_BENCH_SPLIT") {
             Some(n) => ecq::gpu::TiledGemmSplit::new(k, n),
             None => plain[0].gemm_tiled_split(gemm_rows, t),

@@ -1,5 +1,5 @@
 // Plain MLX 4-bit GEMM in f32 for many activation rows, tiled in workgroup memory (issue 5,
-// steps 99-100): Y (M x R) = X (M x K) W^T, for devices without cooperative matrices (Apple's
+// steps 99-101): Y (M x R) = X (M x K) W^T, for devices without cooperative matrices (Apple's
 // GPUs through wgpu, lavapipe, NVIDIA without the experimental feature) where the layers
 // otherwise run launches of 16 rows of qgemv4_many.wgsl, which read the weights once per 16
 // rows, or qgemm.wgsl, which reads each activation from memory for every four weight rows.
@@ -13,7 +13,7 @@
 // invocations read at once start 20 banks apart). Then invocation (tr, tc) = (lid % 16,
 // lid / 16) accumulates the outputs of matrix rows tr + 16 i (i < 4 or 8) and activation
 // rows tc + 16 j (j < 4) column by column as fused multiply-adds (a dot product of four
-// columns and a sum compiled to a multiply, three multiply-adds and an add). The next step's
+// columns plus a sum would compile to a multiply, three multiply-adds and an add). The next step's
 // words, scales and activations are loaded from memory before the multiply. 15 KiB of
 // workgroup memory (the weight tile sized for 128 rows) and 256 invocations: WebGPU's default
 // limits. The wide tile reads each activation tile once for twice the weights and has twice
