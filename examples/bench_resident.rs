@@ -10,7 +10,7 @@
 //! cargo run --release --example bench_resident -- [--layers 32] [--ms 1,16,512] [--rounds 7]
 //!     [--copies 2] [--shapes 4096x4096,1024x4096,...] [--coop] [--own-outputs] [--prebuilt]
 //!     [--one-pass] [--prepared] [--decode-first N|never] [--coop-gemm N|never]
-//!     [--orders columns,lanes] [--passes 2]
+//!     [--orders columns,lanes] [--passes 2] [--decoded-buffers 1] [--calls-per-encoder N]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64, `--copies` distinct copies of each
@@ -27,7 +27,10 @@
 //! fused layers' `LinearOptions::decode_first_min_rows` (`never`: the fused launches at every
 //! row count; default: the library's), `--coop-gemm` the cooperative layers' rows from which
 //! they run the cooperative GEMM (`QuantizedLinear::set_coop_gemm_min_rows`,
-//! `LinearOptions::coop_gemm_min_rows`; `never`: launches of 16 rows). Times are
+//! `LinearOptions::coop_gemm_min_rows`; `never`: launches of 16 rows), `--decoded-buffers` the
+//! kept buffers the calls decoding first take in turn (`LinearDevice::set_decoded_buffers`),
+//! and `--calls-per-encoder` records every N calls into a command encoder of their own (a
+//! forward's encoders submitted at once; default: one encoder a forward). Times are
 //! wall clock after a second of warm-up forwards: "record" (the host's recording of all calls)
 //! and "run" (submit to the end of the wait) are medians of `--rounds` forwards one at a time;
 //! "pipelined" is `--rounds` forwards back to back, each recorded and submitted while the one
@@ -78,6 +81,10 @@ struct Args {
     decode_first: Option<usize>,
     /// the cooperative layers' `coop_gemm_min_rows` (`None`: the default)
     coop_gemm: Option<usize>,
+    /// `LinearDevice::set_decoded_buffers`
+    decoded_buffers: usize,
+    /// calls a command encoder (`None`: a forward's)
+    calls_per_encoder: Option<usize>,
     /// the activation orders timed
     orders: Vec<ActivationOrder>,
     /// times each variant is timed
@@ -98,6 +105,8 @@ fn parse_args() -> Result<Args, String> {
         prepared: false,
         decode_first: None,
         coop_gemm: None,
+        decoded_buffers: 1,
+        calls_per_encoder: None,
         orders: vec![ActivationOrder::Columns, ActivationOrder::Lanes],
         passes: 2,
     };
@@ -124,6 +133,8 @@ fn parse_args() -> Result<Args, String> {
         }
         match args[i].as_str() {
             "--layers" => a.layers = number(value()?)?,
+            "--decoded-buffers" => a.decoded_buffers = number(value()?)?.max(1),
+            "--calls-per-encoder" => a.calls_per_encoder = Some(number(value()?)?.max(1)),
             "--coop-gemm" => {
                 a.coop_gemm = Some(match value()?.as_str() {
                     "never" => usize::MAX,
@@ -197,6 +208,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         LinearDevice::new()?
     };
     eprintln!("adapter: {}", dev.gpu().describe());
+    dev.set_decoded_buffers(a.decoded_buffers);
     let mut rng = ChaCha8Rng::seed_from_u64(93);
     let mut stacks: Vec<Stack> = Vec::new();
     for copy in 0..a.copies {
@@ -259,9 +271,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         n => format!("from {n} rows"),
     };
     let decode_first = format!(
-        "{}; cooperative GEMM: {}",
+        "{}; cooperative GEMM: {}; {} decoded-weight buffers; {} calls a command encoder",
         from(stacks[0].fused[0].decode_first_min_rows()),
-        from(stacks[0].plain_coop[0].coop_gemm_min_rows())
+        from(stacks[0].plain_coop[0].coop_gemm_min_rows()),
+        dev.decoded_buffers(),
+        a.calls_per_encoder
+            .map_or("all".to_string(), |n| n.to_string())
     );
     println!(
         "`bench_resident`, {} ({} layers of {:?}, {} copies; fused layers decode first: {}; \
@@ -308,29 +323,35 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let record = |pick: &dyn Fn(&Stack, usize) -> &dyn GpuLinear,
                       order: ActivationOrder,
                       prepared: Option<&[ecq::linear::PreparedForward]>|
-         -> Result<wgpu::CommandBuffer, Box<dyn std::error::Error>> {
-            let mut enc = dev.device().create_command_encoder(&Default::default());
-            let mut pass = a.one_pass.then(|| {
-                enc.begin_compute_pass(&Default::default())
-                    .forget_lifetime()
-            });
-            if let Some(prepared) = prepared {
-                for call in prepared {
-                    match pass.as_mut() {
-                        Some(p) => call.record_in(p),
-                        None => call.record(&mut enc),
+         -> Result<Vec<wgpu::CommandBuffer>, Box<dyn std::error::Error>> {
+            let group = a.calls_per_encoder.unwrap_or(a.layers * a.shapes.len());
+            let all = calls(pick);
+            let mut cbs = Vec::new();
+            for (g, layers) in all.chunks(group.max(1)).enumerate() {
+                let mut enc = dev.device().create_command_encoder(&Default::default());
+                let mut pass = a.one_pass.then(|| {
+                    enc.begin_compute_pass(&Default::default())
+                        .forget_lifetime()
+                });
+                if let Some(prepared) = prepared {
+                    for call in prepared.iter().skip(g * group).take(layers.len()) {
+                        match pass.as_mut() {
+                            Some(p) => call.record_in(p),
+                            None => call.record(&mut enc),
+                        }
+                    }
+                } else {
+                    for &(layer, xr, y) in layers {
+                        match pass.as_mut() {
+                            Some(p) => layer.record_forward_in(p, xr, order, m, y)?,
+                            None => layer.record_forward(&mut enc, xr, order, m, y)?,
+                        }
                     }
                 }
-            } else {
-                for (layer, xr, y) in calls(pick) {
-                    match pass.as_mut() {
-                        Some(p) => layer.record_forward_in(p, xr, order, m, y)?,
-                        None => layer.record_forward(&mut enc, xr, order, m, y)?,
-                    }
-                }
+                drop(pass);
+                cbs.push(enc.finish());
             }
-            drop(pass);
-            Ok(enc.finish())
+            Ok(cbs)
         };
         // (record, run, pipelined): medians of the recording and of submit-to-wait, one
         // forward at a time; then `rounds` forwards back to back, two in flight, the wall
@@ -354,7 +375,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             // longer than one forward to come back)
             let warm = Instant::now();
             while warm.elapsed().as_secs_f64() < 1.0 {
-                dev.queue().submit([record(pick, order)?]);
+                dev.queue().submit(record(pick, order)?);
                 dev.gpu().wait()?;
             }
             let mut rec = Vec::new();
@@ -364,7 +385,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 let cb = record(pick, order)?;
                 rec.push(s.elapsed().as_secs_f64() * 1e3);
                 let s = Instant::now();
-                dev.queue().submit([cb]);
+                dev.queue().submit(cb);
                 dev.gpu().wait()?;
                 run.push(s.elapsed().as_secs_f64() * 1e3);
             }
@@ -373,7 +394,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             // runs, and the host waits for a forward only once the next one is queued)
             let mut running: Option<wgpu::SubmissionIndex> = None;
             for _ in 0..a.rounds {
-                let queued = dev.queue().submit([record(pick, order)?]);
+                let queued = dev.queue().submit(record(pick, order)?);
                 if let Some(before) = running.replace(queued) {
                     dev.device()
                         .poll(wgpu::PollType::Wait {

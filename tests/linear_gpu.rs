@@ -2400,6 +2400,103 @@ fn calls_past_the_binding_limit_run_in_launches_it_binds() {
     }
 }
 
+/// `LinearDevice::set_decoded_buffers`: prepared calls decoding first take the device's kept
+/// decoded-weight buffers in turn. Ten calls of five layers (each layer twice, so that every
+/// count below reuses a buffer within one compute pass), recorded into one pass and into
+/// command encoders of `n` calls each, give each layer's plain outputs bit for bit for 1, 2,
+/// 3 and 7 buffers; more buffers keep more bytes; 0 is taken as 1.
+#[test]
+fn decode_first_calls_take_decoded_buffers_in_turn() {
+    use ecq::gpu::BufferRange;
+    use ecq::linear::{ActivationOrder, GpuLinear, DECODE_FIRST_MIN_ROWS};
+    let Some(_) = dev() else { return };
+    // (a device of its own: the buffer count is the device's, and other tests share theirs)
+    let d = &LinearDevice::new().unwrap();
+    assert_eq!(d.decoded_buffers(), 1);
+    let shapes = [
+        (37, 384, 4, 64, 1024, 2),
+        (96, 512, 2, 32, 4096, 3),
+        (40, 192, 8, 64, 2048, 4),
+        (64, 256, 4, 64, 256, 1),
+        (33, 512, 4, 32, 2048, 2),
+    ];
+    let m = DECODE_FIRST_MIN_ROWS + 3;
+    let max_k = 512;
+    let x = activations(4500, m * max_k);
+    let xb = d.activation_buffer(x.len());
+    d.queue().write_buffer(&xb, 0, bytemuck::cast_slice(&x));
+    let mut layers = Vec::new();
+    for (i, &(r, k, b, gs, cs, tc)) in shapes.iter().enumerate() {
+        let c = case(4510 + i as u64, r, k, b, gs, cs, tc);
+        let gpu = upload(d, &c, &LinearOptions::default()).unwrap();
+        assert_eq!(
+            gpu.decode_first_min_rows(),
+            DECODE_FIRST_MIN_ROWS,
+            "{r}x{k}"
+        );
+        let plain = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
+        let want = bits(plain.forward_batch(&x[..m * k], m).unwrap());
+        layers.push((gpu, want));
+    }
+    let calls: Vec<usize> = (0..2 * layers.len()).map(|i| i % layers.len()).collect();
+    let mut kept = Vec::new();
+    for n in [1, 2, 3, 7] {
+        d.set_decoded_buffers(n);
+        assert_eq!(d.decoded_buffers(), n);
+        let ys: Vec<wgpu::Buffer> = calls
+            .iter()
+            .map(|&l| d.activation_buffer(m * layers[l].0.out_features()))
+            .collect();
+        let prepared: Vec<_> = calls
+            .iter()
+            .zip(&ys)
+            .map(|(&l, y)| {
+                let gpu = &layers[l].0;
+                let xr = BufferRange::new(&xb, 0, (m * gpu.in_features() * 4) as u64);
+                gpu.prepare_forward(xr, ActivationOrder::Columns, m, y.into())
+                    .unwrap()
+            })
+            .collect();
+        for group in [calls.len(), n] {
+            for (y, &l) in ys.iter().zip(&calls) {
+                let nan = vec![f32::NAN; m * layers[l].0.out_features()];
+                d.queue().write_buffer(y, 0, bytemuck::cast_slice(&nan));
+            }
+            let cbs: Vec<_> = prepared
+                .chunks(group)
+                .map(|calls| {
+                    let mut enc = d.device().create_command_encoder(&Default::default());
+                    {
+                        let mut pass = enc.begin_compute_pass(&Default::default());
+                        for call in calls {
+                            call.record_in(&mut pass);
+                        }
+                    }
+                    enc.finish()
+                })
+                .collect();
+            d.queue().submit(cbs);
+            for (j, (y, &l)) in ys.iter().zip(&calls).enumerate() {
+                let (gpu, want) = &layers[l];
+                gpu.check_recorded().unwrap();
+                let got = d.read_f32(y.into()).unwrap();
+                assert_eq!(
+                    bits(got),
+                    *want,
+                    "{n} buffers, {group} calls a pass: call {j}"
+                );
+            }
+        }
+        kept.push(d.call_buffer_bytes());
+    }
+    assert!(
+        kept[2] > kept[0],
+        "kept bytes by buffers 1, 2, 3, 7: {kept:?}"
+    );
+    d.set_decoded_buffers(0);
+    assert_eq!(d.decoded_buffers(), 1);
+}
+
 /// `LinearOptions::decode_first_min_rows`: a call of at least that many rows decodes the
 /// layer's weights and runs the plain layer's kernels on them, so its outputs are
 /// `QuantizedLinear`'s on the same weights bit for bit (host and recorded calls, with a bias,

@@ -328,8 +328,9 @@ pub struct LinearOptions {
     /// and the plain kernels take (2, 4 or 8 bits; a window split needs the blocked decode
     /// kernel, 32-wide subgroups); [`EntropyCodedLinear::decode_first_min_rows`] says what the
     /// layer does. Costs a buffer of the largest such layer's plain weights while calls hold
-    /// it ([`LinearDevice::release_call_buffers`] frees it). Corrupt streams are reported as
-    /// on the fused path.
+    /// it ([`LinearDevice::release_call_buffers`] frees it); recorded calls can take several
+    /// in turn ([`LinearDevice::set_decoded_buffers`]), so that a call's decode runs beside
+    /// the call before it. Corrupt streams are reported as on the fused path.
     pub decode_first_min_rows: Option<usize>,
     /// The rows from which calls decoding first ([`Self::decode_first_min_rows`]) on
     /// cooperative matrices run the plain cooperative GEMM

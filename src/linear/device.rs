@@ -1,6 +1,7 @@
 //! The GPU context shared by the linear layers, with a cache of the batched kernels' pipelines.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::call_buffers::{CallBuffers, CallScratch};
@@ -139,6 +140,8 @@ pub struct LinearDevice {
     coop_activations: Mutex<Vec<CoopActivations>>,
     /// The cooperative GEMM's activation rows, by inputs and rows (as `coop_activations`).
     coop_rows: Mutex<Vec<CoopRows>>,
+    /// How many kept buffers recorded calls decoding first take in turn.
+    decoded_buffers: AtomicUsize,
 }
 
 impl LinearDevice {
@@ -157,6 +160,7 @@ impl LinearDevice {
             resident: Mutex::new(ResidentBuffers::default()),
             coop_activations: Mutex::new(Vec::new()),
             coop_rows: Mutex::new(Vec::new()),
+            decoded_buffers: AtomicUsize::new(1),
         })
     }
 
@@ -188,6 +192,43 @@ impl LinearDevice {
             .lock()
             .expect("cooperative rows lock")
             .clear();
+    }
+
+    /// Sets how many kept buffers the coded layers' recorded and prepared calls decoding first
+    /// ([`super::LinearOptions::decode_first_min_rows`]) write their decoded weights into,
+    /// taken in turn as the calls are recorded or prepared (default 1; 0 is taken as 1).
+    ///
+    /// wgpu places a barrier before a buffer's reuse within a command buffer, and a barrier
+    /// waits for every launch recorded before it. With one buffer, each call's decode waits
+    /// for the call before it to finish. Where `n` calls in a row (a transformer layer's
+    /// seven, say) each have a buffer of their own and the command buffer holding them uses
+    /// each buffer once, a call's decode runs beside the launches of the call before it, so
+    /// the decode's time hides behind the multiply where the GPU has room. A layer's error
+    /// flags are one buffer too: a layer called twice in one command buffer waits there
+    /// (still correct, without the overlap). Each buffer grows to the largest layer it
+    /// decodes: taken in order by the seven calls of a Llama-3-8B layer, seven buffers hold
+    /// 109 MB against one's 29. The buffers a prepared call was made with stay its own;
+    /// calls made after a change take the new count.
+    ///
+    /// Measured on an H200 (BENCHMARKS.md, issue 5, step 102), 32 Llama-3-8B layers on
+    /// tensor cores, prepared calls, each layer's seven calls in a command encoder of their
+    /// own with seven buffers: 64 tokens 32.6 ms coded against 29.7 plain (1.10x, from 1.18x
+    /// with one buffer), 512 tokens 58.8 against 56.9 (1.03x, from 1.11x); on an H100 1.12x
+    /// and 1.04x (from 1.18x and 1.08x). A command encoder a layer cost ~25 µs each there
+    /// (~40 on the H100), plain and coded alike. It loses where calls run launches of 16
+    /// rows (32 tokens: 1.2 ms a forward). In f32 nothing changed where the GEMM splits its
+    /// columns: the next call's decode then runs beside the short sum launch only.
+    /// wgpu's Metal backend encodes passes with Metal's serial dispatch type, which orders a
+    /// pass's launches whatever wgpu's barriers: on Apple GPUs this is expected to change
+    /// nothing (not measured).
+    pub fn set_decoded_buffers(&self, n: usize) {
+        self.decoded_buffers.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// How many kept buffers calls decoding first take in turn
+    /// ([`Self::set_decoded_buffers`]).
+    pub fn decoded_buffers(&self) -> usize {
+        self.decoded_buffers.load(Ordering::Relaxed)
     }
 
     /// GPU bytes of the buffers kept from earlier layer calls (activations, outputs and the

@@ -210,8 +210,10 @@ pub(crate) struct ResidentBuffers {
     aux: Option<wgpu::Buffer>,
     /// Zeros, the source of [`ResidentCall::zero_outputs`]'s fill (never read).
     zeros: Option<wgpu::Buffer>,
-    /// A coded layer's weights decoded for a call of many rows.
-    decoded: Option<wgpu::Buffer>,
+    /// Coded layers' weights decoded for calls of many rows: [`LinearDevice::decoded_buffers`]
+    /// of them, taken in turn (`decoded_next`) by the calls as they are recorded or prepared.
+    decoded: Vec<Option<wgpu::Buffer>>,
+    decoded_next: usize,
     /// The partial sums of the tiled GEMM's column splits.
     split_sums: Option<wgpu::Buffer>,
 }
@@ -236,10 +238,10 @@ impl ResidentBuffers {
             &self.parts,
             &self.aux,
             &self.zeros,
-            &self.decoded,
             &self.split_sums,
         ]
-        .iter()
+        .into_iter()
+        .chain(&self.decoded)
         .filter_map(|b| b.as_ref().map(|b| b.size()))
         .sum()
     }
@@ -266,11 +268,20 @@ impl ResidentBuffers {
             Resident::Parts => (&mut self.parts, "ecq resident parts", "launch outputs"),
             Resident::Aux => (&mut self.aux, "ecq resident aux", "8-bit activations"),
             Resident::Zeros => (&mut self.zeros, "ecq resident zeros", "zeros"),
-            Resident::Decoded => (
-                &mut self.decoded,
-                "ecq resident decoded weights",
-                "decoded weights",
-            ),
+            Resident::Decoded => {
+                // (in turn: wgpu places a barrier before a buffer's reuse in a command buffer,
+                // and a barrier waits for every launch before it; a decode into a buffer of its
+                // own runs beside the launches of the call before it)
+                let n = dev.decoded_buffers();
+                self.decoded.resize(n, None);
+                let i = self.decoded_next % n;
+                self.decoded_next = (i + 1) % n;
+                (
+                    &mut self.decoded[i],
+                    "ecq resident decoded weights",
+                    "decoded weights",
+                )
+            }
             Resident::SplitSums => (
                 &mut self.split_sums,
                 "ecq resident split-K partial sums",
