@@ -325,12 +325,12 @@ fn bench(c: &mut Criterion) {
         // the same in column splits (ECQ_GPU_BENCH_SPLIT splits, else the rule's where it
         // splits): pairs of the GEMM launch and the partial sums' addition
         let split = match env_num::<usize>("ECQ_GPU_BENCH_SPLIT") {
-            Some(n) => ecq::gpu::TiledGemmSplit::new(k, n),
+            Some(n) => ecq::gpu::GemmSplit::tiled(k, n),
             None => plain[0].gemm_tiled_split(gemm_rows, t),
         };
         let split_d: Vec<_> = split
             .map(|sp| {
-                let part = mk(plain[0].gemm_tiled_split_bytes(gemm_rows, sp).max(4));
+                let part = mk(plain[0].gemm_split_bytes(gemm_rows, sp).max(4));
                 plain
                     .iter()
                     .flat_map(|m| {

@@ -10,7 +10,7 @@
 //! cargo run --release --example bench_resident -- [--layers 32] [--ms 1,16,512] [--rounds 7]
 //!     [--copies 2] [--shapes 4096x4096,1024x4096,...] [--coop] [--own-outputs] [--prebuilt]
 //!     [--one-pass] [--prepared] [--decode-first N|never] [--coop-gemm N|never]
-//!     [--orders columns,lanes] [--passes 2] [--decoded-buffers 1] [--calls-per-encoder N]
+//!     [--orders columns,lanes] [--passes 2] [--decoded-buffers 1] [--calls-per-encoder N] [--coop-only]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64, `--copies` distinct copies of each
@@ -30,7 +30,8 @@
 //! `LinearOptions::coop_gemm_min_rows`; `never`: launches of 16 rows), `--decoded-buffers` the
 //! kept buffers the calls decoding first take in turn (`LinearDevice::set_decoded_buffers`),
 //! and `--calls-per-encoder` records every N calls into a command encoder of their own (a
-//! forward's encoders submitted at once; default: one encoder a forward). Times are
+//! forward's encoders submitted at once; default: one encoder a forward); `--coop-only` times
+//! the cooperative layers only. Times are
 //! wall clock after a second of warm-up forwards: "record" (the host's recording of all calls)
 //! and "run" (submit to the end of the wait) are medians of `--rounds` forwards one at a time;
 //! "pipelined" is `--rounds` forwards back to back, each recorded and submitted while the one
@@ -85,6 +86,8 @@ struct Args {
     decoded_buffers: usize,
     /// calls a command encoder (`None`: a forward's)
     calls_per_encoder: Option<usize>,
+    /// the cooperative layers only (no f32 columns)
+    coop_only: bool,
     /// the activation orders timed
     orders: Vec<ActivationOrder>,
     /// times each variant is timed
@@ -107,6 +110,7 @@ fn parse_args() -> Result<Args, String> {
         coop_gemm: None,
         decoded_buffers: 1,
         calls_per_encoder: None,
+        coop_only: false,
         orders: vec![ActivationOrder::Columns, ActivationOrder::Lanes],
         passes: 2,
     };
@@ -124,6 +128,7 @@ fn parse_args() -> Result<Args, String> {
             "--prebuilt" => Some(&mut a.prebuilt),
             "--one-pass" => Some(&mut a.one_pass),
             "--prepared" => Some(&mut a.prepared),
+            "--coop-only" => Some(&mut a.coop_only),
             _ => None,
         };
         if let Some(f) = flag {
@@ -478,8 +483,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
         for pass in 1..=a.passes {
             for &order in &a.orders {
-                let f = time(&|st, i| &st.fused[i], order)?;
-                let p = time(&|st, i| &st.plain[i], order)?;
+                let (f, p) = if a.coop_only {
+                    (None, None)
+                } else {
+                    (
+                        Some(time(&|st, i| &st.fused[i], order)?),
+                        Some(time(&|st, i| &st.plain[i], order)?),
+                    )
+                };
                 let (fc, pc) = if coop_on && m >= ecq::linear::COOP_MIN_ROWS {
                     (
                         Some(time(&|st, i| &st.fused_coop[i], order)?),
@@ -505,9 +516,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 };
                 println!(
                     "| {m} | {pass} | {order:?}{how} | {} | {} | {} | {} | {} | {} |",
-                    cell(Some(f)),
-                    cell(Some(p)),
-                    ratio(Some(f), Some(p)),
+                    cell(f),
+                    cell(p),
+                    ratio(f, p),
                     cell(fc),
                     cell(pc),
                     ratio(fc, pc),

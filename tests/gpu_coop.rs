@@ -120,6 +120,41 @@ fn assert_within(label: &str, got: &[f32], want: &[f64], sum_abs: &[f64], k: usi
     }
 }
 
+/// The cooperative GEMM's `m` rows of outputs against the f64 reference: the summation
+/// bound, the weights' rounding to f16 (2^-11 of the terms' magnitudes), the activations'
+/// where f16 does not hold them (`rounded`), and 2^-25 of a row's |x| for activations that
+/// the scaling puts below f16's normal range.
+#[track_caller]
+fn assert_gemm_close(
+    label: &str,
+    got: &[f32],
+    q: &QuantizedMatrix,
+    x: &[f32],
+    m: usize,
+    rounded: bool,
+) {
+    let (r, k) = (q.rows, q.cols);
+    let (want, sum_abs) = reference(q, x, m);
+    assert_eq!(got.len(), want.len(), "{label}");
+    let x_rounding = if rounded { TOL_F16_ROUNDING } else { 0.0 };
+    for (j, ((&g, &w), &a)) in got.iter().zip(&want).zip(&sum_abs).enumerate() {
+        let row = j / r;
+        let x_abs: f64 = x[row * k..(row + 1) * k]
+            .iter()
+            .map(|v| v.abs() as f64)
+            .sum();
+        let tol = (TOL_PER_TERM * (k as f64 + 64.0) + TOL_F16_ROUNDING + x_rounding) * a
+            + x_abs / (1u64 << 25) as f64
+            + 1e-30;
+        let err = (g as f64 - w).abs();
+        assert!(
+            err <= tol,
+            "{label}: y[{row}][{}] = {g} expected {w} (error {err:e} > tolerance {tol:e})",
+            j % r
+        );
+    }
+}
+
 /// Says loudly that the kernels did not run here, after the refusals were checked.
 fn announce_no_coop(ctx: &GpuContext) {
     gpu_common::announce_unsupported(&format!(
@@ -288,20 +323,8 @@ fn coop_gemv_refusals() {
         Err(GpuError::InvalidInput(_))
     ));
     let acts = ecq::gpu::CoopActivations::new(dev, 1024, 2, CoopOrder::Window).unwrap();
-    let x = dev.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: 2 * 1024 * 4,
-        usage: wgpu::BufferUsages::STORAGE,
-        mapped_at_creation: false,
-    });
-    let y = |bytes: u64| {
-        dev.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: bytes,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        })
-    };
+    let x = gpu_common::storage(dev, 2 * 1024 * 4);
+    let y = |bytes: u64| gpu_common::storage(dev, bytes);
     let q = random_matrix(3400, 8, 1024, 4, 64).0;
     let good = ctx
         .upload_split(&window(&q, 512), Some(QuantParamsRef::from(&q)))
@@ -796,14 +819,7 @@ fn coop_gemm_matches_reference() {
     let q = random_matrix(3900, 40, 256, 4, 64).0;
     let gq = ecq::gpu::GpuQuantizedMatrix::upload(dev, &q).unwrap();
     let rows = ecq::gpu::CoopRows::new(dev, 256, 5).unwrap();
-    let storage = |bytes: u64| {
-        dev.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: bytes,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        })
-    };
+    let storage = |bytes: u64| gpu_common::storage(dev, bytes);
     let (xb, yb) = (storage(5 * 256 * 4), storage(5 * 40 * 4));
     if !offered {
         for r in [
@@ -877,26 +893,8 @@ fn coop_gemm_matches_reference() {
             ("f16 values", &f16_valued, false, 128),
         ] {
             let got = gq.gemm_coop_with(dev, queue, reg, x, m, tile).unwrap();
-            let (want, sum_abs) = reference(&q, x, m);
             let label = format!("{r}x{k} g{gs}, {m} rows, {what}, tiles of {tile}");
-            assert_eq!(got.len(), want.len(), "{label}");
-            let x_rounding = if rounded { TOL_F16_ROUNDING } else { 0.0 };
-            for (j, ((&g, &w), &a)) in got.iter().zip(&want).zip(&sum_abs).enumerate() {
-                let row = j / r;
-                let x_abs: f64 = x[row * k..(row + 1) * k]
-                    .iter()
-                    .map(|v| v.abs() as f64)
-                    .sum();
-                let tol = (TOL_PER_TERM * (k as f64 + 64.0) + TOL_F16_ROUNDING + x_rounding) * a
-                    + x_abs / (1u64 << 25) as f64
-                    + 1e-30;
-                let err = (g as f64 - w).abs();
-                assert!(
-                    err <= tol,
-                    "{label}: y[{row}][{}] = {g} expected {w} (error {err:e} > tolerance {tol:e})",
-                    j % r
-                );
-            }
+            assert_gemm_close(&label, &got, &q, x, m, rounded);
         }
         // a NaN in one row: that row's outputs NaN, the others as without it
         if m >= 2 {
@@ -916,4 +914,117 @@ fn coop_gemm_matches_reference() {
             }
         }
     }
+}
+
+/// The cooperative GEMM in column splits (`gemm_coop_split_dispatch`, split-K): 2 to 64
+/// splits, ragged last ranges, tiles of 64 and 128 activation rows, matrices and activation
+/// rows that leave tiles partly empty: within the unsplit GEMM's bound of the f64 reference
+/// (another order of f32 sums) and the same bits on a second run (the partial sums start as
+/// NaN); a NaN in one row leaves the other rows as without it. The rule
+/// (`gemm_coop_split`), the split counts and the refusals, on every device.
+#[test]
+fn coop_gemm_split_matches_reference() {
+    use ecq::gpu::{GemmSplit, COOP_GEMM_SPLIT_MIN_COLS, COOP_GEMM_SPLIT_WORKGROUPS};
+    let Some(ctx) = ctx() else { return };
+    let (dev, queue, reg) = (ctx.device(), ctx.queue(), ctx.registry());
+    // the counts: ranges of whole 64-column steps, each holding one at the least
+    assert_eq!(GemmSplit::coop(1024, 1), None);
+    assert_eq!(GemmSplit::coop(64, 2), None);
+    assert_eq!(GemmSplit::coop(1056, 2), None, "not a multiple of 64");
+    let counts = |cols, n| GemmSplit::coop(cols, n).map(|s| (s.splits(), s.cols_per_split()));
+    assert_eq!(counts(128, 2), Some((2, 64)));
+    assert_eq!(counts(192, 2), Some((2, 128)));
+    assert_eq!(counts(4096, 3), Some((3, 1408)));
+    assert_eq!(counts(4096, 1000), Some((64, 64)));
+    // the rule: grids below COOP_GEMM_WIDE_MIN_WORKGROUPS split up to
+    // COOP_GEMM_SPLIT_WORKGROUPS workgroups, each split COOP_GEMM_SPLIT_MIN_COLS columns at
+    // the least
+    let q = random_matrix(3960, 1024, 4096, 4, 64).0;
+    let kv = ecq::gpu::GpuQuantizedMatrix::upload(dev, &q).unwrap();
+    let rule = |m, tile| kv.gemm_coop_split(m, tile).map(|s| s.splits());
+    // (8 tiles: 32 splits asked, 4096 / 512 = 8 allowed)
+    assert_eq!(rule(64, 64), Some(4096 / COOP_GEMM_SPLIT_MIN_COLS));
+    // (8 * 16 = 128 tiles: no split)
+    assert_eq!(rule(1024, 64), None);
+    // (8 * 8 = 64 tiles: 4 splits)
+    assert_eq!(rule(512, 64), Some(COOP_GEMM_SPLIT_WORKGROUPS / 64));
+    assert_eq!(rule(0, 64), None);
+    let q = random_matrix(3961, 128, 512, 4, 64).0;
+    let one_step = ecq::gpu::GpuQuantizedMatrix::upload(dev, &q).unwrap();
+    assert_eq!(
+        one_step.gemm_coop_split(64, 64),
+        None,
+        "512 columns: one split"
+    );
+    // refusals
+    let storage = |bytes: u64| gpu_common::storage(dev, bytes);
+    let rows = ecq::gpu::CoopRows::new(dev, 4096, 2).unwrap();
+    let (yb, part) = (storage(2 * 1024 * 4), storage(2 * 1024 * 4));
+    let split = GemmSplit::coop(4096, 3).unwrap();
+    let e = kv
+        .gemm_coop_split_dispatch(dev, reg, &rows, &yb, 64, split, &part)
+        .unwrap_err();
+    if !reg.cooperative_matrix() {
+        assert!(matches!(e, GpuError::Unsupported(_)), "{e}");
+        let e = kv
+            .gemm_coop_split_with(dev, queue, reg, &vec![0.0; 2 * 4096], 2, 64, split)
+            .unwrap_err();
+        assert!(matches!(e, GpuError::Unsupported(_)), "{e}");
+        announce_no_coop(ctx);
+        return;
+    }
+    assert!(
+        e.to_string().contains(
+            "partial sums have 8192 bytes, 3 splits of 2 rows of 1024 outputs need 16384"
+        ),
+        "{e}"
+    );
+    for other in [GemmSplit::coop(512, 2), GemmSplit::tiled(4096, 3)] {
+        let e = kv
+            .gemm_coop_split_dispatch(dev, reg, &rows, &yb, 64, other.unwrap(), &part)
+            .unwrap_err();
+        assert!(
+            matches!(e, GpuError::InvalidInput(_)) && e.to_string().contains("a split of"),
+            "{e}"
+        );
+    }
+    // (rows, cols, group size, activation rows, splits asked for)
+    let cases = [
+        (200, 1024, 64, 100, vec![2, 3, 16]),
+        (37, 4096, 128, 65, vec![5, 8, 64]),
+        (300, 512, 32, 130, vec![2, 8]),
+    ];
+    let mut rng = ChaCha8Rng::seed_from_u64(3970);
+    for (i, (r, k, gs, m, asked)) in cases.into_iter().enumerate() {
+        let q = random_matrix(3971 + i as u64, r, k, 4, gs).0;
+        let gq = ecq::gpu::GpuQuantizedMatrix::upload(dev, &q).unwrap();
+        let x: Vec<f32> = (0..m * k).map(|_| gaussian(&mut rng)).collect();
+        let mut with_nan = x.clone();
+        with_nan[k + k / 3] = f32::NAN;
+        for n in asked {
+            let split = GemmSplit::coop(k, n).unwrap();
+            for tile in [64, 128] {
+                let label = format!("{r}x{k} g{gs}, {m} rows, {n} splits, tiles of {tile}");
+                let run = |x: &[f32]| {
+                    gq.gemm_coop_split_with(dev, queue, reg, x, m, tile, split)
+                        .unwrap_or_else(|e| panic!("{label}: {e}"))
+                };
+                let got = run(&x);
+                assert_gemm_close(&label, &got, &q, &x, m, true);
+                assert_eq!(bits(&run(&x)), bits(&got), "{label}: again");
+                let nan = run(&with_nan);
+                for (j, (&g, &c)) in nan.iter().zip(&got).enumerate() {
+                    if j / r == 1 {
+                        assert!(g.is_nan(), "{label}: row 1 output {} = {g}", j % r);
+                    } else {
+                        assert_eq!(g.to_bits(), c.to_bits(), "{label}: output {j}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }

@@ -30,7 +30,7 @@ use rand_chacha::ChaCha8Rng;
 /// errors grow like sqrt(K)).
 const TOL_PER_TERM: f64 = 1.0 / (1u64 << 24) as f64;
 
-use gpu_common::{ctx, gaussian, random_matrix};
+use gpu_common::{ctx, gaussian, random_matrix, storage};
 
 fn bits_of(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
@@ -1348,16 +1348,6 @@ fn outcome<T>(r: Result<T, ecq::gpu::GpuError>) -> String {
     r.err().map_or("Ok".into(), |e| e.to_string())
 }
 
-/// A storage buffer of `bytes` for launches that are never run.
-fn storage(dev: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
-    dev.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: bytes,
-        usage: wgpu::BufferUsages::STORAGE,
-        mapped_at_creation: false,
-    })
-}
-
 /// The fused GEMV of several activation vectors in one launch (`GpuCodedMatrix::gemv_many`,
 /// `NVEC` in `rans_gemv_blocked.wgsl`: each chunk decoded once for all vectors) of window
 /// splits: every vector's outputs are bit for bit those of the one-vector kernel on that
@@ -2363,7 +2353,7 @@ fn plain_gemm_tiled_matches_reference() {
 /// rule and counts; refusals by name.
 #[test]
 fn plain_gemm_tiled_split_matches_reference() {
-    use ecq::gpu::{TiledGemmSplit, TILED_GEMM_SPLIT_MIN_COLS, TILED_GEMM_WIDE_MIN_WORKGROUPS};
+    use ecq::gpu::{GemmSplit, TILED_GEMM_SPLIT_MIN_COLS, TILED_GEMM_WIDE_MIN_WORKGROUPS};
     let Some(ctx) = ctx() else { return };
     let (dev, reg) = (ctx.device(), ctx.registry());
     // (rows, cols, group, activation rows, splits asked for)
@@ -2380,7 +2370,7 @@ fn plain_gemm_tiled_split_matches_reference() {
         xs[nan_row * cols + cols - 1] = f32::NAN;
         let m = ctx.upload_quantized(&q).unwrap();
         for asked in splits {
-            let split = TiledGemmSplit::new(cols, asked).unwrap();
+            let split = GemmSplit::tiled(cols, asked).unwrap();
             let steps = cols / 16;
             assert_eq!(
                 split.splits(),
@@ -2414,10 +2404,10 @@ fn plain_gemm_tiled_split_matches_reference() {
         }
     }
     // the split counts: ranges of equal steps, each holding one at the least
-    assert_eq!(TiledGemmSplit::new(1056, 1), None);
-    assert_eq!(TiledGemmSplit::new(16, 2), None);
-    assert_eq!(TiledGemmSplit::new(1000, 2), None, "not a multiple of 16");
-    let counts = |cols, n| TiledGemmSplit::new(cols, n).map(|s| (s.splits(), s.cols_per_split()));
+    assert_eq!(GemmSplit::tiled(1056, 1), None);
+    assert_eq!(GemmSplit::tiled(16, 2), None);
+    assert_eq!(GemmSplit::tiled(1000, 2), None, "not a multiple of 16");
+    let counts = |cols, n| GemmSplit::tiled(cols, n).map(|s| (s.splits(), s.cols_per_split()));
     assert_eq!(counts(32, 2), Some((2, 16)));
     assert_eq!(counts(64, 3), Some((2, 32)));
     assert_eq!(counts(1056, 4), Some((4, 272)));
@@ -2439,7 +2429,7 @@ fn plain_gemm_tiled_split_matches_reference() {
     let narrow = ctx.upload_quantized(&q).unwrap();
     assert_eq!(narrow.gemm_tiled_split(64, TiledGemmTile::Narrow), None);
     // refusals: partial sums too small, a split of another width
-    let split = TiledGemmSplit::new(4096, 3).unwrap();
+    let split = GemmSplit::tiled(4096, 3).unwrap();
     let xb = storage(dev, 4 * 4096 * 2);
     let yb = storage(dev, 4 * 64 * 2);
     let part = storage(dev, 4 * 64 * 2);
@@ -2452,13 +2442,24 @@ fn plain_gemm_tiled_split_matches_reference() {
             .contains("partial sums have 512 bytes, 3 splits of 2 rows of 64 outputs need 1024"),
         "{e}"
     );
-    let other = TiledGemmSplit::new(512, 2).unwrap();
+    let other = GemmSplit::tiled(512, 2).unwrap();
     let e = small
         .gemm_tiled_split_dispatch(dev, reg, &xb, &yb, 2, t, other, &part)
         .unwrap_err();
     assert!(
-        e.to_string()
-            .contains("a split of 512 inputs for a matrix of 4096"),
+        e.to_string().contains(
+            "a split of 512 inputs in steps of 16 for the tiled GEMM of a matrix of 4096 \
+             inputs in steps of 16"
+        ),
+        "{e}"
+    );
+    // (the cooperative GEMM's steps of 64 columns)
+    let coop = GemmSplit::coop(4096, 3).unwrap();
+    let e = small
+        .gemm_tiled_split_dispatch(dev, reg, &xb, &yb, 2, t, coop, &part)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("in steps of 64 for the tiled GEMM"),
         "{e}"
     );
 }

@@ -232,6 +232,18 @@ pub const COOP_GEMM_COLS: usize = 64;
 /// and a forward of 32 layers 1.30-1.33x faster than 256, which left them 64-row tiles.
 pub const COOP_GEMM_WIDE_MIN_WORKGROUPS: usize = 128;
 
+/// Workgroups [`GpuQuantizedMatrix::gemm_coop_split`](super::GpuQuantizedMatrix::gemm_coop_split)
+/// splits a grid of fewer than [`COOP_GEMM_WIDE_MIN_WORKGROUPS`] tiles into: about one an SM
+/// of an H100 or H200. On an H200 (BENCHMARKS.md issue 5, step 103) 32 Llama-3-8B layers
+/// at 48-128 tokens ran fastest with 128 of those tried (64, 128, 256, 512): 256 took
+/// 1.04-1.11x as long, 64 1.12-1.24x, 512 (of at least 256 columns) 1.15-1.33x.
+pub const COOP_GEMM_SPLIT_WORKGROUPS: usize = 128;
+
+/// Columns a split of [`GpuQuantizedMatrix::gemm_coop_split`](super::GpuQuantizedMatrix::gemm_coop_split)
+/// takes at the least (8 steps of the loop), so that the partial sums cost little against
+/// the steps (1024 took 1.04-1.05x as long at 48-64 tokens on an H200, step 103).
+pub const COOP_GEMM_SPLIT_MIN_COLS: usize = 512;
+
 /// Workgroup memory `qgemm_coop.wgsl` declares (accumulators on their way out, weight tile,
 /// activation tile of 128 rows), bytes.
 pub const COOP_GEMM_WORKGROUP_BYTES: u32 = 512 * 16 + 2304 * 8 + 2304 * 8;

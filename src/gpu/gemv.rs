@@ -120,28 +120,44 @@ pub const TILED_GEMM_WIDE_MIN_WORKGROUPS: usize = 256;
 /// of the GEMM's loop): fewer would spend more on the partial sums than the grid gains.
 pub const TILED_GEMM_SPLIT_MIN_COLS: usize = 512;
 
-/// Column splits of the tiled f32 GEMM ([`GpuQuantizedMatrix::gemm_tiled_split_dispatch`]):
-/// `splits` ranges of `steps` steps of [`TILED_GEMM_COLS`] columns each (the last one
-/// shorter), every range holding at least one step.
+/// Column splits (split-K) of a tiled GEMM, for grids too small to fill a GPU: `splits`
+/// ranges of `steps` steps of the kernel's columns each (the last one shorter), every range
+/// holding at least one step. [`Self::tiled`] for the tiled f32 GEMM
+/// ([`GpuQuantizedMatrix::gemm_tiled_split_dispatch`], steps of [`TILED_GEMM_COLS`]),
+/// [`Self::coop`] for the cooperative one
+/// ([`GpuQuantizedMatrix::gemm_coop_split_dispatch`], steps of
+/// [`COOP_GEMM_COLS`](super::COOP_GEMM_COLS)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct TiledGemmSplit {
+pub struct GemmSplit {
     cols: usize,
+    step_cols: usize,
     splits: usize,
     steps: usize,
 }
 
-impl TiledGemmSplit {
-    /// At most `splits` ranges of `cols` inputs (a multiple of [`TILED_GEMM_COLS`]) of equal
-    /// steps but the last; `None` for fewer than two (no split).
-    pub fn new(cols: usize, splits: usize) -> Option<Self> {
-        let total = cols / TILED_GEMM_COLS;
-        if splits < 2 || total < 2 || !cols.is_multiple_of(TILED_GEMM_COLS) {
+impl GemmSplit {
+    /// At most `splits` ranges of `cols` inputs (a multiple of [`TILED_GEMM_COLS`]) for the
+    /// tiled f32 GEMM, of equal steps but the last; `None` for fewer than two (no split).
+    pub fn tiled(cols: usize, splits: usize) -> Option<Self> {
+        Self::new(cols, TILED_GEMM_COLS, splits)
+    }
+
+    /// [`Self::tiled`] for the cooperative GEMM: `cols` a multiple of
+    /// [`COOP_GEMM_COLS`](super::COOP_GEMM_COLS), ranges of whole steps of that many.
+    pub fn coop(cols: usize, splits: usize) -> Option<Self> {
+        Self::new(cols, super::COOP_GEMM_COLS, splits)
+    }
+
+    fn new(cols: usize, step_cols: usize, splits: usize) -> Option<Self> {
+        let total = cols / step_cols;
+        if splits < 2 || total < 2 || !cols.is_multiple_of(step_cols) {
             return None;
         }
         let steps = total.div_ceil(splits.min(total));
         let splits = total.div_ceil(steps);
         (splits >= 2).then_some(Self {
             cols,
+            step_cols,
             splits,
             steps,
         })
@@ -154,7 +170,20 @@ impl TiledGemmSplit {
 
     /// Columns of each range but the last.
     pub fn cols_per_split(self) -> usize {
-        self.steps * TILED_GEMM_COLS
+        self.steps * self.step_cols
+    }
+
+    /// [`GpuError::InvalidInput`] unless this split is of `cols` inputs in steps of
+    /// `step_cols` (the GEMM it is given to).
+    fn check(self, cols: usize, step_cols: usize, gemm: &str) -> Result<(), GpuError> {
+        if self.cols != cols || self.step_cols != step_cols {
+            return Err(GpuError::InvalidInput(format!(
+                "a split of {} inputs in steps of {} for the {gemm} GEMM of a matrix of {cols} \
+                 inputs in steps of {step_cols}",
+                self.cols, self.step_cols
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -1207,6 +1236,72 @@ impl GpuQuantizedMatrix {
         y: impl Into<BufferRange<'b>>,
         tile_rows: u32,
     ) -> Result<Dispatch, GpuError> {
+        self.gemm_coop_launch(device, registry, x, y.into(), tile_rows, None)
+    }
+
+    /// Column splits for [`Self::gemm_coop_split_dispatch`] on a GPU: enough for
+    /// [`super::COOP_GEMM_SPLIT_WORKGROUPS`] workgroups where tiles of `tile_rows` activation
+    /// rows make fewer than [`super::COOP_GEMM_WIDE_MIN_WORKGROUPS`] (about one an SM of an
+    /// H100 or H200), each split of at least [`super::COOP_GEMM_SPLIT_MIN_COLS`] columns;
+    /// `None` where the tiles fill the GPU or the columns allow one split only.
+    pub fn gemm_coop_split(&self, m: usize, tile_rows: u32) -> Option<GemmSplit> {
+        let grid = self.rows().div_ceil(128) * m.div_ceil(tile_rows.max(1) as usize);
+        if grid == 0 || grid >= super::COOP_GEMM_WIDE_MIN_WORKGROUPS {
+            return None;
+        }
+        let by_cols = self.cols() / super::COOP_GEMM_SPLIT_MIN_COLS;
+        GemmSplit::coop(
+            self.cols(),
+            super::COOP_GEMM_SPLIT_WORKGROUPS
+                .div_ceil(grid)
+                .min(by_cols),
+        )
+    }
+
+    /// Bytes of the partial sums a split GEMM of `m` rows needs
+    /// ([`Self::gemm_coop_split_dispatch`], [`Self::gemm_tiled_split_dispatch`]).
+    pub fn gemm_split_bytes(&self, m: usize, split: GemmSplit) -> u64 {
+        (split.splits() as u64 - 1) * m as u64 * self.rows() as u64 * 4
+    }
+
+    /// [`Self::gemm_coop_dispatch_with`] in column splits (split-K, for grids too small to
+    /// fill a GPU; `split` from [`GemmSplit::coop`]): the GEMM launch, whose first split
+    /// writes `y` and the others their sums into `partials` ([`Self::gemm_split_bytes`]),
+    /// then `wgsl/split_k_sum.wgsl` adding those to `y` in split order. Outputs within the
+    /// cooperative GEMM's tolerance of the unsplit launch's (another order of f32 sums); the
+    /// same bits for the same split. Its refusals; [`GpuError::InvalidInput`] for a split of
+    /// another matrix or GEMM, or `partials` too small.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_coop_split_dispatch<'b>(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &super::CoopRows,
+        y: impl Into<BufferRange<'b>>,
+        tile_rows: u32,
+        split: GemmSplit,
+        partials: impl Into<BufferRange<'b>>,
+    ) -> Result<[Dispatch; 2], GpuError> {
+        let (y, partials) = (y.into(), partials.into());
+        split.check(self.cols(), super::COOP_GEMM_COLS, "cooperative")?;
+        let gemm =
+            self.gemm_coop_launch(device, registry, x, y, tile_rows, Some((split, partials)))?;
+        Ok([
+            gemm,
+            self.split_sum_dispatch(device, registry, x.rows(), split, partials, y)?,
+        ])
+    }
+
+    /// The cooperative GEMM's launch ([`Self::gemm_coop_dispatch_with`], split with `split`).
+    fn gemm_coop_launch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        x: &super::CoopRows,
+        y: BufferRange<'_>,
+        tile_rows: u32,
+        split: Option<(GemmSplit, BufferRange<'_>)>,
+    ) -> Result<Dispatch, GpuError> {
         if tile_rows != 64 && tile_rows != 128 {
             return Err(GpuError::InvalidInput(format!(
                 "cooperative GEMM tiles hold 64 or 128 activation rows, not {tile_rows}"
@@ -1236,8 +1331,8 @@ impl GpuQuantizedMatrix {
             (128, tile_rows as usize),
             x.rows(),
             &[entry(3, x.values()), entry(4, x.scalings())],
-            y.into(),
-            None,
+            y,
+            split,
         )
     }
 
@@ -1258,7 +1353,7 @@ impl GpuQuantizedMatrix {
         m: usize,
         inputs: &[wgpu::BindGroupEntry<'_>],
         y: BufferRange<'_>,
-        split: Option<(TiledGemmSplit, BufferRange<'_>)>,
+        split: Option<(GemmSplit, BufferRange<'_>)>,
     ) -> Result<Dispatch, GpuError> {
         y.check(device, "y")?;
         let r = self.rows();
@@ -1380,6 +1475,35 @@ impl GpuQuantizedMatrix {
         })
     }
 
+    /// [`Self::gemm_coop_with`] in column splits ([`Self::gemm_coop_split_dispatch`], the
+    /// partial sums in a buffer of this call, filled with NaN first).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_coop_split_with(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        registry: &PipelineRegistry,
+        x: &[f32],
+        m: usize,
+        tile_rows: u32,
+        split: GemmSplit,
+    ) -> Result<Vec<f32>, GpuError> {
+        if let Some(why) = self.gemm_coop_refusal(registry) {
+            return Err(GpuError::Unsupported(why));
+        }
+        let part = super::nan_output(device, (self.gemm_split_bytes(m, split) / 4) as usize)?;
+        self.gemm_on_host(device, queue, x, m, |xb, yb| {
+            let rows = super::CoopRows::new(device, self.cols(), m)?;
+            let [gemm, sum] = self
+                .gemm_coop_split_dispatch(device, registry, &rows, yb, tile_rows, split, &part)?;
+            Ok(vec![
+                super::coop_rows_dispatch(device, registry, xb, &rows)?,
+                gemm,
+                sum,
+            ])
+        })
+    }
+
     /// `x` (`m` rows of `cols` f32) uploaded, the outputs filled with NaN, the `launches` on
     /// them (x, y) recorded into one pass and submitted, and `m` rows of `rows` f32 read back;
     /// [`GpuError::InvalidInput`] for an `x` of another length, nothing run for no rows.
@@ -1478,26 +1602,21 @@ impl GpuQuantizedMatrix {
     /// [`TILED_GEMM_WIDE_MIN_WORKGROUPS`] workgroups where the tiles alone are fewer, each of
     /// at least [`TILED_GEMM_SPLIT_MIN_COLS`] columns; `None` where the tiles fill the grid or
     /// the columns allow one split only. (A CPU device gains nothing from more workgroups.)
-    pub fn gemm_tiled_split(&self, m: usize, tile: TiledGemmTile) -> Option<TiledGemmSplit> {
+    pub fn gemm_tiled_split(&self, m: usize, tile: TiledGemmTile) -> Option<GemmSplit> {
         let grid = self.rows().div_ceil(tile.rows()) * m.div_ceil(TILED_GEMM_TILE);
         if grid == 0 || grid >= TILED_GEMM_WIDE_MIN_WORKGROUPS {
             return None;
         }
         let by_cols = self.cols() / TILED_GEMM_SPLIT_MIN_COLS;
-        TiledGemmSplit::new(
+        GemmSplit::tiled(
             self.cols(),
             TILED_GEMM_WIDE_MIN_WORKGROUPS.div_ceil(grid).min(by_cols),
         )
     }
 
-    /// Bytes of the partial sums [`Self::gemm_tiled_split_dispatch`] needs for `m` rows.
-    pub fn gemm_tiled_split_bytes(&self, m: usize, split: TiledGemmSplit) -> u64 {
-        (split.splits() as u64 - 1) * m as u64 * self.rows() as u64 * 4
-    }
-
     /// [`Self::gemm_tiled_dispatch_with`] in column splits (split-K, for grids too small to
     /// fill a GPU): the GEMM launch, whose first split writes `y` and the others their sums
-    /// into `partials` ([`Self::gemm_tiled_split_bytes`]), then `wgsl/split_k_sum.wgsl`
+    /// into `partials` ([`Self::gemm_split_bytes`]), then `wgsl/split_k_sum.wgsl`
     /// adding those to `y` in split order. Outputs within the f32 tolerance of the unsplit
     /// launch's (another order of sums); the same bits for the same split. Its refusals;
     /// [`GpuError::InvalidInput`] for `partials` too small.
@@ -1510,17 +1629,11 @@ impl GpuQuantizedMatrix {
         y: impl Into<BufferRange<'b>>,
         m: usize,
         tile: TiledGemmTile,
-        split: TiledGemmSplit,
+        split: GemmSplit,
         partials: impl Into<BufferRange<'b>>,
     ) -> Result<[Dispatch; 2], GpuError> {
         let (y, partials) = (y.into(), partials.into());
-        if split.cols != self.cols() {
-            return Err(GpuError::InvalidInput(format!(
-                "a split of {} inputs for a matrix of {}",
-                split.cols,
-                self.cols()
-            )));
-        }
+        split.check(self.cols(), TILED_GEMM_COLS, "tiled")?;
         let gemm = self.gemm_tiled_launch(
             device,
             registry,
@@ -1530,12 +1643,29 @@ impl GpuQuantizedMatrix {
             tile,
             Some((split, partials)),
         )?;
+        Ok([
+            gemm,
+            self.split_sum_dispatch(device, registry, m, split, partials, y)?,
+        ])
+    }
+
+    /// `wgsl/split_k_sum.wgsl` adding the partial sums of a split GEMM's `m` rows to `y` in
+    /// split order (the GEMM launch checked both buffers).
+    fn split_sum_dispatch(
+        &self,
+        device: &wgpu::Device,
+        registry: &PipelineRegistry,
+        m: usize,
+        split: GemmSplit,
+        partials: BufferRange<'_>,
+        y: BufferRange<'_>,
+    ) -> Result<Dispatch, GpuError> {
         let r = self.rows();
         let too_many = || GpuError::InvalidInput(format!("{m} rows of {r} outputs"));
         let total = u32::try_from(m * r).map_err(|_| too_many())?;
         let (gx, gy) = grid(device, total.div_ceil(256));
         let pipeline = registry.get(device, Kernel::SplitKSum, "main", &[])?;
-        let sum = super::vector_pass_dispatch(
+        Ok(super::vector_pass_dispatch(
             device,
             pipeline,
             &[
@@ -1551,8 +1681,7 @@ impl GpuQuantizedMatrix {
             partials,
             y,
             (gx, gy),
-        );
-        Ok([gemm, sum])
+        ))
     }
 
     /// The tiled GEMM's launch ([`Self::gemm_tiled_dispatch_with`], split with `split`).
@@ -1565,7 +1694,7 @@ impl GpuQuantizedMatrix {
         y: BufferRange<'_>,
         m: usize,
         tile: TiledGemmTile,
-        split: Option<(TiledGemmSplit, BufferRange<'_>)>,
+        split: Option<(GemmSplit, BufferRange<'_>)>,
     ) -> Result<Dispatch, GpuError> {
         if let Some(why) = self.gemm_tiled_refusal() {
             return Err(GpuError::Unsupported(why));
@@ -1624,12 +1753,12 @@ impl GpuQuantizedMatrix {
         x: &[f32],
         m: usize,
         tile: TiledGemmTile,
-        split: TiledGemmSplit,
+        split: GemmSplit,
     ) -> Result<Vec<f32>, GpuError> {
         if let Some(why) = self.gemm_tiled_refusal() {
             return Err(GpuError::Unsupported(why));
         }
-        let part = super::nan_output(device, (self.gemm_tiled_split_bytes(m, split) / 4) as usize)?;
+        let part = super::nan_output(device, (self.gemm_split_bytes(m, split) / 4) as usize)?;
         self.gemm_on_host(device, queue, x, m, |xb, yb| {
             Ok(self
                 .gemm_tiled_split_dispatch(device, registry, xb, yb, m, tile, split, &part)?

@@ -115,8 +115,9 @@ use std::sync::Mutex;
 pub use bias::add_bias_dispatch;
 pub use coop::{
     coop_rows_dispatch, coop_x_dispatch, offers_coop_f16_16x16, CoopActivations, CoopOrder,
-    CoopRows, COOP_BLOCK_COLS, COOP_GEMM_COLS, COOP_GEMM_WIDE_MIN_WORKGROUPS,
-    COOP_GEMM_WORKGROUP_BYTES, COOP_STORAGE_BUFFERS, COOP_VECTORS, COOP_WORKGROUP_BYTES,
+    CoopRows, COOP_BLOCK_COLS, COOP_GEMM_COLS, COOP_GEMM_SPLIT_MIN_COLS,
+    COOP_GEMM_SPLIT_WORKGROUPS, COOP_GEMM_WIDE_MIN_WORKGROUPS, COOP_GEMM_WORKGROUP_BYTES,
+    COOP_STORAGE_BUFFERS, COOP_VECTORS, COOP_WORKGROUP_BYTES,
 };
 pub use copy_rows::{copy_rows_dispatch, RowCopy};
 pub(crate) use decode::{
@@ -129,7 +130,7 @@ pub use decode::{
     COMPACT_TABLE_MAX_SHORT_K, COMPACT_TABLE_SHORT_K_FROM_WORKGROUPS, MAX_GEMV_VECTORS,
 };
 pub use gemv::{
-    GpuQuantizedMatrix, QGemvVariant, TiledGemmSplit, TiledGemmTile, TILED_GEMM_COLS,
+    GemmSplit, GpuQuantizedMatrix, QGemvVariant, TiledGemmTile, TILED_GEMM_COLS,
     TILED_GEMM_SPLIT_MIN_COLS, TILED_GEMM_TILE, TILED_GEMM_WIDE_MIN_WORKGROUPS,
 };
 pub use lane_order::{

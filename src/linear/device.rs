@@ -212,12 +212,16 @@ impl LinearDevice {
     ///
     /// Measured on an H200 (BENCHMARKS.md, issue 5, step 102), 32 Llama-3-8B layers on
     /// tensor cores, prepared calls, each layer's seven calls in a command encoder of their
-    /// own with seven buffers: 64 tokens 32.6 ms coded against 29.7 plain (1.10x, from 1.18x
+    /// own with seven buffers, before the cooperative GEMM split its columns (step 103): 64
+    /// tokens 32.6 ms coded against 29.7 plain (1.10x, from 1.18x
     /// with one buffer), 512 tokens 58.8 against 56.9 (1.03x, from 1.11x); on an H100 1.12x
     /// and 1.04x (from 1.18x and 1.08x). A command encoder a layer cost ~25 µs each there
     /// (~40 on the H100), plain and coded alike. It loses where calls run launches of 16
     /// rows (32 tokens: 1.2 ms a forward). In f32 nothing changed where the GEMM splits its
-    /// columns: the next call's decode then runs beside the short sum launch only.
+    /// columns: the next call's decode then runs beside the short sum launch only. Since the
+    /// cooperative GEMM splits its columns too (measured with a split rule of 256
+    /// workgroups), it gains 0.5 ms a forward at 128 tokens and 1.4 at 512 and loses
+    /// 1.1-1.3 ms at 48-64, where the split grids fill the GPU.
     /// wgpu's Metal backend encodes passes with Metal's serial dispatch type, which orders a
     /// pass's launches whatever wgpu's barriers: on Apple GPUs this is expected to change
     /// nothing (not measured).

@@ -34,7 +34,8 @@
 //!   [`TILED_GEMM_MIN_ROWS`] rows, or [`TILED_GEMM_MIN_ROWS_SUBGROUPS`] where the launches of
 //!   16 rows run, its columns split across workgroups where its tiles are few on a GPU;
 //!   [`QuantizedLinear::set_cooperative_matrix`] as the coded layer's option, with the
-//!   cooperative GEMM `wgsl/qgemm_coop.wgsl` from [`COOP_GEMM_MIN_ROWS`] rows).
+//!   cooperative GEMM `wgsl/qgemm_coop.wgsl` from [`COOP_GEMM_MIN_ROWS`] rows, its columns
+//!   split too where its tiles are fewer than about one an SM).
 //! * [`CpuLinear`] is the reference: dequantized weights in `f32`, products summed in `f64`.
 //! * [`EntropyCodedModel`] opens an encoded mlx-lm directory or file and uploads every coded
 //!   linear layer straight from the memory-mapped file (borrowed slices into

@@ -304,12 +304,14 @@ impl QuantizedLinear {
         self.tiled = on;
     }
 
-    /// Whether the tiled GEMM's launches split their columns where its tiles alone make a
-    /// grid of fewer than [`crate::gpu::TILED_GEMM_WIDE_MIN_WORKGROUPS`] workgroups
-    /// ([`crate::gpu::GpuQuantizedMatrix::gemm_tiled_split`], its partial sums in a buffer the
-    /// device keeps): `None` (the default) on GPUs and not on CPU devices (lavapipe),
-    /// `Some(true)` on every device, `Some(false)` never. The outputs are the unsplit
-    /// launch's within f32 rounding (another order of sums).
+    /// Whether the GEMMs' launches split their columns where their tiles alone make too
+    /// small a grid: the tiled f32 GEMM's below [`crate::gpu::TILED_GEMM_WIDE_MIN_WORKGROUPS`]
+    /// workgroups ([`crate::gpu::GpuQuantizedMatrix::gemm_tiled_split`]), the cooperative
+    /// GEMM's below [`crate::gpu::COOP_GEMM_WIDE_MIN_WORKGROUPS`]
+    /// ([`crate::gpu::GpuQuantizedMatrix::gemm_coop_split`]); the partial sums in a buffer
+    /// the device keeps. `None` (the default) on GPUs and not on CPU devices (lavapipe, which
+    /// runs no cooperative matrices), `Some(true)` on every device, `Some(false)` never. The
+    /// outputs are the unsplit launch's within f32 rounding (another order of sums).
     pub fn set_tiled_gemm_splits(&mut self, on: Option<bool>) {
         self.tiled_splits = on;
     }
@@ -567,7 +569,7 @@ impl QuantizedLinear {
         if !coop {
             let tile = self.tiled_tile(v, n);
             if let Some(split) = self.tiled_split(v, n, tile) {
-                let bytes = v.gemm_tiled_split_bytes(n, split);
+                let bytes = v.gemm_split_bytes(n, split);
                 let part = self
                     .dev
                     .resident(super::resident::Resident::SplitSums, bytes)?;
@@ -582,7 +584,20 @@ impl QuantizedLinear {
         }
         let rows = self.dev.coop_rows(self.in_features(), n)?;
         out.push(crate::gpu::coop_rows_dispatch(device, registry, x, &rows)?);
-        out.push(v.gemm_coop_dispatch(device, registry, &rows, y)?);
+        let tile = v.gemm_coop_tile_rows(n);
+        let split = match self.tiled_splits {
+            Some(false) => None,
+            _ => v.gemm_coop_split(n, tile),
+        };
+        if let Some(split) = split {
+            let bytes = v.gemm_split_bytes(n, split);
+            let part = self
+                .dev
+                .resident(super::resident::Resident::SplitSums, bytes)?;
+            out.extend(v.gemm_coop_split_dispatch(device, registry, &rows, y, tile, split, &part)?);
+        } else {
+            out.push(v.gemm_coop_dispatch_with(device, registry, &rows, y, tile)?);
+        }
         Ok(())
     }
 
@@ -615,7 +630,7 @@ impl QuantizedLinear {
         v: &crate::gpu::GpuQuantizedMatrix,
         n: usize,
         tile: crate::gpu::TiledGemmTile,
-    ) -> Option<crate::gpu::TiledGemmSplit> {
+    ) -> Option<crate::gpu::GemmSplit> {
         match (self.tiled_splits, self.cpu_device()) {
             (Some(false), _) | (None, true) => None,
             _ => v.gemm_tiled_split(n, tile),

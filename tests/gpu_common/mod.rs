@@ -166,3 +166,13 @@ pub fn recorded(
     layer.check_recorded()?;
     Ok(dev.read_f32(y).expect("read back"))
 }
+
+/// A storage buffer of `bytes` for launches that are never run (refusals, shapes).
+pub fn storage(dev: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
+    dev.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: bytes,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    })
+}
