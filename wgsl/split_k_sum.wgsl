@@ -1,8 +1,9 @@
 // The partial sums of a split-K GEMM added to its outputs in split order (issue 5, step 101):
 // y[t, r] = ((y[t, r] + part[0][t, r]) + part[1][t, r]) + ..., for the m x R outputs of
-// `qgemm_tiled.wgsl`'s `main_split` (split 0 wrote y, split s > 0 part[s - 1], rows of R).
-// One invocation per output. Every index is below P.total (tested) or a partial of the
-// P.parts the host sized `part` for (`GpuQuantizedMatrix::gemm_tiled_split_dispatch`).
+// `qgemm_tiled.wgsl`'s and `qgemm_coop.wgsl`'s `main_split` (split 0 wrote y, split s > 0
+// part[s - 1], rows of R; step 103 for the latter). One invocation per output. Every index
+// is below P.total (tested) or a partial of the P.parts the host sized `part` for
+// (`GpuQuantizedMatrix::gemm_tiled_split_dispatch`, `gemm_coop_split_dispatch`).
 
 struct Params {
     rows: u32,         // R, outputs a row
