@@ -32,11 +32,13 @@
 //! `gemv_coop_dispatch`, activations prepared once; `coop_x_pass_vN`, the preparing pass),
 //! and the plain weights multiply `ECQ_GPU_BENCH_GEMM_ROWS` activation rows (default 512) on
 //! the cooperative GEMM (`plain_qgemm_coop_mM`: `gemm_coop_dispatch`, throughput in
-//! weight-row products; `coop_rows_pass_mM`, its activation pass). With
+//! weight-row products; `plain_qgemm_coop_mM_splitS`, in column splits where
+//! `gemm_coop_split` makes them or `ECQ_GPU_BENCH_SPLIT` asks; `coop_rows_pass_mM`, its
+//! activation pass). With
 //! `ECQ_GPU_BENCH_TILED=1` the plain weights multiply those rows on any device through the
 //! tiled f32 GEMM (`plain_qgemm_tiled_mM`: `gemm_tiled_dispatch`, in the tile it picks or,
 //! with `ECQ_GPU_BENCH_TILE=narrow|wide`, that one: `plain_qgemm_tiled_mM_Narrow`), in column
-//! splits where `gemm_tiled_split` makes them or `ECQ_GPU_BENCH_SPLIT` asks
+//! splits where `gemm_tiled_split_for` makes them (not on CPU devices) or `ECQ_GPU_BENCH_SPLIT` asks
 //! (`plain_qgemm_tiled_mM_splitS`: the launch and its partial sums' addition) and, where
 //! 32-wide subgroups run them, through launches of 16 rows of the multi-vector GEMV on
 //! activations in lane order (`plain_qgemv4_many16_mM`: what the plain layers run in f32 for
@@ -292,7 +294,25 @@ fn bench(c: &mut Criterion) {
             .iter()
             .map(|m| m.gemm_coop_dispatch(dev, reg, &rows, &yg).unwrap())
             .collect();
-        (gemm_d, vec![pass])
+        // the same in column splits (ECQ_GPU_BENCH_SPLIT splits, else the rule's where it
+        // splits): pairs of the GEMM launch and the partial sums' addition
+        let tile_rows = plain[0].gemm_coop_tile_rows(gemm_rows);
+        let split = match env_num::<usize>("ECQ_GPU_BENCH_SPLIT") {
+            Some(n) => ecq::gpu::GemmSplit::coop(k, n),
+            None => plain[0].gemm_coop_split(gemm_rows, tile_rows),
+        };
+        let split_d = split.map(|sp| {
+            let part = mk(plain[0].gemm_split_bytes(gemm_rows, sp).max(4));
+            let d: Vec<_> = plain
+                .iter()
+                .flat_map(|m| {
+                    m.gemm_coop_split_dispatch(dev, reg, &rows, &yg, tile_rows, sp, &part)
+                        .unwrap()
+                })
+                .collect();
+            (sp, d)
+        });
+        (gemm_d, split_d, vec![pass])
     });
 
     // many rows in f32: the tiled GEMM, and launches of 16 rows of the multi-vector GEMV
@@ -314,7 +334,7 @@ fn bench(c: &mut Criterion) {
         ctx.queue()
             .write_buffer(&xl, 0, bytemuck::cast_slice(&lanes));
         let yg = mk(r as u64 * 4 * gemm_rows as u64);
-        let t = tile.unwrap_or(ecq::gpu::TiledGemmTile::for_shape(r, gemm_rows));
+        let t = tile.unwrap_or(ecq::gpu::TiledGemmTile::for_device(reg, r, gemm_rows));
         let tiled_d: Vec<_> = plain
             .iter()
             .map(|m| {
@@ -322,11 +342,11 @@ fn bench(c: &mut Criterion) {
                     .unwrap()
             })
             .collect();
-        // the same in column splits (ECQ_GPU_BENCH_SPLIT splits, else the rule's where it
-        // splits): pairs of the GEMM launch and the partial sums' addition
+        // the same in column splits (ECQ_GPU_BENCH_SPLIT splits, else the device's rule
+        // where it splits): pairs of the GEMM launch and the partial sums' addition
         let split = match env_num::<usize>("ECQ_GPU_BENCH_SPLIT") {
             Some(n) => ecq::gpu::GemmSplit::tiled(k, n),
-            None => plain[0].gemm_tiled_split(gemm_rows, t),
+            None => plain[0].gemm_tiled_split_for(reg, gemm_rows, t),
         };
         let split_d: Vec<_> = split
             .map(|sp| {
@@ -442,11 +462,18 @@ fn bench(c: &mut Criterion) {
              kernel (32-wide subgroups)"
         );
     }
-    if let Some((gemm_d, pass)) = &gemm {
+    if let Some((gemm_d, split, pass)) = &gemm {
         g.throughput(Throughput::Elements((r * k * gemm_rows) as u64));
         g.bench_function(format!("plain_qgemm_coop_m{gemm_rows}"), |b| {
             b.iter_custom(|n| run(&ctx, &timer, gemm_d, n))
         });
+        if let Some((sp, split_d)) = split {
+            // (an iteration is a launch and its sum: two dispatches)
+            g.bench_function(
+                format!("plain_qgemm_coop_m{gemm_rows}_split{}", sp.splits()),
+                |b| b.iter_custom(|n| run(&ctx, &timer, split_d, 2 * n)),
+            );
+        }
         g.throughput(Throughput::Elements((k * gemm_rows) as u64));
         g.bench_function(format!("coop_rows_pass_m{gemm_rows}"), |b| {
             b.iter_custom(|n| run(&ctx, &timer, pass, n))

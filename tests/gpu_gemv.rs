@@ -2312,6 +2312,17 @@ fn plain_gemm_tiled_matches_reference() {
         (TiledGemmTile::Narrow.rows(), TiledGemmTile::Wide.rows()),
         (64, 128)
     );
+    // on a CPU device (lavapipe) the wide tile whatever the shape, elsewhere the rule
+    let cpu = reg.cpu_device();
+    assert_eq!(cpu, ctx.adapter_info().device_type == wgpu::DeviceType::Cpu);
+    for (r, m) in [(1024, 64), (4096, 512), (0, 0)] {
+        let want = if cpu {
+            TiledGemmTile::Wide
+        } else {
+            TiledGemmTile::for_shape(r, m)
+        };
+        assert_eq!(TiledGemmTile::for_device(reg, r, m), want, "{r} rows, {m}");
+    }
     // refusals: other bit widths, and buffers too small for the shape
     for bits in [2, 8] {
         let (q, x) = random_matrix(2990 + bits as u64, 4, 512, bits, 64);
@@ -2425,6 +2436,16 @@ fn plain_gemm_tiled_split_matches_reference() {
     assert_eq!(rule(64 * w, TiledGemmTile::Narrow), None);
     assert_eq!(rule(64 * (w / 2), TiledGemmTile::Wide), Some(2));
     assert_eq!(rule(0, TiledGemmTile::Narrow), None);
+    // (never on a CPU device by default)
+    let for_device = small.gemm_tiled_split_for(reg, 64, TiledGemmTile::Narrow);
+    if reg.cpu_device() {
+        assert_eq!(for_device, None);
+    } else {
+        assert_eq!(
+            for_device,
+            small.gemm_tiled_split(64, TiledGemmTile::Narrow)
+        );
+    }
     let (q, _) = random_matrix(3191, 64, 512, 4, 64);
     let narrow = ctx.upload_quantized(&q).unwrap();
     assert_eq!(narrow.gemm_tiled_split(64, TiledGemmTile::Narrow), None);

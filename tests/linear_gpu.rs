@@ -245,11 +245,7 @@ fn plain_tiled_gemm_matches_cpu_reference() {
         let m = d.gpu().upload_quantized(&c.q).unwrap();
         let (dev, queue, reg) = (d.device(), d.queue(), d.gpu().registry());
         // (the layer's tile: the wide one on CPU devices)
-        let tile = if d.gpu().adapter_info().device_type == wgpu::DeviceType::Cpu {
-            ecq::gpu::TiledGemmTile::Wide
-        } else {
-            ecq::gpu::TiledGemmTile::for_shape(r, 129)
-        };
+        let tile = ecq::gpu::TiledGemmTile::for_device(reg, r, 129);
         for splits in [false, true] {
             let mut plain = QuantizedLinear::upload(d, "plain", &c.q, None).unwrap();
             plain.set_tiled_gemm(Some(true));

@@ -219,6 +219,18 @@ impl TiledGemmTile {
             TiledGemmTile::Narrow
         }
     }
+
+    /// [`Self::for_shape`] on a GPU; the wide tile on a CPU device
+    /// ([`PipelineRegistry::cpu_device`]), whose few threads any grid fills and where each
+    /// activation tile then serves twice the weights (lavapipe: 1.12-1.24x faster at
+    /// 1024x4096 and 4096x4096, 64 and 512 rows; BENCHMARKS.md issue 5, step 101).
+    pub fn for_device(registry: &PipelineRegistry, rows: usize, m: usize) -> Self {
+        if registry.cpu_device() {
+            TiledGemmTile::Wide
+        } else {
+            Self::for_shape(rows, m)
+        }
+    }
 }
 
 /// An MLX quantized matrix (2, 4 or 8 bits) uploaded for the plain GEMV.
@@ -1568,7 +1580,7 @@ impl GpuQuantizedMatrix {
     /// (`cols` f32 a row, one row after another, column order) multiplied into `y` (`rows`
     /// f32 a row), `Y = X W^T` with the weights dequantized in f32 (`scale q + bias`) into
     /// workgroup memory once for 64 activation rows, within WebGPU's default limits, in the
-    /// tile [`TiledGemmTile::for_shape`] picks. For devices without cooperative matrices.
+    /// tile [`TiledGemmTile::for_device`] picks. For devices without cooperative matrices.
     /// [`GpuError::Unsupported`] for matrices other than 4-bit ones of inputs a multiple of
     /// [`TILED_GEMM_COLS`] with groups of at least 16; [`GpuError::InvalidInput`] for `x` or
     /// `y` too small.
@@ -1580,7 +1592,7 @@ impl GpuQuantizedMatrix {
         y: impl Into<BufferRange<'b>>,
         m: usize,
     ) -> Result<Dispatch, GpuError> {
-        let tile = TiledGemmTile::for_shape(self.rows(), m);
+        let tile = TiledGemmTile::for_device(registry, self.rows(), m);
         self.gemm_tiled_dispatch_with(device, registry, x, y, m, tile)
     }
 
@@ -1601,7 +1613,8 @@ impl GpuQuantizedMatrix {
     /// Column splits for [`Self::gemm_tiled_split_dispatch`] on a GPU: enough for
     /// [`TILED_GEMM_WIDE_MIN_WORKGROUPS`] workgroups where the tiles alone are fewer, each of
     /// at least [`TILED_GEMM_SPLIT_MIN_COLS`] columns; `None` where the tiles fill the grid or
-    /// the columns allow one split only. (A CPU device gains nothing from more workgroups.)
+    /// the columns allow one split only. (A CPU device gains nothing from more workgroups:
+    /// [`Self::gemm_tiled_split_for`].)
     pub fn gemm_tiled_split(&self, m: usize, tile: TiledGemmTile) -> Option<GemmSplit> {
         let grid = self.rows().div_ceil(tile.rows()) * m.div_ceil(TILED_GEMM_TILE);
         if grid == 0 || grid >= TILED_GEMM_WIDE_MIN_WORKGROUPS {
@@ -1612,6 +1625,22 @@ impl GpuQuantizedMatrix {
             self.cols(),
             TILED_GEMM_WIDE_MIN_WORKGROUPS.div_ceil(grid).min(by_cols),
         )
+    }
+
+    /// [`Self::gemm_tiled_split`] on a GPU, `None` on a CPU device
+    /// ([`PipelineRegistry::cpu_device`]): on lavapipe a split gained nothing (1024x4096 at 64
+    /// rows: 78.3 ms in 8 splits, 79.0 unsplit; BENCHMARKS.md issue 5, step 101).
+    pub fn gemm_tiled_split_for(
+        &self,
+        registry: &PipelineRegistry,
+        m: usize,
+        tile: TiledGemmTile,
+    ) -> Option<GemmSplit> {
+        if registry.cpu_device() {
+            None
+        } else {
+            self.gemm_tiled_split(m, tile)
+        }
     }
 
     /// [`Self::gemm_tiled_dispatch_with`] in column splits (split-K, for grids too small to
@@ -1738,7 +1767,7 @@ impl GpuQuantizedMatrix {
         x: &[f32],
         m: usize,
     ) -> Result<Vec<f32>, GpuError> {
-        let tile = TiledGemmTile::for_shape(self.rows(), m);
+        let tile = TiledGemmTile::for_device(registry, self.rows(), m);
         self.gemm_tiled_with(device, queue, registry, x, m, tile)
     }
 

@@ -688,6 +688,7 @@ pub struct PipelineRegistry {
     subgroup32: bool,
     f16_unpack: bool,
     cooperative_matrix: bool,
+    cpu_device: bool,
 }
 
 /// `src` with the `f16_pair` library appended where it reads (scale, bias) pairs through
@@ -734,8 +735,16 @@ impl PipelineRegistry {
                 && info.subgroup_min_size == 32
                 && info.subgroup_max_size == 32,
             f16_unpack: probe_f16_unpack(device),
+            cpu_device: info.device_type == wgpu::DeviceType::Cpu,
             ..Self::default()
         }
+    }
+
+    /// Whether this registry's device is a CPU (lavapipe, `DeviceType::Cpu`): a few threads
+    /// that any grid fills, where the launch rules that fill a GPU's cores do not pay
+    /// ([`TiledGemmTile::for_device`], [`GpuQuantizedMatrix::gemm_tiled_split_for`]).
+    pub fn cpu_device(&self) -> bool {
+        self.cpu_device
     }
 
     /// Whether the kernels convert f16 (scale, bias) pairs with `unpack2x16float` on this
@@ -751,6 +760,7 @@ impl PipelineRegistry {
         PipelineRegistry {
             subgroup32: self.subgroup32,
             cooperative_matrix: self.cooperative_matrix,
+            cpu_device: self.cpu_device,
             ..Self::default()
         }
     }

@@ -601,39 +601,30 @@ impl QuantizedLinear {
         Ok(())
     }
 
-    /// Whether the device is a CPU (lavapipe): a few threads, which any grid fills.
-    fn cpu_device(&self) -> bool {
-        self.dev.gpu().adapter_info().device_type == wgpu::DeviceType::Cpu
-    }
-
-    /// The tile of a tiled GEMM launch of `n` rows: [`crate::gpu::TiledGemmTile::for_shape`]
-    /// on GPUs, the wide one on CPU devices, where each activation tile then serves twice the
-    /// weights (lavapipe: 1.12-1.24x faster at 1024x4096 and 4096x4096, 64 and 512 rows;
-    /// BENCHMARKS.md issue 5, step 101).
+    /// The tile of a tiled GEMM launch of `n` rows ([`crate::gpu::TiledGemmTile::for_device`]:
+    /// the wide one on CPU devices).
     fn tiled_tile(
         &self,
         v: &crate::gpu::GpuQuantizedMatrix,
         n: usize,
     ) -> crate::gpu::TiledGemmTile {
-        if self.cpu_device() {
-            crate::gpu::TiledGemmTile::Wide
-        } else {
-            crate::gpu::TiledGemmTile::for_shape(v.rows(), n)
-        }
+        crate::gpu::TiledGemmTile::for_device(self.dev.gpu().registry(), v.rows(), n)
     }
 
-    /// The column splits of a tiled GEMM launch of `n` rows (split-K,
-    /// [`crate::gpu::GpuQuantizedMatrix::gemm_tiled_split`]): on GPUs, where the tiles alone
-    /// leave cores idle; never on a CPU device (lavapipe), whose few threads the tiles fill.
+    /// The column splits of a tiled GEMM launch of `n` rows (split-K): by default
+    /// [`crate::gpu::GpuQuantizedMatrix::gemm_tiled_split_for`] (on GPUs, where the tiles
+    /// alone leave cores idle; never on a CPU device), with [`Self::set_tiled_gemm_splits`]
+    /// `Some(true)` the GPU rule on any device.
     fn tiled_split(
         &self,
         v: &crate::gpu::GpuQuantizedMatrix,
         n: usize,
         tile: crate::gpu::TiledGemmTile,
     ) -> Option<crate::gpu::GemmSplit> {
-        match (self.tiled_splits, self.cpu_device()) {
-            (Some(false), _) | (None, true) => None,
-            _ => v.gemm_tiled_split(n, tile),
+        match self.tiled_splits {
+            Some(false) => None,
+            Some(true) => v.gemm_tiled_split(n, tile),
+            None => v.gemm_tiled_split_for(self.dev.gpu().registry(), n, tile),
         }
     }
 
