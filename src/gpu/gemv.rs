@@ -1258,16 +1258,33 @@ impl GpuQuantizedMatrix {
     /// `None` where the tiles fill the GPU or the columns allow one split only.
     pub fn gemm_coop_split(&self, m: usize, tile_rows: u32) -> Option<GemmSplit> {
         let grid = self.rows().div_ceil(128) * m.div_ceil(tile_rows.max(1) as usize);
-        if grid == 0 || grid >= super::COOP_GEMM_WIDE_MIN_WORKGROUPS {
+        self.split_for_grid(
+            grid,
+            (
+                super::COOP_GEMM_WIDE_MIN_WORKGROUPS,
+                super::COOP_GEMM_SPLIT_WORKGROUPS,
+            ),
+            super::COOP_GEMM_SPLIT_MIN_COLS,
+            super::COOP_GEMM_COLS,
+        )
+    }
+
+    /// The split rule both GEMMs share: a grid of `grid` tiles, fewer than `below`, split into
+    /// enough ranges for `target` workgroups (`(below, target)`), each of at least `min_cols`
+    /// columns, in whole steps of `step_cols`; `None` otherwise or where the columns allow
+    /// one range only.
+    fn split_for_grid(
+        &self,
+        grid: usize,
+        (below, target): (usize, usize),
+        min_cols: usize,
+        step_cols: usize,
+    ) -> Option<GemmSplit> {
+        if grid == 0 || grid >= below {
             return None;
         }
-        let by_cols = self.cols() / super::COOP_GEMM_SPLIT_MIN_COLS;
-        GemmSplit::coop(
-            self.cols(),
-            super::COOP_GEMM_SPLIT_WORKGROUPS
-                .div_ceil(grid)
-                .min(by_cols),
-        )
+        let by_cols = self.cols() / min_cols;
+        GemmSplit::new(self.cols(), step_cols, target.div_ceil(grid).min(by_cols))
     }
 
     /// Bytes of the partial sums a split GEMM of `m` rows needs
@@ -1382,7 +1399,7 @@ impl GpuQuantizedMatrix {
         let (splits, split_steps) = match &split {
             Some((sp, part)) => {
                 part.check(device, "partial sums")?;
-                let need = (sp.splits as u64 - 1) * y_bytes;
+                let need = self.gemm_split_bytes(m, *sp);
                 if part.size() < need {
                     return Err(GpuError::InvalidInput(format!(
                         "partial sums have {} bytes, {} splits of {m} rows of {r} outputs \
@@ -1393,7 +1410,8 @@ impl GpuQuantizedMatrix {
                 }
                 (sp.splits, sp.steps)
             }
-            None => (1, self.cols() / TILED_GEMM_COLS),
+            // (only the `main_split` entries read the steps a split takes)
+            None => (1, 0),
         };
         let total_wg = n_tiles.checked_mul(splits as u32).ok_or_else(too_many)?;
         let m32 = u32::try_from(m).map_err(|_| too_many())?;
@@ -1617,13 +1635,14 @@ impl GpuQuantizedMatrix {
     /// [`Self::gemm_tiled_split_for`].)
     pub fn gemm_tiled_split(&self, m: usize, tile: TiledGemmTile) -> Option<GemmSplit> {
         let grid = self.rows().div_ceil(tile.rows()) * m.div_ceil(TILED_GEMM_TILE);
-        if grid == 0 || grid >= TILED_GEMM_WIDE_MIN_WORKGROUPS {
-            return None;
-        }
-        let by_cols = self.cols() / TILED_GEMM_SPLIT_MIN_COLS;
-        GemmSplit::tiled(
-            self.cols(),
-            TILED_GEMM_WIDE_MIN_WORKGROUPS.div_ceil(grid).min(by_cols),
+        self.split_for_grid(
+            grid,
+            (
+                TILED_GEMM_WIDE_MIN_WORKGROUPS,
+                TILED_GEMM_WIDE_MIN_WORKGROUPS,
+            ),
+            TILED_GEMM_SPLIT_MIN_COLS,
+            TILED_GEMM_COLS,
         )
     }
 

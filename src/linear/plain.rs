@@ -566,37 +566,49 @@ impl QuantizedLinear {
         n: usize,
     ) -> Result<(), crate::gpu::GpuError> {
         let (device, registry) = (self.dev.device(), self.dev.gpu().registry());
+        // (a split's partial sums: a buffer the device keeps)
+        let partials = |split| {
+            self.dev.resident(
+                super::resident::Resident::SplitSums,
+                v.gemm_split_bytes(n, split),
+            )
+        };
         if !coop {
             let tile = self.tiled_tile(v, n);
-            if let Some(split) = self.tiled_split(v, n, tile) {
-                let bytes = v.gemm_split_bytes(n, split);
-                let part = self
-                    .dev
-                    .resident(super::resident::Resident::SplitSums, bytes)?;
-                let [gemm, sum] =
-                    v.gemm_tiled_split_dispatch(device, registry, x, y, n, tile, split, &part)?;
-                out.push(gemm);
-                out.push(sum);
-            } else {
-                out.push(v.gemm_tiled_dispatch_with(device, registry, x, y, n, tile)?);
+            match self.tiled_split(v, n, tile) {
+                Some(split) => out.extend(v.gemm_tiled_split_dispatch(
+                    device,
+                    registry,
+                    x,
+                    y,
+                    n,
+                    tile,
+                    split,
+                    &partials(split)?,
+                )?),
+                None => out.push(v.gemm_tiled_dispatch_with(device, registry, x, y, n, tile)?),
             }
             return Ok(());
         }
         let rows = self.dev.coop_rows(self.in_features(), n)?;
         out.push(crate::gpu::coop_rows_dispatch(device, registry, x, &rows)?);
         let tile = v.gemm_coop_tile_rows(n);
+        // (cooperative matrices run on GPUs only: by default they split)
         let split = match self.tiled_splits {
             Some(false) => None,
             _ => v.gemm_coop_split(n, tile),
         };
-        if let Some(split) = split {
-            let bytes = v.gemm_split_bytes(n, split);
-            let part = self
-                .dev
-                .resident(super::resident::Resident::SplitSums, bytes)?;
-            out.extend(v.gemm_coop_split_dispatch(device, registry, &rows, y, tile, split, &part)?);
-        } else {
-            out.push(v.gemm_coop_dispatch_with(device, registry, &rows, y, tile)?);
+        match split {
+            Some(split) => out.extend(v.gemm_coop_split_dispatch(
+                device,
+                registry,
+                &rows,
+                y,
+                tile,
+                split,
+                &partials(split)?,
+            )?),
+            None => out.push(v.gemm_coop_dispatch_with(device, registry, &rows, y, tile)?),
         }
         Ok(())
     }
