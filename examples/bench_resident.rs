@@ -9,7 +9,7 @@
 //! ```text
 //! cargo run --release --example bench_resident -- [--layers 32] [--ms 1,16,512] [--rounds 7]
 //!     [--copies 2] [--shapes 4096x4096,1024x4096,...] [--coop] [--own-outputs] [--prebuilt]
-//!     [--one-pass] [--prepared] [--decode-first N|never] [--coop-gemm N|never]
+//!     [--one-pass] [--prepared] [--decode-first N|never] [--coop-gemm N|never] [--tiled-gemm N|never]
 //!     [--orders columns,lanes] [--passes 2] [--decoded-buffers 1] [--calls-per-encoder N] [--coop-only]
 //! ```
 //!
@@ -27,7 +27,9 @@
 //! fused layers' `LinearOptions::decode_first_min_rows` (`never`: the fused launches at every
 //! row count; default: the library's), `--coop-gemm` the cooperative layers' rows from which
 //! they run the cooperative GEMM (`QuantizedLinear::set_coop_gemm_min_rows`,
-//! `LinearOptions::coop_gemm_min_rows`; `never`: launches of 16 rows), `--decoded-buffers` the
+//! `LinearOptions::coop_gemm_min_rows`; `never`: launches of 16 rows), `--tiled-gemm` the f32
+//! layers' rows from which they run the tiled f32 GEMM (`QuantizedLinear::set_tiled_gemm_min_rows`,
+//! `LinearOptions::tiled_gemm_min_rows`; default: the library's), `--decoded-buffers` the
 //! kept buffers the calls decoding first take in turn (`LinearDevice::set_decoded_buffers`),
 //! and `--calls-per-encoder` records every N calls into a command encoder of their own (a
 //! forward's encoders submitted at once; default: one encoder a forward); `--coop-only` times
@@ -82,6 +84,7 @@ struct Args {
     decode_first: Option<usize>,
     /// the cooperative layers' `coop_gemm_min_rows` (`None`: the default)
     coop_gemm: Option<usize>,
+    tiled_gemm: Option<usize>,
     /// `LinearDevice::set_decoded_buffers`
     decoded_buffers: usize,
     /// calls a command encoder (`None`: a forward's)
@@ -108,6 +111,7 @@ fn parse_args() -> Result<Args, String> {
         prepared: false,
         decode_first: None,
         coop_gemm: None,
+        tiled_gemm: None,
         decoded_buffers: 1,
         calls_per_encoder: None,
         coop_only: false,
@@ -142,6 +146,12 @@ fn parse_args() -> Result<Args, String> {
             "--calls-per-encoder" => a.calls_per_encoder = Some(number(value()?)?.max(1)),
             "--coop-gemm" => {
                 a.coop_gemm = Some(match value()?.as_str() {
+                    "never" => usize::MAX,
+                    v => number(v)?,
+                })
+            }
+            "--tiled-gemm" => {
+                a.tiled_gemm = Some(match value()?.as_str() {
                     "never" => usize::MAX,
                     v => number(v)?,
                 })
@@ -242,18 +252,16 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     cooperative_matrix: coop,
                     decode_first_min_rows: a.decode_first,
                     coop_gemm_min_rows: a.coop_gemm,
+                    tiled_gemm_min_rows: a.tiled_gemm,
                     ..Default::default()
                 };
                 EntropyCodedLinear::upload(&dev, &format!("{r}x{k}"), layer(), &opts)
             };
             st.fused.push(with(false)?);
             st.fused_coop.push(with(true)?);
-            st.plain.push(QuantizedLinear::upload(
-                &dev,
-                &format!("{r}x{k}"),
-                &q,
-                None,
-            )?);
+            let mut p = QuantizedLinear::upload(&dev, &format!("{r}x{k}"), &q, None)?;
+            p.set_tiled_gemm_min_rows(a.tiled_gemm);
+            st.plain.push(p);
             let mut p = QuantizedLinear::upload(&dev, &format!("{r}x{k}"), &q, None)?;
             p.set_cooperative_matrix(true);
             p.set_coop_gemm_min_rows(a.coop_gemm);
@@ -276,8 +284,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         n => format!("from {n} rows"),
     };
     let decode_first = format!(
-        "{}; cooperative GEMM: {}; {} decoded-weight buffers; {} calls a command encoder",
+        "{} (on cooperative matrices {}); tiled f32 GEMM: {}; cooperative GEMM: {}; \
+         {} decoded-weight buffers; {} calls a command encoder",
         from(stacks[0].fused[0].decode_first_min_rows()),
+        from(stacks[0].fused_coop[0].decode_first_min_rows()),
+        from(stacks[0].plain[0].tiled_gemm_min_rows()),
         from(stacks[0].plain_coop[0].coop_gemm_min_rows()),
         dev.decoded_buffers(),
         a.calls_per_encoder

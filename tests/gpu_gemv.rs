@@ -2364,7 +2364,10 @@ fn plain_gemm_tiled_matches_reference() {
 /// rule and counts; refusals by name.
 #[test]
 fn plain_gemm_tiled_split_matches_reference() {
-    use ecq::gpu::{GemmSplit, TILED_GEMM_SPLIT_MIN_COLS, TILED_GEMM_WIDE_MIN_WORKGROUPS};
+    use ecq::gpu::{
+        GemmSplit, TILED_GEMM_SPLIT_MIN_COLS, TILED_GEMM_SPLIT_WORKGROUPS,
+        TILED_GEMM_WIDE_MIN_WORKGROUPS,
+    };
     let Some(ctx) = ctx() else { return };
     let (dev, reg) = (ctx.device(), ctx.registry());
     // (rows, cols, group, activation rows, splits asked for)
@@ -2423,18 +2426,23 @@ fn plain_gemm_tiled_split_matches_reference() {
     assert_eq!(counts(64, 3), Some((2, 32)));
     assert_eq!(counts(1056, 4), Some((4, 272)));
     assert_eq!(counts(1056, 1000), Some((66, 16)));
-    // the rule: splits up to TILED_GEMM_WIDE_MIN_WORKGROUPS workgroups, of at least
-    // TILED_GEMM_SPLIT_MIN_COLS columns
+    // the rule: grids below TILED_GEMM_WIDE_MIN_WORKGROUPS split up to
+    // TILED_GEMM_SPLIT_WORKGROUPS workgroups, of at least TILED_GEMM_SPLIT_MIN_COLS columns
     let w = TILED_GEMM_WIDE_MIN_WORKGROUPS;
+    let by_cols = 4096 / TILED_GEMM_SPLIT_MIN_COLS;
     let (q, _) = random_matrix(3190, 64, 4096, 4, 64);
     let small = ctx.upload_quantized(&q).unwrap();
     let rule = |m, tile| small.gemm_tiled_split(m, tile).map(|s| s.splits());
-    assert_eq!(
-        rule(64, TiledGemmTile::Narrow),
-        Some(4096 / TILED_GEMM_SPLIT_MIN_COLS)
-    );
+    assert_eq!(rule(64, TiledGemmTile::Narrow), Some(by_cols));
     assert_eq!(rule(64 * w, TiledGemmTile::Narrow), None);
-    assert_eq!(rule(64 * (w / 2), TiledGemmTile::Wide), Some(2));
+    assert_eq!(
+        rule(64 * (w / 2), TiledGemmTile::Wide),
+        Some(TILED_GEMM_SPLIT_WORKGROUPS.div_ceil(w / 2).min(by_cols))
+    );
+    assert_eq!(
+        rule(64 * (w - 1), TiledGemmTile::Narrow),
+        Some(TILED_GEMM_SPLIT_WORKGROUPS.div_ceil(w - 1).min(by_cols))
+    );
     assert_eq!(rule(0, TiledGemmTile::Narrow), None);
     // (never on a CPU device by default)
     let for_device = small.gemm_tiled_split_for(reg, 64, TiledGemmTile::Narrow);

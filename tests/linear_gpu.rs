@@ -260,6 +260,77 @@ fn plain_tiled_gemm_matches_cpu_reference() {
     }
 }
 
+/// `QuantizedLinear::set_tiled_gemm_min_rows` runs the tiled f32 GEMM from the rows it names
+/// (the module's GEMM bit for bit there, `qgemm`'s outputs below), `set_tiled_gemm` maps onto
+/// it, and `LinearOptions::tiled_gemm_min_rows` gives a coded layer's calls decoding first
+/// the same choice (the plain layer's outputs bit for bit on both sides of it).
+#[test]
+fn plain_tiled_gemm_from_the_rows_asked_for() {
+    use ecq::linear::{TILED_GEMM_MIN_ROWS, TILED_GEMM_MIN_ROWS_SUBGROUPS};
+    let Some(d) = dev() else { return };
+    let (r, k, from) = (70, 512, 5);
+    let c = case(260, r, k, 4, 64, 2048, 4);
+    let upload_plain = |min: Option<usize>| {
+        let mut p = QuantizedLinear::upload(d, "plain", &c.q, None).unwrap();
+        p.set_tiled_gemm_min_rows(min);
+        p.set_tiled_gemm_splits(Some(false));
+        p.set_gemv_many_max_m(Some(0));
+        p
+    };
+    let default = upload_plain(None);
+    let subgroups32 = d.gpu().registry().subgroups32();
+    let by_device = match subgroups32 {
+        true => TILED_GEMM_MIN_ROWS_SUBGROUPS,
+        false => TILED_GEMM_MIN_ROWS,
+    };
+    assert_eq!(default.tiled_gemm_min_rows(), by_device);
+    assert_eq!(upload_plain(Some(0)).tiled_gemm_min_rows(), 2);
+    let mut switched = upload_plain(None);
+    switched.set_tiled_gemm(Some(true));
+    assert_eq!(switched.tiled_gemm_min_rows(), TILED_GEMM_MIN_ROWS);
+    switched.set_tiled_gemm(Some(false));
+    assert_eq!(switched.tiled_gemm_min_rows(), usize::MAX);
+    switched.set_tiled_gemm(None);
+    assert_eq!(switched.tiled_gemm_min_rows(), by_device);
+
+    let plain = upload_plain(Some(from));
+    let never = upload_plain(Some(usize::MAX));
+    assert_eq!(plain.tiled_gemm_min_rows(), from);
+    let m = d.gpu().upload_quantized(&c.q).unwrap();
+    let (dev, queue, reg) = (d.device(), d.queue(), d.gpu().registry());
+    for rows in [from - 1, from, 33] {
+        let x = activations(2600 + rows as u64, rows * k);
+        let got = bits(plain.forward_batch(&x, rows).unwrap());
+        if rows >= from {
+            let tile = ecq::gpu::TiledGemmTile::for_device(reg, r, rows);
+            let want = m.gemm_tiled_with(dev, queue, reg, &x, rows, tile).unwrap();
+            assert_eq!(got, bits(want), "{rows} rows: the tiled GEMM");
+        } else {
+            let want = never.forward_batch(&x, rows).unwrap();
+            assert_eq!(got, bits(want), "{rows} rows: below the GEMM's rows");
+        }
+    }
+    // a coded layer decoding first takes the plain layer's choice (the layer with its bias,
+    // and the other choices at their defaults, as the coded layer's plain layer has them)
+    let mut plain = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
+    plain.set_tiled_gemm_min_rows(Some(from));
+    let opts = LinearOptions {
+        decode_first_min_rows: Some(2),
+        tiled_gemm_min_rows: Some(from),
+        ..Default::default()
+    };
+    let coded = upload(d, &c, &opts).unwrap();
+    assert_eq!(coded.decode_first_min_rows(), 2);
+    for rows in [from - 1, from] {
+        let x = activations(2700 + rows as u64, rows * k);
+        assert_eq!(
+            bits(coded.forward_batch(&x, rows).unwrap()),
+            bits(plain.forward_batch(&x, rows).unwrap()),
+            "coded, decoding first, {rows} rows"
+        );
+    }
+}
+
 /// `forward_batch_into` writes what `forward_batch` returns, bit for bit, through calls of
 /// growing and shrinking row counts that reuse the device's kept buffers (a call never sees an
 /// earlier call's activations or outputs): coded layers whole and in bands, with outputs in

@@ -131,7 +131,8 @@ pub use decode::{
 };
 pub use gemv::{
     GemmSplit, GpuQuantizedMatrix, QGemvVariant, TiledGemmTile, TILED_GEMM_COLS,
-    TILED_GEMM_SPLIT_MIN_COLS, TILED_GEMM_TILE, TILED_GEMM_WIDE_MIN_WORKGROUPS,
+    TILED_GEMM_SPLIT_MIN_COLS, TILED_GEMM_SPLIT_WORKGROUPS, TILED_GEMM_TILE,
+    TILED_GEMM_WIDE_MIN_WORKGROUPS,
 };
 pub use lane_order::{
     x_column_order, x_lane_order, x_lane_order_dispatch, x_lane_order_into, x_order_dispatch,

@@ -149,14 +149,21 @@ pub const COOP_MIN_ROWS: usize = 12;
 /// of window splits, prepared calls on activations in lane order) decoding a layer cost about
 /// one fused GEMV of it (5.8 ms a forward of the 32 layers), and each row then what it costs
 /// plain, 0.88x the fused launches' row: 32 rows took 1.04x the fused launches' time, 64
-/// rows 0.96x, 128 0.91x and 512 0.89x.
-pub const DECODE_FIRST_MIN_ROWS: usize = 48;
+/// rows 0.96x, 128 0.91x and 512 0.89x. With the plain tiled GEMM from 33 rows
+/// ([`crate::linear::TILED_GEMM_MIN_ROWS_SUBGROUPS`]) 33 / 36 / 40 rows took 45.1 / 45.1 /
+/// 45.3 ms decoding first against 46.1 / 49.8 / 55.1 in fused launches, 32 rows 44.7
+/// against 41.2 (step 105). (Layers whose decode kernels run on CPU devices were not
+/// timed at these rows: window splits need 32-wide subgroups to decode first.)
+pub const DECODE_FIRST_MIN_ROWS: usize = 33;
 
 /// [`DECODE_FIRST_MIN_ROWS`] for layers on cooperative matrices
-/// ([`LinearOptions::cooperative_matrix`]), where the fused launches cost 1.25-1.32x the plain
-/// ones a row: on the same H200 32 rows took 0.96x the fused launches' time, 64 rows 0.90x,
-/// 128 0.81x and 512 0.80x (16 rows 1.12x).
-pub const DECODE_FIRST_MIN_ROWS_COOP: usize = 32;
+/// ([`LinearOptions::cooperative_matrix`]): from the fused launches' second launch of 16
+/// rows, as the plain layers' cooperative GEMM ([`crate::linear::COOP_GEMM_MIN_ROWS`]). On an
+/// H200 (BENCHMARKS.md issue 5, step 104; 32 Llama-3-8B layers of window splits, prepared
+/// calls on activations in lane order) 17 / 24 / 32 rows took 19.3 / 19.5 / 20.0 ms a
+/// forward decoding first against 21.3 / 29.6 / 29.7 in fused launches; 16 rows 16.8 in
+/// one fused launch.
+pub const DECODE_FIRST_MIN_ROWS_COOP: usize = 17;
 
 /// [`GEMV_BATCH_MAX_M`] for window splits whose fused GEMV multiplies several vectors a launch
 /// ([`EntropyCodedLinear::gemv_vectors`] above 1) in column order
@@ -336,6 +343,10 @@ pub struct LinearOptions {
     /// cooperative matrices run the plain cooperative GEMM
     /// ([`super::QuantizedLinear::set_coop_gemm_min_rows`]; `None`: its default).
     pub coop_gemm_min_rows: Option<usize>,
+    /// The rows from which calls decoding first ([`Self::decode_first_min_rows`]) that run
+    /// no cooperative kernel run the plain tiled f32 GEMM
+    /// ([`super::QuantizedLinear::set_tiled_gemm_min_rows`]; `None`: its default).
+    pub tiled_gemm_min_rows: Option<usize>,
 }
 
 /// A borrowed coded matrix with its quantization parameters: the coded tensors as
@@ -817,6 +828,8 @@ pub struct EntropyCodedLinear {
     decode_first_min_rows: usize,
     /// [`LinearOptions::coop_gemm_min_rows`].
     coop_gemm_min_rows: Option<usize>,
+    /// [`LinearOptions::tiled_gemm_min_rows`].
+    tiled_gemm_min_rows: Option<usize>,
 }
 
 impl EntropyCodedLinear {
@@ -1245,6 +1258,7 @@ impl EntropyCodedLinear {
             coop,
             decode_first_min_rows,
             coop_gemm_min_rows: opts.coop_gemm_min_rows,
+            tiled_gemm_min_rows: opts.tiled_gemm_min_rows,
         })
     }
 
@@ -1988,6 +2002,7 @@ impl EntropyCodedLinear {
         )?;
         plain.set_cooperative_matrix(self.coop);
         plain.set_coop_gemm_min_rows(self.coop_gemm_min_rows);
+        plain.set_tiled_gemm_min_rows(self.tiled_gemm_min_rows);
         Ok(plain)
     }
 

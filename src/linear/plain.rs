@@ -30,12 +30,14 @@ pub const PLAIN_GEMV_MANY_MAX_M_SMALL: usize = 48;
 /// Activation rows from which [`QuantizedLinear`]'s `forward_batch` on cooperative matrices
 /// ([`QuantizedLinear::set_cooperative_matrix`]) runs the cooperative GEMM
 /// ([`crate::gpu::GpuQuantizedMatrix::gemm_coop_dispatch`], tiles of 128 matrix rows x 64
-/// activation rows, weights dequantized to f16) instead of launches of 16 rows of the
-/// cooperative GEMV (see [`QuantizedLinear::set_coop_gemm_min_rows`]). A GEMM launch costs
-/// about the same for 1 to 64 rows (one tile of activation rows), about two launches of 16:
-/// on an H200 a forward of 32 Llama-3-8B layers took 24.3 ms in launches of 16 against 27.9
-/// on the GEMM at 32 rows, and 34.8 against 28.2 at 40 (BENCHMARKS.md issue 5, step 98).
-pub const COOP_GEMM_MIN_ROWS: usize = 33;
+/// activation rows, weights dequantized to f16, small grids in column splits) instead of
+/// launches of 16 rows of the cooperative GEMV (see [`QuantizedLinear::set_coop_gemm_min_rows`]):
+/// from the second launch. A GEMM launch costs about the same for 1 to 64 rows (one tile of
+/// activation rows); with column splits about one launch of 16: on an H200 a forward of 32
+/// Llama-3-8B layers took 13.3 ms in one launch of 16 rows at 16 rows, and 16.2 / 23.7 /
+/// 24.2 ms in launches against 13.6 / 13.7 / 14.3 on the GEMM at 17 / 24 / 32 rows
+/// (BENCHMARKS.md issue 5, step 104).
+pub const COOP_GEMM_MIN_ROWS: usize = 17;
 
 /// Activation rows from which [`QuantizedLinear`]'s `forward_batch` runs the tiled f32 GEMM
 /// ([`crate::gpu::GpuQuantizedMatrix::gemm_tiled_dispatch`], tiles of 64 activation rows)
@@ -46,11 +48,12 @@ pub const COOP_GEMM_MIN_ROWS: usize = 33;
 pub const TILED_GEMM_MIN_ROWS: usize = 32;
 
 /// [`TILED_GEMM_MIN_ROWS`] where 32-wide subgroups run the multi-vector launches of 16 rows
-/// instead. On an H200 with column splits (step 101) the GEMM took 0.66x the launches' time
-/// at 1024x4096 and 32 rows but 1.2-1.3x at the other Llama-3-8B shapes, and 0.2-0.7x at all
-/// four from 64 rows; 32 Llama-3-8B layers in f32 took 42.8 ms at 48 rows on it against 52.6
-/// in launches, 42.4 at 32 rows against 35.1 (BENCHMARKS.md issue 5, steps 100-101).
-pub const TILED_GEMM_MIN_ROWS_SUBGROUPS: usize = 48;
+/// instead: from their third launch. With column splits to 1024 workgroups
+/// ([`crate::gpu::TILED_GEMM_SPLIT_WORKGROUPS`]) 32 Llama-3-8B layers in f32 took 38.5-39.4 ms
+/// a forward on the GEMM at every row count from 24 to 48 on an H200, and in launches 28.9 /
+/// 35.5 / 38.7 / 42.9 / 46.9 ms at 24 / 32 / 33 / 36 / 40 rows (BENCHMARKS.md issue 5, step
+/// 105; step 101's rule, from 48, left 33-47 rows in launches).
+pub const TILED_GEMM_MIN_ROWS_SUBGROUPS: usize = 33;
 
 /// Uniform block of `qgemm.wgsl`.
 #[repr(C)]
@@ -125,9 +128,9 @@ pub struct QuantizedLinear {
     many_max_m: Option<usize>,
     /// The fewest rows that run the cooperative GEMM ([`Self::set_coop_gemm_min_rows`]).
     coop_gemm_min_m: usize,
-    /// Whether calls run the tiled f32 GEMM ([`Self::set_tiled_gemm`]; `None`: by row count
-    /// and the device's subgroups).
-    tiled: Option<bool>,
+    /// The fewest rows that run the tiled f32 GEMM ([`Self::set_tiled_gemm_min_rows`];
+    /// `None`: by the device's subgroups).
+    tiled_min_m: Option<usize>,
     /// Column splits of the tiled GEMM ([`Self::set_tiled_gemm_splits`]; `None`: on GPUs).
     tiled_splits: Option<bool>,
 }
@@ -286,7 +289,7 @@ impl QuantizedLinear {
             coop: false,
             many_max_m: None,
             coop_gemm_min_m: COOP_GEMM_MIN_ROWS,
-            tiled: None,
+            tiled_min_m: None,
             tiled_splits: None,
         }
     }
@@ -297,11 +300,31 @@ impl QuantizedLinear {
     /// [`TILED_GEMM_MIN_ROWS`] rows where the device runs no 32-wide subgroups (on lavapipe
     /// 2.5x faster than `qgemm` at 64 rows, steps 99-100) and from [`TILED_GEMM_MIN_ROWS_SUBGROUPS`] where
     /// it does (the multi-vector launches take fewer rows), `Some(true)` from
-    /// [`TILED_GEMM_MIN_ROWS`] on every device, `Some(false)` never. Rows that
+    /// [`TILED_GEMM_MIN_ROWS`] on every device, `Some(false)` never
+    /// ([`Self::set_tiled_gemm_min_rows`] takes any row count). Rows that
     /// [`Self::set_gemv_many_max_m`] sends to the multi-vector launches stay there. Same
     /// precision as `qgemm`: f32 throughout, summed in another order.
     pub fn set_tiled_gemm(&mut self, on: Option<bool>) {
-        self.tiled = on;
+        self.set_tiled_gemm_min_rows(on.map(|on| match on {
+            true => TILED_GEMM_MIN_ROWS,
+            false => usize::MAX,
+        }));
+    }
+
+    /// [`Self::set_tiled_gemm`] from `m` rows: `None` (the default) by the device's subgroups,
+    /// `Some(usize::MAX)` never, `Some(m)` from `m` rows (at least 2) on every device.
+    pub fn set_tiled_gemm_min_rows(&mut self, m: Option<usize>) {
+        self.tiled_min_m = m.map(|m| m.max(2));
+    }
+
+    /// The fewest rows a call needs to run the tiled f32 GEMM (`usize::MAX`: never; it also
+    /// needs a matrix the GEMM takes and no cooperative kernel for the call).
+    pub fn tiled_gemm_min_rows(&self) -> usize {
+        match self.tiled_min_m {
+            Some(m) => m,
+            None if self.dev.gpu().registry().subgroups32() => TILED_GEMM_MIN_ROWS_SUBGROUPS,
+            None => TILED_GEMM_MIN_ROWS,
+        }
     }
 
     /// Whether the GEMMs' launches split their columns where their tiles alone make too
@@ -318,13 +341,7 @@ impl QuantizedLinear {
 
     /// Whether a call of `m` rows that runs no cooperative kernel may run the tiled GEMM `v`.
     fn tiled_gemm(&self, v: &crate::gpu::GpuQuantizedMatrix, m: usize) -> bool {
-        let min = match self.tiled {
-            Some(false) => return false,
-            Some(true) => TILED_GEMM_MIN_ROWS,
-            None if self.dev.gpu().registry().subgroups32() => TILED_GEMM_MIN_ROWS_SUBGROUPS,
-            None => TILED_GEMM_MIN_ROWS,
-        };
-        m >= min && v.gemm_tiled_supported()
+        m >= self.tiled_gemm_min_rows() && v.gemm_tiled_supported()
     }
 
     /// Lets `forward_batch`'s launches of at least [`super::COOP_MIN_ROWS`] rows multiply on
