@@ -18,7 +18,7 @@ use ecq::rans::{EncodeOptions, EncodedMatrix, SplitMatrix, SplitOrder};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use gpu_common::{gaussian, random_matrix};
+use gpu_common::{bits, gaussian, random_matrix};
 
 /// Error bound of the summation, per accumulated term, relative to the sum of the terms'
 /// magnitudes: the f32 kernels are held to `2^-24 (K + 64) sum|terms|` (tests/gpu_gemv.rs says
@@ -1011,7 +1011,7 @@ fn coop_gemm_split_matches_reference() {
                 };
                 let got = run(&x);
                 assert_gemm_close(&label, &got, &q, &x, m, true);
-                assert_eq!(bits(&run(&x)), bits(&got), "{label}: again");
+                assert_eq!(bits(run(&x)), bits(&got), "{label}: again");
                 let nan = run(&with_nan);
                 for (j, (&g, &c)) in nan.iter().zip(&got).enumerate() {
                     if j / r == 1 {
@@ -1023,8 +1023,4 @@ fn coop_gemm_split_matches_reference() {
             }
         }
     }
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
 }

@@ -30,11 +30,7 @@ use rand_chacha::ChaCha8Rng;
 /// errors grow like sqrt(K)).
 const TOL_PER_TERM: f64 = 1.0 / (1u64 << 24) as f64;
 
-use gpu_common::{ctx, gaussian, random_matrix, storage};
-
-fn bits_of(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
+use gpu_common::{bits, ctx, gaussian, random_matrix, storage};
 
 /// f64 reference `y` and the per-row bound `sum_abs` of the factored computation.
 fn reference(q: &QuantizedMatrix, x: &[f32]) -> (Vec<f64>, Vec<f64>) {
@@ -1439,7 +1435,7 @@ fn fused_gemv_window_many_vectors() {
                         .unwrap_or_else(|e| panic!("{l}: {e}"));
                     assert_eq!(y.len(), n * rows, "{l}");
                     for (j, yj) in y.chunks_exact(rows).enumerate() {
-                        assert_eq!(bits(yj.to_vec()), bits(one[j].clone()), "{l}: vector {j}");
+                        assert_eq!(bits(yj), bits(one[j].clone()), "{l}: vector {j}");
                     }
                 }
             }
@@ -1455,7 +1451,7 @@ fn fused_gemv_window_many_vectors() {
             )
             .unwrap();
         let y1 = ctx.gemv_coded(&m, &xs[3 * cols..4 * cols]).unwrap();
-        assert_eq!(bits(y[3 * rows..].to_vec()), bits(y1), "{label}: default");
+        assert_eq!(bits(&y[3 * rows..]), bits(y1), "{label}: default");
     }
     // refusals and edge cases
     let (m, x) = upload_window(ctx, 2690, 4, 1024, ecq::rans::SplitOrder::RowPairs);
@@ -1522,7 +1518,7 @@ fn fused_gemv_window_many_vectors() {
         .collect();
     let y = whole.gemv_many(dev, ctx.queue(), reg, &x2, 2).unwrap();
     assert_eq!(
-        bits(y[8..].to_vec()),
+        bits(&y[8..]),
         bits(ctx.gemv_coded(&whole, &x2[1024..]).unwrap())
     );
     let r = whole.gemv_many_dispatch(dev, reg, &xb, &yb, 2);
@@ -1862,10 +1858,6 @@ fn assert_decodes_to_plain(
         "{label}: decoded to plain"
     );
     want
-}
-
-fn bits(y: Vec<f32>) -> Vec<u32> {
-    y.into_iter().map(f32::to_bits).collect()
 }
 
 /// Scales and biases of f16- or bf16-quantized weights are uploaded as 16-bit pairs
@@ -2285,7 +2277,7 @@ fn plain_gemm_tiled_matches_reference() {
                 let yt = m
                     .gemm_tiled_with(dev, ctx.queue(), reg, &xs, n, tile)
                     .unwrap_or_else(|e| panic!("{label}, {tile:?}: {e}"));
-                assert_eq!(bits_of(&yt), bits_of(&y), "{label}, {tile:?}");
+                assert_eq!(bits(&yt), bits(&y), "{label}, {tile:?}");
             }
             for (j, (yj, x)) in y.chunks_exact(rows).zip(xs.chunks_exact(cols)).enumerate() {
                 if n > 2 && j == nan_row {
@@ -2397,16 +2389,8 @@ fn plain_gemm_tiled_split_matches_reference() {
                     .unwrap_or_else(|e| panic!("{label}, {tile:?}: {e}"))
             };
             let y = run(TiledGemmTile::Narrow);
-            assert_eq!(
-                bits_of(&run(TiledGemmTile::Wide)),
-                bits_of(&y),
-                "{label}: wide"
-            );
-            assert_eq!(
-                bits_of(&run(TiledGemmTile::Narrow)),
-                bits_of(&y),
-                "{label}: again"
-            );
+            assert_eq!(bits(run(TiledGemmTile::Wide)), bits(&y), "{label}: wide");
+            assert_eq!(bits(run(TiledGemmTile::Narrow)), bits(&y), "{label}: again");
             for (j, (yj, x)) in y.chunks_exact(rows).zip(xs.chunks_exact(cols)).enumerate() {
                 if j == nan_row {
                     assert!(yj.iter().all(|v| v.is_nan()), "{label}: NaN row {j}");

@@ -20,7 +20,7 @@ use half::f16;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use gpu_common::gaussian;
+use gpu_common::{bits, gaussian};
 
 fn dev() -> Option<&'static Arc<LinearDevice>> {
     static DEV: OnceLock<Option<Arc<LinearDevice>>> = OnceLock::new();
@@ -1272,10 +1272,6 @@ fn sixteen_bit_side_is_bit_identical_to_f32() {
     }
 }
 
-fn bits(y: Vec<f32>) -> Vec<u32> {
-    y.into_iter().map(f32::to_bits).collect()
-}
-
 /// XORs `mask` into the byte at 1 / `at` of tensor `name`'s data in the safetensors file
 /// `path` (the tensor must have more than 8 bytes).
 fn flip_bits_in_tensor(path: &std::path::Path, name: &str, at: usize, mask: u8) {
@@ -1669,7 +1665,7 @@ fn gemv_vectors_layer_is_gemv_many() {
             for layer in [&l, &banded] {
                 assert_eq!(
                     bits(layer.forward_batch(&x[..rows * 2048], rows).unwrap()),
-                    bits(want_all[..rows * 16].to_vec()),
+                    bits(&want_all[..rows * 16]),
                     "{v} vectors a launch, {rows} rows, {} bands",
                     layer.n_bands()
                 );
@@ -1782,7 +1778,7 @@ fn lane_order_layers_match_column_order() {
     let want_all = want.forward_batch(&x, 21).unwrap();
     assert_eq!(
         bits(want.forward(&x[..2048]).unwrap()),
-        bits(want_all[..16].to_vec())
+        bits(&want_all[..16])
     );
     for (v, max_buffer) in [(1, None), (16, None), (5, Some(8192))] {
         let l = EntropyCodedLinear::upload(d, "lanes", layer, &opts(v, max_buffer, false)).unwrap();
@@ -1790,13 +1786,13 @@ fn lane_order_layers_match_column_order() {
         let label = format!("{v} vectors a launch, {} bands", l.n_bands());
         assert_eq!(
             bits(l.forward(&x[..2048]).unwrap()),
-            bits(want_all[..16].to_vec()),
+            bits(&want_all[..16]),
             "{label}: forward"
         );
         for rows in [2, 5, 16, 21] {
             assert_eq!(
                 bits(l.forward_batch(&x[..rows * 2048], rows).unwrap()),
-                bits(want_all[..rows * 16].to_vec()),
+                bits(&want_all[..rows * 16]),
                 "{label}: {rows} rows"
             );
         }
@@ -1840,11 +1836,7 @@ fn lane_order_layers_match_column_order() {
             d.gpu().wait().unwrap();
             let got: Vec<f32> =
                 bytemuck::pod_collect_to_vec(&staging.get_mapped_range(..).unwrap());
-            assert_eq!(
-                bits(got),
-                bits(want_all[..3 * 16].to_vec()),
-                "lane-order launch"
-            );
+            assert_eq!(bits(got), bits(&want_all[..3 * 16]), "lane-order launch");
         }
         Err(e) => {
             assert!(!subgroups, "{e}");

@@ -176,3 +176,8 @@ pub fn storage(dev: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
         mapped_at_creation: false,
     })
 }
+
+/// The bit patterns of `v`, for comparing GPU outputs bit for bit (NaNs included).
+pub fn bits(v: impl AsRef<[f32]>) -> Vec<u32> {
+    v.as_ref().iter().map(|x| x.to_bits()).collect()
+}
