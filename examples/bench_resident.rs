@@ -84,6 +84,7 @@ struct Args {
     decode_first: Option<usize>,
     /// the cooperative layers' `coop_gemm_min_rows` (`None`: the default)
     coop_gemm: Option<usize>,
+    /// the f32 layers' `tiled_gemm_min_rows` (`None`: the default)
     tiled_gemm: Option<usize>,
     /// `LinearDevice::set_decoded_buffers`
     decoded_buffers: usize,
@@ -126,6 +127,11 @@ fn parse_args() -> Result<Args, String> {
                 .ok_or_else(|| format!("{} needs a value", args[i]))
         };
         let number = |v: &str| v.parse::<usize>().map_err(|e| format!("{v}: {e}"));
+        // (a row threshold: a count, or `never`)
+        let rows_from = |v: &str| match v {
+            "never" => Ok(usize::MAX),
+            v => number(v),
+        };
         let flag = match args[i].as_str() {
             "--coop" => Some(&mut a.coop),
             "--own-outputs" => Some(&mut a.own_outputs),
@@ -144,24 +150,9 @@ fn parse_args() -> Result<Args, String> {
             "--layers" => a.layers = number(value()?)?,
             "--decoded-buffers" => a.decoded_buffers = number(value()?)?.max(1),
             "--calls-per-encoder" => a.calls_per_encoder = Some(number(value()?)?.max(1)),
-            "--coop-gemm" => {
-                a.coop_gemm = Some(match value()?.as_str() {
-                    "never" => usize::MAX,
-                    v => number(v)?,
-                })
-            }
-            "--tiled-gemm" => {
-                a.tiled_gemm = Some(match value()?.as_str() {
-                    "never" => usize::MAX,
-                    v => number(v)?,
-                })
-            }
-            "--decode-first" => {
-                a.decode_first = Some(match value()?.as_str() {
-                    "never" => usize::MAX,
-                    v => number(v)?,
-                })
-            }
+            "--coop-gemm" => a.coop_gemm = Some(rows_from(value()?)?),
+            "--tiled-gemm" => a.tiled_gemm = Some(rows_from(value()?)?),
+            "--decode-first" => a.decode_first = Some(rows_from(value()?)?),
             "--rounds" => a.rounds = number(value()?)?.max(1),
             "--passes" => a.passes = number(value()?)?.max(1),
             "--orders" => {
