@@ -420,7 +420,8 @@ pub enum Kernel {
     /// ([`GpuQuantizedMatrix::gemm_tiled_dispatch`]).
     QGemmTiled,
     /// `wgsl/split_k_sum.wgsl`: a split-K GEMM's partial sums added to its outputs in split
-    /// order ([`GpuQuantizedMatrix::gemm_tiled_split_dispatch`]).
+    /// order ([`GpuQuantizedMatrix::gemm_tiled_split_dispatch`],
+    /// [`GpuQuantizedMatrix::gemm_coop_split_dispatch`]).
     SplitKSum,
     /// `wgsl/add_bias.wgsl`: a layer's bias added to outputs on the GPU
     /// ([`add_bias_dispatch`]).

@@ -221,7 +221,10 @@ impl LinearDevice {
     /// columns: the next call's decode then runs beside the short sum launch only. Since the
     /// cooperative GEMM splits its columns too (measured with a split rule of 256
     /// workgroups), it gains 0.5 ms a forward at 128 tokens and 1.4 at 512 and loses
-    /// 1.1-1.3 ms at 48-64, where the split grids fill the GPU.
+    /// 1.1-1.3 ms at 48-64, where the split grids fill the GPU. With today's split rule and
+    /// 8 distinct layers' calls in one encoder (no encoder cost, no layer twice in 56 calls)
+    /// 8 buffers gained nothing beyond noise at 17-512 tokens (0.1-0.4 ms; step 104): a
+    /// split call ends in its sum launch, so the next decode has little to run beside.
     /// wgpu's Metal backend encodes passes with Metal's serial dispatch type, which orders a
     /// pass's launches whatever wgpu's barriers: on Apple GPUs this is expected to change
     /// nothing (not measured).

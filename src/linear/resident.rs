@@ -214,7 +214,7 @@ pub(crate) struct ResidentBuffers {
     /// of them, taken in turn (`decoded_next`) by the calls as they are recorded or prepared.
     decoded: Vec<Option<wgpu::Buffer>>,
     decoded_next: usize,
-    /// The partial sums of the tiled GEMM's column splits.
+    /// The partial sums of the GEMMs' column splits (tiled f32 and cooperative).
     split_sums: Option<wgpu::Buffer>,
 }
 
