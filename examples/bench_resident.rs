@@ -11,9 +11,12 @@
 //!     [--copies 2] [--shapes 4096x4096,1024x4096,...] [--coop] [--own-outputs] [--prebuilt]
 //!     [--one-pass] [--prepared] [--decode-first N|never] [--coop-gemm N|never] [--tiled-gemm N|never]
 //!     [--orders columns,lanes] [--passes 2] [--decoded-buffers 1] [--calls-per-encoder N] [--coop-only]
+//!     [--coding window|whole]
 //! ```
 //!
-//! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64, `--copies` distinct copies of each
+//! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64, coded as window splits in row pairs
+//! (`--coding window`, the default) or whole (`--coding whole`, as plain `ecq encode` writes
+//! them: the form whose calls decode first on CPU devices), `--copies` distinct copies of each
 //! shape (layer `l` uses copy `l % copies`, so a forward streams more than the L2 cache holds).
 //! Every layer reads the same activation buffer and writes its shape's output buffer (with
 //! `--own-outputs` buffers of its own, so that no two launches write one buffer and wgpu
@@ -51,7 +54,7 @@ use ecq::linear::{
     QuantizedLinear,
 };
 use ecq::quant::{quantize_affine, AffineParams};
-use ecq::rans::{EncodeOptions, SplitMatrix, SplitOrder};
+use ecq::rans::{encode, EncodeOptions, EncodedMatrix, SplitMatrix, SplitOrder};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -94,6 +97,8 @@ struct Args {
     coop_only: bool,
     /// the activation orders timed
     orders: Vec<ActivationOrder>,
+    /// whole symbols (`ecq encode`) instead of window splits in row pairs
+    whole: bool,
     /// times each variant is timed
     passes: usize,
 }
@@ -118,6 +123,7 @@ fn parse_args() -> Result<Args, String> {
         coop_only: false,
         orders: vec![ActivationOrder::Columns, ActivationOrder::Lanes],
         passes: 2,
+        whole: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -166,6 +172,13 @@ fn parse_args() -> Result<Args, String> {
                     .collect::<Result<_, String>>()?
             }
             "--copies" => a.copies = number(value()?)?.max(1),
+            "--coding" => {
+                a.whole = match value()?.as_str() {
+                    "window" => false,
+                    "whole" => true,
+                    c => return Err(format!("coding {c}: window or whole")),
+                }
+            }
             "--ms" => a.ms = value()?.split(',').map(number).collect::<Result<_, _>>()?,
             "--shapes" => {
                 a.shapes = value()?
@@ -187,6 +200,12 @@ fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
     let u1: f64 = rng.random::<f64>().max(1e-12);
     let u2: f64 = rng.random();
     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+/// A shape's coded weights, as `--coding` asks.
+enum Coded {
+    Window(SplitMatrix),
+    Whole(EncodedMatrix),
 }
 
 /// One copy of every shape, fused and plain, with and without cooperative matrices.
@@ -228,16 +247,34 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         for &(r, k) in &a.shapes {
             let w: Vec<f32> = (0..r * k).map(|_| gaussian(&mut rng) * 0.02).collect();
             let q = quantize_affine(&w, r, k, FloatDType::F32, AffineParams::new(4, 64)?)?;
-            // (`ecq encode --window --row-pairs`: 4096-symbol chunks, its default minimum)
-            let o = EncodeOptions {
-                chunk_symbols: 4096,
-                min_chunks: ecq::container::MatrixCoding::Window4 { row_pairs: true }
-                    .default_min_chunks(),
-                group_size: 64,
-                ..Default::default()
+            let coded = if a.whole {
+                // (`ecq encode`'s defaults)
+                let o = EncodeOptions {
+                    group_size: 64,
+                    ..Default::default()
+                };
+                Coded::Whole(encode(&q.symbols(), r, k, 4, &o)?)
+            } else {
+                // (`ecq encode --window --row-pairs`: 4096-symbol chunks, its default minimum)
+                let o = EncodeOptions {
+                    chunk_symbols: 4096,
+                    min_chunks: ecq::container::MatrixCoding::Window4 { row_pairs: true }
+                        .default_min_chunks(),
+                    group_size: 64,
+                    ..Default::default()
+                };
+                Coded::Window(SplitMatrix::encode_window(
+                    &q.symbols(),
+                    r,
+                    k,
+                    &o,
+                    SplitOrder::RowPairs,
+                )?)
             };
-            let s = SplitMatrix::encode_window(&q.symbols(), r, k, &o, SplitOrder::RowPairs)?;
-            let layer = || CodedLayerRef::from_split(&s, 64, &q.scales, &q.biases, None);
+            let layer = || match &coded {
+                Coded::Window(s) => CodedLayerRef::from_split(s, 64, &q.scales, &q.biases, None),
+                Coded::Whole(e) => CodedLayerRef::from_encoded(e, 64, &q.scales, &q.biases, None),
+            };
             let with = |coop: bool| {
                 let opts = LinearOptions {
                     cooperative_matrix: coop,
@@ -263,7 +300,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
             eprintln!(
                 "copy {copy}, {r}x{k}: {:.3} coded bits/weight",
-                s.total_bytes() as f64 * 8.0 / (r * k) as f64
+                match &coded {
+                    Coded::Window(s) => s.total_bytes(),
+                    Coded::Whole(e) => e.total_bytes(),
+                } as f64
+                    * 8.0
+                    / (r * k) as f64
             );
         }
         stacks.push(st);

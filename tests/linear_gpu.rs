@@ -70,6 +70,25 @@ fn activations(seed: u64, n: usize) -> Vec<f32> {
     (0..n).map(|_| gaussian(&mut rng)).collect()
 }
 
+/// Options whose calls of several rows run the fused kernels at every row count, never
+/// decoding first: CPU devices decode first from 2 rows by default
+/// (`DECODE_FIRST_MIN_ROWS_CPU`), so the tests of the fused batched paths ask for them.
+fn fused_only() -> LinearOptions {
+    LinearOptions {
+        decode_first_min_rows: Some(usize::MAX),
+        ..Default::default()
+    }
+}
+
+/// The rows from which a layer that can decode first does by default on `d`'s device.
+fn default_decode_first_rows(d: &LinearDevice) -> usize {
+    if d.gpu().registry().cpu_device() {
+        ecq::linear::DECODE_FIRST_MIN_ROWS_CPU
+    } else {
+        ecq::linear::DECODE_FIRST_MIN_ROWS
+    }
+}
+
 fn upload(
     d: &Arc<LinearDevice>,
     c: &Case,
@@ -140,18 +159,21 @@ fn forward_batch_matches_cpu_reference() {
     for (i, &(r, k, b, gs, cs, tc)) in SHAPES.iter().enumerate() {
         let c = case(100 + i as u64, r, k, b, gs, cs, tc);
         let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
-        let gpu = upload(d, &c, &LinearOptions::default()).unwrap();
-        for m in [1usize, 2, 7, 33, 130] {
-            let x = activations(1000 * i as u64 + m as u64, m * k);
-            let y = gpu.forward_batch(&x, m).unwrap();
-            assert_close(
-                &format!("forward_batch {r}x{k} b{b} m{m}"),
-                &cpu,
-                &x,
-                m,
-                &y,
-                0.0,
-            );
+        // (by default, and the fused kernels at every row count)
+        for (how, opts) in [("", LinearOptions::default()), (", fused", fused_only())] {
+            let gpu = upload(d, &c, &opts).unwrap();
+            for m in [1usize, 2, 7, 33, 130] {
+                let x = activations(1000 * i as u64 + m as u64, m * k);
+                let y = gpu.forward_batch(&x, m).unwrap();
+                assert_close(
+                    &format!("forward_batch {r}x{k} b{b} m{m}{how}"),
+                    &cpu,
+                    &x,
+                    m,
+                    &y,
+                    0.0,
+                );
+            }
         }
     }
 }
@@ -256,6 +278,91 @@ fn plain_tiled_gemm_matches_cpu_reference() {
             };
             let got = plain.forward_batch(&x, 129).unwrap();
             assert_eq!(bits(got), bits(want.unwrap()), "{r}x{k}, splits {splits}");
+        }
+    }
+}
+
+/// On a CPU device, which runs no multi-vector GEMV, a plain layer's calls of 2 to
+/// `CPU_GEMV_MAX_ROWS` rows run the one-vector GEMV a row: `forward` row by row bit for bit,
+/// host and recorded calls, activations given in column and in lane order (a 4-bit layer, on
+/// lane order, and an 8-bit one, on columns); `set_gemv_many_max_m` moves the bound (`Some(0)`:
+/// `qgemm`, within the CPU reference's tolerance), and the tiled GEMM takes over from its rows.
+/// The rule is a CPU device's: elsewhere this test announces that it checked nothing.
+#[test]
+fn plain_cpu_device_gemv_a_row() {
+    use ecq::linear::{ActivationOrder, CPU_GEMV_MAX_ROWS, TILED_GEMM_MIN_ROWS};
+    use gpu_common::{recorded, Placement};
+    let Some(d) = dev() else { return };
+    if !d.gpu().registry().cpu_device() {
+        gpu_common::announce_unsupported(
+            "the plain layer's GEMV a row is a CPU device's rule; this device is a GPU",
+        );
+        return;
+    }
+    const { assert!(CPU_GEMV_MAX_ROWS < TILED_GEMM_MIN_ROWS) };
+    for (seed, r, k, b) in [(2700u64, 70usize, 512usize, 4u32), (2701, 40, 256, 8)] {
+        let c = case(seed, r, k, b, 64, 2048, 4);
+        let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
+        let plain = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
+        let row_by_row = |x: &[f32]| -> Vec<u32> {
+            bits(
+                x.chunks(k)
+                    .flat_map(|row| plain.forward(row).unwrap())
+                    .collect::<Vec<f32>>(),
+            )
+        };
+        for m in [2, 5, CPU_GEMV_MAX_ROWS] {
+            let label = format!("{r}x{k} b{b}, {m} rows");
+            let x = activations(seed + m as u64, m * k);
+            let want = row_by_row(&x);
+            assert_eq!(bits(plain.forward_batch(&x, m).unwrap()), want, "{label}");
+            let got = recorded(&plain, &x, ActivationOrder::Columns, m, Placement::START);
+            assert_eq!(bits(got.unwrap()), want, "{label}: recorded");
+            if b == 4 {
+                let lanes = ecq::gpu::x_lane_order(&x, k).unwrap();
+                let got = recorded(&plain, &lanes, ActivationOrder::Lanes, m, Placement::START);
+                assert_eq!(bits(got.unwrap()), want, "{label}: recorded, lane order");
+            }
+        }
+        // the bound moved: GEMVs up to 40 rows, and `qgemm` from 2
+        let mut wider = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
+        wider.set_gemv_many_max_m(Some(40));
+        let mut qgemm = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
+        qgemm.set_gemv_many_max_m(Some(0));
+        let m = TILED_GEMM_MIN_ROWS + 3;
+        let x = activations(seed + 99, m * k);
+        assert_eq!(
+            bits(wider.forward_batch(&x, m).unwrap()),
+            row_by_row(&x),
+            "{r}x{k} b{b}: GEMVs up to 40 rows"
+        );
+        for (what, layer) in [("qgemm", &qgemm), ("default", &plain)] {
+            let y = layer.forward_batch(&x[..3 * k], 3).unwrap();
+            assert_close(
+                &format!("{r}x{k} b{b} {what}"),
+                &cpu,
+                &x[..3 * k],
+                3,
+                &y,
+                0.0,
+            );
+        }
+        // from the tiled GEMM's rows (4 bits) the GEMM, not the GEMVs
+        if b == 4 {
+            let m = d.gpu().upload_quantized(&c.q).unwrap();
+            let (dev, queue, reg) = (d.device(), d.queue(), d.gpu().registry());
+            let rows = TILED_GEMM_MIN_ROWS;
+            let x = activations(seed + 7, rows * k);
+            let tile = ecq::gpu::TiledGemmTile::for_device(reg, r, rows);
+            let mut want = m.gemm_tiled_with(dev, queue, reg, &x, rows, tile).unwrap();
+            for (i, v) in want.iter_mut().enumerate() {
+                *v += c.bias[i % r];
+            }
+            assert_eq!(
+                bits(plain.forward_batch(&x, rows).unwrap()),
+                bits(want),
+                "{r}x{k}: the tiled GEMM from {rows} rows"
+            );
         }
     }
 }
@@ -366,7 +473,7 @@ fn forward_batch_into_reuses_the_call_buffers() {
             &LinearOptions {
                 max_buffer_bytes: limit,
                 gemv_batch_max_m: Some(300),
-                ..Default::default()
+                ..fused_only()
             },
         )
         .unwrap();
@@ -461,13 +568,13 @@ fn decode_tables_in_memory_change_no_result() {
     let Some(d) = dev() else { return };
     // 3 tiles of 2 one-row chunks (and a last tile of one)
     let c = case(31, 7, 1024, 4, 64, 512, 2);
-    let mem = upload(d, &c, &LinearOptions::default()).unwrap();
+    let mem = upload(d, &c, &fused_only()).unwrap();
     let built = upload(
         d,
         &c,
         &LinearOptions {
             tables_built_in_kernel: true,
-            ..Default::default()
+            ..fused_only()
         },
     )
     .unwrap();
@@ -587,7 +694,7 @@ fn corrupt_stream_is_reported() {
     for portable_gemm in [false, true] {
         let opts = LinearOptions {
             portable_gemm,
-            ..Default::default()
+            ..fused_only()
         };
         let (gpu, _) = corrupt_layer(d, &opts);
         // (2 rows: per-row GEMVs where subgroups are 32 wide; 9 rows: the batched kernel,
@@ -912,14 +1019,24 @@ fn split_layers_match_cpu_reference() {
         // one coded row per chunk, two chunks per tile, for the banded uploads
         let (_, small_tiles) = split_case(400 + i as u64, r, k, gs, 1, 2, order);
         let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
-        for (s, limit) in [(&whole_tiles, None), (&small_tiles, Some(4096))] {
+        // (banded layers never decode first; whole ones by default and fused)
+        for (s, limit, fused) in [
+            (&whole_tiles, None, false),
+            (&whole_tiles, None, true),
+            (&small_tiles, Some(4096), false),
+        ] {
+            let base = if fused {
+                fused_only()
+            } else {
+                LinearOptions::default()
+            };
             let gpu = EntropyCodedLinear::upload(
                 d,
                 "split",
                 CodedLayerRef::from_split(s, gs as usize, &c.q.scales, &c.q.biases, Some(&c.bias)),
                 &LinearOptions {
                     max_buffer_bytes: limit,
-                    ..Default::default()
+                    ..base
                 },
             )
             .unwrap();
@@ -930,7 +1047,11 @@ fn split_layers_match_cpu_reference() {
             if limit.is_some() {
                 assert!(gpu.n_bands() > 1, "{r}x{k}: expected several bands");
             }
-            let label = format!("{r}x{k} g{gs} {order:?} bands {}", gpu.n_bands());
+            let label = format!(
+                "{r}x{k} g{gs} {order:?} bands {}{}",
+                gpu.n_bands(),
+                if fused { ", fused" } else { "" }
+            );
             let x = activations(400 + i as u64, k);
             assert_close(&label, &cpu, &x, 1, &gpu.forward(&x).unwrap(), 0.0);
             for m in [1usize, 3, 130] {
@@ -1120,7 +1241,7 @@ fn forward_batch_by_gemv_rows_matches_cpu_reference() {
         let opts = LinearOptions {
             max_buffer_bytes: limit,
             gemv_batch_max_m: Some(gemv_rows),
-            ..Default::default()
+            ..fused_only()
         };
         let whole = upload(d, &c, &opts).unwrap();
         let split = EntropyCodedLinear::upload(
@@ -1203,7 +1324,7 @@ fn sixteen_bit_side_is_bit_identical_to_f32() {
                 let opts = LinearOptions {
                     side,
                     gemv_batch_max_m: Some(gemv_rows),
-                    ..Default::default()
+                    ..fused_only()
                 };
                 EntropyCodedLinear::upload(d, what, layer, &opts).unwrap()
             };
@@ -1728,7 +1849,7 @@ fn batched_target_workgroups_change_the_blocks_not_the_result() {
         let opts = LinearOptions {
             gemm_target_workgroups: target,
             gemv_batch_max_m: Some(0),
-            ..Default::default()
+            ..fused_only()
         };
         let gpu = upload(d, &c, &opts).unwrap();
         for m in [2usize, 33, 129, 300] {
@@ -1920,10 +2041,11 @@ fn recorded_calls_are_forward_batch_bit_for_bit() {
     let Some(d) = dev() else { return };
     let align = u64::from(d.device().limits().min_storage_buffer_offset_alignment);
     let c = case(70, 37, 512, 4, 64, 256, 2);
-    let coded = |limit: Option<u64>, gemv_max: Option<usize>| {
+    let coded = |limit: Option<u64>, gemv_max: Option<usize>, fused: bool| {
         let opts = LinearOptions {
             max_buffer_bytes: limit,
             gemv_batch_max_m: gemv_max,
+            decode_first_min_rows: fused.then_some(usize::MAX),
             ..Default::default()
         };
         upload(d, &c, &opts).unwrap()
@@ -1942,10 +2064,11 @@ fn recorded_calls_are_forward_batch_bit_for_bit() {
         p.set_gemv_many_max_m(many);
         p
     };
-    let (whole, banded, gemvs) = (
-        coded(None, None),
-        coded(Some(1024), None),
-        coded(None, Some(300)),
+    let (whole, fused, banded, gemvs) = (
+        coded(None, None, false),
+        coded(None, None, true),
+        coded(Some(1024), None, false),
+        coded(None, Some(300), true),
     );
     assert!(banded.n_bands() > 1);
     let (win, win_banded) = (window(None), window(Some(8192)));
@@ -1953,6 +2076,7 @@ fn recorded_calls_are_forward_batch_bit_for_bit() {
     let plains = [plain(None), plain(Some(512)), plain(Some(0))];
     let layers: Vec<(&str, &dyn GpuLinear, &[usize])> = vec![
         ("coded", &whole, &[1, 2, 9, 20, 37, 600]),
+        ("coded, fused", &fused, &[2, 9, 37, 600]),
         ("coded in bands", &banded, &[1, 9, 37, 600]),
         ("coded, GEMVs up to 300 rows", &gemvs, &[1, 20, 300]),
         ("window split", &win, &[1, 2, 17, 20, 37]),
@@ -2061,7 +2185,7 @@ fn recorded_calls_report_a_corrupt_stream() {
     use ecq::linear::{ActivationOrder, GpuLinear};
     use gpu_common::{recorded, Placement};
     let Some(d) = dev() else { return };
-    let (gpu, c) = corrupt_layer(d, &LinearOptions::default());
+    let (gpu, c) = corrupt_layer(d, &fused_only());
     let cols = ActivationOrder::Columns;
     for rows in [1, 2, 9] {
         let x = vec![1.0; rows * 256];
@@ -2490,7 +2614,7 @@ fn decode_first_calls_take_decoded_buffers_in_turn() {
         let gpu = upload(d, &c, &LinearOptions::default()).unwrap();
         assert_eq!(
             gpu.decode_first_min_rows(),
-            DECODE_FIRST_MIN_ROWS,
+            default_decode_first_rows(d),
             "{r}x{k}"
         );
         let plain = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
@@ -2566,10 +2690,10 @@ fn decode_first_calls_take_decoded_buffers_in_turn() {
 /// stream is reported on this path too, host and recorded.
 #[test]
 fn decode_first_calls_are_the_plain_layer_bit_for_bit() {
-    use ecq::linear::{ActivationOrder, DECODE_FIRST_MIN_ROWS};
+    use ecq::linear::ActivationOrder;
     use gpu_common::{recorded, Placement};
     let Some(d) = dev() else { return };
-    let min = DECODE_FIRST_MIN_ROWS;
+    let min = default_decode_first_rows(d);
     // (rows, cols, bits, group, chunk symbols, tile chunks) coded whole
     let whole = [
         (37, 384, 4, 64, 1024, 2),

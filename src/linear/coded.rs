@@ -152,9 +152,18 @@ pub const COOP_MIN_ROWS: usize = 12;
 /// rows 0.96x, 128 0.91x and 512 0.89x. With the plain tiled GEMM from 33 rows
 /// ([`crate::linear::TILED_GEMM_MIN_ROWS_SUBGROUPS`]) 33 / 36 / 40 rows took 45.1 / 45.1 /
 /// 45.3 ms decoding first against 46.1 / 49.8 / 55.1 in fused launches, 32 rows 44.7
-/// against 41.2 (step 105). (Layers whose decode kernels run on CPU devices were not
-/// timed at these rows: window splits need 32-wide subgroups to decode first.)
+/// against 41.2 (step 105). CPU devices: [`DECODE_FIRST_MIN_ROWS_CPU`].
 pub const DECODE_FIRST_MIN_ROWS: usize = 33;
+
+/// [`DECODE_FIRST_MIN_ROWS`] on CPU devices ([`crate::gpu::PipelineRegistry::cpu_device`]):
+/// every call of several rows decodes first. On lavapipe (2 cores) a whole-coded 1024x4096
+/// layer's fused batched kernel (`rans_gemm.wgsl`: no 32-wide subgroups there) took 141 /
+/// 148 / 177 / 195 ms a call at 2 / 8 / 16 / 31 rows, decoding first 76 / 90 / 108 / 138
+/// with the plain layer's GEMV a row below 32 rows ([`crate::linear::CPU_GEMV_MAX_ROWS`])
+/// (BENCHMARKS.md issue 5, step 106). One row (`forward`, and `forward_batch` of one) keeps
+/// the fused GEMV, the form this library exists to run, although decoding first took 79 ms
+/// against its 141 there.
+pub const DECODE_FIRST_MIN_ROWS_CPU: usize = 2;
 
 /// [`DECODE_FIRST_MIN_ROWS`] for layers on cooperative matrices
 /// ([`LinearOptions::cooperative_matrix`]): from the fused launches' second launch of 16
@@ -330,7 +339,8 @@ pub struct LinearOptions {
     /// layer's on the same weights, bit for bit. The decode costs about one fused GEMV's
     /// time, after which each row costs what it costs plain, so it pays for calls of many
     /// rows. `None` (default): [`DECODE_FIRST_MIN_ROWS`], or [`DECODE_FIRST_MIN_ROWS_COOP`]
-    /// where the layer multiplies on cooperative matrices; `Some(usize::MAX)` never. Takes
+    /// where the layer multiplies on cooperative matrices, [`DECODE_FIRST_MIN_ROWS_CPU`] on
+    /// CPU devices; `Some(usize::MAX)` never. Takes
     /// effect for layers in one row band whose weights a decode kernel runs on this device
     /// and the plain kernels take (2, 4 or 8 bits; a window split needs the blocked decode
     /// kernel, 32-wide subgroups); [`EntropyCodedLinear::decode_first_min_rows`] says what the
@@ -1192,6 +1202,8 @@ impl EntropyCodedLinear {
             opts.decode_first_min_rows
                 .unwrap_or(if coop {
                     DECODE_FIRST_MIN_ROWS_COOP
+                } else if dev.gpu().registry().cpu_device() {
+                    DECODE_FIRST_MIN_ROWS_CPU
                 } else {
                     DECODE_FIRST_MIN_ROWS
                 })

@@ -29,7 +29,8 @@
 //! * [`QuantizedLinear`] is the plain MLX quantized baseline on the GPU (the plain GEMV for one
 //!   vector, `wgsl/qgemv4_many.wgsl` in launches of up to 16 rows for 2 to
 //!   [`PLAIN_GEMV_MANY_MAX_M`] rows of 4-bit weights where subgroups are 32 wide, both on
-//!   activations in lane order, `wgsl/qgemm.wgsl` for a batch, with the same multiply as
+//!   activations in lane order, on a CPU device the plain GEMV a row up to
+//!   [`CPU_GEMV_MAX_ROWS`] rows, `wgsl/qgemm.wgsl` for a batch, with the same multiply as
 //!   `rans_gemm.wgsl`; for 4-bit weights the tiled f32 GEMM `wgsl/qgemm_tiled.wgsl` from
 //!   [`TILED_GEMM_MIN_ROWS`] rows, or [`TILED_GEMM_MIN_ROWS_SUBGROUPS`] where the launches of
 //!   16 rows run, its columns split across workgroups where its tiles are few on a GPU;
@@ -83,7 +84,7 @@ mod resident;
 
 pub use coded::{
     CodedLayerRef, EntropyCodedLinear, LinearDispatch, LinearOptions, COOP_MIN_ROWS,
-    DECODE_FIRST_MIN_ROWS, DECODE_FIRST_MIN_ROWS_COOP, GEMV_BATCH_MAX_M,
+    DECODE_FIRST_MIN_ROWS, DECODE_FIRST_MIN_ROWS_COOP, DECODE_FIRST_MIN_ROWS_CPU, GEMV_BATCH_MAX_M,
     GEMV_BATCH_MAX_M_LANE_ORDER, GEMV_BATCH_MAX_M_LANE_ORDER_SMALL, GEMV_BATCH_MAX_M_SMALL,
     GEMV_BATCH_MAX_M_WHOLE, GEMV_BATCH_MAX_M_WINDOW, GEMV_BATCH_MAX_M_WINDOW_MID,
     GEMV_BATCH_MAX_M_WINDOW_SMALL, GEMV_BATCH_MAX_M_WINDOW_VECTORS,
@@ -94,8 +95,8 @@ pub use cpu::CpuLinear;
 pub use device::LinearDevice;
 pub use model::EntropyCodedModel;
 pub use plain::{
-    QuantizedLinear, COOP_GEMM_MIN_ROWS, PLAIN_GEMV_MANY_MAX_M, PLAIN_GEMV_MANY_MAX_M_SMALL,
-    TILED_GEMM_MIN_ROWS, TILED_GEMM_MIN_ROWS_SUBGROUPS,
+    QuantizedLinear, COOP_GEMM_MIN_ROWS, CPU_GEMV_MAX_ROWS, PLAIN_GEMV_MANY_MAX_M,
+    PLAIN_GEMV_MANY_MAX_M_SMALL, TILED_GEMM_MIN_ROWS, TILED_GEMM_MIN_ROWS_SUBGROUPS,
 };
 pub use resident::{ActivationOrder, GpuLinear, PreparedForward};
 

@@ -47,6 +47,17 @@ pub const COOP_GEMM_MIN_ROWS: usize = 17;
 /// 64 rows and 717 against 1100 for 512 (BENCHMARKS.md issue 5, step 99).
 pub const TILED_GEMM_MIN_ROWS: usize = 32;
 
+/// The most activation rows for which [`QuantizedLinear`]'s `forward_batch` on a CPU device
+/// ([`crate::gpu::PipelineRegistry::cpu_device`]) runs one launch of the plain GEMV a row
+/// instead of `qgemm`, where the GEMV takes the matrix ([`QuantizedLinear::set_gemv_many_max_m`]
+/// sets another count; the tiled f32 GEMM from [`TILED_GEMM_MIN_ROWS`] rows by default comes
+/// first). On lavapipe (2 cores) at
+/// 1024x4096 the GEMV took 2.2-2.3 ms a row (4.6 ms for 2 rows, 36 for 16) against `qgemm`'s
+/// 34 / 61 / 126 ms at 2 / 16 / 32 rows and the tiled GEMM's 49-57 at 2-32; at 4096x4096 and
+/// 4096x14336 together 32 ms a row against the tiled GEMM's 910-1010 ms at 16-32 rows
+/// (BENCHMARKS.md issue 5, step 106).
+pub const CPU_GEMV_MAX_ROWS: usize = 31;
+
 /// [`TILED_GEMM_MIN_ROWS`] where 32-wide subgroups run the multi-vector launches of 16 rows
 /// instead: from their third launch. With column splits to 1024 workgroups
 /// ([`crate::gpu::TILED_GEMM_SPLIT_WORKGROUPS`]) 32 Llama-3-8B layers in f32 took 38.5-39.4 ms
@@ -101,7 +112,9 @@ pub(crate) enum PlainPath<'a> {
 /// session); elsewhere `qgemm` with one row. For 2 to [`PLAIN_GEMV_MANY_MAX_M`] rows of 4-bit
 /// weights ([`PLAIN_GEMV_MANY_MAX_M_SMALL`] for small matrices) `forward_batch` runs launches
 /// of up to 16 rows of `wgsl/qgemv4_many.wgsl` where 32-wide subgroups allow it
-/// ([`crate::gpu::GpuQuantizedMatrix::gemv_many_dispatch`], the weights read once a launch). Both GEMVs of 4-bit weights take their activations in lane order
+/// ([`crate::gpu::GpuQuantizedMatrix::gemv_many_dispatch`], the weights read once a launch),
+/// and on a CPU device the plain GEMV a row up to [`CPU_GEMV_MAX_ROWS`] rows (where a few
+/// threads run `qgemm` several times slower). Both GEMVs of 4-bit weights take their activations in lane order
 /// ([`crate::gpu::x_lane_order`], permuted on the host as they are uploaded), as the fused
 /// layer's do ([`super::EntropyCodedLinear::lane_order`]): the same results, read in whole
 /// lines. Calls of 4-bit weights run the tiled f32 GEMM from [`TILED_GEMM_MIN_ROWS`] rows
@@ -371,7 +384,9 @@ impl QuantizedLinear {
     /// ([`PLAIN_GEMV_MANY_MAX_M`], [`PLAIN_GEMV_MANY_MAX_M_SMALL`] up to 2^22 weights, every
     /// row count with the cooperative option above 2^22 weights); `Some(0)` runs `qgemm` for
     /// every row count but one (one row runs the plain GEMV, as `forward` does). Matrices the
-    /// multi-vector GEMV cannot run keep `qgemm`.
+    /// multi-vector GEMV cannot run keep `qgemm`, except on a CPU device, which runs no
+    /// multi-vector GEMV: there these rows run the one-vector GEMV a row where it takes the
+    /// matrix (`None`: up to [`CPU_GEMV_MAX_ROWS`] rows).
     pub fn set_gemv_many_max_m(&mut self, m: Option<usize>) {
         self.many_max_m = m;
     }
@@ -500,24 +515,33 @@ impl QuantizedLinear {
             .map_err(|source| LinearError::gpu(&self.name, source))
     }
 
-    /// The plain multi-vector GEMV of `m` rows of `x` (4-bit, `cols % 16 == 0`: no padding;
-    /// no bias), in launches of up to [`crate::gpu::MAX_GEMV_VECTORS`] rows on activations in
-    /// lane order (or, with the cooperative option, launches of at least
-    /// [`super::COOP_MIN_ROWS`] on cooperative matrices), recorded into one submission whose
+    /// The plain multi-vector GEMV of `m` rows of `x` (`many`; 4-bit, `cols % 16 == 0`: no
+    /// padding; no bias), in launches of up to [`crate::gpu::MAX_GEMV_VECTORS`] rows on
+    /// activations in lane order (or, with the cooperative option, launches of at least
+    /// [`super::COOP_MIN_ROWS`] on cooperative matrices), or the one-vector GEMV a row (in
+    /// lane order where it takes it, as `forward`; no padding either: the GEMV takes only
+    /// matrices of whole words a row), recorded into one submission whose
     /// read back is under way when this returns ([`Self::finish_read`]). The
     /// launches share the call's buffers as [`EntropyCodedLinear`](super::EntropyCodedLinear)'s
     /// do: activations from ranges of one buffer, outputs in place where the device can bind
     /// their offsets, else in a parts buffer copied into place.
-    fn submit_many<'a>(
+    fn submit_gemvs<'a>(
         &'a self,
         v: &crate::gpu::GpuQuantizedMatrix,
+        many: bool,
         x: &[f32],
         m: usize,
     ) -> Result<PendingRead<'a>, LinearError> {
         let (r, k) = (self.out_features(), self.in_features());
         let gpu_err = |source| LinearError::gpu(&self.name, source);
-        let device = self.dev.device();
-        let per = crate::gpu::MAX_GEMV_VECTORS as usize;
+        let (device, registry) = (self.dev.device(), self.dev.gpu().registry());
+        let per = if many {
+            crate::gpu::MAX_GEMV_VECTORS as usize
+        } else {
+            1
+        };
+        // (the one-vector GEMV reads lane order where it takes it, as `forward`)
+        let lanes = many || v.nibble4_supported();
         let layout = LaunchLayout::new(m, per, k, r, vec![(0, r)], self.dev.storage_alignment());
         let mut scratch = self.dev.call_scratch();
         let mut enc = device.create_command_encoder(&Default::default());
@@ -526,7 +550,7 @@ impl QuantizedLinear {
                 layout.write_rows(w, |row_at, w| {
                     let row = &x[row_at * k..(row_at + 1) * k];
                     // (cooperative launches read column order, which their pass rearranges)
-                    if self.coop_launch(per.min(m - row_at / per * per)) {
+                    if !lanes || (many && self.coop_launch(per.min(m - row_at / per * per))) {
                         w.put(row);
                         return Ok(());
                     }
@@ -540,8 +564,17 @@ impl QuantizedLinear {
         for (j, i, n) in layout.launches() {
             let xr = layout.x_range(&xb, j, n);
             let yr = layout.y_range((&y).into(), parts.as_ref(), (j, i, n), 0);
-            self.record_many(v, &mut launches, xr, yr, n, true)
-                .map_err(gpu_err)?;
+            if many {
+                self.record_many(v, &mut launches, xr, yr, n, true)
+                    .map_err(gpu_err)?;
+            } else if lanes {
+                launches.push(
+                    v.gemv_lane_order_dispatch(device, registry, xr, yr)
+                        .map_err(gpu_err)?,
+                );
+            } else {
+                launches.push(v.gemv_dispatch(device, registry, xr, yr).map_err(gpu_err)?);
+            }
         }
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
@@ -727,11 +760,18 @@ impl QuantizedLinear {
             return PlainPath::Many(v);
         }
         let many = many_ok && (2..=many_max).contains(&m);
-        if self.tiled_gemm(v, m) && !(many && self.many_max_m.is_some()) {
+        // (a CPU device runs no multi-vector GEMV: the one-vector GEMV a row instead)
+        let cpu_gemvs = !many_ok
+            && self.dev.gpu().registry().cpu_device()
+            && (2..=self.many_max_m.unwrap_or(CPU_GEMV_MAX_ROWS)).contains(&m);
+        if self.tiled_gemm(v, m) && !((many || cpu_gemvs) && self.many_max_m.is_some()) {
             return PlainPath::TiledGemm(v);
         }
         if many {
             return PlainPath::Many(v);
+        }
+        if cpu_gemvs {
+            return PlainPath::Vector(v);
         }
         PlainPath::Gemm
     }
@@ -813,18 +853,23 @@ impl Linear for QuantizedLinear {
         let path = self.path(m);
         let coop = matches!(path, PlainPath::CoopGemm(_));
         match path {
-            PlainPath::Vector(_) => {
+            PlainPath::Vector(_) if m == 1 => {
                 // (the plain GEMV, as `forward`: `qgemm` took 1.1 ms for one row at 4096x14336
                 // on an H200, the GEMV's whole call 0.4)
                 y.copy_from_slice(&self.forward(x)?);
                 return Ok(());
             }
-            PlainPath::Many(v) => pipelined(
-                m,
-                super::GEMV_SUBMIT_ROWS,
-                |start, mb| self.submit_many(v, &x[start * k..(start + mb) * k], mb),
-                |pending, start, mb| self.finish_read(pending, &mut y[start * r..(start + mb) * r]),
-            )?,
+            PlainPath::Vector(v) | PlainPath::Many(v) => {
+                let many = matches!(path, PlainPath::Many(_));
+                pipelined(
+                    m,
+                    super::GEMV_SUBMIT_ROWS,
+                    |start, mb| self.submit_gemvs(v, many, &x[start * k..(start + mb) * k], mb),
+                    |pending, start, mb| {
+                        self.finish_read(pending, &mut y[start * r..(start + mb) * r])
+                    },
+                )?
+            }
             PlainPath::CoopGemm(v) | PlainPath::TiledGemm(v) => {
                 self.run_blocks(x, m, y, k, |xb, yb, mb, pass| {
                     let mut launches = Vec::new();
