@@ -11,12 +11,13 @@
 //!     [--copies 2] [--shapes 4096x4096,1024x4096,...] [--coop] [--own-outputs] [--prebuilt]
 //!     [--one-pass] [--prepared] [--decode-first N|never] [--coop-gemm N|never] [--tiled-gemm N|never]
 //!     [--orders columns,lanes] [--passes 2] [--decoded-buffers 1] [--calls-per-encoder N] [--coop-only]
-//!     [--coding window|whole]
+//!     [--coding window|split|whole]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64, coded as window splits in row pairs
-//! (`--coding window`, the default) or whole (`--coding whole`, as plain `ecq encode` writes
-//! them: the form whose calls decode first on CPU devices), `--copies` distinct copies of each
+//! (`--coding window`, the default), splits 2 + 2 in row pairs (`--coding split`, `ecq encode
+//! --split --row-pairs`) or whole (`--coding whole`, as plain `ecq encode` writes them: the
+//! file format's default), `--copies` distinct copies of each
 //! shape (layer `l` uses copy `l % copies`, so a forward streams more than the L2 cache holds).
 //! Every layer reads the same activation buffer and writes its shape's output buffer (with
 //! `--own-outputs` buffers of its own, so that no two launches write one buffer and wgpu
@@ -97,8 +98,8 @@ struct Args {
     coop_only: bool,
     /// the activation orders timed
     orders: Vec<ActivationOrder>,
-    /// whole symbols (`ecq encode`) instead of window splits in row pairs
-    whole: bool,
+    /// how the fused layers are coded
+    coding: Coding,
     /// times each variant is timed
     passes: usize,
 }
@@ -123,7 +124,7 @@ fn parse_args() -> Result<Args, String> {
         coop_only: false,
         orders: vec![ActivationOrder::Columns, ActivationOrder::Lanes],
         passes: 2,
-        whole: false,
+        coding: Coding::Window,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -173,10 +174,11 @@ fn parse_args() -> Result<Args, String> {
             }
             "--copies" => a.copies = number(value()?)?.max(1),
             "--coding" => {
-                a.whole = match value()?.as_str() {
-                    "window" => false,
-                    "whole" => true,
-                    c => return Err(format!("coding {c}: window or whole")),
+                a.coding = match value()?.as_str() {
+                    "window" => Coding::Window,
+                    "split" => Coding::Split,
+                    "whole" => Coding::Whole,
+                    c => return Err(format!("coding {c}: window, split or whole")),
                 }
             }
             "--ms" => a.ms = value()?.split(',').map(number).collect::<Result<_, _>>()?,
@@ -202,7 +204,16 @@ fn gaussian(rng: &mut ChaCha8Rng) -> f32 {
     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }
 
-/// A shape's coded weights, as `--coding` asks.
+/// `--coding`: window splits in row pairs (`ecq encode --window --row-pairs`), splits 2 + 2
+/// in row pairs (`ecq encode --split --row-pairs`), or whole symbols (`ecq encode`).
+#[derive(Clone, Copy, PartialEq)]
+enum Coding {
+    Window,
+    Split,
+    Whole,
+}
+
+/// A shape's coded weights, as `--coding` asks (splits of either kind as `Window`).
 enum Coded {
     Window(SplitMatrix),
     Whole(EncodedMatrix),
@@ -247,13 +258,33 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         for &(r, k) in &a.shapes {
             let w: Vec<f32> = (0..r * k).map(|_| gaussian(&mut rng) * 0.02).collect();
             let q = quantize_affine(&w, r, k, FloatDType::F32, AffineParams::new(4, 64)?)?;
-            let coded = if a.whole {
+            let coded = if a.coding == Coding::Whole {
                 // (`ecq encode`'s defaults)
                 let o = EncodeOptions {
                     group_size: 64,
                     ..Default::default()
                 };
                 Coded::Whole(encode(&q.symbols(), r, k, 4, &o)?)
+            } else if a.coding == Coding::Split {
+                // (`ecq encode --split --row-pairs`: half the symbols a chunk, its default
+                // minimum)
+                let o = EncodeOptions {
+                    chunk_symbols: ecq::rans::DEFAULT_CHUNK_SYMBOLS / 2,
+                    min_chunks: ecq::container::MatrixCoding::Split4 { row_pairs: true }
+                        .default_min_chunks(),
+                    group_size: 64,
+                    ..Default::default()
+                };
+                let order = SplitOrder::RowPairs;
+                Coded::Window(SplitMatrix::encode_ordered(
+                    &q.symbols(),
+                    r,
+                    k,
+                    4,
+                    2,
+                    &o,
+                    order,
+                )?)
             } else {
                 // (`ecq encode --window --row-pairs`: 4096-symbol chunks, its default minimum)
                 let o = EncodeOptions {
@@ -310,7 +341,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
         stacks.push(st);
     }
-    let coop_on = stacks[0].fused_coop[0].cooperative_matrix();
+    // (whole-coded layers have no cooperative fused kernel: their calls decoding first do)
+    let coop_on = stacks[0].fused_coop[0].cooperative_matrix()
+        || stacks[0].fused_coop[0].decode_first_cooperative_matrix();
     let max_k = a.shapes.iter().map(|s| s.1).max().unwrap_or(0);
     let from = |n: usize| match n {
         usize::MAX => "never".to_string(),

@@ -627,6 +627,96 @@ fn coop_gemv_rounds_activations_to_f16() {
     }
 }
 
+/// A whole-coded layer (the file format's default) has no cooperative fused kernel, but with
+/// `LinearOptions::cooperative_matrix` its calls decoding first run the plain layer's
+/// cooperative kernels where the device has them: `decode_first_cooperative_matrix()` says so
+/// (and is false for 8-bit weights, inputs not a multiple of 512, and without the option), it
+/// decodes first from `DECODE_FIRST_MIN_ROWS_NOT_WINDOW` rows as without the option, and its outputs are the plain cooperative
+/// layer's bit for bit (host and recorded calls, launches of 16 rows and the cooperative
+/// GEMM), within the cooperative bounds of the f64 reference. Elsewhere (lavapipe) the layer
+/// decodes first in f32, as without the option.
+#[test]
+fn coop_whole_layers_decode_first_on_cooperative_matrices() {
+    use ecq::linear::{
+        CodedLayerRef, EntropyCodedLinear, Linear, LinearDevice, LinearOptions, QuantizedLinear,
+        DECODE_FIRST_MIN_ROWS_NOT_WINDOW,
+    };
+    use gpu_common::{recorded, Placement};
+    if ctx().is_none() {
+        return;
+    }
+    let dev = LinearDevice::from_context(GpuContext::with_cooperative_matrix().unwrap());
+    let offered = dev.gpu().registry().cooperative_matrix();
+    let coop = LinearOptions {
+        cooperative_matrix: true,
+        ..Default::default()
+    };
+    let whole = |q: &QuantizedMatrix| {
+        let opts = EncodeOptions {
+            chunk_symbols: 2048,
+            group_size: q.group_size,
+            ..Default::default()
+        };
+        ecq::rans::encode(&q.symbols(), q.rows, q.cols, q.bits, &opts).unwrap()
+    };
+    // 8-bit weights and inputs not a multiple of 512: no cooperative plain kernel
+    for (seed, rows, cols, b) in [(3900u64, 48, 1024, 8), (3901, 48, 768, 4)] {
+        let q = random_matrix(seed, rows, cols, b, 64).0;
+        let e = whole(&q);
+        let layer = CodedLayerRef::from_encoded(&e, 64, &q.scales, &q.biases, None);
+        let gpu = EntropyCodedLinear::upload(&dev, "whole", layer, &coop).unwrap();
+        assert!(!gpu.cooperative_matrix() && !gpu.decode_first_cooperative_matrix());
+    }
+    let (rows, cols) = (300, 1024);
+    let q = random_matrix(3902, rows, cols, 4, 64).0;
+    let e = whole(&q);
+    let layer = || CodedLayerRef::from_encoded(&e, 64, &q.scales, &q.biases, None);
+    let gpu = EntropyCodedLinear::upload(&dev, "whole coop", layer(), &coop).unwrap();
+    let f32_layer =
+        EntropyCodedLinear::upload(&dev, "whole", layer(), &LinearOptions::default()).unwrap();
+    assert!(!gpu.cooperative_matrix());
+    assert_eq!(gpu.decode_first_cooperative_matrix(), offered);
+    assert!(!f32_layer.decode_first_cooperative_matrix());
+    assert_eq!(
+        gpu.decode_first_min_rows(),
+        DECODE_FIRST_MIN_ROWS_NOT_WINDOW
+    );
+    assert_eq!(
+        f32_layer.decode_first_min_rows(),
+        DECODE_FIRST_MIN_ROWS_NOT_WINDOW
+    );
+    if !offered {
+        announce_no_coop(dev.gpu());
+        return;
+    }
+    let mut plain = QuantizedLinear::upload(&dev, "plain", &q, None).unwrap();
+    assert!(plain.set_cooperative_matrix(true));
+    let mut rng = ChaCha8Rng::seed_from_u64(3903);
+    // (f32 launches below COOP_MIN_ROWS, cooperative launches of 16 below the GEMM's rows,
+    // the GEMM from them)
+    for m in [DECODE_FIRST_MIN_ROWS_NOT_WINDOW, 12, 16, 40, 130] {
+        let x: Vec<f32> = (0..m * cols).map(|_| gaussian(&mut rng)).collect();
+        let got = gpu.forward_batch(&x, m).unwrap();
+        assert_eq!(
+            bits(&got),
+            bits(plain.forward_batch(&x, m).unwrap()),
+            "{m} rows: the plain cooperative layer's outputs"
+        );
+        let columns = ecq::linear::ActivationOrder::Columns;
+        let rec = recorded(&gpu, &x, columns, m, Placement::START).unwrap();
+        assert_eq!(bits(&rec), bits(&got), "{m} rows recorded");
+        let (want, sum_abs) = reference(&q, &x, m);
+        assert_within(
+            &format!("{m} rows"),
+            &got,
+            &want,
+            &sum_abs,
+            cols,
+            2.0 * TOL_F16_ROUNDING,
+        );
+    }
+}
+
 /// The layers' cooperative launches (`LinearOptions::cooperative_matrix`,
 /// `QuantizedLinear::set_cooperative_matrix`): `forward_batch` of 20 rows (a launch of 16 on
 /// cooperative matrices, one of 4 in f32), and where the device has cooperative matrices of

@@ -71,8 +71,8 @@ fn activations(seed: u64, n: usize) -> Vec<f32> {
 }
 
 /// Options whose calls of several rows run the fused kernels at every row count, never
-/// decoding first: CPU devices decode first from 2 rows by default
-/// (`DECODE_FIRST_MIN_ROWS_CPU`), so the tests of the fused batched paths ask for them.
+/// decoding first: layers that are not window splits decode first from 2 rows by default
+/// (`DECODE_FIRST_MIN_ROWS_NOT_WINDOW`), so the tests of the fused batched paths ask for them.
 fn fused_only() -> LinearOptions {
     LinearOptions {
         decode_first_min_rows: Some(usize::MAX),
@@ -80,12 +80,13 @@ fn fused_only() -> LinearOptions {
     }
 }
 
-/// The rows from which a layer that can decode first does by default on `d`'s device.
-fn default_decode_first_rows(d: &LinearDevice) -> usize {
-    if d.gpu().registry().cpu_device() {
-        ecq::linear::DECODE_FIRST_MIN_ROWS_CPU
-    } else {
+/// The rows from which a layer that can decode first does by default (in f32): a window
+/// split's `DECODE_FIRST_MIN_ROWS`, the others' `DECODE_FIRST_MIN_ROWS_NOT_WINDOW`.
+fn default_decode_first_rows(window: bool) -> usize {
+    if window {
         ecq::linear::DECODE_FIRST_MIN_ROWS
+    } else {
+        ecq::linear::DECODE_FIRST_MIN_ROWS_NOT_WINDOW
     }
 }
 
@@ -2614,7 +2615,7 @@ fn decode_first_calls_take_decoded_buffers_in_turn() {
         let gpu = upload(d, &c, &LinearOptions::default()).unwrap();
         assert_eq!(
             gpu.decode_first_min_rows(),
-            default_decode_first_rows(d),
+            default_decode_first_rows(false),
             "{r}x{k}"
         );
         let plain = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
@@ -2683,9 +2684,10 @@ fn decode_first_calls_take_decoded_buffers_in_turn() {
 /// `LinearOptions::decode_first_min_rows`: a call of at least that many rows decodes the
 /// layer's weights and runs the plain layer's kernels on them, so its outputs are
 /// `QuantizedLinear`'s on the same weights bit for bit (host and recorded calls, with a bias,
-/// beyond one batched launch), for whole-symbol layers of 2, 4 and 8 bits, split ones and
-/// window splits (where a decode kernel runs them: those need 32-wide subgroups); a call of
-/// fewer rows stays fused, within the CPU reference's tolerance. Layers the plain kernels or
+/// beyond one batched launch), for whole-symbol layers of 2, 4 and 8 bits and split ones (by
+/// default from 2 rows) and window splits (where a decode kernel runs them: those need
+/// 32-wide subgroups; by default from `DECODE_FIRST_MIN_ROWS`); a call of fewer rows stays
+/// fused, within the CPU reference's tolerance. Layers the plain kernels or
 /// no decode kernel can run, and layers in several row bands, never decode first. A corrupt
 /// stream is reported on this path too, host and recorded.
 #[test]
@@ -2693,40 +2695,44 @@ fn decode_first_calls_are_the_plain_layer_bit_for_bit() {
     use ecq::linear::ActivationOrder;
     use gpu_common::{recorded, Placement};
     let Some(d) = dev() else { return };
-    let min = default_decode_first_rows(d);
+    let (min, window_min) = (
+        default_decode_first_rows(false),
+        default_decode_first_rows(true),
+    );
     // (rows, cols, bits, group, chunk symbols, tile chunks) coded whole
     let whole = [
         (37, 384, 4, 64, 1024, 2),
         (96, 512, 2, 32, 4096, 3),
         (40, 192, 8, 64, 2048, 4),
     ];
-    let mut layers: Vec<(String, Case, EntropyCodedLinear)> = Vec::new();
+    let mut layers: Vec<(String, Case, EntropyCodedLinear, usize)> = Vec::new();
     for (i, &(r, k, b, gs, cs, tc)) in whole.iter().enumerate() {
         let c = case(4100 + i as u64, r, k, b, gs, cs, tc);
         let gpu = upload(d, &c, &LinearOptions::default()).unwrap();
         assert_eq!(gpu.decode_first_min_rows(), min, "{r}x{k} b{b}");
-        layers.push((format!("whole {r}x{k} b{b}"), c, gpu));
+        layers.push((format!("whole {r}x{k} b{b}"), c, gpu, min));
     }
     for (i, (r, k, gs, cs, tc, order)) in split_shapes().into_iter().take(3).enumerate() {
         let (c, s) = split_case(4200 + i as u64, r, k, gs, cs, tc, order);
         let m = CodedLayerRef::from_split(&s, gs as usize, &c.q.scales, &c.q.biases, Some(&c.bias));
         let gpu = EntropyCodedLinear::upload(d, "split", m, &LinearOptions::default()).unwrap();
         assert_eq!(gpu.decode_first_min_rows(), min, "split {r}x{k} {order:?}");
-        layers.push((format!("split {r}x{k} {order:?}"), c, gpu));
+        layers.push((format!("split {r}x{k} {order:?}"), c, gpu, min));
     }
     let (c, s) = window_case(4300);
     let m = CodedLayerRef::from_split(&s, 64, &c.q.scales, &c.q.biases, Some(&c.bias));
     let gpu = EntropyCodedLinear::upload(d, "window", m, &LinearOptions::default()).unwrap();
     let subgroups32 = d.gpu().registry().subgroups32();
-    assert_eq!(gpu.decode_first_min_rows() == min, subgroups32);
+    assert_eq!(gpu.decode_first_min_rows() == window_min, subgroups32);
     if subgroups32 {
-        layers.push(("window 16x2048".into(), c, gpu));
+        layers.push(("window 16x2048".into(), c, gpu, window_min));
     } else {
         gpu_common::announce_unsupported(
             "decoding a window split first (the blocked decode kernel needs 32-wide subgroups)",
         );
     }
-    for (label, c, gpu) in &layers {
+    for (label, c, gpu, min) in &layers {
+        let min = *min;
         let (r, k) = (gpu.out_features(), gpu.in_features());
         let plain = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
         let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();

@@ -1062,44 +1062,25 @@ impl GpuQuantizedMatrix {
     /// Why [`Self::gemv_coop_dispatch`] cannot run this matrix on `registry`'s device, or
     /// `None` where it can.
     fn coop_refusal(&self, registry: &PipelineRegistry) -> Option<String> {
-        let gs = self.group_size;
-        self.coop_refusal_for(
+        Self::coop_gemv_refusal(registry, self.bits, self.cols(), self.group_size)
+    }
+
+    /// [`Self::coop_refusal`] for a matrix of `bits`, `cols` inputs and MLX groups of
+    /// `group_size` before there is one (a coded layer's weights decoded first).
+    pub(crate) fn coop_gemv_refusal(
+        registry: &PipelineRegistry,
+        bits: u32,
+        cols: usize,
+        group_size: u32,
+    ) -> Option<String> {
+        let gs = group_size;
+        coop_refusal_for(
             registry,
+            (bits, cols, gs),
             "GEMV",
             super::COOP_BLOCK_COLS,
             (gs == 64 || gs == 128, "of 64 or 128"),
         )
-    }
-
-    /// Why a cooperative 4-bit kernel (`kernel` names it) cannot run this matrix on
-    /// `registry`'s device, or `None` where it can: it needs cooperative matrices, 4 bits,
-    /// inputs a positive multiple of `cols_step`, and MLX groups `groups` accepts (its second
-    /// part says which).
-    fn coop_refusal_for(
-        &self,
-        registry: &PipelineRegistry,
-        kernel: &str,
-        cols_step: usize,
-        groups: (bool, &str),
-    ) -> Option<String> {
-        if !registry.cooperative_matrix() {
-            Some(super::coop::NO_COOPERATIVE_DEVICE.into())
-        } else if self.bits != 4
-            || self.cols() == 0
-            || !self.cols().is_multiple_of(cols_step)
-            || !groups.0
-        {
-            Some(format!(
-                "the cooperative 4-bit {kernel} needs 4 bits, inputs a positive multiple of \
-                 {cols_step} and MLX groups {} ({} bits, {} inputs, groups of {})",
-                groups.1,
-                self.bits,
-                self.cols(),
-                self.group_size
-            ))
-        } else {
-            None
-        }
     }
 
     /// Whether [`Self::gemv_coop_dispatch`] runs this matrix on `registry`'s device.
@@ -1202,8 +1183,9 @@ impl GpuQuantizedMatrix {
     /// Why [`Self::gemm_coop_dispatch`] cannot run this matrix on `registry`'s device, if it
     /// cannot.
     fn gemm_coop_refusal(&self, registry: &PipelineRegistry) -> Option<String> {
-        self.coop_refusal_for(
+        coop_refusal_for(
             registry,
+            (self.bits, self.cols(), self.group_size),
             "GEMM",
             super::COOP_GEMM_COLS,
             (self.group_size >= 16, "of at least 16"),
@@ -1957,4 +1939,28 @@ fn run_and_read(
     wait(device)?;
     let bytes = read_back(device, queue, y, rows as u64 * 4)?;
     Ok(bytemuck::cast_slice(&bytes).to_vec())
+}
+
+/// Why a cooperative 4-bit kernel (`kernel` names it) cannot run a matrix of (bits, inputs,
+/// MLX group size) `m` on `registry`'s device, or `None` where it can: it needs cooperative
+/// matrices, 4 bits, inputs a positive multiple of `cols_step`, and MLX groups `groups`
+/// accepts (its second part says which).
+fn coop_refusal_for(
+    registry: &PipelineRegistry,
+    (bits, cols, group_size): (u32, usize, u32),
+    kernel: &str,
+    cols_step: usize,
+    groups: (bool, &str),
+) -> Option<String> {
+    if !registry.cooperative_matrix() {
+        Some(super::coop::NO_COOPERATIVE_DEVICE.into())
+    } else if bits != 4 || cols == 0 || !cols.is_multiple_of(cols_step) || !groups.0 {
+        Some(format!(
+            "the cooperative 4-bit {kernel} needs 4 bits, inputs a positive multiple of \
+             {cols_step} and MLX groups {} ({bits} bits, {cols} inputs, groups of {group_size})",
+            groups.1,
+        ))
+    } else {
+        None
+    }
 }

@@ -152,20 +152,35 @@ pub const COOP_MIN_ROWS: usize = 12;
 /// rows 0.96x, 128 0.91x and 512 0.89x. With the plain tiled GEMM from 33 rows
 /// ([`crate::linear::TILED_GEMM_MIN_ROWS_SUBGROUPS`]) 33 / 36 / 40 rows took 45.1 / 45.1 /
 /// 45.3 ms decoding first against 46.1 / 49.8 / 55.1 in fused launches, 32 rows 44.7
-/// against 41.2 (step 105). CPU devices: [`DECODE_FIRST_MIN_ROWS_CPU`].
+/// against 41.2 (step 105). Layers that are not window splits:
+/// [`DECODE_FIRST_MIN_ROWS_NOT_WINDOW`].
 pub const DECODE_FIRST_MIN_ROWS: usize = 33;
 
-/// [`DECODE_FIRST_MIN_ROWS`] on CPU devices ([`crate::gpu::PipelineRegistry::cpu_device`]):
-/// every call of several rows decodes first. On lavapipe (2 cores) a whole-coded 1024x4096
-/// layer's fused batched kernel (`rans_gemm.wgsl`: no 32-wide subgroups there) took 141 /
-/// 148 / 177 / 195 ms a call at 2 / 8 / 16 / 31 rows, decoding first 76 / 90 / 108 / 138
-/// with the plain layer's GEMV a row below 32 rows ([`crate::linear::CPU_GEMV_MAX_ROWS`])
-/// (BENCHMARKS.md issue 5, step 106). One row (`forward`, and `forward_batch` of one) keeps
-/// the fused GEMV, the form this library exists to run, although decoding first took 79 ms
-/// against its 141 there.
-pub const DECODE_FIRST_MIN_ROWS_CPU: usize = 2;
+/// [`DECODE_FIRST_MIN_ROWS`] for layers that are not window splits (coded whole, the file
+/// format's default [`crate::container::MatrixCoding::Whole`], or split 2 + 2), on every
+/// device: their fused launches cost several times a plain row a row, so every call of
+/// several rows decodes first. One row (`forward`, and `forward_batch` of one) keeps the
+/// fused GEMV, the form this library exists to run. Measured (BENCHMARKS.md issue 5, steps
+/// 106-107; ms a forward of 32 Llama-3-8B layers as `ecq encode` writes them, prepared
+/// calls, on an H200):
+///
+/// | rows | 2 | 4 | 8 | 16 | 32 |
+/// |---|---|---|---|---|---|
+/// | whole, fused launches | 37 | 68 | 107 | 138 | 161 |
+/// | whole, decoding first | 23 | 26 | 29 | 36 | 54 |
+/// | split 2 + 2, fused launches | 15 | 28 | 51 | 63 | 92 |
+/// | split 2 + 2, decoding first | 14 | 17 | 20 | 27 | 45 |
+///
+/// On cooperative matrices, which only their calls decoding first use, whole layers took
+/// 30-32 ms at 12-32 rows against 138-190 in fused launches. A whole layer's one row costs
+/// about the same either way there (21.6 ms fused). On lavapipe (2 cores) a whole-coded
+/// 1024x4096 layer took 141 / 148 / 177 / 195 ms a call at 2 / 8 / 16 / 31 rows in the
+/// fused batched kernel and 76 / 90 / 108 / 138 decoding first, with the plain layer's GEMV
+/// a row below 32 rows ([`crate::linear::CPU_GEMV_MAX_ROWS`]); a split one 118 / 127 / 150
+/// against 46 / 59 / 79 at 2 / 8 / 16 rows.
+pub const DECODE_FIRST_MIN_ROWS_NOT_WINDOW: usize = 2;
 
-/// [`DECODE_FIRST_MIN_ROWS`] for layers on cooperative matrices
+/// [`DECODE_FIRST_MIN_ROWS`] for window splits on cooperative matrices
 /// ([`LinearOptions::cooperative_matrix`]): from the fused launches' second launch of 16
 /// rows, as the plain layers' cooperative GEMM ([`crate::linear::COOP_GEMM_MIN_ROWS`]). On an
 /// H200 (BENCHMARKS.md issue 5, step 104; 32 Llama-3-8B layers of window splits, prepared
@@ -325,7 +340,10 @@ pub struct LinearOptions {
     /// of [`GEMV_SUBMIT_ROWS`]) unless [`Self::gemv_batch_max_m`] says otherwise: at 512 rows
     /// they took 0.32-0.37x the batched kernel's GPU time there. Calls of
     /// [`Self::decode_first_min_rows`] rows or more decode first and run the plain layer's
-    /// cooperative launches, from [`Self::coop_gemm_min_rows`] rows its cooperative GEMM.
+    /// cooperative launches, from [`Self::coop_gemm_min_rows`] rows its cooperative GEMM,
+    /// wherever those take the weights (4 bits, inputs a multiple of 512, MLX groups of 64
+    /// or 128), also for layers whose fused launches cannot (coded whole or split 2 + 2;
+    /// [`EntropyCodedLinear::decode_first_cooperative_matrix`]).
     /// **Approximate**: the activations are rounded to f16 there (exact for f16 and bf16
     /// ones; 2^-11 of the sum of the terms' magnitudes at most otherwise; in the GEMM the
     /// dequantized weights as well, 2^-10 in all).
@@ -338,9 +356,9 @@ pub struct LinearOptions {
     /// matrices where [`Self::cooperative_matrix`] takes effect): the outputs are the plain
     /// layer's on the same weights, bit for bit. The decode costs about one fused GEMV's
     /// time, after which each row costs what it costs plain, so it pays for calls of many
-    /// rows. `None` (default): [`DECODE_FIRST_MIN_ROWS`], or [`DECODE_FIRST_MIN_ROWS_COOP`]
-    /// where the layer multiplies on cooperative matrices, [`DECODE_FIRST_MIN_ROWS_CPU`] on
-    /// CPU devices; `Some(usize::MAX)` never. Takes
+    /// rows. `None` (default): [`DECODE_FIRST_MIN_ROWS_NOT_WINDOW`] for layers that are not
+    /// window splits; for window splits [`DECODE_FIRST_MIN_ROWS_COOP`] where they multiply on
+    /// cooperative matrices, else [`DECODE_FIRST_MIN_ROWS`]; `Some(usize::MAX)` never. Takes
     /// effect for layers in one row band whose weights a decode kernel runs on this device
     /// and the plain kernels take (2, 4 or 8 bits; a window split needs the blocked decode
     /// kernel, 32-wide subgroups); [`EntropyCodedLinear::decode_first_min_rows`] says what the
@@ -836,6 +854,8 @@ pub struct EntropyCodedLinear {
     coop: bool,
     /// [`LinearOptions::decode_first_min_rows`], resolved.
     decode_first_min_rows: usize,
+    /// Calls decoding first run the plain layer on cooperative matrices.
+    decode_first_coop: bool,
     /// [`LinearOptions::coop_gemm_min_rows`].
     coop_gemm_min_rows: Option<usize>,
     /// [`LinearOptions::tiled_gemm_min_rows`].
@@ -1198,12 +1218,24 @@ impl EntropyCodedLinear {
             })
             && QuantizedLinear::check_geometry(name, (r, k, bits, m.group_size), None).is_ok()
             && (r as u64 * k as u64 * bits as u64).div_ceil(8) <= dev.max_buffer_limit().0;
+        // (calls decoding first run the plain layer on cooperative matrices where it takes
+        // the weights, whether or not the fused launches can: whole-coded layers, the file
+        // format's default, have no cooperative fused kernel)
+        let decode_first_coop = decodes
+            && opts.cooperative_matrix
+            && crate::gpu::GpuQuantizedMatrix::coop_gemv_refusal(
+                dev.gpu().registry(),
+                bits,
+                k,
+                m.group_size as u32,
+            )
+            .is_none();
         let decode_first_min_rows = if decodes {
             opts.decode_first_min_rows
-                .unwrap_or(if coop {
+                .unwrap_or(if m.window.is_none() {
+                    DECODE_FIRST_MIN_ROWS_NOT_WINDOW
+                } else if coop || decode_first_coop {
                     DECODE_FIRST_MIN_ROWS_COOP
-                } else if dev.gpu().registry().cpu_device() {
-                    DECODE_FIRST_MIN_ROWS_CPU
                 } else {
                     DECODE_FIRST_MIN_ROWS
                 })
@@ -1269,6 +1301,7 @@ impl EntropyCodedLinear {
             lane_order,
             coop,
             decode_first_min_rows,
+            decode_first_coop,
             coop_gemm_min_rows: opts.coop_gemm_min_rows,
             tiled_gemm_min_rows: opts.tiled_gemm_min_rows,
         })
@@ -1286,6 +1319,15 @@ impl EntropyCodedLinear {
     /// and the layer allow it).
     pub fn cooperative_matrix(&self) -> bool {
         self.coop
+    }
+
+    /// Whether calls decoding first ([`Self::decode_first_min_rows`]) run the plain layer's
+    /// kernels on cooperative matrices ([`LinearOptions::cooperative_matrix`] asked for, the
+    /// device has them and the plain cooperative kernels take the weights: 4 bits, inputs a
+    /// multiple of 512, MLX groups of 64 or 128), whatever the fused launches do (a
+    /// whole-coded layer has no cooperative fused kernel).
+    pub fn decode_first_cooperative_matrix(&self) -> bool {
+        self.decode_first_coop
     }
 
     /// Whether the fused GEMVs of `forward` and `forward_batch` read their activations in lane
@@ -2012,7 +2054,7 @@ impl EntropyCodedLinear {
             (packed, band.sb.clone(), self.side),
             None,
         )?;
-        plain.set_cooperative_matrix(self.coop);
+        plain.set_cooperative_matrix(self.decode_first_coop);
         plain.set_coop_gemm_min_rows(self.coop_gemm_min_rows);
         plain.set_tiled_gemm_min_rows(self.tiled_gemm_min_rows);
         Ok(plain)
