@@ -11,13 +11,14 @@
 //!     [--copies 2] [--shapes 4096x4096,1024x4096,...] [--coop] [--own-outputs] [--prebuilt]
 //!     [--one-pass] [--prepared] [--decode-first N|never] [--coop-gemm N|never] [--tiled-gemm N|never]
 //!     [--orders columns,lanes] [--passes 2] [--decoded-buffers 1] [--calls-per-encoder N] [--coop-only]
-//!     [--coding window|split|whole]
+//!     [--coding window|split|whole] [--min-chunks N]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64, coded as window splits in row pairs
 //! (`--coding window`, the default), splits 2 + 2 in row pairs (`--coding split`, `ecq encode
 //! --split --row-pairs`) or whole (`--coding whole`, as plain `ecq encode` writes them: the
-//! file format's default), `--copies` distinct copies of each
+//! file format's default), in the chunks `ecq encode` writes for the form (`--min-chunks` as
+//! its option), `--copies` distinct copies of each
 //! shape (layer `l` uses copy `l % copies`, so a forward streams more than the L2 cache holds).
 //! Every layer reads the same activation buffer and writes its shape's output buffer (with
 //! `--own-outputs` buffers of its own, so that no two launches write one buffer and wgpu
@@ -48,6 +49,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use ecq::container::MatrixCoding;
 use ecq::dtype::FloatDType;
 use ecq::gpu::GpuContext;
 use ecq::linear::{
@@ -100,6 +102,8 @@ struct Args {
     orders: Vec<ActivationOrder>,
     /// how the fused layers are coded
     coding: Coding,
+    /// `EncodeOptions::min_chunks` (`None`: `ecq encode`'s default for the form)
+    min_chunks: Option<usize>,
     /// times each variant is timed
     passes: usize,
 }
@@ -125,6 +129,7 @@ fn parse_args() -> Result<Args, String> {
         orders: vec![ActivationOrder::Columns, ActivationOrder::Lanes],
         passes: 2,
         coding: Coding::Window,
+        min_chunks: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -173,6 +178,7 @@ fn parse_args() -> Result<Args, String> {
                     .collect::<Result<_, String>>()?
             }
             "--copies" => a.copies = number(value()?)?.max(1),
+            "--min-chunks" => a.min_chunks = Some(number(value()?)?),
             "--coding" => {
                 a.coding = match value()?.as_str() {
                     "window" => Coding::Window,
@@ -258,49 +264,28 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         for &(r, k) in &a.shapes {
             let w: Vec<f32> = (0..r * k).map(|_| gaussian(&mut rng) * 0.02).collect();
             let q = quantize_affine(&w, r, k, FloatDType::F32, AffineParams::new(4, 64)?)?;
-            let coded = if a.coding == Coding::Whole {
-                // (`ecq encode`'s defaults)
-                let o = EncodeOptions {
-                    group_size: 64,
-                    ..Default::default()
-                };
-                Coded::Whole(encode(&q.symbols(), r, k, 4, &o)?)
-            } else if a.coding == Coding::Split {
-                // (`ecq encode --split --row-pairs`: half the symbols a chunk, its default
-                // minimum)
-                let o = EncodeOptions {
-                    chunk_symbols: ecq::rans::DEFAULT_CHUNK_SYMBOLS / 2,
-                    min_chunks: ecq::container::MatrixCoding::Split4 { row_pairs: true }
-                        .default_min_chunks(),
-                    group_size: 64,
-                    ..Default::default()
-                };
-                let order = SplitOrder::RowPairs;
-                Coded::Window(SplitMatrix::encode_ordered(
-                    &q.symbols(),
-                    r,
-                    k,
-                    4,
-                    2,
-                    &o,
-                    order,
-                )?)
-            } else {
-                // (`ecq encode --window --row-pairs`: 4096-symbol chunks, its default minimum)
-                let o = EncodeOptions {
-                    chunk_symbols: 4096,
-                    min_chunks: ecq::container::MatrixCoding::Window4 { row_pairs: true }
-                        .default_min_chunks(),
-                    group_size: 64,
-                    ..Default::default()
-                };
-                Coded::Window(SplitMatrix::encode_window(
-                    &q.symbols(),
-                    r,
-                    k,
-                    &o,
-                    SplitOrder::RowPairs,
-                )?)
+            // (`ecq encode`'s chunks for the form: 16384 whole symbols, a half as many of a
+            // split's, a quarter of a window split's; its default minimum unless --min-chunks)
+            let (form, per_symbol) = match a.coding {
+                Coding::Whole => (MatrixCoding::Whole, 1),
+                Coding::Split => (MatrixCoding::Split4 { row_pairs: true }, 2),
+                Coding::Window => (MatrixCoding::Window4 { row_pairs: true }, 4),
+            };
+            let o = EncodeOptions {
+                chunk_symbols: ecq::rans::DEFAULT_CHUNK_SYMBOLS / per_symbol,
+                min_chunks: a.min_chunks.unwrap_or(form.default_min_chunks()),
+                group_size: 64,
+                ..Default::default()
+            };
+            let (syms, order) = (q.symbols(), SplitOrder::RowPairs);
+            let coded = match a.coding {
+                Coding::Whole => Coded::Whole(encode(&syms, r, k, 4, &o)?),
+                Coding::Split => {
+                    Coded::Window(SplitMatrix::encode_ordered(&syms, r, k, 4, 2, &o, order)?)
+                }
+                Coding::Window => {
+                    Coded::Window(SplitMatrix::encode_window(&syms, r, k, &o, order)?)
+                }
             };
             let layer = || match &coded {
                 Coded::Window(s) => CodedLayerRef::from_split(s, 64, &q.scales, &q.biases, None),
