@@ -631,9 +631,10 @@ fn coop_gemv_rounds_activations_to_f16() {
 /// `LinearOptions::cooperative_matrix` its calls decoding first run the plain layer's
 /// cooperative kernels where the device has them: `decode_first_cooperative_matrix()` says so
 /// (and is false for 8-bit weights, inputs not a multiple of 512, and without the option), it
-/// decodes first from `DECODE_FIRST_MIN_ROWS_NOT_WINDOW` rows as without the option, and its outputs are the plain cooperative
-/// layer's bit for bit (host and recorded calls, launches of 16 rows and the cooperative
-/// GEMM), within the cooperative bounds of the f64 reference. Elsewhere (lavapipe) the layer
+/// decodes first from `DECODE_FIRST_MIN_ROWS_NOT_WINDOW` rows as without the option, and its
+/// outputs are the plain cooperative layer's bit for bit (host and recorded calls, f32 and
+/// cooperative launches and the cooperative GEMM), within the cooperative bounds of the f64
+/// reference. Elsewhere (lavapipe) the layer
 /// decodes first in f32, as without the option.
 #[test]
 fn coop_whole_layers_decode_first_on_cooperative_matrices() {

@@ -1941,10 +1941,10 @@ fn run_and_read(
     Ok(bytemuck::cast_slice(&bytes).to_vec())
 }
 
-/// Why a cooperative 4-bit kernel (`kernel` names it) cannot run a matrix of (bits, inputs,
-/// MLX group size) `m` on `registry`'s device, or `None` where it can: it needs cooperative
-/// matrices, 4 bits, inputs a positive multiple of `cols_step`, and MLX groups `groups`
-/// accepts (its second part says which).
+/// Why a cooperative 4-bit kernel (`kernel` names it) cannot run a matrix of `bits`, `cols`
+/// inputs and MLX groups of `group_size` on `registry`'s device, or `None` where it can: it
+/// needs cooperative matrices, 4 bits, inputs a positive multiple of `cols_step`, and MLX
+/// groups `groups` accepts (its second part says which).
 fn coop_refusal_for(
     registry: &PipelineRegistry,
     (bits, cols, group_size): (u32, usize, u32),

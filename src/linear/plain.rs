@@ -49,10 +49,10 @@ pub const TILED_GEMM_MIN_ROWS: usize = 32;
 
 /// The most activation rows for which [`QuantizedLinear`]'s `forward_batch` on a CPU device
 /// ([`crate::gpu::PipelineRegistry::cpu_device`]) runs one launch of the plain GEMV a row
-/// instead of `qgemm`, where the GEMV takes the matrix ([`QuantizedLinear::set_gemv_many_max_m`]
-/// sets another count; the tiled f32 GEMM from [`TILED_GEMM_MIN_ROWS`] rows by default comes
-/// first). On lavapipe (2 cores) at
-/// 1024x4096 the GEMV took 2.2-2.3 ms a row (4.6 ms for 2 rows, 36 for 16) against `qgemm`'s
+/// instead of `qgemm`, where the GEMV takes the matrix
+/// ([`QuantizedLinear::set_gemv_many_max_m`] sets another count; the tiled f32 GEMM, from
+/// [`TILED_GEMM_MIN_ROWS`] rows by default, comes first). On lavapipe (2 cores) at 1024x4096
+/// the GEMV took 2.2-2.3 ms a row (4.6 ms for 2 rows, 36 for 16) against `qgemm`'s
 /// 34 / 61 / 126 ms at 2 / 16 / 32 rows and the tiled GEMM's 49-57 at 2-32; at 4096x4096 and
 /// 4096x14336 together 32 ms a row against the tiled GEMM's 910-1010 ms at 16-32 rows
 /// (BENCHMARKS.md issue 5, step 106).
