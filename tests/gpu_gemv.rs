@@ -2410,9 +2410,10 @@ fn plain_gemm_tiled_split_matches_reference() {
     assert_eq!(counts(64, 3), Some((2, 32)));
     assert_eq!(counts(1056, 4), Some((4, 272)));
     assert_eq!(counts(1056, 1000), Some((66, 16)));
-    // the rule: grids below TILED_GEMM_WIDE_MIN_WORKGROUPS split up to
-    // TILED_GEMM_SPLIT_WORKGROUPS workgroups, of at least TILED_GEMM_SPLIT_MIN_COLS columns
-    let w = TILED_GEMM_WIDE_MIN_WORKGROUPS;
+    // the rule: grids below TILED_GEMM_SPLIT_WORKGROUPS split up to that many workgroups,
+    // of at least TILED_GEMM_SPLIT_MIN_COLS columns (grids of as many tiles as the wide
+    // tile's threshold too)
+    let w = TILED_GEMM_SPLIT_WORKGROUPS;
     let by_cols = 4096 / TILED_GEMM_SPLIT_MIN_COLS;
     let (q, _) = random_matrix(3190, 64, 4096, 4, 64);
     let small = ctx.upload_quantized(&q).unwrap();
@@ -2422,6 +2423,11 @@ fn plain_gemm_tiled_split_matches_reference() {
     assert_eq!(
         rule(64 * (w / 2), TiledGemmTile::Wide),
         Some(TILED_GEMM_SPLIT_WORKGROUPS.div_ceil(w / 2).min(by_cols))
+    );
+    let wide_min = TILED_GEMM_WIDE_MIN_WORKGROUPS;
+    assert_eq!(
+        rule(64 * wide_min, TiledGemmTile::Narrow),
+        Some(TILED_GEMM_SPLIT_WORKGROUPS.div_ceil(wide_min).min(by_cols))
     );
     assert_eq!(
         rule(64 * (w - 1), TiledGemmTile::Narrow),

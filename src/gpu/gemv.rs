@@ -116,13 +116,15 @@ pub const TILED_GEMM_TILE: usize = 64;
 /// step 100).
 pub const TILED_GEMM_WIDE_MIN_WORKGROUPS: usize = 256;
 
-/// Workgroups [`GpuQuantizedMatrix::gemm_tiled_split`] splits a grid of fewer than
-/// [`TILED_GEMM_WIDE_MIN_WORKGROUPS`] tiles into, as far as [`TILED_GEMM_SPLIT_MIN_COLS`]
-/// allows. Its workgroups are small (within WebGPU's default limits), so several share an SM:
-/// on an H200 and an H100 (BENCHMARKS.md issue 5, step 104) 32 Llama-3-8B layers in f32 took
-/// 38.9-40.1 ms plain at 48-64 tokens with 1024 against 42.4-43.4 with 256 (step 101's rule)
-/// and 41.1-42.1 with 512; 2048 ran as 1024, 4096 (splits of at least 256 columns)
-/// 1.00-1.02x as long.
+/// Workgroups [`GpuQuantizedMatrix::gemm_tiled_split`] splits a grid of fewer tiles into, as
+/// far as [`TILED_GEMM_SPLIT_MIN_COLS`] allows. Its workgroups are small (within WebGPU's
+/// default limits), so several share an SM: on an H200 and an H100 (BENCHMARKS.md issue 5,
+/// step 104) 32 Llama-3-8B layers in f32 took 38.9-40.1 ms plain at 48-64 tokens with 1024
+/// against 42.4-43.4 with 256 (step 101's rule) and 41.1-42.1 with 512; 2048 ran as 1024,
+/// 4096 (splits of at least 256 columns) 1.00-1.02x as long. Grids of 256 to 1023 tiles split
+/// too since step 110 (they did not before): on an H200 the same layers took 75.9 ms plain
+/// at 128 tokens against 86.3, and with q, k, v and gate, up merged 37.6 / 38.6 ms at 33 / 64
+/// tokens against 42.2 / 43.8 (70.6 against 69.8 at 128).
 pub const TILED_GEMM_SPLIT_WORKGROUPS: usize = 1024;
 
 /// Columns a split of [`GpuQuantizedMatrix::gemm_tiled_split`] takes at the least (32 steps
@@ -1620,16 +1622,15 @@ impl GpuQuantizedMatrix {
     }
 
     /// Column splits for [`Self::gemm_tiled_split_dispatch`] on a GPU: enough for
-    /// [`TILED_GEMM_SPLIT_WORKGROUPS`] workgroups where the tiles alone are fewer than
-    /// [`TILED_GEMM_WIDE_MIN_WORKGROUPS`], each of
-    /// at least [`TILED_GEMM_SPLIT_MIN_COLS`] columns; `None` where the tiles fill the grid or
+    /// [`TILED_GEMM_SPLIT_WORKGROUPS`] workgroups where the tiles alone are fewer, each of at
+    /// least [`TILED_GEMM_SPLIT_MIN_COLS`] columns; `None` where the tiles fill the grid or
     /// the columns allow one split only. (A CPU device gains nothing from more workgroups:
     /// [`Self::gemm_tiled_split_for`].)
     pub fn gemm_tiled_split(&self, m: usize, tile: TiledGemmTile) -> Option<GemmSplit> {
         let grid = self.rows().div_ceil(tile.rows()) * m.div_ceil(TILED_GEMM_TILE);
         self.split_for_grid(
             grid,
-            (TILED_GEMM_WIDE_MIN_WORKGROUPS, TILED_GEMM_SPLIT_WORKGROUPS),
+            (TILED_GEMM_SPLIT_WORKGROUPS, TILED_GEMM_SPLIT_WORKGROUPS),
             TILED_GEMM_SPLIT_MIN_COLS,
             TILED_GEMM_COLS,
         )

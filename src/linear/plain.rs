@@ -341,7 +341,7 @@ impl QuantizedLinear {
     }
 
     /// Whether the GEMMs' launches split their columns where their tiles alone make too
-    /// small a grid: the tiled f32 GEMM's below [`crate::gpu::TILED_GEMM_WIDE_MIN_WORKGROUPS`]
+    /// small a grid: the tiled f32 GEMM's below [`crate::gpu::TILED_GEMM_SPLIT_WORKGROUPS`]
     /// workgroups ([`crate::gpu::GpuQuantizedMatrix::gemm_tiled_split`]), the cooperative
     /// GEMM's below [`crate::gpu::COOP_GEMM_WIDE_MIN_WORKGROUPS`]
     /// ([`crate::gpu::GpuQuantizedMatrix::gemm_coop_split`]); the partial sums in a buffer
