@@ -787,7 +787,8 @@ pub type LinearDispatch = crate::gpu::Dispatch;
 /// One row, and calls of fewer than [`Self::decode_first_min_rows`] rows, run the fused
 /// kernels, which decode the weights as they multiply; calls of more decode the weights once
 /// into a kept buffer and multiply them with the plain 4-bit kernels
-/// ([`LinearOptions::decode_first_min_rows`]).
+/// ([`LinearOptions::decode_first_min_rows`]: by default from 2 rows for layers coded whole
+/// or split 2 + 2, from 33 for window splits, 17 on cooperative matrices).
 ///
 /// ```no_run
 /// use ecq::linear::{CodedLayerRef, EntropyCodedLinear, Linear, LinearDevice, LinearOptions};
@@ -2319,7 +2320,9 @@ impl Linear for EntropyCodedLinear {
         Ok(y)
     }
 
-    /// The batched kernel (`rans_gemm_blocked.wgsl` where 32-wide subgroups run it, else
+    /// From [`EntropyCodedLinear::decode_first_min_rows`] rows (by default 2 for layers that
+    /// are not window splits) the decode and the plain layer's kernels; below, the batched
+    /// kernel (`rans_gemm_blocked.wgsl` where 32-wide subgroups run it, else
     /// `rans_gemm.wgsl`): every chunk decoded once per block of up to 512 activation rows; for
     /// at most [`LinearOptions::gemv_batch_max_m`] rows, fused GEMVs instead: a launch per
     /// [`EntropyCodedLinear::gemv_vectors`] rows (each chunk decoded once for them), or per
