@@ -1027,9 +1027,8 @@ fn coop_gemm_split_matches_reference() {
     assert_eq!(counts(192, 2), Some((2, 128)));
     assert_eq!(counts(4096, 3), Some((3, 1408)));
     assert_eq!(counts(4096, 1000), Some((64, 64)));
-    // the rule: grids below COOP_GEMM_WIDE_MIN_WORKGROUPS split up to
-    // COOP_GEMM_SPLIT_WORKGROUPS workgroups, each split COOP_GEMM_SPLIT_MIN_COLS columns at
-    // the least
+    // the rule: grids below COOP_GEMM_SPLIT_WORKGROUPS split up to that many workgroups,
+    // each split COOP_GEMM_SPLIT_MIN_COLS columns at the least
     let q = random_matrix(3960, 1024, 4096, 4, 64).0;
     let kv = ecq::gpu::GpuQuantizedMatrix::upload(dev, &q).unwrap();
     let rule = |m, tile| kv.gemm_coop_split(m, tile).map(|s| s.splits());

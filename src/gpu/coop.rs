@@ -233,10 +233,11 @@ pub const COOP_GEMM_COLS: usize = 64;
 pub const COOP_GEMM_WIDE_MIN_WORKGROUPS: usize = 128;
 
 /// Workgroups [`GpuQuantizedMatrix::gemm_coop_split`](super::GpuQuantizedMatrix::gemm_coop_split)
-/// splits a grid of fewer than [`COOP_GEMM_WIDE_MIN_WORKGROUPS`] tiles into: about one an SM
-/// of an H100 or H200. On an H200 (BENCHMARKS.md issue 5, step 103) 32 Llama-3-8B layers
-/// at 48-128 tokens ran fastest with 128 of those tried (64, 128, 256, 512): 256 took
-/// 1.04-1.11x as long, 64 1.12-1.24x, 512 (of at least 256 columns) 1.15-1.33x.
+/// splits a grid of fewer tiles into: about one an SM of an H100 or H200. On an H200
+/// (BENCHMARKS.md issue 5, step 103; grids below 128 tiles split, whatever the target) 32
+/// Llama-3-8B layers at 48-128 tokens ran fastest with 128 of those tried (64, 128, 256,
+/// 512): 256 took 1.04-1.11x as long, 64 1.12-1.24x, 512 (of at least 256 columns)
+/// 1.15-1.33x.
 pub const COOP_GEMM_SPLIT_WORKGROUPS: usize = 128;
 
 /// Columns a split of [`GpuQuantizedMatrix::gemm_coop_split`](super::GpuQuantizedMatrix::gemm_coop_split)

@@ -1246,34 +1246,30 @@ impl GpuQuantizedMatrix {
 
     /// Column splits for [`Self::gemm_coop_split_dispatch`] on a GPU: enough for
     /// [`super::COOP_GEMM_SPLIT_WORKGROUPS`] workgroups where tiles of `tile_rows` activation
-    /// rows make fewer than [`super::COOP_GEMM_WIDE_MIN_WORKGROUPS`] (about one an SM of an
-    /// H100 or H200), each split of at least [`super::COOP_GEMM_SPLIT_MIN_COLS`] columns;
+    /// rows make fewer (about one an SM of an H100 or H200), each split of at least
+    /// [`super::COOP_GEMM_SPLIT_MIN_COLS`] columns;
     /// `None` where the tiles fill the GPU or the columns allow one split only.
     pub fn gemm_coop_split(&self, m: usize, tile_rows: u32) -> Option<GemmSplit> {
         let grid = self.rows().div_ceil(128) * m.div_ceil(tile_rows.max(1) as usize);
         self.split_for_grid(
             grid,
-            (
-                super::COOP_GEMM_WIDE_MIN_WORKGROUPS,
-                super::COOP_GEMM_SPLIT_WORKGROUPS,
-            ),
+            super::COOP_GEMM_SPLIT_WORKGROUPS,
             super::COOP_GEMM_SPLIT_MIN_COLS,
             super::COOP_GEMM_COLS,
         )
     }
 
-    /// The split rule both GEMMs share: a grid of `grid` tiles, fewer than `below`, split into
-    /// enough ranges for `target` workgroups (`(below, target)`), each of at least `min_cols`
-    /// columns, in whole steps of `step_cols`; `None` otherwise or where the columns allow
-    /// one range only.
+    /// The split rule both GEMMs share: a grid of `grid` tiles, fewer than `target`, split
+    /// into enough ranges for `target` workgroups, each of at least `min_cols` columns, in
+    /// whole steps of `step_cols`; `None` otherwise or where the columns allow one range only.
     fn split_for_grid(
         &self,
         grid: usize,
-        (below, target): (usize, usize),
+        target: usize,
         min_cols: usize,
         step_cols: usize,
     ) -> Option<GemmSplit> {
-        if grid == 0 || grid >= below {
+        if grid == 0 || grid >= target {
             return None;
         }
         let by_cols = self.cols() / min_cols;
@@ -1630,7 +1626,7 @@ impl GpuQuantizedMatrix {
         let grid = self.rows().div_ceil(tile.rows()) * m.div_ceil(TILED_GEMM_TILE);
         self.split_for_grid(
             grid,
-            (TILED_GEMM_SPLIT_WORKGROUPS, TILED_GEMM_SPLIT_WORKGROUPS),
+            TILED_GEMM_SPLIT_WORKGROUPS,
             TILED_GEMM_SPLIT_MIN_COLS,
             TILED_GEMM_COLS,
         )

@@ -343,7 +343,7 @@ impl QuantizedLinear {
     /// Whether the GEMMs' launches split their columns where their tiles alone make too
     /// small a grid: the tiled f32 GEMM's below [`crate::gpu::TILED_GEMM_SPLIT_WORKGROUPS`]
     /// workgroups ([`crate::gpu::GpuQuantizedMatrix::gemm_tiled_split`]), the cooperative
-    /// GEMM's below [`crate::gpu::COOP_GEMM_WIDE_MIN_WORKGROUPS`]
+    /// GEMM's below [`crate::gpu::COOP_GEMM_SPLIT_WORKGROUPS`]
     /// ([`crate::gpu::GpuQuantizedMatrix::gemm_coop_split`]); the partial sums in a buffer
     /// the device keeps. `None` (the default) on GPUs and not on CPU devices (lavapipe, which
     /// runs no cooperative matrices), `Some(true)` on every device, `Some(false)` never. The
