@@ -219,9 +219,10 @@ enum Coding {
     Whole,
 }
 
-/// A shape's coded weights, as `--coding` asks (splits of either kind as `Window`).
+/// A shape's coded weights, as `--coding` asks.
 enum Coded {
-    Window(SplitMatrix),
+    /// A window split or a split 2 + 2.
+    Split(SplitMatrix),
     Whole(EncodedMatrix),
 }
 
@@ -281,14 +282,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let coded = match a.coding {
                 Coding::Whole => Coded::Whole(encode(&syms, r, k, 4, &o)?),
                 Coding::Split => {
-                    Coded::Window(SplitMatrix::encode_ordered(&syms, r, k, 4, 2, &o, order)?)
+                    Coded::Split(SplitMatrix::encode_ordered(&syms, r, k, 4, 2, &o, order)?)
                 }
-                Coding::Window => {
-                    Coded::Window(SplitMatrix::encode_window(&syms, r, k, &o, order)?)
-                }
+                Coding::Window => Coded::Split(SplitMatrix::encode_window(&syms, r, k, &o, order)?),
             };
             let layer = || match &coded {
-                Coded::Window(s) => CodedLayerRef::from_split(s, 64, &q.scales, &q.biases, None),
+                Coded::Split(s) => CodedLayerRef::from_split(s, 64, &q.scales, &q.biases, None),
                 Coded::Whole(e) => CodedLayerRef::from_encoded(e, 64, &q.scales, &q.biases, None),
             };
             let with = |coop: bool| {
@@ -317,7 +316,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             eprintln!(
                 "copy {copy}, {r}x{k}: {:.3} coded bits/weight",
                 match &coded {
-                    Coded::Window(s) => s.total_bytes(),
+                    Coded::Split(s) => s.total_bytes(),
                     Coded::Whole(e) => e.total_bytes(),
                 } as f64
                     * 8.0

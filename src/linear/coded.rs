@@ -1231,11 +1231,14 @@ impl EntropyCodedLinear {
                 m.group_size as u32,
             )
             .is_none();
+        debug_assert!(!decodes || !coop || decode_first_coop);
         let decode_first_min_rows = if decodes {
             opts.decode_first_min_rows
+                // (a layer whose fused launches multiply on cooperative matrices is one the
+                // plain cooperative kernels take, so `decode_first_coop` covers `coop` here)
                 .unwrap_or(if m.window.is_none() {
                     DECODE_FIRST_MIN_ROWS_NOT_WINDOW
-                } else if coop || decode_first_coop {
+                } else if decode_first_coop {
                     DECODE_FIRST_MIN_ROWS_COOP
                 } else {
                     DECODE_FIRST_MIN_ROWS
