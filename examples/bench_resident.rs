@@ -10,7 +10,7 @@
 //! cargo run --release --example bench_resident -- [--layers 32] [--ms 1,16,512] [--rounds 7]
 //!     [--copies 2] [--shapes 4096x4096,1024x4096,...] [--coop] [--own-outputs] [--prebuilt]
 //!     [--one-pass] [--prepared] [--decode-first N|never] [--coop-gemm N|never] [--tiled-gemm N|never]
-//!     [--orders columns,lanes] [--passes 2] [--decoded-buffers 1] [--calls-per-encoder N] [--coop-only]
+//!     [--orders columns,lanes] [--passes 2] [--decoded-buffers 1] [--calls-per-encoder N] [--decode-ahead N] [--coop-only]
 //!     [--coding window|split|whole] [--min-chunks N]
 //! ```
 //!
@@ -36,8 +36,11 @@
 //! layers' rows from which they run the tiled f32 GEMM (`QuantizedLinear::set_tiled_gemm_min_rows`,
 //! `LinearOptions::tiled_gemm_min_rows`; default: the library's), `--decoded-buffers` the
 //! kept buffers the calls decoding first take in turn (`LinearDevice::set_decoded_buffers`),
-//! and `--calls-per-encoder` records every N calls into a command encoder of their own (a
-//! forward's encoders submitted at once; default: one encoder a forward); `--coop-only` times
+//! `--calls-per-encoder` records every N calls into a command encoder of their own (a
+//! forward's encoders submitted at once; default: one encoder a forward), and with
+//! `--prepared`, `--decode-ahead N` records every N calls into a command buffer of their own
+//! with their decodes first (`LinearDevice::encode_calls`; give as many `--decoded-buffers`,
+//! plain layers' calls are grouped alike); `--coop-only` times
 //! the cooperative layers only. Times are
 //! wall clock after a second of warm-up forwards: "record" (the host's recording of all calls)
 //! and "run" (submit to the end of the wait) are medians of `--rounds` forwards one at a time;
@@ -96,6 +99,9 @@ struct Args {
     decoded_buffers: usize,
     /// calls a command encoder (`None`: a forward's)
     calls_per_encoder: Option<usize>,
+    /// prepared calls in command buffers of this many, decodes first
+    /// (`LinearDevice::encode_calls`; `None`: as `calls_per_encoder` says)
+    decode_ahead: Option<usize>,
     /// the cooperative layers only (no f32 columns)
     coop_only: bool,
     /// the activation orders timed
@@ -125,6 +131,7 @@ fn parse_args() -> Result<Args, String> {
         tiled_gemm: None,
         decoded_buffers: 1,
         calls_per_encoder: None,
+        decode_ahead: None,
         coop_only: false,
         orders: vec![ActivationOrder::Columns, ActivationOrder::Lanes],
         passes: 2,
@@ -162,6 +169,7 @@ fn parse_args() -> Result<Args, String> {
             "--layers" => a.layers = number(value()?)?,
             "--decoded-buffers" => a.decoded_buffers = number(value()?)?.max(1),
             "--calls-per-encoder" => a.calls_per_encoder = Some(number(value()?)?.max(1)),
+            "--decode-ahead" => a.decode_ahead = Some(number(value()?)?.max(1)),
             "--coop-gemm" => a.coop_gemm = Some(rows_from(value()?)?),
             "--tiled-gemm" => a.tiled_gemm = Some(rows_from(value()?)?),
             "--decode-first" => a.decode_first = Some(rows_from(value()?)?),
@@ -245,6 +253,9 @@ fn main() {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let a = parse_args()?;
+    if a.decode_ahead.is_some() && !(a.prepared && a.calls_per_encoder.is_none()) {
+        return Err("--decode-ahead needs --prepared and no --calls-per-encoder".into());
+    }
     let dev: Arc<LinearDevice> = if a.coop {
         LinearDevice::from_context(GpuContext::with_cooperative_matrix()?)
     } else {
@@ -335,14 +346,17 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let decode_first = format!(
         "{} (on cooperative matrices {}); tiled f32 GEMM: {}; cooperative GEMM: {}; \
-         {} decoded-weight buffers; {} calls a command encoder",
+         {} decoded-weight buffers; {} calls a command encoder{}",
         from(stacks[0].fused[0].decode_first_min_rows()),
         from(stacks[0].fused_coop[0].decode_first_min_rows()),
         from(stacks[0].plain[0].tiled_gemm_min_rows()),
         from(stacks[0].plain_coop[0].coop_gemm_min_rows()),
         dev.decoded_buffers(),
         a.calls_per_encoder
-            .map_or("all".to_string(), |n| n.to_string())
+            .map_or("all".to_string(), |n| n.to_string()),
+        a.decode_ahead.map_or(String::new(), |n| format!(
+            " (--decode-ahead: {n} a command buffer, `LinearDevice::encode_calls`)"
+        ))
     );
     println!(
         "`bench_resident`, {} ({} layers of {:?}, {} copies; fused layers decode first: {}; \
@@ -393,6 +407,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let group = a.calls_per_encoder.unwrap_or(a.layers * a.shapes.len());
             let all = calls(pick);
             let mut cbs = Vec::new();
+            if let (Some(n), Some(prepared)) = (a.decode_ahead, prepared) {
+                for calls in prepared.chunks(n) {
+                    cbs.push(dev.encode_calls(calls)?);
+                }
+                return Ok(cbs);
+            }
             for (g, layers) in all.chunks(group.max(1)).enumerate() {
                 let mut enc = dev.device().create_command_encoder(&Default::default());
                 let mut pass = a.one_pass.then(|| {
@@ -400,11 +420,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                         .forget_lifetime()
                 });
                 if let Some(prepared) = prepared {
-                    for call in prepared.iter().skip(g * group).take(layers.len()) {
-                        match pass.as_mut() {
-                            Some(p) => call.record_in(p),
-                            None => call.record(&mut enc),
-                        }
+                    let mine = prepared.iter().skip(g * group).take(layers.len());
+                    match pass.as_mut() {
+                        Some(p) => mine.for_each(|call| call.record_in(p)),
+                        None => mine.for_each(|call| call.record(&mut enc)),
                     }
                 } else {
                     for &(layer, xr, y) in layers {

@@ -2681,6 +2681,113 @@ fn decode_first_calls_take_decoded_buffers_in_turn() {
     assert_eq!(d.decoded_buffers(), 1);
 }
 
+/// `LinearDevice::encode_calls`: prepared calls in a command buffer of their own with the
+/// decodes first give each call's outputs bit for bit: layers coded whole at 2, 4 and 8 bits,
+/// a plain layer between them (nothing to decode), a layer given twice (its error flags written
+/// twice), two such command buffers in one submission; calls sharing a kept buffer are refused
+/// before anything is recorded; no calls make an empty command buffer.
+#[test]
+fn encoded_calls_decode_first_and_give_each_calls_outputs() {
+    use ecq::gpu::BufferRange;
+    use ecq::linear::{ActivationOrder, GpuLinear};
+    let Some(_) = dev() else { return };
+    // (a device of its own: the buffer count is the device's)
+    let d = &LinearDevice::new().unwrap();
+    let shapes = [
+        (37, 384, 4, 64, 1024, 2),
+        (96, 512, 2, 32, 4096, 3),
+        (40, 192, 8, 64, 2048, 4),
+    ];
+    let m = default_decode_first_rows(false) + 4;
+    let max_k = 512;
+    let x = activations(4600, m * max_k);
+    let xb = d.activation_buffer(x.len());
+    d.queue().write_buffer(&xb, 0, bytemuck::cast_slice(&x));
+    let mut coded = Vec::new();
+    let mut wants = Vec::new();
+    let mut plain = Vec::new();
+    for (i, &(r, k, b, gs, cs, tc)) in shapes.iter().enumerate() {
+        let c = case(4610 + i as u64, r, k, b, gs, cs, tc);
+        coded.push(upload(d, &c, &LinearOptions::default()).unwrap());
+        let p = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
+        wants.push(bits(p.forward_batch(&x[..m * k], m).unwrap()));
+        plain.push(p);
+    }
+    // (coded 0, coded 1, plain 2, coded 2, coded 0 again)
+    let layers: [(&dyn GpuLinear, usize); 5] = [
+        (&coded[0], 0),
+        (&coded[1], 1),
+        (&plain[2], 2),
+        (&coded[2], 2),
+        (&coded[0], 0),
+    ];
+    let prepare = |ys: &[wgpu::Buffer]| -> Vec<_> {
+        layers
+            .iter()
+            .zip(ys)
+            .map(|(&(layer, _), y)| {
+                let xr = BufferRange::new(&xb, 0, (m * layer.in_features() * 4) as u64);
+                layer
+                    .prepare_forward(xr, ActivationOrder::Columns, m, y.into())
+                    .unwrap()
+            })
+            .collect()
+    };
+    let outputs = || -> Vec<wgpu::Buffer> {
+        layers
+            .iter()
+            .map(|&(l, _)| {
+                let y = d.activation_buffer(m * l.out_features());
+                let nan = vec![f32::NAN; m * l.out_features()];
+                d.queue().write_buffer(&y, 0, bytemuck::cast_slice(&nan));
+                y
+            })
+            .collect()
+    };
+    d.set_decoded_buffers(4);
+    let (ys, ys2) = (outputs(), outputs());
+    let (calls, calls2) = (prepare(&ys), prepare(&ys2));
+    let decoding: Vec<bool> = calls.iter().map(|c| c.decodes_first()).collect();
+    assert_eq!(decoding, [true, true, false, true, true]);
+    d.queue().submit([
+        d.encode_calls(&calls).unwrap(),
+        d.encode_calls(&calls2).unwrap(),
+    ]);
+    for (&(layer, w), (y, y2)) in layers.iter().zip(ys.iter().zip(&ys2)) {
+        layer.check_recorded().unwrap();
+        assert_eq!(bits(d.read_f32(y.into()).unwrap()), wants[w], "layer {w}");
+        assert_eq!(
+            bits(d.read_f32(y2.into()).unwrap()),
+            wants[w],
+            "layer {w}, second"
+        );
+    }
+    // (two buffers for four calls decoding first: the third takes the first's)
+    d.set_decoded_buffers(2);
+    let ys = outputs();
+    let calls = prepare(&ys);
+    match d.encode_calls(&calls) {
+        Err(e @ LinearError::SharedDecodedBuffer { decoding: 4, .. }) => {
+            assert!(e.to_string().contains("decoded_buffers"), "{e}")
+        }
+        other => panic!("calls sharing a kept buffer: {other:?}"),
+    }
+    // (but one by one they are fine)
+    for call in &calls {
+        d.queue().submit([d.encode_calls([call]).unwrap()]);
+    }
+    for (&(layer, w), y) in layers.iter().zip(&ys) {
+        layer.check_recorded().unwrap();
+        assert_eq!(
+            bits(d.read_f32(y.into()).unwrap()),
+            wants[w],
+            "layer {w}, one by one"
+        );
+    }
+    d.queue()
+        .submit([d.encode_calls(std::iter::empty()).unwrap()]);
+}
+
 /// `LinearOptions::decode_first_min_rows`: a call of at least that many rows decodes the
 /// layer's weights and runs the plain layer's kernels on them, so its outputs are
 /// `QuantizedLinear`'s on the same weights bit for bit (host and recorded calls, with a bias,

@@ -2185,19 +2185,22 @@ impl EntropyCodedLinear {
     /// The launches of a recorded call decoding first: the decode into the device's kept
     /// buffer (a prepared call holds the one it was made with), then the plain layer's
     /// launches on it, as [`Self::decode_first_into`] runs them.
+    /// Returns the buffer decoded into.
     fn record_decode_first(
         &self,
         out: &mut Vec<LinearDispatch>,
         call: &ResidentCall<'_>,
-    ) -> Result<(), LinearError> {
+    ) -> Result<wgpu::Buffer, LinearError> {
         let gpu = |e| self.gpu_err(e);
         let decoded = self
             .dev
             .resident(Resident::Decoded, self.decoded_bytes())
             .map_err(gpu)?;
+        debug_assert!(out.is_empty(), "the decode is the call's first launch");
         out.push(self.decode_dispatch(&decoded, true).map_err(gpu)?);
-        let plain = self.plain_on(decoded)?;
-        plain.record_path(out, call, plain.path(call.m))
+        let plain = self.plain_on(decoded.clone())?;
+        plain.record_path(out, call, plain.path(call.m))?;
+        Ok(decoded)
     }
 }
 
@@ -2219,7 +2222,8 @@ impl GpuLinear for EntropyCodedLinear {
     ) -> Result<PreparedForward, LinearError> {
         let bias = bias_buffer(&self.dev, &self.bias_gpu, self.bias.as_deref());
         let (dev, dims) = (&self.dev, (self.cols, self.rows));
-        prepare_call(
+        let mut decoded = None;
+        let prepared = prepare_call(
             dev,
             &self.name,
             (x, order, m),
@@ -2231,14 +2235,19 @@ impl GpuLinear for EntropyCodedLinear {
                     call.zero_outputs(&self.dev, out)
                         .map_err(|e| self.gpu_err(e))
                 } else if m >= self.decode_first_min_rows {
-                    self.record_decode_first(out, call)
+                    decoded = Some(self.record_decode_first(out, call)?);
+                    Ok(())
                 } else if m <= self.gemv_batch_max_m {
                     self.record_gemv(out, call).map_err(|e| self.gpu_err(e))
                 } else {
                     self.record_gemm(out, call)
                 }
             },
-        )
+        )?;
+        Ok(match decoded {
+            Some(buffer) => prepared.decoding_first(&self.name, buffer),
+            None => prepared,
+        })
     }
 
     fn check_recorded(&self) -> Result<(), LinearError> {

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::call_buffers::{CallBuffers, CallScratch};
-use super::resident::{Resident, ResidentBuffers};
+use super::resident::{PreparedForward, Resident, ResidentBuffers};
+use super::LinearError;
 
 /// Where a read back's mapping reports its outcome.
 pub(crate) type MapReceiver = std::sync::mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>;
@@ -236,6 +237,56 @@ impl LinearDevice {
     /// ([`Self::set_decoded_buffers`]).
     pub fn decoded_buffers(&self) -> usize {
         self.decoded_buffers.load(Ordering::Relaxed)
+    }
+
+    /// Records prepared calls into a command buffer of their own, the decodes of the calls
+    /// decoding first ([`PreparedForward::decodes_first`]) ahead of every call's other
+    /// launches, then those in the calls' order. Submitted in the caller's sequence of
+    /// command buffers, the outputs are each call's [`PreparedForward::record_in`]'s bit for
+    /// bit.
+    ///
+    /// A decode reads neither the activations nor another call's outputs, so it may run
+    /// before the launches of calls ahead of it. One decode of a layer's matrix leaves much
+    /// of a large GPU idle (its chunks are its decoders); the decodes of, say, a transformer
+    /// layer's seven matrices fill it together, on GPUs that run launches without a barrier
+    /// between them at once (NVIDIA's Vulkan driver does). wgpu places a barrier before a
+    /// launch that writes a buffer used before it in the same command buffer, and a barrier
+    /// waits for every launch before it; a buffer's first use in a command buffer takes its
+    /// transition at submission instead. So the decodes go to a command buffer of their own,
+    /// where each call's kept buffer, and each layer's error flags, are first written by its
+    /// decode. A layer given twice writes its flags twice: correct, with a barrier there.
+    ///
+    /// Each call decoding first needs a kept buffer of its own, else a later decode would
+    /// overwrite weights an earlier call has yet to multiply: calls prepared one after
+    /// another after [`Self::set_decoded_buffers`] of at least their number take distinct
+    /// ones. Where two share one, nothing is recorded and the error is
+    /// [`LinearError::SharedDecodedBuffer`].
+    ///
+    /// Measured on an H200 (BENCHMARKS.md, issue 5, step 111), 32 Llama-3-8B layers of MLX
+    /// 4-bit g64 weights coded whole (`ecq encode`'s default form), a command buffer a
+    /// layer's seven calls with seven kept buffers: 22.2 ms a forward against 30.0 at 16
+    /// tokens on tensor cores, 25.5 against 33.7 at 64, 62.9 against 71.7 at 512 (the H100
+    /// agrees); in f32 14.3 against 23.2 at 2 tokens, and one token decoding first
+    /// (`LinearOptions::decode_first_min_rows` `Some(1)`) 12.2 against the fused GEMV's
+    /// 21.4. Window splits, whose decodes fill more of the GPU, gain 0.3-0.6 ms. The plain
+    /// layers in such command buffers took up to ~1 ms a forward longer on tensor cores.
+    /// The same decodes recorded first into one pass with the rest of the forward gained
+    /// nothing (the barriers above).
+    pub fn encode_calls<'a>(
+        &self,
+        calls: impl IntoIterator<Item = &'a PreparedForward>,
+    ) -> Result<wgpu::CommandBuffer, LinearError> {
+        let calls: Vec<&PreparedForward> = calls.into_iter().collect();
+        let mut enc = self
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("ecq calls, decodes first"),
+            });
+        PreparedForward::record_decodes_first_in(
+            &calls,
+            &mut enc.begin_compute_pass(&Default::default()),
+        )?;
+        Ok(enc.finish())
     }
 
     /// GPU bytes of the buffers kept from earlier layer calls (activations, outputs and the

@@ -216,6 +216,22 @@ pub enum LinearError {
         /// The GPU error.
         source: GpuError,
     },
+    /// Two calls given to [`PreparedForward::record_decodes_first_in`] decode into the same
+    /// kept buffer: the later decode would overwrite the weights of the earlier call before
+    /// its multiply.
+    #[error(
+        "calls of {first} and {second} decode into the same kept buffer: record at most as many \
+         calls decoding first together as LinearDevice::decoded_buffers ({decoding} here decode \
+         first), prepared after LinearDevice::set_decoded_buffers"
+    )]
+    SharedDecodedBuffer {
+        /// The layer of the earlier call.
+        first: String,
+        /// The layer of the later call.
+        second: String,
+        /// How many of the calls decode first.
+        decoding: usize,
+    },
     /// Opening the coded model failed.
     #[error(transparent)]
     Container(#[from] ContainerError),

@@ -171,6 +171,10 @@ pub trait GpuLinear: Linear {
 #[derive(Debug, Clone)]
 pub struct PreparedForward {
     launches: Vec<Dispatch>,
+    /// A call decoding first: its layer, and the kept buffer its first launch decodes the
+    /// weights into ([`LinearDevice::encode_calls`]). That launch reads the layer's coded
+    /// weights only and writes that buffer and the layer's error flags.
+    decode: Option<(String, wgpu::Buffer)>,
 }
 
 impl PreparedForward {
@@ -191,6 +195,52 @@ impl PreparedForward {
     /// How many launches the call takes (none for a call without outputs).
     pub fn launches(&self) -> usize {
         self.launches.len()
+    }
+
+    /// The call of `layer` whose first launch decodes its weights into `buffer`.
+    pub(crate) fn decoding_first(mut self, layer: &str, buffer: wgpu::Buffer) -> Self {
+        debug_assert!(!self.launches.is_empty());
+        self.decode = Some((layer.to_owned(), buffer));
+        self
+    }
+
+    /// Whether the call decodes the layer's weights first (a coded layer's call of at least
+    /// [`super::EntropyCodedLinear::decode_first_min_rows`] rows).
+    pub fn decodes_first(&self) -> bool {
+        self.decode.is_some()
+    }
+
+    /// Records `calls` into `pass`, the decodes of those decoding first ahead of every call's
+    /// other launches, then those in the calls' order ([`LinearDevice::encode_calls`]).
+    /// Nothing is recorded where two calls decoding first share a kept buffer
+    /// ([`LinearError::SharedDecodedBuffer`]).
+    pub(crate) fn record_decodes_first_in(
+        calls: &[&PreparedForward],
+        pass: &mut wgpu::ComputePass<'_>,
+    ) -> Result<(), LinearError> {
+        let decoding: Vec<&(String, wgpu::Buffer)> =
+            calls.iter().filter_map(|c| c.decode.as_ref()).collect();
+        for (i, (layer, buffer)) in decoding.iter().enumerate() {
+            if let Some((earlier, _)) = decoding[..i].iter().find(|(_, b)| b == buffer) {
+                return Err(LinearError::SharedDecodedBuffer {
+                    first: earlier.clone(),
+                    second: layer.clone(),
+                    decoding: decoding.len(),
+                });
+            }
+        }
+        for call in calls {
+            if call.decode.is_some() {
+                call.launches[0].record(pass);
+            }
+        }
+        for call in calls {
+            let skip = usize::from(call.decode.is_some());
+            for d in &call.launches[skip..] {
+                d.record(pass);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -645,7 +695,10 @@ pub(crate) fn prepare_call(
 ) -> Result<PreparedForward, LinearError> {
     let mut out = Vec::new();
     let Some(call) = ResidentCall::new(dev, layer, x, order, m, (k, r), y)? else {
-        return Ok(PreparedForward { launches: out });
+        return Ok(PreparedForward {
+            launches: out,
+            decode: None,
+        });
     };
     let gpu = |source| LinearError::gpu(layer, source);
     if k == 0 {
@@ -654,7 +707,10 @@ pub(crate) fn prepare_call(
         launches(&mut out, &call)?;
     }
     call.add_bias(dev, &mut out, bias).map_err(gpu)?;
-    Ok(PreparedForward { launches: out })
+    Ok(PreparedForward {
+        launches: out,
+        decode: None,
+    })
 }
 
 /// The layer's bias as a GPU buffer, made on first use (`None` without a bias).
