@@ -216,7 +216,7 @@ pub enum LinearError {
         /// The GPU error.
         source: GpuError,
     },
-    /// Two calls given to [`PreparedForward::record_decodes_first_in`] decode into the same
+    /// Two calls given to [`LinearDevice::encode_calls`] decode into the same
     /// kept buffer: the later decode would overwrite the weights of the earlier call before
     /// its multiply.
     #[error(
