@@ -10,7 +10,7 @@
 //! cargo run --release --example bench_resident -- [--layers 32] [--ms 1,16,512] [--rounds 7]
 //!     [--copies 2] [--shapes 4096x4096,1024x4096,...] [--coop] [--own-outputs] [--prebuilt]
 //!     [--one-pass] [--prepared] [--decode-first N|never] [--coop-gemm N|never] [--tiled-gemm N|never]
-//!     [--orders columns,lanes] [--passes 2] [--decoded-buffers 1] [--calls-per-encoder N] [--decode-ahead N] [--coop-only]
+//!     [--orders columns,lanes] [--passes 2] [--decoded-buffers 1] [--calls-per-encoder N] [--decode-ahead N[,N..]] [--coop-only]
 //!     [--coding window|split|whole] [--min-chunks N]
 //! ```
 //!
@@ -38,9 +38,10 @@
 //! kept buffers the calls decoding first take in turn (`LinearDevice::set_decoded_buffers`),
 //! `--calls-per-encoder` records every N calls into a command encoder of their own (a
 //! forward's encoders submitted at once; default: one encoder a forward), and with
-//! `--prepared`, `--decode-ahead N` records every N calls into a command buffer of their own
-//! with their decodes first (`LinearDevice::encode_calls`; give as many `--decoded-buffers`,
-//! plain layers' calls are grouped alike); `--coop-only` times
+//! `--prepared`, `--decode-ahead N[,N...]` records the calls into command buffers of their own
+//! of N calls (the sizes taken in turn, e.g. `3,1,2,1` for a layer's q k v | o | gate up |
+//! down) with their decodes first (`LinearDevice::encode_calls`; give as many
+//! `--decoded-buffers` as the largest N, plain layers' calls are grouped alike); `--coop-only` times
 //! the cooperative layers only. Times are
 //! wall clock after a second of warm-up forwards: "record" (the host's recording of all calls)
 //! and "run" (submit to the end of the wait) are medians of `--rounds` forwards one at a time;
@@ -99,9 +100,9 @@ struct Args {
     decoded_buffers: usize,
     /// calls a command encoder (`None`: a forward's)
     calls_per_encoder: Option<usize>,
-    /// prepared calls in command buffers of this many, decodes first
+    /// prepared calls in command buffers of these many in turn, decodes first
     /// (`LinearDevice::encode_calls`; `None`: as `calls_per_encoder` says)
-    decode_ahead: Option<usize>,
+    decode_ahead: Option<Vec<usize>>,
     /// the cooperative layers only (no f32 columns)
     coop_only: bool,
     /// the activation orders timed
@@ -169,7 +170,14 @@ fn parse_args() -> Result<Args, String> {
             "--layers" => a.layers = number(value()?)?,
             "--decoded-buffers" => a.decoded_buffers = number(value()?)?.max(1),
             "--calls-per-encoder" => a.calls_per_encoder = Some(number(value()?)?.max(1)),
-            "--decode-ahead" => a.decode_ahead = Some(number(value()?)?.max(1)),
+            "--decode-ahead" => {
+                a.decode_ahead = Some(
+                    value()?
+                        .split(',')
+                        .map(|n| number(n).map(|n| n.max(1)))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
             "--coop-gemm" => a.coop_gemm = Some(rows_from(value()?)?),
             "--tiled-gemm" => a.tiled_gemm = Some(rows_from(value()?)?),
             "--decode-first" => a.decode_first = Some(rows_from(value()?)?),
@@ -354,8 +362,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         dev.decoded_buffers(),
         a.calls_per_encoder
             .map_or("all".to_string(), |n| n.to_string()),
-        a.decode_ahead.map_or(String::new(), |n| format!(
-            " (--decode-ahead: {n} a command buffer, `LinearDevice::encode_calls`)"
+        a.decode_ahead.as_ref().map_or(String::new(), |n| format!(
+            " (--decode-ahead: command buffers of {n:?} calls in turn, `LinearDevice::encode_calls`)"
         ))
     );
     println!(
@@ -407,9 +415,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let group = a.calls_per_encoder.unwrap_or(a.layers * a.shapes.len());
             let all = calls(pick);
             let mut cbs = Vec::new();
-            if let (Some(n), Some(prepared)) = (a.decode_ahead, prepared) {
-                for calls in prepared.chunks(n) {
-                    cbs.push(dev.encode_calls(calls)?);
+            if let (Some(sizes), Some(prepared)) = (&a.decode_ahead, prepared) {
+                let mut at = 0;
+                for &n in sizes.iter().cycle() {
+                    if at == prepared.len() {
+                        break;
+                    }
+                    let end = (at + n).min(prepared.len());
+                    cbs.push(dev.encode_calls(&prepared[at..end])?);
+                    at = end;
                 }
                 return Ok(cbs);
             }

@@ -2684,8 +2684,10 @@ fn decode_first_calls_take_decoded_buffers_in_turn() {
 /// `LinearDevice::encode_calls`: prepared calls in a command buffer of their own with the
 /// decodes first give each call's outputs bit for bit: layers coded whole at 2, 4 and 8 bits,
 /// a plain layer between them (nothing to decode), a layer given twice (its error flags written
-/// twice), two such command buffers in one submission; calls sharing a kept buffer are refused
-/// before anything is recorded; no calls make an empty command buffer.
+/// twice), two such command buffers in one submission; with `encode_calls_with`, the caller's
+/// launch between two calls (a plain layer writing the next call's input) runs before that
+/// call's multiply and after the decodes; calls sharing a kept buffer are refused before
+/// anything is recorded; no calls make an empty command buffer.
 #[test]
 fn encoded_calls_decode_first_and_give_each_calls_outputs() {
     use ecq::gpu::BufferRange;
@@ -2761,6 +2763,49 @@ fn encoded_calls_decode_first_and_give_each_calls_outputs() {
             wants[w],
             "layer {w}, second"
         );
+    }
+    // (the caller's launches between the calls: a plain layer writing what call 1 reads)
+    let pc = case(4620, 512, 384, 4, 64, 1024, 2);
+    let first = QuantizedLinear::upload(d, "first", &pc.q, Some(&pc.bias)).unwrap();
+    let h_host = first.forward_batch(&x[..m * 384], m).unwrap();
+    let want_chained = bits(plain[1].forward_batch(&h_host, m).unwrap());
+    let h = d.activation_buffer(m * 512);
+    let cols = ActivationOrder::Columns;
+    let xr = |k: usize| BufferRange::new(&xb, 0, (m * k * 4) as u64);
+    let ys = outputs();
+    let (y0, y1, y2) = (&ys[0], &ys[1], &ys[3]);
+    let chain = [
+        coded[0]
+            .prepare_forward(xr(384), cols, m, y0.into())
+            .unwrap(),
+        coded[1]
+            .prepare_forward((&h).into(), cols, m, y1.into())
+            .unwrap(),
+        coded[2]
+            .prepare_forward(xr(192), cols, m, y2.into())
+            .unwrap(),
+    ];
+    let writes_h = first
+        .prepare_forward(xr(384), cols, m, (&h).into())
+        .unwrap();
+    let mut seen = Vec::new();
+    let cb = d
+        .encode_calls_with(&chain, |i, pass| {
+            seen.push(i);
+            if i == 1 {
+                writes_h.record_in(pass);
+            }
+        })
+        .unwrap();
+    assert_eq!(seen, [0, 1, 2]);
+    d.queue().submit([cb]);
+    for (layer, y, want) in [
+        (&coded[0], y0, &wants[0]),
+        (&coded[1], y1, &want_chained),
+        (&coded[2], y2, &wants[2]),
+    ] {
+        layer.check_recorded().unwrap();
+        assert_eq!(bits(d.read_f32(y.into()).unwrap()), *want, "chained");
     }
     // (two buffers for four calls decoding first: the third takes the first's)
     d.set_decoded_buffers(2);

@@ -276,6 +276,53 @@ impl LinearDevice {
         &self,
         calls: impl IntoIterator<Item = &'a PreparedForward>,
     ) -> Result<wgpu::CommandBuffer, LinearError> {
+        self.encode_calls_with(calls, |_, _| {})
+    }
+
+    /// [`Self::encode_calls`] with the caller's launches between the calls: `before(i, pass)`
+    /// records into the command buffer's pass what must run before call `i`'s multiply, after
+    /// every decode. A transformer layer's calls depend on the engine's work between them (o
+    /// on the attention over q, k and v's outputs; down on the activation of gate and up's),
+    /// and their decodes do not: so one command buffer a layer holds the seven decodes, then
+    /// the layer's work in order. (Command buffers of only the calls that need no work
+    /// between them, q k v | o | gate up | down, gain little: 32 whole-coded Llama-3-8B
+    /// layers took 28.7 ms at 16 tokens on tensor cores against 30.0 in one command buffer
+    /// and 22.2 with one a layer; BENCHMARKS.md, issue 5, step 111.)
+    ///
+    /// ```no_run
+    /// use ecq::linear::{ActivationOrder, EntropyCodedModel, GpuLinear, Linear, LinearDevice};
+    ///
+    /// let dev = LinearDevice::new()?;
+    /// let model = EntropyCodedModel::open(&dev, "coded-model-dir")?;
+    /// let (up, down) = (model.layer("mlp.up_proj")?, model.layer("mlp.down_proj")?);
+    /// let m = 64; // tokens
+    /// let (x, h, y) = (
+    ///     dev.activation_buffer(m * up.in_features()),
+    ///     dev.activation_buffer(m * up.out_features()),
+    ///     dev.activation_buffer(m * down.out_features()),
+    /// );
+    /// dev.set_decoded_buffers(2); // before preparing: each call a kept buffer of its own
+    /// let cols = ActivationOrder::Columns;
+    /// let calls = [
+    ///     up.prepare_forward((&x).into(), cols, m, (&h).into())?,
+    ///     down.prepare_forward((&h).into(), cols, m, (&y).into())?,
+    /// ];
+    /// // ... x written by the engine ...
+    /// let layer = dev.encode_calls_with(&calls, |i, _pass| {
+    ///     if i == 1 {
+    ///         // (the engine's activation function on `h` would be recorded here)
+    ///     }
+    /// })?;
+    /// dev.queue().submit([layer]);
+    /// up.check_recorded()?;
+    /// down.check_recorded()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn encode_calls_with<'a>(
+        &self,
+        calls: impl IntoIterator<Item = &'a PreparedForward>,
+        before: impl FnMut(usize, &mut wgpu::ComputePass<'_>),
+    ) -> Result<wgpu::CommandBuffer, LinearError> {
         let calls: Vec<&PreparedForward> = calls.into_iter().collect();
         let mut enc = self
             .device()
@@ -285,6 +332,7 @@ impl LinearDevice {
         PreparedForward::record_decodes_first_in(
             &calls,
             &mut enc.begin_compute_pass(&Default::default()),
+            before,
         )?;
         Ok(enc.finish())
     }

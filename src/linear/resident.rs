@@ -211,12 +211,14 @@ impl PreparedForward {
     }
 
     /// Records `calls` into `pass`, the decodes of those decoding first ahead of every call's
-    /// other launches, then those in the calls' order ([`LinearDevice::encode_calls`]).
+    /// other launches, then those in the calls' order, each call's after `before(i, pass)`
+    /// ([`LinearDevice::encode_calls_with`]).
     /// Nothing is recorded where two calls decoding first share a kept buffer
     /// ([`LinearError::SharedDecodedBuffer`]).
     pub(crate) fn record_decodes_first_in(
         calls: &[&PreparedForward],
         pass: &mut wgpu::ComputePass<'_>,
+        mut before: impl FnMut(usize, &mut wgpu::ComputePass<'_>),
     ) -> Result<(), LinearError> {
         let decoding: Vec<&(String, wgpu::Buffer)> =
             calls.iter().filter_map(|c| c.decode.as_ref()).collect();
@@ -234,7 +236,8 @@ impl PreparedForward {
                 call.launches[0].record(pass);
             }
         }
-        for call in calls {
+        for (i, call) in calls.iter().enumerate() {
+            before(i, pass);
             let skip = usize::from(call.decode.is_some());
             for d in &call.launches[skip..] {
                 d.record(pass);
