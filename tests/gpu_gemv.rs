@@ -2444,7 +2444,8 @@ fn plain_gemm_tiled_split_matches_reference() {
             small.gemm_tiled_split(64, TiledGemmTile::Narrow)
         );
     }
-    let (q, _) = random_matrix(3191, 64, 512, 4, 64);
+    // (a matrix of one split's columns never splits)
+    let (q, _) = random_matrix(3191, 64, TILED_GEMM_SPLIT_MIN_COLS, 4, 64);
     let narrow = ctx.upload_quantized(&q).unwrap();
     assert_eq!(narrow.gemm_tiled_split(64, TiledGemmTile::Narrow), None);
     // refusals: partial sums too small, a split of another width

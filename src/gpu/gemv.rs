@@ -127,9 +127,13 @@ pub const TILED_GEMM_WIDE_MIN_WORKGROUPS: usize = 256;
 /// tokens against 42.2 / 43.8 (70.6 against 69.8 at 128).
 pub const TILED_GEMM_SPLIT_WORKGROUPS: usize = 1024;
 
-/// Columns a split of [`GpuQuantizedMatrix::gemm_tiled_split`] takes at the least (32 steps
-/// of the GEMM's loop): fewer would spend more on the partial sums than the grid gains.
-pub const TILED_GEMM_SPLIT_MIN_COLS: usize = 512;
+/// Columns a split of [`GpuQuantizedMatrix::gemm_tiled_split`] takes at the least (16 steps
+/// of the GEMM's loop): fewer would spend more on the partial sums than the grid gains. 256
+/// against 512 (BENCHMARKS.md issue 5, steps 108 and 112; 32 Llama-3-8B layers in f32,
+/// 33-64 rows, where grids of 4096-column matrices split 8 or 16 ways): 1.2-1.6% faster
+/// plain on an H100 and 1.9-2.8% on an H200; at 128 rows equal on the H100, 0.6% slower on
+/// the H200 (before step 110's rule).
+pub const TILED_GEMM_SPLIT_MIN_COLS: usize = 256;
 
 /// Column splits (split-K) of a tiled GEMM, for grids too small to fill a GPU: `splits`
 /// ranges of `steps` steps of the kernel's columns each (the last one shorter), every range
