@@ -70,9 +70,10 @@ fn activations(seed: u64, n: usize) -> Vec<f32> {
     (0..n).map(|_| gaussian(&mut rng)).collect()
 }
 
-/// Options whose calls of several rows run the fused kernels at every row count, never
-/// decoding first: layers that are not window splits decode first from 2 rows by default
-/// (`DECODE_FIRST_MIN_ROWS_NOT_WINDOW`), so the tests of the fused batched paths ask for them.
+/// Options whose calls run the fused kernels at every row count, never decoding first: layers
+/// that are not window splits decode first from 2 rows by default
+/// (`DECODE_FIRST_MIN_ROWS_NOT_WINDOW`; from 1 on CPU devices), so the tests of the fused
+/// paths ask for them.
 fn fused_only() -> LinearOptions {
     LinearOptions {
         decode_first_min_rows: Some(usize::MAX),
@@ -81,10 +82,13 @@ fn fused_only() -> LinearOptions {
 }
 
 /// The rows from which a layer that can decode first does by default (in f32): a window
-/// split's `DECODE_FIRST_MIN_ROWS`, the others' `DECODE_FIRST_MIN_ROWS_NOT_WINDOW`.
-fn default_decode_first_rows(window: bool) -> usize {
+/// split's `DECODE_FIRST_MIN_ROWS`, the others' `DECODE_FIRST_MIN_ROWS_NOT_WINDOW` (on CPU
+/// devices `DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU`).
+fn default_decode_first_rows(d: &LinearDevice, window: bool) -> usize {
     if window {
         ecq::linear::DECODE_FIRST_MIN_ROWS
+    } else if d.gpu().registry().cpu_device() {
+        ecq::linear::DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU
     } else {
         ecq::linear::DECODE_FIRST_MIN_ROWS_NOT_WINDOW
     }
@@ -146,11 +150,24 @@ fn forward_matches_cpu_reference() {
     for (i, &(r, k, b, gs, cs, tc)) in SHAPES.iter().enumerate() {
         let c = case(i as u64, r, k, b, gs, cs, tc);
         let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
-        let gpu = upload(d, &c, &LinearOptions::default()).unwrap();
-        assert_eq!((gpu.in_features(), gpu.out_features()), (k, r));
         let x = activations(i as u64, k);
-        let y = gpu.forward(&x).unwrap();
-        assert_close(&format!("forward {r}x{k} b{b}"), &cpu, &x, 1, &y, 0.0);
+        // (the defaults, which on CPU devices decode first, and the fused GEMV)
+        for (how, opts) in [
+            ("defaults", LinearOptions::default()),
+            ("fused", fused_only()),
+        ] {
+            let gpu = upload(d, &c, &opts).unwrap();
+            assert_eq!((gpu.in_features(), gpu.out_features()), (k, r));
+            let y = gpu.forward(&x).unwrap();
+            assert_close(
+                &format!("forward {r}x{k} b{b}, {how}"),
+                &cpu,
+                &x,
+                1,
+                &y,
+                0.0,
+            );
+        }
     }
 }
 
@@ -1110,6 +1127,8 @@ fn check_coded_model(
     batch_rows: &[usize],
 ) {
     let model = EntropyCodedModel::open(d, coded).unwrap();
+    // (one row in the fused GEMV too: with the defaults CPU devices decode first)
+    let fused = EntropyCodedModel::open_with(d, coded, &fused_only()).unwrap();
     let most = batch_rows.iter().copied().max().unwrap_or(1);
     for (i, &(p, r, k, b)) in MODEL_LAYERS.iter().enumerate() {
         let layer = model.layer(p).unwrap();
@@ -1121,6 +1140,8 @@ fn check_coded_model(
         assert_eq!(model.cpu_layer(p).unwrap().weights(), cpu.weights(), "{p}");
         let x = activations(seed + i as u64, most * k);
         assert_close(p, &cpu, &x[..k], 1, &layer.forward(&x[..k]).unwrap(), 0.0);
+        let y = fused.layer(p).unwrap().forward(&x[..k]).unwrap();
+        assert_close(&format!("{p} fused"), &cpu, &x[..k], 1, &y, 0.0);
         for &m in batch_rows {
             let y = layer.forward_batch(&x[..m * k], m).unwrap();
             assert_close(&format!("{p} m{m}"), &cpu, &x[..m * k], m, &y, 0.0);
@@ -2615,7 +2636,7 @@ fn decode_first_calls_take_decoded_buffers_in_turn() {
         let gpu = upload(d, &c, &LinearOptions::default()).unwrap();
         assert_eq!(
             gpu.decode_first_min_rows(),
-            default_decode_first_rows(false),
+            default_decode_first_rows(d, false),
             "{r}x{k}"
         );
         let plain = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
@@ -2700,7 +2721,7 @@ fn encoded_calls_decode_first_and_give_each_calls_outputs() {
         (96, 512, 2, 32, 4096, 3),
         (40, 192, 8, 64, 2048, 4),
     ];
-    let m = default_decode_first_rows(false) + 4;
+    let m = default_decode_first_rows(d, false) + 4;
     let max_k = 512;
     let x = activations(4600, m * max_k);
     let xb = d.activation_buffer(x.len());
@@ -2837,9 +2858,9 @@ fn encoded_calls_decode_first_and_give_each_calls_outputs() {
 /// layer's weights and runs the plain layer's kernels on them, so its outputs are
 /// `QuantizedLinear`'s on the same weights bit for bit (host and recorded calls, with a bias,
 /// beyond one batched launch), for whole-symbol layers of 2, 4 and 8 bits and split ones (by
-/// default from 2 rows) and window splits (where a decode kernel runs them: those need
-/// 32-wide subgroups; by default from `DECODE_FIRST_MIN_ROWS`); a call of fewer rows stays
-/// fused, within the CPU reference's tolerance. Layers the plain kernels or
+/// default from 2 rows, from 1 on CPU devices) and window splits (where a decode kernel runs
+/// them: those need 32-wide subgroups; by default from `DECODE_FIRST_MIN_ROWS`); a call of
+/// fewer rows stays fused, within the CPU reference's tolerance. Layers the plain kernels or
 /// no decode kernel can run, and layers in several row bands, never decode first. A corrupt
 /// stream is reported on this path too, host and recorded.
 #[test]
@@ -2848,8 +2869,8 @@ fn decode_first_calls_are_the_plain_layer_bit_for_bit() {
     use gpu_common::{recorded, Placement};
     let Some(d) = dev() else { return };
     let (min, window_min) = (
-        default_decode_first_rows(false),
-        default_decode_first_rows(true),
+        default_decode_first_rows(d, false),
+        default_decode_first_rows(d, true),
     );
     // (rows, cols, bits, group, chunk symbols, tile chunks) coded whole
     let whole = [
@@ -2888,7 +2909,9 @@ fn decode_first_calls_are_the_plain_layer_bit_for_bit() {
         let (r, k) = (gpu.out_features(), gpu.in_features());
         let plain = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
         let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
-        for m in [min - 1, min, 77, 515] {
+        // (a fused call below the threshold, where there is one: on CPU devices layers coded
+        // whole or split decode first from one row)
+        for m in [min - 1, min, 77, 515].into_iter().filter(|&m| m > 0) {
             let x = activations(r as u64 * 1000 + m as u64, m * k);
             let got = gpu.forward_batch(&x, m).unwrap();
             assert_close(&format!("{label} m{m}"), &cpu, &x, m, &got, 0.0);

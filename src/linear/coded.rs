@@ -157,10 +157,10 @@ pub const COOP_MIN_ROWS: usize = 12;
 pub const DECODE_FIRST_MIN_ROWS: usize = 33;
 
 /// [`DECODE_FIRST_MIN_ROWS`] for layers that are not window splits (coded whole, the file
-/// format's default [`crate::container::MatrixCoding::Whole`], or split 2 + 2), on every
-/// device: their fused launches cost several times a plain row a row, so every call of
-/// several rows decodes first. One row (`forward`, and `forward_batch` of one) keeps the
-/// fused GEMV, the form this library exists to run. Measured (BENCHMARKS.md issue 5, steps
+/// format's default [`crate::container::MatrixCoding::Whole`], or split 2 + 2), on GPUs:
+/// their fused launches cost several times a plain row a row, so every call of several rows
+/// decodes first. One row (`forward`, and `forward_batch` of one) keeps the fused GEMV, the
+/// form this library exists to run (CPU devices: [`DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU`]). Measured (BENCHMARKS.md issue 5, steps
 /// 106-107; ms a forward of 32 Llama-3-8B layers as `ecq encode` writes them, prepared
 /// calls, on an H200):
 ///
@@ -179,6 +179,17 @@ pub const DECODE_FIRST_MIN_ROWS: usize = 33;
 /// a row below 32 rows ([`crate::linear::CPU_GEMV_MAX_ROWS`]); a split one 118 / 127 / 150
 /// against 46 / 59 / 79 at 2 / 8 / 16 rows.
 pub const DECODE_FIRST_MIN_ROWS_NOT_WINDOW: usize = 2;
+
+/// [`DECODE_FIRST_MIN_ROWS_NOT_WINDOW`] on CPU devices (lavapipe, `DeviceType::Cpu`): one
+/// row (`forward`) decodes first there too. A CPU's few threads run the fused GEMV's decode
+/// no faster than the decode kernel's, and then multiply in the fused kernel's narrow
+/// launches; the plain layer's one-vector GEMV on the decoded weights is cheap beside either.
+/// On lavapipe (2 cores; BENCHMARKS.md issue 5, thirty-third session) a token of a
+/// 1024x4096 and a 4096x4096 layer took 1245 ms decoding first against 1965 fused coded
+/// whole, and 778 against 1870 split 2 + 2. GPUs keep the fused GEMV for one row: there a
+/// whole layer's token costs about the same either way alone (21.4 against ~23 ms for 32
+/// Llama-3-8B layers on an H200), and the fused GEMV reads the coded bytes only.
+pub const DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU: usize = 1;
 
 /// [`DECODE_FIRST_MIN_ROWS`] for window splits on cooperative matrices
 /// ([`LinearOptions::cooperative_matrix`]): from the fused launches' second launch of 16
@@ -357,7 +368,7 @@ pub struct LinearOptions {
     /// layer's on the same weights, bit for bit. The decode costs about one fused GEMV's
     /// time, after which each row costs what it costs plain, so it pays for calls of many
     /// rows. `None` (default): [`DECODE_FIRST_MIN_ROWS_NOT_WINDOW`] for layers that are not
-    /// window splits; for window splits [`DECODE_FIRST_MIN_ROWS_COOP`] where they multiply on
+    /// window splits ([`DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU`] on CPU devices); for window splits [`DECODE_FIRST_MIN_ROWS_COOP`] where they multiply on
     /// cooperative matrices, else [`DECODE_FIRST_MIN_ROWS`]; `Some(usize::MAX)` never. Takes
     /// effect for layers in one row band whose weights a decode kernel runs on this device
     /// and the plain kernels take (2, 4 or 8 bits; a window split needs the blocked decode
@@ -788,7 +799,7 @@ pub type LinearDispatch = crate::gpu::Dispatch;
 /// kernels, which decode the weights as they multiply; calls of more decode the weights once
 /// into a kept buffer and multiply them with the plain 4-bit kernels
 /// ([`LinearOptions::decode_first_min_rows`]: by default from 2 rows for layers coded whole
-/// or split 2 + 2, from 33 for window splits, 17 on cooperative matrices).
+/// or split 2 + 2, 1 on CPU devices, from 33 for window splits, 17 on cooperative matrices).
 ///
 /// ```no_run
 /// use ecq::linear::{CodedLayerRef, EntropyCodedLinear, Linear, LinearDevice, LinearOptions};
@@ -1237,7 +1248,11 @@ impl EntropyCodedLinear {
                 // (a layer whose fused launches multiply on cooperative matrices is one the
                 // plain cooperative kernels take, so `decode_first_coop` covers `coop` here)
                 .unwrap_or(if m.window.is_none() {
-                    DECODE_FIRST_MIN_ROWS_NOT_WINDOW
+                    if dev.gpu().registry().cpu_device() {
+                        DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU
+                    } else {
+                        DECODE_FIRST_MIN_ROWS_NOT_WINDOW
+                    }
                 } else if decode_first_coop {
                     DECODE_FIRST_MIN_ROWS_COOP
                 } else {
