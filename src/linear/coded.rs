@@ -160,9 +160,9 @@ pub const DECODE_FIRST_MIN_ROWS: usize = 33;
 /// format's default [`crate::container::MatrixCoding::Whole`], or split 2 + 2), on GPUs:
 /// their fused launches cost several times a plain row a row, so every call of several rows
 /// decodes first. One row (`forward`, and `forward_batch` of one) keeps the fused GEMV, the
-/// form this library exists to run (CPU devices: [`DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU`]). Measured (BENCHMARKS.md issue 5, steps
-/// 106-107; ms a forward of 32 Llama-3-8B layers as `ecq encode` writes them, prepared
-/// calls, on an H200):
+/// form this library exists to run (CPU devices: [`DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU`]).
+/// Measured (BENCHMARKS.md issue 5, steps 106-107; ms a forward of 32 Llama-3-8B layers as
+/// `ecq encode` writes them, prepared calls, on an H200):
 ///
 /// | rows | 2 | 4 | 8 | 16 | 32 |
 /// |---|---|---|---|---|---|
@@ -368,8 +368,9 @@ pub struct LinearOptions {
     /// layer's on the same weights, bit for bit. The decode costs about one fused GEMV's
     /// time, after which each row costs what it costs plain, so it pays for calls of many
     /// rows. `None` (default): [`DECODE_FIRST_MIN_ROWS_NOT_WINDOW`] for layers that are not
-    /// window splits ([`DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU`] on CPU devices); for window splits [`DECODE_FIRST_MIN_ROWS_COOP`] where they multiply on
-    /// cooperative matrices, else [`DECODE_FIRST_MIN_ROWS`]; `Some(usize::MAX)` never. Takes
+    /// window splits ([`DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU`] on CPU devices); for window
+    /// splits [`DECODE_FIRST_MIN_ROWS_COOP`] where they multiply on cooperative matrices,
+    /// else [`DECODE_FIRST_MIN_ROWS`]; `Some(usize::MAX)` never. Takes
     /// effect for layers in one row band whose weights a decode kernel runs on this device
     /// and the plain kernels take (2, 4 or 8 bits; a window split needs the blocked decode
     /// kernel, 32-wide subgroups); [`EntropyCodedLinear::decode_first_min_rows`] says what the
@@ -2199,8 +2200,8 @@ impl EntropyCodedLinear {
 impl EntropyCodedLinear {
     /// The launches of a recorded call decoding first: the decode into the device's kept
     /// buffer (a prepared call holds the one it was made with), then the plain layer's
-    /// launches on it, as [`Self::decode_first_into`] runs them.
-    /// Returns the buffer decoded into.
+    /// launches on it, as [`Self::decode_first_into`] runs them; returns the buffer decoded
+    /// into.
     fn record_decode_first(
         &self,
         out: &mut Vec<LinearDispatch>,
