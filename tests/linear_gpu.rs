@@ -2708,7 +2708,8 @@ fn decode_first_calls_take_decoded_buffers_in_turn() {
 /// twice), two such command buffers in one submission; with `encode_calls_with`, the caller's
 /// launch between two calls (a plain layer writing the next call's input) runs before that
 /// call's multiply and after the decodes; calls sharing a kept buffer are refused before
-/// anything is recorded; no calls make an empty command buffer.
+/// anything is recorded; no calls make an empty command buffer; a corrupt stream among them is
+/// reported by its layer's check, naming the chunk, and the other calls are right.
 #[test]
 fn encoded_calls_decode_first_and_give_each_calls_outputs() {
     use ecq::gpu::BufferRange;
@@ -2852,6 +2853,26 @@ fn encoded_calls_decode_first_and_give_each_calls_outputs() {
     }
     d.queue()
         .submit([d.encode_calls(std::iter::empty()).unwrap()]);
+    // (a corrupt stream among them: its check names the chunk, the other call is right)
+    let (bad, _) = corrupt_layer(d, &LinearOptions::default());
+    let yb = d.activation_buffer(m * bad.out_features());
+    let ys = outputs();
+    let calls = [
+        coded[0]
+            .prepare_forward(xr(384), cols, m, (&ys[0]).into())
+            .unwrap(),
+        bad.prepare_forward(xr(256), cols, m, (&yb).into()).unwrap(),
+    ];
+    assert!(calls.iter().all(|c| c.decodes_first()));
+    d.queue().submit([d.encode_calls(&calls).unwrap()]);
+    let msg = bad.check_recorded().unwrap_err().to_string();
+    assert!(msg.contains("corrupt") && msg.contains("chunk 1"), "{msg}");
+    coded[0].check_recorded().unwrap();
+    assert_eq!(
+        bits(d.read_f32((&ys[0]).into()).unwrap()),
+        wants[0],
+        "beside a corrupt call"
+    );
 }
 
 /// `LinearOptions::decode_first_min_rows`: a call of at least that many rows decodes the
