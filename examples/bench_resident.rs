@@ -412,8 +412,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                       order: ActivationOrder,
                       prepared: Option<&[ecq::linear::PreparedForward]>|
          -> Result<Vec<wgpu::CommandBuffer>, Box<dyn std::error::Error>> {
-            let group = a.calls_per_encoder.unwrap_or(a.layers * a.shapes.len());
-            let all = calls(pick);
             let mut cbs = Vec::new();
             if let (Some(sizes), Some(prepared)) = (&a.decode_ahead, prepared) {
                 let mut at = 0;
@@ -427,6 +425,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 return Ok(cbs);
             }
+            let group = a.calls_per_encoder.unwrap_or(a.layers * a.shapes.len());
+            let all = calls(pick);
             for (g, layers) in all.chunks(group.max(1)).enumerate() {
                 let mut enc = dev.device().create_command_encoder(&Default::default());
                 let mut pass = a.one_pass.then(|| {

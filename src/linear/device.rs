@@ -199,7 +199,8 @@ impl LinearDevice {
     /// ([`super::LinearOptions::decode_first_min_rows`]) write their decoded weights into,
     /// taken in turn as the calls are recorded or prepared (default 1; 0 is taken as 1).
     /// [`Self::encode_calls`] needs a buffer a call decoding first: there a layer's seven
-    /// decodes run together, the larger gain for layers coded whole (BENCHMARKS.md, issue 5, step 111).
+    /// decodes run together, the larger gain for layers coded whole (BENCHMARKS.md, issue 5,
+    /// step 111).
     ///
     /// wgpu places a barrier before a buffer's reuse within a command buffer, and a barrier
     /// waits for every launch recorded before it. With one buffer, each call's decode waits
