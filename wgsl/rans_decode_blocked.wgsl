@@ -92,13 +92,35 @@ fn write_word(row_out: u32, row_low: u32, j: u32, w: u32) {
     out[row_out + 2u * j + 1u] = merge_split(w >> 16u, lw >> 16u);
 }
 
-// MLX word k (k < 4: coded weights 8k .. 8k + 7) of a window split's word from its nibble
-// words n (window_words: coded weight 4i + m is nibble i of n[m]).
-fn window_mlx_word(n: vec4<u32>, k: u32) -> u32 {
-    let b = (n >> vec4<u32>(8u * k)) & vec4<u32>(0xFFu);
-    let lo = (b & vec4<u32>(0xFu)) << vec4<u32>(0u, 4u, 8u, 12u);
-    let hi = (b >> vec4<u32>(4u)) << vec4<u32>(16u, 20u, 24u, 28u);
-    return (lo.x | lo.y | lo.z | lo.w) | (hi.x | hi.y | hi.z | hi.w);
+// The four MLX words of a window split's word from its nibble words n (window_words: coded
+// weight 4i + m is nibble i of n[m]); MLX word k holds coded weights 8k .. 8k + 7, so nibble
+// 4h + m of word k is nibble 2k + h of n[m]. Done as a transpose: the low nibbles of n[0]
+// and n[1] (n[2] and n[3]) interleaved into the bytes of l01 (l23), the high ones into h01
+// (h23); byte k of l01, l23, h01, h23 is then byte 0..3 of word k, a 4x4 byte transpose in
+// two rounds of 16-bit and 8-bit swaps: 12 shifts and 12 bit selects for the four words,
+// where extracting each word's eight nibbles took 31 operations a word in the source. The
+// window decode ran 4-13% faster on an H200 (BENCHMARKS.md issue 5, step 115).
+fn window_mlx_words(n: vec4<u32>) -> vec4<u32> {
+    let l01 = bitsel(n.x, n.y << 4u, 0x0F0F0F0Fu);
+    let l23 = bitsel(n.z, n.w << 4u, 0x0F0F0F0Fu);
+    let h01 = bitsel(n.x >> 4u, n.y, 0x0F0F0F0Fu);
+    let h23 = bitsel(n.z >> 4u, n.w, 0x0F0F0F0Fu);
+    // bytes (l01 b0, l23 b0, l01 b2, l23 b2), (l01 b1, l23 b1, l01 b3, l23 b3), and the same of h
+    let x0 = bitsel(l01, l23 << 8u, 0x00FF00FFu);
+    let x1 = bitsel(l01 >> 8u, l23, 0x00FF00FFu);
+    let y0 = bitsel(h01, h23 << 8u, 0x00FF00FFu);
+    let y1 = bitsel(h01 >> 8u, h23, 0x00FF00FFu);
+    return vec4<u32>(
+        bitsel(x0, y0 << 16u, 0x0000FFFFu),
+        bitsel(x1, y1 << 16u, 0x0000FFFFu),
+        bitsel(x0 >> 16u, y0, 0x0000FFFFu),
+        bitsel(x1 >> 16u, y1, 0x0000FFFFu),
+    );
+}
+
+// The bits of a where m is set, of b elsewhere.
+fn bitsel(a: u32, b: u32, m: u32) -> u32 {
+    return (a & m) | (b & ~m);
 }
 
 @compute @workgroup_size(128)
@@ -157,17 +179,19 @@ fn main(
                         sw[c] = subgroupShuffle(sx, src0 + c) >> byte_shift;
                     }
                     let n = window_words(sw, window_raw(raw_row, b, l));
+                    let w = window_mlx_words(n);
                     if (pair) {
                         let j = b * 64u + 2u * l;
-                        out[row_out + j] = window_mlx_word(n, 0u);
-                        out[row_out + j + 1u] = window_mlx_word(n, 1u);
-                        out[row_out_b + j] = window_mlx_word(n, 2u);
-                        out[row_out_b + j + 1u] = window_mlx_word(n, 3u);
+                        out[row_out + j] = w.x;
+                        out[row_out + j + 1u] = w.y;
+                        out[row_out_b + j] = w.z;
+                        out[row_out_b + j + 1u] = w.w;
                     } else {
                         let j = b * 128u + 4u * l;
-                        for (var k = 0u; k < 4u; k++) {
-                            out[row_out + j + k] = window_mlx_word(n, k);
-                        }
+                        out[row_out + j] = w.x;
+                        out[row_out + j + 1u] = w.y;
+                        out[row_out + j + 2u] = w.z;
+                        out[row_out + j + 3u] = w.w;
                     }
                 }
                 continue;
