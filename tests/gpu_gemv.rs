@@ -8,7 +8,8 @@ mod gpu_common;
 
 use ecq::dtype::FloatDType;
 use ecq::gpu::{
-    CodedMatrixRef, FusedVariant, GpuContext, QGemvVariant, QuantParamsRef, TiledGemmTile,
+    CodedMatrixRef, DecodeOutput, FusedVariant, GpuContext, QGemvVariant, QuantParamsRef,
+    TiledGemmTile,
 };
 use ecq::quant::{quantize_affine, AffineParams, QuantizedMatrix};
 use ecq::rans::{encode, EncodeOptions};
@@ -633,11 +634,12 @@ fn fused_blocked_diagnostic_builds() {
     }
 }
 
-/// The blocked fused kernels reading their decode tables from memory (built once on the host,
-/// `GpuCodedMatrix::set_tables_in_memory`, the default) give, bit for bit, what they give
-/// building the tables in every workgroup: whole symbols, the 2 + 2 split and a window split in row pairs,
-/// tiles of three chunks (several tables a matrix), both table forms. Frequencies that do not
-/// sum to 2^n in one tile are reported for that tile's first chunk, as with the built tables.
+/// The blocked fused kernels and the blocked decode kernel reading their decode tables from
+/// memory (built once on the host, `GpuCodedMatrix::set_tables_in_memory`, the default) give,
+/// bit for bit, what they give building the tables in every workgroup (the decode: the CPU's
+/// words): whole symbols, the 2 + 2 split and a window split in row pairs, tiles of three
+/// chunks (several tables a matrix), both table forms. Frequencies that do not sum to 2^n in
+/// one tile are reported for that tile's first chunk, as with the built tables.
 #[test]
 fn fused_tables_in_memory_bit_identical() {
     let Some(ctx) = ctx() else { return };
@@ -668,6 +670,11 @@ fn fused_tables_in_memory_bit_identical() {
         "2 + 2 pairs" => ctx.upload_split(&pairs, Some(quant)),
         _ => ctx.upload_split(&window, Some(quant)),
     };
+    let cpu_words = |what: &str| match what {
+        "whole" => whole.decode_packed().unwrap(),
+        "2 + 2 pairs" => pairs.decode_packed().unwrap(),
+        _ => window.decode_packed().unwrap(),
+    };
     for what in ["whole", "2 + 2 pairs", "window pairs"] {
         let mut built = upload(what).unwrap();
         let mem = upload(what).unwrap();
@@ -689,6 +696,23 @@ fn fused_tables_in_memory_bit_identical() {
                 b.unwrap_or_else(|e| panic!("{what} {v:?}: {e}")),
             );
             assert_eq!(bits(a), bits(b), "{what} {v:?}");
+            let want = cpu_words(what);
+            for m in [&built, &mem] {
+                let got = m
+                    .decode_with(
+                        ctx.device(),
+                        ctx.queue(),
+                        ctx.registry(),
+                        DecodeOutput::Packed,
+                        Some(v),
+                    )
+                    .unwrap_or_else(|e| panic!("{what} {v:?} decode: {e}"));
+                assert!(
+                    got == want,
+                    "{what} {v:?} decode, tables in memory {}: GPU and CPU words differ",
+                    m.tables_in_memory()
+                );
+            }
             // 2.5 KiB a tile at 11 probability bits, held once the first launch built them
             assert_eq!(
                 (built.table_bytes(), mem.table_bytes() % 2576),
@@ -742,6 +766,27 @@ fn fused_tables_in_memory_bit_identical() {
                 other => {
                     panic!("tables in memory {on} {v:?}: expected CorruptStream, got {other:?}")
                 }
+            }
+            match m.decode_with(
+                ctx.device(),
+                ctx.queue(),
+                ctx.registry(),
+                DecodeOutput::Packed,
+                Some(v),
+            ) {
+                Err(ecq::gpu::GpuError::CorruptStream {
+                    chunk, tile, flags, ..
+                }) => {
+                    assert_eq!((chunk, tile), (3, 1), "decode, tables in memory {on} {v:?}");
+                    assert_ne!(
+                        flags & ecq::gpu::error_bits::TABLE,
+                        0,
+                        "decode {on} {v:?}: {flags:#x}"
+                    );
+                }
+                other => panic!(
+                    "decode, tables in memory {on} {v:?}: expected CorruptStream, got {other:?}"
+                ),
             }
         }
     }

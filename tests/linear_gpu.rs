@@ -1528,6 +1528,43 @@ fn window_case(seed: u64) -> (Case, SplitMatrix) {
     (c, s)
 }
 
+/// A window-split layer whose tile 1 has a frequency too many (its decode table does not sum to
+/// 2^n; nothing on the host checks the sums at upload) reports that tile's first chunk, on
+/// calls that decode first and on one-row calls, whether its decode tables are built on the
+/// host (the default: the decode runs `rans_decode_window.wgsl` where subgroups are 32 wide)
+/// or in the kernel (`tables_built_in_kernel`: `rans_decode_blocked.wgsl`).
+#[test]
+fn window_corrupt_table_is_reported() {
+    let Some(d) = dev() else { return };
+    let (c, s) = window_case(901);
+    let a = s.high().alphabet_size();
+    let mut freqs = s.high().freqs().to_vec();
+    let i = (a..2 * a).find(|&i| freqs[i] > 0).unwrap();
+    freqs[i] += 1;
+    let mut layer = CodedLayerRef::from_split(&s, 64, &c.q.scales, &c.q.biases, None);
+    layer.freqs = bytemuck::cast_slice(&freqs);
+    for tables_built_in_kernel in [false, true] {
+        let opts = LinearOptions {
+            tables_built_in_kernel,
+            decode_first_min_rows: Some(2),
+            ..Default::default()
+        };
+        let gpu = EntropyCodedLinear::upload(d, "window table", layer, &opts).unwrap();
+        // (decoding first from 2 rows where a decode kernel runs window splits: 32-wide
+        // subgroups; elsewhere every call runs the fused kernels, which report it as well)
+        for res in [
+            gpu.forward(&[1.0; 2048]),
+            gpu.forward_batch(&vec![1.0; 4 * 2048], 4),
+        ] {
+            let msg = res.unwrap_err().to_string();
+            assert!(
+                msg.contains("corrupt") && msg.contains("chunk 2"),
+                "tables built in the kernel {tables_built_in_kernel}: {msg}"
+            );
+        }
+    }
+}
+
 /// `LinearOptions::x8_activations`: a window-split layer's fused GEMV on 8-bit activations is
 /// the library's `GpuCodedMatrix::gemv_x8` bit for bit, one vector and each row of a batch run
 /// as GEMVs, and so is the same layer in row bands; an initial state below 2^16 in one chunk is

@@ -149,7 +149,7 @@ fn window_build(pairs: bool, extra: &[(&'static str, f64)]) -> Vec<(&'static str
 
 /// Every kernel at its default constants, then the split-matrix builds of the blocked kernels
 /// (raw low bits: `LOW = 2` beside 2-bit symbols of four weights), in row-major and row-pair
-/// order (`PAIR = 1`), the window-split builds of the blocked fused GEMV (`LOW = 3`, one-bit
+/// order (`PAIR = 1`), the window-split decode in row pairs, the window-split builds of the blocked fused GEMV (`LOW = 3`, one-bit
 /// symbols of eight weights) with two and four groups of 32 lanes a chunk (`DUP`, whose
 /// workgroup barrier the defaults drop) on f32 and 8-bit activations and with several
 /// activation vectors a launch (`NVEC`, and its plain counterpart with its step-88 builds:
@@ -182,6 +182,11 @@ fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
         (
             "rans_decode_blocked.wgsl",
             vec![("LOW", 2.0), ("PAIR", 1.0)],
+        ),
+        // (the window-split decode in row pairs, with a window start)
+        (
+            "rans_decode_window.wgsl",
+            vec![("PAIR", 1.0), ("WSTART", 5.0)],
         ),
         (
             gemv,

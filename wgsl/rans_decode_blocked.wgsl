@@ -10,7 +10,13 @@
 // (error bit 128) and reports errors like the subgroup kernel. Window splits (LOW = 3,
 // `ecq::rans::SplitMatrix::encode_window`): blocks of 4 steps, lane l's word of four symbols
 // (32 coded weights) merged with its raw words and written as 4 MLX words, 2 per row with row
-// pairs (the host needs steps per row in a multiple of 4 for them).
+// pairs (the host needs steps per row in a multiple of 4 for them). The host runs them here
+// only where the matrix builds its decode tables in the kernel; with tables built on the host
+// (the default) they run rans_decode_window.wgsl, which loads its chunk's start first. That
+// change made here ran the byte symbols 5-8% slower on an H200 (BENCHMARKS.md issue 5, steps
+// 115-116), and so did removing the window path or the chunk loop from this file: the driver
+// then compiled the byte-symbol loop to the same instructions in another order. This source is
+// the one measured.
 // This kernel runs without naga's bounds checks (`Kernel::indices_in_range_by_construction`
 // says why that is safe): every index here and in the imported libraries must stay in range
 // for any buffer contents, by masking or clamping in the source.

@@ -668,6 +668,11 @@ pub(crate) struct DecodeSource<'a> {
     pub(crate) params: &'a CodedParams,
     pub(crate) side: super::SideFormat,
     pub(crate) freqs: &'a wgpu::Buffer,
+    /// The tiles' decode tables built on the host (`super::slot_table`). A window split with
+    /// them decodes in `rans_decode_window.wgsl`, which loads them instead of building its
+    /// table from `freqs` in every workgroup; other matrices, and window splits without them,
+    /// decode in `rans_decode_blocked.wgsl`, which builds it.
+    pub(crate) tables: Option<&'a wgpu::Buffer>,
     pub(crate) states: &'a wgpu::Buffer,
     pub(crate) offsets: &'a wgpu::Buffer,
     pub(crate) words: &'a wgpu::Buffer,
@@ -807,12 +812,12 @@ impl DecodeSource<'_> {
             DecodeOutput::BytePerWeight => p.cols / 4,
         };
         let uniform = uniform(p);
-        let blocked_overrides = [
-            ("PREC", p.prec),
-            ("LOW", p.low_bits),
-            ("PAIR", p.row_pairs),
-            ("WSTART", p.window_start),
-        ];
+        // (window splits with tables built on the host run their own kernel; the others, and
+        // window splits building their tables, `rans_decode_blocked.wgsl`: issue 5 step 116)
+        let tables = self
+            .tables
+            .filter(|_| blocked && p.low_bits == WINDOW_LOW_BITS);
+        let compact = variant == FusedVariant::BlockedCompact;
         let pipeline = match variant {
             FusedVariant::Workgroup => registry.get(device, Kernel::RansDecode, "main", &[])?,
             FusedVariant::Subgroup => registry.get(
@@ -821,17 +826,35 @@ impl DecodeSource<'_> {
                 "main",
                 &[("PREC", p.prec), ("BW", p.bits * p.wps)],
             )?,
-            FusedVariant::Blocked => registry.get(
+            FusedVariant::Blocked | FusedVariant::BlockedCompact if tables.is_some() => registry
+                .get(
+                    device,
+                    if compact {
+                        Kernel::RansDecodeWindowCompact
+                    } else {
+                        Kernel::RansDecodeWindow
+                    },
+                    "main",
+                    &[
+                        ("PREC", p.prec),
+                        ("PAIR", p.row_pairs),
+                        ("WSTART", p.window_start),
+                    ],
+                )?,
+            FusedVariant::Blocked | FusedVariant::BlockedCompact => registry.get(
                 device,
-                Kernel::RansDecodeBlocked,
+                if compact {
+                    Kernel::RansDecodeBlockedCompact
+                } else {
+                    Kernel::RansDecodeBlocked
+                },
                 "main",
-                &blocked_overrides,
-            )?,
-            FusedVariant::BlockedCompact => registry.get(
-                device,
-                Kernel::RansDecodeBlockedCompact,
-                "main",
-                &blocked_overrides,
+                &[
+                    ("PREC", p.prec),
+                    ("LOW", p.low_bits),
+                    ("PAIR", p.row_pairs),
+                    ("WSTART", p.window_start),
+                ],
             )?,
         };
         let layout = pipeline.get_bind_group_layout(0);
@@ -840,7 +863,7 @@ impl DecodeSource<'_> {
             layout: &layout,
             entries: &[
                 entry(0, &uniform),
-                entry(1, self.freqs),
+                entry(1, tables.unwrap_or(self.freqs)),
                 entry(2, self.states),
                 entry(3, self.offsets),
                 entry(4, self.words),
@@ -1206,8 +1229,9 @@ impl GpuCodedMatrix {
     /// about 0.02 bits per weight with the encoder's default tiles of 32 chunks; see
     /// `src/gpu/slot_table.rs`), instead of building it from the frequencies in every
     /// workgroup: 1.03-1.19x faster per matrix on an H200 (BENCHMARKS.md issue 5, step 65).
-    /// Same results, bit for bit; corrupt frequencies are reported the same way. `false`
-    /// saves that memory.
+    /// The GPU decode of a window split reads them too (`rans_decode_window.wgsl`: 1.03-1.23x
+    /// faster, step 116); the other decodes build theirs. Same results, bit for bit; corrupt
+    /// frequencies are reported the same way. `false` saves that memory.
     pub fn set_tables_in_memory(&mut self, on: bool) {
         self.tables_in_memory = on;
     }
@@ -1355,6 +1379,7 @@ impl GpuCodedMatrix {
             params: &self.params,
             side: self.side,
             freqs: &self.freqs,
+            tables: None,
             states: &self.states,
             offsets: &self.offsets,
             words: &self.words,
@@ -1406,7 +1431,8 @@ impl GpuCodedMatrix {
     /// `rans_decode_subgroup.wgsl` (fails with [`GpuError::Unsupported`] unless
     /// [`Self::decode_subgroup_supported`]), [`FusedVariant::Blocked`] and
     /// [`FusedVariant::BlockedCompact`] `rans_decode_blocked.wgsl` with either table (unless
-    /// [`Self::decode_blocked_supported`]).
+    /// [`Self::decode_blocked_supported`]; a window split reading its tables from memory,
+    /// [`Self::set_tables_in_memory`], runs `rans_decode_window.wgsl` instead).
     pub fn decode_dispatch_with(
         &self,
         device: &wgpu::Device,
@@ -1415,10 +1441,19 @@ impl GpuCodedMatrix {
         mode: DecodeOutput,
         variant: FusedVariant,
     ) -> Result<Dispatch, GpuError> {
-        self.decode_source()
-            .dispatch(device, registry, out, mode, variant, |p| {
-                self.uniform(device, p.out_mode, p)
-            })
+        let mut source = self.decode_source();
+        // (the fused GEMV's tables, where this matrix reads them from memory: the window-split
+        // decode reads them too, issue 5 step 116)
+        if self.tables_in_memory
+            && variant.is_blocked()
+            && self.params.low_bits == WINDOW_LOW_BITS
+            && (8..=11).contains(&self.params.prec)
+        {
+            source.tables = Some(self.slot_tables(device)?);
+        }
+        source.dispatch(device, registry, out, mode, variant, |p| {
+            self.uniform(device, p.out_mode, p)
+        })
     }
 
     /// The fused kernel [`Self::gemv_dispatch`] and [`Self::gemv`] run for this matrix on

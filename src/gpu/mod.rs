@@ -41,7 +41,8 @@
 //!   a block of 2-8 steps with the symbols kept packed in two registers, then the block's dot
 //!   products (fused) or its 64 output words written with 8 shuffles and two coalesced stores
 //!   per lane (decode); rows must be whole 32-symbol steps ([`FusedLayout::blocked_steps`],
-//!   [`GpuCodedMatrix::decode_blocked_supported`]).
+//!   [`GpuCodedMatrix::decode_blocked_supported`]). Window splits whose decode tables are built
+//!   on the host decode in `rans_decode_window.wgsl`, a kernel of their own.
 //! * `qgemv4.wgsl`: plain MLX 4-bit GEMV ([`QGemvVariant::Nibble4`]): no
 //!   integer-to-float conversion (nibbles OR-ed into the exponent of 2^23), 4 rows x 2 pieces of
 //!   16 weights per lane, K split over 1-8 groups of 32 lanes chosen from the row count.
@@ -371,6 +372,11 @@ pub enum Kernel {
     RansGemvBlockedCompact,
     /// `wgsl/rans_decode_blocked.wgsl` with the compact table.
     RansDecodeBlockedCompact,
+    /// `wgsl/rans_decode_window.wgsl`: the blocked decode of window splits whose tiles'
+    /// decode tables are built on the host.
+    RansDecodeWindow,
+    /// `wgsl/rans_decode_window.wgsl` with the compact table.
+    RansDecodeWindowCompact,
     /// `wgsl/qgemv.wgsl`: plain MLX quantized GEMV (2, 4, 8 bits).
     QGemv,
     /// `wgsl/qgemv4.wgsl`: plain MLX 4-bit GEMV without integer-to-float conversions (the
@@ -525,6 +531,24 @@ impl Kernel {
                 "split_bits",
                 "window_bits"
             ),
+            Kernel::RansDecodeWindow => wgsl_with_libs!(
+                "../../wgsl/rans_decode_window.wgsl",
+                "rans_consts",
+                "rans_table_scan",
+                "rans_table_sg",
+                "rans_subgroup",
+                "rans_block",
+                "window_bits"
+            ),
+            Kernel::RansDecodeWindowCompact => wgsl_with_libs!(
+                "../../wgsl/rans_decode_window.wgsl",
+                "rans_consts",
+                "rans_table_scan",
+                "rans_table_byte",
+                "rans_subgroup",
+                "rans_block",
+                "window_bits"
+            ),
             Kernel::QGemv => wgsl_with_libs!("../../wgsl/qgemv.wgsl", "side"),
             Kernel::QGemv4 => wgsl_with_libs!("../../wgsl/qgemv4.wgsl", "side"),
             Kernel::QGemv4Dp4a => wgsl_with_libs!("../../wgsl/qgemv4_dp4a.wgsl", "side", "x8"),
@@ -571,6 +595,8 @@ impl Kernel {
                 | Kernel::RansDecodeBlocked
                 | Kernel::RansGemvBlockedCompact
                 | Kernel::RansDecodeBlockedCompact
+                | Kernel::RansDecodeWindow
+                | Kernel::RansDecodeWindowCompact
                 | Kernel::QGemv4Many
                 | Kernel::RansGemvCoop
                 | Kernel::QGemv4Coop
@@ -632,6 +658,8 @@ impl Kernel {
                 | Kernel::RansDecodeBlocked
                 | Kernel::RansGemvBlockedCompact
                 | Kernel::RansDecodeBlockedCompact
+                | Kernel::RansDecodeWindow
+                | Kernel::RansDecodeWindowCompact
                 | Kernel::QGemv4Many
                 | Kernel::RansGemvCoop
                 | Kernel::QGemv4Coop
@@ -653,6 +681,8 @@ impl Kernel {
             Kernel::RansDecodeBlocked => "rans_decode_blocked.wgsl",
             Kernel::RansGemvBlockedCompact => "rans_gemv_blocked.wgsl (compact table)",
             Kernel::RansDecodeBlockedCompact => "rans_decode_blocked.wgsl (compact table)",
+            Kernel::RansDecodeWindow => "rans_decode_window.wgsl",
+            Kernel::RansDecodeWindowCompact => "rans_decode_window.wgsl (compact table)",
             Kernel::QGemv => "qgemv.wgsl",
             Kernel::QGemv4 => "qgemv4.wgsl",
             Kernel::QGemv4Dp4a => "qgemv4_dp4a.wgsl",
@@ -1636,7 +1666,7 @@ mod tests {
     use super::Kernel;
 
     /// Every kernel the registry builds.
-    const ALL_KERNELS: [Kernel; 25] = [
+    const ALL_KERNELS: [Kernel; 27] = [
         Kernel::RansDecode,
         Kernel::RansGemv,
         Kernel::RansGemvSubgroup,
@@ -1645,6 +1675,8 @@ mod tests {
         Kernel::RansDecodeBlocked,
         Kernel::RansGemvBlockedCompact,
         Kernel::RansDecodeBlockedCompact,
+        Kernel::RansDecodeWindow,
+        Kernel::RansDecodeWindowCompact,
         Kernel::QGemv,
         Kernel::QGemv4,
         Kernel::QGemv4Dp4a,
@@ -1675,8 +1707,8 @@ mod tests {
             .collect();
         assert_eq!(
             unchecked.len(),
-            10,
-            "only the four blocked kernels, their plain multi-vector baseline, the \
+            12,
+            "only the six blocked kernels, their plain multi-vector baseline, the \
              cooperative ones and the tiled f32 GEMM with its split-K sum"
         );
         for k in unchecked {
@@ -1723,6 +1755,7 @@ mod tests {
         for (word, compact) in [
             (Kernel::RansGemvBlocked, Kernel::RansGemvBlockedCompact),
             (Kernel::RansDecodeBlocked, Kernel::RansDecodeBlockedCompact),
+            (Kernel::RansDecodeWindow, Kernel::RansDecodeWindowCompact),
         ] {
             assert!(word.source().contains("var<workgroup> table:"), "{word:?}");
             assert!(!word.source().contains("slot_sym"), "{word:?}");

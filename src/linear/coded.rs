@@ -744,8 +744,8 @@ struct Band {
     n_chunks: usize,
     freqs: wgpu::Buffer,
     /// The band's tiles' decode tables built on the host (`crate::gpu::slot_table`), which the
-    /// blocked fused GEMV reads instead of building them (`None` where the layer's fused GEMV
-    /// is not a blocked kernel).
+    /// blocked fused GEMV and the decode of a window split read instead of building them
+    /// (`None` where the layer's fused GEMV is not a blocked kernel).
     tables: Option<wgpu::Buffer>,
     states: wgpu::Buffer,
     offsets: wgpu::Buffer,
@@ -783,6 +783,7 @@ impl Band {
             params: &self.decode,
             side,
             freqs: &self.freqs,
+            tables: self.tables.as_ref(),
             states: &self.states,
             offsets: &self.offsets,
             words: &self.words,
