@@ -16,7 +16,8 @@
 // change made here ran the byte symbols 5-8% slower on an H200 (BENCHMARKS.md issue 5, steps
 // 115-116), and so did removing the window path or the chunk loop from this file: the driver
 // then compiled the byte-symbol loop to the same instructions in another order. This source is
-// the one measured.
+// the one measured (`window_mlx_words` has since moved to lib/window_mlx.wgsl: every kernel
+// compiled to the same code, instruction for instruction).
 // This kernel runs without naga's bounds checks (`Kernel::indices_in_range_by_construction`
 // says why that is safe): every index here and in the imported libraries must stay in range
 // for any buffer contents, by masking or clamping in the source.
@@ -27,6 +28,7 @@
 // import: rans_block
 // import: split_bits
 // import: window_bits
+// import: window_mlx
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
 
@@ -96,37 +98,6 @@ fn write_word(row_out: u32, row_low: u32, j: u32, w: u32) {
     let lw = raw_low_bits(row_low, 16u * j, LOW);
     out[row_out + 2u * j] = merge_split(w, lw);
     out[row_out + 2u * j + 1u] = merge_split(w >> 16u, lw >> 16u);
-}
-
-// The four MLX words of a window split's word from its nibble words n (window_words: coded
-// weight 4i + m is nibble i of n[m]); MLX word k holds coded weights 8k .. 8k + 7, so nibble
-// 4h + m of word k is nibble 2k + h of n[m]. Done as a transpose: the low nibbles of n[0]
-// and n[1] (n[2] and n[3]) interleaved into the bytes of l01 (l23), the high ones into h01
-// (h23); byte k of l01, l23, h01, h23 is then byte 0..3 of word k, a 4x4 byte transpose in
-// two rounds of 16-bit and 8-bit swaps: 12 shifts and 12 bit selects for the four words,
-// where extracting each word's eight nibbles took 31 operations a word in the source. The
-// window decode ran 4-13% faster on an H200 (BENCHMARKS.md issue 5, step 115).
-fn window_mlx_words(n: vec4<u32>) -> vec4<u32> {
-    let l01 = bitsel(n.x, n.y << 4u, 0x0F0F0F0Fu);
-    let l23 = bitsel(n.z, n.w << 4u, 0x0F0F0F0Fu);
-    let h01 = bitsel(n.x >> 4u, n.y, 0x0F0F0F0Fu);
-    let h23 = bitsel(n.z >> 4u, n.w, 0x0F0F0F0Fu);
-    // bytes (l01 b0, l23 b0, l01 b2, l23 b2), (l01 b1, l23 b1, l01 b3, l23 b3), and the same of h
-    let x0 = bitsel(l01, l23 << 8u, 0x00FF00FFu);
-    let x1 = bitsel(l01 >> 8u, l23, 0x00FF00FFu);
-    let y0 = bitsel(h01, h23 << 8u, 0x00FF00FFu);
-    let y1 = bitsel(h01 >> 8u, h23, 0x00FF00FFu);
-    return vec4<u32>(
-        bitsel(x0, y0 << 16u, 0x0000FFFFu),
-        bitsel(x1, y1 << 16u, 0x0000FFFFu),
-        bitsel(x0 >> 16u, y0, 0x0000FFFFu),
-        bitsel(x1 >> 16u, y1, 0x0000FFFFu),
-    );
-}
-
-// The bits of a where m is set, of b elsewhere.
-fn bitsel(a: u32, b: u32, m: u32) -> u32 {
-    return (a & m) | (b & ~m);
 }
 
 @compute @workgroup_size(128)

@@ -508,7 +508,8 @@ impl Kernel {
                 "rans_subgroup",
                 "rans_block",
                 "split_bits",
-                "window_bits"
+                "window_bits",
+                "window_mlx"
             ),
             Kernel::RansGemvBlockedCompact => wgsl_with_libs!(
                 "../../wgsl/rans_gemv_blocked.wgsl",
@@ -529,7 +530,8 @@ impl Kernel {
                 "rans_subgroup",
                 "rans_block",
                 "split_bits",
-                "window_bits"
+                "window_bits",
+                "window_mlx"
             ),
             Kernel::RansDecodeWindow => wgsl_with_libs!(
                 "../../wgsl/rans_decode_window.wgsl",
@@ -538,7 +540,8 @@ impl Kernel {
                 "rans_table_sg",
                 "rans_subgroup",
                 "rans_block",
-                "window_bits"
+                "window_bits",
+                "window_mlx"
             ),
             Kernel::RansDecodeWindowCompact => wgsl_with_libs!(
                 "../../wgsl/rans_decode_window.wgsl",
@@ -547,7 +550,8 @@ impl Kernel {
                 "rans_table_byte",
                 "rans_subgroup",
                 "rans_block",
-                "window_bits"
+                "window_bits",
+                "window_mlx"
             ),
             Kernel::QGemv => wgsl_with_libs!("../../wgsl/qgemv.wgsl", "side"),
             Kernel::QGemv4 => wgsl_with_libs!("../../wgsl/qgemv4.wgsl", "side"),
