@@ -1406,7 +1406,9 @@ impl GpuCodedMatrix {
     /// Whether `rans_decode_blocked.wgsl` can decode this matrix: 32-wide subgroups, packed
     /// output, byte symbols (`bits * weights_per_symbol == 8`) and a layout whose
     /// [`FusedLayout::blocked_steps`] is 8 (for a window split: whose
-    /// [`FusedLayout::window_block`] is set; no other kernel decodes those).
+    /// [`FusedLayout::window_block`] is set; no other kernels decode those, and with its tables
+    /// in memory, [`Self::set_tables_in_memory`], it runs `rans_decode_window.wgsl` under the
+    /// same conditions).
     pub fn decode_blocked_supported(
         &self,
         registry: &PipelineRegistry,
