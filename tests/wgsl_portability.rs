@@ -149,8 +149,8 @@ fn window_build(pairs: bool, extra: &[(&'static str, f64)]) -> Vec<(&'static str
 
 /// Every kernel at its default constants, then the split-matrix builds of the blocked kernels
 /// (raw low bits: `LOW = 2` beside 2-bit symbols of four weights), in row-major and row-pair
-/// order (`PAIR = 1`), the window-split decode in row pairs, the window-split builds of the blocked fused GEMV (`LOW = 3`, one-bit
-/// symbols of eight weights) with two and four groups of 32 lanes a chunk (`DUP`, whose
+/// order (`PAIR = 1`), the window-split decode in row pairs, the window-split builds of the
+/// blocked fused GEMV (`LOW = 3`, one-bit symbols of eight weights) with two and four groups of 32 lanes a chunk (`DUP`, whose
 /// workgroup barrier the defaults drop) on f32 and 8-bit activations and with several
 /// activation vectors a launch (`NVEC`, and its plain counterpart with its step-88 builds:
 /// four rows a group, activations read or derived for diagnostics; activations in lane

@@ -749,6 +749,14 @@ impl DecodeSource<'_> {
         }
     }
 
+    /// Whether the decode of `variant` reads host-built decode tables where it is given them:
+    /// window splits with them run their own kernel (`rans_decode_window.wgsl`); the others,
+    /// and window splits without them, `rans_decode_blocked.wgsl`, which builds its table
+    /// (issue 5 step 116: the byte-symbol decode ran slower with them).
+    pub(crate) fn reads_tables(&self, variant: FusedVariant) -> bool {
+        variant.is_blocked() && self.params.low_bits == WINDOW_LOW_BITS
+    }
+
     /// Whether some decode kernel can run this matrix into `mode` on `registry`'s device (a
     /// window split decodes on the blocked kernel only).
     pub(crate) fn decodable(&self, registry: &PipelineRegistry, mode: DecodeOutput) -> bool {
@@ -812,11 +820,7 @@ impl DecodeSource<'_> {
             DecodeOutput::BytePerWeight => p.cols / 4,
         };
         let uniform = uniform(p);
-        // (window splits with tables built on the host run their own kernel; the others, and
-        // window splits building their tables, `rans_decode_blocked.wgsl`: issue 5 step 116)
-        let tables = self
-            .tables
-            .filter(|_| blocked && p.low_bits == WINDOW_LOW_BITS);
+        let tables = self.tables.filter(|_| self.reads_tables(variant));
         let compact = variant == FusedVariant::BlockedCompact;
         let pipeline = match variant {
             FusedVariant::Workgroup => registry.get(device, Kernel::RansDecode, "main", &[])?,
@@ -1444,11 +1448,10 @@ impl GpuCodedMatrix {
         variant: FusedVariant,
     ) -> Result<Dispatch, GpuError> {
         let mut source = self.decode_source();
-        // (the fused GEMV's tables, where this matrix reads them from memory: the window-split
-        // decode reads them too, issue 5 step 116)
+        // (the fused GEMV's tables, where this matrix reads them from memory, built only for
+        // a decode that reads them)
         if self.tables_in_memory
-            && variant.is_blocked()
-            && self.params.low_bits == WINDOW_LOW_BITS
+            && source.reads_tables(variant)
             && (8..=11).contains(&self.params.prec)
         {
             source.tables = Some(self.slot_tables(device)?);
