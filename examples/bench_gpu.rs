@@ -1287,7 +1287,8 @@ fn main() {
                         .collect::<Result<_, _>>()
                     {
                         Ok(d) => d,
-                        // (window splits have no decode kernel)
+                        // (a matrix no decode kernel runs: a window split of rows that are
+                        // not whole 1024-weight blocks)
                         Err(GpuError::Unsupported(e)) => {
                             eprintln!("  {source} {geometry}: no decode: {e}");
                             dec_rates.push("n/a".to_string());

@@ -741,6 +741,79 @@ fn decode_row_pairs() {
     }
 }
 
+/// Window splits (`SplitMatrix::encode_window`: one coded flag a weight, eight to a symbol,
+/// three raw bits), row-major and in row pairs, decoded by the workgroup kernel (every device,
+/// lavapipe in CI) and, with 32-wide subgroups, both blocked ones (tables in memory: the window
+/// kernel), packed and one byte per weight, equal the CPU decode word for word: peaked, flat and
+/// single-symbol weights, chunks from one step to many rows, two precisions, and window starts
+/// picked by the encoder and set to 13 (its nibbles wrap past 15). The subgroup kernel refuses
+/// them; coded rows that are not whole 1024-weight blocks are refused by name.
+#[test]
+fn decode_window_splits() {
+    use ecq::rans::{SplitMatrix, SplitOrder};
+    let Some(ctx) = ctx() else { return };
+    let mut seed = 7700;
+    for (order, shapes) in [
+        (
+            SplitOrder::Rows,
+            [(3usize, 1024usize), (5, 2048), (2, 4096)],
+        ),
+        (SplitOrder::RowPairs, [(2, 1024), (6, 2048), (4, 4096)]),
+    ] {
+        for (rows, cols) in shapes {
+            for dist in [Dist::Skewed, Dist::Flat, Dist::Single] {
+                for (precision, chunk_symbols) in [(11u32, 32usize), (11, 512), (9, 4096)] {
+                    for start in [None, Some(13u8)] {
+                        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                        seed += 1;
+                        let q = symbols(&mut rng, rows * cols, 4, dist);
+                        let opts = EncodeOptions {
+                            precision,
+                            chunk_symbols,
+                            tile_chunks: 2,
+                            ..Default::default()
+                        };
+                        let s = match start {
+                            None => SplitMatrix::encode_window(&q, rows, cols, &opts, order),
+                            Some(w) => {
+                                SplitMatrix::encode_window_at(&q, rows, cols, w, &opts, order)
+                            }
+                        }
+                        .unwrap();
+                        let label = format!(
+                            "window {order:?} {rows}x{cols} {dist:?} n{precision} chunk \
+                             {chunk_symbols} start {:?}",
+                            s.window()
+                        );
+                        let m = ctx.upload_split(&s, None).unwrap();
+                        assert_eq!((m.rows(), m.cols()), (rows, cols), "{label}");
+                        check_split_decodes(ctx, &m, &s, &q, &label);
+                    }
+                }
+            }
+        }
+    }
+    // rows of 96 weights: not whole blocks of raw words
+    let q = vec![3u8; 4 * 96];
+    let s =
+        SplitMatrix::encode_window(&q, 4, 96, &EncodeOptions::default(), SplitOrder::Rows).unwrap();
+    let m = ctx.upload_split(&s, None).unwrap();
+    for r in [
+        ctx.decode_packed(&m).map(drop),
+        ctx.decode_symbols(&m).map(drop),
+    ] {
+        assert!(
+            matches!(&r, Err(GpuError::Unsupported(e)) if e.contains("1024-weight blocks")),
+            "{r:?}"
+        );
+    }
+    if !ctx.registry().subgroups32() {
+        gpu_common::announce_unsupported(
+            "window decode: the blocked kernels need 32-wide subgroups; the workgroup kernel was checked",
+        );
+    }
+}
+
 /// Uploads of split matrices the GPU cannot run, or whose raw low bits do not fit the matrix,
 /// are refused before anything runs.
 #[test]
@@ -860,10 +933,10 @@ fn split_corrupt_state_is_reported() {
 
 /// A corrupt window split (`SplitMatrix::encode_window`, the fastest GPU form) is reported by
 /// chunk, never multiplied into silently wrong output: a flipped word in the middle of chunk 1,
-/// or of the last chunk, row-major and in row pairs, through the GPU decode (32-wide subgroups
-/// only; refused by name elsewhere) and every fused kernel that takes window splits (the
-/// workgroup one everywhere, both blocked ones with 32-wide subgroups, for one vector and for
-/// three in one launch). A bad state never gets
+/// or of the last chunk, row-major and in row pairs, through the GPU decode (the default kernel
+/// and the workgroup one, packed and one byte per weight) and every fused kernel that takes
+/// window splits (the workgroup one everywhere, both blocked ones with 32-wide subgroups, for
+/// one vector and for three in one launch). A bad state never gets
 /// that far: `EncodedMatrix::from_parts` refuses it.
 #[test]
 fn window_corrupt_stream_is_reported() {
@@ -927,15 +1000,16 @@ fn window_corrupt_stream_is_reported() {
                 }
                 r => panic!("{label} {what}: expected a corrupt stream, got {r:?}"),
             };
-            if ctx.registry().subgroups32() {
-                expect("decode", ctx.decode_packed(&g).map(drop));
-            } else {
-                let r = ctx.decode_packed(&g);
-                assert!(
-                    matches!(&r, Err(GpuError::Unsupported(e)) if e.contains("window")),
-                    "{label} decode: {r:?}"
-                );
-            }
+            expect("decode", ctx.decode_packed(&g).map(drop));
+            expect("byte-per-weight decode", ctx.decode_symbols(&g).map(drop));
+            let r = g.decode_with(
+                ctx.device(),
+                ctx.queue(),
+                ctx.registry(),
+                DecodeOutput::Packed,
+                Some(FusedVariant::Workgroup),
+            );
+            expect("workgroup decode", r.map(drop));
             expect("default GEMV", ctx.gemv_coded(&g, &x).map(drop));
             for &v in &variants {
                 let r = g.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v);
@@ -949,8 +1023,8 @@ fn window_corrupt_stream_is_reported() {
     }
     if !ctx.registry().subgroups32() {
         gpu_common::announce_unsupported(
-            "window split: the GPU decode and the blocked fused kernels need 32-wide subgroups; \
-             the workgroup fused kernel's reports were checked",
+            "window split: the blocked decode and fused kernels need 32-wide subgroups; \
+             the workgroup kernels' reports were checked",
         );
     }
 }

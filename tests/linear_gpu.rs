@@ -71,9 +71,9 @@ fn activations(seed: u64, n: usize) -> Vec<f32> {
 }
 
 /// Options whose calls run the fused kernels at every row count, never decoding first: layers
-/// that are not window splits decode first from 2 rows by default
-/// (`DECODE_FIRST_MIN_ROWS_NOT_WINDOW`; from 1 on CPU devices), so the tests of the fused
-/// paths ask for them.
+/// that are not window splits, and window splits where the blocked batched kernel does not run
+/// them, decode first from 2 rows by default (`DECODE_FIRST_MIN_ROWS_NOT_WINDOW`; from 1 on CPU
+/// devices), so the tests of the fused paths ask for them.
 fn fused_only() -> LinearOptions {
     LinearOptions {
         decode_first_min_rows: Some(usize::MAX),
@@ -82,10 +82,11 @@ fn fused_only() -> LinearOptions {
 }
 
 /// The rows from which a layer that can decode first does by default (in f32): a window
-/// split's `DECODE_FIRST_MIN_ROWS`, the others' `DECODE_FIRST_MIN_ROWS_NOT_WINDOW` (on CPU
-/// devices `DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU`).
+/// split's `DECODE_FIRST_MIN_ROWS` where the blocked batched kernel runs it (32-wide
+/// subgroups), the others' `DECODE_FIRST_MIN_ROWS_NOT_WINDOW` (on CPU devices
+/// `DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU`), window splits elsewhere included.
 fn default_decode_first_rows(d: &LinearDevice, window: bool) -> usize {
-    if window {
+    if window && d.gpu().registry().subgroups32() {
         ecq::linear::DECODE_FIRST_MIN_ROWS
     } else if d.gpu().registry().cpu_device() {
         ecq::linear::DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU
@@ -1228,9 +1229,10 @@ fn split_coded_model_in_tempdir() {
 
 /// `ecq encode --window --row-pairs` output loads as a model: the window-split layer (64 x 1024
 /// in row pairs) and the layers coded whole (K = 384, which the window's 1024-weight blocks do
-/// not divide, and a 3-bit layer) match the CPU reference, `forward_batch` included (fused
-/// GEMVs per row for few rows; for more, the blocked batched kernel where 32-wide subgroups run
-/// it, else fused GEMVs: no portable batched kernel reads window splits).
+/// not divide, and a 3-bit layer) match the CPU reference, `forward_batch` included (where
+/// 32-wide subgroups run the blocked kernels, fused GEMVs per row for few rows and the batched
+/// kernel for more; elsewhere, where no batched kernel reads window splits, the weights decoded
+/// first).
 #[test]
 fn window_coded_model_in_tempdir() {
     let Some(d) = dev() else { return };
@@ -1244,7 +1246,7 @@ fn window_coded_model_in_tempdir() {
     );
     assert_eq!(s.matrices.iter().filter(|m| m.window.is_some()).count(), 1);
     // 3 and 7 rows: fused GEMVs (up to GEMV_BATCH_MAX_M_WINDOW_SMALL); 40: the batched kernel
-    // where 32-wide subgroups run it, else fused GEMVs again
+    // (where 32-wide subgroups run them; elsewhere every call decodes first)
     check_coded_model(d, &coded, &cases, 750, &[3, 7, 40]);
 }
 
@@ -1550,8 +1552,8 @@ fn window_corrupt_table_is_reported() {
             ..Default::default()
         };
         let gpu = EntropyCodedLinear::upload(d, "window table", layer, &opts).unwrap();
-        // (decoding first from 2 rows where a decode kernel runs window splits: 32-wide
-        // subgroups; elsewhere every call runs the fused kernels, which report it as well)
+        // (decoding first from 2 rows, on the workgroup decode kernel where subgroups are not
+        // 32 wide; one row runs the fused kernels, which report it as well)
         for res in [
             gpu.forward(&[1.0; 2048]),
             gpu.forward_batch(&vec![1.0; 4 * 2048], 4),
@@ -1579,9 +1581,9 @@ fn x8_activations_layer_is_gemv_x8() {
     let x8 = LinearOptions {
         x8_activations: true,
         gemv_batch_max_m: Some(8),
-        ..Default::default()
+        ..fused_only()
     };
-    let f32_layer = EntropyCodedLinear::upload(d, "f32", layer, &LinearOptions::default()).unwrap();
+    let f32_layer = EntropyCodedLinear::upload(d, "f32", layer, &fused_only()).unwrap();
     let one = EntropyCodedLinear::upload(d, "x8", layer, &x8).unwrap();
     let banded = EntropyCodedLinear::upload(
         d,
@@ -1648,7 +1650,7 @@ fn x8_activations_layer_is_gemv_x8() {
         other => panic!("expected CorruptStream in chunk 2, got {other:?}"),
     }
     // a layer coded whole ignores the option
-    let w = upload(d, &c, &LinearOptions::default()).unwrap();
+    let w = upload(d, &c, &fused_only()).unwrap();
     let w8 = upload(d, &c, &x8).unwrap();
     assert!(!w8.x8_activations());
     assert_eq!(
@@ -1674,7 +1676,7 @@ fn chunk_subgroups_layer_is_gemv_coded() {
     let Some(d) = dev() else { return };
     let (c, s) = window_case(901);
     let layer = CodedLayerRef::from_split(&s, 64, &c.q.scales, &c.q.biases, None);
-    let one = EntropyCodedLinear::upload(d, "one", layer, &LinearOptions::default()).unwrap();
+    let one = EntropyCodedLinear::upload(d, "one", layer, &fused_only()).unwrap();
     assert_eq!((one.chunk_subgroups(), one.n_chunks()), (1, 8));
     let x = activations(901, 3 * 2048);
     let subgroups = d.gpu().registry().subgroups32();
@@ -1684,7 +1686,7 @@ fn chunk_subgroups_layer_is_gemv_coded() {
                 chunk_subgroups: n,
                 x8_activations: x8,
                 gemv_batch_max_m: Some(8),
-                ..Default::default()
+                ..fused_only()
             };
             let banded_o = LinearOptions {
                 max_buffer_bytes: Some(8192),
@@ -1744,7 +1746,7 @@ fn chunk_subgroups_layer_is_gemv_coded() {
             &LinearOptions {
                 chunk_subgroups: 2,
                 chunk_subgroups_max_chunks: Some(most),
-                ..Default::default()
+                ..fused_only()
             },
         )
         .unwrap();
@@ -1757,13 +1759,13 @@ fn chunk_subgroups_layer_is_gemv_coded() {
         }
     }
     // a layer coded whole ignores the option
-    let w = upload(d, &c, &LinearOptions::default()).unwrap();
+    let w = upload(d, &c, &fused_only()).unwrap();
     let w2 = upload(
         d,
         &c,
         &LinearOptions {
             chunk_subgroups: 2,
-            ..Default::default()
+            ..fused_only()
         },
     )
     .unwrap();
@@ -1780,7 +1782,7 @@ fn chunk_subgroups_layer_is_gemv_coded() {
             layer,
             &LinearOptions {
                 chunk_subgroups: n,
-                ..Default::default()
+                ..fused_only()
             },
         );
         assert!(
@@ -1812,7 +1814,7 @@ fn gemv_vectors_layer_is_gemv_many() {
     let opts = |v: u32| LinearOptions {
         gemv_vectors: Some(v),
         gemv_batch_max_m: Some(64),
-        ..Default::default()
+        ..fused_only()
     };
     let one = EntropyCodedLinear::upload(d, "one", layer, &opts(1)).unwrap();
     assert_eq!(one.gemv_vectors(), 1);
@@ -1950,7 +1952,7 @@ fn lane_order_layers_match_column_order() {
         gemv_batch_max_m: Some(64),
         max_buffer_bytes: max_buffer,
         column_order_activations: column,
-        ..Default::default()
+        ..fused_only()
     };
     let x = activations(910, 21 * 2048);
     let want = EntropyCodedLinear::upload(d, "columns", layer, &opts(1, None, true)).unwrap();
@@ -2040,7 +2042,7 @@ fn lane_order_layers_match_column_order() {
     let row_major = CodedLayerRef::from_split(&rows_split, 64, &c.q.scales, &c.q.biases, None);
     let x8 = LinearOptions {
         x8_activations: true,
-        ..Default::default()
+        ..fused_only()
     };
     for (what, l) in [
         (
@@ -2916,8 +2918,9 @@ fn encoded_calls_decode_first_and_give_each_calls_outputs() {
 /// layer's weights and runs the plain layer's kernels on them, so its outputs are
 /// `QuantizedLinear`'s on the same weights bit for bit (host and recorded calls, with a bias,
 /// beyond one batched launch), for whole-symbol layers of 2, 4 and 8 bits and split ones (by
-/// default from 2 rows, from 1 on CPU devices) and window splits (where a decode kernel runs
-/// them: those need 32-wide subgroups; by default from `DECODE_FIRST_MIN_ROWS`); a call of
+/// default from 2 rows, from 1 on CPU devices) and window splits (by default from
+/// `DECODE_FIRST_MIN_ROWS` where the blocked batched kernel runs them, else as the others); a
+/// call of
 /// fewer rows stays fused, within the CPU reference's tolerance. Layers the plain kernels or
 /// no decode kernel can run, and layers in several row bands, never decode first. A corrupt
 /// stream is reported on this path too, host and recorded.
@@ -2953,15 +2956,8 @@ fn decode_first_calls_are_the_plain_layer_bit_for_bit() {
     let (c, s) = window_case(4300);
     let m = CodedLayerRef::from_split(&s, 64, &c.q.scales, &c.q.biases, Some(&c.bias));
     let gpu = EntropyCodedLinear::upload(d, "window", m, &LinearOptions::default()).unwrap();
-    let subgroups32 = d.gpu().registry().subgroups32();
-    assert_eq!(gpu.decode_first_min_rows() == window_min, subgroups32);
-    if subgroups32 {
-        layers.push(("window 16x2048".into(), c, gpu, window_min));
-    } else {
-        gpu_common::announce_unsupported(
-            "decoding a window split first (the blocked decode kernel needs 32-wide subgroups)",
-        );
-    }
+    assert_eq!(gpu.decode_first_min_rows(), window_min);
+    layers.push(("window 16x2048".into(), c, gpu, window_min));
     for (label, c, gpu, min) in &layers {
         let min = *min;
         let (r, k) = (gpu.out_features(), gpu.in_features());

@@ -12,13 +12,17 @@
 //   1: one byte per weight (q values), four per u32, rows of K/4 words.
 // A split matrix (`ecq::rans::SplitMatrix`, P.low_bits = 2: the symbols hold the high 2 bits of
 // four 4-bit weights, the low 2 bits follow the stream in `words` from u32 P.low_base on) is
-// merged back into 4-bit weights in either mode.
+// merged back into 4-bit weights in either mode. So is a window split (P.low_bits = 3, one flag
+// per weight, eight weights per symbol, `ecq::rans::SplitMatrix::encode_window`): a symbol's
+// eight weights are one MLX word (window_symbol_word), which its lane writes itself, in row
+// pairs runs of two symbols. The host runs only coded rows of whole 1024-weight blocks.
 //
 // Every loop is bounded by the geometry in `P`; every word read is bounds-checked against the
 // chunk's range; corrupt input sets bits in `errors[chunk]` and never hangs the device.
 // import: rans_consts
 // import: rans_table
 // import: split_bits
+// import: window_word
 
 struct Params {
     rows: u32,
@@ -49,6 +53,8 @@ struct Params {
     // coded matrix's, whose row r is matrix rows 2r and 2r + 1 interleaved in runs of four
     // steps (step u of coded row r is step 4 (u / 8) + u % 4 of row 2r + (u / 4) % 2)
     row_pairs: u32,
+    // a window split's window start (low_bits = 3)
+    window_start: u32,
 }
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
@@ -64,6 +70,13 @@ const WG: u32 = 128u;          // = 32 * G
 
 var<workgroup> masks: array<atomic<u32>, 12>;      // G * 3 (triple buffered)
 var<workgroup> stage: array<u32, 256>;             // G * 2 * 32 (double buffered)
+
+// The four nibbles in bits 0..15 of v, one to a byte.
+fn nibbles_to_bytes(v: u32) -> u32 {
+    var s = v & 0xFFFFu;
+    s = (s | (s << 8u)) & 0x00FF00FFu;
+    return (s | (s << 4u)) & 0x0F0F0F0Fu;
+}
 
 fn read16(idx: u32) -> u32 {
     return (words[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
@@ -157,7 +170,24 @@ fn main(
                 x = (x << 16u) | wv;
             }
             p += countOneBits(mask);
-            if (step_valid) {
+            if (step_valid && P.low_bits == 3u) {
+                // a window split: symbol j of the coded row, its matrix row and first column
+                // (row pairs: runs of two symbols, 16 columns, the first row's first)
+                let pair = P.row_pairs != 0u;
+                let ps = select(0u, 1u, pair);
+                let mrow = select(row, 2u * row + ((j >> 1u) & 1u), pair);
+                let k0 = select(8u * j, (j >> 2u) * 16u + (j & 1u) * 8u, pair);
+                if (j < S) {
+                    let word = window_symbol_word(sym, row * ((P.cols * 3u) >> 5u), j);
+                    let o = mrow * (P.out_row_words >> ps);
+                    if (P.out_mode == 0u) {
+                        out[o + k0 / 8u] = word;
+                    } else {
+                        out[o + k0 / 4u] = nibbles_to_bytes(word);
+                        out[o + k0 / 4u + 1u] = nibbles_to_bytes(word >> 16u);
+                    }
+                }
+            } else if (step_valid) {
                 let na = min(32u, S - u * 32u);
                 // the matrix row and step this step writes, its row's words and columns
                 let pair = P.row_pairs != 0u;

@@ -9,13 +9,14 @@
 // A split matrix's raw low bits (P.low_bits = 2, after the stream in `words`) are merged into
 // the symbol's four weights before they are multiplied. A window split (P.low_bits = 3, one flag
 // per weight, eight weights per symbol, `ecq::rans::SplitMatrix::encode_window`) is merged per
-// weight from its raw planes (window_weight), with its own row-pair runs of two symbols.
+// symbol from its raw planes (window_symbol_word), with its own row-pair runs of two symbols.
 //
 // Bounded loops and bounds-checked word reads as in rans_decode.wgsl; corrupt input sets bits in
 // `errors[chunk]` and never hangs the device (y is then garbage and the host reports the error).
 // import: rans_consts
 // import: rans_table
 // import: split_bits
+// import: window_word
 // import: side
 
 struct Params {
@@ -68,20 +69,6 @@ const WG: u32 = 128u;          // = 32 * G
 var<workgroup> masks: array<atomic<u32>, 12>;      // G * 3 (triple buffered)
 var<workgroup> red: array<f32, 256>;               // G * 2 * 32 (double buffered by row)
 var<workgroup> red_b: array<f32, 256>;             // the same for row 2r + 1 of row pairs
-
-// Coded weight cp of a window split's coded row whose raw words start at word `row_word0`,
-// from its flag: ((flag << 3) | raw bits) + window start, mod 16 (the raw words' layout:
-// `ecq::rans::window_raw_words`, in planes of 32 words; the host runs only rows of whole
-// planes).
-fn window_weight(flag: u32, row_word0: u32, cp: u32) -> u32 {
-    let w = cp >> 5u;
-    let at = P.low_base + row_word0 + (w >> 5u) * 96u + (w & 31u);
-    let t = cp & 31u;
-    let m = t & 3u;
-    let low = (words[at + 32u * (m >> 1u)] >> (4u * (t >> 2u) + 2u * (m & 1u))) & 3u;
-    let mid = (words[at + 64u] >> t) & 1u;
-    return (((flag << 3u) | (mid << 2u) | low) + P.window_start) & 15u;
-}
 
 fn read16(idx: u32) -> u32 {
     return (words[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
@@ -177,8 +164,12 @@ fn main(
                     lo = raw_low_bits(mrow * ((cols * P.low_bits) >> 5u), k0, P.low_bits);
                 }
                 let lmask = (1u << P.low_bits) - 1u;
-                // (a window split's raw words are in coded order: the coded row's)
-                let wrow = row * ((P.cols * 3u) >> 5u);
+                // a window split: the symbol's eight weights, merged from its raw words (in
+                // coded order: the coded row's)
+                var ww = 0u;
+                if (P.low_bits == 3u) {
+                    ww = window_symbol_word(sym, row * ((P.cols * 3u) >> 5u), j);
+                }
                 var d = 0.0;
                 var xs = 0.0;
                 for (var i = 0u; i < P.wps; i++) {
@@ -186,7 +177,7 @@ fn main(
                     var q = (((sym >> (P.bits * i)) & qmask) << P.low_bits)
                         | ((lo >> (P.low_bits * i)) & lmask);
                     if (P.low_bits == 3u) {
-                        q = window_weight((sym >> i) & 1u, wrow, 8u * j + i);
+                        q = (ww >> (4u * i)) & 15u;
                     }
                     d += f32(q) * xi;
                     xs += xi;

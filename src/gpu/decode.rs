@@ -758,10 +758,19 @@ impl DecodeSource<'_> {
     }
 
     /// Whether some decode kernel can run this matrix into `mode` on `registry`'s device (a
-    /// window split decodes on the blocked kernel only).
+    /// window split needs coded rows of whole 1024-weight blocks: [`Self::window_rows_whole`]).
     pub(crate) fn decodable(&self, registry: &PipelineRegistry, mode: DecodeOutput) -> bool {
         self.output_words(mode).is_ok()
-            && (self.params.low_bits != WINDOW_LOW_BITS || self.blocked_supported(registry, mode))
+            && (self.params.low_bits != WINDOW_LOW_BITS
+                || self.blocked_supported(registry, mode)
+                || self.window_rows_whole())
+    }
+
+    /// Whether a window split's coded rows are whole 1024-weight blocks of raw words (32
+    /// words of 32 weights, `ecq::rans::SplitMatrix::encode_window`'s planes), the rows the
+    /// workgroup decode kernel runs (as the fused kernels do, [`FusedLayout::window_block`]).
+    fn window_rows_whole(&self) -> bool {
+        self.params.cols.is_multiple_of(32 * 32)
     }
 
     /// The decode launch of `variant` into `out` (see [`GpuCodedMatrix::decode_dispatch_with`]),
@@ -785,10 +794,15 @@ impl DecodeSource<'_> {
                     .into(),
             ));
         }
-        if self.params.low_bits == WINDOW_LOW_BITS && !blocked {
-            return Err(GpuError::Unsupported(format!(
-                "a window split decodes on the blocked kernel only, not the {variant:?} kernel"
-            )));
+        if self.params.low_bits == WINDOW_LOW_BITS {
+            check_window(self.params.bits, self.params.wps, self.params.window_start)?;
+            if variant == FusedVariant::Workgroup && !self.window_rows_whole() {
+                return Err(GpuError::Unsupported(format!(
+                    "a window split decodes on the workgroup kernel in coded rows of whole \
+                     1024-weight blocks, not of {} weights",
+                    self.params.cols
+                )));
+            }
         }
         // (this also refuses row-pair order, which only split matrices have)
         if self.params.low_bits != 0 && variant == FusedVariant::Subgroup {
@@ -1410,9 +1424,10 @@ impl GpuCodedMatrix {
     /// Whether `rans_decode_blocked.wgsl` can decode this matrix: 32-wide subgroups, packed
     /// output, byte symbols (`bits * weights_per_symbol == 8`) and a layout whose
     /// [`FusedLayout::blocked_steps`] is 8 (for a window split: whose
-    /// [`FusedLayout::window_block`] is set; no other kernels decode those, and with its tables
-    /// in memory, [`Self::set_tables_in_memory`], it runs `rans_decode_window.wgsl` under the
-    /// same conditions).
+    /// [`FusedLayout::window_block`] is set; with its tables in memory,
+    /// [`Self::set_tables_in_memory`], it runs `rans_decode_window.wgsl` under the same
+    /// conditions). Elsewhere window splits in coded rows of whole 1024-weight blocks decode
+    /// in the workgroup kernel, `rans_decode.wgsl`, as every other matrix does.
     pub fn decode_blocked_supported(
         &self,
         registry: &PipelineRegistry,

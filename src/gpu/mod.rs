@@ -23,7 +23,8 @@
 //!   cumulative frequencies above) in workgroup memory, then each group of 32 decodes one chunk,
 //!   one lane per rANS lane; renormalisation reads use a workgroup-memory bitmask and one
 //!   `workgroupBarrier` per step. Output: MLX packed words (a step's symbols are staged in
-//!   workgroup memory and gathered into whole words, for every bit width) or one byte per weight.
+//!   workgroup memory and gathered into whole words, for every bit width; a window split's
+//!   symbol is one word of eight weights, which its lane writes) or one byte per weight.
 //! * `rans_decode_subgroup.wgsl`: the subgroup decode loop below, writing MLX packed words
 //!   (symbols OR-ed into words with `subgroupShuffleXor`); [`GpuCodedMatrix::decode_dispatch`]
 //!   picks it for 1, 2, 4 or 8-bit symbols on 32-wide subgroups.
@@ -462,7 +463,8 @@ impl Kernel {
                     "../../wgsl/rans_decode.wgsl",
                     "rans_consts",
                     "rans_table",
-                    "split_bits"
+                    "split_bits",
+                    "window_word"
                 )
             }
             Kernel::RansGemv => {
@@ -471,6 +473,7 @@ impl Kernel {
                     "rans_consts",
                     "rans_table",
                     "split_bits",
+                    "window_word",
                     "side"
                 )
             }

@@ -189,6 +189,12 @@ pub const DECODE_FIRST_MIN_ROWS_NOT_WINDOW: usize = 2;
 /// whole, and 778 against 1870 split 2 + 2. GPUs keep the fused GEMV for one row: there a
 /// whole layer's token costs about the same either way alone (21.4 against ~23 ms for 32
 /// Llama-3-8B layers on an H200), and the fused GEMV reads the coded bytes only.
+///
+/// Window splits follow these two rules wherever the blocked batched kernel does not run them
+/// (no 32-wide subgroups: they then decode in the workgroup kernel, `rans_decode.wgsl`): their
+/// batched calls are fused GEMVs a row. On lavapipe (BENCHMARKS.md issue 5, step 118) a
+/// 1024x4096 and a 4096x4096 window layer in row pairs took 566 / 557 / 1117 ms at 1 / 2 / 8
+/// rows decoding first against 1099 / 2183 / 8706 in fused GEMVs.
 pub const DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU: usize = 1;
 
 /// [`DECODE_FIRST_MIN_ROWS`] for window splits on cooperative matrices
@@ -370,10 +376,11 @@ pub struct LinearOptions {
     /// rows. `None` (default): [`DECODE_FIRST_MIN_ROWS_NOT_WINDOW`] for layers that are not
     /// window splits ([`DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU`] on CPU devices); for window
     /// splits [`DECODE_FIRST_MIN_ROWS_COOP`] where they multiply on cooperative matrices,
-    /// else [`DECODE_FIRST_MIN_ROWS`]; `Some(usize::MAX)` never. Takes
+    /// else [`DECODE_FIRST_MIN_ROWS`] where the blocked batched kernel runs them (32-wide
+    /// subgroups), else as the others; `Some(usize::MAX)` never. Takes
     /// effect for layers in one row band whose weights a decode kernel runs on this device
-    /// and the plain kernels take (2, 4 or 8 bits; a window split needs the blocked decode
-    /// kernel, 32-wide subgroups); [`EntropyCodedLinear::decode_first_min_rows`] says what the
+    /// and the plain kernels take (2, 4 or 8 bits; a window split in coded rows of whole
+    /// 1024-weight blocks); [`EntropyCodedLinear::decode_first_min_rows`] says what the
     /// layer does. Costs a buffer of the largest such layer's plain weights while calls hold
     /// it ([`LinearDevice::release_call_buffers`] frees it); recorded calls can take several
     /// in turn ([`LinearDevice::set_decoded_buffers`]), so that a call's decode runs beside
@@ -1249,7 +1256,10 @@ impl EntropyCodedLinear {
             opts.decode_first_min_rows
                 // (a layer whose fused launches multiply on cooperative matrices is one the
                 // plain cooperative kernels take, so `decode_first_coop` covers `coop` here)
-                .unwrap_or(if m.window.is_none() {
+                // (a window split without the blocked batched kernel runs its batched calls
+                // as fused GEMVs a row, several times a plain row each: it decodes first as
+                // the layers that are not window splits do)
+                .unwrap_or(if m.window.is_none() || gemm_blocked.is_none() {
                     if dev.gpu().registry().cpu_device() {
                         DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU
                     } else {
