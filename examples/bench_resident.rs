@@ -11,7 +11,7 @@
 //!     [--copies 2] [--shapes 4096x4096,1024x4096,...] [--coop] [--own-outputs] [--prebuilt]
 //!     [--one-pass] [--prepared] [--decode-first N|never] [--coop-gemm N|never] [--tiled-gemm N|never]
 //!     [--orders columns,lanes] [--passes 2] [--decoded-buffers 1] [--calls-per-encoder N] [--decode-ahead N[,N..]] [--coop-only]
-//!     [--coding window|split|whole] [--min-chunks N]
+//!     [--coding window|split|whole] [--min-chunks N] [--portable]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64, coded as window splits in row pairs
@@ -42,7 +42,8 @@
 //! of N calls (the sizes taken in turn, e.g. `3,1,2,1` for a layer's q k v | o | gate up |
 //! down) with their decodes first (`LinearDevice::encode_calls`; give as many
 //! `--decoded-buffers` as the largest N, plain layers' calls are grouped alike); `--coop-only` times
-//! the cooperative layers only. Times are
+//! the cooperative layers only; `--portable` runs the portable kernels only
+//! (`GpuContext::without_subgroups`: what a device without 32-wide subgroups runs). Times are
 //! wall clock after a second of warm-up forwards: "record" (the host's recording of all calls)
 //! and "run" (submit to the end of the wait) are medians of `--rounds` forwards one at a time;
 //! "pipelined" is `--rounds` forwards back to back, each recorded and submitted while the one
@@ -105,6 +106,8 @@ struct Args {
     decode_ahead: Option<Vec<usize>>,
     /// the cooperative layers only (no f32 columns)
     coop_only: bool,
+    /// the portable kernels only (`GpuContext::without_subgroups`)
+    portable: bool,
     /// the activation orders timed
     orders: Vec<ActivationOrder>,
     /// how the fused layers are coded
@@ -134,6 +137,7 @@ fn parse_args() -> Result<Args, String> {
         calls_per_encoder: None,
         decode_ahead: None,
         coop_only: false,
+        portable: false,
         orders: vec![ActivationOrder::Columns, ActivationOrder::Lanes],
         passes: 2,
         coding: Coding::Window,
@@ -154,6 +158,7 @@ fn parse_args() -> Result<Args, String> {
         };
         let flag = match args[i].as_str() {
             "--coop" => Some(&mut a.coop),
+            "--portable" => Some(&mut a.portable),
             "--own-outputs" => Some(&mut a.own_outputs),
             "--prebuilt" => Some(&mut a.prebuilt),
             "--one-pass" => Some(&mut a.one_pass),
@@ -264,8 +269,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if a.decode_ahead.is_some() && !(a.prepared && a.calls_per_encoder.is_none()) {
         return Err("--decode-ahead needs --prepared and no --calls-per-encoder".into());
     }
+    if a.coop && a.portable {
+        return Err("--coop needs the subgroup kernels; --portable drops them".into());
+    }
     let dev: Arc<LinearDevice> = if a.coop {
         LinearDevice::from_context(GpuContext::with_cooperative_matrix()?)
+    } else if a.portable {
+        LinearDevice::from_context(GpuContext::new()?.without_subgroups())
     } else {
         LinearDevice::new()?
     };

@@ -1,7 +1,8 @@
 //! End to end on a real model (issue 6): compress sentence-transformers all-MiniLM-L6-v2 (MLX
 //! affine 4-bit, group 64, then ecq rANS coding), load every coded linear layer from the coded
 //! directory onto the GPU, run each with a fixed seeded activation vector (`forward`: the fused
-//! GEMV on GPUs; CPU devices decode first, `ecq::linear::DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU`)
+//! GEMV on GPUs with 32-wide subgroups; elsewhere one row decodes first,
+//! `ecq::linear::DECODE_FIRST_MIN_ROWS_PORTABLE`)
 //! and a batch (`forward_batch`: these whole-coded layers decode their weights first
 //! and run the plain kernels, `ecq::linear::DECODE_FIRST_MIN_ROWS_NOT_WINDOW`), and compare
 //! with the same layer

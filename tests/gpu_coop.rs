@@ -632,7 +632,7 @@ fn coop_gemv_rounds_activations_to_f16() {
 /// cooperative kernels where the device has them: `decode_first_cooperative_matrix()` says so
 /// (and is false for 8-bit weights, inputs not a multiple of 512, and without the option), it
 /// decodes first from `DECODE_FIRST_MIN_ROWS_NOT_WINDOW` rows as without the option (from
-/// `DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU` on CPU devices), and its
+/// `DECODE_FIRST_MIN_ROWS_PORTABLE` on CPU devices and GPUs without 32-wide subgroups), and its
 /// outputs are the plain cooperative layer's bit for bit (host and recorded calls, f32 and
 /// cooperative launches and the cooperative GEMM), within the cooperative bounds of the f64
 /// reference. Elsewhere (lavapipe) the layer
@@ -641,7 +641,7 @@ fn coop_gemv_rounds_activations_to_f16() {
 fn coop_whole_layers_decode_first_on_cooperative_matrices() {
     use ecq::linear::{
         CodedLayerRef, EntropyCodedLinear, Linear, LinearDevice, LinearOptions, QuantizedLinear,
-        DECODE_FIRST_MIN_ROWS_NOT_WINDOW, DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU,
+        DECODE_FIRST_MIN_ROWS_NOT_WINDOW, DECODE_FIRST_MIN_ROWS_PORTABLE,
     };
     use gpu_common::{recorded, Placement};
     if ctx().is_none() {
@@ -679,9 +679,9 @@ fn coop_whole_layers_decode_first_on_cooperative_matrices() {
     assert!(!gpu.cooperative_matrix());
     assert_eq!(gpu.decode_first_cooperative_matrix(), offered);
     assert!(!f32_layer.decode_first_cooperative_matrix());
-    // (CPU devices decode such layers first from one row)
-    let min = if dev.gpu().registry().cpu_device() {
-        DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU
+    // (CPU devices and GPUs without 32-wide subgroups decode such layers first from one row)
+    let min = if dev.gpu().registry().cpu_device() || !dev.gpu().registry().subgroups32() {
+        DECODE_FIRST_MIN_ROWS_PORTABLE
     } else {
         DECODE_FIRST_MIN_ROWS_NOT_WINDOW
     };

@@ -83,13 +83,14 @@ fn fused_only() -> LinearOptions {
 
 /// The rows from which a layer that can decode first does by default (in f32): a window
 /// split's `DECODE_FIRST_MIN_ROWS` where the blocked batched kernel runs it (32-wide
-/// subgroups), the others' `DECODE_FIRST_MIN_ROWS_NOT_WINDOW` (on CPU devices
-/// `DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU`), window splits elsewhere included.
+/// subgroups), the others' `DECODE_FIRST_MIN_ROWS_NOT_WINDOW` (on CPU devices and GPUs without
+/// 32-wide subgroups `DECODE_FIRST_MIN_ROWS_PORTABLE`), window splits elsewhere included.
 fn default_decode_first_rows(d: &LinearDevice, window: bool) -> usize {
-    if window && d.gpu().registry().subgroups32() {
+    let registry = d.gpu().registry();
+    if window && registry.subgroups32() {
         ecq::linear::DECODE_FIRST_MIN_ROWS
-    } else if d.gpu().registry().cpu_device() {
-        ecq::linear::DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU
+    } else if registry.cpu_device() || !registry.subgroups32() {
+        ecq::linear::DECODE_FIRST_MIN_ROWS_PORTABLE
     } else {
         ecq::linear::DECODE_FIRST_MIN_ROWS_NOT_WINDOW
     }
@@ -301,24 +302,39 @@ fn plain_tiled_gemm_matches_cpu_reference() {
     }
 }
 
-/// On a CPU device, which runs no multi-vector GEMV, a plain layer's calls of 2 to
-/// `CPU_GEMV_MAX_ROWS` rows run the one-vector GEMV a row: `forward` row by row bit for bit,
-/// host and recorded calls, activations given in column and in lane order (a 4-bit layer, on
-/// lane order, and an 8-bit one, on columns); `set_gemv_many_max_m` moves the bound (`Some(0)`:
-/// `qgemm`, within the CPU reference's tolerance), and the tiled GEMM takes over from its rows.
-/// The rule is a CPU device's: elsewhere this test announces that it checked nothing.
+/// On devices that run no multi-vector GEMV (CPU devices, GPUs without 32-wide subgroups: a
+/// GPU with them is checked through `GpuContext::without_subgroups`), a plain layer's calls of
+/// 2 to `CPU_GEMV_MAX_ROWS` rows (on GPUs `PORTABLE_GPU_GEMV_MAX_ROWS`) run the one-vector
+/// GEMV a row: `forward` row by row bit for bit, host and recorded calls, activations given in
+/// column and in lane order (a 4-bit layer, on lane order, and an 8-bit one, on columns);
+/// `set_gemv_many_max_m` moves the bound (`Some(0)`: `qgemm`, within the CPU reference's
+/// tolerance), and the tiled GEMM takes over from its rows (`TILED_GEMM_MIN_ROWS`, on GPUs
+/// `TILED_GEMM_MIN_ROWS_PORTABLE_GPU`).
 #[test]
-fn plain_cpu_device_gemv_a_row() {
-    use ecq::linear::{ActivationOrder, CPU_GEMV_MAX_ROWS, TILED_GEMM_MIN_ROWS};
+fn plain_portable_device_gemv_a_row() {
+    use ecq::linear::{
+        ActivationOrder, CPU_GEMV_MAX_ROWS, PORTABLE_GPU_GEMV_MAX_ROWS, TILED_GEMM_MIN_ROWS,
+        TILED_GEMM_MIN_ROWS_PORTABLE_GPU,
+    };
     use gpu_common::{recorded, Placement};
     let Some(d) = dev() else { return };
-    if !d.gpu().registry().cpu_device() {
-        gpu_common::announce_unsupported(
-            "the plain layer's GEMV a row is a CPU device's rule; this device is a GPU",
+    let portable;
+    let d = if d.gpu().registry().subgroups32() {
+        portable = LinearDevice::from_context(
+            ecq::gpu::GpuContext::new()
+                .expect("a second context on the test adapter")
+                .without_subgroups(),
         );
-        return;
-    }
-    const { assert!(CPU_GEMV_MAX_ROWS < TILED_GEMM_MIN_ROWS) };
+        &portable
+    } else {
+        d
+    };
+    let (max_rows, tiled_rows) = if d.gpu().registry().cpu_device() {
+        (CPU_GEMV_MAX_ROWS, TILED_GEMM_MIN_ROWS)
+    } else {
+        (PORTABLE_GPU_GEMV_MAX_ROWS, TILED_GEMM_MIN_ROWS_PORTABLE_GPU)
+    };
+    assert!(max_rows < tiled_rows);
     for (seed, r, k, b) in [(2700u64, 70usize, 512usize, 4u32), (2701, 40, 256, 8)] {
         let c = case(seed, r, k, b, 64, 2048, 4);
         let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
@@ -330,7 +346,7 @@ fn plain_cpu_device_gemv_a_row() {
                     .collect::<Vec<f32>>(),
             )
         };
-        for m in [2, 5, CPU_GEMV_MAX_ROWS] {
+        for m in [2, 5, max_rows] {
             let label = format!("{r}x{k} b{b}, {m} rows");
             let x = activations(seed + m as u64, m * k);
             let want = row_by_row(&x);
@@ -348,7 +364,7 @@ fn plain_cpu_device_gemv_a_row() {
         wider.set_gemv_many_max_m(Some(40));
         let mut qgemm = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
         qgemm.set_gemv_many_max_m(Some(0));
-        let m = TILED_GEMM_MIN_ROWS + 3;
+        let m = tiled_rows + 3;
         let x = activations(seed + 99, m * k);
         assert_eq!(
             bits(wider.forward_batch(&x, m).unwrap()),
@@ -370,15 +386,19 @@ fn plain_cpu_device_gemv_a_row() {
         if b == 4 {
             let m = d.gpu().upload_quantized(&c.q).unwrap();
             let (dev, queue, reg) = (d.device(), d.queue(), d.gpu().registry());
-            let rows = TILED_GEMM_MIN_ROWS;
+            let rows = tiled_rows;
             let x = activations(seed + 7, rows * k);
             let tile = ecq::gpu::TiledGemmTile::for_device(reg, r, rows);
             let mut want = m.gemm_tiled_with(dev, queue, reg, &x, rows, tile).unwrap();
             for (i, v) in want.iter_mut().enumerate() {
                 *v += c.bias[i % r];
             }
+            // (unsplit, as `want`: GPUs split the GEMM's columns by default, another order of
+            // sums)
+            let mut unsplit = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
+            unsplit.set_tiled_gemm_splits(Some(false));
             assert_eq!(
-                bits(plain.forward_batch(&x, rows).unwrap()),
+                bits(unsplit.forward_batch(&x, rows).unwrap()),
                 bits(want),
                 "{r}x{k}: the tiled GEMM from {rows} rows"
             );
@@ -392,7 +412,9 @@ fn plain_cpu_device_gemv_a_row() {
 /// the same choice (the plain layer's outputs bit for bit on both sides of it).
 #[test]
 fn plain_tiled_gemm_from_the_rows_asked_for() {
-    use ecq::linear::{TILED_GEMM_MIN_ROWS, TILED_GEMM_MIN_ROWS_SUBGROUPS};
+    use ecq::linear::{
+        TILED_GEMM_MIN_ROWS, TILED_GEMM_MIN_ROWS_PORTABLE_GPU, TILED_GEMM_MIN_ROWS_SUBGROUPS,
+    };
     let Some(d) = dev() else { return };
     let (r, k, from) = (70, 512, 5);
     let c = case(260, r, k, 4, 64, 2048, 4);
@@ -404,10 +426,13 @@ fn plain_tiled_gemm_from_the_rows_asked_for() {
         p
     };
     let default = upload_plain(None);
-    let subgroups32 = d.gpu().registry().subgroups32();
-    let by_device = match subgroups32 {
-        true => TILED_GEMM_MIN_ROWS_SUBGROUPS,
-        false => TILED_GEMM_MIN_ROWS,
+    let registry = d.gpu().registry();
+    let by_device = if registry.subgroups32() {
+        TILED_GEMM_MIN_ROWS_SUBGROUPS
+    } else if registry.cpu_device() {
+        TILED_GEMM_MIN_ROWS
+    } else {
+        TILED_GEMM_MIN_ROWS_PORTABLE_GPU
     };
     assert_eq!(default.tiled_gemm_min_rows(), by_device);
     assert_eq!(upload_plain(Some(0)).tiled_gemm_min_rows(), 2);
@@ -1528,6 +1553,55 @@ fn window_case(seed: u64) -> (Case, SplitMatrix) {
     let s =
         SplitMatrix::encode_window(&c.q.symbols(), 16, 2048, &opts, SplitOrder::RowPairs).unwrap();
     (c, s)
+}
+
+/// `GpuContext::without_subgroups`: the portable kernels only, on this device (what one whose
+/// subgroups are not 32 wide runs; on lavapipe nothing changes). A window-split layer there
+/// decodes first from one row (`DECODE_FIRST_MIN_ROWS_PORTABLE`: no batched kernel reads it,
+/// and the fused GEMV is the workgroup kernel), into the plain layer's outputs bit for bit,
+/// and its fused GEMVs and its GPU decode (the workgroup kernels) match the CPU; cooperative
+/// matrices are not offered.
+#[test]
+fn portable_context_runs_window_layers() {
+    let Some(d) = dev() else { return };
+    let portable = LinearDevice::from_context(
+        ecq::gpu::GpuContext::new()
+            .expect("a second context on the test adapter")
+            .without_subgroups(),
+    );
+    let reg = portable.gpu().registry();
+    assert!(!reg.subgroups32() && !reg.cooperative_matrix());
+    assert_eq!(reg.cpu_device(), d.gpu().registry().cpu_device());
+    let (c, s) = window_case(920);
+    let layer = CodedLayerRef::from_split(&s, 64, &c.q.scales, &c.q.biases, Some(&c.bias));
+    let gpu =
+        EntropyCodedLinear::upload(&portable, "portable", layer, &Default::default()).unwrap();
+    let fused =
+        EntropyCodedLinear::upload(&portable, "portable fused", layer, &fused_only()).unwrap();
+    let min = ecq::linear::DECODE_FIRST_MIN_ROWS_PORTABLE;
+    assert_eq!(gpu.decode_first_min_rows(), min);
+    let plain = QuantizedLinear::upload(&portable, "plain", &c.q, Some(&c.bias)).unwrap();
+    let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
+    for m in [1usize, 2, 5] {
+        let x = activations(920 + m as u64, m * 2048);
+        let got = gpu.forward_batch(&x, m).unwrap();
+        assert_close(&format!("portable m{m}"), &cpu, &x, m, &got, 0.0);
+        if m >= min {
+            let want = plain.forward_batch(&x, m).unwrap();
+            assert_eq!(
+                bits(got),
+                bits(want),
+                "portable m{m}: the plain layer's outputs"
+            );
+        }
+        let got = fused.forward_batch(&x, m).unwrap();
+        assert_close(&format!("portable fused m{m}"), &cpu, &x, m, &got, 0.0);
+    }
+    let g = portable.gpu().upload_split(&s, None).unwrap();
+    assert_eq!(
+        portable.gpu().decode_packed(&g).unwrap(),
+        s.decode_packed().unwrap()
+    );
 }
 
 /// A window-split layer whose tile 1 has a frequency too many (its decode table does not sum to

@@ -804,6 +804,18 @@ impl PipelineRegistry {
         }
     }
 
+    /// This registry without the 32-wide subgroup kernels, nor the cooperative ones, which
+    /// need them: every launch runs the portable kernels, as on a device whose subgroups are
+    /// not 32 wide. Measures and tests that path on any device
+    /// ([`GpuContext::without_subgroups`]). Drops the compiled kernels.
+    pub fn without_subgroups(self) -> Self {
+        PipelineRegistry {
+            f16_unpack: self.f16_unpack,
+            cpu_device: self.cpu_device,
+            ..Self::default()
+        }
+    }
+
     /// Whether the 32-wide subgroup kernels may be used on this registry's device.
     pub fn subgroups32(&self) -> bool {
         self.subgroup32
@@ -1227,6 +1239,14 @@ impl GpuContext {
             info,
             registry,
         }
+    }
+
+    /// This context running the portable kernels only
+    /// ([`PipelineRegistry::without_subgroups`]): what a device whose subgroups are not 32
+    /// wide runs, on this one.
+    pub fn without_subgroups(mut self) -> Self {
+        self.registry = std::mem::take(&mut self.registry).without_subgroups();
+        self
     }
 
     /// The device.

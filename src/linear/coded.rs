@@ -160,7 +160,8 @@ pub const DECODE_FIRST_MIN_ROWS: usize = 33;
 /// format's default [`crate::container::MatrixCoding::Whole`], or split 2 + 2), on GPUs:
 /// their fused launches cost several times a plain row a row, so every call of several rows
 /// decodes first. One row (`forward`, and `forward_batch` of one) keeps the fused GEMV, the
-/// form this library exists to run (CPU devices: [`DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU`]).
+/// form this library exists to run (devices running the portable kernels:
+/// [`DECODE_FIRST_MIN_ROWS_PORTABLE`]).
 /// Measured (BENCHMARKS.md issue 5, steps 106-107; ms a forward of 32 Llama-3-8B layers as
 /// `ecq encode` writes them, prepared calls, on an H200):
 ///
@@ -180,22 +181,29 @@ pub const DECODE_FIRST_MIN_ROWS: usize = 33;
 /// against 46 / 59 / 79 at 2 / 8 / 16 rows.
 pub const DECODE_FIRST_MIN_ROWS_NOT_WINDOW: usize = 2;
 
-/// [`DECODE_FIRST_MIN_ROWS_NOT_WINDOW`] on CPU devices (lavapipe, `DeviceType::Cpu`): one
-/// row (`forward`) decodes first there too. A CPU's few threads run the fused GEMV's decode
-/// no faster than the decode kernel's, and then multiply in the fused kernel's narrow
-/// launches; the plain layer's one-vector GEMV on the decoded weights is cheap beside either.
-/// On lavapipe (2 cores; BENCHMARKS.md issue 5, thirty-third session) a token of a
-/// 1024x4096 and a 4096x4096 layer took 1245 ms decoding first against 1965 fused coded
-/// whole, and 778 against 1870 split 2 + 2. GPUs keep the fused GEMV for one row: there a
-/// whole layer's token costs about the same either way alone (21.4 against ~23 ms for 32
-/// Llama-3-8B layers on an H200), and the fused GEMV reads the coded bytes only.
+/// [`DECODE_FIRST_MIN_ROWS_NOT_WINDOW`] on devices that run the portable kernels: CPU devices
+/// (lavapipe, `DeviceType::Cpu`) and GPUs without 32-wide subgroups
+/// ([`crate::gpu::PipelineRegistry::subgroups32`]). One row (`forward`) decodes first there
+/// too: their fused GEMV is the workgroup kernel (a barrier a decode step), whose multiplies
+/// inside the decode loop cost more than the decode kernel's stores and the plain layer's
+/// one-vector GEMV on the decoded weights after it.
+/// * On lavapipe (2 cores; BENCHMARKS.md issue 5, thirty-third session) a token of a
+///   1024x4096 and a 4096x4096 layer took 1245 ms decoding first against 1965 fused coded
+///   whole, and 778 against 1870 split 2 + 2; window splits 566 against 1099 (step 118).
+/// * On an H200 running the portable kernels only (`GpuContext::without_subgroups`, step 119)
+///   a token of 32 Llama-3-8B layers took 46.1 ms decoding first against 61.4 fused (window
+///   splits in row pairs) and 147.3 against 187.6 (coded whole).
+///
+/// GPUs with 32-wide subgroups keep the fused GEMV for one row: there a whole layer's token
+/// costs about the same either way alone (21.4 against ~23 ms for 32 Llama-3-8B layers on an
+/// H200), and the fused GEMV reads the coded bytes only.
 ///
 /// Window splits follow these two rules wherever the blocked batched kernel does not run them
 /// (no 32-wide subgroups: they then decode in the workgroup kernel, `rans_decode.wgsl`): their
-/// batched calls are fused GEMVs a row. On lavapipe (BENCHMARKS.md issue 5, step 118) a
-/// 1024x4096 and a 4096x4096 window layer in row pairs took 566 / 557 / 1117 ms at 1 / 2 / 8
-/// rows decoding first against 1099 / 2183 / 8706 in fused GEMVs.
-pub const DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU: usize = 1;
+/// batched calls are fused GEMVs a row. On lavapipe (step 118) a 1024x4096 and a 4096x4096
+/// window layer in row pairs took 566 / 557 / 1117 ms at 1 / 2 / 8 rows decoding first
+/// against 1099 / 2183 / 8706 in fused GEMVs.
+pub const DECODE_FIRST_MIN_ROWS_PORTABLE: usize = 1;
 
 /// [`DECODE_FIRST_MIN_ROWS`] for window splits on cooperative matrices
 /// ([`LinearOptions::cooperative_matrix`]): from the fused launches' second launch of 16
@@ -374,7 +382,8 @@ pub struct LinearOptions {
     /// layer's on the same weights, bit for bit. The decode costs about one fused GEMV's
     /// time, after which each row costs what it costs plain, so it pays for calls of many
     /// rows. `None` (default): [`DECODE_FIRST_MIN_ROWS_NOT_WINDOW`] for layers that are not
-    /// window splits ([`DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU`] on CPU devices); for window
+    /// window splits ([`DECODE_FIRST_MIN_ROWS_PORTABLE`] on CPU devices and GPUs without
+    /// 32-wide subgroups); for window
     /// splits [`DECODE_FIRST_MIN_ROWS_COOP`] where they multiply on cooperative matrices,
     /// else [`DECODE_FIRST_MIN_ROWS`] where the blocked batched kernel runs them (32-wide
     /// subgroups), else as the others; `Some(usize::MAX)` never. Takes
@@ -808,7 +817,8 @@ pub type LinearDispatch = crate::gpu::Dispatch;
 /// kernels, which decode the weights as they multiply; calls of more decode the weights once
 /// into a kept buffer and multiply them with the plain 4-bit kernels
 /// ([`LinearOptions::decode_first_min_rows`]: by default from 2 rows for layers coded whole
-/// or split 2 + 2, 1 on CPU devices, from 33 for window splits, 17 on cooperative matrices).
+/// or split 2 + 2, from 1 on CPU devices and GPUs without 32-wide subgroups, from 33 for
+/// window splits where the blocked batched kernel runs them, 17 on cooperative matrices).
 ///
 /// ```no_run
 /// use ecq::linear::{CodedLayerRef, EntropyCodedLinear, Linear, LinearDevice, LinearOptions};
@@ -1260,8 +1270,9 @@ impl EntropyCodedLinear {
                 // as fused GEMVs a row, several times a plain row each: it decodes first as
                 // the layers that are not window splits do)
                 .unwrap_or(if m.window.is_none() || gemm_blocked.is_none() {
-                    if dev.gpu().registry().cpu_device() {
-                        DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU
+                    let registry = dev.gpu().registry();
+                    if registry.cpu_device() || !registry.subgroups32() {
+                        DECODE_FIRST_MIN_ROWS_PORTABLE
                     } else {
                         DECODE_FIRST_MIN_ROWS_NOT_WINDOW
                     }

@@ -30,9 +30,11 @@
 //!   vector, `wgsl/qgemv4_many.wgsl` in launches of up to 16 rows for 2 to
 //!   [`PLAIN_GEMV_MANY_MAX_M`] rows of 4-bit weights where subgroups are 32 wide, both on
 //!   activations in lane order, on a CPU device the plain GEMV a row up to
-//!   [`CPU_GEMV_MAX_ROWS`] rows, `wgsl/qgemm.wgsl` for a batch, with the same multiply as
+//!   [`CPU_GEMV_MAX_ROWS`] rows and on other GPUs without 32-wide subgroups up to
+//!   [`PORTABLE_GPU_GEMV_MAX_ROWS`], `wgsl/qgemm.wgsl` for a batch, with the same multiply as
 //!   `rans_gemm.wgsl`; for 4-bit weights the tiled f32 GEMM `wgsl/qgemm_tiled.wgsl` from
-//!   [`TILED_GEMM_MIN_ROWS`] rows, or [`TILED_GEMM_MIN_ROWS_SUBGROUPS`] where the launches of
+//!   [`TILED_GEMM_MIN_ROWS`] rows ([`TILED_GEMM_MIN_ROWS_PORTABLE_GPU`] on GPUs without
+//!   32-wide subgroups), or [`TILED_GEMM_MIN_ROWS_SUBGROUPS`] where the launches of
 //!   16 rows run, its columns split across workgroups where its tiles are few on a GPU;
 //!   [`QuantizedLinear::set_cooperative_matrix`] as the coded layer's option, with the
 //!   cooperative GEMM `wgsl/qgemm_coop.wgsl` from [`COOP_GEMM_MIN_ROWS`] rows, its columns
@@ -85,7 +87,7 @@ mod resident;
 pub use coded::{
     CodedLayerRef, EntropyCodedLinear, LinearDispatch, LinearOptions, COOP_MIN_ROWS,
     DECODE_FIRST_MIN_ROWS, DECODE_FIRST_MIN_ROWS_COOP, DECODE_FIRST_MIN_ROWS_NOT_WINDOW,
-    DECODE_FIRST_MIN_ROWS_NOT_WINDOW_CPU, GEMV_BATCH_MAX_M, GEMV_BATCH_MAX_M_LANE_ORDER,
+    DECODE_FIRST_MIN_ROWS_PORTABLE, GEMV_BATCH_MAX_M, GEMV_BATCH_MAX_M_LANE_ORDER,
     GEMV_BATCH_MAX_M_LANE_ORDER_SMALL, GEMV_BATCH_MAX_M_SMALL, GEMV_BATCH_MAX_M_WHOLE,
     GEMV_BATCH_MAX_M_WINDOW, GEMV_BATCH_MAX_M_WINDOW_MID, GEMV_BATCH_MAX_M_WINDOW_SMALL,
     GEMV_BATCH_MAX_M_WINDOW_VECTORS, GEMV_BATCH_MAX_M_WINDOW_VECTORS_MID, GEMV_SUBMIT_ROWS,
@@ -97,7 +99,8 @@ pub use device::LinearDevice;
 pub use model::EntropyCodedModel;
 pub use plain::{
     QuantizedLinear, COOP_GEMM_MIN_ROWS, CPU_GEMV_MAX_ROWS, PLAIN_GEMV_MANY_MAX_M,
-    PLAIN_GEMV_MANY_MAX_M_SMALL, TILED_GEMM_MIN_ROWS, TILED_GEMM_MIN_ROWS_SUBGROUPS,
+    PLAIN_GEMV_MANY_MAX_M_SMALL, PORTABLE_GPU_GEMV_MAX_ROWS, TILED_GEMM_MIN_ROWS,
+    TILED_GEMM_MIN_ROWS_PORTABLE_GPU, TILED_GEMM_MIN_ROWS_SUBGROUPS,
 };
 pub use resident::{ActivationOrder, GpuLinear, PreparedForward};
 

@@ -58,6 +58,25 @@ pub const TILED_GEMM_MIN_ROWS: usize = 32;
 /// (BENCHMARKS.md issue 5, step 106).
 pub const CPU_GEMV_MAX_ROWS: usize = 31;
 
+/// [`CPU_GEMV_MAX_ROWS`] on GPUs without 32-wide subgroups (no multi-vector GEMV there); from
+/// one more row the tiled f32 GEMM runs ([`TILED_GEMM_MIN_ROWS_PORTABLE_GPU`]). On an H200
+/// running the portable kernels only (`GpuContext::without_subgroups`; BENCHMARKS.md issue 5,
+/// step 120), 32 Llama-3-8B layers took, ms a forward:
+///
+/// | rows | 2 | 4 | 8 | 12 | 16 | 24 | 31 | 32 (tiled GEMM) |
+/// |---|---|---|---|---|---|---|---|---|
+/// | `qgemm` | 22.1 | 23.7 | 25.9 | 35.4 | 37.6 | 58.7 | 66.1 | 37.2 |
+/// | the GEMV a row | 5.4 | 10.3 | 20.2 | 30.5 | 40.4 | 60.6 | 78.0 | |
+///
+/// The GEMV a row costs ~2.5 ms a row, the tiled GEMM ~37 ms for up to 64 rows: they cross
+/// at ~15 rows.
+pub const PORTABLE_GPU_GEMV_MAX_ROWS: usize = 14;
+
+/// [`TILED_GEMM_MIN_ROWS`] on GPUs without 32-wide subgroups: after the GEMV a row
+/// ([`PORTABLE_GPU_GEMV_MAX_ROWS`]), where `qgemm` took as long as the tiled GEMM at 16 rows
+/// and 1.6-1.8x as long at 24-31 on an H200 running the portable kernels (step 120).
+pub const TILED_GEMM_MIN_ROWS_PORTABLE_GPU: usize = 15;
+
 /// [`TILED_GEMM_MIN_ROWS`] where 32-wide subgroups run the multi-vector launches of 16 rows
 /// instead: from their third launch. With column splits to 1024 workgroups
 /// ([`crate::gpu::TILED_GEMM_SPLIT_WORKGROUPS`]) 32 Llama-3-8B layers in f32 took 38.5-39.4 ms
@@ -114,11 +133,13 @@ pub(crate) enum PlainPath<'a> {
 /// of up to 16 rows of `wgsl/qgemv4_many.wgsl` where 32-wide subgroups allow it
 /// ([`crate::gpu::GpuQuantizedMatrix::gemv_many_dispatch`], the weights read once a launch),
 /// and on a CPU device the plain GEMV a row up to [`CPU_GEMV_MAX_ROWS`] rows (where a few
-/// threads run `qgemm` several times slower). Both GEMVs of 4-bit weights take their activations in lane order
+/// threads run `qgemm` several times slower), on other GPUs without 32-wide subgroups up to
+/// [`PORTABLE_GPU_GEMV_MAX_ROWS`]. Both GEMVs of 4-bit weights take their activations in lane order
 /// ([`crate::gpu::x_lane_order`], permuted on the host as they are uploaded), as the fused
 /// layer's do ([`super::EntropyCodedLinear::lane_order`]): the same results, read in whole
 /// lines. Calls of 4-bit weights run the tiled f32 GEMM from [`TILED_GEMM_MIN_ROWS`] rows
-/// where the device runs no 32-wide subgroups and from [`TILED_GEMM_MIN_ROWS_SUBGROUPS`]
+/// on CPU devices, from [`TILED_GEMM_MIN_ROWS_PORTABLE_GPU`] on other GPUs without 32-wide
+/// subgroups and from [`TILED_GEMM_MIN_ROWS_SUBGROUPS`]
 /// where it does, unless they run on cooperative matrices ([`Self::set_tiled_gemm`]).
 #[derive(Debug)]
 pub struct QuantizedLinear {
@@ -336,6 +357,7 @@ impl QuantizedLinear {
         match self.tiled_min_m {
             Some(m) => m,
             None if self.dev.gpu().registry().subgroups32() => TILED_GEMM_MIN_ROWS_SUBGROUPS,
+            None if !self.dev.gpu().registry().cpu_device() => TILED_GEMM_MIN_ROWS_PORTABLE_GPU,
             None => TILED_GEMM_MIN_ROWS,
         }
     }
@@ -384,9 +406,10 @@ impl QuantizedLinear {
     /// ([`PLAIN_GEMV_MANY_MAX_M`], [`PLAIN_GEMV_MANY_MAX_M_SMALL`] up to 2^22 weights, every
     /// row count with the cooperative option above 2^22 weights); `Some(0)` runs `qgemm` for
     /// every row count but one (one row runs the plain GEMV, as `forward` does). Matrices the
-    /// multi-vector GEMV cannot run keep `qgemm`, except on a CPU device, which runs no
-    /// multi-vector GEMV: there these rows run the one-vector GEMV a row where it takes the
-    /// matrix (`None`: up to [`CPU_GEMV_MAX_ROWS`] rows).
+    /// multi-vector GEMV cannot run keep `qgemm`, except on a CPU device or a GPU without
+    /// 32-wide subgroups, which run no multi-vector GEMV: there these rows run the one-vector
+    /// GEMV a row where it takes the matrix (`None`: up to [`CPU_GEMV_MAX_ROWS`] rows on CPU
+    /// devices, [`PORTABLE_GPU_GEMV_MAX_ROWS`] on GPUs).
     pub fn set_gemv_many_max_m(&mut self, m: Option<usize>) {
         self.many_max_m = m;
     }
@@ -760,17 +783,24 @@ impl QuantizedLinear {
             return PlainPath::Many(v);
         }
         let many = many_ok && (2..=many_max).contains(&m);
-        // (a CPU device runs no multi-vector GEMV: the one-vector GEMV a row instead)
-        let cpu_gemvs = !many_ok
-            && self.dev.gpu().registry().cpu_device()
-            && (2..=self.many_max_m.unwrap_or(CPU_GEMV_MAX_ROWS)).contains(&m);
-        if self.tiled_gemm(v, m) && !((many || cpu_gemvs) && self.many_max_m.is_some()) {
+        // (devices that run no multi-vector GEMV, CPUs and GPUs without 32-wide subgroups:
+        // the one-vector GEMV a row instead, for few rows)
+        let registry = self.dev.gpu().registry();
+        let vector_max = if registry.cpu_device() {
+            CPU_GEMV_MAX_ROWS
+        } else if !registry.subgroups32() {
+            PORTABLE_GPU_GEMV_MAX_ROWS
+        } else {
+            0
+        };
+        let gemvs = !many_ok && (2..=self.many_max_m.unwrap_or(vector_max)).contains(&m);
+        if self.tiled_gemm(v, m) && !((many || gemvs) && self.many_max_m.is_some()) {
             return PlainPath::TiledGemm(v);
         }
         if many {
             return PlainPath::Many(v);
         }
-        if cpu_gemvs {
+        if gemvs {
             return PlainPath::Vector(v);
         }
         PlainPath::Gemm
