@@ -688,12 +688,31 @@ fn split_decode_sweep(
     ctx: &GpuContext,
     order: ecq::rans::SplitOrder,
     shapes: &[(usize, usize)],
-    mut seed: u64,
+    seed: u64,
     what: &str,
+) {
+    let chunkings = [(11, 32), (11, 4096), (9, 16384)];
+    split_sweep(ctx, shapes, &chunkings, seed, 2, |q, rows, cols, opts| {
+        let s = ecq::rans::SplitMatrix::encode_ordered(q, rows, cols, 4, 2, opts, order).unwrap();
+        (s, what.to_string())
+    });
+}
+
+/// Every shape of `shapes` (rows, cols) at every symbol distribution and every (precision,
+/// chunk symbols) of `chunkings` (tiles of two chunks), 4-bit weights coded by `encode` (the
+/// split matrix and a label) with `low_bits` raw bits a weight: uploaded with the matrix's
+/// size and [`check_split_decodes`]. Seeds count up from `seed`.
+fn split_sweep(
+    ctx: &GpuContext,
+    shapes: &[(usize, usize)],
+    chunkings: &[(u32, usize)],
+    mut seed: u64,
+    low_bits: u32,
+    encode: impl Fn(&[u8], usize, usize, &EncodeOptions) -> (ecq::rans::SplitMatrix, String),
 ) {
     for &(rows, cols) in shapes {
         for dist in [Dist::Skewed, Dist::Flat, Dist::Single] {
-            for (precision, chunk_symbols) in [(11u32, 32usize), (11, 4096), (9, 16384)] {
+            for &(precision, chunk_symbols) in chunkings {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
                 seed += 1;
                 let q = symbols(&mut rng, rows * cols, 4, dist);
@@ -703,14 +722,13 @@ fn split_decode_sweep(
                     tile_chunks: 2,
                     ..Default::default()
                 };
-                let s = ecq::rans::SplitMatrix::encode_ordered(&q, rows, cols, 4, 2, &opts, order)
-                    .unwrap();
+                let (s, what) = encode(&q, rows, cols, &opts);
                 let label =
                     format!("{what} {rows}x{cols} {dist:?} n{precision} chunk {chunk_symbols}");
                 let m = ctx.upload_split(&s, None).unwrap();
                 assert_eq!(
                     (m.rows(), m.cols(), m.bits(), m.low_bits()),
-                    (rows, cols, 4, 2),
+                    (rows, cols, 4, low_bits),
                     "{label}"
                 );
                 check_split_decodes(ctx, &m, &s, &q, &label);
@@ -752,45 +770,25 @@ fn decode_row_pairs() {
 fn decode_window_splits() {
     use ecq::rans::{SplitMatrix, SplitOrder};
     let Some(ctx) = ctx() else { return };
-    let mut seed = 7700;
-    for (order, shapes) in [
+    let chunkings = [(11, 32), (11, 512), (9, 4096)];
+    for (seed, order, shapes) in [
+        (7700, SplitOrder::Rows, [(3, 1024), (5, 2048), (2, 4096)]),
         (
-            SplitOrder::Rows,
-            [(3usize, 1024usize), (5, 2048), (2, 4096)],
+            7800,
+            SplitOrder::RowPairs,
+            [(2, 1024), (6, 2048), (4, 4096)],
         ),
-        (SplitOrder::RowPairs, [(2, 1024), (6, 2048), (4, 4096)]),
     ] {
-        for (rows, cols) in shapes {
-            for dist in [Dist::Skewed, Dist::Flat, Dist::Single] {
-                for (precision, chunk_symbols) in [(11u32, 32usize), (11, 512), (9, 4096)] {
-                    for start in [None, Some(13u8)] {
-                        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                        seed += 1;
-                        let q = symbols(&mut rng, rows * cols, 4, dist);
-                        let opts = EncodeOptions {
-                            precision,
-                            chunk_symbols,
-                            tile_chunks: 2,
-                            ..Default::default()
-                        };
-                        let s = match start {
-                            None => SplitMatrix::encode_window(&q, rows, cols, &opts, order),
-                            Some(w) => {
-                                SplitMatrix::encode_window_at(&q, rows, cols, w, &opts, order)
-                            }
-                        }
-                        .unwrap();
-                        let label = format!(
-                            "window {order:?} {rows}x{cols} {dist:?} n{precision} chunk \
-                             {chunk_symbols} start {:?}",
-                            s.window()
-                        );
-                        let m = ctx.upload_split(&s, None).unwrap();
-                        assert_eq!((m.rows(), m.cols()), (rows, cols), "{label}");
-                        check_split_decodes(ctx, &m, &s, &q, &label);
-                    }
+        for (start, seed) in [(None, seed), (Some(13u8), seed + 50)] {
+            split_sweep(ctx, &shapes, &chunkings, seed, 3, |q, rows, cols, opts| {
+                let s = match start {
+                    None => SplitMatrix::encode_window(q, rows, cols, opts, order),
+                    Some(w) => SplitMatrix::encode_window_at(q, rows, cols, w, opts, order),
                 }
-            }
+                .unwrap();
+                let what = format!("window {order:?} start {:?}", s.window());
+                (s, what)
+            });
         }
     }
     // rows of 96 weights: not whole blocks of raw words
