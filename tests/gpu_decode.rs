@@ -111,6 +111,14 @@ fn check_split_decodes(
     assert_eq!(ctx.decode_packed(m).unwrap(), want, "{label} default");
     let bytes = ctx.decode_symbols(m).unwrap();
     assert!(bytes == q, "{label}: byte-per-weight decode differs");
+    // the workgroup kernel building its table (the default loads the host's)
+    let mut built = ctx.upload_split(s, None).unwrap();
+    built.set_tables_in_memory(false);
+    let got = packed_with(ctx, &built, FusedVariant::Workgroup, label);
+    assert!(
+        got == want,
+        "{label} Workgroup, tables built: GPU and CPU decodes differ"
+    );
 }
 
 fn encode_case(c: &Case, seed: u64) -> (Vec<u8>, EncodedMatrix) {
@@ -180,6 +188,15 @@ fn check_case(ctx: &GpuContext, c: &Case, seed: u64) {
         let got = packed_with(ctx, &m, v, &label);
         assert!(got == cpu_packed, "{label} {v:?}: packed words differ");
     }
+    // the workgroup kernel building its table (the default loads the host's, for 8..=11
+    // probability bits)
+    let mut built = ctx.upload_coded(CodedMatrixRef::from(&enc), None).unwrap();
+    built.set_tables_in_memory(false);
+    let got = packed_with(ctx, &built, FusedVariant::Workgroup, &label);
+    assert!(
+        got == cpu_packed,
+        "{label} Workgroup, tables built: packed words differ"
+    );
     if c.cols.is_multiple_of(4) {
         let syms = ctx
             .decode_symbols(&m)

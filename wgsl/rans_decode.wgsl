@@ -21,6 +21,7 @@
 // chunk's range; corrupt input sets bits in `errors[chunk]` and never hangs the device.
 // import: rans_consts
 // import: rans_table
+// import: rans_table_mem
 // import: split_bits
 // import: window_word
 
@@ -56,6 +57,10 @@ struct Params {
     // a window split's window start (low_bits = 3)
     window_start: u32,
 }
+
+// true: `freqs` holds the tables built on the host (rans_table_mem.wgsl), loaded instead of
+// built from the frequencies
+override TABLE_MEM: bool = false;
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
@@ -98,7 +103,12 @@ fn main(
     if (lid < 12u) {
         atomicStore(&masks[lid], 0u); // before build_table's first barrier
     }
-    let bad_table = build_table(tile, lid);
+    var bad_table = false;
+    if (TABLE_MEM) {
+        bad_table = load_table(tile, lid);
+    } else {
+        bad_table = build_table(tile, lid);
+    }
 
     let g = lid / 32u;
     let l = lid % 32u;

@@ -750,11 +750,16 @@ impl DecodeSource<'_> {
     }
 
     /// Whether the decode of `variant` reads host-built decode tables where it is given them:
-    /// window splits with them run their own kernel (`rans_decode_window.wgsl`); the others,
-    /// and window splits without them, `rans_decode_blocked.wgsl`, which builds its table
-    /// (issue 5 step 116: the byte-symbol decode ran slower with them).
+    /// the workgroup kernel (`rans_decode.wgsl`, `TABLE_MEM`) for every matrix with 8 to 11
+    /// probability bits (the tables' range); among the blocked ones, window splits with them
+    /// run their own kernel (`rans_decode_window.wgsl`); the others, and window splits
+    /// without them, `rans_decode_blocked.wgsl`, which builds its table (issue 5 step 116:
+    /// the byte-symbol decode ran slower with them).
     pub(crate) fn reads_tables(&self, variant: FusedVariant) -> bool {
-        variant.is_blocked() && self.params.low_bits == WINDOW_LOW_BITS
+        match variant {
+            FusedVariant::Workgroup => (8..=11).contains(&self.params.prec),
+            _ => variant.is_blocked() && self.params.low_bits == WINDOW_LOW_BITS,
+        }
     }
 
     /// Whether some decode kernel can run this matrix into `mode` on `registry`'s device (a
@@ -837,7 +842,12 @@ impl DecodeSource<'_> {
         let tables = self.tables.filter(|_| self.reads_tables(variant));
         let compact = variant == FusedVariant::BlockedCompact;
         let pipeline = match variant {
-            FusedVariant::Workgroup => registry.get(device, Kernel::RansDecode, "main", &[])?,
+            FusedVariant::Workgroup => registry.get(
+                device,
+                Kernel::RansDecode,
+                "main",
+                &[("TABLE_MEM", tables.is_some() as u32)],
+            )?,
             FusedVariant::Subgroup => registry.get(
                 device,
                 Kernel::RansDecodeSubgroup,
@@ -1248,8 +1258,10 @@ impl GpuCodedMatrix {
     /// `src/gpu/slot_table.rs`), instead of building it from the frequencies in every
     /// workgroup: 1.03-1.19x faster per matrix on an H200 (BENCHMARKS.md issue 5, step 65).
     /// The GPU decode of a window split reads them too (`rans_decode_window.wgsl`: 1.03-1.23x
-    /// faster, step 116); the other decodes build theirs. Same results, bit for bit; corrupt
-    /// frequencies are reported the same way. `false` saves that memory.
+    /// faster, step 116), and so does the workgroup decode kernel (`rans_decode.wgsl`, the
+    /// one devices without 32-wide subgroups run, step 121); the other blocked decodes build
+    /// theirs. Same results, bit for bit; corrupt frequencies are reported the same way.
+    /// `false` saves that memory.
     pub fn set_tables_in_memory(&mut self, on: bool) {
         self.tables_in_memory = on;
     }

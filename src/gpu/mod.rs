@@ -463,6 +463,7 @@ impl Kernel {
                     "../../wgsl/rans_decode.wgsl",
                     "rans_consts",
                     "rans_table",
+                    "rans_table_mem",
                     "split_bits",
                     "window_word"
                 )

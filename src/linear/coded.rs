@@ -302,9 +302,9 @@ pub struct LinearOptions {
     /// format ([`SideFormat::exact_for`]: 16-bit for MLX's f16 and bf16 values, half the
     /// memory of f32 pairs). A format in which a value is not exact is an error.
     pub side: Option<SideFormat>,
-    /// Let the blocked fused GEMV build each tile's decode table from the frequencies in every
-    /// workgroup, as before step 65 of BENCHMARKS.md (issue 5), instead of reading the table
-    /// the host builds at upload: saves that GPU memory (2.5 KiB a tile at 11 probability
+    /// Let the blocked fused GEMV (and, without 32-wide subgroups, the workgroup decode) build
+    /// each tile's decode table from the frequencies in every workgroup, as before step 65 of
+    /// BENCHMARKS.md (issue 5), instead of reading the table the host builds at upload: saves that GPU memory (2.5 KiB a tile at 11 probability
     /// bits, about 0.02 bits/weight with the encoder's default tiles,
     /// [`EntropyCodedLinear::table_bytes`]) for GEMVs 1.02-1.09x slower on an H200. Same
     /// results either way.
@@ -1156,9 +1156,11 @@ impl EntropyCodedLinear {
                 Some(Err(source)) => return Err(LinearError::gpu(name, source)),
             }
             let gemv_uniform = dev.uniform(bytemuck::bytes_of(&gemv));
-            // (an optimisation: a band whose tables would exceed the buffer limit builds them)
+            // (an optimisation: a band whose tables would exceed the buffer limit builds them;
+            // the blocked fused kernels read them, and without 32-wide subgroups the workgroup
+            // decode kernel)
             let table_bytes = (t1 - t0) as u64 * table_words as u64 * 4;
-            let tables = (blocked
+            let tables = ((blocked || !dev.gpu().registry().subgroups32())
                 && !opts.tables_built_in_kernel
                 && table_words > 0
                 && table_bytes <= max_buffer.0)
@@ -1430,8 +1432,9 @@ impl EntropyCodedLinear {
 
     /// Bytes of the decode tables built on the host for the blocked fused GEMV, which reads
     /// them instead of building them in every workgroup (2.5 KiB a tile at 11 probability
-    /// bits, `GpuCodedMatrix::set_tables_in_memory`); 0 where the layer's fused GEMV is not
-    /// a blocked kernel (adapters without 32-wide subgroups, layouts it cannot run).
+    /// bits, `GpuCodedMatrix::set_tables_in_memory`), and on adapters without 32-wide
+    /// subgroups for the workgroup decode kernel; 0 where neither runs the layer (layouts the
+    /// blocked kernels cannot run, probability bits outside 8..=11).
     pub fn table_bytes(&self) -> u64 {
         self.table_bytes
     }
