@@ -181,20 +181,19 @@ fn main(
             }
             p += countOneBits(mask);
             if (step_valid && P.low_bits == 3u) {
-                // a window split: symbol j of the coded row, its matrix row and first column
-                // (row pairs: runs of two symbols, 16 columns, the first row's first)
+                // a window split: symbol j of the coded row, written at its matrix row and
+                // first column
                 let pair = P.row_pairs != 0u;
                 let ps = select(0u, 1u, pair);
-                let mrow = select(row, 2u * row + ((j >> 1u) & 1u), pair);
-                let k0 = select(8u * j, (j >> 2u) * 16u + (j & 1u) * 8u, pair);
+                let at = window_symbol_at(row, j, pair);
                 if (j < S) {
-                    let word = window_symbol_word(sym, row * ((P.cols * 3u) >> 5u), j);
-                    let o = mrow * (P.out_row_words >> ps);
+                    let word = window_symbol_word(sym, row, j);
+                    let o = at.x * (P.out_row_words >> ps);
                     if (P.out_mode == 0u) {
-                        out[o + k0 / 8u] = word;
+                        out[o + at.y / 8u] = word;
                     } else {
-                        out[o + k0 / 4u] = nibbles_to_bytes(word);
-                        out[o + k0 / 4u + 1u] = nibbles_to_bytes(word >> 16u);
+                        out[o + at.y / 4u] = nibbles_to_bytes(word);
+                        out[o + at.y / 4u + 1u] = nibbles_to_bytes(word >> 16u);
                     }
                 }
             } else if (step_valid) {

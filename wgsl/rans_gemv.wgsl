@@ -151,10 +151,10 @@ fn main(
                 var mrow = ms.x;
                 var k0 = (ms.y * 32u + l) * P.wps;
                 if (P.low_bits == 3u) {
-                    // a window split: symbol j of the coded row; row pairs in runs of two
-                    // symbols (16 columns), the first row's first
-                    mrow = select(row, 2u * row + ((j >> 1u) & 1u), pair);
-                    k0 = select(8u * j, (j >> 2u) * 16u + (j & 1u) * 8u, pair);
+                    // a window split: symbol j of the coded row
+                    let at = window_symbol_at(row, j, pair);
+                    mrow = at.x;
+                    k0 = at.y;
                 }
                 let second = pair && (mrow & 1u) == 1u;
                 // a split matrix: the raw low bits of these weights, after the word stream
@@ -168,7 +168,7 @@ fn main(
                 // coded order: the coded row's)
                 var ww = 0u;
                 if (P.low_bits == 3u) {
-                    ww = window_symbol_word(sym, row * ((P.cols * 3u) >> 5u), j);
+                    ww = window_symbol_word(sym, row, j);
                 }
                 var d = 0.0;
                 var xs = 0.0;

@@ -304,7 +304,8 @@ pub struct LinearOptions {
     pub side: Option<SideFormat>,
     /// Let the blocked fused GEMV (and, without 32-wide subgroups, the workgroup decode) build
     /// each tile's decode table from the frequencies in every workgroup, as before step 65 of
-    /// BENCHMARKS.md (issue 5), instead of reading the table the host builds at upload: saves that GPU memory (2.5 KiB a tile at 11 probability
+    /// BENCHMARKS.md (issue 5), instead of reading the table the host builds at upload: saves
+    /// that GPU memory (2.5 KiB a tile at 11 probability
     /// bits, about 0.02 bits/weight with the encoder's default tiles,
     /// [`EntropyCodedLinear::table_bytes`]) for GEMVs 1.02-1.09x slower on an H200. Same
     /// results either way.
@@ -760,8 +761,9 @@ struct Band {
     n_chunks: usize,
     freqs: wgpu::Buffer,
     /// The band's tiles' decode tables built on the host (`crate::gpu::slot_table`), which the
-    /// blocked fused GEMV and the decode of a window split read instead of building them
-    /// (`None` where the layer's fused GEMV is not a blocked kernel).
+    /// blocked fused GEMV, the decode of a window split and, without 32-wide subgroups, the
+    /// workgroup decode read instead of building them (`None` where none of those runs the
+    /// band, [`EntropyCodedLinear::table_bytes`]).
     tables: Option<wgpu::Buffer>,
     states: wgpu::Buffer,
     offsets: wgpu::Buffer,
@@ -1019,6 +1021,9 @@ impl EntropyCodedLinear {
             check_gemv_vectors(v).map_err(|source| LinearError::gpu(name, source))?;
         }
         let mut all_dup = chunk_subgroups > 1;
+        // (the workgroup decode, which reads the tables without 32-wide subgroups, runs only
+        // for layers of one band)
+        let one_band = plan.len() == 1;
         for (t0, t1) in plan {
             let (c0, c1) = (t0 * tc, (t1 * tc).min(nc));
             let (row0, row1) = (chunk_end_row(c0), chunk_end_row(c1));
@@ -1160,7 +1165,7 @@ impl EntropyCodedLinear {
             // the blocked fused kernels read them, and without 32-wide subgroups the workgroup
             // decode kernel)
             let table_bytes = (t1 - t0) as u64 * table_words as u64 * 4;
-            let tables = ((blocked || !dev.gpu().registry().subgroups32())
+            let tables = ((blocked || (one_band && !dev.gpu().registry().subgroups32()))
                 && !opts.tables_built_in_kernel
                 && table_words > 0
                 && table_bytes <= max_buffer.0)
@@ -1433,8 +1438,9 @@ impl EntropyCodedLinear {
     /// Bytes of the decode tables built on the host for the blocked fused GEMV, which reads
     /// them instead of building them in every workgroup (2.5 KiB a tile at 11 probability
     /// bits, `GpuCodedMatrix::set_tables_in_memory`), and on adapters without 32-wide
-    /// subgroups for the workgroup decode kernel; 0 where neither runs the layer (layouts the
-    /// blocked kernels cannot run, probability bits outside 8..=11).
+    /// subgroups for the workgroup decode kernel (layers of one row band, the ones that
+    /// decode first); 0 where neither runs the layer (layouts the blocked kernels cannot run,
+    /// probability bits outside 8..=11, layers of several bands without 32-wide subgroups).
     pub fn table_bytes(&self) -> u64 {
         self.table_bytes
     }
