@@ -11,7 +11,7 @@
 //!     [--copies 2] [--shapes 4096x4096,1024x4096,...] [--coop] [--own-outputs] [--prebuilt]
 //!     [--one-pass] [--prepared] [--decode-first N|never] [--coop-gemm N|never] [--tiled-gemm N|never]
 //!     [--orders columns,lanes] [--passes 2] [--decoded-buffers 1] [--calls-per-encoder N] [--decode-ahead N[,N..]] [--coop-only]
-//!     [--coding window|split|whole] [--min-chunks N] [--portable]
+//!     [--coding window|split|whole] [--min-chunks N] [--portable] [--tables-built]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64, coded as window splits in row pairs
@@ -42,7 +42,9 @@
 //! of N calls (the sizes taken in turn, e.g. `3,1,2,1` for a layer's q k v | o | gate up |
 //! down) with their decodes first (`LinearDevice::encode_calls`; give as many
 //! `--decoded-buffers` as the largest N, plain layers' calls are grouped alike); `--coop-only` times
-//! the cooperative layers only; `--portable` runs the portable kernels only
+//! the cooperative layers only; `--portable` runs the portable kernels only; `--tables-built`
+//! uploads the fused layers with `LinearOptions::tables_built_in_kernel` (every workgroup builds
+//! its decode table instead of loading the host's)
 //! (`GpuContext::without_subgroups`: what a device without 32-wide subgroups runs). Times are
 //! wall clock after a second of warm-up forwards: "record" (the host's recording of all calls)
 //! and "run" (submit to the end of the wait) are medians of `--rounds` forwards one at a time;
@@ -108,6 +110,8 @@ struct Args {
     coop_only: bool,
     /// the portable kernels only (`GpuContext::without_subgroups`)
     portable: bool,
+    /// `LinearOptions::tables_built_in_kernel` for the fused layers
+    tables_built: bool,
     /// the activation orders timed
     orders: Vec<ActivationOrder>,
     /// how the fused layers are coded
@@ -138,6 +142,7 @@ fn parse_args() -> Result<Args, String> {
         decode_ahead: None,
         coop_only: false,
         portable: false,
+        tables_built: false,
         orders: vec![ActivationOrder::Columns, ActivationOrder::Lanes],
         passes: 2,
         coding: Coding::Window,
@@ -159,6 +164,7 @@ fn parse_args() -> Result<Args, String> {
         let flag = match args[i].as_str() {
             "--coop" => Some(&mut a.coop),
             "--portable" => Some(&mut a.portable),
+            "--tables-built" => Some(&mut a.tables_built),
             "--own-outputs" => Some(&mut a.own_outputs),
             "--prebuilt" => Some(&mut a.prebuilt),
             "--one-pass" => Some(&mut a.one_pass),
@@ -325,6 +331,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     decode_first_min_rows: a.decode_first,
                     coop_gemm_min_rows: a.coop_gemm,
                     tiled_gemm_min_rows: a.tiled_gemm,
+                    tables_built_in_kernel: a.tables_built,
                     ..Default::default()
                 };
                 EntropyCodedLinear::upload(&dev, &format!("{r}x{k}"), layer(), &opts)
@@ -364,7 +371,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let decode_first = format!(
         "{} (on cooperative matrices {}); tiled f32 GEMM: {}; cooperative GEMM: {}; \
-         {} decoded-weight buffers; {} calls a command encoder{}",
+         {} decoded-weight buffers; {} calls a command encoder{}{}",
         from(stacks[0].fused[0].decode_first_min_rows()),
         from(stacks[0].fused_coop[0].decode_first_min_rows()),
         from(stacks[0].plain[0].tiled_gemm_min_rows()),
@@ -374,7 +381,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             .map_or("all".to_string(), |n| n.to_string()),
         a.decode_ahead.as_ref().map_or(String::new(), |n| format!(
             " (--decode-ahead: command buffers of {n:?} calls in turn, `LinearDevice::encode_calls`)"
-        ))
+        )),
+        if a.tables_built {
+            "; decode tables built in every workgroup"
+        } else {
+            ""
+        }
     );
     println!(
         "`bench_resident`, {} ({} layers of {:?}, {} copies; fused layers decode first: {}; \

@@ -634,9 +634,9 @@ fn fused_blocked_diagnostic_builds() {
     }
 }
 
-/// The blocked fused kernels reading their decode tables from memory (built once on the host,
-/// `GpuCodedMatrix::set_tables_in_memory`, the default) give, bit for bit, what they give
-/// building the tables in every workgroup, and the blocked decodes of the same matrices give
+/// The blocked fused kernels and the workgroup one reading their decode tables from memory
+/// (built once on the host, `GpuCodedMatrix::set_tables_in_memory`, the default) give, bit for
+/// bit, what they give building the tables in every workgroup, and the blocked decodes of the same matrices give
 /// the CPU's words either way (a window split reading the tables decodes in
 /// `rans_decode_window.wgsl`, the others build theirs): whole symbols, the 2 + 2 split and a
 /// window split in row pairs, tiles of three chunks (several tables a matrix), both table
@@ -727,16 +727,21 @@ fn fused_tables_in_memory_bit_identical() {
                 mem.table_bytes()
             );
         }
-        // the other kernels do not read the tables and are unchanged
-        let y = mem
-            .gemv_with(
+        // the workgroup kernel reads them too (every device), bit for bit what it gives
+        // building them
+        let wg = |m: &ecq::gpu::GpuCodedMatrix| {
+            m.gemv_with(
                 ctx.device(),
                 ctx.queue(),
                 ctx.registry(),
                 &x,
                 FusedVariant::Workgroup,
             )
-            .unwrap();
+            .unwrap_or_else(|e| panic!("{what} Workgroup: {e}"))
+        };
+        let y = wg(&mem);
+        assert_eq!(bits(y.clone()), bits(wg(&built)), "{what} Workgroup");
+        assert!(mem.table_bytes() >= 2 * 2576, "{what} Workgroup");
         let (want, sum_abs) = reference(&q, &x);
         assert_close(&format!("{what} Workgroup"), &y, &want, &sum_abs, 1024);
     }
@@ -759,6 +764,17 @@ fn fused_tables_in_memory_bit_identical() {
     for on in [false, true] {
         let mut m = ctx.upload_coded(r, Some(quant)).unwrap();
         m.set_tables_in_memory(on);
+        expect_bad_tile_1(
+            format!("fused GEMV, tables in memory {on} Workgroup"),
+            m.gemv_with(
+                ctx.device(),
+                ctx.queue(),
+                ctx.registry(),
+                &x,
+                FusedVariant::Workgroup,
+            )
+            .map(drop),
+        );
         if !ctx.registry().subgroups32() {
             continue;
         }

@@ -603,68 +603,73 @@ fn f16_activations() {
     assert_close("forward_batch_f16", &cpu, &x32, 3, &y3, rel);
 }
 
-/// The decode tables the host builds for the blocked fused GEMV and, without 32-wide
-/// subgroups, the workgroup decode (the default) change no result: a layer uploaded with
-/// `tables_built_in_kernel` gives the same outputs bit for bit, one vector and a batch, fused
-/// and decoding first, and holds no tables; the default holds one per tile (none for a layer
-/// of several bands without 32-wide subgroups, which never decodes first).
+/// The decode tables the host builds for the blocked fused GEMV and the workgroup kernels
+/// (the default) change no result: a layer uploaded with `tables_built_in_kernel` gives the
+/// same outputs bit for bit, one vector and a batch, fused and decoding first, in one row band
+/// and in several, and holds no tables; the default holds one per tile. On the test adapter
+/// and, where it has 32-wide subgroups, on a context of the portable kernels
+/// (`GpuContext::without_subgroups`: the workgroup fused GEMV, batched kernel and decode).
 #[test]
 fn decode_tables_in_memory_change_no_result() {
     let Some(d) = dev() else { return };
-    // 3 tiles of 2 one-row chunks (and a last tile of one)
-    let c = case(31, 7, 1024, 4, 64, 512, 2);
-    let mem = upload(d, &c, &fused_only()).unwrap();
-    let built = upload(
-        d,
-        &c,
-        &LinearOptions {
-            tables_built_in_kernel: true,
-            ..fused_only()
-        },
-    )
-    .unwrap();
-    assert_eq!(built.table_bytes(), 0);
-    assert_eq!(mem.table_bytes(), 4 * 2576);
-    assert_eq!(mem.gpu_bytes(), built.gpu_bytes() + mem.table_bytes());
-    // in several row bands the layer never decodes first: without 32-wide subgroups nothing
-    // reads the tables, so none are built
-    let banded = upload(
-        d,
-        &c,
-        &LinearOptions {
-            max_buffer_bytes: Some(1024),
-            ..fused_only()
-        },
-    )
-    .unwrap();
-    assert!(banded.n_bands() > 1);
-    if !d.gpu().registry().subgroups32() {
-        assert_eq!(banded.table_bytes(), 0);
+    let mut devices = vec![("adapter", d.clone())];
+    if d.gpu().registry().subgroups32() {
+        let portable = ecq::gpu::GpuContext::new()
+            .expect("a second context on the test adapter")
+            .without_subgroups();
+        devices.push(("portable", LinearDevice::from_context(portable)));
     }
-    let x = activations(31, 3 * 1024);
-    assert_eq!(
-        bits(mem.forward(&x[..1024]).unwrap()),
-        bits(built.forward(&x[..1024]).unwrap())
-    );
-    assert_eq!(
-        bits(mem.forward_batch(&x, 3).unwrap()),
-        bits(built.forward_batch(&x, 3).unwrap())
-    );
-    // decoding first (the blocked decode builds its table for these layers either way; the
-    // workgroup one, without 32-wide subgroups, loads the host's)
-    let first = |tables_built_in_kernel| LinearOptions {
-        tables_built_in_kernel,
-        decode_first_min_rows: Some(1),
-        ..Default::default()
-    };
-    let (mem, built) = (
-        upload(d, &c, &first(false)).unwrap(),
-        upload(d, &c, &first(true)).unwrap(),
-    );
-    assert_eq!(
-        bits(mem.forward_batch(&x, 3).unwrap()),
-        bits(built.forward_batch(&x, 3).unwrap())
-    );
+    // 3 tiles of 2 one-row chunks (and a last tile of one), ~1.9 KB of stream a tile
+    let c = case(31, 7, 2048, 4, 64, 512, 2);
+    let x = activations(31, 3 * 2048);
+    for (what, d) in &devices {
+        let d: &Arc<LinearDevice> = d;
+        let up =
+            |opts: &LinearOptions| upload(d, &c, opts).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let with =
+            |tables_built_in_kernel, decode_first_min_rows, max_buffer_bytes| LinearOptions {
+                tables_built_in_kernel,
+                decode_first_min_rows,
+                max_buffer_bytes,
+                ..Default::default()
+            };
+        // fused, in one band and in bands of one tile (a buffer limit that still holds a
+        // tile's table, 2576 bytes: a band whose tables exceed it builds them)
+        for bands in [None, Some(2600)] {
+            let mem = up(&with(false, Some(usize::MAX), bands));
+            let built = up(&with(true, Some(usize::MAX), bands));
+            let n_bands = if bands.is_some() { 4 } else { 1 };
+            assert_eq!(mem.n_bands(), n_bands, "{what}");
+            assert_eq!(built.table_bytes(), 0, "{what}");
+            assert_eq!(mem.table_bytes(), 4 * 2576, "{what} {bands:?}");
+            assert_eq!(
+                mem.gpu_bytes(),
+                built.gpu_bytes() + mem.table_bytes(),
+                "{what}"
+            );
+            assert_eq!(
+                bits(mem.forward(&x[..2048]).unwrap()),
+                bits(built.forward(&x[..2048]).unwrap()),
+                "{what} {bands:?} one row"
+            );
+            assert_eq!(
+                bits(mem.forward_batch(&x, 3).unwrap()),
+                bits(built.forward_batch(&x, 3).unwrap()),
+                "{what} {bands:?} three rows"
+            );
+        }
+        // decoding first (the blocked decode builds its table for these layers either way; the
+        // workgroup one loads the host's)
+        let (mem, built) = (
+            up(&with(false, Some(1), None)),
+            up(&with(true, Some(1), None)),
+        );
+        assert_eq!(
+            bits(mem.forward_batch(&x, 3).unwrap()),
+            bits(built.forward_batch(&x, 3).unwrap()),
+            "{what} decoding first"
+        );
+    }
 }
 
 #[test]

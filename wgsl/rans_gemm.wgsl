@@ -5,7 +5,8 @@
 //
 // Structure (decode part as in rans_gemv.wgsl, the portable workgroup-memory version):
 // * one workgroup = G = 4 groups of 32 lanes; group g decodes chunk `tile_first + sub*G + g` of
-//   one tile, whose slot table is built once in workgroup memory;
+//   one tile, whose slot table is built once in workgroup memory (with TABLE_MEM loaded from the
+//   tables built on the host, rans_table_mem.wgsl);
 // * every group walks the same step index t (all chunks of a band have the same steps per row),
 //   so at any step the 4 groups sit at the same column slice of 4 different rows;
 // * a lane dequantizes the w weights of its decoded symbol (scale * q + bias, f32) into the
@@ -33,6 +34,7 @@
 // never hangs the device (Y is then garbage and the host reports the error).
 // import: rans_consts
 // import: rans_table
+// import: rans_table_mem
 // import: split_bits
 // import: side
 // import: gemm_slice
@@ -72,6 +74,9 @@ struct Params {
 // Row-pair order: rows, cols, steps_per_row and chunks describe the coded matrix (two matrix
 // rows per coded row), y_stride and row_base the matrix.
 override PAIR: bool = false;
+// true: `freqs` holds the tables built on the host (rans_table_mem.wgsl), loaded instead of
+// built from the frequencies
+override TABLE_MEM: bool = false;
 
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
@@ -114,7 +119,12 @@ fn main(
     if (lid < 12u) {
         atomicStore(&masks[lid], 0u); // before build_table's first barrier
     }
-    let bad_table = build_table(tile, lid);
+    var bad_table = false;
+    if (TABLE_MEM) {
+        bad_table = load_table(tile, lid);
+    } else {
+        bad_table = build_table(tile, lid);
+    }
 
     let g = lid / 32u;
     let l = lid % 32u;

@@ -2,10 +2,12 @@
 // ecq coded form of W (docs/FORMAT.md, version 1) and never writing W to memory.
 //
 // Same decode structure as rans_decode.wgsl: one workgroup = G groups of 32 lanes handling chunks
-// of one tile with the tile's slot table in workgroup memory; one workgroupBarrier per step for the
-// renormalisation prefix count. Each lane multiplies the w weights of the symbol it decoded with
-// x and accumulates scale * sum(q*x) + bias * sum(x) for the row; at the end of a row the 32 lane
-// sums are reduced through workgroup memory and y[row] is written once (chunks own whole rows).
+// of one tile with the tile's slot table in workgroup memory (with TABLE_MEM loaded from the
+// tables built on the host, rans_table_mem.wgsl, instead of built from the frequencies); one
+// workgroupBarrier per step for the renormalisation prefix count. Each lane multiplies the w
+// weights of the symbol it decoded with x and accumulates scale * sum(q*x) + bias * sum(x) for
+// the row; at the end of a row the 32 lane sums are reduced through workgroup memory and y[row]
+// is written once (chunks own whole rows).
 // A split matrix's raw low bits (P.low_bits = 2, after the stream in `words`) are merged into
 // the symbol's four weights before they are multiplied. A window split (P.low_bits = 3, one flag
 // per weight, eight weights per symbol, `ecq::rans::SplitMatrix::encode_window`) is merged per
@@ -15,6 +17,7 @@
 // `errors[chunk]` and never hangs the device (y is then garbage and the host reports the error).
 // import: rans_consts
 // import: rans_table
+// import: rans_table_mem
 // import: split_bits
 // import: window_word
 // import: side
@@ -53,6 +56,10 @@ struct Params {
     window_start: u32,
 }
 
+// true: `freqs` holds the tables built on the host (rans_table_mem.wgsl), loaded instead of
+// built from the frequencies
+override TABLE_MEM: bool = false;
+
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
 
@@ -90,7 +97,12 @@ fn main(
     if (lid < 12u) {
         atomicStore(&masks[lid], 0u); // before build_table's first barrier
     }
-    let bad_table = build_table(tile, lid);
+    var bad_table = false;
+    if (TABLE_MEM) {
+        bad_table = load_table(tile, lid);
+    } else {
+        bad_table = build_table(tile, lid);
+    }
 
     let g = lid / 32u;
     let l = lid % 32u;

@@ -123,9 +123,11 @@ pub struct FusedLayout {
     pub window_start: u32,
     /// How the (scale, bias) pairs are stored.
     pub side: super::SideFormat,
-    /// The blocked kernels read each tile's decode table from binding 1 as the host built it
+    /// The kernel reads each tile's decode table from binding 1 as the host built it
     /// (`slot_table::blocked_slot_tables`, [`GpuCodedMatrix::set_tables_in_memory`]) instead
-    /// of building it from the frequencies there; the other kernels ignore it.
+    /// of building it from the frequencies there: the blocked kernels, and the workgroup
+    /// kernel at 8 to 11 probability bits; [`fused_gemv_pipeline`] refuses it for the others
+    /// ([`GpuError::Unsupported`]).
     pub tables_in_memory: bool,
     /// The activations come quantized to 8 bits ([`super::quantize_x8_dispatch`],
     /// [`super::X8Order::Window`]) and the dot products run on `dot4I8Packed`: window splits
@@ -343,10 +345,23 @@ fn fused_gemv_pipeline_diag(
             ));
         }
     }
+    if layout.tables_in_memory && !fused_reads_tables(variant, layout.prec) {
+        return Err(GpuError::Unsupported(format!(
+            "the {variant:?} fused kernel does not read decode tables from memory at {} \
+             probability bits",
+            layout.prec
+        )));
+    }
     match variant {
-        FusedVariant::Workgroup => {
-            registry.get(device, Kernel::RansGemv, "main", &[layout.side.constant()])
-        }
+        FusedVariant::Workgroup => registry.get(
+            device,
+            Kernel::RansGemv,
+            "main",
+            &[
+                ("TABLE_MEM", layout.tables_in_memory as u32),
+                layout.side.constant(),
+            ],
+        ),
         FusedVariant::Subgroup => registry.get(
             device,
             Kernel::RansGemvSubgroup,
@@ -417,6 +432,14 @@ fn fused_gemv_pipeline_diag(
             )
         }
     }
+}
+
+/// Whether the fused GEMV `variant` reads host-built decode tables
+/// ([`FusedLayout::tables_in_memory`]) where it is given them: the blocked kernels (issue 5
+/// step 65) and, for 8 to 11 probability bits (the tables' range), the workgroup kernel
+/// (`rans_gemv.wgsl`, step 122); the subgroup kernel builds its table.
+pub(crate) fn fused_reads_tables(variant: FusedVariant, prec: u32) -> bool {
+    variant.is_blocked() || (variant == FusedVariant::Workgroup && (8..=11).contains(&prec))
 }
 
 /// Why the cooperative GEMV (`wgsl/rans_gemv_coop.wgsl`) cannot run the coded matrix `p`
@@ -1258,15 +1281,17 @@ impl GpuCodedMatrix {
     /// `src/gpu/slot_table.rs`), instead of building it from the frequencies in every
     /// workgroup: 1.03-1.19x faster per matrix on an H200 (BENCHMARKS.md issue 5, step 65).
     /// The GPU decode of a window split reads them too (`rans_decode_window.wgsl`: 1.03-1.23x
-    /// faster, step 116), and so does the workgroup decode kernel (`rans_decode.wgsl`, the
-    /// one devices without 32-wide subgroups run, step 121); the other blocked decodes build
+    /// faster, step 116), and so do the workgroup kernels, the ones devices without 32-wide
+    /// subgroups run (the decode `rans_decode.wgsl`, step 121, and the fused GEMV
+    /// `rans_gemv.wgsl`, step 122); the other blocked decodes build
     /// theirs. Same results, bit for bit; corrupt frequencies are reported the same way.
     /// `false` saves that memory.
     pub fn set_tables_in_memory(&mut self, on: bool) {
         self.tables_in_memory = on;
     }
 
-    /// Whether the blocked fused kernels read their decode tables from memory.
+    /// Whether the kernels that can read host-built decode tables read them
+    /// ([`Self::set_tables_in_memory`]).
     pub fn tables_in_memory(&self) -> bool {
         self.tables_in_memory
     }
@@ -1363,7 +1388,7 @@ impl GpuCodedMatrix {
         self.coded_bytes
     }
 
-    /// Bytes of the decode tables held on the GPU for the blocked fused GEMV
+    /// Bytes of the decode tables held on the GPU for the kernels that read them
     /// ([`Self::set_tables_in_memory`]): 0 until its first launch that reads them.
     pub fn table_bytes(&self) -> u64 {
         self.slot_tables.get().map_or(0, wgpu::Buffer::size)
@@ -1908,7 +1933,8 @@ impl GpuCodedMatrix {
             diag = 0;
         }
         let blocked = variant.is_blocked();
-        layout.tables_in_memory = blocked && (diag == 16 || self.tables_in_memory);
+        layout.tables_in_memory = (blocked && diag == 16)
+            || (self.tables_in_memory && fused_reads_tables(variant, self.params.prec));
         if diag == 16 {
             diag = 0;
         }

@@ -124,7 +124,8 @@ pub use coop::{
 pub use copy_rows::{copy_rows_dispatch, RowCopy};
 pub(crate) use decode::{
     check_gemv_vectors, check_low_bits, check_row_pair_cols, check_window, coop_gemv_pipeline,
-    coop_layout_refusal, coop_params, entry, set_chunk_subgroups, CodedParams, DecodeSource,
+    coop_layout_refusal, coop_params, entry, fused_reads_tables, set_chunk_subgroups, CodedParams,
+    DecodeSource,
 };
 pub use decode::{
     default_fused_variant, fused_gemv_pipeline, CodedMatrixRef, DecodeOutput, FusedLayout,
@@ -473,6 +474,7 @@ impl Kernel {
                     "../../wgsl/rans_gemv.wgsl",
                     "rans_consts",
                     "rans_table",
+                    "rans_table_mem",
                     "split_bits",
                     "window_word",
                     "side"

@@ -13,8 +13,9 @@ use super::resident::{
 use super::{add_bias, check_x, check_y, ActivationOrder, GpuLinear, Linear, LinearError};
 use crate::gpu::{
     check_gemv_vectors, coop_gemv_pipeline, coop_layout_refusal, coop_params, coop_x_dispatch,
-    default_fused_variant, entry, fused_gemv_pipeline, quantize_x8_dispatch, set_chunk_subgroups,
-    x8_bytes, BufferRange, CodedParams, CoopActivations, CoopOrder, GpuError, SideFormat, X8Order,
+    default_fused_variant, entry, fused_gemv_pipeline, fused_reads_tables, quantize_x8_dispatch,
+    set_chunk_subgroups, x8_bytes, BufferRange, CodedParams, CoopActivations, CoopOrder, GpuError,
+    SideFormat, X8Order,
 };
 use crate::gpu::{DecodeOutput, DecodeSource};
 use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
@@ -302,11 +303,11 @@ pub struct LinearOptions {
     /// format ([`SideFormat::exact_for`]: 16-bit for MLX's f16 and bf16 values, half the
     /// memory of f32 pairs). A format in which a value is not exact is an error.
     pub side: Option<SideFormat>,
-    /// Let the blocked fused GEMV (and, without 32-wide subgroups, the workgroup decode) build
-    /// each tile's decode table from the frequencies in every workgroup, as before step 65 of
-    /// BENCHMARKS.md (issue 5), instead of reading the table the host builds at upload: saves
-    /// that GPU memory (2.5 KiB a tile at 11 probability
-    /// bits, about 0.02 bits/weight with the encoder's default tiles,
+    /// Let the blocked fused GEMV and the workgroup kernels (fused GEMV, batched and decode:
+    /// the ones devices without 32-wide subgroups run) build each tile's decode table from the
+    /// frequencies in every workgroup, as before step 65 of BENCHMARKS.md (issue 5), instead of
+    /// reading the table the host builds at upload: saves that GPU memory (2.5 KiB a tile at
+    /// 11 probability bits, about 0.02 bits/weight with the encoder's default tiles,
     /// [`EntropyCodedLinear::table_bytes`]) for GEMVs 1.02-1.09x slower on an H200. Same
     /// results either way.
     pub tables_built_in_kernel: bool,
@@ -1021,9 +1022,6 @@ impl EntropyCodedLinear {
             check_gemv_vectors(v).map_err(|source| LinearError::gpu(name, source))?;
         }
         let mut all_dup = chunk_subgroups > 1;
-        // (the workgroup decode, which reads the tables without 32-wide subgroups, runs only
-        // for layers of one band)
-        let one_band = plan.len() == 1;
         for (t0, t1) in plan {
             let (c0, c1) = (t0 * tc, (t1 * tc).min(nc));
             let (row0, row1) = (chunk_end_row(c0), chunk_end_row(c1));
@@ -1162,11 +1160,11 @@ impl EntropyCodedLinear {
             }
             let gemv_uniform = dev.uniform(bytemuck::bytes_of(&gemv));
             // (an optimisation: a band whose tables would exceed the buffer limit builds them;
-            // the blocked fused kernels read them, and without 32-wide subgroups the workgroup
-            // decode kernel)
+            // the blocked fused kernels read them and, from 8 to 11 probability bits (where
+            // `table_words` is not 0), so do the workgroup kernels, fused GEMV, batched and
+            // decode alike, which run the layers the blocked kernels do not)
             let table_bytes = (t1 - t0) as u64 * table_words as u64 * 4;
-            let tables = ((blocked || (one_band && !dev.gpu().registry().subgroups32()))
-                && !opts.tables_built_in_kernel
+            let tables = (!opts.tables_built_in_kernel
                 && table_words > 0
                 && table_bytes <= max_buffer.0)
                 .then(|| {
@@ -1435,12 +1433,12 @@ impl EntropyCodedLinear {
         self.coded_bytes + self.side_bytes + self.table_bytes
     }
 
-    /// Bytes of the decode tables built on the host for the blocked fused GEMV, which reads
-    /// them instead of building them in every workgroup (2.5 KiB a tile at 11 probability
-    /// bits, `GpuCodedMatrix::set_tables_in_memory`), and on adapters without 32-wide
-    /// subgroups for the workgroup decode kernel (layers of one row band, the ones that
-    /// decode first); 0 where neither runs the layer (layouts the blocked kernels cannot run,
-    /// probability bits outside 8..=11, layers of several bands without 32-wide subgroups).
+    /// Bytes of the decode tables built on the host for the blocked fused GEMV and the
+    /// workgroup kernels (fused GEMV, batched and decode), which read them instead of building
+    /// them in every workgroup (2.5 KiB a tile at 11 probability bits,
+    /// `GpuCodedMatrix::set_tables_in_memory`); 0 with
+    /// [`LinearOptions::tables_built_in_kernel`] or probability bits outside 8..=11, and
+    /// without the tables of a band whose tables exceed the buffer limit.
     pub fn table_bytes(&self) -> u64 {
         self.table_bytes
     }
@@ -1651,7 +1649,10 @@ impl EntropyCodedLinear {
         layout.x8_activations = self.x8;
         layout.vectors = vectors;
         let variant = default_fused_variant(registry, &layout);
-        let tables = band.tables.as_ref().filter(|_| variant.is_blocked());
+        let tables = band
+            .tables
+            .as_ref()
+            .filter(|_| fused_reads_tables(variant, layout.prec));
         layout.tables_in_memory = tables.is_some();
         layout.lane_order_x = lanes;
         let pipeline = fused_gemv_pipeline(device, registry, variant, &layout)?;
@@ -1805,7 +1806,9 @@ impl EntropyCodedLinear {
                 ),
             });
         }
-        let kernel = match self.gemm_blocked {
+        // (the workgroup kernel reads a band's host-built tables where it has them; the
+        // blocked one builds its own)
+        let kernel = |tables: bool| match self.gemm_blocked {
             Some((wps, bits, prec)) => LinearKernel::RansGemmBlocked {
                 row_pairs: self.row_pairs,
                 side: self.side,
@@ -1817,12 +1820,17 @@ impl EntropyCodedLinear {
             None => LinearKernel::RansGemm {
                 row_pairs: self.row_pairs,
                 side: self.side,
+                tables,
             },
         };
-        let pipeline = self.dev.pipeline(kernel).map_err(|e| self.gpu_err(e))?;
-        let layout = pipeline.get_bind_group_layout(0);
         let mut out = Vec::with_capacity(self.bands.len());
         for band in &self.bands {
+            let tables = band.tables.as_ref().filter(|_| self.gemm_blocked.is_none());
+            let pipeline = self
+                .dev
+                .pipeline(kernel(tables.is_some()))
+                .map_err(|e| self.gpu_err(e))?;
+            let layout = pipeline.get_bind_group_layout(0);
             let (m_block, blocks) = m_split(
                 m,
                 band.gemm.total_wg,
@@ -1847,7 +1855,7 @@ impl EntropyCodedLinear {
                     layout: &layout,
                     entries: &[
                         entry(0, &uniform),
-                        entry(1, &band.freqs),
+                        entry(1, tables.unwrap_or(&band.freqs)),
                         entry(2, &band.states),
                         entry(3, &band.offsets),
                         entry(4, &band.words),

@@ -22,6 +22,9 @@ pub(crate) enum LinearKernel {
         row_pairs: bool,
         /// How the scales and biases are stored (override `SIDE`).
         side: crate::gpu::SideFormat,
+        /// The decode tables built on the host are bound in place of the frequencies
+        /// (override `TABLE_MEM`, `wgsl/lib/rans_table_mem.wgsl`).
+        tables: bool,
     },
     /// `wgsl/rans_gemm_blocked.wgsl`: `RansGemm` with the blocked subgroup decoder (32-wide
     /// subgroups; rows of whole steps, a multiple of `8 / wps` of them; precision <= 11).
@@ -53,6 +56,7 @@ impl LinearKernel {
                 "../../wgsl/rans_gemm.wgsl",
                 "rans_consts",
                 "rans_table",
+                "rans_table_mem",
                 "split_bits",
                 "side",
                 "gemm_slice",
@@ -87,8 +91,11 @@ impl LinearKernel {
         let mut c = vec![(name, f64::from(side))];
         match self {
             LinearKernel::RansGemm {
-                row_pairs: true, ..
-            } => c.push(("PAIR", 1.0)),
+                row_pairs, tables, ..
+            } => c.extend([
+                ("PAIR", f64::from(u8::from(row_pairs))),
+                ("TABLE_MEM", f64::from(u8::from(tables))),
+            ]),
             LinearKernel::RansGemmBlocked {
                 row_pairs,
                 wps,
@@ -655,6 +662,7 @@ mod tests {
             LinearKernel::RansGemm {
                 row_pairs: false,
                 side,
+                tables: true,
             },
             LinearKernel::RansGemmBlocked {
                 row_pairs: true,
