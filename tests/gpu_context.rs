@@ -51,6 +51,50 @@ fn adapter_name_substring_selects_the_adapter() {
     assert!(c.adapter_name().to_uppercase().contains(&part));
 }
 
+/// The subgroup-size probe reports the size the adapter states where it states one (32 on
+/// NVIDIA, 8 on lavapipe with 256-bit vectors), a size within the stated range otherwise, and
+/// nothing without `Features::SUBGROUP`. The registry rule built on it: an adapter described as
+/// an Apple GPU through Metal (wgpu reports 4..64 there) gets the 32-wide subgroup kernels
+/// exactly where the probe on this device finds 32.
+#[test]
+fn subgroup_size_probe_and_the_metal_rule() {
+    let _g = ENV.lock().unwrap();
+    let Some(ctx) = default_ctx() else { return };
+    let info = ctx.adapter_info().clone();
+    let got = ecq::gpu::probe_subgroup_size(ctx.device(), ctx.queue());
+    eprintln!("adapter: {}; probe: {got:?}", ctx.describe());
+    if !ctx.device().features().contains(wgpu::Features::SUBGROUP) {
+        assert_eq!(got, None);
+        gpu_common::announce_unsupported("the subgroup-size probe: no Features::SUBGROUP");
+        return;
+    }
+    let size = got.expect("a subgroup size");
+    assert!(
+        (info.subgroup_min_size..=info.subgroup_max_size).contains(&size),
+        "{size} outside {}..{}",
+        info.subgroup_min_size,
+        info.subgroup_max_size
+    );
+    if info.subgroup_min_size == info.subgroup_max_size {
+        assert_eq!(size, info.subgroup_min_size);
+    }
+    // this device described as an Apple GPU through wgpu's Metal backend
+    let apple = wgpu::AdapterInfo {
+        name: "Apple M2 Pro (stand-in)".into(),
+        backend: wgpu::Backend::Metal,
+        subgroup_min_size: 4,
+        subgroup_max_size: 64,
+        ..info.clone()
+    };
+    let reg = PipelineRegistry::for_device_probed(ctx.device(), ctx.queue(), &apple);
+    assert_eq!(reg.subgroups32(), size == 32, "probe {size}");
+    assert!(!PipelineRegistry::for_device(ctx.device(), &apple).subgroups32());
+    assert_eq!(
+        PipelineRegistry::for_device_probed(ctx.device(), ctx.queue(), &info).subgroups32(),
+        ctx.registry().subgroups32()
+    );
+}
+
 #[test]
 fn from_device_and_registry_cache() {
     let _g = ENV.lock().unwrap();

@@ -762,6 +762,78 @@ fn probe_f16_unpack(device: &wgpu::Device) -> bool {
     pollster::block_on(scope.pop()).is_none()
 }
 
+/// The subgroup size with which every invocation of a 128-invocation workgroup runs a compute
+/// kernel on `device` (`wgsl/subgroup_size_probe.wgsl`); `None` where the device lacks
+/// `Features::SUBGROUP`, the probe fails, or its invocations report different sizes. A driver
+/// that picks the size per kernel (Intel's 8 to 32, AMD's 32 or 64) may run other kernels at
+/// another size: [`subgroups_are_32`] asks the probe only where the size is fixed.
+pub fn probe_subgroup_size(device: &wgpu::Device, queue: &wgpu::Queue) -> Option<u32> {
+    if !device.features().contains(wgpu::Features::SUBGROUP) {
+        return None;
+    }
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("ecq subgroup size probe"),
+        source: wgpu::ShaderSource::Wgsl(
+            include_str!("../../wgsl/subgroup_size_probe.wgsl").into(),
+        ),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("ecq subgroup size probe"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let sizes = storage_empty(device, "ecq subgroup size probe", 128 * 4).ok()?;
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("ecq subgroup size probe"),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[entry(0, &sizes)],
+    });
+    let mut enc = device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+    }
+    queue.submit([enc.finish()]);
+    if pollster::block_on(scope.pop()).is_some() {
+        return None;
+    }
+    let bytes = read_back(device, queue, &sizes, 128 * 4).ok()?;
+    let got: Vec<u32> = bytes
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (got[0] > 0 && got.iter().all(|&v| v == got[0])).then_some(got[0])
+}
+
+/// Whether the 32-wide subgroup kernels may run on a device created from the adapter `info`
+/// describes, with `Features::SUBGROUP` or not (`subgroup`): where the adapter reports its
+/// subgroups exactly 32 wide (`subgroup_min_size == subgroup_max_size == 32`: NVIDIA on Vulkan
+/// and D3D12), and on Apple GPUs through Metal where `probe` ([`probe_subgroup_size`]) finds
+/// 32. wgpu's Metal backend reports 4..64 for every device (a fixed range in wgpu-hal 30), while
+/// an Apple GPU's SIMD groups are 32 wide for every kernel; on other devices a range means the
+/// driver picks the size per kernel, which one probe cannot settle, so `probe` runs only for
+/// Apple GPUs. The kernels check the size they run with and report every chunk otherwise
+/// ([`error_bits::SUBGROUP_SIZE`]), never a wrong result.
+pub fn subgroups_are_32(
+    subgroup: bool,
+    info: &wgpu::AdapterInfo,
+    probe: impl FnOnce() -> Option<u32>,
+) -> bool {
+    if !subgroup {
+        return false;
+    }
+    if info.subgroup_min_size == 32 && info.subgroup_max_size == 32 {
+        return true;
+    }
+    info.backend == wgpu::Backend::Metal && info.name.starts_with("Apple") && probe() == Some(32)
+}
+
 impl PipelineRegistry {
     /// An empty registry that uses no subgroup kernels. Use one registry per device.
     pub fn new() -> Self {
@@ -770,12 +842,35 @@ impl PipelineRegistry {
 
     /// An empty registry for `device` created from the adapter described by `info`: subgroup
     /// kernels are used when the device has `Features::SUBGROUP` and the adapter's subgroups
-    /// are exactly 32 wide (`subgroup_min_size == subgroup_max_size == 32`).
+    /// are exactly 32 wide (`subgroup_min_size == subgroup_max_size == 32`). Without a queue
+    /// it cannot probe the size (Apple GPUs through Metal, whose reported range is 4..64):
+    /// [`Self::for_device_probed`] can, and [`GpuContext`] uses it.
     pub fn for_device(device: &wgpu::Device, info: &wgpu::AdapterInfo) -> Self {
+        Self::with_subgroups32(device, info, || None)
+    }
+
+    /// [`Self::for_device`], probing the subgroup size on `device` where the adapter's report
+    /// does not settle it ([`subgroups_are_32`]: Apple GPUs through wgpu's Metal backend,
+    /// which reports 4..64 for every device).
+    pub fn for_device_probed(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        info: &wgpu::AdapterInfo,
+    ) -> Self {
+        Self::with_subgroups32(device, info, || probe_subgroup_size(device, queue))
+    }
+
+    fn with_subgroups32(
+        device: &wgpu::Device,
+        info: &wgpu::AdapterInfo,
+        probe: impl FnOnce() -> Option<u32>,
+    ) -> Self {
         PipelineRegistry {
-            subgroup32: device.features().contains(wgpu::Features::SUBGROUP)
-                && info.subgroup_min_size == 32
-                && info.subgroup_max_size == 32,
+            subgroup32: subgroups_are_32(
+                device.features().contains(wgpu::Features::SUBGROUP),
+                info,
+                probe,
+            ),
             f16_unpack: probe_f16_unpack(device),
             cpu_device: info.device_type == wgpu::DeviceType::Cpu,
             ..Self::default()
@@ -1233,9 +1328,9 @@ impl GpuContext {
 
     /// Wraps an application's own device and queue (`info` from its adapter, used for reports
     /// and to decide whether the subgroup kernels may run, see
-    /// [`PipelineRegistry::for_device`]).
+    /// [`PipelineRegistry::for_device_probed`]).
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
-        let registry = PipelineRegistry::for_device(&device, &info);
+        let registry = PipelineRegistry::for_device_probed(&device, &queue, &info);
         GpuContext {
             device,
             queue,
@@ -1691,6 +1786,50 @@ mod tests {
             (f32::from_bits(w << 16), f32::from_bits(w & 0xFFFF_0000)),
             (0.25, -0.5)
         );
+    }
+
+    /// The rule for the 32-wide subgroup kernels: an adapter reporting exactly 32 without a
+    /// probe; Apple GPUs through Metal (reported 4..64 by wgpu) where the probe finds 32; never
+    /// without `Features::SUBGROUP`; never a range elsewhere, whatever a probe would say.
+    #[test]
+    fn subgroups_are_32_rule() {
+        use super::subgroups_are_32;
+        use wgpu::{AdapterInfo, Backend, DeviceType};
+        let info = |backend, name: &str, min, max| AdapterInfo {
+            name: name.into(),
+            subgroup_min_size: min,
+            subgroup_max_size: max,
+            ..AdapterInfo::new(DeviceType::DiscreteGpu, backend)
+        };
+        let no_probe = || -> Option<u32> { panic!("probed") };
+        let nvidia = info(Backend::Vulkan, "NVIDIA H200", 32, 32);
+        assert!(subgroups_are_32(true, &nvidia, no_probe));
+        assert!(!subgroups_are_32(false, &nvidia, no_probe));
+        let apple = info(Backend::Metal, "Apple M2 Pro", 4, 64);
+        assert!(subgroups_are_32(true, &apple, || Some(32)));
+        assert!(!subgroups_are_32(true, &apple, || Some(16)));
+        assert!(!subgroups_are_32(true, &apple, || None));
+        assert!(!subgroups_are_32(false, &apple, no_probe));
+        // AMD and Intel pick the size per kernel: a range is never settled by one probe
+        for other in [
+            info(Backend::Metal, "AMD Radeon Pro 5500M", 4, 64),
+            info(
+                Backend::Vulkan,
+                "AMD Radeon RX 7900 XTX (RADV NAVI31)",
+                32,
+                64,
+            ),
+            info(
+                Backend::Vulkan,
+                "Intel(R) Arc(tm) A770 Graphics (DG2)",
+                8,
+                32,
+            ),
+            info(Backend::Dx12, "Apple-named adapter elsewhere", 4, 64),
+            info(Backend::Vulkan, "llvmpipe (LLVM 15.0.6, 256 bits)", 8, 8),
+        ] {
+            assert!(!subgroups_are_32(true, &other, no_probe), "{}", other.name);
+        }
     }
 
     use super::Kernel;
