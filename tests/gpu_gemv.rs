@@ -677,6 +677,9 @@ fn fused_tables_in_memory_bit_identical() {
         "2 + 2 pairs" => pairs.decode_packed().unwrap(),
         _ => window.decode_packed().unwrap(),
     };
+    let gemv = |m: &ecq::gpu::GpuCodedMatrix, v| {
+        m.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)
+    };
     for what in ["whole", "2 + 2 pairs", "window pairs"] {
         let want = cpu_words(what);
         let mut built = upload(what).unwrap();
@@ -685,8 +688,7 @@ fn fused_tables_in_memory_bit_identical() {
         built.set_tables_in_memory(false);
         assert!(!built.tables_in_memory());
         for v in [FusedVariant::Blocked, FusedVariant::BlockedCompact] {
-            let a = built.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v);
-            let b = mem.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v);
+            let (a, b) = (gemv(&built, v), gemv(&mem, v));
             if !ctx.registry().subgroups32() {
                 assert!(
                     matches!(b, Err(ecq::gpu::GpuError::Unsupported(_))),
@@ -730,14 +732,7 @@ fn fused_tables_in_memory_bit_identical() {
         // the workgroup kernel reads them too (every device), bit for bit what it gives
         // building them
         let wg = |m: &ecq::gpu::GpuCodedMatrix| {
-            m.gemv_with(
-                ctx.device(),
-                ctx.queue(),
-                ctx.registry(),
-                &x,
-                FusedVariant::Workgroup,
-            )
-            .unwrap_or_else(|e| panic!("{what} Workgroup: {e}"))
+            gemv(m, FusedVariant::Workgroup).unwrap_or_else(|e| panic!("{what} Workgroup: {e}"))
         };
         let y = wg(&mem);
         assert_eq!(bits(y.clone()), bits(wg(&built)), "{what} Workgroup");
@@ -766,14 +761,7 @@ fn fused_tables_in_memory_bit_identical() {
         m.set_tables_in_memory(on);
         expect_bad_tile_1(
             format!("fused GEMV, tables in memory {on} Workgroup"),
-            m.gemv_with(
-                ctx.device(),
-                ctx.queue(),
-                ctx.registry(),
-                &x,
-                FusedVariant::Workgroup,
-            )
-            .map(drop),
+            gemv(&m, FusedVariant::Workgroup).map(drop),
         );
         if !ctx.registry().subgroups32() {
             continue;
@@ -781,8 +769,7 @@ fn fused_tables_in_memory_bit_identical() {
         for v in [FusedVariant::Blocked, FusedVariant::BlockedCompact] {
             expect_bad_tile_1(
                 format!("fused GEMV, tables in memory {on} {v:?}"),
-                m.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v)
-                    .map(drop),
+                gemv(&m, v).map(drop),
             );
             expect_bad_tile_1(
                 format!("decode, tables in memory {on} {v:?}"),

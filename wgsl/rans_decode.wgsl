@@ -1,8 +1,9 @@
 // Parallel rANS decode of one ecq coded matrix (docs/FORMAT.md, version 1).
 //
 // One workgroup = G groups of 32 invocations and handles chunks of ONE tile: it first builds the
-// tile's decode table in workgroup memory, then each group of 32 invocations decodes whole
-// chunks (invocation = lane). Renormalisation words are read with a per-step prefix count of the
+// tile's decode table in workgroup memory (or, with TABLE_MEM, loads the one the host built,
+// rans_table_mem.wgsl), then each group of 32 invocations decodes whole chunks (invocation =
+// lane). Renormalisation words are read with a per-step prefix count of the
 // lanes that need one (a workgroup-memory bitmask, one workgroupBarrier per step), so the lanes
 // of a step read consecutive words, exactly as the encoder wrote them.
 //
@@ -58,10 +59,6 @@ struct Params {
     window_start: u32,
 }
 
-// true: `freqs` holds the tables built on the host (rans_table_mem.wgsl), loaded instead of
-// built from the frequencies
-override TABLE_MEM: bool = false;
-
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
 
@@ -101,14 +98,9 @@ fn main(
     let tile_first = tile * P.tile_chunks;
     let tile_end = min(tile_first + P.tile_chunks, P.n_chunks);
     if (lid < 12u) {
-        atomicStore(&masks[lid], 0u); // before build_table's first barrier
+        atomicStore(&masks[lid], 0u); // before tile_table's first barrier
     }
-    var bad_table = false;
-    if (TABLE_MEM) {
-        bad_table = load_table(tile, lid);
-    } else {
-        bad_table = build_table(tile, lid);
-    }
+    let bad_table = tile_table(tile, lid);
 
     let g = lid / 32u;
     let l = lid % 32u;

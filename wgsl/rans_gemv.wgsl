@@ -56,10 +56,6 @@ struct Params {
     window_start: u32,
 }
 
-// true: `freqs` holds the tables built on the host (rans_table_mem.wgsl), loaded instead of
-// built from the frequencies
-override TABLE_MEM: bool = false;
-
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
 
@@ -95,14 +91,9 @@ fn main(
     let tile_first = tile * P.tile_chunks;
     let tile_end = min(tile_first + P.tile_chunks, P.n_chunks);
     if (lid < 12u) {
-        atomicStore(&masks[lid], 0u); // before build_table's first barrier
+        atomicStore(&masks[lid], 0u); // before tile_table's first barrier
     }
-    var bad_table = false;
-    if (TABLE_MEM) {
-        bad_table = load_table(tile, lid);
-    } else {
-        bad_table = build_table(tile, lid);
-    }
+    let bad_table = tile_table(tile, lid);
 
     let g = lid / 32u;
     let l = lid % 32u;

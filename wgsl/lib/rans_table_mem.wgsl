@@ -3,8 +3,22 @@
 // pairs, symbol s in half s % 2 of word s / 2, word 128 the total; a word nonzero where the
 // tile's frequencies do not sum to 2^n), bound in place of the frequencies: the entries
 // build_table (rans_table.wgsl) makes, from one load a slot instead of a scan with its barriers
-// and a binary search a slot. Uses rans_table.wgsl's `table` and `sc_a`, the kernel's `P`
-// (prec, 8..=11 where the host builds these tables), `freqs` and `WG`, and `SENTINEL`.
+// and a binary search a slot. Uses rans_table.wgsl's `table`, `sc_a` and `build_table`, the
+// kernel's `P` (prec, 8..=11 where the host builds these tables), `freqs` and `WG`, and
+// `SENTINEL`.
+
+// true: `freqs` holds the tables built on the host, loaded instead of built from the
+// frequencies
+override TABLE_MEM: bool = false;
+
+// Fills `table` with tile `tile`'s entries, loaded (TABLE_MEM) or built; returns whether the
+// tile's frequencies are bad. Must be called in uniform control flow.
+fn tile_table(tile: u32, lid: u32) -> bool {
+    if (TABLE_MEM) {
+        return load_table(tile, lid);
+    }
+    return build_table(tile, lid);
+}
 
 // Fills `table` with tile `tile`'s entries; returns whether the host flagged the tile. Must be
 // called in uniform control flow.
