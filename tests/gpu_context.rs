@@ -95,6 +95,39 @@ fn subgroup_size_probe_and_the_metal_rule() {
     );
 }
 
+/// `ECQ_KERNELS=portable` gives a context of the portable kernels only (no 32-wide subgroup
+/// kernels, no cooperative ones) on the same adapter; another value is an error naming it.
+#[test]
+fn ecq_kernels_portable_selects_the_portable_kernels() {
+    let _g = ENV.lock().unwrap();
+    let Some(ctx) = default_ctx() else { return };
+    std::env::set_var("ECQ_KERNELS", "portable");
+    let portable = GpuContext::with_cooperative_matrix();
+    std::env::set_var("ECQ_KERNELS", "fastest");
+    let bad = GpuContext::new();
+    std::env::remove_var("ECQ_KERNELS");
+    let portable = portable.expect("a portable context");
+    assert_eq!(portable.adapter_name(), ctx.adapter_name());
+    let reg = portable.registry();
+    assert!(!reg.subgroups32() && !reg.cooperative_matrix());
+    assert_eq!(reg.cpu_device(), ctx.registry().cpu_device());
+    match bad {
+        Err(GpuError::InvalidInput(msg)) => assert!(msg.contains("fastest"), "{msg}"),
+        Err(e) => panic!("expected InvalidInput, got {e}"),
+        Ok(c) => panic!("ECQ_KERNELS=fastest gave a context on {}", c.adapter_name()),
+    }
+    // the portable context runs: a small decode matches the CPU's
+    let q: Vec<u8> = (0..9 * 64).map(|i| (i * 5 % 16) as u8).collect();
+    let enc = encode(&q, 9, 64, 4, &EncodeOptions::default()).unwrap();
+    let m = portable
+        .upload_coded(CodedMatrixRef::from(&enc), None)
+        .unwrap();
+    assert_eq!(
+        portable.decode_packed(&m).unwrap(),
+        enc.decode_packed().unwrap()
+    );
+}
+
 #[test]
 fn from_device_and_registry_cache() {
     let _g = ENV.lock().unwrap();

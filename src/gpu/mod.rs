@@ -1231,6 +1231,11 @@ impl GpuContext {
     /// when there is nothing else). Requests the WebGPU default limits, raised to the adapter's
     /// maximum storage-buffer binding and buffer sizes, and `Features::SUBGROUP` and
     /// `Features::TIMESTAMP_QUERY` where the adapter offers them (neither is required).
+    ///
+    /// `ECQ_KERNELS=portable` gives the context of [`Self::without_subgroups`]: the portable
+    /// kernels only, whatever the adapter (a way round the subgroup kernels on a device where
+    /// they misbehave, and a comparison of both paths with any program); another value is
+    /// [`GpuError::InvalidInput`].
     pub fn new() -> Result<Self, GpuError> {
         pollster::block_on(Self::new_async(false))
     }
@@ -1323,7 +1328,13 @@ impl GpuContext {
         if coop {
             ctx.registry = std::mem::take(&mut ctx.registry).with_cooperative_matrix(&ctx.device);
         }
-        Ok(ctx)
+        match std::env::var("ECQ_KERNELS") {
+            Ok(v) if v == "portable" => Ok(ctx.without_subgroups()),
+            Ok(v) if !v.is_empty() => Err(GpuError::InvalidInput(format!(
+                "ECQ_KERNELS={v:?}: the one value is `portable` (the portable kernels only)"
+            ))),
+            _ => Ok(ctx),
+        }
     }
 
     /// Wraps an application's own device and queue (`info` from its adapter, used for reports
