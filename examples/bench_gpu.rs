@@ -55,9 +55,10 @@
 //! the one `GpuCodedMatrix::gemv_dispatch` picks; `--workgroup` = `--fused workgroup`), one
 //! table row each; the decode-only column then gives the rate of each named kernel's decode
 //! counterpart that can decode the matrix, in that order.
-//! `--tables-built` makes the blocked fused kernels build each tile's decode table from the
-//! frequencies in every workgroup, as before step 65, instead of reading it from memory where
-//! the host built it once (`GpuCodedMatrix::set_tables_in_memory`, on by default).
+//! `--tables-built` makes the blocked fused kernels, and the workgroup fused GEMV and decode,
+//! build each tile's decode table from the frequencies in every workgroup, as before step 65,
+//! instead of reading it from memory where the host built it once
+//! (`GpuCodedMatrix::set_tables_in_memory`, on by default).
 //! `--x8` also times, for window splits on each blocked kernel timed, the fused GEMV on activations
 //! quantized to 8 bits once per vector (`GpuCodedMatrix::gemv_x8_dispatch`, approximate)
 //! against the plain int8-dot kernel on the same pre-quantized activations
@@ -124,8 +125,8 @@ struct Args {
     copy_mib: u64,
     ksplit_sweep: bool,
     fused: Vec<FusedVariant>,
-    /// `--tables-built`: the blocked fused kernels build their decode tables in every
-    /// workgroup instead of reading them from memory
+    /// `--tables-built`: the blocked fused kernels (and the workgroup ones) build their decode
+    /// tables in every workgroup instead of reading them from memory
     tables_built: bool,
     /// `--x8`: also the fused and plain GEMVs on 8-bit activations
     x8: bool,
