@@ -42,10 +42,10 @@
 //! of N calls (the sizes taken in turn, e.g. `3,1,2,1` for a layer's q k v | o | gate up |
 //! down) with their decodes first (`LinearDevice::encode_calls`; give as many
 //! `--decoded-buffers` as the largest N, plain layers' calls are grouped alike); `--coop-only` times
-//! the cooperative layers only; `--portable` runs the portable kernels only; `--tables-built`
-//! uploads the fused layers with `LinearOptions::tables_built_in_kernel` (every workgroup builds
-//! its decode table instead of loading the host's)
-//! (`GpuContext::without_subgroups`: what a device without 32-wide subgroups runs). Times are
+//! the cooperative layers only; `--portable` runs the portable kernels only
+//! (`GpuContext::without_subgroups`: what a device without 32-wide subgroups runs);
+//! `--tables-built` uploads the fused layers with `LinearOptions::tables_built_in_kernel`
+//! (every workgroup builds its decode table instead of loading the host's). Times are
 //! wall clock after a second of warm-up forwards: "record" (the host's recording of all calls)
 //! and "run" (submit to the end of the wait) are medians of `--rounds` forwards one at a time;
 //! "pipelined" is `--rounds` forwards back to back, each recorded and submitted while the one

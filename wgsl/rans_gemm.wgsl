@@ -74,6 +74,7 @@ struct Params {
 // Row-pair order: rows, cols, steps_per_row and chunks describe the coded matrix (two matrix
 // rows per coded row), y_stride and row_base the matrix.
 override PAIR: bool = false;
+
 const G: u32 = 4u;             // groups of 32 lanes per workgroup
 const WG: u32 = 128u;          // = 32 * G
 const SLICE: u32 = 256u;       // weights per row per slice

@@ -1,6 +1,7 @@
 //! Coded matrices on the GPU: upload, decode (`wgsl/rans_decode.wgsl`) and the fused GEMV
 //! (`wgsl/rans_gemv.wgsl`).
 
+use super::slot_table::TABLE_PRECISION;
 use super::{
     check_storage, grid, read_back, storage_empty, storage_init, wait, Dispatch, GpuError, Kernel,
     PipelineRegistry,
@@ -439,7 +440,7 @@ fn fused_gemv_pipeline_diag(
 /// step 65) and, for 8 to 11 probability bits (the tables' range), the workgroup kernel
 /// (`rans_gemv.wgsl`, step 122); the subgroup kernel builds its table.
 pub(crate) fn fused_reads_tables(variant: FusedVariant, prec: u32) -> bool {
-    variant.is_blocked() || (variant == FusedVariant::Workgroup && (8..=11).contains(&prec))
+    variant.is_blocked() || (variant == FusedVariant::Workgroup && TABLE_PRECISION.contains(&prec))
 }
 
 /// Why the cooperative GEMV (`wgsl/rans_gemv_coop.wgsl`) cannot run the coded matrix `p`
@@ -463,7 +464,7 @@ pub(crate) fn coop_layout_refusal(p: &CodedParams) -> Option<String> {
             "the cooperative GEMV needs MLX groups of 64 or 128, not {}",
             p.group_size
         ))
-    } else if !(8..=11).contains(&p.prec) {
+    } else if !TABLE_PRECISION.contains(&p.prec) {
         Some(format!(
             "the cooperative GEMV needs 8..=11 probability bits, not {}",
             p.prec
@@ -780,7 +781,7 @@ impl DecodeSource<'_> {
     /// the byte-symbol decode ran slower with them).
     pub(crate) fn reads_tables(&self, variant: FusedVariant) -> bool {
         match variant {
-            FusedVariant::Workgroup => (8..=11).contains(&self.params.prec),
+            FusedVariant::Workgroup => TABLE_PRECISION.contains(&self.params.prec),
             _ => variant.is_blocked() && self.params.low_bits == WINDOW_LOW_BITS,
         }
     }
@@ -1283,9 +1284,8 @@ impl GpuCodedMatrix {
     /// The GPU decode of a window split reads them too (`rans_decode_window.wgsl`: 1.03-1.23x
     /// faster, step 116), and so do the workgroup kernels, the ones devices without 32-wide
     /// subgroups run (the decode `rans_decode.wgsl`, step 121, and the fused GEMV
-    /// `rans_gemv.wgsl`, step 122); the other blocked decodes build
-    /// theirs. Same results, bit for bit; corrupt frequencies are reported the same way.
-    /// `false` saves that memory.
+    /// `rans_gemv.wgsl`, step 122); the other blocked decodes build theirs. Same results, bit
+    /// for bit; corrupt frequencies are reported the same way. `false` saves that memory.
     pub fn set_tables_in_memory(&mut self, on: bool) {
         self.tables_in_memory = on;
     }
@@ -1329,7 +1329,7 @@ impl GpuCodedMatrix {
             return Ok(b);
         }
         let p = &self.params;
-        if !(8..=11).contains(&p.prec) {
+        if !TABLE_PRECISION.contains(&p.prec) {
             return Err(GpuError::Unsupported(format!(
                 "decode tables in memory need 8..=11 probability bits, not {}",
                 p.prec
@@ -1504,7 +1504,7 @@ impl GpuCodedMatrix {
         // a decode that reads them)
         if self.tables_in_memory
             && source.reads_tables(variant)
-            && (8..=11).contains(&self.params.prec)
+            && TABLE_PRECISION.contains(&self.params.prec)
         {
             source.tables = Some(self.slot_tables(device)?);
         }

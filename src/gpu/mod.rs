@@ -818,8 +818,10 @@ pub fn probe_subgroup_size(device: &wgpu::Device, queue: &wgpu::Queue) -> Option
 /// 32. wgpu's Metal backend reports 4..64 for every device (a fixed range in wgpu-hal 30), while
 /// an Apple GPU's SIMD groups are 32 wide for every kernel; on other devices a range means the
 /// driver picks the size per kernel, which one probe cannot settle, so `probe` runs only for
-/// Apple GPUs. The kernels check the size they run with and report every chunk otherwise
-/// ([`error_bits::SUBGROUP_SIZE`]), never a wrong result.
+/// Apple GPUs. The rANS kernels check the size they run with and report every chunk otherwise
+/// ([`error_bits::SUBGROUP_SIZE`]), never a wrong result; the plain multi-vector GEMV
+/// (`qgemv4_many.wgsl`) and the cooperative kernels' activation pass (`x_coop.wgsl`) have no
+/// such check and rely on this rule.
 pub fn subgroups_are_32(
     subgroup: bool,
     info: &wgpu::AdapterInfo,

@@ -12,6 +12,11 @@
 //! does; tiles padded to 16 bytes. 2.5 KiB a tile at 11 probability bits, where the u32 form
 //! itself would take 8 KiB.
 
+/// The probability bits the host builds these tables for (the u32 form's entries hold 12-bit
+/// frequencies and biases; below 8 bits the kernels build theirs): every kernel that reads them
+/// and every caller deciding whether to build them asks this range.
+pub(crate) const TABLE_PRECISION: std::ops::RangeInclusive<u32> = 8..=11;
+
 /// u32 words per tile for `n`-bit probabilities (the stride the WGSL loaders compute).
 pub(crate) fn tile_words(n: u32) -> usize {
     ((1usize << n) / 4 + 129 + 1).next_multiple_of(4)
@@ -26,7 +31,7 @@ pub(crate) fn blocked_slot_tables(
     n_tiles: usize,
 ) -> Vec<u32> {
     assert!(
-        (8..=11).contains(&n),
+        TABLE_PRECISION.contains(&n),
         "slot tables are built for n in 8..=11, not {n}"
     );
     assert_eq!(freqs.len(), alphabet * n_tiles, "freqs of {n_tiles} tiles");

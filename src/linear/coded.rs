@@ -939,7 +939,7 @@ impl EntropyCodedLinear {
         // bytes of raw low bits per coded row
         let low_row_bytes = m.cols * m.low_bits as usize / 8;
         // u32 words of a tile's decode table, where the blocked fused GEMV can read one
-        let table_words = if (8..=11).contains(&m.precision) {
+        let table_words = if crate::gpu::slot_table::TABLE_PRECISION.contains(&m.precision) {
             crate::gpu::slot_table::tile_words(m.precision)
         } else {
             0

@@ -1,7 +1,8 @@
-// rans_decode.wgsl's slot table read from the tables built on the host (src/gpu/slot_table.rs:
-// per tile the owner of every slot, a byte, four to a u32; the cumulative frequencies as u16
-// pairs, symbol s in half s % 2 of word s / 2, word 128 the total; a word nonzero where the
-// tile's frequencies do not sum to 2^n), bound in place of the frequencies: the entries
+// The workgroup kernels' slot table (rans_decode.wgsl, rans_gemv.wgsl, rans_gemm.wgsl) read
+// from the tables built on the host (src/gpu/slot_table.rs: per tile the owner of every slot,
+// a byte, four to a u32; the cumulative frequencies as u16 pairs, symbol s in half s % 2 of
+// word s / 2, word 128 the total; a word nonzero where the tile's frequencies do not sum to
+// 2^n), bound in place of the frequencies: the entries
 // build_table (rans_table.wgsl) makes, from one load a slot instead of a scan with its barriers
 // and a binary search a slot. Uses rans_table.wgsl's `table`, `sc_a` and `build_table`, the
 // kernel's `P` (prec, 8..=11 where the host builds these tables), `freqs` and `WG`, and
