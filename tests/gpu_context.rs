@@ -128,6 +128,81 @@ fn ecq_kernels_portable_selects_the_portable_kernels() {
     );
 }
 
+/// `ECQ_KERNELS=lanes` gives what a device whose subgroups are not 32 wide runs (AMD, Intel):
+/// no 32-wide subgroup kernels, the lanes kernels at the width the adapter's smallest
+/// subgroup size allows; `lanes:W` at width W. A window split and a byte-symbol matrix then
+/// decode on the lanes kernel, equal to the CPU decode. A width outside 4, 8, 16, 32 or not a
+/// number is an error naming it, and so is a width on a device without `Features::SUBGROUP`.
+#[test]
+fn ecq_kernels_lanes_selects_the_lanes_kernels() {
+    use ecq::gpu::{DecodeOutput, SUBGROUP_LANE_WIDTHS};
+    let _g = ENV.lock().unwrap();
+    let Some(ctx) = default_ctx() else { return };
+    let subgroup = ctx.device().features().contains(wgpu::Features::SUBGROUP);
+    let run = |v: &str| {
+        std::env::set_var("ECQ_KERNELS", v);
+        let r = GpuContext::new();
+        std::env::remove_var("ECQ_KERNELS");
+        r
+    };
+    let lanes = run("lanes").expect("a lanes context");
+    let want = ecq::gpu::subgroup_lanes_width(subgroup, ctx.adapter_info());
+    assert_eq!(lanes.registry().subgroup_lanes(), want);
+    assert!(!lanes.registry().subgroups32() && !lanes.registry().cooperative_matrix());
+    for bad in ["lanes:12", "lanes:", "lanes:eight"] {
+        match run(bad) {
+            Err(GpuError::InvalidInput(msg)) => assert!(msg.contains(bad), "{msg}"),
+            r => panic!("ECQ_KERNELS={bad}: {:?}", r.map(|c| c.describe())),
+        }
+    }
+    let Some(size) = ecq::gpu::probe_subgroup_size(ctx.device(), ctx.queue()) else {
+        assert!(matches!(run("lanes:8"), Err(GpuError::Unsupported(_))));
+        gpu_common::announce_unsupported("lanes kernels: no Features::SUBGROUP");
+        return;
+    };
+    let mut rng_q = 17u32;
+    let mut next = || {
+        rng_q = rng_q.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        ((rng_q >> 24) % 5 + 6) as u8
+    };
+    let q: Vec<u8> = (0..6 * 1024).map(|_| next()).collect();
+    let opts = EncodeOptions::default();
+    let whole = encode(&q, 6, 1024, 4, &opts).unwrap();
+    let window =
+        ecq::rans::SplitMatrix::encode_window(&q, 6, 1024, &opts, ecq::rans::SplitOrder::RowPairs)
+            .unwrap();
+    for w in SUBGROUP_LANE_WIDTHS.into_iter().filter(|w| size % w == 0) {
+        let c = run(&format!("lanes:{w}")).expect("a lanes:W context");
+        assert_eq!(c.registry().subgroup_lanes(), Some(w));
+        let m = c.upload_coded(CodedMatrixRef::from(&whole), None).unwrap();
+        assert_eq!(
+            m.decode_lanes_width(c.registry(), DecodeOutput::Packed),
+            Some(w)
+        );
+        assert_eq!(
+            c.decode_packed(&m).unwrap(),
+            whole.decode_packed().unwrap(),
+            "W={w}"
+        );
+        let m = c.upload_split(&window, None).unwrap();
+        assert_eq!(
+            m.decode_lanes_width(c.registry(), DecodeOutput::Packed),
+            Some(w)
+        );
+        assert_eq!(
+            c.decode_packed(&m).unwrap(),
+            window.decode_packed().unwrap(),
+            "W={w}"
+        );
+        // one byte per weight stays on the workgroup kernel
+        assert_eq!(
+            m.decode_lanes_width(c.registry(), DecodeOutput::BytePerWeight),
+            None
+        );
+        assert_eq!(c.decode_symbols(&m).unwrap(), q, "W={w}");
+    }
+}
+
 #[test]
 fn from_device_and_registry_cache() {
     let _g = ENV.lock().unwrap();

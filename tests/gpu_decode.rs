@@ -109,6 +109,9 @@ fn check_split_decodes(
         assert!(got == want, "{label} {v:?}: GPU and CPU decodes differ");
     }
     assert_eq!(ctx.decode_packed(m).unwrap(), want, "{label} default");
+    if m.low_bits() == 3 {
+        check_lanes_decodes(ctx, m, &want, label);
+    }
     let bytes = ctx.decode_symbols(m).unwrap();
     assert!(bytes == q, "{label}: byte-per-weight decode differs");
     // the workgroup kernel building its table (the default loads the host's)
@@ -119,6 +122,47 @@ fn check_split_decodes(
         got == want,
         "{label} Workgroup, tables built: GPU and CPU decodes differ"
     );
+}
+
+/// A window split or byte-symbol matrix `m` decoded by the lanes kernel
+/// (`rans_decode_lanes.wgsl`) at every group width W equals the CPU decode `want` where W
+/// divides the device's subgroup size; where it does not, every chunk is reported (the
+/// kernel's layout check), never a wrong result.
+fn check_lanes_decodes(ctx: &GpuContext, m: &ecq::gpu::GpuCodedMatrix, want: &[u32], label: &str) {
+    for (w, fits, reg) in gpu_common::lanes_registries() {
+        assert_eq!(
+            m.decode_lanes_width(reg, DecodeOutput::Packed),
+            Some(*w),
+            "{label}: the lanes kernel should take this matrix"
+        );
+        let r = m.decode_with(
+            ctx.device(),
+            ctx.queue(),
+            reg,
+            DecodeOutput::Packed,
+            Some(FusedVariant::Workgroup),
+        );
+        if *fits {
+            let got = r.unwrap_or_else(|e| panic!("{label} lanes W={w}: GPU decode: {e}"));
+            assert!(
+                got == want,
+                "{label} lanes W={w}: GPU and CPU decodes differ"
+            );
+        } else {
+            match r {
+                Err(GpuError::CorruptStream {
+                    flags, bad_chunks, ..
+                }) => {
+                    assert!(
+                        flags & error_bits::SUBGROUP_SIZE != 0,
+                        "{label} W={w}: {flags:#x}"
+                    );
+                    assert_eq!(bad_chunks, m.n_chunks(), "{label} W={w}: chunks reported");
+                }
+                r => panic!("{label} lanes W={w} on wider groups than subgroups: {r:?}"),
+            }
+        }
+    }
 }
 
 fn encode_case(c: &Case, seed: u64) -> (Vec<u8>, EncodedMatrix) {
@@ -187,6 +231,10 @@ fn check_case(ctx: &GpuContext, c: &Case, seed: u64) {
         }
         let got = packed_with(ctx, &m, v, &label);
         assert!(got == cpu_packed, "{label} {v:?}: packed words differ");
+    }
+    // byte symbols with the host's tables: the lanes kernel at every group width
+    if c.bits * enc.weights_per_symbol() == 8 && (8..=11).contains(&c.precision) {
+        check_lanes_decodes(ctx, &m, &cpu_packed, &label);
     }
     // the workgroup kernel building its table (the default loads the host's, for 8..=11
     // probability bits)
@@ -778,7 +826,9 @@ fn decode_row_pairs() {
 
 /// Window splits (`SplitMatrix::encode_window`: one coded flag a weight, eight to a symbol,
 /// three raw bits), row-major and in row pairs, decoded by the workgroup kernel (every device,
-/// lavapipe in CI) and, with 32-wide subgroups, both blocked ones (tables in memory: the window
+/// lavapipe in CI), the lanes kernel at group widths 4, 8, 16 and 32 (those the device's
+/// subgroups are not a multiple of must report every chunk instead) and, with 32-wide
+/// subgroups, both blocked ones (tables in memory: the window
 /// kernel), packed and one byte per weight, equal the CPU decode word for word: peaked, flat and
 /// single-symbol weights, chunks from one step to many rows, two precisions, and window starts
 /// picked by the encoder and set to 13 (its nibbles wrap past 15). The subgroup kernel refuses
@@ -825,6 +875,11 @@ fn decode_window_splits() {
     if !ctx.registry().subgroups32() {
         gpu_common::announce_unsupported(
             "window decode: the blocked kernels need 32-wide subgroups; the workgroup kernel was checked",
+        );
+    }
+    if gpu_common::lanes_registries().is_empty() {
+        gpu_common::announce_unsupported(
+            "window decode: the lanes kernels need Features::SUBGROUP; the workgroup kernel was checked",
         );
     }
 }
@@ -948,8 +1003,9 @@ fn split_corrupt_state_is_reported() {
 
 /// A corrupt window split (`SplitMatrix::encode_window`, the fastest GPU form) is reported by
 /// chunk, never multiplied into silently wrong output: a flipped word in the middle of chunk 1,
-/// or of the last chunk, row-major and in row pairs, through the GPU decode (the default kernel
-/// and the workgroup one, packed and one byte per weight) and every fused kernel that takes
+/// or of the last chunk, row-major and in row pairs, through the GPU decode (the default kernel,
+/// the workgroup one and the lanes one at every group width the device's subgroups allow,
+/// packed and one byte per weight) and every fused kernel that takes
 /// window splits (the workgroup one everywhere, both blocked ones with 32-wide subgroups, for
 /// one vector and for three in one launch). A bad state never gets
 /// that far: `EncodedMatrix::from_parts` refuses it.
@@ -1025,6 +1081,18 @@ fn window_corrupt_stream_is_reported() {
                 Some(FusedVariant::Workgroup),
             );
             expect("workgroup decode", r.map(drop));
+            for (w, fits, reg) in gpu_common::lanes_registries() {
+                if *fits {
+                    let r = g.decode_with(
+                        ctx.device(),
+                        ctx.queue(),
+                        reg,
+                        DecodeOutput::Packed,
+                        Some(FusedVariant::Workgroup),
+                    );
+                    expect(&format!("lanes W={w} decode"), r.map(drop));
+                }
+            }
             expect("default GEMV", ctx.gemv_coded(&g, &x).map(drop));
             for &v in &variants {
                 let r = g.gemv_with(ctx.device(), ctx.queue(), ctx.registry(), &x, v);

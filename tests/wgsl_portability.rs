@@ -149,7 +149,8 @@ fn window_build(pairs: bool, extra: &[(&'static str, f64)]) -> Vec<(&'static str
 
 /// Every kernel at its default constants, then the split-matrix builds of the blocked kernels
 /// (raw low bits: `LOW = 2` beside 2-bit symbols of four weights), in row-major and row-pair
-/// order (`PAIR = 1`), the window-split decode in row pairs, the window-split builds of the
+/// order (`PAIR = 1`), the window-split decode in row pairs, the lanes decode's forms and
+/// widths (`LOW`, `W`), the window-split builds of the
 /// blocked fused GEMV (`LOW = 3`, one-bit symbols of eight weights) with two and four groups of 32 lanes a chunk (`DUP`, whose
 /// workgroup barrier the defaults drop) on f32 and 8-bit activations and with several
 /// activation vectors a launch (`NVEC`, and its plain counterpart with its step-88 builds:
@@ -188,6 +189,14 @@ fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
             "rans_decode_window.wgsl",
             vec![("PAIR", 1.0), ("WSTART", 5.0)],
         ),
+        // (the lanes decode: window splits in row pairs at eight lanes an invocation, byte
+        // symbols at one and four, whose words are gathered or written whole)
+        (
+            "rans_decode_lanes.wgsl",
+            vec![("PAIR", 1.0), ("WSTART", 5.0), ("W", 4.0)],
+        ),
+        ("rans_decode_lanes.wgsl", vec![("LOW", 0.0), ("W", 32.0)]),
+        ("rans_decode_lanes.wgsl", vec![("LOW", 0.0), ("W", 4.0)]),
         (
             gemv,
             window_build(true, &[("TABLE_MEM", 1.0), ("DUP", 2.0)]),

@@ -10,6 +10,10 @@ use super::{
 /// Groups of 32 lanes per workgroup in the rANS kernels (`G` in the WGSL).
 const GROUPS_PER_WG: u32 = 4;
 
+/// Invocations per workgroup of the lanes kernel (`WG` in `wgsl/rans_decode_lanes.wgsl`):
+/// 128 / W chunks, a group of W invocations each.
+const LANES_WG: u32 = 128;
+
 /// A borrowed coded matrix in the layout of docs/FORMAT.md (the tensors of section 6 and the
 /// header fields they need). Built from a [`crate::rans::EncodedMatrix`] with `From`, or by hand
 /// (tests build corrupt ones).
@@ -586,7 +590,10 @@ pub fn default_fused_variant(registry: &PipelineRegistry, layout: &FusedLayout) 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FusedVariant {
     /// `rans_gemv.wgsl`: workgroup-memory bitmask and one workgroupBarrier per step; runs on
-    /// every adapter.
+    /// every adapter. Its decode counterpart is `rans_decode.wgsl`, or, for window splits
+    /// and byte symbols decoded to packed words with the host's tables on a registry with
+    /// lanes kernels, `rans_decode_lanes.wgsl` without the barrier
+    /// ([`GpuCodedMatrix::decode_lanes_width`]).
     Workgroup,
     /// `rans_gemv_subgroup.wgsl`: subgroup ballot, shuffle and add; needs 32-wide subgroups
     /// ([`PipelineRegistry::subgroups32`]).
@@ -786,6 +793,30 @@ impl DecodeSource<'_> {
         }
     }
 
+    /// The group width of the lanes kernel (`rans_decode_lanes.wgsl`) where the decode of
+    /// `variant` runs on it: the workgroup variant decoding to packed words with the host's
+    /// tables (`tables`) on a registry with lanes kernels
+    /// ([`PipelineRegistry::subgroup_lanes`]), of a window split in coded rows of whole
+    /// 1024-weight blocks or of a matrix coded whole in byte symbols (`bits * wps == 8`).
+    /// `None` where the decode runs elsewhere.
+    fn lanes_width(
+        &self,
+        registry: &PipelineRegistry,
+        mode: DecodeOutput,
+        variant: FusedVariant,
+        tables: bool,
+    ) -> Option<u32> {
+        let p = &self.params;
+        let form = match p.low_bits {
+            WINDOW_LOW_BITS => self.window_rows_whole(),
+            0 => p.bits * p.wps == 8,
+            _ => false,
+        };
+        let runs =
+            variant == FusedVariant::Workgroup && tables && mode == DecodeOutput::Packed && form;
+        registry.subgroup_lanes().filter(|_| runs)
+    }
+
     /// Whether some decode kernel can run this matrix into `mode` on `registry`'s device (a
     /// window split needs coded rows of whole 1024-weight blocks: [`Self::window_rows_whole`]).
     pub(crate) fn decodable(&self, registry: &PipelineRegistry, mode: DecodeOutput) -> bool {
@@ -855,6 +886,13 @@ impl DecodeSource<'_> {
             )));
         }
         let mut p = *self.params;
+        let tables = self.tables.filter(|_| self.reads_tables(variant));
+        let lanes = self.lanes_width(registry, mode, variant, tables.is_some());
+        if let Some(w) = lanes {
+            // (128 / W chunks a workgroup)
+            p.wg_per_tile = p.tile_chunks.div_ceil(LANES_WG / w);
+            p.total_wg = u32_of("workgroups", p.n_tiles as usize * p.wg_per_tile as usize)?;
+        }
         let (x, y) = grid(device, p.total_wg);
         p.wg_x = x;
         p.out_mode = (mode == DecodeOutput::BytePerWeight) as u32;
@@ -863,9 +901,20 @@ impl DecodeSource<'_> {
             DecodeOutput::BytePerWeight => p.cols / 4,
         };
         let uniform = uniform(p);
-        let tables = self.tables.filter(|_| self.reads_tables(variant));
         let compact = variant == FusedVariant::BlockedCompact;
         let pipeline = match variant {
+            FusedVariant::Workgroup if lanes.is_some() => registry.get(
+                device,
+                Kernel::RansDecodeLanes,
+                "main",
+                &[
+                    ("LOW", p.low_bits),
+                    ("PREC", p.prec),
+                    ("PAIR", p.row_pairs),
+                    ("WSTART", p.window_start),
+                    ("W", lanes.unwrap_or(32)),
+                ],
+            )?,
             FusedVariant::Workgroup => registry.get(
                 device,
                 Kernel::RansDecode,
@@ -1054,7 +1103,9 @@ pub struct GpuCodedMatrix {
     errors: wgpu::Buffer,
     sb: Option<wgpu::Buffer>,
     side: super::SideFormat,
-    uniform_cache: std::sync::Mutex<Vec<(u32, wgpu::Buffer)>>,
+    /// Uniform buffers made for launches, by their parameters' bytes (a launch's workgroup
+    /// counts and output mode differ with the kernel and the groups a chunk).
+    uniform_cache: std::sync::Mutex<Vec<(CodedParams, wgpu::Buffer)>>,
     coded_bytes: u64,
     /// [`crate::rans::SplitOrder::RowPairs`]: `params` describe the coded `rows / 2 x 2 cols`
     /// matrix (with the real row's groups in `groups_per_row`).
@@ -1413,10 +1464,11 @@ impl GpuCodedMatrix {
         &self.errors
     }
 
-    fn uniform(&self, device: &wgpu::Device, mode: u32, params: CodedParams) -> wgpu::Buffer {
+    fn uniform(&self, device: &wgpu::Device, params: CodedParams) -> wgpu::Buffer {
         use wgpu::util::DeviceExt;
         let mut cache = self.uniform_cache.lock().expect("uniform cache");
-        if let Some((_, b)) = cache.iter().find(|(m, _)| *m == mode) {
+        let key = bytemuck::bytes_of(&params);
+        if let Some((_, b)) = cache.iter().find(|(p, _)| bytemuck::bytes_of(p) == key) {
             return b.clone();
         }
         let b = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -1424,7 +1476,7 @@ impl GpuCodedMatrix {
             contents: bytemuck::bytes_of(&params),
             usage: wgpu::BufferUsages::UNIFORM,
         });
-        cache.push((mode, b.clone()));
+        cache.push((params, b.clone()));
         b
     }
 
@@ -1473,6 +1525,25 @@ impl GpuCodedMatrix {
         self.decode_source().blocked_supported(registry, mode)
     }
 
+    /// The group width W at which [`FusedVariant::Workgroup`]'s decode of this matrix into
+    /// `mode` runs the lanes kernel (`rans_decode_lanes.wgsl`: no barrier a step) instead of
+    /// `rans_decode.wgsl` on `registry`'s device: where the registry has lanes kernels
+    /// ([`PipelineRegistry::subgroup_lanes`]), for packed output of a window split in coded
+    /// rows of whole 1024-weight blocks or of byte symbols (`bits * weights_per_symbol ==
+    /// 8`), with the decode tables built on the host ([`Self::set_tables_in_memory`], 8 to 11
+    /// probability bits). `None` elsewhere.
+    pub fn decode_lanes_width(
+        &self,
+        registry: &PipelineRegistry,
+        mode: DecodeOutput,
+    ) -> Option<u32> {
+        let d = self.decode_source();
+        let tables = self.tables_in_memory
+            && d.reads_tables(FusedVariant::Workgroup)
+            && TABLE_PRECISION.contains(&self.params.prec);
+        d.lanes_width(registry, mode, FusedVariant::Workgroup, tables)
+    }
+
     /// Whether `rans_decode_subgroup.wgsl` can decode this matrix: 32-wide subgroups, packed
     /// output, symbols of `bits * weights_per_symbol` in 1, 2, 4 or 8 bits and no raw low
     /// bits.
@@ -1509,7 +1580,7 @@ impl GpuCodedMatrix {
             source.tables = Some(self.slot_tables(device)?);
         }
         source.dispatch(device, registry, out, mode, variant, |p| {
-            self.uniform(device, p.out_mode, p)
+            self.uniform(device, p)
         })
     }
 
@@ -1920,13 +1991,10 @@ impl GpuCodedMatrix {
             set_chunk_subgroups(&mut p, dup)?;
         }
         layout.chunk_subgroups = dup;
-        // (the cached uniform buffer's key: the launch's workgroup counts differ with the
-        // groups per chunk)
-        let uniform_key = 2 | dup << 8;
         let (gx, gy) = grid(device, p.total_wg);
         p.wg_x = gx;
         p.out_mode = 2;
-        let uniform = self.uniform(device, uniform_key, p);
+        let uniform = self.uniform(device, p);
         if diag == 10 {
             // (the kernel with the window start taken as 0)
             layout.window_start = 0;
@@ -2053,7 +2121,7 @@ impl GpuCodedMatrix {
         let sb = self.sb.as_ref().expect("coop_refusal checks the scales");
         let p = coop_params(device, &self.params)?;
         let (gx, gy) = grid(device, p.total_wg);
-        let uniform = self.uniform(device, 0x803, p);
+        let uniform = self.uniform(device, p);
         let pipeline = coop_gemv_pipeline(device, registry, &p, self.side, x.vectors(), diag)?;
         let tables = self.slot_tables(device)?;
         let layout = pipeline.get_bind_group_layout(0);

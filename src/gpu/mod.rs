@@ -216,7 +216,8 @@ pub mod error_bits {
     pub const TABLE: u32 = 32;
     /// The chunk's offsets are decreasing or past the word stream.
     pub const OFFSETS: u32 = 64;
-    /// The subgroup kernel ran with subgroups that are not 32 wide.
+    /// A subgroup kernel ran with subgroups it cannot use: not 32 wide (the 32-wide
+    /// kernels), or not holding its groups of W consecutive invocations (the lanes kernels).
     pub const SUBGROUP_SIZE: u32 = 128;
 }
 
@@ -234,7 +235,7 @@ impl GpuError {
             (OFFSETS, "invalid word offsets"),
             (
                 SUBGROUP_SIZE,
-                "subgroup kernel ran with subgroups not 32 wide",
+                "subgroup kernel ran with subgroups of another size or layout",
             ),
         ];
         let v: Vec<&str> = names
@@ -379,6 +380,10 @@ pub enum Kernel {
     RansDecodeWindow,
     /// `wgsl/rans_decode_window.wgsl` with the compact table.
     RansDecodeWindowCompact,
+    /// `wgsl/rans_decode_lanes.wgsl`: the decode of window splits whose tiles' decode tables
+    /// are built on the host, without a barrier a step, for subgroups of any size that is a
+    /// multiple of the group width `W` (4 to 32; [`PipelineRegistry::subgroup_lanes`]).
+    RansDecodeLanes,
     /// `wgsl/qgemv.wgsl`: plain MLX quantized GEMV (2, 4, 8 bits).
     QGemv,
     /// `wgsl/qgemv4.wgsl`: plain MLX 4-bit GEMV without integer-to-float conversions (the
@@ -559,6 +564,15 @@ impl Kernel {
                 "window_bits",
                 "window_mlx"
             ),
+            Kernel::RansDecodeLanes => wgsl_with_libs!(
+                "../../wgsl/rans_decode_lanes.wgsl",
+                "rans_consts",
+                "rans_table_scan",
+                "rans_table_sg",
+                "window_bits",
+                "window_mlx",
+                "window_word"
+            ),
             Kernel::QGemv => wgsl_with_libs!("../../wgsl/qgemv.wgsl", "side"),
             Kernel::QGemv4 => wgsl_with_libs!("../../wgsl/qgemv4.wgsl", "side"),
             Kernel::QGemv4Dp4a => wgsl_with_libs!("../../wgsl/qgemv4_dp4a.wgsl", "side", "x8"),
@@ -607,6 +621,7 @@ impl Kernel {
                 | Kernel::RansDecodeBlockedCompact
                 | Kernel::RansDecodeWindow
                 | Kernel::RansDecodeWindowCompact
+                | Kernel::RansDecodeLanes
                 | Kernel::QGemv4Many
                 | Kernel::RansGemvCoop
                 | Kernel::QGemv4Coop
@@ -693,6 +708,7 @@ impl Kernel {
             Kernel::RansDecodeBlockedCompact => "rans_decode_blocked.wgsl (compact table)",
             Kernel::RansDecodeWindow => "rans_decode_window.wgsl",
             Kernel::RansDecodeWindowCompact => "rans_decode_window.wgsl (compact table)",
+            Kernel::RansDecodeLanes => "rans_decode_lanes.wgsl",
             Kernel::QGemv => "qgemv.wgsl",
             Kernel::QGemv4 => "qgemv4.wgsl",
             Kernel::QGemv4Dp4a => "qgemv4_dp4a.wgsl",
@@ -728,6 +744,7 @@ pub struct PipelineRegistry {
     modules: Mutex<HashMap<Kernel, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     subgroup32: bool,
+    subgroup_lanes: Option<u32>,
     f16_unpack: bool,
     cooperative_matrix: bool,
     cpu_device: bool,
@@ -836,6 +853,26 @@ pub fn subgroups_are_32(
     info.backend == wgpu::Backend::Metal && info.name.starts_with("Apple") && probe() == Some(32)
 }
 
+/// The group width of the lanes kernels (`wgsl/rans_decode_lanes.wgsl`: a chunk's 32 lanes run
+/// by W invocations of one subgroup) on a device created from the adapter `info` describes,
+/// with `Features::SUBGROUP` or not (`subgroup`): the largest of 4, 8, 16 and 32 that is at
+/// most the smallest subgroup size the adapter reports, so that every subgroup the driver may
+/// pick (AMD 32..64, Intel 8..32, wgpu's Metal backend 4..64 for every device) is a multiple
+/// of it. `None` without `Features::SUBGROUP` or where the smallest size is below 4. The
+/// kernel checks its subgroups at run time and reports every chunk where a group is not W
+/// consecutive invocations of one subgroup ([`error_bits::SUBGROUP_SIZE`]).
+pub fn subgroup_lanes_width(subgroup: bool, info: &wgpu::AdapterInfo) -> Option<u32> {
+    if !subgroup {
+        return None;
+    }
+    [32, 16, 8, 4]
+        .into_iter()
+        .find(|&w| w <= info.subgroup_min_size)
+}
+
+/// The group widths the lanes kernels take ([`PipelineRegistry::with_subgroup_lanes`]).
+pub const SUBGROUP_LANE_WIDTHS: [u32; 4] = [4, 8, 16, 32];
+
 impl PipelineRegistry {
     /// An empty registry that uses no subgroup kernels. Use one registry per device.
     pub fn new() -> Self {
@@ -873,6 +910,10 @@ impl PipelineRegistry {
                 info,
                 probe,
             ),
+            subgroup_lanes: subgroup_lanes_width(
+                device.features().contains(wgpu::Features::SUBGROUP),
+                info,
+            ),
             f16_unpack: probe_f16_unpack(device),
             cpu_device: info.device_type == wgpu::DeviceType::Cpu,
             ..Self::default()
@@ -898,16 +939,18 @@ impl PipelineRegistry {
     pub fn without_f16_unpack(self) -> Self {
         PipelineRegistry {
             subgroup32: self.subgroup32,
+            subgroup_lanes: self.subgroup_lanes,
             cooperative_matrix: self.cooperative_matrix,
             cpu_device: self.cpu_device,
             ..Self::default()
         }
     }
 
-    /// This registry without the 32-wide subgroup kernels, nor the cooperative ones, which
-    /// need them: every launch runs the portable kernels, as on a device whose subgroups are
-    /// not 32 wide. Measures and tests that path on any device
-    /// ([`GpuContext::without_subgroups`]). Drops the compiled kernels.
+    /// This registry without any subgroup kernel: not the 32-wide ones, nor the cooperative
+    /// ones, which need them, nor the lanes kernels ([`Self::subgroup_lanes`]): every launch
+    /// runs the portable kernels, as on a device without `Features::SUBGROUP`. Measures and
+    /// tests that path on any device ([`GpuContext::without_subgroups`]). Drops the compiled
+    /// kernels.
     pub fn without_subgroups(self) -> Self {
         PipelineRegistry {
             f16_unpack: self.f16_unpack,
@@ -919,6 +962,42 @@ impl PipelineRegistry {
     /// Whether the 32-wide subgroup kernels may be used on this registry's device.
     pub fn subgroups32(&self) -> bool {
         self.subgroup32
+    }
+
+    /// The group width W of the lanes kernels on this registry's device, `None` where they
+    /// do not run ([`subgroup_lanes_width`]). Window splits decode on them instead of the
+    /// workgroup kernel: a chunk's 32 lanes run by W invocations of one subgroup, 32 / W lanes
+    /// each, without the workgroup kernel's barrier a step.
+    pub fn subgroup_lanes(&self) -> Option<u32> {
+        self.subgroup_lanes
+    }
+
+    /// This registry with the lanes kernels at group width `w` (one of
+    /// [`SUBGROUP_LANE_WIDTHS`]), or without them (`None`), whatever the adapter reported:
+    /// tests and measures each width on one device, and, after [`Self::without_subgroups`],
+    /// runs what a device whose subgroups are not 32 wide runs (AMD, Intel). A width the
+    /// device's subgroups are not a multiple of makes the lanes kernels report every chunk
+    /// ([`error_bits::SUBGROUP_SIZE`]). Errors: a width outside the list, or a device without
+    /// `Features::SUBGROUP`.
+    pub fn with_subgroup_lanes(
+        mut self,
+        device: &wgpu::Device,
+        w: Option<u32>,
+    ) -> Result<Self, GpuError> {
+        if let Some(w) = w {
+            if !SUBGROUP_LANE_WIDTHS.contains(&w) {
+                return Err(GpuError::InvalidInput(format!(
+                    "lanes kernel group width {w}: must be one of {SUBGROUP_LANE_WIDTHS:?}"
+                )));
+            }
+            if !device.features().contains(wgpu::Features::SUBGROUP) {
+                return Err(GpuError::Unsupported(
+                    "the lanes kernels need Features::SUBGROUP, which this device lacks".into(),
+                ));
+            }
+        }
+        self.subgroup_lanes = w;
+        Ok(self)
     }
 
     /// Whether the cooperative-matrix kernels ([`Kernel::RansGemvCoop`], [`Kernel::XCoop`])
@@ -1236,8 +1315,11 @@ impl GpuContext {
     ///
     /// `ECQ_KERNELS=portable` gives the context of [`Self::without_subgroups`]: the portable
     /// kernels only, whatever the adapter (a way round the subgroup kernels on a device where
-    /// they misbehave, and a comparison of both paths with any program); another value is
-    /// [`GpuError::InvalidInput`].
+    /// they misbehave, and a comparison of both paths with any program).
+    /// `ECQ_KERNELS=lanes` gives what a device whose subgroups are not 32 wide runs: the
+    /// portable kernels and the lanes kernels at the adapter's width
+    /// ([`PipelineRegistry::subgroup_lanes`]); `ECQ_KERNELS=lanes:W` the same at group width W
+    /// ([`Self::with_subgroup_lanes`]). Another value is [`GpuError::InvalidInput`].
     pub fn new() -> Result<Self, GpuError> {
         pollster::block_on(Self::new_async(false))
     }
@@ -1332,8 +1414,26 @@ impl GpuContext {
         }
         match std::env::var("ECQ_KERNELS") {
             Ok(v) if v == "portable" => Ok(ctx.without_subgroups()),
+            Ok(v) if v == "lanes" => {
+                let w = subgroup_lanes_width(
+                    ctx.device.features().contains(wgpu::Features::SUBGROUP),
+                    &ctx.info,
+                );
+                ctx.without_subgroups().with_subgroup_lanes(w)
+            }
+            Ok(v) if v.starts_with("lanes:") => match v["lanes:".len()..].parse::<u32>() {
+                Ok(w) if SUBGROUP_LANE_WIDTHS.contains(&w) => {
+                    ctx.without_subgroups().with_subgroup_lanes(Some(w))
+                }
+                _ => Err(GpuError::InvalidInput(format!(
+                    "ECQ_KERNELS={v:?}: `lanes:W` takes a group width W, one of \
+                     {SUBGROUP_LANE_WIDTHS:?}"
+                ))),
+            },
             Ok(v) if !v.is_empty() => Err(GpuError::InvalidInput(format!(
-                "ECQ_KERNELS={v:?}: the one value is `portable` (the portable kernels only)"
+                "ECQ_KERNELS={v:?}: the values are `portable` (the portable kernels only), \
+                 `lanes` (the kernels of devices whose subgroups are not 32 wide) and `lanes:W` \
+                 (those at group width W)"
             ))),
             _ => Ok(ctx),
         }
@@ -1358,6 +1458,13 @@ impl GpuContext {
     pub fn without_subgroups(mut self) -> Self {
         self.registry = std::mem::take(&mut self.registry).without_subgroups();
         self
+    }
+
+    /// This context with the lanes kernels at group width `w`, or without them
+    /// ([`PipelineRegistry::with_subgroup_lanes`], which says what it checks).
+    pub fn with_subgroup_lanes(mut self, w: Option<u32>) -> Result<Self, GpuError> {
+        self.registry = std::mem::take(&mut self.registry).with_subgroup_lanes(&self.device, w)?;
+        Ok(self)
     }
 
     /// The device.
@@ -1393,7 +1500,7 @@ impl GpuContext {
     /// One line naming adapter, backend, driver, device type and subgroup sizes.
     pub fn describe(&self) -> String {
         format!(
-            "{} ({:?}, {:?}, driver {} {}, subgroups {}..{}{}{}{})",
+            "{} ({:?}, {:?}, driver {} {}, subgroups {}..{}{}{}{}{})",
             self.info.name,
             self.info.backend,
             self.info.device_type,
@@ -1405,6 +1512,10 @@ impl GpuContext {
                 ", subgroup kernels on"
             } else {
                 ""
+            },
+            match self.registry.subgroup_lanes() {
+                Some(w) => format!(", lanes kernels W={w}"),
+                None => String::new(),
             },
             if self.registry.f16_unpack() {
                 ", unpack2x16float"
@@ -1845,11 +1956,44 @@ mod tests {
         }
     }
 
+    /// The lanes kernels' group width: the largest of 4, 8, 16, 32 at most the adapter's
+    /// smallest subgroup size; none without `Features::SUBGROUP` or below 4.
+    #[test]
+    fn subgroup_lanes_width_rule() {
+        use super::subgroup_lanes_width;
+        use wgpu::{AdapterInfo, Backend, DeviceType};
+        let info = |min, max| AdapterInfo {
+            subgroup_min_size: min,
+            subgroup_max_size: max,
+            ..AdapterInfo::new(DeviceType::DiscreteGpu, Backend::Vulkan)
+        };
+        for (min, max, want) in [
+            (32, 32, Some(32)), // NVIDIA
+            (32, 64, Some(32)), // AMD RDNA
+            (64, 64, Some(32)), // AMD GCN
+            (8, 32, Some(8)),   // Intel
+            (4, 64, Some(4)),   // wgpu's Metal backend, every device
+            (16, 16, Some(16)), // lavapipe, 512-bit vectors
+            (8, 8, Some(8)),    // lavapipe, 256-bit vectors
+            (24, 24, Some(16)),
+            (2, 2, None),
+            (0, 0, None),
+        ] {
+            assert_eq!(
+                subgroup_lanes_width(true, &info(min, max)),
+                want,
+                "{min}..{max}"
+            );
+            assert_eq!(subgroup_lanes_width(false, &info(min, max)), None);
+        }
+    }
+
     use super::Kernel;
 
     /// Every kernel the registry builds.
-    const ALL_KERNELS: [Kernel; 27] = [
+    const ALL_KERNELS: [Kernel; 28] = [
         Kernel::RansDecode,
+        Kernel::RansDecodeLanes,
         Kernel::RansGemv,
         Kernel::RansGemvSubgroup,
         Kernel::RansDecodeSubgroup,

@@ -37,6 +37,31 @@ pub fn ctx() -> Option<&'static GpuContext> {
     .as_ref()
 }
 
+/// Registries on the tests' device for the lanes kernels at each group width W of
+/// `ecq::gpu::SUBGROUP_LANE_WIDTHS`, the 32-wide subgroup kernels off (what a device whose
+/// subgroups are not 32 wide runs), each with whether W divides the subgroup size the probe
+/// finds here (where it does not, the lanes kernels must report every chunk). Empty without
+/// `Features::SUBGROUP` (announced by the caller).
+pub fn lanes_registries() -> &'static [(u32, bool, ecq::gpu::PipelineRegistry)] {
+    static REGS: OnceLock<Vec<(u32, bool, ecq::gpu::PipelineRegistry)>> = OnceLock::new();
+    REGS.get_or_init(|| {
+        let Some(ctx) = ctx() else { return Vec::new() };
+        let Some(size) = ecq::gpu::probe_subgroup_size(ctx.device(), ctx.queue()) else {
+            return Vec::new();
+        };
+        ecq::gpu::SUBGROUP_LANE_WIDTHS
+            .iter()
+            .map(|&w| {
+                let reg = ecq::gpu::PipelineRegistry::for_device(ctx.device(), ctx.adapter_info())
+                    .without_subgroups()
+                    .with_subgroup_lanes(ctx.device(), Some(w))
+                    .expect("a lanes registry");
+                (w, size % w == 0, reg)
+            })
+            .collect()
+    })
+}
+
 /// A context on the tests' adapter whose storage buffers bind at most `bytes` (`None` where
 /// there is no adapter: [`ctx`] announced that), for the errors a small device must give.
 pub fn context_binding_at_most(bytes: u64) -> Option<GpuContext> {

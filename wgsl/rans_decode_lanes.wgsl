@@ -1,0 +1,288 @@
+// rANS decode of a window split (`ecq::rans::SplitMatrix::encode_window`: one coded flag per
+// weight, eight weights per byte symbol, three raw bits per weight after the stream), or of a
+// matrix coded whole in byte symbols (`ecq encode`'s default form: two 4-bit weights a
+// symbol), to MLX packed words, without a barrier per step, for devices whose subgroups are
+// not 32 wide:
+// a chunk's 32 interleaved lanes are decoded by a group of W invocations of one subgroup
+// (override W = 4, 8, 16 or 32, at most the device's smallest subgroup size), each running
+// K = 32 / W consecutive lanes one after another. A step's renormalisation words are read, as
+// the encoder wrote them, in lane order: an invocation's first word is the group's position
+// plus the words its lower invocations take, an exclusive prefix sum over the subgroup minus
+// its value at the group's first invocation (a subgroup may hold several groups).
+//
+// The workgroup kernel (rans_decode.wgsl) gets that prefix from a bitmask in workgroup memory
+// and one workgroupBarrier per step, which every device runs; the 32-wide subgroup kernels
+// (rans_decode_window.wgsl) need subgroups of exactly 32, which AMD (32..64) and Intel
+// (8..32) GPUs do not promise, since their drivers pick the size per kernel. Any size that is
+// a multiple of W works here. The kernel checks that each group of W consecutive local
+// invocations sits in one subgroup in order, and flags every chunk otherwise (error bit 128),
+// so a device that breaks the assumption gets an error, never a wrong result.
+//
+// Each workgroup of 128 invocations loads its tile's decode table built on the host
+// (`load_blocked_table`, src/gpu/slot_table.rs) once for its 128 / W chunks. An invocation's
+// symbols of a step are consecutive in the row. Four byte symbols are one MLX word (with
+// fewer than four lanes an invocation, the word's first invocation gathers the others' with
+// subgroupShuffle). Four window symbols share one word of each raw bit plane and become four
+// MLX words at once (window_bits.wgsl `window_words`, then window_mlx.wgsl's transpose),
+// written to their places in row order or row pairs (window_word.wgsl `window_symbol_at`).
+// The host runs window splits in coded rows of whole 1024-weight blocks, byte symbols in rows
+// of whole words, <= 11 probability bits and packed output only (`GpuCodedMatrix` decode
+// dispatch).
+// Every loop is bounded by the geometry in `P` or by K; every stream word read is checked
+// against the chunk's range; corrupt input sets bits in `errors[chunk]` and never hangs.
+// import: rans_consts
+// import: rans_table_scan
+// import: rans_table_sg
+// import: window_bits
+// import: window_mlx
+// import: window_word
+
+// requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
+
+// (the layout of `CodedParams`, shared with the other rANS kernels)
+struct Params {
+    rows: u32,
+    cols: u32,
+    bits: u32,
+    wps: u32,            // weights per symbol
+    prec: u32,           // probability bits n
+    chunk_rows: u32,
+    tile_chunks: u32,
+    n_chunks: u32,
+    n_tiles: u32,
+    syms_per_row: u32,   // S = K / w
+    steps_per_row: u32,  // T = ceil(S / 32)
+    alphabet: u32,       // A = 2^(b*w)
+    n_words: u32,        // u16 words in the stream
+    wg_per_tile: u32,    // (for this kernel: ceil(tile_chunks / (128 / W)))
+    total_wg: u32,
+    out_mode: u32,
+    out_row_words: u32,
+    wg_x: u32,           // workgroups along x of the 2-D dispatch
+    chunk_iters: u32,    // (not read here)
+    group_size: u32,     // MLX group size (GEMV only)
+    groups_per_row: u32, // K / group_size (GEMV only)
+    low_base: u32,       // u32 index in `words` of the raw low bits
+    low_bits: u32,       // = 3
+    _pad2: u32,
+    row_pairs: u32,      // 1: row-pair order (`ecq::rans::SplitOrder::RowPairs`)
+    window_start: u32,   // the window start (window_word.wgsl)
+}
+
+// The form: 3 a window split, 0 byte symbols (`bits * wps == 8`, the whole form of 4-bit
+// weights two a symbol, `ecq encode`'s default).
+override LOW: u32 = 3u;
+// Probability bits (<= 11), set by the host.
+override PREC: u32 = 11u;
+// 1: row-pair order: a coded row is matrix rows 2r and 2r + 1 in runs of two symbols.
+override PAIR: u32 = 0u;
+// The window start of the split (window_bits.wgsl).
+override WSTART: u32 = 0u;
+// Invocations per chunk: 4, 8, 16 or 32 (the host checks), dividing the subgroup size.
+override W: u32 = 8u;
+// Lanes per invocation (<= 8).
+override K: u32 = 32u / W;
+
+const WG: u32 = 128u;
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> freqs: array<u32>;    // the tiles' decode tables
+@group(0) @binding(2) var<storage, read> states: array<u32>;   // 32 per chunk
+@group(0) @binding(3) var<storage, read> offsets: array<u32>;  // n_chunks + 1
+@group(0) @binding(4) var<storage, read> words: array<u32>;    // u16 words, 2 per u32, then the raw bits
+@group(0) @binding(5) var<storage, read_write> errors: array<atomic<u32>>;
+@group(0) @binding(6) var<storage, read_write> out: array<u32>;
+
+fn read16(idx: u32) -> u32 {
+    return (words[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
+}
+
+// The u32 index in `out` of the MLX word of symbol j of coded row `row` (row_words: MLX words
+// of a coded row).
+fn out_index(row: u32, j: u32, row_words: u32) -> u32 {
+    if (PAIR != 0u) {
+        let at = window_symbol_at(row, j, true);
+        return at.x * (row_words >> 1u) + at.y / 8u;
+    }
+    return row * row_words + j;
+}
+
+@compute @workgroup_size(128)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) sg_id: u32,
+    @builtin(subgroup_size) sg_size: u32,
+) {
+    let wg = wid.y * P.wg_x + wid.x;
+    if (wg >= P.total_wg) {
+        return;
+    }
+    let tile = wg / P.wg_per_tile;
+    let sub = wg % P.wg_per_tile;
+    let tile_first = tile * P.tile_chunks;
+    let tile_end = min(tile_first + P.tile_chunks, P.n_chunks);
+    let g = lid / W;          // the group (chunk) in the workgroup
+    let i = lid % W;          // lanes i K .. i K + K - 1 of the chunk
+    // The group's first and last invocations in the subgroup, and whether the group is W
+    // consecutive invocations of one subgroup in order: each invocation's place in its
+    // subgroup's groups of W matches its place in the group, and the invocation in its
+    // subgroup's first place holds the group's first local index (so all W share one subgroup).
+    // (shuffle indices stay inside the subgroup even where W is wider than it, a layout the
+    // check below rejects: an index past the subgroup reads an undefined value, which a driver
+    // may carry into branches)
+    let first = sg_id - sg_id % W;
+    let last = min(first + W - 1u, sg_size - 1u);
+    let first_lid = subgroupShuffle(lid, first);
+    let layout_ok = sg_size % W == 0u && sg_id % W == i && first_lid == lid - i;
+
+    let chunk = tile_first + sub * (WG / W) + g;
+    let in_tile = chunk < tile_end;
+    let valid = in_tile && layout_ok;
+    let T = P.steps_per_row;
+    var x = array<u32, 8>(L, L, L, L, L, L, L, L);
+    var nrows = 0u;
+    var r0 = 0u;
+    var p = 0u;
+    var end = 0u;
+    var err = 0u;
+    if (valid) {
+        r0 = chunk * P.chunk_rows;
+        nrows = min(P.chunk_rows, P.rows - r0);
+        for (var k = 0u; k < K; k++) {
+            x[k] = states[chunk * 32u + i * K + k];
+            if (x[k] < L) { err |= ERR_BAD_STATE; }
+        }
+        p = offsets[chunk];
+        end = offsets[chunk + 1u];
+        if (end > P.n_words || p > end) {
+            err |= ERR_OFFSETS;
+            end = min(end, P.n_words);
+            p = min(p, end);
+        }
+    }
+    let bad_table = load_blocked_table(tile, lid);
+
+    let n = PREC;
+    let mmask = (1u << n) - 1u;
+    let row_words = P.out_row_words;            // MLX words of a coded row, P.cols / 8
+    let raw_row_words = (P.cols * 3u) >> 5u;    // raw words of a coded row
+    let S = P.syms_per_row;
+    let last_word = arrayLength(&words) - 1u;
+    // (the four-symbol sets of an invocation's step: K / 4, or one partial set)
+    let sets = (K + 3u) / 4u;
+    let per_set = min(K, 4u);
+    for (var rr = 0u; rr < P.chunk_rows; rr++) {
+        let row_on = rr < nrows;
+        let row = r0 + rr;
+        for (var u = 0u; u < T; u++) {
+            var sym = array<u32, 8>(0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u);
+            var need = 0u;
+            // symbols j0 .. j0 + K - 1 of the coded row (a row's last step may hold fewer
+            // than 32: lanes past S decode nothing)
+            let j0 = u * 32u + i * K;
+            if (row_on) {
+                for (var k = 0u; k < K; k++) {
+                    if (j0 + k >= S) {
+                        break;
+                    }
+                    let e = table[x[k] & mmask];
+                    if (e == SENTINEL) {
+                        err |= ERR_ZERO_FREQ;
+                    }
+                    x[k] = ((e >> 12u) & 0xFFFu) * (x[k] >> n) + (e & 0xFFFu);
+                    sym[k] = e >> 24u;
+                    if (x[k] < L) {
+                        need |= 1u << k;
+                    }
+                }
+            }
+            // (outside the branch: every invocation of the subgroup takes part)
+            let c = countOneBits(need);
+            let ex = subgroupExclusiveAdd(c);
+            let below = ex - subgroupShuffle(ex, first);
+            let taken = subgroupShuffle(ex + c, last) - subgroupShuffle(ex, first);
+            // byte symbols of fewer than four lanes an invocation: the word of lanes
+            // 4 (i K / 4) .. + 3 gathered by its first invocation from the next 4 / K - 1
+            var word = 0u;
+            if (LOW == 0u) {
+                for (var k = 0u; k < min(K, 4u); k++) {
+                    word |= sym[k] << (8u * k);
+                }
+                if (K < 4u) {
+                    let mine = word;
+                    for (var d = 1u; d < 4u / K; d++) {
+                        let src = min(sg_id + d, sg_size - 1u);
+                        word |= subgroupShuffle(mine, src) << (8u * K * d);
+                    }
+                }
+            }
+            if (row_on) {
+                var idx = p + below;
+                for (var k = 0u; k < K; k++) {
+                    let nk = (need >> k) & 1u;
+                    let ok = idx < end;
+                    let wv = read16(select(0u, idx, ok));
+                    if (nk != 0u && !ok) {
+                        err |= ERR_OVER_READ;
+                    }
+                    x[k] = select(x[k], (x[k] << 16u) | wv, nk != 0u);
+                    idx += nk;
+                }
+                p += taken;
+                if (LOW == 0u) {
+                    // word j / 4 of the row holds symbols j .. j + 3, j a multiple of 4
+                    // (S is: the host decodes rows of whole words)
+                    if (j0 % 4u == 0u && j0 < S) {
+                        out[row * row_words + j0 / 4u] = word;
+                    }
+                    for (var s = 1u; s < K / 4u; s++) {
+                        let js = j0 + 4u * s;
+                        if (js < S) {
+                            let b = 4u * s;
+                            out[row * row_words + js / 4u] = sym[b] | (sym[b + 1u] << 8u)
+                                | (sym[b + 2u] << 16u) | (sym[b + 3u] << 24u);
+                        }
+                    }
+                    continue;
+                }
+                // a window split's symbols, four a raw word
+                for (var s = 0u; s < sets; s++) {
+                    let js = j0 + 4u * s;
+                    let wr = js >> 2u;
+                    let at = P.low_base + row * raw_row_words + (wr >> 5u) * 96u + (wr & 31u);
+                    let sh = 8u * (js & 3u);
+                    let r = vec3<u32>(
+                        words[min(at, last_word)] >> sh,
+                        words[min(at + 32u, last_word)] >> sh,
+                        words[min(at + 64u, last_word)] >> sh,
+                    );
+                    var sv = vec4<u32>(0u);
+                    for (var m = 0u; m < per_set; m++) {
+                        sv[m] = sym[4u * s + m];
+                    }
+                    let mw = window_mlx_words(window_words(sv, r));
+                    for (var m = 0u; m < per_set; m++) {
+                        out[out_index(row, js + m, row_words)] = mw[m];
+                    }
+                }
+            }
+        }
+    }
+    if (in_tile) {
+        var e = err | select(0u, ERR_TABLE, bad_table) | select(0u, ERR_SUBGROUP, !layout_ok);
+        for (var k = 0u; k < K; k++) {
+            if (x[k] != L) { e |= ERR_FINAL_STATE; }
+        }
+        if (i == 0u && valid) {
+            if (p > end) {
+                e |= ERR_OVER_READ;
+            } else if (p != end) {
+                e |= ERR_UNCONSUMED;
+            }
+        }
+        if (e != 0u) {
+            atomicOr(&errors[chunk], e);
+        }
+    }
+}
