@@ -146,8 +146,11 @@ fn ecq_kernels_lanes_selects_the_lanes_kernels() {
         r
     };
     let lanes = run("lanes").expect("a lanes context");
-    let want = ecq::gpu::subgroup_lanes_width(subgroup, ctx.adapter_info());
-    assert_eq!(lanes.registry().subgroup_lanes(), want);
+    assert_eq!(
+        lanes.registry().subgroup_lanes(),
+        ctx.registry().subgroup_lanes()
+    );
+    assert_eq!(ctx.registry().subgroup_lanes().is_some(), subgroup);
     assert!(!lanes.registry().subgroups32() && !lanes.registry().cooperative_matrix());
     for bad in ["lanes:12", "lanes:", "lanes:eight"] {
         match run(bad) {
@@ -201,6 +204,60 @@ fn ecq_kernels_lanes_selects_the_lanes_kernels() {
         );
         assert_eq!(c.decode_symbols(&m).unwrap(), q, "W={w}");
     }
+}
+
+/// A driver whose subgroup operations do not match the size it reports gets no subgroup
+/// kernel. lavapipe with `LP_NATIVE_VECTOR_WIDTH=1024` reports 32-wide subgroups and runs 16
+/// lanes (Mesa 22.3.6): the 32-wide decode kernels then decoded wrong words without flagging a
+/// chunk. The probe finds the operations broken there, so the context runs the portable
+/// kernels and decodes right. Runs this test binary again with that setting (which Mesa reads
+/// once a process); on other adapters the variable changes nothing and the child checks only
+/// that the probe agrees with the report.
+#[test]
+fn subgroups_that_disagree_with_their_report_get_no_subgroup_kernels() {
+    let _g = ENV.lock().unwrap();
+    if default_ctx().is_none() {
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "lavapipe_1024_bit_child",
+            "--nocapture",
+        ])
+        .env("LP_NATIVE_VECTOR_WIDTH", "1024")
+        .output()
+        .expect("the test binary runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+}
+
+/// The child of `subgroups_that_disagree_with_their_report_get_no_subgroup_kernels`.
+#[test]
+#[ignore = "run by subgroups_that_disagree_with_their_report_get_no_subgroup_kernels"]
+fn lavapipe_1024_bit_child() {
+    let Some(ctx) = default_ctx() else { return };
+    let info = ctx.adapter_info();
+    let probed = ecq::gpu::probe_subgroup_size(ctx.device(), ctx.queue());
+    eprintln!("adapter: {}; probe: {probed:?}", ctx.describe());
+    if info.name.starts_with("llvmpipe") && info.subgroup_min_size == 32 {
+        assert_eq!(probed, None, "lavapipe's 16 lanes reported as 32");
+        assert!(!ctx.registry().subgroups32());
+        assert_eq!(ctx.registry().subgroup_lanes(), None);
+        // the report alone would have taken the broken kernels
+        assert!(PipelineRegistry::for_device(ctx.device(), info).subgroups32());
+    } else if info.subgroup_min_size == info.subgroup_max_size && probed.is_some() {
+        assert_eq!(probed, Some(info.subgroup_min_size));
+    }
+    let q: Vec<u8> = (0..33 * 512)
+        .map(|i| ((i * 7 + i / 5) % 16) as u8)
+        .collect();
+    let enc = encode(&q, 33, 512, 4, &EncodeOptions::default()).unwrap();
+    let m = ctx.upload_coded(CodedMatrixRef::from(&enc), None).unwrap();
+    assert_eq!(ctx.decode_packed(&m).unwrap(), enc.decode_packed().unwrap());
 }
 
 #[test]

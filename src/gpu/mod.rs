@@ -780,10 +780,16 @@ fn probe_f16_unpack(device: &wgpu::Device) -> bool {
 }
 
 /// The subgroup size with which every invocation of a 128-invocation workgroup runs a compute
-/// kernel on `device` (`wgsl/subgroup_size_probe.wgsl`); `None` where the device lacks
-/// `Features::SUBGROUP`, the probe fails, or its invocations report different sizes. A driver
-/// that picks the size per kernel (Intel's 8 to 32, AMD's 32 or 64) may run other kernels at
-/// another size: [`subgroups_are_32`] asks the probe only where the size is fixed.
+/// kernel on `device` (`wgsl/subgroup_size_probe.wgsl`), where the subgroup operations behave
+/// as that size says: `subgroupAdd` and `subgroupBallot` count it, `subgroupExclusiveAdd`
+/// and `subgroupShuffle` agree with `subgroup_invocation_id`, and each subgroup is that many
+/// consecutive local invocations from a multiple of it (the layout the 32-wide kernels take).
+/// `None` where the device lacks `Features::SUBGROUP`, the probe fails, its invocations report
+/// different sizes, or the operations disagree with the size: a driver reporting a size it does
+/// not run (lavapipe with `LP_NATIVE_VECTOR_WIDTH=1024` reports 32 and runs 16) would make the
+/// subgroup kernels decode wrong. A driver that picks the size per kernel (Intel's 8 to 32,
+/// AMD's 32 or 64) may run other kernels at another size; [`subgroups_are_32`] and
+/// [`subgroup_lanes_width`] allow for that.
 pub fn probe_subgroup_size(device: &wgpu::Device, queue: &wgpu::Queue) -> Option<u32> {
     if !device.features().contains(wgpu::Features::SUBGROUP) {
         return None;
@@ -829,45 +835,44 @@ pub fn probe_subgroup_size(device: &wgpu::Device, queue: &wgpu::Queue) -> Option
 }
 
 /// Whether the 32-wide subgroup kernels may run on a device created from the adapter `info`
-/// describes, with `Features::SUBGROUP` or not (`subgroup`): where the adapter reports its
-/// subgroups exactly 32 wide (`subgroup_min_size == subgroup_max_size == 32`: NVIDIA on Vulkan
-/// and D3D12), and on Apple GPUs through Metal where `probe` ([`probe_subgroup_size`]) finds
-/// 32. wgpu's Metal backend reports 4..64 for every device (a fixed range in wgpu-hal 30), while
-/// an Apple GPU's SIMD groups are 32 wide for every kernel; on other devices a range means the
-/// driver picks the size per kernel, which one probe cannot settle, so `probe` runs only for
-/// Apple GPUs. The rANS kernels check the size they run with and report every chunk otherwise
-/// ([`error_bits::SUBGROUP_SIZE`]), never a wrong result; the plain multi-vector GEMV
-/// (`qgemv4_many.wgsl`) and the cooperative kernels' activation pass (`x_coop.wgsl`) have no
-/// such check and rely on this rule.
-pub fn subgroups_are_32(
-    subgroup: bool,
-    info: &wgpu::AdapterInfo,
-    probe: impl FnOnce() -> Option<u32>,
-) -> bool {
-    if !subgroup {
-        return false;
-    }
-    if info.subgroup_min_size == 32 && info.subgroup_max_size == 32 {
-        return true;
-    }
-    info.backend == wgpu::Backend::Metal && info.name.starts_with("Apple") && probe() == Some(32)
+/// describes, with `Features::SUBGROUP` or not (`subgroup`), whose subgroups a probe kernel
+/// found to run at `probed` ([`probe_subgroup_size`]; `None` where it found them broken):
+/// where the probe found 32 and the adapter reports its subgroups exactly 32 wide
+/// (`subgroup_min_size == subgroup_max_size == 32`: NVIDIA on Vulkan and D3D12), or is an Apple
+/// GPU through Metal. wgpu's Metal backend reports 4..64 for every device (a fixed range in
+/// wgpu-hal 30), while an Apple GPU's SIMD groups are 32 wide for every kernel; on other
+/// devices a range means the driver picks the size per kernel, which one probe cannot settle.
+/// Without a probe (a registry made without a queue, [`PipelineRegistry::for_device`]) pass the
+/// smallest reported size: the report is then trusted. The rANS kernels check the size they
+/// run with and report every chunk otherwise ([`error_bits::SUBGROUP_SIZE`]), never a wrong
+/// result; the plain multi-vector GEMV (`qgemv4_many.wgsl`) and the cooperative kernels'
+/// activation pass (`x_coop.wgsl`) have no such check and rely on this rule.
+pub fn subgroups_are_32(subgroup: bool, info: &wgpu::AdapterInfo, probed: Option<u32>) -> bool {
+    let reported_32 = info.subgroup_min_size == 32 && info.subgroup_max_size == 32;
+    let apple = info.backend == wgpu::Backend::Metal && info.name.starts_with("Apple");
+    subgroup && probed == Some(32) && (reported_32 || apple)
 }
 
 /// The group width of the lanes kernels (`wgsl/rans_decode_lanes.wgsl`: a chunk's 32 lanes run
 /// by W invocations of one subgroup) on a device created from the adapter `info` describes,
-/// with `Features::SUBGROUP` or not (`subgroup`): the largest of 4, 8, 16 and 32 that is at
-/// most the smallest subgroup size the adapter reports, so that every subgroup the driver may
-/// pick (AMD 32..64, Intel 8..32, wgpu's Metal backend 4..64 for every device) is a multiple
-/// of it. `None` without `Features::SUBGROUP` or where the smallest size is below 4. The
-/// kernel checks its subgroups at run time and reports every chunk where a group is not W
-/// consecutive invocations of one subgroup ([`error_bits::SUBGROUP_SIZE`]).
-pub fn subgroup_lanes_width(subgroup: bool, info: &wgpu::AdapterInfo) -> Option<u32> {
+/// with `Features::SUBGROUP` or not (`subgroup`), whose subgroups a probe kernel found to run
+/// at `probed` (as for [`subgroups_are_32`]): the largest of 4, 8, 16 and 32 that is at most
+/// the smallest subgroup size the adapter reports and the probe found, so that every subgroup
+/// the driver may pick (AMD 32..64, Intel 8..32, wgpu's Metal backend 4..64 for every device)
+/// is a multiple of it. `None` without `Features::SUBGROUP`, where the probe found the
+/// subgroup operations broken, or where the size is below 4. The kernel checks its subgroups
+/// at run time and reports every chunk where a group is not W consecutive invocations of one
+/// subgroup ([`error_bits::SUBGROUP_SIZE`]).
+pub fn subgroup_lanes_width(
+    subgroup: bool,
+    info: &wgpu::AdapterInfo,
+    probed: Option<u32>,
+) -> Option<u32> {
+    let size = info.subgroup_min_size.min(probed?);
     if !subgroup {
         return None;
     }
-    [32, 16, 8, 4]
-        .into_iter()
-        .find(|&w| w <= info.subgroup_min_size)
+    [32, 16, 8, 4].into_iter().find(|&w| w <= size)
 }
 
 /// The group widths the lanes kernels take ([`PipelineRegistry::with_subgroup_lanes`]).
@@ -879,41 +884,39 @@ impl PipelineRegistry {
         Self::default()
     }
 
-    /// An empty registry for `device` created from the adapter described by `info`: subgroup
-    /// kernels are used when the device has `Features::SUBGROUP` and the adapter's subgroups
-    /// are exactly 32 wide (`subgroup_min_size == subgroup_max_size == 32`). Without a queue
-    /// it cannot probe the size (Apple GPUs through Metal, whose reported range is 4..64):
-    /// [`Self::for_device_probed`] can, and [`GpuContext`] uses it.
+    /// An empty registry for `device` created from the adapter described by `info`: the
+    /// 32-wide subgroup kernels are used when the device has `Features::SUBGROUP` and the
+    /// adapter's subgroups are exactly 32 wide (`subgroup_min_size == subgroup_max_size ==
+    /// 32`), the lanes kernels at the width its smallest size allows. Without a queue it cannot
+    /// probe the subgroups, so it trusts the report: Apple GPUs through Metal, whose reported
+    /// range is 4..64, stay off the 32-wide kernels, and a driver whose subgroup operations do
+    /// not match its report goes unnoticed. [`Self::for_device_probed`] probes, and
+    /// [`GpuContext`] uses it.
     pub fn for_device(device: &wgpu::Device, info: &wgpu::AdapterInfo) -> Self {
-        Self::with_subgroups32(device, info, || None)
+        Self::with_subgroups(device, info, Some(info.subgroup_min_size))
     }
 
-    /// [`Self::for_device`], probing the subgroup size on `device` where the adapter's report
-    /// does not settle it ([`subgroups_are_32`]: Apple GPUs through wgpu's Metal backend,
-    /// which reports 4..64 for every device).
+    /// [`Self::for_device`], with the subgroups probed on `device` ([`probe_subgroup_size`]):
+    /// Apple GPUs through wgpu's Metal backend, which reports 4..64 for every device, get the
+    /// 32-wide kernels where the probe finds 32 ([`subgroups_are_32`]), and a device whose
+    /// subgroup operations disagree with the size it reports gets no subgroup kernels at all.
     pub fn for_device_probed(
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         info: &wgpu::AdapterInfo,
     ) -> Self {
-        Self::with_subgroups32(device, info, || probe_subgroup_size(device, queue))
+        Self::with_subgroups(device, info, probe_subgroup_size(device, queue))
     }
 
-    fn with_subgroups32(
+    fn with_subgroups(
         device: &wgpu::Device,
         info: &wgpu::AdapterInfo,
-        probe: impl FnOnce() -> Option<u32>,
+        probed: Option<u32>,
     ) -> Self {
+        let subgroup = device.features().contains(wgpu::Features::SUBGROUP);
         PipelineRegistry {
-            subgroup32: subgroups_are_32(
-                device.features().contains(wgpu::Features::SUBGROUP),
-                info,
-                probe,
-            ),
-            subgroup_lanes: subgroup_lanes_width(
-                device.features().contains(wgpu::Features::SUBGROUP),
-                info,
-            ),
+            subgroup32: subgroups_are_32(subgroup, info, probed),
+            subgroup_lanes: subgroup_lanes_width(subgroup, info, probed),
             f16_unpack: probe_f16_unpack(device),
             cpu_device: info.device_type == wgpu::DeviceType::Cpu,
             ..Self::default()
@@ -1415,10 +1418,7 @@ impl GpuContext {
         match std::env::var("ECQ_KERNELS") {
             Ok(v) if v == "portable" => Ok(ctx.without_subgroups()),
             Ok(v) if v == "lanes" => {
-                let w = subgroup_lanes_width(
-                    ctx.device.features().contains(wgpu::Features::SUBGROUP),
-                    &ctx.info,
-                );
+                let w = ctx.registry.subgroup_lanes();
                 ctx.without_subgroups().with_subgroup_lanes(w)
             }
             Ok(v) if v.starts_with("lanes:") => match v["lanes:".len()..].parse::<u32>() {
@@ -1912,9 +1912,10 @@ mod tests {
         );
     }
 
-    /// The rule for the 32-wide subgroup kernels: an adapter reporting exactly 32 without a
-    /// probe; Apple GPUs through Metal (reported 4..64 by wgpu) where the probe finds 32; never
-    /// without `Features::SUBGROUP`; never a range elsewhere, whatever a probe would say.
+    /// The rule for the 32-wide subgroup kernels: an adapter reporting exactly 32 where the
+    /// probe agrees; Apple GPUs through Metal (reported 4..64 by wgpu) where the probe finds
+    /// 32; never without `Features::SUBGROUP`, never where the probe found the subgroups
+    /// broken, never a range elsewhere, whatever a probe would say.
     #[test]
     fn subgroups_are_32_rule() {
         use super::subgroups_are_32;
@@ -1925,15 +1926,19 @@ mod tests {
             subgroup_max_size: max,
             ..AdapterInfo::new(DeviceType::DiscreteGpu, backend)
         };
-        let no_probe = || -> Option<u32> { panic!("probed") };
         let nvidia = info(Backend::Vulkan, "NVIDIA H200", 32, 32);
-        assert!(subgroups_are_32(true, &nvidia, no_probe));
-        assert!(!subgroups_are_32(false, &nvidia, no_probe));
+        assert!(subgroups_are_32(true, &nvidia, Some(32)));
+        assert!(!subgroups_are_32(false, &nvidia, Some(32)));
+        // a driver whose subgroup operations do not match its report
+        assert!(!subgroups_are_32(true, &nvidia, Some(16)));
+        assert!(!subgroups_are_32(true, &nvidia, None));
         let apple = info(Backend::Metal, "Apple M2 Pro", 4, 64);
-        assert!(subgroups_are_32(true, &apple, || Some(32)));
-        assert!(!subgroups_are_32(true, &apple, || Some(16)));
-        assert!(!subgroups_are_32(true, &apple, || None));
-        assert!(!subgroups_are_32(false, &apple, no_probe));
+        assert!(subgroups_are_32(true, &apple, Some(32)));
+        assert!(!subgroups_are_32(true, &apple, Some(16)));
+        assert!(!subgroups_are_32(true, &apple, None));
+        // (without a probe, the smallest reported size stands in)
+        assert!(!subgroups_are_32(true, &apple, Some(4)));
+        assert!(!subgroups_are_32(false, &apple, Some(32)));
         // AMD and Intel pick the size per kernel: a range is never settled by one probe
         for other in [
             info(Backend::Metal, "AMD Radeon Pro 5500M", 4, 64),
@@ -1951,13 +1956,21 @@ mod tests {
             ),
             info(Backend::Dx12, "Apple-named adapter elsewhere", 4, 64),
             info(Backend::Vulkan, "llvmpipe (LLVM 15.0.6, 256 bits)", 8, 8),
+            // lavapipe with 1024-bit vectors reports 32 and runs 16
+            info(Backend::Vulkan, "llvmpipe (LLVM 15.0.6, 1024 bits)", 32, 32),
         ] {
-            assert!(!subgroups_are_32(true, &other, no_probe), "{}", other.name);
+            let probed = if other.subgroup_min_size == 32 {
+                None
+            } else {
+                Some(32)
+            };
+            assert!(!subgroups_are_32(true, &other, probed), "{}", other.name);
         }
     }
 
     /// The lanes kernels' group width: the largest of 4, 8, 16, 32 at most the adapter's
-    /// smallest subgroup size; none without `Features::SUBGROUP` or below 4.
+    /// smallest subgroup size and the probe's; none without `Features::SUBGROUP`, where the
+    /// probe found the subgroups broken, or below 4.
     #[test]
     fn subgroup_lanes_width_rule() {
         use super::subgroup_lanes_width;
@@ -1967,24 +1980,23 @@ mod tests {
             subgroup_max_size: max,
             ..AdapterInfo::new(DeviceType::DiscreteGpu, Backend::Vulkan)
         };
-        for (min, max, want) in [
-            (32, 32, Some(32)), // NVIDIA
-            (32, 64, Some(32)), // AMD RDNA
-            (64, 64, Some(32)), // AMD GCN
-            (8, 32, Some(8)),   // Intel
-            (4, 64, Some(4)),   // wgpu's Metal backend, every device
-            (16, 16, Some(16)), // lavapipe, 512-bit vectors
-            (8, 8, Some(8)),    // lavapipe, 256-bit vectors
-            (24, 24, Some(16)),
-            (2, 2, None),
-            (0, 0, None),
+        for (min, max, probed, want) in [
+            (32, 32, Some(32), Some(32)), // NVIDIA
+            (32, 64, Some(64), Some(32)), // AMD RDNA
+            (64, 64, Some(64), Some(32)), // AMD GCN
+            (8, 32, Some(16), Some(8)),   // Intel
+            (4, 64, Some(32), Some(4)),   // wgpu's Metal backend, every device
+            (16, 16, Some(16), Some(16)), // lavapipe, 512-bit vectors
+            (8, 8, Some(8), Some(8)),     // lavapipe, 256-bit vectors
+            (32, 32, None, None),         // lavapipe, 1024-bit vectors: broken subgroups
+            (32, 32, Some(16), Some(16)), // a probe finding less than the report
+            (24, 24, Some(24), Some(16)),
+            (2, 2, Some(2), None),
+            (0, 0, Some(0), None),
         ] {
-            assert_eq!(
-                subgroup_lanes_width(true, &info(min, max)),
-                want,
-                "{min}..{max}"
-            );
-            assert_eq!(subgroup_lanes_width(false, &info(min, max)), None);
+            let got = subgroup_lanes_width(true, &info(min, max), probed);
+            assert_eq!(got, want, "{min}..{max} probed {probed:?}");
+            assert_eq!(subgroup_lanes_width(false, &info(min, max), probed), None);
         }
     }
 
