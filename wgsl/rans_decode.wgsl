@@ -20,8 +20,9 @@
 //
 // Every loop is bounded by the geometry in `P`; every word read is bounds-checked against the
 // chunk's range; corrupt input sets bits in `errors[chunk]` and never hangs the device.
-// Devices with subgroups of any size decode window splits and byte symbols to packed words
-// with the host's tables in rans_decode_lanes.wgsl instead, without the barrier a step.
+// Devices with subgroups of any size decode window splits, byte symbols and split 2 + 2
+// matrices to packed words with the host's tables in rans_decode_lanes.wgsl instead, without
+// the barrier a step.
 // import: rans_consts
 // import: rans_table
 // import: rans_table_mem

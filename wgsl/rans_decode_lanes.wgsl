@@ -1,8 +1,9 @@
 // rANS decode of a window split (`ecq::rans::SplitMatrix::encode_window`: one coded flag per
-// weight, eight weights per byte symbol, three raw bits per weight after the stream), or of a
+// weight, eight weights per byte symbol, three raw bits per weight after the stream), of a
 // matrix coded whole in byte symbols (`ecq encode`'s default form: two 4-bit weights a
-// symbol), to MLX packed words, without a barrier per step, for devices whose subgroups are
-// not 32 wide:
+// symbol) or of a split matrix (`ecq::rans::SplitMatrix::encode`: byte symbols of four
+// weights' high 2 bits, the low 2 bits raw), to MLX packed words, without a barrier per step,
+// for devices whose subgroups are not 32 wide:
 // a chunk's 32 interleaved lanes are decoded by a group of W invocations of one subgroup
 // (override W = 4, 8, 16 or 32, at most the device's smallest subgroup size), each running
 // K = 32 / W consecutive lanes one after another. A step's renormalisation words are read, as
@@ -22,7 +23,8 @@
 // (`load_blocked_table`, src/gpu/slot_table.rs) once for its 128 / W chunks. An invocation's
 // symbols of a step are consecutive in the row. Four byte symbols are one MLX word (with
 // fewer than four lanes an invocation, the word's first invocation gathers the others' with
-// subgroupShuffle). Four window symbols share one word of each raw bit plane and become four
+// subgroupShuffle), or, for a split matrix, two merged with the raw low bits
+// (split_bits.wgsl). Four window symbols share one word of each raw bit plane and become four
 // MLX words at once (window_bits.wgsl `window_words`, then window_mlx.wgsl's transpose),
 // written to their places in row order or row pairs (window_word.wgsl `window_symbol_at`).
 // The host runs window splits in coded rows of whole 1024-weight blocks, byte symbols in rows
@@ -36,6 +38,7 @@
 // import: window_bits
 // import: window_mlx
 // import: window_word
+// import: split_bits
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
 
@@ -70,7 +73,8 @@ struct Params {
 }
 
 // The form: 3 a window split, 0 byte symbols (`bits * wps == 8`, the whole form of 4-bit
-// weights two a symbol, `ecq encode`'s default).
+// weights two a symbol, `ecq encode`'s default), 2 a split matrix (2-bit symbols of four
+// weights' high bits, two raw low bits a weight after the stream, `ecq encode --split`).
 override LOW: u32 = 3u;
 // Probability bits (<= 11), set by the host.
 override PREC: u32 = 11u;
@@ -105,6 +109,26 @@ fn out_index(row: u32, j: u32, row_words: u32) -> u32 {
         return at.x * (row_words >> 1u) + at.y / 8u;
     }
     return row * row_words + j;
+}
+
+// Writes the word of byte symbols j .. j + 3 (j a multiple of 4) of coded row `row`: as it is
+// (byte symbols of whole weights), or for a split matrix (2-bit symbols of four weights'
+// high bits) merged with the weights' raw low bits into two MLX words, at the matrix row and
+// step `row_pair_step` gives in row-pair order.
+fn write_symbol_word(row: u32, j: u32, word: u32, row_words: u32) {
+    if (LOW == 0u) {
+        out[row * row_words + j / 4u] = word;
+        return;
+    }
+    let pair = PAIR != 0u;
+    let ps = select(0u, 1u, pair);
+    let ms = row_pair_step(row, j / 32u, pair);
+    // (symbol word jw of the matrix row: eight a step)
+    let jw = ms.y * 8u + (j % 32u) / 4u;
+    let lw = raw_low_bits(ms.x * ((P.cols >> ps) >> 4u), 16u * jw, 2u);
+    let o = ms.x * (row_words >> ps) + 2u * jw;
+    out[o] = merge_split(word, lw);
+    out[o + 1u] = merge_split(word >> 16u, lw >> 16u);
 }
 
 @compute @workgroup_size(128)
@@ -205,7 +229,7 @@ fn main(
             // byte symbols of fewer than four lanes an invocation: the word of lanes
             // 4 (i K / 4) .. + 3 gathered by its first invocation from the next 4 / K - 1
             var word = 0u;
-            if (LOW == 0u) {
+            if (LOW != 3u) {
                 for (var k = 0u; k < min(K, 4u); k++) {
                     word |= sym[k] << (8u * k);
                 }
@@ -230,18 +254,19 @@ fn main(
                     idx += nk;
                 }
                 p += taken;
-                if (LOW == 0u) {
-                    // word j / 4 of the row holds symbols j .. j + 3, j a multiple of 4
+                if (LOW != 3u) {
+                    // symbol word j / 4 of the row holds symbols j .. j + 3, j a multiple of 4
                     // (S is: the host decodes rows of whole words)
                     if (j0 % 4u == 0u && j0 < S) {
-                        out[row * row_words + j0 / 4u] = word;
+                        write_symbol_word(row, j0, word, row_words);
                     }
                     for (var s = 1u; s < K / 4u; s++) {
                         let js = j0 + 4u * s;
                         if (js < S) {
                             let b = 4u * s;
-                            out[row * row_words + js / 4u] = sym[b] | (sym[b + 1u] << 8u)
-                                | (sym[b + 2u] << 16u) | (sym[b + 3u] << 24u);
+                            let w = sym[b] | (sym[b + 1u] << 8u) | (sym[b + 2u] << 16u)
+                                | (sym[b + 3u] << 24u);
+                            write_symbol_word(row, js, w, row_words);
                         }
                     }
                     continue;

@@ -590,9 +590,9 @@ pub fn default_fused_variant(registry: &PipelineRegistry, layout: &FusedLayout) 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FusedVariant {
     /// `rans_gemv.wgsl`: workgroup-memory bitmask and one workgroupBarrier per step; runs on
-    /// every adapter. Its decode counterpart is `rans_decode.wgsl`, or, for window splits
-    /// and byte symbols decoded to packed words with the host's tables on a registry with
-    /// lanes kernels, `rans_decode_lanes.wgsl` without the barrier
+    /// every adapter. Its decode counterpart is `rans_decode.wgsl`, or, for window splits,
+    /// byte symbols and split 2 + 2 matrices decoded to packed words with the host's tables
+    /// on a registry with lanes kernels, `rans_decode_lanes.wgsl` without the barrier
     /// ([`GpuCodedMatrix::decode_lanes_width`]).
     Workgroup,
     /// `rans_gemv_subgroup.wgsl`: subgroup ballot, shuffle and add; needs 32-wide subgroups
@@ -797,8 +797,8 @@ impl DecodeSource<'_> {
     /// `variant` runs on it: the workgroup variant decoding to packed words with the host's
     /// tables (`tables`) on a registry with lanes kernels
     /// ([`PipelineRegistry::subgroup_lanes`]), of a window split in coded rows of whole
-    /// 1024-weight blocks or of a matrix coded whole in byte symbols (`bits * wps == 8`).
-    /// `None` where the decode runs elsewhere.
+    /// 1024-weight blocks, a matrix coded whole in byte symbols (`bits * wps == 8`) or a split
+    /// 2 + 2 matrix. `None` where the decode runs elsewhere.
     fn lanes_width(
         &self,
         registry: &PipelineRegistry,
@@ -807,9 +807,10 @@ impl DecodeSource<'_> {
         tables: bool,
     ) -> Option<u32> {
         let p = &self.params;
+        // (a split matrix: 2-bit symbols of four weights' high bits and 2 raw bits a weight)
         let form = match p.low_bits {
             WINDOW_LOW_BITS => self.window_rows_whole(),
-            0 => p.bits * p.wps == 8,
+            0 | 2 => p.bits * p.wps == 8,
             _ => false,
         };
         let runs =
@@ -1529,8 +1530,8 @@ impl GpuCodedMatrix {
     /// `mode` runs the lanes kernel (`rans_decode_lanes.wgsl`: no barrier a step) instead of
     /// `rans_decode.wgsl` on `registry`'s device: where the registry has lanes kernels
     /// ([`PipelineRegistry::subgroup_lanes`]), for packed output of a window split in coded
-    /// rows of whole 1024-weight blocks or of byte symbols (`bits * weights_per_symbol ==
-    /// 8`), with the decode tables built on the host ([`Self::set_tables_in_memory`], 8 to 11
+    /// rows of whole 1024-weight blocks, of byte symbols (`bits * weights_per_symbol == 8`) or
+    /// of a split 2 + 2 matrix, with the decode tables built on the host ([`Self::set_tables_in_memory`], 8 to 11
     /// probability bits). `None` elsewhere.
     pub fn decode_lanes_width(
         &self,

@@ -380,9 +380,10 @@ pub enum Kernel {
     RansDecodeWindow,
     /// `wgsl/rans_decode_window.wgsl` with the compact table.
     RansDecodeWindowCompact,
-    /// `wgsl/rans_decode_lanes.wgsl`: the decode of window splits whose tiles' decode tables
-    /// are built on the host, without a barrier a step, for subgroups of any size that is a
-    /// multiple of the group width `W` (4 to 32; [`PipelineRegistry::subgroup_lanes`]).
+    /// `wgsl/rans_decode_lanes.wgsl`: the decode of window splits, byte symbols and split
+    /// 2 + 2 matrices whose tiles' decode tables are built on the host, without a barrier a
+    /// step, for subgroups of any size that is a multiple of the group width `W` (4 to 32;
+    /// [`PipelineRegistry::subgroup_lanes`]).
     RansDecodeLanes,
     /// `wgsl/qgemv.wgsl`: plain MLX quantized GEMV (2, 4, 8 bits).
     QGemv,
@@ -571,7 +572,8 @@ impl Kernel {
                 "rans_table_sg",
                 "window_bits",
                 "window_mlx",
-                "window_word"
+                "window_word",
+                "split_bits"
             ),
             Kernel::QGemv => wgsl_with_libs!("../../wgsl/qgemv.wgsl", "side"),
             Kernel::QGemv4 => wgsl_with_libs!("../../wgsl/qgemv4.wgsl", "side"),
@@ -968,8 +970,9 @@ impl PipelineRegistry {
     }
 
     /// The group width W of the lanes kernels on this registry's device, `None` where they
-    /// do not run ([`subgroup_lanes_width`]). Window splits decode on them instead of the
-    /// workgroup kernel: a chunk's 32 lanes run by W invocations of one subgroup, 32 / W lanes
+    /// do not run ([`subgroup_lanes_width`]). Window splits, byte symbols and split 2 + 2
+    /// matrices decode on them instead of the workgroup kernel
+    /// ([`GpuCodedMatrix::decode_lanes_width`]): a chunk's 32 lanes run by W invocations of one subgroup, 32 / W lanes
     /// each, without the workgroup kernel's barrier a step.
     pub fn subgroup_lanes(&self) -> Option<u32> {
         self.subgroup_lanes
