@@ -242,6 +242,11 @@ fn main(
                 }
             }
             if (row_on) {
+                // Every lane loads the word at its position, taken only where it renormalises:
+                // a load inside the branch of the lanes that need a word cost lavapipe ~95% of
+                // the whole form's decode (it runs a branch whenever any lane of its 8 takes
+                // it; BENCHMARKS.md issue 5, step 124). Past the chunk's end the load reads
+                // word 0 and the lane that needed it reports the over-read.
                 var idx = p + below;
                 for (var k = 0u; k < K; k++) {
                     let nk = (need >> k) & 1u;
