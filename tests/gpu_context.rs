@@ -11,6 +11,8 @@ use ecq::gpu::{
     PipelineRegistry, X8Order,
 };
 use ecq::rans::{encode, EncodeOptions};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 static ENV: Mutex<()> = Mutex::new(());
 
@@ -163,12 +165,8 @@ fn ecq_kernels_lanes_selects_the_lanes_kernels() {
         gpu_common::announce_unsupported("lanes kernels: no Features::SUBGROUP");
         return;
     };
-    let mut rng_q = 17u32;
-    let mut next = || {
-        rng_q = rng_q.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        ((rng_q >> 24) % 5 + 6) as u8
-    };
-    let q: Vec<u8> = (0..6 * 1024).map(|_| next()).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let q: Vec<u8> = (0..6 * 1024).map(|_| rng.random_range(6..=10u8)).collect();
     let opts = EncodeOptions::default();
     let whole = encode(&q, 6, 1024, 4, &opts).unwrap();
     let window =

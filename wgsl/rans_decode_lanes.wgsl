@@ -192,7 +192,6 @@ fn main(
     let row_words = P.out_row_words;            // MLX words of a coded row, P.cols / 8
     let raw_row_words = (P.cols * 3u) >> 5u;    // raw words of a coded row
     let S = P.syms_per_row;
-    let last_word = arrayLength(&words) - 1u;
     // (the four-symbol sets of an invocation's step: K / 4, or one partial set)
     let sets = (K + 3u) / 4u;
     let per_set = min(K, 4u);
@@ -279,14 +278,10 @@ fn main(
                 // a window split's symbols, four a raw word
                 for (var s = 0u; s < sets; s++) {
                     let js = j0 + 4u * s;
+                    // (raw word js / 4 of the row: lane js / 4 % 32 of its 1024-weight block)
                     let wr = js >> 2u;
-                    let at = P.low_base + row * raw_row_words + (wr >> 5u) * 96u + (wr & 31u);
-                    let sh = 8u * (js & 3u);
-                    let r = vec3<u32>(
-                        words[min(at, last_word)] >> sh,
-                        words[min(at + 32u, last_word)] >> sh,
-                        words[min(at + 64u, last_word)] >> sh,
-                    );
+                    let sh = vec3<u32>(8u * (js & 3u));
+                    let r = window_raw(row * raw_row_words, wr >> 5u, wr & 31u) >> sh;
                     var sv = vec4<u32>(0u);
                     for (var m = 0u; m < per_set; m++) {
                         sv[m] = sym[4u * s + m];

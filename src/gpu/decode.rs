@@ -903,8 +903,8 @@ impl DecodeSource<'_> {
         };
         let uniform = uniform(p);
         let compact = variant == FusedVariant::BlockedCompact;
-        let pipeline = match variant {
-            FusedVariant::Workgroup if lanes.is_some() => registry.get(
+        let pipeline = match (variant, lanes) {
+            (FusedVariant::Workgroup, Some(w)) => registry.get(
                 device,
                 Kernel::RansDecodeLanes,
                 "main",
@@ -913,23 +913,23 @@ impl DecodeSource<'_> {
                     ("PREC", p.prec),
                     ("PAIR", p.row_pairs),
                     ("WSTART", p.window_start),
-                    ("W", lanes.unwrap_or(32)),
+                    ("W", w),
                 ],
             )?,
-            FusedVariant::Workgroup => registry.get(
+            (FusedVariant::Workgroup, None) => registry.get(
                 device,
                 Kernel::RansDecode,
                 "main",
                 &[("TABLE_MEM", tables.is_some() as u32)],
             )?,
-            FusedVariant::Subgroup => registry.get(
+            (FusedVariant::Subgroup, _) => registry.get(
                 device,
                 Kernel::RansDecodeSubgroup,
                 "main",
                 &[("PREC", p.prec), ("BW", p.bits * p.wps)],
             )?,
-            FusedVariant::Blocked | FusedVariant::BlockedCompact if tables.is_some() => registry
-                .get(
+            (FusedVariant::Blocked | FusedVariant::BlockedCompact, _) if tables.is_some() => {
+                registry.get(
                     device,
                     if compact {
                         Kernel::RansDecodeWindowCompact
@@ -942,8 +942,9 @@ impl DecodeSource<'_> {
                         ("PAIR", p.row_pairs),
                         ("WSTART", p.window_start),
                     ],
-                )?,
-            FusedVariant::Blocked | FusedVariant::BlockedCompact => registry.get(
+                )?
+            }
+            (FusedVariant::Blocked | FusedVariant::BlockedCompact, _) => registry.get(
                 device,
                 if compact {
                     Kernel::RansDecodeBlockedCompact
@@ -1531,18 +1532,26 @@ impl GpuCodedMatrix {
     /// `rans_decode.wgsl` on `registry`'s device: where the registry has lanes kernels
     /// ([`PipelineRegistry::subgroup_lanes`]), for packed output of a window split in coded
     /// rows of whole 1024-weight blocks, of byte symbols (`bits * weights_per_symbol == 8`) or
-    /// of a split 2 + 2 matrix, with the decode tables built on the host ([`Self::set_tables_in_memory`], 8 to 11
-    /// probability bits). `None` elsewhere.
+    /// of a split 2 + 2 matrix, with the decode tables built on the host
+    /// ([`Self::set_tables_in_memory`], 8 to 11 probability bits). `None` elsewhere.
     pub fn decode_lanes_width(
         &self,
         registry: &PipelineRegistry,
         mode: DecodeOutput,
     ) -> Option<u32> {
         let d = self.decode_source();
-        let tables = self.tables_in_memory
-            && d.reads_tables(FusedVariant::Workgroup)
-            && TABLE_PRECISION.contains(&self.params.prec);
+        let tables = self.decode_reads_host_tables(&d, FusedVariant::Workgroup);
         d.lanes_width(registry, mode, FusedVariant::Workgroup, tables)
+    }
+
+    /// Whether the decode of `variant` (through `source`, this matrix's) gets the decode
+    /// tables built on the host: this matrix keeps them in memory
+    /// ([`Self::set_tables_in_memory`]), the kernel reads them and the precision is in their
+    /// range.
+    fn decode_reads_host_tables(&self, source: &DecodeSource<'_>, variant: FusedVariant) -> bool {
+        self.tables_in_memory
+            && source.reads_tables(variant)
+            && TABLE_PRECISION.contains(&self.params.prec)
     }
 
     /// Whether `rans_decode_subgroup.wgsl` can decode this matrix: 32-wide subgroups, packed
@@ -1574,10 +1583,7 @@ impl GpuCodedMatrix {
         let mut source = self.decode_source();
         // (the fused GEMV's tables, where this matrix reads them from memory, built only for
         // a decode that reads them)
-        if self.tables_in_memory
-            && source.reads_tables(variant)
-            && TABLE_PRECISION.contains(&self.params.prec)
-        {
+        if self.decode_reads_host_tables(&source, variant) {
             source.tables = Some(self.slot_tables(device)?);
         }
         source.dispatch(device, registry, out, mode, variant, |p| {

@@ -972,8 +972,8 @@ impl PipelineRegistry {
     /// The group width W of the lanes kernels on this registry's device, `None` where they
     /// do not run ([`subgroup_lanes_width`]). Window splits, byte symbols and split 2 + 2
     /// matrices decode on them instead of the workgroup kernel
-    /// ([`GpuCodedMatrix::decode_lanes_width`]): a chunk's 32 lanes run by W invocations of one subgroup, 32 / W lanes
-    /// each, without the workgroup kernel's barrier a step.
+    /// ([`GpuCodedMatrix::decode_lanes_width`]): a chunk's 32 lanes run by W invocations of
+    /// one subgroup, 32 / W lanes each, without the workgroup kernel's barrier a step.
     pub fn subgroup_lanes(&self) -> Option<u32> {
         self.subgroup_lanes
     }
