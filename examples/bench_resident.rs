@@ -11,7 +11,7 @@
 //!     [--copies 2] [--shapes 4096x4096,1024x4096,...] [--coop] [--own-outputs] [--prebuilt]
 //!     [--one-pass] [--prepared] [--decode-first N|never] [--coop-gemm N|never] [--tiled-gemm N|never]
 //!     [--orders columns,lanes] [--passes 2] [--decoded-buffers 1] [--calls-per-encoder N] [--decode-ahead N[,N..]] [--coop-only]
-//!     [--coding window|split|whole] [--min-chunks N] [--portable] [--tables-built]
+//!     [--coding window|split|whole] [--min-chunks N] [--recode] [--portable] [--tables-built]
 //! ```
 //!
 //! Weights: Gaussian (sigma 0.02), MLX affine 4-bit g64, coded as window splits in row pairs
@@ -20,6 +20,9 @@
 //! file format's default), in the chunks `ecq encode` writes for the form (`--min-chunks` as
 //! its option), `--copies` distinct copies of each
 //! shape (layer `l` uses copy `l % copies`, so a forward streams more than the L2 cache holds).
+//! `--recode` re-codes whole or split 2 + 2 weights as the window splits in row pairs that
+//! `EntropyCodedModel` uploads with `LinearOptions::window_splits`
+//! (`ecq::container::window_split_of`), timing that (wall clock, every core) on stderr.
 //! Every layer reads the same activation buffer and writes its shape's output buffer (with
 //! `--own-outputs` buffers of its own, so that no two launches write one buffer and wgpu
 //! places no barrier between them for the outputs; a diagnostic: an engine's layers depend on
@@ -56,7 +59,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ecq::container::MatrixCoding;
+use ecq::container::{window_split_of, CodedWeight, MatrixCoding};
 use ecq::dtype::FloatDType;
 use ecq::gpu::GpuContext;
 use ecq::linear::{
@@ -118,6 +121,8 @@ struct Args {
     coding: Coding,
     /// `EncodeOptions::min_chunks` (`None`: `ecq encode`'s default for the form)
     min_chunks: Option<usize>,
+    /// re-code the fused layers as window splits (`window_split_of`), timed
+    recode: bool,
     /// times each variant is timed
     passes: usize,
 }
@@ -147,6 +152,7 @@ fn parse_args() -> Result<Args, String> {
         passes: 2,
         coding: Coding::Window,
         min_chunks: None,
+        recode: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -164,6 +170,7 @@ fn parse_args() -> Result<Args, String> {
         let flag = match args[i].as_str() {
             "--coop" => Some(&mut a.coop),
             "--portable" => Some(&mut a.portable),
+            "--recode" => Some(&mut a.recode),
             "--tables-built" => Some(&mut a.tables_built),
             "--own-outputs" => Some(&mut a.own_outputs),
             "--prebuilt" => Some(&mut a.prebuilt),
@@ -289,6 +296,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     dev.set_decoded_buffers(a.decoded_buffers);
     let mut rng = ChaCha8Rng::seed_from_u64(93);
     let mut stacks: Vec<Stack> = Vec::new();
+    let mut recode_secs = 0.0;
     for copy in 0..a.copies {
         let mut st = Stack {
             fused: Vec::new(),
@@ -314,13 +322,41 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 ..Default::default()
             };
             let (syms, order) = (q.symbols(), SplitOrder::RowPairs);
-            let coded = match a.coding {
+            let mut coded = match a.coding {
                 Coding::Whole => Coded::Whole(encode(&syms, r, k, 4, &o)?),
                 Coding::Split => {
                     Coded::Split(SplitMatrix::encode_ordered(&syms, r, k, 4, 2, &o, order)?)
                 }
                 Coding::Window => Coded::Split(SplitMatrix::encode_window(&syms, r, k, &o, order)?),
             };
+            if a.recode {
+                let shape = vec![r as u32, (k / 8) as u32];
+                let weight = match coded {
+                    Coded::Whole(e) => CodedWeight::Whole(e),
+                    Coded::Split(matrix) => CodedWeight::Split { matrix, shape },
+                };
+                let t = Instant::now();
+                let recoded = window_split_of(&format!("{r}x{k}"), &weight, true)?;
+                let secs = t.elapsed().as_secs_f64();
+                coded = match recoded {
+                    Some(s) => {
+                        eprintln!(
+                            "copy {copy}, {r}x{k}: re-coded as a window split in {:.1} ms \
+                             ({:.0} M weights/s, {} threads)",
+                            secs * 1e3,
+                            (r * k) as f64 / secs / 1e6,
+                            rayon::current_num_threads()
+                        );
+                        recode_secs += secs;
+                        Coded::Split(s)
+                    }
+                    None => match weight {
+                        CodedWeight::Whole(e) => Coded::Whole(e),
+                        CodedWeight::Split { matrix, .. } => Coded::Split(matrix),
+                        _ => unreachable!("made above"),
+                    },
+                };
+            }
             let layer = || match &coded {
                 Coded::Split(s) => CodedLayerRef::from_split(s, 64, &q.scales, &q.biases, None),
                 Coded::Whole(e) => CodedLayerRef::from_encoded(e, 64, &q.scales, &q.biases, None),
@@ -360,6 +396,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
         stacks.push(st);
+    }
+    if a.recode {
+        eprintln!(
+            "re-coded {} copies of {:?} in {:.2} s, {:.2} s a layer",
+            a.copies,
+            a.shapes,
+            recode_secs,
+            recode_secs / a.copies as f64
+        );
     }
     // (whole-coded layers have no cooperative fused kernel: their calls decoding first do)
     let coop_on = stacks[0].fused_coop[0].cooperative_matrix()

@@ -12,11 +12,13 @@
 //! (self-attention, 12 heads, output dense + residual + LayerNorm, intermediate dense + GELU,
 //! output dense + residual + LayerNorm) on a seeded sequence of hidden states with the six linear
 //! layers entropy-coded on the GPU, against the same layer with the f32 weights and with the
-//! 4-bit weights on the CPU, and print the sizes.
+//! 4-bit weights on the CPU, and print the sizes. With `--window-splits` the coded model opens
+//! with `LinearOptions::window_splits` (the 4-bit layers of a window split's shapes re-coded as
+//! window splits at load, here the intermediate layers' output dense, K = 1536).
 //!
 //! ```text
 //! cargo run --release --example minilm_linear -- [--model DIR] [--work DIR] [--layer 0]
-//!     [--tokens 16] [--batch 16]
+//!     [--tokens 16] [--batch 16] [--window-splits]
 //! ```
 //!
 //! Defaults: the model cached by `scripts/fetch-model.sh` (`.cache/all-MiniLM-L6-v2`), a fresh
@@ -29,6 +31,7 @@ use std::path::PathBuf;
 use ecq::container::encode_model;
 use ecq::linear::{
     tolerance, ActivationOrder, CpuLinear, EntropyCodedModel, GpuLinear, Linear, LinearDevice,
+    LinearOptions,
 };
 use ecq::model::quantize::{quantize_to_dir, QuantizeOptions};
 use ecq::model::write::WriteOptions;
@@ -44,6 +47,7 @@ struct Args {
     layer: usize,
     tokens: usize,
     batch: usize,
+    window_splits: bool,
 }
 
 fn parse_args() -> Args {
@@ -53,8 +57,13 @@ fn parse_args() -> Args {
         layer: 0,
         tokens: 16,
         batch: 16,
+        window_splits: false,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--window-splits") {
+        args.remove(i);
+        a.window_splits = true;
+    }
     for pair in args.chunks(2) {
         let v = pair.get(1).cloned().unwrap_or_default();
         match pair[0].as_str() {
@@ -240,9 +249,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 2. load every coded layer onto the GPU (uploaded from the memory-mapped coded file)
     let dev = LinearDevice::new()?;
     println!("adapter: {}", dev.gpu().describe());
-    let coded = EntropyCodedModel::open(&dev, &cdir)?;
+    let opts = LinearOptions {
+        window_splits: a.window_splits,
+        ..Default::default()
+    };
+    let coded = EntropyCodedModel::open_with(&dev, &cdir, &opts)?;
+    let recoded = coded
+        .layer_paths()
+        .into_iter()
+        .filter(|p| coded.layer(p).is_ok_and(|l| l.window().is_some()))
+        .count();
     println!(
-        "{} coded layers loaded from {}\n",
+        "{} coded layers loaded from {} ({recoded} re-coded as window splits)\n",
         coded.layer_paths().len(),
         cdir.display()
     );

@@ -433,25 +433,89 @@ pub fn encode_module_with(
         ..opts.clone()
     };
     let shape: Vec<u32> = m.weight.shape().iter().map(|&d| d as u32).collect();
-    if let Some(order) = split_order(coding, m.rows, m.cols, m.bits) {
+    let geometry = (m.rows, m.cols, m.bits);
+    encode_symbols_with(&wname, &symbols, geometry, shape, &opts, coding)
+}
+
+/// Codes `symbols` (`rows x cols` values `< 2^bits`, row-major) of the weight called `weight`
+/// as `coding` asks, with `opts` (its group size goes into the header) and MLX packed `shape`.
+fn encode_symbols_with(
+    weight: &str,
+    symbols: &[u8],
+    (rows, cols, bits): (usize, usize, u32),
+    shape: Vec<u32>,
+    opts: &EncodeOptions,
+    coding: MatrixCoding,
+) -> Result<CodedWeight> {
+    if let Some(order) = split_order(coding, rows, cols, bits) {
         let window = matches!(coding, MatrixCoding::Window4 { .. });
         let opts = EncodeOptions {
             chunk_symbols: (opts.chunk_symbols / if window { 4 } else { 2 }).max(1),
-            ..opts
+            ..opts.clone()
         };
         let matrix = if window {
-            SplitMatrix::encode_window(&symbols, m.rows, m.cols, &opts, order)
+            SplitMatrix::encode_window(symbols, rows, cols, &opts, order)
         } else {
-            SplitMatrix::encode_ordered(&symbols, m.rows, m.cols, m.bits, 2, &opts, order)
+            SplitMatrix::encode_ordered(symbols, rows, cols, bits, 2, &opts, order)
         }
-        .map_err(codec(&wname))?;
+        .map_err(codec(weight))?;
         // (the coded part keeps its own shape; the descriptor holds the weight's)
-        check_packed_shape(&wname, m.rows, m.cols, m.bits, &shape)?;
+        check_packed_shape(weight, rows, cols, bits, &shape)?;
         return Ok(CodedWeight::Split { matrix, shape });
     }
-    let mut enc = encode(&symbols, m.rows, m.cols, m.bits, &opts).map_err(codec(&wname))?;
-    enc.set_shape(&shape).map_err(codec(&wname))?;
+    let mut enc = encode(symbols, rows, cols, bits, opts).map_err(codec(weight))?;
+    enc.set_shape(&shape).map_err(codec(weight))?;
     Ok(CodedWeight::Whole(enc))
+}
+
+/// The window split ([`MatrixCoding::Window4`]) of a stored 4-bit weight coded whole or split
+/// 2 + 2: what `ecq decode` and then `ecq encode --window [--row-pairs]` would store for it
+/// (`ecq encode`'s default chunks for the form, the weight's group size and packed shape),
+/// without the round trip through files. The GPU's fused kernels run window splits fastest:
+/// on an H200, 32 Llama-3-8B layers coded whole, as `ecq encode` stores them by default, took
+/// 20.6 ms a token, re-coded by this 5.4 (73.2 and 15.5 on the kernels of GPUs without
+/// 32-wide subgroups), for 0.27 s of the host's 16 cores a layer (BENCHMARKS.md, issue 5,
+/// step 126). This is how [`crate::linear::EntropyCodedModel`] uploads such weights where
+/// [`crate::linear::LinearOptions::window_splits`] asks. The weights are the same: the split
+/// decodes to `w`'s symbols, checksums verified on the way.
+///
+/// `None` where the window split does not take the weight: not 4 bits, already a window
+/// split, or a shape [`MatrixCoding::Window4`] codes whole (`K` not a multiple of 512 in row
+/// pairs, or of 1024 in rows).
+///
+/// # Errors
+///
+/// [`ContainerError::Codec`] naming `weight` where `w` does not decode (a checksum that does
+/// not match, a corrupt stream) or its symbols do not encode.
+pub fn window_split_of(
+    weight: &str,
+    w: &CodedWeight,
+    row_pairs: bool,
+) -> Result<Option<SplitMatrix>> {
+    let coding = MatrixCoding::Window4 { row_pairs };
+    let (rows, cols, bits) = (w.rows(), w.cols(), w.bits());
+    let is_window = w.split().is_some_and(|s| s.window().is_some());
+    if is_window || split_order(coding, rows, cols, bits).is_none() {
+        return Ok(None);
+    }
+    let symbols = w.decode_symbols().map_err(codec(weight))?;
+    let opts = EncodeOptions {
+        group_size: w.group_size(),
+        min_chunks: coding.default_min_chunks(),
+        ..Default::default()
+    };
+    let geometry = (rows, cols, bits);
+    match encode_symbols_with(
+        weight,
+        &symbols,
+        geometry,
+        w.shape().to_vec(),
+        &opts,
+        coding,
+    )? {
+        CodedWeight::Split { matrix, .. } => Ok(Some(matrix)),
+        CodedWeight::Whole(_) => unreachable!("split_order took the shape"),
+    }
 }
 
 /// The stored tensors of a coded weight called `weight`: the six of [`matrix_tensors`] for a

@@ -13,8 +13,8 @@ use std::path::Path;
 use common::*;
 use ecq::container::{
     check_coded, decode_model, encode_model_with, load_matrix, load_weight, split_descriptor_crc,
-    verify_model, CodedModel, CodedWeight, ContainerError, MatrixCoding, CONTAINER_VERSION,
-    SPLIT_CONTAINER_VERSION, SPLIT_SUFFIXES,
+    verify_model, window_split_of, CodedModel, CodedWeight, ContainerError, MatrixCoding,
+    CONTAINER_VERSION, SPLIT_CONTAINER_VERSION, SPLIT_SUFFIXES,
 };
 use ecq::model::quantize::{quantize_to_dir, QuantizeOptions};
 use ecq::model::write::{write_model, write_safetensors, WriteOptions};
@@ -486,6 +486,68 @@ fn window_round_trips_are_byte_identical() {
             }
         });
     }
+}
+
+/// `window_split_of` re-codes a weight stored whole or split 2 + 2 into exactly the window
+/// split `ecq encode --window [--row-pairs]` stores (same tables, states, words and raw bits),
+/// and leaves the weights that form codes whole, and window splits, alone (`None`).
+#[test]
+fn window_split_of_is_what_ecq_encode_window_stores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = split_fixture(&tmp.path().join("src"), 1 << 30);
+    let encoded = |name: &str, coding: MatrixCoding| {
+        let out = tmp.path().join(name);
+        let opts = EncodeOptions {
+            min_chunks: coding.default_min_chunks(),
+            ..Default::default()
+        };
+        encode_model_with(&model, &out, &opts, coding, &quiet()).unwrap();
+        CodedModel::open(&out).unwrap()
+    };
+    let whole = encoded("whole", MatrixCoding::Whole);
+    let split = encoded("split", MatrixCoding::Split4 { row_pairs: true });
+    for row_pairs in [false, true] {
+        let window = encoded(
+            &format!("window{row_pairs}"),
+            MatrixCoding::Window4 { row_pairs },
+        );
+        for (path, _) in expected(row_pairs) {
+            let weight = format!("{path}.weight");
+            let want = window.module(path).unwrap().matrix;
+            let want = want.split();
+            for from in [&whole, &split] {
+                let w = from.module(path).unwrap().matrix;
+                let got = window_split_of(&weight, &w, row_pairs).unwrap();
+                assert_eq!(got.as_ref(), want, "{path} ({row_pairs})");
+                if let Some(s) = &got {
+                    assert_eq!(s.decode_symbols().unwrap(), w.decode_symbols().unwrap());
+                }
+            }
+            let w = window.module(path).unwrap().matrix;
+            assert_eq!(window_split_of(&weight, &w, row_pairs).unwrap(), None);
+        }
+    }
+    // a stored weight that does not decode is an error naming it
+    let mut w = whole.module("m.pairs").unwrap().matrix;
+    let CodedWeight::Whole(enc) = &mut w else {
+        panic!("m.pairs is coded whole")
+    };
+    let (header, freqs, states, offsets, mut words, crc) = enc.clone().into_parts();
+    words[3] ^= 0x40;
+    *enc =
+        ecq::rans::EncodedMatrix::from_parts(&header, freqs, states, offsets, words, crc).unwrap();
+    let err = window_split_of("m.pairs.weight", &w, true).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ContainerError::Codec {
+                source: ecq::rans::CodecError::ChecksumMismatch { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("m.pairs.weight"), "{err}");
 }
 
 #[test]

@@ -920,6 +920,103 @@ fn coded_model_in_tempdir() {
     }
 }
 
+/// `LinearOptions::window_splits`: a model stored whole (`ecq encode`'s default) or split
+/// 2 + 2 opens with its 4-bit layers of a window split's shapes uploaded as the window splits
+/// `ecq encode --window --row-pairs` stores (the same coded bytes on the GPU, the same outputs
+/// bit for bit as that file's layers), the other layers as stored, and every layer matches
+/// the CPU reference of the weights.
+#[test]
+fn coded_model_opens_as_window_splits_on_request() {
+    use ecq::container::{encode_model_with, MatrixCoding};
+    use ecq::model::quantize::matrix_tensors;
+    use ecq::model::write::{write_model, WriteOptions};
+    use ecq::model::Model;
+
+    let Some(d) = dev() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // (row pairs of K = 512 and 1024; K = 384 is not a window split's shape)
+    let layers = [
+        ("blk.0.q", 64usize, 512usize, true),
+        ("blk.0.up", 96, 1024, true),
+        ("blk.1.down", 48, 384, false),
+    ];
+    let mut tensors = Vec::new();
+    let mut cases = Vec::new();
+    for (i, &(p, r, k, _)) in layers.iter().enumerate() {
+        let c = case(60 + i as u64, r, k, 4, 64, 16384, 8);
+        tensors.extend(matrix_tensors(p, &c.q));
+        cases.push(c);
+    }
+    let mlx = dir.path().join("mlx");
+    write_model(&mlx, &tensors, None, &WriteOptions::default()).unwrap();
+    let mlx = Model::open(&mlx).unwrap();
+    let quiet = indicatif::ProgressBar::hidden();
+    let encoded = |name: &str, coding: MatrixCoding| {
+        let out = dir.path().join(name);
+        let opts = EncodeOptions {
+            min_chunks: coding.default_min_chunks(),
+            ..Default::default()
+        };
+        encode_model_with(&mlx, &out, &opts, coding, &quiet).unwrap();
+        out
+    };
+    let window = EntropyCodedModel::open(
+        d,
+        encoded("window", MatrixCoding::Window4 { row_pairs: true }),
+    )
+    .unwrap();
+    let on = LinearOptions {
+        window_splits: true,
+        ..Default::default()
+    };
+    for coding in [
+        MatrixCoding::Whole,
+        MatrixCoding::Split4 { row_pairs: true },
+    ] {
+        let file = encoded(&format!("{coding:?}"), coding);
+        let stored = EntropyCodedModel::open(d, &file).unwrap();
+        let model = EntropyCodedModel::open_with(d, &file, &on).unwrap();
+        for (i, &(p, _, k, takes_window)) in layers.iter().enumerate() {
+            let label = format!("{p} from {coding:?}");
+            let (layer, direct) = (model.layer(p).unwrap(), window.layer(p).unwrap());
+            assert_eq!(layer.window().is_some(), takes_window, "{label}");
+            assert_eq!(stored.layer(p).unwrap().window(), None, "{label}");
+            let x = activations(60 + i as u64, 3 * k);
+            if takes_window {
+                assert_eq!(layer.window(), direct.window(), "{label}");
+                assert_eq!(layer.coded_bytes(), direct.coded_bytes(), "{label}");
+                for m in [1, 3] {
+                    assert_eq!(
+                        bits(layer.forward_batch(&x[..m * k], m).unwrap()),
+                        bits(direct.forward_batch(&x[..m * k], m).unwrap()),
+                        "{label}, {m} rows"
+                    );
+                }
+            } else {
+                let s = stored.layer(p).unwrap();
+                assert_eq!(layer.coded_bytes(), s.coded_bytes(), "{label}");
+            }
+            let cpu = CpuLinear::from_quantized(p, &cases[i].q, None).unwrap();
+            assert_close(
+                &label,
+                &cpu,
+                &x[..k],
+                1,
+                &layer.forward(&x[..k]).unwrap(),
+                0.0,
+            );
+            assert_close(
+                &label,
+                &cpu,
+                &x,
+                3,
+                &layer.forward_batch(&x, 3).unwrap(),
+                0.0,
+            );
+        }
+    }
+}
+
 /// `forward` runs the gpu module's fused GEMV kernel on the layer's own buffers (its uniform
 /// block mirrors `src/gpu/decode.rs`): the result must be bit-identical to
 /// `GpuContext::gemv_coded` on the same matrix, which catches a drift of that block.

@@ -8,7 +8,9 @@ use super::coded::{CodedLayerRef, EntropyCodedLinear, LinearOptions};
 use super::cpu::CpuLinear;
 use super::device::LinearDevice;
 use super::LinearError;
-use crate::container::{parse_split_descriptor, CodedModel, PART_SUFFIXES, SPLIT_SUFFIXES};
+use crate::container::{
+    load_weight, parse_split_descriptor, window_split_of, CodedModel, PART_SUFFIXES, SPLIT_SUFFIXES,
+};
 use crate::model::{Dtype, TensorData};
 use crate::rans::{verify_checksums_le, HEADER_FIXED, MAGIC, VERSION};
 
@@ -187,6 +189,18 @@ impl EntropyCodedModel {
             layer: path.into(),
             source,
         })?;
+        // (on request, the layer as a window split: see LinearOptions::window_splits)
+        let window_split =
+            if opts.window_splits && split.as_ref().is_none_or(|(d, _)| d.window.is_none()) {
+                let weight = format!("{path}.weight");
+                window_split_of(&weight, &load_weight(&coded.model, &weight)?, true)?
+            } else {
+                None
+            };
+        if let Some(s) = &window_split {
+            let m = CodedLayerRef::from_split(s, group_size, &scales, &biases, bias.as_deref());
+            return EntropyCodedLinear::upload(dev, path, m, opts);
+        }
         let m = CodedLayerRef {
             rows,
             cols,

@@ -278,8 +278,7 @@ impl SplitMatrix {
                 symbols.len()
             ));
         }
-        let fits = |v: u8| u32::from(v) >> bits == 0;
-        if let Some(i) = symbols.par_iter().position_first(|&v| !fits(v)) {
+        if let Some(i) = super::first_out_of_range(symbols, bits) {
             return Err(CodecError::SymbolOutOfRange {
                 index: i,
                 value: symbols[i],
@@ -391,41 +390,67 @@ impl SplitMatrix {
                 symbols.len()
             ));
         }
-        if let Some(i) = symbols.par_iter().position_first(|&v| v >= 16) {
+        if let Some(i) = super::first_out_of_range(symbols, 4) {
             return Err(CodecError::SymbolOutOfRange {
                 index: i,
                 value: symbols[i],
                 bits: 4,
             });
         }
-        let mut u: Vec<u8> = symbols
-            .par_iter()
-            .map(|&v| v.wrapping_sub(start) & 15)
-            .collect();
-        // everything in coded order: the pairs interleaved in runs of two symbols
-        let cols_c = match order {
-            SplitOrder::Rows => cols,
+        // everything in coded order: with row pairs, a coded row is the pair's two rows
+        // interleaved in runs of two symbols
+        let (rows_c, cols_c, run) = match order {
+            SplitOrder::Rows => (rows, cols, cols),
             SplitOrder::RowPairs => {
                 let run =
                     row_pair_run(rows, cols, WINDOW_PAIR_RUN_SYMBOLS, WINDOW_FLAGS_PER_SYMBOL)?;
-                u = pair_rows(&u, cols, run);
-                2 * cols
+                (rows / 2, 2 * cols, run)
             }
         };
-        let flags: Vec<u8> = u.par_iter().map(|&v| v >> 3).collect();
+        // (one pass over the coded rows: each row's u = (q - start) mod 16 in coded order,
+        // then its flags and raw words; a pass a step over the whole matrix took 3x as long)
+        let mut flags = vec![0u8; symbols.len()];
+        let mut low = vec![0u32; symbols.len() * 3 / WINDOW_WEIGHTS];
+        if cols_c > 0 {
+            let row_words = cols_c * 3 / WINDOW_WEIGHTS;
+            let u_of = |o: &mut [u8], q: &[u8]| {
+                for (o, &q) in o.iter_mut().zip(q) {
+                    *o = q.wrapping_sub(start) & 15;
+                }
+            };
+            flags
+                .par_chunks_mut(cols_c)
+                .zip(low.par_chunks_mut(row_words))
+                .zip(symbols.par_chunks(cols_c))
+                .for_each_init(
+                    || vec![0u8; cols_c],
+                    |u, ((f, w), q)| {
+                        match order {
+                            SplitOrder::Rows => u_of(u, q),
+                            SplitOrder::RowPairs => {
+                                let (a, b) = q.split_at(cols);
+                                let runs =
+                                    u.chunks_mut(2 * run).zip(a.chunks(run)).zip(b.chunks(run));
+                                for ((o, a), b) in runs {
+                                    let (oa, ob) = o.split_at_mut(run);
+                                    u_of(oa, a);
+                                    u_of(ob, b);
+                                }
+                            }
+                        }
+                        for (f, &u) in f.iter_mut().zip(u.iter()) {
+                            *f = u >> 3;
+                        }
+                        window_raw_row(u, w);
+                    },
+                );
+        }
         let o = EncodeOptions {
             weights_per_symbol: Some(WINDOW_FLAGS_PER_SYMBOL),
             ..opts.clone()
         };
-        let rows_c = if cols_c == cols { rows } else { rows / 2 };
         let high = encode(&flags, rows_c, cols_c, 1, &o)?;
         drop(flags);
-        let mut low = vec![0u32; u.len() * 3 / WINDOW_WEIGHTS];
-        if cols_c > 0 {
-            low.par_chunks_mut(cols_c * 3 / WINDOW_WEIGHTS)
-                .zip(u.par_chunks(cols_c))
-                .for_each(|(w, u)| window_raw_row(u, w));
-        }
         let low_crc = crc_of(&low);
         Ok(SplitMatrix {
             high,
