@@ -21,8 +21,8 @@
 //! its option), `--copies` distinct copies of each
 //! shape (layer `l` uses copy `l % copies`, so a forward streams more than the L2 cache holds).
 //! `--recode` re-codes whole or split 2 + 2 weights as the window splits in row pairs that
-//! `EntropyCodedModel` uploads with `LinearOptions::window_splits`
-//! (`ecq::container::window_split_of`), timing that (wall clock, every core) on stderr.
+//! `EntropyCodedModel` uploads for them (`ecq::container::window_split_of`), timing that (wall
+//! clock, every core) on stderr.
 //! Every layer reads the same activation buffer and writes its shape's output buffer (with
 //! `--own-outputs` buffers of its own, so that no two launches write one buffer and wgpu
 //! places no barrier between them for the outputs; a diagnostic: an engine's layers depend on

@@ -3,8 +3,10 @@
 //! directory onto the GPU, run each with a fixed seeded activation vector (`forward`: the fused
 //! GEMV on GPUs with 32-wide subgroups; elsewhere one row decodes first,
 //! `ecq::linear::DECODE_FIRST_MIN_ROWS_PORTABLE`)
-//! and a batch (`forward_batch`: these whole-coded layers decode their weights first
-//! and run the plain kernels, `ecq::linear::DECODE_FIRST_MIN_ROWS_NOT_WINDOW`), and compare
+//! and a batch (`forward_batch`: whole-coded layers decode their weights first and run the
+//! plain kernels, `ecq::linear::DECODE_FIRST_MIN_ROWS_NOT_WINDOW`; window splits do so from
+//! `ecq::linear::DECODE_FIRST_MIN_ROWS` rows where 32-wide subgroups run their batched
+//! kernel), and compare
 //! with the same layer
 //! computed on the CPU from the original 4-bit weights; the batch also recorded on activations
 //! and outputs in GPU buffers (`GpuLinear::prepare_forward`, made into launches once and run on
@@ -12,13 +14,14 @@
 //! (self-attention, 12 heads, output dense + residual + LayerNorm, intermediate dense + GELU,
 //! output dense + residual + LayerNorm) on a seeded sequence of hidden states with the six linear
 //! layers entropy-coded on the GPU, against the same layer with the f32 weights and with the
-//! 4-bit weights on the CPU, and print the sizes. With `--window-splits` the coded model opens
-//! with `LinearOptions::window_splits` (the 4-bit layers of a window split's shapes re-coded as
-//! window splits at load, here the intermediate layers' output dense, K = 1536).
+//! 4-bit weights on the CPU, and print the sizes. The model is coded as `ecq encode` codes it by
+//! default (whole symbols), and the loader re-codes the 4-bit layers of a window split's shapes
+//! as window splits (here the six output dense layers, K = 1536; the others have K = 384);
+//! `--stored-form` uploads every layer as stored (`LinearOptions::keep_stored_form`).
 //!
 //! ```text
 //! cargo run --release --example minilm_linear -- [--model DIR] [--work DIR] [--layer 0]
-//!     [--tokens 16] [--batch 16] [--window-splits]
+//!     [--tokens 16] [--batch 16] [--stored-form]
 //! ```
 //!
 //! Defaults: the model cached by `scripts/fetch-model.sh` (`.cache/all-MiniLM-L6-v2`), a fresh
@@ -47,7 +50,7 @@ struct Args {
     layer: usize,
     tokens: usize,
     batch: usize,
-    window_splits: bool,
+    stored_form: bool,
 }
 
 fn parse_args() -> Args {
@@ -57,12 +60,12 @@ fn parse_args() -> Args {
         layer: 0,
         tokens: 16,
         batch: 16,
-        window_splits: false,
+        stored_form: false,
     };
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(i) = args.iter().position(|a| a == "--window-splits") {
+    if let Some(i) = args.iter().position(|a| a == "--stored-form") {
         args.remove(i);
-        a.window_splits = true;
+        a.stored_form = true;
     }
     for pair in args.chunks(2) {
         let v = pair.get(1).cloned().unwrap_or_default();
@@ -250,7 +253,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dev = LinearDevice::new()?;
     println!("adapter: {}", dev.gpu().describe());
     let opts = LinearOptions {
-        window_splits: a.window_splits,
+        keep_stored_form: a.stored_form,
         ..Default::default()
     };
     let coded = EntropyCodedModel::open_with(&dev, &cdir, &opts)?;

@@ -475,8 +475,8 @@ fn encode_symbols_with(
 /// on an H200, 32 Llama-3-8B layers coded whole, as `ecq encode` stores them by default, took
 /// 20.6 ms a token, re-coded by this 5.4 (73.2 and 15.5 on the kernels of GPUs without
 /// 32-wide subgroups), for 0.27 s of the host's 16 cores a layer (BENCHMARKS.md, issue 5,
-/// step 126). This is how [`crate::linear::EntropyCodedModel`] uploads such weights where
-/// [`crate::linear::LinearOptions::window_splits`] asks. The weights are the same: the split
+/// step 126). This is how [`crate::linear::EntropyCodedModel`] uploads such weights unless
+/// [`crate::linear::LinearOptions::keep_stored_form`] says not to. The weights are the same: the split
 /// decodes to `w`'s symbols, checksums verified on the way.
 ///
 /// `None` where the window split does not take the weight: not 4 bits, already a window

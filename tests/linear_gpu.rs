@@ -77,6 +77,15 @@ fn activations(seed: u64, n: usize) -> Vec<f32> {
 fn fused_only() -> LinearOptions {
     LinearOptions {
         decode_first_min_rows: Some(usize::MAX),
+        keep_stored_form: true,
+        ..Default::default()
+    }
+}
+
+/// The defaults, with a model's layers uploaded in their stored form (the tests of a form).
+fn stored_form() -> LinearOptions {
+    LinearOptions {
+        keep_stored_form: true,
         ..Default::default()
     }
 }
@@ -920,13 +929,13 @@ fn coded_model_in_tempdir() {
     }
 }
 
-/// `LinearOptions::window_splits`: a model stored whole (`ecq encode`'s default) or split
-/// 2 + 2 opens with its 4-bit layers of a window split's shapes uploaded as the window splits
-/// `ecq encode --window --row-pairs` stores (the same coded bytes on the GPU, the same outputs
-/// bit for bit as that file's layers), the other layers as stored, and every layer matches
-/// the CPU reference of the weights.
+/// A model stored whole (`ecq encode`'s default) or split 2 + 2 opens with its 4-bit layers of
+/// a window split's shapes uploaded as the window splits `ecq encode --window --row-pairs`
+/// stores (the same coded bytes on the GPU, the same outputs bit for bit as that file's
+/// layers), the other layers as stored, and every layer matches the CPU reference of the
+/// weights; `LinearOptions::keep_stored_form` uploads them as stored.
 #[test]
-fn coded_model_opens_as_window_splits_on_request() {
+fn coded_model_opens_as_window_splits() {
     use ecq::container::{encode_model_with, MatrixCoding};
     use ecq::model::quantize::matrix_tensors;
     use ecq::model::write::{write_model, WriteOptions};
@@ -965,17 +974,16 @@ fn coded_model_opens_as_window_splits_on_request() {
         encoded("window", MatrixCoding::Window4 { row_pairs: true }),
     )
     .unwrap();
-    let on = LinearOptions {
-        window_splits: true,
-        ..Default::default()
-    };
     for coding in [
         MatrixCoding::Whole,
         MatrixCoding::Split4 { row_pairs: true },
     ] {
         let file = encoded(&format!("{coding:?}"), coding);
-        let stored = EntropyCodedModel::open(d, &file).unwrap();
-        let model = EntropyCodedModel::open_with(d, &file, &on).unwrap();
+        let stored = EntropyCodedModel::open_with(d, &file, &stored_form()).unwrap();
+        let progress = indicatif::ProgressBar::hidden();
+        let model = EntropyCodedModel::open_with_progress(d, &file, &Default::default(), &progress)
+            .unwrap();
+        assert_eq!((progress.position(), progress.length()), (3, Some(3)));
         for (i, &(p, _, k, takes_window)) in layers.iter().enumerate() {
             let label = format!("{p} from {coding:?}");
             let (layer, direct) = (model.layer(p).unwrap(), window.layer(p).unwrap());
@@ -1279,7 +1287,7 @@ fn check_coded_model(
     seed: u64,
     batch_rows: &[usize],
 ) {
-    let model = EntropyCodedModel::open(d, coded).unwrap();
+    let model = EntropyCodedModel::open_with(d, coded, &stored_form()).unwrap();
     // (one row in the fused GEMV too: with the defaults CPU devices decode first)
     let fused = EntropyCodedModel::open_with(d, coded, &fused_only()).unwrap();
     let most = batch_rows.iter().copied().max().unwrap_or(1);

@@ -405,17 +405,18 @@ pub struct LinearOptions {
     /// no cooperative kernel run the plain tiled f32 GEMM
     /// ([`super::QuantizedLinear::set_tiled_gemm_min_rows`]; `None`: its default).
     pub tiled_gemm_min_rows: Option<usize>,
-    /// [`super::EntropyCodedModel::open_with`] uploads every 4-bit layer its file stores whole
-    /// (`ecq encode`'s default, the smallest files) or split 2 + 2 as a window split in row
-    /// pairs instead, where the shape allows it (an even number of outputs and inputs a
-    /// multiple of 512, else rows with inputs a multiple of 1024:
-    /// [`crate::container::window_split_of`]). The layer is decoded and re-coded on the host
-    /// at load time: the same weights, in the form the GPU's fused kernels run fastest. On an
-    /// H200 a token of 32 Llama-3-8B layers stored whole took 5.4 ms instead of 20.6, for
-    /// 0.27 s of the host's 16 cores a layer at load and 3.4% more GPU memory (3.881 against
-    /// 3.753 coded bits/weight; BENCHMARKS.md, issue 5, step 126).
-    /// [`EntropyCodedLinear::upload`] takes the form it is given.
-    pub window_splits: bool,
+    /// Upload every layer of a file in the form the file stores it. By default
+    /// [`super::EntropyCodedModel`] uploads each 4-bit layer stored whole (`ecq encode`'s
+    /// default, the smallest files) or split 2 + 2 as a window split in row pairs instead,
+    /// where the shape allows it (an even number of outputs and inputs a multiple of 512, else
+    /// rows with inputs a multiple of 1024: [`crate::container::window_split_of`]), decoded
+    /// and re-coded on the host at load time: the same weights, in the form the GPU's kernels
+    /// run fastest. On an H200 a token of 32 Llama-3-8B layers stored whole took 5.4 ms that
+    /// way instead of 20.6, for 0.27 s of the host's 16 cores a layer at load and 3.4% more
+    /// GPU memory (3.881 against 3.753 coded bits/weight; BENCHMARKS.md, issue 5, step 126).
+    /// Set this to keep the load time and memory, or to run the stored form.
+    /// [`EntropyCodedLinear::upload`] always takes the form it is given.
+    pub keep_stored_form: bool,
 }
 
 /// A borrowed coded matrix with its quantization parameters: the coded tensors as

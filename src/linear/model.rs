@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use indicatif::ProgressBar;
+
 use super::coded::{CodedLayerRef, EntropyCodedLinear, LinearOptions};
 use super::cpu::CpuLinear;
 use super::device::LinearDevice;
@@ -17,10 +19,13 @@ use crate::rans::{verify_checksums_le, HEADER_FIXED, MAGIC, VERSION};
 /// An entropy-coded model (an `ecq encode`d mlx-lm directory or safetensors file) with every
 /// coded linear layer uploaded to the GPU once, by module path.
 ///
-/// The coded streams are written to the GPU straight from the memory-mapped file (borrowed
-/// slices into `queue.write_buffer`, flushed layer by layer), so the host never holds a second
-/// copy of the model; scales and biases are converted to `f32` on the way (they are 1/8 to 1/16
-/// of a 4-bit model).
+/// 4-bit layers stored whole (`ecq encode`'s default) or split 2 + 2 are re-coded on the host
+/// as window splits, the form the GPU runs fastest, where their shape allows it (see
+/// [`LinearOptions::keep_stored_form`]); the host holds one such layer's decoded and re-coded
+/// weights at a time. Every other layer's coded streams are written to the GPU straight from
+/// the memory-mapped file (borrowed slices into `queue.write_buffer`, flushed layer by layer);
+/// scales and biases are converted to `f32` on the way (they are 1/8 to 1/16 of a 4-bit
+/// model).
 #[derive(Debug)]
 pub struct EntropyCodedModel {
     coded: CodedModel,
@@ -75,11 +80,29 @@ impl EntropyCodedModel {
         path: impl AsRef<Path>,
         opts: &LinearOptions,
     ) -> Result<Self, LinearError> {
+        Self::open_with_progress(dev, path, opts, &ProgressBar::hidden())
+    }
+
+    /// [`open_with`](Self::open_with), advancing `progress` by one a layer uploaded (its
+    /// length set to the number of coded layers, its message to the layer being uploaded): a
+    /// large model takes seconds to upload, and re-coding it
+    /// as window splits (unless [`LinearOptions::keep_stored_form`]) about 0.3 s of 16 cores a
+    /// Llama-3-8B layer.
+    pub fn open_with_progress(
+        dev: &Arc<LinearDevice>,
+        path: impl AsRef<Path>,
+        opts: &LinearOptions,
+        progress: &ProgressBar,
+    ) -> Result<Self, LinearError> {
         let coded = CodedModel::open(path)?;
+        let paths = coded.module_paths();
+        progress.set_length(paths.len() as u64);
         let mut layers = BTreeMap::new();
-        for p in coded.module_paths() {
+        for p in paths {
+            progress.set_message(p.clone());
             let layer = Self::upload_layer(dev, &coded, &p, opts)?;
             layers.insert(p, layer);
+            progress.inc(1);
         }
         Ok(EntropyCodedModel { coded, layers })
     }
@@ -189,9 +212,9 @@ impl EntropyCodedModel {
             layer: path.into(),
             source,
         })?;
-        // (on request, the layer as a window split: see LinearOptions::window_splits)
+        // (the layer as a window split: see LinearOptions::keep_stored_form)
         let window_split =
-            if opts.window_splits && split.as_ref().is_none_or(|(d, _)| d.window.is_none()) {
+            if !opts.keep_stored_form && split.as_ref().is_none_or(|(d, _)| d.window.is_none()) {
                 let weight = format!("{path}.weight");
                 window_split_of(&weight, &load_weight(&coded.model, &weight)?, true)?
             } else {
