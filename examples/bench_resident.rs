@@ -21,8 +21,8 @@
 //! its option), `--copies` distinct copies of each
 //! shape (layer `l` uses copy `l % copies`, so a forward streams more than the L2 cache holds).
 //! `--recode` re-codes whole or split 2 + 2 weights as the window splits in row pairs that
-//! `EntropyCodedModel` uploads for them (`ecq::container::window_split_of`), timing that (wall
-//! clock, every core) on stderr.
+//! `EntropyCodedModel` uploads for them (`ecq::container::WindowRecoder`, one for all layers as
+//! the loader keeps), timing that (wall clock, every core) on stderr.
 //! Every layer reads the same activation buffer and writes its shape's output buffer (with
 //! `--own-outputs` buffers of its own, so that no two launches write one buffer and wgpu
 //! places no barrier between them for the outputs; a diagnostic: an engine's layers depend on
@@ -59,7 +59,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ecq::container::{window_split_of, CodedWeight, MatrixCoding};
+use ecq::container::{CodedWeight, MatrixCoding, WindowRecoder};
 use ecq::dtype::FloatDType;
 use ecq::gpu::GpuContext;
 use ecq::linear::{
@@ -297,6 +297,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut rng = ChaCha8Rng::seed_from_u64(93);
     let mut stacks: Vec<Stack> = Vec::new();
     let mut recode_secs = 0.0;
+    // (one recoder for every layer, as `EntropyCodedModel` keeps one for a model)
+    let mut recoder = WindowRecoder::new();
     for copy in 0..a.copies {
         let mut st = Stack {
             fused: Vec::new(),
@@ -336,7 +338,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     Coded::Split(matrix) => CodedWeight::Split { matrix, shape },
                 };
                 let t = Instant::now();
-                let recoded = window_split_of(&format!("{r}x{k}"), &weight, true)?;
+                let recoded = recoder.window_split_of(&format!("{r}x{k}"), &weight, true)?;
                 let secs = t.elapsed().as_secs_f64();
                 coded = match recoded {
                     Some(s) => {

@@ -312,6 +312,14 @@ impl CodedWeight {
             CodedWeight::Split { matrix, .. } => matrix.decode_symbols(),
         }
     }
+    /// [`decode_symbols`](Self::decode_symbols) into a caller's buffer of
+    /// [`weights`](Self::weights) bytes.
+    pub fn decode_symbols_into(&self, out: &mut [u8]) -> Result<(), CodecError> {
+        match self {
+            CodedWeight::Whole(m) => m.decode_symbols_into(out),
+            CodedWeight::Split { matrix, .. } => matrix.decode_symbols_into(out),
+        }
+    }
     /// Decodes to MLX packed `u32` words, verifying every checksum.
     pub fn decode_packed(&self) -> Result<Vec<u32>, CodecError> {
         match self {
@@ -434,11 +442,20 @@ pub fn encode_module_with(
     };
     let shape: Vec<u32> = m.weight.shape().iter().map(|&d| d as u32).collect();
     let geometry = (m.rows, m.cols, m.bits);
-    encode_symbols_with(&wname, &symbols, geometry, shape, &opts, coding)
+    encode_symbols_with(
+        &wname,
+        &symbols,
+        geometry,
+        shape,
+        &opts,
+        coding,
+        &mut Vec::new(),
+    )
 }
 
 /// Codes `symbols` (`rows x cols` values `< 2^bits`, row-major) of the weight called `weight`
-/// as `coding` asks, with `opts` (its group size goes into the header) and MLX packed `shape`.
+/// as `coding` asks, with `opts` (its group size goes into the header) and MLX packed `shape`;
+/// a window split's flags are built in `flags` (see `SplitMatrix::encode_window_in`).
 fn encode_symbols_with(
     weight: &str,
     symbols: &[u8],
@@ -446,6 +463,7 @@ fn encode_symbols_with(
     shape: Vec<u32>,
     opts: &EncodeOptions,
     coding: MatrixCoding,
+    flags: &mut Vec<u8>,
 ) -> Result<CodedWeight> {
     if let Some(order) = split_order(coding, rows, cols, bits) {
         let window = matches!(coding, MatrixCoding::Window4 { .. });
@@ -454,7 +472,8 @@ fn encode_symbols_with(
             ..opts.clone()
         };
         let matrix = if window {
-            SplitMatrix::encode_window(symbols, rows, cols, &opts, order)
+            let start = crate::rans::window_start(symbols);
+            SplitMatrix::encode_window_in(symbols, rows, cols, start, &opts, order, flags)
         } else {
             SplitMatrix::encode_ordered(symbols, rows, cols, bits, 2, &opts, order)
         }
@@ -474,8 +493,8 @@ fn encode_symbols_with(
 /// without the round trip through files. The GPU's fused kernels run window splits fastest:
 /// on an H200, 32 Llama-3-8B layers coded whole, as `ecq encode` stores them by default, took
 /// 20.6 ms a token, re-coded by this 5.4 (73.2 and 15.5 on the kernels of GPUs without
-/// 32-wide subgroups), for 0.27 s of the host's 16 cores a layer (BENCHMARKS.md, issue 5,
-/// step 126). This is how [`crate::linear::EntropyCodedModel`] uploads such weights unless
+/// 32-wide subgroups), for 0.13 s of the host's 16 cores a layer with a [`WindowRecoder`]
+/// kept across layers (BENCHMARKS.md, issue 5, steps 126-127). This is how [`crate::linear::EntropyCodedModel`] uploads such weights unless
 /// [`crate::linear::LinearOptions::keep_stored_form`] says not to. The weights are the same: the split
 /// decodes to `w`'s symbols, checksums verified on the way.
 ///
@@ -492,29 +511,63 @@ pub fn window_split_of(
     w: &CodedWeight,
     row_pairs: bool,
 ) -> Result<Option<SplitMatrix>> {
-    let coding = MatrixCoding::Window4 { row_pairs };
-    let (rows, cols, bits) = (w.rows(), w.cols(), w.bits());
-    let is_window = w.split().is_some_and(|s| s.window().is_some());
-    if is_window || split_order(coding, rows, cols, bits).is_none() {
-        return Ok(None);
+    WindowRecoder::default().window_split_of(weight, w, row_pairs)
+}
+
+/// [`window_split_of`] for weight after weight, keeping its buffers (a weight's decoded
+/// symbols and its coded flags, a byte each per weight) from one to the next: on a 16-core host
+/// fresh buffers of that size cost as much as the re-coding itself, its threads waiting on the
+/// kernel to page them in (BENCHMARKS.md, issue 5, step 127). A loader keeps one for a model.
+#[derive(Debug, Default)]
+pub struct WindowRecoder {
+    symbols: Vec<u8>,
+    flags: Vec<u8>,
+}
+
+impl WindowRecoder {
+    /// A recoder with no buffers yet (they grow to the largest weight re-coded).
+    pub fn new() -> Self {
+        Self::default()
     }
-    let symbols = w.decode_symbols().map_err(codec(weight))?;
-    let opts = EncodeOptions {
-        group_size: w.group_size(),
-        min_chunks: coding.default_min_chunks(),
-        ..Default::default()
-    };
-    let geometry = (rows, cols, bits);
-    match encode_symbols_with(
-        weight,
-        &symbols,
-        geometry,
-        w.shape().to_vec(),
-        &opts,
-        coding,
-    )? {
-        CodedWeight::Split { matrix, .. } => Ok(Some(matrix)),
-        CodedWeight::Whole(_) => unreachable!("split_order took the shape"),
+
+    /// [`window_split_of`] in this recoder's buffers.
+    ///
+    /// # Errors
+    ///
+    /// As [`window_split_of`].
+    pub fn window_split_of(
+        &mut self,
+        weight: &str,
+        w: &CodedWeight,
+        row_pairs: bool,
+    ) -> Result<Option<SplitMatrix>> {
+        let coding = MatrixCoding::Window4 { row_pairs };
+        let (rows, cols, bits) = (w.rows(), w.cols(), w.bits());
+        let is_window = w.split().is_some_and(|s| s.window().is_some());
+        if is_window || split_order(coding, rows, cols, bits).is_none() {
+            return Ok(None);
+        }
+        let symbols = crate::rans::grown(&mut self.symbols, w.weights());
+        w.decode_symbols_into(symbols).map_err(codec(weight))?;
+        let opts = EncodeOptions {
+            group_size: w.group_size(),
+            min_chunks: coding.default_min_chunks(),
+            ..Default::default()
+        };
+        let geometry = (rows, cols, bits);
+        let shape = w.shape().to_vec();
+        match encode_symbols_with(
+            weight,
+            symbols,
+            geometry,
+            shape,
+            &opts,
+            coding,
+            &mut self.flags,
+        )? {
+            CodedWeight::Split { matrix, .. } => Ok(Some(matrix)),
+            CodedWeight::Whole(_) => unreachable!("split_order took the shape"),
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use common::*;
 use ecq::container::{
     check_coded, decode_model, encode_model_with, load_matrix, load_weight, split_descriptor_crc,
     verify_model, window_split_of, CodedModel, CodedWeight, ContainerError, MatrixCoding,
-    CONTAINER_VERSION, SPLIT_CONTAINER_VERSION, SPLIT_SUFFIXES,
+    WindowRecoder, CONTAINER_VERSION, SPLIT_CONTAINER_VERSION, SPLIT_SUFFIXES,
 };
 use ecq::model::quantize::{quantize_to_dir, QuantizeOptions};
 use ecq::model::write::{write_model, write_safetensors, WriteOptions};
@@ -490,7 +490,9 @@ fn window_round_trips_are_byte_identical() {
 
 /// `window_split_of` re-codes a weight stored whole or split 2 + 2 into exactly the window
 /// split `ecq encode --window [--row-pairs]` stores (same tables, states, words and raw bits),
-/// and leaves the weights that form codes whole, and window splits, alone (`None`).
+/// and leaves the weights that form codes whole, and window splits, alone (`None`); one
+/// `WindowRecoder` re-coding every weight in turn (buffers grown by the larger ones, reused by
+/// the smaller ones) gives the same.
 #[test]
 fn window_split_of_is_what_ecq_encode_window_stores() {
     let tmp = tempfile::tempdir().unwrap();
@@ -506,6 +508,7 @@ fn window_split_of_is_what_ecq_encode_window_stores() {
     };
     let whole = encoded("whole", MatrixCoding::Whole);
     let split = encoded("split", MatrixCoding::Split4 { row_pairs: true });
+    let mut recoder = WindowRecoder::new();
     for row_pairs in [false, true] {
         let window = encoded(
             &format!("window{row_pairs}"),
@@ -519,6 +522,8 @@ fn window_split_of_is_what_ecq_encode_window_stores() {
                 let w = from.module(path).unwrap().matrix;
                 let got = window_split_of(&weight, &w, row_pairs).unwrap();
                 assert_eq!(got.as_ref(), want, "{path} ({row_pairs})");
+                let reused = recoder.window_split_of(&weight, &w, row_pairs).unwrap();
+                assert_eq!(reused, got, "{path} ({row_pairs}), kept buffers");
                 if let Some(s) = &got {
                     assert_eq!(s.decode_symbols().unwrap(), w.decode_symbols().unwrap());
                 }

@@ -412,8 +412,9 @@ pub struct LinearOptions {
     /// rows with inputs a multiple of 1024: [`crate::container::window_split_of`]), decoded
     /// and re-coded on the host at load time: the same weights, in the form the GPU's kernels
     /// run fastest. On an H200 a token of 32 Llama-3-8B layers stored whole took 5.4 ms that
-    /// way instead of 20.6, for 0.27 s of the host's 16 cores a layer at load and 3.4% more
-    /// GPU memory (3.881 against 3.753 coded bits/weight; BENCHMARKS.md, issue 5, step 126).
+    /// way instead of 20.6, for 0.13 s of the host's 16 cores a layer at load and 3.4% more
+    /// GPU memory (3.881 against 3.753 coded bits/weight; BENCHMARKS.md, issue 5, steps
+    /// 126-127).
     /// Set this to keep the load time and memory, or to run the stored form.
     /// [`EntropyCodedLinear::upload`] always takes the form it is given.
     pub keep_stored_form: bool,

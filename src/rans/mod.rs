@@ -172,6 +172,16 @@ pub fn entropy_bits(counts: &[u64]) -> f64 {
     table::entropy_bits(counts)
 }
 
+/// The first `n` bytes of `buf`, which is replaced by `n` zeroed bytes where it is shorter (a
+/// fresh allocation, whose pages the writers fault in in parallel, rather than a serial
+/// `resize`). Callers overwrite every byte.
+pub(crate) fn grown(buf: &mut Vec<u8>, n: usize) -> &mut [u8] {
+    if buf.len() < n {
+        *buf = vec![0u8; n];
+    }
+    &mut buf[..n]
+}
+
 /// The index of the first of `symbols` that does not fit in `bits` bits, if any. Blocks are
 /// OR-reduced in parallel (that vectorises; rayon's `position_first` over single values took
 /// a sixth of a window split's encode), the offender located only if there is one.

@@ -380,6 +380,23 @@ impl SplitMatrix {
         opts: &EncodeOptions,
         order: SplitOrder,
     ) -> Result<Self, CodecError> {
+        Self::encode_window_in(symbols, rows, cols, start, opts, order, &mut Vec::new())
+    }
+
+    /// [`encode_window_at`](Self::encode_window_at) with the coded flags built in `flags`,
+    /// grown to `rows * cols` bytes where it is shorter (its contents do not matter): a loader
+    /// re-coding layer after layer keeps the buffer instead of paging in a fresh one each time
+    /// (`crate::container::WindowRecoder`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode_window_in(
+        symbols: &[u8],
+        rows: usize,
+        cols: usize,
+        start: u8,
+        opts: &EncodeOptions,
+        order: SplitOrder,
+        flags: &mut Vec<u8>,
+    ) -> Result<Self, CodecError> {
         check_split(4, 3, cols)?;
         if start >= 16 {
             return arg(format!("window start {start}: must be below 16"));
@@ -409,7 +426,7 @@ impl SplitMatrix {
         };
         // (one pass over the coded rows: each row's u = (q - start) mod 16 in coded order,
         // then its flags and raw words; a pass a step over the whole matrix took 3x as long)
-        let mut flags = vec![0u8; symbols.len()];
+        let flags = super::grown(flags, symbols.len());
         let mut low = vec![0u32; symbols.len() * 3 / WINDOW_WEIGHTS];
         if cols_c > 0 {
             let row_words = cols_c * 3 / WINDOW_WEIGHTS;
@@ -449,8 +466,7 @@ impl SplitMatrix {
             weights_per_symbol: Some(WINDOW_FLAGS_PER_SYMBOL),
             ..opts.clone()
         };
-        let high = encode(&flags, rows_c, cols_c, 1, &o)?;
-        drop(flags);
+        let high = encode(flags, rows_c, cols_c, 1, &o)?;
         let low_crc = crc_of(&low);
         Ok(SplitMatrix {
             high,
