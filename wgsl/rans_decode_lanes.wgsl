@@ -8,8 +8,10 @@
 // (override W = 4, 8, 16 or 32, at most the device's smallest subgroup size), each running
 // K = 32 / W consecutive lanes one after another. A step's renormalisation words are read, as
 // the encoder wrote them, in lane order: an invocation's first word is the group's position
-// plus the words its lower invocations take, an exclusive prefix sum over the subgroup minus
-// its value at the group's first invocation (a subgroup may hold several groups).
+// plus the words its lower invocations take, counted in K subgroup ballots (one a lane index,
+// the group's W bits of each; a subgroup may hold several groups). (The first build took an
+// exclusive prefix sum over the subgroup minus its value at the group's first invocation,
+// which NVIDIA compiles to a chain of shuffles: BENCHMARKS.md issue 5, step 128.)
 //
 // The workgroup kernel (rans_decode.wgsl) gets that prefix from a bitmask in workgroup memory
 // and one workgroupBarrier per step, which every device runs; the 32-wide subgroup kernels
@@ -148,16 +150,18 @@ fn main(
     let tile_end = min(tile_first + P.tile_chunks, P.n_chunks);
     let g = lid / W;          // the group (chunk) in the workgroup
     let i = lid % W;          // lanes i K .. i K + K - 1 of the chunk
-    // The group's first and last invocations in the subgroup, and whether the group is W
+    // The group's first invocation in the subgroup, and whether the group is W
     // consecutive invocations of one subgroup in order: each invocation's place in its
     // subgroup's groups of W matches its place in the group, and the invocation in its
     // subgroup's first place holds the group's first local index (so all W share one subgroup).
-    // (shuffle indices stay inside the subgroup even where W is wider than it, a layout the
-    // check below rejects: an index past the subgroup reads an undefined value, which a driver
-    // may carry into branches)
+    // (the shuffle index and the ballot word stay inside the subgroup even where W is wider
+    // than it, a layout the check below rejects: an index past the subgroup reads an undefined
+    // value, which a driver may carry into branches)
     let first = sg_id - sg_id % W;
-    let last = min(first + W - 1u, sg_size - 1u);
     let first_lid = subgroupShuffle(lid, first);
+    // (W divides 32, so a group's bits of a ballot lie in one word of it)
+    let group_bits = 0xFFFFFFFFu >> (32u - W);
+    let lower = (1u << i) - 1u;
     let layout_ok = sg_size % W == 0u && sg_id % W == i && first_lid == lid - i;
 
     let chunk = tile_first + sub * (WG / W) + g;
@@ -220,11 +224,17 @@ fn main(
                     }
                 }
             }
-            // (outside the branch: every invocation of the subgroup takes part)
-            let c = countOneBits(need);
-            let ex = subgroupExclusiveAdd(c);
-            let below = ex - subgroupShuffle(ex, first);
-            let taken = subgroupShuffle(ex + c, last) - subgroupShuffle(ex, first);
+            // (outside the branch: every invocation of the subgroup takes part) The words the
+            // group's lower invocations take, and the group's total, from one ballot a lane
+            // index: the group's W bits of ballot k are its invocations' needs of lane k.
+            var below = 0u;
+            var taken = 0u;
+            for (var k = 0u; k < K; k++) {
+                let b = subgroupBallot(((need >> k) & 1u) != 0u);
+                let gb = (b[first >> 5u] >> (first & 31u)) & group_bits;
+                below += countOneBits(gb & lower);
+                taken += countOneBits(gb);
+            }
             // byte symbols of fewer than four lanes an invocation: the word of lanes
             // 4 (i K / 4) .. + 3 gathered by its first invocation from the next 4 / K - 1
             var word = 0u;
