@@ -90,6 +90,12 @@ override W: u32 = 8u;
 override K: u32 = 32u / W;
 
 const WG: u32 = 128u;
+// Groups of 32 (one lane an invocation) of byte symbols and split matrices hold their next
+// stream words in registers (`plane_at`) instead of loading each when they take it: on an
+// H200 at W = 32 that decoded whole symbols 1.3-1.5x and split matrices 1.2x faster, and
+// window splits 7-8% slower (their steps have more work of their own to overlap the loads
+// with; BENCHMARKS.md issue 5, step 129).
+override PLANES: bool = W == 32u && LOW != 3u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> freqs: array<u32>;    // the tiles' decode tables
@@ -101,6 +107,13 @@ const WG: u32 = 128u;
 
 fn read16(idx: u32) -> u32 {
     return (words[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
+}
+
+// Invocation i's u32 of the plane of 64 stream words from u16 word `base` (even): words
+// base + 2i and base + 2i + 1. Clamped to the buffer: past it a plane holds its last word,
+// which only a corrupt stream reads (and the lane reports).
+fn plane_at(base: u32, i: u32) -> u32 {
+    return words[min((base >> 1u) + i, arrayLength(&words) - 1u)];
 }
 
 // The u32 index in `out` of the MLX word of symbol j of coded row `row` (row_words: MLX words
@@ -190,6 +203,17 @@ fn main(
         }
     }
     let bad_table = load_blocked_table(tile, lid);
+    // (PLANES: the group's next stream words in two planes of 64 held across its invocations,
+    // loaded ahead of the steps that take them and handed out by shuffles, as the blocked
+    // kernels do; invariant p - base < 64 at every step's start, so a step's words lie below
+    // base + 96. Otherwise each lane loads its word when it takes it.)
+    var base = p & ~1u;
+    var pa = 0u;
+    var pb = 0u;
+    if (PLANES) {
+        pa = plane_at(base, i);
+        pb = plane_at(base + 64u, i);
+    }
 
     let n = PREC;
     let mmask = (1u << n) - 1u;
@@ -235,6 +259,15 @@ fn main(
                 below += countOneBits(gb & lower);
                 taken += countOneBits(gb);
             }
+            // (PLANES: this lane's word from the planes, taken below only if it renormalises)
+            var planed = 0u;
+            if (PLANES) {
+                let r = p + below - base;
+                let src = min(first + ((r >> 1u) & 31u), sg_size - 1u);
+                let va = subgroupShuffle(pa, src);
+                let vb = subgroupShuffle(pb, src);
+                planed = (select(va, vb, r >= 64u) >> ((r & 1u) * 16u)) & 0xFFFFu;
+            }
             // byte symbols of fewer than four lanes an invocation: the word of lanes
             // 4 (i K / 4) .. + 3 gathered by its first invocation from the next 4 / K - 1
             var word = 0u;
@@ -256,18 +289,31 @@ fn main(
                 // the whole form's decode (it runs a branch whenever any lane of its 8 takes
                 // it; BENCHMARKS.md issue 5, step 124). Past the chunk's end the load reads
                 // word 0 and the lane that needed it reports the over-read.
-                var idx = p + below;
-                for (var k = 0u; k < K; k++) {
-                    let nk = (need >> k) & 1u;
-                    let ok = idx < end;
-                    let wv = read16(select(0u, idx, ok));
-                    if (nk != 0u && !ok) {
+                if (PLANES) {
+                    let nk = need & 1u;
+                    if (nk != 0u && p + below >= end) {
                         err |= ERR_OVER_READ;
                     }
-                    x[k] = select(x[k], (x[k] << 16u) | wv, nk != 0u);
-                    idx += nk;
+                    x[0] = select(x[0], (x[0] << 16u) | planed, nk != 0u);
+                } else {
+                    var idx = p + below;
+                    for (var k = 0u; k < K; k++) {
+                        let nk = (need >> k) & 1u;
+                        let ok = idx < end;
+                        let wv = read16(select(0u, idx, ok));
+                        if (nk != 0u && !ok) {
+                            err |= ERR_OVER_READ;
+                        }
+                        x[k] = select(x[k], (x[k] << 16u) | wv, nk != 0u);
+                        idx += nk;
+                    }
                 }
                 p += taken;
+                if (PLANES && p - base >= 64u) {
+                    pa = pb;
+                    base += 64u;
+                    pb = plane_at(base + 64u, i);
+                }
                 if (LOW != 3u) {
                     // symbol word j / 4 of the row holds symbols j .. j + 3, j a multiple of 4
                     // (S is: the host decodes rows of whole words)
