@@ -215,14 +215,18 @@ impl EntropyCodedModel {
             layer: path.into(),
             source,
         })?;
-        // (the layer as a window split: see LinearOptions::keep_stored_form)
-        let window_split =
-            if !opts.keep_stored_form && split.as_ref().is_none_or(|(d, _)| d.window.is_none()) {
-                let weight = format!("{path}.weight");
-                recoder.window_split_of(&weight, &load_weight(&coded.model, &weight)?, true)?
-            } else {
-                None
-            };
+        // (the layer as a window split: see LinearOptions::keep_stored_form; 4-bit weights
+        // not stored as one, checked here before `load_weight` copies the stored parts)
+        let weight_bits = h[4] + split.as_ref().map_or(0, |(d, _)| d.low_bits);
+        let window_split = if !opts.keep_stored_form
+            && weight_bits == 4
+            && split.as_ref().is_none_or(|(d, _)| d.window.is_none())
+        {
+            let weight = format!("{path}.weight");
+            recoder.window_split_of(&weight, &load_weight(&coded.model, &weight)?, true)?
+        } else {
+            None
+        };
         if let Some(s) = &window_split {
             let m = CodedLayerRef::from_split(s, group_size, &scales, &biases, bias.as_deref());
             return EntropyCodedLinear::upload(dev, path, m, opts);
