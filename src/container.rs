@@ -514,6 +514,13 @@ pub fn window_split_of(
     WindowRecoder::default().window_split_of(weight, w, row_pairs)
 }
 
+/// Whether [`window_split_of`] re-codes a `bits`-bit weight of `rows x cols` that is not a
+/// window split already: 4 bits, in a shape [`MatrixCoding::Window4`] splits. A loader can ask
+/// before it copies a stored weight's parts.
+pub fn window_split_takes(rows: usize, cols: usize, bits: u32, row_pairs: bool) -> bool {
+    split_order(MatrixCoding::Window4 { row_pairs }, rows, cols, bits).is_some()
+}
+
 /// [`window_split_of`] for weight after weight, keeping its buffers (a weight's decoded
 /// symbols and its coded flags, a byte each per weight) from one to the next: on a 16-core host
 /// fresh buffers of that size cost as much as the re-coding itself, its threads waiting on the
@@ -544,7 +551,7 @@ impl WindowRecoder {
         let coding = MatrixCoding::Window4 { row_pairs };
         let (rows, cols, bits) = (w.rows(), w.cols(), w.bits());
         let is_window = w.split().is_some_and(|s| s.window().is_some());
-        if is_window || split_order(coding, rows, cols, bits).is_none() {
+        if is_window || !window_split_takes(rows, cols, bits, row_pairs) {
             return Ok(None);
         }
         let symbols = crate::rans::grown(&mut self.symbols, w.weights());

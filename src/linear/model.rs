@@ -11,7 +11,8 @@ use super::cpu::CpuLinear;
 use super::device::LinearDevice;
 use super::LinearError;
 use crate::container::{
-    load_weight, parse_split_descriptor, CodedModel, WindowRecoder, PART_SUFFIXES, SPLIT_SUFFIXES,
+    load_weight, parse_split_descriptor, window_split_takes, CodedModel, WindowRecoder,
+    PART_SUFFIXES, SPLIT_SUFFIXES,
 };
 use crate::model::{Dtype, TensorData};
 use crate::rans::{verify_checksums_le, HEADER_FIXED, MAGIC, VERSION};
@@ -215,12 +216,12 @@ impl EntropyCodedModel {
             layer: path.into(),
             source,
         })?;
-        // (the layer as a window split: see LinearOptions::keep_stored_form; 4-bit weights
-        // not stored as one, checked here before `load_weight` copies the stored parts)
+        // (the layer as a window split: see LinearOptions::keep_stored_form; whether the form
+        // takes it is asked before `load_weight` copies the stored parts)
         let weight_bits = h[4] + split.as_ref().map_or(0, |(d, _)| d.low_bits);
         let window_split = if !opts.keep_stored_form
-            && weight_bits == 4
             && split.as_ref().is_none_or(|(d, _)| d.window.is_none())
+            && window_split_takes(out_f, in_f, weight_bits, true)
         {
             let weight = format!("{path}.weight");
             recoder.window_split_of(&weight, &load_weight(&coded.model, &weight)?, true)?
