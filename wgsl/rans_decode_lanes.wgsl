@@ -28,7 +28,9 @@
 // subgroupShuffle), or, for a split matrix, two merged with the raw low bits
 // (split_bits.wgsl). Four window symbols share one word of each raw bit plane and become four
 // MLX words at once (window_bits.wgsl `window_words`, then window_mlx.wgsl's transpose),
-// written to their places in row order or row pairs (window_word.wgsl `window_symbol_at`).
+// written to their places in row order or row pairs (window_word.wgsl `window_symbol_at`);
+// with fewer than four lanes an invocation, the four come from 4 / K steps and the group's
+// invocations by shuffles.
 // The host runs window splits in coded rows of whole 1024-weight blocks, byte symbols in rows
 // of whole words, <= 11 probability bits and packed output only (`GpuCodedMatrix` decode
 // dispatch).
@@ -90,12 +92,12 @@ override W: u32 = 8u;
 override K: u32 = 32u / W;
 
 const WG: u32 = 128u;
-// Groups of 32 (one lane an invocation) of byte symbols and split matrices hold their next
-// stream words in registers (`plane_at`) instead of loading each when they take it: on an
-// H200 at W = 32 that decoded whole symbols 1.3-1.5x and split matrices 1.2x faster, and
-// window splits 7-8% slower (their steps have more work of their own to overlap the loads
-// with; BENCHMARKS.md issue 5, step 129).
-override PLANES: bool = W == 32u && LOW != 3u;
+// Groups of 32 (one lane an invocation) hold their next stream words in registers
+// (`plane_at`) instead of loading each when they take it: on an H200 at W = 32 that decoded
+// whole symbols 1.3-1.5x and split matrices 1.2x faster (BENCHMARKS.md issue 5, step 129),
+// and window splits 1.12-1.19x once their words were merged four steps at a time (step 130;
+// before, when each step merged its own, 7-8% slower).
+override PLANES: bool = W == 32u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> freqs: array<u32>;    // the tiles' decode tables
@@ -220,9 +222,10 @@ fn main(
     let row_words = P.out_row_words;            // MLX words of a coded row, P.cols / 8
     let raw_row_words = (P.cols * 3u) >> 5u;    // raw words of a coded row
     let S = P.syms_per_row;
-    // (the four-symbol sets of an invocation's step: K / 4, or one partial set)
-    let sets = (K + 3u) / 4u;
-    let per_set = min(K, 4u);
+    // (window splits with K < 4: the steps of one gathered word, and this invocation's
+    // symbols of them)
+    let Q = max(4u / K, 1u);
+    var held = 0u;
     for (var rr = 0u; rr < P.chunk_rows; rr++) {
         let row_on = rr < nrows;
         let row = r0 + rr;
@@ -230,23 +233,22 @@ fn main(
             var sym = array<u32, 8>(0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u);
             var need = 0u;
             // symbols j0 .. j0 + K - 1 of the coded row (a row's last step may hold fewer
-            // than 32: lanes past S decode nothing)
+            // than 32: lanes past S decode nothing; window splits' rows are whole blocks).
+            // No branch around the step: on a row past the chunk's end (the last chunk's) the
+            // states stay as they are by select and need no word, so the renormalisation
+            // below runs unguarded too. The table is the host's, whose tile flag (ERR_TABLE)
+            // catches frequencies not summing to 2^n, so every slot has an owner and a step
+            // does not check for one. Without that branch and that check a step compiles to
+            // ~50 instructions instead of ~78 on an H200 at W = 32, where the decode ran
+            // 1.10-1.26x faster (BENCHMARKS.md issue 5, step 130).
             let j0 = u * 32u + i * K;
-            if (row_on) {
-                for (var k = 0u; k < K; k++) {
-                    if (j0 + k >= S) {
-                        break;
-                    }
-                    let e = table[x[k] & mmask];
-                    if (e == SENTINEL) {
-                        err |= ERR_ZERO_FREQ;
-                    }
-                    x[k] = ((e >> 12u) & 0xFFFu) * (x[k] >> n) + (e & 0xFFFu);
-                    sym[k] = e >> 24u;
-                    if (x[k] < L) {
-                        need |= 1u << k;
-                    }
-                }
+            for (var k = 0u; k < K; k++) {
+                let on = row_on && (LOW == 3u || j0 + k < S);
+                let e = table[x[k] & mmask];
+                let xd = ((e >> 12u) & 0xFFFu) * (x[k] >> n) + (e & 0xFFFu);
+                x[k] = select(x[k], xd, on);
+                sym[k] = select(0u, e >> 24u, on);
+                need |= select(0u, 1u << k, on && xd < L);
             }
             // (outside the branch: every invocation of the subgroup takes part) The words the
             // group's lower invocations take, and the group's total, from one ballot a lane
@@ -260,13 +262,17 @@ fn main(
                 taken += countOneBits(gb);
             }
             // (PLANES: this lane's word from the planes, taken below only if it renormalises)
+            // The step's words lie in u32s (p - base) / 2 .. + 16 of the planes (p - base < 64),
+            // at 17 different invocations, so each picks beforehand which of its two u32s
+            // could be asked for (pa if i >= (p - base) / 2) and one shuffle serves all, as
+            // in the blocked kernels' renorm_word (rans_subgroup.wgsl).
             var planed = 0u;
             if (PLANES) {
-                let r = p + below - base;
+                let rel0 = p - base;
+                let mine = select(pb, pa, rel0 <= 2u * i + 1u);
+                let r = rel0 + below;
                 let src = min(first + ((r >> 1u) & 31u), sg_size - 1u);
-                let va = subgroupShuffle(pa, src);
-                let vb = subgroupShuffle(pb, src);
-                planed = (select(va, vb, r >= 64u) >> ((r & 1u) * 16u)) & 0xFFFFu;
+                planed = (subgroupShuffle(mine, src) >> ((r & 1u) * 16u)) & 0xFFFFu;
             }
             // byte symbols of fewer than four lanes an invocation: the word of lanes
             // 4 (i K / 4) .. + 3 gathered by its first invocation from the next 4 / K - 1
@@ -283,18 +289,16 @@ fn main(
                     }
                 }
             }
-            if (row_on) {
+            {
                 // Every lane loads the word at its position, taken only where it renormalises:
                 // a load inside the branch of the lanes that need a word cost lavapipe ~95% of
                 // the whole form's decode (it runs a branch whenever any lane of its 8 takes
                 // it; BENCHMARKS.md issue 5, step 124). Past the chunk's end the load reads
                 // word 0 and the lane that needed it reports the over-read.
                 if (PLANES) {
-                    let nk = need & 1u;
-                    if (nk != 0u && p + below >= end) {
-                        err |= ERR_OVER_READ;
-                    }
-                    x[0] = select(x[0], (x[0] << 16u) | planed, nk != 0u);
+                    // (a word taken past the chunk's end leaves p past it, which the end
+                    // reports: ERR_OVER_READ)
+                    x[0] = select(x[0], (x[0] << 16u) | planed, (need & 1u) != 0u);
                 } else {
                     var idx = p + below;
                     for (var k = 0u; k < K; k++) {
@@ -314,6 +318,8 @@ fn main(
                     base += 64u;
                     pb = plane_at(base + 64u, i);
                 }
+            }
+            if (row_on) {
                 if (LOW != 3u) {
                     // symbol word j / 4 of the row holds symbols j .. j + 3, j a multiple of 4
                     // (S is: the host decodes rows of whole words)
@@ -331,20 +337,54 @@ fn main(
                     }
                     continue;
                 }
-                // a window split's symbols, four a raw word
-                for (var s = 0u; s < sets; s++) {
+                // a window split's symbols, four a raw word (K < 4: gathered after the
+                // block's last step, below)
+                for (var s = 0u; s < K / 4u; s++) {
                     let js = j0 + 4u * s;
                     // (raw word js / 4 of the row: lane js / 4 % 32 of its 1024-weight block)
                     let wr = js >> 2u;
-                    let sh = vec3<u32>(8u * (js & 3u));
-                    let r = window_raw(row * raw_row_words, wr >> 5u, wr & 31u) >> sh;
-                    var sv = vec4<u32>(0u);
-                    for (var m = 0u; m < per_set; m++) {
-                        sv[m] = sym[4u * s + m];
-                    }
+                    let r = window_raw(row * raw_row_words, wr >> 5u, wr & 31u);
+                    let b = 4u * s;
+                    let sv = vec4<u32>(sym[b], sym[b + 1u], sym[b + 2u], sym[b + 3u]);
                     let mw = window_mlx_words(window_words(sv, r));
-                    for (var m = 0u; m < per_set; m++) {
+                    for (var m = 0u; m < 4u; m++) {
                         out[out_index(row, js + m, row_words)] = mw[m];
+                    }
+                }
+            }
+            if (LOW == 3u && K < 4u) {
+                // Window splits with fewer than four lanes an invocation: an invocation keeps
+                // its symbols of Q = 4 / K steps (step q's lane k in byte q K + k of `held`);
+                // after the block's last step invocation i gathers the four symbols of raw
+                // word i of the block (step i / 8, lanes 4 (i % 8) .. + 3) with four shuffles
+                // and merges them into four MLX words, as the blocked window decode does with
+                // its 4-step blocks. Merging at every step made four words of which one was
+                // kept (BENCHMARKS.md issue 5, step 130). The host runs window splits in
+                // rows of whole 1024-weight blocks, so T is a multiple of Q and every lane
+                // of a step holds a symbol. (Outside the branch: every invocation of the
+                // subgroup takes part in the shuffles.)
+                let q = u % Q;
+                for (var k = 0u; k < K; k++) {
+                    held |= sym[k] << (8u * (q * K + k));
+                }
+                if (q == Q - 1u) {
+                    let t = i / 8u;
+                    let m8 = i % 8u;
+                    var sv = vec4<u32>(0u);
+                    for (var c = 0u; c < 4u; c++) {
+                        let lane = 4u * m8 + c;
+                        let src = min(first + lane / K, sg_size - 1u);
+                        sv[c] = (subgroupShuffle(held, src) >> (8u * (t * K + lane % K))) & 0xFFu;
+                    }
+                    held = 0u;
+                    if (row_on) {
+                        let js = (u - q + t) * 32u + 4u * m8;
+                        let wr = js >> 2u;
+                        let r = window_raw(row * raw_row_words, wr >> 5u, wr & 31u);
+                        let mw = window_mlx_words(window_words(sv, r));
+                        for (var c = 0u; c < 4u; c++) {
+                            out[out_index(row, js + c, row_words)] = mw[c];
+                        }
                     }
                 }
             }
