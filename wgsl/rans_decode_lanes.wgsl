@@ -23,14 +23,12 @@
 //
 // Each workgroup of 128 invocations loads its tile's decode table built on the host
 // (`load_blocked_table`, src/gpu/slot_table.rs) once for its 128 / W chunks. An invocation's
-// symbols of a step are consecutive in the row. Four byte symbols are one MLX word (with
-// fewer than four lanes an invocation, the word's first invocation gathers the others' with
-// subgroupShuffle), or, for a split matrix, two merged with the raw low bits
-// (split_bits.wgsl). Four window symbols share one word of each raw bit plane and become four
-// MLX words at once (window_bits.wgsl `window_words`, then window_mlx.wgsl's transpose),
-// written to their places in row order or row pairs (window_word.wgsl `window_symbol_at`);
-// with fewer than four lanes an invocation, the four come from 4 / K steps and the group's
-// invocations by shuffles.
+// symbols of a step are consecutive in the row. Four byte symbols are one MLX word, or, for a
+// split matrix, two merged with the raw low bits (split_bits.wgsl). Four window symbols share
+// one word of each raw bit plane and become four MLX words at once (window_bits.wgsl
+// `window_words`, then window_mlx.wgsl's transpose), written to their places in row order or
+// row pairs (window_word.wgsl `window_symbol_at`). With fewer than four lanes an invocation,
+// the four symbols come from 4 / K steps of the group's invocations by shuffles.
 // The host runs window splits in coded rows of whole 1024-weight blocks, byte symbols in rows
 // of whole words, <= 11 probability bits and packed output only (`GpuCodedMatrix` decode
 // dispatch).
@@ -222,8 +220,7 @@ fn main(
     let row_words = P.out_row_words;            // MLX words of a coded row, P.cols / 8
     let raw_row_words = (P.cols * 3u) >> 5u;    // raw words of a coded row
     let S = P.syms_per_row;
-    // (window splits with K < 4: the steps of one gathered word, and this invocation's
-    // symbols of them)
+    // (K < 4: the steps of one gathered word, and this invocation's symbols of them)
     let Q = max(4u / K, 1u);
     var held = 0u;
     for (var rr = 0u; rr < P.chunk_rows; rr++) {
@@ -274,21 +271,6 @@ fn main(
                 let src = min(first + ((r >> 1u) & 31u), sg_size - 1u);
                 planed = (subgroupShuffle(mine, src) >> ((r & 1u) * 16u)) & 0xFFFFu;
             }
-            // byte symbols of fewer than four lanes an invocation: the word of lanes
-            // 4 (i K / 4) .. + 3 gathered by its first invocation from the next 4 / K - 1
-            var word = 0u;
-            if (LOW != 3u) {
-                for (var k = 0u; k < min(K, 4u); k++) {
-                    word |= sym[k] << (8u * k);
-                }
-                if (K < 4u) {
-                    let mine = word;
-                    for (var d = 1u; d < 4u / K; d++) {
-                        let src = min(sg_id + d, sg_size - 1u);
-                        word |= subgroupShuffle(mine, src) << (8u * K * d);
-                    }
-                }
-            }
             {
                 // Every lane loads the word at its position, taken only where it renormalises:
                 // a load inside the branch of the lanes that need a word cost lavapipe ~95% of
@@ -322,11 +304,9 @@ fn main(
             if (row_on) {
                 if (LOW != 3u) {
                     // symbol word j / 4 of the row holds symbols j .. j + 3, j a multiple of 4
-                    // (S is: the host decodes rows of whole words)
-                    if (j0 % 4u == 0u && j0 < S) {
-                        write_symbol_word(row, j0, word, row_words);
-                    }
-                    for (var s = 1u; s < K / 4u; s++) {
+                    // (S is: the host decodes rows of whole words; K < 4: gathered after the
+                    // block's last step, below)
+                    for (var s = 0u; s < K / 4u; s++) {
                         let js = j0 + 4u * s;
                         if (js < S) {
                             let b = 4u * s;
@@ -335,55 +315,67 @@ fn main(
                             write_symbol_word(row, js, w, row_words);
                         }
                     }
-                    continue;
-                }
-                // a window split's symbols, four a raw word (K < 4: gathered after the
-                // block's last step, below)
-                for (var s = 0u; s < K / 4u; s++) {
-                    let js = j0 + 4u * s;
-                    // (raw word js / 4 of the row: lane js / 4 % 32 of its 1024-weight block)
-                    let wr = js >> 2u;
-                    let r = window_raw(row * raw_row_words, wr >> 5u, wr & 31u);
-                    let b = 4u * s;
-                    let sv = vec4<u32>(sym[b], sym[b + 1u], sym[b + 2u], sym[b + 3u]);
-                    let mw = window_mlx_words(window_words(sv, r));
-                    for (var m = 0u; m < 4u; m++) {
-                        out[out_index(row, js + m, row_words)] = mw[m];
+                } else {
+                    // a window split's symbols, four a raw word (K < 4: gathered after the
+                    // block's last step, below)
+                    for (var s = 0u; s < K / 4u; s++) {
+                        let js = j0 + 4u * s;
+                        // (raw word js / 4 of the row: lane js / 4 % 32 of its 1024-weight
+                        // block)
+                        let wr = js >> 2u;
+                        let r = window_raw(row * raw_row_words, wr >> 5u, wr & 31u);
+                        let b = 4u * s;
+                        let sv = vec4<u32>(sym[b], sym[b + 1u], sym[b + 2u], sym[b + 3u]);
+                        let mw = window_mlx_words(window_words(sv, r));
+                        for (var m = 0u; m < 4u; m++) {
+                            out[out_index(row, js + m, row_words)] = mw[m];
+                        }
                     }
                 }
             }
-            if (LOW == 3u && K < 4u) {
-                // Window splits with fewer than four lanes an invocation: an invocation keeps
-                // its symbols of Q = 4 / K steps (step q's lane k in byte q K + k of `held`);
-                // after the block's last step invocation i gathers the four symbols of raw
-                // word i of the block (step i / 8, lanes 4 (i % 8) .. + 3) with four shuffles
-                // and merges them into four MLX words, as the blocked window decode does with
-                // its 4-step blocks. Merging at every step made four words of which one was
-                // kept (BENCHMARKS.md issue 5, step 130). The host runs window splits in
-                // rows of whole 1024-weight blocks, so T is a multiple of Q and every lane
-                // of a step holds a symbol. (Outside the branch: every invocation of the
-                // subgroup takes part in the shuffles.)
+            if (K < 4u) {
+                // Fewer than four lanes an invocation: an invocation keeps its symbols of
+                // Q = 4 / K steps (step q's lane k in byte q K + k of `held`); after the
+                // block's last step (or the row's) invocation i gathers the word of four
+                // symbols of the block's step i / 8, lanes 4 (i % 8) .. + 3, from the Q
+                // invocations that hold them (K bytes from each, one shuffle each), as the
+                // blocked window decode does with its 4-step blocks, and writes it: merged
+                // with its raw words into four MLX words (window splits) or as byte symbols
+                // (split_bits.wgsl for split matrices). Merging a window split's four symbols
+                // at every step made four words of which one was kept; byte symbols took
+                // 4 / K - 1 shuffles a step and wrote from one invocation in 4 / K
+                // (BENCHMARKS.md issue 5, steps 130 and 132). Window splits' rows are whole
+                // 1024-weight blocks, so T is a multiple of Q there; a byte-symbol row may
+                // end inside a block, whose steps past it hold no symbols (js >= S). (Outside
+                // the branch: every invocation of the subgroup takes part in the shuffles.)
                 let q = u % Q;
                 for (var k = 0u; k < K; k++) {
                     held |= sym[k] << (8u * (q * K + k));
                 }
-                if (q == Q - 1u) {
+                if (q == Q - 1u || u + 1u == T) {
                     let t = i / 8u;
                     let m8 = i % 8u;
-                    var sv = vec4<u32>(0u);
-                    for (var c = 0u; c < 4u; c++) {
-                        let lane = 4u * m8 + c;
-                        let src = min(first + lane / K, sg_size - 1u);
-                        sv[c] = (subgroupShuffle(held, src) >> (8u * (t * K + lane % K))) & 0xFFu;
+                    // (K bytes; written so that no constant shift reaches 32 where K >= 4)
+                    let kmask = 0xFFFFFFFFu >> (32u - 8u * min(K, 3u));
+                    var word = 0u;
+                    for (var c = 0u; c < Q; c++) {
+                        let src = min(first + 4u * m8 / K + c, sg_size - 1u);
+                        let v = subgroupShuffle(held, src);
+                        word |= ((v >> (8u * K * t)) & kmask) << (8u * K * c);
                     }
                     held = 0u;
-                    if (row_on) {
-                        let js = (u - q + t) * 32u + 4u * m8;
-                        let wr = js >> 2u;
-                        let r = window_raw(row * raw_row_words, wr >> 5u, wr & 31u);
-                        let mw = window_mlx_words(window_words(sv, r));
-                        for (var c = 0u; c < 4u; c++) {
-                            out[out_index(row, js + c, row_words)] = mw[c];
+                    let js = (u - q + t) * 32u + 4u * m8;
+                    if (row_on && js < S) {
+                        if (LOW == 3u) {
+                            let wr = js >> 2u;
+                            let r = window_raw(row * raw_row_words, wr >> 5u, wr & 31u);
+                            let sv = vec4<u32>(word, word >> 8u, word >> 16u, word >> 24u);
+                            let mw = window_mlx_words(window_words(sv, r));
+                            for (var c = 0u; c < 4u; c++) {
+                                out[out_index(row, js + c, row_words)] = mw[c];
+                            }
+                        } else {
+                            write_symbol_word(row, js, word, row_words);
                         }
                     }
                 }
