@@ -247,7 +247,7 @@ fn main(
                 sym[k] = select(0u, e >> 24u, on);
                 need |= select(0u, 1u << k, on && xd < L);
             }
-            // (outside the branch: every invocation of the subgroup takes part) The words the
+            // (every invocation of the subgroup takes part, in no branch) The words the
             // group's lower invocations take, and the group's total, from one ballot a lane
             // index: the group's W bits of ballot k are its invocations' needs of lane k.
             var below = 0u;
