@@ -493,10 +493,11 @@ fn encode_symbols_with(
 /// without the round trip through files. The GPU's fused kernels run window splits fastest:
 /// on an H200, 32 Llama-3-8B layers coded whole, as `ecq encode` stores them by default, took
 /// 20.6 ms a token, re-coded by this 5.4 (73.2 and 15.5 on the kernels of GPUs without
-/// 32-wide subgroups, before step 128 made both faster), for 0.13 s of the host's 16 cores a layer with a [`WindowRecoder`]
-/// kept across layers (BENCHMARKS.md, issue 5, steps 126-127). This is how [`crate::linear::EntropyCodedModel`] uploads such weights unless
-/// [`crate::linear::LinearOptions::keep_stored_form`] says not to. The weights are the same: the split
-/// decodes to `w`'s symbols, checksums verified on the way.
+/// 32-wide subgroups, before steps 128-132 made both faster), for 0.13 s of the host's 16
+/// cores a layer with a [`WindowRecoder`] kept across layers (BENCHMARKS.md, issue 5, steps
+/// 126-127). This is how [`crate::linear::EntropyCodedModel`] uploads such weights unless
+/// [`crate::linear::LinearOptions::keep_stored_form`] says not to. The weights are the same:
+/// the split decodes to `w`'s symbols, checksums verified on the way.
 ///
 /// `None` where the window split does not take the weight: not 4 bits, already a window
 /// split, or a shape [`MatrixCoding::Window4`] codes whole (`K` not a multiple of 512 in row

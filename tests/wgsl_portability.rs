@@ -189,18 +189,26 @@ fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
             "rans_decode_window.wgsl",
             vec![("PAIR", 1.0), ("WSTART", 5.0)],
         ),
-        // (the lanes decode: window splits in row pairs at eight lanes an invocation, byte
-        // symbols at one and four, whose words are gathered or written whole, and split
-        // matrices in row pairs)
+        // (the lanes decode: window splits in row pairs at eight lanes an invocation and at
+        // one, whose words are gathered over four steps, byte symbols at one and four, and
+        // split matrices in row pairs at four and at two)
         (
             "rans_decode_lanes.wgsl",
             vec![("PAIR", 1.0), ("WSTART", 5.0), ("W", 4.0)],
+        ),
+        (
+            "rans_decode_lanes.wgsl",
+            vec![("PAIR", 1.0), ("WSTART", 5.0), ("W", 32.0)],
         ),
         ("rans_decode_lanes.wgsl", vec![("LOW", 0.0), ("W", 32.0)]),
         ("rans_decode_lanes.wgsl", vec![("LOW", 0.0), ("W", 4.0)]),
         (
             "rans_decode_lanes.wgsl",
             vec![("LOW", 2.0), ("PAIR", 1.0), ("W", 8.0)],
+        ),
+        (
+            "rans_decode_lanes.wgsl",
+            vec![("LOW", 2.0), ("PAIR", 1.0), ("W", 16.0)],
         ),
         (
             gemv,
