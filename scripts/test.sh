@@ -13,10 +13,12 @@ scripts/fetch-model.sh
 export PROPTEST_RNG_SEED=${PROPTEST_RNG_SEED:-20261126}
 cargo test --release "$@"
 # lavapipe's subgroups are as wide as its vectors (8 lanes of 32 bits at its default 256
-# bits): the lanes decode kernels run there at group widths 4 and 8, and must report every
-# chunk at 16 and 32. With 512-bit vectors (16-wide subgroups) they run at 16 too. The
+# bits): the lanes kernels (decode and fused GEMV) run there at group widths 4 and 8, and must
+# report every chunk at 16 and 32. With 512-bit vectors (16-wide subgroups) they run at 16 too. The
 # variable only concerns lavapipe; elsewhere this reruns the same tests.
 if [ $# -eq 0 ]; then
     echo "== the GPU decode again with 16-wide lavapipe subgroups (LP_NATIVE_VECTOR_WIDTH=512)"
     LP_NATIVE_VECTOR_WIDTH=512 cargo test --release --test gpu_decode --test gpu_context
+    echo "== the lanes fused GEMV with 16-wide lavapipe subgroups"
+    LP_NATIVE_VECTOR_WIDTH=512 cargo test --release --test gpu_gemv lanes
 fi

@@ -1010,8 +1010,9 @@ fn split_corrupt_state_is_reported() {
 /// or of the last chunk, row-major and in row pairs, through the GPU decode (the default kernel,
 /// the workgroup one and the lanes one at every group width the device's subgroups allow,
 /// packed and one byte per weight) and every fused kernel that takes
-/// window splits (the workgroup one everywhere, both blocked ones with 32-wide subgroups, for
-/// one vector and for three in one launch). A bad state never gets
+/// window splits (the workgroup one everywhere, the lanes one at every group width the
+/// subgroups allow, both blocked ones with 32-wide subgroups, for one vector and for three
+/// in one launch). A bad state never gets
 /// that far: `EncodedMatrix::from_parts` refuses it.
 #[test]
 fn window_corrupt_stream_is_reported() {
@@ -1095,6 +1096,9 @@ fn window_corrupt_stream_is_reported() {
                         Some(FusedVariant::Workgroup),
                     );
                     expect(&format!("lanes W={w} decode"), r.map(drop));
+                    let r =
+                        g.gemv_with(ctx.device(), ctx.queue(), reg, &x, FusedVariant::Workgroup);
+                    expect(&format!("lanes W={w} GEMV"), r.map(drop));
                 }
             }
             expect("default GEMV", ctx.gemv_coded(&g, &x).map(drop));

@@ -636,7 +636,9 @@ fn fused_blocked_diagnostic_builds() {
 
 /// The blocked fused kernels and the workgroup one reading their decode tables from memory
 /// (built once on the host, `GpuCodedMatrix::set_tables_in_memory`, the default) give, bit for
-/// bit, what they give building the tables in every workgroup, and the blocked decodes of the same matrices give
+/// bit, what they give building the tables in every workgroup (a window split with them on a
+/// device running the lanes kernels runs the lanes fused GEMV instead, within the reference's
+/// bound either way), and the blocked decodes of the same matrices give
 /// the CPU's words either way (a window split reading the tables decodes in
 /// `rans_decode_window.wgsl`, the others build theirs): whole symbols, the 2 + 2 split and a
 /// window split in row pairs, tiles of three chunks (several tables a matrix), both table
@@ -734,10 +736,25 @@ fn fused_tables_in_memory_bit_identical() {
         let wg = |m: &ecq::gpu::GpuCodedMatrix| {
             gemv(m, FusedVariant::Workgroup).unwrap_or_else(|e| panic!("{what} Workgroup: {e}"))
         };
+        // (except where the host's tables put a window split on the lanes fused GEMV,
+        // devices without 32-wide subgroups that run the lanes kernels: a kernel summing in
+        // another order, checked against the reference)
         let y = wg(&mem);
-        assert_eq!(bits(y.clone()), bits(wg(&built)), "{what} Workgroup");
-        assert!(mem.table_bytes() >= 2 * 2576, "{what} Workgroup");
         let (want, sum_abs) = reference(&q, &x);
+        if ecq::gpu::lanes_gemv_width(ctx.registry(), &mem.fused_layout()).is_none() {
+            assert_eq!(bits(y.clone()), bits(wg(&built)), "{what} Workgroup");
+        } else {
+            assert_eq!(what, "window pairs");
+            let y = wg(&built);
+            assert_close(
+                &format!("{what} Workgroup built"),
+                &y,
+                &want,
+                &sum_abs,
+                1024,
+            );
+        }
+        assert!(mem.table_bytes() >= 2 * 2576, "{what} Workgroup");
         assert_close(&format!("{what} Workgroup"), &y, &want, &sum_abs, 1024);
     }
     // tile 1 (chunks 3..6) of the whole matrix with one frequency too many
@@ -1054,6 +1071,110 @@ fn fused_gemv_window_split() {
     if !ctx.registry().subgroups32() {
         gpu_common::announce_unsupported(
             "window split: the blocked fused and decode kernels need 32-wide subgroups; the workgroup fused and decode kernels were checked",
+        );
+    }
+}
+
+/// The fused GEMV of window splits on the lanes kernels (`rans_gemv_lanes.wgsl`: a chunk's
+/// 32 lanes run by W invocations, 32 / W lanes each; what GPUs without 32-wide subgroups run)
+/// at every group width W, against the f64 reference within the tolerance above: row-major
+/// and in row pairs, MLX groups of 32/64/128, window starts 0, 13 and the usual one, chunks
+/// of one row up to several, a last chunk of one pair, tiles of three chunks (several decode
+/// tables). The order of the sums differs from the other kernels' (a butterfly over the
+/// group's W partial sums); the bound above holds for any order. Where W does not divide the
+/// device's subgroups, every chunk is reported (the layout check), never a wrong `y`. A
+/// matrix whose tables the kernel is not given stays on the workgroup kernel; rows that are
+/// not whole 1024-weight blocks are refused, as there.
+#[test]
+fn fused_gemv_window_split_lanes() {
+    let Some(ctx) = ctx() else { return };
+    if gpu_common::lanes_registries().is_empty() {
+        gpu_common::announce_unsupported(
+            "window split on the lanes fused GEMV: the lanes kernels need Features::SUBGROUP",
+        );
+        return;
+    }
+    // (rows, cols, group size, chunk symbols, row pairs)
+    for (i, &(rows, cols, gs, chunk, pairs)) in [
+        (17, 2048, 64, 4096, false), // two rows a chunk, a last chunk of one row
+        (5, 14336, 32, 900, false),  // 56 steps a row, one row a chunk
+        (3, 4096, 128, 64, false),   // one-row chunks
+        (2, 1024, 64, 4096, true),   // one pair, one block a coded row
+        (10, 4096, 64, 1024, true),  // one pair a chunk
+        (6, 14336, 128, 8192, true), // a last chunk of one pair
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (q, x) = random_matrix(2300 + i as u64, rows, cols, 4, gs);
+        let order = if pairs {
+            ecq::rans::SplitOrder::RowPairs
+        } else {
+            ecq::rans::SplitOrder::Rows
+        };
+        let syms = q.symbols();
+        let (want, sum_abs) = reference(&q, &x);
+        for start in [ecq::rans::window_start(&syms), 0, 13] {
+            let s = ecq::rans::SplitMatrix::encode_window_at(
+                &syms,
+                rows,
+                cols,
+                start,
+                &small_tiles(chunk, gs),
+                order,
+            )
+            .unwrap();
+            let label = format!("lanes window {start} {rows}x{cols} g{gs} pairs {pairs}");
+            let mut m = ctx
+                .upload_split(&s, Some(QuantParamsRef::from(&q)))
+                .unwrap();
+            for (w, fits, reg) in gpu_common::lanes_registries() {
+                assert_eq!(
+                    ecq::gpu::lanes_gemv_width(reg, &m.fused_layout()),
+                    Some(*w),
+                    "{label}: the lanes GEMV should take this matrix"
+                );
+                let r = m.gemv_with(ctx.device(), ctx.queue(), reg, &x, FusedVariant::Workgroup);
+                if *fits {
+                    let y = r.unwrap_or_else(|e| panic!("{label} W={w}: {e}"));
+                    assert_close(&format!("{label} W={w}"), &y, &want, &sum_abs, cols);
+                } else {
+                    match r {
+                        Err(ecq::gpu::GpuError::CorruptStream {
+                            flags, bad_chunks, ..
+                        }) => {
+                            assert!(
+                                flags & ecq::gpu::error_bits::SUBGROUP_SIZE != 0,
+                                "{label} W={w}: {flags:#x}"
+                            );
+                            assert_eq!(bad_chunks, m.n_chunks(), "{label} W={w}");
+                        }
+                        r => panic!("{label} W={w} on wider groups than subgroups: {r:?}"),
+                    }
+                }
+            }
+            // without the host's tables: the workgroup kernel, which builds its own
+            m.set_tables_in_memory(false);
+            for (w, fits, reg) in gpu_common::lanes_registries().iter().take(2) {
+                assert_eq!(ecq::gpu::lanes_gemv_width(reg, &m.fused_layout()), None);
+                if *fits {
+                    let y = m
+                        .gemv_with(ctx.device(), ctx.queue(), reg, &x, FusedVariant::Workgroup)
+                        .unwrap_or_else(|e| panic!("{label} W={w}, tables built: {e}"));
+                    assert_close(&format!("{label} W={w} built"), &y, &want, &sum_abs, cols);
+                }
+            }
+        }
+    }
+    // rows of two steps (512 weights) are not whole blocks: refused by name, as on the
+    // workgroup kernel
+    let (m, x) = upload_window(ctx, 2399, 4, 512, ecq::rans::SplitOrder::Rows);
+    for (_, _, reg) in gpu_common::lanes_registries() {
+        assert_eq!(ecq::gpu::lanes_gemv_width(reg, &m.fused_layout()), None);
+        let r = m.gemv_with(ctx.device(), ctx.queue(), reg, &x, FusedVariant::Workgroup);
+        assert!(
+            matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if e.contains("1024-weight")),
+            "{r:?}"
         );
     }
 }

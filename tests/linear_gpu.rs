@@ -92,12 +92,16 @@ fn stored_form() -> LinearOptions {
 
 /// The rows from which a layer that can decode first does by default (in f32): a window
 /// split's `DECODE_FIRST_MIN_ROWS` where the blocked batched kernel runs it (32-wide
-/// subgroups), the others' `DECODE_FIRST_MIN_ROWS_NOT_WINDOW` (on CPU devices and GPUs without
+/// subgroups), `DECODE_FIRST_MIN_ROWS_LANES` where its fused GEMV runs on the lanes kernel
+/// (the tests' window cases: coded rows of whole 1024-weight blocks, the host's decode
+/// tables), the others' `DECODE_FIRST_MIN_ROWS_NOT_WINDOW` (on CPU devices and GPUs without
 /// 32-wide subgroups `DECODE_FIRST_MIN_ROWS_PORTABLE`), window splits elsewhere included.
 fn default_decode_first_rows(d: &LinearDevice, window: bool) -> usize {
     let registry = d.gpu().registry();
     if window && registry.subgroups32() {
         ecq::linear::DECODE_FIRST_MIN_ROWS
+    } else if window && registry.subgroup_lanes().is_some() {
+        ecq::linear::DECODE_FIRST_MIN_ROWS_LANES
     } else if registry.cpu_device() || !registry.subgroups32() {
         ecq::linear::DECODE_FIRST_MIN_ROWS_PORTABLE
     } else {
@@ -3128,7 +3132,9 @@ fn encoded_calls_decode_first_and_give_each_calls_outputs() {
 /// `QuantizedLinear`'s on the same weights bit for bit (host and recorded calls, with a bias,
 /// beyond one batched launch), for whole-symbol layers of 2, 4 and 8 bits and split ones (by
 /// default from 2 rows, from 1 on CPU devices) and window splits (by default from
-/// `DECODE_FIRST_MIN_ROWS` where the blocked batched kernel runs them, else as the others); a
+/// `DECODE_FIRST_MIN_ROWS` where the blocked batched kernel runs them, from
+/// `DECODE_FIRST_MIN_ROWS_LANES` where their fused GEMV runs on the lanes kernel, else as the
+/// others); a
 /// call of
 /// fewer rows stays fused, within the CPU reference's tolerance. Layers the plain kernels or
 /// no decode kernel can run, and layers in several row bands, never decode first. A corrupt
@@ -3166,6 +3172,15 @@ fn decode_first_calls_are_the_plain_layer_bit_for_bit() {
     let m = CodedLayerRef::from_split(&s, 64, &c.q.scales, &c.q.biases, Some(&c.bias));
     let gpu = EntropyCodedLinear::upload(d, "window", m, &LinearOptions::default()).unwrap();
     assert_eq!(gpu.decode_first_min_rows(), window_min);
+    // (its one-row calls on the lanes fused GEMV where the device runs the lanes kernels and
+    // not the 32-wide subgroup ones)
+    let registry = d.gpu().registry();
+    assert_eq!(
+        gpu.lanes_gemv_width(),
+        registry
+            .subgroup_lanes()
+            .filter(|_| !registry.subgroups32())
+    );
     layers.push(("window 16x2048".into(), c, gpu, window_min));
     for (label, c, gpu, min) in &layers {
         let min = *min;

@@ -150,7 +150,7 @@ fn window_build(pairs: bool, extra: &[(&'static str, f64)]) -> Vec<(&'static str
 /// Every kernel at its default constants, then the split-matrix builds of the blocked kernels
 /// (raw low bits: `LOW = 2` beside 2-bit symbols of four weights), in row-major and row-pair
 /// order (`PAIR = 1`), the window-split decode in row pairs, the lanes decode's forms and
-/// widths (`LOW`, `W`), the window-split builds of the
+/// widths (`LOW`, `W`), the lanes fused GEMV's orders and widths, the window-split builds of the
 /// blocked fused GEMV (`LOW = 3`, one-bit symbols of eight weights) with two and four groups of 32 lanes a chunk (`DUP`, whose
 /// workgroup barrier the defaults drop) on f32 and 8-bit activations and with several
 /// activation vectors a launch (`NVEC`, and its plain counterpart with its step-88 builds:
@@ -210,6 +210,14 @@ fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
             "rans_decode_lanes.wgsl",
             vec![("LOW", 2.0), ("PAIR", 1.0), ("W", 16.0)],
         ),
+        // (the lanes fused GEMV: row pairs at one lane an invocation, whose words are
+        // gathered over four steps, and at two; rows at eight lanes in groups of 32)
+        (
+            "rans_gemv_lanes.wgsl",
+            vec![("PAIR", 1.0), ("WSTART", 5.0), ("W", 32.0)],
+        ),
+        ("rans_gemv_lanes.wgsl", vec![("PAIR", 1.0), ("W", 16.0)]),
+        ("rans_gemv_lanes.wgsl", vec![("W", 4.0), ("GSHIFT", 5.0)]),
         (
             gemv,
             window_build(true, &[("TABLE_MEM", 1.0), ("DUP", 2.0)]),

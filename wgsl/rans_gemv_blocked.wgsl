@@ -29,6 +29,7 @@
 // import: rans_block
 // import: split_bits
 // import: window_bits
+// import: window_dot
 // import: side
 
 // requires: SUBGROUP (wgpu Features::SUBGROUP; naga 30 takes no `enable subgroups;`)
@@ -169,16 +170,6 @@ const MAX_NVEC: u32 = 16u;
 @group(0) @binding(7) var<storage, read> xv: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> y: array<f32>;     // R outputs
 
-// Four weights as nibbles 0-3 of w (higher bits ignored), each at its own place: (q0, 16 q1,
-// 256 q2, 4096 q3), exactly (a nibble masked in place and OR-ed into the bits of 2^23 is
-// 2^23 + q 16^j, q 16^j < 2^23), without a shift per weight. Multiplied by activations and
-// summed per component, the components are rescaled once per word by NIBBLE_PLACE: powers
-// of two, so the rounding is that of q x.
-fn nibbles_in_place(w: u32, magic: u32) -> vec4<f32> {
-    let m = vec4<u32>(w) & vec4<u32>(0xFu, 0xF0u, 0xF00u, 0xF000u);
-    return bitcast<vec4<f32>>(m | vec4<u32>(magic)) - vec4<f32>(8388608.0);
-}
-const NIBBLE_PLACE = vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625);
 
 // The dot product of one word of the block (four byte symbols, 4 WPS consecutive weights in one
 // MLX group; xw[v] = their activations 4v..4v+3, from word_x) with the group's (scale, bias):
@@ -305,15 +296,6 @@ fn decode_block_states(
     return s;
 }
 
-// Half a window-split word's q x, per nibble place: nibbles 0..3 of n (n >> 16 for the second
-// half) with xw = the half's four activation vectors.
-fn window_half(n: vec4<u32>, xw: array<vec4<f32>, 4>, magic: u32) -> vec4<f32> {
-    var qx = nibbles_in_place(n.x, magic) * vec4<f32>(xw[0].x, xw[1].x, xw[2].x, xw[3].x);
-    qx += nibbles_in_place(n.y, magic) * vec4<f32>(xw[0].y, xw[1].y, xw[2].y, xw[3].y);
-    qx += nibbles_in_place(n.z, magic) * vec4<f32>(xw[0].z, xw[1].z, xw[2].z, xw[3].z);
-    qx += nibbles_in_place(n.w, magic) * vec4<f32>(xw[0].w, xw[1].w, xw[2].w, xw[3].w);
-    return qx;
-}
 
 // window_half with the nibbles already made floats (nf[c] = nibbles_in_place(n[c], magic)),
 // for NVEC > 1: the same products and sums in the same order.
@@ -443,10 +425,6 @@ fn window_x(ka: u32, pair: bool, x8_meta: u32, kin: u32) -> WindowX {
     return w;
 }
 
-// The 16 activations from weight k on.
-fn x16(k: u32) -> array<vec4<f32>, 4> {
-    return array<vec4<f32>, 4>(xv[k >> 2u], xv[(k >> 2u) + 1u], xv[(k >> 2u) + 2u], xv[(k >> 2u) + 3u]);
-}
 
 // Vector v's 16 activations from column k on (k % 16 == 0; a vector has kin): in column
 // order, or in lane order (XLANES): the 16-column pieces go in runs of 32, a run's vec4 c of
@@ -480,10 +458,6 @@ fn word_low(row_low: u32, k: u32) -> u32 {
     return raw_low_bits(row_low, k, LOW);
 }
 
-// The MLX group of weight k.
-fn group_of(k: u32, gsz: u32) -> u32 {
-    return select(k >> (GSHIFT & 31u), k / gsz, GSHIFT >= 32u);
-}
 
 @compute @workgroup_size(128)
 fn main(

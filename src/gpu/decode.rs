@@ -357,6 +357,25 @@ fn fused_gemv_pipeline_diag(
             layout.prec
         )));
     }
+    // (the workgroup variant of a window split on a registry with lanes kernels: the lanes
+    // fused GEMV, as the decode runs the lanes decode)
+    if let Some(w) =
+        lanes_gemv_width(registry, layout).filter(|_| variant == FusedVariant::Workgroup)
+    {
+        return registry.get(
+            device,
+            Kernel::RansGemvLanes,
+            "main",
+            &[
+                ("PREC", layout.prec),
+                ("PAIR", layout.row_pairs as u32),
+                ("WSTART", layout.window_start),
+                ("W", w),
+                ("GSHIFT", gshift),
+                layout.side.constant(),
+            ],
+        );
+    }
     match variant {
         FusedVariant::Workgroup => registry.get(
             device,
@@ -445,6 +464,35 @@ fn fused_gemv_pipeline_diag(
 /// (`rans_gemv.wgsl`, step 122); the subgroup kernel builds its table.
 pub(crate) fn fused_reads_tables(variant: FusedVariant, prec: u32) -> bool {
     variant.is_blocked() || (variant == FusedVariant::Workgroup && TABLE_PRECISION.contains(&prec))
+}
+
+/// The group width W at which the workgroup fused GEMV ([`FusedVariant::Workgroup`]) of
+/// `layout` runs on the lanes kernels' decode (`rans_gemv_lanes.wgsl`: no barrier a step,
+/// W invocations a chunk) instead of `rans_gemv.wgsl`: on a registry with lanes kernels
+/// ([`PipelineRegistry::subgroup_lanes`]), for a window split in coded rows of whole 4-step
+/// blocks ([`FusedLayout::window_block`]: 1024-weight rows, MLX groups of a multiple of 32,
+/// <= 11 probability bits) whose decode tables the host built
+/// ([`FusedLayout::tables_in_memory`]), one vector of f32 activations in column order a launch
+/// and one group a chunk. `None` elsewhere. Its launches run 128 / W chunks a workgroup.
+pub fn lanes_gemv_width(registry: &PipelineRegistry, layout: &FusedLayout) -> Option<u32> {
+    let runs = layout.low_bits == WINDOW_LOW_BITS
+        && layout.window_block().is_some()
+        && layout.tables_in_memory
+        && layout.vectors <= 1
+        && !layout.x8_activations
+        && !layout.lane_order_x
+        && layout.chunk_subgroups <= 1;
+    registry.subgroup_lanes().filter(|_| runs)
+}
+
+/// `p` launched on a lanes kernel of group width `w` (`rans_decode_lanes.wgsl`,
+/// `rans_gemv_lanes.wgsl`): `128 / w` chunks a workgroup of 128 invocations. The caller sets
+/// `wg_x` from the new `total_wg`. `p` is left as it was on an error.
+pub(crate) fn set_lanes_geometry(p: &mut CodedParams, w: u32) -> Result<(), GpuError> {
+    let wg_per_tile = p.tile_chunks.div_ceil(LANES_WG / w);
+    p.total_wg = u32_of("workgroups", p.n_tiles as usize * wg_per_tile as usize)?;
+    p.wg_per_tile = wg_per_tile;
+    Ok(())
 }
 
 /// Why the cooperative GEMV (`wgsl/rans_gemv_coop.wgsl`) cannot run the coded matrix `p`
@@ -890,9 +938,7 @@ impl DecodeSource<'_> {
         let tables = self.tables.filter(|_| self.reads_tables(variant));
         let lanes = self.lanes_width(registry, mode, variant, tables.is_some());
         if let Some(w) = lanes {
-            // (128 / W chunks a workgroup)
-            p.wg_per_tile = p.tile_chunks.div_ceil(LANES_WG / w);
-            p.total_wg = u32_of("workgroups", p.n_tiles as usize * p.wg_per_tile as usize)?;
+            set_lanes_geometry(&mut p, w)?;
         }
         let (x, y) = grid(device, p.total_wg);
         p.wg_x = x;
@@ -1998,6 +2044,18 @@ impl GpuCodedMatrix {
             set_chunk_subgroups(&mut p, dup)?;
         }
         layout.chunk_subgroups = dup;
+        let blocked = variant.is_blocked();
+        layout.tables_in_memory = (blocked && diag == 16)
+            || (self.tables_in_memory && fused_reads_tables(variant, self.params.prec));
+        if diag == 16 {
+            diag = 0;
+        }
+        // (the workgroup variant on the lanes kernel: its chunks a workgroup)
+        if let Some(w) =
+            lanes_gemv_width(registry, &layout).filter(|_| variant == FusedVariant::Workgroup)
+        {
+            set_lanes_geometry(&mut p, w)?;
+        }
         let (gx, gy) = grid(device, p.total_wg);
         p.wg_x = gx;
         p.out_mode = 2;
@@ -2005,12 +2063,6 @@ impl GpuCodedMatrix {
         if diag == 10 {
             // (the kernel with the window start taken as 0)
             layout.window_start = 0;
-            diag = 0;
-        }
-        let blocked = variant.is_blocked();
-        layout.tables_in_memory = (blocked && diag == 16)
-            || (self.tables_in_memory && fused_reads_tables(variant, self.params.prec));
-        if diag == 16 {
             diag = 0;
         }
         let pipeline = fused_gemv_pipeline_diag(device, registry, variant, &layout, diag)?;

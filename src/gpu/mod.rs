@@ -36,7 +36,11 @@
 //!   every lane without per-lane branches in a loop whose bounds are broadcast (so the compiler
 //!   sees it is uniform), is specialised per symbol layout (pipeline-overridable constants)
 //!   and is chosen when the adapter's subgroups are exactly 32 wide
-//!   ([`PipelineRegistry::subgroups32`]); every other adapter runs the workgroup-memory version.
+//!   ([`PipelineRegistry::subgroups32`]); every other adapter runs the workgroup-memory version,
+//!   or for window splits where it has the lanes kernels ([`PipelineRegistry::subgroup_lanes`])
+//!   `rans_gemv_lanes.wgsl`: the lanes decode (`rans_decode_lanes.wgsl`, W invocations a
+//!   chunk, no barrier a step) with each word of four symbols multiplied where that kernel
+//!   writes it ([`lanes_gemv_width`]).
 //! * `rans_gemv_blocked.wgsl` / `rans_decode_blocked.wgsl` ([`FusedVariant::Blocked`], the
 //!   default on 32-wide subgroups where the layout allows it): the subgroup decode step run for
 //!   a block of 2-8 steps with the symbols kept packed in two registers, then the block's dot
@@ -124,12 +128,12 @@ pub use coop::{
 pub use copy_rows::{copy_rows_dispatch, RowCopy};
 pub(crate) use decode::{
     check_gemv_vectors, check_low_bits, check_row_pair_cols, check_window, coop_gemv_pipeline,
-    coop_layout_refusal, coop_params, entry, fused_reads_tables, set_chunk_subgroups, CodedParams,
-    DecodeSource,
+    coop_layout_refusal, coop_params, entry, fused_reads_tables, set_chunk_subgroups,
+    set_lanes_geometry, CodedParams, DecodeSource,
 };
 pub use decode::{
-    default_fused_variant, fused_gemv_pipeline, CodedMatrixRef, DecodeOutput, FusedLayout,
-    FusedVariant, GpuCodedMatrix, QuantParamsRef, COMPACT_TABLE_FROM_WORKGROUPS,
+    default_fused_variant, fused_gemv_pipeline, lanes_gemv_width, CodedMatrixRef, DecodeOutput,
+    FusedLayout, FusedVariant, GpuCodedMatrix, QuantParamsRef, COMPACT_TABLE_FROM_WORKGROUPS,
     COMPACT_TABLE_MAX_SHORT_K, COMPACT_TABLE_SHORT_K_FROM_WORKGROUPS, MAX_GEMV_VECTORS,
 };
 pub use gemv::{
@@ -385,6 +389,11 @@ pub enum Kernel {
     /// step, for subgroups of any size that is a multiple of the group width `W` (4 to 32;
     /// [`PipelineRegistry::subgroup_lanes`]).
     RansDecodeLanes,
+    /// `wgsl/rans_gemv_lanes.wgsl`: the fused GEMV of window splits on the lanes kernel's
+    /// decode (no barrier a step, groups of `W` invocations a chunk), with the tiles' decode
+    /// tables built on the host and one vector of activations in column order
+    /// ([`decode::lanes_gemv_width`]).
+    RansGemvLanes,
     /// `wgsl/qgemv.wgsl`: plain MLX quantized GEMV (2, 4, 8 bits).
     QGemv,
     /// `wgsl/qgemv4.wgsl`: plain MLX 4-bit GEMV without integer-to-float conversions (the
@@ -510,6 +519,7 @@ impl Kernel {
                 "rans_block",
                 "split_bits",
                 "window_bits",
+                "window_dot",
                 "side"
             ),
             Kernel::RansDecodeBlocked => wgsl_with_libs!(
@@ -532,6 +542,7 @@ impl Kernel {
                 "rans_block",
                 "split_bits",
                 "window_bits",
+                "window_dot",
                 "side"
             ),
             Kernel::RansDecodeBlockedCompact => wgsl_with_libs!(
@@ -574,6 +585,15 @@ impl Kernel {
                 "window_mlx",
                 "window_word",
                 "split_bits"
+            ),
+            Kernel::RansGemvLanes => wgsl_with_libs!(
+                "../../wgsl/rans_gemv_lanes.wgsl",
+                "rans_consts",
+                "rans_table_scan",
+                "rans_table_sg",
+                "window_bits",
+                "window_dot",
+                "side"
             ),
             Kernel::QGemv => wgsl_with_libs!("../../wgsl/qgemv.wgsl", "side"),
             Kernel::QGemv4 => wgsl_with_libs!("../../wgsl/qgemv4.wgsl", "side"),
@@ -624,6 +644,7 @@ impl Kernel {
                 | Kernel::RansDecodeWindow
                 | Kernel::RansDecodeWindowCompact
                 | Kernel::RansDecodeLanes
+                | Kernel::RansGemvLanes
                 | Kernel::QGemv4Many
                 | Kernel::RansGemvCoop
                 | Kernel::QGemv4Coop
@@ -711,6 +732,7 @@ impl Kernel {
             Kernel::RansDecodeWindow => "rans_decode_window.wgsl",
             Kernel::RansDecodeWindowCompact => "rans_decode_window.wgsl (compact table)",
             Kernel::RansDecodeLanes => "rans_decode_lanes.wgsl",
+            Kernel::RansGemvLanes => "rans_gemv_lanes.wgsl",
             Kernel::QGemv => "qgemv.wgsl",
             Kernel::QGemv4 => "qgemv4.wgsl",
             Kernel::QGemv4Dp4a => "qgemv4_dp4a.wgsl",
@@ -2006,9 +2028,10 @@ mod tests {
     use super::Kernel;
 
     /// Every kernel the registry builds.
-    const ALL_KERNELS: [Kernel; 28] = [
+    const ALL_KERNELS: [Kernel; 29] = [
         Kernel::RansDecode,
         Kernel::RansDecodeLanes,
+        Kernel::RansGemvLanes,
         Kernel::RansGemv,
         Kernel::RansGemvSubgroup,
         Kernel::RansDecodeSubgroup,

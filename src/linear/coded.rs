@@ -13,11 +13,11 @@ use super::resident::{
 use super::{add_bias, check_x, check_y, ActivationOrder, GpuLinear, Linear, LinearError};
 use crate::gpu::{
     check_gemv_vectors, coop_gemv_pipeline, coop_layout_refusal, coop_params, coop_x_dispatch,
-    default_fused_variant, entry, fused_gemv_pipeline, fused_reads_tables, quantize_x8_dispatch,
-    set_chunk_subgroups, x8_bytes, BufferRange, CodedParams, CoopActivations, CoopOrder, GpuError,
-    SideFormat, X8Order,
+    default_fused_variant, entry, fused_gemv_pipeline, fused_reads_tables, lanes_gemv_width,
+    quantize_x8_dispatch, set_chunk_subgroups, set_lanes_geometry, x8_bytes, BufferRange,
+    CodedParams, CoopActivations, CoopOrder, GpuError, SideFormat, X8Order,
 };
-use crate::gpu::{DecodeOutput, DecodeSource};
+use crate::gpu::{DecodeOutput, DecodeSource, FusedVariant};
 use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
 
 /// Activation rows per dispatch of the batched kernel (4 per invocation, 128 invocations).
@@ -187,7 +187,8 @@ pub const DECODE_FIRST_MIN_ROWS_NOT_WINDOW: usize = 2;
 /// ([`crate::gpu::PipelineRegistry::subgroups32`]). One row (`forward`) decodes first there
 /// too: their fused GEMV is the workgroup kernel (a barrier a decode step), whose multiplies
 /// inside the decode loop cost more than the decode kernel's stores and the plain layer's
-/// one-vector GEMV on the decoded weights after it.
+/// one-vector GEMV on the decoded weights after it. Window splits whose fused GEMV runs on
+/// the lanes kernel (no barrier a step) keep it for one row: [`DECODE_FIRST_MIN_ROWS_LANES`].
 /// * On lavapipe (2 cores; BENCHMARKS.md issue 5, thirty-third session) a token of a
 ///   1024x4096 and a 4096x4096 layer took 1245 ms decoding first against 1965 fused coded
 ///   whole, and 778 against 1870 split 2 + 2; window splits 566 against 1099 (step 118).
@@ -205,6 +206,17 @@ pub const DECODE_FIRST_MIN_ROWS_NOT_WINDOW: usize = 2;
 /// window layer in row pairs took 566 / 557 / 1117 ms at 1 / 2 / 8 rows decoding first
 /// against 1099 / 2183 / 8706 in fused GEMVs.
 pub const DECODE_FIRST_MIN_ROWS_PORTABLE: usize = 1;
+
+/// [`DECODE_FIRST_MIN_ROWS_PORTABLE`] for window splits whose fused GEMV runs on the lanes
+/// kernel (`rans_gemv_lanes.wgsl`, [`EntropyCodedLinear::lanes_gemv_width`]: devices without
+/// 32-wide subgroups that run the lanes kernels, and lavapipe): one row keeps the fused GEMV,
+/// calls of several rows decode first. A token of 32 Llama-3-8B window layers in row pairs
+/// took 8.0 ms in the lanes fused GEMV against 10.3 decoding first on an H200 running the
+/// lanes kernels at W = 32 (`ECQ_KERNELS=lanes:32`), 11.0 against 13.8 at W = 16 and 12.3
+/// against 14.9 at W = 8; on lavapipe a 1024x4096 and a 4096x4096 window layer took 87-104
+/// ms against 127-129 (BENCHMARKS.md issue 5, step 133). Two rows in two fused GEMVs would
+/// cost about twice one, more than the decode and two plain rows.
+pub const DECODE_FIRST_MIN_ROWS_LANES: usize = 2;
 
 /// [`DECODE_FIRST_MIN_ROWS`] for window splits on cooperative matrices
 /// ([`LinearOptions::cooperative_matrix`]): from the fused launches' second launch of 16
@@ -388,7 +400,8 @@ pub struct LinearOptions {
     /// 32-wide subgroups); for window
     /// splits [`DECODE_FIRST_MIN_ROWS_COOP`] where they multiply on cooperative matrices,
     /// else [`DECODE_FIRST_MIN_ROWS`] where the blocked batched kernel runs them (32-wide
-    /// subgroups), else as the others; `Some(usize::MAX)` never. Takes
+    /// subgroups), else [`DECODE_FIRST_MIN_ROWS_LANES`] where their fused GEMV runs on the
+    /// lanes kernel, else as the others; `Some(usize::MAX)` never. Takes
     /// effect for layers in one row band whose weights a decode kernel runs on this device
     /// and the plain kernels take (2, 4 or 8 bits; a window split in coded rows of whole
     /// 1024-weight blocks); [`EntropyCodedLinear::decode_first_min_rows`] says what the
@@ -901,6 +914,9 @@ pub struct EntropyCodedLinear {
     coop: bool,
     /// [`LinearOptions::decode_first_min_rows`], resolved.
     decode_first_min_rows: usize,
+    /// The group width of the lanes fused GEMV (`rans_gemv_lanes.wgsl`) where it runs this
+    /// layer's fused GEMVs ([`crate::gpu::lanes_gemv_width`]).
+    lanes_gemv: Option<u32>,
     /// Calls decoding first run the plain layer on cooperative matrices.
     decode_first_coop: bool,
     /// [`LinearOptions::coop_gemm_min_rows`].
@@ -1005,6 +1021,8 @@ impl EntropyCodedLinear {
         let mut bands = Vec::with_capacity(plan.len());
         // (every band's fused GEMV a blocked kernel: what 8-bit activations need)
         let mut all_blocked = true;
+        // (each band's group width of the lanes fused GEMV, where it runs on it)
+        let mut lanes_widths = Vec::new();
         // groups of 32 lanes a chunk in the fused GEMV, where every band can take them
         let mut chunk_subgroups = opts.chunk_subgroups.max(1);
         if ![1, 2, 4].contains(&chunk_subgroups) {
@@ -1171,7 +1189,6 @@ impl EntropyCodedLinear {
                 None | Some(Err(GpuError::Unsupported(_))) => all_dup = false,
                 Some(Err(source)) => return Err(LinearError::gpu(name, source)),
             }
-            let gemv_uniform = dev.uniform(bytemuck::bytes_of(&gemv));
             // (an optimisation: a band whose tables would exceed the buffer limit builds them;
             // the blocked fused kernels read them and, from 8 to 11 probability bits (where
             // `table_words` is not 0), so do the workgroup kernels, fused GEMV, batched and
@@ -1195,6 +1212,18 @@ impl EntropyCodedLinear {
                     dev.write(&b, bytemuck::cast_slice(&t));
                     b
                 });
+            // (a window split whose fused GEMV runs on the lanes kernel: its chunks a
+            // workgroup; the layout the launches build, `gemv_dispatch`)
+            let mut layout = gemv.fused_layout(side);
+            layout.tables_in_memory = tables.is_some();
+            let lanes = lanes_gemv_width(dev.gpu().registry(), &layout)
+                .filter(|_| !blocked && fused_reads_tables(FusedVariant::Workgroup, m.precision));
+            if let Some(w) = lanes {
+                set_lanes_geometry(&mut gemv, w).map_err(|e| LinearError::gpu(name, e))?;
+                gemv.wg_x = dev.grid(gemv.total_wg).0;
+            }
+            lanes_widths.push(lanes);
+            let gemv_uniform = dev.uniform(bytemuck::bytes_of(&gemv));
             bands.push(Band {
                 row0: mrow0,
                 rows: mrow1 - mrow0,
@@ -1280,6 +1309,10 @@ impl EntropyCodedLinear {
             )
             .is_none();
         debug_assert!(!decodes || !coop || decode_first_coop);
+        let lanes_gemv = match lanes_widths.as_slice() {
+            [first, rest @ ..] if rest.iter().all(|w| w == first) => *first,
+            _ => None,
+        };
         let decode_first_min_rows = if decodes {
             opts.decode_first_min_rows
                 // (a layer whose fused launches multiply on cooperative matrices is one the
@@ -1287,7 +1320,9 @@ impl EntropyCodedLinear {
                 // (a window split without the blocked batched kernel runs its batched calls
                 // as fused GEMVs a row, several times a plain row each: it decodes first as
                 // the layers that are not window splits do)
-                .unwrap_or(if m.window.is_none() || gemm_blocked.is_none() {
+                .unwrap_or(if lanes_gemv.is_some() {
+                    DECODE_FIRST_MIN_ROWS_LANES
+                } else if m.window.is_none() || gemm_blocked.is_none() {
                     let registry = dev.gpu().registry();
                     if registry.cpu_device() || !registry.subgroups32() {
                         DECODE_FIRST_MIN_ROWS_PORTABLE
@@ -1361,6 +1396,7 @@ impl EntropyCodedLinear {
             lane_order,
             coop,
             decode_first_min_rows,
+            lanes_gemv,
             decode_first_coop,
             coop_gemm_min_rows: opts.coop_gemm_min_rows,
             tiled_gemm_min_rows: opts.tiled_gemm_min_rows,
@@ -1396,6 +1432,14 @@ impl EntropyCodedLinear {
     /// [`Self::vectors_lane_order_dispatch`] takes.
     pub fn lane_order(&self) -> bool {
         self.lane_order
+    }
+
+    /// The group width W where this layer's fused GEMVs run on the lanes kernel
+    /// (`rans_gemv_lanes.wgsl`: W invocations a chunk, no barrier a decode step; window
+    /// splits on devices without 32-wide subgroups that run the lanes kernels,
+    /// [`crate::gpu::lanes_gemv_width`]), else `None` (one of the other fused kernels).
+    pub fn lanes_gemv_width(&self) -> Option<u32> {
+        self.lanes_gemv
     }
 
     /// Groups of 32 lanes per chunk in the fused GEMV ([`LinearOptions::chunk_subgroups`]
