@@ -147,18 +147,7 @@ fn check_lanes_decodes(ctx: &GpuContext, m: &ecq::gpu::GpuCodedMatrix, want: &[u
                 "{label} lanes W={w}: GPU and CPU decodes differ"
             );
         } else {
-            match r {
-                Err(GpuError::CorruptStream {
-                    flags, bad_chunks, ..
-                }) => {
-                    assert!(
-                        flags & error_bits::SUBGROUP_SIZE != 0,
-                        "{label} W={w}: {flags:#x}"
-                    );
-                    assert_eq!(bad_chunks, m.n_chunks(), "{label} W={w}: chunks reported");
-                }
-                r => panic!("{label} lanes W={w} on wider groups than subgroups: {r:?}"),
-            }
+            gpu_common::assert_every_chunk_flagged(r, m.n_chunks(), &format!("{label} W={w}"));
         }
     }
 }

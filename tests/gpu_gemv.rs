@@ -967,8 +967,8 @@ fn fused_gemv_row_pairs() {
 }
 
 /// Window splits (`SplitMatrix::encode_window`: one coded flag bit per weight, eight weights per
-/// symbol, three raw bits) in the blocked fused kernel, both tables, and the workgroup one,
-/// row-major and in row pairs,
+/// symbol, three raw bits) in the blocked fused kernel, both tables, the workgroup one and
+/// the lanes one at every group width (`check_lanes_gemv`), row-major and in row pairs,
 /// MLX group sizes 32/64/128, window starts 0 (no rotation), 5 (MLX weights' usual) and 13, against
 /// the f64 reference within the tolerance above (the merge is exact integer work); the GPU
 /// decode (blocked kernels or workgroup one) gives the CPU's MLX words exactly. The subgroup
@@ -1005,7 +1005,7 @@ fn fused_gemv_window_split() {
                 "window {start} {rows}x{cols} g{gs} pairs {pairs} coded chunk_rows {}",
                 s.high().chunk_rows()
             );
-            let m = ctx.upload_split(&s, Some(quant)).unwrap();
+            let mut m = ctx.upload_split(&s, Some(quant)).unwrap();
             assert_eq!((m.rows(), m.cols(), m.bits()), (rows, cols, 4), "{label}");
             let r = m.gemv_with(
                 ctx.device(),
@@ -1043,6 +1043,7 @@ fn fused_gemv_window_split() {
                 "{label}: GPU decode"
             );
             assert_decodes_to_plain(ctx, &m, &q, &x, &label);
+            check_lanes_gemv(ctx, &mut m, &x, (&want, &sum_abs), &label);
             if !ctx.registry().subgroups32() {
                 continue;
             }
@@ -1054,8 +1055,16 @@ fn fused_gemv_window_split() {
             }
         }
     }
-    // rows of two steps are not whole 4-step blocks: refused by name
+    // rows of two steps are not whole 4-step blocks: refused by name (the lanes kernels too)
     let (m, x) = upload_window(ctx, 2199, 4, 512, ecq::rans::SplitOrder::Rows);
+    for (_, _, reg) in gpu_common::lanes_registries() {
+        assert_eq!(ecq::gpu::lanes_gemv_width(reg, &m.fused_layout()), None);
+        let r = m.gemv_with(ctx.device(), ctx.queue(), reg, &x, FusedVariant::Workgroup);
+        assert!(
+            matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if e.contains("1024-weight")),
+            "{r:?}"
+        );
+    }
     let r = m.gemv_with(
         ctx.device(),
         ctx.queue(),
@@ -1075,107 +1084,44 @@ fn fused_gemv_window_split() {
     }
 }
 
-/// The fused GEMV of window splits on the lanes kernels (`rans_gemv_lanes.wgsl`: a chunk's
-/// 32 lanes run by W invocations, 32 / W lanes each; what GPUs without 32-wide subgroups run)
-/// at every group width W, against the f64 reference within the tolerance above: row-major
-/// and in row pairs, MLX groups of 32/64/128, window starts 0, 13 and the usual one, chunks
-/// of one row up to several, a last chunk of one pair, tiles of three chunks (several decode
-/// tables). The order of the sums differs from the other kernels' (a butterfly over the
-/// group's W partial sums); the bound above holds for any order. Where W does not divide the
-/// device's subgroups, every chunk is reported (the layout check), never a wrong `y`. A
-/// matrix whose tables the kernel is not given stays on the workgroup kernel; rows that are
-/// not whole 1024-weight blocks are refused, as there.
-#[test]
-fn fused_gemv_window_split_lanes() {
-    let Some(ctx) = ctx() else { return };
-    if gpu_common::lanes_registries().is_empty() {
-        gpu_common::announce_unsupported(
-            "window split on the lanes fused GEMV: the lanes kernels need Features::SUBGROUP",
+/// The fused GEMV of the window split `m` on the lanes kernel (`rans_gemv_lanes.wgsl`: a
+/// chunk's 32 lanes run by W invocations, 32 / W lanes each; what GPUs without 32-wide
+/// subgroups run) at every group width W, against the reference `(want, sum_abs)` within the
+/// tolerance above (its sums come in another order, a butterfly over the group's W partial
+/// sums; the bound holds for any order); where W does not divide the device's subgroups
+/// every chunk is reported (the layout check), never a wrong `y`. Without the host's tables
+/// the workgroup kernel runs it instead (`m` gets them back after).
+fn check_lanes_gemv(
+    ctx: &GpuContext,
+    m: &mut ecq::gpu::GpuCodedMatrix,
+    x: &[f32],
+    (want, sum_abs): (&[f64], &[f64]),
+    label: &str,
+) {
+    let lanes = gpu_common::lanes_registries();
+    for (w, fits, reg) in lanes {
+        assert_eq!(
+            ecq::gpu::lanes_gemv_width(reg, &m.fused_layout()),
+            Some(*w),
+            "{label}: the lanes GEMV should take this matrix"
         );
-        return;
-    }
-    // (rows, cols, group size, chunk symbols, row pairs)
-    for (i, &(rows, cols, gs, chunk, pairs)) in [
-        (17, 2048, 64, 4096, false), // two rows a chunk, a last chunk of one row
-        (5, 14336, 32, 900, false),  // 56 steps a row, one row a chunk
-        (3, 4096, 128, 64, false),   // one-row chunks
-        (2, 1024, 64, 4096, true),   // one pair, one block a coded row
-        (10, 4096, 64, 1024, true),  // one pair a chunk
-        (6, 14336, 128, 8192, true), // a last chunk of one pair
-    ]
-    .iter()
-    .enumerate()
-    {
-        let (q, x) = random_matrix(2300 + i as u64, rows, cols, 4, gs);
-        let order = if pairs {
-            ecq::rans::SplitOrder::RowPairs
+        let r = m.gemv_with(ctx.device(), ctx.queue(), reg, x, FusedVariant::Workgroup);
+        let label = format!("{label} lanes W={w}");
+        if *fits {
+            let y = r.unwrap_or_else(|e| panic!("{label}: {e}"));
+            assert_close(&label, &y, want, sum_abs, x.len());
         } else {
-            ecq::rans::SplitOrder::Rows
-        };
-        let syms = q.symbols();
-        let (want, sum_abs) = reference(&q, &x);
-        for start in [ecq::rans::window_start(&syms), 0, 13] {
-            let s = ecq::rans::SplitMatrix::encode_window_at(
-                &syms,
-                rows,
-                cols,
-                start,
-                &small_tiles(chunk, gs),
-                order,
-            )
-            .unwrap();
-            let label = format!("lanes window {start} {rows}x{cols} g{gs} pairs {pairs}");
-            let mut m = ctx
-                .upload_split(&s, Some(QuantParamsRef::from(&q)))
-                .unwrap();
-            for (w, fits, reg) in gpu_common::lanes_registries() {
-                assert_eq!(
-                    ecq::gpu::lanes_gemv_width(reg, &m.fused_layout()),
-                    Some(*w),
-                    "{label}: the lanes GEMV should take this matrix"
-                );
-                let r = m.gemv_with(ctx.device(), ctx.queue(), reg, &x, FusedVariant::Workgroup);
-                if *fits {
-                    let y = r.unwrap_or_else(|e| panic!("{label} W={w}: {e}"));
-                    assert_close(&format!("{label} W={w}"), &y, &want, &sum_abs, cols);
-                } else {
-                    match r {
-                        Err(ecq::gpu::GpuError::CorruptStream {
-                            flags, bad_chunks, ..
-                        }) => {
-                            assert!(
-                                flags & ecq::gpu::error_bits::SUBGROUP_SIZE != 0,
-                                "{label} W={w}: {flags:#x}"
-                            );
-                            assert_eq!(bad_chunks, m.n_chunks(), "{label} W={w}");
-                        }
-                        r => panic!("{label} W={w} on wider groups than subgroups: {r:?}"),
-                    }
-                }
-            }
-            // without the host's tables: the workgroup kernel, which builds its own
-            m.set_tables_in_memory(false);
-            for (w, fits, reg) in gpu_common::lanes_registries().iter().take(2) {
-                assert_eq!(ecq::gpu::lanes_gemv_width(reg, &m.fused_layout()), None);
-                if *fits {
-                    let y = m
-                        .gemv_with(ctx.device(), ctx.queue(), reg, &x, FusedVariant::Workgroup)
-                        .unwrap_or_else(|e| panic!("{label} W={w}, tables built: {e}"));
-                    assert_close(&format!("{label} W={w} built"), &y, &want, &sum_abs, cols);
-                }
-            }
+            gpu_common::assert_every_chunk_flagged(r, m.n_chunks(), &label);
         }
     }
-    // rows of two steps (512 weights) are not whole blocks: refused by name, as on the
-    // workgroup kernel
-    let (m, x) = upload_window(ctx, 2399, 4, 512, ecq::rans::SplitOrder::Rows);
-    for (_, _, reg) in gpu_common::lanes_registries() {
+    if let Some((w, _, reg)) = lanes.iter().find(|l| l.1) {
+        m.set_tables_in_memory(false);
         assert_eq!(ecq::gpu::lanes_gemv_width(reg, &m.fused_layout()), None);
-        let r = m.gemv_with(ctx.device(), ctx.queue(), reg, &x, FusedVariant::Workgroup);
-        assert!(
-            matches!(&r, Err(ecq::gpu::GpuError::Unsupported(e)) if e.contains("1024-weight")),
-            "{r:?}"
-        );
+        let y = m
+            .gemv_with(ctx.device(), ctx.queue(), reg, x, FusedVariant::Workgroup)
+            .unwrap_or_else(|e| panic!("{label} W={w}, tables built: {e}"));
+        assert_close(&format!("{label} W={w} built"), &y, want, sum_abs, x.len());
+        m.set_tables_in_memory(true);
     }
 }
 

@@ -29,6 +29,7 @@
 // import: rans_consts
 // import: rans_table_scan
 // import: rans_table_sg
+// import: rans_lanes
 // import: window_bits
 // import: window_dot
 // import: side
@@ -93,22 +94,15 @@ const WG: u32 = 128u;
 @group(0) @binding(7) var<storage, read> xv: array<vec4<f32>>;   // activations, K / 4
 @group(0) @binding(8) var<storage, read_write> y: array<f32>;    // R outputs
 
-fn read16(idx: u32) -> u32 {
-    return (words[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
-}
-
-// Invocation i's u32 of the plane of 64 stream words from u16 word `base` (even), clamped
-// to the buffer (past it a plane holds its last word, which only a corrupt stream reads).
-fn plane_at(base: u32, i: u32) -> u32 {
-    return words[min((base >> 1u) + i, arrayLength(&words) - 1u)];
-}
-
-// Word wr of coded row `row` (symbols 4 wr .. 4 wr + 3, symbol c in the low byte of sv[c])
-// times its activations and (scale, bias): the first matrix row's part and, in row pairs,
-// the second's. The word is 32 weights of one MLX group (the host requires groups of a
-// multiple of 32), or in row pairs the same 16 columns of two rows.
-fn word_dot(row: u32, wr: u32, sv: vec4<u32>, magic: u32) -> vec2<f32> {
+// The word of four symbols js .. js + 3 (js a multiple of 4; `lanes_symbols` or
+// `lanes_unpacked`) of coded row `row` times its activations and (scale, bias): the first
+// matrix row's part and, in row pairs, the second's. Its 32 weights are merged from their
+// raw words (raw word js / 4 of the row: lane js / 4 % 32 of its 1024-weight block) and
+// are one MLX group's (the host requires groups of a multiple of 32), or in row pairs the
+// same 16 columns of two rows.
+fn word_dot(row: u32, js: u32, sv: vec4<u32>, magic: u32) -> vec2<f32> {
     let pair = PAIR != 0u;
+    let wr = js >> 2u;
     let n = window_words(sv, window_raw(row * ((P.cols * 3u) >> 5u), wr >> 5u, wr & 31u));
     let ka = select(32u * wr, 16u * wr, pair);
     let xlo = x16(ka);
@@ -151,49 +145,20 @@ fn main(
     let tile_end = min(tile_first + P.tile_chunks, P.n_chunks);
     let g = lid / W;          // the group (chunk) in the workgroup
     let i = lid % W;          // lanes i K .. i K + K - 1 of the chunk
-    // (the group's layout check, as in rans_decode_lanes.wgsl)
-    let first = sg_id - sg_id % W;
-    let first_lid = subgroupShuffle(lid, first);
-    let group_bits = 0xFFFFFFFFu >> (32u - W);
-    let lower = (1u << i) - 1u;
-    let layout_ok = sg_size % W == 0u && sg_id % W == i && first_lid == lid - i;
-
+    let pl = lanes_place(lid, sg_id, sg_size);
     let chunk = tile_first + sub * (WG / W) + g;
     let in_tile = chunk < tile_end;
-    let valid = in_tile && layout_ok;
+    let valid = in_tile && pl.ok;
     let T = P.steps_per_row;
-    var x = array<u32, 8>(L, L, L, L, L, L, L, L);
+    var d = lanes_decoder(chunk, i, valid);
     var nrows = 0u;
     var r0 = 0u;
-    var p = 0u;
-    var end = 0u;
-    var err = 0u;
     if (valid) {
         r0 = chunk * P.chunk_rows;
         nrows = min(P.chunk_rows, P.rows - r0);
-        for (var k = 0u; k < K; k++) {
-            x[k] = states[chunk * 32u + i * K + k];
-            if (x[k] < L) { err |= ERR_BAD_STATE; }
-        }
-        p = offsets[chunk];
-        end = offsets[chunk + 1u];
-        if (end > P.n_words || p > end) {
-            err |= ERR_OFFSETS;
-            end = min(end, P.n_words);
-            p = min(p, end);
-        }
     }
     let bad_table = load_blocked_table(tile, lid);
-    var base = p & ~1u;
-    var pa = 0u;
-    var pb = 0u;
-    if (PLANES) {
-        pa = plane_at(base, i);
-        pb = plane_at(base + 64u, i);
-    }
 
-    let n = PREC;
-    let mmask = (1u << n) - 1u;
     // (the bits of 2^23, from P.zero so that the driver holds them in a register:
     // window_dot.wgsl)
     let magic = 0x4B000000u | P.zero;
@@ -206,93 +171,33 @@ fn main(
         let row_on = rr < nrows;
         let row = r0 + rr;
         for (var u = 0u; u < T; u++) {
-            var sym = array<u32, 8>(0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u);
-            var need = 0u;
-            // symbols j0 .. j0 + K - 1 of the coded row; on a row past the chunk's end the
-            // states stay as they are by select (no branch around the step, as in the decode)
+            // symbols j0 .. j0 + K - 1 of the coded row (rows are whole blocks)
             let j0 = u * 32u + i * K;
-            for (var k = 0u; k < K; k++) {
-                let e = table[x[k] & mmask];
-                let xd = ((e >> 12u) & 0xFFFu) * (x[k] >> n) + (e & 0xFFFu);
-                x[k] = select(x[k], xd, row_on);
-                sym[k] = select(0u, e >> 24u, row_on);
-                need |= select(0u, 1u << k, row_on && xd < L);
-            }
-            // (every invocation of the subgroup takes part, in no branch)
-            var below = 0u;
-            var taken = 0u;
-            for (var k = 0u; k < K; k++) {
-                let b = subgroupBallot(((need >> k) & 1u) != 0u);
-                let gb = (b[first >> 5u] >> (first & 31u)) & group_bits;
-                below += countOneBits(gb & lower);
-                taken += countOneBits(gb);
-            }
-            if (PLANES) {
-                let rel0 = p - base;
-                let mine = select(pb, pa, rel0 <= 2u * i + 1u);
-                let r = rel0 + below;
-                let src = min(first + ((r >> 1u) & 31u), sg_size - 1u);
-                let planed = (subgroupShuffle(mine, src) >> ((r & 1u) * 16u)) & 0xFFFFu;
-                // (a word taken past the chunk's end leaves p past it: ERR_OVER_READ below)
-                x[0] = select(x[0], (x[0] << 16u) | planed, (need & 1u) != 0u);
-            } else {
-                var idx = p + below;
-                for (var k = 0u; k < K; k++) {
-                    let nk = (need >> k) & 1u;
-                    let ok = idx < end;
-                    let wv = read16(select(0u, idx, ok));
-                    if (nk != 0u && !ok) {
-                        err |= ERR_OVER_READ;
-                    }
-                    x[k] = select(x[k], (x[k] << 16u) | wv, nk != 0u);
-                    idx += nk;
+            let sym = lanes_step(&d, row_on, K, i, pl, sg_size);
+            if (row_on) {
+                // the invocation's K / 4 words of the step (K < 4: gathered below)
+                for (var s = 0u; s < K / 4u; s++) {
+                    let dot2 = word_dot(row, j0 + 4u * s, lanes_symbols(sym, 4u * s), magic);
+                    acc += dot2.x;
+                    acc_b += dot2.y;
                 }
             }
-            p += taken;
-            if (PLANES && p - base >= 64u) {
-                pa = pb;
-                base += 64u;
-                pb = plane_at(base + 64u, i);
-            }
-            if (K >= 4u) {
-                // the invocation's K / 4 words of the step
-                if (row_on) {
-                    for (var s = 0u; s < K / 4u; s++) {
-                        let b = 4u * s;
-                        let sv = vec4<u32>(sym[b], sym[b + 1u], sym[b + 2u], sym[b + 3u]);
-                        let d = word_dot(row, (j0 >> 2u) + s, sv, magic);
-                        acc += d.x;
-                        acc_b += d.y;
-                    }
-                }
-            } else {
-                // K < 4: step q's lane k in byte q K + k of `held`; after the block's last
-                // step invocation i gathers the word of the block's step i / 8, lanes
-                // 4 (i % 8) .. + 3, K bytes from each of the Q invocations holding them
-                // (rans_decode_lanes.wgsl). Outside any branch: every invocation of the
-                // subgroup takes part in the shuffles.
+            if (K < 4u) {
+                // after the block's Q steps, invocation i's word of the block's step i / 8,
+                // lanes 4 (i % 8) .. + 3 (`lanes_gather`; outside any branch: every
+                // invocation of the subgroup takes part in the shuffles)
                 let q = u % Q;
                 for (var k = 0u; k < K; k++) {
                     held |= sym[k] << (8u * (q * K + k));
                 }
                 if (q == Q - 1u) {
-                    let t = i / 8u;
-                    let m8 = i % 8u;
-                    // (K bytes; written so that no constant shift reaches 32 where K >= 4)
-                    let kmask = 0xFFFFFFFFu >> (32u - 8u * min(K, 3u));
-                    var word = 0u;
-                    for (var c = 0u; c < Q; c++) {
-                        let src = min(first + 4u * m8 / K + c, sg_size - 1u);
-                        let v = subgroupShuffle(held, src);
-                        word |= ((v >> (8u * K * t)) & kmask) << (8u * K * c);
-                    }
+                    let word = lanes_gather(held, i, pl, sg_size);
                     held = 0u;
                     if (row_on) {
-                        let js = (u - q + t) * 32u + 4u * m8;
-                        let sv = vec4<u32>(word, word >> 8u, word >> 16u, word >> 24u);
-                        let d = word_dot(row, js >> 2u, sv, magic);
-                        acc += d.x;
-                        acc_b += d.y;
+                        let js = (u - q + i / 8u) * 32u + 4u * (i % 8u);
+                        let dot2 = word_dot(row, js, lanes_unpacked(word), magic);
+                        acc += dot2.x;
+                        acc_b += dot2.y;
                     }
                 }
             }
@@ -321,17 +226,8 @@ fn main(
         }
     }
     if (in_tile) {
-        var e = err | select(0u, ERR_TABLE, bad_table) | select(0u, ERR_SUBGROUP, !layout_ok);
-        for (var k = 0u; k < K; k++) {
-            if (x[k] != L) { e |= ERR_FINAL_STATE; }
-        }
-        if (i == 0u && valid) {
-            if (p > end) {
-                e |= ERR_OVER_READ;
-            } else if (p != end) {
-                e |= ERR_UNCONSUMED;
-            }
-        }
+        let e = lanes_end_errors(d, i, valid) | select(0u, ERR_TABLE, bad_table)
+            | select(0u, ERR_SUBGROUP, !pl.ok);
         if (e != 0u) {
             atomicOr(&errors[chunk], e);
         }

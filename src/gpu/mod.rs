@@ -581,6 +581,7 @@ impl Kernel {
                 "rans_consts",
                 "rans_table_scan",
                 "rans_table_sg",
+                "rans_lanes",
                 "window_bits",
                 "window_mlx",
                 "window_word",
@@ -591,6 +592,7 @@ impl Kernel {
                 "rans_consts",
                 "rans_table_scan",
                 "rans_table_sg",
+                "rans_lanes",
                 "window_bits",
                 "window_dot",
                 "side"

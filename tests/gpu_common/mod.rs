@@ -62,6 +62,29 @@ pub fn lanes_registries() -> &'static [(u32, bool, ecq::gpu::PipelineRegistry)] 
     })
 }
 
+/// What a lanes kernel must give at a group width W wider than the device's subgroups (or
+/// not dividing them): every chunk of the matrix flagged with the subgroup error, never a
+/// result.
+#[track_caller]
+pub fn assert_every_chunk_flagged<T: std::fmt::Debug>(
+    r: Result<T, ecq::gpu::GpuError>,
+    n_chunks: usize,
+    label: &str,
+) {
+    match r {
+        Err(ecq::gpu::GpuError::CorruptStream {
+            flags, bad_chunks, ..
+        }) => {
+            assert!(
+                flags & ecq::gpu::error_bits::SUBGROUP_SIZE != 0,
+                "{label}: {flags:#x}"
+            );
+            assert_eq!(bad_chunks, n_chunks, "{label}: chunks reported");
+        }
+        r => panic!("{label} on wider groups than subgroups: {r:?}"),
+    }
+}
+
 /// A context on the tests' adapter whose storage buffers bind at most `bytes` (`None` where
 /// there is no adapter: [`ctx`] announced that), for the errors a small device must give.
 pub fn context_binding_at_most(bytes: u64) -> Option<GpuContext> {
