@@ -1176,8 +1176,8 @@ impl EntropyCodedLinear {
                 _pad: 0,
             };
             let decode = gemv;
-            let blocked =
-                default_fused_variant(dev.gpu().registry(), &gemv.fused_layout(side)).is_blocked();
+            let variant = default_fused_variant(dev.gpu().registry(), &gemv.fused_layout(side));
+            let blocked = variant.is_blocked();
             all_blocked &= blocked;
             // (after the batched kernel's parameters, which keep one group a chunk, and the
             // variant, which the default picks from one group's workgroups as well)
@@ -1213,11 +1213,11 @@ impl EntropyCodedLinear {
                     b
                 });
             // (a window split whose fused GEMV runs on the lanes kernel: its chunks a
-            // workgroup; the layout the launches build, `gemv_dispatch`)
+            // workgroup; the variant and tables as the launches take them, `gemv_dispatch`)
             let mut layout = gemv.fused_layout(side);
-            layout.tables_in_memory = tables.is_some();
+            layout.tables_in_memory = tables.is_some() && fused_reads_tables(variant, m.precision);
             let lanes = lanes_gemv_width(dev.gpu().registry(), &layout)
-                .filter(|_| !blocked && fused_reads_tables(FusedVariant::Workgroup, m.precision));
+                .filter(|_| variant == FusedVariant::Workgroup);
             if let Some(w) = lanes {
                 set_lanes_geometry(&mut gemv, w).map_err(|e| LinearError::gpu(name, e))?;
                 gemv.wg_x = dev.grid(gemv.total_wg).0;
