@@ -20,5 +20,6 @@ if [ $# -eq 0 ]; then
     echo "== the GPU decode again with 16-wide lavapipe subgroups (LP_NATIVE_VECTOR_WIDTH=512)"
     LP_NATIVE_VECTOR_WIDTH=512 cargo test --release --test gpu_decode --test gpu_context
     echo "== the lanes fused GEMV with 16-wide lavapipe subgroups"
-    LP_NATIVE_VECTOR_WIDTH=512 cargo test --release --test gpu_gemv fused_gemv_window_split
+    LP_NATIVE_VECTOR_WIDTH=512 cargo test --release --test gpu_gemv -- fused_gemv_window_split \
+        fused_gemv_lanes_byte_symbols
 fi

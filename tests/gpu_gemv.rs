@@ -535,6 +535,14 @@ fn fused_gemv_reports_corrupt_stream() {
             other => panic!("{v:?}: expected CorruptStream, got {other:?}"),
         }
     }
+    // the lanes fused GEMV (byte symbols) at every group width the device's subgroups take
+    for (w, _, reg) in gpu_common::lanes_registries().iter().filter(|l| l.1) {
+        assert_eq!(ecq::gpu::lanes_gemv_width(reg, &m.fused_layout()), Some(*w));
+        match m.gemv_with(ctx.device(), ctx.queue(), reg, &x, FusedVariant::Workgroup) {
+            Err(ecq::gpu::GpuError::CorruptStream { chunk, .. }) => assert_eq!(chunk, c, "W={w}"),
+            other => panic!("lanes W={w}: expected CorruptStream, got {other:?}"),
+        }
+    }
 }
 
 /// The plain 4-bit kernel's diagnostic builds (for measuring its limit) compile and launch;
@@ -636,9 +644,9 @@ fn fused_blocked_diagnostic_builds() {
 
 /// The blocked fused kernels and the workgroup one reading their decode tables from memory
 /// (built once on the host, `GpuCodedMatrix::set_tables_in_memory`, the default) give, bit for
-/// bit, what they give building the tables in every workgroup (a window split with them on a
-/// device running the lanes kernels runs the lanes fused GEMV instead, within the reference's
-/// bound either way), and the blocked decodes of the same matrices give
+/// bit, what they give building the tables in every workgroup (with them on a device running
+/// the lanes kernels, the lanes fused GEMV runs instead, within the reference's bound either
+/// way), and the blocked decodes of the same matrices give
 /// the CPU's words either way (a window split reading the tables decodes in
 /// `rans_decode_window.wgsl`, the others build theirs): whole symbols, the 2 + 2 split and a
 /// window split in row pairs, tiles of three chunks (several tables a matrix), both table
@@ -736,15 +744,14 @@ fn fused_tables_in_memory_bit_identical() {
         let wg = |m: &ecq::gpu::GpuCodedMatrix| {
             gemv(m, FusedVariant::Workgroup).unwrap_or_else(|e| panic!("{what} Workgroup: {e}"))
         };
-        // (except where the host's tables put a window split on the lanes fused GEMV,
-        // devices without 32-wide subgroups that run the lanes kernels: a kernel summing in
-        // another order, checked against the reference)
+        // (except where the host's tables put the matrix on the lanes fused GEMV, devices
+        // without 32-wide subgroups that run the lanes kernels: a kernel summing in another
+        // order, checked against the reference)
         let y = wg(&mem);
         let (want, sum_abs) = reference(&q, &x);
         if ecq::gpu::lanes_gemv_width(ctx.registry(), &mem.fused_layout()).is_none() {
             assert_eq!(bits(y.clone()), bits(wg(&built)), "{what} Workgroup");
         } else {
-            assert_eq!(what, "window pairs");
             let y = wg(&built);
             assert_close(
                 &format!("{what} Workgroup built"),
@@ -1122,6 +1129,115 @@ fn check_lanes_gemv(
             .unwrap_or_else(|e| panic!("{label} W={w}, tables built: {e}"));
         assert_close(&format!("{label} W={w} built"), &y, want, sum_abs, x.len());
         m.set_tables_in_memory(true);
+    }
+}
+
+/// Byte symbols in the lanes fused GEMV (`rans_gemv_lanes.wgsl`, devices without 32-wide
+/// subgroups) at every group width W (`check_lanes_gemv`), against the f64 reference within
+/// the tolerance above: matrices coded whole at two 4-bit weights, one 8-bit or four 2-bit
+/// weights a symbol, rows of whole steps and rows whose last step holds fewer than 32 symbols
+/// (or a row of fewer than 32), MLX groups of 32 to 128, chunks of a few symbols to several
+/// rows; split 2 + 2 matrices in rows and in row pairs. Forms it does not take (symbols other
+/// than bytes) are left to the workgroup kernel, which gives the same result.
+#[test]
+fn fused_gemv_lanes_byte_symbols() {
+    let Some(ctx) = ctx() else { return };
+    if gpu_common::lanes_registries().is_empty() {
+        gpu_common::announce_unsupported("lanes fused GEMV: no subgroup operations here");
+        return;
+    }
+    // (rows, cols, bits, weights per symbol, group size, chunk symbols)
+    for (i, &(rows, cols, bits, wps, gs, chunk)) in [
+        (9, 256, 4, 2, 64, 512),    // 4 steps a row, two rows a chunk
+        (7, 96, 4, 2, 32, 100),     // 48 symbols a row: a last step of 16
+        (3, 32, 4, 2, 32, 16),      // 16 symbols a row, chunks of one row
+        (5, 4096, 4, 2, 128, 4096), // 64 steps a row
+        (6, 160, 8, 1, 32, 300),    // 8-bit, 5 steps a row
+        (4, 352, 8, 1, 32, 700),    // 11 steps a row
+        (11, 640, 2, 4, 128, 1000), // 2-bit, 5 steps a row
+        (2, 1536, 2, 4, 64, 96),    // 12 steps a row, 96-symbol chunks
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (q, x) = random_matrix(2500 + i as u64, rows, cols, bits, gs);
+        let opts = EncodeOptions {
+            weights_per_symbol: Some(wps),
+            chunk_symbols: chunk,
+            tile_chunks: 3,
+            group_size: gs,
+            ..Default::default()
+        };
+        let enc = encode(&q.symbols(), rows, cols, bits, &opts).expect("encode");
+        let label = format!(
+            "whole {rows}x{cols} b{bits} w{wps} g{gs} chunk_rows {}",
+            enc.chunk_rows()
+        );
+        let mut m = ctx
+            .upload_coded(CodedMatrixRef::from(&enc), Some(QuantParamsRef::from(&q)))
+            .unwrap();
+        assert!(m.fused_layout().lanes_symbol_words(), "{label}");
+        let (want, sum_abs) = reference(&q, &x);
+        check_lanes_gemv(ctx, &mut m, &x, (&want, &sum_abs), &label);
+    }
+    // split 2 + 2: (rows, cols, group size, chunk symbols, order)
+    for (i, &(rows, cols, gs, chunk, pairs)) in [
+        (17, 1024, 64, 16384, false), // 8 steps a row
+        (9, 1280, 128, 32, false),    // 10 steps a row, one-step chunks
+        (18, 1536, 32, 300, true),    // 24 steps a coded row, a pair a chunk
+        (34, 1024, 64, 4096, true),   // 8 pairs a chunk, a last chunk of one
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (q, x) = random_matrix(2550 + i as u64, rows, cols, 4, gs);
+        let order = if pairs {
+            ecq::rans::SplitOrder::RowPairs
+        } else {
+            ecq::rans::SplitOrder::Rows
+        };
+        let opts = small_tiles(chunk, gs);
+        let s =
+            ecq::rans::SplitMatrix::encode_ordered(&q.symbols(), rows, cols, 4, 2, &opts, order)
+                .unwrap();
+        let label = format!(
+            "split {rows}x{cols} g{gs} pairs {pairs} chunk_rows {}",
+            s.high().chunk_rows()
+        );
+        let mut m = ctx
+            .upload_split(&s, Some(QuantParamsRef::from(&q)))
+            .unwrap();
+        let (want, sum_abs) = reference(&q, &x);
+        check_lanes_gemv(ctx, &mut m, &x, (&want, &sum_abs), &label);
+    }
+    // symbols other than bytes (3-bit weights two a symbol, 4-bit ones a symbol): the
+    // workgroup kernel
+    for (bits, wps) in [(3u32, 2u32), (4, 1)] {
+        let (q, x) = random_matrix(2590 + bits as u64, 5, 256, bits, 64);
+        let opts = EncodeOptions {
+            weights_per_symbol: Some(wps),
+            chunk_symbols: 256,
+            tile_chunks: 2,
+            group_size: 64,
+            ..Default::default()
+        };
+        let enc = encode(&q.symbols(), 5, 256, bits, &opts).expect("encode");
+        let m = ctx
+            .upload_coded(CodedMatrixRef::from(&enc), Some(QuantParamsRef::from(&q)))
+            .unwrap();
+        let (want, sum_abs) = reference(&q, &x);
+        for (w, _, reg) in gpu_common::lanes_registries() {
+            let label = format!("b{bits} w{wps} W={w}");
+            assert_eq!(
+                ecq::gpu::lanes_gemv_width(reg, &m.fused_layout()),
+                None,
+                "{label}"
+            );
+            let y = m
+                .gemv_with(ctx.device(), ctx.queue(), reg, &x, FusedVariant::Workgroup)
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            assert_close(&label, &y, &want, &sum_abs, 256);
+        }
     }
 }
 
@@ -1967,9 +2083,17 @@ fn assert_decodes_to_plain(
 fn sixteen_bit_side_is_bit_identical_to_f32() {
     use ecq::gpu::{GpuQuantizedMatrix, PipelineRegistry, SideFormat};
     let Some(ctx) = ctx() else { return };
-    // the device's f16 conversion (`unpack2x16float` where it validates) and the integer one
-    let bits_registry =
-        PipelineRegistry::for_device(ctx.device(), ctx.adapter_info()).without_f16_unpack();
+    // the device's f16 conversion (`unpack2x16float` where it validates) and the integer one,
+    // on the kernels the context runs (`ECQ_KERNELS` may have put it on others than the
+    // adapter's own: the fused GEMVs differ in their order of sums)
+    let mut bits_registry = PipelineRegistry::for_device(ctx.device(), ctx.adapter_info());
+    if !ctx.registry().subgroups32() {
+        bits_registry = bits_registry.without_subgroups();
+    }
+    let bits_registry = bits_registry
+        .with_subgroup_lanes(ctx.device(), ctx.registry().subgroup_lanes())
+        .expect("the context's lanes kernels")
+        .without_f16_unpack();
     let registries = [ctx.registry(), &bits_registry];
     // (bf16 values of this size are exact in f16 too: the bf16 case takes weights whose
     // scales lie below f16's normal range)

@@ -90,18 +90,29 @@ fn stored_form() -> LinearOptions {
     }
 }
 
-/// The rows from which a layer that can decode first does by default (in f32): a window
-/// split's `DECODE_FIRST_MIN_ROWS` where the blocked batched kernel runs it (32-wide
-/// subgroups), `DECODE_FIRST_MIN_ROWS_LANES` where its fused GEMV runs on the lanes kernel
-/// (the tests' window cases: coded rows of whole 1024-weight blocks, the host's decode
-/// tables), the others' `DECODE_FIRST_MIN_ROWS_NOT_WINDOW` (on CPU devices and GPUs without
-/// 32-wide subgroups `DECODE_FIRST_MIN_ROWS_PORTABLE`), window splits elsewhere included.
-fn default_decode_first_rows(d: &LinearDevice, window: bool) -> usize {
+/// A layer's coded form, for the default rows of decoding first.
+#[derive(Clone, Copy, PartialEq)]
+enum Form {
+    Whole,
+    Split,
+    Window,
+}
+
+/// The rows from which a layer of `form` that can decode first does by default (in f32), its
+/// fused GEMV on the lanes kernel or not (`lanes_gemv`, `EntropyCodedLinear::lanes_gemv_width`):
+/// `DECODE_FIRST_MIN_ROWS_LANES` where that GEMV keeps one row (window splits, and split
+/// matrices on GPUs); a window split's `DECODE_FIRST_MIN_ROWS` where the blocked batched kernel
+/// runs it (32-wide subgroups); the others' `DECODE_FIRST_MIN_ROWS_NOT_WINDOW` (on CPU devices
+/// and GPUs without 32-wide subgroups `DECODE_FIRST_MIN_ROWS_PORTABLE`), window splits
+/// elsewhere included.
+fn default_decode_first_rows(d: &LinearDevice, form: Form, lanes_gemv: bool) -> usize {
     let registry = d.gpu().registry();
-    if window && registry.subgroups32() {
-        ecq::linear::DECODE_FIRST_MIN_ROWS
-    } else if window && registry.subgroup_lanes().is_some() {
+    let lanes_one_row =
+        lanes_gemv && (form == Form::Window || (form == Form::Split && !registry.cpu_device()));
+    if lanes_one_row {
         ecq::linear::DECODE_FIRST_MIN_ROWS_LANES
+    } else if form == Form::Window && registry.subgroups32() {
+        ecq::linear::DECODE_FIRST_MIN_ROWS
     } else if registry.cpu_device() || !registry.subgroups32() {
         ecq::linear::DECODE_FIRST_MIN_ROWS_PORTABLE
     } else {
@@ -619,7 +630,8 @@ fn f16_activations() {
 /// The decode tables the host builds for the blocked fused GEMV and the workgroup kernels
 /// (the default) change no result: a layer uploaded with `tables_built_in_kernel` gives the
 /// same outputs bit for bit, one vector and a batch, fused and decoding first, in one row band
-/// and in several, and holds no tables; the default holds one per tile. On the test adapter
+/// and in several (one vector within the CPU reference's tolerance where the host's tables put
+/// it on the lanes fused GEMV), and holds no tables; the default holds one per tile. On the test adapter
 /// and, where it has 32-wide subgroups, on a context of the portable kernels
 /// (`GpuContext::without_subgroups`: the workgroup fused GEMV, batched kernel and decode).
 #[test]
@@ -660,11 +672,22 @@ fn decode_tables_in_memory_change_no_result() {
                 built.gpu_bytes() + mem.table_bytes(),
                 "{what}"
             );
-            assert_eq!(
-                bits(mem.forward(&x[..2048]).unwrap()),
-                bits(built.forward(&x[..2048]).unwrap()),
-                "{what} {bands:?} one row"
+            // (one row with the host's tables runs the lanes fused GEMV where the device runs
+            // the lanes kernels, a kernel summing in another order: both within the CPU
+            // reference's tolerance there)
+            let (one_mem, one_built) = (
+                mem.forward(&x[..2048]).unwrap(),
+                built.forward(&x[..2048]).unwrap(),
             );
+            assert_eq!(built.lanes_gemv_width(), None, "{what}");
+            if mem.lanes_gemv_width().is_some() {
+                let cpu = CpuLinear::from_quantized("cpu", &c.q, Some(c.bias.clone())).unwrap();
+                let label = format!("{what} {bands:?} one row");
+                assert_close(&label, &cpu, &x[..2048], 1, &one_mem, 0.0);
+                assert_close(&label, &cpu, &x[..2048], 1, &one_built, 0.0);
+            } else {
+                assert_eq!(bits(one_mem), bits(one_built), "{what} {bands:?} one row");
+            }
             assert_eq!(
                 bits(mem.forward_batch(&x, 3).unwrap()),
                 bits(built.forward_batch(&x, 3).unwrap()),
@@ -2888,7 +2911,7 @@ fn decode_first_calls_take_decoded_buffers_in_turn() {
         let gpu = upload(d, &c, &LinearOptions::default()).unwrap();
         assert_eq!(
             gpu.decode_first_min_rows(),
-            default_decode_first_rows(d, false),
+            default_decode_first_rows(d, Form::Whole, false),
             "{r}x{k}"
         );
         let plain = QuantizedLinear::upload(d, "plain", &c.q, Some(&c.bias)).unwrap();
@@ -2974,7 +2997,7 @@ fn encoded_calls_decode_first_and_give_each_calls_outputs() {
         (96, 512, 2, 32, 4096, 3),
         (40, 192, 8, 64, 2048, 4),
     ];
-    let m = default_decode_first_rows(d, false) + 4;
+    let m = default_decode_first_rows(d, Form::Whole, false) + 4;
     let max_k = 512;
     let x = activations(4600, m * max_k);
     let xb = d.activation_buffer(x.len());
@@ -3131,12 +3154,12 @@ fn encoded_calls_decode_first_and_give_each_calls_outputs() {
 /// layer's weights and runs the plain layer's kernels on them, so its outputs are
 /// `QuantizedLinear`'s on the same weights bit for bit (host and recorded calls, with a bias,
 /// beyond one batched launch), for whole-symbol layers of 2, 4 and 8 bits and split ones (by
-/// default from 2 rows, from 1 on CPU devices) and window splits (by default from
-/// `DECODE_FIRST_MIN_ROWS` where the blocked batched kernel runs them, from
-/// `DECODE_FIRST_MIN_ROWS_LANES` where their fused GEMV runs on the lanes kernel, else as the
-/// others); a
-/// call of
-/// fewer rows stays fused, within the CPU reference's tolerance. Layers the plain kernels or
+/// default from 2 rows, from 1 on CPU devices and GPUs without 32-wide subgroups, except split
+/// ones on GPUs whose fused GEMV runs on the lanes kernel: from `DECODE_FIRST_MIN_ROWS_LANES`)
+/// and window splits (by default from `DECODE_FIRST_MIN_ROWS` where the blocked batched kernel
+/// runs them, from `DECODE_FIRST_MIN_ROWS_LANES` where their fused GEMV runs on the lanes
+/// kernel, else as the others); a call of fewer rows stays fused, within the CPU reference's
+/// tolerance. Layers the plain kernels or
 /// no decode kernel can run, and layers in several row bands, never decode first. A corrupt
 /// stream is reported on this path too, host and recorded.
 #[test]
@@ -3144,10 +3167,7 @@ fn decode_first_calls_are_the_plain_layer_bit_for_bit() {
     use ecq::linear::ActivationOrder;
     use gpu_common::{recorded, Placement};
     let Some(d) = dev() else { return };
-    let (min, window_min) = (
-        default_decode_first_rows(d, false),
-        default_decode_first_rows(d, true),
-    );
+    let min = default_decode_first_rows(d, Form::Whole, false);
     // (rows, cols, bits, group, chunk symbols, tile chunks) coded whole
     let whole = [
         (37, 384, 4, 64, 1024, 2),
@@ -3165,12 +3185,28 @@ fn decode_first_calls_are_the_plain_layer_bit_for_bit() {
         let (c, s) = split_case(4200 + i as u64, r, k, gs, cs, tc, order);
         let m = CodedLayerRef::from_split(&s, gs as usize, &c.q.scales, &c.q.biases, Some(&c.bias));
         let gpu = EntropyCodedLinear::upload(d, "split", m, &LinearOptions::default()).unwrap();
-        assert_eq!(gpu.decode_first_min_rows(), min, "split {r}x{k} {order:?}");
-        layers.push((format!("split {r}x{k} {order:?}"), c, gpu, min));
+        // (its fused GEMV on the lanes kernel where the device runs the lanes kernels and not
+        // the 32-wide subgroup ones; with them, where the blocked kernel cannot take it)
+        let registry = d.gpu().registry();
+        if !registry.subgroups32() {
+            assert_eq!(
+                gpu.lanes_gemv_width(),
+                registry.subgroup_lanes(),
+                "split {r}x{k} {order:?}"
+            );
+        }
+        let split_min = default_decode_first_rows(d, Form::Split, gpu.lanes_gemv_width().is_some());
+        assert_eq!(
+            gpu.decode_first_min_rows(),
+            split_min,
+            "split {r}x{k} {order:?}"
+        );
+        layers.push((format!("split {r}x{k} {order:?}"), c, gpu, split_min));
     }
     let (c, s) = window_case(4300);
     let m = CodedLayerRef::from_split(&s, 64, &c.q.scales, &c.q.biases, Some(&c.bias));
     let gpu = EntropyCodedLinear::upload(d, "window", m, &LinearOptions::default()).unwrap();
+    let window_min = default_decode_first_rows(d, Form::Window, gpu.lanes_gemv_width().is_some());
     assert_eq!(gpu.decode_first_min_rows(), window_min);
     // (its one-row calls on the lanes fused GEMV where the device runs the lanes kernels and
     // not the 32-wide subgroup ones)

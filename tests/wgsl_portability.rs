@@ -150,7 +150,7 @@ fn window_build(pairs: bool, extra: &[(&'static str, f64)]) -> Vec<(&'static str
 /// Every kernel at its default constants, then the split-matrix builds of the blocked kernels
 /// (raw low bits: `LOW = 2` beside 2-bit symbols of four weights), in row-major and row-pair
 /// order (`PAIR = 1`), the window-split decode in row pairs, the lanes decode's forms and
-/// widths (`LOW`, `W`), the lanes fused GEMV's orders and widths, the window-split builds of the
+/// widths (`LOW`, `W`), the lanes fused GEMV's forms, orders and widths, the window-split builds of the
 /// blocked fused GEMV (`LOW = 3`, one-bit symbols of eight weights) with two and four groups of 32 lanes a chunk (`DUP`, whose
 /// workgroup barrier the defaults drop) on f32 and 8-bit activations and with several
 /// activation vectors a launch (`NVEC`, and its plain counterpart with its step-88 builds:
@@ -218,6 +218,26 @@ fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
         ),
         ("rans_gemv_lanes.wgsl", vec![("PAIR", 1.0), ("W", 16.0)]),
         ("rans_gemv_lanes.wgsl", vec![("W", 4.0), ("GSHIFT", 5.0)]),
+        // (and byte symbols: 4-bit weights two a symbol gathered over four steps, 8-bit ones
+        // at two lanes an invocation, split 2 + 2 in row pairs at eight lanes)
+        (
+            "rans_gemv_lanes.wgsl",
+            vec![("LOW", 0.0), ("WPS", 2.0), ("BITS", 4.0), ("W", 32.0)],
+        ),
+        (
+            "rans_gemv_lanes.wgsl",
+            vec![("LOW", 0.0), ("WPS", 1.0), ("BITS", 8.0), ("W", 16.0)],
+        ),
+        (
+            "rans_gemv_lanes.wgsl",
+            vec![
+                ("LOW", 2.0),
+                ("WPS", 4.0),
+                ("BITS", 2.0),
+                ("PAIR", 1.0),
+                ("W", 4.0),
+            ],
+        ),
         (
             gemv,
             window_build(true, &[("TABLE_MEM", 1.0), ("DUP", 2.0)]),

@@ -166,25 +166,12 @@ fn main(
     if (wg >= P.total_wg) {
         return;
     }
-    let tile = wg / P.wg_per_tile;
-    let sub = wg % P.wg_per_tile;
-    let tile_first = tile * P.tile_chunks;
-    let tile_end = min(tile_first + P.tile_chunks, P.n_chunks);
-    let g = lid / W;          // the group (chunk) in the workgroup
-    let i = lid % W;          // lanes i K .. i K + K - 1 of the chunk
-    let pl = lanes_place(lid, sg_id, sg_size);
-    let chunk = tile_first + sub * (WG / W) + g;
-    let in_tile = chunk < tile_end;
-    let valid = in_tile && pl.ok;
+    let c = lanes_chunk(wg, lid, sg_id, sg_size);
+    let i = c.i;
+    let pl = c.pl;
     let T = P.steps_per_row;
-    var d = lanes_decoder(chunk, i, valid);
-    var nrows = 0u;
-    var r0 = 0u;
-    if (valid) {
-        r0 = chunk * P.chunk_rows;
-        nrows = min(P.chunk_rows, P.rows - r0);
-    }
-    let bad_table = load_blocked_table(tile, lid);
+    var d = lanes_decoder(c.chunk, i, c.valid);
+    let bad_table = load_blocked_table(c.tile, lid);
 
     let row_words = P.out_row_words;            // MLX words of a coded row, P.cols / 8
     let S = P.syms_per_row;
@@ -192,8 +179,8 @@ fn main(
     let Q = max(4u / K, 1u);
     var held = 0u;
     for (var rr = 0u; rr < P.chunk_rows; rr++) {
-        let row_on = rr < nrows;
-        let row = r0 + rr;
+        let row_on = rr < c.nrows;
+        let row = c.r0 + rr;
         for (var u = 0u; u < T; u++) {
             // symbols j0 .. j0 + K - 1 of the coded row (a row's last step may hold fewer
             // than 32: lanes past S decode nothing; window splits' rows are whole blocks)
@@ -220,13 +207,11 @@ fn main(
                 // end inside a block, whose steps past it hold no symbols (js >= S). (Outside
                 // the branch: every invocation of the subgroup takes part in the shuffles.)
                 let q = u % Q;
-                for (var k = 0u; k < K; k++) {
-                    held |= sym[k] << (8u * (q * K + k));
-                }
+                held = lanes_hold(held, sym, q);
                 if (q == Q - 1u || u + 1u == T) {
                     let word = lanes_gather(held, i, pl, sg_size);
                     held = 0u;
-                    let js = (u - q + i / 8u) * 32u + 4u * (i % 8u);
+                    let js = lanes_gathered_symbol(u, q, i);
                     if (row_on && js < S) {
                         write_four(row, js, lanes_unpacked(word), row_words);
                     }
@@ -234,11 +219,10 @@ fn main(
             }
         }
     }
-    if (in_tile) {
-        let e = lanes_end_errors(d, i, valid) | select(0u, ERR_TABLE, bad_table)
-            | select(0u, ERR_SUBGROUP, !pl.ok);
+    if (c.in_tile) {
+        let e = lanes_chunk_errors(d, c, bad_table);
         if (e != 0u) {
-            atomicOr(&errors[chunk], e);
+            atomicOr(&errors[c.chunk], e);
         }
     }
 }

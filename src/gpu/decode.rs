@@ -218,6 +218,26 @@ impl FusedLayout {
             .filter(|_| self.steps_per_row.is_multiple_of(4))
     }
 
+    /// Whether the lanes fused GEMV (`rans_gemv_lanes.wgsl`, [`lanes_gemv_width`]) takes
+    /// these byte symbols: coded whole (`bits * wps == 8`, rows in order) or a split 2 + 2
+    /// matrix (2-bit symbols of four weights and two raw bits a weight, rows or row pairs),
+    /// <= 11 probability bits, coded rows of whole words of four symbols and MLX groups of
+    /// whole words (`4 wps` weights), so that each word multiplies one group's activations.
+    pub fn lanes_symbol_words(&self) -> bool {
+        let word = 4 * self.wps;
+        let form = match self.low_bits {
+            0 => !self.row_pairs,
+            2 => true,
+            _ => false,
+        };
+        form && self.bits * self.wps == 8
+            && self.prec <= 11
+            && self.cols > 0
+            && self.cols.is_multiple_of(word)
+            && self.group_size > 0
+            && self.group_size.is_multiple_of(word)
+    }
+
     /// The matrix's inputs: `cols`, or half of it in row-pair order (a coded row is two
     /// matrix rows).
     pub fn inputs(&self) -> u32 {
@@ -357,8 +377,8 @@ fn fused_gemv_pipeline_diag(
             layout.prec
         )));
     }
-    // (the workgroup variant of a window split on a registry with lanes kernels: the lanes
-    // fused GEMV, as the decode runs the lanes decode)
+    // (the workgroup variant on a registry with lanes kernels, of the forms the lanes decode
+    // takes: the lanes fused GEMV, as the decode runs the lanes decode)
     if let Some(w) =
         lanes_gemv_width(registry, layout).filter(|_| variant == FusedVariant::Workgroup)
     {
@@ -367,6 +387,9 @@ fn fused_gemv_pipeline_diag(
             Kernel::RansGemvLanes,
             "main",
             &[
+                ("LOW", layout.low_bits),
+                ("WPS", layout.wps),
+                ("BITS", layout.bits),
                 ("PREC", layout.prec),
                 ("PAIR", layout.row_pairs as u32),
                 ("WSTART", layout.window_start),
@@ -469,14 +492,23 @@ pub(crate) fn fused_reads_tables(variant: FusedVariant, prec: u32) -> bool {
 /// The group width W at which the workgroup fused GEMV ([`FusedVariant::Workgroup`]) of
 /// `layout` runs on the lanes kernels' decode (`rans_gemv_lanes.wgsl`: no barrier a step,
 /// W invocations a chunk) instead of `rans_gemv.wgsl`: on a registry with lanes kernels
-/// ([`PipelineRegistry::subgroup_lanes`]), for a window split in coded rows of whole 4-step
-/// blocks ([`FusedLayout::window_block`]: 1024-weight rows, MLX groups of a multiple of 32,
-/// <= 11 probability bits) whose decode tables the host built
-/// ([`FusedLayout::tables_in_memory`]), one vector of f32 activations in column order a launch
-/// and one group a chunk. `None` elsewhere. Its launches run 128 / W chunks a workgroup.
+/// ([`PipelineRegistry::subgroup_lanes`]), for the forms the lanes decode takes, with <= 11
+/// probability bits:
+/// * a window split in coded rows of whole 4-step blocks ([`FusedLayout::window_block`]:
+///   1024-weight rows, MLX groups of a multiple of 32);
+/// * byte symbols (`bits * wps == 8`: coded whole, or a split 2 + 2 matrix, in rows or row
+///   pairs) in rows of whole words of four symbols, with MLX groups of whole words
+///   ([`FusedLayout::lanes_symbol_words`]);
+///
+/// whose decode tables the host built ([`FusedLayout::tables_in_memory`]), one vector of f32
+/// activations in column order a launch and one group a chunk. `None` elsewhere. Its launches
+/// run 128 / W chunks a workgroup.
 pub fn lanes_gemv_width(registry: &PipelineRegistry, layout: &FusedLayout) -> Option<u32> {
-    let runs = layout.low_bits == WINDOW_LOW_BITS
-        && layout.window_block().is_some()
+    let form = match layout.low_bits {
+        WINDOW_LOW_BITS => layout.window_block().is_some(),
+        _ => layout.lanes_symbol_words(),
+    };
+    let runs = form
         && layout.tables_in_memory
         && layout.vectors <= 1
         && !layout.x8_activations

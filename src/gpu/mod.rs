@@ -37,7 +37,8 @@
 //!   sees it is uniform), is specialised per symbol layout (pipeline-overridable constants)
 //!   and is chosen when the adapter's subgroups are exactly 32 wide
 //!   ([`PipelineRegistry::subgroups32`]); every other adapter runs the workgroup-memory version,
-//!   or for window splits where it has the lanes kernels ([`PipelineRegistry::subgroup_lanes`])
+//!   or for window splits and byte symbols where it has the lanes kernels
+//!   ([`PipelineRegistry::subgroup_lanes`])
 //!   `rans_gemv_lanes.wgsl`: the lanes decode (`rans_decode_lanes.wgsl`, W invocations a
 //!   chunk, no barrier a step) with each word of four symbols multiplied where that kernel
 //!   writes it ([`lanes_gemv_width`]).
@@ -389,8 +390,9 @@ pub enum Kernel {
     /// step, for subgroups of any size that is a multiple of the group width `W` (4 to 32;
     /// [`PipelineRegistry::subgroup_lanes`]).
     RansDecodeLanes,
-    /// `wgsl/rans_gemv_lanes.wgsl`: the fused GEMV of window splits on the lanes kernel's
-    /// decode (no barrier a step, groups of `W` invocations a chunk), with the tiles' decode
+    /// `wgsl/rans_gemv_lanes.wgsl`: the fused GEMV of window splits, byte symbols and split
+    /// 2 + 2 matrices on the lanes kernel's decode (no barrier a step, groups of `W`
+    /// invocations a chunk), with the tiles' decode
     /// tables built on the host and one vector of activations in column order
     /// ([`decode::lanes_gemv_width`]).
     RansGemvLanes,
@@ -520,6 +522,7 @@ impl Kernel {
                 "split_bits",
                 "window_bits",
                 "window_dot",
+                "symbol_dot",
                 "side"
             ),
             Kernel::RansDecodeBlocked => wgsl_with_libs!(
@@ -543,6 +546,7 @@ impl Kernel {
                 "split_bits",
                 "window_bits",
                 "window_dot",
+                "symbol_dot",
                 "side"
             ),
             Kernel::RansDecodeBlockedCompact => wgsl_with_libs!(
@@ -595,6 +599,8 @@ impl Kernel {
                 "rans_lanes",
                 "window_bits",
                 "window_dot",
+                "symbol_dot",
+                "split_bits",
                 "side"
             ),
             Kernel::QGemv => wgsl_with_libs!("../../wgsl/qgemv.wgsl", "side"),

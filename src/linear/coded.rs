@@ -187,8 +187,9 @@ pub const DECODE_FIRST_MIN_ROWS_NOT_WINDOW: usize = 2;
 /// ([`crate::gpu::PipelineRegistry::subgroups32`]). One row (`forward`) decodes first there
 /// too: their fused GEMV is the workgroup kernel (a barrier a decode step), whose multiplies
 /// inside the decode loop cost more than the decode kernel's stores and the plain layer's
-/// one-vector GEMV on the decoded weights after it. Window splits whose fused GEMV runs on
-/// the lanes kernel (no barrier a step) keep it for one row: [`DECODE_FIRST_MIN_ROWS_LANES`].
+/// one-vector GEMV on the decoded weights after it. Window splits, and split 2 + 2 matrices on
+/// GPUs, whose fused GEMV runs on the lanes kernel (no barrier a step) keep it for one row:
+/// [`DECODE_FIRST_MIN_ROWS_LANES`].
 /// * On lavapipe (2 cores; BENCHMARKS.md issue 5, thirty-third session) a token of a
 ///   1024x4096 and a 4096x4096 layer took 1245 ms decoding first against 1965 fused coded
 ///   whole, and 778 against 1870 split 2 + 2; window splits 566 against 1099 (step 118).
@@ -209,8 +210,10 @@ pub const DECODE_FIRST_MIN_ROWS_PORTABLE: usize = 1;
 
 /// [`DECODE_FIRST_MIN_ROWS_PORTABLE`] for window splits whose fused GEMV runs on the lanes
 /// kernel (`rans_gemv_lanes.wgsl`, [`EntropyCodedLinear::lanes_gemv_width`]: devices without
-/// 32-wide subgroups that run the lanes kernels, and lavapipe): one row keeps the fused GEMV,
-/// calls of several rows decode first. A token of 32 Llama-3-8B window layers in row pairs
+/// 32-wide subgroups that run the lanes kernels, and lavapipe), and for split 2 + 2 matrices
+/// whose fused GEMV runs there on a GPU (not lavapipe; layers coded whole decode first:
+/// BENCHMARKS.md issue 5, step 136): one row keeps the fused GEMV, calls of several rows
+/// decode first. A token of 32 Llama-3-8B window layers in row pairs
 /// took 8.0 ms in the lanes fused GEMV against 10.3 decoding first on an H200 running the
 /// lanes kernels at W = 32 (`ECQ_KERNELS=lanes:32`), 11.0 against 13.8 at W = 16 and 12.3
 /// against 14.9 at W = 8; on lavapipe a 1024x4096 and a 4096x4096 window layer took 87-104
@@ -274,6 +277,27 @@ pub(crate) fn default_gemv_many_batch_max_m(weights: usize, lane_order: bool) ->
         false => GEMV_BATCH_MAX_M_WINDOW_VECTORS,
     }
 }
+
+/// Whether one row of a layer whose fused GEMV runs on the lanes kernel
+/// ([`EntropyCodedLinear::lanes_gemv_width`]) keeps that GEMV by default
+/// ([`DECODE_FIRST_MIN_ROWS_LANES`]) instead of decoding first: window splits everywhere, split
+/// 2 + 2 matrices on GPUs, not layers coded whole. Measured per token (BENCHMARKS.md issue 5,
+/// steps 133 and 136): 32 Llama-3-8B layers on an H200 running the lanes kernels at W = 32 / 8
+/// took 8.0 / 12.6 ms fused against 10.3 / 14.9 decoding first (window splits), 13.2 / 18.5
+/// against 14.8 / 25.8 (split), 34.9 / 89.5 against 30.0 / 79.4 (whole); on lavapipe a
+/// 1024x4096 and a 4096x4096 layer took 87-104 ms fused against 127-129 (window splits),
+/// 168-171 against 152-154 (split) and 222-225 against 199-205 (whole).
+fn lanes_gemv_one_row(dev: &LinearDevice, window: bool, low_bits: u32) -> bool {
+    window || (low_bits == 2 && !dev.gpu().registry().cpu_device())
+}
+
+/// The default of [`LinearOptions::gemv_batch_max_m`] for a layer coded in byte symbols (whole
+/// or split 2 + 2) whose fused GEMV runs on the lanes kernel (`rans_gemv_lanes.wgsl`,
+/// [`EntropyCodedLinear::lanes_gemv_width`]): one row, the rows below
+/// [`DECODE_FIRST_MIN_ROWS_LANES`], where such layers keep it by default. The batched kernel
+/// those devices run otherwise (`rans_gemm.wgsl`, a barrier a decode step) took 9-10x the
+/// lanes GEMV's time for one row on lavapipe (BENCHMARKS.md issue 5, step 136).
+pub const GEMV_BATCH_MAX_M_LANES: usize = DECODE_FIRST_MIN_ROWS_LANES - 1;
 
 /// The default of [`LinearOptions::gemv_batch_max_m`] for a layer of `weights` weights with
 /// `low_bits` raw low bits (0: coded whole), on an adapter whose fused GEMV does (`subgroups32`)
@@ -401,7 +425,8 @@ pub struct LinearOptions {
     /// splits [`DECODE_FIRST_MIN_ROWS_COOP`] where they multiply on cooperative matrices,
     /// else [`DECODE_FIRST_MIN_ROWS`] where the blocked batched kernel runs them (32-wide
     /// subgroups), else [`DECODE_FIRST_MIN_ROWS_LANES`] where their fused GEMV runs on the
-    /// lanes kernel, else as the others; `Some(usize::MAX)` never. Takes
+    /// lanes kernel (that of split 2 + 2 layers too, on GPUs), else as the others;
+    /// `Some(usize::MAX)` never. Takes
     /// effect for layers in one row band whose weights a decode kernel runs on this device
     /// and the plain kernels take (2, 4 or 8 bits; a window split in coded rows of whole
     /// 1024-weight blocks); [`EntropyCodedLinear::decode_first_min_rows`] says what the
@@ -1212,8 +1237,8 @@ impl EntropyCodedLinear {
                     dev.write(&b, bytemuck::cast_slice(&t));
                     b
                 });
-            // (a window split whose fused GEMV runs on the lanes kernel: its chunks a
-            // workgroup; the variant and tables as the launches take them, `gemv_dispatch`)
+            // (a layer whose fused GEMV runs on the lanes kernel: its chunks a workgroup; the
+            // variant and tables as the launches take them, `gemv_dispatch`)
             let mut layout = gemv.fused_layout(side);
             layout.tables_in_memory = tables.is_some() && fused_reads_tables(variant, m.precision);
             let lanes = lanes_gemv_width(dev.gpu().registry(), &layout)
@@ -1320,20 +1345,24 @@ impl EntropyCodedLinear {
                 // (a window split without the blocked batched kernel runs its batched calls
                 // as fused GEMVs a row, several times a plain row each: it decodes first as
                 // the layers that are not window splits do)
-                .unwrap_or(if lanes_gemv.is_some() {
-                    DECODE_FIRST_MIN_ROWS_LANES
-                } else if m.window.is_none() || gemm_blocked.is_none() {
-                    let registry = dev.gpu().registry();
-                    if registry.cpu_device() || !registry.subgroups32() {
-                        DECODE_FIRST_MIN_ROWS_PORTABLE
+                .unwrap_or(
+                    if lanes_gemv.is_some()
+                        && lanes_gemv_one_row(dev, m.window.is_some(), m.low_bits)
+                    {
+                        DECODE_FIRST_MIN_ROWS_LANES
+                    } else if m.window.is_none() || gemm_blocked.is_none() {
+                        let registry = dev.gpu().registry();
+                        if registry.cpu_device() || !registry.subgroups32() {
+                            DECODE_FIRST_MIN_ROWS_PORTABLE
+                        } else {
+                            DECODE_FIRST_MIN_ROWS_NOT_WINDOW
+                        }
+                    } else if decode_first_coop {
+                        DECODE_FIRST_MIN_ROWS_COOP
                     } else {
-                        DECODE_FIRST_MIN_ROWS_NOT_WINDOW
-                    }
-                } else if decode_first_coop {
-                    DECODE_FIRST_MIN_ROWS_COOP
-                } else {
-                    DECODE_FIRST_MIN_ROWS
-                })
+                        DECODE_FIRST_MIN_ROWS
+                    },
+                )
                 .max(1)
         } else {
             usize::MAX
@@ -1378,6 +1407,11 @@ impl EntropyCodedLinear {
                             m.out_features() * m.in_features(),
                             lane_order,
                         )
+                    } else if lanes_gemv.is_some() {
+                        // (byte symbols whose fused GEMV runs on the lanes kernel: one row
+                        // there, as `forward` runs it, rather than in the workgroup batched
+                        // kernel; calls of more rows decode first by default)
+                        GEMV_BATCH_MAX_M_LANES
                     } else {
                         default_gemv_batch_max_m(
                             dev.gpu().registry().subgroups32(),
@@ -1436,8 +1470,8 @@ impl EntropyCodedLinear {
 
     /// The group width W where this layer's fused GEMVs run on the lanes kernel
     /// (`rans_gemv_lanes.wgsl`: W invocations a chunk, no barrier a decode step; window
-    /// splits on devices without 32-wide subgroups that run the lanes kernels,
-    /// [`crate::gpu::lanes_gemv_width`]), else `None` (one of the other fused kernels).
+    /// splits and byte symbols on devices that run the lanes kernels, where the layout allows
+    /// it, [`crate::gpu::lanes_gemv_width`]), else `None` (one of the other fused kernels).
     pub fn lanes_gemv_width(&self) -> Option<u32> {
         self.lanes_gemv
     }

@@ -1,8 +1,8 @@
 // Shared by the lanes kernels (rans_decode_lanes.wgsl, which says how they work, and
 // rans_gemv_lanes.wgsl): a chunk's 32 interleaved lanes decoded by a group of W invocations
 // of one subgroup, K = 32 / W consecutive lanes each, without a barrier a step. Uses the
-// importing kernel's `P`, overrides W, K, PREC and PLANES, `states`, `offsets`, `words` and
-// the decode table `table` (rans_table_sg.wgsl), and rans_consts.wgsl.
+// importing kernel's `P`, overrides W, K, PREC and PLANES, workgroup size `WG`, `states`,
+// `offsets`, `words` and the decode table `table` (rans_table_sg.wgsl), and rans_consts.wgsl.
 
 fn read16(idx: u32) -> u32 {
     return (words[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
@@ -37,6 +37,41 @@ fn lanes_place(lid: u32, sg_id: u32, sg_size: u32) -> LanesPlace {
     // (W divides 32, so a group's bits of a ballot lie in one word of it)
     let ok = sg_size % W == 0u && sg_id % W == i && first_lid == lid - i;
     return LanesPlace(first, 0xFFFFFFFFu >> (32u - W), (1u << i) - 1u, ok);
+}
+
+// An invocation's chunk in a launch of WG-invocation workgroups of WG / W chunks each
+// (workgroup `wg` below P.total_wg: the kernel returns before for those past it): the tile,
+// the chunk, the invocation's place i (lanes i K .. i K + K - 1) and its subgroup layout,
+// whether the chunk is in the tile (`in_tile`, it reports errors) and is decoded (`valid`:
+// in the tile with groups laid out as the kernel needs), and the chunk's first coded row and
+// row count (0 where not valid). Called in uniform control flow.
+struct LanesChunk {
+    tile: u32,
+    chunk: u32,
+    i: u32,
+    pl: LanesPlace,
+    in_tile: bool,
+    valid: bool,
+    r0: u32,
+    nrows: u32,
+}
+
+fn lanes_chunk(wg: u32, lid: u32, sg_id: u32, sg_size: u32) -> LanesChunk {
+    let tile = wg / P.wg_per_tile;
+    let sub = wg % P.wg_per_tile;
+    let tile_first = tile * P.tile_chunks;
+    let tile_end = min(tile_first + P.tile_chunks, P.n_chunks);
+    let pl = lanes_place(lid, sg_id, sg_size);
+    let chunk = tile_first + sub * (WG / W) + lid / W;
+    let in_tile = chunk < tile_end;
+    let valid = in_tile && pl.ok;
+    var r0 = 0u;
+    var nrows = 0u;
+    if (valid) {
+        r0 = chunk * P.chunk_rows;
+        nrows = min(P.chunk_rows, P.rows - r0);
+    }
+    return LanesChunk(tile, chunk, lid % W, pl, in_tile, valid, r0, nrows);
 }
 
 // An invocation's decoder: its K states, the group's stream position `p` and the chunk's end,
@@ -179,6 +214,30 @@ fn lanes_end_errors(d: LanesDecoder, i: u32, valid: bool) -> u32 {
         }
     }
     return e;
+}
+
+// The errors to report for chunk c at its end: the decoder's (`lanes_end_errors`), a tile
+// table whose frequencies do not sum to 2^n (`bad_table`) and a subgroup layout the kernel
+// cannot run (every chunk of such a device is flagged, never decoded).
+fn lanes_chunk_errors(d: LanesDecoder, c: LanesChunk, bad_table: bool) -> u32 {
+    return lanes_end_errors(d, c.i, c.valid) | select(0u, ERR_TABLE, bad_table)
+        | select(0u, ERR_SUBGROUP, !c.pl.ok);
+}
+
+// K < 4 lanes an invocation: `held` with step q's (q < 4 / K) symbols of the invocation's
+// K lanes added, lane k's in byte q K + k, for `lanes_gather` after the block's last step.
+fn lanes_hold(held: u32, sym: array<u32, 8>, q: u32) -> u32 {
+    var h = held;
+    for (var k = 0u; k < K; k++) {
+        h |= sym[k] << (8u * (q * K + k));
+    }
+    return h;
+}
+
+// The first symbol of the word invocation i gathers (`lanes_gather`) after step u, step q of
+// its block: the block's step i / 8, lanes 4 (i % 8) .. + 3.
+fn lanes_gathered_symbol(u: u32, q: u32, i: u32) -> u32 {
+    return (u - q + i / 8u) * 32u + 4u * (i % 8u);
 }
 
 // K < 4 lanes an invocation: after a block of Q = 4 / K steps in which each invocation kept
