@@ -2463,6 +2463,39 @@ mod tests {
     }
 
     #[test]
+    fn lanes_symbol_words_takes_byte_symbols_in_whole_words() {
+        // coded whole: 4-bit two a symbol, 8-bit one, 2-bit four; rows ending inside a step
+        assert!(layout(4096, 2, 11).lanes_symbol_words());
+        assert!(layout(96, 2, 11).lanes_symbol_words()); // 48 symbols: 1.5 steps
+        assert!(layout(352, 1, 8).lanes_symbol_words());
+        assert!(layout(640, 4, 11).lanes_symbol_words());
+        // rows of a part word, no table, not byte symbols, not coded whole in row pairs
+        assert!(!layout(100, 2, 11).lanes_symbol_words()); // 50 symbols
+        assert!(!layout(4096, 2, 12).lanes_symbol_words());
+        assert!(!layout(0, 2, 11).lanes_symbol_words());
+        let mut l = layout(4096, 2, 11);
+        l.bits = 3;
+        assert!(!l.lanes_symbol_words());
+        let mut l = layout(4096, 2, 11);
+        l.row_pairs = true;
+        assert!(!l.lanes_symbol_words());
+        // split 2 + 2 (2-bit symbols of four weights, two raw bits), rows and row pairs
+        let mut l = layout(4096, 4, 11);
+        l.low_bits = 2;
+        assert!(l.lanes_symbol_words());
+        l.row_pairs = true;
+        assert!(l.lanes_symbol_words());
+        // MLX groups of whole words (16 weights here), a window split elsewhere
+        l.group_size = 24;
+        assert!(!l.lanes_symbol_words());
+        l.group_size = 0;
+        assert!(!l.lanes_symbol_words());
+        let mut l = layout(4096, 8, 11);
+        l.low_bits = super::WINDOW_LOW_BITS;
+        assert!(!l.lanes_symbol_words());
+    }
+
+    #[test]
     fn blocked_steps_is_the_largest_block_dividing_whole_steps() {
         assert_eq!(layout(4096, 2, 11).blocked_steps(), Some(8)); // 64 steps
         assert_eq!(layout(14336, 2, 11).blocked_steps(), Some(8)); // 224
