@@ -69,34 +69,13 @@ struct Params {
     group_size: u32,     // MLX group size (GEMV only)
     groups_per_row: u32, // K / group_size (GEMV only)
     low_base: u32,       // u32 index in `words` of the raw low bits
-    low_bits: u32,       // = 3
+    low_bits: u32,       // = LOW
     _pad2: u32,
     row_pairs: u32,      // 1: row-pair order (`ecq::rans::SplitOrder::RowPairs`)
     window_start: u32,   // the window start (window_word.wgsl)
 }
 
-// The form: 3 a window split, 0 byte symbols (`bits * wps == 8`, the whole form of 4-bit
-// weights two a symbol, `ecq encode`'s default), 2 a split matrix (2-bit symbols of four
-// weights' high bits, two raw low bits a weight after the stream, `ecq encode --split`).
-override LOW: u32 = 3u;
-// Probability bits (<= 11), set by the host.
-override PREC: u32 = 11u;
-// 1: row-pair order: a coded row is matrix rows 2r and 2r + 1 in runs of two symbols.
-override PAIR: u32 = 0u;
-// The window start of the split (window_bits.wgsl).
-override WSTART: u32 = 0u;
-// Invocations per chunk: 4, 8, 16 or 32 (the host checks), dividing the subgroup size.
-override W: u32 = 8u;
-// Lanes per invocation (<= 8).
-override K: u32 = 32u / W;
-
-const WG: u32 = 128u;
-// Groups of 32 (one lane an invocation) hold their next stream words in registers
-// (`plane_at`) instead of loading each when they take it: on an H200 at W = 32 that decoded
-// whole symbols 1.3-1.5x and split matrices 1.2x faster (BENCHMARKS.md issue 5, step 129),
-// and window splits 1.12-1.19x once their words were merged four steps at a time (step 130;
-// before, when each step merged its own, 7-8% slower).
-override PLANES: bool = W == 32u;
+// (the overrides LOW, PREC, PAIR, WSTART, W, K and PLANES, and WG: rans_lanes.wgsl)
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> freqs: array<u32>;    // the tiles' decode tables

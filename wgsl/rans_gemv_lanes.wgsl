@@ -72,28 +72,14 @@ struct Params {
     window_start: u32,   // the window start (window_bits.wgsl takes WSTART)
 }
 
-// The form: 3 a window split, 0 byte symbols, 2 a split matrix (as rans_decode_lanes.wgsl).
-override LOW: u32 = 3u;
+// (the overrides LOW, PREC, PAIR, WSTART, W, K and PLANES, and WG: rans_lanes.wgsl)
+
 // Byte symbols: weights per symbol (1, 2 or 4) and bits per weight (WPS * BITS = 8; a split
 // matrix's symbols are WPS = 4 weights' high BITS = 2 bits). Not read for window splits.
 override WPS: u32 = 2u;
 override BITS: u32 = 4u;
-// Probability bits (<= 11), set by the host.
-override PREC: u32 = 11u;
-// 1: row-pair order (window splits and split matrices): a coded row is matrix rows 2r and
-// 2r + 1 interleaved, in runs of two symbols (window splits) or four steps (split matrices).
-override PAIR: u32 = 0u;
-// The window start of the split (window_bits.wgsl).
-override WSTART: u32 = 0u;
-// Invocations per chunk: 4, 8, 16 or 32 (the host checks), dividing the subgroup size.
-override W: u32 = 8u;
-// Lanes per invocation (<= 8).
-override K: u32 = 32u / W;
 // log2 of the MLX group size, 32 where it is not a power of two (window_dot.wgsl).
 override GSHIFT: u32 = 6u;
-// Groups of 32 (one lane an invocation) hold their next stream words in registers, as the
-// lanes decode does at W = 32 (rans_decode_lanes.wgsl, BENCHMARKS.md issue 5, steps 129-130).
-override PLANES: bool = W == 32u;
 
 // Byte symbols: each word's operands (`SymbolOperands`) loaded before its symbols are decoded
 // (the step's, or at a block's first step the gathered word's) instead of after. On an H200
@@ -101,8 +87,6 @@ override PLANES: bool = W == 32u;
 // 18.5 ms for 32 Llama-3-8B layers) and 1-1.5% slower at W = 32, and matrices coded whole
 // 4-6% slower at both (BENCHMARKS.md issue 5, step 136): split matrices only.
 override EARLY_OPERANDS: bool = LOW == 2u;
-
-const WG: u32 = 128u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> freqs: array<u32>;    // the tiles' decode tables

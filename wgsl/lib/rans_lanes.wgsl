@@ -1,8 +1,35 @@
 // Shared by the lanes kernels (rans_decode_lanes.wgsl, which says how they work, and
 // rans_gemv_lanes.wgsl): a chunk's 32 interleaved lanes decoded by a group of W invocations
-// of one subgroup, K = 32 / W consecutive lanes each, without a barrier a step. Uses the
-// importing kernel's `P`, overrides W, K, PREC and PLANES, workgroup size `WG`, `states`,
-// `offsets`, `words` and the decode table `table` (rans_table_sg.wgsl), and rans_consts.wgsl.
+// of one subgroup, K = 32 / W consecutive lanes each, without a barrier a step. Declares the
+// overrides both kernels take (the form, the precision, the order, the window start, the
+// group width); uses the importing kernel's `P`, `states`, `offsets`, `words` and the decode
+// table `table` (rans_table_sg.wgsl), and rans_consts.wgsl.
+
+// The form: 3 a window split, 0 byte symbols (`bits * wps == 8`: the whole form of 4-bit
+// weights two a symbol, `ecq encode`'s default; 2-bit four, 8-bit one), 2 a split matrix
+// (2-bit symbols of four weights' high bits, two raw low bits a weight after the stream,
+// `ecq encode --split`).
+override LOW: u32 = 3u;
+// Probability bits (<= 11), set by the host.
+override PREC: u32 = 11u;
+// 1: row-pair order (window splits and split matrices): a coded row is matrix rows 2r and
+// 2r + 1 interleaved, in runs of two symbols (window splits) or four steps (split matrices).
+override PAIR: u32 = 0u;
+// The window start of the split (window_bits.wgsl).
+override WSTART: u32 = 0u;
+// Invocations per chunk: 4, 8, 16 or 32 (the host checks), dividing the subgroup size.
+override W: u32 = 8u;
+// Lanes per invocation (<= 8).
+override K: u32 = 32u / W;
+// Groups of 32 (one lane an invocation) hold their next stream words in registers
+// (`plane_at`) instead of loading each when they take it: on an H200 at W = 32 that decoded
+// whole symbols 1.3-1.5x and split matrices 1.2x faster (BENCHMARKS.md issue 5, step 129),
+// and window splits 1.12-1.19x once their words were merged four steps at a time (step 130;
+// before, when each step merged its own, 7-8% slower).
+override PLANES: bool = W == 32u;
+
+// Invocations a workgroup: WG / W chunks.
+const WG: u32 = 128u;
 
 fn read16(idx: u32) -> u32 {
     return (words[idx >> 1u] >> ((idx & 1u) * 16u)) & 0xFFFFu;
