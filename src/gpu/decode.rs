@@ -379,9 +379,7 @@ fn fused_gemv_pipeline_diag(
     }
     // (the workgroup variant on a registry with lanes kernels, of the forms the lanes decode
     // takes: the lanes fused GEMV, as the decode runs the lanes decode)
-    if let Some(w) =
-        lanes_gemv_width(registry, layout).filter(|_| variant == FusedVariant::Workgroup)
-    {
+    if let Some(w) = variant_lanes_width(registry, variant, layout) {
         return registry.get(
             device,
             Kernel::RansGemvLanes,
@@ -515,6 +513,16 @@ pub fn lanes_gemv_width(registry: &PipelineRegistry, layout: &FusedLayout) -> Op
         && !layout.lane_order_x
         && layout.chunk_subgroups <= 1;
     registry.subgroup_lanes().filter(|_| runs)
+}
+
+/// [`lanes_gemv_width`] where the fused GEMV `variant` of `layout` runs on the lanes kernel:
+/// the workgroup variant only (the other variants are the 32-wide subgroup kernels).
+pub(crate) fn variant_lanes_width(
+    registry: &PipelineRegistry,
+    variant: FusedVariant,
+    layout: &FusedLayout,
+) -> Option<u32> {
+    lanes_gemv_width(registry, layout).filter(|_| variant == FusedVariant::Workgroup)
 }
 
 /// `p` launched on a lanes kernel of group width `w` (`rans_decode_lanes.wgsl`,
@@ -2083,9 +2091,7 @@ impl GpuCodedMatrix {
             diag = 0;
         }
         // (the workgroup variant on the lanes kernel: its chunks a workgroup)
-        if let Some(w) =
-            lanes_gemv_width(registry, &layout).filter(|_| variant == FusedVariant::Workgroup)
-        {
+        if let Some(w) = variant_lanes_width(registry, variant, &layout) {
             set_lanes_geometry(&mut p, w)?;
         }
         let (gx, gy) = grid(device, p.total_wg);

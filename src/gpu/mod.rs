@@ -130,7 +130,7 @@ pub use copy_rows::{copy_rows_dispatch, RowCopy};
 pub(crate) use decode::{
     check_gemv_vectors, check_low_bits, check_row_pair_cols, check_window, coop_gemv_pipeline,
     coop_layout_refusal, coop_params, entry, fused_reads_tables, set_chunk_subgroups,
-    set_lanes_geometry, CodedParams, DecodeSource,
+    set_lanes_geometry, variant_lanes_width, CodedParams, DecodeSource,
 };
 pub use decode::{
     default_fused_variant, fused_gemv_pipeline, lanes_gemv_width, CodedMatrixRef, DecodeOutput,

@@ -13,11 +13,11 @@ use super::resident::{
 use super::{add_bias, check_x, check_y, ActivationOrder, GpuLinear, Linear, LinearError};
 use crate::gpu::{
     check_gemv_vectors, coop_gemv_pipeline, coop_layout_refusal, coop_params, coop_x_dispatch,
-    default_fused_variant, entry, fused_gemv_pipeline, fused_reads_tables, lanes_gemv_width,
-    quantize_x8_dispatch, set_chunk_subgroups, set_lanes_geometry, x8_bytes, BufferRange,
+    default_fused_variant, entry, fused_gemv_pipeline, fused_reads_tables, quantize_x8_dispatch,
+    set_chunk_subgroups, set_lanes_geometry, variant_lanes_width, x8_bytes, BufferRange,
     CodedParams, CoopActivations, CoopOrder, GpuError, SideFormat, X8Order,
 };
-use crate::gpu::{DecodeOutput, DecodeSource, FusedVariant};
+use crate::gpu::{DecodeOutput, DecodeSource};
 use crate::rans::{EncodedMatrix, SplitMatrix, SplitOrder};
 
 /// Activation rows per dispatch of the batched kernel (4 per invocation, 128 invocations).
@@ -1241,8 +1241,7 @@ impl EntropyCodedLinear {
             // variant and tables as the launches take them, `gemv_dispatch`)
             let mut layout = gemv.fused_layout(side);
             layout.tables_in_memory = tables.is_some() && fused_reads_tables(variant, m.precision);
-            let lanes = lanes_gemv_width(dev.gpu().registry(), &layout)
-                .filter(|_| variant == FusedVariant::Workgroup);
+            let lanes = variant_lanes_width(dev.gpu().registry(), variant, &layout);
             if let Some(w) = lanes {
                 set_lanes_geometry(&mut gemv, w).map_err(|e| LinearError::gpu(name, e))?;
                 gemv.wg_x = dev.grid(gemv.total_wg).0;
