@@ -81,12 +81,15 @@ override BITS: u32 = 4u;
 // log2 of the MLX group size, 32 where it is not a power of two (window_dot.wgsl).
 override GSHIFT: u32 = 6u;
 
-// Byte symbols: each word's operands (`SymbolOperands`) loaded before its symbols are decoded
-// (the step's, or at a block's first step the gathered word's) instead of after. On an H200
-// running the lanes kernels that made split matrices' token 1.30x faster at W = 8 (24.0 ->
-// 18.5 ms for 32 Llama-3-8B layers) and 1-1.5% slower at W = 32, and matrices coded whole
-// 4-6% slower at both (BENCHMARKS.md issue 5, step 136): split matrices only.
-override EARLY_OPERANDS: bool = LOW == 2u;
+// Each word's operands (`WordOperands`) loaded before its symbols are decoded (the step's, or
+// at a block's first step the gathered word's) instead of after: at K = 4 only, one word a
+// step whose operands are loaded just before its own step. On an H200 running the lanes
+// kernels (32 Llama-3-8B layers a token, BENCHMARKS.md issue 5, steps 136-137) that made window
+// splits 1.32x and split matrices 1.30x faster at W = 8 (K = 4). It changed nothing at W = 32
+// (K = 1, +-1%, a gathered word's operands held across four steps) nor for window splits at
+// W = 4, and cost 1.22-1.25x at W = 16 (K = 2) and split matrices 1.24x at W = 4 (K = 8, two
+// words a step). Matrices coded whole lost 4-6% at W = 8 and 32: not for them.
+override EARLY_OPERANDS: bool = LOW != 0u && K == 4u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> freqs: array<u32>;    // the tiles' decode tables
@@ -98,74 +101,87 @@ override EARLY_OPERANDS: bool = LOW == 2u;
 @group(0) @binding(7) var<storage, read> xv: array<vec4<f32>>;   // activations, K / 4
 @group(0) @binding(8) var<storage, read_write> y: array<f32>;    // R outputs
 
-// The word of four symbols js .. js + 3 of a window split's coded row `row` times its
-// activations and (scale, bias): the first matrix row's part and, in row pairs, the second's.
-// Its 32 weights are merged from their raw words (raw word js / 4 of the row: lane js / 4 %
-// 32 of its 1024-weight block) and are one MLX group's (the host requires groups of a
-// multiple of 32), or in row pairs the same 16 columns of two rows.
-fn window_word_dot(row: u32, js: u32, sv: vec4<u32>, magic: u32) -> vec2<f32> {
-    let pair = PAIR != 0u;
-    let wr = js >> 2u;
-    let n = window_words(sv, window_raw(row * ((P.cols * 3u) >> 5u), wr >> 5u, wr & 31u));
-    let ka = select(32u * wr, 16u * wr, pair);
-    let xlo = x16(ka);
-    var xhi = xlo;
-    if (!pair) {
-        xhi = x16(ka + 16u);
-    }
-    let qa = window_half(n, xlo, magic);
-    let qb = window_half(n >> vec4<u32>(16u), xhi, magic);
-    let xs = dot((xlo[0] + xlo[1]) + (xlo[2] + xlo[3]), vec4<f32>(1.0));
-    let g = group_of(ka, P.group_size);
-    let gpr = P.groups_per_row;
-    if (pair) {
-        let sa = side(2u * row * gpr + g);
-        let sz = side((2u * row + 1u) * gpr + g);
-        return vec2<f32>(
-            sa.x * dot(qa, NIBBLE_PLACE) + sa.y * xs,
-            sz.x * dot(qb, NIBBLE_PLACE) + sz.y * xs,
-        );
-    }
-    let xs_hi = dot((xhi[0] + xhi[1]) + (xhi[2] + xhi[3]), vec4<f32>(1.0));
-    let s = side(row * gpr + g);
-    return vec2<f32>(s.x * dot(qa + qb, NIBBLE_PLACE) + s.y * (xs + xs_hi), 0.0);
-}
-
-// What the word of four byte symbols js .. js + 3 of coded row `row` multiplies (4 WPS weights
-// of one MLX group: the host requires groups of whole words): its activations (xw[v] those of
-// weights 4v .. 4v + 3, v < WPS), its group's (scale, bias), for a split matrix the weights'
-// raw low bits, and whether it belongs to the second matrix row of a row pair (split
-// matrices only: the matrix row `row_pair_step` gives). Loaded before the word's symbols are
-// decoded where EARLY_OPERANDS, so that the loads overlap the decode steps.
-struct SymbolOperands {
-    xw: array<vec4<f32>, 4>,
-    sbv: vec2<f32>,
-    lw: u32,
+// What the word of four symbols js .. js + 3 of coded row `row` multiplies, loaded before its
+// symbols are decoded where EARLY_OPERANDS, so that the loads overlap the decode steps.
+// - A window split's word of 32 weights is one MLX group's (the host requires groups of a
+//   multiple of 32), or in row pairs the same 16 columns of two rows: its activations (x[0..3]
+//   those of the first 16 weights, x[4..7] the next 16; in row pairs the 16 columns' only), its
+//   raw words (raw word js / 4 of the row: lane js / 4 % 32 of its 1024-weight block) and
+//   (scale, bias) of its first and (row pairs) second matrix row.
+// - A word of byte symbols holds 4 WPS weights of one MLX group (the host requires groups of
+//   whole words): x[v] the activations of weights 4v .. 4v + 3 (v < WPS), its group's
+//   (scale, bias) in s0, for a split matrix the weights' raw low bits in raw.x, and whether it
+//   belongs to the second matrix row of a row pair (split matrices only: the matrix row
+//   `row_pair_step` gives).
+struct WordOperands {
+    x: array<vec4<f32>, 8>,
+    raw: vec3<u32>,
+    s0: vec2<f32>,
+    s1: vec2<f32>,
     second: bool,
 }
 
-fn symbol_operands(row: u32, js: u32) -> SymbolOperands {
+fn word_operands(row: u32, js: u32) -> WordOperands {
     let pair = PAIR != 0u;
+    var o: WordOperands;
+    if (LOW == 3u) {
+        let wr = js >> 2u;
+        o.raw = window_raw(row * ((P.cols * 3u) >> 5u), wr >> 5u, wr & 31u);
+        let ka = select(32u * wr, 16u * wr, pair);
+        for (var v = 0u; v < select(8u, 4u, pair); v++) {
+            o.x[v] = xv[(ka >> 2u) + v];
+        }
+        let g = group_of(ka, P.group_size);
+        let gpr = P.groups_per_row;
+        if (pair) {
+            o.s0 = side(2u * row * gpr + g);
+            o.s1 = side((2u * row + 1u) * gpr + g);
+        } else {
+            o.s0 = side(row * gpr + g);
+        }
+        return o;
+    }
     let ms = row_pair_step(row, js >> 5u, pair);
     // (the matrix row's symbol word and its first weight)
     let jw = ms.y * 8u + ((js & 31u) >> 2u);
     let k = jw * 4u * WPS;
-    var o: SymbolOperands;
     if (LOW == 2u) {
-        o.lw = raw_low_bits(ms.x * ((P.cols >> select(0u, 1u, pair)) >> 4u), k, 2u);
+        o.raw.x = raw_low_bits(ms.x * ((P.cols >> select(0u, 1u, pair)) >> 4u), k, 2u);
     }
     for (var v = 0u; v < min(WPS, 4u); v++) {
-        o.xw[v] = xv[(k >> 2u) + v];
+        o.x[v] = xv[(k >> 2u) + v];
     }
-    o.sbv = side(ms.x * P.groups_per_row + group_of(k, P.group_size));
+    o.s0 = side(ms.x * P.groups_per_row + group_of(k, P.group_size));
     o.second = ms.x != 2u * row && pair;
     return o;
 }
 
-// The word of byte symbols `sv` times its operands, as `symbol_word_dot` (symbol_dot.wgsl)
-// multiplies it: the first matrix row's part in x, the second's in y.
-fn symbol_dot(o: SymbolOperands, sv: vec4<u32>, magic: u32) -> vec2<f32> {
-    let t = symbol_word_dot(sv, o.lw, o.xw, o.sbv, magic);
+// The word `sv` (`lanes_symbols`) times its operands: the first matrix row's part in x, the
+// second's in y. A window split's 32 weights are merged from the symbols and raw words
+// (window_bits.wgsl `window_words`) and multiplied in place (window_dot.wgsl), as
+// rans_gemv_blocked.wgsl does; byte symbols as `symbol_word_dot` (symbol_dot.wgsl) multiplies
+// them there.
+fn word_dot(o: WordOperands, sv: vec4<u32>, magic: u32) -> vec2<f32> {
+    if (LOW == 3u) {
+        let n = window_words(sv, o.raw);
+        let xlo = array<vec4<f32>, 4>(o.x[0], o.x[1], o.x[2], o.x[3]);
+        let xs = dot((xlo[0] + xlo[1]) + (xlo[2] + xlo[3]), vec4<f32>(1.0));
+        if (PAIR != 0u) {
+            let qa = window_half(n, xlo, magic);
+            let qb = window_half(n >> vec4<u32>(16u), xlo, magic);
+            return vec2<f32>(
+                o.s0.x * dot(qa, NIBBLE_PLACE) + o.s0.y * xs,
+                o.s1.x * dot(qb, NIBBLE_PLACE) + o.s1.y * xs,
+            );
+        }
+        let xhi = array<vec4<f32>, 4>(o.x[4], o.x[5], o.x[6], o.x[7]);
+        let qa = window_half(n, xlo, magic);
+        let qb = window_half(n >> vec4<u32>(16u), xhi, magic);
+        let xs_hi = dot((xhi[0] + xhi[1]) + (xhi[2] + xhi[3]), vec4<f32>(1.0));
+        return vec2<f32>(o.s0.x * dot(qa + qb, NIBBLE_PLACE) + o.s0.y * (xs + xs_hi), 0.0);
+    }
+    let xw = array<vec4<f32>, 4>(o.x[0], o.x[1], o.x[2], o.x[3]);
+    let t = symbol_word_dot(sv, o.raw.x, xw, o.s0, magic);
     return select(vec2<f32>(t, 0.0), vec2<f32>(0.0, t), o.second);
 }
 
@@ -194,7 +210,7 @@ fn main(
     // (K < 4: the steps of one gathered word; a window split's T is a multiple of 4, so of Q)
     let Q = max(4u / K, 1u);
     var held = 0u;
-    var gathered_ops: SymbolOperands;
+    var gathered_ops: WordOperands;
     var acc = 0.0;
     var acc_b = 0.0;
     for (var rr = 0u; rr < P.chunk_rows; rr++) {
@@ -206,19 +222,19 @@ fn main(
             // blocks)
             let j0 = u * 32u + i * K;
             let left = select(S - min(j0, S), K, LOW == 3u);
-            // (byte symbols with EARLY_OPERANDS: the operands of the words this step's symbols
-            // complete, and at a block's first step those of the word gathered after its last,
-            // loaded before the decode)
-            var ops: array<SymbolOperands, 2>;
-            if (LOW != 3u && row_on && EARLY_OPERANDS) {
+            // (with EARLY_OPERANDS: the operands of the words this step's symbols complete, and
+            // at a block's first step those of the word gathered after its last, loaded before
+            // the decode)
+            var ops: array<WordOperands, 2>;
+            if (row_on && EARLY_OPERANDS) {
                 for (var s = 0u; s < K / 4u; s++) {
-                    if (j0 + 4u * s < S) {
-                        ops[s] = symbol_operands(row, j0 + 4u * s);
+                    if (select(j0 + 4u * s < S, true, LOW == 3u)) {
+                        ops[s] = word_operands(row, j0 + 4u * s);
                     }
                 }
                 let jg = lanes_gathered_symbol(u, 0u, i);
-                if (K < 4u && u % Q == 0u && jg < S) {
-                    gathered_ops = symbol_operands(row, jg);
+                if (K < 4u && u % Q == 0u && select(jg < S, true, LOW == 3u)) {
+                    gathered_ops = word_operands(row, jg);
                 }
             }
             let sym = lanes_step(&d, row_on, left, i, pl, sg_size);
@@ -231,16 +247,13 @@ fn main(
                 for (var s = 0u; s < K / 4u; s++) {
                     let js = j0 + 4u * s;
                     if (select(js < S, true, LOW == 3u)) {
-                        var dot2: vec2<f32>;
-                        if (LOW == 3u) {
-                            dot2 = window_word_dot(row, js, lanes_symbols(sym, 4u * s), magic);
+                        var o: WordOperands;
+                        if (EARLY_OPERANDS) {
+                            o = ops[s];
                         } else {
-                            var o = ops[s];
-                            if (!EARLY_OPERANDS) {
-                                o = symbol_operands(row, js);
-                            }
-                            dot2 = symbol_dot(o, lanes_symbols(sym, 4u * s), magic);
+                            o = word_operands(row, js);
                         }
+                        let dot2 = word_dot(o, lanes_symbols(sym, 4u * s), magic);
                         acc += dot2.x;
                         acc_b += dot2.y;
                     }
@@ -257,16 +270,13 @@ fn main(
                     held = 0u;
                     let js = lanes_gathered_symbol(u, q, i);
                     if (row_on && select(js < S, true, LOW == 3u)) {
-                        var dot2: vec2<f32>;
-                        if (LOW == 3u) {
-                            dot2 = window_word_dot(row, js, lanes_unpacked(word), magic);
+                        var o: WordOperands;
+                        if (EARLY_OPERANDS) {
+                            o = gathered_ops;
                         } else {
-                            var o = gathered_ops;
-                            if (!EARLY_OPERANDS) {
-                                o = symbol_operands(row, js);
-                            }
-                            dot2 = symbol_dot(o, lanes_unpacked(word), magic);
+                            o = word_operands(row, js);
                         }
+                        let dot2 = word_dot(o, lanes_unpacked(word), magic);
                         acc += dot2.x;
                         acc_b += dot2.y;
                     }
