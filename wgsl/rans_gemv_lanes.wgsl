@@ -81,9 +81,9 @@ override BITS: u32 = 4u;
 // log2 of the MLX group size, 32 where it is not a power of two (window_dot.wgsl).
 override GSHIFT: u32 = 6u;
 
-// Each word's operands (`WordOperands`) loaded before its symbols are decoded (the step's, or
-// at a block's first step the gathered word's) instead of after: at K = 4 only, one word a
-// step whose operands are loaded just before its own step. On an H200 running the lanes
+// Each word's operands (`WordOperands`) loaded before the step that decodes its symbols instead
+// of after, for the words a step completes (K >= 4; a gathered word's, K < 4, always load
+// after): by default at K = 4 only, one word a step. On an H200 running the lanes
 // kernels (32 Llama-3-8B layers a token, BENCHMARKS.md issue 5, steps 136-137) that made window
 // splits 1.32x and split matrices 1.30x faster at W = 8 (K = 4). It changed nothing at W = 32
 // (K = 1, +-1%, a gathered word's operands held across four steps) nor for window splits at
@@ -210,7 +210,6 @@ fn main(
     // (K < 4: the steps of one gathered word; a window split's T is a multiple of 4, so of Q)
     let Q = max(4u / K, 1u);
     var held = 0u;
-    var gathered_ops: WordOperands;
     var acc = 0.0;
     var acc_b = 0.0;
     for (var rr = 0u; rr < P.chunk_rows; rr++) {
@@ -222,19 +221,14 @@ fn main(
             // blocks)
             let j0 = u * 32u + i * K;
             let left = select(S - min(j0, S), K, LOW == 3u);
-            // (with EARLY_OPERANDS: the operands of the words this step's symbols complete, and
-            // at a block's first step those of the word gathered after its last, loaded before
-            // the decode)
+            // (with EARLY_OPERANDS: the operands of the words this step's symbols complete,
+            // loaded before the decode; a gathered word's (K < 4) load after it)
             var ops: array<WordOperands, 2>;
             if (row_on && EARLY_OPERANDS) {
                 for (var s = 0u; s < K / 4u; s++) {
                     if (select(j0 + 4u * s < S, true, LOW == 3u)) {
                         ops[s] = word_operands(row, j0 + 4u * s);
                     }
-                }
-                let jg = lanes_gathered_symbol(u, 0u, i);
-                if (K < 4u && u % Q == 0u && select(jg < S, true, LOW == 3u)) {
-                    gathered_ops = word_operands(row, jg);
                 }
             }
             let sym = lanes_step(&d, row_on, left, i, pl, sg_size);
@@ -270,12 +264,7 @@ fn main(
                     held = 0u;
                     let js = lanes_gathered_symbol(u, q, i);
                     if (row_on && select(js < S, true, LOW == 3u)) {
-                        var o: WordOperands;
-                        if (EARLY_OPERANDS) {
-                            o = gathered_ops;
-                        } else {
-                            o = word_operands(row, js);
-                        }
+                        let o = word_operands(row, js);
                         let dot2 = word_dot(o, lanes_unpacked(word), magic);
                         acc += dot2.x;
                         acc_b += dot2.y;
