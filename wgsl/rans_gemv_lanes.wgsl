@@ -82,14 +82,23 @@ override BITS: u32 = 4u;
 override GSHIFT: u32 = 6u;
 
 // Each word's operands (`WordOperands`) loaded before the step that decodes its symbols instead
-// of after, for the words a step completes (K >= 4; a gathered word's, K < 4, always load
-// after): by default at K = 4 only, one word a step. On an H200 running the lanes
+// of after, for the words a step completes (K >= 4; a gathered word's, K < 4: EARLY_GATHERED):
+// by default at K = 4 only, one word a step. On an H200 running the lanes
 // kernels (32 Llama-3-8B layers a token, BENCHMARKS.md issue 5, steps 136-137) that made window
 // splits 1.32x and split matrices 1.30x faster at W = 8 (K = 4). It changed nothing at W = 32
 // (K = 1, +-1%, a gathered word's operands held across four steps) nor for window splits at
 // W = 4, and cost 1.22-1.25x at W = 16 (K = 2) and split matrices 1.24x at W = 4 (K = 8, two
 // words a step). Matrices coded whole lost 4-6% at W = 8 and 32: not for them.
 override EARLY_OPERANDS: bool = LOW != 0u && K == 4u;
+// K < 4: a gathered word's operands loaded before its block's last step, after which the word
+// is gathered, instead of after the gather: by default at K = 2 only (W = 16, two steps a
+// block). On the H200 standing in (BENCHMARKS.md issue 5, step 138) that made 32 Llama-3-8B
+// layers a token 1.13x faster at W = 16 (window splits 11.2 -> 9.9 ms, split matrices 20.1
+// -> 17.5); at W = 32 (four steps a block) it changed window splits by +-1% and cost split
+// matrices 4%, as loading them at the block's first step did there. At the block's first
+// step it had cost 1.22-1.25x at W = 16 (step 137). Not for matrices coded whole (their
+// one-row calls decode first, and early operands lost for them at K = 4).
+override EARLY_GATHERED: bool = LOW != 0u && K == 2u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> freqs: array<u32>;    // the tiles' decode tables
@@ -210,6 +219,7 @@ fn main(
     // (K < 4: the steps of one gathered word; a window split's T is a multiple of 4, so of Q)
     let Q = max(4u / K, 1u);
     var held = 0u;
+    var gathered_ops: WordOperands;
     var acc = 0.0;
     var acc_b = 0.0;
     for (var rr = 0u; rr < P.chunk_rows; rr++) {
@@ -229,6 +239,14 @@ fn main(
                     if (select(j0 + 4u * s < S, true, LOW == 3u)) {
                         ops[s] = word_operands(row, j0 + 4u * s);
                     }
+                }
+            }
+            // (with EARLY_GATHERED: at a block's last step, the operands of the word gathered
+            // after it, `lanes_gathered_symbol`)
+            if (row_on && EARLY_GATHERED && u % Q == Q - 1u) {
+                let jg = lanes_gathered_symbol(u, Q - 1u, i);
+                if (select(jg < S, true, LOW == 3u)) {
+                    gathered_ops = word_operands(row, jg);
                 }
             }
             let sym = lanes_step(&d, row_on, left, i, pl, sg_size);
@@ -264,7 +282,13 @@ fn main(
                     held = 0u;
                     let js = lanes_gathered_symbol(u, q, i);
                     if (row_on && select(js < S, true, LOW == 3u)) {
-                        let o = word_operands(row, js);
+                        // (a block ending early, at a byte-symbol row's end, loads them now)
+                        var o: WordOperands;
+                        if (EARLY_GATHERED && q == Q - 1u) {
+                            o = gathered_ops;
+                        } else {
+                            o = word_operands(row, js);
+                        }
                         let dot2 = word_dot(o, lanes_unpacked(word), magic);
                         acc += dot2.x;
                         acc_b += dot2.y;
