@@ -213,7 +213,8 @@ fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
         // (the lanes fused GEMV: row pairs at one lane an invocation, whose words are
         // gathered over four steps, at two, which loads a gathered word's operands before its
         // block's last step (`EARLY_GATHERED`), and at four, which loads each word's operands
-        // before its step (`EARLY_OPERANDS`); rows at eight lanes in groups of 32)
+        // before its step (`EARLY_OPERANDS`); rows at eight lanes, the first of a step's two
+        // words early, in groups of 32)
         (
             "rans_gemv_lanes.wgsl",
             vec![("PAIR", 1.0), ("WSTART", 5.0), ("W", 32.0)],
@@ -222,8 +223,8 @@ fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
         ("rans_gemv_lanes.wgsl", vec![("PAIR", 1.0), ("W", 8.0)]),
         ("rans_gemv_lanes.wgsl", vec![("W", 4.0), ("GSHIFT", 5.0)]),
         // (and byte symbols: 4-bit weights two a symbol gathered over four steps, 8-bit ones
-        // at two lanes an invocation, split 2 + 2 in row pairs at eight lanes, with early
-        // operands at four and with early gathered operands at two)
+        // at two lanes an invocation, split 2 + 2 in row pairs with early operands at eight
+        // lanes and four, and with early gathered operands at two)
         (
             "rans_gemv_lanes.wgsl",
             vec![("LOW", 0.0), ("WPS", 2.0), ("BITS", 4.0), ("W", 32.0)],

@@ -81,15 +81,15 @@ override BITS: u32 = 4u;
 // log2 of the MLX group size, 32 where it is not a power of two (window_dot.wgsl).
 override GSHIFT: u32 = 6u;
 
-// Each word's operands (`WordOperands`) loaded before the step that decodes its symbols instead
-// of after, for the words a step completes (K >= 4; a gathered word's, K < 4: EARLY_GATHERED):
-// by default at K = 4 only, one word a step. On an H200 running the lanes
-// kernels (32 Llama-3-8B layers a token, BENCHMARKS.md issue 5, steps 136-137) that made window
-// splits 1.32x and split matrices 1.30x faster at W = 8 (K = 4). It changed nothing at W = 32
-// (K = 1, +-1%, a gathered word's operands held across four steps) nor for window splits at
-// W = 4, and cost 1.22-1.25x at W = 16 (K = 2) and split matrices 1.24x at W = 4 (K = 8, two
-// words a step). Matrices coded whole lost 4-6% at W = 8 and 32: not for them.
-override EARLY_OPERANDS: bool = LOW != 0u && K == 4u;
+// The operands (`WordOperands`) of the first word a step completes (K >= 4: the step's only
+// word at K = 4, the first of two at K = 8) loaded before the step that decodes its symbols
+// instead of after (a gathered word's, K < 4: EARLY_GATHERED). On an H200 running the lanes
+// kernels (32 Llama-3-8B layers a token, BENCHMARKS.md issue 5, steps 136-137 and 144) that
+// made window splits 1.32x and split matrices 1.30x faster at W = 8 (K = 4), and at W = 4
+// (K = 8) window splits 1.17x and split matrices 1.23x; loading both words' operands there
+// had cost split matrices 1.24x and changed nothing for window splits. Matrices coded whole
+// lost 4-6% at W = 8 and 32: not for them.
+override EARLY_OPERANDS: bool = LOW != 0u && K >= 4u;
 // K < 4: a gathered word's operands loaded before its block's last step, after which the word
 // is gathered, instead of after the gather: by default at K = 2 only (W = 16, two steps a
 // block). On the H200 standing in (BENCHMARKS.md issue 5, step 138) that made 32 Llama-3-8B
@@ -231,11 +231,11 @@ fn main(
             // blocks)
             let j0 = u * 32u + i * K;
             let left = select(S - min(j0, S), K, LOW == 3u);
-            // (with EARLY_OPERANDS: the operands of the words this step's symbols complete,
-            // loaded before the decode; a gathered word's (K < 4) load after it)
+            // (with EARLY_OPERANDS: the operands of the first word this step's symbols
+            // complete, loaded before the decode)
             var ops: array<WordOperands, 2>;
             if (row_on && EARLY_OPERANDS) {
-                for (var s = 0u; s < K / 4u; s++) {
+                for (var s = 0u; s < min(K / 4u, 1u); s++) {
                     if (select(j0 + 4u * s < S, true, LOW == 3u)) {
                         ops[s] = word_operands(row, j0 + 4u * s);
                     }
@@ -260,7 +260,7 @@ fn main(
                     let js = j0 + 4u * s;
                     if (select(js < S, true, LOW == 3u)) {
                         var o: WordOperands;
-                        if (EARLY_OPERANDS) {
+                        if (EARLY_OPERANDS && s == 0u) {
                             o = ops[s];
                         } else {
                             o = word_operands(row, js);
