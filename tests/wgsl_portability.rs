@@ -167,6 +167,16 @@ fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
         .collect();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("wgsl");
     let gemv = "rans_gemv_blocked.wgsl";
+    // (the lanes fused GEMV's split 2 + 2 in row pairs at group width `w`)
+    let lanes_split_pairs = |w: f64| {
+        vec![
+            ("LOW", 2.0),
+            ("WPS", 4.0),
+            ("BITS", 2.0),
+            ("PAIR", 1.0),
+            ("W", w),
+        ]
+    };
     let builds_with: Vec<(&str, Vec<(&str, f64)>)> = vec![
         (gemv, vec![("LOW", 2.0), ("WPS", 4.0), ("BITS", 2.0)]),
         ("rans_decode_blocked.wgsl", vec![("LOW", 2.0)]),
@@ -233,36 +243,9 @@ fn all_builds() -> Vec<(PathBuf, naga::Module, naga::valid::ModuleInfo)> {
             "rans_gemv_lanes.wgsl",
             vec![("LOW", 0.0), ("WPS", 1.0), ("BITS", 8.0), ("W", 16.0)],
         ),
-        (
-            "rans_gemv_lanes.wgsl",
-            vec![
-                ("LOW", 2.0),
-                ("WPS", 4.0),
-                ("BITS", 2.0),
-                ("PAIR", 1.0),
-                ("W", 4.0),
-            ],
-        ),
-        (
-            "rans_gemv_lanes.wgsl",
-            vec![
-                ("LOW", 2.0),
-                ("WPS", 4.0),
-                ("BITS", 2.0),
-                ("PAIR", 1.0),
-                ("W", 8.0),
-            ],
-        ),
-        (
-            "rans_gemv_lanes.wgsl",
-            vec![
-                ("LOW", 2.0),
-                ("WPS", 4.0),
-                ("BITS", 2.0),
-                ("PAIR", 1.0),
-                ("W", 16.0),
-            ],
-        ),
+        ("rans_gemv_lanes.wgsl", lanes_split_pairs(4.0)),
+        ("rans_gemv_lanes.wgsl", lanes_split_pairs(8.0)),
+        ("rans_gemv_lanes.wgsl", lanes_split_pairs(16.0)),
         (
             gemv,
             window_build(true, &[("TABLE_MEM", 1.0), ("DUP", 2.0)]),
