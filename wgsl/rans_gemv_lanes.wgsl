@@ -232,7 +232,11 @@ fn main(
             let j0 = u * 32u + i * K;
             let left = select(S - min(j0, S), K, LOW == 3u);
             // (with EARLY_OPERANDS: the operands of the first word this step's symbols
-            // complete, loaded before the decode)
+            // complete, loaded before the decode. Since step 144 only ops[0] is used; the
+            // array of two and the loop of one are the form timed at K = 4 (steps 136-137,
+            // W = 8, the Intel default) and K = 8 (step 144). One variable would say the same
+            // but has not been timed, and this loop has moved by 8-10% on small edits before,
+            // step 135.)
             var ops: array<WordOperands, 2>;
             if (row_on && EARLY_OPERANDS) {
                 for (var s = 0u; s < min(K / 4u, 1u); s++) {
